@@ -1,0 +1,27 @@
+"""Carrier adapters: one module per wire protocol, all behind the interface in `base`.
+
+Adapters do I/O only; they never touch the database. Callers build a
+`CarrierConfig` from the Carrier row and get an adapter with `adapter_for`.
+"""
+
+from carriers.adapters.base import CarrierAdapter, CarrierConfig
+from carriers.adapters.sandbox import SandboxAdapter
+from carriers.models import Carrier, Protocol
+
+_ADAPTERS: dict[str, type[CarrierAdapter]] = {
+    Protocol.SANDBOX: SandboxAdapter,
+}
+
+
+def config_for(carrier: Carrier) -> CarrierConfig:
+    return CarrierConfig(
+        slug=carrier.slug,
+        endpoint=carrier.endpoint,
+        credentials=carrier.credentials,
+        connect_timeout=carrier.connect_timeout_ms / 1000,
+        read_timeout=carrier.read_timeout_ms / 1000,
+    )
+
+
+def adapter_for(carrier: Carrier) -> CarrierAdapter:
+    return _ADAPTERS[carrier.protocol](config_for(carrier))

@@ -1,0 +1,157 @@
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from carriers.models import Carrier, Country, NetworkCode, NumberPrefix, PricePoint
+from playpay.money import UnknownCurrency, validate_currency
+
+
+@admin.register(Country)
+class CountryAdmin(admin.ModelAdmin[Country]):
+    list_display = ["code", "name", "currency", "dialing_code", "vat_rate"]
+    search_fields = ["code", "name", "currency", "dialing_code"]
+    list_filter = ["currency"]
+    list_editable = ["vat_rate"]
+    readonly_fields = ["code"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # seeded from ISO 3166; edit, don't invent
+
+
+class CarrierForm(forms.ModelForm[Carrier]):
+    endpoint = forms.URLField(required=False, assume_scheme="https", help_text="Base URL of the carrier's API.")
+    new_credentials = forms.CharField(
+        label="Credentials",
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "placeholder": '{"client_id": "…"}'}),
+        help_text="A JSON object. Write-only: stored encrypted and never shown again. Leave empty to keep.",
+    )
+    clear_credentials = forms.BooleanField(required=False, help_text="Remove the stored credentials.")
+
+    class Meta:
+        model = Carrier
+        exclude: list[str] = []
+
+    def clean_new_credentials(self) -> dict[str, Any] | None:
+        raw = self.cleaned_data["new_credentials"].strip()
+        if not raw:
+            return None
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} (line {exc.lineno}).") from exc
+        if not isinstance(value, dict):
+            raise forms.ValidationError("Credentials must be a JSON object.")
+        return value
+
+    def save(self, commit: bool = True) -> Carrier:
+        carrier = super().save(commit=False)
+        if self.cleaned_data.get("clear_credentials"):
+            carrier.credentials = {}
+        elif self.cleaned_data.get("new_credentials") is not None:
+            carrier.credentials = self.cleaned_data["new_credentials"]
+        if commit:
+            carrier.save()
+        return carrier
+
+
+class PricePointForm(forms.ModelForm[PricePoint]):
+    class Meta:
+        model = PricePoint
+        exclude: list[str] = []
+
+    def clean_currency(self) -> str:
+        try:
+            return validate_currency(self.cleaned_data["currency"])
+        except UnknownCurrency as exc:
+            raise forms.ValidationError(str(exc)) from exc
+
+
+class PricePointInline(admin.TabularInline[PricePoint, Carrier]):
+    model = PricePoint
+    form = PricePointForm
+    extra = 0
+    fields = ["code", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
+
+
+class NetworkCodeInline(admin.TabularInline[NetworkCode, Carrier]):
+    model = NetworkCode
+    extra = 0
+
+
+class NumberPrefixInline(admin.TabularInline[NumberPrefix, Carrier]):
+    model = NumberPrefix
+    extra = 0
+
+
+@admin.register(Carrier)
+class CarrierAdmin(admin.ModelAdmin[Carrier]):
+    form = CarrierForm
+    list_display = ["name", "slug", "country", "protocol", "is_active", "supports_pin", "supports_one_click", "mcc_mnc"]
+    list_filter = ["is_active", "protocol", "supports_pin", "supports_one_click", "supports_refund", "country"]
+    search_fields = ["name", "slug", "country__name", "network_codes__mcc", "network_codes__mnc"]
+    list_select_related = ["country"]
+    readonly_fields = ["credentials_status", "created_at", "updated_at"]
+    inlines = [PricePointInline, NetworkCodeInline, NumberPrefixInline]
+    actions = ["activate", "deactivate"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "country", "is_active"]}),
+        ("Connection", {"fields": ["protocol", "endpoint", "connect_timeout_ms", "read_timeout_ms"]}),
+        ("Credentials", {"fields": ["credentials_status", "new_credentials", "clear_credentials"]}),
+        (
+            "Capabilities",
+            {
+                "fields": [
+                    "supports_pin",
+                    "supports_one_click",
+                    "supports_refund",
+                    "supports_reversal",
+                    "supports_subscriptions",
+                ]
+            },
+        ),
+        ("Commercial", {"fields": ["revenue_share"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).prefetch_related("network_codes")
+
+    @admin.display(description="MCC-MNC")
+    def mcc_mnc(self, carrier: Carrier) -> str:
+        return ", ".join(str(code) for code in carrier.network_codes.all())
+
+    @admin.display(description="Stored credentials")
+    def credentials_status(self, carrier: Carrier) -> str:
+        return "set (hidden)" if carrier.has_credentials else "none"
+
+    @admin.action(description="Activate selected carriers", permissions=["change"])
+    def activate(self, request: HttpRequest, queryset: Any) -> None:
+        count = queryset.update(is_active=True)
+        self.message_user(request, f"{count} carrier(s) activated.")
+
+    @admin.action(description="Deactivate selected carriers", permissions=["change"])
+    def deactivate(self, request: HttpRequest, queryset: Any) -> None:
+        count = queryset.update(is_active=False)
+        self.message_user(request, f"{count} carrier(s) deactivated.")
+
+
+@admin.register(PricePoint)
+class PricePointAdmin(admin.ModelAdmin[PricePoint]):
+    form = PricePointForm
+    list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
+    list_filter = ["is_active", "currency", "tax_included", "carrier__country"]
+    search_fields = ["code", "carrier__name", "carrier__slug"]
+    list_select_related = ["carrier"]
+    autocomplete_fields = ["carrier"]
+
+
+@admin.register(NumberPrefix)
+class NumberPrefixAdmin(admin.ModelAdmin[NumberPrefix]):
+    list_display = ["prefix", "carrier"]
+    search_fields = ["prefix", "carrier__name", "carrier__slug"]
+    list_select_related = ["carrier"]
+    autocomplete_fields = ["carrier"]

@@ -1,0 +1,153 @@
+from decimal import Decimal
+from typing import Any
+
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import F, Q
+
+from carriers.crypto import decrypt_credentials, encrypt_credentials
+
+
+class Country(models.Model):
+    code = models.CharField("ISO 3166 alpha-2", max_length=2, primary_key=True)
+    name = models.CharField(max_length=100)
+    currency = models.CharField("ISO 4217 currency", max_length=3, blank=True)
+    dialing_code = models.CharField(max_length=8, blank=True, help_text="Country calling code, digits only.")
+    vat_rate = models.DecimalField(
+        "VAT rate (%)",
+        max_digits=5,
+        decimal_places=2,
+        default=Decimal("0"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("100"))],
+    )
+
+    class Meta:
+        verbose_name_plural = "countries"
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(vat_rate__gte=0) & Q(vat_rate__lte=100), name="country_vat_rate_range"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code})"
+
+
+class Protocol(models.TextChoices):
+    """Which adapter speaks to a carrier. A new carrier on a known protocol is configuration only."""
+
+    SANDBOX = "sandbox", "Sandbox (in-process test carrier)"
+
+
+class Carrier(models.Model):
+    slug = models.SlugField(max_length=80, unique=True)
+    name = models.CharField(max_length=150)
+    country = models.ForeignKey(Country, on_delete=models.PROTECT, related_name="carriers")
+    protocol = models.CharField(max_length=32, choices=Protocol.choices, default=Protocol.SANDBOX)
+    endpoint = models.URLField(blank=True, help_text="Base URL of the carrier's API.")
+    credentials_encrypted = models.TextField(blank=True, editable=False)
+    connect_timeout_ms = models.PositiveIntegerField(default=2000)
+    read_timeout_ms = models.PositiveIntegerField(default=10000)
+    is_active = models.BooleanField(default=False, help_text="Only active carriers take payments.")
+    supports_pin = models.BooleanField("PIN flow", default=True)
+    supports_one_click = models.BooleanField("one-click flow", default=False)
+    supports_refund = models.BooleanField("refund", default=False)
+    supports_reversal = models.BooleanField("reversal", default=False)
+    supports_subscriptions = models.BooleanField("subscriptions", default=False)
+    revenue_share = models.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        default=Decimal("0.3000"),
+        validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("1"))],
+        help_text="Share of the net amount the carrier keeps, 0 to 1.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["country_id", "name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1), name="carrier_revenue_share_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(connect_timeout_ms__gt=0) & Q(read_timeout_ms__gt=0), name="carrier_timeouts_positive"
+            ),
+        ]
+        indexes = [models.Index(fields=["country", "is_active"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.country_id})"
+
+    @property
+    def credentials(self) -> dict[str, Any]:
+        return decrypt_credentials(self.credentials_encrypted)
+
+    @credentials.setter
+    def credentials(self, value: dict[str, Any]) -> None:
+        self.credentials_encrypted = encrypt_credentials(value)
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.credentials_encrypted)
+
+
+class NetworkCode(models.Model):
+    """An MCC/MNC pair (ITU-T E.212) operated by a carrier."""
+
+    carrier = models.ForeignKey(Carrier, on_delete=models.CASCADE, related_name="network_codes")
+    mcc = models.CharField("MCC", max_length=3, validators=[RegexValidator(r"^\d{3}$", "MCC is three digits.")])
+    mnc = models.CharField(
+        "MNC", max_length=3, validators=[RegexValidator(r"^\d{2,3}$", "MNC is two or three digits.")]
+    )
+
+    class Meta:
+        ordering = ["mcc", "mnc"]
+        constraints = [models.UniqueConstraint(fields=["mcc", "mnc"], name="network_code_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.mcc}-{self.mnc}"
+
+
+class NumberPrefix(models.Model):
+    """E.164 number ranges a carrier serves, for routing a payment from the MSISDN alone."""
+
+    carrier = models.ForeignKey(Carrier, on_delete=models.CASCADE, related_name="number_prefixes")
+    prefix = models.CharField(
+        max_length=15,
+        validators=[RegexValidator(r"^\d{2,15}$", "Digits of the E.164 number, country code first, without +.")],
+    )
+
+    class Meta:
+        verbose_name_plural = "number prefixes"
+        ordering = ["prefix"]
+        constraints = [models.UniqueConstraint(fields=["prefix"], name="number_prefix_unique")]
+
+    def __str__(self) -> str:
+        return f"+{self.prefix}"
+
+
+class PricePoint(models.Model):
+    carrier = models.ForeignKey(Carrier, on_delete=models.PROTECT, related_name="price_points")
+    code = models.SlugField(max_length=64)
+    amount_minor = models.BigIntegerField(help_text="Price in minor units of the currency (cents, yen...).")
+    currency = models.CharField(max_length=3)
+    tax_included = models.BooleanField(default=True)
+    carrier_payout_minor = models.BigIntegerField(
+        default=0, help_text="What the carrier pays out to PlayPay for one charge, in minor units."
+    )
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["carrier_id", "amount_minor"]
+        constraints = [
+            models.UniqueConstraint(fields=["carrier", "code"], name="price_point_code_unique_per_carrier"),
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="price_point_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(carrier_payout_minor__gte=0) & Q(carrier_payout_minor__lte=F("amount_minor")),
+                name="price_point_payout_within_amount",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.amount_minor} {self.currency})"

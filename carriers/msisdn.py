@@ -1,0 +1,41 @@
+"""MSISDN parsing (phonenumbers), E.164 normalisation and masking for logs."""
+
+import phonenumbers
+
+from carriers.errors import InvalidMsisdn
+
+_MOBILE_TYPES = {phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE_OR_MOBILE}
+
+
+def normalize_msisdn(raw: str) -> str:
+    """Return the number in E.164 (`+447400123456`), or raise InvalidMsisdn.
+
+    Numbers must be international: with a leading `+` or `00`, or bare digits that
+    start with the country code.
+    """
+    text = (raw or "").strip()
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    elif not text.startswith("+"):
+        text = "+" + text
+    try:
+        number = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidMsisdn(f"{raw!r} is not a phone number in international format") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidMsisdn(f"{raw!r} is not a valid phone number")
+    if phonenumbers.number_type(number) not in _MOBILE_TYPES:
+        raise InvalidMsisdn(f"{raw!r} is not a mobile number")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def region_of(msisdn: str) -> str:
+    """ISO 3166 alpha-2 region of an E.164 number."""
+    return phonenumbers.region_code_for_number(phonenumbers.parse(msisdn, None)) or ""
+
+
+def mask_msisdn(msisdn: str) -> str:
+    """`+447400123456` -> `+44740*****56`: enough to recognise, not enough to dial."""
+    if len(msisdn) <= 6:
+        return "*" * len(msisdn)
+    return msisdn[:6] + "*" * (len(msisdn) - 8) + msisdn[-2:]

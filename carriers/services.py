@@ -1,0 +1,61 @@
+"""Carrier rules: which carrier serves a number, which price points it offers."""
+
+import phonenumbers
+from django.db.models import QuerySet
+from django.db.models.functions import Length
+
+from carriers.errors import CarrierCountryMismatch, CarrierNotFound, CarrierNotResolved, PricePointNotFound
+from carriers.models import Carrier, NumberPrefix, PricePoint
+from carriers.msisdn import region_of
+
+
+def resolve_carrier(*, msisdn: str, carrier_slug: str | None = None) -> Carrier:
+    """The active carrier that bills `msisdn` (E.164): the one named, or the one its number range routes to.
+
+    Routing takes the longest configured number prefix; when no prefix matches and the
+    number's country has exactly one active carrier, that carrier is used.
+    """
+    if carrier_slug:
+        carrier = Carrier.objects.select_related("country").filter(slug=carrier_slug, is_active=True).first()
+        if carrier is None:
+            raise CarrierNotFound(f"No active carrier has the slug {carrier_slug!r}.")
+        number_cc = str(phonenumbers.parse(msisdn, None).country_code)
+        if carrier.country.dialing_code and carrier.country.dialing_code != number_cc:
+            raise CarrierCountryMismatch(
+                f"Carrier {carrier.slug!r} serves {carrier.country.name}; the number's country code is +{number_cc}."
+            )
+        return carrier
+
+    digits = msisdn.lstrip("+")
+    candidates = [digits[:end] for end in range(len(digits), 1, -1)]
+    match = (
+        NumberPrefix.objects.filter(prefix__in=candidates, carrier__is_active=True)
+        .select_related("carrier__country")
+        .order_by(Length("prefix").desc())
+        .first()
+    )
+    if match is not None:
+        return match.carrier
+    in_region = list(Carrier.objects.select_related("country").filter(country_id=region_of(msisdn), is_active=True)[:2])
+    if len(in_region) == 1:
+        return in_region[0]
+    raise CarrierNotResolved(
+        "No active carrier serves this number's range; pass `carrier` with the slug of the player's carrier."
+    )
+
+
+def get_offered_price_point(*, carrier: Carrier, code: str) -> PricePoint:
+    price_point = PricePoint.objects.filter(carrier=carrier, code=code, is_active=True).first()
+    if price_point is None:
+        raise PricePointNotFound(f"Carrier {carrier.slug!r} has no active price point {code!r}.")
+    return price_point
+
+
+def offered_price_points(*, country: str | None = None, carrier: str | None = None) -> QuerySet[PricePoint]:
+    """Active price points of active carriers, optionally for one country (alpha-2) or carrier (slug)."""
+    queryset = PricePoint.objects.filter(is_active=True, carrier__is_active=True).select_related("carrier")
+    if country:
+        queryset = queryset.filter(carrier__country_id=country.upper())
+    if carrier:
+        queryset = queryset.filter(carrier__slug=carrier)
+    return queryset.order_by("carrier__slug", "amount_minor", "code")

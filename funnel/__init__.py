@@ -1,0 +1,1 @@
+"""Conversion funnel: journeys, funnel events, funnel definitions and rollups."""

@@ -1,0 +1,115 @@
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db import models
+from django.http import HttpRequest
+
+from payments.models import ApiKey, App, IdempotencyRecord, Payment, PaymentStatusChange
+from payments.services.apps import issue_api_key, revoke_api_key
+
+
+class ApiKeyInline(admin.TabularInline[ApiKey, App]):
+    model = ApiKey
+    extra = 0
+    fields = ["prefix", "label", "created_at", "revoked_at"]
+    readonly_fields = ["prefix", "label", "created_at", "revoked_at"]
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(App)
+class AppAdmin(admin.ModelAdmin[App]):
+    list_display = ["name", "public_id", "is_active", "notification_url", "rate_limit_per_minute", "created_at"]
+    list_filter = ["is_active"]
+    search_fields = ["name", "public_id"]
+    readonly_fields = ["public_id", "created_at"]
+    inlines = [ApiKeyInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    actions = ["issue_key"]
+
+    def save_model(self, request: HttpRequest, obj: App, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        if not change:
+            self._show_new_key(request, obj)
+
+    @admin.action(description="Issue a new API key (shown once)", permissions=["change"])
+    def issue_key(self, request: HttpRequest, queryset: Any) -> None:
+        for app in queryset:
+            self._show_new_key(request, app)
+
+    def _show_new_key(self, request: HttpRequest, app: App) -> None:
+        issued = issue_api_key(app=app, label=f"issued by {request.user}")
+        self.message_user(
+            request,
+            f"New API key for {app.name} — copy it now, it will not be shown again: {issued.raw_key}",
+            level=messages.WARNING,
+        )
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+    list_display = ["prefix", "app", "label", "created_at", "revoked_at"]
+    list_filter = ["revoked_at"]
+    search_fields = ["prefix", "app__name"]
+    list_select_related = ["app"]
+    readonly_fields = ["app", "prefix", "label", "created_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # keys are issued from the app page so that the key can be shown once
+
+    @admin.action(description="Revoke selected keys", permissions=["change"])
+    def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        for api_key in queryset:
+            revoke_api_key(api_key=api_key)
+        self.message_user(request, f"{queryset.count()} key(s) revoked.")
+
+
+class StatusChangeInline(admin.TabularInline[PaymentStatusChange, Payment]):
+    model = PaymentStatusChange
+    extra = 0
+    fields = ["created_at", "from_status", "to_status", "actor", "reason"]
+    readonly_fields = ["created_at", "from_status", "to_status", "actor", "reason"]
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Payment)
+class PaymentAdmin(admin.ModelAdmin[Payment]):
+    list_display = ["public_id", "created_at", "app", "carrier", "amount_minor", "currency", "status", "flow"]
+    list_filter = ["status", "flow", "carrier__country", "app"]
+    search_fields = ["=public_id", "=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
+    list_select_related = ["app", "carrier"]
+    show_full_result_count = False  # no COUNT(*) over the whole table
+    date_hierarchy = "created_at"
+    inlines = [StatusChangeInline]
+    readonly_fields = [field.name for field in Payment._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # state changes go through the payment services, never a form
+
+
+@admin.register(IdempotencyRecord)
+class IdempotencyRecordAdmin(admin.ModelAdmin[IdempotencyRecord]):
+    list_display = ["key", "app", "state", "response_status", "created_at"]
+    list_filter = ["state"]
+    search_fields = ["=key", "=resource_id"]
+    list_select_related = ["app"]
+    show_full_result_count = False
+    readonly_fields = [field.name for field in IdempotencyRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

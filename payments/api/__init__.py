@@ -1,0 +1,1 @@
+"""The payments REST API used by game backends."""

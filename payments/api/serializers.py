@@ -1,0 +1,108 @@
+import json
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from carriers.models import Carrier, PricePoint
+from payments.models import Payment, PaymentFlow
+from payments.services.payments import next_action
+
+MAX_METADATA_BYTES = 4096
+
+
+class StrictSerializer(serializers.Serializer[Any]):
+    """Refuses fields it does not declare, so nothing undocumented is ever accepted."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["This field is not accepted."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class PaymentCreateSerializer(StrictSerializer):
+    user_ref = serializers.CharField(max_length=128, help_text="Your id of the player.")
+    msisdn = serializers.CharField(max_length=32, help_text="The player's mobile number, international format.")
+    price_point = serializers.SlugField(max_length=64, help_text="Code of one of the carrier's price points.")
+    carrier = serializers.SlugField(
+        max_length=80, required=False, help_text="Carrier slug; resolved from the number when omitted."
+    )
+    flow = serializers.ChoiceField(
+        choices=PaymentFlow.choices, required=False, help_text="Default: PIN where the carrier offers it."
+    )
+    journey_id = serializers.CharField(max_length=128, required=False, default="")
+    metadata = serializers.DictField(required=False, default=dict, help_text="Up to 4 KB of your own JSON.")
+
+    def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
+        if len(json.dumps(value)) > MAX_METADATA_BYTES:
+            raise serializers.ValidationError(f"At most {MAX_METADATA_BYTES} bytes of JSON.")
+        return value
+
+
+class PaymentConfirmSerializer(StrictSerializer):
+    pin = serializers.RegexField(r"^\d{4,8}$", help_text="The PIN the player received by SMS (4 to 8 digits).")
+
+
+class NextActionSerializer(serializers.Serializer[Any]):
+    type = serializers.ChoiceField(choices=["enter_pin", "wait", "none"])
+    expires_at = serializers.DateTimeField(required=False)
+    attempts_remaining = serializers.IntegerField(required=False)
+    poll_after_seconds = serializers.IntegerField(required=False)
+
+
+class FailureSerializer(serializers.Serializer[Any]):
+    code = serializers.CharField()
+    message = serializers.CharField()
+
+
+class PaymentSerializer(serializers.ModelSerializer[Payment]):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    carrier: serializers.SlugRelatedField[Carrier] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    price_point: serializers.SlugRelatedField[PricePoint] = serializers.SlugRelatedField(
+        slug_field="code", read_only=True
+    )
+    failure = serializers.SerializerMethodField()
+    next_action = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Payment
+        fields = [
+            "id",
+            "status",
+            "flow",
+            "amount_minor",
+            "currency",
+            "carrier",
+            "price_point",
+            "user_ref",
+            "msisdn",
+            "journey_id",
+            "metadata",
+            "failure",
+            "next_action",
+            "created_at",
+            "updated_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(FailureSerializer(allow_null=True))
+    def get_failure(self, payment: Payment) -> dict[str, str] | None:
+        if not payment.failure_code:
+            return None
+        return {"code": payment.failure_code, "message": payment.failure_message}
+
+    @extend_schema_field(NextActionSerializer)
+    def get_next_action(self, payment: Payment) -> dict[str, Any]:
+        return dict(NextActionSerializer(next_action(payment)).data)
+
+
+class PricePointSerializer(serializers.ModelSerializer[PricePoint]):
+    carrier: serializers.SlugRelatedField[Carrier] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    country = serializers.CharField(source="carrier.country_id", read_only=True)
+
+    class Meta:
+        model = PricePoint
+        fields = ["code", "carrier", "country", "amount_minor", "currency", "tax_included"]
+        read_only_fields = fields

@@ -1,0 +1,12 @@
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from payments.api.views import PaymentViewSet, PricePointListView
+
+router = SimpleRouter()
+router.register("payments", PaymentViewSet, basename="payment")
+
+urlpatterns = [
+    path("price-points/", PricePointListView.as_view(), name="price-point-list"),
+    *router.urls,
+]

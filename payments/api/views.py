@@ -1,0 +1,122 @@
+import uuid
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import generics, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from carriers.services import offered_price_points
+from payments.api.serializers import (
+    PaymentConfirmSerializer,
+    PaymentCreateSerializer,
+    PaymentSerializer,
+    PricePointSerializer,
+)
+from payments.models import App, Payment, PaymentStatus
+from payments.services.payments import PaymentRequest, confirm_payment, create_payment
+from playpay.api.auth import request_app
+from playpay.api.idempotency import Outcome, idempotent_request, run_idempotent
+
+PROBLEM = OpenApiResponse(description="RFC 9457 problem+json; see /api/problems/ for the codes.")
+IDEMPOTENCY_KEY = OpenApiParameter(
+    "Idempotency-Key",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    required=True,
+    description="Unique per purchase attempt, at most 255 characters. Retries with the same key and body "
+    "return the first response (header `Idempotent-Replayed: true`).",
+)
+
+
+def _app(request: Request) -> App:
+    app = request_app(request)
+    assert app is not None  # guaranteed by the IsApp permission
+    return app
+
+
+class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Payment]):
+    serializer_class = PaymentSerializer
+    queryset = Payment.objects.none()  # the real one is per app, in get_queryset
+    lookup_field = "public_id"
+    lookup_url_kwarg = "id"
+    lookup_value_regex = "[0-9a-fA-F-]{36}"
+
+    def get_queryset(self) -> QuerySet[Payment]:
+        queryset = Payment.objects.filter(app=_app(self.request)).select_related("carrier", "price_point")
+        if self.action == "list":
+            params = self.request.query_params
+            if params.get("status"):
+                if params["status"] not in PaymentStatus.values:
+                    raise serializers.ValidationError({"status": [f"One of: {', '.join(PaymentStatus.values)}."]})
+                queryset = queryset.filter(status=params["status"])
+            if params.get("user_ref"):
+                queryset = queryset.filter(user_ref=params["user_ref"])
+        return queryset.order_by("-id")
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("status", OpenApiTypes.STR, enum=PaymentStatus.values),
+            OpenApiParameter("user_ref", OpenApiTypes.STR),
+        ]
+    )
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request=PaymentCreateSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: PaymentSerializer, 400: PROBLEM, 409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
+        summary="Create a payment",
+    )
+    def create(self, request: Request) -> Response:
+        app = _app(request)
+        idem = idempotent_request(request, app)
+        incoming = PaymentCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        payment_request = PaymentRequest(**incoming.validated_data)
+
+        def perform(idempotency: Any) -> Outcome:
+            payment = create_payment(app=app, request=payment_request, idempotency=idempotency)
+            return status.HTTP_201_CREATED, PaymentSerializer(payment).data
+
+        def recover(public_id: uuid.UUID) -> Outcome:
+            return status.HTTP_201_CREATED, PaymentSerializer(self.get_queryset().get(public_id=public_id)).data
+
+        return run_idempotent(idem, perform, recover)
+
+    @extend_schema(
+        request=PaymentConfirmSerializer,
+        responses={200: PaymentSerializer, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+        summary="Confirm a PIN payment with the PIN the player received",
+    )
+    @action(detail=True, methods=["post"])
+    def confirm(self, request: Request, id: str) -> Response:
+        payment = self.get_object()
+        incoming = PaymentConfirmSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        payment = confirm_payment(app=_app(request), payment=payment, pin=incoming.validated_data["pin"])
+        return Response(PaymentSerializer(payment).data)
+
+
+class PricePointListView(generics.ListAPIView[Any]):
+    serializer_class = PricePointSerializer
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("country", OpenApiTypes.STR, description="ISO 3166 alpha-2"),
+            OpenApiParameter("carrier", OpenApiTypes.STR, description="carrier slug"),
+        ],
+        summary="Price points an app may offer",
+    )
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+    def get_queryset(self) -> QuerySet[Any]:
+        country = self.request.query_params.get("country", "")
+        if country and (len(country) != 2 or not country.isalpha()):
+            raise serializers.ValidationError({"country": ["An ISO 3166 alpha-2 code, e.g. GB."]})
+        return offered_price_points(country=country or None, carrier=self.request.query_params.get("carrier") or None)

@@ -1,0 +1,32 @@
+from argparse import ArgumentParser
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.core.validators import URLValidator
+
+from payments.models import App
+from payments.services.apps import create_app
+
+
+class Command(BaseCommand):
+    help = "Create an App (a game backend) and print its new API key alone on the last line."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        parser.add_argument("name")
+        parser.add_argument("--notification-url", default="")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"].strip()
+        if not name or len(name) > 100:
+            raise CommandError("The app name must be 1 to 100 characters.")
+        if App.objects.filter(name=name).exists():
+            raise CommandError(f"An app named {name!r} exists; issue it a new key in the admin.")
+        if options["notification_url"]:
+            try:
+                URLValidator()(options["notification_url"])
+            except ValidationError as exc:
+                raise CommandError(f"--notification-url: {exc.messages[0]}") from exc
+        app, issued = create_app(name=name, notification_url=options["notification_url"])
+        self.stdout.write(f"Created app {app.name} ({app.public_id}). Its API key, shown only now:")
+        self.stdout.write(issued.raw_key)

@@ -1,0 +1,164 @@
+import hashlib
+import uuid
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+
+class App(models.Model):
+    """A game backend that calls the API."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    name = models.CharField(max_length=100, unique=True)
+    notification_url = models.URLField(blank=True, help_text="Where PlayPay sends payment notifications.")
+    is_active = models.BooleanField(default=True)
+    rate_limit_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="API requests per minute; empty for the platform default."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def effective_rate_limit(self) -> int:
+        return self.rate_limit_per_minute or settings.API_RATE_LIMIT_PER_MINUTE
+
+
+class ApiKey(models.Model):
+    """An app's API key. Only a hash is stored; the key is shown once, when it is issued."""
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="api_keys")
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    key_hash = models.CharField(max_length=64, editable=False)
+    label = models.CharField(max_length=100, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name = "API key"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.app})"
+
+    @staticmethod
+    def hash(raw_key: str) -> str:
+        # Keys are 256-bit random: a fast hash is enough, no password stretching needed.
+        return hashlib.sha256(raw_key.encode()).hexdigest()
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class PaymentStatus(models.TextChoices):
+    CREATED = "created"
+    PIN_SENT = "pin_sent"
+    PIN_VERIFIED = "pin_verified"
+    CHARGING = "charging"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    PARTIALLY_REFUNDED = "partially_refunded"
+    REFUNDED = "refunded"
+    REVERSED = "reversed"
+
+
+class PaymentFlow(models.TextChoices):
+    PIN = "pin", "PIN / OTP"
+    ONE_CLICK = "one_click", "one-click"
+
+
+class Payment(models.Model):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="payments")
+    user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
+    msisdn = models.CharField("MSISDN", max_length=16, help_text="E.164")
+    carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="payments")
+    price_point = models.ForeignKey("carriers.PricePoint", on_delete=models.PROTECT, related_name="payments")
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.CREATED)
+    flow = models.CharField(max_length=12, choices=PaymentFlow.choices)
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    journey_id = models.CharField(max_length=128, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    carrier_reference = models.CharField(max_length=128, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    pin_attempts = models.PositiveSmallIntegerField(default=0)
+    pin_expires_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="payment_amount_positive"),
+            models.UniqueConstraint(
+                fields=["app", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="payment_idempotency_key_unique_per_app",
+            ),
+            models.CheckConstraint(condition=Q(status__in=PaymentStatus.values), name="payment_status_valid"),
+        ]
+        indexes = [
+            models.Index(fields=["app", "-created_at"]),
+            models.Index(fields=["carrier", "carrier_reference"]),
+            models.Index(fields=["status", "updated_at"]),
+            models.Index(fields=["msisdn"]),
+            models.Index(fields=["app", "user_ref"]),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.public_id)
+
+
+class PaymentStatusChange(models.Model):
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(max_length=20, blank=True)
+    to_status = models.CharField(max_length=20)
+    actor = models.CharField(max_length=150, help_text="app:<name>, carrier:<slug>, staff:<username> or system")
+    reason = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["payment", "id"])]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+class IdempotencyRecord(models.Model):
+    """An Idempotency-Key claimed by an app, and the response it produced."""
+
+    class State(models.TextChoices):
+        IN_FLIGHT = "in_flight"
+        COMPLETED = "completed"
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="idempotency_records")
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64, help_text="Hash of method, path and body.")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.IN_FLIGHT)
+    resource_id = models.UUIDField(null=True, blank=True, help_text="Public id of what the request created.")
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    response_body = models.JSONField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "key"], name="idempotency_key_unique_per_app")]
+        indexes = [models.Index(fields=["created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.app_id}:{self.key}"

@@ -1,0 +1,48 @@
+"""Game-backend apps and their API keys."""
+
+import secrets
+from dataclasses import dataclass
+
+from django.db import transaction
+from django.utils import timezone
+
+from payments.models import ApiKey, App
+
+KEY_PREFIX_BYTES = 6
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    api_key: ApiKey
+    raw_key: str  # shown once to the person who asked for it; never stored
+
+
+def issue_api_key(*, app: App, label: str = "") -> IssuedKey:
+    """A new API key for `app`, in the form `pp_<prefix>_<secret>`."""
+    prefix = secrets.token_hex(KEY_PREFIX_BYTES)
+    raw_key = f"pp_{prefix}_{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(app=app, prefix=prefix, key_hash=ApiKey.hash(raw_key), label=label)
+    return IssuedKey(api_key=api_key, raw_key=raw_key)
+
+
+def create_app(*, name: str, notification_url: str = "") -> tuple[App, IssuedKey]:
+    with transaction.atomic():
+        app = App.objects.create(name=name, notification_url=notification_url)
+        return app, issue_api_key(app=app, label="initial")
+
+
+def revoke_api_key(*, api_key: ApiKey) -> None:
+    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def authenticate_api_key(raw_key: str) -> ApiKey | None:
+    """The active key (with its active app) that `raw_key` is, or None."""
+    parts = raw_key.split("_")
+    if len(parts) < 3 or parts[0] != "pp":
+        return None
+    api_key = ApiKey.objects.select_related("app").filter(prefix=parts[1]).first()
+    if api_key is None or not secrets.compare_digest(api_key.key_hash, ApiKey.hash(raw_key)):
+        return None
+    if not api_key.is_active or not api_key.app.is_active:
+        return None
+    return api_key

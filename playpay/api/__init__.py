@@ -1,0 +1,1 @@
+"""API plumbing shared by every app: Api-Key authentication, per-app rate limits, problem+json errors."""

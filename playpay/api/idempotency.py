@@ -1,0 +1,69 @@
+"""Runs a create request under its Idempotency-Key: replays, conflicts and storing the response."""
+
+import json
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from payments.errors import IdempotencyRequestInFlight
+from payments.models import App
+from payments.services.idempotency import (
+    IdempotentRequest,
+    KeyAlreadyClaimed,
+    complete_key,
+    find_previous,
+    fingerprint,
+    parse_key,
+)
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+Outcome = tuple[int, Any]
+
+
+def idempotent_request(request: Request, app: App) -> IdempotentRequest:
+    """Parse the Idempotency-Key header (400 when missing or malformed)."""
+    key = parse_key(request.headers.get("Idempotency-Key"))
+    return IdempotentRequest(
+        app=app, key=key, fingerprint=fingerprint(method=request.method or "", path=request.path, body=request.data)
+    )
+
+
+def run_idempotent(
+    idem: IdempotentRequest,
+    perform: Callable[[IdempotentRequest], Outcome],
+    recover: Callable[[uuid.UUID], Outcome],
+) -> Response:
+    """`perform` creates the resource (claiming the key in its transaction) and returns (status, body).
+
+    `recover` renders a resource whose creating request died before storing its response.
+    """
+    previous = find_previous(idem)
+    if previous is None:
+        try:
+            status, body = perform(idem)
+        except KeyAlreadyClaimed:
+            previous = find_previous(idem)
+            if previous is None:  # the other request rolled back in between; the client may retry
+                raise IdempotencyRequestInFlight(retry_after=1) from None
+        else:
+            body = _jsonable(body)
+            complete_key(idem, status=status, body=body)
+            return Response(body, status=status)
+
+    if previous.state == previous.State.COMPLETED:
+        status, body = previous.response_status or 200, previous.response_body
+    else:
+        assert previous.resource_id is not None
+        status, body = recover(previous.resource_id)
+        body = _jsonable(body)
+        complete_key(idem, status=status, body=body)
+    return Response(body, status=status, headers={REPLAYED_HEADER: "true"})
+
+
+def _jsonable(body: Any) -> Any:
+    return json.loads(JSONRenderer().render(body))

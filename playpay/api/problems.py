@@ -1,0 +1,120 @@
+"""RFC 9457 problem+json: the one place where errors become HTTP responses."""
+
+import math
+from typing import Any
+
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+from playpay.errors import DomainError
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+PROBLEM_BASE = "/api/problems/"
+
+# DRF's own exceptions, by class, to a stable code.
+_DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
+    exceptions.ValidationError: ("validation_error", "The request is not valid"),
+    exceptions.ParseError: ("malformed_request", "The request body is not valid JSON"),
+    exceptions.AuthenticationFailed: ("authentication_failed", "Authentication failed"),
+    exceptions.NotAuthenticated: ("not_authenticated", "Authentication is required"),
+    exceptions.PermissionDenied: ("permission_denied", "You may not do this"),
+    exceptions.NotFound: ("not_found", "No such resource"),
+    exceptions.MethodNotAllowed: ("method_not_allowed", "This method is not allowed here"),
+    exceptions.NotAcceptable: ("not_acceptable", "No acceptable representation"),
+    exceptions.UnsupportedMediaType: ("unsupported_media_type", "Send application/json"),
+    exceptions.Throttled: ("rate_limited", "Too many requests"),
+}
+
+
+def problem_catalogue() -> list[dict[str, Any]]:
+    """Every problem type the API can return, for the docs page at /api/problems/."""
+    from playpay.errors import all_domain_errors
+
+    rows = [{"code": code, "title": title, "status": cls.status_code} for cls, (code, title) in _DRF_CODES.items()]
+    rows += [{"code": e.code, "title": e.title, "status": e.http_status} for e in all_domain_errors()]
+    return sorted(rows, key=lambda row: str(row["code"]))
+
+
+def problem_response(
+    *, status_code: int, code: str, title: str, detail: str, instance: str = "", **extra: Any
+) -> Response:
+    body: dict[str, Any] = {
+        **extra,
+        "type": f"{PROBLEM_BASE}{code}",
+        "title": title,
+        "status": status_code,
+        "detail": detail,
+        "code": code,
+    }
+    if instance:
+        body["instance"] = instance
+    return Response(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def _pointer_errors(detail: Any, path: str = "#") -> list[dict[str, str]]:
+    """Flatten DRF's nested validation detail into RFC 9457 `errors` with JSON pointers."""
+    if isinstance(detail, dict):
+        out: list[dict[str, str]] = []
+        for field, value in detail.items():
+            sub = path if field == "non_field_errors" else f"{path}/{field}"
+            out += _pointer_errors(value, sub)
+        return out
+    if isinstance(detail, list):
+        if all(isinstance(item, (str, exceptions.ErrorDetail)) for item in detail):
+            return [{"pointer": path, "detail": str(item)} for item in detail]
+        out = []
+        for index, item in enumerate(detail):
+            out += _pointer_errors(item, f"{path}/{index}")
+        return out
+    return [{"pointer": path, "detail": str(detail)}]
+
+
+def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    request = context.get("request")
+    instance = request.get_full_path() if request is not None else ""
+
+    if isinstance(exc, DomainError):
+        response = problem_response(
+            status_code=exc.http_status,
+            code=exc.code,
+            title=exc.title,
+            detail=exc.detail,
+            instance=instance,
+            **exc.extra,
+        )
+        if exc.http_status == status.HTTP_409_CONFLICT and "retry_after" in exc.extra:
+            response["Retry-After"] = str(exc.extra["retry_after"])
+        return response
+
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound()
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if not isinstance(exc, exceptions.APIException):
+        return None  # a bug: Django's 500 handling and logging take over
+
+    base = exception_handler(exc, context)  # keeps DRF's headers (WWW-Authenticate, Retry-After)
+    code, title = next(
+        (value for cls, value in _DRF_CODES.items() if isinstance(exc, cls)), ("error", "The request failed")
+    )
+    extra: dict[str, Any] = {}
+    if isinstance(exc, exceptions.ValidationError):
+        detail = "One or more fields are not valid; see `errors`."
+        extra["errors"] = _pointer_errors(exc.detail)
+    else:
+        detail = str(exc.detail)
+    wait = getattr(exc, "wait", None)
+    if isinstance(exc, exceptions.Throttled) and wait is not None:
+        wait = math.ceil(wait)
+        detail = f"Rate limit exceeded; retry in {wait} seconds."
+    response = problem_response(
+        status_code=exc.status_code, code=code, title=title, detail=detail, instance=instance, **extra
+    )
+    if base is not None:
+        for header, value in base.items():
+            response[header] = value
+        response["Content-Type"] = PROBLEM_CONTENT_TYPE
+    return response

@@ -1,0 +1,18 @@
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from playpay import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("api/v1/", include("payments.api.urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/problems/", views.problem_types, name="problem-types"),
+    path("api/problems/<slug:code>", views.problem_types, name="problem-type"),
+    path("healthz", views.health, name="health"),
+]
+
+handler404 = "playpay.views.handler404"
+handler500 = "playpay.views.handler500"

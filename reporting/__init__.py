@@ -1,0 +1,1 @@
+"""Reporting: data catalog, dashboard, reconciliation exports and settlement imports."""

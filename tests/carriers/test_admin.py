@@ -1,0 +1,77 @@
+"""Carrier configuration in the admin: credentials are write-only."""
+
+import pytest
+from django.contrib.auth.models import User
+
+from carriers.models import Carrier
+from tests.factories import CarrierFactory
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff_client(client):
+    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123!"))
+    return client
+
+
+def carrier_form(carrier: Carrier, **changes: str) -> dict[str, str]:
+    data = {
+        "name": carrier.name,
+        "slug": carrier.slug,
+        "country": carrier.country_id,
+        "protocol": carrier.protocol,
+        "endpoint": "https://carrier.example/api",
+        "connect_timeout_ms": "2000",
+        "read_timeout_ms": "10000",
+        "revenue_share": "0.3",
+        "is_active": "on",
+        "supports_pin": "on",
+    }
+    for prefix in ("price_points", "network_codes", "number_prefixes"):
+        data |= {f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"}
+    return data | changes
+
+
+def test_credentials_are_stored_encrypted_and_never_shown_back(staff_client) -> None:
+    carrier = CarrierFactory.create()
+    url = f"/admin/carriers/carrier/{carrier.pk}/change/"
+    response = staff_client.post(url, carrier_form(carrier, new_credentials='{"client_secret": "s3cr3t-value"}'))
+    assert response.status_code == 302
+    carrier.refresh_from_db()
+    assert carrier.credentials == {"client_secret": "s3cr3t-value"}
+    assert "s3cr3t-value" not in carrier.credentials_encrypted
+    page = staff_client.get(url).content.decode()
+    assert "s3cr3t-value" not in page
+    assert "set (hidden)" in page
+
+
+def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff_client) -> None:
+    carrier = CarrierFactory.create()
+    carrier.credentials = {"token": "keep-me"}
+    carrier.save()
+    url = f"/admin/carriers/carrier/{carrier.pk}/change/"
+    assert staff_client.post(url, carrier_form(carrier)).status_code == 302
+    carrier.refresh_from_db()
+    assert carrier.credentials == {"token": "keep-me"}
+    response = staff_client.post(url, carrier_form(carrier, new_credentials="{not json"))
+    assert response.status_code == 200
+    assert "Not valid JSON" in response.content.decode()
+    carrier.refresh_from_db()
+    assert carrier.credentials == {"token": "keep-me"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/carriers/carrier/",
+        "/admin/carriers/country/",
+        "/admin/carriers/pricepoint/",
+        "/admin/payments/payment/",
+        "/admin/payments/app/",
+        "/admin/payments/apikey/",
+        "/admin/payments/idempotencyrecord/",
+    ],
+)
+def test_admin_changelists_load_with_search(staff_client, path: str) -> None:
+    assert staff_client.get(path, {"q": "x"}).status_code == 200

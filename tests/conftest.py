@@ -1,0 +1,92 @@
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from carriers.models import Carrier, PricePoint
+from payments.models import App
+from payments.services.apps import issue_api_key
+from playpay.celery import app as celery_app
+from tests.factories import AppFactory, CarrierFactory, NumberPrefixFactory, PricePointFactory
+
+# A valid UK mobile number routed to the default test carrier by its prefix.
+MSISDN = "+447400123456"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("postgres"):
+            item.add_marker(pytest.mark.usefixtures("_require_postgres"))
+        if item.get_closest_marker("broker"):
+            item.add_marker(pytest.mark.usefixtures("_require_broker"))
+
+
+@pytest.fixture
+def _require_postgres(django_db_blocker: Any) -> None:
+    # These tests assert PostgreSQL behaviour (locking, constraints); elsewhere they fail, never skip.
+    assert connection.vendor == "postgresql", "this test needs PostgreSQL: set DATABASE_URL=postgres://…"
+
+
+@pytest.fixture
+def _require_broker() -> None:
+    assert os.environ.get("CELERY_BROKER_URL"), "this test needs a Celery broker: set CELERY_BROKER_URL"
+
+
+@pytest.fixture(autouse=True)
+def _plain_static_storage(settings: Any) -> None:
+    """Production serves hashed static files made by collectstatic; tests render pages without it."""
+    settings.STORAGES = settings.STORAGES | {
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+    }
+
+
+@pytest.fixture(autouse=True)
+def _tasks_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Tasks run at enqueue time, except in tests that exercise the real broker."""
+    eager = request.node.get_closest_marker("broker") is None
+    previous = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = eager
+    yield
+    celery_app.conf.task_always_eager = previous
+
+
+@dataclass
+class Shop:
+    """One app with an API key and one active carrier with a price point."""
+
+    app: App
+    key: str
+    carrier: Carrier
+    price_point: PricePoint
+    client: APIClient
+
+    def create_payment(self, key: str = "key-1", **body: Any) -> Any:
+        payload = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": self.price_point.code, **body}
+        return self.client.post("/api/v1/payments/", payload, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    def confirm(self, payment_id: str, pin: str) -> Any:
+        return self.client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
+
+
+@pytest.fixture
+def make_shop() -> Callable[..., Shop]:
+    def make(prefix: str = "4474", **carrier_fields: Any) -> Shop:
+        app = AppFactory.create()
+        key = issue_api_key(app=app).raw_key
+        carrier = CarrierFactory.create(**carrier_fields)
+        NumberPrefixFactory.create(carrier=carrier, prefix=prefix)
+        price_point = PricePointFactory.create(carrier=carrier)
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
+        return Shop(app=app, key=key, carrier=carrier, price_point=price_point, client=client)
+
+    return make
+
+
+@pytest.fixture
+def shop(db: Any, make_shop: Callable[..., Shop]) -> Shop:
+    return make_shop()

@@ -1,0 +1,216 @@
+"""The payment API as a game backend uses it."""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from carriers.adapters.sandbox import TEST_PIN
+from payments.models import IdempotencyRecord, Payment, PaymentStatus
+from tests.conftest import MSISDN, Shop
+
+pytestmark = pytest.mark.django_db
+
+
+def test_create_pin_payment_returns_201_with_next_action(shop: Shop) -> None:
+    response = shop.create_payment()
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "pin_sent"
+    assert body["flow"] == "pin"
+    assert body["amount_minor"] == 99
+    assert body["currency"] == "GBP"
+    assert body["carrier"] == shop.carrier.slug
+    assert body["price_point"] == "gems-100"
+    assert body["msisdn"] == MSISDN
+    assert body["next_action"]["type"] == "enter_pin"
+    assert body["next_action"]["attempts_remaining"] == 3
+    payment = Payment.objects.get(public_id=body["id"])
+    assert [(h.from_status, h.to_status) for h in payment.history.all()] == [("", "created"), ("created", "pin_sent")]
+
+
+def test_confirm_with_the_right_pin_charges_the_payment(shop: Shop) -> None:
+    payment_id = shop.create_payment().json()["id"]
+    response = shop.confirm(payment_id, TEST_PIN)
+    assert response.status_code == 200
+    assert response.json()["status"] == "succeeded"
+    history = Payment.objects.get(public_id=payment_id).history.values_list("to_status", "actor")
+    assert list(history)[-3:] == [
+        ("pin_verified", f"carrier:{shop.carrier.slug}"),
+        ("charging", f"app:{shop.app.name}"),
+        ("succeeded", f"carrier:{shop.carrier.slug}"),
+    ]
+
+
+def test_three_wrong_pins_fail_the_payment(shop: Shop) -> None:
+    payment_id = shop.create_payment().json()["id"]
+    first = shop.confirm(payment_id, "0000")
+    assert first.status_code == 422
+    assert first["Content-Type"] == "application/problem+json"
+    assert first.json()["code"] == "invalid_pin"
+    assert first.json()["attempts_remaining"] == 2
+    shop.confirm(payment_id, "0000")
+    last = shop.confirm(payment_id, "0000")
+    assert last.json()["attempts_remaining"] == 0
+    payment = Payment.objects.get(public_id=payment_id)
+    assert payment.status == PaymentStatus.FAILED
+    assert payment.failure_code == "invalid_pin"
+    # Once failed, even the right PIN is refused.
+    assert shop.confirm(payment_id, TEST_PIN).status_code == 409
+
+
+def test_expired_pin_is_refused_and_expires_the_payment(shop: Shop) -> None:
+    payment_id = shop.create_payment().json()["id"]
+    Payment.objects.filter(public_id=payment_id).update(pin_expires_at=timezone.now() - timedelta(seconds=1))
+    response = shop.confirm(payment_id, TEST_PIN)
+    assert response.status_code == 409
+    assert response.json()["code"] == "pin_expired"
+    assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.EXPIRED
+
+
+def test_one_click_payment_is_charged_at_creation(shop: Shop) -> None:
+    response = shop.create_payment(flow="one_click")
+    assert response.status_code == 201
+    assert response.json()["status"] == "succeeded"
+    assert response.json()["next_action"] == {"type": "none"}
+
+
+def test_carrier_decline_fails_the_payment_with_the_standard_code(shop: Shop) -> None:
+    response = shop.create_payment(flow="one_click", msisdn="+447400120002")
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "failed"
+    assert body["failure"]["code"] == "insufficient_funds"
+
+
+def test_unanswered_charge_stays_charging_never_success_or_failure(shop: Shop) -> None:
+    body = shop.create_payment(flow="one_click", msisdn="+447400120005").json()
+    assert body["status"] == "charging"
+    assert body["next_action"]["type"] == "wait"
+
+
+def test_flow_the_carrier_does_not_offer_is_refused(make_shop) -> None:
+    shop = make_shop(supports_one_click=False)
+    response = shop.create_payment(flow="one_click")
+    assert response.status_code == 422
+    assert response.json()["code"] == "flow_not_supported"
+    assert not Payment.objects.exists()
+
+
+def test_app_cannot_see_or_confirm_another_apps_payment(make_shop) -> None:
+    mine, theirs = make_shop(), make_shop(prefix="4475")
+    payment_id = theirs.create_payment(msisdn="+447500123456").json()["id"]
+    assert mine.client.get(f"/api/v1/payments/{payment_id}/").status_code == 404
+    assert mine.confirm(payment_id, TEST_PIN).status_code == 404
+    assert mine.client.get("/api/v1/payments/").json()["results"] == []
+    assert theirs.client.get(f"/api/v1/payments/{payment_id}/").status_code == 200
+
+
+def test_list_filters_by_status_and_user_ref(shop: Shop) -> None:
+    shop.create_payment(key="a", user_ref="alice")
+    shop.create_payment(key="b", user_ref="bob", flow="one_click")
+    results = shop.client.get("/api/v1/payments/", {"status": "succeeded"}).json()["results"]
+    assert [row["user_ref"] for row in results] == ["bob"]
+    results = shop.client.get("/api/v1/payments/", {"user_ref": "alice"}).json()["results"]
+    assert [row["status"] for row in results] == ["pin_sent"]
+    bad = shop.client.get("/api/v1/payments/", {"status": "paid"})
+    assert bad.status_code == 400
+    assert bad.json()["errors"][0]["pointer"] == "#/status"
+
+
+def test_unknown_payment_id_is_404_problem(shop: Shop) -> None:
+    for bad in ["00000000-0000-0000-0000-000000000000", "not-a-uuid"]:
+        response = shop.client.get(f"/api/v1/payments/{bad}/")
+        assert response.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("header", "code"),
+    [
+        (None, "not_authenticated"),
+        ("Api-Key pp_nope_nope", "authentication_failed"),
+        ("Bearer x", "authentication_failed"),
+    ],
+)
+def test_requests_without_a_valid_key_are_401(shop: Shop, header: str | None, code: str) -> None:
+    shop.client.credentials(**({"HTTP_AUTHORIZATION": header} if header else {}))
+    response = shop.client.get("/api/v1/payments/")
+    assert response.status_code == 401
+    assert response["Content-Type"] == "application/problem+json"
+    assert response["WWW-Authenticate"] == "Api-Key"
+    assert response.json()["code"] == code
+
+
+def test_revoked_key_is_refused(shop: Shop) -> None:
+    shop.app.api_keys.update(revoked_at=timezone.now())
+    assert shop.client.get("/api/v1/payments/").status_code == 401
+
+
+def test_undocumented_fields_are_rejected_and_nothing_is_created(shop: Shop) -> None:
+    response = shop.create_payment(status="succeeded", amount_minor=1)
+    assert response.status_code == 400
+    pointers = {error["pointer"] for error in response.json()["errors"]}
+    assert pointers == {"#/status", "#/amount_minor"}
+    assert not Payment.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        ({"msisdn": "12"}, 400, "invalid_msisdn"),
+        ({"msisdn": "+442071838750"}, 400, "invalid_msisdn"),  # a London landline
+        ({"msisdn": "+34612345678"}, 422, "carrier_not_resolved"),
+        ({"price_point": "gems-999"}, 422, "price_point_not_found"),
+        ({"carrier": "no-such-carrier"}, 422, "carrier_not_found"),
+        ({"user_ref": ""}, 400, "validation_error"),
+        ({"metadata": {"blob": "x" * 5000}}, 400, "validation_error"),
+    ],
+)
+def test_invalid_requests_get_a_problem_and_change_nothing(
+    shop: Shop, body: dict[str, Any], status: int, code: str
+) -> None:
+    response = shop.create_payment(**body)
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["code"] == code
+    assert problem["type"] == f"/api/problems/{code}"
+    assert problem["status"] == status
+    assert problem["detail"]
+    assert not Payment.objects.exists()
+    assert not IdempotencyRecord.objects.exists()
+
+
+def test_inactive_price_point_is_not_offered(shop: Shop) -> None:
+    shop.price_point.is_active = False
+    shop.price_point.save()
+    assert shop.create_payment().json()["code"] == "price_point_not_found"
+
+
+def test_named_carrier_must_serve_the_numbers_country(shop: Shop) -> None:
+    response = shop.create_payment(carrier=shop.carrier.slug, msisdn="+34612345678")
+    assert response.status_code == 422
+    assert response.json()["code"] == "carrier_country_mismatch"
+
+
+def test_price_points_lists_what_an_app_may_offer(make_shop) -> None:
+    shop = make_shop()
+    spain = make_shop(prefix="346", country__code="ES", country__name="Spain", country__dialing_code="34")
+    spain.price_point.currency = "EUR"
+    spain.price_point.save()
+    body = shop.client.get("/api/v1/price-points/", {"country": "es"}).json()
+    assert [(row["carrier"], row["currency"]) for row in body["results"]] == [(spain.carrier.slug, "EUR")]
+    body = shop.client.get("/api/v1/price-points/", {"carrier": shop.carrier.slug}).json()
+    assert [row["code"] for row in body["results"]] == ["gems-100"]
+    assert shop.client.get("/api/v1/price-points/", {"country": "Spain"}).status_code == 400
+
+
+def test_requests_over_the_apps_rate_limit_get_429_with_retry_after(shop: Shop) -> None:
+    shop.app.rate_limit_per_minute = 3
+    shop.app.save()
+    statuses = [shop.client.get("/api/v1/payments/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    limited = shop.client.get("/api/v1/payments/")
+    assert limited.json()["code"] == "rate_limited"
+    assert 1 <= int(limited["Retry-After"]) <= 60

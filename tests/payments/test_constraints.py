@@ -1,0 +1,29 @@
+"""Invariants held by PostgreSQL itself, whatever the code above it does."""
+
+import pytest
+from django.db import IntegrityError, transaction
+
+from payments.models import Payment
+from tests.conftest import Shop
+
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+
+
+def test_database_refuses_a_second_payment_with_the_same_key_for_an_app(shop: Shop) -> None:
+    shop.create_payment(key="k1")
+    original = Payment.objects.get()
+    copy = {f.attname: getattr(original, f.attname) for f in Payment._meta.fields if f.name not in ("id", "public_id")}
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Payment.objects.create(**copy)
+
+
+def test_database_refuses_non_positive_amounts_and_unknown_statuses(shop: Shop) -> None:
+    shop.create_payment()
+    for change in ({"amount_minor": 0}, {"status": "paid"}):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            Payment.objects.update(**change)
+
+
+def test_database_refuses_a_carrier_payout_above_the_price(shop: Shop) -> None:
+    with pytest.raises(IntegrityError), transaction.atomic():
+        type(shop.price_point).objects.filter(pk=shop.price_point.pk).update(carrier_payout_minor=100)

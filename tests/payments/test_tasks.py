@@ -1,0 +1,44 @@
+"""Celery wiring: beat schedule declared in the database, tasks run by a worker over the real broker."""
+
+import time
+from datetime import timedelta
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from payments.models import IdempotencyRecord, Payment, PaymentStatus
+from payments.tasks import expire_abandoned, purge_idempotency_keys
+from playpay.celery import app as celery_app
+from tests.conftest import Shop
+
+
+@pytest.mark.django_db
+def test_housekeeping_is_scheduled_in_django_celery_beat() -> None:
+    tasks = set(PeriodicTask.objects.filter(enabled=True).values_list("task", flat=True))
+    assert {"payments.tasks.purge_idempotency_keys", "payments.tasks.expire_abandoned"} <= tasks
+
+
+@pytest.mark.django_db
+def test_unconfirmed_pin_payments_expire(shop: Shop) -> None:
+    payment_id = shop.create_payment().json()["id"]
+    shop.create_payment(key="fresh", user_ref="p2")
+    Payment.objects.filter(public_id=payment_id).update(pin_expires_at=timezone.now() - timedelta(seconds=1))
+    assert expire_abandoned() == 1
+    assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.EXPIRED
+    assert Payment.objects.filter(status=PaymentStatus.PIN_SENT).count() == 1
+
+
+@pytest.mark.broker
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_runs_a_task_sent_through_the_broker(shop: Shop, settings) -> None:
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 1
+    shop.create_payment(key="old")
+    IdempotencyRecord.objects.update(created_at=timezone.now() - timedelta(hours=2))
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
+        purge_idempotency_keys.apply_async()
+        deadline = time.monotonic() + 20
+        while IdempotencyRecord.objects.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not IdempotencyRecord.objects.exists()

@@ -1,0 +1,95 @@
+"""Settings from the environment, the production checks, and the offline API docs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PRODUCTION_ENV = {
+    "DEBUG": "false",
+    "SECRET_KEY": "a-long-random-production-secret-key-0123456789-abcdefghijklmnop",
+    "ALLOWED_HOSTS": "pay.example.com",
+    "SECURE_SSL_REDIRECT": "true",
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+}
+
+
+def django(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
+    )
+
+
+def settings_value(expr: str, env: dict[str, str]) -> str:
+    result = django(["shell", "-c", f"from django.conf import settings; print({expr})"], env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_with_nothing_set_the_embedded_default_is_sqlite_and_eager_tasks(tmp_path: Path) -> None:
+    env = {"PLAYPAY_VAR_DIR": str(tmp_path)}
+    assert settings_value("settings.DATABASES['default']['ENGINE']", env) == "django.db.backends.sqlite3"
+    assert settings_value("settings.CELERY_TASK_ALWAYS_EAGER", env) == "True"
+
+
+def test_database_url_selects_postgresql_with_persistent_connections() -> None:
+    env = {
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/playpay",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    }
+    db = json.loads(settings_value("__import__('json').dumps(settings.DATABASES['default'], default=str)", env))
+    assert db["ENGINE"] == "django.db.backends.postgresql"
+    assert db["CONN_MAX_AGE"] > 0
+    assert settings_value("settings.CELERY_TASK_ALWAYS_EAGER", env) == "False"
+
+
+def test_a_malformed_boolean_is_a_clear_error() -> None:
+    result = django(["check"], {"DEBUG": "maybe"})
+    assert result.returncode != 0
+    assert "DEBUG must be a boolean" in result.stderr
+
+
+def test_check_deploy_is_clean_under_production_settings() -> None:
+    result = django(["check", "--deploy", "--fail-level", "WARNING"], PRODUCTION_ENV)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+@pytest.mark.django_db
+def test_openapi_schema_describes_the_payment_api(client) -> None:
+    response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    schema = json.loads(response.content)
+    assert schema["openapi"].startswith("3.")
+    assert {
+        "/api/v1/payments/",
+        "/api/v1/payments/{id}/",
+        "/api/v1/payments/{id}/confirm/",
+        "/api/v1/price-points/",
+    } <= set(schema["paths"])
+    create = schema["paths"]["/api/v1/payments/"]["post"]
+    assert any(p["name"] == "Idempotency-Key" and p["required"] for p in create["parameters"])
+    assert "ApiKey" in schema["components"]["securitySchemes"]
+
+
+@pytest.mark.django_db
+def test_docs_page_loads_its_assets_from_this_server_not_a_cdn(client) -> None:
+    page = client.get("/api/docs/").content.decode()
+    assert "swagger-ui" in page
+    assert "cdn" not in page.lower()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/" in page
+
+
+@pytest.mark.django_db
+def test_problem_types_are_documented_at_their_type_uri(client) -> None:
+    listing = client.get("/api/problems/").json()["problem_types"]
+    codes = {row["code"] for row in listing}
+    assert {"idempotency_key_reused", "invalid_msisdn", "rate_limited", "validation_error"} <= codes
+    one = client.get("/api/problems/idempotency_key_reused").json()
+    assert one["status"] == 422
+    assert client.get("/api/problems/nope").status_code == 404
