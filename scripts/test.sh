@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up and runs the whole check: formatting, lint, types, migrations, and the
+# test suite against PostgreSQL and a real Celery broker (Redis).
+# Extra arguments go to pytest, e.g. scripts/test.sh -k idempotency
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh requirements-dev.txt
+scripts/services.sh
+
+export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/playpay}"
+export CELERY_BROKER_URL="${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}"
+export PATH="$PWD/.venv/bin:$PATH"
+
+echo "== ruff format --check"; ruff format --check .
+echo "== ruff check"; ruff check .
+echo "== mypy"; mypy .
+echo "== makemigrations --check"; python manage.py makemigrations --check --dry-run
+echo "== pytest (DATABASE_URL=${DATABASE_URL%%@*}@…, broker ${CELERY_BROKER_URL%%:*})"
+pytest "$@"
