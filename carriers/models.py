@@ -60,6 +60,24 @@ class Carrier(models.Model):
         validators=[MinValueValidator(Decimal("0")), MaxValueValidator(Decimal("1"))],
         help_text="Share of the net amount the carrier keeps, 0 to 1.",
     )
+    max_retries = models.PositiveSmallIntegerField(
+        default=5, help_text="Retries of a call that did not reach the carrier, with exponential backoff."
+    )
+    retry_backoff_seconds = models.PositiveIntegerField(default=2, help_text="First retry delay; doubles each time.")
+    insufficient_funds_retry_minutes = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[RegexValidator(r"^(\d+(,\d+)*)?$", "Comma-separated minutes, e.g. 60,360,1440.")],
+        help_text="One-click charges declined for insufficient funds are tried again after these delays "
+        "(minutes, comma-separated); empty fails them at once.",
+    )
+    rate_limit_per_second = models.PositiveIntegerField(default=50, help_text="Calls per second to this carrier.")
+    breaker_failure_threshold = models.PositiveSmallIntegerField(
+        default=5, help_text="Consecutive transport failures that open the circuit breaker."
+    )
+    breaker_reset_seconds = models.PositiveIntegerField(
+        default=30, help_text="How long an open breaker waits before letting one trial call through."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -89,6 +107,40 @@ class Carrier(models.Model):
     @property
     def has_credentials(self) -> bool:
         return bool(self.credentials_encrypted)
+
+    @property
+    def insufficient_funds_retry_delays(self) -> list[int]:
+        """Minutes to wait before each later attempt after insufficient funds."""
+        return [int(part) for part in self.insufficient_funds_retry_minutes.split(",") if part.strip()]
+
+
+class CarrierHealth(models.Model):
+    """A carrier's recent health, refreshed by a periodic task from the call counters."""
+
+    carrier = models.OneToOneField(Carrier, on_delete=models.CASCADE, related_name="health", primary_key=True)
+    window_minutes = models.PositiveSmallIntegerField(default=15)
+    calls = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    declined = models.PositiveIntegerField(default=0)
+    unknown = models.PositiveIntegerField(default=0, help_text="Timeouts, 5xx and garbled replies.")
+    unreachable = models.PositiveIntegerField(default=0)
+    avg_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    max_latency_ms = models.PositiveIntegerField(null=True, blank=True)
+    breaker_state = models.CharField(max_length=10, default="closed")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "carrier health"
+
+    def __str__(self) -> str:
+        return f"{self.carrier_id}: {self.success_rate_percent}% ok"
+
+    @property
+    def success_rate_percent(self) -> int | None:
+        """Share of calls the carrier answered (approved or declined), not failed in transport."""
+        if not self.calls:
+            return None
+        return round(100 * (self.succeeded + self.declined) / self.calls)
 
 
 class NetworkCode(models.Model):

@@ -53,3 +53,9 @@ class IdempotencyRequestInFlight(PaymentError):
     code = "idempotency_request_in_flight"
     title = "A request with this Idempotency-Key is still being processed; retry later"
     http_status = 409
+
+
+class CarrierTemporarilyUnavailable(PaymentError):
+    code = "carrier_unavailable"
+    title = "The carrier cannot be reached right now; retry shortly"
+    http_status = 503

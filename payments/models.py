@@ -97,6 +97,13 @@ class Payment(models.Model):
     failure_message = models.CharField(max_length=255, blank=True)
     pin_attempts = models.PositiveSmallIntegerField(default=0)
     pin_expires_at = models.DateTimeField(null=True, blank=True)
+    # What the carrier protocol keeps between calls (OTP session, reservation...); never shown to apps.
+    carrier_data = models.JSONField(default=dict, blank=True)
+    charge_attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a later charge attempt is due.")
+    outcome_unknown_since = models.DateTimeField(
+        null=True, blank=True, help_text="Set while the carrier has not stated the charge's outcome."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -117,6 +124,14 @@ class Payment(models.Model):
             models.Index(fields=["status", "updated_at"]),
             models.Index(fields=["msisdn"]),
             models.Index(fields=["app", "user_ref"]),
+            models.Index(
+                fields=["outcome_unknown_since"],
+                condition=Q(outcome_unknown_since__isnull=False),
+                name="payment_outcome_unknown_idx",
+            ),
+            models.Index(
+                fields=["next_attempt_at"], condition=Q(next_attempt_at__isnull=False), name="payment_next_attempt_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -162,3 +177,23 @@ class IdempotencyRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.app_id}:{self.key}"
+
+
+class OutboxMessage(models.Model):
+    """A task to enqueue, written in the same transaction as the state change that calls for it.
+
+    It is sent right after the commit; the relay job sends whatever a dead process left behind.
+    """
+
+    task = models.CharField(max_length=200)
+    kwargs = models.JSONField(default=dict)
+    queue = models.CharField(max_length=100)
+    countdown_seconds = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["created_at"], condition=Q(sent_at__isnull=True), name="outbox_unsent_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.task} → {self.queue}"

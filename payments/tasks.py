@@ -1,14 +1,54 @@
-"""Periodic payment housekeeping; scheduled in django-celery-beat by a data migration."""
+"""Celery tasks: thin wrappers over the services. Per-payment tasks run on the carrier's queue
+(`carrier.<slug>`); the periodic ones are declared in django-celery-beat by a data migration."""
 
 from celery import shared_task
 
+from payments.services import carrier_flow, outbox
 from payments.services.idempotency import purge_expired_keys
 from payments.services.payments import expire_abandoned_payments
+
+# At-least-once (acks_late, reject_on_worker_lost, also the project defaults): a task whose
+# worker dies is delivered again; every task re-reads its payment before acting.
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def start_payment(payment_id: int) -> None:
+    carrier_flow.start_payment(payment_id=payment_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def charge_payment(payment_id: int) -> None:
+    carrier_flow.charge_payment(payment_id=payment_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def resolve_payment(payment_id: int) -> None:
+    carrier_flow.resolve_payment(payment_id=payment_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def cancel_payment(payment_id: int) -> None:
+    carrier_flow.cancel_at_carrier(payment_id=payment_id)
+
+
+@shared_task(acks_late=True)
+def relay_outbox() -> int:
+    return outbox.relay_pending()
+
+
+@shared_task(acks_late=True)
+def dispatch_due_attempts() -> int:
+    return carrier_flow.due_attempts()
+
+
+@shared_task(acks_late=True)
+def resolve_unknown_outcomes() -> int:
+    return carrier_flow.unknown_outcomes()
 
 
 @shared_task(acks_late=True)
 def purge_idempotency_keys() -> int:
-    return purge_expired_keys()
+    return purge_expired_keys() + outbox.purge_sent()
 
 
 @shared_task(acks_late=True)

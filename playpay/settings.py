@@ -176,6 +176,9 @@ SPECTACULAR_SETTINGS = {
 # Default requests per minute per app; each App may override it.
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
 
+# Public base URL of this deployment: carriers are given callback URLs under it.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
 # --- Payments ---------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 48)
 # A request that claimed a key and never finished (a killed process) stops blocking after this.

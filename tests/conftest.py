@@ -63,17 +63,32 @@ class Shop:
     carrier: Carrier
     price_point: PricePoint
     client: APIClient
+    # Runs what the request queued for after its commit (the test's own transaction never commits).
+    after_commit: Callable[..., Any]
 
     def create_payment(self, key: str = "key-1", **body: Any) -> Any:
         payload = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": self.price_point.code, **body}
-        return self.client.post("/api/v1/payments/", payload, format="json", HTTP_IDEMPOTENCY_KEY=key)
+        with self.after_commit(execute=True):
+            return self.client.post("/api/v1/payments/", payload, format="json", HTTP_IDEMPOTENCY_KEY=key)
+
+    def get(self, payment_id: str) -> Any:
+        response = self.client.get(f"/api/v1/payments/{payment_id}/")
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    def pay(self, key: str = "key-1", **body: Any) -> Any:
+        """Create a payment and return it as it is once the queued carrier work has run."""
+        response = self.create_payment(key, **body)
+        assert response.status_code == 201, response.content
+        return self.get(response.json()["id"])
 
     def confirm(self, payment_id: str, pin: str) -> Any:
-        return self.client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
+        with self.after_commit(execute=True):
+            return self.client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
 
 
 @pytest.fixture
-def make_shop() -> Callable[..., Shop]:
+def make_shop(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callable[..., Shop]:
     def make(prefix: str = "4474", **carrier_fields: Any) -> Shop:
         app = AppFactory.create()
         key = issue_api_key(app=app).raw_key
@@ -82,7 +97,14 @@ def make_shop() -> Callable[..., Shop]:
         price_point = PricePointFactory.create(carrier=carrier)
         client = APIClient()
         client.credentials(HTTP_AUTHORIZATION=f"Api-Key {key}")
-        return Shop(app=app, key=key, carrier=carrier, price_point=price_point, client=client)
+        return Shop(
+            app=app,
+            key=key,
+            carrier=carrier,
+            price_point=price_point,
+            client=client,
+            after_commit=django_capture_on_commit_callbacks,
+        )
 
     return make
 

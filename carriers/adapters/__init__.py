@@ -4,6 +4,8 @@ Adapters do I/O only; they never touch the database. Callers build a
 `CarrierConfig` from the Carrier row and get an adapter with `adapter_for`.
 """
 
+from django.conf import settings
+
 from carriers.adapters.base import CarrierAdapter, CarrierConfig
 from carriers.adapters.sandbox import SandboxAdapter
 from carriers.models import Carrier, Protocol
@@ -20,7 +22,17 @@ def config_for(carrier: Carrier) -> CarrierConfig:
         credentials=carrier.credentials,
         connect_timeout=carrier.connect_timeout_ms / 1000,
         read_timeout=carrier.read_timeout_ms / 1000,
+        notification_url=f"{settings.PUBLIC_BASE_URL}/api/v1/carriers/{carrier.slug}/notifications/",
     )
+
+
+def carrier_queue(carrier: Carrier) -> str:
+    """The Celery queue of a carrier's outbound calls, so that workers can be scaled per carrier."""
+    return f"carrier.{carrier.slug}"
+
+
+def adapter_class(protocol: str) -> type[CarrierAdapter]:
+    return _ADAPTERS[protocol]
 
 
 def adapter_for(carrier: Carrier) -> CarrierAdapter:

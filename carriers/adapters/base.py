@@ -1,7 +1,15 @@
-"""The one interface every carrier protocol implements, over small typed requests and results."""
+"""The one interface every carrier protocol implements, over small typed requests and results.
+
+Adapters translate between these types and one wire protocol. They do I/O only:
+no database access. Anything a protocol needs to remember between calls (an OTP
+session, a reservation, a PIN digest) goes back in `CarrierResult.state`; the
+payment services store it and pass it in again as `ChargeRequest.state`.
+"""
 
 import abc
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -13,17 +21,31 @@ class Outcome(StrEnum):
     PIN_VERIFIED = "pin_verified"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
-    # The carrier did not state an outcome: never read it as success or failure.
+    # The carrier did not state an outcome (accepted for later, timed out, garbled reply):
+    # never read as success or failure; resolved by a callback or a status query.
     PENDING = "pending"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    pin: bool = True
+    one_click: bool = True
+    refund: bool = True
+    reversal: bool = False
+    status_query: bool = True
+    # Results arrive by callback; a request is only ever "accepted".
+    asynchronous: bool = False
 
 
 @dataclass(frozen=True)
 class CarrierConfig:
     slug: str
     endpoint: str
-    credentials: dict[str, Any] = field(repr=False)
+    credentials: Mapping[str, Any] = field(repr=False)
     connect_timeout: float
     read_timeout: float
+    # Where the carrier posts its notifications for this carrier.
+    notification_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,8 @@ class ChargeRequest:
     currency: str
     price_point: str
     description: str = ""
+    carrier_reference: str = ""
+    state: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -43,26 +67,103 @@ class CarrierResult:
     error_code: ErrorCode | None = None
     raw_code: str = ""
     raw_message: str = ""
+    # Protocol state to keep for the next call on this payment (merged into what is stored).
+    state: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # The call failed in transport (unreachable, timeout, 5xx, garbled reply): counts against the breaker.
+    transport_failed: bool = False
+    # True when the request certainly did not reach the carrier, so sending it again is safe.
+    not_sent: bool = False
+
+    @classmethod
+    def failed(cls, code: ErrorCode, raw_code: str = "", raw_message: str = "", **kwargs: Any) -> "CarrierResult":
+        return cls(outcome=Outcome.FAILED, error_code=code, raw_code=raw_code, raw_message=raw_message, **kwargs)
+
+    @classmethod
+    def pending(cls, raw_code: str = "", raw_message: str = "", **kwargs: Any) -> "CarrierResult":
+        return cls(outcome=Outcome.PENDING, raw_code=raw_code, raw_message=raw_message, **kwargs)
+
+
+@dataclass(frozen=True)
+class RefundRequest:
+    refund_id: str
+    payment_id: str
+    carrier_reference: str
+    msisdn: str
+    amount_minor: int
+    currency: str
+    reason: str = ""
+    state: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+
+class NotificationKind(StrEnum):
+    PAYMENT = "payment"
+    REFUND = "refund"
+
+
+@dataclass(frozen=True)
+class Notification:
+    """A carrier callback, verified and translated."""
+
+    notification_id: str
+    kind: NotificationKind
+    outcome: Outcome
+    carrier_reference: str = ""
+    payment_id: str = ""
+    refund_id: str = ""
+    error_code: ErrorCode | None = None
+    raw_code: str = ""
+    raw_message: str = ""
+    occurred_at: datetime | None = None
+
+
+class NotificationRejected(Exception):
+    """A callback that fails verification (signature, freshness) or cannot be read."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
 
 
 class CarrierAdapter(abc.ABC):
-    """Translate PlayPay's standard requests to one carrier protocol and back."""
+    """Translate PlayPay's standard requests to one carrier protocol and back.
+
+    Every method returns a result rather than raising for carrier-side problems:
+    declines become FAILED with a standard `ErrorCode`, transport problems become
+    FAILED(carrier_unavailable, not_sent=True) when nothing reached the carrier and
+    PENDING when the request may have been processed.
+    """
+
+    capabilities: Capabilities = Capabilities()
 
     def __init__(self, config: CarrierConfig) -> None:
         self.config = config
 
     @abc.abstractmethod
     def send_pin(self, request: ChargeRequest) -> CarrierResult:
-        """Start a PIN flow: the carrier texts the player a PIN. Outcome PIN_SENT or FAILED."""
+        """Start a PIN flow: the player gets a PIN by SMS. PIN_SENT, FAILED or PENDING."""
 
     @abc.abstractmethod
-    def verify_pin(self, request: ChargeRequest, *, carrier_reference: str, pin: str) -> CarrierResult:
-        """Check the PIN the player typed. Outcome PIN_VERIFIED or FAILED (invalid_pin, pin_expired)."""
+    def verify_pin(self, request: ChargeRequest, *, pin: str) -> CarrierResult:
+        """Check the PIN the player typed. PIN_VERIFIED, FAILED (invalid_pin, pin_expired) or PENDING."""
 
     @abc.abstractmethod
-    def charge(self, request: ChargeRequest, *, carrier_reference: str = "") -> CarrierResult:
-        """Charge the player's bill. SUCCEEDED, FAILED, or PENDING when the carrier did not say."""
+    def charge(self, request: ChargeRequest) -> CarrierResult:
+        """Charge the player's bill: one-click, or after a verified PIN. SUCCEEDED, FAILED or PENDING."""
 
     @abc.abstractmethod
-    def query_status(self, *, carrier_reference: str) -> CarrierResult:
-        """Ask the carrier what became of a charge."""
+    def query_status(self, request: ChargeRequest) -> CarrierResult:
+        """Ask the carrier what became of a charge whose outcome is unknown."""
+
+    def cancel(self, request: ChargeRequest) -> CarrierResult:
+        """Release what a started flow holds at the carrier (a reservation, a prepared payment)."""
+        return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=request.carrier_reference)
+
+    def refund(self, request: RefundRequest) -> CarrierResult:
+        return CarrierResult.failed(ErrorCode.REJECTED, raw_message="this protocol has no refunds")
+
+    def reverse(self, request: ChargeRequest) -> CarrierResult:
+        return CarrierResult.failed(ErrorCode.REJECTED, raw_message="this protocol has no reversals")
+
+    def parse_notification(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
+        raise NotificationRejected("unsupported", "this protocol sends no notifications")

@@ -1,4 +1,4 @@
-"""An in-process test carrier, like a payment provider's test mode.
+"""An in-process test carrier, like a payment provider's test mode; no network.
 
 Test PIN: 1234. The MSISDN's last four digits choose the charge outcome:
 0002 insufficient_funds, 0003 user_barred, 0004 spending_limit, 0005 no answer
@@ -20,39 +20,27 @@ _NO_ANSWER = "0005"
 
 
 def _reference(request: ChargeRequest) -> str:
-    return "sbx_" + hashlib.sha256(request.payment_id.encode()).hexdigest()[:20]
+    return request.carrier_reference or "sbx_" + hashlib.sha256(request.payment_id.encode()).hexdigest()[:20]
 
 
 class SandboxAdapter(CarrierAdapter):
     def send_pin(self, request: ChargeRequest) -> CarrierResult:
         return CarrierResult(outcome=Outcome.PIN_SENT, carrier_reference=_reference(request))
 
-    def verify_pin(self, request: ChargeRequest, *, carrier_reference: str, pin: str) -> CarrierResult:
+    def verify_pin(self, request: ChargeRequest, *, pin: str) -> CarrierResult:
         if pin != TEST_PIN:
-            return CarrierResult(
-                outcome=Outcome.FAILED,
-                carrier_reference=carrier_reference,
-                error_code=ErrorCode.INVALID_PIN,
-                raw_code="PIN_MISMATCH",
-                raw_message="The PIN does not match",
-            )
-        return CarrierResult(outcome=Outcome.PIN_VERIFIED, carrier_reference=carrier_reference)
+            return CarrierResult.failed(ErrorCode.INVALID_PIN, "PIN_MISMATCH", "The PIN does not match")
+        return CarrierResult(outcome=Outcome.PIN_VERIFIED, carrier_reference=_reference(request))
 
-    def charge(self, request: ChargeRequest, *, carrier_reference: str = "") -> CarrierResult:
-        reference = carrier_reference or _reference(request)
+    def charge(self, request: ChargeRequest) -> CarrierResult:
+        reference = _reference(request)
         suffix = request.msisdn[-4:]
         if suffix == _NO_ANSWER:
-            return CarrierResult(outcome=Outcome.PENDING, carrier_reference=reference)
+            return CarrierResult.pending(carrier_reference=reference)
         if suffix in _DECLINES:
             code, message = _DECLINES[suffix]
-            return CarrierResult(
-                outcome=Outcome.FAILED,
-                carrier_reference=reference,
-                error_code=code,
-                raw_code=code.upper(),
-                raw_message=message,
-            )
+            return CarrierResult.failed(code, code.upper(), message, carrier_reference=reference)
         return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=reference)
 
-    def query_status(self, *, carrier_reference: str) -> CarrierResult:
-        return CarrierResult(outcome=Outcome.PENDING, carrier_reference=carrier_reference)
+    def query_status(self, request: ChargeRequest) -> CarrierResult:
+        return self.charge(request) if request.msisdn[-4:] != _NO_ANSWER else CarrierResult.pending()

@@ -1,27 +1,33 @@
-"""Creating, starting and confirming payments.
+"""Creating and confirming payments: what a game backend asks for through the API.
 
-Carrier calls are never made inside a database transaction: a payment is marked
-`charging` and committed, the carrier is called, and the result is recorded in a
-new transaction.
+The carrier calls themselves run on the carrier's queue (`carrier_flow`); in the
+embedded default they run in-process right after the commit, so the API answers
+with the carrier's first result.
 """
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from carriers.adapters import adapter_for
-from carriers.adapters.base import CarrierResult, ChargeRequest, Outcome
+from carriers.adapters.base import Outcome
 from carriers.errors import ErrorCode
+from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
 from carriers.msisdn import normalize_msisdn
 from carriers.services import get_offered_price_point, resolve_carrier
-from payments.errors import FlowNotSupported, IllegalTransition, InvalidPin, PinExpired
+from payments.errors import (
+    CarrierTemporarilyUnavailable,
+    FlowNotSupported,
+    IllegalTransition,
+    InvalidPin,
+    PinExpired,
+)
 from payments.models import App, Payment, PaymentFlow, PaymentStatus
+from payments.services.carrier_flow import carrier_actor, charge_request, dispatch, fail
 from payments.services.idempotency import IdempotentRequest, claim_key
 from payments.services.state_machine import record_creation, transition
 
@@ -41,10 +47,6 @@ def app_actor(app: App) -> str:
     return f"app:{app.name}"
 
 
-def carrier_actor(carrier: Carrier) -> str:
-    return f"carrier:{carrier.slug}"
-
-
 def _choose_flow(carrier: Carrier, requested: str | None) -> str:
     supported = [
         flow
@@ -60,18 +62,8 @@ def _choose_flow(carrier: Carrier, requested: str | None) -> str:
     return requested
 
 
-def _charge_request(payment: Payment) -> ChargeRequest:
-    return ChargeRequest(
-        payment_id=str(payment.public_id),
-        msisdn=payment.msisdn,
-        amount_minor=payment.amount_minor,
-        currency=payment.currency,
-        price_point=payment.price_point.code,
-    )
-
-
 def _locked(payment_id: int) -> Payment:
-    return Payment.objects.select_for_update().get(pk=payment_id)
+    return Payment.objects.select_for_update().select_related("carrier").get(pk=payment_id)
 
 
 def _reload(payment_id: int) -> Payment:
@@ -79,7 +71,7 @@ def _reload(payment_id: int) -> Payment:
 
 
 def create_payment(*, app: App, request: PaymentRequest, idempotency: IdempotentRequest) -> Payment:
-    """Validate, create the payment under its idempotency key, then start it with the carrier."""
+    """Validate, create the payment under its idempotency key, and have the carrier start it."""
     msisdn = normalize_msisdn(request.msisdn)
     carrier = resolve_carrier(msisdn=msisdn, carrier_slug=request.carrier)
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
@@ -102,76 +94,76 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotent
             metadata=request.metadata,
         )
         record_creation(payment, actor=app_actor(app))
-    return start_payment(payment=payment)
-
-
-def start_payment(*, payment: Payment) -> Payment:
-    """Open the flow with the carrier: send the PIN, or charge at once for one-click."""
-    adapter = adapter_for(payment.carrier)
-    if payment.flow == PaymentFlow.ONE_CLICK:
-        with transaction.atomic():
-            locked = _locked(payment.pk)
-            transition(locked, PaymentStatus.CHARGING, actor=app_actor(payment.app), reason="one-click charge")
-        result = adapter.charge(_charge_request(payment))
-        return record_charge_result(payment_id=payment.pk, result=result)
-
-    result = adapter.send_pin(_charge_request(payment))
-    with transaction.atomic():
-        locked = _locked(payment.pk)
-        actor = carrier_actor(payment.carrier)
-        if result.outcome == Outcome.PIN_SENT:
-            locked.carrier_reference = result.carrier_reference
-            locked.pin_expires_at = timezone.now() + timedelta(seconds=settings.PIN_TTL_SECONDS)
-            transition(
-                locked,
-                PaymentStatus.PIN_SENT,
-                actor=actor,
-                reason="PIN sent to the player",
-                update_fields=("carrier_reference", "pin_expires_at"),
-            )
-        elif result.outcome == Outcome.FAILED:
-            _fail(locked, result, actor=actor)
-        # PENDING: the carrier did not say; the payment stays `created` for the status job.
+        dispatch(payment, "start_payment")
     return _reload(payment.pk)
 
 
 def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
-    """Check the player's PIN with the carrier, then charge."""
-    if payment.status != PaymentStatus.PIN_SENT:
-        raise IllegalTransition(f"Only a payment in status 'pin_sent' takes a PIN; this one is {payment.status!r}.")
+    """Check the player's PIN with the carrier (the player is waiting), then queue the charge."""
+    if payment.status != PaymentStatus.PIN_SENT or payment.carrier_data.get("pin_submitted_at"):
+        raise IllegalTransition(f"Only a payment waiting for its PIN takes one; this one is {payment.status!r}.")
     if payment.pin_expires_at is not None and payment.pin_expires_at <= timezone.now():
         expire_payment(payment_id=payment.pk, reason="PIN expired before confirmation")
         raise PinExpired()
 
-    adapter = adapter_for(payment.carrier)
-    request = _charge_request(payment)
-    verdict = adapter.verify_pin(request, carrier_reference=payment.carrier_reference, pin=pin)
-    if verdict.outcome != Outcome.PIN_VERIFIED:
-        _record_rejected_pin(payment_id=payment.pk, verdict=verdict, actor=app_actor(app))
+    request = charge_request(payment)
+    try:
+        verdict = call_carrier(payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin))
+    except CarrierBusy as busy:
+        raise CarrierTemporarilyUnavailable(retry_after=max(int(busy.retry_after), 1)) from busy
 
+    if verdict.outcome == Outcome.FAILED and verdict.error_code in (ErrorCode.INVALID_PIN, ErrorCode.PIN_EXPIRED):
+        _record_rejected_pin(payment_id=payment.pk, error_code=verdict.error_code, actor=app_actor(app))
     with transaction.atomic():
         locked = _locked(payment.pk)
-        transition(locked, PaymentStatus.PIN_VERIFIED, actor=carrier_actor(payment.carrier), reason="PIN verified")
-        transition(locked, PaymentStatus.CHARGING, actor=app_actor(app), reason="charge after PIN")
-    result = adapter.charge(request, carrier_reference=payment.carrier_reference)
-    return record_charge_result(payment_id=payment.pk, result=result)
+        if locked.status != PaymentStatus.PIN_SENT:
+            raise IllegalTransition(f"The payment is now {locked.status!r}.")
+        if verdict.outcome == Outcome.PIN_VERIFIED:
+            transition(locked, PaymentStatus.PIN_VERIFIED, actor=carrier_actor(payment.carrier), reason="PIN verified")
+            transition(locked, PaymentStatus.CHARGING, actor=app_actor(app), reason="charge after PIN")
+            dispatch(locked, "charge_payment")
+        elif verdict.outcome == Outcome.PENDING and verdict.not_sent is False and not verdict.transport_failed:
+            # An asynchronous carrier took the PIN; its verdict comes by callback.
+            locked.carrier_data = {
+                **locked.carrier_data,
+                **verdict.state,
+                "pin_submitted_at": timezone.now().isoformat(),
+            }
+            locked.outcome_unknown_since = timezone.now()
+            locked.save(update_fields=["carrier_data", "outcome_unknown_since", "updated_at"])
+        elif verdict.outcome == Outcome.FAILED and not verdict.transport_failed:
+            fail(locked, verdict, actor=carrier_actor(payment.carrier))
+        else:
+            # Unreachable or no answer: nothing moved money; the player may submit the PIN again.
+            raise CarrierTemporarilyUnavailable(retry_after=2)
+    return _reload(payment.pk)
 
 
-def _record_rejected_pin(*, payment_id: int, verdict: CarrierResult, actor: str) -> None:
+def _record_rejected_pin(*, payment_id: int, error_code: str, actor: str) -> None:
     """Count a wrong PIN (the payment fails after PIN_MAX_ATTEMPTS) and raise for the caller."""
     with transaction.atomic():
         locked = _locked(payment_id)
         if locked.status != PaymentStatus.PIN_SENT:
             raise IllegalTransition(f"The payment is now {locked.status!r}.")
-        expired = verdict.error_code == ErrorCode.PIN_EXPIRED
+        expired = error_code == ErrorCode.PIN_EXPIRED
         remaining = 0
         if expired:
             transition(locked, PaymentStatus.EXPIRED, actor=actor, reason="carrier: PIN expired")
+            dispatch(locked, "cancel_payment")
         else:
             locked.pin_attempts += 1
             remaining = max(settings.PIN_MAX_ATTEMPTS - locked.pin_attempts, 0)
             if remaining == 0:
-                _fail(locked, verdict, actor=actor, extra_fields=("pin_attempts",))
+                locked.failure_code = ErrorCode.INVALID_PIN
+                locked.failure_message = "Too many wrong PINs"
+                transition(
+                    locked,
+                    PaymentStatus.FAILED,
+                    actor=actor,
+                    reason="too many wrong PINs",
+                    update_fields=("pin_attempts", "failure_code", "failure_message"),
+                )
+                dispatch(locked, "cancel_payment")
             else:
                 locked.save(update_fields=["pin_attempts", "updated_at"])
     if expired:
@@ -183,32 +175,12 @@ def _record_rejected_pin(*, payment_id: int, verdict: CarrierResult, actor: str)
     )
 
 
-def record_charge_result(*, payment_id: int, result: CarrierResult) -> Payment:
-    """Apply a carrier's answer to a charging payment. A late or repeated answer changes nothing."""
-    with transaction.atomic():
-        locked = Payment.objects.select_for_update().select_related("carrier").get(pk=payment_id)
-        actor = carrier_actor(locked.carrier)
-        if locked.status == PaymentStatus.CHARGING and result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
-            if result.carrier_reference:
-                locked.carrier_reference = result.carrier_reference
-            if result.outcome == Outcome.SUCCEEDED:
-                transition(
-                    locked,
-                    PaymentStatus.SUCCEEDED,
-                    actor=actor,
-                    reason="charge confirmed by the carrier",
-                    update_fields=("carrier_reference",),
-                )
-            else:
-                _fail(locked, result, actor=actor, extra_fields=("carrier_reference",))
-    return _reload(payment_id)
-
-
 def expire_payment(*, payment_id: int, reason: str) -> None:
     with transaction.atomic():
         locked = _locked(payment_id)
         if locked.status == PaymentStatus.PIN_SENT:
             transition(locked, PaymentStatus.EXPIRED, actor="system", reason=reason)
+            dispatch(locked, "cancel_payment")
 
 
 def expire_abandoned_payments() -> int:
@@ -220,26 +192,19 @@ def expire_abandoned_payments() -> int:
     return len(ids)
 
 
-def _fail(payment: Payment, result: CarrierResult, *, actor: str, extra_fields: tuple[str, ...] = ()) -> None:
-    payment.failure_code = result.error_code or ErrorCode.REJECTED
-    payment.failure_message = (result.raw_message or result.raw_code)[:255]
-    transition(
-        payment,
-        PaymentStatus.FAILED,
-        actor=actor,
-        reason=f"carrier: {payment.failure_code} ({result.raw_code})" if result.raw_code else payment.failure_code,
-        update_fields=("failure_code", "failure_message", *extra_fields),
-    )
-
-
 def next_action(payment: Payment) -> dict[str, Any]:
     """What the game backend should do next with this payment."""
-    if payment.status == PaymentStatus.PIN_SENT:
+    if payment.status == PaymentStatus.PIN_SENT and not payment.carrier_data.get("pin_submitted_at"):
         return {
             "type": "enter_pin",
             "expires_at": payment.pin_expires_at,
             "attempts_remaining": max(settings.PIN_MAX_ATTEMPTS - payment.pin_attempts, 0),
         }
-    if payment.status in (PaymentStatus.CREATED, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING):
+    if payment.status in (
+        PaymentStatus.CREATED,
+        PaymentStatus.PIN_SENT,
+        PaymentStatus.PIN_VERIFIED,
+        PaymentStatus.CHARGING,
+    ):
         return {"type": "wait", "poll_after_seconds": 2}
     return {"type": "none"}

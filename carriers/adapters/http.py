@@ -1,0 +1,82 @@
+"""HTTP for adapters: per-carrier timeouts, and transport failures turned into standard results."""
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from carriers.adapters.base import CarrierConfig, CarrierResult
+from carriers.errors import ErrorCode
+
+logger = logging.getLogger(__name__)
+
+
+class TransportFailure(Exception):
+    """The carrier could not be reached, or did not answer in time, or answered garbage."""
+
+    def __init__(self, result: CarrierResult) -> None:
+        self.result = result
+        super().__init__(result.raw_message)
+
+
+def client_for(config: CarrierConfig) -> httpx.Client:
+    timeout = httpx.Timeout(connect=config.connect_timeout, read=config.read_timeout, write=10.0, pool=5.0)
+    return httpx.Client(base_url=config.endpoint.rstrip("/"), timeout=timeout, follow_redirects=False)
+
+
+def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """Send one request; raise TransportFailure with the standard result for transport problems.
+
+    A connection that was never made means nothing reached the carrier (`not_sent`), so a
+    retry is safe. A timeout or broken reply after sending leaves the outcome unknown.
+    """
+    started = time.monotonic()
+    try:
+        response = client.request(method, url, **kwargs)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise TransportFailure(
+            CarrierResult.failed(
+                ErrorCode.CARRIER_UNAVAILABLE,
+                "CONNECT",
+                str(exc) or type(exc).__name__,
+                not_sent=True,
+                transport_failed=True,
+            )
+        ) from exc
+    except httpx.TimeoutException as exc:
+        raise TransportFailure(
+            CarrierResult.pending("TIMEOUT", f"no answer within the timeout ({exc})", transport_failed=True)
+        ) from exc
+    except httpx.TransportError as exc:
+        raise TransportFailure(
+            CarrierResult.pending("TRANSPORT", str(exc) or type(exc).__name__, transport_failed=True)
+        ) from exc
+    finally:
+        logger.debug("%s %s took %.1f ms", method, url, (time.monotonic() - started) * 1000)
+    if response.status_code >= 500:
+        raise TransportFailure(
+            CarrierResult.pending(
+                f"HTTP_{response.status_code}", response.text[:200] or response.reason_phrase, transport_failed=True
+            )
+        )
+    return response
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The decoded JSON reply; a reply that is not JSON leaves the outcome unknown."""
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise TransportFailure(
+            CarrierResult.pending("MALFORMED", f"HTTP {response.status_code}: reply is not JSON", transport_failed=True)
+        ) from exc
+
+
+def guarded(call: Callable[[], CarrierResult]) -> CarrierResult:
+    """Run an adapter call, turning TransportFailure into its result."""
+    try:
+        return call()
+    except TransportFailure as failure:
+        return failure.result

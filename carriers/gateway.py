@@ -1,0 +1,142 @@
+"""Every outbound carrier call goes through here: rate limit, circuit breaker and health counters.
+
+State lives in the cache (Redis in production), so it is shared by every worker of a carrier.
+"""
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from django.core.cache import cache
+
+from carriers.adapters import adapter_for
+from carriers.adapters.base import CarrierAdapter, CarrierResult, Outcome
+from carriers.models import Carrier, CarrierHealth
+
+HEALTH_WINDOW_MINUTES = 15
+_COUNTERS = ("calls", "succeeded", "declined", "unknown", "unreachable", "latency_ms")
+
+
+class CarrierBusy(Exception):
+    """The carrier must not be called now (breaker open, rate limit); try again after `retry_after` s."""
+
+    def __init__(self, reason: str, retry_after: float) -> None:
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"{reason}; retry in {retry_after:.1f} s")
+
+
+@dataclass(frozen=True)
+class Breaker:
+    carrier: Carrier
+
+    def _key(self, name: str) -> str:
+        return f"carrier:{self.carrier.slug}:breaker:{name}"
+
+    def state(self) -> str:
+        open_until = cache.get(self._key("open_until"))
+        if open_until is None:
+            return "closed"
+        return "open" if time.time() < open_until else "half_open"
+
+    def allow(self) -> bool:
+        open_until = cache.get(self._key("open_until"))
+        if open_until is None:
+            return True
+        if time.time() < open_until:
+            return False
+        # Half-open: one trial call at a time.
+        return bool(cache.add(self._key("trial"), 1, timeout=self.carrier.breaker_reset_seconds))
+
+    def retry_after(self) -> float:
+        open_until = cache.get(self._key("open_until"))
+        return max((open_until or 0) - time.time(), 1.0)
+
+    def record_success(self) -> None:
+        cache.delete_many([self._key("failures"), self._key("open_until"), self._key("trial")])
+
+    def record_failure(self) -> None:
+        key = self._key("failures")
+        failures = 1 if cache.add(key, 1, timeout=3600) else cache.incr(key)
+        if failures >= self.carrier.breaker_failure_threshold:
+            reset = self.carrier.breaker_reset_seconds
+            cache.set(self._key("open_until"), time.time() + reset, timeout=reset * 10)
+            cache.delete(self._key("trial"))
+
+
+def _take_rate_token(carrier: Carrier) -> bool:
+    key = f"carrier:{carrier.slug}:rate:{int(time.time())}"
+    if cache.add(key, 1, timeout=5):
+        return True
+    return int(cache.incr(key)) <= carrier.rate_limit_per_second
+
+
+def _count(carrier: Carrier, result: CarrierResult, latency_ms: int) -> None:
+    minute = int(time.time() // 60)
+    if result.not_sent:
+        kind = "unreachable"
+    elif result.transport_failed:
+        kind = "unknown"
+    elif result.outcome == Outcome.FAILED:
+        kind = "declined"
+    else:
+        kind = "succeeded"
+    for name, amount in (("calls", 1), (kind, 1), ("latency_ms", latency_ms)):
+        key = f"carrier:{carrier.slug}:health:{minute}:{name}"
+        if not cache.add(key, amount, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60):
+            cache.incr(key, amount)
+    max_key = f"carrier:{carrier.slug}:health:{minute}:max_latency_ms"
+    if latency_ms > (cache.get(max_key) or 0):
+        cache.set(max_key, latency_ms, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60)
+
+
+def call_carrier(carrier: Carrier, operation: Callable[[CarrierAdapter], CarrierResult]) -> CarrierResult:
+    """Run one adapter operation for `carrier`, or raise CarrierBusy when it must wait."""
+    breaker = Breaker(carrier)
+    if not breaker.allow():
+        raise CarrierBusy("circuit breaker open", breaker.retry_after())
+    if not _take_rate_token(carrier):
+        raise CarrierBusy("carrier rate limit", 1.0)
+    started = time.monotonic()
+    result = operation(adapter_for(carrier))
+    _count(carrier, result, int((time.monotonic() - started) * 1000))
+    if result.transport_failed:
+        breaker.record_failure()
+    else:
+        breaker.record_success()
+    return result
+
+
+def refresh_health(carrier: Carrier) -> CarrierHealth:
+    """Fold the last HEALTH_WINDOW_MINUTES of counters into the carrier's health row."""
+    now_minute = int(time.time() // 60)
+    keys = [
+        f"carrier:{carrier.slug}:health:{minute}:{name}"
+        for minute in range(now_minute - HEALTH_WINDOW_MINUTES + 1, now_minute + 1)
+        for name in (*_COUNTERS, "max_latency_ms")
+    ]
+    values = cache.get_many(keys)
+    totals = dict.fromkeys(_COUNTERS, 0)
+    max_latency = 0
+    for key, value in values.items():
+        name = key.rsplit(":", 1)[1]
+        if name == "max_latency_ms":
+            max_latency = max(max_latency, int(value))
+        else:
+            totals[name] += int(value)
+    calls = totals["calls"]
+    health, _ = CarrierHealth.objects.update_or_create(
+        carrier=carrier,
+        defaults={
+            "window_minutes": HEALTH_WINDOW_MINUTES,
+            "calls": calls,
+            "succeeded": totals["succeeded"],
+            "declined": totals["declined"],
+            "unknown": totals["unknown"],
+            "unreachable": totals["unreachable"],
+            "avg_latency_ms": totals["latency_ms"] // calls if calls else None,
+            "max_latency_ms": max_latency if calls else None,
+            "breaker_state": Breaker(carrier).state(),
+        },
+    )
+    return health

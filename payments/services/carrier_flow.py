@@ -1,0 +1,378 @@
+"""The carrier side of a payment: starting it, charging, resolving unknown outcomes, callbacks.
+
+Each function runs as (or is called from) a Celery task on the carrier's queue and is
+safe to run twice. Before any carrier call that could move money, the payment is
+marked `outcome_unknown_since` in a committed transaction; the mark is cleared when
+the carrier states an outcome. A payment so marked is never charged again: its
+outcome is first resolved by querying the carrier (or by its callback).
+"""
+
+import contextlib
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from carriers.adapters import adapter_class, carrier_queue
+from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest, Notification, NotificationKind, Outcome
+from carriers.errors import ErrorCode
+from carriers.gateway import CarrierBusy, call_carrier
+from carriers.models import Carrier
+from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.services import outbox
+from payments.services.state_machine import transition
+
+# How long an unknown outcome is left to the carrier's callback before we ask.
+RESOLVE_AFTER = timedelta(seconds=30)
+
+
+def carrier_actor(carrier: Carrier) -> str:
+    return f"carrier:{carrier.slug}"
+
+
+def charge_request(payment: Payment) -> ChargeRequest:
+    return ChargeRequest(
+        payment_id=str(payment.public_id),
+        msisdn=payment.msisdn,
+        amount_minor=payment.amount_minor,
+        currency=payment.currency,
+        price_point=payment.price_point.code,
+        description=f"{payment.app.name}: {payment.price_point.code}",
+        carrier_reference=payment.carrier_reference,
+        state={**payment.carrier_data, "attempt": payment.charge_attempts},
+    )
+
+
+def dispatch(payment: Payment, task: str, *, countdown: int = 0) -> None:
+    """Enqueue `payments.tasks.<task>(payment_id)` on the carrier's queue, after the current commit."""
+    outbox.enqueue(
+        f"payments.tasks.{task}", queue=carrier_queue(payment.carrier), countdown=countdown, payment_id=payment.pk
+    )
+
+
+def _load(payment_id: int) -> Payment:
+    return Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment_id)
+
+
+def _locked(payment_id: int) -> Payment:
+    return Payment.objects.select_for_update().select_related("carrier").get(pk=payment_id)
+
+
+def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) -> Payment | None:
+    """Mark the payment as awaiting a carrier answer, unless it moved on or already awaits one."""
+    with transaction.atomic():
+        locked = _locked(payment_id)
+        due = locked.next_attempt_at is None or locked.next_attempt_at <= timezone.now()
+        if locked.status != expected or locked.outcome_unknown_since is not None or not due:
+            return None
+        locked.outcome_unknown_since = timezone.now()
+        locked.next_attempt_at = None
+        if count_attempt:
+            locked.charge_attempts += 1
+        locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
+    return _load(payment_id)
+
+
+def _call(payment: Payment, operation: Callable[[CarrierAdapter], CarrierResult]) -> CarrierResult | None:
+    """Call the carrier; when it must wait (breaker, rate limit) release the claim and retry later."""
+    try:
+        return call_carrier(payment.carrier, operation)
+    except CarrierBusy as busy:
+        _schedule_retry(payment.pk, delay=timedelta(seconds=busy.retry_after), uncount=True)
+        return None
+
+
+def _schedule_retry(payment_id: int, *, delay: timedelta, uncount: bool = False) -> None:
+    with transaction.atomic():
+        locked = _locked(payment_id)
+        locked.outcome_unknown_since = None
+        locked.next_attempt_at = timezone.now() + delay
+        if uncount and locked.charge_attempts:
+            locked.charge_attempts -= 1
+        locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
+        task = "start_payment" if locked.status == PaymentStatus.CREATED else "charge_payment"
+        dispatch(locked, task, countdown=max(int(delay.total_seconds()), 1))
+
+
+def _merge_state(payment: Payment, result: CarrierResult) -> list[str]:
+    fields = []
+    if result.state:
+        payment.carrier_data = {**payment.carrier_data, **result.state}
+        fields.append("carrier_data")
+    if result.carrier_reference and result.carrier_reference != payment.carrier_reference:
+        payment.carrier_reference = result.carrier_reference
+        fields.append("carrier_reference")
+    return fields
+
+
+def fail(payment: Payment, result: CarrierResult, *, actor: str, extra_fields: list[str] | None = None) -> None:
+    payment.failure_code = result.error_code or ErrorCode.REJECTED
+    payment.failure_message = (result.raw_message or result.raw_code)[:255]
+    payment.outcome_unknown_since = None
+    payment.next_attempt_at = None
+    reason = f"carrier: {payment.failure_code}" + (f" ({result.raw_code})" if result.raw_code else "")
+    transition(
+        payment,
+        PaymentStatus.FAILED,
+        actor=actor,
+        reason=reason,
+        update_fields=(
+            "failure_code",
+            "failure_message",
+            "outcome_unknown_since",
+            "next_attempt_at",
+            *(extra_fields or []),
+        ),
+    )
+
+
+def start_payment(*, payment_id: int) -> None:
+    """Open the flow with the carrier: send the PIN, or charge at once for one-click."""
+    payment = _load(payment_id)
+    if payment.status != PaymentStatus.CREATED:
+        return
+    if payment.flow == PaymentFlow.ONE_CLICK:
+        with transaction.atomic():
+            locked = _locked(payment_id)
+            if locked.status != PaymentStatus.CREATED:
+                return
+            transition(locked, PaymentStatus.CHARGING, actor="system", reason="one-click charge")
+        charge_payment(payment_id=payment_id)
+        return
+    claimed = _claim_call(payment_id, PaymentStatus.CREATED)
+    if claimed is None:
+        return
+    result = _call(claimed, lambda adapter: adapter.send_pin(charge_request(claimed)))
+    if result is not None:
+        record_start_result(payment_id=payment_id, result=result)
+
+
+def record_start_result(*, payment_id: int, result: CarrierResult) -> None:
+    with transaction.atomic():
+        locked = _locked(payment_id)
+        if locked.status != PaymentStatus.CREATED:
+            return
+        actor = carrier_actor(locked.carrier)
+        fields = _merge_state(locked, result)
+        if result.outcome == Outcome.PIN_SENT:
+            locked.outcome_unknown_since = None
+            locked.pin_expires_at = timezone.now() + timedelta(seconds=settings.PIN_TTL_SECONDS)
+            transition(
+                locked,
+                PaymentStatus.PIN_SENT,
+                actor=actor,
+                reason="PIN sent to the player",
+                update_fields=("pin_expires_at", "outcome_unknown_since", *fields),
+            )
+        elif result.outcome == Outcome.FAILED and result.not_sent:
+            locked.save(update_fields=[*fields, "updated_at"])
+            _retry_or_fail(locked, result, actor=actor)
+        elif result.outcome == Outcome.FAILED:
+            fail(locked, result, actor=actor, extra_fields=fields)
+        else:
+            # Accepted for later or unknown: the callback or the resolver settles it.
+            locked.save(update_fields=[*fields, "updated_at"])
+
+
+def charge_payment(*, payment_id: int) -> None:
+    """Charge a payment in `charging`, unless a charge of it already awaits an answer."""
+    claimed = _claim_call(payment_id, PaymentStatus.CHARGING, count_attempt=True)
+    if claimed is None:
+        return
+    result = _call(claimed, lambda adapter: adapter.charge(charge_request(claimed)))
+    if result is not None:
+        record_charge_result(payment_id=payment_id, result=result)
+
+
+def record_charge_result(*, payment_id: int, result: CarrierResult) -> None:
+    """Apply a carrier's answer to a charging payment. A late or repeated answer changes nothing."""
+    with transaction.atomic():
+        locked = _locked(payment_id)
+        if locked.status != PaymentStatus.CHARGING:
+            return
+        actor = carrier_actor(locked.carrier)
+        fields = _merge_state(locked, result)
+        if result.outcome == Outcome.SUCCEEDED:
+            locked.outcome_unknown_since = None
+            locked.failure_code = locked.failure_message = ""
+            transition(
+                locked,
+                PaymentStatus.SUCCEEDED,
+                actor=actor,
+                reason="charge confirmed by the carrier",
+                update_fields=("outcome_unknown_since", "failure_code", "failure_message", *fields),
+            )
+        elif result.outcome == Outcome.FAILED:
+            locked.save(update_fields=[*fields, "updated_at"])
+            _retry_or_fail(locked, result, actor=actor)
+        else:
+            locked.save(update_fields=[*fields, "updated_at"])  # stays unknown: callback or resolver
+
+
+def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> None:
+    """A failed call: retry it later where that is safe and allowed, else fail the payment."""
+    carrier = payment.carrier
+    delay: timedelta | None = None
+    if result.not_sent and payment.charge_attempts < carrier.max_retries:
+        delay = timedelta(seconds=carrier.retry_backoff_seconds * 2 ** max(payment.charge_attempts - 1, 0))
+    elif result.error_code == ErrorCode.INSUFFICIENT_FUNDS and payment.flow == PaymentFlow.ONE_CLICK:
+        delays = carrier.insufficient_funds_retry_delays
+        earlier_declines = payment.carrier_data.get("insufficient_funds_declines", 0)
+        if earlier_declines < len(delays):
+            delay = timedelta(minutes=delays[earlier_declines])
+            payment.carrier_data = {**payment.carrier_data, "insufficient_funds_declines": earlier_declines + 1}
+            payment.failure_code = ErrorCode.INSUFFICIENT_FUNDS
+            payment.failure_message = f"declined; next attempt in {delays[earlier_declines]} min"
+            payment.save(update_fields=["carrier_data", "failure_code", "failure_message", "updated_at"])
+    if delay is None:
+        fail(payment, result, actor=actor)
+        return
+    payment.outcome_unknown_since = None
+    payment.next_attempt_at = timezone.now() + delay
+    payment.save(update_fields=["outcome_unknown_since", "next_attempt_at", "updated_at"])
+    dispatch(
+        payment,
+        "start_payment" if payment.status == PaymentStatus.CREATED else "charge_payment",
+        countdown=max(int(delay.total_seconds()), 1),
+    )
+
+
+def resolve_payment(*, payment_id: int) -> None:
+    """Settle an unknown outcome by asking the carrier."""
+    payment = _load(payment_id)
+    if payment.outcome_unknown_since is None:
+        return
+    if (
+        payment.status == PaymentStatus.CREATED
+        and not adapter_class(payment.carrier.protocol).capabilities.asynchronous
+    ):
+        # A PIN request that got no answer moves no money: send it again.
+        _schedule_retry(payment_id, delay=timedelta(seconds=0))
+        return
+    result = _call_for_status(payment)
+    if result is None:
+        return
+    if payment.status == PaymentStatus.CREATED:
+        record_start_result(payment_id=payment_id, result=result)
+    elif payment.status == PaymentStatus.CHARGING:
+        record_charge_result(payment_id=payment_id, result=result)
+    elif payment.status == PaymentStatus.PIN_SENT:
+        apply_pin_result(payment_id=payment_id, result=result)
+
+
+def _call_for_status(payment: Payment) -> CarrierResult | None:
+    try:
+        return call_carrier(payment.carrier, lambda adapter: adapter.query_status(charge_request(payment)))
+    except CarrierBusy:
+        return None  # the resolver job comes back
+
+
+def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
+    """An asynchronous PIN check's result (by callback or status query) for a `pin_sent` payment."""
+    with transaction.atomic():
+        locked = _locked(payment_id)
+        if locked.status != PaymentStatus.PIN_SENT:
+            return
+        actor = carrier_actor(locked.carrier)
+        fields = _merge_state(locked, result)
+        if result.outcome in (Outcome.PIN_VERIFIED, Outcome.SUCCEEDED):
+            locked.outcome_unknown_since = None
+            transition(
+                locked,
+                PaymentStatus.PIN_VERIFIED,
+                actor=actor,
+                reason="PIN verified",
+                update_fields=("outcome_unknown_since", *fields),
+            )
+            transition(locked, PaymentStatus.CHARGING, actor=actor, reason="charge after PIN")
+            if result.outcome == Outcome.SUCCEEDED:
+                transition(locked, PaymentStatus.SUCCEEDED, actor=actor, reason="charge confirmed by the carrier")
+            else:
+                dispatch(locked, "charge_payment")
+        elif result.outcome == Outcome.FAILED:
+            fail(locked, result, actor=actor, extra_fields=fields)
+
+
+def cancel_at_carrier(*, payment_id: int) -> None:
+    """Release what an abandoned flow holds at the carrier (reservation, prepared payment)."""
+    payment = _load(payment_id)
+    if payment.status not in (PaymentStatus.EXPIRED, PaymentStatus.FAILED) or not payment.carrier_reference:
+        return
+    with contextlib.suppress(CarrierBusy):  # a reservation lapses at the carrier on its own
+        call_carrier(payment.carrier, lambda adapter: adapter.cancel(charge_request(payment)))
+
+
+def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
+    """Apply a verified carrier callback to its payment; returns what was done, for the log."""
+    if notification.kind != NotificationKind.PAYMENT:
+        return "ignored: not a payment notification"
+    payments = Payment.objects.filter(carrier=carrier)
+    if notification.payment_id:
+        payment = (
+            payments.filter(public_id=notification.payment_id).first() if _is_uuid(notification.payment_id) else None
+        )
+    else:
+        payment = payments.filter(carrier_reference=notification.carrier_reference).first()
+    if payment is None:
+        return "ignored: unknown payment"
+    result = CarrierResult(
+        outcome=notification.outcome,
+        carrier_reference=notification.carrier_reference,
+        error_code=notification.error_code,
+        raw_code=notification.raw_code,
+        raw_message=notification.raw_message,
+    )
+    before = payment.status
+    if notification.outcome == Outcome.PENDING:
+        return f"ignored: pending never overrides ({before})"
+    if before == PaymentStatus.CREATED:
+        record_start_result(payment_id=payment.pk, result=result)
+    elif before == PaymentStatus.PIN_SENT:
+        apply_pin_result(payment_id=payment.pk, result=result)
+    elif before == PaymentStatus.PIN_VERIFIED and notification.outcome != Outcome.PIN_SENT:
+        with transaction.atomic():
+            locked = _locked(payment.pk)
+            if locked.status == PaymentStatus.PIN_VERIFIED:
+                transition(locked, PaymentStatus.CHARGING, actor=carrier_actor(carrier), reason="charge after PIN")
+        record_charge_result(payment_id=payment.pk, result=result)
+    elif before == PaymentStatus.CHARGING:
+        record_charge_result(payment_id=payment.pk, result=result)
+    after = Payment.objects.values_list("status", flat=True).get(pk=payment.pk)
+    return f"{before} -> {after}" if after != before else f"no change ({before})"
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def due_attempts(*, limit: int = 1000) -> int:
+    """Dispatch payments whose later attempt is due (covers lost messages and the in-process mode)."""
+    due = Payment.objects.filter(
+        next_attempt_at__lte=timezone.now(), status__in=[PaymentStatus.CREATED, PaymentStatus.CHARGING]
+    ).select_related("carrier")[:limit]
+    count = 0
+    for payment in due:
+        with transaction.atomic():
+            dispatch(payment, "start_payment" if payment.status == PaymentStatus.CREATED else "charge_payment")
+        count += 1
+    return count
+
+
+def unknown_outcomes(*, limit: int = 1000) -> int:
+    """Dispatch a status query for payments whose outcome has been unknown for a while."""
+    stale = Payment.objects.filter(outcome_unknown_since__lte=timezone.now() - RESOLVE_AFTER).select_related("carrier")[
+        :limit
+    ]
+    count = 0
+    for payment in stale:
+        with transaction.atomic():
+            dispatch(payment, "resolve_payment")
+        count += 1
+    return count
