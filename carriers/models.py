@@ -36,6 +36,9 @@ class Protocol(models.TextChoices):
     """Which adapter speaks to a carrier. A new carrier on a known protocol is configuration only."""
 
     SANDBOX = "sandbox", "Sandbox (in-process test carrier)"
+    CAMARA = "camara", "CAMARA Carrier Billing (REST/JSON, OAuth2)"
+    PARLAYX = "parlayx", "Parlay X Payment (3GPP TS 29.199-6, SOAP)"
+    AGGREGATOR = "aggregator", "DCB aggregator (REST, HMAC-signed, asynchronous)"
 
 
 class Carrier(models.Model):

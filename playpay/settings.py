@@ -179,6 +179,9 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
+# Serve the carrier simulators under /simulators/ (the embedded default and tests; never production).
+CARRIER_SIMULATORS = env_bool("CARRIER_SIMULATORS", DEBUG)
+
 # --- Payments ---------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 48)
 # A request that claimed a key and never finished (a killed process) stops blocking after this.

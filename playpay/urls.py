@@ -12,6 +12,7 @@ urlpatterns = [
     path("api/problems/", views.problem_types, name="problem-types"),
     path("api/problems/<slug:code>", views.problem_types, name="problem-type"),
     path("healthz", views.health, name="health"),
+    path("simulators/", include("carriers.simulators.urls")),
 ]
 
 handler404 = "playpay.views.handler404"

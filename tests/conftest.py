@@ -37,6 +37,11 @@ def _require_broker() -> None:
 
 
 @pytest.fixture(autouse=True)
+def _simulators_on(settings: Any) -> None:
+    settings.CARRIER_SIMULATORS = True
+
+
+@pytest.fixture(autouse=True)
 def _plain_static_storage(settings: Any) -> None:
     """Production serves hashed static files made by collectstatic; tests render pages without it."""
     settings.STORAGES = settings.STORAGES | {
