@@ -90,11 +90,21 @@ class NumberPrefixInline(admin.TabularInline[NumberPrefix, Carrier]):
 @admin.register(Carrier)
 class CarrierAdmin(admin.ModelAdmin[Carrier]):
     form = CarrierForm
-    list_display = ["name", "slug", "country", "protocol", "is_active", "supports_pin", "supports_one_click", "mcc_mnc"]
+    list_display = [
+        "name",
+        "slug",
+        "country",
+        "protocol",
+        "is_active",
+        "success_rate",
+        "latency",
+        "breaker",
+        "mcc_mnc",
+    ]
     list_filter = ["is_active", "protocol", "supports_pin", "supports_one_click", "supports_refund", "country"]
     search_fields = ["name", "slug", "country__name", "network_codes__mcc", "network_codes__mnc"]
-    list_select_related = ["country"]
-    readonly_fields = ["credentials_status", "created_at", "updated_at"]
+    list_select_related = ["country", "health"]
+    readonly_fields = ["credentials_status", "health_summary", "created_at", "updated_at"]
     inlines = [PricePointInline, NetworkCodeInline, NumberPrefixInline]
     actions = ["activate", "deactivate"]
     fieldsets = [
@@ -113,6 +123,20 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
                 ]
             },
         ),
+        (
+            "Resilience",
+            {
+                "fields": [
+                    "max_retries",
+                    "retry_backoff_seconds",
+                    "insufficient_funds_retry_minutes",
+                    "rate_limit_per_second",
+                    "breaker_failure_threshold",
+                    "breaker_reset_seconds",
+                    "health_summary",
+                ]
+            },
+        ),
         ("Commercial", {"fields": ["revenue_share"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
@@ -123,6 +147,33 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
     @admin.display(description="MCC-MNC")
     def mcc_mnc(self, carrier: Carrier) -> str:
         return ", ".join(str(code) for code in carrier.network_codes.all())
+
+    @admin.display(description="success")
+    def success_rate(self, carrier: Carrier) -> str:
+        health = getattr(carrier, "health", None)
+        rate = health.success_rate_percent if health else None
+        return "—" if rate is None else f"{rate}%"
+
+    @admin.display(description="latency")
+    def latency(self, carrier: Carrier) -> str:
+        health = getattr(carrier, "health", None)
+        return f"{health.avg_latency_ms} ms" if health and health.avg_latency_ms is not None else "—"
+
+    @admin.display(description="breaker")
+    def breaker(self, carrier: Carrier) -> str:
+        health = getattr(carrier, "health", None)
+        return health.breaker_state if health else "—"
+
+    @admin.display(description="Health (last 15 min)")
+    def health_summary(self, carrier: Carrier) -> str:
+        health = getattr(carrier, "health", None)
+        if health is None:
+            return "no calls measured yet"
+        return (
+            f"{health.calls} calls: {health.succeeded} approved, {health.declined} declined, "
+            f"{health.unknown} no answer, {health.unreachable} unreachable; avg {health.avg_latency_ms} ms, "
+            f"max {health.max_latency_ms} ms; breaker {health.breaker_state}; updated {health.updated_at:%H:%M:%S}"
+        )
 
     @admin.display(description="Stored credentials")
     def credentials_status(self, carrier: Carrier) -> str:

@@ -4,7 +4,18 @@ from django.contrib import admin, messages
 from django.db import models
 from django.http import HttpRequest
 
-from payments.models import ApiKey, App, IdempotencyRecord, Payment, PaymentStatusChange
+from payments.models import (
+    ApiKey,
+    App,
+    CarrierNotification,
+    IdempotencyRecord,
+    OutboxMessage,
+    Payment,
+    PaymentStatusChange,
+    WebhookAttempt,
+    WebhookDelivery,
+)
+from payments.services import webhooks
 from payments.services.apps import issue_api_key, revoke_api_key
 
 
@@ -27,7 +38,7 @@ class AppAdmin(admin.ModelAdmin[App]):
     readonly_fields = ["public_id", "created_at"]
     inlines = [ApiKeyInline]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
-    actions = ["issue_key"]
+    actions = ["issue_key", "rotate_webhook_secret"]
 
     def save_model(self, request: HttpRequest, obj: App, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -38,6 +49,18 @@ class AppAdmin(admin.ModelAdmin[App]):
     def issue_key(self, request: HttpRequest, queryset: Any) -> None:
         for app in queryset:
             self._show_new_key(request, app)
+
+    @admin.action(
+        description="Rotate the webhook secret (new one shown once; old one valid 24 h)", permissions=["change"]
+    )
+    def rotate_webhook_secret(self, request: HttpRequest, queryset: Any) -> None:
+        for app in queryset:
+            secret = webhooks.new_secret(app=app)
+            self.message_user(
+                request,
+                f"New webhook secret for {app.name} — copy it now, it will not be shown again: {secret}",
+                level=messages.WARNING,
+            )
 
     def _show_new_key(self, request: HttpRequest, app: App) -> None:
         issued = issue_api_key(app=app, label=f"issued by {request.user}")
@@ -107,6 +130,68 @@ class IdempotencyRecordAdmin(admin.ModelAdmin[IdempotencyRecord]):
     list_select_related = ["app"]
     show_full_result_count = False
     readonly_fields = [field.name for field in IdempotencyRecord._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class WebhookAttemptInline(admin.TabularInline[WebhookAttempt, WebhookDelivery]):
+    model = WebhookAttempt
+    extra = 0
+    fields = ["attempted_at", "status_code", "error", "duration_ms"]
+    readonly_fields = ["attempted_at", "status_code", "error", "duration_ms"]
+    can_delete = False
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+    list_display = ["message_id", "app", "event_type", "status", "attempts", "last_status_code", "next_attempt_at"]
+    list_filter = ["status", "event_type", "app"]
+    search_fields = ["=message_id", "=payment__public_id"]
+    list_select_related = ["app"]
+    show_full_result_count = False
+    inlines = [WebhookAttemptInline]
+    readonly_fields = [field.name for field in WebhookDelivery._meta.fields]
+    actions = ["replay"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="Send again now (same webhook-id)", permissions=["change"])
+    def replay(self, request: HttpRequest, queryset: Any) -> None:
+        for delivery in queryset:
+            webhooks.replay(delivery=delivery)
+        self.message_user(request, f"{queryset.count()} notification(s) queued again.")
+
+
+@admin.register(CarrierNotification)
+class CarrierNotificationAdmin(admin.ModelAdmin[CarrierNotification]):
+    list_display = ["received_at", "carrier", "notification_id", "kind", "outcome", "raw_code", "result"]
+    list_filter = ["kind", "outcome", "carrier"]
+    search_fields = ["=notification_id", "=carrier_reference"]
+    list_select_related = ["carrier"]
+    show_full_result_count = False
+    readonly_fields = [field.name for field in CarrierNotification._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(OutboxMessage)
+class OutboxMessageAdmin(admin.ModelAdmin[OutboxMessage]):
+    list_display = ["id", "task", "queue", "created_at", "sent_at"]
+    list_filter = ["queue", "task"]
+    show_full_result_count = False
+    readonly_fields = [field.name for field in OutboxMessage._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -59,3 +59,21 @@ class CarrierTemporarilyUnavailable(PaymentError):
     code = "carrier_unavailable"
     title = "The carrier cannot be reached right now; retry shortly"
     http_status = 503
+
+
+class NotificationSignatureInvalid(PaymentError):
+    code = "notification_signature_invalid"
+    title = "The notification's signature or credentials do not verify"
+    http_status = 401
+
+
+class NotificationRejected(PaymentError):
+    code = "notification_rejected"
+    title = "The notification is stale or cannot be read"
+    http_status = 400
+
+
+class UnknownCarrier(PaymentError):
+    code = "unknown_carrier"
+    title = "No carrier has this slug"
+    http_status = 404

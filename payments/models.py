@@ -197,3 +197,92 @@ class OutboxMessage(models.Model):
 
     def __str__(self) -> str:
         return f"{self.task} → {self.queue}"
+
+
+class CarrierNotification(models.Model):
+    """A verified carrier callback. Its unique id makes duplicates and replays change nothing."""
+
+    carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="notifications")
+    notification_id = models.CharField(max_length=200)
+    kind = models.CharField(max_length=20)
+    outcome = models.CharField(max_length=20)
+    carrier_reference = models.CharField(max_length=128, blank=True)
+    raw_code = models.CharField(max_length=100, blank=True)
+    result = models.CharField(max_length=200, blank=True, help_text="What applying it did.")
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["carrier", "notification_id"], name="carrier_notification_unique")
+        ]
+        indexes = [models.Index(fields=["carrier", "carrier_reference"])]
+
+    def __str__(self) -> str:
+        return f"{self.carrier_id}:{self.notification_id}"
+
+
+class WebhookSecret(models.Model):
+    """A secret an app verifies our notifications with (Standard Webhooks `whsec_…`).
+
+    Several can be active during a rotation; every notification is signed with each.
+    """
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="webhook_secrets")
+    secret_encrypted = models.TextField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: active until rotated.")
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"secret of {self.app} from {self.created_at:%Y-%m-%d}"
+
+
+class WebhookDelivery(models.Model):
+    """One notification to an app, retried with backoff for about three days."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed", "failed (retries exhausted)"
+        ABANDONED = "abandoned", "abandoned (endpoint gone)"
+
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    message_id = models.CharField(max_length=64, unique=True)
+    event_type = models.CharField(max_length=64)
+    payload = models.JSONField()
+    url = models.URLField()
+    status = models.CharField(max_length=12, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    last_status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        ordering = ["-id"]
+        indexes = [
+            models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="webhook_due_idx"),
+            models.Index(fields=["app", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} → {self.app}"
+
+
+class WebhookAttempt(models.Model):
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log")
+    attempted_at = models.DateTimeField(auto_now_add=True)
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=255, blank=True)
+    duration_ms = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.status_code or self.error}"

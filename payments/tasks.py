@@ -3,7 +3,7 @@
 
 from celery import shared_task
 
-from payments.services import carrier_flow, outbox
+from payments.services import carrier_flow, outbox, webhooks
 from payments.services.idempotency import purge_expired_keys
 from payments.services.payments import expire_abandoned_payments
 
@@ -54,3 +54,13 @@ def purge_idempotency_keys() -> int:
 @shared_task(acks_late=True)
 def expire_abandoned() -> int:
     return expire_abandoned_payments()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def deliver_webhook(delivery_id: int) -> None:
+    webhooks.deliver(delivery_id=delivery_id)
+
+
+@shared_task(acks_late=True)
+def dispatch_due_webhooks() -> int:
+    return webhooks.due_deliveries()

@@ -6,12 +6,14 @@ Adapters do I/O only; they never touch the database. Callers build a
 
 from django.conf import settings
 
+from carriers.adapters.aggregator import AggregatorAdapter
 from carriers.adapters.base import CarrierAdapter, CarrierConfig
 from carriers.adapters.sandbox import SandboxAdapter
 from carriers.models import Carrier, Protocol
 
 _ADAPTERS: dict[str, type[CarrierAdapter]] = {
     Protocol.SANDBOX: SandboxAdapter,
+    Protocol.AGGREGATOR: AggregatorAdapter,
 }
 
 

@@ -19,6 +19,8 @@ from carriers.errors import ErrorCode
 class Outcome(StrEnum):
     PIN_SENT = "pin_sent"
     PIN_VERIFIED = "pin_verified"
+    # The PIN was wrong but the carrier lets the player try again.
+    PIN_REJECTED = "pin_rejected"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     # The carrier did not state an outcome (accepted for later, timed out, garbled reply):
@@ -135,6 +137,8 @@ class CarrierAdapter(abc.ABC):
     """
 
     capabilities: Capabilities = Capabilities()
+    # The HTTP status a notification is acknowledged with (CAMARA expects 204).
+    notification_ack_status: int = 200
 
     def __init__(self, config: CarrierConfig) -> None:
         self.config = config

@@ -1,5 +1,207 @@
-"""Simulator for the aggregator protocol (being written)."""
+"""Simulator of the DCB aggregator API (docs/carriers/aggregator.md): signed, asynchronous.
 
-from django.urls import URLPattern
+Merchant `playpay-demo` signs requests with API_SECRET; the simulator signs callbacks
+with CALLBACK_SECRET. Charges are processed at once, and their results are posted to
+the callback URL in the background, retried until answered 2xx.
+"""
 
-urlpatterns: list[URLPattern] = []
+import json
+import time
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.urls import path
+
+from carriers.adapters.aggregator import sign
+from carriers.simulators.core import Decline, simulator, simulator_view
+
+MERCHANT_ID = "playpay-demo"
+API_SECRET = "aggregator-api-secret"  # noqa: S105 - a simulator's published test secret
+CALLBACK_SECRET = "aggregator-callback-secret"  # noqa: S105
+MAX_PIN_ATTEMPTS = 3
+FRESHNESS_SECONDS = 300
+
+SIM = simulator("aggregator")
+_DECLINE_CODES = {
+    Decline.INSUFFICIENT_FUNDS: ("INSUFFICIENT_BALANCE", "Subscriber balance too low"),
+    Decline.USER_BARRED: ("SUBSCRIBER_BARRED", "Subscriber is barred from premium billing"),
+    Decline.SPENDING_LIMIT: ("SPEND_LIMIT_REACHED", "Monthly spend limit reached"),
+    Decline.UNKNOWN_SUBSCRIBER: ("UNKNOWN_SUBSCRIBER", "MSISDN is not a subscriber of a supported operator"),
+}
+# Declines the operator knows before any PIN is sent.
+_AT_START = {Decline.USER_BARRED, Decline.UNKNOWN_SUBSCRIBER}
+
+
+def _error(status: int, code: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def _authenticate(request: HttpRequest) -> JsonResponse | None:
+    timestamp = request.headers.get("X-Timestamp", "")
+    if request.headers.get("X-Merchant-Id") != MERCHANT_ID:
+        return _error(401, "UNKNOWN_MERCHANT", "X-Merchant-Id is not a known merchant")
+    if not timestamp.isdigit() or abs(time.time() - int(timestamp)) > FRESHNESS_SECONDS:
+        return _error(401, "STALE_REQUEST", "X-Timestamp is missing or too far from now")
+    if request.headers.get("X-Signature", "") != sign(API_SECRET, timestamp, request.body):
+        return _error(401, "INVALID_SIGNATURE", "the signature does not match the body")
+    return None
+
+
+def _event(event_type: str, charge: dict[str, Any], **extra: Any) -> tuple[bytes, dict[str, str]]:
+    data = {
+        key: charge.get(key)
+        for key in ("charge_id", "merchant_reference", "status", "reason_code", "reason_message", "attempts_remaining")
+    }
+    body = json.dumps(
+        {"event_id": SIM.new_id("evt_"), "type": event_type, "created": int(time.time()), "data": data | extra}
+    ).encode()
+    timestamp = str(int(time.time()))
+    return body, {
+        "Content-Type": "application/json",
+        "X-Timestamp": timestamp,
+        "X-Signature": sign(CALLBACK_SECRET, timestamp, body),
+    }
+
+
+def _public(charge: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in charge.items() if key not in ("pin", "request")}
+
+
+def _settle(charge: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
+    """Charge the player (or decline); returns the events to send, processing first."""
+    scenario = SIM.scenario(charge["msisdn"])
+    processing = _event("charge.processing", {**charge, "status": "pin_submitted"})
+    if scenario.never_final:
+        return [processing]
+    if scenario.decline is not None:
+        charge["status"] = "failed"
+        charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[scenario.decline]
+        return [processing, _event("charge.failed", charge)]
+    if not charge.get("charged"):
+        charge["charged"] = True
+        SIM.record_charge(charge["msisdn"], charge["charge_id"])
+    charge["status"] = "succeeded"
+    return [processing, _event("charge.succeeded", charge)]
+
+
+@simulator_view
+def charges(request: HttpRequest) -> HttpResponse:
+    if request.method != "POST":
+        return _error(405, "METHOD_NOT_ALLOWED", "POST a charge")
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    try:
+        body = json.loads(request.body)
+        msisdn, flow, reference = str(body["msisdn"]), str(body["flow"]), str(body["merchant_reference"])
+        amount = int(body["amount"])
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "INVALID_REQUEST", "merchant_reference, msisdn, amount, currency and flow are required")
+    if flow not in ("pin", "one_click") or amount <= 0:
+        return _error(400, "INVALID_REQUEST", "flow is pin or one_click; amount is positive minor units")
+    if (fault := SIM.transport_fault(msisdn)) is not None:
+        return fault
+    if SIM.malformed(msisdn):
+        return HttpResponse(b'{"charge_id": "ch_', status=202, content_type="application/json")
+    with SIM.lock:
+        existing = next((c for c in SIM.records.values() if c["merchant_reference"] == reference), None)
+        if existing is not None:
+            if existing["request"] != body:
+                return _error(409, "DUPLICATE_REFERENCE", "merchant_reference was used for another charge")
+            return JsonResponse({"charge_id": existing["charge_id"], "status": "accepted"}, status=202)
+        charge: dict[str, Any] = {
+            "charge_id": SIM.new_id("ch_"),
+            "merchant_reference": reference,
+            "msisdn": msisdn,
+            "amount": amount,
+            "currency": body.get("currency"),
+            "flow": flow,
+            "status": "accepted",
+            "reason_code": None,
+            "reason_message": None,
+            "attempts_remaining": MAX_PIN_ATTEMPTS,
+            "request": body,
+        }
+        SIM.records[charge["charge_id"]] = charge
+        scenario = SIM.scenario(msisdn)
+        accepted = _event("charge.processing", charge)
+        if scenario.decline in _AT_START:
+            charge["status"] = "failed"
+            charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[scenario.decline]
+            events = [accepted, _event("charge.failed", charge)]
+        elif flow == "pin":
+            charge["pin"] = SIM.new_pin()
+            SIM.send_sms(msisdn, f"Your PlayPay code is {charge['pin']}")
+            charge["status"] = "pin_sent"
+            events = [accepted, _event("charge.pin_sent", charge)]
+        else:
+            events = _settle(charge)
+    SIM.deliver(str(body.get("callback_url", "")), events, msisdn)
+    return JsonResponse({"charge_id": charge["charge_id"], "status": "accepted"}, status=202)
+
+
+@simulator_view
+def charge_detail(request: HttpRequest, charge_id: str) -> HttpResponse:
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    with SIM.lock:
+        charge = SIM.records.get(charge_id)
+        if charge is None:
+            return _error(404, "NOT_FOUND", "no such charge")
+        if (fault := SIM.transport_fault(charge["msisdn"])) is not None:
+            return fault
+        return JsonResponse(_public(charge))
+
+
+@simulator_view
+def submit_pin(request: HttpRequest, charge_id: str) -> HttpResponse:
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    body = json.loads(request.body or b"{}")
+    with SIM.lock:
+        charge = SIM.records.get(charge_id)
+        if charge is None:
+            return _error(404, "NOT_FOUND", "no such charge")
+        if charge["status"] not in ("pin_sent", "pin_rejected"):
+            return _error(409, "INVALID_STATE", f"the charge is {charge['status']}")
+        if str(body.get("pin", "")) != charge["pin"]:
+            charge["attempts_remaining"] -= 1
+            if charge["attempts_remaining"] <= 0:
+                charge["status"], charge["reason_code"] = "failed", "PIN_ATTEMPTS_EXCEEDED"
+                charge["reason_message"] = "Too many wrong PINs"
+                events = [_event("charge.failed", charge)]
+            else:
+                charge["status"], charge["reason_code"] = "pin_rejected", "WRONG_PIN"
+                charge["reason_message"] = "The PIN does not match"
+                events = [_event("charge.pin_rejected", charge)]
+        else:
+            charge["reason_code"] = charge["reason_message"] = None
+            events = _settle(charge)
+    SIM.deliver(charge["request"].get("callback_url", ""), events, charge["msisdn"])
+    return JsonResponse({"charge_id": charge_id, "status": "accepted"}, status=202)
+
+
+@simulator_view
+def refunds(request: HttpRequest, charge_id: str) -> HttpResponse:
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    body = json.loads(request.body or b"{}")
+    with SIM.lock:
+        charge = SIM.records.get(charge_id)
+        if charge is None or charge["status"] != "succeeded":
+            return _error(409, "NOT_REFUNDABLE", "only a succeeded charge can be refunded")
+        refund = {
+            "charge_id": charge_id,
+            "merchant_reference": body.get("merchant_reference"),
+            "status": "succeeded",
+            "amount": body.get("amount"),
+        }
+    SIM.deliver(charge["request"].get("callback_url", ""), [_event("refund.succeeded", refund)], charge["msisdn"])
+    return JsonResponse({"refund_id": SIM.new_id("rf_"), "status": "accepted"}, status=202)
+
+
+urlpatterns = [
+    path("v1/charges", charges),
+    path("v1/charges/<str:charge_id>", charge_detail),
+    path("v1/charges/<str:charge_id>/pin", submit_pin),
+    path("v1/charges/<str:charge_id>/refunds", refunds),
+]

@@ -6,7 +6,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from functools import wraps
@@ -141,7 +141,7 @@ class Simulator:
     def malformed(self, msisdn: str) -> bool:
         return self.scenario(msisdn).transport == Transport.MALFORMED
 
-    def deliver(self, url: str, events: list[tuple[bytes, Mapping[str, str]]], msisdn: str) -> None:
+    def deliver(self, url: str, events: Sequence[tuple[bytes, Mapping[str, str]]], msisdn: str) -> None:
         """Post callbacks in the background, each retried until answered 2xx, per the number's scenario.
 
         `events` are (body, headers) in the order they happened; the scenario may send them

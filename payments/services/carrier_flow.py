@@ -292,8 +292,33 @@ def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
                 transition(locked, PaymentStatus.SUCCEEDED, actor=actor, reason="charge confirmed by the carrier")
             else:
                 dispatch(locked, "charge_payment")
+        elif result.outcome == Outcome.PIN_REJECTED:
+            locked.carrier_data.pop("pin_submitted_at", None)
+            locked.outcome_unknown_since = None
+            locked.save(update_fields=["carrier_data", "outcome_unknown_since", *fields, "updated_at"])
+            count_wrong_pin(locked, actor=actor)
         elif result.outcome == Outcome.FAILED:
             fail(locked, result, actor=actor, extra_fields=fields)
+
+
+def count_wrong_pin(payment: Payment, *, actor: str) -> int:
+    """Count a wrong PIN on a locked `pin_sent` payment; it fails at PIN_MAX_ATTEMPTS. Returns attempts left."""
+    payment.pin_attempts += 1
+    remaining = max(settings.PIN_MAX_ATTEMPTS - payment.pin_attempts, 0)
+    if remaining:
+        payment.save(update_fields=["pin_attempts", "updated_at"])
+        return remaining
+    payment.failure_code = ErrorCode.INVALID_PIN
+    payment.failure_message = "Too many wrong PINs"
+    transition(
+        payment,
+        PaymentStatus.FAILED,
+        actor=actor,
+        reason="too many wrong PINs",
+        update_fields=("pin_attempts", "failure_code", "failure_message"),
+    )
+    dispatch(payment, "cancel_payment")
+    return 0
 
 
 def cancel_at_carrier(*, payment_id: int) -> None:

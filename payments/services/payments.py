@@ -27,7 +27,7 @@ from payments.errors import (
     PinExpired,
 )
 from payments.models import App, Payment, PaymentFlow, PaymentStatus
-from payments.services.carrier_flow import carrier_actor, charge_request, dispatch, fail
+from payments.services.carrier_flow import carrier_actor, charge_request, count_wrong_pin, dispatch, fail
 from payments.services.idempotency import IdempotentRequest, claim_key
 from payments.services.state_machine import record_creation, transition
 
@@ -112,8 +112,13 @@ def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
     except CarrierBusy as busy:
         raise CarrierTemporarilyUnavailable(retry_after=max(int(busy.retry_after), 1)) from busy
 
-    if verdict.outcome == Outcome.FAILED and verdict.error_code in (ErrorCode.INVALID_PIN, ErrorCode.PIN_EXPIRED):
-        _record_rejected_pin(payment_id=payment.pk, error_code=verdict.error_code, actor=app_actor(app))
+    wrong_pin = verdict.outcome == Outcome.PIN_REJECTED or (
+        verdict.outcome == Outcome.FAILED and verdict.error_code in (ErrorCode.INVALID_PIN, ErrorCode.PIN_EXPIRED)
+    )
+    if wrong_pin:
+        _record_rejected_pin(
+            payment_id=payment.pk, error_code=verdict.error_code or ErrorCode.INVALID_PIN, actor=app_actor(app)
+        )
     with transaction.atomic():
         locked = _locked(payment.pk)
         if locked.status != PaymentStatus.PIN_SENT:
@@ -151,21 +156,7 @@ def _record_rejected_pin(*, payment_id: int, error_code: str, actor: str) -> Non
             transition(locked, PaymentStatus.EXPIRED, actor=actor, reason="carrier: PIN expired")
             dispatch(locked, "cancel_payment")
         else:
-            locked.pin_attempts += 1
-            remaining = max(settings.PIN_MAX_ATTEMPTS - locked.pin_attempts, 0)
-            if remaining == 0:
-                locked.failure_code = ErrorCode.INVALID_PIN
-                locked.failure_message = "Too many wrong PINs"
-                transition(
-                    locked,
-                    PaymentStatus.FAILED,
-                    actor=actor,
-                    reason="too many wrong PINs",
-                    update_fields=("pin_attempts", "failure_code", "failure_message"),
-                )
-                dispatch(locked, "cancel_payment")
-            else:
-                locked.save(update_fields=["pin_attempts", "updated_at"])
+            remaining = count_wrong_pin(locked, actor=actor)
     if expired:
         raise PinExpired()
     raise InvalidPin(

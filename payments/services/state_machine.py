@@ -4,6 +4,7 @@ from django.db import transaction
 
 from payments.errors import IllegalTransition
 from payments.models import Payment, PaymentStatus, PaymentStatusChange
+from payments.services import webhooks
 
 S = PaymentStatus
 
@@ -20,6 +21,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     S.REVERSED: frozenset(),
 }
 FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
+# Apps are notified (webhooks) whenever a payment reaches one of these.
+NOTIFIED_STATUSES = FINAL_STATUSES | {S.SUCCEEDED, S.PARTIALLY_REFUNDED}
 
 
 def can_transition(from_status: str, to_status: str) -> bool:
@@ -49,9 +52,12 @@ def transition(
         )
     payment.status = to_status
     payment.save(update_fields=["status", "updated_at", *update_fields])
-    return PaymentStatusChange.objects.create(
+    change = PaymentStatusChange.objects.create(
         payment=payment, from_status=from_status, to_status=to_status, actor=actor, reason=reason[:255]
     )
+    if to_status in NOTIFIED_STATUSES:
+        webhooks.notify_payment(payment)
+    return change
 
 
 def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:

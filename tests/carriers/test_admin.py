@@ -25,6 +25,11 @@ def carrier_form(carrier: Carrier, **changes: str) -> dict[str, str]:
         "connect_timeout_ms": "2000",
         "read_timeout_ms": "10000",
         "revenue_share": "0.3",
+        "max_retries": "5",
+        "retry_backoff_seconds": "2",
+        "rate_limit_per_second": "50",
+        "breaker_failure_threshold": "5",
+        "breaker_reset_seconds": "30",
         "is_active": "on",
         "supports_pin": "on",
     }
@@ -71,6 +76,9 @@ def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff
         "/admin/payments/app/",
         "/admin/payments/apikey/",
         "/admin/payments/idempotencyrecord/",
+        "/admin/payments/webhookdelivery/",
+        "/admin/payments/carriernotification/",
+        "/admin/payments/outboxmessage/",
     ],
 )
 def test_admin_changelists_load_with_search(staff_client, path: str) -> None:

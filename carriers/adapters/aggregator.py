@@ -1,0 +1,195 @@
+"""A DCB aggregator API: REST/JSON, HMAC-SHA256-signed requests and callbacks, fully asynchronous.
+
+Every request is only "accepted" (202); results arrive as signed callbacks, retried by the
+aggregator until answered 2xx. The wire format is in docs/carriers/aggregator.md.
+Credentials: `merchant_id`, `api_secret` (signs our requests), `callback_secret`
+(signs theirs).
+"""
+
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from carriers.adapters.base import (
+    Capabilities,
+    CarrierAdapter,
+    CarrierResult,
+    ChargeRequest,
+    Notification,
+    NotificationKind,
+    NotificationRejected,
+    Outcome,
+    RefundRequest,
+)
+from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send
+from carriers.errors import ErrorCode
+
+FRESHNESS_SECONDS = 300
+
+# The aggregator's reason codes, mapped to PlayPay's taxonomy.
+REASONS: dict[str, ErrorCode] = {
+    "INSUFFICIENT_BALANCE": ErrorCode.INSUFFICIENT_FUNDS,
+    "SUBSCRIBER_BARRED": ErrorCode.USER_BARRED,
+    "SPEND_LIMIT_REACHED": ErrorCode.SPENDING_LIMIT,
+    "UNKNOWN_SUBSCRIBER": ErrorCode.UNKNOWN_SUBSCRIBER,
+    "WRONG_PIN": ErrorCode.INVALID_PIN,
+    "PIN_ATTEMPTS_EXCEEDED": ErrorCode.INVALID_PIN,
+    "PIN_EXPIRED": ErrorCode.PIN_EXPIRED,
+    "PRICE_NOT_SUPPORTED": ErrorCode.PRICE_NOT_SUPPORTED,
+    "OPERATOR_TIMEOUT": ErrorCode.CARRIER_TIMEOUT,
+    "OPERATOR_UNAVAILABLE": ErrorCode.CARRIER_UNAVAILABLE,
+    "DUPLICATE_REFERENCE": ErrorCode.DUPLICATE,
+}
+
+# Charge status (from GET or a callback's data) -> outcome.
+STATUSES: dict[str, Outcome] = {
+    "accepted": Outcome.PENDING,
+    "pin_sent": Outcome.PIN_SENT,
+    "pin_submitted": Outcome.PENDING,
+    "pin_rejected": Outcome.PIN_REJECTED,
+    "succeeded": Outcome.SUCCEEDED,
+    "failed": Outcome.FAILED,
+}
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={digest}"
+
+
+def signed_headers(merchant_id: str, secret: str, body: bytes, now: float | None = None) -> dict[str, str]:
+    timestamp = str(int(now if now is not None else time.time()))
+    return {
+        "Content-Type": "application/json",
+        "X-Merchant-Id": merchant_id,
+        "X-Timestamp": timestamp,
+        "X-Signature": sign(secret, timestamp, body),
+    }
+
+
+def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, now: float) -> None:
+    """Raise NotificationRejected unless the body is signed with `secret` within the freshness window."""
+    lowered = {key.lower(): value for key, value in headers.items()}
+    timestamp, signature = lowered.get("x-timestamp", ""), lowered.get("x-signature", "")
+    if not timestamp.isdigit() or not signature:
+        raise NotificationRejected("bad_signature", "X-Timestamp and X-Signature are required")
+    if not hmac.compare_digest(sign(secret, timestamp, body), signature):
+        raise NotificationRejected("bad_signature", "the signature does not match the body")
+    if abs(now - int(timestamp)) > FRESHNESS_SECONDS:
+        raise NotificationRejected("stale", f"timestamp is more than {FRESHNESS_SECONDS} s away from now")
+
+
+def _result_from_charge(data: Mapping[str, Any]) -> CarrierResult:
+    status = str(data.get("status", ""))
+    outcome = STATUSES.get(status)
+    if outcome is None:
+        return CarrierResult.pending(f"STATUS_{status.upper()}", "unknown charge status")
+    reason = str(data.get("reason_code") or "")
+    return CarrierResult(
+        outcome=outcome,
+        carrier_reference=str(data.get("charge_id", "")),
+        error_code=REASONS.get(reason, ErrorCode.REJECTED)
+        if outcome in (Outcome.FAILED, Outcome.PIN_REJECTED)
+        else None,
+        raw_code=reason or status,
+        raw_message=str(data.get("reason_message") or ""),
+    )
+
+
+class AggregatorAdapter(CarrierAdapter):
+    capabilities = Capabilities(
+        pin=True, one_click=True, refund=True, reversal=False, status_query=True, asynchronous=True
+    )
+
+    def _post(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
+        body = json.dumps(payload, separators=(",", ":")).encode()
+        headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], body)
+        with client_for(self.config) as client:
+            return send(client, "POST", path, content=body, headers=headers)
+
+    def _accepted(self, response: httpx.Response, reference: str = "") -> CarrierResult:
+        data = json_body(response)
+        if not isinstance(data, dict):
+            raise TransportFailure(CarrierResult.pending("MALFORMED", "reply is not an object", transport_failed=True))
+        if response.status_code == 202:
+            return CarrierResult(outcome=Outcome.PENDING, carrier_reference=str(data.get("charge_id") or reference))
+        error = data.get("error")
+        if not isinstance(error, dict):
+            error = {}
+        code = str(error.get("code", f"HTTP_{response.status_code}"))
+        message = str(error.get("message", ""))
+        if response.status_code == 429:
+            return CarrierResult.failed(ErrorCode.CARRIER_UNAVAILABLE, code, message, not_sent=True)
+        return CarrierResult.failed(REASONS.get(code, ErrorCode.REJECTED), code, message, carrier_reference=reference)
+
+    def _start(self, request: ChargeRequest, flow: str) -> CarrierResult:
+        payload = {
+            "merchant_reference": f"{request.payment_id}-{request.state.get('attempt', 0)}",
+            "msisdn": request.msisdn,
+            "amount": request.amount_minor,
+            "currency": request.currency,
+            "description": request.description or request.price_point,
+            "flow": flow,
+            "callback_url": self.config.notification_url,
+        }
+        return guarded(lambda: self._accepted(self._post("/v1/charges", payload)))
+
+    def send_pin(self, request: ChargeRequest) -> CarrierResult:
+        return self._start(request, "pin")
+
+    def verify_pin(self, request: ChargeRequest, *, pin: str) -> CarrierResult:
+        reference = request.carrier_reference
+        return guarded(lambda: self._accepted(self._post(f"/v1/charges/{reference}/pin", {"pin": pin}), reference))
+
+    def charge(self, request: ChargeRequest) -> CarrierResult:
+        return self._start(request, "one_click")
+
+    def query_status(self, request: ChargeRequest) -> CarrierResult:
+        if not request.carrier_reference:
+            return CarrierResult.pending("NO_REFERENCE", "the charge was never accepted")
+
+        def call() -> CarrierResult:
+            headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], b"")
+            with client_for(self.config) as client:
+                response = send(client, "GET", f"/v1/charges/{request.carrier_reference}", headers=headers)
+            data = json_body(response)
+            if response.status_code == 404:
+                return CarrierResult.failed(ErrorCode.REJECTED, "NOT_FOUND", "the aggregator has no such charge")
+            if not isinstance(data, dict):
+                return CarrierResult.pending("MALFORMED", "reply is not an object", transport_failed=True)
+            return _result_from_charge(data)
+
+        return guarded(call)
+
+    def refund(self, request: RefundRequest) -> CarrierResult:
+        payload = {"merchant_reference": request.refund_id, "amount": request.amount_minor, "reason": request.reason}
+        path = f"/v1/charges/{request.carrier_reference}/refunds"
+        return guarded(lambda: self._accepted(self._post(path, payload), request.carrier_reference))
+
+    def parse_notification(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
+        verify_signature(self.config.credentials["callback_secret"], headers, body, now.timestamp())
+        try:
+            event = json.loads(body)
+            event_type, data = str(event["type"]), dict(event["data"])
+            event_id = str(event["event_id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NotificationRejected("malformed", f"not an aggregator event: {exc}") from exc
+        kind = NotificationKind.REFUND if event_type.startswith("refund.") else NotificationKind.PAYMENT
+        result = _result_from_charge(data)
+        return Notification(
+            notification_id=event_id,
+            kind=kind,
+            outcome=result.outcome,
+            carrier_reference=str(data.get("charge_id", "")),
+            refund_id=str(data.get("merchant_reference", "")) if kind == NotificationKind.REFUND else "",
+            error_code=result.error_code,
+            raw_code=result.raw_code,
+            raw_message=result.raw_message,
+            occurred_at=datetime.fromtimestamp(int(event.get("created", now.timestamp())), tz=UTC),
+        )

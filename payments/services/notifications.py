@@ -1,0 +1,51 @@
+"""Inbound carrier callbacks: verify, de-duplicate, apply. A rejected callback changes nothing."""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from carriers.adapters import adapter_for
+from carriers.adapters.base import NotificationRejected
+from carriers.models import Carrier
+from payments.errors import NotificationRejected as RejectedError
+from payments.errors import NotificationSignatureInvalid, UnknownCarrier
+from payments.models import CarrierNotification
+from payments.services.carrier_flow import apply_notification
+
+
+@dataclass(frozen=True)
+class Receipt:
+    ack_status: int
+    result: str
+
+
+def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body: bytes) -> Receipt:
+    """Verify a callback over its raw body, record its id once, and move the payment on."""
+    carrier = Carrier.objects.filter(slug=carrier_slug).first()
+    if carrier is None:
+        raise UnknownCarrier(f"No carrier has the slug {carrier_slug!r}.")
+    adapter = adapter_for(carrier)
+    try:
+        notification = adapter.parse_notification(headers=headers, body=body, now=timezone.now())
+    except NotificationRejected as rejected:
+        error = NotificationSignatureInvalid if rejected.reason == "bad_signature" else RejectedError
+        raise error(rejected.detail, reason=rejected.reason) from rejected
+
+    with transaction.atomic():
+        try:
+            with transaction.atomic():
+                record = CarrierNotification.objects.create(
+                    carrier=carrier,
+                    notification_id=notification.notification_id[:200],
+                    kind=notification.kind,
+                    outcome=notification.outcome,
+                    carrier_reference=notification.carrier_reference[:128],
+                    raw_code=notification.raw_code[:100],
+                )
+        except IntegrityError:
+            return Receipt(ack_status=adapter.notification_ack_status, result="duplicate: already applied")
+        record.result = apply_notification(carrier=carrier, notification=notification)[:200]
+        record.save(update_fields=["result"])
+    return Receipt(ack_status=adapter.notification_ack_status, result=record.result)
