@@ -4,3 +4,6 @@ from django.apps import AppConfig
 class CarriersConfig(AppConfig):
     name = "carriers"
     verbose_name = "Carriers"
+
+    def ready(self) -> None:
+        from carriers import tasks  # noqa: F401

@@ -1,0 +1,137 @@
+"""Payments end to end: API -> carrier queue -> adapter -> simulator over HTTP -> callback -> state."""
+
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from carriers.simulators.core import simulator
+from payments.models import CarrierNotification, Payment, PaymentStatus
+from payments.services import carrier_flow
+from payments.services.apps import issue_api_key
+from tests.factories import AppFactory
+from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def live(live_server: Any, settings: Any) -> str:
+    settings.PUBLIC_BASE_URL = live_server.url
+    return str(live_server.url)
+
+
+@pytest.fixture
+def client() -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issue_api_key(app=AppFactory.create()).raw_key}")
+    return api
+
+
+def create(client: APIClient, msisdn: str, *, key: str = "k1", **body: Any) -> str:
+    payload = {"user_ref": "player-1", "msisdn": msisdn, "price_point": "gems-100", **body}
+    response = client.post("/api/v1/payments/", payload, format="json", HTTP_IDEMPOTENCY_KEY=key)
+    assert response.status_code == 201, response.content
+    return str(response.json()["id"])
+
+
+def confirm(client: APIClient, payment_id: str, pin: str) -> Any:
+    return client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
+
+
+class TestAggregator:
+    protocol = "aggregator"
+
+    def test_pin_flow_succeeds(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400123456")
+        wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+        response = confirm(client, payment_id, last_pin(self.protocol, "+447400123456"))
+        assert response.status_code == 200
+        assert response.json()["next_action"]["type"] == "wait"  # asynchronous: the verdict comes by callback
+        payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        assert [h.to_status for h in payment.history.all()][-3:] == ["pin_verified", "charging", "succeeded"]
+        assert simulator(self.protocol).charges["+447400123456"] == [payment.carrier_reference]
+
+    def test_one_click_flow_succeeds(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400123456", flow="one_click")
+        payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        assert payment.outcome_unknown_since is None
+
+    def test_wrong_pin_lets_the_player_try_again(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400123456")
+        wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+        assert confirm(client, payment_id, "000000").status_code == 200
+        wait_for(lambda: Payment.objects.get(public_id=payment_id).pin_attempts == 1, what="the wrong PIN to count")
+        body = client.get(f"/api/v1/payments/{payment_id}/").json()
+        assert body["next_action"] == {
+            "type": "enter_pin",
+            "expires_at": body["next_action"]["expires_at"],
+            "attempts_remaining": 2,
+        }
+        confirm(client, payment_id, last_pin(self.protocol, "+447400123456"))
+        wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+
+    @pytest.mark.parametrize(
+        ("msisdn", "code"),
+        [
+            ("+447400120002", "insufficient_funds"),
+            ("+447400120003", "user_barred"),
+            ("+447400120004", "spending_limit"),
+            ("+447400120006", "unknown_subscriber"),
+        ],
+    )
+    def test_declines_fail_with_the_standard_code(self, live: str, client: APIClient, msisdn: str, code: str) -> None:
+        simulated_carrier(live, self.protocol)
+        payment = wait_for_status(create(client, msisdn, flow="one_click"), PaymentStatus.FAILED)
+        assert payment.failure_code == code
+        assert simulator(self.protocol).charges.get(msisdn, []) == []
+
+    def test_duplicate_callbacks_change_nothing(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400120011", flow="one_click")
+        payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        wait_for(lambda: len(simulator(self.protocol).callbacks_sent) >= 4, what="the duplicate callbacks")
+        assert payment.history.filter(to_status=PaymentStatus.SUCCEEDED).count() == 1
+        assert CarrierNotification.objects.filter(carrier__slug="aggregator-gb").count() == 2
+
+    def test_a_late_pending_never_overwrites_succeeded(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400120012", flow="one_click")
+        wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        wait_for(lambda: CarrierNotification.objects.count() == 2, what="both callbacks")
+        late = CarrierNotification.objects.get(outcome="pending")
+        assert late.result.startswith("ignored")
+        assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.SUCCEEDED
+
+    def test_a_callback_that_never_comes_is_resolved_by_the_status_job(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400120013", flow="one_click")
+        payment = Payment.objects.get(public_id=payment_id)
+        assert payment.status == PaymentStatus.CHARGING
+        assert payment.outcome_unknown_since is not None
+        Payment.objects.filter(pk=payment.pk).update(outcome_unknown_since=timezone.now() - timedelta(minutes=5))
+        assert carrier_flow.unknown_outcomes() == 1  # the periodic job; the query runs in-process here
+        assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED
+
+    def test_a_tampered_callback_is_rejected_and_changes_nothing(self, live: str, client: APIClient) -> None:
+        simulated_carrier(live, self.protocol)
+        payment_id = create(client, "+447400120013", flow="one_click")  # its own callbacks never come
+        payment = Payment.objects.get(public_id=payment_id)
+        from carriers.simulators.aggregator import _event
+
+        body, headers = _event("charge.succeeded", {"charge_id": payment.carrier_reference, "status": "succeeded"})
+        tampered = body.replace(b"succeeded", b"succeeded ")
+        url = f"{live}/api/v1/carriers/aggregator-gb/notifications/"
+        assert httpx.post(url, content=tampered, headers=headers).status_code == 401
+        stale_headers = {**headers, "X-Timestamp": str(int(headers["X-Timestamp"]) - 3600)}
+        assert httpx.post(url, content=body, headers=stale_headers).status_code == 401  # signature covers the time
+        assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.CHARGING
+        assert not CarrierNotification.objects.exists()
+        assert httpx.post(url, content=body, headers=headers).status_code == 200
+        assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED
