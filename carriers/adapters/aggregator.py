@@ -102,6 +102,11 @@ def _result_from_charge(data: Mapping[str, Any]) -> CarrierResult:
     )
 
 
+def _merchant_reference(request: ChargeRequest) -> str:
+    """Our reference of one charge attempt: the aggregator treats a repeat of it as the same charge."""
+    return f"{request.payment_id}-{request.state.get('attempt', 0)}"
+
+
 class AggregatorAdapter(CarrierAdapter):
     capabilities = Capabilities(
         pin=True, one_click=True, refund=True, reversal=False, status_query=True, asynchronous=True
@@ -130,7 +135,7 @@ class AggregatorAdapter(CarrierAdapter):
 
     def _start(self, request: ChargeRequest, flow: str) -> CarrierResult:
         payload = {
-            "merchant_reference": f"{request.payment_id}-{request.state.get('attempt', 0)}",
+            "merchant_reference": _merchant_reference(request),
             "msisdn": request.msisdn,
             "amount": request.amount_minor,
             "currency": request.currency,
@@ -151,16 +156,22 @@ class AggregatorAdapter(CarrierAdapter):
         return self._start(request, "one_click")
 
     def query_status(self, request: ChargeRequest) -> CarrierResult:
-        if not request.carrier_reference:
-            return CarrierResult.pending("NO_REFERENCE", "the charge was never accepted")
+        # Without a charge id (the acceptance was never recorded) look the charge up by our reference.
+        if request.carrier_reference:
+            path, params = f"/v1/charges/{request.carrier_reference}", None
+        else:
+            path, params = "/v1/charges", {"merchant_reference": _merchant_reference(request)}
 
         def call() -> CarrierResult:
             headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], b"")
             with client_for(self.config) as client:
-                response = send(client, "GET", f"/v1/charges/{request.carrier_reference}", headers=headers)
+                response = send(client, "GET", path, headers=headers, params=params)
             data = json_body(response)
             if response.status_code == 404:
-                return CarrierResult.failed(ErrorCode.REJECTED, "NOT_FOUND", "the aggregator has no such charge")
+                # The aggregator never saw this charge: it is safe to send it again.
+                return CarrierResult.failed(
+                    ErrorCode.CARRIER_UNAVAILABLE, "NOT_FOUND", "the aggregator has no such charge", not_sent=True
+                )
             if not isinstance(data, dict):
                 return CarrierResult.pending("MALFORMED", "reply is not an object", transport_failed=True)
             return _result_from_charge(data)

@@ -86,10 +86,17 @@ def _settle(charge: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
 
 @simulator_view
 def charges(request: HttpRequest) -> HttpResponse:
-    if request.method != "POST":
-        return _error(405, "METHOD_NOT_ALLOWED", "POST a charge")
     if (denied := _authenticate(request)) is not None:
         return denied
+    if request.method == "GET":
+        reference = request.GET.get("merchant_reference", "")
+        with SIM.lock:
+            found = next((c for c in SIM.records.values() if c["merchant_reference"] == reference), None)
+            if found is None:
+                return _error(404, "NOT_FOUND", "no charge has this merchant_reference")
+            return JsonResponse(_public(found))
+    if request.method != "POST":
+        return _error(405, "METHOD_NOT_ALLOWED", "POST a charge")
     try:
         body = json.loads(request.body)
         msisdn, flow, reference = str(body["msisdn"]), str(body["flow"]), str(body["merchant_reference"])

@@ -212,3 +212,22 @@ def test_requests_over_the_apps_rate_limit_get_429_with_retry_after(shop: Shop) 
     limited = shop.client.get("/api/v1/payments/")
     assert limited.json()["code"] == "rate_limited"
     assert 1 <= int(limited["Retry-After"]) <= 60
+
+
+def test_insufficient_funds_is_tried_again_on_the_carriers_schedule(make_shop: Any, settings: Any) -> None:
+    from payments.services.carrier_flow import due_attempts
+
+    shop = make_shop(insufficient_funds_retry_minutes="60,1440")
+    body = shop.pay(flow="one_click", msisdn="+447400120002")
+    assert body["status"] == "charging"  # declined, another attempt is scheduled
+    assert body["failure"]["code"] == "insufficient_funds"
+    payment = Payment.objects.get(public_id=body["id"])
+    assert timedelta(minutes=59) < payment.next_attempt_at - timezone.now() <= timedelta(minutes=60)
+    for expected_attempts in (2, 3):
+        Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())
+        with shop.after_commit(execute=True):
+            due_attempts()
+        payment.refresh_from_db()
+        assert payment.charge_attempts == expected_attempts
+    assert payment.status == PaymentStatus.FAILED  # the schedule is used up
+    assert payment.failure_code == "insufficient_funds"

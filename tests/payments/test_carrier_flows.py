@@ -8,6 +8,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from carriers.models import Carrier
 from carriers.simulators.core import simulator
 from payments.models import CarrierNotification, Payment, PaymentStatus
 from payments.services import carrier_flow
@@ -135,3 +136,48 @@ class TestAggregator:
         assert not CarrierNotification.objects.exists()
         assert httpx.post(url, content=body, headers=headers).status_code == 200
         assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED
+
+
+class TestKilledWorkers:
+    """Work is never lost when a process dies at the worst moment."""
+
+    def test_a_charge_left_by_a_killed_worker_is_resolved_by_the_scheduled_job(
+        self, live: str, client: APIClient
+    ) -> None:
+        simulated_carrier(live, "aggregator")
+        payment_id = create(client, "+447400123456", flow="one_click")
+        wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        # The same charge, as if the worker died after the aggregator accepted it and before anything was recorded.
+        payment = Payment.objects.get(public_id=payment_id)
+        Payment.objects.filter(pk=payment.pk).update(
+            status=PaymentStatus.CHARGING,
+            carrier_reference="",
+            outcome_unknown_since=timezone.now() - timedelta(minutes=5),
+        )
+        carrier_flow.unknown_outcomes()
+        payment.refresh_from_db()
+        assert payment.status == PaymentStatus.SUCCEEDED
+        assert payment.carrier_reference  # found by our reference
+        assert len(simulator("aggregator").charges["+447400123456"]) == 1  # charged once
+
+    def test_a_worker_killed_before_reaching_the_carrier_leads_to_a_new_attempt(
+        self, live: str, client: APIClient
+    ) -> None:
+        carrier = simulated_carrier(live, "aggregator")
+        reachable = carrier.endpoint
+        Carrier.objects.filter(pk=carrier.pk).update(endpoint="http://127.0.0.1:9")  # nothing listens there
+        payment_id = create(client, "+447400123456", flow="one_click")
+        payment = Payment.objects.get(public_id=payment_id)
+        assert (payment.status, payment.charge_attempts) == (PaymentStatus.CHARGING, 1)
+        assert payment.next_attempt_at is not None  # unreachable: retried later with backoff
+        Carrier.objects.filter(pk=carrier.pk).update(endpoint=reachable)
+        # As if a worker claimed attempt 2 and died before sending it.
+        Payment.objects.filter(pk=payment.pk).update(
+            charge_attempts=2, next_attempt_at=None, outcome_unknown_since=timezone.now() - timedelta(minutes=5)
+        )
+        carrier_flow.unknown_outcomes()  # the aggregator never saw "<id>-2": safe to send again
+        Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())
+        carrier_flow.due_attempts()
+        payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        assert payment.charge_attempts == 3
+        assert len(simulator("aggregator").charges["+447400123456"]) == 1
