@@ -222,6 +222,7 @@ def test_insufficient_funds_is_tried_again_on_the_carriers_schedule(make_shop: A
     assert body["status"] == "charging"  # declined, another attempt is scheduled
     assert body["failure"]["code"] == "insufficient_funds"
     payment = Payment.objects.get(public_id=body["id"])
+    assert payment.next_attempt_at is not None
     assert timedelta(minutes=59) < payment.next_attempt_at - timezone.now() <= timedelta(minutes=60)
     for expected_attempts in (2, 3):
         Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())

@@ -89,6 +89,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up_after_about_th
     shop.pay(flow="one_click")
     delivery = WebhookDelivery.objects.get()
     assert (delivery.status, delivery.attempts, delivery.last_status_code) == ("pending", 1, 500)
+    assert delivery.next_attempt_at is not None
     first_retry = delivery.next_attempt_at - timezone.now()
     assert timedelta(seconds=4) < first_retry < timedelta(seconds=7)
     assert sum(webhooks.RETRY_SCHEDULE, timedelta()) > timedelta(days=3)
