@@ -1,6 +1,7 @@
 """Carrier rules: which carrier serves a number, which price points it offers."""
 
 import phonenumbers
+from phonenumbers import carrier as number_carrier
 from django.db.models import QuerySet
 from django.db.models.functions import Length
 
@@ -12,8 +13,10 @@ from carriers.msisdn import region_of
 def resolve_carrier(*, msisdn: str, carrier_slug: str | None = None) -> Carrier:
     """The active carrier that bills `msisdn` (E.164): the one named, or the one its number range routes to.
 
-    Routing takes the longest configured number prefix; when no prefix matches and the
-    number's country has exactly one active carrier, that carrier is used.
+    Routing takes the longest configured number prefix; then the operator that
+    phonenumbers names for the number's range (the original range holder: a ported
+    number routes wrongly, so the request may name the carrier); then the only active
+    carrier of the number's country.
     """
     if carrier_slug:
         carrier = Carrier.objects.select_related("country").filter(slug=carrier_slug, is_active=True).first()
@@ -36,7 +39,13 @@ def resolve_carrier(*, msisdn: str, carrier_slug: str | None = None) -> Carrier:
     )
     if match is not None:
         return match.carrier
-    in_region = list(Carrier.objects.select_related("country").filter(country_id=region_of(msisdn), is_active=True)[:2])
+    region = region_of(msisdn)
+    range_holder = number_carrier.name_for_number(phonenumbers.parse(msisdn, None), "en")
+    if range_holder:
+        named = Carrier.objects.filter(country_id=region, is_active=True, name__iexact=range_holder).first()
+        if named is not None:
+            return named
+    in_region = list(Carrier.objects.select_related("country").filter(country_id=region, is_active=True)[:2])
     if len(in_region) == 1:
         return in_region[0]
     raise CarrierNotResolved(

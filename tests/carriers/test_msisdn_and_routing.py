@@ -46,3 +46,10 @@ def test_the_only_active_carrier_of_a_country_takes_unrouted_numbers() -> None:
     CarrierFactory.create(country=spain)
     with pytest.raises(CarrierNotResolved):
         resolve_carrier(msisdn="+34612345678")
+
+
+@pytest.mark.django_db
+def test_the_range_holder_named_by_phonenumbers_is_used_when_no_prefix_matches() -> None:
+    CarrierFactory.create(name="Vodafone UK")
+    three = CarrierFactory.create(name="Three")
+    assert resolve_carrier(msisdn="+447400123456") == three  # phonenumbers: a Three range
