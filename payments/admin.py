@@ -17,17 +17,12 @@ from payments.models import (
 )
 from payments.services import webhooks
 from payments.services.apps import issue_api_key, revoke_api_key
+from playpay.admin_base import ReadOnlyInline, RecordAdmin
 
 
-class ApiKeyInline(admin.TabularInline[ApiKey, App]):
+class ApiKeyInline(ReadOnlyInline):
     model = ApiKey
-    extra = 0
     fields = ["prefix", "label", "created_at", "revoked_at"]
-    readonly_fields = ["prefix", "label", "created_at", "revoked_at"]
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(App)
@@ -50,25 +45,23 @@ class AppAdmin(admin.ModelAdmin[App]):
         for app in queryset:
             self._show_new_key(request, app)
 
+    def _show_once(self, request: HttpRequest, what: str, app: App, value: str) -> None:
+        self.message_user(
+            request,
+            f"New {what} for {app.name} — copy it now, it will not be shown again: {value}",
+            level=messages.WARNING,
+        )
+
     @admin.action(
         description="Rotate the webhook secret (new one shown once; old one valid 24 h)", permissions=["change"]
     )
     def rotate_webhook_secret(self, request: HttpRequest, queryset: Any) -> None:
         for app in queryset:
-            secret = webhooks.new_secret(app=app)
-            self.message_user(
-                request,
-                f"New webhook secret for {app.name} — copy it now, it will not be shown again: {secret}",
-                level=messages.WARNING,
-            )
+            self._show_once(request, "webhook secret", app, webhooks.new_secret(app=app))
 
     def _show_new_key(self, request: HttpRequest, app: App) -> None:
         issued = issue_api_key(app=app, label=f"issued by {request.user}")
-        self.message_user(
-            request,
-            f"New API key for {app.name} — copy it now, it will not be shown again: {issued.raw_key}",
-            level=messages.WARNING,
-        )
+        self._show_once(request, "API key", app, issued.raw_key)
 
 
 @admin.register(ApiKey)
@@ -90,80 +83,50 @@ class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
         self.message_user(request, f"{queryset.count()} key(s) revoked.")
 
 
-class StatusChangeInline(admin.TabularInline[PaymentStatusChange, Payment]):
+class StatusChangeInline(ReadOnlyInline):
     model = PaymentStatusChange
-    extra = 0
     fields = ["created_at", "from_status", "to_status", "actor", "reason"]
-    readonly_fields = ["created_at", "from_status", "to_status", "actor", "reason"]
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(Payment)
-class PaymentAdmin(admin.ModelAdmin[Payment]):
+class PaymentAdmin(RecordAdmin):
     list_display = ["public_id", "created_at", "app", "carrier", "amount_minor", "currency", "status", "flow"]
     list_filter = ["status", "flow", "carrier__country", "app"]
     search_fields = ["=public_id", "=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
-    show_full_result_count = False  # no COUNT(*) over the whole table
     date_hierarchy = "created_at"
     inlines = [StatusChangeInline]
-    readonly_fields = [field.name for field in Payment._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # state changes go through the payment services, never a form
-
 
 @admin.register(IdempotencyRecord)
-class IdempotencyRecordAdmin(admin.ModelAdmin[IdempotencyRecord]):
+class IdempotencyRecordAdmin(RecordAdmin):
     list_display = ["key", "app", "state", "response_status", "created_at"]
     list_filter = ["state"]
     search_fields = ["=key", "=resource_id"]
     list_select_related = ["app"]
-    show_full_result_count = False
-    readonly_fields = [field.name for field in IdempotencyRecord._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
-class WebhookAttemptInline(admin.TabularInline[WebhookAttempt, WebhookDelivery]):
+class WebhookAttemptInline(ReadOnlyInline):
     model = WebhookAttempt
-    extra = 0
     fields = ["attempted_at", "status_code", "error", "duration_ms"]
-    readonly_fields = ["attempted_at", "status_code", "error", "duration_ms"]
-    can_delete = False
-
-    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(WebhookDelivery)
-class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
+class WebhookDeliveryAdmin(RecordAdmin):
     list_display = ["message_id", "app", "event_type", "status", "attempts", "last_status_code", "next_attempt_at"]
     list_filter = ["status", "event_type", "app"]
     search_fields = ["=message_id", "=payment__public_id"]
     list_select_related = ["app"]
-    show_full_result_count = False
     inlines = [WebhookAttemptInline]
-    readonly_fields = [field.name for field in WebhookDelivery._meta.fields]
     actions = ["replay"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("payments.change_webhookdelivery"))
 
-    @admin.action(description="Send again now (same webhook-id)", permissions=["change"])
+    @admin.action(description="Send again now (same webhook-id)", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: Any) -> None:
         for delivery in queryset:
             webhooks.replay(delivery=delivery)
@@ -171,30 +134,14 @@ class WebhookDeliveryAdmin(admin.ModelAdmin[WebhookDelivery]):
 
 
 @admin.register(CarrierNotification)
-class CarrierNotificationAdmin(admin.ModelAdmin[CarrierNotification]):
+class CarrierNotificationAdmin(RecordAdmin):
     list_display = ["received_at", "carrier", "notification_id", "kind", "outcome", "raw_code", "result"]
     list_filter = ["kind", "outcome", "carrier"]
     search_fields = ["=notification_id", "=carrier_reference"]
     list_select_related = ["carrier"]
-    show_full_result_count = False
-    readonly_fields = [field.name for field in CarrierNotification._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(OutboxMessage)
-class OutboxMessageAdmin(admin.ModelAdmin[OutboxMessage]):
+class OutboxMessageAdmin(RecordAdmin):
     list_display = ["id", "task", "queue", "created_at", "sent_at"]
     list_filter = ["queue", "task"]
-    show_full_result_count = False
-    readonly_fields = [field.name for field in OutboxMessage._meta.fields]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
