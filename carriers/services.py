@@ -1,9 +1,9 @@
 """Carrier rules: which carrier serves a number, which price points it offers."""
 
 import phonenumbers
-from phonenumbers import carrier as number_carrier
 from django.db.models import QuerySet
 from django.db.models.functions import Length
+from phonenumbers import carrier as number_carrier
 
 from carriers.errors import CarrierCountryMismatch, CarrierNotFound, CarrierNotResolved, PricePointNotFound
 from carriers.models import Carrier, NumberPrefix, PricePoint

@@ -8,12 +8,14 @@ from django.conf import settings
 
 from carriers.adapters.aggregator import AggregatorAdapter
 from carriers.adapters.base import CarrierAdapter, CarrierConfig
+from carriers.adapters.parlayx import ParlayXAdapter
 from carriers.adapters.sandbox import SandboxAdapter
 from carriers.models import Carrier, Protocol
 
 _ADAPTERS: dict[str, type[CarrierAdapter]] = {
     Protocol.SANDBOX: SandboxAdapter,
     Protocol.AGGREGATOR: AggregatorAdapter,
+    Protocol.PARLAYX: ParlayXAdapter,
 }
 
 
@@ -35,6 +37,10 @@ def carrier_queue(carrier: Carrier) -> str:
 
 def adapter_class(protocol: str) -> type[CarrierAdapter]:
     return _ADAPTERS[protocol]
+
+
+def adapter_classes() -> dict[str, type[CarrierAdapter]]:
+    return dict(_ADAPTERS)
 
 
 def adapter_for(carrier: Carrier) -> CarrierAdapter:

@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from carriers.adapters import adapter_class, carrier_queue
+from carriers.adapters import adapter_class, adapter_classes, carrier_queue
 from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest, Notification, NotificationKind, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
@@ -245,13 +245,13 @@ def resolve_payment(*, payment_id: int) -> None:
     payment = _load(payment_id)
     if payment.outcome_unknown_since is None:
         return
-    if (
-        payment.status == PaymentStatus.CREATED
-        and not adapter_class(payment.carrier.protocol).capabilities.asynchronous
-    ):
+    capabilities = adapter_class(payment.carrier.protocol).capabilities
+    if payment.status == PaymentStatus.CREATED and not capabilities.asynchronous:
         # A PIN request that got no answer moves no money: send it again.
         _schedule_retry(payment_id, delay=timedelta(seconds=0))
         return
+    if not capabilities.status_query:
+        return  # the carrier cannot be asked: settled by reconciliation with its settlement file
     result = _call_for_status(payment)
     if result is None:
         return
@@ -392,9 +392,12 @@ def due_attempts(*, limit: int = 1000) -> int:
 
 def unknown_outcomes(*, limit: int = 1000) -> int:
     """Dispatch a status query for payments whose outcome has been unknown for a while."""
-    stale = Payment.objects.filter(outcome_unknown_since__lte=timezone.now() - RESOLVE_AFTER).select_related("carrier")[
-        :limit
-    ]
+    unqueryable = [protocol for protocol, cls in adapter_classes().items() if not cls.capabilities.status_query]
+    stale = (
+        Payment.objects.filter(outcome_unknown_since__lte=timezone.now() - RESOLVE_AFTER)
+        .exclude(status=PaymentStatus.CHARGING, carrier__protocol__in=unqueryable)
+        .select_related("carrier")[:limit]
+    )
     count = 0
     for payment in stale:
         with transaction.atomic():

@@ -1,5 +1,6 @@
 """Payments end to end: API -> carrier queue -> adapter -> simulator over HTTP -> callback -> state."""
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -181,3 +182,60 @@ class TestKilledWorkers:
         payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
         assert payment.charge_attempts == 3
         assert len(simulator("aggregator").charges["+447400123456"]) == 1
+
+
+@pytest.mark.parametrize("protocol", ["aggregator", "parlayx"])
+class TestEveryProtocol:
+    """The same payment behaviour on every wire protocol."""
+
+    def test_pin_flow_succeeds(self, live: str, client: APIClient, protocol: str) -> None:
+        simulated_carrier(live, protocol)
+        payment_id = create(client, "+447400123456")
+        wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+        pin = last_pin(protocol, "+447400123456")
+        assert confirm(client, payment_id, pin).status_code == 200
+        payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        assert len(simulator(protocol).charges["+447400123456"]) == 1
+        assert pin not in json.dumps(payment.carrier_data)  # the PIN itself is never stored
+
+    def test_one_click_succeeds(self, live: str, client: APIClient, protocol: str) -> None:
+        simulated_carrier(live, protocol)
+        wait_for_status(create(client, "+447400123456", flow="one_click"), PaymentStatus.SUCCEEDED)
+        assert len(simulator(protocol).charges["+447400123456"]) == 1
+
+    @pytest.mark.parametrize(
+        ("msisdn", "code"),
+        [
+            ("+447400120002", "insufficient_funds"),
+            ("+447400120003", "user_barred"),
+            ("+447400120004", "spending_limit"),
+        ],
+    )
+    def test_declines_fail_with_the_standard_code(
+        self, live: str, client: APIClient, protocol: str, msisdn: str, code: str
+    ) -> None:
+        simulated_carrier(live, protocol)
+        payment = wait_for_status(create(client, msisdn, flow="one_click"), PaymentStatus.FAILED)
+        assert payment.failure_code == code
+        assert not simulator(protocol).charges.get(msisdn)
+
+    @pytest.mark.parametrize("msisdn", ["+447400120007", "+447400120008", "+447400120009"])  # 5xx, garbled, timeout
+    def test_an_unanswered_charge_stays_charging_and_is_never_guessed(
+        self, live: str, client: APIClient, protocol: str, msisdn: str
+    ) -> None:
+        simulated_carrier(live, protocol)
+        simulator(protocol).settings.timeout_seconds = 1.5  # longer than the carrier's 1 s read timeout
+        payment = Payment.objects.get(public_id=create(client, msisdn, flow="one_click"))
+        assert payment.status == PaymentStatus.CHARGING
+        assert payment.outcome_unknown_since is not None
+        assert payment.failure_code == ""
+
+    def test_an_unreachable_carrier_is_retried_then_fails(self, live: str, client: APIClient, protocol: str) -> None:
+        carrier = simulated_carrier(live, protocol, max_retries=2, retry_backoff_seconds=1)
+        Carrier.objects.filter(pk=carrier.pk).update(endpoint="http://127.0.0.1:9")
+        payment_id = create(client, "+447400123456", flow="one_click")
+        for _ in range(2):
+            Payment.objects.filter(public_id=payment_id).update(next_attempt_at=timezone.now())
+            carrier_flow.due_attempts()
+        payment = Payment.objects.get(public_id=payment_id)
+        assert (payment.status, payment.failure_code, payment.charge_attempts) == ("failed", "carrier_unavailable", 2)
