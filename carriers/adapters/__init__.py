@@ -8,6 +8,7 @@ from django.conf import settings
 
 from carriers.adapters.aggregator import AggregatorAdapter
 from carriers.adapters.base import CarrierAdapter, CarrierConfig
+from carriers.adapters.camara import CamaraAdapter
 from carriers.adapters.parlayx import ParlayXAdapter
 from carriers.adapters.sandbox import SandboxAdapter
 from carriers.models import Carrier, Protocol
@@ -15,6 +16,7 @@ from carriers.models import Carrier, Protocol
 _ADAPTERS: dict[str, type[CarrierAdapter]] = {
     Protocol.SANDBOX: SandboxAdapter,
     Protocol.AGGREGATOR: AggregatorAdapter,
+    Protocol.CAMARA: CamaraAdapter,
     Protocol.PARLAYX: ParlayXAdapter,
 }
 

@@ -93,9 +93,12 @@ class Simulator:
     # Every charge applied to a player's bill: msisdn -> [record ids]; proves nothing is charged twice.
     charges: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     callbacks_sent: list[dict[str, Any]] = field(default_factory=list)
+    # Bumped by reset(): callbacks still queued from before a reset are dropped.
+    generation: int = 0
 
     def reset(self) -> None:
         with self.lock:
+            self.generation += 1
             self.settings = SimulatorSettings()
             self.records.clear()
             self.sms.clear()
@@ -156,11 +159,14 @@ class Simulator:
             events = list(reversed(events))
         delay = self.settings.callback_delay_ms / 1000
         attempts = self.settings.callback_max_attempts
+        generation = self.generation
 
         def run() -> None:
             time.sleep(delay)
             for body, headers in events:
                 for attempt in range(attempts):
+                    if self.generation != generation:
+                        return
                     status = _post(url, body, headers)
                     with self.lock:
                         self.callbacks_sent.append({"url": url, "status": status, "attempt": attempt + 1})

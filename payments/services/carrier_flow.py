@@ -142,7 +142,7 @@ def start_payment(*, payment_id: int) -> None:
             transition(locked, PaymentStatus.CHARGING, actor="system", reason="one-click charge")
         charge_payment(payment_id=payment_id)
         return
-    claimed = _claim_call(payment_id, PaymentStatus.CREATED)
+    claimed = _claim_call(payment_id, PaymentStatus.CREATED, count_attempt=True)
     if claimed is None:
         return
     result = _call(claimed, lambda adapter: adapter.send_pin(charge_request(claimed)))

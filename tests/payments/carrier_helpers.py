@@ -10,6 +10,7 @@ from payments.models import Payment
 from tests.factories import CarrierFactory, CountryFactory
 
 PROTOCOL_CREDENTIALS: dict[str, dict[str, str]] = {
+    "camara": {"client_id": "playpay", "client_secret": "camara-secret", "notification_token": "sink-token-for-tests"},
     "parlayx": {"sp_id": "000201", "sp_password": "parlayx-secret", "sender_name": "PlayPay"},
     "aggregator": {
         "merchant_id": "playpay-demo",

@@ -184,7 +184,7 @@ class TestKilledWorkers:
         assert len(simulator("aggregator").charges["+447400123456"]) == 1
 
 
-@pytest.mark.parametrize("protocol", ["aggregator", "parlayx"])
+@pytest.mark.parametrize("protocol", ["aggregator", "camara", "parlayx"])
 class TestEveryProtocol:
     """The same payment behaviour on every wire protocol."""
 
