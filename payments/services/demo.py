@@ -1,7 +1,8 @@
-"""Demo data for the embedded default: sandbox carriers, price points and a demo app."""
+"""Demo data for the embedded default: carriers on every protocol (against the simulators), a demo app."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.utils import timezone
 
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
@@ -9,11 +10,70 @@ from payments.models import App
 from payments.services.apps import issue_api_key
 
 DEMO_APP = "Demo Game"
-# (slug, name, country, number prefixes, one-click, currency, price points (code, amount))
+
+
+@dataclass(frozen=True)
+class DemoCarrier:
+    slug: str
+    name: str
+    country: str
+    currency: str
+    protocol: str
+    prefixes: list[str]
+    one_click: bool
+    prices: list[tuple[str, int]]
+    credentials: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def endpoint(self) -> str:
+        if self.protocol == Protocol.SANDBOX:
+            return ""
+        return f"{settings.PUBLIC_BASE_URL}/simulators/{self.protocol}"
+
+
+GEMS_GBP = [("gems-100", 99), ("gems-500", 499), ("gems-1200", 999)]
+# Sandbox carriers answer in-process; the others speak their protocol to its simulator over HTTP
+# (the simulators' published test credentials).
 DEMO_CARRIERS = [
-    ("sandbox-gb-alpha", "Sandbox Alpha UK", "GB", ["4474"], False, "GBP", [("gems-100", 99), ("gems-500", 499)]),
-    ("sandbox-gb-beta", "Sandbox Beta UK", "GB", ["4475"], True, "GBP", [("gems-100", 99), ("gems-1200", 999)]),
-    ("sandbox-es", "Sandbox España", "ES", [], True, "EUR", [("gems-100", 99), ("gems-500", 499)]),
+    DemoCarrier("sandbox-gb-alpha", "Sandbox Alpha UK", "GB", "GBP", Protocol.SANDBOX, ["4474"], False, GEMS_GBP),
+    DemoCarrier("sandbox-gb-beta", "Sandbox Beta UK", "GB", "GBP", Protocol.SANDBOX, ["4475"], True, GEMS_GBP),
+    DemoCarrier(
+        "camara-gb",
+        "CAMARA Telco UK (simulated)",
+        "GB",
+        "GBP",
+        Protocol.CAMARA,
+        ["4477"],
+        True,
+        GEMS_GBP,
+        {"client_id": "playpay", "client_secret": "camara-secret", "notification_token": "demo-sink-token"},
+    ),
+    DemoCarrier(
+        "aggregator-gb",
+        "DCB Aggregator UK (simulated)",
+        "GB",
+        "GBP",
+        Protocol.AGGREGATOR,
+        ["4478"],
+        True,
+        GEMS_GBP,
+        {
+            "merchant_id": "playpay-demo",
+            "api_secret": "aggregator-api-secret",
+            "callback_secret": "aggregator-callback-secret",
+        },
+    ),
+    DemoCarrier(
+        "parlayx-es",
+        "Parlay X Operador (simulated)",
+        "ES",
+        "EUR",
+        Protocol.PARLAYX,
+        [],
+        True,
+        [("gems-100", 99), ("gems-500", 499)],
+        {"sp_id": "000201", "sp_password": "parlayx-secret", "sender_name": "PlayPay"},
+    ),
 ]
 
 
@@ -25,27 +85,31 @@ class DemoData:
 
 
 def seed_demo_data() -> DemoData:
-    for slug, name, country, prefixes, one_click, currency, prices in DEMO_CARRIERS:
+    for demo in DEMO_CARRIERS:
         carrier, _ = Carrier.objects.update_or_create(
-            slug=slug,
+            slug=demo.slug,
             defaults={
-                "name": name,
-                "country_id": country,
-                "protocol": Protocol.SANDBOX,
+                "name": demo.name,
+                "country_id": demo.country,
+                "protocol": demo.protocol,
+                "endpoint": demo.endpoint,
                 "is_active": True,
                 "supports_pin": True,
-                "supports_one_click": one_click,
+                "supports_one_click": demo.one_click,
+                "supports_refund": demo.protocol != Protocol.SANDBOX,
             },
         )
-        for prefix in prefixes:
+        carrier.credentials = demo.credentials
+        carrier.save(update_fields=["credentials_encrypted"])
+        for prefix in demo.prefixes:
             NumberPrefix.objects.update_or_create(prefix=prefix, defaults={"carrier": carrier})
-        for code, amount in prices:
+        for code, amount in demo.prices:
             PricePoint.objects.update_or_create(
                 carrier=carrier,
                 code=code,
                 defaults={
                     "amount_minor": amount,
-                    "currency": currency,
+                    "currency": demo.currency,
                     "carrier_payout_minor": amount * 70 // 100,
                     "is_active": True,
                 },
@@ -53,4 +117,4 @@ def seed_demo_data() -> DemoData:
     app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"notification_url": ""})
     app.api_keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
     issued = issue_api_key(app=app, label="seed_demo")
-    return DemoData(app=app, raw_key=issued.raw_key, carrier_slugs=[row[0] for row in DEMO_CARRIERS])
+    return DemoData(app=app, raw_key=issued.raw_key, carrier_slugs=[demo.slug for demo in DEMO_CARRIERS])

@@ -39,9 +39,14 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     first = run("seed_demo")
     second = run("seed_demo")
     keys = [line.split("=", 1)[1] for out in (first, second) for line in out.splitlines() if "PLAYPAY_API_KEY=" in line]
-    assert Carrier.objects.filter(slug__startswith="sandbox-", is_active=True).count() == 3
-    assert Carrier.objects.filter(slug__startswith="sandbox-").values("country").distinct().count() == 2
-    assert PricePoint.objects.filter(carrier__slug__startswith="sandbox-").count() == 6
+    demo = Carrier.objects.filter(
+        slug__in=["sandbox-gb-alpha", "sandbox-gb-beta", "camara-gb", "aggregator-gb", "parlayx-es"], is_active=True
+    )
+    assert demo.count() == 5
+    assert {carrier.protocol for carrier in demo} == {"sandbox", "camara", "aggregator", "parlayx"}
+    assert demo.values("country").distinct().count() == 2
+    assert all(carrier.has_credentials for carrier in demo if carrier.protocol != "sandbox")
+    assert PricePoint.objects.filter(carrier__in=demo).count() == 14
     assert App.objects.filter(name="Demo Game").count() == 1
     assert ApiKey.objects.filter(app__name="Demo Game", revoked_at__isnull=True).count() == 1
     client = APIClient()
