@@ -42,3 +42,17 @@ def test_a_worker_runs_a_task_sent_through_the_broker(shop: Shop, settings) -> N
         while IdempotencyRecord.objects.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
     assert not IdempotencyRecord.objects.exists()
+
+
+@pytest.mark.django_db
+def test_the_embedded_scheduler_runs_the_periodic_jobs(shop: Shop) -> None:
+    import io
+
+    from django.core.management import call_command
+
+    payment_id = shop.create_payment().json()["id"]
+    Payment.objects.filter(public_id=payment_id).update(pin_expires_at=timezone.now() - timedelta(seconds=1))
+    out = io.StringIO()
+    call_command("run_scheduler", "--once", stdout=out)
+    assert "expire unconfirmed PIN payments: 1" in out.getvalue()
+    assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.EXPIRED
