@@ -77,3 +77,15 @@ class UnknownCarrier(PaymentError):
     code = "unknown_carrier"
     title = "No carrier has this slug"
     http_status = 404
+
+
+class RefundExceedsCaptured(PaymentError):
+    code = "refund_exceeds_captured"
+    title = "The refund is more than what is left to refund"
+    http_status = 422
+
+
+class ReversalNotAllowed(PaymentError):
+    code = "reversal_not_allowed"
+    title = "This payment can no longer be reversed"
+    http_status = 409

@@ -1,9 +1,11 @@
 import hashlib
 import uuid
+from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 
 class App(models.Model):
@@ -16,10 +18,21 @@ class App(models.Model):
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="API requests per minute; empty for the platform default."
     )
+    revenue_share = models.DecimalField(
+        max_digits=5,
+        decimal_places=4,
+        default=Decimal("0.8500"),
+        help_text="The app's share of what remains after tax and the carrier's share, 0 to 1.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1), name="app_revenue_share_range"
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -87,6 +100,8 @@ class Payment(models.Model):
     price_point = models.ForeignKey("carriers.PricePoint", on_delete=models.PROTECT, related_name="payments")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
+    # Refunded or being refunded (pending refunds reserve their amount), never above amount_minor.
+    refunded_minor = models.BigIntegerField(default=0)
     status = models.CharField(max_length=20, choices=PaymentStatus.choices, default=PaymentStatus.CREATED)
     flow = models.CharField(max_length=12, choices=PaymentFlow.choices)
     idempotency_key = models.CharField(max_length=255, blank=True)
@@ -111,6 +126,10 @@ class Payment(models.Model):
         ordering = ["-id"]
         constraints = [
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="payment_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(refunded_minor__gte=0) & Q(refunded_minor__lte=F("amount_minor")),
+                name="payment_refunds_within_amount",
+            ),
             models.UniqueConstraint(
                 fields=["app", "idempotency_key"],
                 condition=~Q(idempotency_key=""),
@@ -286,3 +305,122 @@ class WebhookAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.status_code or self.error}"
+
+
+class Refund(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    reason = models.CharField(max_length=255)
+    requested_by = models.CharField(max_length=150, help_text="app:<name> or staff:<username>")
+    # False when the carrier cannot refund: the platform pays the player back outside the carrier.
+    via_carrier = models.BooleanField(default=True)
+    carrier_reference = models.CharField(max_length=128, blank=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.CheckConstraint(condition=Q(amount_minor__gt=0), name="refund_amount_positive")]
+        indexes = [models.Index(fields=["status", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"refund {self.amount_minor} {self.currency} of {self.payment_id}"
+
+
+class Reversal(models.Model):
+    """A technical reversal of a whole charge, e.g. the game could not deliver the item."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="reversal")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    reason = models.CharField(max_length=255)
+    requested_by = models.CharField(max_length=150)
+    via_carrier = models.BooleanField(default=True)
+    failure_code = models.CharField(max_length=64, blank=True)
+    failure_message = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"reversal of {self.payment_id}"
+
+
+class LedgerEntry(models.Model):
+    """A balanced set of ledger lines posted together; never changed, corrected by an opposite entry."""
+
+    class Kind(models.TextChoices):
+        CHARGE = "charge"
+        REFUND = "refund"
+        REVERSAL = "reversal"
+
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="ledger_entries")
+    refund = models.OneToOneField(Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
+    memo = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name_plural = "ledger entries"
+        ordering = ["id"]
+        constraints = [
+            # At most one charge and one reversal entry per payment: posting twice is impossible.
+            models.UniqueConstraint(
+                fields=["payment", "kind"],
+                condition=Q(kind__in=["charge", "reversal"]),
+                name="ledger_one_charge_and_reversal_per_payment",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} #{self.pk}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableLedger("ledger entries are never changed; post an opposite entry")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedger("ledger entries are never deleted; post an opposite entry")
+
+
+class LedgerLine(models.Model):
+    """One side of an entry: a signed amount (debit positive, credit negative) on an account."""
+
+    entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="lines")
+    account = models.CharField(max_length=100, db_index=True)
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["account", "currency"])]
+        constraints = [models.CheckConstraint(condition=~Q(amount_minor=0), name="ledger_line_not_zero")]
+
+    def __str__(self) -> str:
+        return f"{self.account} {self.amount_minor:+d} {self.currency}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.pk is not None and not self._state.adding:
+            raise ImmutableLedger("ledger lines are never changed; post an opposite entry")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedger("ledger lines are never deleted; post an opposite entry")
+
+
+class ImmutableLedger(Exception):
+    pass

@@ -3,7 +3,7 @@
 
 from celery import shared_task
 
-from payments.services import carrier_flow, outbox, webhooks
+from payments.services import carrier_flow, outbox, refunds, webhooks
 from payments.services.idempotency import purge_expired_keys
 from payments.services.payments import expire_abandoned_payments
 
@@ -64,3 +64,13 @@ def deliver_webhook(delivery_id: int) -> None:
 @shared_task(acks_late=True)
 def dispatch_due_webhooks() -> int:
     return webhooks.due_deliveries()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def execute_refund(refund_id: int) -> None:
+    refunds.execute_refund(refund_id=refund_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def execute_reversal(payment_id: int) -> None:
+    refunds.execute_reversal(payment_id=payment_id)

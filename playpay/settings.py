@@ -187,6 +187,8 @@ IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 48)
 # A request that claimed a key and never finished (a killed process) stops blocking after this.
 IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env_int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS", 60)
 PIN_MAX_ATTEMPTS = env_int("PIN_MAX_ATTEMPTS", 3)
+# A charge can be reversed (undone as a technical error) this long after it succeeded.
+REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
 PIN_TTL_SECONDS = env_int("PIN_TTL_SECONDS", 300)
 # Key for carrier credentials at rest (Fernet); derived from SECRET_KEY when unset.
 CARRIER_CREDENTIALS_KEY = env_str("CARRIER_CREDENTIALS_KEY", "")

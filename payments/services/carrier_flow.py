@@ -337,7 +337,7 @@ def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
     payments = Payment.objects.filter(carrier=carrier)
     if notification.payment_id:
         payment = (
-            payments.filter(public_id=notification.payment_id).first() if _is_uuid(notification.payment_id) else None
+            payments.filter(public_id=notification.payment_id).first() if is_uuid(notification.payment_id) else None
         )
     else:
         payment = payments.filter(carrier_reference=notification.carrier_reference).first()
@@ -369,7 +369,7 @@ def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
     return f"{before} -> {after}" if after != before else f"no change ({before})"
 
 
-def _is_uuid(value: str) -> bool:
+def is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
     except ValueError:

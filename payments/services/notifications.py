@@ -7,12 +7,13 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_for
-from carriers.adapters.base import NotificationRejected
+from carriers.adapters.base import NotificationKind, NotificationRejected
 from carriers.models import Carrier
 from payments.errors import NotificationRejected as RejectedError
 from payments.errors import NotificationSignatureInvalid, UnknownCarrier
 from payments.models import CarrierNotification
 from payments.services.carrier_flow import apply_notification
+from payments.services.refunds import apply_refund_notification
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,10 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
                 )
         except IntegrityError:
             return Receipt(ack_status=adapter.notification_ack_status, result="duplicate: already applied")
-        record.result = apply_notification(carrier=carrier, notification=notification)[:200]
+        if notification.kind == NotificationKind.REFUND:
+            result = apply_refund_notification(carrier_slug=carrier.slug, notification=notification)
+        else:
+            result = apply_notification(carrier=carrier, notification=notification)
+        record.result = result[:200]
         record.save(update_fields=["result"])
     return Receipt(ack_status=adapter.notification_ack_status, result=record.result)

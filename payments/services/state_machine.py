@@ -4,7 +4,7 @@ from django.db import transaction
 
 from payments.errors import IllegalTransition
 from payments.models import Payment, PaymentStatus, PaymentStatusChange
-from payments.services import webhooks
+from payments.services import ledger, webhooks
 
 S = PaymentStatus
 
@@ -55,6 +55,8 @@ def transition(
     change = PaymentStatusChange.objects.create(
         payment=payment, from_status=from_status, to_status=to_status, actor=actor, reason=reason[:255]
     )
+    if to_status == S.SUCCEEDED:
+        ledger.post_charge(payment)
     if to_status in NOTIFIED_STATUSES:
         webhooks.notify_payment(payment)
     return change

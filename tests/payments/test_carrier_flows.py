@@ -146,20 +146,18 @@ class TestKilledWorkers:
         self, live: str, client: APIClient
     ) -> None:
         simulated_carrier(live, "aggregator")
-        payment_id = create(client, "+447400123456", flow="one_click")
-        wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
-        # The same charge, as if the worker died after the aggregator accepted it and before anything was recorded.
-        payment = Payment.objects.get(public_id=payment_id)
+        msisdn = "+447400120013"  # its callbacks never come
+        payment = Payment.objects.get(public_id=create(client, msisdn, flow="one_click"))
+        assert payment.status == PaymentStatus.CHARGING
+        # As if the worker died after the aggregator accepted the charge, before recording its reference.
         Payment.objects.filter(pk=payment.pk).update(
-            status=PaymentStatus.CHARGING,
-            carrier_reference="",
-            outcome_unknown_since=timezone.now() - timedelta(minutes=5),
+            carrier_reference="", outcome_unknown_since=timezone.now() - timedelta(minutes=5)
         )
         carrier_flow.unknown_outcomes()
         payment.refresh_from_db()
         assert payment.status == PaymentStatus.SUCCEEDED
         assert payment.carrier_reference  # found by our reference
-        assert len(simulator("aggregator").charges["+447400123456"]) == 1  # charged once
+        assert len(simulator("aggregator").charges[msisdn]) == 1  # charged once
 
     def test_a_worker_killed_before_reaching_the_carrier_leads_to_a_new_attempt(
         self, live: str, client: APIClient

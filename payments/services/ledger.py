@@ -1,0 +1,120 @@
+"""The double-entry ledger: every charge, refund and reversal posts balanced lines.
+
+Amounts are signed minor units: debits positive, credits negative; the lines of an
+entry sum to zero per currency. Lines are never changed or deleted (the models
+refuse, and on PostgreSQL so do triggers); a correction is a new, opposite entry.
+
+A charge of A (tax included at the country's VAT rate) is split into tax, the
+carrier's share of the net, the app's share of what remains, and the platform's:
+
+    DR carrier_receivable:<carrier>   A - carrier share   (the carrier collects A and keeps its share)
+    DR carrier_share:<carrier>        carrier share       (cost of the sale)
+    CR tax_payable:<country>          tax
+    CR app_payable:<app>              app share
+    CR platform_revenue               net - app share
+"""
+
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal
+
+from django.db.models import Sum
+
+from payments.models import LedgerEntry, LedgerLine, Payment, Refund
+
+PLATFORM_REVENUE = "platform_revenue"
+
+
+@dataclass(frozen=True)
+class Split:
+    tax: int
+    carrier_share: int
+    app_share: int
+
+    @classmethod
+    def of(cls, payment: Payment) -> "Split":
+        amount = Decimal(payment.amount_minor)
+        country = payment.carrier.country
+        tax = Decimal(0)
+        if payment.price_point.tax_included and country.vat_rate:
+            tax = amount * country.vat_rate / (100 + country.vat_rate)
+        tax_minor = _round(tax)
+        net = payment.amount_minor - tax_minor
+        carrier_share = _round(Decimal(net) * payment.carrier.revenue_share)
+        app_share = _round(Decimal(net - carrier_share) * payment.app.revenue_share)
+        return cls(tax=tax_minor, carrier_share=carrier_share, app_share=app_share)
+
+
+def _round(value: Decimal) -> int:
+    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def charge_lines(payment: Payment) -> dict[str, int]:
+    split = Split.of(payment)
+    net = payment.amount_minor - split.tax
+    carrier = payment.carrier.slug
+    return {
+        f"carrier_receivable:{carrier}": payment.amount_minor - split.carrier_share,
+        f"carrier_share:{carrier}": split.carrier_share,
+        f"tax_payable:{payment.carrier.country_id}": -split.tax,
+        f"app_payable:{payment.app.public_id}": -split.app_share,
+        PLATFORM_REVENUE: -(net - split.app_share),
+    }
+
+
+def _post(
+    *, kind: str, payment: Payment, lines: dict[str, int], memo: str, refund: Refund | None = None
+) -> LedgerEntry:
+    if sum(lines.values()) != 0:
+        raise ValueError(f"unbalanced {kind} entry for payment {payment.pk}: {lines}")
+    entry = LedgerEntry.objects.create(kind=kind, payment=payment, refund=refund, memo=memo[:255])
+    LedgerLine.objects.bulk_create(
+        LedgerLine(entry=entry, account=account, amount_minor=amount, currency=payment.currency)
+        for account, amount in lines.items()
+        if amount
+    )
+    return entry
+
+
+def post_charge(payment: Payment) -> LedgerEntry:
+    """Post a successful charge; call in the transaction that marks the payment succeeded."""
+    return _post(kind=LedgerEntry.Kind.CHARGE, payment=payment, lines=charge_lines(payment), memo="charge")
+
+
+def _charge_entry_lines(payment: Payment) -> dict[str, int]:
+    lines = LedgerLine.objects.filter(entry__payment=payment, entry__kind=LedgerEntry.Kind.CHARGE)
+    return {line.account: line.amount_minor for line in lines}
+
+
+def post_refund(refund: Refund, *, refunded_before: int) -> LedgerEntry:
+    """Post a refund as the opposite of its share of the charge entry.
+
+    Shares are taken cumulatively (what all refunds so far undo, minus what earlier ones
+    undid), so that refunds adding up to the whole amount undo the charge exactly.
+    """
+    payment = refund.payment
+    charge = _charge_entry_lines(payment)
+    after = refunded_before + refund.amount_minor
+    lines = {
+        account: -(amount * after // payment.amount_minor - amount * refunded_before // payment.amount_minor)
+        for account, amount in charge.items()
+    }
+    # Rounding leftovers go to the platform, which keeps the entry balanced.
+    lines[PLATFORM_REVENUE] = lines.get(PLATFORM_REVENUE, 0) - sum(lines.values())
+    return _post(
+        kind=LedgerEntry.Kind.REFUND, payment=payment, refund=refund, lines=lines, memo=f"refund: {refund.reason}"
+    )
+
+
+def post_reversal(payment: Payment, *, reason: str) -> LedgerEntry:
+    """Undo the charge entry exactly."""
+    lines = {account: -amount for account, amount in _charge_entry_lines(payment).items()}
+    return _post(kind=LedgerEntry.Kind.REVERSAL, payment=payment, lines=lines, memo=f"reversal: {reason}")
+
+
+def balances(*, currency: str | None = None) -> list[tuple[str, str, int]]:
+    """(account, currency, balance) for every account, derived from the lines."""
+    lines = LedgerLine.objects.all()
+    if currency:
+        lines = lines.filter(currency=currency)
+    rows = lines.values("account", "currency").annotate(balance=Sum("amount_minor")).order_by("account", "currency")
+    return [(row["account"], row["currency"], int(row["balance"])) for row in rows]

@@ -1,0 +1,244 @@
+"""Refunds and reversals: money back to the player, atomically, never more than was captured.
+
+Both lock the payment row (`select_for_update`) before checking what is left to
+refund, and reserve the amount in `Payment.refunded_minor`, which the database keeps
+at or below the captured amount; a failed refund releases its reservation. The
+carrier is called on its queue after the commit; where the carrier cannot refund,
+the platform pays the player back itself and the refund succeeds at once.
+"""
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from carriers.adapters import adapter_class
+from carriers.adapters.base import CarrierResult, Notification, Outcome, RefundRequest
+from carriers.gateway import CarrierBusy, call_carrier
+from payments.errors import IllegalTransition, RefundExceedsCaptured, ReversalNotAllowed
+from payments.models import Payment, PaymentStatus, Refund, Reversal
+from payments.services import ledger, outbox
+from payments.services.carrier_flow import charge_request, dispatch, is_uuid
+from payments.services.idempotency import IdempotentRequest, claim_key
+from payments.services.state_machine import transition
+
+REFUNDABLE = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
+
+
+def _carrier_refunds(payment: Payment) -> bool:
+    return payment.carrier.supports_refund and adapter_class(payment.carrier.protocol).capabilities.refund
+
+
+def request_refund(
+    *,
+    payment: Payment,
+    amount_minor: int | None,
+    reason: str,
+    actor: str,
+    idempotency: IdempotentRequest | None = None,
+) -> Refund:
+    """Refund `amount_minor` (default: all that is left) of a succeeded payment."""
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().select_related("carrier").get(pk=payment.pk)
+        if locked.status not in REFUNDABLE:
+            raise IllegalTransition(f"Only a succeeded payment can be refunded; this one is {locked.status!r}.")
+        if Reversal.objects.filter(payment=locked).exclude(status=Reversal.Status.FAILED).exists():
+            raise IllegalTransition("This payment is being reversed.")
+        refundable = locked.amount_minor - locked.refunded_minor
+        amount = refundable if amount_minor is None else amount_minor
+        if amount <= 0 or amount > refundable:
+            raise RefundExceedsCaptured(
+                f"At most {refundable} {locked.currency} (minor units) is left to refund.",
+                refundable_minor=refundable,
+            )
+        refund = Refund(
+            payment=locked,
+            amount_minor=amount,
+            currency=locked.currency,
+            reason=reason[:255],
+            requested_by=actor,
+            via_carrier=_carrier_refunds(locked),
+        )
+        if idempotency is not None:
+            claim_key(idempotency, resource_id=refund.public_id)
+        refund.save()
+        locked.refunded_minor += amount
+        locked.save(update_fields=["refunded_minor", "updated_at"])
+        if refund.via_carrier:
+            outbox.enqueue("payments.tasks.execute_refund", queue=f"carrier.{locked.carrier.slug}", refund_id=refund.pk)
+        else:
+            _settle_refund(refund, locked, succeeded=True, actor=actor)
+    return Refund.objects.get(pk=refund.pk)
+
+
+def execute_refund(*, refund_id: int) -> None:
+    """Ask the carrier to refund (task on the carrier's queue); runs once per refund."""
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().select_related("payment__carrier").get(pk=refund_id)
+        if refund.status != Refund.Status.PENDING or refund.carrier_reference:
+            return
+        refund.carrier_reference = "requested"  # claimed: a second run does not refund twice
+        refund.save(update_fields=["carrier_reference"])
+    payment = Payment.objects.select_related("app", "carrier", "price_point").get(pk=refund.payment_id)
+    request = RefundRequest(
+        refund_id=str(refund.public_id),
+        payment_id=str(payment.public_id),
+        carrier_reference=payment.carrier_reference,
+        msisdn=payment.msisdn,
+        amount_minor=refund.amount_minor,
+        currency=refund.currency,
+        reason=refund.reason,
+        state={**payment.carrier_data, "total": refund.amount_minor == payment.amount_minor},
+    )
+    try:
+        result = call_carrier(payment.carrier, lambda adapter: adapter.refund(request))
+    except CarrierBusy as busy:
+        with transaction.atomic():
+            Refund.objects.filter(pk=refund_id).update(carrier_reference="")
+            outbox.enqueue(
+                "payments.tasks.execute_refund",
+                queue=f"carrier.{payment.carrier.slug}",
+                countdown=max(int(busy.retry_after), 1),
+                refund_id=refund_id,
+            )
+        return
+    record_refund_result(refund_id=refund_id, result=result)
+
+
+def record_refund_result(*, refund_id: int, result: CarrierResult) -> None:
+    """Apply the carrier's answer to a pending refund; a repeated answer changes nothing."""
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().get(pk=refund_id)
+        if refund.status != Refund.Status.PENDING or result.outcome == Outcome.PENDING:
+            if result.carrier_reference and refund.status == Refund.Status.PENDING:
+                refund.carrier_reference = result.carrier_reference
+                refund.save(update_fields=["carrier_reference"])
+            return
+        payment = Payment.objects.select_for_update().select_related("carrier").get(pk=refund.payment_id)
+        refund.carrier_reference = result.carrier_reference or refund.carrier_reference
+        if result.outcome == Outcome.FAILED:
+            refund.failure_code = result.error_code or "rejected"
+            refund.failure_message = (result.raw_message or result.raw_code)[:255]
+        _settle_refund(
+            refund, payment, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
+        )
+
+
+def _settle_refund(refund: Refund, payment: Payment, *, succeeded: bool, actor: str) -> None:
+    """Finish a refund under the payment's lock: post it, or release its reservation."""
+    refund.status = Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED
+    refund.completed_at = timezone.now()
+    refund.save()
+    if not succeeded:
+        payment.refunded_minor -= refund.amount_minor
+        payment.save(update_fields=["refunded_minor", "updated_at"])
+        return
+    settled_before = sum(
+        Refund.objects.filter(payment=payment, status=Refund.Status.SUCCEEDED)
+        .exclude(pk=refund.pk)
+        .values_list("amount_minor", flat=True)
+    )
+    ledger.post_refund(refund, refunded_before=settled_before)
+    fully = settled_before + refund.amount_minor == payment.amount_minor
+    transition(
+        payment,
+        PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED,
+        actor=actor,
+        reason=f"refund of {refund.amount_minor} {refund.currency}: {refund.reason}",
+    )
+
+
+def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
+    """Reverse a whole charge as a technical error: only unrefunded, within REVERSAL_WINDOW_HOURS."""
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().select_related("carrier").get(pk=payment.pk)
+        if locked.status != PaymentStatus.SUCCEEDED or locked.refunded_minor:
+            raise ReversalNotAllowed(
+                f"Only a succeeded, unrefunded payment can be reversed; this one is {locked.status!r}."
+            )
+        succeeded_at = (
+            locked.history.filter(to_status=PaymentStatus.SUCCEEDED).values_list("created_at", flat=True).first()
+        )
+        window = timedelta(hours=settings.REVERSAL_WINDOW_HOURS)
+        if succeeded_at is None or timezone.now() - succeeded_at > window:
+            raise ReversalNotAllowed(
+                f"Reversals are possible for {settings.REVERSAL_WINDOW_HOURS} hours after the charge."
+            )
+        if Reversal.objects.filter(payment=locked).exists():
+            raise ReversalNotAllowed("This payment already has a reversal.")
+        capabilities = adapter_class(locked.carrier.protocol).capabilities
+        reversal = Reversal.objects.create(
+            payment=locked,
+            reason=reason[:255],
+            requested_by=actor,
+            via_carrier=locked.carrier.supports_reversal and capabilities.reversal,
+        )
+        # Reserve the whole amount so that no refund can start meanwhile.
+        locked.refunded_minor = locked.amount_minor
+        locked.save(update_fields=["refunded_minor", "updated_at"])
+        if reversal.via_carrier:
+            dispatch(locked, "execute_reversal")
+        else:
+            _settle_reversal(reversal, locked, succeeded=True, actor=actor)
+    return Reversal.objects.get(pk=reversal.pk)
+
+
+def execute_reversal(*, payment_id: int) -> None:
+    payment = Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment_id)
+    reversal = Reversal.objects.filter(payment=payment, status=Reversal.Status.PENDING).first()
+    if reversal is None:
+        return
+    try:
+        result = call_carrier(payment.carrier, lambda adapter: adapter.reverse(charge_request(payment)))
+    except CarrierBusy:
+        return  # stays pending; run again from the admin
+    if result.outcome == Outcome.PENDING:
+        return
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment_id)
+        pending = Reversal.objects.select_for_update().get(pk=reversal.pk)
+        if pending.status == Reversal.Status.PENDING:
+            if result.outcome == Outcome.FAILED:
+                pending.failure_code = result.error_code or "rejected"
+                pending.failure_message = (result.raw_message or result.raw_code)[:255]
+            _settle_reversal(
+                pending, locked, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
+            )
+
+
+def _settle_reversal(reversal: Reversal, payment: Payment, *, succeeded: bool, actor: str) -> None:
+    reversal.status = Reversal.Status.SUCCEEDED if succeeded else Reversal.Status.FAILED
+    reversal.completed_at = timezone.now()
+    reversal.save()
+    if not succeeded:
+        payment.refunded_minor = 0
+        payment.save(update_fields=["refunded_minor", "updated_at"])
+        return
+    ledger.post_reversal(payment, reason=reversal.reason)
+    transition(payment, PaymentStatus.REVERSED, actor=actor, reason=f"reversal: {reversal.reason}")
+
+
+def apply_refund_notification(*, carrier_slug: str, notification: Notification) -> str:
+    """A carrier's callback about a refund: find the refund by our id or the carrier's reference."""
+    refunds = Refund.objects.filter(payment__carrier__slug=carrier_slug)
+    refund = None
+    if notification.refund_id:
+        refund = refunds.filter(public_id=notification.refund_id).first() if is_uuid(notification.refund_id) else None
+    if refund is None and notification.carrier_reference:
+        refund = refunds.filter(carrier_reference=notification.carrier_reference).first()
+    if refund is None:
+        return "ignored: unknown refund"
+    before = refund.status
+    record_refund_result(
+        refund_id=refund.pk,
+        result=CarrierResult(
+            outcome=notification.outcome,
+            carrier_reference=notification.carrier_reference,
+            error_code=notification.error_code,
+            raw_code=notification.raw_code,
+            raw_message=notification.raw_message,
+        ),
+    )
+    after = Refund.objects.values_list("status", flat=True).get(pk=refund.pk)
+    return f"refund {before} -> {after}" if after != before else f"refund: no change ({before})"
