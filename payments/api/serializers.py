@@ -5,7 +5,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from carriers.models import Carrier, PricePoint
-from payments.models import Payment, PaymentFlow
+from payments.models import Payment, PaymentFlow, Refund, Reversal
 from payments.services.payments import next_action
 
 MAX_METADATA_BYTES = 4096
@@ -89,9 +89,7 @@ class PaymentSerializer(serializers.ModelSerializer[Payment]):
 
     @extend_schema_field(FailureSerializer(allow_null=True))
     def get_failure(self, payment: Payment) -> dict[str, str] | None:
-        if not payment.failure_code:
-            return None
-        return {"code": payment.failure_code, "message": payment.failure_message}
+        return _failure(payment.failure_code, payment.failure_message)
 
     @extend_schema_field(NextActionSerializer)
     def get_next_action(self, payment: Payment) -> dict[str, Any]:
@@ -106,3 +104,57 @@ class PricePointSerializer(serializers.ModelSerializer[PricePoint]):
         model = PricePoint
         fields = ["code", "carrier", "country", "amount_minor", "currency", "tax_included"]
         read_only_fields = fields
+
+
+class RefundCreateSerializer(StrictSerializer):
+    amount_minor = serializers.IntegerField(
+        min_value=1, required=False, help_text="Minor units; default: all that is left to refund."
+    )
+    reason = serializers.CharField(max_length=255, help_text="Why: shown to operations and finance.")
+
+
+class ReversalCreateSerializer(StrictSerializer):
+    reason = serializers.CharField(max_length=255, help_text="Why the charge must be undone.")
+
+
+def _failure(code: str, message: str) -> dict[str, str] | None:
+    return {"code": code, "message": message} if code else None
+
+
+class RefundSerializer(serializers.ModelSerializer[Refund]):
+    id = serializers.UUIDField(source="public_id", read_only=True)
+    payment = serializers.UUIDField(source="payment.public_id", read_only=True)
+    failure = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Refund
+        fields = [
+            "id",
+            "payment",
+            "amount_minor",
+            "currency",
+            "status",
+            "reason",
+            "failure",
+            "created_at",
+            "completed_at",
+        ]
+        read_only_fields = fields
+
+    @extend_schema_field(FailureSerializer(allow_null=True))
+    def get_failure(self, refund: Refund) -> dict[str, str] | None:
+        return _failure(refund.failure_code, refund.failure_message)
+
+
+class ReversalSerializer(serializers.ModelSerializer[Reversal]):
+    payment = serializers.UUIDField(source="payment.public_id", read_only=True)
+    failure = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Reversal
+        fields = ["payment", "status", "reason", "failure", "created_at", "completed_at"]
+        read_only_fields = fields
+
+    @extend_schema_field(FailureSerializer(allow_null=True))
+    def get_failure(self, reversal: Reversal) -> dict[str, str] | None:
+        return _failure(reversal.failure_code, reversal.failure_message)

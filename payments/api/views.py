@@ -15,9 +15,14 @@ from payments.api.serializers import (
     PaymentCreateSerializer,
     PaymentSerializer,
     PricePointSerializer,
+    RefundCreateSerializer,
+    RefundSerializer,
+    ReversalCreateSerializer,
+    ReversalSerializer,
 )
 from payments.models import App, Payment, PaymentStatus
-from payments.services.payments import PaymentRequest, confirm_payment, create_payment
+from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
+from payments.services.refunds import request_refund, request_reversal
 from playpay.api.auth import request_app
 from playpay.api.idempotency import Outcome, idempotent_request, run_idempotent
 
@@ -100,6 +105,54 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         incoming.is_valid(raise_exception=True)
         payment = confirm_payment(app=_app(request), payment=payment, pin=incoming.validated_data["pin"])
         return Response(PaymentSerializer(payment).data)
+
+    @extend_schema(
+        methods=["POST"],
+        request=RefundCreateSerializer,
+        parameters=[IDEMPOTENCY_KEY],
+        responses={201: RefundSerializer, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+        summary="Refund a payment, fully or in part",
+    )
+    @extend_schema(methods=["GET"], responses={200: RefundSerializer(many=True)}, summary="A payment's refunds")
+    @action(detail=True, methods=["get", "post"])
+    def refunds(self, request: Request, id: str) -> Response:
+        payment = self.get_object()
+        if request.method == "GET":
+            return Response(RefundSerializer(payment.refunds.order_by("id"), many=True).data)
+        app = _app(request)
+        idem = idempotent_request(request, app)
+        incoming = RefundCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+
+        def perform(idempotency: Any) -> Outcome:
+            refund = request_refund(
+                payment=payment,
+                amount_minor=incoming.validated_data.get("amount_minor"),
+                reason=incoming.validated_data["reason"],
+                actor=app_actor(app),
+                idempotency=idempotency,
+            )
+            return status.HTTP_201_CREATED, RefundSerializer(refund).data
+
+        def recover(public_id: uuid.UUID) -> Outcome:
+            return status.HTTP_201_CREATED, RefundSerializer(payment.refunds.get(public_id=public_id)).data
+
+        return run_idempotent(idem, perform, recover)
+
+    @extend_schema(
+        request=ReversalCreateSerializer,
+        responses={201: ReversalSerializer, 404: PROBLEM, 409: PROBLEM},
+        summary="Reverse a charge (e.g. the item could not be delivered)",
+    )
+    @action(detail=True, methods=["post"])
+    def reversal(self, request: Request, id: str) -> Response:
+        payment = self.get_object()
+        incoming = ReversalCreateSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        reversal = request_reversal(
+            payment=payment, reason=incoming.validated_data["reason"], actor=app_actor(_app(request))
+        )
+        return Response(ReversalSerializer(reversal).data, status=status.HTTP_201_CREATED)
 
 
 class PricePointListView(generics.ListAPIView[Any]):

@@ -174,9 +174,7 @@ def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
             requested_by=actor,
             via_carrier=locked.carrier.supports_reversal and capabilities.reversal,
         )
-        # Reserve the whole amount so that no refund can start meanwhile.
-        locked.refunded_minor = locked.amount_minor
-        locked.save(update_fields=["refunded_minor", "updated_at"])
+        # A pending reversal blocks refunds (request_refund checks it under the same row lock).
         if reversal.via_carrier:
             dispatch(locked, "execute_reversal")
         else:
@@ -212,8 +210,6 @@ def _settle_reversal(reversal: Reversal, payment: Payment, *, succeeded: bool, a
     reversal.completed_at = timezone.now()
     reversal.save()
     if not succeeded:
-        payment.refunded_minor = 0
-        payment.save(update_fields=["refunded_minor", "updated_at"])
         return
     ledger.post_reversal(payment, reason=reversal.reason)
     transition(payment, PaymentStatus.REVERSED, actor=actor, reason=f"reversal: {reversal.reason}")

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from carriers.models import Carrier
 from carriers.simulators.core import simulator
-from payments.models import CarrierNotification, Payment, PaymentStatus
+from payments.models import CarrierNotification, Payment, PaymentStatus, Refund
 from payments.services import carrier_flow
 from payments.services.apps import issue_api_key
 from tests.factories import AppFactory
@@ -227,6 +227,23 @@ class TestEveryProtocol:
         assert payment.status == PaymentStatus.CHARGING
         assert payment.outcome_unknown_since is not None
         assert payment.failure_code == ""
+
+    def test_a_refund_goes_to_the_carrier(self, live: str, client: APIClient, protocol: str) -> None:
+        simulated_carrier(live, protocol, supports_refund=True)
+        payment_id = create(client, "+447400123456", flow="one_click")
+        wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+        response = client.post(
+            f"/api/v1/payments/{payment_id}/refunds/",
+            {"amount_minor": 30, "reason": "item not delivered"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="refund-1",
+        )
+        assert response.status_code == 201
+        wait_for(lambda: Refund.objects.filter(status="succeeded").exists(), what="the carrier's refund")
+        refund = Refund.objects.get()
+        assert (refund.via_carrier, refund.amount_minor) == (True, 30)
+        assert refund.carrier_reference not in ("", "requested")
+        assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.PARTIALLY_REFUNDED
 
     def test_an_unreachable_carrier_is_retried_then_fails(self, live: str, client: APIClient, protocol: str) -> None:
         carrier = simulated_carrier(live, protocol, max_retries=2, retry_backoff_seconds=1)

@@ -1,0 +1,248 @@
+"""Money: the ledger, refunds and reversals, with their invariants held on PostgreSQL."""
+
+import contextlib
+import threading
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, InternalError, connection, transaction
+from django.utils import timezone
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.django import TestCase
+
+from payments.errors import RefundExceedsCaptured
+from payments.models import ImmutableLedger, LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund
+from payments.services import ledger
+from payments.services.refunds import request_refund
+from playpay.errors import DomainError
+from tests.conftest import Shop
+
+
+def lines_of(payment_id: str, kind: str | None = None) -> dict[str, int]:
+    lines = LedgerLine.objects.filter(entry__payment__public_id=payment_id)
+    if kind:
+        lines = lines.filter(entry__kind=kind)
+    totals: dict[str, int] = {}
+    for line in lines:
+        totals[line.account] = totals.get(line.account, 0) + line.amount_minor
+    return totals
+
+
+def refund(shop: Shop, payment_id: str, key: str, **body: Any) -> Any:
+    with shop.after_commit(execute=True):
+        return shop.client.post(
+            f"/api/v1/payments/{payment_id}/refunds/",
+            {"reason": "goodwill", **body},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY=key,
+        )
+
+
+@pytest.fixture
+def paid(shop: Shop) -> str:
+    shop.carrier.country.vat_rate = Decimal("20")
+    shop.carrier.country.save()
+    return str(shop.pay(flow="one_click")["id"])
+
+
+@pytest.mark.django_db
+def test_a_charge_posts_balanced_lines_split_between_tax_carrier_app_and_platform(shop: Shop, paid: str) -> None:
+    slug, app = shop.carrier.slug, shop.app.public_id
+    # 99 with 20% VAT included: tax 16.5 -> 16; net 83; carrier 30% -> 25; app 85% of 58 -> 49; platform 34.
+    assert lines_of(paid) == {
+        f"carrier_receivable:{slug}": 74,
+        f"carrier_share:{slug}": 25,
+        "tax_payable:GB": -16,
+        f"app_payable:{app}": -49,
+        "platform_revenue": -34,
+    }
+    assert sum(lines_of(paid).values()) == 0
+
+
+@pytest.mark.django_db
+def test_partial_refunds_up_to_the_whole_amount_undo_the_charge_exactly(shop: Shop, paid: str) -> None:
+    first = refund(shop, paid, "r1", amount_minor=30)
+    assert first.status_code == 201
+    assert (first.json()["status"], first.json()["amount_minor"]) == ("succeeded", 30)
+    assert shop.get(paid)["status"] == "partially_refunded"
+    assert refund(shop, paid, "r2", amount_minor=70).json()["code"] == "refund_exceeds_captured"
+    assert refund(shop, paid, "r3").status_code == 201  # the rest: 69
+    assert shop.get(paid)["status"] == "refunded"
+    assert all(total == 0 for total in lines_of(paid).values())
+    for entry in LedgerEntry.objects.filter(payment__public_id=paid):
+        assert sum(entry.lines.values_list("amount_minor", flat=True)) == 0
+    assert refund(shop, paid, "r4", amount_minor=1).status_code == 409
+
+
+@pytest.mark.django_db
+def test_a_refund_request_is_idempotent_and_validated(shop: Shop, paid: str) -> None:
+    first = refund(shop, paid, "same", amount_minor=10)
+    again = refund(shop, paid, "same", amount_minor=10)
+    assert again.json() == first.json()
+    assert again["Idempotent-Replayed"] == "true"
+    assert Refund.objects.count() == 1
+    assert refund(shop, paid, "bad", amount_minor=0).status_code == 400
+    assert refund(shop, paid, "no-reason", reason="").status_code == 400
+    listed = shop.client.get(f"/api/v1/payments/{paid}/refunds/").json()
+    assert [row["amount_minor"] for row in listed] == [10]
+
+
+@pytest.mark.django_db
+def test_a_payment_that_did_not_succeed_cannot_be_refunded(shop: Shop) -> None:
+    payment_id = shop.pay()["id"]  # pin_sent
+    assert refund(shop, payment_id, "r").status_code == 409
+
+
+@pytest.mark.django_db
+def test_reversal_undoes_the_charge_within_its_window_only(shop: Shop, paid: str, settings: Any) -> None:
+    response = shop.client.post(f"/api/v1/payments/{paid}/reversal/", {"reason": "item not delivered"}, format="json")
+    assert response.status_code == 201
+    assert response.json()["status"] == "succeeded"
+    assert shop.get(paid)["status"] == "reversed"
+    assert all(total == 0 for total in lines_of(paid).values())
+    assert lines_of(paid, "reversal") == {account: -amount for account, amount in lines_of(paid, "charge").items()}
+    again = shop.client.post(f"/api/v1/payments/{paid}/reversal/", {"reason": "again"}, format="json")
+    assert again.status_code == 409
+
+    late = shop.pay(key="late", flow="one_click")["id"]
+    Payment.objects.get(public_id=late).history.filter(to_status="succeeded").update(
+        created_at=timezone.now() - timedelta(hours=settings.REVERSAL_WINDOW_HOURS + 1)
+    )
+    assert shop.client.post(f"/api/v1/payments/{late}/reversal/", {"reason": "x"}, format="json").json()["code"] == (
+        "reversal_not_allowed"
+    )
+
+
+@pytest.mark.django_db
+def test_a_refunded_payment_cannot_be_reversed(shop: Shop, paid: str) -> None:
+    refund(shop, paid, "r1", amount_minor=10)
+    response = shop.client.post(f"/api/v1/payments/{paid}/reversal/", {"reason": "x"}, format="json")
+    assert response.status_code == 409
+
+
+@pytest.mark.django_db
+def test_ledger_lines_refuse_to_change_in_python(shop: Shop, paid: str) -> None:
+    line = LedgerLine.objects.first()
+    assert line is not None
+    line.amount_minor = 1
+    with pytest.raises(ImmutableLedger):
+        line.save()
+    with pytest.raises(ImmutableLedger):
+        line.delete()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgresql_refuses_updates_and_deletes_of_ledger_lines(shop: Shop, paid: str) -> None:
+    for attempt in (
+        lambda: LedgerLine.objects.update(amount_minor=1),
+        lambda: LedgerLine.objects.all().delete(),
+        lambda: LedgerEntry.objects.update(memo="edited"),
+    ):
+        with pytest.raises((IntegrityError, InternalError), match="append-only"), transaction.atomic():
+            attempt()
+    assert sum(LedgerLine.objects.values_list("amount_minor", flat=True)) == 0
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_postgresql_refuses_an_unbalanced_entry(shop: Shop, paid: str) -> None:
+    payment = Payment.objects.get(public_id=paid)
+
+    def post_unbalanced() -> None:
+        entry = LedgerEntry.objects.create(kind=LedgerEntry.Kind.REFUND, payment=payment, memo="bad")
+        LedgerLine.objects.create(entry=entry, account="platform_revenue", amount_minor=5, currency="GBP")
+        with connection.cursor() as cursor:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # what the commit would check
+
+    with pytest.raises((IntegrityError, InternalError), match="does not balance"), transaction.atomic():
+        post_unbalanced()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_refunds_never_exceed_the_captured_amount(make_shop: Any) -> None:
+    shop = make_shop()
+    payment = Payment.objects.get(public_id=shop.pay(flow="one_click")["id"])
+    assert payment.status == PaymentStatus.SUCCEEDED
+    outcomes: list[str] = []
+    start = threading.Barrier(12)
+
+    def attempt() -> None:
+        start.wait()
+        try:
+            request_refund(payment=payment, amount_minor=20, reason="race", actor="test")
+            outcomes.append("ok")
+        except RefundExceedsCaptured:
+            outcomes.append("refused")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=attempt) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    payment.refresh_from_db()
+    assert outcomes.count("ok") == 4  # 4 x 20 of 99
+    assert outcomes.count("refused") == 8
+    assert payment.refunded_minor == 80
+    assert sum(Refund.objects.filter(status="succeeded").values_list("amount_minor", flat=True)) == 80
+    assert payment.status == PaymentStatus.PARTIALLY_REFUNDED
+
+
+class TestMoneyProperties(TestCase):
+    """For any sequence of charges, refunds, reversals and failures, the books hold."""
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("charge"), st.sampled_from(["+447400123456", "+447400120002"])),
+                st.tuples(st.just("refund"), st.integers(min_value=1, max_value=120)),
+                st.tuples(st.just("reverse"), st.just(0)),
+            ),
+            max_size=12,
+        )
+    )
+    def test_ledger_balances_and_refunds_never_exceed_captures(self, operations: list[tuple[str, Any]]) -> None:
+        from payments.services.apps import issue_api_key
+        from payments.services.refunds import request_reversal
+        from tests.factories import AppFactory, NumberPrefixFactory, PricePointFactory
+
+        price_point = PricePointFactory.create(amount_minor=99)
+        NumberPrefixFactory.create(carrier=price_point.carrier, prefix="4474")
+        app = AppFactory.create()
+        client = __import__("rest_framework.test", fromlist=["APIClient"]).APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issue_api_key(app=app).raw_key}")
+        payments: list[Payment] = []
+        for index, (operation, value) in enumerate(operations):
+            if operation == "charge":
+                body = {"user_ref": "p", "msisdn": value, "price_point": price_point.code, "flow": "one_click"}
+                with self.captureOnCommitCallbacks(execute=True):
+                    client.post("/api/v1/payments/", body, format="json", HTTP_IDEMPOTENCY_KEY=f"k{index}")
+                payments = list(Payment.objects.all())
+            elif payments:
+                target = payments[index % len(payments)]
+                # A business rule may refuse the operation (a DomainError); that must change nothing.
+                with contextlib.suppress(DomainError), self.captureOnCommitCallbacks(execute=True):
+                    if operation == "refund":
+                        request_refund(payment=target, amount_minor=value, reason="p", actor="test")
+                    else:
+                        request_reversal(payment=target, reason="p", actor="test")
+        for entry in LedgerEntry.objects.all():
+            assert sum(entry.lines.values_list("amount_minor", flat=True)) == 0
+        for payment in Payment.objects.all():
+            settled = sum(payment.refunds.filter(status="succeeded").values_list("amount_minor", flat=True))
+            assert settled == payment.refunded_minor <= payment.amount_minor
+            has_charge = payment.ledger_entries.filter(kind="charge").exists()
+            assert has_charge == (payment.status != PaymentStatus.FAILED)
+            if has_charge:
+                undone = payment.status in (PaymentStatus.REFUNDED, PaymentStatus.REVERSED)
+                assert undone == all(total == 0 for total in lines_of(str(payment.public_id)).values())
+        for account, _currency, balance in ledger.balances():
+            if account.startswith("app_payable:") or account.startswith("tax_payable:"):
+                assert balance <= 0, (account, balance)  # we never hold a claim on an app or the tax office
