@@ -1,22 +1,30 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import models
 from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils.html import format_html, format_html_join
 
 from payments.models import (
     ApiKey,
     App,
     CarrierNotification,
     IdempotencyRecord,
+    LedgerLine,
     OutboxMessage,
     Payment,
     PaymentStatusChange,
+    Refund,
+    StaffAction,
     WebhookAttempt,
     WebhookDelivery,
 )
 from payments.services import webhooks
 from payments.services.apps import issue_api_key, revoke_api_key
+from payments.services.staff import preview_operation, refund_payments, reverse_payments
 from playpay.admin_base import ReadOnlyInline, RecordAdmin
 
 
@@ -88,6 +96,40 @@ class StatusChangeInline(ReadOnlyInline):
     fields = ["created_at", "from_status", "to_status", "actor", "reason"]
 
 
+class RefundInline(ReadOnlyInline):
+    model = Refund
+    fields = [
+        "created_at",
+        "amount_minor",
+        "currency",
+        "status",
+        "via_carrier",
+        "reason",
+        "requested_by",
+        "failure_code",
+    ]
+
+
+class LedgerLineView(ReadOnlyInline):
+    model = LedgerLine
+    fields = ["entry", "account", "amount_minor", "currency"]
+    verbose_name_plural = "ledger lines"
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).select_related("entry")
+
+
+class OperationForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        max_length=255,
+        help_text="Required; kept with the action.",
+    )
+    amount_minor = forms.IntegerField(
+        min_value=1, required=False, help_text="Minor units; empty refunds all that is left (one payment only)."
+    )
+
+
 @admin.register(Payment)
 class PaymentAdmin(RecordAdmin):
     list_display = ["public_id", "created_at", "app", "carrier", "amount_minor", "currency", "status", "flow"]
@@ -95,10 +137,97 @@ class PaymentAdmin(RecordAdmin):
     search_fields = ["=public_id", "=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
     date_hierarchy = "created_at"
-    inlines = [StatusChangeInline]
+    inlines = [StatusChangeInline, RefundInline]
+    actions = ["refund", "reverse"]
+    readonly_fields = ["ledger", "carrier_callbacks", "notifications", "staff_actions"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return [*super().get_readonly_fields(request, obj), *self.readonly_fields]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def has_refund_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("payments.refund_payment"))
+
+    def has_reverse_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("payments.reverse_payment"))
+
+    @admin.display(description="ledger lines")
+    def ledger(self, payment: Payment) -> str:
+        lines = LedgerLine.objects.filter(entry__payment=payment).select_related("entry").order_by("id")
+        return _table(
+            ["entry", "account", "amount (minor)", "currency"],
+            [
+                (f"{line.entry.kind} #{line.entry_id}", line.account, f"{line.amount_minor:+d}", line.currency)
+                for line in lines
+            ],
+        )
+
+    @admin.display(description="carrier callbacks")
+    def carrier_callbacks(self, payment: Payment) -> str:
+        rows = CarrierNotification.objects.filter(carrier=payment.carrier, carrier_reference=payment.carrier_reference)
+        if not payment.carrier_reference:
+            rows = rows.none()
+        return _table(
+            ["received", "id", "outcome", "raw code", "result"],
+            [(f"{n.received_at:%Y-%m-%d %H:%M:%S}", n.notification_id, n.outcome, n.raw_code, n.result) for n in rows],
+        )
+
+    @admin.display(description="notifications to the app")
+    def notifications(self, payment: Payment) -> str:
+        rows = WebhookDelivery.objects.filter(payment=payment).order_by("id")
+        return _table(
+            ["event", "status", "attempts", "last HTTP status"],
+            [(d.event_type, d.status, str(d.attempts), str(d.last_status_code or "")) for d in rows],
+        )
+
+    @admin.display(description="staff actions")
+    def staff_actions(self, payment: Payment) -> str:
+        rows = StaffAction.objects.filter(object_type="payment", object_id=str(payment.public_id)).select_related(
+            "user"
+        )
+        return _table(
+            ["when", "who", "action", "reason", "outcome"],
+            [(f"{a.created_at:%Y-%m-%d %H:%M}", str(a.user), a.action, a.reason, a.outcome) for a in rows],
+        )
+
+    @admin.action(description="Refund selected payments…", permissions=["refund"])
+    def refund(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
+        return self._operation(request, queryset, "refund", "Refund payments")
+
+    @admin.action(description="Reverse selected payments…", permissions=["reverse"])
+    def reverse(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
+        return self._operation(request, queryset, "reverse", "Reverse payments")
+
+    def _operation(self, request: HttpRequest, queryset: Any, action: str, title: str) -> TemplateResponse | None:
+        payments = list(queryset.select_related("app", "carrier"))
+        form = OperationForm(request.POST if request.POST.get("confirm") else None)
+        if form.is_bound and form.is_valid():
+            amount = form.cleaned_data["amount_minor"]
+            if action == "refund" and amount is not None and len(payments) != 1:
+                form.add_error("amount_minor", "An amount can only be given for one payment at a time.")
+            else:
+                reason, user = form.cleaned_data["reason"], request.user
+                assert isinstance(user, AbstractBaseUser)  # the admin requires a signed-in user
+                if action == "refund":
+                    results = refund_payments(user=user, payments=payments, reason=reason, amount_minor=amount)
+                else:
+                    results = reverse_payments(user=user, payments=payments, reason=reason)
+                for result in results:
+                    level = messages.SUCCESS if result.ok else messages.ERROR
+                    self.message_user(request, f"{result.payment.public_id}: {result.message}", level=level)
+                return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": title,
+            "opts": self.model._meta,
+            "queryset": payments,
+            "preview": [preview_operation(payment, action) for payment in payments],
+            "form": form,
+            "action": action,
+        }
+        return TemplateResponse(request, "admin/payments/payment/confirm_operation.html", context)
 
 
 @admin.register(IdempotencyRecord)
@@ -145,3 +274,24 @@ class CarrierNotificationAdmin(RecordAdmin):
 class OutboxMessageAdmin(RecordAdmin):
     list_display = ["id", "task", "queue", "created_at", "sent_at"]
     list_filter = ["queue", "task"]
+
+
+def _table(headers: list[str], rows: list[tuple[str, ...]]) -> str:
+    if not rows:
+        return "—"
+    head = format_html_join("", "<th>{}</th>", ((h,) for h in headers))
+    body = format_html_join(
+        "", "<tr>{}</tr>", ((format_html_join("", "<td>{}</td>", ((c,) for c in row)),) for row in rows)
+    )
+    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
+
+
+@admin.register(StaffAction)
+class StaffActionAdmin(RecordAdmin):
+    list_display = ["created_at", "user", "action", "object_type", "object_id", "reason", "outcome"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["=object_id", "user__username", "reason"]
+    list_select_related = ["user"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -124,6 +124,10 @@ class Payment(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        permissions = [
+            ("refund_payment", "Can refund payments"),
+            ("reverse_payment", "Can reverse payments"),
+        ]
         constraints = [
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="payment_amount_positive"),
             models.CheckConstraint(
@@ -424,3 +428,22 @@ class LedgerLine(models.Model):
 
 class ImmutableLedger(Exception):
     pass
+
+
+class StaffAction(models.Model):
+    """Who did what to which payment or carrier in the admin, when and why."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=50)
+    object_type = models.CharField(max_length=50)
+    object_id = models.CharField(max_length=64)
+    reason = models.CharField(max_length=255, blank=True)
+    outcome = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.action} {self.object_type}:{self.object_id}"

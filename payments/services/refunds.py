@@ -26,7 +26,7 @@ from payments.services.state_machine import transition
 REFUNDABLE = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
 
 
-def _carrier_refunds(payment: Payment) -> bool:
+def carrier_refunds(payment: Payment) -> bool:
     return payment.carrier.supports_refund and adapter_class(payment.carrier.protocol).capabilities.refund
 
 
@@ -58,7 +58,7 @@ def request_refund(
             currency=locked.currency,
             reason=reason[:255],
             requested_by=actor,
-            via_carrier=_carrier_refunds(locked),
+            via_carrier=carrier_refunds(locked),
         )
         if idempotency is not None:
             claim_key(idempotency, resource_id=refund.public_id)

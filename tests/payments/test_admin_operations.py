@@ -1,0 +1,109 @@
+"""Refunds and reversals from the admin: preview, reason, permission, audit."""
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from payments.models import Payment, PaymentStatus, Refund, StaffAction
+from tests.conftest import Shop
+
+pytestmark = pytest.mark.django_db
+CHANGELIST = "/admin/payments/payment/"
+
+
+def staff(role: str) -> Client:
+    user = User.objects.create_user(role, f"{role}@example.com", "pw-Str0ng-enough!", is_staff=True)
+    user.groups.add(Group.objects.get(name=role))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def paid(shop: Shop) -> Payment:
+    shop.carrier.country.vat_rate = Decimal("20")
+    shop.carrier.country.save()
+    return Payment.objects.get(public_id=shop.pay(flow="one_click")["id"])
+
+
+def post_action(client: Client, action: str, payments: list[Payment], **form: Any) -> Any:
+    data = {"action": action, "_selected_action": [p.pk for p in payments], **form}
+    return client.post(CHANGELIST, data)
+
+
+def test_operations_sees_exactly_what_a_refund_will_do_before_confirming(paid: Payment) -> None:
+    operations = staff("operations")
+    page = post_action(operations, "refund", [paid])
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "This is exactly what will happen" in text
+    assert "refund £0.99" in text
+    assert Refund.objects.count() == 0  # nothing yet
+
+
+def test_operations_can_refund_with_a_reason_and_it_is_recorded(paid: Payment, shop: Shop) -> None:
+    operations = staff("operations")
+    assert post_action(operations, "refund", [paid], confirm="yes", reason="").status_code == 200  # reason required
+    assert Refund.objects.count() == 0
+    with shop.after_commit(execute=True):
+        response = post_action(operations, "refund", [paid], confirm="yes", reason="player complaint #123")
+    assert response.status_code == 302
+    paid.refresh_from_db()
+    assert paid.status == PaymentStatus.REFUNDED
+    refund = Refund.objects.get()
+    assert (refund.requested_by, refund.reason) == ("staff:operations", "player complaint #123")
+    action = StaffAction.objects.get()
+    assert (action.action, action.object_id, action.reason) == ("refund", str(paid.public_id), "player complaint #123")
+    assert action.outcome.startswith("refund of 99 GBP")
+
+
+def test_finance_cannot_refund_or_reverse(paid: Payment) -> None:
+    finance = staff("finance")
+    changelist = finance.get(CHANGELIST).content.decode()
+    assert 'value="refund"' not in changelist
+    assert 'value="reverse"' not in changelist
+    response = post_action(finance, "refund", [paid], confirm="yes", reason="try")
+    assert Refund.objects.count() == 0
+    assert response.status_code in (200, 302)
+    paid.refresh_from_db()
+    assert paid.status == PaymentStatus.SUCCEEDED
+
+
+def test_support_is_read_only(paid: Payment) -> None:
+    support = staff("support")
+    assert support.get(f"{CHANGELIST}{paid.pk}/change/").status_code == 200
+    assert 'value="refund"' not in support.get(CHANGELIST).content.decode()
+    assert support.get("/admin/carriers/carrier/add/").status_code == 403
+
+
+def test_bulk_refund_previews_each_payment_and_refuses_what_cannot_be_refunded(paid: Payment, shop: Shop) -> None:
+    pending = Payment.objects.get(public_id=shop.pay(key="other")["id"])  # waiting for its PIN
+    operations = staff("operations")
+    text = post_action(operations, "refund", [paid, pending]).content.decode()
+    assert "not possible" in text
+    with shop.after_commit(execute=True):
+        post_action(operations, "refund", [paid, pending], confirm="yes", reason="outage compensation")
+    assert Refund.objects.filter(payment=paid).exists()
+    assert not Refund.objects.filter(payment=pending).exists()
+    assert StaffAction.objects.filter(outcome__startswith="refused").count() == 1
+
+
+def test_the_payment_page_tells_the_whole_story(paid: Payment, shop: Shop) -> None:
+    operations = staff("operations")
+    with shop.after_commit(execute=True):
+        post_action(operations, "refund", [paid], confirm="yes", reason="goodwill", amount_minor="30")
+    page = operations.get(f"{CHANGELIST}{paid.pk}/change/").content.decode()
+    for expected in ("succeeded", "partially_refunded", "platform_revenue", "goodwill", "refund #", "charge #"):
+        assert expected in page, expected
+
+
+def test_reversal_from_the_admin(paid: Payment, shop: Shop) -> None:
+    operations = staff("operations")
+    with shop.after_commit(execute=True):
+        post_action(operations, "reverse", [paid], confirm="yes", reason="item not delivered")
+    paid.refresh_from_db()
+    assert paid.status == PaymentStatus.REVERSED
+    assert StaffAction.objects.get().action == "reverse"
