@@ -42,6 +42,12 @@ def _simulators_on(settings: Any) -> None:
 
 
 @pytest.fixture(autouse=True)
+def _staff_second_factor_off(settings: Any) -> None:
+    """Admin tests sign in with force_login; the second factor has tests of its own."""
+    settings.STAFF_2FA = False
+
+
+@pytest.fixture(autouse=True)
 def _plain_static_storage(settings: Any) -> None:
     """Production serves hashed static files made by collectstatic; tests render pages without it."""
     settings.STORAGES = settings.STORAGES | {
