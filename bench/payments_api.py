@@ -1,0 +1,1131 @@
+"""Benchmark: how many payments per second the API creates, and at what latency.
+
+What it measures, in one run:
+
+* Phase A, throughput: `POST /api/v1/payments/` in a closed loop (N connections, each sends its next
+  request as soon as the previous one is answered) for a fixed time, every request with its own
+  Idempotency-Key so that each one creates a payment (a PIN payment on a sandbox carrier). Reports
+  payments created per second (201 responses only; other statuses are counted separately), p50/p99
+  latency, and checks that the database holds as many new payments as the client saw 201s.
+* Phase B, latency at a given load: an open-loop client sends requests on a fixed schedule, at half
+  the phase-A rate (or at `--rate`). Latency is measured from each request's scheduled send time, so a
+  server that falls behind shows it (no coordinated omission). Reports the achieved rate and p50/p99.
+* PostgreSQL's own ceiling: `pgbench` inserting one row per transaction into a small table shaped
+  like a payment row (uuid, text, bigint, timestamptz), same duration, similar client count.
+  The ratio payments/s / pgbench inserts/s says how much of the database's commit rate the app uses.
+* Where the CPU goes: server CPU per request (gunicorn, PostgreSQL, Redis) and the rate that would
+  allow with all CPUs, and how much CPU other processes on the machine took meanwhile (a warning
+  when they competed: the figures are then low).
+
+It prints the figures and whether the targets are met (>= 500 payments/s; p99 < 50 ms at half that
+rate, i.e. at >= 250 requests/s). It exits 0 whatever the figures; non-zero only when the setup fails.
+
+How it runs: it creates a fresh database (`playpay_bench` by default, dropped and re-created each run,
+dropped at the end), runs `migrate` and `seed_demo` with the repository's manage.py, serves
+`playpay.wsgi:application` with gunicorn on a free loopback port, and drives the load from this
+process (phase A with `wrk` when it is installed, else with the built-in asyncio client; phase B
+always with the built-in client).
+
+Run it from the project's virtualenv (it uses the same interpreter for manage.py and gunicorn):
+
+    python bench/payments_api.py [--duration 20] [--workers 2] [--rate 250]
+
+Needs a PostgreSQL server whose user may create databases (`--pg-url`, default
+postgres://postgres@127.0.0.1:5432), `pgbench` (PostgreSQL's client tools), Redis for the rate-limit
+counters (`--cache-url`, default redis://127.0.0.1:6379/1) and optionally `wrk`. See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import glob
+import math
+import os
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
+
+try:
+    import psycopg
+    from psycopg import sql
+except ImportError:
+    sys.exit("bench/payments_api.py needs the project's dependencies (psycopg): activate its virtualenv first")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+PAYMENTS_PATH = "/api/v1/payments/"
+HEALTH_PATH = "/healthz"
+BODY = b'{"user_ref":"p1","msisdn":"+447400123456","price_point":"gems-100"}'
+PAYMENT_TABLE = "payments_payment"
+CARRIER_TABLE = "carriers_carrier"
+PGBENCH_TABLE = "bench_payment_insert"
+
+TARGET_PAYMENTS_PER_SECOND = 500.0
+TARGET_P99_MS = 50.0
+TARGET_LATENCY_RATE = TARGET_PAYMENTS_PER_SECOND / 2
+
+DEFAULT_WORKERS = 2
+DEFAULT_WORKER_CLASS = "sync"
+DEFAULT_CONNECTIONS = 4
+REQUEST_TIMEOUT_S = 30.0
+
+WRK_SCRIPT = """\
+-- One unique Idempotency-Key per request: <prefix>-<thread>-<counter>; counts responses by status.
+wrk.method = "POST"
+wrk.body = [[%(body)s]]
+wrk.headers["Content-Type"] = "application/json"
+
+local threads = {}
+local counter = 0
+
+function setup(thread)
+  table.insert(threads, thread)
+  thread:set("tid", #threads)
+end
+
+function init(args)
+  prefix = args[1] .. "-" .. tid .. "-"
+end
+
+function request()
+  counter = counter + 1
+  wrk.headers["Idempotency-Key"] = prefix .. counter
+  return wrk.format()
+end
+
+statuses = {}
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      io.write(string.format("STATUS %%d %%d\\n", status, count))
+    end
+  end
+end
+"""
+
+PGBENCH_TABLE_DDL = f"""
+CREATE TABLE {PGBENCH_TABLE} (
+    id bigserial PRIMARY KEY,
+    public_id uuid NOT NULL UNIQUE,
+    user_ref varchar(128) NOT NULL,
+    msisdn varchar(16) NOT NULL,
+    amount_minor bigint NOT NULL,
+    currency varchar(3) NOT NULL,
+    status varchar(20) NOT NULL,
+    created_at timestamptz NOT NULL
+)
+"""
+
+PGBENCH_SCRIPT = f"""\
+INSERT INTO {PGBENCH_TABLE} (public_id, user_ref, msisdn, amount_minor, currency, status, created_at)
+VALUES (gen_random_uuid(), 'p' || :client_id, '+447400123456', 99, 'GBP', 'created', now());
+"""
+
+
+class SetupError(Exception):
+    """The benchmark could not be set up or run; the figures would mean nothing."""
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+# --- Results -------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    """What one load phase saw. Latencies in milliseconds."""
+
+    tool: str
+    elapsed_s: float
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    errors: int = 0  # no response: connection errors, timeouts
+    p50_ms: float = math.nan
+    p99_ms: float = math.nan
+    offered_rate: float | None = None  # open loop only
+    send_lag_p99_ms: float | None = None  # open loop only: how late the client sent, its own health
+    peak_in_flight: int | None = None  # open loop only: most requests waiting for an answer at once
+    cpu: CpuUse | None = None
+
+    @property
+    def created(self) -> int:
+        return self.statuses[201]
+
+    @property
+    def non_201(self) -> int:
+        return sum(count for status, count in self.statuses.items() if status != 201)
+
+    @property
+    def responses(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def created_per_s(self) -> float:
+        return self.created / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def responses_per_s(self) -> float:
+        return self.responses / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def status_summary(self) -> str:
+        other = {status: count for status, count in sorted(self.statuses.items()) if status != 201}
+        text = ", ".join(f"{count} x {status}" for status, count in other.items()) or "none"
+        return text + (f"; {self.errors} without response (connection error/timeout)" if self.errors else "")
+
+
+@dataclass
+class PgbenchResult:
+    clients: int
+    tps: float
+    transactions: int
+    latency_avg_ms: float
+    cpu: CpuUse | None = None
+
+
+def percentile(sorted_values: list[float], pct: float) -> float:
+    """Nearest-rank percentile of an ascending list; NaN when empty."""
+    if not sorted_values:
+        return math.nan
+    rank = max(math.ceil(pct / 100 * len(sorted_values)), 1)
+    return sorted_values[rank - 1]
+
+
+# --- CPU use by group -----------------------------------------------------------------------
+
+
+@dataclass
+class CpuUse:
+    """CPU seconds used while a phase ran, by group: app (gunicorn), postgres, redis, client, other."""
+
+    seconds: collections.defaultdict[str, float] = field(default_factory=lambda: collections.defaultdict(float))
+    machine_busy_s: float | None = None  # user + system + steal time of all CPUs, when it can be trusted
+    elapsed_s: float = 0.0
+
+    @property
+    def other_cpus(self) -> float:
+        """How many CPUs processes outside the benchmark kept busy on average: 0 on an idle machine."""
+        if self.elapsed_s <= 0:
+            return 0.0
+        other = self.seconds["other"]
+        if self.machine_busy_s is not None:
+            ours = sum(value for group, value in self.seconds.items() if group != "other")
+            other = max(other, self.machine_busy_s - ours)
+        return other / self.elapsed_s
+
+
+def _machine_busy_seconds() -> float:
+    """Time all CPUs spent in user, system and steal (another guest on the host); not interrupts."""
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = (
+        int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    )
+    return (user + nice + system + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _process_group(pid: int, command: str, pgid: int, server_pgid: int, db_name: str) -> str:
+    if pid == os.getpid() or command in ("wrk", "pgbench"):
+        return "client"
+    if pgid == server_pgid:
+        return "app"
+    if command == "redis-server":
+        return "redis"
+    if command == "postgres":
+        # A backend's title is "postgres: <cluster>: <user> <database> <host>(<port>) <state>".
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").split()
+        is_backend = len(title) >= 5 and title[0] == "postgres:" and ("(" in title[4] or title[4] == "[local]")
+        return "postgres" if not is_backend or title[3] == db_name else "other"
+    return "other"
+
+
+def _cpu_ticks(server_pgid: int, db_name: str) -> dict[int, tuple[str, int]]:
+    ticks: dict[int, tuple[str, int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # processes come and go
+            text = stat.read_text()
+            command = text[text.index("(") + 1 : text.rindex(")")]
+            rest = text[text.rindex(")") + 2 :].split()
+            pid = int(stat.parent.name)
+            group = _process_group(pid, command, int(rest[2]), server_pgid, db_name)
+            ticks[pid] = (group, int(rest[11]) + int(rest[12]))
+    return ticks
+
+
+@contextlib.contextmanager
+def measure_cpu(server_pgid: int, db_name: str, *, our_processes_persist: bool = True) -> Iterator[CpuUse]:
+    """CPU time used while the block runs, by group (Linux; elsewhere it stays empty).
+
+    Per process, it counts those alive at the end (one started meanwhile with all its time) and the
+    children that ended (wrk, pgbench). "other" is then the machine's busy time minus the benchmark's,
+    which also catches other processes that came and went, unless `our_processes_persist` is false
+    (pgbench's server backends end with it): then "other" counts only the other processes still alive.
+    """
+    use = CpuUse()
+    if not Path("/proc/stat").exists():
+        yield use
+        return
+    start, busy, before = time.monotonic(), _machine_busy_seconds(), _cpu_ticks(server_pgid, db_name)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield use
+    children_end = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after, busy_end = _cpu_ticks(server_pgid, db_name), _machine_busy_seconds()
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid, (group, value) in after.items():
+        use.seconds[group] += max(value - before.get(pid, (group, 0))[1], 0) / tick
+    use.seconds["client"] += (children_end.ru_utime - children.ru_utime) + (children_end.ru_stime - children.ru_stime)
+    use.machine_busy_s = busy_end - busy if our_processes_persist else None
+    use.elapsed_s = time.monotonic() - start
+
+
+# --- Subprocesses, database, server -------------------------------------------------------------
+
+
+def db_url(base_url: str, name: str) -> str:
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
+
+
+def app_env(database_url: str, cache_url: str, secret_key: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "DATABASE_URL": database_url,
+            "CACHE_URL": cache_url,
+            "DEBUG": "false",
+            "SECRET_KEY": secret_key,
+            "ALLOWED_HOSTS": f"{HOST},localhost",
+            "API_RATE_LIMIT_PER_MINUTE": "100000000",
+            "CELERY_BROKER_URL": "",  # tasks run in-process, as in the embedded default
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return env
+
+
+def manage(args: list[str], env: dict[str, str]) -> str:
+    """Run manage.py with the current interpreter; its stdout, or SetupError with its output."""
+    command = [sys.executable, str(REPO_ROOT / "manage.py"), *args]
+    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0:
+        output = "\n".join((done.stdout + done.stderr).splitlines()[-60:])
+        raise SetupError(f"manage.py {' '.join(args)} failed ({done.returncode}), its last lines:\n{output}")
+    return done.stdout
+
+
+def recreate_database(base_url: str, name: str) -> None:
+    with psycopg.connect(db_url(base_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+
+def drop_database(base_url: str, name: str) -> None:
+    with psycopg.connect(db_url(base_url, "postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def lift_carrier_rate_limit(database_url: str, calls_per_second: int) -> bool:
+    """Raise every carrier's own calls-per-second limit, as the API's rate limit is raised; False when the
+    schema has no such limit."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        try:
+            conn.execute(f"UPDATE {CARRIER_TABLE} SET rate_limit_per_second = %s", (calls_per_second,))
+        except psycopg.errors.UndefinedColumn:
+            return False
+    return True
+
+
+def payment_statuses(database_url: str, key_prefix: str) -> dict[str, int]:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            f"SELECT status, count(*) FROM {PAYMENT_TABLE} WHERE idempotency_key LIKE %s "
+            "GROUP BY status ORDER BY count(*) DESC",
+            (key_prefix + "%",),
+        ).fetchall()
+    return {str(status): int(count) for status, count in rows}
+
+
+def count_payments(database_url: str, key_prefix: str) -> int:
+    """Payments whose Idempotency-Key starts with `key_prefix` (one phase's requests)."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            f"SELECT count(*) FROM {PAYMENT_TABLE} WHERE idempotency_key LIKE %s", (key_prefix + "%",)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def settled_count(database_url: str, key_prefix: str, timeout_s: float = 15.0) -> int:
+    """The phase's payment count once requests cut off by the client have finished on the server."""
+    deadline = time.monotonic() + timeout_s
+    count = count_payments(database_url, key_prefix)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        previous, count = count, count_payments(database_url, key_prefix)
+        if count == previous:
+            break
+    return count
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def describe_server(workers: int, worker_class: str, threads: int) -> str:
+    threads_text = f" x {threads} threads" if worker_class == "gthread" else ""
+    return f"gunicorn {workers} x {worker_class} workers{threads_text}"
+
+
+class Server:
+    """gunicorn serving playpay.wsgi:application in its own session, its output in `log_path`."""
+
+    def __init__(self, *, env: dict[str, str], workers: int, worker_class: str, threads: int, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self.description = describe_server(workers, worker_class, threads)
+        command = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "playpay.wsgi:application",
+            "--bind",
+            f"{HOST}:{self.port}",
+            "--workers",
+            str(workers),
+            "--worker-class",
+            worker_class,
+            "--timeout",
+            "60",
+            "--graceful-timeout",
+            "5",
+            "--log-level",
+            "info",
+        ]
+        if worker_class == "gthread":
+            command += ["--threads", str(threads)]
+        self._log_file: IO[bytes] = log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SetupError(f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                status = asyncio.run(single_request(self.port, health_request(self.port)))
+                if status == 200:
+                    return
+            time.sleep(0.2)
+        raise SetupError(f"gunicorn did not answer {HEALTH_PATH} within {timeout_s:.0f} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 40) -> str:
+        self._log_file.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=5)
+        # Workers are in the master's process group; none should outlive it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self._log_file.close()
+
+
+_LOG_PREFIX = re.compile(r"^(\[[^]]*\] \[\d+\] |\d{4}-\d\d-\d\d [\d:,]+ )")
+_ERROR_MARKERS = (" ERROR ", "[ERROR]", "[CRITICAL]", "WORKER TIMEOUT")
+_CHAIN_LINES = ("The above exception", "During handling of the above exception")
+
+
+def server_errors(log_path: Path, traceback_lines: int = 50) -> str:
+    """A summary of the errors in the server log: each distinct error line or exception with its count,
+    then the end of the first (possibly chained) traceback. Empty when the log shows none."""
+    counts: collections.Counter[str] = collections.Counter()
+    first: list[str] = []
+    state = "before"  # first traceback: before, inside, after (its exception line), done
+    in_traceback = False
+    for line in log_path.read_text(errors="replace").splitlines():
+        indented_or_blank = line.startswith((" ", "\t")) or not line.strip()
+        if line.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and not indented_or_blank and not line.startswith(_CHAIN_LINES):
+            counts[line.strip()[:200]] += 1  # the exception line that closes a traceback
+            in_traceback = False
+        elif any(marker in line for marker in _ERROR_MARKERS):
+            counts[_LOG_PREFIX.sub("", line).strip()[:200]] += 1
+
+        if state == "before" and in_traceback:
+            state = "inside"
+        elif state == "after" and (in_traceback or _LOG_PREFIX.match(line)):
+            state = "inside" if in_traceback else "done"  # a chained traceback, or the next log record
+        if state in ("inside", "after"):
+            first.append(line)
+            if state == "inside" and not in_traceback:
+                state = "after"
+    if not counts:
+        return ""
+    while first and not first[-1].strip():
+        first.pop()
+    summary = [f"  {count:6d} x {text}" for text, count in counts.most_common(15)]
+    first = [line for line in first if line.strip(" ^~")]  # drop the caret-marker lines
+    shown = first[-traceback_lines:]
+    header = "  first traceback" + (" (its last lines)" if len(first) > len(shown) else "") + ":"
+    return "\n".join([*summary, header, *(f"    {line}" for line in shown)])
+
+
+# --- A small HTTP/1.1 client on asyncio streams -------------------------------------------------
+
+
+def payment_request(port: int, api_key: str, idempotency_key: str) -> bytes:
+    head = (
+        f"POST {PAYMENTS_PATH} HTTP/1.1\r\n"
+        f"Host: {HOST}:{port}\r\n"
+        f"Authorization: Api-Key {api_key}\r\n"
+        f"Idempotency-Key: {idempotency_key}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(BODY)}\r\n\r\n"
+    )
+    return head.encode("ascii") + BODY
+
+
+def health_request(port: int) -> bytes:
+    return f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode("ascii")
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
+    """Read one response; (status, whether the connection may be reused)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split(" ", 2)[1])
+    headers: dict[str, str] = {}
+    for line in header_lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    keep_alive = headers.get("connection", "").lower() != "close"
+    if "content-length" in headers:
+        await reader.readexactly(int(headers["content-length"]))
+    elif headers.get("transfer-encoding", "").lower() == "chunked":
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            await reader.readexactly(size + 2)
+            if size == 0:
+                break
+    else:
+        await reader.read()
+        keep_alive = False
+    return status, keep_alive
+
+
+async def single_request(port: int, payload: bytes) -> int:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        status, _ = await asyncio.wait_for(read_response(reader), REQUEST_TIMEOUT_S)
+        return status
+    finally:
+        writer.close()
+
+
+class ConnectionPool:
+    """Reuses keep-alive connections (gthread workers); opens a new one when the server closed it (sync)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def request(self, payload: bytes) -> int:
+        reused = bool(self._idle)
+        reader, writer = self._idle.pop() if reused else await asyncio.open_connection(HOST, self.port)
+        try:
+            writer.write(payload)
+            await writer.drain()
+            status, keep_alive = await read_response(reader)
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            writer.close()
+            nothing_read = not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial
+            if reused and nothing_read:  # an idle keep-alive connection the server had closed
+                return await self.request(payload)
+            raise
+        except BaseException:
+            writer.close()
+            raise
+        if keep_alive:
+            self._idle.append((reader, writer))
+        else:
+            writer.close()
+        return status
+
+    def close(self) -> None:
+        for _, writer in self._idle:
+            writer.close()
+        self._idle.clear()
+
+
+async def closed_loop(*, port: int, api_key: str, key_prefix: str, connections: int, duration_s: float) -> LoadResult:
+    """N connections, each sending its next request when the previous one is answered, for `duration_s`."""
+    loop = asyncio.get_running_loop()
+    result = LoadResult(tool="asyncio client", elapsed_s=0.0)
+    latencies: list[float] = []
+    start = loop.time()
+    deadline = start + duration_s
+
+    async def connection_loop(index: int) -> None:
+        pool = ConnectionPool(port)
+        counter = 0
+        try:
+            while loop.time() < deadline:
+                counter += 1
+                payload = payment_request(port, api_key, f"{key_prefix}{index}-{counter}")
+                sent = loop.time()
+                try:
+                    status = await asyncio.wait_for(pool.request(payload), REQUEST_TIMEOUT_S)
+                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+                    result.errors += 1
+                    pool.close()
+                    continue
+                latencies.append((loop.time() - sent) * 1000)
+                result.statuses[status] += 1
+        finally:
+            pool.close()
+
+    await asyncio.gather(*(connection_loop(index) for index in range(connections)))
+    result.elapsed_s = loop.time() - start
+    latencies.sort()
+    result.p50_ms, result.p99_ms = percentile(latencies, 50), percentile(latencies, 99)
+    return result
+
+
+async def open_loop(
+    *, port: int, api_key: str, key_prefix: str, rate: float, duration_s: float, max_in_flight: int = 1000
+) -> LoadResult:
+    """Requests at fixed times t0 + i/rate; latency from the scheduled time, whatever delayed the send."""
+    loop = asyncio.get_running_loop()
+    result = LoadResult(tool="asyncio open-loop client", elapsed_s=0.0, offered_rate=rate)
+    latencies: list[float] = []
+    send_lags: list[float] = []
+    pool = ConnectionPool(port)
+    slots = asyncio.Semaphore(max_in_flight)
+    tasks: set[asyncio.Task[None]] = set()
+    total = max(int(rate * duration_s), 1)
+    start = loop.time() + 0.05
+    last_done = start
+    in_flight = 0
+
+    async def fire(index: int, scheduled: float) -> None:
+        nonlocal last_done, in_flight
+        send_lags.append((loop.time() - scheduled) * 1000)  # the event loop's lateness, not the server's
+        in_flight += 1
+        result.peak_in_flight = max(result.peak_in_flight or 0, in_flight)
+        async with slots:  # waiting for a slot counts in the latency, as waiting for a connection would
+            payload = payment_request(port, api_key, f"{key_prefix}{index}")
+            try:
+                status = await asyncio.wait_for(pool.request(payload), REQUEST_TIMEOUT_S)
+            except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+                result.errors += 1
+                return
+            finally:
+                in_flight -= 1
+            now = loop.time()
+            last_done = max(last_done, now)
+            latencies.append((now - scheduled) * 1000)
+            result.statuses[status] += 1
+
+    for index in range(total):
+        scheduled = start + index / rate
+        delay = scheduled - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(fire(index, scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    if tasks:
+        await asyncio.wait(set(tasks), timeout=REQUEST_TIMEOUT_S + 5)
+    result.errors += len(tasks)  # still unanswered
+    for task in list(tasks):
+        task.cancel()
+    pool.close()
+    # Rate over the schedule's span, or longer when the last answers came late.
+    result.elapsed_s = max(last_done - start, total / rate)
+    latencies.sort()
+    send_lags.sort()
+    result.p50_ms, result.p99_ms = percentile(latencies, 50), percentile(latencies, 99)
+    result.send_lag_p99_ms = percentile(send_lags, 99)
+    return result
+
+
+# --- wrk ----------------------------------------------------------------------------------------
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}
+
+
+def _wrk_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text)
+    if not match:
+        raise SetupError(f"unexpected wrk latency {text!r}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def run_wrk(
+    *, wrk: str, port: int, api_key: str, key_prefix: str, connections: int, duration_s: float, workdir: Path
+) -> LoadResult:
+    script = workdir / "payments.lua"
+    script.write_text(WRK_SCRIPT % {"body": BODY.decode()})
+    command = [
+        wrk,
+        "--threads",
+        "1",
+        "--connections",
+        str(connections),
+        "--duration",
+        f"{max(round(duration_s), 1)}s",
+        "--timeout",
+        f"{int(REQUEST_TIMEOUT_S)}s",
+        "--latency",
+        "--script",
+        str(script),
+        "--header",
+        f"Authorization: Api-Key {api_key}",
+        f"http://{HOST}:{port}{PAYMENTS_PATH}",
+        "--",
+        key_prefix.rstrip("-"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration_s + 120, check=False)
+    output = done.stdout
+    summary = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)", output)
+    if done.returncode != 0 or summary is None:
+        raise SetupError(f"wrk failed ({done.returncode}):\n{output}{done.stderr}")
+    result = LoadResult(tool="wrk", elapsed_s=_wrk_ms(summary.group(2) + summary.group(3)) / 1000)
+    for status, count in re.findall(r"^STATUS (\d+) (\d+)$", output, flags=re.MULTILINE):
+        result.statuses[int(status)] += int(count)
+    distribution = dict(re.findall(r"^\s+(50|99)\.?0*%\s+(\S+)$", output, flags=re.MULTILINE))
+    if "50" in distribution:
+        result.p50_ms = _wrk_ms(distribution["50"])
+    if "99" in distribution:
+        result.p99_ms = _wrk_ms(distribution["99"])
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if socket_errors:
+        # read errors are the sync worker closing the connection after each response; wrk reconnects.
+        connect, _read, write, timeout = (int(value) for value in socket_errors.groups())
+        result.errors = connect + write + timeout
+    return result
+
+
+# --- pgbench ------------------------------------------------------------------------------------
+
+
+def find_pgbench() -> str | None:
+    found = shutil.which("pgbench")
+    if found:
+        return found
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pgbench"), reverse=True)
+    return candidates[0] if candidates else None
+
+
+def run_pgbench(*, pgbench: str, database_url: str, clients: int, duration_s: float, workdir: Path) -> PgbenchResult:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE IF EXISTS {PGBENCH_TABLE}")
+        conn.execute(PGBENCH_TABLE_DDL)
+    script = workdir / "insert_payment.sql"
+    script.write_text(PGBENCH_SCRIPT)
+    parts = urlsplit(database_url)
+    env = dict(os.environ)
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    command = [
+        pgbench,
+        "--no-vacuum",
+        "--file",
+        str(script),
+        "--client",
+        str(clients),
+        "--jobs",
+        str(min(clients, os.cpu_count() or 1)),
+        "--time",
+        str(max(round(duration_s), 1)),
+        "--host",
+        parts.hostname or HOST,
+        "--port",
+        str(parts.port or 5432),
+        "--username",
+        parts.username or "postgres",
+        parts.path.lstrip("/"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=duration_s + 120, check=False)
+    output = done.stdout + done.stderr
+    tps = re.search(r"tps = ([\d.]+) \(without initial connection time\)", output) or re.search(
+        r"tps = ([\d.]+)", output
+    )
+    transactions = re.search(r"number of transactions actually processed: (\d+)", output)
+    latency = re.search(r"latency average = ([\d.]+) ms", output)
+    if done.returncode != 0 or tps is None:
+        raise SetupError(f"pgbench failed ({done.returncode}):\n{output}")
+    return PgbenchResult(
+        clients=clients,
+        tps=float(tps.group(1)),
+        transactions=int(transactions.group(1)) if transactions else 0,
+        latency_avg_ms=float(latency.group(1)) if latency else math.nan,
+    )
+
+
+# --- Report -------------------------------------------------------------------------------------
+
+
+OTHER_LOAD_WARNING_CPUS = 0.15
+
+
+def other_load_lines(cpu: CpuUse | None) -> list[str]:
+    if cpu is None or cpu.elapsed_s == 0:
+        return []
+    line = f"  other load on machine   {cpu.other_cpus:9.2f} CPUs"
+    if cpu.other_cpus > OTHER_LOAD_WARNING_CPUS:
+        line += "  (WARNING: other processes competed for the CPUs; figures are low)"
+    return [line]
+
+
+def server_cpu_lines(cpu: CpuUse | None, requests: int) -> list[str]:
+    """Server CPU per request, and the rate those CPUs would allow if the server had the machine alone."""
+    if cpu is None or cpu.elapsed_s == 0 or requests == 0:
+        return []
+    per_request = {group: cpu.seconds[group] * 1000 / requests for group in ("app", "postgres", "redis")}
+    total = sum(per_request.values())
+    cpus = os.cpu_count() or 1
+    return [
+        f"  server CPU per request  {total:9.1f} ms   (gunicorn {per_request['app']:.1f}, "
+        f"PostgreSQL {per_request['postgres']:.1f}, Redis {per_request['redis']:.1f})",
+        f"  CPU-bound ceiling       {cpus * 1000 / total:9.1f} req/s  (all {cpus} CPUs for the server, no client)",
+    ]
+
+
+def verdict(ok: bool) -> str:
+    return "MET" if ok else "MISSED"
+
+
+def report(
+    *,
+    args: argparse.Namespace,
+    server: str,
+    carrier_limit: str,
+    phase_a: LoadResult,
+    phase_a_db_count: int,
+    phase_a_statuses: dict[str, int],
+    phase_b: LoadResult | None,
+    phase_b_db_count: int | None,
+    pg: PgbenchResult,
+    errors_text: str,
+) -> str:
+    lines = [
+        "",
+        "=" * 78,
+        "PlayPay payments API benchmark",
+        f"  server: {server}; {os.cpu_count()} CPUs; {args.duration:.0f} s per phase",
+        f"  carriers' own rate limit: {carrier_limit}",
+        "",
+        f"Phase A: throughput, closed loop, {args.connections} connections ({phase_a.tool})",
+        f"  payments created/s      {phase_a.created_per_s:9.1f}   "
+        f"({phase_a.created} x 201 in {phase_a.elapsed_s:.1f} s)",
+        f"  non-201 responses       {phase_a.non_201:9d}   ({phase_a.status_summary()})",
+        f"  latency p50 / p99       {phase_a.p50_ms:9.1f} ms / {phase_a.p99_ms:.1f} ms",
+    ]
+    in_flight_note = ""
+    difference = phase_a_db_count - phase_a.created
+    if difference == 0:
+        in_flight_note = "matches the 201s"
+    elif 0 < difference <= args.connections:
+        in_flight_note = f"{difference} more than the 201s: requests in flight when the client stopped"
+    else:
+        in_flight_note = f"MISMATCH: {difference:+d} against the 201s"
+    lines.append(f"  payments in database    {phase_a_db_count:9d}   ({in_flight_note})")
+    lines.append(
+        "  their statuses          "
+        + (", ".join(f"{count} {status}" for status, count in phase_a_statuses.items()) or "none")
+    )
+    lines += server_cpu_lines(phase_a.cpu, phase_a_db_count + phase_a.non_201)
+    lines += other_load_lines(phase_a.cpu)
+    lines.append("")
+    if phase_b is None:
+        lines.append("Phase B: skipped (no rate: phase A created no payments, or --rate 0)")
+    else:
+        assert phase_b.offered_rate is not None
+        lines += [
+            f"Phase B: latency at a fixed rate, open loop, target {phase_b.offered_rate:.1f} req/s ({phase_b.tool})",
+            f"  achieved rate           {phase_b.responses_per_s:9.1f} req/s "
+            f"({phase_b.responses} responses, {phase_b.created} x 201 in {phase_b.elapsed_s:.1f} s)",
+            f"  non-201 responses       {phase_b.non_201:9d}   ({phase_b.status_summary()})",
+            f"  latency p50 / p99       {phase_b.p50_ms:9.1f} ms / {phase_b.p99_ms:.1f} ms (from scheduled send time)",
+            f"  client send lag p99     {phase_b.send_lag_p99_ms or 0.0:9.1f} ms   (the client's own lateness)",
+            f"  peak requests in flight {phase_b.peak_in_flight or 0:9d}   (grows without bound when the server "
+            "falls behind)",
+            *other_load_lines(phase_b.cpu),
+        ]
+        if phase_b_db_count is not None and phase_b_db_count != phase_b.created:
+            lines.append(f"  payments in database    {phase_b_db_count:9d}   (MISMATCH against the 201s)")
+    ratio = phase_a.created_per_s / pg.tps if pg.tps > 0 else math.nan
+    lines += [
+        "",
+        f"PostgreSQL: pgbench, {pg.clients} clients, one-row INSERT per transaction",
+        f"  inserts/s               {pg.tps:9.1f}   (avg latency {pg.latency_avg_ms:.2f} ms)",
+        *other_load_lines(pg.cpu),
+        "",
+        f"Ratio payments/s / pgbench inserts/s: {ratio:.3f}",
+        "",
+        "Targets",
+        f"  {f'>= {TARGET_PAYMENTS_PER_SECOND:.0f} payments/s:':<38}"
+        f"{verdict(phase_a.created_per_s >= TARGET_PAYMENTS_PER_SECOND)} ({phase_a.created_per_s:.1f})",
+    ]
+    label = f"p99 < {TARGET_P99_MS:.0f} ms at >= {TARGET_LATENCY_RATE:.0f} req/s:"
+    if phase_b is None:
+        lines.append(f"  {label:<38}MISSED (not measured)")
+    else:
+        fast = phase_b.p99_ms < TARGET_P99_MS and phase_b.errors == 0
+        rate_ok = phase_b.responses_per_s >= TARGET_LATENCY_RATE * 0.98
+        detail = f"p99 {phase_b.p99_ms:.1f} ms at {phase_b.responses_per_s:.1f} req/s"
+        if fast and not rate_ok:
+            detail += f"; below {TARGET_LATENCY_RATE:.0f} req/s, try --rate {TARGET_LATENCY_RATE:.0f}"
+        lines.append(f"  {label:<38}{verdict(fast and rate_ok)} ({detail})")
+    if phase_b is not None and (phase_b.send_lag_p99_ms or 0.0) > 5:
+        lines.append("  warning: the open-loop client sent late (send lag p99 > 5 ms); phase B is partly client-bound")
+    if errors_text:
+        lines += ["", "Server errors (from the gunicorn log):", errors_text]
+    lines.append("=" * 78)
+    return "\n".join(lines)
+
+
+# --- Main ---------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase (default 20)")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS, help=f"gunicorn workers ({DEFAULT_WORKERS})")
+    parser.add_argument(
+        "--worker-class", choices=["sync", "gthread"], default=DEFAULT_WORKER_CLASS, help="gunicorn worker class"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker (2)")
+    parser.add_argument(
+        "--connections", type=int, default=DEFAULT_CONNECTIONS, help=f"phase A connections ({DEFAULT_CONNECTIONS})"
+    )
+    parser.add_argument("--rate", type=float, default=None, help="phase B requests/s (default: half of phase A)")
+    parser.add_argument("--pgbench-clients", type=int, default=None, help="pgbench clients (default: --connections)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first (3)")
+    parser.add_argument(
+        "--client", choices=["auto", "wrk", "python"], default="auto", help="phase A client (auto: wrk if installed)"
+    )
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"),
+        help="PostgreSQL server URL without database (env BENCH_PG_URL)",
+    )
+    parser.add_argument("--db-name", default="playpay_bench", help="database to (re)create and drop (playpay_bench)")
+    parser.add_argument(
+        "--cache-url",
+        default=os.environ.get("BENCH_CACHE_URL", "redis://127.0.0.1:6379/1"),
+        help="CACHE_URL for the server's rate-limit counters (env BENCH_CACHE_URL)",
+    )
+    parser.add_argument(
+        "--carrier-rate-limit",
+        type=int,
+        default=1_000_000,
+        help="set every carrier's calls/s limit to this in the bench database (0: keep the seeded value)",
+    )
+    parser.add_argument("--log-file", type=Path, default=None, help="keep the gunicorn log at this path")
+    parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.workers < 1 or args.connections < 1 or args.threads < 1:
+        parser.error("--duration, --workers, --connections and --threads must be positive")
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", args.db_name):
+        parser.error("--db-name must be a plain lower-case identifier")
+    return args
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Clean up on SIGTERM as on Ctrl-C."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(args: argparse.Namespace, workdir: Path) -> str:
+    pgbench = find_pgbench()
+    if pgbench is None:
+        raise SetupError("pgbench not found (Debian: apt-get install -y postgresql-client)")
+    wrk = shutil.which("wrk") if args.client != "python" else None
+    if args.client == "wrk" and wrk is None:
+        raise SetupError("wrk not found (Debian: apt-get install -y wrk)")
+
+    database_url = db_url(args.pg_url, args.db_name)
+    env = app_env(database_url, args.cache_url, secrets.token_urlsafe(50))
+    run_id = secrets.token_hex(4)
+    log_path: Path = args.log_file or workdir / "gunicorn.log"
+    server: Server | None = None
+    try:
+        log(f"creating database {args.db_name}")
+        recreate_database(args.pg_url, args.db_name)
+        log("migrate")
+        manage(["migrate", "--noinput", "-v", "0"], env)
+        log("seed_demo")
+        seeded = manage(["seed_demo"], env)
+        match = re.search(r"^export PLAYPAY_API_KEY=(\S+)\s*$", seeded, flags=re.MULTILINE)
+        if match is None:
+            raise SetupError(f"no `export PLAYPAY_API_KEY=` line in seed_demo's output:\n{seeded}")
+        api_key = match.group(1)
+        carrier_limit = "as seeded"
+        if args.carrier_rate_limit > 0:
+            lifted = lift_carrier_rate_limit(database_url, args.carrier_rate_limit)
+            carrier_limit = f"{args.carrier_rate_limit} calls/s" if lifted else "none in this schema"
+
+        server = Server(
+            env=env, workers=args.workers, worker_class=args.worker_class, threads=args.threads, log_path=log_path
+        )
+        log(f"starting {server.description} on {HOST}:{server.port} (log: {log_path})")
+        server.wait_ready()
+        smoke = asyncio.run(single_request(server.port, payment_request(server.port, api_key, f"smoke-{run_id}")))
+        if smoke != 201:
+            raise SetupError(
+                f"a first payment request got {smoke}, not 201; server log:\n"
+                f"{server_errors(log_path) or server.log_tail()}"
+            )
+
+        if args.warmup > 0:
+            log(f"warm-up, {args.warmup:.0f} s")
+            asyncio.run(
+                closed_loop(
+                    port=server.port,
+                    api_key=api_key,
+                    key_prefix=f"W-{run_id}-",
+                    connections=args.connections,
+                    duration_s=args.warmup,
+                )
+            )
+
+        pgid = server.process.pid
+        prefix_a = f"A-{run_id}-"
+        log(f"phase A: closed loop, {args.connections} connections, {args.duration:.0f} s ({wrk or 'asyncio client'})")
+        with measure_cpu(pgid, args.db_name) as cpu_a:
+            if wrk:
+                phase_a = run_wrk(
+                    wrk=wrk,
+                    port=server.port,
+                    api_key=api_key,
+                    key_prefix=prefix_a,
+                    connections=args.connections,
+                    duration_s=args.duration,
+                    workdir=workdir,
+                )
+            else:
+                phase_a = asyncio.run(
+                    closed_loop(
+                        port=server.port,
+                        api_key=api_key,
+                        key_prefix=prefix_a,
+                        connections=args.connections,
+                        duration_s=args.duration,
+                    )
+                )
+        phase_a.cpu = cpu_a
+        count_a = settled_count(database_url, prefix_a)
+        statuses_a = payment_statuses(database_url, prefix_a)
+
+        rate = args.rate if args.rate is not None else phase_a.created_per_s / 2
+        phase_b: LoadResult | None = None
+        count_b: int | None = None
+        if rate > 0:
+            log(f"phase B: open loop at {rate:.1f} req/s, {args.duration:.0f} s")
+            prefix_b = f"B-{run_id}-"
+            with measure_cpu(pgid, args.db_name) as cpu_b:
+                phase_b = asyncio.run(
+                    open_loop(
+                        port=server.port, api_key=api_key, key_prefix=prefix_b, rate=rate, duration_s=args.duration
+                    )
+                )
+            phase_b.cpu = cpu_b
+            count_b = settled_count(database_url, prefix_b)
+        server.stop()
+        errors_text = server_errors(log_path)
+        server = None
+
+        clients = args.pgbench_clients or args.connections
+        log(f"pgbench: {clients} clients, {args.duration:.0f} s")
+        with measure_cpu(-1, args.db_name, our_processes_persist=False) as cpu_pg:
+            pg = run_pgbench(
+                pgbench=pgbench, database_url=database_url, clients=clients, duration_s=args.duration, workdir=workdir
+            )
+        pg.cpu = cpu_pg
+        return report(
+            args=args,
+            server=describe_server(args.workers, args.worker_class, args.threads),
+            carrier_limit=carrier_limit,
+            phase_a=phase_a,
+            phase_a_db_count=count_a,
+            phase_a_statuses=statuses_a,
+            phase_b=phase_b,
+            phase_b_db_count=count_b,
+            pg=pg,
+            errors_text=errors_text,
+        )
+    finally:
+        if server is not None:
+            log("stopping gunicorn")
+            server.stop()
+        if not args.keep_db:
+            log(f"dropping database {args.db_name}")
+            with contextlib.suppress(psycopg.Error):
+                drop_database(args.pg_url, args.db_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="playpay-bench-") as tmp:
+            print(run(args, Path(tmp)), flush=True)
+    except SetupError as exc:
+        print(f"bench setup failed: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"bench setup failed (PostgreSQL): {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
