@@ -62,6 +62,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 try:
     import psycopg
+    import redis
     from psycopg import sql
 except ImportError:
     sys.exit("bench/payments_api.py needs the project's dependencies (psycopg): activate its virtualenv first")
@@ -304,7 +305,7 @@ def db_url(base_url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, ""))
 
 
-def app_env(database_url: str, cache_url: str, secret_key: str) -> dict[str, str]:
+def app_env(database_url: str, cache_url: str, secret_key: str, broker_url: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -314,7 +315,9 @@ def app_env(database_url: str, cache_url: str, secret_key: str) -> dict[str, str
             "SECRET_KEY": secret_key,
             "ALLOWED_HOSTS": f"{HOST},localhost",
             "API_RATE_LIMIT_PER_MINUTE": "100000000",
-            "CELERY_BROKER_URL": "",  # tasks run in-process, as in the embedded default
+            # As deployed: the carrier work is queued on the broker for the carrier workers (not run
+            # here); an empty URL runs it in-process inside each request, as the embedded default does.
+            "CELERY_BROKER_URL": broker_url,
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -958,6 +961,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1_000_000,
         help="set every carrier's calls/s limit to this in the bench database (0: keep the seeded value)",
     )
+    parser.add_argument(
+        "--broker-url",
+        default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2"),
+        help="CELERY_BROKER_URL of the server (env BENCH_BROKER_URL); '' runs carrier work in-process",
+    )
     parser.add_argument("--log-file", type=Path, default=None, help="keep the gunicorn log at this path")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     args = parser.parse_args(argv)
@@ -991,7 +999,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         raise SetupError("wrk not found (Debian: apt-get install -y wrk)")
 
     database_url = db_url(args.pg_url, args.db_name)
-    env = app_env(database_url, args.cache_url, secrets.token_urlsafe(50))
+    env = app_env(database_url, args.cache_url, secrets.token_urlsafe(50), args.broker_url)
     run_id = secrets.token_hex(4)
     log_path: Path = args.log_file or workdir / "gunicorn.log"
     server: Server | None = None
@@ -1108,6 +1116,10 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             log(f"dropping database {args.db_name}")
             with contextlib.suppress(psycopg.Error):
                 drop_database(args.pg_url, args.db_name)
+        if args.broker_url.startswith("redis://"):
+            # No carrier worker runs here: drop the work the requests queued.
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis.from_url(args.broker_url).flushdb()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,32 +23,25 @@ def enqueue(task: str, *, queue: str, countdown: int = 0, **kwargs: Any) -> Outb
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("outbox.enqueue must run inside transaction.atomic()")
     message = OutboxMessage.objects.create(task=task, kwargs=kwargs, queue=queue, countdown_seconds=countdown)
-    transaction.on_commit(lambda: send(message.pk))
+    transaction.on_commit(lambda: send(message))
     return message
 
 
-def send(message_id: int) -> None:
+def send(message: OutboxMessage) -> None:
     """Send one message to the broker, then mark it sent (at-least-once)."""
-    message = OutboxMessage.objects.filter(pk=message_id, sent_at__isnull=True).first()
-    if message is None:
-        return
     # Through the registered task (not send_task) so that the embedded default runs it in-process.
     options: dict[str, Any] = {"countdown": message.countdown_seconds} if message.countdown_seconds else {}
     celery_app.tasks[message.task].apply_async(kwargs=message.kwargs, queue=message.queue, **options)
-    OutboxMessage.objects.filter(pk=message_id).update(sent_at=timezone.now())
+    OutboxMessage.objects.filter(pk=message.pk).update(sent_at=timezone.now())
 
 
 def relay_pending(*, limit: int = 1000) -> int:
     """Send messages whose process died between commit and send; returns how many."""
     cutoff = timezone.now() - RELAY_GRACE
-    ids = list(
-        OutboxMessage.objects.filter(sent_at__isnull=True, created_at__lt=cutoff)
-        .order_by("id")
-        .values_list("id", flat=True)[:limit]
-    )
-    for message_id in ids:
-        send(message_id)
-    return len(ids)
+    messages = list(OutboxMessage.objects.filter(sent_at__isnull=True, created_at__lt=cutoff).order_by("id")[:limit])
+    for message in messages:
+        send(message)
+    return len(messages)
 
 
 def purge_sent(*, older_than: timedelta = timedelta(days=7)) -> int:

@@ -3,13 +3,34 @@
 import time
 from typing import Any
 
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
 from playpay.api.auth import request_app
 
 WINDOW_SECONDS = 60
+
+
+def count_request(key: str, *, ttl: int) -> int:
+    """Increment a counter that expires `ttl` s after its first increment; one round trip on Redis."""
+    backend = caches["default"]
+    if isinstance(backend, RedisCache):
+        client = backend._cache.get_client(key, write=True)
+        full_key = backend.make_and_validate_key(key)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.incr(full_key)
+            pipe.expire(full_key, ttl, nx=True)
+            count, _ = pipe.execute()
+        return int(count)
+    if cache.add(key, 1, timeout=ttl):
+        return 1
+    try:
+        return int(cache.incr(key))
+    except ValueError:  # expired between add and incr
+        cache.add(key, 1, timeout=ttl)
+        return 1
 
 
 class AppRateThrottle(BaseThrottle):
@@ -21,15 +42,7 @@ class AppRateThrottle(BaseThrottle):
             return True
         now = time.time()
         window = int(now // WINDOW_SECONDS)
-        key = f"throttle:app:{app.pk}:{window}"
-        if cache.add(key, 1, timeout=WINDOW_SECONDS + 5):
-            count = 1
-        else:
-            try:
-                count = cache.incr(key)
-            except ValueError:  # expired between add and incr
-                cache.add(key, 1, timeout=WINDOW_SECONDS + 5)
-                count = 1
+        count = count_request(f"throttle:app:{app.pk}:{window}", ttl=WINDOW_SECONDS + 5)
         self._wait = (window + 1) * WINDOW_SECONDS - now
         return count <= app.effective_rate_limit
 

@@ -51,7 +51,7 @@ CRASH_AFTER_COMMIT = """
 import os, django
 django.setup()
 from payments.services import outbox
-outbox.send = lambda message_id: os.kill(os.getpid(), 9)  # die between the commit and the enqueue
+outbox.send = lambda message: os.kill(os.getpid(), 9)  # die between the commit and the enqueue
 from payments.models import App
 from payments.services.idempotency import IdempotentRequest
 from payments.services.payments import PaymentRequest, create_payment
