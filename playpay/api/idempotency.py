@@ -19,6 +19,7 @@ from payments.services.idempotency import (
     fingerprint,
     parse_key,
 )
+from playpay.errors import DomainError
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 
@@ -42,18 +43,22 @@ def run_idempotent(
 
     `recover` renders a resource whose creating request died before storing its response.
     """
-    previous = find_previous(idem)
-    if previous is None:
-        try:
-            status, body = perform(idem)
-        except KeyAlreadyClaimed:
-            previous = find_previous(idem)
-            if previous is None:  # the other request rolled back in between; the client may retry
-                raise IdempotencyRequestInFlight(retry_after=1) from None
-        else:
-            body = _jsonable(body)
-            complete_key(idem, status=status, body=body)
-            return Response(body, status=status)
+    # The key is claimed inside `perform`; an earlier request with the key is looked up only when
+    # the claim (or a validation that a replay skips) fails, which keeps the common path short.
+    try:
+        status, body = perform(idem)
+    except KeyAlreadyClaimed:
+        previous = find_previous(idem)
+        if previous is None:  # the other request rolled back in between; the client may retry
+            raise IdempotencyRequestInFlight(retry_after=1) from None
+    except DomainError:
+        previous = find_previous(idem)
+        if previous is None:
+            raise
+    else:
+        body = _jsonable(body)
+        complete_key(idem, status=status, body=body)
+        return Response(body, status=status)
 
     if previous.state == previous.State.COMPLETED:
         status, body = previous.response_status or 200, previous.response_body

@@ -131,3 +131,14 @@ def test_parallel_requests_with_one_key_create_exactly_one_payment(live_server, 
     assert {response.json()["id"] for response in responses if response.status_code == 201} == {payment_id}
     conflicts = [response for response in responses if response.status_code == 409]
     assert all(response.json()["code"] == "idempotency_request_in_flight" for response in conflicts)
+
+
+@pytest.mark.django_db
+def test_a_replay_returns_the_first_response_even_if_the_request_would_no_longer_validate(shop: Shop) -> None:
+    first = shop.create_payment(key="order-7")
+    shop.price_point.is_active = False
+    shop.price_point.save()
+    again = shop.create_payment(key="order-7")
+    assert again.status_code == 201
+    assert again.json() == first.json()
+    assert shop.create_payment(key="order-8").json()["code"] == "price_point_not_found"
