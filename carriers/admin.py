@@ -2,10 +2,16 @@ import json
 from typing import Any
 
 from django import forms
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path, reverse
 
+from carriers.adapters.base import Outcome
 from carriers.models import Carrier, Country, NetworkCode, NumberPrefix, PricePoint
+from carriers.services import check_carrier_connection
+from payments.services.staff import record_staff_action
 from playpay.money import UnknownCurrency, validate_currency
 
 
@@ -181,13 +187,49 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
 
     @admin.action(description="Activate selected carriers", permissions=["change"])
     def activate(self, request: HttpRequest, queryset: Any) -> None:
-        count = queryset.update(is_active=True)
-        self.message_user(request, f"{count} carrier(s) activated.")
+        self._set_active(request, queryset, True)
 
     @admin.action(description="Deactivate selected carriers", permissions=["change"])
     def deactivate(self, request: HttpRequest, queryset: Any) -> None:
-        count = queryset.update(is_active=False)
-        self.message_user(request, f"{count} carrier(s) deactivated.")
+        self._set_active(request, queryset, False)
+
+    def _set_active(self, request: HttpRequest, queryset: Any, active: bool) -> None:
+        action = "activate" if active else "deactivate"
+        for carrier in queryset:
+            carrier.is_active = active
+            carrier.save(update_fields=["is_active", "updated_at"])
+            record_staff_action(user=_staff(request), action=action, target=carrier, reason="", outcome="done")
+        self.message_user(request, f"{queryset.count()} carrier(s) {action}d.")
+
+    def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        changed = ", ".join(sorted(set(form.changed_data) - {"new_credentials"}))
+        if form.cleaned_data.get("new_credentials") is not None or form.cleaned_data.get("clear_credentials"):
+            changed = ", ".join(filter(None, [changed, "credentials"]))
+        record_staff_action(
+            user=_staff(request), action="change" if change else "add", target=obj, reason="", outcome=changed[:255]
+        )
+
+    def get_urls(self) -> list[Any]:
+        extra = [
+            path(
+                "<path:object_id>/test-connection/",
+                self.admin_site.admin_view(self.test_connection_view),
+                name="carriers_carrier_test_connection",
+            )
+        ]
+        return extra + super().get_urls()
+
+    def test_connection_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        carrier = self.get_object(request, object_id)
+        if request.method != "POST" or carrier is None or not self.has_change_permission(request, carrier):
+            raise PermissionDenied
+        result = check_carrier_connection(carrier=carrier)
+        ok = result.outcome == Outcome.SUCCEEDED
+        summary = f"{'reachable' if ok else 'failed'}: {result.raw_code} {result.raw_message}".strip()
+        record_staff_action(user=_staff(request), action="test_connection", target=carrier, reason="", outcome=summary)
+        self.message_user(request, f"{carrier.slug}: {summary}", level=messages.SUCCESS if ok else messages.ERROR)
+        return HttpResponseRedirect(reverse("admin:carriers_carrier_change", args=[carrier.pk]))
 
 
 @admin.register(PricePoint)
@@ -206,3 +248,9 @@ class NumberPrefixAdmin(admin.ModelAdmin[NumberPrefix]):
     search_fields = ["prefix", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]
     autocomplete_fields = ["carrier"]
+
+
+def _staff(request: HttpRequest) -> AbstractBaseUser:
+    user = request.user
+    assert isinstance(user, AbstractBaseUser)  # the admin requires a signed-in user
+    return user

@@ -5,6 +5,8 @@ from django.db.models import QuerySet
 from django.db.models.functions import Length
 from phonenumbers import carrier as number_carrier
 
+from carriers.adapters import adapter_for
+from carriers.adapters.base import CarrierResult
 from carriers.errors import CarrierCountryMismatch, CarrierNotFound, CarrierNotResolved, PricePointNotFound
 from carriers.models import Carrier, NumberPrefix, PricePoint
 from carriers.msisdn import region_of
@@ -68,3 +70,8 @@ def offered_price_points(*, country: str | None = None, carrier: str | None = No
     if carrier:
         queryset = queryset.filter(carrier__slug=carrier)
     return queryset.order_by("carrier__slug", "amount_minor", "code")
+
+
+def check_carrier_connection(*, carrier: Carrier) -> CarrierResult:
+    """Ask the carrier's adapter whether it can reach the carrier with its credentials; moves no money."""
+    return adapter_for(carrier).check_connection()

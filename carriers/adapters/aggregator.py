@@ -178,6 +178,21 @@ class AggregatorAdapter(CarrierAdapter):
 
         return guarded(call)
 
+    def check_connection(self) -> CarrierResult:
+        """A signed look-up of a reference that cannot exist: 404 proves endpoint and credentials."""
+
+        def call() -> CarrierResult:
+            headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], b"")
+            with client_for(self.config) as client:
+                response = send(
+                    client, "GET", "/v1/charges", headers=headers, params={"merchant_reference": "connection-check"}
+                )
+            if response.status_code in (200, 404):
+                return CarrierResult(outcome=Outcome.SUCCEEDED, raw_code=f"HTTP_{response.status_code}")
+            return CarrierResult.failed(ErrorCode.REJECTED, f"HTTP_{response.status_code}", response.text[:200])
+
+        return guarded(call)
+
     def refund(self, request: RefundRequest) -> CarrierResult:
         payload = {"merchant_reference": request.refund_id, "amount": request.amount_minor, "reason": request.reason}
         path = f"/v1/charges/{request.carrier_reference}/refunds"

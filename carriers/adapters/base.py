@@ -159,6 +159,21 @@ class CarrierAdapter(abc.ABC):
     def query_status(self, request: ChargeRequest) -> CarrierResult:
         """Ask the carrier what became of a charge whose outcome is unknown."""
 
+    def check_connection(self) -> CarrierResult:
+        """Can PlayPay reach the carrier (and, where the protocol allows, do its credentials work)?
+
+        SUCCEEDED or FAILED with the reason; moves no money. The default asks for the endpoint:
+        any HTTP answer below 500 means it is reachable.
+        """
+        from carriers.adapters.http import client_for, guarded, send
+
+        def call() -> CarrierResult:
+            with client_for(self.config) as client:
+                response = send(client, "GET", "/")
+            return CarrierResult(outcome=Outcome.SUCCEEDED, raw_code=f"HTTP_{response.status_code}")
+
+        return guarded(call)
+
     def cancel(self, request: ChargeRequest) -> CarrierResult:
         """Release what a started flow holds at the carrier (a reservation, a prepared payment)."""
         return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=request.carrier_reference)

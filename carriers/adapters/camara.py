@@ -234,6 +234,16 @@ class CamaraAdapter(CarrierAdapter):
     def token_url(self) -> str:
         return str(self.config.credentials.get("token_url") or self.config.endpoint.rstrip("/") + "/oauth2/token")
 
+    def check_connection(self) -> CarrierResult:
+        """Fetch an access token: proves the endpoint answers and the credentials are accepted."""
+        self._drop_token()
+        try:
+            with client_for(self.config) as client:
+                self._token(client)
+        except _Refused as refused:
+            return refused.result
+        return CarrierResult(outcome=Outcome.SUCCEEDED, raw_code="TOKEN_OK", raw_message="access token issued")
+
     def _token_key(self) -> tuple[str, str]:
         return (self.token_url, str(self.config.credentials.get("client_id", "")))
 

@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth.models import User
+from django.test import Client
 
 from carriers.models import Carrier
 from tests.factories import CarrierFactory
@@ -83,3 +84,34 @@ def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff
 )
 def test_admin_changelists_load_with_search(staff_client, path: str) -> None:
     assert staff_client.get(path, {"q": "x"}).status_code == 200
+
+
+@pytest.mark.django_db(transaction=True)
+def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(live_server, settings) -> None:
+    from payments.models import StaffAction
+    from tests.payments.carrier_helpers import simulated_carrier
+
+    settings.PUBLIC_BASE_URL = live_server.url
+    client = Client()
+    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123!"))
+    carrier = simulated_carrier(live_server.url, "aggregator")
+    url = f"/admin/carriers/carrier/{carrier.pk}/test-connection/"
+    assert client.get(url).status_code == 403  # a POST only: it calls the carrier
+    page = client.post(url, follow=True).content.decode()
+    assert "reachable: HTTP_404" in page
+    carrier.credentials = {**carrier.credentials, "api_secret": "wrong"}
+    carrier.save()
+    page = client.post(url, follow=True).content.decode()
+    assert "failed: HTTP_401" in page
+    outcomes = list(StaffAction.objects.filter(action="test_connection").values_list("outcome", flat=True))
+    assert [o.split(":")[0] for o in outcomes] == ["failed", "reachable"]
+
+
+def test_deactivating_a_carrier_is_recorded(staff_client) -> None:
+    from payments.models import StaffAction
+
+    carrier = CarrierFactory.create()
+    staff_client.post("/admin/carriers/carrier/", {"action": "deactivate", "_selected_action": [carrier.pk]})
+    carrier.refresh_from_db()
+    assert not carrier.is_active
+    assert StaffAction.objects.get().action == "deactivate"
