@@ -311,26 +311,34 @@ class WebhookAttempt(models.Model):
         return f"{self.status_code or self.error}"
 
 
-class Refund(models.Model):
+class MoneyOperation(models.Model):
+    """What refunds and reversals share: a status, a reason, who asked, how it was paid back."""
+
     class Status(models.TextChoices):
         PENDING = "pending"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
 
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
-    amount_minor = models.BigIntegerField()
-    currency = models.CharField(max_length=3)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     reason = models.CharField(max_length=255)
     requested_by = models.CharField(max_length=150, help_text="app:<name> or staff:<username>")
-    # False when the carrier cannot refund: the platform pays the player back outside the carrier.
+    # False when the carrier cannot do it: the platform pays the player back outside the carrier.
     via_carrier = models.BooleanField(default=True)
-    carrier_reference = models.CharField(max_length=128, blank=True)
     failure_code = models.CharField(max_length=64, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        abstract = True
+
+
+class Refund(MoneyOperation):
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    amount_minor = models.BigIntegerField()
+    currency = models.CharField(max_length=3)
+    carrier_reference = models.CharField(max_length=128, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -341,23 +349,10 @@ class Refund(models.Model):
         return f"refund {self.amount_minor} {self.currency} of {self.payment_id}"
 
 
-class Reversal(models.Model):
+class Reversal(MoneyOperation):
     """A technical reversal of a whole charge, e.g. the game could not deliver the item."""
 
-    class Status(models.TextChoices):
-        PENDING = "pending"
-        SUCCEEDED = "succeeded"
-        FAILED = "failed"
-
     payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="reversal")
-    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
-    reason = models.CharField(max_length=255)
-    requested_by = models.CharField(max_length=150)
-    via_carrier = models.BooleanField(default=True)
-    failure_code = models.CharField(max_length=64, blank=True)
-    failure_message = models.CharField(max_length=255, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    completed_at = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"reversal of {self.payment_id}"
