@@ -1,0 +1,61 @@
+"""Admin forms of reporting: what to export, and which settlement file to import."""
+
+from datetime import date
+from typing import Any
+
+from django import forms
+from django.core.validators import FileExtensionValidator
+
+from carriers.models import Carrier, Country
+from payments.models import App
+from reporting.models import ExportFormat, ExportKind
+from reporting.services.exports import ExportFilters
+
+_DATE = forms.DateInput(attrs={"type": "date"})
+
+
+def _check_period(cleaned: dict[str, Any], start: str, end: str) -> None:
+    first: date | None = cleaned.get(start)
+    last: date | None = cleaned.get(end)
+    if first and last and first > last:
+        raise forms.ValidationError("The period ends before it starts.")
+
+
+class ExportForm(forms.Form):
+    kind = forms.ChoiceField(label="What", choices=ExportKind.choices)
+    file_format = forms.ChoiceField(label="Format", choices=ExportFormat.choices, initial=ExportFormat.XLSX)
+    date_from = forms.DateField(required=False, widget=_DATE, help_text="UTC day, included.")
+    date_to = forms.DateField(required=False, widget=_DATE, help_text="UTC day, included.")
+    carrier = forms.ModelChoiceField(Carrier.objects.order_by("slug"), to_field_name="slug", required=False)
+    country = forms.ModelChoiceField(Country.objects.filter(carriers__isnull=False).distinct(), required=False)
+    app = forms.ModelChoiceField(App.objects.order_by("name"), to_field_name="name", required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        _check_period(cleaned, "date_from", "date_to")
+        return cleaned
+
+    def filters(self) -> ExportFilters:
+        data = self.cleaned_data
+        return ExportFilters(
+            date_from=data["date_from"],
+            date_to=data["date_to"],
+            carrier=data["carrier"].slug if data["carrier"] else "",
+            country=data["country"].code if data["country"] else "",
+            app=data["app"].name if data["app"] else "",
+        )
+
+
+class SettlementUploadForm(forms.Form):
+    carrier = forms.ModelChoiceField(Carrier.objects.order_by("slug"))
+    file = forms.FileField(
+        validators=[FileExtensionValidator(["csv", "xlsx"])],
+        help_text="CSV or XLSX with the columns carrier_reference, amount_minor (or amount), currency, date.",
+    )
+    period_from = forms.DateField(required=False, widget=_DATE, help_text="Empty: the first date in the file.")
+    period_to = forms.DateField(required=False, widget=_DATE, help_text="Empty: the last date in the file.")
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        _check_period(cleaned, "period_from", "period_to")
+        return cleaned

@@ -1,0 +1,1 @@
+"""Reporting services: exports, settlement imports and reconciliation."""
