@@ -36,6 +36,9 @@ class CarrierForm(forms.ModelForm[Carrier]):
         help_text="A JSON object. Write-only: stored encrypted and never shown again. Leave empty to keep.",
     )
     clear_credentials = forms.BooleanField(required=False, help_text="Remove the stored credentials.")
+    change_reason = forms.CharField(
+        required=False, max_length=255, help_text="Why this change (kept in the staff actions)."
+    )
 
     class Meta:
         model = Carrier
@@ -144,7 +147,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
             },
         ),
         ("Commercial", {"fields": ["revenue_share"]}),
-        ("History", {"fields": ["created_at", "updated_at"]}),
+        ("History", {"fields": ["change_reason", "created_at", "updated_at"]}),
     ]
 
     def get_queryset(self, request: HttpRequest) -> Any:
@@ -203,11 +206,15 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
 
     def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
-        changed = ", ".join(sorted(set(form.changed_data) - {"new_credentials"}))
+        changed = ", ".join(sorted(set(form.changed_data) - {"new_credentials", "change_reason"}))
         if form.cleaned_data.get("new_credentials") is not None or form.cleaned_data.get("clear_credentials"):
             changed = ", ".join(filter(None, [changed, "credentials"]))
         record_staff_action(
-            user=_staff(request), action="change" if change else "add", target=obj, reason="", outcome=changed[:255]
+            user=_staff(request),
+            action="change" if change else "add",
+            target=obj,
+            reason=form.cleaned_data.get("change_reason", ""),
+            outcome=changed[:255],
         )
 
     def get_urls(self) -> list[Any]:

@@ -42,8 +42,15 @@ def carrier_form(carrier: Carrier, **changes: str) -> dict[str, str]:
 def test_credentials_are_stored_encrypted_and_never_shown_back(staff_client) -> None:
     carrier = CarrierFactory.create()
     url = f"/admin/carriers/carrier/{carrier.pk}/change/"
-    response = staff_client.post(url, carrier_form(carrier, new_credentials='{"client_secret": "s3cr3t-value"}'))
+    response = staff_client.post(
+        url, carrier_form(carrier, new_credentials='{"client_secret": "s3cr3t-value"}', change_reason="new keys")
+    )
     assert response.status_code == 302
+    from payments.models import StaffAction
+
+    action = StaffAction.objects.get()
+    assert (action.action, action.reason) == ("change", "new keys")
+    assert action.outcome.endswith("credentials")
     carrier.refresh_from_db()
     assert carrier.credentials == {"client_secret": "s3cr3t-value"}
     assert "s3cr3t-value" not in carrier.credentials_encrypted
