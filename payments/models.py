@@ -358,7 +358,22 @@ class Reversal(MoneyOperation):
         return f"reversal of {self.payment_id}"
 
 
-class LedgerEntry(models.Model):
+class AppendOnly(models.Model):
+    """Rows that are written once and never changed or deleted (on PostgreSQL, triggers agree)."""
+
+    class Meta:
+        abstract = True
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise ImmutableLedger(f"{self._meta.verbose_name_plural} are never changed; post an opposite entry")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise ImmutableLedger(f"{self._meta.verbose_name_plural} are never deleted; post an opposite entry")
+
+
+class LedgerEntry(AppendOnly):
     """A balanced set of ledger lines posted together; never changed, corrected by an opposite entry."""
 
     class Kind(models.TextChoices):
@@ -387,16 +402,8 @@ class LedgerEntry(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"
 
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise ImmutableLedger("ledger entries are never changed; post an opposite entry")
-        super().save(*args, **kwargs)
 
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        raise ImmutableLedger("ledger entries are never deleted; post an opposite entry")
-
-
-class LedgerLine(models.Model):
+class LedgerLine(AppendOnly):
     """One side of an entry: a signed amount (debit positive, credit negative) on an account."""
 
     entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="lines")
@@ -411,14 +418,6 @@ class LedgerLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.account} {self.amount_minor:+d} {self.currency}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        if self.pk is not None and not self._state.adding:
-            raise ImmutableLedger("ledger lines are never changed; post an opposite entry")
-        super().save(*args, **kwargs)
-
-    def delete(self, *args: Any, **kwargs: Any) -> Any:
-        raise ImmutableLedger("ledger lines are never deleted; post an opposite entry")
 
 
 class ImmutableLedger(Exception):

@@ -494,8 +494,13 @@ def payment(request: HttpRequest, payment_id: str) -> HttpResponse:
     return _reply(sim, record["_msisdn"], reply)
 
 
-def _write_target(request: HttpRequest, payment_id: str) -> tuple[Simulator, dict[str, Any], Any] | HttpResponse:
-    """Authentication, the payment, its transport fault and the JSON body of a validate/confirm/cancel."""
+def _write_target(
+    request: HttpRequest, payment_id: str, *, phone_required: bool = False
+) -> tuple[Simulator, dict[str, Any], Any] | HttpResponse:
+    """Authentication, the payment, its transport fault and the JSON body of a validate/confirm/cancel.
+
+    Confirm and cancel also carry the player's phone number (2-legged tokens), which must match.
+    """
     sim = _sim()
     client_id = _authenticate(sim, request, "carrier-billing:payments:write")
     if isinstance(client_id, HttpResponse):
@@ -509,6 +514,10 @@ def _write_target(request: HttpRequest, payment_id: str) -> tuple[Simulator, dic
     body = json_body(request)
     if not isinstance(body, dict):
         return _error(400, "INVALID_ARGUMENT", "Client specified an invalid argument, request body or query param.")
+    if phone_required:
+        refused = _check_phone(record, body)
+        if refused is not None:
+            return refused
     return sim, record, body
 
 
@@ -566,13 +575,10 @@ def validate(request: HttpRequest, payment_id: str) -> HttpResponse:
 @require_POST
 def confirm(request: HttpRequest, payment_id: str) -> HttpResponse:
     """Charge a reserved payment (confirmPayment): 202, the result by notification and GET."""
-    target = _write_target(request, payment_id)
+    target = _write_target(request, payment_id, phone_required=True)
     if isinstance(target, HttpResponse):
         return target
-    sim, record, body = target
-    refused = _check_phone(record, body)
-    if refused is not None:
-        return refused
+    sim, record, _body = target
     msisdn = record["_msisdn"]
     scenario = sim.scenario(msisdn)
     event: tuple[str, dict[str, Any]] | None = None
@@ -609,13 +615,10 @@ def confirm(request: HttpRequest, payment_id: str) -> HttpResponse:
 @require_POST
 def cancel(request: HttpRequest, payment_id: str) -> HttpResponse:
     """Release a prepared payment (cancelPayment)."""
-    target = _write_target(request, payment_id)
+    target = _write_target(request, payment_id, phone_required=True)
     if isinstance(target, HttpResponse):
         return target
-    sim, record, body = target
-    refused = _check_phone(record, body)
-    if refused is not None:
-        return refused
+    sim, record, _body = target
     with sim.lock:
         _expire(record)
         if record.get("_confirmed") or record["_one_step"]:
