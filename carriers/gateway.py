@@ -5,13 +5,15 @@ State lives in the cache (Redis in production), so it is shared by every worker 
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
+from typing import Any
 
 from django.core.cache import cache
 
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierAdapter, CarrierResult, Outcome
 from carriers.models import Carrier, CarrierHealth
+from journal.services import Kind, record
 
 HEALTH_WINDOW_MINUTES = 15
 _COUNTERS = ("calls", "succeeded", "declined", "unknown", "unreachable", "latency_ms")
@@ -90,8 +92,19 @@ def _count(carrier: Carrier, result: CarrierResult, latency_ms: int) -> None:
         cache.set(max_key, latency_ms, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60)
 
 
-def call_carrier(carrier: Carrier, operation: Callable[[CarrierAdapter], CarrierResult]) -> CarrierResult:
-    """Run one adapter operation for `carrier`, or raise CarrierBusy when it must wait."""
+def call_carrier(
+    carrier: Carrier,
+    operation: Callable[[CarrierAdapter], CarrierResult],
+    *,
+    name: str = "",
+    request: Any = None,
+    payment_id: str = "",
+) -> CarrierResult:
+    """Run one adapter operation for `carrier`, or raise CarrierBusy when it must wait.
+
+    Every call is journaled: operation `name`, the standard `request` (a dataclass), the result
+    and the latency, correlated with the payment.
+    """
     breaker = Breaker(carrier)
     if not breaker.allow():
         raise CarrierBusy("circuit breaker open", breaker.retry_after())
@@ -99,12 +112,34 @@ def call_carrier(carrier: Carrier, operation: Callable[[CarrierAdapter], Carrier
         raise CarrierBusy("carrier rate limit", 1.0)
     started = time.monotonic()
     result = operation(adapter_for(carrier))
-    _count(carrier, result, int((time.monotonic() - started) * 1000))
+    latency_ms = int((time.monotonic() - started) * 1000)
+    _count(carrier, result, latency_ms)
+    _journal(carrier, name, request, result, latency_ms, payment_id)
     if result.transport_failed:
         breaker.record_failure()
     else:
         breaker.record_success()
     return result
+
+
+def _journal(
+    carrier: Carrier, name: str, request: Any, result: CarrierResult, latency_ms: int, payment_id: str
+) -> None:
+    sent = (
+        {k: v for k, v in asdict(request).items() if k != "state"}
+        if is_dataclass(request) and not isinstance(request, type)
+        else {}
+    )
+    reply = {k: v for k, v in asdict(result).items() if k != "state"}
+    record(
+        Kind.CARRIER_CALL,
+        {"operation": name, "protocol": carrier.protocol, "request": sent, "result": reply, "latency_ms": latency_ms},
+        msisdn=str(sent.get("msisdn", "")),
+        carrier=carrier.slug,
+        payment_id=payment_id or str(sent.get("payment_id", "")),
+        refund_id=str(sent.get("refund_id", "")),
+        carrier_reference=result.carrier_reference or str(sent.get("carrier_reference", "")),
+    )
 
 
 def refresh_health(carrier: Carrier) -> CarrierHealth:

@@ -57,6 +57,7 @@ MIDDLEWARE = [
     "django_otp.middleware.OTPMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "journal.middleware.JournalMiddleware",
     # Last, as django-axes requires: it turns a locked-out login into its lockout response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -93,6 +94,24 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # SQLite in the embedded default: wait for the write lock instead of failing.
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["default"]["CONN_MAX_AGE"] = 0
+
+# --- Interaction journal (its own store: PostgreSQL JSONB in its own database, or MongoDB) ----------
+JOURNAL_URL = env_str("JOURNAL_URL", f"sqlite:///{VAR_DIR / 'journal.sqlite3'}")
+JOURNAL_BACKEND = "mongodb" if JOURNAL_URL.startswith(("mongodb://", "mongodb+srv://")) else "sql"
+# With MongoDB the SQL alias only holds nothing; Django still wants it defined.
+DATABASES["journal"] = dj_database_url.parse(
+    JOURNAL_URL if JOURNAL_BACKEND == "sql" else f"sqlite:///{VAR_DIR / 'journal-unused.sqlite3'}",
+    conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
+    conn_health_checks=True,
+)
+if DATABASES["journal"]["ENGINE"] == "django.db.backends.sqlite3":
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES["journal"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+    DATABASES["journal"]["CONN_MAX_AGE"] = 0
+DATABASE_ROUTERS = ["journal.router.JournalRouter"]
+# Key of the hash that lets staff search the journal by MSISDN without storing it in clear.
+JOURNAL_HASH_KEY = env_str("JOURNAL_HASH_KEY", "")
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Cache (rate limits) --------------------------------------------------

@@ -22,7 +22,9 @@ if ! up 6379; then
   wait_for 6379 Redis || exit 1
 fi
 if command -v psql >/dev/null 2>&1; then
-  psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'playpay'" | grep -q 1 ||
-    psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE playpay" || exit 1
+  for db in playpay playpay_journal; do
+    psql -h 127.0.0.1 -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1 ||
+      psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db" || exit 1
+  done
 fi
 exit 0

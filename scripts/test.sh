@@ -9,6 +9,7 @@ scripts/services.sh
 
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/playpay}"
 export CELERY_BROKER_URL="${CELERY_BROKER_URL:-redis://127.0.0.1:6379/0}"
+export JOURNAL_URL="${JOURNAL_URL:-postgres://postgres@127.0.0.1:5432/playpay_journal}"
 export PATH="$PWD/.venv/bin:$PATH"
 
 echo "== ruff format --check"; ruff format --check .

@@ -19,6 +19,10 @@ MSISDN = "+447400123456"
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        marker = item.get_closest_marker("django_db")
+        if marker is not None and "databases" not in marker.kwargs:
+            # Every request is journaled: database tests may use the journal's database too.
+            item.add_marker(pytest.mark.django_db(*marker.args, **marker.kwargs, databases="__all__"))
         if item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.usefixtures("_require_postgres"))
         if item.get_closest_marker("broker"):

@@ -76,10 +76,14 @@ def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) 
     return _load(payment_id)
 
 
-def _call(payment: Payment, operation: Callable[[CarrierAdapter], CarrierResult]) -> CarrierResult | None:
-    """Call the carrier; when it must wait (breaker, rate limit) release the claim and retry later."""
+def _call(payment: Payment, name: str) -> CarrierResult | None:
+    """Call `name` (send_pin or charge); when the carrier must wait, release the claim and retry later."""
+    request = charge_request(payment)
+    operation: Callable[[CarrierAdapter], CarrierResult] = (
+        (lambda adapter: adapter.send_pin(request)) if name == "send_pin" else (lambda adapter: adapter.charge(request))
+    )
     try:
-        return call_carrier(payment.carrier, operation)
+        return call_carrier(payment.carrier, operation, name=name, request=request)
     except CarrierBusy as busy:
         _schedule_retry(payment.pk, delay=timedelta(seconds=busy.retry_after), uncount=True)
         return None
@@ -145,7 +149,7 @@ def start_payment(*, payment_id: int) -> None:
     claimed = _claim_call(payment_id, PaymentStatus.CREATED, count_attempt=True)
     if claimed is None:
         return
-    result = _call(claimed, lambda adapter: adapter.send_pin(charge_request(claimed)))
+    result = _call(claimed, "send_pin")
     if result is not None:
         record_start_result(payment_id=payment_id, result=result)
 
@@ -182,7 +186,7 @@ def charge_payment(*, payment_id: int) -> None:
     claimed = _claim_call(payment_id, PaymentStatus.CHARGING, count_attempt=True)
     if claimed is None:
         return
-    result = _call(claimed, lambda adapter: adapter.charge(charge_request(claimed)))
+    result = _call(claimed, "charge")
     if result is not None:
         record_charge_result(payment_id=payment_id, result=result)
 
@@ -265,7 +269,10 @@ def resolve_payment(*, payment_id: int) -> None:
 
 def _call_for_status(payment: Payment) -> CarrierResult | None:
     try:
-        return call_carrier(payment.carrier, lambda adapter: adapter.query_status(charge_request(payment)))
+        request = charge_request(payment)
+        return call_carrier(
+            payment.carrier, lambda adapter: adapter.query_status(request), name="query_status", request=request
+        )
     except CarrierBusy:
         return None  # the resolver job comes back
 
@@ -327,7 +334,8 @@ def cancel_at_carrier(*, payment_id: int) -> None:
     if payment.status not in (PaymentStatus.EXPIRED, PaymentStatus.FAILED) or not payment.carrier_reference:
         return
     with contextlib.suppress(CarrierBusy):  # a reservation lapses at the carrier on its own
-        call_carrier(payment.carrier, lambda adapter: adapter.cancel(charge_request(payment)))
+        request = charge_request(payment)
+        call_carrier(payment.carrier, lambda adapter: adapter.cancel(request), name="cancel", request=request)
 
 
 def apply_notification(*, carrier: Carrier, notification: Notification) -> str:

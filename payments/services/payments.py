@@ -111,7 +111,9 @@ def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
 
     request = charge_request(payment)
     try:
-        verdict = call_carrier(payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin))
+        verdict = call_carrier(
+            payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin), name="verify_pin", request=request
+        )
     except CarrierBusy as busy:
         raise CarrierTemporarilyUnavailable(retry_after=max(int(busy.retry_after), 1)) from busy
 

@@ -92,7 +92,13 @@ def execute_refund(*, refund_id: int) -> None:
         state={**payment.carrier_data, "total": refund.amount_minor == payment.amount_minor},
     )
     try:
-        result = call_carrier(payment.carrier, lambda adapter: adapter.refund(request))
+        result = call_carrier(
+            payment.carrier,
+            lambda adapter: adapter.refund(request),
+            name="refund",
+            request=request,
+            payment_id=request.payment_id,
+        )
     except CarrierBusy as busy:
         with transaction.atomic():
             Refund.objects.filter(pk=refund_id).update(carrier_reference="")
@@ -188,7 +194,10 @@ def execute_reversal(*, payment_id: int) -> None:
     if reversal is None:
         return
     try:
-        result = call_carrier(payment.carrier, lambda adapter: adapter.reverse(charge_request(payment)))
+        request = charge_request(payment)
+        result = call_carrier(
+            payment.carrier, lambda adapter: adapter.reverse(request), name="reverse", request=request
+        )
     except CarrierBusy:
         return  # stays pending; run again from the admin
     if result.outcome == Outcome.PENDING:

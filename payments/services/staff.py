@@ -4,6 +4,7 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 
+from journal.services import Kind, record
 from payments.models import Payment, StaffAction
 from payments.services.refunds import REFUNDABLE, carrier_refunds, request_refund, request_reversal
 from playpay.errors import DomainError
@@ -22,13 +23,27 @@ def staff_actor(user: AbstractBaseUser) -> str:
 
 
 def record_staff_action(*, user: AbstractBaseUser, action: str, target: object, reason: str, outcome: str) -> None:
+    object_type = type(target).__name__.lower()
+    object_id = str(getattr(target, "public_id", None) or getattr(target, "pk", ""))
     StaffAction.objects.create(
         user_id=user.pk,
         action=action,
-        object_type=type(target).__name__.lower(),
-        object_id=str(getattr(target, "public_id", None) or getattr(target, "pk", "")),
+        object_type=object_type,
+        object_id=object_id,
         reason=reason[:255],
         outcome=outcome[:255],
+    )
+    record(
+        Kind.STAFF_ACTION,
+        {
+            "user": user.get_username(),
+            "action": action,
+            "object": f"{object_type}:{object_id}",
+            "reason": reason,
+            "outcome": outcome,
+        },
+        payment_id=object_id if object_type == "payment" else "",
+        carrier=getattr(target, "slug", "") if object_type == "carrier" else "",
     )
 
 

@@ -23,6 +23,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from carriers.crypto import decrypt_credentials, encrypt_credentials
+from journal.services import Kind, record
 from payments.models import App, Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
 from payments.services import outbox
 
@@ -127,6 +128,21 @@ def deliver(*, delivery_id: int) -> None:
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:255]
     duration_ms = int((time.monotonic() - started) * 1000)
+    record(
+        Kind.APP_NOTIFICATION,
+        {
+            "url": delivery.url,
+            "webhook_id": delivery.message_id,
+            "event": delivery.event_type,
+            "attempt": delivery.attempts + 1,
+            "payload": delivery.payload,
+            "status": status_code,
+            "error": error,
+            "latency_ms": duration_ms,
+        },
+        app=delivery.app.name,
+        payment_id=str(delivery.payload.get("data", {}).get("id", "")),
+    )
     with transaction.atomic():
         locked = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
         WebhookAttempt.objects.create(delivery=locked, status_code=status_code, error=error, duration_ms=duration_ms)

@@ -23,6 +23,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         api_key = authenticate_api_key(raw_key.strip())
         if api_key is None:
             raise exceptions.AuthenticationFailed("The API key is not valid or has been revoked.")
+        request._request.META["playpay.app"] = api_key.app.name  # for the journal's record of the request
         return api_key.app, api_key
 
     def authenticate_header(self, request: Request) -> str:

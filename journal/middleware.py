@@ -1,0 +1,63 @@
+"""Journals every API request and its response (app, endpoint, status, latency, idempotency key)."""
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from journal.services import Kind, new_request_id, record
+
+BODY_LIMIT = 16_384
+
+
+def _body(raw: bytes) -> Any:
+    if not raw:
+        return None
+    text = raw[:BODY_LIMIT].decode("utf-8", "replace")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+class JournalMiddleware:
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if not request.path.startswith("/api/v1/"):
+            return self.get_response(request)
+        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        request_body = _body(request.body)
+        started = time.monotonic()
+        response = self.get_response(request)
+        latency_ms = round((time.monotonic() - started) * 1000, 1)
+        response_body = _body(response.content) if not response.streaming else None
+        kwargs = getattr(request.resolver_match, "kwargs", {}) or {}
+        payment_id = kwargs.get("id") or (response_body.get("id") if isinstance(response_body, dict) else "") or ""
+        carrier = kwargs.get("slug", "") if "/carriers/" in request.path else ""
+        msisdn = request_body.get("msisdn", "") if isinstance(request_body, dict) else ""
+        record(
+            Kind.CARRIER_CALLBACK if carrier else Kind.API_REQUEST,
+            {
+                "method": request.method,
+                "endpoint": request.path,
+                "status": response.status_code,
+                "latency_ms": latency_ms,
+                "idempotency_key": request.headers.get("Idempotency-Key", ""),
+                "request_headers": {k: v for k, v in request.headers.items() if k.lower() not in ("cookie",)},
+                "request": request_body,
+                "response": response_body,
+            },
+            msisdn=msisdn if isinstance(msisdn, str) else "",
+            request_id=request_id,
+            app=request.META.get("playpay.app", ""),
+            carrier=carrier,
+            payment_id=str(payment_id) if len(str(payment_id)) == 36 else "",
+            journey_id=request_body.get("journey_id", "") if isinstance(request_body, dict) else "",
+            user_ref=str(request_body.get("user_ref", "")) if isinstance(request_body, dict) else "",
+        )
+        response["X-Request-Id"] = request_id
+        return response

@@ -1,0 +1,65 @@
+from django.db import models
+from django.db.models import Q
+
+
+class JournalRecord(models.Model):
+    """One interaction, as a JSON document with its correlation ids (PostgreSQL/SQLite backend).
+
+    Append-only: the model refuses changes and deletes, and on PostgreSQL so do triggers.
+    Retention is by `manage.py purge_journal --before DATE`, the only way records go.
+    """
+
+    occurred_at = models.DateTimeField(db_index=True)
+    kind = models.CharField(max_length=40)
+    payment_id = models.CharField(max_length=36, blank=True)
+    refund_id = models.CharField(max_length=36, blank=True)
+    journey_id = models.CharField(max_length=128, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    app = models.CharField(max_length=100, blank=True)
+    user_ref = models.CharField(max_length=128, blank=True)
+    carrier = models.CharField(max_length=80, blank=True)
+    carrier_reference = models.CharField(max_length=128, blank=True)
+    msisdn_hash = models.CharField(max_length=64, blank=True)
+    document = models.JSONField()
+
+    class Meta:
+        ordering = ["-occurred_at", "-id"]
+        indexes = [
+            models.Index(
+                fields=["payment_id", "-occurred_at"], condition=~Q(payment_id=""), name="journal_payment_idx"
+            ),
+            models.Index(fields=["kind", "-occurred_at"], name="journal_kind_idx"),
+            models.Index(fields=["carrier", "-occurred_at"], condition=~Q(carrier=""), name="journal_carrier_idx"),
+            models.Index(fields=["app", "-occurred_at"], condition=~Q(app=""), name="journal_app_idx"),
+            models.Index(
+                fields=["msisdn_hash", "-occurred_at"], condition=~Q(msisdn_hash=""), name="journal_msisdn_idx"
+            ),
+            models.Index(
+                fields=["carrier_reference"], condition=~Q(carrier_reference=""), name="journal_carrier_ref_idx"
+            ),
+            models.Index(fields=["journey_id"], condition=~Q(journey_id=""), name="journal_journey_idx"),
+            models.Index(fields=["app", "user_ref"], condition=~Q(user_ref=""), name="journal_player_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        if not self._state.adding:
+            raise PermissionError("journal records are never changed")
+        super().save(*args, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, *args: object, **kwargs: object) -> tuple[int, dict[str, int]]:
+        raise PermissionError("journal records are never deleted; retention drops whole periods")
+
+
+class JournalSpool(models.Model):
+    """Records the journal could not take at once, kept in the main database until drained."""
+
+    document = models.JSONField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.CharField(max_length=255, blank=True)
+
+    def __str__(self) -> str:
+        return f"spooled {self.created_at:%Y-%m-%d %H:%M:%S}"

@@ -1,0 +1,76 @@
+"""Recording interactions. The guarantee: a record is written before the code that made it moves on.
+
+`record` writes the (redacted) document to the journal store at once. If the store fails, the
+document goes to the spool in the main database, in the same call, and the periodic
+`drain_spool` job moves it to the store later; only if both fail is it logged at ERROR level,
+with the document, for an operator to replay. Nothing is dropped silently.
+"""
+
+import logging
+import uuid
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from journal.models import JournalSpool
+from journal.redaction import msisdn_hash, redact
+from journal.store import CORRELATION_FIELDS, journal_store
+
+logger = logging.getLogger(__name__)
+
+
+class Kind:
+    API_REQUEST = "api_request"
+    CARRIER_CALL = "carrier_call"
+    CARRIER_CALLBACK = "carrier_callback"
+    APP_NOTIFICATION = "app_notification"
+    STAFF_ACTION = "staff_action"
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def build(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> dict[str, Any]:
+    unknown = set(correlation) - set(CORRELATION_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown correlation ids: {sorted(unknown)}")
+    ids = {name: str(value) for name, value in correlation.items() if value}
+    if msisdn:
+        ids["msisdn_hash"] = msisdn_hash(msisdn)
+    return {
+        "occurred_at": timezone.now().isoformat(),
+        "kind": kind,
+        "correlation": ids,
+        "data": redact(data),
+    }
+
+
+def record(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> None:
+    """Journal one interaction; see the module's guarantee."""
+    document = build(kind, data, msisdn=msisdn, **correlation)
+    try:
+        journal_store().write([document])
+    except Exception as store_error:
+        try:
+            with transaction.atomic(using="default"):
+                JournalSpool.objects.create(document=document, last_error=str(store_error)[:255])
+        except Exception:
+            logger.exception("journal record lost by both the store and the spool: %s", document)
+            raise
+        logger.warning("journal store failed (%s); record spooled", store_error)
+
+
+def drain_spool(*, batch: int = 500) -> int:
+    """Move spooled records to the journal store; returns how many were moved."""
+    rows = list(JournalSpool.objects.order_by("id")[:batch])
+    if not rows:
+        return 0
+    try:
+        journal_store().write([row.document for row in rows])
+    except Exception as exc:
+        JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).update(last_error=str(exc)[:255])
+        return 0
+    JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).delete()
+    return len(rows)
