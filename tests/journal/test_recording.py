@@ -1,0 +1,94 @@
+"""What the journal records, and what it never records."""
+
+import json
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Group, User
+from django.test import Client
+
+from journal.models import JournalRecord, JournalSpool
+from journal.redaction import msisdn_hash, redact
+from journal.services import drain_spool, record
+from journal.store import JournalQuery, SqlJournalStore, journal_store
+from tests.conftest import MSISDN, Shop
+
+pytestmark = pytest.mark.django_db
+
+
+def test_redaction_removes_secrets_and_masks_numbers_everywhere() -> None:
+    cleaned = redact(
+        {
+            "Authorization": "Api-Key pp_abc_secret",
+            "body": {"pin": "123456", "msisdn": "+447400123456", "note": "call tel:+447400123456 now"},
+            "credentials": {"client_secret": "x"},
+            "list": [{"X-Signature": "v1=abc"}],
+        }
+    )
+    text = json.dumps(cleaned)
+    for secret in ("pp_abc_secret", "123456", "v1=abc", "+447400123456"):
+        assert secret not in text
+    assert cleaned["credentials"] == "[removed]"
+    assert cleaned["body"]["msisdn"] == "+44740*****56"
+    assert "tel:+44740*****56" in cleaned["body"]["note"]
+
+
+def test_a_payments_whole_life_is_in_the_journal_without_any_secret(shop: Shop) -> None:
+    payment_id = shop.pay()["id"]
+    shop.confirm(payment_id, "1234")
+    with shop.after_commit(execute=True):
+        shop.client.post(
+            f"/api/v1/payments/{payment_id}/refunds/",
+            {"amount_minor": 10, "reason": "goodwill"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="refund-1",
+        )
+    staff = User.objects.create_user("ops", "ops@example.com", "pw-Str0ng-enough!", is_staff=True)
+    staff.groups.add(Group.objects.get(name="operations"))
+    admin = Client()
+    admin.force_login(staff)
+    with shop.after_commit(execute=True):
+        admin.post(
+            "/admin/payments/payment/",
+            {"action": "refund", "_selected_action": [shop.app.payments.get().pk], "confirm": "yes", "reason": "rest"},
+        )
+
+    documents = journal_store().query(JournalQuery(correlation={"payment_id": payment_id}, limit=100))
+    kinds = [d["kind"] for d in documents]
+    assert kinds.count("api_request") >= 4  # create, get, confirm, refund
+    operations = {d["data"]["operation"] for d in documents if d["kind"] == "carrier_call"}
+    assert {"send_pin", "verify_pin", "charge"} <= operations
+    assert "staff_action" in kinds
+    create = next(d for d in reversed(documents) if d["kind"] == "api_request" and d["data"]["method"] == "POST")
+    assert create["data"]["status"] == 201
+    assert create["data"]["idempotency_key"] == "key-1"
+    assert create["correlation"]["app"] == shop.app.name
+    assert create["correlation"]["msisdn_hash"] == msisdn_hash(MSISDN)
+    everything = json.dumps(list(JournalRecord.objects.values_list("document", flat=True)))
+    for secret in (shop.key, MSISDN, '"1234"'):
+        assert secret not in everything, secret
+
+
+def test_callbacks_are_recorded_with_their_verdict(shop: Shop) -> None:
+    shop.client.post(
+        f"/api/v1/carriers/{shop.carrier.slug}/notifications/", data=b"{}", content_type="application/json"
+    )
+    callback = journal_store().query(JournalQuery(kind="carrier_callback"))[0]
+    assert callback["correlation"]["carrier"] == shop.carrier.slug
+    assert callback["data"]["status"] == 400  # the sandbox sends no notifications: rejected, nothing changed
+
+
+def test_a_store_failure_spools_the_record_and_the_drain_delivers_it(monkeypatch: Any) -> None:
+    def broken(self: Any, documents: Any) -> None:
+        raise ConnectionError("journal database down")
+
+    monkeypatch.setattr(SqlJournalStore, "write", broken)
+    record("api_request", {"endpoint": "/api/v1/payments/"}, app="game")
+    assert JournalSpool.objects.count() == 1
+    assert drain_spool() == 0  # still down: kept
+    monkeypatch.undo()
+    assert drain_spool() == 1
+    assert not JournalSpool.objects.exists()
+    assert (
+        journal_store().query(JournalQuery(correlation={"app": "game"}))[0]["data"]["endpoint"] == "/api/v1/payments/"
+    )

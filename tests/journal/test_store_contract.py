@@ -1,0 +1,101 @@
+"""The journal store's contract, run against every backend available: SQL always, MongoDB with
+JOURNAL_MONGODB_TEST_URL set (a real server)."""
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import IntegrityError, InternalError, transaction
+from django.utils import timezone
+
+from journal.models import JournalRecord
+from journal.services import build
+from journal.store import JournalQuery, JournalStore, MongoJournalStore, SqlJournalStore
+
+pytestmark = pytest.mark.django_db
+BACKENDS = ["sql"] + (["mongodb"] if os.environ.get("JOURNAL_MONGODB_TEST_URL") else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest) -> Iterator[JournalStore]:
+    if request.param == "sql":
+        yield SqlJournalStore()
+        return
+    collection = f"journal_test_{uuid.uuid4().hex[:8]}"
+    mongo = MongoJournalStore(os.environ["JOURNAL_MONGODB_TEST_URL"], collection=collection)
+    yield mongo
+    mongo.collection.drop()
+
+
+def docs(*specs: tuple[str, dict[str, str]]) -> list[dict[str, Any]]:
+    return [build(kind, {"n": index}, **correlation) for index, (kind, correlation) in enumerate(specs)]
+
+
+def test_written_documents_come_back_by_correlation_id_newest_first(store: JournalStore) -> None:
+    store.write(
+        docs(
+            ("api_request", {"payment_id": "p1", "app": "game"}),
+            ("carrier_call", {"payment_id": "p1", "carrier": "c1"}),
+            ("api_request", {"payment_id": "p2", "app": "game"}),
+        )
+    )
+    found = store.query(JournalQuery(correlation={"payment_id": "p1"}))
+    assert [d["kind"] for d in found] == ["carrier_call", "api_request"]
+    assert found[0]["data"] == {"n": 1}
+    assert found[0]["correlation"] == {"payment_id": "p1", "carrier": "c1"}
+
+
+def test_queries_filter_by_kind_carrier_app_and_time(store: JournalStore) -> None:
+    store.write(
+        docs(("carrier_call", {"carrier": "c1"}), ("carrier_call", {"carrier": "c2"}), ("api_request", {"app": "game"}))
+    )
+    assert len(store.query(JournalQuery(kind="carrier_call"))) == 2
+    assert len(store.query(JournalQuery(correlation={"carrier": "c2"}))) == 1
+    assert len(store.query(JournalQuery(correlation={"app": "game"}, kind="api_request"))) == 1
+    now = timezone.now()
+    assert store.query(JournalQuery(since=now + timedelta(minutes=1))) == []
+    assert len(store.query(JournalQuery(since=now - timedelta(minutes=1), until=now + timedelta(minutes=1)))) == 3
+    assert len(store.query(JournalQuery(limit=2))) == 2
+
+
+def test_counts_aggregate_in_the_store(store: JournalStore) -> None:
+    store.write(
+        docs(
+            ("carrier_call", {"carrier": "c1"}),
+            ("carrier_call", {"carrier": "c1"}),
+            ("carrier_call", {"carrier": "c2"}),
+        )
+    )
+    assert store.count(by="carrier", query=JournalQuery(kind="carrier_call")) == {"c1": 2, "c2": 1}
+    assert store.count(by="kind", query=JournalQuery()) == {"carrier_call": 3}
+    with pytest.raises(ValueError, match="counts are by"):
+        store.count(by="msisdn_hash", query=JournalQuery())
+
+
+def test_an_unknown_correlation_id_is_refused(store: JournalStore) -> None:
+    with pytest.raises(ValueError, match="not a correlation id"):
+        store.query(JournalQuery(correlation={"password": "x"}))
+
+
+def test_records_refuse_changes_in_python() -> None:
+    SqlJournalStore().write(docs(("api_request", {"app": "game"})))
+    record = JournalRecord.objects.get()
+    with pytest.raises(PermissionError):
+        record.save()
+    with pytest.raises(PermissionError):
+        record.delete()
+
+
+@pytest.mark.postgres
+def test_postgresql_refuses_updates_and_deletes_of_journal_records() -> None:
+    from django.db import connections
+
+    assert connections["journal"].vendor == "postgresql", "the journal must be on PostgreSQL here: set JOURNAL_URL"
+    SqlJournalStore().write(docs(("api_request", {"app": "game"})))
+    for attempt in (lambda: JournalRecord.objects.update(kind="edited"), lambda: JournalRecord.objects.all().delete()):
+        with pytest.raises((IntegrityError, InternalError), match="append-only"), transaction.atomic(using="journal"):
+            attempt()
+    assert JournalRecord.objects.get().kind == "api_request"
