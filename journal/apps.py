@@ -3,3 +3,7 @@ from django.apps import AppConfig
 
 class JournalConfig(AppConfig):
     name = "journal"
+    verbose_name = "Interaction journal"
+
+    def ready(self) -> None:
+        from journal import tasks  # noqa: F401

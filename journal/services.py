@@ -8,8 +8,10 @@ with the document, for an operator to replay. Nothing is dropped silently.
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -49,6 +51,8 @@ def build(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: s
 
 def record(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> None:
     """Journal one interaction; see the module's guarantee."""
+    if not settings.JOURNAL_ENABLED:
+        return
     document = build(kind, data, msisdn=msisdn, **correlation)
     try:
         journal_store().write([document])
@@ -60,6 +64,11 @@ def record(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: 
             logger.exception("journal record lost by both the store and the spool: %s", document)
             raise
         logger.warning("journal store failed (%s); record spooled", store_error)
+
+
+def purge(*, before: datetime) -> int:
+    """Drop every record older than `before` (retention); the only way records leave the journal."""
+    return journal_store().purge(before=before)
 
 
 def drain_spool(*, batch: int = 500) -> int:

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any, Protocol
 
 from django.conf import settings
+from django.db import connections, transaction
 from django.db.models import Count
 
 CORRELATION_FIELDS = (
@@ -46,6 +47,10 @@ class JournalStore(Protocol):
 
     def count(self, *, by: str, query: JournalQuery) -> dict[str, int]:
         """How many matching documents per value of `by` (kind, app or carrier)."""
+        ...
+
+    def purge(self, *, before: datetime) -> int:
+        """Retention: drop everything older than `before`; returns how many went."""
         ...
 
 
@@ -90,6 +95,17 @@ class SqlJournalStore:
             raise ValueError(f"counts are by one of {GROUPABLE}")
         rows = self._filter(query).values(by).annotate(n=Count("id")).order_by(by)
         return {row[by]: row["n"] for row in rows}
+
+    def purge(self, *, before: datetime) -> int:
+        from journal.models import JournalRecord
+
+        connection = connections["journal"]
+        with transaction.atomic(using="journal"):
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:  # the append-only trigger lets a purge through
+                    cursor.execute("SET LOCAL playpay.journal_purge = 'on'")
+            deleted, _ = JournalRecord.objects.filter(occurred_at__lt=before).delete()
+        return int(deleted)
 
 
 class MongoJournalStore:
@@ -142,6 +158,9 @@ class MongoJournalStore:
             row["occurred_at"] = row["occurred_at"].isoformat()
             documents.append(row)
         return documents
+
+    def purge(self, *, before: datetime) -> int:
+        return int(self.collection.delete_many({"occurred_at": {"$lt": before}}).deleted_count)
 
     def count(self, *, by: str, query: JournalQuery) -> dict[str, int]:
         if by not in GROUPABLE:

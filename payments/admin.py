@@ -1,13 +1,20 @@
+import contextlib
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from carriers.msisdn import normalize_msisdn
+from journal.selectors import render as journal_render
+from journal.selectors import timeline as journal_timeline
 from payments.models import (
     ApiKey,
     App,
@@ -26,6 +33,7 @@ from payments.services import webhooks
 from payments.services.apps import issue_api_key, revoke_api_key
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
 from playpay.admin_base import ReadOnlyInline, RecordAdmin
+from playpay.errors import DomainError
 
 
 class ApiKeyInline(ReadOnlyInline):
@@ -139,7 +147,7 @@ class PaymentAdmin(RecordAdmin):
     date_hierarchy = "created_at"
     inlines = [StatusChangeInline, RefundInline]
     actions = ["refund", "reverse"]
-    readonly_fields = ["ledger", "carrier_callbacks", "notifications", "staff_actions"]
+    readonly_fields = ["interactions", "ledger", "carrier_callbacks", "notifications", "staff_actions"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*super().get_readonly_fields(request, obj), *self.readonly_fields]
@@ -152,6 +160,52 @@ class PaymentAdmin(RecordAdmin):
 
     def has_reverse_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("payments.reverse_payment"))
+
+    @admin.display(description="interaction timeline (journal)")
+    def interactions(self, payment: Payment) -> str:
+        player = (
+            reverse("admin:payments_payment_timeline")
+            + "?"
+            + urlencode({"app": payment.app.name, "user_ref": payment.user_ref})
+        )
+        number = reverse("admin:payments_payment_timeline") + "?" + urlencode({"msisdn": payment.msisdn})
+        links = format_html(
+            '<p><a href="{}">the player\'s timeline</a> · <a href="{}">this number\'s timeline</a></p>', player, number
+        )
+        return format_html("{}{}", links, journal_render(journal_timeline(payment_id=str(payment.public_id))))
+
+    def get_urls(self) -> list[Any]:
+        extra = [path("timeline/", self.admin_site.admin_view(self.timeline_view), name="payments_payment_timeline")]
+        return extra + super().get_urls()
+
+    def timeline_view(self, request: HttpRequest) -> TemplateResponse:
+        """Support's search of the journal by payment id, MSISDN, carrier reference or player."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        params = {
+            name: request.GET.get(name, "").strip()
+            for name in ("payment_id", "msisdn", "carrier_reference", "app", "user_ref")
+        }
+        msisdn = params["msisdn"]
+        if msisdn:
+            with contextlib.suppress(DomainError):  # searched as typed when it does not parse
+                msisdn = normalize_msisdn(msisdn)
+        documents = journal_timeline(
+            msisdn=msisdn,
+            payment_id=params["payment_id"],
+            carrier_reference=params["carrier_reference"],
+            app=params["app"],
+            user_ref=params["user_ref"],
+        )
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Interaction timeline",
+            "params": params,
+            "searched": any(params.values()),
+            "count": len(documents),
+            "table": journal_render(documents),
+        }
+        return TemplateResponse(request, "admin/journal/timeline.html", context)
 
     @admin.display(description="ledger lines")
     def ledger(self, payment: Payment) -> str:

@@ -109,6 +109,8 @@ if DATABASES["journal"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["journal"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["journal"]["CONN_MAX_AGE"] = 0
 DATABASE_ROUTERS = ["journal.router.JournalRouter"]
+# Only for measuring the journal's cost: production always journals.
+JOURNAL_ENABLED = env_bool("JOURNAL_ENABLED", True)
 # Key of the hash that lets staff search the journal by MSISDN without storing it in clear.
 JOURNAL_HASH_KEY = env_str("JOURNAL_HASH_KEY", "")
 

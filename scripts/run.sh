@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh requirements.txt
 export DEBUG="${DEBUG:-true}"
 .venv/bin/python manage.py migrate --noinput
+.venv/bin/python manage.py migrate --noinput --database journal
 .venv/bin/python manage.py seed_demo
 # The periodic jobs (retries, unknown outcomes, expiry, webhooks) run in a side process.
 .venv/bin/python manage.py run_scheduler &

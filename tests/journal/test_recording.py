@@ -92,3 +92,32 @@ def test_a_store_failure_spools_the_record_and_the_drain_delivers_it(monkeypatch
     assert (
         journal_store().query(JournalQuery(correlation={"app": "game"}))[0]["data"]["endpoint"] == "/api/v1/payments/"
     )
+
+
+def support_client() -> Client:
+    user = User.objects.create_user("support", "s@example.com", "pw-Str0ng-enough!", is_staff=True)
+    user.groups.add(Group.objects.get(name="support"))
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_support_sees_a_payments_timeline_on_its_page(shop: Shop) -> None:
+    payment_id = shop.pay(user_ref="player-9")["id"]
+    pk = shop.app.payments.get().pk
+    page = support_client().get(f"/admin/payments/payment/{pk}/change/").content.decode()
+    assert "interaction timeline" in page.lower()
+    assert "POST /api/v1/payments/ → 201" in page
+    assert "send_pin → pin_sent" in page
+    assert payment_id in page
+
+
+def test_support_finds_a_players_and_a_numbers_timeline(shop: Shop) -> None:
+    shop.pay(user_ref="player-9")
+    shop.pay(key="key-2", user_ref="player-9")
+    support = support_client()
+    by_player = support.get("/admin/payments/payment/timeline/", {"app": shop.app.name, "user_ref": "player-9"})
+    assert "2 interactions" in by_player.content.decode()  # the two creations carry the player
+    by_number = support.get("/admin/payments/payment/timeline/", {"msisdn": "447400123456"}).content.decode()
+    assert "POST /api/v1/payments/" in by_number
+    assert MSISDN not in by_number  # shown masked

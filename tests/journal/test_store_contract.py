@@ -99,3 +99,10 @@ def test_postgresql_refuses_updates_and_deletes_of_journal_records() -> None:
         with pytest.raises((IntegrityError, InternalError), match="append-only"), transaction.atomic(using="journal"):
             attempt()
     assert JournalRecord.objects.get().kind == "api_request"
+
+
+def test_retention_purges_only_records_older_than_the_date(store: JournalStore) -> None:
+    store.write(docs(("api_request", {"app": "game"}), ("api_request", {"app": "game"})))
+    assert store.purge(before=timezone.now() - timedelta(days=1)) == 0
+    assert store.purge(before=timezone.now() + timedelta(seconds=1)) == 2
+    assert store.query(JournalQuery()) == []
