@@ -966,6 +966,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/2"),
         help="CELERY_BROKER_URL of the server (env BENCH_BROKER_URL); '' runs carrier work in-process",
     )
+    parser.add_argument(
+        "--no-journal", action="store_true", help="run without the interaction journal, to measure what it costs"
+    )
     parser.add_argument("--log-file", type=Path, default=None, help="keep the gunicorn log at this path")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     args = parser.parse_args(argv)
@@ -999,15 +1002,21 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         raise SetupError("wrk not found (Debian: apt-get install -y wrk)")
 
     database_url = db_url(args.pg_url, args.db_name)
+    journal_db = f"{args.db_name}_journal"
     env = app_env(database_url, args.cache_url, secrets.token_urlsafe(50), args.broker_url)
+    # The interaction journal in its own PostgreSQL database, as deployed; --no-journal measures without it.
+    env["JOURNAL_URL"] = db_url(args.pg_url, journal_db)
+    env["JOURNAL_ENABLED"] = "false" if args.no_journal else "true"
     run_id = secrets.token_hex(4)
     log_path: Path = args.log_file or workdir / "gunicorn.log"
     server: Server | None = None
     try:
         log(f"creating database {args.db_name}")
         recreate_database(args.pg_url, args.db_name)
+        recreate_database(args.pg_url, journal_db)
         log("migrate")
         manage(["migrate", "--noinput", "-v", "0"], env)
+        manage(["migrate", "--noinput", "-v", "0", "--database", "journal"], env)
         log("seed_demo")
         seeded = manage(["seed_demo"], env)
         match = re.search(r"^export PLAYPAY_API_KEY=(\S+)\s*$", seeded, flags=re.MULTILINE)
@@ -1116,6 +1125,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             log(f"dropping database {args.db_name}")
             with contextlib.suppress(psycopg.Error):
                 drop_database(args.pg_url, args.db_name)
+                drop_database(args.pg_url, f"{args.db_name}_journal")
         if args.broker_url.startswith("redis://"):
             # No carrier worker runs here: drop the work the requests queued.
             with contextlib.suppress(redis.RedisError):

@@ -34,7 +34,10 @@ class JournalMiddleware:
         started = time.monotonic()
         response = self.get_response(request)
         latency_ms = round((time.monotonic() - started) * 1000, 1)
-        response_body = _body(response.content) if not response.streaming else None
+        # DRF responses still hold their data: no need to parse what was just rendered.
+        response_body = getattr(response, "data", None)
+        if response_body is None and not response.streaming:
+            response_body = _body(response.content)
         kwargs = getattr(request.resolver_match, "kwargs", {}) or {}
         payment_id = kwargs.get("id") or (response_body.get("id") if isinstance(response_body, dict) else "") or ""
         carrier = kwargs.get("slug", "") if "/carriers/" in request.path else ""

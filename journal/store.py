@@ -58,17 +58,28 @@ class SqlJournalStore:
     """Documents as JSON(B) rows of `journal.JournalRecord`, in the journal's own database alias."""
 
     def write(self, documents: Sequence[Mapping[str, Any]]) -> None:
+        # One plain INSERT per batch: this runs on every API request, so no ORM round trip through models.
         from journal.models import JournalRecord
 
-        JournalRecord.objects.bulk_create(
-            JournalRecord(
-                occurred_at=datetime.fromisoformat(document["occurred_at"]),
-                kind=document["kind"],
-                document=dict(document),
-                **{name: str(document["correlation"].get(name) or "")[:128] for name in CORRELATION_FIELDS},
+        connection = connections["journal"]
+        document_field = JournalRecord._meta.get_field("document")
+        columns = ["occurred_at", "kind", *CORRELATION_FIELDS, "document"]
+        rows = [
+            (
+                datetime.fromisoformat(document["occurred_at"]),
+                document["kind"],
+                *(str(document["correlation"].get(name) or "")[:128] for name in CORRELATION_FIELDS),
+                document_field.get_db_prep_save(dict(document), connection),
             )
             for document in documents
+        ]
+        sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 - quoted identifiers, bound values
+            connection.ops.quote_name(JournalRecord._meta.db_table),
+            ", ".join(connection.ops.quote_name(column) for column in columns),
+            ", ".join(["%s"] * len(columns)),
         )
+        with connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
 
     def _filter(self, query: JournalQuery) -> Any:
         from journal.models import JournalRecord
