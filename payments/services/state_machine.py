@@ -2,6 +2,7 @@
 
 from django.db import transaction
 
+from funnel.services import record_platform_step
 from payments.errors import IllegalTransition
 from payments.models import Payment, PaymentStatus, PaymentStatusChange
 from payments.services import ledger, webhooks
@@ -55,6 +56,7 @@ def transition(
     change = PaymentStatusChange.objects.create(
         payment=payment, from_status=from_status, to_status=to_status, actor=actor, reason=reason[:255]
     )
+    record_platform_step(payment, to_status, occurred_at=change.created_at)
     if to_status == S.SUCCEEDED:
         ledger.post_charge(payment)
     if to_status in NOTIFIED_STATUSES:
@@ -64,6 +66,8 @@ def transition(
 
 def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:
     """The first history entry of a payment (no previous status)."""
-    return PaymentStatusChange.objects.create(
+    change = PaymentStatusChange.objects.create(
         payment=payment, from_status="", to_status=payment.status, actor=actor, reason="payment created"
     )
+    record_platform_step(payment, payment.status, occurred_at=change.created_at)
+    return change

@@ -1,0 +1,49 @@
+from django.db import models
+
+
+class Journey(models.Model):
+    """One player's way through a purchase, as the game names it (app + journey id)."""
+
+    app = models.ForeignKey("payments.App", on_delete=models.PROTECT, related_name="journeys")
+    journey_id = models.CharField(max_length=128)
+    user_ref = models.CharField(max_length=128, blank=True)
+    started_at = models.DateTimeField(help_text="Time of its earliest event.")
+    carrier = models.CharField(max_length=80, blank=True)
+    country = models.CharField(max_length=2, blank=True)
+    price_point = models.CharField(max_length=64, blank=True)
+    flow = models.CharField(max_length=12, blank=True)
+    outcome = models.CharField(max_length=20, blank=True, help_text="The payment's final status, once known.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "journey_id"], name="journey_unique_per_app")]
+        indexes = [models.Index(fields=["app", "started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.app_id}:{self.journey_id}"
+
+
+class FunnelEvent(models.Model):
+    class Source(models.TextChoices):
+        GAME = "game", "game backend"
+        PLATFORM = "platform"
+
+    app = models.ForeignKey("payments.App", on_delete=models.PROTECT, related_name="funnel_events")
+    journey_id = models.CharField(max_length=128)
+    event_id = models.CharField(max_length=160, help_text="Given by the sender; a repeat is ignored.")
+    step = models.CharField(max_length=64)
+    occurred_at = models.DateTimeField(help_text="When it happened: late events are placed by this time.")
+    received_at = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=10, choices=Source.choices)
+    error_code = models.CharField(max_length=64, blank=True)
+    properties = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "event_id"], name="funnel_event_unique_per_app")]
+        indexes = [
+            models.Index(fields=["app", "journey_id", "occurred_at"]),
+            models.Index(fields=["step", "occurred_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.step} @ {self.occurred_at:%Y-%m-%d %H:%M:%S}"

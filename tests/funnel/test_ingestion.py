@@ -1,0 +1,88 @@
+"""Funnel event ingestion from game backends, and the steps the platform emits itself."""
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from funnel.models import FunnelEvent, Journey
+from tests.conftest import Shop
+
+pytestmark = pytest.mark.django_db
+URL = "/api/v1/funnel/events/"
+
+
+def event(
+    n: int, *, journey: str = "j1", step: str = "store_opened", minutes_ago: int = 10, **extra: Any
+) -> dict[str, Any]:
+    at = (timezone.now() - timedelta(minutes=minutes_ago)).isoformat()
+    return {"event_id": f"e{n}", "journey_id": journey, "step": step, "occurred_at": at, **extra}
+
+
+def test_a_single_event_is_accepted(shop: Shop) -> None:
+    response = shop.client.post(URL, event(1, user_ref="p1"), format="json")
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 1, "duplicates": 0, "rejected": []}
+    journey = Journey.objects.get()
+    assert (journey.journey_id, journey.user_ref) == ("j1", "p1")
+
+
+def test_a_bad_event_in_a_batch_is_rejected_by_index_and_the_others_are_kept(shop: Shop) -> None:
+    batch = [event(1), {"event_id": "e2", "step": "item_selected"}, event(3, step="bad step!"), event(4)]
+    body = shop.client.post(URL, {"events": batch}, format="json").json()
+    assert body["accepted"] == 2
+    assert [r["index"] for r in body["rejected"]] == [1, 2]
+    assert set(body["rejected"][0]["errors"]) == {"journey_id", "occurred_at"}
+    assert set(FunnelEvent.objects.values_list("event_id", flat=True)) == {"e1", "e4"}
+
+
+def test_repeated_event_ids_are_ignored(shop: Shop) -> None:
+    shop.client.post(URL, {"events": [event(1), event(2)]}, format="json")
+    body = shop.client.post(URL, {"events": [event(2), event(3), event(3)]}, format="json").json()
+    assert (body["accepted"], body["duplicates"]) == (1, 2)
+    assert FunnelEvent.objects.count() == 3
+
+
+def test_late_events_are_placed_by_their_own_time(shop: Shop) -> None:
+    shop.client.post(URL, event(1, minutes_ago=5), format="json")
+    shop.client.post(URL, event(2, step="store_opened", minutes_ago=30), format="json")  # arrives late
+    steps = list(FunnelEvent.objects.order_by("occurred_at").values_list("event_id", flat=True))
+    assert steps == ["e2", "e1"]
+    journey = Journey.objects.get()
+    assert timezone.now() - journey.started_at > timedelta(minutes=29)
+
+
+def test_envelope_errors_are_a_problem_and_store_nothing(shop: Shop) -> None:
+    too_many = {"events": [event(n) for n in range(1001)]}
+    response = shop.client.post(URL, too_many, format="json")
+    assert response.status_code == 400
+    assert response["Content-Type"] == "application/problem+json"
+    assert shop.client.post(URL, event(1, occurred_at="2099-01-01T00:00:00Z"), format="json").json()["accepted"] == 0
+    assert not FunnelEvent.objects.exists()
+
+
+def test_the_platform_emits_the_payment_steps_into_the_journey(shop: Shop) -> None:
+    payment_id = shop.pay(journey_id="j-42")["id"]
+    shop.confirm(payment_id, "1234")
+    steps = list(FunnelEvent.objects.filter(journey_id="j-42").order_by("occurred_at").values_list("step", "source"))
+    assert steps == [
+        ("payment_created", "platform"),
+        ("pin_sent", "platform"),
+        ("pin_verified", "platform"),
+        ("charge_succeeded", "platform"),
+    ]
+    journey = Journey.objects.get(journey_id="j-42")
+    assert (journey.carrier, journey.country, journey.price_point, journey.flow, journey.outcome) == (
+        shop.carrier.slug,
+        "GB",
+        "gems-100",
+        "pin",
+        "succeeded",
+    )
+
+
+def test_a_failed_charge_step_carries_the_standard_error_code(shop: Shop) -> None:
+    shop.pay(journey_id="j-7", flow="one_click", msisdn="+447400120002")
+    failed = FunnelEvent.objects.get(journey_id="j-7", step="charge_failed")
+    assert failed.error_code == "insufficient_funds"
