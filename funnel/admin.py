@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from funnel.models import FunnelEvent, Journey
+from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from playpay.admin_base import RecordAdmin
 
 
@@ -30,3 +30,9 @@ class FunnelEventAdmin(RecordAdmin):
     search_fields = ["=journey_id", "=event_id"]
     list_select_related = ["app"]
     date_hierarchy = "occurred_at"
+
+
+@admin.register(FunnelDefinition)
+class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
+    list_display = ["name", "app", "steps", "window_seconds", "exclusion_step"]
+    search_fields = ["name"]

@@ -47,3 +47,36 @@ class FunnelEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step} @ {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class FunnelDefinition(models.Model):
+    """An ordered list of steps to convert through within a window, as staff define it in the admin."""
+
+    name = models.CharField(max_length=100, unique=True)
+    app = models.ForeignKey(
+        "payments.App", null=True, blank=True, on_delete=models.CASCADE, help_text="Empty: every app."
+    )
+    steps = models.JSONField(
+        help_text='Ordered step names, e.g. ["store_opened", "payment_created", "charge_succeeded"].'
+    )
+    window_seconds = models.PositiveIntegerField(default=3600, help_text="Conversion window from the first step.")
+    exclusion_step = models.CharField(
+        max_length=64, blank=True, help_text="Journeys with this step inside their window are left out."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.CheckConstraint(condition=models.Q(window_seconds__gt=0), name="funnel_window_positive")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from django.core.exceptions import ValidationError
+
+        if not isinstance(self.steps, list) or not 2 <= len(self.steps) <= 20:
+            raise ValidationError({"steps": "A list of 2 to 20 step names."})
+        if not all(isinstance(step, str) and step for step in self.steps):
+            raise ValidationError({"steps": "Every step is a non-empty name."})
+        if self.exclusion_step and self.exclusion_step in self.steps:
+            raise ValidationError({"exclusion_step": "The exclusion step cannot be one of the funnel's steps."})

@@ -1,0 +1,99 @@
+"""Funnel analysis against hand-computed fixtures (windowFunnel semantics, default mode)."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from funnel.models import FunnelEvent, Journey
+from funnel.selectors import funnel_report, window_funnel
+from payments.models import App
+from tests.factories import AppFactory
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+STEPS = ["open", "select", "pay"]
+HOUR = timedelta(hours=1)
+
+
+def at(minutes: float) -> datetime:
+    return T0 + timedelta(minutes=minutes)
+
+
+def level(events: list[tuple[datetime, str]]) -> int:
+    result = window_funnel(events, STEPS, HOUR)
+    assert result is not None
+    return result.level
+
+
+def test_level_is_the_furthest_step_reached_in_order_within_the_window() -> None:
+    assert level([(at(0), "open"), (at(5), "select"), (at(9), "pay")]) == 3
+    assert level([(at(0), "open"), (at(5), "pay")]) == 1  # skipped a step
+    assert level([(at(0), "select"), (at(5), "pay")]) == 0  # never entered
+
+
+def test_window_edges() -> None:
+    assert level([(at(0), "open"), (at(60), "select")]) == 2  # exactly the window
+    assert level([(at(0), "open"), (at(60.01), "select")]) == 1  # just past it
+
+
+def test_a_later_start_can_complete_where_an_earlier_one_runs_out_of_time() -> None:
+    events = [(at(0), "open"), (at(30), "open"), (at(40), "select"), (at(75), "pay")]
+    result = window_funnel(events, STEPS, HOUR)
+    assert result is not None
+    assert result.level == 3
+    assert result.times == (at(30), at(40), at(75))
+
+
+def test_an_exclusion_step_inside_the_window_leaves_the_journey_out() -> None:
+    events = [(at(0), "open"), (at(5), "help_opened"), (at(6), "select")]
+    assert window_funnel(events, STEPS, HOUR, exclusion="help_opened") is None
+    late = [(at(0), "open"), (at(6), "select"), (at(90), "help_opened")]
+    result = window_funnel(late, STEPS, HOUR, exclusion="help_opened")
+    assert result is not None
+    assert result.level == 2
+
+
+def add(app: App, journey: str, steps: list[tuple[float, str]], carrier: str = "c1", code: str = "") -> None:
+    Journey.objects.create(app=app, journey_id=journey, started_at=at(steps[0][0]), carrier=carrier)
+    # Stored out of order on purpose: analysis orders by each event's own time.
+    for n, (minutes, step) in reversed(list(enumerate(steps))):
+        FunnelEvent.objects.create(
+            app=app,
+            journey_id=journey,
+            event_id=f"{journey}-{n}",
+            step=step,
+            occurred_at=at(minutes),
+            source="game",
+            error_code=code if step == "charge_failed" else "",
+        )
+
+
+@pytest.mark.django_db
+def test_report_counts_conversion_drop_off_timing_breakdown_and_failure_codes() -> None:
+    app = AppFactory.create()
+    add(app, "a", [(0, "open"), (2, "select"), (3, "pay")])
+    add(app, "b", [(0, "open"), (4, "select"), (5, "charge_failed")], code="insufficient_funds")
+    add(app, "c", [(0, "open"), (90, "select")], carrier="c2")  # outside the window
+    add(app, "d", [(0, "open"), (1, "help"), (2, "select"), (3, "pay")], carrier="c2")  # excluded
+    add(app, "e", [(10, "open"), (16, "select"), (18, "pay")], carrier="c2")
+    report = funnel_report(
+        steps=STEPS, window=HOUR, since=T0, until=T0 + timedelta(days=1), exclusion="help", breakdown="carrier"
+    )
+    assert [s.entered for s in report.steps] == [4, 3, 2]
+    assert [s.drop_off for s in report.steps] == [0, 1, 1]
+    assert report.steps[1].conversion_from_previous == pytest.approx(3 / 4)
+    assert report.overall_conversion == pytest.approx(2 / 4)
+    assert report.excluded == 1
+    assert report.steps[1].median_seconds_from_previous == 240  # gaps 2, 4, 6 minutes
+    assert report.steps[2].median_seconds_from_previous == 90  # gaps 1 and 2 minutes
+    assert report.breakdown == {"c1": [2, 2, 1], "c2": [2, 1, 1]}
+    assert report.failure_codes == {"insufficient_funds": 1}
+
+
+@pytest.mark.django_db
+def test_periods_compare_by_when_journeys_started() -> None:
+    app = AppFactory.create()
+    add(app, "early", [(0, "open"), (1, "select")])
+    add(app, "late", [(60 * 24 + 5, "open")])
+    first = funnel_report(steps=STEPS, window=HOUR, since=T0, until=T0 + timedelta(days=1))
+    second = funnel_report(steps=STEPS, window=HOUR, since=T0 + timedelta(days=1), until=T0 + timedelta(days=2))
+    assert ([s.entered for s in first.steps], [s.entered for s in second.steps]) == ([1, 1, 0], [1, 0, 0])
