@@ -1,6 +1,18 @@
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import tablib
+from django import forms
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
 
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
+from funnel.selectors import BREAKDOWNS, funnel_report
 from playpay.admin_base import RecordAdmin
 
 
@@ -32,7 +44,87 @@ class FunnelEventAdmin(RecordAdmin):
     date_hierarchy = "occurred_at"
 
 
+class ReportForm(forms.Form):
+    since = forms.DateField(help_text="First day (UTC)")
+    until = forms.DateField(help_text="Last day, included")
+    breakdown = forms.ChoiceField(choices=[("", "—"), *((b, b) for b in BREAKDOWNS)], required=False)
+    compare_since = forms.DateField(required=False, help_text="Optional second period to compare")
+    compare_until = forms.DateField(required=False)
+
+
+def _day(value: date) -> datetime:
+    return datetime.combine(value, time.min, tzinfo=UTC)
+
+
 @admin.register(FunnelDefinition)
 class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
-    list_display = ["name", "app", "steps", "window_seconds", "exclusion_step"]
+    list_display = ["name", "app", "steps", "window_seconds", "exclusion_step", "report_link"]
     search_fields = ["name"]
+
+    @admin.display(description="report")
+    def report_link(self, definition: FunnelDefinition) -> str:
+        return format_html('<a href="{}">open</a>', reverse("admin:funnel_report", args=[definition.pk]))
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.report_view)
+        return [path("<int:pk>/report/", view, name="funnel_report"), *super().get_urls()]
+
+    def report_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        definition = self.get_object(request, str(pk))
+        if definition is None or not self.has_view_permission(request, definition):
+            raise PermissionDenied
+        today = timezone.now().date()
+        form = ReportForm(request.GET or {"since": today - timedelta(days=6), "until": today})
+        reports = []
+        if form.is_valid():
+            data = form.cleaned_data
+            periods = [("Period", data["since"], data["until"])]
+            if data["compare_since"] and data["compare_until"]:
+                periods.append(("Compared with", data["compare_since"], data["compare_until"]))
+            for label, first, last in periods:
+                report = funnel_report(
+                    steps=list(definition.steps),
+                    window=timedelta(seconds=definition.window_seconds),
+                    since=_day(first),
+                    until=_day(last + timedelta(days=1)),
+                    exclusion=definition.exclusion_step,
+                    app_id=definition.app_id,
+                    breakdown=data["breakdown"] or None,
+                )
+                reports.append({"label": f"{label} {first} to {last}", "report": report})
+            if request.GET.get("export") in ("csv", "xlsx"):
+                return _export(definition, reports, request.GET["export"])
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Funnel: {definition.name}",
+            "definition": definition,
+            "form": form,
+            "reports": reports,
+            "breakdown": form.cleaned_data.get("breakdown") if form.is_valid() else "",
+            "query": request.GET.urlencode(),
+        }
+        return TemplateResponse(request, "admin/funnel/funneldefinition/report.html", context)
+
+
+def _export(definition: FunnelDefinition, reports: list[dict[str, Any]], kind: str) -> HttpResponse:
+    dataset = tablib.Dataset(
+        headers=["period", "step", "entered", "conversion_from_previous", "drop_off", "median_s", "p90_s"]
+    )
+    for block in reports:
+        for step in block["report"].steps:
+            dataset.append(
+                [
+                    block["label"],
+                    step.step,
+                    step.entered,
+                    step.conversion_from_previous,
+                    step.drop_off,
+                    step.median_seconds_from_previous,
+                    step.p90_seconds_from_previous,
+                ]
+            )
+    content = dataset.export(kind)
+    content_type = "text/csv" if kind == "csv" else "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    response = HttpResponse(content, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="funnel-{definition.pk}.{kind}"'
+    return response

@@ -97,3 +97,27 @@ def test_periods_compare_by_when_journeys_started() -> None:
     first = funnel_report(steps=STEPS, window=HOUR, since=T0, until=T0 + timedelta(days=1))
     second = funnel_report(steps=STEPS, window=HOUR, since=T0 + timedelta(days=1), until=T0 + timedelta(days=2))
     assert ([s.entered for s in first.steps], [s.entered for s in second.steps]) == ([1, 1, 0], [1, 0, 0])
+
+
+@pytest.mark.django_db
+def test_staff_see_the_funnel_report_and_export_it(client) -> None:
+    import io
+
+    import openpyxl  # type: ignore[import-untyped]
+    from django.contrib.auth.models import User
+
+    from funnel.models import FunnelDefinition
+
+    app = AppFactory.create()
+    add(app, "a", [(0, "open"), (2, "select"), (3, "pay")])
+    add(app, "b", [(0, "open")])
+    definition = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
+    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-Str0ng-enough!"))
+    params = {"since": "2026-11-01", "until": "2026-11-01", "breakdown": "carrier"}
+    page = client.get(f"/admin/funnel/funneldefinition/{definition.pk}/report/", params).content.decode()
+    assert "2 journeys, overall conversion 50%" in page
+    xlsx = client.get(f"/admin/funnel/funneldefinition/{definition.pk}/report/", {**params, "export": "xlsx"})
+    sheet = openpyxl.load_workbook(io.BytesIO(xlsx.content)).active
+    rows = list(sheet.iter_rows(values_only=True))
+    assert rows[0][:3] == ("period", "step", "entered")
+    assert [(row[1], row[2]) for row in rows[1:]] == [("open", 2), ("select", 1), ("pay", 1)]
