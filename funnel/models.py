@@ -80,3 +80,35 @@ class FunnelDefinition(models.Model):
             raise ValidationError({"steps": "Every step is a non-empty name."})
         if self.exclusion_step and self.exclusion_step in self.steps:
             raise ValidationError({"exclusion_step": "The exclusion step cannot be one of the funnel's steps."})
+
+
+class FunnelRollup(models.Model):
+    """Per funnel, hour of journey start and breakdown values: how many journeys reached each level.
+
+    Maintained by the `funnel: refresh rollups` periodic job, so that dashboards read these
+    rows instead of the raw events.
+    """
+
+    funnel = models.ForeignKey(FunnelDefinition, on_delete=models.CASCADE, related_name="rollups")
+    hour = models.DateTimeField()
+    app = models.ForeignKey("payments.App", on_delete=models.CASCADE, related_name="+")
+    carrier = models.CharField(max_length=80, blank=True)
+    country = models.CharField(max_length=2, blank=True)
+    price_point = models.CharField(max_length=64, blank=True)
+    flow = models.CharField(max_length=12, blank=True)
+    # reached[k] = journeys that reached step k+1 (so reached[0] = journeys that entered).
+    reached = models.JSONField()
+    excluded = models.PositiveIntegerField(default=0)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["funnel", "hour", "app", "carrier", "country", "price_point", "flow"],
+                name="funnel_rollup_unique",
+            )
+        ]
+        indexes = [models.Index(fields=["funnel", "hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id} {self.hour:%Y-%m-%d %H}:00"

@@ -121,3 +121,23 @@ def test_staff_see_the_funnel_report_and_export_it(client) -> None:
     rows = list(sheet.iter_rows(values_only=True))
     assert rows[0][:3] == ("period", "step", "entered")
     assert [(row[1], row[2]) for row in rows[1:]] == [("open", 2), ("select", 1), ("pay", 1)]
+
+
+@pytest.mark.django_db
+def test_hourly_rollups_give_the_same_counts_as_the_raw_events() -> None:
+    from funnel.models import FunnelDefinition, FunnelRollup
+    from funnel.rollups import refresh_rollups, rollup_reached
+
+    app = AppFactory.create()
+    add(app, "a", [(0, "open"), (2, "select"), (3, "pay")])
+    add(app, "b", [(0, "open"), (4, "select")], carrier="c2")
+    add(app, "c", [(70, "open"), (75, "select"), (140, "pay")], carrier="c2")  # next hour; pay is too late
+    definition = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
+    day = (T0, T0 + timedelta(days=1))
+    assert refresh_rollups(funnel=definition, since=day[0], until=day[1]) == 3  # (hour, carrier) cells
+    raw = funnel_report(steps=STEPS, window=HOUR, since=day[0], until=day[1], breakdown="carrier")
+    assert rollup_reached(funnel=definition, since=day[0], until=day[1]) == {"all": [s.entered for s in raw.steps]}
+    assert rollup_reached(funnel=definition, since=day[0], until=day[1], by="carrier") == raw.breakdown
+    # Recomputing replaces the rows instead of adding to them.
+    refresh_rollups(funnel=definition, since=day[0], until=day[1])
+    assert FunnelRollup.objects.count() == 3
