@@ -12,7 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from funnel.models import FunnelDefinition, FunnelEvent, FunnelRollup, Journey
-from funnel.selectors import window_funnel
+from funnel.selectors import journey_event_streams, window_funnel
 
 DIMENSIONS = ("app_id", "carrier", "country", "price_point", "flow")
 
@@ -30,17 +30,10 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
     if funnel.app_id:
         journeys = journeys.filter(app_id=funnel.app_id)
     info = {(j["app_id"], j["journey_id"]): j for j in journeys.values("journey_id", "started_at", *DIMENSIONS)}
-    events: dict[tuple[int, str], list[tuple[datetime, str]]] = defaultdict(list)
-    rows = (
-        FunnelEvent.objects.filter(
-            occurred_at__gte=since, occurred_at__lt=until + window, journey_id__in=[k[1] for k in info]
-        )
-        .order_by("occurred_at", "id")
-        .values_list("app_id", "journey_id", "occurred_at", "step")
-    )
-    for app_id, journey_id, occurred_at, step in rows.iterator(chunk_size=5000):
-        if (app_id, journey_id) in info:
-            events[(app_id, journey_id)].append((occurred_at, step))
+    scope = FunnelEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until + window)
+    if funnel.app_id:
+        scope = scope.filter(app_id=funnel.app_id)
+    events = {key: stream for key, stream in journey_event_streams(scope) if key in info}
     cells: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * (len(steps) + 1))
     for key, journey in info.items():
         result = window_funnel(events.get(key, []), steps, window, funnel.exclusion_step)

@@ -77,7 +77,9 @@ class FunnelReport:
     breakdown: dict[str, list[int]] = field(default_factory=dict)
 
 
-def _journey_events(queryset: QuerySet[FunnelEvent]) -> Iterator[tuple[tuple[int, str], list[tuple[datetime, str]]]]:
+def journey_event_streams(
+    queryset: QuerySet[FunnelEvent],
+) -> Iterator[tuple[tuple[int, str], list[tuple[datetime, str]]]]:
     current: tuple[int, str] | None = None
     batch: list[tuple[datetime, str]] = []
     rows = queryset.order_by("app_id", "journey_id", "occurred_at", "id").values_list(
@@ -126,7 +128,7 @@ def funnel_report(
     gaps: list[list[float]] = [[] for _ in steps]
     excluded = 0
     groups: dict[str, list[int]] = defaultdict(lambda: [0] * len(steps))
-    for key, journey_events in _journey_events(events):
+    for key, journey_events in journey_event_streams(events):
         if key not in attributes:
             continue
         result = window_funnel(journey_events, steps, window, exclusion)

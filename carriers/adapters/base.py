@@ -76,6 +76,11 @@ class CarrierResult:
     # True when the request certainly did not reach the carrier, so sending it again is safe.
     not_sent: bool = False
 
+    @property
+    def failure(self) -> tuple[str, str]:
+        """The (standard code, message) to record for a failed result; `rejected` when none was mapped."""
+        return str(self.error_code or ErrorCode.REJECTED), (self.raw_message or self.raw_code)[:255]
+
     @classmethod
     def failed(cls, code: ErrorCode, raw_code: str = "", raw_message: str = "", **kwargs: Any) -> "CarrierResult":
         return cls(outcome=Outcome.FAILED, error_code=code, raw_code=raw_code, raw_message=raw_message, **kwargs)

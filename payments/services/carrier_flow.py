@@ -53,18 +53,18 @@ def dispatch(payment: Payment, task: str, *, countdown: int = 0) -> None:
     )
 
 
-def _load(payment_id: int) -> Payment:
+def load_payment(payment_id: int) -> Payment:
     return Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment_id)
 
 
-def _locked(payment_id: int) -> Payment:
+def locked_payment(payment_id: int) -> Payment:
     return Payment.objects.select_for_update().select_related("carrier").get(pk=payment_id)
 
 
 def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) -> Payment | None:
     """Mark the payment as awaiting a carrier answer, unless it moved on or already awaits one."""
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         due = locked.next_attempt_at is None or locked.next_attempt_at <= timezone.now()
         if locked.status != expected or locked.outcome_unknown_since is not None or not due:
             return None
@@ -73,7 +73,7 @@ def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) 
         if count_attempt:
             locked.charge_attempts += 1
         locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
-    return _load(payment_id)
+    return load_payment(payment_id)
 
 
 def _call(payment: Payment, name: str) -> CarrierResult | None:
@@ -91,7 +91,7 @@ def _call(payment: Payment, name: str) -> CarrierResult | None:
 
 def _schedule_retry(payment_id: int, *, delay: timedelta, uncount: bool = False) -> None:
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         locked.outcome_unknown_since = None
         locked.next_attempt_at = timezone.now() + delay
         if uncount and locked.charge_attempts:
@@ -113,8 +113,7 @@ def _merge_state(payment: Payment, result: CarrierResult) -> list[str]:
 
 
 def fail(payment: Payment, result: CarrierResult, *, actor: str, extra_fields: list[str] | None = None) -> None:
-    payment.failure_code = result.error_code or ErrorCode.REJECTED
-    payment.failure_message = (result.raw_message or result.raw_code)[:255]
+    payment.failure_code, payment.failure_message = result.failure
     payment.outcome_unknown_since = None
     payment.next_attempt_at = None
     reason = f"carrier: {payment.failure_code}" + (f" ({result.raw_code})" if result.raw_code else "")
@@ -135,12 +134,12 @@ def fail(payment: Payment, result: CarrierResult, *, actor: str, extra_fields: l
 
 def start_payment(*, payment_id: int) -> None:
     """Open the flow with the carrier: send the PIN, or charge at once for one-click."""
-    payment = _load(payment_id)
+    payment = load_payment(payment_id)
     if payment.status != PaymentStatus.CREATED:
         return
     if payment.flow == PaymentFlow.ONE_CLICK:
         with transaction.atomic():
-            locked = _locked(payment_id)
+            locked = locked_payment(payment_id)
             if locked.status != PaymentStatus.CREATED:
                 return
             transition(locked, PaymentStatus.CHARGING, actor="system", reason="one-click charge")
@@ -156,7 +155,7 @@ def start_payment(*, payment_id: int) -> None:
 
 def record_start_result(*, payment_id: int, result: CarrierResult) -> None:
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         if locked.status != PaymentStatus.CREATED:
             return
         actor = carrier_actor(locked.carrier)
@@ -194,7 +193,7 @@ def charge_payment(*, payment_id: int) -> None:
 def record_charge_result(*, payment_id: int, result: CarrierResult) -> None:
     """Apply a carrier's answer to a charging payment. A late or repeated answer changes nothing."""
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         if locked.status != PaymentStatus.CHARGING:
             return
         actor = carrier_actor(locked.carrier)
@@ -246,7 +245,7 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
 
 def resolve_payment(*, payment_id: int) -> None:
     """Settle an unknown outcome by asking the carrier."""
-    payment = _load(payment_id)
+    payment = load_payment(payment_id)
     if payment.outcome_unknown_since is None:
         return
     capabilities = adapter_class(payment.carrier.protocol).capabilities
@@ -280,7 +279,7 @@ def _call_for_status(payment: Payment) -> CarrierResult | None:
 def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
     """An asynchronous PIN check's result (by callback or status query) for a `pin_sent` payment."""
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         if locked.status != PaymentStatus.PIN_SENT:
             return
         actor = carrier_actor(locked.carrier)
@@ -330,7 +329,7 @@ def count_wrong_pin(payment: Payment, *, actor: str) -> int:
 
 def cancel_at_carrier(*, payment_id: int) -> None:
     """Release what an abandoned flow holds at the carrier (reservation, prepared payment)."""
-    payment = _load(payment_id)
+    payment = load_payment(payment_id)
     if payment.status not in (PaymentStatus.EXPIRED, PaymentStatus.FAILED) or not payment.carrier_reference:
         return
     with contextlib.suppress(CarrierBusy):  # a reservation lapses at the carrier on its own
@@ -367,7 +366,7 @@ def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
         apply_pin_result(payment_id=payment.pk, result=result)
     elif before == PaymentStatus.PIN_VERIFIED and notification.outcome != Outcome.PIN_SENT:
         with transaction.atomic():
-            locked = _locked(payment.pk)
+            locked = locked_payment(payment.pk)
             if locked.status == PaymentStatus.PIN_VERIFIED:
                 transition(locked, PaymentStatus.CHARGING, actor=carrier_actor(carrier), reason="charge after PIN")
         record_charge_result(payment_id=payment.pk, result=result)

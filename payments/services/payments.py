@@ -27,7 +27,15 @@ from payments.errors import (
     PinExpired,
 )
 from payments.models import App, Payment, PaymentFlow, PaymentStatus
-from payments.services.carrier_flow import carrier_actor, charge_request, count_wrong_pin, dispatch, fail
+from payments.services.carrier_flow import (
+    carrier_actor,
+    charge_request,
+    count_wrong_pin,
+    dispatch,
+    fail,
+    load_payment,
+    locked_payment,
+)
 from payments.services.idempotency import IdempotentRequest, claim_key
 from payments.services.state_machine import record_creation, transition
 from playpay.celery import app as celery_app
@@ -61,14 +69,6 @@ def _choose_flow(carrier: Carrier, requested: str | None) -> str:
     if requested not in supported:
         raise FlowNotSupported(f"Carrier {carrier.slug!r} does not support the {requested!r} flow.")
     return requested
-
-
-def _locked(payment_id: int) -> Payment:
-    return Payment.objects.select_for_update().select_related("carrier").get(pk=payment_id)
-
-
-def _reload(payment_id: int) -> Payment:
-    return Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment_id)
 
 
 def create_payment(*, app: App, request: PaymentRequest, idempotency: IdempotentRequest) -> Payment:
@@ -125,7 +125,7 @@ def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
             payment_id=payment.pk, error_code=verdict.error_code or ErrorCode.INVALID_PIN, actor=app_actor(app)
         )
     with transaction.atomic():
-        locked = _locked(payment.pk)
+        locked = locked_payment(payment.pk)
         if locked.status != PaymentStatus.PIN_SENT:
             raise IllegalTransition(f"The payment is now {locked.status!r}.")
         if verdict.outcome == Outcome.PIN_VERIFIED:
@@ -146,13 +146,13 @@ def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
         else:
             # Unreachable or no answer: nothing moved money; the player may submit the PIN again.
             raise CarrierTemporarilyUnavailable(retry_after=2)
-    return _reload(payment.pk)
+    return load_payment(payment.pk)
 
 
 def _record_rejected_pin(*, payment_id: int, error_code: str, actor: str) -> None:
     """Count a wrong PIN (the payment fails after PIN_MAX_ATTEMPTS) and raise for the caller."""
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         if locked.status != PaymentStatus.PIN_SENT:
             raise IllegalTransition(f"The payment is now {locked.status!r}.")
         expired = error_code == ErrorCode.PIN_EXPIRED
@@ -173,7 +173,7 @@ def _record_rejected_pin(*, payment_id: int, error_code: str, actor: str) -> Non
 
 def expire_payment(*, payment_id: int, reason: str) -> None:
     with transaction.atomic():
-        locked = _locked(payment_id)
+        locked = locked_payment(payment_id)
         if locked.status == PaymentStatus.PIN_SENT:
             transition(locked, PaymentStatus.EXPIRED, actor="system", reason=reason)
             dispatch(locked, "cancel_payment")

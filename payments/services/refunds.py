@@ -124,8 +124,7 @@ def record_refund_result(*, refund_id: int, result: CarrierResult) -> None:
         payment = Payment.objects.select_for_update().select_related("carrier").get(pk=refund.payment_id)
         refund.carrier_reference = result.carrier_reference or refund.carrier_reference
         if result.outcome == Outcome.FAILED:
-            refund.failure_code = result.error_code or "rejected"
-            refund.failure_message = (result.raw_message or result.raw_code)[:255]
+            refund.failure_code, refund.failure_message = result.failure
         _settle_refund(
             refund, payment, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
         )
@@ -207,8 +206,7 @@ def execute_reversal(*, payment_id: int) -> None:
         pending = Reversal.objects.select_for_update().get(pk=reversal.pk)
         if pending.status == Reversal.Status.PENDING:
             if result.outcome == Outcome.FAILED:
-                pending.failure_code = result.error_code or "rejected"
-                pending.failure_message = (result.raw_message or result.raw_code)[:255]
+                pending.failure_code, pending.failure_message = result.failure
             _settle_reversal(
                 pending, locked, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
             )

@@ -1,5 +1,6 @@
 """The payment API as a game backend uses it."""
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -207,6 +208,8 @@ def test_price_points_lists_what_an_app_may_offer(make_shop) -> None:
 def test_requests_over_the_apps_rate_limit_get_429_with_retry_after(shop: Shop) -> None:
     shop.app.rate_limit_per_minute = 3
     shop.app.save()
+    if time.time() % 60 > 55:  # keep the five requests inside one one-minute window
+        time.sleep(61 - time.time() % 60)
     statuses = [shop.client.get("/api/v1/payments/").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
     limited = shop.client.get("/api/v1/payments/")
