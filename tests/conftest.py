@@ -8,6 +8,7 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from carriers.models import Carrier, PricePoint
+from carriers.simulators.core import SIMULATORS
 from payments.models import App
 from payments.services.apps import issue_api_key
 from playpay.celery import app as celery_app
@@ -41,8 +42,12 @@ def _require_broker() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _simulators_on(settings: Any) -> None:
+def _simulators_on(settings: Any) -> Iterator[None]:
     settings.CARRIER_SIMULATORS = True
+    yield
+    # Callbacks a simulator still has queued must not reach the next test (or a dropped database).
+    for simulator in SIMULATORS.values():
+        simulator.reset()
 
 
 @pytest.fixture(autouse=True)
