@@ -1,15 +1,22 @@
 """Carrier rules: which carrier serves a number, which price points it offers."""
 
+import copy
+
 import phonenumbers
 from django.db.models import QuerySet
-from django.db.models.functions import Length
 from phonenumbers import carrier as number_carrier
 
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierResult
 from carriers.errors import CarrierCountryMismatch, CarrierNotFound, CarrierNotResolved, PricePointNotFound
-from carriers.models import Carrier, NumberPrefix, PricePoint
+from carriers.models import Carrier, Country, NumberPrefix, PricePoint
 from carriers.msisdn import region_of
+from playpay.refcache import RefCache
+
+_routes: RefCache[dict[str, Carrier]] = RefCache("number routes", watch=(NumberPrefix, Carrier, Country))
+_carriers: RefCache[Carrier] = RefCache("carriers by slug", watch=(Carrier, Country))
+_regions: RefCache[list[Carrier]] = RefCache("carriers by region", watch=(Carrier, Country))
+_price_points: RefCache[PricePoint] = RefCache("price points", watch=(PricePoint,))
 
 
 def resolve_carrier(*, msisdn: str, carrier_slug: str | None = None) -> Carrier:
@@ -18,10 +25,14 @@ def resolve_carrier(*, msisdn: str, carrier_slug: str | None = None) -> Carrier:
     Routing takes the longest configured number prefix; then the operator that
     phonenumbers names for the number's range (the original range holder: a ported
     number routes wrongly, so the request may name the carrier); then the only active
-    carrier of the number's country.
+    carrier of the number's country. Reads go through process-local caches
+    (`playpay.refcache`): a change takes effect everywhere within REFERENCE_CACHE_SECONDS.
     """
     if carrier_slug:
-        carrier = Carrier.objects.select_related("country").filter(slug=carrier_slug, is_active=True).first()
+        carrier = _carriers.get(
+            carrier_slug,
+            lambda: Carrier.objects.select_related("country").filter(slug=carrier_slug, is_active=True).first(),
+        )
         if carrier is None:
             raise CarrierNotFound(f"No active carrier has the slug {carrier_slug!r}.")
         number_cc = str(phonenumbers.parse(msisdn, None).country_code)
@@ -31,32 +42,41 @@ def resolve_carrier(*, msisdn: str, carrier_slug: str | None = None) -> Carrier:
             )
         return carrier
 
+    routes = _routes.get("all", _load_routes) or {}
     digits = msisdn.lstrip("+")
-    candidates = [digits[:end] for end in range(len(digits), 1, -1)]
-    match = (
-        NumberPrefix.objects.filter(prefix__in=candidates, carrier__is_active=True)
-        .select_related("carrier__country")
-        .order_by(Length("prefix").desc())
-        .first()
-    )
-    if match is not None:
-        return match.carrier
+    for end in range(len(digits), 1, -1):
+        routed = routes.get(digits[:end])
+        if routed is not None:
+            return copy.copy(routed)
     region = region_of(msisdn)
+    in_region = (
+        _regions.get(
+            region, lambda: list(Carrier.objects.select_related("country").filter(country_id=region, is_active=True))
+        )
+        or []
+    )
     range_holder = number_carrier.name_for_number(phonenumbers.parse(msisdn, None), "en")
     if range_holder:
-        named = Carrier.objects.filter(country_id=region, is_active=True, name__iexact=range_holder).first()
-        if named is not None:
-            return named
-    in_region = list(Carrier.objects.select_related("country").filter(country_id=region, is_active=True)[:2])
+        for candidate in in_region:
+            if candidate.name.upper() == range_holder.upper():
+                return copy.copy(candidate)
     if len(in_region) == 1:
-        return in_region[0]
+        return copy.copy(in_region[0])
     raise CarrierNotResolved(
         "No active carrier serves this number's range; pass `carrier` with the slug of the player's carrier."
     )
 
 
+def _load_routes() -> dict[str, Carrier]:
+    """Every configured number prefix of an active carrier, to its carrier."""
+    prefixes = NumberPrefix.objects.filter(carrier__is_active=True).select_related("carrier__country")
+    return {route.prefix: route.carrier for route in prefixes}
+
+
 def get_offered_price_point(*, carrier: Carrier, code: str) -> PricePoint:
-    price_point = PricePoint.objects.filter(carrier=carrier, code=code, is_active=True).first()
+    price_point = _price_points.get(
+        (carrier.pk, code), lambda: PricePoint.objects.filter(carrier=carrier, code=code, is_active=True).first()
+    )
     if price_point is None:
         raise PricePointNotFound(f"Carrier {carrier.slug!r} has no active price point {code!r}.")
     return price_point

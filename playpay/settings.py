@@ -235,6 +235,9 @@ IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env_int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_S
 PIN_MAX_ATTEMPTS = env_int("PIN_MAX_ATTEMPTS", 3)
 # A charge can be reversed (undone as a technical error) this long after it succeeded.
 REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
+# Carrier routing, price points and API keys are memoised per process for this long; a change
+# (a carrier switched off, a key revoked) takes effect everywhere within it. 0: no memo.
+REFERENCE_CACHE_SECONDS = env_int("REFERENCE_CACHE_SECONDS", 5)
 PIN_TTL_SECONDS = env_int("PIN_TTL_SECONDS", 300)
 # Key for carrier credentials at rest (Fernet); derived from SECRET_KEY when unset.
 CARRIER_CREDENTIALS_KEY = env_str("CARRIER_CREDENTIALS_KEY", "")

@@ -11,6 +11,7 @@ from carriers.models import Carrier, PricePoint
 from carriers.simulators.core import SIMULATORS
 from payments.models import App
 from payments.services.apps import issue_api_key
+from playpay import refcache
 from playpay.celery import app as celery_app
 from tests.factories import AppFactory, CarrierFactory, NumberPrefixFactory, PricePointFactory
 
@@ -48,6 +49,14 @@ def _simulators_on(settings: Any) -> Iterator[None]:
     # Callbacks a simulator still has queued must not reach the next test (or a dropped database).
     for simulator in SIMULATORS.values():
         simulator.reset()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_reference_caches() -> Iterator[None]:
+    """Each test rolls its rows back: memoised carriers, price points and keys must not outlive it."""
+    refcache.clear_all()
+    yield
+    refcache.clear_all()
 
 
 @pytest.fixture(autouse=True)

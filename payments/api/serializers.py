@@ -7,6 +7,7 @@ from rest_framework import serializers
 from carriers.models import Carrier, PricePoint
 from payments.models import Payment, PaymentFlow, Refund, Reversal
 from payments.services.payments import next_action
+from playpay.api.serializers import SharedFieldsMixin
 
 MAX_METADATA_BYTES = 4096
 
@@ -45,7 +46,7 @@ class PaymentConfirmSerializer(StrictSerializer):
     pin = serializers.RegexField(r"^\d{4,8}$", help_text="The PIN the player received by SMS (4 to 8 digits).")
 
 
-class NextActionSerializer(serializers.Serializer[Any]):
+class NextActionSerializer(SharedFieldsMixin, serializers.Serializer[Any]):
     type = serializers.ChoiceField(choices=["enter_pin", "wait", "none"])
     expires_at = serializers.DateTimeField(required=False)
     attempts_remaining = serializers.IntegerField(required=False)
@@ -57,7 +58,7 @@ class FailureSerializer(serializers.Serializer[Any]):
     message = serializers.CharField()
 
 
-class PaymentSerializer(serializers.ModelSerializer[Payment]):
+class PaymentSerializer(SharedFieldsMixin, serializers.ModelSerializer[Payment]):
     id = serializers.UUIDField(source="public_id", read_only=True)
     carrier: serializers.SlugRelatedField[Carrier] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     price_point: serializers.SlugRelatedField[PricePoint] = serializers.SlugRelatedField(

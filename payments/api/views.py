@@ -1,4 +1,3 @@
-import uuid
 from typing import Any
 
 from django.db.models import QuerySet
@@ -20,11 +19,11 @@ from payments.api.serializers import (
     ReversalCreateSerializer,
     ReversalSerializer,
 )
-from payments.models import App, Payment, PaymentStatus
+from payments.models import App, Payment, PaymentStatus, Refund
 from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
 from playpay.api.auth import request_app
-from playpay.api.idempotency import Outcome, idempotent_request, run_idempotent
+from playpay.api.idempotency import idempotent_request, run_idempotent
 
 PROBLEM = OpenApiResponse(description="RFC 9457 problem+json; see /api/problems/ for the codes.")
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -79,19 +78,17 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
     def create(self, request: Request) -> Response:
         app = _app(request)
-        idem = idempotent_request(request, app)
+        idem = idempotent_request(
+            request, app, lambda payment: (status.HTTP_201_CREATED, PaymentSerializer(payment).data)
+        )
         incoming = PaymentCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         payment_request = PaymentRequest(**incoming.validated_data)
-
-        def perform(idempotency: Any) -> Outcome:
-            payment = create_payment(app=app, request=payment_request, idempotency=idempotency)
-            return status.HTTP_201_CREATED, PaymentSerializer(payment).data
-
-        def recover(public_id: uuid.UUID) -> Outcome:
-            return status.HTTP_201_CREATED, PaymentSerializer(self.get_queryset().get(public_id=public_id)).data
-
-        return run_idempotent(idem, perform, recover)
+        return run_idempotent(
+            idem,
+            lambda idempotency: create_payment(app=app, request=payment_request, idempotency=idempotency),
+            lambda public_id: self.get_queryset().get(public_id=public_id),
+        )
 
     @extend_schema(
         request=PaymentConfirmSerializer,
@@ -120,24 +117,20 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         if request.method == "GET":
             return Response(RefundSerializer(payment.refunds.order_by("id"), many=True).data)
         app = _app(request)
-        idem = idempotent_request(request, app)
+        idem = idempotent_request(request, app, lambda refund: (status.HTTP_201_CREATED, RefundSerializer(refund).data))
         incoming = RefundCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
 
-        def perform(idempotency: Any) -> Outcome:
-            refund = request_refund(
+        def perform(idempotency: Any) -> Refund:
+            return request_refund(
                 payment=payment,
                 amount_minor=incoming.validated_data.get("amount_minor"),
                 reason=incoming.validated_data["reason"],
                 actor=app_actor(app),
                 idempotency=idempotency,
             )
-            return status.HTTP_201_CREATED, RefundSerializer(refund).data
 
-        def recover(public_id: uuid.UUID) -> Outcome:
-            return status.HTTP_201_CREATED, RefundSerializer(payment.refunds.get(public_id=public_id)).data
-
-        return run_idempotent(idem, perform, recover)
+        return run_idempotent(idem, perform, lambda public_id: payment.refunds.get(public_id=public_id))
 
     @extend_schema(
         request=ReversalCreateSerializer,

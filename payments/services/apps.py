@@ -7,8 +7,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from payments.models import ApiKey, App
+from playpay.refcache import RefCache
 
 KEY_PREFIX_BYTES = 6
+
+_keys: RefCache[ApiKey] = RefCache("API keys by prefix", watch=(ApiKey, App))
 
 
 @dataclass(frozen=True)
@@ -32,15 +35,20 @@ def create_app(*, name: str, notification_url: str = "") -> tuple[App, IssuedKey
 
 
 def revoke_api_key(*, api_key: ApiKey) -> None:
+    """Revoke the key; other processes stop accepting it within REFERENCE_CACHE_SECONDS."""
     ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _keys.clear()
 
 
 def authenticate_api_key(raw_key: str) -> ApiKey | None:
-    """The active key (with its active app) that `raw_key` is, or None."""
+    """The active key (with its active app) that `raw_key` is, or None.
+
+    The key's row is memoised per process (`playpay.refcache`); the secret is checked on every call.
+    """
     parts = raw_key.split("_")
     if len(parts) < 3 or parts[0] != "pp":
         return None
-    api_key = ApiKey.objects.select_related("app").filter(prefix=parts[1]).first()
+    api_key = _keys.get(parts[1], lambda: ApiKey.objects.select_related("app").filter(prefix=parts[1]).first())
     if api_key is None or not secrets.compare_digest(api_key.key_hash, ApiKey.hash(raw_key)):
         return None
     if not api_key.is_active or not api_key.app.is_active:

@@ -9,7 +9,8 @@ it is refused (409). Requests refused before the claim (validation) leave no tra
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -32,11 +33,18 @@ class KeyAlreadyClaimed(Exception):
     """Another request claimed the key between our lookup and our insert."""
 
 
-@dataclass(frozen=True)
+Response = tuple[int, Any]  # HTTP status and JSON body
+
+
+@dataclass
 class IdempotentRequest:
     app: App
     key: str
     fingerprint: str
+    # How the API answers with the resource the request creates; set by the API layer.
+    render: Callable[[Any], Response] | None = None
+    # The response stored with the claim, when the resource was final at its creation.
+    stored: Response | None = field(default=None, init=False)
 
 
 def parse_key(raw: str | None) -> str:
@@ -75,18 +83,44 @@ def find_previous(request: IdempotentRequest) -> IdempotencyRecord | None:
     raise IdempotencyRequestInFlight(retry_after=1)
 
 
-def claim_key(request: IdempotentRequest, *, resource_id: uuid.UUID) -> None:
+def claim_key(request: IdempotentRequest, *, resource_id: uuid.UUID, final: Any = None) -> None:
     """Claim the key for a new resource. Call inside the transaction that creates the resource.
 
     On PostgreSQL a concurrent claim of the same key waits for ours to commit or roll back.
+    `final` is the resource when what the API answers now is its answer for good (nothing
+    changes it at the commit): the response is then stored with the claim, in the same
+    transaction, instead of by `complete_key` after it.
     """
+    state = IdempotencyRecord.State.IN_FLIGHT
+    status: int | None = None
+    body: Any = None
+    if final is not None and request.render is not None:
+        status, body = request.stored = request.render(final)
+        state = IdempotencyRecord.State.COMPLETED
     try:
         IdempotencyRecord.objects.create(
-            app=request.app, key=request.key, fingerprint=request.fingerprint, resource_id=resource_id
+            app=request.app,
+            key=request.key,
+            fingerprint=request.fingerprint,
+            resource_id=resource_id,
+            state=state,
+            response_status=status,
+            response_body=body,
+            completed_at=timezone.now() if status is not None else None,
         )
     except IntegrityError as exc:
         # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
+        request.stored = None
         raise KeyAlreadyClaimed(request.key) from exc
+
+
+def is_unique_violation(exc: IntegrityError) -> bool:
+    """Whether an insert failed on a unique constraint (rather than a check or foreign key)."""
+    cause = exc.__cause__
+    sqlstate = getattr(getattr(cause, "diag", None), "sqlstate", None)
+    if sqlstate is not None:
+        return bool(sqlstate == "23505")  # PostgreSQL unique_violation
+    return "UNIQUE constraint failed" in str(exc)  # SQLite
 
 
 def complete_key(request: IdempotentRequest, *, status: int, body: Any) -> None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from carriers.adapters.base import Outcome
@@ -36,7 +36,7 @@ from payments.services.carrier_flow import (
     load_payment,
     locked_payment,
 )
-from payments.services.idempotency import IdempotentRequest, claim_key
+from payments.services.idempotency import IdempotentRequest, KeyAlreadyClaimed, claim_key, is_unique_violation
 from payments.services.state_machine import record_creation, transition
 from playpay.celery import app as celery_app
 
@@ -78,25 +78,35 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotent
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
     public_id = uuid.uuid4()
+    in_process = celery_app.conf.task_always_eager
     with transaction.atomic():
-        claim_key(idempotency, resource_id=public_id)
-        payment = Payment.objects.create(
-            public_id=public_id,
-            app=app,
-            user_ref=request.user_ref,
-            msisdn=msisdn,
-            carrier=carrier,
-            price_point=price_point,
-            amount_minor=price_point.amount_minor,
-            currency=price_point.currency,
-            flow=flow,
-            idempotency_key=idempotency.key,
-            journey_id=request.journey_id,
-            metadata=request.metadata,
-        )
+        try:
+            payment = Payment.objects.create(
+                public_id=public_id,
+                app=app,
+                user_ref=request.user_ref,
+                msisdn=msisdn,
+                carrier=carrier,
+                price_point=price_point,
+                amount_minor=price_point.amount_minor,
+                currency=price_point.currency,
+                flow=flow,
+                idempotency_key=idempotency.key,
+                journey_id=request.journey_id,
+                metadata=request.metadata,
+            )
+        except IntegrityError as exc:
+            # The payment's own (app, idempotency key) constraint: another request with this key
+            # committed, or is still running (PostgreSQL made us wait for it).
+            if is_unique_violation(exc):
+                raise KeyAlreadyClaimed(idempotency.key) from exc
+            raise
         record_creation(payment, actor=app_actor(app))
         dispatch(payment, "start_payment")
-    if celery_app.conf.task_always_eager:
+        # With a broker the answer is the payment as created, stored with the claim. In-process,
+        # the carrier's first step runs at the commit and changes the answer: it is stored after.
+        claim_key(idempotency, resource_id=public_id, final=None if in_process else payment)
+    if in_process:
         payment.refresh_from_db()  # the carrier's first step already ran, in-process, at the commit
     return payment
 

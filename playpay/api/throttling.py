@@ -13,11 +13,19 @@ from playpay.api.auth import request_app
 WINDOW_SECONDS = 60
 
 
+def _redis_client(backend: RedisCache) -> Any:
+    """One client per cache backend and process (Django makes a new one, costly, on each call)."""
+    client = getattr(backend, "_playpay_client", None)
+    if client is None:
+        client = backend._playpay_client = backend._cache.get_client(write=True)  # type: ignore[attr-defined]
+    return client
+
+
 def count_request(key: str, *, ttl: int) -> int:
     """Increment a counter that expires `ttl` s after its first increment; one round trip on Redis."""
     backend = caches["default"]
     if isinstance(backend, RedisCache):
-        client = backend._cache.get_client(key, write=True)
+        client = _redis_client(backend)
         full_key = backend.make_and_validate_key(key)
         with client.pipeline(transaction=False) as pipe:
             pipe.incr(full_key)

@@ -112,7 +112,9 @@ def test_scheduled_purge_removes_keys_older_than_the_ttl(shop: Shop, settings) -
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
-def test_parallel_requests_with_one_key_create_exactly_one_payment(live_server, make_shop) -> None:
+@pytest.mark.parametrize("tasks", ["in-process", pytest.param("broker", marks=pytest.mark.broker)])
+def test_parallel_requests_with_one_key_create_exactly_one_payment(live_server, make_shop, tasks: str) -> None:
+    # In-process the response is stored after the commit; with a broker, with the claim itself.
     shop = make_shop()
     body = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"}
     headers = {"Authorization": f"Api-Key {shop.key}", "Idempotency-Key": "same-for-all"}
@@ -142,3 +144,22 @@ def test_a_replay_returns_the_first_response_even_if_the_request_would_no_longer
     assert again.status_code == 201
     assert again.json() == first.json()
     assert shop.create_payment(key="order-8").json()["code"] == "price_point_not_found"
+
+
+@pytest.mark.broker
+@pytest.mark.django_db
+def test_with_a_broker_the_response_is_stored_with_the_claim_and_replayed(shop: Shop) -> None:
+    first = shop.create_payment(key="k-broker")
+    assert first.status_code == 201
+    record = IdempotencyRecord.objects.get(app=shop.app, key="k-broker")
+    assert record.state == IdempotencyRecord.State.COMPLETED
+    assert record.response_status == 201
+    assert record.response_body == first.json()
+
+    replay = shop.create_payment(key="k-broker")
+    assert replay.status_code == 201
+    assert replay["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    different = shop.create_payment(key="k-broker", user_ref="someone-else")
+    assert different.status_code == 422
+    assert Payment.objects.count() == 1
