@@ -76,6 +76,7 @@ SQL_SOURCES: dict[str, SqlSource] = {
             "currency": lambda: F("currency"),
             "status": lambda: F("status"),
             "failure_code": lambda: F("failure_code"),
+            "player": lambda: F("user_ref"),
             "amount_minor": lambda: F("amount_minor"),
             "refunded_minor": lambda: F("refunded_minor"),
             # The amount of a payment whose charge went through; empty for the others.

@@ -42,7 +42,7 @@ DATASETS: dict[str, Any] = {
             ("revenue_minor", M, "charged_amount_minor", "money", "", "sum", "revenue"),
             ("success_rate", M, "charge_succeeded", "ratio", "", "avg", "success rate"),
             ("average_amount_minor", M, "charged_amount_minor", "money", "", "avg", "average charge"),
-            ("players", M, "", "integer", "", "count_distinct", "distinct players"),
+            ("players", M, "player", "integer", "", "count_distinct", "distinct players"),
         ],
     ),
     "refunds": (
@@ -192,22 +192,9 @@ GRANTS = {
 }
 
 
-def seed(apps: Any, schema_editor: Any) -> None:
-    app_config = apps.get_app_config("reporting")
-    app_config.models_module = True
-    create_permissions(app_config, apps=apps, verbosity=0)
-    app_config.models_module = None
-    group_model = apps.get_model("auth", "Group")
-    permission_model = apps.get_model("auth", "Permission")
-    for role, codenames in GRANTS.items():
-        group, _ = group_model.objects.get_or_create(name=role)
-        group.permissions.add(
-            *permission_model.objects.filter(content_type__app_label="reporting", codename__in=codenames)
-        )
-
-    dataset_model = apps.get_model("reporting", "Dataset")
-    field_model = apps.get_model("reporting", "DatasetField")
-    base = settings.PUBLIC_BASE_URL.rstrip("/")
+def seed_datasets(dataset_model: Any, field_model: Any, base_url: str) -> None:
+    """Create the catalog's datasets that do not exist yet (tests call it too, with the real models)."""
+    base = base_url.rstrip("/")
     for slug, (name, description, kind, source, time_field, url_path, rows_path, fields) in DATASETS.items():
         dataset, created = dataset_model.objects.get_or_create(
             slug=slug,
@@ -239,6 +226,22 @@ def seed(apps: Any, schema_editor: Any) -> None:
             for field_name, role, field_source, data_type, unit, aggregation, label in fields
         )
 
+
+def seed(apps: Any, schema_editor: Any) -> None:
+    app_config = apps.get_app_config("reporting")
+    app_config.models_module = True
+    create_permissions(app_config, apps=apps, verbosity=0)
+    app_config.models_module = None
+    group_model = apps.get_model("auth", "Group")
+    permission_model = apps.get_model("auth", "Permission")
+    for role, codenames in GRANTS.items():
+        group, _ = group_model.objects.get_or_create(name=role)
+        group.permissions.add(
+            *permission_model.objects.filter(content_type__app_label="reporting", codename__in=codenames)
+        )
+
+    dataset_model = apps.get_model("reporting", "Dataset")
+    seed_datasets(dataset_model, apps.get_model("reporting", "DatasetField"), settings.PUBLIC_BASE_URL)
     dashboard_model = apps.get_model("reporting", "Dashboard")
     dashboard, _ = dashboard_model.objects.get_or_create(
         slug="overview", defaults={"title": "Overview", "currency": "EUR", "refresh_seconds": 5}

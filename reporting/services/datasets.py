@@ -198,7 +198,7 @@ def _sql_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
     if query.until:
         queryset = queryset.filter(**{f"{time_lookup}__lt": query.until})
     for index, (dimension, values) in enumerate(plan.filters):
-        alias = f"f{index}_"
+        alias = f"flt{index}"
         queryset = queryset.alias(**{alias: source.fields[dimension.source_name]()}).filter(
             **{f"{alias}__in": list(values)}
         )
