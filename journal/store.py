@@ -168,20 +168,27 @@ class SqlJournalStore:
             records = records.alias(**{alias: _sql_text(document_field)}).filter(
                 **{f"{alias}__in": [str(value) for value in values]}
             )
-        group = {f"g_{name}": _sql_value(document_field) for name, document_field in (spec.group or {}).items()}
+        # Positional aliases: the caller's names need not be valid SQL aliases.
+        names: dict[str, str] = {}
+        group: dict[str, Any] = {}
+        for index, (name, document_field) in enumerate((spec.group or {}).items()):
+            names[f"g{index}"] = name
+            group[f"g{index}"] = _sql_value(document_field)
         if spec.bucket:
             if spec.bucket not in BUCKETS:
                 raise ValueError(f"time buckets are {BUCKETS}")
+            names["t_bucket"] = "bucket"
             group["t_bucket"] = Trunc("occurred_at", spec.bucket, tzinfo=ZoneInfo(spec.timezone))
         measures = {}
-        for name, (aggregation, measured) in (spec.measures or {}).items():
-            measures[f"m_{name}"] = _sql_aggregate(aggregation, measured)
+        for index, (name, (aggregation, measured)) in enumerate((spec.measures or {}).items()):
+            names[f"m{index}"] = name
+            measures[f"m{index}"] = _sql_aggregate(aggregation, measured)
         if group:
             rows = records.annotate(**group).values(*group).annotate(**measures).order_by(*group)
             result = list(rows)
         else:
             result = [records.aggregate(**measures)] if measures else []
-        return [{key.split("_", 1)[1]: value for key, value in row.items()} for row in result]
+        return [{names[key]: value for key, value in row.items()} for row in result]
 
 
 def _sql_text(document_field: DocumentField) -> Any:

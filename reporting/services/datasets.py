@@ -202,25 +202,33 @@ def _sql_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
         queryset = queryset.alias(**{alias: source.fields[dimension.source_name]()}).filter(
             **{f"{alias}__in": list(values)}
         )
-    # Prefixed names: an annotation may not reuse a model field's name (payments have a `carrier`).
-    group = {f"g_{f.name}": source.fields[f.source_name]() for f in plan.group_by}
+    # Positional aliases: an annotation may not reuse a model field's name (payments have a `carrier`),
+    # and "#rows" is no SQL alias.
+    names: dict[str, str] = {}
+    group: dict[str, Any] = {}
+    for index, dimension in enumerate(plan.group_by):
+        names[f"g{index}"] = dimension.name
+        group[f"g{index}"] = source.fields[dimension.source_name]()
     if plan.bucket:
+        names["t_bucket"] = "bucket"
         group["t_bucket"] = Trunc(time_lookup, plan.bucket, tzinfo=plan.zone)
     measures: dict[str, Any] = {}
-    for measure in plan.measures:
+    for index, measure in enumerate(plan.measures):
+        alias = f"m{index}"
+        names[alias] = measure.name
         if not measure.source_name:
-            measures[f"m_{measure.name}"] = Count("pk")
+            measures[alias] = Count("pk")
             continue
         expression = source.fields[measure.source_name]()
         if measure.aggregation in ("count", "count_distinct"):
-            measures[f"m_{measure.name}"] = Count(expression, distinct=measure.aggregation == "count_distinct")
+            measures[alias] = Count(expression, distinct=measure.aggregation == "count_distinct")
         else:
-            measures[f"m_{measure.name}"] = _SQL_AGGREGATES[measure.aggregation](expression)
+            measures[alias] = _SQL_AGGREGATES[measure.aggregation](expression)
     if group:
         rows = list(queryset.order_by().annotate(**group).values(*group).annotate(**measures).order_by(*group))
     else:
         rows = [queryset.aggregate(**measures)]
-    return [{key.split("_", 1)[1]: value for key, value in row.items()} for row in rows]
+    return [{names[key]: value for key, value in row.items()} for row in rows]
 
 
 # --- Journal -----------------------------------------------------------------------------------

@@ -109,11 +109,11 @@ def test_time_buckets_follow_the_requested_time_zone(catalog: None, make_payment
 
 def test_unknown_fields_are_refused_with_the_allowed_names(catalog: None) -> None:
     payments = _dataset("payments")
-    with pytest.raises(DatasetQueryError, match="'revenue' is not a measure .* revenue_minor"):
+    with pytest.raises(DatasetQueryError, match=r"'revenue' is not a measure .* revenue_minor"):
         run_query(dataset=payments, query=DatasetQuery(measures=("revenue",)))
     with pytest.raises(DatasetQueryError, match="'msisdn' is not a dimension"):
         run_query(dataset=payments, query=DatasetQuery(measures=("payments",), group_by=("msisdn",)))
-    with pytest.raises(DatasetQueryError, match="'nope' is not a dimension .*filters"):
+    with pytest.raises(DatasetQueryError, match=r"'nope' is not a dimension .*filters"):
         run_query(dataset=payments, query=DatasetQuery(measures=("payments",), filters={"nope": ("x",)}))
     with pytest.raises(DatasetQueryError, match="Time buckets are"):
         run_query(dataset=payments, query=DatasetQuery(measures=("payments",), bucket="minute"))
@@ -263,7 +263,8 @@ def test_the_admin_query_page_shows_the_table_and_export_links(catalog: None, ma
     response = client.get(f"/admin/reporting/dataset/{dataset.pk}/query/?measures=payments&group_by=carrier")
     assert response.status_code == 200
     page = response.content.decode()
-    assert 'id="query-result"' in page and "gb-one" in page
+    assert 'id="query-result"' in page
+    assert "gb-one" in page
     assert "/reporting/datasets/payments/export.xlsx?measures=payments&amp;group_by=carrier" in page
 
 
@@ -291,7 +292,8 @@ def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(live_se
     assert slow.api_last_error == "timed out after 1 s"
     assert slow.api_fetched_at == good.api_fetched_at
     assert slow.api_payload == good.api_payload
-    assert slow.api_attempted_at is not None and good.api_fetched_at is not None
+    assert slow.api_attempted_at is not None
+    assert good.api_fetched_at is not None
     assert slow.api_attempted_at > good.api_fetched_at
     simulator("fx").settings.latency_ms = 0
     simulator("fx").settings.outage = True
