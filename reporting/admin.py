@@ -9,6 +9,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
@@ -325,6 +326,7 @@ class DatasetAdmin(admin.ModelAdmin[Dataset]):
     list_select_related = ["owner"]
     search_fields = ["name", "slug", "description"]
     inlines = [DatasetFieldInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
     readonly_fields = ["sources_help", "api_fetched_at", "api_attempted_at", "api_last_error", "api_payload_preview"]
     fieldsets = [
         (None, {"fields": ["slug", "name", "description", "owner"]}),
