@@ -5,6 +5,7 @@ journey_id, request_id, app, carrier, carrier_reference, msisdn_hash}, "data": {
 The interface has no update or delete: the journal is append-only.
 """
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -13,7 +14,10 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Count
+from django.db.models import Avg, Case, Count, F, FloatField, IntegerField, Max, Min, Sum, Value, When
+from django.db.models.fields.json import KeyTextTransform, KeyTransform
+from django.db.models.functions import Cast, Trunc
+from django.db.models.lookups import In
 
 CORRELATION_FIELDS = (
     "payment_id",
@@ -38,6 +42,39 @@ class JournalQuery:
     limit: int = 200
 
 
+@dataclass(frozen=True)
+class DocumentField:
+    """A value of a journal document for aggregation: a dotted path (`data.latency_ms`,
+    `correlation.carrier`), read as text or cast to a number; with `flag_values`, 1 where
+    the value is one of them and 0 elsewhere (summed it counts, averaged it is a share)."""
+
+    path: str
+    cast: str = "text"  # text, int or float
+    flag_values: tuple[Any, ...] = ()
+
+
+AGGREGATIONS = ("count", "count_distinct", "sum", "avg", "min", "max")
+BUCKETS = ("hour", "day", "week", "month")
+
+
+@dataclass(frozen=True)
+class JournalAggregate:
+    """Group the documents of one kind in a period by fields and a time bucket, and aggregate.
+
+    Result rows carry the group names, "bucket" (a datetime, when bucketed) and the measure names.
+    A count measure without a field counts documents; with one, the documents where it is present.
+    """
+
+    kind: str
+    since: datetime | None = None
+    until: datetime | None = None
+    filters: Mapping[str, tuple[DocumentField, Sequence[str]]] | None = None
+    group: Mapping[str, DocumentField] | None = None
+    bucket: str | None = None
+    timezone: str = "UTC"
+    measures: Mapping[str, tuple[str, DocumentField | None]] | None = None
+
+
 class JournalStore(Protocol):
     def write(self, documents: Sequence[Mapping[str, Any]]) -> None: ...
 
@@ -51,6 +88,10 @@ class JournalStore(Protocol):
 
     def purge(self, *, before: datetime) -> int:
         """Retention: drop everything older than `before`; returns how many went."""
+        ...
+
+    def aggregate(self, spec: JournalAggregate) -> list[dict[str, Any]]:
+        """Grouped aggregates computed by the store itself (no documents come back)."""
         ...
 
 
@@ -118,6 +159,79 @@ class SqlJournalStore:
             deleted, _ = JournalRecord.objects.filter(occurred_at__lt=before).delete()
         return int(deleted)
 
+    def aggregate(self, spec: JournalAggregate) -> list[dict[str, Any]]:
+        from zoneinfo import ZoneInfo
+
+        records = self._filter(JournalQuery(kind=spec.kind, since=spec.since, until=spec.until))
+        for index, (document_field, values) in enumerate((spec.filters or {}).values()):
+            alias = f"f{index}"
+            records = records.alias(**{alias: _sql_text(document_field)}).filter(
+                **{f"{alias}__in": [str(value) for value in values]}
+            )
+        # Positional aliases: the caller's names need not be valid SQL aliases.
+        names: dict[str, str] = {}
+        group: dict[str, Any] = {}
+        for index, (name, document_field) in enumerate((spec.group or {}).items()):
+            names[f"g{index}"] = name
+            group[f"g{index}"] = _sql_value(document_field)
+        if spec.bucket:
+            if spec.bucket not in BUCKETS:
+                raise ValueError(f"time buckets are {BUCKETS}")
+            names["t_bucket"] = "bucket"
+            group["t_bucket"] = Trunc("occurred_at", spec.bucket, tzinfo=ZoneInfo(spec.timezone))
+        measures = {}
+        for index, (name, (aggregation, measured)) in enumerate((spec.measures or {}).items()):
+            names[f"m{index}"] = name
+            measures[f"m{index}"] = _sql_aggregate(aggregation, measured)
+        if group:
+            rows = records.annotate(**group).values(*group).annotate(**measures).order_by(*group)
+            result = list(rows)
+        else:
+            result = [records.aggregate(**measures)] if measures else []
+        return [{names[key]: value for key, value in row.items()} for row in result]
+
+
+def _sql_text(document_field: DocumentField) -> Any:
+    parts = document_field.path.split(".")
+    if parts[0] == "correlation" and len(parts) == 2 and parts[1] in CORRELATION_FIELDS:
+        return F(parts[1])  # a column of its own, indexed
+    if parts == ["kind"]:
+        return F("kind")
+    expression: Any = "document"
+    for part in parts[:-1]:
+        expression = KeyTransform(part, expression)
+    return KeyTextTransform(parts[-1], expression)
+
+
+def _sql_value(document_field: DocumentField) -> Any:
+    text = _sql_text(document_field)
+    if document_field.flag_values:
+        # JSON scalars read as text: true/false for booleans, the string itself for strings.
+        values = [json.dumps(v) if isinstance(v, bool) else str(v) for v in document_field.flag_values]
+        return Case(When(_flag_in(text, values), then=Value(1)), default=Value(0), output_field=IntegerField())
+    if document_field.cast == "int":
+        return Cast(text, IntegerField())
+    if document_field.cast == "float":
+        return Cast(text, FloatField())
+    return text
+
+
+def _flag_in(text: Any, values: list[str]) -> Any:
+    return In(text, values)
+
+
+def _sql_aggregate(aggregation: str, document_field: DocumentField | None) -> Any:
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregations are {AGGREGATIONS}")
+    if document_field is None:
+        if aggregation != "count":
+            raise ValueError("only a count can do without a field")
+        return Count("id")
+    value = _sql_value(document_field)
+    if aggregation in ("count", "count_distinct"):
+        return Count(value, distinct=aggregation == "count_distinct")
+    return {"sum": Sum, "avg": Avg, "min": Min, "max": Max}[aggregation](value)
+
 
 class MongoJournalStore:
     """The same interface over a MongoDB collection (pymongo), with the same indexes."""
@@ -178,6 +292,69 @@ class MongoJournalStore:
             raise ValueError(f"counts are by one of {GROUPABLE}")
         pipeline = [{"$match": self._filter(query)}, {"$group": {"_id": f"${by}", "n": {"$sum": 1}}}]
         return {row["_id"]: row["n"] for row in self.collection.aggregate(pipeline)}
+
+    def aggregate(self, spec: JournalAggregate) -> list[dict[str, Any]]:
+        match = self._filter(JournalQuery(kind=spec.kind, since=spec.since, until=spec.until))
+        for document_field, values in (spec.filters or {}).values():
+            match[document_field.path] = {"$in": [_mongo_filter_value(document_field, v) for v in values]}
+        group_id: dict[str, Any] = {name: _mongo_value(f) for name, f in (spec.group or {}).items()}
+        if spec.bucket:
+            if spec.bucket not in BUCKETS:
+                raise ValueError(f"time buckets are {BUCKETS}")
+            group_id["bucket"] = {
+                "$dateTrunc": {
+                    "date": "$occurred_at",
+                    "unit": spec.bucket,
+                    "timezone": spec.timezone,
+                    "startOfWeek": "monday",  # ISO weeks, as PostgreSQL's date_trunc
+                }
+            }
+        accumulators: dict[str, Any] = {}
+        distinct: list[str] = []
+        for name, (aggregation, measured) in (spec.measures or {}).items():
+            if aggregation not in AGGREGATIONS:
+                raise ValueError(f"aggregations are {AGGREGATIONS}")
+            if measured is None:
+                if aggregation != "count":
+                    raise ValueError("only a count can do without a field")
+                accumulators[name] = {"$sum": 1}
+                continue
+            value = _mongo_value(measured)
+            if aggregation == "count":
+                accumulators[name] = {"$sum": {"$cond": [{"$eq": [{"$ifNull": [value, None]}, None]}, 0, 1]}}
+            elif aggregation == "count_distinct":
+                accumulators[name] = {"$addToSet": value}
+                distinct.append(name)
+            else:
+                accumulators[name] = {f"${aggregation}": value}
+        pipeline: list[dict[str, Any]] = [{"$match": match}, {"$group": {"_id": group_id or None, **accumulators}}]
+        pipeline.append({"$sort": {f"_id.{name}": 1 for name in group_id} or {"_id": 1}})
+        rows = []
+        for row in self.collection.aggregate(pipeline):
+            keys = row.pop("_id") or {}
+            for name in distinct:
+                row[name] = len([v for v in row[name] if v is not None])
+            rows.append({**keys, **row})
+        return rows
+
+
+def _mongo_value(document_field: DocumentField) -> Any:
+    path = f"${document_field.path}"
+    if document_field.flag_values:
+        return {"$cond": [{"$in": [path, list(document_field.flag_values)]}, 1, 0]}
+    if document_field.cast == "int":
+        return {"$toLong": path}
+    if document_field.cast == "float":
+        return {"$toDouble": path}
+    return path
+
+
+def _mongo_filter_value(document_field: DocumentField, value: str) -> Any:
+    if document_field.cast == "int":
+        return int(value)
+    if document_field.cast == "float":
+        return float(value)
+    return value
 
 
 @cache

@@ -8,6 +8,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("payments.api.urls")),
     path("api/v1/funnel/", include("funnel.urls")),
+    path("reporting/", include("reporting.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/problems/", views.problem_types, name="problem-types"),

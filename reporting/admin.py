@@ -1,21 +1,39 @@
 """Finance screens: exports (now or in the background) and carrier settlement files with their reconciliation."""
 
+import json
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import urlencode
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db import models
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from playpay.admin_base import RecordAdmin
+from playpay.admin_base import ReadOnlyInline, RecordAdmin
+from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.forms import ExportForm, SettlementUploadForm
-from reporting.models import ExportFormat, ExportJob, SettlementFile
+from reporting.models import (
+    AlertEvent,
+    AlertRule,
+    Dashboard,
+    Dataset,
+    DatasetField,
+    ExportFormat,
+    ExportJob,
+    SettlementFile,
+    SourceKind,
+    TimeBucket,
+)
+from reporting.services import datasets as catalog_datasets
 from reporting.services import exports
+from reporting.services.datasets import DatasetQueryError
 from reporting.services.exports import ExportFilters
 from reporting.services.reconciliation import (
     Category,
@@ -26,6 +44,7 @@ from reporting.services.reconciliation import (
     write_report,
 )
 from reporting.services.tabular import temporary_file
+from reporting.views import parse_dataset_query
 
 # The reconciliation page lists at most this many lines; the export has them all.
 PAGE_LINES = 1000
@@ -283,3 +302,178 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
         if not self.has_view_permission(request, settlement_file):
             raise PermissionDenied
         return settlement_file
+
+
+# --- Data catalog, dashboards, alerts ------------------------------------------------------------
+
+
+class DatasetFieldInlineForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = DatasetField
+        fields = ["name", "label", "role", "source", "data_type", "unit", "aggregation", "description"]
+
+
+class DatasetFieldInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = DatasetField
+    form = DatasetFieldInlineForm
+    extra = 0
+
+
+@admin.register(Dataset)
+class DatasetAdmin(admin.ModelAdmin[Dataset]):
+    list_display = ["name", "slug", "source_kind", "source", "owner", "api_fetched_at", "api_last_error", "query_link"]
+    list_filter = ["source_kind"]
+    list_select_related = ["owner"]
+    search_fields = ["name", "slug", "description"]
+    inlines = [DatasetFieldInline]
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    readonly_fields = ["sources_help", "api_fetched_at", "api_attempted_at", "api_last_error", "api_payload_preview"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "description", "owner"]}),
+        ("Source", {"fields": ["source_kind", "source", "time_field", "sources_help"]}),
+        (
+            "API source",
+            {
+                "fields": [
+                    "api_url",
+                    "api_rows_path",
+                    "api_timeout_seconds",
+                    "api_refresh_minutes",
+                    "api_fetched_at",
+                    "api_attempted_at",
+                    "api_last_error",
+                    "api_payload_preview",
+                ]
+            },
+        ),
+    ]
+    actions = ["fetch_now"]
+
+    @admin.display(description="registered sources")
+    def sources_help(self, dataset: Dataset) -> str:
+        lines = [
+            format_html(
+                "<b>{}</b> {}: {} <i>(time: {})</i>", kind, name, ", ".join(src.fields), ", ".join(src.time_fields)
+            )
+            for kind, registry in (("sql", SQL_SOURCES), ("journal", JOURNAL_SOURCES))
+            for name, src in registry.items()
+        ]
+        return format_html_join("", "<div>{}</div>", ((line,) for line in lines))
+
+    @admin.display(description="cached payload")
+    def api_payload_preview(self, dataset: Dataset) -> str:
+        if dataset.api_payload is None:
+            return "—"
+        text = json.dumps(dataset.api_payload, indent=1)
+        return format_html("<pre style='max-height: 20em; overflow: auto'>{}</pre>", text[:5000])
+
+    @admin.display(description="query")
+    def query_link(self, dataset: Dataset) -> str:
+        return format_html(
+            '<a href="{}">query / export</a>', reverse("admin:reporting_dataset_query", args=[dataset.pk])
+        )
+
+    @admin.action(description="Fetch selected API datasets now")
+    def fetch_now(self, request: HttpRequest, queryset: Any) -> None:
+        for dataset in queryset.filter(source_kind=SourceKind.API):
+            fetched = catalog_datasets.fetch_api_dataset(dataset_id=dataset.pk)
+            if fetched.api_last_error:
+                self.message_user(request, f"{fetched}: {fetched.api_last_error}", level=messages.ERROR)
+            else:
+                self.message_user(request, f"{fetched}: fetched.", level=messages.SUCCESS)
+
+    def get_urls(self) -> list[Any]:
+        view = self.admin_site.admin_view(self.query_view)
+        return [path("<int:pk>/query/", view, name="reporting_dataset_query"), *super().get_urls()]
+
+    def query_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Try a query on the dataset, see the table, export it as CSV or XLSX."""
+        dataset = self.get_object(request, str(pk))
+        if dataset is None or not self.has_view_permission(request, dataset):
+            raise PermissionDenied
+        fields = list(dataset.fields.all())
+        result = None
+        error = ""
+        if request.GET.get("measures"):
+            try:
+                result = catalog_datasets.run_query(dataset=dataset, query=parse_dataset_query(request.GET))
+            except DatasetQueryError as exc:
+                error = exc.detail
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Query {dataset.name}",
+            "opts": self.model._meta,
+            "original": dataset,
+            "dataset": dataset,
+            "measures": [f for f in fields if f.role == "measure"],
+            "dimensions": [f for f in fields if f.role == "dimension"],
+            "buckets": TimeBucket.values,
+            "params": request.GET,
+            "chosen_measures": request.GET.getlist("measures"),
+            "chosen_group_by": request.GET.getlist("group_by"),
+            "filter_values": {key[2:]: value for key, value in request.GET.items() if key.startswith("f.") and value},
+            "result": result,
+            "error": error,
+            "export_query": _non_empty_query(request),
+        }
+        return TemplateResponse(request, "admin/reporting/dataset/query.html", context)
+
+
+def _non_empty_query(request: HttpRequest) -> str:
+    pairs = [(key, value) for key, values in request.GET.lists() for value in values if value]
+    return urlencode(pairs)
+
+
+@admin.register(Dashboard)
+class DashboardAdmin(admin.ModelAdmin[Dashboard]):
+    list_display = ["title", "slug", "currency", "funnel", "open_link"]
+    filter_horizontal = ["groups"]
+
+    @admin.display(description="page")
+    def open_link(self, dashboard: Dashboard) -> str:
+        return format_html('<a href="{}">open</a>', reverse("reporting:dashboard", args=[dashboard.slug]))
+
+
+class AlertEventInline(ReadOnlyInline):
+    model = AlertEvent
+    fields = ["key", "fired_at", "fired_value", "resolved_at", "resolved_value"]
+    ordering = ["-fired_at"]
+
+
+@admin.register(AlertRule)
+class AlertRuleAdmin(admin.ModelAdmin[AlertRule]):
+    list_display = [
+        "name",
+        "dataset",
+        "condition",
+        "group_by",
+        "filters",
+        "window_minutes",
+        "is_active",
+        "state",
+        "last_evaluated_at",
+    ]
+    list_filter = ["is_active", "dataset"]
+    list_select_related = ["dataset"]
+    readonly_fields = ["last_evaluated_at"]
+    inlines = [AlertEventInline]
+
+    @admin.display(description="condition")
+    def condition(self, rule: AlertRule) -> str:
+        return f"{rule.measure} {rule.get_comparison_display()} {rule.threshold.normalize()}"
+
+    @admin.display(description="state")
+    def state(self, rule: AlertRule) -> str:
+        keys = [event.key or "firing" for event in rule.events.all() if event.resolved_at is None]
+        return "firing: " + ", ".join(keys) if keys else "ok"
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).prefetch_related("events")
+
+
+@admin.register(AlertEvent)
+class AlertEventAdmin(RecordAdmin):
+    list_display = ["rule", "key", "fired_at", "fired_value", "resolved_at", "resolved_value"]
+    list_filter = [("resolved_at", admin.EmptyFieldListFilter), "rule"]
+    list_select_related = ["rule"]
+    date_hierarchy = "fired_at"

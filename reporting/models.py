@@ -126,3 +126,249 @@ class SettlementLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.carrier_reference} {self.amount_minor} {self.currency}"
+
+
+# --- The data catalog -------------------------------------------------------------------------
+
+
+class SourceKind(models.TextChoices):
+    SQL = "sql", "SQL (our tables)"
+    JOURNAL = "journal", "NoSQL (the interaction journal)"
+    API = "api", "HTTP JSON API"
+
+
+class TimeBucket(models.TextChoices):
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+
+
+class Dataset(models.Model):
+    """A named, described set of data that can be queried, charted, exported and alerted on.
+
+    `source` names an entry of the registry of its kind (`reporting.catalog`): staff choose what
+    to expose from allowed sources, never type SQL or a pipeline.
+    """
+
+    slug = models.SlugField(max_length=60, unique=True)
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    source_kind = models.CharField(max_length=10, choices=SourceKind.choices)
+    source = models.CharField(
+        max_length=60,
+        blank=True,
+        help_text="SQL and journal datasets: the registered source (e.g. payments, carrier_calls).",
+    )
+    time_field = models.CharField(
+        max_length=60, blank=True, help_text="The source field periods and time buckets apply to."
+    )
+    api_url = models.URLField("API URL", blank=True, help_text="API datasets: the JSON endpoint fetched.")
+    api_rows_path = models.CharField(
+        "rows path",
+        max_length=120,
+        blank=True,
+        help_text="API datasets: dotted path to the list of row objects in the reply (e.g. rates).",
+    )
+    api_timeout_seconds = models.PositiveSmallIntegerField("timeout (s)", default=5)
+    api_refresh_minutes = models.PositiveSmallIntegerField("refresh every (min)", default=15)
+    # The last good payload (the cache queries read) and what happened at the last fetch.
+    api_payload = models.JSONField(null=True, blank=True, editable=False)
+    api_fetched_at = models.DateTimeField("last good fetch", null=True, blank=True, editable=False)
+    api_attempted_at = models.DateTimeField("last fetch attempt", null=True, blank=True, editable=False)
+    api_last_error = models.CharField("last error", max_length=500, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=Q(source_kind__in=SourceKind.values), name="dataset_source_kind"),
+            models.CheckConstraint(
+                condition=Q(source_kind="api", api_url__gt="") | (~Q(source_kind="api") & Q(source__gt="")),
+                name="dataset_source_given",
+            ),
+            models.CheckConstraint(condition=Q(api_timeout_seconds__gt=0), name="dataset_api_timeout_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from reporting.catalog import validate_dataset_source
+
+        validate_dataset_source(self)
+
+
+class DatasetField(models.Model):
+    """A dimension (to filter and group by) or a measure (aggregated) of a dataset."""
+
+    class Role(models.TextChoices):
+        DIMENSION = "dimension"
+        MEASURE = "measure"
+
+    class DataType(models.TextChoices):
+        STRING = "string"
+        INTEGER = "integer"
+        DECIMAL = "decimal"
+        MONEY = "money", "money (minor units of the row's currency)"
+        RATIO = "ratio", "ratio (0 to 1)"
+        DATETIME = "datetime"
+
+    class Aggregation(models.TextChoices):
+        COUNT = "count", "count (rows, or non-empty values of the source)"
+        COUNT_DISTINCT = "count_distinct", "count distinct"
+        SUM = "sum"
+        AVG = "avg", "average"
+        MIN = "min"
+        MAX = "max"
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="fields")
+    name = models.SlugField(max_length=60, help_text="The name queries use.")
+    label = models.CharField(max_length=120, blank=True)
+    role = models.CharField(max_length=10, choices=Role.choices)
+    source = models.CharField(
+        max_length=120,
+        blank=True,
+        help_text="The source field it reads (empty: the same as the name; a count of rows needs none).",
+    )
+    data_type = models.CharField(max_length=10, choices=DataType.choices, default=DataType.STRING)
+    unit = models.CharField(max_length=20, blank=True, help_text="e.g. ms, %, or empty; money takes the currency.")
+    aggregation = models.CharField(max_length=15, choices=Aggregation.choices, blank=True)
+    description = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["dataset", "role", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["dataset", "name"], name="dataset_field_unique_name"),
+            models.CheckConstraint(
+                condition=(Q(role="measure") & ~Q(aggregation="")) | (Q(role="dimension") & Q(aggregation="")),
+                name="dataset_field_aggregation_for_measures_only",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id}.{self.name}"
+
+    def clean(self) -> None:
+        from reporting.catalog import validate_dataset_field
+
+        dataset = getattr(self, "dataset", None) if self.dataset_id or "dataset" in self._state.fields_cache else None
+        if dataset is not None:
+            validate_dataset_field(dataset, self)
+
+    @property
+    def source_name(self) -> str:
+        if self.source:
+            return self.source
+        if self.role == self.Role.MEASURE and self.aggregation == self.Aggregation.COUNT:
+            return ""
+        return self.name
+
+
+# --- The dashboard ----------------------------------------------------------------------------
+
+
+class Dashboard(models.Model):
+    """A dashboard page; only superusers and members of its groups may open it."""
+
+    slug = models.SlugField(max_length=60, unique=True)
+    title = models.CharField(max_length=120)
+    groups = models.ManyToManyField("auth.Group", blank=True, related_name="dashboards")
+    funnel = models.ForeignKey(
+        "funnel.FunnelDefinition",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The funnel it shows (its hourly rollups); empty: the first one.",
+    )
+    currency = models.CharField(
+        max_length=3, default="EUR", validators=[validate_currency_code], help_text="Totals are converted into it."
+    )
+    refresh_seconds = models.PositiveSmallIntegerField(default=5)
+
+    class Meta:
+        ordering = ["title"]
+        constraints = [
+            models.CheckConstraint(condition=Q(refresh_seconds__gte=2), name="dashboard_refresh_at_least_2s")
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+# --- Alerts -----------------------------------------------------------------------------------
+
+
+class AlertRule(models.Model):
+    """A threshold on a dataset measure over a trailing window, e.g. success rate < 0.8 over 15 minutes."""
+
+    class Comparison(models.TextChoices):
+        LT = "lt", "<"
+        LTE = "lte", "≤"
+        GT = "gt", ">"
+        GTE = "gte", "≥"
+
+    name = models.CharField(max_length=120, unique=True)
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="alert_rules")
+    measure = models.SlugField(max_length=60)
+    filters = models.JSONField(default=dict, blank=True, help_text='Dimension values, e.g. {"carrier": "camara-gb"}.')
+    group_by = models.SlugField(
+        max_length=60, blank=True, help_text="Optional dimension: the rule holds for each of its values separately."
+    )
+    comparison = models.CharField(max_length=3, choices=Comparison.choices)
+    threshold = models.DecimalField(max_digits=18, decimal_places=6)
+    window_minutes = models.PositiveIntegerField(default=15)
+    min_rows = models.PositiveIntegerField(
+        default=1, help_text="Rows needed in the window before the rule is judged (fewer: no verdict)."
+    )
+    is_active = models.BooleanField(default=True)
+    last_evaluated_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.CheckConstraint(condition=Q(window_minutes__gt=0), name="alert_window_positive")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def clean(self) -> None:
+        from reporting.services.alerts import validate_alert_rule
+
+        validate_alert_rule(self)
+
+
+class AlertEvent(models.Model):
+    """One time a rule fired (for one group value), and when it resolved."""
+
+    rule = models.ForeignKey(AlertRule, on_delete=models.CASCADE, related_name="events")
+    key = models.CharField(max_length=120, blank=True, help_text="The group value, when the rule has a group by.")
+    fired_at = models.DateTimeField()
+    fired_value = models.DecimalField(max_digits=24, decimal_places=6)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+    resolved_value = models.DecimalField(max_digits=24, decimal_places=6, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-fired_at", "-id"]
+        constraints = [
+            # A rule fires at most once per group value until it resolves.
+            models.UniqueConstraint(
+                fields=["rule", "key"], condition=Q(resolved_at__isnull=True), name="alert_one_open_event"
+            ),
+            models.CheckConstraint(
+                condition=Q(resolved_at__isnull=True) | Q(resolved_at__gte=F("fired_at")),
+                name="alert_resolved_after_fired",
+            ),
+        ]
+        indexes = [models.Index(fields=["resolved_at", "-fired_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.rule_id}{f' [{self.key}]' if self.key else ''} fired {self.fired_at:%Y-%m-%d %H:%M}"
+
+    @property
+    def is_open(self) -> bool:
+        return self.resolved_at is None

@@ -1,11 +1,28 @@
 """Celery tasks of reporting: thin wrappers over the services."""
 
 from celery import shared_task
+from django.utils import timezone
 
-from reporting.services import exports
+from reporting.services import alerts, datasets, exports
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_export(job_id: int) -> str:
     """Idempotent: a finished job is left alone; one whose worker died starts again from the first row."""
     return exports.run_export_job(job_id=job_id).status
+
+
+@shared_task(acks_late=True)
+def refresh_api_datasets() -> int:
+    """Fetch every API dataset whose refresh interval has passed; each fetch has the dataset's timeout."""
+    due = datasets.due_api_datasets(now=timezone.now())
+    for dataset_id in due:
+        datasets.fetch_api_dataset(dataset_id=dataset_id)
+    return len(due)
+
+
+@shared_task(acks_late=True)
+def evaluate_alerts() -> str:
+    """Evaluate the active alert rules; safe to run twice (a firing rule fires once until it resolves)."""
+    result = alerts.evaluate_alert_rules()
+    return f"{result.fired} fired, {result.resolved} resolved"

@@ -1,0 +1,240 @@
+"""The registry of sources a dataset may read: what staff can expose, by name, with its fields.
+
+A SQL source maps a name to a model's queryset and the fields (ORM expressions) that may be
+filtered, grouped and aggregated; a journal source maps a name to a journal record kind and
+the document paths of its fields. Staff build datasets from these names in the admin, so a
+field name is always checked against its source and no query text ever comes from a form.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.core.exceptions import ValidationError
+from django.db.models import BooleanField, Case, F, IntegerField, Model, QuerySet, Value, When
+from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Cast
+
+from funnel.models import FunnelRollup
+from journal.services import Kind
+from journal.store import DocumentField
+from payments.models import LedgerLine, Payment, PaymentStatus, Refund, Reversal
+
+if TYPE_CHECKING:
+    from reporting.models import Dataset, DatasetField
+
+# Payments whose charge went through (whatever happened to them afterwards) and those that ended without.
+CHARGED = [
+    PaymentStatus.SUCCEEDED,
+    PaymentStatus.PARTIALLY_REFUNDED,
+    PaymentStatus.REFUNDED,
+    PaymentStatus.REVERSED,
+]
+NOT_CHARGED = [PaymentStatus.FAILED, PaymentStatus.EXPIRED]
+
+
+def _flag(**condition: Any) -> Case:
+    """1 where the condition holds, else 0: summed it counts, averaged it is a share."""
+    return Case(When(then=Value(1), **condition), default=Value(0), output_field=IntegerField())
+
+
+@dataclass(frozen=True)
+class SqlSource:
+    description: str
+    model: type[Model]
+    time_fields: dict[str, str]  # name -> lookup
+    fields: dict[str, Callable[[], Any]]  # name -> factory of the ORM expression
+
+    def queryset(self) -> QuerySet[Any]:
+        return self.model._default_manager.all()
+
+
+def _payment_dimensions(prefix: str) -> dict[str, Callable[[], Any]]:
+    return {
+        "app": lambda: F(f"{prefix}app__name"),
+        "carrier": lambda: F(f"{prefix}carrier__slug"),
+        "country": lambda: F(f"{prefix}carrier__country_id"),
+        "price_point": lambda: F(f"{prefix}price_point__code"),
+        "flow": lambda: F(f"{prefix}flow"),
+    }
+
+
+MAX_FUNNEL_STEPS = 10
+
+
+def _funnel_step(index: int) -> Callable[[], Any]:
+    return lambda: Cast(KeyTextTransform(str(index), "reached"), IntegerField())
+
+
+SQL_SOURCES: dict[str, SqlSource] = {
+    "payments": SqlSource(
+        description="Payments, one row each, at the time they were created.",
+        model=Payment,
+        time_fields={"created_at": "created_at", "updated_at": "updated_at"},
+        fields={
+            **_payment_dimensions(""),
+            "currency": lambda: F("currency"),
+            "status": lambda: F("status"),
+            "failure_code": lambda: F("failure_code"),
+            "player": lambda: F("user_ref"),
+            "amount_minor": lambda: F("amount_minor"),
+            "refunded_minor": lambda: F("refunded_minor"),
+            # The amount of a payment whose charge went through; empty for the others.
+            "charged_amount_minor": lambda: Case(
+                When(status__in=CHARGED, then=F("amount_minor")), default=None, output_field=IntegerField()
+            ),
+            "charged": lambda: _flag(status__in=CHARGED),
+            "failed": lambda: _flag(status__in=NOT_CHARGED),
+            # 1 charged, 0 failed or expired, empty while undecided: its average is the success rate.
+            "charge_succeeded": lambda: Case(
+                When(status__in=CHARGED, then=Value(1)),
+                When(status__in=NOT_CHARGED, then=Value(0)),
+                default=None,
+                output_field=IntegerField(),
+            ),
+        },
+    ),
+    "refunds": SqlSource(
+        description="Refunds (partial or total) requested by apps or staff.",
+        model=Refund,
+        time_fields={"created_at": "created_at", "completed_at": "completed_at"},
+        fields={
+            **_payment_dimensions("payment__"),
+            "currency": lambda: F("currency"),
+            "status": lambda: F("status"),
+            "via_carrier": lambda: Cast(F("via_carrier"), BooleanField()),
+            "amount_minor": lambda: F("amount_minor"),
+            "succeeded": lambda: _flag(status="succeeded"),
+        },
+    ),
+    "reversals": SqlSource(
+        description="Reversals of whole charges.",
+        model=Reversal,
+        time_fields={"created_at": "created_at", "completed_at": "completed_at"},
+        fields={
+            **_payment_dimensions("payment__"),
+            "currency": lambda: F("payment__currency"),
+            "status": lambda: F("status"),
+            "amount_minor": lambda: F("payment__amount_minor"),
+        },
+    ),
+    "ledger_lines": SqlSource(
+        description="Double-entry ledger lines (debit positive, credit negative).",
+        model=LedgerLine,
+        time_fields={"created_at": "entry__created_at"},
+        fields={
+            **{name: make for name, make in _payment_dimensions("entry__payment__").items() if name != "flow"},
+            "account": lambda: F("account"),
+            "entry_kind": lambda: F("entry__kind"),
+            "currency": lambda: F("currency"),
+            "amount_minor": lambda: F("amount_minor"),
+        },
+    ),
+    "funnel_rollups": SqlSource(
+        description="Hourly funnel rollups: journeys that reached each step, by funnel and breakdown.",
+        model=FunnelRollup,
+        time_fields={"hour": "hour"},
+        fields={
+            "funnel": lambda: F("funnel__name"),
+            "app": lambda: F("app__name"),
+            "carrier": lambda: F("carrier"),
+            "country": lambda: F("country"),
+            "price_point": lambda: F("price_point"),
+            "flow": lambda: F("flow"),
+            "excluded": lambda: F("excluded"),
+            **{f"step_{index + 1}": _funnel_step(index) for index in range(MAX_FUNNEL_STEPS)},
+        },
+    ),
+}
+
+
+@dataclass(frozen=True)
+class JournalSource:
+    description: str
+    kind: str  # the journal records it reads
+    fields: dict[str, DocumentField] = field(default_factory=dict)
+    time_fields: tuple[str, ...] = ("occurred_at",)
+
+
+JOURNAL_SOURCES: dict[str, JournalSource] = {
+    "carrier_calls": JournalSource(
+        description="Every call PlayPay made to a carrier: operation, outcome, error code, latency.",
+        kind=Kind.CARRIER_CALL,
+        fields={
+            "carrier": DocumentField("correlation.carrier"),
+            "operation": DocumentField("data.operation"),
+            "protocol": DocumentField("data.protocol"),
+            "outcome": DocumentField("data.result.outcome"),
+            "error_code": DocumentField("data.result.error_code"),
+            "latency_ms": DocumentField("data.latency_ms", cast="int"),
+            "failed": DocumentField("data.result.outcome", flag_values=("failed",)),
+            "transport_failed": DocumentField("data.result.transport_failed", flag_values=(True,)),
+        },
+    ),
+    "api_requests": JournalSource(
+        description="Inbound API requests of the apps.",
+        kind=Kind.API_REQUEST,
+        fields={
+            "app": DocumentField("correlation.app"),
+            "method": DocumentField("data.method"),
+            "path": DocumentField("data.path"),
+            "status": DocumentField("data.status"),
+            "duration_ms": DocumentField("data.duration_ms", cast="int"),
+        },
+    ),
+}
+
+
+def source_field_names(dataset: "Dataset") -> list[str] | None:
+    """The fields the dataset's source offers; None for API datasets (their payload decides)."""
+    if dataset.source_kind == "sql":
+        return list(SQL_SOURCES[dataset.source].fields) if dataset.source in SQL_SOURCES else []
+    if dataset.source_kind == "journal":
+        return list(JOURNAL_SOURCES[dataset.source].fields) if dataset.source in JOURNAL_SOURCES else []
+    return None
+
+
+def time_field_names(dataset: "Dataset") -> list[str] | None:
+    if dataset.source_kind == "sql":
+        return list(SQL_SOURCES[dataset.source].time_fields) if dataset.source in SQL_SOURCES else []
+    if dataset.source_kind == "journal":
+        return list(JOURNAL_SOURCES[dataset.source].time_fields) if dataset.source in JOURNAL_SOURCES else []
+    return None
+
+
+def validate_dataset_source(dataset: "Dataset") -> None:
+    errors: dict[str, str] = {}
+    if dataset.source_kind in ("sql", "journal"):
+        registry = SQL_SOURCES if dataset.source_kind == "sql" else JOURNAL_SOURCES
+        if dataset.source not in registry:
+            errors["source"] = f"Choose one of the registered {dataset.source_kind} sources: {', '.join(registry)}."
+        else:
+            times = time_field_names(dataset) or []
+            if dataset.time_field and dataset.time_field not in times:
+                errors["time_field"] = f"The time fields of {dataset.source} are: {', '.join(times)}."
+    elif dataset.source_kind == "api":
+        if not dataset.api_url:
+            errors["api_url"] = "An API dataset needs the URL of its JSON endpoint."
+        if dataset.source:
+            errors["source"] = "API datasets have no registered source: leave it empty."
+    if errors:
+        raise ValidationError(errors)
+
+
+def validate_dataset_field(dataset: "Dataset", dataset_field: "DatasetField") -> None:
+    errors: dict[str, str] = {}
+    offered = source_field_names(dataset)
+    source = dataset_field.source_name
+    if offered is not None and source and source not in offered:
+        errors["source" if dataset_field.source else "name"] = (
+            f"{source!r} is not a field of {dataset.source}; its fields are: {', '.join(offered)}."
+        )
+    is_measure = dataset_field.role == "measure"
+    if is_measure and not dataset_field.aggregation:
+        errors["aggregation"] = "A measure needs an aggregation."
+    if not is_measure and dataset_field.aggregation:
+        errors["aggregation"] = "Only measures are aggregated."
+    if is_measure and not source and dataset_field.aggregation != "count":
+        errors["source"] = "Only a count can do without a source field."
+    if errors:
+        raise ValidationError(errors)

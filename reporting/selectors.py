@@ -1,0 +1,351 @@
+"""Reads for the dashboard: every figure comes from a catalog dataset through the one query interface."""
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.utils import timezone
+
+from carriers.models import Carrier
+from funnel.models import FunnelDefinition
+from playpay.money import UnknownCurrency, currency_exponent
+from reporting.models import Dashboard, Dataset
+from reporting.services import alerts
+from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
+
+# The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
+PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
+CARRIER_CALLS, FUNNEL_ROLLUPS, FX_RATES = "carrier-calls", "funnel-rollups", "fx-rates"
+
+# period -> (length, time bucket of the charts)
+PERIODS: dict[str, tuple[timedelta, str]] = {
+    "24h": (timedelta(hours=24), "hour"),
+    "7d": (timedelta(days=7), "day"),
+    "30d": (timedelta(days=30), "day"),
+    "90d": (timedelta(days=90), "week"),
+}
+DEFAULT_PERIOD = "24h"
+TOP_ERRORS = 10
+
+
+def can_view_dashboard(user: AbstractBaseUser | AnonymousUser, dashboard: Dashboard) -> bool:
+    """Superusers see every dashboard; other staff those shared with one of their groups."""
+    if not (user.is_active and getattr(user, "is_staff", False)):
+        return False
+    if getattr(user, "is_superuser", False):
+        return True
+    return dashboard.groups.filter(user=user.pk).exists()
+
+
+def visible_dashboards(user: AbstractBaseUser | AnonymousUser) -> list[Dashboard]:
+    return [
+        dashboard for dashboard in Dashboard.objects.prefetch_related("groups") if can_view_dashboard(user, dashboard)
+    ]
+
+
+@dataclass(frozen=True)
+class DashboardFilters:
+    period: str = DEFAULT_PERIOD
+    app: str = ""
+    country: str = ""
+    carrier: str = ""
+    timezone: str = "UTC"
+
+    def dimensions(self) -> dict[str, tuple[str, ...]]:
+        picked = {"app": self.app, "country": self.country, "carrier": self.carrier}
+        return {name: (value,) for name, value in picked.items() if value}
+
+
+@dataclass(frozen=True)
+class FxRates:
+    """Units of each currency per one unit of `base`, as of `rate_date`."""
+
+    base: str
+    rates: dict[str, Decimal]
+    rate_date: str | None
+    fetched_at: datetime | None
+    error: str
+
+    def convert(self, amount_minor: int, currency: str, target: str) -> int | None:
+        """The amount in `target` minor units, or None without both rates."""
+        if currency == target:
+            return amount_minor
+        if currency not in self.rates or target not in self.rates or not self.rates[currency]:
+            return None
+        major = Decimal(amount_minor).scaleb(-currency_exponent(currency))
+        converted = major * self.rates[target] / self.rates[currency]
+        return int(converted.scaleb(currency_exponent(target)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def fx_rates() -> FxRates:
+    dataset = Dataset.objects.filter(slug=FX_RATES).first()
+    if dataset is None:
+        return FxRates("", {}, None, None, f"no {FX_RATES!r} dataset in the catalog")
+    result = run_query(dataset=dataset, query=DatasetQuery(measures=("rate",), group_by=("base", "quote", "date")))
+    latest: dict[str, tuple[str, Decimal, str]] = {}
+    for row in result.rows:
+        if row["rate"] is None:
+            continue
+        quote, day = str(row["quote"]), str(row["date"])
+        if quote not in latest or day > latest[quote][2]:
+            latest[quote] = (str(row["base"]), Decimal(str(row["rate"])), day)
+    bases = {base for base, _, _ in latest.values()}
+    base = bases.pop() if len(bases) == 1 else ""
+    rates = {quote: rate for quote, (_, rate, _) in latest.items()} if base else {}
+    if base:
+        rates[base] = Decimal(1)
+    days = sorted({day for _, _, day in latest.values()})
+    return FxRates(
+        base,
+        rates,
+        days[0] if days else None,
+        dataset.api_fetched_at,
+        dataset.api_last_error or ("" if base else "no rates"),
+    )
+
+
+def _dataset(slug: str) -> Dataset:
+    dataset = Dataset.objects.filter(slug=slug).first()
+    if dataset is None:
+        raise DatasetQueryError(f"The dashboard reads the dataset {slug!r}, which is not in the catalog.")
+    return dataset
+
+
+def _money(amounts: dict[str, int], *, fx: FxRates, target: str) -> dict[str, Any]:
+    """Per-currency amounts and their total in `target` (None when a rate is missing)."""
+    total: int | None = 0
+    missing = []
+    for currency, amount in amounts.items():
+        converted = fx.convert(amount, currency, target)
+        if converted is None:
+            missing.append(currency)
+        elif total is not None:
+            total += converted
+    return {
+        "total_minor": None if missing else total,
+        "missing_rates": sorted(missing),
+        "by_currency": [
+            {"currency": currency, "amount_minor": amount, "exponent": _exponent(currency)}
+            for currency, amount in sorted(amounts.items())
+        ],
+    }
+
+
+def _exponent(currency: str) -> int | None:
+    try:
+        return currency_exponent(currency)
+    except UnknownCurrency:
+        return None
+
+
+def _buckets(since: datetime, until: datetime, bucket: str, zone: Any) -> list[str]:
+    """Every bucket of the period, so that quiet hours show as zero instead of vanishing."""
+    step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[bucket]
+    start = since.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+    if bucket != "hour":
+        start = start.replace(hour=0)
+    if bucket == "week":
+        start -= timedelta(days=start.weekday())
+    labels = []
+    moment = start
+    while moment < until:
+        labels.append(moment.isoformat())
+        moment = (moment + step).astimezone(zone)
+        if bucket != "hour":
+            moment = moment.replace(hour=0)
+    return labels
+
+
+def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime | None = None) -> dict[str, Any]:
+    """Everything the dashboard shows, as JSON-ready data, as of `now`."""
+    from zoneinfo import ZoneInfo
+
+    now = now or timezone.now()
+    length, bucket = PERIODS[filters.period]
+    since, until = now - length, now
+    zone = ZoneInfo(filters.timezone)
+    dims = filters.dimensions()
+    target = dashboard.currency
+    fx = fx_rates()
+
+    def query(slug: str, measures: tuple[str, ...], *, group_by: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        return run_query(
+            dataset=_dataset(slug),
+            query=DatasetQuery(
+                measures=measures,
+                group_by=group_by,
+                since=since,
+                until=until,
+                timezone=filters.timezone,
+                filters=kwargs.get("filters", dims),
+                bucket=kwargs.get("bucket"),
+            ),
+        ).rows
+
+    labels = _buckets(since, until, bucket, zone)
+
+    # Revenue and payment count per bucket (charged payments, gross of later refunds).
+    revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    count_by_bucket: dict[str, int] = defaultdict(int)
+    totals: dict[str, int] = defaultdict(int)
+    for row in query(PAYMENTS, ("revenue_minor", "charged_payments"), bucket=bucket):
+        key = row["bucket"].isoformat()
+        revenue_by_bucket[key][row["currency"]] += row["revenue_minor"]
+        count_by_bucket[key] += row["charged_payments"]
+        totals[row["currency"]] += row["revenue_minor"]
+    revenue = {
+        "bucket": bucket,
+        "currency": target,
+        "exponent": currency_exponent(target),
+        "labels": labels,
+        "amount_minor": [_money(revenue_by_bucket[label], fx=fx, target=target)["total_minor"] for label in labels],
+        "payments": [count_by_bucket[label] for label in labels],
+        "total_payments": sum(count_by_bucket.values()),
+        **_money(dict(totals), fx=fx, target=target),
+    }
+
+    # Conversion funnel, from the hourly rollups.
+    funnel = _funnel(dashboard, query, dims)
+
+    # Success rate per carrier (payments), latency and errors per carrier (journal of carrier calls).
+    carriers: dict[str, dict[str, Any]] = defaultdict(dict)
+    for row in query(PAYMENTS, ("success_rate", "payments"), group_by=("carrier",)):
+        carriers[row["carrier"]].update(success_rate=row["success_rate"], payments=row["payments"])
+    call_filters = _call_filters(filters)
+    for row in (
+        query(
+            CARRIER_CALLS,
+            ("calls", "avg_latency_ms", "max_latency_ms", "failed_calls"),
+            group_by=("carrier",),
+            filters=call_filters,
+        )
+        if call_filters is not None
+        else []
+    ):
+        carriers[row["carrier"]].update(
+            calls=row["calls"],
+            avg_latency_ms=row["avg_latency_ms"],
+            max_latency_ms=row["max_latency_ms"],
+            failed_calls=row["failed_calls"],
+        )
+    carrier_rows = [
+        {
+            "carrier": slug,
+            "payments": values.get("payments", 0),
+            "success_rate": values.get("success_rate"),
+            "calls": values.get("calls", 0),
+            "avg_latency_ms": values.get("avg_latency_ms"),
+            "max_latency_ms": values.get("max_latency_ms"),
+            "failed_calls": values.get("failed_calls", 0),
+        }
+        for slug, values in sorted(carriers.items())
+    ]
+
+    # Refunds and reversals per bucket.
+    refund_counts: dict[str, int] = defaultdict(int)
+    refund_amounts: dict[str, int] = defaultdict(int)
+    for row in query(REFUNDS, ("refunds", "amount_minor"), bucket=bucket):
+        refund_counts[row["bucket"].isoformat()] += row["refunds"]
+        refund_amounts[row["currency"]] += row["amount_minor"]
+    reversal_counts: dict[str, int] = defaultdict(int)
+    reversal_amounts: dict[str, int] = defaultdict(int)
+    for row in query(REVERSALS, ("reversals", "amount_minor"), bucket=bucket):
+        reversal_counts[row["bucket"].isoformat()] += row["reversals"]
+        reversal_amounts[row["currency"]] += row["amount_minor"]
+    refunds = {
+        "labels": labels,
+        "refunds": [refund_counts[label] for label in labels],
+        "reversals": [reversal_counts[label] for label in labels],
+        "total_refunds": sum(refund_counts.values()),
+        "total_reversals": sum(reversal_counts.values()),
+        "refunded": _money(dict(refund_amounts), fx=fx, target=target),
+        "reversed": _money(dict(reversal_amounts), fx=fx, target=target),
+    }
+
+    # Top error codes of payments that were not charged.
+    errors = sorted(
+        (
+            {"code": row["failure_code"] or "(none)", "count": row["failed_payments"]}
+            for row in query(PAYMENTS, ("failed_payments",), group_by=("failure_code",))
+            if row["failed_payments"]
+        ),
+        key=lambda item: (-item["count"], item["code"]),
+    )[:TOP_ERRORS]
+
+    return {
+        "dashboard": dashboard.slug,
+        "as_of": now.isoformat(),
+        "period": {"name": filters.period, "since": since.isoformat(), "until": until.isoformat(), "bucket": bucket},
+        "timezone": filters.timezone,
+        "filters": {"app": filters.app, "country": filters.country, "carrier": filters.carrier},
+        "currency": target,
+        "fx": {
+            "base": fx.base,
+            "rate_date": fx.rate_date,
+            "fetched_at": fx.fetched_at.isoformat() if fx.fetched_at else None,
+            "error": fx.error,
+        },
+        "revenue": revenue,
+        "funnel": funnel,
+        "carriers": carrier_rows,
+        "latency_ignores_app_filter": bool(filters.app),
+        "refunds": refunds,
+        "errors": errors,
+        "alerts": {
+            "open": [alerts.describe(event) for event in alerts.open_alerts()],
+            "recent": [alerts.describe(event) for event in alerts.recent_alert_events()],
+        },
+    }
+
+
+def _call_filters(filters: DashboardFilters) -> dict[str, tuple[str, ...]] | None:
+    """Carrier calls know their carrier, not the app or country: a country becomes its carriers."""
+    call_filters: dict[str, tuple[str, ...]] = {}
+    if filters.carrier:
+        call_filters["carrier"] = (filters.carrier,)
+    if filters.country:
+        in_country = tuple(Carrier.objects.filter(country_id=filters.country).values_list("slug", flat=True))
+        if filters.carrier:
+            in_country = tuple(slug for slug in in_country if slug == filters.carrier)
+        if not in_country:
+            return None
+        call_filters["carrier"] = in_country
+    return call_filters
+
+
+def _funnel(dashboard: Dashboard, query: Any, dims: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    definition = dashboard.funnel or FunnelDefinition.objects.order_by("pk").first()
+    if definition is None:
+        return {"name": None, "steps": []}
+    steps = list(definition.steps)
+    measures = tuple(f"step_{index + 1}" for index in range(len(steps)))
+    rows = query(FUNNEL_ROLLUPS, measures, filters={**dims, "funnel": (definition.name,)})
+    reached = [int(rows[0][name] or 0) if rows else 0 for name in measures]
+    return {
+        "name": definition.name,
+        "steps": [
+            {
+                "step": step,
+                "reached": count,
+                "conversion": (count / reached[0]) if reached[0] else None,
+            }
+            for step, count in zip(steps, reached, strict=True)
+        ],
+    }
+
+
+def dashboard_choices() -> dict[str, list[tuple[str, str]]]:
+    """What the filter form offers: apps, countries and carriers that took payments or are active."""
+    from payments.models import App
+
+    carriers = Carrier.objects.filter(is_active=True).select_related("country").order_by("slug")
+    countries = sorted({(c.country_id, c.country.name) for c in carriers})
+    return {
+        "period": [(name, name) for name in PERIODS],
+        "app": [(app.name, app.name) for app in App.objects.order_by("name")],
+        "country": countries,
+        "carrier": [(c.slug, c.name) for c in carriers],
+    }

@@ -1,0 +1,1 @@
+"""Template tags of reporting: the dashboards a user may open, for the admin index."""

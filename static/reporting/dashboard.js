@@ -1,0 +1,153 @@
+/* The reporting dashboard: polls its JSON endpoint and redraws the charts in place (Chart.js, vendored). */
+(function () {
+  "use strict";
+  var root = document.getElementById("dashboard");
+  if (!root || typeof Chart === "undefined") { return; }
+  var form = document.getElementById("dashboard-filters");
+  var dataUrl = root.dataset.url;
+  var refreshMs = Math.max(2, parseInt(root.dataset.refreshSeconds, 10) || 5) * 1000;
+  var timer = null;
+  var charts = {};
+
+  form.elements.tz.value = Intl.DateTimeFormat().resolvedOptions().timeZone || "UTC";
+
+  function money(minor, currency, exponent) {
+    if (minor === null || minor === undefined) { return "—"; }
+    var digits = exponent === null || exponent === undefined ? 2 : exponent;
+    return new Intl.NumberFormat(undefined, {
+      style: "currency", currency: currency, minimumFractionDigits: digits, maximumFractionDigits: digits
+    }).format(minor / Math.pow(10, digits));
+  }
+  function percent(ratio) {
+    return ratio === null || ratio === undefined ? "—" : (ratio * 100).toFixed(1) + " %";
+  }
+  function label(iso, bucket) {
+    var d = new Date(iso);
+    if (bucket === "hour") { return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }); }
+    return d.toLocaleDateString();
+  }
+  function text(id, value) { document.getElementById(id).textContent = value; }
+
+  function chart(name, config) {
+    var canvas = document.querySelector('canvas[data-chart="' + name + '"]');
+    if (!charts[name]) {
+      config.options = Object.assign({ responsive: true, animation: false, maintainAspectRatio: false }, config.options || {});
+      charts[name] = new Chart(canvas, config);
+    } else {
+      charts[name].data = config.data;
+      charts[name].update();
+    }
+    canvas.dataset.updatedAt = new Date().toISOString();
+  }
+
+  function render(data) {
+    var rev = data.revenue;
+    var asOf = document.getElementById("data-as-of");
+    asOf.setAttribute("datetime", data.as_of);
+    asOf.textContent = new Date(data.as_of).toLocaleString();
+    text("fx-rate-date", data.fx.rate_date ? data.fx.rate_date + " (" + data.fx.base + ")" : "— (" + (data.fx.error || "no rates") + ")");
+    var total = document.getElementById("total-revenue");
+    total.dataset.amountMinor = rev.total_minor === null ? "" : rev.total_minor;
+    total.textContent = money(rev.total_minor, data.currency, rev.exponent);
+    text("revenue-by-currency", rev.by_currency.map(function (c) { return money(c.amount_minor, c.currency, c.exponent); }).join(" + ") +
+      (rev.missing_rates.length ? " (no rate for " + rev.missing_rates.join(", ") + ")" : ""));
+    text("total-payments", rev.total_payments);
+    text("total-refunds", data.refunds.total_refunds);
+    text("total-reversals", data.refunds.total_reversals);
+    text("refunded-amount", money(data.refunds.refunded.total_minor, data.currency, rev.exponent));
+    text("reversed-amount", money(data.refunds.reversed.total_minor, data.currency, rev.exponent));
+    document.getElementById("latency-note").hidden = !data.latency_ignores_app_filter;
+
+    var labels = rev.labels.map(function (iso) { return label(iso, rev.bucket); });
+    chart("revenue", {
+      type: "bar",
+      data: { labels: labels, datasets: [
+        { type: "bar", label: "revenue (" + data.currency + ")", yAxisID: "money",
+          data: rev.amount_minor.map(function (m) { return m === null ? null : m / Math.pow(10, rev.exponent); }) },
+        { type: "line", label: "payments", yAxisID: "count", data: rev.payments }
+      ] },
+      options: { scales: { money: { position: "left", beginAtZero: true }, count: { position: "right", beginAtZero: true, grid: { drawOnChartArea: false } } },
+        plugins: { tooltip: { callbacks: { label: function (ctx) {
+          return ctx.dataset.yAxisID === "money" ? money(Math.round(ctx.raw * Math.pow(10, rev.exponent)), data.currency, rev.exponent) : ctx.raw + " payments";
+        } } } } }
+    });
+    text("funnel-name", data.funnel.name || "(no funnel defined)");
+    chart("funnel", {
+      type: "bar",
+      data: { labels: data.funnel.steps.map(function (s) { return s.step; }),
+        datasets: [{ label: "journeys", data: data.funnel.steps.map(function (s) { return s.reached; }) }] },
+      options: { indexAxis: "y" }
+    });
+    var carriers = data.carriers.map(function (c) { return c.carrier; });
+    chart("success-rate", {
+      type: "bar",
+      data: { labels: carriers, datasets: [{ label: "success rate %", data: data.carriers.map(function (c) {
+        return c.success_rate === null ? null : Math.round(c.success_rate * 1000) / 10; }) }] },
+      options: { scales: { y: { min: 0, max: 100 } } }
+    });
+    chart("latency", {
+      type: "bar",
+      data: { labels: carriers, datasets: [
+        { label: "average", data: data.carriers.map(function (c) { return c.avg_latency_ms; }) },
+        { label: "max", data: data.carriers.map(function (c) { return c.max_latency_ms; }) }
+      ] }
+    });
+    chart("refunds", {
+      type: "bar",
+      data: { labels: labels, datasets: [
+        { label: "refunds", data: data.refunds.refunds }, { label: "reversals", data: data.refunds.reversals }
+      ] }
+    });
+    chart("errors", {
+      type: "bar",
+      data: { labels: data.errors.map(function (e) { return e.code; }),
+        datasets: [{ label: "failed payments", data: data.errors.map(function (e) { return e.count; }) }] },
+      options: { indexAxis: "y" }
+    });
+
+    var body = document.querySelector("#carrier-table tbody");
+    body.replaceChildren.apply(body, data.carriers.map(function (c) {
+      var tr = document.createElement("tr");
+      tr.dataset.carrier = c.carrier;
+      [c.carrier, c.payments, percent(c.success_rate), c.calls, c.failed_calls,
+       c.avg_latency_ms === null ? "—" : Math.round(c.avg_latency_ms), c.max_latency_ms === null ? "—" : c.max_latency_ms
+      ].forEach(function (value) { var td = document.createElement("td"); td.textContent = value; tr.appendChild(td); });
+      return tr;
+    }));
+    var list = document.getElementById("alert-list");
+    var events = data.alerts.open.concat(data.alerts.recent.filter(function (e) { return e.state === "resolved"; }));
+    list.replaceChildren.apply(list, events.length ? events.map(function (e) {
+      var li = document.createElement("li");
+      li.dataset.alertState = e.state;
+      li.textContent = e.state + ": " + e.rule + (e.key ? " [" + e.key + "]" : "") + " — " + e.condition +
+        ", value " + e.fired_value + " at " + new Date(e.fired_at).toLocaleString() +
+        (e.resolved_at ? ", resolved at " + new Date(e.resolved_at).toLocaleString() : "");
+      return li;
+    }) : [Object.assign(document.createElement("li"), { textContent: "No alerts." })]);
+  }
+
+  function query() { return new URLSearchParams(new FormData(form)).toString(); }
+
+  function refresh() {
+    clearTimeout(timer);
+    var error = document.getElementById("dashboard-error");
+    fetch(dataUrl + "?" + query(), { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then(function (response) {
+        return response.json().then(function (body) {
+          if (!response.ok) { throw new Error(body.detail || response.statusText); }
+          return body;
+        });
+      })
+      .then(function (data) { error.hidden = true; render(data); })
+      .catch(function (err) { error.hidden = false; error.textContent = "Could not update: " + err.message; })
+      .finally(function () { timer = setTimeout(refresh, refreshMs); });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    history.replaceState(null, "", "?" + query());
+    refresh();
+  });
+  form.addEventListener("change", function () { history.replaceState(null, "", "?" + query()); refresh(); });
+  refresh();
+})();
