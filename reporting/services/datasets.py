@@ -391,14 +391,24 @@ def _download(dataset: Dataset) -> Any:
     return payload
 
 
+# A failed fetch is tried again this soon, however long the dataset's refresh interval.
+RETRY_AFTER_ERROR = timedelta(minutes=1)
+
+
 def due_api_datasets(*, now: datetime) -> list[int]:
-    """API datasets whose last attempt is older than their refresh interval (or never made)."""
+    """API datasets whose last attempt is older than their refresh interval (or never made).
+
+    After a failed attempt the dataset is due again after RETRY_AFTER_ERROR, if that is sooner.
+    """
     due = []
     for dataset in Dataset.objects.filter(source_kind=SourceKind.API).only(
-        "pk", "api_attempted_at", "api_refresh_minutes"
+        "pk", "api_attempted_at", "api_refresh_minutes", "api_last_error"
     ):
         last = dataset.api_attempted_at
-        if last is None or now - last >= timedelta(minutes=dataset.api_refresh_minutes):
+        interval = timedelta(minutes=dataset.api_refresh_minutes)
+        if dataset.api_last_error:
+            interval = min(interval, RETRY_AFTER_ERROR)
+        if last is None or now - last >= interval:
             due.append(dataset.pk)
     return due
 

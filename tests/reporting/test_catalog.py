@@ -19,7 +19,13 @@ from journal.models import JournalRecord
 from journal.services import Kind, record
 from payments.models import PaymentStatus
 from reporting.models import Dataset, DatasetField
-from reporting.services.datasets import DatasetQuery, DatasetQueryError, fetch_api_dataset, run_query
+from reporting.services.datasets import (
+    DatasetQuery,
+    DatasetQueryError,
+    due_api_datasets,
+    fetch_api_dataset,
+    run_query,
+)
 from tests.factories import CarrierFactory
 from tests.reporting.conftest import MakePayment, staff_client
 
@@ -302,3 +308,19 @@ def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(live_se
     admin.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-Str0ng-enough!"))
     page = admin.get(f"/admin/reporting/dataset/{pk}/change/").content.decode()
     assert "HTTP 503 from the endpoint" in page
+
+
+def test_a_failed_fetch_is_tried_again_within_a_minute_a_good_one_after_its_interval(catalog: None) -> None:
+    dataset = _dataset("fx-rates")
+    now = timezone.now()
+    assert dataset.api_refresh_minutes > 1
+    Dataset.objects.filter(pk=dataset.pk).update(api_attempted_at=now - timedelta(seconds=61), api_last_error="")
+    assert dataset.pk not in due_api_datasets(now=now)
+    Dataset.objects.filter(pk=dataset.pk).update(api_last_error="could not connect")
+    assert dataset.pk in due_api_datasets(now=now)
+    Dataset.objects.filter(pk=dataset.pk).update(api_attempted_at=now - timedelta(seconds=30))
+    assert dataset.pk not in due_api_datasets(now=now)
+    Dataset.objects.filter(pk=dataset.pk).update(
+        api_attempted_at=now - timedelta(minutes=dataset.api_refresh_minutes), api_last_error=""
+    )
+    assert dataset.pk in due_api_datasets(now=now)
