@@ -19,6 +19,8 @@ from tests.conftest import MSISDN, Shop
 # Debian's chromium package; CHROMIUM points elsewhere. Playwright never downloads a browser of its own.
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
+# A shared, busy machine can take a few seconds for a page; expectations wait, they never sleep.
+expect.set_options(timeout=10_000)
 STAFF_PASSWORD = "e2e-Staff-pass-91!"
 
 

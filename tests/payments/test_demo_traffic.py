@@ -9,15 +9,18 @@ from django.core.management import CommandError, call_command
 from funnel.models import FunnelEvent
 from payments.models import ApiKey, Payment, Refund
 from payments.services.demo import DEMO_APP, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
+from tests.factories import CountryFactory
 
-# The live server reads what the test commits; the demo needs the migrated countries, whatever an
-# earlier transactional test emptied.
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+# The live server answers from another thread: it sees only what the test commits.
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 
 @pytest.fixture
 def demo(live_server: Any, settings: Any) -> Any:
     settings.PUBLIC_BASE_URL = live_server.url  # the simulated carriers are served by the live server
+    # An earlier transactional test may have emptied the migrated countries.
+    CountryFactory.create(code="GB", name="United Kingdom", currency="GBP", dialing_code="44")
+    CountryFactory.create(code="ES", name="Spain", currency="EUR", dialing_code="34")
     return seed_demo_data()
 
 
