@@ -11,6 +11,16 @@ export DEBUG="${DEBUG:-true}"
 # The periodic jobs (retries, unknown outcomes, expiry, webhooks) run in a side process.
 .venv/bin/python manage.py run_scheduler &
 scheduler=$!
-trap 'kill "$scheduler" 2>/dev/null' EXIT
+# A minute of demo traffic (players paying, declines, refunds, funnel events) once the server answers,
+# so that the dashboard has something live to show. Its failure never stops the server.
+traffic=""
+mkdir -p var
+if [ "${DEMO_TRAFFIC:-true}" = "true" ]; then
+  .venv/bin/python manage.py demo_traffic --wait 60 --duration "${DEMO_TRAFFIC_SECONDS:-60}" \
+    >var/demo_traffic.log 2>&1 &
+  traffic=$!
+  echo "Demo traffic for ${DEMO_TRAFFIC_SECONDS:-60} s once the server is up (summary in var/demo_traffic.log; DEMO_TRAFFIC=false: none)."
+fi
+trap 'kill $scheduler $traffic 2>/dev/null' EXIT
 echo "Serving on http://127.0.0.1:8000/ (admin: /admin/, API docs: /api/docs/). Ctrl-C stops."
 .venv/bin/python manage.py runserver 127.0.0.1:8000

@@ -10,6 +10,7 @@ from payments.models import App
 from payments.services.apps import issue_api_key
 
 DEMO_APP = "Demo Game"
+DEMO_TRAFFIC_KEY_LABEL = "demo_traffic"
 
 
 @dataclass(frozen=True)
@@ -118,3 +119,12 @@ def seed_demo_data() -> DemoData:
     app.api_keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
     issued = issue_api_key(app=app, label="seed_demo")
     return DemoData(app=app, raw_key=issued.raw_key, carrier_slugs=[demo.slug for demo in DEMO_CARRIERS])
+
+
+def issue_demo_traffic_key() -> str | None:
+    """A fresh API key of the demo app for `demo_traffic` (its earlier ones are revoked); None without the app."""
+    app = App.objects.filter(name=DEMO_APP, is_active=True).first()
+    if app is None:
+        return None
+    app.api_keys.filter(label=DEMO_TRAFFIC_KEY_LABEL, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    return issue_api_key(app=app, label=DEMO_TRAFFIC_KEY_LABEL).raw_key

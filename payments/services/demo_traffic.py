@@ -1,0 +1,278 @@
+"""Demo traffic: game backends and their players against a running PlayPay, over HTTP.
+
+Each player walks a store journey (funnel events), and most of them pay on one of the demo
+carriers: the PIN flow (PIN 1234 on the sandbox carriers, the PIN from the simulator's SMS
+inbox on the others) or one click. Some numbers are chosen to be declined (the simulators'
+scenarios by the last four digits) and some charges are refunded through the API.
+"""
+
+import random
+import re
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from carriers.models import Protocol
+from payments.services.demo import DEMO_CARRIERS, DemoCarrier
+
+FINAL = {"succeeded", "failed", "expired", "partially_refunded", "refunded", "reversed"}
+SANDBOX_PIN = "1234"
+# Last four digits every demo carrier declines (the simulators and the sandbox alike).
+DECLINED_ENDINGS = ["0002", "0003", "0004"]
+# Store steps before the purchase; a share of the players leaves after each one.
+STORE_STEPS = ["store_opened", "item_selected", "msisdn_entered"]
+LEAVE_AFTER_STEP = 0.12
+TIMEOUT = httpx.Timeout(10.0, connect=3.0)
+
+
+class TrafficError(Exception):
+    """The running server cannot be played against (unreachable, or the key is refused)."""
+
+
+@dataclass(frozen=True)
+class TrafficPlan:
+    base_url: str
+    api_key: str
+    duration_seconds: float = 60.0
+    players_per_second: float = 2.0
+    max_players: int | None = None
+    # Shares of the paying players whose number is declined, and of the succeeded payments refunded;
+    # both are spread evenly (every n-th), so a short run still has some.
+    failure_share: float = 0.15
+    refund_share: float = 0.2
+    seed: int | None = None
+
+
+@dataclass
+class TrafficSummary:
+    players: int = 0
+    funnel_events: int = 0
+    payments: Counter[str] = field(default_factory=Counter)
+    flows: Counter[str] = field(default_factory=Counter)
+    refunds: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    payment_ids: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        statuses = ", ".join(f"{count} {status}" for status, count in sorted(self.payments.items())) or "none"
+        flows = ", ".join(f"{count} {flow}" for flow, count in sorted(self.flows.items())) or "none"
+        errors = ", ".join(f"{what}: {count}" for what, count in self.errors.most_common()) or "none"
+        return [
+            f"players: {self.players}",
+            f"funnel events accepted: {self.funnel_events}",
+            f"payments: {sum(self.payments.values())} ({statuses}); flows: {flows}",
+            f"refunds: {self.refunds}",
+            f"errors: {errors}",
+        ]
+
+
+def _every(share: float, index: int) -> bool:
+    """True for an even spread of `share` of the indexes 0, 1, 2, …"""
+    return int((index + 1) * share) > int(index * share)
+
+
+class DemoTraffic:
+    def __init__(
+        self, plan: TrafficPlan, *, client: httpx.Client | None = None, log: Callable[[str], None] | None = None
+    ) -> None:
+        self.plan = plan
+        self.client = client or httpx.Client(base_url=plan.base_url.rstrip("/"), timeout=TIMEOUT)
+        self.client.headers["Authorization"] = f"Api-Key {plan.api_key}"
+        self.log = log or (lambda message: None)
+        self.random = random.Random(plan.seed)  # noqa: S311 - demo data, not security
+        self.summary = TrafficSummary()
+        self.paying = 0
+        self.succeeded = 0
+        self.offers: list[tuple[DemoCarrier, str]] = []
+
+    # --- the run -------------------------------------------------------------------------------
+    def run(self) -> TrafficSummary:
+        self.offers = self._offers()
+        started = time.monotonic()
+        interval = 1.0 / self.plan.players_per_second if self.plan.players_per_second > 0 else 0.0
+        while time.monotonic() - started < self.plan.duration_seconds:
+            if self.plan.max_players is not None and self.summary.players >= self.plan.max_players:
+                break
+            self._play(self.summary.players)
+            self.summary.players += 1
+            next_start = started + self.summary.players * interval
+            time.sleep(max(0.0, min(next_start, started + self.plan.duration_seconds) - time.monotonic()))
+        self._settle()
+        return self.summary
+
+    def _offers(self) -> list[tuple[DemoCarrier, str]]:
+        """The demo carriers' price points the server offers to this app."""
+        response = self._call("GET", "/api/v1/price-points/", params={"limit": 1000})
+        if response is None or response.status_code in (401, 403):
+            raise TrafficError(f"the API refused the key or did not answer ({_status(response)})")
+        offered = {(item["carrier"], item["code"]) for item in response.json()["results"]}
+        offers = [(demo, code) for demo in DEMO_CARRIERS for code, _ in demo.prices if (demo.slug, code) in offered]
+        if not offers:
+            raise TrafficError("the server offers none of the demo carriers' price points: run seed_demo first")
+        return offers
+
+    def _play(self, index: int) -> None:
+        journey = f"demo-{uuid.uuid4().hex[:16]}"
+        player = f"demo-player-{self.random.randrange(1, 500)}"
+        steps = []
+        for step in STORE_STEPS:
+            steps.append(step)
+            if self.random.random() < LEAVE_AFTER_STEP:
+                break
+        self._funnel(journey, player, steps)
+        if steps != STORE_STEPS:
+            return  # left the store before paying
+        demo, price_point = self.random.choice(self.offers)
+        declined = _every(self.plan.failure_share, self.paying)
+        self.paying += 1
+        flow = "one_click" if demo.one_click and self.random.random() < 0.5 else "pin"
+        payment = self._pay(demo, price_point, flow, player, journey, declined)
+        if payment is not None and payment["status"] == "succeeded":
+            if _every(self.plan.refund_share, self.succeeded):
+                self._refund(payment)
+            self.succeeded += 1
+
+    # --- one player ----------------------------------------------------------------------------
+    def _funnel(self, journey: str, player: str, steps: list[str]) -> None:
+        now = datetime.now(UTC).isoformat()
+        events = [
+            {
+                "event_id": f"{journey}-{step}",
+                "journey_id": journey,
+                "step": step,
+                "occurred_at": now,
+                "user_ref": player,
+                "properties": {"source": "demo_traffic"},
+            }
+            for step in steps
+        ]
+        response = self._call("POST", "/api/v1/funnel/events/", json={"events": events})
+        if response is not None and response.status_code == 200:
+            self.summary.funnel_events += int(response.json()["accepted"])
+        else:
+            self.summary.errors[f"funnel events: {_status(response)}"] += 1
+
+    def _pay(
+        self, demo: DemoCarrier, price_point: str, flow: str, player: str, journey: str, declined: bool
+    ) -> dict[str, Any] | None:
+        msisdn = self._number(demo, declined)
+        body: dict[str, Any] = {"user_ref": player, "msisdn": msisdn, "price_point": price_point}
+        body |= {"carrier": demo.slug, "flow": flow, "journey_id": journey, "metadata": {"source": "demo_traffic"}}
+        response = self._call("POST", "/api/v1/payments/", json=body, headers={"Idempotency-Key": journey})
+        if response is None or response.status_code != 201:
+            self.summary.errors[f"create payment: {_status(response)}"] += 1
+            return None
+        payment: dict[str, Any] = response.json()
+        self.summary.payment_ids.append(payment["id"])
+        self.summary.flows[flow] += 1
+        payment = self._while_waiting(payment)
+        if payment["next_action"]["type"] == "enter_pin":
+            pin = self._pin(demo, msisdn)
+            if pin is None:
+                self.summary.errors["no PIN in the simulator's SMS inbox"] += 1
+                return payment
+            confirmed = self._call("POST", f"/api/v1/payments/{payment['id']}/confirm/", json={"pin": pin})
+            if confirmed is None or confirmed.status_code != 200:
+                self.summary.errors[f"confirm PIN: {_status(confirmed)}"] += 1
+                return payment
+            payment = confirmed.json()
+        self.log(f"{payment['id']} {demo.slug} {flow} {msisdn}: {payment['status']}")
+        return payment
+
+    def _while_waiting(self, payment: dict[str, Any], seconds: float = 5.0) -> dict[str, Any]:
+        """An asynchronous carrier answers by callback: the player waits a little for the PIN SMS."""
+        deadline = time.monotonic() + seconds
+        while payment["next_action"]["type"] == "wait" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            response = self._call("GET", f"/api/v1/payments/{payment['id']}/")
+            if response is None or response.status_code != 200:
+                break
+            payment = response.json()
+        return payment
+
+    def _number(self, demo: DemoCarrier, declined: bool) -> str:
+        # Spain's mobiles (+34 6…, 11 digits) route to parlayx-es by country; UK ones have 12 digits.
+        prefix = demo.prefixes[0] if demo.prefixes else "346"
+        digits = 12 if prefix.startswith("44") else 11
+        # Endings from 0020 up are approved: every scenario of the simulators is below.
+        ending = self.random.choice(DECLINED_ENDINGS) if declined else f"{self.random.randrange(20, 10_000):04d}"
+        middle = "".join(str(self.random.randrange(10)) for _ in range(digits - len(prefix) - len(ending)))
+        return f"+{prefix}{middle}{ending}"
+
+    def _pin(self, demo: DemoCarrier, msisdn: str) -> str | None:
+        if demo.protocol == Protocol.SANDBOX:
+            return SANDBOX_PIN
+        inbox = self._call("GET", f"/simulators/{demo.protocol}/_sms", params={"msisdn": msisdn})
+        if inbox is None or inbox.status_code != 200 or not inbox.json()["messages"]:
+            return None
+        found = re.findall(r"\b\d{4,8}\b", inbox.json()["messages"][-1])
+        return found[-1] if found else None
+
+    def _refund(self, payment: dict[str, Any]) -> None:
+        amount = payment["amount_minor"] if self.random.random() < 0.5 else max(1, payment["amount_minor"] // 2)
+        response = self._call(
+            "POST",
+            f"/api/v1/payments/{payment['id']}/refunds/",
+            json={"amount_minor": amount, "reason": "demo: the player asked for their money back"},
+            headers={"Idempotency-Key": f"refund-{payment['id']}"},
+        )
+        if response is not None and response.status_code == 201:
+            self.summary.refunds += 1
+        else:
+            self.summary.errors[f"refund: {_status(response)}"] += 1
+
+    # --- the end -------------------------------------------------------------------------------
+    def _settle(self, rounds: int = 10) -> None:
+        """Counts each payment in its latest state, giving asynchronous carriers a few seconds to answer."""
+        latest: dict[str, str] = {}
+        for attempt in range(rounds):
+            for payment_id in self.summary.payment_ids:
+                if latest.get(payment_id) in FINAL:
+                    continue
+                response = self._call("GET", f"/api/v1/payments/{payment_id}/")
+                if response is not None and response.status_code == 200:
+                    latest[payment_id] = response.json()["status"]
+            if all(latest.get(payment_id) in FINAL for payment_id in self.summary.payment_ids):
+                break
+            if attempt < rounds - 1:
+                time.sleep(0.5)
+        self.summary.payments = Counter(latest.get(payment_id, "unknown") for payment_id in self.summary.payment_ids)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        try:
+            return self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as error:
+            self.summary.errors[type(error).__name__] += 1
+            return None
+
+
+def _status(response: httpx.Response | None) -> str:
+    return "no answer" if response is None else f"HTTP {response.status_code}"
+
+
+def wait_until_up(base_url: str, *, seconds: float) -> None:
+    """Waits for the server's health check to answer, for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(f"{base_url.rstrip('/')}/healthz", timeout=TIMEOUT).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() >= deadline:
+            raise TrafficError(f"no PlayPay answering at {base_url}")
+        time.sleep(0.5)
+
+
+def run_demo_traffic(plan: TrafficPlan, *, log: Callable[[str], None] | None = None) -> TrafficSummary:
+    traffic = DemoTraffic(plan, log=log)
+    try:
+        return traffic.run()
+    finally:
+        traffic.client.close()

@@ -1,0 +1,118 @@
+"""The reporting dashboard in a real browser: staff open it, watch a chart follow new payments without a
+reload, filter it and export a dataset.
+
+What these tests rely on from the dashboard: it is at /reporting/dashboard/ (staff only); each chart is an
+element with a `data-chart` attribute (the revenue one's name contains "revenue"); `#data-as-of` shows the
+time of the data; the filter form has the fields `period`, `app`, `country` and `carrier`; a link or button
+whose name starts with "Export" downloads the data as CSV.
+"""
+
+import csv
+import io
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, Request, expect
+
+from tests.e2e.conftest import Game
+from tests.factories import CountryFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+DASHBOARD = "/reporting/dashboard/"
+REVENUE = '[data-chart*="revenue"]'
+# What a chart looks like now: the pixels of a canvas, the markup of anything else (SVG, HTML).
+CHART_PICTURE = """(selector) => {
+    const chart = document.querySelector(selector);
+    if (!chart) return null;
+    const canvas = chart.tagName === "CANVAS" ? chart : chart.querySelector("canvas");
+    return canvas ? canvas.toDataURL() : chart.innerHTML;
+}"""
+
+
+def open_dashboard(page: Page) -> Page:
+    page.goto(DASHBOARD)
+    expect(page.locator("[data-chart]").first).to_be_visible()
+    expect(page.locator("#data-as-of")).not_to_be_empty()
+    return page
+
+
+def choose(page: Page, name: str, value: str) -> None:
+    field = page.locator(f'form [name="{name}"]').first
+    if field.evaluate("element => element.tagName") == "SELECT":
+        field.select_option(value)
+    else:
+        field.fill(value)
+
+
+def test_the_dashboard_is_for_signed_in_staff_only(page: Page, live_server: Any) -> None:
+    page.goto(DASHBOARD)
+    expect(page).to_have_url(re.compile(rf"/login/\?next={re.escape(DASHBOARD)}$"))
+    expect(page.get_by_label("Password")).to_be_visible()
+
+
+def test_staff_open_the_dashboard_and_see_its_charts_drawn_from_this_server_only(
+    admin_page: Page, live_server: Any, game: Game
+) -> None:
+    game.pay("order-dash-1")
+    requests: list[Request] = []
+    admin_page.on("request", requests.append)
+
+    open_dashboard(admin_page)
+
+    expect(admin_page.locator(REVENUE)).to_be_visible()
+    for name in ("period", "app", "country", "carrier"):
+        expect(admin_page.locator(f'form [name="{name}"]').first).to_be_attached()
+    # The chart library is vendored: nothing is fetched from another host.
+    elsewhere = [r.url for r in requests if not r.url.startswith((live_server.url, "data:", "blob:"))]
+    assert not elsewhere
+
+
+def test_a_chart_follows_new_payments_without_a_page_reload(admin_page: Page, game: Game) -> None:
+    game.pay("order-live-1")
+    open_dashboard(admin_page)
+    admin_page.evaluate("window.__sameDocument = true")  # gone if the page reloads
+    as_of = admin_page.locator("#data-as-of").inner_text()
+    before = admin_page.evaluate(CHART_PICTURE, REVENUE)
+
+    for number in range(2, 5):
+        game.pay(f"order-live-{number}", user_ref=f"player-{number}")
+
+    expect(admin_page.locator("#data-as-of")).not_to_have_text(as_of, timeout=30_000)
+    admin_page.wait_for_function(f"(before) => ({CHART_PICTURE})({REVENUE!r}) !== before", arg=before, timeout=30_000)
+    assert admin_page.evaluate("window.__sameDocument === true")
+
+
+def test_a_filter_narrows_the_dashboard_and_stays_applied(admin_page: Page, game: Game) -> None:
+    CountryFactory.create(code="ES", name="Spain", currency="EUR", dialing_code="34")
+    game.pay("order-filter-1")
+    open_dashboard(admin_page)
+    before = admin_page.evaluate(CHART_PICTURE, REVENUE)
+
+    # No payment is in Spain: the revenue chart must show something else than the one UK payment.
+    choose(admin_page, "country", "ES")
+    form = admin_page.locator('form:has([name="country"])').first
+    submit = form.locator("[type=submit]")
+    if submit.count():
+        submit.first.click()
+
+    expect(admin_page.locator('form [name="country"]').first).to_have_value("ES")
+    admin_page.wait_for_function(f"(before) => ({CHART_PICTURE})({REVENUE!r}) !== before", arg=before, timeout=30_000)
+
+
+def test_staff_export_a_dataset_from_the_dashboard_as_csv(admin_page: Page, game: Game) -> None:
+    paid = game.pay("order-dash-export-1")
+    open_dashboard(admin_page)
+
+    export = admin_page.get_by_role("link", name="Export").or_(admin_page.get_by_role("button", name="Export"))
+    with admin_page.expect_download() as download_info:
+        export.first.click()
+    download = download_info.value
+
+    assert download.suggested_filename.endswith(".csv")
+    rows = list(csv.reader(io.StringIO(download.path().read_text(encoding="utf-8-sig"))))
+    assert len(rows) >= 2, rows  # a header and at least the payment's row
+    # The one payment (99 minor units of GBP) is in it, in minor or major units.
+    cells = {cell.strip() for row in rows[1:] for cell in row}
+    assert cells & {str(paid["amount_minor"]), "0.99", "£0.99"}, rows

@@ -1,0 +1,86 @@
+"""demo_traffic plays game backends and players against a running server, over HTTP."""
+
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from funnel.models import FunnelEvent
+from payments.models import ApiKey, Payment, Refund
+from payments.services.demo import DEMO_APP, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
+from tests.factories import CountryFactory
+
+# The live server answers from another thread: it sees only what the test commits.
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture
+def demo(live_server: Any, settings: Any) -> Any:
+    settings.PUBLIC_BASE_URL = live_server.url  # the simulated carriers are served by the live server
+    # An earlier transactional test may have emptied the migrated countries.
+    CountryFactory.create(code="GB", name="United Kingdom", currency="GBP", dialing_code="44")
+    CountryFactory.create(code="ES", name="Spain", currency="EUR", dialing_code="34")
+    return seed_demo_data()
+
+
+def run(*args: str) -> str:
+    out = StringIO()
+    call_command("demo_traffic", *args, stdout=out)
+    return out.getvalue()
+
+
+def test_demo_traffic_makes_payments_funnel_events_declines_and_refunds(demo: Any, live_server: Any) -> None:
+    output = run(
+        f"--base-url={live_server.url}",
+        f"--api-key={demo.raw_key}",
+        "--count=14",
+        "--rate=50",
+        "--duration=120",
+        "--failure-share=0.3",
+        "--refund-share=0.5",
+        "--seed=11",
+    )
+
+    payments = Payment.objects.filter(app=demo.app)
+    assert "players: 14" in output
+    assert f"payments: {payments.count()} (" in output
+    assert payments.count() >= 5
+    assert payments.filter(status__in=["succeeded", "partially_refunded", "refunded"]).exists()
+    assert payments.filter(status="failed").exists()
+    # Declines come from the simulators' scenario numbers, not from errors of the requests.
+    assert set(payments.filter(status="failed").values_list("msisdn", flat=True)) <= {
+        msisdn for msisdn in payments.values_list("msisdn", flat=True) if msisdn[-4:] in {"0002", "0003", "0004"}
+    }
+    assert "errors: none" in output
+    assert set(payments.values_list("flow", flat=True)) == {"pin", "one_click"}
+
+    game_events = FunnelEvent.objects.filter(app=demo.app, source=FunnelEvent.Source.GAME)
+    assert f"funnel events accepted: {game_events.count()}" in output
+    assert game_events.filter(step="store_opened").count() == 14  # every player opened the store
+    # Each payment continues its player's journey.
+    assert set(payments.values_list("journey_id", flat=True)) <= set(game_events.values_list("journey_id", flat=True))
+
+    refunds = Refund.objects.filter(payment__app=demo.app)
+    assert refunds.exists()
+    assert f"refunds: {refunds.count()}" in output
+    assert all(refund.reason.startswith("demo:") for refund in refunds)
+
+
+def test_demo_traffic_issues_its_own_key_of_the_demo_app_when_given_none(
+    demo: Any, live_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("PLAYPAY_API_KEY", raising=False)
+    for _ in range(2):
+        output = run(f"--base-url={live_server.url}", "--api-key=", "--count=2", "--rate=50", "--seed=3")
+        assert "players: 2" in output
+    keys = ApiKey.objects.filter(app__name=DEMO_APP, label=DEMO_TRAFFIC_KEY_LABEL)
+    assert keys.count() == 2
+    assert keys.filter(revoked_at__isnull=True).count() == 1  # the earlier run's key is revoked
+    assert ApiKey.objects.get(app__name=DEMO_APP, label="seed_demo").is_active  # the key seed_demo printed still works
+
+
+def test_demo_traffic_stops_with_a_clear_error_when_the_key_is_refused(demo: Any, live_server: Any) -> None:
+    with pytest.raises(CommandError, match="refused the key"):
+        run(f"--base-url={live_server.url}", "--api-key=pp_000000000000_wrong", "--count=1")
+    assert not Payment.objects.exists()
