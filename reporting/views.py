@@ -41,6 +41,9 @@ from reporting.services import datasets
 from reporting.services.datasets import DatasetQuery, DatasetQueryError
 from reporting.services.exports import CONTENT_TYPES
 
+# The dashboard's export links: the payments dataset per carrier and day, with these measures.
+EXPORT_MEASURES = ("payments", "charged_payments", "failed_payments", "revenue_minor", "success_rate")
+
 
 def _problem(status: int, code: str, title: str, detail: str) -> JsonResponse:
     body = {"type": f"{PROBLEM_BASE}{code}", "title": title, "status": status, "detail": detail, "code": code}
@@ -117,6 +120,8 @@ def dashboard_page(request: HttpRequest, slug: str) -> HttpResponseBase:
         "selected": {name: request.GET.get(name, "") for name in ("period", "app", "country", "carrier")},
         "default_period": DEFAULT_PERIOD,
         "data_url": reverse("reporting:dashboard-data", args=[dashboard.slug]),
+        # What the export links ask of the payments dataset; the page adds its period and filters.
+        "export_query": urlencode({"measures": ",".join(EXPORT_MEASURES), "group_by": "carrier", "bucket": "day"}),
         "currency_exponent": currency_exponent(dashboard.currency),
         "form": form,
         "has_permission": True,

@@ -6,10 +6,15 @@ from django.conf import settings
 from django.utils import timezone
 
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
+from funnel.models import FunnelDefinition
 from payments.models import App
 from payments.services.apps import issue_api_key
+from reporting.models import Dashboard
 
 DEMO_APP = "Demo Game"
+# The store journey the demo traffic plays, joined with the platform's own steps; the overview dashboard shows it.
+DEMO_FUNNEL = "Demo store purchase"
+DEMO_FUNNEL_STEPS = ["store_opened", "item_selected", "msisdn_entered", "payment_created", "charge_succeeded"]
 DEMO_TRAFFIC_KEY_LABEL = "demo_traffic"
 
 
@@ -115,6 +120,10 @@ def seed_demo_data() -> DemoData:
                     "is_active": True,
                 },
             )
+    funnel, _ = FunnelDefinition.objects.get_or_create(
+        name=DEMO_FUNNEL, defaults={"steps": DEMO_FUNNEL_STEPS, "window_seconds": 3600}
+    )
+    Dashboard.objects.filter(slug="overview", funnel__isnull=True).update(funnel=funnel)
     app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"notification_url": ""})
     app.api_keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
     issued = issue_api_key(app=app, label="seed_demo")

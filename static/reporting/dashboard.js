@@ -128,6 +128,22 @@
 
   function query() { return new URLSearchParams(new FormData(form)).toString(); }
 
+  // The export links ask the payments dataset for what the dashboard shows: its period and filters.
+  function updateExports(data) {
+    var link = document.getElementById("export-payments-csv");
+    var params = new URLSearchParams(link.getAttribute("href").split("?")[1] || "");
+    params.set("since", data.period.since);
+    params.set("until", data.period.until);
+    params.set("tz", data.timezone || "UTC");
+    ["app", "country", "carrier"].forEach(function (name) {
+      var value = form.elements[name].value;
+      if (value) { params.append("f." + name, value); }
+    });
+    document.querySelectorAll("[data-export-base]").forEach(function (link) {
+      link.href = link.dataset.exportBase + "?" + params.toString();
+    });
+  }
+
   function refresh() {
     clearTimeout(timer);
     var error = document.getElementById("dashboard-error");
@@ -138,7 +154,7 @@
           return body;
         });
       })
-      .then(function (data) { error.hidden = true; render(data); })
+      .then(function (data) { error.hidden = true; render(data); updateExports(data); })
       .catch(function (err) { error.hidden = false; error.textContent = "Could not update: " + err.message; })
       .finally(function () { timer = setTimeout(refresh, refreshMs); });
   }

@@ -7,7 +7,9 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from carriers.models import Carrier, PricePoint
+from funnel.models import FunnelDefinition
 from payments.models import ApiKey, App
+from reporting.models import Dashboard
 
 pytestmark = pytest.mark.django_db
 
@@ -36,6 +38,8 @@ def test_create_app_refuses_a_duplicate_name_and_a_bad_url() -> None:
 
 
 def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
+    # The migration seeds it; a transactional test before this one may have emptied the table.
+    Dashboard.objects.get_or_create(slug="overview", defaults={"title": "Overview"})
     first = run("seed_demo")
     second = run("seed_demo")
     keys = [line.split("=", 1)[1] for out in (first, second) for line in out.splitlines() if "PLAYPAY_API_KEY=" in line]
@@ -55,3 +59,6 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     client.credentials(HTTP_AUTHORIZATION=f"Api-Key {keys[1]}")
     assert client.get("/api/v1/payments/").status_code == 200
     assert "password:" in second
+    funnel = FunnelDefinition.objects.get(name="Demo store purchase")
+    assert funnel.steps[0] == "store_opened" and funnel.steps[-1] == "charge_succeeded"
+    assert Dashboard.objects.get(slug="overview").funnel == funnel
