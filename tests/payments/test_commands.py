@@ -60,5 +60,6 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     assert client.get("/api/v1/payments/").status_code == 200
     assert "password:" in second
     funnel = FunnelDefinition.objects.get(name="Demo store purchase")
-    assert funnel.steps[0] == "store_opened" and funnel.steps[-1] == "charge_succeeded"
+    assert funnel.steps[0] == "store_opened"
+    assert funnel.steps[-1] == "charge_succeeded"
     assert Dashboard.objects.get(slug="overview").funnel == funnel
