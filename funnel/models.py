@@ -24,11 +24,19 @@ class Journey(models.Model):
 
 
 class FunnelEvent(models.Model):
+    """One step of a journey. On PostgreSQL the table is partitioned by month of `occurred_at`
+    (see funnel.partitions); its primary key there is (id, occurred_at). Event ids are made unique
+    per app by `FunnelEventKey`, which ingestion claims in the same transaction."""
+
     class Source(models.TextChoices):
         GAME = "game", "game backend"
         PLATFORM = "platform"
 
-    app = models.ForeignKey("payments.App", on_delete=models.PROTECT, related_name="funnel_events")
+    # No index of its own, (app, journey_id, occurred_at) leads with it; no foreign-key constraint, whose
+    # check per row would cost a fifth of an insert (PROTECT is enforced by Django, the app is the caller).
+    app = models.ForeignKey(
+        "payments.App", on_delete=models.PROTECT, related_name="funnel_events", db_index=False, db_constraint=False
+    )
     journey_id = models.CharField(max_length=128)
     event_id = models.CharField(max_length=160, help_text="Given by the sender; a repeat is ignored.")
     step = models.CharField(max_length=64)
@@ -39,7 +47,6 @@ class FunnelEvent(models.Model):
     properties = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["app", "event_id"], name="funnel_event_unique_per_app")]
         indexes = [
             models.Index(fields=["app", "journey_id", "occurred_at"]),
             models.Index(fields=["step", "occurred_at"]),
@@ -47,6 +54,24 @@ class FunnelEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step} @ {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class FunnelEventKey(models.Model):
+    """The event ids received, per app: the de-duplication key of funnel events.
+
+    A partitioned table can only enforce uniqueness on keys that include its partition key, and an
+    event sent again may carry another timestamp; so each event id is claimed here (INSERT ... ON
+    CONFLICT DO NOTHING) in the transaction that stores the event, and only claimed events are stored.
+    """
+
+    pk = models.CompositePrimaryKey("app_id", "event_id")
+    app = models.ForeignKey(
+        "payments.App", on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
+    event_id = models.CharField(max_length=160)
+
+    def __str__(self) -> str:
+        return f"{self.app_id}:{self.event_id}"
 
 
 class FunnelDefinition(models.Model):
