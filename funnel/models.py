@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db import models
 
 
@@ -74,6 +76,9 @@ class FunnelEventKey(models.Model):
         return f"{self.app_id}:{self.event_id}"
 
 
+COUNTING_FIELDS = ("steps", "window_seconds", "exclusion_step", "app_id")
+
+
 class FunnelDefinition(models.Model):
     """An ordered list of steps to convert through within a window, as staff define it in the admin."""
 
@@ -95,6 +100,15 @@ class FunnelDefinition(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """A change of what the funnel counts drops its rollups, computed for the old definition."""
+        if self.pk is not None:
+            old = FunnelDefinition.objects.filter(pk=self.pk).values(*COUNTING_FIELDS).first()
+            if old is not None and any(old[name] != getattr(self, name) for name in COUNTING_FIELDS):
+                self.rollups.all().delete()
+                self.rollup_hours.all().delete()
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
@@ -134,6 +148,24 @@ class FunnelRollup(models.Model):
             )
         ]
         indexes = [models.Index(fields=["funnel", "hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id} {self.hour:%Y-%m-%d %H}:00"
+
+
+class FunnelRollupHour(models.Model):
+    """An hour whose rollups are computed (with or without journeys), and the times between steps of
+    its journeys: the rollups of a period can be read when every hour of it has one of these."""
+
+    funnel = models.ForeignKey(FunnelDefinition, on_delete=models.CASCADE, related_name="rollup_hours")
+    hour = models.DateTimeField()
+    # {"k": {"seconds": journeys}}: whole seconds from step k-1 to step k (k from 2), as
+    # `funnel.selectors` counts them, so that medians and percentiles come out the same as from events.
+    gaps = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["funnel", "hour"], name="funnel_rollup_hour_unique")]
 
     def __str__(self) -> str:
         return f"{self.funnel_id} {self.hour:%Y-%m-%d %H}:00"
