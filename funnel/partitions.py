@@ -38,6 +38,10 @@ def add_months(month: date, count: int) -> date:
     return date(index // 12, index % 12 + 1, 1)
 
 
+def _months_between(first: date, last: date) -> int:
+    return (last.year - first.year) * 12 + last.month - first.month
+
+
 def partition_name(month: date) -> str:
     return f"{TABLE}_p{month.year:04d}_{month.month:02d}"
 
@@ -93,14 +97,18 @@ def create_partition(cursor: CursorWrapper, month: date) -> None:
     cursor.execute(f"ALTER TABLE {TABLE} ATTACH PARTITION {name} FOR VALUES FROM (%s) TO (%s)", [start, end])
 
 
-def ensure_partitions(*, now: datetime | None = None, months_ahead: int = MONTHS_AHEAD) -> list[str]:
-    """Create the partitions of this month and the next `months_ahead`, and of the recent months found
-    in the default partition; returns the names of those it created (none when all exist)."""
+def ensure_partitions(
+    *, now: datetime | None = None, months_ahead: int = MONTHS_AHEAD, since: date | None = None
+) -> list[str]:
+    """Create the partitions of this month and the next `months_ahead` (and of every month from `since`),
+    and of the recent months found in the default partition; returns the names of those it created
+    (none when all exist)."""
     if not is_partitioned():
         return []
     this_month = month_start(now or timezone.now())
     existing = set(partitions())
-    wanted = {add_months(this_month, n) for n in range(months_ahead + 1)}
+    first = month_start(since) if since is not None and since < this_month else this_month
+    wanted = {add_months(first, n) for n in range(_months_between(first, this_month) + months_ahead + 1)}
     with connection.cursor() as cursor:
         oldest = add_months(this_month, -MONTHS_BACK)
         wanted |= {

@@ -208,7 +208,7 @@ def rollup_statements(
 
 # The gap histograms of a period's hours, added up.
 ROLLUP_GAPS = """
-SELECT step.key::int, bucket.key::int, sum(bucket.value::bigint)
+SELECT step.key::int, bucket.key::int, sum(bucket.value::bigint)::bigint
 FROM funnel_funnelrolluphour hour, jsonb_each(hour.gaps) AS step, jsonb_each_text(step.value) AS bucket
 WHERE hour.funnel_id = %(funnel_id)s AND hour.hour >= %(since)s AND hour.hour < %(until)s
 GROUP BY 1, 2
