@@ -1,6 +1,7 @@
 """Funnel analysis against hand-computed fixtures (windowFunnel semantics, default mode)."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -182,7 +183,7 @@ def test_the_database_computes_what_window_funnel_computes(seed: int, exclusion:
     random_journeys(AppFactory.create(), seed)
     since, until = T0, T0 + timedelta(hours=2)  # journeys started later are left out
     for breakdown in (None, "carrier"):
-        args = {"steps": STEPS, "window": HOUR, "since": since, "until": until, "exclusion": exclusion}
+        args: dict[str, Any] = {"steps": STEPS, "window": HOUR, "since": since, "until": until, "exclusion": exclusion}
         in_sql = _sql_counts(**args, app_id=None, breakdown=breakdown)
         in_python = _python_counts(**args, app_id=None, breakdown=breakdown)
         assert in_sql == in_python
@@ -199,7 +200,7 @@ def test_rollups_computed_by_the_database_equal_those_computed_in_python(seed: i
     random_journeys(AppFactory.create(), seed)
     definition = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600, exclusion_step="help")
 
-    def rows() -> tuple[list[tuple], list[tuple]]:
+    def rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         cells = FunnelRollup.objects.order_by("hour", "carrier").values_list("hour", "carrier", "reached", "excluded")
         hours = FunnelRollupHour.objects.order_by("hour").values_list("hour", "gaps")
         return list(cells), list(hours)

@@ -114,7 +114,7 @@ def test_event_ids_are_per_app(shop: Shop, make_shop: Any) -> None:
 
 def test_a_full_batch_keeps_the_good_events_and_reports_the_bad_by_index(shop: Shop) -> None:
     at = timezone.now() - timedelta(minutes=5)
-    batch = [event(f"e{n}", at, journey=f"j{n // 6}") for n in range(1000)]
+    batch: list[Any] = [event(f"e{n}", at, journey=f"j{n // 6}") for n in range(1000)]
     batch[10] = {**batch[10], "occurred_at": "yesterday"}
     batch[500] = {**batch[500], "colour": "red"}
     batch[999] = "not an event"
