@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -65,6 +66,7 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
                 app_id=funnel.app_id,
             )
             with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
                 for statement in statements:
                     cursor.execute(statement, params)
         else:

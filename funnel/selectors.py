@@ -19,7 +19,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import connection
+from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from funnel import sql
@@ -205,7 +206,8 @@ def _sql_counts(
         steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
     )
     counts = FunnelCounts(steps=len(steps))
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
         cursor.execute(query, params)
         rows = cursor.fetchall()
     for kind, group, level, value, journeys in rows:
