@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 
 from funnel import sql
 from funnel.models import FunnelEvent, Journey
@@ -247,7 +247,8 @@ def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None
     failed = FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until)
     if app_id is not None:
         failed = failed.filter(app_id=app_id)
-    return dict(Counter(failed.exclude(error_code="").values_list("error_code", flat=True)))
+    counted = failed.exclude(error_code="").values("error_code").annotate(failures=Count("pk")).order_by("-failures")
+    return {row["error_code"]: row["failures"] for row in counted}
 
 
 def build_report(steps: list[str], counts: FunnelCounts, codes: dict[str, int]) -> FunnelReport:
