@@ -162,6 +162,8 @@ class FunnelRollupHour(models.Model):
     # {"k": {"seconds": journeys}}: whole seconds from step k-1 to step k (k from 2), as
     # `funnel.selectors` counts them, so that medians and percentiles come out the same as from events.
     gaps = models.JSONField(default=dict)
+    # {"error code": failed charges}: the funnel's app's charge_failed events that happened in the hour.
+    failures = models.JSONField(default=dict)
     computed_at = models.DateTimeField(auto_now=True)
 
     class Meta:

@@ -2,7 +2,8 @@
 
 Per funnel and hour, `FunnelRollup` rows count the journeys that reached each level per app,
 carrier, country, price point and flow, and a `FunnelRollupHour` row keeps the histogram of the
-times between steps and marks the hour as computed. A period whose hours are all computed is read
+times between steps and the error codes of the charges that failed in the hour, and marks the hour
+as computed. A period whose hours are all computed is read
 from these rows (`rollup_report`); dashboards do so, and fall back to the raw events otherwise.
 
 A journey's level depends on events up to one window after its start, so the periodic job recomputes
@@ -27,10 +28,10 @@ from funnel.selectors import (
     FunnelCounts,
     FunnelReport,
     build_report,
-    failure_codes,
     funnel_report,
     gap_seconds,
     journey_event_streams,
+    sorted_codes,
     window_funnel,
 )
 
@@ -112,11 +113,17 @@ def _refresh_in_python(
         )
         for (hour, app_id, carrier, country, price_point, flow), counts in cells.items()
     )
+    failed = FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until)
+    if funnel.app_id:
+        failed = failed.filter(app_id=funnel.app_id)
+    failures: dict[datetime, Counter[str]] = defaultdict(Counter)
+    for occurred_at, code in failed.exclude(error_code="").values_list("occurred_at", "error_code"):
+        failures[_hour(occurred_at)][code] += 1
     hours = []
     hour = since
     while hour < until:
         histograms = {str(step): {str(s): n for s, n in sorted(c.items())} for step, c in sorted(gaps[hour].items())}
-        hours.append(FunnelRollupHour(funnel=funnel, hour=hour, gaps=histograms))
+        hours.append(FunnelRollupHour(funnel=funnel, hour=hour, gaps=histograms, failures=dict(failures[hour])))
         hour += HOUR
     FunnelRollupHour.objects.bulk_create(hours)
 
@@ -178,12 +185,13 @@ def rollup_counts(
 def rollup_report(
     *, funnel: FunnelDefinition, since: datetime, until: datetime, breakdown: str | None = None
 ) -> FunnelReport:
-    """The funnel report of journeys that started in [since, until) read from the rollups (failed
-    charges' error codes from the events, through their step index)."""
+    """The funnel report of journeys that started in the hours [since, until), read from the rollups."""
     counts = rollup_counts(funnel=funnel, since=since, until=until, breakdown=breakdown)
-    window = timedelta(seconds=funnel.window_seconds)
-    codes = failure_codes(since=since, until=until + window, app_id=funnel.app_id)
-    return build_report(list(funnel.steps), counts, codes)
+    codes: Counter[str] = Counter()
+    hours = FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until)
+    for failures in hours.values_list("failures", flat=True):
+        codes.update(failures)
+    return build_report(list(funnel.steps), counts, sorted_codes(codes))
 
 
 def rollup_reached(

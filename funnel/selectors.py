@@ -243,12 +243,16 @@ def funnel_counts(
 
 
 def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
-    """Standard error codes of the failed charges in [since, until)."""
+    """Standard error codes of the charges that failed in [since, until), most frequent first."""
     failed = FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until)
     if app_id is not None:
         failed = failed.filter(app_id=app_id)
-    counted = failed.exclude(error_code="").values("error_code").annotate(failures=Count("pk")).order_by("-failures")
-    return {row["error_code"]: row["failures"] for row in counted}
+    counted = failed.exclude(error_code="").values("error_code").annotate(failures=Count("pk")).order_by()
+    return sorted_codes({row["error_code"]: row["failures"] for row in counted})
+
+
+def sorted_codes(codes: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(codes.items(), key=lambda item: (-item[1], item[0])))
 
 
 def build_report(steps: list[str], counts: FunnelCounts, codes: dict[str, int]) -> FunnelReport:
@@ -287,4 +291,4 @@ def funnel_report(
     counts = funnel_counts(
         steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
     )
-    return build_report(steps, counts, failure_codes(since=since, until=until + window, app_id=app_id))
+    return build_report(steps, counts, failure_codes(since=since, until=until, app_id=app_id))

@@ -163,12 +163,23 @@ step_gaps AS (
 ),
 gaps AS (
     SELECT hour, jsonb_object_agg(step, histogram) AS gaps FROM step_gaps GROUP BY hour
+),
+failed AS (
+    SELECT date_trunc('hour', occurred_at) AS hour, error_code, count(*) AS charges
+    FROM funnel_funnelevent
+    WHERE step = 'charge_failed' AND error_code <> ''
+      AND occurred_at >= %(since)s AND occurred_at < %(until)s{app_filter}
+    GROUP BY 1, 2
+),
+failures AS (
+    SELECT hour, jsonb_object_agg(error_code, charges) AS failures FROM failed GROUP BY hour
 )
-INSERT INTO funnel_funnelrolluphour (funnel_id, hour, gaps, computed_at)
-SELECT %(funnel_id)s, hours.hour, coalesce(gaps.gaps, '{{}}'::jsonb), now()
+INSERT INTO funnel_funnelrolluphour (funnel_id, hour, gaps, failures, computed_at)
+SELECT %(funnel_id)s, hours.hour, coalesce(gaps.gaps, '{{}}'::jsonb), coalesce(failures.failures, '{{}}'::jsonb), now()
 FROM generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 hour', interval '1 hour')
     AS hours (hour)
 LEFT JOIN gaps USING (hour)
+LEFT JOIN failures USING (hour)
 """
 
 
@@ -200,7 +211,9 @@ def rollup_statements(
             app_filter="\n  AND journey.app_id = %(app_id)s" if app_id is not None else "",
         ),
         ROLLUP_CELLS.format(table=ROLLUP_JOURNEYS, dimensions=DIMENSIONS, reached=reached),
-        ROLLUP_HOURS.format(table=ROLLUP_JOURNEYS, gap=GAP),
+        ROLLUP_HOURS.format(
+            table=ROLLUP_JOURNEYS, gap=GAP, app_filter="\n      AND app_id = %(app_id)s" if app_id is not None else ""
+        ),
         f"DROP TABLE {ROLLUP_JOURNEYS}",
     ]
     return statements, {**params, "until": until, "funnel_id": funnel_id}

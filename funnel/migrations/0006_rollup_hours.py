@@ -16,6 +16,7 @@ class Migration(migrations.Migration):
                 ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
                 ("hour", models.DateTimeField()),
                 ("gaps", models.JSONField(default=dict)),
+                ("failures", models.JSONField(default=dict)),
                 ("computed_at", models.DateTimeField(auto_now=True)),
                 (
                     "funnel",

@@ -158,7 +158,7 @@ def random_journeys(app: App, seed: int, count: int = 150) -> None:
             app=app, journey_id=f"r{n}", started_at=at(times[0]), carrier=rng.choice(["c1", "c2", ""])
         )
         for index, minutes in enumerate(times):
-            step = rng.choice([*STEPS, *STEPS, "help", "other"])
+            step = rng.choice([*STEPS, *STEPS, "help", "other", "charge_failed"])
             rows.append(
                 FunnelEvent(
                     app=app,
@@ -166,7 +166,8 @@ def random_journeys(app: App, seed: int, count: int = 150) -> None:
                     event_id=f"r{n}-{index}",
                     step=step,
                     occurred_at=at(minutes),
-                    source="game",
+                    source="game" if step != "charge_failed" else "platform",
+                    error_code=rng.choice(["insufficient_funds", "barred", ""]) if step == "charge_failed" else "",
                 )
             )
     rng.shuffle(rows)
@@ -202,7 +203,7 @@ def test_rollups_computed_by_the_database_equal_those_computed_in_python(seed: i
 
     def rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
         cells = FunnelRollup.objects.order_by("hour", "carrier").values_list("hour", "carrier", "reached", "excluded")
-        hours = FunnelRollupHour.objects.order_by("hour").values_list("hour", "gaps")
+        hours = FunnelRollupHour.objects.order_by("hour").values_list("hour", "gaps", "failures")
         return list(cells), list(hours)
 
     refresh_rollups(funnel=definition, since=T0, until=T0 + timedelta(hours=4))
@@ -233,6 +234,7 @@ def test_a_report_read_from_rollups_equals_the_one_from_events(client) -> None:
         assert source == "rollups"
         assert from_rollups == from_events
         assert from_rollups.steps[2].median_seconds_from_previous is not None
+        assert set(from_rollups.failure_codes) == {"insufficient_funds", "barred"}
         definition.save()  # unchanged: the rollups stay
         assert rollups_cover(funnel=definition, since=day[0], until=day[1])
         definition.window_seconds = 1800  # changed: they go
