@@ -126,3 +126,39 @@ def test_a_full_batch_keeps_the_good_events_and_reports_the_bad_by_index(shop: S
     assert (body["accepted"], body["duplicates"]) == (996, 1)
     assert FunnelEvent.objects.filter(app=shop.app).count() == 996
     assert Journey.objects.filter(app=shop.app).count() == 167
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_with_the_same_ids_store_each_event_once() -> None:
+    import threading
+
+    from django.db import connections
+
+    from funnel.services import GameEvent, ingest_events
+    from tests.factories import AppFactory
+
+    app = AppFactory.create()
+    at = timezone.now() - timedelta(minutes=1)
+    # Overlapping batches, in opposite orders: each id is claimed by exactly one of them.
+    batches = [
+        [GameEvent(f"e{n}", f"j{n // 6}", "store_opened", at) for n in range(0, 600)],
+        [GameEvent(f"e{n}", f"j{n // 6}", "store_opened", at) for n in reversed(range(300, 900))],
+    ]
+    start = threading.Barrier(len(batches))
+    accepted: list[int] = []
+
+    def send(batch: list[GameEvent]) -> None:
+        try:
+            start.wait()
+            accepted.append(ingest_events(app=app, events=batch).accepted)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=send, args=(batch,)) for batch in batches]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(accepted) == 900
+    assert FunnelEvent.objects.filter(app=app).count() == 900
+    assert Journey.objects.filter(app=app).count() == 150
