@@ -12,7 +12,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
-from funnel.selectors import BREAKDOWNS, funnel_report
+from funnel.rollups import dashboard_report
+from funnel.selectors import BREAKDOWNS
 from playpay.admin_base import RecordAdmin
 
 
@@ -82,16 +83,13 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
             if data["compare_since"] and data["compare_until"]:
                 periods.append(("Compared with", data["compare_since"], data["compare_until"]))
             for label, first, last in periods:
-                report = funnel_report(
-                    steps=list(definition.steps),
-                    window=timedelta(seconds=definition.window_seconds),
+                report, source = dashboard_report(
+                    funnel=definition,
                     since=_day(first),
                     until=_day(last + timedelta(days=1)),
-                    exclusion=definition.exclusion_step,
-                    app_id=definition.app_id,
                     breakdown=data["breakdown"] or None,
                 )
-                reports.append({"label": f"{label} {first} to {last}", "report": report})
+                reports.append({"label": f"{label} {first} to {last}", "report": report, "source": source})
             if request.GET.get("export") in ("csv", "xlsx"):
                 return _export(definition, reports, request.GET["export"])
         context = {

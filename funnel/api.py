@@ -1,10 +1,16 @@
-"""POST /api/v1/funnel/events/: one event, or a batch of up to 1,000, validated one by one."""
+"""POST /api/v1/funnel/events/: one event, or a batch of up to 1,000, validated one by one.
+
+Events are checked by plain Python (a DRF serializer per event would cost more than storing the
+event); the rules and the error messages are the ones the serializers below document.
+"""
 
 import json
-from datetime import timedelta
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -16,29 +22,109 @@ from payments.api.serializers import MAX_METADATA_BYTES, StrictSerializer
 from playpay.api.auth import request_app
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
+ID_MAX_LENGTH = 128
+STEP_MAX_LENGTH = 64
 
 
 class FunnelEventSerializer(StrictSerializer):
-    event_id = serializers.CharField(max_length=128, help_text="Yours, unique per event: a repeat is ignored.")
-    journey_id = serializers.CharField(max_length=128)
-    step = serializers.SlugField(max_length=64, help_text="e.g. store_opened, item_selected, msisdn_entered")
+    """The schema of one event (documentation: `validate_event` applies these rules)."""
+
+    event_id = serializers.CharField(
+        max_length=ID_MAX_LENGTH, help_text="Yours, unique per event: a repeat is ignored."
+    )
+    journey_id = serializers.CharField(max_length=ID_MAX_LENGTH)
+    step = serializers.SlugField(
+        max_length=STEP_MAX_LENGTH, help_text="e.g. store_opened, item_selected, msisdn_entered"
+    )
     occurred_at = serializers.DateTimeField(help_text="When it happened (ISO 8601 with a time zone).")
-    user_ref = serializers.CharField(max_length=128, required=False, default="")
-    properties = serializers.DictField(required=False, default=dict)
-
-    def validate_occurred_at(self, value: Any) -> Any:
-        if value > timezone.now() + FUTURE_TOLERANCE:
-            raise serializers.ValidationError("In the future.")
-        return value
-
-    def validate_properties(self, value: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(value)) > MAX_METADATA_BYTES:
-            raise serializers.ValidationError(f"At most {MAX_METADATA_BYTES} bytes of JSON.")
-        return value
+    user_ref = serializers.CharField(max_length=ID_MAX_LENGTH, required=False, default="")
+    properties = serializers.DictField(required=False, default=dict, help_text="Up to 4 KB of your own JSON.")
 
 
 class BatchSerializer(StrictSerializer):
-    events = serializers.ListField(child=serializers.DictField(), min_length=1, max_length=MAX_BATCH)
+    events = serializers.ListField(child=FunnelEventSerializer(), min_length=1, max_length=MAX_BATCH)
+
+
+FIELDS = frozenset(FunnelEventSerializer._declared_fields)
+_SLUG = re.compile(r"[-a-zA-Z0-9_]+\Z")
+_MISSING = object()
+REQUIRED = "This field is required."
+DATETIME_FORMAT = (
+    "Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z]."
+)
+
+
+def _text(
+    raw: dict[str, Any], name: str, max_length: int, errors: dict[str, list[str]], *, required: bool = True
+) -> str:
+    value = raw.get(name, _MISSING)
+    if value is _MISSING or (value == "" and not required):
+        if required:
+            errors[name] = [REQUIRED]
+        return ""
+    if isinstance(value, str):
+        value = value.strip()
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)
+    else:
+        errors[name] = ["This field may not be null." if value is None else "Not a valid string."]
+        return ""
+    if not value and required:
+        errors[name] = ["This field may not be blank."]
+    elif len(value) > max_length:
+        errors[name] = [f"Ensure this field has no more than {max_length} characters."]
+    return str(value)
+
+
+def _moment(value: Any, latest: datetime, errors: dict[str, list[str]]) -> datetime | None:
+    if value is _MISSING:
+        errors["occurred_at"] = [REQUIRED]
+        return None
+    parsed = None
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = parse_datetime(value)
+    if parsed is None:
+        errors["occurred_at"] = [DATETIME_FORMAT]
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)  # as DRF does with USE_TZ and TIME_ZONE = "UTC"
+    if parsed > latest:
+        errors["occurred_at"] = ["In the future."]
+        return None
+    return parsed
+
+
+def validate_event(raw: Any, latest: datetime) -> GameEvent | dict[str, list[str]]:
+    """The event, or its errors by field (as a serializer would report them)."""
+    if not isinstance(raw, dict):
+        return {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(raw).__name__}."]}
+    unknown = raw.keys() - FIELDS
+    if unknown:
+        return {name: ["This field is not accepted."] for name in sorted(unknown)}
+    errors: dict[str, list[str]] = {}
+    event_id = _text(raw, "event_id", ID_MAX_LENGTH, errors)
+    journey_id = _text(raw, "journey_id", ID_MAX_LENGTH, errors)
+    step = _text(raw, "step", STEP_MAX_LENGTH, errors)
+    if "step" not in errors and not _SLUG.match(step):
+        errors["step"] = ['Enter a valid "slug" consisting of letters, numbers, underscores or hyphens.']
+    occurred_at = _moment(raw.get("occurred_at", _MISSING), latest, errors)
+    user_ref = _text(raw, "user_ref", ID_MAX_LENGTH, errors, required=False)
+    properties = raw.get("properties", _MISSING)
+    properties_json = "{}"
+    if properties is _MISSING:
+        properties = {}
+    elif not isinstance(properties, dict):
+        errors["properties"] = [f'Expected a dictionary of items but got type "{type(properties).__name__}".']
+    else:
+        properties_json = json.dumps(properties)
+        if len(properties_json) > MAX_METADATA_BYTES:
+            errors["properties"] = [f"At most {MAX_METADATA_BYTES} bytes of JSON."]
+    if errors or occurred_at is None:
+        return errors
+    return GameEvent(event_id, journey_id, step, occurred_at, user_ref, properties, properties_json)
 
 
 class FunnelEventsView(APIView):
@@ -51,16 +137,26 @@ class FunnelEventsView(APIView):
         app = request_app(request)
         assert app is not None
         payload = request.data
-        raw_events = payload.get("events") if isinstance(payload, dict) and "events" in payload else [payload]
-        batch = BatchSerializer(data={"events": raw_events})
-        batch.is_valid(raise_exception=True)
+        if isinstance(payload, dict) and "events" in payload:
+            if len(payload) > 1:
+                raise serializers.ValidationError(
+                    {k: ["This field is not accepted."] for k in payload if k != "events"}
+                )
+            raw_events = payload["events"]
+            if not isinstance(raw_events, list):
+                raise serializers.ValidationError({"events": ["Expected a list of items."]})
+            if not 1 <= len(raw_events) <= MAX_BATCH:
+                raise serializers.ValidationError({"events": [f"Send between 1 and {MAX_BATCH} events."]})
+        else:
+            raw_events = [payload]
+        latest = timezone.now() + FUTURE_TOLERANCE
         valid: list[GameEvent] = []
         rejected: list[dict[str, Any]] = []
-        for index, raw in enumerate(batch.validated_data["events"]):
-            event = FunnelEventSerializer(data=raw)
-            if event.is_valid():
-                valid.append(GameEvent(**event.validated_data))
+        for index, raw in enumerate(raw_events):
+            event = validate_event(raw, latest)
+            if isinstance(event, GameEvent):
+                valid.append(event)
             else:
-                rejected.append({"index": index, "errors": event.errors})
+                rejected.append({"index": index, "errors": event})
         result = ingest_events(app=app, events=valid)
         return Response({"accepted": result.accepted, "duplicates": result.duplicates, "rejected": rejected})

@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.db import models
 
 
@@ -24,11 +26,19 @@ class Journey(models.Model):
 
 
 class FunnelEvent(models.Model):
+    """One step of a journey. On PostgreSQL the table is partitioned by month of `occurred_at`
+    (see funnel.partitions); its primary key there is (id, occurred_at). Event ids are made unique
+    per app by `FunnelEventKey`, which ingestion claims in the same transaction."""
+
     class Source(models.TextChoices):
         GAME = "game", "game backend"
         PLATFORM = "platform"
 
-    app = models.ForeignKey("payments.App", on_delete=models.PROTECT, related_name="funnel_events")
+    # No index of its own, (app, journey_id, occurred_at) leads with it; no foreign-key constraint, whose
+    # check per row would cost a fifth of an insert (PROTECT is enforced by Django, the app is the caller).
+    app = models.ForeignKey(
+        "payments.App", on_delete=models.PROTECT, related_name="funnel_events", db_index=False, db_constraint=False
+    )
     journey_id = models.CharField(max_length=128)
     event_id = models.CharField(max_length=160, help_text="Given by the sender; a repeat is ignored.")
     step = models.CharField(max_length=64)
@@ -39,7 +49,6 @@ class FunnelEvent(models.Model):
     properties = models.JSONField(default=dict, blank=True)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["app", "event_id"], name="funnel_event_unique_per_app")]
         indexes = [
             models.Index(fields=["app", "journey_id", "occurred_at"]),
             models.Index(fields=["step", "occurred_at"]),
@@ -47,6 +56,27 @@ class FunnelEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.step} @ {self.occurred_at:%Y-%m-%d %H:%M:%S}"
+
+
+class FunnelEventKey(models.Model):
+    """The event ids received, per app: the de-duplication key of funnel events.
+
+    A partitioned table can only enforce uniqueness on keys that include its partition key, and an
+    event sent again may carry another timestamp; so each event id is claimed here (INSERT ... ON
+    CONFLICT DO NOTHING) in the transaction that stores the event, and only claimed events are stored.
+    """
+
+    pk = models.CompositePrimaryKey("app_id", "event_id")
+    app = models.ForeignKey(
+        "payments.App", on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+    )
+    event_id = models.CharField(max_length=160)
+
+    def __str__(self) -> str:
+        return f"{self.app_id}:{self.event_id}"
+
+
+COUNTING_FIELDS = ("steps", "window_seconds", "exclusion_step", "app_id")
 
 
 class FunnelDefinition(models.Model):
@@ -70,6 +100,15 @@ class FunnelDefinition(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """A change of what the funnel counts drops its rollups, computed for the old definition."""
+        if self.pk is not None:
+            old = FunnelDefinition.objects.filter(pk=self.pk).values(*COUNTING_FIELDS).first()
+            if old is not None and any(old[name] != getattr(self, name) for name in COUNTING_FIELDS):
+                self.rollups.all().delete()
+                self.rollup_hours.all().delete()
+        super().save(*args, **kwargs)
 
     def clean(self) -> None:
         from django.core.exceptions import ValidationError
@@ -109,6 +148,26 @@ class FunnelRollup(models.Model):
             )
         ]
         indexes = [models.Index(fields=["funnel", "hour"])]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id} {self.hour:%Y-%m-%d %H}:00"
+
+
+class FunnelRollupHour(models.Model):
+    """An hour whose rollups are computed (with or without journeys), and the times between steps of
+    its journeys: the rollups of a period can be read when every hour of it has one of these."""
+
+    funnel = models.ForeignKey(FunnelDefinition, on_delete=models.CASCADE, related_name="rollup_hours")
+    hour = models.DateTimeField()
+    # {"k": {"seconds": journeys}}: whole seconds from step k-1 to step k (k from 2), as
+    # `funnel.selectors` counts them, so that medians and percentiles come out the same as from events.
+    gaps = models.JSONField(default=dict)
+    # {"error code": failed charges}: the funnel's app's charge_failed events that happened in the hour.
+    failures = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["funnel", "hour"], name="funnel_rollup_hour_unique")]
 
     def __str__(self) -> str:
         return f"{self.funnel_id} {self.hour:%Y-%m-%d %H}:00"

@@ -6,16 +6,24 @@ chain; an event of step k+1 extends a chain that has reached step k if it happen
 reaches. Repeated events are allowed; a step out of order simply does not extend a chain.
 With an exclusion step, a journey that has it between the start of its best chain and that start
 plus the window is left out of the funnel altogether.
+
+On PostgreSQL the report is computed by the database (`funnel.sql`), elsewhere by `window_funnel`
+over each journey's events; tests hold the two equal. Times between steps are counted in whole
+seconds (rounded down), so that hourly rollups can keep them as histograms and give the same median
+and 90th percentile (nearest rank) as the raw events.
 """
 
-import statistics
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+import math
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import QuerySet
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Count, QuerySet
 
+from funnel import sql
 from funnel.models import FunnelEvent, Journey
 
 BREAKDOWNS = ("carrier", "country", "price_point", "flow", "app")
@@ -96,9 +104,177 @@ def journey_event_streams(
         yield current, batch
 
 
-def _percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(fraction * len(ordered)), len(ordered) - 1)]
+UNKNOWN = "(unknown)"
+SECOND = timedelta(seconds=1)
+
+
+def gap_seconds(earlier: datetime, later: datetime) -> int:
+    """Whole seconds from one step to the next, rounded down."""
+    return (later - earlier) // SECOND
+
+
+def histogram_percentiles(histogram: Mapping[int, int]) -> tuple[float | None, float | None]:
+    """(median, 90th percentile by nearest rank) of values given as {value: count}."""
+    total = sum(histogram.values())
+    if not total:
+        return None, None
+    ordered = sorted(histogram.items())
+
+    def at(position: int) -> int:  # the value at a 0-based position in sorted order
+        seen = 0
+        for value, count in ordered:
+            seen += count
+            if position < seen:
+                return value
+        return ordered[-1][0]
+
+    median = at(total // 2) if total % 2 else (at(total // 2 - 1) + at(total // 2)) / 2
+    return float(median), float(at(max(math.ceil(0.9 * total), 1) - 1))
+
+
+@dataclass
+class FunnelCounts:
+    """What a funnel report is made of, from raw events or from rollups."""
+
+    steps: int
+    # reached[k] = journeys (not excluded) that reached level k+1
+    reached: list[int] = field(default_factory=list)
+    excluded: int = 0
+    groups: dict[str, list[int]] = field(default_factory=dict)
+    # gaps[k] = {whole seconds from step k to step k+1: journeys}, for k = 1 .. steps-1 (key 0 unused)
+    gaps: list[Counter[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.reached = self.reached or [0] * self.steps
+        self.gaps = self.gaps or [Counter() for _ in range(self.steps)]
+
+    def add_group(self, value: str, level: int, journeys: int = 1) -> None:
+        counts = self.groups.setdefault(value, [0] * self.steps)
+        for index in range(level):
+            counts[index] += journeys
+
+
+def _python_counts(
+    *,
+    steps: list[str],
+    window: timedelta,
+    since: datetime,
+    until: datetime,
+    exclusion: str,
+    app_id: int | None,
+    breakdown: str | None,
+) -> FunnelCounts:
+    journeys = Journey.objects.filter(started_at__gte=since, started_at__lt=until)
+    if app_id is not None:
+        journeys = journeys.filter(app_id=app_id)
+    attributes = {
+        (j["app_id"], j["journey_id"]): j
+        for j in journeys.values("app_id", "journey_id", *(b for b in BREAKDOWNS if b != "app"))
+    }
+    events = FunnelEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until + window)
+    if app_id is not None:
+        events = events.filter(app_id=app_id)
+    counts = FunnelCounts(steps=len(steps))
+    for key, journey_events in journey_event_streams(events):
+        if key not in attributes:
+            continue
+        result = window_funnel(journey_events, steps, window, exclusion)
+        if result is None:
+            counts.excluded += 1
+            continue
+        for level in range(1, result.level + 1):
+            counts.reached[level - 1] += 1
+            if level > 1:
+                counts.gaps[level - 1][gap_seconds(result.times[level - 2], result.times[level - 1])] += 1
+        if breakdown is not None and result.level:
+            value = str(key[0]) if breakdown == "app" else attributes[key][breakdown] or UNKNOWN
+            counts.add_group(value, result.level)
+    return counts
+
+
+def _sql_counts(
+    *,
+    steps: list[str],
+    window: timedelta,
+    since: datetime,
+    until: datetime,
+    exclusion: str,
+    app_id: int | None,
+    breakdown: str | None,
+) -> FunnelCounts:
+    query, params = sql.report_query(
+        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
+    )
+    counts = FunnelCounts(steps=len(steps))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
+        cursor.execute(query, params)
+        rows = cursor.fetchall()
+    for kind, group, level, value, journeys in rows:
+        if kind == "gap":
+            counts.gaps[level - 1][value] += journeys
+        elif value:  # excluded
+            counts.excluded += journeys
+        else:
+            for index in range(level):
+                counts.reached[index] += journeys
+            if breakdown is not None and level:
+                counts.add_group(group or UNKNOWN, level, journeys)
+    return counts
+
+
+def funnel_counts(
+    *,
+    steps: list[str],
+    window: timedelta,
+    since: datetime,
+    until: datetime,
+    exclusion: str = "",
+    app_id: int | None = None,
+    breakdown: str | None = None,
+) -> FunnelCounts:
+    """The funnel's counts from the raw events, computed by the database where it can."""
+    if breakdown is not None and breakdown not in BREAKDOWNS:
+        raise ValueError(f"breakdown is one of {BREAKDOWNS}")
+    compute = _sql_counts if connection.vendor == "postgresql" else _python_counts
+    return compute(
+        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
+    )
+
+
+def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
+    """Standard error codes of the charges that failed in [since, until), most frequent first."""
+    failed = FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until)
+    if app_id is not None:
+        failed = failed.filter(app_id=app_id)
+    counted = failed.exclude(error_code="").values("error_code").annotate(failures=Count("pk")).order_by()
+    return sorted_codes({row["error_code"]: row["failures"] for row in counted})
+
+
+def sorted_codes(codes: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(codes.items(), key=lambda item: (-item[1], item[0])))
+
+
+def build_report(steps: list[str], counts: FunnelCounts, codes: dict[str, int]) -> FunnelReport:
+    stats = []
+    for index, step in enumerate(steps):
+        entered = counts.reached[index]
+        previous = counts.reached[index - 1] if index else None
+        stat = StepStats(step=step, entered=entered)
+        if previous:
+            stat.conversion_from_previous = entered / previous
+            stat.drop_off = previous - entered
+        stat.median_seconds_from_previous, stat.p90_seconds_from_previous = histogram_percentiles(counts.gaps[index])
+        stats.append(stat)
+    journeys = counts.reached[0] if steps else 0
+    return FunnelReport(
+        steps=stats,
+        journeys=journeys,
+        excluded=counts.excluded,
+        overall_conversion=counts.reached[-1] / journeys if journeys else None,
+        failure_codes=codes,
+        breakdown=dict(sorted(counts.groups.items())),
+    )
 
 
 def funnel_report(
@@ -111,60 +287,8 @@ def funnel_report(
     app_id: int | None = None,
     breakdown: str | None = None,
 ) -> FunnelReport:
-    """Entered, converted and timing per step for journeys that started in [since, until)."""
-    if breakdown is not None and breakdown not in BREAKDOWNS:
-        raise ValueError(f"breakdown is one of {BREAKDOWNS}")
-    journeys = Journey.objects.filter(started_at__gte=since, started_at__lt=until)
-    if app_id is not None:
-        journeys = journeys.filter(app_id=app_id)
-    attributes = {
-        (j["app_id"], j["journey_id"]): j
-        for j in journeys.values("app_id", "journey_id", *(b for b in BREAKDOWNS if b != "app"))
-    }
-    events = FunnelEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until + window)
-    if app_id is not None:
-        events = events.filter(app_id=app_id)
-    reached = [0] * (len(steps) + 1)
-    gaps: list[list[float]] = [[] for _ in steps]
-    excluded = 0
-    groups: dict[str, list[int]] = defaultdict(lambda: [0] * len(steps))
-    for key, journey_events in journey_event_streams(events):
-        if key not in attributes:
-            continue
-        result = window_funnel(journey_events, steps, window, exclusion)
-        if result is None:
-            excluded += 1
-            continue
-        for level in range(1, result.level + 1):
-            reached[level] += 1
-            if level > 1:
-                gaps[level - 1].append((result.times[level - 1] - result.times[level - 2]).total_seconds())
-        if breakdown is not None:
-            value = str(key[0]) if breakdown == "app" else attributes[key][breakdown] or "(unknown)"
-            for level in range(result.level):
-                groups[value][level] += 1
-    stats = []
-    for index, step in enumerate(steps):
-        entered = reached[index + 1]
-        previous = reached[index] if index else None
-        stat = StepStats(step=step, entered=entered)
-        if previous:
-            stat.conversion_from_previous = entered / previous
-            stat.drop_off = previous - entered
-        if gaps[index]:
-            stat.median_seconds_from_previous = statistics.median(gaps[index])
-            stat.p90_seconds_from_previous = _percentile(gaps[index], 0.9)
-        stats.append(stat)
-    codes = Counter(
-        FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until + window)
-        .exclude(error_code="")
-        .values_list("error_code", flat=True)
+    """Entered, converted and timing per step for journeys that started in [since, until), from the raw events."""
+    counts = funnel_counts(
+        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
     )
-    return FunnelReport(
-        steps=stats,
-        journeys=reached[1],
-        excluded=excluded,
-        overall_conversion=reached[len(steps)] / reached[1] if reached[1] else None,
-        failure_codes=dict(codes),
-        breakdown=dict(groups),
-    )
+    return build_report(steps, counts, failure_codes(since=since, until=until, app_id=app_id))

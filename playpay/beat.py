@@ -3,7 +3,7 @@ that operations can see and pause in the admin. These helpers take the migration
 
 from typing import Any
 
-# (name shown in the admin, task, every, period) with period "seconds" or "minutes"
+# (name shown in the admin, task, every, period) with period "seconds", "minutes", "hours" or "days"
 Entry = tuple[str, str, int, str]
 
 

@@ -221,6 +221,9 @@ SPECTACULAR_SETTINGS = {
 }
 # Default requests per minute per app; each App may override it.
 API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
+# PostgreSQL work_mem for the funnel's analytic statements (raw-event reports, rollup builds): their sorts
+# and aggregates over millions of events stay in memory instead of spilling to disk.
+FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
 
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

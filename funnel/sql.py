@@ -1,0 +1,228 @@
+"""windowFunnel in SQL, for PostgreSQL: the store aggregates, Python reads a few hundred rows.
+
+Per journey, with events in time order (ties by id), ClickHouse's default mode keeps for each level
+the start of the latest chain that reached it. Here that is a column `s` computed level by level
+with window functions over one sort of the events:
+
+* a step-1 event starts a chain: s = its time;
+* a step-k event (k > 1) extends the latest chain that reached level k-1 before it, if it is within
+  the window of that chain's start: s = max(s of the step-(k-1) events before it), or NULL when
+  that is more than the window before it.
+
+The journey's level is the highest k with some s; its best chain starts at the latest such s among
+the level's events (the `start`); that chain's time at step j is the first step-j event whose s is
+`start` (the chain's earliest extension, as `funnel.selectors.window_funnel` records it). A journey
+with the exclusion step in [start, start + window] is excluded.
+"""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+LEVELS = """
+SELECT app_id, journey_id, coalesce(level, 0) AS level, coalesce(excluded, false) AS excluded, times
+FROM (
+    SELECT app_id, journey_id, max(level) AS level,
+           bool_or(x AND t >= start AND t <= start + %(window)s) AS excluded,
+           ARRAY[{times}] AS times
+    FROM (
+        SELECT *, max(s) FILTER (WHERE k = level) OVER journey AS start
+        FROM (
+            SELECT *, max(k) FILTER (WHERE s IS NOT NULL) OVER journey AS level
+            FROM ({passes}) passes
+            WINDOW journey AS (PARTITION BY app_id, journey_id)
+        ) leveled
+        WINDOW journey AS (PARTITION BY app_id, journey_id)
+    ) best
+    GROUP BY app_id, journey_id
+) levels
+"""
+
+EVENTS = """
+SELECT app_id, journey_id, occurred_at AS t, id,
+       array_position(%(steps)s::text[], step::text) AS k,
+       step = %(exclusion)s AS x,
+       CASE WHEN step = %(first_step)s THEN occurred_at END AS s
+FROM funnel_funnelevent
+WHERE occurred_at >= %(since)s AND occurred_at < %(horizon)s
+  AND (step = ANY(%(steps)s::text[]) OR step = %(exclusion)s){app_filter}
+"""
+
+NEXT_LEVEL = """
+SELECT app_id, journey_id, t, id, k, x,
+       CASE WHEN k = {level} THEN (CASE WHEN t - m <= %(window)s THEN m END) ELSE s END AS s
+FROM (
+    SELECT *, max(s) FILTER (WHERE k = {previous}) OVER running AS m
+    FROM ({source}) level_{previous}
+    WINDOW running AS (PARTITION BY app_id, journey_id ORDER BY t, id ROWS UNBOUNDED PRECEDING)
+) level_{level}
+"""
+
+
+def journey_levels(
+    *, steps: list[str], window: timedelta, since: datetime, until: datetime, exclusion: str, app_id: int | None
+) -> tuple[str, dict[str, Any]]:
+    """SQL (and its parameters) of one row per journey with funnel events in [since, until + window):
+    app_id, journey_id, level (0 to len(steps)), excluded, times (of the best chain's steps)."""
+    source = EVENTS.format(app_filter="\n  AND app_id = %(app_id)s" if app_id is not None else "")
+    for level in range(2, len(steps) + 1):
+        source = NEXT_LEVEL.format(level=level, previous=level - 1, source=source)
+    times = ", ".join(f"min(t) FILTER (WHERE k = {k} AND s = start)" for k in range(1, len(steps) + 1))
+    params = {
+        "steps": list(steps),
+        "first_step": steps[0],
+        # No event has an empty step: an empty exclusion matches nothing.
+        "exclusion": exclusion,
+        "window": window,
+        "since": since,
+        "horizon": until + window,
+        "app_id": app_id,
+    }
+    return LEVELS.format(times=times, passes=source), params
+
+
+GAP = "floor(extract(epoch FROM times[gap.step] - times[gap.step - 1]))::int"
+
+REPORT = """
+WITH levels AS ({levels}),
+journeys AS (
+    SELECT {group} AS grp, levels.level, levels.excluded, levels.times
+    FROM funnel_journey journey JOIN levels USING (app_id, journey_id)
+    WHERE journey.started_at >= %(since)s AND journey.started_at < %(until)s{app_filter}
+)
+SELECT 'reached', grp, level, excluded::int, count(*) FROM journeys GROUP BY grp, level, excluded
+UNION ALL
+SELECT 'gap', '', gap.step, {gap}, count(*)
+FROM journeys, generate_series(2, journeys.level) AS gap (step)
+WHERE NOT journeys.excluded
+GROUP BY gap.step, 4
+"""
+
+GROUPS = {
+    None: "''",
+    "app": "journey.app_id::text",
+    "carrier": "journey.carrier",
+    "country": "journey.country",
+    "price_point": "journey.price_point",
+    "flow": "journey.flow",
+}
+
+
+def report_query(
+    *,
+    steps: list[str],
+    window: timedelta,
+    since: datetime,
+    until: datetime,
+    exclusion: str,
+    app_id: int | None,
+    breakdown: str | None,
+) -> tuple[str, dict[str, Any]]:
+    """Rows ('reached', group, level, excluded, journeys) and ('gap', '', step, whole seconds, journeys)
+    for the journeys that started in [since, until)."""
+    levels, params = journey_levels(
+        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id
+    )
+    query = REPORT.format(
+        levels=levels,
+        group=GROUPS[breakdown],
+        gap=GAP,
+        app_filter="\n      AND journey.app_id = %(app_id)s" if app_id is not None else "",
+    )
+    return query, {**params, "until": until}
+
+
+DIMENSIONS = "hour, app_id, carrier, country, price_point, flow"
+ROLLUP_JOURNEYS = "funnel_rollup_journeys"
+
+ROLLUP_LEVELS = """
+CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS
+WITH levels AS ({levels})
+SELECT date_trunc('hour', journey.started_at) AS hour, journey.app_id, journey.carrier, journey.country,
+       journey.price_point, journey.flow, coalesce(levels.level, 0) AS level,
+       coalesce(levels.excluded, false) AS excluded, levels.times
+FROM funnel_journey journey LEFT JOIN levels USING (app_id, journey_id)
+WHERE journey.started_at >= %(since)s AND journey.started_at < %(until)s{app_filter}
+"""
+
+ROLLUP_CELLS = """
+INSERT INTO funnel_funnelrollup
+    (funnel_id, hour, app_id, carrier, country, price_point, flow, reached, excluded, computed_at)
+SELECT %(funnel_id)s, {dimensions}, jsonb_build_array({reached}), count(*) FILTER (WHERE excluded), now()
+FROM {table} GROUP BY {dimensions}
+"""
+
+ROLLUP_HOURS = """
+WITH gap_counts AS (
+    SELECT hour, gap.step, {gap} AS seconds, count(*) AS journeys
+    FROM {table}, generate_series(2, {table}.level) AS gap (step)
+    WHERE NOT excluded
+    GROUP BY hour, gap.step, seconds
+),
+step_gaps AS (
+    SELECT hour, step, jsonb_object_agg(seconds, journeys) AS histogram FROM gap_counts GROUP BY hour, step
+),
+gaps AS (
+    SELECT hour, jsonb_object_agg(step, histogram) AS gaps FROM step_gaps GROUP BY hour
+),
+failed AS (
+    SELECT date_trunc('hour', occurred_at) AS hour, error_code, count(*) AS charges
+    FROM funnel_funnelevent
+    WHERE step = 'charge_failed' AND error_code <> ''
+      AND occurred_at >= %(since)s AND occurred_at < %(until)s{app_filter}
+    GROUP BY 1, 2
+),
+failures AS (
+    SELECT hour, jsonb_object_agg(error_code, charges) AS failures FROM failed GROUP BY hour
+)
+INSERT INTO funnel_funnelrolluphour (funnel_id, hour, gaps, failures, computed_at)
+SELECT %(funnel_id)s, hours.hour, coalesce(gaps.gaps, '{{}}'::jsonb), coalesce(failures.failures, '{{}}'::jsonb), now()
+FROM generate_series(%(since)s::timestamptz, %(until)s::timestamptz - interval '1 hour', interval '1 hour')
+    AS hours (hour)
+LEFT JOIN gaps USING (hour)
+LEFT JOIN failures USING (hour)
+"""
+
+
+def rollup_statements(
+    *,
+    funnel_id: int,
+    steps: list[str],
+    window: timedelta,
+    since: datetime,
+    until: datetime,
+    exclusion: str,
+    app_id: int | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """Statements (to run in one transaction) that insert the rollups of the hours [since, until): the
+    journeys that started then with their levels, in a temporary table; from it one row per hour and
+    breakdown values (journeys per level reached, exclusions), and one per hour with a histogram of the
+    whole seconds from each step to the next."""
+    levels, params = journey_levels(
+        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id
+    )
+    reached = ", ".join(
+        f"count(*) FILTER (WHERE NOT excluded AND level >= {level})" for level in range(1, len(steps) + 1)
+    )
+    statements = [
+        f"DROP TABLE IF EXISTS {ROLLUP_JOURNEYS}",  # one left by an enclosing transaction
+        ROLLUP_LEVELS.format(
+            table=ROLLUP_JOURNEYS,
+            levels=levels,
+            app_filter="\n  AND journey.app_id = %(app_id)s" if app_id is not None else "",
+        ),
+        ROLLUP_CELLS.format(table=ROLLUP_JOURNEYS, dimensions=DIMENSIONS, reached=reached),
+        ROLLUP_HOURS.format(
+            table=ROLLUP_JOURNEYS, gap=GAP, app_filter="\n      AND app_id = %(app_id)s" if app_id is not None else ""
+        ),
+        f"DROP TABLE {ROLLUP_JOURNEYS}",
+    ]
+    return statements, {**params, "until": until, "funnel_id": funnel_id}
+
+
+# The gap histograms of a period's hours, added up.
+ROLLUP_GAPS = """
+SELECT step.key::int, bucket.key::int, sum(bucket.value::bigint)::bigint
+FROM funnel_funnelrolluphour hour, jsonb_each(hour.gaps) AS step, jsonb_each_text(step.value) AS bucket
+WHERE hour.funnel_id = %(funnel_id)s AND hour.hour >= %(since)s AND hour.hour < %(until)s
+GROUP BY 1, 2
+"""
