@@ -16,8 +16,9 @@ scheduler=$!
 traffic=""
 mkdir -p var
 if [ "${DEMO_TRAFFIC:-true}" = "true" ]; then
-  .venv/bin/python manage.py demo_traffic --wait 60 --duration "${DEMO_TRAFFIC_SECONDS:-60}" \
-    >var/demo_traffic.log 2>&1 &
+  # Then the funnel's hourly rollups are brought up to date at once (the periodic job runs every 5 min).
+  { .venv/bin/python manage.py demo_traffic --wait 60 --duration "${DEMO_TRAFFIC_SECONDS:-60}" &&
+    .venv/bin/python manage.py refresh_funnel_rollups --days 1; } >var/demo_traffic.log 2>&1 &
   traffic=$!
   echo "Demo traffic for ${DEMO_TRAFFIC_SECONDS:-60} s once the server is up (summary in var/demo_traffic.log; DEMO_TRAFFIC=false: none)."
 fi
