@@ -31,7 +31,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,7 +43,7 @@ try:
 except ImportError:
     sys.exit("bench/funnel_10m.py needs the project's dependencies (psycopg): activate its virtualenv first")
 
-from harness import REPO_ROOT, SetupError, db_url, drop_database, log, manage, recreate_database, sigterm_as_interrupt
+from harness import REPO_ROOT, SetupError, db_url, drop_database, log, manage, recreate_database, run_bench
 
 STEPS = ["store_opened", "item_selected", "msisdn_entered", "payment_created", "pin_verified", "charge_succeeded"]
 WINDOW = timedelta(hours=1)
@@ -398,20 +397,13 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("bench/funnel_10m.py needs chdb: pip install -r requirements-dev.txt", file=sys.stderr)
         return 2
-    try:
-        with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="playpay-bench-") as tmp:
-            text, equal = run(args, Path(tmp))
-            print(text, flush=True)
-    except SetupError as exc:
-        print(f"bench setup failed: {exc}", file=sys.stderr)
-        return 2
-    except psycopg.Error as exc:
-        print(f"bench failed (PostgreSQL): {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench interrupted", file=sys.stderr)
-        return 130
-    return 0 if equal else 1
+
+    def report(tmp: Path) -> bool:
+        text, equal = run(args, tmp)
+        print(text, flush=True)
+        return equal
+
+    return run_bench(report)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,9 +64,9 @@ from harness import (
     other_load_lines,
     percentile,
     recreate_database,
+    run_bench,
     server_cpu_lines,
     server_errors,
-    sigterm_as_interrupt,
     verdict,
     wrk_ms,
 )
@@ -600,19 +599,12 @@ async def _one(port: int, payload: bytes) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="playpay-bench-") as tmp:
-            print(run(args, Path(tmp)), flush=True)
-    except SetupError as exc:
-        print(f"bench setup failed: {exc}", file=sys.stderr)
-        return 2
-    except psycopg.Error as exc:
-        print(f"bench setup failed (PostgreSQL): {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    def report(tmp: Path) -> bool:
+        print(run(args, tmp), flush=True)
+        return True
+
+    return run_bench(report)
 
 
 if __name__ == "__main__":

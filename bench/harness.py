@@ -19,8 +19,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -458,3 +459,24 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def run_bench(run: Callable[[Path], bool]) -> int:
+    """A benchmark's exit status: `run(tmp)` prints its report and says whether its checks held.
+
+    0 when the run completed (whatever the figures: it is a report) and its checks held, 1 when a
+    check failed, 2 when the setup failed, 130 when interrupted (Ctrl-C or SIGTERM).
+    """
+    try:
+        with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="playpay-bench-") as tmp:
+            ok = run(Path(tmp))
+    except SetupError as exc:
+        print(f"bench setup failed: {exc}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"bench failed (PostgreSQL): {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bench interrupted", file=sys.stderr)
+        return 130
+    return 0 if ok else 1

@@ -48,7 +48,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +77,9 @@ from harness import (
     other_load_lines,
     percentile,
     recreate_database,
+    run_bench,
     server_cpu_lines,
     server_errors,
-    sigterm_as_interrupt,
     single_request,
     verdict,
     wrk_ms,
@@ -740,19 +739,12 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="playpay-bench-") as tmp:
-            print(run(args, Path(tmp)), flush=True)
-    except SetupError as exc:
-        print(f"bench setup failed: {exc}", file=sys.stderr)
-        return 2
-    except psycopg.Error as exc:
-        print(f"bench setup failed (PostgreSQL): {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench interrupted", file=sys.stderr)
-        return 130
-    return 0
+
+    def report(tmp: Path) -> bool:
+        print(run(args, tmp), flush=True)
+        return True
+
+    return run_bench(report)
 
 
 if __name__ == "__main__":
