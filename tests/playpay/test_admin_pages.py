@@ -1,0 +1,28 @@
+"""The back office's own admin pages render inside the admin's layout, with one title."""
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from funnel.models import FunnelDefinition
+from reporting.models import Dataset, SourceKind
+
+
+@pytest.mark.django_db
+def test_each_custom_admin_page_has_exactly_one_title() -> None:
+    client = Client()
+    client.force_login(User.objects.create_superuser("boss", "boss@example.com", "x"))
+    funnel = FunnelDefinition.objects.create(name="Store", steps=["store_opened", "payment_created"])
+    dataset = Dataset.objects.create(slug="pages", name="Pages", source_kind=SourceKind.SQL, source="payments")
+    pages = [
+        reverse("admin:payments_payment_timeline"),
+        reverse("admin:reporting_exportjob_add"),
+        reverse("admin:reporting_settlementfile_add"),
+        reverse("admin:funnel_report", args=[funnel.pk]),
+        reverse("admin:reporting_dataset_query", args=[dataset.pk]),
+    ]
+    for url in pages:
+        response = client.get(url)
+        assert response.status_code == 200, url
+        assert response.content.decode().count("<h1") == 1, url
