@@ -7,6 +7,7 @@ cached payload (at most `MAX_API_ROWS` rows), grouped in Python since the remote
 aggregate for us.
 """
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -368,18 +369,24 @@ def fetch_api_dataset(*, dataset_id: int) -> Dataset:
 def _download(dataset: Dataset) -> Any:
     timeout = httpx.Timeout(float(dataset.api_timeout_seconds))
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False) as client:
-            response = client.get(dataset.api_url, headers={"Accept": "application/json"})
+        with (
+            httpx.Client(timeout=timeout, follow_redirects=False) as client,
+            client.stream("GET", dataset.api_url, headers={"Accept": "application/json"}) as response,
+        ):
+            if response.status_code != 200:
+                raise ApiFetchError(f"HTTP {response.status_code} from the endpoint")
+            # Read no more than MAX_API_BYTES of a reply, whatever it claims to be.
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > MAX_API_BYTES:
+                    raise ApiFetchError(f"the reply is larger than {MAX_API_BYTES} bytes")
     except httpx.TimeoutException as exc:
         raise ApiFetchError(f"timed out after {dataset.api_timeout_seconds} s") from exc
     except httpx.HTTPError as exc:
         raise ApiFetchError(f"could not connect: {type(exc).__name__}") from exc
-    if response.status_code != 200:
-        raise ApiFetchError(f"HTTP {response.status_code} from the endpoint")
-    if len(response.content) > MAX_API_BYTES:
-        raise ApiFetchError(f"the reply is larger than {MAX_API_BYTES} bytes")
     try:
-        payload = response.json()
+        payload = json.loads(body)
     except ValueError as exc:
         raise ApiFetchError("the reply is not JSON") from exc
     probe = Dataset(api_payload=payload, api_rows_path=dataset.api_rows_path)

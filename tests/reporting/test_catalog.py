@@ -19,6 +19,7 @@ from journal.models import JournalRecord
 from journal.services import Kind, record
 from payments.models import PaymentStatus
 from reporting.models import Dataset, DatasetField
+from reporting.services import datasets as datasets_service
 from reporting.services.datasets import (
     DatasetQuery,
     DatasetQueryError,
@@ -324,3 +325,19 @@ def test_a_failed_fetch_is_tried_again_within_a_minute_a_good_one_after_its_inte
         api_attempted_at=now - timedelta(minutes=dataset.api_refresh_minutes), api_last_error=""
     )
     assert dataset.pk in due_api_datasets(now=now)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_reply_larger_than_the_limit_is_refused_and_the_last_payload_kept(
+    live_server: Any, catalog: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{live_server.url}/simulators/fx/rates")
+    pk = Dataset.objects.get(slug="fx-rates").pk
+    good = fetch_api_dataset(dataset_id=pk)
+    assert good.api_last_error == ""
+    monkeypatch.setattr(datasets_service, "MAX_API_BYTES", 64)
+
+    big = fetch_api_dataset(dataset_id=pk)
+
+    assert big.api_last_error == "the reply is larger than 64 bytes"
+    assert big.api_payload == good.api_payload
