@@ -26,3 +26,16 @@ def test_each_custom_admin_page_has_exactly_one_title() -> None:
         response = client.get(url)
         assert response.status_code == 200, url
         assert response.content.decode().count("<h1") == 1, url
+
+
+@pytest.mark.django_db
+def test_a_model_page_leads_back_to_its_model_list() -> None:
+    client = Client()
+    client.force_login(User.objects.create_superuser("boss", "boss@example.com", "x"))
+    for page, changelist in (
+        ("admin:reporting_exportjob_add", "admin:reporting_exportjob_changelist"),
+        ("admin:reporting_settlementfile_add", "admin:reporting_settlementfile_changelist"),
+    ):
+        html = client.get(reverse(page)).content.decode()
+        breadcrumbs = html[html.index('class="breadcrumbs"') :]
+        assert f'href="{reverse(changelist)}"' in breadcrumbs[: breadcrumbs.index("</div>")], page
