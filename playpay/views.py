@@ -3,7 +3,7 @@
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found, server_error
 
-from playpay.api.problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE, problem_catalogue
+from playpay.api.problems import problem_catalogue, problem_json
 
 
 def problem_types(request: HttpRequest, code: str = "") -> JsonResponse:
@@ -11,7 +11,7 @@ def problem_types(request: HttpRequest, code: str = "") -> JsonResponse:
     if code:
         rows = [row for row in rows if row["code"] == code]
         if not rows:
-            return _problem(404, "not_found", "No such problem type", f"{code!r} is not a PlayPay problem type.")
+            return problem_json(404, "not_found", "No such problem type", f"{code!r} is not a PlayPay problem type.")
         return JsonResponse(rows[0])
     return JsonResponse({"problem_types": rows})
 
@@ -20,20 +20,15 @@ def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
-def _problem(status: int, code: str, title: str, detail: str) -> JsonResponse:
-    body = {"type": f"{PROBLEM_BASE}{code}", "title": title, "status": status, "detail": detail, "code": code}
-    return JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
-
-
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return _problem(404, "not_found", "No such resource", f"Nothing at {request.path}.")
+        return problem_json(404, "not_found", "No such resource", f"Nothing at {request.path}.")
     return page_not_found(request, exception)
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
     if request.path.startswith("/api/"):
-        return _problem(
+        return problem_json(
             500, "internal_error", "Internal error", "Something went wrong on our side; it has been logged."
         )
     return server_error(request)

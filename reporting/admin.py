@@ -458,13 +458,9 @@ class AlertRuleAdmin(admin.ModelAdmin[AlertRule]):
     readonly_fields = ["last_evaluated_at"]
     inlines = [AlertEventInline]
 
-    @admin.display(description="condition")
-    def condition(self, rule: AlertRule) -> str:
-        return f"{rule.measure} {rule.get_comparison_display()} {rule.threshold.normalize()}"
-
     @admin.display(description="state")
     def state(self, rule: AlertRule) -> str:
-        keys = [event.key or "firing" for event in rule.events.all() if event.resolved_at is None]
+        keys = [event.key or "firing" for event in rule.events.all() if event.is_open]
         return "firing: " + ", ".join(keys) if keys else "ok"
 
     def get_queryset(self, request: HttpRequest) -> Any:

@@ -336,6 +336,10 @@ class AlertRule(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    @property
+    def condition(self) -> str:
+        return f"{self.measure} {self.get_comparison_display()} {self.threshold.normalize()}"
+
     def clean(self) -> None:
         from reporting.services.alerts import validate_alert_rule
 

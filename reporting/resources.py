@@ -59,6 +59,10 @@ class ExportResource(resources.ModelResource):  # type: ignore[misc]
     def values(self, instance: Any) -> list[Any]:
         return list(self.export_resource(instance, force_native_type=True))
 
+    def dehydrate_amount(self, row: Any) -> Decimal:
+        """Every export's `amount` column: the row's amount in major units of its currency."""
+        return to_major(row.amount_minor, row.currency)
+
 
 class TransactionResource(ExportResource):
     payment_id = _text("public_id", "payment_id")
@@ -99,9 +103,6 @@ class TransactionResource(ExportResource):
 
     def dehydrate_msisdn(self, payment: Payment) -> str:
         return mask_msisdn(payment.msisdn)
-
-    def dehydrate_amount(self, payment: Payment) -> Decimal:
-        return to_major(payment.amount_minor, payment.currency)
 
 
 class RefundResource(ExportResource):
@@ -145,9 +146,6 @@ class RefundResource(ExportResource):
     def select(self, queryset: Any) -> Any:
         return queryset.select_related("payment__app", "payment__carrier")
 
-    def dehydrate_amount(self, refund: Refund) -> Decimal:
-        return to_major(refund.amount_minor, refund.currency)
-
 
 class LedgerLineResource(ExportResource):
     entry_id = _number("entry_id", "entry_id")
@@ -166,9 +164,6 @@ class LedgerLineResource(ExportResource):
 
     def select(self, queryset: Any) -> Any:
         return queryset.select_related("entry__payment")
-
-    def dehydrate_amount(self, line: LedgerLine) -> Decimal:
-        return to_major(line.amount_minor, line.currency)
 
 
 # --- Settlement files --------------------------------------------------------

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from carriers.models import Carrier
 from funnel.models import FunnelDefinition
-from playpay.money import UnknownCurrency, currency_exponent
+from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
 from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
@@ -31,19 +31,18 @@ DEFAULT_PERIOD = "24h"
 TOP_ERRORS = 10
 
 
-def can_view_dashboard(user: AbstractBaseUser | AnonymousUser, dashboard: Dashboard) -> bool:
+def visible_dashboards(user: AbstractBaseUser | AnonymousUser) -> list[Dashboard]:
     """Superusers see every dashboard; other staff those shared with one of their groups."""
     if not (user.is_active and getattr(user, "is_staff", False)):
-        return False
-    if getattr(user, "is_superuser", False):
-        return True
-    return dashboard.groups.filter(user=user.pk).exists()
+        return []
+    dashboards = Dashboard.objects.order_by("pk")
+    if not getattr(user, "is_superuser", False):
+        dashboards = dashboards.filter(groups__user=user.pk).distinct()
+    return list(dashboards)
 
 
-def visible_dashboards(user: AbstractBaseUser | AnonymousUser) -> list[Dashboard]:
-    return [
-        dashboard for dashboard in Dashboard.objects.prefetch_related("groups") if can_view_dashboard(user, dashboard)
-    ]
+def can_view_dashboard(user: AbstractBaseUser | AnonymousUser, dashboard: Dashboard) -> bool:
+    return dashboard in visible_dashboards(user)
 
 
 @dataclass(frozen=True)
@@ -75,13 +74,13 @@ class FxRates:
             return amount_minor
         if currency not in self.rates or target not in self.rates or not self.rates[currency]:
             return None
-        major = Decimal(amount_minor).scaleb(-currency_exponent(currency))
+        major = to_major(amount_minor, currency)
         converted = major * self.rates[target] / self.rates[currency]
         return int(converted.scaleb(currency_exponent(target)).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
 
-def fx_rates() -> FxRates:
-    dataset = Dataset.objects.filter(slug=FX_RATES).first()
+def fx_rates(dataset: Dataset | None) -> FxRates:
+    """The latest rate per currency from the FX dataset (None: not in the catalog)."""
     if dataset is None:
         return FxRates("", {}, None, None, f"no {FX_RATES!r} dataset in the catalog")
     result = run_query(dataset=dataset, query=DatasetQuery(measures=("rate",), group_by=("base", "quote", "date")))
@@ -107,8 +106,14 @@ def fx_rates() -> FxRates:
     )
 
 
-def _dataset(slug: str) -> Dataset:
-    dataset = Dataset.objects.filter(slug=slug).first()
+def _dashboard_datasets() -> dict[str, Dataset]:
+    """The datasets the dashboard reads, with their fields, in one round trip each."""
+    slugs = [PAYMENTS, REFUNDS, REVERSALS, CARRIER_CALLS, FUNNEL_ROLLUPS, FX_RATES]
+    return {d.slug: d for d in Dataset.objects.prefetch_related("fields").filter(slug__in=slugs)}
+
+
+def _dataset(catalog: dict[str, Dataset], slug: str) -> Dataset:
+    dataset = catalog.get(slug)
     if dataset is None:
         raise DatasetQueryError(f"The dashboard reads the dataset {slug!r}, which is not in the catalog.")
     return dataset
@@ -169,11 +174,12 @@ def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: date
     zone = ZoneInfo(filters.timezone)
     dims = filters.dimensions()
     target = dashboard.currency
-    fx = fx_rates()
+    catalog = _dashboard_datasets()
+    fx = fx_rates(catalog.get(FX_RATES))
 
     def query(slug: str, measures: tuple[str, ...], *, group_by: tuple[str, ...] = (), **kwargs: Any) -> Any:
         return run_query(
-            dataset=_dataset(slug),
+            dataset=_dataset(catalog, slug),
             query=DatasetQuery(
                 measures=measures,
                 group_by=group_by,

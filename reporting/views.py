@@ -1,11 +1,11 @@
 """The staff dashboard and the dataset query/export endpoints (session sign-in, as the admin)."""
 
 from datetime import datetime
-from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from django import forms
+from django.contrib import admin
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.http import (
@@ -25,8 +25,7 @@ from django.utils.dateparse import parse_datetime
 from django.utils.timezone import is_naive, make_aware
 from django.views.decorators.http import require_GET
 
-from playpay.api.problems import PROBLEM_BASE, PROBLEM_CONTENT_TYPE
-from playpay.money import currency_exponent
+from playpay.api.problems import problem_json
 from reporting.models import Dashboard, Dataset, ExportFormat
 from reporting.selectors import (
     DEFAULT_PERIOD,
@@ -45,15 +44,9 @@ from reporting.services.exports import CONTENT_TYPES
 EXPORT_MEASURES = ("payments", "charged_payments", "failed_payments", "revenue_minor", "success_rate")
 
 
-def _problem(status: int, code: str, title: str, detail: str) -> JsonResponse:
-    body = {"type": f"{PROBLEM_BASE}{code}", "title": title, "status": status, "detail": detail, "code": code}
-    return JsonResponse(body, status=status, content_type=PROBLEM_CONTENT_TYPE)
-
-
 def _signed_in_staff(request: HttpRequest) -> HttpResponseRedirect | None:
     """Sign-in goes through the admin's login (and its second factor)."""
-    user = request.user
-    if user.is_authenticated and user.is_active and getattr(user, "is_staff", False):
+    if admin.site.has_permission(request):  # the admin's own rule: active staff, second factor when on
         return None
     return HttpResponseRedirect(f"{reverse('admin:login')}?{urlencode({'next': request.get_full_path()})}")
 
@@ -111,21 +104,17 @@ def dashboard_page(request: HttpRequest, slug: str) -> HttpResponseBase:
     if (redirect := _signed_in_staff(request)) is not None:
         return redirect
     dashboard = _dashboard(request, slug)
-    form = DashboardFilterForm(request.GET or None)
     context = {
+        **admin.site.each_context(request),
+        "is_nav_sidebar_enabled": False,  # the charts take the page's width
         "title": dashboard.title,
         "dashboard": dashboard,
-        "dashboards": visible_dashboards(_user(request)),
         "choices": dashboard_choices(),
         "selected": {name: request.GET.get(name, "") for name in ("period", "app", "country", "carrier")},
         "default_period": DEFAULT_PERIOD,
         "data_url": reverse("reporting:dashboard-data", args=[dashboard.slug]),
         # What the export links ask of the payments dataset; the page adds its period and filters.
         "export_query": urlencode({"measures": ",".join(EXPORT_MEASURES), "group_by": "carrier", "bucket": "day"}),
-        "currency_exponent": currency_exponent(dashboard.currency),
-        "form": form,
-        "has_permission": True,
-        "site_header": "PlayPay back office",
     }
     return TemplateResponse(request, "reporting/dashboard.html", context)
 
@@ -133,16 +122,16 @@ def dashboard_page(request: HttpRequest, slug: str) -> HttpResponseBase:
 @require_GET
 def dashboard_json(request: HttpRequest, slug: str) -> HttpResponseBase:
     if _signed_in_staff(request) is not None:
-        return _problem(401, "not_authenticated", "Authentication is required", "Sign in to the admin first.")
+        return problem_json(401, "not_authenticated", "Authentication is required", "Sign in to the admin first.")
     dashboard = _dashboard(request, slug)
     form = DashboardFilterForm(request.GET)
     if not form.is_valid():
         detail = "; ".join(f"{name}: {' '.join(str(e) for e in errors)}" for name, errors in form.errors.items())
-        return _problem(400, "invalid_dashboard_filters", "The dashboard filters are not valid", detail)
+        return problem_json(400, "invalid_dashboard_filters", "The dashboard filters are not valid", detail)
     try:
         data = dashboard_data(dashboard=dashboard, filters=form.filters())
     except DatasetQueryError as error:
-        return _problem(400, error.code, error.title, error.detail)
+        return problem_json(400, error.code, error.title, error.detail)
     response = JsonResponse(data)
     response["Cache-Control"] = "no-store"
     return response
@@ -189,12 +178,12 @@ def _dataset_for(request: HttpRequest, slug: str) -> Dataset:
 @require_GET
 def dataset_query_json(request: HttpRequest, slug: str) -> HttpResponseBase:
     if _signed_in_staff(request) is not None:
-        return _problem(401, "not_authenticated", "Authentication is required", "Sign in to the admin first.")
+        return problem_json(401, "not_authenticated", "Authentication is required", "Sign in to the admin first.")
     dataset = _dataset_for(request, slug)
     try:
         result = datasets.run_query(dataset=dataset, query=parse_dataset_query(request.GET))
     except DatasetQueryError as error:
-        return _problem(400, error.code, error.title, error.detail)
+        return problem_json(400, error.code, error.title, error.detail)
     return JsonResponse({"dataset": dataset.slug, **result.as_json()})
 
 
@@ -204,7 +193,7 @@ def dataset_export(request: HttpRequest, slug: str, file_format: str) -> HttpRes
         return redirect
     dataset = _dataset_for(request, slug)
     if file_format not in ExportFormat.values:
-        return _problem(404, "not_found", "No such format", "Exports are .csv or .xlsx.")
+        return problem_json(404, "not_found", "No such format", "Exports are .csv or .xlsx.")
     try:
         query = parse_dataset_query(request.GET)
         name = datasets.query_file_name(dataset=dataset, file_format=file_format)
@@ -217,11 +206,7 @@ def dataset_export(request: HttpRequest, slug: str, file_format: str) -> HttpRes
             return response
         content = datasets.export_query_file(dataset=dataset, query=query, file_format=file_format)
     except DatasetQueryError as error:
-        return _problem(400, error.code, error.title, error.detail)
+        return problem_json(400, error.code, error.title, error.detail)
     return FileResponse(
         content, as_attachment=True, filename=name, content_type=CONTENT_TYPES[ExportFormat(file_format)]
     )
-
-
-def query_string(query: dict[str, Any]) -> str:
-    return urlencode(query, doseq=True)

@@ -4,7 +4,7 @@ import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -38,10 +38,8 @@ def problem_catalogue() -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: str(row["code"]))
 
 
-def problem_response(
-    *, status_code: int, code: str, title: str, detail: str, instance: str = "", **extra: Any
-) -> Response:
-    body: dict[str, Any] = {
+def problem_body(*, status_code: int, code: str, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {
         **extra,
         "type": f"{PROBLEM_BASE}{code}",
         "title": title,
@@ -49,9 +47,22 @@ def problem_response(
         "detail": detail,
         "code": code,
     }
+
+
+def problem_response(
+    *, status_code: int, code: str, title: str, detail: str, instance: str = "", **extra: Any
+) -> Response:
+    """A problem for DRF views and the DRF exception handler."""
+    body = problem_body(status_code=status_code, code=code, title=title, detail=detail, **extra)
     if instance:
         body["instance"] = instance
     return Response(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def problem_json(status_code: int, code: str, title: str, detail: str) -> JsonResponse:
+    """A problem for plain Django views (error handlers, the staff dashboard's endpoints)."""
+    body = problem_body(status_code=status_code, code=code, title=title, detail=detail)
+    return JsonResponse(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
 
 
 def _pointer_errors(detail: Any, path: str = "#") -> list[dict[str, str]]:

@@ -139,8 +139,7 @@ def describe(event: AlertEvent) -> dict[str, Any]:
     return {
         "rule": rule.name,
         "key": event.key,
-        "condition": f"{rule.measure} {rule.get_comparison_display()} {rule.threshold.normalize()} "
-        f"over {rule.window_minutes} min",
+        "condition": f"{rule.condition} over {rule.window_minutes} min",
         "state": "firing" if event.is_open else "resolved",
         "fired_at": event.fired_at.isoformat(),
         "fired_value": float(event.fired_value),

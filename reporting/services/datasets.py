@@ -181,8 +181,9 @@ def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
     else:
         rows = _api_rows(dataset, query, plan)
     ordered = [_normalize(plan, row) for row in rows]
-    names = [column.name for column in _columns(plan)]
-    return QueryResult(_columns(plan), [{name: row.get(name) for name in names} for row in ordered])
+    columns = _columns(plan)
+    names = [column.name for column in columns]
+    return QueryResult(columns, [{name: row.get(name) for name in names} for row in ordered])
 
 
 # --- SQL ---------------------------------------------------------------------------------------

@@ -130,14 +130,14 @@
 
   // The export links ask the payments dataset for what the dashboard shows: its period and filters.
   function updateExports(data) {
-    var link = document.getElementById("export-payments-csv");
-    var params = new URLSearchParams(link.getAttribute("href").split("?")[1] || "");
+    var exports = document.getElementById("exports");
+    var params = new URLSearchParams(exports.dataset.exportQuery);  // the server's, never a link's rewritten one
     params.set("since", data.period.since);
     params.set("until", data.period.until);
     params.set("tz", data.timezone || "UTC");
     ["app", "country", "carrier"].forEach(function (name) {
       var value = form.elements[name].value;
-      if (value) { params.append("f." + name, value); }
+      if (value) { params.set("f." + name, value); }
     });
     document.querySelectorAll("[data-export-base]").forEach(function (link) {
       link.href = link.dataset.exportBase + "?" + params.toString();

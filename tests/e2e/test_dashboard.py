@@ -118,6 +118,15 @@ def test_a_filter_narrows_the_dashboard_and_stays_applied(admin_page: Page, game
 
     expect(admin_page.locator('form [name="country"]').first).to_have_value("ES")
     admin_page.wait_for_function(f"(before) => ({CHART_PICTURE})({REVENUE!r}) !== before", arg=before, timeout=30_000)
+    # The export follows the filter: once, however many times the page refreshed; and not once it is cleared.
+    csv_link = admin_page.locator("#export-payments-csv")
+    expect(csv_link).to_have_attribute("href", re.compile(r"f\.country=ES"))
+    expect(admin_page.locator("#data-as-of")).not_to_have_text(
+        admin_page.locator("#data-as-of").inner_text(), timeout=30_000
+    )
+    assert (csv_link.get_attribute("href") or "").count("f.country=") == 1
+    choose(admin_page, "country", "")
+    expect(csv_link).not_to_have_attribute("href", re.compile(r"f\.country="))
 
 
 def test_staff_export_a_dataset_from_the_dashboard_as_csv(admin_page: Page, game: Game) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Group
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Sum
 from django.test import Client
 from django.utils import timezone
@@ -52,6 +53,19 @@ def test_staff_without_the_dashboard_get_403(overview: Dashboard) -> None:
     assert support.get("/reporting/dashboards/overview/").status_code == 403
     assert support.get("/reporting/dashboards/overview/data.json").status_code == 403
     assert support.get("/reporting/dashboard/").status_code == 403
+
+
+def test_staff_who_did_not_pass_the_second_factor_are_kept_out_as_in_the_admin(
+    overview: Dashboard, settings: Any
+) -> None:
+    settings.STAFF_2FA = True
+    operations = staff_client("operations")  # signed in, no verified TOTP device
+    assert operations.get("/admin/").status_code == 302
+    page = operations.get("/reporting/dashboards/overview/")
+    assert page.status_code == 302
+    assert page["Location"].startswith("/admin/login/")
+    assert operations.get("/reporting/dashboards/overview/data.json").status_code == 401
+    assert operations.get("/reporting/datasets/payments/export.csv?measures=payments").status_code == 302
 
 
 def test_members_of_a_dashboard_group_open_it_from_the_stable_url(overview: Dashboard) -> None:
@@ -110,6 +124,9 @@ def test_dashboard_numbers_match_the_tables(overview: Dashboard, make_payment: M
     assert data["fx"]["rate_date"] == "2026-03-02"
     assert data["currency"] == "EUR"
 
+    carriers_paid = sorted(set(in_period.values_list("carrier__slug", flat=True)))
+    assert [row["carrier"] for row in data["carriers"]] == carriers_paid
+    assert len(carriers_paid) >= 2
     for row in data["carriers"]:
         decided = in_period.filter(carrier__slug=row["carrier"], status__in=CHARGED + NOT_CHARGED)
         assert row["success_rate"] == pytest.approx(decided.filter(status__in=CHARGED).count() / decided.count())
@@ -175,5 +192,5 @@ def test_an_alert_on_an_unknown_measure_is_refused(overview: Dashboard) -> None:
     rule = AlertRule(
         name="x", dataset=Dataset.objects.get(slug="payments"), measure="vibes", comparison="lt", threshold=1
     )
-    with pytest.raises(Exception, match="Choose one of the dataset's measures"):
+    with pytest.raises(ValidationError, match="Choose one of the dataset's measures"):
         rule.full_clean()
