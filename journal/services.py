@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from journal.models import JournalSpool
@@ -79,7 +80,9 @@ def drain_spool(*, batch: int = 500) -> int:
     try:
         journal_store().write([row.document for row in rows])
     except Exception as exc:
-        JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).update(last_error=str(exc)[:255])
+        JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).update(
+            last_error=str(exc)[:255], attempts=F("attempts") + 1
+        )
         return 0
     JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).delete()
     return len(rows)

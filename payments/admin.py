@@ -118,15 +118,6 @@ class RefundInline(ReadOnlyInline):
     ]
 
 
-class LedgerLineView(ReadOnlyInline):
-    model = LedgerLine
-    fields = ["entry", "account", "amount_minor", "currency"]
-    verbose_name_plural = "ledger lines"
-
-    def get_queryset(self, request: HttpRequest) -> Any:
-        return super().get_queryset(request).select_related("entry")
-
-
 class OperationForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),

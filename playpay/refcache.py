@@ -8,8 +8,9 @@ Staleness is bounded, not zero: a save or delete of a watched model clears the
 caches of the process that made it at once; other processes (web workers on this
 or other machines) see the change within `REFERENCE_CACHE_SECONDS`. So a carrier
 or price point switched off, or an API key revoked, stops working everywhere within
-that many seconds (5 by default). Values are returned as shallow copies, so a
-caller cannot change what the next request sees.
+that many seconds (5 by default). Values are returned as shallow copies: a caller
+cannot change a cached object's attributes, but the elements of a cached dict or list
+are shared and must be copied by whoever hands them on.
 """
 
 import copy

@@ -4,6 +4,7 @@ import secrets
 from dataclasses import dataclass
 
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from payments.models import ApiKey, App
@@ -36,8 +37,18 @@ def create_app(*, name: str, notification_url: str = "") -> tuple[App, IssuedKey
 
 def revoke_api_key(*, api_key: ApiKey) -> None:
     """Revoke the key; other processes stop accepting it within REFERENCE_CACHE_SECONDS."""
-    ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
-    _keys.clear()
+    _revoke(ApiKey.objects.filter(pk=api_key.pk))
+
+
+def revoke_api_keys(*, app: App, label: str | None = None) -> None:
+    """Revoke the app's active keys (only those with `label`, if given)."""
+    keys = app.api_keys.all()
+    _revoke(keys if label is None else keys.filter(label=label))
+
+
+def _revoke(keys: QuerySet[ApiKey]) -> None:
+    keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    _keys.clear()  # an update sends no signal
 
 
 def authenticate_api_key(raw_key: str) -> ApiKey | None:

@@ -3,12 +3,11 @@
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.utils import timezone
 
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
 from funnel.models import FunnelDefinition
 from payments.models import App
-from payments.services.apps import issue_api_key
+from payments.services.apps import issue_api_key, revoke_api_keys
 from reporting.models import Dashboard
 
 DEMO_APP = "Demo Game"
@@ -125,7 +124,7 @@ def seed_demo_data() -> DemoData:
     )
     Dashboard.objects.filter(slug="overview", funnel__isnull=True).update(funnel=funnel)
     app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"notification_url": ""})
-    app.api_keys.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+    revoke_api_keys(app=app)
     issued = issue_api_key(app=app, label="seed_demo")
     return DemoData(app=app, raw_key=issued.raw_key, carrier_slugs=[demo.slug for demo in DEMO_CARRIERS])
 
@@ -135,5 +134,5 @@ def issue_demo_traffic_key() -> str | None:
     app = App.objects.filter(name=DEMO_APP, is_active=True).first()
     if app is None:
         return None
-    app.api_keys.filter(label=DEMO_TRAFFIC_KEY_LABEL, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    revoke_api_keys(app=app, label=DEMO_TRAFFIC_KEY_LABEL)
     return issue_api_key(app=app, label=DEMO_TRAFFIC_KEY_LABEL).raw_key

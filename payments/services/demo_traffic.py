@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 
+from carriers.adapters.sandbox import TEST_PIN
 from carriers.models import Protocol
 from payments.services.demo import DEMO_CARRIERS, DemoCarrier
+from payments.services.state_machine import NOTIFIED_STATUSES
 
-FINAL = {"succeeded", "failed", "expired", "partially_refunded", "refunded", "reversed"}
-SANDBOX_PIN = "1234"
 # Last four digits every demo carrier declines (the simulators and the sandbox alike).
 DECLINED_ENDINGS = ["0002", "0003", "0004"]
 # Store steps before the purchase; a share of the players leaves after each one.
@@ -207,7 +207,7 @@ class DemoTraffic:
 
     def _pin(self, demo: DemoCarrier, msisdn: str) -> str | None:
         if demo.protocol == Protocol.SANDBOX:
-            return SANDBOX_PIN
+            return TEST_PIN
         inbox = self._call("GET", f"/simulators/{demo.protocol}/_sms", params={"msisdn": msisdn})
         if inbox is None or inbox.status_code != 200 or not inbox.json()["messages"]:
             return None
@@ -233,12 +233,12 @@ class DemoTraffic:
         latest: dict[str, str] = {}
         for attempt in range(rounds):
             for payment_id in self.summary.payment_ids:
-                if latest.get(payment_id) in FINAL:
+                if latest.get(payment_id) in NOTIFIED_STATUSES:
                     continue
                 response = self._call("GET", f"/api/v1/payments/{payment_id}/")
                 if response is not None and response.status_code == 200:
                     latest[payment_id] = response.json()["status"]
-            if all(latest.get(payment_id) in FINAL for payment_id in self.summary.payment_ids):
+            if all(latest.get(payment_id) in NOTIFIED_STATUSES for payment_id in self.summary.payment_ids):
                 break
             if attempt < rounds - 1:
                 time.sleep(0.5)

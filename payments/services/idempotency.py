@@ -95,7 +95,7 @@ def claim_key(request: IdempotentRequest, *, resource_id: uuid.UUID, final: Any 
     status: int | None = None
     body: Any = None
     if final is not None and request.render is not None:
-        status, body = request.stored = request.render(final)
+        status, body = request.render(final)
         state = IdempotencyRecord.State.COMPLETED
     try:
         IdempotencyRecord.objects.create(
@@ -110,8 +110,9 @@ def claim_key(request: IdempotentRequest, *, resource_id: uuid.UUID, final: Any 
         )
     except IntegrityError as exc:
         # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
-        request.stored = None
         raise KeyAlreadyClaimed(request.key) from exc
+    if status is not None:
+        request.stored = (status, body)
 
 
 def is_unique_violation(exc: IntegrityError) -> bool:

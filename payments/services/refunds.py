@@ -13,13 +13,13 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from carriers.adapters import adapter_class
+from carriers.adapters import adapter_class, carrier_queue
 from carriers.adapters.base import CarrierResult, Notification, Outcome, RefundRequest
 from carriers.gateway import CarrierBusy, call_carrier
 from payments.errors import IllegalTransition, RefundExceedsCaptured, ReversalNotAllowed
 from payments.models import Payment, PaymentStatus, Refund, Reversal
 from payments.services import ledger, outbox
-from payments.services.carrier_flow import charge_request, dispatch, is_uuid
+from payments.services.carrier_flow import charge_request, dispatch, is_uuid, load_payment, locked_payment
 from payments.services.idempotency import IdempotentRequest, claim_key
 from payments.services.state_machine import transition
 
@@ -40,7 +40,7 @@ def request_refund(
 ) -> Refund:
     """Refund `amount_minor` (default: all that is left) of a succeeded payment."""
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().select_related("carrier").get(pk=payment.pk)
+        locked = locked_payment(payment.pk)
         if locked.status not in REFUNDABLE:
             raise IllegalTransition(f"Only a succeeded payment can be refunded; this one is {locked.status!r}.")
         if Reversal.objects.filter(payment=locked).exclude(status=Reversal.Status.FAILED).exists():
@@ -66,7 +66,7 @@ def request_refund(
         locked.refunded_minor += amount
         locked.save(update_fields=["refunded_minor", "updated_at"])
         if refund.via_carrier:
-            outbox.enqueue("payments.tasks.execute_refund", queue=f"carrier.{locked.carrier.slug}", refund_id=refund.pk)
+            outbox.enqueue("payments.tasks.execute_refund", queue=carrier_queue(locked.carrier), refund_id=refund.pk)
         else:
             _settle_refund(refund, locked, succeeded=True, actor=actor)
     return Refund.objects.get(pk=refund.pk)
@@ -75,12 +75,12 @@ def request_refund(
 def execute_refund(*, refund_id: int) -> None:
     """Ask the carrier to refund (task on the carrier's queue); runs once per refund."""
     with transaction.atomic():
-        refund = Refund.objects.select_for_update().select_related("payment__carrier").get(pk=refund_id)
+        refund = Refund.objects.select_for_update().get(pk=refund_id)
         if refund.status != Refund.Status.PENDING or refund.carrier_reference:
             return
         refund.carrier_reference = "requested"  # claimed: a second run does not refund twice
         refund.save(update_fields=["carrier_reference"])
-    payment = Payment.objects.select_related("app", "carrier", "price_point").get(pk=refund.payment_id)
+    payment = load_payment(refund.payment_id)
     request = RefundRequest(
         refund_id=str(refund.public_id),
         payment_id=str(payment.public_id),
@@ -104,7 +104,7 @@ def execute_refund(*, refund_id: int) -> None:
             Refund.objects.filter(pk=refund_id).update(carrier_reference="")
             outbox.enqueue(
                 "payments.tasks.execute_refund",
-                queue=f"carrier.{payment.carrier.slug}",
+                queue=carrier_queue(payment.carrier),
                 countdown=max(int(busy.retry_after), 1),
                 refund_id=refund_id,
             )
@@ -121,7 +121,7 @@ def record_refund_result(*, refund_id: int, result: CarrierResult) -> None:
                 refund.carrier_reference = result.carrier_reference
                 refund.save(update_fields=["carrier_reference"])
             return
-        payment = Payment.objects.select_for_update().select_related("carrier").get(pk=refund.payment_id)
+        payment = locked_payment(refund.payment_id)
         refund.carrier_reference = result.carrier_reference or refund.carrier_reference
         if result.outcome == Outcome.FAILED:
             refund.failure_code, refund.failure_message = result.failure
@@ -157,7 +157,7 @@ def _settle_refund(refund: Refund, payment: Payment, *, succeeded: bool, actor: 
 def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
     """Reverse a whole charge as a technical error: only unrefunded, within REVERSAL_WINDOW_HOURS."""
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().select_related("carrier").get(pk=payment.pk)
+        locked = locked_payment(payment.pk)
         if locked.status != PaymentStatus.SUCCEEDED or locked.refunded_minor:
             raise ReversalNotAllowed(
                 f"Only a succeeded, unrefunded payment can be reversed; this one is {locked.status!r}."
@@ -188,7 +188,7 @@ def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
 
 
 def execute_reversal(*, payment_id: int) -> None:
-    payment = Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment_id)
+    payment = load_payment(payment_id)
     reversal = Reversal.objects.filter(payment=payment, status=Reversal.Status.PENDING).first()
     if reversal is None:
         return
@@ -202,7 +202,7 @@ def execute_reversal(*, payment_id: int) -> None:
     if result.outcome == Outcome.PENDING:
         return
     with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=payment_id)
+        locked = locked_payment(payment_id)
         pending = Reversal.objects.select_for_update().get(pk=reversal.pk)
         if pending.status == Reversal.Status.PENDING:
             if result.outcome == Outcome.FAILED:

@@ -86,6 +86,9 @@ def test_a_store_failure_spools_the_record_and_the_drain_delivers_it(monkeypatch
     record("api_request", {"endpoint": "/api/v1/payments/"}, app="game")
     assert JournalSpool.objects.count() == 1
     assert drain_spool() == 0  # still down: kept
+    spooled = JournalSpool.objects.get()
+    assert spooled.attempts == 1
+    assert spooled.last_error == "journal database down"
     monkeypatch.undo()
     assert drain_spool() == 1
     assert not JournalSpool.objects.exists()

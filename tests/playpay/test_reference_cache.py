@@ -30,7 +30,7 @@ def clock(monkeypatch: pytest.MonkeyPatch, settings) -> Clock:
 
 @pytest.mark.django_db
 def test_a_change_made_through_the_models_takes_effect_at_once(shop: Shop, clock: Clock) -> None:
-    assert resolve_carrier(msisdn=MSISDN).pk == shop.carrier.pk
+    assert shop.create_payment(key="before-deactivation").status_code == 201  # routing and price point cached
     shop.price_point.is_active = False
     shop.price_point.save()
     response = shop.create_payment(key="after-deactivation")
@@ -68,8 +68,17 @@ def test_a_revoked_key_is_refused_at_once_and_its_secret_is_checked_every_time(s
 
 @pytest.mark.django_db
 def test_cached_values_are_copies(shop: Shop, clock: Clock) -> None:
-    first = resolve_carrier(msisdn=MSISDN)
+    # By slug and for price points, only the cache's own copy stands between callers.
+    first = resolve_carrier(msisdn=MSISDN, carrier_slug=shop.carrier.slug)
     first.name = "changed by a caller"
+    assert resolve_carrier(msisdn=MSISDN, carrier_slug=shop.carrier.slug).name == shop.carrier.name
+    price = get_offered_price_point(carrier=shop.carrier, code=shop.price_point.code)
+    price.amount_minor += 1
+    assert get_offered_price_point(carrier=shop.carrier, code=shop.price_point.code).amount_minor == (
+        shop.price_point.amount_minor
+    )
+    routed = resolve_carrier(msisdn=MSISDN)
+    routed.name = "changed by a caller"
     assert resolve_carrier(msisdn=MSISDN).name == shop.carrier.name
 
 
