@@ -30,6 +30,29 @@ def carrier_refunds(payment: Payment) -> bool:
     return payment.carrier.supports_refund and adapter_class(payment.carrier.protocol).capabilities.refund
 
 
+def refund_refusal(payment: Payment) -> str | None:
+    """Why `payment` cannot be refunded now (the amount aside), or None: the API, the admin and its preview."""
+    if payment.status not in REFUNDABLE:
+        return f"Only a succeeded payment can be refunded; this one is {payment.status!r}."
+    if Reversal.objects.filter(payment=payment).exclude(status=Reversal.Status.FAILED).exists():
+        return "This payment is being reversed."
+    return None
+
+
+def reversal_refusal(payment: Payment) -> str | None:
+    """Why `payment` cannot be reversed now, or None."""
+    if payment.status != PaymentStatus.SUCCEEDED or payment.refunded_minor:
+        return f"Only a succeeded, unrefunded payment can be reversed; this one is {payment.status!r}."
+    succeeded_at = (
+        payment.history.filter(to_status=PaymentStatus.SUCCEEDED).values_list("created_at", flat=True).first()
+    )
+    if succeeded_at is None or timezone.now() - succeeded_at > timedelta(hours=settings.REVERSAL_WINDOW_HOURS):
+        return f"Reversals are possible for {settings.REVERSAL_WINDOW_HOURS} hours after the charge."
+    if Reversal.objects.filter(payment=payment).exists():
+        return "This payment already has a reversal."
+    return None
+
+
 def request_refund(
     *,
     payment: Payment,
@@ -41,10 +64,8 @@ def request_refund(
     """Refund `amount_minor` (default: all that is left) of a succeeded payment."""
     with transaction.atomic():
         locked = locked_payment(payment.pk)
-        if locked.status not in REFUNDABLE:
-            raise IllegalTransition(f"Only a succeeded payment can be refunded; this one is {locked.status!r}.")
-        if Reversal.objects.filter(payment=locked).exclude(status=Reversal.Status.FAILED).exists():
-            raise IllegalTransition("This payment is being reversed.")
+        if (refusal := refund_refusal(locked)) is not None:
+            raise IllegalTransition(refusal)
         refundable = locked.amount_minor - locked.refunded_minor
         amount = refundable if amount_minor is None else amount_minor
         if amount <= 0 or amount > refundable:
@@ -158,20 +179,8 @@ def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
     """Reverse a whole charge as a technical error: only unrefunded, within REVERSAL_WINDOW_HOURS."""
     with transaction.atomic():
         locked = locked_payment(payment.pk)
-        if locked.status != PaymentStatus.SUCCEEDED or locked.refunded_minor:
-            raise ReversalNotAllowed(
-                f"Only a succeeded, unrefunded payment can be reversed; this one is {locked.status!r}."
-            )
-        succeeded_at = (
-            locked.history.filter(to_status=PaymentStatus.SUCCEEDED).values_list("created_at", flat=True).first()
-        )
-        window = timedelta(hours=settings.REVERSAL_WINDOW_HOURS)
-        if succeeded_at is None or timezone.now() - succeeded_at > window:
-            raise ReversalNotAllowed(
-                f"Reversals are possible for {settings.REVERSAL_WINDOW_HOURS} hours after the charge."
-            )
-        if Reversal.objects.filter(payment=locked).exists():
-            raise ReversalNotAllowed("This payment already has a reversal.")
+        if (refusal := reversal_refusal(locked)) is not None:
+            raise ReversalNotAllowed(refusal)
         capabilities = adapter_class(locked.carrier.protocol).capabilities
         reversal = Reversal.objects.create(
             payment=locked,

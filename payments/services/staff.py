@@ -6,7 +6,13 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from journal.services import Kind, record
 from payments.models import Payment, StaffAction
-from payments.services.refunds import REFUNDABLE, carrier_refunds, request_refund, request_reversal
+from payments.services.refunds import (
+    carrier_refunds,
+    refund_refusal,
+    request_refund,
+    request_reversal,
+    reversal_refusal,
+)
 from playpay.errors import DomainError
 from playpay.money import format_money
 
@@ -92,18 +98,15 @@ def preview_operation(payment: Payment, action: str) -> Preview:
     refunded = format_money(payment.refunded_minor, payment.currency)
     carrier = payment.carrier
     if action == "refund":
-        allowed = payment.status in REFUNDABLE and left > 0
+        refusal = refund_refusal(payment) or (None if left > 0 else "Nothing is left to refund.")
         how = (
             f"through {carrier.slug}"
             if carrier_refunds(payment)
             else "paid by the platform (the carrier cannot refund)"
         )
-        plan = f"refund {format_money(left, payment.currency)} {how}" if allowed else f"payment is {payment.status}"
+        plan = refusal or f"refund {format_money(left, payment.currency)} {how}"
     else:
-        allowed = payment.status == "succeeded" and payment.refunded_minor == 0
-        plan = (
-            f"reverse the whole charge of {charged}, undoing its ledger entry"
-            if allowed
-            else f"payment is {payment.status}" + (" and partly refunded" if payment.refunded_minor else "")
-        )
+        refusal = reversal_refusal(payment)
+        plan = refusal or f"reverse the whole charge of {charged}, undoing its ledger entry"
+    allowed = refusal is None
     return Preview(payment=payment, charged=charged, refunded=refunded, allowed=allowed, plan=plan)

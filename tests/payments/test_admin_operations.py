@@ -1,13 +1,18 @@
 """Refunds and reversals from the admin: preview, reason, permission, audit."""
 
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
 from django.test import Client
+from django.utils import timezone
 
-from payments.models import Payment, PaymentStatus, Refund, StaffAction
+from payments.errors import ReversalNotAllowed
+from payments.models import Payment, PaymentStatus, Refund, Reversal, StaffAction
+from payments.services.refunds import request_reversal
+from payments.services.staff import preview_operation
 from tests.conftest import Shop
 
 pytestmark = pytest.mark.django_db
@@ -107,3 +112,21 @@ def test_reversal_from_the_admin(paid: Payment, shop: Shop) -> None:
     paid.refresh_from_db()
     assert paid.status == PaymentStatus.REVERSED
     assert StaffAction.objects.get().action == "reverse"
+
+
+@pytest.mark.django_db
+def test_the_preview_refuses_what_the_service_would_refuse(paid: Payment, settings: Any) -> None:
+    # Late for a reversal: the preview says so, as the reversal itself would.
+    paid.history.filter(to_status="succeeded").update(
+        created_at=timezone.now() - timedelta(hours=settings.REVERSAL_WINDOW_HOURS + 1)
+    )
+    late = preview_operation(Payment.objects.get(pk=paid.pk), "reverse")
+    assert not late.allowed
+    assert late.plan == f"Reversals are possible for {settings.REVERSAL_WINDOW_HOURS} hours after the charge."
+    with pytest.raises(ReversalNotAllowed, match=late.plan):
+        request_reversal(payment=paid, reason="late", actor="staff:test")
+    # A payment being reversed cannot be refunded, in the preview as in the service.
+    Reversal.objects.create(payment=paid, reason="pending", requested_by="staff:test")
+    refund = preview_operation(Payment.objects.get(pk=paid.pk), "refund")
+    assert not refund.allowed
+    assert refund.plan == "This payment is being reversed."
