@@ -181,8 +181,8 @@ def manage(args: list[str], env: dict[str, str]) -> str:
 
 
 def recreate_database(base_url: str, name: str) -> None:
+    drop_database(base_url, name)
     with psycopg.connect(db_url(base_url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 

@@ -194,14 +194,6 @@ def rollup_report(
     return build_report(list(funnel.steps), counts, sorted_codes(codes))
 
 
-def rollup_reached(
-    *, funnel: FunnelDefinition, since: datetime, until: datetime, by: str | None = None
-) -> dict[str, list[int]]:
-    """Journeys per level from the rollups, in total ("all") or per value of `by` (a breakdown)."""
-    counts = rollup_counts(funnel=funnel, since=since, until=until, breakdown=by)
-    return counts.groups if by is not None else {"all": counts.reached}
-
-
 def dashboard_report(
     *, funnel: FunnelDefinition, since: datetime, until: datetime, breakdown: str | None = None
 ) -> tuple[FunnelReport, str]:

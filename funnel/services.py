@@ -13,6 +13,8 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Least
 from django.utils import timezone
 
 from funnel.models import FunnelEvent, Journey
@@ -200,19 +202,21 @@ def record_platform_step(payment: Payment, status: str, *, occurred_at: datetime
     if not payment.journey_id or step is None:
         return
     event_id = f"platform:{payment.public_id}:{status}"
-    with transaction.atomic():
-        if claim_event_ids(payment.app_id, [event_id]):
-            FunnelEvent.objects.create(
-                app_id=payment.app_id,
-                journey_id=payment.journey_id,
-                event_id=event_id,
-                step=step,
-                occurred_at=occurred_at,
-                source=FunnelEvent.Source.PLATFORM,
-                error_code=payment.failure_code if status == "failed" else "",
-                properties={"payment_id": str(payment.public_id)},
-            )
-    journey_fields = {
+    # Runs inside the state change's transaction (no savepoint of its own: this is on every transition).
+    if claim_event_ids(payment.app_id, [event_id]):
+        FunnelEvent.objects.create(
+            app_id=payment.app_id,
+            journey_id=payment.journey_id,
+            event_id=event_id,
+            step=step,
+            occurred_at=occurred_at,
+            source=FunnelEvent.Source.PLATFORM,
+            error_code=payment.failure_code if status == "failed" else "",
+            properties={"payment_id": str(payment.public_id)},
+        )
+    journey_fields: dict[str, Any] = {
+        # A journey starts at its earliest step, whichever arrived first.
+        "started_at": Least(F("started_at"), Value(occurred_at)),
         "carrier": payment.carrier.slug,
         "country": payment.carrier.country_id,
         "price_point": payment.price_point.code,
@@ -228,8 +232,7 @@ def record_platform_step(payment: Payment, status: str, *, occurred_at: datetime
                     app_id=payment.app_id,
                     journey_id=payment.journey_id,
                     user_ref=payment.user_ref,
-                    started_at=occurred_at,
-                    **journey_fields,
+                    **{**journey_fields, "started_at": occurred_at},
                 )
             ],
             ignore_conflicts=True,
