@@ -1,5 +1,5 @@
-from datetime import UTC, date, datetime, time, timedelta
-from typing import IO, Any
+from datetime import timedelta
+from typing import Any
 
 from django import forms
 from django.contrib import admin
@@ -16,8 +16,8 @@ from funnel.rollups import dashboard_report
 from funnel.selectors import BREAKDOWNS
 from playpay.admin_base import RecordAdmin
 from reporting.models import ExportFormat
-from reporting.services.exports import CONTENT_TYPES
-from reporting.services.tabular import temporary_file, write_csv, write_xlsx
+from reporting.services.exports import CONTENT_TYPES, start_of_utc_day
+from reporting.services.tabular import temporary_file, write_table
 
 
 @admin.register(Journey)
@@ -55,10 +55,6 @@ class ReportForm(forms.Form):
     compare_until = forms.DateField(required=False)
 
 
-def _day(value: date) -> datetime:
-    return datetime.combine(value, time.min, tzinfo=UTC)
-
-
 @admin.register(FunnelDefinition)
 class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
     list_display = ["name", "app", "steps", "window_seconds", "exclusion_step", "report_link"]
@@ -87,8 +83,8 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
             for label, first, last in periods:
                 report, source = dashboard_report(
                     funnel=definition,
-                    since=_day(first),
-                    until=_day(last + timedelta(days=1)),
+                    since=start_of_utc_day(first),
+                    until=start_of_utc_day(last + timedelta(days=1)),
                     breakdown=data["breakdown"] or None,
                 )
                 reports.append({"label": f"{label} {first} to {last}", "report": report, "source": source})
@@ -124,17 +120,9 @@ def _export(definition: FunnelDefinition, reports: list[dict[str, Any]], kind: s
         for block in reports
         for step in block["report"].steps
     ]
-    file_format = ExportFormat(kind)
-
-    def write(out: IO[bytes]) -> None:
-        if file_format == ExportFormat.XLSX:
-            write_xlsx(out, EXPORT_HEADER, rows, title="funnel")
-        else:
-            write_csv(out, EXPORT_HEADER, rows)
-
     return FileResponse(
-        temporary_file(write),
+        temporary_file(lambda out: write_table(out, EXPORT_HEADER, rows, file_format=kind, title="funnel")),
         as_attachment=True,
         filename=f"funnel-{definition.pk}.{kind}",
-        content_type=CONTENT_TYPES[file_format],
+        content_type=CONTENT_TYPES[ExportFormat(kind)],
     )

@@ -18,6 +18,11 @@ from playpay.celery import app as celery_app
 RELAY_GRACE = timedelta(seconds=10)
 
 
+def runs_in_process() -> bool:
+    """Whether queued tasks run in this process, at the commit (the embedded default, no broker)."""
+    return bool(celery_app.conf.task_always_eager)
+
+
 def enqueue(task: str, *, queue: str, countdown: int = 0, **kwargs: Any) -> OutboxMessage:
     """Record `task(**kwargs)` for `queue`; call inside the transaction that makes it necessary."""
     if not transaction.get_connection().in_atomic_block:

@@ -27,6 +27,7 @@ from payments.errors import (
     PinExpired,
 )
 from payments.models import App, Payment, PaymentFlow, PaymentStatus
+from payments.services import outbox
 from payments.services.carrier_flow import (
     carrier_actor,
     charge_request,
@@ -38,7 +39,6 @@ from payments.services.carrier_flow import (
 )
 from payments.services.idempotency import IdempotentRequest, KeyAlreadyClaimed, claim_key, is_unique_violation
 from payments.services.state_machine import record_creation, transition
-from playpay.celery import app as celery_app
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotent
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
     public_id = uuid.uuid4()
-    in_process = celery_app.conf.task_always_eager
+    in_process = outbox.runs_in_process()
     with transaction.atomic():
         try:
             payment = Payment.objects.create(

@@ -25,8 +25,8 @@ from django.utils import timezone
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
-from reporting.models import Dataset, DatasetField, ExportFormat, SourceKind, TimeBucket
-from reporting.services.tabular import csv_lines, temporary_file, write_csv, write_xlsx
+from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
+from reporting.services.tabular import csv_lines, temporary_file, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -447,13 +447,9 @@ def export_query_csv(*, dataset: Dataset, query: DatasetQuery) -> Iterator[str]:
 def export_query_file(*, dataset: Dataset, query: DatasetQuery, file_format: str) -> IO[bytes]:
     result = run_query(dataset=dataset, query=query)
 
-    def write(out: IO[bytes]) -> None:
-        if ExportFormat(file_format) == ExportFormat.XLSX:
-            write_xlsx(out, _header(result), _cells(result), title=dataset.slug)
-        else:
-            write_csv(out, _header(result), _cells(result))
-
-    return temporary_file(write)
+    return temporary_file(
+        lambda out: write_table(out, _header(result), _cells(result), file_format=file_format, title=dataset.slug)
+    )
 
 
 def query_file_name(*, dataset: Dataset, file_format: str) -> str:

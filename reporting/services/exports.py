@@ -22,7 +22,7 @@ from payments.models import LedgerLine, Payment, Refund
 from payments.services import outbox
 from reporting.models import ExportFormat, ExportJob, ExportKind
 from reporting.resources import ExportResource, LedgerLineResource, RefundResource, TransactionResource
-from reporting.services.tabular import csv_lines, temporary_file, write_csv, write_xlsx
+from reporting.services.tabular import csv_lines, temporary_file, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,8 @@ _SOURCES = {
 }
 
 
-def _start_of(day: date) -> datetime:
+def start_of_utc_day(day: date) -> datetime:
+    """Midnight UTC at the start of `day`: staff pick days, and days are UTC."""
     return datetime.combine(day, time.min, tzinfo=UTC)
 
 
@@ -97,9 +98,9 @@ def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
     source = _SOURCES[ExportKind(kind)]
     lookups: dict[str, Any] = {}
     if filters.date_from:
-        lookups[f"{source.created}__gte"] = _start_of(filters.date_from)
+        lookups[f"{source.created}__gte"] = start_of_utc_day(filters.date_from)
     if filters.date_to:
-        lookups[f"{source.created}__lt"] = _start_of(filters.date_to + timedelta(days=1))
+        lookups[f"{source.created}__lt"] = start_of_utc_day(filters.date_to + timedelta(days=1))
     if filters.carrier:
         lookups[f"{source.payment}carrier__slug"] = filters.carrier
     if filters.country:
@@ -151,10 +152,7 @@ def write_export(
                 on_progress(written)
 
     header = export_header(kind=kind)
-    if ExportFormat(file_format) == ExportFormat.XLSX:
-        write_xlsx(out, header, counted(), title=str(kind))
-    else:
-        write_csv(out, header, counted())
+    write_table(out, header, counted(), file_format=file_format, title=str(kind))
     return written
 
 

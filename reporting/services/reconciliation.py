@@ -13,7 +13,7 @@ carrier* (a refund the platform paid itself does not change what the carrier col
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, timedelta
 from pathlib import PurePath
 from typing import IO, Any
 
@@ -29,7 +29,8 @@ from payments.models import Payment, PaymentStatus, Refund, Reversal
 from playpay.money import to_major
 from reporting.models import ExportFormat, SettlementFile
 from reporting.resources import SettlementLineResource
-from reporting.services.tabular import write_csv, write_xlsx
+from reporting.services.exports import start_of_utc_day
+from reporting.services.tabular import write_table
 
 REQUIRED_COLUMNS = ("carrier_reference", "currency", "date")
 AMOUNT_COLUMNS = ("amount_minor", "amount")  # one of them: minor units, or major units in the currency
@@ -226,8 +227,8 @@ def _expected(status: str, amount: int, carrier_refunded: int, reversed_by_carri
 
 def _our_payments(settlement_file: SettlementFile) -> list[_Ours]:
     """Our payments in the file's period, and any other of the carrier's that the file names."""
-    start = datetime.combine(settlement_file.period_from, time.min, tzinfo=UTC)
-    end = datetime.combine(settlement_file.period_to + timedelta(days=1), time.min, tzinfo=UTC)
+    start = start_of_utc_day(settlement_file.period_from)
+    end = start_of_utc_day(settlement_file.period_to + timedelta(days=1))
     refunded = (
         Refund.objects.filter(payment=OuterRef("pk"), status=Refund.Status.SUCCEEDED, via_carrier=True)
         .values("payment")
@@ -430,7 +431,4 @@ def write_report(
 ) -> None:
     """The reconciliation as CSV or XLSX, one line per carrier reference (or payment without one)."""
     rows = report_values(report, category=category)
-    if ExportFormat(file_format) == ExportFormat.XLSX:
-        write_xlsx(out, REPORT_HEADER, rows, title="reconciliation")
-    else:
-        write_csv(out, REPORT_HEADER, rows)
+    write_table(out, REPORT_HEADER, rows, file_format=file_format, title="reconciliation")

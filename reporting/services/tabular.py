@@ -18,6 +18,8 @@ from openpyxl import Workbook  # type: ignore[import-untyped]
 from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
 
+from reporting.models import ExportFormat
+
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Signed numbers and masked phone numbers (+44740*****56) start like formulas but cannot run anything.
 _HARMLESS = re.compile(r"^[+-]?[\d*.]+$")
@@ -72,6 +74,16 @@ def write_xlsx(out: IO[bytes] | str, header: Sequence[str], rows: Iterable[Seque
     for row in rows:
         sheet.append([_xlsx_cell(sheet, value) for value in row])
     workbook.save(out)
+
+
+def write_table(
+    out: IO[bytes], header: Sequence[str], rows: Iterable[Sequence[Any]], *, file_format: str, title: str
+) -> None:
+    """`rows` under `header` as CSV or XLSX (`ExportFormat`), whichever is asked for."""
+    if ExportFormat(file_format) == ExportFormat.XLSX:
+        write_xlsx(out, header, rows, title=title)
+    else:
+        write_csv(out, header, rows)
 
 
 def _xlsx_cell(sheet: Any, value: Any) -> Any:

@@ -7,6 +7,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
+from payments.services import outbox
 from playpay.celery import app as celery_app
 
 
@@ -21,7 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--once", action="store_true", help="run every enabled task once, then stop")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not celery_app.conf.task_always_eager:
+        if not outbox.runs_in_process():
             raise CommandError("a broker is configured: run `celery -A playpay beat` and workers instead")
         last_run: dict[int, float] = {}
         while True:
