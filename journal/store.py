@@ -41,6 +41,16 @@ class JournalQuery:
     until: datetime | None = None
     limit: int = 200
 
+    def __post_init__(self) -> None:
+        for name in self.correlation or {}:
+            if name not in CORRELATION_FIELDS:
+                raise ValueError(f"{name!r} is not a correlation id")
+
+
+def check_groupable(by: str) -> None:
+    if by not in GROUPABLE:
+        raise ValueError(f"counts are by one of {GROUPABLE}")
+
 
 @dataclass(frozen=True)
 class DocumentField:
@@ -73,6 +83,16 @@ class JournalAggregate:
     bucket: str | None = None
     timezone: str = "UTC"
     measures: Mapping[str, tuple[str, DocumentField | None]] | None = None
+
+    def __post_init__(self) -> None:
+        """What both stores refuse, checked once."""
+        if self.bucket and self.bucket not in BUCKETS:
+            raise ValueError(f"time buckets are {BUCKETS}")
+        for aggregation, measured in (self.measures or {}).values():
+            if aggregation not in AGGREGATIONS:
+                raise ValueError(f"aggregations are {AGGREGATIONS}")
+            if measured is None and aggregation != "count":
+                raise ValueError("only a count can do without a field")
 
 
 class JournalStore(Protocol):
@@ -127,8 +147,6 @@ class SqlJournalStore:
 
         records = JournalRecord.objects.all()
         for name, value in (query.correlation or {}).items():
-            if name not in CORRELATION_FIELDS:
-                raise ValueError(f"{name!r} is not a correlation id")
             records = records.filter(**{name: value})
         if query.kind:
             records = records.filter(kind=query.kind)
@@ -143,8 +161,7 @@ class SqlJournalStore:
         return [dict(row) for row in rows]
 
     def count(self, *, by: str, query: JournalQuery) -> dict[str, int]:
-        if by not in GROUPABLE:
-            raise ValueError(f"counts are by one of {GROUPABLE}")
+        check_groupable(by)
         rows = self._filter(query).values(by).annotate(n=Count("id")).order_by(by)
         return {row[by]: row["n"] for row in rows}
 
@@ -175,8 +192,6 @@ class SqlJournalStore:
             names[f"g{index}"] = name
             group[f"g{index}"] = _sql_value(document_field)
         if spec.bucket:
-            if spec.bucket not in BUCKETS:
-                raise ValueError(f"time buckets are {BUCKETS}")
             names["t_bucket"] = "bucket"
             group["t_bucket"] = Trunc("occurred_at", spec.bucket, tzinfo=ZoneInfo(spec.timezone))
         measures = {}
@@ -208,7 +223,7 @@ def _sql_value(document_field: DocumentField) -> Any:
     if document_field.flag_values:
         # JSON scalars read as text: true/false for booleans, the string itself for strings.
         values = [json.dumps(v) if isinstance(v, bool) else str(v) for v in document_field.flag_values]
-        return Case(When(_flag_in(text, values), then=Value(1)), default=Value(0), output_field=IntegerField())
+        return Case(When(In(text, values), then=Value(1)), default=Value(0), output_field=IntegerField())
     if document_field.cast == "int":
         return Cast(text, IntegerField())
     if document_field.cast == "float":
@@ -216,16 +231,8 @@ def _sql_value(document_field: DocumentField) -> Any:
     return text
 
 
-def _flag_in(text: Any, values: list[str]) -> Any:
-    return In(text, values)
-
-
 def _sql_aggregate(aggregation: str, document_field: DocumentField | None) -> Any:
-    if aggregation not in AGGREGATIONS:
-        raise ValueError(f"aggregations are {AGGREGATIONS}")
-    if document_field is None:
-        if aggregation != "count":
-            raise ValueError("only a count can do without a field")
+    if document_field is None:  # a count (JournalAggregate checked it)
         return Count("id")
     value = _sql_value(document_field)
     if aggregation in ("count", "count_distinct"):
@@ -266,8 +273,6 @@ class MongoJournalStore:
     def _filter(self, query: JournalQuery) -> dict[str, Any]:
         match: dict[str, Any] = {}
         for name, value in (query.correlation or {}).items():
-            if name not in CORRELATION_FIELDS:
-                raise ValueError(f"{name!r} is not a correlation id")
             match[f"correlation.{name}"] = value
         if query.kind:
             match["kind"] = query.kind
@@ -288,8 +293,7 @@ class MongoJournalStore:
         return int(self.collection.delete_many({"occurred_at": {"$lt": before}}).deleted_count)
 
     def count(self, *, by: str, query: JournalQuery) -> dict[str, int]:
-        if by not in GROUPABLE:
-            raise ValueError(f"counts are by one of {GROUPABLE}")
+        check_groupable(by)
         pipeline = [{"$match": self._filter(query)}, {"$group": {"_id": f"${by}", "n": {"$sum": 1}}}]
         return {row["_id"]: row["n"] for row in self.collection.aggregate(pipeline)}
 
@@ -299,8 +303,6 @@ class MongoJournalStore:
             match[document_field.path] = {"$in": [_mongo_filter_value(document_field, v) for v in values]}
         group_id: dict[str, Any] = {name: _mongo_value(f) for name, f in (spec.group or {}).items()}
         if spec.bucket:
-            if spec.bucket not in BUCKETS:
-                raise ValueError(f"time buckets are {BUCKETS}")
             group_id["bucket"] = {
                 "$dateTrunc": {
                     "date": "$occurred_at",
@@ -312,11 +314,7 @@ class MongoJournalStore:
         accumulators: dict[str, Any] = {}
         distinct: list[str] = []
         for name, (aggregation, measured) in (spec.measures or {}).items():
-            if aggregation not in AGGREGATIONS:
-                raise ValueError(f"aggregations are {AGGREGATIONS}")
-            if measured is None:
-                if aggregation != "count":
-                    raise ValueError("only a count can do without a field")
+            if measured is None:  # a count (JournalAggregate checked it)
                 accumulators[name] = {"$sum": 1}
                 continue
             value = _mongo_value(measured)

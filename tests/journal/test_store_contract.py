@@ -13,7 +13,7 @@ from django.utils import timezone
 
 from journal.models import JournalRecord
 from journal.services import build
-from journal.store import JournalQuery, JournalStore, MongoJournalStore, SqlJournalStore
+from journal.store import JournalAggregate, JournalQuery, JournalStore, MongoJournalStore, SqlJournalStore
 
 pytestmark = pytest.mark.django_db
 BACKENDS = ["sql"] + (["mongodb"] if os.environ.get("JOURNAL_MONGODB_TEST_URL") else [])
@@ -106,3 +106,16 @@ def test_retention_purges_only_records_older_than_the_date(store: JournalStore) 
     assert store.purge(before=timezone.now() - timedelta(days=1)) == 0
     assert store.purge(before=timezone.now() + timedelta(seconds=1)) == 2
     assert store.query(JournalQuery()) == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"bucket": "fortnight"}, "time buckets are"),
+        ({"measures": {"x": ("median", None)}}, "aggregations are"),
+        ({"measures": {"x": ("sum", None)}}, "only a count can do without a field"),
+    ],
+)
+def test_an_aggregate_either_store_cannot_compute_is_refused_when_asked(spec: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        JournalAggregate(kind="carrier_call", **spec)
