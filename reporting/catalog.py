@@ -6,7 +6,7 @@ the document paths of its fields. Staff build datasets from these names in the a
 field name is always checked against its source and no query text ever comes from a form.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -185,21 +185,25 @@ JOURNAL_SOURCES: dict[str, JournalSource] = {
 }
 
 
+def _registered_source(dataset: "Dataset") -> Any:
+    """The registered source a SQL or journal dataset reads (None if unknown); API datasets have none."""
+    registry: Mapping[str, Any] = SQL_SOURCES if dataset.source_kind == "sql" else JOURNAL_SOURCES
+    return registry.get(dataset.source)
+
+
 def source_field_names(dataset: "Dataset") -> list[str] | None:
     """The fields the dataset's source offers; None for API datasets (their payload decides)."""
-    if dataset.source_kind == "sql":
-        return list(SQL_SOURCES[dataset.source].fields) if dataset.source in SQL_SOURCES else []
-    if dataset.source_kind == "journal":
-        return list(JOURNAL_SOURCES[dataset.source].fields) if dataset.source in JOURNAL_SOURCES else []
-    return None
+    if dataset.source_kind not in ("sql", "journal"):
+        return None
+    source = _registered_source(dataset)
+    return list(source.fields) if source is not None else []
 
 
 def time_field_names(dataset: "Dataset") -> list[str] | None:
-    if dataset.source_kind == "sql":
-        return list(SQL_SOURCES[dataset.source].time_fields) if dataset.source in SQL_SOURCES else []
-    if dataset.source_kind == "journal":
-        return list(JOURNAL_SOURCES[dataset.source].time_fields) if dataset.source in JOURNAL_SOURCES else []
-    return None
+    if dataset.source_kind not in ("sql", "journal"):
+        return None
+    source = _registered_source(dataset)
+    return list(source.time_fields) if source is not None else []
 
 
 def validate_dataset_source(dataset: "Dataset") -> None:

@@ -218,10 +218,10 @@ def _their_totals(settlement_file: SettlementFile) -> dict[str, _Theirs]:
 
 
 def _expected(status: str, amount: int, carrier_refunded: int, reversed_by_carrier: bool) -> int:
-    if status in SETTLED:
+    """What the carrier owes for a payment: the charge less its refunds. A reversal the platform paid
+    back (not the carrier) leaves the carrier owing the charge too."""
+    if status in SETTLED or (status == PaymentStatus.REVERSED and not reversed_by_carrier):
         return amount - carrier_refunded
-    if status == PaymentStatus.REVERSED and not reversed_by_carrier:
-        return amount - carrier_refunded  # the platform paid the player back; the carrier kept the money
     return 0
 
 
