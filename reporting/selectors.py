@@ -14,7 +14,7 @@ from funnel.models import FunnelDefinition
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
-from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
+from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query, truncate_to_bucket
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
@@ -149,11 +149,7 @@ def _exponent(currency: str) -> int | None:
 def _buckets(since: datetime, until: datetime, bucket: str, zone: Any) -> list[str]:
     """Every bucket of the period, so that quiet hours show as zero instead of vanishing."""
     step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[bucket]
-    start = since.astimezone(zone).replace(minute=0, second=0, microsecond=0)
-    if bucket != "hour":
-        start = start.replace(hour=0)
-    if bucket == "week":
-        start -= timedelta(days=start.weekday())
+    start = truncate_to_bucket(since, bucket, zone)
     labels = []
     moment = start
     while moment < until:

@@ -276,7 +276,8 @@ def _row_time(value: Any) -> datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
-def _truncate(moment: datetime, bucket: str, zone: ZoneInfo) -> datetime:
+def truncate_to_bucket(moment: datetime, bucket: str, zone: ZoneInfo) -> datetime:
+    """The start of the time bucket (hour, day, ISO week, month) that `moment` falls in, in `zone`."""
     local = moment.astimezone(zone)
     if bucket == "hour":
         return local.replace(minute=0, second=0, microsecond=0)
@@ -309,7 +310,7 @@ def _api_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
             continue
         key = tuple(row.get(f.source_name) for f in plan.group_by)
         if plan.bucket and moment:
-            key += (_truncate(moment, plan.bucket, plan.zone),)
+            key += (truncate_to_bucket(moment, plan.bucket, plan.zone),)
         groups[key].append(row)
     if not plan.group_by and not plan.bucket and not groups:
         groups[()] = []
