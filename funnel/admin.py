@@ -4,7 +4,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.http import FileResponse, HttpRequest
+from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -15,8 +15,8 @@ from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from funnel.rollups import dashboard_report
 from funnel.selectors import BREAKDOWNS
 from playpay.admin_base import RecordAdmin
-from reporting.models import ExportFormat
-from reporting.services.exports import CONTENT_TYPES, start_of_utc_day
+from reporting.responses import file_attachment
+from reporting.services.exports import start_of_utc_day
 from reporting.services.tabular import temporary_file, write_table
 
 
@@ -120,9 +120,5 @@ def _export(definition: FunnelDefinition, reports: list[dict[str, Any]], kind: s
         for block in reports
         for step in block["report"].steps
     ]
-    return FileResponse(
-        temporary_file(lambda out: write_table(out, EXPORT_HEADER, rows, file_format=kind, title="funnel")),
-        as_attachment=True,
-        filename=f"funnel-{definition.pk}.{kind}",
-        content_type=CONTENT_TYPES[ExportFormat(kind)],
-    )
+    content = temporary_file(lambda out: write_table(out, EXPORT_HEADER, rows, file_format=kind, title="funnel"))
+    return file_attachment(content, name=f"funnel-{definition.pk}.{kind}", file_format=kind)

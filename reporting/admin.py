@@ -10,7 +10,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -31,6 +31,7 @@ from reporting.models import (
     SourceKind,
     TimeBucket,
 )
+from reporting.responses import csv_attachment, file_attachment
 from reporting.services import datasets as catalog_datasets
 from reporting.services import exports
 from reporting.services.datasets import DatasetQueryError
@@ -54,12 +55,6 @@ def _staff(request: HttpRequest) -> AbstractBaseUser:
     user = request.user
     assert isinstance(user, AbstractBaseUser)  # the admin requires a signed-in user
     return user
-
-
-def _attachment(content: Any, *, name: str, file_format: str) -> FileResponse:
-    return FileResponse(
-        content, as_attachment=True, filename=name, content_type=exports.CONTENT_TYPES[ExportFormat(file_format)]
-    )
 
 
 @admin.register(ExportJob)
@@ -156,13 +151,9 @@ class ExportJobAdmin(RecordAdmin):
             return self._export_form(request, form)
         name = exports.export_file_name(kind=kind, filters=filters, file_format=file_format)
         if file_format == ExportFormat.CSV:
-            response = StreamingHttpResponse(
-                exports.stream_csv(kind=kind, filters=filters), content_type=exports.CONTENT_TYPES[ExportFormat.CSV]
-            )
-            response["Content-Disposition"] = f'attachment; filename="{name}"'
-            return response
+            return csv_attachment(exports.stream_csv(kind=kind, filters=filters), name=name)
         content = exports.export_to_temporary_file(kind=kind, filters=filters, file_format=file_format)
-        return _attachment(content, name=name, file_format=file_format)
+        return file_attachment(content, name=name, file_format=file_format)
 
     def _export_form(self, request: HttpRequest, form: ExportForm) -> TemplateResponse:
         context = {
@@ -180,7 +171,7 @@ class ExportJobAdmin(RecordAdmin):
             raise Http404("No such finished export.")
         if not self.has_view_permission(request, job):
             raise PermissionDenied
-        return _attachment(
+        return file_attachment(
             job.file.open("rb"), name=PurePath(job.file.name or "export").name, file_format=job.file_format
         )
 
@@ -293,7 +284,7 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
         report = reconcile_settlement_file(settlement_file=self._file(request, str(pk)))
         category = request.GET.get("category") or None
         content = temporary_file(lambda out: write_report(report, file_format=file_format, out=out, category=category))
-        return _attachment(content, name=report_file_name(report, file_format), file_format=file_format)
+        return file_attachment(content, name=report_file_name(report, file_format), file_format=file_format)
 
     def _file(self, request: HttpRequest, object_id: str) -> SettlementFile:
         settlement_file = self.get_object(request, object_id)

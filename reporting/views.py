@@ -9,13 +9,10 @@ from django.contrib import admin
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import PermissionDenied
 from django.http import (
-    FileResponse,
     HttpRequest,
-    HttpResponse,
     HttpResponseRedirect,
     JsonResponse,
     QueryDict,
-    StreamingHttpResponse,
 )
 from django.http.response import HttpResponseBase
 from django.shortcuts import get_object_or_404
@@ -27,6 +24,7 @@ from django.views.decorators.http import require_GET
 
 from playpay.api.problems import problem_json
 from reporting.models import Dashboard, Dataset, ExportFormat
+from reporting.responses import csv_attachment, file_attachment
 from reporting.selectors import (
     DEFAULT_PERIOD,
     PERIODS,
@@ -38,7 +36,6 @@ from reporting.selectors import (
 )
 from reporting.services import datasets
 from reporting.services.datasets import DatasetQuery, DatasetQueryError
-from reporting.services.exports import CONTENT_TYPES
 
 # The dashboard's export links: the payments dataset per carrier and day, with these measures.
 EXPORT_MEASURES = ("payments", "charged_payments", "failed_payments", "revenue_minor", "success_rate")
@@ -198,15 +195,8 @@ def dataset_export(request: HttpRequest, slug: str, file_format: str) -> HttpRes
         query = parse_dataset_query(request.GET)
         name = datasets.query_file_name(dataset=dataset, file_format=file_format)
         if file_format == ExportFormat.CSV:
-            lines = datasets.export_query_csv(dataset=dataset, query=query)
-            response: HttpResponse | StreamingHttpResponse | FileResponse = StreamingHttpResponse(
-                lines, content_type=CONTENT_TYPES[ExportFormat.CSV]
-            )
-            response["Content-Disposition"] = f'attachment; filename="{name}"'
-            return response
+            return csv_attachment(datasets.export_query_csv(dataset=dataset, query=query), name=name)
         content = datasets.export_query_file(dataset=dataset, query=query, file_format=file_format)
     except DatasetQueryError as error:
         return problem_json(400, error.code, error.title, error.detail)
-    return FileResponse(
-        content, as_attachment=True, filename=name, content_type=CONTENT_TYPES[ExportFormat(file_format)]
-    )
+    return file_attachment(content, name=name, file_format=file_format)
