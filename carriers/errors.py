@@ -50,3 +50,26 @@ class PricePointNotFound(DomainError):
     code = "price_point_not_found"
     title = "The carrier has no active price point with this code"
     http_status = 422
+
+
+class NotificationRejected(DomainError):
+    """A carrier callback that is stale or cannot be read; it changes nothing."""
+
+    code = "notification_rejected"
+    title = "The notification is stale or cannot be read"
+    http_status = 400
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail, reason=reason)
+        self.reason = reason
+
+
+class NotificationSignatureInvalid(NotificationRejected):
+    """A carrier callback whose signature or credentials do not verify."""
+
+    code = "notification_signature_invalid"
+    title = "The notification's signature or credentials do not verify"
+    http_status = 401
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("bad_signature", detail)

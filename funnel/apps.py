@@ -7,3 +7,8 @@ class FunnelConfig(AppConfig):
 
     def ready(self) -> None:
         from funnel import tasks  # noqa: F401
+        from funnel.services import record_payment_step
+        from payments import events
+
+        # Payments do not know about analytics: the funnel listens to their status changes.
+        events.subscribe(record_payment_step)

@@ -18,6 +18,7 @@ from django.db.models.functions import Least
 from django.utils import timezone
 
 from funnel.models import FunnelEvent, Journey
+from payments.events import PaymentStatusChanged
 from payments.models import App, Payment
 
 MAX_BATCH = 1000
@@ -194,6 +195,11 @@ def _touch_journeys(app: App, seen: list[tuple[str, datetime, str]]) -> None:
         )
         if journey_id in players:
             Journey.objects.filter(app=app, journey_id=journey_id, user_ref="").update(user_ref=players[journey_id])
+
+
+def record_payment_step(event: PaymentStatusChanged) -> None:
+    """Subscriber of payments' status changes: the platform's step, in the change's transaction."""
+    record_platform_step(event.payment, event.to_status, occurred_at=event.occurred_at)
 
 
 def record_platform_step(payment: Payment, status: str, *, occurred_at: datetime) -> None:

@@ -61,18 +61,6 @@ class CarrierTemporarilyUnavailable(PaymentError):
     http_status = 503
 
 
-class NotificationSignatureInvalid(PaymentError):
-    code = "notification_signature_invalid"
-    title = "The notification's signature or credentials do not verify"
-    http_status = 401
-
-
-class NotificationRejected(PaymentError):
-    code = "notification_rejected"
-    title = "The notification is stale or cannot be read"
-    http_status = 400
-
-
 class UnknownCarrier(PaymentError):
     code = "unknown_carrier"
     title = "No carrier has this slug"

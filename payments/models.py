@@ -112,9 +112,16 @@ class Payment(models.Model):
     failure_message = models.CharField(max_length=255, blank=True)
     pin_attempts = models.PositiveSmallIntegerField(default=0)
     pin_expires_at = models.DateTimeField(null=True, blank=True)
+    pin_submitted_at = models.DateTimeField(
+        null=True, blank=True, help_text="When an asynchronous carrier took the PIN; its verdict is awaited."
+    )
     # What the carrier protocol keeps between calls (OTP session, reservation...); never shown to apps.
     carrier_data = models.JSONField(default=dict, blank=True)
     charge_attempts = models.PositiveSmallIntegerField(default=0)
+    insufficient_funds_declines = models.PositiveSmallIntegerField(
+        default=0,
+        help_text="Insufficient-funds declines so far; later one-click attempts follow the carrier's schedule.",
+    )
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a later charge attempt is due.")
     outcome_unknown_since = models.DateTimeField(
         null=True, blank=True, help_text="Set while the carrier has not stated the charge's outcome."
@@ -339,6 +346,8 @@ class Refund(MoneyOperation):
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     carrier_reference = models.CharField(max_length=128, blank=True)
+    # Set when the carrier is asked (a second run of the task then does nothing); cleared when it could not be.
+    carrier_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]

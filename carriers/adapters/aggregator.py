@@ -23,12 +23,11 @@ from carriers.adapters.base import (
     ChargeRequest,
     Notification,
     NotificationKind,
-    NotificationRejected,
     Outcome,
     RefundRequest,
 )
 from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send
-from carriers.errors import ErrorCode
+from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
 
 FRESHNESS_SECONDS = 300
 
@@ -78,9 +77,9 @@ def verify_signature(secret: str, headers: Mapping[str, str], body: bytes, now: 
     lowered = {key.lower(): value for key, value in headers.items()}
     timestamp, signature = lowered.get("x-timestamp", ""), lowered.get("x-signature", "")
     if not timestamp.isdigit() or not signature:
-        raise NotificationRejected("bad_signature", "X-Timestamp and X-Signature are required")
+        raise NotificationSignatureInvalid("X-Timestamp and X-Signature are required")
     if not hmac.compare_digest(sign(secret, timestamp, body), signature):
-        raise NotificationRejected("bad_signature", "the signature does not match the body")
+        raise NotificationSignatureInvalid("the signature does not match the body")
     if abs(now - int(timestamp)) > FRESHNESS_SECONDS:
         raise NotificationRejected("stale", f"timestamp is more than {FRESHNESS_SECONDS} s away from now")
 

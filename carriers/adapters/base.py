@@ -13,7 +13,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from carriers.errors import ErrorCode
+from carriers.errors import ErrorCode, NotificationRejected
 
 
 class Outcome(StrEnum):
@@ -121,15 +121,6 @@ class Notification:
     raw_code: str = ""
     raw_message: str = ""
     occurred_at: datetime | None = None
-
-
-class NotificationRejected(Exception):
-    """A callback that fails verification (signature, freshness) or cannot be read."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        self.reason = reason
-        self.detail = detail
-        super().__init__(f"{reason}: {detail}")
 
 
 class CarrierAdapter(abc.ABC):

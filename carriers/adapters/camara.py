@@ -30,12 +30,11 @@ from carriers.adapters.base import (
     ChargeRequest,
     Notification,
     NotificationKind,
-    NotificationRejected,
     Outcome,
     RefundRequest,
 )
 from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send
-from carriers.errors import ErrorCode
+from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
 from playpay.money import to_major
 
 API = "/carrier-billing/v0.4"
@@ -559,9 +558,9 @@ class CamaraAdapter(CarrierAdapter):
         authorization = next((value for key, value in headers.items() if key.lower() == "authorization"), "")
         scheme, _, presented = authorization.partition(" ")
         if not expected:
-            raise NotificationRejected("bad_signature", "no notification_token is configured for this carrier")
+            raise NotificationSignatureInvalid("no notification_token is configured for this carrier")
         if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected.encode()):
-            raise NotificationRejected("bad_signature", "missing or wrong bearer token")
+            raise NotificationSignatureInvalid("missing or wrong bearer token")
         try:
             event = json.loads(body)
             event_id, event_type, data = str(event["id"]), str(event["type"]), event["data"]

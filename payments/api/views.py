@@ -1,3 +1,4 @@
+import json
 from typing import Any
 
 from django.db.models import QuerySet
@@ -5,6 +6,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -20,10 +22,10 @@ from payments.api.serializers import (
     ReversalSerializer,
 )
 from payments.models import App, Payment, PaymentStatus, Refund
+from payments.services.idempotency import IdempotencyKey, StoredResponse, fingerprint, parse_key, run_idempotent
 from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
 from playpay.api.auth import request_app
-from playpay.api.idempotency import idempotent_request, run_idempotent
 
 PROBLEM = OpenApiResponse(description="RFC 9457 problem+json; see /api/problems/ for the codes.")
 IDEMPOTENCY_KEY = OpenApiParameter(
@@ -36,10 +38,32 @@ IDEMPOTENCY_KEY = OpenApiParameter(
 )
 
 
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+
 def _app(request: Request) -> App:
     app = request_app(request)
     assert app is not None  # guaranteed by the IsApp permission
     return app
+
+
+def _idempotency_key(request: Request, app: App) -> IdempotencyKey:
+    """The request's Idempotency-Key header (400 when missing or malformed) and its fingerprint."""
+    return IdempotencyKey(
+        app=app,
+        key=parse_key(request.headers.get("Idempotency-Key")),
+        fingerprint=fingerprint(method=request.method or "", path=request.path, body=request.data),
+    )
+
+
+def _created(body: Any) -> StoredResponse:
+    # Stored for replays as the client received it (UUIDs, times and decimals as JSON strings).
+    return StoredResponse(status=status.HTTP_201_CREATED, body=json.loads(JSONRenderer().render(body)))
+
+
+def _respond(response: StoredResponse) -> Response:
+    headers = {REPLAYED_HEADER: "true"} if response.replayed else None
+    return Response(response.body, status=response.status, headers=headers)
 
 
 class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Payment]):
@@ -78,16 +102,17 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     )
     def create(self, request: Request) -> Response:
         app = _app(request)
-        idem = idempotent_request(
-            request, app, lambda payment: (status.HTTP_201_CREATED, PaymentSerializer(payment).data)
-        )
+        key = _idempotency_key(request, app)
         incoming = PaymentCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         payment_request = PaymentRequest(**incoming.validated_data)
-        return run_idempotent(
-            idem,
-            lambda idempotency: create_payment(app=app, request=payment_request, idempotency=idempotency),
-            lambda public_id: self.get_queryset().get(public_id=public_id),
+        return _respond(
+            run_idempotent(
+                key,
+                perform=lambda: create_payment(app=app, request=payment_request, idempotency=key),
+                render=lambda payment: _created(PaymentSerializer(payment).data),
+                load=lambda public_id: self.get_queryset().get(public_id=public_id),
+            )
         )
 
     @extend_schema(
@@ -117,20 +142,27 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         if request.method == "GET":
             return Response(RefundSerializer(payment.refunds.order_by("id"), many=True).data)
         app = _app(request)
-        idem = idempotent_request(request, app, lambda refund: (status.HTTP_201_CREATED, RefundSerializer(refund).data))
+        key = _idempotency_key(request, app)
         incoming = RefundCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
 
-        def perform(idempotency: Any) -> Refund:
+        def perform() -> Refund:
             return request_refund(
                 payment=payment,
                 amount_minor=incoming.validated_data.get("amount_minor"),
                 reason=incoming.validated_data["reason"],
                 actor=app_actor(app),
-                idempotency=idempotency,
+                idempotency=key,
             )
 
-        return run_idempotent(idem, perform, lambda public_id: payment.refunds.get(public_id=public_id))
+        return _respond(
+            run_idempotent(
+                key,
+                perform=perform,
+                render=lambda refund: _created(RefundSerializer(refund).data),
+                load=lambda public_id: payment.refunds.get(public_id=public_id),
+            )
+        )
 
     @extend_schema(
         request=ReversalCreateSerializer,

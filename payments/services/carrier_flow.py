@@ -223,13 +223,13 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
         delay = timedelta(seconds=carrier.retry_backoff_seconds * 2 ** max(payment.charge_attempts - 1, 0))
     elif result.error_code == ErrorCode.INSUFFICIENT_FUNDS and payment.flow == PaymentFlow.ONE_CLICK:
         delays = carrier.insufficient_funds_retry_delays
-        earlier_declines = payment.carrier_data.get("insufficient_funds_declines", 0)
+        earlier_declines = payment.insufficient_funds_declines
         if earlier_declines < len(delays):
             delay = timedelta(minutes=delays[earlier_declines])
-            payment.carrier_data = {**payment.carrier_data, "insufficient_funds_declines": earlier_declines + 1}
+            payment.insufficient_funds_declines = earlier_declines + 1
             payment.failure_code = ErrorCode.INSUFFICIENT_FUNDS
             payment.failure_message = f"declined; next attempt in {delays[earlier_declines]} min"
-            payment.save(update_fields=["carrier_data", "failure_code", "failure_message", "updated_at"])
+            payment.save(update_fields=["insufficient_funds_declines", "failure_code", "failure_message", "updated_at"])
     if delay is None:
         fail(payment, result, actor=actor)
         return
@@ -299,9 +299,9 @@ def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
             else:
                 dispatch(locked, "charge_payment")
         elif result.outcome == Outcome.PIN_REJECTED:
-            locked.carrier_data.pop("pin_submitted_at", None)
+            locked.pin_submitted_at = None
             locked.outcome_unknown_since = None
-            locked.save(update_fields=["carrier_data", "outcome_unknown_since", *fields, "updated_at"])
+            locked.save(update_fields=["pin_submitted_at", "outcome_unknown_since", *fields, "updated_at"])
             count_wrong_pin(locked, actor=actor)
         elif result.outcome == Outcome.FAILED:
             fail(locked, result, actor=actor, extra_fields=fields)

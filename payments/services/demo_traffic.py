@@ -21,7 +21,7 @@ import httpx
 from carriers.adapters.sandbox import TEST_PIN
 from carriers.models import Protocol
 from payments.services.demo import DEMO_CARRIERS, DemoCarrier
-from payments.services.state_machine import NOTIFIED_STATUSES
+from payments.services.state_machine import WEBHOOK_STATUSES
 
 # Last four digits every demo carrier declines (the simulators and the sandbox alike).
 DECLINED_ENDINGS = ["0002", "0003", "0004"]
@@ -233,12 +233,12 @@ class DemoTraffic:
         latest: dict[str, str] = {}
         for attempt in range(rounds):
             for payment_id in self.summary.payment_ids:
-                if latest.get(payment_id) in NOTIFIED_STATUSES:
+                if latest.get(payment_id) in WEBHOOK_STATUSES:
                     continue
                 response = self._call("GET", f"/api/v1/payments/{payment_id}/")
                 if response is not None and response.status_code == 200:
                     latest[payment_id] = response.json()["status"]
-            if all(latest.get(payment_id) in NOTIFIED_STATUSES for payment_id in self.summary.payment_ids):
+            if all(latest.get(payment_id) in WEBHOOK_STATUSES for payment_id in self.summary.payment_ids):
                 break
             if attempt < rounds - 1:
                 time.sleep(0.5)

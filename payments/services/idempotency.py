@@ -1,18 +1,25 @@
 """Idempotency keys, as Stripe and the IETF Idempotency-Key draft define them.
 
 A key is claimed by a unique insert in the same transaction as the resource it
-creates. The same key with the same request replays the first response; with a
-different request it is refused (422); while the first request is still running
-it is refused (409). Requests refused before the claim (validation) leave no trace.
+creates (`claim_key`, called by the creating service). The same key with the same
+request replays the first response; with a different request it is refused (422);
+while the first request is still running it is refused (409). Requests refused
+before the claim (validation) leave no trace.
+
+`run_idempotent` is the one way an endpoint runs a creating request under its key.
+It is generic over the resource the request creates: the endpoint says how to
+answer with one (`render`, called after the creating transaction has committed)
+and how to read one back (`load`, for a request whose process died before it
+stored its answer).
 """
 
 import hashlib
 import json
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from django.conf import settings
 from django.db import IntegrityError
@@ -25,26 +32,33 @@ from payments.errors import (
     IdempotencyRequestInFlight,
 )
 from payments.models import App, IdempotencyRecord
+from playpay.errors import DomainError
 
 MAX_KEY_LENGTH = 255
+
+Resource = TypeVar("Resource")
 
 
 class KeyAlreadyClaimed(Exception):
     """Another request claimed the key between our lookup and our insert."""
 
 
-Response = tuple[int, Any]  # HTTP status and JSON body
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """An app's Idempotency-Key and the fingerprint of the request that came with it."""
 
-
-@dataclass
-class IdempotentRequest:
     app: App
     key: str
     fingerprint: str
-    # How the API answers with the resource the request creates; set by the API layer.
-    render: Callable[[Any], Response] | None = None
-    # The response stored with the claim, when the resource was final at its creation.
-    stored: Response | None = field(default=None, init=False)
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """What a creating request answered: an HTTP status and a JSON-ready body."""
+
+    status: int
+    body: Any
+    replayed: bool = False
 
 
 def parse_key(raw: str | None) -> str:
@@ -60,59 +74,51 @@ def fingerprint(*, method: str, path: str, body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def find_previous(request: IdempotentRequest) -> IdempotencyRecord | None:
-    """The record of an earlier request with this key, if its response can be replayed.
+def run_idempotent(
+    key: IdempotencyKey,
+    *,
+    perform: Callable[[], Resource],
+    render: Callable[[Resource], StoredResponse],
+    load: Callable[[uuid.UUID], Resource],
+) -> StoredResponse:
+    """Create the resource with `perform` (which claims `key` in its transaction), or replay.
 
-    Returns None for a new key. Raises when the key was used for another request, or
-    while the first request is still in flight. A record left in flight longer than
-    IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS (its process died) is returned so that the
-    caller can answer from the resource's current state.
+    The key is claimed inside `perform`; an earlier request with the key is looked up only
+    when the claim (or a validation that a replay skips) fails, which keeps the common path short.
     """
-    record = IdempotencyRecord.objects.filter(app=request.app, key=request.key).first()
-    if record is None:
-        return None
-    if record.fingerprint != request.fingerprint:
-        raise IdempotencyKeyReused(
-            "This Idempotency-Key was first used with a different request; use a new key for a new request."
-        )
-    if record.state == IdempotencyRecord.State.COMPLETED:
-        return record
-    stale_after = timedelta(seconds=settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS)
-    if record.resource_id is not None and record.created_at < timezone.now() - stale_after:
-        return record
-    raise IdempotencyRequestInFlight(retry_after=1)
+    try:
+        resource = perform()
+    except KeyAlreadyClaimed:
+        previous = _find_previous(key)
+        if previous is None:  # the other request rolled back in between; the client may retry
+            raise IdempotencyRequestInFlight(retry_after=1) from None
+    except DomainError:
+        previous = _find_previous(key)
+        if previous is None:
+            raise
+    else:
+        response = render(resource)
+        _complete_key(key, response)
+        return response
+
+    if previous.state == IdempotencyRecord.State.COMPLETED:
+        return StoredResponse(status=previous.response_status or 200, body=previous.response_body, replayed=True)
+    assert previous.resource_id is not None  # _find_previous returns only what can be answered
+    response = render(load(previous.resource_id))
+    _complete_key(key, response)
+    return replace(response, replayed=True)
 
 
-def claim_key(request: IdempotentRequest, *, resource_id: uuid.UUID, final: Any = None) -> None:
+def claim_key(key: IdempotencyKey, *, resource_id: uuid.UUID) -> None:
     """Claim the key for a new resource. Call inside the transaction that creates the resource.
 
     On PostgreSQL a concurrent claim of the same key waits for ours to commit or roll back.
-    `final` is the resource when what the API answers now is its answer for good (nothing
-    changes it at the commit): the response is then stored with the claim, in the same
-    transaction, instead of by `complete_key` after it.
     """
-    state = IdempotencyRecord.State.IN_FLIGHT
-    status: int | None = None
-    body: Any = None
-    if final is not None and request.render is not None:
-        status, body = request.render(final)
-        state = IdempotencyRecord.State.COMPLETED
     try:
-        IdempotencyRecord.objects.create(
-            app=request.app,
-            key=request.key,
-            fingerprint=request.fingerprint,
-            resource_id=resource_id,
-            state=state,
-            response_status=status,
-            response_body=body,
-            completed_at=timezone.now() if status is not None else None,
-        )
+        IdempotencyRecord.objects.create(app=key.app, key=key.key, fingerprint=key.fingerprint, resource_id=resource_id)
     except IntegrityError as exc:
         # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
-        raise KeyAlreadyClaimed(request.key) from exc
-    if status is not None:
-        request.stored = (status, body)
+        raise KeyAlreadyClaimed(key.key) from exc
 
 
 def is_unique_violation(exc: IntegrityError) -> bool:
@@ -124,12 +130,35 @@ def is_unique_violation(exc: IntegrityError) -> bool:
     return "UNIQUE constraint failed" in str(exc)  # SQLite
 
 
-def complete_key(request: IdempotentRequest, *, status: int, body: Any) -> None:
+def _find_previous(key: IdempotencyKey) -> IdempotencyRecord | None:
+    """The record of an earlier request with this key, if its response can be replayed.
+
+    Returns None for a new key. Raises when the key was used for another request, or
+    while the first request is still in flight. A record left in flight longer than
+    IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS (its process died) is returned so that the
+    caller can answer from the resource's current state.
+    """
+    record = IdempotencyRecord.objects.filter(app=key.app, key=key.key).first()
+    if record is None:
+        return None
+    if record.fingerprint != key.fingerprint:
+        raise IdempotencyKeyReused(
+            "This Idempotency-Key was first used with a different request; use a new key for a new request."
+        )
+    if record.state == IdempotencyRecord.State.COMPLETED:
+        return record
+    stale_after = timedelta(seconds=settings.IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS)
+    if record.resource_id is not None and record.created_at < timezone.now() - stale_after:
+        return record
+    raise IdempotencyRequestInFlight(retry_after=1)
+
+
+def _complete_key(key: IdempotencyKey, response: StoredResponse) -> None:
     """Store the response of the request that claimed the key, for replays."""
-    IdempotencyRecord.objects.filter(app=request.app, key=request.key).update(
+    IdempotencyRecord.objects.filter(app=key.app, key=key.key).update(
         state=IdempotencyRecord.State.COMPLETED,
-        response_status=status,
-        response_body=body,
+        response_status=response.status,
+        response_body=response.body,
         completed_at=timezone.now(),
     )
 

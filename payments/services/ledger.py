@@ -19,7 +19,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 
 from django.db.models import Sum
 
-from payments.models import LedgerEntry, LedgerLine, Payment, Refund
+from payments.events import PaymentStatusChanged
+from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund
 
 PLATFORM_REVENUE = "platform_revenue"
 
@@ -73,6 +74,12 @@ def _post(
         if amount
     )
     return entry
+
+
+def on_status_changed(event: PaymentStatusChanged) -> None:
+    """A charge is posted in the transaction that marks its payment succeeded."""
+    if event.to_status == PaymentStatus.SUCCEEDED:
+        post_charge(event.payment)
 
 
 def post_charge(payment: Payment) -> LedgerEntry:

@@ -7,10 +7,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_for
-from carriers.adapters.base import NotificationKind, NotificationRejected
+from carriers.adapters.base import NotificationKind
 from carriers.models import Carrier
-from payments.errors import NotificationRejected as RejectedError
-from payments.errors import NotificationSignatureInvalid, UnknownCarrier
+from payments.errors import UnknownCarrier
 from payments.models import CarrierNotification
 from payments.services.carrier_flow import apply_notification
 from payments.services.refunds import apply_refund_notification
@@ -28,11 +27,8 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
     if carrier is None:
         raise UnknownCarrier(f"No carrier has the slug {carrier_slug!r}.")
     adapter = adapter_for(carrier)
-    try:
-        notification = adapter.parse_notification(headers=headers, body=body, now=timezone.now())
-    except NotificationRejected as rejected:
-        error = NotificationSignatureInvalid if rejected.reason == "bad_signature" else RejectedError
-        raise error(rejected.detail, reason=rejected.reason) from rejected
+    # Raises NotificationRejected (400) or NotificationSignatureInvalid (401): nothing is recorded.
+    notification = adapter.parse_notification(headers=headers, body=body, now=timezone.now())
 
     with transaction.atomic():
         try:

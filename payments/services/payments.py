@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from carriers.adapters.base import Outcome
+from carriers.adapters.base import CarrierResult, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
@@ -27,7 +27,6 @@ from payments.errors import (
     PinExpired,
 )
 from payments.models import App, Payment, PaymentFlow, PaymentStatus
-from payments.services import outbox
 from payments.services.carrier_flow import (
     carrier_actor,
     charge_request,
@@ -37,7 +36,7 @@ from payments.services.carrier_flow import (
     load_payment,
     locked_payment,
 )
-from payments.services.idempotency import IdempotentRequest, KeyAlreadyClaimed, claim_key, is_unique_violation
+from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, is_unique_violation
 from payments.services.state_machine import record_creation, transition
 
 
@@ -71,14 +70,13 @@ def _choose_flow(carrier: Carrier, requested: str | None) -> str:
     return requested
 
 
-def create_payment(*, app: App, request: PaymentRequest, idempotency: IdempotentRequest) -> Payment:
+def create_payment(*, app: App, request: PaymentRequest, idempotency: IdempotencyKey) -> Payment:
     """Validate, create the payment under its idempotency key, and have the carrier start it."""
     msisdn = normalize_msisdn(request.msisdn)
     carrier = resolve_carrier(msisdn=msisdn, carrier_slug=request.carrier)
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
     public_id = uuid.uuid4()
-    in_process = outbox.runs_in_process()
     with transaction.atomic():
         try:
             payment = Payment.objects.create(
@@ -103,34 +101,21 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotent
             raise
         record_creation(payment, actor=app_actor(app))
         dispatch(payment, "start_payment")
-        # With a broker the answer is the payment as created, stored with the claim. In-process,
-        # the carrier's first step runs at the commit and changes the answer: it is stored after.
-        claim_key(idempotency, resource_id=public_id, final=None if in_process else payment)
-    if in_process:
-        payment.refresh_from_db()  # the carrier's first step already ran, in-process, at the commit
+        claim_key(idempotency, resource_id=public_id)
+    # As it is now: where tasks run in-process, the carrier's first step already ran at the commit.
+    payment.refresh_from_db()
     return payment
 
 
 def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
     """Check the player's PIN with the carrier (the player is waiting), then queue the charge."""
-    if payment.status != PaymentStatus.PIN_SENT or payment.carrier_data.get("pin_submitted_at"):
+    if payment.status != PaymentStatus.PIN_SENT or payment.pin_submitted_at is not None:
         raise IllegalTransition(f"Only a payment waiting for its PIN takes one; this one is {payment.status!r}.")
     if payment.pin_expires_at is not None and payment.pin_expires_at <= timezone.now():
         expire_payment(payment_id=payment.pk, reason="PIN expired before confirmation")
         raise PinExpired()
-
-    request = charge_request(payment)
-    try:
-        verdict = call_carrier(
-            payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin), name="verify_pin", request=request
-        )
-    except CarrierBusy as busy:
-        raise CarrierTemporarilyUnavailable(retry_after=max(int(busy.retry_after), 1)) from busy
-
-    wrong_pin = verdict.outcome == Outcome.PIN_REJECTED or (
-        verdict.outcome == Outcome.FAILED and verdict.error_code in (ErrorCode.INVALID_PIN, ErrorCode.PIN_EXPIRED)
-    )
-    if wrong_pin:
+    verdict = _verify_pin(payment, pin)
+    if _is_wrong_pin(verdict):
         _record_rejected_pin(
             payment_id=payment.pk, error_code=verdict.error_code or ErrorCode.INVALID_PIN, actor=app_actor(app)
         )
@@ -138,25 +123,43 @@ def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
         locked = locked_payment(payment.pk)
         if locked.status != PaymentStatus.PIN_SENT:
             raise IllegalTransition(f"The payment is now {locked.status!r}.")
-        if verdict.outcome == Outcome.PIN_VERIFIED:
-            transition(locked, PaymentStatus.PIN_VERIFIED, actor=carrier_actor(payment.carrier), reason="PIN verified")
-            transition(locked, PaymentStatus.CHARGING, actor=app_actor(app), reason="charge after PIN")
-            dispatch(locked, "charge_payment")
-        elif verdict.outcome == Outcome.PENDING and verdict.not_sent is False and not verdict.transport_failed:
-            # An asynchronous carrier took the PIN; its verdict comes by callback.
-            locked.carrier_data = {
-                **locked.carrier_data,
-                **verdict.state,
-                "pin_submitted_at": timezone.now().isoformat(),
-            }
-            locked.outcome_unknown_since = timezone.now()
-            locked.save(update_fields=["carrier_data", "outcome_unknown_since", "updated_at"])
-        elif verdict.outcome == Outcome.FAILED and not verdict.transport_failed:
-            fail(locked, verdict, actor=carrier_actor(payment.carrier))
-        else:
-            # Unreachable or no answer: nothing moved money; the player may submit the PIN again.
-            raise CarrierTemporarilyUnavailable(retry_after=2)
+        _apply_pin_verdict(locked, verdict, app=app)
     return load_payment(payment.pk)
+
+
+def _verify_pin(payment: Payment, pin: str) -> CarrierResult:
+    request = charge_request(payment)
+    try:
+        return call_carrier(
+            payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin), name="verify_pin", request=request
+        )
+    except CarrierBusy as busy:
+        raise CarrierTemporarilyUnavailable(retry_after=max(int(busy.retry_after), 1)) from busy
+
+
+def _is_wrong_pin(verdict: CarrierResult) -> bool:
+    return verdict.outcome == Outcome.PIN_REJECTED or (
+        verdict.outcome == Outcome.FAILED and verdict.error_code in (ErrorCode.INVALID_PIN, ErrorCode.PIN_EXPIRED)
+    )
+
+
+def _apply_pin_verdict(locked: Payment, verdict: CarrierResult, *, app: App) -> None:
+    """The carrier's answer to a PIN the player is waiting on, on the locked `pin_sent` payment."""
+    carrier = carrier_actor(locked.carrier)
+    if verdict.outcome == Outcome.PIN_VERIFIED:
+        transition(locked, PaymentStatus.PIN_VERIFIED, actor=carrier, reason="PIN verified")
+        transition(locked, PaymentStatus.CHARGING, actor=app_actor(app), reason="charge after PIN")
+        dispatch(locked, "charge_payment")
+    elif verdict.outcome == Outcome.PENDING and verdict.not_sent is False and not verdict.transport_failed:
+        # An asynchronous carrier took the PIN; its verdict comes by callback.
+        locked.carrier_data = {**locked.carrier_data, **verdict.state}
+        locked.pin_submitted_at = locked.outcome_unknown_since = timezone.now()
+        locked.save(update_fields=["carrier_data", "pin_submitted_at", "outcome_unknown_since", "updated_at"])
+    elif verdict.outcome == Outcome.FAILED and not verdict.transport_failed:
+        fail(locked, verdict, actor=carrier)
+    else:
+        # Unreachable or no answer: nothing moved money; the player may submit the PIN again.
+        raise CarrierTemporarilyUnavailable(retry_after=2)
 
 
 def _record_rejected_pin(*, payment_id: int, error_code: str, actor: str) -> None:
@@ -200,7 +203,7 @@ def expire_abandoned_payments() -> int:
 
 def next_action(payment: Payment) -> dict[str, Any]:
     """What the game backend should do next with this payment."""
-    if payment.status == PaymentStatus.PIN_SENT and not payment.carrier_data.get("pin_submitted_at"):
+    if payment.status == PaymentStatus.PIN_SENT and payment.pin_submitted_at is None:
         return {
             "type": "enter_pin",
             "expires_at": payment.pin_expires_at,

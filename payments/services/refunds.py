@@ -20,7 +20,7 @@ from payments.errors import IllegalTransition, RefundExceedsCaptured, ReversalNo
 from payments.models import Payment, PaymentStatus, Refund, Reversal
 from payments.services import ledger, outbox
 from payments.services.carrier_flow import charge_request, dispatch, is_uuid, load_payment, locked_payment
-from payments.services.idempotency import IdempotentRequest, claim_key
+from payments.services.idempotency import IdempotencyKey, claim_key
 from payments.services.state_machine import transition
 
 REFUNDABLE = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
@@ -59,7 +59,7 @@ def request_refund(
     amount_minor: int | None,
     reason: str,
     actor: str,
-    idempotency: IdempotentRequest | None = None,
+    idempotency: IdempotencyKey | None = None,
 ) -> Refund:
     """Refund `amount_minor` (default: all that is left) of a succeeded payment."""
     with transaction.atomic():
@@ -97,10 +97,10 @@ def execute_refund(*, refund_id: int) -> None:
     """Ask the carrier to refund (task on the carrier's queue); runs once per refund."""
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING or refund.carrier_reference:
+        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at or refund.carrier_reference:
             return
-        refund.carrier_reference = "requested"  # claimed: a second run does not refund twice
-        refund.save(update_fields=["carrier_reference"])
+        refund.carrier_requested_at = timezone.now()  # claimed: a second run does not refund twice
+        refund.save(update_fields=["carrier_requested_at"])
     payment = load_payment(refund.payment_id)
     request = RefundRequest(
         refund_id=str(refund.public_id),
@@ -122,7 +122,7 @@ def execute_refund(*, refund_id: int) -> None:
         )
     except CarrierBusy as busy:
         with transaction.atomic():
-            Refund.objects.filter(pk=refund_id).update(carrier_reference="")
+            Refund.objects.filter(pk=refund_id).update(carrier_requested_at=None)
             outbox.enqueue(
                 "payments.tasks.execute_refund",
                 queue=carrier_queue(payment.carrier),

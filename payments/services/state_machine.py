@@ -1,29 +1,37 @@
-"""The payment state machine: the allowed transitions and the one function that applies them."""
+"""The payment state machine: the allowed transitions and the one function that applies them.
+
+What a transition causes beyond the payment's own row and history (ledger postings,
+webhooks, funnel steps, metrics) subscribes to the `PaymentStatusChanged` event it
+publishes (`payments.events`).
+"""
+
+import logging
 
 from django.db import transaction
 
-from funnel.services import record_platform_step
 from payments.errors import IllegalTransition
+from payments.events import PaymentStatusChanged, publish
 from payments.models import Payment, PaymentStatus, PaymentStatusChange
-from payments.services import ledger, webhooks
 
-S = PaymentStatus
+logger = logging.getLogger(__name__)
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    S.CREATED: frozenset({S.PIN_SENT, S.CHARGING, S.FAILED}),
-    S.PIN_SENT: frozenset({S.PIN_VERIFIED, S.FAILED, S.EXPIRED}),
-    S.PIN_VERIFIED: frozenset({S.CHARGING, S.FAILED}),
-    S.CHARGING: frozenset({S.SUCCEEDED, S.FAILED}),
-    S.SUCCEEDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED, S.REVERSED}),
-    S.PARTIALLY_REFUNDED: frozenset({S.PARTIALLY_REFUNDED, S.REFUNDED}),
-    S.FAILED: frozenset(),
-    S.EXPIRED: frozenset(),
-    S.REFUNDED: frozenset(),
-    S.REVERSED: frozenset(),
+    PaymentStatus.CREATED: frozenset({PaymentStatus.PIN_SENT, PaymentStatus.CHARGING, PaymentStatus.FAILED}),
+    PaymentStatus.PIN_SENT: frozenset({PaymentStatus.PIN_VERIFIED, PaymentStatus.FAILED, PaymentStatus.EXPIRED}),
+    PaymentStatus.PIN_VERIFIED: frozenset({PaymentStatus.CHARGING, PaymentStatus.FAILED}),
+    PaymentStatus.CHARGING: frozenset({PaymentStatus.SUCCEEDED, PaymentStatus.FAILED}),
+    PaymentStatus.SUCCEEDED: frozenset(
+        {PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED, PaymentStatus.REVERSED}
+    ),
+    PaymentStatus.PARTIALLY_REFUNDED: frozenset({PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED}),
+    PaymentStatus.FAILED: frozenset(),
+    PaymentStatus.EXPIRED: frozenset(),
+    PaymentStatus.REFUNDED: frozenset(),
+    PaymentStatus.REVERSED: frozenset(),
 }
 FINAL_STATUSES = frozenset(status for status, targets in TRANSITIONS.items() if not targets)
-# Apps are notified (webhooks) whenever a payment reaches one of these.
-NOTIFIED_STATUSES = FINAL_STATUSES | {S.SUCCEEDED, S.PARTIALLY_REFUNDED}
+# Apps receive a webhook whenever a payment reaches one of these.
+WEBHOOK_STATUSES = FINAL_STATUSES | {PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED}
 
 
 def can_transition(from_status: str, to_status: str) -> bool:
@@ -56,11 +64,7 @@ def transition(
     change = PaymentStatusChange.objects.create(
         payment=payment, from_status=from_status, to_status=to_status, actor=actor, reason=reason[:255]
     )
-    record_platform_step(payment, to_status, occurred_at=change.created_at)
-    if to_status == S.SUCCEEDED:
-        ledger.post_charge(payment)
-    if to_status in NOTIFIED_STATUSES:
-        webhooks.notify_payment(payment)
+    _published(change, payment)
     return change
 
 
@@ -69,5 +73,31 @@ def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:
     change = PaymentStatusChange.objects.create(
         payment=payment, from_status="", to_status=payment.status, actor=actor, reason="payment created"
     )
-    record_platform_step(payment, payment.status, occurred_at=change.created_at)
+    _published(change, payment)
     return change
+
+
+def _published(change: PaymentStatusChange, payment: Payment) -> None:
+    logger.info(
+        "payment %s: %s -> %s (%s)",
+        payment.public_id,
+        change.from_status or "new",
+        change.to_status,
+        change.reason,
+        extra={
+            "payment_id": str(payment.public_id),
+            "from_status": change.from_status,
+            "to_status": change.to_status,
+            "actor": change.actor,
+            "carrier": payment.carrier.slug,
+        },
+    )
+    publish(
+        PaymentStatusChanged(
+            payment=payment,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            actor=change.actor,
+            occurred_at=change.created_at,
+        )
+    )

@@ -1,4 +1,4 @@
-"""Notifications to apps, following the Standard Webhooks specification.
+"""Webhooks to apps, following the Standard Webhooks specification.
 
 Headers `webhook-id` (the same on every retry: the app's idempotency key),
 `webhook-timestamp` (of the attempt) and `webhook-signature` (`v1,<base64 HMAC-SHA256 of
@@ -24,8 +24,10 @@ from django.utils import timezone
 
 from carriers.crypto import decrypt_credentials, encrypt_credentials
 from journal.services import Kind, record
+from payments.events import PaymentStatusChanged
 from payments.models import App, Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
 from payments.services import outbox
+from payments.services.state_machine import WEBHOOK_STATUSES
 
 QUEUE = "webhooks"
 TIMEOUT_SECONDS = 15
@@ -85,8 +87,16 @@ def payment_event(payment: Payment) -> dict[str, Any]:
     }
 
 
-def notify_payment(payment: Payment) -> WebhookDelivery | None:
-    """Queue a notification of the payment's new state; call inside the transaction that set it."""
+def on_status_changed(event: PaymentStatusChanged) -> None:
+    if event.to_status in WEBHOOK_STATUSES:
+        queue_payment_webhook(event.payment)
+
+
+def queue_payment_webhook(payment: Payment) -> WebhookDelivery | None:
+    """Queue a webhook of the payment's new state; call inside the transaction that set it.
+
+    It is delivered after the commit, through the outbox.
+    """
     app = App.objects.get(pk=payment.app_id)
     if not app.notification_url:
         return None

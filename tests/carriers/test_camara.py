@@ -21,12 +21,11 @@ from carriers.adapters.base import (
     CarrierConfig,
     ChargeRequest,
     NotificationKind,
-    NotificationRejected,
     Outcome,
     RefundRequest,
 )
 from carriers.adapters.camara import CamaraAdapter
-from carriers.errors import ErrorCode
+from carriers.errors import ErrorCode, NotificationRejected
 from carriers.simulators import camara as camara_sim
 from carriers.simulators import core
 

@@ -53,13 +53,13 @@ django.setup()
 from payments.services import outbox
 outbox.send = lambda message: os.kill(os.getpid(), 9)  # die between the commit and the enqueue
 from payments.models import App
-from payments.services.idempotency import IdempotentRequest
+from payments.services.idempotency import IdempotencyKey
 from payments.services.payments import PaymentRequest, create_payment
 app = App.objects.get(name=os.environ["APP_NAME"])
 create_payment(
     app=app,
     request=PaymentRequest(user_ref="p1", msisdn="+447400123456", price_point="gems-100"),
-    idempotency=IdempotentRequest(app=app, key="crash-1", fingerprint="f"),
+    idempotency=IdempotencyKey(app=app, key="crash-1", fingerprint="f"),
 )
 """
 
