@@ -38,7 +38,7 @@ def summary(document: dict[str, Any]) -> str:
         result = data.get("result", {})
         error = f" {result.get('error_code')}" if result.get("error_code") else ""
         return f"{data.get('operation')} → {result.get('outcome')}{error} ({data.get('latency_ms')} ms)"
-    if kind == "app_notification":
+    if kind in ("webhook", "app_notification"):
         return f"{data.get('event')} attempt {data.get('attempt')} → {data.get('status') or data.get('error')}"
     if kind == "staff_action":
         return f"{data.get('user')}: {data.get('action')} — {data.get('reason')} → {data.get('outcome')}"

@@ -27,7 +27,7 @@ class Kind:
     API_REQUEST = "api_request"
     CARRIER_CALL = "carrier_call"
     CARRIER_CALLBACK = "carrier_callback"
-    APP_NOTIFICATION = "app_notification"
+    WEBHOOK = "webhook"  # was "app_notification" in records written before the rename
     STAFF_ACTION = "staff_action"
 
 

@@ -43,7 +43,7 @@ class ApiKeyInline(ReadOnlyInline):
 
 @admin.register(App)
 class AppAdmin(admin.ModelAdmin[App]):
-    list_display = ["name", "public_id", "is_active", "notification_url", "rate_limit_per_minute", "created_at"]
+    list_display = ["name", "public_id", "is_active", "webhook_url", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "public_id"]
     readonly_fields = ["public_id", "created_at"]

@@ -13,7 +13,7 @@ class App(models.Model):
 
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     name = models.CharField(max_length=100, unique=True)
-    notification_url = models.URLField(blank=True, help_text="Where PlayPay sends payment notifications.")
+    webhook_url = models.URLField(blank=True, help_text="Where PlayPay sends payment webhooks.")
     is_active = models.BooleanField(default=True)
     rate_limit_per_minute = models.PositiveIntegerField(
         null=True, blank=True, help_text="API requests per minute; empty for the platform default."

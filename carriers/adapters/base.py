@@ -122,6 +122,17 @@ class Notification:
     raw_message: str = ""
     occurred_at: datetime | None = None
 
+    @property
+    def result(self) -> CarrierResult:
+        """What the callback states, as the answer to the call it is about."""
+        return CarrierResult(
+            outcome=self.outcome,
+            carrier_reference=self.carrier_reference,
+            error_code=self.error_code,
+            raw_code=self.raw_code,
+            raw_message=self.raw_message,
+        )
+
 
 class CarrierAdapter(abc.ABC):
     """Translate PlayPay's standard requests to one carrier protocol and back.

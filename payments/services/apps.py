@@ -29,9 +29,9 @@ def issue_api_key(*, app: App, label: str = "") -> IssuedKey:
     return IssuedKey(api_key=api_key, raw_key=raw_key)
 
 
-def create_app(*, name: str, notification_url: str = "") -> tuple[App, IssuedKey]:
+def create_app(*, name: str, webhook_url: str = "") -> tuple[App, IssuedKey]:
     with transaction.atomic():
-        app = App.objects.create(name=name, notification_url=notification_url)
+        app = App.objects.create(name=name, webhook_url=webhook_url)
         return app, issue_api_key(app=app, label="initial")
 
 

@@ -8,6 +8,7 @@ outcome is first resolved by querying the carrier (or by its callback).
 """
 
 import contextlib
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -24,6 +25,8 @@ from carriers.models import Carrier
 from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services import outbox
 from payments.services.state_machine import transition
+
+logger = logging.getLogger(__name__)
 
 # How long an unknown outcome is left to the carrier's callback before we ask.
 RESOLVE_AFTER = timedelta(seconds=30)
@@ -99,6 +102,23 @@ def _schedule_retry(payment_id: int, *, delay: timedelta, uncount: bool = False)
         locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
         task = "start_payment" if locked.status == PaymentStatus.CREATED else "charge_payment"
         dispatch(locked, task, countdown=max(int(delay.total_seconds()), 1))
+    _log_retry(locked, delay, cause="carrier busy" if uncount else "no answer")
+
+
+def _log_retry(payment: Payment, delay: timedelta, *, cause: str) -> None:
+    logger.info(
+        "payment %s: carrier call retried in %d s (%s)",
+        payment.public_id,
+        delay.total_seconds(),
+        cause,
+        extra={
+            "payment_id": str(payment.public_id),
+            "carrier": payment.carrier.slug,
+            "retry_in_seconds": int(delay.total_seconds()),
+            "cause": cause,
+            "attempt": payment.charge_attempts,
+        },
+    )
 
 
 def _merge_state(payment: Payment, result: CarrierResult) -> list[str]:
@@ -153,31 +173,48 @@ def start_payment(*, payment_id: int) -> None:
         record_start_result(payment_id=payment_id, result=result)
 
 
-def record_start_result(*, payment_id: int, result: CarrierResult) -> None:
+def _apply_result(
+    payment_id: int,
+    expected: str,
+    result: CarrierResult,
+    apply: Callable[[Payment, CarrierResult, str, list[str]], None],
+) -> None:
+    """Lock the payment; if it is still in `expected`, keep the carrier's state and `apply` its answer.
+
+    `apply` gets the locked payment, the result, the carrier's actor name and the fields the
+    carrier's state changed (to save with whatever it changes). A late or repeated answer
+    finds the payment moved on and changes nothing.
+    """
     with transaction.atomic():
         locked = locked_payment(payment_id)
-        if locked.status != PaymentStatus.CREATED:
+        if locked.status != expected:
             return
-        actor = carrier_actor(locked.carrier)
-        fields = _merge_state(locked, result)
-        if result.outcome == Outcome.PIN_SENT:
-            locked.outcome_unknown_since = None
-            locked.pin_expires_at = timezone.now() + timedelta(seconds=settings.PIN_TTL_SECONDS)
-            transition(
-                locked,
-                PaymentStatus.PIN_SENT,
-                actor=actor,
-                reason="PIN sent to the player",
-                update_fields=("pin_expires_at", "outcome_unknown_since", *fields),
-            )
-        elif result.outcome == Outcome.FAILED and result.not_sent:
-            locked.save(update_fields=[*fields, "updated_at"])
-            _retry_or_fail(locked, result, actor=actor)
-        elif result.outcome == Outcome.FAILED:
-            fail(locked, result, actor=actor, extra_fields=fields)
-        else:
-            # Accepted for later or unknown: the callback or the resolver settles it.
-            locked.save(update_fields=[*fields, "updated_at"])
+        apply(locked, result, carrier_actor(locked.carrier), _merge_state(locked, result))
+
+
+def record_start_result(*, payment_id: int, result: CarrierResult) -> None:
+    _apply_result(payment_id, PaymentStatus.CREATED, result, _apply_start_result)
+
+
+def _apply_start_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:
+    if result.outcome == Outcome.PIN_SENT:
+        locked.outcome_unknown_since = None
+        locked.pin_expires_at = timezone.now() + timedelta(seconds=settings.PIN_TTL_SECONDS)
+        transition(
+            locked,
+            PaymentStatus.PIN_SENT,
+            actor=actor,
+            reason="PIN sent to the player",
+            update_fields=("pin_expires_at", "outcome_unknown_since", *fields),
+        )
+    elif result.outcome == Outcome.FAILED and result.not_sent:
+        locked.save(update_fields=[*fields, "updated_at"])
+        _retry_or_fail(locked, result, actor=actor)
+    elif result.outcome == Outcome.FAILED:
+        fail(locked, result, actor=actor, extra_fields=fields)
+    else:
+        # Accepted for later or unknown: the callback or the resolver settles it.
+        _outcome_unknown(locked, result, fields)
 
 
 def charge_payment(*, payment_id: int) -> None:
@@ -192,27 +229,43 @@ def charge_payment(*, payment_id: int) -> None:
 
 def record_charge_result(*, payment_id: int, result: CarrierResult) -> None:
     """Apply a carrier's answer to a charging payment. A late or repeated answer changes nothing."""
-    with transaction.atomic():
-        locked = locked_payment(payment_id)
-        if locked.status != PaymentStatus.CHARGING:
-            return
-        actor = carrier_actor(locked.carrier)
-        fields = _merge_state(locked, result)
-        if result.outcome == Outcome.SUCCEEDED:
-            locked.outcome_unknown_since = None
-            locked.failure_code = locked.failure_message = ""
-            transition(
-                locked,
-                PaymentStatus.SUCCEEDED,
-                actor=actor,
-                reason="charge confirmed by the carrier",
-                update_fields=("outcome_unknown_since", "failure_code", "failure_message", *fields),
-            )
-        elif result.outcome == Outcome.FAILED:
-            locked.save(update_fields=[*fields, "updated_at"])
-            _retry_or_fail(locked, result, actor=actor)
-        else:
-            locked.save(update_fields=[*fields, "updated_at"])  # stays unknown: callback or resolver
+    _apply_result(payment_id, PaymentStatus.CHARGING, result, _apply_charge_result)
+
+
+def _apply_charge_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:
+    if result.outcome == Outcome.SUCCEEDED:
+        locked.outcome_unknown_since = None
+        locked.failure_code = locked.failure_message = ""
+        transition(
+            locked,
+            PaymentStatus.SUCCEEDED,
+            actor=actor,
+            reason="charge confirmed by the carrier",
+            update_fields=("outcome_unknown_since", "failure_code", "failure_message", *fields),
+        )
+    elif result.outcome == Outcome.FAILED:
+        locked.save(update_fields=[*fields, "updated_at"])
+        _retry_or_fail(locked, result, actor=actor)
+    else:
+        _outcome_unknown(locked, result, fields)  # the callback or the resolver settles it
+
+
+def _outcome_unknown(locked: Payment, result: CarrierResult, fields: list[str]) -> None:
+    locked.save(update_fields=[*fields, "updated_at"])
+    # An asynchronous carrier answering later is normal; a call that got no answer at all is not.
+    logger.log(
+        logging.WARNING if result.transport_failed else logging.INFO,
+        "payment %s: the carrier has not stated the outcome of its %s call yet",
+        locked.public_id,
+        locked.status,
+        extra={
+            "payment_id": str(locked.public_id),
+            "carrier": locked.carrier.slug,
+            "status": locked.status,
+            "transport_failed": result.transport_failed,
+            "raw_code": result.raw_code,
+        },
+    )
 
 
 def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> None:
@@ -236,6 +289,7 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
     payment.outcome_unknown_since = None
     payment.next_attempt_at = timezone.now() + delay
     payment.save(update_fields=["outcome_unknown_since", "next_attempt_at", "updated_at"])
+    _log_retry(payment, delay, cause=result.failure[0])
     dispatch(
         payment,
         "start_payment" if payment.status == PaymentStatus.CREATED else "charge_payment",
@@ -278,33 +332,31 @@ def _call_for_status(payment: Payment) -> CarrierResult | None:
 
 def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
     """An asynchronous PIN check's result (by callback or status query) for a `pin_sent` payment."""
-    with transaction.atomic():
-        locked = locked_payment(payment_id)
-        if locked.status != PaymentStatus.PIN_SENT:
-            return
-        actor = carrier_actor(locked.carrier)
-        fields = _merge_state(locked, result)
-        if result.outcome in (Outcome.PIN_VERIFIED, Outcome.SUCCEEDED):
-            locked.outcome_unknown_since = None
-            transition(
-                locked,
-                PaymentStatus.PIN_VERIFIED,
-                actor=actor,
-                reason="PIN verified",
-                update_fields=("outcome_unknown_since", *fields),
-            )
-            transition(locked, PaymentStatus.CHARGING, actor=actor, reason="charge after PIN")
-            if result.outcome == Outcome.SUCCEEDED:
-                transition(locked, PaymentStatus.SUCCEEDED, actor=actor, reason="charge confirmed by the carrier")
-            else:
-                dispatch(locked, "charge_payment")
-        elif result.outcome == Outcome.PIN_REJECTED:
-            locked.pin_submitted_at = None
-            locked.outcome_unknown_since = None
-            locked.save(update_fields=["pin_submitted_at", "outcome_unknown_since", *fields, "updated_at"])
-            count_wrong_pin(locked, actor=actor)
-        elif result.outcome == Outcome.FAILED:
-            fail(locked, result, actor=actor, extra_fields=fields)
+    _apply_result(payment_id, PaymentStatus.PIN_SENT, result, _apply_pin_result)
+
+
+def _apply_pin_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:
+    if result.outcome in (Outcome.PIN_VERIFIED, Outcome.SUCCEEDED):
+        locked.outcome_unknown_since = None
+        transition(
+            locked,
+            PaymentStatus.PIN_VERIFIED,
+            actor=actor,
+            reason="PIN verified",
+            update_fields=("outcome_unknown_since", *fields),
+        )
+        transition(locked, PaymentStatus.CHARGING, actor=actor, reason="charge after PIN")
+        if result.outcome == Outcome.SUCCEEDED:
+            transition(locked, PaymentStatus.SUCCEEDED, actor=actor, reason="charge confirmed by the carrier")
+        else:
+            dispatch(locked, "charge_payment")
+    elif result.outcome == Outcome.PIN_REJECTED:
+        locked.pin_submitted_at = None
+        locked.outcome_unknown_since = None
+        locked.save(update_fields=["pin_submitted_at", "outcome_unknown_since", *fields, "updated_at"])
+        count_wrong_pin(locked, actor=actor)
+    elif result.outcome == Outcome.FAILED:
+        fail(locked, result, actor=actor, extra_fields=fields)
 
 
 def count_wrong_pin(payment: Payment, *, actor: str) -> int:
@@ -350,13 +402,7 @@ def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
         payment = payments.filter(carrier_reference=notification.carrier_reference).first()
     if payment is None:
         return "ignored: unknown payment"
-    result = CarrierResult(
-        outcome=notification.outcome,
-        carrier_reference=notification.carrier_reference,
-        error_code=notification.error_code,
-        raw_code=notification.raw_code,
-        raw_message=notification.raw_message,
-    )
+    result = notification.result
     before = payment.status
     if notification.outcome == Outcome.PENDING:
         return f"ignored: pending never overrides ({before})"

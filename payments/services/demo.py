@@ -123,7 +123,7 @@ def seed_demo_data() -> DemoData:
         name=DEMO_FUNNEL, defaults={"steps": DEMO_FUNNEL_STEPS, "window_seconds": 3600}
     )
     Dashboard.objects.filter(slug="overview", funnel__isnull=True).update(funnel=funnel)
-    app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"notification_url": ""})
+    app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"webhook_url": ""})
     revoke_api_keys(app=app)
     issued = issue_api_key(app=app, label="seed_demo")
     return DemoData(app=app, raw_key=issued.raw_key, carrier_slugs=[demo.slug for demo in DEMO_CARRIERS])

@@ -242,15 +242,6 @@ def apply_refund_notification(*, carrier_slug: str, notification: Notification) 
     if refund is None:
         return "ignored: unknown refund"
     before = refund.status
-    record_refund_result(
-        refund_id=refund.pk,
-        result=CarrierResult(
-            outcome=notification.outcome,
-            carrier_reference=notification.carrier_reference,
-            error_code=notification.error_code,
-            raw_code=notification.raw_code,
-            raw_message=notification.raw_message,
-        ),
-    )
+    record_refund_result(refund_id=refund.pk, result=notification.result)
     after = Refund.objects.values_list("status", flat=True).get(pk=refund.pk)
     return f"refund {before} -> {after}" if after != before else f"refund: no change ({before})"

@@ -11,9 +11,11 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +30,8 @@ from payments.events import PaymentStatusChanged
 from payments.models import App, Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
 from payments.services import outbox
 from payments.services.state_machine import WEBHOOK_STATUSES
+
+logger = logging.getLogger(__name__)
 
 QUEUE = "webhooks"
 TIMEOUT_SECONDS = 15
@@ -98,7 +102,7 @@ def queue_payment_webhook(payment: Payment) -> WebhookDelivery | None:
     It is delivered after the commit, through the outbox.
     """
     app = App.objects.get(pk=payment.app_id)
-    if not app.notification_url:
+    if not app.webhook_url:
         return None
     delivery = WebhookDelivery.objects.create(
         app=app,
@@ -106,11 +110,24 @@ def queue_payment_webhook(payment: Payment) -> WebhookDelivery | None:
         message_id=f"msg_{uuid.uuid4().hex}",
         event_type=f"payment.{payment.status}",
         payload=payment_event(payment),
-        url=app.notification_url,
+        url=app.webhook_url,
         next_attempt_at=timezone.now(),
     )
     outbox.enqueue("payments.tasks.deliver_webhook", queue=QUEUE, delivery_id=delivery.pk)
     return delivery
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """What one POST to the app's webhook URL gave: a status code, or a transport error."""
+
+    status_code: int | None
+    error: str
+    duration_ms: int
+
+    @property
+    def delivered(self) -> bool:
+        return self.status_code is not None and 200 <= self.status_code < 300
 
 
 def deliver(*, delivery_id: int) -> None:
@@ -120,6 +137,12 @@ def deliver(*, delivery_id: int) -> None:
         return
     if delivery.next_attempt_at and delivery.next_attempt_at > timezone.now():
         return
+    attempt = _post(delivery)
+    _journal(delivery, attempt)
+    _record_attempt(delivery_id, attempt)
+
+
+def _post(delivery: WebhookDelivery) -> Attempt:
     body = json.dumps(delivery.payload, separators=(",", ":")).encode()
     timestamp = int(time.time())
     signatures = " ".join(sign(s, delivery.message_id, timestamp, body) for s in _active_secrets(delivery.app))
@@ -137,49 +160,83 @@ def deliver(*, delivery_id: int) -> None:
         status_code = response.status_code
     except httpx.HTTPError as exc:
         error = f"{type(exc).__name__}: {exc}"[:255]
-    duration_ms = int((time.monotonic() - started) * 1000)
+    return Attempt(status_code=status_code, error=error, duration_ms=int((time.monotonic() - started) * 1000))
+
+
+def _journal(delivery: WebhookDelivery, attempt: Attempt) -> None:
     record(
-        Kind.APP_NOTIFICATION,
+        Kind.WEBHOOK,
         {
             "url": delivery.url,
             "webhook_id": delivery.message_id,
             "event": delivery.event_type,
             "attempt": delivery.attempts + 1,
             "payload": delivery.payload,
-            "status": status_code,
-            "error": error,
-            "latency_ms": duration_ms,
+            "status": attempt.status_code,
+            "error": attempt.error,
+            "latency_ms": attempt.duration_ms,
         },
         app=delivery.app.name,
         payment_id=str(delivery.payload.get("data", {}).get("id", "")),
     )
+
+
+def _record_attempt(delivery_id: int, attempt: Attempt) -> None:
+    """Record the attempt and settle the delivery, or schedule its next attempt."""
     with transaction.atomic():
         locked = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
-        WebhookAttempt.objects.create(delivery=locked, status_code=status_code, error=error, duration_ms=duration_ms)
+        WebhookAttempt.objects.create(
+            delivery=locked, status_code=attempt.status_code, error=attempt.error, duration_ms=attempt.duration_ms
+        )
         locked.attempts += 1
-        locked.last_status_code = status_code
-        locked.last_error = error
-        if status_code is not None and 200 <= status_code < 300:
-            locked.status, locked.delivered_at, locked.next_attempt_at = (
-                WebhookDelivery.Status.SUCCEEDED,
-                timezone.now(),
-                None,
-            )
-        elif status_code == 410:
-            locked.status, locked.next_attempt_at = WebhookDelivery.Status.ABANDONED, None
+        locked.last_status_code = attempt.status_code
+        locked.last_error = attempt.error
+        locked.next_attempt_at = None
+        if attempt.delivered:
+            locked.status, locked.delivered_at = WebhookDelivery.Status.SUCCEEDED, timezone.now()
+        elif attempt.status_code == 410:  # the app says: stop sending
+            locked.status = WebhookDelivery.Status.ABANDONED
         elif locked.attempts > len(RETRY_SCHEDULE):
-            locked.status, locked.next_attempt_at = WebhookDelivery.Status.FAILED, None
+            locked.status = WebhookDelivery.Status.FAILED
         else:
-            delay = RETRY_SCHEDULE[locked.attempts - 1]
-            jitter = timedelta(seconds=secrets.randbelow(max(int(delay.total_seconds() * 0.1), 1) + 1))
-            locked.next_attempt_at = timezone.now() + delay + jitter
-            outbox.enqueue(
-                "payments.tasks.deliver_webhook",
-                queue=QUEUE,
-                countdown=int((delay + jitter).total_seconds()),
-                delivery_id=locked.pk,
-            )
+            _schedule_next_attempt(locked)
         locked.save()
+    if not attempt.delivered:
+        _log_failure(locked, attempt)
+
+
+def _schedule_next_attempt(delivery: WebhookDelivery) -> None:
+    delay = RETRY_SCHEDULE[delivery.attempts - 1]
+    jitter = timedelta(seconds=secrets.randbelow(max(int(delay.total_seconds() * 0.1), 1) + 1))
+    delivery.next_attempt_at = timezone.now() + delay + jitter
+    outbox.enqueue(
+        "payments.tasks.deliver_webhook",
+        queue=QUEUE,
+        countdown=int((delay + jitter).total_seconds()),
+        delivery_id=delivery.pk,
+    )
+
+
+def _log_failure(delivery: WebhookDelivery, attempt: Attempt) -> None:
+    final = delivery.status != WebhookDelivery.Status.PENDING
+    logger.log(
+        logging.ERROR if final else logging.WARNING,
+        "webhook %s to %s failed (attempt %d): %s%s",
+        delivery.message_id,
+        delivery.app.name,
+        delivery.attempts,
+        attempt.status_code or attempt.error,
+        f"; {delivery.status}" if final else f"; next attempt at {delivery.next_attempt_at:%Y-%m-%d %H:%M:%S}",
+        extra={
+            "webhook_id": delivery.message_id,
+            "app": delivery.app.name,
+            "payment_id": str(delivery.payload.get("data", {}).get("id", "")),
+            "attempt": delivery.attempts,
+            "status_code": attempt.status_code,
+            "error": attempt.error,
+            "delivery_status": delivery.status,
+        },
+    )
 
 
 def replay(*, delivery: WebhookDelivery) -> None:

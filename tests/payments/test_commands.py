@@ -33,8 +33,8 @@ def test_create_app_refuses_a_duplicate_name_and_a_bad_url() -> None:
     run("create_app", "Space Miners")
     with pytest.raises(CommandError, match="exists"):
         run("create_app", "Space Miners")
-    with pytest.raises(CommandError, match="notification-url"):
-        run("create_app", "Other", "--notification-url", "not a url")
+    with pytest.raises(CommandError, match="webhook-url"):
+        run("create_app", "Other", "--webhook-url", "not a url")
 
 
 def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:

@@ -65,7 +65,7 @@ def test_signature_matches_the_specifications_test_vector() -> None:
 
 @pytest.mark.django_db
 def test_app_is_notified_of_a_final_state_with_a_verifiable_signature(shop: Shop, receiver: Receiver) -> None:
-    shop.app.notification_url = receiver.url
+    shop.app.webhook_url = receiver.url
     shop.app.save()
     secret = webhooks.new_secret(app=shop.app)
     payment = shop.pay(flow="one_click")
@@ -83,7 +83,7 @@ def test_app_is_notified_of_a_final_state_with_a_verifiable_signature(shop: Shop
 def test_failed_deliveries_are_retried_with_backoff_then_given_up_after_about_three_days(
     shop: Shop, receiver: Receiver, django_capture_on_commit_callbacks: Any
 ) -> None:
-    shop.app.notification_url = receiver.url
+    shop.app.webhook_url = receiver.url
     shop.app.save()
     receiver.answers = [500] * 20
     shop.pay(flow="one_click")
@@ -107,7 +107,7 @@ def test_failed_deliveries_are_retried_with_backoff_then_given_up_after_about_th
 def test_a_delivery_can_be_replayed_and_a_gone_endpoint_is_abandoned(
     shop: Shop, receiver: Receiver, django_capture_on_commit_callbacks: Any
 ) -> None:
-    shop.app.notification_url = receiver.url
+    shop.app.webhook_url = receiver.url
     shop.app.save()
     receiver.answers = [410]
     shop.pay(flow="one_click")
@@ -122,7 +122,7 @@ def test_a_delivery_can_be_replayed_and_a_gone_endpoint_is_abandoned(
 
 @pytest.mark.django_db
 def test_during_a_rotation_both_secrets_sign(shop: Shop, receiver: Receiver) -> None:
-    shop.app.notification_url = receiver.url
+    shop.app.webhook_url = receiver.url
     shop.app.save()
     old = webhooks.new_secret(app=shop.app)
     new = webhooks.new_secret(app=shop.app)

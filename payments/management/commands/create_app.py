@@ -14,7 +14,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("name")
-        parser.add_argument("--notification-url", default="")
+        parser.add_argument("--webhook-url", default="")
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"].strip()
@@ -22,11 +22,11 @@ class Command(BaseCommand):
             raise CommandError("The app name must be 1 to 100 characters.")
         if App.objects.filter(name=name).exists():
             raise CommandError(f"An app named {name!r} exists; issue it a new key in the admin.")
-        if options["notification_url"]:
+        if options["webhook_url"]:
             try:
-                URLValidator()(options["notification_url"])
+                URLValidator()(options["webhook_url"])
             except ValidationError as exc:
-                raise CommandError(f"--notification-url: {exc.messages[0]}") from exc
-        app, issued = create_app(name=name, notification_url=options["notification_url"])
+                raise CommandError(f"--webhook-url: {exc.messages[0]}") from exc
+        app, issued = create_app(name=name, webhook_url=options["webhook_url"])
         self.stdout.write(f"Created app {app.name} ({app.public_id}). Its API key, shown only now:")
         self.stdout.write(issued.raw_key)
