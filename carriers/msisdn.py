@@ -32,10 +32,3 @@ def normalize_msisdn(raw: str) -> str:
 def region_of(msisdn: str) -> str:
     """ISO 3166 alpha-2 region of an E.164 number."""
     return phonenumbers.region_code_for_number(phonenumbers.parse(msisdn, None)) or ""
-
-
-def mask_msisdn(msisdn: str) -> str:
-    """`+447400123456` -> `+44740*****56`: enough to recognise, not enough to dial."""
-    if len(msisdn) <= 6:
-        return "*" * len(msisdn)
-    return msisdn[:6] + "*" * (len(msisdn) - 8) + msisdn[-2:]

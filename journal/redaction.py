@@ -7,7 +7,7 @@ from typing import Any
 
 from django.conf import settings
 
-from carriers.msisdn import mask_msisdn
+from playpay.redaction import mask_msisdn
 
 REMOVED = "[removed]"
 # Keys whose values are secrets, wherever they appear (headers, bodies, credentials), compared lower-case.

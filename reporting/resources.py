@@ -13,9 +13,9 @@ from django.core.exceptions import ValidationError
 from import_export import resources, widgets
 from import_export.fields import Field
 
-from carriers.msisdn import mask_msisdn
 from payments.models import LedgerLine, Payment, Refund
 from playpay.money import UnknownCurrency, currency_exponent, to_major
+from playpay.redaction import mask_msisdn
 from reporting.models import SettlementFile, SettlementLine
 
 

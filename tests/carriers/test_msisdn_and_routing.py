@@ -3,8 +3,9 @@
 import pytest
 
 from carriers.errors import CarrierNotResolved, InvalidMsisdn
-from carriers.msisdn import mask_msisdn, normalize_msisdn
+from carriers.msisdn import normalize_msisdn
 from carriers.services import resolve_carrier
+from playpay.redaction import mask_msisdn
 from tests.factories import CarrierFactory, CountryFactory, NumberPrefixFactory
 
 
