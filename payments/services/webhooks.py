@@ -22,10 +22,10 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from carriers.crypto import decrypt_credentials, encrypt_credentials
 from journal.services import Kind, record
 from payments.models import App, Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
 from payments.services import outbox
+from playpay.crypto import decrypt_credentials, encrypt_credentials
 
 QUEUE = "webhooks"
 TIMEOUT_SECONDS = 15

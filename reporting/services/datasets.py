@@ -24,9 +24,9 @@ from django.utils import timezone
 
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
+from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
-from reporting.services.tabular import csv_lines, temporary_file, write_table
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from import_export.formats.base_formats import CSV, XLSX
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, Refund, Reversal
 from playpay.money import to_major
-from reporting.models import ExportFormat, SettlementFile
+from playpay.tables import TableFormat, write_table
+from playpay.times import start_of_utc_day
+from reporting.models import SettlementFile
 from reporting.resources import SettlementLineResource
-from reporting.services.exports import start_of_utc_day
-from reporting.services.tabular import write_table
 
 REQUIRED_COLUMNS = ("carrier_reference", "currency", "date")
 AMOUNT_COLUMNS = ("amount_minor", "amount")  # one of them: minor units, or major units in the currency
@@ -422,7 +422,7 @@ def report_file_name(report: ReconciliationReport, file_format: str) -> str:
     settlement_file = report.settlement_file
     return (
         f"reconciliation_{settlement_file.carrier.slug}_{settlement_file.period_from}_{settlement_file.period_to}"
-        f".{ExportFormat(file_format).value}"
+        f".{TableFormat(file_format).value}"
     )
 
 
