@@ -5,7 +5,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator, RegexVa
 from django.db import models
 from django.db.models import F, Q
 
-from carriers.crypto import decrypt_credentials, encrypt_credentials
+from playpay.crypto import decrypt_credentials, encrypt_credentials
 
 
 class Country(models.Model):

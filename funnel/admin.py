@@ -15,9 +15,9 @@ from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from funnel.rollups import dashboard_report
 from funnel.selectors import BREAKDOWNS
 from playpay.admin_base import RecordAdmin
-from reporting.responses import file_attachment
-from reporting.services.exports import start_of_utc_day
-from reporting.services.tabular import temporary_file, write_table
+from playpay.downloads import file_attachment
+from playpay.tables import temporary_file, write_table
+from playpay.times import start_of_utc_day
 
 
 @admin.register(Journey)

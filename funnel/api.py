@@ -18,8 +18,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from funnel.services import MAX_BATCH, GameEvent, ingest_events
-from payments.api.serializers import MAX_METADATA_BYTES, StrictSerializer
 from playpay.api.auth import request_app
+from playpay.api.serializers import MAX_METADATA_BYTES, StrictSerializer, unknown_field_errors
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 ID_MAX_LENGTH = 128
@@ -101,9 +101,9 @@ def validate_event(raw: Any, latest: datetime) -> GameEvent | dict[str, list[str
     """The event, or its errors by field (as a serializer would report them)."""
     if not isinstance(raw, dict):
         return {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(raw).__name__}."]}
-    unknown = raw.keys() - FIELDS
+    unknown = unknown_field_errors(raw, FIELDS)
     if unknown:
-        return {name: ["This field is not accepted."] for name in sorted(unknown)}
+        return unknown
     errors: dict[str, list[str]] = {}
     event_id = _text(raw, "event_id", ID_MAX_LENGTH, errors)
     journey_id = _text(raw, "journey_id", ID_MAX_LENGTH, errors)

@@ -57,8 +57,7 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
         FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).delete()
         FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).delete()
         if connection.vendor == "postgresql":
-            statements, params = sql.rollup_statements(
-                funnel_id=funnel.pk,
+            scope = sql.FunnelScope(
                 steps=steps,
                 window=window,
                 since=since,
@@ -66,6 +65,7 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
                 exclusion=funnel.exclusion_step,
                 app_id=funnel.app_id,
             )
+            statements, params = sql.rollup_statements(scope, funnel_id=funnel.pk)
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
                 for statement in statements:

@@ -25,6 +25,7 @@ from django.db.models import Count, QuerySet
 
 from funnel import sql
 from funnel.models import FunnelEvent, Journey
+from funnel.sql import FunnelScope
 
 BREAKDOWNS = ("carrier", "country", "price_point", "flow", "app")
 
@@ -154,31 +155,23 @@ class FunnelCounts:
             counts[index] += journeys
 
 
-def _python_counts(
-    *,
-    steps: list[str],
-    window: timedelta,
-    since: datetime,
-    until: datetime,
-    exclusion: str,
-    app_id: int | None,
-    breakdown: str | None,
-) -> FunnelCounts:
-    journeys = Journey.objects.filter(started_at__gte=since, started_at__lt=until)
+def _python_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
+    steps, window, app_id = scope.steps, scope.window, scope.app_id
+    journeys = Journey.objects.filter(started_at__gte=scope.since, started_at__lt=scope.until)
     if app_id is not None:
         journeys = journeys.filter(app_id=app_id)
     attributes = {
         (j["app_id"], j["journey_id"]): j
         for j in journeys.values("app_id", "journey_id", *(b for b in BREAKDOWNS if b != "app"))
     }
-    events = FunnelEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until + window)
+    events = FunnelEvent.objects.filter(occurred_at__gte=scope.since, occurred_at__lt=scope.until + window)
     if app_id is not None:
         events = events.filter(app_id=app_id)
     counts = FunnelCounts(steps=len(steps))
     for key, journey_events in journey_event_streams(events):
         if key not in attributes:
             continue
-        result = window_funnel(journey_events, steps, window, exclusion)
+        result = window_funnel(journey_events, steps, window, scope.exclusion)
         if result is None:
             counts.excluded += 1
             continue
@@ -192,20 +185,9 @@ def _python_counts(
     return counts
 
 
-def _sql_counts(
-    *,
-    steps: list[str],
-    window: timedelta,
-    since: datetime,
-    until: datetime,
-    exclusion: str,
-    app_id: int | None,
-    breakdown: str | None,
-) -> FunnelCounts:
-    query, params = sql.report_query(
-        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
-    )
-    counts = FunnelCounts(steps=len(steps))
+def _sql_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
+    query, params = sql.report_query(scope, breakdown=breakdown)
+    counts = FunnelCounts(steps=len(scope.steps))
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
         cursor.execute(query, params)
@@ -237,9 +219,8 @@ def funnel_counts(
     if breakdown is not None and breakdown not in BREAKDOWNS:
         raise ValueError(f"breakdown is one of {BREAKDOWNS}")
     compute = _sql_counts if connection.vendor == "postgresql" else _python_counts
-    return compute(
-        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
-    )
+    scope = FunnelScope(steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id)
+    return compute(scope, breakdown=breakdown)
 
 
 def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:

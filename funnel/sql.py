@@ -15,8 +15,23 @@ the level's events (the `start`); that chain's time at step j is the first step-
 with the exclusion step in [start, start + window] is excluded.
 """
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+
+
+@dataclass(frozen=True)
+class FunnelScope:
+    """The journeys a funnel computation reads: started in [since, until), of one app or of all, each
+    with its events up to `window` after its start; `exclusion` (a step, or "") leaves a journey out."""
+
+    steps: list[str]
+    window: timedelta
+    since: datetime
+    until: datetime
+    exclusion: str = ""
+    app_id: int | None = None
+
 
 LEVELS = """
 SELECT app_id, journey_id, coalesce(level, 0) AS level, coalesce(excluded, false) AS excluded, times
@@ -58,12 +73,11 @@ FROM (
 """
 
 
-def journey_levels(
-    *, steps: list[str], window: timedelta, since: datetime, until: datetime, exclusion: str, app_id: int | None
-) -> tuple[str, dict[str, Any]]:
+def journey_levels(scope: FunnelScope) -> tuple[str, dict[str, Any]]:
     """SQL (and its parameters) of one row per journey with funnel events in [since, until + window):
     app_id, journey_id, level (0 to len(steps)), excluded, times (of the best chain's steps)."""
-    source = EVENTS.format(app_filter="\n  AND app_id = %(app_id)s" if app_id is not None else "")
+    steps = scope.steps
+    source = EVENTS.format(app_filter="\n  AND app_id = %(app_id)s" if scope.app_id is not None else "")
     for level in range(2, len(steps) + 1):
         source = NEXT_LEVEL.format(level=level, previous=level - 1, source=source)
     times = ", ".join(f"min(t) FILTER (WHERE k = {k} AND s = start)" for k in range(1, len(steps) + 1))
@@ -71,11 +85,11 @@ def journey_levels(
         "steps": list(steps),
         "first_step": steps[0],
         # No event has an empty step: an empty exclusion matches nothing.
-        "exclusion": exclusion,
-        "window": window,
-        "since": since,
-        "horizon": until + window,
-        "app_id": app_id,
+        "exclusion": scope.exclusion,
+        "window": scope.window,
+        "since": scope.since,
+        "horizon": scope.until + scope.window,
+        "app_id": scope.app_id,
     }
     return LEVELS.format(times=times, passes=source), params
 
@@ -107,28 +121,17 @@ GROUPS = {
 }
 
 
-def report_query(
-    *,
-    steps: list[str],
-    window: timedelta,
-    since: datetime,
-    until: datetime,
-    exclusion: str,
-    app_id: int | None,
-    breakdown: str | None,
-) -> tuple[str, dict[str, Any]]:
+def report_query(scope: FunnelScope, *, breakdown: str | None) -> tuple[str, dict[str, Any]]:
     """Rows ('reached', group, level, excluded, journeys) and ('gap', '', step, whole seconds, journeys)
     for the journeys that started in [since, until)."""
-    levels, params = journey_levels(
-        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id
-    )
+    levels, params = journey_levels(scope)
     query = REPORT.format(
         levels=levels,
         group=GROUPS[breakdown],
         gap=GAP,
-        app_filter="\n      AND journey.app_id = %(app_id)s" if app_id is not None else "",
+        app_filter="\n      AND journey.app_id = %(app_id)s" if scope.app_id is not None else "",
     )
-    return query, {**params, "until": until}
+    return query, {**params, "until": scope.until}
 
 
 DIMENSIONS = "hour, app_id, carrier, country, price_point, flow"
@@ -183,23 +186,13 @@ LEFT JOIN failures USING (hour)
 """
 
 
-def rollup_statements(
-    *,
-    funnel_id: int,
-    steps: list[str],
-    window: timedelta,
-    since: datetime,
-    until: datetime,
-    exclusion: str,
-    app_id: int | None,
-) -> tuple[list[str], dict[str, Any]]:
+def rollup_statements(scope: FunnelScope, *, funnel_id: int) -> tuple[list[str], dict[str, Any]]:
     """Statements (to run in one transaction) that insert the rollups of the hours [since, until): the
     journeys that started then with their levels, in a temporary table; from it one row per hour and
     breakdown values (journeys per level reached, exclusions), and one per hour with a histogram of the
     whole seconds from each step to the next."""
-    levels, params = journey_levels(
-        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id
-    )
+    levels, params = journey_levels(scope)
+    app_id, steps = scope.app_id, scope.steps
     reached = ", ".join(
         f"count(*) FILTER (WHERE NOT excluded AND level >= {level})" for level in range(1, len(steps) + 1)
     )
@@ -216,7 +209,7 @@ def rollup_statements(
         ),
         f"DROP TABLE {ROLLUP_JOURNEYS}",
     ]
-    return statements, {**params, "until": until, "funnel_id": funnel_id}
+    return statements, {**params, "until": scope.until, "funnel_id": funnel_id}
 
 
 # The gap histograms of a period's hours, added up.

@@ -17,6 +17,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from playpay.admin_base import ReadOnlyInline, RecordAdmin
+from playpay.downloads import csv_attachment, file_attachment
+from playpay.tables import TableFormat, temporary_file
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.forms import ExportForm, SettlementUploadForm
 from reporting.models import (
@@ -25,13 +27,11 @@ from reporting.models import (
     Dashboard,
     Dataset,
     DatasetField,
-    ExportFormat,
     ExportJob,
     SettlementFile,
     SourceKind,
     TimeBucket,
 )
-from reporting.responses import csv_attachment, file_attachment
 from reporting.services import datasets as catalog_datasets
 from reporting.services import exports
 from reporting.services.datasets import DatasetQueryError
@@ -44,7 +44,6 @@ from reporting.services.reconciliation import (
     report_file_name,
     write_report,
 )
-from reporting.services.tabular import temporary_file
 from reporting.views import parse_dataset_query
 
 # The reconciliation page lists at most this many lines; the export has them all.
@@ -150,7 +149,7 @@ class ExportJobAdmin(RecordAdmin):
             )
             return self._export_form(request, form)
         name = exports.export_file_name(kind=kind, filters=filters, file_format=file_format)
-        if file_format == ExportFormat.CSV:
+        if file_format == TableFormat.CSV:
             return csv_attachment(exports.stream_csv(kind=kind, filters=filters), name=name)
         content = exports.export_to_temporary_file(kind=kind, filters=filters, file_format=file_format)
         return file_attachment(content, name=name, file_format=file_format)
@@ -279,7 +278,7 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
         return TemplateResponse(request, "admin/reporting/settlementfile/reconciliation.html", context)
 
     def export_view(self, request: HttpRequest, pk: int, file_format: str) -> HttpResponseBase:
-        if file_format not in ExportFormat.values:
+        if file_format not in TableFormat.values:
             raise Http404("CSV or XLSX only.")
         report = reconcile_settlement_file(settlement_file=self._file(request, str(pk)))
         category = request.GET.get("category") or None

@@ -8,7 +8,8 @@ from django.core.validators import FileExtensionValidator
 
 from carriers.models import Carrier, Country
 from payments.models import App
-from reporting.models import ExportFormat, ExportKind
+from playpay.tables import TableFormat
+from reporting.models import ExportKind
 from reporting.services.exports import ExportFilters
 
 _DATE = forms.DateInput(attrs={"type": "date"})
@@ -23,7 +24,7 @@ def _check_period(cleaned: dict[str, Any], start: str, end: str) -> None:
 
 class ExportForm(forms.Form):
     kind = forms.ChoiceField(label="What", choices=ExportKind.choices)
-    file_format = forms.ChoiceField(label="Format", choices=ExportFormat.choices, initial=ExportFormat.XLSX)
+    file_format = forms.ChoiceField(label="Format", choices=TableFormat.choices, initial=TableFormat.XLSX)
     date_from = forms.DateField(required=False, widget=_DATE, help_text="UTC day, included.")
     date_to = forms.DateField(required=False, widget=_DATE, help_text="UTC day, included.")
     carrier = forms.ModelChoiceField(Carrier.objects.order_by("slug"), to_field_name="slug", required=False)

@@ -5,6 +5,7 @@ from django.db import models
 from django.db.models import F, Q
 
 from playpay.money import UnknownCurrency, validate_currency
+from playpay.tables import TableFormat
 from reporting.storage import reporting_storage
 
 
@@ -12,11 +13,6 @@ class ExportKind(models.TextChoices):
     TRANSACTIONS = "transactions"
     REFUNDS = "refunds"
     LEDGER = "ledger", "ledger lines"
-
-
-class ExportFormat(models.TextChoices):
-    CSV = "csv", "CSV"
-    XLSX = "xlsx", "Excel (XLSX)"
 
 
 class ExportJob(models.Model):
@@ -31,7 +27,7 @@ class ExportJob(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     kind = models.CharField(max_length=20, choices=ExportKind.choices)
     filters = models.JSONField(default=dict, blank=True)
-    file_format = models.CharField("format", max_length=4, choices=ExportFormat.choices)
+    file_format = models.CharField("format", max_length=4, choices=TableFormat.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     rows_done = models.PositiveIntegerField(default=0)
     rows_total = models.PositiveIntegerField(null=True, blank=True)

@@ -1,7 +1,7 @@
 """django-import-export resources: the columns of the finance exports, and the reading of settlement files.
 
 Exports ask for native values (`force_native_type=True`); the CSV and XLSX writers in
-`reporting.services.tabular` decide how each type is written.
+`playpay.tables` decide how each type is written.
 """
 
 import re

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.utils import timezone
@@ -146,7 +147,7 @@ def _exponent(currency: str) -> int | None:
         return None
 
 
-def _buckets(since: datetime, until: datetime, bucket: str, zone: Any) -> list[str]:
+def _buckets(since: datetime, until: datetime, bucket: str, zone: ZoneInfo) -> list[str]:
     """Every bucket of the period, so that quiet hours show as zero instead of vanishing."""
     step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[bucket]
     start = truncate_to_bucket(since, bucket, zone)
@@ -162,78 +163,151 @@ def _buckets(since: datetime, until: datetime, bucket: str, zone: Any) -> list[s
 
 def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime | None = None) -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready data, as of `now`."""
-    from zoneinfo import ZoneInfo
-
     now = now or timezone.now()
+    window = _window(dashboard=dashboard, filters=filters, now=now)
+    return {
+        "dashboard": dashboard.slug,
+        "as_of": now.isoformat(),
+        "period": {
+            "name": filters.period,
+            "since": window.since.isoformat(),
+            "until": window.until.isoformat(),
+            "bucket": window.bucket,
+        },
+        "timezone": filters.timezone,
+        "filters": {"app": filters.app, "country": filters.country, "carrier": filters.carrier},
+        "currency": window.currency,
+        "fx": _fx_tile(window.fx),
+        "revenue": _revenue_tile(window),
+        "funnel": _funnel_tile(window, dashboard),
+        "carriers": _carriers_tile(window, filters),
+        "latency_ignores_app_filter": bool(filters.app),
+        "refunds": _refunds_tile(window),
+        "errors": _errors_tile(window),
+        "alerts": _alerts_tile(),
+    }
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The period one dashboard answer covers, and how its tiles read their datasets."""
+
+    catalog: dict[str, Dataset]
+    since: datetime
+    until: datetime
+    bucket: str
+    timezone: str
+    dims: dict[str, tuple[str, ...]]
+    labels: list[str]  # every bucket of the period
+    currency: str  # the one totals are converted to
+    fx: FxRates
+
+    def rows(
+        self,
+        slug: str,
+        measures: tuple[str, ...],
+        *,
+        group_by: tuple[str, ...] = (),
+        filters: dict[str, tuple[str, ...]] | None = None,
+        bucketed: bool = False,
+    ) -> list[dict[str, Any]]:
+        """The dataset's rows over the period, under the dashboard's filters unless `filters` replaces them."""
+        query = DatasetQuery(
+            measures=measures,
+            group_by=group_by,
+            since=self.since,
+            until=self.until,
+            timezone=self.timezone,
+            filters=self.dims if filters is None else filters,
+            bucket=self.bucket if bucketed else None,
+        )
+        return run_query(dataset=_dataset(self.catalog, slug), query=query).rows
+
+    def money(self, amounts: dict[str, int]) -> dict[str, Any]:
+        return _money(amounts, fx=self.fx, target=self.currency)
+
+
+def _window(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime) -> _Window:
     length, bucket = PERIODS[filters.period]
-    since, until = now - length, now
-    zone = ZoneInfo(filters.timezone)
-    dims = filters.dimensions()
-    target = dashboard.currency
+    since = now - length
     catalog = _dashboard_datasets()
-    fx = fx_rates(catalog.get(FX_RATES))
+    return _Window(
+        catalog=catalog,
+        since=since,
+        until=now,
+        bucket=bucket,
+        timezone=filters.timezone,
+        dims=filters.dimensions(),
+        labels=_buckets(since, now, bucket, ZoneInfo(filters.timezone)),
+        currency=dashboard.currency,
+        fx=fx_rates(catalog.get(FX_RATES)),
+    )
 
-    def query(slug: str, measures: tuple[str, ...], *, group_by: tuple[str, ...] = (), **kwargs: Any) -> Any:
-        return run_query(
-            dataset=_dataset(catalog, slug),
-            query=DatasetQuery(
-                measures=measures,
-                group_by=group_by,
-                since=since,
-                until=until,
-                timezone=filters.timezone,
-                filters=kwargs.get("filters", dims),
-                bucket=kwargs.get("bucket"),
-            ),
-        ).rows
 
-    labels = _buckets(since, until, bucket, zone)
+def _fx_tile(fx: FxRates) -> dict[str, Any]:
+    return {
+        "base": fx.base,
+        "rate_date": fx.rate_date,
+        "fetched_at": fx.fetched_at.isoformat() if fx.fetched_at else None,
+        "error": fx.error,
+    }
 
-    # Revenue and payment count per bucket (charged payments, gross of later refunds).
+
+def _revenue_tile(window: _Window) -> dict[str, Any]:
+    """Revenue and payment count per bucket (charged payments, gross of later refunds)."""
     revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     count_by_bucket: dict[str, int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
-    for row in query(PAYMENTS, ("revenue_minor", "charged_payments"), bucket=bucket):
+    for row in window.rows(PAYMENTS, ("revenue_minor", "charged_payments"), bucketed=True):
         key = row["bucket"].isoformat()
         revenue_by_bucket[key][row["currency"]] += row["revenue_minor"]
         count_by_bucket[key] += row["charged_payments"]
         totals[row["currency"]] += row["revenue_minor"]
-    revenue = {
-        "bucket": bucket,
-        "currency": target,
-        "exponent": currency_exponent(target),
-        "labels": labels,
-        "amount_minor": [_money(revenue_by_bucket[label], fx=fx, target=target)["total_minor"] for label in labels],
-        "payments": [count_by_bucket[label] for label in labels],
+    return {
+        "bucket": window.bucket,
+        "currency": window.currency,
+        "exponent": currency_exponent(window.currency),
+        "labels": window.labels,
+        "amount_minor": [window.money(revenue_by_bucket[label])["total_minor"] for label in window.labels],
+        "payments": [count_by_bucket[label] for label in window.labels],
         "total_payments": sum(count_by_bucket.values()),
-        **_money(dict(totals), fx=fx, target=target),
+        **window.money(dict(totals)),
     }
 
-    # Conversion funnel, from the hourly rollups.
-    funnel = _funnel(dashboard, query, dims)
 
-    # Success rate per carrier (payments), latency and errors per carrier (journal of carrier calls).
+def _funnel_tile(window: _Window, dashboard: Dashboard) -> dict[str, Any]:
+    """The dashboard's funnel (or the first one), from the hourly rollups."""
+    definition = dashboard.funnel or FunnelDefinition.objects.order_by("pk").first()
+    if definition is None:
+        return {"name": None, "steps": []}
+    steps = list(definition.steps)
+    measures = tuple(f"step_{index + 1}" for index in range(len(steps)))
+    rows = window.rows(FUNNEL_ROLLUPS, measures, filters={**window.dims, "funnel": (definition.name,)})
+    reached = [int(rows[0][name] or 0) if rows else 0 for name in measures]
+    return {
+        "name": definition.name,
+        "steps": [
+            {
+                "step": step,
+                "reached": count,
+                "conversion": (count / reached[0]) if reached[0] else None,
+            }
+            for step, count in zip(steps, reached, strict=True)
+        ],
+    }
+
+
+def _carriers_tile(window: _Window, filters: DashboardFilters) -> list[dict[str, Any]]:
+    """Success rate per carrier (payments), latency and errors per carrier (journal of carrier calls)."""
     carriers: dict[str, dict[str, Any]] = defaultdict(dict)
-    for row in query(PAYMENTS, ("success_rate", "payments"), group_by=("carrier",)):
+    for row in window.rows(PAYMENTS, ("success_rate", "payments"), group_by=("carrier",)):
         carriers[row["carrier"]].update(success_rate=row["success_rate"], payments=row["payments"])
     call_filters = _call_filters(filters)
-    for row in (
-        query(
-            CARRIER_CALLS,
-            ("calls", "avg_latency_ms", "max_latency_ms", "failed_calls"),
-            group_by=("carrier",),
-            filters=call_filters,
-        )
-        if call_filters is not None
-        else []
-    ):
-        carriers[row["carrier"]].update(
-            calls=row["calls"],
-            avg_latency_ms=row["avg_latency_ms"],
-            max_latency_ms=row["max_latency_ms"],
-            failed_calls=row["failed_calls"],
-        )
-    carrier_rows = [
+    call_measures = ("calls", "avg_latency_ms", "max_latency_ms", "failed_calls")
+    if call_filters is not None:
+        for row in window.rows(CARRIER_CALLS, call_measures, group_by=("carrier",), filters=call_filters):
+            carriers[row["carrier"]].update({measure: row[measure] for measure in call_measures})
+    return [
         {
             "carrier": slug,
             "payments": values.get("payments", 0),
@@ -245,62 +319,6 @@ def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: date
         }
         for slug, values in sorted(carriers.items())
     ]
-
-    # Refunds and reversals per bucket.
-    refund_counts: dict[str, int] = defaultdict(int)
-    refund_amounts: dict[str, int] = defaultdict(int)
-    for row in query(REFUNDS, ("refunds", "amount_minor"), bucket=bucket):
-        refund_counts[row["bucket"].isoformat()] += row["refunds"]
-        refund_amounts[row["currency"]] += row["amount_minor"]
-    reversal_counts: dict[str, int] = defaultdict(int)
-    reversal_amounts: dict[str, int] = defaultdict(int)
-    for row in query(REVERSALS, ("reversals", "amount_minor"), bucket=bucket):
-        reversal_counts[row["bucket"].isoformat()] += row["reversals"]
-        reversal_amounts[row["currency"]] += row["amount_minor"]
-    refunds = {
-        "labels": labels,
-        "refunds": [refund_counts[label] for label in labels],
-        "reversals": [reversal_counts[label] for label in labels],
-        "total_refunds": sum(refund_counts.values()),
-        "total_reversals": sum(reversal_counts.values()),
-        "refunded": _money(dict(refund_amounts), fx=fx, target=target),
-        "reversed": _money(dict(reversal_amounts), fx=fx, target=target),
-    }
-
-    # Top error codes of payments that were not charged.
-    errors = sorted(
-        (
-            {"code": row["failure_code"] or "(none)", "count": row["failed_payments"]}
-            for row in query(PAYMENTS, ("failed_payments",), group_by=("failure_code",))
-            if row["failed_payments"]
-        ),
-        key=lambda item: (-item["count"], item["code"]),
-    )[:TOP_ERRORS]
-
-    return {
-        "dashboard": dashboard.slug,
-        "as_of": now.isoformat(),
-        "period": {"name": filters.period, "since": since.isoformat(), "until": until.isoformat(), "bucket": bucket},
-        "timezone": filters.timezone,
-        "filters": {"app": filters.app, "country": filters.country, "carrier": filters.carrier},
-        "currency": target,
-        "fx": {
-            "base": fx.base,
-            "rate_date": fx.rate_date,
-            "fetched_at": fx.fetched_at.isoformat() if fx.fetched_at else None,
-            "error": fx.error,
-        },
-        "revenue": revenue,
-        "funnel": funnel,
-        "carriers": carrier_rows,
-        "latency_ignores_app_filter": bool(filters.app),
-        "refunds": refunds,
-        "errors": errors,
-        "alerts": {
-            "open": [alerts.describe(event) for event in alerts.open_alerts()],
-            "recent": [alerts.describe(event) for event in alerts.recent_alert_events()],
-        },
-    }
 
 
 def _call_filters(filters: DashboardFilters) -> dict[str, tuple[str, ...]] | None:
@@ -318,24 +336,47 @@ def _call_filters(filters: DashboardFilters) -> dict[str, tuple[str, ...]] | Non
     return call_filters
 
 
-def _funnel(dashboard: Dashboard, query: Any, dims: dict[str, tuple[str, ...]]) -> dict[str, Any]:
-    definition = dashboard.funnel or FunnelDefinition.objects.order_by("pk").first()
-    if definition is None:
-        return {"name": None, "steps": []}
-    steps = list(definition.steps)
-    measures = tuple(f"step_{index + 1}" for index in range(len(steps)))
-    rows = query(FUNNEL_ROLLUPS, measures, filters={**dims, "funnel": (definition.name,)})
-    reached = [int(rows[0][name] or 0) if rows else 0 for name in measures]
+def _refunds_tile(window: _Window) -> dict[str, Any]:
+    """Refunds and reversals per bucket, and their amounts."""
+    refund_counts, refund_amounts = _counts_and_amounts(window, REFUNDS, "refunds")
+    reversal_counts, reversal_amounts = _counts_and_amounts(window, REVERSALS, "reversals")
     return {
-        "name": definition.name,
-        "steps": [
-            {
-                "step": step,
-                "reached": count,
-                "conversion": (count / reached[0]) if reached[0] else None,
-            }
-            for step, count in zip(steps, reached, strict=True)
-        ],
+        "labels": window.labels,
+        "refunds": [refund_counts[label] for label in window.labels],
+        "reversals": [reversal_counts[label] for label in window.labels],
+        "total_refunds": sum(refund_counts.values()),
+        "total_reversals": sum(reversal_counts.values()),
+        "refunded": window.money(dict(refund_amounts)),
+        "reversed": window.money(dict(reversal_amounts)),
+    }
+
+
+def _counts_and_amounts(window: _Window, slug: str, count: str) -> tuple[dict[str, int], dict[str, int]]:
+    """The `count` measure per bucket, and `amount_minor` per currency, of one dataset."""
+    counts: dict[str, int] = defaultdict(int)
+    amounts: dict[str, int] = defaultdict(int)
+    for row in window.rows(slug, (count, "amount_minor"), bucketed=True):
+        counts[row["bucket"].isoformat()] += row[count]
+        amounts[row["currency"]] += row["amount_minor"]
+    return counts, amounts
+
+
+def _errors_tile(window: _Window) -> list[dict[str, Any]]:
+    """Top error codes of payments that were not charged."""
+    return sorted(
+        (
+            {"code": row["failure_code"] or "(none)", "count": row["failed_payments"]}
+            for row in window.rows(PAYMENTS, ("failed_payments",), group_by=("failure_code",))
+            if row["failed_payments"]
+        ),
+        key=lambda item: (-item["count"], item["code"]),
+    )[:TOP_ERRORS]
+
+
+def _alerts_tile() -> dict[str, Any]:
+    return {
+        "open": [alerts.describe(event) for event in alerts.open_alerts()],
+        "recent": [alerts.describe(event) for event in alerts.recent_alert_events()],
     }
 
 

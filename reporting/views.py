@@ -23,8 +23,9 @@ from django.utils.timezone import is_naive, make_aware
 from django.views.decorators.http import require_GET
 
 from playpay.api.problems import problem_json
-from reporting.models import Dashboard, Dataset, ExportFormat
-from reporting.responses import csv_attachment, file_attachment
+from playpay.downloads import csv_attachment, file_attachment
+from playpay.tables import TableFormat
+from reporting.models import Dashboard, Dataset
 from reporting.selectors import (
     DEFAULT_PERIOD,
     PERIODS,
@@ -189,12 +190,12 @@ def dataset_export(request: HttpRequest, slug: str, file_format: str) -> HttpRes
     if (redirect := _signed_in_staff(request)) is not None:
         return redirect
     dataset = _dataset_for(request, slug)
-    if file_format not in ExportFormat.values:
+    if file_format not in TableFormat.values:
         return problem_json(404, "not_found", "No such format", "Exports are .csv or .xlsx.")
     try:
         query = parse_dataset_query(request.GET)
         name = datasets.query_file_name(dataset=dataset, file_format=file_format)
-        if file_format == ExportFormat.CSV:
+        if file_format == TableFormat.CSV:
             return csv_attachment(datasets.export_query_csv(dataset=dataset, query=query), name=name)
         content = datasets.export_query_file(dataset=dataset, query=query, file_format=file_format)
     except DatasetQueryError as error:

@@ -2,7 +2,8 @@
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -26,17 +27,14 @@ def client_for(config: CarrierConfig) -> httpx.Client:
     return httpx.Client(base_url=config.endpoint.rstrip("/"), timeout=timeout, follow_redirects=False)
 
 
-def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
-    """Send one request; raise TransportFailure with the standard result for transport problems.
+def transport_failure(exc: Exception, *, sent: bool, timed_out: bool) -> TransportFailure:
+    """The standard result of a request that failed in transport, whatever the HTTP library.
 
     A connection that was never made means nothing reached the carrier (`not_sent`), so a
     retry is safe. A timeout or broken reply after sending leaves the outcome unknown.
     """
-    started = time.monotonic()
-    try:
-        response = client.request(method, url, **kwargs)
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        raise TransportFailure(
+    if not sent:
+        return TransportFailure(
             CarrierResult.failed(
                 ErrorCode.CARRIER_UNAVAILABLE,
                 "CONNECT",
@@ -44,23 +42,41 @@ def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Re
                 not_sent=True,
                 transport_failed=True,
             )
-        ) from exc
-    except httpx.TimeoutException as exc:
-        raise TransportFailure(
+        )
+    if timed_out:
+        return TransportFailure(
             CarrierResult.pending("TIMEOUT", f"no answer within the timeout ({exc})", transport_failed=True)
-        ) from exc
-    except httpx.TransportError as exc:
-        raise TransportFailure(
-            CarrierResult.pending("TRANSPORT", str(exc) or type(exc).__name__, transport_failed=True)
-        ) from exc
+        )
+    return TransportFailure(CarrierResult.pending("TRANSPORT", str(exc) or type(exc).__name__, transport_failed=True))
+
+
+def server_error(status_code: int, text: str) -> TransportFailure:
+    """An HTTP 5xx: the carrier may or may not have acted, so the outcome is unknown."""
+    return TransportFailure(CarrierResult.pending(f"HTTP_{status_code}", text[:200], transport_failed=True))
+
+
+@contextmanager
+def timed(method: str, url: str) -> Iterator[None]:
+    """Log how long a request took, however it ended."""
+    started = time.monotonic()
+    try:
+        yield
     finally:
         logger.debug("%s %s took %.1f ms", method, url, (time.monotonic() - started) * 1000)
+
+
+def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """Send one request; raise TransportFailure with the standard result for transport problems."""
+    try:
+        with timed(method, url):
+            response = client.request(method, url, **kwargs)
+    except httpx.TransportError as exc:
+        never_connected = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+        raise transport_failure(
+            exc, sent=not never_connected, timed_out=isinstance(exc, httpx.TimeoutException)
+        ) from exc
     if response.status_code >= 500:
-        raise TransportFailure(
-            CarrierResult.pending(
-                f"HTTP_{response.status_code}", response.text[:200] or response.reason_phrase, transport_failed=True
-            )
-        )
+        raise server_error(response.status_code, response.text or response.reason_phrase)
     return response
 
 

@@ -39,7 +39,7 @@ from carriers.adapters.base import (
     Outcome,
     RefundRequest,
 )
-from carriers.adapters.http import TransportFailure
+from carriers.adapters.http import TransportFailure, server_error, timed, transport_failure
 from carriers.errors import ErrorCode
 from playpay.money import to_major
 
@@ -144,46 +144,27 @@ def _has_soap_fault(content: bytes) -> bool:
 class _Transport(zeep.Transport):
     """zeep's requests transport, with per-carrier timeouts and transport failures as standard results.
 
-    Mirrors `carriers.adapters.http.send`. It also replaces zeep's own `post`, which logs whole
-    messages at DEBUG, and a sendSms message holds a PIN.
+    Transport failures become results as in `carriers.adapters.http.send`. It also replaces zeep's
+    own `post`, which logs whole messages at DEBUG, and a sendSms message holds a PIN.
     """
 
     def __init__(self, config: CarrierConfig) -> None:
         super().__init__(operation_timeout=(config.connect_timeout, config.read_timeout))  # type: ignore[no-untyped-call]
 
     def post(self, address: str, message: bytes | str, headers: dict[str, str]) -> requests.Response:
-        started = time.monotonic()
         try:
-            response = self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout)
-        except requests.exceptions.ConnectionError as exc:
-            if _never_connected(exc):
-                raise TransportFailure(
-                    CarrierResult.failed(
-                        ErrorCode.CARRIER_UNAVAILABLE,
-                        "CONNECT",
-                        str(exc) or type(exc).__name__,
-                        not_sent=True,
-                        transport_failed=True,
-                    )
-                ) from exc
-            raise TransportFailure(
-                CarrierResult.pending("TRANSPORT", str(exc) or type(exc).__name__, transport_failed=True)
-            ) from exc
-        except requests.exceptions.Timeout as exc:
-            raise TransportFailure(
-                CarrierResult.pending("TIMEOUT", f"no answer within the timeout ({exc})", transport_failed=True)
-            ) from exc
+            with timed("POST", address):
+                response = self.session.post(address, data=message, headers=headers, timeout=self.operation_timeout)
         except requests.exceptions.RequestException as exc:
-            raise TransportFailure(
-                CarrierResult.pending("TRANSPORT", str(exc) or type(exc).__name__, transport_failed=True)
+            never_connected = isinstance(exc, requests.exceptions.ConnectionError) and _never_connected(exc)
+            raise transport_failure(
+                exc, sent=not never_connected, timed_out=isinstance(exc, requests.exceptions.Timeout)
             ) from exc
-        finally:
-            logger.debug("POST %s took %.1f ms", address, (time.monotonic() - started) * 1000)
         # SOAP 1.1 answers faults with HTTP 500: only an error status without a SOAP fault is a transport failure.
         if response.status_code >= 400 and not _has_soap_fault(response.content):
             code, text = f"HTTP_{response.status_code}", response.text[:200] or response.reason
             if response.status_code >= 500:
-                raise TransportFailure(CarrierResult.pending(code, text, transport_failed=True))
+                raise server_error(response.status_code, text)
             # A 4xx without a fault is refused before the operation ran: retry later when it says so,
             # otherwise it is a configuration problem (wrong path, HTTP auth).
             if response.status_code in (408, 429):

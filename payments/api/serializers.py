@@ -7,20 +7,7 @@ from rest_framework import serializers
 from carriers.models import Carrier, PricePoint
 from payments.models import Payment, PaymentFlow, Refund, Reversal
 from payments.services.payments import next_action
-from playpay.api.serializers import SharedFieldsMixin
-
-MAX_METADATA_BYTES = 4096
-
-
-class StrictSerializer(serializers.Serializer[Any]):
-    """Refuses fields it does not declare, so nothing undocumented is ever accepted."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["This field is not accepted."] for name in unknown})
-        return super().to_internal_value(data)
+from playpay.api.serializers import MAX_METADATA_BYTES, SharedFieldsMixin, StrictSerializer
 
 
 class PaymentCreateSerializer(StrictSerializer):

@@ -24,12 +24,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from carriers.crypto import decrypt_credentials, encrypt_credentials
 from journal.services import Kind, record
 from payments.events import PaymentStatusChanged
 from payments.models import App, Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
 from payments.services import outbox
 from payments.services.state_machine import WEBHOOK_STATUSES
+from playpay.crypto import decrypt_credentials, encrypt_credentials
 
 logger = logging.getLogger(__name__)
 

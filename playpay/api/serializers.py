@@ -1,8 +1,30 @@
 """Serializer helpers shared by the API's apps."""
 
+from collections.abc import Container, Mapping
 from typing import Any
 
+from rest_framework import serializers
 from rest_framework.fields import Field
+
+# Free JSON an app attaches (payment metadata, funnel event properties), at most this many bytes.
+MAX_METADATA_BYTES = 4096
+NOT_ACCEPTED = "This field is not accepted."
+
+
+def unknown_field_errors(data: Mapping[str, Any], known: Container[str]) -> dict[str, list[str]]:
+    """The error of each field in `data` that is not `known`, as a serializer reports errors."""
+    return {name: [NOT_ACCEPTED] for name in sorted(name for name in data if name not in known)}
+
+
+class StrictSerializer(serializers.Serializer[Any]):
+    """Refuses fields it does not declare, so nothing undocumented is ever accepted."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = unknown_field_errors(data, self.fields)
+            if unknown:
+                raise serializers.ValidationError(unknown)
+        return super().to_internal_value(data)
 
 
 class SharedFieldsMixin:

@@ -24,9 +24,9 @@ from django.utils import timezone
 
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
+from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
-from reporting.services.tabular import csv_lines, temporary_file, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -299,31 +299,49 @@ def _number(value: Any) -> Decimal | None:
 
 
 def _api_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]]:
+    """The query over an API dataset's cached rows, answered in Python: select, group, aggregate."""
+    groups = _api_groups(dataset, query, plan)
+    if not plan.group_by and not plan.bucket and not groups:
+        groups[()] = []  # a total over no rows is still one row
+    return [_aggregate_group(key, groups[key], plan) for key in sorted(groups, key=_group_order)]
+
+
+def _api_groups(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    """The cached rows that the query selects, by their group (and time bucket)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for row in api_rows(dataset):
         moment = _row_time(row.get(dataset.time_field)) if dataset.time_field else None
-        if (query.since or query.until or plan.bucket) and moment is None:
-            continue
-        if moment and ((query.since and moment < query.since) or (query.until and moment >= query.until)):
-            continue
-        if any(str(row.get(f.source_name, "")) not in values for f, values in plan.filters):
+        if not _in_period(moment, query, plan) or not _passes_filters(row, plan):
             continue
         key = tuple(row.get(f.source_name) for f in plan.group_by)
         if plan.bucket and moment:
             key += (truncate_to_bucket(moment, plan.bucket, plan.zone),)
         groups[key].append(row)
-    if not plan.group_by and not plan.bucket and not groups:
-        groups[()] = []
-    result = []
-    for key in sorted(groups, key=lambda k: tuple("" if v is None else str(v) for v in k)):
-        members = groups[key]
-        out: dict[str, Any] = {f.name: value for f, value in zip(plan.group_by, key, strict=False)}
-        if plan.bucket:
-            out["bucket"] = key[-1]
-        for measure in plan.measures:
-            out[measure.name] = _aggregate_python(measure, members)
-        result.append(out)
-    return result
+    return groups
+
+
+def _in_period(moment: datetime | None, query: DatasetQuery, plan: _Plan) -> bool:
+    """Whether a row of this time (None: it has none) is in the period; a timeless row only when none is asked."""
+    if moment is None:
+        return not (query.since or query.until or plan.bucket)
+    return not ((query.since and moment < query.since) or (query.until and moment >= query.until))
+
+
+def _passes_filters(row: dict[str, Any], plan: _Plan) -> bool:
+    return all(str(row.get(f.source_name, "")) in values for f, values in plan.filters)
+
+
+def _group_order(key: tuple[Any, ...]) -> tuple[str, ...]:
+    return tuple("" if value is None else str(value) for value in key)
+
+
+def _aggregate_group(key: tuple[Any, ...], members: list[dict[str, Any]], plan: _Plan) -> dict[str, Any]:
+    out: dict[str, Any] = {f.name: value for f, value in zip(plan.group_by, key, strict=False)}
+    if plan.bucket:
+        out["bucket"] = key[-1]
+    for measure in plan.measures:
+        out[measure.name] = _aggregate_python(measure, members)
+    return out
 
 
 def _aggregate_python(measure: DatasetField, rows: list[dict[str, Any]]) -> Any:

@@ -9,7 +9,7 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, timedelta
 from typing import IO, Any
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -20,9 +20,10 @@ from django.utils import timezone
 
 from payments.models import LedgerLine, Payment, Refund
 from payments.services import outbox
-from reporting.models import ExportFormat, ExportJob, ExportKind
+from playpay.tables import TableFormat, csv_lines, temporary_file, write_table
+from playpay.times import start_of_utc_day
+from reporting.models import ExportJob, ExportKind
 from reporting.resources import ExportResource, LedgerLineResource, RefundResource, TransactionResource
-from reporting.services.tabular import csv_lines, temporary_file, write_table
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,6 @@ DIRECT_DOWNLOAD_LIMIT = 20_000
 PROGRESS_EVERY = 1000
 RUN_EXPORT_TASK = "reporting.tasks.run_export"
 EXPORT_QUEUE = "default"
-
-CONTENT_TYPES = {
-    ExportFormat.CSV: "text/csv; charset=utf-8",
-    ExportFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-}
 
 
 @dataclass(frozen=True)
@@ -86,11 +82,6 @@ _SOURCES = {
     ExportKind.REFUNDS: _Source(Refund, RefundResource, "created_at", "payment__"),
     ExportKind.LEDGER: _Source(LedgerLine, LedgerLineResource, "entry__created_at", "entry__payment__"),
 }
-
-
-def start_of_utc_day(day: date) -> datetime:
-    """Midnight UTC at the start of `day`: staff pick days, and days are UTC."""
-    return datetime.combine(day, time.min, tzinfo=UTC)
 
 
 def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
@@ -171,7 +162,7 @@ def start_export_job(*, user: AbstractBaseUser, kind: str, filters: ExportFilter
     """Record an export to run in the background; the task goes through the outbox, so it is never lost."""
     with transaction.atomic():
         job = ExportJob.objects.create(
-            user_id=user.pk, kind=ExportKind(kind), file_format=ExportFormat(file_format), filters=filters.as_json()
+            user_id=user.pk, kind=ExportKind(kind), file_format=TableFormat(file_format), filters=filters.as_json()
         )
         outbox.enqueue(RUN_EXPORT_TASK, queue=EXPORT_QUEUE, job_id=job.pk)
     return job

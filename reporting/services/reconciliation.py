@@ -27,10 +27,10 @@ from import_export.formats.base_formats import CSV, XLSX
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, Refund, Reversal
 from playpay.money import to_major
-from reporting.models import ExportFormat, SettlementFile
+from playpay.tables import TableFormat, write_table
+from playpay.times import start_of_utc_day
+from reporting.models import SettlementFile
 from reporting.resources import SettlementLineResource
-from reporting.services.exports import start_of_utc_day
-from reporting.services.tabular import write_table
 
 REQUIRED_COLUMNS = ("carrier_reference", "currency", "date")
 AMOUNT_COLUMNS = ("amount_minor", "amount")  # one of them: minor units, or major units in the currency
@@ -285,18 +285,26 @@ def _compare(reference: str, ours: _Ours, theirs: _Theirs) -> ReconciliationRow:
     if theirs.lines > 1:
         notes.append(f"{theirs.lines} lines in their file")
     same = theirs.amount_minor == ours.expected_minor and theirs.currencies == {ours.currency}
+    category = Category.MATCHED if same else Category.AMOUNT_MISMATCH
+    return _row(category, reference, ours, theirs, note="; ".join(notes))
+
+
+def _row(
+    category: Category, reference: str, ours: _Ours | None, theirs: _Theirs | None, *, note: str
+) -> ReconciliationRow:
+    """A line of the report, from our payment and their lines with that reference (either may be missing)."""
     return ReconciliationRow(
-        category=Category.MATCHED if same else Category.AMOUNT_MISMATCH,
+        category=category,
         carrier_reference=reference,
-        payment_id=ours.payment_id,
-        our_status=ours.status,
-        currency=ours.currency,
-        our_amount_minor=ours.expected_minor,
-        their_amount_minor=theirs.amount_minor,
-        our_date=ours.created,
-        their_date=theirs.first_date,
-        their_lines=theirs.lines,
-        note="; ".join(notes),
+        payment_id=ours.payment_id if ours else "",
+        our_status=ours.status if ours else "",
+        currency=ours.currency if ours else ", ".join(sorted(theirs.currencies if theirs else ())),
+        our_amount_minor=ours.expected_minor if ours else None,
+        their_amount_minor=theirs.amount_minor if theirs else None,
+        our_date=ours.created if ours else None,
+        their_date=theirs.first_date if theirs else None,
+        their_lines=theirs.lines if theirs else 0,
+        note=note,
     )
 
 
@@ -312,38 +320,13 @@ def reconcile_settlement_file(*, settlement_file: SettlementFile) -> Reconciliat
             rows.append(_compare(reference, our, their))
             continue
         rows.append(
-            ReconciliationRow(
-                category=Category.MISSING_ON_OUR_SIDE,
-                carrier_reference=reference,
-                payment_id="",
-                our_status="",
-                currency=", ".join(sorted(their.currencies)),
-                our_amount_minor=None,
-                their_amount_minor=their.amount_minor,
-                our_date=None,
-                their_date=their.first_date,
-                their_lines=their.lines,
-                note="no payment of ours with this reference",
-            )
+            _row(Category.MISSING_ON_OUR_SIDE, reference, None, their, note="no payment of ours with this reference")
         )
     for our in ours:
         if our.reference in theirs or (our.status not in SETTLED and not our.expected_minor):
             continue
-        rows.append(
-            ReconciliationRow(
-                category=Category.MISSING_ON_THEIR_SIDE,
-                carrier_reference=our.reference,
-                payment_id=our.payment_id,
-                our_status=our.status,
-                currency=our.currency,
-                our_amount_minor=our.expected_minor,
-                their_amount_minor=None,
-                our_date=our.created,
-                their_date=None,
-                their_lines=0,
-                note="" if our.reference else "we have no carrier reference for it",
-            )
-        )
+        note = "" if our.reference else "we have no carrier reference for it"
+        rows.append(_row(Category.MISSING_ON_THEIR_SIDE, our.reference, our, None, note=note))
     rows.sort(key=lambda row: (_ORDER[row.category], row.carrier_reference, row.payment_id))
     counts = Counter(row.category for row in rows)
     report = ReconciliationReport(
@@ -422,7 +405,7 @@ def report_file_name(report: ReconciliationReport, file_format: str) -> str:
     settlement_file = report.settlement_file
     return (
         f"reconciliation_{settlement_file.carrier.slug}_{settlement_file.period_from}_{settlement_file.period_to}"
-        f".{ExportFormat(file_format).value}"
+        f".{TableFormat(file_format).value}"
     )
 
 

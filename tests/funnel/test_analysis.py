@@ -180,13 +180,14 @@ def random_journeys(app: App, seed: int, count: int = 150) -> None:
 @pytest.mark.parametrize("exclusion", ["", "help"])
 def test_the_database_computes_what_window_funnel_computes(seed: int, exclusion: str) -> None:
     from funnel.selectors import _python_counts, _sql_counts
+    from funnel.sql import FunnelScope
 
     random_journeys(AppFactory.create(), seed)
     since, until = T0, T0 + timedelta(hours=2)  # journeys started later are left out
     for breakdown in (None, "carrier"):
-        args: dict[str, Any] = {"steps": STEPS, "window": HOUR, "since": since, "until": until, "exclusion": exclusion}
-        in_sql = _sql_counts(**args, app_id=None, breakdown=breakdown)
-        in_python = _python_counts(**args, app_id=None, breakdown=breakdown)
+        scope = FunnelScope(steps=STEPS, window=HOUR, since=since, until=until, exclusion=exclusion, app_id=None)
+        in_sql = _sql_counts(scope, breakdown=breakdown)
+        in_python = _python_counts(scope, breakdown=breakdown)
         assert in_sql == in_python
         assert in_sql.reached[0] > 0
 

@@ -13,7 +13,8 @@ from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
 from payments.models import LedgerLine, Payment, Refund
-from reporting.models import ExportFormat, ExportJob, ExportKind
+from playpay.tables import TableFormat
+from reporting.models import ExportJob, ExportKind
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
 from tests.conftest import Shop
@@ -63,7 +64,7 @@ def carrier(shop: Shop) -> Carrier:
 def test_an_xlsx_export_of_n_payments_has_the_header_and_n_rows(carrier: Carrier, make_payment: MakePayment) -> None:
     for n in range(25):
         make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
-    rows = xlsx_rows(export_bytes(ExportKind.TRANSACTIONS, ExportFormat.XLSX))
+    rows = xlsx_rows(export_bytes(ExportKind.TRANSACTIONS, TableFormat.XLSX))
     assert rows[0] == TRANSACTION_HEADER
     assert len(rows) == 1 + 25
     first = dict(zip(TRANSACTION_HEADER, rows[1], strict=True))
@@ -92,7 +93,7 @@ def test_an_export_reads_its_rows_in_a_constant_number_of_queries(carrier: Carri
     for n in range(30):
         make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
     with CaptureQueriesContext(connection) as queries:
-        assert len(csv_rows(export_bytes(ExportKind.TRANSACTIONS, ExportFormat.CSV))) == 31
+        assert len(csv_rows(export_bytes(ExportKind.TRANSACTIONS, TableFormat.CSV))) == 31
     assert len(queries) <= 2  # one chunked read with its joins, never a query per row
 
 
@@ -105,7 +106,7 @@ def test_exports_filter_by_period_carrier_country_and_app(
     make_payment(carrier=german_carrier, reference="may-de", created=MAY_3, currency="EUR")
 
     def references(**filters: Any) -> set[str]:
-        rows = csv_rows(export_bytes(ExportKind.TRANSACTIONS, ExportFormat.CSV, **filters))
+        rows = csv_rows(export_bytes(ExportKind.TRANSACTIONS, TableFormat.CSV, **filters))
         return {row[TRANSACTION_HEADER.index("carrier_reference")] for row in rows[1:]}
 
     may = {"date_from": date(2026, 5, 1), "date_to": date(2026, 5, 31)}
@@ -127,14 +128,14 @@ def test_refunds_and_ledger_lines_are_exported_with_their_payment(shop: Shop) ->
         )
     assert response.status_code in (200, 201, 202), response.content
 
-    refunds = csv_rows(export_bytes(ExportKind.REFUNDS, ExportFormat.CSV))
+    refunds = csv_rows(export_bytes(ExportKind.REFUNDS, TableFormat.CSV))
     header, row = refunds[0], dict(zip(refunds[0], refunds[1], strict=True))
     assert len(refunds) == 2
     assert (row["payment_id"], row["amount_minor"], row["amount"]) == (paid["id"], "30", "0.30")
     assert row["refund_id"] == str(Refund.objects.get().public_id)
     assert header[-2:] == ["reason", "requested_by"]
 
-    ledger = xlsx_rows(export_bytes(ExportKind.LEDGER, ExportFormat.XLSX))
+    ledger = xlsx_rows(export_bytes(ExportKind.LEDGER, TableFormat.XLSX))
     assert ledger[0] == [
         "entry_id",
         "entry_kind",
@@ -155,9 +156,9 @@ def test_text_from_outside_never_becomes_a_spreadsheet_formula(shop: Shop) -> No
     Refund.objects.create(
         payment=paid, amount_minor=10, currency="GBP", reason="=HYPERLINK(evil)", requested_by="app:x"
     )
-    rows = csv_rows(export_bytes(ExportKind.REFUNDS, ExportFormat.CSV))
+    rows = csv_rows(export_bytes(ExportKind.REFUNDS, TableFormat.CSV))
     assert rows[1][rows[0].index("reason")] == "'=HYPERLINK(evil)"
-    sheet = load_workbook(io.BytesIO(export_bytes(ExportKind.REFUNDS, ExportFormat.XLSX))).worksheets[0]
+    sheet = load_workbook(io.BytesIO(export_bytes(ExportKind.REFUNDS, TableFormat.XLSX))).worksheets[0]
     reason = sheet.cell(row=2, column=rows[0].index("reason") + 1)
     assert (reason.value, reason.data_type) == ("=HYPERLINK(evil)", "s")  # text, not a formula
 
@@ -168,7 +169,7 @@ def test_a_background_export_reports_its_progress_and_ends_done_with_a_file(
     for n in range(25):
         make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
     user = django_user_model.objects.create_user("finance-user", is_staff=True)
-    job = ExportJob.objects.create(user=user, kind=ExportKind.TRANSACTIONS, file_format=ExportFormat.XLSX)
+    job = ExportJob.objects.create(user=user, kind=ExportKind.TRANSACTIONS, file_format=TableFormat.XLSX)
 
     with CaptureQueriesContext(connection) as queries:
         exports.run_export_job(job_id=job.pk, every=10)
@@ -191,7 +192,7 @@ def test_running_a_finished_export_job_again_changes_nothing(
 ) -> None:
     make_payment(carrier=carrier, reference="ref-1", created=MAY_3)
     user = django_user_model.objects.create_user("finance-user", is_staff=True)
-    job = ExportJob.objects.create(user=user, kind=ExportKind.TRANSACTIONS, file_format=ExportFormat.CSV)
+    job = ExportJob.objects.create(user=user, kind=ExportKind.TRANSACTIONS, file_format=TableFormat.CSV)
     first = exports.run_export_job(job_id=job.pk)
     again = exports.run_export_job(job_id=job.pk)
     assert (again.status, again.file.name, again.finished_at) == ("done", first.file.name, first.finished_at)

@@ -1,4 +1,4 @@
-"""Carrier credentials at rest: encrypted with Fernet, never shown back in clear."""
+"""Secrets at rest (carrier credentials, webhook signing secrets): encrypted with Fernet, never shown back in clear."""
 
 import base64
 import hashlib
@@ -11,6 +11,7 @@ from django.conf import settings
 
 def _fernet() -> Fernet:
     secret = settings.CARRIER_CREDENTIALS_KEY or settings.SECRET_KEY
+    # The label is part of the key: every secret stored so far was encrypted under it.
     key = base64.urlsafe_b64encode(hashlib.sha256(f"carrier-credentials:{secret}".encode()).digest())
     return Fernet(key)
 
@@ -27,5 +28,5 @@ def decrypt_credentials(token: str) -> dict[str, Any]:
     try:
         value = json.loads(_fernet().decrypt(token.encode()))
     except InvalidToken as exc:
-        raise ValueError("carrier credentials cannot be decrypted with the configured key") from exc
+        raise ValueError("stored secret cannot be decrypted with the configured key") from exc
     return dict(value)

@@ -5,17 +5,16 @@ from typing import IO
 
 from django.http import FileResponse, StreamingHttpResponse
 
-from reporting.models import ExportFormat
-from reporting.services.exports import CONTENT_TYPES
+from playpay.tables import CONTENT_TYPES, TableFormat
 
 
 def file_attachment(content: IO[bytes], *, name: str, file_format: str) -> FileResponse:
     return FileResponse(
-        content, as_attachment=True, filename=name, content_type=CONTENT_TYPES[ExportFormat(file_format)]
+        content, as_attachment=True, filename=name, content_type=CONTENT_TYPES[TableFormat(file_format)]
     )
 
 
 def csv_attachment(lines: Iterable[str], *, name: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(lines, content_type=CONTENT_TYPES[ExportFormat.CSV])
+    response = StreamingHttpResponse(lines, content_type=CONTENT_TYPES[TableFormat.CSV])
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -1,4 +1,4 @@
-"""Write rows to CSV and XLSX as they come, never holding a whole table in memory.
+"""Tables for download: rows written to CSV or XLSX as they come, never holding a whole table in memory.
 
 Cells from outside (a refund reason, a carrier reference) never become spreadsheet formulas:
 in XLSX every text is a text cell; in CSV, text that a spreadsheet would read as a formula is
@@ -14,11 +14,21 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import IO, Any
 
+from django.db import models
 from openpyxl import Workbook  # type: ignore[import-untyped]
 from openpyxl.cell import WriteOnlyCell  # type: ignore[import-untyped]
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
 
-from reporting.models import ExportFormat
+
+class TableFormat(models.TextChoices):
+    CSV = "csv", "CSV"
+    XLSX = "xlsx", "Excel (XLSX)"
+
+
+CONTENT_TYPES = {
+    TableFormat.CSV: "text/csv; charset=utf-8",
+    TableFormat.XLSX: "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+}
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 # Signed numbers and masked phone numbers (+44740*****56) start like formulas but cannot run anything.
@@ -79,8 +89,8 @@ def write_xlsx(out: IO[bytes] | str, header: Sequence[str], rows: Iterable[Seque
 def write_table(
     out: IO[bytes], header: Sequence[str], rows: Iterable[Sequence[Any]], *, file_format: str, title: str
 ) -> None:
-    """`rows` under `header` as CSV or XLSX (`ExportFormat`), whichever is asked for."""
-    if ExportFormat(file_format) == ExportFormat.XLSX:
+    """`rows` under `header` as CSV or XLSX (`TableFormat`), whichever is asked for."""
+    if TableFormat(file_format) == TableFormat.XLSX:
         write_xlsx(out, header, rows, title=title)
     else:
         write_csv(out, header, rows)
