@@ -8,6 +8,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from journal.services import Kind, new_request_id, record
+from playpay.logging import bind
+from playpay.middleware import request_id_of
 
 BODY_LIMIT = 16_384
 
@@ -29,7 +31,7 @@ class JournalMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path.startswith("/api/v1/"):
             return self.get_response(request)
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        request_id = request_id_of(request) or new_request_id()
         request_body = _body(request.body)
         started = time.monotonic()
         response = self.get_response(request)
@@ -62,5 +64,16 @@ class JournalMiddleware:
             journey_id=request_body.get("journey_id", "") if isinstance(request_body, dict) else "",
             user_ref=str(request_body.get("user_ref", "")) if isinstance(request_body, dict) else "",
         )
-        response["X-Request-Id"] = request_id
         return response
+
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., Any], view_args: Any, view_kwargs: dict[str, Any]
+    ) -> None:
+        """Log lines made while an API request about one payment (or from one carrier) is handled say so."""
+        if not request.path.startswith("/api/v1/"):
+            return
+        payment_id = str(view_kwargs.get("id", ""))
+        bind(
+            payment_id=payment_id if len(payment_id) == 36 else "",
+            carrier=view_kwargs.get("slug", "") if "/carriers/" in request.path else "",
+        )

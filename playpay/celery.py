@@ -1,11 +1,30 @@
 """The Celery application; configuration comes from Django settings (CELERY_*)."""
 
 import os
+from typing import Any
 
-from celery import Celery
+from celery import Celery, Task, signals
+
+from playpay.logging import bound
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "playpay.settings")
 
-app = Celery("playpay")
+
+class ContextTask(Task):  # type: ignore[type-arg]
+    """Every task runs in a log scope carrying its id and name (`playpay.logging`)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with bound(task_id=self.request.id, task_name=self.name):
+            return super().__call__(*args, **kwargs)
+
+
+app = Celery("playpay", task_cls="playpay.celery:ContextTask")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@signals.worker_process_shutdown.connect
+def _forget_finished_process(pid: int | None = None, **_: Any) -> None:
+    from playpay.metrics import mark_process_dead
+
+    mark_process_dead(pid or os.getpid())
