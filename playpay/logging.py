@@ -92,7 +92,9 @@ class _Redacting:
         ids = {key: value for key, value in fields.items() if _ID_KEY.search(key)}
         rest = {key: value for key, value in fields.items() if key not in ids}
         redacted = self.redact(rest)
-        return {**redacted, **ids} if isinstance(redacted, dict) else fields
+        if not isinstance(redacted, dict):
+            return fields
+        return {key: ids[key] if key in ids else redacted[key] for key in fields}
 
 
 class JsonFormatter(_Redacting, _LibraryJsonFormatter):

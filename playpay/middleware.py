@@ -18,6 +18,24 @@ _CALLER_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
+def route_label(route: str) -> str:
+    """A route's label: `api/v1/payments/(?P<id>[0-9a-f-]{36})/$` (a router's regex) -> `/api/v1/payments/<id>/`."""
+    label, i = [], 0
+    while i < len(route):
+        if route.startswith("(?P<", i):
+            end = route.index(">", i)
+            label.append("<" + route[i + 4 : end] + ">")
+            depth, i = 1, end + 1
+            while i < len(route) and depth:
+                depth += {"(": 1, ")": -1}.get(route[i], 0) if route[i - 1] != "\\" else 0
+                i += 1
+            continue
+        if route[i] not in "^$":
+            label.append(route[i])
+        i += 1
+    return "/" + "".join(label)
+
+
 def request_id_of(request: HttpRequest) -> str:
     return str(request.META.get(REQUEST_ID_META, ""))
 
@@ -58,7 +76,7 @@ class MetricsMiddleware:
         response = self.get_response(request)
         elapsed = time.perf_counter() - started
         match = request.resolver_match
-        route = "/" + match.route if match is not None else "<unmatched>"
+        route = route_label(match.route) if match is not None else "<unmatched>"
         method = request.method if request.method in _METHODS else "other"
         HTTP_REQUESTS.labels(method=method, route=route, status=str(response.status_code)).inc()
         HTTP_REQUEST_SECONDS.labels(method=method, route=route).observe(elapsed)
