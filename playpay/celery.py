@@ -23,6 +23,16 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.worker_init.connect
+def _serve_worker_metrics(**_: Any) -> None:
+    """Carrier calls are made by the workers: with METRICS_PORT set, a worker serves its own metrics."""
+    port = os.environ.get("METRICS_PORT", "")
+    if port:
+        from playpay.metrics import serve_process_metrics
+
+        serve_process_metrics(port=int(port), addr=os.environ.get("METRICS_ADDR", "127.0.0.1"))
+
+
 @signals.worker_process_shutdown.connect
 def _forget_finished_process(pid: int | None = None, **_: Any) -> None:
     from playpay.metrics import mark_process_dead

@@ -26,6 +26,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
     multiprocess,
+    start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -188,3 +189,11 @@ def mark_process_dead(pid: int) -> None:
     """A finished worker's live gauges go (gunicorn's child_exit, Celery's worker_process_shutdown)."""
     if multiprocess_dir():
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def serve_process_metrics(*, port: int, addr: str) -> None:
+    """Serve this process group's metrics (a Celery worker's) on a port of its own, in a thread.
+
+    No token here: bind it to an address only the scraper reaches (the default is the loopback).
+    """
+    start_http_server(port, addr=addr, registry=process_registry())

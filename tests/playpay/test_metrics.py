@@ -1,6 +1,10 @@
 """The Prometheus endpoint: protected by a bearer token, and what it reports."""
 
+import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -131,3 +135,24 @@ def test_queue_depths_are_read_from_the_broker(token: str) -> None:
         assert ("playpay_celery_queue_depth", frozenset({("queue", "default")})) in samples
     finally:
         broker.delete(queue, "webhooks")
+
+
+def test_multiprocess_mode_adds_up_what_every_worker_counted(tmp_path: Path) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "DJANGO_SETTINGS_MODULE": "playpay.settings"}
+    count = (
+        "import django; django.setup(); from playpay.metrics import HTTP_REQUESTS; "
+        "HTTP_REQUESTS.labels(method='GET', route='/healthz', status='200').inc()"
+    )
+    for _ in range(2):  # two worker processes, one after the other
+        subprocess.run([sys.executable, "-c", count], env=env, check=True)
+    read = (
+        "import django; django.setup(); from prometheus_client import generate_latest; "
+        "from playpay.metrics import process_registry; print(generate_latest(process_registry()).decode())"
+    )
+    exposition = subprocess.run([sys.executable, "-c", read], env=env, check=True, capture_output=True, text=True)
+    samples = {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(exposition.stdout)
+        for sample in family.samples
+    }
+    assert value(samples, "playpay_http_requests_total", method="GET", route="/healthz", status="200") == 2
