@@ -24,6 +24,11 @@ def _body(raw: bytes) -> Any:
         return text
 
 
+def _ids_in_url(request: HttpRequest, kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """The payment id (the API's `<id>`) and the carrier (a callback's `<slug>`) that the URL names."""
+    return kwargs.get("id") or "", kwargs.get("slug", "") if "/carriers/" in request.path else ""
+
+
 class JournalMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -40,9 +45,8 @@ class JournalMiddleware:
         response_body = getattr(response, "data", None)
         if response_body is None and not response.streaming:
             response_body = _body(response.content)
-        kwargs = getattr(request.resolver_match, "kwargs", {}) or {}
-        payment_id = kwargs.get("id") or (response_body.get("id") if isinstance(response_body, dict) else "") or ""
-        carrier = kwargs.get("slug", "") if "/carriers/" in request.path else ""
+        url_payment_id, carrier = _ids_in_url(request, getattr(request.resolver_match, "kwargs", {}) or {})
+        payment_id = url_payment_id or (response_body.get("id") if isinstance(response_body, dict) else "") or ""
         msisdn = request_body.get("msisdn", "") if isinstance(request_body, dict) else ""
         record(
             Kind.CARRIER_CALLBACK if carrier else Kind.API_REQUEST,
@@ -72,8 +76,5 @@ class JournalMiddleware:
         """Log lines made while an API request about one payment (or from one carrier) is handled say so."""
         if not request.path.startswith("/api/v1/"):
             return
-        payment_id = str(view_kwargs.get("id", ""))
-        bind(
-            payment_id=payment_id if len(payment_id) == 36 else "",
-            carrier=view_kwargs.get("slug", "") if "/carriers/" in request.path else "",
-        )
+        payment_id, carrier = _ids_in_url(request, view_kwargs)
+        bind(payment_id=str(payment_id) if len(str(payment_id)) == 36 else "", carrier=carrier)

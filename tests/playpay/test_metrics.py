@@ -14,6 +14,9 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
+from carriers.adapters.base import CarrierResult
+from carriers.errors import ErrorCode
+from carriers.gateway import Breaker, call_carrier
 from journal.models import JournalSpool
 from payments.models import OutboxMessage
 from playpay.celery import app as celery_app
@@ -108,8 +111,6 @@ def test_journal_spool_depth_counts_the_spooled_records(token: str) -> None:
 
 
 def test_an_open_breaker_shows_in_its_gauge(token: str, shop: Shop) -> None:
-    from carriers.gateway import Breaker
-
     for _ in range(shop.carrier.breaker_failure_threshold):
         Breaker(shop.carrier).record_failure()
     assert value(scrape(), "playpay_carrier_breaker_state", carrier=shop.carrier.slug) == 2
@@ -156,3 +157,13 @@ def test_multiprocess_mode_adds_up_what_every_worker_counted(tmp_path: Path) -> 
         for sample in family.samples
     }
     assert value(samples, "playpay_http_requests_total", method="GET", route="/healthz", status="200") == 2
+
+
+def test_a_transport_failure_counts_as_a_carrier_call_error(token: str) -> None:
+    carrier = CarrierFactory.create()
+    labels = {"carrier": carrier.slug, "operation": "charge"}
+    unreachable = CarrierResult.failed(ErrorCode.CARRIER_UNAVAILABLE, "CONNECT", not_sent=True, transport_failed=True)
+    call_carrier(carrier, lambda adapter: unreachable, name="charge")
+    samples = scrape()
+    assert value(samples, "playpay_carrier_call_errors_total", **labels, kind="unreachable") == 1
+    assert value(samples, "playpay_carrier_calls_total", **labels, result="unreachable") == 1
