@@ -7,3 +7,6 @@ class CarriersConfig(AppConfig):
 
     def ready(self) -> None:
         from carriers import tasks  # noqa: F401
+        from carriers.metrics import register as register_metrics
+
+        register_metrics()

@@ -3,6 +3,7 @@
 State lives in the cache (Redis in production), so it is shared by every worker of a carrier.
 """
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, is_dataclass
@@ -13,7 +14,11 @@ from django.core.cache import cache
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierAdapter, CarrierResult, Outcome
 from carriers.models import Carrier, CarrierHealth
+from carriers.msisdn import mask_msisdn
 from journal.services import Kind, record
+from playpay.metrics import CARRIER_CALL_ERRORS, CARRIER_CALL_SECONDS, CARRIER_CALLS, CARRIER_CALLS_DEFERRED
+
+logger = logging.getLogger(__name__)
 
 HEALTH_WINDOW_MINUTES = 15
 _COUNTERS = ("calls", "succeeded", "declined", "unknown", "unreachable", "latency_ms")
@@ -48,22 +53,36 @@ class Breaker:
         if time.time() < open_until:
             return False
         # Half-open: one trial call at a time.
-        return bool(cache.add(self._key("trial"), 1, timeout=self.carrier.breaker_reset_seconds))
+        trial = bool(cache.add(self._key("trial"), 1, timeout=self.carrier.breaker_reset_seconds))
+        if trial:
+            logger.info("circuit breaker half-open: one trial call", extra={"carrier": self.carrier.slug})
+        return trial
 
     def retry_after(self) -> float:
         open_until = cache.get(self._key("open_until"))
         return max((open_until or 0) - time.time(), 1.0)
 
     def record_success(self) -> None:
+        was_open = cache.get(self._key("open_until")) is not None
         cache.delete_many([self._key("failures"), self._key("open_until"), self._key("trial")])
+        if was_open:
+            logger.info("circuit breaker closed", extra={"carrier": self.carrier.slug})
 
     def record_failure(self) -> None:
         key = self._key("failures")
         failures = 1 if cache.add(key, 1, timeout=3600) else cache.incr(key)
         if failures >= self.carrier.breaker_failure_threshold:
             reset = self.carrier.breaker_reset_seconds
+            open_until = cache.get(self._key("open_until"))
             cache.set(self._key("open_until"), time.time() + reset, timeout=reset * 10)
             cache.delete(self._key("trial"))
+            if open_until is None or time.time() >= open_until:  # it was closed, or half-open: a change
+                logger.warning(
+                    "circuit breaker opened after %d consecutive transport failures; calls wait %d s",
+                    failures,
+                    reset,
+                    extra={"carrier": self.carrier.slug, "failures": failures},
+                )
 
 
 def _take_rate_token(carrier: Carrier) -> bool:
@@ -73,16 +92,19 @@ def _take_rate_token(carrier: Carrier) -> bool:
     return int(cache.incr(key)) <= carrier.rate_limit_per_second
 
 
+def _kind(result: CarrierResult) -> str:
+    if result.not_sent:
+        return "unreachable"
+    if result.transport_failed:
+        return "unknown"
+    if result.outcome == Outcome.FAILED:
+        return "declined"
+    return "succeeded"
+
+
 def _count(carrier: Carrier, result: CarrierResult, latency_ms: int) -> None:
     minute = int(time.time() // 60)
-    if result.not_sent:
-        kind = "unreachable"
-    elif result.transport_failed:
-        kind = "unknown"
-    elif result.outcome == Outcome.FAILED:
-        kind = "declined"
-    else:
-        kind = "succeeded"
+    kind = _kind(result)
     for name, amount in (("calls", 1), (kind, 1), ("latency_ms", latency_ms)):
         key = f"carrier:{carrier.slug}:health:{minute}:{name}"
         if not cache.add(key, amount, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60):
@@ -90,6 +112,42 @@ def _count(carrier: Carrier, result: CarrierResult, latency_ms: int) -> None:
     max_key = f"carrier:{carrier.slug}:health:{minute}:max_latency_ms"
     if latency_ms > (cache.get(max_key) or 0):
         cache.set(max_key, latency_ms, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60)
+
+
+def _defer(carrier: Carrier, operation: str, reason: str) -> None:
+    CARRIER_CALLS_DEFERRED.labels(carrier=carrier.slug, reason=reason).inc()
+    logger.info(
+        "carrier call %s deferred (%s); it is retried later",
+        operation,
+        reason.replace("_", " "),
+        extra={"carrier": carrier.slug, "operation": operation, "reason": reason},
+    )
+
+
+def _observe(carrier: Carrier, operation: str, result: CarrierResult, elapsed: float, request: Any) -> None:
+    """Metrics of one call, and a warning when it failed in transport (a decline is no failure)."""
+    kind = _kind(result)
+    CARRIER_CALLS.labels(carrier=carrier.slug, operation=operation, result=kind).inc()
+    CARRIER_CALL_SECONDS.labels(carrier=carrier.slug, operation=operation).observe(elapsed)
+    if not result.transport_failed:
+        return
+    CARRIER_CALL_ERRORS.labels(carrier=carrier.slug, operation=operation, kind=kind).inc()
+    msisdn = getattr(request, "msisdn", "")
+    logger.warning(
+        "carrier call %s failed: %s",
+        operation,
+        "not sent (carrier unreachable)" if result.not_sent else "outcome unknown (timeout or broken reply)",
+        extra={
+            "carrier": carrier.slug,
+            "operation": operation,
+            "outcome": kind,
+            "latency_ms": int(elapsed * 1000),
+            "error_code": str(result.error_code or ""),
+            "raw_code": result.raw_code,
+            "raw_message": result.raw_message[:255],
+            "msisdn": mask_msisdn(msisdn) if isinstance(msisdn, str) and msisdn else "",
+        },
+    )
 
 
 def call_carrier(
@@ -105,15 +163,24 @@ def call_carrier(
     Every call is journaled: operation `name`, the standard `request` (a dataclass), the result
     and the latency, correlated with the payment.
     """
+    operation_name = name or "call"
     breaker = Breaker(carrier)
     if not breaker.allow():
+        _defer(carrier, operation_name, "breaker_open")
         raise CarrierBusy("circuit breaker open", breaker.retry_after())
     if not _take_rate_token(carrier):
+        _defer(carrier, operation_name, "rate_limit")
         raise CarrierBusy("carrier rate limit", 1.0)
     started = time.monotonic()
-    result = operation(adapter_for(carrier))
-    latency_ms = int((time.monotonic() - started) * 1000)
+    try:
+        result = operation(adapter_for(carrier))
+    except Exception:
+        CARRIER_CALL_ERRORS.labels(carrier=carrier.slug, operation=operation_name, kind="exception").inc()
+        raise
+    elapsed = time.monotonic() - started
+    latency_ms = int(elapsed * 1000)
     _count(carrier, result, latency_ms)
+    _observe(carrier, operation_name, result, elapsed, request)
     _journal(carrier, name, request, result, latency_ms, payment_id)
     if result.transport_failed:
         breaker.record_failure()

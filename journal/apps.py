@@ -7,3 +7,6 @@ class JournalConfig(AppConfig):
 
     def ready(self) -> None:
         from journal import tasks  # noqa: F401
+        from journal.metrics import register as register_metrics
+
+        register_metrics()

@@ -8,6 +8,8 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from journal.services import Kind, new_request_id, record
+from playpay.logging import bind
+from playpay.middleware import request_id_of
 
 BODY_LIMIT = 16_384
 
@@ -22,6 +24,11 @@ def _body(raw: bytes) -> Any:
         return text
 
 
+def _ids_in_url(request: HttpRequest, kwargs: dict[str, Any]) -> tuple[Any, str]:
+    """The payment id (the API's `<id>`) and the carrier (a callback's `<slug>`) that the URL names."""
+    return kwargs.get("id") or "", kwargs.get("slug", "") if "/carriers/" in request.path else ""
+
+
 class JournalMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -29,7 +36,7 @@ class JournalMiddleware:
     def __call__(self, request: HttpRequest) -> HttpResponse:
         if not request.path.startswith("/api/v1/"):
             return self.get_response(request)
-        request_id = request.headers.get("X-Request-Id") or new_request_id()
+        request_id = request_id_of(request) or new_request_id()
         request_body = _body(request.body)
         started = time.monotonic()
         response = self.get_response(request)
@@ -38,9 +45,8 @@ class JournalMiddleware:
         response_body = getattr(response, "data", None)
         if response_body is None and not response.streaming:
             response_body = _body(response.content)
-        kwargs = getattr(request.resolver_match, "kwargs", {}) or {}
-        payment_id = kwargs.get("id") or (response_body.get("id") if isinstance(response_body, dict) else "") or ""
-        carrier = kwargs.get("slug", "") if "/carriers/" in request.path else ""
+        url_payment_id, carrier = _ids_in_url(request, getattr(request.resolver_match, "kwargs", {}) or {})
+        payment_id = url_payment_id or (response_body.get("id") if isinstance(response_body, dict) else "") or ""
         msisdn = request_body.get("msisdn", "") if isinstance(request_body, dict) else ""
         record(
             Kind.CARRIER_CALLBACK if carrier else Kind.API_REQUEST,
@@ -62,5 +68,13 @@ class JournalMiddleware:
             journey_id=request_body.get("journey_id", "") if isinstance(request_body, dict) else "",
             user_ref=str(request_body.get("user_ref", "")) if isinstance(request_body, dict) else "",
         )
-        response["X-Request-Id"] = request_id
         return response
+
+    def process_view(
+        self, request: HttpRequest, view_func: Callable[..., Any], view_args: Any, view_kwargs: dict[str, Any]
+    ) -> None:
+        """Log lines made while an API request about one payment (or from one carrier) is handled say so."""
+        if not request.path.startswith("/api/v1/"):
+            return
+        payment_id, carrier = _ids_in_url(request, view_kwargs)
+        bind(payment_id=str(payment_id) if len(str(payment_id)) == 36 else "", carrier=carrier)

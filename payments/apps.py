@@ -7,9 +7,11 @@ class PaymentsConfig(AppConfig):
 
     def ready(self) -> None:
         # Register the tasks at start-up: the outbox looks them up by name.
-        from payments import events, tasks  # noqa: F401
+        from payments import events, metrics, tasks  # noqa: F401
         from payments.services import ledger, webhooks
 
         # What a payment's status change causes, in its transaction (payments.events).
         events.subscribe(ledger.on_status_changed)
         events.subscribe(webhooks.on_status_changed)
+        events.subscribe(metrics.count_transition)
+        metrics.register()

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import dj_database_url
 import django_stubs_ext
+from django.core.exceptions import ImproperlyConfigured
 
 from playpay.env import env_bool, env_int, env_list, env_str
+from playpay.logging import logging_config
 
 # Lets admin and queryset classes take type parameters at run time, as django-stubs declares them.
 django_stubs_ext.monkeypatch()
@@ -48,6 +50,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: they time the whole request and give every log line its request id.
+    "playpay.middleware.MetricsMiddleware",
+    "playpay.middleware.RequestContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -245,10 +250,14 @@ PIN_TTL_SECONDS = env_int("PIN_TTL_SECONDS", 300)
 # Key for carrier credentials at rest (Fernet); derived from SECRET_KEY when unset.
 CARRIER_CREDENTIALS_KEY = env_str("CARRIER_CREDENTIALS_KEY", "")
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
-}
+# --- Logs and metrics (docs/operations.md, "Logs" and "Metrics") -------------------------------
+# JSON lines in production; plain text for reading in a terminal (the default when DEBUG).
+LOG_FORMAT = env_str("LOG_FORMAT", "text" if DEBUG else "json")
+if LOG_FORMAT not in ("json", "text"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
+# Secrets removed and phone numbers masked as in the journal, by the journal's redaction.
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"), redact="journal.redaction.redact")
+# Celery workers log through the same LOGGING instead of Celery's own root handler.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Bearer token for /metrics; without one the endpoint answers 404.
+METRICS_TOKEN = env_str("METRICS_TOKEN", "")

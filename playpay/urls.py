@@ -14,6 +14,7 @@ urlpatterns = [
     path("api/problems/", views.problem_types, name="problem-types"),
     path("api/problems/<slug:code>", views.problem_types, name="problem-type"),
     path("healthz", views.health, name="health"),
+    path("metrics", views.metrics, name="metrics"),
     path("simulators/", include("carriers.simulators.urls")),
 ]
 

@@ -1,8 +1,12 @@
-"""Project-level views: problem-type docs, health, and problem+json for API 404/500."""
+"""Project-level views: problem-type docs, health, metrics, and problem+json for API 404/500."""
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import hmac
+
+from django.conf import settings
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found, server_error
 
+from playpay import metrics as playpay_metrics
 from playpay.api.problems import problem_catalogue, problem_json
 
 
@@ -18,6 +22,20 @@ def problem_types(request: HttpRequest, code: str = "") -> JsonResponse:
 
 def health(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
+
+
+def metrics(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition, for a scraper holding METRICS_TOKEN; absent (404) when none is configured."""
+    token = settings.METRICS_TOKEN
+    if not token:
+        raise Http404
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        response = HttpResponse("A bearer token is required.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    body, content_type = playpay_metrics.exposition()
+    return HttpResponse(body, content_type=content_type)
 
 
 def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:

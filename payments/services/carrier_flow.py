@@ -252,9 +252,8 @@ def _apply_charge_result(locked: Payment, result: CarrierResult, actor: str, fie
 
 def _outcome_unknown(locked: Payment, result: CarrierResult, fields: list[str]) -> None:
     locked.save(update_fields=[*fields, "updated_at"])
-    # An asynchronous carrier answering later is normal; a call that got no answer at all is not.
-    logger.log(
-        logging.WARNING if result.transport_failed else logging.INFO,
+    # INFO: an asynchronous carrier answering later is normal, and a failed call was logged by the gateway.
+    logger.info(
         "payment %s: the carrier has not stated the outcome of its %s call yet",
         locked.public_id,
         locked.status,

@@ -8,6 +8,7 @@ from rest_framework.request import Request
 
 from payments.models import ApiKey, App
 from payments.services.apps import authenticate_api_key
+from playpay.logging import bind
 
 KEYWORD = "Api-Key"
 
@@ -24,6 +25,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if api_key is None:
             raise exceptions.AuthenticationFailed("The API key is not valid or has been revoked.")
         request._request.META["playpay.app"] = api_key.app.name  # for the journal's record of the request
+        bind(app=api_key.app.name)
         return api_key.app, api_key
 
     def authenticate_header(self, request: Request) -> str:
