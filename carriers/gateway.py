@@ -14,9 +14,9 @@ from django.core.cache import cache
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierAdapter, CarrierResult, Outcome
 from carriers.models import Carrier, CarrierHealth
-from carriers.msisdn import mask_msisdn
 from journal.services import Kind, record
 from playpay.metrics import CARRIER_CALL_ERRORS, CARRIER_CALL_SECONDS, CARRIER_CALLS, CARRIER_CALLS_DEFERRED
+from playpay.redaction import mask_msisdn
 
 logger = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from journal.redaction import msisdn_hash
 from journal.store import JournalQuery, journal_store
+from playpay.redaction import msisdn_hash
 
 
 def timeline(

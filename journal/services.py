@@ -17,8 +17,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from journal.models import JournalSpool
-from journal.redaction import msisdn_hash, redact
 from journal.store import CORRELATION_FIELDS, journal_store
+from playpay.redaction import msisdn_hash, redact
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ being passed around:
   `with bound(payment_id=...):` adds it only inside the block.
 
 Any `extra={...}` of a log call appears in the JSON line beside the context. Before a line is
-written, the configured redactor (`journal.redaction.redact`, named in settings.LOGGING) removes
+written, the configured redactor (`playpay.redaction.redact`, named in settings.LOGGING) removes
 secret-keyed values and masks phone numbers, as in the journal.
 """
 

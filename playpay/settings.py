@@ -255,8 +255,8 @@ CARRIER_CREDENTIALS_KEY = env_str("CARRIER_CREDENTIALS_KEY", "")
 LOG_FORMAT = env_str("LOG_FORMAT", "text" if DEBUG else "json")
 if LOG_FORMAT not in ("json", "text"):
     raise ImproperlyConfigured(f"LOG_FORMAT must be json or text, got {LOG_FORMAT!r}")
-# Secrets removed and phone numbers masked as in the journal, by the journal's redaction.
-LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"), redact="journal.redaction.redact")
+# Secrets removed and phone numbers masked by the same rules as the journal (playpay.redaction).
+LOGGING = logging_config(log_format=LOG_FORMAT, level=env_str("LOG_LEVEL", "INFO"), redact="playpay.redaction.redact")
 # Celery workers log through the same LOGGING instead of Celery's own root handler.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Bearer token for /metrics; without one the endpoint answers 404.

@@ -8,9 +8,9 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 
 from journal.models import JournalRecord, JournalSpool
-from journal.redaction import msisdn_hash, redact
 from journal.services import drain_spool, record
 from journal.store import JournalQuery, SqlJournalStore, journal_store
+from playpay.redaction import msisdn_hash, redact
 from tests.conftest import MSISDN, Shop
 
 pytestmark = pytest.mark.django_db

@@ -138,7 +138,7 @@ def test_the_breaker_opening_is_logged_once_as_a_warning(shop: Shop, json_lines:
 
 def test_plain_text_lines_carry_the_context_and_extras() -> None:
     formatter = TextFormatter(
-        "%(levelname)s %(name)s %(message)s", redact="journal.redaction.redact"
+        "%(levelname)s %(name)s %(message)s", redact="playpay.redaction.redact"
     )  # as settings.LOGGING's "text"
     lines = Lines(formatter)
     logger = logging.getLogger("tests.plain")
