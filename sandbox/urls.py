@@ -1,3 +1,5 @@
+"""The simulators' routes, mounted under /simulators/ by playpay.urls only when the sandbox app is installed."""
+
 from django.urls import include, path
 
 from sandbox.simulators import core, reference
