@@ -612,6 +612,8 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
     # The interaction journal in its own PostgreSQL database, as deployed; --no-journal measures without it.
     env["JOURNAL_URL"] = db_url(args.pg_url, journal_db)
     env["JOURNAL_ENABLED"] = "false" if args.no_journal else "true"
+    # The payments go to the sandbox carrier that seed_demo creates: the sandbox app must be installed.
+    env["SANDBOX"] = "true"
     run_id = secrets.token_hex(4)
     log_path: Path = args.log_file or workdir / "gunicorn.log"
     server: Server | None = None

@@ -46,6 +46,12 @@ class CarrierCountryMismatch(DomainError):
     http_status = 422
 
 
+class ProtocolUnavailable(DomainError):
+    code = "carrier_protocol_unavailable"
+    title = "The carrier's protocol is not available in this deployment"
+    http_status = 503
+
+
 class PricePointNotFound(DomainError):
     code = "price_point_not_found"
     title = "The carrier has no active price point with this code"

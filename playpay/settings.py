@@ -2,7 +2,8 @@
 
 With nothing set this is the embedded default: a SQLite file under var/,
 Celery tasks run in-process, an in-memory cache. Production sets DATABASE_URL,
-CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, ALLOWED_HOSTS and DEBUG=false.
+CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, ALLOWED_HOSTS, DEBUG=false and
+PLAYPAY_ENV=production (which refuses to start with the sandbox on).
 """
 
 from pathlib import Path
@@ -233,8 +234,24 @@ FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 
-# Serve the carrier simulators under /simulators/ (the embedded default and tests; never production).
-CARRIER_SIMULATORS = env_bool("CARRIER_SIMULATORS", DEBUG)
+# --- Sandbox (demo and test mode) -------------------------------------------
+# PLAYPAY_ENV=production marks a production deployment: the sandbox must be off there.
+PLAYPAY_ENV = env_str("PLAYPAY_ENV", "development").strip().lower()
+if PLAYPAY_ENV not in {"development", "staging", "production"}:
+    raise ImproperlyConfigured(f"PLAYPAY_ENV must be development, staging or production, got {PLAYPAY_ENV!r}")
+# The sandbox app: test carriers (PIN 1234), carrier and reference-data simulators under /simulators/,
+# seed_demo and demo_traffic. On by default with DEBUG (the embedded default; the tests turn it on).
+# CARRIER_SIMULATORS is its former name, still read.
+SANDBOX = env_bool("SANDBOX", env_bool("CARRIER_SIMULATORS", DEBUG and PLAYPAY_ENV != "production"))
+if SANDBOX and PLAYPAY_ENV == "production":
+    raise ImproperlyConfigured(
+        "SANDBOX is on in a production deployment (PLAYPAY_ENV=production). The sandbox serves fake carriers "
+        "and test carriers that approve any payment with PIN 1234; it must never run in production. "
+        "Unset SANDBOX and CARRIER_SIMULATORS (or set them to false) in this deployment's environment; "
+        "a demo or staging deployment that wants the sandbox sets PLAYPAY_ENV=staging instead."
+    )
+if SANDBOX:
+    INSTALLED_APPS.append("sandbox")
 
 # --- Payments ---------------------------------------------------------------
 IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 48)

@@ -1,3 +1,4 @@
+from django.apps import apps
 from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -15,8 +16,10 @@ urlpatterns = [
     path("api/problems/<slug:code>", views.problem_types, name="problem-type"),
     path("healthz", views.health, name="health"),
     path("metrics", views.metrics, name="metrics"),
-    path("simulators/", include("carriers.simulators.urls")),
 ]
+# Demo and test mode only (settings.SANDBOX): the carrier and reference-data simulators.
+if apps.is_installed("sandbox"):
+    urlpatterns.append(path("simulators/", include("sandbox.urls")))
 
 handler404 = "playpay.views.handler404"
 handler500 = "playpay.views.handler500"

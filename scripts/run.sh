@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh requirements.txt
 export DEBUG="${DEBUG:-true}"
+# The sandbox app (test carriers, simulators, seed_demo, demo_traffic) is what the demo runs on.
+export SANDBOX="${SANDBOX:-true}"
 .venv/bin/python manage.py migrate --noinput
 .venv/bin/python manage.py migrate --noinput --database journal
 .venv/bin/python manage.py seed_demo

@@ -9,11 +9,11 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from carriers.models import Carrier, PricePoint
-from carriers.simulators.core import SIMULATORS
 from payments.models import App
 from payments.services.apps import issue_api_key
 from playpay import refcache
 from playpay.celery import app as celery_app
+from sandbox.simulators.core import SIMULATORS
 from tests.factories import AppFactory, CarrierFactory, NumberPrefixFactory, PricePointFactory
 
 # A valid UK mobile number routed to the default test carrier by its prefix.
@@ -44,8 +44,8 @@ def _require_broker() -> None:
 
 
 @pytest.fixture(autouse=True)
-def _simulators_on(settings: Any) -> Iterator[None]:
-    settings.CARRIER_SIMULATORS = True
+def _simulators_reset() -> Iterator[None]:
+    """The suite runs with the sandbox on (SANDBOX=true, pyproject's pytest env): its simulators are served."""
     yield
     # Callbacks a simulator still has queued must not reach the next test (or a dropped database).
     for simulator in SIMULATORS.values():

@@ -2,6 +2,9 @@
 
 Adapters do I/O only; they never touch the database. Callers build a
 `CarrierConfig` from the Carrier row and get an adapter with `adapter_for`.
+
+The registry maps a protocol to its adapter class. The sandbox protocol's adapter is not
+part of the product: the sandbox app registers it (`register_adapter`) when it is installed.
 """
 
 from django.conf import settings
@@ -10,11 +13,10 @@ from carriers.adapters.aggregator import AggregatorAdapter
 from carriers.adapters.base import CarrierAdapter, CarrierConfig
 from carriers.adapters.camara import CamaraAdapter
 from carriers.adapters.parlayx import ParlayXAdapter
-from carriers.adapters.sandbox import SandboxAdapter
+from carriers.errors import ProtocolUnavailable
 from carriers.models import Carrier, Protocol
 
 _ADAPTERS: dict[str, type[CarrierAdapter]] = {
-    Protocol.SANDBOX: SandboxAdapter,
     Protocol.AGGREGATOR: AggregatorAdapter,
     Protocol.CAMARA: CamaraAdapter,
     Protocol.PARLAYX: ParlayXAdapter,
@@ -37,8 +39,24 @@ def carrier_queue(carrier: Carrier) -> str:
     return f"carrier.{carrier.slug}"
 
 
+def register_adapter(protocol: str, adapter: type[CarrierAdapter]) -> None:
+    """Plug in the adapter of a protocol that lives outside this package (the sandbox's)."""
+    _ADAPTERS[protocol] = adapter
+
+
 def adapter_class(protocol: str) -> type[CarrierAdapter]:
-    return _ADAPTERS[protocol]
+    try:
+        return _ADAPTERS[protocol]
+    except KeyError:
+        if protocol == Protocol.SANDBOX:
+            raise ProtocolUnavailable(
+                "The sandbox protocol is a test carrier, available only when the sandbox is on "
+                "(SANDBOX=true, never in production): give this carrier a real protocol or deactivate it.",
+                protocol=protocol,
+            ) from None
+        raise ProtocolUnavailable(
+            f"No adapter is registered for the protocol {protocol!r}.", protocol=protocol
+        ) from None
 
 
 def adapter_classes() -> dict[str, type[CarrierAdapter]]:
@@ -46,4 +64,4 @@ def adapter_classes() -> dict[str, type[CarrierAdapter]]:
 
 
 def adapter_for(carrier: Carrier) -> CarrierAdapter:
-    return _ADAPTERS[carrier.protocol](config_for(carrier))
+    return adapter_class(carrier.protocol)(config_for(carrier))

@@ -1,9 +1,12 @@
-"""Seeds the data catalog (a dataset of each source kind the dashboard reads), the overview
-dashboard, a carrier success-rate alert, the staff roles' rights and the periodic jobs."""
+"""Seeds the data catalog (the SQL and journal datasets the dashboard reads), the overview
+dashboard, a carrier success-rate alert, the staff roles' rights and the periodic jobs.
+
+API datasets point at a deployment's own providers (an FX-rate service, an aggregator's balance):
+staff add them in the admin, and the sandbox's `seed_demo` adds demo ones against its simulators.
+Earlier versions of this migration seeded those two against the simulators; 0005 removes them."""
 
 from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
@@ -15,7 +18,7 @@ BEAT: list[Entry] = [
 ]
 
 D, M = "dimension", "measure"
-# slug: (name, description, kind, source, time field, api url path, rows path, fields)
+# slug: (name, description, kind, source, time field, fields)
 # field: (name, role, source, data type, unit, aggregation, label)
 DATASETS: dict[str, Any] = {
     "payments": (
@@ -25,8 +28,6 @@ DATASETS: dict[str, Any] = {
         "sql",
         "payments",
         "created_at",
-        "",
-        "",
         [
             ("app", D, "", "string", "", "", "app"),
             ("carrier", D, "", "string", "", "", "carrier"),
@@ -51,8 +52,6 @@ DATASETS: dict[str, Any] = {
         "sql",
         "refunds",
         "created_at",
-        "",
-        "",
         [
             ("app", D, "", "string", "", "", "app"),
             ("carrier", D, "", "string", "", "", "carrier"),
@@ -69,8 +68,6 @@ DATASETS: dict[str, Any] = {
         "sql",
         "reversals",
         "created_at",
-        "",
-        "",
         [
             ("app", D, "", "string", "", "", "app"),
             ("carrier", D, "", "string", "", "", "carrier"),
@@ -87,8 +84,6 @@ DATASETS: dict[str, Any] = {
         "sql",
         "ledger_lines",
         "created_at",
-        "",
-        "",
         [
             ("account", D, "", "string", "", "", "account"),
             ("entry_kind", D, "", "string", "", "", "entry kind"),
@@ -106,8 +101,6 @@ DATASETS: dict[str, Any] = {
         "sql",
         "funnel_rollups",
         "hour",
-        "",
-        "",
         [
             ("funnel", D, "", "string", "", "", "funnel"),
             ("app", D, "", "string", "", "", "app"),
@@ -123,8 +116,6 @@ DATASETS: dict[str, Any] = {
         "journal",
         "carrier_calls",
         "occurred_at",
-        "",
-        "",
         [
             ("carrier", D, "", "string", "", "", "carrier"),
             ("operation", D, "", "string", "", "", "operation"),
@@ -135,34 +126,6 @@ DATASETS: dict[str, Any] = {
             ("transport_failures", M, "transport_failed", "integer", "", "sum", "transport failures"),
             ("avg_latency_ms", M, "latency_ms", "decimal", "ms", "avg", "average latency"),
             ("max_latency_ms", M, "latency_ms", "integer", "ms", "max", "max latency"),
-        ],
-    ),
-    "fx-rates": (
-        "FX rates",
-        "Daily reference rates: units of each currency per one unit of the base. Converts multi-currency totals.",
-        "api",
-        "",
-        "date",
-        "/simulators/fx/rates",
-        "rates",
-        [
-            ("date", D, "", "string", "", "", "rate date"),
-            ("base", D, "", "string", "", "", "base"),
-            ("quote", D, "", "string", "", "", "currency"),
-            ("rate", M, "rate", "decimal", "", "avg", "rate"),
-        ],
-    ),
-    "aggregator-balance": (
-        "Aggregator balance",
-        "What the DCB aggregator holds for us (its settlement balance API), per currency.",
-        "api",
-        "",
-        "as_of",
-        "/simulators/aggregator/v1/balance",
-        "balances",
-        [
-            ("currency", D, "", "string", "", "", "currency"),
-            ("available_minor", M, "available_minor", "money", "", "sum", "available"),
         ],
     ),
 }
@@ -192,10 +155,9 @@ GRANTS = {
 }
 
 
-def seed_datasets(dataset_model: Any, field_model: Any, base_url: str) -> None:
+def seed_datasets(dataset_model: Any, field_model: Any) -> None:
     """Create the catalog's datasets that do not exist yet (tests call it too, with the real models)."""
-    base = base_url.rstrip("/")
-    for slug, (name, description, kind, source, time_field, url_path, rows_path, fields) in DATASETS.items():
+    for slug, (name, description, kind, source, time_field, fields) in DATASETS.items():
         dataset, created = dataset_model.objects.get_or_create(
             slug=slug,
             defaults={
@@ -204,10 +166,6 @@ def seed_datasets(dataset_model: Any, field_model: Any, base_url: str) -> None:
                 "source_kind": kind,
                 "source": source,
                 "time_field": time_field,
-                "api_url": f"{base}{url_path}" if url_path else "",
-                "api_rows_path": rows_path,
-                "api_timeout_seconds": 5,
-                "api_refresh_minutes": 15 if slug == "fx-rates" else 5,
             },
         )
         if not created:
@@ -241,7 +199,7 @@ def seed(apps: Any, schema_editor: Any) -> None:
         )
 
     dataset_model = apps.get_model("reporting", "Dataset")
-    seed_datasets(dataset_model, apps.get_model("reporting", "DatasetField"), settings.PUBLIC_BASE_URL)
+    seed_datasets(dataset_model, apps.get_model("reporting", "DatasetField"))
     dashboard_model = apps.get_model("reporting", "Dashboard")
     dashboard, _ = dashboard_model.objects.get_or_create(
         slug="overview", defaults={"title": "Overview", "currency": "EUR", "refresh_seconds": 5}

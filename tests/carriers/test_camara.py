@@ -26,8 +26,8 @@ from carriers.adapters.base import (
 )
 from carriers.adapters.camara import CamaraAdapter
 from carriers.errors import ErrorCode, NotificationRejected
-from carriers.simulators import camara as camara_sim
-from carriers.simulators import core
+from sandbox.simulators import camara as camara_sim
+from sandbox.simulators import core
 
 # The simulator keeps its state in memory and these tests use no table. With no app available, the
 # flush that live_server's transactional database does after each test has nothing to truncate

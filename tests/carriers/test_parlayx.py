@@ -17,9 +17,9 @@ from carriers.adapters import parlayx
 from carriers.adapters.base import CarrierConfig, CarrierResult, ChargeRequest, Outcome, RefundRequest
 from carriers.adapters.parlayx import ParlayXAdapter
 from carriers.errors import ErrorCode
-from carriers.simulators import core
-from carriers.simulators import parlayx as simulator_module
 from playpay.money import to_major
+from sandbox.simulators import core
+from sandbox.simulators import parlayx as simulator_module
 
 OK = "+447400120001"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"

@@ -27,9 +27,9 @@ seed_module = importlib.import_module("reporting.migrations.0004_seed_catalog")
 
 
 @pytest.fixture(autouse=True)
-def overview_dashboard(transactional_db: Any, settings: Any) -> Dashboard:
+def overview_dashboard(transactional_db: Any) -> Dashboard:
     """Transactional tests start from empty tables: the catalog and dashboard the migration seeds are made again."""
-    seed_module.seed_datasets(Dataset, DatasetField, settings.PUBLIC_BASE_URL)
+    seed_module.seed_datasets(Dataset, DatasetField)
     dashboard, _ = Dashboard.objects.get_or_create(
         slug="overview", defaults={"title": "Overview", "currency": "EUR", "refresh_seconds": 2}
     )

@@ -5,8 +5,8 @@ from collections.abc import Callable
 from typing import Any
 
 from carriers.models import Carrier, NumberPrefix, PricePoint
-from carriers.simulators.core import simulator
 from payments.models import Payment
+from sandbox.simulators.core import simulator
 from tests.factories import CarrierFactory, CountryFactory
 
 PROTOCOL_CREDENTIALS: dict[str, dict[str, str]] = {

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from carriers.adapters.sandbox import TEST_PIN
 from payments.models import IdempotencyRecord, Payment, PaymentStatus
+from sandbox.adapter import TEST_PIN
 from tests.conftest import MSISDN, Shop
 
 pytestmark = pytest.mark.django_db

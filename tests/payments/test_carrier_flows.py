@@ -10,10 +10,10 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from carriers.models import Carrier
-from carriers.simulators.core import simulator
 from payments.models import CarrierNotification, Payment, PaymentStatus, Refund
 from payments.services import carrier_flow
 from payments.services.apps import issue_api_key
+from sandbox.simulators.core import simulator
 from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
 
@@ -125,7 +125,7 @@ class TestAggregator:
         simulated_carrier(live, self.protocol)
         payment_id = create(client, "+447400120013", flow="one_click")  # its own callbacks never come
         payment = Payment.objects.get(public_id=payment_id)
-        from carriers.simulators.aggregator import _event
+        from sandbox.simulators.aggregator import _event
 
         body, headers = _event("charge.succeeded", {"charge_id": payment.carrier_reference, "status": "succeeded"})
         tampered = body.replace(b"succeeded", b"succeeded ")

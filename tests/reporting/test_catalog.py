@@ -7,14 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.test import Client
 from django.utils import timezone
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
-from carriers.simulators.core import simulator
 from journal.models import JournalRecord
 from journal.services import Kind, record
 from payments.models import PaymentStatus
@@ -27,6 +25,8 @@ from reporting.services.datasets import (
     fetch_api_dataset,
     run_query,
 )
+from sandbox.demo import seed_demo_datasets
+from sandbox.simulators.core import simulator
 from tests.factories import CarrierFactory
 from tests.reporting.conftest import MakePayment, staff_client
 
@@ -37,8 +37,10 @@ seed_module = importlib.import_module("reporting.migrations.0004_seed_catalog")
 
 @pytest.fixture
 def catalog(db: Any) -> None:
-    """The seeded datasets (a transactional test before this one may have flushed the migration's rows)."""
-    seed_module.seed_datasets(Dataset, DatasetField, settings.PUBLIC_BASE_URL)
+    """The seeded datasets (a transactional test before this one may have flushed the migration's rows),
+    and the sandbox's demo API datasets (FX rates, aggregator balance)."""
+    seed_module.seed_datasets(Dataset, DatasetField)
+    seed_demo_datasets()
 
 
 def _dataset(slug: str) -> Dataset:

@@ -6,7 +6,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.db.models import Count, Sum
@@ -17,6 +16,7 @@ from payments.models import Payment, PaymentStatus, Refund, Reversal
 from reporting.catalog import CHARGED, NOT_CHARGED
 from reporting.models import AlertEvent, AlertRule, Dashboard, Dataset, DatasetField
 from reporting.services.alerts import evaluate_alert_rules
+from sandbox.demo import seed_demo_datasets
 from tests.factories import CarrierFactory, CountryFactory
 from tests.reporting.conftest import MakePayment, staff_client
 
@@ -27,7 +27,9 @@ seed_module = importlib.import_module("reporting.migrations.0004_seed_catalog")
 
 @pytest.fixture
 def overview(db: Any) -> Dashboard:
-    seed_module.seed_datasets(Dataset, DatasetField, settings.PUBLIC_BASE_URL)
+    """The migration's catalog and dashboard, and an FX dataset (the sandbox's demo one) with fixed rates."""
+    seed_module.seed_datasets(Dataset, DatasetField)
+    seed_demo_datasets()
     Dataset.objects.filter(slug="fx-rates").update(
         api_payload={
             "rates": [
@@ -136,6 +138,28 @@ def test_dashboard_numbers_match_the_tables(overview: Dashboard, make_payment: M
     assert data["refunds"]["total_refunds"] == Refund.objects.count() == 1
     assert data["refunds"]["total_reversals"] == 1
     assert data["refunds"]["refunded"]["by_currency"] == [{"currency": "GBP", "amount_minor": 199, "exponent": 2}]
+
+
+def test_without_an_fx_dataset_the_dashboard_shows_amounts_per_currency_and_no_converted_total(
+    overview: Dashboard, make_payment: MakePayment
+) -> None:
+    # A deployment whose catalog has no FX provider (production before staff add one).
+    Dataset.objects.filter(source_kind="api").delete()
+    now = timezone.now()
+    make_payment(carrier=CarrierFactory.create(slug="gb-one"), created=now - timedelta(hours=1), amount_minor=499)
+    jp = CarrierFactory.create(slug="jp-one", country=CountryFactory.create(code="JP", currency="JPY"))
+    make_payment(carrier=jp, created=now - timedelta(minutes=5), amount_minor=480, currency="JPY")
+
+    response = staff_client("finance").get("/reporting/dashboards/overview/data.json?period=24h")
+
+    assert response.status_code == 200
+    data = response.json()
+    assert {c["currency"]: c["amount_minor"] for c in data["revenue"]["by_currency"]} == {"GBP": 499, "JPY": 480}
+    assert data["revenue"]["total_minor"] is None
+    assert data["revenue"]["missing_rates"] == ["GBP", "JPY"]
+    assert data["fx"]["rate_date"] is None
+    assert "fx-rates" in data["fx"]["error"]
+    assert data["revenue"]["total_payments"] == 2
 
 
 def test_filters_narrow_every_figure(overview: Dashboard, make_payment: MakePayment) -> None:

@@ -8,7 +8,7 @@ from django.core.management import CommandError, call_command
 
 from funnel.models import FunnelEvent
 from payments.models import ApiKey, Payment, Refund
-from payments.services.demo import DEMO_APP, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
+from sandbox.demo import DEMO_APP, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
 from tests.factories import CountryFactory
 
 # The live server answers from another thread: it sees only what the test commits.

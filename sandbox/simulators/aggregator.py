@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 
 from carriers.adapters.aggregator import sign
-from carriers.simulators.core import Decline, simulator, simulator_view
+from sandbox.simulators.core import Decline, simulator, simulator_view
 
 MERCHANT_ID = "playpay-demo"
 API_SECRET = "aggregator-api-secret"  # noqa: S105 - a simulator's published test secret

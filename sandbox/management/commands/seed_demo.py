@@ -5,12 +5,13 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from payments.services.demo import seed_demo_data
+from sandbox.demo import seed_demo_data
 
 
 class Command(BaseCommand):
     help = (
-        "Seed demo data: sandbox carriers in GB and ES with price points, a demo app and an admin user. "
+        "Seed demo data: sandbox carriers in GB and ES with price points, a demo app, an admin user and the "
+        "FX-rate and aggregator-balance API datasets against the simulators. "
         "Safe to run again: it updates what exists, issues a fresh demo key and admin password."
     )
 
@@ -24,6 +25,7 @@ class Command(BaseCommand):
             admin.set_password(password)
             admin.save()
         self.stdout.write(f"Carriers: {', '.join(demo.carrier_slugs)}")
+        self.stdout.write(f"Datasets: {', '.join(demo.dataset_slugs)}")
         self.stdout.write(f"Admin: http://127.0.0.1:8000/admin/  user: admin  password: {password}")
         self.stdout.write(f"Demo app: {demo.app.name}. Its API key (earlier demo keys are revoked):")
         self.stdout.write(f"export PLAYPAY_API_KEY={demo.raw_key}")

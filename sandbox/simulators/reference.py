@@ -12,7 +12,7 @@ from collections import defaultdict
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
-from carriers.simulators.core import simulator, simulator_view
+from sandbox.simulators.core import simulator, simulator_view
 
 # Units of each currency for one euro: fixed demo figures, not market rates.
 RATES_FROM_EUR = {

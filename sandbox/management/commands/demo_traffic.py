@@ -6,8 +6,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from payments.services.demo import issue_demo_traffic_key
-from payments.services.demo_traffic import TrafficError, TrafficPlan, run_demo_traffic, wait_until_up
+from sandbox.demo import issue_demo_traffic_key
+from sandbox.traffic import TrafficError, TrafficPlan, run_demo_traffic, wait_until_up
 
 
 def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[str], Any]:

@@ -18,10 +18,10 @@ from typing import Any
 
 import httpx
 
-from carriers.adapters.sandbox import TEST_PIN
 from carriers.models import Protocol
-from payments.services.demo import DEMO_CARRIERS, DemoCarrier
 from payments.services.state_machine import WEBHOOK_STATUSES
+from sandbox.adapter import TEST_PIN
+from sandbox.demo import DEMO_CARRIERS, DemoCarrier
 
 # Last four digits every demo carrier declines (the simulators and the sandbox alike).
 DECLINED_ENDINGS = ["0002", "0003", "0004"]

@@ -27,8 +27,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import path
 from django.views.decorators.http import require_http_methods, require_POST
 
-from carriers.simulators.core import Decline, Simulator, json_body, simulator, simulator_view
 from playpay.money import UnknownCurrency, validate_currency
+from sandbox.simulators.core import Decline, Simulator, json_body, simulator, simulator_view
 
 NAME = "camara"
 CLIENT_ID = "playpay"

@@ -24,8 +24,8 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
 from lxml import etree
 
-from carriers.simulators import core
-from carriers.simulators.core import Decline, Simulator, simulator_view
+from sandbox.simulators import core
+from sandbox.simulators.core import Decline, Simulator, simulator_view
 
 NAME = "parlayx"
 SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"

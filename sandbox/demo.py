@@ -1,4 +1,6 @@
-"""Demo data for the embedded default: carriers on every protocol (against the simulators), a demo app."""
+"""Demo data for the embedded default: carriers on every protocol (against the simulators), a demo app,
+and the reporting catalog's API datasets (FX rates, the aggregator's balance) against the reference-data
+simulators."""
 
 from dataclasses import dataclass, field
 
@@ -8,7 +10,7 @@ from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
 from funnel.models import FunnelDefinition
 from payments.models import App
 from payments.services.apps import issue_api_key, revoke_api_keys
-from reporting.models import Dashboard
+from reporting.models import Dashboard, Dataset, DatasetField, SourceKind
 
 DEMO_APP = "Demo Game"
 # The store journey the demo traffic plays, joined with the platform's own steps; the overview dashboard shows it.
@@ -82,11 +84,96 @@ DEMO_CARRIERS = [
 ]
 
 
+D, M = DatasetField.Role.DIMENSION, DatasetField.Role.MEASURE
+
+
+@dataclass(frozen=True)
+class DemoDataset:
+    slug: str
+    name: str
+    description: str
+    url_path: str
+    rows_path: str
+    time_field: str
+    refresh_minutes: int
+    # (name, role, source, data type, aggregation, label)
+    fields: list[tuple[str, str, str, str, str, str]]
+
+
+# The API datasets reporting reads by slug (`fx-rates` converts the dashboard's multi-currency totals),
+# served here by the reference-data simulators (`sandbox.simulators.reference`).
+DEMO_DATASETS = [
+    DemoDataset(
+        "fx-rates",
+        "FX rates",
+        "Daily reference rates: units of each currency per one unit of the base. Converts multi-currency totals.",
+        "/simulators/fx/rates",
+        "rates",
+        "date",
+        15,
+        [
+            ("date", D, "", "string", "", "rate date"),
+            ("base", D, "", "string", "", "base"),
+            ("quote", D, "", "string", "", "currency"),
+            ("rate", M, "", "decimal", "avg", "rate"),
+        ],
+    ),
+    DemoDataset(
+        "aggregator-balance",
+        "Aggregator balance",
+        "What the DCB aggregator holds for us (its settlement balance API), per currency.",
+        "/simulators/aggregator/v1/balance",
+        "balances",
+        "as_of",
+        5,
+        [
+            ("currency", D, "", "string", "", "currency"),
+            ("available_minor", M, "", "money", "sum", "available"),
+        ],
+    ),
+]
+
+
+def seed_demo_datasets() -> list[Dataset]:
+    """The catalog's API datasets against this server's reference-data simulators (updated if they exist)."""
+    seeded = []
+    for demo in DEMO_DATASETS:
+        dataset, _ = Dataset.objects.update_or_create(
+            slug=demo.slug,
+            defaults={
+                "name": demo.name,
+                "description": demo.description,
+                "source_kind": SourceKind.API,
+                "source": "",
+                "time_field": demo.time_field,
+                "api_url": f"{settings.PUBLIC_BASE_URL}{demo.url_path}",
+                "api_rows_path": demo.rows_path,
+                "api_timeout_seconds": 5,
+                "api_refresh_minutes": demo.refresh_minutes,
+            },
+        )
+        for name, role, source, data_type, aggregation, label in demo.fields:
+            DatasetField.objects.update_or_create(
+                dataset=dataset,
+                name=name,
+                defaults={
+                    "role": role,
+                    "source": source,
+                    "data_type": data_type,
+                    "aggregation": aggregation,
+                    "label": label,
+                },
+            )
+        seeded.append(dataset)
+    return seeded
+
+
 @dataclass(frozen=True)
 class DemoData:
     app: App
     raw_key: str
     carrier_slugs: list[str]
+    dataset_slugs: list[str]
 
 
 def seed_demo_data() -> DemoData:
@@ -123,10 +210,16 @@ def seed_demo_data() -> DemoData:
         name=DEMO_FUNNEL, defaults={"steps": DEMO_FUNNEL_STEPS, "window_seconds": 3600}
     )
     Dashboard.objects.filter(slug="overview", funnel__isnull=True).update(funnel=funnel)
+    datasets = seed_demo_datasets()
     app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"webhook_url": ""})
     revoke_api_keys(app=app)
     issued = issue_api_key(app=app, label="seed_demo")
-    return DemoData(app=app, raw_key=issued.raw_key, carrier_slugs=[demo.slug for demo in DEMO_CARRIERS])
+    return DemoData(
+        app=app,
+        raw_key=issued.raw_key,
+        carrier_slugs=[demo.slug for demo in DEMO_CARRIERS],
+        dataset_slugs=[dataset.slug for dataset in datasets],
+    )
 
 
 def issue_demo_traffic_key() -> str | None:

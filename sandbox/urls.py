@@ -1,12 +1,14 @@
+"""The simulators' routes, mounted under /simulators/ by playpay.urls only when the sandbox app is installed."""
+
 from django.urls import include, path
 
-from carriers.simulators import core, reference
+from sandbox.simulators import core, reference
 
 urlpatterns = [
-    path("camara/", include("carriers.simulators.camara")),
-    path("parlayx/", include("carriers.simulators.parlayx")),
+    path("camara/", include("sandbox.simulators.camara")),
+    path("parlayx/", include("sandbox.simulators.parlayx")),
     path("aggregator/v1/balance", reference.aggregator_balance, name="simulator-aggregator-balance"),
-    path("aggregator/", include("carriers.simulators.aggregator")),
+    path("aggregator/", include("sandbox.simulators.aggregator")),
     path("fx/rates", reference.fx_rates, name="simulator-fx-rates"),
     path("<slug:name>/_settings", core.control_settings, name="simulator-settings"),
     path("<slug:name>/_reset", core.control_reset, name="simulator-reset"),

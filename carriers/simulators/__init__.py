@@ -1,7 +1,0 @@
-"""Carrier simulators: a faithful fake server for each wire protocol, with fault injection.
-
-They are served by PlayPay itself under /simulators/<protocol>/ when CARRIER_SIMULATORS
-is on (the embedded default and the tests), keep their state in memory, and never
-touch PlayPay's database. Faults are chosen by the MSISDN's last four digits
-(see `core.SCENARIOS`) or by each simulator's settings (`/_settings`).
-"""
