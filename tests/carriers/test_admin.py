@@ -93,15 +93,14 @@ def test_admin_changelists_load_with_search(staff_client, path: str) -> None:
     assert staff_client.get(path, {"q": "x"}).status_code == 200
 
 
-@pytest.mark.django_db(transaction=True)
-def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(live_server, settings) -> None:
+def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(simulator_server, settings) -> None:
     from payments.models import StaffAction
     from tests.payments.carrier_helpers import simulated_carrier
 
-    settings.PUBLIC_BASE_URL = live_server.url
+    settings.PUBLIC_BASE_URL = simulator_server
     client = Client()
     client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123!"))
-    carrier = simulated_carrier(live_server.url, "aggregator")
+    carrier = simulated_carrier(simulator_server, "aggregator")
     url = f"/admin/carriers/carrier/{carrier.pk}/test-connection/"
     assert client.get(url).status_code == 403  # a POST only: it calls the carrier
     page = client.post(url, follow=True).content.decode()

@@ -163,6 +163,7 @@ def test_postgresql_refuses_an_unbalanced_entry(shop: Shop, paid: str) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.journal
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_refunds_never_exceed_the_captured_amount(make_shop: Any) -> None:
     shop = make_shop()
@@ -196,6 +197,8 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(make_shop: Any) -> 
 
 class TestMoneyProperties(TestCase):
     """For any sequence of charges, refunds, reversals and failures, the books hold."""
+
+    databases = {"default", "journal"}  # each charge is an API request, journaled
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(

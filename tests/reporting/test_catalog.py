@@ -275,9 +275,8 @@ def test_the_admin_query_page_shows_the_table_and_export_links(catalog: None, ma
     assert "/reporting/datasets/payments/export.xlsx?measures=payments&amp;group_by=carrier" in page
 
 
-@pytest.mark.django_db(transaction=True)
-def test_api_dataset_is_fetched_from_the_simulator_and_cached(live_server: Any, catalog: None) -> None:
-    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{live_server.url}/simulators/fx/rates")
+def test_api_dataset_is_fetched_from_the_simulator_and_cached(simulator_server: str, catalog: None) -> None:
+    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{simulator_server}/simulators/fx/rates")
     dataset = fetch_api_dataset(dataset_id=Dataset.objects.get(slug="fx-rates").pk)
     assert dataset.api_last_error == ""
     assert dataset.api_fetched_at is not None
@@ -285,10 +284,9 @@ def test_api_dataset_is_fetched_from_the_simulator_and_cached(live_server: Any, 
     assert {"quote": "GBP", "rate": 0.85} in rows
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(live_server: Any, catalog: None) -> None:
+def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(simulator_server: str, catalog: None) -> None:
     Dataset.objects.filter(slug="fx-rates").update(
-        api_url=f"{live_server.url}/simulators/fx/rates", api_timeout_seconds=1
+        api_url=f"{simulator_server}/simulators/fx/rates", api_timeout_seconds=1
     )
     pk = Dataset.objects.get(slug="fx-rates").pk
     good = fetch_api_dataset(dataset_id=pk)
@@ -327,11 +325,10 @@ def test_a_failed_fetch_is_tried_again_within_a_minute_a_good_one_after_its_inte
     assert dataset.pk in due_api_datasets(now=now)
 
 
-@pytest.mark.django_db(transaction=True)
 def test_a_reply_larger_than_the_limit_is_refused_and_the_last_payload_kept(
-    live_server: Any, catalog: None, monkeypatch: pytest.MonkeyPatch
+    simulator_server: str, catalog: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{live_server.url}/simulators/fx/rates")
+    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{simulator_server}/simulators/fx/rates")
     pk = Dataset.objects.get(slug="fx-rates").pk
     good = fetch_api_dataset(dataset_id=pk)
     assert good.api_last_error == ""
