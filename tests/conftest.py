@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group, User
 from django.db import connection
+from django.test import Client
 from pytest_django.live_server_helper import LiveServer
 from rest_framework.test import APIClient
 
@@ -162,6 +164,32 @@ def _tasks_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
     celery_app.conf.task_always_eager = eager
     yield
     celery_app.conf.task_always_eager = previous
+
+
+STAFF_PASSWORD = "pw-Str0ng-enough!"
+STAFF_ROLES = ("operations", "finance", "support", "superuser")
+StaffClient = Callable[[str], Client]
+
+
+@pytest.fixture
+def staff_client(db: Any) -> StaffClient:
+    """staff_client(role): a Django client signed in as a staff member named after the role. The roles are
+    the groups of payments 0010 (operations, finance, support; their reporting rights: reporting 0002),
+    and "superuser", who may do anything."""
+
+    def sign_in(role: str) -> Client:
+        assert role in STAFF_ROLES, f"no staff role {role!r}: one of {STAFF_ROLES}"
+        user = User.objects.filter(username=role).first()
+        if user is None and role == "superuser":
+            user = User.objects.create_superuser(role, f"{role}@example.com", STAFF_PASSWORD)
+        elif user is None:
+            user = User.objects.create_user(role, f"{role}@example.com", STAFF_PASSWORD, is_staff=True)
+            user.groups.add(Group.objects.get(name=role))
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return sign_in
 
 
 @dataclass

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from playwright.sync_api import BrowserContext, Page, expect
 

@@ -66,6 +66,7 @@ create_payment(
 
 
 @pytest.mark.postgres
+@pytest.mark.journal  # the relayed work calls the carrier from this thread
 @pytest.mark.django_db(transaction=True)
 def test_work_committed_by_a_process_that_died_before_enqueuing_it_is_relayed(settings: Any) -> None:
     price_point = PricePointFactory.create()

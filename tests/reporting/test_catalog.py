@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.test import Client
 from django.utils import timezone
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
@@ -27,8 +25,9 @@ from reporting.services.datasets import (
     fetch_api_dataset,
     run_query,
 )
+from tests.conftest import StaffClient
 from tests.factories import CarrierFactory
-from tests.reporting.conftest import MakePayment, staff_client
+from tests.reporting.conftest import MakePayment
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -216,7 +215,7 @@ def test_api_dataset_queries_its_cached_payload(catalog: None) -> None:
     ],
 )
 def test_every_kind_of_dataset_exports_its_query_to_csv_and_xlsx(
-    catalog: None, make_payment: MakePayment, slug: str, query_string: str, header: str
+    catalog: None, make_payment: MakePayment, slug: str, query_string: str, header: str, staff_client: StaffClient
 ) -> None:
     make_payment(carrier=CarrierFactory.create(slug="gb-one"), created=datetime(2026, 3, 2, 10, tzinfo=UTC))
     record(
@@ -253,7 +252,9 @@ def _cell(text: str) -> Any:
         return text
 
 
-def test_a_query_with_an_unknown_field_is_a_problem_and_exports_nothing(catalog: None) -> None:
+def test_a_query_with_an_unknown_field_is_a_problem_and_exports_nothing(
+    catalog: None, staff_client: StaffClient
+) -> None:
     client = staff_client("finance")
     response = client.get("/reporting/datasets/payments/query.json?measures=secret_sauce")
     assert response.status_code == 400
@@ -263,7 +264,9 @@ def test_a_query_with_an_unknown_field_is_a_problem_and_exports_nothing(catalog:
     assert client.get("/reporting/datasets/payments/export.csv?measures=secret_sauce").status_code == 400
 
 
-def test_the_admin_query_page_shows_the_table_and_export_links(catalog: None, make_payment: MakePayment) -> None:
+def test_the_admin_query_page_shows_the_table_and_export_links(
+    catalog: None, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
     make_payment(carrier=CarrierFactory.create(slug="gb-one"), created=timezone.now())
     client = staff_client("finance")
     dataset = Dataset.objects.get(slug="payments")
@@ -284,7 +287,9 @@ def test_api_dataset_is_fetched_from_the_simulator_and_cached(simulator_server: 
     assert {"quote": "GBP", "rate": 0.85} in rows
 
 
-def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(simulator_server: str, catalog: None) -> None:
+def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(
+    simulator_server: str, catalog: None, staff_client: StaffClient
+) -> None:
     Dataset.objects.filter(slug="fx-rates").update(
         api_url=f"{simulator_server}/simulators/fx/rates", api_timeout_seconds=1
     )
@@ -303,8 +308,7 @@ def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(simulat
     simulator("fx").settings.latency_ms = 0
     simulator("fx").settings.outage = True
     assert fetch_api_dataset(dataset_id=pk).api_last_error == "HTTP 503 from the endpoint"
-    admin = Client()
-    admin.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-Str0ng-enough!"))
+    admin = staff_client("superuser")
     page = admin.get(f"/admin/reporting/dataset/{pk}/change/").content.decode()
     assert "HTTP 503 from the endpoint" in page
 
