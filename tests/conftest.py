@@ -166,6 +166,18 @@ def _tasks_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
     celery_app.conf.task_always_eager = previous
 
 
+def assert_problem(response: Any, *, status: int, code: str) -> dict[str, Any]:
+    """The response is an RFC 9457 problem of this status and code (the API's contract for every error);
+    returns its body for the fields a test promises beyond those."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert (problem["type"], problem["code"], problem["status"]) == (f"/api/problems/{code}", code, status), problem
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
+
+
 STAFF_PASSWORD = "pw-Str0ng-enough!"
 STAFF_ROLES = ("operations", "finance", "support", "superuser")
 StaffClient = Callable[[str], Client]
