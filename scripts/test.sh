@@ -2,6 +2,8 @@
 # Sets up and runs the whole check: formatting, lint, types, migrations, and the
 # test suite against PostgreSQL and a real Celery broker (Redis).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k idempotency
+# The suite runs on every core (pytest-xdist, a test database per worker; PYTEST_WORKERS=0 for one
+# process) and in random order (pytest-randomly; -p no:randomly or --randomly-seed=N to repeat an order).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh requirements-dev.txt
@@ -18,4 +20,4 @@ echo "== ruff check"; ruff check .
 echo "== mypy"; mypy .
 echo "== makemigrations --check"; python manage.py makemigrations --check --dry-run
 echo "== pytest (DATABASE_URL=${DATABASE_URL%%@*}@…, broker ${CELERY_BROKER_URL%%:*})"
-pytest "$@"
+pytest -n "${PYTEST_WORKERS:-auto}" "$@"

@@ -1,11 +1,17 @@
+import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group, User
 from django.db import connection
+from django.test import Client
+from pytest_django.live_server_helper import LiveServer
 from rest_framework.test import APIClient
 
 from carriers.models import Carrier, PricePoint
@@ -18,14 +24,42 @@ from tests.factories import AppFactory, CarrierFactory, NumberPrefixFactory, Pri
 
 # A valid UK mobile number routed to the default test carrier by its prefix.
 MSISDN = "+447400123456"
+# What the browser tests leave when they fail (tests/e2e/conftest.py).
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from django.conf import settings
+
+    # Staff users are made and signed in by the dozen: a million PBKDF2 rounds each (~0.2 s of CPU) buy a
+    # test nothing. Production keeps Django's default hasher.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Once a run, in the process that starts it: a pytest-xdist worker must not empty the folder
+    # while another one is writing what its failed test left there.
+    if not hasattr(config, "workerinput"):
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)
+
+
+def _databases(item: pytest.Item, marker: pytest.Mark) -> str | list[str]:
+    """Every API request, carrier call, staff action and webhook is journaled, in the journal's own database.
+    A test that rolls back has it for nothing (its own transaction there too). A transactional test empties
+    each database it has after it, so it has the journal only when it may write there: when it is marked
+    `journal`, or when a live server answers it (what that thread journals must not outlive the test).
+    `_journal_writes_need_the_journal` fails a test that journals from its own thread without it."""
+    fixtures = getattr(item, "fixturenames", ())
+    transactional = bool(marker.kwargs.get("transaction") or (marker.args and marker.args[0]))
+    if "live_server" in fixtures or item.get_closest_marker("journal"):
+        return "__all__"
+    return ["default"] if transactional or "transactional_db" in fixtures else "__all__"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         marker = item.get_closest_marker("django_db")
         if marker is not None and "databases" not in marker.kwargs:
-            # Every request is journaled: database tests may use the journal's database too.
-            item.add_marker(pytest.mark.django_db(*marker.args, **marker.kwargs, databases="__all__"))
+            # Before the test's own marks: pytest-django reads the closest one.
+            databases = _databases(item, marker)
+            item.add_marker(pytest.mark.django_db(*marker.args, **marker.kwargs, databases=databases), append=False)
         if item.get_closest_marker("postgres"):
             item.add_marker(pytest.mark.usefixtures("_require_postgres"))
         if item.get_closest_marker("broker"):
@@ -41,6 +75,87 @@ def _require_postgres(django_db_blocker: Any) -> None:
 @pytest.fixture
 def _require_broker() -> None:
     assert os.environ.get("CELERY_BROKER_URL"), "this test needs a Celery broker: set CELERY_BROKER_URL"
+
+
+class _ForbiddenJournalWrites(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "are not allowed in this test" in record.getMessage():
+            self.messages.append(record.getMessage())
+
+
+@pytest.fixture(autouse=True)
+def _journal_writes_need_the_journal() -> Iterator[None]:
+    """A record the test may not write to the journal's database would go to the spool instead, quietly:
+    the test would pass on a path production does not take. Mark it `journal`."""
+    handler = _ForbiddenJournalWrites()
+    logger = logging.getLogger("journal.services")
+    logger.addHandler(handler)
+    yield
+    logger.removeHandler(handler)
+    if handler.messages:
+        pytest.fail(f"this test journals without the journal database (mark it `journal`): {handler.messages[0]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_by_delete() -> Iterator[None]:
+    """After a transactional test Django empties every table with one TRUNCATE of all ~60 of them, which
+    PostgreSQL pays for per table (new files for each table and index), ~0.2 s a test. Deleting the rows of
+    the few tables that have any leaves the same empty tables in a few milliseconds. Triggers (the ledger's
+    and the journal's append-only guards, foreign-key checks) are off for those statements only, as for
+    TRUNCATE; that needs a superuser, so with another role the flush stays Django's."""
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(self: Any, style: Any, tables: Any, *, reset_sequences: bool = False, **options: Any) -> Any:
+        if reset_sequences or not tables:
+            return truncate(self, style, tables, reset_sequences=reset_sequences, **options)
+        quoted = [self.quote_name(table) for table in tables]
+        with self.connection.cursor() as cursor:
+            cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            if not cursor.fetchone()[0]:
+                return truncate(self, style, tables, reset_sequences=reset_sequences, **options)
+            # Table names from Django's own introspection, quoted by the backend.
+            selects = [f"(SELECT {i} FROM {table} LIMIT 1)" for i, table in enumerate(quoted)]  # noqa: S608
+            cursor.execute(" UNION ALL ".join(selects))
+            used = [quoted[row[0]] for row in cursor.fetchall()]
+        if not used:
+            return []
+        deletes = [f"DELETE FROM {table};" for table in used]  # noqa: S608
+        return ["SET LOCAL session_replication_role = replica;", *deletes]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "sql_flush", sql_flush)
+        yield
+
+
+@pytest.fixture(scope="session")
+def _simulator_server_thread() -> Iterator[LiveServer]:
+    server = LiveServer("127.0.0.1:0")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def simulator_server(_simulator_server_thread: LiveServer) -> str:
+    """The base URL of the app served on a loopback port, for tests that only call its carrier and
+    reference-data simulators (their state is in memory). Unlike live_server it leaves the test its
+    rolled-back transaction: nothing the server answers depends on the test's rows."""
+    return str(_simulator_server_thread.url)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _broker_per_worker(request: pytest.FixtureRequest) -> None:
+    """pytest-xdist workers share one Redis database: each keeps its queues under its own key prefix, so that
+    a worker started by one test never takes (or purges) the tasks of a test in another process."""
+    worker = getattr(request.config, "workerinput", {}).get("workerid")
+    if worker:
+        options = dict(celery_app.conf.broker_transport_options or {})
+        celery_app.conf.broker_transport_options = {**options, "global_keyprefix": f"test-{worker}:"}
 
 
 @pytest.fixture(autouse=True)
@@ -87,6 +202,44 @@ def _tasks_in_process(request: pytest.FixtureRequest) -> Iterator[None]:
     celery_app.conf.task_always_eager = eager
     yield
     celery_app.conf.task_always_eager = previous
+
+
+def assert_problem(response: Any, *, status: int, code: str) -> dict[str, Any]:
+    """The response is an RFC 9457 problem of this status and code (the API's contract for every error);
+    returns its body for the fields a test promises beyond those."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    problem: dict[str, Any] = response.json()
+    assert (problem["type"], problem["code"], problem["status"]) == (f"/api/problems/{code}", code, status), problem
+    assert problem["title"]
+    assert problem["detail"]
+    return problem
+
+
+STAFF_PASSWORD = "pw-Str0ng-enough!"
+STAFF_ROLES = ("operations", "finance", "support", "superuser")
+StaffClient = Callable[[str], Client]
+
+
+@pytest.fixture
+def staff_client(db: Any) -> StaffClient:
+    """staff_client(role): a Django client signed in as a staff member named after the role. The roles are
+    the groups of payments 0010 (operations, finance, support; their reporting rights: reporting 0002),
+    and "superuser", who may do anything."""
+
+    def sign_in(role: str) -> Client:
+        assert role in STAFF_ROLES, f"no staff role {role!r}: one of {STAFF_ROLES}"
+        user = User.objects.filter(username=role).first()
+        if user is None and role == "superuser":
+            user = User.objects.create_superuser(role, f"{role}@example.com", STAFF_PASSWORD)
+        elif user is None:
+            user = User.objects.create_user(role, f"{role}@example.com", STAFF_PASSWORD, is_staff=True)
+            user.groups.add(Group.objects.get(name=role))
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return sign_in
 
 
 @dataclass

@@ -1,10 +1,13 @@
 """factory_boy factories for the domain models."""
 
-from factory.declarations import Sequence, SubFactory
+from datetime import datetime
+from typing import Any
+
+from factory.declarations import SelfAttribute, Sequence, SubFactory
 from factory.django import DjangoModelFactory
 
 from carriers.models import Carrier, Country, NumberPrefix, PricePoint, Protocol
-from payments.models import App
+from payments.models import App, Payment, PaymentFlow, PaymentStatus
 
 
 class CountryFactory(DjangoModelFactory[Country]):
@@ -55,3 +58,32 @@ class AppFactory(DjangoModelFactory[App]):
         model = App
 
     name = Sequence(lambda n: f"Game {n}")
+
+
+class PaymentFactory(DjangoModelFactory[Payment]):
+    """A payment row as the payment flow leaves it, written directly (no carrier, no history, no ledger).
+
+    Its carrier, amount and currency are its price point's unless given; `created_at` may be set (the
+    model's auto_now_add would otherwise overwrite it)."""
+
+    class Meta:
+        model = Payment
+
+    app = SubFactory(AppFactory)
+    price_point = SubFactory(PricePointFactory)
+    carrier = SelfAttribute("price_point.carrier")
+    user_ref = "player-1"
+    msisdn = "+447400123456"
+    amount_minor = SelfAttribute("price_point.amount_minor")
+    currency = SelfAttribute("price_point.currency")
+    status = PaymentStatus.CREATED
+    flow = PaymentFlow.ONE_CLICK
+
+    @classmethod
+    def _create(cls, model_class: type[Payment], *args: Any, **kwargs: Any) -> Payment:
+        created_at: datetime | None = kwargs.pop("created_at", None)
+        payment: Payment = super()._create(model_class, *args, **kwargs)
+        if created_at is not None:
+            model_class.objects.filter(pk=payment.pk).update(created_at=created_at)
+            payment.refresh_from_db()
+        return payment

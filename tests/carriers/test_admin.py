@@ -1,19 +1,11 @@
 """Carrier configuration in the admin: credentials are write-only."""
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 
 from carriers.models import Carrier
 from tests.factories import CarrierFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def staff_client(client):
-    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123!"))
-    return client
 
 
 def carrier_form(carrier: Carrier, **changes: str) -> dict[str, str]:
@@ -40,9 +32,10 @@ def carrier_form(carrier: Carrier, **changes: str) -> dict[str, str]:
 
 
 def test_credentials_are_stored_encrypted_and_never_shown_back(staff_client) -> None:
+    admin = staff_client("superuser")
     carrier = CarrierFactory.create()
     url = f"/admin/carriers/carrier/{carrier.pk}/change/"
-    response = staff_client.post(
+    response = admin.post(
         url, carrier_form(carrier, new_credentials='{"client_secret": "s3cr3t-value"}', change_reason="new keys")
     )
     assert response.status_code == 302
@@ -54,20 +47,21 @@ def test_credentials_are_stored_encrypted_and_never_shown_back(staff_client) -> 
     carrier.refresh_from_db()
     assert carrier.credentials == {"client_secret": "s3cr3t-value"}
     assert "s3cr3t-value" not in carrier.credentials_encrypted
-    page = staff_client.get(url).content.decode()
+    page = admin.get(url).content.decode()
     assert "s3cr3t-value" not in page
     assert "set (hidden)" in page
 
 
 def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff_client) -> None:
+    admin = staff_client("superuser")
     carrier = CarrierFactory.create()
     carrier.credentials = {"token": "keep-me"}
     carrier.save()
     url = f"/admin/carriers/carrier/{carrier.pk}/change/"
-    assert staff_client.post(url, carrier_form(carrier)).status_code == 302
+    assert admin.post(url, carrier_form(carrier)).status_code == 302
     carrier.refresh_from_db()
     assert carrier.credentials == {"token": "keep-me"}
-    response = staff_client.post(url, carrier_form(carrier, new_credentials="{not json"))
+    response = admin.post(url, carrier_form(carrier, new_credentials="{not json"))
     assert response.status_code == 200
     assert "Not valid JSON" in response.content.decode()
     carrier.refresh_from_db()
@@ -90,18 +84,19 @@ def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff
     ],
 )
 def test_admin_changelists_load_with_search(staff_client, path: str) -> None:
-    assert staff_client.get(path, {"q": "x"}).status_code == 200
+    admin = staff_client("superuser")
+    assert admin.get(path, {"q": "x"}).status_code == 200
 
 
-@pytest.mark.django_db(transaction=True)
-def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(live_server, settings) -> None:
+def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(
+    simulator_server, staff_client, settings
+) -> None:
     from payments.models import StaffAction
     from tests.payments.carrier_helpers import simulated_carrier
 
-    settings.PUBLIC_BASE_URL = live_server.url
-    client = Client()
-    client.force_login(User.objects.create_superuser("ops", "ops@example.com", "pw-ops-123!"))
-    carrier = simulated_carrier(live_server.url, "aggregator")
+    settings.PUBLIC_BASE_URL = simulator_server
+    client = staff_client("superuser")
+    carrier = simulated_carrier(simulator_server, "aggregator")
     url = f"/admin/carriers/carrier/{carrier.pk}/test-connection/"
     assert client.get(url).status_code == 403  # a POST only: it calls the carrier
     page = client.post(url, follow=True).content.decode()
@@ -115,10 +110,11 @@ def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(live_se
 
 
 def test_deactivating_a_carrier_is_recorded(staff_client) -> None:
+    admin = staff_client("superuser")
     from payments.models import StaffAction
 
     carrier = CarrierFactory.create()
-    staff_client.post("/admin/carriers/carrier/", {"action": "deactivate", "_selected_action": [carrier.pk]})
+    admin.post("/admin/carriers/carrier/", {"action": "deactivate", "_selected_action": [carrier.pk]})
     carrier.refresh_from_db()
     assert not carrier.is_active
     assert StaffAction.objects.get().action == "deactivate"

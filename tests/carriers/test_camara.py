@@ -29,11 +29,6 @@ from carriers.errors import ErrorCode, NotificationRejected
 from sandbox.simulators import camara as camara_sim
 from sandbox.simulators import core
 
-# The simulator keeps its state in memory and these tests use no table. With no app available, the
-# flush that live_server's transactional database does after each test has nothing to truncate
-# (instead of emptying every table and recreating permissions, ~0.3 s a test).
-pytestmark = pytest.mark.django_db(transaction=True, available_apps=[])
-
 NOTIFICATION_TOKEN = "sink-bearer-0123456789"
 APPROVED = "+447400123456"
 
@@ -94,10 +89,10 @@ def sim() -> Iterator[core.Simulator]:
 
 
 @pytest.fixture
-def config(live_server: Any, sim: core.Simulator, sink: Sink) -> CarrierConfig:
+def config(simulator_server: str, sim: core.Simulator, sink: Sink) -> CarrierConfig:
     return CarrierConfig(
         slug="camara-test",
-        endpoint=live_server.url + "/simulators/camara",
+        endpoint=simulator_server + "/simulators/camara",
         credentials={
             "client_id": "playpay",
             "client_secret": "camara-secret",

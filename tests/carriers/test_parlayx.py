@@ -36,8 +36,8 @@ def sim() -> Iterator[core.Simulator]:
 
 
 @pytest.fixture
-def endpoint(live_server: Any) -> str:
-    return f"{live_server.url}/simulators/parlayx"
+def endpoint(simulator_server: str) -> str:
+    return f"{simulator_server}/simulators/parlayx"
 
 
 def make_adapter(endpoint: str, read_timeout: float = 1, **credentials: Any) -> ParlayXAdapter:

@@ -10,15 +10,13 @@ from typing import Any
 
 import httpx
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
 from playwright.sync_api import BrowserContext, Page, expect
 
-from tests.conftest import MSISDN, Shop
+from tests.conftest import ARTIFACTS, MSISDN, Shop
 
 # Debian's chromium package; CHROMIUM points elsewhere. Playwright never downloads a browser of its own.
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
 # A shared, busy machine can take a few seconds for a page; expectations wait, they never sleep.
 expect.set_options(timeout=10_000)
 STAFF_PASSWORD = "e2e-Staff-pass-91!"
@@ -36,12 +34,6 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     # A missing browser fails the browser tests here, with the way to get one; they never skip.
     assert os.access(CHROMIUM, os.X_OK), f"no Chromium at {CHROMIUM}: run scripts/browser.sh (or set CHROMIUM)"
     return {**browser_type_launch_args, "executable_path": CHROMIUM}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _fresh_artifacts_folder() -> None:
-    """test-artifacts/ holds what the failures of this run left, nothing older."""
-    shutil.rmtree(ARTIFACTS, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -8,6 +8,7 @@ import pytest
 from funnel.models import FunnelEvent, Journey
 from funnel.selectors import funnel_report, window_funnel
 from payments.models import App
+from tests.conftest import StaffClient
 from tests.factories import AppFactory
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -101,11 +102,10 @@ def test_periods_compare_by_when_journeys_started() -> None:
 
 
 @pytest.mark.django_db
-def test_staff_see_the_funnel_report_and_export_it(client) -> None:
+def test_staff_see_the_funnel_report_and_export_it(staff_client: StaffClient) -> None:
     import io
 
     import openpyxl  # type: ignore[import-untyped]
-    from django.contrib.auth.models import User
 
     from funnel.models import FunnelDefinition
 
@@ -113,7 +113,7 @@ def test_staff_see_the_funnel_report_and_export_it(client) -> None:
     add(app, "a", [(0, "open"), (2, "select"), (3, "pay")])
     add(app, "b", [(0, "open")])
     definition = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
-    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-Str0ng-enough!"))
+    client = staff_client("superuser")
     params = {"since": "2026-11-01", "until": "2026-11-01", "breakdown": "carrier"}
     page = client.get(f"/admin/funnel/funneldefinition/{definition.pk}/report/", params).content.decode()
     assert "2 journeys, overall conversion 50%" in page
@@ -217,8 +217,7 @@ def test_rollups_computed_by_the_database_equal_those_computed_in_python(seed: i
 
 
 @pytest.mark.django_db
-def test_a_report_read_from_rollups_equals_the_one_from_events(client) -> None:
-    from django.contrib.auth.models import User
+def test_a_report_read_from_rollups_equals_the_one_from_events(staff_client: StaffClient) -> None:
 
     from funnel.models import FunnelDefinition
     from funnel.rollups import dashboard_report, refresh_rollups, rollups_cover
@@ -245,7 +244,7 @@ def test_a_report_read_from_rollups_equals_the_one_from_events(client) -> None:
         definition.save()
 
     # The admin page says which it read; the numbers are the same.
-    client.force_login(User.objects.create_superuser("boss", "b@example.com", "pw-Str0ng-enough!"))
+    client = staff_client("superuser")
     url = f"/admin/funnel/funneldefinition/{definition.pk}/report/"
     params = {"since": "2026-11-01", "until": "2026-11-01", "breakdown": "carrier"}
     assert "From the raw events" in client.get(url, params).content.decode()

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from funnel.models import FunnelEvent, Journey
-from tests.conftest import Shop
+from tests.conftest import Shop, assert_problem
 
 pytestmark = pytest.mark.django_db
 URL = "/api/v1/funnel/events/"
@@ -54,8 +54,8 @@ def test_late_events_are_placed_by_their_own_time(shop: Shop) -> None:
 def test_envelope_errors_are_a_problem_and_store_nothing(shop: Shop) -> None:
     too_many = {"events": [event(n) for n in range(1001)]}
     response = shop.client.post(URL, too_many, format="json")
-    assert response.status_code == 400
-    assert response["Content-Type"] == "application/problem+json"
+    problem = assert_problem(response, status=400, code="validation_error")
+    assert [error["pointer"] for error in problem["errors"]] == ["#/events"]
     assert shop.client.post(URL, event(1, occurred_at="2099-01-01T00:00:00Z"), format="json").json()["accepted"] == 0
     assert not FunnelEvent.objects.exists()
 

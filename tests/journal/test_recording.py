@@ -4,14 +4,12 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 
 from journal.models import JournalRecord, JournalSpool
 from journal.services import drain_spool, record
 from journal.store import JournalQuery, SqlJournalStore, journal_store
 from playpay.redaction import msisdn_hash, redact
-from tests.conftest import MSISDN, Shop
+from tests.conftest import MSISDN, Shop, StaffClient
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +31,7 @@ def test_redaction_removes_secrets_and_masks_numbers_everywhere() -> None:
     assert "tel:+44740*****56" in cleaned["body"]["note"]
 
 
-def test_a_payments_whole_life_is_in_the_journal_without_any_secret(shop: Shop) -> None:
+def test_a_payments_whole_life_is_in_the_journal_without_any_secret(shop: Shop, staff_client: StaffClient) -> None:
     payment_id = shop.pay()["id"]
     shop.confirm(payment_id, "1234")
     with shop.after_commit(execute=True):
@@ -43,10 +41,7 @@ def test_a_payments_whole_life_is_in_the_journal_without_any_secret(shop: Shop) 
             format="json",
             HTTP_IDEMPOTENCY_KEY="refund-1",
         )
-    staff = User.objects.create_user("ops", "ops@example.com", "pw-Str0ng-enough!", is_staff=True)
-    staff.groups.add(Group.objects.get(name="operations"))
-    admin = Client()
-    admin.force_login(staff)
+    admin = staff_client("operations")
     with shop.after_commit(execute=True):
         admin.post(
             "/admin/payments/payment/",
@@ -97,28 +92,20 @@ def test_a_store_failure_spools_the_record_and_the_drain_delivers_it(monkeypatch
     )
 
 
-def support_client() -> Client:
-    user = User.objects.create_user("support", "s@example.com", "pw-Str0ng-enough!", is_staff=True)
-    user.groups.add(Group.objects.get(name="support"))
-    client = Client()
-    client.force_login(user)
-    return client
-
-
-def test_support_sees_a_payments_timeline_on_its_page(shop: Shop) -> None:
+def test_support_sees_a_payments_timeline_on_its_page(shop: Shop, staff_client: StaffClient) -> None:
     payment_id = shop.pay(user_ref="player-9")["id"]
     pk = shop.app.payments.get().pk
-    page = support_client().get(f"/admin/payments/payment/{pk}/change/").content.decode()
+    page = staff_client("support").get(f"/admin/payments/payment/{pk}/change/").content.decode()
     assert "interaction timeline" in page.lower()
     assert "POST /api/v1/payments/ → 201" in page
     assert "send_pin → pin_sent" in page
     assert payment_id in page
 
 
-def test_support_finds_a_players_and_a_numbers_timeline(shop: Shop) -> None:
+def test_support_finds_a_players_and_a_numbers_timeline(shop: Shop, staff_client: StaffClient) -> None:
     shop.pay(user_ref="player-9")
     shop.pay(key="key-2", user_ref="player-9")
-    support = support_client()
+    support = staff_client("support")
     by_player = support.get("/admin/payments/payment/timeline/", {"app": shop.app.name, "user_ref": "player-9"})
     assert "2 interactions" in by_player.content.decode()  # the two creations carry the player
     by_number = support.get("/admin/payments/payment/timeline/", {"msisdn": "447400123456"}).content.decode()

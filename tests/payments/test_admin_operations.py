@@ -5,7 +5,6 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
@@ -13,18 +12,10 @@ from payments.errors import ReversalNotAllowed
 from payments.models import Payment, PaymentStatus, Refund, Reversal, StaffAction
 from payments.services.refunds import request_reversal
 from payments.services.staff import preview_operation
-from tests.conftest import Shop
+from tests.conftest import Shop, StaffClient
 
 pytestmark = pytest.mark.django_db
 CHANGELIST = "/admin/payments/payment/"
-
-
-def staff(role: str) -> Client:
-    user = User.objects.create_user(role, f"{role}@example.com", "pw-Str0ng-enough!", is_staff=True)
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client
 
 
 @pytest.fixture
@@ -39,8 +30,10 @@ def post_action(client: Client, action: str, payments: list[Payment], **form: An
     return client.post(CHANGELIST, data)
 
 
-def test_operations_sees_exactly_what_a_refund_will_do_before_confirming(paid: Payment) -> None:
-    operations = staff("operations")
+def test_operations_sees_exactly_what_a_refund_will_do_before_confirming(
+    paid: Payment, staff_client: StaffClient
+) -> None:
+    operations = staff_client("operations")
     page = post_action(operations, "refund", [paid])
     assert page.status_code == 200
     text = page.content.decode()
@@ -49,8 +42,10 @@ def test_operations_sees_exactly_what_a_refund_will_do_before_confirming(paid: P
     assert Refund.objects.count() == 0  # nothing yet
 
 
-def test_operations_can_refund_with_a_reason_and_it_is_recorded(paid: Payment, shop: Shop) -> None:
-    operations = staff("operations")
+def test_operations_can_refund_with_a_reason_and_it_is_recorded(
+    paid: Payment, shop: Shop, staff_client: StaffClient
+) -> None:
+    operations = staff_client("operations")
     assert post_action(operations, "refund", [paid], confirm="yes", reason="").status_code == 200  # reason required
     assert Refund.objects.count() == 0
     with shop.after_commit(execute=True):
@@ -65,8 +60,8 @@ def test_operations_can_refund_with_a_reason_and_it_is_recorded(paid: Payment, s
     assert action.outcome.startswith("refund of 99 GBP")
 
 
-def test_finance_cannot_refund_or_reverse(paid: Payment) -> None:
-    finance = staff("finance")
+def test_finance_cannot_refund_or_reverse(paid: Payment, staff_client: StaffClient) -> None:
+    finance = staff_client("finance")
     changelist = finance.get(CHANGELIST).content.decode()
     assert 'value="refund"' not in changelist
     assert 'value="reverse"' not in changelist
@@ -77,16 +72,18 @@ def test_finance_cannot_refund_or_reverse(paid: Payment) -> None:
     assert paid.status == PaymentStatus.SUCCEEDED
 
 
-def test_support_is_read_only(paid: Payment) -> None:
-    support = staff("support")
+def test_support_is_read_only(paid: Payment, staff_client: StaffClient) -> None:
+    support = staff_client("support")
     assert support.get(f"{CHANGELIST}{paid.pk}/change/").status_code == 200
     assert 'value="refund"' not in support.get(CHANGELIST).content.decode()
     assert support.get("/admin/carriers/carrier/add/").status_code == 403
 
 
-def test_bulk_refund_previews_each_payment_and_refuses_what_cannot_be_refunded(paid: Payment, shop: Shop) -> None:
+def test_bulk_refund_previews_each_payment_and_refuses_what_cannot_be_refunded(
+    paid: Payment, shop: Shop, staff_client: StaffClient
+) -> None:
     pending = Payment.objects.get(public_id=shop.pay(key="other")["id"])  # waiting for its PIN
-    operations = staff("operations")
+    operations = staff_client("operations")
     text = post_action(operations, "refund", [paid, pending]).content.decode()
     assert "not possible" in text
     with shop.after_commit(execute=True):
@@ -96,8 +93,8 @@ def test_bulk_refund_previews_each_payment_and_refuses_what_cannot_be_refunded(p
     assert StaffAction.objects.filter(outcome__startswith="refused").count() == 1
 
 
-def test_the_payment_page_tells_the_whole_story(paid: Payment, shop: Shop) -> None:
-    operations = staff("operations")
+def test_the_payment_page_tells_the_whole_story(paid: Payment, shop: Shop, staff_client: StaffClient) -> None:
+    operations = staff_client("operations")
     with shop.after_commit(execute=True):
         post_action(operations, "refund", [paid], confirm="yes", reason="goodwill", amount_minor="30")
     page = operations.get(f"{CHANGELIST}{paid.pk}/change/").content.decode()
@@ -105,8 +102,8 @@ def test_the_payment_page_tells_the_whole_story(paid: Payment, shop: Shop) -> No
         assert expected in page, expected
 
 
-def test_reversal_from_the_admin(paid: Payment, shop: Shop) -> None:
-    operations = staff("operations")
+def test_reversal_from_the_admin(paid: Payment, shop: Shop, staff_client: StaffClient) -> None:
+    operations = staff_client("operations")
     with shop.after_commit(execute=True):
         post_action(operations, "reverse", [paid], confirm="yes", reason="item not delivered")
     paid.refresh_from_db()

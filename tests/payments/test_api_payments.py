@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from payments.models import IdempotencyRecord, Payment, PaymentStatus
 from sandbox.adapter import TEST_PIN
-from tests.conftest import MSISDN, Shop
+from tests.conftest import MSISDN, Shop, assert_problem
 
 pytestmark = pytest.mark.django_db
 
@@ -121,7 +121,7 @@ def test_list_filters_by_status_and_user_ref(shop: Shop) -> None:
 def test_unknown_payment_id_is_404_problem(shop: Shop) -> None:
     for bad in ["00000000-0000-0000-0000-000000000000", "not-a-uuid"]:
         response = shop.client.get(f"/api/v1/payments/{bad}/")
-        assert response.status_code == 404
+        assert_problem(response, status=404, code="not_found")
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,9 @@ def test_requests_without_a_valid_key_are_401(shop: Shop, header: str | None, co
 
 def test_revoked_key_is_refused(shop: Shop) -> None:
     shop.app.api_keys.update(revoked_at=timezone.now())
-    assert shop.client.get("/api/v1/payments/").status_code == 401
+    response = shop.client.get("/api/v1/payments/")
+    assert_problem(response, status=401, code="authentication_failed")
+    assert response["WWW-Authenticate"] == "Api-Key"
 
 
 def test_undocumented_fields_are_rejected_and_nothing_is_created(shop: Shop) -> None:

@@ -9,7 +9,7 @@ from django.utils import timezone
 
 from payments.models import IdempotencyRecord, Payment
 from payments.tasks import purge_idempotency_keys
-from tests.conftest import MSISDN, Shop
+from tests.conftest import MSISDN, Shop, assert_problem
 
 
 @pytest.mark.django_db
@@ -34,8 +34,7 @@ def test_replay_returns_the_first_response_even_after_the_payment_moved_on(shop:
 def test_same_key_with_a_different_body_is_422(shop: Shop) -> None:
     shop.create_payment(key="order-42")
     response = shop.create_payment(key="order-42", user_ref="someone-else")
-    assert response.status_code == 422
-    assert response.json()["code"] == "idempotency_key_reused"
+    assert_problem(response, status=422, code="idempotency_key_reused")
     assert Payment.objects.count() == 1
 
 
@@ -53,8 +52,7 @@ def test_missing_or_oversized_key_is_400(shop: Shop, key: str | None, code: str)
     body = {"user_ref": "p", "msisdn": MSISDN, "price_point": "gems-100"}
     headers = {"Idempotency-Key": key} if key else {}
     response = shop.client.post("/api/v1/payments/", body, format="json", headers=headers)
-    assert response.status_code == 400
-    assert response.json()["code"] == code
+    assert_problem(response, status=400, code=code)
     assert not Payment.objects.exists()
 
 
@@ -78,8 +76,7 @@ def test_key_in_flight_is_409_with_retry_after(shop: Shop) -> None:
         app=shop.app, key="busy", fingerprint=fingerprint(method="POST", path="/api/v1/payments/", body=body)
     )
     response = shop.create_payment(key="busy")
-    assert response.status_code == 409
-    assert response.json()["code"] == "idempotency_request_in_flight"
+    assert_problem(response, status=409, code="idempotency_request_in_flight")
     assert response["Retry-After"] == "1"
 
 

@@ -18,7 +18,7 @@ from payments.models import ImmutableLedger, LedgerEntry, LedgerLine, Payment, P
 from payments.services import ledger
 from payments.services.refunds import request_refund
 from playpay.errors import DomainError
-from tests.conftest import Shop
+from tests.conftest import Shop, assert_problem
 
 
 def lines_of(payment_id: str, kind: str | None = None) -> dict[str, int]:
@@ -93,7 +93,7 @@ def test_a_refund_request_is_idempotent_and_validated(shop: Shop, paid: str) -> 
 @pytest.mark.django_db
 def test_a_payment_that_did_not_succeed_cannot_be_refunded(shop: Shop) -> None:
     payment_id = shop.pay()["id"]  # pin_sent
-    assert refund(shop, payment_id, "r").status_code == 409
+    assert_problem(refund(shop, payment_id, "r"), status=409, code="illegal_transition")
 
 
 @pytest.mark.django_db
@@ -120,7 +120,8 @@ def test_reversal_undoes_the_charge_within_its_window_only(shop: Shop, paid: str
 def test_a_refunded_payment_cannot_be_reversed(shop: Shop, paid: str) -> None:
     refund(shop, paid, "r1", amount_minor=10)
     response = shop.client.post(f"/api/v1/payments/{paid}/reversal/", {"reason": "x"}, format="json")
-    assert response.status_code == 409
+    assert_problem(response, status=409, code="reversal_not_allowed")
+    assert shop.get(paid)["status"] == "partially_refunded"
 
 
 @pytest.mark.django_db
@@ -163,6 +164,7 @@ def test_postgresql_refuses_an_unbalanced_entry(shop: Shop, paid: str) -> None:
 
 
 @pytest.mark.postgres
+@pytest.mark.journal
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_refunds_never_exceed_the_captured_amount(make_shop: Any) -> None:
     shop = make_shop()
@@ -196,6 +198,8 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(make_shop: Any) -> 
 
 class TestMoneyProperties(TestCase):
     """For any sequence of charges, refunds, reversals and failures, the books hold."""
+
+    databases = {"default", "journal"}  # each charge is an API request, journaled
 
     @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
     @given(

@@ -7,23 +7,13 @@ from hypothesis import strategies as st
 from hypothesis.extra.django import TestCase
 
 from payments.errors import IllegalTransition
-from payments.models import Payment, PaymentStatus
+from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services.state_machine import FINAL_STATUSES, TRANSITIONS, can_transition, transition
-from tests.factories import AppFactory, PricePointFactory
+from tests.factories import PaymentFactory
 
 
 def make_payment() -> Payment:
-    price_point = PricePointFactory.create()
-    return Payment.objects.create(
-        app=AppFactory.create(),
-        user_ref="p",
-        msisdn="+447400123456",
-        carrier=price_point.carrier,
-        price_point=price_point,
-        amount_minor=price_point.amount_minor,
-        currency=price_point.currency,
-        flow="pin",
-    )
+    return PaymentFactory.create(flow=PaymentFlow.PIN)
 
 
 def test_every_status_has_a_rule_and_final_states_have_no_exit() -> None:

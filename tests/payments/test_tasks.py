@@ -31,6 +31,7 @@ def test_unconfirmed_pin_payments_expire(shop: Shop) -> None:
 
 
 @pytest.mark.broker
+@pytest.mark.journal
 @pytest.mark.django_db(transaction=True)
 def test_a_worker_runs_a_task_sent_through_the_broker(shop: Shop, settings) -> None:
     settings.IDEMPOTENCY_KEY_TTL_HOURS = 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from celery.contrib.testing.worker import start_worker
-from django.db import connection
+from django.db import connection, connections
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.broker
+@pytest.mark.journal
 @pytest.mark.django_db(transaction=True)
 def test_a_payment_made_through_the_api_is_charged_by_a_worker_on_its_carrier_queue() -> None:
     price_point = PricePointFactory.create()
@@ -65,17 +66,20 @@ create_payment(
 
 
 @pytest.mark.postgres
+@pytest.mark.journal  # the relayed work calls the carrier from this thread
 @pytest.mark.django_db(transaction=True)
 def test_work_committed_by_a_process_that_died_before_enqueuing_it_is_relayed(settings: Any) -> None:
     price_point = PricePointFactory.create()
     NumberPrefixFactory.create(carrier=price_point.carrier, prefix="4474")
     app = AppFactory.create()
-    db = connection.settings_dict
+    db, journal = connection.settings_dict, connections["journal"].settings_dict
     env = {
         **os.environ,
         "APP_NAME": app.name,
         "DJANGO_SETTINGS_MODULE": "playpay.settings",
+        # This run's test databases (a pytest-xdist worker has its own), never the ones the test runner was given.
         "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "JOURNAL_URL": f"postgres://{journal['USER']}@{journal['HOST']}:{journal['PORT']}/{journal['NAME']}",
         "CELERY_BROKER_URL": "",
     }
     result = subprocess.run([sys.executable, "-c", CRASH_AFTER_COMMIT], cwd=ROOT, env=env, timeout=60)

@@ -1,18 +1,16 @@
 """The back office's own admin pages render inside the admin's layout, with one title."""
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 from django.urls import reverse
 
 from funnel.models import FunnelDefinition
 from reporting.models import Dataset, SourceKind
+from tests.conftest import StaffClient
 
 
 @pytest.mark.django_db
-def test_each_custom_admin_page_has_exactly_one_title() -> None:
-    client = Client()
-    client.force_login(User.objects.create_superuser("boss", "boss@example.com", "x"))
+def test_each_custom_admin_page_has_exactly_one_title(staff_client: StaffClient) -> None:
+    client = staff_client("superuser")
     funnel = FunnelDefinition.objects.create(name="Store", steps=["store_opened", "payment_created"])
     dataset = Dataset.objects.create(slug="pages", name="Pages", source_kind=SourceKind.SQL, source="payments")
     pages = [
@@ -29,9 +27,8 @@ def test_each_custom_admin_page_has_exactly_one_title() -> None:
 
 
 @pytest.mark.django_db
-def test_a_model_page_leads_back_to_its_model_list() -> None:
-    client = Client()
-    client.force_login(User.objects.create_superuser("boss", "boss@example.com", "x"))
+def test_a_model_page_leads_back_to_its_model_list(staff_client: StaffClient) -> None:
+    client = staff_client("superuser")
     for page, changelist in (
         ("admin:reporting_exportjob_add", "admin:reporting_exportjob_changelist"),
         ("admin:reporting_settlementfile_add", "admin:reporting_settlementfile_changelist"),

@@ -1,4 +1,4 @@
-"""Helpers for the finance tests: hand-made payments at chosen times, staff clients by role, private files."""
+"""Helpers for the finance tests: hand-made payments at chosen times, private files."""
 
 from collections.abc import Callable
 from datetime import datetime
@@ -6,13 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
-from django.test import Client
 
 from carriers.models import Carrier
 from payments.models import App, Payment, PaymentStatus
 from tests.conftest import MSISDN
-from tests.factories import AppFactory, CarrierFactory, CountryFactory, PricePointFactory
+from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
 
 MakePayment = Callable[..., Payment]
 
@@ -41,9 +39,8 @@ def make_payment(db: Any) -> MakePayment:
     ) -> Payment:
         if carrier.pk not in price_points:
             price_points[carrier.pk] = PricePointFactory.create(carrier=carrier, code="finance", currency=currency)
-        payment = Payment.objects.create(
+        return PaymentFactory.create(
             app=app or AppFactory.create(),
-            user_ref="player-1",
             msisdn=MSISDN,
             carrier=carrier,
             price_point=price_points[carrier.pk],
@@ -51,12 +48,9 @@ def make_payment(db: Any) -> MakePayment:
             currency=currency,
             refunded_minor=refunded_minor,
             status=status,
-            flow="one_click",
             carrier_reference=reference,
+            created_at=created,
         )
-        Payment.objects.filter(pk=payment.pk).update(created_at=created)  # auto_now_add cannot be set on create
-        payment.refresh_from_db()
-        return payment
 
     return make
 
@@ -65,12 +59,3 @@ def make_payment(db: Any) -> MakePayment:
 def german_carrier(db: Any) -> Carrier:
     germany = CountryFactory.create(code="DE", name="Germany", currency="EUR", dialing_code="49")
     return CarrierFactory.create(country=germany)
-
-
-def staff_client(role: str) -> Client:
-    """A signed-in member of a staff role (groups: payments 0010; their reporting rights: reporting 0002)."""
-    user = User.objects.create_user(role, f"{role}@example.com", "pw-Str0ng-enough!", is_staff=True)
-    user.groups.add(Group.objects.get(name=role))
-    client = Client()
-    client.force_login(user)
-    return client

@@ -7,9 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
-from django.test import Client
 from django.utils import timezone
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
@@ -27,8 +25,9 @@ from reporting.services.datasets import (
 )
 from sandbox.demo import seed_demo_datasets
 from sandbox.simulators.core import simulator
+from tests.conftest import StaffClient, assert_problem
 from tests.factories import CarrierFactory
-from tests.reporting.conftest import MakePayment, staff_client
+from tests.reporting.conftest import MakePayment
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -218,7 +217,7 @@ def test_api_dataset_queries_its_cached_payload(catalog: None) -> None:
     ],
 )
 def test_every_kind_of_dataset_exports_its_query_to_csv_and_xlsx(
-    catalog: None, make_payment: MakePayment, slug: str, query_string: str, header: str
+    catalog: None, make_payment: MakePayment, slug: str, query_string: str, header: str, staff_client: StaffClient
 ) -> None:
     make_payment(carrier=CarrierFactory.create(slug="gb-one"), created=datetime(2026, 3, 2, 10, tzinfo=UTC))
     record(
@@ -255,17 +254,19 @@ def _cell(text: str) -> Any:
         return text
 
 
-def test_a_query_with_an_unknown_field_is_a_problem_and_exports_nothing(catalog: None) -> None:
+def test_a_query_with_an_unknown_field_is_a_problem_and_exports_nothing(
+    catalog: None, staff_client: StaffClient
+) -> None:
     client = staff_client("finance")
     response = client.get("/reporting/datasets/payments/query.json?measures=secret_sauce")
-    assert response.status_code == 400
-    assert response["Content-Type"] == "application/problem+json"
-    assert response.json()["code"] == "invalid_dataset_query"
-    assert "secret_sauce" in response.json()["detail"]
-    assert client.get("/reporting/datasets/payments/export.csv?measures=secret_sauce").status_code == 400
+    assert "secret_sauce" in assert_problem(response, status=400, code="invalid_dataset_query")["detail"]
+    export = client.get("/reporting/datasets/payments/export.csv?measures=secret_sauce")
+    assert "secret_sauce" in assert_problem(export, status=400, code="invalid_dataset_query")["detail"]
 
 
-def test_the_admin_query_page_shows_the_table_and_export_links(catalog: None, make_payment: MakePayment) -> None:
+def test_the_admin_query_page_shows_the_table_and_export_links(
+    catalog: None, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
     make_payment(carrier=CarrierFactory.create(slug="gb-one"), created=timezone.now())
     client = staff_client("finance")
     dataset = Dataset.objects.get(slug="payments")
@@ -277,9 +278,8 @@ def test_the_admin_query_page_shows_the_table_and_export_links(catalog: None, ma
     assert "/reporting/datasets/payments/export.xlsx?measures=payments&amp;group_by=carrier" in page
 
 
-@pytest.mark.django_db(transaction=True)
-def test_api_dataset_is_fetched_from_the_simulator_and_cached(live_server: Any, catalog: None) -> None:
-    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{live_server.url}/simulators/fx/rates")
+def test_api_dataset_is_fetched_from_the_simulator_and_cached(simulator_server: str, catalog: None) -> None:
+    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{simulator_server}/simulators/fx/rates")
     dataset = fetch_api_dataset(dataset_id=Dataset.objects.get(slug="fx-rates").pk)
     assert dataset.api_last_error == ""
     assert dataset.api_fetched_at is not None
@@ -287,10 +287,11 @@ def test_api_dataset_is_fetched_from_the_simulator_and_cached(live_server: Any, 
     assert {"quote": "GBP", "rate": 0.85} in rows
 
 
-@pytest.mark.django_db(transaction=True)
-def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(live_server: Any, catalog: None) -> None:
+def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(
+    simulator_server: str, catalog: None, staff_client: StaffClient
+) -> None:
     Dataset.objects.filter(slug="fx-rates").update(
-        api_url=f"{live_server.url}/simulators/fx/rates", api_timeout_seconds=1
+        api_url=f"{simulator_server}/simulators/fx/rates", api_timeout_seconds=1
     )
     pk = Dataset.objects.get(slug="fx-rates").pk
     good = fetch_api_dataset(dataset_id=pk)
@@ -307,8 +308,7 @@ def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(live_se
     simulator("fx").settings.latency_ms = 0
     simulator("fx").settings.outage = True
     assert fetch_api_dataset(dataset_id=pk).api_last_error == "HTTP 503 from the endpoint"
-    admin = Client()
-    admin.force_login(User.objects.create_superuser("boss", "boss@example.com", "pw-Str0ng-enough!"))
+    admin = staff_client("superuser")
     page = admin.get(f"/admin/reporting/dataset/{pk}/change/").content.decode()
     assert "HTTP 503 from the endpoint" in page
 
@@ -329,11 +329,10 @@ def test_a_failed_fetch_is_tried_again_within_a_minute_a_good_one_after_its_inte
     assert dataset.pk in due_api_datasets(now=now)
 
 
-@pytest.mark.django_db(transaction=True)
 def test_a_reply_larger_than_the_limit_is_refused_and_the_last_payload_kept(
-    live_server: Any, catalog: None, monkeypatch: pytest.MonkeyPatch
+    simulator_server: str, catalog: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{live_server.url}/simulators/fx/rates")
+    Dataset.objects.filter(slug="fx-rates").update(api_url=f"{simulator_server}/simulators/fx/rates")
     pk = Dataset.objects.get(slug="fx-rates").pk
     good = fetch_api_dataset(dataset_id=pk)
     assert good.api_last_error == ""

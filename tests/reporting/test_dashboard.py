@@ -17,8 +17,9 @@ from reporting.catalog import CHARGED, NOT_CHARGED
 from reporting.models import AlertEvent, AlertRule, Dashboard, Dataset, DatasetField
 from reporting.services.alerts import evaluate_alert_rules
 from sandbox.demo import seed_demo_datasets
+from tests.conftest import StaffClient
 from tests.factories import CarrierFactory, CountryFactory
-from tests.reporting.conftest import MakePayment, staff_client
+from tests.reporting.conftest import MakePayment
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -50,7 +51,7 @@ def test_signed_out_visitors_are_sent_to_the_admin_login(overview: Dashboard) ->
     assert Client().get("/reporting/dashboards/overview/data.json").status_code == 401
 
 
-def test_staff_without_the_dashboard_get_403(overview: Dashboard) -> None:
+def test_staff_without_the_dashboard_get_403(overview: Dashboard, staff_client: StaffClient) -> None:
     support = staff_client("support")
     assert support.get("/reporting/dashboards/overview/").status_code == 403
     assert support.get("/reporting/dashboards/overview/data.json").status_code == 403
@@ -58,7 +59,7 @@ def test_staff_without_the_dashboard_get_403(overview: Dashboard) -> None:
 
 
 def test_staff_who_did_not_pass_the_second_factor_are_kept_out_as_in_the_admin(
-    overview: Dashboard, settings: Any
+    overview: Dashboard, settings: Any, staff_client: StaffClient
 ) -> None:
     settings.STAFF_2FA = True
     operations = staff_client("operations")  # signed in, no verified TOTP device
@@ -70,7 +71,9 @@ def test_staff_who_did_not_pass_the_second_factor_are_kept_out_as_in_the_admin(
     assert operations.get("/reporting/datasets/payments/export.csv?measures=payments").status_code == 302
 
 
-def test_members_of_a_dashboard_group_open_it_from_the_stable_url(overview: Dashboard) -> None:
+def test_members_of_a_dashboard_group_open_it_from_the_stable_url(
+    overview: Dashboard, staff_client: StaffClient
+) -> None:
     operations = staff_client("operations")
     response = operations.get("/reporting/dashboard/")
     assert response.status_code == 302
@@ -82,7 +85,9 @@ def test_members_of_a_dashboard_group_open_it_from_the_stable_url(overview: Dash
     assert 'href="/reporting/dashboards/overview/"' in operations.get("/admin/").content.decode()
 
 
-def test_dashboard_numbers_match_the_tables(overview: Dashboard, make_payment: MakePayment) -> None:
+def test_dashboard_numbers_match_the_tables(
+    overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
     now = timezone.now()
     gb = CarrierFactory.create(slug="gb-one")
     jp = CarrierFactory.create(slug="jp-one", country=CountryFactory.create(code="JP", currency="JPY"))
@@ -141,7 +146,7 @@ def test_dashboard_numbers_match_the_tables(overview: Dashboard, make_payment: M
 
 
 def test_without_an_fx_dataset_the_dashboard_shows_amounts_per_currency_and_no_converted_total(
-    overview: Dashboard, make_payment: MakePayment
+    overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient
 ) -> None:
     # A deployment whose catalog has no FX provider (production before staff add one).
     Dataset.objects.filter(source_kind="api").delete()
@@ -162,7 +167,7 @@ def test_without_an_fx_dataset_the_dashboard_shows_amounts_per_currency_and_no_c
     assert data["revenue"]["total_payments"] == 2
 
 
-def test_filters_narrow_every_figure(overview: Dashboard, make_payment: MakePayment) -> None:
+def test_filters_narrow_every_figure(overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient) -> None:
     now = timezone.now()
     gb, other = CarrierFactory.create(slug="gb-one"), CarrierFactory.create(slug="gb-two")
     make_payment(carrier=gb, created=now - timedelta(hours=1), amount_minor=100)
@@ -176,7 +181,9 @@ def test_filters_narrow_every_figure(overview: Dashboard, make_payment: MakePaym
     assert bad.json()["code"] == "invalid_dashboard_filters"
 
 
-def test_a_rule_fires_once_shows_on_the_dashboard_and_resolves(overview: Dashboard, make_payment: MakePayment) -> None:
+def test_a_rule_fires_once_shows_on_the_dashboard_and_resolves(
+    overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
     AlertRule.objects.all().delete()
     rule = AlertRule.objects.create(
         name="gb success",

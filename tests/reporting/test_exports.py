@@ -17,8 +17,8 @@ from playpay.tables import TableFormat
 from reporting.models import ExportJob, ExportKind
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
-from tests.conftest import Shop
-from tests.reporting.conftest import MakePayment, staff_client
+from tests.conftest import Shop, StaffClient
+from tests.reporting.conftest import MakePayment
 
 pytestmark = pytest.mark.django_db
 
@@ -199,7 +199,7 @@ def test_running_a_finished_export_job_again_changes_nothing(
 
 
 def test_finance_starts_a_background_export_in_the_admin_and_downloads_it(
-    shop: Shop, make_payment: MakePayment
+    shop: Shop, make_payment: MakePayment, staff_client: StaffClient
 ) -> None:
     for n in range(3):
         make_payment(carrier=shop.carrier, reference=f"ref-{n}", created=MAY_3)
@@ -231,7 +231,9 @@ def test_finance_starts_a_background_export_in_the_admin_and_downloads_it(
     assert len(csv_rows(b"".join(download.streaming_content))) == 4  # type: ignore[attr-defined]
 
 
-def test_a_small_export_downloads_at_once_from_the_admin(shop: Shop, make_payment: MakePayment) -> None:
+def test_a_small_export_downloads_at_once_from_the_admin(
+    shop: Shop, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
     make_payment(carrier=shop.carrier, reference="ref-1", created=MAY_3)
     operations = staff_client("operations")
     response = operations.post(
@@ -245,7 +247,7 @@ def test_a_small_export_downloads_at_once_from_the_admin(shop: Shop, make_paymen
 
 
 def test_a_large_export_must_run_in_the_background(
-    shop: Shop, make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch
+    shop: Shop, make_payment: MakePayment, monkeypatch: pytest.MonkeyPatch, staff_client: StaffClient
 ) -> None:
     monkeypatch.setattr(exports, "DIRECT_DOWNLOAD_LIMIT", 2)
     for n in range(3):
@@ -257,7 +259,7 @@ def test_a_large_export_must_run_in_the_background(
     assert "run the export in the background" in response.content.decode()
 
 
-def test_support_cannot_export() -> None:
+def test_support_cannot_export(staff_client: StaffClient) -> None:
     support = staff_client("support")
     assert support.get("/admin/reporting/exportjob/add/").status_code == 403
     assert support.post("/admin/reporting/exportjob/download-now/", {"kind": "transactions"}).status_code == 403

@@ -20,8 +20,9 @@ from reporting.services.reconciliation import (
     reconcile_settlement_file,
     write_report,
 )
+from tests.conftest import StaffClient
 from tests.factories import CarrierFactory
-from tests.reporting.conftest import MakePayment, staff_client
+from tests.reporting.conftest import MakePayment
 
 pytestmark = pytest.mark.django_db
 
@@ -241,7 +242,9 @@ def test_the_reconciliation_exports_as_xlsx_with_one_row_per_reference(carrier: 
 
 
 @pytest.mark.usefixtures("hand_made")
-def test_finance_uploads_a_settlement_file_and_exports_its_reconciliation_in_the_admin(carrier: Carrier) -> None:
+def test_finance_uploads_a_settlement_file_and_exports_its_reconciliation_in_the_admin(
+    carrier: Carrier, staff_client: StaffClient
+) -> None:
     finance = staff_client("finance")
     assert finance.get("/admin/reporting/settlementfile/add/").status_code == 200
     response = finance.post(
@@ -279,7 +282,7 @@ def test_finance_uploads_a_settlement_file_and_exports_its_reconciliation_in_the
     assert len(lines) == 1 + 2
 
 
-def test_an_upload_with_errors_lists_them_and_imports_nothing(carrier: Carrier) -> None:
+def test_an_upload_with_errors_lists_them_and_imports_nothing(carrier: Carrier, staff_client: StaffClient) -> None:
     finance = staff_client("finance")
     bad = csv_file("carrier_reference,amount_minor,currency,date", "a,1,GBP,2026-05-01", "b,x,GBP,2026-05-01")
     response = finance.post(
@@ -293,6 +296,6 @@ def test_an_upload_with_errors_lists_them_and_imports_nothing(carrier: Carrier) 
     assert not SettlementFile.objects.exists()
 
 
-def test_only_finance_uploads_settlement_files(carrier: Carrier) -> None:
+def test_only_finance_uploads_settlement_files(carrier: Carrier, staff_client: StaffClient) -> None:
     assert staff_client("support").get("/admin/reporting/settlementfile/add/").status_code == 403
     assert staff_client("operations").get("/admin/reporting/settlementfile/add/").status_code == 403
