@@ -300,7 +300,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
         manage(["create_app", "bench-funnel-10m"], env)
         manage(["funnel_partitions", "--since", f"{since:%Y-%m}"], env)
         with psycopg.connect(database_url) as conn:
-            row = conn.execute("SELECT id FROM payments_app WHERE name = 'bench-funnel-10m'").fetchone()
+            row = conn.execute("SELECT id FROM tenants_app WHERE name = 'bench-funnel-10m'").fetchone()
         if row is None:
             raise SetupError("create_app made no app")
         app = int(row[0])

@@ -352,7 +352,7 @@ def settled_count(database_url: str, prefix: str, timeout_s: float = 15.0) -> in
 
 def app_id(database_url: str, name: str) -> int:
     with psycopg.connect(database_url) as conn:
-        row = conn.execute("SELECT id FROM payments_app WHERE name = %s", (name,)).fetchone()
+        row = conn.execute("SELECT id FROM tenants_app WHERE name = %s", (name,)).fetchone()
     if row is None:
         raise SetupError(f"no app {name!r} in the bench database")
     return int(row[0])

@@ -11,7 +11,7 @@ from django.urls import path, reverse
 from carriers.adapters.base import Outcome
 from carriers.models import Carrier, Country, NetworkCode, NumberPrefix, PricePoint
 from carriers.services import check_carrier_connection
-from payments.services.staff import record_staff_action
+from journal.services import record_staff_action
 from playpay.money import UnknownCurrency, validate_currency
 
 

@@ -18,8 +18,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from funnel.services import MAX_BATCH, GameEvent, ingest_events
-from playpay.api.auth import request_app
 from playpay.api.serializers import MAX_METADATA_BYTES, StrictSerializer, unknown_field_errors
+from tenants.auth import request_app
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
 ID_MAX_LENGTH = 128

@@ -6,7 +6,7 @@ from django.db import models
 class Journey(models.Model):
     """One player's way through a purchase, as the game names it (app + journey id)."""
 
-    app = models.ForeignKey("payments.App", on_delete=models.PROTECT, related_name="journeys")
+    app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="journeys")
     journey_id = models.CharField(max_length=128)
     user_ref = models.CharField(max_length=128, blank=True)
     started_at = models.DateTimeField(help_text="Time of its earliest event.")
@@ -37,7 +37,7 @@ class FunnelEvent(models.Model):
     # No index of its own, (app, journey_id, occurred_at) leads with it; no foreign-key constraint, whose
     # check per row would cost a fifth of an insert (PROTECT is enforced by Django, the app is the caller).
     app = models.ForeignKey(
-        "payments.App", on_delete=models.PROTECT, related_name="funnel_events", db_index=False, db_constraint=False
+        "tenants.App", on_delete=models.PROTECT, related_name="funnel_events", db_index=False, db_constraint=False
     )
     journey_id = models.CharField(max_length=128)
     event_id = models.CharField(max_length=160, help_text="Given by the sender; a repeat is ignored.")
@@ -68,7 +68,7 @@ class FunnelEventKey(models.Model):
 
     pk = models.CompositePrimaryKey("app_id", "event_id")
     app = models.ForeignKey(
-        "payments.App", on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
+        "tenants.App", on_delete=models.PROTECT, related_name="+", db_constraint=False, db_index=False
     )
     event_id = models.CharField(max_length=160)
 
@@ -84,7 +84,7 @@ class FunnelDefinition(models.Model):
 
     name = models.CharField(max_length=100, unique=True)
     app = models.ForeignKey(
-        "payments.App", null=True, blank=True, on_delete=models.CASCADE, help_text="Empty: every app."
+        "tenants.App", null=True, blank=True, on_delete=models.CASCADE, help_text="Empty: every app."
     )
     steps = models.JSONField(
         help_text='Ordered step names, e.g. ["store_opened", "payment_created", "charge_succeeded"].'
@@ -130,7 +130,7 @@ class FunnelRollup(models.Model):
 
     funnel = models.ForeignKey(FunnelDefinition, on_delete=models.CASCADE, related_name="rollups")
     hour = models.DateTimeField()
-    app = models.ForeignKey("payments.App", on_delete=models.CASCADE, related_name="+")
+    app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="+")
     carrier = models.CharField(max_length=80, blank=True)
     country = models.CharField(max_length=2, blank=True)
     price_point = models.CharField(max_length=64, blank=True)

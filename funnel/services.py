@@ -19,7 +19,8 @@ from django.utils import timezone
 
 from funnel.models import FunnelEvent, Journey
 from payments.events import PaymentStatusChanged
-from payments.models import App, Payment
+from payments.models import Payment
+from tenants.models import App
 
 MAX_BATCH = 1000
 # Payment status -> the funnel step the platform emits for it.

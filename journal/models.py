@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -63,3 +64,22 @@ class JournalSpool(models.Model):
 
     def __str__(self) -> str:
         return f"spooled {self.created_at:%Y-%m-%d %H:%M:%S}"
+
+
+class StaffAction(models.Model):
+    """Who did what to which payment or carrier in the admin, when and why."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    action = models.CharField(max_length=50)
+    object_type = models.CharField(max_length=50)
+    object_id = models.CharField(max_length=64)
+    reason = models.CharField(max_length=255, blank=True)
+    outcome = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["object_type", "object_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} {self.action} {self.object_type}:{self.object_id}"

@@ -12,11 +12,12 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from journal.models import JournalSpool
+from journal.models import JournalSpool, StaffAction
 from journal.store import CORRELATION_FIELDS, journal_store
 from playpay.redaction import msisdn_hash, redact
 
@@ -86,3 +87,28 @@ def drain_spool(*, batch: int = 500) -> int:
         return 0
     JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).delete()
     return len(rows)
+
+
+def record_staff_action(*, user: AbstractBaseUser, action: str, target: object, reason: str, outcome: str) -> None:
+    object_type = type(target).__name__.lower()
+    object_id = str(getattr(target, "public_id", None) or getattr(target, "pk", ""))
+    StaffAction.objects.create(
+        user_id=user.pk,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        reason=reason[:255],
+        outcome=outcome[:255],
+    )
+    record(
+        Kind.STAFF_ACTION,
+        {
+            "user": user.get_username(),
+            "action": action,
+            "object": f"{object_type}:{object_id}",
+            "reason": reason,
+            "outcome": outcome,
+        },
+        payment_id=object_id if object_type == "payment" else "",
+        carrier=getattr(target, "slug", "") if object_type == "carrier" else "",
+    )

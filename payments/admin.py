@@ -13,11 +13,10 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from carriers.msisdn import normalize_msisdn
+from journal.models import StaffAction
 from journal.selectors import render as journal_render
 from journal.selectors import timeline as journal_timeline
 from payments.models import (
-    ApiKey,
-    App,
     CarrierNotification,
     IdempotencyRecord,
     LedgerLine,
@@ -25,22 +24,19 @@ from payments.models import (
     Payment,
     PaymentStatusChange,
     Refund,
-    StaffAction,
     WebhookAttempt,
     WebhookDelivery,
 )
 from payments.services import webhooks
-from payments.services.apps import issue_api_key, revoke_api_key
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
 from playpay.admin_base import ReadOnlyInline, RecordAdmin
 from playpay.errors import DomainError
+from tenants.admin import ApiKeyInline
+from tenants.models import App
+from tenants.services import issue_api_key
 
 
-class ApiKeyInline(ReadOnlyInline):
-    model = ApiKey
-    fields = ["prefix", "label", "created_at", "revoked_at"]
-
-
+# The App's page is here, not in tenants: its actions issue API keys and webhook secrets (payments).
 @admin.register(App)
 class AppAdmin(admin.ModelAdmin[App]):
     list_display = ["name", "public_id", "is_active", "webhook_url", "rate_limit_per_minute", "created_at"]
@@ -78,25 +74,6 @@ class AppAdmin(admin.ModelAdmin[App]):
     def _show_new_key(self, request: HttpRequest, app: App) -> None:
         issued = issue_api_key(app=app, label=f"issued by {request.user}")
         self._show_once(request, "API key", app, issued.raw_key)
-
-
-@admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
-    list_display = ["prefix", "app", "label", "created_at", "revoked_at"]
-    list_filter = ["revoked_at"]
-    search_fields = ["prefix", "app__name"]
-    list_select_related = ["app"]
-    readonly_fields = ["app", "prefix", "label", "created_at", "revoked_at"]
-    actions = ["revoke"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # keys are issued from the app page so that the key can be shown once
-
-    @admin.action(description="Revoke selected keys", permissions=["change"])
-    def revoke(self, request: HttpRequest, queryset: Any) -> None:
-        for api_key in queryset:
-            revoke_api_key(api_key=api_key)
-        self.message_user(request, f"{queryset.count()} key(s) revoked.")
 
 
 class StatusChangeInline(ReadOnlyInline):
@@ -329,14 +306,3 @@ def _table(headers: list[str], rows: list[tuple[str, ...]]) -> str:
         "", "<tr>{}</tr>", ((format_html_join("", "<td>{}</td>", ((c,) for c in row)),) for row in rows)
     )
     return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)
-
-
-@admin.register(StaffAction)
-class StaffActionAdmin(RecordAdmin):
-    list_display = ["created_at", "user", "action", "object_type", "object_id", "reason", "outcome"]
-    list_filter = ["action", "object_type"]
-    search_fields = ["=object_id", "user__username", "reason"]
-    list_select_related = ["user"]
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

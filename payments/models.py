@@ -1,76 +1,8 @@
-import hashlib
 import uuid
-from decimal import Decimal
 from typing import Any
 
-from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
-
-
-class App(models.Model):
-    """A game backend that calls the API."""
-
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    name = models.CharField(max_length=100, unique=True)
-    webhook_url = models.URLField(blank=True, help_text="Where PlayPay sends payment webhooks.")
-    is_active = models.BooleanField(default=True)
-    rate_limit_per_minute = models.PositiveIntegerField(
-        null=True, blank=True, help_text="API requests per minute; empty for the platform default."
-    )
-    revenue_share = models.DecimalField(
-        max_digits=5,
-        decimal_places=4,
-        default=Decimal("0.8500"),
-        help_text="The app's share of what remains after tax and the carrier's share, 0 to 1.",
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["name"]
-        constraints = [
-            models.CheckConstraint(
-                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1), name="app_revenue_share_range"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def is_authenticated(self) -> bool:
-        return True
-
-    @property
-    def effective_rate_limit(self) -> int:
-        return self.rate_limit_per_minute or settings.API_RATE_LIMIT_PER_MINUTE
-
-
-class ApiKey(models.Model):
-    """An app's API key. Only a hash is stored; the key is shown once, when it is issued."""
-
-    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="api_keys")
-    prefix = models.CharField(max_length=16, unique=True, editable=False)
-    key_hash = models.CharField(max_length=64, editable=False)
-    label = models.CharField(max_length=100, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    revoked_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        verbose_name = "API key"
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.prefix}… ({self.app})"
-
-    @staticmethod
-    def hash(raw_key: str) -> str:
-        # Keys are 256-bit random: a fast hash is enough, no password stretching needed.
-        return hashlib.sha256(raw_key.encode()).hexdigest()
-
-    @property
-    def is_active(self) -> bool:
-        return self.revoked_at is None
 
 
 class PaymentStatus(models.TextChoices):
@@ -93,7 +25,7 @@ class PaymentFlow(models.TextChoices):
 
 class Payment(models.Model):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
-    app = models.ForeignKey(App, on_delete=models.PROTECT, related_name="payments")
+    app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="payments")
     user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
     msisdn = models.CharField("MSISDN", max_length=16, help_text="E.164")
     carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="payments")
@@ -191,7 +123,7 @@ class IdempotencyRecord(models.Model):
         IN_FLIGHT = "in_flight"
         COMPLETED = "completed"
 
-    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="idempotency_records")
+    app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="idempotency_records")
     key = models.CharField(max_length=255)
     fingerprint = models.CharField(max_length=64, help_text="Hash of method, path and body.")
     state = models.CharField(max_length=12, choices=State.choices, default=State.IN_FLIGHT)
@@ -257,7 +189,7 @@ class WebhookSecret(models.Model):
     Several can be active during a rotation; every notification is signed with each.
     """
 
-    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="webhook_secrets")
+    app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="webhook_secrets")
     secret_encrypted = models.TextField(editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: active until rotated.")
@@ -278,7 +210,7 @@ class WebhookDelivery(models.Model):
         FAILED = "failed", "failed (retries exhausted)"
         ABANDONED = "abandoned", "abandoned (endpoint gone)"
 
-    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="webhook_deliveries")
     payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     message_id = models.CharField(max_length=64, unique=True)
     event_type = models.CharField(max_length=64)
@@ -431,22 +363,3 @@ class LedgerLine(AppendOnly):
 
 class ImmutableLedger(Exception):
     pass
-
-
-class StaffAction(models.Model):
-    """Who did what to which payment or carrier in the admin, when and why."""
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
-    action = models.CharField(max_length=50)
-    object_type = models.CharField(max_length=50)
-    object_id = models.CharField(max_length=64)
-    reason = models.CharField(max_length=255, blank=True)
-    outcome = models.CharField(max_length=255, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["-id"]
-        indexes = [models.Index(fields=["object_type", "object_id"])]
-
-    def __str__(self) -> str:
-        return f"{self.user_id} {self.action} {self.object_type}:{self.object_id}"

@@ -126,9 +126,11 @@ def queue_depths() -> dict[str, int]:
     if celery_app.conf.task_always_eager or not url.startswith(("redis://", "rediss://")):
         return {}
     names = queue_names()
+    # Celery's Redis transport keeps every key under the broker's optional global_keyprefix.
+    prefix = (celery_app.conf.broker_transport_options or {}).get("global_keyprefix", "")
     pipeline = _broker(url).pipeline(transaction=False)
     for name in names:
-        pipeline.llen(name)
+        pipeline.llen(prefix + name)
     return {name: int(depth) for name, depth in zip(names, pipeline.execute(), strict=True)}
 
 

@@ -7,10 +7,10 @@ from django import forms
 from django.core.validators import FileExtensionValidator
 
 from carriers.models import Carrier, Country
-from payments.models import App
 from playpay.tables import TableFormat
 from reporting.models import ExportKind
 from reporting.services.exports import ExportFilters
+from tenants.models import App
 
 _DATE = forms.DateInput(attrs={"type": "date"})
 

@@ -382,7 +382,7 @@ def _alerts_tile() -> dict[str, Any]:
 
 def dashboard_choices() -> dict[str, list[tuple[str, str]]]:
     """What the filter form offers: apps, countries and carriers that took payments or are active."""
-    from payments.models import App
+    from tenants.models import App
 
     carriers = Carrier.objects.filter(is_active=True).select_related("country").order_by("slug")
     countries = sorted({(c.country_id, c.country.name) for c in carriers})

@@ -8,9 +8,9 @@ from django.conf import settings
 
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
 from funnel.models import FunnelDefinition
-from payments.models import App
-from payments.services.apps import issue_api_key, revoke_api_keys
 from reporting.models import Dashboard, Dataset, DatasetField, SourceKind
+from tenants.models import App
+from tenants.services import issue_api_key, revoke_api_keys
 
 DEMO_APP = "Demo Game"
 # The store journey the demo traffic plays, joined with the platform's own steps; the overview dashboard shows it.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up and runs the whole check: formatting, lint, types, migrations, and the
+# Sets up and runs the whole check: formatting, lint, types, the direction of dependencies, migrations, and the
 # test suite against PostgreSQL and a real Celery broker (Redis).
 # Extra arguments go to pytest, e.g. scripts/test.sh -k idempotency
 # The suite runs on every core (pytest-xdist, a test database per worker; PYTEST_WORKERS=0 for one
@@ -18,6 +18,7 @@ export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff format --check"; ruff format --check .
 echo "== ruff check"; ruff check .
 echo "== mypy"; mypy .
+echo "== lint-imports (dependencies run one way)"; lint-imports
 echo "== makemigrations --check"; python manage.py makemigrations --check --dry-run
 echo "== pytest (DATABASE_URL=${DATABASE_URL%%@*}@…, broker ${CELERY_BROKER_URL%%:*})"
 pytest -n "${PYTEST_WORKERS:-auto}" "$@"

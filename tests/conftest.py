@@ -15,11 +15,11 @@ from pytest_django.live_server_helper import LiveServer
 from rest_framework.test import APIClient
 
 from carriers.models import Carrier, PricePoint
-from payments.models import App
-from payments.services.apps import issue_api_key
 from playpay import refcache
 from playpay.celery import app as celery_app
 from sandbox.simulators.core import SIMULATORS
+from tenants.models import App
+from tenants.services import issue_api_key
 from tests.factories import AppFactory, CarrierFactory, NumberPrefixFactory, PricePointFactory
 
 # A valid UK mobile number routed to the default test carrier by its prefix.

@@ -7,7 +7,8 @@ from factory.declarations import SelfAttribute, Sequence, SubFactory
 from factory.django import DjangoModelFactory
 
 from carriers.models import Carrier, Country, NumberPrefix, PricePoint, Protocol
-from payments.models import App, Payment, PaymentFlow, PaymentStatus
+from payments.models import Payment, PaymentFlow, PaymentStatus
+from tenants.models import App
 
 
 class CountryFactory(DjangoModelFactory[Country]):

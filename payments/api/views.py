@@ -21,11 +21,12 @@ from payments.api.serializers import (
     ReversalCreateSerializer,
     ReversalSerializer,
 )
-from payments.models import App, Payment, PaymentStatus, Refund
+from payments.models import Payment, PaymentStatus, Refund
 from payments.services.idempotency import IdempotencyKey, StoredResponse, fingerprint, parse_key, run_idempotent
 from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
-from playpay.api.auth import request_app
+from tenants.auth import request_app
+from tenants.models import App
 
 PROBLEM = OpenApiResponse(description="RFC 9457 problem+json; see /api/problems/ for the codes.")
 IDEMPOTENCY_KEY = OpenApiParameter(

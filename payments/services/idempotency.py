@@ -31,8 +31,9 @@ from payments.errors import (
     IdempotencyKeyReused,
     IdempotencyRequestInFlight,
 )
-from payments.models import App, IdempotencyRecord
+from payments.models import IdempotencyRecord
 from playpay.errors import DomainError
+from tenants.models import App
 
 MAX_KEY_LENGTH = 255
 

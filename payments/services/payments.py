@@ -26,7 +26,7 @@ from payments.errors import (
     InvalidPin,
     PinExpired,
 )
-from payments.models import App, Payment, PaymentFlow, PaymentStatus
+from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services.carrier_flow import (
     carrier_actor,
     charge_request,
@@ -38,6 +38,7 @@ from payments.services.carrier_flow import (
 )
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, is_unique_violation
 from payments.services.state_machine import record_creation, transition
+from tenants.models import App
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from dataclasses import dataclass
 
 from django.contrib.auth.models import AbstractBaseUser
 
-from journal.services import Kind, record
-from payments.models import Payment, StaffAction
+from journal.services import record_staff_action
+from payments.models import Payment
 from payments.services.refunds import (
     carrier_refunds,
     refund_refusal,
@@ -26,31 +26,6 @@ class ActionResult:
 
 def staff_actor(user: AbstractBaseUser) -> str:
     return f"staff:{user.get_username()}"
-
-
-def record_staff_action(*, user: AbstractBaseUser, action: str, target: object, reason: str, outcome: str) -> None:
-    object_type = type(target).__name__.lower()
-    object_id = str(getattr(target, "public_id", None) or getattr(target, "pk", ""))
-    StaffAction.objects.create(
-        user_id=user.pk,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        reason=reason[:255],
-        outcome=outcome[:255],
-    )
-    record(
-        Kind.STAFF_ACTION,
-        {
-            "user": user.get_username(),
-            "action": action,
-            "object": f"{object_type}:{object_id}",
-            "reason": reason,
-            "outcome": outcome,
-        },
-        payment_id=object_id if object_type == "payment" else "",
-        carrier=getattr(target, "slug", "") if object_type == "carrier" else "",
-    )
 
 
 def refund_payments(

@@ -26,10 +26,11 @@ from django.utils import timezone
 
 from journal.services import Kind, record
 from payments.events import PaymentStatusChanged
-from payments.models import App, Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
+from payments.models import Payment, WebhookAttempt, WebhookDelivery, WebhookSecret
 from payments.services import outbox
 from payments.services.state_machine import WEBHOOK_STATUSES
 from playpay.crypto import decrypt_credentials, encrypt_credentials
+from tenants.models import App
 
 logger = logging.getLogger(__name__)
 

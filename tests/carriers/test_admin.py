@@ -39,7 +39,7 @@ def test_credentials_are_stored_encrypted_and_never_shown_back(staff_client) -> 
         url, carrier_form(carrier, new_credentials='{"client_secret": "s3cr3t-value"}', change_reason="new keys")
     )
     assert response.status_code == 302
-    from payments.models import StaffAction
+    from journal.models import StaffAction
 
     action = StaffAction.objects.get()
     assert (action.action, action.reason) == ("change", "new keys")
@@ -75,8 +75,9 @@ def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff
         "/admin/carriers/country/",
         "/admin/carriers/pricepoint/",
         "/admin/payments/payment/",
-        "/admin/payments/app/",
-        "/admin/payments/apikey/",
+        "/admin/tenants/app/",
+        "/admin/tenants/apikey/",
+        "/admin/journal/staffaction/",
         "/admin/payments/idempotencyrecord/",
         "/admin/payments/webhookdelivery/",
         "/admin/payments/carriernotification/",
@@ -91,7 +92,7 @@ def test_admin_changelists_load_with_search(staff_client, path: str) -> None:
 def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(
     simulator_server, staff_client, settings
 ) -> None:
-    from payments.models import StaffAction
+    from journal.models import StaffAction
     from tests.payments.carrier_helpers import simulated_carrier
 
     settings.PUBLIC_BASE_URL = simulator_server
@@ -111,7 +112,7 @@ def test_test_connection_checks_endpoint_and_credentials_and_is_recorded(
 
 def test_deactivating_a_carrier_is_recorded(staff_client) -> None:
     admin = staff_client("superuser")
-    from payments.models import StaffAction
+    from journal.models import StaffAction
 
     carrier = CarrierFactory.create()
     admin.post("/admin/carriers/carrier/", {"action": "deactivate", "_selected_action": [carrier.pk]})

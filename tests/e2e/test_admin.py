@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, Response, expect
 
-from payments.models import Payment, Refund, StaffAction
+from journal.models import StaffAction
+from payments.models import Payment, Refund
 from tests.e2e.conftest import Game
 
 # The live server answers from another thread: it sees only what the test commits.

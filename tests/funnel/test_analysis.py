@@ -7,7 +7,7 @@ import pytest
 
 from funnel.models import FunnelEvent, Journey
 from funnel.selectors import funnel_report, window_funnel
-from payments.models import App
+from tenants.models import App
 from tests.conftest import StaffClient
 from tests.factories import AppFactory
 

@@ -8,8 +8,9 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
+from journal.models import StaffAction
 from payments.errors import ReversalNotAllowed
-from payments.models import Payment, PaymentStatus, Refund, Reversal, StaffAction
+from payments.models import Payment, PaymentStatus, Refund, Reversal
 from payments.services.refunds import request_reversal
 from payments.services.staff import preview_operation
 from tests.conftest import Shop, StaffClient

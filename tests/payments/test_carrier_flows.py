@@ -12,8 +12,8 @@ from rest_framework.test import APIClient
 from carriers.models import Carrier
 from payments.models import CarrierNotification, Payment, PaymentStatus, Refund
 from payments.services import carrier_flow
-from payments.services.apps import issue_api_key
 from sandbox.simulators.core import simulator
+from tenants.services import issue_api_key
 from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
 

@@ -6,7 +6,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
-from payments.models import App
+from tenants.models import App
 
 pytestmark = pytest.mark.django_db
 

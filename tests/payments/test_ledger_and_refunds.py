@@ -213,8 +213,8 @@ class TestMoneyProperties(TestCase):
         )
     )
     def test_ledger_balances_and_refunds_never_exceed_captures(self, operations: list[tuple[str, Any]]) -> None:
-        from payments.services.apps import issue_api_key
         from payments.services.refunds import request_reversal
+        from tenants.services import issue_api_key
         from tests.factories import AppFactory, NumberPrefixFactory, PricePointFactory
 
         price_point = PricePointFactory.create(amount_minor=99)

@@ -17,8 +17,8 @@ from rest_framework.test import APIClient
 from carriers.adapters import carrier_queue
 from payments.models import OutboxMessage, Payment, PaymentStatus
 from payments.services import outbox
-from payments.services.apps import issue_api_key
 from playpay.celery import app as celery_app
+from tenants.services import issue_api_key
 from tests.factories import AppFactory, NumberPrefixFactory, PricePointFactory
 from tests.payments.carrier_helpers import wait_for_status
 
@@ -53,7 +53,7 @@ import os, django
 django.setup()
 from payments.services import outbox
 outbox.send = lambda message: os.kill(os.getpid(), 9)  # die between the commit and the enqueue
-from payments.models import App
+from tenants.models import App
 from payments.services.idempotency import IdempotencyKey
 from payments.services.payments import PaymentRequest, create_payment
 app = App.objects.get(name=os.environ["APP_NAME"])

@@ -125,7 +125,8 @@ def test_queue_depths_are_read_from_the_broker(token: str) -> None:
     carrier = CarrierFactory.create()
     queue = f"carrier.{carrier.slug}"
     broker = redis.Redis.from_url(django_settings.CELERY_BROKER_URL)
-    broker.delete(queue, "webhooks")
+    prefix = (celery_app.conf.broker_transport_options or {}).get("global_keyprefix", "")
+    broker.delete(prefix + queue, prefix + "webhooks")
     try:
         for _ in range(2):
             celery_app.send_task("payments.tasks.relay_outbox", queue=queue)
@@ -135,7 +136,7 @@ def test_queue_depths_are_read_from_the_broker(token: str) -> None:
         assert value(samples, "playpay_celery_queue_depth", queue="webhooks") == 1
         assert ("playpay_celery_queue_depth", frozenset({("queue", "default")})) in samples
     finally:
-        broker.delete(queue, "webhooks")
+        broker.delete(prefix + queue, prefix + "webhooks")
 
 
 def test_multiprocess_mode_adds_up_what_every_worker_counted(tmp_path: Path) -> None:

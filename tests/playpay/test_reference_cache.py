@@ -6,9 +6,10 @@ from rest_framework import serializers
 from carriers.models import Carrier, PricePoint
 from carriers.services import get_offered_price_point, resolve_carrier
 from payments.api.serializers import PaymentSerializer
-from payments.models import ApiKey, Payment
-from payments.services.apps import authenticate_api_key, revoke_api_key
+from payments.models import Payment
 from playpay import refcache
+from tenants.models import ApiKey
+from tenants.services import authenticate_api_key, revoke_api_key
 from tests.conftest import MSISDN, Shop
 
 

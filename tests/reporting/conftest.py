@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from carriers.models import Carrier
-from payments.models import App, Payment, PaymentStatus
+from payments.models import Payment, PaymentStatus
+from tenants.models import App
 from tests.conftest import MSISDN
 from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
 

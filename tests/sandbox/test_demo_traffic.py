@@ -7,8 +7,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from funnel.models import FunnelEvent
-from payments.models import ApiKey, Payment, Refund
+from payments.models import Payment, Refund
 from sandbox.demo import DEMO_APP, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
+from tenants.models import ApiKey
 from tests.factories import CountryFactory
 
 # The live server answers from another thread: it sees only what the test commits.

@@ -9,11 +9,11 @@ from rest_framework.test import APIClient
 
 from carriers.models import Carrier, PricePoint
 from funnel.models import FunnelDefinition
-from payments.models import ApiKey, App
 from reporting.models import Dashboard, Dataset
 from reporting.selectors import fx_rates
 from reporting.services.datasets import fetch_api_dataset
 from sandbox.demo import seed_demo_datasets
+from tenants.models import ApiKey, App
 
 pytestmark = pytest.mark.django_db
 

@@ -6,9 +6,9 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, permissions
 from rest_framework.request import Request
 
-from payments.models import ApiKey, App
-from payments.services.apps import authenticate_api_key
 from playpay.logging import bind
+from tenants.models import ApiKey, App
+from tenants.services import authenticate_api_key
 
 KEYWORD = "Api-Key"
 
@@ -46,7 +46,7 @@ class IsApp(permissions.BasePermission):
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):  # type: ignore[no-untyped-call]
-    target_class = "playpay.api.auth.ApiKeyAuthentication"
+    target_class = "tenants.auth.ApiKeyAuthentication"
     name = "ApiKey"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

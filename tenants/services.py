@@ -7,8 +7,8 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
-from payments.models import ApiKey, App
 from playpay.refcache import RefCache
+from tenants.models import ApiKey, App
 
 KEY_PREFIX_BYTES = 6
 

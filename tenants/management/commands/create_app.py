@@ -5,8 +5,8 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.validators import URLValidator
 
-from payments.models import App
-from payments.services.apps import create_app
+from tenants.models import App
+from tenants.services import create_app
 
 
 class Command(BaseCommand):

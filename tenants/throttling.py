@@ -8,7 +8,7 @@ from django.core.cache.backends.redis import RedisCache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from playpay.api.auth import request_app
+from tenants.auth import request_app
 
 WINDOW_SECONDS = 60
 
