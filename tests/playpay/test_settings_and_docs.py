@@ -1,29 +1,11 @@
 """Settings from the environment, the production checks, and the offline API docs."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION_ENV = {
-    "PLAYPAY_ENV": "production",
-    "DEBUG": "false",
-    "SECRET_KEY": "a-long-random-production-secret-key-0123456789-abcdefghijklmnop",
-    "ALLOWED_HOSTS": "pay.example.com",
-    "SECURE_SSL_REDIRECT": "true",
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-}
-
-
-def django(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
-    )
+from tests.processes import PRODUCTION_ENV, django
 
 
 def settings_value(expr: str, env: dict[str, str]) -> str:

@@ -1,31 +1,12 @@
 """The sandbox is demo and test mode: never in a production deployment, nothing of it in a migrated database."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from django.db import connection
 
 from sandbox.demo import seed_demo_datasets
-
-ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION_ENV = {
-    "PLAYPAY_ENV": "production",
-    "DEBUG": "false",
-    "SECRET_KEY": "a-long-random-production-secret-key-0123456789-abcdefghijklmnop",
-    "ALLOWED_HOSTS": "pay.example.com",
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-}
-
-
-def django(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """manage.py in a fresh process (settings are fixed per process), without this suite's SANDBOX=true."""
-    base = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=base | env, capture_output=True, text=True, timeout=120
-    )
+from tests.processes import PRODUCTION_ENV, django
 
 
 def shell(code: str, env: dict[str, str]) -> str:
