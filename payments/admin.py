@@ -115,7 +115,7 @@ class PaymentAdmin(RecordAdmin):
     date_hierarchy = "created_at"
     inlines = [StatusChangeInline, RefundInline]
     actions = ["refund", "reverse"]
-    readonly_fields = ["interactions", "ledger", "carrier_callbacks", "notifications", "staff_actions"]
+    readonly_fields = ["interactions", "ledger", "carrier_callbacks", "webhook_deliveries", "staff_actions"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [*super().get_readonly_fields(request, obj), *self.readonly_fields]
@@ -196,8 +196,8 @@ class PaymentAdmin(RecordAdmin):
             [(f"{n.received_at:%Y-%m-%d %H:%M:%S}", n.notification_id, n.outcome, n.raw_code, n.result) for n in rows],
         )
 
-    @admin.display(description="notifications to the app")
-    def notifications(self, payment: Payment) -> str:
+    @admin.display(description="webhooks to the app")
+    def webhook_deliveries(self, payment: Payment) -> str:
         rows = WebhookDelivery.objects.filter(payment=payment).order_by("id")
         return _table(
             ["event", "status", "attempts", "last HTTP status"],
@@ -281,7 +281,7 @@ class WebhookDeliveryAdmin(RecordAdmin):
     def replay(self, request: HttpRequest, queryset: Any) -> None:
         for delivery in queryset:
             webhooks.replay(delivery=delivery)
-        self.message_user(request, f"{queryset.count()} notification(s) queued again.")
+        self.message_user(request, f"{queryset.count()} webhook(s) queued again.")
 
 
 @admin.register(CarrierNotification)

@@ -5,7 +5,8 @@ run in that same transaction, so what they write (ledger lines, funnel steps, a
 webhook delivery and its outbox message) commits or rolls back with the change;
 work that must not run inside it goes through the outbox and runs after the
 commit. Payments knows nothing of who listens: each app subscribes from its
-`AppConfig.ready()`.
+`AppConfig.ready()`. Subscribers are independent of one another: none may rely on
+another having run first (their order follows INSTALLED_APPS).
 """
 
 from collections.abc import Callable
@@ -37,10 +38,6 @@ def subscribe(subscriber: Subscriber) -> None:
     """Call `subscriber` with every status change, inside the transaction that makes it."""
     if subscriber not in _subscribers:
         _subscribers.append(subscriber)
-
-
-def subscribers() -> tuple[Subscriber, ...]:
-    return tuple(_subscribers)
 
 
 def publish(event: PaymentStatusChanged) -> None:

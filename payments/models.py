@@ -184,9 +184,9 @@ class CarrierNotification(models.Model):
 
 
 class WebhookSecret(models.Model):
-    """A secret an app verifies our notifications with (Standard Webhooks `whsec_…`).
+    """A secret an app verifies our webhooks with (Standard Webhooks `whsec_…`).
 
-    Several can be active during a rotation; every notification is signed with each.
+    Several can be active during a rotation; every webhook is signed with each.
     """
 
     app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="webhook_secrets")
@@ -202,7 +202,7 @@ class WebhookSecret(models.Model):
 
 
 class WebhookDelivery(models.Model):
-    """One notification to an app, retried with backoff for about three days."""
+    """One webhook to an app, retried with backoff for about three days."""
 
     class Status(models.TextChoices):
         PENDING = "pending"

@@ -23,6 +23,17 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
+@signals.setup_logging.connect
+def _log_like_the_web(**_: Any) -> None:
+    """Workers and beat log through settings.LOGGING (JSON, LOG_LEVEL) instead of Celery's own set-up,
+    whose --loglevel (WARNING by default) would otherwise hide the INFO lines of tasks."""
+    import logging.config
+
+    from django.conf import settings
+
+    logging.config.dictConfig(settings.LOGGING)
+
+
 @signals.worker_init.connect
 def _serve_worker_metrics(**_: Any) -> None:
     """Carrier calls are made by the workers: with METRICS_PORT set, a worker serves its own metrics."""

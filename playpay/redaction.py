@@ -33,8 +33,9 @@ SECRET_KEYS = {
     "cookie",
     "x-csrftoken",
 }
-# E.164-looking numbers inside any text: + and 8 to 15 digits, or tel: URIs.
-_PHONE = re.compile(r"(?:tel:)?\+?\b[1-9]\d{7,14}\b")
+# E.164-looking numbers inside any text: + and 8 to 15 digits, or tel: URIs; not a run of digits inside
+# a longer token (a UUID's all-digit group, a hex id), which is no phone number.
+_PHONE = re.compile(r"(?:tel:)?\+?(?<![\w-])[1-9]\d{7,14}(?![\w-])")
 
 
 def mask_msisdn(msisdn: str) -> str:

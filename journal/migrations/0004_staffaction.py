@@ -11,6 +11,28 @@ def _move_content_types(apps, schema_editor, models, old, new):
             content_type.objects.filter(app_label=old, model=model).update(app_label=new)
 
 
+def rename_index(apps, schema_editor):
+    """The index follows the table: Django's state knows it by the name a journal model gets."""
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("ALTER INDEX payments_st_object__8bfe4b_idx RENAME TO journal_sta_object__9a9dbf_idx")
+    else:
+        schema_editor.execute("DROP INDEX payments_st_object__8bfe4b_idx")
+        schema_editor.execute(
+            'CREATE INDEX "journal_sta_object__9a9dbf_idx" ON "journal_staffaction" ("object_type", "object_id")'
+        )
+
+
+def unrename_index(apps, schema_editor):
+    # Runs before the table gets its old name back.
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("ALTER INDEX journal_sta_object__9a9dbf_idx RENAME TO payments_st_object__8bfe4b_idx")
+    else:
+        schema_editor.execute("DROP INDEX journal_sta_object__9a9dbf_idx")
+        schema_editor.execute(
+            'CREATE INDEX "payments_st_object__8bfe4b_idx" ON "journal_staffaction" ("object_type", "object_id")'
+        )
+
+
 def forwards(apps, schema_editor):
     _move_content_types(apps, schema_editor, ["staffaction"], "payments", "journal")
 
@@ -69,6 +91,7 @@ class Migration(migrations.Migration):
                     "ALTER TABLE payments_staffaction RENAME TO journal_staffaction",
                     "ALTER TABLE journal_staffaction RENAME TO payments_staffaction",
                 ),
+                migrations.RunPython(rename_index, unrename_index),
             ],
         ),
         migrations.RunPython(forwards, backwards),

@@ -102,7 +102,8 @@ def _schedule_retry(payment_id: int, *, delay: timedelta, uncount: bool = False)
         locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
         task = "start_payment" if locked.status == PaymentStatus.CREATED else "charge_payment"
         dispatch(locked, task, countdown=max(int(delay.total_seconds()), 1))
-    _log_retry(locked, delay, cause="carrier busy" if uncount else "no answer")
+    if not uncount:  # a call put off by the gateway (breaker, rate limit) was logged there
+        _log_retry(locked, delay, cause="no answer")
 
 
 def _log_retry(payment: Payment, delay: timedelta, *, cause: str) -> None:

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from carriers.adapters import adapter_class
 from carriers.adapters.base import CarrierResult, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
@@ -75,6 +76,7 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
     """Validate, create the payment under its idempotency key, and have the carrier start it."""
     msisdn = normalize_msisdn(request.msisdn)
     carrier = resolve_carrier(msisdn=msisdn, carrier_slug=request.carrier)
+    adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
     public_id = uuid.uuid4()

@@ -3,7 +3,7 @@
 Earlier versions of 0004 seeded `fx-rates` and `aggregator-balance` against PUBLIC_BASE_URL +
 /simulators/..., so every database (production's included) fetched from demo endpoints that are
 off there. Demo datasets now come from the sandbox's `seed_demo`; a deployment adds its own FX
-provider in the admin. A dataset staff already pointed elsewhere is kept; alert rules on a removed
+provider in the admin. A dataset staff already pointed elsewhere (or any other dataset) is kept; alert rules on a removed
 dataset go with it (they could only ever watch demo figures).
 """
 
@@ -11,12 +11,15 @@ from typing import Any
 
 from django.db import migrations
 
-SIMULATORS = "/simulators/"
+# What the old 0004 wrote: these two datasets, at this server's own simulator paths.
+SEEDED = {"fx-rates": "/simulators/fx/rates", "aggregator-balance": "/simulators/aggregator/v1/balance"}
 
 
 def remove(apps: Any, schema_editor: Any) -> None:
     dataset_model = apps.get_model("reporting", "Dataset")
-    demo = dataset_model.objects.filter(api_url__contains=SIMULATORS)
+    demo = dataset_model.objects.none()
+    for slug, path in SEEDED.items():
+        demo |= dataset_model.objects.filter(slug=slug, api_url__endswith=path)
     apps.get_model("reporting", "AlertRule").objects.filter(dataset__in=demo).delete()
     demo.delete()
 

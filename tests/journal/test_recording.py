@@ -14,6 +14,12 @@ from tests.conftest import MSISDN, Shop, StaffClient
 pytestmark = pytest.mark.django_db
 
 
+def test_redaction_leaves_ids_whose_groups_happen_to_be_all_digits() -> None:
+    payment_id = "12345678-9abc-4def-8123-456789012345"
+    text = f"payment {payment_id} for +447400123456 (tel:447400123456), request 0a1b2c3d4e5f60718293"
+    assert redact(text) == f"payment {payment_id} for +44740*****56 (tel:+44740*****56), request 0a1b2c3d4e5f60718293"
+
+
 def test_redaction_removes_secrets_and_masks_numbers_everywhere() -> None:
     cleaned = redact(
         {

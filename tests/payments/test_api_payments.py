@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
+from carriers import adapters
 from payments.models import IdempotencyRecord, Payment, PaymentStatus
 from sandbox.adapter import TEST_PIN
 from tests.conftest import MSISDN, Shop, assert_problem
@@ -95,6 +96,17 @@ def test_flow_the_carrier_does_not_offer_is_refused(make_shop) -> None:
     assert response.status_code == 422
     assert response.json()["code"] == "flow_not_supported"
     assert not Payment.objects.exists()
+
+
+def test_a_carrier_whose_protocol_this_deployment_does_not_run_is_refused_before_anything_is_stored(
+    shop: Shop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in production, where the sandbox app (and so its adapter) is not installed.
+    monkeypatch.delitem(adapters._ADAPTERS, shop.carrier.protocol)
+    problem = assert_problem(shop.create_payment(), status=503, code="carrier_protocol_unavailable")
+    assert "sandbox" in problem["detail"]
+    assert not Payment.objects.exists()
+    assert not IdempotencyRecord.objects.exists()
 
 
 def test_app_cannot_see_or_confirm_another_apps_payment(make_shop) -> None:

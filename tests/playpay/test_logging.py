@@ -177,5 +177,25 @@ def test_text_is_the_default_format_when_debug() -> None:
     assert "LOG_FORMAT must be json or text" in refused.stderr
 
 
+def test_a_celery_worker_logs_info_lines_as_json_whatever_its_loglevel() -> None:
+    # Workers start with Celery's --loglevel (WARNING by default); the tasks' INFO lines must still come out.
+    script = (
+        "import django, logging; django.setup(); from playpay.celery import app; "
+        "app.log.setup(loglevel='WARNING'); "
+        "logging.getLogger('payments.services.carrier_flow').info('retried', extra={'payment_id': 'p-1'})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env={**_base_env(), "LOG_FORMAT": "json", "LOG_LEVEL": "INFO", "DJANGO_SETTINGS_MODULE": "playpay.settings"},
+    )
+    assert result.returncode == 0, result.stderr
+    line = json.loads(result.stderr.strip().splitlines()[-1])
+    assert (line["level"], line["message"], line["payment_id"]) == ("INFO", "retried", "p-1")
+
+
 def _base_env() -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key not in ("DEBUG", "LOG_FORMAT")}

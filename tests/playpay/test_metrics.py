@@ -20,7 +20,7 @@ from carriers.gateway import Breaker, call_carrier
 from journal.models import JournalSpool
 from payments.models import OutboxMessage
 from playpay.celery import app as celery_app
-from playpay.metrics import PAYMENT_TRANSITIONS
+from sandbox.adapter import TEST_PIN
 from tests.conftest import Shop
 from tests.factories import CarrierFactory
 
@@ -78,18 +78,27 @@ def test_a_payment_through_the_api_shows_in_the_request_and_carrier_call_metrics
     latency = ("playpay_http_request_duration_seconds_count", {"method": "POST", "route": route})
     assert value(after, latency[0], **latency[1]) == value(before, latency[0], **latency[1]) + 1
     # The status read is counted by its route pattern, not its path.
-    assert value(after, "playpay_http_requests_total", method="GET", route="/api/v1/payments/<id>/", status="200")
+    reads = ("playpay_http_requests_total", {"method": "GET", "route": "/api/v1/payments/<id>/", "status": "200"})
+    assert value(after, reads[0], **reads[1]) > value(before, reads[0], **reads[1])
     calls = {"carrier": shop.carrier.slug, "operation": "send_pin"}
-    assert value(after, "playpay_carrier_calls_total", **calls, result="succeeded") == 1
-    assert value(after, "playpay_carrier_call_duration_seconds_count", **calls) == 1
+    sent = ("playpay_carrier_calls_total", {**calls, "result": "succeeded"})
+    assert value(after, sent[0], **sent[1]) == value(before, sent[0], **sent[1]) + 1
+    timed = ("playpay_carrier_call_duration_seconds_count", calls)
+    assert value(after, timed[0], **timed[1]) == value(before, timed[0], **timed[1]) + 1
     assert value(after, "playpay_carrier_breaker_state", carrier=shop.carrier.slug) == 0
 
 
-def test_payment_transitions_are_counted_by_status_and_carrier(token: str) -> None:
-    labels = {"status": "succeeded", "carrier": "metrics-test-carrier"}
-    before = value(scrape(), "playpay_payment_transitions_total", **labels)
-    PAYMENT_TRANSITIONS.labels(**labels).inc()
-    assert value(scrape(), "playpay_payment_transitions_total", **labels) == before + 1
+def test_payment_transitions_are_counted_by_status_and_carrier(token: str, shop: Shop) -> None:
+    before = scrape()
+    payment_id = shop.pay()["id"]  # created -> pin_sent
+    assert shop.confirm(payment_id, TEST_PIN).status_code == 200  # pin_verified, charging; the charge at the commit
+    assert shop.get(payment_id)["status"] == "succeeded"
+    after = scrape()
+    for status in ("created", "pin_sent", "pin_verified", "charging", "succeeded"):
+        labels = {"status": status, "carrier": shop.carrier.slug}
+        assert value(after, "playpay_payment_transitions_total", **labels) == (
+            value(before, "playpay_payment_transitions_total", **labels) + 1
+        ), status
 
 
 def test_outbox_lag_is_the_age_of_the_oldest_unsent_message(token: str) -> None:

@@ -43,6 +43,13 @@ def test_check_deploy_is_clean_under_production_settings() -> None:
     assert "no issues" in result.stdout
 
 
+def test_check_deploy_warns_when_the_deployment_does_not_say_it_is_production() -> None:
+    env = {key: value for key, value in PRODUCTION_ENV.items() if key != "PLAYPAY_ENV"}
+    result = django(["check", "--deploy", "--fail-level", "WARNING"], env)
+    assert result.returncode != 0
+    assert "playpay.W001" in result.stdout + result.stderr
+
+
 @pytest.mark.django_db
 def test_openapi_schema_describes_the_payment_api(client) -> None:
     response = client.get("/api/schema/", HTTP_ACCEPT="application/vnd.oai.openapi+json")
@@ -76,3 +83,15 @@ def test_problem_types_are_documented_at_their_type_uri(client) -> None:
     one = client.get("/api/problems/idempotency_key_reused").json()
     assert one["status"] == 422
     assert client.get("/api/problems/nope").status_code == 404
+
+
+def test_collectstatic_with_the_production_storage_succeeds_and_serves_hashed_assets(tmp_path: Path) -> None:
+    # The deploy step of the README: every static reference (CSS urls, source maps) must resolve.
+    env = PRODUCTION_ENV | {"STATIC_ROOT": str(tmp_path)}
+    result = django(["collectstatic", "--noinput"], env)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "staticfiles.json").read_text())["paths"]
+    hashed = manifest["vendor/chartjs/chart.umd.min.js"]
+    assert hashed != "vendor/chartjs/chart.umd.min.js"
+    assert (tmp_path / hashed).is_file()
+    assert (tmp_path / (hashed + ".gz")).is_file()  # compressed by WhiteNoise for serving

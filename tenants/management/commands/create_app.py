@@ -14,7 +14,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("name")
-        parser.add_argument("--webhook-url", default="")
+        # --notification-url: the option's name before outbound calls to apps were called webhooks.
+        parser.add_argument("--webhook-url", "--notification-url", dest="webhook_url", default="")
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"].strip()
