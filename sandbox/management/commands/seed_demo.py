@@ -1,6 +1,7 @@
 import secrets
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
@@ -26,6 +27,6 @@ class Command(BaseCommand):
             admin.save()
         self.stdout.write(f"Carriers: {', '.join(demo.carrier_slugs)}")
         self.stdout.write(f"Datasets: {', '.join(demo.dataset_slugs)}")
-        self.stdout.write(f"Admin: http://127.0.0.1:8000/admin/  user: admin  password: {password}")
+        self.stdout.write(f"Admin: {settings.PUBLIC_BASE_URL}/admin/  user: admin  password: {password}")
         self.stdout.write(f"Demo app: {demo.app.name}. Its API key (earlier demo keys are revoked):")
         self.stdout.write(f"export PLAYPAY_API_KEY={demo.raw_key}")
