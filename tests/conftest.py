@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
-from django.db import connection
+from django.core.management import call_command
+from django.db import connection, connections
 from django.test import Client
 from pytest_django.live_server_helper import LiveServer
 from rest_framework.test import APIClient
@@ -40,17 +41,21 @@ def pytest_configure(config: pytest.Config) -> None:
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
 
 
+def _is_transactional(item: pytest.Item, marker: pytest.Mark) -> bool:
+    fixtures = getattr(item, "fixturenames", ())
+    transaction = marker.kwargs.get("transaction") or (marker.args and marker.args[0])
+    return bool(transaction or "transactional_db" in fixtures or "live_server" in fixtures)
+
+
 def _databases(item: pytest.Item, marker: pytest.Mark) -> str | list[str]:
     """Every API request, carrier call, staff action and webhook is journaled, in the journal's own database.
     A test that rolls back has it for nothing (its own transaction there too). A transactional test empties
     each database it has after it, so it has the journal only when it may write there: when it is marked
     `journal`, or when a live server answers it (what that thread journals must not outlive the test).
     `_journal_writes_need_the_journal` fails a test that journals from its own thread without it."""
-    fixtures = getattr(item, "fixturenames", ())
-    transactional = bool(marker.kwargs.get("transaction") or (marker.args and marker.args[0]))
-    if "live_server" in fixtures or item.get_closest_marker("journal"):
+    if "live_server" in getattr(item, "fixturenames", ()) or item.get_closest_marker("journal"):
         return "__all__"
-    return ["default"] if transactional or "transactional_db" in fixtures else "__all__"
+    return ["default"] if _is_transactional(item, marker) else "__all__"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -147,6 +152,25 @@ def _flush_by_delete() -> Iterator[None]:
         patch.setattr(DatabaseOperations, "sql_flush", sql_flush)
         patch.setattr(flush, "emit_post_migrate_signal", after_flush)
         yield
+
+
+_EMPTIED: set[str] = set()  # the databases a transactional test of this process has emptied
+
+
+@pytest.fixture(autouse=True)
+def _transactional_tests_start_empty(request: pytest.FixtureRequest) -> None:
+    """A transactional test finds the tables as the one before it left them, emptied, migrated rows included;
+    the first of a process would find the migrated rows instead, and pass or fail by its place in the
+    (random) order. It starts from empty tables too."""
+    marker = request.node.get_closest_marker("django_db") or pytest.mark.django_db.mark
+    if not _is_transactional(request.node, marker):
+        return
+    request.getfixturevalue("transactional_db")
+    databases = marker.kwargs.get("databases") or ["default"]
+    for alias in connections if databases == "__all__" else databases:
+        if alias not in _EMPTIED:
+            call_command("flush", database=alias, interactive=False, verbosity=0)
+            _EMPTIED.add(alias)
 
 
 @pytest.fixture(scope="session")
