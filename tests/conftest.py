@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.db import connection, connections
@@ -191,11 +192,19 @@ def simulator_server(_simulator_server_thread: LiveServer) -> str:
 @pytest.fixture(scope="session", autouse=True)
 def _broker_per_worker(request: pytest.FixtureRequest) -> None:
     """pytest-xdist workers share one Redis database: each keeps its queues under its own key prefix, so that
-    a worker started by one test never takes (or purges) the tasks of a test in another process."""
-    worker = getattr(request.config, "workerinput", {}).get("workerid")
-    if worker:
-        options = dict(celery_app.conf.broker_transport_options or {})
-        celery_app.conf.broker_transport_options = {**options, "global_keyprefix": f"test-{worker}:"}
+    a worker started by one test never takes (or purges) the tasks of a test in another process. What an
+    earlier run left under the prefix goes first: its tasks name rows of databases that no longer exist,
+    and carrier queues are named after factory slugs that the next run makes again."""
+    worker = getattr(request.config, "workerinput", {}).get("workerid", "main")
+    prefix = f"test-{worker}:"
+    options = dict(celery_app.conf.broker_transport_options or {})
+    celery_app.conf.broker_transport_options = {**options, "global_keyprefix": prefix}
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    if url.startswith(("redis://", "rediss://")):
+        broker = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        stale = list(broker.scan_iter(match=f"{prefix}*", count=1000))
+        if stale:
+            broker.delete(*stale)
 
 
 @pytest.fixture(autouse=True)
