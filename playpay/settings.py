@@ -116,6 +116,24 @@ if DATABASES["journal"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["journal"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["journal"]["CONN_MAX_AGE"] = 0
 DATABASE_ROUTERS = ["journal.router.JournalRouter"]
+
+# Every PostgreSQL connection (both databases) gives up connecting after DATABASE_CONNECT_TIMEOUT seconds,
+# cancels a statement after DATABASE_STATEMENT_TIMEOUT_MS and ends a session left idle inside a transaction
+# after DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS (0 turns one off). A request that meets an unreachable database
+# or a cancelled statement is answered 503 with Retry-After (docs/operations.md, "Database timeouts").
+DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5)
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
+for _database in DATABASES.values():
+    if _database["ENGINE"] == "django.db.backends.postgresql":
+        _database["OPTIONS"] = {
+            **_database.get("OPTIONS", {}),
+            "connect_timeout": DATABASE_CONNECT_TIMEOUT,
+            "options": (
+                f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS} "
+                f"-c idle_in_transaction_session_timeout={DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+            ),
+        }
 # Only for measuring the journal's cost: production always journals.
 JOURNAL_ENABLED = env_bool("JOURNAL_ENABLED", True)
 # Key of the hash that lets staff search the journal by MSISDN without storing it in clear.
