@@ -14,8 +14,11 @@ from django.core.management import CommandError, call_command
 from django.db import connections
 from rest_framework.test import APIClient
 
+from payments.models import WebhookSecret
+from payments.services import webhooks
+from playpay.crypto import decrypt_credentials
 from tenants.models import App
-from tests.factories import CarrierFactory
+from tests.factories import AppFactory, CarrierFactory
 from tests.processes import ROOT
 
 pytestmark = pytest.mark.django_db
@@ -123,3 +126,34 @@ def test_carrier_worker_starts_without_celery_on_path() -> None:
 
 def _url(settings_dict: dict[str, object]) -> str:
     return f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
+
+
+def test_rotate_encryption_keys_moves_stored_secrets_to_the_newest_key(settings) -> None:
+    settings.CARRIER_CREDENTIALS_KEY = "old-key"
+    carrier = CarrierFactory.create()
+    carrier.credentials = {"client_secret": "carrier-s3cret"}
+    carrier.save()
+    app = AppFactory.create()
+    raw = webhooks.new_secret(app=app)
+
+    settings.CARRIER_CREDENTIALS_KEY = "new-key,old-key"
+    assert "re-encrypted 1 carrier credential(s) and 1 webhook secret(s)" in run("rotate_encryption_keys")
+
+    settings.CARRIER_CREDENTIALS_KEY = "new-key"  # the old key dropped
+    carrier.refresh_from_db()
+    assert carrier.credentials == {"client_secret": "carrier-s3cret"}
+    secret = WebhookSecret.objects.get(app=app)
+    assert decrypt_credentials(secret.secret_encrypted) == {"secret": raw}
+
+
+def test_rotate_encryption_keys_changes_nothing_when_a_key_is_missing(settings) -> None:
+    settings.CARRIER_CREDENTIALS_KEY = "old-key"
+    carrier = CarrierFactory.create()
+    carrier.credentials = {"client_secret": "carrier-s3cret"}
+    carrier.save()
+    stored = carrier.credentials_encrypted
+    settings.CARRIER_CREDENTIALS_KEY = "new-key"
+    with pytest.raises(CommandError, match="cannot be decrypted with any configured key"):
+        run("rotate_encryption_keys")
+    carrier.refresh_from_db()
+    assert carrier.credentials_encrypted == stored
