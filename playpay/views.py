@@ -14,6 +14,7 @@ from django.views.defaults import page_not_found, server_error
 from playpay import metrics as playpay_metrics
 from playpay.api.problems import (
     DATABASE_RETRY_AFTER_SECONDS,
+    NOT_READY,
     PROBLEM_CONTENT_TYPE,
     database_unavailable_problem,
     problem_body,
@@ -103,8 +104,8 @@ def readiness(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"status": "ok", "checks": results})
     body = problem_body(
         status_code=503,
-        code="not_ready",
-        title="Not ready",
+        code=NOT_READY[0],
+        title=NOT_READY[1],
         detail=f"Failed: {', '.join(failed)}.",
         checks=results,
     )

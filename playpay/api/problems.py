@@ -37,6 +37,8 @@ _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
 # the client retries after this many seconds. Also answered by playpay.views.handler500 outside DRF.
 DATABASE_UNAVAILABLE = ("database_unavailable", "The service is temporarily unavailable")
 DATABASE_RETRY_AFTER_SECONDS = 5
+# /readyz when a dependency does not answer (playpay.views.readiness).
+NOT_READY = ("not_ready", "Not ready")
 
 
 def database_unavailable_problem() -> dict[str, Any]:
@@ -51,7 +53,7 @@ def problem_catalogue() -> list[dict[str, Any]]:
 
     rows = [{"code": code, "title": title, "status": cls.status_code} for cls, (code, title) in _DRF_CODES.items()]
     rows += [{"code": e.code, "title": e.title, "status": e.http_status} for e in all_domain_errors()]
-    rows.append({"code": DATABASE_UNAVAILABLE[0], "title": DATABASE_UNAVAILABLE[1], "status": 503})
+    rows += [{"code": code, "title": title, "status": 503} for code, title in (DATABASE_UNAVAILABLE, NOT_READY)]
     return sorted(rows, key=lambda row: str(row["code"]))
 
 

@@ -41,11 +41,16 @@ def payments_locked() -> Iterator[None]:
 def test_every_connection_has_the_configured_timeouts(settings) -> None:
     for alias in ("default", "journal"):
         with connections[alias].cursor() as cursor:
-            cursor.execute("SHOW statement_timeout")
-            statement = cursor.fetchone()[0]
-            cursor.execute("SHOW idle_in_transaction_session_timeout")
-            idle = cursor.fetchone()[0]
-        assert (statement, idle) == ("30s", "1min"), alias
+            cursor.execute(
+                "SELECT name, setting FROM pg_settings"
+                " WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout')"
+            )
+            values = dict(cursor.fetchall())
+        assert values == {
+            "statement_timeout": str(settings.DATABASE_STATEMENT_TIMEOUT_MS),
+            "idle_in_transaction_session_timeout": str(settings.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS),
+        }, alias
+        assert settings.DATABASE_STATEMENT_TIMEOUT_MS > 0
         assert connections[alias].get_connection_params()["connect_timeout"] == settings.DATABASE_CONNECT_TIMEOUT
 
 
@@ -60,6 +65,7 @@ def test_a_statement_timeout_is_a_503_problem_with_retry_after(shop: Shop, payme
     problem = assert_problem(response, status=503, code="database_unavailable")
     assert response["Retry-After"] == "5"
     assert problem["instance"] == "/api/v1/payments/"
+    assert shop.client.get(problem["type"]).json()["status"] == 503  # the problem type is documented
 
 
 # Transactional: the request's cancelled statement would otherwise abort the test's own transaction.

@@ -37,5 +37,6 @@ def test_not_ready_while_the_broker_is_down_and_the_check_is_bounded(client, set
     assert problem["checks"]["broker"]["status"] == "failed"
     assert problem["checks"]["database"]["status"] == "ok"
     assert problem["checks"]["journal"]["status"] == "ok"
+    assert client.get(problem["type"]).json()["status"] == 503  # the problem type is documented
     # Liveness does not depend on the broker: the process is not restarted for an outage elsewhere.
     assert client.get("/healthz").status_code == 200
