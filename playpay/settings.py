@@ -2,8 +2,8 @@
 
 With nothing set this is the embedded default: a SQLite file under var/,
 Celery tasks run in-process, an in-memory cache. Production sets DATABASE_URL,
-CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, ALLOWED_HOSTS, DEBUG=false and
-PLAYPAY_ENV=production (which refuses to start with the sandbox on).
+CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, CARRIER_CREDENTIALS_KEY, ALLOWED_HOSTS, DEBUG=false and
+PLAYPAY_ENV=production (which refuses to start with the sandbox on, or without its own secrets).
 """
 
 from pathlib import Path
