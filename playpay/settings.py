@@ -2,8 +2,8 @@
 
 With nothing set this is the embedded default: a SQLite file under var/,
 Celery tasks run in-process, an in-memory cache. Production sets DATABASE_URL,
-CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, ALLOWED_HOSTS, DEBUG=false and
-PLAYPAY_ENV=production (which refuses to start with the sandbox on).
+CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, CARRIER_CREDENTIALS_KEY, ALLOWED_HOSTS, DEBUG=false and
+PLAYPAY_ENV=production (which refuses to start with the sandbox on, or without its own secrets).
 """
 
 from pathlib import Path
@@ -22,8 +22,11 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("PLAYPAY_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DEBUG", False)
-# The fallback key is only for the embedded default; `check --deploy` flags it.
+# The fallback key is only for the embedded default; `check --deploy` flags it, and a production deployment
+# (PLAYPAY_ENV=production) refuses to start without SECRET_KEY (below, with CARRIER_CREDENTIALS_KEY).
 SECRET_KEY = env_str("SECRET_KEY", "django-insecure-embedded-default-do-not-use-in-production")
+# Former SECRET_KEYs, comma-separated: sessions and signed values made under them stay valid while rotating.
+SECRET_KEY_FALLBACKS = env_list("SECRET_KEY_FALLBACKS", [])
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "testserver"])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
@@ -116,6 +119,24 @@ if DATABASES["journal"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["journal"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["journal"]["CONN_MAX_AGE"] = 0
 DATABASE_ROUTERS = ["journal.router.JournalRouter"]
+
+# Every PostgreSQL connection (both databases) gives up connecting after DATABASE_CONNECT_TIMEOUT seconds,
+# cancels a statement after DATABASE_STATEMENT_TIMEOUT_MS and ends a session left idle inside a transaction
+# after DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS (0 turns one off). A request that meets an unreachable database
+# or a cancelled statement is answered 503 with Retry-After (docs/operations.md, "Database timeouts").
+DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5)
+DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
+DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
+for _database in DATABASES.values():
+    if _database["ENGINE"] == "django.db.backends.postgresql":
+        _database["OPTIONS"] = {
+            **_database.get("OPTIONS", {}),
+            "connect_timeout": DATABASE_CONNECT_TIMEOUT,
+            "options": (
+                f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS} "
+                f"-c idle_in_transaction_session_timeout={DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+            ),
+        }
 # Only for measuring the journal's cost: production always journals.
 JOURNAL_ENABLED = env_bool("JOURNAL_ENABLED", True)
 # Key of the hash that lets staff search the journal by MSISDN without storing it in clear.
@@ -265,8 +286,26 @@ REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
 # (a carrier switched off, a key revoked) takes effect everywhere within it. 0: no memo.
 REFERENCE_CACHE_SECONDS = env_int("REFERENCE_CACHE_SECONDS", 5)
 PIN_TTL_SECONDS = env_int("PIN_TTL_SECONDS", 300)
-# Key for carrier credentials at rest (Fernet); derived from SECRET_KEY when unset.
+# Secrets for carrier credentials and webhook signing secrets at rest (playpay.crypto, Fernet), comma-separated,
+# newest first: values are encrypted under the first and decrypted under any, so a key can be rotated
+# (`manage.py rotate_encryption_keys`, docs/operations.md). Derived from SECRET_KEY when unset, outside production.
 CARRIER_CREDENTIALS_KEY = env_str("CARRIER_CREDENTIALS_KEY", "")
+
+# A production deployment names its own secrets: a forgotten SECRET_KEY would sign sessions with the public
+# fallback above, and a credentials key derived from SECRET_KEY would make the stored secrets unreadable the
+# day SECRET_KEY is rotated.
+if PLAYPAY_ENV == "production":
+    _missing = [name for name in ("SECRET_KEY", "CARRIER_CREDENTIALS_KEY") if not env_str(name, "").strip()]
+    if _missing:
+        raise ImproperlyConfigured(
+            f"{' and '.join(_missing)} must be set in a production deployment (PLAYPAY_ENV=production). "
+            "SECRET_KEY signs sessions and tokens; CARRIER_CREDENTIALS_KEY encrypts carrier credentials and "
+            "webhook signing secrets at rest (comma-separated, newest first). Give each a long random value, "
+            "e.g. `python -c 'import secrets; print(secrets.token_urlsafe(50))'`. A deployment whose stored "
+            "secrets were encrypted under the key derived from SECRET_KEY sets "
+            "CARRIER_CREDENTIALS_KEY=<new key>,<its SECRET_KEY> and runs `manage.py rotate_encryption_keys` "
+            '(docs/operations.md, "Encryption keys").'
+        )
 
 # --- Logs and metrics (docs/operations.md, "Logs" and "Metrics") -------------------------------
 # JSON lines in production; plain text for reading in a terminal (the default when DEBUG).

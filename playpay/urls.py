@@ -15,6 +15,7 @@ urlpatterns = [
     path("api/problems/", views.problem_types, name="problem-types"),
     path("api/problems/<slug:code>", views.problem_types, name="problem-type"),
     path("healthz", views.health, name="health"),
+    path("readyz", views.readiness, name="readiness"),
     path("metrics", views.metrics, name="metrics"),
 ]
 # Demo and test mode only (settings.SANDBOX): the carrier and reference-data simulators.

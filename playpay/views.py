@@ -1,13 +1,30 @@
-"""Project-level views: problem-type docs, health, metrics, and problem+json for API 404/500."""
+"""Project-level views: problem-type docs, liveness and readiness, metrics, and problem+json for API 404/500."""
 
 import hmac
+import logging
+import sys
+import time
+from collections.abc import Callable
 
 from django.conf import settings
+from django.db import OperationalError, connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found, server_error
 
 from playpay import metrics as playpay_metrics
-from playpay.api.problems import problem_catalogue, problem_json
+from playpay.api.problems import (
+    DATABASE_RETRY_AFTER_SECONDS,
+    NOT_READY,
+    PROBLEM_CONTENT_TYPE,
+    database_unavailable_problem,
+    problem_body,
+    problem_catalogue,
+    problem_json,
+)
+
+logger = logging.getLogger(__name__)
+# Each readiness check gives up after this long, so that /readyz answers within the load balancer's timeout.
+READINESS_CHECK_TIMEOUT_SECONDS = 2
 
 
 def problem_types(request: HttpRequest, code: str = "") -> JsonResponse:
@@ -21,7 +38,80 @@ def problem_types(request: HttpRequest, code: str = "") -> JsonResponse:
 
 
 def health(request: HttpRequest) -> JsonResponse:
+    """Liveness: the process answers. Touches no database or broker, so an outage does not restart it."""
     return JsonResponse({"status": "ok"})
+
+
+def _check_database(alias: str) -> None:
+    connection = connections[alias]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Bounded even when the connection was made with a longer statement timeout.
+            cursor.execute("SET statement_timeout = %s", [READINESS_CHECK_TIMEOUT_SECONDS * 1000])
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.execute("RESET statement_timeout")  # back to the connection's own (settings)
+        else:
+            cursor.execute("SELECT 1")
+
+
+def _check_journal() -> None:
+    if settings.JOURNAL_BACKEND != "mongodb":
+        _check_database("journal")
+        return
+    import pymongo
+
+    timeout_ms = READINESS_CHECK_TIMEOUT_SECONDS * 1000
+    client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+        settings.JOURNAL_URL, serverSelectionTimeoutMS=timeout_ms, connectTimeoutMS=timeout_ms
+    )
+    try:
+        client.admin.command("ping")
+    finally:
+        client.close()
+
+
+def _check_broker() -> None:
+    from kombu import Connection
+
+    with Connection(settings.CELERY_BROKER_URL, connect_timeout=READINESS_CHECK_TIMEOUT_SECONDS) as broker:
+        broker.ensure_connection(max_retries=1, timeout=READINESS_CHECK_TIMEOUT_SECONDS)
+
+
+def readiness(request: HttpRequest) -> JsonResponse:
+    """Readiness for a load balancer: the database, the journal store and the broker (when one is configured)
+    answer, each within READINESS_CHECK_TIMEOUT_SECONDS. 200 with each check's status, else a 503 problem."""
+    checks: dict[str, Callable[[], None]] = {
+        "database": lambda: _check_database("default"),
+        "journal": _check_journal,
+    }
+    if settings.CELERY_BROKER_URL and not settings.CELERY_TASK_ALWAYS_EAGER:
+        checks["broker"] = _check_broker
+    results: dict[str, dict[str, object]] = {}
+    for name, check in checks.items():
+        started = time.monotonic()
+        try:
+            check()
+        except Exception as exc:
+            logger.warning("readiness check %s failed: %s", name, exc)
+            results[name] = {"status": "failed", "error": type(exc).__name__}
+        else:
+            results[name] = {"status": "ok"}
+        results[name]["seconds"] = round(time.monotonic() - started, 3)
+    failed = [name for name, result in results.items() if result["status"] != "ok"]
+    if not failed:
+        return JsonResponse({"status": "ok", "checks": results})
+    body = problem_body(
+        status_code=503,
+        code=NOT_READY[0],
+        title=NOT_READY[1],
+        detail=f"Failed: {', '.join(failed)}.",
+        checks=results,
+    )
+    response = JsonResponse(body, status=503, content_type=PROBLEM_CONTENT_TYPE)
+    response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response
 
 
 def metrics(request: HttpRequest) -> HttpResponse:
@@ -45,6 +135,21 @@ def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def handler500(request: HttpRequest) -> HttpResponse:
+    # Django calls this while handling the exception: an unreachable database or a cancelled statement
+    # (the timeouts in settings) is an outage to retry, not a bug.
+    if isinstance(sys.exc_info()[1], OperationalError):
+        if request.path.startswith("/api/"):
+            response: HttpResponse = JsonResponse(
+                database_unavailable_problem(), status=503, content_type=PROBLEM_CONTENT_TYPE
+            )
+        else:
+            response = HttpResponse(
+                "PlayPay is temporarily unavailable; try again in a few seconds.\n",
+                status=503,
+                content_type="text/plain",
+            )
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response
     if request.path.startswith("/api/"):
         return problem_json(
             500, "internal_error", "Internal error", "Something went wrong on our side; it has been logged."

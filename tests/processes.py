@@ -10,6 +10,7 @@ PRODUCTION_ENV = {
     "PLAYPAY_ENV": "production",
     "DEBUG": "false",
     "SECRET_KEY": "a-long-random-production-secret-key-0123456789-abcdefghijklmnop",
+    "CARRIER_CREDENTIALS_KEY": "another-long-random-key-for-secrets-at-rest-0123456789",
     "ALLOWED_HOSTS": "pay.example.com",
     "SECURE_SSL_REDIRECT": "true",
     "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",

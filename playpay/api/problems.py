@@ -1,15 +1,19 @@
 """RFC 9457 problem+json: the one place where errors become HTTP responses."""
 
+import logging
 import math
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
+from django.db import OperationalError
 from django.http import Http404, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
-from rest_framework.views import exception_handler
+from rest_framework.views import exception_handler, set_rollback
 
 from playpay.errors import DomainError
+
+logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "/api/problems/"
@@ -29,12 +33,27 @@ _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
 }
 
 
+# The database is unreachable or cancelled a statement (connect or statement timeout): nothing was decided,
+# the client retries after this many seconds. Also answered by playpay.views.handler500 outside DRF.
+DATABASE_UNAVAILABLE = ("database_unavailable", "The service is temporarily unavailable")
+DATABASE_RETRY_AFTER_SECONDS = 5
+# /readyz when a dependency does not answer (playpay.views.readiness).
+NOT_READY = ("not_ready", "Not ready")
+
+
+def database_unavailable_problem() -> dict[str, Any]:
+    code, title = DATABASE_UNAVAILABLE
+    detail = f"The database did not answer in time; retry in {DATABASE_RETRY_AFTER_SECONDS} seconds."
+    return problem_body(status_code=503, code=code, title=title, detail=detail)
+
+
 def problem_catalogue() -> list[dict[str, Any]]:
     """Every problem type the API can return, for the docs page at /api/problems/."""
     from playpay.errors import all_domain_errors
 
     rows = [{"code": code, "title": title, "status": cls.status_code} for cls, (code, title) in _DRF_CODES.items()]
     rows += [{"code": e.code, "title": e.title, "status": e.http_status} for e in all_domain_errors()]
+    rows += [{"code": code, "title": title, "status": 503} for code, title in (DATABASE_UNAVAILABLE, NOT_READY)]
     return sorted(rows, key=lambda row: str(row["code"]))
 
 
@@ -98,6 +117,14 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
         )
         if exc.http_status == status.HTTP_409_CONFLICT and "retry_after" in exc.extra:
             response["Retry-After"] = str(exc.extra["retry_after"])
+        return response
+
+    if isinstance(exc, OperationalError):  # includes psycopg's QueryCanceled (a statement timeout)
+        logger.warning("database unavailable: %s", exc)
+        set_rollback()
+        response = Response(database_unavailable_problem(), status=503, content_type=PROBLEM_CONTENT_TYPE)
+        response.data["instance"] = instance
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
         return response
 
     if isinstance(exc, Http404):

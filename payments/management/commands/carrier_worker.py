@@ -1,4 +1,5 @@
 import os
+import sys
 from argparse import ArgumentParser
 from typing import Any
 
@@ -31,7 +32,20 @@ class Command(BaseCommand):
         if not carriers:
             raise CommandError("no carrier to work for")
         queues = ",".join(carrier_queue(carrier) for carrier in carriers)
-        argv = ["celery", "-A", "playpay", "worker", "-Q", queues, "--concurrency", str(options["concurrency"])]
+        # Celery from this interpreter, not whatever `celery` is first on PATH (a service manager's PATH
+        # rarely holds the virtualenv's bin).
+        argv = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "playpay",
+            "worker",
+            "-Q",
+            queues,
+            "--concurrency",
+            str(options["concurrency"]),
+        ]
         argv += ["--hostname", f"carriers-{os.getpid()}@%h", *options["extra"]]
         self.stdout.write(f"celery worker for {queues}")
-        os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with the worker
+        os.execv(argv[0], argv)  # noqa: S606 - replaces this process with the worker

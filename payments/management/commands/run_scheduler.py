@@ -1,44 +1,68 @@
+import logging
 import time
 from argparse import ArgumentParser
 from datetime import timedelta
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import InterfaceError, OperationalError, close_old_connections
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
 from payments.services import outbox
 from playpay.celery import app as celery_app
 
+logger = logging.getLogger(__name__)
+# While the database is unreachable the scheduler waits twice as long after each failed cycle, up to this.
+MAX_BACKOFF_SECONDS = 60.0
+
 
 class Command(BaseCommand):
     help = (
         "For the embedded default only (no broker): run the enabled periodic tasks from the admin's "
-        "Periodic tasks in this process, on their intervals. With a broker, run `celery -A playpay beat`."
+        "Periodic tasks in this process, on their intervals. With a broker, run `celery -A playpay beat`. "
+        "A database outage is logged once and waited out (with backoff); the loop keeps running."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         parser.add_argument("--tick", type=float, default=5.0, help="seconds between checks")
         parser.add_argument("--once", action="store_true", help="run every enabled task once, then stop")
+        parser.add_argument("--cycles", type=int, default=0, help="stop after this many checks (0: never)")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not outbox.runs_in_process():
             raise CommandError("a broker is configured: run `celery -A playpay beat` and workers instead")
         last_run: dict[int, float] = {}
+        failures = 0
+        cycles = 0
         while True:
-            for task in PeriodicTask.objects.filter(enabled=True, interval__isnull=False).select_related("interval"):
-                interval = task.interval
-                assert interval is not None
-                every = timedelta(**{interval.period: interval.every}).total_seconds()
-                if options["once"] or time.monotonic() - last_run.get(task.pk, -every) >= every:
-                    last_run[task.pk] = time.monotonic()
-                    try:
-                        result = celery_app.tasks[task.task].apply().get()
-                    except Exception as exc:
-                        self.stderr.write(f"{timezone.now():%H:%M:%S} {task.name}: failed: {exc}")
-                    else:
-                        if result:
-                            self.stdout.write(f"{timezone.now():%H:%M:%S} {task.name}: {result}")
-            if options["once"]:
+            cycles += 1
+            try:
+                self._run_due(last_run, once=options["once"])
+            except (OperationalError, InterfaceError) as exc:
+                if not failures:
+                    logger.error("database unavailable, periodic tasks wait until it is back: %s", exc)
+                failures += 1
+                close_old_connections()  # the broken connection is dropped; the next check reconnects
+            else:
+                if failures:
+                    logger.warning("database reachable again after %d failed checks", failures)
+                failures = 0
+            if options["once"] or cycles == options["cycles"]:
                 return
-            time.sleep(options["tick"])
+            time.sleep(min(options["tick"] * 2**failures, max(MAX_BACKOFF_SECONDS, options["tick"])))
+
+    def _run_due(self, last_run: dict[int, float], *, once: bool) -> None:
+        for task in PeriodicTask.objects.filter(enabled=True, interval__isnull=False).select_related("interval"):
+            interval = task.interval
+            assert interval is not None
+            every = timedelta(**{interval.period: interval.every}).total_seconds()
+            if once or time.monotonic() - last_run.get(task.pk, -every) >= every:
+                last_run[task.pk] = time.monotonic()
+                try:
+                    result = celery_app.tasks[task.task].apply().get()
+                except Exception as exc:
+                    self.stderr.write(f"{timezone.now():%H:%M:%S} {task.name}: failed: {exc}")
+                else:
+                    if result:
+                        self.stdout.write(f"{timezone.now():%H:%M:%S} {task.name}: {result}")

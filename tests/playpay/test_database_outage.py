@@ -1,0 +1,103 @@
+"""A database that is unreachable or too slow is an outage to retry (503 + Retry-After), not a bug (500)."""
+
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from django.db import connection, connections
+from django.test import Client
+
+from tests.conftest import Shop, assert_problem
+from tests.processes import django
+
+
+def _second_connection() -> psycopg.Connection[tuple[object, ...]]:
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params, autocommit=False)
+
+
+@pytest.fixture
+def payments_locked() -> Iterator[None]:
+    """Another session holds an exclusive lock on the payments table: every read of it waits."""
+    other = _second_connection()
+    other.execute("SET lock_timeout = 5000")
+    other.execute("LOCK TABLE payments_payment IN ACCESS EXCLUSIVE MODE")
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = 300")  # this test's session only
+    try:
+        yield
+    finally:
+        other.rollback()
+        other.close()
+        with connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_every_connection_has_the_configured_timeouts(settings) -> None:
+    for alias in ("default", "journal"):
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT name, setting FROM pg_settings"
+                " WHERE name IN ('statement_timeout', 'idle_in_transaction_session_timeout')"
+            )
+            values = dict(cursor.fetchall())
+        assert values == {
+            "statement_timeout": str(settings.DATABASE_STATEMENT_TIMEOUT_MS),
+            "idle_in_transaction_session_timeout": str(settings.DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS),
+        }, alias
+        assert settings.DATABASE_STATEMENT_TIMEOUT_MS > 0
+        assert connections[alias].get_connection_params()["connect_timeout"] == settings.DATABASE_CONNECT_TIMEOUT
+
+
+# Transactional: the request's cancelled statement would otherwise abort the test's own transaction.
+@pytest.mark.postgres
+@pytest.mark.journal
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_timeout_is_a_503_problem_with_retry_after(shop: Shop, payments_locked: None) -> None:
+    started = time.monotonic()
+    response = shop.client.get("/api/v1/payments/")
+    assert time.monotonic() - started < 5
+    problem = assert_problem(response, status=503, code="database_unavailable")
+    assert response["Retry-After"] == "5"
+    assert problem["instance"] == "/api/v1/payments/"
+    assert shop.client.get(problem["type"]).json()["status"] == 503  # the problem type is documented
+
+
+# Transactional: the request's cancelled statement would otherwise abort the test's own transaction.
+@pytest.mark.postgres
+@pytest.mark.journal
+@pytest.mark.django_db(transaction=True)
+def test_a_statement_timeout_outside_the_api_is_a_503_page(staff_client, payments_locked: None) -> None:
+    client: Client = staff_client("superuser")
+    client.raise_request_exception = False
+    response = client.get("/admin/payments/payment/")
+    assert response.status_code == 503
+    assert response["Retry-After"] == "5"
+
+
+def test_an_unreachable_database_is_a_503_problem_within_the_connect_timeout(tmp_path) -> None:
+    code = (
+        "import time\n"
+        "from django.test import Client\n"
+        "started = time.monotonic()\n"
+        "r = Client(raise_request_exception=False).get('/api/v1/payments/', HTTP_AUTHORIZATION='Api-Key x')\n"
+        "print(r.status_code, r['Content-Type'], r.get('Retry-After'), r.json()['code'])\n"
+        "print(round(time.monotonic() - started))\n"
+    )
+    closed = "postgres://postgres@127.0.0.1:9/playpay"  # the discard port: nothing listens there
+    env = {
+        "DATABASE_URL": closed,
+        "JOURNAL_URL": closed,
+        "DATABASE_CONNECT_TIMEOUT": "2",
+        "PLAYPAY_VAR_DIR": str(tmp_path),
+    }
+    result = django(["shell", "-c", code], env)
+    assert result.returncode == 0, result.stderr
+    status, seconds = result.stdout.splitlines()[-2:]
+    assert status == "503 application/problem+json 5 database_unavailable"
+    assert int(seconds) <= 2

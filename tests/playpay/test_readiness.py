@@ -1,0 +1,42 @@
+"""/healthz says the process lives; /readyz says its database, journal store and broker answer."""
+
+import time
+
+import pytest
+
+from tests.conftest import assert_problem
+
+
+@pytest.mark.django_db
+def test_ready_when_the_database_and_journal_answer(client, settings) -> None:
+    settings.CELERY_BROKER_URL = ""
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    checks = response.json()["checks"]
+    assert {name: check["status"] for name, check in checks.items()} == {"database": "ok", "journal": "ok"}
+
+
+@pytest.mark.broker
+@pytest.mark.django_db
+def test_ready_checks_the_configured_broker(client, settings) -> None:
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"]["broker"]["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_not_ready_while_the_broker_is_down_and_the_check_is_bounded(client, settings) -> None:
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:9/0"  # the discard port: nothing listens there
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    started = time.monotonic()
+    response = client.get("/readyz")
+    assert time.monotonic() - started < 5
+    problem = assert_problem(response, status=503, code="not_ready")
+    assert response["Retry-After"]
+    assert problem["checks"]["broker"]["status"] == "failed"
+    assert problem["checks"]["database"]["status"] == "ok"
+    assert problem["checks"]["journal"]["status"] == "ok"
+    assert client.get(problem["type"]).json()["status"] == 503  # the problem type is documented
+    # Liveness does not depend on the broker: the process is not restarted for an outage elsewhere.
+    assert client.get("/healthz").status_code == 200
