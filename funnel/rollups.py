@@ -16,7 +16,6 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -67,7 +66,7 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
             )
             statements, params = sql.rollup_statements(scope, funnel_id=funnel.pk)
             with connection.cursor() as cursor:
-                cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
+                sql.set_analysis_limits(cursor)
                 for statement in statements:
                     cursor.execute(statement, params)
         else:

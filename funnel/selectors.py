@@ -19,7 +19,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, QuerySet
 
@@ -189,7 +188,7 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
     query, params = sql.report_query(scope, breakdown=breakdown)
     counts = FunnelCounts(steps=len(scope.steps))
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
+        sql.set_analysis_limits(cursor)
         cursor.execute(query, params)
         rows = cursor.fetchall()
     for kind, group, level, value, journeys in rows:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+
 
 @dataclass(frozen=True)
 class FunnelScope:
@@ -219,3 +221,9 @@ FROM funnel_funnelrolluphour hour, jsonb_each(hour.gaps) AS step, jsonb_each_tex
 WHERE hour.funnel_id = %(funnel_id)s AND hour.hour >= %(since)s AND hour.hour < %(until)s
 GROUP BY 1, 2
 """
+
+
+def set_analysis_limits(cursor: Any) -> None:
+    """Inside a transaction: the memory and time a funnel statement may take (FUNNEL_WORK_MEM, *_TIMEOUT_MS)."""
+    cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
+    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(settings.FUNNEL_STATEMENT_TIMEOUT_MS)])

@@ -252,6 +252,8 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
 # PostgreSQL work_mem for the funnel's analytic statements (raw-event reports, rollup builds): their sorts
 # and aggregates over millions of events stay in memory instead of spilling to disk.
 FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
+# Funnel analysis and rollup statements may run longer than DATABASE_STATEMENT_TIMEOUT_MS allows a request.
+FUNNEL_STATEMENT_TIMEOUT_MS = env_int("FUNNEL_STATEMENT_TIMEOUT_MS", 300_000)
 
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

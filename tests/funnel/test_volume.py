@@ -162,3 +162,18 @@ def test_concurrent_batches_with_the_same_ids_store_each_event_once() -> None:
     assert sum(accepted) == 900
     assert FunnelEvent.objects.filter(app=app).count() == 900
     assert Journey.objects.filter(app=app).count() == 150
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_funnel_statements_run_under_their_own_time_and_memory_limits(settings) -> None:
+    from django.db import connection, transaction
+
+    from funnel.sql import set_analysis_limits
+
+    settings.FUNNEL_STATEMENT_TIMEOUT_MS = 120_000
+    settings.FUNNEL_WORK_MEM = "64MB"
+    with transaction.atomic(), connection.cursor() as cursor:
+        set_analysis_limits(cursor)
+        cursor.execute("SELECT current_setting('statement_timeout'), current_setting('work_mem')")
+        assert cursor.fetchone() == ("2min", "64MB")
