@@ -5,18 +5,41 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
+from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from playpay.api.parsers import JsonTooDeep, RequestTooLarge, UnacceptableJsonValue
+from playpay.api.serializers import ProblemSerializer
 from playpay.errors import DomainError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "/api/problems/"
 
+# For the OpenAPI schema: an error response, and the ones every operation that reads a body can give.
+PROBLEM = OpenApiResponse(ProblemSerializer, description="RFC 9457 problem+json; see /api/problems/ for the codes.")
+BODY_PROBLEMS = {
+    400: OpenApiResponse(
+        ProblemSerializer,
+        description="`validation_error`, `malformed_request`, `invalid_json_value` (NaN/Infinity, NUL or a lone "
+        "surrogate; `errors` names the field), `json_too_deep`.",
+    ),
+    413: OpenApiResponse(ProblemSerializer, description="`request_too_large`: the body is over the size limit."),
+}
+LIST_PROBLEMS = {
+    400: OpenApiResponse(
+        ProblemSerializer, description="`validation_error`: a filter, `limit` or `offset` out of range."
+    )
+}
+
 # DRF's own exceptions, by class, to a stable code.
 _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
     exceptions.ValidationError: ("validation_error", "The request is not valid"),
+    # Before ParseError, whose subclasses they are.
+    JsonTooDeep: ("json_too_deep", "The JSON is nested too deep"),
+    UnacceptableJsonValue: ("invalid_json_value", "The JSON holds a value the API does not accept"),
+    RequestTooLarge: ("request_too_large", "The request body is too large"),
     exceptions.ParseError: ("malformed_request", "The request body is not valid JSON"),
     exceptions.AuthenticationFailed: ("authentication_failed", "Authentication failed"),
     exceptions.NotAuthenticated: ("not_authenticated", "Authentication is required"),
@@ -63,6 +86,12 @@ def problem_json(status_code: int, code: str, title: str, detail: str) -> JsonRe
     """A problem for plain Django views (error handlers, the staff dashboard's endpoints)."""
     body = problem_body(status_code=status_code, code=code, title=title, detail=detail)
     return JsonResponse(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
+
+
+def request_too_large(limit: int) -> JsonResponse:
+    """413 for a body over the size limit (playpay.api.limits), before any view runs."""
+    code, title = _DRF_CODES[RequestTooLarge]
+    return problem_json(413, code, title, f"The body is larger than {limit} bytes; send at most that.")
 
 
 def _pointer_errors(detail: Any, path: str = "#") -> list[dict[str, str]]:
@@ -115,6 +144,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     if isinstance(exc, exceptions.ValidationError):
         detail = "One or more fields are not valid; see `errors`."
         extra["errors"] = _pointer_errors(exc.detail)
+    elif isinstance(exc, UnacceptableJsonValue):
+        detail = str(exc.detail)
+        extra["errors"] = exc.errors
     else:
         detail = str(exc.detail)
     wait = getattr(exc, "wait", None)
