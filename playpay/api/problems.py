@@ -5,17 +5,39 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, JsonResponse
-from drf_spectacular.utils import OpenApiResponse
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from playpay.api.parsers import JsonTooDeep, RequestTooLarge, UnacceptableJsonValue
-from playpay.api.serializers import ProblemSerializer
 from playpay.errors import DomainError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "/api/problems/"
+
+# The RFC 9457 body every error has (built here from `problem_body`; documented for the schema only).
+ProblemSerializer = inline_serializer(
+    "Problem",
+    {
+        "type": serializers.CharField(help_text="`/api/problems/<code>`"),
+        "title": serializers.CharField(),
+        "status": serializers.IntegerField(),
+        "detail": serializers.CharField(),
+        "code": serializers.CharField(help_text="Stable; see /api/problems/ for every code."),
+        "instance": serializers.CharField(required=False),
+        "errors": inline_serializer(
+            "ProblemError",
+            {
+                "pointer": serializers.CharField(help_text="JSON pointer (RFC 6901), e.g. `#/metadata/score`."),
+                "detail": serializers.CharField(),
+            },
+            many=True,
+            required=False,
+            help_text="Per field, when fields are at fault.",
+        ),
+    },
+)
 
 # For the OpenAPI schema: an error response, and the ones every operation that reads a body can give.
 PROBLEM = OpenApiResponse(ProblemSerializer, description="RFC 9457 problem+json; see /api/problems/ for the codes.")

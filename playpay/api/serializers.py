@@ -27,23 +27,6 @@ class StrictSerializer(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
-class ProblemErrorSerializer(serializers.Serializer[Any]):
-    pointer = serializers.CharField(help_text="JSON pointer (RFC 6901) to the field, e.g. `#/metadata/score`.")
-    detail = serializers.CharField()
-
-
-class ProblemSerializer(serializers.Serializer[Any]):
-    """The RFC 9457 problem body of every error (documentation only: playpay.api.problems makes them)."""
-
-    type = serializers.CharField(help_text="`/api/problems/<code>`")
-    title = serializers.CharField()
-    status = serializers.IntegerField()
-    detail = serializers.CharField()
-    code = serializers.CharField(help_text="Stable; see /api/problems/ for every code.")
-    instance = serializers.CharField(required=False)
-    errors = ProblemErrorSerializer(many=True, required=False, help_text="Per field, when fields are at fault.")
-
-
 class JsonIntegerField(serializers.IntegerField):
     """An integer given as a JSON integer: `"100"`, `100.0` and `1e2` are refused, not read as 100.
     For money (`amount_minor`), where a client's mistake must not turn into a charge or a refund."""
