@@ -65,8 +65,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "journal.middleware.JournalMiddleware",
-    # After the journal, so that a body over the size limit is journaled before it is answered 413.
-    "playpay.api.limits.RequestSizeLimitMiddleware",
+    # After the journal, so that a request refused here (413, or 400 for its query) is journaled too.
+    "playpay.api.limits.RequestLimitsMiddleware",
     # Last, as django-axes requires: it turns a locked-out login into its lockout response.
     "axes.middleware.AxesMiddleware",
 ]

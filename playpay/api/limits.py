@@ -1,7 +1,9 @@
-"""The API's one request size limit: a larger body is answered 413 problem+json before any view runs.
+"""What the API refuses before any view runs, as problem+json: a body over the one request size limit
+(413), and query parameters holding what no text column can (a NUL character: 400).
 
-The limit is Django's DATA_UPLOAD_MAX_MEMORY_SIZE (settings.MAX_REQUEST_BYTES), so that Django
-itself never answers with its own HTML 400 for a body it would not read.
+The size limit is Django's DATA_UPLOAD_MAX_MEMORY_SIZE (settings.MAX_REQUEST_BYTES), so that Django
+itself never answers with its own HTML 400 for a body it would not read. Bodies' values are checked
+by the API's JSON parser (playpay.api.parsers).
 """
 
 from collections.abc import Callable
@@ -9,7 +11,8 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from playpay.api.problems import request_too_large
+from playpay.api.parsers import UNSTORABLE_TEXT, has_unstorable_text
+from playpay.api.problems import query_value_problem, request_too_large
 
 
 def declared_length(request: HttpRequest) -> int:
@@ -19,7 +22,7 @@ def declared_length(request: HttpRequest) -> int:
         return 0
 
 
-class RequestSizeLimitMiddleware:
+class RequestLimitsMiddleware:
     """After the journal's middleware, so that a refused request is journaled too."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -29,4 +32,12 @@ class RequestSizeLimitMiddleware:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if request.path.startswith("/api/") and limit is not None and declared_length(request) > limit:
             return request_too_large(limit)
+        if request.path.startswith("/api/"):
+            unstorable = sorted(
+                name
+                for name, values in request.GET.lists()
+                if has_unstorable_text(name) or any(has_unstorable_text(value) for value in values)
+            )
+            if unstorable:
+                return query_value_problem(unstorable, UNSTORABLE_TEXT)
         return self.get_response(request)

@@ -39,7 +39,11 @@ class UnacceptableJsonValue(exceptions.ParseError):
         self.errors = errors
 
 
-def _pointer(path: tuple[str | int, ...]) -> str:
+def has_unstorable_text(text: str) -> bool:
+    return _UNSTORABLE.search(text) is not None
+
+
+def json_pointer(path: tuple[str | int, ...]) -> str:
     """RFC 6901, with unstorable characters of keys written as `\\uXXXX` text (the pointer is echoed)."""
     return "#" + "".join(
         "/" + _UNSTORABLE.sub(_escape, str(part)).replace("~", "~0").replace("/", "~1") for part in path
@@ -61,14 +65,14 @@ def json_value_errors(value: Any, path: tuple[str | int, ...] = ()) -> list[dict
         node, where = stack.pop()
         if isinstance(node, str):
             if _UNSTORABLE.search(node):
-                errors.append({"pointer": _pointer(where), "detail": UNSTORABLE_TEXT})
+                errors.append({"pointer": json_pointer(where), "detail": UNSTORABLE_TEXT})
         elif isinstance(node, float):
             if not math.isfinite(node):
-                errors.append({"pointer": _pointer(where), "detail": NON_FINITE})
+                errors.append({"pointer": json_pointer(where), "detail": NON_FINITE})
         elif isinstance(node, Mapping):
             for key, item in node.items():
                 if isinstance(key, str) and _UNSTORABLE.search(key):
-                    errors.append({"pointer": _pointer(where), "detail": f"A key: {UNSTORABLE_TEXT}"})
+                    errors.append({"pointer": json_pointer(where), "detail": f"A key: {UNSTORABLE_TEXT}"})
                 stack.append((item, (*where, key)))
         elif isinstance(node, list):
             stack.extend((item, (*where, index)) for index, item in enumerate(node))

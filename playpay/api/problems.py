@@ -10,7 +10,7 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from playpay.api.parsers import JsonTooDeep, RequestTooLarge, UnacceptableJsonValue
+from playpay.api.parsers import JsonTooDeep, RequestTooLarge, UnacceptableJsonValue, json_pointer
 from playpay.errors import DomainError
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -114,6 +114,16 @@ def request_too_large(limit: int) -> JsonResponse:
     """413 for a body over the size limit (playpay.api.limits), before any view runs."""
     code, title = _DRF_CODES[RequestTooLarge]
     return problem_json(413, code, title, f"The body is larger than {limit} bytes; send at most that.")
+
+
+def query_value_problem(names: list[str], detail: str) -> JsonResponse:
+    """400 for query parameters no database text can hold (playpay.api.limits), before any view runs."""
+    code, title = _DRF_CODES[exceptions.ValidationError]
+    errors = [{"pointer": json_pointer((name,)), "detail": detail} for name in names]
+    body = problem_body(
+        status_code=400, code=code, title=title, detail="One or more fields are not valid; see `errors`.", errors=errors
+    )
+    return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
 
 
 def _pointer_errors(detail: Any, path: str = "#") -> list[dict[str, str]]:

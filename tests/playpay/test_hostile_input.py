@@ -179,3 +179,19 @@ def test_ordinary_json_is_stored_as_given(shop: Shop) -> None:
     response = shop.create_payment(metadata=metadata)
     assert response.status_code == 201, response.content
     assert Payment.objects.get().metadata == metadata
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("/api/v1/payments/?user_ref=a%00b", "user_ref"),
+        ("/api/v1/payments/?status=%00", "status"),
+        ("/api/v1/price-points/?carrier=a%00b", "carrier"),
+        ("/api/v1/price-points/?country=G%00", "country"),
+    ],
+)
+def test_a_nul_character_in_a_query_parameter_is_a_problem_naming_it(shop: Shop, url: str, name: str) -> None:
+    problem = assert_problem(shop.client.get(url), status=400, code="validation_error")
+    assert [error["pointer"] for error in problem["errors"]] == [f"#/{name}"]
+    document = last_journaled(url.split("?")[0])
+    assert document["data"]["status"] == 400
