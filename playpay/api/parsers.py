@@ -57,8 +57,16 @@ def _escape(match: re.Match[str]) -> str:
 def json_value_errors(value: Any, path: tuple[str | int, ...] = ()) -> list[dict[str, str]]:
     """The non-finite numbers and unstorable strings (keys too) in a parsed JSON value, by pointer.
 
-    Iterative, so any depth the parser produced is walked without recursion.
+    Iterative, so any depth the parser produced is walked without recursion. The common case, a clean
+    value, is settled by the C encoder alone (NaN refused; NUL escaped as `\\u0000`, surrogates kept).
     """
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (ValueError, TypeError, RecursionError):
+        pass
+    else:
+        if "\\u0000" not in text and not _UNSTORABLE.search(text):
+            return []
     errors: list[dict[str, str]] = []
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
     while stack:
