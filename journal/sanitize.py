@@ -5,8 +5,9 @@ JSON has no NaN or Infinity, and a document nested a thousand levels deep exhaus
 recursion of whatever walks it. `sanitize` returns a copy where each such value is replaced by
 a readable stand-in (`"\\u0000"` as those six characters, a non-finite number as its name,
 anything nested deeper than `MAX_DEPTH` or longer than `MAX_STRING` cut with a note, at most
-`MAX_ITEMS` members kept per object or array) and says
-whether it changed anything; the caller marks the document `"_sanitized": true`.
+`MAX_ITEMS` members kept per object or array) and says whether it changed anything; the caller
+(journal.services.build, which every backend and the spool get their documents from) marks the
+document `"_sanitized": true`.
 """
 
 import math
