@@ -11,9 +11,12 @@ def normalize_msisdn(raw: str) -> str:
     """Return the number in E.164 (`+447400123456`), or raise InvalidMsisdn.
 
     Numbers must be international: with a leading `+` or `00`, or bare digits that
-    start with the country code.
+    start with the country code. Letters are refused (phonenumbers would read them as a
+    keypad's, `ABC` as `222`).
     """
     text = (raw or "").strip()
+    if any(character.isalpha() for character in text):
+        raise InvalidMsisdn(f"{raw!r} holds letters; a phone number is digits")
     if text.startswith("00"):
         text = "+" + text[2:]
     elif not text.startswith("+"):

@@ -18,10 +18,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from funnel.services import MAX_BATCH, GameEvent, ingest_events
+from playpay.api.parsers import ItemwiseJSONParser, UnacceptableJsonValue, json_value_errors
+from playpay.api.problems import BODY_PROBLEMS
 from playpay.api.serializers import MAX_METADATA_BYTES, StrictSerializer, unknown_field_errors
 from tenants.auth import request_app
 
 FUTURE_TOLERANCE = timedelta(minutes=5)
+# No game event predates this; earlier times are clock or client errors (and year 1 in a zone east of
+# UTC is not even a UTC date).
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 ID_MAX_LENGTH = 128
 STEP_MAX_LENGTH = 64
 
@@ -94,13 +99,31 @@ def _moment(value: Any, latest: datetime, errors: dict[str, list[str]]) -> datet
     if parsed > latest:
         errors["occurred_at"] = ["In the future."]
         return None
+    if parsed < EARLIEST:
+        errors["occurred_at"] = [f"Before {EARLIEST.date().isoformat()}."]
+        return None
     return parsed
+
+
+def _unacceptable_values(raw: dict[str, Any]) -> dict[str, list[str]]:
+    """NaN/Infinity, NUL and lone surrogates anywhere in the event (this view's parser leaves them to
+    be refused event by event), by field; keys that are no field of ours are not echoed."""
+    errors: dict[str, list[str]] = {}
+    for error in json_value_errors(raw):
+        parts = error["pointer"].split("/")
+        field = parts[1] if len(parts) > 1 and parts[1] in FIELDS else "non_field_errors"
+        where = "/".join(parts[2:]) if field != "non_field_errors" else ""
+        errors.setdefault(field, []).append(f"At {where}: {error['detail']}" if where else error["detail"])
+    return errors
 
 
 def validate_event(raw: Any, latest: datetime) -> GameEvent | dict[str, list[str]]:
     """The event, or its errors by field (as a serializer would report them)."""
     if not isinstance(raw, dict):
         return {"non_field_errors": [f"Invalid data. Expected a dictionary, but got {type(raw).__name__}."]}
+    unacceptable = _unacceptable_values(raw)
+    if unacceptable:
+        return unacceptable
     unknown = unknown_field_errors(raw, FIELDS)
     if unknown:
         return unknown
@@ -128,9 +151,14 @@ def validate_event(raw: Any, latest: datetime) -> GameEvent | dict[str, list[str
 
 
 class FunnelEventsView(APIView):
+    parser_classes = [ItemwiseJSONParser]  # a bad value costs its event only, not the batch
+
     @extend_schema(
         request=BatchSerializer,
-        responses={200: OpenApiResponse(description="{accepted, duplicates, rejected: [{index, errors}]}")},
+        responses={
+            200: OpenApiResponse(description="{accepted, duplicates, rejected: [{index, errors}]}"),
+            **BODY_PROBLEMS,
+        },
         summary="Send funnel events (one, or a batch of up to 1,000)",
     )
     def post(self, request: Request) -> Response:
@@ -138,6 +166,9 @@ class FunnelEventsView(APIView):
         assert app is not None
         payload = request.data
         if isinstance(payload, dict) and "events" in payload:
+            unacceptable = json_value_errors({k: v for k, v in payload.items() if k != "events"})
+            if unacceptable:
+                raise UnacceptableJsonValue(unacceptable)
             if len(payload) > 1:
                 raise serializers.ValidationError(
                     {k: ["This field is not accepted."] for k in payload if k != "events"}

@@ -5,6 +5,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
 
 from journal.services import Kind, new_request_id, record
@@ -20,8 +21,15 @@ def _body(raw: bytes) -> Any:
     text = raw[:BODY_LIMIT].decode("utf-8", "replace")
     try:
         return json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, cut at the limit, or nested too deep to parse
         return text
+
+
+def _request_body(request: HttpRequest) -> Any:
+    try:
+        return _body(request.body)
+    except RequestDataTooBig:  # answered 413 further in (playpay.api.limits); the record says why
+        return f"[a body of {request.META.get('CONTENT_LENGTH')} bytes, over the request size limit: not read]"
 
 
 def _ids_in_url(request: HttpRequest, kwargs: dict[str, Any]) -> tuple[Any, str]:
@@ -37,7 +45,7 @@ class JournalMiddleware:
         if not request.path.startswith("/api/v1/"):
             return self.get_response(request)
         request_id = request_id_of(request) or new_request_id()
-        request_body = _body(request.body)
+        request_body = _request_body(request)
         started = time.monotonic()
         response = self.get_response(request)
         latency_ms = round((time.monotonic() - started) * 1000, 1)

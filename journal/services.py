@@ -18,6 +18,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from journal.models import JournalSpool, StaffAction
+from journal.sanitize import sanitize
 from journal.store import CORRELATION_FIELDS, journal_store
 from playpay.redaction import msisdn_hash, redact
 
@@ -37,18 +38,25 @@ def new_request_id() -> str:
 
 
 def build(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> dict[str, Any]:
+    """The document every backend stores: sanitized (see journal.sanitize; marked `"_sanitized": true`
+    when anything had to change), then redacted."""
     unknown = set(correlation) - set(CORRELATION_FIELDS)
     if unknown:
         raise ValueError(f"unknown correlation ids: {sorted(unknown)}")
-    ids = {name: str(value) for name, value in correlation.items() if value}
+    (ids, msisdn, data), changed = sanitize(
+        ({name: str(value) for name, value in correlation.items() if value}, msisdn, data)
+    )
     if msisdn:
         ids["msisdn_hash"] = msisdn_hash(msisdn)
-    return {
+    document = {
         "occurred_at": timezone.now().isoformat(),
         "kind": kind,
         "correlation": ids,
         "data": redact(data),
     }
+    if changed:
+        document["_sanitized"] = True
+    return document
 
 
 def record(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> None:

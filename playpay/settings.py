@@ -68,6 +68,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "journal.middleware.JournalMiddleware",
+    # After the journal, so that a request refused here (413, or 400 for its query) is journaled too.
+    "playpay.api.limits.RequestLimitsMiddleware",
     # Last, as django-axes requires: it turns a locked-out login into its lockout response.
     "axes.middleware.AxesMiddleware",
 ]
@@ -218,15 +220,20 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
 X_FRAME_OPTIONS = "DENY"
 
 # --- API --------------------------------------------------------------------
+# The one request size limit (docs/api.md, "Request limits"): the largest request the API documents,
+# a funnel batch of 1,000 events with 4 KB of properties each, is under 5 MB of JSON; anything over
+# this is answered 413 problem+json (playpay.api.limits). Django enforces the same number.
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["tenants.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["tenants.auth.IsApp"],
     "DEFAULT_THROTTLE_CLASSES": ["tenants.throttling.AppRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["playpay.api.parsers.StrictJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "playpay.api.problems.problem_exception_handler",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": "playpay.api.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 100,
     "UNAUTHENTICATED_USER": None,
 }

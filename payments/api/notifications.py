@@ -7,6 +7,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments.services.notifications import receive_notification
+from playpay.api.problems import BODY_PROBLEMS
 
 
 class CarrierNotificationView(APIView):
@@ -18,7 +19,13 @@ class CarrierNotificationView(APIView):
 
     @extend_schema(
         request=None,
-        responses={200: OpenApiResponse(description="applied or duplicate"), 400: None, 401: None, 404: None},
+        responses={
+            200: OpenApiResponse(description="applied or duplicate"),
+            400: None,
+            401: None,
+            404: None,
+            413: BODY_PROBLEMS[413],
+        },
         summary="Carrier callback (signed by the carrier)",
     )
     def post(self, request: Request, slug: str) -> Response:

@@ -7,7 +7,7 @@ from rest_framework import serializers
 from carriers.models import Carrier, PricePoint
 from payments.models import Payment, PaymentFlow, Refund, Reversal
 from payments.services.payments import next_action
-from playpay.api.serializers import MAX_METADATA_BYTES, SharedFieldsMixin, StrictSerializer
+from playpay.api.serializers import MAX_METADATA_BYTES, JsonIntegerField, SharedFieldsMixin, StrictSerializer
 
 
 class PaymentCreateSerializer(StrictSerializer):
@@ -95,7 +95,7 @@ class PricePointSerializer(serializers.ModelSerializer[PricePoint]):
 
 
 class RefundCreateSerializer(StrictSerializer):
-    amount_minor = serializers.IntegerField(
+    amount_minor = JsonIntegerField(
         min_value=1, required=False, help_text="Minor units; default: all that is left to refund."
     )
     reason = serializers.CharField(max_length=255, help_text="Why: shown to operations and finance.")

@@ -3,7 +3,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import JSONRenderer
@@ -25,10 +25,10 @@ from payments.models import Payment, PaymentStatus, Refund
 from payments.services.idempotency import IdempotencyKey, StoredResponse, fingerprint, parse_key, run_idempotent
 from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
+from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM
 from tenants.auth import request_app
 from tenants.models import App
 
-PROBLEM = OpenApiResponse(description="RFC 9457 problem+json; see /api/problems/ for the codes.")
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
     OpenApiTypes.STR,
@@ -90,7 +90,8 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         parameters=[
             OpenApiParameter("status", OpenApiTypes.STR, enum=PaymentStatus.values),
             OpenApiParameter("user_ref", OpenApiTypes.STR),
-        ]
+        ],
+        responses={200: PaymentSerializer(many=True), **LIST_PROBLEMS},
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
@@ -98,7 +99,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(
         request=PaymentCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
-        responses={201: PaymentSerializer, 400: PROBLEM, 409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
+        responses={201: PaymentSerializer, **BODY_PROBLEMS, 409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
         summary="Create a payment",
     )
     def create(self, request: Request) -> Response:
@@ -118,7 +119,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     @extend_schema(
         request=PaymentConfirmSerializer,
-        responses={200: PaymentSerializer, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+        responses={200: PaymentSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
         summary="Confirm a PIN payment with the PIN the player received",
     )
     @action(detail=True, methods=["post"])
@@ -133,7 +134,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         methods=["POST"],
         request=RefundCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
-        responses={201: RefundSerializer, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+        responses={201: RefundSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
         summary="Refund a payment, fully or in part",
     )
     @extend_schema(methods=["GET"], responses={200: RefundSerializer(many=True)}, summary="A payment's refunds")
@@ -167,7 +168,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     @extend_schema(
         request=ReversalCreateSerializer,
-        responses={201: ReversalSerializer, 404: PROBLEM, 409: PROBLEM},
+        responses={201: ReversalSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM},
         summary="Reverse a charge (e.g. the item could not be delivered)",
     )
     @action(detail=True, methods=["post"])
@@ -189,6 +190,7 @@ class PricePointListView(generics.ListAPIView[Any]):
             OpenApiParameter("country", OpenApiTypes.STR, description="ISO 3166 alpha-2"),
             OpenApiParameter("carrier", OpenApiTypes.STR, description="carrier slug"),
         ],
+        responses={200: PricePointSerializer(many=True), **LIST_PROBLEMS},
         summary="Price points an app may offer",
     )
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:

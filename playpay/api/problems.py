@@ -7,10 +7,12 @@ from typing import Any
 from django.core.exceptions import PermissionDenied
 from django.db import OperationalError
 from django.http import Http404, JsonResponse
-from rest_framework import exceptions, status
+from drf_spectacular.utils import OpenApiResponse, inline_serializer
+from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler, set_rollback
 
+from playpay.api.parsers import JsonTooDeep, RequestTooLarge, UnacceptableJsonValue, json_pointer
 from playpay.errors import DomainError
 
 logger = logging.getLogger(__name__)
@@ -18,9 +20,52 @@ logger = logging.getLogger(__name__)
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 PROBLEM_BASE = "/api/problems/"
 
+# The RFC 9457 body every error has (built here from `problem_body`; documented for the schema only).
+ProblemSerializer = inline_serializer(
+    "Problem",
+    {
+        "type": serializers.CharField(help_text="`/api/problems/<code>`"),
+        "title": serializers.CharField(),
+        "status": serializers.IntegerField(),
+        "detail": serializers.CharField(),
+        "code": serializers.CharField(help_text="Stable; see /api/problems/ for every code."),
+        "instance": serializers.CharField(required=False),
+        "errors": inline_serializer(
+            "ProblemError",
+            {
+                "pointer": serializers.CharField(help_text="JSON pointer (RFC 6901), e.g. `#/metadata/score`."),
+                "detail": serializers.CharField(),
+            },
+            many=True,
+            required=False,
+            help_text="Per field, when fields are at fault.",
+        ),
+    },
+)
+
+# For the OpenAPI schema: an error response, and the ones every operation that reads a body can give.
+PROBLEM = OpenApiResponse(ProblemSerializer, description="RFC 9457 problem+json; see /api/problems/ for the codes.")
+BODY_PROBLEMS = {
+    400: OpenApiResponse(
+        ProblemSerializer,
+        description="`validation_error`, `malformed_request`, `invalid_json_value` (NaN/Infinity, NUL or a lone "
+        "surrogate; `errors` names the field), `json_too_deep`.",
+    ),
+    413: OpenApiResponse(ProblemSerializer, description="`request_too_large`: the body is over the size limit."),
+}
+LIST_PROBLEMS = {
+    400: OpenApiResponse(
+        ProblemSerializer, description="`validation_error`: a filter, `limit` or `offset` out of range."
+    )
+}
+
 # DRF's own exceptions, by class, to a stable code.
 _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
     exceptions.ValidationError: ("validation_error", "The request is not valid"),
+    # Before ParseError, whose subclasses they are.
+    JsonTooDeep: ("json_too_deep", "The JSON is nested too deep"),
+    UnacceptableJsonValue: ("invalid_json_value", "The JSON holds a value the API does not accept"),
+    RequestTooLarge: ("request_too_large", "The request body is too large"),
     exceptions.ParseError: ("malformed_request", "The request body is not valid JSON"),
     exceptions.AuthenticationFailed: ("authentication_failed", "Authentication failed"),
     exceptions.NotAuthenticated: ("not_authenticated", "Authentication is required"),
@@ -84,6 +129,22 @@ def problem_json(status_code: int, code: str, title: str, detail: str) -> JsonRe
     return JsonResponse(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
 
 
+def request_too_large(limit: int) -> JsonResponse:
+    """413 for a body over the size limit (playpay.api.limits), before any view runs."""
+    code, title = _DRF_CODES[RequestTooLarge]
+    return problem_json(413, code, title, f"The body is larger than {limit} bytes; send at most that.")
+
+
+def query_value_problem(names: list[str], detail: str) -> JsonResponse:
+    """400 for query parameters no database text can hold (playpay.api.limits), before any view runs."""
+    code, title = _DRF_CODES[exceptions.ValidationError]
+    errors = [{"pointer": json_pointer((name,)), "detail": detail} for name in names]
+    body = problem_body(
+        status_code=400, code=code, title=title, detail="One or more fields are not valid; see `errors`.", errors=errors
+    )
+    return JsonResponse(body, status=400, content_type=PROBLEM_CONTENT_TYPE)
+
+
 def _pointer_errors(detail: Any, path: str = "#") -> list[dict[str, str]]:
     """Flatten DRF's nested validation detail into RFC 9457 `errors` with JSON pointers."""
     if isinstance(detail, dict):
@@ -142,6 +203,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
     if isinstance(exc, exceptions.ValidationError):
         detail = "One or more fields are not valid; see `errors`."
         extra["errors"] = _pointer_errors(exc.detail)
+    elif isinstance(exc, UnacceptableJsonValue):
+        detail = str(exc.detail)
+        extra["errors"] = exc.errors
     else:
         detail = str(exc.detail)
     wait = getattr(exc, "wait", None)

@@ -27,6 +27,18 @@ class StrictSerializer(serializers.Serializer[Any]):
         return super().to_internal_value(data)
 
 
+class JsonIntegerField(serializers.IntegerField):
+    """An integer given as a JSON integer: `"100"`, `100.0` and `1e2` are refused, not read as 100.
+    For money (`amount_minor`), where a client's mistake must not turn into a charge or a refund."""
+
+    default_error_messages = {"invalid": "A JSON integer is required (not a string, a decimal or an exponent)."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
 class SharedFieldsMixin:
     """For output-only serializers on hot paths: fields are built once per class, not per object.
 

@@ -14,7 +14,9 @@ def test_international_forms_normalize_to_e164(raw: str) -> None:
     assert normalize_msisdn(raw) == "+447400123456"
 
 
-@pytest.mark.parametrize("raw", ["", "abc", "+44", "+447400", "+442071838750", "07400123456"])
+@pytest.mark.parametrize(
+    "raw", ["", "abc", "+44", "+447400", "+442071838750", "07400123456", "+44 7400 ABCDEF", "+447400123456 ext 1"]
+)
 def test_invalid_landline_or_national_numbers_are_refused(raw: str) -> None:
     with pytest.raises(InvalidMsisdn):
         normalize_msisdn(raw)

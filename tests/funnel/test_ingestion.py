@@ -1,5 +1,6 @@
 """Funnel event ingestion from game backends, and the steps the platform emits itself."""
 
+import json
 from datetime import timedelta
 from typing import Any
 
@@ -7,6 +8,7 @@ import pytest
 from django.utils import timezone
 
 from funnel.models import FunnelEvent, Journey
+from journal.store import JournalQuery, journal_store
 from tests.conftest import Shop, assert_problem
 
 pytestmark = pytest.mark.django_db
@@ -93,3 +95,61 @@ def test_a_platform_step_earlier_than_the_journey_moves_its_start(shop: Shop) ->
     shop.pay(journey_id="j-clock")
     created = FunnelEvent.objects.get(journey_id="j-clock", step="payment_created")
     assert Journey.objects.get(journey_id="j-clock").started_at == created.occurred_at
+
+
+def test_an_event_with_unstorable_text_or_numbers_costs_only_itself(shop: Shop) -> None:
+    good = json.dumps(event(1))
+    batch = (
+        f'{{"events": [{good}, {{"event_id": "e2\\u0000", "journey_id": "j1", "step": "store_opened", '
+        f'"occurred_at": "2026-01-01T00:00:00Z"}}, {json.dumps(event(3))[:-1]}, "properties": {{"x": NaN}}}}, '
+        f'{json.dumps(event(4))[:-1]}, "properties": {{"k\\ud800": 1}}}}]}}'
+    )
+    response = shop.client.post(URL, data=batch, content_type="application/json")
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["accepted"] == 1
+    assert [(r["index"], sorted(r["errors"])) for r in body["rejected"]] == [
+        (1, ["event_id"]),
+        (2, ["properties"]),
+        (3, ["properties"]),
+    ]
+    assert list(FunnelEvent.objects.values_list("event_id", flat=True)) == ["e1"]
+    assert last_journaled(URL)["_sanitized"] is True
+
+
+@pytest.mark.parametrize("at", ["0001-01-01T00:00:00+14:00", "1999-12-31T23:59:59Z", "0001-01-01T00:00:00"])
+def test_an_event_before_2000_is_rejected_by_index(shop: Shop, at: str) -> None:
+    body = shop.client.post(URL, {"events": [event(1), event(2, occurred_at=at)]}, format="json").json()
+    assert body["accepted"] == 1
+    assert body["rejected"] == [{"index": 1, "errors": {"occurred_at": ["Before 2000-01-01."]}}]
+    assert list(FunnelEvent.objects.values_list("event_id", flat=True)) == ["e1"]
+
+
+def test_a_full_batch_within_the_documented_limits_is_accepted(shop: Shop) -> None:
+    properties = {"blob": "x" * 3000}
+    batch = {"events": [event(n, journey=f"j{n % 50}", properties=properties) for n in range(1000)]}
+    assert len(json.dumps(batch)) > 3_000_000
+    response = shop.client.post(URL, batch, format="json")
+    assert response.status_code == 200, response.content[:500]
+    assert response.json()["accepted"] == 1000
+
+
+def test_a_batch_over_the_size_limit_is_a_413_problem_and_stores_nothing(shop: Shop, settings: Any) -> None:
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 100_000  # the same middleware, a smaller limit: a smaller test
+    batch = {"events": [event(n, properties={"blob": "x" * 3000}) for n in range(40)]}
+    response = shop.client.post(URL, batch, format="json")
+    assert_problem(response, status=413, code="request_too_large")
+    assert not FunnelEvent.objects.exists()
+    assert last_journaled(URL)["data"]["status"] == 413
+
+
+def test_nesting_deeper_than_the_limit_is_a_problem(shop: Shop) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    response = shop.client.post(URL, data=f'{{"events": {deep}}}', content_type="application/json")
+    assert_problem(response, status=400, code="json_too_deep")
+    assert not FunnelEvent.objects.exists()
+
+
+def last_journaled(endpoint: str) -> dict[str, Any]:
+    documents = journal_store().query(JournalQuery(kind="api_request", limit=20))
+    return next(document for document in documents if document["data"]["endpoint"] == endpoint)

@@ -1,6 +1,7 @@
 """The journal store's contract, run against every backend available: SQL always, MongoDB with
 JOURNAL_MONGODB_TEST_URL set (a real server)."""
 
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -119,3 +120,30 @@ def test_retention_purges_only_records_older_than_the_date(store: JournalStore) 
 def test_an_aggregate_either_store_cannot_compute_is_refused_when_asked(spec: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         JournalAggregate(kind="carrier_call", **spec)
+
+
+def test_a_document_no_store_could_hold_is_stored_sanitized_and_marked(store: JournalStore) -> None:
+    nested: Any = "bottom"
+    for _ in range(2000):
+        nested = [nested]
+    document = build(
+        "api_request",
+        {"text": "a\x00b\ud800", "numbers": [float("nan"), float("inf")], "k\x00": 1, "deep": nested},
+        msisdn="+44\udc00",
+        user_ref="p\x00",
+    )
+    store.write([document])
+    (found,) = store.query(JournalQuery(correlation={"user_ref": "p\\u0000"}))
+    assert found["_sanitized"] is True
+    assert found["data"]["text"] == "a\\u0000b\\ud800"
+    assert found["data"]["numbers"] == ["nan", "inf"]
+    assert found["data"]["k\\u0000"] == 1
+    assert "nested deeper than" in json.dumps(found["data"]["deep"])
+    assert found["correlation"]["msisdn_hash"]
+
+
+def test_an_ordinary_document_is_not_marked(store: JournalStore) -> None:
+    store.write([build("api_request", {"text": "é ✓ 😀", "n": 1.5}, app="game")])
+    (found,) = store.query(JournalQuery(correlation={"app": "game"}))
+    assert "_sanitized" not in found
+    assert found["data"] == {"text": "é ✓ 😀", "n": 1.5}
