@@ -224,6 +224,27 @@ def test_postgresql_refuses_updates_and_deletes_of_ledger_lines(shop: Shop, paid
 
 @pytest.mark.postgres
 @pytest.mark.django_db
+def test_postgresql_refuses_to_truncate_the_ledger(shop: Shop, paid: str) -> None:
+    # TRUNCATE skips the row-level guards; statement-level ones refuse it, cascaded from a payment too.
+    with connection.cursor() as cursor:  # as if committed: no balance check left pending, which TRUNCATE refuses
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    for statement in (
+        "TRUNCATE payments_ledgerline",
+        "TRUNCATE payments_ledgerentry CASCADE",
+        "TRUNCATE payments_payment CASCADE",
+    ):
+        with (
+            pytest.raises((IntegrityError, InternalError), match="append-only: TRUNCATE on payments_ledger"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement)
+    assert LedgerLine.objects.count() == 5
+    assert Payment.objects.filter(public_id=paid).exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
 def test_postgresql_refuses_an_unbalanced_entry(shop: Shop, paid: str) -> None:
     payment = Payment.objects.get(public_id=paid)
 
