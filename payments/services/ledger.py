@@ -126,15 +126,23 @@ def _undo_lines(payment: Payment, *, before: int, after: int, via_carrier: bool)
         amount = charge.get(account, 0)
         return -(amount * after // total - amount * before // total)
 
-    carrier, app = payment.carrier.slug, f"app_payable:{payment.app.public_id}"
+    carrier = payment.carrier.slug
+    names = {
+        "carrier_share": f"carrier_share:{carrier}",
+        "carrier_receivable": f"carrier_receivable:{carrier}",
+        "tax_payable": f"tax_payable:{payment.carrier.country_id}",
+        "app_payable": f"app_payable:{payment.app.public_id}",
+        # The charge's own account names win: a carrier's slug may have changed since.
+        **{account.partition(":")[0]: account for account in charge},
+    }
     paid_back = after - before
+    app = names["app_payable"]
     if via_carrier:
-        share = undo(f"carrier_share:{carrier}")
-        tax = f"tax_payable:{payment.carrier.country_id}"
+        share = undo(names["carrier_share"])
         lines = {
-            f"carrier_share:{carrier}": share,
-            f"carrier_receivable:{carrier}": -paid_back - share,
-            tax: undo(tax),
+            names["carrier_share"]: share,
+            names["carrier_receivable"]: -paid_back - share,
+            names["tax_payable"]: undo(names["tax_payable"]),
             app: undo(app),
         }
     else:

@@ -107,6 +107,14 @@ def test_a_refund_through_the_carrier_undoes_its_share_of_the_charge_and_moves_t
 
 
 @pytest.mark.django_db
+def test_a_refund_posts_to_the_accounts_of_its_charge_even_after_the_carrier_is_renamed(shop: Shop, paid: str) -> None:
+    Carrier.objects.filter(pk=shop.carrier.pk).update(supports_refund=True, slug="renamed")
+    carrier_refund(paid, 99)
+    assert all(total == 0 for total in lines_of(paid).values())
+    assert not LedgerLine.objects.filter(account__endswith=":renamed").exists()
+
+
+@pytest.mark.django_db
 def test_partial_refunds_the_platform_pays_leave_the_carrier_and_the_tax_alone(shop: Shop, paid: str) -> None:
     """The test carrier cannot refund: the platform pays the player back, the carrier settles the whole 99."""
     slug, app = shop.carrier.slug, shop.app.public_id
