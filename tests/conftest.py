@@ -118,13 +118,30 @@ def _flush_by_delete() -> Iterator[None]:
     of the few tables that have any are deleted, content types and permissions excepted, so there is
     nothing to remake: the same tables as Django's flush leaves, in a few milliseconds. Triggers (the
     ledger's and the journal's append-only guards, foreign-key checks) are off for those statements only,
-    as for TRUNCATE; that needs a superuser, so with another role the flush stays Django's."""
+    as for TRUNCATE; that needs a superuser, so with another role the flush stays Django's TRUNCATE, with
+    the append-only tables' TRUNCATE guards off around it (a table's owner may turn its triggers off)."""
     from django.core.management.commands import flush
     from django.core.management.sql import emit_post_migrate_signal
     from django.db.backends.postgresql.operations import DatabaseOperations
 
-    truncate = DatabaseOperations.sql_flush
+    django_truncate = DatabaseOperations.sql_flush
     kept_reference_rows: set[str] = set()  # the aliases whose last flush was this one
+
+    def truncate(self: Any, style: Any, tables: Any, **options: Any) -> list[str]:
+        """Django's TRUNCATE, with the triggers that refuse it (the append-only tables') off around it."""
+        with self.connection.cursor() as cursor:
+            # tgtype bit 5: a TRUNCATE trigger.
+            cursor.execute(
+                "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " WHERE NOT t.tgisinternal AND t.tgtype & 32 <> 0 AND c.relname = ANY(%s)",
+                [list(tables)],
+            )
+            guards = [(self.quote_name(table), self.quote_name(trigger)) for table, trigger in cursor.fetchall()]
+        return [
+            *(f"ALTER TABLE {table} DISABLE TRIGGER {trigger};" for table, trigger in guards),
+            *django_truncate(self, style, tables, **options),
+            *(f"ALTER TABLE {table} ENABLE TRIGGER {trigger};" for table, trigger in guards),
+        ]
 
     def sql_flush(self: Any, style: Any, tables: Any, *, reset_sequences: bool = False, **options: Any) -> Any:
         kept_reference_rows.discard(self.connection.alias)

@@ -12,6 +12,30 @@ carrier's share of the net, the app's share of what remains, and the platform's:
     CR tax_payable:<country>          tax
     CR app_payable:<app>              app share
     CR platform_revenue               net - app share
+
+A refund or a reversal of R posts one of two entries, by who pays the player back:
+
+- Through the carrier (`via_carrier`): the carrier pays R back out of what it collected, so it owes
+  us R less and keeps no share of R. The entry is the opposite of R's share of the charge, except
+  that the carrier's two lines move by exactly R together (they are what the carrier settles):
+
+      CR carrier_share:<carrier>        R's share of the carrier share
+      CR carrier_receivable:<carrier>   R - the above
+      DR tax_payable:<country>          R's share of the tax
+      DR app_payable:<app>              R's share of the app share
+      DR platform_revenue               the rest (rounding leftovers included)
+
+- By the platform (the carrier cannot refund or reverse): the carrier still collects and settles
+  the whole charge, so its lines do not move. The tax stays too: the carrier charged it on the whole
+  amount and its bill is not corrected. The platform pays R from its own funds; the app gives up
+  R's share of its share and the platform absorbs the rest:
+
+      CR platform_refunds_paid          R                  (paid to the player by the platform)
+      DR app_payable:<app>              R's share of the app share
+      DR platform_revenue               the rest
+
+Shares are cumulative (what all refunds so far undo, less what earlier ones undid), so refunds
+adding up to the whole amount undo their lines of the charge exactly.
 """
 
 from dataclasses import dataclass
@@ -20,9 +44,10 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from django.db.models import Sum
 
 from payments.events import PaymentStatusChanged
-from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund
+from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund, Reversal
 
 PLATFORM_REVENUE = "platform_revenue"
+PLATFORM_REFUNDS_PAID = "platform_refunds_paid"
 
 
 @dataclass(frozen=True)
@@ -92,30 +117,60 @@ def _charge_entry_lines(payment: Payment) -> dict[str, int]:
     return {line.account: line.amount_minor for line in lines}
 
 
-def post_refund(refund: Refund, *, refunded_before: int) -> LedgerEntry:
-    """Post a refund as the opposite of its share of the charge entry.
-
-    Shares are taken cumulatively (what all refunds so far undo, minus what earlier ones
-    undid), so that refunds adding up to the whole amount undo the charge exactly.
-    """
-    payment = refund.payment
+def _undo_lines(payment: Payment, *, before: int, after: int, via_carrier: bool) -> dict[str, int]:
+    """The lines that pay the player back what takes the refunded amount from `before` to `after`."""
     charge = _charge_entry_lines(payment)
-    after = refunded_before + refund.amount_minor
-    lines = {
-        account: -(amount * after // payment.amount_minor - amount * refunded_before // payment.amount_minor)
-        for account, amount in charge.items()
+    total = payment.amount_minor
+
+    def undo(account: str) -> int:
+        amount = charge.get(account, 0)
+        return -(amount * after // total - amount * before // total)
+
+    carrier = payment.carrier.slug
+    names = {
+        "carrier_share": f"carrier_share:{carrier}",
+        "carrier_receivable": f"carrier_receivable:{carrier}",
+        "tax_payable": f"tax_payable:{payment.carrier.country_id}",
+        "app_payable": f"app_payable:{payment.app.public_id}",
+        # The charge's own account names win: a carrier's slug may have changed since.
+        **{account.partition(":")[0]: account for account in charge},
     }
-    # Rounding leftovers go to the platform, which keeps the entry balanced.
-    lines[PLATFORM_REVENUE] = lines.get(PLATFORM_REVENUE, 0) - sum(lines.values())
+    paid_back = after - before
+    app = names["app_payable"]
+    if via_carrier:
+        share = undo(names["carrier_share"])
+        lines = {
+            names["carrier_share"]: share,
+            names["carrier_receivable"]: -paid_back - share,
+            names["tax_payable"]: undo(names["tax_payable"]),
+            app: undo(app),
+        }
+    else:
+        lines = {PLATFORM_REFUNDS_PAID: -paid_back, app: undo(app)}
+    # The platform's revenue takes the rest (rounding leftovers included), which balances the entry.
+    lines[PLATFORM_REVENUE] = -sum(lines.values())
+    return lines
+
+
+def post_refund(refund: Refund, *, refunded_before: int) -> LedgerEntry:
+    """Post a succeeded refund; `refunded_before` is what the payment's earlier succeeded refunds paid back."""
+    payment = refund.payment
+    lines = _undo_lines(
+        payment,
+        before=refunded_before,
+        after=refunded_before + refund.amount_minor,
+        via_carrier=refund.via_carrier,
+    )
     return _post(
         kind=LedgerEntry.Kind.REFUND, payment=payment, refund=refund, lines=lines, memo=f"refund: {refund.reason}"
     )
 
 
-def post_reversal(payment: Payment, *, reason: str) -> LedgerEntry:
-    """Undo the charge entry exactly."""
-    lines = {account: -amount for account, amount in _charge_entry_lines(payment).items()}
-    return _post(kind=LedgerEntry.Kind.REVERSAL, payment=payment, lines=lines, memo=f"reversal: {reason}")
+def post_reversal(reversal: Reversal) -> LedgerEntry:
+    """Post a succeeded reversal of a whole, unrefunded charge."""
+    payment = reversal.payment
+    lines = _undo_lines(payment, before=0, after=payment.amount_minor, via_carrier=reversal.via_carrier)
+    return _post(kind=LedgerEntry.Kind.REVERSAL, payment=payment, lines=lines, memo=f"reversal: {reversal.reason}")
 
 
 def balances(*, currency: str | None = None) -> list[tuple[str, str, int]]:

@@ -227,7 +227,7 @@ def _settle_reversal(reversal: Reversal, payment: Payment, *, succeeded: bool, a
     reversal.save()
     if not succeeded:
         return
-    ledger.post_reversal(payment, reason=reversal.reason)
+    ledger.post_reversal(reversal)
     transition(payment, PaymentStatus.REVERSED, actor=actor, reason=f"reversal: {reversal.reason}")
 
 

@@ -102,6 +102,28 @@ def test_postgresql_refuses_updates_and_deletes_of_journal_records() -> None:
     assert JournalRecord.objects.get().kind == "api_request"
 
 
+@pytest.mark.postgres
+def test_postgresql_refuses_to_truncate_journal_records_even_in_a_purge() -> None:
+    from django.db import connections
+
+    journal = connections["journal"]
+    assert journal.vendor == "postgresql", "the journal must be on PostgreSQL here: set JOURNAL_URL"
+    SqlJournalStore().write(docs(("api_request", {"app": "game"})))
+
+    def truncate(purge: str) -> None:
+        with journal.cursor() as cursor:
+            cursor.execute(f"SET LOCAL playpay.journal_purge = '{purge}'")
+            cursor.execute("TRUNCATE journal_journalrecord")
+
+    for purge in ("off", "on"):  # retention's purge setting lets deletes through, never a TRUNCATE
+        with (
+            pytest.raises((IntegrityError, InternalError), match="append-only: TRUNCATE refused"),
+            transaction.atomic(using="journal"),
+        ):
+            truncate(purge)
+    assert JournalRecord.objects.count() == 1
+
+
 def test_retention_purges_only_records_older_than_the_date(store: JournalStore) -> None:
     store.write(docs(("api_request", {"app": "game"}), ("api_request", {"app": "game"})))
     assert store.purge(before=timezone.now() - timedelta(days=1)) == 0
