@@ -53,6 +53,9 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
     window = timedelta(seconds=funnel.window_seconds)
     steps = list(funnel.steps)
     with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                sql.set_analysis_limits(cursor)  # for the deletes too
         FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).delete()
         FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).delete()
         if connection.vendor == "postgresql":
@@ -66,7 +69,6 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
             )
             statements, params = sql.rollup_statements(scope, funnel_id=funnel.pk)
             with connection.cursor() as cursor:
-                sql.set_analysis_limits(cursor)
                 for statement in statements:
                     cursor.execute(statement, params)
         else:

@@ -21,7 +21,10 @@ def _body(raw: bytes) -> Any:
     text = raw[:BODY_LIMIT].decode("utf-8", "replace")
     try:
         return json.loads(text)
-    except (ValueError, RecursionError):  # not JSON, cut at the limit, or nested too deep to parse
+    except RecursionError:
+        # Nested too deep to parse: its secrets could not be found by key, so its text is not kept.
+        return f"[a JSON body of {len(raw)} bytes, nested too deep to read: not kept]"
+    except ValueError:  # not JSON, or cut at the limit
         return text
 
 

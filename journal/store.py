@@ -173,6 +173,8 @@ class SqlJournalStore:
             if connection.vendor == "postgresql":
                 with connection.cursor() as cursor:  # the append-only trigger lets a purge through
                     cursor.execute("SET LOCAL playpay.journal_purge = 'on'")
+                    # Retention may delete millions of rows: not bound by the requests' statement timeout.
+                    cursor.execute("SET LOCAL statement_timeout = 0")
             deleted, _ = JournalRecord.objects.filter(occurred_at__lt=before).delete()
         return int(deleted)
 

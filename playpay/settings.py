@@ -131,12 +131,20 @@ DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
 DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
 for _database in DATABASES.values():
     if _database["ENGINE"] == "django.db.backends.postgresql":
+        _given = _database.get("OPTIONS", {})
         _database["OPTIONS"] = {
-            **_database.get("OPTIONS", {}),
-            "connect_timeout": DATABASE_CONNECT_TIMEOUT,
-            "options": (
-                f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS} "
-                f"-c idle_in_transaction_session_timeout={DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}"
+            **_given,
+            "connect_timeout": _given.get("connect_timeout", DATABASE_CONNECT_TIMEOUT),
+            # Appended to what DATABASE_URL's ?options= says (behind PgBouncer, set these on the role instead).
+            "options": " ".join(
+                filter(
+                    None,
+                    [
+                        _given.get("options", ""),
+                        f"-c statement_timeout={DATABASE_STATEMENT_TIMEOUT_MS}",
+                        f"-c idle_in_transaction_session_timeout={DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS}",
+                    ],
+                )
             ),
         }
 # Only for measuring the journal's cost: production always journals.
@@ -210,6 +218,8 @@ WHITENOISE_USE_FINDERS = DEBUG
 
 # --- Security (secure by default unless DEBUG) ------------------------------
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Load balancers probe over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
 SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0 if DEBUG else 31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", not DEBUG)
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", not DEBUG)

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from django.db import OperationalError, connections
+from django.db import connections
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views.defaults import page_not_found, server_error
 
@@ -17,6 +17,7 @@ from playpay.api.problems import (
     NOT_READY,
     PROBLEM_CONTENT_TYPE,
     database_unavailable_problem,
+    is_database_outage,
     problem_body,
     problem_catalogue,
     problem_json,
@@ -137,7 +138,7 @@ def handler404(request: HttpRequest, exception: Exception) -> HttpResponse:
 def handler500(request: HttpRequest) -> HttpResponse:
     # Django calls this while handling the exception: an unreachable database or a cancelled statement
     # (the timeouts in settings) is an outage to retry, not a bug.
-    if isinstance(sys.exc_info()[1], OperationalError):
+    if is_database_outage(sys.exc_info()[1]):
         if request.path.startswith("/api/"):
             response: HttpResponse = JsonResponse(
                 database_unavailable_problem(), status=503, content_type=PROBLEM_CONTENT_TYPE

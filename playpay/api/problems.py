@@ -2,6 +2,7 @@
 
 import logging
 import math
+import sqlite3
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -78,12 +79,32 @@ _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
 }
 
 
-# The database is unreachable or cancelled a statement (connect or statement timeout): nothing was decided,
-# the client retries after this many seconds. Also answered by playpay.views.handler500 outside DRF.
+# The database is unreachable or cancelled a statement (connect or statement timeout): the request's
+# transaction rolled back; the client retries after this many seconds. Also answered by playpay.views.handler500 outside DRF.
 DATABASE_UNAVAILABLE = ("database_unavailable", "The service is temporarily unavailable")
 DATABASE_RETRY_AFTER_SECONDS = 5
 # /readyz when a dependency does not answer (playpay.views.readiness).
 NOT_READY = ("not_ready", "Not ready")
+
+
+# SQLSTATE classes of an outage rather than a bug: connection exceptions, operator intervention
+# (query_canceled by a timeout, admin_shutdown, cannot_connect_now), insufficient resources.
+_OUTAGE_SQLSTATE_PREFIXES = ("08", "57", "53")
+
+
+def is_database_outage(exc: BaseException | None) -> bool:
+    """Whether `exc` says the database is unreachable, stalled or overloaded (503, retry), not a bug (500).
+
+    A lost or refused connection carries no SQLSTATE; a statement timeout is 57014. A deadlock, a
+    serialization failure or a missing table are errors of ours and stay 500s.
+    """
+    if not isinstance(exc, OperationalError):
+        return False
+    cause = exc.__cause__
+    if isinstance(cause, sqlite3.OperationalError):  # the embedded default: only a lock held too long
+        return "database is locked" in str(cause)
+    sqlstate = getattr(cause, "sqlstate", None)
+    return sqlstate is None or str(sqlstate).startswith(_OUTAGE_SQLSTATE_PREFIXES)
 
 
 def database_unavailable_problem() -> dict[str, Any]:
@@ -180,7 +201,7 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             response["Retry-After"] = str(exc.extra["retry_after"])
         return response
 
-    if isinstance(exc, OperationalError):  # includes psycopg's QueryCanceled (a statement timeout)
+    if is_database_outage(exc):  # unreachable, or a statement cancelled by its timeout
         logger.warning("database unavailable: %s", exc)
         set_rollback()
         response = Response(database_unavailable_problem(), status=503, content_type=PROBLEM_CONTENT_TYPE)

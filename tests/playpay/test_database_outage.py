@@ -1,13 +1,15 @@
 """A database that is unreachable or too slow is an outage to retry (503 + Retry-After), not a bug (500)."""
 
+import sqlite3
 import time
 from collections.abc import Iterator
 
 import psycopg
 import pytest
-from django.db import connection, connections
+from django.db import OperationalError, connection, connections
 from django.test import Client
 
+from playpay.api.problems import is_database_outage
 from tests.conftest import Shop, assert_problem
 from tests.processes import django
 
@@ -101,3 +103,24 @@ def test_an_unreachable_database_is_a_503_problem_within_the_connect_timeout(tmp
     status, seconds = result.stdout.splitlines()[-2:]
     assert status == "503 application/problem+json 5 database_unavailable"
     assert int(seconds) <= 2
+
+
+@pytest.mark.parametrize(
+    ("cause", "outage"),
+    [
+        (psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), True),
+        (psycopg.OperationalError("connection refused"), True),
+        (psycopg.errors.AdminShutdown("terminating connection"), True),
+        (psycopg.errors.DeadlockDetected("deadlock detected"), False),
+        (psycopg.errors.SerializationFailure("could not serialize"), False),
+        (sqlite3.OperationalError("database is locked"), True),
+        (sqlite3.OperationalError("no such table: payments_payment"), False),
+    ],
+    ids=["statement-timeout", "no-connection", "admin-shutdown", "deadlock", "serialization", "locked", "no-table"],
+)
+def test_only_an_unreachable_or_stalled_database_is_an_outage_not_every_operational_error(
+    cause: Exception, outage: bool
+) -> None:
+    error = OperationalError(str(cause))
+    error.__cause__ = cause
+    assert is_database_outage(error) is outage

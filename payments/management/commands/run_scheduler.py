@@ -50,7 +50,7 @@ class Command(BaseCommand):
                 failures = 0
             if options["once"] or cycles == options["cycles"]:
                 return
-            time.sleep(min(options["tick"] * 2**failures, max(MAX_BACKOFF_SECONDS, options["tick"])))
+            time.sleep(min(options["tick"] * 2 ** min(failures, 10), max(MAX_BACKOFF_SECONDS, options["tick"])))
 
     def _run_due(self, last_run: dict[int, float], *, once: bool) -> None:
         for task in PeriodicTask.objects.filter(enabled=True, interval__isnull=False).select_related("interval"):
