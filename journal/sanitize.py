@@ -11,26 +11,21 @@ document `"_sanitized": true`.
 """
 
 import math
-import re
 from typing import Any
 
-MAX_DEPTH = 32
+from playpay.storable import MAX_JSON_DEPTH, escape_unstorable, has_unstorable_text
+
+MAX_DEPTH = MAX_JSON_DEPTH
 MAX_STRING = 16_384
 MAX_ITEMS = 1_000  # per object or array
-
-_UNSTORABLE = re.compile("[\\x00\\ud800-\\udfff]")
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
 
 
 def _text(value: str) -> tuple[str, bool]:
     changed = False
     if len(value) > MAX_STRING:
         value, changed = f"{value[:MAX_STRING]}…[{len(value) - MAX_STRING} characters cut]", True
-    if _UNSTORABLE.search(value):
-        value, changed = _UNSTORABLE.sub(_escape, value), True
+    if has_unstorable_text(value):
+        value, changed = escape_unstorable(value), True
     return value, changed
 
 

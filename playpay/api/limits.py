@@ -11,8 +11,9 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 
-from playpay.api.parsers import UNSTORABLE_TEXT, has_unstorable_text
+from playpay.api.parsers import UNSTORABLE_TEXT
 from playpay.api.problems import query_value_problem, request_too_large
+from playpay.storable import has_unstorable_text
 
 
 def declared_length(request: HttpRequest) -> int:

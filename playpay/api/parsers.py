@@ -8,16 +8,14 @@ Bodies larger than the request size limit never reach it (playpay.api.limits ans
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from rest_framework import exceptions
 from rest_framework.parsers import JSONParser
 
-MAX_JSON_DEPTH = 32
+from playpay.storable import MAX_JSON_DEPTH, escape_unstorable, has_unstorable_text
 
-_UNSTORABLE = re.compile("[\\x00\\ud800-\\udfff]")
 NON_FINITE = "Not a finite number (NaN and Infinity are not JSON)."
 UNSTORABLE_TEXT = "Holds a NUL character or a lone UTF-16 surrogate."
 
@@ -39,19 +37,9 @@ class UnacceptableJsonValue(exceptions.ParseError):
         self.errors = errors
 
 
-def has_unstorable_text(text: str) -> bool:
-    return _UNSTORABLE.search(text) is not None
-
-
 def json_pointer(path: tuple[str | int, ...]) -> str:
     """RFC 6901, with unstorable characters of keys written as `\\uXXXX` text (the pointer is echoed)."""
-    return "#" + "".join(
-        "/" + _UNSTORABLE.sub(_escape, str(part)).replace("~", "~0").replace("/", "~1") for part in path
-    )
-
-
-def _escape(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
+    return "#" + "".join("/" + escape_unstorable(str(part)).replace("~", "~0").replace("/", "~1") for part in path)
 
 
 def json_value_errors(value: Any, path: tuple[str | int, ...] = ()) -> list[dict[str, str]]:
@@ -65,21 +53,21 @@ def json_value_errors(value: Any, path: tuple[str | int, ...] = ()) -> list[dict
     except (ValueError, TypeError, RecursionError):
         pass
     else:
-        if "\\u0000" not in text and not _UNSTORABLE.search(text):
+        if "\\u0000" not in text and not has_unstorable_text(text):
             return []
     errors: list[dict[str, str]] = []
     stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
     while stack:
         node, where = stack.pop()
         if isinstance(node, str):
-            if _UNSTORABLE.search(node):
+            if has_unstorable_text(node):
                 errors.append({"pointer": json_pointer(where), "detail": UNSTORABLE_TEXT})
         elif isinstance(node, float):
             if not math.isfinite(node):
                 errors.append({"pointer": json_pointer(where), "detail": NON_FINITE})
         elif isinstance(node, Mapping):
             for key, item in node.items():
-                if isinstance(key, str) and _UNSTORABLE.search(key):
+                if isinstance(key, str) and has_unstorable_text(key):
                     errors.append({"pointer": json_pointer(where), "detail": f"A key: {UNSTORABLE_TEXT}"})
                 stack.append((item, (*where, key)))
         elif isinstance(node, list):

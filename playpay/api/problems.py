@@ -80,7 +80,8 @@ _DRF_CODES: dict[type[exceptions.APIException], tuple[str, str]] = {
 
 
 # The database is unreachable or cancelled a statement (connect or statement timeout): the request's
-# transaction rolled back; the client retries after this many seconds. Also answered by playpay.views.handler500 outside DRF.
+# transaction rolled back; the client retries after this many seconds. Also answered by
+# playpay.views.handler500 outside DRF.
 DATABASE_UNAVAILABLE = ("database_unavailable", "The service is temporarily unavailable")
 DATABASE_RETRY_AFTER_SECONDS = 5
 # /readyz when a dependency does not answer (playpay.views.readiness).

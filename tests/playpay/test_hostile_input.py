@@ -8,7 +8,7 @@ import pytest
 
 from journal.store import JournalQuery, journal_store
 from payments.models import Payment, Refund
-from playpay.api.parsers import MAX_JSON_DEPTH
+from playpay.storable import MAX_JSON_DEPTH
 from tests.conftest import MSISDN, Shop, assert_problem
 
 pytestmark = pytest.mark.django_db
