@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 from django.conf import settings
 from django.db import connections, transaction
-from django.db.models import Avg, Case, Count, F, FloatField, IntegerField, Max, Min, Sum, Value, When
+from django.db.models import Avg, Case, Count, F, FloatField, IntegerField, Max, Min, Sum, TextField, Value, When
 from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Trunc
 from django.db.models.lookups import In
@@ -182,11 +182,9 @@ class SqlJournalStore:
         from zoneinfo import ZoneInfo
 
         records = self._filter(JournalQuery(kind=spec.kind, since=spec.since, until=spec.until))
-        for index, (document_field, values) in enumerate((spec.filters or {}).values()):
-            alias = f"f{index}"
-            records = records.alias(**{alias: _sql_text(document_field)}).filter(
-                **{f"{alias}__in": [str(value) for value in values]}
-            )
+        for document_field, values in (spec.filters or {}).values():
+            # The plain IN of SQL: a `__in` on a JSON key would read the values as JSON (SQLite: "malformed JSON").
+            records = records.filter(In(_sql_text(document_field), [str(value) for value in values]))
         # Positional aliases: the caller's names need not be valid SQL aliases.
         names: dict[str, str] = {}
         group: dict[str, Any] = {}
@@ -209,6 +207,8 @@ class SqlJournalStore:
 
 
 def _sql_text(document_field: DocumentField) -> Any:
+    """The value as text, the same on both engines: PostgreSQL's ->> reads a number or a boolean as its JSON
+    text ('200', 'true'); SQLite's JSON_EXTRACT reads a number as a number, which no text equals."""
     parts = document_field.path.split(".")
     if parts[0] == "correlation" and len(parts) == 2 and parts[1] in CORRELATION_FIELDS:
         return F(parts[1])  # a column of its own, indexed
@@ -217,7 +217,7 @@ def _sql_text(document_field: DocumentField) -> Any:
     expression: Any = "document"
     for part in parts[:-1]:
         expression = KeyTransform(part, expression)
-    return KeyTextTransform(parts[-1], expression)
+    return Cast(KeyTextTransform(parts[-1], expression), TextField())
 
 
 def _sql_value(document_field: DocumentField) -> Any:

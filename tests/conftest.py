@@ -3,15 +3,18 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import dj_database_url
 import pytest
 import redis
 from django.contrib.auth.models import Group, User
 from django.core.management import call_command
 from django.db import connection, connections
+from django.db.utils import load_backend
 from django.test import Client
 from pytest_django.live_server_helper import LiveServer
 from rest_framework.test import APIClient
@@ -189,6 +192,46 @@ def _transactional_tests_start_empty(request: pytest.FixtureRequest) -> None:
         if alias not in _EMPTIED:
             call_command("flush", database=alias, interactive=False, verbosity=0)
             _EMPTIED.add(alias)
+
+
+@contextmanager
+def _journal_database(path: Path) -> Iterator[None]:
+    """The journal's alias on this SQLite file (the embedded default's journal) for the while."""
+    url = dj_database_url.parse(f"sqlite:///{path}")
+    settings_dict = connections.configure_settings({**connections.settings, "journal": url})["journal"]
+    original = connections["journal"]
+    connections["journal"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "journal")
+    try:
+        yield
+    finally:
+        connections["journal"].close()
+        connections["journal"] = original
+
+
+@pytest.fixture(scope="session")
+def _sqlite_journal_template(tmp_path_factory: pytest.TempPathFactory, django_db_blocker: Any) -> Path:
+    path = tmp_path_factory.mktemp("journal") / "journal.sqlite3"
+    with django_db_blocker.unblock(), _journal_database(path):
+        call_command("migrate", database="journal", interactive=False, verbosity=0)
+    return path
+
+
+@pytest.fixture
+def journal_on_sqlite(tmp_path: Path, _sqlite_journal_template: Path) -> Iterator[None]:
+    """The journal on SQLite, as scripts/run.sh has it, whatever JOURNAL_URL the suite runs with: a migrated
+    database of the test's own, so that the SQL store's queries are run on both engines it supports."""
+    path = tmp_path / "journal.sqlite3"
+    shutil.copyfile(_sqlite_journal_template, path)
+    with _journal_database(path):
+        yield
+
+
+@pytest.fixture(params=["journal_url", "sqlite"])
+def journal_engines(request: pytest.FixtureRequest) -> str:
+    """Runs the test on the journal of JOURNAL_URL, then again on a SQLite journal."""
+    if request.param == "sqlite":
+        request.getfixturevalue("journal_on_sqlite")
+    return str(request.param)
 
 
 @pytest.fixture(scope="session")

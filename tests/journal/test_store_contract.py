@@ -1,5 +1,6 @@
-"""The journal store's contract, run against every backend available: SQL always, MongoDB with
-JOURNAL_MONGODB_TEST_URL set (a real server)."""
+"""The journal store's contract, run against every backend available: SQL always, on the database of
+JOURNAL_URL and on SQLite (the embedded default's journal), MongoDB with JOURNAL_MONGODB_TEST_URL set
+(a real server)."""
 
 import json
 import os
@@ -9,20 +10,30 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import IntegrityError, InternalError, transaction
+from django.db import IntegrityError, InternalError, connections, transaction
 from django.utils import timezone
 
 from journal.models import JournalRecord
 from journal.services import build
-from journal.store import JournalAggregate, JournalQuery, JournalStore, MongoJournalStore, SqlJournalStore
+from journal.store import (
+    DocumentField,
+    JournalAggregate,
+    JournalQuery,
+    JournalStore,
+    MongoJournalStore,
+    SqlJournalStore,
+)
 
 pytestmark = pytest.mark.django_db
-BACKENDS = ["sql"] + (["mongodb"] if os.environ.get("JOURNAL_MONGODB_TEST_URL") else [])
+BACKENDS = ["sql", "sql-sqlite"] + (["mongodb"] if os.environ.get("JOURNAL_MONGODB_TEST_URL") else [])
 
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest) -> Iterator[JournalStore]:
-    if request.param == "sql":
+    if request.param.startswith("sql"):
+        if request.param == "sql-sqlite":
+            request.getfixturevalue("journal_on_sqlite")
+            assert connections["journal"].vendor == "sqlite"
         yield SqlJournalStore()
         return
     collection = f"journal_test_{uuid.uuid4().hex[:8]}"
@@ -129,6 +140,56 @@ def test_retention_purges_only_records_older_than_the_date(store: JournalStore) 
     assert store.purge(before=timezone.now() - timedelta(days=1)) == 0
     assert store.purge(before=timezone.now() + timedelta(seconds=1)) == 2
     assert store.query(JournalQuery()) == []
+
+
+def test_aggregates_filter_group_and_flag_on_document_values(store: JournalStore) -> None:
+    calls = [
+        ("c1", "charge", "failed", False, 200),
+        ("c1", "charge", "succeeded", True, 100),
+        ("c2", "charge", "succeeded", False, 300),
+        ("c1", "refund", "failed", True, 50),
+    ]
+    store.write(
+        [
+            build(
+                "carrier_call",
+                {"operation": op, "result": {"outcome": outcome, "transport_failed": lost}, "status": status},
+                carrier=carrier,
+            )
+            for carrier, op, outcome, lost, status in calls
+        ]
+    )
+    operation, status = DocumentField("data.operation"), DocumentField("data.status", cast="int")
+    failed = DocumentField("data.result.outcome", flag_values=("failed",))
+    lost = DocumentField("data.result.transport_failed", flag_values=(True,))
+
+    def aggregate(**filters: tuple[DocumentField, list[str]]) -> list[dict[str, Any]]:
+        spec = JournalAggregate(
+            kind="carrier_call",
+            filters=filters,
+            group={"carrier": DocumentField("correlation.carrier")},
+            measures={
+                "calls": ("count", None),
+                "failed": ("sum", failed),
+                "lost": ("sum", lost),
+                "top_status": ("max", status),
+            },
+        )
+        return [{**row, "failed": int(row["failed"]), "lost": int(row["lost"])} for row in store.aggregate(spec)]
+
+    assert aggregate(operation=(operation, ["charge"])) == [
+        {"carrier": "c1", "calls": 2, "failed": 1, "lost": 1, "top_status": 200},
+        {"carrier": "c2", "calls": 1, "failed": 0, "lost": 0, "top_status": 300},
+    ]
+    assert aggregate(status=(status, ["50", "300"])) == [
+        {"carrier": "c1", "calls": 1, "failed": 1, "lost": 1, "top_status": 50},
+        {"carrier": "c2", "calls": 1, "failed": 0, "lost": 0, "top_status": 300},
+    ]
+    assert aggregate(
+        operation=(operation, ["charge", "refund"]), carrier=(DocumentField("correlation.carrier"), ["c1"])
+    ) == [
+        {"carrier": "c1", "calls": 3, "failed": 2, "lost": 2, "top_status": 200},
+    ]
 
 
 @pytest.mark.parametrize(

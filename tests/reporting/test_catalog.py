@@ -137,7 +137,9 @@ def test_a_field_must_exist_in_its_registered_source(catalog: None) -> None:
         unknown_source.full_clean()
 
 
-def test_journal_dataset_aggregates_carrier_call_latency_and_failures_in_the_store(catalog: None) -> None:
+def test_journal_dataset_aggregates_carrier_call_latency_and_failures_in_the_store(
+    catalog: None, journal_engines: str
+) -> None:
     calls = [("gb-one", "succeeded", None, 120), ("gb-one", "failed", "insufficient_funds", 80)]
     calls += [("gb-one", "succeeded", None, 200), ("es-one", "failed", "unavailable", 1000)]
     for carrier, outcome, code, latency in calls:
@@ -185,6 +187,20 @@ def test_journal_dataset_aggregates_carrier_call_latency_and_failures_in_the_sto
     assert by_code == [{"error_code": "insufficient_funds", "calls": 1}, {"error_code": "unavailable", "calls": 1}]
 
 
+def test_a_journal_dataset_query_with_a_filter_answers_json(
+    catalog: None, journal_engines: str, staff_client: StaffClient
+) -> None:
+    for carrier, operation in (("gb-one", "charge"), ("gb-one", "charge"), ("gb-one", "refund"), ("es-one", "charge")):
+        record(Kind.CARRIER_CALL, {"operation": operation, "result": {"outcome": "succeeded"}}, carrier=carrier)
+
+    response = staff_client("finance").get(
+        "/reporting/datasets/carrier-calls/query.json?measures=calls&group_by=carrier&f.operation=charge"
+    )
+
+    assert response.status_code == 200, response.content
+    assert response.json()["rows"] == [{"carrier": "es-one", "calls": 1}, {"carrier": "gb-one", "calls": 2}]
+
+
 def _api_payload() -> dict[str, Any]:
     return {
         "rates": [
@@ -205,20 +221,31 @@ def test_api_dataset_queries_its_cached_payload(catalog: None) -> None:
 
 
 @pytest.mark.parametrize(
-    ("slug", "query_string", "header"),
+    ("slug", "query_string", "header", "on_sqlite"),
     [
         (
             "payments",
             "measures=payments,revenue_minor&group_by=carrier&bucket=day",
             "carrier,currency,bucket (UTC),payments,revenue_minor",
+            False,
         ),
-        ("carrier-calls", "measures=calls&group_by=carrier&f.operation=charge", "carrier,calls"),
-        ("fx-rates", "measures=rate&group_by=quote&bucket=day", "quote,bucket (UTC),rate"),
+        ("carrier-calls", "measures=calls&group_by=carrier&f.operation=charge", "carrier,calls", False),
+        ("carrier-calls", "measures=calls&group_by=carrier&f.operation=charge", "carrier,calls", True),
+        ("fx-rates", "measures=rate&group_by=quote&bucket=day", "quote,bucket (UTC),rate", False),
     ],
 )
 def test_every_kind_of_dataset_exports_its_query_to_csv_and_xlsx(
-    catalog: None, make_payment: MakePayment, slug: str, query_string: str, header: str, staff_client: StaffClient
+    catalog: None,
+    make_payment: MakePayment,
+    slug: str,
+    query_string: str,
+    header: str,
+    on_sqlite: bool,
+    staff_client: StaffClient,
+    request: pytest.FixtureRequest,
 ) -> None:
+    if on_sqlite:  # the embedded default's journal
+        request.getfixturevalue("journal_on_sqlite")
     make_payment(carrier=CarrierFactory.create(slug="gb-one"), created=datetime(2026, 3, 2, 10, tzinfo=UTC))
     record(
         Kind.CARRIER_CALL,
