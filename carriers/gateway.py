@@ -24,6 +24,12 @@ HEALTH_WINDOW_MINUTES = 15
 _COUNTERS = ("calls", "succeeded", "declined", "unknown", "unreachable", "latency_ms")
 
 
+def clock() -> float:
+    """Wall-clock seconds (shared by every worker through the cache, so not a monotonic clock): the breaker's
+    open period, the rate limit's one-second windows and the health minutes all read it. Tests move it."""
+    return time.time()
+
+
 class CarrierBusy(Exception):
     """The carrier must not be called now (breaker open, rate limit); try again after `retry_after` s."""
 
@@ -44,13 +50,13 @@ class Breaker:
         open_until = cache.get(self._key("open_until"))
         if open_until is None:
             return "closed"
-        return "open" if time.time() < open_until else "half_open"
+        return "open" if clock() < open_until else "half_open"
 
     def allow(self) -> bool:
         open_until = cache.get(self._key("open_until"))
         if open_until is None:
             return True
-        if time.time() < open_until:
+        if clock() < open_until:
             return False
         # Half-open: one trial call at a time.
         trial = bool(cache.add(self._key("trial"), 1, timeout=self.carrier.breaker_reset_seconds))
@@ -60,7 +66,7 @@ class Breaker:
 
     def retry_after(self) -> float:
         open_until = cache.get(self._key("open_until"))
-        return max((open_until or 0) - time.time(), 1.0)
+        return max((open_until or 0) - clock(), 1.0)
 
     def record_success(self) -> None:
         was_open = cache.get(self._key("open_until")) is not None
@@ -74,9 +80,9 @@ class Breaker:
         if failures >= self.carrier.breaker_failure_threshold:
             reset = self.carrier.breaker_reset_seconds
             open_until = cache.get(self._key("open_until"))
-            cache.set(self._key("open_until"), time.time() + reset, timeout=reset * 10)
+            cache.set(self._key("open_until"), clock() + reset, timeout=reset * 10)
             cache.delete(self._key("trial"))
-            if open_until is None or time.time() >= open_until:  # it was closed, or half-open: a change
+            if open_until is None or clock() >= open_until:  # it was closed, or half-open: a change
                 logger.warning(
                     "circuit breaker opened after %d consecutive transport failures; calls wait %d s",
                     failures,
@@ -86,7 +92,7 @@ class Breaker:
 
 
 def _take_rate_token(carrier: Carrier) -> bool:
-    key = f"carrier:{carrier.slug}:rate:{int(time.time())}"
+    key = f"carrier:{carrier.slug}:rate:{int(clock())}"
     if cache.add(key, 1, timeout=5):
         return True
     return int(cache.incr(key)) <= carrier.rate_limit_per_second
@@ -103,7 +109,7 @@ def _kind(result: CarrierResult) -> str:
 
 
 def _count(carrier: Carrier, result: CarrierResult, latency_ms: int) -> None:
-    minute = int(time.time() // 60)
+    minute = int(clock() // 60)
     kind = _kind(result)
     for name, amount in (("calls", 1), (kind, 1), ("latency_ms", latency_ms)):
         key = f"carrier:{carrier.slug}:health:{minute}:{name}"
@@ -211,7 +217,7 @@ def _journal(
 
 def refresh_health(carrier: Carrier) -> CarrierHealth:
     """Fold the last HEALTH_WINDOW_MINUTES of counters into the carrier's health row."""
-    now_minute = int(time.time() // 60)
+    now_minute = int(clock() // 60)
     keys = [
         f"carrier:{carrier.slug}:health:{minute}:{name}"
         for minute in range(now_minute - HEALTH_WINDOW_MINUTES + 1, now_minute + 1)

@@ -12,6 +12,8 @@ import dj_database_url
 import pytest
 import redis
 from django.contrib.auth.models import Group, User
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
 from django.core.management import call_command
 from django.db import connection, connections
 from django.db.utils import load_backend
@@ -39,6 +41,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # Staff users are made and signed in by the dozen: a million PBKDF2 rounds each (~0.2 s of CPU) buy a
     # test nothing. Production keeps Django's default hasher.
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # With CACHE_URL on Redis, pytest-xdist workers share its database: each keeps its keys under its own
+    # prefix, so that `_fresh_caches` empties this worker's cache only (the locmem default is per process).
+    worker = getattr(config, "workerinput", {}).get("workerid", "main")
+    for cache_settings in settings.CACHES.values():
+        if cache_settings["BACKEND"] == "django.core.cache.backends.redis.RedisCache":
+            cache_settings["KEY_PREFIX"] = f"test-cache-{worker}"  # not the broker's "test-{worker}:"
     # Once a run, in the process that starts it: a pytest-xdist worker must not empty the folder
     # while another one is writing what its failed test left there.
     if not hasattr(config, "workerinput"):
@@ -287,6 +295,20 @@ def _fresh_reference_caches() -> Iterator[None]:
     refcache.clear_all()
     yield
     refcache.clear_all()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> None:
+    """Breaker states, rate-limit windows and health counters are kept in the cache, by carrier slug, and
+    the tests make the same slugs again: what one test leaves there must not open the next one's breaker."""
+    for cache in caches.all():
+        if isinstance(cache, RedisCache):  # this worker's keys only (pytest_configure), not the whole database
+            client = cache._cache.get_client(write=True)
+            stale = list(client.scan_iter(match=f"{cache.key_prefix}:*", count=1000))
+            if stale:
+                client.delete(*stale)
+        else:
+            cache.clear()
 
 
 @pytest.fixture(autouse=True)

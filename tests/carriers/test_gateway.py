@@ -1,10 +1,11 @@
 """Per-carrier resilience: circuit breaker, rate limit and health, shared through the cache."""
 
-import time
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
+from carriers import gateway
 from carriers.adapters.base import CarrierResult, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import Breaker, CarrierBusy, call_carrier, refresh_health
@@ -23,17 +24,71 @@ def answer(result: CarrierResult) -> Any:
     return lambda adapter: result
 
 
-def test_breaker_opens_after_consecutive_transport_failures_and_lets_one_trial_through() -> None:
-    carrier = CarrierFactory.create(breaker_failure_threshold=3, breaker_reset_seconds=1)
+@dataclass
+class Clock:
+    """The gateway's wall clock, moved by the test instead of waited for."""
+
+    now: float = 1_800_000_000.0  # the start of a second (and of a minute)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(gateway, "clock", clock)
+    return clock
+
+
+def test_breaker_opens_after_consecutive_transport_failures_and_lets_one_trial_through(clock: Clock) -> None:
+    carrier = CarrierFactory.create(breaker_failure_threshold=3, breaker_reset_seconds=30)
     for _ in range(3):
         call_carrier(carrier, answer(UNREACHABLE))
     assert Breaker(carrier).state() == "open"
-    with pytest.raises(CarrierBusy, match="breaker"):
+    clock.advance(29.9)
+    with pytest.raises(CarrierBusy, match="breaker") as busy:
         call_carrier(carrier, answer(OK))
-    time.sleep(1.05)
+    assert busy.value.retry_after == 1.0  # 0.1 s left, rounded up to the least a client is told to wait
+    clock.advance(0.1)
     assert Breaker(carrier).state() == "half_open"
     assert call_carrier(carrier, answer(OK)) == OK  # the trial call succeeds: closed again
     assert Breaker(carrier).state() == "closed"
+
+
+def test_a_failed_trial_opens_the_breaker_for_another_period(clock: Clock) -> None:
+    carrier = CarrierFactory.create(breaker_failure_threshold=2, breaker_reset_seconds=30)
+    for _ in range(2):
+        call_carrier(carrier, answer(TIMEOUT))
+    clock.advance(30)
+    assert call_carrier(carrier, answer(UNREACHABLE)) == UNREACHABLE  # the trial
+    assert Breaker(carrier).state() == "open"
+    clock.advance(29)
+    with pytest.raises(CarrierBusy, match="breaker"):
+        call_carrier(carrier, answer(OK))
+    clock.advance(1)
+    assert call_carrier(carrier, answer(OK)) == OK
+
+
+def test_a_half_open_breaker_lets_one_trial_call_through_at_a_time(clock: Clock) -> None:
+    carrier = CarrierFactory.create(breaker_failure_threshold=1, breaker_reset_seconds=30)
+    call_carrier(carrier, answer(UNREACHABLE))
+    clock.advance(30)
+    assert Breaker(carrier).allow()  # one worker's trial call, still on its way
+    with pytest.raises(CarrierBusy, match="breaker"):
+        call_carrier(carrier, answer(OK))
+
+
+@pytest.mark.parametrize("run", ["first", "second"])
+def test_breaker_state_does_not_outlive_a_test(run: str) -> None:
+    """Whichever of the two runs second finds the breaker of the same carrier closed (the cache is cleared)."""
+    carrier = CarrierFactory.create(slug="one-carrier", breaker_failure_threshold=1, breaker_reset_seconds=600)
+    assert Breaker(carrier).state() == "closed"
+    call_carrier(carrier, answer(TIMEOUT))
+    assert Breaker(carrier).state() == "open"
 
 
 def test_declines_do_not_count_against_the_breaker() -> None:
@@ -51,14 +106,15 @@ def test_a_success_resets_the_failure_count() -> None:
     assert Breaker(carrier).state() == "closed"
 
 
-def test_calls_over_the_carriers_rate_limit_must_wait() -> None:
+def test_calls_over_the_carriers_rate_limit_must_wait(clock: Clock) -> None:
     carrier = CarrierFactory.create(rate_limit_per_second=3)
-    # Stay within one wall-clock second so the window does not roll over mid-test.
-    time.sleep(1 - (time.time() % 1) + 0.01)
     for _ in range(3):
         call_carrier(carrier, answer(OK))
+    clock.advance(0.99)
     with pytest.raises(CarrierBusy, match="rate limit"):
         call_carrier(carrier, answer(OK))
+    clock.advance(0.01)  # the next second
+    assert call_carrier(carrier, answer(OK)) == OK
 
 
 def test_health_summarises_recent_calls() -> None:
