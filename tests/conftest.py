@@ -204,7 +204,8 @@ def _transactional_tests_start_empty(request: pytest.FixtureRequest) -> None:
 
 @contextmanager
 def _journal_database(path: Path) -> Iterator[None]:
-    """The journal's alias on this SQLite file (the embedded default's journal) for the while."""
+    """The journal's alias on this SQLite file (as in the embedded default) until the block ends, in this
+    thread only: a live server's or a worker's thread keeps the journal of JOURNAL_URL."""
     url = dj_database_url.parse(f"sqlite:///{path}")
     settings_dict = connections.configure_settings({**connections.settings, "journal": url})["journal"]
     original = connections["journal"]
