@@ -52,12 +52,14 @@ class Process:
     log_file: IO[bytes]
     returncode: int | None = None
 
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
     def tail(self, lines: int = 40) -> str:
-        self.log_file.flush()
-        text = self.log_path.read_text(errors="replace").splitlines()
-        return "\n".join(text[-lines:])
+        return "\n".join(self.output().splitlines()[-lines:])
 
     def assert_running(self) -> None:
+        self.log_file.flush()
         code = self.popen.poll()
         assert code is None, f"{self.name} exited with {code}:\n{self.tail()}"
 
@@ -80,31 +82,35 @@ class Processes:
         self.started.append(process)
         return process
 
-    def stop(self, process: Process, *, timeout: float) -> int:
-        """SIGTERM to the process (its own shutdown stops its children), then at most `timeout` seconds for it
-        and every process of its group to exit. Any still there are killed and the AssertionError says so."""
-        if process.returncode is not None:
-            return process.returncode
-        pgid = process.popen.pid  # start_new_session: the leader's pid is its group's id
-        if process.popen.poll() is None:
-            process.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        try:
-            process.returncode = process.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
-            wait_for(
-                f"{process.name}'s children to exit",
-                lambda: not _group_alive(pgid),
-                timeout=max(deadline - time.monotonic(), 0.5),
-            )
-        except (subprocess.TimeoutExpired, AssertionError):
-            _kill_group(pgid)
-            process.returncode = process.popen.wait(timeout=10)
-            raise AssertionError(
-                f"{process.name} did not stop within {timeout:g} s of SIGTERM (killed):\n{process.tail()}"
-            ) from None
-        finally:
-            process.log_file.close()
-        return process.returncode
+    def stop(self, *stopping: Process, timeout: float) -> dict[str, tuple[int, float]]:
+        """SIGTERM to each process (its own shutdown stops its children), then at most `timeout` seconds for them
+        and every process of their groups to exit: {name: (exit code, seconds it took)}. Any still there are
+        killed, and the AssertionError says which."""
+        began = time.monotonic()
+        deadline = began + timeout
+        for process in stopping:
+            if process.returncode is None and process.popen.poll() is None:
+                process.popen.send_signal(signal.SIGTERM)
+        results, late = {}, []
+        for process in stopping:
+            pgid = process.popen.pid  # start_new_session: the leader's pid is its group's id
+            try:
+                process.returncode = process.popen.wait(timeout=max(deadline - time.monotonic(), 0.1))
+                wait_for(
+                    f"{process.name}'s children to exit",
+                    lambda pgid=pgid: not _group_alive(pgid),  # type: ignore[misc]
+                    timeout=max(deadline - time.monotonic(), 0.5),
+                    interval=0.05,
+                )
+            except (subprocess.TimeoutExpired, AssertionError):
+                _kill_group(pgid)
+                process.returncode = process.popen.wait(timeout=10)
+                late.append(f"{process.name} (killed):\n{process.tail()}")
+            finally:
+                process.log_file.close()
+            results[process.name] = (process.returncode, round(time.monotonic() - began, 1))
+        assert not late, f"not stopped within {timeout:g} s of SIGTERM: " + "\n".join(late)
+        return results
 
     def tails(self) -> str:
         return "\n".join(f"----- last lines of {p.name} ({p.log_path.name}) -----\n{p.tail()}" for p in self.started)
@@ -118,12 +124,11 @@ class Processes:
         failed = exc_type is not None
         if failed:
             print(self.tails())  # pytest shows it with the failure
-        for process in reversed(self.started):
-            if process.returncode is None:
-                try:
-                    self.stop(process, timeout=10)
-                except AssertionError as error:
-                    print(error)
+        running = [process for process in self.started if process.returncode is None]
+        try:
+            self.stop(*running, timeout=15)
+        except AssertionError as error:
+            print(error)
 
 
 def _group_alive(pgid: int) -> bool:

@@ -32,6 +32,8 @@ pytestmark = [pytest.mark.deploy, pytest.mark.postgres, pytest.mark.broker]
 
 ROOT = Path(__file__).resolve().parents[2]
 CARRIER = "camara-gb"
+# Beat's proof of life: a job of the schedule that the data migrations install, run by the Celery worker.
+OVERDUE_JOB = ("payments: relay the task outbox", "payments.tasks.relay_outbox")
 QUEUES = ["default", "webhooks", f"carrier.{CARRIER}"]
 STOP_SECONDS = 20
 
@@ -136,6 +138,12 @@ carrier = Carrier.objects.create(
 carrier.credentials = {{"client_id": "playpay", "client_secret": "camara-secret", "notification_token": "{token}"}}
 carrier.save(update_fields=["credentials_encrypted"])
 NumberPrefix.objects.create(prefix="4477", carrier=carrier)
+# A periodic job long overdue, so that beat sends it at once (a fresh schedule waits one interval).
+from datetime import timedelta
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+overdue = PeriodicTask.objects.filter(name="{overdue}").update(last_run_at=timezone.now() - timedelta(hours=1))
+assert overdue == 1, "no periodic task {overdue}"
 for code, amount in [("gems-100", 99), ("gems-500", 499)]:
     PricePoint.objects.create(
         carrier=carrier, code=code, amount_minor=amount, currency="GBP", carrier_payout_minor=amount * 70 // 100
@@ -218,7 +226,10 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         _manage(["check", "--deploy", "--fail-level", "WARNING"], env | {"SECURE_SSL_REDIRECT": "true"})
         key = _manage(["create_app", "Deploy Smoke"], env).strip().splitlines()[-1]
         endpoint = f"{carrier_base}/simulators/camara"
-        _manage(["shell", "-c", SEED_CARRIER.format(slug=CARRIER, endpoint=endpoint, token=token)], env)
+        _manage(
+            ["shell", "-c", SEED_CARRIER.format(slug=CARRIER, endpoint=endpoint, token=token, overdue=OVERDUE_JOB[0])],
+            env,
+        )
         timings["setup"] = time.monotonic() - started
 
         web_process = processes.start(
@@ -319,11 +330,22 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         assert ready.status_code == 200, ready.text
         assert set(ready.json()["checks"]) == {"database", "journal", "broker"}, ready.text
 
+        # Beat sent the overdue job and the Celery worker ran it.
+        wait_for(
+            "beat's overdue job to run on the Celery worker",
+            lambda: re.search(rf"Task {re.escape(OVERDUE_JOB[1])}\[[^]]+\] succeeded", worker.output()),
+            timeout=20,
+        )
+
         # Every process is still up, then stops on SIGTERM, cleanly and in time.
-        for process in (web_process, carrier_worker, worker, beat, carrier):
+        everything = (web_process, carrier_worker, worker, beat, carrier)
+        for process in everything:
             process.assert_running()
-        codes = {p.name: processes.stop(p, timeout=STOP_SECONDS) for p in (beat, worker, carrier_worker, web_process)}
-        codes[carrier.name] = processes.stop(carrier, timeout=STOP_SECONDS)
-        assert codes == dict.fromkeys(codes, 0), f"{codes}\n{processes.tails()}"
+        timings["checked"] = time.monotonic() - started
+        stopped = processes.stop(*everything, timeout=STOP_SECONDS)
+        assert {name: code for name, (code, _) in stopped.items()} == dict.fromkeys(stopped, 0), (
+            f"{stopped}\n{processes.tails()}"
+        )
         timings["stopped"] = time.monotonic() - started
+        print("seconds each process took to stop:", {name: seconds for name, (_, seconds) in stopped.items()})
     print("deployment smoke timings (s from start):", {k: round(v, 1) for k, v in timings.items()})
