@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CARRIER = "camara-gb"
 # Beat's proof of life: a job of the schedule that the data migrations install, run by the Celery worker.
 OVERDUE_JOB = ("payments: relay the task outbox", "payments.tasks.relay_outbox")
+ERRORS = re.compile(r'"level": "(?:ERROR|CRITICAL)".*|.* (?:ERROR|CRITICAL) .*|Traceback \(most recent call last\)')
 QUEUES = ["default", "webhooks", f"carrier.{CARRIER}"]
 STOP_SECONDS = 20
 
@@ -347,5 +348,9 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
             f"{stopped}\n{processes.tails()}"
         )
         timings["stopped"] = time.monotonic() - started
+        # Nothing failed on the way, shutdown included.
+        for process in everything:
+            errors = ERRORS.findall(process.output())
+            assert not errors, f"{process.name} logged errors: {errors}\n{process.tail()}"
         print("seconds each process took to stop:", {name: seconds for name, (_, seconds) in stopped.items()})
     print("deployment smoke timings (s from start):", {k: round(v, 1) for k, v in timings.items()})
