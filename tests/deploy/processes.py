@@ -66,7 +66,7 @@ class Process:
 
 @dataclass
 class Processes:
-    """Processes started in `log_dir`'s log files, all with `env` as their environment and `cwd`."""
+    """Processes started in `cwd`, each in its own session (process group) with its log file in `log_dir`."""
 
     log_dir: Path
     cwd: Path
@@ -84,8 +84,8 @@ class Processes:
 
     def stop(self, *stopping: Process, timeout: float) -> dict[str, tuple[int, float]]:
         """SIGTERM to each process (its own shutdown stops its children), then at most `timeout` seconds for them
-        and every process of their groups to exit: {name: (exit code, seconds it took)}. Any still there are
-        killed, and the AssertionError says which."""
+        and every process of their groups to exit: {name: (exit code, seconds after SIGTERM it was seen gone)}.
+        Any still there are killed, and the AssertionError says which."""
         began = time.monotonic()
         deadline = began + timeout
         for process in stopping:

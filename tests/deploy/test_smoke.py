@@ -122,7 +122,8 @@ def _manage(args: list[str], env: dict[str, str], timeout: float = 90) -> str:
     return done.stdout
 
 
-def _base_env(tmp_path: Path) -> dict[str, str]:
+def _base_env() -> dict[str, str]:
+    """Only what a service manager would give: not this suite's SANDBOX=true nor its database settings."""
     keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
     env = {key: value for key, value in os.environ.items() if key in keep}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
@@ -167,7 +168,7 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
     web_port, carrier_port = free_port(), free_port()
     web, carrier_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{carrier_port}"
     (tmp_path / "logs").mkdir()
-    base_env = _base_env(tmp_path)
+    base_env = _base_env()
     env = base_env | {
         "PLAYPAY_ENV": "production",
         "DEBUG": "false",
@@ -263,7 +264,7 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         wait_for("gunicorn to answer /readyz", lambda: requests.get(f"{web}/readyz", timeout=5).ok, timeout=30)
         wait_for(
             "the carrier to answer",
-            lambda: requests.get(f"{endpoint.replace('/camara', '/camara/_sms')}?msisdn=0", timeout=5).ok,
+            lambda: requests.get(f"{endpoint}/_sms", params={"msisdn": "+440"}, timeout=5).ok,
             timeout=30,
         )
         timings["started"] = time.monotonic() - started
@@ -280,6 +281,7 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         replay = session.post(f"{web}/api/v1/payments/", json=body, headers=idempotency, timeout=15)
         assert replay.status_code == 201, replay.text
         assert replay.json()["id"] == payment["id"], replay.text
+        assert replay.headers.get("Idempotent-Replayed") == "true", replay.headers
 
         def pin() -> str | None:
             inbox = requests.get(f"{carrier_base}/simulators/camara/_sms", params={"msisdn": msisdn}, timeout=5)
