@@ -67,14 +67,16 @@ def databases(worker_id: str) -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def broker_url() -> Iterator[str]:
-    """The suite's Redis database; the deployment's queues (unprefixed) are emptied before and after."""
+    """The suite's Redis database, as the deployment's broker and cache: its queues and its cache entries (Django's
+    `:1:` keys; the suite's own cache is in memory) are emptied before and after, so that no run sees another's
+    rate-limit counters or carrier health."""
     url = os.environ.get("CELERY_BROKER_URL", "")
     assert url.startswith("redis://"), "the deployment test needs Redis: set CELERY_BROKER_URL=redis://…"
     client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
     def empty() -> None:
         keys = [*QUEUES, "unacked", "unacked_index", "unacked_mutex"]
-        keys += list(client.scan_iter(match="_kombu.binding.*", count=1000))
+        keys += list(client.scan_iter(match=":1:*", count=1000))
         client.delete(*keys)
 
     empty()
