@@ -1,0 +1,360 @@
+"""The README's deployment, run: production settings on PostgreSQL and Redis, collectstatic, gunicorn, a carrier
+worker, a Celery worker and beat, each a process of its own. A payment goes through the API to `succeeded` on a
+CAMARA carrier and is partly refunded; the admin's login page, the API docs, a hashed static file and /readyz
+answer; then every process stops on SIGTERM, cleanly and in time.
+
+The carrier is an outside service: a second instance of this code in its embedded default with the sandbox on,
+serving the CAMARA simulator. Databases are this run's own (named after the xdist worker, dropped at the end);
+the broker is the suite's Redis database, whose own tests keep their keys under a per-worker prefix.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+import redis
+import requests
+from psycopg import sql
+
+from tests.deploy.processes import Processes, free_port, wait_for
+
+pytestmark = [pytest.mark.deploy, pytest.mark.postgres, pytest.mark.broker]
+
+ROOT = Path(__file__).resolve().parents[2]
+CARRIER = "camara-gb"
+# Beat's proof of life: a job of the schedule that the data migrations install, run by the Celery worker.
+OVERDUE_JOB = ("payments: relay the task outbox", "payments.tasks.relay_outbox")
+ERRORS = re.compile(r'"level": "(?:ERROR|CRITICAL)".*|.* (?:ERROR|CRITICAL) .*|Traceback \(most recent call last\)')
+QUEUES = ["default", "webhooks", f"carrier.{CARRIER}"]
+STOP_SECONDS = 20
+
+
+def _database_url(base: str, name: str) -> str:
+    return urlunsplit(urlsplit(base)._replace(path=f"/{name}"))
+
+
+@pytest.fixture
+def databases(worker_id: str) -> Iterator[tuple[str, str]]:
+    """Fresh PostgreSQL databases for this run's deployment: (DATABASE_URL, JOURNAL_URL). Dropped after."""
+    base = os.environ.get("DATABASE_URL", "")
+    assert base.startswith("postgres"), "the deployment test needs PostgreSQL: set DATABASE_URL=postgres://…"
+    stem = urlsplit(base).path.strip("/")
+    names = [f"{stem}_deploy_{worker_id}", f"{stem}_deploy_journal_{worker_id}"]
+    admin_url = _database_url(base, "postgres")
+
+    def drop() -> None:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            for name in names:
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+    drop()
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield _database_url(base, names[0]), _database_url(base, names[1])
+    drop()
+
+
+@pytest.fixture
+def broker_url() -> Iterator[str]:
+    """The suite's Redis database, as the deployment's broker and cache: its queues and its cache entries (Django's
+    `:1:` keys; the suite's own cache is in memory) are emptied before and after, so that no run sees another's
+    rate-limit counters or carrier health."""
+    url = os.environ.get("CELERY_BROKER_URL", "")
+    assert url.startswith("redis://"), "the deployment test needs Redis: set CELERY_BROKER_URL=redis://…"
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+
+    def empty() -> None:
+        keys = [*QUEUES, "unacked", "unacked_index", "unacked_mutex"]
+        keys += list(client.scan_iter(match=":1:*", count=1000))
+        client.delete(*keys)
+
+    empty()
+    yield url
+    empty()
+
+
+def _manage_together(commands: list[list[str]], env: dict[str, str], timeout: float = 90) -> None:
+    """`manage.py` commands that need nothing of each other, at the same time (the machine has cores to spare
+    while each one starts up)."""
+    running = [
+        (
+            args,
+            subprocess.Popen(
+                [sys.executable, "manage.py", *args],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
+        for args in commands
+    ]
+    deadline = time.monotonic() + timeout
+    failures = []
+    for args, process in running:
+        try:
+            output, _ = process.communicate(timeout=max(deadline - time.monotonic(), 1))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+            failures.append(f"manage.py {' '.join(args)} took over {timeout:g} s:\n{output}")
+            continue
+        if process.returncode != 0:
+            failures.append(f"manage.py {' '.join(args)} failed:\n{output}")
+    assert not failures, "\n".join(failures)
+
+
+def _manage(args: list[str], env: dict[str, str], timeout: float = 90) -> str:
+    done = subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _base_env() -> dict[str, str]:
+    """Only what a service manager would give: not this suite's SANDBOX=true nor its database settings."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+    env = {key: value for key, value in os.environ.items() if key in keep}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+SEED_CARRIER = """
+from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
+carrier = Carrier.objects.create(
+    slug="{slug}", name="CAMARA Telco UK", country_id="GB", protocol=Protocol.CAMARA, endpoint="{endpoint}",
+    is_active=True, supports_pin=True, supports_one_click=True, supports_refund=True,
+)
+carrier.credentials = {{"client_id": "playpay", "client_secret": "camara-secret", "notification_token": "{token}"}}
+carrier.save(update_fields=["credentials_encrypted"])
+NumberPrefix.objects.create(prefix="4477", carrier=carrier)
+# A periodic job long overdue, so that beat sends it at once (a fresh schedule waits one interval).
+from datetime import timedelta
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+overdue = PeriodicTask.objects.filter(name="{overdue}").update(last_run_at=timezone.now() - timedelta(hours=1))
+assert overdue == 1, "no periodic task {overdue}"
+for code, amount in [("gems-100", 99), ("gems-500", 499)]:
+    PricePoint.objects.create(
+        carrier=carrier, code=code, amount_minor=amount, currency="GBP", carrier_payout_minor=amount * 70 // 100
+    )
+"""
+
+
+def _payment(session: requests.Session, base: str, payment_id: str) -> dict[str, Any]:
+    response = session.get(f"{base}/api/v1/payments/{payment_id}/", timeout=10)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_documented_deployment_takes_a_payment_and_stops_cleanly(
+    tmp_path: Path, databases: tuple[str, str], broker_url: str
+) -> None:
+    started = time.monotonic()
+    timings: dict[str, float] = {}
+    web_port, carrier_port = free_port(), free_port()
+    web, carrier_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{carrier_port}"
+    (tmp_path / "logs").mkdir()
+    base_env = _base_env()
+    env = base_env | {
+        "PLAYPAY_ENV": "production",
+        "DEBUG": "false",
+        "SECRET_KEY": "deploy-smoke-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "CARRIER_CREDENTIALS_KEY": "deploy-smoke-credentials-" + uuid.uuid4().hex + uuid.uuid4().hex,
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "DATABASE_URL": databases[0],
+        "JOURNAL_URL": databases[1],
+        "CELERY_BROKER_URL": broker_url,
+        "CACHE_URL": broker_url,
+        "METRICS_TOKEN": "deploy-smoke-metrics-" + uuid.uuid4().hex,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+        "SECURE_SSL_REDIRECT": "false",
+        "STATIC_ROOT": str(tmp_path / "static"),
+        "PUBLIC_BASE_URL": web,
+        "PLAYPAY_VAR_DIR": str(tmp_path / "var"),
+    }
+    carrier_env = base_env | {
+        "SANDBOX": "true",
+        "DEBUG": "true",
+        "PLAYPAY_VAR_DIR": str(tmp_path / "carrier-var"),
+        "PUBLIC_BASE_URL": carrier_base,
+    }
+    (tmp_path / "carrier-var").mkdir()
+    token = "deploy-smoke-sink-" + uuid.uuid4().hex
+    # gunicorn's control socket defaults to one path in $HOME: each server here gets its own.
+    gunicorn = [sys.executable, "-m", "gunicorn", "playpay.wsgi:application"]
+    celery = [sys.executable, "-m", "celery", "-A", "playpay"]
+
+    with Processes(log_dir=tmp_path / "logs", cwd=ROOT) as processes:
+        # The carrier (its simulators keep their state in memory: one process, threads).
+        carrier = processes.start(
+            "carrier",
+            [
+                *gunicorn,
+                "--workers",
+                "1",
+                "--threads",
+                "8",
+                "--bind",
+                f"127.0.0.1:{carrier_port}",
+                "--control-socket",
+                str(tmp_path / "carrier.ctl"),
+            ],
+            carrier_env,
+        )
+        # The README's steps before the processes.
+        _manage_together(
+            [
+                ["migrate", "--noinput"],
+                ["migrate", "--database", "journal", "--noinput"],
+                ["collectstatic", "--noinput"],
+            ],
+            env,
+        )
+        # Served over plain HTTP here; checked with the documented production value (behind TLS).
+        _manage(["check", "--deploy", "--fail-level", "WARNING"], env | {"SECURE_SSL_REDIRECT": "true"})
+        key = _manage(["create_app", "Deploy Smoke"], env).strip().splitlines()[-1]
+        endpoint = f"{carrier_base}/simulators/camara"
+        _manage(
+            ["shell", "-c", SEED_CARRIER.format(slug=CARRIER, endpoint=endpoint, token=token, overdue=OVERDUE_JOB[0])],
+            env,
+        )
+        timings["setup"] = time.monotonic() - started
+
+        web_process = processes.start(
+            "gunicorn",
+            [
+                *gunicorn,
+                "--workers",
+                "2",
+                "--bind",
+                f"127.0.0.1:{web_port}",
+                "--control-socket",
+                str(tmp_path / "web.ctl"),
+            ],
+            env,
+        )
+        carrier_worker = processes.start(
+            "carrier_worker",
+            [sys.executable, "manage.py", "carrier_worker", "--carriers", CARRIER, "--concurrency", "2"],
+            env,
+        )
+        worker = processes.start(
+            "celery_worker", [*celery, "worker", "-Q", "default,webhooks", "--concurrency", "2"], env
+        )
+        beat = processes.start(
+            "celery_beat", [*celery, "beat", "--schedule", str(tmp_path / "celerybeat-schedule")], env
+        )
+
+        session = requests.Session()
+        session.headers["Authorization"] = f"Api-Key {key}"
+        wait_for("gunicorn to answer /readyz", lambda: requests.get(f"{web}/readyz", timeout=5).ok, timeout=30)
+        wait_for(
+            "the carrier to answer",
+            lambda: requests.get(f"{endpoint}/_sms", params={"msisdn": "+440"}, timeout=5).ok,
+            timeout=30,
+        )
+        timings["started"] = time.monotonic() - started
+
+        # A payment by PIN: created, the PIN read from the carrier's test handset, confirmed, charged.
+        msisdn = "+447712345678"
+        body = {"user_ref": "player-1", "msisdn": msisdn, "price_point": "gems-500"}
+        idempotency = {"Idempotency-Key": f"smoke-{uuid.uuid4()}"}
+        created = session.post(f"{web}/api/v1/payments/", json=body, headers=idempotency, timeout=15)
+        assert created.status_code == 201, created.text
+        payment = created.json()
+        # With a broker the carrier is called from the carrier worker, after the answer.
+        assert payment["status"] in ("created", "pin_sent"), payment
+        replay = session.post(f"{web}/api/v1/payments/", json=body, headers=idempotency, timeout=15)
+        assert replay.status_code == 201, replay.text
+        assert replay.json()["id"] == payment["id"], replay.text
+        assert replay.headers.get("Idempotent-Replayed") == "true", replay.headers
+
+        def pin() -> str | None:
+            inbox = requests.get(f"{carrier_base}/simulators/camara/_sms", params={"msisdn": msisdn}, timeout=5)
+            found = re.findall(r"\b(\d{4,8})\b", json.dumps(inbox.json()["messages"]))
+            return found[-1] if found else None
+
+        wait_for(
+            "the PIN to be sent", lambda: _payment(session, web, payment["id"])["status"] == "pin_sent", timeout=30
+        )
+        code = wait_for("the PIN's SMS", pin, timeout=15)
+        confirmed = session.post(f"{web}/api/v1/payments/{payment['id']}/confirm/", json={"pin": code}, timeout=15)
+        assert confirmed.status_code in (200, 202), confirmed.text
+        wait_for(
+            "the payment to succeed",
+            lambda: _payment(session, web, payment["id"])["status"] == "succeeded",
+            timeout=30,
+        )
+        timings["succeeded"] = time.monotonic() - started
+
+        # Part of it refunded through the carrier.
+        refund = session.post(
+            f"{web}/api/v1/payments/{payment['id']}/refunds/",
+            json={"amount_minor": 100, "reason": "deployment smoke test"},
+            headers={"Idempotency-Key": f"smoke-refund-{uuid.uuid4()}"},
+            timeout=15,
+        )
+        assert refund.status_code in (200, 201, 202), refund.text
+        wait_for(
+            "the refund to complete",
+            lambda: _payment(session, web, payment["id"])["status"] == "partially_refunded",
+            timeout=30,
+        )
+        refunds = session.get(f"{web}/api/v1/payments/{payment['id']}/refunds/", timeout=10).json()
+        refund_rows = refunds["results"] if isinstance(refunds, dict) else refunds
+        assert [(row["amount_minor"], row["status"]) for row in refund_rows] == [(100, "succeeded")], refunds
+        timings["refunded"] = time.monotonic() - started
+
+        # Staff and docs pages, a static file under its hashed name (collectstatic's manifest, WhiteNoise).
+        login = requests.get(f"{web}/admin/login/", timeout=10)
+        assert login.status_code == 200, login.text[:500]
+        docs = requests.get(f"{web}/api/docs/", timeout=10)
+        assert docs.status_code == 200, docs.text[:500]
+        hashed = re.search(r'/static/[^"\']+\.[0-9a-f]{12}\.css', login.text)
+        assert hashed, login.text[:2000]
+        asset = requests.get(f"{web}{hashed.group(0)}", timeout=10)
+        assert asset.status_code == 200, hashed.group(0)
+        assert "immutable" in asset.headers.get("Cache-Control", ""), asset.headers
+        ready = requests.get(f"{web}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert set(ready.json()["checks"]) == {"database", "journal", "broker"}, ready.text
+
+        # Beat sent the overdue job and the Celery worker ran it.
+        wait_for(
+            "beat's overdue job to run on the Celery worker",
+            lambda: re.search(rf"Task {re.escape(OVERDUE_JOB[1])}\[[^]]+\] succeeded", worker.output()),
+            timeout=20,
+        )
+
+        # Every process is still up, then stops on SIGTERM, cleanly and in time.
+        everything = (web_process, carrier_worker, worker, beat, carrier)
+        for process in everything:
+            process.assert_running()
+        timings["checked"] = time.monotonic() - started
+        stopped = processes.stop(*everything, timeout=STOP_SECONDS)
+        assert {name: code for name, (code, _) in stopped.items()} == dict.fromkeys(stopped, 0), (
+            f"{stopped}\n{processes.tails()}"
+        )
+        timings["stopped"] = time.monotonic() - started
+        # Nothing failed on the way, shutdown included.
+        for process in everything:
+            errors = ERRORS.findall(process.output())
+            assert not errors, f"{process.name} logged errors: {errors}\n{process.tail()}"
+        print("seconds each process took to stop:", {name: seconds for name, (_, seconds) in stopped.items()})
+    print("deployment smoke timings (s from start):", {k: round(v, 1) for k, v in timings.items()})
