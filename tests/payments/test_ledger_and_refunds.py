@@ -376,7 +376,11 @@ class TestMoneyProperties(TestCase):
                     account: amount for account, amount in charge.items() if "carrier" in account or "tax" in account
                 }
             paid_back = payment.status in (PaymentStatus.REFUNDED, PaymentStatus.REVERSED)
-            assert paid_back == (lines.get(f"app_payable:{app.public_id}", 0) == 0)
+            app_owed = lines.get(f"app_payable:{app.public_id}", 0)
+            # Paid back whole: the app is owed nothing. Partly: its share of a last unit or two may round to 0.
+            assert app_owed <= 0
+            if paid_back:
+                assert app_owed == 0
             assert (paid_back and not by_platform) == all(total == 0 for total in lines.values())
         for account, _currency, balance in ledger.balances():
             if account.startswith("app_payable:") or account.startswith("tax_payable:"):
