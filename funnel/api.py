@@ -33,7 +33,7 @@ STEP_MAX_LENGTH = 64
 
 
 class FunnelEventSerializer(StrictSerializer):
-    """The schema of one event (documentation: `validate_event` applies these rules)."""
+    """The rules of one event: `validate_event` applies them; the OpenAPI schema states them (EVENT)."""
 
     event_id = serializers.CharField(
         max_length=ID_MAX_LENGTH, help_text="Yours, unique per event: a repeat is ignored."
