@@ -4,8 +4,8 @@
   the server refuses fields it does not declare.
 - `document_problems` (a postprocessing hook): every error response is `application/problem+json`
   with the `Problem` body; an operation its security requirement says is authenticated (the API key
-  scheme, tenants.auth) can answer 401 and 429; every operation can answer 503 when the database does
-  not answer; a request body is required wherever there is one.
+  scheme, tenants.auth) can answer 401 and 429; every operation can answer 406 (an `Accept` without
+  JSON) and 503 (the database does not answer); a request body is required wherever there is one.
 - `TEXT_PATTERN`: a request's text field holds a character that is not a space, and no NUL.
 """
 
@@ -26,6 +26,7 @@ AUTHENTICATED_PROBLEMS = {
     "429": "`rate_limited`: over the app's requests per minute; retry after `Retry-After` seconds.",
 }
 ANY_PROBLEMS = {
+    "406": "`not_acceptable`: the `Accept` header allows no JSON.",
     "503": "`database_unavailable`: the database did not answer in time; retry after `Retry-After` seconds.",
 }
 

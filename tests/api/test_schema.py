@@ -31,10 +31,15 @@ def test_every_error_response_is_a_problem_document(schema: dict[str, Any]) -> N
                 }, (method, path, code)
 
 
-def test_operations_that_take_an_api_key_document_401_and_429_and_all_503(schema: dict[str, Any]) -> None:
+def test_operations_document_401_and_429_with_an_api_key_406_and_503_always_and_415_with_a_body(
+    schema: dict[str, Any],
+) -> None:
     for method, path, operation in operations(schema):
         statuses = set(operation["responses"])
         assert "503" in statuses, (method, path)
+        assert "406" in statuses, (method, path)
+        if "requestBody" in operation:
+            assert "415" in statuses, (method, path)
         if operation.get("security") == [{"ApiKey": []}]:
             assert {"401", "429"} <= statuses, (method, path)
 
@@ -59,3 +64,13 @@ def test_a_funnel_post_whose_body_is_not_an_object_is_refused(shop: Shop) -> Non
 def test_a_country_that_is_not_two_ascii_letters_is_refused(shop: Shop) -> None:
     assert_problem(shop.client.get("/api/v1/price-points/", {"country": "éé"}), status=400, code="validation_error")
     assert shop.client.get("/api/v1/price-points/", {"country": "gb"}).status_code == 200
+
+
+def test_an_accept_header_without_json_is_answered_406(shop: Shop) -> None:
+    response = shop.client.get("/api/v1/price-points/", HTTP_ACCEPT="text/html")
+    assert_problem(response, status=406, code="not_acceptable")
+
+
+def test_a_body_that_is_not_json_is_answered_415(shop: Shop) -> None:
+    response = shop.client.post(URL, data="a=1", content_type="text/plain")
+    assert_problem(response, status=415, code="unsupported_media_type")
