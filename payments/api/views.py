@@ -54,7 +54,7 @@ PAYMENT_ID = OpenApiParameter(
     "id", {"type": "string", "pattern": "^[0-9a-fA-F-]{36}$"}, OpenApiParameter.PATH, description="The payment's id."
 )
 REPLAYED_HEADER = "Idempotent-Replayed"
-COUNTRY_PATTERN = "^[A-Za-z]{2}$"  # empty: any country
+COUNTRY_PATTERN = "[A-Za-z]{2}"  # ISO 3166 alpha-2; the parameter may also be empty (any country)
 
 
 def _app(request: Request) -> App:
@@ -211,7 +211,9 @@ class PricePointListView(generics.ListAPIView[Any]):
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "country", {"type": "string", "pattern": "^([A-Za-z]{2})?$"}, description="ISO 3166 alpha-2, e.g. GB"
+                "country",
+                {"type": "string", "pattern": f"^({COUNTRY_PATTERN})?$"},
+                description="ISO 3166 alpha-2, e.g. GB",
             ),
             OpenApiParameter("carrier", OpenApiTypes.STR, description="carrier slug"),
         ],
