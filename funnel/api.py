@@ -11,8 +11,9 @@ from typing import Any
 
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
+from rest_framework.exceptions import ParseError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -32,7 +33,7 @@ STEP_MAX_LENGTH = 64
 
 
 class FunnelEventSerializer(StrictSerializer):
-    """The schema of one event (documentation: `validate_event` applies these rules)."""
+    """The rules of one event: `validate_event` applies them; the OpenAPI schema states them (EVENT)."""
 
     event_id = serializers.CharField(
         max_length=ID_MAX_LENGTH, help_text="Yours, unique per event: a repeat is ignored."
@@ -46,8 +47,51 @@ class FunnelEventSerializer(StrictSerializer):
     properties = serializers.DictField(required=False, default=dict, help_text="Up to 4 KB of your own JSON.")
 
 
-class BatchSerializer(StrictSerializer):
-    events = serializers.ListField(child=FunnelEventSerializer(), min_length=1, max_length=MAX_BATCH)
+# The body: a batch, or one event (an object without `events`). Events are objects judged one by one by
+# the rules of FunnelEventSerializer: one that breaks them is answered 200 with its errors in `rejected`.
+EVENT = {
+    "type": "object",
+    "description": "One event: event_id and journey_id (1-128 characters), step (a slug, 1-64), occurred_at "
+    "(ISO 8601, from 2000 to 5 minutes ahead), user_ref (up to 128), properties (an object, up to 4 KB of "
+    "JSON). An event breaking these rules is reported in `rejected`, not refused.",
+}
+REQUEST_SCHEMA = {
+    "oneOf": [
+        {
+            "type": "object",
+            "properties": {
+                "events": {
+                    "type": "array",
+                    "items": {"description": f"{EVENT['description']} Any other value is reported in `rejected` too."},
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH,
+                }
+            },
+            "required": ["events"],
+            "additionalProperties": False,
+        },
+        {**EVENT, "not": {"required": ["events"]}},
+    ]
+}
+
+IngestResultSerializer = inline_serializer(
+    "FunnelIngestResult",
+    {
+        "accepted": serializers.IntegerField(),
+        "duplicates": serializers.IntegerField(),
+        "rejected": inline_serializer(
+            "FunnelRejectedEvent",
+            {
+                "index": serializers.IntegerField(),
+                "errors": serializers.DictField(
+                    child=serializers.ListField(child=serializers.CharField()),
+                    help_text="By field of FunnelEvent (`non_field_errors` when the event as a whole).",
+                ),
+            },
+            many=True,
+        ),
+    },
+)
 
 
 FIELDS = frozenset(FunnelEventSerializer._declared_fields)
@@ -154,9 +198,9 @@ class FunnelEventsView(APIView):
     parser_classes = [ItemwiseJSONParser]  # a bad value costs its event only, not the batch
 
     @extend_schema(
-        request=BatchSerializer,
+        request={"application/json": REQUEST_SCHEMA},
         responses={
-            200: OpenApiResponse(description="{accepted, duplicates, rejected: [{index, errors}]}"),
+            200: IngestResultSerializer,
             **BODY_PROBLEMS,
         },
         summary="Send funnel events (one, or a batch of up to 1,000)",
@@ -164,7 +208,11 @@ class FunnelEventsView(APIView):
     def post(self, request: Request) -> Response:
         app = request_app(request)
         assert app is not None
+        if request.stream is None:
+            raise ParseError("Send one event or a batch as a JSON object.")
         payload = request.data
+        if not isinstance(payload, dict):
+            raise serializers.ValidationError({"non_field_errors": ["Send one event or a batch as a JSON object."]})
         if isinstance(payload, dict) and "events" in payload:
             unacceptable = json_value_errors({k: v for k, v in payload.items() if k != "events"})
             if unacceptable:

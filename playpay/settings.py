@@ -241,7 +241,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_CLASSES": ["tenants.throttling.AppRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["playpay.api.parsers.StrictJSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "playpay.api.schema.StrictAutoSchema",
     "EXCEPTION_HANDLER": "playpay.api.problems.problem_exception_handler",
     "DEFAULT_PAGINATION_CLASS": "playpay.api.pagination.StrictLimitOffsetPagination",
     "PAGE_SIZE": 100,
@@ -251,7 +251,9 @@ SPECTACULAR_SETTINGS = {
     "TITLE": "PlayPay API",
     "DESCRIPTION": (
         "Direct carrier billing for games. Authenticate with `Authorization: Api-Key <key>`. "
-        "Errors are RFC 9457 problem+json documents."
+        "Errors are RFC 9457 problem+json documents. Request bodies are I-JSON (RFC 7493): a NUL character or "
+        "a lone UTF-16 surrogate in any string or key, NaN or Infinity, or nesting deeper than the limit is "
+        "answered 400 (`invalid_json_value`, `json_too_deep`); a body over the size limit 413."
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -259,6 +261,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Every error is problem+json; 401/429 wherever the API key is required, 503 everywhere.
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "playpay.api.schema.document_problems",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "PaymentStatusEnum": "payments.models.PaymentStatus",
         "OperationStatusEnum": "payments.models.Refund.Status",

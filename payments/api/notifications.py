@@ -1,13 +1,14 @@
 """The endpoint carriers call back: POST /api/v1/carriers/<slug>/notifications/."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from payments.services.notifications import receive_notification
-from playpay.api.problems import BODY_PROBLEMS
+from playpay.api.problems import BODY_PROBLEMS, ProblemSerializer
 
 
 class CarrierNotificationView(APIView):
@@ -19,11 +20,23 @@ class CarrierNotificationView(APIView):
 
     @extend_schema(
         request=None,
+        parameters=[
+            OpenApiParameter(
+                "slug",
+                {"type": "string", "pattern": "^[-a-zA-Z0-9_]+$"},
+                OpenApiParameter.PATH,
+                description="The carrier.",
+            )
+        ],
         responses={
-            200: OpenApiResponse(description="applied or duplicate"),
-            400: None,
-            401: None,
-            404: None,
+            200: OpenApiResponse(
+                inline_serializer("NotificationReceipt", {"result": serializers.CharField()}),
+                description="applied or duplicate",
+            ),
+            204: OpenApiResponse(description="applied or duplicate (carriers that expect no body)"),
+            400: OpenApiResponse(ProblemSerializer, description="`notification_rejected`: not a notification we read."),
+            401: OpenApiResponse(ProblemSerializer, description="`notification_signature_invalid`."),
+            404: OpenApiResponse(ProblemSerializer, description="`unknown_carrier`."),
             413: BODY_PROBLEMS[413],
         },
         summary="Carrier callback (signed by the carrier)",

@@ -10,9 +10,25 @@ from payments.services.payments import next_action
 from playpay.api.serializers import MAX_METADATA_BYTES, JsonIntegerField, SharedFieldsMixin, StrictSerializer
 
 
+@extend_schema_field(
+    {
+        "type": "string",
+        "format": "msisdn",
+        "minLength": 1,
+        "maxLength": 32,
+        "example": "+447400123456",
+        "description": "The player's mobile number, international format (`+` or `00` and the country code, "
+        "or the country code first); a number that is not a valid mobile number is answered 400 "
+        "`invalid_msisdn`.",
+    }
+)
+class MsisdnField(serializers.CharField):
+    pass
+
+
 class PaymentCreateSerializer(StrictSerializer):
     user_ref = serializers.CharField(max_length=128, help_text="Your id of the player.")
-    msisdn = serializers.CharField(max_length=32, help_text="The player's mobile number, international format.")
+    msisdn = MsisdnField(max_length=32)
     price_point = serializers.SlugField(max_length=64, help_text="Code of one of the carrier's price points.")
     carrier = serializers.SlugField(
         max_length=80, required=False, help_text="Carrier slug; resolved from the number when omitted."

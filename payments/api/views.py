@@ -1,9 +1,10 @@
 import json
+import re
 from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import JSONRenderer
@@ -22,24 +23,38 @@ from payments.api.serializers import (
     ReversalSerializer,
 )
 from payments.models import Payment, PaymentStatus, Refund
-from payments.services.idempotency import IdempotencyKey, StoredResponse, fingerprint, parse_key, run_idempotent
+from payments.services.idempotency import (
+    MAX_KEY_LENGTH,
+    IdempotencyKey,
+    StoredResponse,
+    fingerprint,
+    parse_key,
+    run_idempotent,
+)
 from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
 from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM
 from tenants.auth import request_app
 from tenants.models import App
 
+# Printable ASCII; no space at either end (HTTP drops it, so the server would not see the key as sent).
+KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 IDEMPOTENCY_KEY = OpenApiParameter(
     "Idempotency-Key",
-    OpenApiTypes.STR,
+    {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH, "pattern": KEY_PATTERN},
     OpenApiParameter.HEADER,
     required=True,
-    description="Unique per purchase attempt, at most 255 characters. Retries with the same key and body "
+    description="Unique per purchase attempt: 1 to 255 printable ASCII characters. Retries with the same key and body "
     "return the first response (header `Idempotent-Replayed: true`).",
 )
 
 
+# The payment in the path of every operation on one payment: no other text matches the URL (404).
+PAYMENT_ID = OpenApiParameter(
+    "id", {"type": "string", "pattern": "^[0-9a-fA-F-]{36}$"}, OpenApiParameter.PATH, description="The payment's id."
+)
 REPLAYED_HEADER = "Idempotent-Replayed"
+COUNTRY_PATTERN = "[A-Za-z]{2}"  # ISO 3166 alpha-2; the parameter may also be empty (any country)
 
 
 def _app(request: Request) -> App:
@@ -67,6 +82,7 @@ def _respond(response: StoredResponse) -> Response:
     return Response(response.body, status=response.status, headers=headers)
 
 
+@extend_schema_view(retrieve=extend_schema(parameters=[PAYMENT_ID], responses={200: PaymentSerializer, 404: PROBLEM}))
 class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet[Payment]):
     serializer_class = PaymentSerializer
     queryset = Payment.objects.none()  # the real one is per app, in get_queryset
@@ -119,6 +135,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     @extend_schema(
         request=PaymentConfirmSerializer,
+        parameters=[PAYMENT_ID],
         responses={200: PaymentSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
         summary="Confirm a PIN payment with the PIN the player received",
     )
@@ -133,12 +150,17 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(
         methods=["POST"],
         request=RefundCreateSerializer,
-        parameters=[IDEMPOTENCY_KEY],
+        parameters=[PAYMENT_ID, IDEMPOTENCY_KEY],
         responses={201: RefundSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
         summary="Refund a payment, fully or in part",
     )
-    @extend_schema(methods=["GET"], responses={200: RefundSerializer(many=True)}, summary="A payment's refunds")
-    @action(detail=True, methods=["get", "post"])
+    @extend_schema(
+        methods=["GET"],
+        parameters=[PAYMENT_ID],
+        responses={200: RefundSerializer(many=True), 404: PROBLEM},
+        summary="A payment's refunds",
+    )
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def refunds(self, request: Request, id: str) -> Response:
         payment = self.get_object()
         if request.method == "GET":
@@ -168,6 +190,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     @extend_schema(
         request=ReversalCreateSerializer,
+        parameters=[PAYMENT_ID],
         responses={201: ReversalSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM},
         summary="Reverse a charge (e.g. the item could not be delivered)",
     )
@@ -187,7 +210,11 @@ class PricePointListView(generics.ListAPIView[Any]):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("country", OpenApiTypes.STR, description="ISO 3166 alpha-2"),
+            OpenApiParameter(
+                "country",
+                {"type": "string", "pattern": f"^({COUNTRY_PATTERN})?$"},
+                description="ISO 3166 alpha-2, e.g. GB",
+            ),
             OpenApiParameter("carrier", OpenApiTypes.STR, description="carrier slug"),
         ],
         responses={200: PricePointSerializer(many=True), **LIST_PROBLEMS},
@@ -198,6 +225,6 @@ class PricePointListView(generics.ListAPIView[Any]):
 
     def get_queryset(self) -> QuerySet[Any]:
         country = self.request.query_params.get("country", "")
-        if country and (len(country) != 2 or not country.isalpha()):
+        if country and not re.fullmatch(COUNTRY_PATTERN, country):
             raise serializers.ValidationError({"country": ["An ISO 3166 alpha-2 code, e.g. GB."]})
         return offered_price_points(country=country or None, carrier=self.request.query_params.get("carrier") or None)

@@ -53,6 +53,7 @@ BODY_PROBLEMS = {
         "surrogate; `errors` names the field), `json_too_deep`.",
     ),
     413: OpenApiResponse(ProblemSerializer, description="`request_too_large`: the body is over the size limit."),
+    415: OpenApiResponse(ProblemSerializer, description="`unsupported_media_type`: send `application/json`."),
 }
 LIST_PROBLEMS = {
     400: OpenApiResponse(
