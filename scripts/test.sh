@@ -21,4 +21,5 @@ echo "== mypy"; mypy .
 echo "== lint-imports (dependencies run one way)"; lint-imports
 echo "== makemigrations --check"; python manage.py makemigrations --check --dry-run
 echo "== pytest (DATABASE_URL=${DATABASE_URL%%@*}@…, broker ${CELERY_BROKER_URL%%:*})"
-pytest -n "${PYTEST_WORKERS:-auto}" "$@"
+# worksteal: a worker that runs out takes tests queued on the other (the contract and deploy tests are long).
+pytest -n "${PYTEST_WORKERS:-auto}" --dist worksteal "$@"
