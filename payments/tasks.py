@@ -3,7 +3,6 @@
 
 from celery import shared_task
 
-from payments.models import Payment, Refund
 from payments.services import carrier_flow, outbox, refunds, webhooks
 from payments.services.idempotency import purge_expired_keys
 from payments.services.payments import expire_abandoned_payments
@@ -13,38 +12,32 @@ from playpay.logging import bind
 # worker dies is delivered again; every task re-reads its payment before acting.
 
 
-def _about_payment(payment_id: int) -> None:
-    """The task's log lines carry the payment's public id (the one the API, the journal and the admin show)."""
-    bind(payment_id=str(Payment.objects.filter(pk=payment_id).values_list("public_id", flat=True).first() or ""))
-
-
-def _about_refund(refund_id: int) -> None:
-    ids = Refund.objects.filter(pk=refund_id).values_list("public_id", "payment__public_id").first()
-    if ids is not None:
-        bind(refund_id=str(ids[0]), payment_id=str(ids[1]))
+# A task about a payment is sent with the payment's public id (the one the API, the journal and the
+# admin show) beside its row id, so that its log lines carry it without a query; messages queued
+# before it was sent lack it, hence the default.
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def start_payment(payment_id: int) -> None:
-    _about_payment(payment_id)
+def start_payment(payment_id: int, public_id: str = "") -> None:
+    bind(payment_id=public_id)
     carrier_flow.start_payment(payment_id=payment_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def charge_payment(payment_id: int) -> None:
-    _about_payment(payment_id)
+def charge_payment(payment_id: int, public_id: str = "") -> None:
+    bind(payment_id=public_id)
     carrier_flow.charge_payment(payment_id=payment_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def resolve_payment(payment_id: int) -> None:
-    _about_payment(payment_id)
+def resolve_payment(payment_id: int, public_id: str = "") -> None:
+    bind(payment_id=public_id)
     carrier_flow.resolve_payment(payment_id=payment_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def cancel_payment(payment_id: int) -> None:
-    _about_payment(payment_id)
+def cancel_payment(payment_id: int, public_id: str = "") -> None:
+    bind(payment_id=public_id)
     carrier_flow.cancel_at_carrier(payment_id=payment_id)
 
 
@@ -84,12 +77,12 @@ def dispatch_due_webhooks() -> int:
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def execute_refund(refund_id: int) -> None:
-    _about_refund(refund_id)
+def execute_refund(refund_id: int, public_id: str = "", payment_public_id: str = "") -> None:
+    bind(refund_id=public_id, payment_id=payment_public_id)
     refunds.execute_refund(refund_id=refund_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def execute_reversal(payment_id: int) -> None:
-    _about_payment(payment_id)
+def execute_reversal(payment_id: int, public_id: str = "") -> None:
+    bind(payment_id=public_id)
     refunds.execute_reversal(payment_id=payment_id)

@@ -52,7 +52,11 @@ def charge_request(payment: Payment) -> ChargeRequest:
 def dispatch(payment: Payment, task: str, *, countdown: int = 0) -> None:
     """Enqueue `payments.tasks.<task>(payment_id)` on the carrier's queue, after the current commit."""
     outbox.enqueue(
-        f"payments.tasks.{task}", queue=carrier_queue(payment.carrier), countdown=countdown, payment_id=payment.pk
+        f"payments.tasks.{task}",
+        queue=carrier_queue(payment.carrier),
+        countdown=countdown,
+        payment_id=payment.pk,
+        public_id=str(payment.public_id),
     )
 
 

@@ -87,10 +87,22 @@ def request_refund(
         locked.refunded_minor += amount
         locked.save(update_fields=["refunded_minor", "updated_at"])
         if refund.via_carrier:
-            outbox.enqueue("payments.tasks.execute_refund", queue=carrier_queue(locked.carrier), refund_id=refund.pk)
+            _queue_refund(refund, locked)
         else:
             _settle_refund(refund, locked, succeeded=True, actor=actor)
     return Refund.objects.get(pk=refund.pk)
+
+
+def _queue_refund(refund: Refund, payment: Payment, *, countdown: int = 0) -> None:
+    """Ask the carrier for the refund on its queue, after the current commit."""
+    outbox.enqueue(
+        "payments.tasks.execute_refund",
+        queue=carrier_queue(payment.carrier),
+        countdown=countdown,
+        refund_id=refund.pk,
+        public_id=str(refund.public_id),
+        payment_public_id=str(payment.public_id),
+    )
 
 
 def execute_refund(*, refund_id: int) -> None:
@@ -123,12 +135,7 @@ def execute_refund(*, refund_id: int) -> None:
     except CarrierBusy as busy:
         with transaction.atomic():
             Refund.objects.filter(pk=refund_id).update(carrier_requested_at=None)
-            outbox.enqueue(
-                "payments.tasks.execute_refund",
-                queue=carrier_queue(payment.carrier),
-                countdown=max(int(busy.retry_after), 1),
-                refund_id=refund_id,
-            )
+            _queue_refund(refund, payment, countdown=max(int(busy.retry_after), 1))
         return
     record_refund_result(refund_id=refund_id, result=result)
 
