@@ -8,11 +8,13 @@ from django.utils import timezone
 
 from carriers.adapters import adapter_for
 from carriers.adapters.base import NotificationKind
+from carriers.errors import NotificationRejected
 from carriers.models import Carrier
 from payments.errors import UnknownCarrier
 from payments.models import CarrierNotification
 from payments.services.carrier_flow import apply_notification
 from payments.services.refunds import apply_refund_notification
+from playpay.storable import has_unstorable_text
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,17 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
     adapter = adapter_for(carrier)
     # Raises NotificationRejected (400) or NotificationSignatureInvalid (401): nothing is recorded.
     notification = adapter.parse_notification(headers=headers, body=body, now=timezone.now())
+    texts = (
+        notification.notification_id,
+        notification.carrier_reference,
+        notification.payment_id,
+        notification.refund_id,
+        notification.raw_code,
+        notification.raw_message,
+    )
+    if any(has_unstorable_text(text) for text in texts):
+        # Signed by the carrier and still unstorable (PostgreSQL refuses NUL and lone surrogates).
+        raise NotificationRejected("malformed", "the notification holds a NUL character or a lone surrogate")
 
     with transaction.atomic():
         try:

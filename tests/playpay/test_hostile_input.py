@@ -2,14 +2,17 @@
 and the journal still keeps a (sanitized, marked) record of the request."""
 
 import json
+import time
 from typing import Any
 
 import pytest
 
+from carriers.adapters.aggregator import sign
 from journal.store import JournalQuery, journal_store
-from payments.models import Payment, Refund
+from payments.models import CarrierNotification, Payment, Refund
 from playpay.storable import MAX_JSON_DEPTH
 from tests.conftest import MSISDN, Shop, assert_problem
+from tests.payments.carrier_helpers import simulated_carrier
 
 pytestmark = pytest.mark.django_db
 PAYMENTS = "/api/v1/payments/"
@@ -196,3 +199,20 @@ def test_a_nul_character_in_a_query_parameter_is_a_problem_naming_it(shop: Shop,
     assert [error["pointer"] for error in problem["errors"]] == [f"#/{name}"]
     document = last_journaled(url.split("?")[0])
     assert document["data"]["status"] == 400
+
+
+def test_a_signed_carrier_callback_with_unstorable_ids_is_refused_and_changes_nothing(shop: Shop) -> None:
+    carrier = simulated_carrier("http://127.0.0.1:9", "aggregator", prefix="4478")
+    event = {"event_id": "evt_\u0000", "type": "charge.succeeded", "created": int(time.time()), "data": {}}
+    body = json.dumps(event).encode()
+    timestamp = str(int(time.time()))
+    secret = carrier.credentials["callback_secret"]
+    response = shop.client.post(
+        f"/api/v1/carriers/{carrier.slug}/notifications/",
+        data=body,
+        content_type="application/json",
+        HTTP_X_TIMESTAMP=timestamp,
+        HTTP_X_SIGNATURE=sign(secret, timestamp, body),
+    )
+    assert_problem(response, status=400, code="notification_rejected")
+    assert not CarrierNotification.objects.exists()
