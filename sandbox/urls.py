@@ -13,4 +13,5 @@ urlpatterns = [
     path("<slug:name>/_settings", core.control_settings, name="simulator-settings"),
     path("<slug:name>/_reset", core.control_reset, name="simulator-reset"),
     path("<slug:name>/_sms", core.sms_inbox, name="simulator-sms"),
+    path("<slug:name>/_charges", core.charges_ledger, name="simulator-charges"),
 ]

@@ -24,7 +24,7 @@ from rest_framework.test import APIClient
 from carriers.models import Carrier, PricePoint
 from playpay import refcache
 from playpay.celery import app as celery_app
-from sandbox.simulators.core import SIMULATORS
+from sandbox.simulators import core as simulators
 from tenants.models import App
 from tenants.services import issue_api_key
 from tests.factories import AppFactory, CarrierFactory, NumberPrefixFactory, PricePointFactory
@@ -72,6 +72,8 @@ def _databases(item: pytest.Item, marker: pytest.Mark) -> str | list[str]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        if "simulator_server" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("django_db"):
+            item.add_marker(pytest.mark.django_db)  # the simulators' state is in the database
         marker = item.get_closest_marker("django_db")
         if marker is not None and "databases" not in marker.kwargs:
             # Before the test's own marks: pytest-django reads the closest one.
@@ -244,17 +246,28 @@ def journal_engines(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def _simulator_server_thread() -> Iterator[LiveServer]:
+def _simulator_server_thread(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
     server = LiveServer("127.0.0.1:0")
     yield server
     server.stop()
+    # Its request threads keep their database sessions for the next request of a kept-alive connection
+    # (the simulators' state is in the database): they end here, or the test database could not be dropped.
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture
 def simulator_server(_simulator_server_thread: LiveServer) -> str:
     """The base URL of the app served on a loopback port, for tests that only call its carrier and
-    reference-data simulators (their state is in memory). Unlike live_server it leaves the test its
-    rolled-back transaction: nothing the server answers depends on the test's rows."""
+    reference-data simulators. Unlike live_server it leaves the test its rolled-back transaction: nothing
+    the server answers depends on the test's rows. The simulators keep their state in the test database,
+    as a carrier's servers share theirs, so a test that uses them has database access (given it at
+    collection when it has none); what they write is committed at once, never part of the test's
+    transaction, whether the server or the test (`sandbox.simulators.core.simulator(name)`) writes it."""
     return str(_simulator_server_thread.url)
 
 
@@ -277,17 +290,20 @@ def _broker_per_worker(request: pytest.FixtureRequest) -> None:
 
 
 @pytest.fixture(autouse=True)
-def _simulators_reset() -> Iterator[None]:
-    """The suite runs with the sandbox on (SANDBOX=true, pyproject's pytest env): its simulators are served."""
+def _simulators_reset(django_db_blocker: Any) -> Iterator[None]:
+    """The suite runs with the sandbox on (SANDBOX=true, pyproject's pytest env): its simulators are served,
+    their state in the test database. A test that used them leaves them reset."""
     yield
-    # Callbacks a simulator still has queued must not reach the next test (or a dropped database).
-    for simulator in SIMULATORS.values():
-        simulator.reset()
-    # One already on its way finishes first: the live server handling it while a transactional test
-    # empties the tables can deadlock with the TRUNCATE.
-    for thread in threading.enumerate():
-        if thread.name.endswith("-callbacks"):
-            thread.join(timeout=15)
+    if not simulators.used():
+        return
+    with django_db_blocker.unblock():
+        # Callbacks a simulator still has queued must not reach the next test (or a dropped database).
+        simulators.reset_all()
+        # One already on its way finishes first: the live server handling it while a transactional test
+        # empties the tables can deadlock with the TRUNCATE.
+        for thread in threading.enumerate():
+            if thread.name.endswith("-callbacks"):
+                thread.join(timeout=15)
 
 
 @pytest.fixture(autouse=True)

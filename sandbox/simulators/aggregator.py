@@ -2,7 +2,8 @@
 
 Merchant `playpay-demo` signs requests with API_SECRET; the simulator signs callbacks
 with CALLBACK_SECRET. Charges are processed at once, and their results are posted to
-the callback URL in the background, retried until answered 2xx.
+the callback URL in the background, retried until answered 2xx. Charges are the simulator's shared
+state (core.Records, keyed by charge id), so every process serving it is the same aggregator.
 """
 
 import json
@@ -22,6 +23,8 @@ MAX_PIN_ATTEMPTS = 3
 FRESHNESS_SECONDS = 300
 
 SIM = simulator("aggregator")
+# Charge ids start with it (and key the charges among the simulator's records).
+CHARGE_PREFIX = "ch_"
 _DECLINE_CODES = {
     Decline.INSUFFICIENT_FUNDS: ("INSUFFICIENT_BALANCE", "Subscriber balance too low"),
     Decline.USER_BARRED: ("SUBSCRIBER_BARRED", "Subscriber is barred from premium billing"),
@@ -90,11 +93,10 @@ def charges(request: HttpRequest) -> HttpResponse:
         return denied
     if request.method == "GET":
         reference = request.GET.get("merchant_reference", "")
-        with SIM.lock:
-            found = next((c for c in SIM.records.values() if c["merchant_reference"] == reference), None)
-            if found is None:
-                return _error(404, "NOT_FOUND", "no charge has this merchant_reference")
-            return JsonResponse(_public(found))
+        found = SIM.records.find(CHARGE_PREFIX, merchant_reference=reference)
+        if not found:
+            return _error(404, "NOT_FOUND", "no charge has this merchant_reference")
+        return JsonResponse(_public(found[0]))
     if request.method != "POST":
         return _error(405, "METHOD_NOT_ALLOWED", "POST a charge")
     try:
@@ -109,39 +111,41 @@ def charges(request: HttpRequest) -> HttpResponse:
         return fault
     if SIM.malformed(msisdn):
         return HttpResponse(b'{"charge_id": "ch_', status=202, content_type="application/json")
-    with SIM.lock:
-        existing = next((c for c in SIM.records.values() if c["merchant_reference"] == reference), None)
-        if existing is not None:
-            if existing["request"] != body:
-                return _error(409, "DUPLICATE_REFERENCE", "merchant_reference was used for another charge")
-            return JsonResponse({"charge_id": existing["charge_id"], "status": "accepted"}, status=202)
-        charge: dict[str, Any] = {
-            "charge_id": SIM.new_id("ch_"),
-            "merchant_reference": reference,
-            "msisdn": msisdn,
-            "amount": amount,
-            "currency": body.get("currency"),
-            "flow": flow,
-            "status": "accepted",
-            "reason_code": None,
-            "reason_message": None,
-            "attempts_remaining": MAX_PIN_ATTEMPTS,
-            "request": body,
-        }
-        SIM.records[charge["charge_id"]] = charge
-        scenario = SIM.scenario(msisdn)
-        accepted = _event("charge.processing", charge)
-        if scenario.decline in _AT_START:
-            charge["status"] = "failed"
-            charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[scenario.decline]
-            events = [accepted, _event("charge.failed", charge)]
-        elif flow == "pin":
-            charge["pin"] = SIM.new_pin()
-            SIM.send_sms(msisdn, f"Your PlayPay code is {charge['pin']}")
-            charge["status"] = "pin_sent"
-            events = [accepted, _event("charge.pin_sent", charge)]
-        else:
-            events = _settle(charge)
+    charge_id = SIM.new_id(CHARGE_PREFIX)
+    # The merchant_reference is taken atomically: of two requests with one, on any processes, one charges.
+    if not SIM.records.add(f"reference:{reference}", {"charge_id": charge_id, "request": body}):
+        existing = SIM.records[f"reference:{reference}"]
+        if existing["request"] != body:
+            return _error(409, "DUPLICATE_REFERENCE", "merchant_reference was used for another charge")
+        return JsonResponse({"charge_id": existing["charge_id"], "status": "accepted"}, status=202)
+    charge: dict[str, Any] = {
+        "charge_id": charge_id,
+        "merchant_reference": reference,
+        "msisdn": msisdn,
+        "amount": amount,
+        "currency": body.get("currency"),
+        "flow": flow,
+        "status": "accepted",
+        "reason_code": None,
+        "reason_message": None,
+        "attempts_remaining": MAX_PIN_ATTEMPTS,
+        "request": body,
+    }
+    scenario = SIM.scenario(msisdn)
+    accepted = _event("charge.processing", charge)
+    if scenario.decline in _AT_START:
+        charge["status"] = "failed"
+        charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[scenario.decline]
+        events = [accepted, _event("charge.failed", charge)]
+    elif flow == "pin":
+        charge["pin"] = SIM.new_pin()
+        charge["status"] = "pin_sent"
+        events = [accepted, _event("charge.pin_sent", charge)]
+    else:
+        events = _settle(charge)
+    SIM.records.put(charge_id, charge)
+    if flow == "pin" and charge["status"] == "pin_sent":
+        SIM.send_sms(msisdn, f"Your PlayPay code is {charge['pin']}")
     SIM.deliver(str(body.get("callback_url", "")), events, msisdn)
     return JsonResponse({"charge_id": charge["charge_id"], "status": "accepted"}, status=202)
 
@@ -150,13 +154,12 @@ def charges(request: HttpRequest) -> HttpResponse:
 def charge_detail(request: HttpRequest, charge_id: str) -> HttpResponse:
     if (denied := _authenticate(request)) is not None:
         return denied
-    with SIM.lock:
-        charge = SIM.records.get(charge_id)
-        if charge is None:
-            return _error(404, "NOT_FOUND", "no such charge")
-        if (fault := SIM.transport_fault(charge["msisdn"])) is not None:
-            return fault
-        return JsonResponse(_public(charge))
+    charge = SIM.records.get(charge_id)
+    if charge is None:
+        return _error(404, "NOT_FOUND", "no such charge")
+    if (fault := SIM.transport_fault(charge["msisdn"])) is not None:
+        return fault
+    return JsonResponse(_public(charge))
 
 
 @simulator_view
@@ -164,10 +167,11 @@ def submit_pin(request: HttpRequest, charge_id: str) -> HttpResponse:
     if (denied := _authenticate(request)) is not None:
         return denied
     body = json.loads(request.body or b"{}")
-    with SIM.lock:
-        charge = SIM.records.get(charge_id)
-        if charge is None:
+    # Under the charge's row lock: of two PINs submitted at once, on any processes, one settles the charge.
+    with SIM.records.locked(charge_id) as locked:
+        if locked is None:
             return _error(404, "NOT_FOUND", "no such charge")
+        charge = locked
         if charge["status"] not in ("pin_sent", "pin_rejected"):
             return _error(409, "INVALID_STATE", f"the charge is {charge['status']}")
         if str(body.get("pin", "")) != charge["pin"]:
@@ -192,16 +196,15 @@ def refunds(request: HttpRequest, charge_id: str) -> HttpResponse:
     if (denied := _authenticate(request)) is not None:
         return denied
     body = json.loads(request.body or b"{}")
-    with SIM.lock:
-        charge = SIM.records.get(charge_id)
-        if charge is None or charge["status"] != "succeeded":
-            return _error(409, "NOT_REFUNDABLE", "only a succeeded charge can be refunded")
-        refund = {
-            "charge_id": charge_id,
-            "merchant_reference": body.get("merchant_reference"),
-            "status": "succeeded",
-            "amount": body.get("amount"),
-        }
+    charge = SIM.records.get(charge_id)
+    if charge is None or charge["status"] != "succeeded":
+        return _error(409, "NOT_REFUNDABLE", "only a succeeded charge can be refunded")
+    refund = {
+        "charge_id": charge_id,
+        "merchant_reference": body.get("merchant_reference"),
+        "status": "succeeded",
+        "amount": body.get("amount"),
+    }
     SIM.deliver(charge["request"].get("callback_url", ""), [_event("refund.succeeded", refund)], charge["msisdn"])
     return JsonResponse({"refund_id": SIM.new_id("rf_"), "status": "accepted"}, status=202)
 

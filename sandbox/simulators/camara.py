@@ -1,9 +1,10 @@
 """A fake operator: CAMARA Carrier Billing v0.4, Carrier Billing Refund v0.3 and their OAuth2 token endpoint.
 
 One client, `playpay`, authenticates with client_secret_basic (secret `camara-secret`) or with
-private_key_jwt signed by the demo key (`demo_private_key_pem()`), or by a key registered in
-`CLIENT_PUBLIC_KEYS`. The MSISDN's last four digits pick the scenario (core.SCENARIOS); how each
-one renders in CAMARA codes is in docs/carriers/camara.md. State is in memory, never the database.
+private_key_jwt signed by the demo key (`demo_private_key_pem()`), or by a key registered with
+`register_client_key`. The MSISDN's last four digits pick the scenario (core.SCENARIOS); how each
+one renders in CAMARA codes is in docs/carriers/camara.md. Tokens, payments, codes and refunds are
+the simulator's shared state (core.Records), so every process serving it is the same operator.
 """
 
 import base64
@@ -15,6 +16,7 @@ import re
 import secrets
 import time
 import uuid
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -28,13 +30,15 @@ from django.urls import path
 from django.views.decorators.http import require_http_methods, require_POST
 
 from playpay.money import UnknownCurrency, validate_currency
+from sandbox.simulators import core
 from sandbox.simulators.core import Decline, Simulator, json_body, simulator, simulator_view
 
 NAME = "camara"
 CLIENT_ID = "playpay"
 CLIENT_SECRET = "camara-secret"  # noqa: S105 -- the simulator's published demo secret
-# client_id -> public key PEM for private_key_jwt; `playpay` defaults to the demo key.
-CLIENT_PUBLIC_KEYS: dict[str, str] = {}
+# Records of registered client keys (public key PEM for private_key_jwt); a reset keeps them.
+CLIENT_KEY = core.KEPT + "camara-client:"
+DEMO_KEY = core.KEPT + "camara-demo-key"
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_MAX_LIFETIME_SECONDS = 300
 SCOPES = frozenset(
@@ -77,13 +81,18 @@ DECLINES: dict[Decline, tuple[int, str, str]] = {
 INSUFFICIENT_BALANCE_REASON = "Insufficient balance"
 
 
-@functools.cache
 def demo_private_key_pem() -> str:
-    """The demo RSA key of client `playpay` (made once per process): configure the adapter with it."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    """The demo RSA key of client `playpay`: configure the adapter with it. Made once, by whichever process
+    needs it first, and the same for every process serving the simulator."""
+    found = _sim().records.get(DEMO_KEY)
+    if found is None:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        _sim().records.add(DEMO_KEY, {"private_key": pem})  # another process may have made it first
+        found = _sim().records[DEMO_KEY]
+    return str(found["private_key"])
 
 
 @functools.cache
@@ -96,9 +105,15 @@ def _public_pem(private_pem: str) -> str:
     )
 
 
+def register_client_key(client_id: str, public_key_pem: str) -> None:
+    """Let `client_id` authenticate with private_key_jwt signed by the key of this public key."""
+    _sim().records.put(CLIENT_KEY + client_id, {"public_key": public_key_pem})
+
+
 def public_key_for(client_id: str) -> str | None:
-    if client_id in CLIENT_PUBLIC_KEYS:
-        return CLIENT_PUBLIC_KEYS[client_id]
+    registered = _sim().records.get(CLIENT_KEY + client_id)
+    if registered is not None:
+        return str(registered["public_key"])
     return _public_pem(demo_private_key_pem()) if client_id == CLIENT_ID else None
 
 
@@ -172,10 +187,8 @@ def _assertion_client(sim: Simulator, request: HttpRequest) -> str | JsonRespons
         return _oauth_error(401, "invalid_client", "iss, sub and client_id must be the client")
     if int(claims["exp"]) - int(claims["iat"]) > ASSERTION_MAX_LIFETIME_SECONDS:
         return _oauth_error(401, "invalid_client", f"assertion lifetime above {ASSERTION_MAX_LIFETIME_SECONDS} s")
-    with sim.lock:
-        if f"jti:{claims['jti']}" in sim.records:
-            return _oauth_error(401, "invalid_client", "client_assertion already used")
-        sim.records[f"jti:{claims['jti']}"] = {"expires_at": claims["exp"]}
+    if not sim.records.add(f"jti:{claims['jti']}", {"expires_at": claims["exp"]}):
+        return _oauth_error(401, "invalid_client", "client_assertion already used")
     return client_id
 
 
@@ -199,12 +212,10 @@ def token(request: HttpRequest) -> HttpResponse:
     if not scopes or set(scopes) - SCOPES:
         return _oauth_error(400, "invalid_scope", f"scope is required; known scopes: {' '.join(sorted(SCOPES))}")
     access_token = secrets.token_urlsafe(32)
-    with sim.lock:
-        sim.records[f"token:{access_token}"] = {
-            "client_id": client_id,
-            "scopes": scopes,
-            "expires_at": time.time() + TOKEN_TTL_SECONDS,
-        }
+    sim.records.put(
+        f"token:{access_token}",
+        {"client_id": client_id, "scopes": scopes, "expires_at": time.time() + TOKEN_TTL_SECONDS},
+    )
     response = JsonResponse(
         {
             "access_token": access_token,
@@ -219,22 +230,18 @@ def token(request: HttpRequest) -> HttpResponse:
 
 
 def issued_tokens(sim: Simulator) -> int:
-    with sim.lock:
-        return sum(1 for key in sim.records if key.startswith("token:"))
+    return sim.records.count("token:")
 
 
 def revoke_tokens(sim: Simulator) -> None:
-    """Forget every access token issued (as a server restart would): the next API call gets a 401."""
-    with sim.lock:
-        for key in [key for key in sim.records if key.startswith("token:")]:
-            del sim.records[key]
+    """Forget every access token issued (as a lost token store would): the next API call gets a 401."""
+    sim.records.delete("token:")
 
 
 def _authenticate(sim: Simulator, request: HttpRequest, scope: str) -> str | JsonResponse:
     """The client id behind the bearer token, or the CAMARA 401/403 answer."""
     scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-    with sim.lock:
-        record = sim.records.get(f"token:{value.strip()}") if scheme.lower() == "bearer" and value else None
+    record = sim.records.get(f"token:{value.strip()}") if scheme.lower() == "bearer" and value else None
     if record is None or record["expires_at"] <= time.time():
         return _error(
             401, "UNAUTHENTICATED", "Request not authenticated due to missing, invalid, or expired credentials."
@@ -310,7 +317,7 @@ def _transaction(body: Any) -> dict[str, Any] | JsonResponse:
 
 
 def _expire(record: dict[str, Any]) -> None:
-    """A prepared payment not confirmed in time lapses (call under the lock)."""
+    """A prepared payment not confirmed in time lapses (saved when the record is `locked`)."""
     if record["paymentStatus"] in ("pending_validation", "reserved") and time.time() > record["_expires_at"]:
         record["paymentStatus"] = "cancelled"
         record["_expired"] = True
@@ -352,16 +359,11 @@ def _create(request: HttpRequest, *, one_step: bool) -> HttpResponse:
     if fault is not None:
         return fault
     correlator = transaction.get("clientCorrelator")
-    with sim.lock:
-        if correlator and f"correlator:{client_id}:{correlator}" in sim.records:
-            return _error(400, "INVALID_ARGUMENT", "clientCorrelator already exist on server.")
-        if not correlator and any(
-            record.get("_client") == client_id
-            and record["amountTransaction"]["referenceCode"] == transaction["referenceCode"]
-            for key, record in sim.records.items()
-            if key.startswith("payment:")
-        ):
-            return _error(409, "ALREADY_EXISTS", "The resource that a client tried to create already exists.")
+    reference_key = f"reference:{client_id}:{transaction['referenceCode']}"
+    if correlator and f"correlator:{client_id}:{correlator}" in sim.records:
+        return _error(400, "INVALID_ARGUMENT", "clientCorrelator already exist on server.")
+    if not correlator and reference_key in sim.records:
+        return _error(409, "ALREADY_EXISTS", "The resource that a client tried to create already exists.")
     scenario = sim.scenario(msisdn)
     # On error no payment is created (and the clientCorrelator stays free).
     if scenario.decline is not None and (one_step or scenario.decline != Decline.INSUFFICIENT_FUNDS):
@@ -390,28 +392,32 @@ def _create(request: HttpRequest, *, one_step: bool) -> HttpResponse:
         record["sink"] = sink[0]
     reply_extra: dict[str, Any] = {}
     pin = ""
-    with sim.lock:
-        if correlator and f"correlator:{client_id}:{correlator}" in sim.records:
-            return _error(400, "INVALID_ARGUMENT", "clientCorrelator already exist on server.")
-        if correlator:
-            sim.records[f"correlator:{client_id}:{correlator}"] = {"paymentId": payment_id}
-        if one_step and not scenario.never_final:
-            record["paymentStatus"] = "succeeded"
-            record["paymentDate"] = _stamp()
-            sim.record_charge(msisdn, payment_id)
-        elif not one_step:
-            pin = sim.new_pin()
-            authorization_id = str(uuid.uuid4())
-            record.update(
-                paymentStatus="pending_validation",
-                _pin=pin,
-                _authorization_id=authorization_id,
-                _attempts=0,
-                _expires_at=time.time() + PREPARED_TTL_SECONDS,
-            )
-            reply_extra["validationInfo"] = {"action": "validate", "authorizationId": authorization_id}
-        sim.records[f"payment:{payment_id}"] = record
-        reply = _public(record) | reply_extra
+    # The keys are taken atomically: of two requests racing with one correlator (or, without one, one
+    # referenceCode), on any processes, one creates the payment.
+    if correlator and not sim.records.add(f"correlator:{client_id}:{correlator}", {"paymentId": payment_id}):
+        return _error(400, "INVALID_ARGUMENT", "clientCorrelator already exist on server.")
+    if correlator:
+        sim.records.put(reference_key, {"paymentId": payment_id})
+    elif not sim.records.add(reference_key, {"paymentId": payment_id}):
+        return _error(409, "ALREADY_EXISTS", "The resource that a client tried to create already exists.")
+    if one_step and not scenario.never_final:
+        record["paymentStatus"] = "succeeded"
+        record["paymentDate"] = _stamp()
+    elif not one_step:
+        pin = sim.new_pin()
+        authorization_id = str(uuid.uuid4())
+        record.update(
+            paymentStatus="pending_validation",
+            _pin=pin,
+            _authorization_id=authorization_id,
+            _attempts=0,
+            _expires_at=time.time() + PREPARED_TTL_SECONDS,
+        )
+        reply_extra["validationInfo"] = {"action": "validate", "authorizationId": authorization_id}
+    sim.records.put(f"payment:{payment_id}", record)
+    if record["paymentStatus"] == "succeeded":
+        sim.record_charge(msisdn, payment_id)
+    reply = _public(record) | reply_extra
     if pin:
         sim.send_sms(msisdn, f"Your PlayPay code is {pin}")
     if record["paymentStatus"] == "succeeded":
@@ -422,9 +428,12 @@ def _create(request: HttpRequest, *, one_step: bool) -> HttpResponse:
     return _reply(sim, msisdn, reply, 201)
 
 
+def _locked_payment(sim: Simulator, payment_id: str) -> AbstractContextManager[dict[str, Any] | None]:
+    return sim.records.locked(f"payment:{payment_id}")
+
+
 def _owned(sim: Simulator, client_id: str, payment_id: str) -> dict[str, Any] | JsonResponse:
-    with sim.lock:
-        record = sim.records.get(f"payment:{payment_id}")
+    record = sim.records.get(f"payment:{payment_id}")
     if record is None or record.get("_client") != client_id:
         return _error(404, "NOT_FOUND", "The specified resource is not found.")
     return record
@@ -441,14 +450,11 @@ def _list(sim: Simulator, request: HttpRequest, client_id: str) -> HttpResponse:
     if page < 1 or not 1 <= per_page <= 100:
         return _error(400, "OUT_OF_RANGE", "Client specified an invalid range.")
     statuses = set(request.GET.getlist("paymentStatus"))
-    with sim.lock:
-        found = []
-        for key, record in sim.records.items():
-            if not key.startswith("payment:") or record.get("_client") != client_id:
-                continue
-            _expire(record)
-            if not statuses or record["paymentStatus"] in statuses:
-                found.append(_public(record))
+    found = []
+    for record in sim.records.find("payment:", _client=client_id):
+        _expire(record)
+        if not statuses or record["paymentStatus"] in statuses:
+            found.append(_public(record))
     found.sort(key=lambda payment: payment["paymentCreationDate"], reverse=request.GET.get("order", "desc") != "asc")
     response = JsonResponse(found[(page - 1) * per_page : page * per_page], safe=False)
     response["X-Total-Count"] = str(len(found))
@@ -488,10 +494,8 @@ def payment(request: HttpRequest, payment_id: str) -> HttpResponse:
     fault = sim.transport_fault(record["_msisdn"])
     if fault is not None:
         return fault
-    with sim.lock:
-        _expire(record)
-        reply = _public(record)
-    return _reply(sim, record["_msisdn"], reply)
+    _expire(record)
+    return _reply(sim, record["_msisdn"], _public(record))
 
 
 def _write_target(
@@ -541,7 +545,10 @@ def validate(request: HttpRequest, payment_id: str) -> HttpResponse:
     authorization_id, code = body.get("authorizationId"), body.get("code")
     if not isinstance(authorization_id, str) or not isinstance(code, str):
         return _error(400, "INVALID_ARGUMENT", "Expected property is missing: authorizationId, code.")
-    with sim.lock:
+    with _locked_payment(sim, payment_id) as current:
+        if current is None:
+            return _error(404, "NOT_FOUND", "The specified resource is not found.")
+        record = current
         _expire(record)
         if record.get("_expired"):
             return _error(400, "CARRIER_BILLING.INVALID_AUTHORIZATION_ID", "Invalid authorizationId: the code expired.")
@@ -582,7 +589,11 @@ def confirm(request: HttpRequest, payment_id: str) -> HttpResponse:
     msisdn = record["_msisdn"]
     scenario = sim.scenario(msisdn)
     event: tuple[str, dict[str, Any]] | None = None
-    with sim.lock:
+    # Under the payment's row lock: of two confirmations racing on any processes, one charges.
+    with _locked_payment(sim, payment_id) as current:
+        if current is None:
+            return _error(404, "NOT_FOUND", "The specified resource is not found.")
+        record = current
         _expire(record)
         status = record["paymentStatus"]
         if record.get("_confirmed") or record["_one_step"]:
@@ -619,7 +630,10 @@ def cancel(request: HttpRequest, payment_id: str) -> HttpResponse:
     if isinstance(target, HttpResponse):
         return target
     sim, record, _body = target
-    with sim.lock:
+    with _locked_payment(sim, payment_id) as current:
+        if current is None:
+            return _error(404, "NOT_FOUND", "The specified resource is not found.")
+        record = current
         _expire(record)
         if record.get("_confirmed") or record["_one_step"]:
             return _error(409, "CARRIER_BILLING.PAYMENT_CONFIRMED", "Payment has been confirmed.")
@@ -687,13 +701,9 @@ def refunds(request: HttpRequest, payment_id: str) -> HttpResponse:
         return target
     sim, client_id, payment = target
     if request.method == "GET":
-        with sim.lock:
-            found = [
-                _public(record)
-                for key, record in sim.records.items()
-                if key.startswith("refund:") and record["_payment"] == payment_id
-            ]
-        return JsonResponse(found, safe=False)
+        return JsonResponse(
+            [_public(record) for record in sim.records.find("refund:", _payment=payment_id)], safe=False
+        )
     body = json_body(request)
     parsed = _refund_amount(body, payment)
     if isinstance(parsed, HttpResponse):
@@ -704,7 +714,11 @@ def refunds(request: HttpRequest, payment_id: str) -> HttpResponse:
         return sink
     msisdn = payment["_msisdn"]
     correlator = transaction.get("clientCorrelator")
-    with sim.lock:
+    # Under the payment's row lock: refunds racing on any processes never exceed what was paid.
+    with _locked_payment(sim, payment_id) as current:
+        if current is None:
+            return _error(404, "NOT_FOUND", "The specified resource is not found.")
+        payment = current
         if payment["paymentStatus"] != "succeeded":
             return _error(422, "CARRIER_BILLING_REFUND.INVALID_PAYMENT_STATUS", "Payment is not yet completed.")
         if correlator and f"refund-correlator:{client_id}:{correlator}" in sim.records:
@@ -714,6 +728,8 @@ def refunds(request: HttpRequest, payment_id: str) -> HttpResponse:
         if amount <= 0 or amount > remaining:
             return _error(422, "CARRIER_BILLING_REFUND.UNAUTHORIZED_AMOUNT", "Unauthorized amount requested.")
         refund_id = sim.new_id("rf")
+        if correlator and not sim.records.add(f"refund-correlator:{client_id}:{correlator}", {"refundId": refund_id}):
+            return _error(400, "INVALID_ARGUMENT", "clientCorrelator already exist on server.")
         never_final = sim.scenario(msisdn).never_final
         record: dict[str, Any] = {
             "refundId": refund_id,
@@ -732,9 +748,7 @@ def refunds(request: HttpRequest, payment_id: str) -> HttpResponse:
         if sink[0]:
             record["sink"] = sink[0]
         payment["_refunded"] += amount
-        if correlator:
-            sim.records[f"refund-correlator:{client_id}:{correlator}"] = {"refundId": refund_id}
-        sim.records[f"refund:{refund_id}"] = record
+        sim.records.put(f"refund:{refund_id}", record)
         reply = _public(record)
     if not never_final:
         data = {
@@ -755,8 +769,7 @@ def remaining_amount(request: HttpRequest, payment_id: str) -> HttpResponse:
     if isinstance(target, HttpResponse):
         return target
     sim, _, payment = target
-    with sim.lock:
-        remaining = payment["_amount"] - payment["_refunded"]
+    remaining = payment["_amount"] - payment["_refunded"]
     return _reply(sim, payment["_msisdn"], {"amount": float(remaining), "currency": payment["_currency"]})
 
 
@@ -767,9 +780,8 @@ def refund(request: HttpRequest, payment_id: str, refund_id: str) -> HttpRespons
     if isinstance(target, HttpResponse):
         return target
     sim, _, payment = target
-    with sim.lock:
-        record = sim.records.get(f"refund:{refund_id}")
-        reply = _public(record) if record is not None and record["_payment"] == payment_id else None
+    record = sim.records.get(f"refund:{refund_id}")
+    reply = _public(record) if record is not None and record["_payment"] == payment_id else None
     if reply is None:
         return _error(404, "NOT_FOUND", "The specified resource is not found.")
     return _reply(sim, payment["_msisdn"], reply)

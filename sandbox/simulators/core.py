@@ -1,19 +1,28 @@
-"""What every simulator shares: scenarios by MSISDN, transport faults, the SMS inbox, callbacks."""
+"""What every simulator shares: scenarios by MSISDN, transport faults, shared state, the SMS inbox, callbacks."""
 
+import functools
+import hashlib
 import json
 import logging
+import os
+import secrets
 import threading
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
+from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+
+from sandbox.models import SimulatorEntry, SimulatorRecord, SimulatorState, StateEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +74,7 @@ SCENARIOS: dict[str, Scenario] = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class SimulatorSettings:
     """Faults that apply to every request, changed with POST /simulators/<name>/_settings."""
 
@@ -81,27 +90,307 @@ class SimulatorSettings:
     pin_length: int = 6
 
 
-@dataclass
+# Bounds of the numeric settings: every wait a simulator makes stays bounded.
+_LIMITS: dict[str, tuple[float, float]] = {
+    "latency_ms": (0, 60_000),
+    "timeout_seconds": (0, 60),
+    "callback_delay_ms": (0, 60_000),
+    "callback_max_attempts": (1, 20),
+    "pin_length": (4, 10),
+}
+
+
+def settings_problem(changes: Any) -> str | None:
+    """Why `changes` are not settings (unknown names, wrong types, out of bounds), or None."""
+    known = {f.name: f.type for f in fields(SimulatorSettings)}
+    if not isinstance(changes, dict) or set(changes) - set(known):
+        return f"settings are: {', '.join(known)}"
+    for name, value in changes.items():
+        kind = known[name]
+        if kind is bool:
+            valid = isinstance(value, bool)
+        elif kind is str:
+            valid = value in set(Callbacks)
+        else:
+            allowed = (int,) if kind is int else (int, float)
+            low, high = _LIMITS[name]
+            valid = isinstance(value, allowed) and not isinstance(value, bool) and low <= value <= high
+        if not valid:
+            return f"{name}: {value!r} is not a valid value"
+    return None
+
+
+def _settings_from(stored: Mapping[str, Any]) -> SimulatorSettings:
+    known = {f.name for f in fields(SimulatorSettings)}
+    return SimulatorSettings(**{name: value for name, value in stored.items() if name in known})
+
+
+# --- shared state -------------------------------------------------------------------------------
+# A simulator's state lives in the database (sandbox.models), so that every process serving it (gunicorn
+# workers, threads, a test's live server) is one carrier. A carrier's state is its own: a write made while
+# the caller is inside a transaction of its own (a test's) goes on a connection of its own, committed at once.
+
+
+class _Local(threading.local):
+    depth = 0  # how many of the simulator's own transactions this thread is in
+
+
+_local = _Local()
+# The settings and generation of each simulator read during the current request: one query a request.
+_request_states: ContextVar[dict[str, tuple[SimulatorSettings, int]] | None] = ContextVar(
+    "simulator_request_states", default=None
+)
+_used = threading.Event()  # set once a simulator of this process used its tables
+
+T = TypeVar("T")
+
+
+def used() -> bool:
+    """Whether a simulator of this process has read or written its tables (then a reset has work to do)."""
+    return _used.is_set()
+
+
+@contextmanager
+def _own_transaction() -> Iterator[None]:
+    _used.set()
+    _local.depth = _local.depth + 1
+    try:
+        with transaction.atomic():
+            yield
+    finally:
+        _local.depth -= 1
+
+
+def _detached(work: Callable[[], T]) -> T:
+    """`work()`, committed on its own: on a connection of its own when the caller's is inside a transaction."""
+    _used.set()
+    if not connection.in_atomic_block or _local.depth:
+        return work()
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            outcome.append(work())
+        except BaseException as exc:  # handed to the caller
+            failure.append(exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run, name="simulator-state", daemon=True)
+    thread.start()
+    thread.join(timeout=30)
+    if thread.is_alive():
+        raise TimeoutError("the simulator's state was not written within 30 s")
+    if failure:
+        raise failure[0]
+    return outcome[0]
+
+
+# Records under this prefix are configuration, not state (a carrier's client registry): a reset keeps them.
+KEPT = "kept:"
+
+
+def _key(key: str) -> str:
+    """Keys hold client-chosen parts (correlators, reference codes): a long one keeps its start and a digest."""
+    if len(key) <= 200:
+        return key
+    return key[:120] + "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _encoded(data: Any) -> str:
+    return json.dumps(data, cls=StateEncoder, sort_keys=True)
+
+
+class Records:
+    """A simulator's records by key (tokens, payments, reservations, refunds, idempotency keys), shared by every
+    process. A record read with `get` is a copy: change one with `locked`, which holds its row until the block
+    ends and saves what the block changed."""
+
+    def __init__(self, simulator: str) -> None:
+        self.simulator = simulator
+
+    def _rows(self) -> QuerySet[SimulatorRecord]:
+        _used.set()
+        return SimulatorRecord.objects.filter(simulator=self.simulator)
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = self._rows().filter(key=_key(key)).values_list("data", flat=True).first()
+        return found
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        found = self.get(key)
+        if found is None:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._rows().filter(key=_key(key)).exists()
+
+    def add(self, key: str, record: dict[str, Any]) -> bool:
+        """Keep `record` under `key` unless the key is taken (by any process): whether it was added."""
+
+        def work() -> bool:
+            try:
+                with transaction.atomic():
+                    SimulatorRecord.objects.create(simulator=self.simulator, key=_key(key), data=record)
+            except IntegrityError:
+                return False
+            return True
+
+        return _detached(work)
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        """Keep `record` under `key`, replacing what was there."""
+
+        def work() -> None:
+            SimulatorRecord.objects.bulk_create(
+                [SimulatorRecord(simulator=self.simulator, key=_key(key), data=record)],
+                update_conflicts=True,
+                unique_fields=["simulator", "key"],
+                update_fields=["data"],
+            )
+
+        _used.set()
+        _detached(work)
+
+    __setitem__ = put
+
+    @contextmanager
+    def locked(self, key: str) -> Iterator[dict[str, Any] | None]:
+        """The record under `key` (None if there is none), its row locked until the block ends: a request on
+        another process waits for it. What the block changed in the record is saved when it ends. Not inside
+        a transaction of the caller's (the lock would last as long as it): use `update` there."""
+        if connection.in_atomic_block and not _local.depth:
+            raise RuntimeError("a simulator's record is not locked inside the caller's transaction: use update()")
+        with _own_transaction():
+            row = self._rows().select_for_update().filter(key=_key(key)).first()
+            if row is None:
+                yield None
+                return
+            before = _encoded(row.data)
+            yield row.data
+            if _encoded(row.data) != before:
+                row.save(update_fields=["data"])
+
+    def update(self, key: str, **changes: Any) -> bool:
+        """Change some fields of the record under `key`, under its lock: whether there was one."""
+
+        def work() -> bool:
+            with self.locked(key) as record:
+                if record is None:
+                    return False
+                record.update(changes)
+                return True
+
+        return _detached(work)
+
+    def find(self, prefix: str = "", **fields: Any) -> list[dict[str, Any]]:
+        """The records whose key starts with `prefix` and whose fields (`a__b` for a nested one) equal these,
+        oldest first."""
+        rows = self._rows()
+        if prefix:
+            rows = rows.filter(key__startswith=prefix)
+        rows = rows.filter(**{f"data__{name}": value for name, value in fields.items()})
+        return list(rows.order_by("id").values_list("data", flat=True))
+
+    def count(self, prefix: str = "") -> int:
+        return self._rows().filter(key__startswith=prefix).count()
+
+    def delete(self, prefix: str = "") -> None:
+        _used.set()
+        _detached(lambda: SimulatorRecord.objects.filter(simulator=self.simulator, key__startswith=prefix).delete())
+
+
+class Log(Mapping[str, list[Any]]):
+    """What a simulator did by subject, in order: the SMS each number received, the charges on its bill.
+    Like a defaultdict: a subject with nothing gives [] (but is not `in` the log)."""
+
+    def __init__(self, simulator: str, kind: SimulatorEntry.Kind) -> None:
+        self.simulator = simulator
+        self.kind = kind
+
+    def _rows(self) -> QuerySet[SimulatorEntry]:
+        _used.set()
+        return SimulatorEntry.objects.filter(simulator=self.simulator, kind=self.kind)
+
+    def append(self, subject: str, value: Any) -> None:
+        _detached(
+            lambda: SimulatorEntry.objects.create(simulator=self.simulator, kind=self.kind, subject=subject, data=value)
+        )
+
+    def __getitem__(self, subject: str) -> list[Any]:
+        return list(self._rows().filter(subject=subject).order_by("id").values_list("data", flat=True))
+
+    def __contains__(self, subject: object) -> bool:
+        return isinstance(subject, str) and self._rows().filter(subject=subject).exists()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._rows().order_by("subject").values_list("subject", flat=True).distinct())
+
+    def __len__(self) -> int:
+        return self._rows().values("subject").distinct().count()
+
+
 class Simulator:
-    name: str
-    settings: SimulatorSettings = field(default_factory=SimulatorSettings)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    records: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sms: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    # Every charge applied to a player's bill: msisdn -> [record ids]; proves nothing is charged twice.
-    charges: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
-    callbacks_sent: list[dict[str, Any]] = field(default_factory=list)
-    # Bumped by reset(): callbacks still queued from before a reset are dropped.
-    generation: int = 0
+    """One simulated carrier (or reference-data API). The object holds no state: every process that serves the
+    simulator reads and writes the same tables, so any of them answers as the same carrier."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.records = Records(name)
+        self.sms = Log(name, SimulatorEntry.Kind.SMS)
+        # Every charge applied to a player's bill: msisdn -> [record ids]; proves nothing is charged twice.
+        self.charges = Log(name, SimulatorEntry.Kind.CHARGE)
+
+    def __repr__(self) -> str:
+        return f"Simulator({self.name!r})"
+
+    def _state(self, *, fresh: bool = False) -> tuple[SimulatorSettings, int]:
+        memo = _request_states.get()
+        if memo is not None and not fresh and self.name in memo:
+            return memo[self.name]
+        _used.set()
+        row = SimulatorState.objects.filter(name=self.name).values_list("settings", "generation").first()
+        state = (_settings_from(row[0]), row[1]) if row else (SimulatorSettings(), 0)
+        if memo is not None:
+            memo[self.name] = state
+        return state
+
+    @property
+    def settings(self) -> SimulatorSettings:
+        """The settings in force (read once a request); change them with `configure`."""
+        return self._state()[0]
+
+    @property
+    def generation(self) -> int:
+        """Bumped by reset(): callbacks still queued from before a reset are dropped."""
+        return self._state(fresh=True)[1]
+
+    def configure(self, **changes: Any) -> SimulatorSettings:
+        """Change some settings for every process serving this simulator (ValueError for invalid ones)."""
+        problem = settings_problem(changes)
+        if problem is not None:
+            raise ValueError(problem)
+
+        def work() -> tuple[dict[str, Any], int]:
+            with _own_transaction():
+                state = _locked_state(self.name)
+                state.settings = {**state.settings, **changes}
+                state.save(update_fields=["settings"])
+                return state.settings, state.generation
+
+        stored, generation = _detached(work)
+        settings = _settings_from(stored)
+        memo = _request_states.get()
+        if memo is not None:
+            memo[self.name] = (settings, generation)
+        return settings
 
     def reset(self) -> None:
-        with self.lock:
-            self.generation += 1
-            self.settings = SimulatorSettings()
-            self.records.clear()
-            self.sms.clear()
-            self.charges.clear()
-            self.callbacks_sent.clear()
+        """Forget everything, for every process: records (but the `KEPT` ones), SMS, charges, callbacks,
+        settings; callbacks still queued anywhere are dropped."""
+        reset_all([self.name])
 
     def scenario(self, msisdn: str) -> Scenario:
         found = SCENARIOS.get(msisdn[-4:])
@@ -113,29 +402,33 @@ class Simulator:
         return f"{prefix}{uuid.uuid4().hex[:20]}"
 
     def send_sms(self, msisdn: str, text: str) -> None:
-        with self.lock:
-            self.sms[msisdn].append(text)
+        self.sms.append(msisdn, text)
 
     def new_pin(self) -> str:
-        import secrets
-
         return "".join(secrets.choice("0123456789") for _ in range(self.settings.pin_length))
 
     def record_charge(self, msisdn: str, record_id: str) -> None:
-        with self.lock:
-            self.charges[msisdn].append(record_id)
+        self.charges.append(msisdn, record_id)
+
+    @property
+    def callbacks_sent(self) -> list[dict[str, Any]]:
+        """Every callback attempt, in order: {"url", "status", "attempt"}."""
+        _used.set()
+        rows = SimulatorEntry.objects.filter(simulator=self.name, kind=SimulatorEntry.Kind.CALLBACK)
+        return list(rows.order_by("id").values_list("data", flat=True))
 
     def transport_fault(self, msisdn: str) -> HttpResponse | None:
         """Apply latency and this number's transport fault; a response replaces the real answer."""
-        if self.settings.latency_ms:
-            time.sleep(self.settings.latency_ms / 1000)
-        if self.settings.outage:
+        settings = self.settings
+        if settings.latency_ms:
+            time.sleep(settings.latency_ms / 1000)
+        if settings.outage:
             return HttpResponse("Service Unavailable", status=503, content_type="text/plain")
         fault = self.scenario(msisdn).transport
         if fault == Transport.SERVER_ERROR:
             return HttpResponse("Internal Server Error", status=500, content_type="text/plain")
         if fault == Transport.TIMEOUT:
-            time.sleep(self.settings.timeout_seconds)
+            time.sleep(settings.timeout_seconds)
             return HttpResponse("Gateway Timeout", status=504, content_type="text/plain")
         return None
 
@@ -146,7 +439,8 @@ class Simulator:
         """Post callbacks in the background, each retried until answered 2xx, per the number's scenario.
 
         `events` are (body, headers) in the order they happened; the scenario may send them
-        twice, in reverse order, or not at all.
+        twice, in reverse order, or not at all. The thread runs in this process; a reset made by any
+        process stops it (it reads the shared generation before each attempt).
         """
         mode = self.scenario(msisdn).callbacks
         if mode == Callbacks.NEVER or not url:
@@ -155,24 +449,55 @@ class Simulator:
             events = [event for event in events for _ in range(2)]
         elif mode == Callbacks.OUT_OF_ORDER:
             events = list(reversed(events))
-        delay = self.settings.callback_delay_ms / 1000
-        attempts = self.settings.callback_max_attempts
-        generation = self.generation
+        settings, generation = self._state()
+        delay = settings.callback_delay_ms / 1000
+        attempts = settings.callback_max_attempts
+        log = Log(self.name, SimulatorEntry.Kind.CALLBACK)
 
         def run() -> None:
-            time.sleep(delay)
-            for body, headers in events:
-                for attempt in range(attempts):
-                    if self.generation != generation:
-                        return
-                    status = _post(url, body, headers)
-                    with self.lock:
-                        self.callbacks_sent.append({"url": url, "status": status, "attempt": attempt + 1})
-                    if status is not None and 200 <= status < 300:
-                        break
-                    time.sleep(min(0.2 * 2**attempt, 2.0))
+            try:
+                time.sleep(delay)
+                for body, headers in events:
+                    for attempt in range(attempts):
+                        if self._state(fresh=True)[1] != generation:
+                            return
+                        status = _post(url, body, headers)
+                        log.append(url, {"url": url, "status": status, "attempt": attempt + 1})
+                        if status is not None and 200 <= status < 300:
+                            break
+                        time.sleep(min(0.2 * 2**attempt, 2.0))
+            except DatabaseError as exc:
+                logger.info("simulator %s stopped its callbacks: %s", self.name, exc)
+            finally:
+                connections.close_all()
 
         threading.Thread(target=run, name=f"{self.name}-callbacks", daemon=True).start()
+
+
+def _locked_state(name: str) -> SimulatorState:
+    state, _ = SimulatorState.objects.select_for_update().get_or_create(name=name)
+    return state
+
+
+def reset_all(names: Sequence[str] = ()) -> None:
+    """Reset these simulators (all of them by default) for every process: a new generation, default settings,
+    no records, SMS, charges or callbacks."""
+    chosen = list(names) or sorted(NAMES | set(SIMULATORS))
+
+    def work() -> None:
+        with _own_transaction():
+            SimulatorState.objects.bulk_create([SimulatorState(name=name) for name in chosen], ignore_conflicts=True)
+            SimulatorState.objects.filter(name__in=chosen).update(generation=F("generation") + 1, settings={})
+            SimulatorRecord.objects.filter(simulator__in=chosen).exclude(key__startswith=KEPT).delete()
+            SimulatorEntry.objects.filter(simulator__in=chosen).delete()
+
+    _detached(work)
+    if not names:
+        _used.clear()  # nothing left to reset
+    memo = _request_states.get()
+    if memo is not None:
+        for name in chosen:
+            memo.pop(name, None)
 
 
 def _post(url: str, body: bytes, headers: Mapping[str, str]) -> int | None:
@@ -183,6 +508,8 @@ def _post(url: str, body: bytes, headers: Mapping[str, str]) -> int | None:
         return None
 
 
+# The simulators served under /simulators/<name>/.
+NAMES = frozenset({"camara", "parlayx", "aggregator", "fx"})
 SIMULATORS: dict[str, Simulator] = {}
 
 
@@ -194,8 +521,23 @@ View = Callable[..., HttpResponse]
 
 
 def simulator_view(view: View) -> View:
-    """A simulator endpoint: no CSRF (carriers are not browsers). Only routed when the sandbox is on."""
-    return csrf_exempt(view)
+    """A simulator endpoint: no CSRF (carriers are not browsers); its settings read once a request; the answer
+    says which process gave it (X-Simulator-Process). Only routed when the sandbox is on."""
+
+    @functools.wraps(view)
+    def serve(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        scope = _request_states.set({})
+        try:
+            response = view(request, *args, **kwargs)
+        finally:
+            _request_states.reset(scope)
+        response[PROCESS_HEADER] = str(os.getpid())
+        return response
+
+    return csrf_exempt(serve)
+
+
+PROCESS_HEADER = "X-Simulator-Process"
 
 
 def json_body(request: HttpRequest) -> Any:
@@ -205,23 +547,31 @@ def json_body(request: HttpRequest) -> Any:
         return None
 
 
+def _unknown(name: str) -> JsonResponse | None:
+    if name in NAMES:
+        return None
+    return JsonResponse({"error": f"no simulator {name}; simulators are: {', '.join(sorted(NAMES))}"}, status=404)
+
+
 @simulator_view
 def control_settings(request: HttpRequest, name: str) -> JsonResponse:
     """GET the settings of a simulator, or POST a JSON object of the ones to change."""
+    if (unknown := _unknown(name)) is not None:
+        return unknown
     sim = simulator(name)
     if request.method == "POST":
         changes = json_body(request)
-        known = {f.name: f.type for f in fields(SimulatorSettings)}
-        if not isinstance(changes, dict) or set(changes) - set(known):
-            return JsonResponse({"error": f"settings are: {', '.join(known)}"}, status=400)
-        with sim.lock:
-            for key, value in changes.items():
-                setattr(sim.settings, key, value)
+        problem = settings_problem(changes)
+        if problem is not None:
+            return JsonResponse({"error": problem}, status=400)
+        return JsonResponse(asdict(sim.configure(**changes)))
     return JsonResponse(asdict(sim.settings))
 
 
 @simulator_view
 def control_reset(request: HttpRequest, name: str) -> JsonResponse:
+    if (unknown := _unknown(name)) is not None:
+        return unknown
     simulator(name).reset()
     return JsonResponse({"reset": name})
 
@@ -229,6 +579,16 @@ def control_reset(request: HttpRequest, name: str) -> JsonResponse:
 @simulator_view
 def sms_inbox(request: HttpRequest, name: str) -> JsonResponse:
     """The test handset: the SMS a simulator sent to ?msisdn=, newest last."""
+    if (unknown := _unknown(name)) is not None:
+        return unknown
     msisdn = request.GET.get("msisdn", "")
-    with simulator(name).lock:
-        return JsonResponse({"msisdn": msisdn, "messages": list(simulator(name).sms.get(msisdn, []))})
+    return JsonResponse({"msisdn": msisdn, "messages": simulator(name).sms[msisdn]})
+
+
+@simulator_view
+def charges_ledger(request: HttpRequest, name: str) -> JsonResponse:
+    """The bill of ?msisdn=: the id of every charge applied to it, oldest first (each charge appears once)."""
+    if (unknown := _unknown(name)) is not None:
+        return unknown
+    msisdn = request.GET.get("msisdn", "")
+    return JsonResponse({"msisdn": msisdn, "charges": simulator(name).charges[msisdn]})

@@ -1,5 +1,5 @@
 """Parlay X simulator: Payment AmountCharging and ReserveAmountCharging (3GPP TS 29.199-6) and SendSms
-(TS 29.199-4), SOAP 1.1, state in memory.
+(TS 29.199-4), SOAP 1.1; charges, reservations and refunds are the simulator's shared state (core.Records).
 
 Requests in the v2_1, v2_2 (SMS) or v3_1 `.../local` namespaces are accepted and dispatched on the body
 element's local name; answers use the request's namespace, faults the common v2_1 one. The MSISDN's last
@@ -7,7 +7,8 @@ four digits pick the scenario (`core.SCENARIOS`): declines become the faults in 
 faults come from `core`, and `never_final` makes a charge hang past the client's timeout, uncharged.
 
 As gateways do, chargeAmount and refundAmount are idempotent by referenceCode: a repeat for the same
-subscriber answers success and moves no money again. A reservation is charged at most once.
+subscriber answers success and moves no money again. A reservation is charged at most once, whichever
+processes the requests reach.
 A Huawei RequestSOAPHeader, when sent, must carry spId 000201 and spPassword
 MD5(spId + "parlayx-secret" + timeStamp); a wrong one is refused with SVC0901.
 """
@@ -16,9 +17,11 @@ import hashlib
 import hmac
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
@@ -129,13 +132,15 @@ def _decline(sim: Simulator, msisdn: str) -> None:
         raise Refused(DECLINES[decline])
 
 
-def _reservation(sim: Simulator, operation: etree._Element) -> tuple[str, dict[str, object]]:
-    """The reservation named in the request, still holding funds; SVC0002 for an unknown or settled one."""
+@contextmanager
+def _reservation(sim: Simulator, operation: etree._Element) -> Iterator[tuple[str, dict[str, Any]]]:
+    """The reservation named in the request, still holding funds, locked until the block ends (its changes are
+    saved then); SVC0002 for an unknown or settled one."""
     identifier = _text(operation, "reservationIdentifier")
-    record = sim.records.get(identifier)
-    if record is None or record.get("kind") != "reservation" or record["status"] != "reserved":
-        raise invalid("reservationIdentifier")
-    return identifier, record
+    with sim.records.locked(identifier) as record:
+        if record is None or record.get("kind") != "reservation" or record["status"] != "reserved":
+            raise invalid("reservationIdentifier")
+        yield identifier, record
 
 
 # -- operations: each returns the response's children, or raises Refused --------------------
@@ -147,22 +152,22 @@ def charge_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dic
     charge = _charge(operation)
     reference = _text(operation, "referenceCode")
     _decline(sim, msisdn)
-    with sim.lock:
-        done = sim.records.get(f"charge:{reference}")
-        if done is not None:
-            if done["msisdn"] != msisdn:
-                raise invalid("referenceCode")
-            return {}  # the same charge again: already applied once
-        record_id = sim.new_id("chg")
-        sim.records[f"charge:{reference}"] = {
-            "kind": "charge",
-            "id": record_id,
-            "msisdn": msisdn,
-            "amount": str(charge.amount),
-            "currency": charge.currency,
-        }
+    record_id = sim.new_id("chg")
+    record = {
+        "kind": "charge",
+        "id": record_id,
+        "msisdn": msisdn,
+        "amount": str(charge.amount),
+        "currency": charge.currency,
+    }
+    # Taken atomically: of two requests with one referenceCode, on any processes, one charges.
+    if sim.records.add(f"charge:{reference}", record):
         sim.record_charge(msisdn, record_id)
-    return {}
+        return {}
+    done = sim.records[f"charge:{reference}"]
+    if done["msisdn"] != msisdn:
+        raise invalid("referenceCode")
+    return {}  # the same charge again: already applied once
 
 
 def refund_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
@@ -170,18 +175,17 @@ def refund_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dic
     reference = _text(operation, "referenceCode")
     if sim.scenario(msisdn).decline == Decline.UNKNOWN_SUBSCRIBER:
         raise Refused(DECLINES[Decline.UNKNOWN_SUBSCRIBER])
-    with sim.lock:
-        done = sim.records.get(f"refund:{reference}")
-        if done is not None and done["msisdn"] != msisdn:
+    record = {
+        "kind": "refund",
+        "id": sim.new_id("rfd"),
+        "msisdn": msisdn,
+        "amount": str(charge.amount),
+        "currency": charge.currency,
+    }
+    if not sim.records.add(f"refund:{reference}", record):
+        done = sim.records[f"refund:{reference}"]
+        if done["msisdn"] != msisdn:
             raise invalid("referenceCode")
-        if done is None:
-            sim.records[f"refund:{reference}"] = {
-                "kind": "refund",
-                "id": sim.new_id("rfd"),
-                "msisdn": msisdn,
-                "amount": str(charge.amount),
-                "currency": charge.currency,
-            }
     return {}
 
 
@@ -189,22 +193,23 @@ def reserve_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> di
     charge = _charge(operation)
     _decline(sim, msisdn)
     identifier = sim.new_id("rsv")
-    with sim.lock:
-        sim.records[identifier] = {
+    sim.records.put(
+        identifier,
+        {
             "kind": "reservation",
             "msisdn": msisdn,
             "amount": charge.amount,
             "currency": charge.currency,
             "status": "reserved",
-        }
+        },
+    )
     return {"result": identifier}
 
 
 def reserve_additional_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
     charge = _charge(operation)
     _decline(sim, msisdn)
-    with sim.lock:
-        _identifier, record = _reservation(sim, operation)
+    with _reservation(sim, operation) as (_identifier, record):
         if charge.currency and charge.currency != record["currency"]:
             raise Refused(INVALID_CHARGE)
         record["amount"] = Decimal(str(record["amount"])) + charge.amount
@@ -214,8 +219,8 @@ def reserve_additional_amount(sim: Simulator, operation: etree._Element, msisdn:
 def charge_reservation(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
     charge = _charge(operation)
     _text(operation, "referenceCode")
-    with sim.lock:
-        identifier, record = _reservation(sim, operation)
+    # Under the reservation's row lock: of two requests charging it, on any processes, one charges.
+    with _reservation(sim, operation) as (identifier, record):
         held = Decimal(str(record["amount"]))
         if charge.amount > held or (charge.currency and charge.currency != record["currency"]):
             raise Refused(INVALID_CHARGE)
@@ -226,8 +231,7 @@ def charge_reservation(sim: Simulator, operation: etree._Element, msisdn: str) -
 
 
 def release_reservation(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
-    with sim.lock:
-        _identifier, record = _reservation(sim, operation)
+    with _reservation(sim, operation) as (_identifier, record):
         record["status"] = "released"
     return {}
 
@@ -322,8 +326,7 @@ def _subscriber(sim: Simulator, name: str, operation: etree._Element) -> str:
         return _msisdn(first, "addresses")
     if operation.find("{*}endUserIdentifier") is not None:
         return _msisdn(operation.findtext("{*}endUserIdentifier") or "", "endUserIdentifier")
-    with sim.lock:
-        record = sim.records.get(operation.findtext("{*}reservationIdentifier") or "")
+    record = sim.records.get(operation.findtext("{*}reservationIdentifier") or "")
     return str(record["msisdn"]) if record else ""
 
 

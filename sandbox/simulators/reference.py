@@ -12,6 +12,7 @@ from collections import defaultdict
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 
+from sandbox.simulators import aggregator
 from sandbox.simulators.core import simulator, simulator_view
 
 # Units of each currency for one euro: fixed demo figures, not market rates.
@@ -48,10 +49,8 @@ def aggregator_balance(request: HttpRequest) -> HttpResponse:
         return fault
     sim = simulator("aggregator")
     collected: dict[str, int] = defaultdict(int)
-    with sim.lock:
-        for charge in sim.records.values():
-            if charge.get("status") == "succeeded":
-                collected[str(charge.get("currency"))] += int(charge.get("amount") or 0)
+    for charge in sim.records.find(aggregator.CHARGE_PREFIX, status="succeeded"):
+        collected[str(charge.get("currency"))] += int(charge.get("amount") or 0)
     now = timezone.now().isoformat()
     rows = [
         {"as_of": now, "currency": currency, "available_minor": amount, "charges": "succeeded"}

@@ -79,7 +79,7 @@ def sink(sink_server: Sink) -> Sink:
 
 
 @pytest.fixture
-def sim() -> Iterator[core.Simulator]:
+def sim(simulator_server: str) -> Iterator[core.Simulator]:
     simulator = core.simulator("camara")
     simulator.reset()
     adapter_module.forget_tokens()
@@ -246,7 +246,7 @@ def test_a_pin_submitted_again_after_a_lost_reply_is_still_verified(
 
 def test_expired_pin_is_pin_expired(adapter: CamaraAdapter, sim: core.Simulator) -> None:
     request = start_pin_flow(adapter)
-    sim.records[f"payment:{request.carrier_reference}"]["_expires_at"] = time.time() - 1
+    assert sim.records.update(f"payment:{request.carrier_reference}", _expires_at=time.time() - 1)
 
     result = adapter.verify_pin(request, pin=texted_pin(sim, APPROVED))
 
@@ -331,7 +331,7 @@ def test_declines_map_to_our_error_codes_and_keep_the_raw_code(
 def test_server_error_garbled_reply_or_timeout_leave_the_outcome_unknown(
     config: CarrierConfig, sim: core.Simulator, msisdn: str
 ) -> None:
-    sim.settings.timeout_seconds = 0.8
+    sim.configure(timeout_seconds=0.8)
     adapter = CamaraAdapter(replace(config, read_timeout=0.4))
 
     result = adapter.charge(charge_request(msisdn))

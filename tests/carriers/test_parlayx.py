@@ -26,11 +26,11 @@ SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
 @pytest.fixture
-def sim() -> Iterator[core.Simulator]:
+def sim(simulator_server: str) -> Iterator[core.Simulator]:
     simulator = core.simulator("parlayx")
     simulator.reset()
     # Longer than the adapter's read timeout, short enough to keep the suite fast.
-    simulator.settings.timeout_seconds = 1.2
+    simulator.configure(timeout_seconds=1.2)
     yield simulator
     simulator.reset()
 

@@ -222,7 +222,7 @@ class TestEveryProtocol:
         self, live: str, client: APIClient, protocol: str, msisdn: str
     ) -> None:
         simulated_carrier(live, protocol)
-        simulator(protocol).settings.timeout_seconds = 1.5  # longer than the carrier's 1 s read timeout
+        simulator(protocol).configure(timeout_seconds=1.5)  # longer than the carrier's 1 s read timeout
         payment = Payment.objects.get(public_id=create(client, msisdn, flow="one_click"))
         assert payment.status == PaymentStatus.CHARGING
         assert payment.outcome_unknown_since is not None

@@ -322,7 +322,7 @@ def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(
     )
     pk = Dataset.objects.get(slug="fx-rates").pk
     good = fetch_api_dataset(dataset_id=pk)
-    simulator("fx").settings.latency_ms = 2500
+    simulator("fx").configure(latency_ms=2500)
 
     slow = fetch_api_dataset(dataset_id=pk)
 
@@ -332,8 +332,7 @@ def test_a_slow_api_times_out_keeps_the_last_payload_and_shows_the_error(
     assert slow.api_attempted_at is not None
     assert good.api_fetched_at is not None
     assert slow.api_attempted_at > good.api_fetched_at
-    simulator("fx").settings.latency_ms = 0
-    simulator("fx").settings.outage = True
+    simulator("fx").configure(latency_ms=0, outage=True)
     assert fetch_api_dataset(dataset_id=pk).api_last_error == "HTTP 503 from the endpoint"
     admin = staff_client("superuser")
     page = admin.get(f"/admin/reporting/dataset/{pk}/change/").content.decode()
