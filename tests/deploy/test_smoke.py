@@ -4,8 +4,9 @@ CAMARA carrier and is partly refunded; the admin's login page, the API docs, a h
 answer; then every process stops on SIGTERM, cleanly and in time.
 
 The carrier is an outside service: a second instance of this code in its embedded default with the sandbox on,
-serving the CAMARA simulator. Databases are this run's own (named after the xdist worker, dropped at the end);
-the broker is the suite's Redis database, whose own tests keep their keys under a per-worker prefix.
+serving the CAMARA simulator from two gunicorn workers, which share its state through its own (SQLite) database.
+Databases are this run's own (named after the xdist worker, dropped at the end); the broker is the suite's Redis
+database, whose own tests keep their keys under a per-worker prefix.
 """
 
 import json
@@ -84,9 +85,9 @@ def broker_url() -> Iterator[str]:
     empty()
 
 
-def _manage_together(commands: list[list[str]], env: dict[str, str], timeout: float = 90) -> None:
-    """`manage.py` commands that need nothing of each other, at the same time (the machine has cores to spare
-    while each one starts up)."""
+def _manage_together(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 90) -> None:
+    """`manage.py` commands (each with its environment) that need nothing of each other, at the same time (the
+    machine has cores to spare while each one starts up)."""
     running = [
         (
             args,
@@ -99,7 +100,7 @@ def _manage_together(commands: list[list[str]], env: dict[str, str], timeout: fl
                 text=True,
             ),
         )
-        for args in commands
+        for args, env in commands
     ]
     deadline = time.monotonic() + timeout
     failures = []
@@ -201,30 +202,30 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
     celery = [sys.executable, "-m", "celery", "-A", "playpay"]
 
     with Processes(log_dir=tmp_path / "logs", cwd=ROOT) as processes:
-        # The carrier (its simulators keep their state in memory: one process, threads).
+        # The README's steps before the processes; the carrier's database too (its simulators' state).
+        _manage_together(
+            [
+                (["migrate", "--noinput"], env),
+                (["migrate", "--database", "journal", "--noinput"], env),
+                (["collectstatic", "--noinput"], env),
+                (["migrate", "--noinput"], carrier_env),
+            ]
+        )
+        # The carrier: two processes, whichever answers a call is the same operator (tokens, PINs, charges).
         carrier = processes.start(
             "carrier",
             [
                 *gunicorn,
                 "--workers",
-                "1",
+                "2",
                 "--threads",
-                "8",
+                "4",
                 "--bind",
                 f"127.0.0.1:{carrier_port}",
                 "--control-socket",
                 str(tmp_path / "carrier.ctl"),
             ],
             carrier_env,
-        )
-        # The README's steps before the processes.
-        _manage_together(
-            [
-                ["migrate", "--noinput"],
-                ["migrate", "--database", "journal", "--noinput"],
-                ["collectstatic", "--noinput"],
-            ],
-            env,
         )
         # Served over plain HTTP here; checked with the documented production value (behind TLS).
         _manage(["check", "--deploy", "--fail-level", "WARNING"], env | {"SECURE_SSL_REDIRECT": "true"})
