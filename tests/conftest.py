@@ -298,7 +298,7 @@ def _simulators_reset(django_db_blocker: Any) -> Iterator[None]:
         return
     with django_db_blocker.unblock():
         # Callbacks a simulator still has queued must not reach the next test (or a dropped database).
-        simulators.reset_all()
+        simulators.reset_all(kept_too=True)  # a test's registered keys too
         # One already on its way finishes first: the live server handling it while a transactional test
         # empties the tables can deadlock with the TRUNCATE.
         for thread in threading.enumerate():

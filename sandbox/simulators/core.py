@@ -17,7 +17,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 import httpx
-from django.db import DatabaseError, IntegrityError, connection, connections, transaction
+from django.db import DatabaseError, DataError, IntegrityError, connection, connections, transaction
 from django.db.models import F, QuerySet
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
@@ -479,16 +479,19 @@ def _locked_state(name: str) -> SimulatorState:
     return state
 
 
-def reset_all(names: Sequence[str] = ()) -> None:
+def reset_all(names: Sequence[str] = (), *, kept_too: bool = False) -> None:
     """Reset these simulators (all of them by default) for every process: a new generation, default settings,
-    no records, SMS, charges or callbacks."""
+    no records (but the `KEPT` ones, unless `kept_too`), SMS, charges or callbacks."""
     chosen = list(names) or sorted(NAMES | set(SIMULATORS))
+    records = SimulatorRecord.objects.filter(simulator__in=chosen)
+    if not kept_too:
+        records = records.exclude(key__startswith=KEPT)
 
     def work() -> None:
         with _own_transaction():
             SimulatorState.objects.bulk_create([SimulatorState(name=name) for name in chosen], ignore_conflicts=True)
             SimulatorState.objects.filter(name__in=chosen).update(generation=F("generation") + 1, settings={})
-            SimulatorRecord.objects.filter(simulator__in=chosen).exclude(key__startswith=KEPT).delete()
+            records.delete()
             SimulatorEntry.objects.filter(simulator__in=chosen).delete()
 
     _detached(work)
@@ -529,6 +532,9 @@ def simulator_view(view: View) -> View:
         scope = _request_states.set({})
         try:
             response = view(request, *args, **kwargs)
+        except (DataError, UnicodeEncodeError):
+            # An id or a field the database cannot hold (a NUL, a lone surrogate): refused, never a 500.
+            response = JsonResponse({"error": "the request holds a NUL or a lone surrogate"}, status=400)
         finally:
             _request_states.reset(scope)
         response[PROCESS_HEADER] = str(os.getpid())
