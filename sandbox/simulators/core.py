@@ -251,7 +251,6 @@ class Records:
                 update_fields=["data"],
             )
 
-        _used.set()
         _detached(work)
 
     __setitem__ = put
@@ -285,20 +284,19 @@ class Records:
 
         return _detached(work)
 
-    def find(self, prefix: str = "", **fields: Any) -> list[dict[str, Any]]:
-        """The records whose key starts with `prefix` and whose fields (`a__b` for a nested one) equal these,
-        oldest first."""
+    def find(self, prefix: str = "", **values: Any) -> list[dict[str, Any]]:
+        """The records whose key starts with `prefix` and whose fields (`a__b` for a nested one) hold these
+        values, oldest first."""
         rows = self._rows()
         if prefix:
             rows = rows.filter(key__startswith=prefix)
-        rows = rows.filter(**{f"data__{name}": value for name, value in fields.items()})
+        rows = rows.filter(**{f"data__{name}": value for name, value in values.items()})
         return list(rows.order_by("id").values_list("data", flat=True))
 
     def count(self, prefix: str = "") -> int:
         return self._rows().filter(key__startswith=prefix).count()
 
     def delete(self, prefix: str = "") -> None:
-        _used.set()
         _detached(lambda: SimulatorRecord.objects.filter(simulator=self.simulator, key__startswith=prefix).delete())
 
 
