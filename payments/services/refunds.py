@@ -185,6 +185,13 @@ def resolve_refund(*, refund_id: int) -> None:
         _check_again_after(Refund, refund_id, busy.retry_after)
         return
     record_refund_result(refund_id=refund_id, result=result)
+    if _never_received(result):
+        execute_refund(refund_id=refund_id)  # certain the carrier never got it: send it now
+
+
+def _never_received(result: CarrierResult) -> bool:
+    """A status check that found no trace of the request, and no wait asked for: it can be sent at once."""
+    return result.outcome == Outcome.FAILED and result.not_sent and not result.retry_after
 
 
 def _check_again_after(model: type[Refund] | type[Reversal], pk: int, seconds: float) -> None:
@@ -332,6 +339,8 @@ def resolve_reversal(*, reversal_id: int) -> None:
         _check_again_after(Reversal, reversal_id, busy.retry_after)
         return
     record_reversal_result(reversal_id=reversal_id, result=result)
+    if _never_received(result):
+        execute_reversal(payment_id=reversal.payment_id)  # certain the carrier never got it: send it now
 
 
 def record_reversal_result(*, reversal_id: int, result: CarrierResult) -> None:
