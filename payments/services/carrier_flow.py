@@ -292,6 +292,8 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
     if delay is None:
         fail(payment, result, actor=actor)
         return
+    if result.retry_after:  # never sooner than the carrier asked (its Retry-After)
+        delay = max(delay, timedelta(seconds=result.retry_after))
     payment.outcome_unknown_since = None
     payment.next_attempt_at = timezone.now() + delay
     payment.save(update_fields=["outcome_unknown_since", "next_attempt_at", "updated_at"])

@@ -531,3 +531,48 @@ def test_notifications_that_fail_verification_are_rejected(
         offline_adapter.parse_notification(headers=headers, body=body, now=datetime.now(UTC))
 
     assert rejected.value.reason == reason
+
+
+def test_an_outage_is_a_503_whose_retry_after_the_adapter_reports(adapter: CamaraAdapter, sim: core.Simulator) -> None:
+    assert adapter.check_connection().outcome == Outcome.SUCCEEDED  # a token first: the outage stops that too
+    sim.settings.outage = True
+    result = adapter.charge(charge_request())
+    assert (result.outcome, result.raw_code, result.transport_failed) == (Outcome.PENDING, "HTTP_503", True)
+    assert result.retry_after == camara_sim.RETRY_AFTER_SECONDS
+    assert sim.charges == {}
+
+
+def test_a_one_click_charge_never_received_is_told_apart_from_one_still_unknown(
+    adapter: CamaraAdapter, sim: core.Simulator
+) -> None:
+    adapter.charge(charge_request(payment_id="pay-other"))  # the operator has other payments
+    long_ago = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    just_now = datetime.now(UTC).isoformat()
+    lost = adapter.query_status(charge_request(payment_id="pay-lost", state={"attempt": 1, "asked_at": long_ago}))
+    assert (lost.outcome, lost.not_sent, lost.raw_code) == (Outcome.FAILED, True, "NOT_FOUND")
+    recent = adapter.query_status(charge_request(payment_id="pay-lost", state={"attempt": 1, "asked_at": just_now}))
+    assert (recent.outcome, recent.not_sent) == (Outcome.PENDING, False)  # it may still be on its way
+    found = adapter.query_status(charge_request(payment_id="pay-other", state={"attempt": 0, "asked_at": long_ago}))
+    assert found.outcome == Outcome.SUCCEEDED
+
+
+def test_a_refund_whose_reply_was_lost_is_found_by_its_client_correlator(
+    adapter: CamaraAdapter, sim: core.Simulator
+) -> None:
+    paid = adapter.charge(charge_request())
+    refund = RefundRequest(
+        refund_id="refund-1",
+        payment_id="pay-1",
+        carrier_reference=paid.carrier_reference,
+        msisdn=APPROVED,
+        amount_minor=100,
+        currency="EUR",
+        state={"asked_at": (datetime.now(UTC) - timedelta(minutes=10)).isoformat()},
+    )
+    assert (adapter.query_refund(refund).outcome, adapter.query_refund(refund).not_sent) == (Outcome.FAILED, True)
+    done = adapter.refund(refund)
+    assert done.outcome == Outcome.SUCCEEDED
+    by_correlator = adapter.query_refund(refund)
+    by_reference = adapter.query_refund(replace(refund, state={"refund_reference": done.carrier_reference}))
+    assert by_correlator.outcome == by_reference.outcome == Outcome.SUCCEEDED
+    assert by_correlator.carrier_reference == by_reference.carrier_reference == done.carrier_reference
