@@ -34,13 +34,16 @@ class OutcomeTracking(models.Model):
         null=True, blank=True, help_text="Set while the carrier has not stated the outcome of our last call."
     )
     resolve_attempts = models.PositiveSmallIntegerField(
-        default=0, help_text="Checks made with the carrier since the outcome became unknown."
+        "checks made", default=0, help_text="Checks made with the carrier since the outcome became unknown."
     )
     next_resolve_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the carrier is next asked about an unknown outcome."
+        "next check", null=True, blank=True, help_text="When the carrier is next asked about an unknown outcome."
     )
     outcome_alerted_at = models.DateTimeField(
-        null=True, blank=True, help_text="When the outcome, unknown for too long, was reported as an error."
+        "reported at",
+        null=True,
+        blank=True,
+        help_text="When the outcome, unknown for too long, was reported as an error.",
     )
 
     class Meta:

@@ -23,35 +23,49 @@ class Migration(migrations.Migration):
             model_name="payment",
             name="next_resolve_at",
             field=models.DateTimeField(
-                blank=True, help_text="When the carrier is next asked about an unknown outcome.", null=True
+                blank=True,
+                help_text="When the carrier is next asked about an unknown outcome.",
+                null=True,
+                verbose_name="next check",
             ),
         ),
         migrations.AddField(
             model_name="payment",
             name="outcome_alerted_at",
             field=models.DateTimeField(
-                blank=True, help_text="When the outcome, unknown for too long, was reported as an error.", null=True
+                blank=True,
+                help_text="When the outcome, unknown for too long, was reported as an error.",
+                null=True,
+                verbose_name="reported at",
             ),
         ),
         migrations.AddField(
             model_name="payment",
             name="resolve_attempts",
             field=models.PositiveSmallIntegerField(
-                default=0, help_text="Checks made with the carrier since the outcome became unknown."
+                default=0,
+                help_text="Checks made with the carrier since the outcome became unknown.",
+                verbose_name="checks made",
             ),
         ),
         migrations.AddField(
             model_name="refund",
             name="next_resolve_at",
             field=models.DateTimeField(
-                blank=True, help_text="When the carrier is next asked about an unknown outcome.", null=True
+                blank=True,
+                help_text="When the carrier is next asked about an unknown outcome.",
+                null=True,
+                verbose_name="next check",
             ),
         ),
         migrations.AddField(
             model_name="refund",
             name="outcome_alerted_at",
             field=models.DateTimeField(
-                blank=True, help_text="When the outcome, unknown for too long, was reported as an error.", null=True
+                blank=True,
+                help_text="When the outcome, unknown for too long, was reported as an error.",
+                null=True,
+                verbose_name="reported at",
             ),
         ),
         migrations.AddField(
@@ -65,7 +79,9 @@ class Migration(migrations.Migration):
             model_name="refund",
             name="resolve_attempts",
             field=models.PositiveSmallIntegerField(
-                default=0, help_text="Checks made with the carrier since the outcome became unknown."
+                default=0,
+                help_text="Checks made with the carrier since the outcome became unknown.",
+                verbose_name="checks made",
             ),
         ),
         migrations.AddField(
@@ -77,14 +93,20 @@ class Migration(migrations.Migration):
             model_name="reversal",
             name="next_resolve_at",
             field=models.DateTimeField(
-                blank=True, help_text="When the carrier is next asked about an unknown outcome.", null=True
+                blank=True,
+                help_text="When the carrier is next asked about an unknown outcome.",
+                null=True,
+                verbose_name="next check",
             ),
         ),
         migrations.AddField(
             model_name="reversal",
             name="outcome_alerted_at",
             field=models.DateTimeField(
-                blank=True, help_text="When the outcome, unknown for too long, was reported as an error.", null=True
+                blank=True,
+                help_text="When the outcome, unknown for too long, was reported as an error.",
+                null=True,
+                verbose_name="reported at",
             ),
         ),
         migrations.AddField(
@@ -98,7 +120,9 @@ class Migration(migrations.Migration):
             model_name="reversal",
             name="resolve_attempts",
             field=models.PositiveSmallIntegerField(
-                default=0, help_text="Checks made with the carrier since the outcome became unknown."
+                default=0,
+                help_text="Checks made with the carrier since the outcome became unknown.",
+                verbose_name="checks made",
             ),
         ),
         migrations.AlterField(

@@ -12,6 +12,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from carriers import gateway
+from carriers.adapters.base import CarrierResult, Outcome
 from payments.models import LedgerEntry, Payment, PaymentStatus, Refund, Reversal
 from payments.services import carrier_flow, refunds, resolver
 from playpay.metrics import exposition
@@ -112,6 +113,12 @@ def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_
         carrier_flow.due_attempts()
     payment = wait_for_status(str(payment.public_id), PaymentStatus.SUCCEEDED)
     assert payment.outcome_unknown_since is None
+    # A check dispatched twice, and a late answer, change nothing.
+    carrier_flow.resolve_payment(payment_id=payment.pk)
+    carrier_flow.record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.FAILED))
+    assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED
+    assert payment.history.filter(to_status=PaymentStatus.SUCCEEDED).count() == 1
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, payment=payment).count() == 1
     assert len(simulator(protocol).charges[OTHER]) == 1
 
 
@@ -245,6 +252,34 @@ def test_a_refund_refused_for_now_waits_as_long_as_the_carrier_asked(
     wait_for(lambda: Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED, what="the refund")
 
 
+def test_a_refund_the_carrier_keeps_refusing_is_checked_less_often_and_reported_once(
+    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "aggregator", supports_refund=True)
+    payment = paid(client, "aggregator")
+    outage("aggregator", True)  # and it stays down
+    refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
+    age(Refund, refund.pk, minutes=61, carrier_requested_at=timezone.now() - timedelta(minutes=61))
+    waits = []
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        for _ in range(3):
+            clock.advance(10)  # past the aggregator's Retry-After each time
+            due_now(Refund, refund.pk)
+            resolver.unknown_outcomes()
+            row = Refund.objects.get(pk=refund.pk)
+            assert row.next_resolve_at is not None
+            waits.append((row.next_resolve_at - timezone.now()).total_seconds())
+    row = Refund.objects.get(pk=refund.pk)
+    assert (row.status, row.resolve_attempts) == (Refund.Status.PENDING, 3)
+    assert waits[0] < waits[1] < waits[2]
+    alerts = [r for r in caplog.records if r.name == "payments.services.resolver"]
+    assert len(alerts) == 1
+    assert (alerts[0].__dict__["operation"], alerts[0].__dict__["refund_id"]) == ("refund", str(refund.public_id))
+    assert Refund.objects.get(pk=refund.pk).outcome_alerted_at is not None
+    assert Payment.objects.get(pk=payment.pk).refunded_minor == 30  # still reserved while it is unknown
+
+
 def test_a_refund_callback_racing_the_resolver_settles_it_once(live: str, client: APIClient) -> None:
     simulated_carrier(live, "aggregator", supports_refund=True)
     payment = paid(client, "aggregator")
@@ -274,8 +309,6 @@ def test_a_refund_settled_by_the_resolver_ignores_its_late_callback(live: str, c
     resolver.unknown_outcomes()
     refund.refresh_from_db()
     assert refund.status == Refund.Status.SUCCEEDED
-    from carriers.adapters.base import CarrierResult, Outcome
-
     refunds.record_refund_result(refund_id=refund.pk, result=CarrierResult(outcome=Outcome.FAILED))  # late, stale
     assert Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED
     assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REFUND, payment=payment).count() == 1
