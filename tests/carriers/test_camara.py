@@ -535,11 +535,12 @@ def test_notifications_that_fail_verification_are_rejected(
 
 def test_an_outage_is_a_503_whose_retry_after_the_adapter_reports(adapter: CamaraAdapter, sim: core.Simulator) -> None:
     assert adapter.check_connection().outcome == Outcome.SUCCEEDED  # a token first: the outage stops that too
-    sim.settings.outage = True
+    outage = httpx.post(adapter.config.endpoint + "/_settings", json={"outage": True}, timeout=5)
+    assert outage.status_code == 200
     result = adapter.charge(charge_request())
     assert (result.outcome, result.raw_code, result.transport_failed) == (Outcome.PENDING, "HTTP_503", True)
     assert result.retry_after == camara_sim.RETRY_AFTER_SECONDS
-    assert sim.charges == {}
+    assert not sim.charges[APPROVED]
 
 
 def test_a_one_click_charge_never_received_is_told_apart_from_one_still_unknown(
