@@ -585,10 +585,30 @@ class CamaraAdapter(CarrierAdapter):
             path = f"{REFUND_API}/payments/{request.carrier_reference}/refunds"
             response = self._api(client, "POST", path, payload=body, correlator=request.refund_id)
             if response.status_code not in (200, 201):
-                return _refusal(response)
+                refused = _refusal(response)
+                if refused.error_code == ErrorCode.DUPLICATE:
+                    # Sent before (its reply was lost): what matters is what became of that one.
+                    return self._find_refund(client, request)
+                return refused
             return _refund_result(_object(response))
 
         return self._run(call)
+
+    def _find_refund(self, client: httpx.Client, request: RefundRequest) -> CarrierResult:
+        """The payment's refund with our clientCorrelator, from the operator's whole list of them."""
+        base = f"{REFUND_API}/payments/{request.carrier_reference}/refunds"
+        response = self._api(client, "GET", base, correlator=request.refund_id)
+        if response.status_code != 200:
+            return _refusal(response)
+        refunds = json_body(response)
+        refunds = refunds if isinstance(refunds, list) else []
+        for refund in refunds:
+            transaction = refund.get("amountTransaction") if isinstance(refund, dict) else None
+            if isinstance(transaction, dict) and transaction.get("clientCorrelator") == request.refund_id:
+                return _refund_result(refund)
+        if _never_received(request.state, refunds, None):
+            return _never_received_result("refund")
+        return CarrierResult.pending("NO_REFERENCE", "no refund with this clientCorrelator yet")
 
     def query_refund(self, request: RefundRequest) -> CarrierResult:
         """GET the refund by its refundId; without one (the reply was lost), find it by its clientCorrelator
@@ -597,23 +617,12 @@ class CamaraAdapter(CarrierAdapter):
         base = f"{REFUND_API}/payments/{request.carrier_reference}/refunds"
 
         def call(client: httpx.Client) -> CarrierResult:
-            if refund_reference:
-                response = self._api(client, "GET", f"{base}/{refund_reference}", correlator=request.refund_id)
-                if response.status_code != 200:
-                    return _refusal(response, refund_reference)
-                return _refund_result(_object(response))
-            response = self._api(client, "GET", base, correlator=request.refund_id)
+            if not refund_reference:
+                return self._find_refund(client, request)
+            response = self._api(client, "GET", f"{base}/{refund_reference}", correlator=request.refund_id)
             if response.status_code != 200:
-                return _refusal(response)
-            refunds = json_body(response)
-            refunds = refunds if isinstance(refunds, list) else []
-            for refund in refunds:
-                transaction = refund.get("amountTransaction") if isinstance(refund, dict) else None
-                if isinstance(transaction, dict) and transaction.get("clientCorrelator") == request.refund_id:
-                    return _refund_result(refund)
-            if _never_received(request.state, refunds, None):
-                return _never_received_result("refund")
-            return CarrierResult.pending("NO_REFERENCE", "no refund with this clientCorrelator yet")
+                return _refusal(response, refund_reference)
+            return _refund_result(_object(response))
 
         return self._run(call)
 

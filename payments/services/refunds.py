@@ -8,7 +8,7 @@ the platform pays the player back itself and the refund succeeds at once.
 """
 
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -130,8 +130,8 @@ def execute_refund(*, refund_id: int) -> None:
         refund = Refund.objects.select_for_update().get(pk=refund_id)
         if refund.status != Refund.Status.PENDING or refund.carrier_requested_at:
             return
-        refund.carrier_requested_at = timezone.now()  # claimed: a second run does not refund twice
-        tracking = outcomes.mark_unknown(refund, now=refund.carrier_requested_at)
+        claimed_at = refund.carrier_requested_at = timezone.now()  # claimed: a second run does not refund twice
+        tracking = outcomes.mark_unknown(refund, now=claimed_at)
         refund.save(update_fields=["carrier_requested_at", *tracking])
     payment = load_payment(refund.payment_id)
     request = _refund_request(refund, payment)
@@ -144,17 +144,21 @@ def execute_refund(*, refund_id: int) -> None:
             payment_id=request.payment_id,
         )
     except CarrierBusy as busy:
-        _refund_not_sent(refund_id, retry_after=busy.retry_after)
+        _refund_not_sent(refund_id, retry_after=busy.retry_after, claimed_at=claimed_at)
         return
-    record_refund_result(refund_id=refund_id, result=result)
+    record_refund_result(refund_id=refund_id, result=result, claimed_at=claimed_at)
 
 
-def _refund_not_sent(refund_id: int, *, retry_after: float | None) -> None:
+def _refund_not_sent(refund_id: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
     """The carrier did not get the refund (unreachable, refused for now, or we had to wait): the resolver
-    job sends it again once due, the wait growing with each try and never shorter than the carrier asked."""
+    job sends it again once due, the wait growing with each try and never shorter than the carrier asked.
+
+    Only the send claimed at `claimed_at` is released: a stale answer (a check run twice) never frees a
+    newer send, which could then go out twice.
+    """
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING:
+        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at != claimed_at:
             return
         refund.carrier_requested_at = None
         tracking = outcomes.mark_unknown(refund)
@@ -171,6 +175,7 @@ def resolve_refund(*, refund_id: int) -> None:
     if refund.carrier_requested_at is None:
         execute_refund(refund_id=refund_id)
         return
+    claimed_at = refund.carrier_requested_at
     payment = load_payment(refund.payment_id)
     request = _refund_request(refund, payment)
     try:
@@ -184,7 +189,7 @@ def resolve_refund(*, refund_id: int) -> None:
     except CarrierBusy as busy:
         _check_again_after(Refund, refund_id, busy.retry_after)
         return
-    record_refund_result(refund_id=refund_id, result=result)
+    record_refund_result(refund_id=refund_id, result=result, claimed_at=claimed_at)
     if _never_received(result):
         execute_refund(refund_id=refund_id)  # certain the carrier never got it: send it now
 
@@ -201,14 +206,14 @@ def _check_again_after(model: type[Refund] | type[Reversal], pk: int, seconds: f
             row.save(update_fields=outcomes.check_again_after(row, timedelta(seconds=seconds)))
 
 
-def record_refund_result(*, refund_id: int, result: CarrierResult) -> None:
+def record_refund_result(*, refund_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
     """Apply the carrier's answer (its reply, a callback or a status check) to a pending refund.
 
     An answer for a refund already settled changes nothing, so a callback racing the resolver, or a
-    task run twice, settles it once.
+    task run twice, settles it once. `claimed_at`: the send the answer is about (see _refund_not_sent).
     """
     if result.outcome == Outcome.FAILED and result.not_sent:
-        _refund_not_sent(refund_id, retry_after=result.retry_after)
+        _refund_not_sent(refund_id, retry_after=result.retry_after, claimed_at=claimed_at)
         return
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund_id)
@@ -284,8 +289,8 @@ def execute_reversal(*, payment_id: int) -> None:
         reversal = Reversal.objects.select_for_update().filter(payment_id=payment_id).first()
         if reversal is None or reversal.status != Reversal.Status.PENDING or reversal.carrier_requested_at:
             return
-        reversal.carrier_requested_at = timezone.now()
-        tracking = outcomes.mark_unknown(reversal, now=reversal.carrier_requested_at)
+        claimed_at = reversal.carrier_requested_at = timezone.now()
+        tracking = outcomes.mark_unknown(reversal, now=claimed_at)
         reversal.save(update_fields=["carrier_requested_at", *tracking])
     payment = load_payment(payment_id)
     request = _reversal_request(payment, reversal)
@@ -294,9 +299,9 @@ def execute_reversal(*, payment_id: int) -> None:
             payment.carrier, lambda adapter: adapter.reverse(request), name="reverse", request=request
         )
     except CarrierBusy as busy:
-        _reversal_not_sent(reversal.pk, retry_after=busy.retry_after)
+        _reversal_not_sent(reversal.pk, retry_after=busy.retry_after, claimed_at=claimed_at)
         return
-    record_reversal_result(reversal_id=reversal.pk, result=result)
+    record_reversal_result(reversal_id=reversal.pk, result=result, claimed_at=claimed_at)
 
 
 def _reversal_request(payment: Payment, reversal: Reversal) -> ChargeRequest:
@@ -308,12 +313,13 @@ def _reversal_request(payment: Payment, reversal: Reversal) -> ChargeRequest:
     )
 
 
-def _reversal_not_sent(reversal_id: int, *, retry_after: float | None) -> None:
+def _reversal_not_sent(reversal_id: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
     """The carrier did not take the reversal (unreachable, refused for now): sent again on the resolver's
-    schedule, never before the carrier asked, instead of waiting for someone to notice."""
+    schedule, never before the carrier asked, instead of waiting for someone to notice. Only the send
+    claimed at `claimed_at` is released, as for refunds."""
     with transaction.atomic():
         reversal = Reversal.objects.select_for_update().get(pk=reversal_id)
-        if reversal.status != Reversal.Status.PENDING:
+        if reversal.status != Reversal.Status.PENDING or reversal.carrier_requested_at != claimed_at:
             return
         reversal.carrier_requested_at = None
         tracking = outcomes.mark_unknown(reversal)
@@ -329,6 +335,7 @@ def resolve_reversal(*, reversal_id: int) -> None:
     if reversal.carrier_requested_at is None:
         execute_reversal(payment_id=reversal.payment_id)
         return
+    claimed_at = reversal.carrier_requested_at
     payment = load_payment(reversal.payment_id)
     request = _reversal_request(payment, reversal)
     try:
@@ -338,15 +345,15 @@ def resolve_reversal(*, reversal_id: int) -> None:
     except CarrierBusy as busy:
         _check_again_after(Reversal, reversal_id, busy.retry_after)
         return
-    record_reversal_result(reversal_id=reversal_id, result=result)
+    record_reversal_result(reversal_id=reversal_id, result=result, claimed_at=claimed_at)
     if _never_received(result):
         execute_reversal(payment_id=reversal.payment_id)  # certain the carrier never got it: send it now
 
 
-def record_reversal_result(*, reversal_id: int, result: CarrierResult) -> None:
+def record_reversal_result(*, reversal_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
     """Apply the carrier's answer to a pending reversal; an answer for a settled one changes nothing."""
     if result.outcome == Outcome.FAILED and result.not_sent:
-        _reversal_not_sent(reversal_id, retry_after=result.retry_after)
+        _reversal_not_sent(reversal_id, retry_after=result.retry_after, claimed_at=claimed_at)
         return
     with transaction.atomic():
         reversal = Reversal.objects.select_for_update().get(pk=reversal_id)

@@ -577,3 +577,20 @@ def test_a_refund_whose_reply_was_lost_is_found_by_its_client_correlator(
     by_reference = adapter.query_refund(replace(refund, state={"refund_reference": done.carrier_reference}))
     assert by_correlator.outcome == by_reference.outcome == Outcome.SUCCEEDED
     assert by_correlator.carrier_reference == by_reference.carrier_reference == done.carrier_reference
+
+
+def test_a_refund_sent_again_after_a_lost_reply_reads_what_became_of_the_first(
+    adapter: CamaraAdapter, sim: core.Simulator
+) -> None:
+    paid = adapter.charge(charge_request())
+    refund = RefundRequest(
+        refund_id="refund-2",
+        payment_id="pay-1",
+        carrier_reference=paid.carrier_reference,
+        msisdn=APPROVED,
+        amount_minor=100,
+        currency="EUR",
+    )
+    first = adapter.refund(refund)
+    again = adapter.refund(refund)  # refused as a reused clientCorrelator: it is the same refund
+    assert (again.outcome, again.carrier_reference) == (Outcome.SUCCEEDED, first.carrier_reference)
