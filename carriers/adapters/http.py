@@ -56,11 +56,9 @@ def transport_failure(exc: Exception, *, sent: bool, timed_out: bool) -> Transpo
     return TransportFailure(CarrierResult.pending("TRANSPORT", str(exc) or type(exc).__name__, transport_failed=True))
 
 
-def server_error(status_code: int, text: str, *, retry_after: float | None = None) -> TransportFailure:
+def server_error(status_code: int, text: str) -> TransportFailure:
     """An HTTP 5xx: the carrier may or may not have acted, so the outcome is unknown."""
-    return TransportFailure(
-        CarrierResult.pending(f"HTTP_{status_code}", text[:200], transport_failed=True, retry_after=retry_after)
-    )
+    return TransportFailure(CarrierResult.pending(f"HTTP_{status_code}", text[:200], transport_failed=True))
 
 
 def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:

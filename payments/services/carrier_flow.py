@@ -4,7 +4,8 @@ Each function runs as (or is called from) a Celery task on the carrier's queue a
 safe to run twice. Before any carrier call that could move money, the payment is
 marked `outcome_unknown_since` in a committed transaction; the mark is cleared when
 the carrier states an outcome. A payment so marked is never charged again: its
-outcome is first resolved by querying the carrier (or by its callback).
+outcome is first resolved by its callback, or by the resolver job
+(`payments.services.resolver`) through `resolve_payment`.
 """
 
 import contextlib
