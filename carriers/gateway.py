@@ -31,7 +31,8 @@ def clock() -> float:
 
 
 class CarrierBusy(Exception):
-    """The carrier must not be called now (breaker open, rate limit); try again after `retry_after` s."""
+    """The carrier must not be called now (breaker open, rate limit, its own Retry-After); try again after
+    `retry_after` s."""
 
     def __init__(self, reason: str, retry_after: float) -> None:
         self.reason = reason
@@ -89,6 +90,28 @@ class Breaker:
                     reset,
                     extra={"carrier": self.carrier.slug, "failures": failures},
                 )
+
+
+def _wait_key(carrier: Carrier) -> str:
+    return f"carrier:{carrier.slug}:retry_after_until"
+
+
+def _asked_to_wait(carrier: Carrier) -> float:
+    """Seconds left of the wait the carrier last asked for (its `Retry-After`); 0 when none."""
+    until = cache.get(_wait_key(carrier))
+    return max(float(until) - clock(), 0.0) if until is not None else 0.0
+
+
+def _note_retry_after(carrier: Carrier, operation: str, seconds: float) -> None:
+    """No call to the carrier, from any worker, before the time its 503/429 `Retry-After` named."""
+    until = clock() + seconds
+    cache.set(_wait_key(carrier), until, timeout=int(seconds) + 5)
+    logger.info(
+        "carrier asked to wait %.0f s (Retry-After) after %s",
+        seconds,
+        operation,
+        extra={"carrier": carrier.slug, "operation": operation, "retry_after_seconds": seconds},
+    )
 
 
 def _take_rate_token(carrier: Carrier) -> bool:
@@ -170,6 +193,9 @@ def call_carrier(
     and the latency, correlated with the payment.
     """
     operation_name = name or "call"
+    if (wait := _asked_to_wait(carrier)) > 0:
+        _defer(carrier, operation_name, "retry_after")
+        raise CarrierBusy("the carrier asked to wait (Retry-After)", wait)
     breaker = Breaker(carrier)
     if not breaker.allow():
         _defer(carrier, operation_name, "breaker_open")
@@ -192,6 +218,8 @@ def call_carrier(
         breaker.record_failure()
     else:
         breaker.record_success()
+    if result.retry_after:
+        _note_retry_after(carrier, operation_name, result.retry_after)
     return result
 
 

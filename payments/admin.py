@@ -24,6 +24,7 @@ from payments.models import (
     Payment,
     PaymentStatusChange,
     Refund,
+    Reversal,
     WebhookAttempt,
     WebhookDelivery,
 )
@@ -81,6 +82,25 @@ class StatusChangeInline(ReadOnlyInline):
     fields = ["created_at", "from_status", "to_status", "actor", "reason"]
 
 
+# Where the carrier has not stated an outcome yet: since when, the next check, the checks made.
+OUTCOME_FIELDS = ["outcome_unknown_since", "next_resolve_at", "resolve_attempts"]
+
+
+class OutcomeUnknownFilter(admin.SimpleListFilter):
+    title = "carrier outcome"
+    parameter_name = "outcome"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("unknown", "unknown"), ("alerted", "unknown too long (alerted)")]
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        if self.value() == "unknown":
+            return queryset.filter(outcome_unknown_since__isnull=False)
+        if self.value() == "alerted":
+            return queryset.filter(outcome_unknown_since__isnull=False, outcome_alerted_at__isnull=False)
+        return queryset
+
+
 class RefundInline(ReadOnlyInline):
     model = Refund
     fields = [
@@ -92,7 +112,13 @@ class RefundInline(ReadOnlyInline):
         "reason",
         "requested_by",
         "failure_code",
+        *OUTCOME_FIELDS,
     ]
+
+
+class ReversalInline(ReadOnlyInline):
+    model = Reversal
+    fields = ["created_at", "status", "via_carrier", "reason", "requested_by", "failure_code", *OUTCOME_FIELDS]
 
 
 class OperationForm(forms.Form):
@@ -108,12 +134,22 @@ class OperationForm(forms.Form):
 
 @admin.register(Payment)
 class PaymentAdmin(RecordAdmin):
-    list_display = ["public_id", "created_at", "app", "carrier", "amount_minor", "currency", "status", "flow"]
-    list_filter = ["status", "flow", "carrier__country", "app"]
+    list_display = [
+        "public_id",
+        "created_at",
+        "app",
+        "carrier",
+        "amount_minor",
+        "currency",
+        "status",
+        "flow",
+        "outcome_unknown_since",
+    ]
+    list_filter = ["status", OutcomeUnknownFilter, "flow", "carrier__country", "app"]
     search_fields = ["=public_id", "=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
     date_hierarchy = "created_at"
-    inlines = [StatusChangeInline, RefundInline]
+    inlines = [StatusChangeInline, RefundInline, ReversalInline]
     actions = ["refund", "reverse"]
     readonly_fields = ["interactions", "ledger", "carrier_callbacks", "webhook_deliveries", "staff_actions"]
 
@@ -250,6 +286,17 @@ class PaymentAdmin(RecordAdmin):
             "action": action,
         }
         return TemplateResponse(request, "admin/payments/payment/confirm_operation.html", context)
+
+
+@admin.register(Refund)
+class RefundAdmin(RecordAdmin):
+    list_display = ["public_id", "created_at", "payment", "amount_minor", "currency", "status", *OUTCOME_FIELDS]
+    list_filter = ["status", OutcomeUnknownFilter, "via_carrier"]
+    search_fields = ["=public_id", "=carrier_reference", "=payment__public_id"]
+    list_select_related = ["payment"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(IdempotencyRecord)

@@ -23,7 +23,34 @@ class PaymentFlow(models.TextChoices):
     ONE_CLICK = "one_click", "one-click"
 
 
-class Payment(models.Model):
+class OutcomeTracking(models.Model):
+    """What payments, refunds and reversals share while the carrier has not stated an outcome.
+
+    The resolver job (`payments.services.carrier_flow.unknown_outcomes`) checks such a row again at
+    `next_resolve_at`, with a growing wait, and logs an alert once it has been unknown too long.
+    """
+
+    outcome_unknown_since = models.DateTimeField(
+        null=True, blank=True, help_text="Set while the carrier has not stated the outcome of our last call."
+    )
+    resolve_attempts = models.PositiveSmallIntegerField(
+        "checks made", default=0, help_text="Checks made with the carrier since the outcome became unknown."
+    )
+    next_resolve_at = models.DateTimeField(
+        "next check", null=True, blank=True, help_text="When the carrier is next asked about an unknown outcome."
+    )
+    outcome_alerted_at = models.DateTimeField(
+        "reported at",
+        null=True,
+        blank=True,
+        help_text="When the outcome, unknown for too long, was reported as an error.",
+    )
+
+    class Meta:
+        abstract = True
+
+
+class Payment(OutcomeTracking):
     public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="payments")
     user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
@@ -55,9 +82,6 @@ class Payment(models.Model):
         help_text="Insufficient-funds declines so far; later one-click attempts follow the carrier's schedule.",
     )
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a later charge attempt is due.")
-    outcome_unknown_since = models.DateTimeField(
-        null=True, blank=True, help_text="Set while the carrier has not stated the charge's outcome."
-    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -250,7 +274,7 @@ class WebhookAttempt(models.Model):
         return f"{self.status_code or self.error}"
 
 
-class MoneyOperation(models.Model):
+class MoneyOperation(OutcomeTracking):
     """What refunds and reversals share: a status, a reason, who asked, how it was paid back."""
 
     class Status(models.TextChoices):
@@ -265,6 +289,9 @@ class MoneyOperation(models.Model):
     via_carrier = models.BooleanField(default=True)
     failure_code = models.CharField(max_length=64, blank=True)
     failure_message = models.CharField(max_length=255, blank=True)
+    # Set when the carrier is asked (a second run of the task then does nothing); cleared when it was not
+    # reached, so that it is asked again.
+    carrier_requested_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     completed_at = models.DateTimeField(null=True, blank=True)
 
@@ -278,13 +305,18 @@ class Refund(MoneyOperation):
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     carrier_reference = models.CharField(max_length=128, blank=True)
-    # Set when the carrier is asked (a second run of the task then does nothing); cleared when it could not be.
-    carrier_requested_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-id"]
         constraints = [models.CheckConstraint(condition=Q(amount_minor__gt=0), name="refund_amount_positive")]
-        indexes = [models.Index(fields=["status", "created_at"])]
+        indexes = [
+            models.Index(fields=["status", "created_at"]),
+            models.Index(
+                fields=["next_resolve_at"],
+                condition=Q(outcome_unknown_since__isnull=False),
+                name="refund_outcome_unknown_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"refund {self.amount_minor} {self.currency} of {self.payment_id}"
@@ -294,6 +326,15 @@ class Reversal(MoneyOperation):
     """A technical reversal of a whole charge, e.g. the game could not deliver the item."""
 
     payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="reversal")
+
+    class Meta:
+        indexes = [
+            models.Index(
+                fields=["next_resolve_at"],
+                condition=Q(outcome_unknown_since__isnull=False),
+                name="reversal_outcome_unknown_idx",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"reversal of {self.payment_id}"

@@ -3,7 +3,7 @@
 
 from celery import shared_task
 
-from payments.services import carrier_flow, outbox, refunds, webhooks
+from payments.services import carrier_flow, outbox, refunds, resolver, webhooks
 from payments.services.idempotency import purge_expired_keys
 from payments.services.payments import expire_abandoned_payments
 from playpay.logging import bind
@@ -53,7 +53,7 @@ def dispatch_due_attempts() -> int:
 
 @shared_task(acks_late=True)
 def resolve_unknown_outcomes() -> int:
-    return carrier_flow.unknown_outcomes()
+    return resolver.unknown_outcomes()
 
 
 @shared_task(acks_late=True)
@@ -86,3 +86,15 @@ def execute_refund(refund_id: int, public_id: str = "", payment_public_id: str =
 def execute_reversal(payment_id: int, public_id: str = "") -> None:
     bind(payment_id=public_id)
     refunds.execute_reversal(payment_id=payment_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def resolve_refund(refund_id: int, public_id: str = "", payment_public_id: str = "") -> None:
+    bind(refund_id=public_id, payment_id=payment_public_id)
+    refunds.resolve_refund(refund_id=refund_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def resolve_reversal(reversal_id: int, public_id: str = "") -> None:
+    bind(payment_id=public_id)
+    refunds.resolve_reversal(reversal_id=reversal_id)

@@ -312,6 +312,12 @@ REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
 # (a carrier switched off, a key revoked) takes effect everywhere within it. 0: no memo.
 REFERENCE_CACHE_SECONDS = env_int("REFERENCE_CACHE_SECONDS", 5)
 PIN_TTL_SECONDS = env_int("PIN_TTL_SECONDS", 300)
+# An unknown carrier outcome (charge, refund, reversal) is first checked this long after the call, then
+# again after twice as long each time, up to OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS between checks; one still
+# unknown after OUTCOME_ALERT_AFTER_MINUTES is logged as an error, once (docs/operations.md).
+OUTCOME_RESOLVE_AFTER_SECONDS = env_int("OUTCOME_RESOLVE_AFTER_SECONDS", 30)
+OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS = env_int("OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS", 3600)
+OUTCOME_ALERT_AFTER_MINUTES = env_int("OUTCOME_ALERT_AFTER_MINUTES", 60)
 # Secrets for carrier credentials and webhook signing secrets at rest (playpay.crypto, Fernet), comma-separated,
 # newest first: values are encrypted under the first and decrypted under any, so a key can be rotated
 # (`manage.py rotate_encryption_keys`, docs/operations.md). Derived from SECRET_KEY when unset, outside production.

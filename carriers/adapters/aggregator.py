@@ -6,6 +6,7 @@ Credentials: `merchant_id`, `api_secret` (signs our requests), `callback_secret`
 (signs theirs).
 """
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -26,7 +27,7 @@ from carriers.adapters.base import (
     Outcome,
     RefundRequest,
 )
-from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send
+from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send, with_retry_after
 from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
 
 FRESHNESS_SECONDS = 300
@@ -101,6 +102,34 @@ def _result_from_charge(data: Mapping[str, Any]) -> CarrierResult:
     )
 
 
+def _never_seen(what: str) -> CarrierResult:
+    return CarrierResult.failed(
+        ErrorCode.CARRIER_UNAVAILABLE, "NOT_FOUND", f"the aggregator has no such {what}", not_sent=True
+    )
+
+
+# A charge's reversal_status -> outcome.
+REVERSAL_STATUSES: dict[str, Outcome] = {
+    "accepted": Outcome.PENDING,
+    "succeeded": Outcome.SUCCEEDED,
+    "failed": Outcome.FAILED,
+}
+
+
+def _reversal_result(data: Any, reference: str) -> CarrierResult:
+    status = str(data.get("reversal_status", "")) if isinstance(data, dict) else ""
+    outcome = REVERSAL_STATUSES.get(status)
+    if outcome is None:
+        return CarrierResult.pending(f"STATUS_{status.upper()}", "unknown reversal status", carrier_reference=reference)
+    reason = str(data.get("reason_code") or "") if outcome == Outcome.FAILED else ""
+    return CarrierResult(
+        outcome=outcome,
+        carrier_reference=reference,
+        error_code=REASONS.get(reason, ErrorCode.REJECTED) if outcome == Outcome.FAILED else None,
+        raw_code=reason or status,
+    )
+
+
 def _merchant_reference(request: ChargeRequest) -> str:
     """Our reference of one charge attempt: the aggregator treats a repeat of it as the same charge."""
     return f"{request.payment_id}-{request.state.get('attempt', 0)}"
@@ -108,7 +137,7 @@ def _merchant_reference(request: ChargeRequest) -> str:
 
 class AggregatorAdapter(CarrierAdapter):
     capabilities = Capabilities(
-        pin=True, one_click=True, refund=True, reversal=False, status_query=True, asynchronous=True
+        pin=True, one_click=True, refund=True, reversal=True, status_query=True, asynchronous=True
     )
 
     def _post(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
@@ -129,7 +158,8 @@ class AggregatorAdapter(CarrierAdapter):
         code = str(error.get("code", f"HTTP_{response.status_code}"))
         message = str(error.get("message", ""))
         if response.status_code == 429:
-            return CarrierResult.failed(ErrorCode.CARRIER_UNAVAILABLE, code, message, not_sent=True)
+            refused = CarrierResult.failed(ErrorCode.CARRIER_UNAVAILABLE, code, message, not_sent=True)
+            return with_retry_after(refused, 429, response.headers)
         return CarrierResult.failed(REASONS.get(code, ErrorCode.REJECTED), code, message, carrier_reference=reference)
 
     def _start(self, request: ChargeRequest, flow: str) -> CarrierResult:
@@ -154,6 +184,12 @@ class AggregatorAdapter(CarrierAdapter):
     def charge(self, request: ChargeRequest) -> CarrierResult:
         return self._start(request, "one_click")
 
+    def _get(self, path: str, params: Mapping[str, str] | None = None) -> tuple[int, Any]:
+        headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], b"")
+        with client_for(self.config) as client:
+            response = send(client, "GET", path, headers=headers, params=params)
+        return response.status_code, json_body(response)
+
     def query_status(self, request: ChargeRequest) -> CarrierResult:
         # Without a charge id (the acceptance was never recorded) look the charge up by our reference.
         if request.carrier_reference:
@@ -162,18 +198,52 @@ class AggregatorAdapter(CarrierAdapter):
             path, params = "/v1/charges", {"merchant_reference": _merchant_reference(request)}
 
         def call() -> CarrierResult:
-            headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], b"")
-            with client_for(self.config) as client:
-                response = send(client, "GET", path, headers=headers, params=params)
-            data = json_body(response)
-            if response.status_code == 404:
+            status, data = self._get(path, params)
+            if status == 404:
                 # The aggregator never saw this charge: it is safe to send it again.
-                return CarrierResult.failed(
-                    ErrorCode.CARRIER_UNAVAILABLE, "NOT_FOUND", "the aggregator has no such charge", not_sent=True
-                )
+                return _never_seen("charge")
             if not isinstance(data, dict):
                 return CarrierResult.pending("MALFORMED", "reply is not an object", transport_failed=True)
             return _result_from_charge(data)
+
+        return guarded(call)
+
+    def query_refund(self, request: RefundRequest) -> CarrierResult:
+        path = f"/v1/charges/{request.carrier_reference}/refunds/{request.refund_id}"
+
+        def call() -> CarrierResult:
+            status, data = self._get(path)
+            if status == 404:
+                return _never_seen("refund")
+            if not isinstance(data, dict):
+                return CarrierResult.pending("MALFORMED", "reply is not an object", transport_failed=True)
+            result = _result_from_charge(data)
+            return dataclasses.replace(result, carrier_reference=request.carrier_reference)
+
+        return guarded(call)
+
+    def reverse(self, request: ChargeRequest) -> CarrierResult:
+        """Reversal is synchronous: `200 {"reversal_status": "succeeded"}`, or refused (`409`), or `429`."""
+        path = f"/v1/charges/{request.carrier_reference}/reversal"
+
+        def call() -> CarrierResult:
+            response = self._post(path, {"reason": request.description})
+            if response.status_code == 200:
+                return _reversal_result(json_body(response), request.carrier_reference)
+            return self._accepted(response, request.carrier_reference)
+
+        return guarded(call)
+
+    def query_reversal(self, request: ChargeRequest) -> CarrierResult:
+        """The charge's `reversal_status`: none means the reversal never reached the aggregator."""
+
+        def call() -> CarrierResult:
+            status, data = self._get(f"/v1/charges/{request.carrier_reference}")
+            if not isinstance(data, dict) or status != 200:
+                return CarrierResult.pending("MALFORMED", f"HTTP {status}: no charge object", transport_failed=True)
+            if not data.get("reversal_status"):
+                return _never_seen("reversal")
+            return _reversal_result(data, request.carrier_reference)
 
         return guarded(call)
 

@@ -75,6 +75,8 @@ class CarrierResult:
     transport_failed: bool = False
     # True when the request certainly did not reach the carrier, so sending it again is safe.
     not_sent: bool = False
+    # Seconds the carrier asked us to wait before the next call (its 503/429 `Retry-After`), if it did.
+    retry_after: float | None = None
 
     @property
     def failure(self) -> tuple[str, str]:
@@ -165,6 +167,23 @@ class CarrierAdapter(abc.ABC):
     @abc.abstractmethod
     def query_status(self, request: ChargeRequest) -> CarrierResult:
         """Ask the carrier what became of a charge whose outcome is unknown."""
+
+    # Settling an unknown outcome, the protocol's way (docs/carriers/*.md, "Unknown outcomes"): a status
+    # query where the protocol has one, else the same request again where the carrier deduplicates it.
+    # SUCCEEDED or FAILED settle it; FAILED with `not_sent` says the carrier never got the request (send
+    # it again); PENDING leaves it unknown, to be checked again later.
+
+    def resolve_charge(self, request: ChargeRequest) -> CarrierResult:
+        """What became of a charge (or a PIN step) whose outcome is unknown: the status query by default."""
+        return self.query_status(request)
+
+    def query_refund(self, request: RefundRequest) -> CarrierResult:
+        """What became of a refund whose outcome is unknown."""
+        return CarrierResult.pending("NO_STATUS_QUERY", "this protocol cannot be asked about a refund")
+
+    def query_reversal(self, request: ChargeRequest) -> CarrierResult:
+        """What became of a reversal whose outcome is unknown."""
+        return CarrierResult.pending("NO_STATUS_QUERY", "this protocol cannot be asked about a reversal")
 
     def check_connection(self) -> CarrierResult:
         """Can PlayPay reach the carrier (and, where the protocol allows, do its credentials work)?

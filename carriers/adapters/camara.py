@@ -33,7 +33,7 @@ from carriers.adapters.base import (
     Outcome,
     RefundRequest,
 )
-from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send
+from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send, with_retry_after
 from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
 from playpay.money import to_major
 
@@ -61,6 +61,8 @@ REFUND_EVENT = "org.camaraproject.carrier-billing-refund.v0."
 DENIED = "CARRIER_BILLING.PAYMENT_DENIED"
 # A one-click charge whose reply was lost is looked for among this many of the latest payments.
 LOOKUP_PAGE_SIZE = 100
+# A request older than this that is not among the operator's payments (or refunds) never reached it.
+LOOKUP_SETTLE_SECONDS = 300
 _X_CORRELATOR = re.compile(r"^[a-zA-Z0-9-]{1,55}$")
 
 # CAMARA error code, and a word of its message where operators only tell more in words, -> PlayPay's code.
@@ -202,8 +204,42 @@ def _refusal(response: httpx.Response, carrier_reference: str = "") -> CarrierRe
     message = str(body.get("message") or response.reason_phrase)
     # A 401 (after a fresh token) or a 429 means the request was not processed.
     not_sent = status in (401, 429)
-    return CarrierResult.failed(
+    refused = CarrierResult.failed(
         map_error(code, message), code, message, not_sent=not_sent, carrier_reference=carrier_reference
+    )
+    return with_retry_after(refused, status, response.headers)
+
+
+def _never_received(request_state: Mapping[str, Any], found: list[Any], page_size: int | None) -> bool:
+    """Whether a request not found among `found` certainly never reached the operator.
+
+    It must be LOOKUP_SETTLE_SECONDS old (`state["asked_at"]`, when our call was made), and the list must
+    reach back before it: a page that is not full holds everything; a full one, down to its oldest entry.
+    """
+    try:
+        asked_at = datetime.fromisoformat(str(request_state.get("asked_at") or ""))
+    except ValueError:
+        return False
+    if asked_at.tzinfo is None or (datetime.now(UTC) - asked_at).total_seconds() < LOOKUP_SETTLE_SECONDS:
+        return False
+    if page_size is None or len(found) < page_size:
+        return True
+    dates = []
+    for item in found:
+        created = item.get("paymentCreationDate") if isinstance(item, dict) else None
+        try:
+            dates.append(datetime.fromisoformat(str(created).replace("Z", "+00:00")))
+        except ValueError:
+            return False
+    oldest = min(dates, default=None)
+    return (
+        oldest is not None and oldest.tzinfo is not None and (asked_at - oldest).total_seconds() > LOOKUP_SETTLE_SECONDS
+    )
+
+
+def _never_received_result(what: str) -> CarrierResult:
+    return CarrierResult.failed(
+        ErrorCode.CARRIER_UNAVAILABLE, "NOT_FOUND", f"the operator has no such {what}: never received", not_sent=True
     )
 
 
@@ -215,6 +251,17 @@ def _payment_result(data: Mapping[str, Any], carrier_reference: str = "") -> Car
         return CarrierResult.pending(f"STATUS_{status.upper()}", "unknown paymentStatus", carrier_reference=reference)
     if outcome == Outcome.FAILED:
         return CarrierResult.failed(map_error(DENIED), status, f"payment {status}", carrier_reference=reference)
+    return CarrierResult(outcome=outcome, carrier_reference=reference, raw_code=status)
+
+
+def _refund_result(data: Mapping[str, Any]) -> CarrierResult:
+    status = str(data.get("refundStatus", ""))
+    reference = str(data.get("refundId") or "")
+    outcome = REFUND_STATUSES.get(status)
+    if outcome is None:
+        return CarrierResult.pending(f"STATUS_{status.upper()}", "unknown refundStatus", carrier_reference=reference)
+    if outcome == Outcome.FAILED:
+        return CarrierResult.failed(ErrorCode.REJECTED, status, "refund denied", carrier_reference=reference)
     return CarrierResult(outcome=outcome, carrier_reference=reference, raw_code=status)
 
 
@@ -480,7 +527,8 @@ class CamaraAdapter(CarrierAdapter):
             if response.status_code != 200:
                 return _refusal(response)
             payments = json_body(response)
-            for payment in payments if isinstance(payments, list) else []:
+            payments = payments if isinstance(payments, list) else []
+            for payment in payments:
                 transaction = payment.get("amountTransaction") if isinstance(payment, dict) else None
                 if (
                     isinstance(transaction, dict)
@@ -488,6 +536,8 @@ class CamaraAdapter(CarrierAdapter):
                     and transaction.get("referenceCode") == request.payment_id
                 ):
                     return _payment_result(payment)
+            if _never_received(request.state, payments, LOOKUP_PAGE_SIZE):
+                return _never_received_result("payment")
             return CarrierResult.pending("NO_REFERENCE", "no payment with this clientCorrelator among the latest")
 
         return self._run(call)
@@ -535,18 +585,44 @@ class CamaraAdapter(CarrierAdapter):
             path = f"{REFUND_API}/payments/{request.carrier_reference}/refunds"
             response = self._api(client, "POST", path, payload=body, correlator=request.refund_id)
             if response.status_code not in (200, 201):
-                return _refusal(response)
-            data = _object(response)
-            status = str(data.get("refundStatus", ""))
-            reference = str(data.get("refundId") or "")
-            outcome = REFUND_STATUSES.get(status)
-            if outcome is None:
-                return CarrierResult.pending(
-                    f"STATUS_{status.upper()}", "unknown refundStatus", carrier_reference=reference
-                )
-            if outcome == Outcome.FAILED:
-                return CarrierResult.failed(ErrorCode.REJECTED, status, "refund denied", carrier_reference=reference)
-            return CarrierResult(outcome=outcome, carrier_reference=reference, raw_code=status)
+                refused = _refusal(response)
+                if refused.error_code == ErrorCode.DUPLICATE:
+                    # Sent before (its reply was lost): what matters is what became of that one.
+                    return self._find_refund(client, request)
+                return refused
+            return _refund_result(_object(response))
+
+        return self._run(call)
+
+    def _find_refund(self, client: httpx.Client, request: RefundRequest) -> CarrierResult:
+        """The payment's refund with our clientCorrelator, from the operator's whole list of them."""
+        base = f"{REFUND_API}/payments/{request.carrier_reference}/refunds"
+        response = self._api(client, "GET", base, correlator=request.refund_id)
+        if response.status_code != 200:
+            return _refusal(response)
+        refunds = json_body(response)
+        refunds = refunds if isinstance(refunds, list) else []
+        for refund in refunds:
+            transaction = refund.get("amountTransaction") if isinstance(refund, dict) else None
+            if isinstance(transaction, dict) and transaction.get("clientCorrelator") == request.refund_id:
+                return _refund_result(refund)
+        if _never_received(request.state, refunds, None):
+            return _never_received_result("refund")
+        return CarrierResult.pending("NO_REFERENCE", "no refund with this clientCorrelator yet")
+
+    def query_refund(self, request: RefundRequest) -> CarrierResult:
+        """GET the refund by its refundId; without one (the reply was lost), find it by its clientCorrelator
+        among the payment's refunds, which the operator lists whole. Not there: never received."""
+        refund_reference = str(request.state.get("refund_reference") or "")
+        base = f"{REFUND_API}/payments/{request.carrier_reference}/refunds"
+
+        def call(client: httpx.Client) -> CarrierResult:
+            if not refund_reference:
+                return self._find_refund(client, request)
+            response = self._api(client, "GET", f"{base}/{refund_reference}", correlator=request.refund_id)
+            if response.status_code != 200:
+                return _refusal(response, refund_reference)
+            return _refund_result(_object(response))
 
         return self._run(call)
 

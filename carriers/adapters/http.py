@@ -1,9 +1,12 @@
 """HTTP for adapters: per-carrier timeouts, and transport failures turned into standard results."""
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -12,6 +15,9 @@ from carriers.adapters.base import CarrierConfig, CarrierResult
 from carriers.errors import ErrorCode
 
 logger = logging.getLogger(__name__)
+
+# A carrier's Retry-After is honoured up to this long; a longer (or broken) one would stall every call to it.
+RETRY_AFTER_MAX_SECONDS = 3600.0
 
 
 class TransportFailure(Exception):
@@ -55,6 +61,33 @@ def server_error(status_code: int, text: str) -> TransportFailure:
     return TransportFailure(CarrierResult.pending(f"HTTP_{status_code}", text[:200], transport_failed=True))
 
 
+def retry_after_seconds(value: str | None, *, now: datetime | None = None) -> float | None:
+    """A `Retry-After` header (RFC 9110 §10.2.3: seconds, or an HTTP date) as seconds from now, at most
+    RETRY_AFTER_MAX_SECONDS; None when absent or unreadable."""
+    value = (value or "").strip()
+    if not value:
+        return None
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            moment = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=UTC)
+        seconds = (moment - (now or datetime.now(UTC))).total_seconds()
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+
+
+def with_retry_after(result: CarrierResult, status_code: int, headers: Any) -> CarrierResult:
+    """`result` carrying the wait a 503 or 429 asked for in its `Retry-After` header."""
+    if status_code not in (429, 503):
+        return result
+    seconds = retry_after_seconds(headers.get("Retry-After"))
+    return result if seconds is None else dataclasses.replace(result, retry_after=seconds)
+
+
 @contextmanager
 def timed(method: str, url: str) -> Iterator[None]:
     """Log how long a request took, however it ended."""
@@ -76,7 +109,8 @@ def send(client: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Re
             exc, sent=not never_connected, timed_out=isinstance(exc, httpx.TimeoutException)
         ) from exc
     if response.status_code >= 500:
-        raise server_error(response.status_code, response.text or response.reason_phrase)
+        failure = server_error(response.status_code, response.text or response.reason_phrase)
+        raise TransportFailure(with_retry_after(failure.result, response.status_code, response.headers))
     return response
 
 

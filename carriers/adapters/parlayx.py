@@ -4,7 +4,8 @@ Parlay X is synchronous: a normal response means done, a SOAP fault means refuse
 PIN operation and no charge status query, so the PIN flow is built as DCB platforms on Parlay X
 gateways build it: `reserveAmount` holds the funds, PlayPay sends its own PIN with `sendSms`,
 and `chargeReservation` takes the money once the player typed the PIN back. An outcome left
-unknown (timeout, garbled reply) stays pending and is settled by reconciliation.
+unknown (timeout, 5xx, garbled reply) is settled by sending the same request again: gateways
+treat a repeated referenceCode as the same charge or refund, and charge a reservation once.
 
 The WSDL/XSD in `wsdl/` are loaded from disk, never from the network, once per process.
 """
@@ -39,7 +40,7 @@ from carriers.adapters.base import (
     Outcome,
     RefundRequest,
 )
-from carriers.adapters.http import TransportFailure, server_error, timed, transport_failure
+from carriers.adapters.http import TransportFailure, server_error, timed, transport_failure, with_retry_after
 from carriers.errors import ErrorCode
 from playpay.money import to_major
 
@@ -164,15 +165,15 @@ class _Transport(zeep.Transport):
         if response.status_code >= 400 and not _has_soap_fault(response.content):
             code, text = f"HTTP_{response.status_code}", response.text[:200] or response.reason
             if response.status_code >= 500:
-                raise server_error(response.status_code, text)
+                failure = server_error(response.status_code, text)
+                raise TransportFailure(with_retry_after(failure.result, response.status_code, response.headers))
             # A 4xx without a fault is refused before the operation ran: retry later when it says so,
             # otherwise it is a configuration problem (wrong path, HTTP auth).
             if response.status_code in (408, 429):
-                raise TransportFailure(
-                    CarrierResult.failed(
-                        ErrorCode.CARRIER_UNAVAILABLE, code, text, not_sent=True, transport_failed=True
-                    )
+                refused = CarrierResult.failed(
+                    ErrorCode.CARRIER_UNAVAILABLE, code, text, not_sent=True, transport_failed=True
                 )
+                raise TransportFailure(with_retry_after(refused, response.status_code, response.headers))
             raise TransportFailure(CarrierResult.failed(ErrorCode.REJECTED, code, text))
         return response
 
@@ -355,9 +356,26 @@ class ParlayXAdapter(CarrierAdapter):
     def query_status(self, request: ChargeRequest) -> CarrierResult:
         return CarrierResult.pending(
             "NO_STATUS_QUERY",
-            "Parlay X has no charge status query: an unknown outcome is settled by reconciliation",
+            "Parlay X has no charge status query",
             carrier_reference=request.carrier_reference,
         )
+
+    def resolve_charge(self, request: ChargeRequest) -> CarrierResult:
+        """Send the same charge again: `chargeAmount` with the same referenceCode is the same charge, and a
+        reservation is charged at most once. A reservation no longer held (`SVC0002 reservationIdentifier`)
+        was charged or has lapsed, which only the settlement file tells: the outcome stays unknown."""
+        answer = self.charge(request)
+        if answer.error_code == ErrorCode.RESERVATION_EXPIRED and request.state.get("reservation"):
+            return CarrierResult.pending(
+                "RESERVATION_GONE",
+                "the reservation is no longer held: charged or lapsed, as the settlement file will tell",
+                carrier_reference=answer.carrier_reference,
+            )
+        return answer
+
+    def query_refund(self, request: RefundRequest) -> CarrierResult:
+        """Send the same refund again: `refundAmount` with the same referenceCode is the same refund."""
+        return self.refund(request)
 
     def cancel(self, request: ChargeRequest) -> CarrierResult:
         reservation = request.state.get("reservation")

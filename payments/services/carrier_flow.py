@@ -4,32 +4,30 @@ Each function runs as (or is called from) a Celery task on the carrier's queue a
 safe to run twice. Before any carrier call that could move money, the payment is
 marked `outcome_unknown_since` in a committed transaction; the mark is cleared when
 the carrier states an outcome. A payment so marked is never charged again: its
-outcome is first resolved by querying the carrier (or by its callback).
+outcome is first resolved by its callback, or by the resolver job
+(`payments.services.resolver`) through `resolve_payment`.
 """
 
 import contextlib
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from carriers.adapters import adapter_class, adapter_classes, carrier_queue
+from carriers.adapters import adapter_class, carrier_queue
 from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest, Notification, NotificationKind, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
 from payments.models import Payment, PaymentFlow, PaymentStatus
-from payments.services import outbox
+from payments.services import outbox, outcomes
 from payments.services.state_machine import transition
 
 logger = logging.getLogger(__name__)
-
-# How long an unknown outcome is left to the carrier's callback before we ask.
-RESOLVE_AFTER = timedelta(seconds=30)
 
 
 def carrier_actor(carrier: Carrier) -> str:
@@ -45,8 +43,13 @@ def charge_request(payment: Payment) -> ChargeRequest:
         price_point=payment.price_point.code,
         description=f"{payment.app.name}: {payment.price_point.code}",
         carrier_reference=payment.carrier_reference,
-        state={**payment.carrier_data, "attempt": payment.charge_attempts},
+        state={**payment.carrier_data, "attempt": payment.charge_attempts, **asked_at(payment.outcome_unknown_since)},
     )
+
+
+def asked_at(since: datetime | None) -> dict[str, str]:
+    """When the call whose outcome is unknown was made, for an adapter that must judge "never received"."""
+    return {"asked_at": since.isoformat()} if since is not None else {}
 
 
 def dispatch(payment: Payment, task: str, *, countdown: int = 0) -> None:
@@ -75,11 +78,11 @@ def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) 
         due = locked.next_attempt_at is None or locked.next_attempt_at <= timezone.now()
         if locked.status != expected or locked.outcome_unknown_since is not None or not due:
             return None
-        locked.outcome_unknown_since = timezone.now()
+        tracking = outcomes.mark_unknown(locked)
         locked.next_attempt_at = None
         if count_attempt:
             locked.charge_attempts += 1
-        locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
+        locked.save(update_fields=[*tracking, "next_attempt_at", "charge_attempts", "updated_at"])
     return load_payment(payment_id)
 
 
@@ -290,6 +293,8 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
     if delay is None:
         fail(payment, result, actor=actor)
         return
+    if result.retry_after:  # never sooner than the carrier asked (its Retry-After)
+        delay = max(delay, timedelta(seconds=result.retry_after))
     payment.outcome_unknown_since = None
     payment.next_attempt_at = timezone.now() + delay
     payment.save(update_fields=["outcome_unknown_since", "next_attempt_at", "updated_at"])
@@ -301,20 +306,45 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
     )
 
 
+# The statuses in which a carrier call can await its answer.
+AWAITING_CARRIER = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
+
+
+def _forget_unknown(payment_id: int) -> None:
+    """A payment that moved on (expired, settled) while marked: nothing is left to ask the carrier."""
+    with transaction.atomic():
+        locked = locked_payment(payment_id)
+        if locked.status not in AWAITING_CARRIER and locked.outcome_unknown_since is not None:
+            locked.save(update_fields=[*outcomes.clear_unknown(locked), "updated_at"])
+
+
 def resolve_payment(*, payment_id: int) -> None:
-    """Settle an unknown outcome by asking the carrier."""
+    """Settle an unknown outcome the protocol's way (`CarrierAdapter.resolve_charge`): a status query, or
+    the same charge sent again where the carrier deduplicates it. Runs from the resolver job."""
     payment = load_payment(payment_id)
     if payment.outcome_unknown_since is None:
+        return
+    if payment.status not in AWAITING_CARRIER:
+        _forget_unknown(payment_id)
         return
     capabilities = adapter_class(payment.carrier.protocol).capabilities
     if payment.status == PaymentStatus.CREATED and not capabilities.asynchronous:
         # A PIN request that got no answer moves no money: send it again.
         _schedule_retry(payment_id, delay=timedelta(seconds=0))
         return
-    if not capabilities.status_query:
-        return  # the carrier cannot be asked: settled by reconciliation with its settlement file
-    result = _call_for_status(payment)
-    if result is None:
+    request = charge_request(payment)
+    try:
+        result = call_carrier(
+            payment.carrier,
+            lambda adapter: adapter.resolve_charge(request),
+            name="query_status" if capabilities.status_query else "resend_charge",
+            request=request,
+        )
+    except CarrierBusy as busy:
+        with transaction.atomic():
+            locked = locked_payment(payment_id)
+            fields = outcomes.check_again_after(locked, timedelta(seconds=busy.retry_after))
+            locked.save(update_fields=[*fields, "updated_at"])
         return
     if payment.status == PaymentStatus.CREATED:
         record_start_result(payment_id=payment_id, result=result)
@@ -322,16 +352,6 @@ def resolve_payment(*, payment_id: int) -> None:
         record_charge_result(payment_id=payment_id, result=result)
     elif payment.status == PaymentStatus.PIN_SENT:
         apply_pin_result(payment_id=payment_id, result=result)
-
-
-def _call_for_status(payment: Payment) -> CarrierResult | None:
-    try:
-        request = charge_request(payment)
-        return call_carrier(
-            payment.carrier, lambda adapter: adapter.query_status(request), name="query_status", request=request
-        )
-    except CarrierBusy:
-        return None  # the resolver job comes back
 
 
 def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
@@ -443,21 +463,5 @@ def due_attempts(*, limit: int = 1000) -> int:
     for payment in due:
         with transaction.atomic():
             dispatch(payment, "start_payment" if payment.status == PaymentStatus.CREATED else "charge_payment")
-        count += 1
-    return count
-
-
-def unknown_outcomes(*, limit: int = 1000) -> int:
-    """Dispatch a status query for payments whose outcome has been unknown for a while."""
-    unqueryable = [protocol for protocol, cls in adapter_classes().items() if not cls.capabilities.status_query]
-    stale = (
-        Payment.objects.filter(outcome_unknown_since__lte=timezone.now() - RESOLVE_AFTER)
-        .exclude(status=PaymentStatus.CHARGING, carrier__protocol__in=unqueryable)
-        .select_related("carrier")[:limit]
-    )
-    count = 0
-    for payment in stale:
-        with transaction.atomic():
-            dispatch(payment, "resolve_payment")
         count += 1
     return count

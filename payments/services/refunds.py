@@ -7,19 +7,20 @@ carrier is called on its queue after the commit; where the carrier cannot refund
 the platform pays the player back itself and the refund succeeds at once.
 """
 
-from datetime import timedelta
+import dataclasses
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_class, carrier_queue
-from carriers.adapters.base import CarrierResult, Notification, Outcome, RefundRequest
+from carriers.adapters.base import CarrierResult, ChargeRequest, Notification, Outcome, RefundRequest
 from carriers.gateway import CarrierBusy, call_carrier
 from payments.errors import IllegalTransition, RefundExceedsCaptured, ReversalNotAllowed
-from payments.models import Payment, PaymentStatus, Refund, Reversal
-from payments.services import ledger, outbox
-from payments.services.carrier_flow import charge_request, dispatch, is_uuid, load_payment, locked_payment
+from payments.models import MoneyOperation, Payment, PaymentStatus, Refund, Reversal
+from payments.services import ledger, outbox, outcomes
+from payments.services.carrier_flow import asked_at, charge_request, dispatch, is_uuid, load_payment, locked_payment
 from payments.services.idempotency import IdempotencyKey, claim_key
 from payments.services.state_machine import transition
 
@@ -105,16 +106,8 @@ def _queue_refund(refund: Refund, payment: Payment, *, countdown: int = 0) -> No
     )
 
 
-def execute_refund(*, refund_id: int) -> None:
-    """Ask the carrier to refund (task on the carrier's queue); runs once per refund."""
-    with transaction.atomic():
-        refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at or refund.carrier_reference:
-            return
-        refund.carrier_requested_at = timezone.now()  # claimed: a second run does not refund twice
-        refund.save(update_fields=["carrier_requested_at"])
-    payment = load_payment(refund.payment_id)
-    request = RefundRequest(
+def _refund_request(refund: Refund, payment: Payment) -> RefundRequest:
+    return RefundRequest(
         refund_id=str(refund.public_id),
         payment_id=str(payment.public_id),
         carrier_reference=payment.carrier_reference,
@@ -122,8 +115,26 @@ def execute_refund(*, refund_id: int) -> None:
         amount_minor=refund.amount_minor,
         currency=refund.currency,
         reason=refund.reason,
-        state={**payment.carrier_data, "total": refund.amount_minor == payment.amount_minor},
+        state={
+            **payment.carrier_data,
+            "total": refund.amount_minor == payment.amount_minor,
+            "refund_reference": refund.carrier_reference,
+            **asked_at(refund.carrier_requested_at),
+        },
     )
+
+
+def execute_refund(*, refund_id: int) -> None:
+    """Ask the carrier to refund (task on the carrier's queue); a second run while it is asked does nothing."""
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().get(pk=refund_id)
+        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at:
+            return
+        claimed_at = refund.carrier_requested_at = timezone.now()  # claimed: a second run does not refund twice
+        tracking = outcomes.mark_unknown(refund, now=claimed_at)
+        refund.save(update_fields=["carrier_requested_at", *tracking])
+    payment = load_payment(refund.payment_id)
+    request = _refund_request(refund, payment)
     try:
         result = call_carrier(
             payment.carrier,
@@ -133,26 +144,95 @@ def execute_refund(*, refund_id: int) -> None:
             payment_id=request.payment_id,
         )
     except CarrierBusy as busy:
-        with transaction.atomic():
-            Refund.objects.filter(pk=refund_id).update(carrier_requested_at=None)
-            _queue_refund(refund, payment, countdown=max(int(busy.retry_after), 1))
+        _refund_not_sent(refund_id, retry_after=busy.retry_after, claimed_at=claimed_at)
         return
-    record_refund_result(refund_id=refund_id, result=result)
+    record_refund_result(refund_id=refund_id, result=result, claimed_at=claimed_at)
 
 
-def record_refund_result(*, refund_id: int, result: CarrierResult) -> None:
-    """Apply the carrier's answer to a pending refund; a repeated answer changes nothing."""
+def _refund_not_sent(refund_id: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
+    """The carrier did not get the refund (unreachable, refused for now, or we had to wait): the resolver
+    job sends it again once due, the wait growing with each try and never shorter than the carrier asked.
+
+    Only the send claimed at `claimed_at` is released: a stale answer (a check run twice) never frees a
+    newer send, which could then go out twice.
+    """
     with transaction.atomic():
         refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING or result.outcome == Outcome.PENDING:
-            if result.carrier_reference and refund.status == Refund.Status.PENDING:
+        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at != claimed_at:
+            return
+        refund.carrier_requested_at = None
+        tracking = outcomes.mark_unknown(refund)
+        fields = outcomes.check_again_after(refund, outcomes.next_wait(refund, retry_after))
+        refund.save(update_fields=["carrier_requested_at", *tracking, *fields])
+
+
+def resolve_refund(*, refund_id: int) -> None:
+    """Settle a refund whose outcome is unknown (resolver job): ask the carrier, or send it again where
+    it was not sent. A refund settled meanwhile (by its callback) is left alone."""
+    refund = Refund.objects.get(pk=refund_id)
+    if refund.status != Refund.Status.PENDING or refund.outcome_unknown_since is None:
+        return
+    if refund.carrier_requested_at is None:
+        execute_refund(refund_id=refund_id)
+        return
+    claimed_at = refund.carrier_requested_at
+    payment = load_payment(refund.payment_id)
+    request = _refund_request(refund, payment)
+    try:
+        result = call_carrier(
+            payment.carrier,
+            lambda adapter: adapter.query_refund(request),
+            name="query_refund",
+            request=request,
+            payment_id=request.payment_id,
+        )
+    except CarrierBusy as busy:
+        _check_again_after(Refund, refund_id, busy.retry_after)
+        return
+    record_refund_result(refund_id=refund_id, result=result, claimed_at=claimed_at)
+    if _never_received(result):
+        execute_refund(refund_id=refund_id)  # certain the carrier never got it: send it now
+
+
+def _never_received(result: CarrierResult) -> bool:
+    """A status check that found no trace of the request, and no wait asked for: it can be sent at once."""
+    return result.outcome == Outcome.FAILED and result.not_sent and not result.retry_after
+
+
+def _check_again_after(model: type[Refund] | type[Reversal], pk: int, seconds: float) -> None:
+    with transaction.atomic():
+        row = model.objects.select_for_update().get(pk=pk)
+        if row.status == MoneyOperation.Status.PENDING:
+            row.save(update_fields=outcomes.check_again_after(row, timedelta(seconds=seconds)))
+
+
+def record_refund_result(*, refund_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
+    """Apply the carrier's answer (its reply, a callback or a status check) to a pending refund.
+
+    An answer for a refund already settled changes nothing, so a callback racing the resolver, or a
+    task run twice, settles it once. `claimed_at`: the send the answer is about (see _refund_not_sent).
+    """
+    if result.outcome == Outcome.FAILED and result.not_sent:
+        _refund_not_sent(refund_id, retry_after=result.retry_after, claimed_at=claimed_at)
+        return
+    with transaction.atomic():
+        refund = Refund.objects.select_for_update().get(pk=refund_id)
+        if refund.status != Refund.Status.PENDING:
+            return
+        if result.outcome == Outcome.PENDING:
+            # Accepted, processing, or no usable answer: the callback or the resolver job settles it.
+            fields = outcomes.mark_unknown(refund)
+            if result.carrier_reference and result.carrier_reference != refund.carrier_reference:
                 refund.carrier_reference = result.carrier_reference
-                refund.save(update_fields=["carrier_reference"])
+                fields.append("carrier_reference")
+            if fields:
+                refund.save(update_fields=fields)
             return
         payment = locked_payment(refund.payment_id)
         refund.carrier_reference = result.carrier_reference or refund.carrier_reference
         if result.outcome == Outcome.FAILED:
             refund.failure_code, refund.failure_message = result.failure
+        outcomes.clear_unknown(refund)
         _settle_refund(
             refund, payment, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
         )
@@ -204,28 +284,92 @@ def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
 
 
 def execute_reversal(*, payment_id: int) -> None:
+    """Ask the carrier to reverse (task on the carrier's queue); a second run while it is asked does nothing."""
+    with transaction.atomic():
+        reversal = Reversal.objects.select_for_update().filter(payment_id=payment_id).first()
+        if reversal is None or reversal.status != Reversal.Status.PENDING or reversal.carrier_requested_at:
+            return
+        claimed_at = reversal.carrier_requested_at = timezone.now()
+        tracking = outcomes.mark_unknown(reversal, now=claimed_at)
+        reversal.save(update_fields=["carrier_requested_at", *tracking])
     payment = load_payment(payment_id)
-    reversal = Reversal.objects.filter(payment=payment, status=Reversal.Status.PENDING).first()
-    if reversal is None:
-        return
+    request = _reversal_request(payment, reversal)
     try:
-        request = charge_request(payment)
         result = call_carrier(
             payment.carrier, lambda adapter: adapter.reverse(request), name="reverse", request=request
         )
-    except CarrierBusy:
-        return  # stays pending; run again from the admin
-    if result.outcome == Outcome.PENDING:
+    except CarrierBusy as busy:
+        _reversal_not_sent(reversal.pk, retry_after=busy.retry_after, claimed_at=claimed_at)
+        return
+    record_reversal_result(reversal_id=reversal.pk, result=result, claimed_at=claimed_at)
+
+
+def _reversal_request(payment: Payment, reversal: Reversal) -> ChargeRequest:
+    request = charge_request(payment)
+    return dataclasses.replace(
+        request,
+        description=reversal.reason,
+        state={**request.state, **asked_at(reversal.carrier_requested_at)},
+    )
+
+
+def _reversal_not_sent(reversal_id: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
+    """The carrier did not take the reversal (unreachable, refused for now): sent again on the resolver's
+    schedule, never before the carrier asked, instead of waiting for someone to notice. Only the send
+    claimed at `claimed_at` is released, as for refunds."""
+    with transaction.atomic():
+        reversal = Reversal.objects.select_for_update().get(pk=reversal_id)
+        if reversal.status != Reversal.Status.PENDING or reversal.carrier_requested_at != claimed_at:
+            return
+        reversal.carrier_requested_at = None
+        tracking = outcomes.mark_unknown(reversal)
+        fields = outcomes.check_again_after(reversal, outcomes.next_wait(reversal, retry_after))
+        reversal.save(update_fields=["carrier_requested_at", *tracking, *fields])
+
+
+def resolve_reversal(*, reversal_id: int) -> None:
+    """Settle a reversal whose outcome is unknown (resolver job): ask the carrier, or send it again."""
+    reversal = Reversal.objects.get(pk=reversal_id)
+    if reversal.status != Reversal.Status.PENDING or reversal.outcome_unknown_since is None:
+        return
+    if reversal.carrier_requested_at is None:
+        execute_reversal(payment_id=reversal.payment_id)
+        return
+    claimed_at = reversal.carrier_requested_at
+    payment = load_payment(reversal.payment_id)
+    request = _reversal_request(payment, reversal)
+    try:
+        result = call_carrier(
+            payment.carrier, lambda adapter: adapter.query_reversal(request), name="query_reversal", request=request
+        )
+    except CarrierBusy as busy:
+        _check_again_after(Reversal, reversal_id, busy.retry_after)
+        return
+    record_reversal_result(reversal_id=reversal_id, result=result, claimed_at=claimed_at)
+    if _never_received(result):
+        execute_reversal(payment_id=reversal.payment_id)  # certain the carrier never got it: send it now
+
+
+def record_reversal_result(*, reversal_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
+    """Apply the carrier's answer to a pending reversal; an answer for a settled one changes nothing."""
+    if result.outcome == Outcome.FAILED and result.not_sent:
+        _reversal_not_sent(reversal_id, retry_after=result.retry_after, claimed_at=claimed_at)
         return
     with transaction.atomic():
-        locked = locked_payment(payment_id)
-        pending = Reversal.objects.select_for_update().get(pk=reversal.pk)
-        if pending.status == Reversal.Status.PENDING:
-            if result.outcome == Outcome.FAILED:
-                pending.failure_code, pending.failure_message = result.failure
-            _settle_reversal(
-                pending, locked, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
-            )
+        reversal = Reversal.objects.select_for_update().get(pk=reversal_id)
+        if reversal.status != Reversal.Status.PENDING:
+            return
+        if result.outcome == Outcome.PENDING:
+            if fields := outcomes.mark_unknown(reversal):
+                reversal.save(update_fields=fields)
+            return
+        locked = locked_payment(reversal.payment_id)
+        if result.outcome == Outcome.FAILED:
+            reversal.failure_code, reversal.failure_message = result.failure
+        outcomes.clear_unknown(reversal)
+        _settle_reversal(
+            reversal, locked, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{locked.carrier.slug}"
+        )
 
 
 def _settle_reversal(reversal: Reversal, payment: Payment, *, succeeded: bool, actor: str) -> None:

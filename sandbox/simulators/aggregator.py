@@ -21,6 +21,8 @@ API_SECRET = "aggregator-api-secret"  # noqa: S105 - a simulator's published tes
 CALLBACK_SECRET = "aggregator-callback-secret"  # noqa: S105
 MAX_PIN_ATTEMPTS = 3
 FRESHNESS_SECONDS = 300
+# What a 503 (the simulator's outage) asks the client to wait.
+RETRY_AFTER_SECONDS = 5
 
 SIM = simulator("aggregator")
 # Charge ids start with it (and key the charges among the simulator's records).
@@ -37,6 +39,15 @@ _AT_START = {Decline.USER_BARRED, Decline.UNKNOWN_SUBSCRIBER}
 
 def _error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def _fault(msisdn: str) -> HttpResponse | None:
+    """The number's transport fault; an outage's 503 says how long to wait in `Retry-After`."""
+    fault = SIM.transport_fault(msisdn)
+    if fault is not None and fault.status_code == 503:
+        fault = _error(503, "TEMPORARILY_UNAVAILABLE", "try again later")
+        fault["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return fault
 
 
 def _authenticate(request: HttpRequest) -> JsonResponse | None:
@@ -67,7 +78,7 @@ def _event(event_type: str, charge: dict[str, Any], **extra: Any) -> tuple[bytes
 
 
 def _public(charge: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in charge.items() if key not in ("pin", "request")}
+    return {key: value for key, value in charge.items() if key not in ("pin", "request", "refunds")}
 
 
 def _settle(charge: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
@@ -107,7 +118,7 @@ def charges(request: HttpRequest) -> HttpResponse:
         return _error(400, "INVALID_REQUEST", "merchant_reference, msisdn, amount, currency and flow are required")
     if flow not in ("pin", "one_click") or amount <= 0:
         return _error(400, "INVALID_REQUEST", "flow is pin or one_click; amount is positive minor units")
-    if (fault := SIM.transport_fault(msisdn)) is not None:
+    if (fault := _fault(msisdn)) is not None:
         return fault
     if SIM.malformed(msisdn):
         return HttpResponse(b'{"charge_id": "ch_', status=202, content_type="application/json")
@@ -157,7 +168,7 @@ def charge_detail(request: HttpRequest, charge_id: str) -> HttpResponse:
     charge = SIM.records.get(charge_id)
     if charge is None:
         return _error(404, "NOT_FOUND", "no such charge")
-    if (fault := SIM.transport_fault(charge["msisdn"])) is not None:
+    if (fault := _fault(charge["msisdn"])) is not None:
         return fault
     return JsonResponse(_public(charge))
 
@@ -193,20 +204,63 @@ def submit_pin(request: HttpRequest, charge_id: str) -> HttpResponse:
 
 @simulator_view
 def refunds(request: HttpRequest, charge_id: str) -> HttpResponse:
+    """Refund a succeeded charge; a repeat of the same merchant_reference is the same refund."""
     if (denied := _authenticate(request)) is not None:
         return denied
     body = json.loads(request.body or b"{}")
     charge = SIM.records.get(charge_id)
-    if charge is None or charge["status"] != "succeeded":
-        return _error(409, "NOT_REFUNDABLE", "only a succeeded charge can be refunded")
-    refund = {
-        "charge_id": charge_id,
-        "merchant_reference": body.get("merchant_reference"),
-        "status": "succeeded",
-        "amount": body.get("amount"),
-    }
+    if charge is not None and (fault := _fault(charge["msisdn"])) is not None:
+        return fault  # answered before the lock: the latency is never slept holding it
+    reference = str(body.get("merchant_reference") or "")
+    # Under the charge's row lock: a refund sent twice at once, on any processes, is made once.
+    with SIM.records.locked(charge_id) as charge:
+        if charge is None or charge["status"] != "succeeded":
+            return _error(409, "NOT_REFUNDABLE", "only a succeeded charge can be refunded")
+        refund = charge.setdefault("refunds", {}).get(reference)
+        if refund is not None:
+            return JsonResponse({"refund_id": refund["refund_id"], "status": "accepted"}, status=202)
+        refund = {
+            "refund_id": SIM.new_id("rf_"),
+            "charge_id": charge_id,
+            "merchant_reference": reference,
+            "status": "succeeded",
+            "amount": body.get("amount"),
+        }
+        charge["refunds"][reference] = refund
     SIM.deliver(charge["request"].get("callback_url", ""), [_event("refund.succeeded", refund)], charge["msisdn"])
-    return JsonResponse({"refund_id": SIM.new_id("rf_"), "status": "accepted"}, status=202)
+    return JsonResponse({"refund_id": refund["refund_id"], "status": "accepted"}, status=202)
+
+
+@simulator_view
+def refund_detail(request: HttpRequest, charge_id: str, reference: str) -> HttpResponse:
+    """A refund by our merchant_reference; 404 if it never came."""
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    charge = SIM.records.get(charge_id)
+    refund = (charge or {}).get("refunds", {}).get(reference)
+    if refund is None:
+        return _error(404, "NOT_FOUND", "no such refund")
+    return JsonResponse(dict(refund))
+
+
+@simulator_view
+def reversal(request: HttpRequest, charge_id: str) -> HttpResponse:
+    """Reverse a succeeded charge at once (a technical undo, not a refund); answered synchronously."""
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    charge = SIM.records.get(charge_id)
+    if charge is None:
+        return _error(404, "NOT_FOUND", "no such charge")
+    if (fault := _fault(charge["msisdn"])) is not None:
+        return fault
+    with SIM.records.locked(charge_id) as charge:
+        if charge is None:
+            return _error(404, "NOT_FOUND", "no such charge")
+        if charge.get("reversal_status") != "succeeded":
+            if charge["status"] != "succeeded":
+                return _error(409, "NOT_REVERSIBLE", "only a succeeded charge can be reversed")
+            charge["reversal_status"] = "succeeded"
+    return JsonResponse({"charge_id": charge_id, "reversal_status": "succeeded"})
 
 
 urlpatterns = [
@@ -214,4 +268,6 @@ urlpatterns = [
     path("v1/charges/<str:charge_id>", charge_detail),
     path("v1/charges/<str:charge_id>/pin", submit_pin),
     path("v1/charges/<str:charge_id>/refunds", refunds),
+    path("v1/charges/<str:charge_id>/refunds/<str:reference>", refund_detail),
+    path("v1/charges/<str:charge_id>/reversal", reversal),
 ]

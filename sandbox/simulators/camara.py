@@ -54,6 +54,8 @@ TOKEN_TTL_SECONDS = 3600
 # A prepared payment, and the code texted for it, lapse after this.
 PREPARED_TTL_SECONDS = 300
 MAX_CODE_ATTEMPTS = 3
+# What a 503 (the simulator's outage) asks the client to wait.
+RETRY_AFTER_SECONDS = 5
 PAYMENT_EVENT = "org.camaraproject.carrier-billing.v0."
 REFUND_EVENT = "org.camaraproject.carrier-billing-refund.v0."
 _PHONE = re.compile(r"^\+[1-9][0-9]{4,14}$")
@@ -129,6 +131,15 @@ def _error(status: int, code: str, message: str) -> JsonResponse:
     return JsonResponse({"status": status, "code": code, "message": message}, status=status)
 
 
+def _fault(sim: Simulator, msisdn: str) -> HttpResponse | None:
+    """The number's transport fault; an outage is CAMARA's `503 UNAVAILABLE`, with the wait in `Retry-After`."""
+    fault = sim.transport_fault(msisdn)
+    if fault is not None and fault.status_code == 503:
+        fault = _error(503, "UNAVAILABLE", "Service Unavailable.")
+        fault["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return fault
+
+
 def _oauth_error(status: int, error: str, description: str) -> JsonResponse:
     return JsonResponse({"error": error, "error_description": description}, status=status)
 
@@ -197,7 +208,7 @@ def _assertion_client(sim: Simulator, request: HttpRequest) -> str | JsonRespons
 def token(request: HttpRequest) -> HttpResponse:
     """OAuth2 client credentials (RFC 6749 §4.4) with client_secret_basic or private_key_jwt (RFC 7523)."""
     sim = _sim()
-    fault = sim.transport_fault("")
+    fault = _fault(sim, "")
     if fault is not None:
         return fault
     if request.POST.get("grant_type") != "client_credentials":
@@ -355,7 +366,7 @@ def _create(request: HttpRequest, *, one_step: bool) -> HttpResponse:
     if isinstance(sink, HttpResponse):
         return sink
     msisdn = transaction["phoneNumber"]
-    fault = sim.transport_fault(msisdn)
+    fault = _fault(sim, msisdn)
     if fault is not None:
         return fault
     correlator = transaction.get("clientCorrelator")
@@ -440,7 +451,7 @@ def _owned(sim: Simulator, client_id: str, payment_id: str) -> dict[str, Any] | 
 
 
 def _list(sim: Simulator, request: HttpRequest, client_id: str) -> HttpResponse:
-    fault = sim.transport_fault("")
+    fault = _fault(sim, "")
     if fault is not None:
         return fault
     try:
@@ -491,7 +502,7 @@ def payment(request: HttpRequest, payment_id: str) -> HttpResponse:
     record = _owned(sim, client_id, payment_id)
     if isinstance(record, HttpResponse):
         return record
-    fault = sim.transport_fault(record["_msisdn"])
+    fault = _fault(sim, record["_msisdn"])
     if fault is not None:
         return fault
     _expire(record)
@@ -512,7 +523,7 @@ def _write_target(
     record = _owned(sim, client_id, payment_id)
     if isinstance(record, HttpResponse):
         return record
-    fault = sim.transport_fault(record["_msisdn"])
+    fault = _fault(sim, record["_msisdn"])
     if fault is not None:
         return fault
     body = json_body(request)
@@ -683,7 +694,7 @@ def _refund_target(
     record = _owned(sim, client_id, payment_id)
     if isinstance(record, HttpResponse):
         return record
-    fault = sim.transport_fault(record["_msisdn"])
+    fault = _fault(sim, record["_msisdn"])
     if fault is not None:
         return fault
     return sim, client_id, record

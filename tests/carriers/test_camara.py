@@ -410,7 +410,10 @@ def test_partial_and_total_refunds(adapter: CamaraAdapter, sim: core.Simulator) 
         ErrorCode.REJECTED,
         "CARRIER_BILLING_REFUND.UNAUTHORIZED_AMOUNT",
     )
-    assert adapter.refund(refund).error_code == ErrorCode.DUPLICATE  # same refund id: same clientCorrelator
+    # The same refund id again (its reply was lost): the operator refuses the clientCorrelator, so the
+    # adapter reads back the refund it names, and nothing is refunded twice.
+    again = adapter.refund(refund)
+    assert (again.outcome, again.carrier_reference) == (Outcome.SUCCEEDED, partial.carrier_reference)
 
 
 # --- OAuth2 ---
@@ -528,7 +531,54 @@ def test_refund_notification_is_of_kind_refund(offline_adapter: CamaraAdapter) -
 def test_notifications_that_fail_verification_are_rejected(
     offline_adapter: CamaraAdapter, headers: dict[str, str], body: Callable[[], bytes], reason: str
 ) -> None:
+    # The body is made when the test runs: one made at collection goes stale in a long suite.
     with pytest.raises(NotificationRejected) as rejected:
         offline_adapter.parse_notification(headers=headers, body=body(), now=datetime.now(UTC))
 
     assert rejected.value.reason == reason
+
+
+def test_an_outage_is_a_503_whose_retry_after_the_adapter_reports(adapter: CamaraAdapter, sim: core.Simulator) -> None:
+    assert adapter.check_connection().outcome == Outcome.SUCCEEDED  # a token first: the outage stops that too
+    outage = httpx.post(adapter.config.endpoint + "/_settings", json={"outage": True}, timeout=5)
+    assert outage.status_code == 200
+    result = adapter.charge(charge_request())
+    assert (result.outcome, result.raw_code, result.transport_failed) == (Outcome.PENDING, "HTTP_503", True)
+    assert result.retry_after == camara_sim.RETRY_AFTER_SECONDS
+    assert not sim.charges[APPROVED]
+
+
+def test_a_one_click_charge_never_received_is_told_apart_from_one_still_unknown(
+    adapter: CamaraAdapter, sim: core.Simulator
+) -> None:
+    adapter.charge(charge_request(payment_id="pay-other"))  # the operator has other payments
+    long_ago = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    just_now = datetime.now(UTC).isoformat()
+    lost = adapter.query_status(charge_request(payment_id="pay-lost", state={"attempt": 1, "asked_at": long_ago}))
+    assert (lost.outcome, lost.not_sent, lost.raw_code) == (Outcome.FAILED, True, "NOT_FOUND")
+    recent = adapter.query_status(charge_request(payment_id="pay-lost", state={"attempt": 1, "asked_at": just_now}))
+    assert (recent.outcome, recent.not_sent) == (Outcome.PENDING, False)  # it may still be on its way
+    found = adapter.query_status(charge_request(payment_id="pay-other", state={"attempt": 0, "asked_at": long_ago}))
+    assert found.outcome == Outcome.SUCCEEDED
+
+
+def test_a_refund_whose_reply_was_lost_is_found_by_its_client_correlator(
+    adapter: CamaraAdapter, sim: core.Simulator
+) -> None:
+    paid = adapter.charge(charge_request())
+    refund = RefundRequest(
+        refund_id="refund-1",
+        payment_id="pay-1",
+        carrier_reference=paid.carrier_reference,
+        msisdn=APPROVED,
+        amount_minor=100,
+        currency="EUR",
+        state={"asked_at": (datetime.now(UTC) - timedelta(minutes=10)).isoformat()},
+    )
+    assert (adapter.query_refund(refund).outcome, adapter.query_refund(refund).not_sent) == (Outcome.FAILED, True)
+    done = adapter.refund(refund)
+    assert done.outcome == Outcome.SUCCEEDED
+    by_correlator = adapter.query_refund(refund)
+    by_reference = adapter.query_refund(replace(refund, state={"refund_reference": done.carrier_reference}))
+    assert by_correlator.outcome == by_reference.outcome == Outcome.SUCCEEDED
+    assert by_correlator.carrier_reference == by_reference.carrier_reference == done.carrier_reference

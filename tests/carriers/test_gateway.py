@@ -1,12 +1,14 @@
 """Per-carrier resilience: circuit breaker, rate limit and health, shared through the cache."""
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
 from carriers import gateway
 from carriers.adapters.base import CarrierResult, Outcome
+from carriers.adapters.http import retry_after_seconds
 from carriers.errors import ErrorCode
 from carriers.gateway import Breaker, CarrierBusy, call_carrier, refresh_health
 from carriers.models import Carrier
@@ -126,3 +128,34 @@ def test_health_summarises_recent_calls() -> None:
     assert health.success_rate_percent == 60
     assert health.breaker_state == "closed"
     assert health.avg_latency_ms is not None
+
+
+def test_a_carriers_retry_after_holds_back_every_call_to_it_until_then(clock: Clock) -> None:
+    carrier = CarrierFactory.create(breaker_failure_threshold=10)
+    busy = CarrierResult.pending("HTTP_503", "", transport_failed=True, retry_after=20.0)
+    call_carrier(carrier, answer(busy))
+    clock.advance(19)
+    with pytest.raises(CarrierBusy, match="Retry-After") as waiting:
+        call_carrier(carrier, answer(OK))
+    assert waiting.value.retry_after == pytest.approx(1.0)
+    other = CarrierFactory.create()
+    assert call_carrier(other, answer(OK)) == OK  # another carrier is not held back
+    clock.advance(1)
+    assert call_carrier(carrier, answer(OK)) == OK
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("120", 120.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # an HTTP date, 30 s after "now"
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past: at once
+        ("99999", 3600.0),  # capped
+        ("soon", None),
+        ("", None),
+        ("-5", None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_or_an_http_date(header: str, seconds: float | None) -> None:
+    now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC)
+    assert retry_after_seconds(header, now=now) == seconds

@@ -128,3 +128,29 @@ def test_the_preview_refuses_what_the_service_would_refuse(paid: Payment, settin
     refund = preview_operation(Payment.objects.get(pk=paid.pk), "refund")
     assert not refund.allowed
     assert refund.plan == "This payment is being reversed."
+
+
+def test_staff_find_payments_and_refunds_whose_carrier_outcome_is_unknown(
+    paid: Payment, shop: Shop, staff_client: StaffClient
+) -> None:
+    unknown = Payment.objects.get(public_id=shop.pay("key-2", flow="one_click")["id"])
+    since = timezone.now() - timedelta(hours=2)
+    Payment.objects.filter(pk=unknown.pk).update(
+        status=PaymentStatus.CHARGING, outcome_unknown_since=since, resolve_attempts=4, outcome_alerted_at=since
+    )
+    refund = Refund.objects.create(
+        payment=paid, amount_minor=10, currency=paid.currency, reason="x", requested_by="staff:ops"
+    )
+    Refund.objects.filter(pk=refund.pk).update(outcome_unknown_since=since, resolve_attempts=3)
+    support = staff_client("support")
+    listed = support.get(CHANGELIST, {"outcome": "unknown"}).content.decode()
+    assert str(unknown.public_id) in listed
+    assert str(paid.public_id) not in listed
+    assert str(unknown.public_id) in support.get(CHANGELIST, {"outcome": "alerted"}).content.decode()
+    refunds_page = support.get("/admin/payments/refund/", {"outcome": "unknown"})
+    assert refunds_page.status_code == 200
+    assert str(refund.public_id) in refunds_page.content.decode()
+    page = support.get(f"{CHANGELIST}{paid.pk}/change/").content.decode()
+    assert "Outcome unknown since" in page
+    assert "Next check" in page
+    assert "Checks made" in page

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from carriers.models import Carrier
 from payments.models import CarrierNotification, Payment, PaymentStatus, Refund
-from payments.services import carrier_flow
+from payments.services import carrier_flow, resolver
 from sandbox.simulators.core import simulator
 from tenants.services import issue_api_key
 from tests.factories import AppFactory
@@ -118,7 +118,7 @@ class TestAggregator:
         assert payment.status == PaymentStatus.CHARGING
         assert payment.outcome_unknown_since is not None
         Payment.objects.filter(pk=payment.pk).update(outcome_unknown_since=timezone.now() - timedelta(minutes=5))
-        assert carrier_flow.unknown_outcomes() == 1  # the periodic job; the query runs in-process here
+        assert resolver.unknown_outcomes() == 1  # the periodic job; the query runs in-process here
         assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED
 
     def test_a_tampered_callback_is_rejected_and_changes_nothing(self, live: str, client: APIClient) -> None:
@@ -153,7 +153,7 @@ class TestKilledWorkers:
         Payment.objects.filter(pk=payment.pk).update(
             carrier_reference="", outcome_unknown_since=timezone.now() - timedelta(minutes=5)
         )
-        carrier_flow.unknown_outcomes()
+        resolver.unknown_outcomes()
         payment.refresh_from_db()
         assert payment.status == PaymentStatus.SUCCEEDED
         assert payment.carrier_reference  # found by our reference
@@ -174,7 +174,7 @@ class TestKilledWorkers:
         Payment.objects.filter(pk=payment.pk).update(
             charge_attempts=2, next_attempt_at=None, outcome_unknown_since=timezone.now() - timedelta(minutes=5)
         )
-        carrier_flow.unknown_outcomes()  # the aggregator never saw "<id>-2": safe to send again
+        resolver.unknown_outcomes()  # the aggregator never saw "<id>-2": safe to send again
         Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())
         carrier_flow.due_attempts()
         payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)

@@ -1,0 +1,380 @@
+"""Unknown carrier outcomes of charges, refunds and reversals are settled by the resolver job, on every
+protocol, against the simulators over HTTP: checked with a growing wait, re-sent where the carrier never
+got the request, reported once when unknown too long, and never applied twice."""
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from carriers import gateway
+from carriers.adapters import adapter_for
+from carriers.adapters.base import CarrierResult, Outcome
+from payments.models import LedgerEntry, Payment, PaymentStatus, Refund, Reversal
+from payments.services import carrier_flow, refunds, resolver
+from payments.services.carrier_flow import charge_request
+from playpay.metrics import exposition
+from sandbox.simulators.core import simulator
+from tenants.services import issue_api_key
+from tests.factories import AppFactory
+from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+PROTOCOLS = ["aggregator", "camara", "parlayx"]
+PAID = "+447400123456"
+OTHER = "+447400123457"
+
+
+@dataclass
+class Clock:
+    """The gateway's wall clock (Retry-After, breaker), moved by the test instead of waited for."""
+
+    now: float = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(gateway, "clock", clock)
+    return clock
+
+
+@pytest.fixture
+def live(live_server: Any, settings: Any) -> str:
+    settings.PUBLIC_BASE_URL = live_server.url
+    return str(live_server.url)
+
+
+@pytest.fixture
+def client() -> APIClient:
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issue_api_key(app=AppFactory.create()).raw_key}")
+    return api
+
+
+def create(client: APIClient, msisdn: str, *, flow: str = "one_click") -> str:
+    payload = {"user_ref": "player-1", "msisdn": msisdn, "price_point": "gems-100", "flow": flow}
+    response = client.post("/api/v1/payments/", payload, format="json", HTTP_IDEMPOTENCY_KEY=f"{msisdn}-{flow}")
+    assert response.status_code == 201, response.content
+    return str(response.json()["id"])
+
+
+def configure(live: str, protocol: str, **settings: Any) -> None:
+    """Change a simulator's faults as a tester would, through its control endpoint."""
+    assert httpx.post(f"{live}/simulators/{protocol}/_settings", json=settings, timeout=5).status_code == 200
+
+
+def outage(live: str, protocol: str, on: bool) -> None:
+    """Every request to the simulator answers 503 (with its protocol's Retry-After), or none does."""
+    configure(live, protocol, outage=on)
+
+
+def age(model: Any, pk: int, minutes: int = 10, **more: Any) -> None:
+    """As if the unknown outcome (and the call behind it) were `minutes` old."""
+    then = timezone.now() - timedelta(minutes=minutes)
+    model.objects.filter(pk=pk).update(outcome_unknown_since=then, **more)
+
+
+def due_now(model: Any, pk: int) -> None:
+    model.objects.filter(pk=pk).update(next_resolve_at=timezone.now() - timedelta(seconds=1))
+
+
+def paid(client: APIClient, protocol: str) -> Payment:
+    return wait_for_status(create(client, PAID), PaymentStatus.SUCCEEDED)
+
+
+# --- charges ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_once(
+    live: str, client: APIClient, clock: Clock, protocol: str
+) -> None:
+    simulated_carrier(live, protocol, max_retries=3)
+    paid(client, protocol)  # the carrier is reachable (and CAMARA's token is fetched)
+    outage(live, protocol, True)
+    payment = Payment.objects.get(public_id=create(client, OTHER))
+    assert (payment.status, payment.failure_code) == (PaymentStatus.CHARGING, "")
+    assert payment.outcome_unknown_since is not None
+    outage(live, protocol, False)
+    clock.advance(10)  # past any Retry-After the 503 asked for
+    age(Payment, payment.pk)
+    assert resolver.unknown_outcomes() == 1
+    checked = Payment.objects.get(pk=payment.pk)
+    if protocol != "parlayx":
+        # The status check proved the carrier never got the charge: a new attempt is scheduled.
+        # (Parlay X has no status query: the same charge was sent again, and the gateway took it.)
+        assert (checked.status, checked.outcome_unknown_since) == (PaymentStatus.CHARGING, None)
+        assert checked.next_attempt_at is not None
+        Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())
+        carrier_flow.due_attempts()
+    payment = wait_for_status(str(payment.public_id), PaymentStatus.SUCCEEDED)
+    assert payment.outcome_unknown_since is None
+    # A check dispatched twice, and a late answer, change nothing.
+    carrier_flow.resolve_payment(payment_id=payment.pk)
+    carrier_flow.record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.FAILED))
+    assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.SUCCEEDED
+    assert payment.history.filter(to_status=PaymentStatus.SUCCEEDED).count() == 1
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, payment=payment).count() == 1
+    assert len(simulator(protocol).charges[OTHER]) == 1
+
+
+def test_a_parlayx_pin_charge_answered_503_is_settled_by_charging_the_reservation_again(
+    live: str, client: APIClient
+) -> None:
+    simulated_carrier(live, "parlayx")
+    payment_id = create(client, OTHER, flow="pin")
+    wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+    pin = last_pin("parlayx", OTHER)
+    outage(live, "parlayx", True)
+    assert client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json").status_code == 200
+    payment = Payment.objects.get(public_id=payment_id)
+    assert payment.status == PaymentStatus.CHARGING
+    assert payment.outcome_unknown_since is not None
+    outage(live, "parlayx", False)
+    age(Payment, payment.pk)
+    resolver.unknown_outcomes()
+    payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+    assert len(simulator("parlayx").charges[OTHER]) == 1
+
+
+def test_a_parlayx_reservation_no_longer_held_stays_unknown_and_is_reported(
+    live: str, client: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    simulated_carrier(live, "parlayx")
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    payment_id = create(client, OTHER, flow="pin")
+    wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+    pin = last_pin("parlayx", OTHER)
+    # The gateway charges, but its answer comes after our 1 s read timeout: the outcome is unknown.
+    configure(live, "parlayx", latency_ms=1500)
+    assert client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json").status_code == 200
+    configure(live, "parlayx", latency_ms=0)
+    payment = Payment.objects.get(public_id=payment_id)
+    assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.CHARGING, True)
+    wait_for(lambda: len(simulator("parlayx").charges[OTHER]) == 1, what="the gateway to charge")
+    age(Payment, payment.pk, minutes=61)
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        resolver.unknown_outcomes()
+        due_now(Payment, payment.pk)
+        resolver.unknown_outcomes()
+    payment.refresh_from_db()
+    assert payment.status == PaymentStatus.CHARGING  # never guessed
+    assert payment.outcome_unknown_since is not None
+    assert payment.resolve_attempts == 2
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    assert len(alerts) == 1  # once, however often the job runs
+    assert alerts[0].__dict__["payment_id"] == payment_id
+    assert (alerts[0].__dict__["operation"], alerts[0].__dict__["carrier"]) == ("charge", "parlayx-gb")
+    assert OTHER not in alerts[0].getMessage()
+    assert OTHER[-6:] not in str(alerts[0].__dict__)
+
+
+def test_the_wait_between_checks_doubles_up_to_its_cap(live: str, client: APIClient, settings: Any) -> None:
+    settings.OUTCOME_RESOLVE_AFTER_SECONDS = 30
+    settings.OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS = 200
+    simulated_carrier(live, "camara")
+    payment = Payment.objects.get(public_id=create(client, "+447400120005"))  # processing for ever
+    assert payment.outcome_unknown_since is not None
+    age(Payment, payment.pk)
+    waits = []
+    for _ in range(4):
+        resolver.unknown_outcomes()
+        payment.refresh_from_db()
+        assert payment.next_resolve_at is not None
+        waits.append(round((payment.next_resolve_at - timezone.now()).total_seconds() / 10) * 10)
+        assert resolver.unknown_outcomes() == 0  # not due again before its time
+        due_now(Payment, payment.pk)
+    assert waits == [60, 120, 200, 200]
+    assert payment.resolve_attempts == 4
+    assert payment.status == PaymentStatus.CHARGING
+
+
+def test_unknown_outcomes_are_counted_for_prometheus(live: str, client: APIClient) -> None:
+    simulated_carrier(live, "camara")
+    payment = Payment.objects.get(public_id=create(client, "+447400120005"))
+    age(Payment, payment.pk, minutes=90)
+    text = exposition()[0].decode()
+    assert 'playpay_outcomes_unknown{carrier="camara-gb",operation="charge"} 1.0' in text
+    oldest = next(line for line in text.splitlines() if line.startswith("playpay_outcome_unknown_oldest_seconds{"))
+    assert float(oldest.rsplit(" ", 1)[1]) >= 90 * 60
+
+
+# --- refunds ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_a_refund_answered_503_is_settled_by_the_resolver_and_refunded_once(
+    live: str, client: APIClient, clock: Clock, protocol: str
+) -> None:
+    simulated_carrier(live, protocol, supports_refund=True)
+    payment = paid(client, protocol)
+    outage(live, protocol, True)
+    refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    assert refund.outcome_unknown_since is not None
+    assert refund.carrier_requested_at is not None
+    outage(live, protocol, False)
+    clock.advance(10)
+    age(Refund, refund.pk, carrier_requested_at=timezone.now() - timedelta(minutes=10))
+    assert resolver.unknown_outcomes() == 1
+    wait_for(lambda: Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED, what="the refund")
+    assert Refund.objects.get(pk=refund.pk).outcome_unknown_since is None
+    assert LedgerEntry.objects.filter(refund=refund).count() == 1
+    assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.PARTIALLY_REFUNDED
+    if protocol == "aggregator":
+        assert list(simulator(protocol).records[payment.carrier_reference]["refunds"]) == [str(refund.public_id)]
+
+
+def test_a_refund_refused_for_now_waits_as_long_as_the_carrier_asked(
+    live: str, client: APIClient, clock: Clock
+) -> None:
+    simulated_carrier(live, "aggregator", supports_refund=True)
+    payment = paid(client, "aggregator")
+    outage(live, "aggregator", True)
+    refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
+    outage(live, "aggregator", False)
+    age(Refund, refund.pk, carrier_requested_at=timezone.now() - timedelta(minutes=10))
+    resolver.unknown_outcomes()  # within the aggregator's Retry-After (5 s): the check waits
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.PENDING
+    assert refund.next_resolve_at is not None
+    assert refund.next_resolve_at > timezone.now()
+    clock.advance(6)
+    due_now(Refund, refund.pk)
+    resolver.unknown_outcomes()
+    wait_for(lambda: Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED, what="the refund")
+
+
+def test_a_refund_the_carrier_keeps_refusing_is_checked_less_often_and_reported_once(
+    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "aggregator", supports_refund=True)
+    payment = paid(client, "aggregator")
+    outage(live, "aggregator", True)  # and it stays down
+    refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
+    age(Refund, refund.pk, minutes=61, carrier_requested_at=timezone.now() - timedelta(minutes=61))
+    waits = []
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        for _ in range(3):
+            clock.advance(10)  # past the aggregator's Retry-After each time
+            due_now(Refund, refund.pk)
+            resolver.unknown_outcomes()
+            row = Refund.objects.get(pk=refund.pk)
+            assert row.next_resolve_at is not None
+            waits.append((row.next_resolve_at - timezone.now()).total_seconds())
+    row = Refund.objects.get(pk=refund.pk)
+    assert (row.status, row.resolve_attempts) == (Refund.Status.PENDING, 3)
+    assert waits[0] < waits[1] < waits[2]
+    alerts = [r for r in caplog.records if r.name == "payments.services.resolver"]
+    assert len(alerts) == 1
+    assert (alerts[0].__dict__["operation"], alerts[0].__dict__["refund_id"]) == ("refund", str(refund.public_id))
+    assert Refund.objects.get(pk=refund.pk).outcome_alerted_at is not None
+    assert Payment.objects.get(pk=payment.pk).refunded_minor == 30  # still reserved while it is unknown
+
+
+def test_a_refund_callback_racing_the_resolver_settles_it_once(live: str, client: APIClient) -> None:
+    simulated_carrier(live, "aggregator", supports_refund=True)
+    payment = paid(client, "aggregator")
+    refund = refunds.request_refund(payment=payment, amount_minor=99, reason="not delivered", actor="app:game")
+    wait_for(lambda: Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED, what="the callback")
+    # The resolver's check of the same refund, sent before the callback landed, and a task run twice.
+    Refund.objects.filter(pk=refund.pk).update(outcome_unknown_since=timezone.now())
+    refunds.resolve_refund(refund_id=refund.pk)
+    refunds.execute_refund(refund_id=refund.pk)
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REFUND, payment=payment).count() == 1
+    assert Payment.objects.get(pk=payment.pk).refunded_minor == 99
+
+
+def test_a_refund_settled_by_the_resolver_ignores_its_late_callback(live: str, client: APIClient) -> None:
+    simulated_carrier(live, "aggregator", supports_refund=True)
+    msisdn = "+447400120013"  # the aggregator never calls back for it
+    payment = Payment.objects.get(public_id=create(client, msisdn))
+    age(Payment, payment.pk)
+    resolver.unknown_outcomes()
+    payment = wait_for_status(str(payment.public_id), PaymentStatus.SUCCEEDED)
+    refund = refunds.request_refund(payment=payment, amount_minor=99, reason="not delivered", actor="app:game")
+    refund.refresh_from_db()
+    assert (refund.status, refund.carrier_requested_at is not None) == (Refund.Status.PENDING, True)
+    age(Refund, refund.pk)
+    resolver.unknown_outcomes()
+    refund.refresh_from_db()
+    assert refund.status == Refund.Status.SUCCEEDED
+    refunds.record_refund_result(refund_id=refund.pk, result=CarrierResult(outcome=Outcome.FAILED))  # late, stale
+    assert Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REFUND, payment=payment).count() == 1
+
+
+# --- reversals -------------------------------------------------------------------------------------
+
+
+def test_a_reversal_the_carrier_refuses_for_now_is_retried_on_the_schedule(
+    live: str, client: APIClient, clock: Clock
+) -> None:
+    simulated_carrier(live, "aggregator", supports_reversal=True)
+    payment = paid(client, "aggregator")
+    outage(live, "aggregator", True)
+    reversal = refunds.request_reversal(payment=payment, reason="item not delivered", actor="staff:ops")
+    reversal.refresh_from_db()
+    assert (reversal.via_carrier, reversal.status) == (True, Reversal.Status.PENDING)
+    assert reversal.outcome_unknown_since is not None
+    outage(live, "aggregator", False)
+    age(Reversal, reversal.pk)
+    resolver.unknown_outcomes()  # within the Retry-After: the gateway holds the check back
+    reversal.refresh_from_db()
+    assert reversal.status == Reversal.Status.PENDING
+    assert reversal.resolve_attempts == 1
+    clock.advance(6)
+    due_now(Reversal, reversal.pk)
+    resolver.unknown_outcomes()  # the aggregator has no trace of it: sent again, and done
+    done = Reversal.objects.get(pk=reversal.pk)
+    assert (done.status, done.outcome_unknown_since) == (Reversal.Status.SUCCEEDED, None)
+    assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.REVERSED
+    # A duplicate task and a late check change nothing.
+    refunds.execute_reversal(payment_id=payment.pk)
+    refunds.resolve_reversal(reversal_id=reversal.pk)
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REVERSAL, payment=payment).count() == 1
+
+
+def test_a_reversal_whose_answer_was_lost_is_found_done_by_the_status_check(live: str, client: APIClient) -> None:
+    simulated_carrier(live, "aggregator", supports_reversal=True)
+    payment = paid(client, "aggregator")
+    # The aggregator reversed it, but its answer never reached us.
+    assert adapter_for(payment.carrier).reverse(charge_request(payment)).outcome == Outcome.SUCCEEDED
+    reversal = Reversal.objects.create(payment=payment, reason="lost answer", requested_by="staff:ops")
+    Reversal.objects.filter(pk=reversal.pk).update(carrier_requested_at=timezone.now())
+    age(Reversal, reversal.pk)
+    resolver.unknown_outcomes()
+    reversal.refresh_from_db()
+    assert reversal.status == Reversal.Status.SUCCEEDED
+    assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.REVERSED
+
+
+@pytest.mark.parametrize("protocol", ["camara", "parlayx"])
+def test_a_reversal_where_the_carrier_has_none_is_paid_by_the_platform_and_never_unknown(
+    live: str, client: APIClient, protocol: str
+) -> None:
+    simulated_carrier(live, protocol, supports_reversal=True)
+    payment = paid(client, protocol)
+    reversal = refunds.request_reversal(payment=payment, reason="item not delivered", actor="staff:ops")
+    assert (reversal.via_carrier, reversal.status, reversal.outcome_unknown_since) == (
+        False,
+        Reversal.Status.SUCCEEDED,
+        None,
+    )
