@@ -35,8 +35,10 @@ class Api:
         self.base_url = base_url
         self.key = issue_api_key(app=AppFactory.create()).raw_key
 
-    def post(self, path: str, body: dict[str, Any], *, timeout: float = 10.0, **headers: str) -> httpx.Response:
-        headers = {"Authorization": f"Api-Key {self.key}", **headers}
+    def post(
+        self, path: str, body: dict[str, Any], *, timeout: float = 10.0, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Api-Key {self.key}", **(headers or {})}
         return httpx.post(f"{self.base_url}{path}", json=body, headers=headers, timeout=timeout)
 
     def get(self, payment_id: str) -> dict[str, Any]:
@@ -49,7 +51,7 @@ class Api:
 
     def create(self, key: str) -> str:
         body = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"}
-        response = self.post("/api/v1/payments/", body, **{"Idempotency-Key": key})
+        response = self.post("/api/v1/payments/", body, headers={"Idempotency-Key": key})
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
