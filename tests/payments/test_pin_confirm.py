@@ -11,6 +11,7 @@ import httpx
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.db import connection
+from django.urls import reverse
 
 from carriers.adapters import carrier_queue
 from carriers.models import Carrier
@@ -21,7 +22,7 @@ from playpay.crypto import decrypt_credentials
 from sandbox.adapter import TEST_PIN
 from sandbox.simulators.core import simulator
 from tenants.services import issue_api_key
-from tests.conftest import Shop, assert_problem
+from tests.conftest import Shop, StaffClient, assert_problem
 from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
 
@@ -164,7 +165,7 @@ def test_a_pin_the_carrier_did_not_answer_for_may_be_submitted_again(api: Api, c
 @pytest.mark.broker
 @pytest.mark.django_db(transaction=True)
 def test_the_pin_is_kept_encrypted_only_until_checked_and_never_in_the_message_or_the_journal(
-    api: Api, camara: Carrier, settings: Any
+    api: Api, camara: Carrier, settings: Any, staff_client: StaffClient
 ) -> None:
     settings.PIN_CONFIRM_WAIT_MS = 0
     with camara_worker(camara):
@@ -182,6 +183,9 @@ def test_the_pin_is_kept_encrypted_only_until_checked_and_never_in_the_message_o
     assert decrypt_credentials(stored) == {"pin": pin}
     message = OutboxMessage.objects.get(task="payments.tasks.check_pin")
     assert message.kwargs == {"payment_id": payment.pk, "public_id": payment_id}
+    page = staff_client("operations").get(reverse("admin:payments_payment_change", args=[payment.pk]))
+    assert page.status_code == 200
+    assert stored not in page.content.decode()  # not shown to staff, even encrypted
 
     with camara_worker(camara):
         payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED, timeout=20)
