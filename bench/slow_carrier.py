@@ -506,15 +506,15 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
         )
         read_id = api.create("+447410999999", "read-target")
         wait_until("the workers", lambda: api.status(read_id) == "pin_sent", processes)
-        config = f"gunicorn.conf.py's ({args.worker_class or 'gthread'})"
+        worker_class = args.worker_class or "gthread"
         threads = args.threads or int(env.get("GUNICORN_THREADS", "4"))
         topology = (
-            f"gunicorn {args.workers} x {args.worker_class or 'gthread'} workers x {threads} threads "
-            f"({'command line' if args.worker_class else config}), DEBUG=false; carrier workers: {SLOW_CARRIER} "
-            "(4 processes), the other carriers (2); Celery worker (1); Redis broker; PostgreSQL; simulators in "
-            "a separate 1-worker gunicorn"
+            f"gunicorn {args.workers} x {worker_class} workers"
+            + (f" x {threads} threads" if worker_class == "gthread" else "")
+            + (" (command line)" if args.worker_class else " (gunicorn.conf.py)")
+            + f", DEBUG=false; carrier workers: {SLOW_CARRIER} (4 processes), the other carriers (2); Celery "
+            "worker (1); Redis broker; PostgreSQL; simulators in a separate 1-worker gunicorn"
         )
-
         if args.warmup > 0:
             log(f"warm-up: {args.warmup:.0f} s of the unrelated load, not measured")
             warm = [
