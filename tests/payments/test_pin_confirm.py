@@ -183,7 +183,7 @@ def test_the_pin_is_kept_encrypted_only_until_checked_and_never_in_the_message_o
     assert decrypt_credentials(stored) == {"pin": pin}
     message = OutboxMessage.objects.get(task="payments.tasks.check_pin")
     assert message.kwargs == {"payment_id": payment.pk, "public_id": payment_id}
-    page = staff_client("operations").get(reverse("admin:payments_payment_change", args=[payment.pk]))
+    page = staff_client("superuser").get(reverse("admin:payments_payment_change", args=[payment.pk]))
     assert page.status_code == 200
     assert stored not in page.content.decode()  # not shown to staff, even encrypted
 
