@@ -154,7 +154,9 @@ class PaymentAdmin(RecordAdmin):
     readonly_fields = ["interactions", "ledger", "carrier_callbacks", "webhook_deliveries", "staff_actions"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
-        return [*super().get_readonly_fields(request, obj), *self.readonly_fields]
+        # The PIN being checked, even encrypted, is for the carrier-queue task alone: not shown.
+        shown = [name for name in super().get_readonly_fields(request, obj) if name != "pin_ciphertext"]
+        return [*shown, *self.readonly_fields]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

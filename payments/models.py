@@ -72,7 +72,15 @@ class Payment(OutcomeTracking):
     pin_attempts = models.PositiveSmallIntegerField(default=0)
     pin_expires_at = models.DateTimeField(null=True, blank=True)
     pin_submitted_at = models.DateTimeField(
-        null=True, blank=True, help_text="When an asynchronous carrier took the PIN; its verdict is awaited."
+        null=True, blank=True, help_text="When the player's PIN was submitted; its check by the carrier is awaited."
+    )
+    # The submitted PIN, encrypted (playpay.crypto), from the confirm request until the carrier-queue task
+    # that checks it takes it: never in clear, never in a broker message.
+    pin_ciphertext = models.TextField(blank=True, editable=False)
+    pin_error = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Why the last PIN submitted was not accepted (the player may submit again).",
     )
     # What the carrier protocol keeps between calls (OTP session, reservation...); never shown to apps.
     carrier_data = models.JSONField(default=dict, blank=True)

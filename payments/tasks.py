@@ -5,7 +5,7 @@ from celery import shared_task
 
 from payments.services import carrier_flow, outbox, refunds, resolver, webhooks
 from payments.services.idempotency import purge_expired_keys
-from payments.services.payments import expire_abandoned_payments
+from payments.services.payments import check_submitted_pin, expire_abandoned_payments
 from playpay.logging import bind
 
 # At-least-once (acks_late, reject_on_worker_lost, also the project defaults): a task whose
@@ -27,6 +27,13 @@ def start_payment(payment_id: int, public_id: str = "") -> None:
 def charge_payment(payment_id: int, public_id: str = "") -> None:
     bind(payment_id=public_id)
     carrier_flow.charge_payment(payment_id=payment_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def check_pin(payment_id: int, public_id: str = "") -> None:
+    # The PIN is not in the message: the task reads it, encrypted, from the payment.
+    bind(payment_id=public_id)
+    check_submitted_pin(payment_id=payment_id)
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)

@@ -306,6 +306,9 @@ IDEMPOTENCY_KEY_TTL_HOURS = env_int("IDEMPOTENCY_KEY_TTL_HOURS", 48)
 # A request that claimed a key and never finished (a killed process) stops blocking after this.
 IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS = env_int("IDEMPOTENCY_IN_FLIGHT_TIMEOUT_SECONDS", 60)
 PIN_MAX_ATTEMPTS = env_int("PIN_MAX_ATTEMPTS", 3)
+# A PIN confirm is checked on the carrier's queue, never in the request; the request waits for the verdict
+# at most this long (then answers 202 with the check pending). 0: never waits.
+PIN_CONFIRM_WAIT_MS = env_int("PIN_CONFIRM_WAIT_MS", 1000)
 # A charge can be reversed (undone as a technical error) this long after it succeeded.
 REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
 # Carrier routing, price points and API keys are memoised per process for this long; a change

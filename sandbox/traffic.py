@@ -178,10 +178,11 @@ class DemoTraffic:
                 self.summary.errors["no PIN in the simulator's SMS inbox"] += 1
                 return payment
             confirmed = self._call("POST", f"/api/v1/payments/{payment['id']}/confirm/", json={"pin": pin})
-            if confirmed is None or confirmed.status_code != 200:
+            if confirmed is None or confirmed.status_code not in (200, 202):
                 self.summary.errors[f"confirm PIN: {_status(confirmed)}"] += 1
                 return payment
-            payment = confirmed.json()
+            # 202: the carrier checks the PIN on its queue; the player waits for the verdict.
+            payment = self._while_waiting(confirmed.json())
         self.log(f"{payment['id']} {demo.slug} {flow} {msisdn}: {payment['status']}")
         return payment
 

@@ -54,6 +54,12 @@ class NextActionSerializer(SharedFieldsMixin, serializers.Serializer[Any]):
     expires_at = serializers.DateTimeField(required=False)
     attempts_remaining = serializers.IntegerField(required=False)
     poll_after_seconds = serializers.IntegerField(required=False)
+    pin_error = serializers.ChoiceField(
+        choices=["invalid_pin", "carrier_unavailable"],
+        required=False,
+        help_text="With `enter_pin`: why the PIN submitted last was not accepted (a wrong PIN, or the carrier "
+        "could not check it); the player may submit one again.",
+    )
 
 
 class FailureSerializer(serializers.Serializer[Any]):

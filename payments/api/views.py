@@ -4,7 +4,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.renderers import JSONRenderer
@@ -31,9 +31,15 @@ from payments.services.idempotency import (
     parse_key,
     run_idempotent,
 )
-from payments.services.payments import PaymentRequest, app_actor, confirm_payment, create_payment
+from payments.services.payments import (
+    PaymentRequest,
+    app_actor,
+    confirm_payment,
+    create_payment,
+    pin_check_pending,
+)
 from payments.services.refunds import request_refund, request_reversal
-from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM
+from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM, ProblemSerializer
 from tenants.auth import request_app
 from tenants.models import App
 
@@ -136,7 +142,34 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(
         request=PaymentConfirmSerializer,
         parameters=[PAYMENT_ID],
-        responses={200: PaymentSerializer, **BODY_PROBLEMS, 404: PROBLEM, 409: PROBLEM, 422: PROBLEM},
+        responses={
+            200: OpenApiResponse(
+                PaymentSerializer,
+                description="The carrier's verdict came within PIN_CONFIRM_WAIT_MS: the PIN is verified (the payment "
+                "is `charging`, or already final) or the carrier failed the payment.",
+            ),
+            202: OpenApiResponse(
+                PaymentSerializer,
+                description="The PIN is being checked on the carrier's queue: the payment is `pin_sent` with "
+                "`next_action` `wait`. Poll `GET /payments/{id}/` (or await the webhook of the final state); a "
+                "PIN the carrier refused shows as `next_action` `enter_pin` with `pin_error`.",
+            ),
+            **BODY_PROBLEMS,
+            404: PROBLEM,
+            409: OpenApiResponse(
+                ProblemSerializer,
+                description="`illegal_transition` (not waiting for a PIN, or one is being checked), `pin_expired`.",
+            ),
+            422: OpenApiResponse(
+                ProblemSerializer,
+                description="`invalid_pin` (with `attempts_remaining`), when the verdict came within the wait.",
+            ),
+            503: OpenApiResponse(
+                ProblemSerializer,
+                description="`carrier_unavailable`: the carrier could not check the PIN (within the wait); submit it "
+                "again after `Retry-After` seconds. `database_unavailable`: the database did not answer in time.",
+            ),
+        },
         summary="Confirm a PIN payment with the PIN the player received",
     )
     @action(detail=True, methods=["post"])
@@ -144,8 +177,9 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         payment = self.get_object()
         incoming = PaymentConfirmSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
-        payment = confirm_payment(app=_app(request), payment=payment, pin=incoming.validated_data["pin"])
-        return Response(PaymentSerializer(payment).data)
+        payment = confirm_payment(payment=payment, pin=incoming.validated_data["pin"])
+        answer = status.HTTP_202_ACCEPTED if pin_check_pending(payment) else status.HTTP_200_OK
+        return Response(PaymentSerializer(payment).data, status=answer)
 
     @extend_schema(
         methods=["POST"],

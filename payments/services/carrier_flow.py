@@ -377,7 +377,8 @@ def _apply_pin_result(locked: Payment, result: CarrierResult, actor: str, fields
     elif result.outcome == Outcome.PIN_REJECTED:
         locked.pin_submitted_at = None
         locked.outcome_unknown_since = None
-        locked.save(update_fields=["pin_submitted_at", "outcome_unknown_since", *fields, "updated_at"])
+        locked.pin_error = ErrorCode.INVALID_PIN
+        locked.save(update_fields=["pin_submitted_at", "outcome_unknown_since", "pin_error", *fields, "updated_at"])
         count_wrong_pin(locked, actor=actor)
     elif result.outcome == Outcome.FAILED:
         fail(locked, result, actor=actor, extra_fields=fields)

@@ -1,10 +1,11 @@
 """Creating and confirming payments: what a game backend asks for through the API.
 
-The carrier calls themselves run on the carrier's queue (`carrier_flow`); in the
-embedded default they run in-process right after the commit, so the API answers
-with the carrier's first result.
+No carrier is called while a request waits: the carrier calls run on the carrier's
+queue (`carrier_flow`, `check_submitted_pin`). In the embedded default they run
+in-process right after the commit, so the API answers with the carrier's first result.
 """
 
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,7 @@ from payments.errors import (
     PinExpired,
 )
 from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.services import outbox
 from payments.services.carrier_flow import (
     carrier_actor,
     charge_request,
@@ -38,8 +40,15 @@ from payments.services.carrier_flow import (
     locked_payment,
 )
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, is_unique_violation
+from payments.services.outcomes import clear_unknown, mark_unknown
 from payments.services.state_machine import record_creation, transition
+from playpay.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import App
+
+# How often a confirm request looks whether the PIN's verdict came, while it may wait for it.
+PIN_POLL_INTERVAL_S = 0.05
+# What an app is told to wait before submitting the PIN again when the carrier could not check it.
+PIN_RETRY_AFTER_SECONDS = 2
 
 
 @dataclass(frozen=True)
@@ -110,34 +119,117 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
     return payment
 
 
-def confirm_payment(*, app: App, payment: Payment, pin: str) -> Payment:
-    """Check the player's PIN with the carrier (the player is waiting), then queue the charge."""
-    if payment.status != PaymentStatus.PIN_SENT or payment.pin_submitted_at is not None:
-        raise IllegalTransition(f"Only a payment waiting for its PIN takes one; this one is {payment.status!r}.")
-    if payment.pin_expires_at is not None and payment.pin_expires_at <= timezone.now():
-        expire_payment(payment_id=payment.pk, reason="PIN expired before confirmation")
-        raise PinExpired()
-    verdict = _verify_pin(payment, pin)
-    if _is_wrong_pin(verdict):
-        _record_rejected_pin(
-            payment_id=payment.pk, error_code=verdict.error_code or ErrorCode.INVALID_PIN, actor=app_actor(app)
-        )
+def confirm_payment(*, payment: Payment, pin: str) -> Payment:
+    """Take the player's PIN and have the carrier's queue check it; return the payment as it is then.
+
+    No carrier is called here: the PIN is stored encrypted and `check_submitted_pin` runs on the
+    carrier's queue. The request waits for its verdict at most PIN_CONFIRM_WAIT_MS (polling the row);
+    a verdict known by then is told as before (a wrong PIN raises `InvalidPin`, an unreachable carrier
+    `CarrierTemporarilyUnavailable`), else the payment comes back with its PIN check pending.
+    """
+    _submit_pin(payment_id=payment.pk, pin=pin)
+    _await_pin_verdict(payment.pk)
+    return _told_verdict(load_payment(payment.pk))
+
+
+def _submit_pin(*, payment_id: int, pin: str) -> None:
+    expired = False
     with transaction.atomic():
-        locked = locked_payment(payment.pk)
-        if locked.status != PaymentStatus.PIN_SENT:
-            raise IllegalTransition(f"The payment is now {locked.status!r}.")
-        _apply_pin_verdict(locked, verdict, app=app)
-    return load_payment(payment.pk)
+        locked = locked_payment(payment_id)
+        if locked.status != PaymentStatus.PIN_SENT or locked.pin_submitted_at is not None:
+            raise IllegalTransition(f"Only a payment waiting for its PIN takes one; this one is {locked.status!r}.")
+        if locked.pin_expires_at is not None and locked.pin_expires_at <= timezone.now():
+            transition(locked, PaymentStatus.EXPIRED, actor="system", reason="PIN expired before confirmation")
+            dispatch(locked, "cancel_payment")
+            expired = True
+        else:
+            locked.pin_ciphertext = encrypt_credentials({"pin": pin})
+            locked.pin_submitted_at = timezone.now()
+            locked.pin_error = ""
+            locked.save(update_fields=["pin_ciphertext", "pin_submitted_at", "pin_error", "updated_at"])
+            dispatch(locked, "check_pin")
+    if expired:
+        raise PinExpired()
 
 
-def _verify_pin(payment: Payment, pin: str) -> CarrierResult:
+def _await_pin_verdict(payment_id: int) -> None:
+    """Wait, at most PIN_CONFIRM_WAIT_MS, until the payment's PIN check is no longer pending."""
+    if outbox.runs_in_process():
+        return  # the check ran at the commit, in this process: there is nothing to wait for
+    deadline = time.monotonic() + settings.PIN_CONFIRM_WAIT_MS / 1000
+    pending = Payment.objects.filter(pk=payment_id, status=PaymentStatus.PIN_SENT, pin_submitted_at__isnull=False)
+    while time.monotonic() < deadline and pending.exists():
+        time.sleep(min(PIN_POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+
+
+def _told_verdict(payment: Payment) -> Payment:
+    """The payment, or the error its PIN check ended with (as the app was told when the check ran in the request)."""
+    if payment.status == PaymentStatus.PIN_SENT and payment.pin_error == ErrorCode.INVALID_PIN:
+        raise InvalidPin(
+            "The PIN is not correct.",
+            attempts_remaining=max(settings.PIN_MAX_ATTEMPTS - payment.pin_attempts, 0),
+            payment_status=payment.status,
+        )
+    if payment.status == PaymentStatus.PIN_SENT and payment.pin_error == CarrierTemporarilyUnavailable.code:
+        raise CarrierTemporarilyUnavailable(retry_after=PIN_RETRY_AFTER_SECONDS)
+    if payment.status == PaymentStatus.FAILED and payment.failure_code == ErrorCode.INVALID_PIN:
+        raise InvalidPin(
+            "The PIN is not correct. No attempts left: the payment has failed.",
+            attempts_remaining=0,
+            payment_status=payment.status,
+        )
+    if payment.status == PaymentStatus.EXPIRED:
+        raise PinExpired()
+    return payment
+
+
+def pin_check_pending(payment: Payment) -> bool:
+    """Whether the player's PIN is with the carrier (or queued for it) and its verdict not known yet."""
+    return payment.status == PaymentStatus.PIN_SENT and payment.pin_submitted_at is not None
+
+
+def check_submitted_pin(*, payment_id: int) -> None:
+    """Check the submitted PIN with the carrier and apply its verdict (task on the carrier's queue)."""
+    taken = _take_submitted_pin(payment_id)
+    if taken is None:
+        return
+    payment, pin = taken
     request = charge_request(payment)
     try:
-        return call_carrier(
+        verdict: CarrierResult | None = call_carrier(
             payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin), name="verify_pin", request=request
         )
-    except CarrierBusy as busy:
-        raise CarrierTemporarilyUnavailable(retry_after=max(int(busy.retry_after), 1)) from busy
+    except CarrierBusy:
+        verdict = None  # the gateway put the call off (breaker, rate limit) and logged it
+    _apply_pin_verdict(payment_id, verdict)
+
+
+def _take_submitted_pin(payment_id: int) -> tuple[Payment, str] | None:
+    """Take the stored PIN off the payment (it is kept only until used) and mark its check as at the carrier.
+
+    None when there is nothing to check: a repeated task, or a payment that moved on (expired) meanwhile.
+    """
+    with transaction.atomic():
+        locked = locked_payment(payment_id)
+        ciphertext = locked.pin_ciphertext
+        if not ciphertext:
+            return None
+        locked.pin_ciphertext = ""
+        due = (
+            locked.status == PaymentStatus.PIN_SENT
+            and locked.pin_submitted_at is not None
+            and locked.outcome_unknown_since is None
+        )
+        tracking = mark_unknown(locked) if due else []
+        locked.save(update_fields=["pin_ciphertext", *tracking, "updated_at"])
+    if not due:
+        return None
+    try:
+        pin = str(decrypt_credentials(ciphertext)["pin"])
+    except ValueError:  # the key it was encrypted with was dropped meanwhile: the player submits again
+        _apply_pin_verdict(payment_id, None)
+        return None
+    return load_payment(payment_id), pin
 
 
 def _is_wrong_pin(verdict: CarrierResult) -> bool:
@@ -146,52 +238,63 @@ def _is_wrong_pin(verdict: CarrierResult) -> bool:
     )
 
 
-def _apply_pin_verdict(locked: Payment, verdict: CarrierResult, *, app: App) -> None:
-    """The carrier's answer to a PIN the player is waiting on, on the locked `pin_sent` payment."""
-    carrier = carrier_actor(locked.carrier)
-    if verdict.outcome == Outcome.PIN_VERIFIED:
-        transition(locked, PaymentStatus.PIN_VERIFIED, actor=carrier, reason="PIN verified")
-        transition(locked, PaymentStatus.CHARGING, actor=app_actor(app), reason="charge after PIN")
-        dispatch(locked, "charge_payment")
-    elif verdict.outcome == Outcome.PENDING and verdict.not_sent is False and not verdict.transport_failed:
-        # An asynchronous carrier took the PIN; its verdict comes by callback.
-        locked.carrier_data = {**locked.carrier_data, **verdict.state}
-        locked.pin_submitted_at = locked.outcome_unknown_since = timezone.now()
-        locked.save(update_fields=["carrier_data", "pin_submitted_at", "outcome_unknown_since", "updated_at"])
-    elif verdict.outcome == Outcome.FAILED and not verdict.transport_failed:
-        fail(locked, verdict, actor=carrier)
-    else:
-        # Unreachable or no answer: nothing moved money; the player may submit the PIN again.
-        raise CarrierTemporarilyUnavailable(retry_after=2)
-
-
-def _record_rejected_pin(*, payment_id: int, error_code: str, actor: str) -> None:
-    """Count a wrong PIN (the payment fails after PIN_MAX_ATTEMPTS) and raise for the caller."""
+def _apply_pin_verdict(payment_id: int, verdict: CarrierResult | None) -> None:
+    """The carrier's answer (None: none came) to the PIN submitted on a `pin_sent` payment."""
     with transaction.atomic():
         locked = locked_payment(payment_id)
-        if locked.status != PaymentStatus.PIN_SENT:
-            raise IllegalTransition(f"The payment is now {locked.status!r}.")
-        expired = error_code == ErrorCode.PIN_EXPIRED
-        remaining = 0
-        if expired:
-            transition(locked, PaymentStatus.EXPIRED, actor=actor, reason="carrier: PIN expired")
+        if not pin_check_pending(locked):
+            return  # moved on meanwhile (expired, or a callback settled it)
+        if verdict is None or verdict.transport_failed or verdict.not_sent:
+            # Unreachable, no answer, or put off: nothing moved money; the player may submit the PIN again.
+            _pin_to_submit_again(locked, error=CarrierTemporarilyUnavailable.code)
+            return
+        carrier = carrier_actor(locked.carrier)
+        cleared = tuple(clear_unknown(locked))
+        if verdict.outcome == Outcome.PIN_VERIFIED:
+            transition(
+                locked,
+                PaymentStatus.PIN_VERIFIED,
+                actor=carrier,
+                reason="PIN verified",
+                update_fields=cleared,
+            )
+            transition(locked, PaymentStatus.CHARGING, actor=app_actor(locked.app), reason="charge after PIN")
+            dispatch(locked, "charge_payment")
+        elif _is_wrong_pin(verdict) and verdict.error_code == ErrorCode.PIN_EXPIRED:
+            transition(
+                locked,
+                PaymentStatus.EXPIRED,
+                actor=carrier,
+                reason="carrier: PIN expired",
+                update_fields=cleared,
+            )
             dispatch(locked, "cancel_payment")
+        elif _is_wrong_pin(verdict):
+            _pin_to_submit_again(locked, error=ErrorCode.INVALID_PIN)
+            count_wrong_pin(locked, actor=carrier)
+        elif verdict.outcome == Outcome.PENDING:
+            # An asynchronous carrier took the PIN; its verdict comes by callback (or the resolver asks).
+            tracking = mark_unknown(locked)
+            locked.carrier_data = {**locked.carrier_data, **verdict.state}
+            locked.save(update_fields=["carrier_data", *cleared, *tracking, "updated_at"])
+        elif verdict.outcome == Outcome.FAILED:
+            fail(locked, verdict, actor=carrier)
         else:
-            remaining = count_wrong_pin(locked, actor=actor)
-    if expired:
-        raise PinExpired()
-    raise InvalidPin(
-        "The PIN is not correct." + (" No attempts left: the payment has failed." if remaining == 0 else ""),
-        attempts_remaining=remaining,
-        payment_status=locked.status,
-    )
+            _pin_to_submit_again(locked, error=CarrierTemporarilyUnavailable.code)
+
+
+def _pin_to_submit_again(locked: Payment, *, error: str) -> None:
+    locked.pin_submitted_at = None
+    locked.pin_error = error
+    locked.save(update_fields=["pin_submitted_at", *clear_unknown(locked), "pin_error", "updated_at"])
 
 
 def expire_payment(*, payment_id: int, reason: str) -> None:
     with transaction.atomic():
         locked = locked_payment(payment_id)
         if locked.status == PaymentStatus.PIN_SENT:
-            transition(locked, PaymentStatus.EXPIRED, actor="system", reason=reason)
+            locked.pin_ciphertext = ""
+            transition(locked, PaymentStatus.EXPIRED, actor="system", reason=reason, update_fields=("pin_ciphertext",))
             dispatch(locked, "cancel_payment")
 
 
@@ -206,12 +309,15 @@ def expire_abandoned_payments() -> int:
 
 def next_action(payment: Payment) -> dict[str, Any]:
     """What the game backend should do next with this payment."""
-    if payment.status == PaymentStatus.PIN_SENT and payment.pin_submitted_at is None:
+    if payment.status == PaymentStatus.PIN_SENT and not pin_check_pending(payment):
         return {
             "type": "enter_pin",
             "expires_at": payment.pin_expires_at,
             "attempts_remaining": max(settings.PIN_MAX_ATTEMPTS - payment.pin_attempts, 0),
+            **({"pin_error": payment.pin_error} if payment.pin_error else {}),
         }
+    if pin_check_pending(payment):
+        return {"type": "wait", "poll_after_seconds": 1}
     if payment.status in (
         PaymentStatus.CREATED,
         PaymentStatus.PIN_SENT,

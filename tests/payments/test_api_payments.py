@@ -36,7 +36,10 @@ def test_create_pin_payment_returns_201_with_next_action(shop: Shop) -> None:
 def test_confirm_with_the_right_pin_charges_the_payment(shop: Shop) -> None:
     payment_id = shop.pay()["id"]
     response = shop.confirm(payment_id, TEST_PIN)
-    assert response.status_code == 200
+    # Answered before the check: it runs on the carrier's queue, here after the request's commit.
+    assert response.status_code == 202
+    assert response.json()["status"] == "pin_sent"
+    assert response.json()["next_action"] == {"type": "wait", "poll_after_seconds": 1}
     assert shop.get(payment_id)["status"] == "succeeded"
     history = Payment.objects.get(public_id=payment_id).history.values_list("to_status", "actor")
     assert list(history)[-3:] == [
@@ -49,18 +52,30 @@ def test_confirm_with_the_right_pin_charges_the_payment(shop: Shop) -> None:
 def test_three_wrong_pins_fail_the_payment(shop: Shop) -> None:
     payment_id = shop.create_payment().json()["id"]
     first = shop.confirm(payment_id, "0000")
-    assert first.status_code == 422
-    assert first["Content-Type"] == "application/problem+json"
-    assert first.json()["code"] == "invalid_pin"
-    assert first.json()["attempts_remaining"] == 2
+    assert first.status_code == 202
+    next_action = shop.get(payment_id)["next_action"]
+    assert (next_action["type"], next_action["pin_error"], next_action["attempts_remaining"]) == (
+        "enter_pin",
+        "invalid_pin",
+        2,
+    )
     shop.confirm(payment_id, "0000")
-    last = shop.confirm(payment_id, "0000")
-    assert last.json()["attempts_remaining"] == 0
+    assert shop.get(payment_id)["next_action"]["attempts_remaining"] == 1
+    shop.confirm(payment_id, "0000")
+    body = shop.get(payment_id)
+    assert (body["status"], body["failure"]["code"], body["next_action"]) == ("failed", "invalid_pin", {"type": "none"})
     payment = Payment.objects.get(public_id=payment_id)
     assert payment.status == PaymentStatus.FAILED
     assert payment.failure_code == "invalid_pin"
     # Once failed, even the right PIN is refused.
     assert shop.confirm(payment_id, TEST_PIN).status_code == 409
+
+
+def test_a_second_pin_while_the_first_is_being_checked_is_refused(shop: Shop) -> None:
+    payment_id = shop.pay()["id"]
+    first = shop.client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": "0000"}, format="json")
+    assert first.status_code == 202  # its check is queued (this test's transaction never commits)
+    assert_problem(shop.confirm(payment_id, TEST_PIN), status=409, code="illegal_transition")
 
 
 def test_expired_pin_is_refused_and_expires_the_payment(shop: Shop) -> None:

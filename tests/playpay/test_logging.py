@@ -52,6 +52,10 @@ def json_lines() -> Iterator[Lines]:
     root.removeHandler(lines.handler)
 
 
+# Committed for real, so that the PIN is checked in-process at the commit (the embedded default) and the
+# wrong PIN is answered 422 by the request itself.
+@pytest.mark.journal
+@pytest.mark.django_db(transaction=True)
 def test_a_line_logged_during_an_api_request_is_json_with_the_request_id_and_the_app(
     shop: Shop, json_lines: Lines
 ) -> None:
@@ -73,6 +77,10 @@ def test_a_line_logged_during_an_api_request_is_json_with_the_request_id_and_the
     assert [record["data"]["endpoint"] for record in records] == [f"/api/v1/payments/{payment_id}/confirm/"]
 
 
+# Committed for real, so that the PIN is checked in-process at the commit (the embedded default) and the
+# wrong PIN is answered 422 by the request itself.
+@pytest.mark.journal
+@pytest.mark.django_db(transaction=True)
 def test_the_callers_request_id_is_kept_when_it_is_a_plain_token(shop: Shop, json_lines: Lines) -> None:
     payment_id = shop.pay()["id"]
     response = shop.client.post(

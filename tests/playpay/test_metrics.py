@@ -91,7 +91,7 @@ def test_a_payment_through_the_api_shows_in_the_request_and_carrier_call_metrics
 def test_payment_transitions_are_counted_by_status_and_carrier(token: str, shop: Shop) -> None:
     before = scrape()
     payment_id = shop.pay()["id"]  # created -> pin_sent
-    assert shop.confirm(payment_id, TEST_PIN).status_code == 200  # pin_verified, charging; the charge at the commit
+    assert shop.confirm(payment_id, TEST_PIN).status_code == 202  # the PIN check and the charge after the commit
     assert shop.get(payment_id)["status"] == "succeeded"
     after = scrape()
     for status in ("created", "pin_sent", "pin_verified", "charging", "succeeded"):

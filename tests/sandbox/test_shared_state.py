@@ -137,7 +137,16 @@ def carrier(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterato
                 "carrier",
                 [
                     *(sys.executable, "-m", "gunicorn", "playpay.wsgi:application"),
-                    *("--workers", str(WORKERS), "--bind", f"127.0.0.1:{port}"),
+                    *(
+                        "--workers",
+                        str(WORKERS),
+                        "--worker-class",
+                        "sync",
+                        "--threads",
+                        "1",
+                        "--bind",
+                        f"127.0.0.1:{port}",
+                    ),
                     *("--control-socket", str(tmp / "carrier.ctl")),
                 ],
                 env,
