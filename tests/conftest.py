@@ -252,8 +252,10 @@ def _simulator_server_thread(django_db_setup: None, django_db_blocker: Any) -> I
     server.stop()
     # Its request threads keep their database sessions for the next request of a kept-alive connection
     # (the simulators' state is in the database): they end here, or the test database could not be dropped.
-    if connection.vendor == "postgresql":
-        with django_db_blocker.unblock(), connection.cursor() as cursor:
+    for alias in ("default", "journal"):
+        if connections[alias].vendor != "postgresql":
+            continue
+        with django_db_blocker.unblock(), connections[alias].cursor() as cursor:
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
