@@ -131,6 +131,8 @@ DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
 DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
 for _database in DATABASES.values():
     if _database["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, with a wait on a frozen server cut short (playpay/postgresql/base.py).
+        _database["ENGINE"] = "playpay.postgresql"
         _given = _database.get("OPTIONS", {})
         _database["OPTIONS"] = {
             **_given,

@@ -4,7 +4,7 @@ suite's own server.
 
 PostgreSQL refuses to run as root: when this process is root, the server's commands run as the `postgres`
 user (runuser), in a directory under the system's temporary directory that it owns. The binaries are found on
-PATH (pg_ctl) or under /usr/lib/postgresql/<version>/bin, or in PG_BIN.
+PG_BIN, under /usr/lib/postgresql/<version>/bin (the newest), or beside pg_ctl on PATH.
 """
 
 import contextlib
@@ -31,12 +31,12 @@ COMMAND_TIMEOUT_SECONDS = 60
 def _bin_dir() -> Path:
     if os.environ.get("PG_BIN"):
         return Path(os.environ["PG_BIN"])
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).parent
     candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
-    assert candidates, "a private PostgreSQL server needs its binaries: set PG_BIN or install postgresql"
-    return Path(candidates[-1]).parent
+    if candidates:
+        return Path(candidates[-1]).parent
+    found = shutil.which("pg_ctl")
+    assert found, "a private PostgreSQL server needs its binaries: set PG_BIN or install postgresql"
+    return Path(found).parent
 
 
 class PgInstance:
@@ -115,6 +115,24 @@ class PgInstance:
         with psycopg.connect(self.url(), autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
+
+    def copy_database(self, source_url: str, name: str) -> str:
+        """A new database `name` here holding what the database at `source_url` holds (pg_dump | psql)."""
+        target = self.create_database(name)
+        dump = subprocess.run(
+            [str(self.bin / "pg_dump"), "--no-owner", "--no-privileges", source_url],
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+        assert dump.returncode == 0, dump.stderr.decode(errors="replace")
+        load = subprocess.run(
+            [str(self.bin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", target],
+            input=dump.stdout,
+            capture_output=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+        )
+        assert load.returncode == 0, load.stderr.decode(errors="replace")
+        return target
 
     def wait_until_accepting(self, timeout: float = 30) -> None:
         def accepts() -> bool:
