@@ -300,6 +300,17 @@ _spools: dict[Path, Spool] = {}
 _spools_lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    """A forked child (a Celery prefork worker) writes segments of its own, with locks no thread of its parent
+    may hold."""
+    global _spools_lock
+    _spools_lock = threading.Lock()
+    _spools.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def spool_at(directory: Path) -> Spool:
     """The one Spool of this process for `directory`."""
     with _spools_lock:

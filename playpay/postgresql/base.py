@@ -123,11 +123,21 @@ def _cut(connection: "BoundedConnection") -> None:
         duplicate.close()
 
 
+def _reset_after_fork() -> None:
+    """A forked child (a Celery prefork worker) has no watchdog thread, and a lock that thread held stays held."""
+    global _watchdog
+    _watchdog = _Watchdog()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
 def _server(conn_params: dict[str, Any]) -> tuple[str, str]:
     return str(conn_params.get("host") or "local"), str(conn_params.get("port") or 5432)
 
 
 _watchdog = _Watchdog()
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class BoundedConnection(psycopg.Connection[Any]):
