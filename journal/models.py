@@ -54,18 +54,6 @@ class JournalRecord(models.Model):
         raise PermissionError("journal records are never deleted; retention drops whole periods")
 
 
-class JournalSpool(models.Model):
-    """Records the journal could not take at once, kept in the main database until drained."""
-
-    document = models.JSONField()
-    created_at = models.DateTimeField(auto_now_add=True)
-    attempts = models.PositiveIntegerField(default=0)
-    last_error = models.CharField(max_length=255, blank=True)
-
-    def __str__(self) -> str:
-        return f"spooled {self.created_at:%Y-%m-%d %H:%M:%S}"
-
-
 class StaffAction(models.Model):
     """Who did what to which payment or carrier in the admin, when and why."""
 

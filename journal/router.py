@@ -1,4 +1,4 @@
-"""Journal records live in the journal's own database; everything else (its spool included) in default."""
+"""Journal records live in the journal's own database; everything else of the app (staff actions) in default."""
 
 from typing import Any
 

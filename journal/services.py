@@ -1,24 +1,29 @@
 """Recording interactions. The guarantee: a record is written before the code that made it moves on.
 
 `record` writes the (redacted) document to the journal store at once. If the store fails, the
-document goes to the spool in the main database, in the same call, and the periodic
-`drain_spool` job moves it to the store later; only if both fail is it logged at ERROR level,
-with the document, for an operator to replay. Nothing is dropped silently.
+document goes, in the same call, to the spool (journal.spool): files on this host's disk, fsync'ed
+before `record` returns, so that no database outage can take it. While records of this process wait
+there, its new ones are spooled behind them, so none overtakes another. A drainer thread of the process,
+and the periodic `drain_spool` job, ship them to the store once it is back. Only if the spool fails too
+(a full or failing disk) is the record logged at ERROR level, with the document, for an operator to
+replay, and the error raised. Nothing is dropped silently.
 """
 
 import logging
 import uuid
+from contextlib import nullcontext
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
-from django.db.models import F
+from django.db import connections, transaction
 from django.utils import timezone
 
-from journal.models import JournalSpool, StaffAction
+from journal.models import StaffAction
 from journal.sanitize import sanitize
+from journal.spool import Spool, spool_at
 from journal.store import CORRELATION_FIELDS, journal_store
 from playpay.redaction import msisdn_hash, redact
 
@@ -59,21 +64,56 @@ def build(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: s
     return document
 
 
+def journal_spool() -> Spool:
+    return spool_at(Path(settings.JOURNAL_SPOOL_DIR))
+
+
 def record(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> None:
     """Journal one interaction; see the module's guarantee."""
     if not settings.JOURNAL_ENABLED:
         return
     document = build(kind, data, msisdn=msisdn, **correlation)
-    try:
-        journal_store().write([document])
-    except Exception as store_error:
+    spool = journal_spool()
+    if not spool.holds_own_records():
         try:
-            with transaction.atomic(using="default"):
-                JournalSpool.objects.create(document=document, last_error=str(store_error)[:255])
-        except Exception:
-            logger.exception("journal record lost by both the store and the spool: %s", document)
-            raise
-        logger.warning("journal store failed (%s); record spooled", store_error)
+            journal_store().write([document])
+        except Exception as store_error:
+            _spool(spool, document)
+            logger.warning("journal store failed (%s); record spooled", store_error)
+            return
+        spool.drain_leftovers_in_background(_ship_in_background)
+        return
+    _spool(spool, document)
+
+
+def _spool(spool: Spool, document: dict[str, Any]) -> None:
+    try:
+        spool.append([document])
+    except Exception:
+        logger.exception("journal record lost by both the store and the spool: %s", document)
+        raise
+    spool.drain_in_background(_ship_in_background)
+
+
+def _ship(documents: list[dict[str, Any]]) -> None:
+    """One spool segment to the store, all or nothing (a failed write is retried whole)."""
+    sql = settings.JOURNAL_BACKEND == "sql"
+    try:
+        with transaction.atomic(using="journal") if sql else nullcontext():
+            journal_store().write(documents)
+    except Exception:
+        if sql:
+            connections["journal"].close()  # perhaps broken: the next try connects afresh
+        raise
+
+
+def _ship_in_background(documents: list[dict[str, Any]]) -> None:
+    """As `_ship`, from a drainer thread, which keeps no connection between segments."""
+    try:
+        _ship(documents)
+    finally:
+        if settings.JOURNAL_BACKEND == "sql":
+            connections["journal"].close()
 
 
 def purge(*, before: datetime) -> int:
@@ -81,20 +121,14 @@ def purge(*, before: datetime) -> int:
     return journal_store().purge(before=before)
 
 
-def drain_spool(*, batch: int = 500) -> int:
-    """Move spooled records to the journal store; returns how many were moved."""
-    rows = list(JournalSpool.objects.order_by("id")[:batch])
-    if not rows:
-        return 0
+def drain_spool() -> int:
+    """Move the records spooled on this host to the store; returns how many were moved."""
+    spool = journal_spool()
     try:
-        journal_store().write([row.document for row in rows])
+        return spool.drain(_ship)
     except Exception as exc:
-        JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).update(
-            last_error=str(exc)[:255], attempts=F("attempts") + 1
-        )
+        logger.warning("journal spool not drained: the store refused (%s); its records wait on disk", exc)
         return 0
-    JournalSpool.objects.filter(pk__in=[row.pk for row in rows]).delete()
-    return len(rows)
 
 
 def record_staff_action(*, user: AbstractBaseUser, action: str, target: object, reason: str, outcome: str) -> None:

@@ -131,6 +131,8 @@ DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
 DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
 for _database in DATABASES.values():
     if _database["ENGINE"] == "django.db.backends.postgresql":
+        # Django's backend, with a wait on a frozen server cut short (playpay/postgresql/base.py).
+        _database["ENGINE"] = "playpay.postgresql"
         _given = _database.get("OPTIONS", {})
         _database["OPTIONS"] = {
             **_given,
@@ -147,6 +149,10 @@ for _database in DATABASES.values():
                 )
             ),
         }
+# Where a journal record waits when the journal store cannot take it (journal.spool): a directory on a
+# local persistent disk of each host (not a database, not a network share), writable by every process
+# of the host that journals (gunicorn, Celery workers). Its processes drain it once the store is back.
+JOURNAL_SPOOL_DIR = Path(env_str("JOURNAL_SPOOL_DIR", str(VAR_DIR / "journal-spool")))
 # Only for measuring the journal's cost: production always journals.
 JOURNAL_ENABLED = env_bool("JOURNAL_ENABLED", True)
 # Key of the hash that lets staff search the journal by MSISDN without storing it in clear.

@@ -2,6 +2,7 @@
 
 import hmac
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -57,7 +58,7 @@ def _check_database(alias: str) -> None:
             cursor.execute("SELECT 1")
 
 
-def _check_journal() -> None:
+def _check_journal_store() -> None:
     if settings.JOURNAL_BACKEND != "mongodb":
         _check_database("journal")
         return
@@ -73,6 +74,28 @@ def _check_journal() -> None:
         client.close()
 
 
+def _spool_is_writable() -> bool:
+    directory = settings.JOURNAL_SPOOL_DIR
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _check_journal() -> str | None:
+    """The journal store answers; or, while it does not, its records go to this host's spool: "spooling",
+    which keeps the node in rotation (nothing is lost), unless the spool cannot be written either."""
+    try:
+        _check_journal_store()
+    except Exception as exc:
+        if not _spool_is_writable():
+            raise
+        logger.warning("readiness check journal: the store failed (%s); records are spooled", exc)
+        return "spooling"
+    return None
+
+
 def _check_broker() -> None:
     from kombu import Connection
 
@@ -81,9 +104,10 @@ def _check_broker() -> None:
 
 
 def readiness(request: HttpRequest) -> JsonResponse:
-    """Readiness for a load balancer: the database, the journal store and the broker (when one is configured)
-    answer, each within READINESS_CHECK_TIMEOUT_SECONDS. 200 with each check's status, else a 503 problem."""
-    checks: dict[str, Callable[[], None]] = {
+    """Readiness for a load balancer: the database, the journal store (or, while it is down, the journal's spool)
+    and the broker (when one is configured) answer, each within READINESS_CHECK_TIMEOUT_SECONDS. 200 with each
+    check's status, else a 503 problem."""
+    checks: dict[str, Callable[[], str | None]] = {
         "database": lambda: _check_database("default"),
         "journal": _check_journal,
     }
@@ -93,14 +117,14 @@ def readiness(request: HttpRequest) -> JsonResponse:
     for name, check in checks.items():
         started = time.monotonic()
         try:
-            check()
+            status = check()
         except Exception as exc:
             logger.warning("readiness check %s failed: %s", name, exc)
             results[name] = {"status": "failed", "error": type(exc).__name__}
         else:
-            results[name] = {"status": "ok"}
+            results[name] = {"status": status or "ok"}
         results[name]["seconds"] = round(time.monotonic() - started, 3)
-    failed = [name for name, result in results.items() if result["status"] != "ok"]
+    failed = [name for name, result in results.items() if result["status"] == "failed"]
     if not failed:
         return JsonResponse({"status": "ok", "checks": results})
     body = problem_body(

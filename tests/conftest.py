@@ -2,6 +2,7 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -117,6 +118,17 @@ def _journal_writes_need_the_journal() -> Iterator[None]:
     logger.removeHandler(handler)
     if handler.messages:
         pytest.fail(f"this test journals without the journal database (mark it `journal`): {handler.messages[0]}")
+
+
+@pytest.fixture(autouse=True)
+def _journal_spool_of_the_test(tmp_path_factory: pytest.TempPathFactory, settings: Any) -> Iterator[Path]:
+    """Each test spools journal records in a directory of its own (made when first written), not under var/,
+    and no drainer thread it started outlives it to write into another test's journal."""
+    from journal.spool import stop_drainers
+
+    settings.JOURNAL_SPOOL_DIR = tmp_path_factory.getbasetemp() / "journal-spool" / uuid.uuid4().hex
+    yield settings.JOURNAL_SPOOL_DIR
+    stop_drainers(timeout=10)
 
 
 # What migrate's post_migrate handlers make (the only ones installed): no test changes them.

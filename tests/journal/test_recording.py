@@ -1,15 +1,19 @@
 """What the journal records, and what it never records."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from journal.models import JournalRecord, JournalSpool
-from journal.services import drain_spool, record
+from journal.models import JournalRecord
+from journal.services import build, record
+from journal.spool import Spool
 from journal.store import JournalQuery, SqlJournalStore, journal_store
+from journal.tasks import drain_journal_spool
 from playpay.redaction import msisdn_hash, redact
 from tests.conftest import MSISDN, Shop, StaffClient
+from tests.deploy.processes import wait_for
 
 pytestmark = pytest.mark.django_db
 
@@ -79,23 +83,38 @@ def test_callbacks_are_recorded_with_their_verdict(shop: Shop) -> None:
     assert callback["data"]["status"] == 400  # the sandbox sends no notifications: rejected, nothing changed
 
 
-def test_a_store_failure_spools_the_record_and_the_drain_delivers_it(monkeypatch: Any) -> None:
+def _spooled(directory: Path) -> list[str]:
+    return [
+        json.loads(line)["correlation"]["request_id"]
+        for segment in sorted(directory.glob("*.jsonl"))
+        for line in segment.read_text().splitlines()
+    ]
+
+
+# Transactional: the drainer thread writes to the journal on a connection of its own.
+@pytest.mark.journal
+@pytest.mark.django_db(transaction=True)
+def test_while_the_store_fails_records_wait_on_disk_and_reach_it_once_in_order(monkeypatch: Any, settings: Any) -> None:
     def broken(self: Any, documents: Any) -> None:
         raise ConnectionError("journal database down")
 
     monkeypatch.setattr(SqlJournalStore, "write", broken)
-    record("api_request", {"endpoint": "/api/v1/payments/"}, app="game")
-    assert JournalSpool.objects.count() == 1
-    assert drain_spool() == 0  # still down: kept
-    spooled = JournalSpool.objects.get()
-    assert spooled.attempts == 1
-    assert spooled.last_error == "journal database down"
+    record("api_request", {"endpoint": "/api/v1/payments/"}, app="game", request_id="first")
+    record("api_request", {"endpoint": "/api/v1/payments/"}, app="game", request_id="second")
+    assert _spooled(settings.JOURNAL_SPOOL_DIR) == ["first", "second"]
     monkeypatch.undo()
-    assert drain_spool() == 1
-    assert not JournalSpool.objects.exists()
-    assert (
-        journal_store().query(JournalQuery(correlation={"app": "game"}))[0]["data"]["endpoint"] == "/api/v1/payments/"
-    )
+    wait_for("the drainer to empty the spool", lambda: not _spooled(settings.JOURNAL_SPOOL_DIR), timeout=30)
+    record("api_request", {"endpoint": "/api/v1/payments/"}, app="game", request_id="third")  # straight in
+    assert not _spooled(settings.JOURNAL_SPOOL_DIR)
+    stored = JournalRecord.objects.order_by("id").values_list("request_id", flat=True)
+    assert list(stored) == ["first", "second", "third"]
+
+
+def test_the_periodic_job_drains_what_a_process_that_died_left(settings: Any) -> None:
+    Spool(settings.JOURNAL_SPOOL_DIR).append([build("api_request", {"endpoint": "/x"}, app="game", request_id="left")])
+    assert drain_journal_spool() == 1
+    assert journal_store().query(JournalQuery(correlation={"request_id": "left"}))[0]["data"]["endpoint"] == "/x"
+    assert not _spooled(settings.JOURNAL_SPOOL_DIR)
 
 
 def test_support_sees_a_payments_timeline_on_its_page(shop: Shop, staff_client: StaffClient) -> None:

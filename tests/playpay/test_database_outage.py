@@ -87,7 +87,8 @@ def test_an_unreachable_database_is_a_503_problem_within_the_connect_timeout(tmp
         "import time\n"
         "from django.test import Client\n"
         "started = time.monotonic()\n"
-        "r = Client(raise_request_exception=False).get('/api/v1/payments/', HTTP_AUTHORIZATION='Api-Key x')\n"
+        # A key of the right form: looking it up needs the database.
+        "r = Client(raise_request_exception=False).get('/api/v1/payments/', HTTP_AUTHORIZATION='Api-Key pp_0a1b2c_x')\n"
         "print(r.status_code, r['Content-Type'], r.get('Retry-After'), r.json()['code'])\n"
         "print(round(time.monotonic() - started))\n"
     )

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from carriers.adapters.base import CarrierResult
 from carriers.errors import ErrorCode
 from carriers.gateway import Breaker, call_carrier
-from journal.models import JournalSpool
+from journal.services import journal_spool
 from payments.models import OutboxMessage
 from playpay.celery import app as celery_app
 from sandbox.adapter import TEST_PIN
@@ -115,7 +115,8 @@ def test_outbox_lag_is_the_age_of_the_oldest_unsent_message(token: str) -> None:
 
 def test_journal_spool_depth_counts_the_spooled_records(token: str) -> None:
     assert value(scrape(), "playpay_journal_spool_depth") == 0
-    JournalSpool.objects.bulk_create(JournalSpool(document={"kind": "api_request"}) for _ in range(3))
+    journal_spool().append([{"kind": "api_request"}] * 2)
+    journal_spool().append([{"kind": "api_request"}])
     assert value(scrape(), "playpay_journal_spool_depth") == 3
 
 

@@ -1,8 +1,13 @@
-"""/healthz says the process lives; /readyz says its database, journal store and broker answer."""
+"""/healthz says the process lives; /readyz says its database, journal store (or its spool) and broker answer."""
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import dj_database_url
 import pytest
+from django.db import connections
+from django.db.utils import load_backend
 
 from tests.conftest import assert_problem
 
@@ -40,3 +45,38 @@ def test_not_ready_while_the_broker_is_down_and_the_check_is_bounded(client, set
     assert client.get(problem["type"]).json()["status"] == 503  # the problem type is documented
     # Liveness does not depend on the broker: the process is not restarted for an outage elsewhere.
     assert client.get("/healthz").status_code == 200
+
+
+@contextmanager
+def _journal_store_down() -> Iterator[None]:
+    """The journal's alias, in this thread, on a port nothing listens on (the discard port)."""
+    url = dj_database_url.parse("postgres://postgres@127.0.0.1:9/journal")
+    settings_dict = connections.configure_settings({**connections.settings, "journal": url})["journal"]
+    original = connections["journal"]
+    connections["journal"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "journal")
+    try:
+        yield
+    finally:
+        connections["journal"].close()
+        connections["journal"] = original
+
+
+@pytest.mark.django_db
+def test_ready_while_the_journal_store_is_down_as_its_records_are_spooled(client, settings) -> None:
+    settings.CELERY_BROKER_URL = ""
+    with _journal_store_down():
+        response = client.get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["checks"]["journal"]["status"] == "spooling"
+
+
+@pytest.mark.django_db
+def test_not_ready_when_neither_the_journal_store_nor_its_spool_can_take_a_record(client, settings, tmp_path) -> None:
+    settings.CELERY_BROKER_URL = ""
+    (tmp_path / "a-file").write_text("")
+    settings.JOURNAL_SPOOL_DIR = tmp_path / "a-file" / "spool"  # no directory can be made there
+    with _journal_store_down():
+        response = client.get("/readyz")
+    problem = assert_problem(response, status=503, code="not_ready")
+    assert problem["checks"]["journal"]["status"] == "failed"
+    assert problem["checks"]["database"]["status"] == "ok"
