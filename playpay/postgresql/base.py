@@ -129,9 +129,6 @@ def _reset_after_fork() -> None:
     _watchdog = _Watchdog()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
 def _server(conn_params: dict[str, Any]) -> tuple[str, str]:
     return str(conn_params.get("host") or "local"), str(conn_params.get("port") or 5432)
 
