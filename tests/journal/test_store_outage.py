@@ -109,7 +109,7 @@ def test_every_record_reaches_the_store_after_it_crashed_under_traffic(
             "gunicorn",
             [
                 *(sys.executable, "-m", "gunicorn", "playpay.wsgi:application"),
-                *("--workers", "2", "--bind", f"127.0.0.1:{port}"),
+                *("--workers", "2", "--worker-class", "sync", "--threads", "1", "--bind", f"127.0.0.1:{port}"),
                 *("--control-socket", str(tmp_path / "web.ctl")),
                 *("--access-logfile", str(access_log), "--access-logformat", "%(p)s %({x-request-id}o)s %(s)s"),
             ],
