@@ -141,7 +141,13 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
         api_key = next(
             line.split("=", 1)[1].strip() for line in seeded.splitlines() if line.startswith("export PLAYPAY_API_KEY=")
         )
-        server = Server(env=env, workers=args.workers, worker_class="sync", threads=1, log_path=workdir / "web.log")
+        server = Server(
+            env=env,
+            workers=args.workers,
+            worker_class=args.worker_class,
+            threads=args.threads,
+            log_path=workdir / "web.log",
+        )
         log(f"starting {server.description} on port {server.port}")
         server.wait_ready()
         base = f"http://127.0.0.1:{server.port}"
@@ -194,7 +200,9 @@ def main() -> int:
     parser.add_argument("--before", type=float, default=5.0, help="seconds of traffic before the freeze")
     parser.add_argument("--after", type=float, default=15.0, help="seconds of traffic after SIGCONT")
     parser.add_argument("--bucket", type=float, default=5.0, help="seconds per line of the timeline")
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn sync workers")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
+    parser.add_argument("--worker-class", default="gthread", help="gunicorn worker class (gunicorn.conf.py's: gthread)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker (gunicorn.conf.py's default: 4)")
     parser.add_argument("--clients", type=int, default=4, help="client threads, half GET, half POST")
     parser.add_argument("--client-timeout", type=float, default=30.0, help="each request's timeout")
     parser.add_argument("--cache-url", default="redis://127.0.0.1:6379/1", help="Redis for rate limits")
