@@ -23,6 +23,7 @@ from payments.api.serializers import (
     ReversalSerializer,
 )
 from payments.models import Payment, PaymentStatus, Refund
+from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import (
     MAX_KEY_LENGTH,
     IdempotencyKey,
@@ -31,13 +32,7 @@ from payments.services.idempotency import (
     parse_key,
     run_idempotent,
 )
-from payments.services.payments import (
-    PaymentRequest,
-    app_actor,
-    confirm_payment,
-    create_payment,
-    pin_check_pending,
-)
+from payments.services.payments import PaymentRequest, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
 from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM, ProblemSerializer
 from tenants.auth import request_app
