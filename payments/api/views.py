@@ -162,7 +162,9 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             503: OpenApiResponse(
                 ProblemSerializer,
                 description="`carrier_unavailable`: the carrier could not check the PIN (within the wait); submit it "
-                "again after `Retry-After` seconds. `database_unavailable`: the database did not answer in time.",
+                "again after `Retry-After` seconds (the header, and `retry_after` in the body: the wait the carrier "
+                "or its circuit breaker asked for, else 2). `database_unavailable`: the database did not answer in "
+                "time.",
             ),
         },
         summary="Confirm a PIN payment with the PIN the player received",

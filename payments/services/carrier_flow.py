@@ -427,7 +427,7 @@ def _apply_pin_result(locked: Payment, result: CarrierResult, actor: str, fields
         else:
             transition(locked, PaymentStatus.CHARGING, actor=app_actor(locked.app), reason="charge after PIN")
             dispatch(locked, "charge_payment")
-    elif result.outcome == Outcome.FAILED and result.error_code == ErrorCode.PIN_EXPIRED:
+    elif result.outcome in (Outcome.FAILED, Outcome.PIN_REJECTED) and result.error_code == ErrorCode.PIN_EXPIRED:
         transition(
             locked,
             PaymentStatus.EXPIRED,

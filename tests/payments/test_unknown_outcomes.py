@@ -15,6 +15,7 @@ from rest_framework.test import APIClient
 from carriers import gateway
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierResult, Outcome
+from carriers.errors import ErrorCode
 from payments.models import LedgerEntry, Payment, PaymentStatus, Refund, Reversal
 from payments.services import carrier_flow, refunds, resolver
 from payments.services.carrier_flow import charge_request
@@ -289,6 +290,29 @@ def test_an_aggregator_pin_submit_that_timed_out_is_settled_by_the_resolver_and_
     assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, payment=payment).count() == 1
     assert (payment.outcome_unknown_since, payment.resolve_attempts, payment.next_resolve_at) == (None, 0, None)
     assert len(bill(live, "aggregator", silent)) == 1
+
+
+@pytest.mark.parametrize("came_by", ["the check's answer", "callback or status query"])
+def test_a_carrier_saying_the_pin_expired_expires_the_payment_however_its_verdict_came(
+    live: str, client: APIClient, came_by: str
+) -> None:
+    simulated_carrier(live, "parlayx")
+    payment_id = create(client, OTHER, flow="pin")
+    payment = lost_pin_check(payment_id)
+    taken_at = Payment.objects.get(pk=payment.pk).outcome_unknown_since
+    assert taken_at is not None
+    verdict = CarrierResult.failed(ErrorCode.PIN_EXPIRED, "PIN_EXPIRED", "the PIN expired")
+    if came_by == "the check's answer":
+        carrier_flow.record_pin_verdict(payment_id=payment.pk, verdict=verdict, taken_at=taken_at)
+    else:
+        carrier_flow.apply_pin_result(payment_id=payment.pk, result=verdict)
+    payment.refresh_from_db()
+    assert (payment.status, payment.outcome_unknown_since, payment.resolve_attempts) == (
+        PaymentStatus.EXPIRED,
+        None,
+        0,
+    )
+    assert payment.history.get(to_status=PaymentStatus.EXPIRED).actor == "carrier:parlayx-gb"
 
 
 def test_a_pin_the_carrier_cannot_check_now_is_answered_with_the_wait_it_asked_for(
