@@ -3,8 +3,9 @@
 It runs the production topology on this machine: gunicorn serving the app (several workers, as
 `gunicorn.conf.py` configures them, DEBUG=false), a carrier worker for the slow carrier's queue and one
 for the other carriers' queues, a Celery worker for the default queues, Redis as the broker, PostgreSQL;
-the carrier simulators in a separate single-worker gunicorn (their state is in memory), as the
-deployment smoke test runs them. Then it drives the same mixed open-loop load twice:
+the carrier simulators in a separate single-worker gunicorn (64 threads). The simulators keep their
+state in the database, shared by every process serving them (the deployment smoke test serves them
+from two workers). Then it drives the same mixed open-loop load twice:
 
 * phase 1, every carrier healthy;
 * phase 2, the CAMARA carrier's simulator answering every request after 15 s (`--latency-ms`), far

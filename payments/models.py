@@ -26,8 +26,9 @@ class PaymentFlow(models.TextChoices):
 class OutcomeTracking(models.Model):
     """What payments, refunds and reversals share while the carrier has not stated an outcome.
 
-    The resolver job (`payments.services.carrier_flow.unknown_outcomes`) checks such a row again at
-    `next_resolve_at`, with a growing wait, and logs an alert once it has been unknown too long.
+    The resolver job (`payments.services.resolver.unknown_outcomes`) checks such a row again at
+    `next_resolve_at`, with a growing wait, and logs an alert once it has been unknown too long. The
+    fields are changed only through `payments.services.outcomes` (`mark_unknown`, `clear_unknown`).
     """
 
     outcome_unknown_since = models.DateTimeField(

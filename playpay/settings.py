@@ -315,6 +315,15 @@ PIN_MAX_ATTEMPTS = env_int("PIN_MAX_ATTEMPTS", 3)
 # A PIN confirm is checked on the carrier's queue, never in the request; the request waits for the verdict
 # at most this long (then answers 202 with the check pending). 0: never waits.
 PIN_CONFIRM_WAIT_MS = env_int("PIN_CONFIRM_WAIT_MS", 1000)
+# Each waiting confirm holds a web thread: a long wait starves the web server when a carrier is slow.
+PIN_CONFIRM_WAIT_MAX_MS = 5000
+if not 0 <= PIN_CONFIRM_WAIT_MS <= PIN_CONFIRM_WAIT_MAX_MS:
+    raise ImproperlyConfigured(
+        f"PIN_CONFIRM_WAIT_MS must be between 0 and {PIN_CONFIRM_WAIT_MAX_MS} (milliseconds), got "
+        f"{PIN_CONFIRM_WAIT_MS}: each PIN confirm waiting for the carrier queue's verdict holds a web thread "
+        "that long, so a longer wait starves the web server while a carrier is slow. Apps poll the payment "
+        "after a 202 instead."
+    )
 # A charge can be reversed (undone as a technical error) this long after it succeeded.
 REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
 # Carrier routing, price points and API keys are memoised per process for this long; a change

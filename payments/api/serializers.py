@@ -60,6 +60,11 @@ class NextActionSerializer(SharedFieldsMixin, serializers.Serializer[Any]):
         help_text="With `enter_pin`: why the PIN submitted last was not accepted (a wrong PIN, or the carrier "
         "could not check it); the player may submit one again.",
     )
+    retry_after_seconds = serializers.IntegerField(
+        required=False,
+        help_text="With `enter_pin` and `pin_error: carrier_unavailable`: the carrier (or its circuit breaker or "
+        "rate limit) asked for this wait, in seconds; submit the PIN again after it, not sooner.",
+    )
 
 
 class FailureSerializer(serializers.Serializer[Any]):

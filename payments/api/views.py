@@ -23,6 +23,7 @@ from payments.api.serializers import (
     ReversalSerializer,
 )
 from payments.models import Payment, PaymentStatus, Refund
+from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import (
     MAX_KEY_LENGTH,
     IdempotencyKey,
@@ -31,13 +32,7 @@ from payments.services.idempotency import (
     parse_key,
     run_idempotent,
 )
-from payments.services.payments import (
-    PaymentRequest,
-    app_actor,
-    confirm_payment,
-    create_payment,
-    pin_check_pending,
-)
+from payments.services.payments import PaymentRequest, confirm_payment, create_payment
 from payments.services.refunds import request_refund, request_reversal
 from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM, ProblemSerializer
 from tenants.auth import request_app
@@ -167,7 +162,9 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             503: OpenApiResponse(
                 ProblemSerializer,
                 description="`carrier_unavailable`: the carrier could not check the PIN (within the wait); submit it "
-                "again after `Retry-After` seconds. `database_unavailable`: the database did not answer in time.",
+                "again after `Retry-After` seconds (the header, and `retry_after` in the body: the wait the carrier "
+                "or its circuit breaker asked for, else 2). `database_unavailable`: the database did not answer in "
+                "time.",
             ),
         },
         summary="Confirm a PIN payment with the PIN the player received",

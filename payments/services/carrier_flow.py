@@ -11,7 +11,7 @@ outcome is first resolved by its callback, or by the resolver job
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -26,6 +26,7 @@ from carriers.models import Carrier
 from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services import outbox, outcomes
 from payments.services.state_machine import transition
+from tenants.models import App
 
 logger = logging.getLogger(__name__)
 
@@ -102,11 +103,11 @@ def _call(payment: Payment, name: str) -> CarrierResult | None:
 def _schedule_retry(payment_id: int, *, delay: timedelta, uncount: bool = False) -> None:
     with transaction.atomic():
         locked = locked_payment(payment_id)
-        locked.outcome_unknown_since = None
+        cleared = outcomes.clear_unknown(locked)
         locked.next_attempt_at = timezone.now() + delay
         if uncount and locked.charge_attempts:
             locked.charge_attempts -= 1
-        locked.save(update_fields=["outcome_unknown_since", "next_attempt_at", "charge_attempts", "updated_at"])
+        locked.save(update_fields=[*cleared, "next_attempt_at", "charge_attempts", "updated_at"])
         task = "start_payment" if locked.status == PaymentStatus.CREATED else "charge_payment"
         dispatch(locked, task, countdown=max(int(delay.total_seconds()), 1))
     if not uncount:  # a call put off by the gateway (breaker, rate limit) was logged there
@@ -142,7 +143,7 @@ def _merge_state(payment: Payment, result: CarrierResult) -> list[str]:
 
 def fail(payment: Payment, result: CarrierResult, *, actor: str, extra_fields: list[str] | None = None) -> None:
     payment.failure_code, payment.failure_message = result.failure
-    payment.outcome_unknown_since = None
+    cleared = outcomes.clear_unknown(payment)
     payment.next_attempt_at = None
     reason = f"carrier: {payment.failure_code}" + (f" ({result.raw_code})" if result.raw_code else "")
     transition(
@@ -153,7 +154,7 @@ def fail(payment: Payment, result: CarrierResult, *, actor: str, extra_fields: l
         update_fields=(
             "failure_code",
             "failure_message",
-            "outcome_unknown_since",
+            *cleared,
             "next_attempt_at",
             *(extra_fields or []),
         ),
@@ -206,14 +207,14 @@ def record_start_result(*, payment_id: int, result: CarrierResult) -> None:
 
 def _apply_start_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:
     if result.outcome == Outcome.PIN_SENT:
-        locked.outcome_unknown_since = None
+        cleared = outcomes.clear_unknown(locked)
         locked.pin_expires_at = timezone.now() + timedelta(seconds=settings.PIN_TTL_SECONDS)
         transition(
             locked,
             PaymentStatus.PIN_SENT,
             actor=actor,
             reason="PIN sent to the player",
-            update_fields=("pin_expires_at", "outcome_unknown_since", *fields),
+            update_fields=("pin_expires_at", *cleared, *fields),
         )
     elif result.outcome == Outcome.FAILED and result.not_sent:
         locked.save(update_fields=[*fields, "updated_at"])
@@ -242,14 +243,14 @@ def record_charge_result(*, payment_id: int, result: CarrierResult) -> None:
 
 def _apply_charge_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:
     if result.outcome == Outcome.SUCCEEDED:
-        locked.outcome_unknown_since = None
+        cleared = outcomes.clear_unknown(locked)
         locked.failure_code = locked.failure_message = ""
         transition(
             locked,
             PaymentStatus.SUCCEEDED,
             actor=actor,
             reason="charge confirmed by the carrier",
-            update_fields=("outcome_unknown_since", "failure_code", "failure_message", *fields),
+            update_fields=(*cleared, "failure_code", "failure_message", *fields),
         )
     elif result.outcome == Outcome.FAILED:
         locked.save(update_fields=[*fields, "updated_at"])
@@ -295,9 +296,9 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
         return
     if result.retry_after:  # never sooner than the carrier asked (its Retry-After)
         delay = max(delay, timedelta(seconds=result.retry_after))
-    payment.outcome_unknown_since = None
+    cleared = outcomes.clear_unknown(payment)
     payment.next_attempt_at = timezone.now() + delay
-    payment.save(update_fields=["outcome_unknown_since", "next_attempt_at", "updated_at"])
+    payment.save(update_fields=[*cleared, "next_attempt_at", "updated_at"])
     _log_retry(payment, delay, cause=result.failure[0])
     dispatch(
         payment,
@@ -332,6 +333,12 @@ def resolve_payment(*, payment_id: int) -> None:
         # A PIN request that got no answer moves no money: send it again.
         _schedule_retry(payment_id, delay=timedelta(seconds=0))
         return
+    if payment.status == PaymentStatus.PIN_SENT and not capabilities.asynchronous:
+        # A PIN check whose verdict was lost moved no money, and the carrier is never asked about it: on
+        # Parlay X that would be the charge itself. The player submits the PIN again (on CAMARA a second
+        # validate of a validated payment answers ALREADY_EXISTS, read as verified).
+        release_pin_check(payment_id=payment_id, taken_at=payment.outcome_unknown_since)
+        return
     request = charge_request(payment)
     try:
         result = call_carrier(
@@ -350,38 +357,130 @@ def resolve_payment(*, payment_id: int) -> None:
         record_start_result(payment_id=payment_id, result=result)
     elif payment.status == PaymentStatus.CHARGING:
         record_charge_result(payment_id=payment_id, result=result)
+    elif payment.status == PaymentStatus.PIN_SENT and result.outcome == Outcome.PIN_SENT:
+        # The carrier still waits for a PIN: the one submitted never reached it.
+        release_pin_check(payment_id=payment_id, taken_at=payment.outcome_unknown_since)
     elif payment.status == PaymentStatus.PIN_SENT:
         apply_pin_result(payment_id=payment_id, result=result)
 
 
+# --- the PIN's verdict ---------------------------------------------------------------------------------
+
+
+def app_actor(app: App) -> str:
+    return f"app:{app.name}"
+
+
+def pin_check_pending(payment: Payment) -> bool:
+    """Whether the player's PIN is with the carrier (or queued for it) and its verdict not known yet."""
+    return payment.status == PaymentStatus.PIN_SENT and payment.pin_submitted_at is not None
+
+
+def record_pin_verdict(
+    *, payment_id: int, verdict: CarrierResult | None, taken_at: datetime, retry_after: float | None = None
+) -> None:
+    """The answer to our own PIN check call, taken off the payment at `taken_at` (None: no call was made,
+    the gateway put it off for `retry_after` s). A late answer, to a check since released, changes nothing.
+
+    "No answer" is read here only: where the carrier states nothing but by the call's own answer
+    (synchronous protocols), a PIN check without one moved no money and the player submits the PIN again.
+    An asynchronous carrier charges when it gets the PIN: a call that may have reached it stays unknown,
+    to be settled by its callback or the resolver's status query.
+    """
+    with transaction.atomic():
+        locked = locked_payment(payment_id)
+        if not pin_check_pending(locked) or locked.outcome_unknown_since != taken_at:
+            return
+        asynchronous = adapter_class(locked.carrier.protocol).capabilities.asynchronous
+        if verdict is None or verdict.not_sent or (verdict.transport_failed and not asynchronous):
+            wait = retry_after if verdict is None else verdict.retry_after
+            pin_to_submit_again(locked, error=ErrorCode.CARRIER_UNAVAILABLE, retry_after=wait)
+            return
+        _apply_pin_result(locked, verdict, carrier_actor(locked.carrier), _merge_state(locked, verdict))
+
+
 def apply_pin_result(*, payment_id: int, result: CarrierResult) -> None:
-    """An asynchronous PIN check's result (by callback or status query) for a `pin_sent` payment."""
+    """A PIN check's result stated by the carrier (callback or status query) for a `pin_sent` payment."""
     _apply_result(payment_id, PaymentStatus.PIN_SENT, result, _apply_pin_result)
 
 
+def _is_wrong_pin(result: CarrierResult) -> bool:
+    return result.outcome == Outcome.PIN_REJECTED or (
+        result.outcome == Outcome.FAILED and result.error_code == ErrorCode.INVALID_PIN
+    )
+
+
 def _apply_pin_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:
+    """The one rule for a PIN verdict the carrier stated, however it came (call, callback, status query)."""
     if result.outcome in (Outcome.PIN_VERIFIED, Outcome.SUCCEEDED):
-        locked.outcome_unknown_since = None
+        locked.next_attempt_at = None
         transition(
             locked,
             PaymentStatus.PIN_VERIFIED,
             actor=actor,
             reason="PIN verified",
-            update_fields=("outcome_unknown_since", *fields),
+            update_fields=(*outcomes.clear_unknown(locked), "next_attempt_at", *fields),
         )
-        transition(locked, PaymentStatus.CHARGING, actor=actor, reason="charge after PIN")
-        if result.outcome == Outcome.SUCCEEDED:
+        if result.outcome == Outcome.SUCCEEDED:  # the carrier charged on the PIN itself
+            transition(locked, PaymentStatus.CHARGING, actor=actor, reason="charged by the carrier on the PIN")
             transition(locked, PaymentStatus.SUCCEEDED, actor=actor, reason="charge confirmed by the carrier")
         else:
+            transition(locked, PaymentStatus.CHARGING, actor=app_actor(locked.app), reason="charge after PIN")
             dispatch(locked, "charge_payment")
-    elif result.outcome == Outcome.PIN_REJECTED:
-        locked.pin_submitted_at = None
-        locked.outcome_unknown_since = None
-        locked.pin_error = ErrorCode.INVALID_PIN
-        locked.save(update_fields=["pin_submitted_at", "outcome_unknown_since", "pin_error", *fields, "updated_at"])
+    elif result.outcome in (Outcome.FAILED, Outcome.PIN_REJECTED) and result.error_code == ErrorCode.PIN_EXPIRED:
+        transition(
+            locked,
+            PaymentStatus.EXPIRED,
+            actor=actor,
+            reason="carrier: PIN expired",
+            update_fields=(*outcomes.clear_unknown(locked), *fields),
+        )
+        dispatch(locked, "cancel_payment")
+    elif _is_wrong_pin(result):
+        pin_to_submit_again(locked, error=ErrorCode.INVALID_PIN, fields=fields)
         count_wrong_pin(locked, actor=actor)
     elif result.outcome == Outcome.FAILED:
         fail(locked, result, actor=actor, extra_fields=fields)
+    else:
+        # Taken, its verdict to come (an asynchronous carrier): by callback, or the resolver asks.
+        tracking = outcomes.mark_unknown(locked) if pin_check_pending(locked) else []
+        locked.save(update_fields=[*fields, *tracking, "updated_at"])
+
+
+def pin_to_submit_again(
+    locked: Payment, *, error: str, retry_after: float | None = None, fields: Iterable[str] = ()
+) -> None:
+    """The PIN check is over without a verdict the player must live with: the player submits a PIN again
+    (after `retry_after` s where the carrier asked for a wait)."""
+    locked.pin_submitted_at = None
+    locked.pin_ciphertext = ""
+    locked.pin_error = error
+    # A `pin_sent` payment has no attempt of ours to schedule: the field tells the app when to submit.
+    locked.next_attempt_at = timezone.now() + timedelta(seconds=retry_after) if retry_after else None
+    locked.save(
+        update_fields=[
+            "pin_submitted_at",
+            "pin_ciphertext",
+            "pin_error",
+            "next_attempt_at",
+            *outcomes.clear_unknown(locked),
+            *fields,
+            "updated_at",
+        ]
+    )
+
+
+def release_pin_check(*, payment_id: int, taken_at: datetime | None) -> None:
+    """Give a synchronous PIN check that will get no verdict (its task or worker lost) back to the player;
+    a PIN check moves no money. Nothing changes if the check was released or answered meanwhile."""
+    with transaction.atomic():
+        locked = locked_payment(payment_id)
+        if locked.outcome_unknown_since != taken_at:
+            return
+        if pin_check_pending(locked):
+            pin_to_submit_again(locked, error=ErrorCode.CARRIER_UNAVAILABLE)
+        elif locked.status == PaymentStatus.PIN_SENT and taken_at is not None:
+            locked.save(update_fields=[*outcomes.clear_unknown(locked), "updated_at"])
 
 
 def count_wrong_pin(payment: Payment, *, actor: str) -> int:

@@ -47,10 +47,16 @@ def mark_unknown(row: OutcomeTracking, *, now: datetime | None = None) -> list[s
 
 
 def clear_unknown(row: OutcomeTracking) -> list[str]:
-    """The carrier stated the outcome."""
+    """The carrier stated the outcome (or nothing is left to ask it): no check is due, none was made.
+
+    The only way an unknown outcome is cleared, so that a settled row never shows a next check, checks
+    made or an alert of an outcome no longer unknown.
+    """
     row.outcome_unknown_since = None
+    row.resolve_attempts = 0
     row.next_resolve_at = None
-    return ["outcome_unknown_since", "next_resolve_at"]
+    row.outcome_alerted_at = None
+    return list(TRACKING_FIELDS)
 
 
 def check_again_after(row: OutcomeTracking, wait: timedelta) -> list[str]:

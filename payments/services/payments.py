@@ -5,6 +5,7 @@ queue (`carrier_flow`, `check_submitted_pin`). In the embedded default they run
 in-process right after the commit, so the API answers with the carrier's first result.
 """
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -15,7 +16,6 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_class
-from carriers.adapters.base import CarrierResult, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
@@ -31,23 +31,25 @@ from payments.errors import (
 from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services import outbox
 from payments.services.carrier_flow import (
-    carrier_actor,
+    app_actor,
     charge_request,
-    count_wrong_pin,
     dispatch,
-    fail,
     load_payment,
     locked_payment,
+    pin_check_pending,
+    pin_to_submit_again,
+    record_pin_verdict,
 )
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, is_unique_violation
-from payments.services.outcomes import clear_unknown, mark_unknown
+from payments.services.outcomes import mark_unknown
 from payments.services.state_machine import record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 from tenants.models import App
 
 # How often a confirm request looks whether the PIN's verdict came, while it may wait for it.
 PIN_POLL_INTERVAL_S = 0.05
-# What an app is told to wait before submitting the PIN again when the carrier could not check it.
+# What an app is told to wait before submitting the PIN again when the carrier could not check it and
+# asked for no particular wait (else the wait it asked for, or the gateway's: breaker, rate limit).
 PIN_RETRY_AFTER_SECONDS = 2
 
 
@@ -60,10 +62,6 @@ class PaymentRequest:
     flow: str | None = None
     journey_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def app_actor(app: App) -> str:
-    return f"app:{app.name}"
 
 
 def _choose_flow(carrier: Carrier, requested: str | None) -> str:
@@ -171,7 +169,7 @@ def _told_verdict(payment: Payment) -> Payment:
             payment_status=payment.status,
         )
     if payment.status == PaymentStatus.PIN_SENT and payment.pin_error == CarrierTemporarilyUnavailable.code:
-        raise CarrierTemporarilyUnavailable(retry_after=PIN_RETRY_AFTER_SECONDS)
+        raise CarrierTemporarilyUnavailable(retry_after=pin_retry_after(payment) or PIN_RETRY_AFTER_SECONDS)
     if payment.status == PaymentStatus.FAILED and payment.failure_code == ErrorCode.INVALID_PIN:
         raise InvalidPin(
             "The PIN is not correct. No attempts left: the payment has failed.",
@@ -183,9 +181,15 @@ def _told_verdict(payment: Payment) -> Payment:
     return payment
 
 
-def pin_check_pending(payment: Payment) -> bool:
-    """Whether the player's PIN is with the carrier (or queued for it) and its verdict not known yet."""
-    return payment.status == PaymentStatus.PIN_SENT and payment.pin_submitted_at is not None
+def pin_retry_after(payment: Payment) -> int | None:
+    """Seconds the app should wait before submitting the PIN again, when the carrier (or the gateway in
+    front of it) asked for a wait the last time it could not check one; None when none is left."""
+    if payment.status != PaymentStatus.PIN_SENT or payment.pin_error != ErrorCode.CARRIER_UNAVAILABLE:
+        return None
+    if payment.pin_submitted_at is not None or payment.next_attempt_at is None:
+        return None
+    left = (payment.next_attempt_at - timezone.now()).total_seconds()
+    return math.ceil(left) if left > 0 else None
 
 
 def check_submitted_pin(*, payment_id: int) -> None:
@@ -194,99 +198,52 @@ def check_submitted_pin(*, payment_id: int) -> None:
     if taken is None:
         return
     payment, pin = taken
+    assert payment.outcome_unknown_since is not None
     request = charge_request(payment)
     try:
-        verdict: CarrierResult | None = call_carrier(
+        verdict = call_carrier(
             payment.carrier, lambda adapter: adapter.verify_pin(request, pin=pin), name="verify_pin", request=request
         )
-    except CarrierBusy:
-        verdict = None  # the gateway put the call off (breaker, rate limit) and logged it
-    _apply_pin_verdict(payment_id, verdict)
+    except CarrierBusy as busy:  # the gateway put the call off (breaker, rate limit, Retry-After) and logged it
+        record_pin_verdict(
+            payment_id=payment_id, verdict=None, taken_at=payment.outcome_unknown_since, retry_after=busy.retry_after
+        )
+        return
+    record_pin_verdict(payment_id=payment_id, verdict=verdict, taken_at=payment.outcome_unknown_since)
 
 
 def _take_submitted_pin(payment_id: int) -> tuple[Payment, str] | None:
     """Take the stored PIN off the payment (it is kept only until used) and mark its check as at the carrier.
 
-    None when there is nothing to check: a repeated task, or a payment that moved on (expired) meanwhile.
+    None when there is nothing to check: a payment that moved on (expired) meanwhile, or a repeated task
+    whose PIN was taken by a run that got no verdict (its worker died, or applying the verdict failed).
+    Such a check is released at once where the carrier has no other way to state the verdict (a
+    synchronous protocol): a PIN check moves no money, so the player submits the PIN again. On an
+    asynchronous carrier, which charges when it gets the PIN, the resolver asks the carrier instead.
     """
     with transaction.atomic():
         locked = locked_payment(payment_id)
         ciphertext = locked.pin_ciphertext
-        if not ciphertext:
+        due = bool(ciphertext) and pin_check_pending(locked) and locked.outcome_unknown_since is None
+        if not due:
+            asynchronous = adapter_class(locked.carrier.protocol).capabilities.asynchronous
+            if pin_check_pending(locked) and not asynchronous:
+                pin_to_submit_again(locked, error=ErrorCode.CARRIER_UNAVAILABLE)
+            elif ciphertext:
+                locked.pin_ciphertext = ""
+                locked.save(update_fields=["pin_ciphertext", "updated_at"])
             return None
         locked.pin_ciphertext = ""
-        due = (
-            locked.status == PaymentStatus.PIN_SENT
-            and locked.pin_submitted_at is not None
-            and locked.outcome_unknown_since is None
-        )
-        tracking = mark_unknown(locked) if due else []
+        tracking = mark_unknown(locked)
         locked.save(update_fields=["pin_ciphertext", *tracking, "updated_at"])
-    if not due:
-        return None
+        taken_at = locked.outcome_unknown_since
+    assert taken_at is not None
     try:
         pin = str(decrypt_credentials(ciphertext)["pin"])
     except ValueError:  # the key it was encrypted with was dropped meanwhile: the player submits again
-        _apply_pin_verdict(payment_id, None)
+        record_pin_verdict(payment_id=payment_id, verdict=None, taken_at=taken_at)
         return None
     return load_payment(payment_id), pin
-
-
-def _is_wrong_pin(verdict: CarrierResult) -> bool:
-    return verdict.outcome == Outcome.PIN_REJECTED or (
-        verdict.outcome == Outcome.FAILED and verdict.error_code in (ErrorCode.INVALID_PIN, ErrorCode.PIN_EXPIRED)
-    )
-
-
-def _apply_pin_verdict(payment_id: int, verdict: CarrierResult | None) -> None:
-    """The carrier's answer (None: none came) to the PIN submitted on a `pin_sent` payment."""
-    with transaction.atomic():
-        locked = locked_payment(payment_id)
-        if not pin_check_pending(locked):
-            return  # moved on meanwhile (expired, or a callback settled it)
-        if verdict is None or verdict.transport_failed or verdict.not_sent:
-            # Unreachable, no answer, or put off: nothing moved money; the player may submit the PIN again.
-            _pin_to_submit_again(locked, error=CarrierTemporarilyUnavailable.code)
-            return
-        carrier = carrier_actor(locked.carrier)
-        cleared = tuple(clear_unknown(locked))
-        if verdict.outcome == Outcome.PIN_VERIFIED:
-            transition(
-                locked,
-                PaymentStatus.PIN_VERIFIED,
-                actor=carrier,
-                reason="PIN verified",
-                update_fields=cleared,
-            )
-            transition(locked, PaymentStatus.CHARGING, actor=app_actor(locked.app), reason="charge after PIN")
-            dispatch(locked, "charge_payment")
-        elif _is_wrong_pin(verdict) and verdict.error_code == ErrorCode.PIN_EXPIRED:
-            transition(
-                locked,
-                PaymentStatus.EXPIRED,
-                actor=carrier,
-                reason="carrier: PIN expired",
-                update_fields=cleared,
-            )
-            dispatch(locked, "cancel_payment")
-        elif _is_wrong_pin(verdict):
-            _pin_to_submit_again(locked, error=ErrorCode.INVALID_PIN)
-            count_wrong_pin(locked, actor=carrier)
-        elif verdict.outcome == Outcome.PENDING:
-            # An asynchronous carrier took the PIN; its verdict comes by callback (or the resolver asks).
-            tracking = mark_unknown(locked)
-            locked.carrier_data = {**locked.carrier_data, **verdict.state}
-            locked.save(update_fields=["carrier_data", *cleared, *tracking, "updated_at"])
-        elif verdict.outcome == Outcome.FAILED:
-            fail(locked, verdict, actor=carrier)
-        else:
-            _pin_to_submit_again(locked, error=CarrierTemporarilyUnavailable.code)
-
-
-def _pin_to_submit_again(locked: Payment, *, error: str) -> None:
-    locked.pin_submitted_at = None
-    locked.pin_error = error
-    locked.save(update_fields=["pin_submitted_at", *clear_unknown(locked), "pin_error", "updated_at"])
 
 
 def expire_payment(*, payment_id: int, reason: str) -> None:
@@ -315,6 +272,7 @@ def next_action(payment: Payment) -> dict[str, Any]:
             "expires_at": payment.pin_expires_at,
             "attempts_remaining": max(settings.PIN_MAX_ATTEMPTS - payment.pin_attempts, 0),
             **({"pin_error": payment.pin_error} if payment.pin_error else {}),
+            **({"retry_after_seconds": wait} if (wait := pin_retry_after(payment)) else {}),
         }
     if pin_check_pending(payment):
         return {"type": "wait", "poll_after_seconds": 1}

@@ -199,7 +199,9 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
             instance=instance,
             **exc.extra,
         )
-        if exc.http_status == status.HTTP_409_CONFLICT and "retry_after" in exc.extra:
+        if exc.http_status in (status.HTTP_409_CONFLICT, status.HTTP_503_SERVICE_UNAVAILABLE) and (
+            "retry_after" in exc.extra
+        ):
             response["Retry-After"] = str(exc.extra["retry_after"])
         return response
 

@@ -15,9 +15,11 @@ from rest_framework.test import APIClient
 from carriers import gateway
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierResult, Outcome
+from carriers.errors import ErrorCode
 from payments.models import LedgerEntry, Payment, PaymentStatus, Refund, Reversal
 from payments.services import carrier_flow, refunds, resolver
 from payments.services.carrier_flow import charge_request
+from payments.services.payments import check_submitted_pin
 from playpay.metrics import exposition
 from sandbox.simulators.core import simulator
 from tenants.services import issue_api_key
@@ -121,7 +123,9 @@ def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_
         Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())
         carrier_flow.due_attempts()
     payment = wait_for_status(str(payment.public_id), PaymentStatus.SUCCEEDED)
-    assert payment.outcome_unknown_since is None
+    # Settled: no next check shown, no checks counted, no alert.
+    assert (payment.outcome_unknown_since, payment.next_resolve_at) == (None, None)
+    assert (payment.resolve_attempts, payment.outcome_alerted_at) == (0, None)
     # A check dispatched twice, and a late answer, change nothing.
     carrier_flow.resolve_payment(payment_id=payment.pk)
     carrier_flow.record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.FAILED))
@@ -180,6 +184,160 @@ def test_a_parlayx_reservation_no_longer_held_stays_unknown_and_is_reported(
     assert (alerts[0].__dict__["operation"], alerts[0].__dict__["carrier"]) == ("charge", "parlayx-gb")
     assert OTHER not in alerts[0].getMessage()
     assert OTHER[-6:] not in str(alerts[0].__dict__)
+
+
+# --- PIN checks ------------------------------------------------------------------------------------
+
+
+def lost_pin_check(payment_id: str) -> Payment:
+    """As a PIN check whose worker died after taking the PIN (or whose verdict failed to save) leaves its
+    payment: `pin_sent`, the PIN submitted and gone, the outcome unknown."""
+    payment = wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+    Payment.objects.filter(pk=payment.pk).update(
+        pin_submitted_at=timezone.now(), pin_ciphertext="", outcome_unknown_since=timezone.now()
+    )
+    return payment
+
+
+def bill(live: str, protocol: str, msisdn: str) -> list[Any]:
+    response = httpx.get(f"{live}/simulators/{protocol}/_charges", params={"msisdn": msisdn}, timeout=5)
+    charges: list[Any] = response.json()["charges"]
+    return charges
+
+
+def test_a_parlayx_pin_check_whose_verdict_was_lost_is_never_charged_and_the_player_enters_the_pin_again(
+    live: str, client: APIClient
+) -> None:
+    simulated_carrier(live, "parlayx")
+    payment_id = create(client, OTHER, flow="pin")
+    payment = lost_pin_check(payment_id)
+    age(Payment, payment.pk)
+    assert resolver.unknown_outcomes() == 1
+    assert bill(live, "parlayx", OTHER) == []  # the held reservation was not charged: the PIN was never checked
+    body = client.get(f"/api/v1/payments/{payment_id}/").json()
+    assert body["status"] == "pin_sent"
+    assert body["next_action"] == {
+        "type": "enter_pin",
+        "expires_at": body["next_action"]["expires_at"],
+        "attempts_remaining": 3,
+        "pin_error": "carrier_unavailable",
+    }
+    checked = Payment.objects.get(pk=payment.pk)
+    assert (checked.outcome_unknown_since, checked.resolve_attempts, checked.next_resolve_at) == (None, 0, None)
+    pin = last_pin("parlayx", OTHER)
+    assert client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json").status_code == 200
+    wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+    assert len(bill(live, "parlayx", OTHER)) == 1
+
+
+def test_a_repeated_pin_check_task_that_finds_its_pin_taken_hands_the_pin_back(live: str, client: APIClient) -> None:
+    simulated_carrier(live, "parlayx")
+    payment_id = create(client, OTHER, flow="pin")
+    payment = lost_pin_check(payment_id)
+    check_submitted_pin(payment_id=payment.pk)  # the task again (acks_late), its first run lost
+    body = client.get(f"/api/v1/payments/{payment_id}/").json()
+    assert (body["status"], body["next_action"]["type"]) == ("pin_sent", "enter_pin")
+    assert body["next_action"]["pin_error"] == "carrier_unavailable"
+    assert Payment.objects.get(pk=payment.pk).outcome_unknown_since is None
+    assert bill(live, "parlayx", OTHER) == []
+
+
+def test_a_camara_pin_validated_before_its_verdict_was_lost_is_verified_when_submitted_again(
+    live: str, client: APIClient
+) -> None:
+    simulated_carrier(live, "camara")
+    payment_id = create(client, OTHER, flow="pin")
+    wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+    pin = last_pin("camara", OTHER)
+    payment = Payment.objects.get(public_id=payment_id)
+    # The carrier validated the code, and the worker died before saving the verdict.
+    assert adapter_for(payment.carrier).verify_pin(charge_request(payment), pin=pin).outcome == Outcome.PIN_VERIFIED
+    lost_pin_check(payment_id)
+    age(Payment, payment.pk)
+    assert resolver.unknown_outcomes() == 1
+    assert bill(live, "camara", OTHER) == []
+    assert Payment.objects.get(pk=payment.pk).pin_error == "carrier_unavailable"
+    # The second validate is answered "already validated": the PIN is verified, and charged once.
+    assert client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json").status_code == 200
+    wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+    assert len(bill(live, "camara", OTHER)) == 1
+
+
+def test_an_aggregator_pin_submit_that_timed_out_is_settled_by_the_resolver_and_charged_once(
+    live: str, client: APIClient
+) -> None:
+    silent = "+447400120013"  # the aggregator never sends this number's callbacks
+    simulated_carrier(live, "aggregator")
+    payment_id = create(client, silent, flow="pin")
+    payment = Payment.objects.get(public_id=payment_id)
+    age(Payment, payment.pk)
+    resolver.unknown_outcomes()  # no callback: the resolver finds the PIN sent
+    wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+    pin = last_pin("aggregator", silent)
+    # The aggregator takes the PIN and charges, but answers after our 1 s read timeout.
+    configure(live, "aggregator", latency_ms=1500)
+    confirmed = client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
+    configure(live, "aggregator", latency_ms=0)
+    assert confirmed.status_code == 202, confirmed.content
+    assert confirmed.json()["next_action"] == {"type": "wait", "poll_after_seconds": 1}
+    wait_for(lambda: len(bill(live, "aggregator", silent)) == 1, what="the aggregator to charge")
+    payment.refresh_from_db()
+    assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.PIN_SENT, True)
+    age(Payment, payment.pk)
+    assert resolver.unknown_outcomes() == 1
+    payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED)
+    assert payment.history.filter(to_status=PaymentStatus.SUCCEEDED).count() == 1
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.CHARGE, payment=payment).count() == 1
+    assert (payment.outcome_unknown_since, payment.resolve_attempts, payment.next_resolve_at) == (None, 0, None)
+    assert len(bill(live, "aggregator", silent)) == 1
+
+
+@pytest.mark.parametrize("came_by", ["the check's answer", "callback or status query"])
+def test_a_carrier_saying_the_pin_expired_expires_the_payment_however_its_verdict_came(
+    live: str, client: APIClient, came_by: str
+) -> None:
+    simulated_carrier(live, "parlayx")
+    payment_id = create(client, OTHER, flow="pin")
+    payment = lost_pin_check(payment_id)
+    taken_at = Payment.objects.get(pk=payment.pk).outcome_unknown_since
+    assert taken_at is not None
+    verdict = CarrierResult.failed(ErrorCode.PIN_EXPIRED, "PIN_EXPIRED", "the PIN expired")
+    if came_by == "the check's answer":
+        carrier_flow.record_pin_verdict(payment_id=payment.pk, verdict=verdict, taken_at=taken_at)
+    else:
+        carrier_flow.apply_pin_result(payment_id=payment.pk, result=verdict)
+    payment.refresh_from_db()
+    assert (payment.status, payment.outcome_unknown_since, payment.resolve_attempts) == (
+        PaymentStatus.EXPIRED,
+        None,
+        0,
+    )
+    assert payment.history.get(to_status=PaymentStatus.EXPIRED).actor == "carrier:parlayx-gb"
+
+
+def test_a_pin_the_carrier_cannot_check_now_is_answered_with_the_wait_it_asked_for(
+    live: str, client: APIClient, clock: Clock
+) -> None:
+    simulated_carrier(live, "camara", breaker_failure_threshold=1, breaker_reset_seconds=600)
+    payment_id = create(client, OTHER, flow="pin")
+    wait_for_status(payment_id, PaymentStatus.PIN_SENT)
+    pin = last_pin("camara", OTHER)
+    outage(live, "camara", True)
+    first = client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
+    outage(live, "camara", False)
+    # The carrier answered 503 with Retry-After: 5 (and the failure opened the breaker for 600 s).
+    assert first.status_code == 503, first.content
+    assert (first["Retry-After"], first.json()["retry_after"]) == ("5", 5)
+    action = client.get(f"/api/v1/payments/{payment_id}/").json()["next_action"]
+    assert (action["type"], action["pin_error"]) == ("enter_pin", "carrier_unavailable")
+    assert 1 <= action["retry_after_seconds"] <= 5  # what is left of the wait when the app reads it
+    clock.advance(10)  # past the carrier's wait: the open breaker puts the next check off for its reset time
+    second = client.post(f"/api/v1/payments/{payment_id}/confirm/", {"pin": pin}, format="json")
+    assert second.status_code == 503, second.content
+    assert (second["Retry-After"], second.json()["retry_after"]) == ("590", 590)
+    action = client.get(f"/api/v1/payments/{payment_id}/").json()["next_action"]
+    assert 500 <= action["retry_after_seconds"] <= 590
+    assert Payment.objects.get(public_id=payment_id).pin_attempts == 0
 
 
 def test_the_wait_between_checks_doubles_up_to_its_cap(live: str, client: APIClient, settings: Any) -> None:

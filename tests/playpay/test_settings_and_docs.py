@@ -37,6 +37,13 @@ def test_a_malformed_boolean_is_a_clear_error() -> None:
     assert "DEBUG must be a boolean" in result.stderr
 
 
+def test_a_pin_confirm_wait_above_five_seconds_is_refused_at_start(tmp_path: Path) -> None:
+    refused = django(["check"], {"PIN_CONFIRM_WAIT_MS": "5001", "PLAYPAY_VAR_DIR": str(tmp_path)})
+    assert refused.returncode != 0
+    assert "PIN_CONFIRM_WAIT_MS must be between 0 and 5000 (milliseconds), got 5001" in refused.stderr
+    assert django(["check"], {"PIN_CONFIRM_WAIT_MS": "5000", "PLAYPAY_VAR_DIR": str(tmp_path)}).returncode == 0
+
+
 def test_check_deploy_is_clean_under_production_settings() -> None:
     result = django(["check", "--deploy", "--fail-level", "WARNING"], PRODUCTION_ENV)
     assert result.returncode == 0, result.stdout + result.stderr
