@@ -188,6 +188,48 @@ def test_a_parlayx_reservation_no_longer_held_stays_unknown_and_is_reported(
     assert OTHER[-6:] not in str(alerts[0].__dict__)
 
 
+def test_a_parlayx_charge_of_unknown_outcome_is_not_sent_again_where_the_gateway_may_not_deduplicate(
+    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "parlayx")  # deduplicates_reference_code off, as by default
+    outage(live, "parlayx", True)
+    payment = Payment.objects.get(public_id=create(client, OTHER))
+    assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.CHARGING, True)
+    outage(live, "parlayx", False)
+    clock.advance(10)
+    age(Payment, payment.pk, minutes=61)
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        assert resolver.unknown_outcomes() == 1
+        due_now(Payment, payment.pk)
+        resolver.unknown_outcomes()
+    payment.refresh_from_db()
+    assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.CHARGING, True)
+    assert payment.resolve_attempts == 2
+    assert len(simulator("parlayx").charges[OTHER]) == 0  # nothing was sent again
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    assert [(a.__dict__["operation"], a.__dict__["payment_id"]) for a in alerts] == [("charge", str(payment.public_id))]
+
+
+def test_a_parlayx_charge_resent_and_refused_stays_unknown_and_is_never_failed(
+    live: str, client: APIClient, clock: Clock
+) -> None:
+    simulated_carrier(live, "parlayx", deduplicates_reference_code=True)
+    declined = "+447400120002"  # the gateway answers POL1000 (insufficient credit)
+    outage(live, "parlayx", True)
+    payment = Payment.objects.get(public_id=create(client, declined))
+    outage(live, "parlayx", False)
+    clock.advance(10)
+    age(Payment, payment.pk)
+    assert resolver.unknown_outcomes() == 1
+    payment.refresh_from_db()
+    # The first request may have been charged: a refusal of the second proves nothing.
+    assert (payment.status, payment.failure_code) == (PaymentStatus.CHARGING, "")
+    assert payment.outcome_unknown_since is not None
+    assert payment.next_attempt_at is None  # no new attempt (a new referenceCode) either
+    assert len(simulator("parlayx").charges[declined]) == 0
+
+
 def test_the_wait_between_checks_doubles_up_to_its_cap(live: str, client: APIClient, settings: Any) -> None:
     settings.OUTCOME_RESOLVE_AFTER_SECONDS = 30
     settings.OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS = 200
@@ -243,6 +285,30 @@ def test_a_refund_answered_503_is_settled_by_the_resolver_and_refunded_once(
     assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.PARTIALLY_REFUNDED
     if protocol == "aggregator":
         assert list(simulator(protocol).records[payment.carrier_reference]["refunds"]) == [str(refund.public_id)]
+
+
+def test_a_parlayx_refund_of_unknown_outcome_waits_for_the_settlement_file_where_the_gateway_may_not_deduplicate(
+    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "parlayx", supports_refund=True)
+    payment = paid(client, "parlayx")
+    outage(live, "parlayx", True)
+    refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
+    outage(live, "parlayx", False)
+    clock.advance(10)
+    age(Refund, refund.pk, minutes=61, carrier_requested_at=timezone.now() - timedelta(minutes=61))
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        assert resolver.unknown_outcomes() == 1
+        due_now(Refund, refund.pk)
+        resolver.unknown_outcomes()
+    refund.refresh_from_db()
+    assert (refund.status, refund.resolve_attempts) == (Refund.Status.PENDING, 2)
+    assert refund.outcome_unknown_since is not None
+    assert f"refund:{refund.public_id}" not in simulator("parlayx").records  # never sent again
+    assert Payment.objects.get(pk=payment.pk).refunded_minor == 30  # still reserved
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    assert [(a.__dict__["operation"], a.__dict__["refund_id"]) for a in alerts] == [("refund", str(refund.public_id))]
 
 
 def test_a_refund_refused_for_now_waits_as_long_as_the_carrier_asked(
