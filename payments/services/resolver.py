@@ -74,9 +74,7 @@ def _dispatch_check(kind: _Kind, pk: int, now: datetime) -> bool:
         )
         if row is None:
             return False
-        row.resolve_attempts = min(row.resolve_attempts + 1, 32767)
-        row.next_resolve_at = now + outcomes.backoff(row.resolve_attempts)
-        row.save(update_fields=["resolve_attempts", "next_resolve_at"])
+        row.save(update_fields=outcomes.count_check(row, now=now))
         if isinstance(row, Payment):
             dispatch(row, "resolve_payment")
         else:

@@ -2,6 +2,7 @@
 protocol, against the simulators over HTTP: checked with a growing wait, re-sent where the carrier never
 got the request, reported once when unknown too long, and never applied twice."""
 
+import importlib
 import logging
 import threading
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from django.apps import apps as django_apps
 from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -494,3 +496,44 @@ def test_a_reversal_where_the_carrier_has_none_is_paid_by_the_platform_and_never
         Reversal.Status.SUCCEEDED,
         None,
     )
+
+
+# --- the upgrade that started tracking refunds and reversals ---------------------------------------
+
+
+def test_refunds_and_reversals_pending_before_the_upgrade_are_checked_not_reported_at_once_nor_sent_blindly(
+    live: str, client: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "aggregator", supports_refund=True, supports_reversal=True)
+    refunded, reversed_ = paid(client, "aggregator"), wait_for_status(create(client, OTHER), PaymentStatus.SUCCEEDED)
+    # As left by the release before: no tracking; a reversal's request not recorded. The aggregator did reverse
+    # the charge, but the answer was lost.
+    assert adapter_for(reversed_.carrier).reverse(charge_request(reversed_)).outcome == Outcome.SUCCEEDED
+    week_ago = timezone.now() - timedelta(days=7)
+    refund = Refund.objects.create(
+        payment=refunded, amount_minor=30, currency="GBP", reason="old", requested_by="staff:ops"
+    )
+    Payment.objects.filter(pk=refunded.pk).update(refunded_minor=30)
+    Refund.objects.filter(pk=refund.pk).update(created_at=week_ago, carrier_requested_at=week_ago)
+    reversal = Reversal.objects.create(payment=reversed_, reason="old", requested_by="staff:ops")
+    Reversal.objects.filter(pk=reversal.pk).update(created_at=week_ago)
+
+    upgrade = importlib.import_module("payments.migrations.0016_unknown_outcome_tracking")
+    upgrade.track_pending(django_apps, None)
+
+    refund.refresh_from_db()
+    reversal.refresh_from_db()
+    assert refund.outcome_unknown_since is not None
+    assert refund.outcome_unknown_since > timezone.now() - timedelta(minutes=1)  # its clock starts now
+    assert reversal.outcome_unknown_since == refund.outcome_unknown_since
+    assert reversal.carrier_requested_at == week_ago  # taken as asked: to be checked, not sent again
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        assert resolver.report_overdue() == 0
+        age(Reversal, reversal.pk, minutes=1)
+        resolver.unknown_outcomes()
+    assert not [r for r in caplog.records if r.name == "payments.services.resolver"]
+    reversal.refresh_from_db()
+    assert reversal.status == Reversal.Status.SUCCEEDED  # found done by the check
+    assert reversal.carrier_requested_at == week_ago  # never claimed for a new send
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REVERSAL, payment=reversed_).count() == 1
