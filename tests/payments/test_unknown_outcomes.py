@@ -190,6 +190,36 @@ def test_a_parlayx_reservation_no_longer_held_stays_unknown_and_is_reported(
     assert OTHER[-6:] not in str(alerts[0].__dict__)
 
 
+def test_the_wait_between_checks_doubles_up_to_its_cap(live: str, client: APIClient, settings: Any) -> None:
+    settings.OUTCOME_RESOLVE_AFTER_SECONDS = 30
+    settings.OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS = 200
+    simulated_carrier(live, "camara")
+    payment = Payment.objects.get(public_id=create(client, "+447400120005"))  # processing for ever
+    assert payment.outcome_unknown_since is not None
+    age(Payment, payment.pk)
+    waits = []
+    for _ in range(4):
+        resolver.unknown_outcomes()
+        payment.refresh_from_db()
+        assert payment.next_resolve_at is not None
+        waits.append(round((payment.next_resolve_at - timezone.now()).total_seconds() / 10) * 10)
+        assert resolver.unknown_outcomes() == 0  # not due again before its time
+        due_now(Payment, payment.pk)
+    assert waits == [60, 120, 200, 200]
+    assert payment.resolve_attempts == 4
+    assert payment.status == PaymentStatus.CHARGING
+
+
+def test_unknown_outcomes_are_counted_for_prometheus(live: str, client: APIClient) -> None:
+    simulated_carrier(live, "camara")
+    payment = Payment.objects.get(public_id=create(client, "+447400120005"))
+    age(Payment, payment.pk, minutes=90)
+    text = exposition()[0].decode()
+    assert 'playpay_outcomes_unknown{carrier="camara-gb",operation="charge"} 1.0' in text
+    oldest = next(line for line in text.splitlines() if line.startswith("playpay_outcome_unknown_oldest_seconds{"))
+    assert float(oldest.rsplit(" ", 1)[1]) >= 90 * 60
+
+
 def test_a_parlayx_charge_of_unknown_outcome_is_not_sent_again_where_the_gateway_may_not_deduplicate(
     live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -230,36 +260,6 @@ def test_a_parlayx_charge_resent_and_refused_stays_unknown_and_is_never_failed(
     assert payment.outcome_unknown_since is not None
     assert payment.next_attempt_at is None  # no new attempt (a new referenceCode) either
     assert len(simulator("parlayx").charges[declined]) == 0
-
-
-def test_the_wait_between_checks_doubles_up_to_its_cap(live: str, client: APIClient, settings: Any) -> None:
-    settings.OUTCOME_RESOLVE_AFTER_SECONDS = 30
-    settings.OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS = 200
-    simulated_carrier(live, "camara")
-    payment = Payment.objects.get(public_id=create(client, "+447400120005"))  # processing for ever
-    assert payment.outcome_unknown_since is not None
-    age(Payment, payment.pk)
-    waits = []
-    for _ in range(4):
-        resolver.unknown_outcomes()
-        payment.refresh_from_db()
-        assert payment.next_resolve_at is not None
-        waits.append(round((payment.next_resolve_at - timezone.now()).total_seconds() / 10) * 10)
-        assert resolver.unknown_outcomes() == 0  # not due again before its time
-        due_now(Payment, payment.pk)
-    assert waits == [60, 120, 200, 200]
-    assert payment.resolve_attempts == 4
-    assert payment.status == PaymentStatus.CHARGING
-
-
-def test_unknown_outcomes_are_counted_for_prometheus(live: str, client: APIClient) -> None:
-    simulated_carrier(live, "camara")
-    payment = Payment.objects.get(public_id=create(client, "+447400120005"))
-    age(Payment, payment.pk, minutes=90)
-    text = exposition()[0].decode()
-    assert 'playpay_outcomes_unknown{carrier="camara-gb",operation="charge"} 1.0' in text
-    oldest = next(line for line in text.splitlines() if line.startswith("playpay_outcome_unknown_oldest_seconds{"))
-    assert float(oldest.rsplit(" ", 1)[1]) >= 90 * 60
 
 
 # --- refunds ---------------------------------------------------------------------------------------
