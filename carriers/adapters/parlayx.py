@@ -280,8 +280,8 @@ def _resent(answer: CarrierResult) -> CarrierResult:
         return answer
     return CarrierResult.pending(
         answer.raw_code or str(answer.error_code or "REFUSED"),
-        f"the request sent again was refused ({answer.error_code}): the first may have been applied; "
-        f"the settlement file settles it. {answer.raw_message}".strip(),
+        f"the request sent again was refused ({answer.error_code or answer.raw_code}): the first may have been "
+        f"applied; the settlement file settles it. {answer.raw_message}".strip(),
         carrier_reference=answer.carrier_reference,
         transport_failed=answer.transport_failed,
         retry_after=answer.retry_after,
