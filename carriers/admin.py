@@ -129,6 +129,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
                     "supports_refund",
                     "supports_reversal",
                     "supports_subscriptions",
+                    "deduplicates_reference_code",
                 ]
             },
         ),

@@ -56,6 +56,15 @@ class Carrier(models.Model):
     supports_refund = models.BooleanField("refund", default=False)
     supports_reversal = models.BooleanField("reversal", default=False)
     supports_subscriptions = models.BooleanField("subscriptions", default=False)
+    deduplicates_reference_code = models.BooleanField(
+        "gateway deduplicates referenceCode",
+        default=False,
+        help_text="Parlay X only. Tick only when the carrier has confirmed that its gateway answers a repeated "
+        "chargeAmount or refundAmount with the same referenceCode as the same request (without charging or "
+        "refunding again) and charges a reservation at most once. Then a charge or refund whose outcome is "
+        "unknown is settled by sending it again. Unticked, nothing is sent again: it stays unknown until the "
+        "carrier's settlement file settles it, and is reported when unknown too long.",
+    )
     revenue_share = models.DecimalField(
         max_digits=5,
         decimal_places=4,

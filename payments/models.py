@@ -1,6 +1,7 @@
 import uuid
 from typing import Any
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -34,8 +35,12 @@ class OutcomeTracking(models.Model):
     outcome_unknown_since = models.DateTimeField(
         null=True, blank=True, help_text="Set while the carrier has not stated the outcome of our last call."
     )
-    resolve_attempts = models.PositiveSmallIntegerField(
-        "checks made", default=0, help_text="Checks made with the carrier since the outcome became unknown."
+    # Not Positive…: its CHECK constraint would scan the payments table under an exclusive lock when added.
+    resolve_attempts = models.SmallIntegerField(
+        "checks made",
+        default=0,
+        validators=[MinValueValidator(0)],
+        help_text="Checks made with the carrier since the outcome became unknown.",
     )
     next_resolve_at = models.DateTimeField(
         "next check", null=True, blank=True, help_text="When the carrier is next asked about an unknown outcome."

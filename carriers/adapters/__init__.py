@@ -31,6 +31,7 @@ def config_for(carrier: Carrier) -> CarrierConfig:
         connect_timeout=carrier.connect_timeout_ms / 1000,
         read_timeout=carrier.read_timeout_ms / 1000,
         notification_url=f"{settings.PUBLIC_BASE_URL}/api/v1/carriers/{carrier.slug}/notifications/",
+        deduplicates_reference_code=carrier.deduplicates_reference_code,
     )
 
 

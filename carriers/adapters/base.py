@@ -48,6 +48,9 @@ class CarrierConfig:
     read_timeout: float
     # Where the carrier posts its notifications for this carrier.
     notification_url: str = ""
+    # The carrier confirmed that a repeated request reference (Parlay X's referenceCode) is the same
+    # request: an unknown outcome may then be settled by sending the request again.
+    deduplicates_reference_code: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,14 @@
 Parlay X is synchronous: a normal response means done, a SOAP fault means refused. It has no
 PIN operation and no charge status query, so the PIN flow is built as DCB platforms on Parlay X
 gateways build it: `reserveAmount` holds the funds, PlayPay sends its own PIN with `sendSms`,
-and `chargeReservation` takes the money once the player typed the PIN back. An outcome left
-unknown (timeout, 5xx, garbled reply) is settled by sending the same request again: gateways
-treat a repeated referenceCode as the same charge or refund, and charge a reservation once.
+and `chargeReservation` takes the money once the player typed the PIN back.
+
+An outcome left unknown (timeout, 5xx, garbled reply) cannot be asked about. In the spec,
+referenceCode identifies a request for reconciliation; it is no deduplication key, so sending the
+request again could charge or refund twice. It therefore stays unknown, settled by the carrier's
+settlement file, unless the carrier has confirmed that its gateway deduplicates referenceCode
+(`CarrierConfig.deduplicates_reference_code`): then the same request is sent again, and whatever
+refuses that resend leaves the outcome unknown, never failed.
 
 The WSDL/XSD in `wsdl/` are loaded from disk, never from the network, once per process.
 """
@@ -257,6 +262,32 @@ def pin_digest(pin: str, salt: str) -> str:
     return hashlib.scrypt(pin.encode(), salt=bytes.fromhex(salt), **_SCRYPT).hex()
 
 
+def _left_to_settlement(operation: str, reference: str) -> CarrierResult:
+    """An unknown outcome on a gateway not known to deduplicate referenceCode: nothing is sent again."""
+    return CarrierResult.pending(
+        "NO_STATUS_QUERY",
+        f"Parlay X has no {operation} status query and this gateway is not known to deduplicate referenceCode: "
+        "the settlement file settles it",
+        carrier_reference=reference,
+    )
+
+
+def _resent(answer: CarrierResult) -> CarrierResult:
+    """The answer to a request sent again to settle an unknown outcome. Success settles it; a refusal proves
+    nothing (the first request may have been applied: a charged reservation is no longer held, a gateway
+    may refuse a repeated referenceCode), so the outcome stays unknown."""
+    if answer.outcome != Outcome.FAILED:
+        return answer
+    return CarrierResult.pending(
+        answer.raw_code or str(answer.error_code or "REFUSED"),
+        f"the request sent again was refused ({answer.error_code or answer.raw_code}): the first may have been "
+        f"applied; the settlement file settles it. {answer.raw_message}".strip(),
+        carrier_reference=answer.carrier_reference,
+        transport_failed=answer.transport_failed,
+        retry_after=answer.retry_after,
+    )
+
+
 class ParlayXAdapter(CarrierAdapter):
     """Credentials (all optional): `sp_id`, `sp_password`, `service_id` for the Huawei SDP
     RequestSOAPHeader (sent only when `sp_id` is set), `sender_name` for the PIN SMS."""
@@ -361,21 +392,18 @@ class ParlayXAdapter(CarrierAdapter):
         )
 
     def resolve_charge(self, request: ChargeRequest) -> CarrierResult:
-        """Send the same charge again: `chargeAmount` with the same referenceCode is the same charge, and a
-        reservation is charged at most once. A reservation no longer held (`SVC0002 reservationIdentifier`)
-        was charged or has lapsed, which only the settlement file tells: the outcome stays unknown."""
-        answer = self.charge(request)
-        if answer.error_code == ErrorCode.RESERVATION_EXPIRED and request.state.get("reservation"):
-            return CarrierResult.pending(
-                "RESERVATION_GONE",
-                "the reservation is no longer held: charged or lapsed, as the settlement file will tell",
-                carrier_reference=answer.carrier_reference,
-            )
-        return answer
+        """Where the gateway deduplicates referenceCode, send the same charge again: `chargeAmount` with the
+        same referenceCode is the same charge, and a reservation is charged at most once. Otherwise, and
+        whenever the resend is refused, the outcome stays unknown (see the module's docstring)."""
+        if not self.config.deduplicates_reference_code:
+            return _left_to_settlement("charge", request.carrier_reference)
+        return _resent(self.charge(request))
 
     def query_refund(self, request: RefundRequest) -> CarrierResult:
-        """Send the same refund again: `refundAmount` with the same referenceCode is the same refund."""
-        return self.refund(request)
+        """As `resolve_charge`: the same `refundAmount` again, only where the gateway deduplicates it."""
+        if not self.config.deduplicates_reference_code:
+            return _left_to_settlement("refund", request.refund_id)
+        return _resent(self.refund(request))
 
     def cancel(self, request: ChargeRequest) -> CarrierResult:
         reservation = request.state.get("reservation")

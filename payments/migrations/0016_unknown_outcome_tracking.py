@@ -2,15 +2,28 @@
 
 from typing import Any
 
+import django.core.validators
 from django.db import migrations, models
 from django.db.models import F
+from django.utils import timezone
 
 
 def track_pending(apps: Any, schema_editor: Any) -> None:
-    """Refunds and reversals pending at a carrier: checked by the resolver job from now on."""
-    for name in ("Refund", "Reversal"):
-        model = apps.get_model("payments", name)
-        model.objects.filter(status="pending", via_carrier=True).update(outcome_unknown_since=F("created_at"))
+    """Refunds and reversals pending at a carrier: checked by the resolver job from now on.
+
+    Their clock starts now, not at their creation: an old one is reported only if it is still unknown
+    OUTCOME_ALERT_AFTER_MINUTES after the upgrade, not all at once by the first run. A pending reversal may
+    have reached the carrier (before this, it was not recorded when it was asked), so it is taken as asked
+    when it was created: it is checked where the protocol can check a reversal, else it waits, reported
+    when unknown too long, and it is never sent again blindly.
+    """
+    now = timezone.now()
+    Refund = apps.get_model("payments", "Refund")
+    Refund.objects.filter(status="pending", via_carrier=True).update(outcome_unknown_since=now)
+    Reversal = apps.get_model("payments", "Reversal")
+    Reversal.objects.filter(status="pending", via_carrier=True).update(
+        outcome_unknown_since=now, carrier_requested_at=F("created_at")
+    )
 
 
 class Migration(migrations.Migration):
@@ -42,9 +55,10 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="payment",
             name="resolve_attempts",
-            field=models.PositiveSmallIntegerField(
+            field=models.SmallIntegerField(
                 default=0,
                 help_text="Checks made with the carrier since the outcome became unknown.",
+                validators=[django.core.validators.MinValueValidator(0)],
                 verbose_name="checks made",
             ),
         ),
@@ -78,9 +92,10 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="refund",
             name="resolve_attempts",
-            field=models.PositiveSmallIntegerField(
+            field=models.SmallIntegerField(
                 default=0,
                 help_text="Checks made with the carrier since the outcome became unknown.",
+                validators=[django.core.validators.MinValueValidator(0)],
                 verbose_name="checks made",
             ),
         ),
@@ -119,9 +134,10 @@ class Migration(migrations.Migration):
         migrations.AddField(
             model_name="reversal",
             name="resolve_attempts",
-            field=models.PositiveSmallIntegerField(
+            field=models.SmallIntegerField(
                 default=0,
                 help_text="Checks made with the carrier since the outcome became unknown.",
+                validators=[django.core.validators.MinValueValidator(0)],
                 verbose_name="checks made",
             ),
         ),

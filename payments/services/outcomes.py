@@ -12,6 +12,9 @@ from django.utils import timezone
 
 from payments.models import OutcomeTracking
 
+# `resolve_attempts` is a plain smallint (no CHECK constraint to add on the payments table): kept in its range here.
+MAX_ATTEMPTS = 32767
+
 TRACKING_FIELDS = ["outcome_unknown_since", "resolve_attempts", "next_resolve_at", "outcome_alerted_at"]
 
 
@@ -57,6 +60,13 @@ def clear_unknown(row: OutcomeTracking) -> list[str]:
     row.next_resolve_at = None
     row.outcome_alerted_at = None
     return list(TRACKING_FIELDS)
+
+
+def count_check(row: OutcomeTracking, *, now: datetime) -> list[str]:
+    """A check is being made now: count it, and set the next one after the growing wait."""
+    row.resolve_attempts = min(max(row.resolve_attempts, 0) + 1, MAX_ATTEMPTS)
+    row.next_resolve_at = now + backoff(row.resolve_attempts)
+    return ["resolve_attempts", "next_resolve_at"]
 
 
 def check_again_after(row: OutcomeTracking, wait: timedelta) -> list[str]:

@@ -8,6 +8,7 @@ the platform pays the player back itself and the refund succeeds at once.
 """
 
 import dataclasses
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -15,12 +16,20 @@ from django.db import transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_class, carrier_queue
-from carriers.adapters.base import CarrierResult, ChargeRequest, Notification, Outcome, RefundRequest
+from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest, Notification, Outcome, RefundRequest
 from carriers.gateway import CarrierBusy, call_carrier
 from payments.errors import IllegalTransition, RefundExceedsCaptured, ReversalNotAllowed
 from payments.models import MoneyOperation, Payment, PaymentStatus, Refund, Reversal
 from payments.services import ledger, outbox, outcomes
-from payments.services.carrier_flow import asked_at, charge_request, dispatch, is_uuid, load_payment, locked_payment
+from payments.services.carrier_flow import (
+    asked_at,
+    carrier_actor,
+    charge_request,
+    dispatch,
+    is_uuid,
+    load_payment,
+    locked_payment,
+)
 from payments.services.idempotency import IdempotencyKey, claim_key
 from payments.services.state_machine import transition
 
@@ -90,8 +99,29 @@ def request_refund(
         if refund.via_carrier:
             _queue_refund(refund, locked)
         else:
-            _settle_refund(refund, locked, succeeded=True, actor=actor)
+            _settle(refund, locked, succeeded=True, actor=actor)
     return Refund.objects.get(pk=refund.pk)
+
+
+def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
+    """Reverse a whole charge as a technical error: only unrefunded, within REVERSAL_WINDOW_HOURS."""
+    with transaction.atomic():
+        locked = locked_payment(payment.pk)
+        if (refusal := reversal_refusal(locked)) is not None:
+            raise ReversalNotAllowed(refusal)
+        capabilities = adapter_class(locked.carrier.protocol).capabilities
+        reversal = Reversal.objects.create(
+            payment=locked,
+            reason=reason[:255],
+            requested_by=actor,
+            via_carrier=locked.carrier.supports_reversal and capabilities.reversal,
+        )
+        # A pending reversal blocks refunds (request_refund checks it under the same row lock).
+        if reversal.via_carrier:
+            dispatch(locked, "execute_reversal")
+        else:
+            _settle(reversal, locked, succeeded=True, actor=actor)
+    return Reversal.objects.get(pk=reversal.pk)
 
 
 def _queue_refund(refund: Refund, payment: Payment, *, countdown: int = 0) -> None:
@@ -104,6 +134,27 @@ def _queue_refund(refund: Refund, payment: Payment, *, countdown: int = 0) -> No
         public_id=str(refund.public_id),
         payment_public_id=str(payment.public_id),
     )
+
+
+def dispatch_resolve(operation: Refund | Reversal) -> None:
+    """Check a refund or reversal whose outcome is unknown, on its carrier's queue, after the current commit
+    (the resolver job)."""
+    payment = operation.payment
+    if isinstance(operation, Refund):
+        outbox.enqueue(
+            "payments.tasks.resolve_refund",
+            queue=carrier_queue(payment.carrier),
+            refund_id=operation.pk,
+            public_id=str(operation.public_id),
+            payment_public_id=str(payment.public_id),
+        )
+    else:
+        outbox.enqueue(
+            "payments.tasks.resolve_reversal",
+            queue=carrier_queue(payment.carrier),
+            reversal_id=operation.pk,
+            public_id=str(payment.public_id),
+        )
 
 
 def _refund_request(refund: Refund, payment: Payment) -> RefundRequest:
@@ -124,74 +175,99 @@ def _refund_request(refund: Refund, payment: Payment) -> RefundRequest:
     )
 
 
-def execute_refund(*, refund_id: int) -> None:
-    """Ask the carrier to refund (task on the carrier's queue); a second run while it is asked does nothing."""
+def _reversal_request(reversal: Reversal, payment: Payment) -> ChargeRequest:
+    request = charge_request(payment)
+    return dataclasses.replace(
+        request,
+        description=reversal.reason,
+        state={**request.state, **asked_at(reversal.carrier_requested_at)},
+    )
+
+
+# -- at the carrier: one set of steps for refunds and reversals -------------------------------------
+#
+# Send: claim the operation (`carrier_requested_at`, committed) and call the carrier. Not sent (the carrier
+# unreachable, refused for now, or we had to wait): released, and sent again by the resolver job. Sent
+# without a usable answer: unknown, checked by the resolver job. Settled: once, under the row's lock.
+
+MoneyBack = Refund | Reversal
+
+
+def _locked(model: type[MoneyBack], pk: int) -> MoneyBack:
+    return model.objects.select_for_update().get(pk=pk)
+
+
+def _call(operation: MoneyBack, *, check: bool) -> CarrierResult:
+    """Send `operation` to its carrier, or, with `check`, ask what became of it (the protocol's way)."""
+    payment = load_payment(operation.payment_id)
+    call: Callable[[CarrierAdapter], CarrierResult]
+    request: RefundRequest | ChargeRequest
+    if isinstance(operation, Refund):
+        refund_request = request = _refund_request(operation, payment)
+        name = "query_refund" if check else "refund"
+        call = (lambda a: a.query_refund(refund_request)) if check else (lambda a: a.refund(refund_request))
+    else:
+        reversal_request = request = _reversal_request(operation, payment)
+        name = "query_reversal" if check else "reverse"
+        call = (lambda a: a.query_reversal(reversal_request)) if check else (lambda a: a.reverse(reversal_request))
+    return call_carrier(payment.carrier, call, name=name, request=request, payment_id=str(payment.public_id))
+
+
+def _send(model: type[MoneyBack], pk: int) -> None:
+    """Ask the carrier (task on its queue); a second run while it is asked does nothing."""
     with transaction.atomic():
-        refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at:
+        operation = _locked(model, pk)
+        if operation.status != MoneyOperation.Status.PENDING or operation.carrier_requested_at:
             return
-        claimed_at = refund.carrier_requested_at = timezone.now()  # claimed: a second run does not refund twice
-        tracking = outcomes.mark_unknown(refund, now=claimed_at)
-        refund.save(update_fields=["carrier_requested_at", *tracking])
-    payment = load_payment(refund.payment_id)
-    request = _refund_request(refund, payment)
+        claimed_at = operation.carrier_requested_at = timezone.now()  # claimed: a second run does not send twice
+        tracking = outcomes.mark_unknown(operation, now=claimed_at)
+        operation.save(update_fields=["carrier_requested_at", *tracking])
     try:
-        result = call_carrier(
-            payment.carrier,
-            lambda adapter: adapter.refund(request),
-            name="refund",
-            request=request,
-            payment_id=request.payment_id,
-        )
+        result = _call(operation, check=False)
     except CarrierBusy as busy:
-        _refund_not_sent(refund_id, retry_after=busy.retry_after, claimed_at=claimed_at)
+        _not_sent(model, pk, retry_after=busy.retry_after, claimed_at=claimed_at)
         return
-    record_refund_result(refund_id=refund_id, result=result, claimed_at=claimed_at)
+    _record_result(model, pk, result, claimed_at=claimed_at)
 
 
-def _refund_not_sent(refund_id: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
-    """The carrier did not get the refund (unreachable, refused for now, or we had to wait): the resolver
-    job sends it again once due, the wait growing with each try and never shorter than the carrier asked.
+def _not_sent(model: type[MoneyBack], pk: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
+    """The carrier did not get it: the resolver job sends it again once due, the wait growing with each try
+    and never shorter than the carrier asked.
 
     Only the send claimed at `claimed_at` is released: a stale answer (a check run twice) never frees a
     newer send, which could then go out twice.
     """
     with transaction.atomic():
-        refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING or refund.carrier_requested_at != claimed_at:
+        operation = _locked(model, pk)
+        if operation.status != MoneyOperation.Status.PENDING or operation.carrier_requested_at != claimed_at:
             return
-        refund.carrier_requested_at = None
-        tracking = outcomes.mark_unknown(refund)
-        fields = outcomes.check_again_after(refund, outcomes.next_wait(refund, retry_after))
-        refund.save(update_fields=["carrier_requested_at", *tracking, *fields])
+        operation.carrier_requested_at = None
+        tracking = outcomes.mark_unknown(operation)
+        fields = outcomes.check_again_after(operation, outcomes.next_wait(operation, retry_after))
+        operation.save(update_fields=["carrier_requested_at", *tracking, *fields])
 
 
-def resolve_refund(*, refund_id: int) -> None:
-    """Settle a refund whose outcome is unknown (resolver job): ask the carrier, or send it again where
-    it was not sent. A refund settled meanwhile (by its callback) is left alone."""
-    refund = Refund.objects.get(pk=refund_id)
-    if refund.status != Refund.Status.PENDING or refund.outcome_unknown_since is None:
+def _resolve(model: type[MoneyBack], pk: int) -> None:
+    """Settle an unknown outcome (resolver job): ask the carrier, or send it again where it was not sent.
+    One settled meanwhile (by its callback) is left alone."""
+    operation = model.objects.get(pk=pk)
+    if operation.status != MoneyOperation.Status.PENDING or operation.outcome_unknown_since is None:
         return
-    if refund.carrier_requested_at is None:
-        execute_refund(refund_id=refund_id)
+    if operation.carrier_requested_at is None:
+        _send(model, pk)
         return
-    claimed_at = refund.carrier_requested_at
-    payment = load_payment(refund.payment_id)
-    request = _refund_request(refund, payment)
+    claimed_at = operation.carrier_requested_at
     try:
-        result = call_carrier(
-            payment.carrier,
-            lambda adapter: adapter.query_refund(request),
-            name="query_refund",
-            request=request,
-            payment_id=request.payment_id,
-        )
+        result = _call(operation, check=True)
     except CarrierBusy as busy:
-        _check_again_after(Refund, refund_id, busy.retry_after)
+        with transaction.atomic():
+            locked = _locked(model, pk)
+            if locked.status == MoneyOperation.Status.PENDING:
+                locked.save(update_fields=outcomes.check_again_after(locked, timedelta(seconds=busy.retry_after)))
         return
-    record_refund_result(refund_id=refund_id, result=result, claimed_at=claimed_at)
+    _record_result(model, pk, result, claimed_at=claimed_at)
     if _never_received(result):
-        execute_refund(refund_id=refund_id)  # certain the carrier never got it: send it now
+        _send(model, pk)  # certain the carrier never got it: send it now
 
 
 def _never_received(result: CarrierResult) -> bool:
@@ -199,50 +275,55 @@ def _never_received(result: CarrierResult) -> bool:
     return result.outcome == Outcome.FAILED and result.not_sent and not result.retry_after
 
 
-def _check_again_after(model: type[Refund] | type[Reversal], pk: int, seconds: float) -> None:
-    with transaction.atomic():
-        row = model.objects.select_for_update().get(pk=pk)
-        if row.status == MoneyOperation.Status.PENDING:
-            row.save(update_fields=outcomes.check_again_after(row, timedelta(seconds=seconds)))
+def _record_result(model: type[MoneyBack], pk: int, result: CarrierResult, *, claimed_at: datetime | None) -> None:
+    """Apply the carrier's answer (its reply, a callback or a status check) to a pending refund or reversal.
 
-
-def record_refund_result(*, refund_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
-    """Apply the carrier's answer (its reply, a callback or a status check) to a pending refund.
-
-    An answer for a refund already settled changes nothing, so a callback racing the resolver, or a
-    task run twice, settles it once. `claimed_at`: the send the answer is about (see _refund_not_sent).
+    Under the row's lock, so that an answer for one already settled changes nothing: a callback racing
+    the resolver, or a task run twice, settles it once. `claimed_at`: the send the answer is about.
     """
     if result.outcome == Outcome.FAILED and result.not_sent:
-        _refund_not_sent(refund_id, retry_after=result.retry_after, claimed_at=claimed_at)
+        _not_sent(model, pk, retry_after=result.retry_after, claimed_at=claimed_at)
         return
     with transaction.atomic():
-        refund = Refund.objects.select_for_update().get(pk=refund_id)
-        if refund.status != Refund.Status.PENDING:
+        operation = _locked(model, pk)
+        if operation.status != MoneyOperation.Status.PENDING:
             return
+        fields = _take_reference(operation, result)
         if result.outcome == Outcome.PENDING:
             # Accepted, processing, or no usable answer: the callback or the resolver job settles it.
-            fields = outcomes.mark_unknown(refund)
-            if result.carrier_reference and result.carrier_reference != refund.carrier_reference:
-                refund.carrier_reference = result.carrier_reference
-                fields.append("carrier_reference")
+            fields += outcomes.mark_unknown(operation)
             if fields:
-                refund.save(update_fields=fields)
+                operation.save(update_fields=fields)
             return
-        payment = locked_payment(refund.payment_id)
-        refund.carrier_reference = result.carrier_reference or refund.carrier_reference
+        payment = locked_payment(operation.payment_id)
         if result.outcome == Outcome.FAILED:
-            refund.failure_code, refund.failure_message = result.failure
-        outcomes.clear_unknown(refund)
-        _settle_refund(
-            refund, payment, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{payment.carrier.slug}"
-        )
+            operation.failure_code, operation.failure_message = result.failure
+        outcomes.clear_unknown(operation)
+        _settle(operation, payment, succeeded=result.outcome == Outcome.SUCCEEDED, actor=carrier_actor(payment.carrier))
+
+
+def _take_reference(operation: MoneyBack, result: CarrierResult) -> list[str]:
+    """A refund keeps the carrier's reference for it (reversals are known by the payment's)."""
+    if isinstance(operation, Refund) and result.carrier_reference not in ("", operation.carrier_reference):
+        operation.carrier_reference = result.carrier_reference
+        return ["carrier_reference"]
+    return []
+
+
+def _settle(operation: MoneyBack, payment: Payment, *, succeeded: bool, actor: str) -> None:
+    """Finish a refund or reversal under the payment's lock: post it and move the payment, or, for a failed
+    refund, release its reservation."""
+    operation.status = MoneyOperation.Status.SUCCEEDED if succeeded else MoneyOperation.Status.FAILED
+    operation.completed_at = timezone.now()
+    operation.save()
+    if isinstance(operation, Refund):
+        _settle_refund(operation, payment, succeeded=succeeded, actor=actor)
+    elif succeeded:
+        ledger.post_reversal(operation)
+        transition(payment, PaymentStatus.REVERSED, actor=actor, reason=f"reversal: {operation.reason}")
 
 
 def _settle_refund(refund: Refund, payment: Payment, *, succeeded: bool, actor: str) -> None:
-    """Finish a refund under the payment's lock: post it, or release its reservation."""
-    refund.status = Refund.Status.SUCCEEDED if succeeded else Refund.Status.FAILED
-    refund.completed_at = timezone.now()
-    refund.save()
     if not succeeded:
         payment.refunded_minor -= refund.amount_minor
         payment.save(update_fields=["refunded_minor", "updated_at"])
@@ -262,124 +343,33 @@ def _settle_refund(refund: Refund, payment: Payment, *, succeeded: bool, actor: 
     )
 
 
-def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
-    """Reverse a whole charge as a technical error: only unrefunded, within REVERSAL_WINDOW_HOURS."""
-    with transaction.atomic():
-        locked = locked_payment(payment.pk)
-        if (refusal := reversal_refusal(locked)) is not None:
-            raise ReversalNotAllowed(refusal)
-        capabilities = adapter_class(locked.carrier.protocol).capabilities
-        reversal = Reversal.objects.create(
-            payment=locked,
-            reason=reason[:255],
-            requested_by=actor,
-            via_carrier=locked.carrier.supports_reversal and capabilities.reversal,
-        )
-        # A pending reversal blocks refunds (request_refund checks it under the same row lock).
-        if reversal.via_carrier:
-            dispatch(locked, "execute_reversal")
-        else:
-            _settle_reversal(reversal, locked, succeeded=True, actor=actor)
-    return Reversal.objects.get(pk=reversal.pk)
+# -- the entry points: tasks on the carrier's queue, and the carrier's callbacks ---------------------
+
+
+def execute_refund(*, refund_id: int) -> None:
+    _send(Refund, refund_id)
+
+
+def resolve_refund(*, refund_id: int) -> None:
+    _resolve(Refund, refund_id)
+
+
+def record_refund_result(*, refund_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
+    _record_result(Refund, refund_id, result, claimed_at=claimed_at)
 
 
 def execute_reversal(*, payment_id: int) -> None:
-    """Ask the carrier to reverse (task on the carrier's queue); a second run while it is asked does nothing."""
-    with transaction.atomic():
-        reversal = Reversal.objects.select_for_update().filter(payment_id=payment_id).first()
-        if reversal is None or reversal.status != Reversal.Status.PENDING or reversal.carrier_requested_at:
-            return
-        claimed_at = reversal.carrier_requested_at = timezone.now()
-        tracking = outcomes.mark_unknown(reversal, now=claimed_at)
-        reversal.save(update_fields=["carrier_requested_at", *tracking])
-    payment = load_payment(payment_id)
-    request = _reversal_request(payment, reversal)
-    try:
-        result = call_carrier(
-            payment.carrier, lambda adapter: adapter.reverse(request), name="reverse", request=request
-        )
-    except CarrierBusy as busy:
-        _reversal_not_sent(reversal.pk, retry_after=busy.retry_after, claimed_at=claimed_at)
-        return
-    record_reversal_result(reversal_id=reversal.pk, result=result, claimed_at=claimed_at)
-
-
-def _reversal_request(payment: Payment, reversal: Reversal) -> ChargeRequest:
-    request = charge_request(payment)
-    return dataclasses.replace(
-        request,
-        description=reversal.reason,
-        state={**request.state, **asked_at(reversal.carrier_requested_at)},
-    )
-
-
-def _reversal_not_sent(reversal_id: int, *, retry_after: float | None, claimed_at: datetime | None) -> None:
-    """The carrier did not take the reversal (unreachable, refused for now): sent again on the resolver's
-    schedule, never before the carrier asked, instead of waiting for someone to notice. Only the send
-    claimed at `claimed_at` is released, as for refunds."""
-    with transaction.atomic():
-        reversal = Reversal.objects.select_for_update().get(pk=reversal_id)
-        if reversal.status != Reversal.Status.PENDING or reversal.carrier_requested_at != claimed_at:
-            return
-        reversal.carrier_requested_at = None
-        tracking = outcomes.mark_unknown(reversal)
-        fields = outcomes.check_again_after(reversal, outcomes.next_wait(reversal, retry_after))
-        reversal.save(update_fields=["carrier_requested_at", *tracking, *fields])
+    reversal_id = Reversal.objects.filter(payment_id=payment_id).values_list("pk", flat=True).first()
+    if reversal_id is not None:
+        _send(Reversal, reversal_id)
 
 
 def resolve_reversal(*, reversal_id: int) -> None:
-    """Settle a reversal whose outcome is unknown (resolver job): ask the carrier, or send it again."""
-    reversal = Reversal.objects.get(pk=reversal_id)
-    if reversal.status != Reversal.Status.PENDING or reversal.outcome_unknown_since is None:
-        return
-    if reversal.carrier_requested_at is None:
-        execute_reversal(payment_id=reversal.payment_id)
-        return
-    claimed_at = reversal.carrier_requested_at
-    payment = load_payment(reversal.payment_id)
-    request = _reversal_request(payment, reversal)
-    try:
-        result = call_carrier(
-            payment.carrier, lambda adapter: adapter.query_reversal(request), name="query_reversal", request=request
-        )
-    except CarrierBusy as busy:
-        _check_again_after(Reversal, reversal_id, busy.retry_after)
-        return
-    record_reversal_result(reversal_id=reversal_id, result=result, claimed_at=claimed_at)
-    if _never_received(result):
-        execute_reversal(payment_id=reversal.payment_id)  # certain the carrier never got it: send it now
+    _resolve(Reversal, reversal_id)
 
 
 def record_reversal_result(*, reversal_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
-    """Apply the carrier's answer to a pending reversal; an answer for a settled one changes nothing."""
-    if result.outcome == Outcome.FAILED and result.not_sent:
-        _reversal_not_sent(reversal_id, retry_after=result.retry_after, claimed_at=claimed_at)
-        return
-    with transaction.atomic():
-        reversal = Reversal.objects.select_for_update().get(pk=reversal_id)
-        if reversal.status != Reversal.Status.PENDING:
-            return
-        if result.outcome == Outcome.PENDING:
-            if fields := outcomes.mark_unknown(reversal):
-                reversal.save(update_fields=fields)
-            return
-        locked = locked_payment(reversal.payment_id)
-        if result.outcome == Outcome.FAILED:
-            reversal.failure_code, reversal.failure_message = result.failure
-        outcomes.clear_unknown(reversal)
-        _settle_reversal(
-            reversal, locked, succeeded=result.outcome == Outcome.SUCCEEDED, actor=f"carrier:{locked.carrier.slug}"
-        )
-
-
-def _settle_reversal(reversal: Reversal, payment: Payment, *, succeeded: bool, actor: str) -> None:
-    reversal.status = Reversal.Status.SUCCEEDED if succeeded else Reversal.Status.FAILED
-    reversal.completed_at = timezone.now()
-    reversal.save()
-    if not succeeded:
-        return
-    ledger.post_reversal(reversal)
-    transition(payment, PaymentStatus.REVERSED, actor=actor, reason=f"reversal: {reversal.reason}")
+    _record_result(Reversal, reversal_id, result, claimed_at=claimed_at)
 
 
 def apply_refund_notification(*, carrier_slug: str, notification: Notification) -> str:

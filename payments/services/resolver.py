@@ -17,9 +17,8 @@ from django.db import transaction
 from django.db.models import Count, Min, Q, QuerySet
 from django.utils import timezone
 
-from carriers.adapters import carrier_queue
 from payments.models import OutcomeTracking, Payment, Refund, Reversal
-from payments.services import outbox, outcomes
+from payments.services import outcomes, refunds
 from payments.services.carrier_flow import dispatch
 
 logger = logging.getLogger(__name__)
@@ -75,27 +74,11 @@ def _dispatch_check(kind: _Kind, pk: int, now: datetime) -> bool:
         )
         if row is None:
             return False
-        row.resolve_attempts = min(row.resolve_attempts + 1, 32767)
-        row.next_resolve_at = now + outcomes.backoff(row.resolve_attempts)
-        row.save(update_fields=["resolve_attempts", "next_resolve_at"])
+        row.save(update_fields=outcomes.count_check(row, now=now))
         if isinstance(row, Payment):
             dispatch(row, "resolve_payment")
-        elif isinstance(row, Refund):
-            outbox.enqueue(
-                "payments.tasks.resolve_refund",
-                queue=carrier_queue(row.payment.carrier),
-                refund_id=row.pk,
-                public_id=str(row.public_id),
-                payment_public_id=str(row.payment.public_id),
-            )
         else:
-            assert isinstance(row, Reversal)
-            outbox.enqueue(
-                "payments.tasks.resolve_reversal",
-                queue=carrier_queue(row.payment.carrier),
-                reversal_id=row.pk,
-                public_id=str(row.payment.public_id),
-            )
+            refunds.dispatch_resolve(row)
     return True
 
 

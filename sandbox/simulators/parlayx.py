@@ -6,9 +6,10 @@ element's local name; answers use the request's namespace, faults the common v2_
 four digits pick the scenario (`core.SCENARIOS`): declines become the faults in `DECLINES`, transport
 faults come from `core`, and `never_final` makes a charge hang past the client's timeout, uncharged.
 
-As gateways do, chargeAmount and refundAmount are idempotent by referenceCode: a repeat for the same
-subscriber answers success and moves no money again. A reservation is charged at most once, whichever
-processes the requests reach.
+It models a gateway that deduplicates referenceCode (the spec does not promise it; a carrier says so with
+`Carrier.deduplicates_reference_code`): chargeAmount and refundAmount are idempotent by referenceCode, a
+repeat for the same subscriber answers success and moves no money again. A reservation is charged at most
+once, whichever processes the requests reach.
 A Huawei RequestSOAPHeader, when sent, must carry spId 000201 and spPassword
 MD5(spId + "parlayx-secret" + timeStamp); a wrong one is refused with SVC0901.
 """

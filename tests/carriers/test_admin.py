@@ -68,6 +68,19 @@ def test_saving_without_new_credentials_keeps_them_and_bad_json_is_refused(staff
     assert carrier.credentials == {"token": "keep-me"}
 
 
+def test_whether_the_gateway_deduplicates_reference_codes_is_set_in_the_carrier_admin(staff_client) -> None:
+    admin = staff_client("superuser")
+    carrier = CarrierFactory.create()
+    url = f"/admin/carriers/carrier/{carrier.pk}/change/"
+    page = admin.get(url).content.decode()
+    assert "Gateway deduplicates referenceCode" in page
+    assert "settlement file" in page  # what leaving it off means
+    assert not carrier.deduplicates_reference_code
+    assert admin.post(url, carrier_form(carrier, deduplicates_reference_code="on")).status_code == 302
+    carrier.refresh_from_db()
+    assert carrier.deduplicates_reference_code
+
+
 @pytest.mark.parametrize(
     "path",
     [

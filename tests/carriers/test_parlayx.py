@@ -40,9 +40,16 @@ def endpoint(simulator_server: str) -> str:
     return f"{simulator_server}/simulators/parlayx"
 
 
-def make_adapter(endpoint: str, read_timeout: float = 1, **credentials: Any) -> ParlayXAdapter:
+def make_adapter(
+    endpoint: str, read_timeout: float = 1, *, deduplicates: bool = False, **credentials: Any
+) -> ParlayXAdapter:
     config = CarrierConfig(
-        slug="parlayx-test", endpoint=endpoint, credentials=credentials, connect_timeout=2, read_timeout=read_timeout
+        slug="parlayx-test",
+        endpoint=endpoint,
+        credentials=credentials,
+        connect_timeout=2,
+        read_timeout=read_timeout,
+        deduplicates_reference_code=deduplicates,
     )
     return ParlayXAdapter(config)
 
@@ -257,6 +264,57 @@ def test_status_is_left_to_reconciliation() -> None:
     assert result.outcome == Outcome.PENDING
     assert result.raw_code == "NO_STATUS_QUERY"
     assert not ParlayXAdapter.capabilities.status_query
+
+
+def _refund_of(request: ChargeRequest, reference: str) -> RefundRequest:
+    return RefundRequest(
+        refund_id=str(uuid.uuid4()),
+        payment_id=request.payment_id,
+        carrier_reference=reference,
+        msisdn=request.msisdn,
+        amount_minor=100,
+        currency="GBP",
+    )
+
+
+def test_an_unknown_outcome_is_not_sent_again_unless_the_gateway_deduplicates(endpoint, sim) -> None:
+    adapter = make_adapter(endpoint)  # the default: referenceCode is not known to deduplicate
+    request = charge_request()
+    refund_request = _refund_of(request, "ref")
+
+    charge, refund = adapter.resolve_charge(request), adapter.query_refund(refund_request)
+
+    assert charge.outcome == refund.outcome == Outcome.PENDING
+    assert charge.raw_code == refund.raw_code == "NO_STATUS_QUERY"
+    assert len(sim.charges[OK]) == 0
+    assert f"refund:{refund_request.refund_id}" not in sim.records
+
+
+def test_where_the_gateway_deduplicates_the_same_request_is_sent_again_and_applied_once(endpoint, sim) -> None:
+    adapter = make_adapter(endpoint, deduplicates=True)
+    request = charge_request()
+    assert adapter.charge(request).outcome == Outcome.SUCCEEDED
+    refund = _refund_of(request, "ref")
+    assert adapter.refund(refund).outcome == Outcome.SUCCEEDED
+
+    assert adapter.resolve_charge(request).outcome == Outcome.SUCCEEDED
+    assert adapter.query_refund(refund).outcome == Outcome.SUCCEEDED
+    assert len(sim.charges[OK]) == 1
+    assert sim.records[f"refund:{refund.refund_id}"]["amount"] == "1.00"
+
+
+def test_a_refused_resend_leaves_the_outcome_unknown(endpoint, sim) -> None:
+    adapter = make_adapter(endpoint, deduplicates=True)
+    request = charge_request()
+    pending = after_pin(request, adapter.send_pin(request))
+    assert adapter.charge(pending).outcome == Outcome.SUCCEEDED  # its answer lost, say
+    declined = charge_request("+447400120002")
+
+    gone, refused = adapter.resolve_charge(pending), adapter.resolve_charge(declined)
+
+    assert (gone.outcome, gone.raw_code, gone.error_code) == (Outcome.PENDING, "SVC0002", None)
+    assert (refused.outcome, refused.raw_code, refused.error_code) == (Outcome.PENDING, "POL1000", None)
+    assert len(sim.charges[OK]) == 1
 
 
 def test_the_sp_header_authenticates_with_the_right_password(endpoint, sim) -> None:

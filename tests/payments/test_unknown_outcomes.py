@@ -2,13 +2,18 @@
 protocol, against the simulators over HTTP: checked with a growing wait, re-sent where the carrier never
 got the request, reported once when unknown too long, and never applied twice."""
 
+import importlib
 import logging
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
+from django.apps import apps as django_apps
+from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -29,6 +34,9 @@ from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 PROTOCOLS = ["aggregator", "camara", "parlayx"]
+# Parlay X settles an unknown outcome by sending the request again only where the carrier confirmed that
+# its gateway deduplicates referenceCode (the simulator's does); without it, see the tests further down.
+RESENDS: dict[str, dict[str, Any]] = {"parlayx": {"deduplicates_reference_code": True}}
 PAID = "+447400123456"
 OTHER = "+447400123457"
 
@@ -104,7 +112,7 @@ def paid(client: APIClient, protocol: str) -> Payment:
 def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_once(
     live: str, client: APIClient, clock: Clock, protocol: str
 ) -> None:
-    simulated_carrier(live, protocol, max_retries=3)
+    simulated_carrier(live, protocol, max_retries=3, **RESENDS.get(protocol, {}))
     paid(client, protocol)  # the carrier is reachable (and CAMARA's token is fetched)
     outage(live, protocol, True)
     payment = Payment.objects.get(public_id=create(client, OTHER))
@@ -117,7 +125,7 @@ def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_
     checked = Payment.objects.get(pk=payment.pk)
     if protocol != "parlayx":
         # The status check proved the carrier never got the charge: a new attempt is scheduled.
-        # (Parlay X has no status query: the same charge was sent again, and the gateway took it.)
+        # (Parlay X has no status query: the same charge was sent again, to a gateway that deduplicates it.)
         assert (checked.status, checked.outcome_unknown_since) == (PaymentStatus.CHARGING, None)
         assert checked.next_attempt_at is not None
         Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now())
@@ -138,7 +146,7 @@ def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_
 def test_a_parlayx_pin_charge_answered_503_is_settled_by_charging_the_reservation_again(
     live: str, client: APIClient
 ) -> None:
-    simulated_carrier(live, "parlayx")
+    simulated_carrier(live, "parlayx", deduplicates_reference_code=True)
     payment_id = create(client, OTHER, flow="pin")
     wait_for_status(payment_id, PaymentStatus.PIN_SENT)
     pin = last_pin("parlayx", OTHER)
@@ -157,7 +165,7 @@ def test_a_parlayx_pin_charge_answered_503_is_settled_by_charging_the_reservatio
 def test_a_parlayx_reservation_no_longer_held_stays_unknown_and_is_reported(
     live: str, client: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    simulated_carrier(live, "parlayx")
+    simulated_carrier(live, "parlayx", deduplicates_reference_code=True)
     settings.OUTCOME_ALERT_AFTER_MINUTES = 60
     payment_id = create(client, OTHER, flow="pin")
     wait_for_status(payment_id, PaymentStatus.PIN_SENT)
@@ -370,6 +378,48 @@ def test_unknown_outcomes_are_counted_for_prometheus(live: str, client: APIClien
     assert float(oldest.rsplit(" ", 1)[1]) >= 90 * 60
 
 
+def test_a_parlayx_charge_of_unknown_outcome_is_not_sent_again_where_the_gateway_may_not_deduplicate(
+    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "parlayx")  # deduplicates_reference_code off, as by default
+    outage(live, "parlayx", True)
+    payment = Payment.objects.get(public_id=create(client, OTHER))
+    assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.CHARGING, True)
+    outage(live, "parlayx", False)
+    clock.advance(10)
+    age(Payment, payment.pk, minutes=61)
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        assert resolver.unknown_outcomes() == 1
+        due_now(Payment, payment.pk)
+        resolver.unknown_outcomes()
+    payment.refresh_from_db()
+    assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.CHARGING, True)
+    assert payment.resolve_attempts == 2
+    assert len(simulator("parlayx").charges[OTHER]) == 0  # nothing was sent again
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    assert [(a.__dict__["operation"], a.__dict__["payment_id"]) for a in alerts] == [("charge", str(payment.public_id))]
+
+
+def test_a_parlayx_charge_resent_and_refused_stays_unknown_and_is_never_failed(
+    live: str, client: APIClient, clock: Clock
+) -> None:
+    simulated_carrier(live, "parlayx", deduplicates_reference_code=True)
+    declined = "+447400120002"  # the gateway answers POL1000 (insufficient credit)
+    outage(live, "parlayx", True)
+    payment = Payment.objects.get(public_id=create(client, declined))
+    outage(live, "parlayx", False)
+    clock.advance(10)
+    age(Payment, payment.pk)
+    assert resolver.unknown_outcomes() == 1
+    payment.refresh_from_db()
+    # The first request may have been charged: a refusal of the second proves nothing.
+    assert (payment.status, payment.failure_code) == (PaymentStatus.CHARGING, "")
+    assert payment.outcome_unknown_since is not None
+    assert payment.next_attempt_at is None  # no new attempt (a new referenceCode) either
+    assert len(simulator("parlayx").charges[declined]) == 0
+
+
 # --- refunds ---------------------------------------------------------------------------------------
 
 
@@ -377,7 +427,7 @@ def test_unknown_outcomes_are_counted_for_prometheus(live: str, client: APIClien
 def test_a_refund_answered_503_is_settled_by_the_resolver_and_refunded_once(
     live: str, client: APIClient, clock: Clock, protocol: str
 ) -> None:
-    simulated_carrier(live, protocol, supports_refund=True)
+    simulated_carrier(live, protocol, supports_refund=True, **RESENDS.get(protocol, {}))
     payment = paid(client, protocol)
     outage(live, protocol, True)
     refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
@@ -395,6 +445,30 @@ def test_a_refund_answered_503_is_settled_by_the_resolver_and_refunded_once(
     assert Payment.objects.get(pk=payment.pk).status == PaymentStatus.PARTIALLY_REFUNDED
     if protocol == "aggregator":
         assert list(simulator(protocol).records[payment.carrier_reference]["refunds"]) == [str(refund.public_id)]
+
+
+def test_a_parlayx_refund_of_unknown_outcome_waits_for_the_settlement_file_where_the_gateway_may_not_deduplicate(
+    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "parlayx", supports_refund=True)
+    payment = paid(client, "parlayx")
+    outage(live, "parlayx", True)
+    refund = refunds.request_refund(payment=payment, amount_minor=30, reason="not delivered", actor="staff:ops")
+    outage(live, "parlayx", False)
+    clock.advance(10)
+    age(Refund, refund.pk, minutes=61, carrier_requested_at=timezone.now() - timedelta(minutes=61))
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        assert resolver.unknown_outcomes() == 1
+        due_now(Refund, refund.pk)
+        resolver.unknown_outcomes()
+    refund.refresh_from_db()
+    assert (refund.status, refund.resolve_attempts) == (Refund.Status.PENDING, 2)
+    assert refund.outcome_unknown_since is not None
+    assert f"refund:{refund.public_id}" not in simulator("parlayx").records  # never sent again
+    assert Payment.objects.get(pk=payment.pk).refunded_minor == 30  # still reserved
+    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    assert [(a.__dict__["operation"], a.__dict__["refund_id"]) for a in alerts] == [("refund", str(refund.public_id))]
 
 
 def test_a_refund_refused_for_now_waits_as_long_as_the_carrier_asked(
@@ -445,19 +519,63 @@ def test_a_refund_the_carrier_keeps_refusing_is_checked_less_often_and_reported_
     assert Payment.objects.get(pk=payment.pk).refunded_minor == 30  # still reserved while it is unknown
 
 
+def _waiting_on_locks() -> int:
+    """Sessions of this test database waiting for a lock held by another (fresh figures each call)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
 def test_a_refund_callback_racing_the_resolver_settles_it_once(live: str, client: APIClient) -> None:
     simulated_carrier(live, "aggregator", supports_refund=True)
-    payment = paid(client, "aggregator")
+    payment = Payment.objects.get(public_id=create(client, "+447400120013"))  # never called back
+    age(Payment, payment.pk)
+    resolver.unknown_outcomes()
+    payment = wait_for_status(str(payment.public_id), PaymentStatus.SUCCEEDED)
     refund = refunds.request_refund(payment=payment, amount_minor=99, reason="not delivered", actor="app:game")
-    wait_for(lambda: Refund.objects.get(pk=refund.pk).status == Refund.Status.SUCCEEDED, what="the callback")
-    # The resolver's check of the same refund, sent before the callback landed, and a task run twice.
-    Refund.objects.filter(pk=refund.pk).update(outcome_unknown_since=timezone.now())
-    refunds.resolve_refund(refund_id=refund.pk)
-    refunds.execute_refund(refund_id=refund.pk)
     refund.refresh_from_db()
-    assert refund.status == Refund.Status.SUCCEEDED
+    assert (refund.status, refund.carrier_requested_at is not None) == (Refund.Status.PENDING, True)
+    age(Refund, refund.pk)
+    callback = CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=refund.carrier_reference)
+    start = threading.Barrier(2, timeout=10)
+    errors: list[BaseException] = []
+
+    def together(work: Callable[[], None]) -> None:
+        try:
+            start.wait()
+            work()
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [
+        threading.Thread(
+            target=together, args=(lambda: refunds.record_refund_result(refund_id=refund.pk, result=callback),)
+        ),
+        threading.Thread(target=together, args=(lambda: refunds.resolve_refund(refund_id=refund.pk),)),
+    ]
+    # The callback and the resolver's check start together. The payment's row is held until both have
+    # read the refund and wait for a lock, so that neither can settle it before the other has looked.
+    with transaction.atomic():
+        Payment.objects.select_for_update().get(pk=payment.pk)
+        for thread in threads:
+            thread.start()
+        wait_for(lambda: _waiting_on_locks() >= 2 or bool(errors), what="both to wait on the rows' locks")
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
+    refund.refresh_from_db()
+    assert (refund.status, refund.outcome_unknown_since) == (Refund.Status.SUCCEEDED, None)
     assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REFUND, payment=payment).count() == 1
-    assert Payment.objects.get(pk=payment.pk).refunded_minor == 99
+    settled = Payment.objects.get(pk=payment.pk)
+    assert (settled.refunded_minor, settled.status) == (99, PaymentStatus.REFUNDED)
+    assert settled.history.filter(to_status=PaymentStatus.REFUNDED).count() == 1
 
 
 def test_a_refund_settled_by_the_resolver_ignores_its_late_callback(live: str, client: APIClient) -> None:
@@ -536,3 +654,44 @@ def test_a_reversal_where_the_carrier_has_none_is_paid_by_the_platform_and_never
         Reversal.Status.SUCCEEDED,
         None,
     )
+
+
+# --- the upgrade that started tracking refunds and reversals ---------------------------------------
+
+
+def test_refunds_and_reversals_pending_before_the_upgrade_are_checked_not_reported_at_once_nor_sent_blindly(
+    live: str, client: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.OUTCOME_ALERT_AFTER_MINUTES = 60
+    simulated_carrier(live, "aggregator", supports_refund=True, supports_reversal=True)
+    refunded, reversed_ = paid(client, "aggregator"), wait_for_status(create(client, OTHER), PaymentStatus.SUCCEEDED)
+    # As left by the release before: no tracking; a reversal's request not recorded. The aggregator did reverse
+    # the charge, but the answer was lost.
+    assert adapter_for(reversed_.carrier).reverse(charge_request(reversed_)).outcome == Outcome.SUCCEEDED
+    week_ago = timezone.now() - timedelta(days=7)
+    refund = Refund.objects.create(
+        payment=refunded, amount_minor=30, currency="GBP", reason="old", requested_by="staff:ops"
+    )
+    Payment.objects.filter(pk=refunded.pk).update(refunded_minor=30)
+    Refund.objects.filter(pk=refund.pk).update(created_at=week_ago, carrier_requested_at=week_ago)
+    reversal = Reversal.objects.create(payment=reversed_, reason="old", requested_by="staff:ops")
+    Reversal.objects.filter(pk=reversal.pk).update(created_at=week_ago)
+
+    upgrade = importlib.import_module("payments.migrations.0016_unknown_outcome_tracking")
+    upgrade.track_pending(django_apps, None)
+
+    refund.refresh_from_db()
+    reversal.refresh_from_db()
+    assert refund.outcome_unknown_since is not None
+    assert refund.outcome_unknown_since > timezone.now() - timedelta(minutes=1)  # its clock starts now
+    assert reversal.outcome_unknown_since == refund.outcome_unknown_since
+    assert reversal.carrier_requested_at == week_ago  # taken as asked: to be checked, not sent again
+    with caplog.at_level(logging.ERROR, logger="payments.services.resolver"):
+        assert resolver.report_overdue() == 0
+        age(Reversal, reversal.pk, minutes=1)
+        resolver.unknown_outcomes()
+    assert not [r for r in caplog.records if r.name == "payments.services.resolver"]
+    reversal.refresh_from_db()
+    assert reversal.status == Reversal.Status.SUCCEEDED  # found done by the check
+    assert reversal.carrier_requested_at == week_ago  # never claimed for a new send
+    assert LedgerEntry.objects.filter(kind=LedgerEntry.Kind.REVERSAL, payment=reversed_).count() == 1
