@@ -22,6 +22,7 @@ from django.test import Client
 from pytest_django.live_server_helper import LiveServer
 from rest_framework.test import APIClient
 
+from carriers import gateway
 from carriers.models import Carrier, PricePoint
 from playpay import refcache
 from playpay.celery import app as celery_app
@@ -217,10 +218,11 @@ def _transactional_tests_start_empty(request: pytest.FixtureRequest) -> None:
 
 
 @contextmanager
-def _journal_database(path: Path) -> Iterator[None]:
-    """The journal's alias on this SQLite file (as in the embedded default) until the block ends, in this
-    thread only: a live server's or a worker's thread keeps the journal of JOURNAL_URL."""
-    url = dj_database_url.parse(f"sqlite:///{path}")
+def journal_database(database_url: str) -> Iterator[None]:
+    """The journal's alias on this database (a SQLite file as in the embedded default, or a server that is
+    down) until the block ends, in this thread only: a live server's or a worker's thread keeps the journal
+    of JOURNAL_URL."""
+    url = dj_database_url.parse(database_url)
     settings_dict = connections.configure_settings({**connections.settings, "journal": url})["journal"]
     original = connections["journal"]
     connections["journal"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "journal")
@@ -234,7 +236,7 @@ def _journal_database(path: Path) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def _sqlite_journal_template(tmp_path_factory: pytest.TempPathFactory, django_db_blocker: Any) -> Path:
     path = tmp_path_factory.mktemp("journal") / "journal.sqlite3"
-    with django_db_blocker.unblock(), _journal_database(path):
+    with django_db_blocker.unblock(), journal_database(f"sqlite:///{path}"):
         call_command("migrate", database="journal", interactive=False, verbosity=0)
     return path
 
@@ -245,7 +247,7 @@ def journal_on_sqlite(tmp_path: Path, _sqlite_journal_template: Path) -> Iterato
     database of the test's own, so that the SQL store's queries are run on both engines it supports."""
     path = tmp_path / "journal.sqlite3"
     shutil.copyfile(_sqlite_journal_template, path)
-    with _journal_database(path):
+    with journal_database(f"sqlite:///{path}"):
         yield
 
 
@@ -462,3 +464,23 @@ def make_shop(django_capture_on_commit_callbacks: Callable[..., Any]) -> Callabl
 @pytest.fixture
 def shop(db: Any, make_shop: Callable[..., Shop]) -> Shop:
     return make_shop()
+
+
+@dataclass
+class GatewayClock:
+    """The carrier gateway's wall clock (breaker, rate limit, Retry-After), moved by a test instead of waited for."""
+
+    now: float = 1_800_000_000.0  # the start of a second (and of a minute)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> GatewayClock:
+    fake = GatewayClock()
+    monkeypatch.setattr(gateway, "clock", fake)
+    return fake

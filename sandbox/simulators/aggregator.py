@@ -163,6 +163,14 @@ def charges(request: HttpRequest) -> HttpResponse:
 
 @simulator_view
 def charge_detail(request: HttpRequest, charge_id: str) -> HttpResponse:
+    charge = _known_charge(request, charge_id)
+    if isinstance(charge, HttpResponse):
+        return charge
+    return JsonResponse(_public(charge))
+
+
+def _known_charge(request: HttpRequest, charge_id: str) -> dict[str, Any] | HttpResponse:
+    """The charge a signed request is about, past its number's transport fault; else the answer instead."""
     if (denied := _authenticate(request)) is not None:
         return denied
     charge = SIM.records.get(charge_id)
@@ -170,7 +178,7 @@ def charge_detail(request: HttpRequest, charge_id: str) -> HttpResponse:
         return _error(404, "NOT_FOUND", "no such charge")
     if (fault := _fault(charge["msisdn"])) is not None:
         return fault
-    return JsonResponse(_public(charge))
+    return charge
 
 
 @simulator_view
@@ -246,13 +254,8 @@ def refund_detail(request: HttpRequest, charge_id: str, reference: str) -> HttpR
 @simulator_view
 def reversal(request: HttpRequest, charge_id: str) -> HttpResponse:
     """Reverse a succeeded charge at once (a technical undo, not a refund); answered synchronously."""
-    if (denied := _authenticate(request)) is not None:
-        return denied
-    charge = SIM.records.get(charge_id)
-    if charge is None:
-        return _error(404, "NOT_FOUND", "no such charge")
-    if (fault := _fault(charge["msisdn"])) is not None:
-        return fault
+    if isinstance(found := _known_charge(request, charge_id), HttpResponse):
+        return found
     with SIM.records.locked(charge_id) as charge:
         if charge is None:
             return _error(404, "NOT_FOUND", "no such charge")

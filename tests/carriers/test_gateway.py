@@ -1,17 +1,16 @@
 """Per-carrier resilience: circuit breaker, rate limit and health, shared through the cache."""
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from carriers import gateway
 from carriers.adapters.base import CarrierResult, Outcome
 from carriers.adapters.http import retry_after_seconds
 from carriers.errors import ErrorCode
 from carriers.gateway import Breaker, CarrierBusy, call_carrier, refresh_health
 from carriers.models import Carrier
+from tests.conftest import GatewayClock
 from tests.factories import CarrierFactory
 
 pytestmark = pytest.mark.django_db
@@ -26,27 +25,7 @@ def answer(result: CarrierResult) -> Any:
     return lambda adapter: result
 
 
-@dataclass
-class Clock:
-    """The gateway's wall clock, moved by the test instead of waited for."""
-
-    now: float = 1_800_000_000.0  # the start of a second (and of a minute)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(gateway, "clock", clock)
-    return clock
-
-
-def test_breaker_opens_after_consecutive_transport_failures_and_lets_one_trial_through(clock: Clock) -> None:
+def test_breaker_opens_after_consecutive_transport_failures_and_lets_one_trial_through(clock: GatewayClock) -> None:
     carrier = CarrierFactory.create(breaker_failure_threshold=3, breaker_reset_seconds=30)
     for _ in range(3):
         call_carrier(carrier, answer(UNREACHABLE))
@@ -61,7 +40,7 @@ def test_breaker_opens_after_consecutive_transport_failures_and_lets_one_trial_t
     assert Breaker(carrier).state() == "closed"
 
 
-def test_a_failed_trial_opens_the_breaker_for_another_period(clock: Clock) -> None:
+def test_a_failed_trial_opens_the_breaker_for_another_period(clock: GatewayClock) -> None:
     carrier = CarrierFactory.create(breaker_failure_threshold=2, breaker_reset_seconds=30)
     for _ in range(2):
         call_carrier(carrier, answer(TIMEOUT))
@@ -75,7 +54,7 @@ def test_a_failed_trial_opens_the_breaker_for_another_period(clock: Clock) -> No
     assert call_carrier(carrier, answer(OK)) == OK
 
 
-def test_a_half_open_breaker_lets_one_trial_call_through_at_a_time(clock: Clock) -> None:
+def test_a_half_open_breaker_lets_one_trial_call_through_at_a_time(clock: GatewayClock) -> None:
     carrier = CarrierFactory.create(breaker_failure_threshold=1, breaker_reset_seconds=30)
     call_carrier(carrier, answer(UNREACHABLE))
     clock.advance(30)
@@ -108,7 +87,7 @@ def test_a_success_resets_the_failure_count() -> None:
     assert Breaker(carrier).state() == "closed"
 
 
-def test_calls_over_the_carriers_rate_limit_must_wait(clock: Clock) -> None:
+def test_calls_over_the_carriers_rate_limit_must_wait(clock: GatewayClock) -> None:
     carrier = CarrierFactory.create(rate_limit_per_second=3)
     for _ in range(3):
         call_carrier(carrier, answer(OK))
@@ -130,7 +109,7 @@ def test_health_summarises_recent_calls() -> None:
     assert health.avg_latency_ms is not None
 
 
-def test_a_carriers_retry_after_holds_back_every_call_to_it_until_then(clock: Clock) -> None:
+def test_a_carriers_retry_after_holds_back_every_call_to_it_until_then(clock: GatewayClock) -> None:
     carrier = CarrierFactory.create(breaker_failure_threshold=10)
     busy = CarrierResult.pending("HTTP_503", "", transport_failed=True, retry_after=20.0)
     call_carrier(carrier, answer(busy))

@@ -13,24 +13,9 @@ from carriers.models import Carrier
 from payments.models import CarrierNotification, Payment, PaymentStatus, Refund
 from payments.services import carrier_flow, resolver
 from sandbox.simulators.core import simulator
-from tenants.services import issue_api_key
-from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture
-def live(live_server: Any, settings: Any) -> str:
-    settings.PUBLIC_BASE_URL = live_server.url
-    return str(live_server.url)
-
-
-@pytest.fixture
-def client() -> APIClient:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issue_api_key(app=AppFactory.create()).raw_key}")
-    return api
 
 
 def create(client: APIClient, msisdn: str, *, key: str = "k1", **body: Any) -> str:

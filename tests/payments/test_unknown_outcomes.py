@@ -6,7 +6,6 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +16,6 @@ from django.db import connection, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from carriers import gateway
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierResult, Outcome
 from carriers.errors import ErrorCode
@@ -27,8 +25,7 @@ from payments.services.carrier_flow import charge_request
 from payments.services.payments import check_submitted_pin
 from playpay.metrics import exposition
 from sandbox.simulators.core import simulator
-from tenants.services import issue_api_key
-from tests.factories import AppFactory
+from tests.conftest import GatewayClock
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -39,39 +36,6 @@ PROTOCOLS = ["aggregator", "camara", "parlayx"]
 RESENDS: dict[str, dict[str, Any]] = {"parlayx": {"deduplicates_reference_code": True}}
 PAID = "+447400123456"
 OTHER = "+447400123457"
-
-
-@dataclass
-class Clock:
-    """The gateway's wall clock (Retry-After, breaker), moved by the test instead of waited for."""
-
-    now: float = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(gateway, "clock", clock)
-    return clock
-
-
-@pytest.fixture
-def live(live_server: Any, settings: Any) -> str:
-    settings.PUBLIC_BASE_URL = live_server.url
-    return str(live_server.url)
-
-
-@pytest.fixture
-def client() -> APIClient:
-    api = APIClient()
-    api.credentials(HTTP_AUTHORIZATION=f"Api-Key {issue_api_key(app=AppFactory.create()).raw_key}")
-    return api
 
 
 def create(client: APIClient, msisdn: str, *, flow: str = "one_click") -> str:
@@ -110,7 +74,7 @@ def paid(client: APIClient, protocol: str) -> Payment:
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_one_click_charge_answered_503_is_settled_by_the_resolver_and_charged_once(
-    live: str, client: APIClient, clock: Clock, protocol: str
+    live: str, client: APIClient, clock: GatewayClock, protocol: str
 ) -> None:
     simulated_carrier(live, protocol, max_retries=3, **RESENDS.get(protocol, {}))
     paid(client, protocol)  # the carrier is reachable (and CAMARA's token is fetched)
@@ -324,7 +288,7 @@ def test_a_carrier_saying_the_pin_expired_expires_the_payment_however_its_verdic
 
 
 def test_a_pin_the_carrier_cannot_check_now_is_answered_with_the_wait_it_asked_for(
-    live: str, client: APIClient, clock: Clock
+    live: str, client: APIClient, clock: GatewayClock
 ) -> None:
     simulated_carrier(live, "camara", breaker_failure_threshold=1, breaker_reset_seconds=600)
     payment_id = create(client, OTHER, flow="pin")
@@ -379,7 +343,7 @@ def test_unknown_outcomes_are_counted_for_prometheus(live: str, client: APIClien
 
 
 def test_a_parlayx_charge_of_unknown_outcome_is_not_sent_again_where_the_gateway_may_not_deduplicate(
-    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+    live: str, client: APIClient, clock: GatewayClock, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.OUTCOME_ALERT_AFTER_MINUTES = 60
     simulated_carrier(live, "parlayx")  # deduplicates_reference_code off, as by default
@@ -402,7 +366,7 @@ def test_a_parlayx_charge_of_unknown_outcome_is_not_sent_again_where_the_gateway
 
 
 def test_a_parlayx_charge_resent_and_refused_stays_unknown_and_is_never_failed(
-    live: str, client: APIClient, clock: Clock
+    live: str, client: APIClient, clock: GatewayClock
 ) -> None:
     simulated_carrier(live, "parlayx", deduplicates_reference_code=True)
     declined = "+447400120002"  # the gateway answers POL1000 (insufficient credit)
@@ -425,7 +389,7 @@ def test_a_parlayx_charge_resent_and_refused_stays_unknown_and_is_never_failed(
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_a_refund_answered_503_is_settled_by_the_resolver_and_refunded_once(
-    live: str, client: APIClient, clock: Clock, protocol: str
+    live: str, client: APIClient, clock: GatewayClock, protocol: str
 ) -> None:
     simulated_carrier(live, protocol, supports_refund=True, **RESENDS.get(protocol, {}))
     payment = paid(client, protocol)
@@ -448,7 +412,7 @@ def test_a_refund_answered_503_is_settled_by_the_resolver_and_refunded_once(
 
 
 def test_a_parlayx_refund_of_unknown_outcome_waits_for_the_settlement_file_where_the_gateway_may_not_deduplicate(
-    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+    live: str, client: APIClient, clock: GatewayClock, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.OUTCOME_ALERT_AFTER_MINUTES = 60
     simulated_carrier(live, "parlayx", supports_refund=True)
@@ -472,7 +436,7 @@ def test_a_parlayx_refund_of_unknown_outcome_waits_for_the_settlement_file_where
 
 
 def test_a_refund_refused_for_now_waits_as_long_as_the_carrier_asked(
-    live: str, client: APIClient, clock: Clock
+    live: str, client: APIClient, clock: GatewayClock
 ) -> None:
     simulated_carrier(live, "aggregator", supports_refund=True)
     payment = paid(client, "aggregator")
@@ -492,7 +456,7 @@ def test_a_refund_refused_for_now_waits_as_long_as_the_carrier_asked(
 
 
 def test_a_refund_the_carrier_keeps_refusing_is_checked_less_often_and_reported_once(
-    live: str, client: APIClient, clock: Clock, settings: Any, caplog: pytest.LogCaptureFixture
+    live: str, client: APIClient, clock: GatewayClock, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings.OUTCOME_ALERT_AFTER_MINUTES = 60
     simulated_carrier(live, "aggregator", supports_refund=True)
@@ -601,7 +565,7 @@ def test_a_refund_settled_by_the_resolver_ignores_its_late_callback(live: str, c
 
 
 def test_a_reversal_the_carrier_refuses_for_now_is_retried_on_the_schedule(
-    live: str, client: APIClient, clock: Clock
+    live: str, client: APIClient, clock: GatewayClock
 ) -> None:
     simulated_carrier(live, "aggregator", supports_reversal=True)
     payment = paid(client, "aggregator")

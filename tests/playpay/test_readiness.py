@@ -1,15 +1,11 @@
 """/healthz says the process lives; /readyz says its database, journal store (or its spool) and broker answer."""
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
-import dj_database_url
 import pytest
-from django.db import connections
-from django.db.utils import load_backend
 
-from tests.conftest import assert_problem
+from tests.conftest import assert_problem, journal_database
 
 
 @pytest.mark.django_db
@@ -47,18 +43,9 @@ def test_not_ready_while_the_broker_is_down_and_the_check_is_bounded(client, set
     assert client.get("/healthz").status_code == 200
 
 
-@contextmanager
-def _journal_store_down() -> Iterator[None]:
+def _journal_store_down() -> AbstractContextManager[None]:
     """The journal's alias, in this thread, on a port nothing listens on (the discard port)."""
-    url = dj_database_url.parse("postgres://postgres@127.0.0.1:9/journal")
-    settings_dict = connections.configure_settings({**connections.settings, "journal": url})["journal"]
-    original = connections["journal"]
-    connections["journal"] = load_backend(settings_dict["ENGINE"]).DatabaseWrapper(settings_dict, "journal")
-    try:
-        yield
-    finally:
-        connections["journal"].close()
-        connections["journal"] = original
+    return journal_database("postgres://postgres@127.0.0.1:9/journal")
 
 
 @pytest.mark.django_db
