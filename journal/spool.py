@@ -40,6 +40,10 @@ SEGMENT_MAX_BYTES = 4 * 1024 * 1024
 DRAIN_MAX_BACKOFF_SECONDS = 30.0
 # How often a process that journals looks for segments left by others (a worker that died).
 LEFTOVER_SCAN_SECONDS = 60.0
+# A segment the store refused this many times while it took other segments is set aside in QUARANTINE
+# (logged at ERROR) so that it no longer holds back its writer's later records.
+QUARANTINE_AFTER_FAILURES = 10
+QUARANTINE = "quarantine"
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Spool:
         self._drainer: threading.Thread | None = None
         self._stopping = threading.Event()
         self._last_scan = -LEFTOVER_SCAN_SECONDS
+        self._failures: dict[str, int] = {}  # segment name -> times the store refused it while taking others
 
     # --- writing -------------------------------------------------------------------------------
 
@@ -199,17 +204,49 @@ class Spool:
 
     def drain(self, ship: Callable[[list[dict[str, Any]]], None]) -> int:
         """Ship every segment no one else holds, in order, with `ship` (one call per segment, which raises if
-        the store did not take it); returns how many records were shipped. Stops at the first failure."""
+        the store did not take it); returns how many records were shipped.
+
+        A segment that fails holds back only its own writer's later segments; the others are shipped, and the
+        first failure is raised at the end. One the store keeps refusing while it takes the others (a document
+        it cannot hold, a file this process may not read) is set aside after QUARANTINE_AFTER_FAILURES."""
         shipped = 0
         skipped: set[str] = set()
+        failed: list[tuple[Segment, Exception]] = []
         for segment in self.segments():
             if segment.writer in skipped:
-                continue  # its earlier segment is being shipped elsewhere: this one must not overtake it
+                continue  # an earlier segment of its writer is held or failed: this one must not overtake it
             try:
                 shipped += self._drain_segment(segment, ship)
             except _Locked:
                 skipped.add(segment.writer)
+            except Exception as exc:
+                skipped.add(segment.writer)
+                failed.append((segment, exc))
+        for segment, error in failed:
+            if shipped:  # the store took other segments: the fault is this one's
+                self._count_failure(segment, error)
+        if failed:
+            raise failed[0][1]
         return shipped
+
+    def _count_failure(self, segment: Segment, exc: Exception) -> None:
+        name = segment.path.name
+        self._failures[name] = self._failures.get(name, 0) + 1
+        if self._failures[name] < QUARANTINE_AFTER_FAILURES:
+            return
+        del self._failures[name]
+        aside = self.directory / QUARANTINE
+        aside.mkdir(exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            segment.path.rename(aside / name)
+            logger.error(
+                "journal spool: the store refused %s %d times while it took other records (%s); set aside in %s "
+                "for an operator (see docs/journal.md)",
+                name,
+                QUARANTINE_AFTER_FAILURES,
+                exc,
+                aside,
+            )
 
     def _drain_segment(self, segment: Segment, ship: Callable[[list[dict[str, Any]]], None]) -> int:
         try:

@@ -248,7 +248,7 @@ class MongoJournalStore:
     def __init__(self, url: str, collection: str = "journal") -> None:
         import pymongo
 
-        client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000, tz_aware=True)
+        client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000, timeoutMS=5000, tz_aware=True)
         database = client.get_default_database(default="playpay")
         self.collection = database[collection]
         for fields in (

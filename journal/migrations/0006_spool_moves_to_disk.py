@@ -30,6 +30,9 @@ def ship_spooled_records(apps: Any, schema_editor: Any) -> None:
 
 
 class Migration(migrations.Migration):
+    # Not one transaction: each batch's delete commits right after the store took it, so that a run stopped by
+    # a refusing store and run again ships no batch twice.
+    atomic = False
     dependencies = [("journal", "0005_journal_refuses_truncate")]
     operations = [
         migrations.RunPython(ship_spooled_records, migrations.RunPython.noop),

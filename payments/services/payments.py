@@ -249,7 +249,9 @@ def _take_submitted_pin(payment_id: int) -> tuple[Payment, str] | None:
 def expire_payment(*, payment_id: int, reason: str) -> None:
     with transaction.atomic():
         locked = locked_payment(payment_id)
-        if locked.status == PaymentStatus.PIN_SENT:
+        # A PIN check at the carrier is left to its verdict or the resolver: an asynchronous carrier charges
+        # on the PIN, and an expired payment would ignore its success.
+        if locked.status == PaymentStatus.PIN_SENT and locked.outcome_unknown_since is None:
             locked.pin_ciphertext = ""
             transition(locked, PaymentStatus.EXPIRED, actor="system", reason=reason, update_fields=("pin_ciphertext",))
             dispatch(locked, "cancel_payment")
@@ -257,7 +259,9 @@ def expire_payment(*, payment_id: int, reason: str) -> None:
 
 def expire_abandoned_payments() -> int:
     """Expire PIN payments whose PIN was never confirmed in time; returns how many."""
-    due = Payment.objects.filter(status=PaymentStatus.PIN_SENT, pin_expires_at__lte=timezone.now())
+    due = Payment.objects.filter(
+        status=PaymentStatus.PIN_SENT, pin_expires_at__lte=timezone.now(), outcome_unknown_since__isnull=True
+    )
     ids = list(due.values_list("id", flat=True)[:10_000])
     for payment_id in ids:
         expire_payment(payment_id=payment_id, reason="PIN not confirmed in time")

@@ -79,6 +79,37 @@ def test_a_segment_of_a_process_that_died_is_drained_by_another(tmp_path: Path) 
     assert [d["correlation"]["request_id"] for d in shipped] == ["dead-00000", "dead-00001", "dead-00002"]
 
 
+def test_a_segment_the_store_keeps_refusing_holds_back_no_other_writer_and_is_set_aside(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer = multiprocessing.get_context("fork").Process(target=_append_records, args=(tmp_path, "bad", 2))
+    writer.start()
+    writer.join(30)
+    assert writer.exitcode == 0
+    spool = Spool(tmp_path)
+    shipped: list[str] = []
+
+    def ship(documents: list[dict[str, Any]]) -> None:
+        ids = [d["correlation"]["request_id"] for d in documents]
+        if any(request_id.startswith("bad-") for request_id in ids):
+            raise ValueError("a document the store cannot hold")
+        shipped.extend(ids)
+
+    with caplog.at_level(logging.ERROR, logger="journal.spool"):
+        for attempt in range(spool_module.QUARANTINE_AFTER_FAILURES):
+            spool.append([_document("good", attempt)])
+            with pytest.raises(ValueError, match="cannot hold"):
+                spool.drain(ship)
+    assert shipped == [f"good-{index:05d}" for index in range(spool_module.QUARANTINE_AFTER_FAILURES)]
+    assert "set aside" in caplog.text
+    assert spool.drain(ship) == 0  # nothing left to hold it back, nothing raised
+    (aside,) = (tmp_path / spool_module.QUARANTINE).iterdir()
+    assert [json.loads(line)["correlation"]["request_id"] for line in aside.read_text().splitlines()] == [
+        "bad-00000",
+        "bad-00001",
+    ]
+
+
 def _append_records(directory: Path, writer: str, count: int) -> None:
     spool = Spool(directory)
     for index in range(count):

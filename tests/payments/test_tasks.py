@@ -31,6 +31,18 @@ def test_unconfirmed_pin_payments_expire(shop: Shop) -> None:
     assert Payment.objects.filter(status=PaymentStatus.PIN_SENT).count() == 1
 
 
+@pytest.mark.django_db
+def test_a_pin_payment_whose_check_is_at_the_carrier_is_left_to_its_verdict(shop: Shop) -> None:
+    payment_id = shop.create_payment().json()["id"]
+    Payment.objects.filter(public_id=payment_id).update(
+        pin_expires_at=timezone.now() - timedelta(seconds=1),
+        pin_submitted_at=timezone.now() - timedelta(minutes=1),
+        outcome_unknown_since=timezone.now() - timedelta(minutes=1),
+    )
+    assert expire_abandoned() == 0
+    assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.PIN_SENT
+
+
 @pytest.mark.broker
 @pytest.mark.journal
 @pytest.mark.django_db(transaction=True)

@@ -125,3 +125,18 @@ def test_only_an_unreachable_or_stalled_database_is_an_outage_not_every_operatio
     error = OperationalError(str(cause))
     error.__cause__ = cause
     assert is_database_outage(error) is outage
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_a_long_statement_on_a_live_server_is_left_alone_by_the_watchdog() -> None:
+    """The watchdog probes the server of a statement that waits past PROBE_AFTER_SECONDS; a live server opens
+    the probe's connection, so its long statement runs to its end."""
+    from playpay.postgresql import base as engine
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL statement_timeout = 20000")
+        assert isinstance(connection.connection, engine.BoundedConnection)  # the watchdog watches this one
+        cursor.execute("SELECT pg_sleep(%s)", [engine.PROBE_AFTER_SECONDS + 2 * engine.WATCH_INTERVAL_SECONDS + 1])
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
