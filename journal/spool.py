@@ -102,6 +102,9 @@ class Spool:
             self._pid = os.getpid()
             self._writer = f"{socket.gethostname().replace('.', '_')}-{self._pid}-{uuid.uuid4().hex[:8]}"
             self._sequence = 0
+            if self._fd >= 0:  # the parent's segment: this process's copy of its descriptor only
+                with contextlib.suppress(OSError):
+                    os.close(self._fd)
             self._fd = -1
             self._own = []
             self._drainer = None

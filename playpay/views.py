@@ -3,7 +3,9 @@
 import hmac
 import logging
 import os
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -74,13 +76,27 @@ def _check_journal_store() -> None:
         client.close()
 
 
+# Free room the spool must have to count as writable: a few of its segments (journal.spool: 4 MB each).
+SPOOL_MIN_FREE_BYTES = 16 * 1024 * 1024
+
+
 def _spool_is_writable() -> bool:
+    """Records can be spooled now: the directory takes a file written and fsync'ed, and has room left (a full
+    disk passes a permission check)."""
     directory = settings.JOURNAL_SPOOL_DIR
+    probe = directory / f".ready-{os.getpid()}-{threading.get_ident()}"
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(directory).free < SPOOL_MIN_FREE_BYTES:
+            return False
+        with probe.open("wb") as file:
+            file.write(b"ready\n")
+            file.flush()
+            os.fsync(file.fileno())
+        probe.unlink()
     except OSError:
         return False
-    return os.access(directory, os.W_OK | os.X_OK)
+    return True
 
 
 def _check_journal() -> str | None:

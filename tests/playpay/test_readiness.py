@@ -1,5 +1,6 @@
 """/healthz says the process lives; /readyz says its database, journal store (or its spool) and broker answer."""
 
+import shutil
 import time
 from contextlib import AbstractContextManager
 
@@ -67,3 +68,16 @@ def test_not_ready_when_neither_the_journal_store_nor_its_spool_can_take_a_recor
     problem = assert_problem(response, status=503, code="not_ready")
     assert problem["checks"]["journal"]["status"] == "failed"
     assert problem["checks"]["database"]["status"] == "ok"
+
+
+@pytest.mark.django_db
+def test_not_ready_when_the_journal_store_is_down_and_the_spool_disk_is_full(client, settings, monkeypatch) -> None:
+    from playpay import views
+
+    settings.CELERY_BROKER_URL = ""
+    # Room the disk does not have: what a full disk looks like to the check (its permissions still allow writing).
+    monkeypatch.setattr(views, "SPOOL_MIN_FREE_BYTES", shutil.disk_usage(settings.JOURNAL_SPOOL_DIR.parent).free * 4)
+    with _journal_store_down():
+        response = client.get("/readyz")
+    assert assert_problem(response, status=503, code="not_ready")["checks"]["journal"]["status"] == "failed"
+    assert not list(settings.JOURNAL_SPOOL_DIR.glob(".ready-*"))  # the probe leaves nothing behind
