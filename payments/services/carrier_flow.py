@@ -187,18 +187,20 @@ def _apply_result(
     expected: str,
     result: CarrierResult,
     apply: Callable[[Payment, CarrierResult, str, list[str]], None],
+    *,
+    actor: str | None = None,
 ) -> None:
     """Lock the payment; if it is still in `expected`, keep the carrier's state and `apply` its answer.
 
-    `apply` gets the locked payment, the result, the carrier's actor name and the fields the
-    carrier's state changed (to save with whatever it changes). A late or repeated answer
-    finds the payment moved on and changes nothing.
+    `apply` gets the locked payment, the result, the actor (the carrier's, unless the answer came
+    another way, e.g. its settlement file) and the fields the carrier's state changed (to save with
+    whatever it changes). A late or repeated answer finds the payment moved on and changes nothing.
     """
     with transaction.atomic():
         locked = locked_payment(payment_id)
         if locked.status != expected:
             return
-        apply(locked, result, carrier_actor(locked.carrier), _merge_state(locked, result))
+        apply(locked, result, actor or carrier_actor(locked.carrier), _merge_state(locked, result))
 
 
 def record_start_result(*, payment_id: int, result: CarrierResult) -> None:
@@ -236,9 +238,10 @@ def charge_payment(*, payment_id: int) -> None:
         record_charge_result(payment_id=payment_id, result=result)
 
 
-def record_charge_result(*, payment_id: int, result: CarrierResult) -> None:
-    """Apply a carrier's answer to a charging payment. A late or repeated answer changes nothing."""
-    _apply_result(payment_id, PaymentStatus.CHARGING, result, _apply_charge_result)
+def record_charge_result(*, payment_id: int, result: CarrierResult, actor: str | None = None) -> None:
+    """Apply a carrier's answer to a charging payment. A late or repeated answer changes nothing.
+    `actor`: who brought the answer, when not the carrier's call or callback."""
+    _apply_result(payment_id, PaymentStatus.CHARGING, result, _apply_charge_result, actor=actor)
 
 
 def _apply_charge_result(locked: Payment, result: CarrierResult, actor: str, fields: list[str]) -> None:

@@ -275,11 +275,15 @@ def _never_received(result: CarrierResult) -> bool:
     return result.outcome == Outcome.FAILED and result.not_sent and not result.retry_after
 
 
-def _record_result(model: type[MoneyBack], pk: int, result: CarrierResult, *, claimed_at: datetime | None) -> None:
-    """Apply the carrier's answer (its reply, a callback or a status check) to a pending refund or reversal.
+def _record_result(
+    model: type[MoneyBack], pk: int, result: CarrierResult, *, claimed_at: datetime | None, actor: str | None = None
+) -> None:
+    """Apply the carrier's answer (its reply, a callback, a status check or its settlement file) to a pending
+    refund or reversal.
 
     Under the row's lock, so that an answer for one already settled changes nothing: a callback racing
     the resolver, or a task run twice, settles it once. `claimed_at`: the send the answer is about.
+    `actor`: who brought the answer, when not the carrier's call or callback.
     """
     if result.outcome == Outcome.FAILED and result.not_sent:
         _not_sent(model, pk, retry_after=result.retry_after, claimed_at=claimed_at)
@@ -299,7 +303,8 @@ def _record_result(model: type[MoneyBack], pk: int, result: CarrierResult, *, cl
         if result.outcome == Outcome.FAILED:
             operation.failure_code, operation.failure_message = result.failure
         outcomes.clear_unknown(operation)
-        _settle(operation, payment, succeeded=result.outcome == Outcome.SUCCEEDED, actor=carrier_actor(payment.carrier))
+        succeeded = result.outcome == Outcome.SUCCEEDED
+        _settle(operation, payment, succeeded=succeeded, actor=actor or carrier_actor(payment.carrier))
 
 
 def _take_reference(operation: MoneyBack, result: CarrierResult) -> list[str]:
@@ -354,8 +359,10 @@ def resolve_refund(*, refund_id: int) -> None:
     _resolve(Refund, refund_id)
 
 
-def record_refund_result(*, refund_id: int, result: CarrierResult, claimed_at: datetime | None = None) -> None:
-    _record_result(Refund, refund_id, result, claimed_at=claimed_at)
+def record_refund_result(
+    *, refund_id: int, result: CarrierResult, claimed_at: datetime | None = None, actor: str | None = None
+) -> None:
+    _record_result(Refund, refund_id, result, claimed_at=claimed_at, actor=actor)
 
 
 def execute_reversal(*, payment_id: int) -> None:

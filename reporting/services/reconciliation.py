@@ -10,6 +10,7 @@ carrier* (a refund the platform paid itself does not change what the carrier col
 - missing on their side: a payment of ours in the period that their file does not list.
 """
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,11 +27,14 @@ from import_export.formats.base_formats import CSV, XLSX
 
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, Refund, Reversal
+from payments.services.settlement import Collected, settle_unknown_outcomes
 from playpay.money import to_major
 from playpay.tables import TableFormat, write_table
 from playpay.times import start_of_utc_day
 from reporting.models import SettlementFile
 from reporting.resources import SettlementLineResource
+
+logger = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("carrier_reference", "currency", "date")
 AMOUNT_COLUMNS = ("amount_minor", "amount")  # one of them: minor units, or major units in the currency
@@ -115,7 +119,8 @@ def import_settlement_file(
 ) -> SettlementFile:
     """Import every line of a carrier's settlement file, or none: raises SettlementFileRejected.
 
-    The period defaults to the first and last dates in the file. The file is reconciled at once.
+    The period defaults to the first and last dates in the file. What it shows collected settles our
+    charges and refunds of unknown outcome; then the file is reconciled.
     """
     dataset = read_dataset(name=name, content=content)
     _check_columns(dataset)
@@ -143,8 +148,35 @@ def import_settlement_file(
             )
         settlement_file.row_count = settlement_file.lines.count()
         settlement_file.save(update_fields=["period_from", "period_to", "row_count"])
+        _settle_unknown_outcomes(settlement_file, uploaded_by)
         reconcile_settlement_file(settlement_file=settlement_file)
     return settlement_file
+
+
+def _settle_unknown_outcomes(settlement_file: SettlementFile, uploaded_by: AbstractBaseUser) -> None:
+    """What the file shows collected settles our charges and refunds of unknown outcome (see
+    `payments.services.settlement`); nothing is failed for being absent from it."""
+    carrier = settlement_file.carrier
+    collected = {
+        reference: Collected(theirs.amount_minor, frozenset(theirs.currencies))
+        for reference, theirs in _their_totals(settlement_file).items()
+    }
+    actor = f"carrier:{carrier.slug} settlement file {settlement_file.pk} (staff:{uploaded_by.get_username()})"
+    settled = settle_unknown_outcomes(carrier=carrier, collected=collected, actor=actor[:150])
+    if settled.charges or settled.refunds:
+        logger.info(
+            "settlement file %s of %s settled %s charge(s) and %s refund(s) of unknown outcome",
+            settlement_file.pk,
+            carrier.slug,
+            settled.charges,
+            settled.refunds,
+            extra={
+                "settlement_file": settlement_file.pk,
+                "carrier": carrier.slug,
+                "charges_settled": settled.charges,
+                "refunds_settled": settled.refunds,
+            },
+        )
 
 
 # --- Reconciliation -----------------------------------------------------------
