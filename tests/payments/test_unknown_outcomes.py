@@ -69,6 +69,11 @@ def paid(client: APIClient, protocol: str) -> Payment:
     return wait_for_status(create(client, PAID), PaymentStatus.SUCCEEDED)
 
 
+def _alerts(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    """The resolver's reports, at ERROR, of outcomes unknown for too long."""
+    return [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+
+
 # --- charges ---------------------------------------------------------------------------------------
 
 
@@ -150,7 +155,7 @@ def test_a_parlayx_reservation_no_longer_held_stays_unknown_and_is_reported(
     assert payment.status == PaymentStatus.CHARGING  # never guessed
     assert payment.outcome_unknown_since is not None
     assert payment.resolve_attempts == 2
-    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    alerts = _alerts(caplog)
     assert len(alerts) == 1  # once, however often the job runs
     assert alerts[0].__dict__["payment_id"] == payment_id
     assert (alerts[0].__dict__["operation"], alerts[0].__dict__["carrier"]) == ("charge", "parlayx-gb")
@@ -361,7 +366,7 @@ def test_a_parlayx_charge_of_unknown_outcome_is_not_sent_again_where_the_gateway
     assert (payment.status, payment.outcome_unknown_since is not None) == (PaymentStatus.CHARGING, True)
     assert payment.resolve_attempts == 2
     assert len(simulator("parlayx").charges[OTHER]) == 0  # nothing was sent again
-    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    alerts = _alerts(caplog)
     assert [(a.__dict__["operation"], a.__dict__["payment_id"]) for a in alerts] == [("charge", str(payment.public_id))]
 
 
@@ -431,7 +436,7 @@ def test_a_parlayx_refund_of_unknown_outcome_waits_for_the_settlement_file_where
     assert refund.outcome_unknown_since is not None
     assert f"refund:{refund.public_id}" not in simulator("parlayx").records  # never sent again
     assert Payment.objects.get(pk=payment.pk).refunded_minor == 30  # still reserved
-    alerts = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "payments.services.resolver"]
+    alerts = _alerts(caplog)
     assert [(a.__dict__["operation"], a.__dict__["refund_id"]) for a in alerts] == [("refund", str(refund.public_id))]
 
 
@@ -476,7 +481,7 @@ def test_a_refund_the_carrier_keeps_refusing_is_checked_less_often_and_reported_
     row = Refund.objects.get(pk=refund.pk)
     assert (row.status, row.resolve_attempts) == (Refund.Status.PENDING, 3)
     assert waits[0] < waits[1] < waits[2]
-    alerts = [r for r in caplog.records if r.name == "payments.services.resolver"]
+    alerts = _alerts(caplog)
     assert len(alerts) == 1
     assert (alerts[0].__dict__["operation"], alerts[0].__dict__["refund_id"]) == ("refund", str(refund.public_id))
     assert Refund.objects.get(pk=refund.pk).outcome_alerted_at is not None
