@@ -260,12 +260,17 @@ def journal_engines(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def _simulator_server_thread(django_db_setup: None, django_db_blocker: Any) -> Iterator[LiveServer]:
+def _simulator_server_thread(django_db_setup: None) -> Iterator[LiveServer]:
     server = LiveServer("127.0.0.1:0")
     yield server
     server.stop()
-    # Its request threads keep their database sessions for the next request of a kept-alive connection
-    # (the simulators' state is in the database): they end here, or the test database could not be dropped.
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_database_session_left(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """Request threads of the live and simulator servers keep their database sessions for a kept-alive
+    connection's next request: they end when the session does, or the test databases could not be dropped."""
+    yield
     for alias in ("default", "journal"):
         if connections[alias].vendor != "postgresql":
             continue
