@@ -285,6 +285,12 @@ FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
 # Funnel analysis and rollup statements may run longer than DATABASE_STATEMENT_TIMEOUT_MS allows a request.
 FUNNEL_STATEMENT_TIMEOUT_MS = env_int("FUNNEL_STATEMENT_TIMEOUT_MS", 300_000)
 
+# PostgreSQL work_mem for reporting statements (dashboard and catalog queries, payment rollup builds).
+REPORTING_WORK_MEM = env_str("REPORTING_WORK_MEM", "64MB")
+# A payment rollup build (the periodic job, or the first build over months of payments) may run longer than
+# DATABASE_STATEMENT_TIMEOUT_MS allows a request; dashboard and catalog reads keep the request's limit.
+REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS = env_int("REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS", 300_000)
+
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 

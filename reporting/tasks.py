@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from reporting.services import alerts, datasets, exports
+from reporting.services import alerts, datasets, exports, rollups
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -26,3 +26,9 @@ def evaluate_alerts() -> str:
     """Evaluate the active alert rules; safe to run twice (a firing rule fires once until it resolves)."""
     result = alerts.evaluate_alert_rules()
     return f"{result.fired} fired, {result.resolved} resolved"
+
+
+@shared_task(acks_late=True)
+def refresh_payment_rollups() -> str:
+    """Recompute the hours of payments that changed and add the last whole hour; safe to run twice."""
+    return str(rollups.refresh_payment_rollups())

@@ -1,0 +1,521 @@
+"""Payment rollups: payments, refunds and reversals summed per UTC hour of creation, kept up to date, and
+the one place that decides whether a catalog query can be answered from them.
+
+`refresh_payment_rollups` (the periodic job, every minute) extends the rollups to the last whole hour and
+recomputes every older hour in which a payment, refund or reversal changed since its last run: a payment's
+status and refunded amount change long after it was created, so an hour is never final. Changes are found
+through indexes the payment tables already have (payments' `(status, updated_at)`, refunds' payment key;
+reversals are few and read whole), so the payment flow does no extra work for the rollups.
+
+`rollup_rows` answers a query over the `payments`, `refunds` or `reversals` sources when its dimensions,
+filters, measures and time bucket exist at the rollups' grain: whole hours the rollups cover are read from
+them, and the rest of the period (the current hour, the partial hours at the edges) from the raw tables,
+aggregated to the same grain in the same statement, so answers are live and equal to raw ones. Anything
+else (distinct players, price points, a time zone that is not a whole number of hours from UTC, SQLite)
+returns None and the caller reads the raw tables.
+"""
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from carriers.models import Carrier
+from payments.models import Payment, PaymentStatus, PaymentStatusChange, Refund, Reversal
+from reporting.catalog import CHARGED, NOT_CHARGED
+from reporting.models import (
+    DECISION_BOUNDS,
+    DECISION_OVER,
+    PaymentRollup,
+    RefundRollup,
+    ReversalRollup,
+    RollupState,
+)
+from tenants.models import App
+
+logger = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+# A change is looked for this far before the previous run started: a transaction that stamped `updated_at`
+# before that run read the table but committed after it is still found by the next one.
+LOOK_BACK = timedelta(minutes=15)
+# At most this much of history is added per run, so that the first build over years of payments is done in
+# bounded steps (`manage.py refresh_payment_rollups` runs them all); until then readers use raw rows for the rest.
+MAX_STEP = timedelta(days=31)
+FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED]
+
+
+@contextmanager
+def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
+    """A transaction for reporting statements: on PostgreSQL without JIT (its compile time dominated the
+    dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+                cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.REPORTING_WORK_MEM])
+                if rollup_build:
+                    timeout = str(settings.REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS)
+                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+        yield
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+# --- The grain: one SELECT per kind, over the raw tables, used to build the rollups and to read the live edge ---
+
+
+@dataclass(frozen=True)
+class _Kind:
+    rollup: type[Any]
+    columns: tuple[str, ...]  # after hour, app_id, carrier_id; the same names in the rollup table
+    count: str  # the column counting rows
+    facts: str  # SELECT hour, app_id, carrier_id, *columns FROM the raw tables WHERE {where} GROUP BY ...
+    where: str  # the period condition, with %(…_since)s and %(…_until)s
+
+
+def _decision_histogram() -> str:
+    parts = []
+    above = ""  # the first bucket also takes a history row stamped before the payment (clock skew)
+    for bound, column in DECISION_BOUNDS:
+        parts.append(f"COUNT(*) FILTER (WHERE {above}d.ms < {bound * 1000}) AS {column}")
+        above = f"d.ms >= {bound * 1000} AND "
+    parts.append(f"COUNT(*) FILTER (WHERE {above.removesuffix(' AND ')}) AS {DECISION_OVER}")
+    return ",\n    ".join(parts)
+
+
+def _quoted(values: Sequence[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)  # our own status names, never input
+
+
+_PAYMENT = Payment._meta.db_table
+_PAYMENT_FACTS = f"""
+SELECT date_trunc('hour', p.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, p.status,
+    p.failure_code, p.flow, COUNT(*) AS payments, SUM(p.amount_minor) AS amount_minor,
+    MIN(p.amount_minor) AS amount_min_minor, MAX(p.amount_minor) AS amount_max_minor,
+    SUM(p.refunded_minor) AS refunded_minor, MIN(p.refunded_minor) AS refunded_min_minor,
+    MAX(p.refunded_minor) AS refunded_max_minor, COALESCE(SUM(d.ms), 0) AS decision_ms,
+    {_decision_histogram()}
+FROM {_PAYMENT} p
+LEFT JOIN LATERAL (
+    SELECT ROUND(EXTRACT(EPOCH FROM MIN(h.created_at) - p.created_at) * 1000)::bigint AS ms
+    FROM {PaymentStatusChange._meta.db_table} h
+    WHERE h.payment_id = p.id AND h.to_status IN ({_quoted(FINAL)})
+) d ON true
+WHERE {{where}}
+GROUP BY 1, 2, 3, 4, 5, 6, 7"""
+# Payments have no index on created_at alone; (app_id, created_at) serves a period once every app is named.
+_PAYMENT_PERIOD = (
+    f"p.app_id = ANY(ARRAY(SELECT id FROM {App._meta.db_table})) "
+    "AND p.created_at >= %({p}_since)s AND p.created_at < %({p}_until)s"
+)
+
+_REFUND_FACTS = f"""
+SELECT date_trunc('hour', r.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, r.currency, r.status, p.flow,
+    COUNT(*) AS refunds, SUM(r.amount_minor) AS amount_minor, MIN(r.amount_minor) AS amount_min_minor,
+    MAX(r.amount_minor) AS amount_max_minor
+FROM {Refund._meta.db_table} r JOIN {_PAYMENT} p ON p.id = r.payment_id
+WHERE {{where}}
+GROUP BY 1, 2, 3, 4, 5, 6"""
+# Refunds' (status, created_at) index serves a period once every status is named.
+_REFUND_PERIOD = (
+    f"r.status IN ({_quoted(list(Refund.Status.values))}) "
+    "AND r.created_at >= %({p}_since)s AND r.created_at < %({p}_until)s"
+)
+
+_REVERSAL_FACTS = f"""
+SELECT date_trunc('hour', v.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, v.status, p.flow,
+    COUNT(*) AS reversals, SUM(p.amount_minor) AS amount_minor, MIN(p.amount_minor) AS amount_min_minor,
+    MAX(p.amount_minor) AS amount_max_minor
+FROM {Reversal._meta.db_table} v JOIN {_PAYMENT} p ON p.id = v.payment_id
+WHERE {{where}}
+GROUP BY 1, 2, 3, 4, 5, 6"""
+_REVERSAL_PERIOD = "v.created_at >= %({p}_since)s AND v.created_at < %({p}_until)s"
+
+_MONEY = ("amount_minor", "amount_min_minor", "amount_max_minor")
+KINDS: dict[str, _Kind] = {
+    "payments": _Kind(
+        PaymentRollup,
+        (
+            "currency",
+            "status",
+            "failure_code",
+            "flow",
+            "payments",
+            *_MONEY,
+            "refunded_minor",
+            "refunded_min_minor",
+            "refunded_max_minor",
+            "decision_ms",
+            *(column for _, column in DECISION_BOUNDS),
+            DECISION_OVER,
+        ),
+        "payments",
+        _PAYMENT_FACTS,
+        _PAYMENT_PERIOD,
+    ),
+    "refunds": _Kind(
+        RefundRollup, ("currency", "status", "flow", "refunds", *_MONEY), "refunds", _REFUND_FACTS, _REFUND_PERIOD
+    ),
+    "reversals": _Kind(
+        ReversalRollup,
+        ("currency", "status", "flow", "reversals", *_MONEY),
+        "reversals",
+        _REVERSAL_FACTS,
+        _REVERSAL_PERIOD,
+    ),
+}
+
+
+def _facts(kind: _Kind, prefix: str, since: datetime | None, until: datetime | None) -> tuple[str, dict[str, Any]]:
+    """The raw rows of [since, until) aggregated to the rollups' grain (no bound: open on that side)."""
+    where = kind.where.format(p=prefix)
+    params = {f"{prefix}_since": since or datetime.min.replace(tzinfo=UTC)}
+    params[f"{prefix}_until"] = until or datetime.max.replace(tzinfo=UTC)
+    return kind.facts.format(where=where), params
+
+
+# --- Refresh -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    covered_until: datetime | None
+    hours: int  # hours recomputed (changed or new)
+
+    def __str__(self) -> str:
+        until = f"{self.covered_until:%Y-%m-%d %H}:00" if self.covered_until else "nothing yet"
+        return f"{self.hours} hours recomputed, rollups until {until}"
+
+
+def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
+    """Recompute the hours that changed since the last run and extend the rollups toward the current hour
+    (at most MAX_STEP per run). Safe to run twice or concurrently: runs queue on the state row."""
+    if connection.vendor != "postgresql":
+        return RefreshResult(None, 0)  # the embedded default reads raw rows: small data, no rollups
+    now = now or timezone.now()
+    target = _floor_hour(now)
+    with reporting_statement(rollup_build=True):
+        RollupState.objects.get_or_create(pk=1, defaults={"covered_until": _first_hour(target), "checked_at": now})
+        state = RollupState.objects.select_for_update().get(pk=1)
+        dirty = _changed_hours(since=state.checked_at - LOOK_BACK, before=state.covered_until)
+        extend_to = min(target, state.covered_until + MAX_STEP)
+        hours = sorted(dirty | set(_hours(state.covered_until, extend_to)))
+        for start, end in _ranges(hours):
+            _recompute(start, end)
+        state.covered_until = max(state.covered_until, extend_to)
+        # What this run computed is as of its snapshot; later changes stamp `updated_at` after `now - LOOK_BACK`.
+        state.checked_at = now
+        state.save()
+    return RefreshResult(state.covered_until, len(hours))
+
+
+def _first_hour(default: datetime) -> datetime:
+    """The hour of the oldest payment (refunds and reversals are never older than their payment)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_OLDEST)
+        oldest = cursor.fetchone()[0]
+    return _floor_hour(oldest) if oldest else default
+
+
+# Per app through its (app_id, created_at) index: payments have no index on created_at alone.
+_OLDEST = f"""
+SELECT MIN(first.created_at) FROM {App._meta.db_table} a
+CROSS JOIN LATERAL (
+    SELECT p.created_at FROM {_PAYMENT} p WHERE p.app_id = a.id ORDER BY p.created_at LIMIT 1
+) first"""
+
+
+def _hours(since: datetime, until: datetime) -> Iterator[datetime]:
+    hour = since
+    while hour < until:
+        yield hour
+        hour += HOUR
+
+
+def _ranges(hours: list[datetime]) -> Iterator[tuple[datetime, datetime]]:
+    """Sorted hours as runs of consecutive ones, [start, end)."""
+    start = end = None
+    for hour in hours:
+        if start is not None and hour == end:
+            end = hour + HOUR
+            continue
+        if start is not None and end is not None:
+            yield start, end
+        start, end = hour, hour + HOUR
+    if start is not None and end is not None:
+        yield start, end
+
+
+_CHANGED_HOURS = f"""
+SELECT date_trunc('hour', p.created_at, 'UTC') FROM {_PAYMENT} p
+WHERE p.status IN ({_quoted(list(PaymentStatus.values))}) AND p.updated_at >= %(since)s AND p.created_at < %(before)s
+UNION
+SELECT date_trunc('hour', r.created_at, 'UTC') FROM {_PAYMENT} p JOIN {Refund._meta.db_table} r ON r.payment_id = p.id
+WHERE p.status IN ({_quoted(list(PaymentStatus.values))}) AND p.updated_at >= %(since)s AND r.created_at < %(before)s
+UNION
+SELECT date_trunc('hour', v.created_at, 'UTC') FROM {Reversal._meta.db_table} v
+WHERE (v.created_at >= %(since)s OR v.completed_at >= %(since)s) AND v.created_at < %(before)s
+"""
+
+
+def _changed_hours(*, since: datetime, before: datetime) -> set[datetime]:
+    """Hours before `before` whose payments, refunds or reversals changed since `since`.
+
+    Payments are found through their (status, updated_at) index (every status named); a refund that is
+    requested, fails or succeeds always updates its payment, so refunds are found through their payment;
+    a reversal does not always, so reversals are read themselves (one per reversed charge, a small table).
+    """
+    with connection.cursor() as cursor:
+        cursor.execute(_CHANGED_HOURS, {"since": since, "before": before})
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _recompute(start: datetime, end: datetime) -> None:
+    with connection.cursor() as cursor:
+        for name, kind in KINDS.items():
+            table = kind.rollup._meta.db_table
+            cursor.execute(f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [start, end])
+            facts, params = _facts(kind, name, start, end)
+            columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
+            cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
+
+
+def rollup_state() -> RollupState | None:
+    return RollupState.objects.filter(pk=1).first()
+
+
+# --- Reading ----------------------------------------------------------------------------------------
+
+# What a source field is at the rollups' grain: a dimension (an expression over the rollup row `f`, its
+# app `a` and carrier `c`), or a measure given by its per-row sum, non-null count, min and max.
+_DIMENSIONS = {
+    "app": "a.name",
+    "carrier": "c.slug",
+    "country": "c.country_id",
+    "currency": "f.currency",
+    "status": "f.status",
+    "flow": "f.flow",
+}
+
+
+@dataclass(frozen=True)
+class _Measure:
+    sum: str
+    count: str
+    min: str
+    max: str
+
+
+def _money(column: str, count: str, *, when: str = "") -> _Measure:
+    low, high = f"f.{column.removesuffix('_minor')}_min_minor", f"f.{column.removesuffix('_minor')}_max_minor"
+    if not when:
+        return _Measure(f"f.{column}", count, low, high)
+    return _Measure(
+        f"CASE WHEN {when} THEN f.{column} END",
+        f"CASE WHEN {when} THEN {count} ELSE 0 END",
+        f"CASE WHEN {when} THEN {low} END",
+        f"CASE WHEN {when} THEN {high} END",
+    )
+
+
+def _flag(when: str, count: str) -> _Measure:
+    one = f"CASE WHEN {when} THEN 1 ELSE 0 END"
+    return _Measure(f"CASE WHEN {when} THEN {count} ELSE 0 END", count, one, one)
+
+
+_IS_CHARGED = f"f.status IN ({_quoted(CHARGED)})"
+_NOT_CHARGED = f"f.status IN ({_quoted(NOT_CHARGED)})"
+_MEASURES: dict[str, dict[str, _Measure]] = {
+    "payments": {
+        "amount_minor": _money("amount_minor", "f.payments"),
+        "refunded_minor": _money("refunded_minor", "f.payments"),
+        "charged_amount_minor": _money("amount_minor", "f.payments", when=_IS_CHARGED),
+        "charged": _flag(_IS_CHARGED, "f.payments"),
+        "failed": _flag(_NOT_CHARGED, "f.payments"),
+        "charge_succeeded": _Measure(
+            f"CASE WHEN {_IS_CHARGED} THEN f.payments WHEN {_NOT_CHARGED} THEN 0 END",
+            f"CASE WHEN {_IS_CHARGED} OR {_NOT_CHARGED} THEN f.payments ELSE 0 END",
+            f"CASE WHEN {_IS_CHARGED} THEN 1 WHEN {_NOT_CHARGED} THEN 0 END",
+            f"CASE WHEN {_IS_CHARGED} THEN 1 WHEN {_NOT_CHARGED} THEN 0 END",
+        ),
+    },
+    "refunds": {
+        "amount_minor": _money("amount_minor", "f.refunds"),
+        "succeeded": _flag("f.status = 'succeeded'", "f.refunds"),
+    },
+    "reversals": {"amount_minor": _money("amount_minor", "f.reversals")},
+}
+# Fields that are never empty, so that counting them counts rows (their other aggregates are not offered).
+_NEVER_EMPTY = {"payments": {"player", "failure_code"}, "refunds": set(), "reversals": set()}
+_AGGREGATES = {
+    "sum": "SUM({m.sum})",
+    "count": "COALESCE(SUM({m.count}), 0)",
+    "avg": "SUM({m.sum})::numeric / NULLIF(SUM({m.count}), 0)",
+    "min": "MIN({m.min})",
+    "max": "MAX({m.max})",
+}
+
+
+@dataclass(frozen=True)
+class RollupQuery:
+    """A catalog query in source field names: what `rollup_rows` needs to know of a dataset and its query."""
+
+    source: str
+    time_field: str
+    group_by: tuple[tuple[str, str], ...]  # (output name, source field)
+    filters: tuple[tuple[str, tuple[str, ...]], ...]  # (source field, allowed values)
+    measures: tuple[tuple[str, str, str], ...]  # (output name, aggregation, source field or "" for rows)
+    bucket: str | None
+    zone: ZoneInfo
+    since: datetime | None
+    until: datetime | None
+
+
+def _dimension(source: str, name: str) -> str | None:
+    if name == "failure_code" and source == "payments":
+        return "f.failure_code"
+    return _DIMENSIONS.get(name)
+
+
+def _measure(source: str, aggregation: str, field: str) -> str | None:
+    count = f"f.{KINDS[source].count}"
+    if not field:
+        return f"COALESCE(SUM({count}), 0)" if aggregation == "count" else None
+    if field in _MEASURES[source]:
+        template = _AGGREGATES.get(aggregation)
+        return template.format(m=_MEASURES[source][field]) if template else None
+    if aggregation == "count" and (_dimension(source, field) or field in _NEVER_EMPTY[source]):
+        return f"COALESCE(SUM({count}), 0)"
+    return None
+
+
+def _whole_hours_from_utc(zone: ZoneInfo, *moments: datetime) -> bool:
+    """Whether buckets in `zone` start on UTC hours over the period (not so in India, Nepal, parts of Australia)."""
+    return all(
+        (offset := moment.astimezone(zone).utcoffset()) is not None and offset % HOUR == timedelta(0)
+        for moment in moments
+    )
+
+
+def _answerable(query: RollupQuery) -> bool:
+    """The one rule of what the rollups can answer; everything else is read raw."""
+    if connection.vendor != "postgresql" or query.source not in KINDS or query.time_field != "created_at":
+        return False
+    if any(_dimension(query.source, field) is None for _, field in query.group_by):
+        return False
+    if any(_dimension(query.source, field) is None for field, _ in query.filters):
+        return False
+    if any(_measure(query.source, aggregation, field) is None for _, aggregation, field in query.measures):
+        return False
+    if query.bucket:
+        now = timezone.now()
+        return _whole_hours_from_utc(query.zone, query.since or now, query.until or now)
+    return True
+
+
+def rollup_rows(query: RollupQuery) -> list[dict[str, Any]] | None:
+    """The query's rows from the rollups and the raw rows of the hours they do not cover yet, or None when
+    the rollups cannot answer it (the caller then reads raw rows). Rows are keyed by output name, and
+    `bucket` when bucketed, in the order the raw query gives them."""
+    if not _answerable(query):
+        return None
+    state = rollup_state()
+    if state is None:
+        return None
+    sql, params, names = _statement(query, state.covered_until)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        aliases = [names[column.name] for column in cursor.description or ()]
+        return [dict(zip(aliases, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _pieces(
+    since: datetime | None, until: datetime | None, covered_until: datetime
+) -> tuple[tuple[datetime | None, datetime] | None, list[tuple[datetime | None, datetime | None]]]:
+    """The whole covered hours of [since, until) read from rollups, and the rest read raw."""
+    low = _ceil_hour(since) if since else None
+    high = covered_until if until is None else min(_floor_hour(until), covered_until)
+    if low is not None and high <= low:
+        return None, [(since, until)]
+    raw: list[tuple[datetime | None, datetime | None]] = []
+    if since is not None and low is not None and since < low:
+        raw.append((since, low))
+    if until is None or high < until:
+        raw.append((high, until))
+    return (low, high), raw
+
+
+def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The statement, its parameters, and the output name of each of its columns (positional aliases: a
+    field's name need not be a valid SQL alias)."""
+    kind = KINDS[query.source]
+    rolled, raw = _pieces(query.since, query.until, covered_until)
+    columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
+    params: dict[str, Any] = {}
+    parts = []
+    if rolled is not None:
+        low, high = rolled
+        condition = "hour < %(r_until)s" + (" AND hour >= %(r_since)s" if low is not None else "")
+        parts.append(f"SELECT {columns} FROM {kind.rollup._meta.db_table} WHERE {condition}")
+        params.update(r_since=low, r_until=high)
+    for index, (since, until) in enumerate(raw):
+        facts, facts_params = _facts(kind, f"raw{index}", since, until)
+        parts.append(facts)
+        params.update(facts_params)
+    select, group = [], []
+    for index, (_, field) in enumerate(query.group_by):
+        select.append(f"{_dimension(query.source, field)} AS g{index}")
+        group.append(f"g{index}")
+    if query.bucket:
+        select.append("date_trunc(%(unit)s, f.hour AT TIME ZONE %(zone)s) AT TIME ZONE %(zone)s AS t_bucket")
+        group.append("t_bucket")
+        params.update(unit=query.bucket, zone=query.zone.key)
+    for index, (_, aggregation, field) in enumerate(query.measures):
+        select.append(f"{_measure(query.source, aggregation, field)} AS m{index}")
+    where = []
+    for index, (field, values) in enumerate(query.filters):
+        where.append(f"{_dimension(query.source, field)} = ANY(%(flt{index})s)")
+        params[f"flt{index}"] = list(values)
+    sql = (
+        f"WITH f AS ({' UNION ALL '.join(parts)})\n"
+        f"SELECT {', '.join(select)} FROM f\n"
+        f"JOIN {App._meta.db_table} a ON a.id = f.app_id JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n"
+        + (f"WHERE {' AND '.join(where)}\n" if where else "")
+        + (f"GROUP BY {', '.join(group)} ORDER BY {', '.join(group)}" if group else "")
+    )
+    names = {f"g{i}": name for i, (name, _) in enumerate(query.group_by)}
+    names |= {f"m{i}": name for i, (name, _, _) in enumerate(query.measures)}
+    names["t_bucket"] = "bucket"
+    return sql, params, names
+
+
+def catch_up_payment_rollups() -> Iterator[RefreshResult]:
+    """Refresh until the rollups reach the current hour, one bounded step (one transaction) at a time."""
+    while True:
+        result = refresh_payment_rollups()
+        yield result
+        if result.covered_until is None or result.covered_until >= _floor_hour(timezone.now()):
+            return
+
+
+def forget_payment_rollups() -> None:
+    """Drop every rollup row and the state: readers use raw rows until the next refresh rebuilds them."""
+    with transaction.atomic():
+        RollupState.objects.all().delete()
+        for kind in KINDS.values():
+            kind.rollup.objects.all().delete()
