@@ -388,7 +388,7 @@ def _rollup_dimension(model: str) -> "models.ForeignKey[Any, Any]":
 
 
 class PaymentRollup(models.Model):
-    """Payments created in one UTC hour with the same app, carrier, currency, status, failure code and flow."""
+    """Payments created in one UTC hour with the same app, carrier, currency, status and failure code."""
 
     hour = models.DateTimeField()
     app = _rollup_dimension("tenants.App")
@@ -396,7 +396,6 @@ class PaymentRollup(models.Model):
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=20)
     failure_code = models.CharField(max_length=64)
-    flow = models.CharField(max_length=12)
     payments = models.BigIntegerField()
     amount_minor = models.BigIntegerField()
     amount_min_minor = models.BigIntegerField()
@@ -435,14 +434,13 @@ DECISION_OVER = "decided_after_1h"
 
 
 class RefundRollup(models.Model):
-    """Refunds requested in one UTC hour, by their payment's app, carrier and flow, currency and status."""
+    """Refunds requested in one UTC hour, by their payment's app and carrier, currency and status."""
 
     hour = models.DateTimeField()
     app = _rollup_dimension("tenants.App")
     carrier = _rollup_dimension("carriers.Carrier")
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=10)
-    flow = models.CharField(max_length=12)
     refunds = models.BigIntegerField()
     amount_minor = models.BigIntegerField()
     amount_min_minor = models.BigIntegerField()
@@ -456,14 +454,13 @@ class RefundRollup(models.Model):
 
 
 class ReversalRollup(models.Model):
-    """Reversals requested in one UTC hour, by their payment's app, carrier, flow and currency, and status."""
+    """Reversals requested in one UTC hour, by their payment's app, carrier and currency, and status."""
 
     hour = models.DateTimeField()
     app = _rollup_dimension("tenants.App")
     carrier = _rollup_dimension("carriers.Carrier")
     currency = models.CharField(max_length=3)
     status = models.CharField(max_length=10)
-    flow = models.CharField(max_length=12)
     reversals = models.BigIntegerField()
     amount_minor = models.BigIntegerField()
     amount_min_minor = models.BigIntegerField()
@@ -482,6 +479,8 @@ class RollupState(models.Model):
 
     covered_until = models.DateTimeField()
     checked_at = models.DateTimeField()
+    # The transactions whose work the last run could see: PostgreSQL's snapshot (pg_snapshot) when it began.
+    checked_snapshot = models.CharField(max_length=10_000, blank=True)
     refreshed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -84,8 +84,10 @@ class _Kind:
     rollup: type[Any]
     columns: tuple[str, ...]  # after hour, app_id, carrier_id; the same names in the rollup table
     count: str  # the column counting rows
-    facts: str  # SELECT hour, app_id, carrier_id, *columns FROM the raw tables WHERE {where} GROUP BY ...
-    where: str  # the period condition, with %(…_since)s and %(…_until)s
+    facts: str  # SELECT hour, app_id, carrier_id, *columns FROM {rows} ... GROUP BY ...
+    table: str  # the rows counted, and their alias in `facts` and `period`
+    alias: str
+    period: str  # the condition on the rows' time, between the SQL expressions {since} and {until}
 
 
 def _decision_histogram() -> str:
@@ -105,46 +107,42 @@ def _quoted(values: Sequence[str]) -> str:
 _PAYMENT = Payment._meta.db_table
 _PAYMENT_FACTS = f"""
 SELECT date_trunc('hour', p.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, p.status,
-    p.failure_code, p.flow, COUNT(*) AS payments, SUM(p.amount_minor) AS amount_minor,
+    p.failure_code, COUNT(*) AS payments, SUM(p.amount_minor) AS amount_minor,
     MIN(p.amount_minor) AS amount_min_minor, MAX(p.amount_minor) AS amount_max_minor,
     SUM(p.refunded_minor) AS refunded_minor, MIN(p.refunded_minor) AS refunded_min_minor,
     MAX(p.refunded_minor) AS refunded_max_minor, COALESCE(SUM(d.ms), 0) AS decision_ms,
     {_decision_histogram()}
-FROM {_PAYMENT} p
+FROM {{rows}}
 LEFT JOIN LATERAL (
     SELECT ROUND(EXTRACT(EPOCH FROM MIN(h.created_at) - p.created_at) * 1000)::bigint AS ms
     FROM {PaymentStatusChange._meta.db_table} h
     WHERE h.payment_id = p.id AND h.to_status IN ({_quoted(FINAL)})
 ) d ON true
-WHERE {{where}}
-GROUP BY 1, 2, 3, 4, 5, 6, 7"""
+GROUP BY 1, 2, 3, 4, 5, 6"""
 # Payments have no index on created_at alone; (app_id, created_at) serves a period once every app is named.
 _PAYMENT_PERIOD = (
     f"p.app_id = ANY(ARRAY(SELECT id FROM {App._meta.db_table})) "
-    "AND p.created_at >= %({p}_since)s AND p.created_at < %({p}_until)s"
+    "AND p.created_at >= {since} AND p.created_at < {until}"
 )
 
 _REFUND_FACTS = f"""
-SELECT date_trunc('hour', r.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, r.currency, r.status, p.flow,
+SELECT date_trunc('hour', r.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, r.currency, r.status,
     COUNT(*) AS refunds, SUM(r.amount_minor) AS amount_minor, MIN(r.amount_minor) AS amount_min_minor,
     MAX(r.amount_minor) AS amount_max_minor
-FROM {Refund._meta.db_table} r JOIN {_PAYMENT} p ON p.id = r.payment_id
-WHERE {{where}}
-GROUP BY 1, 2, 3, 4, 5, 6"""
+FROM {{rows}} JOIN {_PAYMENT} p ON p.id = r.payment_id
+GROUP BY 1, 2, 3, 4, 5"""
 # Refunds' (status, created_at) index serves a period once every status is named.
 _REFUND_PERIOD = (
-    f"r.status IN ({_quoted(list(Refund.Status.values))}) "
-    "AND r.created_at >= %({p}_since)s AND r.created_at < %({p}_until)s"
+    f"r.status IN ({_quoted(list(Refund.Status.values))}) AND r.created_at >= {{since}} AND r.created_at < {{until}}"
 )
 
 _REVERSAL_FACTS = f"""
-SELECT date_trunc('hour', v.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, v.status, p.flow,
+SELECT date_trunc('hour', v.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, v.status,
     COUNT(*) AS reversals, SUM(p.amount_minor) AS amount_minor, MIN(p.amount_minor) AS amount_min_minor,
     MAX(p.amount_minor) AS amount_max_minor
-FROM {Reversal._meta.db_table} v JOIN {_PAYMENT} p ON p.id = v.payment_id
-WHERE {{where}}
-GROUP BY 1, 2, 3, 4, 5, 6"""
-_REVERSAL_PERIOD = "v.created_at >= %({p}_since)s AND v.created_at < %({p}_until)s"
+FROM {{rows}} JOIN {_PAYMENT} p ON p.id = v.payment_id
+GROUP BY 1, 2, 3, 4, 5"""
+_REVERSAL_PERIOD = "v.created_at >= {since} AND v.created_at < {until}"
 
 _MONEY = ("amount_minor", "amount_min_minor", "amount_max_minor")
 KINDS: dict[str, _Kind] = {
@@ -154,7 +152,6 @@ KINDS: dict[str, _Kind] = {
             "currency",
             "status",
             "failure_code",
-            "flow",
             "payments",
             *_MONEY,
             "refunded_minor",
@@ -166,16 +163,26 @@ KINDS: dict[str, _Kind] = {
         ),
         "payments",
         _PAYMENT_FACTS,
+        _PAYMENT,
+        "p",
         _PAYMENT_PERIOD,
     ),
     "refunds": _Kind(
-        RefundRollup, ("currency", "status", "flow", "refunds", *_MONEY), "refunds", _REFUND_FACTS, _REFUND_PERIOD
+        RefundRollup,
+        ("currency", "status", "refunds", *_MONEY),
+        "refunds",
+        _REFUND_FACTS,
+        Refund._meta.db_table,
+        "r",
+        _REFUND_PERIOD,
     ),
     "reversals": _Kind(
         ReversalRollup,
-        ("currency", "status", "flow", "reversals", *_MONEY),
+        ("currency", "status", "reversals", *_MONEY),
         "reversals",
         _REVERSAL_FACTS,
+        Reversal._meta.db_table,
+        "v",
         _REVERSAL_PERIOD,
     ),
 }
@@ -183,10 +190,22 @@ KINDS: dict[str, _Kind] = {
 
 def _facts(kind: _Kind, prefix: str, since: datetime | None, until: datetime | None) -> tuple[str, dict[str, Any]]:
     """The raw rows of [since, until) aggregated to the rollups' grain (no bound: open on that side)."""
-    where = kind.where.format(p=prefix)
-    params = {f"{prefix}_since": since or datetime.min.replace(tzinfo=UTC)}
-    params[f"{prefix}_until"] = until or datetime.max.replace(tzinfo=UTC)
-    return kind.facts.format(where=where), params
+    period = kind.period.format(since=f"%({prefix}_since)s", until=f"%({prefix}_until)s")
+    params = {
+        f"{prefix}_since": since or datetime.min.replace(tzinfo=UTC),
+        f"{prefix}_until": until or datetime.max.replace(tzinfo=UTC),
+    }
+    return kind.facts.format(rows=f"(SELECT * FROM {kind.table} {kind.alias} WHERE {period}) {kind.alias}"), params
+
+
+def _facts_of_hours(kind: _Kind, prefix: str, hours: list[datetime]) -> tuple[str, dict[str, Any]]:
+    """The raw rows of the given hours (scattered over months: each read through its index on its own)."""
+    period = kind.period.format(since="h.start", until="h.start + interval '1 hour'")
+    rows = (
+        f"unnest(%({prefix}_hours)s::timestamptz[]) AS h(start) "
+        f"CROSS JOIN LATERAL (SELECT * FROM {kind.table} {kind.alias} WHERE {period}) {kind.alias}"
+    )
+    return kind.facts.format(rows=rows), {f"{prefix}_hours": hours}
 
 
 # --- Refresh -----------------------------------------------------------------------------------------
@@ -210,18 +229,36 @@ def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
     now = now or timezone.now()
     target = _floor_hour(now)
     with reporting_statement(rollup_build=True):
-        RollupState.objects.get_or_create(pk=1, defaults={"covered_until": _first_hour(target), "checked_at": now})
+        with connection.cursor() as cursor:
+            # Row versions written by transactions not yet committed at this point may be missing from what
+            # this run reads; the next run looks at every row version this snapshot does not see.
+            cursor.execute("SELECT pg_current_snapshot()::text")
+            snapshot = cursor.fetchone()[0]
+        if not RollupState.objects.filter(pk=1).exists():
+            defaults = {"covered_until": _first_hour(target), "checked_at": now, "checked_snapshot": snapshot}
+            RollupState.objects.get_or_create(pk=1, defaults=defaults)
         state = RollupState.objects.select_for_update().get(pk=1)
-        dirty = _changed_hours(since=state.checked_at - LOOK_BACK, before=state.covered_until)
+        changed = _changed_hours(state, before=state.covered_until)
         extend_to = min(target, state.covered_until + MAX_STEP)
-        hours = sorted(dirty | set(_hours(state.covered_until, extend_to)))
-        for start, end in _ranges(hours):
-            _recompute(start, end)
+        _recompute(changed, state.covered_until, extend_to)
+        new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
+        if new_hours > ANALYZE_AFTER_HOURS:
+            _analyze()
         state.covered_until = max(state.covered_until, extend_to)
-        # What this run computed is as of its snapshot; later changes stamp `updated_at` after `now - LOOK_BACK`.
-        state.checked_at = now
+        state.checked_at, state.checked_snapshot = now, snapshot
         state.save()
-    return RefreshResult(state.covered_until, len(hours))
+    return RefreshResult(state.covered_until, len(changed) + new_hours)
+
+
+# After adding more hours than this in one run (a first build, a catch-up), the planner gets fresh statistics
+# instead of waiting for autovacuum: estimates from an empty table make it sort to disk and join badly.
+ANALYZE_AFTER_HOURS = 24
+
+
+def _analyze() -> None:
+    with connection.cursor() as cursor:
+        for kind in KINDS.values():
+            cursor.execute(f"ANALYZE {kind.rollup._meta.db_table}")
 
 
 def _first_hour(default: datetime) -> datetime:
@@ -239,60 +276,63 @@ CROSS JOIN LATERAL (
     SELECT p.created_at FROM {_PAYMENT} p WHERE p.app_id = a.id ORDER BY p.created_at LIMIT 1
 ) first"""
 
-
-def _hours(since: datetime, until: datetime) -> Iterator[datetime]:
-    hour = since
-    while hour < until:
-        yield hour
-        hour += HOUR
-
-
-def _ranges(hours: list[datetime]) -> Iterator[tuple[datetime, datetime]]:
-    """Sorted hours as runs of consecutive ones, [start, end)."""
-    start = end = None
-    for hour in hours:
-        if start is not None and hour == end:
-            end = hour + HOUR
-            continue
-        if start is not None and end is not None:
-            yield start, end
-        start, end = hour, hour + HOUR
-    if start is not None and end is not None:
-        yield start, end
-
-
+# A row version is new to the last run when the transaction that wrote it was not visible in that run's snapshot
+# (rows carry 32-bit xids: the epoch is the current one, or the one before for xids above the current's).
+# `updated_at` bounds the search through the (status, updated_at) index to LOOK_BACK before the last run.
+_XID8 = (
+    "((((pg_current_xact_id()::text::bigint >> 32) - CASE WHEN {alias}.xmin::text::bigint > "
+    "(pg_current_xact_id()::text::bigint & 4294967295) THEN 1 ELSE 0 END) << 32) + {alias}.xmin::text::bigint)"
+)
+# A snapshot lists the other transactions running, not its own: what the refreshing transaction itself wrote
+# (a test's, or a script's that changes payments and refreshes at once) is new as well.
+_NEW = (
+    f"(NOT pg_visible_in_snapshot({_XID8}::text::xid8, %(snapshot)s::pg_snapshot) "
+    "OR {alias}.xmin::text::bigint = (pg_current_xact_id()::text::bigint & 4294967295))"
+)
+_ALL_STATUSES = _quoted(list(PaymentStatus.values))
 _CHANGED_HOURS = f"""
 SELECT date_trunc('hour', p.created_at, 'UTC') FROM {_PAYMENT} p
-WHERE p.status IN ({_quoted(list(PaymentStatus.values))}) AND p.updated_at >= %(since)s AND p.created_at < %(before)s
+WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND p.created_at < %(before)s
+    AND {_NEW.format(alias="p")}
 UNION
 SELECT date_trunc('hour', r.created_at, 'UTC') FROM {_PAYMENT} p JOIN {Refund._meta.db_table} r ON r.payment_id = p.id
-WHERE p.status IN ({_quoted(list(PaymentStatus.values))}) AND p.updated_at >= %(since)s AND r.created_at < %(before)s
+WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND r.created_at < %(before)s
+    AND {_NEW.format(alias="p")}
 UNION
 SELECT date_trunc('hour', v.created_at, 'UTC') FROM {Reversal._meta.db_table} v
 WHERE (v.created_at >= %(since)s OR v.completed_at >= %(since)s) AND v.created_at < %(before)s
-"""
+    AND {_NEW.format(alias="v")}
+ORDER BY 1"""
 
 
-def _changed_hours(*, since: datetime, before: datetime) -> set[datetime]:
-    """Hours before `before` whose payments, refunds or reversals changed since `since`.
+def _changed_hours(state: RollupState, *, before: datetime) -> list[datetime]:
+    """Hours before `before` whose payments, refunds or reversals changed since the last run.
 
     Payments are found through their (status, updated_at) index (every status named); a refund that is
     requested, fails or succeeds always updates its payment, so refunds are found through their payment;
     a reversal does not always, so reversals are read themselves (one per reversed charge, a small table).
     """
+    params: dict[str, Any] = {"since": state.checked_at - LOOK_BACK, "before": before}
+    params["snapshot"] = state.checked_snapshot or "1:1:"  # none yet: every row version is new
     with connection.cursor() as cursor:
-        cursor.execute(_CHANGED_HOURS, {"since": since, "before": before})
-        return {row[0] for row in cursor.fetchall()}
+        cursor.execute(_CHANGED_HOURS, params)
+        return [row[0] for row in cursor.fetchall()]
 
 
-def _recompute(start: datetime, end: datetime) -> None:
+def _recompute(changed: list[datetime], since: datetime, until: datetime) -> None:
+    """Replace the rollup rows of the changed hours and of [since, until)."""
     with connection.cursor() as cursor:
         for name, kind in KINDS.items():
             table = kind.rollup._meta.db_table
-            cursor.execute(f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [start, end])
-            facts, params = _facts(kind, name, start, end)
             columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
-            cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
+            if changed:
+                cursor.execute(f"DELETE FROM {table} WHERE hour = ANY(%s::timestamptz[])", [changed])
+                facts, params = _facts_of_hours(kind, name, changed)
+                cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
+            if since < until:
+                cursor.execute(f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [since, until])
+                facts, params = _facts(kind, name, since, until)
+                cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
 
 
 def rollup_state() -> RollupState | None:
@@ -309,7 +349,6 @@ _DIMENSIONS = {
     "country": "c.country_id",
     "currency": "f.currency",
     "status": "f.status",
-    "flow": "f.flow",
 }
 
 
