@@ -127,8 +127,9 @@ def fill(target: int) -> None:
     started = time.monotonic()
     remaining = target - existing
     while remaining > 0:
-        batch = min(remaining, 250_000)
+        batch = min(remaining, 100_000)
         with connection.cursor() as cursor:
+            cursor.execute("SET statement_timeout = 0")  # filling is not a request
             cursor.execute(FILL, {"count": batch})
             first = min(row[0] for row in cursor.fetchall())
             for statement in DEPENDENTS:
