@@ -387,7 +387,7 @@ def _rollup_dimension(model: str) -> "models.ForeignKey[Any, Any]":
     return models.ForeignKey(model, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
 
 
-class PaymentRollup(models.Model):
+class PaymentRollupFields(models.Model):
     """Payments created in one UTC hour with the same app, carrier, currency, status and failure code."""
 
     hour = models.DateTimeField()
@@ -415,10 +415,22 @@ class PaymentRollup(models.Model):
     decided_after_1h = models.BigIntegerField(default=0)
 
     class Meta:
-        indexes = [models.Index(fields=["hour"])]
+        abstract = True
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 {self.status} x{self.payments}"
+
+
+class PaymentRollup(PaymentRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class PaymentDayRollup(PaymentRollupFields):
+    """The hourly rows of one whole UTC day added up (`hour` is the day's first): long periods read far fewer."""
+
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
 
 
 # Upper bounds (seconds) of the decision-time histogram's buckets, then one open bucket.
@@ -433,7 +445,7 @@ DECISION_BOUNDS: tuple[tuple[int, str], ...] = (
 DECISION_OVER = "decided_after_1h"
 
 
-class RefundRollup(models.Model):
+class RefundRollupFields(models.Model):
     """Refunds requested in one UTC hour, by their payment's app and carrier, currency and status."""
 
     hour = models.DateTimeField()
@@ -447,13 +459,23 @@ class RefundRollup(models.Model):
     amount_max_minor = models.BigIntegerField()
 
     class Meta:
-        indexes = [models.Index(fields=["hour"])]
+        abstract = True
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 {self.status} x{self.refunds}"
 
 
-class ReversalRollup(models.Model):
+class RefundRollup(RefundRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class RefundDayRollup(RefundRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class ReversalRollupFields(models.Model):
     """Reversals requested in one UTC hour, by their payment's app, carrier and currency, and status."""
 
     hour = models.DateTimeField()
@@ -467,10 +489,20 @@ class ReversalRollup(models.Model):
     amount_max_minor = models.BigIntegerField()
 
     class Meta:
-        indexes = [models.Index(fields=["hour"])]
+        abstract = True
 
     def __str__(self) -> str:
         return f"{self.hour:%Y-%m-%d %H}:00 {self.status} x{self.reversals}"
+
+
+class ReversalRollup(ReversalRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class ReversalDayRollup(ReversalRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
 
 
 class RollupState(models.Model):

@@ -15,7 +15,8 @@ from funnel.models import FunnelDefinition
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
-from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query, truncate_to_bucket
+from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
+from reporting.services.rollups import truncate_to_bucket
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"

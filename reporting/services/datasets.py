@@ -28,6 +28,7 @@ from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
 from reporting.services import rollups
+from reporting.services.rollups import truncate_to_bucket
 
 logger = logging.getLogger(__name__)
 
@@ -299,19 +300,6 @@ def _row_time(value: Any) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def truncate_to_bucket(moment: datetime, bucket: str, zone: ZoneInfo) -> datetime:
-    """The start of the time bucket (hour, day, ISO week, month) that `moment` falls in, in `zone`."""
-    local = moment.astimezone(zone)
-    if bucket == "hour":
-        return local.replace(minute=0, second=0, microsecond=0)
-    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
-    if bucket == "day":
-        return day
-    if bucket == "week":
-        return day - timedelta(days=day.weekday())
-    return day.replace(day=1)
 
 
 def _number(value: Any) -> Decimal | None:

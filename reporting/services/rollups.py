@@ -33,8 +33,11 @@ from reporting.catalog import CHARGED, NOT_CHARGED
 from reporting.models import (
     DECISION_BOUNDS,
     DECISION_OVER,
+    PaymentDayRollup,
     PaymentRollup,
+    RefundDayRollup,
     RefundRollup,
+    ReversalDayRollup,
     ReversalRollup,
     RollupState,
 )
@@ -82,6 +85,7 @@ def _ceil_hour(moment: datetime) -> datetime:
 @dataclass(frozen=True)
 class _Kind:
     rollup: type[Any]
+    day_rollup: type[Any]  # the same columns, per whole UTC day
     columns: tuple[str, ...]  # after hour, app_id, carrier_id; the same names in the rollup table
     count: str  # the column counting rows
     facts: str  # SELECT hour, app_id, carrier_id, *columns FROM {rows} ... GROUP BY ...
@@ -148,6 +152,7 @@ _MONEY = ("amount_minor", "amount_min_minor", "amount_max_minor")
 KINDS: dict[str, _Kind] = {
     "payments": _Kind(
         PaymentRollup,
+        PaymentDayRollup,
         (
             "currency",
             "status",
@@ -169,6 +174,7 @@ KINDS: dict[str, _Kind] = {
     ),
     "refunds": _Kind(
         RefundRollup,
+        RefundDayRollup,
         ("currency", "status", "refunds", *_MONEY),
         "refunds",
         _REFUND_FACTS,
@@ -178,6 +184,7 @@ KINDS: dict[str, _Kind] = {
     ),
     "reversals": _Kind(
         ReversalRollup,
+        ReversalDayRollup,
         ("currency", "status", "reversals", *_MONEY),
         "reversals",
         _REVERSAL_FACTS,
@@ -241,6 +248,7 @@ def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
         changed = _changed_hours(state, before=state.covered_until)
         extend_to = min(target, state.covered_until + MAX_STEP)
         _recompute(changed, state.covered_until, extend_to)
+        _recompute_days(_days_touched(changed, state.covered_until, extend_to))
         new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
         if new_hours > ANALYZE_AFTER_HOURS:
             _analyze()
@@ -259,6 +267,7 @@ def _analyze() -> None:
     with connection.cursor() as cursor:
         for kind in KINDS.values():
             cursor.execute(f"ANALYZE {kind.rollup._meta.db_table}")
+            cursor.execute(f"ANALYZE {kind.day_rollup._meta.db_table}")
 
 
 def _first_hour(default: datetime) -> datetime:
@@ -333,6 +342,55 @@ def _recompute(changed: list[datetime], since: datetime, until: datetime) -> Non
                 cursor.execute(f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [since, until])
                 facts, params = _facts(kind, name, since, until)
                 cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
+
+
+DAY = timedelta(days=1)
+
+
+def _floor_day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _days_touched(changed: list[datetime], since: datetime, until: datetime) -> list[datetime]:
+    """The whole UTC days, all of whose hours are covered once `until` is, that changed or were completed."""
+    days = {_floor_day(hour) for hour in changed}
+    day = _floor_day(since)
+    while day < until:
+        days.add(day)
+        day += DAY
+    return sorted(day for day in days if day + DAY <= until)
+
+
+def _day_total(column: str) -> str:
+    if column.endswith("_min_minor"):
+        return f"MIN({column})"
+    if column.endswith("_max_minor"):
+        return f"MAX({column})"
+    return f"SUM({column})"
+
+
+def _recompute_days(days: list[datetime]) -> None:
+    """Replace the daily rows of these days by their hourly rows added up."""
+    if not days:
+        return
+    with connection.cursor() as cursor:
+        for kind in KINDS.values():
+            table = kind.day_rollup._meta.db_table
+            dimensions = [c for c in kind.columns if c in ("currency", "status", "failure_code")]
+            totals = [_day_total(c) for c in kind.columns if c not in dimensions]
+            keys = ", ".join(f"f.{c}" for c in dimensions)
+            columns = ", ".join(
+                ("hour", "app_id", "carrier_id", *dimensions, *(c for c in kind.columns if c not in dimensions))
+            )
+            cursor.execute(f"DELETE FROM {table} WHERE hour = ANY(%s::timestamptz[])", [days])
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) "
+                f"SELECT d.start, f.app_id, f.carrier_id, {keys}, {', '.join(totals)} "
+                f"FROM unnest(%s::timestamptz[]) AS d(start) JOIN {kind.rollup._meta.db_table} f "
+                "ON f.hour >= d.start AND f.hour < d.start + interval '1 day' "
+                f"GROUP BY d.start, f.app_id, f.carrier_id, {keys}",
+                [days],
+            )
 
 
 def rollup_state() -> RollupState | None:
@@ -499,6 +557,52 @@ def _pieces(
     return (low, high), raw
 
 
+def _first_rolled_hour(kind: _Kind) -> datetime:
+    first = kind.rollup.objects.order_by("hour").values_list("hour", flat=True).first()
+    return first or datetime.max.replace(tzinfo=UTC)
+
+
+def truncate_to_bucket(moment: datetime, bucket: str, zone: ZoneInfo) -> datetime:
+    """The start of the time bucket (hour, day, ISO week, month) that `moment` falls in, in `zone`."""
+    local = moment.astimezone(zone)
+    if bucket == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        return day
+    if bucket == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def _tiers(
+    low: datetime, high: datetime, bucket: str | None, zone: ZoneInfo
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """[low, high) in whole hours, as the ranges read from daily rows (whole UTC days that fall in one bucket
+    of the viewer's zone) and the ranges read from hourly rows (the rest)."""
+    days: list[tuple[datetime, datetime]] = []
+    day = _floor_day(low) if _floor_day(low) == low else _floor_day(low) + DAY
+    while day + DAY <= high:
+        same = bucket is None or truncate_to_bucket(day, bucket, zone) == truncate_to_bucket(
+            day + DAY - timedelta(microseconds=1), bucket, zone
+        )
+        if same:
+            if days and days[-1][1] == day:
+                days[-1] = (days[-1][0], day + DAY)
+            else:
+                days.append((day, day + DAY))
+        day += DAY
+    hours: list[tuple[datetime, datetime]] = []
+    start = low
+    for day_start, day_end in days:
+        if start < day_start:
+            hours.append((start, day_start))
+        start = day_end
+    if start < high:
+        hours.append((start, high))
+    return days, hours
+
+
 def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[str, Any], dict[str, str]]:
     """The statement, its parameters, and the output name of each of its columns (positional aliases: a
     field's name need not be a valid SQL alias)."""
@@ -509,9 +613,17 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
     parts = []
     if rolled is not None:
         low, high = rolled
-        condition = "hour < %(r_until)s" + (" AND hour >= %(r_since)s" if low is not None else "")
-        parts.append(f"SELECT {columns} FROM {kind.rollup._meta.db_table} WHERE {condition}")
-        params.update(r_since=low, r_until=high)
+        days, hours = _tiers(low or _first_rolled_hour(kind), high, query.bucket, query.zone)
+        for table, ranges, prefix in ((kind.day_rollup, days, "d"), (kind.rollup, hours, "h")):
+            if not ranges:
+                continue
+            conditions = []
+            for index, (start, end) in enumerate(ranges):
+                conditions.append(f"(hour >= %({prefix}{index}s)s AND hour < %({prefix}{index}e)s)")
+                params.update({f"{prefix}{index}s": start, f"{prefix}{index}e": end})
+            parts.append(f"SELECT {columns} FROM {table._meta.db_table} WHERE {' OR '.join(conditions)}")
+    if not raw and not parts:
+        raw = [(covered_until, covered_until)]  # nothing to read; the statement still needs a source
     for index, (since, until) in enumerate(raw):
         facts, facts_params = _facts(kind, f"raw{index}", since, until)
         parts.append(facts)
@@ -558,3 +670,4 @@ def forget_payment_rollups() -> None:
         RollupState.objects.all().delete()
         for kind in KINDS.values():
             kind.rollup.objects.all().delete()
+            kind.day_rollup.objects.all().delete()
