@@ -642,10 +642,14 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
     for index, (field, values) in enumerate(query.filters):
         where.append(f"{_dimension(query.source, field)} = ANY(%(flt{index})s)")
         params[f"flt{index}"] = list(values)
+    # Apps and carriers are joined only for their names or countries (every row has both, so no row is lost).
+    used = {field for _, field in query.group_by} | {field for field, _ in query.filters}
+    joins = f"JOIN {App._meta.db_table} a ON a.id = f.app_id\n" if "app" in used else ""
+    joins += f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n" if used & {"carrier", "country"} else ""
     sql = (
         f"WITH f AS ({' UNION ALL '.join(parts)})\n"
         f"SELECT {', '.join(select)} FROM f\n"
-        f"JOIN {App._meta.db_table} a ON a.id = f.app_id JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n"
+        + joins
         + (f"WHERE {' AND '.join(where)}\n" if where else "")
         + (f"GROUP BY {', '.join(group)} ORDER BY {', '.join(group)}" if group else "")
     )
