@@ -31,4 +31,5 @@ def evaluate_alerts() -> str:
 @shared_task(acks_late=True)
 def refresh_payment_rollups() -> str:
     """Recompute the hours of payments that changed and add the last whole hour; safe to run twice."""
-    return str(rollups.refresh_payment_rollups())
+    result = rollups.refresh_payment_rollups()
+    return str(result) if result.hours else ""  # the scheduler logs what is not empty
