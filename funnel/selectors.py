@@ -1,6 +1,7 @@
 """Funnel analysis with the semantics of ClickHouse's `windowFunnel(window)` in its default mode.
 
-For each journey, events are taken in time order (ties by arrival). An event of step 1 starts a
+For each journey, all its events are taken in time order, events at the same instant in step order
+(as ClickHouse sorts them: one instant can satisfy consecutive steps). An event of step 1 starts a
 chain; an event of step k+1 extends a chain that has reached step k if it happens no later than
 `window` after that chain's first event. The journey's level is the highest step any chain
 reaches. Repeated events are allowed; a step out of order simply does not extend a chain.
@@ -22,7 +23,7 @@ from datetime import datetime, timedelta
 from django.db import connection, transaction
 from django.db.models import Count, QuerySet
 
-from funnel import sql
+from funnel import partitions, sql
 from funnel.models import FunnelEvent, Journey
 from funnel.sql import FunnelScope
 
@@ -39,11 +40,11 @@ class JourneyResult:
 def window_funnel(
     events: Iterable[tuple[datetime, str]], steps: list[str], window: timedelta, exclusion: str = ""
 ) -> JourneyResult | None:
-    """The level one journey reaches (None when excluded); `events` are (time, step) in time order."""
+    """The level one journey reaches (None when excluded) from its (time, step) events, in any order."""
     chains: list[list[datetime]] = []  # each chain: the times of its steps so far
     excluded_at: list[datetime] = []
     position = {step: index for index, step in enumerate(steps)}
-    for at, step in events:
+    for at, step in sorted(events, key=lambda event: (event[0], position.get(event[1], len(steps)))):
         if exclusion and step == exclusion:
             excluded_at.append(at)
         index = position.get(step)
@@ -148,6 +149,18 @@ class FunnelCounts:
         self.reached = self.reached or [0] * self.steps
         self.gaps = self.gaps or [Counter() for _ in range(self.steps)]
 
+    def add(self, other: "FunnelCounts") -> None:
+        """Take in the counts of other journeys (another part of the period)."""
+        for index, journeys in enumerate(other.reached):
+            self.reached[index] += journeys
+        self.excluded += other.excluded
+        for value, reached in other.groups.items():
+            counts = self.groups.setdefault(value, [0] * self.steps)
+            for index, journeys in enumerate(reached):
+                counts[index] += journeys
+        for mine, theirs in zip(self.gaps, other.gaps, strict=True):
+            mine.update(theirs)
+
     def add_group(self, value: str, level: int, journeys: int = 1) -> None:
         counts = self.groups.setdefault(value, [0] * self.steps)
         for index in range(level):
@@ -163,7 +176,8 @@ def _python_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts
         (j["app_id"], j["journey_id"]): j
         for j in journeys.values("app_id", "journey_id", *(b for b in BREAKDOWNS if b != "app"))
     }
-    events = FunnelEvent.objects.filter(occurred_at__gte=scope.since, occurred_at__lt=scope.until + window)
+    # A journey's events are all at or after its start; any later one may begin a chain.
+    events = FunnelEvent.objects.filter(occurred_at__gte=scope.since)
     if app_id is not None:
         events = events.filter(app_id=app_id)
     counts = FunnelCounts(steps=len(steps))
@@ -187,6 +201,7 @@ def _python_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts
 def _sql_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
     query, params = sql.report_query(scope, breakdown=breakdown)
     counts = FunnelCounts(steps=len(scope.steps))
+    partitions.analyze_partitions(since=scope.since)
     with transaction.atomic(), connection.cursor() as cursor:
         sql.set_analysis_limits(cursor)
         cursor.execute(query, params)
