@@ -22,8 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import Exists, OuterRef
-from django.db.models.functions import TruncHour
+from django.db.models import BigIntegerField, Exists, OuterRef, Sum
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from funnel import partitions, sql
@@ -198,11 +199,18 @@ def rollup_counts(
     steps = len(funnel.steps)
     counts = FunnelCounts(steps=steps)
     by = "app_id" if breakdown in (None, "app") else breakdown
-    rows = FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).values_list(
-        by, "reached", "excluded"
+    # Added up by the database, per breakdown value: a few rows reach Python, not one per hour and cell.
+    sums = {f"level_{index}": Sum(Cast(KeyTransform(index, "reached"), BigIntegerField())) for index in range(steps)}
+    rows = (
+        FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until)
+        .values(by)
+        .order_by(by)
+        .annotate(excluded_journeys=Sum("excluded"), **sums)
     )
     groups: dict[str, list[int]] = defaultdict(lambda: [0] * steps)
-    for value, reached, excluded in rows.iterator(chunk_size=10_000):
+    for row in rows:
+        value, excluded = row[by], row["excluded_journeys"]
+        reached = [row[f"level_{index}"] or 0 for index in range(steps)]
         counts.excluded += excluded
         group = groups[str(value) if breakdown == "app" else value or UNKNOWN]
         for index, journeys in enumerate(reached):
