@@ -251,11 +251,17 @@ def rollup_failure_codes(*, funnel: FunnelDefinition, since: datetime, until: da
 
 
 def dashboard_report(
-    *, funnel: FunnelDefinition, since: datetime, until: datetime, breakdown: str | None = None
+    *,
+    funnel: FunnelDefinition,
+    since: datetime,
+    until: datetime,
+    breakdown: str | None = None,
+    timeout_ms: int | None = None,
 ) -> tuple[FunnelReport, str]:
     """The report dashboards show, and where it came from: the rollups when they cover the period's
     complete hours (whole hours only), with the current hour, when the period runs into it, from the raw
-    events ("rollups"); else the raw events ("events")."""
+    events ("rollups"); else the raw events ("events"). `timeout_ms` bounds the raw part
+    (`ReportTimedOut`)."""
     steps, window = list(funnel.steps), timedelta(seconds=funnel.window_seconds)
     split = min(until, max(since, _hour(timezone.now())))  # rollups before, raw events from then on
     if (
@@ -276,6 +282,7 @@ def dashboard_report(
                     exclusion=funnel.exclusion_step,
                     app_id=funnel.app_id,
                     breakdown=breakdown,
+                    timeout_ms=timeout_ms,
                 )
             )
             codes.update(failure_codes(since=split, until=until, app_id=funnel.app_id))
@@ -289,5 +296,6 @@ def dashboard_report(
         exclusion=funnel.exclusion_step,
         app_id=funnel.app_id,
         breakdown=breakdown,
+        timeout_ms=timeout_ms,
     )
     return report, "events"

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, QuerySet
 
 from funnel import partitions, sql
@@ -28,6 +28,10 @@ from funnel.models import FunnelEvent, Journey
 from funnel.sql import FunnelScope
 
 BREAKDOWNS = ("carrier", "country", "price_point", "flow", "app")
+
+
+class ReportTimedOut(Exception):
+    """The raw-event report took longer than it was given (the database cancelled it)."""
 
 
 @dataclass(frozen=True)
@@ -198,14 +202,21 @@ def _python_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts
     return counts
 
 
-def _sql_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
+def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | None = None) -> FunnelCounts:
+    import psycopg
+
     query, params = sql.report_query(scope, breakdown=breakdown)
     counts = FunnelCounts(steps=len(scope.steps))
     partitions.analyze_partitions(since=scope.since)
-    with transaction.atomic(), connection.cursor() as cursor:
-        sql.set_analysis_limits(cursor)
-        cursor.execute(query, params)
-        rows = cursor.fetchall()
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            sql.set_analysis_limits(cursor, timeout_ms=timeout_ms)
+            cursor.execute(query, params)
+            rows = cursor.fetchall()
+    except OperationalError as error:
+        if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+            raise ReportTimedOut from error
+        raise
     for kind, group, level, value, journeys in rows:
         if kind == "gap":
             counts.gaps[level - 1][value] += journeys
@@ -228,13 +239,16 @@ def funnel_counts(
     exclusion: str = "",
     app_id: int | None = None,
     breakdown: str | None = None,
+    timeout_ms: int | None = None,
 ) -> FunnelCounts:
-    """The funnel's counts from the raw events, computed by the database where it can."""
+    """The funnel's counts from the raw events, computed by the database where it can; on PostgreSQL
+    `timeout_ms` bounds it (ReportTimedOut)."""
     if breakdown is not None and breakdown not in BREAKDOWNS:
         raise ValueError(f"breakdown is one of {BREAKDOWNS}")
-    compute = _sql_counts if connection.vendor == "postgresql" else _python_counts
     scope = FunnelScope(steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id)
-    return compute(scope, breakdown=breakdown)
+    if connection.vendor == "postgresql":
+        return _sql_counts(scope, breakdown=breakdown, timeout_ms=timeout_ms)
+    return _python_counts(scope, breakdown=breakdown)
 
 
 def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
@@ -281,9 +295,17 @@ def funnel_report(
     exclusion: str = "",
     app_id: int | None = None,
     breakdown: str | None = None,
+    timeout_ms: int | None = None,
 ) -> FunnelReport:
     """Entered, converted and timing per step for journeys that started in [since, until), from the raw events."""
     counts = funnel_counts(
-        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
+        steps=steps,
+        window=window,
+        since=since,
+        until=until,
+        exclusion=exclusion,
+        app_id=app_id,
+        breakdown=breakdown,
+        timeout_ms=timeout_ms,
     )
     return build_report(steps, counts, failure_codes(since=since, until=until, app_id=app_id))

@@ -245,12 +245,14 @@ GROUP BY 1, 2
 """
 
 
-def set_analysis_limits(cursor: Any) -> None:
-    """Inside a transaction: the memory and time a funnel statement may take (FUNNEL_WORK_MEM, *_TIMEOUT_MS),
+def set_analysis_limits(cursor: Any, *, timeout_ms: int | None = None) -> None:
+    """Inside a transaction: the memory and time a funnel statement may take (FUNNEL_WORK_MEM, `timeout_ms`
+    or FUNNEL_STATEMENT_TIMEOUT_MS),
     and a plan that does not hinge on statistics: its joins are of whole sets (the period's journeys to
     their events, to their levels), which a nested loop turns quadratic when statistics of freshly
     loaded events underestimate them; JIT compilation costs about a second and saves less."""
     cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
-    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(settings.FUNNEL_STATEMENT_TIMEOUT_MS)])
+    timeout = settings.FUNNEL_STATEMENT_TIMEOUT_MS if timeout_ms is None else timeout_ms
+    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout)])
     cursor.execute("SET LOCAL jit = off")
     cursor.execute("SET LOCAL enable_nestloop = off")

@@ -284,6 +284,9 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
 FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
 # Funnel analysis and rollup statements may run longer than DATABASE_STATEMENT_TIMEOUT_MS allows a request.
 FUNNEL_STATEMENT_TIMEOUT_MS = env_int("FUNNEL_STATEMENT_TIMEOUT_MS", 300_000)
+# A funnel report from raw events asked for in a web request (the admin's page) gives up after this, well
+# inside the web server's 30 s worker timeout, and the page says so instead of dying.
+FUNNEL_REPORT_TIMEOUT_MS = env_int("FUNNEL_REPORT_TIMEOUT_MS", 20_000)
 
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

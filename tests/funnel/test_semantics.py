@@ -18,6 +18,7 @@ from funnel.selectors import _python_counts, _sql_counts, funnel_report, window_
 from funnel.services import GameEvent, ingest_events
 from funnel.sql import FunnelScope, report_query, set_analysis_limits
 from tenants.models import App
+from tests.conftest import StaffClient
 from tests.factories import AppFactory
 
 STEPS = ["open", "select", "pay"]
@@ -227,3 +228,30 @@ def test_a_report_on_freshly_loaded_events_gets_statistics_and_a_plan_without_ne
     report = funnel_report(steps=STEPS, window=HOUR, since=start, until=start + timedelta(days=2))
     assert [s.entered for s in report.steps] == [1500, 1000, 500]
     assert partition_stats(partition_name(month)) == len(events)  # analysed before the report planned
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_a_raw_report_too_slow_for_a_web_request_is_cut_short_and_the_page_says_why(
+    staff_client: StaffClient, settings: Any
+) -> None:
+    app = AppFactory.create()
+    for n in range(300):
+        store(app, f"j{n}", [(DAY + timedelta(minutes=n), "open"), (DAY + timedelta(minutes=n + 1), "select")])
+    funnel = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
+    url = f"/admin/funnel/funneldefinition/{funnel.pk}/report/"
+    params = {"since": "2026-11-01", "until": "2026-11-01"}
+    client = staff_client("superuser")
+    assert "300 journeys" in client.get(url, params).content.decode()
+
+    # Planning alone takes longer than a millisecond: the database cancels the statement.
+    settings.FUNNEL_REPORT_TIMEOUT_MS = 1
+    response = client.get(url, params)
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "take too long to count here" in page
+    assert "refresh_funnel_rollups" in page
+    assert "300 journeys" not in page
+    # Statements outside a web request keep their own, longer limit.
+    report = funnel_report(steps=STEPS, window=HOUR, since=DAY, until=DAY + timedelta(days=1))
+    assert report.journeys == 300
