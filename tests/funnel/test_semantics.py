@@ -255,3 +255,24 @@ def test_a_raw_report_too_slow_for_a_web_request_is_cut_short_and_the_page_says_
     # Statements outside a web request keep their own, longer limit.
     report = funnel_report(steps=STEPS, window=HOUR, since=DAY, until=DAY + timedelta(days=1))
     assert report.journeys == 300
+
+
+@pytest.mark.django_db
+def test_the_periodic_job_recomputes_an_older_hour_whose_journey_got_a_new_chain() -> None:
+    from funnel.rollups import refresh_recent_rollups, rollup_counts
+
+    app = AppFactory.create()
+    now = timezone.now()
+    started = now - 3 * HOUR  # before the hours the job recomputes by default (the last window + 1 hour)
+    store(app, "j", [(started, "open")])
+    funnel = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
+    hour = started.replace(minute=0, second=0, microsecond=0)
+    refresh_rollups(funnel=funnel, since=hour, until=now)
+    assert rollup_counts(funnel=funnel, since=hour, until=hour + HOUR).reached == [1, 0, 0]
+
+    FunnelEvent.objects.bulk_create(
+        FunnelEvent(app=app, journey_id="j", event_id=f"late-{n}", step=step, occurred_at=at, source="game")
+        for n, (at, step) in enumerate([(now - timedelta(minutes=10), "open"), (now - timedelta(minutes=9), "select")])
+    )
+    refresh_recent_rollups()
+    assert rollup_counts(funnel=funnel, since=hour, until=hour + HOUR).reached == [1, 1, 0]
