@@ -2,25 +2,32 @@
 
 import csv
 import io
+import os
+import signal
+import sys
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
 from payments.models import LedgerLine, OutboxMessage, Payment, Refund
-from playpay.tables import TableFormat
+from playpay.tables import TableFormat, csv_lines
 from reporting.models import ExportJob, ExportKind
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
 from tests.conftest import Shop, StaffClient
+from tests.deploy.processes import Processes, wait_for
 from tests.reporting.conftest import MakePayment
 
 pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parents[2]
 
 TRANSACTION_HEADER = [
     "payment_id",
@@ -296,3 +303,202 @@ def test_filters_are_kept_with_the_job_and_described_in_plain_words() -> None:
     assert ExportFilters.from_json(filters.as_json()) == filters
     assert filters.describe() == "from 2026-05-01, carrier acme-uk, app Space Game"
     assert ExportFilters().describe() == "everything"
+
+
+# --- COPY and the Python path write the same file ------------------------------------------------------------
+
+AWKWARD_TEXTS = [
+    "=HYPERLINK(evil)",
+    "+cmd",
+    "-2+3",
+    "@SUM(A1)",
+    "\tindented",
+    "-5",
+    "+44740*****56",
+    '"quoted", with a comma',
+    "two\nlines",
+    "crlf\r\nline",
+    "ünïcödé ✓",
+    "",
+]
+
+
+def python_csv(kind: str, **filters: Any) -> bytes:
+    """The CSV as the rows formatted in Python give it (the SQLite path)."""
+    header = exports.export_header(kind=kind)
+    rows = exports.export_rows(kind=kind, filters=ExportFilters(**filters))
+    return "".join(csv_lines(header, rows)).encode()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ExportKind.values)
+def test_the_csv_postgresql_writes_is_byte_for_byte_the_one_python_writes(
+    kind: str, shop: Shop, make_payment: MakePayment, german_carrier: Carrier
+) -> None:
+    for number, text in enumerate(AWKWARD_TEXTS):
+        payment = make_payment(
+            carrier=shop.carrier, reference=text, created=datetime(2026, 5, 3, 23, 59, 59, 123456, tzinfo=UTC)
+        )
+        Refund.objects.create(
+            payment=payment,
+            amount_minor=number + 1,
+            currency="GBP",
+            reason=text,
+            requested_by=text,
+            via_carrier=number % 2 == 0,
+        )
+    make_payment(carrier=german_carrier, reference="de", created=MAY_3, currency="EUR", amount_minor=1999)
+    for currency, amount in (("JPY", 500), ("KWD", 1234), ("EUR", 7)):  # exponents 0, 3 and 2
+        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+    shop.pay(flow="one_click")  # with its ledger lines
+
+    assert exports.uses_copy()
+    copied = b"".join(exports.stream_csv(kind=kind, filters=ExportFilters()))
+    assert copied == python_csv(kind)
+    may: dict[str, Any] = {"date_from": date(2026, 5, 1), "date_to": date(2026, 5, 31), "carrier": shop.carrier.slug}
+    assert b"".join(exports.stream_csv(kind=kind, filters=ExportFilters(**may))) == python_csv(kind, **may)
+    assert len(csv_rows(copied)) > 1
+
+
+@pytest.mark.postgres
+def test_amounts_are_in_major_units_of_each_currency_beside_the_minor_units(
+    shop: Shop, make_payment: MakePayment
+) -> None:
+    for currency, amount in (("JPY", 500), ("KWD", 1234), ("GBP", 5)):
+        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+    rows = csv_rows(export_bytes(ExportKind.TRANSACTIONS, TableFormat.CSV))
+    at = {name: rows[0].index(name) for name in ("amount_minor", "currency", "amount")}
+    assert [(row[at["amount_minor"]], row[at["currency"]], row[at["amount"]]) for row in rows[1:]] == [
+        ("500", "JPY", "500"),
+        ("1234", "KWD", "1.234"),
+        ("5", "GBP", "0.05"),
+    ]
+
+
+# --- Jobs whose worker died ----------------------------------------------------------------------------------
+
+
+def queued_job(user: Any, file_format: str = TableFormat.CSV) -> ExportJob:
+    return exports.start_export_job(
+        user=user, kind=ExportKind.TRANSACTIONS, filters=ExportFilters(), file_format=file_format
+    )
+
+
+def test_a_job_whose_worker_stopped_answering_is_queued_again_then_failed_with_the_reason(
+    carrier: Carrier, make_payment: MakePayment, django_user_model: Any, settings: Any, staff_client: StaffClient
+) -> None:
+    make_payment(carrier=carrier, reference="ref-1", created=MAY_3)
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    settings.EXPORT_MAX_ATTEMPTS = 3
+    later = timedelta(seconds=settings.EXPORT_HEARTBEAT_TIMEOUT + 1)
+
+    for attempt in (1, 2, 3):
+        claimed = exports.claim_export_job()  # a worker takes it, then dies without a word
+        assert claimed is not None
+        assert (claimed.pk, claimed.status, claimed.attempts) == (job.pk, "running", attempt)
+        assert exports.claim_export_job() is None  # nobody else takes a job that is running
+        heartbeat = claimed.heartbeat_at
+        assert heartbeat is not None
+        assert exports.requeue_stale_export_jobs(now=heartbeat + later / 2) == exports.StaleJobs([], [])
+        stale = exports.requeue_stale_export_jobs(now=heartbeat + later)
+        if attempt < 3:
+            assert stale == exports.StaleJobs(requeued=[job.pk], failed=[])
+            job.refresh_from_db()
+            assert (job.status, job.attempts) == ("pending", attempt)
+            assert f"Attempt {attempt} of 3 stopped" in job.error
+
+    assert stale == exports.StaleJobs(requeued=[], failed=[job.pk])
+    job.refresh_from_db()
+    assert (job.status, job.file.name) == ("failed", "")
+    assert job.error.startswith("Given up after 3 attempts: its worker")
+    assert "stopped answering after 0 rows" in job.error
+    assert exports.run_export_job(job_id=job.pk).status == "failed"  # a late delivery of its task changes nothing
+    listing = staff_client("superuser").get("/admin/reporting/exportjob/").content.decode()
+    assert "Given up after 3 attempts" in listing
+
+
+@pytest.mark.broker
+def test_a_requeued_job_is_handed_to_the_workers_again_through_the_outbox_when_there_is_a_broker(
+    django_user_model: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    claimed = exports.claim_export_job(job_id=job.pk)
+    assert claimed is not None
+    assert claimed.heartbeat_at is not None
+    with django_capture_on_commit_callbacks(execute=False):
+        later = claimed.heartbeat_at + timedelta(seconds=settings.EXPORT_HEARTBEAT_TIMEOUT + 1)
+        assert exports.requeue_stale_export_jobs(now=later).requeued == [job.pk]
+    assert [message.kwargs for message in OutboxMessage.objects.order_by("id")] == [{"job_id": job.pk}] * 2
+
+
+def _scheduler_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    db, journal = connection.settings_dict, connections["journal"].settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "playpay.settings",
+        # This run's test databases (a pytest-xdist worker has its own), never the ones the test runner was given.
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "JOURNAL_URL": f"postgres://{journal['USER']}@{journal['HOST']}:{journal['PORT']}/{journal['NAME']}",
+        "CELERY_BROKER_URL": "",  # the embedded default: the scheduler is the worker
+        "PLAYPAY_VAR_DIR": str(tmp_path),
+        **extra,
+    }
+
+
+def _fill_payments(template: Payment, count: int) -> None:
+    """`count` more payments like `template`, in one statement."""
+    fields = [
+        str(f.column) for f in Payment._meta.concrete_fields if f.column not in ("id", "public_id", "carrier_reference")
+    ]
+    columns = ", ".join(fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO payments_payment ({columns}, public_id, carrier_reference)"  # noqa: S608  # our column names
+            f" SELECT {columns}, gen_random_uuid(), 'bulk-' || n FROM payments_payment, generate_series(1, %s) AS n"
+            " WHERE id = %s",
+            [count, template.pk],
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_export_whose_scheduler_was_killed_is_resumed_by_the_next_one_and_completes_once(
+    carrier: Carrier, make_payment: MakePayment, django_user_model: Any, tmp_path: Path
+) -> None:
+    rows = 30_000
+    _fill_payments(make_payment(carrier=carrier, reference="first", created=MAY_3), rows - 1)
+    # Only the check for dead exports among the periodic tasks (a transactional test has none of the others).
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="stale exports", task="reporting.tasks.requeue_stale_exports", interval=every_second
+    )
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True), TableFormat.XLSX)
+    scheduler = [sys.executable, "manage.py", "run_scheduler", "--tick", "0.2"]
+    env = _scheduler_env(tmp_path, EXPORT_PROGRESS_ROWS="1000", EXPORT_HEARTBEAT_TIMEOUT="2")
+
+    def fresh() -> ExportJob:
+        return ExportJob.objects.get(pk=job.pk)
+
+    with Processes(log_dir=tmp_path, cwd=ROOT) as processes:
+        first = processes.start("scheduler-1", scheduler, env)
+        wait_for("the first scheduler's progress", lambda: fresh().rows_done >= 2000, timeout=120, interval=0.05)
+        os.killpg(first.popen.pid, signal.SIGKILL)  # kill -9, mid-export
+        assert first.popen.wait(timeout=10) == -signal.SIGKILL
+        first.returncode = -signal.SIGKILL
+        dead = fresh()
+        assert (dead.status, dead.attempts, dead.file.name) == ("running", 1, "")
+        assert 2000 <= dead.rows_done < rows
+
+        processes.start("scheduler-2", scheduler, env)
+        wait_for("the export's end", lambda: fresh().status in ("done", "failed"), timeout=180, interval=0.2)
+    done = fresh()
+
+    assert (done.attempts, done.rows_done, done.rows_total) == (2, rows, rows)
+    assert "Attempt 1 of 3 stopped: its worker" in done.error
+    folder = tmp_path / "reporting" / "exports" / str(job.pk)
+    assert [path.name for path in folder.iterdir()] == [Path(str(done.file.name)).name]  # one file, nothing left over
+    with done.file.open("rb") as stored:
+        exported = xlsx_rows(stored.read())
+    ids = [row[0] for row in exported[1:]]
+    assert len(ids) == len(set(ids)) == rows  # no row twice, none lost
+    assert set(ids) == {str(value) for value in Payment.objects.values_list("public_id", flat=True)}
