@@ -124,7 +124,7 @@ def write_xlsx(out: IO[bytes] | str, header: Sequence[str], rows: Iterable[Seque
         text(0, column, str(name))
     for number, row in enumerate(rows, start=1):
         for column, value in enumerate(row):
-            if value is None:
+            if value is None or value == "":  # an empty cell, as a spreadsheet has it
                 continue
             write = writers.get(type(value))
             if write is None:  # a UUID, a lazy translation...: its text

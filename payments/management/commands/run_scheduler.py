@@ -41,11 +41,9 @@ class Command(BaseCommand):
         worker: threading.Thread | None = None
         while True:
             cycles += 1
-            if options["once"]:
-                self._work()
-            elif worker is None or not worker.is_alive():
+            if not options["once"] and (worker is None or not worker.is_alive()):
                 # One at a time, beside the loop: an export of a million rows must not hold up the periodic tasks.
-                worker = threading.Thread(target=self._work, name="scheduler-work", daemon=True)
+                worker = threading.Thread(target=self._work_in_thread, name="scheduler-work", daemon=True)
                 worker.start()
             try:
                 self._run_due(last_run, once=options["once"])
@@ -58,6 +56,8 @@ class Command(BaseCommand):
                 if failures:
                     logger.warning("database reachable again after %d failed checks", failures)
                 failures = 0
+            if options["once"]:
+                self._work()
             if options["once"] or cycles == options["cycles"]:
                 if worker is not None:
                     worker.join()
@@ -81,15 +81,18 @@ class Command(BaseCommand):
 
     def _work(self) -> None:
         """The tasks of SCHEDULER_WORKER_TASKS, each run until it has nothing left (a worker's share)."""
+        for name in settings.SCHEDULER_WORKER_TASKS:
+            try:
+                result = celery_app.tasks[name].apply().get()
+            except Exception as exc:
+                logger.exception("%s failed", name)
+                self.stderr.write(f"{timezone.now():%H:%M:%S} {name}: failed: {exc}")
+            else:
+                if result:
+                    self.stdout.write(f"{timezone.now():%H:%M:%S} {name}: {result}")
+
+    def _work_in_thread(self) -> None:
         try:
-            for name in settings.SCHEDULER_WORKER_TASKS:
-                try:
-                    result = celery_app.tasks[name].apply().get()
-                except Exception as exc:
-                    logger.exception("%s failed", name)
-                    self.stderr.write(f"{timezone.now():%H:%M:%S} {name}: failed: {exc}")
-                else:
-                    if result:
-                        self.stdout.write(f"{timezone.now():%H:%M:%S} {name}: {result}")
+            self._work()
         finally:
             connections.close_all()  # this thread's own connections
