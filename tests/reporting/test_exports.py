@@ -5,7 +5,7 @@ import io
 import os
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -192,6 +192,46 @@ def test_a_background_export_reports_its_progress_and_ends_done_with_a_file(
         rows = xlsx_rows(stored.read())
     assert rows[0] == TRANSACTION_HEADER
     assert len(rows) == 26
+
+
+@pytest.fixture
+def progress_log() -> Iterator[Callable[[], list[int]]]:
+    """Every `rows_done` written to an export job, whichever connection wrote it (a trigger keeps them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE test_export_progress (id serial PRIMARY KEY, rows_done integer);"
+            " CREATE FUNCTION test_log_export_progress() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO test_export_progress (rows_done) VALUES (NEW.rows_done); RETURN NEW; END $$;"
+            " CREATE TRIGGER test_export_progress AFTER UPDATE OF rows_done ON reporting_exportjob"
+            " FOR EACH ROW EXECUTE FUNCTION test_log_export_progress()"
+        )
+
+    def logged() -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT rows_done FROM test_export_progress ORDER BY id")
+            return [row[0] for row in cursor.fetchall()]
+
+    yield logged
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DROP TRIGGER test_export_progress ON reporting_exportjob; DROP FUNCTION test_log_export_progress();"
+            " DROP TABLE test_export_progress"
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # the progress of a COPY is written on a second connection
+def test_a_csv_job_streamed_by_copy_reports_its_progress_while_it_runs(
+    carrier: Carrier, make_payment: MakePayment, django_user_model: Any, progress_log: Callable[[], list[int]]
+) -> None:
+    for n in range(25):
+        make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    finished = exports.run_export_job(job_id=job.pk, every=10)
+    assert (finished.status, finished.rows_done, finished.rows_total, finished.error) == ("done", 25, 25, "")
+    assert progress_log() == [0, 10, 20, 25]  # claimed, two heartbeats, done
+    with finished.file.open("rb") as stored:
+        assert len(csv_rows(stored.read())) == 26
 
 
 def test_running_a_finished_export_job_again_changes_nothing(
