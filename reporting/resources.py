@@ -162,6 +162,40 @@ def _odd_exponents() -> dict[str, int]:
     return exponents
 
 
+def _xml_text(value: str) -> str:
+    """A text as XML character data that COPY's CSV writer leaves unquoted: no line breaks, no controls."""
+    escaped = f"replace(replace(replace({value}, '&', '&amp;'), '<', '&lt;'), '>', '&gt;')"
+    lines = f"replace(replace({escaped}, E'\\r', '&#13;'), E'\\n', '&#10;')"
+    return f"regexp_replace({lines}, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f]', E'\\uFFFD', 'g')"
+
+
+def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
+    """The `<c>` element of a sheet row (SpreadsheetML) for `python_value(...)`, as a PostgreSQL expression.
+    Texts are inline strings (never formulas); times are serial dates in style 1 (`playpay.tables`)."""
+    if column.kind == Kind.MONEY:
+        number = sql_value(column, value, currency)
+    elif column.kind == Kind.INTEGER:
+        number = f"{value}::text"
+    elif column.kind == Kind.TIME:
+        serial = f"(extract(epoch FROM {value}) / 86400 + 25569)::text"
+        return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c s=''1''><v>' || {serial} || '</v></c>' END"
+    elif column.kind == Kind.BOOLEAN:
+        true, false = "'<c t=''b''><v>1</v></c>'", "'<c t=''b''><v>0</v></c>'"
+        return f"CASE WHEN {value} THEN {true} WHEN NOT {value} THEN {false} ELSE '<c/>' END"
+    else:
+        text = (
+            f"CASE WHEN length({value}) <= 6 THEN repeat('*', length({value})) "
+            f"ELSE left({value}, 6) || repeat('*', length({value}) - 8) || right({value}, 2) END"
+            if column.kind == Kind.MSISDN
+            else f"{value}::text"
+        )
+        return (
+            f"CASE WHEN coalesce({text}, '') = '' THEN '<c/>' "
+            f"ELSE '<c t=''inlineStr''><is><t xml:space=''preserve''>' || {_xml_text(text)} || '</t></is></c>' END"
+        )
+    return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c><v>' || {number} || '</v></c>' END"
+
+
 def sql_value(column: Column, value: str, currency: str = "") -> str:
     """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources."""
     if column.kind == Kind.MONEY:

@@ -1,8 +1,9 @@
 """Finance exports: transactions, refunds and ledger lines, filtered, streamed as CSV or XLSX.
 
-What each export contains is declared once (`reporting.resources`). On PostgreSQL the CSV is written by
-the server (`COPY (SELECT ...) TO STDOUT`) and passed through as it comes; on SQLite, and for XLSX, rows
-are read in chunks and formatted here. `uses_copy` is the one place that decides. Neither holds more than
+What each export contains is declared once (`reporting.resources`). On PostgreSQL the server writes the
+rows (`COPY (SELECT ...) TO STDOUT`): CSV lines passed through as they come, or the sheet rows of an XLSX
+that is only packaged here; on SQLite rows are read in chunks and formatted here (XLSX by XlsxWriter).
+`uses_copy` is the one place that decides. Neither holds more than
 a chunk in memory, whatever the size of the export.
 
 Small exports are downloaded at once. Large ones are `ExportJob`s that a web request only records: a
@@ -31,11 +32,11 @@ from django.db.models import F, QuerySet
 from django.utils import timezone
 
 from payments.services import outbox
-from playpay.tables import TableFormat, csv_lines, temporary_file, write_table
+from playpay.tables import TableFormat, csv_lines, temporary_file, write_table, write_xlsx_rows
 from playpay.times import start_of_utc_day
 from reporting import resources
 from reporting.models import ExportJob, ExportKind, export_file_path
-from reporting.resources import ExportColumns, python_value, sql_value
+from reporting.resources import Column, ExportColumns, python_value, sql_value, sql_xlsx_cell
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +144,9 @@ def export_rows(*, kind: str, filters: ExportFilters) -> Iterator[list[Any]]:
         ]
 
 
-def copy_statement(*, kind: str, filters: ExportFilters) -> tuple[str, tuple[Any, ...]]:
-    """The COPY statement of the export's CSV rows (no header), and its parameters.
+def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> tuple[str, tuple[Any, ...]]:
+    """The COPY statement of the export's rows (no header), and its parameters: CSV lines, or for XLSX one
+    SpreadsheetML `<row>` a line.
 
     The inner query is Django's (filters, joins, the table's own primary key, whatever its shape); the outer
     one only formats its columns and orders by the row id.
@@ -155,21 +157,30 @@ def copy_statement(*, kind: str, filters: ExportFilters) -> tuple[str, tuple[Any
         row_key=F("pk"), **{name: F(path) for path, name in alias.items()}
     )
     sql, params = inner.query.sql_with_params()
-    select = ", ".join(
-        sql_value(column, f"x.{alias[column.source]}", f"x.{alias[column.currency]}" if column.currency else "")
-        for column in spec.columns
-    )
+
+    def sources(column: Column) -> tuple[str, str]:
+        return f"x.{alias[column.source]}", f"x.{alias[column.currency]}" if column.currency else ""
+
+    if TableFormat(file_format) == TableFormat.XLSX:
+        cells = " || ".join(sql_xlsx_cell(column, *sources(column)) for column in spec.columns)
+        select = f"'<row>' || {cells} || '</row>'"
+        # The row has no line breaks, and no \x01 or \x02 (not allowed in XML): nothing for CSV to quote.
+        options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
+    else:
+        select = ", ".join(sql_value(column, *sources(column)) for column in spec.columns)
+        options = "FORMAT csv"
     # Only our own column expressions and Django's compiled query; every value is a parameter.
-    statement = f"COPY (SELECT {select} FROM ({sql}) AS x ORDER BY x.row_key) TO STDOUT (FORMAT csv)"  # noqa: S608
+    statement = f"COPY (SELECT {select} FROM ({sql}) AS x ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
     return statement, tuple(params)
 
 
-def copy_csv_rows(*, kind: str, filters: ExportFilters) -> Iterator[bytes]:
-    """The CSV data rows as PostgreSQL writes them, each ended by CRLF like the csv module's."""
-    statement, params = copy_statement(kind=kind, filters=filters)
+def copy_rows(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> Iterator[bytes]:
+    """The rows as PostgreSQL writes them: CSV lines ended by CRLF like the csv module's, or sheet rows."""
+    statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format)
+    end = b"\r\n" if TableFormat(file_format) == TableFormat.CSV else b""
     with connection.cursor() as cursor, cursor.cursor.copy(statement, params or None) as copy:
         for row in copy:  # one row per message of the COPY protocol
-            yield bytes(row[:-1]) + b"\r\n"
+            yield bytes(row[:-1]) + end
 
 
 def _csv_header(kind: str) -> bytes:
@@ -180,7 +191,7 @@ def stream_csv(*, kind: str, filters: ExportFilters) -> Iterator[bytes]:
     """The CSV, line by line, for a streaming response."""
     if uses_copy():
         yield _csv_header(kind)
-        yield from copy_csv_rows(kind=kind, filters=filters)
+        yield from copy_rows(kind=kind, filters=filters)
         return
     for line in csv_lines(export_header(kind=kind), export_rows(kind=kind, filters=filters)):
         yield line.encode()
@@ -208,9 +219,12 @@ def write_export(
             if on_progress is not None and written % every == 0:
                 on_progress(written)
 
-    if TableFormat(file_format) == TableFormat.CSV and uses_copy():
+    if uses_copy() and TableFormat(file_format) == TableFormat.CSV:
         out.write(_csv_header(kind))
-        out.writelines(counted(copy_csv_rows(kind=kind, filters=filters)))
+        out.writelines(counted(copy_rows(kind=kind, filters=filters)))
+    elif uses_copy():
+        rows = counted(copy_rows(kind=kind, filters=filters, file_format=file_format))
+        write_xlsx_rows(out, export_header(kind=kind), rows, title=str(kind))
     else:
         rows = counted(export_rows(kind=kind, filters=filters))
         write_table(out, export_header(kind=kind), rows, file_format=file_format, title=str(kind))
@@ -310,8 +324,7 @@ def _own(job: ExportJob) -> QuerySet[ExportJob]:
 
 def _run_claimed(job: ExportJob, *, every: int) -> ExportJob:
     filters = ExportFilters.from_json(job.filters)
-    streams_from_server = TableFormat(job.file_format) == TableFormat.CSV and uses_copy()
-    with _side_connection(needed=streams_from_server) as side:
+    with _side_connection(needed=uses_copy()) as side:
 
         def heartbeat(rows: int) -> None:
             # Committed at once (no transaction is open here), so the admin sees it while the export runs.
