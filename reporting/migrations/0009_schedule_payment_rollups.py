@@ -8,7 +8,7 @@ ENTRIES: list[Entry] = [("reporting: refresh payment rollups", "reporting.tasks.
 
 
 class Migration(migrations.Migration):
-    dependencies = [("reporting", "0006_payment_rollups"), ("django_celery_beat", "0019_alter_periodictasks_options")]
+    dependencies = [("reporting", "0008_payment_rollups"), ("django_celery_beat", "0019_alter_periodictasks_options")]
     operations = [
         migrations.RunPython(lambda apps, _: schedule(apps, ENTRIES), lambda apps, _: unschedule(apps, ENTRIES))
     ]

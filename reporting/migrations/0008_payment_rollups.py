@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
     dependencies = [
         ("carriers", "0005_carrier_deduplicates_reference_code"),
-        ("reporting", "0005_remove_simulator_datasets"),
+        ("reporting", "0007_schedule_stale_exports"),
         ("tenants", "0001_initial"),
     ]
 
