@@ -182,13 +182,17 @@ def generate(env: dict[str, str], payments: int, events: int) -> float:
     ) as process:
         assert process.stdout is not None
         lines = []
-        for line in process.stdout:
-            lines.append(line.rstrip())
-            log(f"generate_volume: {line.rstrip()}")
-            if time.perf_counter() - started > timeout:
+        try:
+            for line in process.stdout:
+                lines.append(line.rstrip())
+                log(f"generate_volume: {line.rstrip()}")
+                if time.perf_counter() - started > timeout:
+                    raise SetupError(f"generate_volume took more than {timeout:.0f} s")
+            process.wait(timeout=60)
+        finally:
+            if process.poll() is None:  # interrupted, or too long: it must not outlive the run
                 process.kill()
-                raise SetupError(f"generate_volume took more than {timeout:.0f} s")
-        process.wait(timeout=60)
+                process.wait(timeout=60)
     if process.returncode != 0:
         raise SetupError("generate_volume failed:\n" + "\n".join(lines[-40:]))
     return time.perf_counter() - started

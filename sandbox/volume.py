@@ -89,6 +89,8 @@ DROP_EVENTS = 1.8
 # Protocols whose carriers tell the charge's outcome in a callback.
 CALLBACK_PROTOCOLS = (Protocol.CAMARA, Protocol.AGGREGATOR)
 WORK_MEM = "256MB"
+# A month at 10 M payments is a million rows a statement: far beyond a request's statement timeout, but bounded.
+STATEMENT_TIMEOUT = "1h"
 
 
 class VolumeError(Exception):
@@ -981,6 +983,7 @@ def _generate_month(
     with transaction.atomic(), connection.cursor() as cursor:
         # Dropped at commit; inside an outer transaction (a test's) the last month's are still there.
         cursor.execute("DROP TABLE IF EXISTS volume_chunk, volume_refund, volume_entry, volume_event")
+        _long_statements(cursor)
         cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
         cursor.execute("SET LOCAL jit = off")
         if not fire_triggers:
@@ -1041,7 +1044,8 @@ class JournalStage:
 
 def _stage_journal(source_cursor: Any, stage: JournalStage, run: str) -> None:
     """Copy the rows the month's interactions are made of into the journal's database."""
-    with connections[JOURNAL].cursor() as cursor:
+    with transaction.atomic(using=JOURNAL), connections[JOURNAL].cursor() as cursor:
+        _long_statements(cursor)
         stage.drop(cursor)
         cursor.execute(JOURNAL_STAGING.format(payments=stage.payments, refunds=stage.refunds))
         for outgoing, table in ((JOURNAL_PAYMENTS_OUT, stage.payments), (JOURNAL_REFUNDS_OUT, stage.refunds)):
@@ -1055,6 +1059,7 @@ def _write_journal(stage: JournalStage, params: dict[str, Any]) -> int:
     """The month's journal records, built by PostgreSQL from the staged rows (in a thread of its own, with
     its own connection, while the next month is generated)."""
     with transaction.atomic(using=JOURNAL), connections[JOURNAL].cursor() as cursor:
+        _long_statements(cursor)
         source = JOURNAL_HASHED.replace(
             "{source}", JOURNAL_SOURCE.format(payments=stage.payments, refunds=stage.refunds)
         )
@@ -1102,8 +1107,14 @@ VOLUME_MODELS: list[type[models.Model]] = [
 
 def analyse() -> None:
     """Planner statistics for what was just written (autovacuum would come later, after slow reports)."""
-    with connection.cursor() as cursor:
-        for model in VOLUME_MODELS:
-            cursor.execute(f"ANALYZE {sql.Identifier(model._meta.db_table).as_string()}")
-    with connections[JOURNAL].cursor() as cursor:
-        cursor.execute(f"ANALYZE {sql.Identifier(JournalRecord._meta.db_table).as_string()}")
+    for alias, models_here in (("default", VOLUME_MODELS), (JOURNAL, [JournalRecord])):
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            _long_statements(cursor)
+            for model in models_here:
+                cursor.execute(f"ANALYZE {sql.Identifier(model._meta.db_table).as_string()}")
+
+
+def _long_statements(cursor: Any) -> None:
+    """For the rest of the transaction: statements may run long, the connection may wait on the other."""
+    cursor.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
+    cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = '{STATEMENT_TIMEOUT}'")
