@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "import_export",
+    "playpay.apps.PlayPayConfig",
     "tenants",
     "carriers",
     "payments",
