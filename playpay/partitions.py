@@ -214,7 +214,7 @@ class PartitionedTable:
             partial = path.with_name(path.name + ".partial")
             with gzip.open(partial, "wb") as archive:
                 raw = cursor.cursor  # psycopg's own cursor: COPY streams without building the file in memory
-                with raw.copy(f"COPY (SELECT * FROM {name} ORDER BY 1) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
+                with raw.copy(f"COPY (SELECT * FROM {name} ) TO STDOUT WITH (FORMAT csv, HEADER)") as copy:
                     for chunk in copy:
                         archive.write(chunk)
             written = sum(1 for _ in read_archive(partial))
@@ -224,6 +224,19 @@ class PartitionedTable:
             cursor.execute(f"DROP TABLE {name}")
         logger.info("partition archived", extra={"partition": name, "rows": rows, "path": str(path)})
         return Archived(partition=name, rows=rows, path=path)
+
+    def drop(self, month: date) -> int:
+        """Detach and drop the month's partition, its rows gone for good (a retention past which nothing is
+        kept); returns how many rows it held."""
+        name = self.partition_name(month)
+        with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            cursor.execute(f"ALTER TABLE {self.table} DETACH PARTITION {name}")
+            cursor.execute(f"SELECT count(*) FROM {name}")
+            rows = int(cursor.fetchone()[0])
+            cursor.execute(f"DROP TABLE {name}")
+        logger.info("partition dropped", extra={"partition": name, "rows": rows})
+        return rows
 
     def detached(self) -> list[str]:
         """Monthly partitions of this table left detached by an archive that did not finish."""
@@ -280,3 +293,81 @@ def ensure_all(*, now: datetime | None = None) -> list[str]:
     if failed:
         raise RuntimeError(f"partitions not created for {', '.join(failed)} (created: {', '.join(created) or 'none'})")
     return created
+
+
+def _set_aside(cursor: Any, table: str) -> list[tuple[str, str]]:
+    """Rename the table, its primary key and indexes out of the way of the new table's; returns its other
+    indexes as (name, definition) to build again on the new table."""
+    plain = f"{table}_unpartitioned"
+    cursor.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = current_schema() AND tablename = %s "
+        "AND indexname <> %s ORDER BY 1",
+        [table, f"{table}_pkey"],
+    )
+    indexes = [(name, definition) for name, definition in cursor.fetchall()]
+    cursor.execute(f"ALTER TABLE {table} RENAME TO {plain}")
+    cursor.execute(f"ALTER TABLE {plain} RENAME CONSTRAINT {table}_pkey TO {plain}_pkey")
+    for name, _ in indexes:
+        cursor.execute(f'ALTER INDEX "{name}" RENAME TO "{name[:59]}_old"')
+    return indexes
+
+
+def _index_on(definition: str) -> str:
+    """An index definition read from the table before it was set aside: it names the table by its own name
+    (a partitioned table's reads `ON ONLY`, which would leave its partitions without the index)."""
+    return definition.replace(" ON ONLY ", " ON ", 1)
+
+
+def _drop_set_aside(cursor: Any, table: str) -> None:
+    cursor.execute(f"DROP TABLE {table}_unpartitioned")
+    # The new identity's sequence takes the usual name and carries on after the copied ids.
+    cursor.execute("SELECT pg_get_serial_sequence(%s, 'id')", [table])
+    sequence = cursor.fetchone()[0]
+    if sequence is None:
+        return
+    if sequence.rpartition(".")[2] != f"{table}_id_seq":
+        cursor.execute(f"ALTER SEQUENCE {sequence} RENAME TO {table}_id_seq")
+    cursor.execute(f"SELECT setval('{table}_id_seq', coalesce(max(id), 0) + 1, false) FROM {table}")
+
+
+def partition_existing(cursor: Any, table: PartitionedTable, *, now: datetime | None = None) -> None:
+    """Turn the plain table into one partitioned by month, its rows copied over (for a migration).
+
+    Its primary key becomes (id, <column>), as a partitioned table's must include the partition key; its
+    indexes keep their names (a unique one must include the partition key too). Triggers and foreign keys
+    of the old table go with it: the caller declares them again. Partitions are made for the months that
+    hold rows (back to MONTHS_BACK), this month and the months ahead; older rows go to the default one.
+    """
+    name, plain = table.table, f"{table.table}_unpartitioned"
+    indexes = _set_aside(cursor, name)
+    cursor.execute(
+        f"CREATE TABLE {name} (LIKE {plain} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS) "
+        f"PARTITION BY RANGE ({table.column})"
+    )
+    cursor.execute(f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (id, {table.column})")
+    for _, definition in indexes:
+        cursor.execute(_index_on(definition))
+    table.create_default_partition(cursor)
+    this_month = month_start(now or timezone.now())
+    cursor.execute(
+        f"SELECT DISTINCT date_trunc('month', {table.column} AT TIME ZONE 'UTC')::date FROM {plain} "
+        f"WHERE {table.column} >= %s",
+        [add_months(this_month, -MONTHS_BACK)],
+    )
+    months = {row[0] for row in cursor.fetchall()} | {add_months(this_month, n) for n in range(table.months_ahead + 1)}
+    for month in sorted(months):
+        table.create_partition(cursor, month)
+    cursor.execute(f"INSERT INTO {name} OVERRIDING SYSTEM VALUE SELECT * FROM {plain}")
+    _drop_set_aside(cursor, name)
+
+
+def unpartition_existing(cursor: Any, table: PartitionedTable) -> None:
+    """The reverse of `partition_existing`: one plain table again, primary key (id), same indexes."""
+    name, plain = table.table, f"{table.table}_unpartitioned"
+    indexes = _set_aside(cursor, name)
+    cursor.execute(f"CREATE TABLE {name} (LIKE {plain} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS)")
+    cursor.execute(f"INSERT INTO {name} OVERRIDING SYSTEM VALUE SELECT * FROM {plain}")
+    cursor.execute(f"ALTER TABLE {name} ADD CONSTRAINT {name}_pkey PRIMARY KEY (id)")
+    for _, definition in indexes:
+        cursor.execute(_index_on(definition))
+    _drop_set_aside(cursor, name)
