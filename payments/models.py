@@ -1,9 +1,10 @@
-import uuid
 from typing import Any
 
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+
+from playpay.ids import new_public_id
 
 
 class PaymentStatus(models.TextChoices):
@@ -57,7 +58,7 @@ class OutcomeTracking(models.Model):
 
 
 class Payment(OutcomeTracking):
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
     app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="payments")
     user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
     msisdn = models.CharField("MSISDN", max_length=16, help_text="E.164")
@@ -314,7 +315,7 @@ class MoneyOperation(OutcomeTracking):
 
 
 class Refund(MoneyOperation):
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
