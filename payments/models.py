@@ -140,7 +140,16 @@ class Payment(OutcomeTracking):
 
 
 class PaymentStatusChange(models.Model):
+    """One step of a payment's history.
+
+    On PostgreSQL the table is partitioned by month of `payment_created_at` (payments.partitions), the
+    payment's own creation time, so that a payment's whole history sits in its month's partition and leaves
+    with it; its primary key there is (id, payment_created_at). Whoever inserts rows without `save()` (bulk
+    SQL) sets `payment_created_at` to the payment's `created_at`.
+    """
+
     payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="history")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     from_status = models.CharField(max_length=20, blank=True)
     to_status = models.CharField(max_length=20)
     actor = models.CharField(max_length=150, help_text="app:<name>, carrier:<slug>, staff:<username> or system")
@@ -153,6 +162,12 @@ class PaymentStatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_status or '∅'} → {self.to_status}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            # The payment is in hand wherever history is written (no query); by id alone, it is read.
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
 
 
 class IdempotencyRecord(models.Model):

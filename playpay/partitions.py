@@ -334,11 +334,18 @@ def partition_existing(cursor: Any, table: PartitionedTable, *, now: datetime | 
     """Turn the plain table into one partitioned by month, its rows copied over (for a migration).
 
     Its primary key becomes (id, <column>), as a partitioned table's must include the partition key; its
-    indexes keep their names (a unique one must include the partition key too). Triggers and foreign keys
-    of the old table go with it: the caller declares them again. Partitions are made for the months that
-    hold rows (back to MONTHS_BACK), this month and the months ahead; older rows go to the default one.
+    indexes and its foreign keys keep their names (a unique index must include the partition key too). Its
+    triggers go with the old table: the caller declares them again. A table other tables refer to by foreign
+    key cannot be rebuilt so (their keys would have to include the partition key): refused. Partitions are
+    made for the months that hold rows (back to MONTHS_BACK), this month and the months ahead; older rows go
+    to the default one.
     """
     name, plain = table.table, f"{table.table}_unpartitioned"
+    cursor.execute("SELECT conname FROM pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass", [name])
+    referring = [row[0] for row in cursor.fetchall()]
+    if referring:
+        raise RuntimeError(f"{name} is referred to by foreign keys {referring}: it cannot be partitioned as is")
+    foreign_keys = _foreign_keys(cursor, name)
     indexes = _set_aside(cursor, name)
     cursor.execute(
         f"CREATE TABLE {name} (LIKE {plain} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS) "
@@ -359,11 +366,27 @@ def partition_existing(cursor: Any, table: PartitionedTable, *, now: datetime | 
         table.create_partition(cursor, month)
     cursor.execute(f"INSERT INTO {name} OVERRIDING SYSTEM VALUE SELECT * FROM {plain}")
     _drop_set_aside(cursor, name)
+    _add_foreign_keys(cursor, name, foreign_keys)
+
+
+def _foreign_keys(cursor: Any, table: str) -> list[tuple[str, str]]:
+    cursor.execute(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass "
+        "AND conparentid = 0 ORDER BY 1",
+        [table],
+    )
+    return [(name, definition) for name, definition in cursor.fetchall()]
+
+
+def _add_foreign_keys(cursor: Any, table: str, foreign_keys: list[tuple[str, str]]) -> None:
+    for constraint, definition in foreign_keys:
+        cursor.execute(f'ALTER TABLE {table} ADD CONSTRAINT "{constraint}" {definition}')
 
 
 def unpartition_existing(cursor: Any, table: PartitionedTable) -> None:
     """The reverse of `partition_existing`: one plain table again, primary key (id), same indexes."""
     name, plain = table.table, f"{table.table}_unpartitioned"
+    foreign_keys = _foreign_keys(cursor, name)
     indexes = _set_aside(cursor, name)
     cursor.execute(f"CREATE TABLE {name} (LIKE {plain} INCLUDING DEFAULTS INCLUDING IDENTITY INCLUDING CONSTRAINTS)")
     cursor.execute(f"INSERT INTO {name} OVERRIDING SYSTEM VALUE SELECT * FROM {plain}")
@@ -371,3 +394,4 @@ def unpartition_existing(cursor: Any, table: PartitionedTable) -> None:
     for _, definition in indexes:
         cursor.execute(_index_on(definition))
     _drop_set_aside(cursor, name)
+    _add_foreign_keys(cursor, name, foreign_keys)
