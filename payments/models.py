@@ -386,7 +386,13 @@ class AppendOnly(models.Model):
 
 
 class LedgerEntry(AppendOnly):
-    """A balanced set of ledger lines posted together; never changed, corrected by an opposite entry."""
+    """A balanced set of ledger lines posted together; never changed, corrected by an opposite entry.
+
+    On PostgreSQL entries and their lines are partitioned by month of `payment_created_at`, their payment's
+    `created_at` (payments.partitions), like the payment's status history: primary keys (id,
+    payment_created_at) there, lines referring to their entry by (entry_id, payment_created_at). Whoever
+    inserts entries or lines without `save()` (bulk_create, SQL) sets `payment_created_at`.
+    """
 
     class Kind(models.TextChoices):
         CHARGE = "charge"
@@ -395,6 +401,7 @@ class LedgerEntry(AppendOnly):
 
     kind = models.CharField(max_length=10, choices=Kind.choices)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="ledger_entries")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     refund = models.OneToOneField(Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
     memo = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -403,9 +410,10 @@ class LedgerEntry(AppendOnly):
         verbose_name_plural = "ledger entries"
         ordering = ["id"]
         constraints = [
-            # At most one charge and one reversal entry per payment: posting twice is impossible.
+            # At most one charge and one reversal entry per payment: posting twice is impossible. With the
+            # payment's month, which the payment alone decides: one key holds it across partitions.
             models.UniqueConstraint(
-                fields=["payment", "kind"],
+                fields=["payment", "payment_created_at", "kind"],
                 condition=Q(kind__in=["charge", "reversal"]),
                 name="ledger_one_charge_and_reversal_per_payment",
             )
@@ -414,11 +422,17 @@ class LedgerEntry(AppendOnly):
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
+
 
 class LedgerLine(AppendOnly):
     """One side of an entry: a signed amount (debit positive, credit negative) on an account."""
 
     entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="lines")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The entry's payment_created_at.")
     account = models.CharField(max_length=100, db_index=True)
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
@@ -430,6 +444,11 @@ class LedgerLine(AppendOnly):
 
     def __str__(self) -> str:
         return f"{self.account} {self.amount_minor:+d} {self.currency}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.entry.payment_created_at
+        super().save(*args, **kwargs)
 
 
 class ImmutableLedger(Exception):

@@ -71,6 +71,10 @@ class PartitionedTable:
 
     `partition_sql` is run for every new partition, `{partition}` standing for its name: what a partition
     does not inherit from its parent (a statement-level TRUNCATE trigger, say).
+
+    With `moves_from_default` false, months found in the default partition are left there (no partition is
+    made for them): a table other partitioned tables refer to by foreign key cannot have rows moved out
+    of a partition (PostgreSQL checks the references at the DELETE, deferred or not).
     """
 
     table: str
@@ -78,6 +82,7 @@ class PartitionedTable:
     using: str = "default"
     months_ahead: int = MONTHS_AHEAD
     partition_sql: tuple[str, ...] = ()
+    moves_from_default: bool = True
 
     @property
     def connection(self) -> BaseDatabaseWrapper:
@@ -175,11 +180,13 @@ class PartitionedTable:
         existing = set(self.partitions())
         first = month_start(since) if since is not None and since < this_month else this_month
         wanted = {add_months(first, n) for n in range(months_between(first, this_month) + ahead + 1)}
+        oldest = add_months(this_month, -MONTHS_BACK)
         with self.connection.cursor() as cursor:
-            oldest = add_months(this_month, -MONTHS_BACK)
-            wanted |= {
-                month for month in self.default_months(cursor) if oldest <= month <= add_months(this_month, ahead)
-            }
+            in_default = set(self.default_months(cursor))
+        if self.moves_from_default:
+            wanted |= {month for month in in_default if oldest <= month <= add_months(this_month, ahead)}
+        else:
+            wanted -= in_default
         missing = sorted(month for month in wanted if self.partition_name(month) not in existing)
         if not missing:
             return []
@@ -330,15 +337,17 @@ def _drop_set_aside(cursor: Any, table: str) -> None:
     cursor.execute(f"SELECT setval('{table}_id_seq', coalesce(max(id), 0) + 1, false) FROM {table}")
 
 
-def partition_existing(cursor: Any, table: PartitionedTable, *, now: datetime | None = None) -> None:
+def partition_existing(
+    cursor: Any, table: PartitionedTable, *, now: datetime | None = None, months_of: tuple[str, str] | None = None
+) -> None:
     """Turn the plain table into one partitioned by month, its rows copied over (for a migration).
 
     Its primary key becomes (id, <column>), as a partitioned table's must include the partition key; its
     indexes and its foreign keys keep their names (a unique index must include the partition key too). Its
     triggers go with the old table: the caller declares them again. A table other tables refer to by foreign
     key cannot be rebuilt so (their keys would have to include the partition key): refused. Partitions are
-    made for the months that hold rows (back to MONTHS_BACK), this month and the months ahead; older rows go
-    to the default one.
+    made for the months that hold rows (back to MONTHS_BACK), and those of `months_of` (table, column) (the
+    months of the rows its rows belong to), this month and the months ahead; older rows go to the default one.
     """
     name, plain = table.table, f"{table.table}_unpartitioned"
     cursor.execute("SELECT conname FROM pg_constraint WHERE contype = 'f' AND confrelid = %s::regclass", [name])
@@ -362,6 +371,13 @@ def partition_existing(cursor: Any, table: PartitionedTable, *, now: datetime | 
         [add_months(this_month, -MONTHS_BACK)],
     )
     months = {row[0] for row in cursor.fetchall()} | {add_months(this_month, n) for n in range(table.months_ahead + 1)}
+    if months_of is not None:
+        other, column = months_of
+        cursor.execute(
+            f"SELECT DISTINCT date_trunc('month', {column} AT TIME ZONE 'UTC')::date FROM {other} WHERE {column} >= %s",
+            [add_months(this_month, -MONTHS_BACK)],
+        )
+        months |= {row[0] for row in cursor.fetchall()}
     for month in sorted(months):
         table.create_partition(cursor, month)
     cursor.execute(f"INSERT INTO {name} OVERRIDING SYSTEM VALUE SELECT * FROM {plain}")

@@ -26,7 +26,7 @@ def fill(apps: Any, schema_editor: Any) -> None:
 def partition(apps: Any, schema_editor: Any) -> None:
     if schema_editor.connection.vendor == "postgresql":
         with schema_editor.connection.cursor() as cursor:
-            partition_existing(cursor, HISTORY)
+            partition_existing(cursor, HISTORY, months_of=("payments_payment", "created_at"))
 
 
 def unpartition(apps: Any, schema_editor: Any) -> None:

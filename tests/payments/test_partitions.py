@@ -1,15 +1,17 @@
-"""The payments' status history at volume (PostgreSQL): partitioned by its payment's month, so that a payment's
-whole history sits in one partition; rows of a month without a partition wait in the default one until the
-job gives the month its own; the migration of an existing database keeps every row."""
+"""The payments' status history and ledger at volume (PostgreSQL): partitioned by their payment's month, so that
+all of a payment's rows sit in its month's partitions; rows of a month without a partition wait in the default
+one until the job gives the month its own; the ledger's guarantees hold across partitions; the migration of an
+existing database keeps every row, key and guard."""
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, InternalError, connection, transaction
 from django.utils import timezone
 
-from payments.models import Payment, PaymentFlow, PaymentStatus, PaymentStatusChange
-from payments.partitions import HISTORY
+from payments.models import LedgerEntry, LedgerLine, Payment, PaymentFlow, PaymentStatus, PaymentStatusChange
+from payments.partitions import ENTRIES, HISTORY, LINES
+from payments.services.ledger import post_charge
 from payments.services.state_machine import record_creation, transition
 from playpay.partitions import add_months, ensure_all, month_start
 from tests.factories import PaymentFactory
@@ -17,13 +19,23 @@ from tests.factories import PaymentFactory
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
 
-def partitions_of(payment: Payment) -> set[str]:
+def partitions_of(payment: Payment, table: str = "payments_paymentstatuschange") -> set[str]:
+    """The partitions of `table` that hold rows of the payment."""
+    query = {
+        "payments_paymentstatuschange": "SELECT tableoid::regclass::text FROM payments_paymentstatuschange "
+        "WHERE payment_id = %s",
+        "payments_ledgerentry": "SELECT tableoid::regclass::text FROM payments_ledgerentry WHERE payment_id = %s",
+        "payments_ledgerline": "SELECT l.tableoid::regclass::text FROM payments_ledgerline l "
+        "JOIN payments_ledgerentry e ON e.id = l.entry_id WHERE e.payment_id = %s",
+    }[table]
     with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT DISTINCT tableoid::regclass::text FROM payments_paymentstatuschange WHERE payment_id = %s",
-            [payment.pk],
-        )
+        cursor.execute(query, [payment.pk])
         return {row[0] for row in cursor.fetchall()}
+
+
+def charged(payment: Payment) -> None:
+    with transaction.atomic():
+        post_charge(payment)
 
 
 def walk(payment: Payment) -> None:
@@ -39,15 +51,22 @@ def test_a_payments_history_lands_in_the_partition_of_the_payments_month() -> No
     assert all(change.payment_created_at == payment.created_at for change in payment.history.all())
 
 
-def test_history_of_a_month_without_partition_waits_in_the_default_one_until_the_job_moves_it() -> None:
+def test_history_of_a_month_without_partition_stays_in_the_default_one() -> None:
+    # Only payments older than the partitions (migrated from before them) have no month of their own.
     month = add_months(month_start(timezone.now()), -3)
     payment = PaymentFactory.create(flow=PaymentFlow.PIN)
     Payment.objects.filter(pk=payment.pk).update(created_at=datetime(month.year, month.month, 9, tzinfo=UTC))
     payment.refresh_from_db()
     walk(payment)
+    charged(payment)
     assert partitions_of(payment) == {HISTORY.default_partition}
-    assert HISTORY.partition_name(month) in ensure_all()
-    assert partitions_of(payment) == {HISTORY.partition_name(month)}
+    with connection.cursor() as cursor:  # the entry balances: checked as at the commit
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    created = ensure_all(now=timezone.now() + timedelta(days=200))  # months ahead are still made
+    assert HISTORY.partition_name(month_start(timezone.now() + timedelta(days=200))) in created
+    assert not {table.partition_name(month) for table in (HISTORY, ENTRIES, LINES)} & set(created)
+    assert partitions_of(payment) == {HISTORY.default_partition}
+    assert partitions_of(payment, "payments_ledgerline") == {LINES.default_partition}
     assert list(payment.history.values_list("to_status", flat=True)) == ["created", "pin_sent"]
 
 
@@ -69,50 +88,113 @@ def test_history_of_a_payment_that_does_not_exist_is_refused() -> None:
             cursor.execute(insert, [payment.pk + 1000, payment.created_at])
 
 
+def test_a_payments_ledger_lands_in_the_partitions_of_the_payments_month() -> None:
+    payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
+    charged(payment)
+    month = month_start(payment.created_at)
+    assert partitions_of(payment, "payments_ledgerentry") == {ENTRIES.partition_name(month)}
+    assert partitions_of(payment, "payments_ledgerline") == {LINES.partition_name(month)}
+    assert sum(LedgerLine.objects.filter(entry__payment=payment).values_list("amount_minor", flat=True)) == 0
+
+
+def test_a_second_charge_entry_for_a_payment_is_refused_whatever_its_month() -> None:
+    payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
+    charged(payment)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        post_charge(payment)
+    # A made-up month for the same payment would be another key: the payment's own month is the only one
+    # the ledger ever writes (it takes it from the payment), so the key holds globally.
+    assert LedgerEntry.objects.filter(payment=payment, kind=LedgerEntry.Kind.CHARGE).count() == 1
+
+
+def test_the_ledger_refuses_changes_on_every_partition() -> None:
+    payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
+    charged(payment)
+    with connection.cursor() as cursor:  # as if committed: no balance check left pending, which TRUNCATE refuses
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    partition = LINES.partition_name(month_start(payment.created_at))  # a name of our own making
+    for statement in (
+        f"UPDATE {partition} SET account = 'x'",  # noqa: S608
+        f"DELETE FROM {partition}",  # noqa: S608
+        f"TRUNCATE {partition}",
+    ):
+        with (
+            pytest.raises((IntegrityError, InternalError), match="append-only"),
+            transaction.atomic(),
+            connection.cursor() as cursor,
+        ):
+            cursor.execute(statement)
+
+
+TABLES = ("payments_paymentstatuschange", "payments_ledgerentry", "payments_ledgerline")
+
+
+def tables_state() -> dict[str, tuple[str, list[tuple[object, ...]], list[str], list[str]]]:
+    """Per table: its kind (r plain, p partitioned), its rows, its foreign keys and its triggers."""
+    state = {}
+    with connection.cursor() as cursor:
+        for table in TABLES:
+            cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [table])
+            kind = cursor.fetchone()[0]
+            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table names
+            columns = [column.name for column in cursor.description]
+            rows = [
+                tuple(value for name, value in zip(columns, row, strict=True) if name != "payment_created_at")
+                for row in cursor.fetchall()
+            ]
+            cursor.execute(
+                "SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass "
+                "AND conparentid = 0 ORDER BY 1",
+                [table],
+            )
+            keys = [row[0] for row in cursor.fetchall()]
+            cursor.execute(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = %s::regclass ORDER BY 1", [table]
+            )
+            state[table] = (kind, rows, keys, [row[0] for row in cursor.fetchall()])
+    return state
+
+
 @pytest.mark.django_db(transaction=True)
-def test_migrating_an_existing_database_keeps_the_history_its_ids_and_its_payment_key_both_ways() -> None:
+def test_migrating_an_existing_database_keeps_rows_ids_keys_and_guards_both_ways() -> None:
     from django.db.migrations.executor import MigrationExecutor
 
     before = [("payments", "0018_public_ids_time_ordered")]
-    partitioned = [("payments", "0019_status_history_partitioned_by_payment_month")]
+    latest = [("payments", "0020_ledger_partitioned_by_payment_month")]
 
     def migrate(target: list[tuple[str, str]]) -> None:
         executor = MigrationExecutor(connection)
         executor.loader.build_graph()
         executor.migrate(target)
 
-    def table() -> tuple[str, list[tuple[int, int, str]], list[str]]:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT relkind FROM pg_class WHERE relname = 'payments_paymentstatuschange'")
-            kind = cursor.fetchone()[0]
-            cursor.execute("SELECT id, payment_id, to_status FROM payments_paymentstatuschange ORDER BY id")
-            rows = cursor.fetchall()
-            cursor.execute(
-                "SELECT conname FROM pg_constraint WHERE contype = 'f' "
-                "AND conrelid = 'payments_paymentstatuschange'::regclass AND conparentid = 0"
-            )
-            return kind, rows, [row[0] for row in cursor.fetchall()]
-
-    old = PaymentFactory.create(flow=PaymentFlow.PIN)
+    old = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
     Payment.objects.filter(pk=old.pk).update(created_at=datetime(2019, 6, 1, tzinfo=UTC))  # before every partition
     old.refresh_from_db()
-    recent = PaymentFactory.create(flow=PaymentFlow.PIN)
+    recent = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
     for payment in (old, recent):
         walk(payment)
-    kind, rows, keys = table()
-    assert kind == "p"
-    assert len(rows) == 4
-    assert len(keys) == 1
+        charged(payment)
+    partitioned = tables_state()
+    last_change = max(PaymentStatusChange.objects.values_list("id", flat=True))
+    assert {kind for kind, *_ in partitioned.values()} == {"p"}
+    assert [len(rows) for _, rows, _, _ in partitioned.values()][:2] == [4, 2]
+    assert partitioned["payments_ledgerline"][1]
     try:
         migrate(before)
-        assert table() == ("r", rows, keys)
-        migrate(partitioned)
-        assert table() == ("p", rows, keys)
+        plain = tables_state()
+        for table in TABLES:
+            assert plain[table][:3] == ("r", *partitioned[table][1:3])
+        assert "ledgerline_entry_balanced" in plain["payments_ledgerline"][3]
+        migrate(latest)
+        assert tables_state() == partitioned
         assert partitions_of(old) == {HISTORY.default_partition}
-        assert partitions_of(recent) == {HISTORY.partition_name(month_start(recent.created_at))}
-        assert {change.payment_created_at for change in old.history.all()} == {old.created_at}
-        with transaction.atomic():  # the id sequence carries on after the copied ids
+        assert partitions_of(old, "payments_ledgerline") == {LINES.default_partition}
+        assert partitions_of(recent, "payments_ledgerentry") == {ENTRIES.partition_name(month_start(recent.created_at))}
+        assert {line.payment_created_at for line in LedgerLine.objects.filter(entry__payment=old)} == {old.created_at}
+        with transaction.atomic():  # the id sequences carry on after the copied ids
             change = transition(Payment.objects.select_for_update().get(pk=recent.pk), PaymentStatus.FAILED, actor="t")
-        assert change.pk > max(row[0] for row in rows)
+        assert change.pk > last_change
+        with pytest.raises(IntegrityError), transaction.atomic():  # one charge entry per payment, still
+            post_charge(Payment.objects.get(pk=old.pk))
     finally:
-        migrate(partitioned)
+        migrate(latest)
