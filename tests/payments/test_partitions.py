@@ -4,6 +4,7 @@ one until the job gives the month its own; the ledger's guarantees hold across p
 existing database keeps every row, key and guard."""
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, InternalError, connection, transaction
@@ -13,7 +14,7 @@ from payments.models import LedgerEntry, LedgerLine, Payment, PaymentFlow, Payme
 from payments.partitions import ENTRIES, HISTORY, LINES
 from payments.services.ledger import post_charge
 from payments.services.state_machine import record_creation, transition
-from playpay.partitions import add_months, ensure_all, month_start
+from playpay.partitions import add_months, ensure_all, month_start, read_archive
 from tests.factories import PaymentFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -198,3 +199,42 @@ def test_migrating_an_existing_database_keeps_rows_ids_keys_and_guards_both_ways
             post_charge(Payment.objects.get(pk=old.pk))
     finally:
         migrate(latest)
+
+
+def test_a_ledger_month_is_archived_lines_first_and_its_entries_cannot_leave_before_them(tmp_path: Path) -> None:
+    month = add_months(month_start(timezone.now()), -14)
+    ENTRIES.ensure(since=month)
+    LINES.ensure(since=month)
+    payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
+    Payment.objects.filter(pk=payment.pk).update(created_at=datetime(month.year, month.month, 3, tzinfo=UTC))
+    payment.refresh_from_db()
+    charged(payment)
+    with connection.cursor() as cursor:  # as if committed: no balance check left pending
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with pytest.raises(IntegrityError), transaction.atomic():  # lines still refer to the month's entries
+        ENTRIES.archive(month, tmp_path)
+    assert ENTRIES.partition_name(month) in ENTRIES.partitions()
+    lines = LINES.archive(month, tmp_path)
+    entries = ENTRIES.archive(month, tmp_path)
+    assert entries.rows == 1
+    assert lines.rows >= 2
+    assert sum(int(row["amount_minor"]) for row in read_archive(lines.path)) == 0  # the entry balanced
+    assert [row["kind"] for row in read_archive(entries.path)] == ["charge"]
+    assert not LedgerEntry.objects.filter(payment=payment).exists()
+
+
+def test_archiving_ledger_entries_before_their_lines_is_refused_with_the_order_to_follow(tmp_path: Path) -> None:
+    from django.core.management import CommandError, call_command
+
+    month = add_months(month_start(timezone.now()), -14)
+    ENTRIES.ensure(since=month)
+    LINES.ensure(since=month)
+    payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
+    Payment.objects.filter(pk=payment.pk).update(created_at=datetime(month.year, month.month, 3, tzinfo=UTC))
+    payment.refresh_from_db()
+    charged(payment)
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    with pytest.raises(CommandError, match="ledger lines before ledger entries"):
+        call_command("archive_partitions", "--table", ENTRIES.table, "--older-than-days", "365", "--dir", str(tmp_path))
+    assert LedgerEntry.objects.filter(payment=payment).exists()

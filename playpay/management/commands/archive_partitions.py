@@ -5,6 +5,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import IntegrityError
 from django.utils import timezone
 
 from playpay.partitions import get
@@ -42,7 +43,13 @@ class Command(BaseCommand):
             if options["dry_run"]:
                 self.stdout.write(f"would archive {table.partition_name(month)}")
                 continue
-            archived = table.archive(month, directory)
+            try:
+                archived = table.archive(month, directory)
+            except IntegrityError as exc:
+                raise CommandError(
+                    f"{table.partition_name(month)} is still referred to ({exc}): archive the referring table's "
+                    "month first (ledger lines before ledger entries)"
+                ) from exc
             self.stdout.write(f"{archived.partition}: {archived.rows} rows -> {archived.path}")
         if not months and not pending:
             self.stdout.write("nothing to archive")
