@@ -4,6 +4,10 @@
 [2026-11-01, 2026-12-01) and `funnel_funnelevent_default` whatever no monthly partition covers. The
 periodic job *create partitions ahead* creates the coming months and moves the months that landed in the
 default partition into partitions of their own. Elsewhere (SQLite) all of this does nothing.
+
+Planner statistics: `analyze_partitions` analyses the partitions filled faster than autovacuum looks (never
+analysed, or changed by more than half since; `PartitionedTable.analyze_stale`); funnel reports, the rollup
+job and the partition job call it first.
 """
 
 from datetime import date, datetime
@@ -33,6 +37,12 @@ def partitions() -> list[str]:
 
 def create_partition(cursor: Any, month: date) -> None:
     EVENTS.create_partition(cursor, month)
+
+
+def analyze_partitions(*, since: datetime | date | None = None) -> list[str]:
+    """ANALYZE the events partitions (of months from `since` on, and the default one) whose statistics are
+    missing or stale; returns their names."""
+    return EVENTS.analyze_stale(since=since)
 
 
 def ensure_partitions(

@@ -36,6 +36,27 @@ MONTHS_BACK = 24
 # (and hold up the writers queued behind us); the next run tries again.
 LOCK_TIMEOUT = "5s"
 
+# A partition is analysed again when the rows changed since its last analysis are more than this share
+# of the rows it had then (and more than ANALYZE_MIN_CHANGES).
+ANALYZE_CHANGED_SHARE = 0.5
+ANALYZE_MIN_CHANGES = 1000
+# Partitions with rows but no statistics, or changed by more than a share since their last analysis.
+# reltuples is -1 until a partition is first analysed (or vacuumed); n_mod_since_analyze counts
+# committed changes, reported by each backend within about a second.
+STALE_PARTITIONS = """
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE i.inhparent = %s::regclass
+  AND (c.relname = %s OR c.relname >= %s)
+  AND (
+    (c.reltuples < 0 AND pg_relation_size(c.oid) > 0)
+    OR coalesce(s.n_mod_since_analyze, 0) > greatest(%s, c.reltuples * %s)
+  )
+ORDER BY 1
+"""
+
 csv.field_size_limit(1 << 30)  # journal documents are large; the archive's check reads them back
 
 
@@ -188,14 +209,35 @@ class PartitionedTable:
         else:
             wanted -= in_default
         missing = sorted(month for month in wanted if self.partition_name(month) not in existing)
-        if not missing:
-            return []
-        with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
-            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-            cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
-            for month in missing:
-                self.create_partition(cursor, month)
+        if missing:
+            with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+                for month in missing:
+                    self.create_partition(cursor, month)
+        self.analyze_stale()  # the ones rows were moved into, and any filled since the last run
         return [self.partition_name(month) for month in missing]
+
+    def analyze_stale(self, *, since: datetime | date | None = None) -> list[str]:
+        """ANALYZE the partitions (of months from `since` on, and the default one) whose planner statistics
+        are missing or stale; returns their names.
+
+        A partition filled faster than autovacuum looks (a bulk load, a burst of ingestion) has none, or ones
+        that say it is nearly empty, and a query planned on them can take a plan quadratic in its rows.
+        ANALYZE reads a sample (some 30,000 rows), whatever the partition's size.
+        """
+        if not self.is_partitioned():
+            return []
+        first = self.partition_name(month_start(since)) if since is not None else f"{self.table}_p"
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                STALE_PARTITIONS,
+                [self.table, self.default_partition, first, ANALYZE_MIN_CHANGES, ANALYZE_CHANGED_SHARE],
+            )
+            stale = [row[0] for row in cursor.fetchall()]
+            for name in stale:
+                cursor.execute(f"ANALYZE {name}")
+        return stale
 
     def months_before(self, cutoff: datetime) -> list[date]:
         """The months whose partitions hold nothing newer than `cutoff` (their end is at or before it)."""
