@@ -6,7 +6,7 @@ class FunnelConfig(AppConfig):
     verbose_name = "Funnel"
 
     def ready(self) -> None:
-        from funnel import tasks  # noqa: F401
+        from funnel import partitions, tasks  # noqa: F401  (partitions: registers the events table)
         from funnel.services import record_payment_step
         from payments import events
 

@@ -2,15 +2,9 @@
 
 from celery import shared_task
 
-from funnel.partitions import ensure_partitions
 from funnel.rollups import refresh_recent_rollups
 
 
 @shared_task(acks_late=True)
 def refresh_funnel_rollups() -> int:
     return refresh_recent_rollups()
-
-
-@shared_task(acks_late=True)
-def create_funnel_event_partitions() -> list[str]:
-    return ensure_partitions()

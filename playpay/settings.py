@@ -46,6 +46,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "import_export",
+    "playpay.apps.PlayPayConfig",
     "tenants",
     "carriers",
     "payments",
@@ -157,6 +158,23 @@ JOURNAL_SPOOL_DIR = Path(env_str("JOURNAL_SPOOL_DIR", str(VAR_DIR / "journal-spo
 JOURNAL_ENABLED = env_bool("JOURNAL_ENABLED", True)
 # Key of the hash that lets staff search the journal by MSISDN without storing it in clear.
 JOURNAL_HASH_KEY = env_str("JOURNAL_HASH_KEY", "")
+# How long each kind of journal record is kept, in days (docs/journal.md#retention): kind=days pairs,
+# comma-separated; a kind not listed is kept JOURNAL_TTL_DEFAULT_DAYS. The daily job *journal: expire
+# records* removes what is past its kind's time.
+JOURNAL_TTL_DEFAULT_DAYS = env_int("JOURNAL_TTL_DEFAULT_DAYS", 400)
+JOURNAL_TTL_DAYS = {
+    kind.strip(): int(days)
+    for kind, _, days in (
+        pair.partition("=")
+        for pair in env_list(
+            "JOURNAL_TTL_DAYS",
+            ["api_request=90", "webhook=90", "carrier_call=400", "carrier_callback=400", "staff_action=1825"],
+        )
+    )
+}
+# Where `manage.py archive_partitions` writes the months it takes out of the database (gzip'ed CSV):
+# a mounted volume that is backed up or synchronised to object storage.
+PARTITION_ARCHIVE_DIR = Path(env_str("PARTITION_ARCHIVE_DIR", str(VAR_DIR / "archive")))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
