@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -198,10 +199,14 @@ def rollup_report(
 def dashboard_report(
     *, funnel: FunnelDefinition, since: datetime, until: datetime, breakdown: str | None = None
 ) -> tuple[FunnelReport, str]:
-    """The report dashboards show, and where it came from: the rollups when they cover the period
-    (whole hours), else the raw events."""
-    if since == _hour(since) and until == _hour(until) and rollups_cover(funnel=funnel, since=since, until=until):
+    """The report dashboards show, and where it came from: ClickHouse when it is the analytics backend,
+    else the rollups when they cover the period (whole hours), else the raw events."""
+    if settings.ANALYTICS_BACKEND == "clickhouse":
+        source = "clickhouse"
+    elif since == _hour(since) and until == _hour(until) and rollups_cover(funnel=funnel, since=since, until=until):
         return rollup_report(funnel=funnel, since=since, until=until, breakdown=breakdown), "rollups"
+    else:
+        source = "events"
     report = funnel_report(
         steps=list(funnel.steps),
         window=timedelta(seconds=funnel.window_seconds),
@@ -211,4 +216,4 @@ def dashboard_report(
         app_id=funnel.app_id,
         breakdown=breakdown,
     )
-    return report, "events"
+    return report, source
