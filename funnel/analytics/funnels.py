@@ -3,13 +3,14 @@
 A journey's level is ClickHouse's own `windowFunnel(window)` (default mode) over its events. Events with
 the same timestamp are taken in step order there (the function sorts by (time, step)), so one timestamp
 can satisfy consecutive steps. The report also needs the times of the best chain (gaps between steps)
-and its start (the exclusion step is looked for in [start, start + window]); `arrayFold` replays the same
-walk over the journey's events sorted the same way, keeping for each level the latest chain start that
-reached it and the times of that chain's steps when it first got there, as `funnel.sql` does on
-PostgreSQL. The rows returned have the shape of `funnel.sql.report_query`'s, so that the counts, and the
-report built from them, come out the same from either store.
+and its start (the exclusion step is looked for in [start, start + window]): array functions over the
+journey's events, sorted the same way, compute them level by level as `funnel.sql` does on PostgreSQL
+with window functions (the latest chain start per level; the chain's first event of each step). The rows
+returned have the shape of `funnel.sql.report_query`'s, so that the counts, and the report built from
+them, come out the same from either store.
 """
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -25,16 +26,21 @@ GROUPS = {
     "flow": "flow",
 }
 
-# acc: (latest chain start per level, or -1; the times of that chain's steps), e: (time in µs, step or 0).
-STEP = """
-(acc, e) -> if(e.2 = 0, acc, if(e.2 = 1,
-    (arrayMap((v, i) -> if(i = 1, e.1, v), acc.1, arrayEnumerate(acc.1)),
-     arrayMap((v, i) -> if(i = 1, [e.1], v), acc.2, arrayEnumerate(acc.2))),
-    if(acc.1[e.2 - 1] >= 0 AND e.1 <= acc.1[e.2 - 1] + {window_us} AND acc.1[e.2] != acc.1[e.2 - 1],
-       (arrayMap((v, i) -> if(i = e.2, acc.1[e.2 - 1], v), acc.1, arrayEnumerate(acc.1)),
-        arrayMap((v, i) -> if(i = e.2, arrayPushBack(acc.2[e.2 - 1], e.1), v), acc.2, arrayEnumerate(acc.2))),
-       acc)))
-"""
+# s: per event, the start of the latest chain that its step extends, or -1. Level by level, as in funnel.sql:
+# a step-k event extends the latest chain that reached step k-1 before it (arrayFill carries the last one
+# forward), when within the window of that chain's start. One subquery per level, so that each level's
+# array is computed once.
+NEXT_LEVEL = """
+    SELECT grp, level, ts, ks,
+           arrayMap((t, k, s, chain) -> if(k = {level}, if(chain >= 0 AND t <= chain + {window_us}, chain, -1), s),
+                    ts, ks, s{previous},
+                    arrayFill(x -> x >= 0, arrayMap((k, s) -> if(k = {previous}, s, -1), ks, s{previous}))) AS s{level}
+    FROM ({source})"""
+
+FIRST_LEVEL = """
+    SELECT grp, level, arrayMap(e -> e.1, sequence) AS ts, arrayMap(e -> e.2, sequence) AS ks,
+           arrayMap((t, k) -> if(k = 1, t, -1), ts, ks) AS s1
+    FROM sequences"""
 
 REPORT = """
 WITH journeys AS (
@@ -42,41 +48,40 @@ WITH journeys AS (
     FROM {db}.funnel_journeys FINAL
     WHERE started_at >= {{since:DateTime64(6, 'UTC')}} AND started_at < {{until:DateTime64(6, 'UTC')}}{app_filter}
 ),
-events AS (
-    SELECT app_id, journey_id, toUnixTimestamp64Micro(occurred_at) AS ts,
-           toUInt8(indexOf({{steps:Array(String)}}, step)) AS k
-    FROM {db}.funnel_events
-    WHERE occurred_at >= {{since:DateTime64(6, 'UTC')}} AND occurred_at < {{horizon:DateTime64(6, 'UTC')}}
-      AND (has({{steps:Array(String)}}, step) OR step = {{exclusion:String}}){app_filter}
-      AND (app_id, journey_id) IN (SELECT app_id, journey_id FROM journeys)
-),
-levels AS (
-    SELECT app_id, journey_id,
-           windowFunnel({window_us})(toUInt64(ts), {conditions}) AS level,
-           arraySort(groupArray((ts, k))) AS seq
-    FROM events
+sequences AS (
+    SELECT app_id, journey_id, any(grp) AS grp,
+           windowFunnel({window_us})(toUInt64(t), {conditions}) AS level,
+           arraySort(groupArray((t, k))) AS sequence
+    FROM (
+        SELECT app_id, journey_id, toUnixTimestamp64Micro(occurred_at) AS t,
+               toUInt8(indexOf({{steps:Array(String)}}, step)) AS k
+        FROM {db}.funnel_events
+        WHERE occurred_at >= {{since:DateTime64(6, 'UTC')}} AND occurred_at < {{horizon:DateTime64(6, 'UTC')}}
+          AND (has({{steps:Array(String)}}, step) OR step = {{exclusion:String}}){app_filter}
+    ) AS events
+    INNER JOIN journeys USING (app_id, journey_id)
     GROUP BY app_id, journey_id
 ),
-chains AS (
-    SELECT app_id, journey_id, level, seq,
-           arrayFold({step}, seq, (arrayWithConstant({levels}, toInt64(-1)),
-                                   arrayWithConstant({levels}, CAST([], 'Array(Int64)')))) AS state
-    FROM levels
-),
 results AS (
-    SELECT journeys.grp AS grp, chains.level AS level, chains.state.2[chains.level] AS times,
-           chains.level > 0 AND arrayExists(
-               e -> e.2 = 0 AND e.1 >= chains.state.1[chains.level]
-                   AND e.1 <= chains.state.1[chains.level] + {window_us}, chains.seq) AS excluded
-    FROM chains INNER JOIN journeys USING (app_id, journey_id)
+    -- `start` comes from the subquery: an alias used inside a lambda would be computed again per element.
+    SELECT grp, level,
+           arrayMap(j -> arrayMin(arrayFilter((t, k, s) -> k = j AND s = start, ts, ks, s{steps})),
+                    range(1, level + 1)) AS times,
+           -- Lambda first: after AND, short-circuit evaluation would make it several times slower.
+           arrayExists((t, k) -> k = 0 AND t >= start AND t <= start + {window_us}, ts, ks) AND level > 0 AS excluded
+    FROM (
+        SELECT *, arrayMax(arrayMap((k, s) -> if(k = level, s, -1), ks, s{steps})) AS start
+        FROM ({passes})
+    )
 )
-SELECT 'reached' AS kind, grp, toInt64(level) AS level, toInt64(excluded) AS value, count() AS journeys
-FROM results GROUP BY grp, level, excluded
-UNION ALL
-SELECT 'gap', '', toInt64(step), toInt64(intDiv(times[step] - times[step - 1], 1000000)) AS seconds, count()
-FROM results ARRAY JOIN arrayEnumerate(times) AS step
-WHERE NOT excluded AND step >= 2
-GROUP BY step, seconds
+-- One pass: journeys per group, level and exclusion, with the histogram of whole seconds between steps
+-- (keyed step * 2^32 + seconds) of the journeys not excluded.
+SELECT grp, level, excluded, count(),
+       sumMap(if(excluded, [], arrayMap((gap, step) -> step * 4294967296 + intDiv(gap, 1000000),
+                                        arrayPopFront(arrayDifference(times)), range(2, level + 1))),
+              if(excluded, [], arrayMap(step -> toUInt64(1), range(2, level + 1))))
+FROM results
+GROUP BY grp, level, excluded
 """
 
 FAILURES = """
@@ -91,6 +96,13 @@ def _app_filter(app_id: int | None) -> str:
     return "\n      AND app_id = {app_id:UInt32}" if app_id is not None else ""
 
 
+def _passes(steps: int, window_us: int) -> str:
+    source = FIRST_LEVEL
+    for level in range(2, steps + 1):
+        source = NEXT_LEVEL.format(level=level, previous=level - 1, window_us=window_us, source=source)
+    return source
+
+
 def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str, str, int, int, int]]:
     """Rows ('reached', group, level, excluded, journeys) and ('gap', '', step, whole seconds, journeys)
     for the journeys that started in [since, until), as `funnel.sql.report_query` gives them."""
@@ -101,8 +113,8 @@ def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str,
         app_filter=_app_filter(scope.app_id),
         window_us=window_us,
         conditions=", ".join(f"k = {level}" for level in range(1, len(scope.steps) + 1)),
-        levels=len(scope.steps),
-        step=STEP.format(window_us=window_us),
+        passes=_passes(len(scope.steps), window_us),
+        steps=len(scope.steps),
     )
     parameters: dict[str, Any] = {
         "since": scope.since,
@@ -113,11 +125,15 @@ def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str,
         "exclusion": scope.exclusion,
         "app_id": scope.app_id,
     }
-    result = clickhouse.client().query(query, parameters=parameters)
-    return [
-        (kind, group, int(level), int(value), int(journeys))
-        for kind, group, level, value, journeys in result.result_rows
-    ]
+    rows: list[tuple[str, str, int, int, int]] = []
+    gaps: Counter[tuple[int, int]] = Counter()
+    for group, level, excluded, journeys, (keys, counts) in (
+        clickhouse.client().query(query, parameters=parameters).result_rows
+    ):
+        rows.append(("reached", group, int(level), int(excluded), int(journeys)))
+        for key, count in zip(keys, counts, strict=True):
+            gaps[divmod(int(key), 2**32)] += int(count)
+    return rows + [("gap", "", step, seconds, journeys) for (step, seconds), journeys in sorted(gaps.items())]
 
 
 def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:

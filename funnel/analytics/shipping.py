@@ -19,8 +19,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import connection
 from django.db.models import F, Model, Q, QuerySet
 from django.utils import timezone
+from psycopg.types.datetime import TimestamptzLoader
 
 from funnel.analytics import clickhouse
 from funnel.models import AnalyticsShipment, FunnelEvent, Journey
@@ -51,7 +53,7 @@ class Source:
         fields = [field for field, _ in self.columns]
         rows: QuerySet[Any] = self.model._default_manager.all()
         if self.by_id:
-            batch = list(rows.filter(id__gt=mark.last_id).order_by("id").values_list(*fields)[:limit])
+            batch = _fetch(rows.filter(id__gt=mark.last_id).order_by("id").values_list(*fields)[:limit])
             # Ids are in write order, not commit order: stop at the first row too young to be sure that
             # every row before it is committed (one before it committed later would be passed over).
             at = fields.index(self.time_field)
@@ -63,11 +65,24 @@ class Source:
                 | Q(**{self.time_field: mark.last_updated_at, "id__gt": mark.last_id})
             )
         rows = rows.filter(**{f"{self.time_field}__lt": settled}).order_by(self.time_field, "id")
-        return list(rows.values_list(*fields)[:limit])
+        return _fetch(rows.values_list(*fields)[:limit])
 
     def order_time(self, row: tuple[Any, ...]) -> datetime:
         at: datetime = row[[field for field, _ in self.columns].index(self.time_field)]
         return at
+
+
+def _fetch(rows: QuerySet[Any]) -> list[tuple[Any, ...]]:
+    if connection.vendor != "postgresql":
+        return list(rows)
+    query, params = rows.query.sql_with_params()
+    with connection.cursor() as cursor:
+        # Django's time zone loader costs some 10 µs a value, most of a batch's reading; psycopg's own gives
+        # the same datetimes (aware, in the session's UTC).
+        cursor.cursor.adapters.register_loader("timestamptz", TimestamptzLoader)
+        cursor.execute(query, params)
+        fetched: list[tuple[Any, ...]] = cursor.fetchall()
+        return fetched
 
 
 def _same(*names: str) -> tuple[tuple[str, str], ...]:
@@ -130,7 +145,11 @@ def ship_batch(source: Source, *, batch_rows: int, settled: datetime) -> int:
         AnalyticsShipment.objects.filter(source=source.name).update(shipped_at=settled)
         return 0
     clickhouse.client().insert(
-        source.name, rows, column_names=[column for _, column in source.columns], database=clickhouse.database()
+        source.name,
+        list(zip(*rows, strict=True)),
+        column_names=[column for _, column in source.columns],
+        database=clickhouse.database(),
+        column_oriented=True,
     )
     last = rows[-1]
     order_time = source.order_time(last)
