@@ -65,8 +65,7 @@ sequences AS (
 results AS (
     -- `start` comes from the subquery: an alias used inside a lambda would be computed again per element.
     SELECT grp, level,
-           arrayMap(j -> arrayMin(arrayFilter((t, k, s) -> k = j AND s = start, ts, ks, s{steps})),
-                    range(1, level + 1)) AS times,
+           arraySlice([{step_times}], 1, level) AS times,
            -- Lambda first: after AND, short-circuit evaluation would make it several times slower.
            arrayExists((t, k) -> k = 0 AND t >= start AND t <= start + {window_us}, ts, ks) AND level > 0 AS excluded
     FROM (
@@ -77,9 +76,9 @@ results AS (
 -- One pass: journeys per group, level and exclusion, with the histogram of whole seconds between steps
 -- (keyed step * 2^32 + seconds) of the journeys not excluded.
 SELECT grp, level, excluded, count(),
-       sumMap(if(excluded, [], arrayMap((gap, step) -> step * 4294967296 + intDiv(gap, 1000000),
-                                        arrayPopFront(arrayDifference(times)), range(2, level + 1))),
-              if(excluded, [], arrayMap(step -> toUInt64(1), range(2, level + 1))))
+       sumMapIf(arrayMap((gap, step) -> step * 4294967296 + intDiv(gap, 1000000),
+                         arrayPopFront(arrayDifference(times)), range(2, level + 1)),
+                arrayMap(step -> toUInt64(1), range(2, level + 1)), NOT excluded)
 FROM results
 GROUP BY grp, level, excluded
 """
@@ -115,6 +114,10 @@ def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str,
         conditions=", ".join(f"k = {level}" for level in range(1, len(scope.steps) + 1)),
         passes=_passes(len(scope.steps), window_us),
         steps=len(scope.steps),
+        step_times=", ".join(
+            f"arrayFirst((t, k, s) -> k = {step} AND s = start, ts, ks, s{len(scope.steps)})"
+            for step in range(1, len(scope.steps) + 1)
+        ),
     )
     parameters: dict[str, Any] = {
         "since": scope.since,

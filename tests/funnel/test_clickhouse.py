@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from funnel.tasks import ship_to_clickhouse as ship_task
 from payments.models import Payment, PaymentStatus
 from tenants.models import App
 from tests.factories import AppFactory, CarrierFactory, PaymentFactory, PricePointFactory
+from tests.processes import django
 
 pytestmark = pytest.mark.django_db
 
@@ -272,3 +274,47 @@ def test_without_clickhouse_the_shipping_job_does_nothing(settings: Any) -> None
     assert ship_task.apply().get() == ""
     assert not AnalyticsShipment.objects.exists()
     assert PeriodicTask.objects.get(name="funnel: ship to ClickHouse").task == "funnel.tasks.ship_to_clickhouse"
+
+
+EMBEDDED_SCRIPT = """
+from datetime import UTC, datetime, timedelta
+from django.test import override_settings
+from funnel.analytics.shipping import ship_to_clickhouse
+from funnel.models import FunnelEvent, Journey
+from funnel.selectors import funnel_report
+from tenants.models import App
+t0 = datetime(2026, 10, 1, tzinfo=UTC)
+app = App.objects.create(name="game")
+for n, steps in enumerate([["open", "select", "pay"], ["open", "select"], ["open"]]):
+    Journey.objects.create(app=app, journey_id=f"j{n}", started_at=t0)
+    for k, step in enumerate(steps):
+        FunnelEvent.objects.create(app=app, journey_id=f"j{n}", event_id=f"{n}-{k}", step=step,
+                                   occurred_at=t0 + timedelta(minutes=k), source="game")
+ship_to_clickhouse()
+def entered(backend):
+    with override_settings(ANALYTICS_BACKEND=backend):
+        report = funnel_report(
+            steps=["open", "select", "pay"], window=timedelta(hours=1), since=t0, until=t0 + timedelta(days=1)
+        )
+    return [step.entered for step in report.steps]
+print(entered("postgres"), entered("clickhouse"))
+"""
+
+
+def test_the_embedded_default_ships_from_sqlite_to_embedded_clickhouse(tmp_path: Path) -> None:
+    env = {
+        "PLAYPAY_VAR_DIR": str(tmp_path),
+        "CLICKHOUSE_URL": f"chdb://{tmp_path / 'clickhouse'}",
+        "ANALYTICS_SETTLE_SECONDS": "0",
+    }
+    assert django(["migrate", "-v", "0"], env).returncode == 0
+    result = django(["shell", "-c", EMBEDDED_SCRIPT], env)
+    assert result.returncode == 0, result.stderr
+    # SQLite's report (Python's windowFunnel) and ClickHouse's agree.
+    assert result.stdout.strip().splitlines()[-1] == "[3, 2, 1] [3, 2, 1]"
+
+
+def test_clickhouse_reports_without_a_clickhouse_url_are_refused_at_start(tmp_path: Path) -> None:
+    refused = django(["check"], {"ANALYTICS_BACKEND": "clickhouse", "PLAYPAY_VAR_DIR": str(tmp_path)})
+    assert refused.returncode != 0
+    assert "ANALYTICS_BACKEND=clickhouse needs CLICKHOUSE_URL" in refused.stderr
