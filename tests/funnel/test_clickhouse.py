@@ -1,7 +1,8 @@
 """The analytics tier on ClickHouse: shipping from PostgreSQL, and funnel reports by windowFunnel.
 
-ClickHouse here is chdb (embedded ClickHouse, the same engine as the server) behind clickhouse-connect's
-own chdb transport; the HTTP transport to a server is exercised only for its failure (nothing listening)."""
+ClickHouse here is chdb (embedded ClickHouse, the same engine as the server), reached by clickhouse-connect
+through its chdb transport, and (`ch_any`) also through its HTTP transport, as a server is, with
+`clickhouse_http` answering for chdb."""
 
 import random
 import socket
@@ -26,6 +27,7 @@ from funnel.tasks import ship_to_clickhouse as ship_task
 from payments.models import Payment, PaymentStatus
 from tenants.models import App
 from tests.factories import AppFactory, CarrierFactory, PaymentFactory, PricePointFactory
+from tests.funnel.clickhouse_http import clickhouse_http_server
 from tests.processes import django
 
 pytestmark = pytest.mark.django_db
@@ -43,6 +45,18 @@ def ch(settings: Any) -> Iterator[None]:
     settings.ANALYTICS_SETTLE_SECONDS = 0
     yield
     clickhouse.client().command(f"DROP DATABASE IF EXISTS {settings.CLICKHOUSE_DATABASE}")
+
+
+@pytest.fixture(params=["chdb", "http"])
+def ch_any(request: pytest.FixtureRequest, ch: None, settings: Any) -> Iterator[None]:
+    """The same, reached through clickhouse-connect's chdb transport, then through its HTTP transport."""
+    if request.param == "chdb":
+        yield
+        return
+    with clickhouse_http_server() as url:
+        settings.CLICKHOUSE_URL = url
+        yield
+    settings.CLICKHOUSE_URL = "chdb://memory"  # for `ch` to drop the database
 
 
 def ch_rows(query: str) -> list[tuple[Any, ...]]:
@@ -68,7 +82,7 @@ def add_events(app: App, journeys: int, *, start: datetime = T0) -> None:
             )
 
 
-def test_shipping_sends_every_event_and_journey_once_in_batches(ch: None) -> None:
+def test_shipping_sends_every_event_and_journey_once_in_batches(ch_any: None) -> None:
     app = AppFactory.create()
     add_events(app, 9)  # 27 events
     shipped = {s.source: s for s in ship_to_clickhouse(batch_rows=10)}
@@ -113,7 +127,7 @@ def marks_refused() -> Iterator[None]:
 
 
 @pytest.mark.django_db(transaction=True)  # the failed statement must not abort a test-wide transaction
-def test_a_batch_taken_by_clickhouse_but_not_marked_is_sent_again_and_stored_once(ch: None) -> None:
+def test_a_batch_taken_by_clickhouse_but_not_marked_is_sent_again_and_stored_once(ch_any: None) -> None:
     add_events(AppFactory.create(), 4)  # 12 events
     with marks_refused(), pytest.raises(DatabaseError, match="database unavailable"):
         ship_to_clickhouse()
@@ -153,7 +167,7 @@ def test_while_clickhouse_is_unreachable_nothing_is_marked_and_shipping_resumes_
     assert ch_scalar("SELECT count() FROM {db}.funnel_events") == 9
 
 
-def test_payment_changes_replace_their_earlier_rows_and_totals_match_postgresql(ch: None) -> None:
+def test_payment_changes_replace_their_earlier_rows_and_totals_match_postgresql(ch_any: None) -> None:
     rng = random.Random(7)
     app = AppFactory.create()
     price_points = [
@@ -215,7 +229,7 @@ def report(settings: Any, backend: str, **options: Any) -> FunnelReport:
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_clickhouse_reports_equal_postgresql_reports_on_random_journeys(ch: None, settings: Any, seed: int) -> None:
+def test_clickhouse_reports_equal_postgresql_reports_on_random_journeys(ch_any: None, settings: Any, seed: int) -> None:
     rng = random.Random(seed)
     app, other = AppFactory.create(), AppFactory.create()
     random_journeys(app, rng, 150)
@@ -232,7 +246,7 @@ def test_clickhouse_reports_equal_postgresql_reports_on_random_journeys(ch: None
         assert report(settings, "clickhouse", **options) == expected
 
 
-def test_same_timestamp_events_count_in_step_order_in_clickhouse(ch: None, settings: Any) -> None:
+def test_same_timestamp_events_count_in_step_order_in_clickhouse(ch_any: None, settings: Any) -> None:
     app = AppFactory.create()
     Journey.objects.create(app=app, journey_id="j", started_at=T0)
     # "select" arrives after "msisdn" with the same timestamp: windowFunnel sorts ties by step.
