@@ -199,7 +199,8 @@ def generate(database_url: str, *, app: int, events: int, since: datetime, until
 
 
 def export_parquet(database_url: str, workdir: Path, since: datetime, until: datetime) -> tuple[Path, Path]:
-    """The funnel's events and the journeys, from PostgreSQL to Parquet files for chdb."""
+    """The funnel's events (all from the period's start on: a journey's chain may begin any time after it
+    started) and the journeys, from PostgreSQL to Parquet files for chdb."""
     import chdb
 
     events_csv, journeys_csv = workdir / "events.csv", workdir / "journeys.csv"
@@ -207,9 +208,9 @@ def export_parquet(database_url: str, workdir: Path, since: datetime, until: dat
     queries = {
         events_csv: (
             f"COPY (SELECT app_id, journey_id, {epoch_us.format('occurred_at')} AS ts, step "
-            "FROM funnel_funnelevent WHERE occurred_at >= %s AND occurred_at < %s AND step = ANY(%s)) "
+            "FROM funnel_funnelevent WHERE occurred_at >= %s AND step = ANY(%s)) "
             "TO STDOUT WITH (FORMAT csv, HEADER)",
-            (since, until + WINDOW, STEPS),
+            (since, STEPS),
         ),
         journeys_csv: (
             f"COPY (SELECT app_id, journey_id, {epoch_us.format('started_at')} AS started, carrier "

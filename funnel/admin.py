@@ -2,7 +2,8 @@ from datetime import timedelta
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
@@ -13,7 +14,7 @@ from django.utils.html import format_html
 
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from funnel.rollups import dashboard_report
-from funnel.selectors import BREAKDOWNS
+from funnel.selectors import BREAKDOWNS, ReportTimedOut
 from playpay.admin_base import RecordAdmin
 from playpay.downloads import file_attachment
 from playpay.tables import temporary_file, write_table
@@ -80,15 +81,24 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
             periods = [("Period", data["since"], data["until"])]
             if data["compare_since"] and data["compare_until"]:
                 periods.append(("Compared with", data["compare_since"], data["compare_until"]))
-            for label, first, last in periods:
-                report, source = dashboard_report(
-                    funnel=definition,
-                    since=start_of_utc_day(first),
-                    until=start_of_utc_day(last + timedelta(days=1)),
-                    breakdown=data["breakdown"] or None,
+            try:
+                for label, first, last in periods:
+                    report, source = dashboard_report(
+                        funnel=definition,
+                        since=start_of_utc_day(first),
+                        until=start_of_utc_day(last + timedelta(days=1)),
+                        breakdown=data["breakdown"] or None,
+                        timeout_ms=settings.FUNNEL_REPORT_TIMEOUT_MS,
+                    )
+                    reports.append({"label": f"{label} {first} to {last}", "report": report, "source": source})
+            except ReportTimedOut:
+                reports = []
+                messages.error(
+                    request,
+                    "This period's raw events take too long to count here. Its hourly rollups are not all "
+                    "computed yet: `manage.py refresh_funnel_rollups` computes them, then the page reads them.",
                 )
-                reports.append({"label": f"{label} {first} to {last}", "report": report, "source": source})
-            if request.GET.get("export") in ("csv", "xlsx"):
+            if reports and request.GET.get("export") in ("csv", "xlsx"):
                 return _export(definition, reports, request.GET["export"])
         context = {
             **self.admin_site.each_context(request),

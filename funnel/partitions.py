@@ -6,6 +6,12 @@ month in UTC (`funnel_funnelevent_p2026_11` holds [2026-11-01, 2026-12-01)) and 
 refused for its timestamp. `ensure_partitions` (the periodic job *funnel: create event partitions*)
 creates the coming months ahead of time and gives the months that landed in the default partition
 a partition of their own, moving their rows out of it. Elsewhere (SQLite) all of this does nothing.
+
+Planner statistics: a partition filled faster than autovacuum looks (a bulk load, a burst of
+ingestion) has none, or ones that say it is nearly empty, and a report planned on them can take a
+plan that is quadratic in the events. `analyze_partitions` analyses the partitions that are in that
+state (never analysed, or changed by more than half since); funnel reports, the rollup job and the
+partition job call it first. ANALYZE reads a sample (some 30,000 rows), whatever the partition's size.
 """
 
 from datetime import UTC, date, datetime
@@ -23,6 +29,10 @@ MONTHS_BACK = 24
 # DDL here takes a short exclusive lock on the events table: give up rather than queue behind a long
 # report (and hold up ingestion behind us); the next run tries again.
 LOCK_TIMEOUT = "5s"
+# A partition is analysed again when the rows changed since its last analysis are more than this share
+# of the rows it had then (and more than ANALYZE_MIN_CHANGES).
+ANALYZE_CHANGED_SHARE = 0.5
+ANALYZE_MIN_CHANGES = 1000
 
 
 def is_partitioned() -> bool:
@@ -115,11 +125,43 @@ def ensure_partitions(
             month for month in _default_months(cursor) if oldest <= month <= add_months(this_month, months_ahead)
         }
     missing = sorted(month for month in wanted if partition_name(month) not in existing)
-    if not missing:
-        return []
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
-        for month in missing:
-            create_partition(cursor, month)
+    if missing:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            cursor.execute(f"LOCK TABLE {TABLE} IN ACCESS EXCLUSIVE MODE")
+            for month in missing:
+                create_partition(cursor, month)
+    analyze_partitions()  # the ones rows were moved into, and any filled since the last run
     return [partition_name(month) for month in missing]
+
+
+# Partitions with rows but no statistics, or changed by more than a share since their last analysis.
+# reltuples is -1 until a partition is first analysed (or vacuumed); n_mod_since_analyze counts
+# committed changes, reported by each backend within about a second.
+STALE_PARTITIONS = """
+SELECT c.relname
+FROM pg_inherits i
+JOIN pg_class c ON c.oid = i.inhrelid
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE i.inhparent = %s::regclass
+  AND (c.relname = %s OR c.relname >= %s)
+  AND (
+    (c.reltuples < 0 AND pg_relation_size(c.oid) > 0)
+    OR coalesce(s.n_mod_since_analyze, 0) > greatest(%s, c.reltuples * %s)
+  )
+ORDER BY 1
+"""
+
+
+def analyze_partitions(*, since: datetime | date | None = None) -> list[str]:
+    """ANALYZE the events partitions (of months from `since` on, and the default one) whose statistics
+    are missing or stale; returns their names."""
+    if not is_partitioned():
+        return []
+    first = partition_name(month_start(since)) if since is not None else f"{TABLE}_p"
+    with connection.cursor() as cursor:
+        cursor.execute(STALE_PARTITIONS, [TABLE, DEFAULT_PARTITION, first, ANALYZE_MIN_CHANGES, ANALYZE_CHANGED_SHARE])
+        stale = [row[0] for row in cursor.fetchall()]
+        for name in stale:
+            cursor.execute(f"ANALYZE {name}")
+    return stale

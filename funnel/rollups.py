@@ -6,21 +6,29 @@ times between steps and the error codes of the charges that failed in the hour, 
 as computed. A period whose hours are all computed is read
 from these rows (`rollup_report`); dashboards do so, and fall back to the raw events otherwise.
 
-A journey's level depends on events up to one window after its start, so the periodic job recomputes
-every hour whose journeys may still move (the last `window` plus one hour), replacing those rows.
-Older hours are computed once by `refresh_rollups` (`manage.py refresh_funnel_rollups --days N`).
+A journey's level depends on all its events (a chain may begin at any step-1 event and lasts up to
+`window`), so the periodic job recomputes every hour whose journeys may still move: the last `window`
+plus one hour, and the hours of the last MOVED_LOOKBACK whose journeys have events in that span,
+replacing those rows. Older hours are computed once by `refresh_rollups`
+(`manage.py refresh_funnel_rollups --days N`).
+
+A period that runs into the current hour reads its complete hours from the rollups and the current
+hour from the raw events (`dashboard_report`).
 On PostgreSQL the database computes the rollups (`funnel.sql`), elsewhere Python does.
 """
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import BigIntegerField, Exists, OuterRef, Sum
+from django.db.models.fields.json import KeyTransform
+from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
-from funnel import sql
+from funnel import partitions, sql
 from funnel.models import FunnelDefinition, FunnelEvent, FunnelRollup, FunnelRollupHour, Journey
 from funnel.selectors import (
     BREAKDOWNS,
@@ -28,6 +36,8 @@ from funnel.selectors import (
     FunnelCounts,
     FunnelReport,
     build_report,
+    failure_codes,
+    funnel_counts,
     funnel_report,
     gap_seconds,
     journey_event_streams,
@@ -37,6 +47,8 @@ from funnel.selectors import (
 
 DIMENSIONS = ("app_id", "carrier", "country", "price_point", "flow")
 HOUR = timedelta(hours=1)
+# How far back the periodic job looks for journeys that moved (an event long after their start).
+MOVED_LOOKBACK = timedelta(days=1)
 
 
 def _hour(moment: datetime) -> datetime:
@@ -84,7 +96,7 @@ def _refresh_in_python(
     if funnel.app_id:
         journeys = journeys.filter(app_id=funnel.app_id)
     info = {(j["app_id"], j["journey_id"]): j for j in journeys.values("journey_id", "started_at", *DIMENSIONS)}
-    scope = FunnelEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until + window)
+    scope = FunnelEvent.objects.filter(occurred_at__gte=since)
     if funnel.app_id:
         scope = scope.filter(app_id=funnel.app_id)
     events = {key: stream for key, stream in journey_event_streams(scope) if key in info}
@@ -133,10 +145,41 @@ def _refresh_in_python(
 def refresh_recent_rollups() -> int:
     """The periodic job: every funnel's hours that can still change."""
     now = timezone.now()
+    partitions.analyze_partitions(since=now - MOVED_LOOKBACK)
     total = 0
     for funnel in FunnelDefinition.objects.all():
-        total += refresh_rollups(funnel=funnel, since=now - timedelta(seconds=funnel.window_seconds) - HOUR, until=now)
+        since, _ = hour_range(now - timedelta(seconds=funnel.window_seconds) - HOUR, now)
+        for first, last in _runs(moved_hours(funnel=funnel, since=since)):
+            total += refresh_rollups(funnel=funnel, since=first, until=last + HOUR)
+        total += refresh_rollups(funnel=funnel, since=since, until=now)
     return total
+
+
+def moved_hours(*, funnel: FunnelDefinition, since: datetime) -> list[datetime]:
+    """Hours before `since` (back to MOVED_LOOKBACK) when journeys started that have events of the
+    funnel at or after `since`: their levels may have changed."""
+    steps = [*funnel.steps, *([funnel.exclusion_step] if funnel.exclusion_step else [])]
+    later = FunnelEvent.objects.filter(
+        app_id=OuterRef("app_id"), journey_id=OuterRef("journey_id"), occurred_at__gte=since, step__in=steps
+    )
+    journeys = Journey.objects.filter(started_at__gte=since - MOVED_LOOKBACK, started_at__lt=since)
+    if funnel.app_id:
+        journeys = journeys.filter(app_id=funnel.app_id)
+    hours = (
+        journeys.filter(Exists(later)).annotate(hour=TruncHour("started_at", tzinfo=UTC)).values_list("hour", flat=True)
+    )
+    return sorted(set(hours))
+
+
+def _runs(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
+    """Consecutive hours as (first, last) runs."""
+    runs: list[tuple[datetime, datetime]] = []
+    for hour in hours:
+        if runs and hour - runs[-1][1] == HOUR:
+            runs[-1] = (runs[-1][0], hour)
+        else:
+            runs.append((hour, hour))
+    return runs
 
 
 def rollups_cover(*, funnel: FunnelDefinition, since: datetime, until: datetime) -> bool:
@@ -157,11 +200,18 @@ def rollup_counts(
     steps = len(funnel.steps)
     counts = FunnelCounts(steps=steps)
     by = "app_id" if breakdown in (None, "app") else breakdown
-    rows = FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).values_list(
-        by, "reached", "excluded"
+    # Added up by the database, per breakdown value: a few rows reach Python, not one per hour and cell.
+    sums = {f"level_{index}": Sum(Cast(KeyTransform(index, "reached"), BigIntegerField())) for index in range(steps)}
+    rows = (
+        FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until)
+        .values(by)
+        .order_by(by)
+        .annotate(excluded_journeys=Sum("excluded"), **sums)
     )
     groups: dict[str, list[int]] = defaultdict(lambda: [0] * steps)
-    for value, reached, excluded in rows.iterator(chunk_size=10_000):
+    for row in rows:
+        value, excluded = row[by], row["excluded_journeys"]
+        reached = [row[f"level_{index}"] or 0 for index in range(steps)]
         counts.excluded += excluded
         group = groups[str(value) if breakdown == "app" else value or UNKNOWN]
         for index, journeys in enumerate(reached):
@@ -189,31 +239,66 @@ def rollup_report(
 ) -> FunnelReport:
     """The funnel report of journeys that started in the hours [since, until), read from the rollups."""
     counts = rollup_counts(funnel=funnel, since=since, until=until, breakdown=breakdown)
+    codes = rollup_failure_codes(funnel=funnel, since=since, until=until)
+    return build_report(list(funnel.steps), counts, sorted_codes(codes))
+
+
+def rollup_failure_codes(*, funnel: FunnelDefinition, since: datetime, until: datetime) -> Counter[str]:
     codes: Counter[str] = Counter()
     hours = FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until)
     for failures in hours.values_list("failures", flat=True):
         codes.update(failures)
-    return build_report(list(funnel.steps), counts, sorted_codes(codes))
+    return codes
 
 
 def dashboard_report(
-    *, funnel: FunnelDefinition, since: datetime, until: datetime, breakdown: str | None = None
+    *,
+    funnel: FunnelDefinition,
+    since: datetime,
+    until: datetime,
+    breakdown: str | None = None,
+    timeout_ms: int | None = None,
 ) -> tuple[FunnelReport, str]:
-    """The report dashboards show, and where it came from: ClickHouse when it is the analytics backend,
-    else the rollups when they cover the period (whole hours), else the raw events."""
-    if settings.ANALYTICS_BACKEND == "clickhouse":
-        source = "clickhouse"
-    elif since == _hour(since) and until == _hour(until) and rollups_cover(funnel=funnel, since=since, until=until):
-        return rollup_report(funnel=funnel, since=since, until=until, breakdown=breakdown), "rollups"
-    else:
-        source = "events"
+    """The report dashboards show, and where it came from: ClickHouse when it is the analytics backend
+    ("clickhouse"); else the rollups when they cover the period's complete hours (whole hours only), with
+    the current hour, when the period runs into it, from the raw events ("rollups"); else the raw events
+    ("events"). `timeout_ms` bounds the raw part (`ReportTimedOut`)."""
+    steps, window = list(funnel.steps), timedelta(seconds=funnel.window_seconds)
+    source = "clickhouse" if settings.ANALYTICS_BACKEND == "clickhouse" else "events"
+    split = min(until, max(since, _hour(timezone.now())))  # rollups before, raw events from then on
+    if (
+        source == "events"
+        and since == _hour(since)
+        and until == _hour(until)
+        and split > since
+        and rollups_cover(funnel=funnel, since=since, until=split)
+    ):
+        counts = rollup_counts(funnel=funnel, since=since, until=split, breakdown=breakdown)
+        codes = rollup_failure_codes(funnel=funnel, since=since, until=split)
+        if split < until:
+            counts.add(
+                funnel_counts(
+                    steps=steps,
+                    window=window,
+                    since=split,
+                    until=until,
+                    exclusion=funnel.exclusion_step,
+                    app_id=funnel.app_id,
+                    breakdown=breakdown,
+                    timeout_ms=timeout_ms,
+                )
+            )
+            codes.update(failure_codes(since=split, until=until, app_id=funnel.app_id))
+        counts.groups = dict(sorted(counts.groups.items()))
+        return build_report(steps, counts, sorted_codes(codes)), "rollups"
     report = funnel_report(
-        steps=list(funnel.steps),
-        window=timedelta(seconds=funnel.window_seconds),
+        steps=steps,
+        window=window,
         since=since,
         until=until,
         exclusion=funnel.exclusion_step,
         app_id=funnel.app_id,
         breakdown=breakdown,
+        timeout_ms=timeout_ms,
     )
     return report, source

@@ -1,6 +1,7 @@
 """Funnel analysis with the semantics of ClickHouse's `windowFunnel(window)` in its default mode.
 
-For each journey, events are taken in time order (ties by arrival). An event of step 1 starts a
+For each journey, all its events are taken in time order, events at the same instant in step order
+(as ClickHouse sorts them: one instant can satisfy consecutive steps). An event of step 1 starts a
 chain; an event of step k+1 extends a chain that has reached step k if it happens no later than
 `window` after that chain's first event. The journey's level is the highest step any chain
 reaches. Repeated events are allowed; a step out of order simply does not extend a chain.
@@ -21,15 +22,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, QuerySet
 
-from funnel import sql
+from funnel import partitions, sql
 from funnel.analytics import funnels as clickhouse_funnels
 from funnel.models import FunnelEvent, Journey
 from funnel.sql import FunnelScope
 
 BREAKDOWNS = ("carrier", "country", "price_point", "flow", "app")
+
+
+class ReportTimedOut(Exception):
+    """The raw-event report took longer than it was given (the database cancelled it)."""
 
 
 @dataclass(frozen=True)
@@ -42,11 +47,11 @@ class JourneyResult:
 def window_funnel(
     events: Iterable[tuple[datetime, str]], steps: list[str], window: timedelta, exclusion: str = ""
 ) -> JourneyResult | None:
-    """The level one journey reaches (None when excluded); `events` are (time, step) in time order."""
+    """The level one journey reaches (None when excluded) from its (time, step) events, in any order."""
     chains: list[list[datetime]] = []  # each chain: the times of its steps so far
     excluded_at: list[datetime] = []
     position = {step: index for index, step in enumerate(steps)}
-    for at, step in events:
+    for at, step in sorted(events, key=lambda event: (event[0], position.get(event[1], len(steps)))):
         if exclusion and step == exclusion:
             excluded_at.append(at)
         index = position.get(step)
@@ -151,6 +156,18 @@ class FunnelCounts:
         self.reached = self.reached or [0] * self.steps
         self.gaps = self.gaps or [Counter() for _ in range(self.steps)]
 
+    def add(self, other: "FunnelCounts") -> None:
+        """Take in the counts of other journeys (another part of the period)."""
+        for index, journeys in enumerate(other.reached):
+            self.reached[index] += journeys
+        self.excluded += other.excluded
+        for value, reached in other.groups.items():
+            counts = self.groups.setdefault(value, [0] * self.steps)
+            for index, journeys in enumerate(reached):
+                counts[index] += journeys
+        for mine, theirs in zip(self.gaps, other.gaps, strict=True):
+            mine.update(theirs)
+
     def add_group(self, value: str, level: int, journeys: int = 1) -> None:
         counts = self.groups.setdefault(value, [0] * self.steps)
         for index in range(level):
@@ -166,7 +183,8 @@ def _python_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts
         (j["app_id"], j["journey_id"]): j
         for j in journeys.values("app_id", "journey_id", *(b for b in BREAKDOWNS if b != "app"))
     }
-    events = FunnelEvent.objects.filter(occurred_at__gte=scope.since, occurred_at__lt=scope.until + window)
+    # A journey's events are all at or after its start; any later one may begin a chain.
+    events = FunnelEvent.objects.filter(occurred_at__gte=scope.since)
     if app_id is not None:
         events = events.filter(app_id=app_id)
     counts = FunnelCounts(steps=len(steps))
@@ -187,12 +205,20 @@ def _python_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts
     return counts
 
 
-def _sql_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
+def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | None = None) -> FunnelCounts:
+    import psycopg
+
     query, params = sql.report_query(scope, breakdown=breakdown)
-    with transaction.atomic(), connection.cursor() as cursor:
-        sql.set_analysis_limits(cursor)
-        cursor.execute(query, params)
-        rows = cursor.fetchall()
+    partitions.analyze_partitions(since=scope.since)
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            sql.set_analysis_limits(cursor, timeout_ms=timeout_ms)
+            cursor.execute(query, params)
+            rows = cursor.fetchall()
+    except OperationalError as error:
+        if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
+            raise ReportTimedOut from error
+        raise
     return _counts_of_rows(scope, rows, breakdown=breakdown)
 
 
@@ -226,16 +252,18 @@ def funnel_counts(
     exclusion: str = "",
     app_id: int | None = None,
     breakdown: str | None = None,
+    timeout_ms: int | None = None,
 ) -> FunnelCounts:
-    """The funnel's counts from the raw events, computed by the database where it can."""
+    """The funnel's counts from the raw events, computed by the database where it can; on PostgreSQL
+    `timeout_ms` bounds it (ReportTimedOut)."""
     if breakdown is not None and breakdown not in BREAKDOWNS:
         raise ValueError(f"breakdown is one of {BREAKDOWNS}")
-    if settings.ANALYTICS_BACKEND == "clickhouse":
-        compute = _clickhouse_counts
-    else:
-        compute = _sql_counts if connection.vendor == "postgresql" else _python_counts
     scope = FunnelScope(steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id)
-    return compute(scope, breakdown=breakdown)
+    if settings.ANALYTICS_BACKEND == "clickhouse":
+        return _clickhouse_counts(scope, breakdown=breakdown)
+    if connection.vendor == "postgresql":
+        return _sql_counts(scope, breakdown=breakdown, timeout_ms=timeout_ms)
+    return _python_counts(scope, breakdown=breakdown)
 
 
 def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
@@ -284,9 +312,17 @@ def funnel_report(
     exclusion: str = "",
     app_id: int | None = None,
     breakdown: str | None = None,
+    timeout_ms: int | None = None,
 ) -> FunnelReport:
     """Entered, converted and timing per step for journeys that started in [since, until), from the raw events."""
     counts = funnel_counts(
-        steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id, breakdown=breakdown
+        steps=steps,
+        window=window,
+        since=since,
+        until=until,
+        exclusion=exclusion,
+        app_id=app_id,
+        breakdown=breakdown,
+        timeout_ms=timeout_ms,
     )
     return build_report(steps, counts, failure_codes(since=since, until=until, app_id=app_id))

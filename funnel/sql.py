@@ -1,18 +1,23 @@
 """windowFunnel in SQL, for PostgreSQL: the store aggregates, Python reads a few hundred rows.
 
-Per journey, with events in time order (ties by id), ClickHouse's default mode keeps for each level
-the start of the latest chain that reached it. Here that is a column `s` computed level by level
-with window functions over one sort of the events:
+A journey that started in the period is read with all its events from the period's start on (a chain
+may begin at any of its step-1 events, however long after the journey's start). Events at the same
+instant are taken in step order, as ClickHouse sorts them, so one instant can satisfy consecutive
+steps.
 
-* a step-1 event starts a chain: s = its time;
-* a step-k event (k > 1) extends the latest chain that reached level k-1 before it, if it is within
-  the window of that chain's start: s = max(s of the step-(k-1) events before it), or NULL when
-  that is more than the window before it.
+ClickHouse's default mode keeps, level by level, the start of the latest chain that reached it; the
+journey's level is the furthest any chain reaches, and of the chains that reach it the best is the one
+that started last. The same, computed per chain: a chain starting at step-1 event time t1 takes as its
+step 2 the first step-2 event at or after t1, as its step 3 the first step-3 event at or after that,
+and so on (the earliest extension is the best one for a given start), as long as they are within the
+window of t1. So, in one sort of the events:
 
-The journey's level is the highest k with some s; its best chain starts at the latest such s among
-the level's events (the `start`); that chain's time at step j is the first step-j event whose s is
-`start` (the chain's earliest extension, as `funnel.selectors.window_funnel` records it). A journey
-with the exclusion step in [start, start + window] is excluded.
+* per journey, one sorted array of times per step (`array_agg` over events sorted by journey and time);
+* per step-1 time t1 (`unnest`), each next step's time found by binary search in its array
+  (`width_bucket(x, sorted array)` counts the elements <= x, in C);
+* the chain's level: 1 + the steps found within the window; per journey, the chain with the highest
+  level and, of those, the latest start (`DISTINCT ON`). A journey with the exclusion step in
+  [start, start + window] is excluded (two more binary searches).
 """
 
 from dataclasses import dataclass
@@ -25,7 +30,7 @@ from django.conf import settings
 @dataclass(frozen=True)
 class FunnelScope:
     """The journeys a funnel computation reads: started in [since, until), of one app or of all, each
-    with its events up to `window` after its start; `exclusion` (a step, or "") leaves a journey out."""
+    with all its events; `exclusion` (a step, or "") leaves a journey out."""
 
     steps: list[str]
     window: timedelta
@@ -35,81 +40,108 @@ class FunnelScope:
     app_id: int | None = None
 
 
+# The period's journeys, with what reports break down by.
+JOURNEYS = """
+SELECT app_id, journey_id, started_at, carrier, country, price_point, flow
+FROM funnel_journey
+WHERE started_at >= %(since)s AND started_at < %(until)s{app_filter}
+"""
+
+# Per journey with funnel events, the times of each step, sorted (the aggregates take the rows in the
+# order the subquery sorts them). A journey's events are all at or after its start, so none before the
+# period's start is needed. Those up to one window after the period are read whoever's they are (the
+# journeys that started before the period are dropped later: cheaper than looking each event up);
+# later ones only for the period's journeys (a chain may begin long after its journey did).
+STEP_TIMES = """
+SELECT app_id, journey_id, {arrays},
+       array_agg(t) FILTER (WHERE step = %(exclusion)s) AS excluded_at
+FROM (
+    SELECT app_id, journey_id, occurred_at AS t, step::text AS step
+    FROM funnel_funnelevent
+    WHERE occurred_at >= %(since)s
+      AND (step = ANY(%(steps)s::text[]) OR step = %(exclusion)s){app_filter}
+      AND (occurred_at < %(horizon)s OR (app_id, journey_id) IN (SELECT app_id, journey_id FROM journeys))
+    ORDER BY app_id, journey_id, occurred_at
+) events
+GROUP BY app_id, journey_id
+"""
+
+# The first element >= x of a sorted array of times (NULL when none): the elements < x are those <= x
+# less a microsecond, the resolution of timestamptz.
+NEXT = "a{step}[width_bucket(t{previous} - interval '1 microsecond', a{step}) + 1]"
+
 LEVELS = """
-SELECT app_id, journey_id, coalesce(level, 0) AS level, coalesce(excluded, false) AS excluded, times
+SELECT DISTINCT ON (app_id, journey_id) app_id, journey_id, level,
+       coalesce(width_bucket(t1 + %(window)s, excluded_at)
+                > width_bucket(t1 - interval '1 microsecond', excluded_at), false) AS excluded,
+       ARRAY[{times}] AS times
 FROM (
-    SELECT app_id, journey_id, max(level) AS level,
-           bool_or(x AND t >= start AND t <= start + %(window)s) AS excluded,
-           ARRAY[{times}] AS times
-    FROM (
-        SELECT *, max(s) FILTER (WHERE k = level) OVER journey AS start
-        FROM (
-            SELECT *, max(k) FILTER (WHERE s IS NOT NULL) OVER journey AS level
-            FROM ({passes}) passes
-            WINDOW journey AS (PARTITION BY app_id, journey_id)
-        ) leveled
-        WINDOW journey AS (PARTITION BY app_id, journey_id)
-    ) best
-    GROUP BY app_id, journey_id
-) levels
-"""
-
-EVENTS = """
-SELECT app_id, journey_id, occurred_at AS t, id,
-       array_position(%(steps)s::text[], step::text) AS k,
-       step = %(exclusion)s AS x,
-       CASE WHEN step = %(first_step)s THEN occurred_at END AS s
-FROM funnel_funnelevent
-WHERE occurred_at >= %(since)s AND occurred_at < %(horizon)s
-  AND (step = ANY(%(steps)s::text[]) OR step = %(exclusion)s){app_filter}
-"""
-
-NEXT_LEVEL = """
-SELECT app_id, journey_id, t, id, k, x,
-       CASE WHEN k = {level} THEN (CASE WHEN t - m <= %(window)s THEN m END) ELSE s END AS s
-FROM (
-    SELECT *, max(s) FILTER (WHERE k = {previous}) OVER running AS m
-    FROM ({source}) level_{previous}
-    WINDOW running AS (PARTITION BY app_id, journey_id ORDER BY t, id ROWS UNBOUNDED PRECEDING)
-) level_{level}
+    SELECT app_id, journey_id, excluded_at, {columns}, {level} AS level
+    FROM ({step_times}) step_times
+    CROSS JOIN LATERAL unnest(a1) AS t1
+    {lookups}
+) chains
+ORDER BY app_id, journey_id, level DESC, t1 DESC
 """
 
 
-def journey_levels(scope: FunnelScope) -> tuple[str, dict[str, Any]]:
-    """SQL (and its parameters) of one row per journey with funnel events in [since, until + window):
-    app_id, journey_id, level (0 to len(steps)), excluded, times (of the best chain's steps)."""
-    steps = scope.steps
-    source = EVENTS.format(app_filter="\n  AND app_id = %(app_id)s" if scope.app_id is not None else "")
-    for level in range(2, len(steps) + 1):
-        source = NEXT_LEVEL.format(level=level, previous=level - 1, source=source)
-    times = ", ".join(f"min(t) FILTER (WHERE k = {k} AND s = start)" for k in range(1, len(steps) + 1))
+def _app_filter(scope: FunnelScope, column: str) -> str:
+    return f"\n  AND {column} = %(app_id)s" if scope.app_id is not None else ""
+
+
+def journey_levels(scope: FunnelScope) -> tuple[str, str, dict[str, Any]]:
+    """SQL of the period's journeys (for a `journeys` CTE), of one row per journey with a step-1 event
+    (app_id, journey_id, level 1 to len(steps), excluded, times of the best chain's steps) reading it,
+    and their parameters; the second may hold journeys that started before the period (join it to the
+    first)."""
+    count = len(scope.steps)
+    within = "t{step} <= t1 + %(window)s"
+    step_times = STEP_TIMES.format(
+        arrays=", ".join(
+            f"array_agg(t) FILTER (WHERE step = %(step_{step})s) AS a{step}" for step in range(1, count + 1)
+        ),
+        app_filter=_app_filter(scope, "app_id"),
+    )
+    levels = LEVELS.format(
+        times=", ".join(
+            ["t1", *(f"CASE WHEN {within.format(step=step)} THEN t{step} END" for step in range(2, count + 1))]
+        ),
+        columns=", ".join(f"t{step}" for step in range(1, count + 1)),
+        level=" + ".join(["1", *(f"({within.format(step=step)} IS TRUE)::int" for step in range(2, count + 1))]),
+        step_times=step_times,
+        lookups="\n    ".join(
+            f"CROSS JOIN LATERAL (SELECT {NEXT.format(step=step, previous=step - 1)} AS t{step}) step_{step}"
+            for step in range(2, count + 1)
+        ),
+    )
     params = {
-        "steps": list(steps),
-        "first_step": steps[0],
+        "steps": list(scope.steps),
+        **{f"step_{index}": step for index, step in enumerate(scope.steps, start=1)},
         # No event has an empty step: an empty exclusion matches nothing.
         "exclusion": scope.exclusion,
         "window": scope.window,
         "since": scope.since,
+        "until": scope.until,
         "horizon": scope.until + scope.window,
         "app_id": scope.app_id,
     }
-    return LEVELS.format(times=times, passes=source), params
+    journeys = JOURNEYS.format(app_filter=_app_filter(scope, "app_id"))
+    return journeys, levels, params
 
 
 GAP = "floor(extract(epoch FROM times[gap.step] - times[gap.step - 1]))::int"
 
 REPORT = """
-WITH levels AS ({levels}),
-journeys AS (
+WITH journeys AS MATERIALIZED ({journeys}),
+reached AS MATERIALIZED (
     SELECT {group} AS grp, levels.level, levels.excluded, levels.times
-    FROM funnel_journey journey JOIN levels USING (app_id, journey_id)
-    WHERE journey.started_at >= %(since)s AND journey.started_at < %(until)s{app_filter}
+    FROM journeys journey JOIN ({levels}) levels USING (app_id, journey_id)
 )
-SELECT 'reached', grp, level, excluded::int, count(*) FROM journeys GROUP BY grp, level, excluded
+SELECT 'reached', grp, level, excluded::int, count(*) FROM reached GROUP BY grp, level, excluded
 UNION ALL
 SELECT 'gap', '', gap.step, {gap}, count(*)
-FROM journeys, generate_series(2, journeys.level) AS gap (step)
-WHERE NOT journeys.excluded
+FROM reached, generate_series(2, reached.level) AS gap (step)
+WHERE NOT reached.excluded
 GROUP BY gap.step, 4
 """
 
@@ -126,14 +158,9 @@ GROUPS = {
 def report_query(scope: FunnelScope, *, breakdown: str | None) -> tuple[str, dict[str, Any]]:
     """Rows ('reached', group, level, excluded, journeys) and ('gap', '', step, whole seconds, journeys)
     for the journeys that started in [since, until)."""
-    levels, params = journey_levels(scope)
-    query = REPORT.format(
-        levels=levels,
-        group=GROUPS[breakdown],
-        gap=GAP,
-        app_filter="\n      AND journey.app_id = %(app_id)s" if scope.app_id is not None else "",
-    )
-    return query, {**params, "until": scope.until}
+    journeys, levels, params = journey_levels(scope)
+    query = REPORT.format(journeys=journeys, levels=levels, group=GROUPS[breakdown], gap=GAP)
+    return query, params
 
 
 DIMENSIONS = "hour, app_id, carrier, country, price_point, flow"
@@ -141,12 +168,11 @@ ROLLUP_JOURNEYS = "funnel_rollup_journeys"
 
 ROLLUP_LEVELS = """
 CREATE TEMPORARY TABLE {table} ON COMMIT DROP AS
-WITH levels AS ({levels})
+WITH journeys AS MATERIALIZED ({journeys})
 SELECT date_trunc('hour', journey.started_at) AS hour, journey.app_id, journey.carrier, journey.country,
        journey.price_point, journey.flow, coalesce(levels.level, 0) AS level,
        coalesce(levels.excluded, false) AS excluded, levels.times
-FROM funnel_journey journey LEFT JOIN levels USING (app_id, journey_id)
-WHERE journey.started_at >= %(since)s AND journey.started_at < %(until)s{app_filter}
+FROM journeys journey LEFT JOIN ({levels}) levels USING (app_id, journey_id)
 """
 
 ROLLUP_CELLS = """
@@ -193,25 +219,21 @@ def rollup_statements(scope: FunnelScope, *, funnel_id: int) -> tuple[list[str],
     journeys that started then with their levels, in a temporary table; from it one row per hour and
     breakdown values (journeys per level reached, exclusions), and one per hour with a histogram of the
     whole seconds from each step to the next."""
-    levels, params = journey_levels(scope)
+    journeys, levels, params = journey_levels(scope)
     app_id, steps = scope.app_id, scope.steps
     reached = ", ".join(
         f"count(*) FILTER (WHERE NOT excluded AND level >= {level})" for level in range(1, len(steps) + 1)
     )
     statements = [
         f"DROP TABLE IF EXISTS {ROLLUP_JOURNEYS}",  # one left by an enclosing transaction
-        ROLLUP_LEVELS.format(
-            table=ROLLUP_JOURNEYS,
-            levels=levels,
-            app_filter="\n  AND journey.app_id = %(app_id)s" if app_id is not None else "",
-        ),
+        ROLLUP_LEVELS.format(table=ROLLUP_JOURNEYS, journeys=journeys, levels=levels),
         ROLLUP_CELLS.format(table=ROLLUP_JOURNEYS, dimensions=DIMENSIONS, reached=reached),
         ROLLUP_HOURS.format(
             table=ROLLUP_JOURNEYS, gap=GAP, app_filter="\n      AND app_id = %(app_id)s" if app_id is not None else ""
         ),
         f"DROP TABLE {ROLLUP_JOURNEYS}",
     ]
-    return statements, {**params, "until": scope.until, "funnel_id": funnel_id}
+    return statements, {**params, "funnel_id": funnel_id}
 
 
 # The gap histograms of a period's hours, added up.
@@ -223,7 +245,14 @@ GROUP BY 1, 2
 """
 
 
-def set_analysis_limits(cursor: Any) -> None:
-    """Inside a transaction: the memory and time a funnel statement may take (FUNNEL_WORK_MEM, *_TIMEOUT_MS)."""
+def set_analysis_limits(cursor: Any, *, timeout_ms: int | None = None) -> None:
+    """Inside a transaction: the memory and time a funnel statement may take (FUNNEL_WORK_MEM, `timeout_ms`
+    or FUNNEL_STATEMENT_TIMEOUT_MS),
+    and a plan that does not hinge on statistics: its joins are of whole sets (the period's journeys to
+    their events, to their levels), which a nested loop turns quadratic when statistics of freshly
+    loaded events underestimate them; JIT compilation costs about a second and saves less."""
     cursor.execute("SET LOCAL work_mem = %s", [settings.FUNNEL_WORK_MEM])
-    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(settings.FUNNEL_STATEMENT_TIMEOUT_MS)])
+    timeout = settings.FUNNEL_STATEMENT_TIMEOUT_MS if timeout_ms is None else timeout_ms
+    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(timeout)])
+    cursor.execute("SET LOCAL jit = off")
+    cursor.execute("SET LOCAL enable_nestloop = off")

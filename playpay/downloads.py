@@ -14,7 +14,7 @@ def file_attachment(content: IO[bytes], *, name: str, file_format: str) -> FileR
     )
 
 
-def csv_attachment(lines: Iterable[str], *, name: str) -> StreamingHttpResponse:
+def csv_attachment(lines: Iterable[str] | Iterable[bytes], *, name: str) -> StreamingHttpResponse:
     response = StreamingHttpResponse(lines, content_type=CONTENT_TYPES[TableFormat.CSV])
     response["Content-Disposition"] = f'attachment; filename="{name}"'
     return response

@@ -180,6 +180,18 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Work the embedded default's scheduler (`manage.py run_scheduler`, no broker) runs beside the periodic tasks,
+# in a thread of its own, each tick while it is idle: what a Celery worker would take from the broker.
+SCHEDULER_WORKER_TASKS = ["reporting.tasks.run_queued_exports"]
+
+# --- Background exports (reporting) ---------------------------------------------------------------
+# A worker proves it is alive every this many rows; a running export silent for EXPORT_HEARTBEAT_TIMEOUT
+# seconds is queued again, and failed once EXPORT_MAX_ATTEMPTS attempts have died.
+EXPORT_PROGRESS_ROWS = env_int("EXPORT_PROGRESS_ROWS", 20_000)
+EXPORT_HEARTBEAT_TIMEOUT = env_int("EXPORT_HEARTBEAT_TIMEOUT", 120)
+EXPORT_MAX_ATTEMPTS = env_int("EXPORT_MAX_ATTEMPTS", 3)
+# An export is one statement read to the end: its own bound instead of the web's DATABASE_STATEMENT_TIMEOUT_MS.
+EXPORT_STATEMENT_TIMEOUT_MS = env_int("EXPORT_STATEMENT_TIMEOUT_MS", 3_600_000)
 
 # --- Auth, i18n, static -----------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -285,6 +297,9 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
 FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
 # Funnel analysis and rollup statements may run longer than DATABASE_STATEMENT_TIMEOUT_MS allows a request.
 FUNNEL_STATEMENT_TIMEOUT_MS = env_int("FUNNEL_STATEMENT_TIMEOUT_MS", 300_000)
+# A funnel report from raw events asked for in a web request (the admin's page) gives up after this, well
+# inside the web server's 30 s worker timeout, and the page says so instead of dying.
+FUNNEL_REPORT_TIMEOUT_MS = env_int("FUNNEL_REPORT_TIMEOUT_MS", 20_000)
 
 # Analytics tier: where funnel reports are computed. "postgres" (the default) reads the main database
 # (PostgreSQL, or SQLite in the embedded default); "clickhouse" reads ClickHouse at CLICKHOUSE_URL, which

@@ -58,7 +58,18 @@ def _staff(request: HttpRequest) -> AbstractBaseUser:
 
 @admin.register(ExportJob)
 class ExportJobAdmin(RecordAdmin):
-    list_display = ["id", "created_at", "user", "kind", "file_format", "scope", "status", "progress", "download"]
+    list_display = [
+        "id",
+        "created_at",
+        "user",
+        "kind",
+        "file_format",
+        "scope",
+        "status",
+        "progress",
+        "attempts",
+        "download",
+    ]
     list_filter = ["status", "kind", "file_format"]
     list_select_related = ["user"]
     # `download` instead of the file field: the files have no public URL.
@@ -70,6 +81,10 @@ class ExportJobAdmin(RecordAdmin):
         "status",
         "progress",
         "download",
+        "error",
+        "attempts",
+        "worker",
+        "heartbeat_at",
         "created_at",
         "started_at",
         "finished_at",
@@ -98,8 +113,9 @@ class ExportJobAdmin(RecordAdmin):
     def progress(self, job: ExportJob) -> str:
         percent = job.progress_percent
         if percent is None:
-            return "—"
-        return f"{percent}% ({job.rows_done} of {job.rows_total} rows)"
+            return f"{job.rows_done:,} rows" if job.rows_done else "—"
+        about = "" if job.rows_total_exact else "about "
+        return f"{percent}% ({job.rows_done:,} of {about}{job.rows_total:,} rows)"
 
     @admin.display(description="file")
     def download(self, job: ExportJob) -> str:
@@ -128,7 +144,9 @@ class ExportJobAdmin(RecordAdmin):
                 filters=form.filters(),
                 file_format=form.cleaned_data["file_format"],
             )
-            self.message_user(request, f"Export #{job.pk} started; it appears here when it is ready.")
+            self.message_user(
+                request, f"Export #{job.pk} queued; a worker runs it, and it appears here when it is ready."
+            )
             return HttpResponseRedirect(reverse("admin:reporting_exportjob_changelist"))
         return self._export_form(request, form)
 
@@ -140,7 +158,7 @@ class ExportJobAdmin(RecordAdmin):
         if request.method != "POST" or not form.is_valid():
             return self._export_form(request, form)
         kind, file_format, filters = form.cleaned_data["kind"], form.cleaned_data["file_format"], form.filters()
-        rows = exports.count_export_rows(kind=kind, filters=filters)
+        rows, _ = exports.estimate_export_rows(kind=kind, filters=filters)
         if rows > exports.DIRECT_DOWNLOAD_LIMIT:
             form.add_error(
                 None,

@@ -15,11 +15,21 @@ class ExportKind(models.TextChoices):
     LEDGER = "ledger", "ledger lines"
 
 
+def export_file_path(job: "ExportJob", filename: str) -> str:
+    """One folder per job: a new attempt clears what an attempt that died left, and nothing else."""
+    return f"exports/{job.pk}/{filename}"
+
+
 class ExportJob(models.Model):
-    """An export run in the background: who asked for what, how far it got, and the file it made."""
+    """An export run in the background: who asked for what, how far it got, and the file it made.
+
+    A worker claims a pending job (status running, `attempts` + 1) and proves it is alive by moving
+    `heartbeat_at` with its progress; a running job whose heartbeat stopped is queued again, up to
+    `EXPORT_MAX_ATTEMPTS` attempts, then failed with the reason in `error`.
+    """
 
     class Status(models.TextChoices):
-        PENDING = "pending"
+        PENDING = "pending", "queued"
         RUNNING = "running"
         DONE = "done"
         FAILED = "failed"
@@ -30,9 +40,15 @@ class ExportJob(models.Model):
     file_format = models.CharField("format", max_length=4, choices=TableFormat.choices)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     rows_done = models.PositiveIntegerField(default=0)
-    rows_total = models.PositiveIntegerField(null=True, blank=True)
-    file = models.FileField(storage=reporting_storage, upload_to="exports/%Y/%m/", blank=True)
+    rows_total = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Estimated while the export runs (the planner's estimate when large)."
+    )
+    rows_total_exact = models.BooleanField(default=False, help_text="Whether rows_total is a count, not a guess.")
+    file = models.FileField(storage=reporting_storage, upload_to=export_file_path, blank=True)
     error = models.CharField(max_length=500, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Times a worker claimed it.")
+    worker = models.CharField(max_length=120, blank=True, help_text="The process that claimed it last.")
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last sign of life of its worker.")
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -44,11 +60,18 @@ class ExportJob(models.Model):
                 condition=Q(status__in=["pending", "running", "done", "failed"]), name="export_status"
             ),
             models.CheckConstraint(
-                condition=Q(rows_total__isnull=True) | Q(rows_done__lte=F("rows_total")),
-                name="export_progress_le_total",
+                condition=~Q(status="running") | Q(heartbeat_at__isnull=False), name="export_running_has_heartbeat"
             ),
         ]
-        indexes = [models.Index(fields=["user", "-created_at"])]
+        indexes = [
+            models.Index(fields=["user", "-created_at"]),
+            # What workers look for: the queued jobs, and the running ones whose heartbeat stopped.
+            models.Index(
+                fields=["status", "heartbeat_at"],
+                condition=Q(status__in=["pending", "running"]),
+                name="export_job_working_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} export #{self.pk} ({self.file_format})"
@@ -59,7 +82,8 @@ class ExportJob(models.Model):
             return 100
         if not self.rows_total:
             return None
-        return min(100, 100 * self.rows_done // self.rows_total)
+        # An estimate can be passed: the job is not done before it says so.
+        return min(99, 100 * self.rows_done // self.rows_total)
 
 
 def validate_currency_code(value: str) -> None:

@@ -1,169 +1,219 @@
-"""django-import-export resources: the columns of the finance exports, and the reading of settlement files.
+"""The columns of the finance exports, and the reading of settlement files (django-import-export).
 
-Exports ask for native values (`force_native_type=True`); the CSV and XLSX writers in
-`playpay.tables` decide how each type is written.
+An export's columns are declared once (`ExportColumns`); each column's kind says how its value is
+written, in Python (`python_value`, then `playpay.tables` for CSV or XLSX) and in PostgreSQL
+(`sql_value`, for COPY), so that both give the same file.
 """
 
 import re
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC
 from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from functools import cache
 from typing import Any
 
+import pycountry
 from django.core.exceptions import ValidationError
+from django.db.models import Model
 from import_export import resources, widgets
 from import_export.fields import Field
 
 from payments.models import LedgerLine, Payment, Refund
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn
+from playpay.tables import sql_csv_text
 from reporting.models import SettlementFile, SettlementLine
 
 
-class UtcDateTimeWidget(widgets.DateTimeWidget):  # type: ignore[misc]  # import-export is untyped
-    """Times in UTC whatever TIME_ZONE says; spreadsheets get naive UTC datetimes (XLSX has no zones)."""
+class Kind(StrEnum):
+    """How a column's value is written: the same value in Python (`python_value`) and in SQL (`sql_value`)."""
 
-    def render(self, value: Any, obj: Any = None, **kwargs: Any) -> Any:
-        if not isinstance(value, datetime):
-            return None if kwargs.get("force_native_type") else ""
-        utc = value.astimezone(UTC)
-        if kwargs.get("force_native_type"):
-            return utc.replace(tzinfo=None)
-        return utc.strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _text(attribute: str, column: str) -> Field:
-    return Field(attribute=attribute, column_name=column, widget=widgets.CharWidget())
+    TEXT = "text"
+    INTEGER = "integer"
+    MONEY = "money"  # major units of the row's currency, from minor units
+    TIME = "time"  # UTC, naive in XLSX (no zones there), `YYYY-MM-DD HH:MM:SS` in CSV
+    BOOLEAN = "boolean"
+    MSISDN = "msisdn"  # masked
 
 
-def _number(attribute: str, column: str) -> Field:
-    return Field(attribute=attribute, column_name=column, widget=widgets.IntegerWidget())
+@dataclass(frozen=True)
+class Column:
+    header: str
+    source: str  # the ORM path of the value
+    kind: Kind = Kind.TEXT
+    currency: str = ""  # money: the ORM path of the currency
 
 
-def _time(attribute: str, column: str) -> Field:
-    return Field(attribute=attribute, column_name=column, widget=UtcDateTimeWidget())
+@dataclass(frozen=True)
+class ExportColumns:
+    """The columns of one export, the single place that says what it contains: both the rows formatted in
+    Python (SQLite, XLSX) and the CSV PostgreSQL writes itself (COPY) are made from it."""
 
+    model: type[Model]
+    created: str  # the ORM path of the row's time, which the period filters
+    payment: str  # the ORM path to the payment ("" for payments themselves), which the other filters follow
+    columns: tuple[Column, ...]
 
-class ExportResource(resources.ModelResource):  # type: ignore[misc]
-    """Export-only: rows are read with `.iterator(chunk_size=…)` and never all held at once."""
-
-    class Meta:
-        chunk_size = 2000
-
-    def select(self, queryset: Any) -> Any:
-        """The joins the columns need."""
-        return queryset
-
+    @property
     def headers(self) -> list[str]:
-        return list(self.get_export_headers())
+        return [column.header for column in self.columns]
 
-    def values(self, instance: Any) -> list[Any]:
-        return list(self.export_resource(instance, force_native_type=True))
+    @property
+    def sources(self) -> list[str]:
+        """Every ORM path read, once each, in a stable order."""
+        paths = [path for column in self.columns for path in (column.source, column.currency) if path]
+        return list(dict.fromkeys(paths))
 
-    def dehydrate_amount(self, row: Any) -> Decimal:
-        """Every export's `amount` column: the row's amount in major units of its currency."""
-        return to_major(row.amount_minor, row.currency)
+
+TRANSACTIONS = ExportColumns(
+    model=Payment,
+    created="created_at",
+    payment="",
+    columns=(
+        Column("payment_id", "public_id"),
+        Column("created_at_utc", "created_at", Kind.TIME),
+        Column("app", "app__name"),
+        Column("carrier", "carrier__slug"),
+        Column("country", "carrier__country_id"),
+        Column("msisdn_masked", "msisdn", Kind.MSISDN),
+        Column("price_point", "price_point__code"),
+        Column("amount_minor", "amount_minor", Kind.INTEGER),
+        Column("currency", "currency"),
+        Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+        Column("status", "status"),
+        Column("carrier_reference", "carrier_reference"),
+        Column("refunded_minor", "refunded_minor", Kind.INTEGER),
+    ),
+)
+REFUNDS = ExportColumns(
+    model=Refund,
+    created="created_at",
+    payment="payment__",
+    columns=(
+        Column("refund_id", "public_id"),
+        Column("payment_id", "payment__public_id"),
+        Column("created_at_utc", "created_at", Kind.TIME),
+        Column("completed_at_utc", "completed_at", Kind.TIME),
+        Column("app", "payment__app__name"),
+        Column("carrier", "payment__carrier__slug"),
+        Column("country", "payment__carrier__country_id"),
+        Column("amount_minor", "amount_minor", Kind.INTEGER),
+        Column("currency", "currency"),
+        Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+        Column("status", "status"),
+        Column("via_carrier", "via_carrier", Kind.BOOLEAN),
+        Column("carrier_reference", "carrier_reference"),
+        Column("reason", "reason"),
+        Column("requested_by", "requested_by"),
+    ),
+)
+LEDGER = ExportColumns(
+    model=LedgerLine,
+    created="entry__created_at",
+    payment="entry__payment__",
+    columns=(
+        Column("entry_id", "entry_id", Kind.INTEGER),
+        Column("entry_kind", "entry__kind"),
+        Column("payment_id", "entry__payment__public_id"),
+        Column("account", "account"),
+        Column("amount_minor", "amount_minor", Kind.INTEGER),
+        Column("currency", "currency"),
+        Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+        Column("created_at_utc", "entry__created_at", Kind.TIME),
+    ),
+)
 
 
-class TransactionResource(ExportResource):
-    payment_id = _text("public_id", "payment_id")
-    created_at = _time("created_at", "created_at_utc")
-    app = _text("app__name", "app")
-    carrier = _text("carrier__slug", "carrier")
-    country = _text("carrier__country_id", "country")
-    msisdn = Field(column_name="msisdn_masked")
-    price_point = _text("price_point__code", "price_point")
-    amount_minor = _number("amount_minor", "amount_minor")
-    currency = _text("currency", "currency")
-    amount = Field(column_name="amount")
-    status = _text("status", "status")
-    carrier_reference = _text("carrier_reference", "carrier_reference")
-    refunded_minor = _number("refunded_minor", "refunded_minor")
+def python_value(column: Column, value: Any, currency: Any = None) -> Any:
+    """The native value written for `column` (ints, Decimals, naive UTC datetimes, text, None)."""
+    if value is None:
+        return None
+    if column.kind == Kind.MONEY:
+        return to_major(value, currency)
+    if column.kind == Kind.TIME:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    if column.kind == Kind.MSISDN:
+        return mask_msisdn(value)
+    if column.kind == Kind.TEXT:
+        return str(value)
+    return value
 
-    class Meta(ExportResource.Meta):
-        model = Payment
-        fields = (
-            "payment_id",
-            "created_at",
-            "app",
-            "carrier",
-            "country",
-            "msisdn",
-            "price_point",
-            "amount_minor",
-            "currency",
-            "amount",
-            "status",
-            "carrier_reference",
-            "refunded_minor",
+
+def _exponents_sql(currency: str) -> str:
+    """The exponent of the currency in `currency`, from the same table `to_major` reads."""
+    cases = " ".join(f"WHEN '{code}' THEN {exponent}" for code, exponent in sorted(_odd_exponents().items()))
+    return f"(CASE {currency} {cases} ELSE {DEFAULT_EXPONENT} END)" if cases else str(DEFAULT_EXPONENT)
+
+
+DEFAULT_EXPONENT = 2
+
+
+@cache
+def _odd_exponents() -> dict[str, int]:
+    exponents = {}
+    for currency in pycountry.currencies:
+        try:
+            exponent = currency_exponent(currency.alpha_3)
+        except UnknownCurrency:
+            continue
+        if exponent != DEFAULT_EXPONENT:
+            exponents[currency.alpha_3] = exponent
+    return exponents
+
+
+def _xml_text(value: str) -> str:
+    """A text as XML character data that COPY's CSV writer leaves unquoted: no line breaks, no controls."""
+    escaped = f"replace(replace(replace({value}, '&', '&amp;'), '<', '&lt;'), '>', '&gt;')"
+    lines = f"replace(replace({escaped}, E'\\r', '&#13;'), E'\\n', '&#10;')"
+    return f"regexp_replace({lines}, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f]', E'\\uFFFD', 'g')"
+
+
+def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
+    """The `<c>` element of a sheet row (SpreadsheetML) for `python_value(...)`, as a PostgreSQL expression.
+    Texts are inline strings (never formulas); times are serial dates in style 1 (`playpay.tables`)."""
+    if column.kind == Kind.MONEY:
+        number = sql_value(column, value, currency)
+    elif column.kind == Kind.INTEGER:
+        number = f"{value}::text"
+    elif column.kind == Kind.TIME:
+        serial = f"(extract(epoch FROM {value}) / 86400 + 25569)::text"
+        return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c s=''1''><v>' || {serial} || '</v></c>' END"
+    elif column.kind == Kind.BOOLEAN:
+        true, false = "'<c t=''b''><v>1</v></c>'", "'<c t=''b''><v>0</v></c>'"
+        return f"CASE WHEN {value} THEN {true} WHEN NOT {value} THEN {false} ELSE '<c/>' END"
+    else:
+        text = (
+            f"CASE WHEN length({value}) <= 6 THEN repeat('*', length({value})) "
+            f"ELSE left({value}, 6) || repeat('*', length({value}) - 8) || right({value}, 2) END"
+            if column.kind == Kind.MSISDN
+            else f"{value}::text"
         )
-        export_order = fields
-
-    def select(self, queryset: Any) -> Any:
-        return queryset.select_related("app", "carrier", "price_point")
-
-    def dehydrate_msisdn(self, payment: Payment) -> str:
-        return mask_msisdn(payment.msisdn)
-
-
-class RefundResource(ExportResource):
-    refund_id = _text("public_id", "refund_id")
-    payment_id = _text("payment__public_id", "payment_id")
-    created_at = _time("created_at", "created_at_utc")
-    completed_at = _time("completed_at", "completed_at_utc")
-    app = _text("payment__app__name", "app")
-    carrier = _text("payment__carrier__slug", "carrier")
-    country = _text("payment__carrier__country_id", "country")
-    amount_minor = _number("amount_minor", "amount_minor")
-    currency = _text("currency", "currency")
-    amount = Field(column_name="amount")
-    status = _text("status", "status")
-    via_carrier = Field(attribute="via_carrier", column_name="via_carrier", widget=widgets.BooleanWidget())
-    carrier_reference = _text("carrier_reference", "carrier_reference")
-    reason = _text("reason", "reason")
-    requested_by = _text("requested_by", "requested_by")
-
-    class Meta(ExportResource.Meta):
-        model = Refund
-        fields = (
-            "refund_id",
-            "payment_id",
-            "created_at",
-            "completed_at",
-            "app",
-            "carrier",
-            "country",
-            "amount_minor",
-            "currency",
-            "amount",
-            "status",
-            "via_carrier",
-            "carrier_reference",
-            "reason",
-            "requested_by",
+        return (
+            f"CASE WHEN coalesce({text}, '') = '' THEN '<c/>' "
+            f"ELSE '<c t=''inlineStr''><is><t xml:space=''preserve''>' || {_xml_text(text)} || '</t></is></c>' END"
         )
-        export_order = fields
-
-    def select(self, queryset: Any) -> Any:
-        return queryset.select_related("payment__app", "payment__carrier")
+    return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c><v>' || {number} || '</v></c>' END"
 
 
-class LedgerLineResource(ExportResource):
-    entry_id = _number("entry_id", "entry_id")
-    kind = _text("entry__kind", "entry_kind")
-    payment_id = _text("entry__payment__public_id", "payment_id")
-    account = _text("account", "account")
-    amount_minor = _number("amount_minor", "amount_minor")
-    currency = _text("currency", "currency")
-    amount = Field(column_name="amount")
-    created_at = _time("entry__created_at", "created_at_utc")
-
-    class Meta(ExportResource.Meta):
-        model = LedgerLine
-        fields = ("entry_id", "kind", "payment_id", "account", "amount_minor", "currency", "amount", "created_at")
-        export_order = fields
-
-    def select(self, queryset: Any) -> Any:
-        return queryset.select_related("entry__payment")
+def sql_value(column: Column, value: str, currency: str = "") -> str:
+    """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources."""
+    if column.kind == Kind.MONEY:
+        exponent = _exponents_sql(currency)
+        return f"round({value}::numeric / power(10::numeric, {exponent}), {exponent})::text"
+    if column.kind == Kind.TIME:
+        return f"to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
+    if column.kind == Kind.BOOLEAN:
+        return f"CASE WHEN {value} THEN 'true' WHEN NOT {value} THEN 'false' END"
+    if column.kind == Kind.INTEGER:
+        return f"{value}::text"
+    if column.kind == Kind.MSISDN:
+        masked = (
+            f"CASE WHEN length({value}) <= 6 THEN repeat('*', length({value})) "
+            f"ELSE left({value}, 6) || repeat('*', length({value}) - 8) || right({value}, 2) END"
+        )
+        return sql_csv_text(f"({masked})")
+    return sql_csv_text(f"{value}::text")
 
 
 # --- Settlement files --------------------------------------------------------

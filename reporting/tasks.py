@@ -8,8 +8,23 @@ from reporting.services import alerts, datasets, exports
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def run_export(job_id: int) -> str:
-    """Idempotent: a finished job is left alone; one whose worker died starts again from the first row."""
+    """Idempotent: runs the job only if it is queued; one done, failed or held by a live worker is left alone."""
     return exports.run_export_job(job_id=job_id).status
+
+
+@shared_task(acks_late=True)
+def run_queued_exports() -> int:
+    """The embedded default's worker for exports (run by `manage.py run_scheduler` in a thread of its own)."""
+    return exports.run_queued_export_jobs()
+
+
+@shared_task(acks_late=True)
+def requeue_stale_exports() -> str:
+    """Exports whose worker died: queued again, or failed with the reason after too many attempts."""
+    result = exports.requeue_stale_export_jobs()
+    return (
+        f"{len(result.requeued)} queued again, {len(result.failed)} failed" if result.requeued or result.failed else ""
+    )
 
 
 @shared_task(acks_late=True)

@@ -56,7 +56,7 @@ sequences AS (
         SELECT app_id, journey_id, toUnixTimestamp64Micro(occurred_at) AS t,
                toUInt8(indexOf({{steps:Array(String)}}, step)) AS k
         FROM {db}.funnel_events
-        WHERE occurred_at >= {{since:DateTime64(6, 'UTC')}} AND occurred_at < {{horizon:DateTime64(6, 'UTC')}}
+        WHERE occurred_at >= {{since:DateTime64(6, 'UTC')}}
           AND (has({{steps:Array(String)}}, step) OR step = {{exclusion:String}}){app_filter}
     ) AS events
     INNER JOIN journeys USING (app_id, journey_id)
@@ -122,8 +122,6 @@ def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str,
     parameters: dict[str, Any] = {
         "since": scope.since,
         "until": scope.until,
-        # The events PostgreSQL reads for the same report (funnel.sql): up to one window after the period.
-        "horizon": scope.until + scope.window,
         "steps": list(scope.steps),
         "exclusion": scope.exclusion,
         "app_id": scope.app_id,

@@ -1,38 +1,58 @@
 """Finance exports: transactions, refunds and ledger lines, filtered, streamed as CSV or XLSX.
 
-Rows are read with `.iterator(chunk_size=…)` and written as they come, so an export of a
-million payments needs no more memory than one of ten. Small exports are downloaded at once;
-large ones run as an `ExportJob` in a Celery worker that reports its progress.
+What each export contains is declared once (`reporting.resources`). On PostgreSQL the server writes the
+rows (`COPY (SELECT ...) TO STDOUT`): CSV lines passed through as they come, or the sheet rows of an XLSX
+that is only packaged here; on SQLite rows are read in chunks and formatted here (XLSX by XlsxWriter).
+`uses_copy` is the one place that decides. Neither holds more than
+a chunk in memory, whatever the size of the export.
+
+Small exports are downloaded at once. Large ones are `ExportJob`s that a web request only records: a
+Celery worker runs them (with a broker), or the scheduler process (`manage.py run_scheduler`, the embedded
+default). A worker claims a job, moves its heartbeat with its progress, and a job whose heartbeat stops is
+queued again by `requeue_stale_export_jobs`, up to `EXPORT_MAX_ATTEMPTS` attempts, then failed with why.
 """
 
+import json
 import logging
+import os
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import date, timedelta
-from typing import IO, Any
+from datetime import date, datetime, timedelta
+from typing import IO, Any, TypeVar
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
-from django.db import transaction
-from django.db.models import Model, QuerySet
+from django.db import connection, connections, transaction
+from django.db.models import F, QuerySet
 from django.utils import timezone
 
-from payments.models import LedgerLine, Payment, Refund
 from payments.services import outbox
-from playpay.tables import TableFormat, csv_lines, temporary_file, write_table
+from playpay.tables import TableFormat, csv_lines, temporary_file, write_table, write_xlsx_rows
 from playpay.times import start_of_utc_day
-from reporting.models import ExportJob, ExportKind
-from reporting.resources import ExportResource, LedgerLineResource, RefundResource, TransactionResource
+from reporting import resources
+from reporting.models import ExportJob, ExportKind, export_file_path
+from reporting.resources import Column, ExportColumns, python_value, sql_value, sql_xlsx_cell
 
 logger = logging.getLogger(__name__)
 
 # An export at most this big is downloaded at once; a bigger one runs in the background.
 DIRECT_DOWNLOAD_LIMIT = 20_000
-# A background export writes its progress every this many rows.
-PROGRESS_EVERY = 1000
+# Below this many rows (by the planner's estimate) a job counts its rows exactly before it starts.
+EXACT_COUNT_BELOW = 200_000
 RUN_EXPORT_TASK = "reporting.tasks.run_export"
 EXPORT_QUEUE = "default"
+CHUNK_ROWS = 5000
+
+_COLUMNS: dict[str, ExportColumns] = {
+    ExportKind.TRANSACTIONS: resources.TRANSACTIONS,
+    ExportKind.REFUNDS: resources.REFUNDS,
+    ExportKind.LEDGER: resources.LEDGER,
+}
 
 
 @dataclass(frozen=True)
@@ -69,57 +89,112 @@ class ExportFilters:
         return ", ".join(part for part in parts if part) or "everything"
 
 
-@dataclass(frozen=True)
-class _Source:
-    model: type[Model]
-    resource: type[ExportResource]
-    created: str  # the lookup of the row's time
-    payment: str  # the path to the payment, "" for payments themselves
-
-
-_SOURCES = {
-    ExportKind.TRANSACTIONS: _Source(Payment, TransactionResource, "created_at", ""),
-    ExportKind.REFUNDS: _Source(Refund, RefundResource, "created_at", "payment__"),
-    ExportKind.LEDGER: _Source(LedgerLine, LedgerLineResource, "entry__created_at", "entry__payment__"),
-}
+def uses_copy() -> bool:
+    """Whether CSV exports are written by the database server (COPY, PostgreSQL only)."""
+    return connection.vendor == "postgresql"
 
 
 def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
-    """The rows of an export, in a stable order, with the joins its columns need."""
-    source = _SOURCES[ExportKind(kind)]
+    """The rows of an export (model instances, filtered, unordered)."""
+    spec = _COLUMNS[ExportKind(kind)]
     lookups: dict[str, Any] = {}
     if filters.date_from:
-        lookups[f"{source.created}__gte"] = start_of_utc_day(filters.date_from)
+        lookups[f"{spec.created}__gte"] = start_of_utc_day(filters.date_from)
     if filters.date_to:
-        lookups[f"{source.created}__lt"] = start_of_utc_day(filters.date_to + timedelta(days=1))
+        lookups[f"{spec.created}__lt"] = start_of_utc_day(filters.date_to + timedelta(days=1))
     if filters.carrier:
-        lookups[f"{source.payment}carrier__slug"] = filters.carrier
+        lookups[f"{spec.payment}carrier__slug"] = filters.carrier
     if filters.country:
-        lookups[f"{source.payment}carrier__country_id"] = filters.country
+        lookups[f"{spec.payment}carrier__country_id"] = filters.country
     if filters.app:
-        lookups[f"{source.payment}app__name"] = filters.app
-    queryset = source.model._default_manager.filter(**lookups).order_by("pk")
-    return source.resource().select(queryset)  # type: ignore[no-any-return]
+        lookups[f"{spec.payment}app__name"] = filters.app
+    return spec.model._default_manager.filter(**lookups).order_by()
 
 
 def count_export_rows(*, kind: str, filters: ExportFilters) -> int:
     return export_queryset(kind=kind, filters=filters).count()
 
 
+def estimate_export_rows(*, kind: str, filters: ExportFilters) -> tuple[int, bool]:
+    """(rows, exact): the planner's estimate when it is large (a count would read them all), else a count."""
+    queryset = export_queryset(kind=kind, filters=filters)
+    if connection.vendor == "postgresql":
+        plan = json.loads(queryset.explain(format="json"))
+        estimate = int(plan[0]["Plan"]["Plan Rows"])
+        if estimate >= EXACT_COUNT_BELOW:
+            return estimate, False
+    return queryset.count(), True
+
+
 def export_header(*, kind: str) -> list[str]:
-    return _SOURCES[ExportKind(kind)].resource().headers()
+    return _COLUMNS[ExportKind(kind)].headers
 
 
 def export_rows(*, kind: str, filters: ExportFilters) -> Iterator[list[Any]]:
-    """Native values (ints, Decimals, naive UTC datetimes, text), one row at a time."""
-    resource = _SOURCES[ExportKind(kind)].resource()
-    for instance in resource.iter_queryset(export_queryset(kind=kind, filters=filters)):
-        yield resource.values(instance)
+    """Native values (ints, Decimals, naive UTC datetimes, text), one row at a time, in the order of the rows' ids."""
+    spec = _COLUMNS[ExportKind(kind)]
+    sources = spec.sources
+    at = {path: index for index, path in enumerate(sources)}
+    plan = [(column, at[column.source], at[column.currency] if column.currency else None) for column in spec.columns]
+    queryset = export_queryset(kind=kind, filters=filters).order_by("pk").values_list(*sources)
+    for values in queryset.iterator(chunk_size=CHUNK_ROWS):
+        yield [
+            python_value(column, values[index], values[currency] if currency is not None else None)
+            for column, index, currency in plan
+        ]
 
 
-def stream_csv(*, kind: str, filters: ExportFilters) -> Iterator[str]:
+def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> tuple[str, tuple[Any, ...]]:
+    """The COPY statement of the export's rows (no header), and its parameters: CSV lines, or for XLSX one
+    SpreadsheetML `<row>` a line.
+
+    The inner query is Django's (filters, joins, the table's own primary key, whatever its shape); the outer
+    one only formats its columns and orders by the row id.
+    """
+    spec = _COLUMNS[ExportKind(kind)]
+    alias = {path: f"c{index}" for index, path in enumerate(spec.sources)}
+    inner = export_queryset(kind=kind, filters=filters).values(
+        row_key=F("pk"), **{name: F(path) for path, name in alias.items()}
+    )
+    sql, params = inner.query.sql_with_params()
+
+    def sources(column: Column) -> tuple[str, str]:
+        return f"x.{alias[column.source]}", f"x.{alias[column.currency]}" if column.currency else ""
+
+    if TableFormat(file_format) == TableFormat.XLSX:
+        cells = " || ".join(sql_xlsx_cell(column, *sources(column)) for column in spec.columns)
+        select = f"'<row>' || {cells} || '</row>'"
+        # The row has no line breaks, and no \x01 or \x02 (not allowed in XML): nothing for CSV to quote.
+        options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
+    else:
+        select = ", ".join(sql_value(column, *sources(column)) for column in spec.columns)
+        options = "FORMAT csv"
+    # Only our own column expressions and Django's compiled query; every value is a parameter.
+    statement = f"COPY (SELECT {select} FROM ({sql}) AS x ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
+    return statement, tuple(params)
+
+
+def copy_rows(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> Iterator[bytes]:
+    """The rows as PostgreSQL writes them: CSV lines ended by CRLF like the csv module's, or sheet rows."""
+    statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format)
+    end = b"\r\n" if TableFormat(file_format) == TableFormat.CSV else b""
+    with connection.cursor() as cursor, cursor.cursor.copy(statement, params or None) as copy:
+        for row in copy:  # one row per message of the COPY protocol
+            yield bytes(row[:-1]) + end
+
+
+def _csv_header(kind: str) -> bytes:
+    return next(csv_lines(export_header(kind=kind), [])).encode()
+
+
+def stream_csv(*, kind: str, filters: ExportFilters) -> Iterator[bytes]:
     """The CSV, line by line, for a streaming response."""
-    return csv_lines(export_header(kind=kind), export_rows(kind=kind, filters=filters))
+    if uses_copy():
+        yield _csv_header(kind)
+        yield from copy_rows(kind=kind, filters=filters)
+        return
+    for line in csv_lines(export_header(kind=kind), export_rows(kind=kind, filters=filters)):
+        yield line.encode()
 
 
 def write_export(
@@ -129,21 +204,30 @@ def write_export(
     file_format: str,
     out: IO[bytes],
     on_progress: Callable[[int], None] | None = None,
-    every: int = PROGRESS_EVERY,
+    every: int = 0,
 ) -> int:
-    """Write the export to `out` (a binary file); returns the number of data rows."""
+    """Write the export to `out` (a binary file); returns the number of data rows. `on_progress(rows)` is
+    called every `every` rows (default: settings.EXPORT_PROGRESS_ROWS)."""
+    every = every or settings.EXPORT_PROGRESS_ROWS
     written = 0
 
-    def counted() -> Iterator[list[Any]]:
+    def counted(rows: Iterator[Any]) -> Iterator[Any]:
         nonlocal written
-        for row in export_rows(kind=kind, filters=filters):
+        for row in rows:
             yield row
             written += 1
             if on_progress is not None and written % every == 0:
                 on_progress(written)
 
-    header = export_header(kind=kind)
-    write_table(out, header, counted(), file_format=file_format, title=str(kind))
+    if uses_copy() and TableFormat(file_format) == TableFormat.CSV:
+        out.write(_csv_header(kind))
+        out.writelines(counted(copy_rows(kind=kind, filters=filters)))
+    elif uses_copy():
+        rows = counted(copy_rows(kind=kind, filters=filters, file_format=file_format))
+        write_xlsx_rows(out, export_header(kind=kind), rows, title=str(kind))
+    else:
+        rows = counted(export_rows(kind=kind, filters=filters))
+        write_table(out, export_header(kind=kind), rows, file_format=file_format, title=str(kind))
     return written
 
 
@@ -158,54 +242,225 @@ def export_file_name(*, kind: str, filters: ExportFilters, file_format: str) -> 
     return "_".join(part for part in ("playpay", str(kind), period, scope) if part) + f".{file_format}"
 
 
+# --- Background jobs ------------------------------------------------------------------------------
+
+
+class ExportLeaseLost(Exception):
+    """The job was given to another attempt (this worker was taken for dead): this one stops, writes nothing."""
+
+
 def start_export_job(*, user: AbstractBaseUser, kind: str, filters: ExportFilters, file_format: str) -> ExportJob:
-    """Record an export to run in the background; the task goes through the outbox, so it is never lost."""
+    """Queue an export; nothing of it runs here. With a broker the task goes through the outbox (never lost);
+    without one the scheduler process finds the queued job."""
     with transaction.atomic():
         job = ExportJob.objects.create(
             user_id=user.pk, kind=ExportKind(kind), file_format=TableFormat(file_format), filters=filters.as_json()
         )
+        _hand_to_workers(job)
+    return job
+
+
+def _hand_to_workers(job: ExportJob) -> None:
+    if not outbox.runs_in_process():
         outbox.enqueue(RUN_EXPORT_TASK, queue=EXPORT_QUEUE, job_id=job.pk)
-    return job
 
 
-def run_export_job(*, job_id: int, every: int = PROGRESS_EVERY) -> ExportJob:
-    """Run an export job to the end. Safe to run twice: a finished job is left alone, a broken one restarts."""
-    job = ExportJob.objects.get(pk=job_id)
-    if job.status == ExportJob.Status.DONE:
-        return job
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def claim_export_job(*, job_id: int | None = None) -> ExportJob | None:
+    """Take a queued job (that one, or the oldest) for this process; None when there is none to take.
+
+    PostgreSQL skips the jobs other workers are taking (SKIP LOCKED); SQLite takes its write lock at the
+    start of the transaction (IMMEDIATE), so there the conditional update alone decides.
+    """
+    queued = ExportJob.objects.filter(status=ExportJob.Status.PENDING)
+    if job_id is not None:
+        queued = queued.filter(pk=job_id)
+    now = timezone.now()
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            candidate = queued.select_for_update(skip_locked=True).order_by("id").values_list("pk", flat=True).first()
+        else:
+            candidate = queued.order_by("id").values_list("pk", flat=True).first()
+        if candidate is None:
+            return None
+        claimed = ExportJob.objects.filter(pk=candidate, status=ExportJob.Status.PENDING).update(
+            status=ExportJob.Status.RUNNING,
+            attempts=F("attempts") + 1,
+            worker=worker_name()[:120],
+            heartbeat_at=now,
+            started_at=now,
+            rows_done=0,
+        )
+    return ExportJob.objects.get(pk=candidate) if claimed else None
+
+
+def run_export_job(*, job_id: int, every: int = 0) -> ExportJob:
+    """Run this job if it is queued. Safe to run twice: a job done, failed or run by a live worker is left alone."""
+    job = claim_export_job(job_id=job_id)
+    return _run_claimed(job, every=every) if job else ExportJob.objects.get(pk=job_id)
+
+
+def run_next_export_job(*, every: int = 0) -> ExportJob | None:
+    """Claim the oldest queued job and run it to the end; None when none is queued."""
+    job = claim_export_job()
+    return _run_claimed(job, every=every) if job else None
+
+
+def run_queued_export_jobs(*, limit: int = 10, every: int = 0) -> int:
+    """Run queued jobs one after the other, at most `limit`; returns how many ran."""
+    ran = 0
+    while ran < limit and run_next_export_job(every=every) is not None:
+        ran += 1
+    return ran
+
+
+def _own(job: ExportJob) -> QuerySet[ExportJob]:
+    """The job while this attempt still holds it: any update through it is fenced by the attempt number."""
+    return ExportJob.objects.filter(pk=job.pk, status=ExportJob.Status.RUNNING, attempts=job.attempts)
+
+
+def _run_claimed(job: ExportJob, *, every: int) -> ExportJob:
     filters = ExportFilters.from_json(job.filters)
-    job.status = ExportJob.Status.RUNNING
-    job.started_at = timezone.now()
-    job.rows_done = 0
-    job.rows_total = count_export_rows(kind=job.kind, filters=filters)
-    job.error = ""
-    job.save(update_fields=["status", "started_at", "rows_done", "rows_total", "error"])
+    with _side_connection(needed=uses_copy()) as side:
 
-    def progress(rows: int) -> None:
-        # Committed at once (no transaction is open here), so the admin sees it while the export runs.
-        ExportJob.objects.filter(pk=job.pk).update(rows_done=min(rows, job.rows_total or rows))
+        def heartbeat(rows: int) -> None:
+            # Committed at once (no transaction is open here), so the admin sees it while the export runs.
+            if not side(lambda: _own(job).update(rows_done=rows, heartbeat_at=timezone.now())):
+                raise ExportLeaseLost(f"export job {job.pk}: attempt {job.attempts} was taken over")
 
-    try:
-        with tempfile.TemporaryFile() as out:
-            rows = write_export(
-                kind=job.kind, filters=filters, file_format=job.file_format, out=out, on_progress=progress, every=every
+        try:
+            with _export_statement_timeout():
+                total, exact = estimate_export_rows(kind=job.kind, filters=filters)
+                if not _own(job).update(rows_total=total, rows_total_exact=exact, heartbeat_at=timezone.now()):
+                    raise ExportLeaseLost(f"export job {job.pk}: attempt {job.attempts} was taken over")
+                with tempfile.TemporaryFile() as out:  # anonymous: nothing is left behind if the process dies
+                    rows = write_export(
+                        kind=job.kind,
+                        filters=filters,
+                        file_format=job.file_format,
+                        out=out,
+                        on_progress=heartbeat,
+                        every=every,
+                    )
+                    out.seek(0)
+                    _store_file(job, out, filters)
+        except ExportLeaseLost:
+            logger.warning("export job %s: attempt %s was taken over; it stops", job.pk, job.attempts)
+            return ExportJob.objects.get(pk=job.pk)
+        except Exception as error:
+            logger.exception("export job %s failed", job.pk)
+            _own(job).update(
+                status=ExportJob.Status.FAILED,
+                error=f"{type(error).__name__}: {error}"[:500],
+                finished_at=timezone.now(),
             )
-            out.seek(0)
-            name = export_file_name(kind=job.kind, filters=filters, file_format=job.file_format)
-            job.file.save(name, File(out), save=False)
-    except Exception as error:
-        logger.exception("export job %s failed", job.pk)
-        job.status = ExportJob.Status.FAILED
-        job.error = f"{type(error).__name__}: {error}"[:500]
-        job.finished_at = timezone.now()
-        job.save(update_fields=["status", "error", "finished_at"])
-        return job
-    job.status = ExportJob.Status.DONE
-    job.rows_done = rows
-    job.rows_total = max(rows, job.rows_total or 0)  # rows added while it ran are in the file too
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "rows_done", "rows_total", "file", "finished_at"])
-    return job
+            return ExportJob.objects.get(pk=job.pk)
+    finished = _own(job).update(
+        status=ExportJob.Status.DONE,
+        rows_done=rows,
+        rows_total=rows,  # rows added while it ran are in the file too
+        rows_total_exact=True,
+        file=job.file.name,
+        finished_at=timezone.now(),
+        heartbeat_at=timezone.now(),
+    )
+    if not finished:  # taken over at the last moment: the other attempt's file is the one kept
+        job.file.delete(save=False)
+        logger.warning("export job %s: attempt %s was taken over; its file is deleted", job.pk, job.attempts)
+    return ExportJob.objects.get(pk=job.pk)
+
+
+T = TypeVar("T")
+
+
+@contextmanager
+def _side_connection(*, needed: bool) -> Iterator[Callable[[Callable[[], T]], T]]:
+    """Runs a query on a connection of its own when `needed`: while COPY streams, its connection can do
+    nothing else. Otherwise (SQLite reading in chunks would lock out a second connection) on this one."""
+    if not needed:
+        yield lambda query: query()
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-heartbeat")
+    try:
+        yield lambda query: pool.submit(query).result(timeout=settings.DATABASE_CONNECT_TIMEOUT + 30)
+    finally:
+        pool.submit(connections.close_all).result(timeout=30)
+        pool.shutdown()
+
+
+def _store_file(job: ExportJob, out: IO[bytes], filters: ExportFilters) -> None:
+    """The file in the job's own folder, which holds nothing else: what a dead attempt saved there goes."""
+    storage = job.file.storage
+    folder = os.path.dirname(export_file_path(job, "x"))
+    try:
+        _, leftovers = storage.listdir(folder)
+    except FileNotFoundError:
+        leftovers = []
+    for name in leftovers:
+        storage.delete(f"{folder}/{name}")
+    name = export_file_name(kind=job.kind, filters=filters, file_format=job.file_format)
+    job.file.save(name, File(out), save=False)
+
+
+@contextmanager
+def _export_statement_timeout() -> Iterator[None]:
+    """An export is one long statement: it gets EXPORT_STATEMENT_TIMEOUT_MS, not the web's bound."""
+    if connection.vendor != "postgresql":
+        yield
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = %s", [settings.EXPORT_STATEMENT_TIMEOUT_MS])
+    try:
+        yield
+    finally:
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("RESET statement_timeout")  # back to the connection's own (settings)
+        except Exception:  # a broken connection is dropped anyway
+            logger.warning("could not reset the statement timeout after an export", exc_info=True)
+
+
+@dataclass(frozen=True)
+class StaleJobs:
+    requeued: list[int]
+    failed: list[int]
+
+
+def requeue_stale_export_jobs(*, now: datetime | None = None, stale_after: timedelta | None = None) -> StaleJobs:
+    """Running jobs whose worker stopped answering (no heartbeat for `stale_after`): queued again for another
+    attempt, or failed with the reason once EXPORT_MAX_ATTEMPTS attempts died."""
+    now = now or timezone.now()
+    stale_after = stale_after if stale_after is not None else timedelta(seconds=settings.EXPORT_HEARTBEAT_TIMEOUT)
+    cutoff = now - stale_after
+    max_attempts = settings.EXPORT_MAX_ATTEMPTS
+    result = StaleJobs([], [])
+    stale = ExportJob.objects.filter(status=ExportJob.Status.RUNNING, heartbeat_at__lte=cutoff).order_by("id")
+    for job in stale[:100]:
+        heard = job.heartbeat_at
+        assert heard is not None  # a running job has one (export_running_has_heartbeat)
+        silent = (
+            f"its worker ({job.worker}) stopped answering after {job.rows_done} rows,"
+            f" last heard of {heard:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        with transaction.atomic():
+            still_stale = ExportJob.objects.filter(
+                pk=job.pk, status=ExportJob.Status.RUNNING, attempts=job.attempts, heartbeat_at=heard
+            )
+            if job.attempts >= max_attempts:
+                reason = f"Given up after {job.attempts} attempts: {silent}."
+                if still_stale.update(status=ExportJob.Status.FAILED, error=reason[:500], finished_at=now):
+                    result.failed.append(job.pk)
+                    logger.error("export job %s failed: %s", job.pk, reason)
+            else:
+                note = f"Attempt {job.attempts} of {max_attempts} stopped: {silent}; queued again."
+                if still_stale.update(status=ExportJob.Status.PENDING, error=note[:500]):
+                    _hand_to_workers(job)
+                    result.requeued.append(job.pk)
+                    logger.warning("export job %s queued again: %s", job.pk, note)
+    return result
 
 
 def delete_export_jobs(*, jobs: list[ExportJob]) -> None:

@@ -196,14 +196,16 @@ def test_payment_changes_replace_their_earlier_rows_and_totals_match_postgresql(
     assert ch_scalar("SELECT count() FROM {db}.payments FINAL WHERE status = 'created'") == 15
 
 
-def random_journeys(app: App, rng: random.Random, journeys: int) -> None:
-    """Journeys over two days with repeats, steps out of order, noise, an exclusion step and late steps."""
+def random_journeys(app: App, rng: random.Random, journeys: int, *, resolution: int = 0) -> None:
+    """Journeys over two days with repeats, steps out of order, noise, an exclusion step and late steps;
+    with a `resolution` (seconds), times are rounded down to it, so that many events share a timestamp."""
     seconds = rng.sample(range(0, 2 * 86_400 * 10), journeys * 12)  # distinct timestamps (0.1 s apart)
     noise = ["help", "charge_failed", "item_viewed"]
     for n in range(journeys):
         journey_id = f"j{n}"
         start = T0 + timedelta(seconds=seconds[n * 12] / 10)
-        times = sorted(start + timedelta(seconds=s / 10 % 3600) for s in seconds[n * 12 + 1 : n * 12 + 12])
+        offsets = [s / 10 % 3600 for s in seconds[n * 12 + 1 : n * 12 + 12]]
+        times = sorted(start + timedelta(seconds=o // resolution * resolution if resolution else o) for o in offsets)
         steps = [rng.choice(STEPS + noise) if rng.random() < 0.4 else STEPS[min(i, 4)] for i in range(11)]
         events = [(start, "open"), *list(zip(times, steps, strict=True))[: rng.randint(0, 10)]]
         Journey.objects.create(
@@ -228,12 +230,14 @@ def report(settings: Any, backend: str, **options: Any) -> FunnelReport:
     return funnel_report(steps=STEPS, window=WINDOW, **options)
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_clickhouse_reports_equal_postgresql_reports_on_random_journeys(ch_any: None, settings: Any, seed: int) -> None:
+@pytest.mark.parametrize(("seed", "resolution"), [(1, 0), (2, 0), (3, 60)])
+def test_clickhouse_reports_equal_postgresql_reports_on_random_journeys(
+    ch_any: None, settings: Any, seed: int, resolution: int
+) -> None:
     rng = random.Random(seed)
     app, other = AppFactory.create(), AppFactory.create()
-    random_journeys(app, rng, 150)
-    random_journeys(other, rng, 50)
+    random_journeys(app, rng, 150, resolution=resolution)
+    random_journeys(other, rng, 50, resolution=resolution)
     ship_to_clickhouse()
     since = T0 + timedelta(hours=rng.randint(0, 12))
     for options in [

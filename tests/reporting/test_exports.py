@@ -2,25 +2,32 @@
 
 import csv
 import io
-from collections.abc import Iterator
-from datetime import UTC, date, datetime
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
-from payments.models import LedgerLine, Payment, Refund
-from playpay.tables import TableFormat
+from payments.models import LedgerLine, OutboxMessage, Payment, Refund
+from playpay.tables import TableFormat, csv_lines, write_table
 from reporting.models import ExportJob, ExportKind
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
 from tests.conftest import Shop, StaffClient
+from tests.deploy.processes import Processes, wait_for
 from tests.reporting.conftest import MakePayment
 
 pytestmark = pytest.mark.django_db
+ROOT = Path(__file__).resolve().parents[2]
 
 TRANSACTION_HEADER = [
     "payment_id",
@@ -82,8 +89,8 @@ def test_a_csv_export_is_streamed_line_by_line(carrier: Carrier, make_payment: M
         make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
     lines = exports.stream_csv(kind=ExportKind.TRANSACTIONS, filters=ExportFilters())
     assert isinstance(lines, Iterator)  # a generator for a StreamingHttpResponse, not a built document
-    assert next(lines) == ",".join(TRANSACTION_HEADER) + "\r\n"
-    rows = csv_rows("".join(lines))
+    assert next(lines) == (",".join(TRANSACTION_HEADER) + "\r\n").encode()
+    rows = csv_rows(b"".join(lines))
     assert len(rows) == 25
     assert rows[0][TRANSACTION_HEADER.index("amount")] == "0.99"
     assert rows[0][TRANSACTION_HEADER.index("created_at_utc")] == "2026-05-03 12:00:00"
@@ -92,8 +99,8 @@ def test_a_csv_export_is_streamed_line_by_line(carrier: Carrier, make_payment: M
 def test_an_export_reads_its_rows_in_a_constant_number_of_queries(carrier: Carrier, make_payment: MakePayment) -> None:
     for n in range(30):
         make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
-    with CaptureQueriesContext(connection) as queries:
-        assert len(csv_rows(export_bytes(ExportKind.TRANSACTIONS, TableFormat.CSV))) == 31
+    with CaptureQueriesContext(connection) as queries:  # the rows formatted in Python (SQLite's path)
+        assert len(list(exports.export_rows(kind=ExportKind.TRANSACTIONS, filters=ExportFilters()))) == 30
     assert len(queries) <= 2  # one chunked read with its joins, never a query per row
 
 
@@ -163,26 +170,51 @@ def test_text_from_outside_never_becomes_a_spreadsheet_formula(shop: Shop) -> No
     assert (reason.value, reason.data_type) == ("=HYPERLINK(evil)", "s")  # text, not a formula
 
 
-def test_a_background_export_reports_its_progress_and_ends_done_with_a_file(
-    carrier: Carrier, make_payment: MakePayment, django_user_model: Any
+@pytest.fixture
+def progress_log() -> Iterator[Callable[[], list[int]]]:
+    """Every `rows_done` written to an export job, whichever connection wrote it (a trigger keeps them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE test_export_progress (id serial PRIMARY KEY, rows_done integer);"
+            " CREATE FUNCTION test_log_export_progress() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO test_export_progress (rows_done) VALUES (NEW.rows_done); RETURN NEW; END $$;"
+            " CREATE TRIGGER test_export_progress AFTER UPDATE OF rows_done ON reporting_exportjob"
+            " FOR EACH ROW EXECUTE FUNCTION test_log_export_progress()"
+        )
+
+    def logged() -> list[int]:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT rows_done FROM test_export_progress ORDER BY id")
+            return [row[0] for row in cursor.fetchall()]
+
+    yield logged
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DROP TRIGGER test_export_progress ON reporting_exportjob; DROP FUNCTION test_log_export_progress();"
+            " DROP TABLE test_export_progress"
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # the progress of a COPY is written on a second connection
+@pytest.mark.parametrize("file_format", TableFormat.values)
+def test_a_background_export_reports_its_progress_while_it_runs_and_ends_done_with_a_file(
+    file_format: str,
+    carrier: Carrier,
+    make_payment: MakePayment,
+    django_user_model: Any,
+    progress_log: Callable[[], list[int]],
 ) -> None:
     for n in range(25):
         make_payment(carrier=carrier, reference=f"ref-{n}", created=MAY_3)
-    user = django_user_model.objects.create_user("finance-user", is_staff=True)
-    job = ExportJob.objects.create(user=user, kind=ExportKind.TRANSACTIONS, file_format=TableFormat.XLSX)
-
-    with CaptureQueriesContext(connection) as queries:
-        exports.run_export_job(job_id=job.pk, every=10)
-    progress = [q["sql"] for q in queries if q["sql"].startswith('UPDATE "reporting_exportjob" SET "rows_done"')]
-    assert len(progress) == 2  # after 10 and after 20 rows
-    assert '"rows_done" = 10' in progress[0]
-    assert '"rows_done" = 20' in progress[1]
-
-    job.refresh_from_db()
-    assert (job.status, job.rows_done, job.rows_total, job.progress_percent) == ("done", 25, 25, 100)
-    assert job.finished_at is not None
-    with job.file.open("rb") as stored:
-        rows = xlsx_rows(stored.read())
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True), file_format)
+    finished = exports.run_export_job(job_id=job.pk, every=10)
+    assert (finished.status, finished.rows_done, finished.rows_total, finished.error) == ("done", 25, 25, "")
+    assert (finished.attempts, finished.progress_percent, finished.finished_at is not None) == (1, 100, True)
+    assert progress_log() == [0, 10, 20, 25]  # claimed, two heartbeats, done
+    with finished.file.open("rb") as stored:
+        content = stored.read()
+    rows = csv_rows(content) if file_format == TableFormat.CSV else xlsx_rows(content)
     assert rows[0] == TRANSACTION_HEADER
     assert len(rows) == 26
 
@@ -198,13 +230,14 @@ def test_running_a_finished_export_job_again_changes_nothing(
     assert (again.status, again.file.name, again.finished_at) == ("done", first.file.name, first.finished_at)
 
 
-def test_finance_starts_a_background_export_in_the_admin_and_downloads_it(
+@pytest.mark.django_db(transaction=True)  # the worker streams from the server while it reports on another connection
+def test_finance_queues_a_background_export_in_the_admin_a_worker_runs_it_and_finance_downloads_it(
     shop: Shop, make_payment: MakePayment, staff_client: StaffClient
 ) -> None:
     for n in range(3):
         make_payment(carrier=shop.carrier, reference=f"ref-{n}", created=MAY_3)
     make_payment(carrier=shop.carrier, reference="other-month", created=datetime(2026, 7, 1, tzinfo=UTC))
-    finance = staff_client("finance")
+    finance = staff_client("superuser")  # a transactional test has no roles: the migrations' groups are emptied
     assert finance.get("/admin/reporting/exportjob/add/").status_code == 200
     form = {
         "kind": "transactions",
@@ -213,13 +246,18 @@ def test_finance_starts_a_background_export_in_the_admin_and_downloads_it(
         "date_to": "2026-05-31",
         "carrier": shop.carrier.slug,
     }
-    with shop.after_commit(execute=True):  # the outbox hands the job to the (in-process) worker
-        response = finance.post("/admin/reporting/exportjob/add/", form)
+    response = finance.post("/admin/reporting/exportjob/add/", form)
     assert response.status_code == 302
     job = ExportJob.objects.get()
-    assert (job.status, job.rows_done, job.user.get_username()) == ("done", 3, "finance")
-    assert job.filters["carrier"] == shop.carrier.slug
+    # The request only queued it: nothing ran, nothing was handed to an in-process worker.
+    assert (job.status, job.attempts, job.rows_done, job.file.name) == ("pending", 0, 0, "")
+    assert not OutboxMessage.objects.exists()
+    assert "queued" in finance.get("/admin/reporting/exportjob/").content.decode()
 
+    assert exports.run_queued_export_jobs() == 1  # what the scheduler's worker thread does
+    job.refresh_from_db()
+    assert (job.status, job.rows_done, job.user.get_username()) == ("done", 3, "superuser")
+    assert job.filters["carrier"] == shop.carrier.slug
     listing = finance.get("/admin/reporting/exportjob/").content.decode()
     assert "100% (3 of 3 rows)" in listing
     assert f"/admin/reporting/exportjob/{job.pk}/download/" in listing
@@ -229,6 +267,26 @@ def test_finance_starts_a_background_export_in_the_admin_and_downloads_it(
     assert download.status_code == 200
     assert "attachment" in download["Content-Disposition"]
     assert len(csv_rows(b"".join(download.streaming_content))) == 4  # type: ignore[attr-defined]
+
+
+@pytest.mark.broker
+def test_with_a_broker_the_request_hands_the_export_to_a_worker_through_the_outbox(
+    shop: Shop, staff_client: StaffClient, django_capture_on_commit_callbacks: Any
+) -> None:
+    with django_capture_on_commit_callbacks(execute=False) as sent:
+        response = staff_client("finance").post(
+            "/admin/reporting/exportjob/add/", {"kind": "ledger", "file_format": "xlsx"}
+        )
+    assert response.status_code == 302
+    job = ExportJob.objects.get()
+    assert (job.status, job.attempts) == ("pending", 0)
+    message = OutboxMessage.objects.get()
+    assert (message.task, message.kwargs, message.queue) == (
+        "reporting.tasks.run_export",
+        {"job_id": job.pk},
+        "default",
+    )
+    assert len(sent) == 1  # sent to the broker after the commit, never run here
 
 
 def test_a_small_export_downloads_at_once_from_the_admin(
@@ -270,3 +328,237 @@ def test_filters_are_kept_with_the_job_and_described_in_plain_words() -> None:
     assert ExportFilters.from_json(filters.as_json()) == filters
     assert filters.describe() == "from 2026-05-01, carrier acme-uk, app Space Game"
     assert ExportFilters().describe() == "everything"
+
+
+# --- COPY and the Python path write the same file ------------------------------------------------------------
+
+AWKWARD_TEXTS = [
+    "=HYPERLINK(evil)",
+    "+cmd",
+    "-2+3",
+    "@SUM(A1)",
+    "\tindented",
+    "-5",
+    "+44740*****56",
+    '"quoted", with a comma',
+    "two\nlines",
+    "crlf\r\nline",
+    "ünïcödé ✓",
+    "",
+]
+
+
+def python_csv(kind: str, **filters: Any) -> bytes:
+    """The CSV as the rows formatted in Python give it (the SQLite path)."""
+    header = exports.export_header(kind=kind)
+    rows = exports.export_rows(kind=kind, filters=ExportFilters(**filters))
+    return "".join(csv_lines(header, rows)).encode()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ExportKind.values)
+def test_the_csv_postgresql_writes_is_byte_for_byte_the_one_python_writes(
+    kind: str, shop: Shop, make_payment: MakePayment, german_carrier: Carrier
+) -> None:
+    for number, text in enumerate(AWKWARD_TEXTS):
+        payment = make_payment(
+            carrier=shop.carrier, reference=text, created=datetime(2026, 5, 3, 23, 59, 59, 123456, tzinfo=UTC)
+        )
+        Refund.objects.create(
+            payment=payment,
+            amount_minor=number + 1,
+            currency="GBP",
+            reason=text,
+            requested_by=text,
+            via_carrier=number % 2 == 0,
+        )
+    make_payment(carrier=german_carrier, reference="de", created=MAY_3, currency="EUR", amount_minor=1999)
+    for currency, amount in (("JPY", 500), ("KWD", 1234), ("EUR", 7)):  # exponents 0, 3 and 2
+        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+    shop.pay(flow="one_click")  # with its ledger lines
+
+    assert exports.uses_copy()
+    copied = b"".join(exports.stream_csv(kind=kind, filters=ExportFilters()))
+    assert copied == python_csv(kind)
+    may: dict[str, Any] = {"date_from": date(2026, 5, 1), "date_to": date(2026, 5, 31), "carrier": shop.carrier.slug}
+    assert b"".join(exports.stream_csv(kind=kind, filters=ExportFilters(**may))) == python_csv(kind, **may)
+    assert len(csv_rows(copied)) > 1
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("kind", ExportKind.values)
+def test_the_xlsx_postgresql_writes_holds_the_values_python_writes(
+    kind: str, shop: Shop, make_payment: MakePayment
+) -> None:
+    # Not "\r": XlsxWriter writes it as the escape _x000D_, which Excel reads back and openpyxl does not.
+    texts = [text for text in AWKWARD_TEXTS if "\r" not in text]
+    for number, text in enumerate([*texts, "<b>&amp;</b>", "bell\x07"]):
+        payment = make_payment(
+            carrier=shop.carrier, reference=text, created=datetime(2026, 5, 3, 23, 59, 59, tzinfo=UTC)
+        )
+        Refund.objects.create(
+            payment=payment,
+            amount_minor=number + 1,
+            currency="GBP",
+            reason=text,
+            requested_by=text,
+            via_carrier=number % 2 == 0,
+        )
+    for currency, amount in (("JPY", 500), ("KWD", 1234)):
+        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+    shop.pay(flow="one_click")
+
+    python_made = io.BytesIO()
+    header, rows = exports.export_header(kind=kind), exports.export_rows(kind=kind, filters=ExportFilters())
+    write_table(python_made, header, rows, file_format=TableFormat.XLSX, title=kind)
+    copied = xlsx_rows(export_bytes(kind, TableFormat.XLSX))
+    assert copied == xlsx_rows(python_made.getvalue())
+    assert len(copied) > 1
+    sheet = load_workbook(io.BytesIO(export_bytes(kind, TableFormat.XLSX))).worksheets[0]
+    assert {cell.data_type for row in sheet.iter_rows(min_row=2) for cell in row if isinstance(cell.value, str)} == {
+        "s"
+    }  # texts are texts, never formulas
+
+
+@pytest.mark.postgres
+def test_amounts_are_in_major_units_of_each_currency_beside_the_minor_units(
+    shop: Shop, make_payment: MakePayment
+) -> None:
+    for currency, amount in (("JPY", 500), ("KWD", 1234), ("GBP", 5)):
+        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+    rows = csv_rows(export_bytes(ExportKind.TRANSACTIONS, TableFormat.CSV))
+    at = {name: rows[0].index(name) for name in ("amount_minor", "currency", "amount")}
+    assert [(row[at["amount_minor"]], row[at["currency"]], row[at["amount"]]) for row in rows[1:]] == [
+        ("500", "JPY", "500"),
+        ("1234", "KWD", "1.234"),
+        ("5", "GBP", "0.05"),
+    ]
+
+
+# --- Jobs whose worker died ----------------------------------------------------------------------------------
+
+
+def queued_job(user: Any, file_format: str = TableFormat.CSV) -> ExportJob:
+    return exports.start_export_job(
+        user=user, kind=ExportKind.TRANSACTIONS, filters=ExportFilters(), file_format=file_format
+    )
+
+
+def test_a_job_whose_worker_stopped_answering_is_queued_again_then_failed_with_the_reason(
+    carrier: Carrier, make_payment: MakePayment, django_user_model: Any, settings: Any, staff_client: StaffClient
+) -> None:
+    make_payment(carrier=carrier, reference="ref-1", created=MAY_3)
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    settings.EXPORT_MAX_ATTEMPTS = 3
+    later = timedelta(seconds=settings.EXPORT_HEARTBEAT_TIMEOUT + 1)
+
+    for attempt in (1, 2, 3):
+        claimed = exports.claim_export_job()  # a worker takes it, then dies without a word
+        assert claimed is not None
+        assert (claimed.pk, claimed.status, claimed.attempts) == (job.pk, "running", attempt)
+        assert exports.claim_export_job() is None  # nobody else takes a job that is running
+        heartbeat = claimed.heartbeat_at
+        assert heartbeat is not None
+        assert exports.requeue_stale_export_jobs(now=heartbeat + later / 2) == exports.StaleJobs([], [])
+        stale = exports.requeue_stale_export_jobs(now=heartbeat + later)
+        if attempt < 3:
+            assert stale == exports.StaleJobs(requeued=[job.pk], failed=[])
+            job.refresh_from_db()
+            assert (job.status, job.attempts) == ("pending", attempt)
+            assert f"Attempt {attempt} of 3 stopped" in job.error
+
+    assert stale == exports.StaleJobs(requeued=[], failed=[job.pk])
+    job.refresh_from_db()
+    assert (job.status, job.file.name) == ("failed", "")
+    assert job.error.startswith("Given up after 3 attempts: its worker")
+    assert "stopped answering after 0 rows" in job.error
+    assert exports.run_export_job(job_id=job.pk).status == "failed"  # a late delivery of its task changes nothing
+    listing = staff_client("superuser").get("/admin/reporting/exportjob/").content.decode()
+    assert "Given up after 3 attempts" in listing
+
+
+@pytest.mark.broker
+def test_a_requeued_job_is_handed_to_the_workers_again_through_the_outbox_when_there_is_a_broker(
+    django_user_model: Any, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    claimed = exports.claim_export_job(job_id=job.pk)
+    assert claimed is not None
+    assert claimed.heartbeat_at is not None
+    with django_capture_on_commit_callbacks(execute=False):
+        later = claimed.heartbeat_at + timedelta(seconds=settings.EXPORT_HEARTBEAT_TIMEOUT + 1)
+        assert exports.requeue_stale_export_jobs(now=later).requeued == [job.pk]
+    assert [message.kwargs for message in OutboxMessage.objects.order_by("id")] == [{"job_id": job.pk}] * 2
+
+
+def _scheduler_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    db, journal = connection.settings_dict, connections["journal"].settings_dict
+    return {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "playpay.settings",
+        # This run's test databases (a pytest-xdist worker has its own), never the ones the test runner was given.
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "JOURNAL_URL": f"postgres://{journal['USER']}@{journal['HOST']}:{journal['PORT']}/{journal['NAME']}",
+        "CELERY_BROKER_URL": "",  # the embedded default: the scheduler is the worker
+        "PLAYPAY_VAR_DIR": str(tmp_path),
+        **extra,
+    }
+
+
+def _fill_payments(template: Payment, count: int) -> None:
+    """`count` more payments like `template`, in one statement."""
+    fields = [
+        str(f.column) for f in Payment._meta.concrete_fields if f.column not in ("id", "public_id", "carrier_reference")
+    ]
+    columns = ", ".join(fields)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO payments_payment ({columns}, public_id, carrier_reference)"  # noqa: S608  # our column names
+            f" SELECT {columns}, gen_random_uuid(), 'bulk-' || n FROM payments_payment, generate_series(1, %s) AS n"
+            " WHERE id = %s",
+            [count, template.pk],
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_export_whose_scheduler_was_killed_is_resumed_by_the_next_one_and_completes_once(
+    carrier: Carrier, make_payment: MakePayment, django_user_model: Any, tmp_path: Path
+) -> None:
+    rows = 100_000
+    _fill_payments(make_payment(carrier=carrier, reference="first", created=MAY_3), rows - 1)
+    # Only the check for dead exports among the periodic tasks (a transactional test has none of the others).
+    every_second, _ = IntervalSchedule.objects.get_or_create(every=1, period=IntervalSchedule.SECONDS)
+    PeriodicTask.objects.create(
+        name="stale exports", task="reporting.tasks.requeue_stale_exports", interval=every_second
+    )
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True), TableFormat.XLSX)
+    scheduler = [sys.executable, "manage.py", "run_scheduler", "--tick", "0.2"]
+    env = _scheduler_env(tmp_path, EXPORT_PROGRESS_ROWS="100", EXPORT_HEARTBEAT_TIMEOUT="2")
+
+    def fresh() -> ExportJob:
+        return ExportJob.objects.get(pk=job.pk)
+
+    with Processes(log_dir=tmp_path, cwd=ROOT) as processes:
+        first = processes.start("scheduler-1", scheduler, env)
+        wait_for("the first scheduler's progress", lambda: fresh().rows_done > 0, timeout=120, interval=0.01)
+        os.killpg(first.popen.pid, signal.SIGKILL)  # kill -9, mid-export
+        assert first.popen.wait(timeout=10) == -signal.SIGKILL
+        first.returncode = -signal.SIGKILL
+        dead = fresh()
+        assert (dead.status, dead.attempts, dead.file.name) == ("running", 1, "")
+        assert 0 < dead.rows_done < rows
+
+        processes.start("scheduler-2", scheduler, env)
+        wait_for("the export's end", lambda: fresh().status in ("done", "failed"), timeout=180, interval=0.2)
+    done = fresh()
+
+    assert (done.attempts, done.rows_done, done.rows_total) == (2, rows, rows)
+    assert "Attempt 1 of 3 stopped: its worker" in done.error
+    folder = tmp_path / "reporting" / "exports" / str(job.pk)
+    assert [path.name for path in folder.iterdir()] == [Path(str(done.file.name)).name]  # one file, nothing left over
+    with done.file.open("rb") as stored:
+        exported = xlsx_rows(stored.read())
+    ids = [row[0] for row in exported[1:]]
+    assert len(ids) == len(set(ids)) == rows  # no row twice, none lost
+    assert set(ids) == {str(value) for value in Payment.objects.values_list("public_id", flat=True)}
