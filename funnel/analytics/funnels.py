@@ -4,8 +4,8 @@ A journey's level is ClickHouse's own `windowFunnel(window)` (default mode) over
 the same timestamp are taken in step order there (the function sorts by (time, step)), so one timestamp
 can satisfy consecutive steps. The report also needs the times of the best chain (gaps between steps)
 and its start (the exclusion step is looked for in [start, start + window]): array functions over the
-journey's events, sorted the same way, compute them level by level as `funnel.sql` does on PostgreSQL
-with window functions (the latest chain start per level; the chain's first event of each step). The rows
+journey's events, sorted the same way, compute them level by level (the latest chain start per level; the
+chain's first event of each step), the chain PostgreSQL's `funnel.sql` finds by binary search. The rows
 returned have the shape of `funnel.sql.report_query`'s, so that the counts, and the report built from
 them, come out the same from either store.
 """
@@ -26,7 +26,7 @@ GROUPS = {
     "flow": "flow",
 }
 
-# s: per event, the start of the latest chain that its step extends, or -1. Level by level, as in funnel.sql:
+# s: per event, the start of the latest chain that its step extends, or -1. Level by level:
 # a step-k event extends the latest chain that reached step k-1 before it (arrayFill carries the last one
 # forward), when within the window of that chain's start. One subquery per level, so that each level's
 # array is computed once.
