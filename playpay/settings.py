@@ -323,6 +323,11 @@ CLICKHOUSE_QUERY_TIMEOUT = env_int("CLICKHOUSE_QUERY_TIMEOUT", 60)
 # above the longest transaction that writes funnel events, journeys or payments (statement plus idle timeouts).
 ANALYTICS_BATCH_ROWS = env_int("ANALYTICS_BATCH_ROWS", 50_000)
 ANALYTICS_SETTLE_SECONDS = env_int("ANALYTICS_SETTLE_SECONDS", 120)
+# PostgreSQL work_mem for reporting statements (dashboard and catalog queries, payment rollup builds).
+REPORTING_WORK_MEM = env_str("REPORTING_WORK_MEM", "64MB")
+# A payment rollup build (the periodic job, or the first build over months of payments) may run longer than
+# DATABASE_STATEMENT_TIMEOUT_MS allows a request; dashboard and catalog reads keep the request's limit.
+REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS = env_int("REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS", 300_000)
 
 # Public base URL of this deployment: carriers are given callback URLs under it.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

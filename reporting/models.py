@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
@@ -396,3 +398,146 @@ class AlertEvent(models.Model):
     @property
     def is_open(self) -> bool:
         return self.resolved_at is None
+
+
+# --- Payment rollups ---------------------------------------------------------------------------
+# Summaries of payments, refunds and reversals per UTC hour of their creation, rebuilt from those tables by
+# `reporting.services.rollups`; dashboard and catalog queries read them where they can answer
+# (`reporting.services.rollups.rollup_rows`). They reference apps and carriers without a database constraint:
+# they are derived data, never the only record, and must not slow down or lock the tables they summarise.
+
+
+def _rollup_dimension(model: str) -> "models.ForeignKey[Any, Any]":
+    return models.ForeignKey(model, on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+
+
+class PaymentRollupFields(models.Model):
+    """Payments created in one UTC hour with the same app, carrier, currency, status and failure code."""
+
+    hour = models.DateTimeField()
+    app = _rollup_dimension("tenants.App")
+    carrier = _rollup_dimension("carriers.Carrier")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=20)
+    failure_code = models.CharField(max_length=64)
+    payments = models.BigIntegerField()
+    amount_minor = models.BigIntegerField()
+    amount_min_minor = models.BigIntegerField()
+    amount_max_minor = models.BigIntegerField()
+    refunded_minor = models.BigIntegerField()
+    refunded_min_minor = models.BigIntegerField()
+    refunded_max_minor = models.BigIntegerField()
+    # Time from creation to the first final status (succeeded, failed, expired) of the payments that reached
+    # one: its sum (for the average) and a histogram with fixed bounds (for percentiles), see DECISION_BOUNDS.
+    decision_ms = models.BigIntegerField(default=0)
+    decided_under_1s = models.BigIntegerField(default=0)
+    decided_under_5s = models.BigIntegerField(default=0)
+    decided_under_30s = models.BigIntegerField(default=0)
+    decided_under_2m = models.BigIntegerField(default=0)
+    decided_under_10m = models.BigIntegerField(default=0)
+    decided_under_1h = models.BigIntegerField(default=0)
+    decided_after_1h = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.status} x{self.payments}"
+
+
+class PaymentRollup(PaymentRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class PaymentDayRollup(PaymentRollupFields):
+    """The hourly rows of one whole UTC day added up (`hour` is the day's first): long periods read far fewer."""
+
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+# Upper bounds (seconds) of the decision-time histogram's buckets, then one open bucket.
+DECISION_BOUNDS: tuple[tuple[int, str], ...] = (
+    (1, "decided_under_1s"),
+    (5, "decided_under_5s"),
+    (30, "decided_under_30s"),
+    (120, "decided_under_2m"),
+    (600, "decided_under_10m"),
+    (3600, "decided_under_1h"),
+)
+DECISION_OVER = "decided_after_1h"
+
+
+class RefundRollupFields(models.Model):
+    """Refunds requested in one UTC hour, by their payment's app and carrier, currency and status."""
+
+    hour = models.DateTimeField()
+    app = _rollup_dimension("tenants.App")
+    carrier = _rollup_dimension("carriers.Carrier")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=10)
+    refunds = models.BigIntegerField()
+    amount_minor = models.BigIntegerField()
+    amount_min_minor = models.BigIntegerField()
+    amount_max_minor = models.BigIntegerField()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.status} x{self.refunds}"
+
+
+class RefundRollup(RefundRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class RefundDayRollup(RefundRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class ReversalRollupFields(models.Model):
+    """Reversals requested in one UTC hour, by their payment's app, carrier and currency, and status."""
+
+    hour = models.DateTimeField()
+    app = _rollup_dimension("tenants.App")
+    carrier = _rollup_dimension("carriers.Carrier")
+    currency = models.CharField(max_length=3)
+    status = models.CharField(max_length=10)
+    reversals = models.BigIntegerField()
+    amount_minor = models.BigIntegerField()
+    amount_min_minor = models.BigIntegerField()
+    amount_max_minor = models.BigIntegerField()
+
+    class Meta:
+        abstract = True
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}:00 {self.status} x{self.reversals}"
+
+
+class ReversalRollup(ReversalRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class ReversalDayRollup(ReversalRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class RollupState(models.Model):
+    """How far the payment rollups go (one row): every hour before `covered_until` is computed, and the
+    changes made before `checked_at` are in them (give or take the margin the refresh looks back)."""
+
+    covered_until = models.DateTimeField()
+    checked_at = models.DateTimeField()
+    # The transactions whose work the last run could see: PostgreSQL's snapshot (pg_snapshot) when it began.
+    checked_snapshot = models.CharField(max_length=10_000, blank=True)
+    refreshed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"payment rollups until {self.covered_until:%Y-%m-%d %H}:00"

@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,7 +15,8 @@ from funnel.models import FunnelDefinition
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
-from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query, truncate_to_bucket
+from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
+from reporting.services.rollups import truncate_to_bucket
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
@@ -27,6 +28,8 @@ PERIODS: dict[str, tuple[timedelta, str]] = {
     "7d": (timedelta(days=7), "day"),
     "30d": (timedelta(days=30), "day"),
     "90d": (timedelta(days=90), "week"),
+    "12m": (timedelta(days=365), "month"),
+    "18m": (timedelta(days=548), "month"),
 }
 DEFAULT_PERIOD = "24h"
 TOP_ERRORS = 10
@@ -147,17 +150,22 @@ def _exponent(currency: str) -> int | None:
         return None
 
 
+# From a bucket's start, a time inside the next bucket whatever the length of a day (DST) or of a month.
+_INTO_NEXT = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(hours=36),
+    "week": timedelta(days=7, hours=12),
+    "month": timedelta(days=32),
+}
+
+
 def _buckets(since: datetime, until: datetime, bucket: str, zone: ZoneInfo) -> list[str]:
     """Every bucket of the period, so that quiet hours show as zero instead of vanishing."""
-    step = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}[bucket]
-    start = truncate_to_bucket(since, bucket, zone)
     labels = []
-    moment = start
+    moment = truncate_to_bucket(since, bucket, zone)
     while moment < until:
         labels.append(moment.isoformat())
-        moment = (moment + step).astimezone(zone)
-        if bucket != "hour":
-            moment = moment.replace(hour=0)
+        moment = truncate_to_bucket(moment.astimezone(UTC) + _INTO_NEXT[bucket], bucket, zone)
     return labels
 
 

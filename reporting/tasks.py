@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from reporting.services import alerts, datasets, exports
+from reporting.services import alerts, datasets, exports, rollups
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -41,3 +41,10 @@ def evaluate_alerts() -> str:
     """Evaluate the active alert rules; safe to run twice (a firing rule fires once until it resolves)."""
     result = alerts.evaluate_alert_rules()
     return f"{result.fired} fired, {result.resolved} resolved"
+
+
+@shared_task(acks_late=True)
+def refresh_payment_rollups() -> str:
+    """Recompute the hours of payments that changed and add the last whole hour; safe to run twice."""
+    result = rollups.refresh_payment_rollups()
+    return str(result) if result.hours else ""  # the scheduler logs what is not empty

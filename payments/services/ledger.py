@@ -119,7 +119,14 @@ def _charge_entry_lines(payment: Payment) -> dict[str, int]:
 
 def _undo_lines(payment: Payment, *, before: int, after: int, via_carrier: bool) -> dict[str, int]:
     """The lines that pay the player back what takes the refunded amount from `before` to `after`."""
-    charge = _charge_entry_lines(payment)
+    return undo_lines(payment, charge=_charge_entry_lines(payment), before=before, after=after, via_carrier=via_carrier)
+
+
+def undo_lines(
+    payment: Payment, *, charge: dict[str, int], before: int, after: int, via_carrier: bool
+) -> dict[str, int]:
+    """As `_undo_lines`, from the lines of the payment's charge entry (`charge`, account -> amount): what a
+    refund or reversal posts, for callers that post many at once (the volume generator)."""
     total = payment.amount_minor
 
     def undo(account: str) -> int:

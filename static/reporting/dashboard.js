@@ -24,6 +24,7 @@
   function label(iso, bucket) {
     var d = new Date(iso);
     if (bucket === "hour") { return d.toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" }); }
+    if (bucket === "month") { return d.toLocaleDateString(undefined, { year: "numeric", month: "short" }); }
     return d.toLocaleDateString();
   }
   function text(id, value) { document.getElementById(id).textContent = value; }

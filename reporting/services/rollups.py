@@ -1,0 +1,677 @@
+"""Payment rollups: payments, refunds and reversals summed per UTC hour of creation, kept up to date, and
+the one place that decides whether a catalog query can be answered from them.
+
+`refresh_payment_rollups` (the periodic job, every minute) extends the rollups to the last whole hour and
+recomputes every older hour in which a payment, refund or reversal changed since its last run: a payment's
+status and refunded amount change long after it was created, so an hour is never final. Changes are found
+through indexes the payment tables already have (payments' `(status, updated_at)`, refunds' payment key;
+reversals are few and read whole), so the payment flow does no extra work for the rollups.
+
+`rollup_rows` answers a query over the `payments`, `refunds` or `reversals` sources when its dimensions,
+filters, measures and time bucket exist at the rollups' grain: whole hours the rollups cover are read from
+them, and the rest of the period (the current hour, the partial hours at the edges) from the raw tables,
+aggregated to the same grain in the same statement, so answers are live and equal to raw ones. Anything
+else (distinct players, price points, a time zone that is not a whole number of hours from UTC, SQLite)
+returns None and the caller reads the raw tables.
+"""
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from carriers.models import Carrier
+from payments.models import Payment, PaymentStatus, PaymentStatusChange, Refund, Reversal
+from reporting.catalog import CHARGED, NOT_CHARGED
+from reporting.models import (
+    DECISION_BOUNDS,
+    DECISION_OVER,
+    PaymentDayRollup,
+    PaymentRollup,
+    RefundDayRollup,
+    RefundRollup,
+    ReversalDayRollup,
+    ReversalRollup,
+    RollupState,
+)
+from tenants.models import App
+
+logger = logging.getLogger(__name__)
+
+HOUR = timedelta(hours=1)
+# A change is looked for this far before the previous run started: a transaction that stamped `updated_at`
+# before that run read the table but committed after it is still found by the next one.
+LOOK_BACK = timedelta(minutes=15)
+# At most this much of history is added per run, so that the first build over years of payments is done in
+# bounded steps (`manage.py refresh_payment_rollups` runs them all); until then readers use raw rows for the rest.
+MAX_STEP = timedelta(days=31)
+FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED]
+
+
+@contextmanager
+def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
+    """A transaction for reporting statements: on PostgreSQL without JIT (its compile time dominated the
+    dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL jit = off")
+                cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.REPORTING_WORK_MEM])
+                if rollup_build:
+                    timeout = str(settings.REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS)
+                    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+        yield
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + HOUR
+
+
+# --- The grain: one SELECT per kind, over the raw tables, used to build the rollups and to read the live edge ---
+
+
+@dataclass(frozen=True)
+class _Kind:
+    rollup: type[Any]
+    day_rollup: type[Any]  # the same columns, per whole UTC day
+    columns: tuple[str, ...]  # after hour, app_id, carrier_id; the same names in the rollup table
+    count: str  # the column counting rows
+    facts: str  # SELECT hour, app_id, carrier_id, *columns FROM {rows} ... GROUP BY ...
+    table: str  # the rows counted, and their alias in `facts` and `period`
+    alias: str
+    period: str  # the condition on the rows' time, between the SQL expressions {since} and {until}
+
+
+def _decision_histogram() -> str:
+    parts = []
+    above = ""  # the first bucket also takes a history row stamped before the payment (clock skew)
+    for bound, column in DECISION_BOUNDS:
+        parts.append(f"COUNT(*) FILTER (WHERE {above}d.ms < {bound * 1000}) AS {column}")
+        above = f"d.ms >= {bound * 1000} AND "
+    parts.append(f"COUNT(*) FILTER (WHERE {above.removesuffix(' AND ')}) AS {DECISION_OVER}")
+    return ",\n    ".join(parts)
+
+
+def _quoted(values: Sequence[str]) -> str:
+    return ", ".join(f"'{value}'" for value in values)  # our own status names, never input
+
+
+_PAYMENT = Payment._meta.db_table
+_PAYMENT_FACTS = f"""
+SELECT date_trunc('hour', p.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, p.status,
+    p.failure_code, COUNT(*) AS payments, SUM(p.amount_minor) AS amount_minor,
+    MIN(p.amount_minor) AS amount_min_minor, MAX(p.amount_minor) AS amount_max_minor,
+    SUM(p.refunded_minor) AS refunded_minor, MIN(p.refunded_minor) AS refunded_min_minor,
+    MAX(p.refunded_minor) AS refunded_max_minor, COALESCE(SUM(d.ms), 0) AS decision_ms,
+    {_decision_histogram()}
+FROM {{rows}}
+LEFT JOIN LATERAL (
+    SELECT ROUND(EXTRACT(EPOCH FROM MIN(h.created_at) - p.created_at) * 1000)::bigint AS ms
+    FROM {PaymentStatusChange._meta.db_table} h
+    WHERE h.payment_id = p.id AND h.to_status IN ({_quoted(FINAL)})
+) d ON true
+GROUP BY 1, 2, 3, 4, 5, 6"""
+# Payments have no index on created_at alone; (app_id, created_at) serves a period once every app is named.
+_PAYMENT_PERIOD = (
+    f"p.app_id = ANY(ARRAY(SELECT id FROM {App._meta.db_table})) "
+    "AND p.created_at >= {since} AND p.created_at < {until}"
+)
+
+_REFUND_FACTS = f"""
+SELECT date_trunc('hour', r.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, r.currency, r.status,
+    COUNT(*) AS refunds, SUM(r.amount_minor) AS amount_minor, MIN(r.amount_minor) AS amount_min_minor,
+    MAX(r.amount_minor) AS amount_max_minor
+FROM {{rows}} JOIN {_PAYMENT} p ON p.id = r.payment_id
+GROUP BY 1, 2, 3, 4, 5"""
+# Refunds' (status, created_at) index serves a period once every status is named.
+_REFUND_PERIOD = (
+    f"r.status IN ({_quoted(list(Refund.Status.values))}) AND r.created_at >= {{since}} AND r.created_at < {{until}}"
+)
+
+_REVERSAL_FACTS = f"""
+SELECT date_trunc('hour', v.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, v.status,
+    COUNT(*) AS reversals, SUM(p.amount_minor) AS amount_minor, MIN(p.amount_minor) AS amount_min_minor,
+    MAX(p.amount_minor) AS amount_max_minor
+FROM {{rows}} JOIN {_PAYMENT} p ON p.id = v.payment_id
+GROUP BY 1, 2, 3, 4, 5"""
+_REVERSAL_PERIOD = "v.created_at >= {since} AND v.created_at < {until}"
+
+_MONEY = ("amount_minor", "amount_min_minor", "amount_max_minor")
+KINDS: dict[str, _Kind] = {
+    "payments": _Kind(
+        PaymentRollup,
+        PaymentDayRollup,
+        (
+            "currency",
+            "status",
+            "failure_code",
+            "payments",
+            *_MONEY,
+            "refunded_minor",
+            "refunded_min_minor",
+            "refunded_max_minor",
+            "decision_ms",
+            *(column for _, column in DECISION_BOUNDS),
+            DECISION_OVER,
+        ),
+        "payments",
+        _PAYMENT_FACTS,
+        _PAYMENT,
+        "p",
+        _PAYMENT_PERIOD,
+    ),
+    "refunds": _Kind(
+        RefundRollup,
+        RefundDayRollup,
+        ("currency", "status", "refunds", *_MONEY),
+        "refunds",
+        _REFUND_FACTS,
+        Refund._meta.db_table,
+        "r",
+        _REFUND_PERIOD,
+    ),
+    "reversals": _Kind(
+        ReversalRollup,
+        ReversalDayRollup,
+        ("currency", "status", "reversals", *_MONEY),
+        "reversals",
+        _REVERSAL_FACTS,
+        Reversal._meta.db_table,
+        "v",
+        _REVERSAL_PERIOD,
+    ),
+}
+
+
+def _facts(kind: _Kind, prefix: str, since: datetime | None, until: datetime | None) -> tuple[str, dict[str, Any]]:
+    """The raw rows of [since, until) aggregated to the rollups' grain (no bound: open on that side)."""
+    period = kind.period.format(since=f"%({prefix}_since)s", until=f"%({prefix}_until)s")
+    params = {
+        f"{prefix}_since": since or datetime.min.replace(tzinfo=UTC),
+        f"{prefix}_until": until or datetime.max.replace(tzinfo=UTC),
+    }
+    return kind.facts.format(rows=f"(SELECT * FROM {kind.table} {kind.alias} WHERE {period}) {kind.alias}"), params
+
+
+def _facts_of_hours(kind: _Kind, prefix: str, hours: list[datetime]) -> tuple[str, dict[str, Any]]:
+    """The raw rows of the given hours (scattered over months: each read through its index on its own)."""
+    period = kind.period.format(since="h.start", until="h.start + interval '1 hour'")
+    rows = (
+        f"unnest(%({prefix}_hours)s::timestamptz[]) AS h(start) "
+        f"CROSS JOIN LATERAL (SELECT * FROM {kind.table} {kind.alias} WHERE {period}) {kind.alias}"
+    )
+    return kind.facts.format(rows=rows), {f"{prefix}_hours": hours}
+
+
+# --- Refresh -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    covered_until: datetime | None
+    hours: int  # hours recomputed (changed or new)
+
+    def __str__(self) -> str:
+        until = f"{self.covered_until:%Y-%m-%d %H}:00" if self.covered_until else "nothing yet"
+        return f"{self.hours} hours recomputed, rollups until {until}"
+
+
+def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
+    """Recompute the hours that changed since the last run and extend the rollups toward the current hour
+    (at most MAX_STEP per run). Safe to run twice or concurrently: runs queue on the state row."""
+    if connection.vendor != "postgresql":
+        return RefreshResult(None, 0)  # the embedded default reads raw rows: small data, no rollups
+    now = now or timezone.now()
+    target = _floor_hour(now)
+    with reporting_statement(rollup_build=True):
+        with connection.cursor() as cursor:
+            # Row versions written by transactions not yet committed at this point may be missing from what
+            # this run reads; the next run looks at every row version this snapshot does not see.
+            cursor.execute("SELECT pg_current_snapshot()::text")
+            snapshot = cursor.fetchone()[0]
+        if not RollupState.objects.filter(pk=1).exists():
+            defaults = {"covered_until": _first_hour(target), "checked_at": now, "checked_snapshot": snapshot}
+            RollupState.objects.get_or_create(pk=1, defaults=defaults)
+        state = RollupState.objects.select_for_update().get(pk=1)
+        changed = _changed_hours(state, before=state.covered_until)
+        extend_to = min(target, state.covered_until + MAX_STEP)
+        _recompute(changed, state.covered_until, extend_to)
+        _recompute_days(_days_touched(changed, state.covered_until, extend_to))
+        new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
+        if new_hours > ANALYZE_AFTER_HOURS:
+            _analyze()
+        state.covered_until = max(state.covered_until, extend_to)
+        state.checked_at, state.checked_snapshot = now, snapshot
+        state.save()
+    return RefreshResult(state.covered_until, len(changed) + new_hours)
+
+
+# After adding more hours than this in one run (a first build, a catch-up), the planner gets fresh statistics
+# instead of waiting for autovacuum: estimates from an empty table make it sort to disk and join badly.
+ANALYZE_AFTER_HOURS = 24
+
+
+def _analyze() -> None:
+    with connection.cursor() as cursor:
+        for kind in KINDS.values():
+            cursor.execute(f"ANALYZE {kind.rollup._meta.db_table}")
+            cursor.execute(f"ANALYZE {kind.day_rollup._meta.db_table}")
+
+
+def _first_hour(default: datetime) -> datetime:
+    """The hour of the oldest payment (refunds and reversals are never older than their payment)."""
+    with connection.cursor() as cursor:
+        cursor.execute(_OLDEST)
+        oldest = cursor.fetchone()[0]
+    return _floor_hour(oldest) if oldest else default
+
+
+# Per app through its (app_id, created_at) index: payments have no index on created_at alone.
+_OLDEST = f"""
+SELECT MIN(first.created_at) FROM {App._meta.db_table} a
+CROSS JOIN LATERAL (
+    SELECT p.created_at FROM {_PAYMENT} p WHERE p.app_id = a.id ORDER BY p.created_at LIMIT 1
+) first"""
+
+# A row version is new to the last run when the transaction that wrote it was not visible in that run's snapshot
+# (rows carry 32-bit xids: the epoch is the current one, or the one before for xids above the current's).
+# `updated_at` bounds the search through the (status, updated_at) index to LOOK_BACK before the last run.
+_XID8 = (
+    "((((pg_current_xact_id()::text::bigint >> 32) - CASE WHEN {alias}.xmin::text::bigint > "
+    "(pg_current_xact_id()::text::bigint & 4294967295) THEN 1 ELSE 0 END) << 32) + {alias}.xmin::text::bigint)"
+)
+# A snapshot lists the other transactions running, not its own: what the refreshing transaction itself wrote
+# (a test's, or a script's that changes payments and refreshes at once) is new as well.
+_NEW = (
+    f"(NOT pg_visible_in_snapshot({_XID8}::text::xid8, %(snapshot)s::pg_snapshot) "
+    "OR {alias}.xmin::text::bigint = (pg_current_xact_id()::text::bigint & 4294967295))"
+)
+_ALL_STATUSES = _quoted(list(PaymentStatus.values))
+_CHANGED_HOURS = f"""
+SELECT date_trunc('hour', p.created_at, 'UTC') FROM {_PAYMENT} p
+WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND p.created_at < %(before)s
+    AND {_NEW.format(alias="p")}
+UNION
+SELECT date_trunc('hour', r.created_at, 'UTC') FROM {_PAYMENT} p JOIN {Refund._meta.db_table} r ON r.payment_id = p.id
+WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND r.created_at < %(before)s
+    AND {_NEW.format(alias="p")}
+UNION
+SELECT date_trunc('hour', v.created_at, 'UTC') FROM {Reversal._meta.db_table} v
+WHERE (v.created_at >= %(since)s OR v.completed_at >= %(since)s) AND v.created_at < %(before)s
+    AND {_NEW.format(alias="v")}
+ORDER BY 1"""
+
+
+def _changed_hours(state: RollupState, *, before: datetime) -> list[datetime]:
+    """Hours before `before` whose payments, refunds or reversals changed since the last run.
+
+    Payments are found through their (status, updated_at) index (every status named); a refund that is
+    requested, fails or succeeds always updates its payment, so refunds are found through their payment;
+    a reversal does not always, so reversals are read themselves (one per reversed charge, a small table).
+    """
+    params: dict[str, Any] = {"since": state.checked_at - LOOK_BACK, "before": before}
+    params["snapshot"] = state.checked_snapshot or "1:1:"  # none yet: every row version is new
+    with connection.cursor() as cursor:
+        cursor.execute(_CHANGED_HOURS, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def _recompute(changed: list[datetime], since: datetime, until: datetime) -> None:
+    """Replace the rollup rows of the changed hours and of [since, until)."""
+    with connection.cursor() as cursor:
+        for name, kind in KINDS.items():
+            table = kind.rollup._meta.db_table
+            columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
+            if changed:
+                cursor.execute(f"DELETE FROM {table} WHERE hour = ANY(%s::timestamptz[])", [changed])
+                facts, params = _facts_of_hours(kind, name, changed)
+                cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
+            if since < until:
+                cursor.execute(f"DELETE FROM {table} WHERE hour >= %s AND hour < %s", [since, until])
+                facts, params = _facts(kind, name, since, until)
+                cursor.execute(f"INSERT INTO {table} ({columns}) {facts}", params)
+
+
+DAY = timedelta(days=1)
+
+
+def _floor_day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _days_touched(changed: list[datetime], since: datetime, until: datetime) -> list[datetime]:
+    """The whole UTC days, all of whose hours are covered once `until` is, that changed or were completed."""
+    days = {_floor_day(hour) for hour in changed}
+    day = _floor_day(since)
+    while day < until:
+        days.add(day)
+        day += DAY
+    return sorted(day for day in days if day + DAY <= until)
+
+
+def _day_total(column: str) -> str:
+    if column.endswith("_min_minor"):
+        return f"MIN({column})"
+    if column.endswith("_max_minor"):
+        return f"MAX({column})"
+    return f"SUM({column})"
+
+
+def _recompute_days(days: list[datetime]) -> None:
+    """Replace the daily rows of these days by their hourly rows added up."""
+    if not days:
+        return
+    with connection.cursor() as cursor:
+        for kind in KINDS.values():
+            table = kind.day_rollup._meta.db_table
+            dimensions = [c for c in kind.columns if c in ("currency", "status", "failure_code")]
+            totals = [_day_total(c) for c in kind.columns if c not in dimensions]
+            keys = ", ".join(f"f.{c}" for c in dimensions)
+            columns = ", ".join(
+                ("hour", "app_id", "carrier_id", *dimensions, *(c for c in kind.columns if c not in dimensions))
+            )
+            cursor.execute(f"DELETE FROM {table} WHERE hour = ANY(%s::timestamptz[])", [days])
+            cursor.execute(
+                f"INSERT INTO {table} ({columns}) "
+                f"SELECT d.start, f.app_id, f.carrier_id, {keys}, {', '.join(totals)} "
+                f"FROM unnest(%s::timestamptz[]) AS d(start) JOIN {kind.rollup._meta.db_table} f "
+                "ON f.hour >= d.start AND f.hour < d.start + interval '1 day' "
+                f"GROUP BY d.start, f.app_id, f.carrier_id, {keys}",
+                [days],
+            )
+
+
+def rollup_state() -> RollupState | None:
+    return RollupState.objects.filter(pk=1).first()
+
+
+# --- Reading ----------------------------------------------------------------------------------------
+
+# What a source field is at the rollups' grain: a dimension (an expression over the rollup row `f`, its
+# app `a` and carrier `c`), or a measure given by its per-row sum, non-null count, min and max.
+_DIMENSIONS = {
+    "app": "a.name",
+    "carrier": "c.slug",
+    "country": "c.country_id",
+    "currency": "f.currency",
+    "status": "f.status",
+}
+
+
+@dataclass(frozen=True)
+class _Measure:
+    sum: str
+    count: str
+    min: str
+    max: str
+
+
+def _money(column: str, count: str, *, when: str = "") -> _Measure:
+    low, high = f"f.{column.removesuffix('_minor')}_min_minor", f"f.{column.removesuffix('_minor')}_max_minor"
+    if not when:
+        return _Measure(f"f.{column}", count, low, high)
+    return _Measure(
+        f"CASE WHEN {when} THEN f.{column} END",
+        f"CASE WHEN {when} THEN {count} ELSE 0 END",
+        f"CASE WHEN {when} THEN {low} END",
+        f"CASE WHEN {when} THEN {high} END",
+    )
+
+
+def _flag(when: str, count: str) -> _Measure:
+    one = f"CASE WHEN {when} THEN 1 ELSE 0 END"
+    return _Measure(f"CASE WHEN {when} THEN {count} ELSE 0 END", count, one, one)
+
+
+_IS_CHARGED = f"f.status IN ({_quoted(CHARGED)})"
+_NOT_CHARGED = f"f.status IN ({_quoted(NOT_CHARGED)})"
+_MEASURES: dict[str, dict[str, _Measure]] = {
+    "payments": {
+        "amount_minor": _money("amount_minor", "f.payments"),
+        "refunded_minor": _money("refunded_minor", "f.payments"),
+        "charged_amount_minor": _money("amount_minor", "f.payments", when=_IS_CHARGED),
+        "charged": _flag(_IS_CHARGED, "f.payments"),
+        "failed": _flag(_NOT_CHARGED, "f.payments"),
+        "charge_succeeded": _Measure(
+            f"CASE WHEN {_IS_CHARGED} THEN f.payments WHEN {_NOT_CHARGED} THEN 0 END",
+            f"CASE WHEN {_IS_CHARGED} OR {_NOT_CHARGED} THEN f.payments ELSE 0 END",
+            f"CASE WHEN {_IS_CHARGED} THEN 1 WHEN {_NOT_CHARGED} THEN 0 END",
+            f"CASE WHEN {_IS_CHARGED} THEN 1 WHEN {_NOT_CHARGED} THEN 0 END",
+        ),
+    },
+    "refunds": {
+        "amount_minor": _money("amount_minor", "f.refunds"),
+        "succeeded": _flag("f.status = 'succeeded'", "f.refunds"),
+    },
+    "reversals": {"amount_minor": _money("amount_minor", "f.reversals")},
+}
+# Fields that are never empty, so that counting them counts rows (their other aggregates are not offered).
+_NEVER_EMPTY = {"payments": {"player", "failure_code"}, "refunds": set(), "reversals": set()}
+_AGGREGATES = {
+    "sum": "SUM({m.sum})",
+    "count": "COALESCE(SUM({m.count}), 0)",
+    "avg": "SUM({m.sum})::numeric / NULLIF(SUM({m.count}), 0)",
+    "min": "MIN({m.min})",
+    "max": "MAX({m.max})",
+}
+
+
+@dataclass(frozen=True)
+class RollupQuery:
+    """A catalog query in source field names: what `rollup_rows` needs to know of a dataset and its query."""
+
+    source: str
+    time_field: str
+    group_by: tuple[tuple[str, str], ...]  # (output name, source field)
+    filters: tuple[tuple[str, tuple[str, ...]], ...]  # (source field, allowed values)
+    measures: tuple[tuple[str, str, str], ...]  # (output name, aggregation, source field or "" for rows)
+    bucket: str | None
+    zone: ZoneInfo
+    since: datetime | None
+    until: datetime | None
+
+
+def _dimension(source: str, name: str) -> str | None:
+    if name == "failure_code" and source == "payments":
+        return "f.failure_code"
+    return _DIMENSIONS.get(name)
+
+
+def _measure(source: str, aggregation: str, field: str) -> str | None:
+    count = f"f.{KINDS[source].count}"
+    if not field:
+        return f"COALESCE(SUM({count}), 0)" if aggregation == "count" else None
+    if field in _MEASURES[source]:
+        template = _AGGREGATES.get(aggregation)
+        return template.format(m=_MEASURES[source][field]) if template else None
+    if aggregation == "count" and (_dimension(source, field) or field in _NEVER_EMPTY[source]):
+        return f"COALESCE(SUM({count}), 0)"
+    return None
+
+
+def _whole_hours_from_utc(zone: ZoneInfo, *moments: datetime) -> bool:
+    """Whether buckets in `zone` start on UTC hours over the period (not so in India, Nepal, parts of Australia)."""
+    return all(
+        (offset := moment.astimezone(zone).utcoffset()) is not None and offset % HOUR == timedelta(0)
+        for moment in moments
+    )
+
+
+def _answerable(query: RollupQuery) -> bool:
+    """The one rule of what the rollups can answer; everything else is read raw."""
+    if connection.vendor != "postgresql" or query.source not in KINDS or query.time_field != "created_at":
+        return False
+    if any(_dimension(query.source, field) is None for _, field in query.group_by):
+        return False
+    if any(_dimension(query.source, field) is None for field, _ in query.filters):
+        return False
+    if any(_measure(query.source, aggregation, field) is None for _, aggregation, field in query.measures):
+        return False
+    if query.bucket:
+        now = timezone.now()
+        return _whole_hours_from_utc(query.zone, query.since or now, query.until or now)
+    return True
+
+
+def rollup_rows(query: RollupQuery) -> list[dict[str, Any]] | None:
+    """The query's rows from the rollups and the raw rows of the hours they do not cover yet, or None when
+    the rollups cannot answer it (the caller then reads raw rows). Rows are keyed by output name, and
+    `bucket` when bucketed, in the order the raw query gives them."""
+    if not _answerable(query):
+        return None
+    state = rollup_state()
+    if state is None:
+        return None
+    sql, params, names = _statement(query, state.covered_until)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        aliases = [names[column.name] for column in cursor.description or ()]
+        return [dict(zip(aliases, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _pieces(
+    since: datetime | None, until: datetime | None, covered_until: datetime
+) -> tuple[tuple[datetime | None, datetime] | None, list[tuple[datetime | None, datetime | None]]]:
+    """The whole covered hours of [since, until) read from rollups, and the rest read raw."""
+    low = _ceil_hour(since) if since else None
+    high = covered_until if until is None else min(_floor_hour(until), covered_until)
+    if low is not None and high <= low:
+        return None, [(since, until)]
+    raw: list[tuple[datetime | None, datetime | None]] = []
+    if since is not None and low is not None and since < low:
+        raw.append((since, low))
+    if until is None or high < until:
+        raw.append((high, until))
+    return (low, high), raw
+
+
+def _first_rolled_hour(kind: _Kind) -> datetime:
+    first = kind.rollup.objects.order_by("hour").values_list("hour", flat=True).first()
+    return first or datetime.max.replace(tzinfo=UTC)
+
+
+def truncate_to_bucket(moment: datetime, bucket: str, zone: ZoneInfo) -> datetime:
+    """The start of the time bucket (hour, day, ISO week, month) that `moment` falls in, in `zone`."""
+    local = moment.astimezone(zone)
+    if bucket == "hour":
+        return local.replace(minute=0, second=0, microsecond=0)
+    day = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    if bucket == "day":
+        return day
+    if bucket == "week":
+        return day - timedelta(days=day.weekday())
+    return day.replace(day=1)
+
+
+def _tiers(
+    low: datetime, high: datetime, bucket: str | None, zone: ZoneInfo
+) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
+    """[low, high) in whole hours, as the ranges read from daily rows (whole UTC days that fall in one bucket
+    of the viewer's zone) and the ranges read from hourly rows (the rest)."""
+    days: list[tuple[datetime, datetime]] = []
+    day = _floor_day(low) if _floor_day(low) == low else _floor_day(low) + DAY
+    while day + DAY <= high:
+        same = bucket is None or truncate_to_bucket(day, bucket, zone) == truncate_to_bucket(
+            day + DAY - timedelta(microseconds=1), bucket, zone
+        )
+        if same:
+            if days and days[-1][1] == day:
+                days[-1] = (days[-1][0], day + DAY)
+            else:
+                days.append((day, day + DAY))
+        day += DAY
+    hours: list[tuple[datetime, datetime]] = []
+    start = low
+    for day_start, day_end in days:
+        if start < day_start:
+            hours.append((start, day_start))
+        start = day_end
+    if start < high:
+        hours.append((start, high))
+    return days, hours
+
+
+def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The statement, its parameters, and the output name of each of its columns (positional aliases: a
+    field's name need not be a valid SQL alias)."""
+    kind = KINDS[query.source]
+    rolled, raw = _pieces(query.since, query.until, covered_until)
+    columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
+    params: dict[str, Any] = {}
+    parts = []
+    if rolled is not None:
+        low, high = rolled
+        days, hours = _tiers(low or _first_rolled_hour(kind), high, query.bucket, query.zone)
+        for table, ranges, prefix in ((kind.day_rollup, days, "d"), (kind.rollup, hours, "h")):
+            if not ranges:
+                continue
+            conditions = []
+            for index, (start, end) in enumerate(ranges):
+                conditions.append(f"(hour >= %({prefix}{index}s)s AND hour < %({prefix}{index}e)s)")
+                params.update({f"{prefix}{index}s": start, f"{prefix}{index}e": end})
+            parts.append(f"SELECT {columns} FROM {table._meta.db_table} WHERE {' OR '.join(conditions)}")
+    if not raw and not parts:
+        raw = [(covered_until, covered_until)]  # nothing to read; the statement still needs a source
+    for index, (since, until) in enumerate(raw):
+        facts, facts_params = _facts(kind, f"raw{index}", since, until)
+        parts.append(facts)
+        params.update(facts_params)
+    select, group = [], []
+    for index, (_, field) in enumerate(query.group_by):
+        select.append(f"{_dimension(query.source, field)} AS g{index}")
+        group.append(f"g{index}")
+    if query.bucket:
+        select.append("date_trunc(%(unit)s, f.hour AT TIME ZONE %(zone)s) AT TIME ZONE %(zone)s AS t_bucket")
+        group.append("t_bucket")
+        params.update(unit=query.bucket, zone=query.zone.key)
+    for index, (_, aggregation, field) in enumerate(query.measures):
+        select.append(f"{_measure(query.source, aggregation, field)} AS m{index}")
+    where = []
+    for index, (field, values) in enumerate(query.filters):
+        where.append(f"{_dimension(query.source, field)} = ANY(%(flt{index})s)")
+        params[f"flt{index}"] = list(values)
+    # Apps and carriers are joined only for their names or countries (every row has both, so no row is lost).
+    used = {field for _, field in query.group_by} | {field for field, _ in query.filters}
+    joins = f"JOIN {App._meta.db_table} a ON a.id = f.app_id\n" if "app" in used else ""
+    joins += f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n" if used & {"carrier", "country"} else ""
+    sql = (
+        f"WITH f AS ({' UNION ALL '.join(parts)})\n"
+        f"SELECT {', '.join(select)} FROM f\n"
+        + joins
+        + (f"WHERE {' AND '.join(where)}\n" if where else "")
+        + (f"GROUP BY {', '.join(group)} ORDER BY {', '.join(group)}" if group else "")
+    )
+    names = {f"g{i}": name for i, (name, _) in enumerate(query.group_by)}
+    names |= {f"m{i}": name for i, (name, _, _) in enumerate(query.measures)}
+    names["t_bucket"] = "bucket"
+    return sql, params, names
+
+
+def catch_up_payment_rollups() -> Iterator[RefreshResult]:
+    """Refresh until the rollups reach the current hour, one bounded step (one transaction) at a time."""
+    while True:
+        result = refresh_payment_rollups()
+        yield result
+        if result.covered_until is None or result.covered_until >= _floor_hour(timezone.now()):
+            return
+
+
+def forget_payment_rollups() -> None:
+    """Drop every rollup row and the state: readers use raw rows until the next refresh rebuilds them."""
+    with transaction.atomic():
+        RollupState.objects.all().delete()
+        for kind in KINDS.values():
+            kind.rollup.objects.all().delete()
+            kind.day_rollup.objects.all().delete()

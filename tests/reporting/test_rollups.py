@@ -1,0 +1,345 @@
+"""Payment rollups: the catalog's payments, refunds and reversals datasets answer the same from rollups as from
+the rows, before and after late changes, and the dashboard reads them for its long periods."""
+
+import importlib
+import io
+import random
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from django.contrib.auth.models import Group
+from django.core.management import call_command
+from django.db.models import Sum
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from carriers.models import Carrier, PricePoint
+from payments.models import Payment, PaymentStatus, PaymentStatusChange, Refund, Reversal
+from playpay.celery import app as celery_app
+from reporting.models import (
+    DECISION_BOUNDS,
+    DECISION_OVER,
+    Dashboard,
+    Dataset,
+    DatasetField,
+    PaymentDayRollup,
+    PaymentRollup,
+    RollupState,
+)
+from reporting.services import rollups
+from reporting.services.datasets import DatasetQuery, QueryResult, run_query
+from tenants.models import App
+from tests.conftest import StaffClient
+from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
+
+seed_module = importlib.import_module("reporting.migrations.0004_seed_catalog")
+
+STATUSES = list(PaymentStatus.values)
+CODES = ["", "insufficient_funds", "blocked", "timeout"]
+ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Asia/Kolkata"]
+
+
+@pytest.fixture
+def catalog(db: Any) -> dict[str, Dataset]:
+    seed_module.seed_datasets(Dataset, DatasetField)
+    return {d.slug: d for d in Dataset.objects.prefetch_related("fields")}
+
+
+def _world() -> tuple[list[App], list[Carrier]]:
+    apps = [AppFactory.create(name=f"game-{n}") for n in range(3)]
+    de = CountryFactory.create(code="DE", name="Germany", currency="EUR", dialing_code="49")
+    jp = CountryFactory.create(code="JP", name="Japan", currency="JPY", dialing_code="81")
+    carriers = [
+        CarrierFactory.create(slug="de-one", country=de),
+        CarrierFactory.create(slug="de-two", country=de),
+        CarrierFactory.create(slug="jp-one", country=jp),
+    ]
+    return apps, carriers
+
+
+def random_payments(rng: random.Random, now: datetime, count: int = 160) -> list[Payment]:
+    """Payments over the last five days (quiet and busy hours, every status), some refunded, some reversed,
+    some with the history of their decision."""
+    apps, carriers = _world()
+    price_points = {
+        carrier.pk: [
+            PricePointFactory.create(carrier=carrier, code=f"pp{n}", currency=carrier.country.currency)
+            for n in range(2)
+        ]
+        for carrier in carriers
+    }
+    payments = []
+    for _ in range(count):
+        carrier = rng.choice(carriers)
+        status = rng.choice(STATUSES)
+        amount = rng.choice([2, 99, 499, 1000, 12_345])
+        payment = PaymentFactory.create(
+            app=rng.choice(apps),
+            carrier=carrier,
+            price_point=rng.choice(price_points[carrier.pk]),
+            amount_minor=amount,
+            currency=carrier.country.currency,
+            status=status,
+            flow=rng.choice(["pin", "one_click"]),
+            user_ref=f"player-{rng.randrange(40)}",
+            failure_code=rng.choice(CODES) if status in ("failed", "expired") else "",
+            refunded_minor=amount if status == "refunded" else (amount // 2 if status == "partially_refunded" else 0),
+            created_at=now - timedelta(seconds=rng.randrange(5 * 24 * 3600)),
+        )
+        payments.append(payment)
+        if status in ("refunded", "partially_refunded"):
+            _refund(payment, payment.refunded_minor, rng)
+        if status == "reversed":
+            reversal = Reversal.objects.create(payment=payment, reason="r", requested_by="staff:x", status="succeeded")
+            Reversal.objects.filter(pk=reversal.pk).update(created_at=payment.created_at + _later(rng))
+        if status not in ("created", "pin_sent", "pin_verified", "charging"):
+            decided = "succeeded" if status not in ("failed", "expired") else status
+            change = PaymentStatusChange.objects.create(payment=payment, to_status=decided, actor="system")
+            PaymentStatusChange.objects.filter(pk=change.pk).update(created_at=payment.created_at + _later(rng))
+    return payments
+
+
+def _later(rng: random.Random) -> timedelta:
+    return timedelta(seconds=rng.choice([0.2, 3, 45, 400, 5000]))
+
+
+def _refund(payment: Payment, amount: int, rng: random.Random, *, status: str = "succeeded") -> Refund:
+    refund = Refund.objects.create(
+        payment=payment,
+        amount_minor=amount,
+        currency=payment.currency,
+        reason="r",
+        requested_by="staff:x",
+        status=rng.choice(["succeeded", "pending", "failed"]) if status == "random" else status,
+    )
+    Refund.objects.filter(pk=refund.pk).update(created_at=payment.created_at + _later(rng))
+    return refund
+
+
+def random_queries(rng: random.Random, catalog: dict[str, Dataset], now: datetime) -> list[tuple[str, DatasetQuery]]:
+    """Queries the rollups can answer: periods that start and end mid-hour, buckets in zones east and west."""
+    queries = []
+    for _ in range(12):
+        slug = rng.choice(["payments", "refunds", "reversals"])
+        dataset = catalog[slug]
+        fields = list(dataset.fields.all())
+        dimensions = [f.name for f in fields if f.role == "dimension" and f.name not in ("price_point", "flow")]
+        measures = [f.name for f in fields if f.role == "measure" and f.name != "players"]
+        since = now - timedelta(seconds=rng.randrange(6 * 24 * 3600))
+        until = rng.choice([now, since + timedelta(seconds=rng.randrange(1, 3 * 24 * 3600))])
+        apps = list(App.objects.values_list("name", flat=True))
+        queries.append(
+            (
+                slug,
+                DatasetQuery(
+                    measures=tuple(rng.sample(measures, rng.randint(1, len(measures)))),
+                    group_by=tuple(rng.sample(dimensions, rng.randint(0, 2))),
+                    bucket=rng.choice([None, "hour", "day", "week", "month"]),
+                    filters=rng.choice([{}, {"app": tuple(rng.sample(apps, 2))}, {"country": ("DE",)}]),
+                    since=since,
+                    until=until,
+                    timezone=rng.choice(ZONES[:-1]),
+                ),
+            )
+        )
+    return queries
+
+
+def _answers(catalog: dict[str, Dataset], queries: list[tuple[str, DatasetQuery]]) -> list[QueryResult]:
+    return [run_query(dataset=catalog[slug], query=query) for slug, query in queries]
+
+
+def _raw_answers(catalog: dict[str, Dataset], queries: list[tuple[str, DatasetQuery]]) -> list[QueryResult]:
+    """The same queries with the rollups forgotten (then read from the rows), and the rollups rebuilt."""
+    rollups.forget_payment_rollups()
+    try:
+        return _answers(catalog, queries)
+    finally:
+        list(rollups.catch_up_payment_rollups())
+
+
+def assert_same(rolled: list[QueryResult], raw: list[QueryResult]) -> None:
+    for from_rollups, from_rows in zip(rolled, raw, strict=True):
+        assert from_rollups.read_from == "rollups"
+        assert from_rows.read_from == "rows"
+        assert [c.name for c in from_rollups.columns] == [c.name for c in from_rows.columns]
+        assert len(from_rollups.rows) == len(from_rows.rows)
+        for mine, theirs in zip(from_rollups.rows, from_rows.rows, strict=True):
+            assert mine.keys() == theirs.keys()
+            for key, value in theirs.items():
+                if isinstance(value, float):
+                    assert mine[key] == pytest.approx(value, rel=1e-12)
+                else:
+                    assert mine[key] == value, key
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_rollup_answers_equal_the_answers_from_rows_on_random_payments(catalog: dict[str, Dataset], seed: int) -> None:
+    rng = random.Random(seed)
+    now = timezone.now()
+    random_payments(rng, now)
+    list(rollups.catch_up_payment_rollups())
+    assert PaymentRollup.objects.exists()
+    assert PaymentDayRollup.objects.exists()  # periods of whole days read those
+    queries = random_queries(rng, catalog, now)
+    assert_same(_answers(catalog, queries), _raw_answers(catalog, queries))
+
+
+def test_late_refunds_status_changes_and_reversals_show_after_the_next_refresh(catalog: dict[str, Dataset]) -> None:
+    rng = random.Random(11)
+    now = timezone.now()
+    payments = random_payments(rng, now, count=80)
+    list(rollups.catch_up_payment_rollups())
+    query = DatasetQuery(
+        measures=("payments", "charged_payments", "revenue_minor", "success_rate"),
+        group_by=("status",),
+        bucket="day",
+        since=now - timedelta(days=6),
+        until=now,
+    )
+    before = run_query(dataset=catalog["payments"], query=query)
+    # Days after they were rolled up: a charge succeeds, a success is refunded in full, another is reversed.
+    old = [p for p in payments if p.created_at < now - timedelta(days=1)]
+    charging = next(p for p in old if p.status in ("created", "pin_sent", "pin_verified", "charging"))
+    charging.status = PaymentStatus.SUCCEEDED
+    charging.save()
+    refunded, reversed_one = [p for p in old if p.status == PaymentStatus.SUCCEEDED][:2]
+    _refund(refunded, refunded.amount_minor, rng, status="pending")
+    refunded.refunded_minor = refunded.amount_minor
+    refunded.status = PaymentStatus.REFUNDED
+    refunded.save()
+    reversal = Reversal.objects.create(payment=reversed_one, reason="r", requested_by="staff:x", status="failed")
+    Reversal.objects.filter(pk=reversal.pk).update(
+        created_at=reversed_one.created_at + timedelta(minutes=1), completed_at=timezone.now()
+    )
+    assert run_query(dataset=catalog["payments"], query=query).rows == before.rows  # not yet refreshed
+
+    result = rollups.refresh_payment_rollups()
+    assert result.hours >= 1
+    queries = [
+        ("payments", query),
+        ("payments", DatasetQuery(measures=("payments",), group_by=("status", "carrier"), since=now - timedelta(7))),
+        ("refunds", DatasetQuery(measures=("refunds", "amount_minor"), group_by=("status",), bucket="hour")),
+        ("reversals", DatasetQuery(measures=("reversals", "amount_minor"), group_by=("status",), bucket="hour")),
+    ]
+    after = _answers(catalog, queries)
+    assert after[0].rows != before.rows
+    assert_same(after, _raw_answers(catalog, queries))
+
+
+def test_the_current_hour_is_read_from_rows_and_is_live(catalog: dict[str, Dataset]) -> None:
+    rng = random.Random(5)
+    random_payments(rng, timezone.now(), count=20)
+    list(rollups.catch_up_payment_rollups())
+    query = DatasetQuery(measures=("payments",), since=timezone.now() - timedelta(days=30))
+    before = run_query(dataset=catalog["payments"], query=query)
+    PaymentFactory.create(app=App.objects.first(), price_point=PricePoint.objects.first())
+    after = run_query(dataset=catalog["payments"], query=query)
+    assert after.read_from == "rollups"
+    assert after.rows[0]["payments"] == before.rows[0]["payments"] + 1
+
+
+def test_what_the_rollups_cannot_answer_is_read_from_rows(catalog: dict[str, Dataset]) -> None:
+    random_payments(random.Random(3), timezone.now(), count=20)
+    list(rollups.catch_up_payment_rollups())
+    since = timezone.now() - timedelta(days=3)
+    payments = catalog["payments"]
+    for query in (
+        DatasetQuery(measures=("players",), since=since),  # distinct players: not additive
+        DatasetQuery(measures=("payments",), group_by=("price_point",), since=since),
+        DatasetQuery(measures=("payments",), filters={"flow": ("pin",)}, since=since),
+        DatasetQuery(measures=("payments",), bucket="day", timezone="Asia/Kolkata", since=since),  # UTC+5:30
+    ):
+        assert run_query(dataset=payments, query=query).read_from == "rows"
+    assert run_query(dataset=payments, query=DatasetQuery(measures=("payments",), since=since)).read_from == "rollups"
+
+
+def test_the_decision_time_histogram_counts_each_decided_payment_once_in_its_bucket() -> None:
+    rng = random.Random(8)
+    payments = random_payments(rng, timezone.now(), count=60)
+    list(rollups.catch_up_payment_rollups())
+    columns = [column for _, column in DECISION_BOUNDS] + [DECISION_OVER]
+    bounds = [bound for bound, _ in DECISION_BOUNDS] + [float("inf")]
+    expected = dict.fromkeys(columns, 0)
+    for change in PaymentStatusChange.objects.filter(payment__in=payments).select_related("payment"):
+        seconds = (change.created_at - change.payment.created_at).total_seconds()
+        expected[columns[next(i for i, bound in enumerate(bounds) if seconds < bound)]] += 1
+    totals = {column: sum(PaymentRollup.objects.values_list(column, flat=True)) for column in columns}
+    assert totals == expected
+    assert sum(expected.values()) == PaymentStatusChange.objects.count() > 0
+
+
+def test_the_refresh_job_is_scheduled_and_brings_the_rollups_to_the_last_whole_hour() -> None:
+    entry = PeriodicTask.objects.get(name="reporting: refresh payment rollups")
+    assert entry.enabled
+    assert entry.interval is not None
+    assert (entry.interval.every, entry.interval.period) == (1, "minutes")
+    random_payments(random.Random(4), timezone.now(), count=10)
+    celery_app.tasks[entry.task].apply().get()
+    state = RollupState.objects.get()
+    assert state.covered_until == timezone.now().replace(minute=0, second=0, microsecond=0)
+    assert (
+        PaymentRollup.objects.aggregate(n=Sum("payments"))["n"]
+        == Payment.objects.filter(created_at__lt=state.covered_until).count()
+    )
+
+
+def test_a_first_build_over_months_goes_in_steps_and_the_command_finishes_it(catalog: dict[str, Dataset]) -> None:
+    app, carrier = AppFactory.create(), CarrierFactory.create()
+    price_point = PricePointFactory.create(carrier=carrier)
+    now = timezone.now()
+    for days in (400, 200, 30, 0):
+        PaymentFactory.create(app=app, price_point=price_point, created_at=now - timedelta(days=days))
+    first = rollups.refresh_payment_rollups()
+    assert first.covered_until is not None
+    assert first.covered_until < now - timedelta(days=300)
+    query = DatasetQuery(measures=("payments",), since=now - timedelta(days=500))
+    assert run_query(dataset=catalog["payments"], query=query).rows == [{"payments": 4}]  # the rest from rows
+    call_command("refresh_payment_rollups", stdout=io.StringIO())
+    assert RollupState.objects.get().covered_until == now.replace(minute=0, second=0, microsecond=0)
+    assert run_query(dataset=catalog["payments"], query=query).rows == [{"payments": 4}]
+
+
+@pytest.fixture
+def overview(catalog: dict[str, Dataset]) -> Dashboard:
+    dashboard, _ = Dashboard.objects.get_or_create(slug="overview", defaults={"title": "Overview"})
+    dashboard.groups.set(Group.objects.filter(name__in=["operations", "finance"]))
+    return dashboard
+
+
+@pytest.mark.parametrize(("period", "months"), [("12m", 12), ("18m", 18)])
+@pytest.mark.parametrize("zone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_the_dashboard_shows_a_year_and_a_half_by_month_in_the_viewers_zone(
+    overview: Dashboard, staff_client: StaffClient, period: str, months: int, zone: str
+) -> None:
+    app, carrier = AppFactory.create(name="game"), CarrierFactory.create(slug="de-one")
+    price_point = PricePointFactory.create(carrier=carrier, currency="EUR", amount_minor=100)
+    now = timezone.now()
+    created = [now - timedelta(days=days, hours=hours) for days in (1, 40, 200, 340, 500) for hours in (0, 7)]
+    for moment in created:
+        PaymentFactory.create(
+            app=app, price_point=price_point, currency="EUR", status=PaymentStatus.SUCCEEDED, created_at=moment
+        )
+    list(rollups.catch_up_payment_rollups())
+    client = staff_client("finance")
+    data = client.get(f"/reporting/dashboards/overview/data.json?period={period}&tz={zone}").json()
+
+    since = datetime.fromisoformat(data["period"]["since"])
+    labels = data["revenue"]["labels"]
+    assert data["period"]["bucket"] == "month"
+    assert months <= len(labels) <= months + 2
+    starts = [datetime.fromisoformat(label) for label in labels]
+    assert all(s.day == 1 and (s.hour, s.minute) == (0, 0) for s in (m.astimezone(ZoneInfo(zone)) for m in starts))
+    expected = [0] * len(labels)
+    for moment in created:
+        if moment >= since:
+            local = moment.astimezone(ZoneInfo(zone))
+            expected[max(i for i, start in enumerate(starts) if start <= local)] += 1
+    assert data["revenue"]["payments"] == expected
+    assert sum(expected) == len([m for m in created if m >= since]) > 0
+    assert data["revenue"]["by_currency"] == [{"currency": "EUR", "amount_minor": 100 * sum(expected), "exponent": 2}]
+    assert data["carriers"][0]["payments"] == sum(expected)
