@@ -7,8 +7,10 @@ class FunnelConfig(AppConfig):
 
     def ready(self) -> None:
         from funnel import partitions, tasks  # noqa: F401  (partitions: registers the events table)
+        from funnel.metrics import register as register_metrics
         from funnel.services import record_payment_step
         from payments import events
 
         # Payments do not know about analytics: the funnel listens to their status changes.
         events.subscribe(record_payment_step)
+        register_metrics()
