@@ -3,8 +3,12 @@
 Per funnel and hour, `FunnelRollup` rows count the journeys that reached each level per app,
 carrier, country, price point and flow, and a `FunnelRollupHour` row keeps the histogram of the
 times between steps and the error codes of the charges that failed in the hour, and marks the hour
-as computed. A period whose hours are all computed is read
-from these rows (`rollup_report`); dashboards do so, and fall back to the raw events otherwise.
+as computed. A `FunnelRollupDay` row adds up a UTC day's hours (rebuilt whenever one of them is),
+so that a period reads its whole days from one row each and only its edge hours from hour rows and
+cells. The times between steps are kept in log-spaced buckets (`GAP_BUCKET_BOUNDS`, with each bucket's
+sum of seconds): percentiles from rollups are exact below 64 s and within 1/32 above. A period whose
+hours are all computed is read from these rows (`rollup_report`); dashboards do so, and fall back to
+the raw events otherwise.
 
 A journey's level depends on all its events (a chain may begin at any step-1 event and lasts up to
 `window`), so the periodic job recomputes every hour whose journeys may still move: the last `window`
