@@ -503,6 +503,7 @@ HISTORY_VALUES = {
 REFUNDS_SQL = """
 CREATE TEMP TABLE volume_refund ON COMMIT DROP AS
 SELECT nextval(%(refund_seq)s) AS id, gen_random_uuid() AS public_id, c.id AS payment_id,
+       c.t0 AS payment_created_at,
        c.public_id AS payment_public_id, c.app_id, c.app_name, c.price_point_id, c.carrier_slug, c.currency,
        c.refund_via_carrier AS via_carrier, r.scenario, r.amount, r.at
 FROM volume_chunk c
@@ -533,17 +534,23 @@ REFUND_VALUES = {
     "public_id": "public_id",
     "payment_id": "payment_id",
     "amount_minor": "amount",
+    "payment_created_at": "payment_created_at",
     "currency": "currency",
     "reason": "'requested by the player'",
     "carrier_reference": "CASE WHEN via_carrier THEN 'rf' || left(replace(public_id::text, '-', ''), 20) ELSE '' END",
 }
 
 REVERSAL_SOURCE = """(
-    SELECT id AS payment_id, app_name, reversal_via_carrier AS via_carrier, t_r1 AS at
+    SELECT id AS payment_id, t0 AS payment_created_at, app_name, reversal_via_carrier AS via_carrier, t_r1 AS at
     FROM volume_chunk WHERE status = 'reversed'
 ) reversals"""
 
-REVERSAL_VALUES = {**MONEY_OPERATION_VALUES, "payment_id": "payment_id", "reason": "'item not delivered'"}
+REVERSAL_VALUES = {
+    **MONEY_OPERATION_VALUES,
+    "payment_id": "payment_id",
+    "payment_created_at": "payment_created_at",
+    "reason": "'item not delivered'",
+}
 
 ENTRIES_SQL = """
 CREATE TEMP TABLE volume_entry ON COMMIT DROP AS
