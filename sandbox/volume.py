@@ -480,7 +480,7 @@ PAYMENT_VALUES = {
 }
 
 HISTORY_SOURCE = """(
-    SELECT c.id, p.from_status, p.to_status,
+    SELECT c.id, c.t0 AS payment_created_at, p.from_status, p.to_status,
            CASE p.actor WHEN 'app' THEN 'app:' || c.app_name WHEN 'carrier' THEN 'carrier:' || c.carrier_slug
                 ELSE 'system' END AS actor,
            CASE WHEN p.to_status = 'failed' THEN c.failure_code ELSE p.reason END AS reason,
@@ -493,6 +493,7 @@ HISTORY_SOURCE = """(
 
 HISTORY_VALUES = {
     "payment_id": "id",
+    "payment_created_at": "payment_created_at",
     "from_status": "from_status",
     "to_status": "to_status",
     "actor": "actor",
@@ -503,6 +504,7 @@ HISTORY_VALUES = {
 REFUNDS_SQL = """
 CREATE TEMP TABLE volume_refund ON COMMIT DROP AS
 SELECT nextval(%(refund_seq)s) AS id, gen_random_uuid() AS public_id, c.id AS payment_id,
+       c.t0 AS payment_created_at,
        c.public_id AS payment_public_id, c.app_id, c.app_name, c.price_point_id, c.carrier_slug, c.currency,
        c.refund_via_carrier AS via_carrier, r.scenario, r.amount, r.at
 FROM volume_chunk c
@@ -533,30 +535,38 @@ REFUND_VALUES = {
     "public_id": "public_id",
     "payment_id": "payment_id",
     "amount_minor": "amount",
+    "payment_created_at": "payment_created_at",
     "currency": "currency",
     "reason": "'requested by the player'",
     "carrier_reference": "CASE WHEN via_carrier THEN 'rf' || left(replace(public_id::text, '-', ''), 20) ELSE '' END",
 }
 
 REVERSAL_SOURCE = """(
-    SELECT id AS payment_id, app_name, reversal_via_carrier AS via_carrier, t_r1 AS at
+    SELECT id AS payment_id, t0 AS payment_created_at, app_name, reversal_via_carrier AS via_carrier, t_r1 AS at
     FROM volume_chunk WHERE status = 'reversed'
 ) reversals"""
 
-REVERSAL_VALUES = {**MONEY_OPERATION_VALUES, "payment_id": "payment_id", "reason": "'item not delivered'"}
+REVERSAL_VALUES = {
+    **MONEY_OPERATION_VALUES,
+    "payment_id": "payment_id",
+    "payment_created_at": "payment_created_at",
+    "reason": "'item not delivered'",
+}
 
 ENTRIES_SQL = """
 CREATE TEMP TABLE volume_entry ON COMMIT DROP AS
 SELECT nextval(%(entry_seq)s) AS id, *
 FROM (
     SELECT 'charge' AS kind, id AS payment_id, NULL::bigint AS refund_id, 'charge' AS memo, t_done AS at,
-           price_point_id, app_id, currency, 'charge' AS scenario
+           price_point_id, app_id, currency, 'charge' AS scenario, t0 AS payment_created_at
     FROM volume_chunk WHERE status IN ('succeeded', 'partially_refunded', 'refunded', 'reversed')
     UNION ALL
-    SELECT 'refund', payment_id, id, 'refund: requested by the player', at, price_point_id, app_id, currency, scenario
+    SELECT 'refund', payment_id, id, 'refund: requested by the player', at, price_point_id, app_id, currency, scenario,
+           payment_created_at
     FROM volume_refund
     UNION ALL
-    SELECT 'reversal', id, NULL, 'reversal: item not delivered', t_r1, price_point_id, app_id, currency, 'reversal'
+    SELECT 'reversal', id, NULL, 'reversal: item not delivered', t_r1, price_point_id, app_id, currency, 'reversal',
+           t0
     FROM volume_chunk WHERE status = 'reversed'
     ORDER BY at
 ) entries
@@ -567,12 +577,13 @@ ENTRY_VALUES = {
     "kind": "kind",
     "payment_id": "payment_id",
     "refund_id": "refund_id",
+    "payment_created_at": "payment_created_at",
     "memo": "memo",
     "created_at": "at",
 }
 
 LINES_SOURCE = """(
-    SELECT e.id AS entry_id, l.account, l.amount, e.currency
+    SELECT e.id AS entry_id, e.payment_created_at, l.account, l.amount, e.currency
     FROM volume_entry e
     JOIN volume_lines l ON l.price_point_id = e.price_point_id AND l.app_id = e.app_id AND l.scenario = e.scenario
     ORDER BY e.id, l.n
@@ -586,7 +597,13 @@ GROUP BY l.entry_id, l.currency HAVING sum(l.amount_minor) <> 0
 LIMIT 5
 """
 
-LINE_VALUES = {"entry_id": "entry_id", "account": "account", "amount_minor": "amount", "currency": "currency"}
+LINE_VALUES = {
+    "entry_id": "entry_id",
+    "payment_created_at": "payment_created_at",
+    "account": "account",
+    "amount_minor": "amount",
+    "currency": "currency",
+}
 
 # Journeys that reached a payment (the store's three steps, then the platform's per status change),
 # and journeys that stopped in the store (one to three steps, no carrier known yet).
