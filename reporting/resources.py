@@ -132,7 +132,7 @@ def python_value(column: Column, value: Any, currency: Any = None) -> Any:
     if column.kind == Kind.MONEY:
         return to_major(value, currency)
     if column.kind == Kind.TIME:
-        return value.astimezone(UTC).replace(tzinfo=None)
+        return value.astimezone(UTC).replace(tzinfo=None, microsecond=0)  # whole seconds, as people read them
     if column.kind == Kind.MSISDN:
         return mask_msisdn(value)
     if column.kind == Kind.TEXT:
@@ -177,7 +177,7 @@ def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
     elif column.kind == Kind.INTEGER:
         number = f"{value}::text"
     elif column.kind == Kind.TIME:
-        serial = f"(extract(epoch FROM {value}) / 86400 + 25569)::text"
+        serial = f"(extract(epoch FROM date_trunc('second', {value})) / 86400 + 25569)::text"
         return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c s=''1''><v>' || {serial} || '</v></c>' END"
     elif column.kind == Kind.BOOLEAN:
         true, false = "'<c t=''b''><v>1</v></c>'", "'<c t=''b''><v>0</v></c>'"
