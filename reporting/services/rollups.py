@@ -712,14 +712,23 @@ def _additive(query: RollupQuery) -> bool:
     return all(aggregation in ("count", "sum", "avg") for _, aggregation, _ in query.measures)
 
 
+_NOT_READ = {"decision_ms", DECISION_OVER, *(column for _, column in DECISION_BOUNDS)}
+
+
 def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[str, Any], dict[str, str]]:
     """The statement, its parameters, and the output name of each of its columns (positional aliases: a
     field's name need not be a valid SQL alias)."""
     kind = KINDS[query.source]
     rolled, raw = _pieces(query.since, query.until, covered_until)
-    columns = ("hour", "app_id", "carrier_id", *kind.columns)
+    # Only what dimensions and measures read: the decision-time histogram and the hour would widen every row.
+    columns = ("app_id", "carrier_id", *(c for c in kind.columns if c not in _NOT_READ))
     params: dict[str, Any] = {}
     parts = []
+    # The bucket is computed once per piece of the plan and per raw hour, not for every rollup row: the time
+    # zone conversion was a good part of the statement's time.
+    bucket = "date_trunc(%(unit)s, {} AT TIME ZONE %(zone)s) AT TIME ZONE %(zone)s" if query.bucket else "{}"
+    if query.bucket:
+        params.update(unit=query.bucket, zone=query.zone.key)
     if rolled is not None:
         low, high = rolled
         pieces = _plan_pieces(low or _first_rolled_hour(kind), high, query, covered_until, _additive(query))
@@ -738,24 +747,25 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
             )
             parts.append(
                 f"SELECT s.at, s.sign, {', '.join(f'r.{column}' for column in columns)} "
+                f"FROM (SELECT start, stop, sign, {bucket.format('at')} AS at "
                 f"FROM unnest(%({tier}_start)s::timestamptz[], %({tier}_end)s::timestamptz[], "
-                f"%({tier}_sign)s::int[], %({tier}_at)s::timestamptz[]) AS s(start, stop, sign, at) "
+                f"%({tier}_sign)s::int[], %({tier}_at)s::timestamptz[]) AS u(start, stop, sign, at)) s "
                 f"JOIN {table._meta.db_table} r ON r.hour >= s.start AND r.hour < s.stop"
             )
     if not raw and not parts:
         raw = [(covered_until, covered_until)]  # nothing to read; the statement still needs a source
     for index, (since, until) in enumerate(raw):
         facts, facts_params = _facts(kind, f"raw{index}", since, until)
-        parts.append(f"SELECT x.hour AS at, 1 AS sign, {', '.join(f'x.{c}' for c in columns)} FROM ({facts}) x")
+        at = bucket.format("x.hour")
+        parts.append(f"SELECT {at} AS at, 1 AS sign, {', '.join(f'x.{c}' for c in columns)} FROM ({facts}) x")
         params.update(facts_params)
     select, group = [], []
     for index, (_, field) in enumerate(query.group_by):
         select.append(f"{_dimension(query.source, field)} AS g{index}")
         group.append(f"g{index}")
     if query.bucket:
-        select.append("date_trunc(%(unit)s, f.at AT TIME ZONE %(zone)s) AT TIME ZONE %(zone)s AS t_bucket")
+        select.append("f.at AS t_bucket")
         group.append("t_bucket")
-        params.update(unit=query.bucket, zone=query.zone.key)
     for index, (_, aggregation, field) in enumerate(query.measures):
         select.append(f"{_measure(query.source, aggregation, field)} AS m{index}")
     # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
