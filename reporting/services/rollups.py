@@ -750,7 +750,10 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
                 f"FROM (SELECT start, stop, sign, {bucket.format('at')} AS at "
                 f"FROM unnest(%({tier}_start)s::timestamptz[], %({tier}_end)s::timestamptz[], "
                 f"%({tier}_sign)s::int[], %({tier}_at)s::timestamptz[]) AS u(start, stop, sign, at)) s "
-                f"JOIN {table._meta.db_table} r ON r.hour >= s.start AND r.hour < s.stop"
+                # OFFSET 0 keeps the lateral read apart: one index range scan per piece. Joined plainly, the
+                # planner cannot estimate ranges given as parameters and may read the whole table per piece.
+                f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM {table._meta.db_table} "
+                "WHERE hour >= s.start AND hour < s.stop OFFSET 0) r"
             )
     if not raw and not parts:
         raw = [(covered_until, covered_until)]  # nothing to read; the statement still needs a source
