@@ -222,12 +222,14 @@ def main() -> int:
     print(f"refresh with nothing changed: {idle_ms:.0f} ms")
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT (SELECT count(*) FROM reporting_paymentrollup), "
+            "SELECT (SELECT count(*) FROM reporting_paymentrollup), (SELECT count(*) FROM reporting_paymentdayrollup), "
+            "(SELECT count(*) FROM reporting_paymentmonthrollup), "
             "pg_total_relation_size('reporting_paymentrollup'), pg_total_relation_size('payments_payment')"
         )
-        rows, rollup_bytes, payment_bytes = cursor.fetchone()
+        rows, days, months, rollup_bytes, payment_bytes = cursor.fetchone()
     print(
-        f"payment rollup rows: {rows:,} ({rollup_bytes / 2**20:.0f} MB; payments table {payment_bytes / 2**20:.0f} MB)"
+        f"payment rollup rows: {rows:,} hourly ({rollup_bytes / 2**20:.0f} MB; payments table "
+        f"{payment_bytes / 2**20:.0f} MB), {days:,} daily, {months:,} monthly"
     )
     return 0
 

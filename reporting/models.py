@@ -457,6 +457,14 @@ class PaymentDayRollup(PaymentRollupFields):
         indexes = [models.Index(fields=["hour"])]
 
 
+class PaymentMonthRollup(PaymentRollupFields):
+    """The daily rows of one whole UTC month added up (`hour` is the month's first): periods of months read
+    about one row per combination and month."""
+
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
 # Upper bounds (seconds) of the decision-time histogram's buckets, then one open bucket.
 DECISION_BOUNDS: tuple[tuple[int, str], ...] = (
     (1, "decided_under_1s"),
@@ -499,6 +507,11 @@ class RefundDayRollup(RefundRollupFields):
         indexes = [models.Index(fields=["hour"])]
 
 
+class RefundMonthRollup(RefundRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
 class ReversalRollupFields(models.Model):
     """Reversals requested in one UTC hour, by their payment's app, carrier and currency, and status."""
 
@@ -525,6 +538,11 @@ class ReversalRollup(ReversalRollupFields):
 
 
 class ReversalDayRollup(ReversalRollupFields):
+    class Meta:
+        indexes = [models.Index(fields=["hour"])]
+
+
+class ReversalMonthRollup(ReversalRollupFields):
     class Meta:
         indexes = [models.Index(fields=["hour"])]
 

@@ -2,7 +2,7 @@
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,7 +16,7 @@ from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
 from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
-from reporting.services.rollups import truncate_to_bucket
+from reporting.services.rollups import bucket_after, truncate_to_bucket
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
@@ -150,22 +150,13 @@ def _exponent(currency: str) -> int | None:
         return None
 
 
-# From a bucket's start, a time inside the next bucket whatever the length of a day (DST) or of a month.
-_INTO_NEXT = {
-    "hour": timedelta(hours=1),
-    "day": timedelta(hours=36),
-    "week": timedelta(days=7, hours=12),
-    "month": timedelta(days=32),
-}
-
-
 def _buckets(since: datetime, until: datetime, bucket: str, zone: ZoneInfo) -> list[str]:
     """Every bucket of the period, so that quiet hours show as zero instead of vanishing."""
     labels = []
     moment = truncate_to_bucket(since, bucket, zone)
     while moment < until:
         labels.append(moment.isoformat())
-        moment = truncate_to_bucket(moment.astimezone(UTC) + _INTO_NEXT[bucket], bucket, zone)
+        moment = bucket_after(moment, bucket, zone)
     return labels
 
 

@@ -9,8 +9,9 @@ reversals are few and read whole), so the payment flow does no extra work for th
 
 `rollup_rows` answers a query over the `payments`, `refunds` or `reversals` sources when its dimensions,
 filters, measures and time bucket exist at the rollups' grain: whole hours the rollups cover are read from
-them, and the rest of the period (the current hour, the partial hours at the edges) from the raw tables,
-aggregated to the same grain in the same statement, so answers are live and equal to raw ones. Anything
+them (whole UTC months and days from their monthly and daily rows, see `_cover`), and the rest of the
+period (the current hour, the partial hours at the edges) from the raw tables, aggregated to the same grain
+in the same statement, so answers are live and equal to raw ones. Anything
 else (distinct players, price points, a time zone that is not a whole number of hours from UTC, SQLite)
 returns None and the caller reads the raw tables.
 """
@@ -34,10 +35,13 @@ from reporting.models import (
     DECISION_BOUNDS,
     DECISION_OVER,
     PaymentDayRollup,
+    PaymentMonthRollup,
     PaymentRollup,
     RefundDayRollup,
+    RefundMonthRollup,
     RefundRollup,
     ReversalDayRollup,
+    ReversalMonthRollup,
     ReversalRollup,
     RollupState,
 )
@@ -86,6 +90,7 @@ def _ceil_hour(moment: datetime) -> datetime:
 class _Kind:
     rollup: type[Any]
     day_rollup: type[Any]  # the same columns, per whole UTC day
+    month_rollup: type[Any]  # the same columns, per whole UTC month
     columns: tuple[str, ...]  # after hour, app_id, carrier_id; the same names in the rollup table
     count: str  # the column counting rows
     facts: str  # SELECT hour, app_id, carrier_id, *columns FROM {rows} ... GROUP BY ...
@@ -153,6 +158,7 @@ KINDS: dict[str, _Kind] = {
     "payments": _Kind(
         PaymentRollup,
         PaymentDayRollup,
+        PaymentMonthRollup,
         (
             "currency",
             "status",
@@ -175,6 +181,7 @@ KINDS: dict[str, _Kind] = {
     "refunds": _Kind(
         RefundRollup,
         RefundDayRollup,
+        RefundMonthRollup,
         ("currency", "status", "refunds", *_MONEY),
         "refunds",
         _REFUND_FACTS,
@@ -185,6 +192,7 @@ KINDS: dict[str, _Kind] = {
     "reversals": _Kind(
         ReversalRollup,
         ReversalDayRollup,
+        ReversalMonthRollup,
         ("currency", "status", "reversals", *_MONEY),
         "reversals",
         _REVERSAL_FACTS,
@@ -248,7 +256,9 @@ def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
         changed = _changed_hours(state, before=state.covered_until)
         extend_to = min(target, state.covered_until + MAX_STEP)
         _recompute(changed, state.covered_until, extend_to)
-        _recompute_days(_days_touched(changed, state.covered_until, extend_to))
+        days = _days_touched(changed, state.covered_until, extend_to)
+        _recompute_days(days)
+        _recompute_months(_months_touched(days, extend_to))
         new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
         if new_hours > ANALYZE_AFTER_HOURS:
             _analyze()
@@ -268,6 +278,7 @@ def _analyze() -> None:
         for kind in KINDS.values():
             cursor.execute(f"ANALYZE {kind.rollup._meta.db_table}")
             cursor.execute(f"ANALYZE {kind.day_rollup._meta.db_table}")
+            cursor.execute(f"ANALYZE {kind.month_rollup._meta.db_table}")
 
 
 def _first_hour(default: datetime) -> datetime:
@@ -361,6 +372,32 @@ def _days_touched(changed: list[datetime], since: datetime, until: datetime) -> 
     return sorted(day for day in days if day + DAY <= until)
 
 
+def _floor_month(moment: datetime) -> datetime:
+    return _floor_day(moment).replace(day=1)
+
+
+def _next_month(month: datetime) -> datetime:
+    return month.replace(year=month.year + 1, month=1) if month.month == 12 else month.replace(month=month.month + 1)
+
+
+def _months_touched(days: list[datetime], until: datetime) -> list[datetime]:
+    """The whole UTC months, all of whose days are covered once `until` is, that hold one of these days (a
+    month is complete in the run that completes its last day)."""
+    return sorted({month for month in map(_floor_month, days) if _next_month(month) <= until})
+
+
+def _recompute_days(days: list[datetime]) -> None:
+    """Replace the daily rows of these days by their hourly rows added up."""
+    for kind in KINDS.values():
+        _resum(kind, kind.rollup, kind.day_rollup, [(day, day + DAY) for day in days])
+
+
+def _recompute_months(months: list[datetime]) -> None:
+    """Replace the monthly rows of these months by their daily rows added up."""
+    for kind in KINDS.values():
+        _resum(kind, kind.day_rollup, kind.month_rollup, [(month, _next_month(month)) for month in months])
+
+
 def _day_total(column: str) -> str:
     if column.endswith("_min_minor"):
         return f"MIN({column})"
@@ -369,28 +406,28 @@ def _day_total(column: str) -> str:
     return f"SUM({column})"
 
 
-def _recompute_days(days: list[datetime]) -> None:
-    """Replace the daily rows of these days by their hourly rows added up."""
-    if not days:
+def _resum(kind: _Kind, finer: type[Any], coarser: type[Any], spans: list[tuple[datetime, datetime]]) -> None:
+    """Replace the `coarser` rows of each span [start, end) by the `finer` rows inside it added up."""
+    if not spans:
         return
+    table = coarser._meta.db_table
+    dimensions = [c for c in kind.columns if c in ("currency", "status", "failure_code")]
+    totals = [_day_total(c) for c in kind.columns if c not in dimensions]
+    keys = ", ".join(f"f.{c}" for c in dimensions)
+    columns = ", ".join(
+        ("hour", "app_id", "carrier_id", *dimensions, *(c for c in kind.columns if c not in dimensions))
+    )
+    starts, ends = [start for start, _ in spans], [end for _, end in spans]
     with connection.cursor() as cursor:
-        for kind in KINDS.values():
-            table = kind.day_rollup._meta.db_table
-            dimensions = [c for c in kind.columns if c in ("currency", "status", "failure_code")]
-            totals = [_day_total(c) for c in kind.columns if c not in dimensions]
-            keys = ", ".join(f"f.{c}" for c in dimensions)
-            columns = ", ".join(
-                ("hour", "app_id", "carrier_id", *dimensions, *(c for c in kind.columns if c not in dimensions))
-            )
-            cursor.execute(f"DELETE FROM {table} WHERE hour = ANY(%s::timestamptz[])", [days])
-            cursor.execute(
-                f"INSERT INTO {table} ({columns}) "
-                f"SELECT d.start, f.app_id, f.carrier_id, {keys}, {', '.join(totals)} "
-                f"FROM unnest(%s::timestamptz[]) AS d(start) JOIN {kind.rollup._meta.db_table} f "
-                "ON f.hour >= d.start AND f.hour < d.start + interval '1 day' "
-                f"GROUP BY d.start, f.app_id, f.carrier_id, {keys}",
-                [days],
-            )
+        cursor.execute(f"DELETE FROM {table} WHERE hour = ANY(%s::timestamptz[])", [starts])
+        cursor.execute(
+            f"INSERT INTO {table} ({columns}) "
+            f"SELECT d.start, f.app_id, f.carrier_id, {keys}, {', '.join(totals)} "
+            f"FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS d(start, stop) JOIN {finer._meta.db_table} f "
+            "ON f.hour >= d.start AND f.hour < d.stop "
+            f"GROUP BY d.start, f.app_id, f.carrier_id, {keys}",
+            [starts, ends],
+        )
 
 
 def rollup_state() -> RollupState | None:
@@ -459,10 +496,13 @@ _MEASURES: dict[str, dict[str, _Measure]] = {
 }
 # Fields that are never empty, so that counting them counts rows (their other aggregates are not offered).
 _NEVER_EMPTY = {"payments": {"player", "failure_code"}, "refunds": set(), "reversals": set()}
+# Rows read from a coarser tier can be subtracted again (`f.sign` = -1, see `_cover`): sums and counts carry the
+# sign, a sum is empty when no row with a value is left (as a sum over no rows is), and min and max are only
+# asked of queries read without subtraction.
 _AGGREGATES = {
-    "sum": "SUM({m.sum})",
-    "count": "COALESCE(SUM({m.count}), 0)",
-    "avg": "SUM({m.sum})::numeric / NULLIF(SUM({m.count}), 0)",
+    "sum": "CASE WHEN SUM(f.sign * ({m.count})) <> 0 THEN SUM(f.sign * ({m.sum})) END",
+    "count": "COALESCE(SUM(f.sign * ({m.count})), 0)",
+    "avg": "SUM(f.sign * ({m.sum}))::numeric / NULLIF(SUM(f.sign * ({m.count})), 0)",
     "min": "MIN({m.min})",
     "max": "MAX({m.max})",
 }
@@ -492,12 +532,12 @@ def _dimension(source: str, name: str) -> str | None:
 def _measure(source: str, aggregation: str, field: str) -> str | None:
     count = f"f.{KINDS[source].count}"
     if not field:
-        return f"COALESCE(SUM({count}), 0)" if aggregation == "count" else None
+        return f"COALESCE(SUM(f.sign * {count}), 0)" if aggregation == "count" else None
     if field in _MEASURES[source]:
         template = _AGGREGATES.get(aggregation)
         return template.format(m=_MEASURES[source][field]) if template else None
     if aggregation == "count" and (_dimension(source, field) or field in _NEVER_EMPTY[source]):
-        return f"COALESCE(SUM({count}), 0)"
+        return f"COALESCE(SUM(f.sign * {count}), 0)"
     return None
 
 
@@ -575,32 +615,104 @@ def truncate_to_bucket(moment: datetime, bucket: str, zone: ZoneInfo) -> datetim
     return day.replace(day=1)
 
 
-def _tiers(
-    low: datetime, high: datetime, bucket: str | None, zone: ZoneInfo
-) -> tuple[list[tuple[datetime, datetime]], list[tuple[datetime, datetime]]]:
-    """[low, high) in whole hours, as the ranges read from daily rows (whole UTC days that fall in one bucket
-    of the viewer's zone) and the ranges read from hourly rows (the rest)."""
-    days: list[tuple[datetime, datetime]] = []
-    day = _floor_day(low) if _floor_day(low) == low else _floor_day(low) + DAY
-    while day + DAY <= high:
-        same = bucket is None or truncate_to_bucket(day, bucket, zone) == truncate_to_bucket(
-            day + DAY - timedelta(microseconds=1), bucket, zone
+def bucket_after(moment: datetime, bucket: str, zone: ZoneInfo) -> datetime:
+    """The start of the bucket after the one `moment` falls in, in `zone` (days and months of any length)."""
+    start = truncate_to_bucket(moment, bucket, zone)
+    return truncate_to_bucket(start.astimezone(UTC) + _INTO_NEXT[bucket], bucket, zone)
+
+
+# From a bucket's start, a time inside the next bucket whatever the length of a day (DST) or of a month.
+_INTO_NEXT = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(hours=36),
+    "week": timedelta(days=7, hours=12),
+    "month": timedelta(days=32),
+}
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Rollup rows of one tier over [start, end), counted `sign` times toward the bucket `at` falls in."""
+
+    tier: str  # "month", "day" or "hour"
+    start: datetime
+    end: datetime
+    sign: int
+    at: datetime
+
+
+_COARSER_TIERS = ("month", "day")
+
+
+def _blocks(tier: str, low: datetime, high: datetime) -> Iterator[tuple[datetime, datetime]]:
+    """The whole UTC months or days that overlap [low, high)."""
+    start = _floor_month(low) if tier == "month" else _floor_day(low)
+    while start < high:
+        end = _next_month(start) if tier == "month" else start + DAY
+        yield start, end
+        start = end
+
+
+def _cover(
+    low: datetime, high: datetime, *, sign: int, at: datetime, level: int, covered_until: datetime, subtract: bool
+) -> list[_Piece]:
+    """Pieces whose signed sum is exactly the hours [low, high): the coarsest complete blocks inside it, and,
+    when `subtract`, also a block mostly inside it less its hours outside (a month row less two hours instead
+    of thirty daily rows: a day or month in the viewer's zone is never a whole UTC one unless the zone is UTC)."""
+    if low >= high:
+        return []
+    if level == len(_COARSER_TIERS):
+        return [_Piece("hour", low, high, sign, at)]
+    tier = _COARSER_TIERS[level]
+    pieces: list[_Piece] = []
+    finer = []  # the parts this tier leaves to the next finer one
+    cursor = low
+    for start, end in _blocks(tier, low, high):
+        inner_low, inner_high = max(start, low), min(end, high)
+        whole = (inner_low, inner_high) == (start, end)
+        if end > covered_until or not (whole or (subtract and (inner_high - inner_low) * 2 > end - start)):
+            continue
+        finer.append((cursor, inner_low))
+        cursor = inner_high
+        pieces.append(_Piece(tier, start, end, sign, at))
+        for outside_low, outside_high in ((start, inner_low), (inner_high, end)):
+            pieces += _cover(
+                outside_low,
+                outside_high,
+                sign=-sign,
+                at=at,
+                level=level + 1,
+                covered_until=covered_until,
+                subtract=subtract,
+            )
+    finer.append((cursor, high))
+    for finer_low, finer_high in finer:
+        pieces += _cover(
+            finer_low, finer_high, sign=sign, at=at, level=level + 1, covered_until=covered_until, subtract=subtract
         )
-        if same:
-            if days and days[-1][1] == day:
-                days[-1] = (days[-1][0], day + DAY)
-            else:
-                days.append((day, day + DAY))
-        day += DAY
-    hours: list[tuple[datetime, datetime]] = []
-    start = low
-    for day_start, day_end in days:
-        if start < day_start:
-            hours.append((start, day_start))
-        start = day_end
-    if start < high:
-        hours.append((start, high))
-    return days, hours
+    return pieces
+
+
+def _plan_pieces(
+    low: datetime, high: datetime, query: RollupQuery, covered_until: datetime, subtract: bool
+) -> list[_Piece]:
+    """[low, high) (whole covered hours) cut at the buckets of the viewer's zone, each part covered by tiers."""
+    pieces: list[_Piece] = []
+    low, high = low.astimezone(UTC), high.astimezone(UTC)
+    while low < high:
+        # in UTC: a moment is floored to a day or month on its own clock, and tiers are UTC days and months
+        end = min(high, bucket_after(low, query.bucket, query.zone).astimezone(UTC)) if query.bucket else high
+        pieces += _cover(low, end, sign=1, at=low, level=0, covered_until=covered_until, subtract=subtract)
+        low = end
+    return pieces
+
+
+def _additive(query: RollupQuery) -> bool:
+    """Whether every measure is a sum of per-row values (count, sum, average), so that rows can be subtracted."""
+    return all(aggregation in ("count", "sum", "avg") for _, aggregation, _ in query.measures)
+
+
+_NOT_READ = {"decision_ms", DECISION_OVER, *(column for _, column in DECISION_BOUNDS)}
 
 
 def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[str, Any], dict[str, str]]:
@@ -608,36 +720,59 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
     field's name need not be a valid SQL alias)."""
     kind = KINDS[query.source]
     rolled, raw = _pieces(query.since, query.until, covered_until)
-    columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
+    # Only what dimensions and measures read: the decision-time histogram and the hour would widen every row.
+    columns = ("app_id", "carrier_id", *(c for c in kind.columns if c not in _NOT_READ))
     params: dict[str, Any] = {}
     parts = []
+    # The bucket is computed once per piece of the plan and per raw hour, not for every rollup row: the time
+    # zone conversion was a good part of the statement's time.
+    bucket = "date_trunc(%(unit)s, {} AT TIME ZONE %(zone)s) AT TIME ZONE %(zone)s" if query.bucket else "{}"
+    if query.bucket:
+        params.update(unit=query.bucket, zone=query.zone.key)
     if rolled is not None:
         low, high = rolled
-        days, hours = _tiers(low or _first_rolled_hour(kind), high, query.bucket, query.zone)
-        for table, ranges, prefix in ((kind.day_rollup, days, "d"), (kind.rollup, hours, "h")):
-            if not ranges:
+        pieces = _plan_pieces(low or _first_rolled_hour(kind), high, query, covered_until, _additive(query))
+        tables = {"month": kind.month_rollup, "day": kind.day_rollup, "hour": kind.rollup}
+        for tier, table in tables.items():
+            mine = [piece for piece in pieces if piece.tier == tier]
+            if not mine:
                 continue
-            conditions = []
-            for index, (start, end) in enumerate(ranges):
-                conditions.append(f"(hour >= %({prefix}{index}s)s AND hour < %({prefix}{index}e)s)")
-                params.update({f"{prefix}{index}s": start, f"{prefix}{index}e": end})
-            parts.append(f"SELECT {columns} FROM {table._meta.db_table} WHERE {' OR '.join(conditions)}")
+            params.update(
+                {
+                    f"{tier}_start": [piece.start for piece in mine],
+                    f"{tier}_end": [piece.end for piece in mine],
+                    f"{tier}_sign": [piece.sign for piece in mine],
+                    f"{tier}_at": [piece.at for piece in mine],
+                }
+            )
+            parts.append(
+                f"SELECT s.at, s.sign, {', '.join(f'r.{column}' for column in columns)} "
+                f"FROM (SELECT start, stop, sign, {bucket.format('at')} AS at "
+                f"FROM unnest(%({tier}_start)s::timestamptz[], %({tier}_end)s::timestamptz[], "
+                f"%({tier}_sign)s::int[], %({tier}_at)s::timestamptz[]) AS u(start, stop, sign, at)) s "
+                # OFFSET 0 keeps the lateral read apart: one index range scan per piece. Joined plainly, the
+                # planner cannot estimate ranges given as parameters and may read the whole table per piece.
+                f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM {table._meta.db_table} "
+                "WHERE hour >= s.start AND hour < s.stop OFFSET 0) r"
+            )
     if not raw and not parts:
         raw = [(covered_until, covered_until)]  # nothing to read; the statement still needs a source
     for index, (since, until) in enumerate(raw):
         facts, facts_params = _facts(kind, f"raw{index}", since, until)
-        parts.append(facts)
+        at = bucket.format("x.hour")
+        parts.append(f"SELECT {at} AS at, 1 AS sign, {', '.join(f'x.{c}' for c in columns)} FROM ({facts}) x")
         params.update(facts_params)
     select, group = [], []
     for index, (_, field) in enumerate(query.group_by):
         select.append(f"{_dimension(query.source, field)} AS g{index}")
         group.append(f"g{index}")
     if query.bucket:
-        select.append("date_trunc(%(unit)s, f.hour AT TIME ZONE %(zone)s) AT TIME ZONE %(zone)s AS t_bucket")
+        select.append("f.at AS t_bucket")
         group.append("t_bucket")
-        params.update(unit=query.bucket, zone=query.zone.key)
     for index, (_, aggregation, field) in enumerate(query.measures):
         select.append(f"{_measure(query.source, aggregation, field)} AS m{index}")
+    # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
+    having = f"HAVING SUM(f.sign * f.{kind.count}) <> 0\n" if group else ""
     where = []
     for index, (field, values) in enumerate(query.filters):
         where.append(f"{_dimension(query.source, field)} = ANY(%(flt{index})s)")
@@ -651,7 +786,7 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
         f"SELECT {', '.join(select)} FROM f\n"
         + joins
         + (f"WHERE {' AND '.join(where)}\n" if where else "")
-        + (f"GROUP BY {', '.join(group)} ORDER BY {', '.join(group)}" if group else "")
+        + (f"GROUP BY {', '.join(group)}\n{having}ORDER BY {', '.join(group)}" if group else "")
     )
     names = {f"g{i}": name for i, (name, _) in enumerate(query.group_by)}
     names |= {f"m{i}": name for i, (name, _, _) in enumerate(query.measures)}
@@ -675,3 +810,4 @@ def forget_payment_rollups() -> None:
         for kind in KINDS.values():
             kind.rollup.objects.all().delete()
             kind.day_rollup.objects.all().delete()
+            kind.month_rollup.objects.all().delete()

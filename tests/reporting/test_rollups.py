@@ -25,6 +25,7 @@ from reporting.models import (
     Dataset,
     DatasetField,
     PaymentDayRollup,
+    PaymentMonthRollup,
     PaymentRollup,
     RollupState,
 )
@@ -61,8 +62,8 @@ def _world() -> tuple[list[App], list[Carrier]]:
     return apps, carriers
 
 
-def random_payments(rng: random.Random, now: datetime, count: int = 160) -> list[Payment]:
-    """Payments over the last five days (quiet and busy hours, every status), some refunded, some reversed,
+def random_payments(rng: random.Random, now: datetime, count: int = 160, days: int = 5) -> list[Payment]:
+    """Payments over the last `days` days (quiet and busy hours, every status), some refunded, some reversed,
     some with the history of their decision."""
     apps, carriers = _world()
     price_points = {
@@ -88,7 +89,7 @@ def random_payments(rng: random.Random, now: datetime, count: int = 160) -> list
             user_ref=f"player-{rng.randrange(40)}",
             failure_code=rng.choice(CODES) if status in ("failed", "expired") else "",
             refunded_minor=amount if status == "refunded" else (amount // 2 if status == "partially_refunded" else 0),
-            created_at=now - timedelta(seconds=rng.randrange(5 * 24 * 3600)),
+            created_at=now - timedelta(seconds=rng.randrange(days * 24 * 3600)),
         )
         payments.append(payment)
         if status in ("refunded", "partially_refunded"):
@@ -120,17 +121,19 @@ def _refund(payment: Payment, amount: int, rng: random.Random, *, status: str = 
     return refund
 
 
-def random_queries(rng: random.Random, catalog: dict[str, Dataset], now: datetime) -> list[tuple[str, DatasetQuery]]:
+def random_queries(
+    rng: random.Random, catalog: dict[str, Dataset], now: datetime, days: int = 6, count: int = 12
+) -> list[tuple[str, DatasetQuery]]:
     """Queries the rollups can answer: periods that start and end mid-hour, buckets in zones east and west."""
     queries = []
-    for _ in range(12):
+    for _ in range(count):
         slug = rng.choice(["payments", "refunds", "reversals"])
         dataset = catalog[slug]
         fields = list(dataset.fields.all())
         dimensions = [f.name for f in fields if f.role == "dimension" and f.name not in ("price_point", "flow")]
         measures = [f.name for f in fields if f.role == "measure" and f.name != "players"]
-        since = now - timedelta(seconds=rng.randrange(6 * 24 * 3600))
-        until = rng.choice([now, since + timedelta(seconds=rng.randrange(1, 3 * 24 * 3600))])
+        since = now - timedelta(seconds=rng.randrange(days * 24 * 3600))
+        until = rng.choice([now, since + timedelta(seconds=rng.randrange(1, days * 12 * 3600))])
         apps = list(App.objects.values_list("name", flat=True))
         queries.append(
             (
@@ -186,6 +189,47 @@ def test_rollup_answers_equal_the_answers_from_rows_on_random_payments(catalog: 
     assert PaymentRollup.objects.exists()
     assert PaymentDayRollup.objects.exists()  # periods of whole days read those
     queries = random_queries(rng, catalog, now)
+    assert_same(_answers(catalog, queries), _raw_answers(catalog, queries))
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_rollup_answers_equal_the_answers_from_rows_over_months_across_daylight_saving_changes(
+    catalog: dict[str, Dataset], seed: int
+) -> None:
+    """Four months back from now span the autumn clock changes of Paris and New York (the spring ones when
+    run in spring or summer). Sums and counts read whole UTC months from monthly rows less the hours they hold
+    of another month in the viewer's zone; min and max only read blocks inside one bucket. Periods start and
+    end mid-month and mid-hour."""
+    rng = random.Random(seed)
+    now = timezone.now()
+    random_payments(rng, now, count=240, days=125)
+    list(rollups.catch_up_payment_rollups())
+    assert PaymentMonthRollup.objects.exists()
+    payments = catalog["payments"]
+    for name, aggregation in (("smallest_amount_minor", "min"), ("largest_refund_minor", "max")):
+        source = "amount_minor" if aggregation == "min" else "refunded_minor"
+        payments.fields.create(name=name, role="measure", source=source, data_type="money", aggregation=aggregation)
+    catalog["payments"] = Dataset.objects.prefetch_related("fields").get(pk=payments.pk)
+    dashboard = {
+        "payments": ("revenue_minor", "charged_payments", "success_rate", "payments", "failed_payments"),
+        "refunds": ("refunds", "amount_minor"),
+        "reversals": ("reversals", "amount_minor"),
+    }
+    queries = random_queries(rng, catalog, now, days=130, count=10)
+    for slug, bucket, zone, days, group_by in [
+        ("payments", "month", "Europe/Paris", 120, ("currency",)),
+        ("payments", "month", "America/New_York", 125, ("carrier", "status")),
+        ("payments", "week", "Asia/Tokyo", 90, ("failure_code",)),
+        ("payments", "day", "Europe/Paris", 60, ("app",)),
+        ("payments", None, "UTC", 100, ("carrier",)),
+        ("refunds", "month", "Europe/Paris", 110, ("currency",)),
+        ("reversals", "month", "America/New_York", 115, ()),
+    ]:
+        for measures in (dashboard[slug], ("payments", "smallest_amount_minor", "largest_refund_minor")):
+            if slug == "payments" or measures == dashboard[slug]:
+                since, until = now - timedelta(days=days, minutes=7), now - timedelta(days=rng.choice([0, 9]))
+                query = DatasetQuery(measures, group_by, bucket, since=since, until=until, timezone=zone)
+                queries.append((slug, query))
     assert_same(_answers(catalog, queries), _raw_answers(catalog, queries))
 
 
