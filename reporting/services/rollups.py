@@ -125,7 +125,7 @@ FROM {{rows}}
 LEFT JOIN LATERAL (
     SELECT ROUND(EXTRACT(EPOCH FROM MIN(h.created_at) - p.created_at) * 1000)::bigint AS ms
     FROM {PaymentStatusChange._meta.db_table} h
-    WHERE h.payment_id = p.id AND h.to_status IN ({_quoted(FINAL)})
+    WHERE h.payment_id = p.id AND h.payment_created_at = p.created_at AND h.to_status IN ({_quoted(FINAL)})
 ) d ON true
 GROUP BY 1, 2, 3, 4, 5, 6"""
 # Payments have no index on created_at alone; (app_id, created_at) serves a period once every app is named.
@@ -315,7 +315,8 @@ SELECT date_trunc('hour', p.created_at, 'UTC') FROM {_PAYMENT} p
 WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND p.created_at < %(before)s
     AND {_NEW.format(alias="p")}
 UNION
-SELECT date_trunc('hour', r.created_at, 'UTC') FROM {_PAYMENT} p JOIN {Refund._meta.db_table} r ON r.payment_id = p.id
+SELECT date_trunc('hour', r.created_at, 'UTC') FROM {_PAYMENT} p
+JOIN {Refund._meta.db_table} r ON r.payment_id = p.id AND r.payment_created_at = p.created_at
 WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND r.created_at < %(before)s
     AND {_NEW.format(alias="p")}
 UNION
