@@ -20,6 +20,7 @@ from __future__ import annotations
 import calendar
 import hashlib
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -89,6 +90,9 @@ DROP_EVENTS = 1.8
 # Protocols whose carriers tell the charge's outcome in a callback.
 CALLBACK_PROTOCOLS = (Protocol.CAMARA, Protocol.AGGREGATOR)
 WORK_MEM = "256MB"
+# Building the indexes after a fast load: memory per build (sorts in memory up to it), builds at a time.
+MAINTENANCE_WORK_MEM = "1GB"
+BUILDERS = 2
 # A month at 10 M payments is a million rows a statement: far beyond a request's statement timeout, but bounded.
 STATEMENT_TIMEOUT = "1h"
 
@@ -578,10 +582,13 @@ LINES_SOURCE = """(
     ORDER BY e.id, l.n
 ) lines"""
 
-# What the ledger's balance trigger checks, for a whole month at once when the triggers are skipped.
+# What the ledger's balance trigger checks, for a whole month at once when the triggers are skipped: the
+# lines just inserted (ids from the first one drawn for the month on; the primary key finds them, also while
+# the secondary indexes are set aside for a fast load).
 UNBALANCED_SQL = """
 SELECT l.entry_id, l.currency, sum(l.amount_minor)
-FROM volume_entry e JOIN payments_ledgerline l ON l.entry_id = e.id
+FROM payments_ledgerline l
+WHERE l.id > %(first_line)s
 GROUP BY l.entry_id, l.currency HAVING sum(l.amount_minor) <> 0
 LIMIT 5
 """
@@ -819,6 +826,7 @@ def generate_volume(
     seed: float | None = None,
     now: datetime | None = None,
     fire_triggers: bool | None = None,
+    rebuild_indexes: bool | None = None,
     progress: Callable[[str], None] = lambda message: None,
 ) -> VolumeResult:
     """Add `payments` payments over the last `months` months, and about `events` funnel events (2 per payment
@@ -829,6 +837,11 @@ def generate_volume(
     (session_replication_role = replica, for the generator's transactions only) and the generator checks
     what they would: every entry balances (the same query, per month), and the keys it writes come from
     the rows it has just written. Other users, and calls inside a transaction, fire them.
+
+    `rebuild_indexes`: the secondary indexes of the tables it fills (both databases) are dropped before the
+    load and built again after it, as they were (sorted builds, two at a time), so that inserts do not pay
+    for them row by row (most of the time otherwise). Meanwhile those tables have no secondary index: by
+    default (None) only when they are all empty, and not inside a transaction.
 
     Called inside a transaction (a test), it writes the journal in this thread, all in that transaction;
     otherwise a thread writes one month's journal records while the next month is generated."""
@@ -857,6 +870,7 @@ def generate_volume(
         "payment_seq": _sequence(Payment),
         "refund_seq": _sequence(Refund),
         "entry_seq": _sequence(LedgerEntry),
+        "line_seq": _sequence(LedgerLine),
     }
     inner_pad, outer_pad = _hmac_pads()
     common = {
@@ -888,9 +902,15 @@ def generate_volume(
     writer = (
         _NowExecutor() if in_transaction else ThreadPoolExecutor(max_workers=1, thread_name_prefix="volume-journal")
     )
+    if rebuild_indexes is None:
+        rebuild_indexes = not in_transaction and tables_are_empty()
+    set_aside = secondary_indexes("default") + secondary_indexes(JOURNAL) if rebuild_indexes else []
     with writer as journal_writer:
         pending: tuple[Future[int], str, float] | None = None
         try:
+            if set_aside:
+                progress(f"setting {len(set_aside)} secondary indexes aside for the load")
+                drop_indexes(set_aside)
             for month in plan:
                 if month.payments <= 0:
                     continue
@@ -927,6 +947,11 @@ def generate_volume(
             with connections[JOURNAL].cursor() as cursor:
                 for stage in stages:
                     stage.drop(cursor)
+            if set_aside:
+                # Also after a failed month: the tables get their indexes back whatever happened.
+                built_from = time.monotonic()
+                build_indexes(set_aside)
+                progress(f"built {len(set_aside)} indexes again in {time.monotonic() - built_from:.1f} s")
     progress("analysing the tables")
     analyse()
     result.seconds = time.monotonic() - started
@@ -983,7 +1008,7 @@ def _generate_month(
     with transaction.atomic(), connection.cursor() as cursor:
         # Dropped at commit; inside an outer transaction (a test's) the last month's are still there.
         cursor.execute("DROP TABLE IF EXISTS volume_chunk, volume_refund, volume_entry, volume_event")
-        _long_statements(cursor)
+        _bulk_load(cursor)
         cursor.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
         cursor.execute("SET LOCAL jit = off")
         if not fire_triggers:
@@ -997,9 +1022,11 @@ def _generate_month(
         counts["reversals"] = _insert(cursor, Reversal, REVERSAL_VALUES, REVERSAL_SOURCE, params)
         cursor.execute(ENTRIES_SQL, params)
         counts["ledger_entries"] = _insert(cursor, LedgerEntry, ENTRY_VALUES, "volume_entry", params)
+        cursor.execute("SELECT nextval(%s)", [params["line_seq"]])
+        first_line = int(cursor.fetchone()[0])
         counts["ledger_lines"] = _insert(cursor, LedgerLine, LINE_VALUES, LINES_SOURCE, params)
         if not fire_triggers:
-            cursor.execute(UNBALANCED_SQL)
+            cursor.execute(UNBALANCED_SQL, {"first_line": first_line})
             unbalanced = cursor.fetchall()
             if unbalanced:
                 raise VolumeError(f"unbalanced ledger entries (entry, currency, sum): {unbalanced}")
@@ -1045,7 +1072,7 @@ class JournalStage:
 def _stage_journal(source_cursor: Any, stage: JournalStage, run: str) -> None:
     """Copy the rows the month's interactions are made of into the journal's database."""
     with transaction.atomic(using=JOURNAL), connections[JOURNAL].cursor() as cursor:
-        _long_statements(cursor)
+        _bulk_load(cursor)
         stage.drop(cursor)
         cursor.execute(JOURNAL_STAGING.format(payments=stage.payments, refunds=stage.refunds))
         for outgoing, table in ((JOURNAL_PAYMENTS_OUT, stage.payments), (JOURNAL_REFUNDS_OUT, stage.refunds)):
@@ -1059,7 +1086,7 @@ def _write_journal(stage: JournalStage, params: dict[str, Any]) -> int:
     """The month's journal records, built by PostgreSQL from the staged rows (in a thread of its own, with
     its own connection, while the next month is generated)."""
     with transaction.atomic(using=JOURNAL), connections[JOURNAL].cursor() as cursor:
-        _long_statements(cursor)
+        _bulk_load(cursor)
         source = JOURNAL_HASHED.replace(
             "{source}", JOURNAL_SOURCE.format(payments=stage.payments, refunds=stage.refunds)
         )
@@ -1118,3 +1145,120 @@ def _long_statements(cursor: Any) -> None:
     """For the rest of the transaction: statements may run long, the connection may wait on the other."""
     cursor.execute(f"SET LOCAL statement_timeout = '{STATEMENT_TIMEOUT}'")
     cursor.execute(f"SET LOCAL idle_in_transaction_session_timeout = '{STATEMENT_TIMEOUT}'")
+
+
+def _bulk_load(cursor: Any) -> None:
+    """For the rest of a loading transaction: long statements, and a commit that does not wait for its WAL to
+    reach the disk (a crash loses the last months written, never leaves half of one: generated data, made
+    again by running the generator again)."""
+    _long_statements(cursor)
+    cursor.execute("SET LOCAL synchronous_commit = off")
+
+
+# --- Fast load: secondary indexes set aside, built once at the end ------------------------------------
+
+
+@dataclass(frozen=True)
+class SecondaryIndex:
+    """An index no constraint stands on (primary keys, unique and exclusion constraints keep theirs), as
+    `pg_get_indexdef` gives it: on a partitioned table, the parent's index, which builds one per partition.
+    Partial indexes stay too: built again from that text, their predicate would read differently from the
+    migration's (the same rows, another spelling)."""
+
+    alias: str
+    table: str
+    name: str
+    definition: str
+
+
+SECONDARY_INDEXES_SQL = """
+SELECT t.relname, i.relname, pg_get_indexdef(i.oid), pg_relation_size(t.oid)
+FROM pg_index x
+JOIN pg_class i ON i.oid = x.indexrelid
+JOIN pg_class t ON t.oid = x.indrelid
+WHERE t.relname = ANY(%s) AND t.relnamespace = to_regnamespace(current_schema())
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid AND c.contype IN ('p', 'u', 'x'))
+  AND x.indpred IS NULL
+ORDER BY t.relname, i.relname
+"""
+
+
+def loaded_tables(alias: str) -> list[str]:
+    """The tables the generator fills in database `alias`."""
+    models_here = [JournalRecord] if alias == JOURNAL else VOLUME_MODELS
+    return [model._meta.db_table for model in models_here]
+
+
+def secondary_indexes(alias: str) -> list[SecondaryIndex]:
+    """The secondary indexes of the tables the generator fills in `alias`, the biggest tables' first (the
+    longest builds start first)."""
+    with connections[alias].cursor() as cursor:
+        cursor.execute(SECONDARY_INDEXES_SQL, [loaded_tables(alias)])
+        rows = cursor.fetchall()
+    rows.sort(key=lambda row: -row[3])
+    return [SecondaryIndex(alias, table, name, definition) for table, name, definition, _ in rows]
+
+
+def drop_indexes(indexes: list[SecondaryIndex]) -> None:
+    for alias in {index.alias for index in indexes}:
+        with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+            _long_statements(cursor)
+            for index in indexes:
+                if index.alias == alias:
+                    cursor.execute(f"DROP INDEX IF EXISTS {sql.Identifier(index.name).as_string()}")
+
+
+def build_indexes(indexes: list[SecondaryIndex], *, in_parallel: int = BUILDERS) -> None:
+    """Build the indexes again, as they were defined (sorted builds, much cheaper than taking the rows one by
+    one), `in_parallel` at a time, each with its own connection and MAINTENANCE_WORK_MEM. Inside a
+    transaction (a test's) they are built in this thread, in that transaction."""
+    if connection.in_atomic_block:
+        # PostgreSQL builds no index on a table with checks still due at commit: they are made now (the
+        # deferrable constraints and triggers here are all initially deferred, which they are again after).
+        for alias in {index.alias for index in indexes}:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        for index in indexes:
+            _build_index(index)
+        for alias in {index.alias for index in indexes}:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SET CONSTRAINTS ALL DEFERRED")
+        return
+    if in_parallel <= 1:
+        for index in indexes:
+            _build_index(index)
+        return
+    with ThreadPoolExecutor(max_workers=in_parallel, thread_name_prefix="volume-index") as builders:
+        for built in [builders.submit(_build_index_in_thread, index) for index in indexes]:
+            built.result()
+
+
+def _build_index(index: SecondaryIndex) -> None:
+    with transaction.atomic(using=index.alias), connections[index.alias].cursor() as cursor:
+        _bulk_load(cursor)
+        cursor.execute(f"SET LOCAL maintenance_work_mem = '{MAINTENANCE_WORK_MEM}'")
+        # The builders already keep the CPUs busy: a parallel build each would only make them wait on each other.
+        cursor.execute("SET LOCAL max_parallel_maintenance_workers = 0")
+        # Those a failed drop left in place stay as they are.
+        definition = re.sub(r"^CREATE (UNIQUE )?INDEX ", r"CREATE \1INDEX IF NOT EXISTS ", index.definition)
+        # A partitioned table's index reads `ON ONLY <table>`; built on the table, it is built on every partition.
+        cursor.execute(definition.replace(" ON ONLY ", " ON ", 1))
+
+
+def _build_index_in_thread(index: SecondaryIndex) -> None:
+    try:
+        _build_index(index)
+    finally:
+        connections[index.alias].close()
+
+
+def tables_are_empty() -> bool:
+    """Whether none of the tables the generator fills has a row yet (a database just migrated and seeded)."""
+    for alias in ("default", JOURNAL):
+        with connections[alias].cursor() as cursor:
+            for table in loaded_tables(alias):
+                cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {sql.Identifier(table).as_string()})")
+                row = cursor.fetchone()
+                if row and row[0]:
+                    return False
+    return True
