@@ -6,9 +6,11 @@ class FunnelConfig(AppConfig):
     verbose_name = "Funnel"
 
     def ready(self) -> None:
-        from funnel import tasks  # noqa: F401
+        from funnel import partitions, tasks  # noqa: F401  (partitions: registers the events table)
+        from funnel.metrics import register as register_metrics
         from funnel.services import record_payment_step
         from payments import events
 
         # Payments do not know about analytics: the funnel listens to their status changes.
         events.subscribe(record_payment_step)
+        register_metrics()

@@ -19,7 +19,11 @@ class Journey(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["app", "journey_id"], name="journey_unique_per_app")]
-        indexes = [models.Index(fields=["app", "started_at"])]
+        indexes = [
+            models.Index(fields=["app", "started_at"]),
+            # The analytics shipping reads the journeys changed since its mark, in this order.
+            models.Index(fields=["updated_at", "id"], name="journey_updated_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.app_id}:{self.journey_id}"
@@ -171,3 +175,21 @@ class FunnelRollupHour(models.Model):
 
     def __str__(self) -> str:
         return f"{self.funnel_id} {self.hour:%Y-%m-%d %H}:00"
+
+
+class AnalyticsShipment(models.Model):
+    """How far one source table has been shipped to the analytics tier (ClickHouse): the last row sent,
+    moved only after ClickHouse has taken the batch, so that a restart resumes where shipping stopped."""
+
+    source = models.CharField(max_length=40, primary_key=True)
+    # Append-only sources go by id; changing ones by (updated_at, id).
+    last_id = models.BigIntegerField(default=0)
+    last_updated_at = models.DateTimeField(null=True, blank=True)
+    rows = models.BigIntegerField(default=0, help_text="Rows shipped so far (a row sent again counts again).")
+    # Every row of the source written before this is in ClickHouse: now minus this is the lag.
+    shipped_at = models.DateTimeField(null=True, blank=True, help_text="Rows written before this are shipped.")
+    # Order time (received_at, updated_at) of the newest row shipped.
+    shipped_up_to = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return self.source

@@ -21,6 +21,7 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import BigIntegerField, Exists, OuterRef, Sum
 from django.db.models.fields.json import KeyTransform
@@ -258,14 +259,16 @@ def dashboard_report(
     breakdown: str | None = None,
     timeout_ms: int | None = None,
 ) -> tuple[FunnelReport, str]:
-    """The report dashboards show, and where it came from: the rollups when they cover the period's
-    complete hours (whole hours only), with the current hour, when the period runs into it, from the raw
-    events ("rollups"); else the raw events ("events"). `timeout_ms` bounds the raw part
-    (`ReportTimedOut`)."""
+    """The report dashboards show, and where it came from: ClickHouse when it is the analytics backend
+    ("clickhouse"); else the rollups when they cover the period's complete hours (whole hours only), with
+    the current hour, when the period runs into it, from the raw events ("rollups"); else the raw events
+    ("events"). `timeout_ms` bounds the raw part (`ReportTimedOut`)."""
     steps, window = list(funnel.steps), timedelta(seconds=funnel.window_seconds)
+    source = "clickhouse" if settings.ANALYTICS_BACKEND == "clickhouse" else "events"
     split = min(until, max(since, _hour(timezone.now())))  # rollups before, raw events from then on
     if (
-        since == _hour(since)
+        source == "events"
+        and since == _hour(since)
         and until == _hour(until)
         and split > since
         and rollups_cover(funnel=funnel, since=since, until=split)
@@ -298,4 +301,4 @@ def dashboard_report(
         breakdown=breakdown,
         timeout_ms=timeout_ms,
     )
-    return report, "events"
+    return report, source

@@ -9,7 +9,8 @@ With an exclusion step, a journey that has it between the start of its best chai
 plus the window is left out of the funnel altogether.
 
 On PostgreSQL the report is computed by the database (`funnel.sql`), elsewhere by `window_funnel`
-over each journey's events; tests hold the two equal. Times between steps are counted in whole
+over each journey's events, and with ANALYTICS_BACKEND=clickhouse by ClickHouse's own windowFunnel
+over the shipped events (`funnel.analytics`); tests hold them equal. Times between steps are counted in whole
 seconds (rounded down), so that hourly rollups can keep them as histograms and give the same median
 and 90th percentile (nearest rank) as the raw events.
 """
@@ -20,10 +21,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.db.models import Count, QuerySet
 
 from funnel import partitions, sql
+from funnel.analytics import funnels as clickhouse_funnels
 from funnel.models import FunnelEvent, Journey
 from funnel.sql import FunnelScope
 
@@ -206,7 +209,6 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
     import psycopg
 
     query, params = sql.report_query(scope, breakdown=breakdown)
-    counts = FunnelCounts(steps=len(scope.steps))
     partitions.analyze_partitions(since=scope.since)
     try:
         with transaction.atomic(), connection.cursor() as cursor:
@@ -217,6 +219,17 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
         if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
             raise ReportTimedOut from error
         raise
+    return _counts_of_rows(scope, rows, breakdown=breakdown)
+
+
+def _clickhouse_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
+    return _counts_of_rows(scope, clickhouse_funnels.report_rows(scope, breakdown=breakdown), breakdown=breakdown)
+
+
+def _counts_of_rows(
+    scope: FunnelScope, rows: Iterable[tuple[str, str, int, int, int]], *, breakdown: str | None
+) -> FunnelCounts:
+    counts = FunnelCounts(steps=len(scope.steps))
     for kind, group, level, value, journeys in rows:
         if kind == "gap":
             counts.gaps[level - 1][value] += journeys
@@ -246,6 +259,8 @@ def funnel_counts(
     if breakdown is not None and breakdown not in BREAKDOWNS:
         raise ValueError(f"breakdown is one of {BREAKDOWNS}")
     scope = FunnelScope(steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id)
+    if settings.ANALYTICS_BACKEND == "clickhouse":
+        return _clickhouse_counts(scope, breakdown=breakdown)
     if connection.vendor == "postgresql":
         return _sql_counts(scope, breakdown=breakdown, timeout_ms=timeout_ms)
     return _python_counts(scope, breakdown=breakdown)
@@ -253,6 +268,8 @@ def funnel_counts(
 
 def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
     """Standard error codes of the charges that failed in [since, until), most frequent first."""
+    if settings.ANALYTICS_BACKEND == "clickhouse":
+        return sorted_codes(clickhouse_funnels.failure_codes(since=since, until=until, app_id=app_id))
     failed = FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until)
     if app_id is not None:
         failed = failed.filter(app_id=app_id)

@@ -228,6 +228,8 @@ def record_platform_step(payment: Payment, status: str, *, occurred_at: datetime
         "country": payment.carrier.country_id,
         "price_point": payment.price_point.code,
         "flow": payment.flow,
+        # An update() leaves auto_now alone; the analytics shipping finds changed journeys by this time.
+        "updated_at": timezone.now(),
     }
     if status in ("succeeded", "failed", "expired"):
         journey_fields["outcome"] = status

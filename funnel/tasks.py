@@ -2,7 +2,7 @@
 
 from celery import shared_task
 
-from funnel.partitions import ensure_partitions
+from funnel.analytics import shipping
 from funnel.rollups import refresh_recent_rollups
 
 
@@ -12,5 +12,6 @@ def refresh_funnel_rollups() -> int:
 
 
 @shared_task(acks_late=True)
-def create_funnel_event_partitions() -> list[str]:
-    return ensure_partitions()
+def ship_to_clickhouse() -> str:
+    shipped = shipping.ship_to_clickhouse()
+    return ", ".join(f"{s.source} {s.rows}" for s in shipped if s.rows)

@@ -6,7 +6,7 @@ class JournalConfig(AppConfig):
     verbose_name = "Interaction journal"
 
     def ready(self) -> None:
-        from journal import tasks  # noqa: F401
+        from journal import partitions, tasks  # noqa: F401  (partitions: registers the records table)
         from journal.metrics import register as register_metrics
 
         register_metrics()

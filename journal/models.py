@@ -7,7 +7,9 @@ class JournalRecord(models.Model):
     """One interaction, as a JSON document with its correlation ids (PostgreSQL/SQLite backend).
 
     Append-only: the model refuses changes and deletes, and on PostgreSQL so do triggers.
-    Retention is by `manage.py purge_journal --before DATE`, the only way records go.
+    Records go only by retention: each kind past its time (`journal.services.expire`, the daily job), or all
+    before a date (`manage.py purge_journal`). On PostgreSQL the table is partitioned by month
+    (journal.partitions); its primary key there is (id, occurred_at).
     """
 
     occurred_at = models.DateTimeField(db_index=True)

@@ -12,7 +12,7 @@ replay, and the error raised. Nothing is dropped silently.
 import logging
 import uuid
 from contextlib import nullcontext
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,17 @@ def _ship_in_background(documents: list[dict[str, Any]]) -> None:
 def purge(*, before: datetime) -> int:
     """Drop every record older than `before` (retention); the only way records leave the journal."""
     return journal_store().purge(before=before)
+
+
+def expire(*, now: datetime | None = None) -> int:
+    """Retention per kind (settings.JOURNAL_TTL_DAYS, JOURNAL_TTL_DEFAULT_DAYS): drop every record past its
+    kind's time; returns how many went. On PostgreSQL the months past every kind's time go as whole
+    partitions, the rest row by row."""
+    now = now or timezone.now()
+    cutoffs = {kind: now - timedelta(days=days) for kind, days in settings.JOURNAL_TTL_DAYS.items()}
+    return journal_store().expire(
+        cutoffs=cutoffs, default_cutoff=now - timedelta(days=settings.JOURNAL_TTL_DEFAULT_DAYS)
+    )
 
 
 def drain_spool() -> int:

@@ -110,6 +110,11 @@ class JournalStore(Protocol):
         """Retention: drop everything older than `before`; returns how many went."""
         ...
 
+    def expire(self, *, cutoffs: Mapping[str, datetime], default_cutoff: datetime) -> int:
+        """Retention per kind: drop the documents of each kind in `cutoffs` older than its cutoff, and those of
+        every other kind older than `default_cutoff`; returns how many went."""
+        ...
+
     def aggregate(self, spec: JournalAggregate) -> list[dict[str, Any]]:
         """Grouped aggregates computed by the store itself (no documents come back)."""
         ...
@@ -166,8 +171,14 @@ class SqlJournalStore:
         return {row[by]: row["n"] for row in rows}
 
     def purge(self, *, before: datetime) -> int:
-        from journal.models import JournalRecord
+        return self.expire(cutoffs={}, default_cutoff=before)
 
+    def expire(self, *, cutoffs: Mapping[str, datetime], default_cutoff: datetime) -> int:
+        from journal.models import JournalRecord
+        from journal.partitions import RECORDS
+
+        # Months past every kind's cutoff go whole: a partition dropped, no row deleted one by one.
+        deleted = sum(RECORDS.drop(month) for month in RECORDS.months_before(min([default_cutoff, *cutoffs.values()])))
         connection = connections["journal"]
         with transaction.atomic(using="journal"):
             if connection.vendor == "postgresql":
@@ -175,7 +186,10 @@ class SqlJournalStore:
                     cursor.execute("SET LOCAL playpay.journal_purge = 'on'")
                     # Retention may delete millions of rows: not bound by the requests' statement timeout.
                     cursor.execute("SET LOCAL statement_timeout = 0")
-            deleted, _ = JournalRecord.objects.filter(occurred_at__lt=before).delete()
+            for kind, cutoff in cutoffs.items():
+                deleted += JournalRecord.objects.filter(kind=kind, occurred_at__lt=cutoff).delete()[0]
+            others = JournalRecord.objects.exclude(kind__in=list(cutoffs)).filter(occurred_at__lt=default_cutoff)
+            deleted += others.delete()[0]
         return int(deleted)
 
     def aggregate(self, spec: JournalAggregate) -> list[dict[str, Any]]:
@@ -245,7 +259,7 @@ def _sql_aggregate(aggregation: str, document_field: DocumentField | None) -> An
 class MongoJournalStore:
     """The same interface over a MongoDB collection (pymongo), with the same indexes."""
 
-    def __init__(self, url: str, collection: str = "journal") -> None:
+    def __init__(self, url: str, collection: str = "journal", ttl_days: Mapping[str, int] | None = None) -> None:
         import pymongo
 
         client: Any = pymongo.MongoClient(url, serverSelectionTimeoutMS=3000, timeoutMS=5000, tz_aware=True)
@@ -258,6 +272,28 @@ class MongoJournalStore:
             *([(f"correlation.{name}", 1), ("occurred_at", -1)] for name in CORRELATION_FIELDS),
         ):
             self.collection.create_index(fields)
+        for kind, days in (ttl_days or {}).items():
+            self._ttl_index(kind, days)
+
+    def _ttl_index(self, kind: str, days: int) -> None:
+        """MongoDB's own retention per kind: a partial TTL index for the kind's documents (a kind without one
+        is expired by `expire`, the daily job). A changed TTL updates the index in place."""
+        from pymongo.errors import OperationFailure
+
+        name = f"ttl_{kind}"
+        try:
+            self.collection.create_index(
+                [("occurred_at", 1)],
+                name=name,
+                expireAfterSeconds=days * 86400,
+                partialFilterExpression={"kind": kind},
+            )
+        except OperationFailure as exc:
+            if exc.code not in (85, 86):  # IndexOptionsConflict, IndexKeySpecsConflict: the TTL changed
+                raise
+            self.collection.database.command(
+                "collMod", self.collection.name, index={"name": name, "expireAfterSeconds": days * 86400}
+            )
 
     def write(self, documents: Sequence[Mapping[str, Any]]) -> None:
         rows = []
@@ -293,6 +329,13 @@ class MongoJournalStore:
 
     def purge(self, *, before: datetime) -> int:
         return int(self.collection.delete_many({"occurred_at": {"$lt": before}}).deleted_count)
+
+    def expire(self, *, cutoffs: Mapping[str, datetime], default_cutoff: datetime) -> int:
+        deleted = 0
+        for kind, cutoff in cutoffs.items():
+            deleted += self.collection.delete_many({"kind": kind, "occurred_at": {"$lt": cutoff}}).deleted_count
+        others = {"kind": {"$nin": list(cutoffs)}, "occurred_at": {"$lt": default_cutoff}}
+        return int(deleted + self.collection.delete_many(others).deleted_count)
 
     def count(self, *, by: str, query: JournalQuery) -> dict[str, int]:
         check_groupable(by)
@@ -361,5 +404,5 @@ def _mongo_filter_value(document_field: DocumentField, value: str) -> Any:
 def journal_store() -> JournalStore:
     """The configured store: MongoDB for a mongodb:// JOURNAL_URL, else the SQL one."""
     if settings.JOURNAL_BACKEND == "mongodb":
-        return MongoJournalStore(settings.JOURNAL_URL)
+        return MongoJournalStore(settings.JOURNAL_URL, ttl_days=settings.JOURNAL_TTL_DAYS)
     return SqlJournalStore()

@@ -7,7 +7,7 @@ class PaymentsConfig(AppConfig):
 
     def ready(self) -> None:
         # Register the tasks at start-up: the outbox looks them up by name.
-        from payments import events, metrics, tasks  # noqa: F401
+        from payments import events, metrics, partitions, tasks  # noqa: F401  (partitions: registers tables)
         from payments.services import ledger, webhooks
 
         # What a payment's status change causes, in its transaction (payments.events).

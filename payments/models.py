@@ -1,9 +1,10 @@
-import uuid
 from typing import Any
 
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+
+from playpay.ids import new_public_id
 
 
 class PaymentStatus(models.TextChoices):
@@ -57,7 +58,7 @@ class OutcomeTracking(models.Model):
 
 
 class Payment(OutcomeTracking):
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
     app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="payments")
     user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
     msisdn = models.CharField("MSISDN", max_length=16, help_text="E.164")
@@ -139,7 +140,16 @@ class Payment(OutcomeTracking):
 
 
 class PaymentStatusChange(models.Model):
+    """One step of a payment's history.
+
+    On PostgreSQL the table is partitioned by month of `payment_created_at` (payments.partitions), the
+    payment's own creation time, so that a payment's whole history sits in its month's partition and leaves
+    with it; its primary key there is (id, payment_created_at). Whoever inserts rows without `save()` (bulk
+    SQL) sets `payment_created_at` to the payment's `created_at`.
+    """
+
     payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="history")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     from_status = models.CharField(max_length=20, blank=True)
     to_status = models.CharField(max_length=20)
     actor = models.CharField(max_length=150, help_text="app:<name>, carrier:<slug>, staff:<username> or system")
@@ -152,6 +162,12 @@ class PaymentStatusChange(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_status or '∅'} → {self.to_status}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            # The payment is in hand wherever history is written (no query); by id alone, it is read.
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
 
 
 class IdempotencyRecord(models.Model):
@@ -314,7 +330,7 @@ class MoneyOperation(OutcomeTracking):
 
 
 class Refund(MoneyOperation):
-    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
@@ -370,7 +386,13 @@ class AppendOnly(models.Model):
 
 
 class LedgerEntry(AppendOnly):
-    """A balanced set of ledger lines posted together; never changed, corrected by an opposite entry."""
+    """A balanced set of ledger lines posted together; never changed, corrected by an opposite entry.
+
+    On PostgreSQL entries and their lines are partitioned by month of `payment_created_at`, their payment's
+    `created_at` (payments.partitions), like the payment's status history: primary keys (id,
+    payment_created_at) there, lines referring to their entry by (entry_id, payment_created_at). Whoever
+    inserts entries or lines without `save()` (bulk_create, SQL) sets `payment_created_at`.
+    """
 
     class Kind(models.TextChoices):
         CHARGE = "charge"
@@ -379,6 +401,7 @@ class LedgerEntry(AppendOnly):
 
     kind = models.CharField(max_length=10, choices=Kind.choices)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="ledger_entries")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     refund = models.OneToOneField(Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
     memo = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -387,9 +410,10 @@ class LedgerEntry(AppendOnly):
         verbose_name_plural = "ledger entries"
         ordering = ["id"]
         constraints = [
-            # At most one charge and one reversal entry per payment: posting twice is impossible.
+            # At most one charge and one reversal entry per payment: posting twice is impossible. With the
+            # payment's month, which the payment alone decides: one key holds it across partitions.
             models.UniqueConstraint(
-                fields=["payment", "kind"],
+                fields=["payment", "payment_created_at", "kind"],
                 condition=Q(kind__in=["charge", "reversal"]),
                 name="ledger_one_charge_and_reversal_per_payment",
             )
@@ -398,11 +422,17 @@ class LedgerEntry(AppendOnly):
     def __str__(self) -> str:
         return f"{self.kind} #{self.pk}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
+
 
 class LedgerLine(AppendOnly):
     """One side of an entry: a signed amount (debit positive, credit negative) on an account."""
 
     entry = models.ForeignKey(LedgerEntry, on_delete=models.PROTECT, related_name="lines")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The entry's payment_created_at.")
     account = models.CharField(max_length=100, db_index=True)
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
@@ -414,6 +444,11 @@ class LedgerLine(AppendOnly):
 
     def __str__(self) -> str:
         return f"{self.account} {self.amount_minor:+d} {self.currency}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.entry.payment_created_at
+        super().save(*args, **kwargs)
 
 
 class ImmutableLedger(Exception):

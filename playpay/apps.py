@@ -1,3 +1,4 @@
+from django.apps import AppConfig
 from django.contrib.admin.apps import AdminConfig
 
 
@@ -7,3 +8,10 @@ class PlayPayAdminConfig(AdminConfig):
     def ready(self) -> None:
         super().ready()
         from playpay import checks  # noqa: F401  (registers the deployment checks)
+
+
+class PlayPayConfig(AppConfig):
+    """The project package as an app of its own: the jobs and commands shared by every app (partitions)."""
+
+    name = "playpay"
+    verbose_name = "PlayPay"

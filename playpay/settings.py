@@ -6,6 +6,7 @@ CELERY_BROKER_URL, CACHE_URL, SECRET_KEY, CARRIER_CREDENTIALS_KEY, ALLOWED_HOSTS
 PLAYPAY_ENV=production (which refuses to start with the sandbox on, or without its own secrets).
 """
 
+import re
 from pathlib import Path
 
 import dj_database_url
@@ -46,6 +47,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "import_export",
+    "playpay.apps.PlayPayConfig",
     "tenants",
     "carriers",
     "payments",
@@ -157,6 +159,23 @@ JOURNAL_SPOOL_DIR = Path(env_str("JOURNAL_SPOOL_DIR", str(VAR_DIR / "journal-spo
 JOURNAL_ENABLED = env_bool("JOURNAL_ENABLED", True)
 # Key of the hash that lets staff search the journal by MSISDN without storing it in clear.
 JOURNAL_HASH_KEY = env_str("JOURNAL_HASH_KEY", "")
+# How long each kind of journal record is kept, in days (docs/journal.md#retention): kind=days pairs,
+# comma-separated; a kind not listed is kept JOURNAL_TTL_DEFAULT_DAYS. The daily job *journal: expire
+# records* removes what is past its kind's time.
+JOURNAL_TTL_DEFAULT_DAYS = env_int("JOURNAL_TTL_DEFAULT_DAYS", 400)
+JOURNAL_TTL_DAYS = {
+    kind.strip(): int(days)
+    for kind, _, days in (
+        pair.partition("=")
+        for pair in env_list(
+            "JOURNAL_TTL_DAYS",
+            ["api_request=90", "webhook=90", "carrier_call=400", "carrier_callback=400", "staff_action=1825"],
+        )
+    )
+}
+# Where `manage.py archive_partitions` writes the months it takes out of the database (gzip'ed CSV):
+# a mounted volume that is backed up or synchronised to object storage.
+PARTITION_ARCHIVE_DIR = Path(env_str("PARTITION_ARCHIVE_DIR", str(VAR_DIR / "archive")))
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -300,6 +319,28 @@ FUNNEL_STATEMENT_TIMEOUT_MS = env_int("FUNNEL_STATEMENT_TIMEOUT_MS", 300_000)
 # inside the web server's 30 s worker timeout, and the page says so instead of dying.
 FUNNEL_REPORT_TIMEOUT_MS = env_int("FUNNEL_REPORT_TIMEOUT_MS", 20_000)
 
+# Analytics tier: where funnel reports are computed. "postgres" (the default) reads the main database
+# (PostgreSQL, or SQLite in the embedded default); "clickhouse" reads ClickHouse at CLICKHOUSE_URL, which
+# the `funnel: ship to ClickHouse` job fills. CLICKHOUSE_URL alone starts the shipping (reads stay put), so
+# ClickHouse can catch up before reports switch: http(s)://user:password@host:8123 for a server, chdb:///path
+# (or chdb://memory) for embedded ClickHouse (chdb), in tests and development; tables go in CLICKHOUSE_DATABASE.
+ANALYTICS_BACKEND = env_str("ANALYTICS_BACKEND", "postgres").strip().lower()
+CLICKHOUSE_URL = env_str("CLICKHOUSE_URL", "")
+CLICKHOUSE_DATABASE = env_str("CLICKHOUSE_DATABASE", "playpay")
+if ANALYTICS_BACKEND not in ("postgres", "clickhouse"):
+    raise ImproperlyConfigured("ANALYTICS_BACKEND is postgres or clickhouse")
+if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", CLICKHOUSE_DATABASE):
+    raise ImproperlyConfigured("CLICKHOUSE_DATABASE is a plain identifier (letters, digits, _)")
+if ANALYTICS_BACKEND == "clickhouse" and not CLICKHOUSE_URL:
+    raise ImproperlyConfigured("ANALYTICS_BACKEND=clickhouse needs CLICKHOUSE_URL")
+CLICKHOUSE_CONNECT_TIMEOUT = env_int("CLICKHOUSE_CONNECT_TIMEOUT", 5)
+# Seconds a ClickHouse statement may run (the server stops it) and the client waits for its answer.
+CLICKHOUSE_QUERY_TIMEOUT = env_int("CLICKHOUSE_QUERY_TIMEOUT", 60)
+# Rows per shipped batch, and how old a row must be before it is shipped: a row is shipped once its
+# transaction has surely committed, so that one committing late behind a later id is never skipped. Keep it
+# above the longest transaction that writes funnel events, journeys or payments (statement plus idle timeouts).
+ANALYTICS_BATCH_ROWS = env_int("ANALYTICS_BATCH_ROWS", 50_000)
+ANALYTICS_SETTLE_SECONDS = env_int("ANALYTICS_SETTLE_SECONDS", 120)
 # PostgreSQL work_mem for reporting statements (dashboard and catalog queries, payment rollup builds).
 REPORTING_WORK_MEM = env_str("REPORTING_WORK_MEM", "64MB")
 # A payment rollup build (the periodic job, or the first build over months of payments) may run longer than

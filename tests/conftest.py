@@ -156,11 +156,13 @@ def _flush_by_delete() -> Iterator[None]:
     def truncate(self: Any, style: Any, tables: Any, **options: Any) -> list[str]:
         """Django's TRUNCATE, with the triggers that refuse it (the append-only tables') off around it."""
         with self.connection.cursor() as cursor:
-            # tgtype bit 5: a TRUNCATE trigger.
+            # tgtype bit 5: a TRUNCATE trigger; a partitioned table's partitions each have their own.
             cursor.execute(
                 "SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
-                " WHERE NOT t.tgisinternal AND t.tgtype & 32 <> 0 AND c.relname = ANY(%s)",
-                [list(tables)],
+                " WHERE NOT t.tgisinternal AND t.tgtype & 32 <> 0 AND (c.relname = ANY(%s) OR c.oid IN ("
+                " SELECT i.inhrelid FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent"
+                " WHERE p.relname = ANY(%s)))",
+                [list(tables), list(tables)],
             )
             guards = [(self.quote_name(table), self.quote_name(trigger)) for table, trigger in cursor.fetchall()]
         return [

@@ -92,9 +92,14 @@ def _post(
 ) -> LedgerEntry:
     if sum(lines.values()) != 0:
         raise ValueError(f"unbalanced {kind} entry for payment {payment.pk}: {lines}")
-    entry = LedgerEntry.objects.create(kind=kind, payment=payment, refund=refund, memo=memo[:255])
+    month = payment.created_at  # the partition key of the entry and its lines
+    entry = LedgerEntry.objects.create(
+        kind=kind, payment=payment, payment_created_at=month, refund=refund, memo=memo[:255]
+    )
     LedgerLine.objects.bulk_create(
-        LedgerLine(entry=entry, account=account, amount_minor=amount, currency=payment.currency)
+        LedgerLine(
+            entry=entry, payment_created_at=month, account=account, amount_minor=amount, currency=payment.currency
+        )
         for account, amount in lines.items()
         if amount
     )
@@ -113,7 +118,13 @@ def post_charge(payment: Payment) -> LedgerEntry:
 
 
 def _charge_entry_lines(payment: Payment) -> dict[str, int]:
-    lines = LedgerLine.objects.filter(entry__payment=payment, entry__kind=LedgerEntry.Kind.CHARGE)
+    # With the payment's month: on PostgreSQL only its partitions are read.
+    lines = LedgerLine.objects.filter(
+        payment_created_at=payment.created_at,
+        entry__payment_created_at=payment.created_at,
+        entry__payment=payment,
+        entry__kind=LedgerEntry.Kind.CHARGE,
+    )
     return {line.account: line.amount_minor for line in lines}
 
 

@@ -7,7 +7,6 @@ in-process right after the commit, so the API answers with the carrier's first r
 
 import math
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +43,7 @@ from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, cla
 from payments.services.outcomes import mark_unknown
 from payments.services.state_machine import record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
+from playpay.ids import new_public_id
 from tenants.models import App
 
 # How often a confirm request looks whether the PIN's verdict came, while it may wait for it.
@@ -86,7 +86,7 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
     adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
-    public_id = uuid.uuid4()
+    public_id = new_public_id()
     with transaction.atomic():
         try:
             payment = Payment.objects.create(

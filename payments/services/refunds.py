@@ -54,7 +54,10 @@ def reversal_refusal(payment: Payment) -> str | None:
     if payment.status != PaymentStatus.SUCCEEDED or payment.refunded_minor:
         return f"Only a succeeded, unrefunded payment can be reversed; this one is {payment.status!r}."
     succeeded_at = (
-        payment.history.filter(to_status=PaymentStatus.SUCCEEDED).values_list("created_at", flat=True).first()
+        # With the payment's month: on PostgreSQL only its partition is read.
+        payment.history.filter(payment_created_at=payment.created_at, to_status=PaymentStatus.SUCCEEDED)
+        .values_list("created_at", flat=True)
+        .first()
     )
     if succeeded_at is None or timezone.now() - succeeded_at > timedelta(hours=settings.REVERSAL_WINDOW_HOURS):
         return f"Reversals are possible for {settings.REVERSAL_WINDOW_HOURS} hours after the charge."

@@ -62,7 +62,12 @@ def transition(
     payment.status = to_status
     payment.save(update_fields=["status", "updated_at", *update_fields])
     change = PaymentStatusChange.objects.create(
-        payment=payment, from_status=from_status, to_status=to_status, actor=actor, reason=reason[:255]
+        payment=payment,
+        payment_created_at=payment.created_at,
+        from_status=from_status,
+        to_status=to_status,
+        actor=actor,
+        reason=reason[:255],
     )
     _published(change, payment)
     return change
@@ -71,7 +76,12 @@ def transition(
 def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:
     """The first history entry of a payment (no previous status)."""
     change = PaymentStatusChange.objects.create(
-        payment=payment, from_status="", to_status=payment.status, actor=actor, reason="payment created"
+        payment=payment,
+        payment_created_at=payment.created_at,
+        from_status="",
+        to_status=payment.status,
+        actor=actor,
+        reason="payment created",
     )
     _published(change, payment)
     return change

@@ -85,8 +85,8 @@ def test_the_job_creates_months_ahead() -> None:
 def test_the_job_is_scheduled() -> None:
     from django_celery_beat.models import PeriodicTask
 
-    task = PeriodicTask.objects.get(name="funnel: create event partitions")
-    assert task.task == "funnel.tasks.create_funnel_event_partitions"
+    task = PeriodicTask.objects.get(name="create partitions ahead")
+    assert task.task == "playpay.tasks.create_partitions_ahead"
     assert task.enabled
 
 

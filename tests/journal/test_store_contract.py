@@ -230,3 +230,18 @@ def test_an_ordinary_document_is_not_marked(store: JournalStore) -> None:
     (found,) = store.query(JournalQuery(correlation={"app": "game"}))
     assert "_sanitized" not in found
     assert found["data"] == {"text": "é ✓ 😀", "n": 1.5}
+
+
+def test_retention_per_kind_drops_each_kind_past_its_own_time(store: JournalStore) -> None:
+    now = timezone.now()
+
+    def aged(kind: str, days: int) -> dict[str, Any]:
+        document = build(kind, {"days": days})
+        return {**document, "occurred_at": (now - timedelta(days=days)).isoformat()}
+
+    store.write([aged("api_request", 100), aged("api_request", 10), aged("carrier_call", 100)])
+    store.write([aged("carrier_call", 500), aged("staff_action", 500), aged("staff_action", 100)])
+    cutoffs = {"api_request": now - timedelta(days=90), "carrier_call": now - timedelta(days=400)}
+    assert store.expire(cutoffs=cutoffs, default_cutoff=now - timedelta(days=200)) == 3
+    left = sorted((d["kind"], d["data"]["days"]) for d in store.query(JournalQuery()))
+    assert left == [("api_request", 10), ("carrier_call", 100), ("staff_action", 100)]

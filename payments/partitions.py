@@ -1,0 +1,43 @@
+"""Monthly partitions of the payments' high-volume tables on PostgreSQL (see playpay.partitions).
+
+The status history, the ledger entries and the ledger lines are partitioned by the month of their payment's
+creation (`payment_created_at`), not by their own time: all the rows of a payment sit in its month's
+partitions, found by the payment's own month, and a month of payments leaves (archive, retention) with
+all of its history and ledger.
+
+Their default partitions keep what they hold: rows of payments older than the partitions (those migrated from
+before them, more than 24 months old) stay there until they are removed with it. A month is never carved out
+of them: ledger entries cannot move between partitions while lines refer to them, and the history and lines
+stay in the same months as the entries. New payments are always of a month that has its partitions (made
+three months ahead).
+"""
+
+from playpay.partitions import PartitionedTable, register
+
+HISTORY = register(
+    PartitionedTable(table="payments_paymentstatuschange", column="payment_created_at", moves_from_default=False)
+)
+
+# Ledger entries and their lines, by their payment's month: an entry and its lines in the same month.
+ENTRIES = register(
+    PartitionedTable(
+        table="payments_ledgerentry",
+        column="payment_created_at",
+        moves_from_default=False,
+        partition_sql=(
+            "CREATE TRIGGER ledgerentry_no_truncate BEFORE TRUNCATE ON {partition} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION playpay_ledger_append_only()",
+        ),
+    )
+)
+LINES = register(
+    PartitionedTable(
+        table="payments_ledgerline",
+        column="payment_created_at",
+        moves_from_default=False,
+        partition_sql=(
+            "CREATE TRIGGER ledgerline_no_truncate BEFORE TRUNCATE ON {partition} "
+            "FOR EACH STATEMENT EXECUTE FUNCTION playpay_ledger_append_only()",
+        ),
+    )
+)
