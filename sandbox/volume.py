@@ -38,7 +38,6 @@ from psycopg.types.json import Jsonb
 from carriers.adapters import adapter_class
 from carriers.models import Carrier, PricePoint, Protocol
 from funnel.models import FunnelEvent, FunnelEventKey, Journey
-from funnel.partitions import add_months, ensure_partitions, month_start
 from funnel.services import PLATFORM_STEPS
 from journal.models import JournalRecord
 from payments.models import (
@@ -51,6 +50,8 @@ from payments.models import (
 )
 from payments.services import ledger
 from payments.services.refunds import carrier_refunds
+from playpay import partitions
+from playpay.partitions import add_months, month_start
 from tenants.models import App
 
 JOURNAL = "journal"
@@ -365,6 +366,17 @@ CREATE TEMP TABLE volume_path (
     reason text, step text);
 """
 
+
+def uuid7_sql(moment: str) -> str:
+    """A UUIDv7 (RFC 9562) of the time `moment` (SQL), as `playpay.ids.new_public_id` makes them at that time:
+    the milliseconds since 1970 in the first 48 bits, the version 7, the rest random."""
+    return (
+        "encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid()) placing "
+        f"substring(int8send(floor(extract(epoch FROM {moment}) * 1000)::bigint) FROM 3) FROM 1 FOR 6), "
+        "52, 1), 53, 1), 'hex')::uuid"
+    )
+
+
 # One row per payment of the month, with every draw the other tables derive from.
 CHUNK_SQL = """
 CREATE TEMP TABLE volume_chunk ON COMMIT DROP AS
@@ -373,7 +385,7 @@ SELECT *,
        CASE WHEN status = 'created' THEN '' ELSE 'r' || left(replace(public_id::text, '-', ''), 20) END
            AS carrier_reference
 FROM (
-SELECT nextval(%(payment_seq)s) AS id, gen_random_uuid() AS public_id, *,
+SELECT nextval(%(payment_seq)s) AS id, {uuid7_t0} AS public_id, *,
        CASE status
            WHEN 'created' THEN t0 WHEN 'pin_sent' THEN t_pin_sent WHEN 'charging' THEN t_charging
            WHEN 'partially_refunded' THEN t_r1 WHEN 'reversed' THEN t_r1
@@ -449,7 +461,7 @@ FROM (
     ) refunded
 ) chunk
 ) numbered
-"""
+""".replace("{uuid7_t0}", uuid7_sql("t0"))
 
 
 PAYMENT_VALUES = {
@@ -490,13 +502,15 @@ HISTORY_SOURCE = """(
            CASE WHEN p.to_status = 'failed' THEN c.failure_code ELSE p.reason END AS reason,
            CASE p.at WHEN 't0' THEN c.t0 WHEN 't_pin_sent' THEN c.t_pin_sent
                 WHEN 't_pin_verified' THEN c.t_pin_verified WHEN 't_charging' THEN c.t_charging
-                WHEN 't_done' THEN c.t_done WHEN 't_r1' THEN c.t_r1 ELSE c.t_r2 END AS at
+                WHEN 't_done' THEN c.t_done WHEN 't_r1' THEN c.t_r1 ELSE c.t_r2 END AS at,
+           c.t0
     FROM volume_chunk c JOIN volume_path p USING (status, flow, variant)
     ORDER BY c.id, p.n
 ) history"""
 
 HISTORY_VALUES = {
     "payment_id": "id",
+    "payment_created_at": "t0",
     "from_status": "from_status",
     "to_status": "to_status",
     "actor": "actor",
@@ -506,9 +520,9 @@ HISTORY_VALUES = {
 
 REFUNDS_SQL = """
 CREATE TEMP TABLE volume_refund ON COMMIT DROP AS
-SELECT nextval(%(refund_seq)s) AS id, gen_random_uuid() AS public_id, c.id AS payment_id,
+SELECT nextval(%(refund_seq)s) AS id, {uuid7_at} AS public_id, c.id AS payment_id,
        c.public_id AS payment_public_id, c.app_id, c.app_name, c.price_point_id, c.carrier_slug, c.currency,
-       c.refund_via_carrier AS via_carrier, r.scenario, r.amount, r.at
+       c.refund_via_carrier AS via_carrier, r.scenario, r.amount, r.at, c.t0 AS payment_created_at
 FROM volume_chunk c
 CROSS JOIN LATERAL (VALUES
     ('refund_half', c.amount / 2, c.t_r1, c.status = 'partially_refunded' OR (c.status = 'refunded' AND c.variant = 1)),
@@ -517,7 +531,7 @@ CROSS JOIN LATERAL (VALUES
 ) AS r (scenario, amount, at, wanted)
 WHERE c.status IN ('partially_refunded', 'refunded') AND r.wanted
 ORDER BY c.id, r.at
-"""
+""".replace("{uuid7_at}", uuid7_sql("r.at"))
 
 MONEY_OPERATION_VALUES = {
     "status": "'succeeded'",
@@ -553,14 +567,16 @@ ENTRIES_SQL = """
 CREATE TEMP TABLE volume_entry ON COMMIT DROP AS
 SELECT nextval(%(entry_seq)s) AS id, *
 FROM (
-    SELECT 'charge' AS kind, id AS payment_id, NULL::bigint AS refund_id, 'charge' AS memo, t_done AS at,
-           price_point_id, app_id, currency, 'charge' AS scenario
+    SELECT 'charge' AS kind, id AS payment_id, t0 AS payment_created_at, NULL::bigint AS refund_id,
+           'charge' AS memo, t_done AS at, price_point_id, app_id, currency, 'charge' AS scenario
     FROM volume_chunk WHERE status IN ('succeeded', 'partially_refunded', 'refunded', 'reversed')
     UNION ALL
-    SELECT 'refund', payment_id, id, 'refund: requested by the player', at, price_point_id, app_id, currency, scenario
+    SELECT 'refund', payment_id, payment_created_at, id, 'refund: requested by the player', at, price_point_id,
+           app_id, currency, scenario
     FROM volume_refund
     UNION ALL
-    SELECT 'reversal', id, NULL, 'reversal: item not delivered', t_r1, price_point_id, app_id, currency, 'reversal'
+    SELECT 'reversal', id, t0, NULL, 'reversal: item not delivered', t_r1, price_point_id, app_id, currency,
+           'reversal'
     FROM volume_chunk WHERE status = 'reversed'
     ORDER BY at
 ) entries
@@ -570,13 +586,14 @@ ENTRY_VALUES = {
     "id": "id",
     "kind": "kind",
     "payment_id": "payment_id",
+    "payment_created_at": "payment_created_at",
     "refund_id": "refund_id",
     "memo": "memo",
     "created_at": "at",
 }
 
 LINES_SOURCE = """(
-    SELECT e.id AS entry_id, l.account, l.amount, e.currency
+    SELECT e.id AS entry_id, e.payment_created_at, l.account, l.amount, e.currency
     FROM volume_entry e
     JOIN volume_lines l ON l.price_point_id = e.price_point_id AND l.app_id = e.app_id AND l.scenario = e.scenario
     ORDER BY e.id, l.n
@@ -593,7 +610,13 @@ GROUP BY l.entry_id, l.currency HAVING sum(l.amount_minor) <> 0
 LIMIT 5
 """
 
-LINE_VALUES = {"entry_id": "entry_id", "account": "account", "amount_minor": "amount", "currency": "currency"}
+LINE_VALUES = {
+    "entry_id": "entry_id",
+    "payment_created_at": "payment_created_at",
+    "account": "account",
+    "amount_minor": "amount",
+    "currency": "currency",
+}
 
 # Journeys that reached a payment (the store's three steps, then the platform's per status change),
 # and journeys that stopped in the store (one to three steps, no carrier known yet).
@@ -858,7 +881,10 @@ def generate_volume(
     apps = _apps()
     choices = _price_choices()
     plan = plan_months(payments=payments, months=months, now=now)
-    ensure_partitions(now=now, since=add_months(plan[0].start, -1))
+    # Every month's partitions first (the funnel's, the payments' and the journal's): rows of a month without
+    # one would all land in the default partitions.
+    for table in partitions.registered():
+        table.ensure(now=now, since=add_months(plan[0].start, -1))
     paid_events_per_payment = 6.0
     journey_share = min(1.0, PAID_EVENT_SHARE * events / (paid_events_per_payment * payments))
     result = VolumeResult()
@@ -1172,7 +1198,7 @@ class SecondaryIndex:
 
 
 SECONDARY_INDEXES_SQL = """
-SELECT t.relname, i.relname, pg_get_indexdef(i.oid), pg_relation_size(t.oid)
+SELECT t.relname, i.relname, pg_get_indexdef(i.oid)
 FROM pg_index x
 JOIN pg_class i ON i.oid = x.indexrelid
 JOIN pg_class t ON t.oid = x.indrelid
@@ -1190,13 +1216,24 @@ def loaded_tables(alias: str) -> list[str]:
 
 
 def secondary_indexes(alias: str) -> list[SecondaryIndex]:
-    """The secondary indexes of the tables the generator fills in `alias`, the biggest tables' first (the
-    longest builds start first)."""
+    """The secondary indexes of the tables the generator fills in `alias`."""
     with connections[alias].cursor() as cursor:
         cursor.execute(SECONDARY_INDEXES_SQL, [loaded_tables(alias)])
-        rows = cursor.fetchall()
-    rows.sort(key=lambda row: -row[3])
-    return [SecondaryIndex(alias, table, name, definition) for table, name, definition, _ in rows]
+        return [SecondaryIndex(alias, *row) for row in cursor.fetchall()]
+
+
+def _biggest_first(indexes: list[SecondaryIndex]) -> list[SecondaryIndex]:
+    """The indexes of the biggest tables (partitions included) first: the longest builds start first."""
+    sizes: dict[tuple[str, str], int] = {}
+    for alias in {index.alias for index in indexes}:
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                "SELECT t, (SELECT coalesce(sum(pg_relation_size(relid)), 0) FROM pg_partition_tree(t::regclass)) "
+                "FROM unnest(%s::text[]) AS t",
+                [sorted({index.table for index in indexes if index.alias == alias})],
+            )
+            sizes.update({(alias, table): int(size) for table, size in cursor.fetchall()})
+    return sorted(indexes, key=lambda index: -sizes[(index.alias, index.table)])
 
 
 def drop_indexes(indexes: list[SecondaryIndex]) -> None:
@@ -1212,6 +1249,7 @@ def build_indexes(indexes: list[SecondaryIndex], *, in_parallel: int = BUILDERS)
     """Build the indexes again, as they were defined (sorted builds, much cheaper than taking the rows one by
     one), `in_parallel` at a time, each with its own connection and MAINTENANCE_WORK_MEM. Inside a
     transaction (a test's) they are built in this thread, in that transaction."""
+    indexes = _biggest_first(indexes)
     if connection.in_atomic_block:
         # PostgreSQL builds no index on a table with checks still due at commit: they are made now (the
         # deferrable constraints and triggers here are all initially deferred, which they are again after).

@@ -11,10 +11,13 @@ from django.core.management import CommandError, call_command
 from django.db import connection, connections
 from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
+from psycopg import sql
 
 from funnel.models import FunnelDefinition, FunnelEvent, FunnelEventKey, Journey
 from journal.models import JournalRecord
 from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatusChange, Refund, Reversal
+from playpay import partitions
+from playpay.ids import time_of
 from playpay.redaction import msisdn_hash
 from reporting.models import Dashboard
 from reporting.selectors import PERIODS
@@ -144,6 +147,27 @@ def test_funnel_events_and_journeys_span_the_months(volume: VolumeResult) -> Non
     assert (journey.carrier, journey.outcome) == (payment.carrier.slug, "succeeded")
     steps = set(FunnelEvent.objects.filter(journey_id=payment.journey_id).values_list("step", flat=True))
     assert {"store_opened", "payment_created", "charge_succeeded"} <= steps
+
+
+def test_rows_sit_in_their_months_partitions_and_public_ids_tell_their_time(volume: VolumeResult) -> None:
+    for table in partitions.registered():
+        with table.connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.default_partition)))
+            row = cursor.fetchone()
+        assert row is not None
+        assert row[0] == 0, f"rows in {table.default_partition}"
+    for history in PaymentStatusChange.objects.select_related("payment").order_by("?")[:50]:
+        assert history.payment_created_at == history.payment.created_at
+    for line in LedgerLine.objects.select_related("entry__payment").order_by("?")[:50]:
+        assert line.payment_created_at == line.entry.payment_created_at == line.entry.payment.created_at
+    for payment in Payment.objects.order_by("?")[:50]:
+        made = time_of(payment.public_id)
+        assert made is not None
+        assert timedelta(0) <= payment.created_at - made < timedelta(milliseconds=1)
+    for refund in Refund.objects.all()[:20]:
+        made = time_of(refund.public_id)
+        assert made is not None
+        assert timedelta(0) <= refund.created_at - made < timedelta(milliseconds=1)
 
 
 def test_running_it_again_adds_as_much_again(volume: VolumeResult) -> None:
