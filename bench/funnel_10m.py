@@ -327,13 +327,28 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             "(b) PostgreSQL, from rollups",
             lambda: rollup_report(funnel=funnel, since=since, until=until, breakdown="carrier"),
         )
+        warm_s = min(
+            timed("(b) again", lambda: rollup_report(funnel=funnel, since=since, until=until, breakdown="carrier"))[1]
+            for _ in range(5)
+        )
         (events_file, journeys_file), export_s = timed(
             "(c) exporting to Parquet for chdb", lambda: export_parquet(database_url, workdir, since, until)
         )
         ch, chdb_s = timed("(c) chdb windowFunnel", lambda: chdb_funnel(events_file, journeys_file, since, until))
 
         results = {"events": raw.breakdown, "rollups": from_rollups.breakdown, "chdb": ch}
-        equal = raw.breakdown == from_rollups.breakdown == ch
+        # Rollups keep times between steps in buckets at most 1/32 wide: their percentiles are that close.
+        pairs = [
+            (exact, approximate)
+            for r, a in zip(raw.steps[1:], from_rollups.steps[1:], strict=True)
+            for exact, approximate in (
+                (r.median_seconds_from_previous, a.median_seconds_from_previous),
+                (r.p90_seconds_from_previous, a.p90_seconds_from_previous),
+            )
+            if exact and approximate is not None
+        ]
+        deviation = max((abs(approximate - exact) / exact for exact, approximate in pairs), default=0.0)
+        equal = raw.breakdown == from_rollups.breakdown == ch and deviation < 1 / 32
         totals_equal = [s.entered for s in raw.steps] == [s.entered for s in from_rollups.steps]
         journeys = sum(counts[0] for counts in ch.values())
         lines = [
@@ -347,6 +362,7 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             f"  (a) PostgreSQL from raw events (funnel_report)     {raw_s:8.2f} s",
             f"  (b) PostgreSQL from hourly rollups (rollup_report) {rollups_s:8.3f} s"
             f"   (building them: {build_s:.1f} s, {rows:,} rows)",
+            f"      again, best of 5 (goal <= 0.150 s)              {warm_s:8.3f} s",
             f"  (c) ClickHouse windowFunnel via chdb               {chdb_s:8.2f} s"
             f"   (export to Parquet: {export_s:.1f} s)",
             "",
@@ -355,8 +371,13 @@ def run(args: argparse.Namespace, workdir: Path) -> tuple[str, bool]:
             "",
             "  overall: " + ", ".join(f"{s.step} {s.entered:,}" for s in raw.steps),
             f"  median s from previous step: {[s.median_seconds_from_previous for s in raw.steps][1:]}",
+            f"  from rollups:                {[s.median_seconds_from_previous for s in from_rollups.steps][1:]}",
+            f"  p90 s from previous step:    {[s.p90_seconds_from_previous for s in raw.steps][1:]}",
+            f"  from rollups:                {[s.p90_seconds_from_previous for s in from_rollups.steps][1:]}",
+            f"  largest difference of a rollup percentile: {deviation:.2%} (documented bound 1/32 = 3.13%)",
             "",
-            f"Results equal (raw events = rollups = chdb): {'yes' if equal and totals_equal else 'NO'}",
+            "Results equal (raw events = rollups = chdb, percentiles within 1/32): "
+            + ("yes" if equal and totals_equal else "NO"),
             "=" * 110,
         ]
         return "\n".join(lines), equal and totals_equal

@@ -82,19 +82,22 @@ RETURNING id
 """
 DEPENDENTS = [
     # the status change that decided each payment, up to 30 s after it was created
-    """INSERT INTO payments_paymentstatuschange (from_status, to_status, actor, reason, created_at, payment_id)
+    """INSERT INTO payments_paymentstatuschange (from_status, to_status, actor, reason, created_at, payment_id,
+        payment_created_at)
     SELECT 'charging', CASE WHEN status IN ('failed', 'expired') THEN status ELSE 'succeeded' END, 'system', '',
-        created_at + random() * interval '30 seconds', id
+        created_at + random() * interval '30 seconds', id, created_at
     FROM payments_payment WHERE id >= %(first)s AND status NOT IN ('charging', 'pin_sent')""",
     """INSERT INTO payments_refund (public_id, amount_minor, currency, status, reason, requested_by, via_carrier,
-        carrier_reference, failure_code, failure_message, created_at, completed_at, payment_id, resolve_attempts)
+        carrier_reference, failure_code, failure_message, created_at, completed_at, payment_id, resolve_attempts,
+        payment_created_at)
     SELECT gen_random_uuid(), refunded_minor, currency, 'succeeded', 'bench', 'staff:bench', true, '', '', '',
-        LEAST(now(), created_at + random() * interval '10 days'), LEAST(now(), created_at + interval '10 days'), id, 0
+        LEAST(now(), created_at + random() * interval '10 days'), LEAST(now(), created_at + interval '10 days'), id, 0,
+        created_at
     FROM payments_payment WHERE id >= %(first)s AND status IN ('refunded', 'partially_refunded')""",
     """INSERT INTO payments_reversal (status, reason, requested_by, via_carrier, failure_code, failure_message,
-        created_at, completed_at, payment_id, resolve_attempts)
+        created_at, completed_at, payment_id, resolve_attempts, payment_created_at)
     SELECT 'succeeded', 'bench', 'staff:bench', true, '', '', created_at + interval '1 hour',
-        created_at + interval '1 hour', id, 0
+        created_at + interval '1 hour', id, 0, created_at
     FROM payments_payment WHERE id >= %(first)s AND status = 'reversed'""",
 ]
 

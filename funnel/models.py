@@ -112,6 +112,7 @@ class FunnelDefinition(models.Model):
             if old is not None and any(old[name] != getattr(self, name) for name in COUNTING_FIELDS):
                 self.rollups.all().delete()
                 self.rollup_hours.all().delete()
+                self.rollup_days.all().delete()
         super().save(*args, **kwargs)
 
     def clean(self) -> None:
@@ -163,8 +164,8 @@ class FunnelRollupHour(models.Model):
 
     funnel = models.ForeignKey(FunnelDefinition, on_delete=models.CASCADE, related_name="rollup_hours")
     hour = models.DateTimeField()
-    # {"k": {"seconds": journeys}}: whole seconds from step k-1 to step k (k from 2), as
-    # `funnel.selectors` counts them, so that medians and percentiles come out the same as from events.
+    # {"k": {"bucket": [journeys, seconds]}}: the whole seconds from step k-1 to step k (k from 2) as
+    # `funnel.selectors` counts them, per bucket of `GAP_BUCKET_BOUNDS` (1-based), with their sum.
     gaps = models.JSONField(default=dict)
     # {"error code": failed charges}: the funnel's app's charge_failed events that happened in the hour.
     failures = models.JSONField(default=dict)
@@ -193,3 +194,24 @@ class AnalyticsShipment(models.Model):
 
     def __str__(self) -> str:
         return self.source
+
+
+class FunnelRollupDay(models.Model):
+    """The rollups of a UTC day's hours added up (levels reached per breakdown value, times between steps,
+    failure codes), rebuilt whenever one of its hours is, so that a long period reads one row per day
+    instead of 24 hour rows and hundreds of cells."""
+
+    funnel = models.ForeignKey(FunnelDefinition, on_delete=models.CASCADE, related_name="rollup_days")
+    day = models.DateTimeField()  # midnight UTC
+    gaps = models.JSONField(default=dict)  # as FunnelRollupHour.gaps
+    failures = models.JSONField(default=dict)
+    # {"carrier": {"value": [journeys per level reached..., excluded]}, ...}: the day's FunnelRollup
+    # cells added up per value of each breakdown column (app_id, carrier, country, price_point, flow).
+    reached = models.JSONField(default=dict)
+    computed_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["funnel", "day"], name="funnel_rollup_day_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.funnel_id} {self.day:%Y-%m-%d}"

@@ -3,8 +3,12 @@
 Per funnel and hour, `FunnelRollup` rows count the journeys that reached each level per app,
 carrier, country, price point and flow, and a `FunnelRollupHour` row keeps the histogram of the
 times between steps and the error codes of the charges that failed in the hour, and marks the hour
-as computed. A period whose hours are all computed is read
-from these rows (`rollup_report`); dashboards do so, and fall back to the raw events otherwise.
+as computed. A `FunnelRollupDay` row adds up a UTC day's hours (rebuilt whenever one of them is),
+so that a period reads its whole days from one row each and only its edge hours from hour rows and
+cells. The times between steps are kept in log-spaced buckets (`GAP_BUCKET_BOUNDS`, with each bucket's
+sum of seconds): percentiles from rollups are exact below 64 s and within 1/32 above. A period whose
+hours are all computed is read from these rows (`rollup_report`); dashboards do so, and fall back to
+the raw events otherwise.
 
 A journey's level depends on all its events (a chain may begin at any step-1 event and lasts up to
 `window`), so the periodic job recomputes every hour whose journeys may still move: the last `window`
@@ -23,22 +27,25 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import BigIntegerField, Exists, OuterRef, Sum
+from django.db.models import BigIntegerField, Exists, OuterRef, Q, QuerySet, Sum
 from django.db.models.fields.json import KeyTransform
 from django.db.models.functions import Cast, TruncHour
 from django.utils import timezone
 
 from funnel import partitions, sql
-from funnel.models import FunnelDefinition, FunnelEvent, FunnelRollup, FunnelRollupHour, Journey
+from funnel.models import FunnelDefinition, FunnelEvent, FunnelRollup, FunnelRollupDay, FunnelRollupHour, Journey
 from funnel.selectors import (
     BREAKDOWNS,
+    GAP_BUCKET_BOUNDS,
     UNKNOWN,
     FunnelCounts,
     FunnelReport,
+    bucket_histogram,
     build_report,
     failure_codes,
     funnel_counts,
     funnel_report,
+    gap_bucket,
     gap_seconds,
     journey_event_streams,
     sorted_codes,
@@ -47,6 +54,7 @@ from funnel.selectors import (
 
 DIMENSIONS = ("app_id", "carrier", "country", "price_point", "flow")
 HOUR = timedelta(hours=1)
+DAY = timedelta(days=1)
 # How far back the periodic job looks for journeys that moved (an event long after their start).
 MOVED_LOOKBACK = timedelta(days=1)
 
@@ -80,12 +88,13 @@ def refresh_rollups(*, funnel: FunnelDefinition, since: datetime, until: datetim
                 exclusion=funnel.exclusion_step,
                 app_id=funnel.app_id,
             )
-            statements, params = sql.rollup_statements(scope, funnel_id=funnel.pk)
+            statements, params = sql.rollup_statements(scope, funnel_id=funnel.pk, gap_bounds=GAP_BUCKET_BOUNDS)
             with connection.cursor() as cursor:
                 for statement in statements:
                     cursor.execute(statement, params)
         else:
             _refresh_in_python(funnel, steps, window, since, until)
+        _merge_days(funnel, since, until)
         return FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).count()
 
 
@@ -101,7 +110,10 @@ def _refresh_in_python(
         scope = scope.filter(app_id=funnel.app_id)
     events = {key: stream for key, stream in journey_event_streams(scope) if key in info}
     cells: dict[tuple[Any, ...], list[int]] = defaultdict(lambda: [0] * (len(steps) + 1))
-    gaps: dict[datetime, dict[int, Counter[int]]] = defaultdict(lambda: defaultdict(Counter))
+    # per hour, step and bucket: [journeys, seconds]
+    gaps: dict[datetime, dict[int, dict[int, list[int]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(lambda: [0, 0]))
+    )
     for key, journey in info.items():
         hour = _hour(journey["started_at"])
         result = window_funnel(events.get(key, []), steps, window, funnel.exclusion_step)
@@ -112,7 +124,10 @@ def _refresh_in_python(
         for level in range(result.level):
             cell[level] += 1
             if level:
-                gaps[hour][level + 1][gap_seconds(result.times[level - 1], result.times[level])] += 1
+                seconds = gap_seconds(result.times[level - 1], result.times[level])
+                bucket = gaps[hour][level + 1][gap_bucket(seconds)]
+                bucket[0] += 1
+                bucket[1] += seconds
     FunnelRollup.objects.bulk_create(
         FunnelRollup(
             funnel=funnel,
@@ -136,10 +151,78 @@ def _refresh_in_python(
     hours = []
     hour = since
     while hour < until:
-        histograms = {str(step): {str(s): n for s, n in sorted(c.items())} for step, c in sorted(gaps[hour].items())}
+        histograms = {str(step): {str(b): n for b, n in sorted(c.items())} for step, c in sorted(gaps[hour].items())}
         hours.append(FunnelRollupHour(funnel=funnel, hour=hour, gaps=histograms, failures=dict(failures[hour])))
         hour += HOUR
     FunnelRollupHour.objects.bulk_create(hours)
+
+
+def _day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _merge_days(funnel: FunnelDefinition, since: datetime, until: datetime) -> None:
+    """Rebuild the day rows of the days [since, until) touches from their hour rows and cells."""
+    first, end = _day(since), _day(until - timedelta(microseconds=1)) + DAY
+    steps = len(funnel.steps)
+    days: dict[datetime, FunnelRollupDay] = {}
+
+    def day_of(hour: datetime) -> FunnelRollupDay:
+        day = _day(hour)
+        if day not in days:
+            days[day] = FunnelRollupDay(funnel=funnel, day=day, gaps={}, failures={}, reached={})
+        return days[day]
+
+    hours = FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=first, hour__lt=end)
+    for hour, gaps, failures in hours.values_list("hour", "gaps", "failures"):
+        day = day_of(hour)
+        add_gaps(day.gaps, gaps)
+        for code, charges in failures.items():
+            day.failures[code] = day.failures.get(code, 0) + charges
+    cells = FunnelRollup.objects.filter(funnel=funnel, hour__gte=first, hour__lt=end)
+    for hour, reached, excluded, *values in cells.values_list("hour", "reached", "excluded", *DIMENSIONS):
+        day = day_of(hour)
+        for dimension, value in zip(DIMENSIONS, values, strict=True):
+            numbers = day.reached.setdefault(dimension, {}).setdefault(str(value), [0] * (steps + 1))
+            _add(numbers, [*reached, excluded])
+    FunnelRollupDay.objects.filter(funnel=funnel, day__gte=first, day__lt=end).delete()
+    FunnelRollupDay.objects.bulk_create(days.values())
+
+
+def add_gaps(total: dict[str, dict[str, list[int]]], gaps: dict[str, dict[str, list[int]]]) -> None:
+    """Add rollup gap histograms ({step: {bucket: [journeys, seconds]}}) into `total`."""
+    for step, buckets in gaps.items():
+        into = total.setdefault(step, {})
+        for bucket, (journeys, seconds) in buckets.items():
+            counts = into.setdefault(bucket, [0, 0])
+            counts[0] += journeys
+            counts[1] += seconds
+
+
+def _whole_days(since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """The UTC days inside [since, until), as [first, end) (empty when first >= end)."""
+    first = _day(since)
+    if first < since:
+        first += DAY
+    return first, max(first, _day(until))
+
+
+def _period_rows(
+    funnel: FunnelDefinition, since: datetime, until: datetime
+) -> tuple[QuerySet[FunnelRollupDay], QuerySet[FunnelRollupHour], QuerySet[FunnelRollup]]:
+    """The rollup rows a period is read from: the day rows of its whole UTC days, the hour rows and the
+    cells of its other hours."""
+    first, end = _whole_days(since, until)
+    days = FunnelRollupDay.objects.filter(funnel=funnel, day__gte=first, day__lt=end)
+    # Two index ranges, the hours before the first whole day and after the last one.
+    edges = (
+        Q(hour__gte=since, hour__lt=first) | Q(hour__gte=end, hour__lt=until)
+        if first < end
+        else Q(hour__gte=since, hour__lt=until)
+    )
+    hours = FunnelRollupHour.objects.filter(edges, funnel=funnel)
+    cells = FunnelRollup.objects.filter(edges, funnel=funnel)
+    return days, hours, cells
 
 
 def refresh_recent_rollups() -> int:
@@ -198,40 +281,39 @@ def rollup_counts(
     if breakdown is not None and breakdown not in BREAKDOWNS:
         raise ValueError(f"breakdown is one of {BREAKDOWNS}")
     steps = len(funnel.steps)
-    counts = FunnelCounts(steps=steps)
+    days, hours, cells = _period_rows(funnel, since, until)
     by = "app_id" if breakdown in (None, "app") else breakdown
-    # Added up by the database, per breakdown value: a few rows reach Python, not one per hour and cell.
+    # Per breakdown value: journeys per level reached, then exclusions.
+    values: dict[str, list[int]] = defaultdict(lambda: [0] * (steps + 1))
+    # The hours outside whole days, added up by the database: a few rows reach Python, not one per cell.
     sums = {f"level_{index}": Sum(Cast(KeyTransform(index, "reached"), BigIntegerField())) for index in range(steps)}
-    rows = (
-        FunnelRollup.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until)
-        .values(by)
-        .order_by(by)
-        .annotate(excluded_journeys=Sum("excluded"), **sums)
-    )
+    for row in cells.values(by).order_by(by).annotate(excluded_journeys=Sum("excluded"), **sums):
+        levels = [row[f"level_{index}"] or 0 for index in range(steps)]
+        _add(values[str(row[by])], [*levels, row["excluded_journeys"]])
+    for day in days.annotate(levels=KeyTransform(by, "reached")).values_list("levels", flat=True):
+        for value, numbers in (day or {}).items():
+            _add(values[value], numbers)
+    counts = FunnelCounts(steps=steps)
     groups: dict[str, list[int]] = defaultdict(lambda: [0] * steps)
-    for row in rows:
-        value, excluded = row[by], row["excluded_journeys"]
-        reached = [row[f"level_{index}"] or 0 for index in range(steps)]
-        counts.excluded += excluded
-        group = groups[str(value) if breakdown == "app" else value or UNKNOWN]
-        for index, journeys in enumerate(reached):
-            counts.reached[index] += journeys
-            group[index] += journeys
+    for value, numbers in values.items():
+        counts.excluded += numbers[steps]
+        group = groups[value if breakdown == "app" else value or UNKNOWN]
+        _add(counts.reached, numbers[:steps])
+        _add(group, numbers[:steps])
     if breakdown is not None:
         counts.groups = {value: reached for value, reached in groups.items() if reached[0]}
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(sql.ROLLUP_GAPS, {"funnel_id": funnel.pk, "since": since, "until": until})
-            for step, seconds, journeys in cursor.fetchall():
-                counts.gaps[step - 1][seconds] += journeys
-    else:
-        for gaps in FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until).values_list(
-            "gaps", flat=True
-        ):
-            for step, histogram in gaps.items():
-                for seconds, journeys in histogram.items():
-                    counts.gaps[int(step) - 1][int(seconds)] += journeys
+    total: dict[str, dict[str, list[int]]] = {}
+    for rows in (days, hours):
+        for gaps in rows.values_list("gaps", flat=True):
+            add_gaps(total, gaps)
+    for step, histogram in total.items():
+        counts.gaps[int(step) - 1] = bucket_histogram({int(b): (n, seconds) for b, (n, seconds) in histogram.items()})
     return counts
+
+
+def _add(total: list[int], numbers: list[int]) -> None:
+    for index, number in enumerate(numbers):
+        total[index] += number
 
 
 def rollup_report(
@@ -245,9 +327,10 @@ def rollup_report(
 
 def rollup_failure_codes(*, funnel: FunnelDefinition, since: datetime, until: datetime) -> Counter[str]:
     codes: Counter[str] = Counter()
-    hours = FunnelRollupHour.objects.filter(funnel=funnel, hour__gte=since, hour__lt=until)
-    for failures in hours.values_list("failures", flat=True):
-        codes.update(failures)
+    days, hours, _ = _period_rows(funnel, since, until)
+    for rows in (days, hours):
+        for failures in rows.values_list("failures", flat=True):
+            codes.update(failures)
     return codes
 
 

@@ -20,6 +20,7 @@ window of t1. So, in one sort of the events:
   [start, start + window] is excluded (two more binary searches).
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -183,14 +184,20 @@ FROM {table} GROUP BY {dimensions}
 """
 
 ROLLUP_HOURS = """
-WITH gap_counts AS (
-    SELECT hour, gap.step, {gap} AS seconds, count(*) AS journeys
+WITH gap_seconds AS (
+    SELECT hour, gap.step, {gap} AS seconds
     FROM {table}, generate_series(2, {table}.level) AS gap (step)
     WHERE NOT excluded
-    GROUP BY hour, gap.step, seconds
+),
+gap_counts AS (
+    SELECT hour, step, width_bucket(seconds, %(gap_bounds)s::int[]) AS bucket, count(*) AS journeys,
+           sum(seconds) AS seconds
+    FROM gap_seconds
+    GROUP BY hour, step, bucket
 ),
 step_gaps AS (
-    SELECT hour, step, jsonb_object_agg(seconds, journeys) AS histogram FROM gap_counts GROUP BY hour, step
+    SELECT hour, step, jsonb_object_agg(bucket, jsonb_build_array(journeys, seconds)) AS histogram
+    FROM gap_counts GROUP BY hour, step
 ),
 gaps AS (
     SELECT hour, jsonb_object_agg(step, histogram) AS gaps FROM step_gaps GROUP BY hour
@@ -214,11 +221,13 @@ LEFT JOIN failures USING (hour)
 """
 
 
-def rollup_statements(scope: FunnelScope, *, funnel_id: int) -> tuple[list[str], dict[str, Any]]:
+def rollup_statements(
+    scope: FunnelScope, *, funnel_id: int, gap_bounds: Sequence[int]
+) -> tuple[list[str], dict[str, Any]]:
     """Statements (to run in one transaction) that insert the rollups of the hours [since, until): the
     journeys that started then with their levels, in a temporary table; from it one row per hour and
     breakdown values (journeys per level reached, exclusions), and one per hour with a histogram of the
-    whole seconds from each step to the next."""
+    whole seconds from each step to the next, in the buckets `gap_bounds` (lower bounds) gives."""
     journeys, levels, params = journey_levels(scope)
     app_id, steps = scope.app_id, scope.steps
     reached = ", ".join(
@@ -233,16 +242,7 @@ def rollup_statements(scope: FunnelScope, *, funnel_id: int) -> tuple[list[str],
         ),
         f"DROP TABLE {ROLLUP_JOURNEYS}",
     ]
-    return statements, {**params, "funnel_id": funnel_id}
-
-
-# The gap histograms of a period's hours, added up.
-ROLLUP_GAPS = """
-SELECT step.key::int, bucket.key::int, sum(bucket.value::bigint)::bigint
-FROM funnel_funnelrolluphour hour, jsonb_each(hour.gaps) AS step, jsonb_each_text(step.value) AS bucket
-WHERE hour.funnel_id = %(funnel_id)s AND hour.hour >= %(since)s AND hour.hour < %(until)s
-GROUP BY 1, 2
-"""
+    return statements, {**params, "funnel_id": funnel_id, "gap_bounds": list(gap_bounds)}
 
 
 def set_analysis_limits(cursor: Any, *, timeout_ms: int | None = None) -> None:

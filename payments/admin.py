@@ -215,7 +215,11 @@ class PaymentAdmin(RecordAdmin):
 
     @admin.display(description="ledger lines")
     def ledger(self, payment: Payment) -> str:
-        lines = LedgerLine.objects.filter(entry__payment=payment).select_related("entry").order_by("id")
+        lines = (
+            LedgerLine.objects.filter(entry__payment=payment, payment_created_at=payment.created_at)  # its month only
+            .select_related("entry")
+            .order_by("id")
+        )
         return _table(
             ["entry", "account", "amount (minor)", "currency"],
             [

@@ -330,8 +330,18 @@ class MoneyOperation(OutcomeTracking):
 
 
 class Refund(MoneyOperation):
+    """Money paid back on a payment, in part or in whole.
+
+    On PostgreSQL refunds are partitioned by month of `payment_created_at`, their payment's `created_at`
+    (payments.partitions), like the payment's history and ledger: primary key (id, payment_created_at) there,
+    the ledger entries referring to a refund by (refund_id, payment_created_at), and the public id unique with
+    the month, (public_id, payment_created_at) (ids are made here, random: see docs/operations.md). Whoever
+    inserts refunds without `save()` (bulk SQL) sets `payment_created_at`.
+    """
+
     public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
     payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
     carrier_reference = models.CharField(max_length=128, blank=True)
@@ -351,11 +361,22 @@ class Refund(MoneyOperation):
     def __str__(self) -> str:
         return f"refund {self.amount_minor} {self.currency} of {self.payment_id}"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
+
 
 class Reversal(MoneyOperation):
-    """A technical reversal of a whole charge, e.g. the game could not deliver the item."""
+    """A technical reversal of a whole charge, e.g. the game could not deliver the item.
+
+    On PostgreSQL reversals are partitioned by month of `payment_created_at` like refunds; one reversal per
+    payment is kept there by the unique key (payment_id, payment_created_at), global since a payment has one
+    `created_at`. Whoever inserts reversals without `save()` (bulk SQL) sets `payment_created_at`.
+    """
 
     payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="reversal")
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
 
     class Meta:
         indexes = [
@@ -368,6 +389,11 @@ class Reversal(MoneyOperation):
 
     def __str__(self) -> str:
         return f"reversal of {self.payment_id}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
 
 
 class AppendOnly(models.Model):

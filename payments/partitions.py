@@ -1,15 +1,19 @@
 """Monthly partitions of the payments' high-volume tables on PostgreSQL (see playpay.partitions).
 
-The status history, the ledger entries and the ledger lines are partitioned by the month of their payment's
-creation (`payment_created_at`), not by their own time: all the rows of a payment sit in its month's
-partitions, found by the payment's own month, and a month of payments leaves (archive, retention) with
-all of its history and ledger.
+The status history, the ledger entries and lines, the refunds and the reversals are partitioned by the month
+of their payment's creation (`payment_created_at`), not by their own time: all the rows of a payment sit in
+its month's partitions, found by the payment's own month, and a month of payments leaves (archive, retention)
+with all of its history, ledger, refunds and reversals.
 
 Their default partitions keep what they hold: rows of payments older than the partitions (those migrated from
 before them, more than 24 months old) stay there until they are removed with it. A month is never carved out
 of them: ledger entries cannot move between partitions while lines refer to them, and the history and lines
 stay in the same months as the entries. New payments are always of a month that has its partitions (made
 three months ahead).
+
+A month leaves (archive, retention) in the order of the foreign keys between them: ledger lines, then ledger
+entries (which refer to refunds), then refunds; history and reversals in any order (nothing refers to them).
+PostgreSQL refuses to detach a month others still refer to (`archive_partitions` says which order to follow).
 """
 
 from playpay.partitions import PartitionedTable, register
@@ -41,3 +45,8 @@ LINES = register(
         ),
     )
 )
+
+# Refunds and reversals, by their payment's month: ledger entries refer to a refund by (refund_id,
+# payment_created_at).
+REFUNDS = register(PartitionedTable(table="payments_refund", column="payment_created_at", moves_from_default=False))
+REVERSALS = register(PartitionedTable(table="payments_reversal", column="payment_created_at", moves_from_default=False))

@@ -499,21 +499,20 @@ PAYMENT_VALUES = {
 }
 
 HISTORY_SOURCE = """(
-    SELECT c.id, p.from_status, p.to_status,
+    SELECT c.id, c.t0 AS payment_created_at, p.from_status, p.to_status,
            CASE p.actor WHEN 'app' THEN 'app:' || c.app_name WHEN 'carrier' THEN 'carrier:' || c.carrier_slug
                 ELSE 'system' END AS actor,
            CASE WHEN p.to_status = 'failed' THEN c.failure_code ELSE p.reason END AS reason,
            CASE p.at WHEN 't0' THEN c.t0 WHEN 't_pin_sent' THEN c.t_pin_sent
                 WHEN 't_pin_verified' THEN c.t_pin_verified WHEN 't_charging' THEN c.t_charging
-                WHEN 't_done' THEN c.t_done WHEN 't_r1' THEN c.t_r1 ELSE c.t_r2 END AS at,
-           c.t0
+                WHEN 't_done' THEN c.t_done WHEN 't_r1' THEN c.t_r1 ELSE c.t_r2 END AS at
     FROM volume_chunk c JOIN volume_path p USING (status, flow, variant)
     ORDER BY c.id, p.n
 ) history"""
 
 HISTORY_VALUES = {
     "payment_id": "id",
-    "payment_created_at": "t0",
+    "payment_created_at": "payment_created_at",
     "from_status": "from_status",
     "to_status": "to_status",
     "actor": "actor",
@@ -524,8 +523,9 @@ HISTORY_VALUES = {
 REFUNDS_SQL = """
 CREATE TEMP TABLE volume_refund ON COMMIT DROP AS
 SELECT nextval(%(refund_seq)s) AS id, {uuid7_at} AS public_id, c.id AS payment_id,
+       c.t0 AS payment_created_at,
        c.public_id AS payment_public_id, c.app_id, c.app_name, c.price_point_id, c.carrier_slug, c.currency,
-       c.refund_via_carrier AS via_carrier, r.scenario, r.amount, r.at, c.t0 AS payment_created_at
+       c.refund_via_carrier AS via_carrier, r.scenario, r.amount, r.at
 FROM volume_chunk c
 CROSS JOIN LATERAL (VALUES
     ('refund_half', c.amount / 2, c.t_r1, c.status = 'partially_refunded' OR (c.status = 'refunded' AND c.variant = 1)),
@@ -554,32 +554,38 @@ REFUND_VALUES = {
     "public_id": "public_id",
     "payment_id": "payment_id",
     "amount_minor": "amount",
+    "payment_created_at": "payment_created_at",
     "currency": "currency",
     "reason": "'requested by the player'",
     "carrier_reference": "CASE WHEN via_carrier THEN 'rf' || left(replace(public_id::text, '-', ''), 20) ELSE '' END",
 }
 
 REVERSAL_SOURCE = """(
-    SELECT id AS payment_id, app_name, reversal_via_carrier AS via_carrier, t_r1 AS at
+    SELECT id AS payment_id, t0 AS payment_created_at, app_name, reversal_via_carrier AS via_carrier, t_r1 AS at
     FROM volume_chunk WHERE status = 'reversed'
 ) reversals"""
 
-REVERSAL_VALUES = {**MONEY_OPERATION_VALUES, "payment_id": "payment_id", "reason": "'item not delivered'"}
+REVERSAL_VALUES = {
+    **MONEY_OPERATION_VALUES,
+    "payment_id": "payment_id",
+    "payment_created_at": "payment_created_at",
+    "reason": "'item not delivered'",
+}
 
 ENTRIES_SQL = """
 CREATE TEMP TABLE volume_entry ON COMMIT DROP AS
 SELECT nextval(%(entry_seq)s) AS id, *
 FROM (
-    SELECT 'charge' AS kind, id AS payment_id, t0 AS payment_created_at, NULL::bigint AS refund_id,
-           'charge' AS memo, t_done AS at, price_point_id, app_id, currency, 'charge' AS scenario
+    SELECT 'charge' AS kind, id AS payment_id, NULL::bigint AS refund_id, 'charge' AS memo, t_done AS at,
+           price_point_id, app_id, currency, 'charge' AS scenario, t0 AS payment_created_at
     FROM volume_chunk WHERE status IN ('succeeded', 'partially_refunded', 'refunded', 'reversed')
     UNION ALL
-    SELECT 'refund', payment_id, payment_created_at, id, 'refund: requested by the player', at, price_point_id,
-           app_id, currency, scenario
+    SELECT 'refund', payment_id, id, 'refund: requested by the player', at, price_point_id, app_id, currency, scenario,
+           payment_created_at
     FROM volume_refund
     UNION ALL
-    SELECT 'reversal', id, t0, NULL, 'reversal: item not delivered', t_r1, price_point_id, app_id, currency,
-           'reversal'
+    SELECT 'reversal', id, NULL, 'reversal: item not delivered', t_r1, price_point_id, app_id, currency, 'reversal',
+           t0
     FROM volume_chunk WHERE status = 'reversed'
     ORDER BY at
 ) entries
@@ -589,8 +595,8 @@ ENTRY_VALUES = {
     "id": "id",
     "kind": "kind",
     "payment_id": "payment_id",
-    "payment_created_at": "payment_created_at",
     "refund_id": "refund_id",
+    "payment_created_at": "payment_created_at",
     "memo": "memo",
     "created_at": "at",
 }

@@ -33,7 +33,7 @@ from payments.services.idempotency import (
     run_idempotent,
 )
 from payments.services.payments import PaymentRequest, confirm_payment, create_payment
-from payments.services.refunds import request_refund, request_reversal
+from payments.services.refunds import refunds_of, request_refund, request_reversal
 from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM, ProblemSerializer
 from tenants.auth import request_app
 from tenants.models import App
@@ -195,7 +195,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def refunds(self, request: Request, id: str) -> Response:
         payment = self.get_object()
         if request.method == "GET":
-            return Response(RefundSerializer(payment.refunds.order_by("id"), many=True).data)
+            return Response(RefundSerializer(refunds_of(payment).order_by("id"), many=True).data)
         app = _app(request)
         key = _idempotency_key(request, app)
         incoming = RefundCreateSerializer(data=request.data)
@@ -215,7 +215,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 key,
                 perform=perform,
                 render=lambda refund: _created(RefundSerializer(refund).data),
-                load=lambda public_id: payment.refunds.get(public_id=public_id),
+                load=lambda public_id: refunds_of(payment).get(public_id=public_id),
             )
         )
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
 from carriers.adapters import adapter_class, carrier_queue
@@ -40,11 +41,20 @@ def carrier_refunds(payment: Payment) -> bool:
     return payment.carrier.supports_refund and adapter_class(payment.carrier.protocol).capabilities.refund
 
 
+def refunds_of(payment: Payment) -> QuerySet[Refund]:
+    """The payment's refunds; with its month, so that on PostgreSQL only its month's partition is read."""
+    return Refund.objects.filter(payment=payment, payment_created_at=payment.created_at)
+
+
+def reversals_of(payment: Payment) -> QuerySet[Reversal]:
+    return Reversal.objects.filter(payment=payment, payment_created_at=payment.created_at)
+
+
 def refund_refusal(payment: Payment) -> str | None:
     """Why `payment` cannot be refunded now (the amount aside), or None: the API, the admin and its preview."""
     if payment.status not in REFUNDABLE:
         return f"Only a succeeded payment can be refunded; this one is {payment.status!r}."
-    if Reversal.objects.filter(payment=payment).exclude(status=Reversal.Status.FAILED).exists():
+    if reversals_of(payment).exclude(status=Reversal.Status.FAILED).exists():
         return "This payment is being reversed."
     return None
 
@@ -61,7 +71,7 @@ def reversal_refusal(payment: Payment) -> str | None:
     )
     if succeeded_at is None or timezone.now() - succeeded_at > timedelta(hours=settings.REVERSAL_WINDOW_HOURS):
         return f"Reversals are possible for {settings.REVERSAL_WINDOW_HOURS} hours after the charge."
-    if Reversal.objects.filter(payment=payment).exists():
+    if reversals_of(payment).exists():
         return "This payment already has a reversal."
     return None
 
@@ -88,6 +98,7 @@ def request_refund(
             )
         refund = Refund(
             payment=locked,
+            payment_created_at=locked.created_at,
             amount_minor=amount,
             currency=locked.currency,
             reason=reason[:255],
@@ -115,6 +126,7 @@ def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
         capabilities = adapter_class(locked.carrier.protocol).capabilities
         reversal = Reversal.objects.create(
             payment=locked,
+            payment_created_at=locked.created_at,
             reason=reason[:255],
             requested_by=actor,
             via_carrier=locked.carrier.supports_reversal and capabilities.reversal,
@@ -337,7 +349,8 @@ def _settle_refund(refund: Refund, payment: Payment, *, succeeded: bool, actor: 
         payment.save(update_fields=["refunded_minor", "updated_at"])
         return
     settled_before = sum(
-        Refund.objects.filter(payment=payment, status=Refund.Status.SUCCEEDED)
+        refunds_of(payment)
+        .filter(status=Refund.Status.SUCCEEDED)
         .exclude(pk=refund.pk)
         .values_list("amount_minor", flat=True)
     )

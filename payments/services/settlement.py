@@ -27,7 +27,7 @@ from carriers.adapters.base import CarrierResult, Outcome
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, Refund
 from payments.services.carrier_flow import record_charge_result
-from payments.services.refunds import record_refund_result
+from payments.services.refunds import record_refund_result, refunds_of
 
 # Payments whose refunds the carrier may still owe an answer on.
 _REFUNDABLE = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
@@ -81,9 +81,9 @@ def settle_unknown_outcomes(*, carrier: Carrier, collected: Mapping[str, Collect
         by_payment.setdefault(refund.payment, []).append(refund)
     for payment, pending in by_payment.items():
         refunded = (
-            Refund.objects.filter(payment=payment, status=Refund.Status.SUCCEEDED, via_carrier=True).aggregate(
-                total=Sum("amount_minor")
-            )["total"]
+            refunds_of(payment)
+            .filter(status=Refund.Status.SUCCEEDED, via_carrier=True)
+            .aggregate(total=Sum("amount_minor"))["total"]
             or 0
         )
         expected = payment.amount_minor - refunded - sum(refund.amount_minor for refund in pending)

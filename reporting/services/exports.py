@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -332,7 +333,7 @@ def _run_claimed(job: ExportJob, *, every: int) -> ExportJob:
                 raise ExportLeaseLost(f"export job {job.pk}: attempt {job.attempts} was taken over")
 
         try:
-            with _export_statement_timeout():
+            with _export_statement_timeout(), _beating(job, side, needed=uses_copy()):
                 total, exact = estimate_export_rows(kind=job.kind, filters=filters)
                 if not _own(job).update(rows_total=total, rows_total_exact=exact, heartbeat_at=timezone.now()):
                     raise ExportLeaseLost(f"export job {job.pk}: attempt {job.attempts} was taken over")
@@ -389,6 +390,34 @@ def _side_connection(*, needed: bool) -> Iterator[Callable[[Callable[[], T]], T]
     finally:
         pool.submit(connections.close_all).result(timeout=30)
         pool.shutdown()
+
+
+@contextmanager
+def _beating(job: ExportJob, side: Callable[[Callable[[], int]], int], *, needed: bool) -> Iterator[None]:
+    """Moves the attempt's heartbeat on a timer while it works, through the phases that report no rows (the
+    estimate, the sort before COPY's first row, storing the file), so a live worker is never taken for dead.
+    Only with a side connection (PostgreSQL): SQLite's single writer keeps the heartbeat to the progress."""
+    if not needed:
+        yield
+        return
+    stop = threading.Event()
+    interval = max(settings.EXPORT_HEARTBEAT_TIMEOUT / 4, 0.1)
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            try:
+                if not side(lambda: _own(job).update(heartbeat_at=timezone.now())):
+                    return  # taken over: the attempt's own next write stops it
+            except Exception:  # the next beat tries again; a worker that stays silent is re-queued
+                logger.warning("export job %s: heartbeat not written", job.pk, exc_info=True)
+
+    beater = threading.Thread(target=beat, name=f"export-{job.pk}-heartbeat", daemon=True)
+    beater.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beater.join(timeout=settings.DATABASE_CONNECT_TIMEOUT + 30)
 
 
 def _store_file(job: ExportJob, out: IO[bytes], filters: ExportFilters) -> None:

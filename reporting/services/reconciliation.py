@@ -262,13 +262,22 @@ def _our_payments(settlement_file: SettlementFile) -> list[_Ours]:
     start = start_of_utc_day(settlement_file.period_from)
     end = start_of_utc_day(settlement_file.period_to + timedelta(days=1))
     refunded = (
-        Refund.objects.filter(payment=OuterRef("pk"), status=Refund.Status.SUCCEEDED, via_carrier=True)
+        # With the payment's month: on PostgreSQL each payment's lookup reads its month's partition only.
+        Refund.objects.filter(
+            payment=OuterRef("pk"),
+            payment_created_at=OuterRef("created_at"),
+            status=Refund.Status.SUCCEEDED,
+            via_carrier=True,
+        )
         .values("payment")
         .annotate(total=Sum("amount_minor"))
         .values("total")
     )
     reversed_by_carrier = Reversal.objects.filter(
-        payment=OuterRef("pk"), status=Reversal.Status.SUCCEEDED, via_carrier=True
+        payment=OuterRef("pk"),
+        payment_created_at=OuterRef("created_at"),
+        status=Reversal.Status.SUCCEEDED,
+        via_carrier=True,
     )
     named = settlement_file.lines.values("carrier_reference")
     payments = (

@@ -85,7 +85,7 @@ def broker_url() -> Iterator[str]:
     empty()
 
 
-def _manage_together(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 90) -> None:
+def _manage_together(commands: list[tuple[list[str], dict[str, str]]], timeout: float = 240) -> None:
     """`manage.py` commands (each with its environment) that need nothing of each other, at the same time (the
     machine has cores to spare while each one starts up)."""
     running = [
@@ -117,7 +117,7 @@ def _manage_together(commands: list[tuple[list[str], dict[str, str]]], timeout: 
     assert not failures, "\n".join(failures)
 
 
-def _manage(args: list[str], env: dict[str, str], timeout: float = 90) -> str:
+def _manage(args: list[str], env: dict[str, str], timeout: float = 240) -> str:
     done = subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -29,6 +29,8 @@ def test_partitions_lists_every_partitioned_table_with_its_months() -> None:
         "payments_paymentstatuschange",
         "payments_ledgerentry",
         "payments_ledgerline",
+        "payments_refund",
+        "payments_reversal",
     }
 
 

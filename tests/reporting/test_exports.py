@@ -5,11 +5,13 @@ import io
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
@@ -217,6 +219,62 @@ def test_a_background_export_reports_its_progress_while_it_runs_and_ends_done_wi
     rows = csv_rows(content) if file_format == TableFormat.CSV else xlsx_rows(content)
     assert rows[0] == TRANSACTION_HEADER
     assert len(rows) == 26
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)  # the heartbeat is written on a second connection
+def test_a_worker_keeps_its_heartbeat_while_a_phase_reports_no_rows(
+    carrier: Carrier, make_payment: MakePayment, django_user_model: Any, settings: Any
+) -> None:
+    settings.EXPORT_HEARTBEAT_TIMEOUT = 1  # a beat every quarter of a second
+    make_payment(carrier=carrier, reference="ref-1", created=MAY_3)
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TABLE test_export_beats (id serial PRIMARY KEY, rows_done integer);"
+            " CREATE FUNCTION test_log_export_beat() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO test_export_beats (rows_done) VALUES (NEW.rows_done); RETURN NEW; END $$;"
+            " CREATE TRIGGER test_export_beats AFTER UPDATE OF heartbeat_at ON reporting_exportjob"
+            " FOR EACH ROW EXECUTE FUNCTION test_log_export_beat()"
+        )
+    locked, released = threading.Event(), threading.Event()
+
+    def hold_the_payments_table() -> None:
+        # The export's first statement (its row estimate) waits behind this lock: a phase with no rows to report.
+        with psycopg.connect(**_libpq(connection.settings_dict), autocommit=False) as other:
+            other.execute("LOCK TABLE payments_payment IN ACCESS EXCLUSIVE MODE")
+            locked.set()
+            released.wait(timeout=30)
+
+    holder = threading.Thread(target=hold_the_payments_table)
+    holder.start()
+    try:
+        assert locked.wait(timeout=30)
+        threading.Timer(1.5, released.set).start()
+        finished = exports.run_export_job(job_id=job.pk)
+    finally:
+        released.set()
+        holder.join(timeout=30)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM test_export_beats WHERE rows_done = 0")
+        (silent_phase_beats,) = cursor.fetchone()
+        cursor.execute(
+            "DROP TRIGGER test_export_beats ON reporting_exportjob; DROP FUNCTION test_log_export_beat();"
+            " DROP TABLE test_export_beats"
+        )
+    assert (finished.status, finished.attempts, finished.rows_done) == ("done", 1, 1)
+    # The claim and the estimate beat once each; the timer beat while the estimate waited for 1.5 s.
+    assert silent_phase_beats >= 4
+
+
+def _libpq(settings_dict: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "dbname": settings_dict["NAME"],
+        "user": settings_dict["USER"],
+        "host": settings_dict["HOST"] or None,
+        "port": settings_dict["PORT"] or None,
+        "password": settings_dict["PASSWORD"] or None,
+    }
 
 
 def test_running_a_finished_export_job_again_changes_nothing(
