@@ -18,8 +18,9 @@ What one run does:
    half the events when fewer), raw on PostgreSQL and by ClickHouse's windowFunnel in chdb, with the
    code of bench/funnel_10m.py, and whether both agree.
 4. A background export of last month's transactions (CSV, then XLSX) through the admin's "Run in the
-   background", served with no broker (the embedded default): how long the request took, whether the
-   job was finished when it answered (it ran in the web request), time to finish and rows/s.
+   background", as the embedded default runs it: no broker, `manage.py run_scheduler` started for it (and
+   stopped after) as its worker. How long the request took, which process ran the job (the web request
+   or the scheduler), time to finish and rows/s.
 5. Payment creation p50 (bench/payments_api.py's closed loop, `--create-seconds` per phase) on an empty
    database (`<name>_empty`) and on the generated one.
 6. Database size per million payments: payments and what hangs on them, funnel, journal.
@@ -42,11 +43,12 @@ import contextlib
 import os
 import re
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -91,6 +93,7 @@ CSV_GOAL_ROWS_S = 100_000.0
 XLSX_GOAL_ROWS_S = 20_000.0
 CREATE_SLOWDOWN_GOAL = 0.10
 EXPORT_TIMEOUT_S = 600.0
+SCHEDULER_STOP_S = 15.0
 # Tables of each family; a partitioned table counts with its partitions (pg_partition_tree).
 PAYMENT_TABLES = [
     "payments_payment",
@@ -425,7 +428,33 @@ def measure_funnel_chdb(database_url: str, wanted: int, workdir: Path, rows: lis
     )
 
 
-def measure_export(browser: Browser, rows: list[Row], now: datetime) -> None:
+@contextlib.contextmanager
+def scheduler(env: dict[str, str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`manage.py run_scheduler`, the embedded default's worker for background exports (and periodic
+    tasks), for as long as the block runs; stopped (SIGTERM, then SIGKILL) after it, whatever happened."""
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "manage.py", "run_scheduler", "--tick", "1"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=SCHEDULER_STOP_S)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=SCHEDULER_STOP_S)
+
+
+def measure_export(browser: Browser, rows: list[Row], now: datetime, scheduler_pid: int) -> None:
     from reporting.models import ExportJob
 
     first = (now.replace(day=1) - timedelta(days=1)).replace(day=1)
@@ -447,13 +476,15 @@ def measure_export(browser: Browser, rows: list[Row], now: datetime) -> None:
                 Row(f"background export {file_format.upper()} of {first:%Y-%m}", f"HTTP {status}, no job", "", "NO")
             )
             continue
-        # Started before the request answered: it ran in the web request (and a killed one stays "running").
-        in_request = job.status != ExportJob.Status.PENDING
-        deadline = time.monotonic() + (0 if in_request else EXPORT_TIMEOUT_S)
+        # Finished when the request answered: it ran in the web request.
+        in_request = job.status == ExportJob.Status.DONE
+        deadline = time.monotonic() + EXPORT_TIMEOUT_S
         while job.status not in (ExportJob.Status.DONE, ExportJob.Status.FAILED) and time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)
             job.refresh_from_db()
-        where = "inside the web request" if in_request else "in the background"
+        in_scheduler = job.worker.endswith(f":{scheduler_pid}")
+        in_request = in_request or (bool(job.worker) and not in_scheduler)
+        where = "inside the web request" if in_request else "in the scheduler process" if in_scheduler else "nowhere"
         label = (
             f"background export {file_format.upper()} of {first:%Y-%m} "
             f"({where}; request {fmt_ms(request_ms)}, HTTP {status})"
@@ -603,15 +634,16 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         errors = server_errors(workdir / "gunicorn.log")
         server = None
 
-        # The export as the embedded default runs it: no broker.
+        # The export as the embedded default runs it: no broker, the scheduler process is the worker.
         export_env = env_for(args.db_name, "")
         server = Server(
             env=export_env, workers=args.workers, worker_class="sync", threads=1, log_path=workdir / "export.log"
         )
         server.wait_ready()
-        measure_export(Browser(server.port, session, csrf), rows, now)
+        with scheduler(export_env, workdir / "scheduler.log") as worker:
+            measure_export(Browser(server.port, session, csrf), rows, now, worker.pid)
         server.stop()
-        errors += server_errors(workdir / "export.log")
+        errors += server_errors(workdir / "export.log") + server_errors(workdir / "scheduler.log")
         server = None
 
         log(f"creating {empty_name} for payment creation on an empty database")

@@ -8,17 +8,20 @@ from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.db import connection, connections
 from django.db.models import Count, Max, Min, Q, Sum
 from django.utils import timezone
+from psycopg import sql
 
 from funnel.models import FunnelDefinition, FunnelEvent, FunnelEventKey, Journey
 from journal.models import JournalRecord
 from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatusChange, Refund, Reversal
+from playpay import partitions
+from playpay.ids import time_of
 from playpay.redaction import msisdn_hash
 from reporting.models import Dashboard
 from reporting.selectors import PERIODS
-from sandbox.volume import VolumeResult, generate_volume
+from sandbox.volume import JOURNAL, VolumeResult, generate_volume, loaded_tables
 from tests.conftest import StaffClient
 
 # Inside the test's transaction the generator writes the journal in the test's thread: no commit needed.
@@ -146,6 +149,27 @@ def test_funnel_events_and_journeys_span_the_months(volume: VolumeResult) -> Non
     assert {"store_opened", "payment_created", "charge_succeeded"} <= steps
 
 
+def test_rows_sit_in_their_months_partitions_and_public_ids_tell_their_time(volume: VolumeResult) -> None:
+    for table in partitions.registered():
+        with table.connection.cursor() as cursor:
+            cursor.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table.default_partition)))
+            row = cursor.fetchone()
+        assert row is not None
+        assert row[0] == 0, f"rows in {table.default_partition}"
+    for history in PaymentStatusChange.objects.select_related("payment").order_by("?")[:50]:
+        assert history.payment_created_at == history.payment.created_at
+    for line in LedgerLine.objects.select_related("entry__payment").order_by("?")[:50]:
+        assert line.payment_created_at == line.entry.payment_created_at == line.entry.payment.created_at
+    for payment in Payment.objects.order_by("?")[:50]:
+        made = time_of(payment.public_id)
+        assert made is not None
+        assert timedelta(0) <= payment.created_at - made < timedelta(milliseconds=1)
+    for refund in Refund.objects.all()[:20]:
+        made = time_of(refund.public_id)
+        assert made is not None
+        assert timedelta(0) <= refund.created_at - made < timedelta(milliseconds=1)
+
+
 def test_running_it_again_adds_as_much_again(volume: VolumeResult) -> None:
     before = Payment.objects.count(), LedgerEntry.objects.count(), FunnelEvent.objects.count()
     again = generate_volume(payments=300, events=600, months=2)
@@ -203,3 +227,48 @@ def test_it_refuses_a_journal_it_cannot_fill(settings: Any) -> None:
     settings.JOURNAL_BACKEND = "mongodb"
     with pytest.raises(CommandError, match="JOURNAL_URL=postgres"):
         call_command("generate_volume", "--payments", "10", stdout=io.StringIO())
+
+
+def index_definitions(alias: str) -> set[tuple[str, str, str]]:
+    """Every index of the filled tables (and of their partitions), as pg_indexes tells them."""
+    tables = loaded_tables(alias)
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT tablename, indexname, indexdef FROM pg_indexes
+            WHERE schemaname = current_schema()
+              AND (tablename = ANY(%s) OR tablename IN (
+                  SELECT c.relname FROM pg_inherits JOIN pg_class c ON c.oid = inhrelid
+                  WHERE inhparent::regclass::text = ANY(%s)))
+            """,
+            [tables, tables],
+        )
+        return set(cursor.fetchall())
+
+
+def test_a_fast_load_leaves_the_indexes_as_the_migrations_made_them_and_the_same_data() -> None:
+    call_command("seed_demo", stdout=io.StringIO())
+    # A first load through the indexes makes the months' partitions: then only the fast load can change them.
+    first = generate_volume(payments=100, months=4, rebuild_indexes=False)
+    before = {alias: index_definitions(alias) for alias in ("default", JOURNAL)}
+    assert any("msisdn_hash" in definition for _, _, definition in before[JOURNAL])
+    assert len(before["default"]) > 20
+
+    messages: list[str] = []
+    result = generate_volume(payments=600, months=4, seed=-0.3, rebuild_indexes=True, progress=messages.append)
+
+    assert any(message.startswith("setting") and "indexes aside" in message for message in messages)
+    assert {alias: index_definitions(alias) for alias in ("default", JOURNAL)} == before
+    assert Payment.objects.count() == result.payments + first.payments == 700
+    charged = Payment.objects.filter(status__in=CHARGED)
+    assert LedgerEntry.objects.filter(kind="charge").count() == charged.count() > 400
+    unbalanced = LedgerLine.objects.values("entry_id", "currency").annotate(total=Sum("amount_minor")).exclude(total=0)
+    assert not unbalanced.exists()
+    assert PaymentStatusChange.objects.values("payment_id").distinct().count() == 700
+    assert FunnelEventKey.objects.count() == FunnelEvent.objects.count() == result.events + first.events > 1000
+    records = JournalRecord.objects.using("journal")
+    assert records.count() == result.journal_records + first.journal_records > 1500
+    payment = Payment.objects.exclude(status="created").first()
+    assert payment is not None
+    # The rebuilt indexes answer the journal's lookups.
+    assert records.filter(payment_id=str(payment.public_id), msisdn_hash=msisdn_hash(payment.msisdn)).exists()

@@ -18,6 +18,20 @@ class Command(BaseCommand):
         parser.add_argument("--events", type=int, default=None, help="funnel events to add (2 per payment)")
         parser.add_argument("--months", type=int, default=18, help="months they span, this one included (18)")
         parser.add_argument("--seed", type=float, default=None, help="PostgreSQL's random seed, -1 to 1")
+        indexes = parser.add_mutually_exclusive_group()
+        indexes.add_argument(
+            "--rebuild-indexes",
+            action="store_true",
+            default=None,
+            help="drop the filled tables' secondary indexes before loading and build them again after (the default "
+            "when those tables are empty); meanwhile reads on them have no secondary index",
+        )
+        indexes.add_argument(
+            "--keep-indexes",
+            dest="rebuild_indexes",
+            action="store_false",
+            help="insert through the indexes as they are (the default when the tables have rows)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         seed = options["seed"]
@@ -29,6 +43,7 @@ class Command(BaseCommand):
                 events=options["events"],
                 months=options["months"],
                 seed=seed,
+                rebuild_indexes=options["rebuild_indexes"],
                 progress=lambda message: self.stdout.write(message),
             )
         except VolumeError as error:
