@@ -39,10 +39,21 @@ _PHONE = re.compile(r"(?:tel:)?\+?(?<![\w-])[1-9]\d{7,14}(?![\w-])")
 
 
 def mask_msisdn(msisdn: str) -> str:
-    """`+447400123456` -> `+44740*****56`: enough to recognise, not enough to dial."""
+    """`+447400123456` -> `+44740*****56`: enough to recognise, not enough to dial; at least three digits are
+    hidden however short the number (`+3581234` -> `+35***34`)."""
     if len(msisdn) <= 6:
         return "*" * len(msisdn)
-    return msisdn[:6] + "*" * (len(msisdn) - 8) + msisdn[-2:]
+    hidden = max(len(msisdn) - 8, 3)
+    return msisdn[: len(msisdn) - 2 - hidden] + "*" * hidden + msisdn[-2:]
+
+
+def sql_mask_msisdn(value: str) -> str:
+    """`mask_msisdn` as a PostgreSQL expression over the SQL expression `value` (for rows the database writes)."""
+    length, hidden = f"length({value})", f"greatest(length({value}) - 8, 3)"
+    return (
+        f"CASE WHEN {length} <= 6 THEN repeat('*', {length}) "
+        f"ELSE left({value}, {length} - 2 - {hidden}) || repeat('*', {hidden}) || right({value}, 2) END"
+    )
 
 
 def msisdn_hash(msisdn: str) -> str:

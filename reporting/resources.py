@@ -21,7 +21,7 @@ from import_export.fields import Field
 
 from payments.models import LedgerLine, Payment, Refund
 from playpay.money import UnknownCurrency, currency_exponent, to_major
-from playpay.redaction import mask_msisdn
+from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import sql_csv_text
 from reporting.models import SettlementFile, SettlementLine
 
@@ -183,12 +183,7 @@ def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
         true, false = "'<c t=''b''><v>1</v></c>'", "'<c t=''b''><v>0</v></c>'"
         return f"CASE WHEN {value} THEN {true} WHEN NOT {value} THEN {false} ELSE '<c/>' END"
     else:
-        text = (
-            f"CASE WHEN length({value}) <= 6 THEN repeat('*', length({value})) "
-            f"ELSE left({value}, 6) || repeat('*', length({value}) - 8) || right({value}, 2) END"
-            if column.kind == Kind.MSISDN
-            else f"{value}::text"
-        )
+        text = sql_mask_msisdn(value) if column.kind == Kind.MSISDN else f"{value}::text"
         return (
             f"CASE WHEN coalesce({text}, '') = '' THEN '<c/>' "
             f"ELSE '<c t=''inlineStr''><is><t xml:space=''preserve''>' || {_xml_text(text)} || '</t></is></c>' END"
@@ -208,11 +203,7 @@ def sql_value(column: Column, value: str, currency: str = "") -> str:
     if column.kind == Kind.INTEGER:
         return f"{value}::text"
     if column.kind == Kind.MSISDN:
-        masked = (
-            f"CASE WHEN length({value}) <= 6 THEN repeat('*', length({value})) "
-            f"ELSE left({value}, 6) || repeat('*', length({value}) - 8) || right({value}, 2) END"
-        )
-        return sql_csv_text(f"({masked})")
+        return sql_csv_text(f"({sql_mask_msisdn(value)})")
     return sql_csv_text(f"{value}::text")
 
 

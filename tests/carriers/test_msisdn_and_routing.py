@@ -26,6 +26,15 @@ def test_masking_keeps_country_and_last_digits_only() -> None:
     assert mask_msisdn("+447400123456") == "+44740*****56"
 
 
+def test_masking_hides_at_least_three_digits_of_a_short_number() -> None:
+    assert [mask_msisdn(number) for number in ("+3581234", "+35812345", "+358123456", "+12345")] == [
+        "+35***34",
+        "+358***45",
+        "+3581***56",
+        "******",
+    ]
+
+
 @pytest.mark.django_db
 def test_longest_prefix_wins() -> None:
     broad = NumberPrefixFactory.create(prefix="4474").carrier

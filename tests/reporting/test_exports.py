@@ -20,6 +20,7 @@ from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
 from payments.models import LedgerLine, OutboxMessage, Payment, Refund
+from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import TableFormat, csv_lines, write_table
 from reporting.models import ExportJob, ExportKind
 from reporting.services import exports
@@ -404,6 +405,17 @@ AWKWARD_TEXTS = [
     "ünïcödé ✓",
     "",
 ]
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_database_masks_numbers_of_every_length_as_python_does() -> None:
+    numbers = ["+1234", "+123456", "+3581234", "+35812345", "+3581234567", "+447400123456", "+123456789012345"]
+    with connection.cursor() as cursor:
+        statement = f"SELECT {sql_mask_msisdn('n')} FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i"
+        cursor.execute(statement, [numbers])  # noqa: S608  (the expression is our own; the numbers are bound)
+        masked = [row[0] for row in cursor.fetchall()]
+    assert masked == [mask_msisdn(number) for number in numbers]
 
 
 def python_csv(kind: str, **filters: Any) -> bytes:
