@@ -412,8 +412,9 @@ AWKWARD_TEXTS = [
 def test_the_database_masks_numbers_of_every_length_as_python_does() -> None:
     numbers = ["+1234", "+123456", "+3581234", "+35812345", "+3581234567", "+447400123456", "+123456789012345"]
     with connection.cursor() as cursor:
-        statement = f"SELECT {sql_mask_msisdn('n')} FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i"
-        cursor.execute(statement, [numbers])  # noqa: S608  (the expression is our own; the numbers are bound)
+        # The expression is our own; the numbers are bound.
+        statement = f"SELECT {sql_mask_msisdn('n')} FROM unnest(%s::text[]) WITH ORDINALITY AS t(n, i) ORDER BY i"  # noqa: S608
+        cursor.execute(statement, [numbers])
         masked = [row[0] for row in cursor.fetchall()]
     assert masked == [mask_msisdn(number) for number in numbers]
 
