@@ -138,6 +138,24 @@ def test_archiving_takes_up_a_month_left_detached(tmp_path: Path) -> None:
     assert [row["kind"] for row in read_archive(tmp_path / f"{name}.csv.gz")] == ["carrier_call"]
 
 
+def test_a_month_archived_again_after_late_records_gets_a_second_file_next_to_the_first(tmp_path: Path) -> None:
+    old = add_months(month_start(timezone.now()), -14)
+    RECORDS.ensure(since=old)
+    write("carrier_call", datetime(old.year, old.month, 5, tzinfo=UTC), n=1)
+    call_command("archive_partitions", "--table", RECORDS.table, "--older-than-days", "365", "--dir", str(tmp_path))
+    # A record sent late with the old month's time: it waits in the default partition, the job gives the month
+    # its partition again (it is within 24 months), and the next archival takes it out once more.
+    write("carrier_call", datetime(old.year, old.month, 6, tzinfo=UTC), n=2)
+    assert RECORDS.partition_name(old) in ensure_all()
+    call_command("archive_partitions", "--table", RECORDS.table, "--older-than-days", "365", "--dir", str(tmp_path))
+    name = RECORDS.partition_name(old)
+    first, second = tmp_path / f"{name}.csv.gz", tmp_path / f"{name}.2.csv.gz"
+    assert [json.loads(row["document"])["data"]["n"] for row in read_archive(first)] == [1]
+    assert [json.loads(row["document"])["data"]["n"] for row in read_archive(second)] == [2]
+    assert sorted(path.name for path in tmp_path.glob(f"{name}.*")) == sorted([first.name, second.name])
+    assert RECORDS.partition_name(old) not in RECORDS.partitions()
+
+
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.journal
 def test_migrating_an_existing_journal_keeps_its_records_ids_sequence_and_guards_both_ways() -> None:
