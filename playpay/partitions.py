@@ -199,25 +199,33 @@ class PartitionedTable:
             return []
         ahead = self.months_ahead if months_ahead is None else months_ahead
         this_month = month_start(now or timezone.now())
-        existing = set(self.partitions())
         first = month_start(since) if since is not None and since < this_month else this_month
         wanted = {add_months(first, n) for n in range(months_between(first, this_month) + ahead + 1)}
         oldest = add_months(this_month, -MONTHS_BACK)
-        with self.connection.cursor() as cursor:
+
+        def missing(cursor: Any) -> list[date]:
             in_default = set(self.default_months(cursor))
-        if self.moves_from_default:
-            wanted |= {month for month in in_default if oldest <= month <= add_months(this_month, ahead)}
-        else:
-            wanted -= in_default
-        missing = sorted(month for month in wanted if self.partition_name(month) not in existing)
-        if missing:
+            months = set(wanted)
+            if self.moves_from_default:
+                months |= {month for month in in_default if oldest <= month <= add_months(this_month, ahead)}
+            else:
+                months -= in_default
+            existing = set(self.partitions())
+            return sorted(month for month in months if self.partition_name(month) not in existing)
+
+        with self.connection.cursor() as cursor:
+            created = missing(cursor)  # without the lock: most runs find nothing to do and take none
+        if created:
             with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
-                for month in missing:
+                # Read again under the lock: another run (the job, `manage.py partitions`) may have made some of
+                # them while this one waited for it.
+                created = missing(cursor)
+                for month in created:
                     self.create_partition(cursor, month)
         self.analyze_stale()  # the ones rows were moved into, and any filled since the last run
-        return [self.partition_name(month) for month in missing]
+        return [self.partition_name(month) for month in created]
 
     def analyze_stale(self, *, since: datetime | date | None = None) -> list[str]:
         """ANALYZE the partitions (of months from `since` on, and the default one) whose planner statistics
