@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, InternalError, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from journal import store
 from journal.models import JournalRecord
 from journal.partitions import RECORDS
 from journal.services import build, expire
@@ -102,6 +104,28 @@ def test_expiry_drops_months_past_every_kinds_time_whole_and_the_rest_row_by_row
     assert sorted(located()) == [3, 4]
     assert RECORDS.partition_name(old_month) not in RECORDS.partitions()  # dropped, not emptied
     assert RECORDS.partition_name(mid_month) in RECORDS.partitions()
+
+
+def test_expiry_deletes_rows_in_short_batches_each_bound_by_a_statement_timeout(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.JOURNAL_TTL_DAYS = {"api_request": 90}
+    settings.JOURNAL_TTL_DEFAULT_DAYS = 400
+    now = timezone.now()
+    mid_month = add_months(month_start(now), -5)  # api_request expired, the others kept: deleted by rows
+    RECORDS.ensure(since=mid_month)
+    for n in range(7):
+        write("api_request", datetime(mid_month.year, mid_month.month, 10, tzinfo=UTC), n=n)
+    write("carrier_call", datetime(mid_month.year, mid_month.month, 10, tzinfo=UTC), n=100)
+    monkeypatch.setattr(store, "EXPIRY_BATCH_ROWS", 3)
+    with CaptureQueriesContext(connections["journal"]) as queries:
+        assert expire(now=now) == 7
+    assert sorted(located()) == [100]
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert len([sql for sql in statements if sql.startswith("DELETE")]) == 3  # 3 + 3 + 1
+    timeouts = [sql for sql in statements if "statement_timeout" in sql]
+    assert len(timeouts) >= 3
+    assert all(sql.rstrip().endswith("'60s'") for sql in timeouts), timeouts
 
 
 def test_archiving_copies_old_months_to_files_checks_them_and_drops_the_partitions(tmp_path: Path) -> None:
