@@ -19,6 +19,11 @@ from django.db.models.fields.json import KeyTextTransform, KeyTransform
 from django.db.models.functions import Cast, Trunc
 from django.db.models.lookups import In
 
+# Expiry deletes rows in batches of this many, each its own transaction under this statement timeout (far
+# above what a batch takes: a bound for a hang, not a deadline the work must meet).
+EXPIRY_BATCH_ROWS = 10_000
+EXPIRY_STATEMENT_TIMEOUT = "60s"
+
 CORRELATION_FIELDS = (
     "payment_id",
     "refund_id",
@@ -120,6 +125,22 @@ class JournalStore(Protocol):
         ...
 
 
+def _delete_batch(records: Any) -> int:
+    """Delete up to EXPIRY_BATCH_ROWS of `records` in a transaction of its own: millions of expired rows go
+    in short statements that each hold their locks briefly and commit, bound by a statement timeout."""
+    connection = connections["journal"]
+    with transaction.atomic(using="journal"):
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:  # the append-only trigger lets a purge through
+                cursor.execute("SET LOCAL playpay.journal_purge = 'on'")
+                cursor.execute(f"SET LOCAL statement_timeout = '{EXPIRY_STATEMENT_TIMEOUT}'")
+        ids = list(records.order_by().values_list("id", flat=True)[:EXPIRY_BATCH_ROWS])
+        if not ids:
+            return 0
+        # The records' own filter again: on PostgreSQL it keeps the delete to the partitions they are in.
+        return int(records.filter(id__in=ids).delete()[0])
+
+
 class SqlJournalStore:
     """Documents as JSON(B) rows of `journal.JournalRecord`, in the journal's own database alias."""
 
@@ -179,17 +200,14 @@ class SqlJournalStore:
 
         # Months past every kind's cutoff go whole: a partition dropped, no row deleted one by one.
         deleted = sum(RECORDS.drop(month) for month in RECORDS.months_before(min([default_cutoff, *cutoffs.values()])))
-        connection = connections["journal"]
-        with transaction.atomic(using="journal"):
-            if connection.vendor == "postgresql":
-                with connection.cursor() as cursor:  # the append-only trigger lets a purge through
-                    cursor.execute("SET LOCAL playpay.journal_purge = 'on'")
-                    # Retention may delete millions of rows: not bound by the requests' statement timeout.
-                    cursor.execute("SET LOCAL statement_timeout = 0")
-            for kind, cutoff in cutoffs.items():
-                deleted += JournalRecord.objects.filter(kind=kind, occurred_at__lt=cutoff).delete()[0]
-            others = JournalRecord.objects.exclude(kind__in=list(cutoffs)).filter(occurred_at__lt=default_cutoff)
-            deleted += others.delete()[0]
+        expired = [JournalRecord.objects.filter(kind=kind, occurred_at__lt=cutoff) for kind, cutoff in cutoffs.items()]
+        expired.append(JournalRecord.objects.exclude(kind__in=list(cutoffs)).filter(occurred_at__lt=default_cutoff))
+        for records in expired:
+            while True:
+                removed = _delete_batch(records)
+                deleted += removed
+                if removed < EXPIRY_BATCH_ROWS:
+                    break
         return int(deleted)
 
     def aggregate(self, spec: JournalAggregate) -> list[dict[str, Any]]:

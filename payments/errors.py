@@ -77,3 +77,9 @@ class ReversalNotAllowed(PaymentError):
     code = "reversal_not_allowed"
     title = "This payment can no longer be reversed"
     http_status = 409
+
+
+class ChargeNotInLedger(PaymentError):
+    code = "charge_not_in_ledger"
+    title = "This payment's charge is no longer in the ledger"
+    http_status = 409

@@ -16,6 +16,7 @@ import csv
 import gzip
 import io
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -198,25 +199,33 @@ class PartitionedTable:
             return []
         ahead = self.months_ahead if months_ahead is None else months_ahead
         this_month = month_start(now or timezone.now())
-        existing = set(self.partitions())
         first = month_start(since) if since is not None and since < this_month else this_month
         wanted = {add_months(first, n) for n in range(months_between(first, this_month) + ahead + 1)}
         oldest = add_months(this_month, -MONTHS_BACK)
-        with self.connection.cursor() as cursor:
+
+        def missing(cursor: Any) -> list[date]:
             in_default = set(self.default_months(cursor))
-        if self.moves_from_default:
-            wanted |= {month for month in in_default if oldest <= month <= add_months(this_month, ahead)}
-        else:
-            wanted -= in_default
-        missing = sorted(month for month in wanted if self.partition_name(month) not in existing)
-        if missing:
+            months = set(wanted)
+            if self.moves_from_default:
+                months |= {month for month in in_default if oldest <= month <= add_months(this_month, ahead)}
+            else:
+                months -= in_default
+            existing = set(self.partitions())
+            return sorted(month for month in months if self.partition_name(month) not in existing)
+
+        with self.connection.cursor() as cursor:
+            created = missing(cursor)  # without the lock: most runs find nothing to do and take none
+        if created:
             with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
                 cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                 cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
-                for month in missing:
+                # Read again under the lock: another run (the job, `manage.py partitions`) may have made some of
+                # them while this one waited for it.
+                created = missing(cursor)
+                for month in created:
                     self.create_partition(cursor, month)
         self.analyze_stale()  # the ones rows were moved into, and any filled since the last run
-        return [self.partition_name(month) for month in missing]
+        return [self.partition_name(month) for month in created]
 
     def analyze_stale(self, *, since: datetime | date | None = None) -> list[str]:
         """ANALYZE the partitions (of months from `since` on, and the default one) whose planner statistics
@@ -243,16 +252,30 @@ class PartitionedTable:
         """The months whose partitions hold nothing newer than `cutoff` (their end is at or before it)."""
         return [month for month in self.months() if month_bounds(month)[1] <= cutoff]
 
+    def archive_path(self, month: date, directory: Path) -> Path:
+        """Where the month's next archive goes: `<partition>.csv.gz`, or `<partition>.<n>.csv.gz` (n = 2, 3, …)
+        when the month was archived before. Rows of an archived month can still arrive late (a sender's
+        old timestamp), land in the default partition and be given the month's partition again: their
+        archive goes next to the first one, never over it."""
+        name = self.partition_name(month)
+        path = directory / f"{name}.csv.gz"
+        n = 1
+        while path.exists():
+            n += 1
+            path = directory / f"{name}.{n}.csv.gz"
+        return path
+
     def archive(self, month: date, directory: Path) -> Archived:
-        """Detach the month's partition, copy its rows to `<directory>/<partition>.csv.gz` (with a header),
-        check the file holds as many rows as the partition, then drop the partition.
+        """Detach the month's partition, copy its rows to a new file `archive_path` names (a gzip'ed CSV with a
+        header), check the file holds as many rows as the partition, then drop the partition.
 
         A failed check leaves the partition detached (a plain table, outside the parent's queries) and
         raises: nothing is dropped that is not in the file. Run again, it takes up a detached partition.
+        An existing archive file is never written over.
         """
         name = self.partition_name(month)
         directory.mkdir(parents=True, exist_ok=True)
-        path = directory / f"{name}.csv.gz"
+        path = self.archive_path(month, directory)
         with self.connection.cursor() as cursor:
             if name in self.partitions():
                 with transaction.atomic(using=self.using):
@@ -269,7 +292,13 @@ class PartitionedTable:
             written = sum(1 for _ in read_archive(partial))
             if written != rows:
                 raise RuntimeError(f"{name}: {written} rows in the archive, {rows} in the table; kept detached")
-            partial.replace(path)
+            try:
+                # A link, unlike a rename, refuses an existing name: an archive made meanwhile by another run
+                # stays as it is, and this partition stays detached for the next run.
+                os.link(partial, path)
+            except FileExistsError:
+                raise RuntimeError(f"{name}: {path} appeared meanwhile; kept detached, run again") from None
+            partial.unlink()
             cursor.execute(f"DROP TABLE {name}")
         logger.info("partition archived", extra={"partition": name, "rows": rows, "path": str(path)})
         return Archived(partition=name, rows=rows, path=path)

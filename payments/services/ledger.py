@@ -41,8 +41,9 @@ adding up to the whole amount undo their lines of the charge exactly.
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Decimal
 
-from django.db.models import Sum
+from django.db.models import QuerySet, Sum
 
+from payments.errors import ChargeNotInLedger
 from payments.events import PaymentStatusChanged
 from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund, Reversal
 
@@ -117,15 +118,33 @@ def post_charge(payment: Payment) -> LedgerEntry:
     return _post(kind=LedgerEntry.Kind.CHARGE, payment=payment, lines=charge_lines(payment), memo="charge")
 
 
-def _charge_entry_lines(payment: Payment) -> dict[str, int]:
+CHARGE_ARCHIVED = (
+    "This payment's charge is no longer in the ledger (its month was archived): it cannot be refunded or reversed here."
+)
+
+
+def _charge_lines(payment: Payment) -> QuerySet[LedgerLine]:
     # With the payment's month: on PostgreSQL only its partitions are read.
-    lines = LedgerLine.objects.filter(
+    return LedgerLine.objects.filter(
         payment_created_at=payment.created_at,
         entry__payment_created_at=payment.created_at,
         entry__payment=payment,
         entry__kind=LedgerEntry.Kind.CHARGE,
     )
-    return {line.account: line.amount_minor for line in lines}
+
+
+def charge_refusal(payment: Payment) -> str | None:
+    """Why no refund or reversal of the succeeded `payment` can be posted, or None: its charge is gone from the
+    ledger (the month's ledger partitions were archived), and what undoes it is computed from its lines."""
+    return None if _charge_lines(payment).exists() else CHARGE_ARCHIVED
+
+
+def _charge_entry_lines(payment: Payment) -> dict[str, int]:
+    charge = {line.account: line.amount_minor for line in _charge_lines(payment)}
+    if not charge:
+        # Undoing nothing would post the whole amount to the platform's accounts alone.
+        raise ChargeNotInLedger(CHARGE_ARCHIVED)
+    return charge
 
 
 def _undo_lines(payment: Payment, *, before: int, after: int, via_carrier: bool) -> dict[str, int]:

@@ -54,6 +54,8 @@ def refund_refusal(payment: Payment) -> str | None:
     """Why `payment` cannot be refunded now (the amount aside), or None: the API, the admin and its preview."""
     if payment.status not in REFUNDABLE:
         return f"Only a succeeded payment can be refunded; this one is {payment.status!r}."
+    if (archived := ledger.charge_refusal(payment)) is not None:
+        return archived
     if reversals_of(payment).exclude(status=Reversal.Status.FAILED).exists():
         return "This payment is being reversed."
     return None
@@ -63,6 +65,8 @@ def reversal_refusal(payment: Payment) -> str | None:
     """Why `payment` cannot be reversed now, or None."""
     if payment.status != PaymentStatus.SUCCEEDED or payment.refunded_minor:
         return f"Only a succeeded, unrefunded payment can be reversed; this one is {payment.status!r}."
+    if (archived := ledger.charge_refusal(payment)) is not None:
+        return archived
     succeeded_at = (
         # With the payment's month: on PostgreSQL only its partition is read.
         payment.history.filter(payment_created_at=payment.created_at, to_status=PaymentStatus.SUCCEEDED)

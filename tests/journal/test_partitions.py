@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db import IntegrityError, InternalError, connections, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from journal import store
 from journal.models import JournalRecord
 from journal.partitions import RECORDS
 from journal.services import build, expire
@@ -104,6 +106,28 @@ def test_expiry_drops_months_past_every_kinds_time_whole_and_the_rest_row_by_row
     assert RECORDS.partition_name(mid_month) in RECORDS.partitions()
 
 
+def test_expiry_deletes_rows_in_short_batches_each_bound_by_a_statement_timeout(
+    settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.JOURNAL_TTL_DAYS = {"api_request": 90}
+    settings.JOURNAL_TTL_DEFAULT_DAYS = 400
+    now = timezone.now()
+    mid_month = add_months(month_start(now), -5)  # api_request expired, the others kept: deleted by rows
+    RECORDS.ensure(since=mid_month)
+    for n in range(7):
+        write("api_request", datetime(mid_month.year, mid_month.month, 10, tzinfo=UTC), n=n)
+    write("carrier_call", datetime(mid_month.year, mid_month.month, 10, tzinfo=UTC), n=100)
+    monkeypatch.setattr(store, "EXPIRY_BATCH_ROWS", 3)
+    with CaptureQueriesContext(connections["journal"]) as queries:
+        assert expire(now=now) == 7
+    assert sorted(located()) == [100]
+    statements = [query["sql"] for query in queries.captured_queries]
+    assert len([sql for sql in statements if sql.startswith("DELETE")]) == 3  # 3 + 3 + 1
+    timeouts = [sql for sql in statements if "statement_timeout" in sql]
+    assert len(timeouts) >= 3
+    assert all(sql.rstrip().endswith("'60s'") for sql in timeouts), timeouts
+
+
 def test_archiving_copies_old_months_to_files_checks_them_and_drops_the_partitions(tmp_path: Path) -> None:
     now = timezone.now()
     old = add_months(month_start(now), -14)
@@ -136,6 +160,24 @@ def test_archiving_takes_up_a_month_left_detached(tmp_path: Path) -> None:
     call_command("archive_partitions", "--table", RECORDS.table, "--older-than-days", "3650", "--dir", str(tmp_path))
     assert RECORDS.detached() == []
     assert [row["kind"] for row in read_archive(tmp_path / f"{name}.csv.gz")] == ["carrier_call"]
+
+
+def test_a_month_archived_again_after_late_records_gets_a_second_file_next_to_the_first(tmp_path: Path) -> None:
+    old = add_months(month_start(timezone.now()), -14)
+    RECORDS.ensure(since=old)
+    write("carrier_call", datetime(old.year, old.month, 5, tzinfo=UTC), n=1)
+    call_command("archive_partitions", "--table", RECORDS.table, "--older-than-days", "365", "--dir", str(tmp_path))
+    # A record sent late with the old month's time: it waits in the default partition, the job gives the month
+    # its partition again (it is within 24 months), and the next archival takes it out once more.
+    write("carrier_call", datetime(old.year, old.month, 6, tzinfo=UTC), n=2)
+    assert RECORDS.partition_name(old) in ensure_all()
+    call_command("archive_partitions", "--table", RECORDS.table, "--older-than-days", "365", "--dir", str(tmp_path))
+    name = RECORDS.partition_name(old)
+    first, second = tmp_path / f"{name}.csv.gz", tmp_path / f"{name}.2.csv.gz"
+    assert [json.loads(row["document"])["data"]["n"] for row in read_archive(first)] == [1]
+    assert [json.loads(row["document"])["data"]["n"] for row in read_archive(second)] == [2]
+    assert sorted(path.name for path in tmp_path.glob(f"{name}.*")) == sorted([first.name, second.name])
+    assert RECORDS.partition_name(old) not in RECORDS.partitions()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -10,11 +10,22 @@ import pytest
 from django.db import IntegrityError, InternalError, connection, transaction
 from django.utils import timezone
 
-from payments.models import LedgerEntry, LedgerLine, Payment, PaymentFlow, PaymentStatus, PaymentStatusChange
+from payments.errors import ChargeNotInLedger
+from payments.models import (
+    LedgerEntry,
+    LedgerLine,
+    Payment,
+    PaymentFlow,
+    PaymentStatus,
+    PaymentStatusChange,
+    Refund,
+    Reversal,
+)
 from payments.partitions import ENTRIES, HISTORY, LINES
-from payments.services.ledger import post_charge
+from payments.services.ledger import post_charge, post_refund
 from payments.services.state_machine import record_creation, transition
 from playpay.partitions import add_months, ensure_all, month_start, read_archive
+from tests.conftest import Shop, assert_problem
 from tests.factories import PaymentFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -238,3 +249,27 @@ def test_archiving_ledger_entries_before_their_lines_is_refused_with_the_order_t
     with pytest.raises(CommandError, match="ledger lines before ledger entries"):
         call_command("archive_partitions", "--table", ENTRIES.table, "--older-than-days", "365", "--dir", str(tmp_path))
     assert LedgerEntry.objects.filter(payment=payment).exists()
+
+
+def test_a_payment_whose_ledger_month_was_archived_is_neither_refunded_nor_reversed(shop: Shop, tmp_path: Path) -> None:
+    public_id = shop.pay(flow="one_click")["id"]
+    payment = Payment.objects.get(public_id=public_id)
+    with connection.cursor() as cursor:  # as if committed: no balance check left pending
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+    month = month_start(payment.created_at)
+    LINES.archive(month, tmp_path)
+    ENTRIES.archive(month, tmp_path)
+    refund = shop.client.post(
+        f"/api/v1/payments/{public_id}/refunds/", {"reason": "goodwill"}, format="json", HTTP_IDEMPOTENCY_KEY="r1"
+    )
+    assert "archived" in assert_problem(refund, status=409, code="illegal_transition")["detail"]
+    reversal = shop.client.post(f"/api/v1/payments/{public_id}/reversal/", {"reason": "not delivered"}, format="json")
+    assert "archived" in assert_problem(reversal, status=409, code="reversal_not_allowed")["detail"]
+    # Whatever asks the ledger directly is refused too, before anything is written.
+    with pytest.raises(ChargeNotInLedger, match="archived"):
+        post_refund(Refund(payment=payment, amount_minor=10, via_carrier=False), refunded_before=0)
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_minor) == (PaymentStatus.SUCCEEDED, 0)
+    assert not Refund.objects.filter(payment=payment).exists()
+    assert not Reversal.objects.filter(payment=payment).exists()
+    assert not LedgerEntry.objects.filter(payment=payment).exists()

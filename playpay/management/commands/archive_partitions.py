@@ -14,7 +14,8 @@ from playpay.partitions import get
 class Command(BaseCommand):
     help = (
         "Take the months older than --older-than-days out of a partitioned table (PostgreSQL): each month's "
-        "partition is detached, copied to <dir>/<partition>.csv.gz (COPY, with a header), the file's row count "
+        "partition is detached, copied to <dir>/<partition>.csv.gz (<partition>.2.csv.gz, .3, … for a month "
+        "archived before: a file is never overwritten; COPY, with a header), the file's row count "
         "checked against the partition's, then the partition dropped. A month whose check fails stays detached "
         "(outside every query, nothing lost) and the command fails; run again, it takes it up."
     )
