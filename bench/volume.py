@@ -4,7 +4,8 @@ What one run does:
 
 1. A fresh database (`--db-name`, default playpay_volume, and its journal `<name>_journal`): `migrate`,
    `seed_demo`, then `generate_volume` with `--payments` (10,000,000) and `--events` (20,000,000) over
-   18 months, timed. `--reuse-db` skips all that when the database already holds payments (a run with
+   18 months, timed; the journal holds what its retention keeps (`--journal-within-ttl`, as a deployment
+   running the daily expiry job would; `--full-journal` for every interaction). `--reuse-db` skips all that when the database already holds payments (a run with
    `--keep-db` left it); `--keep-db` keeps it at the end.
 2. gunicorn serves the app with DEBUG=false (staff second factor off, a signed-in superuser's session),
    and the script measures over HTTP, as a browser would:
@@ -162,7 +163,7 @@ def seed(env: dict[str, str]) -> str:
     return match.group(1)
 
 
-def generate(env: dict[str, str], payments: int, events: int) -> float:
+def generate(env: dict[str, str], payments: int, events: int, *, full_journal: bool) -> float:
     """Run generate_volume, its progress on stderr; seconds it took."""
     command = [
         sys.executable,
@@ -172,6 +173,7 @@ def generate(env: dict[str, str], payments: int, events: int) -> float:
         str(payments),
         "--events",
         str(events),
+        *([] if full_journal else ["--journal-within-ttl"]),
     ]
     timeout = 600 + payments * 0.01  # generous (10 ms a payment), but bounded
     started = time.perf_counter()
@@ -537,7 +539,7 @@ def family_sizes(pg_url: str, db_name: str) -> dict[str, int]:
     for family, database, tables in (
         ("payments, history, refunds, reversals, ledger", db_name, PAYMENT_TABLES),
         ("funnel events, keys, journeys", db_name, FUNNEL_TABLES),
-        ("journal", f"{db_name}_journal", JOURNAL_TABLES),
+        ("journal (within its retention unless --full-journal)", f"{db_name}_journal", JOURNAL_TABLES),
     ):
         with psycopg.connect(db_url(pg_url, database)) as conn:
             existing = []
@@ -598,7 +600,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             log(f"creating {args.db_name}, migrate, seed_demo")
             api_key = prepare_database(args.pg_url, args.db_name, env)
             log(f"generating {args.payments:,} payments and {args.events:,} events")
-            seconds = generate(env, args.payments, args.events)
+            seconds = generate(env, args.payments, args.events, full_journal=args.full_journal)
             existing = payment_count(database_url)
             generation = (
                 f"generate_volume: {existing:,} payments, {args.events:,} events in {seconds:,.0f} s "
@@ -712,6 +714,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--create-seconds", type=float, default=15.0, help="seconds of payment creation per phase")
     parser.add_argument("--connections", type=int, default=2, help="connections creating payments (2)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
+    parser.add_argument(
+        "--full-journal",
+        action="store_true",
+        help="journal every interaction of the 18 months; by default only what the journal's retention "
+        "(JOURNAL_TTL_DAYS) keeps, as in a deployment (at 10 M payments the full journal is ~40 GB)",
+    )
     parser.add_argument("--skip-chdb", action="store_true", help="leave out the raw-vs-chdb funnel")
     parser.add_argument(
         "--pg-url",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import calendar
 import hashlib
+import json
 import math
 import re
 import secrets
@@ -829,6 +830,14 @@ JOURNAL_VALUES = {
         'data', data)""",
 }
 
+# Only the records a deployment still holds under its retention (JOURNAL_TTL_DAYS), as if the daily expiry
+# job had run: what a database of that age really keeps.
+JOURNAL_WITHIN_TTL = """(
+    SELECT * FROM {source}
+    WHERE occurred_at >= %(now)s - interval '1 day'
+        * coalesce((%(journal_ttl_days)s::jsonb ->> kind)::int, %(journal_ttl_default_days)s)
+) kept"""
+
 JOURNAL_HASHED = """(
     SELECT *, CASE WHEN msisdn = '' THEN ''
                    ELSE encode(sha256(%(outer_pad)s || sha256(%(inner_pad)s || convert_to(msisdn, 'UTF8'))), 'hex')
@@ -859,6 +868,7 @@ def generate_volume(
     now: datetime | None = None,
     fire_triggers: bool | None = None,
     rebuild_indexes: bool | None = None,
+    journal_within_ttl: bool = False,
     progress: Callable[[str], None] = lambda message: None,
 ) -> VolumeResult:
     """Add `payments` payments over the last `months` months, and about `events` funnel events (2 per payment
@@ -874,6 +884,10 @@ def generate_volume(
     load and built again after it, as they were (sorted builds, two at a time), so that inserts do not pay
     for them row by row (most of the time otherwise). Meanwhile those tables have no secondary index: by
     default (None) only when they are all empty, and not inside a transaction.
+
+    `journal_within_ttl`: write only the journal records still within their kind's retention
+    (settings.JOURNAL_TTL_DAYS), as a deployment running the daily expiry job holds them; by default every
+    interaction of the months is written.
 
     Called inside a transaction (a test), it writes the journal in this thread, all in that transaction;
     otherwise a thread writes one month's journal records while the next month is generated."""
@@ -929,6 +943,8 @@ def generate_volume(
         "callback_protocols": list(CALLBACK_PROTOCOLS),
         "inner_pad": inner_pad,
         "outer_pad": outer_pad,
+        "journal_ttl_days": json.dumps(settings.JOURNAL_TTL_DAYS) if journal_within_ttl else None,
+        "journal_ttl_default_days": settings.JOURNAL_TTL_DEFAULT_DAYS,
     }
     given = 0
     stages: list[JournalStage] = []
@@ -1122,9 +1138,10 @@ def _write_journal(stage: JournalStage, params: dict[str, Any]) -> int:
     its own connection, while the next month is generated)."""
     with transaction.atomic(using=JOURNAL), connections[JOURNAL].cursor() as cursor:
         _bulk_load(cursor)
-        source = JOURNAL_HASHED.replace(
-            "{source}", JOURNAL_SOURCE.format(payments=stage.payments, refunds=stage.refunds)
-        )
+        interactions = JOURNAL_SOURCE.format(payments=stage.payments, refunds=stage.refunds)
+        if params["journal_ttl_days"] is not None:
+            interactions = JOURNAL_WITHIN_TTL.format(source=interactions)
+        source = JOURNAL_HASHED.replace("{source}", interactions)
         cursor.execute(insert_sql(JournalRecord, JOURNAL_VALUES, source), params)
         written = int(cursor.rowcount)
         stage.drop(cursor)

@@ -181,6 +181,22 @@ def test_running_it_again_adds_as_much_again(volume: VolumeResult) -> None:
     assert not unbalanced.exists()
 
 
+def test_within_ttl_it_writes_only_the_records_the_expiry_job_would_keep(settings: Any) -> None:
+    call_command("seed_demo", stdout=io.StringIO())
+    settings.JOURNAL_TTL_DAYS = {"api_request": 30, "carrier_call": 200}
+    settings.JOURNAL_TTL_DEFAULT_DAYS = 100  # carrier callbacks
+    now = timezone.now()
+    result = generate_volume(payments=600, months=12, seed=0.1, now=now, journal_within_ttl=True)
+    records = JournalRecord.objects.using(JOURNAL)
+    assert records.count() == result.journal_records > 0
+    oldest = dict(records.values_list("kind").annotate(Min("occurred_at")))
+    assert now - timedelta(days=30) <= oldest["api_request"]
+    assert now - timedelta(days=200) <= oldest["carrier_call"] < now - timedelta(days=150)
+    assert now - timedelta(days=100) <= oldest["carrier_callback"]
+    # The payments themselves span the 12 months.
+    assert Payment.objects.aggregate(first=Min("created_at"))["first"] < now - timedelta(days=300)
+
+
 def test_the_screens_answer_on_the_generated_data(volume: VolumeResult, staff_client: StaffClient) -> None:
     client = staff_client("superuser")
     for period in PERIODS:

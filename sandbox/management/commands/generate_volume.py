@@ -18,6 +18,12 @@ class Command(BaseCommand):
         parser.add_argument("--events", type=int, default=None, help="funnel events to add (2 per payment)")
         parser.add_argument("--months", type=int, default=18, help="months they span, this one included (18)")
         parser.add_argument("--seed", type=float, default=None, help="PostgreSQL's random seed, -1 to 1")
+        parser.add_argument(
+            "--journal-within-ttl",
+            action="store_true",
+            help="write only the journal records still within their kind's retention (JOURNAL_TTL_DAYS), as a "
+            "deployment running the daily expiry job holds them (by default every interaction is journaled)",
+        )
         indexes = parser.add_mutually_exclusive_group()
         indexes.add_argument(
             "--rebuild-indexes",
@@ -44,6 +50,7 @@ class Command(BaseCommand):
                 months=options["months"],
                 seed=seed,
                 rebuild_indexes=options["rebuild_indexes"],
+                journal_within_ttl=options["journal_within_ttl"],
                 progress=lambda message: self.stdout.write(message),
             )
         except VolumeError as error:
