@@ -5,8 +5,9 @@ What one run does:
 1. A fresh database (`--db-name`, default playpay_volume, and its journal `<name>_journal`): `migrate`,
    `seed_demo`, then `generate_volume` with `--payments` (10,000,000) and `--events` (20,000,000) over
    18 months, timed; the journal holds what its retention keeps (`--journal-within-ttl`, as a deployment
-   running the daily expiry job would; `--full-journal` for every interaction). `--reuse-db` skips all that when the database already holds payments (a run with
-   `--keep-db` left it); `--keep-db` keeps it at the end.
+   running the daily expiry job would; `--full-journal` for every interaction). `--reuse-db` skips all
+   that when the database already holds payments (a run with `--keep-db` left it); `--keep-db` keeps it
+   at the end.
 2. gunicorn serves the app with DEBUG=false (staff second factor off, a signed-in superuser's session),
    and the script measures over HTTP, as a browser would:
    - the dashboard's `data.json` for every period the dashboard offers (`reporting.selectors.PERIODS`):
