@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import models
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -29,6 +30,7 @@ from payments.models import (
     WebhookDelivery,
 )
 from payments.services import webhooks
+from payments.services.carrier_flow import is_uuid
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
 from playpay.admin_base import ReadOnlyInline, RecordAdmin
 from playpay.errors import DomainError
@@ -77,7 +79,18 @@ class AppAdmin(admin.ModelAdmin[App]):
         self._show_once(request, "API key", app, issued.raw_key)
 
 
-class StatusChangeInline(ReadOnlyInline):
+class PaymentMonthFormSet(BaseInlineFormSet):  # type: ignore[type-arg]
+    """A payment's rows, read from its month's partition only (they are partitioned by payment_created_at)."""
+
+    def get_queryset(self) -> Any:
+        return super().get_queryset().filter(payment_created_at=self.instance.created_at)
+
+
+class PaymentMonthInline(ReadOnlyInline):
+    formset = PaymentMonthFormSet
+
+
+class StatusChangeInline(PaymentMonthInline):
     model = PaymentStatusChange
     fields = ["created_at", "from_status", "to_status", "actor", "reason"]
 
@@ -101,7 +114,7 @@ class OutcomeUnknownFilter(admin.SimpleListFilter):
         return queryset
 
 
-class RefundInline(ReadOnlyInline):
+class RefundInline(PaymentMonthInline):
     model = Refund
     fields = [
         "created_at",
@@ -116,7 +129,7 @@ class RefundInline(ReadOnlyInline):
     ]
 
 
-class ReversalInline(ReadOnlyInline):
+class ReversalInline(PaymentMonthInline):
     model = Reversal
     fields = ["created_at", "status", "via_carrier", "reason", "requested_by", "failure_code", *OUTCOME_FIELDS]
 
@@ -146,7 +159,8 @@ class PaymentAdmin(RecordAdmin):
         "outcome_unknown_since",
     ]
     list_filter = ["status", OutcomeUnknownFilter, "flow", "carrier__country", "app"]
-    search_fields = ["=public_id", "=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
+    # A public id is searched by `with_public_id` (its months only), in get_search_results.
+    search_fields = ["=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
     date_hierarchy = "created_at"
     inlines = [StatusChangeInline, RefundInline, ReversalInline]
@@ -160,6 +174,13 @@ class PaymentAdmin(RecordAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        term = search_term.strip()
+        if is_uuid(term):  # a public id (or a key, a reference that looks like one)
+            found = found | queryset.filter(pk__in=Payment.objects.with_public_id(term).values("pk"))
+        return found, duplicates
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("payments.refund_payment"))
