@@ -190,3 +190,95 @@ def test_a_month_of_payments_is_archived_after_its_children_with_its_keys(shop: 
     delivery = WebhookDelivery.objects.get(message_id="m-1")
     assert (delivery.payment_id, delivery.payment_created_at) == (None, None)
     as_committed()
+
+
+TABLES = ("payments_payment", "payments_paymentstatuschange", "payments_refund", "payments_webhookdelivery")
+
+
+def tables_state() -> dict[str, tuple[str, list[tuple[object, ...]], list[str]]]:
+    """Per table: its kind (r plain, p partitioned), its rows, and its foreign keys to the payments."""
+    state = {}
+    with connection.cursor() as cursor:
+        for table in TABLES:
+            cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [table])
+            kind = cursor.fetchone()[0]
+            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table names
+            columns = [column.name for column in cursor.description]
+            new = "payment_created_at" if table == "payments_webhookdelivery" else None  # a new column
+            rows = [
+                tuple(value for name, value in zip(columns, row, strict=True) if name != new)
+                for row in cursor.fetchall()
+            ]
+            cursor.execute(
+                "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f' "
+                "AND conrelid = %s::regclass AND confrelid = 'payments_payment'::regclass AND conparentid = 0 "
+                "ORDER BY 1",
+                [table],
+            )
+            state[table] = (kind, rows, [row[0] for row in cursor.fetchall()])
+    return state
+
+
+@pytest.mark.django_db(transaction=True)
+def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> None:
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("payments", "0021_refunds_reversals_partitioned_by_payment_month")]
+    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("payments")
+
+    def migrate(target: list[tuple[str, str]]) -> None:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(target)
+
+    old = PaymentFactory.create(  # before every partition: the default one
+        app=shop.app,
+        price_point=shop.price_point,
+        created_at=datetime(2019, 6, 1, tzinfo=UTC),
+        idempotency_key="k-old",
+        carrier_reference="ref-old",
+    )
+    recent = PaymentFactory.create(app=shop.app, price_point=shop.price_point, idempotency_key="k-recent")
+    shop.carrier.supports_refund = False
+    shop.carrier.save()
+    record_creation(old, actor="test")
+    record_creation(recent, actor="test")
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=recent.pk)
+        transition(locked, PaymentStatus.CHARGING, actor="test")
+        transition(locked, PaymentStatus.SUCCEEDED, actor="test")
+    request_refund(payment=Payment.objects.get(pk=recent.pk), amount_minor=None, reason="goodwill", actor="test")
+    WebhookDelivery.objects.create(
+        app=shop.app, payment=recent, message_id="m-2", event_type="e", payload={}, url="https://x"
+    )
+    partitioned = tables_state()
+    assert {kind for kind, _, _ in partitioned.values()} == {"p", "r"}
+    assert partitioned["payments_payment"][0] == "p"
+    assert all("(payment_id, payment_created_at)" in key for _, _, keys in partitioned.values() for key in keys)
+    try:
+        migrate(before)
+        plain = tables_state()
+        assert plain["payments_payment"][:2] == ("r", partitioned["payments_payment"][1])
+        for table in TABLES[1:]:
+            assert plain[table][1] == partitioned[table][1]
+            assert [key.split()[0] for key in plain[table][2]] == [key.split()[0] for key in partitioned[table][2]]
+            assert all("FOREIGN KEY (payment_id) REFERENCES payments_payment(id)" in key for key in plain[table][2])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT to_regclass('payments_paymentidempotencykey')")
+            assert cursor.fetchone()[0] is None
+            # A carrier that gave a reference twice, before the key table: the oldest payment keeps it.
+            cursor.execute("UPDATE payments_payment SET carrier_reference = 'ref-old' WHERE id = %s", [recent.pk])
+        migrate(latest)
+        assert tables_state()["payments_refund"] == partitioned["payments_refund"]
+        assert tables_state()["payments_payment"][2] == partitioned["payments_payment"][2]
+        assert partition_of(old) == PAYMENTS.default_partition
+        assert partition_of(recent) == PAYMENTS.partition_name(month_start(recent.created_at))
+        keys = PaymentIdempotencyKey.objects.values_list("key", "payment_id", "payment_created_at")
+        assert sorted(keys) == [("k-old", old.pk, old.created_at), ("k-recent", recent.pk, recent.created_at)]
+        references = PaymentCarrierReference.objects.values_list("reference", "payment_id")
+        assert list(references) == [("ref-old", old.pk)]
+        assert WebhookDelivery.objects.get(message_id="m-2").payment_created_at == recent.created_at
+        assert PaymentFactory.create(app=shop.app, price_point=shop.price_point).pk > recent.pk  # the sequence goes on
+        as_committed()
+    finally:
+        migrate(latest)
