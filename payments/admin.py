@@ -79,6 +79,15 @@ class AppAdmin(admin.ModelAdmin[App]):
         self._show_once(request, "API key", app, issued.raw_key)
 
 
+def also_by_payment_public_id(queryset: Any, found: Any, term: str, *, payment: str) -> Any:
+    """`found`, and the rows of `queryset` whose payment (the field `payment`) has the public id `term`, looked
+    up by `Payment.objects.with_public_id` (its months only); `found` alone when the term is no UUID."""
+    term = term.strip()
+    if not is_uuid(term):
+        return found
+    return found | queryset.filter(**{f"{payment}__in": Payment.objects.with_public_id(term).values("pk")})
+
+
 class PaymentMonthFormSet(BaseInlineFormSet):  # type: ignore[type-arg]
     """A payment's rows, read from its month's partition only (they are partitioned by payment_created_at)."""
 
@@ -159,7 +168,7 @@ class PaymentAdmin(RecordAdmin):
         "outcome_unknown_since",
     ]
     list_filter = ["status", OutcomeUnknownFilter, "flow", "carrier__country", "app"]
-    # A public id is searched by `with_public_id` (its months only), in get_search_results.
+    # A public id is searched by `with_public_id` (its months only), below.
     search_fields = ["=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
     date_hierarchy = "created_at"
@@ -177,10 +186,7 @@ class PaymentAdmin(RecordAdmin):
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
         found, duplicates = super().get_search_results(request, queryset, search_term)
-        term = search_term.strip()
-        if is_uuid(term):  # a public id (or a key, a reference that looks like one)
-            found = found | queryset.filter(pk__in=Payment.objects.with_public_id(term).values("pk"))
-        return found, duplicates
+        return also_by_payment_public_id(queryset, found, search_term, payment="pk"), duplicates
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("payments.refund_payment"))
@@ -319,8 +325,12 @@ class PaymentAdmin(RecordAdmin):
 class RefundAdmin(RecordAdmin):
     list_display = ["public_id", "created_at", "payment", "amount_minor", "currency", "status", *OUTCOME_FIELDS]
     list_filter = ["status", OutcomeUnknownFilter, "via_carrier"]
-    search_fields = ["=public_id", "=carrier_reference", "=payment__public_id"]
+    search_fields = ["=public_id", "=carrier_reference"]  # and the payment's public id, below
     list_select_related = ["payment"]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="payment"), duplicates
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -343,9 +353,14 @@ class WebhookAttemptInline(ReadOnlyInline):
 class WebhookDeliveryAdmin(RecordAdmin):
     list_display = ["message_id", "app", "event_type", "status", "attempts", "last_status_code", "next_attempt_at"]
     list_filter = ["status", "event_type", "app"]
-    search_fields = ["=message_id", "=payment__public_id"]
+    search_fields = ["=message_id"]  # and the payment's public id, below
     list_select_related = ["app"]
     inlines = [WebhookAttemptInline]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="payment"), duplicates
+
     actions = ["replay"]
 
     def has_replay_permission(self, request: HttpRequest) -> bool:

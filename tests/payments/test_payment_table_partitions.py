@@ -32,7 +32,7 @@ from payments.services.refunds import request_refund
 from payments.services.state_machine import record_creation, transition
 from playpay.ids import new_public_id
 from playpay.partitions import add_months, month_start, read_archive
-from tests.conftest import Shop
+from tests.conftest import Shop, StaffClient
 from tests.factories import PaymentFactory
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
@@ -282,3 +282,22 @@ def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> Non
         as_committed()
     finally:
         migrate(latest)
+
+
+def test_support_finds_a_payment_and_its_refunds_by_public_id_and_sees_its_months_rows(
+    shop: Shop, staff_client: StaffClient
+) -> None:
+    older = PaymentFactory.create(app=shop.app, price_point=shop.price_point, created_at=months_ago(2))
+    other = PaymentFactory.create(app=shop.app, price_point=shop.price_point)
+    record_creation(older, actor="app:history-of-older")
+    record_creation(other, actor="app:history-of-other")
+    support = staff_client("superuser")
+    found = support.get("/admin/payments/payment/", {"q": str(older.public_id)}).content.decode()
+    assert f"/admin/payments/payment/{older.pk}/change/" in found
+    assert f"/admin/payments/payment/{other.pk}/change/" not in found
+    legacy = PaymentFactory.create(app=shop.app, price_point=shop.price_point, public_id=uuid.uuid4())
+    found = support.get("/admin/payments/payment/", {"q": str(legacy.public_id)}).content.decode()
+    assert f"/admin/payments/payment/{legacy.pk}/change/" in found
+    page = support.get(f"/admin/payments/payment/{older.pk}/change/").content.decode()
+    assert "app:history-of-older" in page
+    assert "app:history-of-other" not in page
