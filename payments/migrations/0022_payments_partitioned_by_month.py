@@ -101,9 +101,20 @@ def unpartition(apps: Any, schema_editor: Any) -> None:
                 )
 
 
-def _unconstrained(model_name: str, field: models.Field[Any, Any]) -> migrations.SeparateDatabaseAndState:
-    """Django's foreign key loses its constraint in the state only: `partition` replaces it on PostgreSQL, and
-    SQLite keeps its own."""
+def _unconstrained(
+    model_name: str, related_name: str, on_delete: Any, *, one_to_one: bool = False, null: bool = False
+) -> migrations.SeparateDatabaseAndState:
+    """Django's foreign key to the payment loses its constraint in the state only: `partition` replaces it on
+    PostgreSQL, and SQLite keeps its own."""
+    kind = models.OneToOneField if one_to_one else models.ForeignKey
+    field = kind(
+        to="payments.payment",
+        on_delete=on_delete,
+        related_name=related_name,
+        db_constraint=False,
+        null=null,
+        blank=null,
+    )
     return migrations.SeparateDatabaseAndState(
         state_operations=[migrations.AlterField(model_name=model_name, name="payment", field=field)]
     )
@@ -186,53 +197,11 @@ class Migration(migrations.Migration):
             ),
         ),
         migrations.RunPython(fill, migrations.RunPython.noop),
-        _unconstrained(
-            "paymentstatuschange",
-            models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.CASCADE,
-                related_name="history",
-                to="payments.payment",
-            ),
-        ),
-        _unconstrained(
-            "refund",
-            models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="refunds",
-                to="payments.payment",
-            ),
-        ),
-        _unconstrained(
-            "reversal",
-            models.OneToOneField(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="reversal",
-                to="payments.payment",
-            ),
-        ),
-        _unconstrained(
-            "ledgerentry",
-            models.ForeignKey(
-                db_constraint=False,
-                on_delete=django.db.models.deletion.PROTECT,
-                related_name="ledger_entries",
-                to="payments.payment",
-            ),
-        ),
-        _unconstrained(
-            "webhookdelivery",
-            models.ForeignKey(
-                blank=True,
-                db_constraint=False,
-                null=True,
-                on_delete=django.db.models.deletion.SET_NULL,
-                related_name="+",
-                to="payments.payment",
-            ),
-        ),
+        _unconstrained("paymentstatuschange", "history", django.db.models.deletion.CASCADE),
+        _unconstrained("refund", "refunds", django.db.models.deletion.PROTECT),
+        _unconstrained("reversal", "reversal", django.db.models.deletion.PROTECT, one_to_one=True),
+        _unconstrained("ledgerentry", "ledger_entries", django.db.models.deletion.PROTECT),
+        _unconstrained("webhookdelivery", "+", django.db.models.deletion.SET_NULL, null=True),
         migrations.RunPython(partition, unpartition),
         # On the partitioned table: both hold the partition key.
         migrations.AddConstraint(

@@ -151,6 +151,22 @@ def test_a_v7_public_id_is_read_from_its_months_and_a_v4_one_from_all(shop: Shop
     assert shop.client.get(f"/api/v1/payments/{'-' * 36}/").status_code == 404
 
 
+def refunded_with_a_webhook(payment: Payment, *, message_id: str) -> None:
+    """The payment charged, then refunded by the platform at once (its carrier cannot refund), and a webhook
+    delivery of it queued: a row in each table that refers to a payment."""
+    payment.carrier.supports_refund = False
+    payment.carrier.save()
+    record_creation(payment, actor="test")
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        transition(locked, PaymentStatus.CHARGING, actor="test")
+        transition(locked, PaymentStatus.SUCCEEDED, actor="test")
+    request_refund(payment=Payment.objects.get(pk=payment.pk), amount_minor=None, reason="goodwill", actor="test")
+    WebhookDelivery.objects.create(
+        app=payment.app, payment=payment, message_id=message_id, event_type="e", payload={}, url="https://x"
+    )
+
+
 def test_a_month_of_payments_is_archived_after_its_children_with_its_keys(shop: Shop, tmp_path: Path) -> None:
     created_at = months_ago(14)
     month = month_start(created_at)
@@ -162,17 +178,7 @@ def test_a_month_of_payments_is_archived_after_its_children_with_its_keys(shop: 
         idempotency_key="k-archived",
         carrier_reference="ref-archived",
     )
-    payment.carrier.supports_refund = False
-    payment.carrier.save()
-    record_creation(payment, actor="test")
-    with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=payment.pk)
-        transition(locked, PaymentStatus.CHARGING, actor="test")
-        transition(locked, PaymentStatus.SUCCEEDED, actor="test")
-    request_refund(payment=Payment.objects.get(pk=payment.pk), amount_minor=None, reason="goodwill", actor="test")
-    WebhookDelivery.objects.create(
-        app=shop.app, payment=payment, message_id="m-1", event_type="e", payload={}, url="https://x"
-    )
+    refunded_with_a_webhook(payment, message_id="m-1")
     as_committed()
     with pytest.raises(CommandError, match="then payments"):
         call_command(
@@ -239,18 +245,8 @@ def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> Non
         carrier_reference="ref-old",
     )
     recent = PaymentFactory.create(app=shop.app, price_point=shop.price_point, idempotency_key="k-recent")
-    shop.carrier.supports_refund = False
-    shop.carrier.save()
     record_creation(old, actor="test")
-    record_creation(recent, actor="test")
-    with transaction.atomic():
-        locked = Payment.objects.select_for_update().get(pk=recent.pk)
-        transition(locked, PaymentStatus.CHARGING, actor="test")
-        transition(locked, PaymentStatus.SUCCEEDED, actor="test")
-    request_refund(payment=Payment.objects.get(pk=recent.pk), amount_minor=None, reason="goodwill", actor="test")
-    WebhookDelivery.objects.create(
-        app=shop.app, payment=recent, message_id="m-2", event_type="e", payload={}, url="https://x"
-    )
+    refunded_with_a_webhook(recent, message_id="m-2")
     partitioned = tables_state()
     assert {kind for kind, _, _ in partitioned.values()} == {"p", "r"}
     assert partitioned["payments_payment"][0] == "p"
