@@ -8,7 +8,7 @@ finds its payment, reading that payment's month only.
 
 import logging
 
-from django.db import IntegrityError
+from django.db import IntegrityError, connection
 
 from carriers.models import Carrier
 from payments.models import Payment, PaymentCarrierReference, PaymentIdempotencyKey
@@ -34,40 +34,42 @@ def claim_idempotency_key(payment: Payment) -> None:
         raise
 
 
+# One statement on the common path (a new reference): the row, or nothing when the reference is taken.
+CLAIM_REFERENCE = (
+    "INSERT INTO payments_paymentcarrierreference (carrier_id, reference, payment_id, payment_created_at) "
+    "VALUES (%s, %s, %s, %s) ON CONFLICT (carrier_id, reference) DO NOTHING RETURNING payment_id"
+)
+
+
 def attach_carrier_reference(payment: Payment, reference: str) -> bool:
     """Make `reference` the payment's carrier reference in the key table; call under the payment's lock, in
     the transaction that sets `carrier_reference`. False, logged as an error, when the carrier gave the same
     reference to another payment: the reference stays that payment's and this one is not given it."""
-    PaymentCarrierReference.objects.bulk_create(
-        [
-            PaymentCarrierReference(
-                carrier_id=payment.carrier_id,
-                reference=reference,
-                payment_id=payment.pk,
-                payment_created_at=payment.created_at,
-            )
-        ],
-        ignore_conflicts=True,
-    )
-    owner = PaymentCarrierReference.objects.filter(carrier_id=payment.carrier_id, reference=reference).values_list(
-        "payment_id", flat=True
-    )
-    owner_id = owner.first()
-    if owner_id != payment.pk:
-        logger.error(
-            "carrier reference already belongs to another payment",
-            extra={
-                "carrier": payment.carrier.slug,
-                "carrier_reference": reference,
-                "payment_id": str(payment.public_id),
-                "owner_payment_pk": owner_id,
-            },
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIM_REFERENCE, [payment.carrier_id, reference, payment.pk, payment.created_at])
+        claimed = cursor.fetchone() is not None
+    if not claimed:
+        owner_id = (
+            PaymentCarrierReference.objects.filter(carrier_id=payment.carrier_id, reference=reference)
+            .values_list("payment_id", flat=True)
+            .first()
         )
-        return False
-    # The payment's earlier reference, if any, no longer names it (a callback names the current one).
-    PaymentCarrierReference.objects.filter(
-        payment_id=payment.pk, payment_created_at=payment.created_at, carrier_id=payment.carrier_id
-    ).exclude(reference=reference).delete()
+        if owner_id != payment.pk:
+            logger.error(
+                "carrier reference already belongs to another payment",
+                extra={
+                    "carrier": payment.carrier.slug,
+                    "carrier_reference": reference,
+                    "payment_id": str(payment.public_id),
+                    "owner_payment_pk": owner_id,
+                },
+            )
+            return False
+    previous = payment.carrier_reference
+    if previous and previous != reference:  # it no longer names the payment (a callback names the current one)
+        PaymentCarrierReference.objects.filter(
+            carrier_id=payment.carrier_id, reference=previous, payment_id=payment.pk
+        ).delete()
     return True
 
 
