@@ -120,6 +120,31 @@ def _unconstrained(
     )
 
 
+def _key_table(
+    name: str, key: tuple[str, models.Field[Any, Any]], owner: tuple[str, str], unique: str
+) -> migrations.CreateModel:
+    """A key table: (owner, key) unique, naming its payment by (payment_id, payment_created_at)."""
+    return migrations.CreateModel(
+        name=name,
+        fields=[
+            ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+            key,
+            ("payment_created_at", models.DateTimeField(editable=False)),
+            (owner[0], models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name="+", to=owner[1])),
+            (
+                "payment",
+                models.ForeignKey(
+                    db_constraint=False,
+                    on_delete=django.db.models.deletion.CASCADE,
+                    related_name="+",
+                    to="payments.payment",
+                ),
+            ),
+        ],
+        options={"constraints": [models.UniqueConstraint(fields=(owner[0], key[0]), name=unique)]},
+    )
+
+
 class Migration(migrations.Migration):
     dependencies = [
         ("carriers", "0005_carrier_deduplicates_reference_code"),
@@ -135,59 +160,17 @@ class Migration(migrations.Migration):
             name="public_id",
             field=models.UUIDField(default=playpay.ids.new_public_id, editable=False),
         ),
-        migrations.CreateModel(
-            name="PaymentIdempotencyKey",
-            fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("key", models.CharField(max_length=255)),
-                ("payment_created_at", models.DateTimeField(editable=False)),
-                (
-                    "app",
-                    models.ForeignKey(on_delete=django.db.models.deletion.PROTECT, related_name="+", to="tenants.app"),
-                ),
-                (
-                    "payment",
-                    models.ForeignKey(
-                        db_constraint=False,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="+",
-                        to="payments.payment",
-                    ),
-                ),
-            ],
-            options={
-                "constraints": [
-                    models.UniqueConstraint(fields=("app", "key"), name="payment_idempotency_key_unique_per_app")
-                ]
-            },
+        _key_table(
+            "PaymentIdempotencyKey",
+            ("key", models.CharField(max_length=255)),
+            ("app", "tenants.app"),
+            "payment_idempotency_key_unique_per_app",
         ),
-        migrations.CreateModel(
-            name="PaymentCarrierReference",
-            fields=[
-                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
-                ("reference", models.CharField(max_length=128)),
-                ("payment_created_at", models.DateTimeField(editable=False)),
-                (
-                    "carrier",
-                    models.ForeignKey(
-                        on_delete=django.db.models.deletion.PROTECT, related_name="+", to="carriers.carrier"
-                    ),
-                ),
-                (
-                    "payment",
-                    models.ForeignKey(
-                        db_constraint=False,
-                        on_delete=django.db.models.deletion.CASCADE,
-                        related_name="+",
-                        to="payments.payment",
-                    ),
-                ),
-            ],
-            options={
-                "constraints": [
-                    models.UniqueConstraint(fields=("carrier", "reference"), name="payment_carrier_reference_unique")
-                ]
-            },
+        _key_table(
+            "PaymentCarrierReference",
+            ("reference", models.CharField(max_length=128)),
+            ("carrier", "carriers.carrier"),
+            "payment_carrier_reference_unique",
         ),
         migrations.AddField(
             model_name="webhookdelivery",
