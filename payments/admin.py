@@ -7,6 +7,7 @@ from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import models
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -29,6 +30,7 @@ from payments.models import (
     WebhookDelivery,
 )
 from payments.services import webhooks
+from payments.services.carrier_flow import is_uuid
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
 from playpay.admin_base import ReadOnlyInline, RecordAdmin
 from playpay.errors import DomainError
@@ -77,7 +79,27 @@ class AppAdmin(admin.ModelAdmin[App]):
         self._show_once(request, "API key", app, issued.raw_key)
 
 
-class StatusChangeInline(ReadOnlyInline):
+def also_by_payment_public_id(queryset: Any, found: Any, term: str, *, payment: str) -> Any:
+    """`found`, and the rows of `queryset` whose payment (the field `payment`) has the public id `term`, looked
+    up by `Payment.objects.with_public_id` (its months only); `found` alone when the term is no UUID."""
+    term = term.strip()
+    if not is_uuid(term):
+        return found
+    return found | queryset.filter(**{f"{payment}__in": Payment.objects.with_public_id(term).values("pk")})
+
+
+class PaymentMonthFormSet(BaseInlineFormSet):  # type: ignore[type-arg]
+    """A payment's rows, read from its month's partition only (they are partitioned by payment_created_at)."""
+
+    def get_queryset(self) -> Any:
+        return super().get_queryset().filter(payment_created_at=self.instance.created_at)
+
+
+class PaymentMonthInline(ReadOnlyInline):
+    formset = PaymentMonthFormSet
+
+
+class StatusChangeInline(PaymentMonthInline):
     model = PaymentStatusChange
     fields = ["created_at", "from_status", "to_status", "actor", "reason"]
 
@@ -101,7 +123,7 @@ class OutcomeUnknownFilter(admin.SimpleListFilter):
         return queryset
 
 
-class RefundInline(ReadOnlyInline):
+class RefundInline(PaymentMonthInline):
     model = Refund
     fields = [
         "created_at",
@@ -116,7 +138,7 @@ class RefundInline(ReadOnlyInline):
     ]
 
 
-class ReversalInline(ReadOnlyInline):
+class ReversalInline(PaymentMonthInline):
     model = Reversal
     fields = ["created_at", "status", "via_carrier", "reason", "requested_by", "failure_code", *OUTCOME_FIELDS]
 
@@ -146,7 +168,8 @@ class PaymentAdmin(RecordAdmin):
         "outcome_unknown_since",
     ]
     list_filter = ["status", OutcomeUnknownFilter, "flow", "carrier__country", "app"]
-    search_fields = ["=public_id", "=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
+    # A public id is searched by `with_public_id` (its months only), below.
+    search_fields = ["=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
     date_hierarchy = "created_at"
     inlines = [StatusChangeInline, RefundInline, ReversalInline]
@@ -160,6 +183,10 @@ class PaymentAdmin(RecordAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="pk"), duplicates
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("payments.refund_payment"))
@@ -298,8 +325,12 @@ class PaymentAdmin(RecordAdmin):
 class RefundAdmin(RecordAdmin):
     list_display = ["public_id", "created_at", "payment", "amount_minor", "currency", "status", *OUTCOME_FIELDS]
     list_filter = ["status", OutcomeUnknownFilter, "via_carrier"]
-    search_fields = ["=public_id", "=carrier_reference", "=payment__public_id"]
+    search_fields = ["=public_id", "=carrier_reference"]  # and the payment's public id, below
     list_select_related = ["payment"]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="payment"), duplicates
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -322,9 +353,14 @@ class WebhookAttemptInline(ReadOnlyInline):
 class WebhookDeliveryAdmin(RecordAdmin):
     list_display = ["message_id", "app", "event_type", "status", "attempts", "last_status_code", "next_attempt_at"]
     list_filter = ["status", "event_type", "app"]
-    search_fields = ["=message_id", "=payment__public_id"]
+    search_fields = ["=message_id"]  # and the payment's public id, below
     list_select_related = ["app"]
     inlines = [WebhookAttemptInline]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="payment"), duplicates
+
     actions = ["replay"]
 
     def has_replay_permission(self, request: HttpRequest) -> bool:

@@ -1,10 +1,19 @@
+import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
-from playpay.ids import new_public_id
+from playpay.ids import new_public_id, time_of
+
+# A payment's UUIDv7 public id is made just before its row (`created_at`): a lookup by public id reads the
+# payments created within this of the id's time (one month's partition, two across a month's turn).
+PUBLIC_ID_SKEW = timedelta(days=1)
+
+# On PostgreSQL the rows that refer to a payment do so by (payment_id, payment_created_at), composite foreign
+# keys the migrations declare (payments 0022): their Django foreign keys say db_constraint=False.
 
 
 class PaymentStatus(models.TextChoices):
@@ -57,8 +66,33 @@ class OutcomeTracking(models.Model):
         abstract = True
 
 
+class PaymentQuerySet(models.QuerySet["Payment"]):
+    def with_public_id(self, public_id: uuid.UUID | str) -> "PaymentQuerySet":
+        """The payment of this public id (none for a value that is no UUID), read from the partitions of the
+        months around the time inside a UUIDv7; an older (v4) id is looked up in every partition."""
+        try:
+            parsed = public_id if isinstance(public_id, uuid.UUID) else uuid.UUID(str(public_id))
+        except ValueError:
+            return self.none()
+        made = time_of(parsed)
+        if made is None:
+            return self.filter(public_id=parsed)
+        return self.filter(
+            public_id=parsed, created_at__gte=made - PUBLIC_ID_SKEW, created_at__lt=made + PUBLIC_ID_SKEW
+        )
+
+
 class Payment(OutcomeTracking):
-    public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
+    """A payment.
+
+    On PostgreSQL the table is partitioned by month of `created_at` (payments.partitions), primary key (id,
+    created_at) there; unique keys must hold the partition key, so the public id is unique with it (ids are
+    made here: v7 or v4, 74 or 122 random bits), and the idempotency key per app and the carrier reference
+    per carrier are kept unique by the key tables `PaymentIdempotencyKey` and `PaymentCarrierReference`.
+    Look a payment up by public id with `Payment.objects.with_public_id`, which reads only its months.
+    """
+
+    public_id = models.UUIDField(default=new_public_id, editable=False)
     app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="payments")
     user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
     msisdn = models.CharField("MSISDN", max_length=16, help_text="E.164")
@@ -100,6 +134,8 @@ class Payment(OutcomeTracking):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = PaymentQuerySet.as_manager()
+
     class Meta:
         ordering = ["-id"]
         permissions = [
@@ -112,12 +148,8 @@ class Payment(OutcomeTracking):
                 condition=Q(refunded_minor__gte=0) & Q(refunded_minor__lte=F("amount_minor")),
                 name="payment_refunds_within_amount",
             ),
-            models.UniqueConstraint(
-                fields=["app", "idempotency_key"],
-                condition=~Q(idempotency_key=""),
-                name="payment_idempotency_key_unique_per_app",
-            ),
             models.CheckConstraint(condition=Q(status__in=PaymentStatus.values), name="payment_status_valid"),
+            models.UniqueConstraint(fields=["public_id", "created_at"], name="payment_public_id_unique"),
         ]
         indexes = [
             models.Index(fields=["app", "-created_at"]),
@@ -133,10 +165,49 @@ class Payment(OutcomeTracking):
             models.Index(
                 fields=["next_attempt_at"], condition=Q(next_attempt_at__isnull=False), name="payment_next_attempt_idx"
             ),
+            # The analytics shipping reads payments changed since its mark, in (updated_at, id) order.
+            models.Index(fields=["updated_at", "id"], name="payment_updated_idx"),
         ]
 
     def __str__(self) -> str:
         return str(self.public_id)
+
+
+class PaymentIdempotencyKey(models.Model):
+    """An app's idempotency key, claimed by the payment it created (in the transaction that inserts it).
+
+    The payments table is partitioned by month, and a unique key there holds the month: this small table
+    keeps the key unique per app across all months. Its rows leave with their payment's month (archive).
+    """
+
+    app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="+")
+    key = models.CharField(max_length=255)
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    payment_created_at = models.DateTimeField(editable=False)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["app", "key"], name="payment_idempotency_key_unique_per_app")]
+
+    def __str__(self) -> str:
+        return f"{self.app_id}:{self.key}"
+
+
+class PaymentCarrierReference(models.Model):
+    """A carrier's reference for a payment, unique per carrier across all months: a carrier's callback
+    naming the reference finds its payment here, then reads that payment's month only."""
+
+    carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="+")
+    reference = models.CharField(max_length=128)
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    payment_created_at = models.DateTimeField(editable=False)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["carrier", "reference"], name="payment_carrier_reference_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.carrier_id}:{self.reference}"
 
 
 class PaymentStatusChange(models.Model):
@@ -148,7 +219,7 @@ class PaymentStatusChange(models.Model):
     SQL) sets `payment_created_at` to the payment's `created_at`.
     """
 
-    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="history")
+    payment = models.ForeignKey(Payment, on_delete=models.CASCADE, related_name="history", db_constraint=False)
     payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     from_status = models.CharField(max_length=20, blank=True)
     to_status = models.CharField(max_length=20)
@@ -265,7 +336,12 @@ class WebhookDelivery(models.Model):
         ABANDONED = "abandoned", "abandoned (endpoint gone)"
 
     app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="webhook_deliveries")
-    payment = models.ForeignKey(Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    payment = models.ForeignKey(
+        Payment, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_constraint=False
+    )
+    payment_created_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The payment's created_at (its month, on PostgreSQL)."
+    )
     message_id = models.CharField(max_length=64, unique=True)
     event_type = models.CharField(max_length=64)
     payload = models.JSONField()
@@ -288,6 +364,11 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} → {self.app}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.payment is not None and self.payment_created_at is None:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)
 
 
 class WebhookAttempt(models.Model):
@@ -340,7 +421,7 @@ class Refund(MoneyOperation):
     """
 
     public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
-    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="refunds", db_constraint=False)
     payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     amount_minor = models.BigIntegerField()
     currency = models.CharField(max_length=3)
@@ -375,7 +456,7 @@ class Reversal(MoneyOperation):
     `created_at`. Whoever inserts reversals without `save()` (bulk SQL) sets `payment_created_at`.
     """
 
-    payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="reversal")
+    payment = models.OneToOneField(Payment, on_delete=models.PROTECT, related_name="reversal", db_constraint=False)
     payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
 
     class Meta:
@@ -426,7 +507,7 @@ class LedgerEntry(AppendOnly):
         REVERSAL = "reversal"
 
     kind = models.CharField(max_length=10, choices=Kind.choices)
-    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="ledger_entries")
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="ledger_entries", db_constraint=False)
     payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
     refund = models.OneToOneField(Refund, null=True, blank=True, on_delete=models.PROTECT, related_name="entry")
     memo = models.CharField(max_length=255, blank=True)

@@ -11,9 +11,16 @@ of them: ledger entries cannot move between partitions while lines refer to them
 stay in the same months as the entries. New payments are always of a month that has its partitions (made
 three months ahead).
 
+The payments themselves are partitioned by their `created_at`, and every table above refers to its payment
+by (payment_id, payment_created_at). Unique keys there must hold the month: the idempotency key per app and the
+carrier reference per carrier are kept unique across months by two unpartitioned key tables
+(`PaymentIdempotencyKey`, `PaymentCarrierReference`), whose rows of a month are deleted when the month's
+payments leave; a webhook delivery of such a payment keeps its row, its payment unset (as SET_NULL would).
+
 A month leaves (archive, retention) in the order of the foreign keys between them: ledger lines, then ledger
-entries (which refer to refunds), then refunds; history and reversals in any order (nothing refers to them).
-PostgreSQL refuses to detach a month others still refer to (`archive_partitions` says which order to follow).
+entries (which refer to refunds), then refunds; history and reversals in any order (nothing refers to them);
+the payments last. PostgreSQL refuses to detach a month others still refer to (`archive_partitions` says which
+order to follow).
 """
 
 from playpay.partitions import PartitionedTable, register
@@ -50,3 +57,19 @@ LINES = register(
 # payment_created_at).
 REFUNDS = register(PartitionedTable(table="payments_refund", column="payment_created_at", moves_from_default=False))
 REVERSALS = register(PartitionedTable(table="payments_reversal", column="payment_created_at", moves_from_default=False))
+
+# Last to leave: every table above refers to it. Its key tables' rows of the month go with it (a key of an
+# archived month may be used again); its webhook deliveries stay, unlinked.
+PAYMENTS = register(
+    PartitionedTable(
+        table="payments_payment",
+        column="created_at",
+        moves_from_default=False,
+        released=(
+            "DELETE FROM payments_paymentidempotencykey WHERE payment_id IN (SELECT id FROM {partition})",
+            "DELETE FROM payments_paymentcarrierreference WHERE payment_id IN (SELECT id FROM {partition})",
+            "UPDATE payments_webhookdelivery SET payment_id = NULL, payment_created_at = NULL "
+            "WHERE payment_id IN (SELECT id FROM {partition})",
+        ),
+    )
+)

@@ -12,8 +12,11 @@ from datetime import UTC, datetime
 from uuid_utils.compat import uuid7
 
 
-def new_public_id() -> uuid.UUID:
-    return uuid7()
+def new_public_id(at: datetime | None = None) -> uuid.UUID:
+    """A new UUIDv7, of now or of the moment `at` (a row made for that time: imported, generated, backdated)."""
+    if at is None:
+        return uuid7()
+    return uuid7(nanoseconds=int(at.timestamp() * 1_000_000) * 1000)
 
 
 def time_of(public_id: uuid.UUID) -> datetime | None:

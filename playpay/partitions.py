@@ -97,6 +97,10 @@ class PartitionedTable:
     With `moves_from_default` false, months found in the default partition are left there (no partition is
     made for them): a table other partitioned tables refer to by foreign key cannot have rows moved out
     of a partition (PostgreSQL checks the references at the DELETE, deferred or not).
+
+    `released` is run, `{partition}` standing for a month's partition, in the transaction that detaches it
+    (archive, drop): what lets go of its rows in unpartitioned tables that refer to them (key tables), which
+    PostgreSQL would otherwise refuse the detach for.
     """
 
     table: str
@@ -105,6 +109,7 @@ class PartitionedTable:
     months_ahead: int = MONTHS_AHEAD
     partition_sql: tuple[str, ...] = ()
     moves_from_default: bool = True
+    released: tuple[str, ...] = ()
 
     @property
     def connection(self) -> BaseDatabaseWrapper:
@@ -280,6 +285,7 @@ class PartitionedTable:
             if name in self.partitions():
                 with transaction.atomic(using=self.using):
                     cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                    self._release(cursor, name)
                     cursor.execute(f"ALTER TABLE {self.table} DETACH PARTITION {name}")
             cursor.execute(f"SELECT count(*) FROM {name}")
             rows = int(cursor.fetchone()[0])
@@ -309,12 +315,17 @@ class PartitionedTable:
         name = self.partition_name(month)
         with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
             cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            self._release(cursor, name)
             cursor.execute(f"ALTER TABLE {self.table} DETACH PARTITION {name}")
             cursor.execute(f"SELECT count(*) FROM {name}")
             rows = int(cursor.fetchone()[0])
             cursor.execute(f"DROP TABLE {name}")
         logger.info("partition dropped", extra={"partition": name, "rows": rows})
         return rows
+
+    def _release(self, cursor: Any, partition: str) -> None:
+        for sql in self.released:
+            cursor.execute(sql.format(partition=partition))
 
     def detached(self) -> list[str]:
         """Monthly partitions of this table left detached by an archive that did not finish."""

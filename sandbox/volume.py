@@ -48,6 +48,8 @@ from payments.models import (
     LedgerEntry,
     LedgerLine,
     Payment,
+    PaymentCarrierReference,
+    PaymentIdempotencyKey,
     PaymentStatusChange,
     Refund,
     Reversal,
@@ -498,6 +500,23 @@ PAYMENT_VALUES = {
     "resolve_attempts": "CASE WHEN status = 'charging' AND t0 < %(now)s - interval '1 hour' THEN 5 ELSE 0 END",
     "next_resolve_at": "CASE WHEN status = 'charging' THEN %(now)s + interval '5 minutes' END",
 }
+
+# The payments' keys unique across months (payments.services.payment_keys), claimed as the services do.
+IDEMPOTENCY_KEY_VALUES = {
+    "app_id": "app_id",
+    "key": PAYMENT_VALUES["idempotency_key"],
+    "payment_id": "id",
+    "payment_created_at": "t0",
+}
+CARRIER_REFERENCE_VALUES = {
+    "carrier_id": "carrier_id",
+    "reference": "carrier_reference",
+    "payment_id": "id",
+    "payment_created_at": "t0",
+}
+# A reference is 28 random bits within its millisecond: one drawn twice stays with the first payment, as
+# the services keep it.
+CARRIER_REFERENCE_SOURCE = "volume_chunk WHERE carrier_reference <> '' ORDER BY id ON CONFLICT DO NOTHING"
 
 HISTORY_SOURCE = """(
     SELECT c.id, c.t0 AS payment_created_at, p.from_status, p.to_status,
@@ -1067,6 +1086,8 @@ def _generate_month(
         cursor.execute(CHUNK_SQL, params)
         cursor.execute("ANALYZE volume_chunk")
         counts["payments"] = _insert(cursor, Payment, PAYMENT_VALUES, "volume_chunk", params)
+        _insert(cursor, PaymentIdempotencyKey, IDEMPOTENCY_KEY_VALUES, "volume_chunk", params)
+        _insert(cursor, PaymentCarrierReference, CARRIER_REFERENCE_VALUES, CARRIER_REFERENCE_SOURCE, params)
         counts["history"] = _insert(cursor, PaymentStatusChange, HISTORY_VALUES, HISTORY_SOURCE, params)
         cursor.execute(REFUNDS_SQL, params)
         counts["refunds"] = _insert(cursor, Refund, REFUND_VALUES, "volume_refund", params)
@@ -1173,6 +1194,8 @@ class _NowExecutor:
 
 VOLUME_MODELS: list[type[models.Model]] = [
     Payment,
+    PaymentIdempotencyKey,
+    PaymentCarrierReference,
     PaymentStatusChange,
     Refund,
     Reversal,

@@ -8,6 +8,8 @@ from factory.django import DjangoModelFactory
 
 from carriers.models import Carrier, Country, NumberPrefix, PricePoint, Protocol
 from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.services.payment_keys import attach_carrier_reference, claim_idempotency_key
+from playpay.ids import new_public_id
 from tenants.models import App
 
 
@@ -83,8 +85,14 @@ class PaymentFactory(DjangoModelFactory[Payment]):
     @classmethod
     def _create(cls, model_class: type[Payment], *args: Any, **kwargs: Any) -> Payment:
         created_at: datetime | None = kwargs.pop("created_at", None)
+        if created_at is not None:  # a public id of its time, as the payment flow makes them
+            kwargs.setdefault("public_id", new_public_id(created_at))
         payment: Payment = super()._create(model_class, *args, **kwargs)
         if created_at is not None:
             model_class.objects.filter(pk=payment.pk).update(created_at=created_at)
             payment.refresh_from_db()
+        # Its keys, as the services claim them (unique across the payments' months).
+        claim_idempotency_key(payment)
+        if payment.carrier_reference:
+            attach_carrier_reference(payment, payment.carrier_reference)
         return payment

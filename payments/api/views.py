@@ -7,6 +7,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.generics import get_object_or_404
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,7 +23,7 @@ from payments.api.serializers import (
     ReversalCreateSerializer,
     ReversalSerializer,
 )
-from payments.models import Payment, PaymentStatus, Refund
+from payments.models import Payment, PaymentQuerySet, PaymentStatus, Refund
 from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import (
     MAX_KEY_LENGTH,
@@ -91,7 +92,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     lookup_url_kwarg = "id"
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
-    def get_queryset(self) -> QuerySet[Payment]:
+    def get_queryset(self) -> PaymentQuerySet:
         queryset = Payment.objects.filter(app=_app(self.request)).select_related("carrier", "price_point")
         if self.action == "list":
             params = self.request.query_params
@@ -102,6 +103,12 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
             if params.get("user_ref"):
                 queryset = queryset.filter(user_ref=params["user_ref"])
         return queryset.order_by("-id")
+
+    def get_object(self) -> Payment:
+        # By public id, from the months the id's time names (payments are partitioned by month).
+        payment = get_object_or_404(self.get_queryset().with_public_id(self.kwargs[self.lookup_url_kwarg]))
+        self.check_object_permissions(self.request, payment)
+        return payment
 
     @extend_schema(
         parameters=[
@@ -130,7 +137,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 key,
                 perform=lambda: create_payment(app=app, request=payment_request, idempotency=key),
                 render=lambda payment: _created(PaymentSerializer(payment).data),
-                load=lambda public_id: self.get_queryset().get(public_id=public_id),
+                load=lambda public_id: self.get_queryset().with_public_id(public_id).get(),
             )
         )
 

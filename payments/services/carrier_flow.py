@@ -25,6 +25,7 @@ from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
 from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services import outbox, outcomes
+from payments.services.payment_keys import attach_carrier_reference, payment_by_carrier_reference
 from payments.services.state_machine import transition
 from tenants.models import App
 
@@ -135,8 +136,9 @@ def _merge_state(payment: Payment, result: CarrierResult) -> list[str]:
     if result.state:
         payment.carrier_data = {**payment.carrier_data, **result.state}
         fields.append("carrier_data")
-    if result.carrier_reference and result.carrier_reference != payment.carrier_reference:
-        payment.carrier_reference = result.carrier_reference
+    reference = result.carrier_reference
+    if reference and reference != payment.carrier_reference and attach_carrier_reference(payment, reference):
+        payment.carrier_reference = reference
         fields.append("carrier_reference")
     return fields
 
@@ -520,13 +522,10 @@ def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
     """Apply a verified carrier callback to its payment; returns what was done, for the log."""
     if notification.kind != NotificationKind.PAYMENT:
         return "ignored: not a payment notification"
-    payments = Payment.objects.filter(carrier=carrier)
     if notification.payment_id:
-        payment = (
-            payments.filter(public_id=notification.payment_id).first() if is_uuid(notification.payment_id) else None
-        )
+        payment = Payment.objects.filter(carrier=carrier).with_public_id(notification.payment_id).first()
     else:
-        payment = payments.filter(carrier_reference=notification.carrier_reference).first()
+        payment = payment_by_carrier_reference(carrier=carrier, reference=notification.carrier_reference)
     if payment is None:
         return "ignored: unknown payment"
     result = notification.result

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_class
@@ -39,8 +39,9 @@ from payments.services.carrier_flow import (
     pin_to_submit_again,
     record_pin_verdict,
 )
-from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, is_unique_violation
+from payments.services.idempotency import IdempotencyKey, claim_key
 from payments.services.outcomes import mark_unknown
+from payments.services.payment_keys import claim_idempotency_key
 from payments.services.state_machine import record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 from playpay.ids import new_public_id
@@ -88,27 +89,23 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
     flow = _choose_flow(carrier, request.flow)
     public_id = new_public_id()
     with transaction.atomic():
-        try:
-            payment = Payment.objects.create(
-                public_id=public_id,
-                app=app,
-                user_ref=request.user_ref,
-                msisdn=msisdn,
-                carrier=carrier,
-                price_point=price_point,
-                amount_minor=price_point.amount_minor,
-                currency=price_point.currency,
-                flow=flow,
-                idempotency_key=idempotency.key,
-                journey_id=request.journey_id,
-                metadata=request.metadata,
-            )
-        except IntegrityError as exc:
-            # The payment's own (app, idempotency key) constraint: another request with this key
-            # committed, or is still running (PostgreSQL made us wait for it).
-            if is_unique_violation(exc):
-                raise KeyAlreadyClaimed(idempotency.key) from exc
-            raise
+        payment = Payment.objects.create(
+            public_id=public_id,
+            app=app,
+            user_ref=request.user_ref,
+            msisdn=msisdn,
+            carrier=carrier,
+            price_point=price_point,
+            amount_minor=price_point.amount_minor,
+            currency=price_point.currency,
+            flow=flow,
+            idempotency_key=idempotency.key,
+            journey_id=request.journey_id,
+            metadata=request.metadata,
+        )
+        # The key per app, unique across the payments' months: another request with this key committed, or
+        # is still running (PostgreSQL makes us wait for it), and this one raises KeyAlreadyClaimed.
+        claim_idempotency_key(payment)
         record_creation(payment, actor=app_actor(app))
         dispatch(payment, "start_payment")
         claim_key(idempotency, resource_id=public_id)

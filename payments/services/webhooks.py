@@ -108,6 +108,7 @@ def queue_payment_webhook(payment: Payment) -> WebhookDelivery | None:
     delivery = WebhookDelivery.objects.create(
         app=app,
         payment=payment,
+        payment_created_at=payment.created_at,
         message_id=f"msg_{uuid.uuid4().hex}",
         event_type=f"payment.{payment.status}",
         payload=payment_event(payment),

@@ -3,7 +3,7 @@
 import pytest
 from django.db import IntegrityError, transaction
 
-from payments.models import Payment
+from payments.models import Payment, PaymentIdempotencyKey
 from tests.conftest import Shop
 from tests.factories import PaymentFactory
 
@@ -13,9 +13,11 @@ pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 def test_database_refuses_a_second_payment_with_the_same_key_for_an_app(shop: Shop) -> None:
     shop.create_payment(key="k1")
     original = Payment.objects.get()
+    other = PaymentFactory.create(app=original.app, price_point=original.price_point)
+    # The key table holds the key per app across the payments' months; a second claim of it is refused.
     with pytest.raises(IntegrityError), transaction.atomic():
-        PaymentFactory.create(
-            app=original.app, price_point=original.price_point, idempotency_key=original.idempotency_key
+        PaymentIdempotencyKey.objects.create(
+            app=original.app, key="k1", payment=other, payment_created_at=other.created_at
         )
 
 

@@ -43,7 +43,7 @@ def test_partitions_creates_from_a_month_back_for_one_table() -> None:
 
 def test_unknown_tables_and_months_are_refused() -> None:
     with pytest.raises(CommandError, match="not a partitioned table"):
-        run("partitions", "--table", "payments_payment")
+        run("partitions", "--table", "payments_outboxmessage")
     with pytest.raises(CommandError, match="YYYY-MM"):
         run("partitions", "--since", "last year")
     with pytest.raises(CommandError, match="not a partitioned table"):

@@ -15,7 +15,16 @@ from psycopg import sql
 
 from funnel.models import FunnelDefinition, FunnelEvent, FunnelEventKey, Journey
 from journal.models import JournalRecord
-from payments.models import LedgerEntry, LedgerLine, Payment, PaymentStatusChange, Refund, Reversal
+from payments.models import (
+    LedgerEntry,
+    LedgerLine,
+    Payment,
+    PaymentCarrierReference,
+    PaymentIdempotencyKey,
+    PaymentStatusChange,
+    Refund,
+    Reversal,
+)
 from playpay import partitions
 from playpay.ids import time_of
 from playpay.redaction import msisdn_hash
@@ -37,6 +46,18 @@ def volume() -> VolumeResult:
     call_command("seed_demo", stdout=io.StringIO())
     # Every trigger fires (the balance of each ledger entry, foreign keys): the rows must pass them.
     return generate_volume(payments=PAYMENTS, months=18, seed=0.42, fire_triggers=True)
+
+
+def test_generated_payments_have_their_keys_claimed_and_are_found_by_public_id(volume: VolumeResult) -> None:
+    keyed = Payment.objects.exclude(idempotency_key="")
+    claimed = PaymentIdempotencyKey.objects.values_list("app_id", "key", "payment_id", "payment_created_at")
+    assert set(claimed) == set(keyed.values_list("app_id", "idempotency_key", "pk", "created_at"))
+    references = PaymentCarrierReference.objects.values_list("carrier_id", "reference", "payment_id")
+    assert set(references) == set(
+        Payment.objects.exclude(carrier_reference="").values_list("carrier_id", "carrier_reference", "pk")
+    )
+    for payment in Payment.objects.order_by("?")[:20]:
+        assert Payment.objects.with_public_id(payment.public_id).get() == payment  # its months only
 
 
 def test_every_charged_payment_has_one_balanced_charge_entry_and_every_entry_balances(volume: VolumeResult) -> None:

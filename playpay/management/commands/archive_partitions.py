@@ -49,7 +49,8 @@ class Command(BaseCommand):
             except IntegrityError as exc:
                 raise CommandError(
                     f"{table.partition_name(month)} is still referred to ({exc}): archive the referring table's "
-                    "month first (ledger lines before ledger entries before refunds)"
+                    "month first (ledger lines before ledger entries before refunds; history and reversals; "
+                    "then payments)"
                 ) from exc
             self.stdout.write(f"{archived.partition}: {archived.rows} rows -> {archived.path}")
         if not months and not pending:
