@@ -219,8 +219,7 @@ def test_a_report_on_freshly_loaded_events_gets_statistics_and_a_plan_without_ne
         cursor.execute("EXPLAIN (FORMAT JSON) " + query, params)
         plan = cursor.fetchone()[0]
     plan = json.loads(plan) if isinstance(plan, str) else plan
-    # A nested loop only to expand a journey's levels into its gaps (a function call per row), never
-    # between sets of rows.
+    # A nested loop at most around a function call per row, never between sets of rows.
     for node in plan_nodes(plan[0]["Plan"]):
         if node["Node Type"] == "Nested Loop":
             assert Counter(child["Node Type"] for child in node["Plans"])["Function Scan"] == 1, node
