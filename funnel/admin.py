@@ -93,9 +93,13 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
                     reports.append({"label": f"{label} {first} to {last}", "report": report, "source": source})
             except ReportTimedOut:
                 reports = []
+                seconds = settings.FUNNEL_REPORT_TIMEOUT_MS / 1000
                 messages.error(
                     request,
-                    "This period's raw events take too long to count here. Its hourly rollups are not all "
+                    f"This period's events take too long to count here (more than {seconds:g} s in ClickHouse): "
+                    "a shorter period, or a breakdown less, counts in time."
+                    if settings.ANALYTICS_BACKEND == "clickhouse"
+                    else "This period's raw events take too long to count here. Its hourly rollups are not all "
                     "computed yet: `manage.py refresh_funnel_rollups` computes them, then the page reads them.",
                 )
             if reports and request.GET.get("export") in ("csv", "xlsx"):
