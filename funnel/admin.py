@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
-from funnel.rollups import dashboard_report
+from funnel.rollups import MOVED_LOOKBACK, dashboard_report
 from funnel.selectors import BREAKDOWNS, ReportTimedOut
 from playpay.admin_base import RecordAdmin
 from playpay.downloads import file_attachment
@@ -112,6 +112,7 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
             "reports": reports,
             "breakdown": form.cleaned_data.get("breakdown") if form.is_valid() else "",
             "query": request.GET.urlencode(),
+            "rollup_lookback_hours": int(MOVED_LOOKBACK / timedelta(hours=1)),
         }
         return TemplateResponse(request, "admin/funnel/funneldefinition/report.html", context)
 
