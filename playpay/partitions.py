@@ -230,7 +230,7 @@ class PartitionedTable:
     def has_fence(self) -> bool:
         with self.connection.cursor() as cursor:
             cursor.execute(
-                "SELECT 1 FROM pg_constraint WHERE conrelid = %s::regclass AND conname = %s",
+                "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
                 [self.default_partition, self.default_fence],
             )
             return cursor.fetchone() is not None
