@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
-from funnel.rollups import dashboard_report
+from funnel.rollups import MOVED_LOOKBACK, dashboard_report
 from funnel.selectors import BREAKDOWNS, ReportTimedOut
 from playpay.admin_base import RecordAdmin
 from playpay.downloads import file_attachment
@@ -93,9 +93,13 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
                     reports.append({"label": f"{label} {first} to {last}", "report": report, "source": source})
             except ReportTimedOut:
                 reports = []
+                seconds = settings.FUNNEL_REPORT_TIMEOUT_MS / 1000
                 messages.error(
                     request,
-                    "This period's raw events take too long to count here. Its hourly rollups are not all "
+                    f"This period's events take too long to count here (more than {seconds:g} s in ClickHouse): "
+                    "a shorter period, or a breakdown less, counts in time."
+                    if settings.ANALYTICS_BACKEND == "clickhouse"
+                    else "This period's raw events take too long to count here. Its hourly rollups are not all "
                     "computed yet: `manage.py refresh_funnel_rollups` computes them, then the page reads them.",
                 )
             if reports and request.GET.get("export") in ("csv", "xlsx"):
@@ -108,6 +112,7 @@ class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
             "reports": reports,
             "breakdown": form.cleaned_data.get("breakdown") if form.is_valid() else "",
             "query": request.GET.urlencode(),
+            "rollup_lookback_hours": int(MOVED_LOOKBACK / timedelta(hours=1)),
         }
         return TemplateResponse(request, "admin/funnel/funneldefinition/report.html", context)
 

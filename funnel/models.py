@@ -54,7 +54,11 @@ class FunnelEvent(models.Model):
 
     class Meta:
         indexes = [
-            models.Index(fields=["app", "journey_id", "occurred_at"]),
+            # Funnel reports read a period's events in this order and need only these columns: with the
+            # step included, an index-only scan gives them, without a visit to the table per event.
+            models.Index(
+                fields=["app", "journey_id", "occurred_at"], include=["step"], name="funnel_event_journey_idx"
+            ),
             models.Index(fields=["step", "occurred_at"]),
         ]
 

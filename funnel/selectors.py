@@ -21,6 +21,7 @@ import bisect
 import math
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -29,6 +30,7 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import Count, QuerySet
 
 from funnel import partitions, sql
+from funnel.analytics import clickhouse
 from funnel.analytics import funnels as clickhouse_funnels
 from funnel.models import FunnelEvent, Journey
 from funnel.sql import FunnelScope
@@ -37,7 +39,7 @@ BREAKDOWNS = ("carrier", "country", "price_point", "flow", "app")
 
 
 class ReportTimedOut(Exception):
-    """The raw-event report took longer than it was given (the database cancelled it)."""
+    """The raw-event report took longer than it was given (the database, PostgreSQL or ClickHouse, stopped it)."""
 
 
 @dataclass(frozen=True)
@@ -252,8 +254,21 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
     return _counts_of_rows(scope, rows, breakdown=breakdown)
 
 
-def _clickhouse_counts(scope: FunnelScope, *, breakdown: str | None) -> FunnelCounts:
-    return _counts_of_rows(scope, clickhouse_funnels.report_rows(scope, breakdown=breakdown), breakdown=breakdown)
+@contextmanager
+def clickhouse_time_bound() -> Iterator[None]:
+    """ClickHouse's errors for a statement stopped at its time bound, as ReportTimedOut (as PostgreSQL's)."""
+    try:
+        yield
+    except Exception as error:
+        if clickhouse.is_timeout(error):
+            raise ReportTimedOut from error
+        raise
+
+
+def _clickhouse_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | None = None) -> FunnelCounts:
+    with clickhouse_time_bound():
+        rows = clickhouse_funnels.report_rows(scope, breakdown=breakdown, timeout_ms=timeout_ms)
+    return _counts_of_rows(scope, rows, breakdown=breakdown)
 
 
 def _counts_of_rows(
@@ -284,22 +299,27 @@ def funnel_counts(
     breakdown: str | None = None,
     timeout_ms: int | None = None,
 ) -> FunnelCounts:
-    """The funnel's counts from the raw events, computed by the database where it can; on PostgreSQL
-    `timeout_ms` bounds it (ReportTimedOut)."""
+    """The funnel's counts from the raw events, computed by the database where it can; on PostgreSQL and
+    ClickHouse `timeout_ms` bounds it (ReportTimedOut)."""
     if breakdown is not None and breakdown not in BREAKDOWNS:
         raise ValueError(f"breakdown is one of {BREAKDOWNS}")
     scope = FunnelScope(steps=steps, window=window, since=since, until=until, exclusion=exclusion, app_id=app_id)
     if settings.ANALYTICS_BACKEND == "clickhouse":
-        return _clickhouse_counts(scope, breakdown=breakdown)
+        return _clickhouse_counts(scope, breakdown=breakdown, timeout_ms=timeout_ms)
     if connection.vendor == "postgresql":
         return _sql_counts(scope, breakdown=breakdown, timeout_ms=timeout_ms)
     return _python_counts(scope, breakdown=breakdown)
 
 
-def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
-    """Standard error codes of the charges that failed in [since, until), most frequent first."""
+def failure_codes(
+    *, since: datetime, until: datetime, app_id: int | None = None, timeout_ms: int | None = None
+) -> dict[str, int]:
+    """Standard error codes of the charges that failed in [since, until), most frequent first; `timeout_ms`
+    bounds the ClickHouse statement (ReportTimedOut), PostgreSQL's reads one index range."""
     if settings.ANALYTICS_BACKEND == "clickhouse":
-        return sorted_codes(clickhouse_funnels.failure_codes(since=since, until=until, app_id=app_id))
+        with clickhouse_time_bound():
+            codes = clickhouse_funnels.failure_codes(since=since, until=until, app_id=app_id, timeout_ms=timeout_ms)
+        return sorted_codes(codes)
     failed = FunnelEvent.objects.filter(step="charge_failed", occurred_at__gte=since, occurred_at__lt=until)
     if app_id is not None:
         failed = failed.filter(app_id=app_id)
@@ -355,4 +375,4 @@ def funnel_report(
         breakdown=breakdown,
         timeout_ms=timeout_ms,
     )
-    return build_report(steps, counts, failure_codes(since=since, until=until, app_id=app_id))
+    return build_report(steps, counts, failure_codes(since=since, until=until, app_id=app_id, timeout_ms=timeout_ms))

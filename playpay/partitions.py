@@ -12,6 +12,7 @@ Retention is by whole months: `archive` detaches a month's partition, copies it 
 Elsewhere (SQLite, the embedded default) tables are plain and all of this does nothing.
 """
 
+import contextlib
 import csv
 import gzip
 import io
@@ -23,7 +24,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
@@ -119,6 +120,11 @@ class PartitionedTable:
     def default_partition(self) -> str:
         return f"{self.table}_default"
 
+    @property
+    def default_fence(self) -> str:
+        """The CHECK constraint `fence_default` puts on the default partition for the time of a run."""
+        return f"{self.default_partition}_fence"
+
     def is_partitioned(self) -> bool:
         return self.connection.vendor == "postgresql"
 
@@ -189,6 +195,61 @@ class PartitionedTable:
         for sql in self.partition_sql:
             cursor.execute(sql.format(partition=name))
 
+    def fence_default(self, months: list[date]) -> bool:
+        """Prove, before the months' partitions are created, that the default partition holds none of their
+        rows, so that creating them does not read it.
+
+        Creating a partition next to a default one makes PostgreSQL check that no row of the default
+        partition belongs to the new range: a read of the whole default partition, under the ACCESS EXCLUSIVE
+        lock the creation takes, unless a valid CHECK constraint of the default partition already implies it.
+        So: a constraint excluding the months' ranges, added NOT VALID (a moment's exclusive lock, no read),
+        then validated (the read, under a SHARE UPDATE EXCLUSIVE lock that lets rows in and reports run).
+        It replaces any left by an earlier run; `ensure` drops it once the partitions exist, as a month
+        archived later must again take its late rows into the default partition.
+
+        While it stands, a row for one of these months is refused (they have no partition yet and the
+        default partition no longer takes them): call it for months after the current one only, whose rows
+        come from a sender's clock gone wrong. True when the constraint is valid; on any failure (a lock
+        not granted in time, a row of one of the months found) there is none, and creating the partitions
+        reads the default partition as before.
+        """
+        fence, default = self.default_fence, self.default_partition
+        outside = " AND ".join(
+            f"({self.column} < '{start.isoformat()}' OR {self.column} >= '{end.isoformat()}')"
+            for start, end in map(month_bounds, months)
+        )
+        try:
+            with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cursor.execute(f"ALTER TABLE {default} DROP CONSTRAINT IF EXISTS {fence}")
+                cursor.execute(f"ALTER TABLE {default} ADD CONSTRAINT {fence} CHECK ({outside}) NOT VALID")
+            with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                cursor.execute(f"ALTER TABLE {default} VALIDATE CONSTRAINT {fence}")
+        except DatabaseError:
+            logger.warning("default partition not fenced", exc_info=True, extra={"table": self.table})
+            self.drop_fence()
+            return False
+        return True
+
+    def has_fence(self) -> bool:
+        with self.connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) AND conname = %s",
+                [self.default_partition, self.default_fence],
+            )
+            return cursor.fetchone() is not None
+
+    def drop_fence(self, cursor: Any | None = None) -> None:
+        """Drop the default partition's fence, if any (in `cursor`'s transaction, else in one of its own)."""
+        statement = f"ALTER TABLE {self.default_partition} DROP CONSTRAINT IF EXISTS {self.default_fence}"
+        if cursor is not None:
+            cursor.execute(statement)
+            return
+        with transaction.atomic(using=self.using), self.connection.cursor() as own:
+            own.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+            own.execute(statement)
+
     def create_default_partition(self, cursor: Any) -> None:
         cursor.execute(f"CREATE TABLE {self.default_partition} PARTITION OF {self.table} DEFAULT")
         for sql in self.partition_sql:
@@ -208,7 +269,8 @@ class PartitionedTable:
         wanted = {add_months(first, n) for n in range(months_between(first, this_month) + ahead + 1)}
         oldest = add_months(this_month, -MONTHS_BACK)
 
-        def missing(cursor: Any) -> list[date]:
+        def missing(cursor: Any) -> tuple[list[date], set[date]]:
+            """The months to create, and those the default partition holds rows of."""
             in_default = set(self.default_months(cursor))
             months = set(wanted)
             if self.moves_from_default:
@@ -216,19 +278,33 @@ class PartitionedTable:
             else:
                 months -= in_default
             existing = set(self.partitions())
-            return sorted(month for month in months if self.partition_name(month) not in existing)
+            return sorted(month for month in months if self.partition_name(month) not in existing), in_default
 
         with self.connection.cursor() as cursor:
-            created = missing(cursor)  # without the lock: most runs find nothing to do and take none
+            created, in_default = missing(cursor)  # without the lock: most runs find nothing to do and take none
         if created:
-            with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
-                cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-                cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
-                # Read again under the lock: another run (the job, `manage.py partitions`) may have made some of
-                # them while this one waited for it.
-                created = missing(cursor)
-                for month in created:
-                    self.create_partition(cursor, month)
+            # The months ahead, with no rows in the default partition (the usual case): proven so beforehand,
+            # their creation does not read the default partition under the lock.
+            ahead_only = [month for month in created if month > this_month and month not in in_default]
+            fenced = bool(ahead_only) and self.fence_default(ahead_only)
+            try:
+                with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                    cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
+                    # Read again under the lock: another run (the job, `manage.py partitions`) may have made some
+                    # of them while this one waited for it.
+                    created, _ = missing(cursor)
+                    for month in created:
+                        self.create_partition(cursor, month)
+                    if fenced:
+                        self.drop_fence(cursor)
+            except BaseException:
+                if fenced:  # the partitions were not made: their months' rows go to the default partition again
+                    with contextlib.suppress(DatabaseError):
+                        self.drop_fence()
+                raise
+        elif self.has_fence():  # left by a run that stopped half-way
+            self.drop_fence()
         self.analyze_stale()  # the ones rows were moved into, and any filled since the last run
         return [self.partition_name(month) for month in created]
 

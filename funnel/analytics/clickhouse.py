@@ -7,12 +7,15 @@ tables do this by default), and rows with the same key are merged away by Replac
 latest `updated_at` of a journey or payment. Readers that count rows read with FINAL.
 """
 
+import math
 import threading
 from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+import urllib3
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import Error as ClickHouseError
 from django.conf import settings
 
 # Identical batches inserted again within this many latest inserts of a table are dropped by ClickHouse.
@@ -79,7 +82,10 @@ TABLES = {
     """,
 }
 
-_clients: dict[str, Client] = {}
+# ClickHouse's error when a statement ran past its max_execution_time.
+TIMEOUT_EXCEEDED = 159
+
+_clients: dict[tuple[str, float], Client] = {}
 _lock = threading.Lock()
 
 
@@ -91,29 +97,41 @@ def database() -> str:
     return settings.CLICKHOUSE_DATABASE
 
 
-def client() -> Client:
+def client(*, timeout_s: float | None = None) -> Client:
     """A client of CLICKHOUSE_URL, shared by the threads of this process; every call is bounded by
-    CLICKHOUSE_CONNECT_TIMEOUT and CLICKHOUSE_QUERY_TIMEOUT."""
+    CLICKHOUSE_CONNECT_TIMEOUT and `timeout_s` seconds (default CLICKHOUSE_QUERY_TIMEOUT), which ClickHouse
+    itself enforces (max_execution_time, `is_timeout` tells its error) and the client waits a little longer
+    than. One client per bound: a client's own timeout is shared by all the threads that use it."""
     url = settings.CLICKHOUSE_URL
+    timeout = float(settings.CLICKHOUSE_QUERY_TIMEOUT if timeout_s is None else timeout_s)
     with _lock:
-        if url not in _clients:
-            _clients[url] = _connect(url)
-        return _clients[url]
+        if (url, timeout) not in _clients:
+            _clients[url, timeout] = _connect(url, timeout)
+        return _clients[url, timeout]
 
 
-def _connect(url: str) -> Client:
-    timeout = settings.CLICKHOUSE_QUERY_TIMEOUT
+def _connect(url: str, timeout: float) -> Client:
     options: dict[str, Any] = {"settings": {"max_execution_time": timeout}}
     if urlsplit(url).scheme != "chdb":  # embedded ClickHouse runs in this process: no connection to time out
         options.update(
             connect_timeout=settings.CLICKHOUSE_CONNECT_TIMEOUT,
             # The server stops a statement at max_execution_time; the client waits a little longer for that answer.
-            send_receive_timeout=timeout + 5,
+            send_receive_timeout=math.ceil(timeout) + 5,
             query_retries=0,
             # No session: one client serves many threads at once.
             autogenerate_session_id=False,
         )
     return clickhouse_connect.get_client(dsn=url, **options)
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether a ClickHouse call failed for time: the statement ran past its max_execution_time, or the
+    answer did not come within the client's own bound."""
+    if isinstance(error, ClickHouseError) and (
+        error.code == TIMEOUT_EXCEEDED or error.name == "TIMEOUT_EXCEEDED" or "(TIMEOUT_EXCEEDED)" in str(error)
+    ):
+        return True
+    return isinstance(error.__cause__, urllib3.exceptions.TimeoutError)
 
 
 def ensure_schema() -> None:

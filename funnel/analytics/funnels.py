@@ -95,6 +95,10 @@ def _app_filter(app_id: int | None) -> str:
     return "\n      AND app_id = {app_id:UInt32}" if app_id is not None else ""
 
 
+def _client(timeout_ms: int | None) -> Any:
+    return clickhouse.client(timeout_s=None if timeout_ms is None else timeout_ms / 1000)
+
+
 def _passes(steps: int, window_us: int) -> str:
     source = FIRST_LEVEL
     for level in range(2, steps + 1):
@@ -102,9 +106,12 @@ def _passes(steps: int, window_us: int) -> str:
     return source
 
 
-def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str, str, int, int, int]]:
+def report_rows(
+    scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | None = None
+) -> list[tuple[str, str, int, int, int]]:
     """Rows ('reached', group, level, excluded, journeys) and ('gap', '', step, whole seconds, journeys)
-    for the journeys that started in [since, until), as `funnel.sql.report_query` gives them."""
+    for the journeys that started in [since, until), as `funnel.sql.report_query` gives them; `timeout_ms`
+    bounds the statement (else CLICKHOUSE_QUERY_TIMEOUT; `clickhouse.is_timeout` tells its error)."""
     window_us = int(scope.window.total_seconds() * 1_000_000)
     query = REPORT.format(
         db=clickhouse.database(),
@@ -129,7 +136,7 @@ def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str,
     rows: list[tuple[str, str, int, int, int]] = []
     gaps: Counter[tuple[int, int]] = Counter()
     for group, level, excluded, journeys, (keys, counts) in (
-        clickhouse.client().query(query, parameters=parameters).result_rows
+        _client(timeout_ms).query(query, parameters=parameters).result_rows
     ):
         rows.append(("reached", group, int(level), int(excluded), int(journeys)))
         for key, count in zip(keys, counts, strict=True):
@@ -137,8 +144,10 @@ def report_rows(scope: FunnelScope, *, breakdown: str | None) -> list[tuple[str,
     return rows + [("gap", "", step, seconds, journeys) for (step, seconds), journeys in sorted(gaps.items())]
 
 
-def failure_codes(*, since: datetime, until: datetime, app_id: int | None = None) -> dict[str, int]:
+def failure_codes(
+    *, since: datetime, until: datetime, app_id: int | None = None, timeout_ms: int | None = None
+) -> dict[str, int]:
     """Error codes of the charges that failed in [since, until), with how many."""
     query = FAILURES.format(db=clickhouse.database(), app_filter=_app_filter(app_id))
-    result = clickhouse.client().query(query, parameters={"since": since, "until": until, "app_id": app_id})
+    result = _client(timeout_ms).query(query, parameters={"since": since, "until": until, "app_id": app_id})
     return {code: int(count) for code, count in result.result_rows}

@@ -4,7 +4,8 @@
 Enough of ClickHouse's HTTP interface for the client: the statement in the `query` parameter and/or the
 body, `param_*` bound parameters, inserts as "INSERT ... FORMAT Native" plus the (lz4 or zstd compressed,
 possibly chunked) data, answers in the format asked for, errors as status 500 with the exception code
-header. Settings sent in the URL are not applied and answers are not compressed.
+header. Of the settings sent in the URL only max_execution_time is applied (to queries); answers are not
+compressed.
 """
 
 import json
@@ -23,6 +24,7 @@ import lz4.frame  # type: ignore[import-untyped]
 
 FORMAT = re.compile(r"\s+FORMAT\s+(\w+)\s*;?\s*$", re.IGNORECASE)
 INSERT = re.compile(r"^\s*INSERT\s+INTO\s", re.IGNORECASE)
+QUERY = re.compile(r"^\s*(SELECT|WITH)\s", re.IGNORECASE)
 _lock = threading.Lock()
 
 
@@ -83,7 +85,10 @@ class Handler(BaseHTTPRequestHandler):
                     sql = (query + " " + body.decode()).strip() if query else body.decode()
                     match = FORMAT.search(sql)
                     fmt = match.group(1) if match else params.get("default_format", "TabSeparated")
-                    res = self.connection_.query(FORMAT.sub("", sql), fmt, params=bind)
+                    sql = FORMAT.sub("", sql)
+                    if QUERY.match(sql) and "max_execution_time" in params:
+                        sql += f" SETTINGS max_execution_time = {float(params['max_execution_time'])}"
+                    res = self.connection_.query(sql, fmt, params=bind)
                     result = res.bytes() if res is not None else b""
         except Exception as exc:
             text = str(exc)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from django.db import DatabaseError, connection
@@ -22,13 +22,17 @@ from funnel.analytics import clickhouse
 from funnel.analytics.shipping import ship_to_clickhouse
 from funnel.models import AnalyticsShipment, FunnelEvent, Journey
 from funnel.rollups import dashboard_report
-from funnel.selectors import FunnelReport, funnel_report
+from funnel.selectors import FunnelReport, ReportTimedOut, funnel_report
 from funnel.tasks import ship_to_clickhouse as ship_task
 from payments.models import Payment, PaymentStatus
 from tenants.models import App
 from tests.factories import AppFactory, CarrierFactory, PaymentFactory, PricePointFactory
 from tests.funnel.clickhouse_http import clickhouse_http_server
+from tests.funnel.report_page import page_cut_short
 from tests.processes import django
+
+if TYPE_CHECKING:  # the embedded default's script imports this module, without the test settings
+    from tests.conftest import StaffClient
 
 pytestmark = pytest.mark.django_db
 
@@ -336,3 +340,26 @@ def test_clickhouse_reports_without_a_clickhouse_url_are_refused_at_start(tmp_pa
     refused = django(["check"], {"ANALYTICS_BACKEND": "clickhouse", "PLAYPAY_VAR_DIR": str(tmp_path)})
     assert refused.returncode != 0
     assert "ANALYTICS_BACKEND=clickhouse needs CLICKHOUSE_URL" in refused.stderr
+
+
+def test_a_clickhouse_report_too_slow_for_a_web_request_is_cut_short_and_the_page_says_why(
+    ch_any: None, settings: Any, staff_client: "StaffClient"
+) -> None:
+    from funnel.models import FunnelDefinition
+
+    add_events(AppFactory.create(), 300)
+    ship_to_clickhouse()
+    settings.ANALYTICS_BACKEND = "clickhouse"
+    funnel = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=1800)
+    url = f"/admin/funnel/funneldefinition/{funnel.pk}/report/"
+    params = {"since": f"{T0:%Y-%m-%d}", "until": f"{T0:%Y-%m-%d}", "breakdown": "carrier"}
+    # Reading and joining the tables alone takes longer than a millisecond: ClickHouse stops the statement.
+    page = page_cut_short(staff_client("superuser"), url, params, settings, journeys=300)
+    assert "in ClickHouse" in page
+    with pytest.raises(ReportTimedOut) as stopped:
+        funnel_report(steps=STEPS, window=WINDOW, since=T0, until=T0 + timedelta(days=1), timeout_ms=1)
+    cause = stopped.value.__cause__
+    assert cause is not None
+    assert clickhouse.is_timeout(cause)  # ClickHouse's own TIMEOUT_EXCEEDED
+    # Reports outside a web request keep the longer CLICKHOUSE_QUERY_TIMEOUT.
+    assert funnel_report(steps=STEPS, window=WINDOW, since=T0, until=T0 + timedelta(days=1)).journeys == 300

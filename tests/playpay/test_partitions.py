@@ -3,14 +3,17 @@ missing; the one that waited for the other's lock creates only what is still mis
 
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 from django.db import connection, connections, transaction
 from django.db.backends.utils import CursorWrapper
 from django.utils import timezone
 
+from funnel.models import FunnelEvent
 from playpay.partitions import add_months, get, month_start
+from tests.factories import AppFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -67,3 +70,68 @@ def test_a_run_that_waited_for_another_creates_only_what_is_still_missing() -> N
             for month in table.months():
                 if month >= first:
                     cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+
+
+def events_in(partition: str) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM {partition}")  # noqa: S608 - a partition name of ours
+        return int(cursor.fetchone()[0])
+
+
+def test_months_ahead_are_created_without_reading_the_default_partition_which_keeps_its_rows() -> None:
+    table = get("funnel_funnelevent")
+    old = datetime(2001, 1, 10, tzinfo=UTC)  # far past MONTHS_BACK: its row stays in the default partition
+    FunnelEvent.objects.create(
+        app=AppFactory.create(), journey_id="j", event_id="e", step="open", occurred_at=old, source="game"
+    )
+    first = add_months(month_start(timezone.now()), 300)  # months no other test makes
+    messages: list[str] = []
+    connection.ensure_connection()
+    raw = connection.connection
+    assert raw is not None
+
+    def keep(diagnostic: Any) -> None:
+        messages.append(diagnostic.message_primary or "")
+
+    raw.add_notice_handler(keep)
+    with connection.cursor() as cursor:
+        cursor.execute("SET client_min_messages = debug1")
+    try:
+        created = table.ensure(now=datetime(first.year, first.month, 15, tzinfo=UTC), months_ahead=2)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET client_min_messages")
+        raw.remove_notice_handler(keep)
+    try:
+        assert created == [table.partition_name(add_months(first, n)) for n in range(3)]
+        implied = [message for message in messages if "is implied by existing constraints" in message]
+        # The months after the current one were proven absent from the default partition beforehand; the
+        # current one (not fenced: its rows are the everyday ones) was checked by reading it, as before.
+        assert len(implied) == 2, messages
+        assert all(table.default_partition in message for message in implied)
+        assert events_in(table.default_partition) == 1
+        assert not table.has_fence()  # dropped with the partitions made: an archived month's rows go back there
+    finally:
+        with connection.cursor() as cursor:
+            for month in table.months():
+                if month >= first:
+                    cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+
+
+def test_a_fence_that_rows_of_its_months_contradict_is_not_left_standing() -> None:
+    table = get("funnel_funnelevent")
+    month = date(2001, 1, 1)
+    FunnelEvent.objects.create(
+        app=AppFactory.create(),
+        journey_id="j",
+        event_id="e",
+        step="open",
+        occurred_at=datetime(2001, 1, 10, tzinfo=UTC),
+        source="game",
+    )
+    assert table.fence_default([month]) is False
+    assert not table.has_fence()
+    assert table.fence_default([add_months(month, 1)]) is True  # a month without rows there: it stands
+    assert table.has_fence()
+    table.drop_fence()
+    assert not table.has_fence()
