@@ -27,7 +27,7 @@ from playpay.errors import DomainError
 from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
-from reporting.services import rollups
+from reporting.services import call_rollups, rollups
 from reporting.services.rollups import truncate_to_bucket
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Column:
 class QueryResult:
     columns: list[Column]
     rows: list[dict[str, Any]]
-    # "rollups": whole hours from the payment rollups, the rest from rows; "rows": from the rows only.
+    # "rollups": whole hours from the payment or carrier-call rollups, the rest from rows; "rows": from the rows only.
     read_from: str = "rows"
 
     def as_json(self) -> dict[str, Any]:
@@ -188,7 +188,11 @@ def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
             else:
                 read_from = "rollups"
     elif dataset.source_kind == SourceKind.JOURNAL:
-        rows = _journal_rows(dataset, query, plan)
+        rows = _call_rollup_rows(dataset, query, plan)
+        if rows is None:
+            rows = _journal_rows(dataset, query, plan)
+        else:
+            read_from = "rollups"
     else:
         rows = _api_rows(dataset, query, plan)
     ordered = [_normalize(plan, row) for row in rows]
@@ -260,6 +264,23 @@ def _sql_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
 
 
 # --- Journal -----------------------------------------------------------------------------------
+
+
+def _call_rollup_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]] | None:
+    """The carrier-calls rows from the carrier-call rollups, or None when they cannot answer."""
+    if dataset.source != call_rollups.SOURCE or dataset.time_field != "occurred_at":
+        return None
+    with rollups.reporting_statement():
+        return call_rollups.rollup_rows(
+            call_rollups.CallQuery(
+                group_by=tuple((f.name, f.source_name) for f in plan.group_by),
+                filters=tuple((f.source_name, values) for f, values in plan.filters),
+                measures=tuple((m.name, m.aggregation, m.source_name) for m in plan.measures),
+                bucket=plan.bucket,
+                since=query.since,
+                until=query.until,
+            )
+        )
 
 
 def _journal_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]]:
