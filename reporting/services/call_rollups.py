@@ -80,7 +80,11 @@ SELECT date_trunc('hour', r.occurred_at, 'UTC') AS hour,
     COALESCE(SUM(l.ms), 0) AS latency_ms, COUNT(l.ms) AS latency_calls, MIN(l.ms) AS latency_min_ms,
     MAX(l.ms) AS latency_max_ms
 FROM unnest(%(starts)s::timestamptz[], %(stops)s::timestamptz[]) AS s(start, stop)
-JOIN journal_journalrecord r ON r.kind = '{Kind.CARRIER_CALL}' AND r.occurred_at >= s.start AND r.occurred_at < s.stop
+CROSS JOIN LATERAL (
+    -- OFFSET 0: one index range scan (kind, time) per range, in the months it touches only
+    SELECT * FROM journal_journalrecord r
+    WHERE r.kind = '{Kind.CARRIER_CALL}' AND r.occurred_at >= s.start AND r.occurred_at < s.stop OFFSET 0
+) r
 CROSS JOIN LATERAL (SELECT ({_document_text("latency_ms")})::integer AS ms) l
 GROUP BY 1, 2, 3, 4, 5"""
 

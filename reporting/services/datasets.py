@@ -9,9 +9,10 @@ aggregate for us.
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import IO, Any
@@ -22,6 +23,8 @@ from django.db.models import Avg, Count, Max, Min, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
+from funnel.models import FunnelDefinition
+from funnel.rollups import day_levels
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
 from playpay.tables import csv_lines, temporary_file, write_table
@@ -29,6 +32,7 @@ from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
 from reporting.services import call_rollups, rollups
 from reporting.services.rollups import truncate_to_bucket
+from tenants.models import App
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +188,8 @@ def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
         with rollups.reporting_statement():
             rows = rollups.rollup_rows(_rollup_query(dataset, query, plan))
             if rows is None:
+                rows = _funnel_day_rows(dataset, query, plan)
+            if rows is None:
                 rows = _sql_rows(dataset, query, plan)
             else:
                 read_from = "rollups"
@@ -261,6 +267,57 @@ def _sql_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
     else:
         rows = [queryset.aggregate(**measures)]
     return [{names[key]: value for key, value in row.items()} for row in rows]
+
+
+# The funnel rollups' day rows add up their cells per value of each of these (funnel.rollups.DIMENSIONS).
+_FUNNEL_DAY_COLUMNS = {
+    "app": "app_id",
+    "carrier": "carrier",
+    "country": "country",
+    "price_point": "price_point",
+    "flow": "flow",
+}
+_FUNNEL_STEP = re.compile(r"step_(\d+)")
+
+
+def _funnel_day_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]] | None:
+    """Steps reached in a period of funnels, under at most one breakdown filter, from the funnel rollups' day rows
+    for the whole UTC days and the hourly cells for the hours at the edges (a long period reads one row per day
+    instead of every hour's cells); None when the query is not of that shape."""
+    if dataset.source != "funnel_rollups" or plan.group_by or plan.bucket or not (query.since and query.until):
+        return None
+    steps = [_FUNNEL_STEP.fullmatch(m.source_name) for m in plan.measures]
+    if any(match is None or m.aggregation != "sum" for match, m in zip(steps, plan.measures, strict=True)):
+        return None
+    filters = {f.source_name: values for f, values in plan.filters}
+    names = filters.pop("funnel", None)
+    if names is None or len(filters) > 1 or any(name not in _FUNNEL_DAY_COLUMNS for name in filters):
+        return None
+    column, values = next(iter(filters.items()), ("app", None))
+    if column == "app" and values is not None:
+        values = tuple(str(pk) for pk in App.objects.filter(name__in=values).values_list("pk", flat=True))
+    funnel_ids = list(FunnelDefinition.objects.filter(name__in=names).values_list("pk", flat=True))
+    levels = max(int(match.group(1)) for match in steps if match)
+    days, (first, end) = day_levels(
+        funnel_ids=funnel_ids,
+        since=query.since,
+        until=query.until,
+        column=_FUNNEL_DAY_COLUMNS[column],
+        values=list(values) if values is not None else None,
+        levels=levels,
+    )
+    if first >= end:
+        return None
+    row: dict[str, Any] = {
+        m.name: days[int(match.group(1)) - 1] for m, match in zip(plan.measures, steps, strict=True) if match
+    }
+    for since, until in ((query.since, first), (end, query.until)):
+        if since < until:
+            (edge,) = _sql_rows(dataset, replace(query, since=since, until=until), plan)
+            for name, value in edge.items():
+                if value is not None:
+                    row[name] = (row[name] or 0) + value
+    return [row]
 
 
 # --- Journal -----------------------------------------------------------------------------------
