@@ -16,7 +16,7 @@ from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
 from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
-from reporting.services.rollups import bucket_after, truncate_to_bucket
+from reporting.services.rollups import bucket_after, reporting_statement, truncate_to_bucket
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
@@ -163,6 +163,11 @@ def _buckets(since: datetime, until: datetime, bucket: str, zone: ZoneInfo) -> l
 def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime | None = None) -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready data, as of `now`."""
     now = now or timezone.now()
+    with reporting_statement():  # one transaction, and its settings, for every tile
+        return _dashboard_data(dashboard=dashboard, filters=filters, now=now)
+
+
+def _dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime) -> dict[str, Any]:
     window = _window(dashboard=dashboard, filters=filters, now=now)
     return {
         "dashboard": dashboard.slug,

@@ -17,6 +17,7 @@ returns None and the caller reads the raw tables.
 """
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED]
 @contextmanager
 def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
     """A transaction for reporting statements: on PostgreSQL without JIT (its compile time dominated the
-    dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory."""
-    with transaction.atomic():
+    dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory. Inside
+    another one (a dashboard's answer reads every tile in one), the outer transaction's settings serve."""
+    if _reporting.active and not rollup_build:
+        yield
+        return
+    with transaction.atomic(), _active():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL jit = off")
@@ -72,6 +77,22 @@ def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
                     timeout = str(settings.REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS)
                     cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         yield
+
+
+class _Reporting(threading.local):
+    active = False
+
+
+_reporting = _Reporting()
+
+
+@contextmanager
+def _active() -> Iterator[None]:
+    outer, _reporting.active = _reporting.active, True
+    try:
+        yield
+    finally:
+        _reporting.active = outer
 
 
 def _floor_hour(moment: datetime) -> datetime:
