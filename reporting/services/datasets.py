@@ -201,10 +201,28 @@ def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
             read_from = "rollups"
     else:
         rows = _api_rows(dataset, query, plan)
+    return _result(plan, rows, read_from)
+
+
+def _result(plan: _Plan, rows: list[dict[str, Any]], read_from: str) -> QueryResult:
     ordered = [_normalize(plan, row) for row in rows]
     columns = _columns(plan)
     names = [column.name for column in columns]
     return QueryResult(columns, [{name: row.get(name) for name in names} for row in ordered], read_from)
+
+
+def run_queries(*, dataset: Dataset, queries: list[DatasetQuery]) -> list[QueryResult]:
+    """The answers of `run_query` to several queries of one dataset; from one read of the payment rollups when
+    they can answer them together (one period, zone and filters), else one query after the other."""
+    plans = [_plan(dataset, query) for query in queries]
+    if dataset.source_kind == SourceKind.SQL and len(queries) > 1:
+        with rollups.reporting_statement():
+            together = rollups.rollup_rows_together(
+                [_rollup_query(dataset, query, plan) for query, plan in zip(queries, plans, strict=True)]
+            )
+        if together is not None:
+            return [_result(plan, rows, "rollups") for plan, rows in zip(plans, together, strict=True)]
+    return [run_query(dataset=dataset, query=query) for query in queries]
 
 
 # --- SQL ---------------------------------------------------------------------------------------
