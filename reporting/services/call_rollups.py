@@ -16,7 +16,6 @@ aggregated to the same grain and added in the same statement, so answers equal t
 the MongoDB journal and SQLite return None and the caller reads the journal.
 """
 
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -31,6 +30,8 @@ from reporting.services.rollups import (
     _NEW,
     HOUR,
     MAX_STEP,
+    RefreshResult,
+    RollupQuery,
     _ceil_hour,
     _cover,
     _days_touched,
@@ -139,21 +140,11 @@ def _unnest(*first: str) -> str:
 # --- Refresh -----------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CallRefreshResult:
-    covered_until: datetime | None
-    hours: int  # hours recomputed (changed or new)
-
-    def __str__(self) -> str:
-        until = f"{self.covered_until:%Y-%m-%d %H}:00" if self.covered_until else "nothing yet"
-        return f"{self.hours} hours of carrier calls recomputed, rollups until {until}"
-
-
-def refresh_carrier_call_rollups(*, now: datetime | None = None) -> CallRefreshResult:
+def refresh_carrier_call_rollups(*, now: datetime | None = None) -> RefreshResult:
     """Recompute the hours that received carrier calls since the last run and extend the rollups toward the
     current hour (at most MAX_STEP per run). Safe to run twice or concurrently: runs queue on the state row."""
     if not enabled():
-        return CallRefreshResult(None, 0)
+        return RefreshResult(None, 0)
     now = now or timezone.now()
     target = _floor_hour(now)
     with reporting_statement(rollup_build=True):
@@ -189,7 +180,7 @@ def refresh_carrier_call_rollups(*, now: datetime | None = None) -> CallRefreshR
         state.last_id = max(state.last_id, newest or 0)
         state.checked_snapshot = snapshot
         state.save()
-    return CallRefreshResult(state.covered_until, len(changed) + new_hours)
+    return RefreshResult(state.covered_until, len(changed) + new_hours)
 
 
 def _oldest_call() -> datetime | None:
@@ -244,7 +235,7 @@ def _forget_expired(cutoff: datetime) -> None:
             cursor.execute(f"DELETE FROM {_TABLE} WHERE tier = %s AND start < %s", [tier, cutoff - length])
 
 
-def catch_up_carrier_call_rollups() -> list[CallRefreshResult]:
+def catch_up_carrier_call_rollups() -> list[RefreshResult]:
     """Refresh until the rollups reach the current hour, one bounded step (one transaction) at a time."""
     results = []
     while True:
@@ -261,18 +252,6 @@ def forget_carrier_call_rollups() -> None:
 
 
 # --- Reading ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CallQuery:
-    """A catalog query over carrier calls in source field names."""
-
-    group_by: tuple[tuple[str, str], ...]  # (output name, source field)
-    filters: tuple[tuple[str, tuple[str, ...]], ...]  # (source field, allowed values)
-    measures: tuple[tuple[str, str, str], ...]  # (output name, aggregation, source field or "" for rows)
-    bucket: str | None
-    since: datetime | None
-    until: datetime | None
 
 
 _FLAGS = {"failed": "failed", "transport_failed": "transport_failed"}
@@ -305,8 +284,8 @@ def _measure(aggregation: str, field: str) -> str | None:
     return None
 
 
-def _answerable(query: CallQuery) -> bool:
-    if query.bucket or not enabled():
+def _answerable(query: RollupQuery) -> bool:
+    if query.source != SOURCE or query.time_field != "occurred_at" or query.bucket or not enabled():
         return False
     if any(field not in _DIMENSIONS for _, field in query.group_by):
         return False
@@ -315,7 +294,7 @@ def _answerable(query: CallQuery) -> bool:
     return all(_measure(aggregation, field) is not None for _, aggregation, field in query.measures)
 
 
-def rollup_rows(query: CallQuery, *, now: datetime | None = None) -> list[dict[str, Any]] | None:
+def rollup_rows(query: RollupQuery, *, now: datetime | None = None) -> list[dict[str, Any]] | None:
     """The query's rows from the rollups and the journal's records of the hours they do not cover, or None when
     the rollups cannot answer it (the caller then reads the journal)."""
     if not _answerable(query):
@@ -350,7 +329,7 @@ def rollup_rows(query: CallQuery, *, now: datetime | None = None) -> list[dict[s
         return [dict(zip(aliases, row, strict=True)) for row in cursor.fetchall()]
 
 
-def _statement(query: CallQuery) -> tuple[str, dict[str, Any], dict[str, str]]:
+def _statement(query: RollupQuery) -> tuple[str, dict[str, Any], dict[str, str]]:
     columns = ", ".join(_COLUMNS)
     select, group = [], []
     for index, (_, field) in enumerate(query.group_by):

@@ -231,10 +231,10 @@ _SQL_AGGREGATES = {"sum": Sum, "avg": Avg, "min": Min, "max": Max}
 
 
 def _rollup_query(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> rollups.RollupQuery:
-    source = SQL_SOURCES[dataset.source]
+    source = SQL_SOURCES.get(dataset.source)
     return rollups.RollupQuery(
         source=dataset.source,
-        time_field=source.time_fields.get(dataset.time_field, ""),
+        time_field=source.time_fields.get(dataset.time_field, "") if source else dataset.time_field,
         group_by=tuple((f.name, f.source_name) for f in plan.group_by),
         filters=tuple((f.source_name, values) for f, values in plan.filters),
         measures=tuple((m.name, m.aggregation, m.source_name) for m in plan.measures),
@@ -343,19 +343,8 @@ def _funnel_day_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list
 
 def _call_rollup_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]] | None:
     """The carrier-calls rows from the carrier-call rollups, or None when they cannot answer."""
-    if dataset.source != call_rollups.SOURCE or dataset.time_field != "occurred_at":
-        return None
     with rollups.reporting_statement():
-        return call_rollups.rollup_rows(
-            call_rollups.CallQuery(
-                group_by=tuple((f.name, f.source_name) for f in plan.group_by),
-                filters=tuple((f.source_name, values) for f, values in plan.filters),
-                measures=tuple((m.name, m.aggregation, m.source_name) for m in plan.measures),
-                bucket=plan.bucket,
-                since=query.since,
-                until=query.until,
-            )
-        )
+        return call_rollups.rollup_rows(_rollup_query(dataset, query, plan))
 
 
 def _journal_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]]:
