@@ -170,10 +170,12 @@ def app_env(database_url: str, cache_url: str, secret_key: str, broker_url: str)
     return env
 
 
-def manage(args: list[str], env: dict[str, str]) -> str:
+def manage(args: list[str], env: dict[str, str], *, timeout_s: float = 600.0) -> str:
     """Run manage.py with the current interpreter; its stdout, or SetupError with its output."""
     command = [sys.executable, str(REPO_ROOT / "manage.py"), *args]
-    done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout_s, check=False
+    )
     if done.returncode != 0:
         output = "\n".join((done.stdout + done.stderr).splitlines()[-60:])
         raise SetupError(f"manage.py {' '.join(args)} failed ({done.returncode}), its last lines:\n{output}")

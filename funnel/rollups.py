@@ -225,6 +225,31 @@ def _period_rows(
     return days, hours, cells
 
 
+def day_levels(
+    *, funnel_ids: list[int], since: datetime, until: datetime, column: str, values: list[str] | None, levels: int
+) -> tuple[list[int | None], tuple[datetime, datetime]]:
+    """Journeys that reached each of the first `levels` levels in the whole UTC days of [since, until), from the
+    day rows: the cells of one breakdown `column` (one of DIMENSIONS) added up, only its `values` when given
+    (None past a funnel's last step, as its cells have no such level). Also the whole days [first, end) read:
+    the hours outside them are the caller's to read from the cells."""
+    first, end = _whole_days(since, until)
+    # A day's numbers are [journeys per level..., excluded]: a level is read only below the last one.
+    sums = ", ".join(
+        f"SUM(CASE WHEN {index} < jsonb_array_length(e.value) - 1 THEN (e.value->>{index})::bigint END)"
+        for index in range(levels)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT {sums} FROM {FunnelRollupDay._meta.db_table} d "  # noqa: S608 - our own table and numbers
+            "CROSS JOIN LATERAL jsonb_each(d.reached -> %(column)s) e "
+            "WHERE d.funnel_id = ANY(%(funnels)s) AND d.day >= %(first)s AND d.day < %(end)s "
+            "AND (%(values)s::text[] IS NULL OR e.key = ANY(%(values)s::text[]))",
+            {"column": column, "funnels": funnel_ids, "first": first, "end": end, "values": values},
+        )
+        row = cursor.fetchone()
+    return [None if value is None else int(value) for value in row or [None] * levels], (first, end)
+
+
 def refresh_recent_rollups() -> int:
     """The periodic job: every funnel's hours that can still change."""
     now = timezone.now()

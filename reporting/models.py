@@ -547,6 +547,46 @@ class ReversalMonthRollup(ReversalRollupFields):
         indexes = [models.Index(fields=["hour"])]
 
 
+class CarrierCallRollup(models.Model):
+    """Carrier calls (journal records) of one UTC hour, day or month (`tier`, from `start`) with the same carrier,
+    operation, outcome and error code, built by `reporting.services.call_rollups` from the journal."""
+
+    tier = models.CharField(max_length=5)  # "hour", "day" or "month"
+    start = models.DateTimeField()
+    carrier = models.CharField(max_length=128)
+    # A document without the field (NULL) is a group apart from one with an empty text, as the journal reads it.
+    operation = models.TextField(null=True)  # noqa: DJ001
+    outcome = models.TextField(null=True)  # noqa: DJ001
+    error_code = models.TextField(null=True)  # noqa: DJ001
+    calls = models.BigIntegerField()
+    failed = models.BigIntegerField()
+    transport_failed = models.BigIntegerField()
+    latency_ms = models.BigIntegerField()  # the sum over the calls that have one
+    latency_calls = models.BigIntegerField()
+    latency_min_ms = models.BigIntegerField(null=True)
+    latency_max_ms = models.BigIntegerField(null=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["tier", "start"])]
+
+    def __str__(self) -> str:
+        return f"{self.tier} {self.start:%Y-%m-%d %H}:00 {self.carrier} x{self.calls}"
+
+
+class CarrierCallRollupState(models.Model):
+    """How far the carrier-call rollups go (one row): the hours [covered_from, covered_until) are computed, with
+    every journal record up to `last_id` and those the journal's snapshot `checked_snapshot` saw."""
+
+    covered_from = models.DateTimeField()
+    covered_until = models.DateTimeField()
+    last_id = models.BigIntegerField(default=0)
+    checked_snapshot = models.CharField(max_length=10_000, blank=True)
+    refreshed_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"carrier-call rollups until {self.covered_until:%Y-%m-%d %H}:00"
+
+
 class RollupState(models.Model):
     """How far the payment rollups go (one row): every hour before `covered_until` is computed, and the
     changes made before `checked_at` are in them (give or take the margin the refresh looks back)."""

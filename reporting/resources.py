@@ -66,6 +66,22 @@ class ExportColumns:
         return list(dict.fromkeys(paths))
 
 
+def _where(payment: str) -> tuple[Column, ...]:
+    """The app, carrier and country of the payment at the ORM path prefix `payment`."""
+    return (
+        Column("app", f"{payment}app__name"),
+        Column("carrier", f"{payment}carrier__slug"),
+        Column("country", f"{payment}carrier__country_id"),
+    )
+
+
+# An amount in minor units, its currency, and the same amount in major units.
+_AMOUNT = (
+    Column("amount_minor", "amount_minor", Kind.INTEGER),
+    Column("currency", "currency"),
+    Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+)
+
 TRANSACTIONS = ExportColumns(
     model=Payment,
     created="created_at",
@@ -73,14 +89,10 @@ TRANSACTIONS = ExportColumns(
     columns=(
         Column("payment_id", "public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
-        Column("app", "app__name"),
-        Column("carrier", "carrier__slug"),
-        Column("country", "carrier__country_id"),
+        *_where(""),
         Column("msisdn_masked", "msisdn", Kind.MSISDN),
         Column("price_point", "price_point__code"),
-        Column("amount_minor", "amount_minor", Kind.INTEGER),
-        Column("currency", "currency"),
-        Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+        *_AMOUNT,
         Column("status", "status"),
         Column("carrier_reference", "carrier_reference"),
         Column("refunded_minor", "refunded_minor", Kind.INTEGER),
@@ -95,12 +107,8 @@ REFUNDS = ExportColumns(
         Column("payment_id", "payment__public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
         Column("completed_at_utc", "completed_at", Kind.TIME),
-        Column("app", "payment__app__name"),
-        Column("carrier", "payment__carrier__slug"),
-        Column("country", "payment__carrier__country_id"),
-        Column("amount_minor", "amount_minor", Kind.INTEGER),
-        Column("currency", "currency"),
-        Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+        *_where("payment__"),
+        *_AMOUNT,
         Column("status", "status"),
         Column("via_carrier", "via_carrier", Kind.BOOLEAN),
         Column("carrier_reference", "carrier_reference"),
@@ -117,9 +125,7 @@ LEDGER = ExportColumns(
         Column("entry_kind", "entry__kind"),
         Column("payment_id", "entry__payment__public_id"),
         Column("account", "account"),
-        Column("amount_minor", "amount_minor", Kind.INTEGER),
-        Column("currency", "currency"),
-        Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
+        *_AMOUNT,
         Column("created_at_utc", "entry__created_at", Kind.TIME),
     ),
 )

@@ -15,8 +15,8 @@ from funnel.models import FunnelDefinition
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
-from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_query
-from reporting.services.rollups import bucket_after, truncate_to_bucket
+from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_queries, run_query
+from reporting.services.rollups import bucket_after, reporting_statement, truncate_to_bucket
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
@@ -163,7 +163,21 @@ def _buckets(since: datetime, until: datetime, bucket: str, zone: ZoneInfo) -> l
 def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime | None = None) -> dict[str, Any]:
     """Everything the dashboard shows, as JSON-ready data, as of `now`."""
     now = now or timezone.now()
+    with reporting_statement():  # one transaction, and its settings, for every tile
+        return _dashboard_data(dashboard=dashboard, filters=filters, now=now)
+
+
+def _dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: datetime) -> dict[str, Any]:
     window = _window(dashboard=dashboard, filters=filters, now=now)
+    # The tiles' questions of the payments, answered by one read of the payment rollups.
+    revenue, by_carrier, errors = window.rows_together(
+        PAYMENTS,
+        [
+            window.query(("revenue_minor", "charged_payments"), bucketed=True),
+            window.query(("success_rate", "payments"), group_by=("carrier",)),
+            window.query(("failed_payments",), group_by=("failure_code",)),
+        ],
+    )
     return {
         "dashboard": dashboard.slug,
         "as_of": now.isoformat(),
@@ -177,12 +191,12 @@ def dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: date
         "filters": {"app": filters.app, "country": filters.country, "carrier": filters.carrier},
         "currency": window.currency,
         "fx": _fx_tile(window.fx),
-        "revenue": _revenue_tile(window),
+        "revenue": _revenue_tile(window, revenue),
         "funnel": _funnel_tile(window, dashboard),
-        "carriers": _carriers_tile(window, filters),
+        "carriers": _carriers_tile(window, filters, by_carrier),
         "latency_ignores_app_filter": bool(filters.app),
         "refunds": _refunds_tile(window),
-        "errors": _errors_tile(window),
+        "errors": _errors_tile(errors),
         "alerts": _alerts_tile(),
     }
 
@@ -201,17 +215,16 @@ class _Window:
     currency: str  # the one totals are converted to
     fx: FxRates
 
-    def rows(
+    def query(
         self,
-        slug: str,
         measures: tuple[str, ...],
         *,
         group_by: tuple[str, ...] = (),
         filters: dict[str, tuple[str, ...]] | None = None,
         bucketed: bool = False,
-    ) -> list[dict[str, Any]]:
-        """The dataset's rows over the period, under the dashboard's filters unless `filters` replaces them."""
-        query = DatasetQuery(
+    ) -> DatasetQuery:
+        """A query over the period, under the dashboard's filters unless `filters` replaces them."""
+        return DatasetQuery(
             measures=measures,
             group_by=group_by,
             since=self.since,
@@ -220,7 +233,14 @@ class _Window:
             filters=self.dims if filters is None else filters,
             bucket=self.bucket if bucketed else None,
         )
-        return run_query(dataset=_dataset(self.catalog, slug), query=query).rows
+
+    def rows(self, slug: str, measures: tuple[str, ...], **query: Any) -> list[dict[str, Any]]:
+        """The dataset's rows over the period (`query` as in `query`)."""
+        return run_query(dataset=_dataset(self.catalog, slug), query=self.query(measures, **query)).rows
+
+    def rows_together(self, slug: str, queries: list[DatasetQuery]) -> list[list[dict[str, Any]]]:
+        """The rows of several queries of one dataset, read together where the rollups allow."""
+        return [result.rows for result in run_queries(dataset=_dataset(self.catalog, slug), queries=queries)]
 
     def money(self, amounts: dict[str, int]) -> dict[str, Any]:
         return _money(amounts, fx=self.fx, target=self.currency)
@@ -252,12 +272,12 @@ def _fx_tile(fx: FxRates) -> dict[str, Any]:
     }
 
 
-def _revenue_tile(window: _Window) -> dict[str, Any]:
+def _revenue_tile(window: _Window, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Revenue and payment count per bucket (charged payments, gross of later refunds)."""
     revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     count_by_bucket: dict[str, int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
-    for row in window.rows(PAYMENTS, ("revenue_minor", "charged_payments"), bucketed=True):
+    for row in rows:
         key = row["bucket"].isoformat()
         revenue_by_bucket[key][row["currency"]] += row["revenue_minor"]
         count_by_bucket[key] += row["charged_payments"]
@@ -296,10 +316,10 @@ def _funnel_tile(window: _Window, dashboard: Dashboard) -> dict[str, Any]:
     }
 
 
-def _carriers_tile(window: _Window, filters: DashboardFilters) -> list[dict[str, Any]]:
+def _carriers_tile(window: _Window, filters: DashboardFilters, payments: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Success rate per carrier (payments), latency and errors per carrier (journal of carrier calls)."""
     carriers: dict[str, dict[str, Any]] = defaultdict(dict)
-    for row in window.rows(PAYMENTS, ("success_rate", "payments"), group_by=("carrier",)):
+    for row in payments:
         carriers[row["carrier"]].update(success_rate=row["success_rate"], payments=row["payments"])
     call_filters = _call_filters(filters)
     call_measures = ("calls", "avg_latency_ms", "max_latency_ms", "failed_calls")
@@ -360,12 +380,12 @@ def _counts_and_amounts(window: _Window, slug: str, count: str) -> tuple[dict[st
     return counts, amounts
 
 
-def _errors_tile(window: _Window) -> list[dict[str, Any]]:
+def _errors_tile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Top error codes of payments that were not charged."""
     return sorted(
         (
             {"code": row["failure_code"] or "(none)", "count": row["failed_payments"]}
-            for row in window.rows(PAYMENTS, ("failed_payments",), group_by=("failure_code",))
+            for row in rows
             if row["failed_payments"]
         ),
         key=lambda item: (-item["count"], item["code"]),

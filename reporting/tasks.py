@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from reporting.services import alerts, datasets, exports, rollups
+from reporting.services import alerts, call_rollups, datasets, exports, rollups
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -48,3 +48,10 @@ def refresh_payment_rollups() -> str:
     """Recompute the hours of payments that changed and add the last whole hour; safe to run twice."""
     result = rollups.refresh_payment_rollups()
     return str(result) if result.hours else ""  # the scheduler logs what is not empty
+
+
+@shared_task(acks_late=True)
+def refresh_carrier_call_rollups() -> str:
+    """Recompute the hours that received carrier calls and add the last whole hour; safe to run twice."""
+    result = call_rollups.refresh_carrier_call_rollups()
+    return str(result) if result.hours else ""

@@ -9,9 +9,10 @@ aggregate for us.
 
 import json
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import IO, Any
@@ -22,13 +23,16 @@ from django.db.models import Avg, Count, Max, Min, Sum
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
+from funnel.models import FunnelDefinition
+from funnel.rollups import day_levels
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
 from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
-from reporting.services import rollups
+from reporting.services import call_rollups, rollups
 from reporting.services.rollups import truncate_to_bucket
+from tenants.models import App
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class Column:
 class QueryResult:
     columns: list[Column]
     rows: list[dict[str, Any]]
-    # "rollups": whole hours from the payment rollups, the rest from rows; "rows": from the rows only.
+    # "rollups": whole hours from the payment or carrier-call rollups, the rest from rows; "rows": from the rows only.
     read_from: str = "rows"
 
     def as_json(self) -> dict[str, Any]:
@@ -184,17 +188,41 @@ def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
         with rollups.reporting_statement():
             rows = rollups.rollup_rows(_rollup_query(dataset, query, plan))
             if rows is None:
+                rows = _funnel_day_rows(dataset, query, plan)
+            if rows is None:
                 rows = _sql_rows(dataset, query, plan)
             else:
                 read_from = "rollups"
     elif dataset.source_kind == SourceKind.JOURNAL:
-        rows = _journal_rows(dataset, query, plan)
+        rows = _call_rollup_rows(dataset, query, plan)
+        if rows is None:
+            rows = _journal_rows(dataset, query, plan)
+        else:
+            read_from = "rollups"
     else:
         rows = _api_rows(dataset, query, plan)
+    return _result(plan, rows, read_from)
+
+
+def _result(plan: _Plan, rows: list[dict[str, Any]], read_from: str) -> QueryResult:
     ordered = [_normalize(plan, row) for row in rows]
     columns = _columns(plan)
     names = [column.name for column in columns]
     return QueryResult(columns, [{name: row.get(name) for name in names} for row in ordered], read_from)
+
+
+def run_queries(*, dataset: Dataset, queries: list[DatasetQuery]) -> list[QueryResult]:
+    """The answers of `run_query` to several queries of one dataset; from one read of the payment rollups when
+    they can answer them together (one period, zone and filters), else one query after the other."""
+    plans = [_plan(dataset, query) for query in queries]
+    if dataset.source_kind == SourceKind.SQL and len(queries) > 1:
+        with rollups.reporting_statement():
+            together = rollups.rollup_rows_together(
+                [_rollup_query(dataset, query, plan) for query, plan in zip(queries, plans, strict=True)]
+            )
+        if together is not None:
+            return [_result(plan, rows, "rollups") for plan, rows in zip(plans, together, strict=True)]
+    return [run_query(dataset=dataset, query=query) for query in queries]
 
 
 # --- SQL ---------------------------------------------------------------------------------------
@@ -203,10 +231,10 @@ _SQL_AGGREGATES = {"sum": Sum, "avg": Avg, "min": Min, "max": Max}
 
 
 def _rollup_query(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> rollups.RollupQuery:
-    source = SQL_SOURCES[dataset.source]
+    source = SQL_SOURCES.get(dataset.source)
     return rollups.RollupQuery(
         source=dataset.source,
-        time_field=source.time_fields.get(dataset.time_field, ""),
+        time_field=source.time_fields.get(dataset.time_field, "") if source else dataset.time_field,
         group_by=tuple((f.name, f.source_name) for f in plan.group_by),
         filters=tuple((f.source_name, values) for f, values in plan.filters),
         measures=tuple((m.name, m.aggregation, m.source_name) for m in plan.measures),
@@ -259,7 +287,64 @@ def _sql_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
     return [{names[key]: value for key, value in row.items()} for row in rows]
 
 
+# The funnel rollups' day rows add up their cells per value of each of these (funnel.rollups.DIMENSIONS).
+_FUNNEL_DAY_COLUMNS = {
+    "app": "app_id",
+    "carrier": "carrier",
+    "country": "country",
+    "price_point": "price_point",
+    "flow": "flow",
+}
+_FUNNEL_STEP = re.compile(r"step_(\d+)")
+
+
+def _funnel_day_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]] | None:
+    """Steps reached in a period of funnels, under at most one breakdown filter, from the funnel rollups' day rows
+    for the whole UTC days and the hourly cells for the hours at the edges (a long period reads one row per day
+    instead of every hour's cells); None when the query is not of that shape."""
+    if dataset.source != "funnel_rollups" or plan.group_by or plan.bucket or not (query.since and query.until):
+        return None
+    steps = [_FUNNEL_STEP.fullmatch(m.source_name) for m in plan.measures]
+    if any(match is None or m.aggregation != "sum" for match, m in zip(steps, plan.measures, strict=True)):
+        return None
+    filters = {f.source_name: values for f, values in plan.filters}
+    names = filters.pop("funnel", None)
+    if names is None or len(filters) > 1 or any(name not in _FUNNEL_DAY_COLUMNS for name in filters):
+        return None
+    column, values = next(iter(filters.items()), ("app", None))
+    if column == "app" and values is not None:
+        values = tuple(str(pk) for pk in App.objects.filter(name__in=values).values_list("pk", flat=True))
+    funnel_ids = list(FunnelDefinition.objects.filter(name__in=names).values_list("pk", flat=True))
+    levels = max(int(match.group(1)) for match in steps if match)
+    days, (first, end) = day_levels(
+        funnel_ids=funnel_ids,
+        since=query.since,
+        until=query.until,
+        column=_FUNNEL_DAY_COLUMNS[column],
+        values=list(values) if values is not None else None,
+        levels=levels,
+    )
+    if first >= end:
+        return None
+    row: dict[str, Any] = {
+        m.name: days[int(match.group(1)) - 1] for m, match in zip(plan.measures, steps, strict=True) if match
+    }
+    for since, until in ((query.since, first), (end, query.until)):
+        if since < until:
+            (edge,) = _sql_rows(dataset, replace(query, since=since, until=until), plan)
+            for name, value in edge.items():
+                if value is not None:
+                    row[name] = (row[name] or 0) + value
+    return [row]
+
+
 # --- Journal -----------------------------------------------------------------------------------
+
+
+def _call_rollup_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]] | None:
+    """The carrier-calls rows from the carrier-call rollups, or None when they cannot answer."""
+    with rollups.reporting_statement():
+        return call_rollups.rollup_rows(_rollup_query(dataset, query, plan))
 
 
 def _journal_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ returns None and the caller reads the raw tables.
 """
 
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -62,8 +63,12 @@ FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED]
 @contextmanager
 def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
     """A transaction for reporting statements: on PostgreSQL without JIT (its compile time dominated the
-    dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory."""
-    with transaction.atomic():
+    dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory. Inside
+    another one (a dashboard's answer reads every tile in one), the outer transaction's settings serve."""
+    if _reporting.active and not rollup_build:
+        yield
+        return
+    with transaction.atomic(), _active():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL jit = off")
@@ -72,6 +77,22 @@ def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
                     timeout = str(settings.REPORTING_ROLLUP_STATEMENT_TIMEOUT_MS)
                     cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
         yield
+
+
+class _Reporting(threading.local):
+    active = False
+
+
+_reporting = _Reporting()
+
+
+@contextmanager
+def _active() -> Iterator[None]:
+    outer, _reporting.active = _reporting.active, True
+    try:
+        yield
+    finally:
+        _reporting.active = outer
 
 
 def _floor_hour(moment: datetime) -> datetime:
@@ -570,16 +591,47 @@ def rollup_rows(query: RollupQuery) -> list[dict[str, Any]] | None:
     """The query's rows from the rollups and the raw rows of the hours they do not cover yet, or None when
     the rollups cannot answer it (the caller then reads raw rows). Rows are keyed by output name, and
     `bucket` when bucketed, in the order the raw query gives them."""
-    if not _answerable(query):
+    answers = rollup_rows_together([query])
+    return answers[0] if answers is not None else None
+
+
+def rollup_rows_together(queries: list[RollupQuery]) -> list[list[dict[str, Any]]] | None:
+    """Each query's rows as `rollup_rows` gives them, from one statement that reads the rollups once (a dashboard
+    asks several questions of one period), or None when the rollups cannot answer them all together: the
+    queries must share their source, period, zone and filters, have one time bucket at most, and name their
+    dimensions in the same order."""
+    if not queries or not all(_answerable(query) for query in queries) or not _together(queries):
         return None
     state = rollup_state()
     if state is None:
         return None
-    sql, params, names = _statement(query, state.covered_until)
+    sql, params, layout = _statement(queries, state.covered_until)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        aliases = [names[column.name] for column in cursor.description or ()]
-        return [dict(zip(aliases, row, strict=True)) for row in cursor.fetchall()]
+        columns = [column.name for column in cursor.description or ()]
+        rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    if len(queries) == 1:
+        return [[{layout[0][1][c]: v for c, v in row.items()} for row in rows]]
+    return [
+        [{name: row[c] for c, name in names.items()} for row in rows if row["grouping_set"] == mask]
+        for mask, names in layout
+    ]
+
+
+def _together(queries: list[RollupQuery]) -> bool:
+    first = queries[0]
+    same = ("source", "time_field", "filters", "zone", "since", "until")
+    if any(getattr(query, name) != getattr(first, name) for query in queries for name in same):
+        return False
+    if len({query.bucket for query in queries if query.bucket}) > 1:
+        return False
+    # Each grouping set's rows are ordered by the dimensions in the order they first come in the queries.
+    fields = list(dict.fromkeys(field for query in queries for _, field in query.group_by))
+    return all(
+        [fields.index(field) for _, field in query.group_by]
+        == sorted(fields.index(field) for _, field in query.group_by)
+        for query in queries
+    )
 
 
 def _pieces(
@@ -716,9 +768,14 @@ def _additive(query: RollupQuery) -> bool:
 _NOT_READ = {"decision_ms", DECISION_OVER, *(column for _, column in DECISION_BOUNDS)}
 
 
-def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[str, Any], dict[str, str]]:
-    """The statement, its parameters, and the output name of each of its columns (positional aliases: a
-    field's name need not be a valid SQL alias)."""
+def _statement(
+    queries: list[RollupQuery], covered_until: datetime
+) -> tuple[str, dict[str, Any], list[tuple[int, dict[str, str]]]]:
+    """The statement that answers every one of `queries` (the same source, period, zone and filters; one time
+    bucket at most) by reading the rollup rows once, its parameters, and for each query the grouping set of its
+    rows (`GROUPING()` of the dimensions and bucket, 0 for a lone query) and the output name of each column it
+    reads (positional aliases: a field's name need not be a valid SQL alias)."""
+    query = next((q for q in queries if q.bucket), queries[0])  # the one whose buckets the pieces follow
     kind = KINDS[query.source]
     rolled, raw = _pieces(query.since, query.until, covered_until)
     # Only what dimensions and measures read: the decision-time histogram and the hour would widen every row.
@@ -732,7 +789,8 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
         params.update(unit=query.bucket, zone=query.zone.key)
     if rolled is not None:
         low, high = rolled
-        pieces = _plan_pieces(low or _first_rolled_hour(kind), high, query, covered_until, _additive(query))
+        subtract = all(_additive(q) for q in queries)
+        pieces = _plan_pieces(low or _first_rolled_hour(kind), high, query, covered_until, subtract)
         tables = {"month": kind.month_rollup, "day": kind.day_rollup, "hour": kind.rollup}
         for tier, table in tables.items():
             mine = [piece for piece in pieces if piece.tier == tier]
@@ -763,36 +821,57 @@ def _statement(query: RollupQuery, covered_until: datetime) -> tuple[str, dict[s
         at = bucket.format("x.hour")
         parts.append(f"SELECT {at} AS at, 1 AS sign, {', '.join(f'x.{c}' for c in columns)} FROM ({facts}) x")
         params.update(facts_params)
-    select, group = [], []
-    for index, (_, field) in enumerate(query.group_by):
-        select.append(f"{_dimension(query.source, field)} AS g{index}")
-        group.append(f"g{index}")
+    # The dimensions of every query, in the order they first come; the bucket last.
+    fields = list(dict.fromkeys(field for q in queries for _, field in q.group_by))
+    keys = [f"g{index}" for index in range(len(fields))] + (["t_bucket"] if query.bucket else [])
+    select = [f"{_dimension(query.source, field)} AS g{index}" for index, field in enumerate(fields)]
     if query.bucket:
         select.append("f.at AS t_bucket")
-        group.append("t_bucket")
-    for index, (_, aggregation, field) in enumerate(query.measures):
-        select.append(f"{_measure(query.source, aggregation, field)} AS m{index}")
-    # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
-    having = f"HAVING SUM(f.sign * f.{kind.count}) <> 0\n" if group else ""
+    sets: list[tuple[str, ...]] = []
+    layout: list[tuple[int, dict[str, str]]] = []
+    for number, q in enumerate(queries):
+        grouped = tuple(f"g{fields.index(field)}" for _, field in q.group_by) + (("t_bucket",) if q.bucket else ())
+        names = {f"g{fields.index(field)}": name for name, field in q.group_by}
+        if q.bucket:
+            names["t_bucket"] = "bucket"
+        for index, (name, aggregation, field) in enumerate(q.measures):
+            select.append(f"{_measure(q.source, aggregation, field)} AS m{number}_{index}")
+            names[f"m{number}_{index}"] = name
+        if grouped not in sets:
+            sets.append(grouped)
+        # GROUPING() has a bit per key, the first the highest, set where the row is not grouped by that key.
+        layout.append((sum(1 << (len(keys) - 1 - i) for i, key in enumerate(keys) if key not in grouped), names))
     where = []
     for index, (field, values) in enumerate(query.filters):
         where.append(f"{_dimension(query.source, field)} = ANY(%(flt{index})s)")
         params[f"flt{index}"] = list(values)
     # Apps and carriers are joined only for their names or countries (every row has both, so no row is lost).
-    used = {field for _, field in query.group_by} | {field for field, _ in query.filters}
+    used = set(fields) | {field for field, _ in query.filters}
     joins = f"JOIN {App._meta.db_table} a ON a.id = f.app_id\n" if "app" in used else ""
     joins += f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n" if used & {"carrier", "country"} else ""
+    # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
+    having = f"SUM(f.sign * f.{kind.count}) <> 0"
+    if len(queries) == 1:
+        group = sets[0]
+        tail = f"GROUP BY {', '.join(group)}\nHAVING {having}\nORDER BY {', '.join(group)}" if group else ""
+    else:
+        # GROUPING() and the sets name the expressions themselves: output names are not allowed in GROUPING().
+        expression = {f"g{index}": _dimension(query.source, field) for index, field in enumerate(fields)}
+        expression["t_bucket"] = "f.at"
+        grouping = f"GROUPING({', '.join(str(expression[key]) for key in keys)})"
+        select.append(f"{grouping} AS grouping_set")
+        # A query without dimensions or bucket has its one row, as a total over no rows is.
+        listed = ", ".join("(" + ", ".join(str(expression[key]) for key in keys_of_set) + ")" for keys_of_set in sets)
+        tail = (
+            f"GROUP BY GROUPING SETS ({listed})\n"
+            f"HAVING {having} OR {grouping} = {(1 << len(keys)) - 1}\n"
+            f"ORDER BY grouping_set, {', '.join(keys)}"
+        )
     sql = (
         f"WITH f AS ({' UNION ALL '.join(parts)})\n"
-        f"SELECT {', '.join(select)} FROM f\n"
-        + joins
-        + (f"WHERE {' AND '.join(where)}\n" if where else "")
-        + (f"GROUP BY {', '.join(group)}\n{having}ORDER BY {', '.join(group)}" if group else "")
+        f"SELECT {', '.join(select)} FROM f\n" + joins + (f"WHERE {' AND '.join(where)}\n" if where else "") + tail
     )
-    names = {f"g{i}": name for i, (name, _) in enumerate(query.group_by)}
-    names |= {f"m{i}": name for i, (name, _, _) in enumerate(query.measures)}
-    names["t_bucket"] = "bucket"
-    return sql, params, names
+    return sql, params, layout
 
 
 def catch_up_payment_rollups() -> Iterator[RefreshResult]:

@@ -4,6 +4,7 @@ the rows, before and after late changes, and the dashboard reads them for its lo
 import importlib
 import io
 import random
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -11,7 +12,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from django.contrib.auth.models import Group
 from django.core.management import call_command
+from django.db import connection
 from django.db.models import Sum
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
@@ -30,7 +33,7 @@ from reporting.models import (
     RollupState,
 )
 from reporting.services import rollups
-from reporting.services.datasets import DatasetQuery, QueryResult, run_query
+from reporting.services.datasets import DatasetQuery, QueryResult, run_queries, run_query
 from tenants.models import App
 from tests.conftest import StaffClient
 from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
@@ -387,3 +390,38 @@ def test_the_dashboard_shows_a_year_and_a_half_by_month_in_the_viewers_zone(
     assert sum(expected) == len([m for m in created if m >= since]) > 0
     assert data["revenue"]["by_currency"] == [{"currency": "EUR", "amount_minor": 100 * sum(expected), "exponent": 2}]
     assert data["carriers"][0]["payments"] == sum(expected)
+
+
+@pytest.mark.parametrize(("zone", "bucket", "days"), [("Europe/Paris", "week", 90), ("America/New_York", "month", 125)])
+def test_questions_read_together_answer_as_each_read_alone_and_as_the_rows(
+    catalog: dict[str, Dataset], zone: str, bucket: str, days: int
+) -> None:
+    """The dashboard's questions of the payments read the rollups once (grouping sets over the pieces of the
+    bucketed one): each answer equals the query's own, from the rollups and from the rows, across clock changes."""
+    rng = random.Random(12)
+    now = timezone.now()
+    random_payments(rng, now, count=200, days=days)
+    list(rollups.catch_up_payment_rollups())
+    since = now - timedelta(days=days - 3, minutes=7)
+
+    def ask(measures: tuple[str, ...], group_by: tuple[str, ...] = (), bucket: str | None = None) -> DatasetQuery:
+        return DatasetQuery(measures, group_by, bucket, {"country": ("DE",)}, since=since, until=now, timezone=zone)
+
+    queries = [
+        ask(("revenue_minor", "charged_payments"), bucket=bucket),
+        ask(("success_rate", "payments"), group_by=("carrier",)),
+        ask(("failed_payments",), group_by=("failure_code",)),
+        ask(("payments", "revenue_minor"), group_by=("currency", "app", "status")),
+        ask(("payments",)),
+    ]
+    with CaptureQueriesContext(connection) as statements:
+        together = run_queries(dataset=catalog["payments"], queries=queries)
+    assert sum("GROUPING SETS" in statement["sql"] for statement in statements) == 1
+    alone = _answers(catalog, [("payments", query) for query in queries])
+    assert [result.rows for result in together] == [result.rows for result in alone]
+    assert_same(together, _raw_answers(catalog, [("payments", query) for query in queries]))
+    empty = [
+        replace(query, since=now - timedelta(days=days + 30), until=now - timedelta(days=days + 20))
+        for query in queries
+    ]
+    assert [result.rows for result in run_queries(dataset=catalog["payments"], queries=empty)][-1] == [{"payments": 0}]
