@@ -23,7 +23,24 @@ the payments last. PostgreSQL refuses to detach a month others still refer to (`
 order to follow).
 """
 
+from payments.models import MoneyOperation, PaymentStatus
 from playpay.partitions import PartitionedTable, register
+
+# A month of payments leaves only once nothing of it moves any more: no payment short of a final status or
+# with an outcome the carrier has not stated, no refund or reversal pending. A refund confirmed later would
+# need the charge's ledger lines, gone with the month. Every table of the month waits for the same.
+UNDECIDED = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
+UNSETTLED = f"""
+SELECT (SELECT count(*) FROM payments_payment
+        WHERE created_at >= %(start)s AND created_at < %(end)s
+          AND (status IN ({", ".join(f"'{status}'" for status in UNDECIDED)}) OR outcome_unknown_since IS NOT NULL))
+     + (SELECT count(*) FROM payments_refund
+        WHERE payment_created_at >= %(start)s AND payment_created_at < %(end)s
+          AND (status = '{MoneyOperation.Status.PENDING}' OR outcome_unknown_since IS NOT NULL))
+     + (SELECT count(*) FROM payments_reversal
+        WHERE payment_created_at >= %(start)s AND payment_created_at < %(end)s
+          AND (status = '{MoneyOperation.Status.PENDING}' OR outcome_unknown_since IS NOT NULL))
+"""  # noqa: S608  (statuses from the models' choices, no input)
 
 HISTORY = register(
     PartitionedTable(table="payments_paymentstatuschange", column="payment_created_at", moves_from_default=False)
@@ -35,6 +52,7 @@ ENTRIES = register(
         table="payments_ledgerentry",
         column="payment_created_at",
         moves_from_default=False,
+        unsettled=UNSETTLED,
         partition_sql=(
             "CREATE TRIGGER ledgerentry_no_truncate BEFORE TRUNCATE ON {partition} "
             "FOR EACH STATEMENT EXECUTE FUNCTION playpay_ledger_append_only()",
@@ -46,6 +64,7 @@ LINES = register(
         table="payments_ledgerline",
         column="payment_created_at",
         moves_from_default=False,
+        unsettled=UNSETTLED,
         partition_sql=(
             "CREATE TRIGGER ledgerline_no_truncate BEFORE TRUNCATE ON {partition} "
             "FOR EACH STATEMENT EXECUTE FUNCTION playpay_ledger_append_only()",
@@ -55,8 +74,16 @@ LINES = register(
 
 # Refunds and reversals, by their payment's month: ledger entries refer to a refund by (refund_id,
 # payment_created_at).
-REFUNDS = register(PartitionedTable(table="payments_refund", column="payment_created_at", moves_from_default=False))
-REVERSALS = register(PartitionedTable(table="payments_reversal", column="payment_created_at", moves_from_default=False))
+REFUNDS = register(
+    PartitionedTable(
+        table="payments_refund", column="payment_created_at", moves_from_default=False, unsettled=UNSETTLED
+    )
+)
+REVERSALS = register(
+    PartitionedTable(
+        table="payments_reversal", column="payment_created_at", moves_from_default=False, unsettled=UNSETTLED
+    )
+)
 
 # Last to leave: every table above refers to it. Its key tables' rows of the month go with it (a key of an
 # archived month may be used again); its webhook deliveries stay, unlinked.
@@ -65,6 +92,7 @@ PAYMENTS = register(
         table="payments_payment",
         column="created_at",
         moves_from_default=False,
+        unsettled=UNSETTLED,
         released=(
             "DELETE FROM payments_paymentidempotencykey WHERE payment_id IN (SELECT id FROM {partition})",
             "DELETE FROM payments_paymentcarrierreference WHERE payment_id IN (SELECT id FROM {partition})",

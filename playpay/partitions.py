@@ -81,6 +81,10 @@ def month_bounds(month: date) -> tuple[datetime, datetime]:
     return start, datetime(end_month.year, end_month.month, 1, tzinfo=UTC)
 
 
+class MonthUnsettled(RuntimeError):
+    """A month still holds rows in motion: it cannot leave the database yet."""
+
+
 @dataclass(frozen=True)
 class Archived:
     partition: str
@@ -102,6 +106,10 @@ class PartitionedTable:
     `released` is run, `{partition}` standing for a month's partition, in the transaction that detaches it
     (archive, drop): what lets go of its rows in unpartitioned tables that refer to them (key tables), which
     PostgreSQL would otherwise refuse the detach for.
+
+    `unsettled` is a query counting what still moves in a month (`%(start)s` to `%(end)s`): while it counts
+    any, the month is neither archived nor dropped (`MonthUnsettled`), e.g. a payment whose refund the
+    carrier has not confirmed yet, which will need the month's ledger lines when it does.
     """
 
     table: str
@@ -111,6 +119,7 @@ class PartitionedTable:
     partition_sql: tuple[str, ...] = ()
     moves_from_default: bool = True
     released: tuple[str, ...] = ()
+    unsettled: str = ""
 
     @property
     def connection(self) -> BaseDatabaseWrapper:
@@ -359,6 +368,7 @@ class PartitionedTable:
         path = self.archive_path(month, directory)
         with self.connection.cursor() as cursor:
             if name in self.partitions():
+                self.refuse_unsettled(month)
                 with transaction.atomic(using=self.using):
                     cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                     self._release(cursor, name)
@@ -398,6 +408,20 @@ class PartitionedTable:
             cursor.execute(f"DROP TABLE {name}")
         logger.info("partition dropped", extra={"partition": name, "rows": rows})
         return rows
+
+    def refuse_unsettled(self, month: date) -> None:
+        """Raise MonthUnsettled while the `unsettled` query counts anything still moving in the month."""
+        if not self.unsettled:
+            return
+        start, end = month_bounds(month)
+        with self.connection.cursor() as cursor:
+            cursor.execute(self.unsettled, {"start": start, "end": end})
+            moving = int(cursor.fetchone()[0])
+        if moving:
+            raise MonthUnsettled(
+                f"{self.partition_name(month)}: {moving} row(s) of the month are not settled yet "
+                "(see the table's `unsettled` rule); archive the month once they are"
+            )
 
     def _release(self, cursor: Any, partition: str) -> None:
         for sql in self.released:

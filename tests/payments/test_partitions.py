@@ -217,7 +217,10 @@ def test_a_ledger_month_is_archived_lines_first_and_its_entries_cannot_leave_bef
     ENTRIES.ensure(since=month)
     LINES.ensure(since=month)
     payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
-    Payment.objects.filter(pk=payment.pk).update(created_at=datetime(month.year, month.month, 3, tzinfo=UTC))
+    # Charged (a settled payment: a month leaves only once nothing of it moves).
+    Payment.objects.filter(pk=payment.pk).update(
+        created_at=datetime(month.year, month.month, 3, tzinfo=UTC), status=PaymentStatus.SUCCEEDED
+    )
     payment.refresh_from_db()
     charged(payment)
     with connection.cursor() as cursor:  # as if committed: no balance check left pending
@@ -241,7 +244,10 @@ def test_archiving_ledger_entries_before_their_lines_is_refused_with_the_order_t
     ENTRIES.ensure(since=month)
     LINES.ensure(since=month)
     payment = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
-    Payment.objects.filter(pk=payment.pk).update(created_at=datetime(month.year, month.month, 3, tzinfo=UTC))
+    # Charged (a settled payment: a month leaves only once nothing of it moves).
+    Payment.objects.filter(pk=payment.pk).update(
+        created_at=datetime(month.year, month.month, 3, tzinfo=UTC), status=PaymentStatus.SUCCEEDED
+    )
     payment.refresh_from_db()
     charged(payment)
     with connection.cursor() as cursor:

@@ -16,12 +16,14 @@ from django.utils import timezone
 from carriers.adapters.base import CarrierResult, Notification, NotificationKind, Outcome
 from carriers.errors import ErrorCode
 from payments.models import (
+    LedgerLine,
     Payment,
     PaymentCarrierReference,
     PaymentFlow,
     PaymentIdempotencyKey,
     PaymentQuerySet,
     PaymentStatus,
+    Refund,
     WebhookDelivery,
 )
 from payments.partitions import ENTRIES, HISTORY, LINES, PAYMENTS, REFUNDS, REVERSALS
@@ -297,3 +299,33 @@ def test_support_finds_a_payment_and_its_refunds_by_public_id_and_sees_its_month
     page = support.get(f"/admin/payments/payment/{older.pk}/change/").content.decode()
     assert "app:history-of-older" in page
     assert "app:history-of-other" not in page
+
+
+def test_a_month_with_a_refund_the_carrier_has_not_confirmed_stays_until_it_settles(shop: Shop, tmp_path: Path) -> None:
+    payment = PaymentFactory.create(
+        app=shop.app, price_point=shop.price_point, flow=PaymentFlow.ONE_CLICK, created_at=months_ago(14)
+    )
+    payment.carrier.supports_refund = True
+    payment.carrier.save()
+    record_creation(payment, actor="test")
+    with transaction.atomic():
+        locked = Payment.objects.select_for_update().get(pk=payment.pk)
+        transition(locked, PaymentStatus.CHARGING, actor="test")
+        transition(locked, PaymentStatus.SUCCEEDED, actor="test")
+    refund = request_refund(payment=Payment.objects.get(pk=payment.pk), amount_minor=None, reason="r", actor="test")
+    assert refund.status == Refund.Status.PENDING  # asked of the carrier, no answer yet
+    as_committed()
+    lines_before = LedgerLine.objects.filter(payment_created_at=payment.created_at).count()
+
+    for table in (LINES, PAYMENTS):
+        with pytest.raises(CommandError, match="1 row\\(s\\) of the month are not settled"):
+            call_command(
+                "archive_partitions", "--table", table.table, "--older-than-days", "365", "--dir", str(tmp_path)
+            )
+    assert LedgerLine.objects.filter(payment_created_at=payment.created_at).count() == lines_before > 0
+    assert LINES.detached() == []
+    assert list(tmp_path.iterdir()) == []
+
+    Refund.objects.filter(pk=refund.pk).update(status=Refund.Status.FAILED)
+    call_command("archive_partitions", "--table", LINES.table, "--older-than-days", "365", "--dir", str(tmp_path))
+    assert not LedgerLine.objects.filter(payment_created_at=payment.created_at).exists()

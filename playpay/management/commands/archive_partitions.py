@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import IntegrityError
 from django.utils import timezone
 
-from playpay.partitions import get
+from playpay.partitions import MonthUnsettled, get
 
 
 class Command(BaseCommand):
@@ -46,6 +46,8 @@ class Command(BaseCommand):
                 continue
             try:
                 archived = table.archive(month, directory)
+            except MonthUnsettled as exc:
+                raise CommandError(str(exc)) from exc
             except IntegrityError as exc:
                 raise CommandError(
                     f"{table.partition_name(month)} is still referred to ({exc}): archive the referring table's "
