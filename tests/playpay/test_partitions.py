@@ -1,5 +1,6 @@
-"""Partition creation run twice at once (PostgreSQL): the job and `manage.py partitions` both find a month
-missing; the one that waited for the other's lock creates only what is still missing, and both succeed."""
+"""Partition creation (PostgreSQL): run twice at once, the one that waited for the other's lock creates only what is
+still missing; the months ahead are created on a fence, without reading the default partition under the table's
+lock; a fence that cannot be had leaves its months to the next run."""
 
 import threading
 import time
@@ -203,6 +204,48 @@ def test_months_ahead_are_created_without_reading_the_default_partition_under_th
         assert scans[-1] - scans[0] == 0  # from the LOCK on
         assert events_in(default) == 1  # left there
         assert not table.has_fence()
+    finally:
+        with connection.cursor() as cursor:
+            for month in table.months():
+                if month >= first:
+                    cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+
+
+def test_months_whose_fence_a_row_arriving_meanwhile_defeats_wait_for_the_next_run_which_moves_it() -> None:
+    table = get("funnel_funnelevent")
+    first = add_months(month_start(timezone.now()), 340)  # months no other test makes
+    late = add_months(first, 1)
+    now = datetime(first.year, first.month, 15, tzinfo=UTC)
+    with transaction.atomic(), connection.cursor() as cursor:  # this month's partition exists, as the job keeps it
+        cursor.execute(f"LOCK TABLE {table.table} IN ACCESS EXCLUSIVE MODE")
+        table.create_partition(cursor, first)
+    app = AppFactory.create()
+
+    def row_arrives(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if "ADD CONSTRAINT" in sql:  # after the default partition was read, before the fence stands
+            FunnelEvent.objects.create(
+                app=app,
+                journey_id="j",
+                event_id="e",
+                step="open",
+                occurred_at=datetime(late.year, late.month, 2, tzinfo=UTC),
+                source="game",
+            )
+        return execute(sql, params, many, context)
+
+    try:
+        with connection.execute_wrapper(row_arrives), pytest.raises(RuntimeError, match="not fenced"):
+            table.ensure(now=now, months_ahead=2)
+        assert {table.partition_name(late), table.partition_name(add_months(first, 2))}.isdisjoint(table.partitions())
+        assert not table.has_fence()
+        assert events_in(table.default_partition) == 1  # taken in: the fence no longer stands
+        # The next run finds the row and moves its month out; the other month is fenced and made.
+        assert table.ensure(now=now, months_ahead=2) == [
+            table.partition_name(late),
+            table.partition_name(add_months(first, 2)),
+        ]
+        assert events_in(table.partition_name(late)) == 1
+        assert events_in(table.default_partition) == 0
     finally:
         with connection.cursor() as cursor:
             for month in table.months():
