@@ -15,7 +15,7 @@ from django.utils import timezone
 from funnel.models import FunnelEvent
 from payments.models import PaymentStatus, PaymentStatusChange
 from payments.partitions import HISTORY
-from playpay.partitions import add_months, get, month_start
+from playpay.partitions import PartitionedTable, add_months, get, month_start
 from tests.factories import AppFactory, PaymentFactory
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -69,10 +69,14 @@ def test_a_run_that_waited_for_another_creates_only_what_is_still_missing() -> N
         assert {table.partition_name(add_months(first, n)) for n in range(3)} <= set(table.partitions())
     finally:
         thread.join(WAIT)
-        with connections["default"].cursor() as cursor:
-            for month in table.months():
-                if month >= first:
-                    cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+        drop_partitions_from(table, first)
+
+
+def drop_partitions_from(table: PartitionedTable, first: date) -> None:
+    with connections["default"].cursor() as cursor:
+        for month in table.months():
+            if month >= first:
+                cursor.execute(f"DROP TABLE {table.partition_name(month)}")
 
 
 def events_in(partition: str) -> int:
@@ -115,10 +119,7 @@ def test_months_ahead_are_created_without_reading_the_default_partition_which_ke
         assert events_in(table.default_partition) == 1
         assert not table.has_fence()  # dropped with the partitions made: an archived month's rows go back there
     finally:
-        with connection.cursor() as cursor:
-            for month in table.months():
-                if month >= first:
-                    cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+        drop_partitions_from(table, first)
 
 
 def test_a_fence_that_rows_of_its_months_contradict_is_not_left_standing() -> None:
@@ -205,10 +206,7 @@ def test_months_ahead_are_created_without_reading_the_default_partition_under_th
         assert events_in(default) == 1  # left there
         assert not table.has_fence()
     finally:
-        with connection.cursor() as cursor:
-            for month in table.months():
-                if month >= first:
-                    cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+        drop_partitions_from(table, first)
 
 
 def test_months_whose_fence_a_row_arriving_meanwhile_defeats_wait_for_the_next_run_which_moves_it() -> None:
@@ -247,7 +245,4 @@ def test_months_whose_fence_a_row_arriving_meanwhile_defeats_wait_for_the_next_r
         assert events_in(table.partition_name(late)) == 1
         assert events_in(table.default_partition) == 0
     finally:
-        with connection.cursor() as cursor:
-            for month in table.months():
-                if month >= first:
-                    cursor.execute(f"DROP TABLE {table.partition_name(month)}")
+        drop_partitions_from(table, first)
