@@ -170,19 +170,26 @@ class PartitionedTable:
         )
         return [row[0] for row in cursor.fetchall()]
 
-    def create_partition(self, cursor: Any, month: date) -> None:
+    def create_partition(self, cursor: Any, month: date, *, rows_in_default: bool | None = None) -> None:
         """Create the month's partition; rows of that month already in the default partition move into it.
 
         Call inside a transaction that holds the table's ACCESS EXCLUSIVE lock (as `ensure` does), so that
-        no row for the month lands in the default partition meanwhile.
+        no row for the month lands in the default partition meanwhile. `rows_in_default` says whether the
+        default partition holds rows of the month, as the caller read it before the lock: True moves them
+        (a read of the default partition), False creates the partition without looking (PostgreSQL's own
+        check refuses it if a row of the month is there, and reads the default partition for it unless the
+        default partition's constraints, `fence_default`, already exclude the month). None, for callers that
+        did not read it: looked for first, in the default partition (a read of it).
         """
         name = self.partition_name(month)
         start, end = month_bounds(month)
-        cursor.execute(
-            f"SELECT 1 FROM {self.default_partition} WHERE {self.column} >= %s AND {self.column} < %s LIMIT 1",
-            [start, end],
-        )
-        if cursor.fetchone() is None:
+        if rows_in_default is None:
+            cursor.execute(
+                f"SELECT 1 FROM {self.default_partition} WHERE {self.column} >= %s AND {self.column} < %s LIMIT 1",
+                [start, end],
+            )
+            rows_in_default = cursor.fetchone() is not None
+        if not rows_in_default:
             cursor.execute(f"CREATE TABLE {name} PARTITION OF {self.table} FOR VALUES FROM (%s) TO (%s)", [start, end])
         else:
             # The month's rows are in the default partition: a new partition for them would overlap it. Move
@@ -219,8 +226,8 @@ class PartitionedTable:
         While it stands, a row for one of these months is refused (they have no partition yet and the
         default partition no longer takes them): call it for months after the current one only, whose rows
         come from a sender's clock gone wrong. True when the constraint is valid; on any failure (a lock
-        not granted in time, a row of one of the months found) there is none, and creating the partitions
-        reads the default partition as before.
+        not granted in time, a row of one of the months found) there is none, and `ensure` leaves the months
+        to its next run rather than read the default partition under the table's lock.
         """
         fence, default = self.default_fence, self.default_partition
         outside = " AND ".join(
@@ -269,7 +276,12 @@ class PartitionedTable:
     ) -> list[str]:
         """Create the partitions of this month and the next `months_ahead` (and of every month from `since`),
         and of the recent months found in the default partition; returns the names of those it created
-        (none when all exist)."""
+        (none when all exist).
+
+        Under the table's ACCESS EXCLUSIVE lock it reads the default partition's rows only to move a month out
+        of it (a table that `moves_from_default`, a month found there beforehand) or to create this month or
+        an earlier one (PostgreSQL's check); the months ahead are created on the fence's proof, nothing read.
+        """
         if not self.is_partitioned():
             return []
         ahead = self.months_ahead if months_ahead is None else months_ahead
@@ -278,33 +290,48 @@ class PartitionedTable:
         wanted = {add_months(first, n) for n in range(months_between(first, this_month) + ahead + 1)}
         oldest = add_months(this_month, -MONTHS_BACK)
 
-        def missing(cursor: Any) -> tuple[list[date], set[date]]:
-            """The months to create, and those the default partition holds rows of."""
-            in_default = set(self.default_months(cursor))
+        def missing(in_default: set[date]) -> list[date]:
+            """The months to create: read from the catalog, given the months the default partition holds."""
             months = set(wanted)
             if self.moves_from_default:
                 months |= {month for month in in_default if oldest <= month <= add_months(this_month, ahead)}
             else:
-                months -= in_default
+                months -= in_default  # left there: rows of these tables cannot leave a partition
             existing = set(self.partitions())
-            return sorted(month for month in months if self.partition_name(month) not in existing), in_default
+            return sorted(month for month in months if self.partition_name(month) not in existing)
 
-        with self.connection.cursor() as cursor:
-            created, in_default = missing(cursor)  # without the lock: most runs find nothing to do and take none
-        if created:
-            # The months ahead, with no rows in the default partition (the usual case): proven so beforehand,
-            # their creation does not read the default partition under the lock.
-            ahead_only = [month for month in created if month > this_month and month not in in_default]
-            fenced = bool(ahead_only) and self.fence_default(ahead_only)
+        # The months the default partition holds rows of, read without the table's lock: on every run for a
+        # table that moves them out (the months to move), only when a month is missing for one that does not.
+        in_default: set[date] = set()
+        if self.moves_from_default or missing(in_default):
+            with self.connection.cursor() as cursor:
+                in_default = set(self.default_months(cursor))
+        created = missing(in_default)
+        if not created:
+            if self.has_fence():  # left by a run that stopped half-way
+                self.drop_fence()
+            self.analyze_stale()
+            return []
+        # The months after this one that the default partition holds no rows of (the usual run) are fenced
+        # first: no row of theirs reaches it until their partitions exist, which are then created without
+        # reading it. This month and earlier ones (missing only after `since`, or a job stopped for months)
+        # are not: a fence would refuse their everyday rows; PostgreSQL reads the default partition to create
+        # them. When the fence cannot be had, the months it was for wait for the next run.
+        ahead_only = [month for month in created if month > this_month and month not in in_default]
+        fenced = bool(ahead_only) and self.fence_default(ahead_only)
+        deferred = set() if fenced else set(ahead_only)
+        if set(created) - deferred:
             try:
                 with transaction.atomic(using=self.using), self.connection.cursor() as cursor:
                     cursor.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
                     cursor.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
-                    # Read again under the lock: another run (the job, `manage.py partitions`) may have made some
-                    # of them while this one waited for it.
-                    created, _ = missing(cursor)
+                    # Again under the lock, from the catalog only: another run (the job, `manage.py partitions`)
+                    # may have made some of them while this one waited for it. The default partition is not
+                    # read again: a fenced month can have gained no row there since, and this month or an
+                    # earlier one that did is refused by PostgreSQL's check (the next run sees its rows).
+                    created = [month for month in missing(in_default) if month not in deferred]
                     for month in created:
-                        self.create_partition(cursor, month)
+                        self.create_partition(cursor, month, rows_in_default=month in in_default)
                     if fenced:
                         self.drop_fence(cursor)
             except BaseException:
@@ -312,10 +339,17 @@ class PartitionedTable:
                     with contextlib.suppress(DatabaseError):
                         self.drop_fence()
                 raise
-        elif self.has_fence():  # left by a run that stopped half-way
-            self.drop_fence()
+        else:
+            created = []
         self.analyze_stale()  # the ones rows were moved into, and any filled since the last run
-        return [self.partition_name(month) for month in created]
+        names = [self.partition_name(month) for month in created]
+        if deferred:
+            raise RuntimeError(
+                f"{self.table}: the default partition was not fenced, partitions "
+                f"{', '.join(self.partition_name(month) for month in sorted(deferred))} wait for the next run "
+                f"(created: {', '.join(names) or 'none'})"
+            )
+        return names
 
     def analyze_stale(self, *, since: datetime | date | None = None) -> list[str]:
         """ANALYZE the partitions (of months from `since` on, and the default one) whose planner statistics
