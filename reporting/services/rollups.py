@@ -155,11 +155,12 @@ _PAYMENT_PERIOD = (
     "AND p.created_at >= {since} AND p.created_at < {until}"
 )
 
+# A refund or reversal names its payment by (id, month): the join reads one payment partition's key, not all.
 _REFUND_FACTS = f"""
 SELECT date_trunc('hour', r.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, r.currency, r.status,
     COUNT(*) AS refunds, SUM(r.amount_minor) AS amount_minor, MIN(r.amount_minor) AS amount_min_minor,
     MAX(r.amount_minor) AS amount_max_minor
-FROM {{rows}} JOIN {_PAYMENT} p ON p.id = r.payment_id
+FROM {{rows}} JOIN {_PAYMENT} p ON p.id = r.payment_id AND p.created_at = r.payment_created_at
 GROUP BY 1, 2, 3, 4, 5"""
 # Refunds' (status, created_at) index serves a period once every status is named.
 _REFUND_PERIOD = (
@@ -170,7 +171,7 @@ _REVERSAL_FACTS = f"""
 SELECT date_trunc('hour', v.created_at, 'UTC') AS hour, p.app_id, p.carrier_id, p.currency, v.status,
     COUNT(*) AS reversals, SUM(p.amount_minor) AS amount_minor, MIN(p.amount_minor) AS amount_min_minor,
     MAX(p.amount_minor) AS amount_max_minor
-FROM {{rows}} JOIN {_PAYMENT} p ON p.id = v.payment_id
+FROM {{rows}} JOIN {_PAYMENT} p ON p.id = v.payment_id AND p.created_at = v.payment_created_at
 GROUP BY 1, 2, 3, 4, 5"""
 _REVERSAL_PERIOD = "v.created_at >= {since} AND v.created_at < {until}"
 
