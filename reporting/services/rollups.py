@@ -610,8 +610,8 @@ def rollup_rows_together(queries: list[RollupQuery]) -> list[list[dict[str, Any]
         cursor.execute(sql, params)
         columns = [column.name for column in cursor.description or ()]
         rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-    if len(queries) == 1:
-        return [[{layout[0][1][c]: v for c, v in row.items()} for row in rows]]
+    if "grouping_set" not in columns:  # one grouping set (one query, or all grouped alike): every row is each's
+        return [[{name: row[c] for c, name in names.items()} for row in rows] for _, names in layout]
     return [
         [{name: row[c] for c, name in names.items()} for row in rows if row["grouping_set"] == mask]
         for mask, names in layout
@@ -851,7 +851,8 @@ def _statement(
     joins += f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n" if used & {"carrier", "country"} else ""
     # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
     having = f"SUM(f.sign * f.{kind.count}) <> 0"
-    if len(queries) == 1:
+    if len(sets) == 1:
+        # One grouping set, possibly none (totals only): GROUPING() would have no argument.
         group = sets[0]
         tail = f"GROUP BY {', '.join(group)}\nHAVING {having}\nORDER BY {', '.join(group)}" if group else ""
     else:
