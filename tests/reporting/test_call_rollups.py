@@ -136,6 +136,22 @@ def test_late_records_of_rolled_up_hours_show_after_the_next_refresh(carrier_cal
     assert_same([after], raw_answers(carrier_calls, [query]))
 
 
+def test_a_snapshot_listing_thousands_of_transactions_in_progress_is_kept(carrier_calls: Dataset) -> None:
+    """PostgreSQL's snapshot names every transaction in progress when it was taken: its text has no bound."""
+    rng = random.Random(7)
+    now = timezone.now()
+    write_calls(rng, now, count=30, days=2)
+    call_rollups.catch_up_carrier_call_rollups()
+    busy = "1000:5000:" + ",".join(str(xid) for xid in range(1000, 5000))
+    assert len(busy) > 10_000
+    CarrierCallRollupState.objects.filter(pk=1).update(checked_snapshot=busy)
+    assert CarrierCallRollupState.objects.get().checked_snapshot == busy
+    query = DatasetQuery(measures=("calls",), group_by=("carrier",), since=now - timedelta(days=3))
+    call_rollups.refresh_carrier_call_rollups()  # reads what the busy snapshot did not see, keeps its own
+    assert CarrierCallRollupState.objects.get().checked_snapshot != busy
+    assert_same([run_query(dataset=carrier_calls, query=query)], raw_answers(carrier_calls, [query]))
+
+
 def test_calls_older_than_their_retention_are_read_from_the_journal(carrier_calls: Dataset, settings: Any) -> None:
     rng = random.Random(5)
     now = timezone.now()
