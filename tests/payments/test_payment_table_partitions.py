@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from carriers.adapters.base import CarrierResult, Notification, NotificationKind, Outcome
@@ -23,6 +25,7 @@ from payments.models import (
     PaymentIdempotencyKey,
     PaymentQuerySet,
     PaymentStatus,
+    PaymentStatusChange,
     Refund,
     WebhookDelivery,
 )
@@ -329,3 +332,36 @@ def test_a_month_with_a_refund_the_carrier_has_not_confirmed_stays_until_it_sett
     Refund.objects.filter(pk=refund.pk).update(status=Refund.Status.FAILED)
     call_command("archive_partitions", "--table", LINES.table, "--older-than-days", "365", "--dir", str(tmp_path))
     assert not LedgerLine.objects.filter(payment_created_at=payment.created_at).exists()
+
+
+def test_the_payment_page_reads_its_history_and_refunds_once_whatever_their_number(
+    staff_client: StaffClient,
+) -> None:
+    payment = PaymentFactory.create(created_at=months_ago(2))
+    client = staff_client("superuser")
+    url = reverse("admin:payments_payment_change", args=[payment.pk])
+
+    def add_rows(count: int) -> None:
+        for _ in range(count):
+            PaymentStatusChange.objects.create(
+                payment=payment, payment_created_at=payment.created_at, to_status="pending", actor="test"
+            )
+            Refund.objects.create(
+                payment=payment,
+                payment_created_at=payment.created_at,
+                amount_minor=1,
+                currency=payment.currency,
+                reason="r",
+                requested_by="staff:x",
+            )
+
+    def statements() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        return len(queries)
+
+    add_rows(1)
+    statements()  # the first request after signing in does more (the session's)
+    few = statements()
+    add_rows(5)
+    assert statements() == few
