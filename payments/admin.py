@@ -92,7 +92,10 @@ class PaymentMonthFormSet(BaseInlineFormSet):  # type: ignore[type-arg]
     """A payment's rows, read from its month's partition only (they are partitioned by payment_created_at)."""
 
     def get_queryset(self) -> Any:
-        return super().get_queryset().filter(payment_created_at=self.instance.created_at)
+        # Kept, as BaseModelFormSet keeps its own: it is asked for once per form, and a new one reads again.
+        if not hasattr(self, "_month_queryset"):
+            self._month_queryset = super().get_queryset().filter(payment_created_at=self.instance.created_at)
+        return self._month_queryset
 
 
 class PaymentMonthInline(ReadOnlyInline):

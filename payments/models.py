@@ -361,6 +361,15 @@ class WebhookDelivery(models.Model):
             models.Index(fields=["next_attempt_at"], condition=Q(status="pending"), name="webhook_due_idx"),
             models.Index(fields=["app", "-created_at"]),
         ]
+        constraints = [
+            # The foreign key (payment_id, payment_created_at) is MATCH SIMPLE: it checks nothing while either is
+            # NULL, so a payment named without its month (bulk_create, update(payment=…)) would go unchecked.
+            # The month alone without the payment is harmless (Django's SET_NULL clears only the payment).
+            models.CheckConstraint(
+                condition=Q(payment__isnull=True) | Q(payment_created_at__isnull=False),
+                name="webhook_delivery_payment_has_month",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event_type} → {self.app}"

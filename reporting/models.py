@@ -580,7 +580,7 @@ class CarrierCallRollupState(models.Model):
     covered_from = models.DateTimeField()
     covered_until = models.DateTimeField()
     last_id = models.BigIntegerField(default=0)
-    checked_snapshot = models.CharField(max_length=10_000, blank=True)
+    checked_snapshot = models.TextField(blank=True)
     refreshed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -594,7 +594,7 @@ class RollupState(models.Model):
     covered_until = models.DateTimeField()
     checked_at = models.DateTimeField()
     # The transactions whose work the last run could see: PostgreSQL's snapshot (pg_snapshot) when it began.
-    checked_snapshot = models.CharField(max_length=10_000, blank=True)
+    checked_snapshot = models.TextField(blank=True)
     refreshed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

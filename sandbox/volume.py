@@ -514,9 +514,16 @@ CARRIER_REFERENCE_VALUES = {
     "payment_id": "id",
     "payment_created_at": "t0",
 }
-# A reference is 28 random bits within its millisecond: one drawn twice stays with the first payment, as
-# the services keep it.
+# A reference is 28 random bits within its millisecond: one drawn twice stays with the first payment, and the
+# other payment is left without it, as the services do (payments.services.payment_keys).
 CARRIER_REFERENCE_SOURCE = "volume_chunk WHERE carrier_reference <> '' ORDER BY id ON CONFLICT DO NOTHING"
+REFERENCES_DRAWN_SQL = "SELECT count(*) FROM volume_chunk WHERE carrier_reference <> ''"
+REFERENCES_TAKEN_SQL = f"""
+UPDATE {Payment._meta.db_table} p SET carrier_reference = ''
+FROM volume_chunk c
+JOIN {PaymentCarrierReference._meta.db_table} r ON r.carrier_id = c.carrier_id AND r.reference = c.carrier_reference
+WHERE c.carrier_reference <> '' AND r.payment_id <> c.id AND p.id = c.id AND p.created_at = c.t0
+"""
 
 HISTORY_SOURCE = """(
     SELECT c.id, c.t0 AS payment_created_at, p.from_status, p.to_status,
@@ -1087,7 +1094,7 @@ def _generate_month(
         cursor.execute("ANALYZE volume_chunk")
         counts["payments"] = _insert(cursor, Payment, PAYMENT_VALUES, "volume_chunk", params)
         _insert(cursor, PaymentIdempotencyKey, IDEMPOTENCY_KEY_VALUES, "volume_chunk", params)
-        _insert(cursor, PaymentCarrierReference, CARRIER_REFERENCE_VALUES, CARRIER_REFERENCE_SOURCE, params)
+        claim_carrier_references(cursor, params)
         counts["history"] = _insert(cursor, PaymentStatusChange, HISTORY_VALUES, HISTORY_SOURCE, params)
         cursor.execute(REFUNDS_SQL, params)
         counts["refunds"] = _insert(cursor, Refund, REFUND_VALUES, "volume_refund", params)
@@ -1119,6 +1126,15 @@ def _journal_done(pending: tuple[Future[int], str, float], progress: Callable[[s
     written = future.result()
     progress(f"{label}: {written:,} journal records ({time.monotonic() - submitted:.1f} s after the month)")
     return written
+
+
+def claim_carrier_references(cursor: Any, params: Any) -> None:
+    """Claim the carrier references of the month's payments (`volume_chunk`); a reference another payment
+    holds already is taken from the later payment. The update runs only when some reference was not claimed."""
+    claimed = _insert(cursor, PaymentCarrierReference, CARRIER_REFERENCE_VALUES, CARRIER_REFERENCE_SOURCE, params)
+    cursor.execute(REFERENCES_DRAWN_SQL)
+    if claimed < int(cursor.fetchone()[0]):
+        cursor.execute(REFERENCES_TAKEN_SQL)
 
 
 def _insert(cursor: Any, model: type[models.Model], values: Mapping[str, str], source: str, params: Any) -> int:

@@ -131,7 +131,22 @@ def is_timeout(error: BaseException) -> bool:
         error.code == TIMEOUT_EXCEEDED or error.name == "TIMEOUT_EXCEEDED" or "(TIMEOUT_EXCEEDED)" in str(error)
     ):
         return True
-    return isinstance(error.__cause__, urllib3.exceptions.TimeoutError)
+    return any(isinstance(cause, (urllib3.exceptions.TimeoutError, TimeoutError)) for cause in _causes(error))
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """What `error` was raised from, and so on down (a bounded walk): the exceptions' causes and contexts, and the
+    reason urllib3 gives a MaxRetryError (a read timeout wrapped when the client retries)."""
+    found: list[BaseException] = []
+    pending = [error.__cause__, error.__context__]
+    while pending and len(found) < 20:
+        cause = pending.pop(0)
+        if cause is None or cause in found:
+            continue
+        found.append(cause)
+        reason = cause.reason if isinstance(cause, urllib3.exceptions.MaxRetryError) else None
+        pending += [reason, cause.__cause__, cause.__context__]
+    return found
 
 
 def ensure_schema() -> None:

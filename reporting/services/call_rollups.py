@@ -27,17 +27,17 @@ from journal.services import Kind
 from reporting.catalog import JOURNAL_SOURCES
 from reporting.models import CarrierCallRollup, CarrierCallRollupState
 from reporting.services.rollups import (
-    _NEW,
     HOUR,
     MAX_STEP,
+    NEW_SINCE_SNAPSHOT,
     RefreshResult,
     RollupQuery,
-    _ceil_hour,
-    _cover,
-    _days_touched,
-    _floor_hour,
-    _months_touched,
-    _next_month,
+    ceil_hour,
+    cover_hours,
+    days_touched,
+    floor_hour,
+    months_touched,
+    next_month,
     reporting_statement,
 )
 
@@ -92,7 +92,7 @@ GROUP BY 1, 2, 3, 4, 5"""
 _CHANGED_HOURS = f"""
 SELECT DISTINCT date_trunc('hour', r.occurred_at, 'UTC') FROM journal_journalrecord r
 WHERE r.id > %(after_id)s AND r.kind = '{Kind.CARRIER_CALL}' AND r.occurred_at >= %(since)s
-    AND r.occurred_at < %(before)s AND {_NEW.format(alias="r")}
+    AND r.occurred_at < %(before)s AND {NEW_SINCE_SNAPSHOT.format(alias="r")}
 ORDER BY 1"""
 
 
@@ -146,14 +146,14 @@ def refresh_carrier_call_rollups(*, now: datetime | None = None) -> RefreshResul
     if not enabled():
         return RefreshResult(None, 0)
     now = now or timezone.now()
-    target = _floor_hour(now)
+    target = floor_hour(now)
     with reporting_statement(rollup_build=True):
         # Taken before anything is read: what this run reads is at least what the snapshot sees.
         snapshot, newest = _journal_rows(
             "SELECT pg_current_snapshot()::text, (SELECT max(id) FROM journal_journalrecord)", {}
         )[0]
         if not CarrierCallRollupState.objects.filter(pk=1).exists():
-            first = _floor_hour(max(_oldest_call() or target, retention_cutoff(now)))
+            first = floor_hour(max(_oldest_call() or target, retention_cutoff(now)))
             defaults = {"covered_from": min(first, target), "covered_until": min(first, target)}
             CarrierCallRollupState.objects.get_or_create(pk=1, defaults=defaults)
         state = CarrierCallRollupState.objects.select_for_update().get(pk=1)
@@ -171,9 +171,9 @@ def refresh_carrier_call_rollups(*, now: datetime | None = None) -> RefreshResul
         if state.covered_until < extend_to:
             ranges.append((state.covered_until, extend_to))
         _replace_hours(ranges, _facts(ranges))
-        days = _days_touched(changed, state.covered_until, extend_to)
+        days = days_touched(changed, state.covered_until, extend_to)
         _resum("day", [(day, day + DAY) for day in days])
-        _resum("month", [(month, _next_month(month)) for month in _months_touched(days, extend_to)])
+        _resum("month", [(month, next_month(month)) for month in months_touched(days, extend_to)])
         _forget_expired(retention_cutoff(now))
         new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
         state.covered_until = max(state.covered_until, extend_to)
@@ -241,7 +241,7 @@ def catch_up_carrier_call_rollups() -> list[RefreshResult]:
     while True:
         result = refresh_carrier_call_rollups()
         results.append(result)
-        if result.covered_until is None or result.covered_until >= _floor_hour(timezone.now()):
+        if result.covered_until is None or result.covered_until >= floor_hour(timezone.now()):
             return results
 
 
@@ -303,10 +303,10 @@ def rollup_rows(query: RollupQuery, *, now: datetime | None = None) -> list[dict
     if state is None:
         return None
     now = now or timezone.now()
-    low = max(state.covered_from, _ceil_hour(retention_cutoff(now)))
+    low = max(state.covered_from, ceil_hour(retention_cutoff(now)))
     if query.since is not None:
-        low = max(low, _ceil_hour(query.since))
-    high = state.covered_until if query.until is None else min(state.covered_until, _floor_hour(query.until))
+        low = max(low, ceil_hour(query.since))
+    high = state.covered_until if query.until is None else min(state.covered_until, floor_hour(query.until))
     if high <= low:
         return None
     edges = [(query.since, low), (high, query.until)]
@@ -315,7 +315,7 @@ def rollup_rows(query: RollupQuery, *, now: datetime | None = None) -> list[dict
         for start, stop in edges
         if start is None or stop is None or start < stop
     ]
-    pieces = _cover(low, high, sign=1, at=low, level=0, covered_until=high, subtract=False)
+    pieces = cover_hours(low, high, sign=1, at=low, level=0, covered_until=high, subtract=False)
     sql, params, names = _statement(query)
     params |= {
         "tiers": [piece.tier for piece in pieces],

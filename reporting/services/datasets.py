@@ -24,7 +24,7 @@ from django.db.models.functions import Trunc
 from django.utils import timezone
 
 from funnel.models import FunnelDefinition
-from funnel.rollups import day_levels
+from funnel.rollups import DIMENSIONS, day_levels
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
 from playpay.tables import csv_lines, temporary_file, write_table
@@ -287,14 +287,8 @@ def _sql_rows(dataset: Dataset, query: DatasetQuery, plan: _Plan) -> list[dict[s
     return [{names[key]: value for key, value in row.items()} for row in rows]
 
 
-# The funnel rollups' day rows add up their cells per value of each of these (funnel.rollups.DIMENSIONS).
-_FUNNEL_DAY_COLUMNS = {
-    "app": "app_id",
-    "carrier": "carrier",
-    "country": "country",
-    "price_point": "price_point",
-    "flow": "flow",
-}
+# The funnel rollups' day rows add up their cells per value of each of their dimensions, named here without `_id`.
+_FUNNEL_DAY_COLUMNS = {column.removesuffix("_id"): column for column in DIMENSIONS}
 _FUNNEL_STEP = re.compile(r"step_(\d+)")
 
 

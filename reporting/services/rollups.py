@@ -9,7 +9,7 @@ reversals are few and read whole), so the payment flow does no extra work for th
 
 `rollup_rows` answers a query over the `payments`, `refunds` or `reversals` sources when its dimensions,
 filters, measures and time bucket exist at the rollups' grain: whole hours the rollups cover are read from
-them (whole UTC months and days from their monthly and daily rows, see `_cover`), and the rest of the
+them (whole UTC months and days from their monthly and daily rows, see `cover_hours`), and the rest of the
 period (the current hour, the partial hours at the edges) from the raw tables, aggregated to the same grain
 in the same statement, so answers are live and equal to raw ones. Anything
 else (distinct players, price points, a time zone that is not a whole number of hours from UTC, SQLite)
@@ -95,12 +95,14 @@ def _active() -> Iterator[None]:
         _reporting.active = outer
 
 
-def _floor_hour(moment: datetime) -> datetime:
+def floor_hour(moment: datetime) -> datetime:
+    """The start of the hour `moment` falls in."""
     return moment.replace(minute=0, second=0, microsecond=0)
 
 
-def _ceil_hour(moment: datetime) -> datetime:
-    floor = _floor_hour(moment)
+def ceil_hour(moment: datetime) -> datetime:
+    """The first hour that starts at or after `moment`."""
+    floor = floor_hour(moment)
     return floor if floor == moment else floor + HOUR
 
 
@@ -264,7 +266,7 @@ def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
     if connection.vendor != "postgresql":
         return RefreshResult(None, 0)  # the embedded default reads raw rows: small data, no rollups
     now = now or timezone.now()
-    target = _floor_hour(now)
+    target = floor_hour(now)
     with reporting_statement(rollup_build=True):
         with connection.cursor() as cursor:
             # Row versions written by transactions not yet committed at this point may be missing from what
@@ -278,9 +280,9 @@ def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
         changed = _changed_hours(state, before=state.covered_until)
         extend_to = min(target, state.covered_until + MAX_STEP)
         _recompute(changed, state.covered_until, extend_to)
-        days = _days_touched(changed, state.covered_until, extend_to)
+        days = days_touched(changed, state.covered_until, extend_to)
         _recompute_days(days)
-        _recompute_months(_months_touched(days, extend_to))
+        _recompute_months(months_touched(days, extend_to))
         new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
         if new_hours > ANALYZE_AFTER_HOURS:
             _analyze()
@@ -308,7 +310,7 @@ def _first_hour(default: datetime) -> datetime:
     with connection.cursor() as cursor:
         cursor.execute(_OLDEST)
         oldest = cursor.fetchone()[0]
-    return _floor_hour(oldest) if oldest else default
+    return floor_hour(oldest) if oldest else default
 
 
 # Per app through its (app_id, created_at) index: payments have no index on created_at alone.
@@ -327,7 +329,7 @@ _XID8 = (
 )
 # A snapshot lists the other transactions running, not its own: what the refreshing transaction itself wrote
 # (a test's, or a script's that changes payments and refreshes at once) is new as well.
-_NEW = (
+NEW_SINCE_SNAPSHOT = (
     f"(NOT pg_visible_in_snapshot({_XID8}::text::xid8, %(snapshot)s::pg_snapshot) "
     "OR {alias}.xmin::text::bigint = (pg_current_xact_id()::text::bigint & 4294967295))"
 )
@@ -335,16 +337,16 @@ _ALL_STATUSES = _quoted(list(PaymentStatus.values))
 _CHANGED_HOURS = f"""
 SELECT date_trunc('hour', p.created_at, 'UTC') FROM {_PAYMENT} p
 WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND p.created_at < %(before)s
-    AND {_NEW.format(alias="p")}
+    AND {NEW_SINCE_SNAPSHOT.format(alias="p")}
 UNION
 SELECT date_trunc('hour', r.created_at, 'UTC') FROM {_PAYMENT} p
 JOIN {Refund._meta.db_table} r ON r.payment_id = p.id AND r.payment_created_at = p.created_at
 WHERE p.status IN ({_ALL_STATUSES}) AND p.updated_at >= %(since)s AND r.created_at < %(before)s
-    AND {_NEW.format(alias="p")}
+    AND {NEW_SINCE_SNAPSHOT.format(alias="p")}
 UNION
 SELECT date_trunc('hour', v.created_at, 'UTC') FROM {Reversal._meta.db_table} v
 WHERE (v.created_at >= %(since)s OR v.completed_at >= %(since)s) AND v.created_at < %(before)s
-    AND {_NEW.format(alias="v")}
+    AND {NEW_SINCE_SNAPSHOT.format(alias="v")}
 ORDER BY 1"""
 
 
@@ -385,7 +387,7 @@ def _floor_day(moment: datetime) -> datetime:
     return moment.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def _days_touched(changed: list[datetime], since: datetime, until: datetime) -> list[datetime]:
+def days_touched(changed: list[datetime], since: datetime, until: datetime) -> list[datetime]:
     """The whole UTC days, all of whose hours are covered once `until` is, that changed or were completed."""
     days = {_floor_day(hour) for hour in changed}
     day = _floor_day(since)
@@ -399,14 +401,15 @@ def _floor_month(moment: datetime) -> datetime:
     return _floor_day(moment).replace(day=1)
 
 
-def _next_month(month: datetime) -> datetime:
+def next_month(month: datetime) -> datetime:
+    """The start of the month after `month` (the start of a month)."""
     return month.replace(year=month.year + 1, month=1) if month.month == 12 else month.replace(month=month.month + 1)
 
 
-def _months_touched(days: list[datetime], until: datetime) -> list[datetime]:
+def months_touched(days: list[datetime], until: datetime) -> list[datetime]:
     """The whole UTC months, all of whose days are covered once `until` is, that hold one of these days (a
     month is complete in the run that completes its last day)."""
-    return sorted({month for month in map(_floor_month, days) if _next_month(month) <= until})
+    return sorted({month for month in map(_floor_month, days) if next_month(month) <= until})
 
 
 def _recompute_days(days: list[datetime]) -> None:
@@ -418,7 +421,7 @@ def _recompute_days(days: list[datetime]) -> None:
 def _recompute_months(months: list[datetime]) -> None:
     """Replace the monthly rows of these months by their daily rows added up."""
     for kind in KINDS.values():
-        _resum(kind, kind.day_rollup, kind.month_rollup, [(month, _next_month(month)) for month in months])
+        _resum(kind, kind.day_rollup, kind.month_rollup, [(month, next_month(month)) for month in months])
 
 
 def _day_total(column: str) -> str:
@@ -519,7 +522,7 @@ _MEASURES: dict[str, dict[str, _Measure]] = {
 }
 # Fields that are never empty, so that counting them counts rows (their other aggregates are not offered).
 _NEVER_EMPTY = {"payments": {"player", "failure_code"}, "refunds": set(), "reversals": set()}
-# Rows read from a coarser tier can be subtracted again (`f.sign` = -1, see `_cover`): sums and counts carry the
+# Rows read from a coarser tier can be subtracted again (`f.sign` = -1, see `cover_hours`): sums and counts carry the
 # sign, a sum is empty when no row with a value is left (as a sum over no rows is), and min and max are only
 # asked of queries read without subtraction.
 _AGGREGATES = {
@@ -611,8 +614,8 @@ def rollup_rows_together(queries: list[RollupQuery]) -> list[list[dict[str, Any]
         cursor.execute(sql, params)
         columns = [column.name for column in cursor.description or ()]
         rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-    if len(queries) == 1:
-        return [[{layout[0][1][c]: v for c, v in row.items()} for row in rows]]
+    if "grouping_set" not in columns:  # one grouping set (one query, or all grouped alike): every row is each's
+        return [[{name: row[c] for c, name in names.items()} for row in rows] for _, names in layout]
     return [
         [{name: row[c] for c, name in names.items()} for row in rows if row["grouping_set"] == mask]
         for mask, names in layout
@@ -639,8 +642,8 @@ def _pieces(
     since: datetime | None, until: datetime | None, covered_until: datetime
 ) -> tuple[tuple[datetime | None, datetime] | None, list[tuple[datetime | None, datetime | None]]]:
     """The whole covered hours of [since, until) read from rollups, and the rest read raw."""
-    low = _ceil_hour(since) if since else None
-    high = covered_until if until is None else min(_floor_hour(until), covered_until)
+    low = ceil_hour(since) if since else None
+    high = covered_until if until is None else min(floor_hour(until), covered_until)
     if low is not None and high <= low:
         return None, [(since, until)]
     raw: list[tuple[datetime | None, datetime | None]] = []
@@ -702,12 +705,12 @@ def _blocks(tier: str, low: datetime, high: datetime) -> Iterator[tuple[datetime
     """The whole UTC months or days that overlap [low, high)."""
     start = _floor_month(low) if tier == "month" else _floor_day(low)
     while start < high:
-        end = _next_month(start) if tier == "month" else start + DAY
+        end = next_month(start) if tier == "month" else start + DAY
         yield start, end
         start = end
 
 
-def _cover(
+def cover_hours(
     low: datetime, high: datetime, *, sign: int, at: datetime, level: int, covered_until: datetime, subtract: bool
 ) -> list[_Piece]:
     """Pieces whose signed sum is exactly the hours [low, high): the coarsest complete blocks inside it, and,
@@ -730,7 +733,7 @@ def _cover(
         cursor = inner_high
         pieces.append(_Piece(tier, start, end, sign, at))
         for outside_low, outside_high in ((start, inner_low), (inner_high, end)):
-            pieces += _cover(
+            pieces += cover_hours(
                 outside_low,
                 outside_high,
                 sign=-sign,
@@ -741,7 +744,7 @@ def _cover(
             )
     finer.append((cursor, high))
     for finer_low, finer_high in finer:
-        pieces += _cover(
+        pieces += cover_hours(
             finer_low, finer_high, sign=sign, at=at, level=level + 1, covered_until=covered_until, subtract=subtract
         )
     return pieces
@@ -756,7 +759,7 @@ def _plan_pieces(
     while low < high:
         # in UTC: a moment is floored to a day or month on its own clock, and tiers are UTC days and months
         end = min(high, bucket_after(low, query.bucket, query.zone).astimezone(UTC)) if query.bucket else high
-        pieces += _cover(low, end, sign=1, at=low, level=0, covered_until=covered_until, subtract=subtract)
+        pieces += cover_hours(low, end, sign=1, at=low, level=0, covered_until=covered_until, subtract=subtract)
         low = end
     return pieces
 
@@ -852,7 +855,8 @@ def _statement(
     joins += f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n" if used & {"carrier", "country"} else ""
     # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
     having = f"SUM(f.sign * f.{kind.count}) <> 0"
-    if len(queries) == 1:
+    if len(sets) == 1:
+        # One grouping set, possibly none (totals only): GROUPING() would have no argument.
         group = sets[0]
         tail = f"GROUP BY {', '.join(group)}\nHAVING {having}\nORDER BY {', '.join(group)}" if group else ""
     else:
@@ -880,7 +884,7 @@ def catch_up_payment_rollups() -> Iterator[RefreshResult]:
     while True:
         result = refresh_payment_rollups()
         yield result
-        if result.covered_until is None or result.covered_until >= _floor_hour(timezone.now()):
+        if result.covered_until is None or result.covered_until >= floor_hour(timezone.now()):
             return
 
 

@@ -10,10 +10,13 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import urllib3
+from clickhouse_connect.driver.exceptions import OperationalError
 from django.db import DatabaseError, connection
 from django.db.models import Count, Sum
 from django_celery_beat.models import PeriodicTask
@@ -363,3 +366,26 @@ def test_a_clickhouse_report_too_slow_for_a_web_request_is_cut_short_and_the_pag
     assert clickhouse.is_timeout(cause)  # ClickHouse's own TIMEOUT_EXCEEDED
     # Reports outside a web request keep the longer CLICKHOUSE_QUERY_TIMEOUT.
     assert funnel_report(steps=STEPS, window=WINDOW, since=T0, until=T0 + timedelta(days=1)).journeys == 300
+
+
+def chained(*errors: BaseException) -> BaseException:
+    """The first error raised from the second, raised from the third, and so on (as raising them would)."""
+    for outer, inner in pairwise(errors):
+        outer.__cause__ = inner
+    return errors[0]
+
+
+def test_a_client_side_read_timeout_is_told_through_what_wraps_it() -> None:
+    pool = urllib3.HTTPConnectionPool("clickhouse.invalid")
+    read_timeout = urllib3.exceptions.ReadTimeoutError(pool, "/", "Read timed out. (read timeout=1)")
+    # urllib3 keeps what failed as the reason of MaxRetryError when the client retries; clickhouse_connect
+    # raises its own error from it.
+    retried = urllib3.exceptions.MaxRetryError(pool, "/", reason=read_timeout)
+    assert clickhouse.is_timeout(chained(OperationalError("HTTP driver error"), retried))
+    assert clickhouse.is_timeout(chained(OperationalError("HTTP driver error"), read_timeout))
+    # A socket's own timeout (socket.timeout is TimeoutError), further down.
+    socket_timeout = chained(OperationalError("HTTP driver error"), ValueError("wrapped"), TimeoutError("timed out"))
+    assert clickhouse.is_timeout(socket_timeout)
+    refused = urllib3.exceptions.MaxRetryError(pool, "/", reason=ConnectionRefusedError("refused"))
+    assert not clickhouse.is_timeout(chained(OperationalError("HTTP driver error"), refused))
+    assert not clickhouse.is_timeout(OperationalError("HTTP driver error"))

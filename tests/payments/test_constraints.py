@@ -3,7 +3,7 @@
 import pytest
 from django.db import IntegrityError, transaction
 
-from payments.models import Payment, PaymentIdempotencyKey
+from payments.models import Payment, PaymentIdempotencyKey, WebhookDelivery
 from tests.conftest import Shop
 from tests.factories import PaymentFactory
 
@@ -31,3 +31,20 @@ def test_database_refuses_non_positive_amounts_and_unknown_statuses(shop: Shop) 
 def test_database_refuses_a_carrier_payout_above_the_price(shop: Shop) -> None:
     with pytest.raises(IntegrityError), transaction.atomic():
         type(shop.price_point).objects.filter(pk=shop.price_point.pk).update(carrier_payout_minor=100)
+
+
+def test_database_refuses_a_webhook_delivery_naming_its_payment_without_its_month(shop: Shop) -> None:
+    shop.create_payment()
+    payment = Payment.objects.get()
+    fields = {"app": payment.app, "event_type": "e", "payload": {}, "url": "https://x"}
+    # bulk_create skips save(), which fills the month: the foreign key on (payment_id, payment_created_at)
+    # would not check a row whose month is NULL, the check constraint refuses it.
+    with pytest.raises(IntegrityError), transaction.atomic():
+        WebhookDelivery.objects.bulk_create([WebhookDelivery(payment=payment, message_id="m-1", **fields)])
+    delivery = WebhookDelivery.objects.create(message_id="m-2", **fields)
+    with pytest.raises(IntegrityError), transaction.atomic():
+        WebhookDelivery.objects.filter(pk=delivery.pk).update(payment=payment)
+    WebhookDelivery.objects.filter(pk=delivery.pk).update(payment=payment, payment_created_at=payment.created_at)
+    payment.delete()  # its deliveries keep their month, without their payment
+    delivery.refresh_from_db()
+    assert (delivery.payment_id, delivery.payment_created_at) == (None, payment.created_at)

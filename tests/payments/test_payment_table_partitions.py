@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 
 from carriers.adapters.base import CarrierResult, Notification, NotificationKind, Outcome
@@ -23,13 +25,18 @@ from payments.models import (
     PaymentIdempotencyKey,
     PaymentQuerySet,
     PaymentStatus,
+    PaymentStatusChange,
     Refund,
     WebhookDelivery,
 )
 from payments.partitions import ENTRIES, HISTORY, LINES, PAYMENTS, REFUNDS, REVERSALS
 from payments.services.carrier_flow import apply_notification, record_start_result
 from payments.services.idempotency import KeyAlreadyClaimed
-from payments.services.payment_keys import claim_idempotency_key
+from payments.services.payment_keys import (
+    attach_carrier_reference,
+    claim_idempotency_key,
+    payment_by_carrier_reference,
+)
 from payments.services.refunds import request_refund
 from payments.services.state_machine import record_creation, transition
 from playpay.ids import new_public_id
@@ -66,9 +73,9 @@ def test_a_payment_lands_in_the_partition_of_its_month_with_its_keys_claimed(sho
     assert partition_of(payment) == PAYMENTS.partition_name(month_start(payment.created_at))
     claimed = PaymentIdempotencyKey.objects.get(app=shop.app, key="k-month")
     assert (claimed.payment_id, claimed.payment_created_at) == (payment.pk, payment.created_at)
-    if payment.carrier_reference:  # the simulator's first answer names its reference
-        owner = PaymentCarrierReference.objects.get(carrier=payment.carrier, reference=payment.carrier_reference)
-        assert owner.payment_id == payment.pk
+    assert payment.carrier_reference  # the simulator's first answer names its reference
+    owner = PaymentCarrierReference.objects.get(carrier=payment.carrier, reference=payment.carrier_reference)
+    assert (owner.payment_id, owner.payment_created_at) == (payment.pk, payment.created_at)
     as_committed()  # its history refers to it by (id, created_at)
 
 
@@ -109,6 +116,23 @@ def test_a_carrier_reference_given_to_a_second_payment_stays_with_the_first(capl
         PaymentCarrierReference.objects.create(
             carrier=first.carrier, reference="ref-1", payment=second, payment_created_at=second.created_at
         )
+
+
+def test_a_new_carrier_reference_of_a_payment_replaces_its_earlier_one() -> None:
+    payment = PaymentFactory.create(flow=PaymentFlow.PIN, carrier_reference="ref-a", created_at=months_ago(2))
+    other = PaymentFactory.create(flow=PaymentFlow.PIN, price_point=payment.price_point, carrier_reference="ref-x")
+    assert payment_by_carrier_reference(carrier=payment.carrier, reference="ref-a") == payment
+
+    assert attach_carrier_reference(payment, "ref-b")
+
+    owned = PaymentCarrierReference.objects.filter(carrier=payment.carrier).values_list("reference", "payment_id")
+    assert set(owned) == {("ref-b", payment.pk), ("ref-x", other.pk)}  # the earlier one no longer names it
+    assert payment_by_carrier_reference(carrier=payment.carrier, reference="ref-a") is None
+    assert payment_by_carrier_reference(carrier=payment.carrier, reference="ref-b") == payment
+    payment.carrier_reference = "ref-b"
+    assert attach_carrier_reference(payment, "ref-b")  # the same again: kept
+    assert attach_carrier_reference(payment, "ref-x") is False  # another payment's: refused, its own kept
+    assert set(owned) == {("ref-b", payment.pk), ("ref-x", other.pk)}
 
 
 def test_a_callback_naming_a_carrier_reference_finds_its_payment_in_its_month() -> None:
@@ -329,3 +353,36 @@ def test_a_month_with_a_refund_the_carrier_has_not_confirmed_stays_until_it_sett
     Refund.objects.filter(pk=refund.pk).update(status=Refund.Status.FAILED)
     call_command("archive_partitions", "--table", LINES.table, "--older-than-days", "365", "--dir", str(tmp_path))
     assert not LedgerLine.objects.filter(payment_created_at=payment.created_at).exists()
+
+
+def test_the_payment_page_reads_its_history_and_refunds_once_whatever_their_number(
+    staff_client: StaffClient,
+) -> None:
+    payment = PaymentFactory.create(created_at=months_ago(2))
+    client = staff_client("superuser")
+    url = reverse("admin:payments_payment_change", args=[payment.pk])
+
+    def add_rows(count: int) -> None:
+        for _ in range(count):
+            PaymentStatusChange.objects.create(
+                payment=payment, payment_created_at=payment.created_at, to_status="pending", actor="test"
+            )
+            Refund.objects.create(
+                payment=payment,
+                payment_created_at=payment.created_at,
+                amount_minor=1,
+                currency=payment.currency,
+                reason="r",
+                requested_by="staff:x",
+            )
+
+    def statements() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert client.get(url).status_code == 200
+        return len(queries)
+
+    add_rows(1)
+    statements()  # the first request after signing in does more (the session's)
+    few = statements()
+    add_rows(5)
+    assert statements() == few

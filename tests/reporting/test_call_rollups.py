@@ -34,8 +34,11 @@ def carrier_calls(db: Any) -> Dataset:
     return Dataset.objects.prefetch_related("fields").get(slug="carrier-calls")
 
 
-def write_calls(rng: random.Random, now: datetime, *, count: int, days: int, at: datetime | None = None) -> None:
-    """Carrier calls over the last `days` days (or all at `at`), with fields missing, empty or null now and then."""
+def write_calls(
+    rng: random.Random, now: datetime, *, count: int, days: int, at: datetime | None = None, twice: bool = False
+) -> None:
+    """Carrier calls over the last `days` days (or all at `at`), with fields missing, empty or null now and then;
+    the first of them shipped twice when `twice` (the spool delivers at least once)."""
     documents = []
     for _ in range(count):
         data: dict[str, Any] = {}
@@ -53,7 +56,7 @@ def write_calls(rng: random.Random, now: datetime, *, count: int, days: int, at:
         document["occurred_at"] = moment.isoformat()
         documents.append(document)
     other = build(Kind.API_REQUEST, {"latency_ms": 5000}, carrier="de-one")  # another kind: never counted
-    journal_store().write([*documents, other])
+    journal_store().write([*documents, other, *documents[:1] * twice])
 
 
 def random_queries(rng: random.Random, dataset: Dataset, now: datetime, *, days: int, count: int) -> list[DatasetQuery]:
@@ -124,16 +127,35 @@ def test_late_records_of_rolled_up_hours_show_after_the_next_refresh(carrier_cal
         measures=("calls", "failed_calls", "max_latency_ms"), group_by=("carrier",), since=now - timedelta(days=4)
     )
     before = run_query(dataset=carrier_calls, query=query)
-    # Shipped late by the spool: calls of two days ago, and one of them twice (delivery is at least once).
-    write_calls(rng, now, count=20, days=0, at=now - timedelta(days=2, minutes=13))
+    # Shipped late by the spool: calls of two days ago, and one of them twice (delivery is at least once): the
+    # journal holds 21 records, each counted once, the second copy included, as the journal's own answer does.
+    write_calls(rng, now, count=20, days=0, at=now - timedelta(days=2, minutes=13), twice=True)
     assert run_query(dataset=carrier_calls, query=query).rows == before.rows  # not yet refreshed
 
     result = call_rollups.refresh_carrier_call_rollups()
 
     assert result.hours >= 1
     after = run_query(dataset=carrier_calls, query=query)
-    assert after.rows != before.rows
+    assert sum(row["calls"] for row in after.rows) == sum(row["calls"] for row in before.rows) + 21
     assert_same([after], raw_answers(carrier_calls, [query]))
+    call_rollups.refresh_carrier_call_rollups()  # found again by its snapshot: the hour recomputed, not added to
+    assert run_query(dataset=carrier_calls, query=query).rows == after.rows
+
+
+def test_a_snapshot_listing_thousands_of_transactions_in_progress_is_kept(carrier_calls: Dataset) -> None:
+    """PostgreSQL's snapshot names every transaction in progress when it was taken: its text has no bound."""
+    rng = random.Random(7)
+    now = timezone.now()
+    write_calls(rng, now, count=30, days=2)
+    call_rollups.catch_up_carrier_call_rollups()
+    busy = "1000:5000:" + ",".join(str(xid) for xid in range(1000, 5000))
+    assert len(busy) > 10_000
+    CarrierCallRollupState.objects.filter(pk=1).update(checked_snapshot=busy)
+    assert CarrierCallRollupState.objects.get().checked_snapshot == busy
+    query = DatasetQuery(measures=("calls",), group_by=("carrier",), since=now - timedelta(days=3))
+    call_rollups.refresh_carrier_call_rollups()  # reads what the busy snapshot did not see, keeps its own
+    assert CarrierCallRollupState.objects.get().checked_snapshot != busy
+    assert_same([run_query(dataset=carrier_calls, query=query)], raw_answers(carrier_calls, [query]))
 
 
 def test_calls_older_than_their_retention_are_read_from_the_journal(carrier_calls: Dataset, settings: Any) -> None:

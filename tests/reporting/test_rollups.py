@@ -425,3 +425,28 @@ def test_questions_read_together_answer_as_each_read_alone_and_as_the_rows(
         for query in queries
     ]
     assert [result.rows for result in run_queries(dataset=catalog["payments"], queries=empty)][-1] == [{"payments": 0}]
+
+
+def test_totals_asked_together_read_the_rollups_once_and_answer_as_each_alone(catalog: dict[str, Dataset]) -> None:
+    """Questions with neither dimension nor bucket have one grouping set, the empty one: one plain aggregate."""
+    rng = random.Random(5)
+    now = timezone.now()
+    random_payments(rng, now, count=60, days=3)
+    list(rollups.catch_up_payment_rollups())
+    since = now - timedelta(days=2, minutes=7)
+    queries = [
+        DatasetQuery(("payments", "failed_payments"), (), None, {}, since=since, until=now),
+        DatasetQuery(("success_rate",), (), None, {}, since=since, until=now),
+    ]
+    with CaptureQueriesContext(connection) as statements:
+        together = run_queries(dataset=catalog["payments"], queries=queries)
+    assert sum(statement["sql"].startswith("WITH f AS") for statement in statements) == 1
+    assert not any("GROUPING" in statement["sql"] for statement in statements)
+    assert [result.rows for result in together] == [
+        result.rows for result in _answers(catalog, [("payments", query) for query in queries])
+    ]
+    assert together[0].rows[0]["payments"] > 0
+    assert_same(together, _raw_answers(catalog, [("payments", query) for query in queries]))
+    empty = [replace(query, since=now - timedelta(days=40), until=now - timedelta(days=30)) for query in queries]
+    totals = run_queries(dataset=catalog["payments"], queries=empty)
+    assert [result.rows for result in totals] == [[{"payments": 0, "failed_payments": 0}], [{"success_rate": None}]]

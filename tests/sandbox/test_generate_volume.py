@@ -30,8 +30,9 @@ from playpay.ids import time_of
 from playpay.redaction import msisdn_hash
 from reporting.models import Dashboard
 from reporting.selectors import PERIODS
-from sandbox.volume import JOURNAL, VolumeResult, generate_volume, loaded_tables
+from sandbox.volume import JOURNAL, VolumeResult, claim_carrier_references, generate_volume, loaded_tables
 from tests.conftest import StaffClient
+from tests.factories import PaymentFactory
 
 # Inside the test's transaction the generator writes the journal in the test's thread: no commit needed.
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -58,6 +59,29 @@ def test_generated_payments_have_their_keys_claimed_and_are_found_by_public_id(v
     )
     for payment in Payment.objects.order_by("?")[:20]:
         assert Payment.objects.with_public_id(payment.public_id).get() == payment  # its months only
+
+
+@pytest.mark.postgres
+def test_a_carrier_reference_drawn_twice_stays_with_the_first_payment_and_leaves_the_other() -> None:
+    first = PaymentFactory.create(carrier_reference="r-twice")
+    second = PaymentFactory.create(price_point=first.price_point)
+    third = PaymentFactory.create(price_point=first.price_point)
+    # As the generator writes a month: its payments with the references drawn, then their claims.
+    Payment.objects.filter(pk=second.pk).update(carrier_reference="r-twice")
+    Payment.objects.filter(pk=third.pk).update(carrier_reference="r-once")
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TABLE IF EXISTS volume_chunk")
+        cursor.execute(
+            "CREATE TEMP TABLE volume_chunk AS SELECT id, created_at AS t0, carrier_id, carrier_reference "
+            "FROM payments_payment WHERE id = ANY(%s)",
+            [[first.pk, second.pk, third.pk]],
+        )
+        claim_carrier_references(cursor, {})
+        cursor.execute("DROP TABLE volume_chunk")
+    references = dict(Payment.objects.values_list("pk", "carrier_reference"))
+    assert references == {first.pk: "r-twice", second.pk: "", third.pk: "r-once"}
+    owners = dict(PaymentCarrierReference.objects.values_list("reference", "payment_id"))
+    assert owners == {"r-twice": first.pk, "r-once": third.pk}
 
 
 def test_every_charged_payment_has_one_balanced_charge_entry_and_every_entry_balances(volume: VolumeResult) -> None:
