@@ -89,15 +89,15 @@ def test_a_confirm_answers_at_once_while_a_slow_carrier_checks_the_pin_on_its_qu
         payment_id = api.create("slow-1")
         wait_for_status(payment_id, PaymentStatus.PIN_SENT, timeout=20)
         pin = last_pin("camara", MSISDN)
-        simulator("camara").configure(latency_ms=4000)  # each answer of the carrier now takes 4 s
-        # The client gives up after 2 s: the answer must not wait for the carrier.
-        answered = api.confirm(payment_id, pin, timeout=2.0)
+        simulator("camara").configure(latency_ms=8000)  # each answer of the carrier now takes 8 s
+        # The client gives up after 5 s (room for a loaded machine): the answer must not wait for the carrier.
+        answered = api.confirm(payment_id, pin, timeout=5.0)
         assert answered.status_code == 202, answered.text
         assert (answered.json()["status"], answered.json()["next_action"]) == (
             "pin_sent",
             {"type": "wait", "poll_after_seconds": 1},
         )
-        simulator("camara").configure(latency_ms=0)  # the check in flight still takes its 4 s
+        simulator("camara").configure(latency_ms=0)  # the check in flight still takes its 8 s
         payment = wait_for_status(payment_id, PaymentStatus.SUCCEEDED, timeout=30)
     history = list(payment.history.values_list("to_status", "actor"))
     assert history[-3:] == [
