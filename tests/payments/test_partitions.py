@@ -27,6 +27,7 @@ from payments.services.state_machine import record_creation, transition
 from playpay.partitions import add_months, ensure_all, month_start, read_archive
 from tests.conftest import Shop, assert_problem
 from tests.factories import PaymentFactory
+from tests.payments.partition_helpers import Rows, kind_and_rows, latest_payments_migrations, migrate_to, names
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -141,43 +142,27 @@ def test_the_ledger_refuses_changes_on_every_partition() -> None:
 TABLES = ("payments_paymentstatuschange", "payments_ledgerentry", "payments_ledgerline")
 
 
-def tables_state() -> dict[str, tuple[str, list[tuple[object, ...]], list[str], list[str]]]:
+FOREIGN_KEYS = (
+    "SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass AND conparentid = 0 ORDER BY 1"
+)
+
+
+def tables_state() -> dict[str, tuple[str, Rows, list[str], list[str]]]:
     """Per table: its kind (r plain, p partitioned), its rows, its foreign keys and its triggers."""
-    state = {}
-    with connection.cursor() as cursor:
-        for table in TABLES:
-            cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [table])
-            kind = cursor.fetchone()[0]
-            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table names
-            columns = [column.name for column in cursor.description]
-            rows = [
-                tuple(value for name, value in zip(columns, row, strict=True) if name != "payment_created_at")
-                for row in cursor.fetchall()
-            ]
-            cursor.execute(
-                "SELECT conname FROM pg_constraint WHERE contype = 'f' AND conrelid = %s::regclass "
-                "AND conparentid = 0 ORDER BY 1",
-                [table],
-            )
-            keys = [row[0] for row in cursor.fetchall()]
-            cursor.execute(
-                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = %s::regclass ORDER BY 1", [table]
-            )
-            state[table] = (kind, rows, keys, [row[0] for row in cursor.fetchall()])
-    return state
+    return {
+        table: (
+            *kind_and_rows(table),
+            names(FOREIGN_KEYS, table),
+            names("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = %s::regclass ORDER BY 1", table),
+        )
+        for table in TABLES
+    }
 
 
 @pytest.mark.django_db(transaction=True)
 def test_migrating_an_existing_database_keeps_rows_ids_keys_and_guards_both_ways() -> None:
-    from django.db.migrations.executor import MigrationExecutor
-
     before = [("payments", "0018_public_ids_time_ordered")]
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("payments")  # and back there after
-
-    def migrate(target: list[tuple[str, str]]) -> None:
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(target)
+    latest = latest_payments_migrations()  # and back there after
 
     old = PaymentFactory.create(flow=PaymentFlow.ONE_CLICK)
     Payment.objects.filter(pk=old.pk).update(created_at=datetime(2019, 6, 1, tzinfo=UTC))  # before every partition
@@ -192,12 +177,12 @@ def test_migrating_an_existing_database_keeps_rows_ids_keys_and_guards_both_ways
     assert [len(rows) for _, rows, _, _ in partitioned.values()][:2] == [4, 2]
     assert partitioned["payments_ledgerline"][1]
     try:
-        migrate(before)
+        migrate_to(before)
         plain = tables_state()
         for table in TABLES:
             assert plain[table][:3] == ("r", *partitioned[table][1:3])
         assert "ledgerline_entry_balanced" in plain["payments_ledgerline"][3]
-        migrate(latest)
+        migrate_to(latest)
         assert tables_state() == partitioned
         assert partitions_of(old) == {HISTORY.default_partition}
         assert partitions_of(old, "payments_ledgerline") == {LINES.default_partition}
@@ -209,7 +194,7 @@ def test_migrating_an_existing_database_keeps_rows_ids_keys_and_guards_both_ways
         with pytest.raises(IntegrityError), transaction.atomic():  # one charge entry per payment, still
             post_charge(Payment.objects.get(pk=old.pk))
     finally:
-        migrate(latest)
+        migrate_to(latest)
 
 
 def test_a_ledger_month_is_archived_lines_first_and_its_entries_cannot_leave_before_them(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from playpay.ids import new_public_id
 from playpay.partitions import add_months, month_start, read_archive
 from tests.conftest import Shop, StaffClient
 from tests.factories import PaymentFactory
+from tests.payments.partition_helpers import Rows, kind_and_rows, latest_payments_migrations, migrate_to, names
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -227,41 +228,26 @@ def test_a_month_of_payments_is_archived_after_its_children_with_its_keys(shop: 
 TABLES = ("payments_payment", "payments_paymentstatuschange", "payments_refund", "payments_webhookdelivery")
 
 
-def tables_state() -> dict[str, tuple[str, list[tuple[object, ...]], list[str]]]:
+def tables_state() -> dict[str, tuple[str, Rows, list[str]]]:
     """Per table: its kind (r plain, p partitioned), its rows, and its foreign keys to the payments."""
-    state = {}
-    with connection.cursor() as cursor:
-        for table in TABLES:
-            cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [table])
-            kind = cursor.fetchone()[0]
-            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table names
-            columns = [column.name for column in cursor.description]
-            new = "payment_created_at" if table == "payments_webhookdelivery" else None  # a new column
-            rows = [
-                tuple(value for name, value in zip(columns, row, strict=True) if name != new)
-                for row in cursor.fetchall()
-            ]
-            cursor.execute(
-                "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f' "
-                "AND conrelid = %s::regclass AND confrelid = 'payments_payment'::regclass AND conparentid = 0 "
-                "ORDER BY 1",
-                [table],
-            )
-            state[table] = (kind, rows, [row[0] for row in cursor.fetchall()])
-    return state
+    keys = (
+        "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint WHERE contype = 'f' "
+        "AND conrelid = %s::regclass AND confrelid = 'payments_payment'::regclass AND conparentid = 0 ORDER BY 1"
+    )
+    # Only the webhook deliveries' payment_created_at is new with the payments' partitions.
+    return {
+        table: (
+            *kind_and_rows(table, leaving_out="payment_created_at" if table == "payments_webhookdelivery" else None),
+            names(keys, table),
+        )
+        for table in TABLES
+    }
 
 
 @pytest.mark.django_db(transaction=True)
 def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> None:
-    from django.db.migrations.executor import MigrationExecutor
-
     before = [("payments", "0021_refunds_reversals_partitioned_by_payment_month")]
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("payments")
-
-    def migrate(target: list[tuple[str, str]]) -> None:
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(target)
+    latest = latest_payments_migrations()
 
     old = PaymentFactory.create(  # before every partition: the default one
         app=shop.app,
@@ -278,7 +264,7 @@ def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> Non
     assert partitioned["payments_payment"][0] == "p"
     assert all("(payment_id, payment_created_at)" in key for _, _, keys in partitioned.values() for key in keys)
     try:
-        migrate(before)
+        migrate_to(before)
         plain = tables_state()
         assert plain["payments_payment"][:2] == ("r", partitioned["payments_payment"][1])
         for table in TABLES[1:]:
@@ -290,7 +276,7 @@ def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> Non
             assert cursor.fetchone()[0] is None
             # A carrier that gave a reference twice, before the key table: the oldest payment keeps it.
             cursor.execute("UPDATE payments_payment SET carrier_reference = 'ref-old' WHERE id = %s", [recent.pk])
-        migrate(latest)
+        migrate_to(latest)
         assert tables_state()["payments_refund"] == partitioned["payments_refund"]
         assert tables_state()["payments_payment"][2] == partitioned["payments_payment"][2]
         assert partition_of(old) == PAYMENTS.default_partition
@@ -303,7 +289,7 @@ def test_migrating_payments_keeps_rows_ids_and_keys_both_ways(shop: Shop) -> Non
         assert PaymentFactory.create(app=shop.app, price_point=shop.price_point).pk > recent.pk  # the sequence goes on
         as_committed()
     finally:
-        migrate(latest)
+        migrate_to(latest)
 
 
 def test_support_finds_a_payment_and_its_refunds_by_public_id_and_sees_its_months_rows(

@@ -17,6 +17,7 @@ from payments.services.refunds import request_refund, request_reversal
 from payments.services.state_machine import record_creation, transition
 from playpay.partitions import add_months, month_start, read_archive
 from tests.factories import PaymentFactory
+from tests.payments.partition_helpers import Rows, kind_and_rows, latest_payments_migrations, migrate_to, names
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -149,39 +150,19 @@ def test_archiving_refunds_before_their_ledger_entries_is_refused_with_the_order
 TABLES = ("payments_refund", "payments_reversal", "payments_ledgerentry")
 
 
-def tables_state() -> dict[str, tuple[str, list[tuple[object, ...]], list[str]]]:
+def tables_state() -> dict[str, tuple[str, Rows, list[str]]]:
     """Per table: its kind (r plain, p partitioned), its rows, and the names of its keys (unique, foreign)."""
-    state = {}
-    with connection.cursor() as cursor:
-        for table in TABLES:
-            cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [table])
-            kind = cursor.fetchone()[0]
-            cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table names
-            columns = [column.name for column in cursor.description]
-            rows = [  # without the payment's month, which the plain tables before did not have
-                tuple(value for name, value in zip(columns, row, strict=True) if name != "payment_created_at")
-                for row in cursor.fetchall()
-            ]
-            cursor.execute(
-                "SELECT conname FROM pg_constraint WHERE contype IN ('u', 'f') AND conrelid = %s::regclass "
-                "AND conparentid = 0 ORDER BY 1",
-                [table],
-            )
-            state[table] = (kind, rows, [row[0] for row in cursor.fetchall()])
-    return state
+    keys = (
+        "SELECT conname FROM pg_constraint WHERE contype IN ('u', 'f') AND conrelid = %s::regclass "
+        "AND conparentid = 0 ORDER BY 1"
+    )
+    return {table: (*kind_and_rows(table), names(keys, table)) for table in TABLES}
 
 
 @pytest.mark.django_db(transaction=True)
 def test_migrating_refunds_and_reversals_keeps_rows_ids_and_keys_both_ways() -> None:
-    from django.db.migrations.executor import MigrationExecutor
-
     before = [("payments", "0020_ledger_partitioned_by_payment_month")]
-    latest = MigrationExecutor(connection).loader.graph.leaf_nodes("payments")  # and back there after
-
-    def migrate(target: list[tuple[str, str]]) -> None:
-        executor = MigrationExecutor(connection)
-        executor.loader.build_graph()
-        executor.migrate(target)
+    latest = latest_payments_migrations()  # and back there after
 
     old = paid(datetime(2019, 6, 1, tzinfo=UTC))  # before every partition: the default ones
     recent = paid()
@@ -193,12 +174,12 @@ def test_migrating_refunds_and_reversals_keeps_rows_ids_and_keys_both_ways() -> 
     assert {kind for kind, _, _ in partitioned.values()} == {"p"}
     assert [len(rows) for _, rows, _ in partitioned.values()] == [2, 1, 6]  # 3 charges, 2 refunds, 1 reversal
     try:
-        migrate(before)
+        migrate_to(before)
         plain = tables_state()
         for table in ("payments_refund", "payments_reversal"):
             assert plain[table] == ("r", *partitioned[table][1:])
         assert plain["payments_ledgerentry"] == partitioned["payments_ledgerentry"]  # partitioned before too
-        migrate(latest)
+        migrate_to(latest)
         assert tables_state() == partitioned
         assert partitions_of(Refund, old) == {REFUNDS.default_partition}
         assert partitions_of(Reversal, reversed_) == {REVERSALS.partition_name(month_start(reversed_.created_at))}
@@ -208,4 +189,4 @@ def test_migrating_refunds_and_reversals_keeps_rows_ids_and_keys_both_ways() -> 
         assert refund.pk > old_refund.pk  # the id sequence carries on after the copied ids
         assert LedgerEntry.objects.get(refund=refund).payment_created_at == old.created_at
     finally:
-        migrate(latest)
+        migrate_to(latest)
