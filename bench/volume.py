@@ -483,6 +483,40 @@ def measure_funnel_services(rows: list[Row], now: datetime) -> None:
     )
 
 
+def measure_reads_by_id(rows: list[Row], reads: int = 300) -> None:
+    """A payment read and locked by its row id, as the carrier flow's tasks do: by the id alone (every
+    month's partition planned and probed), through the months the id can be in (IdMonths, what the flow
+    does), and naming its month (the floor). Alternated three times; the best round of each."""
+    from django.db import transaction
+
+    from payments.models import Payment
+    from payments.partitions import PAYMENT_MONTHS
+
+    sample = list(Payment.objects.order_by("?").values_list("pk", "created_at")[:reads])
+    ways: dict[str, Callable[[int, datetime], Payment]] = {
+        "id alone": lambda pk, at: Payment.objects.select_for_update().get(pk=pk),
+        "id's months": lambda pk, at: PAYMENT_MONTHS.get(Payment.objects.select_for_update(), pk),
+        "id and month": lambda pk, at: Payment.objects.select_for_update().get(pk=pk, created_at=at),
+    }
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(3):
+        for way, read in ways.items():
+            with transaction.atomic():
+                started = time.perf_counter()
+                for pk, at in sample:
+                    read(pk, at)
+                best[way] = min(best[way], (time.perf_counter() - started) / len(sample) * 1000)
+    months = len(PAYMENT_MONTHS.table.months())
+    rows.append(
+        Row(
+            f"payment read + lock by row id ({months} monthly partitions; {len(sample)} reads, best of 3)",
+            " / ".join(f"{way} {value:.2f} ms" for way, value in best.items()),
+            "id's months ~ id and month",
+            check(best["id's months"] <= 1.5 * best["id and month"]),
+        )
+    )
+
+
 def newest_events_since(database_url: str, wanted: int) -> tuple[datetime, int]:
     """The start of the newest whole days holding at least `wanted` events, and how many they hold."""
     with psycopg.connect(database_url) as conn:
@@ -732,6 +766,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         browser = Browser(server.port, session, csrf)
         measure_reads(browser, args, rows, now)
         measure_funnel_services(rows, now)
+        measure_reads_by_id(rows)
         if not args.skip_chdb:
             measure_funnel_chdb(database_url, min(args.funnel_events, max(events // 2, 1)), workdir, rows, now)
         create_full = measure_create(server.port, api_key, args.create_seconds, args.connections)
