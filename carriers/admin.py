@@ -13,8 +13,8 @@ from carriers.adapters.base import Outcome
 from carriers.models import Carrier, Country, NetworkCode, NumberPrefix, PricePoint
 from carriers.services import check_carrier_connection
 from journal.services import record_staff_action
-from playpay.admin_base import ModelAdmin, TabularInline
-from playpay.money import UnknownCurrency, validate_currency
+from playpay.admin_base import ModelAdmin, MoneyField, TabularInline, money_column
+from playpay.money import UnknownCurrency, format_money, to_major, validate_currency
 
 
 @admin.register(Country)
@@ -77,9 +77,33 @@ class CarrierForm(forms.ModelForm[Carrier]):
 
 
 class PricePointForm(forms.ModelForm[PricePoint]):
+    """A price point as staff type it: the price and the carrier's payout in major units of its currency."""
+
+    price = MoneyField(help_text="In major units of the currency: 9.99 for £9.99, 100 for ¥100.")
+    carrier_payout = MoneyField(
+        required=False,
+        allow_zero=True,
+        help_text="What the carrier pays out for one charge, in major units; empty: nothing.",
+    )
+
     class Meta:
         model = PricePoint
-        exclude: list[str] = []
+        fields = ["carrier", "code", "currency", "tax_included", "is_active"]  # the amounts: above, in major units
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        typed = self.data.get(self.add_prefix("currency"), "") if self.is_bound else self.instance.currency
+        try:
+            currency = validate_currency(typed or "")
+        except UnknownCurrency:
+            currency = ""
+        for name in ("price", "carrier_payout"):
+            field = self.fields[name]
+            assert isinstance(field, MoneyField)
+            field.currency = currency
+        if self.instance.pk:
+            self.initial["price"] = str(to_major(self.instance.amount_minor, self.instance.currency))
+            self.initial["carrier_payout"] = str(to_major(self.instance.carrier_payout_minor, self.instance.currency))
 
     def clean_currency(self) -> str:
         try:
@@ -87,12 +111,24 @@ class PricePointForm(forms.ModelForm[PricePoint]):
         except UnknownCurrency as exc:
             raise forms.ValidationError(str(exc)) from exc
 
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        price, payout = cleaned.get("price"), cleaned.get("carrier_payout") or 0
+        if price is not None:
+            if payout > price:
+                currency = cleaned.get("currency") or self.instance.currency
+                shown = format_money(price, currency)
+                self.add_error("carrier_payout", f"The carrier's payout cannot be more than the price ({shown}).")
+            self.instance.amount_minor = price
+            self.instance.carrier_payout_minor = payout
+        return cleaned
+
 
 class PricePointInline(TabularInline[PricePoint, Carrier]):
     model = PricePoint
     form = PricePointForm
     extra = 0
-    fields = ["code", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
+    fields = ["code", "price", "currency", "tax_included", "carrier_payout", "is_active"]
 
 
 class NetworkCodeInline(TabularInline[NetworkCode, Carrier]):
@@ -252,11 +288,13 @@ class CarrierAdmin(ModelAdmin[Carrier]):
 @admin.register(PricePoint)
 class PricePointAdmin(ModelAdmin[PricePoint]):
     form = PricePointForm
-    list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
+    list_display = ["code", "carrier", "price", "tax_included", "carrier_payout", "is_active"]
     list_filter = ["is_active", "currency", "tax_included", "carrier__country"]
     search_fields = ["code", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]
     autocomplete_fields = ["carrier"]
+    price = money_column("amount_minor", description="price")
+    carrier_payout = money_column("carrier_payout_minor", description="carrier payout")
 
 
 @admin.register(NumberPrefix)

@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import F, Q
 
 from playpay.crypto import decrypt_credentials, encrypt_credentials
+from playpay.money import format_money
 
 
 class Country(models.Model):
@@ -214,4 +215,4 @@ class PricePoint(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"{self.code} ({self.amount_minor} {self.currency})"
+        return f"{self.code} ({format_money(self.amount_minor, self.currency)})"

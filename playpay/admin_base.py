@@ -4,16 +4,29 @@ unfold ships no type information; the type checker sees Django's own (generic) c
 subclass one for one, and the running admin gets unfold's.
 """
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from django import forms
+from django.contrib import admin
 from django.http import HttpRequest
+
+from playpay.money import InvalidAmount, UnknownCurrency, currency_exponent, currency_label, format_money, parse_major
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin, StackedInline, TabularInline
 else:
     from unfold.admin import ModelAdmin, StackedInline, TabularInline
 
-__all__ = ["ModelAdmin", "ReadOnlyInline", "RecordAdmin", "StackedInline", "TabularInline"]
+__all__ = [
+    "ModelAdmin",
+    "MoneyField",
+    "ReadOnlyInline",
+    "RecordAdmin",
+    "StackedInline",
+    "TabularInline",
+    "money_column",
+]
 
 
 class ReadOnlyInline(TabularInline):  # type: ignore[type-arg]
@@ -45,3 +58,57 @@ class RecordAdmin(ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def money_column(
+    amount: str, *, currency: str = "currency", description: str = "amount", ordering: str | None = None
+) -> Callable[[Any, Any], str]:
+    """An admin column (list_display, readonly_fields) showing the row's `amount` (minor units) as a person
+    reads it, in the currency named by the row's `currency` field: "£9.99", "¥100", "1.500 KWD"."""
+
+    @admin.display(description=description, ordering=ordering or amount)
+    def column(model_admin: Any, obj: Any) -> str:
+        value = getattr(obj, amount)
+        return "—" if value is None else format_money(value, getattr(obj, currency))
+
+    return column
+
+
+class MoneyField(forms.CharField):
+    """An amount a person types in major units of `currency` ("3.00" for £3.00); cleans to minor units, exactly.
+
+    More decimals than the currency has ("3.001" in GBP) are refused in a sentence on the field, never rounded.
+    The currency may be set after the form is built (`form.fields[name].currency = ...`).
+    """
+
+    def __init__(self, *, currency: str = "", allow_zero: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.widget.attrs["maxlength"] = "32"
+        self.allow_zero = allow_zero
+        self.currency = currency
+
+    @property
+    def currency(self) -> str:
+        return self._currency
+
+    @currency.setter
+    def currency(self, code: str) -> None:
+        self._currency = code
+        if code:
+            try:
+                exponent = currency_exponent(code)
+            except UnknownCurrency:
+                return
+            step = "1" if exponent == 0 else "0." + "0" * (exponent - 1) + "1"
+            self.widget.attrs.update({"inputmode": "decimal", "placeholder": f"{currency_label(code)} {step}"})
+
+    def to_python(self, value: Any) -> int | None:  # type: ignore[override]
+        text = super().to_python(value)
+        if not text:
+            return None
+        if not self.currency:
+            raise forms.ValidationError("Give a valid currency: the amount is read in its units.", code="invalid")
+        try:
+            return parse_major(text, self.currency, allow_zero=self.allow_zero)
+        except (InvalidAmount, UnknownCurrency) as error:
+            raise forms.ValidationError(str(error), code="invalid") from error

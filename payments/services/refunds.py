@@ -35,6 +35,7 @@ from payments.services.carrier_flow import (
 )
 from payments.services.idempotency import IdempotencyKey, claim_key
 from payments.services.state_machine import transition
+from playpay.money import format_money
 
 REFUNDABLE = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
 
@@ -99,7 +100,7 @@ def request_refund(
         amount = refundable if amount_minor is None else amount_minor
         if amount <= 0 or amount > refundable:
             raise RefundExceedsCaptured(
-                f"At most {refundable} {locked.currency} (minor units) is left to refund.",
+                f"At most {format_money(refundable, locked.currency)} is left to refund.",
                 refundable_minor=refundable,
             )
         refund = Refund(
@@ -373,7 +374,7 @@ def _settle_refund(refund: Refund, payment: Payment, *, succeeded: bool, actor: 
         payment,
         PaymentStatus.REFUNDED if fully else PaymentStatus.PARTIALLY_REFUNDED,
         actor=actor,
-        reason=f"refund of {refund.amount_minor} {refund.currency}: {refund.reason}",
+        reason=f"refund of {format_money(refund.amount_minor, refund.currency)}: {refund.reason}",
     )
 
 

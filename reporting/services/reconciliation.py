@@ -28,7 +28,7 @@ from import_export.formats.base_formats import CSV, XLSX
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, Refund, Reversal
 from payments.services.settlement import Collected, settle_unknown_outcomes
-from playpay.money import to_major
+from playpay.money import format_money, to_major
 from playpay.tables import TableFormat, write_table
 from playpay.times import start_of_utc_day
 from reporting.models import SettlementFile
@@ -322,7 +322,7 @@ def _compare(reference: str, ours: _Ours, theirs: _Theirs) -> ReconciliationRow:
     if ours.status not in SETTLED:
         notes.append(f"our payment is {ours.status}")
     if ours.carrier_refunded_minor:
-        notes.append(f"{ours.carrier_refunded_minor} refunded through the carrier")
+        notes.append(f"{format_money(ours.carrier_refunded_minor, ours.currency)} refunded through the carrier")
     if theirs.lines > 1:
         notes.append(f"{theirs.lines} lines in their file")
     same = theirs.amount_minor == ours.expected_minor and theirs.currencies == {ours.currency}
