@@ -7,33 +7,45 @@ from django.contrib import admin, messages
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.forms.models import BaseInlineFormSet
-from django.http import HttpRequest
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html, format_html_join
+from django.utils.html import format_html
 
 from carriers.msisdn import normalize_msisdn
-from journal.models import StaffAction
 from journal.selectors import render as journal_render
 from journal.selectors import timeline as journal_timeline
 from payments.models import (
     CarrierNotification,
     IdempotencyRecord,
-    LedgerLine,
     OutboxMessage,
     Payment,
-    PaymentStatusChange,
     Refund,
-    Reversal,
+    RefundApproval,
     WebhookAttempt,
     WebhookDelivery,
 )
+from payments.selectors import payment_timeline
 from payments.services import webhooks
 from payments.services.carrier_flow import is_uuid
-from payments.services.staff import preview_operation, refund_payments, reverse_payments
-from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin
+from payments.services.refunds import refund_refusal, reversal_refusal
+from payments.services.staff import (
+    ApprovalRefused,
+    RefundReason,
+    approve_refund,
+    ask_refunds,
+    can_query_carrier,
+    preview_operation,
+    query_carrier_status,
+    refund_reason,
+    reject_refund,
+    resend_payment_webhook,
+    reverse_payments,
+)
+from playpay.admin_base import ModelAdmin, MoneyField, ReadOnlyInline, RecordAdmin, money_column
 from playpay.errors import DomainError
+from playpay.money import format_money
+from playpay.redaction import mask_msisdn
 from tenants.admin import ApiKeyInline
 from tenants.models import App
 from tenants.services import issue_api_key
@@ -88,25 +100,6 @@ def also_by_payment_public_id(queryset: Any, found: Any, term: str, *, payment: 
     return found | queryset.filter(**{f"{payment}__in": Payment.objects.with_public_id(term).values("pk")})
 
 
-class PaymentMonthFormSet(BaseInlineFormSet):  # type: ignore[type-arg]
-    """A payment's rows, read from its month's partition only (they are partitioned by payment_created_at)."""
-
-    def get_queryset(self) -> Any:
-        # Kept, as BaseModelFormSet keeps its own: it is asked for once per form, and a new one reads again.
-        if not hasattr(self, "_month_queryset"):
-            self._month_queryset = super().get_queryset().filter(payment_created_at=self.instance.created_at)
-        return self._month_queryset
-
-
-class PaymentMonthInline(ReadOnlyInline):
-    formset = PaymentMonthFormSet
-
-
-class StatusChangeInline(PaymentMonthInline):
-    model = PaymentStatusChange
-    fields = ["created_at", "from_status", "to_status", "actor", "reason"]
-
-
 # Where the carrier has not stated an outcome yet: since when, the next check, the checks made.
 OUTCOME_FIELDS = ["outcome_unknown_since", "next_resolve_at", "resolve_attempts"]
 
@@ -126,35 +119,80 @@ class OutcomeUnknownFilter(admin.SimpleListFilter):
         return queryset
 
 
-class RefundInline(PaymentMonthInline):
-    model = Refund
-    fields = [
-        "created_at",
-        "amount_minor",
-        "currency",
-        "status",
-        "via_carrier",
-        "reason",
-        "requested_by",
-        "failure_code",
-        *OUTCOME_FIELDS,
-    ]
-
-
-class ReversalInline(PaymentMonthInline):
-    model = Reversal
-    fields = ["created_at", "status", "via_carrier", "reason", "requested_by", "failure_code", *OUTCOME_FIELDS]
-
-
-class OperationForm(forms.Form):
+class ReasonForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
-        max_length=255,
+        max_length=200,
         help_text="Required; kept with the action.",
     )
-    amount_minor = forms.IntegerField(
-        min_value=1, required=False, help_text="Minor units; empty refunds all that is left (one payment only)."
+
+
+class RefundForm(forms.Form):
+    """A refund as staff type it: an amount in major units of the payment's currency, a reason code and a note."""
+
+    amount = MoneyField(required=False, label="Amount")
+    reason_code = forms.ChoiceField(choices=RefundReason.choices, label="Reason")
+    note = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
+        max_length=200,
+        label="Note",
+        help_text="Required; kept with the refund (a ticket number, what the player said).",
     )
+
+    def __init__(self, *args: Any, payments: list[Payment], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        amount = self.fields["amount"]
+        assert isinstance(amount, MoneyField)
+        self.left: int | None = None  # what is left to refund, for one payment
+        if len(payments) == 1:
+            payment = payments[0]
+            amount.currency = payment.currency
+            left = format_money(payment.amount_minor - payment.refunded_minor, payment.currency)
+            amount.help_text = (
+                f"In {payment.currency}, at most {left} (all that is left). Empty refunds all that is left."
+            )
+            self.left = payment.amount_minor - payment.refunded_minor
+        else:
+            amount.disabled = True
+            amount.help_text = "Each payment is refunded in full (all that is left of it)."
+
+    def clean_amount(self) -> int | None:
+        amount: int | None = self.cleaned_data.get("amount")
+        currency = self.fields["amount"].currency  # type: ignore[attr-defined]
+        if amount is not None and self.left is not None and amount > self.left:
+            raise forms.ValidationError(f"At most {format_money(self.left, currency)} is left to refund.")
+        return amount
+
+    @property
+    def reason(self) -> str:
+        return refund_reason(code=self.cleaned_data["reason_code"], note=self.cleaned_data["note"])
+
+
+def staff_user(request: HttpRequest) -> AbstractBaseUser:
+    user = request.user
+    assert isinstance(user, AbstractBaseUser)  # the admin requires a signed-in user
+    return user
+
+
+def shows_full_msisdn(request: HttpRequest) -> bool:
+    """Who may read a player's whole number on the payment page: those who act on payments (operations)."""
+    return bool(request.user.has_perm("payments.refund_payment"))
+
+
+def payment_header(payment: Payment, *, full_msisdn: bool) -> dict[str, Any]:
+    """What the payment page shows first: amount, status, player, carrier."""
+    return {
+        "amount": format_money(payment.amount_minor, payment.currency),
+        "refunded": format_money(payment.refunded_minor, payment.currency) if payment.refunded_minor else "",
+        "status": payment.get_status_display(),
+        "status_value": payment.status,
+        "msisdn": payment.msisdn if full_msisdn else mask_msisdn(payment.msisdn),
+        "user_ref": payment.user_ref,
+        "app": payment.app.name,
+        "carrier": payment.carrier,
+        "flow": payment.flow,
+        "created": f"{payment.created_at:%Y-%m-%d %H:%M:%S} UTC",
+    }
 
 
 @admin.register(Payment)
@@ -175,14 +213,23 @@ class PaymentAdmin(RecordAdmin):
     search_fields = ["=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
     list_select_related = ["app", "carrier"]
     date_hierarchy = "created_at"
-    inlines = [StatusChangeInline, RefundInline, ReversalInline]
     actions = ["refund", "reverse"]
-    readonly_fields = ["interactions", "ledger", "carrier_callbacks", "webhook_deliveries", "staff_actions"]
+    change_form_template = "admin/payments/payment/change_form.html"
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        # The story is told above (header and timeline); the row itself, folded, for whoever needs a field.
+        return [("Raw fields", {"classes": ["collapse"], "fields": self.get_readonly_fields(request, obj)})]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # The PIN being checked, even encrypted, is for the carrier-queue task alone: not shown.
-        shown = [name for name in super().get_readonly_fields(request, obj) if name != "pin_ciphertext"]
-        return [*shown, *self.readonly_fields]
+        fields = [name for name in super().get_readonly_fields(request, obj) if name != "pin_ciphertext"]
+        if not shows_full_msisdn(request):
+            fields = ["masked_msisdn" if name == "msisdn" else name for name in fields]
+        return fields
+
+    @admin.display(description="MSISDN")
+    def masked_msisdn(self, payment: Payment) -> str:
+        return mask_msisdn(payment.msisdn)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -197,21 +244,58 @@ class PaymentAdmin(RecordAdmin):
     def has_reverse_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("payments.reverse_payment"))
 
-    @admin.display(description="interaction timeline (journal)")
-    def interactions(self, payment: Payment) -> str:
-        player = (
-            reverse("admin:payments_payment_timeline")
-            + "?"
-            + urlencode({"app": payment.app.name, "user_ref": payment.user_ref})
-        )
-        number = reverse("admin:payments_payment_timeline") + "?" + urlencode({"msisdn": payment.msisdn})
-        links = format_html(
-            '<p><a href="{}">the player\'s timeline</a> · <a href="{}">this number\'s timeline</a></p>', player, number
-        )
-        return format_html("{}{}", links, journal_render(journal_timeline(payment_id=str(payment.public_id))))
+    def has_resend_webhook_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("payments.change_webhookdelivery"))
+
+    def page_actions(self, request: HttpRequest, payment: Payment) -> list[dict[str, str]]:
+        """The buttons on the payment's page: those this person may use and this payment allows."""
+        actions = []
+        left = payment.amount_minor - payment.refunded_minor
+        if self.has_refund_permission(request) and refund_refusal(payment) is None and left > 0:
+            actions.append({"name": "refund", "label": "Refund", "method": "get"})
+        if self.has_reverse_permission(request) and reversal_refusal(payment) is None:
+            actions.append({"name": "reverse", "label": "Reverse", "method": "get"})
+        if self.has_refund_permission(request) and can_query_carrier(payment):
+            actions.append({"name": "query_status", "label": "Query carrier status", "method": "post"})
+        if self.has_resend_webhook_permission(request) and payment.app.webhook_url:
+            actions.append({"name": "resend_webhook", "label": "Resend webhook", "method": "post"})
+        for action in actions:
+            action["url"] = reverse(f"admin:payments_payment_{action['name']}", args=[payment.pk])
+        return actions
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        payment = self._payment(request, object_id)
+        if payment is not None:
+            player = (
+                reverse("admin:payments_payment_timeline")
+                + "?"
+                + urlencode({"app": payment.app.name, "user_ref": payment.user_ref})
+            )
+            extra_context = {
+                **(extra_context or {}),
+                "header": payment_header(payment, full_msisdn=shows_full_msisdn(request)),
+                "page_actions": self.page_actions(request, payment),
+                "timeline": payment_timeline(payment),
+                "player_url": player,
+            }
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def _payment(self, request: HttpRequest, object_id: str) -> Payment | None:
+        if not object_id.isdigit():
+            return None
+        return self.get_queryset(request).select_related("app", "carrier").filter(pk=int(object_id)).first()
 
     def get_urls(self) -> list[Any]:
-        extra = [path("timeline/", self.admin_site.admin_view(self.timeline_view), name="payments_payment_timeline")]
+        view = self.admin_site.admin_view
+        extra = [
+            path("timeline/", view(self.timeline_view), name="payments_payment_timeline"),
+            path("<int:pk>/refund/", view(self.refund_view), name="payments_payment_refund"),
+            path("<int:pk>/reverse/", view(self.reverse_view), name="payments_payment_reverse"),
+            path("<int:pk>/query-status/", view(self.query_status_view), name="payments_payment_query_status"),
+            path("<int:pk>/resend-webhook/", view(self.resend_webhook_view), name="payments_payment_resend_webhook"),
+        ]
         return extra + super().get_urls()
 
     def timeline_view(self, request: HttpRequest) -> TemplateResponse:
@@ -243,81 +327,72 @@ class PaymentAdmin(RecordAdmin):
         }
         return TemplateResponse(request, "admin/journal/timeline.html", context)
 
-    @admin.display(description="ledger lines")
-    def ledger(self, payment: Payment) -> str:
-        lines = (
-            LedgerLine.objects.filter(entry__payment=payment, payment_created_at=payment.created_at)  # its month only
-            .select_related("entry")
-            .order_by("id")
-        )
-        return _table(
-            ["entry", "account", "amount (minor)", "currency"],
-            [
-                (f"{line.entry.kind} #{line.entry_id}", line.account, f"{line.amount_minor:+d}", line.currency)
-                for line in lines
-            ],
-        )
+    def _one(self, request: HttpRequest, pk: int, allowed: bool) -> Payment:
+        if not allowed:
+            raise PermissionDenied
+        payment = self._payment(request, str(pk))
+        if payment is None:
+            raise Http404("No such payment.")
+        return payment
 
-    @admin.display(description="carrier callbacks")
-    def carrier_callbacks(self, payment: Payment) -> str:
-        rows = CarrierNotification.objects.filter(carrier=payment.carrier, carrier_reference=payment.carrier_reference)
-        if not payment.carrier_reference:
-            rows = rows.none()
-        return _table(
-            ["received", "id", "outcome", "raw code", "result"],
-            [(f"{n.received_at:%Y-%m-%d %H:%M:%S}", n.notification_id, n.outcome, n.raw_code, n.result) for n in rows],
-        )
+    def _back(self, payment: Payment) -> HttpResponseRedirect:
+        return HttpResponseRedirect(reverse("admin:payments_payment_change", args=[payment.pk]))
 
-    @admin.display(description="webhooks to the app")
-    def webhook_deliveries(self, payment: Payment) -> str:
-        rows = WebhookDelivery.objects.filter(payment=payment).order_by("id")
-        return _table(
-            ["event", "status", "attempts", "last HTTP status"],
-            [(d.event_type, d.status, str(d.attempts), str(d.last_status_code or "")) for d in rows],
-        )
+    def refund_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        payment = self._one(request, pk, self.has_refund_permission(request))
+        return self._operation(request, [payment], "refund", "Refund payment") or self._back(payment)
 
-    @admin.display(description="staff actions")
-    def staff_actions(self, payment: Payment) -> str:
-        rows = StaffAction.objects.filter(object_type="payment", object_id=str(payment.public_id)).select_related(
-            "user"
-        )
-        return _table(
-            ["when", "who", "action", "reason", "outcome"],
-            [(f"{a.created_at:%Y-%m-%d %H:%M}", str(a.user), a.action, a.reason, a.outcome) for a in rows],
-        )
+    def reverse_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        payment = self._one(request, pk, self.has_reverse_permission(request))
+        return self._operation(request, [payment], "reverse", "Reverse payment") or self._back(payment)
+
+    def query_status_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        payment = self._one(request, pk, self.has_refund_permission(request) and request.method == "POST")
+        result = query_carrier_status(user=staff_user(request), payment=payment)
+        self.message_user(request, result.message, level=messages.SUCCESS if result.ok else messages.ERROR)
+        return self._back(payment)
+
+    def resend_webhook_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        payment = self._one(request, pk, self.has_resend_webhook_permission(request) and request.method == "POST")
+        result = resend_payment_webhook(user=staff_user(request), payment=payment)
+        self.message_user(request, result.message, level=messages.SUCCESS if result.ok else messages.ERROR)
+        return self._back(payment)
 
     @admin.action(description="Refund selected payments…", permissions=["refund"])
     def refund(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
-        return self._operation(request, queryset, "refund", "Refund payments")
+        return self._operation(request, list(queryset.select_related("app", "carrier")), "refund", "Refund payments")
 
     @admin.action(description="Reverse selected payments…", permissions=["reverse"])
     def reverse(self, request: HttpRequest, queryset: Any) -> TemplateResponse | None:
-        return self._operation(request, queryset, "reverse", "Reverse payments")
+        return self._operation(request, list(queryset.select_related("app", "carrier")), "reverse", "Reverse payments")
 
-    def _operation(self, request: HttpRequest, queryset: Any, action: str, title: str) -> TemplateResponse | None:
-        payments = list(queryset.select_related("app", "carrier"))
-        form = OperationForm(request.POST if request.POST.get("confirm") else None)
+    def _operation(
+        self, request: HttpRequest, payments: list[Payment], action: str, title: str
+    ) -> TemplateResponse | None:
+        """The confirmation page of a refund or reversal: a preview of exactly what will happen (the amount
+        typed, once previewed), then the action itself on confirmation."""
+        data = request.POST if request.POST.get("confirm") or request.POST.get("preview") else None
+        form: forms.Form = RefundForm(data, payments=payments) if action == "refund" else ReasonForm(data)
+        amount = None
         if form.is_bound and form.is_valid():
-            amount = form.cleaned_data["amount_minor"]
-            if action == "refund" and amount is not None and len(payments) != 1:
-                form.add_error("amount_minor", "An amount can only be given for one payment at a time.")
-            else:
-                reason, user = form.cleaned_data["reason"], request.user
-                assert isinstance(user, AbstractBaseUser)  # the admin requires a signed-in user
-                if action == "refund":
-                    results = refund_payments(user=user, payments=payments, reason=reason, amount_minor=amount)
+            amount = form.cleaned_data.get("amount")
+            if request.POST.get("confirm"):
+                user = staff_user(request)
+                if isinstance(form, RefundForm):
+                    results = ask_refunds(user=user, payments=payments, reason=form.reason, amount_minor=amount)
                 else:
-                    results = reverse_payments(user=user, payments=payments, reason=reason)
+                    results = reverse_payments(user=user, payments=payments, reason=form.cleaned_data["reason"])
                 for result in results:
                     level = messages.SUCCESS if result.ok else messages.ERROR
                     self.message_user(request, f"{result.payment.public_id}: {result.message}", level=level)
                 return None
+        bulk = len(payments) > 1
         context = {
             **self.admin_site.each_context(request),
             "title": title,
             "opts": self.model._meta,
             "queryset": payments,
-            "preview": [preview_operation(payment, action) for payment in payments],
+            "preview": [preview_operation(p, action, amount_minor=amount, bulk=bulk) for p in payments],
             "form": form,
             "action": action,
         }
@@ -326,7 +401,8 @@ class PaymentAdmin(RecordAdmin):
 
 @admin.register(Refund)
 class RefundAdmin(RecordAdmin):
-    list_display = ["public_id", "created_at", "payment", "amount_minor", "currency", "status", *OUTCOME_FIELDS]
+    list_display = ["public_id", "created_at", "payment", "amount", "status", *OUTCOME_FIELDS]
+    amount = money_column("amount_minor")
     list_filter = ["status", OutcomeUnknownFilter, "via_carrier"]
     search_fields = ["=public_id", "=carrier_reference"]  # and the payment's public id, below
     list_select_related = ["payment"]
@@ -337,6 +413,99 @@ class RefundAdmin(RecordAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+class PendingFirst(admin.SimpleListFilter):
+    """The approvals list opens on those waiting for a decision."""
+
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [*((str(value), str(label)) for value, label in RefundApproval.Status.choices), ("all", "all")]
+
+    def choices(self, changelist: Any) -> Any:
+        current = self.value() or RefundApproval.Status.PENDING
+        for value, label in self.lookup_choices:
+            yield {
+                "selected": current == value,
+                "query_string": changelist.get_query_string({self.parameter_name: value}),
+                "display": label,
+            }
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        value = self.value() or RefundApproval.Status.PENDING
+        return queryset if value == "all" else queryset.filter(status=value)
+
+
+@admin.register(RefundApproval)
+class RefundApprovalAdmin(RecordAdmin):
+    """Four-eyes refunds: those waiting for a second person first; approve or reject each with a reason."""
+
+    list_display = ["id", "requested_at", "payment_link", "amount", "reason", "requested_by", "status", "decided_by"]
+    list_filter = [PendingFirst]
+    list_select_related = ["requested_by", "decided_by"]
+    change_form_template = "admin/payments/refundapproval/change_form.html"
+
+    @admin.display(description="amount")
+    def amount(self, approval: RefundApproval) -> str:
+        if approval.amount_minor is None:
+            return "all that is left"
+        return format_money(approval.amount_minor, approval.currency)
+
+    @admin.display(description="payment")
+    def payment_link(self, approval: RefundApproval) -> str:
+        url = reverse("admin:payments_payment_change", args=[approval.payment_id])
+        return format_html('<a href="{}">{}</a>', url, approval.payment_id)
+
+    def has_approve_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm("payments.approve_refund"))
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[Any]:
+        decide = path(
+            "<int:pk>/decide/",
+            self.admin_site.admin_view(self.decide_view),
+            name="payments_refundapproval_decide",
+        )
+        return [decide, *super().get_urls()]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> Any:
+        approval = RefundApproval.objects.filter(pk=int(object_id)).first() if object_id.isdigit() else None
+        extra_context = {**(extra_context or {})}
+        if approval is not None and approval.status == RefundApproval.Status.PENDING:
+            if not self.has_approve_permission(request):
+                extra_context["decision_note"] = "Approving refunds takes the permission to approve refunds."
+            elif approval.requested_by_id == request.user.pk:
+                extra_context["decision_note"] = "You asked for this refund: another person approves or rejects it."
+            else:
+                extra_context["decision_form"] = ReasonForm()
+                extra_context["decide_url"] = reverse("admin:payments_refundapproval_decide", args=[approval.pk])
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def decide_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        if request.method != "POST" or not self.has_approve_permission(request):
+            raise PermissionDenied
+        form = ReasonForm(request.POST)
+        back = HttpResponseRedirect(reverse("admin:payments_refundapproval_change", args=[pk]))
+        if not form.is_valid() or request.POST.get("decision") not in ("approve", "reject"):
+            self.message_user(request, "Give a reason for your decision.", level=messages.ERROR)
+            return back
+        decide = approve_refund if request.POST["decision"] == "approve" else reject_refund
+        try:
+            result = decide(user=staff_user(request), approval_id=pk, reason=form.cleaned_data["reason"])
+        except RefundApproval.DoesNotExist:
+            raise Http404("No such refund approval.") from None
+        except ApprovalRefused as refused:
+            self.message_user(request, str(refused), level=messages.ERROR)
+            return back
+        level = messages.SUCCESS if result.ok else messages.ERROR
+        self.message_user(request, f"{result.payment.public_id}: {result.message}", level=level)
+        return HttpResponseRedirect(reverse("admin:payments_refundapproval_changelist"))
 
 
 @admin.register(IdempotencyRecord)
@@ -388,13 +557,3 @@ class CarrierNotificationAdmin(RecordAdmin):
 class OutboxMessageAdmin(RecordAdmin):
     list_display = ["id", "task", "queue", "created_at", "sent_at"]
     list_filter = ["queue", "task"]
-
-
-def _table(headers: list[str], rows: list[tuple[str, ...]]) -> str:
-    if not rows:
-        return "—"
-    head = format_html_join("", "<th>{}</th>", ((h,) for h in headers))
-    body = format_html_join(
-        "", "<tr>{}</tr>", ((format_html_join("", "<td>{}</td>", ((c,) for c in row)),) for row in rows)
-    )
-    return format_html("<table><thead><tr>{}</tr></thead><tbody>{}</tbody></table>", head, body)

@@ -2,6 +2,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
@@ -569,3 +570,55 @@ class LedgerLine(AppendOnly):
 
 class ImmutableLedger(Exception):
     pass
+
+
+class RefundApproval(models.Model):
+    """A staff refund waiting for a second staff member (four-eyes): a large amount, or one of a bulk refund.
+
+    Approving it runs the refund; the approver is never the requester (the database refuses it).
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "awaiting approval"
+        APPROVED = "approved"
+        REJECTED = "rejected"
+
+    payment = models.ForeignKey(Payment, on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at (its month).")
+    # None: all that is left when it is approved.
+    amount_minor = models.BigIntegerField(null=True, blank=True)
+    currency = models.CharField(max_length=3)
+    reason = models.CharField(max_length=255)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    requested_at = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.CharField(max_length=255, blank=True)
+    outcome = models.CharField(max_length=255, blank=True, help_text="What approving it did.")
+
+    class Meta:
+        ordering = ["-id"]
+        permissions = [("approve_refund", "Can approve refunds (four-eyes)")]
+        indexes = [models.Index(fields=["status", "requested_at"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(amount_minor__isnull=True) | Q(amount_minor__gt=0), name="refund_approval_amount_positive"
+            ),
+            models.CheckConstraint(condition=~Q(decided_by=F("requested_by")), name="refund_approval_not_by_requester"),
+            models.CheckConstraint(
+                condition=Q(status="pending", decided_by__isnull=True)
+                | (~Q(status="pending") & Q(decided_by__isnull=False, decided_at__isnull=False)),
+                name="refund_approval_decided_by_someone",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"refund approval #{self.pk} ({self.get_status_display()})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)

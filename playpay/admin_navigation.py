@@ -17,6 +17,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("payments.Payment", "receipt_long", ""),
             ("admin:payments_payment_timeline", "timeline", "Interaction timeline"),
             ("payments.Refund", "undo", ""),
+            ("payments.RefundApproval", "approval", ""),
             ("payments.WebhookDelivery", "send", ""),
             ("payments.CarrierNotification", "notifications", ""),
             ("payments.IdempotencyRecord", "key", ""),

@@ -435,6 +435,13 @@ if not 0 <= PIN_CONFIRM_WAIT_MS <= PIN_CONFIRM_WAIT_MAX_MS:
     )
 # A charge can be reversed (undone as a technical error) this long after it succeeded.
 REVERSAL_WINDOW_HOURS = env_int("REVERSAL_WINDOW_HOURS", 72)
+# Four-eyes: a staff refund above this amount (major units, per currency: "GBP=50,EUR=50,JPY=8000") waits for a
+# second staff member's approval, as does every bulk refund. A currency not listed needs approval for any amount.
+REFUND_APPROVAL_ABOVE = dict(
+    item.split("=", 1)
+    for item in env_list("REFUND_APPROVAL_ABOVE", ["GBP=50", "EUR=50", "USD=50", "JPY=8000", "KWD=15"])
+    if "=" in item
+)
 # Carrier routing, price points and API keys are memoised per process for this long; a change
 # (a carrier switched off, a key revoked) takes effect everywhere within it. 0: no memo.
 REFERENCE_CACHE_SECONDS = env_int("REFERENCE_CACHE_SECONDS", 5)

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from journal.models import StaffAction
 from payments.errors import ReversalNotAllowed
-from payments.models import Payment, PaymentStatus, Refund, Reversal
+from payments.models import Payment, PaymentStatus, Refund, RefundApproval, Reversal
 from payments.services.refunds import request_reversal
 from payments.services.staff import preview_operation
 from tests.conftest import Shop, StaffClient
@@ -47,18 +47,22 @@ def test_operations_can_refund_with_a_reason_and_it_is_recorded(
     paid: Payment, shop: Shop, staff_client: StaffClient
 ) -> None:
     operations = staff_client("operations")
-    assert post_action(operations, "refund", [paid], confirm="yes", reason="").status_code == 200  # reason required
+    no_note = post_action(operations, "refund", [paid], confirm="yes", reason_code="customer_request", note="")
+    assert no_note.status_code == 200  # a note is required
     assert Refund.objects.count() == 0
     with shop.after_commit(execute=True):
-        response = post_action(operations, "refund", [paid], confirm="yes", reason="player complaint #123")
+        response = post_action(
+            operations, "refund", [paid], confirm="yes", reason_code="customer_request", note="player complaint #123"
+        )
     assert response.status_code == 302
     paid.refresh_from_db()
     assert paid.status == PaymentStatus.REFUNDED
     refund = Refund.objects.get()
-    assert (refund.requested_by, refund.reason) == ("staff:operations", "player complaint #123")
+    reason = "customer request: player complaint #123"
+    assert (refund.requested_by, refund.reason) == ("staff:operations", reason)
     action = StaffAction.objects.get()
-    assert (action.action, action.object_id, action.reason) == ("refund", str(paid.public_id), "player complaint #123")
-    assert action.outcome.startswith("refund of 99 GBP")
+    assert (action.action, action.object_id, action.reason) == ("refund", str(paid.public_id), reason)
+    assert action.outcome.startswith("refund of £0.99")
 
 
 def test_finance_cannot_refund_or_reverse(paid: Payment, staff_client: StaffClient) -> None:
@@ -66,7 +70,7 @@ def test_finance_cannot_refund_or_reverse(paid: Payment, staff_client: StaffClie
     changelist = finance.get(CHANGELIST).content.decode()
     assert 'value="refund"' not in changelist
     assert 'value="reverse"' not in changelist
-    response = post_action(finance, "refund", [paid], confirm="yes", reason="try")
+    response = post_action(finance, "refund", [paid], confirm="yes", reason_code="other", note="try")
     assert Refund.objects.count() == 0
     assert response.status_code in (200, 302)
     paid.refresh_from_db()
@@ -87,17 +91,19 @@ def test_bulk_refund_previews_each_payment_and_refuses_what_cannot_be_refunded(
     operations = staff_client("operations")
     text = post_action(operations, "refund", [paid, pending]).content.decode()
     assert "not possible" in text
+    assert "after a second person approves it" in text
     with shop.after_commit(execute=True):
-        post_action(operations, "refund", [paid, pending], confirm="yes", reason="outage compensation")
-    assert Refund.objects.filter(payment=paid).exists()
-    assert not Refund.objects.filter(payment=pending).exists()
+        post_action(operations, "refund", [paid, pending], confirm="yes", reason_code="goodwill", note="outage")
+    # A bulk refund waits for a second person; what cannot be refunded is refused at once.
+    assert not Refund.objects.exists()
+    assert RefundApproval.objects.get().payment_id == paid.pk
     assert StaffAction.objects.filter(outcome__startswith="refused").count() == 1
 
 
 def test_the_payment_page_tells_the_whole_story(paid: Payment, shop: Shop, staff_client: StaffClient) -> None:
     operations = staff_client("operations")
     with shop.after_commit(execute=True):
-        post_action(operations, "refund", [paid], confirm="yes", reason="goodwill", amount_minor="30")
+        post_action(operations, "refund", [paid], confirm="yes", reason_code="goodwill", note="late", amount="0.30")
     page = operations.get(f"{CHANGELIST}{paid.pk}/change/").content.decode()
     for expected in ("succeeded", "partially_refunded", "platform_revenue", "goodwill", "refund #", "charge #"):
         assert expected in page, expected
