@@ -268,17 +268,16 @@ class PaymentAdmin(RecordAdmin):
     ) -> Any:
         payment = self._payment(request, object_id)
         if payment is not None:
-            player = (
-                reverse("admin:payments_payment_timeline")
-                + "?"
-                + urlencode({"app": payment.app.name, "user_ref": payment.user_ref})
-            )
+            timeline = reverse("admin:payments_payment_timeline")
+            player = f"{timeline}?{urlencode({'app': payment.app.name, 'user_ref': payment.user_ref})}"
+            number = f"{timeline}?{urlencode({'msisdn': payment.msisdn})}" if shows_full_msisdn(request) else ""
             extra_context = {
                 **(extra_context or {}),
                 "header": payment_header(payment, full_msisdn=shows_full_msisdn(request)),
                 "page_actions": self.page_actions(request, payment),
                 "timeline": payment_timeline(payment),
                 "player_url": player,
+                "number_url": number,
             }
         return super().change_view(request, object_id, form_url, extra_context)
 

@@ -55,7 +55,13 @@ def test_a_payments_whole_life_is_in_the_journal_without_any_secret(shop: Shop, 
     with shop.after_commit(execute=True):
         admin.post(
             "/admin/payments/payment/",
-            {"action": "refund", "_selected_action": [shop.app.payments.get().pk], "confirm": "yes", "reason": "rest"},
+            {
+                "action": "refund",
+                "_selected_action": [shop.app.payments.get().pk],
+                "confirm": "yes",
+                "reason_code": "goodwill",
+                "note": "rest",
+            },
         )
 
     documents = journal_store().query(JournalQuery(correlation={"payment_id": payment_id}, limit=100))
