@@ -36,8 +36,8 @@ def _bars(
         bars.append((x, top + HEIGHT - height, width - 1, height, colour, tip))
     return format_html_join(
         "",
-        '<rect x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}" fill="{}"><title>{}</title></rect>',
-        bars,
+        '<rect x="{}" y="{}" width="{}" height="{}" fill="{}"><title>{}</title></rect>',
+        ((f"{x:.1f}", f"{y:.1f}", f"{w:.1f}", f"{h:.1f}", fill, tip) for x, y, w, h, fill, tip in bars),
     )
 
 

@@ -12,6 +12,7 @@ class Migration(migrations.Migration):
     dependencies = [
         ("carriers", "0005_carrier_deduplicates_reference_code"),
         ("payments", "0004_schedule_carrier_jobs"),  # which scheduled the health job
+        ("payments", "0010_staff_roles"),  # which granted its view permission
     ]
 
     operations = [

@@ -1,4 +1,4 @@
-"""Per-carrier resilience: circuit breaker, rate limit and health, shared through the cache."""
+"""Per-carrier resilience: circuit breaker and rate limit, shared through the cache."""
 
 from datetime import UTC, datetime
 from typing import Any
