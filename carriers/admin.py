@@ -251,7 +251,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
         if not figures.calls:
             return f"No calls in the last 24 hours; breaker {breaker}."
         return (
-            f"{figures.calls} calls: {figures.calls - figures.transport_failed} answered "
+            f"{figures.calls_text}: {figures.calls - figures.transport_failed} answered "
             f"({figures.answered_percent or 0:.1f} %), {figures.transport_failed} failed in transport (unreachable, "
             f"timeout, 5xx); {figures.failed} failed calls, declines included. Average latency "
             f"{figures.latency}, slowest {figures.max_latency_ms} ms; breaker {breaker}. The dashboard's carrier tile "

@@ -32,7 +32,7 @@ def _bars(
             bars.append((x, top + HEIGHT - 1, width - 1, 1, EMPTY_COLOUR, f"{start}: no calls"))
             continue
         height = max(HEIGHT * value / peak, 1)
-        tip = f"{start}: {value:.1f} {unit}, {figures.calls} calls"
+        tip = f"{start}: {value:.1f} {unit}, {figures.calls_text}"
         bars.append((x, top + HEIGHT - height, width - 1, height, colour, tip))
     return format_html_join(
         "",
@@ -47,11 +47,11 @@ def health_chart(history: Sequence[CallFigures], *, title: str, label: str) -> S
     latencies = [figures.avg_latency_ms for figures in history]
     first = history[0].start.strftime(label) if history and history[0].start else ""
     last = history[-1].start.strftime(label) if history and history[-1].start else ""
-    total = sum(figures.calls for figures in history)
+    total = CallFigures(calls=sum(figures.calls for figures in history)).calls_text
     height = 2 * HEIGHT + 3 * GAP
     return format_html(
         '<figure class="carrier-health-chart" style="margin:0 0 12px 0">'
-        '<figcaption style="font-weight:600">{} — {} calls</figcaption>'
+        '<figcaption style="font-weight:600">{} — {}</figcaption>'
         '<svg role="img" aria-label="{}" viewBox="0 0 {} {}" width="{}" height="{}" '
         'xmlns="http://www.w3.org/2000/svg" style="max-width:100%;height:auto;font:11px sans-serif">'
         '<text x="0" y="12" fill="{}">Success rate (calls answered, %)</text>{}'

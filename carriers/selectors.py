@@ -47,6 +47,10 @@ class CallFigures:
         return 100 * (self.calls - self.transport_failed) / self.calls if self.calls else None
 
     @property
+    def calls_text(self) -> str:
+        return f"{self.calls} call" if self.calls == 1 else f"{self.calls} calls"
+
+    @property
     def latency(self) -> str:
         """Average latency for a person: "143 ms", or "no calls"."""
         return "no calls" if self.avg_latency_ms is None else f"{round(self.avg_latency_ms)} ms"
