@@ -547,7 +547,9 @@ class ParlayXAdapter(CarrierAdapter):
         fields = [("spId", sp_id), ("spPassword", digest)]
         if credentials.get("service_id"):
             fields.append(("serviceId", str(credentials["service_id"])))
-        fields += [("timeStamp", timestamp), ("OA", end_user(msisdn)), ("FA", end_user(msisdn))]
+        fields.append(("timeStamp", timestamp))
+        if msisdn:  # a connection check is about no subscriber
+            fields += [("OA", end_user(msisdn)), ("FA", end_user(msisdn))]
         for name, value in fields:
             etree.SubElement(header, f"{{{HUAWEI_HEADER_NS}}}{name}").text = value
         return [header]
