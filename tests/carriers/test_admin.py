@@ -85,6 +85,7 @@ def test_whether_the_gateway_deduplicates_reference_codes_is_set_in_the_carrier_
     "path",
     [
         "/admin/carriers/carrier/",
+        "/admin/carriers/operatorcatalogue/",
         "/admin/carriers/country/",
         "/admin/carriers/pricepoint/",
         "/admin/payments/payment/",
