@@ -234,8 +234,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
 
     @admin.display(description="avg latency")
     def latency(self, carrier: Carrier) -> str:
-        figures = _figures(carrier)
-        return "—" if figures.avg_latency_ms is None else figures.latency
+        return _figures(carrier).latency
 
     @admin.display(description="breaker")
     def breaker(self, carrier: Carrier) -> str:
@@ -254,7 +253,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
             f"{figures.calls_text}: {figures.calls - figures.transport_failed} answered "
             f"({figures.answered_percent or 0:.1f} %), {figures.transport_failed} failed in transport (unreachable, "
             f"timeout, 5xx); {figures.failed} failed calls, declines included. Average latency "
-            f"{figures.latency}, slowest {figures.max_latency_ms} ms; breaker {breaker}. The dashboard's carrier tile "
+            f"{figures.latency}, slowest {figures.slowest}; breaker {breaker}. The dashboard's carrier tile "
             "reads the same calls (period 24h)."
         )
 

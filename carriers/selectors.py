@@ -52,8 +52,12 @@ class CallFigures:
 
     @property
     def latency(self) -> str:
-        """Average latency for a person: "143 ms", or "no calls"."""
-        return "no calls" if self.avg_latency_ms is None else f"{round(self.avg_latency_ms)} ms"
+        """Average latency for a person: "143 ms", or "—" when no call measured one."""
+        return "—" if self.avg_latency_ms is None else f"{round(self.avg_latency_ms)} ms"
+
+    @property
+    def slowest(self) -> str:
+        return "—" if self.max_latency_ms is None else f"{self.max_latency_ms} ms"
 
 
 _MEASURES: dict[str, tuple[str, DocumentField | None]] = {
