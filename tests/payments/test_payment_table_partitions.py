@@ -40,7 +40,7 @@ from payments.services.payment_keys import (
 from payments.services.refunds import request_refund
 from payments.services.state_machine import record_creation, transition
 from playpay.ids import new_public_id
-from playpay.partitions import add_months, month_start, read_archive
+from playpay.partitions import IdMonths, add_months, month_start, read_archive
 from tests.conftest import Shop, StaffClient
 from tests.factories import PaymentFactory
 from tests.payments.partition_helpers import Rows, kind_and_rows, latest_payments_migrations, migrate_to, names
@@ -176,6 +176,29 @@ def test_a_v7_public_id_is_read_from_its_months_and_a_v4_one_from_all(shop: Shop
     assert not Payment.objects.with_public_id(misdated.public_id).exists()
     assert shop.client.get(f"/api/v1/payments/{misdated.public_id}/").status_code == 404
     assert shop.client.get(f"/api/v1/payments/{'-' * 36}/").status_code == 404
+
+
+def test_a_read_by_id_alone_names_the_months_that_hold_it_and_finds_rows_made_since(shop: Shop) -> None:
+    older = PaymentFactory.create(app=shop.app, price_point=shop.price_point, created_at=months_ago(6, day=15))
+    PaymentFactory.create(app=shop.app, price_point=shop.price_point)  # the newest month with rows: this one
+    months = IdMonths(PAYMENTS)
+    narrowed, named = months.narrow(Payment.objects.all(), older.pk)
+    assert named
+    assert partitions_read(narrowed) == {PAYMENTS.partition_name(month_start(older.created_at))}
+    assert months.get(Payment.objects.select_for_update(), older.pk) == older
+    # Made after the snapshot: looked for from the newest month with rows on, where a new payment is.
+    fresh = PaymentFactory.create(app=shop.app, price_point=shop.price_point)
+    narrowed, named = months.narrow(Payment.objects.all(), fresh.pk)
+    assert named
+    assert PAYMENTS.partition_name(month_start(older.created_at)) not in partitions_read(narrowed)
+    assert months.get(Payment.objects.all(), fresh.pk) == fresh
+    # Made after the snapshot in an older month (a backdated import): the named months miss it, every month
+    # is read instead.
+    backdated = PaymentFactory.create(app=shop.app, price_point=shop.price_point, created_at=months_ago(6, day=16))
+    assert not months.narrow(Payment.objects.all(), backdated.pk)[0].exists()
+    assert months.get(Payment.objects.all(), backdated.pk) == backdated
+    with pytest.raises(Payment.DoesNotExist):
+        months.get(Payment.objects.all(), backdated.pk + 1000)
 
 
 def refunded_with_a_webhook(payment: Payment, *, message_id: str) -> None:
