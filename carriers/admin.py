@@ -148,6 +148,15 @@ def _figures(carrier: Carrier) -> CallFigures:
     return getattr(carrier, "call_figures", None) or CallFigures()
 
 
+def _breaker_state(carrier: Carrier) -> str:
+    return Breaker(carrier).state().replace("_", "-")
+
+
+@admin.display(description="MCC-MNC")
+def mcc_mnc(carrier: Carrier) -> str:
+    return ", ".join(str(code) for code in carrier.network_codes.all())
+
+
 @admin.register(Carrier)
 class CarrierAdmin(admin.ModelAdmin[Carrier]):
     """The carriers PlayPay is configured to bill through; the rest of the MCC/MNC catalogue is its own view."""
@@ -163,7 +172,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
         "success_rate",
         "latency",
         "breaker",
-        "mcc_mnc",
+        mcc_mnc,
     ]
     list_filter = [
         "is_active",
@@ -219,10 +228,6 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
     def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
         return _with_call_figures(super().get_changelist_instance(request))
 
-    @admin.display(description="MCC-MNC")
-    def mcc_mnc(self, carrier: Carrier) -> str:
-        return ", ".join(str(code) for code in carrier.network_codes.all())
-
     @admin.display(description="calls (24 h)")
     def calls(self, carrier: Carrier) -> int:
         return _figures(carrier).calls
@@ -238,7 +243,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
 
     @admin.display(description="breaker")
     def breaker(self, carrier: Carrier) -> str:
-        return Breaker(carrier).state().replace("_", "-")
+        return _breaker_state(carrier)
 
     @admin.display(description="Last 24 hours")
     def health_summary(self, carrier: Carrier) -> str:
@@ -246,7 +251,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
             return "—"
         now = timezone.now()
         figures = carrier_call_figures(carriers=[carrier.slug], since=now - HEALTH_PERIOD, until=now)[carrier.slug]
-        breaker = Breaker(carrier).state().replace("_", "-")
+        breaker = _breaker_state(carrier)
         if not figures.calls:
             return f"No calls in the last 24 hours; breaker {breaker}."
         return (
@@ -353,13 +358,13 @@ class OperatorCatalogueAdmin(admin.ModelAdmin[Carrier]):
     inactive, where its price points, capabilities and activation are set."""
 
     form = OnboardingForm
-    list_display = ["name", "country", "mcc_mnc", "configure"]
+    list_display = ["name", "country", mcc_mnc, "configure"]
     list_filter = ["country"]
     search_fields = ["name", "slug", "country__name", "country__code", "network_codes__mcc", "network_codes__mnc"]
     list_select_related = ["country"]
-    readonly_fields = ["country", "mcc_mnc"]
+    readonly_fields = ["country", "network_codes_list"]
     fieldsets = [
-        (None, {"fields": ["name", "slug", "country", "mcc_mnc"]}),
+        (None, {"fields": ["name", "slug", "country", "network_codes_list"]}),
         ("Connection", {"fields": ["protocol", "endpoint", "new_credentials"]}),
         ("History", {"fields": ["change_reason"]}),
     ]
@@ -381,8 +386,8 @@ class OperatorCatalogueAdmin(admin.ModelAdmin[Carrier]):
         return False
 
     @admin.display(description="MCC-MNC")
-    def mcc_mnc(self, operator: Carrier) -> str:
-        return ", ".join(str(code) for code in operator.network_codes.all())
+    def network_codes_list(self, operator: Carrier) -> str:
+        return mcc_mnc(operator)
 
     @admin.display(description="")
     def configure(self, operator: Carrier) -> SafeString:
