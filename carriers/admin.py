@@ -419,7 +419,7 @@ class OperatorCatalogueAdmin(admin.ModelAdmin[Carrier]):
 class PricePointAdmin(admin.ModelAdmin[PricePoint]):
     form = PricePointForm
     list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
-    list_filter = ["is_active", "currency", "tax_included", "carrier__country"]
+    list_filter = ["is_active", "currency", "tax_included", ("carrier__country", CountryOfConfiguredCarriersFilter)]
     search_fields = ["code", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]
     autocomplete_fields = ["carrier"]

@@ -116,3 +116,11 @@ def test_the_carrier_autocomplete_offers_configured_carriers_only(
     )
     assert response.status_code == 200
     assert sorted(row["text"] for row in response.json()["results"]) == ["Live Mobile (GB)", "Next Telecom (GB)"]
+
+
+def test_the_price_points_country_filter_offers_countries_of_configured_carriers(
+    carriers: dict[str, Carrier], staff_client: StaffClient
+) -> None:
+    page = staff_client("superuser").get("/admin/carriers/pricepoint/").content.decode()
+    assert "United Kingdom (GB)" in page
+    assert "Australia" not in page  # only a catalogue operator there
