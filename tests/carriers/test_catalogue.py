@@ -121,6 +121,9 @@ def test_the_carrier_autocomplete_offers_configured_carriers_only(
 def test_the_price_points_country_filter_offers_countries_of_configured_carriers(
     carriers: dict[str, Carrier], staff_client: StaffClient
 ) -> None:
+    japan = CountryFactory.create(code="JP", name="Japan", currency="JPY", dialing_code="81")
+    CarrierFactory.create(slug="jp-one", country=japan)
     page = staff_client("superuser").get("/admin/carriers/pricepoint/").content.decode()
     assert "United Kingdom (GB)" in page
+    assert "Japan (JP)" in page
     assert "Australia" not in page  # only a catalogue operator there
