@@ -13,6 +13,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
+from unfold.widgets import UnfoldAdminTextareaWidget, UnfoldAdminURLInputWidget, UnfoldBooleanSwitchWidget
 
 from carriers.adapters.base import Outcome
 from carriers.charts import health_chart
@@ -30,11 +31,12 @@ from carriers.models import (
 from carriers.selectors import CallFigures, carrier_call_figures, carrier_call_history
 from carriers.services import check_carrier_connection
 from journal.services import record_staff_action
+from playpay.admin_base import ModelAdmin, TabularInline
 from playpay.money import UnknownCurrency, validate_currency
 
 
 @admin.register(Country)
-class CountryAdmin(admin.ModelAdmin[Country]):
+class CountryAdmin(ModelAdmin[Country]):
     list_display = ["code", "name", "currency", "dialing_code", "vat_rate"]
     search_fields = ["code", "name", "currency", "dialing_code"]
     list_filter = ["currency"]
@@ -46,14 +48,21 @@ class CountryAdmin(admin.ModelAdmin[Country]):
 
 
 class CarrierForm(forms.ModelForm[Carrier]):
-    endpoint = forms.URLField(required=False, assume_scheme="https", help_text="Base URL of the carrier's API.")
+    endpoint = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        widget=UnfoldAdminURLInputWidget,
+        help_text="Base URL of the carrier's API.",
+    )
     new_credentials = forms.CharField(
         label="Credentials",
         required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "placeholder": '{"client_id": "…"}'}),
+        widget=UnfoldAdminTextareaWidget(attrs={"rows": 3, "autocomplete": "off", "placeholder": '{"client_id": "…"}'}),
         help_text="A JSON object. Write-only: stored encrypted and never shown again. Leave empty to keep.",
     )
-    clear_credentials = forms.BooleanField(required=False, help_text="Remove the stored credentials.")
+    clear_credentials = forms.BooleanField(
+        required=False, widget=UnfoldBooleanSwitchWidget, help_text="Remove the stored credentials."
+    )
     change_reason = forms.CharField(
         required=False, max_length=255, help_text="Why this change (kept in the staff actions)."
     )
@@ -97,19 +106,19 @@ class PricePointForm(forms.ModelForm[PricePoint]):
             raise forms.ValidationError(str(exc)) from exc
 
 
-class PricePointInline(admin.TabularInline[PricePoint, Carrier]):
+class PricePointInline(TabularInline[PricePoint, Carrier]):
     model = PricePoint
     form = PricePointForm
     extra = 0
     fields = ["code", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
 
 
-class NetworkCodeInline(admin.TabularInline[NetworkCode, Carrier]):
+class NetworkCodeInline(TabularInline[NetworkCode, Carrier]):
     model = NetworkCode
     extra = 0
 
 
-class NumberPrefixInline(admin.TabularInline[NumberPrefix, Carrier]):
+class NumberPrefixInline(TabularInline[NumberPrefix, Carrier]):
     model = NumberPrefix
     extra = 0
 
@@ -158,7 +167,7 @@ def mcc_mnc(carrier: Carrier) -> str:
 
 
 @admin.register(Carrier)
-class CarrierAdmin(admin.ModelAdmin[Carrier]):
+class CarrierAdmin(ModelAdmin[Carrier]):
     """The carriers PlayPay is configured to bill through; the rest of the MCC/MNC catalogue is its own view."""
 
     form = CarrierForm
@@ -352,7 +361,7 @@ class OnboardingForm(CarrierForm):
 
 
 @admin.register(OperatorCatalogue)
-class OperatorCatalogueAdmin(admin.ModelAdmin[Carrier]):
+class OperatorCatalogueAdmin(ModelAdmin[Carrier]):
     """The MCC/MNC operators nobody has configured: a carrier is onboarded from here. Its page is the onboarding
     form (protocol, endpoint, credentials); once saved, the carrier leaves the catalogue for the carrier list,
     inactive, where its price points, capabilities and activation are set."""
@@ -392,7 +401,9 @@ class OperatorCatalogueAdmin(admin.ModelAdmin[Carrier]):
     @admin.display(description="")
     def configure(self, operator: Carrier) -> SafeString:
         url = reverse("admin:carriers_operatorcatalogue_change", args=[operator.pk])
-        return format_html('<a class="button" href="{}">Configure this operator</a>', url)
+        return format_html(
+            '<a class="font-medium text-primary-600 dark:text-primary-500" href="{}">Configure this operator</a>', url
+        )
 
     def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
         obj.is_active = False  # taking payments waits for its price points and a successful connection test
@@ -416,7 +427,7 @@ class OperatorCatalogueAdmin(admin.ModelAdmin[Carrier]):
 
 
 @admin.register(PricePoint)
-class PricePointAdmin(admin.ModelAdmin[PricePoint]):
+class PricePointAdmin(ModelAdmin[PricePoint]):
     form = PricePointForm
     list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
     list_filter = ["is_active", "currency", "tax_included", ("carrier__country", CountryOfConfiguredCarriersFilter)]
@@ -426,7 +437,7 @@ class PricePointAdmin(admin.ModelAdmin[PricePoint]):
 
 
 @admin.register(NumberPrefix)
-class NumberPrefixAdmin(admin.ModelAdmin[NumberPrefix]):
+class NumberPrefixAdmin(ModelAdmin[NumberPrefix]):
     list_display = ["prefix", "carrier"]
     search_fields = ["prefix", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]
