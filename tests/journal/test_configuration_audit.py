@@ -4,11 +4,14 @@ on the field they concern."""
 
 import pytest
 from django.contrib.auth.models import Group, Permission, User
+from django.core.exceptions import ValidationError
 from django.test import Client
 from django.urls import reverse
 
 from carriers.models import Carrier, PricePoint
+from funnel.models import FunnelDefinition
 from journal.models import StaffAction
+from reporting.models import Dashboard
 from tenants.models import ApiKey
 from tenants.services import issue_api_key
 from tests.carriers.test_admin import carrier_form
@@ -220,3 +223,16 @@ def test_a_person_who_may_not_view_configuration_does_not_see_its_changes(staff_
     assert "secret plans" not in page
     assert "No changes recorded" in page
     assert 'href="/admin/configuration-changes/"' not in client.get(reverse("admin:index")).content.decode()
+
+
+def test_a_funnel_window_of_zero_is_refused_in_words_on_its_field() -> None:
+    funnel = FunnelDefinition(name="Store", steps=["store_opened", "payment_created"], window_seconds=0)
+    with pytest.raises(ValidationError) as refused:
+        funnel.full_clean()
+    assert refused.value.message_dict == {"window_seconds": ["The conversion window is at least 1 second."]}
+
+
+def test_a_dashboard_refreshing_faster_than_every_two_seconds_is_refused_on_its_field() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Dashboard(slug="live", title="Live", refresh_seconds=1).full_clean()
+    assert refused.value.message_dict == {"refresh_seconds": ["A dashboard refreshes at most every 2 seconds."]}
