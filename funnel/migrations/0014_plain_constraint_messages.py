@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('funnel', '0012_event_journey_index_covers_step'),
+        ('funnel', '0013_journey_started_index'),
         ('tenants', '0002_configuration_history'),
     ]
 
