@@ -5,21 +5,28 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('funnel', '0013_journey_started_index'),
-        ('tenants', '0002_configuration_history'),
+        ("funnel", "0013_journey_started_index"),
+        ("tenants", "0002_configuration_history"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='funneldefinition',
-            name='window_seconds',
-            field=models.PositiveIntegerField(default=3600, help_text='Conversion window from the first step.', validators=[django.core.validators.MinValueValidator(1, 'The conversion window is at least 1 second.')]),
+            model_name="funneldefinition",
+            name="window_seconds",
+            field=models.PositiveIntegerField(
+                default=3600,
+                help_text="Conversion window from the first step.",
+                validators=[django.core.validators.MinValueValidator(1, "The conversion window is at least 1 second.")],
+            ),
         ),
         migrations.AlterConstraint(
-            model_name='funneldefinition',
-            name='funnel_window_positive',
-            constraint=models.CheckConstraint(condition=models.Q(('window_seconds__gt', 0)), name='funnel_window_positive', violation_error_message='The conversion window is at least 1 second.'),
+            model_name="funneldefinition",
+            name="funnel_window_positive",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("window_seconds__gt", 0)),
+                name="funnel_window_positive",
+                violation_error_message="The conversion window is at least 1 second.",
+            ),
         ),
     ]

@@ -6,53 +6,91 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('auth', '0012_alter_user_first_name_max_length'),
-        ('funnel', '0013_plain_constraint_messages'),
-        ('reporting', '0012_rollup_snapshots_unbounded'),
+        ("auth", "0012_alter_user_first_name_max_length"),
+        ("funnel", "0014_plain_constraint_messages"),
+        ("reporting", "0012_rollup_snapshots_unbounded"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='alertrule',
-            name='window_minutes',
-            field=models.PositiveIntegerField(default=15, validators=[django.core.validators.MinValueValidator(1, 'The window is at least 1 minute.')]),
+            model_name="alertrule",
+            name="window_minutes",
+            field=models.PositiveIntegerField(
+                default=15, validators=[django.core.validators.MinValueValidator(1, "The window is at least 1 minute.")]
+            ),
         ),
         migrations.AlterField(
-            model_name='dashboard',
-            name='refresh_seconds',
-            field=models.PositiveSmallIntegerField(default=5, validators=[django.core.validators.MinValueValidator(2, 'A dashboard refreshes at most every 2 seconds.')]),
+            model_name="dashboard",
+            name="refresh_seconds",
+            field=models.PositiveSmallIntegerField(
+                default=5,
+                validators=[
+                    django.core.validators.MinValueValidator(2, "A dashboard refreshes at most every 2 seconds.")
+                ],
+            ),
         ),
         migrations.AlterField(
-            model_name='dataset',
-            name='api_timeout_seconds',
-            field=models.PositiveSmallIntegerField(default=5, validators=[django.core.validators.MinValueValidator(1, 'The timeout is at least 1 second.')], verbose_name='timeout (s)'),
+            model_name="dataset",
+            name="api_timeout_seconds",
+            field=models.PositiveSmallIntegerField(
+                default=5,
+                validators=[django.core.validators.MinValueValidator(1, "The timeout is at least 1 second.")],
+                verbose_name="timeout (s)",
+            ),
         ),
         migrations.AlterConstraint(
-            model_name='alertrule',
-            name='alert_window_positive',
-            constraint=models.CheckConstraint(condition=models.Q(('window_minutes__gt', 0)), name='alert_window_positive', violation_error_message='The window is at least 1 minute.'),
+            model_name="alertrule",
+            name="alert_window_positive",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("window_minutes__gt", 0)),
+                name="alert_window_positive",
+                violation_error_message="The window is at least 1 minute.",
+            ),
         ),
         migrations.AlterConstraint(
-            model_name='dashboard',
-            name='dashboard_refresh_at_least_2s',
-            constraint=models.CheckConstraint(condition=models.Q(('refresh_seconds__gte', 2)), name='dashboard_refresh_at_least_2s', violation_error_message='A dashboard refreshes at most every 2 seconds.'),
+            model_name="dashboard",
+            name="dashboard_refresh_at_least_2s",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("refresh_seconds__gte", 2)),
+                name="dashboard_refresh_at_least_2s",
+                violation_error_message="A dashboard refreshes at most every 2 seconds.",
+            ),
         ),
         migrations.AlterConstraint(
-            model_name='dataset',
-            name='dataset_source_given',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('api_url__gt', ''), ('source_kind', 'api')), models.Q(models.Q(('source_kind', 'api'), _negated=True), ('source__gt', '')), _connector='OR'), name='dataset_source_given', violation_error_message='Say where the data comes from: an API dataset needs its URL, any other its source.'),
+            model_name="dataset",
+            name="dataset_source_given",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("api_url__gt", ""), ("source_kind", "api")),
+                    models.Q(models.Q(("source_kind", "api"), _negated=True), ("source__gt", "")),
+                    _connector="OR",
+                ),
+                name="dataset_source_given",
+                violation_error_message="Say where the data comes from: an API dataset needs its URL, any other its source.",
+            ),
         ),
         migrations.AlterConstraint(
-            model_name='dataset',
-            name='dataset_api_timeout_positive',
-            constraint=models.CheckConstraint(condition=models.Q(('api_timeout_seconds__gt', 0)), name='dataset_api_timeout_positive', violation_error_message='The timeout is at least 1 second.'),
+            model_name="dataset",
+            name="dataset_api_timeout_positive",
+            constraint=models.CheckConstraint(
+                condition=models.Q(("api_timeout_seconds__gt", 0)),
+                name="dataset_api_timeout_positive",
+                violation_error_message="The timeout is at least 1 second.",
+            ),
         ),
         migrations.AlterConstraint(
-            model_name='datasetfield',
-            name='dataset_field_aggregation_for_measures_only',
-            constraint=models.CheckConstraint(condition=models.Q(models.Q(('role', 'measure'), models.Q(('aggregation', ''), _negated=True)), models.Q(('role', 'dimension'), ('aggregation', '')), _connector='OR'), name='dataset_field_aggregation_for_measures_only', violation_error_message='A measure needs an aggregation (sum, count…); a dimension has none.'),
+            model_name="datasetfield",
+            name="dataset_field_aggregation_for_measures_only",
+            constraint=models.CheckConstraint(
+                condition=models.Q(
+                    models.Q(("role", "measure"), models.Q(("aggregation", ""), _negated=True)),
+                    models.Q(("role", "dimension"), ("aggregation", "")),
+                    _connector="OR",
+                ),
+                name="dataset_field_aggregation_for_measures_only",
+                violation_error_message="A measure needs an aggregation (sum, count…); a dimension has none.",
+            ),
         ),
     ]
