@@ -39,9 +39,10 @@ def _changes(record: Any, model: type[Model]) -> list[dict[str, Any]]:
     return changes
 
 
-def _object_link(model: type[Model], object_id: Any) -> str:
+def _object_link(model: type[Model], object_id: Any, page: str) -> str:
+    """The admin's `page` ("change", "history") of the object; empty when the model has no admin."""
     try:
-        return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_change", args=[object_id])
+        return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{page}", args=[object_id])
     except NoReverseMatch:
         return ""
 
@@ -63,9 +64,10 @@ def configuration_changes_view(request: HttpRequest) -> TemplateResponse:
         {
             "when": record.history_date,
             "model": capfirst(model._meta.verbose_name),
-            "object": str(record.instance) if record.history_type != "-" else record.history_object,
-            "link": _object_link(model, record.history_object.pk) if record.history_type != "-" else "",
-            "history_link": _object_link(model, record.history_object.pk).replace("/change/", "/history/")
+            "object": str(record.instance),
+            # A deleted object has no page left; its history is still listed here.
+            "link": _object_link(model, record.history_object.pk, "change") if record.history_type != "-" else "",
+            "history_link": _object_link(model, record.history_object.pk, "history")
             if record.history_type != "-"
             else "",
             "kind": record.get_history_type_display(),
