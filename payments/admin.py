@@ -12,7 +12,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from carriers.admin import ConfiguredCarrierFilter
 from carriers.msisdn import normalize_msisdn
+from journal.audit_admin import REASON, AuditedAdmin
 from journal.selectors import render as journal_render
 from journal.selectors import timeline as journal_timeline
 from payments.models import (
@@ -42,7 +44,7 @@ from payments.services.staff import (
     resend_payment_webhook,
     reverse_payments,
 )
-from playpay.admin_base import ModelAdmin, MoneyField, ReadOnlyInline, RecordAdmin, money_column
+from playpay.admin_base import MoneyField, ReadOnlyInline, RecordAdmin, money_column
 from playpay.errors import DomainError
 from playpay.money import format_money
 from playpay.redaction import mask_msisdn
@@ -53,7 +55,7 @@ from tenants.services import issue_api_key
 
 # The App's page is here, not in tenants: its actions issue API keys and webhook secrets (payments).
 @admin.register(App)
-class AppAdmin(ModelAdmin[App]):
+class AppAdmin(AuditedAdmin):
     list_display = ["name", "public_id", "is_active", "webhook_url", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "public_id"]
@@ -65,12 +67,15 @@ class AppAdmin(ModelAdmin[App]):
     def save_model(self, request: HttpRequest, obj: App, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not change:
-            self._show_new_key(request, obj)
+            self._show_new_key(request, obj, form.cleaned_data[REASON])
 
     @admin.action(description="Issue a new API key (shown once)", permissions=["change"])
     def issue_key(self, request: HttpRequest, queryset: Any) -> None:
+        reason = self.action_reason(request)
+        if reason is None:
+            return
         for app in queryset:
-            self._show_new_key(request, app)
+            self._show_new_key(request, app, reason)
 
     def _show_once(self, request: HttpRequest, what: str, app: App, value: str) -> None:
         self.message_user(
@@ -86,8 +91,9 @@ class AppAdmin(ModelAdmin[App]):
         for app in queryset:
             self._show_once(request, "webhook secret", app, webhooks.new_secret(app=app))
 
-    def _show_new_key(self, request: HttpRequest, app: App) -> None:
-        issued = issue_api_key(app=app, label=f"issued by {request.user}")
+    def _show_new_key(self, request: HttpRequest, app: App, reason: str) -> None:
+        issued = issue_api_key(app=app, label=f"issued by {request.user}", reason=reason)
+        self.record(request, issued.api_key, "issue", reason, f"issued for {app}")
         self._show_once(request, "API key", app, issued.raw_key)
 
 
@@ -547,7 +553,7 @@ class WebhookDeliveryAdmin(RecordAdmin):
 @admin.register(CarrierNotification)
 class CarrierNotificationAdmin(RecordAdmin):
     list_display = ["received_at", "carrier", "notification_id", "kind", "outcome", "raw_code", "result"]
-    list_filter = ["kind", "outcome", "carrier"]
+    list_filter = ["kind", "outcome", ("carrier", ConfiguredCarrierFilter)]
     search_fields = ["=notification_id", "=carrier_reference"]
     list_select_related = ["carrier"]
 

@@ -195,7 +195,8 @@ def test_query_carrier_status_from_the_payment_page(shop: Shop, staff_client: St
 
 
 def price_point_form(shop: Shop, **changes: str) -> dict[str, str]:
-    return {"carrier": str(shop.carrier.pk), "code": "gems-1200", "currency": "GBP", "is_active": "on", **changes}
+    base = {"carrier": str(shop.carrier.pk), "code": "gems-1200", "currency": "GBP", "is_active": "on"}
+    return {**base, "change_reason": "new bundle", **changes}
 
 
 def test_a_price_point_is_typed_in_major_units_and_stored_exactly(shop: Shop, staff_client: StaffClient) -> None:
