@@ -33,7 +33,7 @@ from carriers.services import check_carrier_connection
 from journal.audit_admin import AuditedAdmin
 from journal.services import record_staff_action
 from playpay.admin_base import ModelAdmin, MoneyField, TabularInline, money_column
-from playpay.money import UnknownCurrency, format_money, to_major, validate_currency
+from playpay.money import UnknownCurrency, to_major, validate_currency
 
 
 @admin.register(Country)
@@ -130,11 +130,7 @@ class PricePointForm(forms.ModelForm[PricePoint]):
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
         price, payout = cleaned.get("price"), cleaned.get("carrier_payout") or 0
-        if price is not None:
-            if payout > price:
-                currency = cleaned.get("currency") or self.instance.currency
-                shown = format_money(price, currency)
-                self.add_error("carrier_payout", f"The carrier's payout cannot be more than the price ({shown}).")
+        if price is not None:  # checked against each other by the model (PricePoint.clean)
             self.instance.amount_minor = price
             self.instance.carrier_payout_minor = payout
         return cleaned

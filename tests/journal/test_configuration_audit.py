@@ -79,9 +79,9 @@ def test_a_price_point_added_on_the_carrier_page_is_recorded_with_the_reason(sta
     form = carrier_form(carrier, change_reason="new bundle for the winter sale") | {
         "price_points-TOTAL_FORMS": "1",
         "price_points-0-code": "gems-1200",
-        "price_points-0-amount_minor": "999",
+        "price_points-0-price": "9.99",
         "price_points-0-currency": "GBP",
-        "price_points-0-carrier_payout_minor": "700",
+        "price_points-0-carrier_payout": "7.00",
         "price_points-0-is_active": "on",
     }
     assert staff_client("superuser").post(change_url(carrier), form).status_code == 302
@@ -103,17 +103,17 @@ def test_a_payout_above_the_price_is_a_plain_sentence_on_the_payout_field(staff_
         {
             "carrier": price_point.carrier_id,
             "code": price_point.code,
-            "amount_minor": "99",
+            "price": "0.99",
             "currency": "GBP",
             "tax_included": "on",
-            "carrier_payout_minor": "150",
+            "carrier_payout": "1.50",
             "is_active": "on",
             "change_reason": "new contract",
         },
     )
     assert response.status_code == 200
     form = response.context["adminform"].form
-    assert form.errors["carrier_payout_minor"] == [
+    assert form.errors["carrier_payout"] == [
         "The carrier's payout must be between zero and the price itself: a carrier never pays out more than it charges."
     ]
     assert not form.non_field_errors()
