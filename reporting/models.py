@@ -14,6 +14,7 @@ from reporting.storage import reporting_storage
 class ExportKind(models.TextChoices):
     TRANSACTIONS = "transactions"
     REFUNDS = "refunds"
+    REVERSALS = "reversals"
     LEDGER = "ledger", "ledger lines"
 
 

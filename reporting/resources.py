@@ -6,6 +6,7 @@ written, in Python (`python_value`, then `playpay.tables` for CSV or XLSX) and i
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC
 from decimal import Decimal, InvalidOperation
@@ -15,11 +16,27 @@ from typing import Any
 
 import pycountry
 from django.core.exceptions import ValidationError
-from django.db.models import Model
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Case,
+    DateTimeField,
+    Expression,
+    F,
+    Max,
+    Model,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce
 from import_export import resources, widgets
 from import_export.fields import Field
 
-from payments.models import LedgerLine, Payment, Refund
+from payments.models import LedgerEntry, LedgerLine, MoneyOperation, Payment, PaymentStatus, Refund, Reversal
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import sql_csv_text
@@ -54,6 +71,9 @@ class ExportColumns:
     created: str  # the ORM path of the row's time, which the period filters
     payment: str  # the ORM path to the payment ("" for payments themselves), which the other filters follow
     columns: tuple[Column, ...]
+    # Values computed per row (the ledger's figures, flags), added to the queryset under these names; the
+    # columns read them like fields, and both the Python rows and the COPY select them from the same query.
+    annotations: Callable[[], dict[str, Any]] = dict
 
     @property
     def headers(self) -> list[str]:
@@ -82,10 +102,155 @@ _AMOUNT = (
     Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
 )
 
+# --- The ledger's figures of a row ----------------------------------------------------------------------------
+#
+# Each figure is a signed sum of ledger lines by account (payments.services.ledger posts them): what a row's
+# entries did to each account, read the way finance reads it. For any set of lines they add up so that
+#     gross = tax + carrier_share + net,   net = app_payable + platform_revenue.
+# gross: what players paid and kept paid (what the carrier collects, less what the platform paid back itself);
+# platform_revenue: the platform's own part, after the carrier's share. A figure of a ledger line is that
+# line's part of it, so the lines of a payment add up to the payment's figures.
+ACCOUNT_KINDS = (
+    "carrier_receivable",
+    "carrier_share",
+    "tax_payable",
+    "app_payable",
+    "platform_revenue",
+    "platform_refunds_paid",
+)
+FIGURES: dict[str, dict[str, int]] = {
+    "gross": {"carrier_receivable": 1, "carrier_share": 1, "platform_refunds_paid": 1},
+    "tax": {"tax_payable": -1},
+    "carrier_share": {"carrier_share": 1},
+    "platform_revenue": {"platform_revenue": -1, "carrier_share": -1},
+    "app_payable": {"app_payable": -1},
+    "net": {"carrier_receivable": 1, "platform_refunds_paid": 1, "tax_payable": 1},
+}
+
+
+def account_kind(account: str) -> str:
+    """`carrier_share:acme-uk` -> `carrier_share`: the account without the carrier, country or app it is for."""
+    return account.partition(":")[0]
+
+
+def _is_kind(kind: str, prefix: str = "") -> Q:
+    """Lines on accounts of this kind (`platform_revenue`, or `carrier_share:<carrier>`)."""
+    return Q(**{f"{prefix}account": kind}) | Q(**{f"{prefix}account__startswith": f"{kind}:"})
+
+
+def _line_figure(name: str) -> Expression:
+    """The part of the figure `name` in one ledger line."""
+    return Case(
+        *(When(_is_kind(kind), then=F("amount_minor") * sign) for kind, sign in FIGURES[name].items()),
+        default=Value(0),
+        output_field=BigIntegerField(),
+    )
+
+
+def _summed(lines: Any, expression: Any) -> Expression:
+    """The sum of `expression` over `lines` (a correlated queryset of ledger lines), 0 when there are none."""
+    total = lines.order_by().values("payment_created_at").annotate(total=Sum(expression)).values("total")
+    return Cast(Coalesce(Subquery(total, output_field=BigIntegerField()), Value(0)), BigIntegerField())
+
+
+def _figures_of(lines: Any) -> dict[str, Any]:
+    """`<figure>_minor` of every figure, summed over the ledger lines `lines`."""
+    return {f"{name}_minor": _summed(lines, _line_figure(name)) for name in FIGURES}
+
+
+def _money(header: str, source: str, currency: str = "currency") -> tuple[Column, Column]:
+    """An amount in minor units for machines, beside it in major units of the row's currency for people."""
+    return Column(f"{header}_minor", source, Kind.INTEGER), Column(header, source, Kind.MONEY, currency=currency)
+
+
+def _figure_columns(currency: str = "currency") -> tuple[Column, ...]:
+    return tuple(column for name in FIGURES for column in _money(name, f"{name}_minor", currency))
+
+
+def _same_month(outer: str) -> dict[str, Any]:
+    """Ledger lines of the entries of the payment month at `outer`: PostgreSQL reads only that month's partitions."""
+    return {"payment_created_at": OuterRef(outer), "entry__payment_created_at": OuterRef(outer)}
+
+
+def _charged_at(payment: str, month: str) -> Subquery:
+    """When the payment at `payment` was charged: its charge entry's time (none if it never was)."""
+    entries = LedgerEntry.objects.filter(
+        payment_id=OuterRef(payment), payment_created_at=OuterRef(month), kind=LedgerEntry.Kind.CHARGE
+    )
+    return Subquery(entries.values("created_at")[:1], output_field=DateTimeField())
+
+
+COLLECTED = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
+
+
+def _payment_values() -> dict[str, Any]:
+    lines = LedgerLine.objects.filter(entry__payment_id=OuterRef("pk"), **_same_month("created_at"))
+    refunds = Refund.objects.filter(
+        payment_id=OuterRef("pk"), payment_created_at=OuterRef("created_at"), status=MoneyOperation.Status.SUCCEEDED
+    ).order_by()
+    refunded = refunds.values("payment_created_at").annotate(total=Sum("amount_minor")).values("total")
+    last_refund = refunds.values("payment_created_at").annotate(last=Max("completed_at")).values("last")
+    reversed_ = Case(
+        When(status=PaymentStatus.REVERSED, then=F("amount_minor")), default=Value(0), output_field=BigIntegerField()
+    )
+    reversal = Reversal.objects.filter(
+        payment_id=OuterRef("pk"), payment_created_at=OuterRef("created_at"), status=MoneyOperation.Status.SUCCEEDED
+    )
+    return {
+        **_figures_of(lines),
+        "counts_as_revenue": Case(
+            When(status__in=COLLECTED, then=Value(True)), default=Value(False), output_field=BooleanField()
+        ),
+        "charged_at": _charged_at("pk", "created_at"),
+        "reversed_minor": reversed_,
+        "paid_back_minor": Cast(
+            Coalesce(Subquery(refunded, output_field=BigIntegerField()), Value(0)) + reversed_, BigIntegerField()
+        ),
+        "refunded_at": Subquery(last_refund, output_field=DateTimeField()),
+        "reversed_at": Subquery(reversal.values("completed_at")[:1], output_field=DateTimeField()),
+    }
+
+
+def _operation_values(lines: Any) -> dict[str, Any]:
+    """A refund's or a reversal's: the figures of its ledger entry, and whether it moved money."""
+    return {
+        **_figures_of(lines),
+        "counts_as_revenue": Case(
+            When(status=MoneyOperation.Status.SUCCEEDED, then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        ),
+        "charged_at": _charged_at("payment_id", "payment_created_at"),
+    }
+
+
+def _refund_values() -> dict[str, Any]:
+    return _operation_values(
+        LedgerLine.objects.filter(entry__refund_id=OuterRef("pk"), **_same_month("payment_created_at"))
+    )
+
+
+def _reversal_values() -> dict[str, Any]:
+    lines = LedgerLine.objects.filter(
+        entry__payment_id=OuterRef("payment_id"),
+        entry__kind=LedgerEntry.Kind.REVERSAL,
+        **_same_month("payment_created_at"),
+    )
+    return _operation_values(lines)
+
+
+def _ledger_line_values() -> dict[str, Any]:
+    return {
+        **{f"{name}_minor": _line_figure(name) for name in FIGURES},
+        "counts_as_revenue": Value(True, output_field=BooleanField()),  # a posted line is money that moved
+    }
+
+
 TRANSACTIONS = ExportColumns(
     model=Payment,
     created="created_at",
     payment="",
+    annotations=_payment_values,
     columns=(
         Column("payment_id", "public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
@@ -94,38 +259,82 @@ TRANSACTIONS = ExportColumns(
         Column("price_point", "price_point__code"),
         *_AMOUNT,
         Column("status", "status"),
+        Column("failure_code", "failure_code"),
         Column("carrier_reference", "carrier_reference"),
-        Column("refunded_minor", "refunded_minor", Kind.INTEGER),
+        Column("counts_as_revenue", "counts_as_revenue", Kind.BOOLEAN),
+        *_money("refunded", "paid_back_minor"),
+        *_money("reversed", "reversed_minor"),
+        *_figure_columns(),
+        Column("charged_at_utc", "charged_at", Kind.TIME),
+        Column("refunded_at_utc", "refunded_at", Kind.TIME),
+        Column("reversed_at_utc", "reversed_at", Kind.TIME),
     ),
 )
-REFUNDS = ExportColumns(
-    model=Refund,
-    created="created_at",
-    payment="payment__",
-    columns=(
-        Column("refund_id", "public_id"),
+
+
+def _operation_columns(
+    *, operation: str, id_column: tuple[Column, ...], amount: tuple[Column, ...], currency: str = "currency"
+) -> tuple[Column, ...]:
+    """The columns refunds and reversals share: the payment, the money, the outcome, the ledger's figures."""
+    return (
+        *id_column,
         Column("payment_id", "payment__public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
         Column("completed_at_utc", "completed_at", Kind.TIME),
         *_where("payment__"),
-        *_AMOUNT,
+        *amount,
         Column("status", "status"),
+        Column("failure_code", "failure_code"),
+        Column("counts_as_revenue", "counts_as_revenue", Kind.BOOLEAN),
         Column("via_carrier", "via_carrier", Kind.BOOLEAN),
-        Column("carrier_reference", "carrier_reference"),
+        *_figure_columns(currency),
+        Column("charged_at_utc", "charged_at", Kind.TIME),
+        Column(f"{operation}_at_utc", "completed_at", Kind.TIME),
         Column("reason", "reason"),
         Column("requested_by", "requested_by"),
+    )
+
+
+REFUNDS = ExportColumns(
+    model=Refund,
+    created="created_at",
+    payment="payment__",
+    annotations=_refund_values,
+    columns=_operation_columns(
+        operation="refunded",
+        id_column=(Column("refund_id", "public_id"),),
+        amount=(*_AMOUNT, Column("carrier_reference", "carrier_reference")),
+    ),
+)
+REVERSALS = ExportColumns(
+    model=Reversal,
+    created="created_at",
+    payment="payment__",
+    annotations=_reversal_values,
+    columns=_operation_columns(
+        operation="reversed",
+        id_column=(Column("reversal_id", "id", Kind.INTEGER),),
+        amount=(
+            Column("amount_minor", "payment__amount_minor", Kind.INTEGER),
+            Column("currency", "payment__currency"),
+            Column("amount", "payment__amount_minor", Kind.MONEY, currency="payment__currency"),
+        ),
+        currency="payment__currency",
     ),
 )
 LEDGER = ExportColumns(
     model=LedgerLine,
     created="entry__created_at",
     payment="entry__payment__",
+    annotations=_ledger_line_values,
     columns=(
         Column("entry_id", "entry_id", Kind.INTEGER),
         Column("entry_kind", "entry__kind"),
         Column("payment_id", "entry__payment__public_id"),
         Column("account", "account"),
         *_AMOUNT,
+        Column("counts_as_revenue", "counts_as_revenue", Kind.BOOLEAN),
+        *_figure_columns(),
         Column("created_at_utc", "entry__created_at", Kind.TIME),
     ),
 )

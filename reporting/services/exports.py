@@ -1,4 +1,4 @@
-"""Finance exports: transactions, refunds and ledger lines, filtered, streamed as CSV or XLSX.
+"""Finance exports: transactions, refunds, reversals and ledger lines, filtered, streamed as CSV or XLSX.
 
 What each export contains is declared once (`reporting.resources`). On PostgreSQL the server writes the
 rows (`COPY (SELECT ...) TO STDOUT`): CSV lines passed through as they come, or the sheet rows of an XLSX
@@ -55,6 +55,7 @@ CHUNK_ROWS = 5000
 _COLUMNS: dict[str, ExportColumns] = {
     ExportKind.TRANSACTIONS: resources.TRANSACTIONS,
     ExportKind.REFUNDS: resources.REFUNDS,
+    ExportKind.REVERSALS: resources.REVERSALS,
     ExportKind.LEDGER: resources.LEDGER,
 }
 
@@ -119,6 +120,12 @@ def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
     return spec.model._default_manager.filter(**lookups).order_by()
 
 
+def export_values(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
+    """`export_queryset` with the values computed per row (the ledger's figures...) that the columns read."""
+    annotations: dict[str, Any] = _COLUMNS[ExportKind(kind)].annotations()
+    return export_queryset(kind=kind, filters=filters).annotate(**annotations)
+
+
 def count_export_rows(*, kind: str, filters: ExportFilters) -> int:
     return export_queryset(kind=kind, filters=filters).count()
 
@@ -144,7 +151,7 @@ def export_rows(*, kind: str, filters: ExportFilters) -> Iterator[list[Any]]:
     sources = spec.sources
     at = {path: index for index, path in enumerate(sources)}
     plan = [(column, at[column.source], at[column.currency] if column.currency else None) for column in spec.columns]
-    queryset = export_queryset(kind=kind, filters=filters).order_by("pk").values_list(*sources)
+    queryset = export_values(kind=kind, filters=filters).order_by("pk").values_list(*sources)
     for values in queryset.iterator(chunk_size=CHUNK_ROWS):
         yield [
             python_value(column, values[index], values[currency] if currency is not None else None)
@@ -161,7 +168,7 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
     """
     spec = _COLUMNS[ExportKind(kind)]
     alias = {path: f"c{index}" for index, path in enumerate(spec.sources)}
-    inner = export_queryset(kind=kind, filters=filters).values(
+    inner = export_values(kind=kind, filters=filters).values(
         row_key=F("pk"), **{name: F(path) for path, name in alias.items()}
     )
     sql, params = inner.query.sql_with_params()
