@@ -123,7 +123,8 @@ def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
 def export_values(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
     """`export_queryset` with the values computed per row (the ledger's figures...) that the columns read."""
     annotations: dict[str, Any] = _COLUMNS[ExportKind(kind)].annotations()
-    return export_queryset(kind=kind, filters=filters).annotate(**annotations)
+    queryset: QuerySet[Any] = export_queryset(kind=kind, filters=filters).annotate(**annotations)
+    return queryset
 
 
 def count_export_rows(*, kind: str, filters: ExportFilters) -> int:
