@@ -20,7 +20,7 @@ from playpay.admin_base import ReadOnlyInline, RecordAdmin
 from playpay.downloads import csv_attachment, file_attachment
 from playpay.tables import TableFormat, temporary_file
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
-from reporting.forms import ExportForm, SettlementUploadForm
+from reporting.forms import ExportForm, SettlementReportForm, SettlementUploadForm
 from reporting.models import (
     AlertEvent,
     AlertRule,
@@ -44,8 +44,15 @@ from reporting.services.reconciliation import (
     report_file_name,
     write_report,
 )
+from reporting.services.settlement_report import (
+    carrier_settlement,
+    settlement_report_file_name,
+    write_settlement_report,
+)
 from reporting.views import parse_dataset_query
 
+# The settlement report is a read of the ledger: whoever may read ledger lines (finance) may see it.
+SETTLEMENT_REPORT_PERMISSION = "payments.view_ledgerline"
 # The reconciliation page lists at most this many lines; the export has them all.
 PAGE_LINES = 1000
 
@@ -225,7 +232,9 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
 
     def get_urls(self) -> list[Any]:
         export = self.admin_site.admin_view(self.export_view)
+        report = self.admin_site.admin_view(self.settlement_report_view)
         return [
+            path("settlement-report/", report, name="reporting_settlement_report"),
             path(
                 "<int:pk>/reconciliation.<str:file_format>",
                 export,
@@ -302,6 +311,38 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
         category = request.GET.get("category") or None
         content = temporary_file(lambda out: write_report(report, file_format=file_format, out=out, category=category))
         return file_attachment(content, name=report_file_name(report, file_format), file_format=file_format)
+
+    def settlement_report_view(self, request: HttpRequest) -> HttpResponseBase:
+        """What each carrier collected for a period's payments, from the ledger; `?download=1` gets the file."""
+        if not request.user.has_perm(SETTLEMENT_REPORT_PERMISSION):
+            raise PermissionDenied
+        form = SettlementReportForm(request.GET or None)
+        report = None
+        if form.is_valid():
+            data = form.cleaned_data
+            carrier = data["carrier"].slug if data["carrier"] else ""
+            report = carrier_settlement(date_from=data["date_from"], date_to=data["date_to"], carrier=carrier)
+            if request.GET.get("download"):
+                file_format = data["file_format"] or TableFormat.XLSX
+                content = temporary_file(
+                    lambda out: write_settlement_report(report or [], file_format=file_format, out=out)
+                )
+                name = settlement_report_file_name(
+                    date_from=data["date_from"], date_to=data["date_to"], carrier=carrier, file_format=file_format
+                )
+                return file_attachment(content, name=name, file_format=file_format)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Settlement report per carrier",
+            "opts": self.model._meta,
+            "form": form,
+            "report": report,
+        }
+        return TemplateResponse(request, "admin/reporting/settlementfile/settlement_report.html", context)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        can_report = request.user.has_perm(SETTLEMENT_REPORT_PERMISSION)
+        return super().changelist_view(request, {**(extra_context or {}), "can_see_settlement_report": can_report})
 
     def _file(self, request: HttpRequest, object_id: str) -> SettlementFile:
         settlement_file = self.get_object(request, object_id)
