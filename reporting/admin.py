@@ -28,6 +28,7 @@ from reporting.models import (
     Dataset,
     DatasetField,
     ExportJob,
+    ReconciliationNote,
     SettlementFile,
     SourceKind,
     TimeBucket,
@@ -38,8 +39,10 @@ from reporting.services.datasets import DatasetQueryError
 from reporting.services.exports import ExportFilters
 from reporting.services.reconciliation import (
     Category,
+    NoteRefused,
     SettlementFileRejected,
     import_settlement_file,
+    note_reconciliation_line,
     reconcile_settlement_file,
     report_file_name,
     write_report,
@@ -53,6 +56,7 @@ from reporting.views import parse_dataset_query
 
 # The settlement report is a read of the ledger: whoever may read ledger lines (finance) may see it.
 SETTLEMENT_REPORT_PERMISSION = "payments.view_ledgerline"
+RESOLVE_PERMISSION = "reporting.resolve_settlementfile"
 # The reconciliation page lists at most this many lines; the export has them all.
 PAGE_LINES = 1000
 
@@ -233,8 +237,10 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
     def get_urls(self) -> list[Any]:
         export = self.admin_site.admin_view(self.export_view)
         report = self.admin_site.admin_view(self.settlement_report_view)
+        note = self.admin_site.admin_view(self.note_view)
         return [
             path("settlement-report/", report, name="reporting_settlement_report"),
+            path("<int:pk>/notes/", note, name="reporting_settlementfile_note"),
             path(
                 "<int:pk>/reconciliation.<str:file_format>",
                 export,
@@ -301,6 +307,9 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
             "total": len(rows),
             "all_count": len(report.rows),
             "can_delete": self.has_delete_permission(request, settlement_file),
+            "can_resolve": request.user.has_perm(RESOLVE_PERMISSION),
+            "open_differences": report.open_differences,
+            "note_actions": ReconciliationNote.Action.choices,
         }
         return TemplateResponse(request, "admin/reporting/settlementfile/reconciliation.html", context)
 
@@ -311,6 +320,31 @@ class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
         category = request.GET.get("category") or None
         content = temporary_file(lambda out: write_report(report, file_format=file_format, out=out, category=category))
         return file_attachment(content, name=report_file_name(report, file_format), file_format=file_format)
+
+    def note_view(self, request: HttpRequest, pk: int) -> HttpResponseBase:
+        """Finance's note on a line of the reconciliation: a note, a resolution or a reopening, with why."""
+        settlement_file = self._file(request, str(pk))
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:reporting_settlementfile_change", args=[pk]))
+        if not request.user.has_perm(RESOLVE_PERMISSION):
+            raise PermissionDenied
+        reference, payment_id = request.POST.get("carrier_reference", ""), request.POST.get("payment_id", "")
+        try:
+            note = note_reconciliation_line(
+                settlement_file=settlement_file,
+                carrier_reference=reference,
+                payment_id=payment_id,
+                action=request.POST.get("action", ""),
+                text=request.POST.get("text", ""),
+                author=_staff(request),
+            )
+        except NoteRefused as refused:
+            self.message_user(request, f"{reference or payment_id}: {refused}", level=messages.ERROR)
+        else:
+            self.message_user(
+                request, f"{reference or payment_id}: {note.get_action_display()}.", level=messages.SUCCESS
+            )
+        return HttpResponseRedirect(reverse("admin:reporting_settlementfile_change", args=[pk]))
 
     def settlement_report_view(self, request: HttpRequest) -> HttpResponseBase:
         """What each carrier collected for a period's payments, from the ledger; `?download=1` gets the file."""
