@@ -49,7 +49,6 @@
       canvas.parentNode.insertBefore(note, canvas);
     }
     note.hidden = !empty;
-    canvas.hidden = empty;
     canvas.dataset.empty = empty ? "true" : "false";
   }
 
