@@ -8,7 +8,7 @@ written, in Python (`python_value`, then `playpay.tables` for CSV or XLSX) and i
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import cache
@@ -71,9 +71,13 @@ class ExportColumns:
     created: str  # the ORM path of the row's time, which the period filters
     payment: str  # the ORM path to the payment ("" for payments themselves), which the other filters follow
     columns: tuple[Column, ...]
-    # Values computed per row (the ledger's figures, flags), added to the queryset under these names; the
-    # columns read them like fields, and both the Python rows and the COPY select them from the same query.
+    # Values computed per row (flags, a time), added to the queryset under these names; the columns read them
+    # like fields, and both the Python rows and the COPY select them from the same query.
     annotations: Callable[[], dict[str, Any]] = dict
+    # Values summed over the row's ledger lines (the figures...), read like fields as well.
+    ledger: "LedgerValues | None" = None
+    # Whether the period filters the payment month itself (payments), so the ledger is read for that period.
+    period_is_payment_month: bool = False
 
     @property
     def headers(self) -> list[str]:
@@ -147,15 +151,62 @@ def _line_figure(name: str) -> Expression:
     )
 
 
-def _summed(lines: Any, expression: Any) -> Expression:
-    """The sum of `expression` over `lines` (a correlated queryset of ledger lines), 0 when there are none."""
-    total = lines.order_by().values("payment_created_at").annotate(total=Sum(expression)).values("total")
-    return Cast(Coalesce(Subquery(total, output_field=BigIntegerField()), Value(0)), BigIntegerField())
+@dataclass(frozen=True)
+class LedgerValues:
+    """Values of a row summed (or latest) over the ledger lines it names: the lines whose `line_key` is the
+    row's `row_key`, of the row's payment month (`row_month`), that `lines` selects.
+
+    Both export paths read the same aggregates of the same lines. Rows formatted in Python get them as
+    correlated subqueries (`subqueries`, a few rows at a time: SQLite, small exports); the COPY joins the
+    lines grouped by key once (`grouped`), which reads each ledger line once instead of probing per row.
+    """
+
+    line_key: str  # the ORM path on LedgerLine to the row: "entry__payment_id", "entry__refund_id"
+    row_key: str  # the ORM path on the row it equals: "pk", "payment_id"
+    row_month: str  # the ORM path of the row's payment month: "created_at", "payment_created_at"
+    aggregates: Callable[[], dict[str, Any]]  # name -> an aggregate over ledger lines (a Sum counts 0 when none)
+    kinds: tuple[str, ...] = ()  # only lines of entries of these kinds; () for all
+
+    def _lines(self) -> Q:
+        return Q(entry__kind__in=self.kinds) if self.kinds else Q()
+
+    def names(self) -> list[str]:
+        return list(self.aggregates())
+
+    def is_sum(self, name: str) -> bool:
+        return isinstance(self.aggregates()[name], Sum)
+
+    def subqueries(self) -> dict[str, Any]:
+        """Each value as a correlated subquery over the row's lines; PostgreSQL reads the row's month only."""
+        month = OuterRef(self.row_month)
+        lines = LedgerLine.objects.filter(
+            self._lines(),
+            payment_created_at=month,
+            entry__payment_created_at=month,
+            **{self.line_key: OuterRef(self.row_key)},
+        ).order_by()
+        values: dict[str, Any] = {}
+        for name, aggregate in self.aggregates().items():
+            one = lines.values("payment_created_at").annotate(value=aggregate).values("value")
+            if self.is_sum(name):
+                values[name] = Cast(Coalesce(Subquery(one), Value(0)), BigIntegerField())
+            else:
+                values[name] = Subquery(one)
+        return values
+
+    def grouped(self, *, months_from: datetime | None, months_to: datetime | None) -> Any:
+        """The values of every key at once (columns `k`, `m` and the names): the lines grouped by key and month,
+        of payment months from `months_from` to before `months_to` when given (only those partitions are read)."""
+        lines = LedgerLine.objects.filter(self._lines())
+        if months_from is not None:
+            lines = lines.filter(payment_created_at__gte=months_from, entry__payment_created_at__gte=months_from)
+        if months_to is not None:
+            lines = lines.filter(payment_created_at__lt=months_to, entry__payment_created_at__lt=months_to)
+        return lines.order_by().values(k=F(self.line_key), m=F("payment_created_at")).annotate(**self.aggregates())
 
 
-def _figures_of(lines: Any) -> dict[str, Any]:
-    """`<figure>_minor` of every figure, summed over the ledger lines `lines`."""
-    return {f"{name}_minor": _summed(lines, _line_figure(name)) for name in FIGURES}
+def _figure_sums() -> dict[str, Any]:
+    return {f"{name}_minor": Sum(_line_figure(name)) for name in FIGURES}
 
 
 def _money(header: str, source: str, currency: str = "currency") -> tuple[Column, Column]:
@@ -167,76 +218,67 @@ def _figure_columns(currency: str = "currency") -> tuple[Column, ...]:
     return tuple(column for name in FIGURES for column in _money(name, f"{name}_minor", currency))
 
 
-def _same_month(outer: str) -> dict[str, Any]:
-    """Ledger lines of the entries of the payment month at `outer`: PostgreSQL reads only that month's partitions."""
-    return {"payment_created_at": OuterRef(outer), "entry__payment_created_at": OuterRef(outer)}
+def _posted_at(kind: str) -> Max:
+    """When the row's last entry of this kind was posted (none if there is none)."""
+    return Max("entry__created_at", filter=Q(entry__kind=kind))
 
 
-def _charged_at(payment: str, month: str) -> Subquery:
-    """When the payment at `payment` was charged: its charge entry's time (none if it never was)."""
-    entries = LedgerEntry.objects.filter(
-        payment_id=OuterRef(payment), payment_created_at=OuterRef(month), kind=LedgerEntry.Kind.CHARGE
-    )
-    return Subquery(entries.values("created_at")[:1], output_field=DateTimeField())
+def _payment_ledger() -> dict[str, Any]:
+    return {
+        **_figure_sums(),
+        # Everything paid back, by the carrier or the platform: what refunds and a reversal took off the gross.
+        "paid_back_minor": Sum(-_line_figure("gross"), filter=~Q(entry__kind=LedgerEntry.Kind.CHARGE)),
+        "charged_at": _posted_at(LedgerEntry.Kind.CHARGE),
+        "refunded_at": _posted_at(LedgerEntry.Kind.REFUND),
+        "reversed_at": _posted_at(LedgerEntry.Kind.REVERSAL),
+    }
 
+
+PAYMENT_LEDGER = LedgerValues(
+    line_key="entry__payment_id", row_key="pk", row_month="created_at", aggregates=_payment_ledger
+)
+REFUND_LEDGER = LedgerValues(
+    line_key="entry__refund_id", row_key="pk", row_month="payment_created_at", aggregates=_figure_sums
+)
+REVERSAL_LEDGER = LedgerValues(
+    line_key="entry__payment_id",
+    row_key="payment_id",
+    row_month="payment_created_at",
+    aggregates=_figure_sums,
+    kinds=(LedgerEntry.Kind.REVERSAL,),
+)
 
 COLLECTED = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
 
 
 def _payment_values() -> dict[str, Any]:
-    lines = LedgerLine.objects.filter(entry__payment_id=OuterRef("pk"), **_same_month("created_at"))
-    refunds = Refund.objects.filter(
-        payment_id=OuterRef("pk"), payment_created_at=OuterRef("created_at"), status=MoneyOperation.Status.SUCCEEDED
-    ).order_by()
-    refunded = refunds.values("payment_created_at").annotate(total=Sum("amount_minor")).values("total")
-    last_refund = refunds.values("payment_created_at").annotate(last=Max("completed_at")).values("last")
-    reversed_ = Case(
-        When(status=PaymentStatus.REVERSED, then=F("amount_minor")), default=Value(0), output_field=BigIntegerField()
-    )
-    reversal = Reversal.objects.filter(
-        payment_id=OuterRef("pk"), payment_created_at=OuterRef("created_at"), status=MoneyOperation.Status.SUCCEEDED
-    )
     return {
-        **_figures_of(lines),
         "counts_as_revenue": Case(
             When(status__in=COLLECTED, then=Value(True)), default=Value(False), output_field=BooleanField()
         ),
-        "charged_at": _charged_at("pk", "created_at"),
-        "reversed_minor": reversed_,
-        "paid_back_minor": Cast(
-            Coalesce(Subquery(refunded, output_field=BigIntegerField()), Value(0)) + reversed_, BigIntegerField()
+        "reversed_minor": Case(
+            When(status=PaymentStatus.REVERSED, then=F("amount_minor")),
+            default=Value(0),
+            output_field=BigIntegerField(),
         ),
-        "refunded_at": Subquery(last_refund, output_field=DateTimeField()),
-        "reversed_at": Subquery(reversal.values("completed_at")[:1], output_field=DateTimeField()),
     }
 
 
-def _operation_values(lines: Any) -> dict[str, Any]:
-    """A refund's or a reversal's: the figures of its ledger entry, and whether it moved money."""
+def _operation_values() -> dict[str, Any]:
+    """A refund's or a reversal's: whether it moved money, and when its payment was charged."""
+    charge = LedgerEntry.objects.filter(
+        payment_id=OuterRef("payment_id"),
+        payment_created_at=OuterRef("payment_created_at"),
+        kind=LedgerEntry.Kind.CHARGE,
+    )
     return {
-        **_figures_of(lines),
         "counts_as_revenue": Case(
             When(status=MoneyOperation.Status.SUCCEEDED, then=Value(True)),
             default=Value(False),
             output_field=BooleanField(),
         ),
-        "charged_at": _charged_at("payment_id", "payment_created_at"),
+        "charged_at": Subquery(charge.values("created_at")[:1], output_field=DateTimeField()),
     }
-
-
-def _refund_values() -> dict[str, Any]:
-    return _operation_values(
-        LedgerLine.objects.filter(entry__refund_id=OuterRef("pk"), **_same_month("payment_created_at"))
-    )
-
-
-def _reversal_values() -> dict[str, Any]:
-    lines = LedgerLine.objects.filter(
-        entry__payment_id=OuterRef("payment_id"),
-        entry__kind=LedgerEntry.Kind.REVERSAL,
-        **_same_month("payment_created_at"),
-    )
-    return _operation_values(lines)
 
 
 def _ledger_line_values() -> dict[str, Any]:
@@ -251,6 +293,8 @@ TRANSACTIONS = ExportColumns(
     created="created_at",
     payment="",
     annotations=_payment_values,
+    ledger=PAYMENT_LEDGER,
+    period_is_payment_month=True,
     columns=(
         Column("payment_id", "public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
@@ -299,7 +343,8 @@ REFUNDS = ExportColumns(
     model=Refund,
     created="created_at",
     payment="payment__",
-    annotations=_refund_values,
+    annotations=_operation_values,
+    ledger=REFUND_LEDGER,
     columns=_operation_columns(
         operation="refunded",
         id_column=(Column("refund_id", "public_id"),),
@@ -310,7 +355,8 @@ REVERSALS = ExportColumns(
     model=Reversal,
     created="created_at",
     payment="payment__",
-    annotations=_reversal_values,
+    annotations=_operation_values,
+    ledger=REVERSAL_LEDGER,
     columns=_operation_columns(
         operation="reversed",
         id_column=(Column("reversal_id", "id", Kind.INTEGER),),

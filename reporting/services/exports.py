@@ -99,14 +99,22 @@ def uses_copy() -> bool:
     return connection.vendor == "postgresql"
 
 
+def _period(filters: ExportFilters) -> tuple[datetime | None, datetime | None]:
+    """The period's first moment and the moment after it (UTC days, both ends included), None when open."""
+    start = start_of_utc_day(filters.date_from) if filters.date_from else None
+    end = start_of_utc_day(filters.date_to + timedelta(days=1)) if filters.date_to else None
+    return start, end
+
+
 def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
     """The rows of an export (model instances, filtered, unordered)."""
     spec = _COLUMNS[ExportKind(kind)]
     lookups: dict[str, Any] = {}
-    if filters.date_from:
-        lookups[f"{spec.created}__gte"] = start_of_utc_day(filters.date_from)
-    if filters.date_to:
-        lookups[f"{spec.created}__lt"] = start_of_utc_day(filters.date_to + timedelta(days=1))
+    start, end = _period(filters)
+    if start:
+        lookups[f"{spec.created}__gte"] = start
+    if end:
+        lookups[f"{spec.created}__lt"] = end
     if filters.carrier:
         lookups[f"{spec.payment}carrier__slug"] = filters.carrier
     if filters.country:
@@ -122,7 +130,10 @@ def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
 
 def export_values(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
     """`export_queryset` with the values computed per row (the ledger's figures...) that the columns read."""
-    annotations: dict[str, Any] = _COLUMNS[ExportKind(kind)].annotations()
+    spec = _COLUMNS[ExportKind(kind)]
+    annotations: dict[str, Any] = spec.annotations()
+    if spec.ledger is not None:
+        annotations.update(spec.ledger.subqueries())
     queryset: QuerySet[Any] = export_queryset(kind=kind, filters=filters).annotate(**annotations)
     return queryset
 
@@ -168,14 +179,29 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
     one only formats its columns and orders by the row id.
     """
     spec = _COLUMNS[ExportKind(kind)]
-    alias = {path: f"c{index}" for index, path in enumerate(spec.sources)}
-    inner = export_values(kind=kind, filters=filters).values(
-        row_key=F("pk"), **{name: F(path) for path, name in alias.items()}
+    ledger = spec.ledger
+    from_ledger = set(ledger.names()) if ledger else set()
+    alias = {path: f"c{index}" for index, path in enumerate(spec.sources) if path not in from_ledger}
+    keys = {"lk": F(ledger.row_key), "lm": F(ledger.row_month)} if ledger else {}
+    inner = (
+        export_queryset(kind=kind, filters=filters)
+        .annotate(**spec.annotations())
+        .values(row_key=F("pk"), **keys, **{name: F(path) for path, name in alias.items()})
     )
     sql, params = inner.query.sql_with_params()
+    # The ledger's values: the row's lines grouped by key, joined once (not a subquery per row).
+    joined, joined_params = "", ()
+    expressions = {path: f"x.{name}" for path, name in alias.items()}
+    if ledger is not None:
+        start, end = _period(filters)
+        grouped = ledger.grouped(months_from=start if spec.period_is_payment_month else None, months_to=end)
+        grouped_sql, joined_params = grouped.query.sql_with_params()
+        joined = f" LEFT JOIN ({grouped_sql}) AS l ON l.k = x.lk AND l.m = x.lm"
+        for name in from_ledger:
+            expressions[name] = f"coalesce(l.{name}, 0)" if ledger.is_sum(name) else f"l.{name}"
 
     def sources(column: Column) -> tuple[str, str]:
-        return f"x.{alias[column.source]}", f"x.{alias[column.currency]}" if column.currency else ""
+        return expressions[column.source], expressions[column.currency] if column.currency else ""
 
     if TableFormat(file_format) == TableFormat.XLSX:
         cells = " || ".join(sql_xlsx_cell(column, *sources(column)) for column in spec.columns)
@@ -186,8 +212,8 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
         select = ", ".join(sql_value(column, *sources(column)) for column in spec.columns)
         options = "FORMAT csv"
     # Only our own column expressions and Django's compiled query; every value is a parameter.
-    statement = f"COPY (SELECT {select} FROM ({sql}) AS x ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
-    return statement, tuple(params)
+    statement = f"COPY (SELECT {select} FROM ({sql}) AS x{joined} ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
+    return statement, (*params, *joined_params)
 
 
 def copy_rows(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> Iterator[bytes]:
