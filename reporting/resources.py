@@ -401,7 +401,7 @@ def python_value(column: Column, value: Any, currency: Any = None) -> Any:
     return value
 
 
-def _exponents_sql(currency: str) -> str:
+def sql_exponent(currency: str) -> str:
     """The exponent of the currency in `currency`, from the same table `to_major` reads."""
     cases = " ".join(f"WHEN '{code}' THEN {exponent}" for code, exponent in sorted(_odd_exponents().items()))
     return f"(CASE {currency} {cases} ELSE {DEFAULT_EXPONENT} END)" if cases else str(DEFAULT_EXPONENT)
@@ -430,11 +430,11 @@ def _xml_text(value: str) -> str:
     return f"regexp_replace({lines}, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f]', E'\\uFFFD', 'g')"
 
 
-def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
+def sql_xlsx_cell(column: Column, value: str, currency: str = "", *, exponent: str = "") -> str:
     """The `<c>` element of a sheet row (SpreadsheetML) for `python_value(...)`, as a PostgreSQL expression.
     Texts are inline strings (never formulas); times are serial dates in style 1 (`playpay.tables`)."""
     if column.kind == Kind.MONEY:
-        number = sql_value(column, value, currency)
+        number = sql_value(column, value, currency, exponent=exponent)
     elif column.kind == Kind.INTEGER:
         number = f"{value}::text"
     elif column.kind == Kind.TIME:
@@ -452,10 +452,11 @@ def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
     return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c><v>' || {number} || '</v></c>' END"
 
 
-def sql_value(column: Column, value: str, currency: str = "") -> str:
-    """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources."""
+def sql_value(column: Column, value: str, currency: str = "", *, exponent: str = "") -> str:
+    """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources.
+    `exponent`: the currency's exponent (`sql_exponent(currency)`) when the query has it already."""
     if column.kind == Kind.MONEY:
-        exponent = _exponents_sql(currency)
+        exponent = exponent or sql_exponent(currency)
         return f"round({value}::numeric / power(10::numeric, {exponent}), {exponent})::text"
     if column.kind == Kind.TIME:
         return f"to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"

@@ -38,7 +38,7 @@ from playpay.tables import TableFormat, csv_lines, temporary_file, write_table, 
 from playpay.times import start_of_utc_day
 from reporting import resources
 from reporting.models import ExportJob, ExportKind, export_file_path
-from reporting.resources import Column, ExportColumns, python_value, sql_value, sql_xlsx_cell
+from reporting.resources import Column, ExportColumns, python_value, sql_exponent, sql_value, sql_xlsx_cell
 from reporting.services.rollups import reporting_statement
 from tenants.models import App
 
@@ -200,19 +200,32 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
         for name in from_ledger:
             expressions[name] = f"coalesce(l.{name}, 0)" if ledger.is_sum(name) else f"l.{name}"
 
+    # Each currency's exponent once per row, for however many amounts are in it.
+    currencies = list(dict.fromkeys(column.currency for column in spec.columns if column.currency))
+    exponents = {path: f"x.e{index}" for index, path in enumerate(currencies)}
+    with_exponents = ", ".join(
+        f"{sql_exponent(expressions[path])} AS e{index}" for index, path in enumerate(currencies)
+    )
+
     def sources(column: Column) -> tuple[str, str]:
         return expressions[column.source], expressions[column.currency] if column.currency else ""
 
+    def exponent(column: Column) -> str:
+        return exponents[column.currency] if column.currency else ""
+
     if TableFormat(file_format) == TableFormat.XLSX:
-        cells = " || ".join(sql_xlsx_cell(column, *sources(column)) for column in spec.columns)
+        cells = " || ".join(
+            sql_xlsx_cell(column, *sources(column), exponent=exponent(column)) for column in spec.columns
+        )
         select = f"'<row>' || {cells} || '</row>'"
         # The row has no line breaks, and no \x01 or \x02 (not allowed in XML): nothing for CSV to quote.
         options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
     else:
-        select = ", ".join(sql_value(column, *sources(column)) for column in spec.columns)
+        select = ", ".join(sql_value(column, *sources(column), exponent=exponent(column)) for column in spec.columns)
         options = "FORMAT csv"
     # Only our own column expressions and Django's compiled query; every value is a parameter.
-    statement = f"COPY (SELECT {select} FROM ({sql}) AS x{joined} ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
+    rows = f"SELECT x.*, {with_exponents} FROM ({sql}) AS x" if currencies else sql  # noqa: S608
+    statement = f"COPY (SELECT {select} FROM ({rows}) AS x{joined} ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
     return statement, (*params, *joined_params)
 
 
