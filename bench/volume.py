@@ -483,6 +483,40 @@ def measure_funnel_services(rows: list[Row], now: datetime) -> None:
     )
 
 
+def measure_reads_by_id(rows: list[Row], reads: int = 300) -> None:
+    """A payment read and locked by its row id, as the carrier flow's tasks do: by the id alone (every
+    month's partition planned and probed), through the months the id can be in (IdMonths, what the flow
+    does), and naming its month (the floor). Alternated three times; the best round of each."""
+    from django.db import transaction
+
+    from payments.models import Payment
+    from payments.partitions import PAYMENT_MONTHS
+
+    sample = list(Payment.objects.order_by("?").values_list("pk", "created_at")[:reads])
+    ways: dict[str, Callable[[int, datetime], Payment]] = {
+        "id alone": lambda pk, at: Payment.objects.select_for_update().get(pk=pk),
+        "id's months": lambda pk, at: PAYMENT_MONTHS.get(Payment.objects.select_for_update(), pk),
+        "id and month": lambda pk, at: Payment.objects.select_for_update().get(pk=pk, created_at=at),
+    }
+    best = dict.fromkeys(ways, float("inf"))
+    for _ in range(3):
+        for way, read in ways.items():
+            with transaction.atomic():
+                started = time.perf_counter()
+                for pk, at in sample:
+                    read(pk, at)
+                best[way] = min(best[way], (time.perf_counter() - started) / len(sample) * 1000)
+    months = len(PAYMENT_MONTHS.table.months())
+    rows.append(
+        Row(
+            f"payment read + lock by row id ({months} monthly partitions; {len(sample)} reads, best of 3)",
+            " / ".join(f"{way} {value:.2f} ms" for way, value in best.items()),
+            "id's months ~ id and month",
+            check(best["id's months"] <= 1.5 * best["id and month"]),
+        )
+    )
+
+
 def newest_events_since(database_url: str, wanted: int) -> tuple[datetime, int]:
     """The start of the newest whole days holding at least `wanted` events, and how many they hold."""
     with psycopg.connect(database_url) as conn:
@@ -617,14 +651,35 @@ def measure_export(browser: Browser, rows: list[Row], now: datetime, scheduler_p
 
 
 def measure_create(port: int, api_key: str, seconds: float, connections: int) -> float:
-    prefix = f"V-{secrets.token_hex(4)}-"
-    asyncio.run(closed_loop(port=port, api_key=api_key, key_prefix=prefix + "w", connections=connections, duration_s=5))
+    """p50 of payment creation over `seconds` of closed loop, in ms."""
     result = asyncio.run(
-        closed_loop(port=port, api_key=api_key, key_prefix=prefix, connections=connections, duration_s=seconds)
+        closed_loop(
+            port=port,
+            api_key=api_key,
+            key_prefix=f"V-{secrets.token_hex(4)}-",
+            connections=connections,
+            duration_s=seconds,
+        )
     )
     if not result.statuses.get(201):
         raise SetupError(f"payment creation answered {dict(result.statuses)}, no 201")
     return float(result.p50_ms)
+
+
+def compare_create(
+    first: tuple[int, str], second: tuple[int, str], *, seconds: float, connections: int, rounds: int
+) -> tuple[float, float]:
+    """Median p50 of payment creation on two servers (port, API key), measured in alternating phases
+    (first, second, second, first, …) so that a drift of the machine's load weighs on both alike."""
+    for port, key in (first, second):
+        measure_create(port, key, 5, connections)  # warm: connections, caches
+    phases: dict[int, list[float]] = {0: [], 1: []}
+    for index in range(2 * rounds):
+        which = (index + index // 2) % 2  # 0 1 1 0 0 1 1 0 …
+        port, key = (first, second)[which]
+        phases[which].append(measure_create(port, key, seconds / rounds, connections))
+    log(f"payment create p50 per phase: {phases[0]} vs {phases[1]}")
+    return statistics.median(phases[0]), statistics.median(phases[1])
 
 
 def family_sizes(pg_url: str, db_name: str) -> dict[str, int]:
@@ -732,9 +787,9 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         browser = Browser(server.port, session, csrf)
         measure_reads(browser, args, rows, now)
         measure_funnel_services(rows, now)
+        measure_reads_by_id(rows)
         if not args.skip_chdb:
             measure_funnel_chdb(database_url, min(args.funnel_events, max(events // 2, 1)), workdir, rows, now)
-        create_full = measure_create(server.port, api_key, args.create_seconds, args.connections)
         server.stop()
         errors = server_errors(workdir / "gunicorn.log")
         server = None
@@ -757,15 +812,30 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         server = Server(
             env=empty_env, workers=args.workers, worker_class="sync", threads=1, log_path=workdir / "empty.log"
         )
-        server.wait_ready()
-        create_empty = measure_create(server.port, empty_key, args.create_seconds, args.connections)
+        full_server = Server(
+            env=env, workers=args.workers, worker_class="sync", threads=1, log_path=workdir / "create.log"
+        )
+        try:
+            server.wait_ready()
+            full_server.wait_ready()
+            create_empty, create_full = compare_create(
+                (server.port, empty_key),
+                (full_server.port, api_key),
+                seconds=args.create_seconds,
+                connections=args.connections,
+                rounds=args.create_rounds,
+            )
+        finally:
+            full_server.stop()
         server.stop()
         server = None
+        errors += server_errors(workdir / "create.log")
         slower = create_full / create_empty - 1
         rows.append(
             Row(
                 f"payment create p50, empty vs {existing:,} payments ({args.connections} connections, "
-                f"{args.create_seconds:.0f} s each)",
+                f"{args.create_rounds} alternating phases of {args.create_seconds / args.create_rounds:.0f} s each, "
+                "median)",
                 f"{create_empty:.1f} vs {create_full:.1f} ms ({slower:+.0%})",
                 f"<= +{CREATE_SLOWDOWN_GOAL:.0%}",
                 check(slower <= CREATE_SLOWDOWN_GOAL),
@@ -815,7 +885,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--polls", type=int, default=5, help="dashboard polls per period after the first (5)")
     parser.add_argument("--timezone", default="Europe/Paris", help="the dashboard viewer's zone (Europe/Paris)")
-    parser.add_argument("--create-seconds", type=float, default=15.0, help="seconds of payment creation per phase")
+    parser.add_argument(
+        "--create-seconds", type=float, default=40.0, help="seconds of payment creation per database (40)"
+    )
+    parser.add_argument(
+        "--create-rounds", type=int, default=8, help="alternating phases per database the seconds are cut in (8)"
+    )
     parser.add_argument("--connections", type=int, default=2, help="connections creating payments (2)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
     parser.add_argument(

@@ -21,6 +21,8 @@ class Journey(models.Model):
         constraints = [models.UniqueConstraint(fields=["app", "journey_id"], name="journey_unique_per_app")]
         indexes = [
             models.Index(fields=["app", "started_at"]),
+            # A funnel report over every app reads the period's journeys by their start.
+            models.Index(fields=["started_at"], name="journey_started_idx"),
             # The analytics shipping reads the journeys changed since its mark, in this order.
             models.Index(fields=["updated_at", "id"], name="journey_updated_idx"),
         ]

@@ -24,7 +24,7 @@ order to follow).
 """
 
 from payments.models import MoneyOperation, PaymentStatus
-from playpay.partitions import PartitionedTable, register
+from playpay.partitions import IdMonths, PartitionedTable, register
 
 # A month of payments leaves only once nothing of it moves any more: no payment short of a final status or
 # with an outcome the carrier has not stated, no refund or reversal pending. A refund confirmed later would
@@ -101,3 +101,8 @@ PAYMENTS = register(
         ),
     )
 )
+
+# Reads of a row by its id alone name the months that can hold it (playpay.partitions.IdMonths).
+PAYMENT_MONTHS = IdMonths(PAYMENTS)
+REFUND_MONTHS = IdMonths(REFUNDS)
+REVERSAL_MONTHS = IdMonths(REVERSALS)

@@ -18,17 +18,22 @@ import gzip
 import io
 import logging
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from django.db import DatabaseError, connections, transaction
+from django.core.exceptions import ObjectDoesNotExist
+from django.db import DatabaseError, connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import QuerySet
 from django.utils import timezone
 
 logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=models.Model)
 
 MONTHS_AHEAD = 3
 # A month that turns up in a default partition gets its own partition when it is no further back than
@@ -472,6 +477,89 @@ class PartitionedTable:
                 [f"{self.table}\\_p%"],
             )
             return [row[0] for row in cursor.fetchall()]
+
+
+class IdMonths:
+    """Which months' partitions can hold the row of a given id, for a partitioned table whose ids come from
+    a sequence: a read by id alone cannot be pruned to a month, so PostgreSQL plans and probes every
+    partition (at 22 months, ~10 ms of planning for a read that takes 0.2 ms naming its month).
+
+    Ids grow with time, so each month's partition holds a range of them. A snapshot of every partition's
+    first and last id (two index lookups each), kept `max_age` seconds per process, tells the months a
+    given id can be in: those whose range holds it; for an id newer than the snapshot, the newest month
+    with rows and after. It is a hint, never the truth: a row can be made after the snapshot in an older
+    month (a backdated import), so `get` falls back to every partition when the hinted months miss, and
+    takes a new snapshot. Elsewhere than PostgreSQL there is nothing to narrow.
+    """
+
+    def __init__(self, table: PartitionedTable, *, max_age: float = 300.0) -> None:
+        self.table = table
+        self.max_age = max_age
+        self._snapshots: dict[tuple[str, str], tuple[float, list[tuple[int, int, date]], int]] = {}
+
+    def _snapshot(self) -> tuple[list[tuple[int, int, date]], int]:
+        """(first id, last id, month) of each monthly partition with rows, and the last id of all (the
+        default partition's range is returned as month `date.min`)."""
+        key = (self.table.using, str(self.table.connection.settings_dict["NAME"]))
+        now = time.monotonic()
+        cached = self._snapshots.get(key)
+        if cached is not None and now - cached[0] < self.max_age:
+            return cached[1], cached[2]
+        names = self.table.partitions()
+        spans: list[tuple[int, int, date]] = []
+        if names:
+            union = " UNION ALL ".join(f"SELECT %s, min(id), max(id) FROM {name}" for name in names)
+            with self.table.connection.cursor() as cursor:
+                cursor.execute(union, names)
+                for name, first, last in cursor.fetchall():
+                    if first is not None:
+                        spans.append((first, last, self.table.month_of(name) or date.min))
+        last_id = max((span[1] for span in spans), default=0)
+        self._snapshots[key] = (now, spans, last_id)
+        return spans, last_id
+
+    def forget(self) -> None:
+        self._snapshots.clear()
+
+    def bounds(self, pk: int) -> tuple[datetime, datetime | None] | None:
+        """[start, end) of `table.column` for the months that can hold id `pk` (end None: open), or None
+        when no month can be named (not partitioned, the id in the default partition's range or unknown)."""
+        if not self.table.is_partitioned():
+            return None
+        spans, last_id = self._snapshot()
+        if pk > last_id:
+            newest = max((month for _, _, month in spans), default=None)
+            if newest is None or newest == date.min:
+                return None
+            return month_bounds(newest)[0], None
+        months = [month for first, last, month in spans if first <= pk <= last]
+        if not months or date.min in months:
+            return None
+        return month_bounds(min(months))[0], month_bounds(max(months))[1]
+
+    def narrow(self, queryset: QuerySet[M], pk: int) -> tuple[QuerySet[M], bool]:
+        """`queryset` filtered to the row of id `pk` in the months that can hold it; and whether months were named."""
+        found = queryset.filter(pk=pk)
+        bounds = self.bounds(pk)
+        if bounds is None:
+            return found, False
+        start, end = bounds
+        found = found.filter(**{f"{self.table.column}__gte": start})
+        if end is not None:
+            found = found.filter(**{f"{self.table.column}__lt": end})
+        return found, True
+
+    def get(self, queryset: QuerySet[M], pk: int) -> M:
+        """The row of id `pk` from `queryset` (locked if it locks), read from its months; from every month when
+        they miss it. Raises the model's DoesNotExist when there is none."""
+        narrowed, named = self.narrow(queryset, pk)
+        try:
+            return narrowed.get()
+        except ObjectDoesNotExist:
+            if not named:
+                raise
+        self.forget()
+        return queryset.get(pk=pk)
 
 
 def read_archive(path: Path) -> Iterator[dict[str, str]]:

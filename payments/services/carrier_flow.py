@@ -24,6 +24,7 @@ from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
 from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.partitions import PAYMENT_MONTHS
 from payments.services import outbox, outcomes
 from payments.services.payment_keys import attach_carrier_reference, payment_by_carrier_reference
 from payments.services.state_machine import transition
@@ -66,11 +67,11 @@ def dispatch(payment: Payment, task: str, *, countdown: int = 0) -> None:
 
 
 def load_payment(payment_id: int) -> Payment:
-    return Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment_id)
+    return PAYMENT_MONTHS.get(Payment.objects.select_related("app", "carrier", "price_point"), payment_id)
 
 
 def locked_payment(payment_id: int) -> Payment:
-    return Payment.objects.select_for_update().select_related("carrier").get(pk=payment_id)
+    return PAYMENT_MONTHS.get(Payment.objects.select_for_update().select_related("carrier"), payment_id)
 
 
 def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) -> Payment | None:
@@ -544,7 +545,7 @@ def apply_notification(*, carrier: Carrier, notification: Notification) -> str:
         record_charge_result(payment_id=payment.pk, result=result)
     elif before == PaymentStatus.CHARGING:
         record_charge_result(payment_id=payment.pk, result=result)
-    after = Payment.objects.values_list("status", flat=True).get(pk=payment.pk)
+    after = Payment.objects.values_list("status", flat=True).get(pk=payment.pk, created_at=payment.created_at)
     return f"{before} -> {after}" if after != before else f"no change ({before})"
 
 

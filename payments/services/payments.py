@@ -123,7 +123,7 @@ def confirm_payment(*, payment: Payment, pin: str) -> Payment:
     `CarrierTemporarilyUnavailable`), else the payment comes back with its PIN check pending.
     """
     _submit_pin(payment_id=payment.pk, pin=pin)
-    _await_pin_verdict(payment.pk)
+    _await_pin_verdict(payment)
     return _told_verdict(load_payment(payment.pk))
 
 
@@ -147,12 +147,14 @@ def _submit_pin(*, payment_id: int, pin: str) -> None:
         raise PinExpired()
 
 
-def _await_pin_verdict(payment_id: int) -> None:
+def _await_pin_verdict(payment: Payment) -> None:
     """Wait, at most PIN_CONFIRM_WAIT_MS, until the payment's PIN check is no longer pending."""
     if outbox.runs_in_process():
         return  # the check ran at the commit, in this process: there is nothing to wait for
     deadline = time.monotonic() + settings.PIN_CONFIRM_WAIT_MS / 1000
-    pending = Payment.objects.filter(pk=payment_id, status=PaymentStatus.PIN_SENT, pin_submitted_at__isnull=False)
+    pending = Payment.objects.filter(
+        pk=payment.pk, created_at=payment.created_at, status=PaymentStatus.PIN_SENT, pin_submitted_at__isnull=False
+    )
     while time.monotonic() < deadline and pending.exists():
         time.sleep(min(PIN_POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
 

@@ -10,6 +10,7 @@ the platform pays the player back itself and the refund succeeds at once.
 import dataclasses
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import cast
 
 from django.conf import settings
 from django.db import transaction
@@ -21,6 +22,7 @@ from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest,
 from carriers.gateway import CarrierBusy, call_carrier
 from payments.errors import IllegalTransition, RefundExceedsCaptured, ReversalNotAllowed
 from payments.models import MoneyOperation, Payment, PaymentStatus, Refund, Reversal
+from payments.partitions import REFUND_MONTHS, REVERSAL_MONTHS
 from payments.services import ledger, outbox, outcomes
 from payments.services.carrier_flow import (
     asked_at,
@@ -118,7 +120,7 @@ def request_refund(
             _queue_refund(refund, locked)
         else:
             _settle(refund, locked, succeeded=True, actor=actor)
-    return Refund.objects.get(pk=refund.pk)
+    return Refund.objects.get(pk=refund.pk, payment_created_at=refund.payment_created_at)
 
 
 def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
@@ -140,7 +142,7 @@ def request_reversal(*, payment: Payment, reason: str, actor: str) -> Reversal:
             dispatch(locked, "execute_reversal")
         else:
             _settle(reversal, locked, succeeded=True, actor=actor)
-    return Reversal.objects.get(pk=reversal.pk)
+    return Reversal.objects.get(pk=reversal.pk, payment_created_at=reversal.payment_created_at)
 
 
 def _queue_refund(refund: Refund, payment: Payment, *, countdown: int = 0) -> None:
@@ -212,8 +214,15 @@ def _reversal_request(reversal: Reversal, payment: Payment) -> ChargeRequest:
 MoneyBack = Refund | Reversal
 
 
+def _read(model: type[MoneyBack], pk: int, *, lock: bool = False) -> MoneyBack:
+    """The refund or reversal of id `pk`, read from the months that can hold it (locked with `lock`)."""
+    months = REFUND_MONTHS if model is Refund else REVERSAL_MONTHS
+    rows = model.objects.select_for_update() if lock else model.objects.all()
+    return cast(MoneyBack, months.get(rows, pk))
+
+
 def _locked(model: type[MoneyBack], pk: int) -> MoneyBack:
-    return model.objects.select_for_update().get(pk=pk)
+    return _read(model, pk, lock=True)
 
 
 def _call(operation: MoneyBack, *, check: bool) -> CarrierResult:
@@ -269,7 +278,7 @@ def _not_sent(model: type[MoneyBack], pk: int, *, retry_after: float | None, cla
 def _resolve(model: type[MoneyBack], pk: int) -> None:
     """Settle an unknown outcome (resolver job): ask the carrier, or send it again where it was not sent.
     One settled meanwhile (by its callback) is left alone."""
-    operation = model.objects.get(pk=pk)
+    operation = _read(model, pk)
     if operation.status != MoneyOperation.Status.PENDING or operation.outcome_unknown_since is None:
         return
     if operation.carrier_requested_at is None:
@@ -411,5 +420,7 @@ def apply_refund_notification(*, carrier_slug: str, notification: Notification) 
         return "ignored: unknown refund"
     before = refund.status
     record_refund_result(refund_id=refund.pk, result=notification.result)
-    after = Refund.objects.values_list("status", flat=True).get(pk=refund.pk)
+    after = Refund.objects.values_list("status", flat=True).get(
+        pk=refund.pk, payment_created_at=refund.payment_created_at
+    )
     return f"refund {before} -> {after}" if after != before else f"refund: no change ({before})"

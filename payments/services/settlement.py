@@ -59,15 +59,17 @@ def settle_unknown_outcomes(*, carrier: Carrier, collected: Mapping[str, Collect
         carrier_reference__in=references,
         status=PaymentStatus.CHARGING,
         outcome_unknown_since__isnull=False,
-    ).values_list("pk", "carrier_reference", "amount_minor", "currency")
-    for payment_id, reference, amount, currency in unknown_charges:
+    ).values_list("pk", "created_at", "carrier_reference", "amount_minor", "currency")
+    for payment_id, created_at, reference, amount, currency in unknown_charges:
         if collected[reference] == Collected(amount, frozenset({currency})):
             record_charge_result(
                 payment_id=payment_id,
                 result=CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=reference),
                 actor=actor,
             )
-            charges += Payment.objects.filter(pk=payment_id, status=PaymentStatus.SUCCEEDED).exists()
+            charges += Payment.objects.filter(
+                pk=payment_id, created_at=created_at, status=PaymentStatus.SUCCEEDED
+            ).exists()
     unknown_refunds = Refund.objects.filter(
         payment__carrier=carrier,
         payment__carrier_reference__in=references,
@@ -96,5 +98,7 @@ def settle_unknown_outcomes(*, carrier: Carrier, collected: Mapping[str, Collect
                 claimed_at=refund.carrier_requested_at,
                 actor=actor,
             )
-            refunds += Refund.objects.filter(pk=refund.pk, status=Refund.Status.SUCCEEDED).exists()
+            refunds += Refund.objects.filter(
+                pk=refund.pk, payment_created_at=refund.payment_created_at, status=Refund.Status.SUCCEEDED
+            ).exists()
     return Settled(charges=charges, refunds=refunds)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -23,7 +24,6 @@ from payments.models import (
     PaymentCarrierReference,
     PaymentFlow,
     PaymentIdempotencyKey,
-    PaymentQuerySet,
     PaymentStatus,
     PaymentStatusChange,
     Refund,
@@ -40,7 +40,7 @@ from payments.services.payment_keys import (
 from payments.services.refunds import request_refund
 from payments.services.state_machine import record_creation, transition
 from playpay.ids import new_public_id
-from playpay.partitions import add_months, month_start, read_archive
+from playpay.partitions import IdMonths, add_months, month_start, read_archive
 from tests.conftest import Shop, StaffClient
 from tests.factories import PaymentFactory
 from tests.payments.partition_helpers import Rows, kind_and_rows, latest_payments_migrations, migrate_to, names
@@ -154,7 +154,7 @@ def test_a_callback_naming_a_carrier_reference_finds_its_payment_in_its_month() 
     assert apply_notification(carrier=payment.carrier, notification=unknown) == "ignored: unknown payment"
 
 
-def partitions_read(queryset: PaymentQuerySet) -> set[str]:
+def partitions_read(queryset: QuerySet[Payment]) -> set[str]:
     """The payments' partitions the query's plan reads."""
     return set(re.findall(r"payments_payment_(?:p\d{4}_\d{2}|default)", str(queryset.explain())))
 
@@ -176,6 +176,29 @@ def test_a_v7_public_id_is_read_from_its_months_and_a_v4_one_from_all(shop: Shop
     assert not Payment.objects.with_public_id(misdated.public_id).exists()
     assert shop.client.get(f"/api/v1/payments/{misdated.public_id}/").status_code == 404
     assert shop.client.get(f"/api/v1/payments/{'-' * 36}/").status_code == 404
+
+
+def test_a_read_by_id_alone_names_the_months_that_hold_it_and_finds_rows_made_since(shop: Shop) -> None:
+    older = PaymentFactory.create(app=shop.app, price_point=shop.price_point, created_at=months_ago(6, day=15))
+    PaymentFactory.create(app=shop.app, price_point=shop.price_point)  # the newest month with rows: this one
+    months = IdMonths(PAYMENTS)
+    narrowed, named = months.narrow(Payment.objects.all(), older.pk)
+    assert named
+    assert partitions_read(narrowed) == {PAYMENTS.partition_name(month_start(older.created_at))}
+    assert months.get(Payment.objects.select_for_update(), older.pk) == older
+    # Made after the snapshot: looked for from the newest month with rows on, where a new payment is.
+    fresh = PaymentFactory.create(app=shop.app, price_point=shop.price_point)
+    narrowed, named = months.narrow(Payment.objects.all(), fresh.pk)
+    assert named
+    assert PAYMENTS.partition_name(month_start(older.created_at)) not in partitions_read(narrowed)
+    assert months.get(Payment.objects.all(), fresh.pk) == fresh
+    # Made after the snapshot in an older month (a backdated import): the named months miss it, every month
+    # is read instead.
+    backdated = PaymentFactory.create(app=shop.app, price_point=shop.price_point, created_at=months_ago(6, day=16))
+    assert not months.narrow(Payment.objects.all(), backdated.pk)[0].exists()
+    assert months.get(Payment.objects.all(), backdated.pk) == backdated
+    with pytest.raises(Payment.DoesNotExist):
+        months.get(Payment.objects.all(), backdated.pk + 1000)
 
 
 def refunded_with_a_webhook(payment: Payment, *, message_id: str) -> None:
