@@ -17,6 +17,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("payments.Payment", "receipt_long", ""),
             ("admin:payments_payment_timeline", "timeline", "Interaction timeline"),
             ("payments.Refund", "undo", ""),
+            ("payments.Reversal", "replay", ""),
             ("payments.WebhookDelivery", "send", ""),
             ("payments.CarrierNotification", "notifications", ""),
             ("payments.IdempotencyRecord", "key", ""),
@@ -39,6 +40,9 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
         [
             ("reporting.ExportJob", "download", ""),
             ("reporting.SettlementFile", "request_quote", ""),
+            ("admin:reporting_settlement_report", "summarize", "Settlement report per carrier"),
+            ("payments.LedgerEntry", "account_balance", ""),
+            ("payments.LedgerLine", "list_alt", ""),
             ("reporting.Dashboard", "dashboard", ""),
             ("reporting.Dataset", "dataset", ""),
             ("reporting.AlertRule", "notification_important", ""),
@@ -77,6 +81,10 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
 ]
 
 
+# Pages whose right is not "view" of the model their URL is under.
+PAGE_PERMISSIONS = {"admin:reporting_settlement_report": "payments.view_ledgerline"}
+
+
 def _model_item(request: HttpRequest, label: str, icon: str) -> dict[str, Any] | None:
     try:
         model = apps.get_model(label)
@@ -98,9 +106,10 @@ def _page_item(request: HttpRequest, url_name: str, icon: str, title: str) -> di
         link = reverse(url_name)
     except NoReverseMatch:
         return None
-    # A page of a model's admin is open to whom may view that model (the admin checks it again).
+    # A page of a model's admin is open to whom may view that model (the admin checks it again), unless the
+    # page says otherwise.
     app_label, model_name = url_name.removeprefix("admin:").split("_")[:2]
-    if not request.user.has_perm(f"{app_label}.view_{model_name}"):
+    if not request.user.has_perm(PAGE_PERMISSIONS.get(url_name, f"{app_label}.view_{model_name}")):
         return None
     return {"title": title, "icon": icon, "link": link}
 

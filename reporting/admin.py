@@ -15,6 +15,7 @@ from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from unfold.decorators import action
 
 from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin, TabularInline
 from playpay.downloads import csv_attachment, file_attachment
@@ -212,6 +213,7 @@ class ExportJobAdmin(RecordAdmin):
 
 @admin.register(SettlementFile)
 class SettlementFileAdmin(ModelAdmin[SettlementFile]):
+    actions_list = ["open_settlement_report"]
     list_display = [
         "name",
         "carrier",
@@ -374,9 +376,17 @@ class SettlementFileAdmin(ModelAdmin[SettlementFile]):
         }
         return TemplateResponse(request, "admin/reporting/settlementfile/settlement_report.html", context)
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
-        can_report = request.user.has_perm(SETTLEMENT_REPORT_PERMISSION)
-        return super().changelist_view(request, {**(extra_context or {}), "can_see_settlement_report": can_report})
+    @action(  # type: ignore[untyped-decorator]  # unfold is untyped
+        description="Settlement report per carrier",
+        url_path="open-settlement-report",
+        permissions=["settlement_report"],
+        icon="summarize",
+    )
+    def open_settlement_report(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponseRedirect(reverse("admin:reporting_settlement_report"))
+
+    def has_settlement_report_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(SETTLEMENT_REPORT_PERMISSION))
 
     def _file(self, request: HttpRequest, object_id: str) -> SettlementFile:
         settlement_file = self.get_object(request, object_id)
