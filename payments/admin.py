@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from carriers.admin import ConfiguredCarrierFilter
 from carriers.msisdn import normalize_msisdn
 from journal.models import StaffAction
 from journal.selectors import render as journal_render
@@ -432,7 +433,7 @@ class WebhookDeliveryAdmin(RecordAdmin):
 @admin.register(CarrierNotification)
 class CarrierNotificationAdmin(RecordAdmin):
     list_display = ["received_at", "carrier", "notification_id", "kind", "outcome", "raw_code", "result"]
-    list_filter = ["kind", "outcome", "carrier"]
+    list_filter = ["kind", "outcome", ("carrier", ConfiguredCarrierFilter)]
     search_fields = ["=notification_id", "=carrier_reference"]
     list_select_related = ["carrier"]
 
