@@ -20,6 +20,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("payments.Payment", "receipt_long", ""),
             ("admin:payments_payment_timeline", "timeline", "Interaction timeline"),
             ("payments.Refund", "undo", ""),
+            ("payments.Reversal", "replay", ""),
             ("payments.WebhookDelivery", "send", ""),
             ("payments.CarrierNotification", "notifications", ""),
             ("payments.IdempotencyRecord", "key", ""),
@@ -43,6 +44,9 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
         [
             ("reporting.ExportJob", "download", ""),
             ("reporting.SettlementFile", "request_quote", ""),
+            ("admin:reporting_settlement_report", "summarize", "Settlement report per carrier"),
+            ("payments.LedgerEntry", "account_balance", ""),
+            ("payments.LedgerLine", "list_alt", ""),
             ("reporting.Dashboard", "dashboard", ""),
             ("reporting.Dataset", "dataset", ""),
             ("reporting.AlertRule", "notification_important", ""),
@@ -86,9 +90,11 @@ def _sees_some_history(request: HttpRequest) -> bool:
     return bool(history_models(request))
 
 
+# Who may open each page of the sidebar that is not a model's list (the page checks it again).
 PAGE_PERMISSIONS: dict[str, str | Callable[[HttpRequest], bool]] = {
     "admin:payments_payment_timeline": "payments.view_payment",
     "admin:configuration_changes": _sees_some_history,
+    "admin:reporting_settlement_report": "payments.view_ledgerline",
 }
 
 
