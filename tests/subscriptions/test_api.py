@@ -1,7 +1,7 @@
 """The subscriptions API as a game backend uses it: opt-in, confirmation, reads, cancellation, entitlement."""
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from django.utils import timezone
@@ -59,8 +59,8 @@ def test_the_right_pin_activates_the_subscription_for_its_first_period(subs: Sub
     assert response.status_code == 202  # the PIN is checked on the carrier's queue, here at the commit
     body = subs.get(subscription_id)
     assert body["status"] == "active"
-    start = timezone.datetime.fromisoformat(body["current_period"]["start"])
-    end = timezone.datetime.fromisoformat(body["current_period"]["end"])
+    start = datetime.fromisoformat(body["current_period"]["start"])
+    end = datetime.fromisoformat(body["current_period"]["end"])
     assert before <= start <= timezone.now()
     assert end - start == timedelta(days=7)
     assert body["entitled_until"] == body["current_period"]["end"] == body["next_renewal_at"]
