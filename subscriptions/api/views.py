@@ -10,7 +10,7 @@ from rest_framework.generics import get_object_or_404
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from payments.api.views import IDEMPOTENCY_KEY, _app, _created, _idempotency_key, _respond
+from payments.api.views import IDEMPOTENCY_KEY, app_of, created_response, idempotency_key_of, respond
 from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import run_idempotent
 from playpay.api.problems import BODY_PROBLEMS, LIST_PROBLEMS, PROBLEM, ProblemSerializer
@@ -36,7 +36,7 @@ ID_PATTERN = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-
 SUBSCRIPTION_ID = OpenApiParameter(
     "id", {"type": "string", "pattern": f"^{ID_PATTERN}$"}, OpenApiParameter.PATH, description="The subscription's id."
 )
-USER_REF = OpenApiParameter("user_ref", {"type": "string", "maxLength": 128}, description="Your id of the player.")
+USER_REF = OpenApiParameter("user_ref", OpenApiTypes.STR, description="Your id of the player.")
 
 
 @extend_schema_view(
@@ -52,7 +52,7 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
     lookup_value_regex = ID_PATTERN
 
     def get_queryset(self) -> QuerySet[Subscription]:
-        queryset = subscriptions_with_relations().filter(app=_app(self.request))
+        queryset = subscriptions_with_relations().filter(app=app_of(self.request))
         if self.action == "list":
             params = self.request.query_params
             if params.get("status"):
@@ -60,7 +60,7 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
                     raise serializers.ValidationError({"status": [f"One of: {', '.join(SubscriptionStatus.values)}."]})
                 queryset = queryset.filter(status=params["status"])
             if params.get("user_ref"):
-                queryset = queryset.filter(user_ref=params["user_ref"][:128])
+                queryset = queryset.filter(user_ref=params["user_ref"])
         return queryset.order_by("-id")
 
     def get_object(self) -> Subscription:
@@ -97,16 +97,16 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         summary="Subscribe a player to a plan (starts the double opt-in)",
     )
     def create(self, request: Request) -> Response:
-        app = _app(request)
-        key = _idempotency_key(request, app)
+        app = app_of(request)
+        key = idempotency_key_of(request, app)
         incoming = SubscriptionCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         subscription_request = SubscriptionRequest(**incoming.validated_data)
-        return _respond(
+        return respond(
             run_idempotent(
                 key,
                 perform=lambda: subscribe(app=app, request=subscription_request, idempotency=key),
-                render=lambda subscription: _created(SubscriptionSerializer(subscription).data),
+                render=lambda subscription: created_response(SubscriptionSerializer(subscription).data),
                 load=lambda public_id: self.get_queryset().get(public_id=public_id),
             )
         )
@@ -168,7 +168,7 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
             subscription=subscription,
             at_period_end=incoming.validated_data["at_period_end"],
             reason=incoming.validated_data["reason"],
-            actor=app_actor(_app(request)),
+            actor=app_actor(app_of(request)),
             now=timezone.now(),
         )
         return Response(SubscriptionSerializer(cancelled).data)
@@ -190,7 +190,7 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         user_ref = request.query_params.get("user_ref", "")
         if not user_ref or len(user_ref) > 128:
             raise serializers.ValidationError({"user_ref": ["Your id of the player, 1 to 128 characters."]})
-        found = entitlement(app=_app(request), user_ref=user_ref, now=timezone.now())
+        found = entitlement(app=app_of(request), user_ref=user_ref, now=timezone.now())
         return Response(
             EntitlementSerializer(
                 {
