@@ -14,6 +14,8 @@ from tests.conftest import MSISDN
 from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for
 
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
 
 @pytest.fixture
 def live(live_server: Any, settings: Any) -> str:

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.django_db
 # The sandbox carrier declines a charge to a number ending 0002 (insufficient funds) or 0003 (barred).
 BROKE = MSISDN[:-4] + "0002"
 BARRED = MSISDN[:-4] + "0003"
+UNANSWERED = MSISDN[:-4] + "0005"  # the charge stays pending: the carrier never states its outcome
 DAY = timedelta(days=1)
 
 
@@ -58,6 +59,22 @@ def test_a_second_run_at_the_same_time_charges_nothing_more(subs: Subs) -> None:
     subs.renew(subscription.current_period_end)
     assert subs.renew(subscription.current_period_end + timedelta(hours=1)).charged == 0
     assert renewals_of(subscription) == [(1, 1, "succeeded")]
+
+
+def test_a_period_whose_charge_awaits_its_outcome_is_never_charged_again(subs: Subs) -> None:
+    subscription = subs.active()
+    end = subscription.current_period_end
+    assert end is not None
+    balance(subscription, UNANSWERED)
+    assert subs.renew(end).charged == 1
+    assert subs.renew(end + 2 * DAY).charged == 0  # not due while its charge is pending
+    # Made due again anyway (a clock jump, a hand edit): the database refuses a second live charge.
+    Subscription.objects.filter(pk=subscription.pk).update(next_charge_at=end)
+    run = subs.renew(end + 2 * DAY)
+    assert (run.charged, run.skipped) == (0, 1)
+    assert renewals_of(subscription) == [(1, 1, "pending")]
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.next_charge_at) == (SubscriptionStatus.ACTIVE, None)
 
 
 def test_periods_follow_the_anchor_across_several_renewals(subs: Subs) -> None:
