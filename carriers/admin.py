@@ -7,16 +7,18 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
+from unfold.widgets import UnfoldAdminTextareaWidget, UnfoldAdminURLInputWidget, UnfoldBooleanSwitchWidget
 
 from carriers.adapters.base import Outcome
 from carriers.models import Carrier, Country, NetworkCode, NumberPrefix, PricePoint
 from carriers.services import check_carrier_connection
 from journal.services import record_staff_action
+from playpay.admin_base import ModelAdmin, TabularInline
 from playpay.money import UnknownCurrency, validate_currency
 
 
 @admin.register(Country)
-class CountryAdmin(admin.ModelAdmin[Country]):
+class CountryAdmin(ModelAdmin[Country]):
     list_display = ["code", "name", "currency", "dialing_code", "vat_rate"]
     search_fields = ["code", "name", "currency", "dialing_code"]
     list_filter = ["currency"]
@@ -28,14 +30,21 @@ class CountryAdmin(admin.ModelAdmin[Country]):
 
 
 class CarrierForm(forms.ModelForm[Carrier]):
-    endpoint = forms.URLField(required=False, assume_scheme="https", help_text="Base URL of the carrier's API.")
+    endpoint = forms.URLField(
+        required=False,
+        assume_scheme="https",
+        widget=UnfoldAdminURLInputWidget,
+        help_text="Base URL of the carrier's API.",
+    )
     new_credentials = forms.CharField(
         label="Credentials",
         required=False,
-        widget=forms.Textarea(attrs={"rows": 3, "autocomplete": "off", "placeholder": '{"client_id": "…"}'}),
+        widget=UnfoldAdminTextareaWidget(attrs={"rows": 3, "autocomplete": "off", "placeholder": '{"client_id": "…"}'}),
         help_text="A JSON object. Write-only: stored encrypted and never shown again. Leave empty to keep.",
     )
-    clear_credentials = forms.BooleanField(required=False, help_text="Remove the stored credentials.")
+    clear_credentials = forms.BooleanField(
+        required=False, widget=UnfoldBooleanSwitchWidget, help_text="Remove the stored credentials."
+    )
     change_reason = forms.CharField(
         required=False, max_length=255, help_text="Why this change (kept in the staff actions)."
     )
@@ -79,25 +88,25 @@ class PricePointForm(forms.ModelForm[PricePoint]):
             raise forms.ValidationError(str(exc)) from exc
 
 
-class PricePointInline(admin.TabularInline[PricePoint, Carrier]):
+class PricePointInline(TabularInline[PricePoint, Carrier]):
     model = PricePoint
     form = PricePointForm
     extra = 0
     fields = ["code", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
 
 
-class NetworkCodeInline(admin.TabularInline[NetworkCode, Carrier]):
+class NetworkCodeInline(TabularInline[NetworkCode, Carrier]):
     model = NetworkCode
     extra = 0
 
 
-class NumberPrefixInline(admin.TabularInline[NumberPrefix, Carrier]):
+class NumberPrefixInline(TabularInline[NumberPrefix, Carrier]):
     model = NumberPrefix
     extra = 0
 
 
 @admin.register(Carrier)
-class CarrierAdmin(admin.ModelAdmin[Carrier]):
+class CarrierAdmin(ModelAdmin[Carrier]):
     form = CarrierForm
     list_display = [
         "name",
@@ -241,7 +250,7 @@ class CarrierAdmin(admin.ModelAdmin[Carrier]):
 
 
 @admin.register(PricePoint)
-class PricePointAdmin(admin.ModelAdmin[PricePoint]):
+class PricePointAdmin(ModelAdmin[PricePoint]):
     form = PricePointForm
     list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
     list_filter = ["is_active", "currency", "tax_included", "carrier__country"]
@@ -251,7 +260,7 @@ class PricePointAdmin(admin.ModelAdmin[PricePoint]):
 
 
 @admin.register(NumberPrefix)
-class NumberPrefixAdmin(admin.ModelAdmin[NumberPrefix]):
+class NumberPrefixAdmin(ModelAdmin[NumberPrefix]):
     list_display = ["prefix", "carrier"]
     search_fields = ["prefix", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]

@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from funnel.rollups import MOVED_LOOKBACK, dashboard_report
 from funnel.selectors import BREAKDOWNS, ReportTimedOut
-from playpay.admin_base import RecordAdmin
+from playpay.admin_base import ModelAdmin, RecordAdmin
 from playpay.downloads import file_attachment
 from playpay.tables import temporary_file, write_table
 from playpay.times import start_of_utc_day
@@ -57,7 +57,7 @@ class ReportForm(forms.Form):
 
 
 @admin.register(FunnelDefinition)
-class FunnelDefinitionAdmin(admin.ModelAdmin[FunnelDefinition]):
+class FunnelDefinitionAdmin(ModelAdmin[FunnelDefinition]):
     list_display = ["name", "app", "steps", "window_seconds", "exclusion_step", "report_link"]
     search_fields = ["name"]
 

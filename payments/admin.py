@@ -32,7 +32,7 @@ from payments.models import (
 from payments.services import webhooks
 from payments.services.carrier_flow import is_uuid
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
-from playpay.admin_base import ReadOnlyInline, RecordAdmin
+from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin
 from playpay.errors import DomainError
 from tenants.admin import ApiKeyInline
 from tenants.models import App
@@ -41,7 +41,7 @@ from tenants.services import issue_api_key
 
 # The App's page is here, not in tenants: its actions issue API keys and webhook secrets (payments).
 @admin.register(App)
-class AppAdmin(admin.ModelAdmin[App]):
+class AppAdmin(ModelAdmin[App]):
     list_display = ["name", "public_id", "is_active", "webhook_url", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "public_id"]

@@ -1,12 +1,22 @@
-"""Admin building blocks shared by the apps."""
+"""Admin building blocks shared by the apps, on django-unfold: every ModelAdmin and inline derives from here.
 
-from typing import Any
+unfold ships no type information; the type checker sees Django's own (generic) classes, which unfold's
+subclass one for one, and the running admin gets unfold's.
+"""
 
-from django.contrib import admin
+from typing import TYPE_CHECKING, Any
+
 from django.http import HttpRequest
 
+if TYPE_CHECKING:
+    from django.contrib.admin import ModelAdmin, StackedInline, TabularInline
+else:
+    from unfold.admin import ModelAdmin, StackedInline, TabularInline
 
-class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
+__all__ = ["ModelAdmin", "ReadOnlyInline", "RecordAdmin", "StackedInline", "TabularInline"]
+
+
+class ReadOnlyInline(TabularInline):  # type: ignore[type-arg]
     """An inline list of records the system writes: shown, never edited, added or deleted here."""
 
     extra = 0
@@ -19,7 +29,7 @@ class ReadOnlyInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
-class RecordAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class RecordAdmin(ModelAdmin):  # type: ignore[type-arg]
     """Records the system writes (payments, callbacks, deliveries…): searchable and viewable only.
 
     State changes go through the services (admin actions), never through a form.

@@ -16,7 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from playpay.admin_base import ReadOnlyInline, RecordAdmin
+from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin, TabularInline
 from playpay.downloads import csv_attachment, file_attachment
 from playpay.tables import TableFormat, temporary_file
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
@@ -200,7 +200,7 @@ class ExportJobAdmin(RecordAdmin):
 
 
 @admin.register(SettlementFile)
-class SettlementFileAdmin(admin.ModelAdmin[SettlementFile]):
+class SettlementFileAdmin(ModelAdmin[SettlementFile]):
     list_display = [
         "name",
         "carrier",
@@ -321,14 +321,14 @@ class DatasetFieldInlineForm(forms.ModelForm):  # type: ignore[type-arg]
         fields = ["name", "label", "role", "source", "data_type", "unit", "aggregation", "description"]
 
 
-class DatasetFieldInline(admin.TabularInline):  # type: ignore[type-arg]
+class DatasetFieldInline(TabularInline):  # type: ignore[type-arg]
     model = DatasetField
     form = DatasetFieldInlineForm
     extra = 0
 
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin[Dataset]):
+class DatasetAdmin(ModelAdmin[Dataset]):
     list_display = ["name", "slug", "source_kind", "source", "owner", "api_fetched_at", "api_last_error", "query_link"]
     list_filter = ["source_kind"]
     list_select_related = ["owner"]
@@ -433,7 +433,7 @@ def _non_empty_query(request: HttpRequest) -> str:
 
 
 @admin.register(Dashboard)
-class DashboardAdmin(admin.ModelAdmin[Dashboard]):
+class DashboardAdmin(ModelAdmin[Dashboard]):
     list_display = ["title", "slug", "currency", "funnel", "open_link"]
     filter_horizontal = ["groups"]
 
@@ -449,7 +449,7 @@ class AlertEventInline(ReadOnlyInline):
 
 
 @admin.register(AlertRule)
-class AlertRuleAdmin(admin.ModelAdmin[AlertRule]):
+class AlertRuleAdmin(ModelAdmin[AlertRule]):
     list_display = [
         "name",
         "dataset",

@@ -3,7 +3,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from playpay.admin_base import ReadOnlyInline
+from playpay.admin_base import ModelAdmin, ReadOnlyInline
 from tenants.models import ApiKey
 from tenants.services import revoke_api_key
 
@@ -14,7 +14,7 @@ class ApiKeyInline(ReadOnlyInline):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin[ApiKey]):
+class ApiKeyAdmin(ModelAdmin[ApiKey]):
     list_display = ["prefix", "app", "label", "created_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["prefix", "app__name"]

@@ -107,7 +107,7 @@ def sign_in(live_server: Any) -> Callable[[Page, Any], Page]:
         page.get_by_label("Username").fill(user.get_username())
         page.get_by_label("Password").fill(password)
         page.get_by_role("button", name="Log in").click()
-        expect(page.locator("#user-tools")).to_contain_text(user.get_username())
+        expect(page.locator("#nav-sidebar")).to_contain_text(user.get_username())  # the signed-in person's menu
         return page
 
     return sign_in

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import IntegrityError, connection, transaction
+from django.db.models import QuerySet
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
@@ -23,7 +24,6 @@ from payments.models import (
     PaymentCarrierReference,
     PaymentFlow,
     PaymentIdempotencyKey,
-    PaymentQuerySet,
     PaymentStatus,
     PaymentStatusChange,
     Refund,
@@ -154,7 +154,7 @@ def test_a_callback_naming_a_carrier_reference_finds_its_payment_in_its_month() 
     assert apply_notification(carrier=payment.carrier, notification=unknown) == "ignored: unknown payment"
 
 
-def partitions_read(queryset: PaymentQuerySet) -> set[str]:
+def partitions_read(queryset: QuerySet[Payment]) -> set[str]:
     """The payments' partitions the query's plan reads."""
     return set(re.findall(r"payments_payment_(?:p\d{4}_\d{2}|default)", str(queryset.explain())))
 
