@@ -1,4 +1,3 @@
-import uuid
 from typing import Any
 
 from django.core.validators import MinValueValidator
@@ -201,11 +200,3 @@ class SubscriptionCharge(models.Model):
         if not self.payment_created_at:
             self.payment_created_at = self.payment.created_at
         super().save(*args, **kwargs)
-
-
-def public_uuid(value: str) -> uuid.UUID | None:
-    """The UUID in `value`, or None for text that is none."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None

@@ -13,7 +13,7 @@ from django.db import transaction
 
 from carriers.errors import ErrorCode
 from payments.events import PaymentStatusChanged
-from payments.models import PaymentStatus
+from payments.models import Payment, PaymentStatus
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notify import notify
@@ -44,20 +44,29 @@ def on_payment_status_changed(event: PaymentStatusChanged) -> None:
         return
     failure_code = "" if outcome == SubscriptionCharge.Outcome.SUCCEEDED else payment.failure_code or event.to_status
     settle_charge(
-        charge_id=charge_id, outcome=outcome, failure_code=failure_code, actor=event.actor, at=event.occurred_at
+        charge_id=charge_id,
+        payment=payment,
+        outcome=outcome,
+        failure_code=failure_code,
+        actor=event.actor,
+        at=event.occurred_at,
     )
 
 
-def settle_charge(*, charge_id: int, outcome: str, failure_code: str, actor: str, at: datetime) -> None:
-    """Record a charge's final outcome and apply it to its subscription (inside the payment's transaction)."""
+def settle_charge(
+    *, charge_id: int, payment: Payment, outcome: str, failure_code: str, actor: str, at: datetime
+) -> None:
+    """Record the final outcome of a charge, whose `payment` is in hand, and apply it to its subscription
+    (inside the payment's transaction)."""
     with transaction.atomic():
-        charge = SubscriptionCharge.objects.select_related("payment").get(pk=charge_id)
+        subscription_id = SubscriptionCharge.objects.values_list("subscription_id", flat=True).get(pk=charge_id)
         subscription = (
-            Subscription.objects.select_for_update(of=("self",)).select_related("plan").get(pk=charge.subscription_id)
+            Subscription.objects.select_for_update(of=("self",)).select_related("plan").get(pk=subscription_id)
         )
-        charge = SubscriptionCharge.objects.select_for_update().select_related("payment").get(pk=charge_id)
+        charge = SubscriptionCharge.objects.select_for_update().get(pk=charge_id)
         if charge.outcome != SubscriptionCharge.Outcome.PENDING:
             return
+        charge.payment = payment  # in hand: no read of the payments' months
         charge.outcome, charge.failure_code, charge.settled_at = outcome, failure_code[:64], at
         succeeded = outcome == SubscriptionCharge.Outcome.SUCCEEDED
         if succeeded and charge.kind == SubscriptionCharge.Kind.OPT_IN:
