@@ -13,7 +13,7 @@ from django.db import transaction
 
 from carriers.errors import ErrorCode
 from payments.events import PaymentStatusChanged
-from payments.models import Payment, PaymentStatus
+from payments.models import PaymentStatus
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notify import notify
@@ -43,21 +43,13 @@ def on_payment_status_changed(event: PaymentStatusChanged) -> None:
     if charge_id is None:
         return
     failure_code = "" if outcome == SubscriptionCharge.Outcome.SUCCEEDED else payment.failure_code or event.to_status
-    settle_charge(
-        charge_id=charge_id,
-        payment=payment,
-        outcome=outcome,
-        failure_code=failure_code,
-        actor=event.actor,
-        at=event.occurred_at,
-    )
+    settle_charge(charge_id=charge_id, outcome=outcome, failure_code=failure_code, change=event)
 
 
-def settle_charge(
-    *, charge_id: int, payment: Payment, outcome: str, failure_code: str, actor: str, at: datetime
-) -> None:
-    """Record the final outcome of a charge, whose `payment` is in hand, and apply it to its subscription
-    (inside the payment's transaction)."""
+def settle_charge(*, charge_id: int, outcome: str, failure_code: str, change: PaymentStatusChanged) -> None:
+    """Record the final outcome of a charge, told by its payment's status `change`, and apply it to its
+    subscription (inside the payment's transaction)."""
+    payment, actor, at = change.payment, change.actor, change.occurred_at
     with transaction.atomic():
         subscription_id = SubscriptionCharge.objects.values_list("subscription_id", flat=True).get(pk=charge_id)
         subscription = (
