@@ -13,7 +13,9 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from carriers.admin import ConfiguredCarrierFilter
 from carriers.msisdn import normalize_msisdn
+from journal.audit_admin import REASON, AuditedAdmin
 from journal.models import StaffAction
 from journal.selectors import render as journal_render
 from journal.selectors import timeline as journal_timeline
@@ -32,7 +34,7 @@ from payments.models import (
 from payments.services import webhooks
 from payments.services.carrier_flow import is_uuid
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
-from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin
+from playpay.admin_base import ReadOnlyInline, RecordAdmin
 from playpay.errors import DomainError
 from tenants.admin import ApiKeyInline
 from tenants.models import App
@@ -41,7 +43,7 @@ from tenants.services import issue_api_key
 
 # The App's page is here, not in tenants: its actions issue API keys and webhook secrets (payments).
 @admin.register(App)
-class AppAdmin(ModelAdmin[App]):
+class AppAdmin(AuditedAdmin):
     list_display = ["name", "public_id", "is_active", "webhook_url", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "public_id"]
@@ -53,12 +55,15 @@ class AppAdmin(ModelAdmin[App]):
     def save_model(self, request: HttpRequest, obj: App, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not change:
-            self._show_new_key(request, obj)
+            self._show_new_key(request, obj, form.cleaned_data[REASON])
 
     @admin.action(description="Issue a new API key (shown once)", permissions=["change"])
     def issue_key(self, request: HttpRequest, queryset: Any) -> None:
+        reason = self.action_reason(request)
+        if reason is None:
+            return
         for app in queryset:
-            self._show_new_key(request, app)
+            self._show_new_key(request, app, reason)
 
     def _show_once(self, request: HttpRequest, what: str, app: App, value: str) -> None:
         self.message_user(
@@ -74,8 +79,9 @@ class AppAdmin(ModelAdmin[App]):
         for app in queryset:
             self._show_once(request, "webhook secret", app, webhooks.new_secret(app=app))
 
-    def _show_new_key(self, request: HttpRequest, app: App) -> None:
-        issued = issue_api_key(app=app, label=f"issued by {request.user}")
+    def _show_new_key(self, request: HttpRequest, app: App, reason: str) -> None:
+        issued = issue_api_key(app=app, label=f"issued by {request.user}", reason=reason)
+        self.record(request, issued.api_key, "issue", reason, f"issued for {app}")
         self._show_once(request, "API key", app, issued.raw_key)
 
 
@@ -379,7 +385,7 @@ class WebhookDeliveryAdmin(RecordAdmin):
 @admin.register(CarrierNotification)
 class CarrierNotificationAdmin(RecordAdmin):
     list_display = ["received_at", "carrier", "notification_id", "kind", "outcome", "raw_code", "result"]
-    list_filter = ["kind", "outcome", "carrier"]
+    list_filter = ["kind", "outcome", ("carrier", ConfiguredCarrierFilter)]
     search_fields = ["=notification_id", "=carrier_reference"]
     list_select_related = ["carrier"]
 
