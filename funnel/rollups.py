@@ -233,6 +233,8 @@ def day_levels(
     (None past a funnel's last step, as its cells have no such level). Also the whole days [first, end) read:
     the hours outside them are the caller's to read from the cells."""
     first, end = _whole_days(since, until)
+    if connection.vendor != "postgresql":
+        return _day_levels_in_python(funnel_ids, first, end, column, values, levels), (first, end)
     # A day's numbers are [journeys per level..., excluded]: a level is read only below the last one.
     sums = ", ".join(
         f"SUM(CASE WHEN {index} < jsonb_array_length(e.value) - 1 THEN (e.value->>{index})::bigint END)"
@@ -248,6 +250,22 @@ def day_levels(
         )
         row = cursor.fetchone()
     return [None if value is None else int(value) for value in row or [None] * levels], (first, end)
+
+
+def _day_levels_in_python(
+    funnel_ids: list[int], first: datetime, end: datetime, column: str, values: list[str] | None, levels: int
+) -> list[int | None]:
+    """`day_levels`' sums where the database has no JSON functions to add them (SQLite, the embedded default,
+    whose day rows are few): the same rules, a level counted only below a cell's last number."""
+    totals: list[int | None] = [None] * levels
+    days = FunnelRollupDay.objects.filter(funnel_id__in=funnel_ids, day__gte=first, day__lt=end)
+    for reached in days.values_list("reached", flat=True).iterator():
+        for value, numbers in (reached.get(column) or {}).items():
+            if values is not None and value not in values:
+                continue
+            for index in range(min(levels, len(numbers) - 1)):
+                totals[index] = (totals[index] or 0) + int(numbers[index])
+    return totals
 
 
 def refresh_recent_rollups() -> int:

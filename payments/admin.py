@@ -20,10 +20,13 @@ from journal.selectors import timeline as journal_timeline
 from payments.models import (
     CarrierNotification,
     IdempotencyRecord,
+    LedgerEntry,
+    LedgerLine,
     OutboxMessage,
     Payment,
     Refund,
     RefundApproval,
+    Reversal,
     WebhookAttempt,
     WebhookDelivery,
 )
@@ -511,6 +514,58 @@ class RefundApprovalAdmin(RecordAdmin):
         level = messages.SUCCESS if result.ok else messages.ERROR
         self.message_user(request, f"{result.payment.public_id}: {result.message}", level=level)
         return HttpResponseRedirect(reverse("admin:payments_refundapproval_changelist"))
+
+
+@admin.register(Reversal)
+class ReversalAdmin(RecordAdmin):
+    """Reversals, read-only: they are requested from the payment's page."""
+
+    list_display = ["id", "created_at", "payment", "status", "via_carrier", "reason", "requested_by", "completed_at"]
+    list_filter = ["status", OutcomeUnknownFilter, "via_carrier"]
+    search_fields = ["=payment__carrier_reference"]  # and the payment's public id, below
+    list_select_related = ["payment"]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="payment"), duplicates
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class LedgerLineInline(ReadOnlyInline):
+    model = LedgerLine
+    fields = ["account", "amount_minor", "currency"]
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(RecordAdmin):
+    """The ledger, read-only (it is append-only): each entry with its balanced lines."""
+
+    list_display = ["id", "created_at", "kind", "payment", "memo"]
+    list_filter = ["kind"]
+    search_fields = []  # the payment's public id, below
+    list_select_related = ["payment"]
+    date_hierarchy = "created_at"
+    inlines = [LedgerLineInline]
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        return also_by_payment_public_id(queryset, found, search_term, payment="payment"), duplicates
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(LedgerLine)
+class LedgerLineAdmin(RecordAdmin):
+    list_display = ["id", "entry", "account", "amount_minor", "currency"]
+    list_filter = ["currency", "entry__kind"]
+    search_fields = ["=account"]
+    list_select_related = ["entry"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(IdempotencyRecord)

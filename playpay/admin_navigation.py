@@ -21,6 +21,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("admin:payments_payment_timeline", "timeline", "Interaction timeline"),
             ("payments.Refund", "undo", ""),
             ("payments.RefundApproval", "approval", ""),
+            ("payments.Reversal", "replay", ""),
             ("payments.WebhookDelivery", "send", ""),
             ("payments.CarrierNotification", "notifications", ""),
             ("payments.IdempotencyRecord", "key", ""),
@@ -44,6 +45,9 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
         [
             ("reporting.ExportJob", "download", ""),
             ("reporting.SettlementFile", "request_quote", ""),
+            ("admin:reporting_settlement_report", "summarize", "Settlement report per carrier"),
+            ("payments.LedgerEntry", "account_balance", ""),
+            ("payments.LedgerLine", "list_alt", ""),
             ("reporting.Dashboard", "dashboard", ""),
             ("reporting.Dataset", "dataset", ""),
             ("reporting.AlertRule", "notification_important", ""),
@@ -87,9 +91,11 @@ def _sees_some_history(request: HttpRequest) -> bool:
     return bool(history_models(request))
 
 
+# Who may open each page of the sidebar that is not a model's list (the page checks it again).
 PAGE_PERMISSIONS: dict[str, str | Callable[[HttpRequest], bool]] = {
     "admin:payments_payment_timeline": "payments.view_payment",
     "admin:configuration_changes": _sees_some_history,
+    "admin:reporting_settlement_report": "payments.view_ledgerline",
 }
 
 

@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "tenants",
     "carriers",
     "payments",
+    "subscriptions",
     "funnel",
     "reporting",
     "journal",
@@ -457,6 +458,22 @@ PIN_TTL_SECONDS = env_int("PIN_TTL_SECONDS", 300)
 OUTCOME_RESOLVE_AFTER_SECONDS = env_int("OUTCOME_RESOLVE_AFTER_SECONDS", 30)
 OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS = env_int("OUTCOME_RESOLVE_MAX_INTERVAL_SECONDS", 3600)
 OUTCOME_ALERT_AFTER_MINUTES = env_int("OUTCOME_ALERT_AFTER_MINUTES", 60)
+
+# --- Subscriptions ----------------------------------------------------------
+# A renewal declined for want of balance (or a spending limit) is tried again once a day from the period's
+# start, this many days at most; then the subscription expires.
+SUBSCRIPTION_RETRY_DAYS = env_int("SUBSCRIPTION_RETRY_DAYS", 7)
+# Days from the period's start during which a player whose renewal failed stays entitled (past_due); then
+# the subscription is suspended until a retry succeeds.
+SUBSCRIPTION_GRACE_DAYS = env_int("SUBSCRIPTION_GRACE_DAYS", 3)
+# Subscriptions the renewal engine locks and charges per transaction.
+SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)
+if not 0 <= SUBSCRIPTION_GRACE_DAYS <= SUBSCRIPTION_RETRY_DAYS:
+    raise ImproperlyConfigured(
+        f"SUBSCRIPTION_GRACE_DAYS ({SUBSCRIPTION_GRACE_DAYS}) must be between 0 and SUBSCRIPTION_RETRY_DAYS "
+        f"({SUBSCRIPTION_RETRY_DAYS}): the grace period ends at one of the daily retries."
+    )
+
 # Secrets for carrier credentials and webhook signing secrets at rest (playpay.crypto, Fernet), comma-separated,
 # newest first: values are encrypted under the first and decrypted under any, so a key can be rotated
 # (`manage.py rotate_encryption_keys`, docs/operations.md). Derived from SECRET_KEY when unset, outside production.

@@ -8,6 +8,7 @@ from playpay import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("payments.api.urls")),
+    path("api/v1/", include("subscriptions.api.urls")),
     path("api/v1/funnel/", include("funnel.urls")),
     path("reporting/", include("reporting.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -15,13 +15,14 @@ from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from unfold.decorators import action
 
 from carriers.admin import ConfiguredCarrierFilter
 from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin, TabularInline
 from playpay.downloads import csv_attachment, file_attachment
 from playpay.tables import TableFormat, temporary_file
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
-from reporting.forms import ExportForm, SettlementUploadForm
+from reporting.forms import ExportForm, SettlementReportForm, SettlementUploadForm
 from reporting.models import (
     AlertEvent,
     AlertRule,
@@ -29,6 +30,7 @@ from reporting.models import (
     Dataset,
     DatasetField,
     ExportJob,
+    ReconciliationNote,
     SettlementFile,
     SourceKind,
     TimeBucket,
@@ -39,14 +41,24 @@ from reporting.services.datasets import DatasetQueryError
 from reporting.services.exports import ExportFilters
 from reporting.services.reconciliation import (
     Category,
+    NoteRefused,
     SettlementFileRejected,
     import_settlement_file,
+    note_reconciliation_line,
     reconcile_settlement_file,
     report_file_name,
     write_report,
 )
+from reporting.services.settlement_report import (
+    carrier_settlement,
+    settlement_report_file_name,
+    write_settlement_report,
+)
 from reporting.views import parse_dataset_query
 
+# The settlement report is a read of the ledger: whoever may read ledger lines (finance) may see it.
+SETTLEMENT_REPORT_PERMISSION = "payments.view_ledgerline"
+RESOLVE_PERMISSION = "reporting.resolve_settlementfile"
 # The reconciliation page lists at most this many lines; the export has them all.
 PAGE_LINES = 1000
 
@@ -202,6 +214,7 @@ class ExportJobAdmin(RecordAdmin):
 
 @admin.register(SettlementFile)
 class SettlementFileAdmin(ModelAdmin[SettlementFile]):
+    actions_list = ["open_settlement_report"]
     list_display = [
         "name",
         "carrier",
@@ -226,7 +239,11 @@ class SettlementFileAdmin(ModelAdmin[SettlementFile]):
 
     def get_urls(self) -> list[Any]:
         export = self.admin_site.admin_view(self.export_view)
+        report = self.admin_site.admin_view(self.settlement_report_view)
+        note = self.admin_site.admin_view(self.note_view)
         return [
+            path("settlement-report/", report, name="reporting_settlement_report"),
+            path("<int:pk>/notes/", note, name="reporting_settlementfile_note"),
             path(
                 "<int:pk>/reconciliation.<str:file_format>",
                 export,
@@ -293,6 +310,9 @@ class SettlementFileAdmin(ModelAdmin[SettlementFile]):
             "total": len(rows),
             "all_count": len(report.rows),
             "can_delete": self.has_delete_permission(request, settlement_file),
+            "can_resolve": request.user.has_perm(RESOLVE_PERMISSION),
+            "open_differences": report.open_differences,
+            "note_actions": ReconciliationNote.Action.choices,
         }
         return TemplateResponse(request, "admin/reporting/settlementfile/reconciliation.html", context)
 
@@ -303,6 +323,71 @@ class SettlementFileAdmin(ModelAdmin[SettlementFile]):
         category = request.GET.get("category") or None
         content = temporary_file(lambda out: write_report(report, file_format=file_format, out=out, category=category))
         return file_attachment(content, name=report_file_name(report, file_format), file_format=file_format)
+
+    def note_view(self, request: HttpRequest, pk: int) -> HttpResponseBase:
+        """Finance's note on a line of the reconciliation: a note, a resolution or a reopening, with why."""
+        settlement_file = self._file(request, str(pk))
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:reporting_settlementfile_change", args=[pk]))
+        if not request.user.has_perm(RESOLVE_PERMISSION):
+            raise PermissionDenied
+        reference, payment_id = request.POST.get("carrier_reference", ""), request.POST.get("payment_id", "")
+        try:
+            note = note_reconciliation_line(
+                settlement_file=settlement_file,
+                carrier_reference=reference,
+                payment_id=payment_id,
+                action=request.POST.get("action", ""),
+                text=request.POST.get("text", ""),
+                author=_staff(request),
+            )
+        except NoteRefused as refused:
+            self.message_user(request, f"{reference or payment_id}: {refused}", level=messages.ERROR)
+        else:
+            self.message_user(
+                request, f"{reference or payment_id}: {note.get_action_display()}.", level=messages.SUCCESS
+            )
+        return HttpResponseRedirect(reverse("admin:reporting_settlementfile_change", args=[pk]))
+
+    def settlement_report_view(self, request: HttpRequest) -> HttpResponseBase:
+        """What each carrier collected for a period's payments, from the ledger; `?download=1` gets the file."""
+        if not request.user.has_perm(SETTLEMENT_REPORT_PERMISSION):
+            raise PermissionDenied
+        form = SettlementReportForm(request.GET or None)
+        report = None
+        if form.is_valid():
+            data = form.cleaned_data
+            carrier = data["carrier"].slug if data["carrier"] else ""
+            report = carrier_settlement(date_from=data["date_from"], date_to=data["date_to"], carrier=carrier)
+            if request.GET.get("download"):
+                file_format = data["file_format"] or TableFormat.XLSX
+                content = temporary_file(
+                    lambda out: write_settlement_report(report or [], file_format=file_format, out=out)
+                )
+                name = settlement_report_file_name(
+                    date_from=data["date_from"], date_to=data["date_to"], carrier=carrier, file_format=file_format
+                )
+                return file_attachment(content, name=name, file_format=file_format)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Settlement report per carrier",
+            "opts": self.model._meta,
+            "form": form,
+            "report": report,
+        }
+        return TemplateResponse(request, "admin/reporting/settlementfile/settlement_report.html", context)
+
+    @action(  # type: ignore[untyped-decorator]  # unfold is untyped
+        description="Settlement report per carrier",
+        url_path="open-settlement-report",
+        permissions=["settlement_report"],
+        icon="summarize",
+    )
+    def open_settlement_report(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponseRedirect(reverse("admin:reporting_settlement_report"))
+
+    def has_settlement_report_permission(self, request: HttpRequest) -> bool:
+        return bool(request.user.has_perm(SETTLEMENT_REPORT_PERMISSION))
 
     def _file(self, request: HttpRequest, object_id: str) -> SettlementFile:
         settlement_file = self.get_object(request, object_id)

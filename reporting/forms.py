@@ -64,3 +64,25 @@ class SettlementUploadForm(forms.Form):
         cleaned = super().clean() or {}
         _check_period(cleaned, "period_from", "period_to")
         return cleaned
+
+
+class SettlementReportForm(forms.Form):
+    date_from = forms.DateField(widget=_DATE, help_text="UTC day, included: payments created from this day.")
+    date_to = forms.DateField(widget=_DATE, help_text="UTC day, included.")
+    carrier = forms.ModelChoiceField(
+        # Carriers that took payments: the operator catalogue has hundreds that never will.
+        Carrier.objects.filter(payments__isnull=False).distinct().order_by("slug"),
+        to_field_name="slug",
+        required=False,
+        help_text="Empty: every carrier.",
+    )
+    file_format = forms.ChoiceField(
+        label="Format", choices=TableFormat.choices, initial=TableFormat.XLSX, required=False
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        first, last = cleaned.get("date_from"), cleaned.get("date_to")
+        if first and last and first > last:
+            self.add_error("date_to", "The period ends before it starts.")
+        return cleaned

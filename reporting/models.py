@@ -15,6 +15,7 @@ from reporting.storage import reporting_storage
 class ExportKind(models.TextChoices):
     TRANSACTIONS = "transactions"
     REFUNDS = "refunds"
+    REVERSALS = "reversals"
     LEDGER = "ledger", "ledger lines"
 
 
@@ -104,6 +105,7 @@ class SettlementFile(models.Model):
         IMPORTED = "imported", "imported, not reconciled yet"
         BALANCED = "balanced", "reconciled: no differences"
         DIFFERENCES = "differences", "reconciled: differences"
+        RESOLVED = "resolved", "reconciled: differences resolved"
 
     carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="settlement_files")
     name = models.CharField("file name", max_length=255)
@@ -126,6 +128,7 @@ class SettlementFile(models.Model):
             models.CheckConstraint(condition=Q(period_from__lte=F("period_to")), name="settlement_period_ordered"),
         ]
         indexes = [models.Index(fields=["carrier", "-period_to"])]
+        permissions = [("resolve_settlementfile", "Can annotate and resolve the differences of a reconciliation")]
 
     def __str__(self) -> str:
         return f"{self.carrier_id} {self.period_from}…{self.period_to} ({self.name})"
@@ -149,6 +152,40 @@ class SettlementLine(models.Model):
 
     def __str__(self) -> str:
         return f"{self.carrier_reference} {self.amount_minor} {self.currency}"
+
+
+class ReconciliationNote(models.Model):
+    """What finance found out about a difference of a reconciliation, and whether it is resolved: who, when, why.
+
+    A line of the reconciliation is named by its carrier reference, or by our payment when we have no reference
+    for it. Notes are kept, never edited: the latest `resolve` or `reopen` says whether the line is resolved.
+    """
+
+    class Action(models.TextChoices):
+        NOTE = "note", "note"
+        RESOLVE = "resolve", "resolved"
+        REOPEN = "reopen", "reopened"
+
+    file = models.ForeignKey(SettlementFile, on_delete=models.CASCADE, related_name="notes")
+    carrier_reference = models.CharField(max_length=128, blank=True)
+    payment_id = models.CharField("payment", max_length=36, blank=True, help_text="Ours, for a line without reference.")
+    action = models.CharField(max_length=10, choices=Action.choices, default=Action.NOTE)
+    text = models.TextField("why", max_length=2000)
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["file", "id"]
+        indexes = [models.Index(fields=["file", "carrier_reference", "payment_id"])]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(carrier_reference="", payment_id=""), name="reconciliation_note_names_a_line"
+            ),
+            models.CheckConstraint(condition=~Q(text=""), name="reconciliation_note_says_why"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_action_display()} {self.carrier_reference or self.payment_id}: {self.text[:40]}"
 
 
 # --- The data catalog -------------------------------------------------------------------------

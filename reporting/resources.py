@@ -6,8 +6,9 @@ written, in Python (`python_value`, then `playpay.tables` for CSV or XLSX) and i
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from functools import cache
@@ -15,11 +16,27 @@ from typing import Any
 
 import pycountry
 from django.core.exceptions import ValidationError
-from django.db.models import Model
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    Case,
+    DateTimeField,
+    Expression,
+    F,
+    Max,
+    Model,
+    OuterRef,
+    Q,
+    Subquery,
+    Sum,
+    Value,
+    When,
+)
+from django.db.models.functions import Cast, Coalesce
 from import_export import resources, widgets
 from import_export.fields import Field
 
-from payments.models import LedgerLine, Payment, Refund
+from payments.models import LedgerEntry, LedgerLine, MoneyOperation, Payment, PaymentStatus, Refund, Reversal
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import sql_csv_text
@@ -54,6 +71,13 @@ class ExportColumns:
     created: str  # the ORM path of the row's time, which the period filters
     payment: str  # the ORM path to the payment ("" for payments themselves), which the other filters follow
     columns: tuple[Column, ...]
+    # Values computed per row (flags, a time), added to the queryset under these names; the columns read them
+    # like fields, and both the Python rows and the COPY select them from the same query.
+    annotations: Callable[[], dict[str, Any]] = dict
+    # Values summed over the row's ledger lines (the figures...), read like fields as well.
+    ledger: "LedgerValues | None" = None
+    # Whether the period filters the payment month itself (payments), so the ledger is read for that period.
+    period_is_payment_month: bool = False
 
     @property
     def headers(self) -> list[str]:
@@ -82,10 +106,195 @@ _AMOUNT = (
     Column("amount", "amount_minor", Kind.MONEY, currency="currency"),
 )
 
+# --- The ledger's figures of a row ----------------------------------------------------------------------------
+#
+# Each figure is a signed sum of ledger lines by account (payments.services.ledger posts them): what a row's
+# entries did to each account, read the way finance reads it. For any set of lines they add up so that
+#     gross = tax + carrier_share + net,   net = app_payable + platform_revenue.
+# gross: what players paid and kept paid (what the carrier collects, less what the platform paid back itself);
+# platform_revenue: the platform's own part, after the carrier's share. A figure of a ledger line is that
+# line's part of it, so the lines of a payment add up to the payment's figures.
+ACCOUNT_KINDS = (
+    "carrier_receivable",
+    "carrier_share",
+    "tax_payable",
+    "app_payable",
+    "platform_revenue",
+    "platform_refunds_paid",
+)
+FIGURES: dict[str, dict[str, int]] = {
+    "gross": {"carrier_receivable": 1, "carrier_share": 1, "platform_refunds_paid": 1},
+    "tax": {"tax_payable": -1},
+    "carrier_share": {"carrier_share": 1},
+    "platform_revenue": {"platform_revenue": -1, "carrier_share": -1},
+    "app_payable": {"app_payable": -1},
+    "net": {"carrier_receivable": 1, "platform_refunds_paid": 1, "tax_payable": 1},
+}
+
+
+def account_kind(account: str) -> str:
+    """`carrier_share:acme-uk` -> `carrier_share`: the account without the carrier, country or app it is for."""
+    return account.partition(":")[0]
+
+
+def _is_kind(kind: str, prefix: str = "") -> Q:
+    """Lines on accounts of this kind (`platform_revenue`, or `carrier_share:<carrier>`)."""
+    return Q(**{f"{prefix}account": kind}) | Q(**{f"{prefix}account__startswith": f"{kind}:"})
+
+
+def _line_figure(name: str) -> Expression:
+    """The part of the figure `name` in one ledger line."""
+    return Case(
+        *(When(_is_kind(kind), then=F("amount_minor") * sign) for kind, sign in FIGURES[name].items()),
+        default=Value(0),
+        output_field=BigIntegerField(),
+    )
+
+
+@dataclass(frozen=True)
+class LedgerValues:
+    """Values of a row summed (or latest) over the ledger lines it names: the lines whose `line_key` is the
+    row's `row_key`, of the row's payment month (`row_month`), that `lines` selects.
+
+    Both export paths read the same aggregates of the same lines. Rows formatted in Python get them as
+    correlated subqueries (`subqueries`, a few rows at a time: SQLite, small exports); the COPY joins the
+    lines grouped by key once (`grouped`), which reads each ledger line once instead of probing per row.
+    """
+
+    line_key: str  # the ORM path on LedgerLine to the row: "entry__payment_id", "entry__refund_id"
+    row_key: str  # the ORM path on the row it equals: "pk", "payment_id"
+    row_month: str  # the ORM path of the row's payment month: "created_at", "payment_created_at"
+    aggregates: Callable[[], dict[str, Any]]  # name -> an aggregate over ledger lines (a Sum counts 0 when none)
+    kinds: tuple[str, ...] = ()  # only lines of entries of these kinds; () for all
+
+    def _lines(self) -> Q:
+        return Q(entry__kind__in=self.kinds) if self.kinds else Q()
+
+    def names(self) -> list[str]:
+        return list(self.aggregates())
+
+    def is_sum(self, name: str) -> bool:
+        return isinstance(self.aggregates()[name], Sum)
+
+    def subqueries(self) -> dict[str, Any]:
+        """Each value as a correlated subquery over the row's lines; PostgreSQL reads the row's month only."""
+        month = OuterRef(self.row_month)
+        lines = LedgerLine.objects.filter(
+            self._lines(),
+            payment_created_at=month,
+            entry__payment_created_at=month,
+            **{self.line_key: OuterRef(self.row_key)},
+        ).order_by()
+        values: dict[str, Any] = {}
+        for name, aggregate in self.aggregates().items():
+            one = lines.values("payment_created_at").annotate(value=aggregate).values("value")
+            if self.is_sum(name):
+                values[name] = Cast(Coalesce(Subquery(one), Value(0)), BigIntegerField())
+            else:
+                values[name] = Subquery(one)
+        return values
+
+    def grouped(self, *, months_from: datetime | None, months_to: datetime | None) -> Any:
+        """The values of every key at once (columns `k`, `m` and the names): the lines grouped by key and month,
+        of payment months from `months_from` to before `months_to` when given (only those partitions are read)."""
+        lines = LedgerLine.objects.filter(self._lines())
+        if months_from is not None:
+            lines = lines.filter(payment_created_at__gte=months_from, entry__payment_created_at__gte=months_from)
+        if months_to is not None:
+            lines = lines.filter(payment_created_at__lt=months_to, entry__payment_created_at__lt=months_to)
+        return lines.order_by().values(k=F(self.line_key), m=F("payment_created_at")).annotate(**self.aggregates())
+
+
+def _figure_sums() -> dict[str, Any]:
+    return {f"{name}_minor": Sum(_line_figure(name)) for name in FIGURES}
+
+
+def _money(header: str, source: str, currency: str = "currency") -> tuple[Column, Column]:
+    """An amount in minor units for machines, beside it in major units of the row's currency for people."""
+    return Column(f"{header}_minor", source, Kind.INTEGER), Column(header, source, Kind.MONEY, currency=currency)
+
+
+def _figure_columns(currency: str = "currency") -> tuple[Column, ...]:
+    return tuple(column for name in FIGURES for column in _money(name, f"{name}_minor", currency))
+
+
+def _posted_at(kind: str) -> Max:
+    """When the row's last entry of this kind was posted (none if there is none)."""
+    return Max("entry__created_at", filter=Q(entry__kind=kind))
+
+
+def _payment_ledger() -> dict[str, Any]:
+    return {
+        **_figure_sums(),
+        # Everything paid back, by the carrier or the platform: what refunds and a reversal took off the gross.
+        "paid_back_minor": Sum(-_line_figure("gross"), filter=~Q(entry__kind=LedgerEntry.Kind.CHARGE)),
+        "charged_at": _posted_at(LedgerEntry.Kind.CHARGE),
+        "refunded_at": _posted_at(LedgerEntry.Kind.REFUND),
+        "reversed_at": _posted_at(LedgerEntry.Kind.REVERSAL),
+    }
+
+
+PAYMENT_LEDGER = LedgerValues(
+    line_key="entry__payment_id", row_key="pk", row_month="created_at", aggregates=_payment_ledger
+)
+REFUND_LEDGER = LedgerValues(
+    line_key="entry__refund_id", row_key="pk", row_month="payment_created_at", aggregates=_figure_sums
+)
+REVERSAL_LEDGER = LedgerValues(
+    line_key="entry__payment_id",
+    row_key="payment_id",
+    row_month="payment_created_at",
+    aggregates=_figure_sums,
+    kinds=(LedgerEntry.Kind.REVERSAL,),
+)
+
+COLLECTED = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
+
+
+def _payment_values() -> dict[str, Any]:
+    return {
+        "counts_as_revenue": Case(
+            When(status__in=COLLECTED, then=Value(True)), default=Value(False), output_field=BooleanField()
+        ),
+        "reversed_minor": Case(
+            When(status=PaymentStatus.REVERSED, then=F("amount_minor")),
+            default=Value(0),
+            output_field=BigIntegerField(),
+        ),
+    }
+
+
+def _operation_values() -> dict[str, Any]:
+    """A refund's or a reversal's: whether it moved money, and when its payment was charged."""
+    charge = LedgerEntry.objects.filter(
+        payment_id=OuterRef("payment_id"),
+        payment_created_at=OuterRef("payment_created_at"),
+        kind=LedgerEntry.Kind.CHARGE,
+    )
+    return {
+        "counts_as_revenue": Case(
+            When(status=MoneyOperation.Status.SUCCEEDED, then=Value(True)),
+            default=Value(False),
+            output_field=BooleanField(),
+        ),
+        "charged_at": Subquery(charge.values("created_at")[:1], output_field=DateTimeField()),
+    }
+
+
+def _ledger_line_values() -> dict[str, Any]:
+    return {
+        **{f"{name}_minor": _line_figure(name) for name in FIGURES},
+        "counts_as_revenue": Value(True, output_field=BooleanField()),  # a posted line is money that moved
+    }
+
+
 TRANSACTIONS = ExportColumns(
     model=Payment,
     created="created_at",
     payment="",
+    annotations=_payment_values,
+    ledger=PAYMENT_LEDGER,
+    period_is_payment_month=True,
     columns=(
         Column("payment_id", "public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
@@ -94,38 +303,84 @@ TRANSACTIONS = ExportColumns(
         Column("price_point", "price_point__code"),
         *_AMOUNT,
         Column("status", "status"),
+        Column("failure_code", "failure_code"),
         Column("carrier_reference", "carrier_reference"),
-        Column("refunded_minor", "refunded_minor", Kind.INTEGER),
+        Column("counts_as_revenue", "counts_as_revenue", Kind.BOOLEAN),
+        *_money("refunded", "paid_back_minor"),
+        *_money("reversed", "reversed_minor"),
+        *_figure_columns(),
+        Column("charged_at_utc", "charged_at", Kind.TIME),
+        Column("refunded_at_utc", "refunded_at", Kind.TIME),
+        Column("reversed_at_utc", "reversed_at", Kind.TIME),
     ),
 )
-REFUNDS = ExportColumns(
-    model=Refund,
-    created="created_at",
-    payment="payment__",
-    columns=(
-        Column("refund_id", "public_id"),
+
+
+def _operation_columns(
+    *, operation: str, id_column: tuple[Column, ...], amount: tuple[Column, ...], currency: str = "currency"
+) -> tuple[Column, ...]:
+    """The columns refunds and reversals share: the payment, the money, the outcome, the ledger's figures."""
+    return (
+        *id_column,
         Column("payment_id", "payment__public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),
         Column("completed_at_utc", "completed_at", Kind.TIME),
         *_where("payment__"),
-        *_AMOUNT,
+        *amount,
         Column("status", "status"),
+        Column("failure_code", "failure_code"),
+        Column("counts_as_revenue", "counts_as_revenue", Kind.BOOLEAN),
         Column("via_carrier", "via_carrier", Kind.BOOLEAN),
-        Column("carrier_reference", "carrier_reference"),
+        *_figure_columns(currency),
+        Column("charged_at_utc", "charged_at", Kind.TIME),
+        Column(f"{operation}_at_utc", "completed_at", Kind.TIME),
         Column("reason", "reason"),
         Column("requested_by", "requested_by"),
+    )
+
+
+REFUNDS = ExportColumns(
+    model=Refund,
+    created="created_at",
+    payment="payment__",
+    annotations=_operation_values,
+    ledger=REFUND_LEDGER,
+    columns=_operation_columns(
+        operation="refunded",
+        id_column=(Column("refund_id", "public_id"),),
+        amount=(*_AMOUNT, Column("carrier_reference", "carrier_reference")),
+    ),
+)
+REVERSALS = ExportColumns(
+    model=Reversal,
+    created="created_at",
+    payment="payment__",
+    annotations=_operation_values,
+    ledger=REVERSAL_LEDGER,
+    columns=_operation_columns(
+        operation="reversed",
+        id_column=(Column("reversal_id", "id", Kind.INTEGER),),
+        amount=(
+            Column("amount_minor", "payment__amount_minor", Kind.INTEGER),
+            Column("currency", "payment__currency"),
+            Column("amount", "payment__amount_minor", Kind.MONEY, currency="payment__currency"),
+        ),
+        currency="payment__currency",
     ),
 )
 LEDGER = ExportColumns(
     model=LedgerLine,
     created="entry__created_at",
     payment="entry__payment__",
+    annotations=_ledger_line_values,
     columns=(
         Column("entry_id", "entry_id", Kind.INTEGER),
         Column("entry_kind", "entry__kind"),
         Column("payment_id", "entry__payment__public_id"),
         Column("account", "account"),
         *_AMOUNT,
+        Column("counts_as_revenue", "counts_as_revenue", Kind.BOOLEAN),
+        *_figure_columns(),
         Column("created_at_utc", "entry__created_at", Kind.TIME),
     ),
 )
@@ -146,7 +401,7 @@ def python_value(column: Column, value: Any, currency: Any = None) -> Any:
     return value
 
 
-def _exponents_sql(currency: str) -> str:
+def sql_exponent(currency: str) -> str:
     """The exponent of the currency in `currency`, from the same table `to_major` reads."""
     cases = " ".join(f"WHEN '{code}' THEN {exponent}" for code, exponent in sorted(_odd_exponents().items()))
     return f"(CASE {currency} {cases} ELSE {DEFAULT_EXPONENT} END)" if cases else str(DEFAULT_EXPONENT)
@@ -175,11 +430,11 @@ def _xml_text(value: str) -> str:
     return f"regexp_replace({lines}, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f]', E'\\uFFFD', 'g')"
 
 
-def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
+def sql_xlsx_cell(column: Column, value: str, currency: str = "", *, exponent: str = "") -> str:
     """The `<c>` element of a sheet row (SpreadsheetML) for `python_value(...)`, as a PostgreSQL expression.
     Texts are inline strings (never formulas); times are serial dates in style 1 (`playpay.tables`)."""
     if column.kind == Kind.MONEY:
-        number = sql_value(column, value, currency)
+        number = sql_value(column, value, currency, exponent=exponent)
     elif column.kind == Kind.INTEGER:
         number = f"{value}::text"
     elif column.kind == Kind.TIME:
@@ -197,10 +452,11 @@ def sql_xlsx_cell(column: Column, value: str, currency: str = "") -> str:
     return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c><v>' || {number} || '</v></c>' END"
 
 
-def sql_value(column: Column, value: str, currency: str = "") -> str:
-    """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources."""
+def sql_value(column: Column, value: str, currency: str = "", *, exponent: str = "") -> str:
+    """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources.
+    `exponent`: the currency's exponent (`sql_exponent(currency)`) when the query has it already."""
     if column.kind == Kind.MONEY:
-        exponent = _exponents_sql(currency)
+        exponent = exponent or sql_exponent(currency)
         return f"round({value}::numeric / power(10::numeric, {exponent}), {exponent})::text"
     if column.kind == Kind.TIME:
         return f"to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"

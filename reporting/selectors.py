@@ -178,6 +178,9 @@ def _dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: dat
             window.query(("failed_payments",), group_by=("failure_code",)),
         ],
     )
+    revenue_tile = _revenue_tile(window, revenue)
+    refunds = _refunds_tile(window)
+    carriers = _carriers_tile(window, filters, by_carrier)
     return {
         "dashboard": dashboard.slug,
         "as_of": now.isoformat(),
@@ -191,13 +194,15 @@ def _dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: dat
         "filters": {"app": filters.app, "country": filters.country, "carrier": filters.carrier},
         "currency": window.currency,
         "fx": _fx_tile(window.fx),
-        "revenue": _revenue_tile(window, revenue),
+        "revenue": revenue_tile,
         "funnel": _funnel_tile(window, dashboard),
-        "carriers": _carriers_tile(window, filters, by_carrier),
+        "carriers": carriers,
         "latency_ignores_app_filter": bool(filters.app),
-        "refunds": _refunds_tile(window),
+        "refunds": refunds,
+        "net_revenue": _net_revenue(window, revenue_tile, refunds),
         "errors": _errors_tile(errors),
-        "alerts": _alerts_tile(),
+        "alerts": _alerts_tile(filters),
+        "no_data": _no_data(filters, revenue_tile, refunds, carriers),
     }
 
 
@@ -392,11 +397,39 @@ def _errors_tile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )[:TOP_ERRORS]
 
 
-def _alerts_tile() -> dict[str, Any]:
+def _alerts_tile(filters: DashboardFilters) -> dict[str, Any]:
+    """Open and recent alerts; with a carrier chosen, only those that may concern it."""
     return {
-        "open": [alerts.describe(event) for event in alerts.open_alerts()],
-        "recent": [alerts.describe(event) for event in alerts.recent_alert_events()],
+        "open": [alerts.describe(event) for event in alerts.open_alerts(carrier=filters.carrier)],
+        "recent": [alerts.describe(event) for event in alerts.recent_alert_events(carrier=filters.carrier)],
     }
+
+
+def _net_revenue(window: _Window, revenue: dict[str, Any], refunds: dict[str, Any]) -> dict[str, Any]:
+    """Revenue less the refunds and reversals paid back in the period, per currency and converted."""
+    net: dict[str, int] = defaultdict(int)
+    for tile, sign in ((revenue, 1), (refunds["refunded"], -1), (refunds["reversed"], -1)):
+        for amount in tile["by_currency"]:
+            net[amount["currency"]] += sign * amount["amount_minor"]
+    return window.money(dict(net))
+
+
+def _contradiction(filters: DashboardFilters) -> str:
+    """Why the filters cannot match anything, in a sentence, or ""."""
+    if filters.carrier and filters.country:
+        country = Carrier.objects.filter(slug=filters.carrier).values_list("country_id", flat=True).first()
+        if country is not None and country != filters.country:
+            return f"The carrier {filters.carrier} is in {country}, not in {filters.country}."
+    return ""
+
+
+def _no_data(filters: DashboardFilters, revenue: dict[str, Any], refunds: dict[str, Any], carriers: list[Any]) -> str:
+    """What the page says instead of empty charts, or "" when there is something to show."""
+    if reason := _contradiction(filters):
+        return f"No data: these filters cannot match anything. {reason}"
+    if not (revenue["total_payments"] or refunds["total_refunds"] or refunds["total_reversals"] or carriers):
+        return "No data for this period and these filters."
+    return ""
 
 
 def dashboard_choices() -> dict[str, list[tuple[str, str]]]:

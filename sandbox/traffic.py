@@ -212,7 +212,8 @@ class DemoTraffic:
         inbox = self._call("GET", f"/simulators/{demo.protocol}/_sms", params={"msisdn": msisdn})
         if inbox is None or inbox.status_code != 200 or not inbox.json()["messages"]:
             return None
-        found = re.findall(r"\b\d{4,8}\b", inbox.json()["messages"][-1])
+        # The code, not the digits of what it confirms (a price, a product) that the message may state after it.
+        found = re.findall(r"code is (\d{4,10})", inbox.json()["messages"][-1])
         return found[-1] if found else None
 
     def _refund(self, payment: dict[str, Any]) -> None:

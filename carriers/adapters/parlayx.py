@@ -315,7 +315,9 @@ class ParlayXAdapter(CarrierAdapter):
         if not reservation:
             return CarrierResult.pending("MALFORMED", "reserveAmount answered no reservation", transport_failed=True)
         pin = "".join(secrets.choice("0123456789") for _ in range(PIN_LENGTH))
-        sms: dict[str, Any] = {"addresses": [end_user(request.msisdn)], "message": PIN_MESSAGE.format(pin=pin)}
+        # The message states what the PIN agrees to (a subscription's price and period: the regulatory opt-in).
+        message = PIN_MESSAGE.format(pin=pin) + (f" to confirm {request.description}" if request.description else "")
+        sms: dict[str, Any] = {"addresses": [end_user(request.msisdn)], "message": message}
         if self.config.credentials.get("sender_name"):
             sms["senderName"] = str(self.config.credentials["sender_name"])
         sent = self._call(SEND_SMS, "sendSms", request.msisdn, **sms)

@@ -59,13 +59,13 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 COUNTRY_PATTERN = "[A-Za-z]{2}"  # ISO 3166 alpha-2; the parameter may also be empty (any country)
 
 
-def _app(request: Request) -> App:
+def app_of(request: Request) -> App:
     app = request_app(request)
     assert app is not None  # guaranteed by the IsApp permission
     return app
 
 
-def _idempotency_key(request: Request, app: App) -> IdempotencyKey:
+def idempotency_key_of(request: Request, app: App) -> IdempotencyKey:
     """The request's Idempotency-Key header (400 when missing or malformed) and its fingerprint."""
     return IdempotencyKey(
         app=app,
@@ -74,12 +74,12 @@ def _idempotency_key(request: Request, app: App) -> IdempotencyKey:
     )
 
 
-def _created(body: Any) -> StoredResponse:
+def created_response(body: Any) -> StoredResponse:
     # Stored for replays as the client received it (UUIDs, times and decimals as JSON strings).
     return StoredResponse(status=status.HTTP_201_CREATED, body=json.loads(JSONRenderer().render(body)))
 
 
-def _respond(response: StoredResponse) -> Response:
+def respond(response: StoredResponse) -> Response:
     headers = {REPLAYED_HEADER: "true"} if response.replayed else None
     return Response(response.body, status=response.status, headers=headers)
 
@@ -93,7 +93,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> PaymentQuerySet:
-        queryset = Payment.objects.filter(app=_app(self.request)).select_related("carrier", "price_point")
+        queryset = Payment.objects.filter(app=app_of(self.request)).select_related("carrier", "price_point")
         if self.action == "list":
             params = self.request.query_params
             if params.get("status"):
@@ -127,16 +127,16 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         summary="Create a payment",
     )
     def create(self, request: Request) -> Response:
-        app = _app(request)
-        key = _idempotency_key(request, app)
+        app = app_of(request)
+        key = idempotency_key_of(request, app)
         incoming = PaymentCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         payment_request = PaymentRequest(**incoming.validated_data)
-        return _respond(
+        return respond(
             run_idempotent(
                 key,
                 perform=lambda: create_payment(app=app, request=payment_request, idempotency=key),
-                render=lambda payment: _created(PaymentSerializer(payment).data),
+                render=lambda payment: created_response(PaymentSerializer(payment).data),
                 load=lambda public_id: self.get_queryset().with_public_id(public_id).get(),
             )
         )
@@ -203,8 +203,8 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         payment = self.get_object()
         if request.method == "GET":
             return Response(RefundSerializer(refunds_of(payment).order_by("id"), many=True).data)
-        app = _app(request)
-        key = _idempotency_key(request, app)
+        app = app_of(request)
+        key = idempotency_key_of(request, app)
         incoming = RefundCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
 
@@ -217,11 +217,11 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                 idempotency=key,
             )
 
-        return _respond(
+        return respond(
             run_idempotent(
                 key,
                 perform=perform,
-                render=lambda refund: _created(RefundSerializer(refund).data),
+                render=lambda refund: created_response(RefundSerializer(refund).data),
                 load=lambda public_id: refunds_of(payment).get(public_id=public_id),
             )
         )
@@ -238,7 +238,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         incoming = ReversalCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
         reversal = request_reversal(
-            payment=payment, reason=incoming.validated_data["reason"], actor=app_actor(_app(request))
+            payment=payment, reason=incoming.validated_data["reason"], actor=app_actor(app_of(request))
         )
         return Response(ReversalSerializer(reversal).data, status=status.HTTP_201_CREATED)
 

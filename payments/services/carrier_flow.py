@@ -37,6 +37,10 @@ def carrier_actor(carrier: Carrier) -> str:
     return f"carrier:{carrier.slug}"
 
 
+# The key in a payment's carrier_data of what the carrier tells the player, when its creator set one.
+DESCRIPTION = "description"
+
+
 def charge_request(payment: Payment) -> ChargeRequest:
     return ChargeRequest(
         payment_id=str(payment.public_id),
@@ -44,7 +48,7 @@ def charge_request(payment: Payment) -> ChargeRequest:
         amount_minor=payment.amount_minor,
         currency=payment.currency,
         price_point=payment.price_point.code,
-        description=f"{payment.app.name}: {payment.price_point.code}",
+        description=payment.carrier_data.get(DESCRIPTION) or f"{payment.app.name}: {payment.price_point.code}",
         carrier_reference=payment.carrier_reference,
         state={**payment.carrier_data, "attempt": payment.charge_attempts, **asked_at(payment.outcome_unknown_since)},
     )

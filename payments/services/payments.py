@@ -17,7 +17,7 @@ from django.utils import timezone
 from carriers.adapters import adapter_class
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
-from carriers.models import Carrier
+from carriers.models import Carrier, PricePoint
 from carriers.msisdn import normalize_msisdn
 from carriers.services import get_offered_price_point, resolve_carrier
 from payments.errors import (
@@ -30,6 +30,7 @@ from payments.errors import (
 from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services import outbox
 from payments.services.carrier_flow import (
+    DESCRIPTION,
     app_actor,
     charge_request,
     dispatch,
@@ -87,30 +88,66 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
     adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
-    public_id = new_public_id()
     with transaction.atomic():
-        payment = Payment.objects.create(
-            public_id=public_id,
+        payment = open_payment(
             app=app,
             user_ref=request.user_ref,
             msisdn=msisdn,
             carrier=carrier,
             price_point=price_point,
-            amount_minor=price_point.amount_minor,
-            currency=price_point.currency,
             flow=flow,
+            actor=app_actor(app),
             idempotency_key=idempotency.key,
             journey_id=request.journey_id,
             metadata=request.metadata,
         )
+        claim_key(idempotency, resource_id=payment.public_id)
+    # As it is now: where tasks run in-process, the carrier's first step already ran at the commit.
+    payment.refresh_from_db()
+    return payment
+
+
+def open_payment(
+    *,
+    app: App,
+    user_ref: str,
+    msisdn: str,
+    carrier: Carrier,
+    price_point: PricePoint,
+    flow: str,
+    actor: str,
+    idempotency_key: str = "",
+    journey_id: str = "",
+    metadata: dict[str, Any] | None = None,
+    description: str = "",
+) -> Payment:
+    """Insert a payment for a validated request and queue the carrier's first step (sending the PIN, or the
+    one-click charge) for after the commit. Call inside `transaction.atomic()`.
+
+    `description`: what the carrier tells the player (the PIN message, the charge's text), where the
+    protocol carries one; default: the app's name and the price point's code.
+    """
+    payment = Payment.objects.create(
+        public_id=new_public_id(),
+        app=app,
+        user_ref=user_ref,
+        msisdn=msisdn,
+        carrier=carrier,
+        price_point=price_point,
+        amount_minor=price_point.amount_minor,
+        currency=price_point.currency,
+        flow=flow,
+        idempotency_key=idempotency_key,
+        journey_id=journey_id,
+        metadata=metadata or {},
+        carrier_data={DESCRIPTION: description} if description else {},
+    )
+    if idempotency_key:
         # The key per app, unique across the payments' months: another request with this key committed, or
         # is still running (PostgreSQL makes us wait for it), and this one raises KeyAlreadyClaimed.
         claim_idempotency_key(payment)
-        record_creation(payment, actor=app_actor(app))
-        dispatch(payment, "start_payment")
-        claim_key(idempotency, resource_id=public_id)
-    # As it is now: where tasks run in-process, the carrier's first step already ran at the commit.
-    payment.refresh_from_db()
+    record_creation(payment, actor=actor)
+    dispatch(payment, "start_payment")
     return payment
 
 

@@ -102,16 +102,29 @@ def queue_payment_webhook(payment: Payment) -> WebhookDelivery | None:
 
     It is delivered after the commit, through the outbox.
     """
-    app = App.objects.get(pk=payment.app_id)
+    return queue_webhook(
+        app_id=payment.app_id,
+        event_type=f"payment.{payment.status}",
+        payload=payment_event(payment),
+        payment=payment,
+    )
+
+
+def queue_webhook(
+    *, app_id: int, event_type: str, payload: dict[str, Any], payment: Payment | None = None
+) -> WebhookDelivery | None:
+    """Queue a webhook to the app (none when it has no webhook URL); call inside the transaction of the change
+    it tells of. It is delivered after the commit, through the outbox, and retried on the usual schedule."""
+    app = App.objects.get(pk=app_id)
     if not app.webhook_url:
         return None
     delivery = WebhookDelivery.objects.create(
         app=app,
         payment=payment,
-        payment_created_at=payment.created_at,
+        payment_created_at=payment.created_at if payment is not None else None,
         message_id=f"msg_{uuid.uuid4().hex}",
-        event_type=f"payment.{payment.status}",
-        payload=payment_event(payment),
+        event_type=event_type,
+        payload=payload,
         url=app.webhook_url,
         next_attempt_at=timezone.now(),
     )

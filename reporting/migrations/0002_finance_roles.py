@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from django.contrib.auth.management import create_permissions
 from django.db import migrations
+
+from playpay.roles import grant_permissions, revoke_permissions
 
 GRANTS = {
     "finance": [
@@ -18,27 +19,11 @@ GRANTS = {
 
 
 def grant(apps: Any, schema_editor: Any) -> None:
-    app_config = apps.get_app_config("reporting")
-    app_config.models_module = True
-    create_permissions(app_config, apps=apps, verbosity=0)
-    app_config.models_module = None
-    group_model = apps.get_model("auth", "Group")
-    permission_model = apps.get_model("auth", "Permission")
-    for role, codenames in GRANTS.items():
-        group, _ = group_model.objects.get_or_create(name=role)
-        group.permissions.add(
-            *permission_model.objects.filter(content_type__app_label="reporting", codename__in=codenames)
-        )
+    grant_permissions(apps, app_label="reporting", grants=GRANTS)
 
 
 def revoke(apps: Any, schema_editor: Any) -> None:
-    group_model = apps.get_model("auth", "Group")
-    permission_model = apps.get_model("auth", "Permission")
-    for role, codenames in GRANTS.items():
-        for group in group_model.objects.filter(name=role):
-            group.permissions.remove(
-                *permission_model.objects.filter(content_type__app_label="reporting", codename__in=codenames)
-            )
+    revoke_permissions(apps, app_label="reporting", grants=GRANTS)
 
 
 class Migration(migrations.Migration):

@@ -126,23 +126,71 @@ def evaluate_alert_rules(*, now: datetime | None = None) -> Evaluation:
     return Evaluation(fired, resolved)
 
 
-def open_alerts() -> list[AlertEvent]:
-    return list(AlertEvent.objects.filter(resolved_at__isnull=True).select_related("rule")[:50])
+def _for_carrier(events: Any, carrier: str) -> Any:
+    """Only the events that may concern `carrier`: a rule for that carrier, or grouped by carrier and fired for
+    it, or a rule over every carrier (which includes it). A rule for another carrier is left out."""
+    if not carrier:
+        return events
+    kept = []
+    for event in events:
+        rule = event.rule
+        scope = rule.filters.get("carrier") if isinstance(rule.filters, dict) else None
+        scoped = [str(value) for value in scope] if isinstance(scope, list) else [str(scope)] if scope else []
+        if scoped and carrier not in scoped:
+            continue
+        if rule.group_by == "carrier" and event.key and event.key != carrier:
+            continue
+        kept.append(event)
+    return kept
 
 
-def recent_alert_events(*, limit: int = 10) -> list[AlertEvent]:
-    return list(AlertEvent.objects.select_related("rule")[:limit])
+def open_alerts(*, carrier: str = "") -> list[AlertEvent]:
+    events = AlertEvent.objects.filter(resolved_at__isnull=True).select_related("rule__dataset")
+    return list(_for_carrier(events[:200], carrier))[:50]
+
+
+def recent_alert_events(*, limit: int = 10, carrier: str = "") -> list[AlertEvent]:
+    events = AlertEvent.objects.select_related("rule__dataset")
+    return list(_for_carrier(events[: limit * 20] if carrier else events[:limit], carrier))[:limit]
+
+
+def _measure_type(rule: AlertRule) -> tuple[str, str]:
+    """(data type, unit) of the rule's measure, as the dataset declares it."""
+    field = rule.dataset.fields.filter(name=rule.measure).values_list("data_type", "unit").first()
+    return field if field is not None else (DatasetField.DataType.DECIMAL, "")
+
+
+def format_measure(value: Decimal | None, *, data_type: str, unit: str = "") -> str:
+    """A measure's value as the dashboard shows it elsewhere: a ratio as a percentage with one decimal
+    (0.692308 -> "69.2 %"), a count as a whole number, other numbers with at most 2 decimals and their unit."""
+    if value is None:
+        return "—"
+    if data_type == DatasetField.DataType.RATIO:
+        return f"{value * 100:.1f} %"
+    if data_type == DatasetField.DataType.INTEGER:
+        number = f"{value:.0f}"
+    else:
+        number = f"{value.quantize(Decimal('0.01')).normalize():f}"
+    return f"{number} {unit}".strip()
 
 
 def describe(event: AlertEvent) -> dict[str, Any]:
     rule = event.rule
+    data_type, unit = _measure_type(rule)
+
+    def shown(value: Decimal | None) -> str:
+        return format_measure(value, data_type=data_type, unit=unit)
+
+    condition = f"{rule.measure} {rule.get_comparison_display()} {shown(rule.threshold)}"
     return {
         "rule": rule.name,
         "key": event.key,
-        "condition": f"{rule.condition} over {rule.window_minutes} min",
+        "condition": f"{condition} over {rule.window_minutes} min",
         "state": "firing" if event.is_open else "resolved",
         "fired_at": event.fired_at.isoformat(),
         "fired_value": float(event.fired_value),
+        "fired_value_text": shown(event.fired_value),
         "resolved_at": event.resolved_at.isoformat() if event.resolved_at else None,
         "resolved_value": float(event.resolved_value) if event.resolved_value is not None else None,
+        "resolved_value_text": shown(event.resolved_value) if event.resolved_value is not None else None,
     }

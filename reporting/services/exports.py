@@ -1,4 +1,4 @@
-"""Finance exports: transactions, refunds and ledger lines, filtered, streamed as CSV or XLSX.
+"""Finance exports: transactions, refunds, reversals and ledger lines, filtered, streamed as CSV or XLSX.
 
 What each export contains is declared once (`reporting.resources`). On PostgreSQL the server writes the
 rows (`COPY (SELECT ...) TO STDOUT`): CSV lines passed through as they come, or the sheet rows of an XLSX
@@ -38,7 +38,7 @@ from playpay.tables import TableFormat, csv_lines, temporary_file, write_table, 
 from playpay.times import start_of_utc_day
 from reporting import resources
 from reporting.models import ExportJob, ExportKind, export_file_path
-from reporting.resources import Column, ExportColumns, python_value, sql_value, sql_xlsx_cell
+from reporting.resources import Column, ExportColumns, python_value, sql_exponent, sql_value, sql_xlsx_cell
 from reporting.services.rollups import reporting_statement
 from tenants.models import App
 
@@ -55,6 +55,7 @@ CHUNK_ROWS = 5000
 _COLUMNS: dict[str, ExportColumns] = {
     ExportKind.TRANSACTIONS: resources.TRANSACTIONS,
     ExportKind.REFUNDS: resources.REFUNDS,
+    ExportKind.REVERSALS: resources.REVERSALS,
     ExportKind.LEDGER: resources.LEDGER,
 }
 
@@ -98,14 +99,22 @@ def uses_copy() -> bool:
     return connection.vendor == "postgresql"
 
 
+def _period(filters: ExportFilters) -> tuple[datetime | None, datetime | None]:
+    """The period's first moment and the moment after it (UTC days, both ends included), None when open."""
+    start = start_of_utc_day(filters.date_from) if filters.date_from else None
+    end = start_of_utc_day(filters.date_to + timedelta(days=1)) if filters.date_to else None
+    return start, end
+
+
 def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
     """The rows of an export (model instances, filtered, unordered)."""
     spec = _COLUMNS[ExportKind(kind)]
     lookups: dict[str, Any] = {}
-    if filters.date_from:
-        lookups[f"{spec.created}__gte"] = start_of_utc_day(filters.date_from)
-    if filters.date_to:
-        lookups[f"{spec.created}__lt"] = start_of_utc_day(filters.date_to + timedelta(days=1))
+    start, end = _period(filters)
+    if start:
+        lookups[f"{spec.created}__gte"] = start
+    if end:
+        lookups[f"{spec.created}__lt"] = end
     if filters.carrier:
         lookups[f"{spec.payment}carrier__slug"] = filters.carrier
     if filters.country:
@@ -117,6 +126,16 @@ def export_queryset(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
         # (a few dozen), instead of a scan of every month's payments for one.
         lookups["app_id__in"] = list(App.objects.values_list("pk", flat=True))
     return spec.model._default_manager.filter(**lookups).order_by()
+
+
+def export_values(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
+    """`export_queryset` with the values computed per row (the ledger's figures...) that the columns read."""
+    spec = _COLUMNS[ExportKind(kind)]
+    annotations: dict[str, Any] = spec.annotations()
+    if spec.ledger is not None:
+        annotations.update(spec.ledger.subqueries())
+    queryset: QuerySet[Any] = export_queryset(kind=kind, filters=filters).annotate(**annotations)
+    return queryset
 
 
 def count_export_rows(*, kind: str, filters: ExportFilters) -> int:
@@ -144,7 +163,7 @@ def export_rows(*, kind: str, filters: ExportFilters) -> Iterator[list[Any]]:
     sources = spec.sources
     at = {path: index for index, path in enumerate(sources)}
     plan = [(column, at[column.source], at[column.currency] if column.currency else None) for column in spec.columns]
-    queryset = export_queryset(kind=kind, filters=filters).order_by("pk").values_list(*sources)
+    queryset = export_values(kind=kind, filters=filters).order_by("pk").values_list(*sources)
     for values in queryset.iterator(chunk_size=CHUNK_ROWS):
         yield [
             python_value(column, values[index], values[currency] if currency is not None else None)
@@ -160,26 +179,54 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
     one only formats its columns and orders by the row id.
     """
     spec = _COLUMNS[ExportKind(kind)]
-    alias = {path: f"c{index}" for index, path in enumerate(spec.sources)}
-    inner = export_queryset(kind=kind, filters=filters).values(
-        row_key=F("pk"), **{name: F(path) for path, name in alias.items()}
+    ledger = spec.ledger
+    from_ledger = set(ledger.names()) if ledger else set()
+    alias = {path: f"c{index}" for index, path in enumerate(spec.sources) if path not in from_ledger}
+    keys = {"lk": F(ledger.row_key), "lm": F(ledger.row_month)} if ledger else {}
+    inner = (
+        export_queryset(kind=kind, filters=filters)
+        .annotate(**spec.annotations())
+        .values(row_key=F("pk"), **keys, **{name: F(path) for path, name in alias.items()})
     )
     sql, params = inner.query.sql_with_params()
+    # The ledger's values: the row's lines grouped by key, joined once (not a subquery per row).
+    joined, joined_params = "", ()
+    expressions = {path: f"x.{name}" for path, name in alias.items()}
+    if ledger is not None:
+        start, end = _period(filters)
+        grouped = ledger.grouped(months_from=start if spec.period_is_payment_month else None, months_to=end)
+        grouped_sql, joined_params = grouped.query.sql_with_params()
+        joined = f" LEFT JOIN ({grouped_sql}) AS l ON l.k = x.lk AND l.m = x.lm"
+        for name in from_ledger:
+            expressions[name] = f"coalesce(l.{name}, 0)" if ledger.is_sum(name) else f"l.{name}"
+
+    # Each currency's exponent once per row, for however many amounts are in it.
+    currencies = list(dict.fromkeys(column.currency for column in spec.columns if column.currency))
+    exponents = {path: f"x.e{index}" for index, path in enumerate(currencies)}
+    with_exponents = ", ".join(
+        f"{sql_exponent(expressions[path])} AS e{index}" for index, path in enumerate(currencies)
+    )
 
     def sources(column: Column) -> tuple[str, str]:
-        return f"x.{alias[column.source]}", f"x.{alias[column.currency]}" if column.currency else ""
+        return expressions[column.source], expressions[column.currency] if column.currency else ""
+
+    def exponent(column: Column) -> str:
+        return exponents[column.currency] if column.currency else ""
 
     if TableFormat(file_format) == TableFormat.XLSX:
-        cells = " || ".join(sql_xlsx_cell(column, *sources(column)) for column in spec.columns)
+        cells = " || ".join(
+            sql_xlsx_cell(column, *sources(column), exponent=exponent(column)) for column in spec.columns
+        )
         select = f"'<row>' || {cells} || '</row>'"
         # The row has no line breaks, and no \x01 or \x02 (not allowed in XML): nothing for CSV to quote.
         options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
     else:
-        select = ", ".join(sql_value(column, *sources(column)) for column in spec.columns)
+        select = ", ".join(sql_value(column, *sources(column), exponent=exponent(column)) for column in spec.columns)
         options = "FORMAT csv"
     # Only our own column expressions and Django's compiled query; every value is a parameter.
-    statement = f"COPY (SELECT {select} FROM ({sql}) AS x ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
-    return statement, tuple(params)
+    rows = f"SELECT x.*, {with_exponents} FROM ({sql}) AS x" if currencies else sql  # noqa: S608
+    statement = f"COPY (SELECT {select} FROM ({rows}) AS x{joined} ORDER BY x.row_key) TO STDOUT ({options})"  # noqa: S608
+    return statement, (*params, *joined_params)
 
 
 def copy_rows(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> Iterator[bytes]:

@@ -13,7 +13,7 @@ carrier* (a refund the platform paid itself does not change what the carrier col
 import logging
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, timedelta
 from pathlib import PurePath
 from typing import IO, Any
@@ -31,7 +31,7 @@ from payments.services.settlement import Collected, settle_unknown_outcomes
 from playpay.money import format_money, to_major
 from playpay.tables import TableFormat, write_table
 from playpay.times import start_of_utc_day
-from reporting.models import SettlementFile
+from reporting.models import ReconciliationNote, SettlementFile
 from reporting.resources import SettlementLineResource
 
 logger = logging.getLogger(__name__)
@@ -96,14 +96,21 @@ def _check_columns(dataset: Any) -> None:
         raise SettlementFileRejected(["the file has no lines under its header"])
 
 
+def spreadsheet_row(data_row: int) -> int:
+    """The row as a person sees it in the spreadsheet, where the header is row 1: data row 1 is row 2."""
+    return data_row + 1
+
+
 def _errors_of(result: Any) -> list[str]:
     numbered: list[tuple[int, str]] = []
     for invalid in result.invalid_rows:
+        row = spreadsheet_row(invalid.number)
         for column, messages in invalid.error_dict.items():
             where = "" if column == "__all__" else f"{column}: "
-            numbered.extend((invalid.number, f"row {invalid.number}: {where}{message}") for message in messages)
+            numbered.extend((row, f"row {row}: {where}{message}") for message in messages)
     for failed in result.error_rows:
-        numbered.extend((failed.number, f"row {failed.number}: {error.error}") for error in failed.errors)
+        row = spreadsheet_row(failed.number)
+        numbered.extend((row, f"row {row}: {error.error}") for error in failed.errors)
     numbered.extend((0, str(error.error)) for error in result.base_errors)
     return [message for _, message in sorted(numbered, key=lambda item: item[0])]
 
@@ -196,12 +203,37 @@ class ReconciliationRow:
     their_date: date | None
     their_lines: int
     note: str = ""
+    notes: tuple[ReconciliationNote, ...] = ()  # finance's, oldest first
 
     @property
     def difference_minor(self) -> int | None:
         if self.our_amount_minor is None or self.their_amount_minor is None:
             return None
         return self.their_amount_minor - self.our_amount_minor
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What names the line: its carrier reference, or our payment when we have no reference for it."""
+        return line_key(self.carrier_reference, self.payment_id)
+
+    @property
+    def resolution(self) -> ReconciliationNote | None:
+        """The note that resolved this difference, unless it was reopened since."""
+        for note in reversed(self.notes):
+            if note.action == ReconciliationNote.Action.RESOLVE:
+                return note
+            if note.action == ReconciliationNote.Action.REOPEN:
+                return None
+        return None
+
+    @property
+    def open(self) -> bool:
+        """A difference nobody has resolved yet."""
+        return self.category != Category.MATCHED and self.resolution is None
+
+
+def line_key(carrier_reference: str, payment_id: str) -> tuple[str, str]:
+    return (carrier_reference, "") if carrier_reference else ("", payment_id)
 
 
 @dataclass(frozen=True)
@@ -213,6 +245,10 @@ class ReconciliationReport:
     @property
     def balanced(self) -> bool:
         return all(row.category == Category.MATCHED for row in self.rows)
+
+    @property
+    def open_differences(self) -> int:
+        return sum(row.open for row in self.rows)
 
     def rows_in(self, category: str | None) -> list[ReconciliationRow]:
         return [row for row in self.rows if category in (None, "", row.category)]
@@ -368,7 +404,12 @@ def reconcile_settlement_file(*, settlement_file: SettlementFile) -> Reconciliat
             continue
         note = "" if our.reference else "we have no carrier reference for it"
         rows.append(_row(Category.MISSING_ON_THEIR_SIDE, our.reference, our, None, note=note))
-    rows.sort(key=lambda row: (_ORDER[row.category], row.carrier_reference, row.payment_id))
+    notes: dict[tuple[str, str], list[ReconciliationNote]] = {}
+    for kept in settlement_file.notes.select_related("author").order_by("id"):
+        notes.setdefault(line_key(kept.carrier_reference, kept.payment_id), []).append(kept)
+    rows = [replace(row, notes=tuple(notes.get(row.key, ()))) for row in rows]
+    # What needs a look first: open differences, then resolved ones, then the matched lines.
+    rows.sort(key=lambda row: (row.category == Category.MATCHED, not row.open, _ORDER[row.category], row.key))
     counts = Counter(row.category for row in rows)
     report = ReconciliationReport(
         settlement_file=settlement_file, rows=rows, counts={category: counts[category] for category in Category}
@@ -382,7 +423,12 @@ def _keep_summary(settlement_file: SettlementFile, report: ReconciliationReport)
     settlement_file.amount_mismatches = report.counts[Category.AMOUNT_MISMATCH]
     settlement_file.missing_on_our_side = report.counts[Category.MISSING_ON_OUR_SIDE]
     settlement_file.missing_on_their_side = report.counts[Category.MISSING_ON_THEIR_SIDE]
-    settlement_file.status = SettlementFile.Status.BALANCED if report.balanced else SettlementFile.Status.DIFFERENCES
+    if report.balanced:
+        settlement_file.status = SettlementFile.Status.BALANCED
+    elif report.open_differences:
+        settlement_file.status = SettlementFile.Status.DIFFERENCES
+    else:
+        settlement_file.status = SettlementFile.Status.RESOLVED
     settlement_file.reconciled_at = timezone.now()
     settlement_file.save(
         update_fields=[
@@ -394,6 +440,52 @@ def _keep_summary(settlement_file: SettlementFile, report: ReconciliationReport)
             "reconciled_at",
         ]
     )
+
+
+# --- Notes and resolutions ------------------------------------------------------
+
+
+class NoteRefused(ValueError):
+    """A note that cannot be kept, with a sentence for the person who wrote it."""
+
+
+def note_reconciliation_line(
+    *,
+    settlement_file: SettlementFile,
+    carrier_reference: str,
+    payment_id: str,
+    action: str,
+    text: str,
+    author: AbstractBaseUser,
+) -> ReconciliationNote:
+    """Keep finance's note on a line of the file's reconciliation: a note, a resolution or a reopening, with
+    why (required), who and when. Only a difference can be resolved, and only a resolved one reopened."""
+    text = text.strip()
+    if not text:
+        raise NoteRefused("Say why: the note is kept with your name and the time.")
+    if action not in ReconciliationNote.Action.values:
+        raise NoteRefused("Choose to add a note, resolve the difference or reopen it.")
+    report = reconcile_settlement_file(settlement_file=settlement_file)
+    key = line_key(carrier_reference.strip(), payment_id.strip())
+    row = next((row for row in report.rows if row.key == key), None)
+    if row is None:
+        raise NoteRefused("This line is no longer in the reconciliation; reload the page.")
+    if action == ReconciliationNote.Action.RESOLVE and row.category == Category.MATCHED:
+        raise NoteRefused("This line matches: there is no difference to resolve.")
+    if action == ReconciliationNote.Action.RESOLVE and row.resolution is not None:
+        raise NoteRefused("This difference is already resolved.")
+    if action == ReconciliationNote.Action.REOPEN and row.resolution is None:
+        raise NoteRefused("This difference is not resolved: there is nothing to reopen.")
+    note = ReconciliationNote.objects.create(
+        file=settlement_file,
+        carrier_reference=key[0],
+        payment_id=key[1],
+        action=action,
+        text=text,
+        author_id=author.pk,
+    )
+    reconcile_settlement_file(settlement_file=settlement_file)  # the file's status counts resolved lines
+    return note
 
 
 # --- Export of a reconciliation ----------------------------------------------
@@ -413,6 +505,7 @@ REPORT_HEADER = [
     "their_date",
     "their_lines",
     "note",
+    "resolution",
 ]
 
 
@@ -439,7 +532,15 @@ def report_values(report: ReconciliationReport, *, category: str | None = None) 
             row.their_date,
             row.their_lines,
             row.note,
+            describe_resolution(row.resolution),
         ]
+
+
+def describe_resolution(note: ReconciliationNote | None) -> str:
+    """ "resolved by finance on 2026-05-03 12:00 UTC: <why>", or "" while the line is open."""
+    if note is None:
+        return ""
+    return f"resolved by {note.author.get_username()} on {note.created_at:%Y-%m-%d %H:%M} UTC: {note.text}"
 
 
 def report_file_name(report: ReconciliationReport, file_format: str) -> str:

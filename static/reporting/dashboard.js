@@ -39,6 +39,17 @@
       charts[name].update();
     }
     canvas.dataset.updatedAt = new Date().toISOString();
+    // Empty axes say nothing: a chart with no value to draw says so in words.
+    var empty = config.data.labels.length === 0 || config.data.datasets.every(function (set) {
+      return set.data.every(function (value) { return value === null || value === 0; });
+    });
+    var note = canvas.parentNode.querySelector(".no-data");
+    if (!note) {
+      note = Object.assign(document.createElement("p"), { className: "no-data", textContent: "No data for these filters." });
+      canvas.parentNode.insertBefore(note, canvas);
+    }
+    note.hidden = !empty;
+    canvas.dataset.empty = empty ? "true" : "false";
   }
 
   function render(data) {
@@ -52,6 +63,12 @@
     total.textContent = money(rev.total_minor, data.currency, rev.exponent);
     text("revenue-by-currency", rev.by_currency.map(function (c) { return money(c.amount_minor, c.currency, c.exponent); }).join(" + ") +
       (rev.missing_rates.length ? " (no rate for " + rev.missing_rates.join(", ") + ")" : ""));
+    var net = document.getElementById("net-revenue");
+    net.dataset.amountMinor = data.net_revenue.total_minor === null ? "" : data.net_revenue.total_minor;
+    net.textContent = money(data.net_revenue.total_minor, data.currency, rev.exponent);
+    var noData = document.getElementById("no-data");
+    noData.textContent = data.no_data;
+    noData.hidden = !data.no_data;
     text("total-payments", rev.total_payments);
     text("total-refunds", data.refunds.total_refunds);
     text("total-reversals", data.refunds.total_reversals);
@@ -121,8 +138,8 @@
       var li = document.createElement("li");
       li.dataset.alertState = e.state;
       li.textContent = e.state + ": " + e.rule + (e.key ? " [" + e.key + "]" : "") + " — " + e.condition +
-        ", value " + e.fired_value + " at " + new Date(e.fired_at).toLocaleString() +
-        (e.resolved_at ? ", resolved at " + new Date(e.resolved_at).toLocaleString() : "");
+        ", value " + e.fired_value_text + " at " + new Date(e.fired_at).toLocaleString() +
+        (e.resolved_at ? ", resolved at " + new Date(e.resolved_at).toLocaleString() + " (" + e.resolved_value_text + ")" : "");
       return li;
     }) : [Object.assign(document.createElement("li"), { textContent: "No alerts." })]);
   }

@@ -5,7 +5,8 @@
 - Bodies are I-JSON (RFC 7493), as the API's description says: no NUL character and no lone UTF-16
   surrogate in any string or key, nested ones included. OpenAPI 3.0 cannot state this of free JSON
   (payment `metadata`, event `properties`), so a valid case that breaks it is not generated as valid;
-  negative cases keep it (the API answers them 400 `invalid_json_value`).
+  negative cases keep it (the API answers them 400 `invalid_json_value`). Query parameters likewise:
+  the API refuses a NUL or a lone surrogate in any of them (400 `validation_error`).
 """
 
 import re
@@ -38,4 +39,4 @@ def is_i_json(value: Any) -> bool:
 def filter_case(context: Any, case: Any) -> bool:
     meta = getattr(case, "meta", None)
     positive = meta is None or meta.generation.mode.is_positive
-    return not positive or is_i_json(case.body)
+    return not positive or (is_i_json(case.body) and is_i_json(case.query))

@@ -144,3 +144,19 @@ def test_staff_export_a_dataset_from_the_dashboard_as_csv(admin_page: Page, game
     # The one payment (99 minor units of GBP) is in it, in minor or major units.
     cells = {cell.strip() for row in rows[1:] for cell in row}
     assert cells & {str(paid["amount_minor"]), "0.99", "£0.99"}, rows
+
+
+def test_filters_that_match_nothing_say_so_instead_of_drawing_empty_axes(admin_page: Page, game: Game) -> None:
+    CountryFactory.create(code="ES", name="Spain", currency="EUR", dialing_code="34")
+    CarrierFactory.create(slug="movistar-es", country_id="ES")  # Spain is offered by the filter form
+    game.pay("order-nothing-1")
+    open_dashboard(admin_page)
+    expect(admin_page.locator("#no-data")).to_be_hidden()
+    expect(admin_page.locator("#net-revenue")).not_to_have_text("…")
+
+    choose(admin_page, "carrier", game.shop.carrier.slug)
+    choose(admin_page, "country", "ES")
+    expect(admin_page.locator("#no-data")).to_have_text(
+        f"No data: these filters cannot match anything. The carrier {game.shop.carrier.slug} is in GB, not in ES."
+    )
+    expect(admin_page.locator(".panel:has([data-chart=revenue]) .no-data")).to_have_text("No data for these filters.")

@@ -1,9 +1,12 @@
 """Rollups keep the times between steps in log-spaced buckets and add each day's hours up in a day row:
 counts stay equal to the raw events', percentiles within the documented 1/32, whatever the period's edges."""
 
+import contextlib
+import io
 import random
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +25,7 @@ from funnel.selectors import (
 )
 from tenants.models import App
 from tests.factories import AppFactory
+from tests.processes import django
 
 from .test_analysis import HOUR, STEPS, T0
 
@@ -226,3 +230,35 @@ def json_text(value: Any) -> str:
     import json
 
     return json.dumps(value)
+
+
+DAY_ROWS_SCRIPT = """
+from datetime import datetime, timedelta, UTC
+from funnel.models import FunnelDefinition, FunnelRollupDay
+from funnel.rollups import day_levels
+day = datetime(2026, 3, 2, tzinfo=UTC)
+funnel = FunnelDefinition.objects.create(name="shop", steps=["open", "select", "pay"], window_seconds=3600)
+other = FunnelDefinition.objects.create(name="other", steps=["open", "pay"], window_seconds=3600)
+FunnelRollupDay.objects.create(funnel=funnel, day=day, reached={"carrier": {"ee": [5, 3, 1, 0], "o2": [2, 1, 0, 1]}})
+FunnelRollupDay.objects.create(funnel=funnel, day=day + timedelta(days=1), reached={"carrier": {"ee": [4, 2, 2, 0]}})
+FunnelRollupDay.objects.create(funnel=other, day=day, reached={"carrier": {"ee": [9, 9, 0]}})
+period = {"since": day, "until": day + timedelta(days=2), "column": "carrier", "levels": 4}
+print(day_levels(funnel_ids=[funnel.pk], values=None, **period)[0])
+print(day_levels(funnel_ids=[funnel.pk], values=["ee"], **period)[0])
+print(day_levels(funnel_ids=[funnel.pk, other.pk], values=None, **{**period, "levels": 2})[0])
+"""
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_day_rows_are_added_up_alike_on_postgresql_and_in_the_embedded_default(tmp_path: Path) -> None:
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(DAY_ROWS_SCRIPT, {})  # noqa: S102 - our own script, run here on PostgreSQL as below on SQLite
+    # Levels past a cell's last step are not counted; the last number of a cell (its exclusions) never is.
+    assert printed.getvalue().splitlines() == ["[11, 6, 3, None]", "[9, 5, 3, None]", "[20, 15]"]
+    env = {"PLAYPAY_VAR_DIR": str(tmp_path)}
+    assert django(["migrate", "-v", "0"], env).returncode == 0
+    embedded = django(["shell", "-c", DAY_ROWS_SCRIPT], env)
+    assert embedded.returncode == 0, embedded.stderr
+    assert embedded.stdout.splitlines()[-3:] == printed.getvalue().splitlines()

@@ -1,5 +1,6 @@
 """Helpers for end-to-end payment tests against the carrier simulators over real HTTP."""
 
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,4 +65,6 @@ def wait_for_status(payment_id: str, *statuses: str, timeout: float = 10.0) -> P
 
 def last_pin(protocol: str, msisdn: str) -> str:
     wait_for(lambda: bool(simulator(protocol).sms.get(msisdn)), what=f"an SMS to {msisdn}")
-    return "".join(ch for ch in simulator(protocol).sms[msisdn][-1] if ch.isdigit())
+    found = re.search(r"code is (\d+)", simulator(protocol).sms[msisdn][-1])
+    assert found is not None, simulator(protocol).sms[msisdn][-1]
+    return found.group(1)

@@ -8,12 +8,20 @@ from typing import Any
 import pytest
 
 from carriers.models import Carrier
-from payments.models import Payment, PaymentStatus
+from payments.models import Payment, PaymentStatus, Reversal
+from payments.services.refunds import request_reversal
 from tenants.models import App
-from tests.conftest import MSISDN
+from tests.conftest import MSISDN, Shop
 from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
 
 MakePayment = Callable[..., Payment]
+
+
+def reverse_paid(shop: Shop, payment_id: str, *, reason: str = "item not delivered") -> Reversal:
+    """Reverse one of the shop's succeeded payments, with the carrier work it queues run."""
+    with shop.after_commit(execute=True):
+        reversal = request_reversal(payment=Payment.objects.get(public_id=payment_id), reason=reason, actor="staff:ops")
+    return Reversal.objects.get(pk=reversal.pk)
 
 
 @pytest.fixture(autouse=True)

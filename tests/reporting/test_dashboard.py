@@ -225,3 +225,66 @@ def test_an_alert_on_an_unknown_measure_is_refused(overview: Dashboard) -> None:
     )
     with pytest.raises(ValidationError, match="Choose one of the dataset's measures"):
         rule.full_clean()
+
+
+def test_an_alert_shows_its_ratio_as_the_dashboard_does_and_honours_the_carrier_filter(
+    overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
+    AlertRule.objects.all().delete()
+    AlertRule.objects.create(
+        name="success",
+        dataset=Dataset.objects.get(slug="payments"),
+        measure="success_rate",
+        group_by="carrier",
+        comparison="lt",
+        threshold=Decimal("0.8"),
+        window_minutes=15,
+        min_rows=3,
+    )
+    now = timezone.now()
+    for slug, succeeded in (("gb-one", 9), ("gb-two", 9)):
+        carrier = CarrierFactory.create(slug=slug)
+        for _ in range(succeeded):
+            make_payment(carrier=carrier, created=now - timedelta(minutes=5))
+        for _ in range(4):
+            make_payment(carrier=carrier, created=now - timedelta(minutes=5), status=PaymentStatus.FAILED)
+    assert evaluate_alert_rules().fired == 2
+    client = staff_client("operations")
+
+    alerts = client.get("/reporting/dashboards/overview/data.json").json()["alerts"]["open"]
+    assert {(a["key"], a["fired_value_text"]) for a in alerts} == {("gb-one", "69.2 %"), ("gb-two", "69.2 %")}
+    assert alerts[0]["condition"] == "success_rate < 80.0 % over 15 min"
+    one = client.get("/reporting/dashboards/overview/data.json?carrier=gb-two").json()["alerts"]["open"]
+    assert [a["key"] for a in one] == ["gb-two"]
+
+
+def test_net_revenue_is_revenue_less_what_was_paid_back(
+    overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
+    now = timezone.now()
+    gb = CarrierFactory.create(slug="gb-one")
+    make_payment(carrier=gb, created=now - timedelta(hours=2), amount_minor=499)
+    refunded = make_payment(
+        carrier=gb, created=now - timedelta(hours=1), amount_minor=199, status=PaymentStatus.PARTIALLY_REFUNDED
+    )
+    Refund.objects.create(
+        payment=refunded, amount_minor=50, currency="GBP", reason="r", requested_by="staff:x", status="succeeded"
+    )
+    data = staff_client("finance").get("/reporting/dashboards/overview/data.json?period=24h").json()
+    assert data["net_revenue"]["by_currency"] == [{"currency": "GBP", "amount_minor": 499 + 199 - 50, "exponent": 2}]
+    assert data["net_revenue"]["total_minor"] == round(Decimal(648) / Decimal("0.8"))  # in EUR at 0.80 GBP
+    assert data["no_data"] == ""
+
+
+def test_filters_that_cannot_match_say_so_instead_of_showing_empty_charts(
+    overview: Dashboard, make_payment: MakePayment, staff_client: StaffClient
+) -> None:
+    gb = CarrierFactory.create(slug="gb-one")
+    CountryFactory.create(code="ES", name="Spain", currency="EUR")
+    make_payment(carrier=gb, created=timezone.now() - timedelta(hours=1))
+    client = staff_client("finance")
+    data = client.get("/reporting/dashboards/overview/data.json?carrier=gb-one&country=ES").json()
+    assert data["no_data"] == "No data: these filters cannot match anything. The carrier gb-one is in GB, not in ES."
+    assert data["revenue"]["total_payments"] == 0
+    quiet = client.get("/reporting/dashboards/overview/data.json?period=24h&app=nobody").json()
+    assert quiet["no_data"] == "No data for this period and these filters."

@@ -19,15 +19,16 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
-from payments.models import LedgerLine, OutboxMessage, Payment, Refund
+from payments.models import LedgerLine, OutboxMessage, Payment, Refund, Reversal
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import TableFormat, csv_lines, write_table
 from reporting.models import ExportJob, ExportKind
+from reporting.resources import FIGURES
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
 from tests.conftest import Shop, StaffClient
 from tests.deploy.processes import Processes, wait_for
-from tests.reporting.conftest import MakePayment
+from tests.reporting.conftest import MakePayment, reverse_paid
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,8 +45,17 @@ TRANSACTION_HEADER = [
     "currency",
     "amount",
     "status",
+    "failure_code",
     "carrier_reference",
+    "counts_as_revenue",
     "refunded_minor",
+    "refunded",
+    "reversed_minor",
+    "reversed",
+    *(column for figure in FIGURES for column in (f"{figure}_minor", figure)),
+    "charged_at_utc",
+    "refunded_at_utc",
+    "reversed_at_utc",
 ]
 MAY_3 = datetime(2026, 5, 3, 12, 0, tzinfo=UTC)
 
@@ -146,16 +156,8 @@ def test_refunds_and_ledger_lines_are_exported_with_their_payment(shop: Shop) ->
     assert header[-2:] == ["reason", "requested_by"]
 
     ledger = xlsx_rows(export_bytes(ExportKind.LEDGER, TableFormat.XLSX))
-    assert ledger[0] == [
-        "entry_id",
-        "entry_kind",
-        "payment_id",
-        "account",
-        "amount_minor",
-        "currency",
-        "amount",
-        "created_at_utc",
-    ]
+    assert ledger[0][:7] == ["entry_id", "entry_kind", "payment_id", "account", "amount_minor", "currency", "amount"]
+    assert ledger[0][-1] == "created_at_utc"
     assert len(ledger) - 1 == LedgerLine.objects.count()
     assert {row[1] for row in ledger[1:]} == {"charge", "refund"}
     assert sum(row[4] for row in ledger[1:]) == 0  # balanced, as posted
@@ -445,8 +447,10 @@ def test_the_csv_postgresql_writes_is_byte_for_byte_the_one_python_writes(
         )
     make_payment(carrier=german_carrier, reference="de", created=MAY_3, currency="EUR", amount_minor=1999)
     for currency, amount in (("JPY", 500), ("KWD", 1234), ("EUR", 7)):  # exponents 0, 3 and 2
-        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+        payment = make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+        Reversal.objects.create(payment=payment, reason=f"={currency}", requested_by="staff:ops", via_carrier=False)
     shop.pay(flow="one_click")  # with its ledger lines
+    reverse_paid(shop, shop.pay("key-2", flow="one_click")["id"], reason="-2+3")  # posted
 
     assert exports.uses_copy()
     copied = b"".join(exports.stream_csv(kind=kind, filters=ExportFilters()))
@@ -476,8 +480,10 @@ def test_the_xlsx_postgresql_writes_holds_the_values_python_writes(
             via_carrier=number % 2 == 0,
         )
     for currency, amount in (("JPY", 500), ("KWD", 1234)):
-        make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+        payment = make_payment(carrier=shop.carrier, created=MAY_3, currency=currency, amount_minor=amount)
+        Reversal.objects.create(payment=payment, reason="<b>", requested_by="staff:ops", via_carrier=True)
     shop.pay(flow="one_click")
+    reverse_paid(shop, shop.pay("key-2", flow="one_click")["id"])
 
     python_made = io.BytesIO()
     header, rows = exports.export_header(kind=kind), exports.export_rows(kind=kind, filters=ExportFilters())

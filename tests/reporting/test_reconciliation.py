@@ -1,5 +1,6 @@
 """Carrier settlement files: all-or-nothing import, reconciliation against our payments, its export."""
 
+import csv
 import io
 from datetime import UTC, date, datetime
 from typing import Any
@@ -11,12 +12,14 @@ from openpyxl import Workbook, load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
 from payments.models import PaymentStatus, Refund
-from reporting.models import SettlementFile, SettlementLine
+from reporting.models import ReconciliationNote, SettlementFile, SettlementLine
 from reporting.services.reconciliation import (
     REPORT_HEADER,
     Category,
+    NoteRefused,
     SettlementFileRejected,
     import_settlement_file,
+    note_reconciliation_line,
     reconcile_settlement_file,
     write_report,
 )
@@ -102,7 +105,7 @@ def test_a_file_missing_a_column_is_refused_and_nothing_is_imported(carrier: Car
     assert not SettlementFile.objects.exists()
 
 
-def test_a_bad_amount_on_row_3_is_refused_with_its_row_number_and_nothing_is_imported(
+def test_a_bad_amount_on_spreadsheet_row_4_is_refused_with_that_row_number_and_nothing_is_imported(
     carrier: Carrier, finance_user: User
 ) -> None:
     content = csv_file(
@@ -116,19 +119,20 @@ def test_a_bad_amount_on_row_3_is_refused_with_its_row_number_and_nothing_is_imp
     with pytest.raises(SettlementFileRejected) as rejected:
         upload(carrier, finance_user, "acme.csv", content)
     errors = rejected.value.errors
-    assert errors[0] == "row 3: amount_minor: '9.9x' is not a whole number of minor units"
-    assert any(error.startswith("row 5: currency: 'XXY' is not an ISO 4217 currency code") for error in errors)
-    assert "row 5: date: '03/05/2026' is not a date written as YYYY-MM-DD" in errors
+    # The header is row 1 of the spreadsheet, as a person sees it: the third line under it is row 4.
+    assert errors[0] == "row 4: amount_minor: '9.9x' is not a whole number of minor units"
+    assert any(error.startswith("row 6: currency: 'XXY' is not an ISO 4217 currency code") for error in errors)
+    assert "row 6: date: '03/05/2026' is not a date written as YYYY-MM-DD" in errors
     assert len(errors) == 3
     assert not SettlementFile.objects.exists()
-    assert not SettlementLine.objects.exists()  # rows 1, 2 and 4 were fine, and are not half-imported either
+    assert not SettlementLine.objects.exists()  # rows 2, 3 and 5 were fine, and are not half-imported either
 
 
 def test_an_amount_with_more_decimals_than_its_currency_is_refused(carrier: Carrier, finance_user: User) -> None:
     content = csv_file("carrier_reference,amount,currency,date", "ref-1,0.999,EUR,2026-05-03")
     with pytest.raises(SettlementFileRejected) as rejected:
         upload(carrier, finance_user, "acme.csv", content)
-    assert rejected.value.errors == ["row 1: amount: '0.999' has more decimals than EUR has (2)"]
+    assert rejected.value.errors == ["row 2: amount: '0.999' has more decimals than EUR has (2)"]
 
 
 def test_a_file_that_is_not_a_spreadsheet_is_refused(carrier: Carrier, finance_user: User) -> None:
@@ -292,10 +296,113 @@ def test_an_upload_with_errors_lists_them_and_imports_nothing(carrier: Carrier, 
     assert response.status_code == 200
     page = response.content.decode()
     assert "Nothing was imported" in page
-    assert "row 2: amount_minor: &#x27;x&#x27; is not a whole number of minor units" in page
+    assert "row 3: amount_minor: &#x27;x&#x27; is not a whole number of minor units" in page
     assert not SettlementFile.objects.exists()
 
 
 def test_only_finance_uploads_settlement_files(carrier: Carrier, staff_client: StaffClient) -> None:
     assert staff_client("support").get("/admin/reporting/settlementfile/add/").status_code == 403
     assert staff_client("operations").get("/admin/reporting/settlementfile/add/").status_code == 403
+
+
+# --- Notes and resolutions of differences ---------------------------------------------------------------------
+
+
+def differences(settlement_file: SettlementFile) -> dict[str, Any]:
+    report = reconcile_settlement_file(settlement_file=settlement_file)
+    return {row.carrier_reference or row.payment_id: row for row in report.rows if row.category != Category.MATCHED}
+
+
+@pytest.mark.usefixtures("hand_made")
+def test_finance_resolves_every_difference_with_a_reason_and_the_file_is_resolved(
+    carrier: Carrier, finance_user: User
+) -> None:
+    settlement_file = upload(carrier, finance_user, "acme.csv", THEIR_FILE, **MAY)
+    lines = differences(settlement_file)
+    assert len(lines) == 5
+    assert all(row.open for row in lines.values())
+    for name, row in lines.items():
+        note_reconciliation_line(
+            settlement_file=settlement_file,
+            carrier_reference=row.carrier_reference,
+            payment_id=row.payment_id,
+            action="resolve",
+            text=f"checked {name} with the carrier",
+            author=finance_user,
+        )
+    resolved = differences(settlement_file)
+    assert all(not row.open for row in resolved.values())
+    resolution = resolved["theirs-90"].resolution
+    assert (resolution.author, resolution.text) == (finance_user, "checked theirs-90 with the carrier")
+    assert resolution.created_at is not None
+    settlement_file.refresh_from_db()
+    assert settlement_file.status == SettlementFile.Status.RESOLVED
+
+    note_reconciliation_line(
+        settlement_file=settlement_file,
+        carrier_reference="theirs-90",
+        payment_id="",
+        action="reopen",
+        text="their credit note never came",
+        author=finance_user,
+    )
+    reopened = differences(settlement_file)["theirs-90"]
+    assert reopened.open
+    assert [note.action for note in reopened.notes] == ["resolve", "reopen"]  # the history is kept
+    settlement_file.refresh_from_db()
+    assert settlement_file.status == SettlementFile.Status.DIFFERENCES
+
+
+@pytest.mark.usefixtures("hand_made")
+@pytest.mark.parametrize(
+    ("reference", "action", "text", "refusal"),
+    [
+        ("theirs-90", "resolve", "   ", "Say why"),
+        ("same", "resolve", "fine", "there is no difference to resolve"),
+        ("theirs-90", "reopen", "again", "not resolved"),
+        ("not-a-line", "note", "hello", "no longer in the reconciliation"),
+    ],
+)
+def test_a_note_without_a_reason_or_on_no_difference_is_refused_in_plain_words(
+    carrier: Carrier, finance_user: User, reference: str, action: str, text: str, refusal: str
+) -> None:
+    settlement_file = upload(carrier, finance_user, "acme.csv", THEIR_FILE, **MAY)
+    with pytest.raises(NoteRefused, match=refusal):
+        note_reconciliation_line(
+            settlement_file=settlement_file,
+            carrier_reference=reference,
+            payment_id="",
+            action=action,
+            text=text,
+            author=finance_user,
+        )
+    assert not ReconciliationNote.objects.exists()
+
+
+@pytest.mark.usefixtures("hand_made")
+def test_finance_resolves_a_mismatch_on_the_reconciliation_screen_and_sees_who_when_and_why(
+    carrier: Carrier, finance_user: User, staff_client: StaffClient
+) -> None:
+    settlement_file = upload(carrier, finance_user, "acme.csv", THEIR_FILE, **MAY)
+    page = f"/admin/reporting/settlementfile/{settlement_file.pk}/change/"
+    notes = f"/admin/reporting/settlementfile/{settlement_file.pk}/notes/"
+    why = {"carrier_reference": "theirs-90", "payment_id": "", "action": "resolve", "text": "9p fee per their contract"}
+    assert staff_client("operations").post(notes, why).status_code == 403  # operations only looks
+    finance = staff_client("finance")
+    assert "resolve or add a note" in finance.get(page).content.decode()
+    response = finance.post(notes, why)
+    assert response.status_code == 302
+    assert response["Location"] == page
+    shown = finance.get(page).content.decode()
+    assert "resolved by finance, " in shown
+    assert "UTC: 9p fee per their contract" in shown
+    assert "4 not resolved yet" in shown
+    refused = finance.post(notes, {**why, "carrier_reference": "failed-but-charged", "text": ""}, follow=True)
+    assert "Say why" in refused.content.decode()
+
+    export = finance.get(f"/admin/reporting/settlementfile/{settlement_file.pk}/reconciliation.csv")
+    rows = list(csv.reader(io.StringIO(b"".join(export.streaming_content).decode())))  # type: ignore[attr-defined]
+    resolution = {row[1]: row[-1] for row in rows[1:]}
+    assert resolution["theirs-90"].startswith("resolved by finance on ")
+    assert resolution["theirs-90"].endswith(" UTC: 9p fee per their contract")
+    assert resolution["failed-but-charged"] == ""

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class SubscriptionsConfig(AppConfig):
+    name = "subscriptions"
+    verbose_name = "Subscriptions"
+
+    def ready(self) -> None:
+        from payments import events
+        from subscriptions import tasks  # noqa: F401  (registers the tasks the outbox and beat name)
+        from subscriptions.services import charges
+
+        # A charge of a subscription settles its period in the payment's own transaction.
+        events.subscribe(charges.on_payment_status_changed)

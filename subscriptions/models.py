@@ -1,0 +1,202 @@
+from typing import Any
+
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import F, Q
+
+from playpay.ids import new_public_id
+from subscriptions.periods import Period
+
+
+class SubscriptionStatus(models.TextChoices):
+    PENDING_OPT_IN = "pending_opt_in"
+    ACTIVE = "active"
+    PAST_DUE = "past_due"
+    SUSPENDED = "suspended"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+class Plan(models.Model):
+    """What an app sells by subscription: a period and, per carrier, the price points charged each period.
+
+    Where a plan is offered is where it has an offer (`PlanOffer`): one per carrier, so per country too.
+    """
+
+    app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="plans")
+    code = models.SlugField(max_length=64, help_text="The app's code of the plan, e.g. vip-weekly.")
+    name = models.CharField(max_length=100, help_text="Shown to the player in the opt-in message.")
+    period = models.CharField(max_length=10, choices=Period.choices)
+    trial_days = models.PositiveSmallIntegerField(
+        default=0, help_text="Free days before the first charge (0: none). Needs the carrier's consent flow."
+    )
+    is_active = models.BooleanField(default=True, help_text="Inactive: no new subscriptions; existing ones renew.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["app_id", "code"]
+        constraints = [models.UniqueConstraint(fields=["app", "code"], name="plan_code_unique_per_app")]
+
+    def __str__(self) -> str:
+        return f"{self.code} ({self.period})"
+
+
+class PlanOffer(models.Model):
+    """A plan on one carrier: its price point each period, and optionally a discounted first period."""
+
+    plan = models.ForeignKey(Plan, on_delete=models.CASCADE, related_name="offers")
+    carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="plan_offers")
+    price_point = models.ForeignKey("carriers.PricePoint", on_delete=models.PROTECT, related_name="+")
+    first_period_price_point = models.ForeignKey(
+        "carriers.PricePoint",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Charged for the first period instead (a discount); empty: the regular price.",
+    )
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["plan", "carrier"], name="plan_offer_one_per_carrier")]
+
+    def __str__(self) -> str:
+        return f"{self.plan} on {self.carrier_id}"
+
+
+class Subscription(models.Model):
+    """A player's subscription to a plan on one carrier.
+
+    Period k runs from `periods.boundary(anchor_at, period, k)` to the next boundary; `period_index` is
+    the period last paid for (the current one while active), `entitled_until` when the player's access
+    ends (kept up to date by the state changes: the period's end, the grace period's, or now).
+    `next_charge_at` is when the renewal engine next looks at it (a renewal, a retry, the end of a period
+    whose cancellation was asked for); empty while a charge awaits its outcome or when nothing is due.
+    """
+
+    public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
+    app = models.ForeignKey("tenants.App", on_delete=models.PROTECT, related_name="subscriptions")
+    user_ref = models.CharField(max_length=128, help_text="The game's id of the player.")
+    msisdn = models.CharField("MSISDN", max_length=16, help_text="E.164")
+    carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="subscriptions")
+    plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
+    offer = models.ForeignKey(PlanOffer, on_delete=models.PROTECT, related_name="subscriptions")
+    status = models.CharField(
+        max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.PENDING_OPT_IN
+    )
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    anchor_at = models.DateTimeField(null=True, blank=True, help_text="Start of the first period (at opt-in).")
+    period_index = models.PositiveIntegerField(default=0, help_text="The period last paid for (0: the first).")
+    current_period_start = models.DateTimeField(null=True, blank=True)
+    current_period_end = models.DateTimeField(null=True, blank=True)
+    entitled_until = models.DateTimeField(null=True, blank=True)
+    next_charge_at = models.DateTimeField(null=True, blank=True)
+    cancel_at_period_end = models.BooleanField(default=False)
+    cancel_reason = models.CharField(max_length=255, blank=True)
+    cancelled_at = models.DateTimeField(null=True, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(status__in=SubscriptionStatus.values), name="subscription_status_valid"),
+            # The key per app: the same request sent twice opens one subscription.
+            models.UniqueConstraint(
+                fields=["app", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="subscription_idempotency_key_unique_per_app",
+            ),
+            models.CheckConstraint(
+                condition=Q(current_period_end__isnull=True) | Q(current_period_end__gt=F("current_period_start")),
+                name="subscription_period_ends_after_start",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["app", "user_ref"]),
+            models.Index(fields=["app", "status"]),
+            # The renewal engine's query: what is due, oldest first.
+            models.Index(
+                fields=["next_charge_at"], condition=Q(next_charge_at__isnull=False), name="subscription_due_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.public_id)
+
+
+class SubscriptionStatusChange(models.Model):
+    """One step of a subscription's history: who moved it, from what, to what, and why."""
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="history")
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16)
+    actor = models.CharField(max_length=150, help_text="app:<name>, carrier:<slug>, staff:<username> or system")
+    reason = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["subscription", "id"])]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+class SubscriptionCharge(models.Model):
+    """One attempt to charge one period of a subscription: the period and the payment that charges it.
+
+    Exactly once, held by the database: the partial unique index `subscription_one_live_charge_per_period`
+    allows, per subscription and period (its index, which fixes its start), one row whose outcome is
+    `pending` or `succeeded`. A second attempt for a period can be inserted only after the first one failed,
+    so a period can neither be charged twice at once (two schedulers, a duplicate task) nor succeed twice;
+    failed attempts (retries of an insufficient balance) stay as history. The outcome follows the payment's
+    final status, set in the payment's own transaction (`services.charges.on_payment_status_changed`).
+
+    On PostgreSQL the payment is referred to by (payment_id, payment_created_at), a composite foreign key
+    to the monthly-partitioned payments (migration 0002), as refunds and ledger entries do.
+    """
+
+    class Kind(models.TextChoices):
+        OPT_IN = "opt_in", "opt-in (first period, PIN)"
+        RENEWAL = "renewal"
+
+    class Outcome(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="charges")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    period_index = models.PositiveIntegerField()
+    period_start = models.DateTimeField(null=True, blank=True, help_text="Empty for the opt-in until it succeeds.")
+    period_end = models.DateTimeField(null=True, blank=True)
+    attempt = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
+    payment = models.ForeignKey("payments.Payment", on_delete=models.PROTECT, related_name="+", db_constraint=False)
+    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
+    outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    failure_code = models.CharField(max_length=64, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    settled_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_index"],
+                condition=Q(outcome__in=["pending", "succeeded"]),
+                name="subscription_one_live_charge_per_period",
+            ),
+            models.UniqueConstraint(
+                fields=["subscription", "period_index", "attempt"], name="subscription_charge_attempt_unique"
+            ),
+        ]
+        indexes = [models.Index(fields=["payment", "payment_created_at"], name="subscr_charge_payment_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id} period {self.period_index} attempt {self.attempt}: {self.outcome}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self.payment_created_at:
+            self.payment_created_at = self.payment.created_at
+        super().save(*args, **kwargs)

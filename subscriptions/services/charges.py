@@ -1,0 +1,175 @@
+"""The outcome of a subscription's charge, applied to the subscription in the payment's own transaction.
+
+A charge's payment publishes its status changes (`payments.events`); when it becomes final, its charge row
+and its subscription are settled here: the opt-in activates the subscription (or lets it expire), a
+renewal advances its period (or starts the retry schedule: past_due, then suspended, then expired).
+Lock order: the payment (held by the payment's transition), then the subscription; never the reverse.
+"""
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+
+from carriers.errors import ErrorCode
+from payments.events import PaymentStatusChanged
+from payments.models import PaymentStatus
+from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.periods import bounds
+from subscriptions.services.notify import notify
+from subscriptions.services.state_machine import FINAL_STATUSES, transition
+
+SETTLED_BY = {
+    PaymentStatus.SUCCEEDED: SubscriptionCharge.Outcome.SUCCEEDED,
+    PaymentStatus.FAILED: SubscriptionCharge.Outcome.FAILED,
+    PaymentStatus.EXPIRED: SubscriptionCharge.Outcome.FAILED,
+}
+# Declines that a later day may cure; any other failure of a renewal ends the subscription.
+RETRYABLE = frozenset({ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.SPENDING_LIMIT})
+
+
+def on_payment_status_changed(event: PaymentStatusChanged) -> None:
+    outcome = SETTLED_BY.get(event.to_status)  # type: ignore[call-overload]
+    if outcome is None:
+        return
+    payment = event.payment
+    charge_id = (
+        SubscriptionCharge.objects.filter(
+            payment_id=payment.pk, payment_created_at=payment.created_at, outcome=SubscriptionCharge.Outcome.PENDING
+        )
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if charge_id is None:
+        return
+    failure_code = "" if outcome == SubscriptionCharge.Outcome.SUCCEEDED else payment.failure_code or event.to_status
+    settle_charge(charge_id=charge_id, outcome=outcome, failure_code=failure_code, change=event)
+
+
+def settle_charge(*, charge_id: int, outcome: str, failure_code: str, change: PaymentStatusChanged) -> None:
+    """Record the final outcome of a charge, told by its payment's status `change`, and apply it to its
+    subscription (inside the payment's transaction)."""
+    payment, actor, at = change.payment, change.actor, change.occurred_at
+    with transaction.atomic():
+        subscription_id = SubscriptionCharge.objects.values_list("subscription_id", flat=True).get(pk=charge_id)
+        subscription = (
+            Subscription.objects.select_for_update(of=("self",)).select_related("plan").get(pk=subscription_id)
+        )
+        charge = SubscriptionCharge.objects.select_for_update().get(pk=charge_id)
+        if charge.outcome != SubscriptionCharge.Outcome.PENDING:
+            return
+        charge.payment = payment  # in hand: no read of the payments' months
+        charge.outcome, charge.failure_code, charge.settled_at = outcome, failure_code[:64], at
+        succeeded = outcome == SubscriptionCharge.Outcome.SUCCEEDED
+        if succeeded and charge.kind == SubscriptionCharge.Kind.OPT_IN:
+            _activate(subscription, charge, actor=actor, at=at)
+        elif succeeded:
+            _renewed(subscription, charge, actor=actor, at=at)
+        elif charge.kind == SubscriptionCharge.Kind.OPT_IN:
+            charge.save()
+            if subscription.status == SubscriptionStatus.PENDING_OPT_IN:
+                transition(
+                    subscription,
+                    SubscriptionStatus.EXPIRED,
+                    actor=actor,
+                    reason=f"opt-in not completed: {failure_code}",
+                    at=at,
+                )
+                notify(subscription, "expired", at=at, charge=charge)
+        else:
+            _renewal_failed(subscription, charge, actor=actor, at=at)
+
+
+def _activate(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
+    start, end = bounds(at, subscription.plan.period, 0)
+    charge.period_start, charge.period_end = start, end
+    charge.save()
+    if subscription.status != SubscriptionStatus.PENDING_OPT_IN:
+        return  # cancelled meanwhile: the charge stays recorded (staff may refund it)
+    subscription.anchor_at = start
+    _enter_period(subscription, charge)
+    transition(
+        subscription,
+        SubscriptionStatus.ACTIVE,
+        actor=actor,
+        reason="opt-in confirmed, first period charged",
+        at=at,
+        update_fields=(*PERIOD_FIELDS, "anchor_at"),
+    )
+    notify(subscription, "activated", at=at, charge=charge)
+
+
+PERIOD_FIELDS = ("period_index", "current_period_start", "current_period_end", "entitled_until", "next_charge_at")
+
+
+def _enter_period(subscription: Subscription, charge: SubscriptionCharge) -> None:
+    subscription.period_index = charge.period_index
+    subscription.current_period_start, subscription.current_period_end = charge.period_start, charge.period_end
+    subscription.entitled_until = subscription.next_charge_at = charge.period_end
+
+
+def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
+    charge.save()
+    if subscription.status in FINAL_STATUSES or charge.period_index <= subscription.period_index:
+        return
+    _enter_period(subscription, charge)
+    if subscription.status == SubscriptionStatus.ACTIVE:
+        subscription.save(update_fields=[*PERIOD_FIELDS, "updated_at"])
+    else:
+        reason = f"period {charge.period_index} charged on attempt {charge.attempt}"
+        transition(
+            subscription, SubscriptionStatus.ACTIVE, actor=actor, reason=reason, at=at, update_fields=PERIOD_FIELDS
+        )
+    notify(subscription, "renewed", at=at, charge=charge)
+
+
+def _renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
+    """A renewal attempt failed: retry on the next day of the period's schedule, or end the subscription."""
+    charge.save()
+    if subscription.status in FINAL_STATUSES:
+        return
+    notify(subscription, "renewal_failed", at=at, charge=charge)
+    assert charge.period_start is not None
+    if charge.failure_code not in RETRYABLE or charge.attempt >= settings.SUBSCRIPTION_RETRY_DAYS:
+        why = "not retried" if charge.failure_code not in RETRYABLE else f"{charge.attempt} attempts"
+        expire(subscription, actor=actor, reason=f"renewal failed: {charge.failure_code} ({why})", at=at)
+        return
+    # Retry k of a period is due k days after its start, never earlier than now.
+    subscription.next_charge_at = max(charge.period_start + timedelta(days=charge.attempt), at)
+    if subscription.status == SubscriptionStatus.ACTIVE:
+        subscription.entitled_until = grace_end(charge.period_start)
+        transition(
+            subscription,
+            SubscriptionStatus.PAST_DUE,
+            actor=actor,
+            reason=f"renewal failed: {charge.failure_code}; retried daily",
+            at=at,
+            update_fields=("next_charge_at", "entitled_until"),
+        )
+        notify(subscription, "past_due", at=at, charge=charge)
+    else:
+        subscription.save(update_fields=["next_charge_at", "updated_at"])
+
+
+def grace_end(period_start: datetime) -> datetime:
+    return period_start + timedelta(days=settings.SUBSCRIPTION_GRACE_DAYS)
+
+
+def expire(subscription: Subscription, *, actor: str, reason: str, at: datetime) -> None:
+    subscription.next_charge_at = None
+    if subscription.entitled_until is not None and subscription.entitled_until > at:
+        subscription.entitled_until = at
+    transition(
+        subscription,
+        SubscriptionStatus.EXPIRED,
+        actor=actor,
+        reason=reason,
+        at=at,
+        update_fields=("next_charge_at", "entitled_until"),
+    )
+    notify(subscription, "expired", at=at)
+
+
+def period_bounds(subscription: Subscription, index: int) -> tuple[datetime, datetime]:
+    assert subscription.anchor_at is not None
+    return bounds(subscription.anchor_at, subscription.plan.period, index)

@@ -1,0 +1,192 @@
+"""Opting in, confirming, cancelling and reading entitlement: what a game backend asks for through the API."""
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.db.models import Max, QuerySet
+
+from carriers.adapters import adapter_class
+from carriers.models import Carrier, PricePoint, Protocol
+from carriers.msisdn import normalize_msisdn
+from carriers.services import resolve_carrier
+from payments.models import Payment, PaymentFlow
+from payments.services.carrier_flow import app_actor, load_payment
+from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key
+from payments.services.payments import confirm_payment, expire_payment, open_payment
+from playpay.money import format_money
+from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable
+from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.services.notify import notify
+from subscriptions.services.state_machine import FINAL_STATUSES, record_creation, transition
+from tenants.models import App
+
+# Carriers whose renewals PlayPay charges itself, each period, by a one-click charge.
+PLATFORM_MANAGED = (Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA)
+PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
+
+
+@dataclass(frozen=True)
+class SubscriptionRequest:
+    user_ref: str
+    msisdn: str
+    plan: str
+    carrier: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def opt_in_text(plan: Plan, *, first: PricePoint, regular: PricePoint, app: App) -> str:
+    """What the PIN message tells the player: the service, the price and the period (the regulatory terms)."""
+    every = PERIOD_WORDS[plan.period]
+    price = f"{format_money(regular.amount_minor, regular.currency)} per {every}"
+    if first.pk != regular.pk:
+        price = f"{format_money(first.amount_minor, first.currency)} for the first {every}, then {price}"
+    return f"{app.name} {plan.name}: subscription, {price}, renewed until you cancel"
+
+
+def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
+    offer = (
+        PlanOffer.objects.filter(plan__app=app, plan__code=code, plan__is_active=True, carrier=carrier)
+        .select_related("plan", "price_point", "first_period_price_point")
+        .first()
+    )
+    if offer is None:
+        raise PlanNotAvailable(f"The plan {code!r} is not offered on the carrier {carrier.slug!r}.")
+    if not (carrier.supports_subscriptions and carrier.supports_pin and carrier.supports_one_click):
+        raise PlanNotAvailable(f"The carrier {carrier.slug!r} does not take subscriptions.")
+    if carrier.protocol not in PLATFORM_MANAGED:
+        raise PlanNotAvailable(
+            f"Subscriptions on the carrier {carrier.slug!r} ({carrier.protocol}) are not available yet."
+        )
+    if offer.plan.trial_days:
+        raise PlanNotAvailable("Plans with a free trial need the carrier's consent flow, not available yet.")
+    return offer
+
+
+def subscribe(*, app: App, request: SubscriptionRequest, idempotency: IdempotencyKey) -> Subscription:
+    """Open a subscription and start its double opt-in: a PIN payment of the first period, whose PIN message
+    states the price and the period. It becomes active when that payment succeeds."""
+    msisdn = normalize_msisdn(request.msisdn)
+    carrier = resolve_carrier(msisdn=msisdn, carrier_slug=request.carrier)
+    adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
+    offer = _offer(app=app, carrier=carrier, code=request.plan)
+    first = offer.first_period_price_point or offer.price_point
+    actor = app_actor(app)
+    with transaction.atomic():
+        # The key first: a concurrent request with it waits here for ours, then finds it claimed.
+        subscription = Subscription(
+            app=app,
+            user_ref=request.user_ref,
+            msisdn=msisdn,
+            carrier=carrier,
+            plan=offer.plan,
+            offer=offer,
+            idempotency_key=idempotency.key,
+            metadata=request.metadata,
+        )
+        claim_key(idempotency, resource_id=subscription.public_id)
+        try:
+            with transaction.atomic():
+                subscription.save()
+        except IntegrityError as exc:  # the key's record was purged, its subscription stays
+            raise KeyAlreadyClaimed(idempotency.key) from exc
+        record_creation(subscription, actor=actor)
+        payment = open_payment(
+            app=app,
+            user_ref=request.user_ref,
+            msisdn=msisdn,
+            carrier=carrier,
+            price_point=first,
+            flow=PaymentFlow.PIN,
+            actor=actor,
+            metadata={"subscription": str(subscription.public_id)},
+            description=opt_in_text(offer.plan, first=first, regular=offer.price_point, app=app),
+        )
+        SubscriptionCharge.objects.create(
+            subscription=subscription, kind=SubscriptionCharge.Kind.OPT_IN, period_index=0, payment=payment
+        )
+    return load_subscription(subscription.pk)
+
+
+def load_subscription(subscription_id: int) -> Subscription:
+    return subscriptions_with_relations().get(pk=subscription_id)
+
+
+def subscriptions_with_relations() -> QuerySet[Subscription]:
+    return Subscription.objects.select_related("app", "carrier", "plan", "offer__price_point")
+
+
+def opt_in_payment(subscription: Subscription) -> Payment:
+    charge = subscription.charges.filter(kind=SubscriptionCharge.Kind.OPT_IN).order_by("-id").first()
+    assert charge is not None  # every subscription is created with its opt-in charge
+    return load_payment(charge.payment_id)
+
+
+def confirm_opt_in(*, subscription: Subscription, pin: str) -> Payment:
+    """The player's PIN for the opt-in payment (the second of the double opt-in); as `confirm_payment`."""
+    if subscription.status != SubscriptionStatus.PENDING_OPT_IN:
+        raise IllegalSubscriptionTransition(
+            f"Only a subscription waiting for its opt-in takes a PIN; this one is {subscription.status!r}.",
+            subscription_status=subscription.status,
+        )
+    return confirm_payment(payment=opt_in_payment(subscription), pin=pin)
+
+
+def cancel_subscription(
+    *, subscription: Subscription, at_period_end: bool, reason: str, actor: str, now: datetime
+) -> Subscription:
+    """Cancel now (the player's entitlement ends now) or at the end of the paid period (it stays entitled
+    until then, and that period is not renewed). A subscription not in a paid period is cancelled now."""
+    with transaction.atomic():
+        locked = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
+        if locked.status in FINAL_STATUSES:
+            raise IllegalSubscriptionTransition(
+                f"The subscription is already {locked.status}.", subscription_status=locked.status
+            )
+        locked.cancel_reason = reason[:255]
+        pending_opt_in = locked.status == SubscriptionStatus.PENDING_OPT_IN
+        if at_period_end and locked.status == SubscriptionStatus.ACTIVE:
+            locked.cancel_at_period_end = True
+            locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "updated_at"])
+        else:
+            locked.cancelled_at = now
+            locked.next_charge_at = None
+            if locked.entitled_until is not None and locked.entitled_until > now:
+                locked.entitled_until = now
+            transition(
+                locked,
+                SubscriptionStatus.CANCELLED,
+                actor=actor,
+                reason=f"cancelled: {reason}",
+                at=now,
+                update_fields=("cancel_reason", "cancelled_at", "next_charge_at", "entitled_until"),
+            )
+            notify(locked, "cancelled", at=now)
+    if pending_opt_in:
+        # After the commit: a payment's change locks the payment, then its subscription; never the reverse.
+        expire_payment(payment_id=opt_in_payment(locked).pk, reason="subscription cancelled before opt-in")
+    return load_subscription(locked.pk)
+
+
+@dataclass(frozen=True)
+class Entitlement:
+    entitled: bool
+    until: datetime | None
+    subscriptions: list[Subscription]
+
+
+def entitlement(*, app: App, user_ref: str, now: datetime) -> Entitlement:
+    """Whether the player is entitled now (by any subscription of this app), and until when."""
+    current = list(
+        subscriptions_with_relations()
+        .filter(app=app, user_ref=user_ref, entitled_until__gt=now)
+        .order_by("-entitled_until")
+    )
+    until = max((s.entitled_until for s in current if s.entitled_until is not None), default=None)
+    return Entitlement(entitled=bool(current), until=until, subscriptions=current)
+
+
+def next_attempt_number(subscription: Subscription, period_index: int) -> int:
+    made = subscription.charges.filter(period_index=period_index).aggregate(last=Max("attempt"))["last"]
+    return int(made or 0) + 1
