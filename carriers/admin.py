@@ -163,6 +163,13 @@ class CarrierAdmin(ModelAdmin[Carrier]):
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).prefetch_related("network_codes")
 
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if request.path == reverse("admin:autocomplete"):
+            # Pickers (filters, forms) offer the carriers taking payments first, before the operator catalogue.
+            found = found.order_by("-is_active", "name")
+        return found, duplicates
+
     @admin.display(description="MCC-MNC")
     def mcc_mnc(self, carrier: Carrier) -> str:
         return ", ".join(str(code) for code in carrier.network_codes.all())
