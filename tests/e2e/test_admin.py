@@ -56,8 +56,7 @@ def test_staff_refund_part_of_a_payment_from_the_admin_screens(admin_page: Page,
     admin_page.goto(f"{live_server.url}/admin/payments/payment/")
     admin_page.locator("#searchbar").fill(paid["id"])
     admin_page.locator("#searchbar").press("Enter")
-    admin_page.get_by_role("link", name=paid["id"]).click()
-    expect(admin_page).to_have_url(opened)
+    expect(admin_page).to_have_url(opened)  # the one payment found opens
     expect(admin_page.locator("div.field-status")).to_contain_text("Succeeded")
 
     # Back on the list, the refund action leads to a confirmation page that says what will happen.
