@@ -1,16 +1,34 @@
 import json
-from typing import Any
+from datetime import timedelta
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.db.models import Field, Model
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 from unfold.widgets import UnfoldAdminTextareaWidget, UnfoldAdminURLInputWidget, UnfoldBooleanSwitchWidget
 
 from carriers.adapters.base import Outcome
-from carriers.models import Carrier, Country, NetworkCode, NumberPrefix, PricePoint
+from carriers.charts import health_chart
+from carriers.gateway import Breaker
+from carriers.models import (
+    Carrier,
+    CarrierQuerySet,
+    Country,
+    NetworkCode,
+    NumberPrefix,
+    OperatorCatalogue,
+    PricePoint,
+    Protocol,
+)
+from carriers.selectors import CallFigures, carrier_call_figures, carrier_call_history
 from carriers.services import check_carrier_connection
 from journal.services import record_staff_action
 from playpay.admin_base import ModelAdmin, TabularInline
@@ -105,8 +123,53 @@ class NumberPrefixInline(TabularInline[NumberPrefix, Carrier]):
     extra = 0
 
 
+# The period of the health figures on the carrier pages: the dashboard's "24h", so that both agree.
+HEALTH_PERIOD = timedelta(hours=24)
+
+
+class ConfiguredCarrierFilter(admin.RelatedFieldListFilter):
+    """A list filter on a carrier foreign key that offers configured carriers only, not the catalogue."""
+
+    def field_choices(self, field: Field[Any, Any], request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        return [(str(carrier.pk), str(carrier)) for carrier in Carrier.objects.configured().order_by("name")]
+
+
+class CountryOfConfiguredCarriersFilter(admin.RelatedFieldListFilter):
+    """The countries that have a configured carrier, not the ~250 of the catalogue."""
+
+    def field_choices(self, field: Field[Any, Any], request: HttpRequest, model_admin: Any) -> list[tuple[str, Any]]:
+        countries = Country.objects.filter(carriers__in=Carrier.objects.configured()).distinct().order_by("name")
+        return [(str(country.pk), str(country)) for country in countries]
+
+
+def _with_call_figures(changelist: ChangeList) -> ChangeList:
+    """The page's carriers, each with its calls of the health period (one journal read for the page)."""
+    carriers = list(changelist.result_list)
+    now = timezone.now()
+    figures = carrier_call_figures(carriers=[c.slug for c in carriers], since=now - HEALTH_PERIOD, until=now)
+    for carrier in carriers:
+        carrier.call_figures = figures[carrier.slug]
+    changelist.result_list = carriers
+    return changelist
+
+
+def _figures(carrier: Carrier) -> CallFigures:
+    return getattr(carrier, "call_figures", None) or CallFigures()
+
+
+def _breaker_state(carrier: Carrier) -> str:
+    return Breaker(carrier).state().replace("_", "-")
+
+
+@admin.display(description="MCC-MNC")
+def mcc_mnc(carrier: Carrier) -> str:
+    return ", ".join(str(code) for code in carrier.network_codes.all())
+
+
 @admin.register(Carrier)
 class CarrierAdmin(ModelAdmin[Carrier]):
+    """The carriers PlayPay is configured to bill through; the rest of the MCC/MNC catalogue is its own view."""
+
     form = CarrierForm
     list_display = [
         "name",
@@ -114,15 +177,23 @@ class CarrierAdmin(ModelAdmin[Carrier]):
         "country",
         "protocol",
         "is_active",
+        "calls",
         "success_rate",
         "latency",
         "breaker",
-        "mcc_mnc",
+        mcc_mnc,
     ]
-    list_filter = ["is_active", "protocol", "supports_pin", "supports_one_click", "supports_refund", "country"]
+    list_filter = [
+        "is_active",
+        "protocol",
+        "supports_pin",
+        "supports_one_click",
+        "supports_refund",
+        ("country", CountryOfConfiguredCarriersFilter),
+    ]
     search_fields = ["name", "slug", "country__name", "network_codes__mcc", "network_codes__mnc"]
-    list_select_related = ["country", "health"]
-    readonly_fields = ["credentials_status", "health_summary", "created_at", "updated_at"]
+    list_select_related = ["country"]
+    readonly_fields = ["credentials_status", "health_summary", "health_history", "created_at", "updated_at"]
     inlines = [PricePointInline, NetworkCodeInline, NumberPrefixInline]
     actions = ["activate", "deactivate"]
     fieldsets = [
@@ -152,53 +223,72 @@ class CarrierAdmin(ModelAdmin[Carrier]):
                     "rate_limit_per_second",
                     "breaker_failure_threshold",
                     "breaker_reset_seconds",
-                    "health_summary",
                 ]
             },
         ),
+        ("Health", {"fields": ["health_summary", "health_history"]}),
         ("Commercial", {"fields": ["revenue_share"]}),
         ("History", {"fields": ["change_reason", "created_at", "updated_at"]}),
     ]
 
     def get_queryset(self, request: HttpRequest) -> Any:
-        return super().get_queryset(request).prefetch_related("network_codes")
+        return cast(CarrierQuerySet, super().get_queryset(request)).configured().prefetch_related("network_codes")
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
         found, duplicates = super().get_search_results(request, queryset, search_term)
         if request.path == reverse("admin:autocomplete"):
-            # Pickers (filters, forms) offer the carriers taking payments first, before the operator catalogue.
+            # Pickers (filters, forms) offer the carriers taking payments first, then the other configured ones.
             found = found.order_by("-is_active", "name")
         return found, duplicates
 
-    @admin.display(description="MCC-MNC")
-    def mcc_mnc(self, carrier: Carrier) -> str:
-        return ", ".join(str(code) for code in carrier.network_codes.all())
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        return _with_call_figures(super().get_changelist_instance(request))
 
-    @admin.display(description="success")
+    @admin.display(description="calls (24 h)")
+    def calls(self, carrier: Carrier) -> int:
+        return _figures(carrier).calls
+
+    @admin.display(description="answered")
     def success_rate(self, carrier: Carrier) -> str:
-        health = getattr(carrier, "health", None)
-        rate = health.success_rate_percent if health else None
-        return "—" if rate is None else f"{rate}%"
+        rate = _figures(carrier).answered_percent
+        return "—" if rate is None else f"{rate:.1f} %"
 
-    @admin.display(description="latency")
+    @admin.display(description="avg latency")
     def latency(self, carrier: Carrier) -> str:
-        health = getattr(carrier, "health", None)
-        return f"{health.avg_latency_ms} ms" if health and health.avg_latency_ms is not None else "—"
+        return _figures(carrier).latency
 
     @admin.display(description="breaker")
     def breaker(self, carrier: Carrier) -> str:
-        health = getattr(carrier, "health", None)
-        return health.breaker_state if health else "—"
+        return _breaker_state(carrier)
 
-    @admin.display(description="Health (last 15 min)")
+    @admin.display(description="Last 24 hours")
     def health_summary(self, carrier: Carrier) -> str:
-        health = getattr(carrier, "health", None)
-        if health is None:
-            return "no calls measured yet"
+        if carrier._state.adding:
+            return "—"
+        now = timezone.now()
+        figures = carrier_call_figures(carriers=[carrier.slug], since=now - HEALTH_PERIOD, until=now)[carrier.slug]
+        breaker = _breaker_state(carrier)
+        if not figures.calls:
+            return f"No calls in the last 24 hours; breaker {breaker}."
         return (
-            f"{health.calls} calls: {health.succeeded} approved, {health.declined} declined, "
-            f"{health.unknown} no answer, {health.unreachable} unreachable; avg {health.avg_latency_ms} ms, "
-            f"max {health.max_latency_ms} ms; breaker {health.breaker_state}; updated {health.updated_at:%H:%M:%S}"
+            f"{figures.calls_text}: {figures.calls - figures.transport_failed} answered "
+            f"({figures.answered_percent or 0:.1f} %), {figures.transport_failed} failed in transport (unreachable, "
+            f"timeout, 5xx); {figures.failed} failed calls, declines included. Average latency "
+            f"{figures.latency}, slowest {figures.slowest}; breaker {breaker}. The dashboard's carrier tile "
+            "reads the same calls (period 24h)."
+        )
+
+    @admin.display(description="History")
+    def health_history(self, carrier: Carrier) -> SafeString | str:
+        if carrier._state.adding:
+            return "—"
+        now = timezone.now()
+        hourly = carrier_call_history(carrier=carrier.slug, since=now - timedelta(hours=47), until=now, bucket="hour")
+        daily = carrier_call_history(carrier=carrier.slug, since=now - timedelta(days=13), until=now, bucket="day")
+        return format_html(
+            "{}{}",
+            health_chart(hourly, title="Last 48 hours, per hour (UTC)", label="%H:00"),
+            health_chart(daily, title="Last 14 days, per day (UTC)", label="%d %b"),
         )
 
     @admin.display(description="Stored credentials")
@@ -249,18 +339,105 @@ class CarrierAdmin(ModelAdmin[Carrier]):
         if request.method != "POST" or carrier is None or not self.has_change_permission(request, carrier):
             raise PermissionDenied
         result = check_carrier_connection(carrier=carrier)
+        if result.outcome == Outcome.SUCCEEDED:
+            summary = f"connection OK: {result.raw_message or result.raw_code}"
+        else:
+            summary = f"connection failed ({result.error_code}, {result.raw_code}): {result.raw_message}"
+        record_staff_action(
+            user=_staff(request), action="test_connection", target=carrier, reason="", outcome=summary[:255]
+        )
         ok = result.outcome == Outcome.SUCCEEDED
-        summary = f"{'reachable' if ok else 'failed'}: {result.raw_code} {result.raw_message}".strip()
-        record_staff_action(user=_staff(request), action="test_connection", target=carrier, reason="", outcome=summary)
-        self.message_user(request, f"{carrier.slug}: {summary}", level=messages.SUCCESS if ok else messages.ERROR)
+        self.message_user(request, f"{carrier.name}: {summary}", level=messages.SUCCESS if ok else messages.ERROR)
         return HttpResponseRedirect(reverse("admin:carriers_carrier_change", args=[carrier.pk]))
+
+
+class OnboardingForm(CarrierForm):
+    """What makes a catalogue operator a configured carrier: the protocol it speaks and where to reach it."""
+
+    class Meta:
+        model = OperatorCatalogue
+        fields = ["name", "slug", "protocol", "endpoint"]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("protocol") == Protocol.SANDBOX:
+            self.add_error("protocol", "Choose the protocol the carrier speaks; the sandbox is a test carrier.")
+        elif not cleaned.get("endpoint"):
+            self.add_error("endpoint", "Give the base URL of the carrier's API.")
+        return cleaned
+
+
+@admin.register(OperatorCatalogue)
+class OperatorCatalogueAdmin(ModelAdmin[Carrier]):
+    """The MCC/MNC operators nobody has configured: a carrier is onboarded from here. Its page is the onboarding
+    form (protocol, endpoint, credentials); once saved, the carrier leaves the catalogue for the carrier list,
+    inactive, where its price points, capabilities and activation are set."""
+
+    form = OnboardingForm
+    list_display = ["name", "country", mcc_mnc, "configure"]
+    list_filter = ["country"]
+    search_fields = ["name", "slug", "country__name", "country__code", "network_codes__mcc", "network_codes__mnc"]
+    list_select_related = ["country"]
+    readonly_fields = ["country", "network_codes_list"]
+    fieldsets = [
+        (None, {"fields": ["name", "slug", "country", "network_codes_list"]}),
+        ("Connection", {"fields": ["protocol", "endpoint", "new_credentials"]}),
+        ("History", {"fields": ["change_reason"]}),
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return cast(CarrierQuerySet, super().get_queryset(request)).catalogue().prefetch_related("network_codes")
+
+    # Onboarding is configuring a carrier: the carriers' permissions decide.
+    def has_view_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return bool(request.user.has_perm("carriers.view_carrier") or self.has_change_permission(request, obj))
+
+    def has_change_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return bool(request.user.has_perm("carriers.change_carrier"))
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the catalogue is imported (manage.py import_carriers), not typed in
+
+    def has_delete_permission(self, request: HttpRequest, obj: Model | None = None) -> bool:
+        return False
+
+    @admin.display(description="MCC-MNC")
+    def network_codes_list(self, operator: Carrier) -> str:
+        return mcc_mnc(operator)
+
+    @admin.display(description="")
+    def configure(self, operator: Carrier) -> SafeString:
+        url = reverse("admin:carriers_operatorcatalogue_change", args=[operator.pk])
+        return format_html(
+            '<a class="font-medium text-primary-600 dark:text-primary-500" href="{}">Configure this operator</a>', url
+        )
+
+    def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
+        obj.is_active = False  # taking payments waits for its price points and a successful connection test
+        super().save_model(request, obj, form, change)
+        record_staff_action(
+            user=_staff(request),
+            action="onboard",
+            target=obj,
+            reason=form.cleaned_data.get("change_reason", ""),
+            outcome=f"configured from the catalogue: {obj.protocol} at {obj.endpoint}"[:255],
+        )
+
+    def response_change(self, request: HttpRequest, obj: Carrier) -> HttpResponse:
+        self.message_user(
+            request,
+            f"{obj.name} is configured (inactive). Run Test connection, add its price points and number "
+            "prefixes, then activate it.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:carriers_carrier_change", args=[obj.pk]))
 
 
 @admin.register(PricePoint)
 class PricePointAdmin(ModelAdmin[PricePoint]):
     form = PricePointForm
     list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
-    list_filter = ["is_active", "currency", "tax_included", "carrier__country"]
+    list_filter = ["is_active", "currency", "tax_included", ("carrier__country", CountryOfConfiguredCarriersFilter)]
     search_fields = ["code", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]
     autocomplete_fields = ["carrier"]

@@ -6,7 +6,6 @@ class CarriersConfig(AppConfig):
     verbose_name = "Carriers"
 
     def ready(self) -> None:
-        from carriers import tasks  # noqa: F401
         from carriers.metrics import register as register_metrics
 
         register_metrics()

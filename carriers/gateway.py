@@ -1,4 +1,4 @@
-"""Every outbound carrier call goes through here: rate limit, circuit breaker and health counters.
+"""Every outbound carrier call goes through here: rate limit, circuit breaker, metrics and the journal.
 
 State lives in the cache (Redis in production), so it is shared by every worker of a carrier.
 """
@@ -13,20 +13,17 @@ from django.core.cache import cache
 
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierAdapter, CarrierResult, Outcome
-from carriers.models import Carrier, CarrierHealth
+from carriers.models import Carrier
 from journal.services import Kind, record
 from playpay.metrics import CARRIER_CALL_ERRORS, CARRIER_CALL_SECONDS, CARRIER_CALLS, CARRIER_CALLS_DEFERRED
 from playpay.redaction import mask_msisdn
 
 logger = logging.getLogger(__name__)
 
-HEALTH_WINDOW_MINUTES = 15
-_COUNTERS = ("calls", "succeeded", "declined", "unknown", "unreachable", "latency_ms")
-
 
 def clock() -> float:
     """Wall-clock seconds (shared by every worker through the cache, so not a monotonic clock): the breaker's
-    open period, the rate limit's one-second windows and the health minutes all read it. Tests move it."""
+    open period and the rate limit's one-second windows read it. Tests move it."""
     return time.time()
 
 
@@ -131,18 +128,6 @@ def _kind(result: CarrierResult) -> str:
     return "succeeded"
 
 
-def _count(carrier: Carrier, result: CarrierResult, latency_ms: int) -> None:
-    minute = int(clock() // 60)
-    kind = _kind(result)
-    for name, amount in (("calls", 1), (kind, 1), ("latency_ms", latency_ms)):
-        key = f"carrier:{carrier.slug}:health:{minute}:{name}"
-        if not cache.add(key, amount, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60):
-            cache.incr(key, amount)
-    max_key = f"carrier:{carrier.slug}:health:{minute}:max_latency_ms"
-    if latency_ms > (cache.get(max_key) or 0):
-        cache.set(max_key, latency_ms, timeout=(HEALTH_WINDOW_MINUTES + 5) * 60)
-
-
 def _defer(carrier: Carrier, operation: str, reason: str) -> None:
     CARRIER_CALLS_DEFERRED.labels(carrier=carrier.slug, reason=reason).inc()
     logger.info(
@@ -211,7 +196,6 @@ def call_carrier(
         raise
     elapsed = time.monotonic() - started
     latency_ms = int(elapsed * 1000)
-    _count(carrier, result, latency_ms)
     _observe(carrier, operation_name, result, elapsed, request)
     _journal(carrier, name, request, result, latency_ms, payment_id)
     if result.transport_failed:
@@ -241,38 +225,3 @@ def _journal(
         refund_id=str(sent.get("refund_id", "")),
         carrier_reference=result.carrier_reference or str(sent.get("carrier_reference", "")),
     )
-
-
-def refresh_health(carrier: Carrier) -> CarrierHealth:
-    """Fold the last HEALTH_WINDOW_MINUTES of counters into the carrier's health row."""
-    now_minute = int(clock() // 60)
-    keys = [
-        f"carrier:{carrier.slug}:health:{minute}:{name}"
-        for minute in range(now_minute - HEALTH_WINDOW_MINUTES + 1, now_minute + 1)
-        for name in (*_COUNTERS, "max_latency_ms")
-    ]
-    values = cache.get_many(keys)
-    totals = dict.fromkeys(_COUNTERS, 0)
-    max_latency = 0
-    for key, value in values.items():
-        name = key.rsplit(":", 1)[1]
-        if name == "max_latency_ms":
-            max_latency = max(max_latency, int(value))
-        else:
-            totals[name] += int(value)
-    calls = totals["calls"]
-    health, _ = CarrierHealth.objects.update_or_create(
-        carrier=carrier,
-        defaults={
-            "window_minutes": HEALTH_WINDOW_MINUTES,
-            "calls": calls,
-            "succeeded": totals["succeeded"],
-            "declined": totals["declined"],
-            "unknown": totals["unknown"],
-            "unreachable": totals["unreachable"],
-            "avg_latency_ms": totals["latency_ms"] // calls if calls else None,
-            "max_latency_ms": max_latency if calls else None,
-            "breaker_state": Breaker(carrier).state(),
-        },
-    )
-    return health

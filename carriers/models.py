@@ -3,7 +3,7 @@ from typing import Any
 
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
 
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 
@@ -39,6 +39,17 @@ class Protocol(models.TextChoices):
     CAMARA = "camara", "CAMARA Carrier Billing (REST/JSON, OAuth2)"
     PARLAYX = "parlayx", "Parlay X Payment (3GPP TS 29.199-6, SOAP)"
     AGGREGATOR = "aggregator", "DCB aggregator (REST, HMAC-signed, asynchronous)"
+
+
+class CarrierQuerySet(models.QuerySet["Carrier"]):
+    def configured(self) -> "CarrierQuerySet":
+        """Carriers PlayPay has been set up to bill through: active, or given an endpoint, credentials or a
+        price point. The rest is the operator catalogue (MCC/MNC reference data), to onboard from."""
+        return self.filter(_configured())
+
+    def catalogue(self) -> "CarrierQuerySet":
+        """Operators of the MCC/MNC catalogue that nobody has configured yet."""
+        return self.exclude(_configured())
 
 
 class Carrier(models.Model):
@@ -93,6 +104,8 @@ class Carrier(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    objects = CarrierQuerySet.as_manager()
+
     class Meta:
         ordering = ["country_id", "name"]
         constraints = [
@@ -126,33 +139,13 @@ class Carrier(models.Model):
         return [int(part) for part in self.insufficient_funds_retry_minutes.split(",") if part.strip()]
 
 
-class CarrierHealth(models.Model):
-    """A carrier's recent health, refreshed by a periodic task from the call counters."""
-
-    carrier = models.OneToOneField(Carrier, on_delete=models.CASCADE, related_name="health", primary_key=True)
-    window_minutes = models.PositiveSmallIntegerField(default=15)
-    calls = models.PositiveIntegerField(default=0)
-    succeeded = models.PositiveIntegerField(default=0)
-    declined = models.PositiveIntegerField(default=0)
-    unknown = models.PositiveIntegerField(default=0, help_text="Timeouts, 5xx and garbled replies.")
-    unreachable = models.PositiveIntegerField(default=0)
-    avg_latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    max_latency_ms = models.PositiveIntegerField(null=True, blank=True)
-    breaker_state = models.CharField(max_length=10, default="closed")
-    updated_at = models.DateTimeField(auto_now=True)
+class OperatorCatalogue(Carrier):
+    """The operators of the MCC/MNC catalogue not configured yet: where a new carrier is picked from."""
 
     class Meta:
-        verbose_name_plural = "carrier health"
-
-    def __str__(self) -> str:
-        return f"{self.carrier_id}: {self.success_rate_percent}% ok"
-
-    @property
-    def success_rate_percent(self) -> int | None:
-        """Share of calls the carrier answered (approved or declined), not failed in transport."""
-        if not self.calls:
-            return None
-        return round(100 * (self.succeeded + self.declined) / self.calls)
+        proxy = True
+        verbose_name = "catalogue operator"
+        verbose_name_plural = "operator catalogue"
 
 
 class NetworkCode(models.Model):
@@ -215,3 +208,12 @@ class PricePoint(models.Model):
 
     def __str__(self) -> str:
         return f"{self.code} ({self.amount_minor} {self.currency})"
+
+
+def _configured() -> Q:
+    return (
+        Q(is_active=True)
+        | ~Q(endpoint="")
+        | ~Q(credentials_encrypted="")
+        | Q(Exists(PricePoint.objects.filter(carrier=OuterRef("pk"))))
+    )

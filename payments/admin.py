@@ -29,6 +29,7 @@ from unfold.contrib.filters.admin import (
 from unfold.decorators import display
 from unfold.paginator import InfinitePaginator
 
+from carriers.admin import ConfiguredCarrierFilter
 from carriers.msisdn import msisdn_readings, normalize_msisdn
 from journal.models import StaffAction
 from journal.selectors import render as journal_render
@@ -650,7 +651,7 @@ class WebhookDeliveryAdmin(RecordAdmin):
 @admin.register(CarrierNotification)
 class CarrierNotificationAdmin(RecordAdmin):
     list_display = ["received_at", "carrier", "notification_id", "kind", "outcome", "raw_code", "result"]
-    list_filter = ["kind", "outcome", "carrier"]
+    list_filter = ["kind", "outcome", ("carrier", ConfiguredCarrierFilter)]
     search_fields = ["=notification_id", "=carrier_reference"]
     list_select_related = ["carrier"]
 

@@ -29,6 +29,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
         "Carriers",
         [
             ("carriers.Carrier", "cell_tower", ""),
+            ("carriers.OperatorCatalogue", "travel_explore", ""),
             ("carriers.PricePoint", "sell", ""),
             ("carriers.NumberPrefix", "dialpad", ""),
             ("carriers.Country", "public", ""),

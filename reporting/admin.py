@@ -16,6 +16,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from carriers.admin import ConfiguredCarrierFilter
 from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin, TabularInline
 from playpay.downloads import csv_attachment, file_attachment
 from playpay.tables import TableFormat, temporary_file
@@ -215,7 +216,7 @@ class SettlementFileAdmin(ModelAdmin[SettlementFile]):
         "uploaded_by",
         "uploaded_at",
     ]
-    list_filter = ["status", "carrier"]
+    list_filter = ["status", ("carrier", ConfiguredCarrierFilter)]
     list_select_related = ["carrier", "uploaded_by"]
     search_fields = ["name"]
     date_hierarchy = "period_to"

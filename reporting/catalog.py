@@ -15,6 +15,7 @@ from django.db.models import BooleanField, Case, F, IntegerField, Model, QuerySe
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
+from carriers.selectors import CARRIER_CALL_FIELDS
 from funnel.models import FunnelRollup
 from journal.services import Kind
 from journal.store import DocumentField
@@ -160,16 +161,7 @@ JOURNAL_SOURCES: dict[str, JournalSource] = {
     "carrier_calls": JournalSource(
         description="Every call PlayPay made to a carrier: operation, outcome, error code, latency.",
         kind=Kind.CARRIER_CALL,
-        fields={
-            "carrier": DocumentField("correlation.carrier"),
-            "operation": DocumentField("data.operation"),
-            "protocol": DocumentField("data.protocol"),
-            "outcome": DocumentField("data.result.outcome"),
-            "error_code": DocumentField("data.result.error_code"),
-            "latency_ms": DocumentField("data.latency_ms", cast="int"),
-            "failed": DocumentField("data.result.outcome", flag_values=("failed",)),
-            "transport_failed": DocumentField("data.result.transport_failed", flag_values=(True,)),
-        },
+        fields=CARRIER_CALL_FIELDS,
     ),
     "api_requests": JournalSource(
         description="Inbound API requests of the apps.",

@@ -27,8 +27,12 @@ class ExportForm(forms.Form):
     file_format = forms.ChoiceField(label="Format", choices=TableFormat.choices, initial=TableFormat.XLSX)
     date_from = forms.DateField(required=False, widget=_DATE, help_text="UTC day, included.")
     date_to = forms.DateField(required=False, widget=_DATE, help_text="UTC day, included.")
-    carrier = forms.ModelChoiceField(Carrier.objects.order_by("slug"), to_field_name="slug", required=False)
-    country = forms.ModelChoiceField(Country.objects.filter(carriers__isnull=False).distinct(), required=False)
+    carrier = forms.ModelChoiceField(
+        Carrier.objects.configured().order_by("slug"), to_field_name="slug", required=False
+    )
+    country = forms.ModelChoiceField(
+        Country.objects.filter(carriers__in=Carrier.objects.configured()).distinct(), required=False
+    )
     app = forms.ModelChoiceField(App.objects.order_by("name"), to_field_name="name", required=False)
 
     def clean(self) -> dict[str, Any]:
@@ -48,7 +52,7 @@ class ExportForm(forms.Form):
 
 
 class SettlementUploadForm(forms.Form):
-    carrier = forms.ModelChoiceField(Carrier.objects.order_by("slug"))
+    carrier = forms.ModelChoiceField(Carrier.objects.configured().order_by("slug"))
     file = forms.FileField(
         validators=[FileExtensionValidator(["csv", "xlsx"])],
         help_text="CSV or XLSX with the columns carrier_reference, amount_minor (or amount), currency, date.",

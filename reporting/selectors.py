@@ -400,10 +400,10 @@ def _alerts_tile() -> dict[str, Any]:
 
 
 def dashboard_choices() -> dict[str, list[tuple[str, str]]]:
-    """What the filter form offers: apps, countries and carriers that took payments or are active."""
+    """What the filter form offers: apps, and the configured carriers and their countries."""
     from tenants.models import App
 
-    carriers = Carrier.objects.filter(is_active=True).select_related("country").order_by("slug")
+    carriers = Carrier.objects.configured().select_related("country").order_by("slug")
     countries = sorted({(c.country_id, c.country.name) for c in carriers})
     return {
         "period": [(name, name) for name in PERIODS],

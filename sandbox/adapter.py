@@ -44,3 +44,18 @@ class SandboxAdapter(CarrierAdapter):
 
     def query_status(self, request: ChargeRequest) -> CarrierResult:
         return self.charge(request) if request.msisdn[-4:] != _NO_ANSWER else CarrierResult.pending()
+
+    def check_connection(self) -> CarrierResult:
+        """The sandbox answers in this process, with no endpoint or credentials: the check is that it states
+        the outcome of its test number (a charge of the approving number succeeds) as a payment would see it."""
+        probe = ChargeRequest(
+            payment_id="connection-check", msisdn="447400000001", amount_minor=1, currency="GBP", price_point="check"
+        )
+        answer = self.charge(probe)
+        if answer.outcome != Outcome.SUCCEEDED:
+            return CarrierResult.failed(
+                ErrorCode.REJECTED, "SANDBOX", "the test carrier did not approve its test number"
+            )
+        return CarrierResult(
+            outcome=Outcome.SUCCEEDED, raw_code="SANDBOX_OK", raw_message="in-process test carrier: no network needed"
+        )

@@ -26,8 +26,17 @@ from carriers.adapters.base import (
     NotificationKind,
     Outcome,
     RefundRequest,
+    connection_check,
 )
-from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send, with_retry_after
+from carriers.adapters.http import (
+    TransportFailure,
+    client_for,
+    guarded,
+    json_body,
+    refused_check,
+    send,
+    with_retry_after,
+)
 from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
 
 FRESHNESS_SECONDS = 300
@@ -248,19 +257,26 @@ class AggregatorAdapter(CarrierAdapter):
         return guarded(call)
 
     def check_connection(self) -> CarrierResult:
-        """A signed look-up of a reference that cannot exist: 404 proves endpoint and credentials."""
+        """A signed ping (`GET /v1/ping`): the aggregator answers 200 with our merchant id only when the
+        signature, made with our API secret, verifies."""
 
         def call() -> CarrierResult:
-            headers = signed_headers(self.config.credentials["merchant_id"], self.config.credentials["api_secret"], b"")
+            merchant = str(self.config.credentials.get("merchant_id", ""))
+            headers = signed_headers(merchant, str(self.config.credentials.get("api_secret", "")), b"")
             with client_for(self.config) as client:
-                response = send(
-                    client, "GET", "/v1/charges", headers=headers, params={"merchant_reference": "connection-check"}
+                response = send(client, "GET", "/v1/ping", headers=headers)
+            if response.status_code != 200:
+                return refused_check(response)
+            data = json_body(response)
+            if not isinstance(data, dict) or data.get("merchant_id") != merchant:
+                return CarrierResult.failed(
+                    ErrorCode.REJECTED, "PING_MISMATCH", "the ping's answer does not name our merchant id"
                 )
-            if response.status_code in (200, 404):
-                return CarrierResult(outcome=Outcome.SUCCEEDED, raw_code=f"HTTP_{response.status_code}")
-            return CarrierResult.failed(ErrorCode.REJECTED, f"HTTP_{response.status_code}", response.text[:200])
+            return CarrierResult(
+                outcome=Outcome.SUCCEEDED, raw_code="PING_OK", raw_message=f"signed ping of {merchant}"
+            )
 
-        return guarded(call)
+        return connection_check(guarded(call))
 
     def refund(self, request: RefundRequest) -> CarrierResult:
         payload = {"merchant_reference": request.refund_id, "amount": request.amount_minor, "reason": request.reason}

@@ -189,19 +189,12 @@ class CarrierAdapter(abc.ABC):
         return CarrierResult.pending("NO_STATUS_QUERY", "this protocol cannot be asked about a reversal")
 
     def check_connection(self) -> CarrierResult:
-        """Can PlayPay reach the carrier (and, where the protocol allows, do its credentials work)?
+        """Does the carrier answer PlayPay on its protocol, and accept its credentials? Moves no money.
 
-        SUCCEEDED or FAILED with the reason; moves no money. The default asks for the endpoint:
-        any HTTP answer below 500 means it is reachable.
+        Each protocol proves it its own way (a token, a SOAP operation, a signed ping): SUCCEEDED only
+        when that proof came back, FAILED with the reason (`connection_check`) otherwise.
         """
-        from carriers.adapters.http import client_for, guarded, send
-
-        def call() -> CarrierResult:
-            with client_for(self.config) as client:
-                response = send(client, "GET", "/")
-            return CarrierResult(outcome=Outcome.SUCCEEDED, raw_code=f"HTTP_{response.status_code}")
-
-        return guarded(call)
+        return CarrierResult.failed(ErrorCode.REJECTED, "NO_CHECK", "this protocol has no connection check")
 
     def cancel(self, request: ChargeRequest) -> CarrierResult:
         """Release what a started flow holds at the carrier (a reservation, a prepared payment)."""
@@ -215,3 +208,12 @@ class CarrierAdapter(abc.ABC):
 
     def parse_notification(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
         raise NotificationRejected("unsupported", "this protocol sends no notifications")
+
+
+def connection_check(result: CarrierResult) -> CarrierResult:
+    """A connection check's result states success or failure: an unknown outcome (timeout, 5xx, a garbled
+    reply) is a failure to reach the carrier, whatever it would mean for a payment."""
+    if result.outcome in (Outcome.SUCCEEDED, Outcome.FAILED):
+        return result
+    code = ErrorCode.CARRIER_TIMEOUT if result.raw_code == "TIMEOUT" else ErrorCode.CARRIER_UNAVAILABLE
+    return CarrierResult.failed(code, result.raw_code, result.raw_message, transport_failed=result.transport_failed)

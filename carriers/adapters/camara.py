@@ -32,6 +32,7 @@ from carriers.adapters.base import (
     NotificationKind,
     Outcome,
     RefundRequest,
+    connection_check,
 )
 from carriers.adapters.http import TransportFailure, client_for, guarded, json_body, send, with_retry_after
 from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
@@ -158,6 +159,17 @@ def forget_tokens() -> None:
         _TOKENS.clear()
 
 
+# OAuth 2.0 token errors (RFC 6749 §5.2) and statuses that mean the credentials, not the carrier, are wrong.
+_CREDENTIALS_REFUSED = {
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_grant",
+    "invalid_scope",
+    "TOKEN_HTTP_401",
+    "TOKEN_HTTP_403",
+}
+
+
 class _Refused(Exception):
     """The authorization server refused us a token: the API call was never made."""
 
@@ -281,13 +293,18 @@ class CamaraAdapter(CarrierAdapter):
         return str(self.config.credentials.get("token_url") or self.config.endpoint.rstrip("/") + "/oauth2/token")
 
     def check_connection(self) -> CarrierResult:
-        """Fetch an access token: proves the endpoint answers and the credentials are accepted."""
+        """Fetch a new access token: proves the authorization server answers and accepts the credentials."""
         self._drop_token()
         try:
             with client_for(self.config) as client:
                 self._token(client)
         except _Refused as refused:
-            return refused.result
+            result = refused.result
+            if result.raw_code in _CREDENTIALS_REFUSED:
+                return CarrierResult.failed(
+                    ErrorCode.REJECTED, result.raw_code, f"the carrier refused the credentials: {result.raw_message}"
+                )
+            return connection_check(result)
         return CarrierResult(outcome=Outcome.SUCCEEDED, raw_code="TOKEN_OK", raw_message="access token issued")
 
     def _token_key(self) -> tuple[str, str]:

@@ -130,3 +130,17 @@ def guarded(call: Callable[[], CarrierResult]) -> CarrierResult:
         return call()
     except TransportFailure as failure:
         return failure.result
+
+
+def refused_check(response: httpx.Response) -> CarrierResult:
+    """A connection check the carrier answered with something other than its proof, as a failure that says
+    what to fix."""
+    status = response.status_code
+    if status in (401, 403):
+        reason = "the carrier refused the credentials"
+    elif status == 404:
+        reason = "nothing answers this check at the endpoint: is the endpoint URL the carrier's API base?"
+    else:
+        reason = "the carrier did not answer the check as its protocol does"
+    detail = (response.text or response.reason_phrase)[:200]
+    return CarrierResult.failed(ErrorCode.REJECTED, f"HTTP_{status}", f"{reason} ({detail})")

@@ -44,6 +44,7 @@ from carriers.adapters.base import (
     ChargeRequest,
     Outcome,
     RefundRequest,
+    connection_check,
 )
 from carriers.adapters.http import TransportFailure, server_error, timed, transport_failure, with_retry_after
 from carriers.errors import ErrorCode
@@ -124,6 +125,8 @@ CHARGE_FAILED_HINTS: tuple[tuple[str, ErrorCode], ...] = (
 _FAULT_CODE = re.compile(r"^(SVC|POL)\d{4}$")
 _PLACEHOLDER = re.compile(r"%(\d+)")
 
+# The reservation a connection check asks to release: no gateway ever issued it.
+CONNECTION_CHECK_RESERVATION = "playpay-connection-check"
 PIN_LENGTH = 6
 PIN_MESSAGE = "Your PlayPay code is {pin}"
 # scrypt: a leaked state must not give the PIN back by trying all 10**6 of them in a moment.
@@ -350,6 +353,42 @@ class ParlayXAdapter(CarrierAdapter):
             return CarrierResult.failed(ErrorCode.INVALID_PIN, "PIN_MISMATCH", "The PIN does not match")
         return CarrierResult(outcome=Outcome.PIN_VERIFIED, carrier_reference=request.carrier_reference)
 
+    # -- connection check -----------------------------------------------------------------
+
+    def check_connection(self) -> CarrierResult:
+        """`releaseReservation` of a reservation that cannot exist, a SOAP call of the WSDL that moves no money.
+
+        Only a Parlay X ReserveAmountCharging service that ran the operation answers it with the fault
+        SVC0002 about `reservationIdentifier`, after checking the SDP header's credentials (SVC0901 when
+        they are wrong): that fault is the proof. A plain 404, another fault or a normal answer is not.
+        """
+        probe = f"{CONNECTION_CHECK_RESERVATION}-{secrets.token_hex(4)}"
+        answer = self._call(
+            RESERVE_AMOUNT_CHARGING, "releaseReservation", "", reference=probe, reservationIdentifier=probe
+        )
+        if not isinstance(answer, CarrierResult):
+            return CarrierResult.failed(
+                ErrorCode.REJECTED, "UNEXPECTED_ANSWER", "the gateway released a reservation that cannot exist"
+            )
+        if answer.raw_code == "SVC0002" and answer.error_code == ErrorCode.RESERVATION_EXPIRED:
+            return CarrierResult(
+                outcome=Outcome.SUCCEEDED,
+                raw_code="SVC0002",
+                raw_message="ReserveAmountCharging answered the probe (no such reservation)",
+            )
+        if answer.raw_code == "SVC0901":
+            return CarrierResult.failed(
+                ErrorCode.REJECTED, "SVC0901", f"the gateway refused the credentials: {answer.raw_message}"
+            )
+        if answer.outcome == Outcome.FAILED and answer.raw_code.startswith("HTTP_"):
+            return dataclasses.replace(
+                answer,
+                raw_message=f"no Parlay X service at {RESERVE_AMOUNT_CHARGING.path} under the endpoint "
+                f"({answer.raw_message})",
+                carrier_reference="",
+            )
+        return connection_check(dataclasses.replace(answer, carrier_reference=""))
+
     # -- charging -------------------------------------------------------------------------
 
     def charge(self, request: ChargeRequest) -> CarrierResult:
@@ -508,7 +547,9 @@ class ParlayXAdapter(CarrierAdapter):
         fields = [("spId", sp_id), ("spPassword", digest)]
         if credentials.get("service_id"):
             fields.append(("serviceId", str(credentials["service_id"])))
-        fields += [("timeStamp", timestamp), ("OA", end_user(msisdn)), ("FA", end_user(msisdn))]
+        fields.append(("timeStamp", timestamp))
+        if msisdn:  # a connection check is about no subscriber
+            fields += [("OA", end_user(msisdn)), ("FA", end_user(msisdn))]
         for name, value in fields:
             etree.SubElement(header, f"{{{HUAWEI_HEADER_NS}}}{name}").text = value
         return [header]

@@ -99,6 +99,18 @@ def _settle(charge: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
 
 
 @simulator_view
+def ping(request: HttpRequest) -> HttpResponse:
+    """A signed ping: proves endpoint and credentials without touching a charge."""
+    if (fault := _fault("")) is not None:
+        return fault
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    if request.method != "GET":
+        return _error(405, "METHOD_NOT_ALLOWED", "GET the ping")
+    return JsonResponse({"merchant_id": MERCHANT_ID, "status": "ok"})
+
+
+@simulator_view
 def charges(request: HttpRequest) -> HttpResponse:
     if (denied := _authenticate(request)) is not None:
         return denied
@@ -267,6 +279,7 @@ def reversal(request: HttpRequest, charge_id: str) -> HttpResponse:
 
 
 urlpatterns = [
+    path("v1/ping", ping),
     path("v1/charges", charges),
     path("v1/charges/<str:charge_id>", charge_detail),
     path("v1/charges/<str:charge_id>/pin", submit_pin),

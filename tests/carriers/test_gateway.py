@@ -1,4 +1,4 @@
-"""Per-carrier resilience: circuit breaker, rate limit and health, shared through the cache."""
+"""Per-carrier resilience: circuit breaker and rate limit, shared through the cache."""
 
 from datetime import UTC, datetime
 from typing import Any
@@ -8,8 +8,7 @@ import pytest
 from carriers.adapters.base import CarrierResult, Outcome
 from carriers.adapters.http import retry_after_seconds
 from carriers.errors import ErrorCode
-from carriers.gateway import Breaker, CarrierBusy, call_carrier, refresh_health
-from carriers.models import Carrier
+from carriers.gateway import Breaker, CarrierBusy, call_carrier
 from tests.conftest import GatewayClock
 from tests.factories import CarrierFactory
 
@@ -96,17 +95,6 @@ def test_calls_over_the_carriers_rate_limit_must_wait(clock: GatewayClock) -> No
         call_carrier(carrier, answer(OK))
     clock.advance(0.01)  # the next second
     assert call_carrier(carrier, answer(OK)) == OK
-
-
-def test_health_summarises_recent_calls() -> None:
-    carrier: Carrier = CarrierFactory.create()
-    for result in (OK, OK, DECLINED, TIMEOUT, UNREACHABLE):
-        call_carrier(carrier, answer(result))
-    health = refresh_health(carrier)
-    assert (health.calls, health.succeeded, health.declined, health.unknown, health.unreachable) == (5, 2, 1, 1, 1)
-    assert health.success_rate_percent == 60
-    assert health.breaker_state == "closed"
-    assert health.avg_latency_ms is not None
 
 
 def test_a_carriers_retry_after_holds_back_every_call_to_it_until_then(clock: GatewayClock) -> None:

@@ -135,7 +135,8 @@ def test_filters_by_carrier_country_date_time_range_and_amount_in_major_units(st
 
 
 def test_the_carrier_autocomplete_offers_active_carriers_first(staff_client: StaffClient) -> None:
-    CarrierFactory.create(name="Alpha Telecom", is_active=False)
+    # Configured (it has a price point) but not taking payments; the operator catalogue is not offered at all.
+    PricePointFactory.create(carrier=CarrierFactory.create(name="Alpha Telecom", is_active=False))
     CarrierFactory.create(name="Zeta Mobile", is_active=True)
     response = staff_client("support").get(
         "/admin/autocomplete/",
