@@ -58,11 +58,9 @@ class Player:
 
 @dataclass(frozen=True)
 class Search:
-    """What a search term matched: the payments, and the player when the term names one (a number or a
-    user_ref of a single app)."""
+    """What a search term matched: the payments, and the numbers (E.164) it was read as."""
 
     payments: Any
-    player: Player | None = None
     readings: list[str] = field(default_factory=list)
 
 
@@ -78,13 +76,13 @@ def search_payments(*, term: str, queryset: Any = None) -> Search:
     wanted = _by_user_ref(term) | _by_key_tables(term)
     compact = term.lower().replace("-", "")
     if len(compact) == 32 and _HEX.fullmatch(compact):
-        wanted |= Q(pk__in=Payment.objects.with_public_id(compact).values("pk"))
+        wanted |= _named(Payment.objects.with_public_id(compact).values_list("pk", "created_at"))
     elif MIN_PUBLIC_ID_PREFIX <= len(compact) < 32 and _HEX.fullmatch(compact):
         wanted |= _by_public_id_prefix(compact)
     readings = msisdn_readings(term, regions=active_regions()) if not compact.isalpha() else []
     if readings:
         wanted |= Q(msisdn__in=readings)
-    return Search(payments=base.filter(wanted), player=_player_of(term, readings), readings=readings)
+    return Search(payments=base.filter(wanted), readings=readings)
 
 
 def active_regions() -> list[str]:
@@ -109,8 +107,14 @@ def _by_key_tables(term: str) -> Q:
             :_KEY_MATCHES
         ],
     ]
+    return _named(keys)
+
+
+def _named(payments: Any) -> Q:
+    """These (id, created_at) pairs, as a condition each arm of which reads one month by its primary key (a
+    subquery in an OR would make PostgreSQL read every partition)."""
     found = Q(pk__in=[])
-    for payment_id, created_at in keys:
+    for payment_id, created_at in payments:
         found |= Q(pk=payment_id, created_at=created_at)
     return found
 
@@ -134,14 +138,16 @@ def _by_public_id_prefix(prefix: str) -> Q:
     return found
 
 
-def _player_of(term: str, readings: list[str]) -> Player | None:
+def player_named(search: Search, term: str) -> Player | None:
     """The player `term` names: a number that has payments, else a user_ref of exactly one app."""
-    for number in readings:
+    for number in search.readings:
         if Payment.objects.filter(msisdn=number).exists():
             return Player(msisdn=number)
-    apps = [app for app in App.objects.all() if Payment.objects.filter(app=app, user_ref=term).exists()]
+    apps = list(
+        Payment.objects.filter(_by_user_ref(term.strip())).values_list("app", flat=True).order_by("app").distinct()[:2]
+    )
     if len(apps) == 1:
-        return Player(app=apps[0], user_ref=term)
+        return Player(app=App.objects.get(pk=apps[0]), user_ref=term.strip())
     return None
 
 
