@@ -30,6 +30,7 @@ from carriers.models import (
 )
 from carriers.selectors import CallFigures, carrier_call_figures, carrier_call_history
 from carriers.services import check_carrier_connection
+from journal.audit_admin import AuditedAdmin
 from journal.services import record_staff_action
 from playpay.admin_base import ModelAdmin, TabularInline
 from playpay.money import UnknownCurrency, validate_currency
@@ -62,9 +63,6 @@ class CarrierForm(forms.ModelForm[Carrier]):
     )
     clear_credentials = forms.BooleanField(
         required=False, widget=UnfoldBooleanSwitchWidget, help_text="Remove the stored credentials."
-    )
-    change_reason = forms.CharField(
-        required=False, max_length=255, help_text="Why this change (kept in the staff actions)."
     )
 
     class Meta:
@@ -167,7 +165,7 @@ def mcc_mnc(carrier: Carrier) -> str:
 
 
 @admin.register(Carrier)
-class CarrierAdmin(ModelAdmin[Carrier]):
+class CarrierAdmin(AuditedAdmin):
     """The carriers PlayPay is configured to bill through; the rest of the MCC/MNC catalogue is its own view."""
 
     form = CarrierForm
@@ -228,7 +226,7 @@ class CarrierAdmin(ModelAdmin[Carrier]):
         ),
         ("Health", {"fields": ["health_summary", "health_history"]}),
         ("Commercial", {"fields": ["revenue_share"]}),
-        ("History", {"fields": ["change_reason", "created_at", "updated_at"]}),
+        ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 
     def get_queryset(self, request: HttpRequest) -> Any:
@@ -305,24 +303,21 @@ class CarrierAdmin(ModelAdmin[Carrier]):
 
     def _set_active(self, request: HttpRequest, queryset: Any, active: bool) -> None:
         action = "activate" if active else "deactivate"
+        reason = self.action_reason(request)
+        if reason is None:
+            return
         for carrier in queryset:
             carrier.is_active = active
+            carrier._change_reason = reason  # read by django-simple-history
             carrier.save(update_fields=["is_active", "updated_at"])
-            record_staff_action(user=_staff(request), action=action, target=carrier, reason="", outcome="done")
+            self.record(request, carrier, action, reason, "done")
         self.message_user(request, f"{queryset.count()} carrier(s) {action}d.")
 
-    def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
-        super().save_model(request, obj, form, change)
-        changed = ", ".join(sorted(set(form.changed_data) - {"new_credentials", "change_reason"}))
+    def changed_fields(self, form: Any) -> list[str]:
+        changed = [f for f in super().changed_fields(form) if f not in ("new_credentials", "clear_credentials")]
         if form.cleaned_data.get("new_credentials") is not None or form.cleaned_data.get("clear_credentials"):
-            changed = ", ".join(filter(None, [changed, "credentials"]))
-        record_staff_action(
-            user=_staff(request),
-            action="change" if change else "add",
-            target=obj,
-            reason=form.cleaned_data.get("change_reason", ""),
-            outcome=changed[:255],
-        )
+            changed.append("credentials")  # that they changed, never what they are
+        return changed
 
     def get_urls(self) -> list[Any]:
         extra = [
@@ -434,7 +429,7 @@ class OperatorCatalogueAdmin(ModelAdmin[Carrier]):
 
 
 @admin.register(PricePoint)
-class PricePointAdmin(ModelAdmin[PricePoint]):
+class PricePointAdmin(AuditedAdmin):
     form = PricePointForm
     list_display = ["code", "carrier", "amount_minor", "currency", "tax_included", "carrier_payout_minor", "is_active"]
     list_filter = ["is_active", "currency", "tax_included", ("carrier__country", CountryOfConfiguredCarriersFilter)]
@@ -444,7 +439,7 @@ class PricePointAdmin(ModelAdmin[PricePoint]):
 
 
 @admin.register(NumberPrefix)
-class NumberPrefixAdmin(ModelAdmin[NumberPrefix]):
+class NumberPrefixAdmin(AuditedAdmin):
     list_display = ["prefix", "carrier"]
     search_fields = ["prefix", "carrier__name", "carrier__slug"]
     list_select_related = ["carrier"]

@@ -1,9 +1,11 @@
 from decimal import Decimal
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Exists, F, OuterRef, Q
+from simple_history.models import HistoricalRecords
 
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 
@@ -25,7 +27,11 @@ class Country(models.Model):
         verbose_name_plural = "countries"
         ordering = ["name"]
         constraints = [
-            models.CheckConstraint(condition=Q(vat_rate__gte=0) & Q(vat_rate__lte=100), name="country_vat_rate_range"),
+            models.CheckConstraint(
+                condition=Q(vat_rate__gte=0) & Q(vat_rate__lte=100),
+                name="country_vat_rate_range",
+                violation_error_message="The VAT rate is a percentage from 0 to 100.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -103,6 +109,8 @@ class Carrier(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Before/after values of every change, with who and why; never the credentials (write-only, encrypted).
+    history = HistoricalRecords(excluded_fields=["credentials_encrypted", "updated_at"])
 
     objects = CarrierQuerySet.as_manager()
 
@@ -110,16 +118,30 @@ class Carrier(models.Model):
         ordering = ["country_id", "name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1), name="carrier_revenue_share_range"
+                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1),
+                name="carrier_revenue_share_range",
+                violation_error_message="The carrier's revenue share is a fraction from 0 to 1 (0.3 for 30 %).",
             ),
             models.CheckConstraint(
-                condition=Q(connect_timeout_ms__gt=0) & Q(read_timeout_ms__gt=0), name="carrier_timeouts_positive"
+                condition=Q(connect_timeout_ms__gt=0) & Q(read_timeout_ms__gt=0),
+                name="carrier_timeouts_positive",
+                violation_error_message="Timeouts must be at least 1 millisecond.",
             ),
         ]
         indexes = [models.Index(fields=["country", "is_active"])]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.country_id})"
+
+    def clean(self) -> None:
+        # The constraints' own messages, on the fields they concern (the database checks them again).
+        errors = {
+            name: "Must be at least 1 millisecond: 0 would give up on every call."
+            for name in ("connect_timeout_ms", "read_timeout_ms")
+            if getattr(self, name) is not None and getattr(self, name) <= 0
+        }
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def credentials(self) -> dict[str, Any]:
@@ -156,10 +178,17 @@ class NetworkCode(models.Model):
     mnc = models.CharField(
         "MNC", max_length=3, validators=[RegexValidator(r"^\d{2,3}$", "MNC is two or three digits.")]
     )
+    history = HistoricalRecords()
 
     class Meta:
         ordering = ["mcc", "mnc"]
-        constraints = [models.UniqueConstraint(fields=["mcc", "mnc"], name="network_code_unique")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["mcc", "mnc"],
+                name="network_code_unique",
+                violation_error_message="Another carrier already operates this MCC-MNC.",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.mcc}-{self.mnc}"
@@ -173,14 +202,27 @@ class NumberPrefix(models.Model):
         max_length=15,
         validators=[RegexValidator(r"^\d{2,15}$", "Digits of the E.164 number, country code first, without +.")],
     )
+    history = HistoricalRecords()
 
     class Meta:
         verbose_name_plural = "number prefixes"
         ordering = ["prefix"]
-        constraints = [models.UniqueConstraint(fields=["prefix"], name="number_prefix_unique")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["prefix"],
+                name="number_prefix_unique",
+                violation_error_message="This prefix already routes to a carrier: one prefix, one carrier.",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"+{self.prefix}"
+
+
+AMOUNT_NOT_POSITIVE = "The price must be more than zero."
+PAYOUT_OUTSIDE_AMOUNT = (
+    "The carrier's payout must be between zero and the price itself: a carrier never pays out more than it charges."
+)
 
 
 class PricePoint(models.Model):
@@ -194,20 +236,45 @@ class PricePoint(models.Model):
     )
     is_active = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    history = HistoricalRecords()
 
     class Meta:
         ordering = ["carrier_id", "amount_minor"]
         constraints = [
-            models.UniqueConstraint(fields=["carrier", "code"], name="price_point_code_unique_per_carrier"),
-            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="price_point_amount_positive"),
+            models.UniqueConstraint(
+                fields=["carrier", "code"],
+                name="price_point_code_unique_per_carrier",
+                violation_error_message="This carrier already has a price point with this code.",
+            ),
+            models.CheckConstraint(
+                condition=Q(amount_minor__gt=0),
+                name="price_point_amount_positive",
+                violation_error_message=AMOUNT_NOT_POSITIVE,
+            ),
             models.CheckConstraint(
                 condition=Q(carrier_payout_minor__gte=0) & Q(carrier_payout_minor__lte=F("amount_minor")),
                 name="price_point_payout_within_amount",
+                violation_error_message=PAYOUT_OUTSIDE_AMOUNT,
             ),
         ]
 
     def __str__(self) -> str:
         return f"{self.code} ({self.amount_minor} {self.currency})"
+
+    def clean(self) -> None:
+        # The check constraints' messages on the fields they concern: the form shows them beside the field
+        # (and then skips the constraint, whose message would otherwise stand alone above the form).
+        errors = {}
+        if self.amount_minor is not None and self.amount_minor <= 0:
+            errors["amount_minor"] = AMOUNT_NOT_POSITIVE
+        elif (
+            self.amount_minor is not None
+            and self.carrier_payout_minor is not None
+            and not 0 <= self.carrier_payout_minor <= self.amount_minor
+        ):
+            errors["carrier_payout_minor"] = PAYOUT_OUTSIDE_AMOUNT
+        if errors:
+            raise ValidationError(errors)
 
 
 def _configured() -> Q:

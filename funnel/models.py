@@ -1,5 +1,6 @@
 from typing import Any
 
+from django.core.validators import MinValueValidator
 from django.db import models
 
 
@@ -99,14 +100,24 @@ class FunnelDefinition(models.Model):
     steps = models.JSONField(
         help_text='Ordered step names, e.g. ["store_opened", "payment_created", "charge_succeeded"].'
     )
-    window_seconds = models.PositiveIntegerField(default=3600, help_text="Conversion window from the first step.")
+    window_seconds = models.PositiveIntegerField(
+        default=3600,
+        validators=[MinValueValidator(1, "The conversion window is at least 1 second.")],
+        help_text="Conversion window from the first step.",
+    )
     exclusion_step = models.CharField(
         max_length=64, blank=True, help_text="Journeys with this step inside their window are left out."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        constraints = [models.CheckConstraint(condition=models.Q(window_seconds__gt=0), name="funnel_window_positive")]
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(window_seconds__gt=0),
+                name="funnel_window_positive",
+                violation_error_message="The conversion window is at least 1 second.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -63,6 +63,9 @@ class StaffAction(models.Model):
     action = models.CharField(max_length=50)
     object_type = models.CharField(max_length=50)
     object_id = models.CharField(max_length=64)
+    object_repr = models.CharField(
+        "object", max_length=200, blank=True, help_text="Its name when the action was taken."
+    )
     reason = models.CharField(max_length=255, blank=True)
     outcome = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

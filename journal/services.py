@@ -150,6 +150,7 @@ def record_staff_action(*, user: AbstractBaseUser, action: str, target: object, 
         action=action,
         object_type=object_type,
         object_id=object_id,
+        object_repr=str(target)[:200],
         reason=reason[:255],
         outcome=outcome[:255],
     )

@@ -31,6 +31,7 @@ from unfold.paginator import InfinitePaginator
 
 from carriers.admin import ConfiguredCarrierFilter
 from carriers.msisdn import msisdn_readings, normalize_msisdn
+from journal.audit_admin import REASON, AuditedAdmin
 from journal.models import StaffAction
 from journal.selectors import render as journal_render
 from journal.selectors import timeline as journal_timeline
@@ -60,7 +61,7 @@ from payments.services import webhooks
 from payments.services.carrier_flow import is_uuid
 from payments.services.players import block_player, unblock_player
 from payments.services.staff import preview_operation, refund_payments, reverse_payments
-from playpay.admin_base import ModelAdmin, ReadOnlyInline, RecordAdmin
+from playpay.admin_base import ReadOnlyInline, RecordAdmin
 from playpay.errors import DomainError
 from playpay.money import format_money
 from playpay.redaction import mask_msisdn
@@ -71,7 +72,7 @@ from tenants.services import issue_api_key
 
 # The App's page is here, not in tenants: its actions issue API keys and webhook secrets (payments).
 @admin.register(App)
-class AppAdmin(ModelAdmin[App]):
+class AppAdmin(AuditedAdmin):
     list_display = ["name", "public_id", "is_active", "webhook_url", "rate_limit_per_minute", "created_at"]
     list_filter = ["is_active"]
     search_fields = ["name", "public_id"]
@@ -83,12 +84,15 @@ class AppAdmin(ModelAdmin[App]):
     def save_model(self, request: HttpRequest, obj: App, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)
         if not change:
-            self._show_new_key(request, obj)
+            self._show_new_key(request, obj, form.cleaned_data[REASON])
 
     @admin.action(description="Issue a new API key (shown once)", permissions=["change"])
     def issue_key(self, request: HttpRequest, queryset: Any) -> None:
+        reason = self.action_reason(request)
+        if reason is None:
+            return
         for app in queryset:
-            self._show_new_key(request, app)
+            self._show_new_key(request, app, reason)
 
     def _show_once(self, request: HttpRequest, what: str, app: App, value: str) -> None:
         self.message_user(
@@ -104,8 +108,9 @@ class AppAdmin(ModelAdmin[App]):
         for app in queryset:
             self._show_once(request, "webhook secret", app, webhooks.new_secret(app=app))
 
-    def _show_new_key(self, request: HttpRequest, app: App) -> None:
-        issued = issue_api_key(app=app, label=f"issued by {request.user}")
+    def _show_new_key(self, request: HttpRequest, app: App, reason: str) -> None:
+        issued = issue_api_key(app=app, label=f"issued by {request.user}", reason=reason)
+        self.record(request, issued.api_key, "issue", reason, f"issued for {app}")
         self._show_once(request, "API key", app, issued.raw_key)
 
 

@@ -1,14 +1,14 @@
-"""The admins other packages register (staff and roles, sign-in devices and lockouts, the scheduler), on the
-admin's unfold classes so that every page looks and behaves alike."""
+"""The admins other packages register (staff, sign-in devices and lockouts, the scheduler), on the admin's
+unfold classes so that every page looks and behaves alike. Roles (groups) are in journal/admin.py: their
+changes need a reason and keep a history."""
 
 from typing import Any
 
 from axes.admin import AccessAttemptAdmin, AccessFailureLogAdmin, AccessLogAdmin
 from axes.models import AccessAttempt, AccessFailureLog, AccessLog
 from django.contrib import admin
-from django.contrib.auth.admin import GroupAdmin as BaseGroupAdmin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django_celery_beat.admin import ClockedScheduleAdmin as BaseClockedScheduleAdmin
 from django_celery_beat.admin import CrontabScheduleAdmin as BaseCrontabScheduleAdmin
 from django_celery_beat.admin import PeriodicTaskAdmin as BasePeriodicTaskAdmin
@@ -31,7 +31,6 @@ _LOCKOUT_MODELS = (AccessAttempt, AccessLog, AccessFailureLog)  # registered unl
 _LOCKOUT_ADMIN = admin.site.is_registered(AccessAttempt)
 for _model in (
     User,
-    Group,
     TOTPDevice,
     *(_LOCKOUT_MODELS if _LOCKOUT_ADMIN else ()),
     PeriodicTask,
@@ -48,11 +47,6 @@ class UserAdmin(BaseUserAdmin, ModelAdmin):  # type: ignore[type-arg]
     form = UserChangeForm
     add_form = UserCreationForm
     change_password_form = AdminPasswordChangeForm
-
-
-@admin.register(Group)
-class GroupAdmin(BaseGroupAdmin, ModelAdmin):  # type: ignore[type-arg]
-    pass
 
 
 @admin.register(TOTPDevice)

@@ -1,5 +1,6 @@
 """The admin's sidebar, grouped by the job a person comes to do; each link shown only to whom may open it."""
 
+from collections.abc import Callable
 from typing import Any
 
 from django.apps import apps
@@ -7,6 +8,8 @@ from django.contrib import admin
 from django.http import HttpRequest
 from django.urls import NoReverseMatch, reverse
 from django.utils.text import capfirst
+
+from playpay.admin_history import history_models
 
 # (group, [(model label or admin URL name, Material Symbols icon, title when a URL name)]).
 # A model not named here is still reached from "All applications" and the command palette.
@@ -57,6 +60,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
     (
         "Audit & staff",
         [
+            ("admin:configuration_changes", "manage_history", "Configuration changes"),
             ("journal.StaffAction", "history", ""),
             ("auth.User", "person", ""),
             ("auth.Group", "group", ""),
@@ -76,6 +80,16 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
         ],
     ),
 ]
+
+
+def _sees_some_history(request: HttpRequest) -> bool:
+    return bool(history_models(request))
+
+
+PAGE_PERMISSIONS: dict[str, str | Callable[[HttpRequest], bool]] = {
+    "admin:payments_payment_timeline": "payments.view_payment",
+    "admin:configuration_changes": _sees_some_history,
+}
 
 
 def _model_item(request: HttpRequest, label: str, icon: str) -> dict[str, Any] | None:
@@ -99,9 +113,9 @@ def _page_item(request: HttpRequest, url_name: str, icon: str, title: str) -> di
         link = reverse(url_name)
     except NoReverseMatch:
         return None
-    # A page of a model's admin is open to whom may view that model (the admin checks it again).
-    app_label, model_name = url_name.removeprefix("admin:").split("_")[:2]
-    if not request.user.has_perm(f"{app_label}.view_{model_name}"):
+    # Open to whom may view what it shows (the page checks it again).
+    permission = PAGE_PERMISSIONS[url_name]
+    if not (request.user.has_perm(permission) if isinstance(permission, str) else permission(request)):
         return None
     return {"title": title, "icon": icon, "link": link}
 

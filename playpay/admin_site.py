@@ -5,10 +5,13 @@ from typing import Any
 from django.conf import settings
 from django.contrib.admin import AdminSite
 from django.http import HttpRequest, HttpResponse
+from django.urls import URLPattern, path
 from django_otp.admin import OTPAdminAuthenticationForm, OTPAdminSite
 from unfold.forms import AuthenticationForm
 from unfold.sites import UnfoldAdminSite
 from unfold.widgets import BASE_INPUT_CLASSES
+
+from playpay.admin_history import configuration_changes_view
 
 
 class OTPAuthenticationForm(OTPAdminAuthenticationForm):  # type: ignore[misc]  # django-otp is untyped
@@ -32,6 +35,16 @@ class PlayPayAdminSite(UnfoldAdminSite, OTPAdminSite):  # type: ignore[misc]  # 
     site_header = "PlayPay back office"
     site_title = "PlayPay"
     login_template = "admin/login.html"
+
+    def extra_urls(self) -> list[URLPattern]:
+        """unfold's hook for the site's own pages."""
+        return [
+            path(
+                "configuration-changes/",
+                self.admin_view(configuration_changes_view),
+                name="configuration_changes",
+            )
+        ]
 
     def has_permission(self, request: HttpRequest) -> bool:
         if settings.STAFF_2FA:

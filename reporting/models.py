@@ -3,6 +3,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.serializers.json import DjangoJSONEncoder
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
 
@@ -195,7 +196,9 @@ class Dataset(models.Model):
         blank=True,
         help_text="API datasets: dotted path to the list of row objects in the reply (e.g. rates).",
     )
-    api_timeout_seconds = models.PositiveSmallIntegerField("timeout (s)", default=5)
+    api_timeout_seconds = models.PositiveSmallIntegerField(
+        "timeout (s)", default=5, validators=[MinValueValidator(1, "The timeout is at least 1 second.")]
+    )
     api_refresh_minutes = models.PositiveSmallIntegerField("refresh every (min)", default=15)
     # The last good payload (the cache queries read) and what happened at the last fetch.
     api_payload = models.JSONField(null=True, blank=True, editable=False)
@@ -212,8 +215,14 @@ class Dataset(models.Model):
             models.CheckConstraint(
                 condition=Q(source_kind="api", api_url__gt="") | (~Q(source_kind="api") & Q(source__gt="")),
                 name="dataset_source_given",
+                violation_error_message="Say where the data comes from: an API dataset needs its URL, any other "
+                "its source.",
             ),
-            models.CheckConstraint(condition=Q(api_timeout_seconds__gt=0), name="dataset_api_timeout_positive"),
+            models.CheckConstraint(
+                condition=Q(api_timeout_seconds__gt=0),
+                name="dataset_api_timeout_positive",
+                violation_error_message="The timeout is at least 1 second.",
+            ),
         ]
 
     def __str__(self) -> str:
@@ -269,6 +278,7 @@ class DatasetField(models.Model):
             models.CheckConstraint(
                 condition=(Q(role="measure") & ~Q(aggregation="")) | (Q(role="dimension") & Q(aggregation="")),
                 name="dataset_field_aggregation_for_measures_only",
+                violation_error_message="A measure needs an aggregation (sum, count…); a dimension has none.",
             ),
         ]
 
@@ -311,12 +321,18 @@ class Dashboard(models.Model):
     currency = models.CharField(
         max_length=3, default="EUR", validators=[validate_currency_code], help_text="Totals are converted into it."
     )
-    refresh_seconds = models.PositiveSmallIntegerField(default=5)
+    refresh_seconds = models.PositiveSmallIntegerField(
+        default=5, validators=[MinValueValidator(2, "A dashboard refreshes at most every 2 seconds.")]
+    )
 
     class Meta:
         ordering = ["title"]
         constraints = [
-            models.CheckConstraint(condition=Q(refresh_seconds__gte=2), name="dashboard_refresh_at_least_2s")
+            models.CheckConstraint(
+                condition=Q(refresh_seconds__gte=2),
+                name="dashboard_refresh_at_least_2s",
+                violation_error_message="A dashboard refreshes at most every 2 seconds.",
+            )
         ]
 
     def __str__(self) -> str:
@@ -344,7 +360,9 @@ class AlertRule(models.Model):
     )
     comparison = models.CharField(max_length=3, choices=Comparison.choices)
     threshold = models.DecimalField(max_digits=18, decimal_places=6)
-    window_minutes = models.PositiveIntegerField(default=15)
+    window_minutes = models.PositiveIntegerField(
+        default=15, validators=[MinValueValidator(1, "The window is at least 1 minute.")]
+    )
     min_rows = models.PositiveIntegerField(
         default=1, help_text="Rows needed in the window before the rule is judged (fewer: no verdict)."
     )
@@ -353,7 +371,13 @@ class AlertRule(models.Model):
 
     class Meta:
         ordering = ["name"]
-        constraints = [models.CheckConstraint(condition=Q(window_minutes__gt=0), name="alert_window_positive")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(window_minutes__gt=0),
+                name="alert_window_positive",
+                violation_error_message="The window is at least 1 minute.",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -3,7 +3,8 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
-from playpay.admin_base import ModelAdmin, ReadOnlyInline
+from journal.audit_admin import AuditedAdmin
+from playpay.admin_base import ReadOnlyInline
 from tenants.models import ApiKey
 from tenants.services import revoke_api_key
 
@@ -14,7 +15,7 @@ class ApiKeyInline(ReadOnlyInline):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(ModelAdmin[ApiKey]):
+class ApiKeyAdmin(AuditedAdmin):
     list_display = ["prefix", "app", "label", "created_at", "revoked_at"]
     list_filter = ["revoked_at"]
     search_fields = ["prefix", "app__name"]
@@ -27,6 +28,10 @@ class ApiKeyAdmin(ModelAdmin[ApiKey]):
 
     @admin.action(description="Revoke selected keys", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: Any) -> None:
+        reason = self.action_reason(request)
+        if reason is None:
+            return
         for api_key in queryset:
-            revoke_api_key(api_key=api_key)
+            revoke_api_key(api_key=api_key, reason=reason)
+            self.record(request, api_key, "revoke", reason, "revoked")
         self.message_user(request, f"{queryset.count()} key(s) revoked.")

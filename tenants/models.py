@@ -3,8 +3,12 @@ import uuid
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
+from simple_history.models import HistoricalRecords
+
+REVENUE_SHARE_RANGE = "The app's revenue share is a fraction from 0 to 1 (0.85 for 85 %)."
 
 
 class App(models.Model):
@@ -24,17 +28,24 @@ class App(models.Model):
         help_text="The app's share of what remains after tax and the carrier's share, 0 to 1.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    history = HistoricalRecords()
 
     class Meta:
         ordering = ["name"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1), name="app_revenue_share_range"
+                condition=Q(revenue_share__gte=0) & Q(revenue_share__lte=1),
+                name="app_revenue_share_range",
+                violation_error_message=REVENUE_SHARE_RANGE,
             )
         ]
 
     def __str__(self) -> str:
         return self.name
+
+    def clean(self) -> None:
+        if self.revenue_share is not None and not 0 <= self.revenue_share <= 1:
+            raise ValidationError({"revenue_share": REVENUE_SHARE_RANGE})
 
     @property
     def is_authenticated(self) -> bool:
@@ -54,6 +65,7 @@ class ApiKey(models.Model):
     label = models.CharField(max_length=100, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
+    history = HistoricalRecords(excluded_fields=["key_hash"])
 
     class Meta:
         verbose_name = "API key"

@@ -21,11 +21,13 @@ class IssuedKey:
     raw_key: str  # shown once to the person who asked for it; never stored
 
 
-def issue_api_key(*, app: App, label: str = "") -> IssuedKey:
-    """A new API key for `app`, in the form `pp_<prefix>_<secret>`."""
+def issue_api_key(*, app: App, label: str = "", reason: str = "") -> IssuedKey:
+    """A new API key for `app`, in the form `pp_<prefix>_<secret>`; `reason` goes to the key's history."""
     prefix = secrets.token_hex(KEY_PREFIX_BYTES)
     raw_key = f"pp_{prefix}_{secrets.token_urlsafe(32)}"
-    api_key = ApiKey.objects.create(app=app, prefix=prefix, key_hash=ApiKey.hash(raw_key), label=label)
+    api_key = ApiKey(app=app, prefix=prefix, key_hash=ApiKey.hash(raw_key), label=label)
+    api_key._change_reason = reason  # type: ignore[attr-defined]  # read by django-simple-history
+    api_key.save()
     return IssuedKey(api_key=api_key, raw_key=raw_key)
 
 
@@ -35,9 +37,17 @@ def create_app(*, name: str, webhook_url: str = "") -> tuple[App, IssuedKey]:
         return app, issue_api_key(app=app, label="initial")
 
 
-def revoke_api_key(*, api_key: ApiKey) -> None:
-    """Revoke the key; other processes stop accepting it within REFERENCE_CACHE_SECONDS."""
-    _revoke(ApiKey.objects.filter(pk=api_key.pk))
+def revoke_api_key(*, api_key: ApiKey, reason: str = "") -> None:
+    """Revoke the key; other processes stop accepting it within REFERENCE_CACHE_SECONDS. `reason` goes to the
+    key's history."""
+    with transaction.atomic():
+        locked = ApiKey.objects.select_for_update().get(pk=api_key.pk)
+        if locked.revoked_at is not None:
+            return
+        locked.revoked_at = timezone.now()
+        locked._change_reason = reason  # type: ignore[attr-defined]  # read by django-simple-history
+        locked.save(update_fields=["revoked_at"])
+    _keys.clear()
 
 
 def revoke_api_keys(*, app: App, label: str | None = None) -> None:

@@ -25,6 +25,7 @@ def carrier_form(carrier: Carrier, **changes: str) -> dict[str, str]:
         "breaker_reset_seconds": "30",
         "is_active": "on",
         "supports_pin": "on",
+        "change_reason": "routine check",
     }
     for prefix in ("price_points", "network_codes", "number_prefixes"):
         data |= {f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0"}
@@ -108,7 +109,10 @@ def test_deactivating_a_carrier_is_recorded(staff_client) -> None:
     from journal.models import StaffAction
 
     carrier = CarrierFactory.create()
-    admin.post("/admin/carriers/carrier/", {"action": "deactivate", "_selected_action": [carrier.pk]})
+    admin.post(
+        "/admin/carriers/carrier/",
+        {"action": "deactivate", "_selected_action": [carrier.pk], "reason": "carrier asked to pause billing"},
+    )
     carrier.refresh_from_db()
     assert not carrier.is_active
     assert StaffAction.objects.get().action == "deactivate"

@@ -10,7 +10,7 @@ HEALTH_JOB: list[Entry] = [("carriers: refresh carrier health", "carriers.tasks.
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("carriers", "0005_carrier_deduplicates_reference_code"),
+        ("carriers", "0006_configuration_history"),
         ("payments", "0004_schedule_carrier_jobs"),  # which scheduled the health job
         ("payments", "0010_staff_roles"),  # which granted its view permission
     ]
