@@ -271,6 +271,13 @@ class CarrierAdmin(AuditedAdmin):
     def get_queryset(self, request: HttpRequest) -> Any:
         return cast(CarrierQuerySet, super().get_queryset(request)).configured().prefetch_related("network_codes")
 
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        found, duplicates = super().get_search_results(request, queryset, search_term)
+        if request.path == reverse("admin:autocomplete"):
+            # Pickers (filters, forms) offer the carriers taking payments first, then the other configured ones.
+            found = found.order_by("-is_active", "name")
+        return found, duplicates
+
     def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
         return _with_call_figures(super().get_changelist_instance(request))
 

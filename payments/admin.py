@@ -1,19 +1,35 @@
 import contextlib
+from datetime import UTC
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db import models
+from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.html import format_html
+from unfold.contrib.filters.admin import (
+    AutocompleteSelectFilter,
+    ChoicesDropdownFilter,
+    RangeDateTimeFilter,
+    RangeNumericListFilter,
+    RelatedDropdownFilter,
+)
+from unfold.decorators import display
+from unfold.paginator import InfinitePaginator
 
 from carriers.admin import ConfiguredCarrierFilter
-from carriers.msisdn import normalize_msisdn
+from carriers.msisdn import msisdn_readings, normalize_msisdn
 from journal.audit_admin import REASON, AuditedAdmin
 from journal.selectors import render as journal_render
 from journal.selectors import timeline as journal_timeline
@@ -24,15 +40,26 @@ from payments.models import (
     LedgerLine,
     OutboxMessage,
     Payment,
+    PaymentStatus,
+    PlayerBlock,
     Refund,
     RefundApproval,
     Reversal,
     WebhookAttempt,
     WebhookDelivery,
 )
-from payments.selectors import payment_timeline
+from payments.selectors import (
+    Player,
+    active_regions,
+    amount_bound,
+    payment_timeline,
+    player_named,
+    player_summary,
+    search_payments,
+)
 from payments.services import webhooks
 from payments.services.carrier_flow import is_uuid
+from payments.services.players import block_player, unblock_player
 from payments.services.refunds import refund_refusal, reversal_refusal
 from payments.services.staff import (
     ApprovalRefused,
@@ -128,6 +155,25 @@ class OutcomeUnknownFilter(admin.SimpleListFilter):
         return queryset
 
 
+class BlockForm(forms.Form):
+    reason = forms.CharField(max_length=255)
+    app = forms.ModelChoiceField(queryset=App.objects.all(), required=False)
+    unblock = forms.IntegerField(required=False, min_value=1)
+
+
+def _player_from(request: HttpRequest) -> Player | None:
+    """The player a page's query names: `msisdn` (any format), or `app` (its id) and `user_ref`."""
+    raw = request.GET.get("msisdn", "").strip()
+    if raw:
+        readings = msisdn_readings(raw, regions=active_regions())
+        return Player(msisdn=readings[0]) if readings else None
+    user_ref = request.GET.get("user_ref", "").strip()
+    app = App.objects.filter(pk=request.GET.get("app", "")).first() if request.GET.get("app", "").isdigit() else None
+    if app is None or not user_ref:
+        return None
+    return Player(app=app, user_ref=user_ref)
+
+
 class ReasonForm(forms.Form):
     reason = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
@@ -184,8 +230,8 @@ def staff_user(request: HttpRequest) -> AbstractBaseUser:
 
 
 def shows_full_msisdn(request: HttpRequest) -> bool:
-    """Who may read a player's whole number on the payment page: those who act on payments (operations)."""
-    return bool(request.user.has_perm("payments.refund_payment"))
+    """Who may read a player's whole number: those whose role has `payments.view_full_msisdn` (operations)."""
+    return bool(request.user.has_perm("payments.view_full_msisdn"))
 
 
 def payment_header(payment: Payment, *, full_msisdn: bool) -> dict[str, Any]:
@@ -204,30 +250,175 @@ def payment_header(payment: Payment, *, full_msisdn: bool) -> dict[str, Any]:
     }
 
 
+class CarrierFilter(AutocompleteSelectFilter):  # type: ignore[misc]
+    title = "carrier"
+
+
+class CountryFilter(AutocompleteSelectFilter):  # type: ignore[misc]
+    title = "country"
+
+
+class UtcRangeDateTimeFilter(RangeDateTimeFilter):  # type: ignore[misc]
+    """A date-time range read in UTC, as the list shows times; a day without a time is the whole day."""
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        bounds = {}
+        for side, lookup, whole_day in (("from", "gte", "00:00:00"), ("to", "lte", "23:59:59.999999")):
+            day = self.used_parameters.get(f"{self.parameter_name}_{side}_0")
+            if not day:
+                continue
+            clock = self.used_parameters.get(f"{self.parameter_name}_{side}_1") or whole_day
+            try:
+                moment = parse_datetime(f"{day} {clock}")
+            except ValueError:
+                moment = None
+            if moment is None:
+                raise IncorrectLookupParameters(f"{day} {clock} is no date and time")
+            bounds[f"{self.parameter_name}__{lookup}"] = moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        return queryset.filter(**bounds)
+
+
+class AmountFilter(RangeNumericListFilter):  # type: ignore[misc]
+    """Amount range in major units (9.99), each payment compared in its own currency's minor units."""
+
+    title = "amount (major units, e.g. 9.99)"
+    parameter_name = "amount"
+
+    def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+        wanted = Q()
+        for bound, lookup in (("from", "gte"), ("to", "lte")):
+            raw = self.used_parameters.get(f"{self.parameter_name}_{bound}")
+            if raw in (None, ""):
+                continue
+            try:
+                major = Decimal(str(raw).replace(",", "."))
+            except ArithmeticError:
+                return queryset.none()
+            if not major.is_finite():
+                return queryset.none()
+            wanted &= amount_bound(major, lookup=lookup)
+        return queryset.filter(wanted)
+
+
+STATUS_LABELS = {
+    PaymentStatus.SUCCEEDED: "success",
+    PaymentStatus.FAILED: "danger",
+    PaymentStatus.EXPIRED: "danger",
+    PaymentStatus.REVERSED: "warning",
+    PaymentStatus.REFUNDED: "warning",
+    PaymentStatus.PARTIALLY_REFUNDED: "warning",
+    PaymentStatus.CHARGING: "info",
+    PaymentStatus.PIN_SENT: "info",
+    PaymentStatus.PIN_VERIFIED: "info",
+}
+
+
+def shown_msisdn(request: HttpRequest, msisdn: str) -> str:
+    """A player's number as this staff member may read it (`shows_full_msisdn`), else masked."""
+    return msisdn if shows_full_msisdn(request) else mask_msisdn(msisdn)
+
+
+def player_url(player: Player) -> str:
+    query = (
+        {"msisdn": player.msisdn}
+        if player.msisdn
+        else {"app": player.app.pk if player.app else "", "user_ref": player.user_ref}
+    )
+    return reverse("admin:payments_payment_player") + "?" + urlencode(query)
+
+
 @admin.register(Payment)
 class PaymentAdmin(RecordAdmin):
     list_display = [
         "public_id",
-        "created_at",
-        "app",
+        "created",
+        "amount",
+        "status_badge",
+        "number",
+        "user_ref",
         "carrier",
-        "amount_minor",
-        "currency",
-        "status",
-        "flow",
-        "outcome_unknown_since",
+        "refunded",
+        "app",
     ]
-    list_filter = ["status", OutcomeUnknownFilter, "flow", "carrier__country", "app"]
-    # A public id is searched by `with_public_id` (its months only), below.
-    search_fields = ["=msisdn", "=user_ref", "=carrier_reference", "=idempotency_key"]
+    list_display_links = ["public_id"]
+    list_filter = [
+        ("status", ChoicesDropdownFilter),
+        ("carrier", CarrierFilter),
+        ("carrier__country", CountryFilter),
+        ("app", RelatedDropdownFilter),
+        ("flow", ChoicesDropdownFilter),
+        ("created_at", UtcRangeDateTimeFilter),
+        AmountFilter,
+        OutcomeUnknownFilter,
+    ]
+    list_filter_submit = True
+    paginator = InfinitePaginator
+    # unfold renders a row's cells at about 1.5 ms each on a busy 2-core machine: 50 rows a page (more load
+    # as the list is scrolled) keep the page within 300 ms, as bench/admin_volume.py measures.
+    list_per_page = 50
+    # One box: a public id or its first 8+ characters, a number in any format, a user_ref, a carrier reference
+    # or an idempotency key (payments.selectors.search_payments); every reading uses an index.
+    search_fields = ["public_id"]
+    search_help_text = (
+        "Payment id (or its first 8+ characters), phone number in any format, user_ref, carrier reference "
+        "or idempotency key."
+    )
     list_select_related = ["app", "carrier"]
-    date_hierarchy = "created_at"
     actions = ["refund", "reverse"]
     change_form_template = "admin/payments/payment/change_form.html"
 
     def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
         # The story is told above (header and timeline); the row itself, folded, for whoever needs a field.
         return [("Raw fields", {"classes": ["collapse"], "fields": self.get_readonly_fields(request, obj)})]
+
+    @admin.display(description="created (UTC)", ordering="created_at")
+    def created(self, payment: Payment) -> str:
+        return f"{payment.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+    @admin.display(description="amount", ordering="amount_minor")
+    def amount(self, payment: Payment) -> str:
+        return format_money(payment.amount_minor, payment.currency)
+
+    @admin.display(description="refunded")
+    def refunded(self, payment: Payment) -> str:
+        return format_money(payment.refunded_minor, payment.currency) if payment.refunded_minor else "—"
+
+    @display(description="status", ordering="status", label=STATUS_LABELS)  # type: ignore[untyped-decorator]
+    def status_badge(self, payment: Payment) -> str:
+        return payment.status
+
+    @admin.display(description="MSISDN")
+    def number(self, payment: Payment) -> str:
+        return mask_msisdn(payment.msisdn)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        # The number in full for whom their role allows (shows_full_msisdn), masked for the others.
+        shown = super().get_list_display(request)
+        if shows_full_msisdn(request):
+            return ["msisdn" if name == "number" else name for name in shown]
+        return shown
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        landing = self._landing(request)
+        if landing is not None:
+            return redirect(landing)
+        return super().changelist_view(request, extra_context)
+
+    def _landing(self, request: HttpRequest) -> str | None:
+        """Where a search lands: the payment when exactly one matches, the player's page when the term names a
+        player with several payments; None (the filtered list) otherwise, or when other filters are set."""
+        term = request.GET.get("q", "").strip()
+        if not term or set(request.GET) - {"q"} or request.method != "GET":
+            return None
+        found = search_payments(term=term)
+        first_two = list(found.payments.values_list("pk", flat=True)[:2])
+        if len(first_two) == 1:
+            return reverse("admin:payments_payment_change", args=[first_two[0]])
+        player = player_named(found, term) if first_two else None
+        return player_url(player) if player is not None else None
+
+    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
+        return search_payments(term=search_term, queryset=queryset).payments, False
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # The PIN being checked, even encrypted, is for the carrier-queue task alone: not shown.
@@ -242,10 +433,6 @@ class PaymentAdmin(RecordAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
-
-    def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
-        found, duplicates = super().get_search_results(request, queryset, search_term)
-        return also_by_payment_public_id(queryset, found, search_term, payment="pk"), duplicates
 
     def has_refund_permission(self, request: HttpRequest) -> bool:
         return bool(request.user.has_perm("payments.refund_payment"))
@@ -303,8 +490,97 @@ class PaymentAdmin(RecordAdmin):
             path("<int:pk>/reverse/", view(self.reverse_view), name="payments_payment_reverse"),
             path("<int:pk>/query-status/", view(self.query_status_view), name="payments_payment_query_status"),
             path("<int:pk>/resend-webhook/", view(self.resend_webhook_view), name="payments_payment_resend_webhook"),
+            path("player/", view(self.player_view), name="payments_payment_player"),
         ]
         return extra + super().get_urls()
+
+    def player_view(self, request: HttpRequest) -> HttpResponse:
+        """A player (app + user_ref, or a number in any app): payments, lifetime figures, timeline, blocking."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        player = _player_from(request)
+        if player is None:
+            return redirect("admin:payments_payment_changelist")
+        if request.method == "POST":
+            self._block_or_unblock(request, player)
+            return redirect(player_url(player))
+        payments = player.payments().select_related("app", "carrier").order_by("-id")
+        page = Paginator(payments, 50).get_page(request.GET.get("page"))
+        summary = player_summary(player)
+        if player.msisdn:
+            documents = journal_timeline(msisdn=player.msisdn)
+            block_apps = list(App.objects.filter(pk__in=player.payments().values("app")).order_by("name"))
+        else:
+            assert player.app is not None
+            documents = journal_timeline(app=player.app.name, user_ref=player.user_ref)
+            block_apps = [player.app]
+        blocked_apps = {block.app_id for block in summary.blocks}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Player {shown_msisdn(request, player.msisdn)}"
+            if player.msisdn
+            else f"Player {player.user_ref} of {player.app}",
+            "opts": self.model._meta,
+            "player": player,
+            "summary": summary,
+            "totals": [
+                {
+                    "currency": row.currency,
+                    "charged": format_money(row.charged_minor, row.currency),
+                    "refunded": format_money(row.refunded_minor, row.currency),
+                    "reversed": format_money(row.reversed_minor, row.currency),
+                    "spent": format_money(row.spent_minor, row.currency),
+                }
+                for row in summary.totals
+            ],
+            "page": page,
+            "rows": [
+                {
+                    "payment": payment,
+                    "created": f"{payment.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC",
+                    "amount": format_money(payment.amount_minor, payment.currency),
+                    "msisdn": shown_msisdn(request, payment.msisdn),
+                }
+                for payment in page.object_list
+            ],
+            "timeline": journal_render(documents),
+            "timeline_count": len(documents),
+            "block_apps": [app for app in block_apps if app.pk not in blocked_apps],
+            "can_block": request.user.has_perm("payments.add_playerblock"),
+            "can_unblock": request.user.has_perm("payments.delete_playerblock"),
+            "list_url": reverse("admin:payments_payment_changelist")
+            + "?"
+            + urlencode({"q": player.msisdn or player.user_ref}),
+        }
+        return TemplateResponse(request, "admin/payments/payment/player.html", context)
+
+    def _block_or_unblock(self, request: HttpRequest, player: Player) -> None:
+        form = BlockForm(request.POST)
+        if not form.is_valid():
+            self.message_user(request, "A reason is required to block or unblock a player.", level=messages.ERROR)
+            return
+        user, reason = request.user, form.cleaned_data["reason"]
+        assert isinstance(user, AbstractBaseUser)  # the admin requires a signed-in user
+        try:
+            if form.cleaned_data["unblock"]:
+                if not request.user.has_perm("payments.delete_playerblock"):
+                    raise PermissionDenied
+                block = PlayerBlock.objects.select_related("app").get(pk=form.cleaned_data["unblock"])
+                unblock_player(user=user, block=block, reason=reason)
+                self.message_user(request, f"Unblocked for {block.app}.", level=messages.SUCCESS)
+            else:
+                if not request.user.has_perm("payments.add_playerblock"):
+                    raise PermissionDenied
+                app = form.cleaned_data["app"] or player.app
+                if app is None:
+                    self.message_user(request, "Choose the app to block the number for.", level=messages.ERROR)
+                    return
+                block_player(user=user, app=app, msisdn=player.msisdn, user_ref=player.user_ref, reason=reason)
+                self.message_user(request, f"Blocked for {app}: its payments are refused.", level=messages.SUCCESS)
+        except PlayerBlock.DoesNotExist:
+            self.message_user(request, "That block was already lifted.", level=messages.WARNING)
+        except DomainError as error:
+            self.message_user(request, str(error), level=messages.ERROR)
 
     def timeline_view(self, request: HttpRequest) -> TemplateResponse:
         """Support's search of the journal by payment id, MSISDN, carrier reference or player."""

@@ -83,3 +83,9 @@ class ChargeNotInLedger(PaymentError):
     code = "charge_not_in_ledger"
     title = "This payment's charge is no longer in the ledger"
     http_status = 409
+
+
+class PlayerBlocked(PaymentError):
+    code = "player_blocked"
+    title = "The app has blocked this player (phone number or user) from paying"
+    http_status = 403

@@ -622,3 +622,38 @@ class RefundApproval(models.Model):
         if not self.payment_created_at:
             self.payment_created_at = self.payment.created_at
         super().save(*args, **kwargs)
+
+
+class PlayerBlock(models.Model):
+    """A player an app takes no more payments from: a phone number, or one of the app's users (user_ref).
+
+    Set and lifted through `payments.services.players` (each recorded in the staff log); payment creation
+    refuses a blocked player with the problem `player_blocked`.
+    """
+
+    app = models.ForeignKey("tenants.App", on_delete=models.CASCADE, related_name="+")
+    msisdn = models.CharField("MSISDN", max_length=16, blank=True, help_text="E.164; empty when a user is blocked.")
+    user_ref = models.CharField(max_length=128, blank=True, help_text="Empty when a number is blocked.")
+    reason = models.CharField(max_length=255)
+    blocked_by = models.CharField(max_length=150, help_text="staff:<username>")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=(Q(msisdn="") & ~Q(user_ref="")) | (~Q(msisdn="") & Q(user_ref="")),
+                name="player_block_number_or_user",
+            ),
+            models.UniqueConstraint(
+                fields=["app", "msisdn"], condition=~Q(msisdn=""), name="player_block_number_once_per_app"
+            ),
+            models.UniqueConstraint(
+                fields=["app", "user_ref"], condition=~Q(user_ref=""), name="player_block_user_once_per_app"
+            ),
+        ]
+        indexes = [models.Index(fields=["msisdn"], condition=~Q(msisdn=""), name="player_block_msisdn_idx")]
+        # Players' data: who may read their numbers in full (the others see them masked, +44772*****85).
+        permissions = [("view_full_msisdn", "Can see players' full phone numbers")]
+
+    def __str__(self) -> str:
+        return f"{self.app_id}: {self.msisdn or self.user_ref}"

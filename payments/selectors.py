@@ -1,14 +1,36 @@
-"""Reads of payments for staff screens: a payment's whole story, in order."""
+"""Reads of payments for staff screens: a payment's whole story in order, what the admin's one search box
+matches, and a player's figures."""
 
-from dataclasses import dataclass
+import re
+import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
+from typing import Any
 
+from django.db.models import Count, Q, Sum
+from django.utils import timezone
+
+from carriers.models import Carrier, PricePoint
+from carriers.msisdn import msisdn_readings
 from journal.models import StaffAction
 from journal.selectors import summary as journal_summary
 from journal.selectors import timeline as journal_timeline
-from payments.models import CarrierNotification, LedgerEntry, Payment, WebhookAttempt
+from payments.models import (
+    PUBLIC_ID_SKEW,
+    CarrierNotification,
+    LedgerEntry,
+    Payment,
+    PaymentCarrierReference,
+    PaymentIdempotencyKey,
+    PaymentStatus,
+    PlayerBlock,
+    WebhookAttempt,
+)
 from payments.services.refunds import refunds_of, reversals_of
-from playpay.money import format_money, signed_money
+from playpay.money import currency_exponent, format_money, signed_money
+from playpay.redaction import msisdn_hash
+from tenants.models import App
 
 # What the journal alone knows; the rest (staff actions, webhooks, callbacks) is read from its own table,
 # which also holds what the journal has not stored yet.
@@ -93,3 +115,197 @@ def payment_timeline(payment: Payment) -> list[TimelineEvent]:
         )
     events.sort(key=lambda event: event.at)
     return events
+
+
+# A prefix of a payment id is searched from this many hex digits: 8 name one UUIDv7 minute (about 65 s).
+MIN_PUBLIC_ID_PREFIX = 8
+# At most this many payments are taken from a key table for one term (a key names one payment per app/carrier).
+_KEY_MATCHES = 50
+_HEX = re.compile(r"[0-9a-f]+")
+# Ids made before UUIDv7 are random (v4): their leading digits name no time worth bounding the search with.
+_V7_SINCE = datetime(2024, 1, 1, tzinfo=UTC)
+CHARGED = [PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED, PaymentStatus.REVERSED]
+
+
+@dataclass(frozen=True)
+class Player:
+    """Whom a player page is about: an app's user (app and user_ref), or a phone number (E.164) in any app."""
+
+    app: App | None = None
+    user_ref: str = ""
+    msisdn: str = ""
+
+    @property
+    def public_id(self) -> str:
+        """How the staff log names the player: the app, and the number's keyed hash (never the number) or the
+        user_ref."""
+        app = f"app{self.app.pk}:" if self.app is not None else ""
+        who = f"msisdn:{msisdn_hash(self.msisdn)[:24]}" if self.msisdn else f"user:{self.user_ref}"
+        return (app + who)[:64]
+
+    def payments(self) -> Any:
+        if self.msisdn:
+            return Payment.objects.filter(msisdn=self.msisdn)
+        return Payment.objects.filter(app=self.app, user_ref=self.user_ref)
+
+
+@dataclass(frozen=True)
+class Search:
+    """What a search term matched: the payments, and the numbers (E.164) it was read as."""
+
+    payments: Any
+    readings: list[str] = field(default_factory=list)
+
+
+def search_payments(*, term: str, queryset: Any = None) -> Search:
+    """The payments `term` names, any of: a public id or a prefix of at least 8 hex digits (dashes optional),
+    an MSISDN in any format (national ones read in the countries of the active carriers), a user_ref, a
+    carrier reference or an idempotency key. Each reading uses an index; ids and keys read only their months.
+    """
+    base = Payment.objects.all() if queryset is None else queryset
+    term = term.strip()
+    if not term:
+        return Search(payments=base)
+    wanted = _by_user_ref(term) | _by_key_tables(term)
+    compact = term.lower().replace("-", "")
+    if len(compact) == 32 and _HEX.fullmatch(compact):
+        wanted |= _named(Payment.objects.with_public_id(compact).values_list("pk", "created_at"))
+    elif MIN_PUBLIC_ID_PREFIX <= len(compact) < 32 and _HEX.fullmatch(compact):
+        wanted |= _by_public_id_prefix(compact)
+    readings = msisdn_readings(term, regions=active_regions()) if not compact.isalpha() else []
+    if readings:
+        wanted |= Q(msisdn__in=readings)
+    return Search(payments=base.filter(wanted), readings=readings)
+
+
+def active_regions() -> list[str]:
+    """The countries of the carriers that take payments, where a national-format number is read."""
+    return sorted(set(Carrier.objects.filter(is_active=True).values_list("country_id", flat=True)))
+
+
+def _by_user_ref(term: str) -> Q:
+    # The index is (app, user_ref): every app named, so that it serves the search (apps are few).
+    return Q(app__in=list(App.objects.values_list("pk", flat=True)), user_ref=term)
+
+
+def _by_key_tables(term: str) -> Q:
+    """Payments whose carrier reference or idempotency key is `term`, each read in its month only."""
+    carriers = list(Carrier.objects.values_list("pk", flat=True))
+    apps = list(App.objects.values_list("pk", flat=True))
+    keys = [
+        *PaymentCarrierReference.objects.filter(carrier__in=carriers, reference=term).values_list(
+            "payment_id", "payment_created_at"
+        )[:_KEY_MATCHES],
+        *PaymentIdempotencyKey.objects.filter(app__in=apps, key=term).values_list("payment_id", "payment_created_at")[
+            :_KEY_MATCHES
+        ],
+    ]
+    return _named(keys)
+
+
+def _named(payments: Any) -> Q:
+    """These (id, created_at) pairs, as a condition each arm of which reads one month by its primary key (a
+    subquery in an OR would make PostgreSQL read every partition)."""
+    found = Q(pk__in=[])
+    for payment_id, created_at in payments:
+        found |= Q(pk=payment_id, created_at=created_at)
+    return found
+
+
+def _by_public_id_prefix(prefix: str) -> Q:
+    """The ids starting with `prefix`: a range of uuids (the unique index on the public id serves it) and, for a
+    UUIDv7, the range of creation times its leading digits name (the months to read)."""
+    missing = 32 - len(prefix)
+    low = uuid.UUID(hex=prefix + "0" * missing)
+    high = uuid.UUID(hex=prefix + "f" * missing)
+    found = Q(public_id__gte=low, public_id__lte=high)
+    shift = 4 * max(12 - len(prefix), 0)
+    first_ms, last_ms = (int(prefix[:12], 16) << shift), ((int(prefix[:12], 16) + 1) << shift) - 1
+    try:
+        first = datetime.fromtimestamp(first_ms / 1000, tz=UTC)
+        last = datetime.fromtimestamp(last_ms / 1000, tz=UTC)
+    except (OverflowError, ValueError, OSError):
+        return found
+    if first >= _V7_SINCE and last <= timezone.now() + PUBLIC_ID_SKEW:
+        found &= Q(created_at__gte=first - PUBLIC_ID_SKEW, created_at__lt=last + PUBLIC_ID_SKEW)
+    return found
+
+
+def player_named(search: Search, term: str) -> Player | None:
+    """The player `term` names: a number that has payments, else a user_ref of exactly one app."""
+    for number in search.readings:
+        if Payment.objects.filter(msisdn=number).exists():
+            return Player(msisdn=number)
+    apps = list(
+        Payment.objects.filter(_by_user_ref(term.strip())).values_list("app", flat=True).order_by("app").distinct()[:2]
+    )
+    if len(apps) == 1:
+        return Player(app=App.objects.get(pk=apps[0]), user_ref=term.strip())
+    return None
+
+
+@dataclass(frozen=True)
+class CurrencyTotals:
+    currency: str
+    charged_minor: int
+    refunded_minor: int
+    reversed_minor: int
+
+    @property
+    def spent_minor(self) -> int:
+        """What the player paid and kept paid: charged, less refunds and reversals."""
+        return self.charged_minor - self.refunded_minor - self.reversed_minor
+
+
+@dataclass(frozen=True)
+class PlayerSummary:
+    payments: int
+    totals: list[CurrencyTotals]
+    failure_codes: list[tuple[str, int]]
+    blocks: list[PlayerBlock]
+
+
+def player_summary(player: Player) -> PlayerSummary:
+    """A player's lifetime figures over all their payments, per currency, and the blocks that apply to them."""
+    payments = player.payments()
+    per_currency = (
+        payments.filter(status__in=CHARGED)
+        .values("currency")
+        .annotate(
+            charged=Sum("amount_minor"),
+            refunded=Sum("refunded_minor"),
+            reversed=Sum("amount_minor", filter=Q(status=PaymentStatus.REVERSED)),
+        )
+        .order_by("currency")
+    )
+    failures = (
+        payments.filter(status=PaymentStatus.FAILED)
+        .values("failure_code")
+        .annotate(count=Count("pk"))
+        .order_by("-count", "failure_code")
+    )
+    if player.msisdn:
+        blocks = PlayerBlock.objects.filter(msisdn=player.msisdn)
+    else:
+        blocks = PlayerBlock.objects.filter(app=player.app, user_ref=player.user_ref)
+    return PlayerSummary(
+        payments=payments.count(),
+        totals=[
+            CurrencyTotals(row["currency"], row["charged"] or 0, row["refunded"] or 0, row["reversed"] or 0)
+            for row in per_currency
+        ],
+        failure_codes=[(row["failure_code"] or "(none)", row["count"]) for row in failures],
+        blocks=list(blocks.select_related("app").order_by("app__name")),
+    )
+
+
+def amount_bound(major: Decimal, *, lookup: str) -> Q:
+    """Payments whose amount is `lookup` (gte, lte) `major` units of their own currency: each currency the price
+    points are in compared in its minor units (¥100 is 100, £9.99 is 999)."""
+    bound = Q(pk__in=[])
+    for currency in sorted(set(PricePoint.objects.values_list("currency", flat=True))):
+        minor = major.scaleb(currency_exponent(currency))
+        # An amount between two minor units: `gte` starts at the next unit up, `lte` stops at the one below.
+        whole = int(minor.to_integral_value(rounding=ROUND_CEILING if lookup == "gte" else ROUND_FLOOR))
+        bound |= Q(currency=currency, **{f"amount_minor__{lookup}": whole})
+    return bound

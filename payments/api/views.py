@@ -123,7 +123,18 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(
         request=PaymentCreateSerializer,
         parameters=[IDEMPOTENCY_KEY],
-        responses={201: PaymentSerializer, **BODY_PROBLEMS, 409: PROBLEM, 422: PROBLEM, 429: PROBLEM},
+        responses={
+            201: PaymentSerializer,
+            **BODY_PROBLEMS,
+            403: OpenApiResponse(
+                ProblemSerializer,
+                description="`player_blocked`: the app's staff blocked this phone number or user_ref; nothing is "
+                "created and the Idempotency-Key stays free.",
+            ),
+            409: PROBLEM,
+            422: PROBLEM,
+            429: PROBLEM,
+        },
         summary="Create a payment",
     )
     def create(self, request: Request) -> Response:

@@ -43,6 +43,7 @@ from payments.services.carrier_flow import (
 from payments.services.idempotency import IdempotencyKey, claim_key
 from payments.services.outcomes import mark_unknown
 from payments.services.payment_keys import claim_idempotency_key
+from payments.services.players import ensure_player_may_pay
 from payments.services.state_machine import record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 from playpay.ids import new_public_id
@@ -84,6 +85,7 @@ def _choose_flow(carrier: Carrier, requested: str | None) -> str:
 def create_payment(*, app: App, request: PaymentRequest, idempotency: IdempotencyKey) -> Payment:
     """Validate, create the payment under its idempotency key, and have the carrier start it."""
     msisdn = normalize_msisdn(request.msisdn)
+    ensure_player_may_pay(app=app, msisdn=msisdn, user_ref=request.user_ref)
     carrier = resolve_carrier(msisdn=msisdn, carrier_slug=request.carrier)
     adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
