@@ -30,7 +30,7 @@ from carriers.models import (
 )
 from carriers.selectors import CallFigures, carrier_call_figures, carrier_call_history
 from carriers.services import check_carrier_connection
-from journal.audit_admin import AuditedAdmin
+from journal.audit_admin import REASON, AuditedAdmin
 from journal.services import record_staff_action
 from playpay.admin_base import ModelAdmin, MoneyField, TabularInline, money_column
 from playpay.money import UnknownCurrency, to_major, validate_currency
@@ -402,7 +402,7 @@ class OnboardingForm(CarrierForm):
 
 
 @admin.register(OperatorCatalogue)
-class OperatorCatalogueAdmin(ModelAdmin[Carrier]):
+class OperatorCatalogueAdmin(AuditedAdmin):
     """The MCC/MNC operators nobody has configured: a carrier is onboarded from here. Its page is the onboarding
     form (protocol, endpoint, credentials); once saved, the carrier leaves the catalogue for the carrier list,
     inactive, where its price points, capabilities and activation are set."""
@@ -416,7 +416,6 @@ class OperatorCatalogueAdmin(ModelAdmin[Carrier]):
     fieldsets = [
         (None, {"fields": ["name", "slug", "country", "network_codes_list"]}),
         ("Connection", {"fields": ["protocol", "endpoint", "new_credentials"]}),
-        ("History", {"fields": ["change_reason"]}),
     ]
 
     def get_queryset(self, request: HttpRequest) -> Any:
@@ -447,14 +446,19 @@ class OperatorCatalogueAdmin(ModelAdmin[Carrier]):
         )
 
     def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
-        obj.is_active = False  # taking payments waits for its price points and a successful connection test
-        super().save_model(request, obj, form, change)
+        # Saved as a Carrier, not through its catalogue proxy: the configuration history and the reference
+        # cache follow the saves of Carrier itself.
+        carrier = Carrier(**{field.attname: getattr(obj, field.attname) for field in Carrier._meta.concrete_fields})
+        carrier._state.adding = False
+        carrier.is_active = False  # taking payments waits for its price points and a successful connection test
+        carrier._change_reason = form.cleaned_data[REASON]  # type: ignore[attr-defined]  # read by simple-history
+        carrier.save()
         record_staff_action(
             user=_staff(request),
             action="onboard",
-            target=obj,
-            reason=form.cleaned_data.get("change_reason", ""),
-            outcome=f"configured from the catalogue: {obj.protocol} at {obj.endpoint}"[:255],
+            target=carrier,
+            reason=form.cleaned_data[REASON],
+            outcome=f"configured from the catalogue: {carrier.protocol} at {carrier.endpoint}"[:255],
         )
 
     def response_change(self, request: HttpRequest, obj: Carrier) -> HttpResponse:

@@ -7,8 +7,9 @@ from typing import Any
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.models import AbstractBaseUser
+from django.core.exceptions import PermissionDenied
 from django.db.models import Model
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from simple_history.admin import SimpleHistoryAdmin
 from unfold.forms import ActionForm
 from unfold.widgets import UnfoldAdminTextInputWidget
@@ -62,6 +63,23 @@ class AuditedAdmin(SimpleHistoryAdmin, ModelAdmin):  # type: ignore[misc,type-ar
     change it, through `action_reason`), history per object with who, when, why and before → after."""
 
     action_form = ReasonActionForm
+
+    def history_form_view(
+        self, request: HttpRequest, object_id: str, version_id: str, extra_context: Any = None
+    ) -> HttpResponse:
+        # An old version is shown, never saved back: simple-history's form would save it whatever
+        # SIMPLE_HISTORY_REVERT_DISABLED says, around the services (a revoked API key active again).
+        if request.method != "GET":
+            raise PermissionDenied
+        response: HttpResponse = super().history_form_view(request, object_id, version_id, extra_context)
+        return response
+
+    def get_actions(self, request: HttpRequest) -> Any:
+        # Django's "delete selected" deletes with no reason and no staff-log line: one at a time from the
+        # delete page instead, which asks for both.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         kwargs["form"] = form_with_reason(kwargs.get("form", self.form))

@@ -88,6 +88,10 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",
 ]
 
+# The configuration history is read, never replayed: its pages offer no "revert" (and journal.audit_admin
+# refuses one posted anyway), which would save an old version around the services.
+SIMPLE_HISTORY_REVERT_DISABLED = True
+
 ROOT_URLCONF = "playpay.urls"
 WSGI_APPLICATION = "playpay.wsgi.application"
 

@@ -236,3 +236,24 @@ def test_a_dashboard_refreshing_faster_than_every_two_seconds_is_refused_on_its_
     with pytest.raises(ValidationError) as refused:
         Dashboard(slug="live", title="Live", refresh_seconds=1).full_clean()
     assert refused.value.message_dict == {"refresh_seconds": ["A dashboard refreshes at most every 2 seconds."]}
+
+
+def test_an_old_version_is_never_saved_back_and_deleting_in_bulk_is_not_offered(staff_client: StaffClient) -> None:
+    admin = staff_client("superuser")
+    app = AppFactory.create()
+    admin.post(
+        reverse("admin:tenants_app_changelist"),
+        {"action": "issue_key", "_selected_action": [app.pk], "reason": "new backend servers"},
+    )
+    key = ApiKey.objects.get(app=app)
+    keys = reverse("admin:tenants_apikey_changelist")
+    admin.post(keys, {"action": "revoke", "_selected_action": [key.pk], "reason": "key leaked in a log"})
+    first = key.history.earliest()
+    # Reverting to the version before the revocation would make the leaked key work again.
+    revert = reverse("admin:tenants_apikey_simple_history", args=[key.pk, first.history_id])
+    assert admin.post(revert, {"change_reason": "undo"}).status_code == 403
+    assert not ApiKey.objects.get(pk=key.pk).is_active
+    assert key.history.count() == 2  # issued, revoked: nothing saved by the attempt
+    # The bulk delete would take no reason and leave no staff-log line.
+    actions = admin.get(keys).context["action_form"].fields["action"].choices
+    assert "delete_selected" not in [name for name, _ in actions]
