@@ -29,6 +29,10 @@ logger = logging.getLogger(__name__)
 ACTOR = "system"
 
 
+# How long a renewal whose carrier or price point is switched off waits before it is looked at again.
+PAUSED_RECHECK = timedelta(hours=1)
+
+
 @dataclass
 class RenewalRun:
     charged: int = 0
@@ -36,6 +40,7 @@ class RenewalRun:
     suspended: int = 0
     expired: int = 0
     skipped: int = 0
+    paused: int = 0
     batches: int = 0
 
 
@@ -93,6 +98,13 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         )
         notify(subscription, "suspended", at=now)
         run.suspended += 1
+    if not (subscription.carrier.is_active and subscription.offer.price_point.is_active):
+        # Billing through this carrier or at this price is switched off: nothing is charged, and the renewal
+        # is looked at again later (within the retry window, after which it expires as unpaid).
+        subscription.next_charge_at = now + PAUSED_RECHECK
+        subscription.save(update_fields=["next_charge_at", "updated_at"])
+        run.paused += 1
+        return
     if _open_charge(subscription, index=index, start=start, end=end):
         run.charged += 1
     else:

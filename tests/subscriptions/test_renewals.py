@@ -250,3 +250,20 @@ def test_two_engines_at_once_charge_each_period_once(make_subs: Callable[..., Su
         assert renewals_of(subscription) == [(1, 1, "succeeded")]
     assert Payment.objects.filter(flow=PaymentFlow.ONE_CLICK, status=PaymentStatus.SUCCEEDED).count() == 24
     assert set(Subscription.objects.values_list("period_index", flat=True)) == {1}
+
+
+def test_a_carrier_switched_off_is_not_billed_and_its_renewals_resume_when_it_is_on_again(subs: Subs) -> None:
+    subscription = subs.active()
+    due = subscription.current_period_end
+    assert due is not None
+    subscription.carrier.is_active = False
+    subscription.carrier.save(update_fields=["is_active"])
+    run = subs.renew(due)
+    assert (run.charged, run.paused) == (0, 1)
+    assert renewals_of(subscription) == []
+    subscription.refresh_from_db()
+    assert subscription.next_charge_at == due + timedelta(hours=1)
+    subscription.carrier.is_active = True
+    subscription.carrier.save(update_fields=["is_active"])
+    assert subs.renew(due + timedelta(hours=1)).charged == 1
+    assert renewals_of(subscription) == [(1, 1, "succeeded")]
