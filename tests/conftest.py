@@ -134,41 +134,6 @@ def _journal_spool_of_the_test(tmp_path_factory: pytest.TempPathFactory, setting
 
 # What migrate's post_migrate handlers make (the only ones installed): no test changes them.
 _REFERENCE_TABLES = {"django_content_type", "auth_permission"}
-# The rows the migrations seed (staff roles, countries, the scheduler's periodic tasks…), copied aside once per
-# test database: a flush puts them back, so that a test finds them whatever ran before it in its worker (a
-# worker that has run transactional tests may still take non-transactional ones from another's queue).
-_SEED_SCHEMA = "test_seed"
-_SEEDED: dict[str, list[str]] = {}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _seed_rows_aside(django_db_setup: None, django_db_blocker: Any) -> None:
-    from django.db import connections
-
-    with django_db_blocker.unblock():
-        for alias in connections:
-            connection = connections[alias]
-            if connection.vendor != "postgresql":
-                continue
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-                if not cursor.fetchone()[0]:
-                    continue  # the flush is Django's TRUNCATE there (see below)
-                tables = [
-                    table
-                    for table in connection.introspection.django_table_names(only_existing=True)
-                    if table not in _REFERENCE_TABLES
-                ]
-                cursor.execute(f"DROP SCHEMA IF EXISTS {_SEED_SCHEMA} CASCADE")
-                cursor.execute(f"CREATE SCHEMA {_SEED_SCHEMA}")
-                seeded = []
-                for table in tables:
-                    quoted = connection.ops.quote_name(table)
-                    cursor.execute(f"SELECT 1 FROM {quoted} LIMIT 1")  # noqa: S608 - Django's own table names
-                    if cursor.fetchone() is not None:
-                        cursor.execute(f"CREATE TABLE {_SEED_SCHEMA}.{quoted} AS TABLE {quoted}")
-                        seeded.append(table)
-                _SEEDED[alias] = seeded
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -223,9 +188,7 @@ def _flush_by_delete() -> Iterator[None]:
         if not used:
             return []
         deletes = [f"DELETE FROM {table};" for table in used]  # noqa: S608
-        seeded = [self.quote_name(table) for table in _SEEDED.get(self.connection.alias, []) if table in tables]
-        restores = [f"INSERT INTO {table} SELECT * FROM {_SEED_SCHEMA}.{table};" for table in seeded]  # noqa: S608
-        return ["SET LOCAL session_replication_role = replica;", *deletes, *restores]
+        return ["SET LOCAL session_replication_role = replica;", *deletes]
 
     def after_flush(verbosity: int, interactive: bool, db: str, **kwargs: Any) -> None:
         if db not in kept_reference_rows:
