@@ -21,5 +21,8 @@ echo "== mypy"; mypy .
 echo "== lint-imports (dependencies run one way)"; lint-imports
 echo "== makemigrations --check"; python manage.py makemigrations --check --dry-run
 echo "== pytest (DATABASE_URL=${DATABASE_URL%%@*}@…, broker ${CELERY_BROKER_URL%%:*})"
-# worksteal: a worker that runs out takes tests queued on the other (the contract and deploy tests are long).
-pytest -n "${PYTEST_WORKERS:-auto}" --dist worksteal "$@"
+# load: each worker takes the next tests in the suite's order as it finishes, so every worker runs the
+# database tests that flush the tables (transactional, browser) after those that rely on the rows the
+# migrations seed (staff roles, countries). worksteal broke that order: a worker that had run its own
+# flushing tests took plain ones from another's queue, and found the roles gone.
+pytest -n "${PYTEST_WORKERS:-auto}" --dist load "$@"
