@@ -392,8 +392,17 @@ STAFF_ROLES = ("operations", "finance", "support", "superuser")
 StaffClient = Callable[[str], Client]
 
 
+@pytest.fixture(scope="session")
+def _staff_roles(django_db_setup: None, django_db_blocker: Any) -> dict[str, list[int]]:
+    """The roles' permissions as the migrations made them, read once: a transactional test run earlier in
+    the same worker empties the groups table (the permissions themselves are kept), and `staff_client`
+    makes a missing role again from this."""
+    with django_db_blocker.unblock():
+        return {group.name: list(group.permissions.values_list("pk", flat=True)) for group in Group.objects.all()}
+
+
 @pytest.fixture
-def staff_client(db: Any) -> StaffClient:
+def staff_client(db: Any, _staff_roles: dict[str, list[int]]) -> StaffClient:
     """staff_client(role): a Django client signed in as a staff member named after the role. The roles are
     the groups of payments 0010 (operations, finance, support; their reporting rights: reporting 0002),
     and "superuser", who may do anything."""
@@ -405,7 +414,10 @@ def staff_client(db: Any) -> StaffClient:
             user = User.objects.create_superuser(role, f"{role}@example.com", STAFF_PASSWORD)
         elif user is None:
             user = User.objects.create_user(role, f"{role}@example.com", STAFF_PASSWORD, is_staff=True)
-            user.groups.add(Group.objects.get(name=role))
+            group, made = Group.objects.get_or_create(name=role)
+            if made:
+                group.permissions.set(_staff_roles[role])
+            user.groups.add(group)
         client = Client()
         client.force_login(user)
         return client
