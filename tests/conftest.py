@@ -134,6 +134,21 @@ def _journal_spool_of_the_test(tmp_path_factory: pytest.TempPathFactory, setting
 
 # What migrate's post_migrate handlers make (the only ones installed): no test changes them.
 _REFERENCE_TABLES = {"django_content_type", "auth_permission"}
+# Rows the data migrations seed and tests rely on: copied aside once per test database, put back as they were
+# after every flush, so a test finds them whatever its worker ran before (and never a change a test made).
+_SEED_TABLES = ("carriers_country", "auth_group", "auth_group_permissions")
+_SEED_SCHEMA = "test_seed"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _seed_rows_aside(django_db_setup: None, django_db_blocker: Any) -> None:
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        if connection.vendor != "postgresql":
+            return
+        cursor.execute(f"DROP SCHEMA IF EXISTS {_SEED_SCHEMA} CASCADE")
+        cursor.execute(f"CREATE SCHEMA {_SEED_SCHEMA}")
+        for table in _SEED_TABLES:
+            cursor.execute(f"CREATE TABLE {_SEED_SCHEMA}.{table} AS TABLE {table}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -188,7 +203,9 @@ def _flush_by_delete() -> Iterator[None]:
         if not used:
             return []
         deletes = [f"DELETE FROM {table};" for table in used]  # noqa: S608
-        return ["SET LOCAL session_replication_role = replica;", *deletes]
+        seeds = [t for t in _SEED_TABLES if t in tables] if self.connection.alias == "default" else []
+        restores = [f"INSERT INTO {t} SELECT * FROM {_SEED_SCHEMA}.{t};" for t in seeds]  # noqa: S608
+        return ["SET LOCAL session_replication_role = replica;", *deletes, *restores]
 
     def after_flush(verbosity: int, interactive: bool, db: str, **kwargs: Any) -> None:
         if db not in kept_reference_rows:
