@@ -811,7 +811,8 @@ class ReversalAdmin(RecordAdmin):
 
 class LedgerLineInline(ReadOnlyInline):
     model = LedgerLine
-    fields = ["account", "amount_minor", "currency"]
+    fields = ["account", "amount"]
+    amount = money_column("amount_minor")
 
 
 @admin.register(LedgerEntry)
@@ -835,8 +836,14 @@ class LedgerEntryAdmin(RecordAdmin):
 
 @admin.register(LedgerLine)
 class LedgerLineAdmin(RecordAdmin):
-    list_display = ["id", "entry", "account", "amount_minor", "currency"]
+    list_display = ["id", "entry", "account", "amount"]
     list_filter = ["currency", "entry__kind"]
+    fields = ["entry", "account", "amount"]
+    amount = money_column("amount_minor")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields
+
     search_fields = ["=account"]
     list_select_related = ["entry"]
 

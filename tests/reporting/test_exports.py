@@ -639,3 +639,13 @@ def test_an_export_whose_scheduler_was_killed_is_resumed_by_the_next_one_and_com
     ids = [row[0] for row in exported[1:]]
     assert len(ids) == len(set(ids)) == rows  # no row twice, none lost
     assert set(ids) == {str(value) for value in Payment.objects.values_list("public_id", flat=True)}
+
+
+def test_an_export_period_that_ends_before_it_starts_is_refused_once_and_queues_nothing(
+    staff_client: StaffClient,
+) -> None:
+    form = {"kind": "transactions", "file_format": "csv", "date_from": "2026-05-31", "date_to": "2026-05-01"}
+    response = staff_client("finance").post("/admin/reporting/exportjob/add/", form)
+    assert response.status_code == 200
+    assert response.content.decode().count("The period ends before it starts.") == 1
+    assert not ExportJob.objects.exists()
