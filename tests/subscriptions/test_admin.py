@@ -323,3 +323,34 @@ def test_the_sidebar_offers_subscriptions_to_every_role(subs: Subs, staff_client
         text = staff_client(role).get("/admin/").content.decode()
         assert f'href="{LIST}"' in text, role
         assert f'href="{PLANS}"' in text, role
+
+
+def test_malformed_filters_and_searches_never_fail(subs: Subs, staff_client: StaffClient) -> None:
+    subs.active()
+    support = staff_client("support")
+    for params in (
+        {"status__exact": "bogus"},
+        {"plan__id__exact": "abc"},
+        {"carrier__id__exact": "9" * 30},
+        {"q": "x" * 5000},
+        {"q": "+" + "9" * 40},
+        {"q": "0123456789abcdef0123456789abcdefff"},
+    ):
+        response = support.get(LIST, params)
+        assert response.status_code in (200, 302), params
+    for query in ("q=%00", "status__exact=%00", "app__id__exact=1%00"):
+        assert support.get(f"{LIST}?{query}").status_code == 400, query  # text no column can hold
+    assert support.get(f"{LIST}?q=player-1%ED%A0%80").status_code == 200  # not UTF-8: read with U+FFFD
+    assert support.get(f"{LIST}1/cancel/").status_code == 403  # a GET never cancels
+
+
+def test_the_carrier_and_price_point_pickers_answer_whom_may_use_them(subs: Subs, staff_client: StaffClient) -> None:
+    picker = "/admin/autocomplete/"
+    carrier = {"app_label": "subscriptions", "model_name": "subscription", "field_name": "carrier", "term": "Test"}
+    found = staff_client("support").get(picker, carrier)
+    assert found.status_code == 200
+    assert str(subs.shop.carrier.pk) in {row["id"] for row in found.json()["results"]}
+    price_point = {"app_label": "subscriptions", "model_name": "planoffer", "field_name": "price_point", "term": ""}
+    offered = staff_client("operations").get(picker, price_point)
+    assert offered.status_code == 200
+    assert str(subs.shop.price_point.pk) in {row["id"] for row in offered.json()["results"]}
