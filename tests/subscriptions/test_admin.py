@@ -97,6 +97,8 @@ def test_only_operations_may_change_a_plan_and_the_change_keeps_its_reason(
         "operations",
     )
     assert StaffAction.objects.filter(object_type="plan", reason="marketing renamed it (ticket 77)").exists()
+    changes = staff_client("finance").get("/admin/configuration-changes/", {"model": "subscriptions.plan"})
+    assert "marketing renamed it (ticket 77)" in changes.content.decode()  # finance reads it, with the others
 
 
 def test_an_offer_takes_its_own_carriers_prices_and_a_first_period_discount_only(
