@@ -136,15 +136,11 @@ class PlanOfferAdmin(AuditedAdmin):
 
 
 class CancelForm(forms.Form):
-    when = forms.ChoiceField(
-        choices=[("period_end", "at the end of the paid period"), ("now", "now (entitlement ends now)")],
-        widget=forms.RadioSelect,
-        initial="period_end",
-    )
+    """The subscription page's cancellation (its template writes the fields): when it takes effect, and why."""
+
+    when = forms.ChoiceField(choices=[("period_end", "at the end of the paid period"), ("now", "now")])
     reason = forms.CharField(
-        max_length=200,
-        widget=forms.Textarea(attrs={"rows": 2, "cols": 60}),
-        help_text="Required; kept with the subscription's history and in the staff log.",
+        max_length=200, help_text="Required; kept with the subscription's history and in the staff log."
     )
 
 
