@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from payments.models import Payment
 from playpay.money import format_money
+from reporting.catalog import validate_dataset_field, validate_dataset_source
 from reporting.models import Dashboard, Dataset, DatasetField
 from reporting.selectors import DashboardFilters, dashboard_data
 from reporting.services.datasets import DatasetQuery, run_query
@@ -250,3 +251,19 @@ def test_without_its_datasets_the_tile_says_which_is_missing(overview: Dashboard
     Dataset.objects.filter(slug="subscription-charges").delete()
     tile = dashboard_data(dashboard=overview, filters=DashboardFilters())["subscriptions"]
     assert tile == {"error": "The dashboard reads the dataset 'subscription-charges', which is not in the catalog."}
+
+
+@pytest.mark.parametrize("slug", list(catalog_0017.DATASETS))
+def test_every_field_of_the_seeded_subscription_datasets_answers(
+    slug: str, subscribed: tuple[Subs, Subs], overview: Dashboard
+) -> None:
+    dataset = Dataset.objects.get(slug=slug)
+    validate_dataset_source(dataset)
+    fields = list(dataset.fields.all())
+    for field in fields:
+        validate_dataset_field(dataset, field)
+    measures = tuple(f.name for f in fields if f.role == "measure")
+    for dimension in [f.name for f in fields if f.role == "dimension"]:
+        rows = run_query(dataset=dataset, query=DatasetQuery(measures=measures, group_by=(dimension,))).rows
+        assert rows
+        assert all(row[dimension] is not None for row in rows if dimension != "failure_code")
