@@ -43,7 +43,7 @@ from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import sql_csv_text
 from reporting.models import SettlementFile, SettlementLine
-from subscriptions.models import SubscriptionCharge
+from subscriptions.models import PAYMENT_METADATA_KEY, SubscriptionCharge
 
 
 class Kind(StrEnum):
@@ -256,11 +256,14 @@ COLLECTED = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
 
 def _subscription_charge() -> dict[str, Any]:
     """A payment's subscription charge (an opt-in's first period or a renewal), if it is one: the subscription
-    and the period it pays for, read through the charges' (payment, month) index; empty for one-off payments."""
+    and the period it pays for, read through the charges' (payment, month) index; empty for one-off payments.
+    Only payments whose metadata names a subscription are looked up (every charge's payment does): a month of
+    one-off payments costs no lookup per row."""
     charge = SubscriptionCharge.objects.filter(payment_id=OuterRef("pk"), payment_created_at=OuterRef("created_at"))
 
-    def one(path: str, field: Any) -> Subquery:
-        return Subquery(charge.values(path)[:1], output_field=field)
+    def one(path: str, field: Any) -> Case:
+        found = Subquery(charge.values(path)[:1], output_field=field)
+        return Case(When(metadata__has_key=PAYMENT_METADATA_KEY, then=found), default=None, output_field=field)
 
     return {
         "subscription_public_id": one("subscription__public_id", UUIDField()),

@@ -149,6 +149,11 @@ class SubscriptionStatusChange(models.Model):
         return f"{self.from_status or '∅'} → {self.to_status}"
 
 
+# Every charge's payment names its subscription in its metadata under this key: a read of payments (the finance
+# export) looks for a payment's charge only where it is there.
+PAYMENT_METADATA_KEY = "subscription"
+
+
 class SubscriptionCharge(models.Model):
     """One attempt to charge one period of a subscription: the period and the payment that charges it.
 
