@@ -143,6 +143,8 @@ class Subscription(models.Model):
             models.Index(fields=["app", "status"]),
             # The admin's search by phone number.
             models.Index(fields=["msisdn"], name="subscription_msisdn_idx"),
+            # Reporting's count of subscribers per status (and carrier) over every app.
+            models.Index(fields=["status", "carrier"], name="subscr_status_carrier_idx"),
             # The renewal engine's query: what is due, oldest first.
             models.Index(
                 fields=["next_charge_at"], condition=Q(next_charge_at__isnull=False), name="subscription_due_idx"
@@ -165,10 +167,19 @@ class SubscriptionStatusChange(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["subscription", "id"])]
+        indexes = [
+            models.Index(fields=["subscription", "id"]),
+            # Reporting reads the changes of a period (new and churned subscribers).
+            models.Index(fields=["created_at"], name="subscr_change_created_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+# Every charge's payment names its subscription in its metadata under this key: a read of payments (the finance
+# export) looks for a payment's charge only where it is there.
+PAYMENT_METADATA_KEY = "subscription"
 
 
 class SubscriptionCharge(models.Model):
@@ -219,7 +230,11 @@ class SubscriptionCharge(models.Model):
                 fields=["subscription", "period_index", "attempt"], name="subscription_charge_attempt_unique"
             ),
         ]
-        indexes = [models.Index(fields=["payment", "payment_created_at"], name="subscr_charge_payment_idx")]
+        indexes = [
+            models.Index(fields=["payment", "payment_created_at"], name="subscr_charge_payment_idx"),
+            # Reporting reads the charges of a period (recurring revenue, renewal success, paying subscribers).
+            models.Index(fields=["created_at"], name="subscr_charge_created_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subscription_id} period {self.period_index} attempt {self.attempt}: {self.outcome}"

@@ -19,7 +19,7 @@ from django.db.models import QuerySet
 
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
-from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.models import PAYMENT_METADATA_KEY, Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.services.charges import expire, grace_end, period_bounds
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
@@ -126,7 +126,7 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 price_point=offer.price_point,
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
-                metadata={"subscription": str(subscription.public_id), "period": index},
+                metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
                 description=opt_in_text(
                     subscription.plan, first=offer.price_point, regular=offer.price_point, app=subscription.app
                 ),
