@@ -11,9 +11,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import BooleanField, Case, F, FilteredRelation, IntegerField, Model, Q, QuerySet, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    CharField,
+    F,
+    FilteredRelation,
+    IntegerField,
+    Model,
+    Q,
+    QuerySet,
+    Value,
+    When,
+)
 from django.db.models.fields.json import KeyTextTransform
-from django.db.models.functions import Cast
+from django.db.models.functions import Cast, Concat
 
 from carriers.selectors import CARRIER_CALL_FIELDS
 from funnel.models import FunnelRollup
@@ -82,6 +94,21 @@ def _charge_payment() -> dict[str, FilteredRelation]:
 
 SUCCEEDED_CHARGE = SubscriptionCharge.Outcome.SUCCEEDED
 FAILED_CHARGE = SubscriptionCharge.Outcome.FAILED
+
+
+def _player() -> Concat:
+    """A player: the app's user_ref within its app ("app id:user_ref"), as two apps may both have a player-1."""
+    return Concat(Cast("app_id", CharField()), Value(":"), F("user_ref"), output_field=CharField())
+
+
+def _period_when(**condition: Any) -> Case:
+    """The charge's subscription period as "subscription id:period index" where `condition` holds, else empty."""
+    period = Concat(
+        Cast("subscription_id", CharField()), Value(":"), Cast("period_index", CharField()), output_field=CharField()
+    )
+    return Case(When(Q(**condition), then=period), default=None, output_field=CharField())
+
+
 # A subscription a player had and lost: it left a billed status for a final one (an opt-in never completed is
 # not a subscriber lost).
 CHURN = Q(from_status__in=BILLED_STATUSES, to_status__in=FINAL_STATUSES)
@@ -104,7 +131,7 @@ SQL_SOURCES: dict[str, SqlSource] = {
             "currency": lambda: F("currency"),
             "status": lambda: F("status"),
             "failure_code": lambda: F("failure_code"),
-            "player": lambda: F("user_ref"),
+            "player": _player,
             "amount_minor": lambda: F("amount_minor"),
             "refunded_minor": lambda: F("refunded_minor"),
             # The amount of a payment whose charge went through; empty for the others.
@@ -165,7 +192,7 @@ SQL_SOURCES: dict[str, SqlSource] = {
         fields={
             **_subscription_dimensions(""),
             "status": lambda: F("status"),
-            "player": lambda: F("user_ref"),
+            "player": _player,
             "subscription": lambda: F("id"),
             "period_index": lambda: F("period_index"),
         },
@@ -211,6 +238,10 @@ SQL_SOURCES: dict[str, SqlSource] = {
             "charged_subscription": lambda: Case(
                 When(outcome=SUCCEEDED_CHARGE, then=F("subscription_id")), default=None, output_field=IntegerField()
             ),
+            # A period of a subscription ("id:index") with an attempt decided, or charged: their distinct counts
+            # are the periods the engine tried to renew and those it renewed, however many attempts each took.
+            "decided_period": lambda: _period_when(outcome__in=(SUCCEEDED_CHARGE, FAILED_CHARGE)),
+            "renewed_period": lambda: _period_when(outcome=SUCCEEDED_CHARGE),
             "succeeded": lambda: _flag(outcome=SUCCEEDED_CHARGE),
             "failed": lambda: _flag(outcome=FAILED_CHARGE),
             # 1 succeeded, 0 failed, empty while pending: its average is the success rate of the attempts.

@@ -432,7 +432,7 @@ def _subscriptions_tile(window: _Window) -> dict[str, Any]:
         revenue_by_bucket[row["bucket"].isoformat()][row["currency"]] += row["revenue_minor"]
     renewals = window.rows(
         SUBSCRIPTION_CHARGES,
-        ("charges", "charged", "failed", "success_rate"),
+        ("charges", "charged", "failed", "success_rate", "periods_decided", "periods_renewed"),
         group_by=("carrier",),
         filters={**window.dims, "kind": (SubscriptionCharge.Kind.RENEWAL,)},
     )
@@ -453,7 +453,11 @@ def _subscriptions_tile(window: _Window) -> dict[str, Any]:
                 "attempts": row["charges"],
                 "charged": row["charged"],
                 "failed": row["failed"],
-                "success_rate": row["success_rate"],
+                "attempt_success_rate": row["success_rate"],
+                "periods_decided": row["periods_decided"],
+                "periods_renewed": row["periods_renewed"],
+                # A period renewed on its third attempt is renewed: the rate counts periods, not attempts.
+                "success_rate": row["periods_renewed"] / row["periods_decided"] if row["periods_decided"] else None,
             }
             for row in renewals
         ],

@@ -181,7 +181,7 @@
     body.replaceChildren.apply(body, subs.renewals.map(function (r) {
       var tr = document.createElement("tr");
       tr.dataset.carrier = r.carrier;
-      [r.carrier, r.attempts, r.charged, r.failed, percent(r.success_rate)].forEach(function (value) {
+      [r.carrier, r.periods_decided, r.periods_renewed, percent(r.success_rate), r.attempts, r.failed, percent(r.attempt_success_rate)].forEach(function (value) {
         var td = document.createElement("td"); td.textContent = value; tr.appendChild(td);
       });
       return tr;

@@ -450,3 +450,12 @@ def test_totals_asked_together_read_the_rollups_once_and_answer_as_each_alone(ca
     empty = [replace(query, since=now - timedelta(days=40), until=now - timedelta(days=30)) for query in queries]
     totals = run_queries(dataset=catalog["payments"], queries=empty)
     assert [result.rows for result in totals] == [[{"payments": 0, "failed_payments": 0}], [{"success_rate": None}]]
+
+
+def test_distinct_players_are_counted_within_their_app(catalog: dict[str, Dataset]) -> None:
+    price_point = PricePointFactory.create()
+    first, second = AppFactory.create(name="game-a"), AppFactory.create(name="game-b")
+    for app, user_ref in ((first, "player-1"), (first, "player-1"), (second, "player-1"), (second, "player-2")):
+        PaymentFactory.create(app=app, price_point=price_point, carrier=price_point.carrier, user_ref=user_ref)
+    query = DatasetQuery(measures=("players",), since=timezone.now() - timedelta(days=1))
+    assert run_query(dataset=catalog["payments"], query=query).rows[0]["players"] == 3  # not 2: two apps' player-1

@@ -102,9 +102,8 @@ def test_the_subscriptions_tile_counts_what_the_tables_hold(subscribed: tuple[Su
     since = now - timedelta(hours=24)
     tile = dashboard_data(dashboard=overview, filters=DashboardFilters(period="24h"), now=now)["subscriptions"]
 
-    standing = dict(
-        Subscription.objects.filter(status__in=BILLED_STATUSES).values_list("status").annotate(n=Count("id"))
-    )
+    billed, final = ("active", "past_due", "suspended"), ("cancelled", "expired")
+    standing = dict(Subscription.objects.filter(status__in=billed).values_list("status").annotate(n=Count("id")))
     assert tile["subscribers"] == {
         "active": standing.get("active", 0),
         "past_due": standing.get("past_due", 0),
@@ -113,7 +112,7 @@ def test_the_subscriptions_tile_counts_what_the_tables_hold(subscribed: tuple[Su
     }
     changes = SubscriptionStatusChange.objects.filter(created_at__gte=since, created_at__lt=now)
     new = changes.filter(from_status="pending_opt_in", to_status="active").count()
-    churned = changes.filter(from_status__in=BILLED_STATUSES, to_status__in=FINAL_STATUSES)
+    churned = changes.filter(from_status__in=billed, to_status__in=final)
     assert (tile["total_new_subscribers"], sum(tile["new_subscribers"])) == (new, new)
     assert (tile["total_churned_subscribers"], sum(tile["churned_subscribers"])) == (churned.count(),) * 2
     assert tile["total_cancelled_subscribers"] == churned.filter(to_status="cancelled").count()
@@ -130,16 +129,29 @@ def test_the_subscriptions_tile_counts_what_the_tables_hold(subscribed: tuple[Su
     assert sum(m or 0 for m in tile["revenue"]["amount_minor"]) == pytest.approx(int(in_euros), abs=2)
 
     renewals: dict[int, list[str]] = {}
+    periods: dict[int, dict[tuple[int, int], list[str]]] = {}
     for charge in charges_in(since, kind="renewal"):
         renewals.setdefault(charge.subscription.carrier_id, []).append(charge.outcome)
+        of_carrier = periods.setdefault(charge.subscription.carrier_id, {})
+        of_carrier.setdefault((charge.subscription_id, charge.period_index), []).append(charge.outcome)
     slugs = {c.pk: c.slug for c in (s.carrier for s in Subscription.objects.select_related("carrier"))}
+
+    def decided(carrier: int) -> int:
+        return sum(1 for outcomes in periods[carrier].values() if set(outcomes) - {"pending"})
+
+    def renewed(carrier: int) -> int:
+        return sum(1 for outcomes in periods[carrier].values() if "succeeded" in outcomes)
+
     expected = {
         slugs[carrier]: {
             "carrier": slugs[carrier],
             "attempts": len(outcomes),
             "charged": outcomes.count("succeeded"),
             "failed": outcomes.count("failed"),
-            "success_rate": outcomes.count("succeeded") / (len(outcomes) - outcomes.count("pending")),
+            "attempt_success_rate": outcomes.count("succeeded") / (len(outcomes) - outcomes.count("pending")),
+            "periods_decided": decided(carrier),
+            "periods_renewed": renewed(carrier),
+            "success_rate": renewed(carrier) / decided(carrier),
         }
         for carrier, outcomes in renewals.items()
     }
