@@ -4,8 +4,10 @@ refunded), and only the period containing `now` after an outage (the periods tha
 recorded as missed, never charged late)."""
 
 from datetime import timedelta
+from importlib import import_module
 
 import pytest
+from django.apps import apps
 from django.db import IntegrityError, transaction
 
 from carriers.adapters.base import CarrierResult, Outcome
@@ -87,6 +89,22 @@ def test_a_renewal_is_not_charged_when_its_price_point_now_asks_another_amount(s
 
     assert (run.charged, run.paused) == (0, 1)
     assert Payment.objects.filter(amount_minor=149).count() == 0
+
+
+def test_subscriptions_opened_before_the_agreed_price_was_kept_take_their_offers_price_point(subs: Subs) -> None:
+    subscription = subs.active()
+    unrelated = PricePointFactory.create(carrier=subs.shop.carrier, code="gems-500", amount_minor=499)
+    Subscription.objects.filter(pk=subscription.pk).update(price_point=unrelated, amount_minor=499)
+    backfill = import_module("subscriptions.migrations.0004_agreed_price_and_missed_periods")
+
+    backfill.agreed_price_of_the_offer(apps, None)
+
+    subscription.refresh_from_db()
+    assert (subscription.price_point_id, subscription.amount_minor, subscription.currency) == (
+        subs.offer.price_point_id,
+        99,
+        "GBP",
+    )
 
 
 # --- cancelling while a renewal is being charged ------------------------------------------------------------
