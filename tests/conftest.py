@@ -72,7 +72,13 @@ def _databases(item: pytest.Item, marker: pytest.Mark) -> str | list[str]:
     return ["default"] if _is_transactional(item, marker) else "__all__"
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the tests (databases, services), then puts those that empty the database (transactional, live
+    server, browser) after all the others, keeping the random order within each part. pytest-django sorts
+    so too, but pytest-randomly may shuffle after it: a test relying on the rows the migrations seed (staff
+    roles, the operator catalogue, periodic tasks) then ran in a worker that had emptied them. The workers
+    take the tests in this order (--dist load), so within each one as well."""
     for item in items:
         if "simulator_server" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("django_db"):
             item.add_marker(pytest.mark.django_db)  # the simulators' state is in the database
@@ -85,6 +91,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.usefixtures("_require_postgres"))
         if item.get_closest_marker("broker"):
             item.add_marker(pytest.mark.usefixtures("_require_broker"))
+    items.sort(key=_empties_the_database)
+
+
+def _empties_the_database(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker("django_db")
+    return marker is not None and _is_transactional(item, marker)
 
 
 @pytest.fixture
@@ -138,6 +150,7 @@ _REFERENCE_TABLES = {"django_content_type", "auth_permission"}
 # after every flush, so a test finds them whatever its worker ran before (and never a change a test made).
 _SEED_TABLES = ("carriers_country", "auth_group", "auth_group_permissions")
 _SEED_SCHEMA = "test_seed"
+_SEED_SEQUENCES: dict[str, str] = {}  # a seeded table's id sequence, for those with one
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -149,6 +162,14 @@ def _seed_rows_aside(django_db_setup: None, django_db_blocker: Any) -> None:
         cursor.execute(f"CREATE SCHEMA {_SEED_SCHEMA}")
         for table in _SEED_TABLES:
             cursor.execute(f"CREATE TABLE {_SEED_SCHEMA}.{table} AS TABLE {table}")
+            cursor.execute(
+                "SELECT pg_get_serial_sequence(%s, a.attname) FROM pg_attribute a"
+                " WHERE a.attrelid = %s::regclass AND a.attname = 'id'",
+                [table, table],
+            )
+            sequence = cursor.fetchone()
+            if sequence and sequence[0]:
+                _SEED_SEQUENCES[table] = sequence[0]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -205,6 +226,14 @@ def _flush_by_delete() -> Iterator[None]:
         deletes = [f"DELETE FROM {table};" for table in used]  # noqa: S608
         seeds = [t for t in _SEED_TABLES if t in tables] if self.connection.alias == "default" else []
         restores = [f"INSERT INTO {t} SELECT * FROM {_SEED_SCHEMA}.{t};" for t in seeds]  # noqa: S608
+        # The rows keep their ids; the sequence goes past them, wherever an earlier test left it (a migration
+        # test moving the schema back and forth may have set it back): else the next insert collides, and an
+        # m2m add (ON CONFLICT DO NOTHING) silently adds nothing.
+        restores += [
+            f"SELECT setval('{_SEED_SEQUENCES[t]}', (SELECT MAX(id) FROM {t}));"  # noqa: S608
+            for t in seeds
+            if t in _SEED_SEQUENCES
+        ]
         return ["SET LOCAL session_replication_role = replica;", *deletes, *restores]
 
     def after_flush(verbosity: int, interactive: bool, db: str, **kwargs: Any) -> None:
