@@ -12,7 +12,7 @@ from django.db import IntegrityError, transaction
 
 from carriers.adapters.base import CarrierResult, Outcome
 from payments.models import Payment, PaymentStatus, Refund
-from payments.services.carrier_flow import record_charge_result
+from payments.services.carrier_flow import charge_payment, record_charge_result
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import Period, bounds
 from subscriptions.services.renewals import run_renewals
@@ -130,6 +130,28 @@ def test_cancelling_now_withdraws_a_renewal_not_sent_to_the_carrier_yet(subs: Su
     subscription.refresh_from_db()
     assert (subscription.status, subscription.period_index) == (SubscriptionStatus.CANCELLED, 0)
     assert "subscription.renewed" not in event_types(subscription)
+
+
+def test_cancelling_now_withdraws_a_renewal_waiting_for_its_next_attempt_at_the_carrier(subs: Subs) -> None:
+    subs.shop.carrier.insufficient_funds_retry_minutes = "60"  # the carrier's own retry, within the hour
+    subs.shop.carrier.save(update_fields=["insufficient_funds_retry_minutes"])
+    subscription = subs.active()
+    assert subscription.current_period_end is not None
+    balance(subscription, BROKE)
+    subs.renew(subscription.current_period_end)
+    [payment] = _renewal_payments(subscription)
+    assert (payment.status, payment.outcome_unknown_since, payment.charge_attempts) == ("charging", None, 1)
+    assert payment.next_attempt_at is not None  # declined once, tried again in an hour
+
+    subs.cancel(str(subscription.public_id), reason="player asked", at_period_end=False)
+    # The hour passes and the retry's task runs: nothing is sent.
+    Payment.objects.filter(pk=payment.pk).update(next_attempt_at=payment.next_attempt_at - timedelta(hours=2))
+    with subs.shop.after_commit(execute=True):
+        charge_payment(payment_id=payment.pk)
+
+    payment.refresh_from_db()
+    assert (payment.status, payment.failure_code, payment.charge_attempts) == (PaymentStatus.FAILED, "withdrawn", 1)
+    assert renewals_of(subscription) == [(1, 1, "failed")]
 
 
 def test_a_renewal_charged_anyway_after_an_immediate_cancellation_is_refunded_and_grants_nothing(
