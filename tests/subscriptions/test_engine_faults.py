@@ -9,11 +9,14 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.db import connection, connections
+from django.utils import timezone
 
-from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.models import OutboxMessage, Payment, PaymentFlow, PaymentStatus
+from payments.services import outbox, resolver
 from subscriptions.models import Subscription, SubscriptionCharge
 from subscriptions.periods import Period
 from subscriptions.services.renewals import run_renewals
@@ -28,7 +31,9 @@ ANCHOR = datetime.fromisoformat("2026-01-31T10:00:00+00:00")
 
 # One engine run in its own process. Faults are injected around the step that opens a period's charge:
 # ENGINE_SLOW (seconds) makes each one take longer, so that two engines surely interleave; ENGINE_KILL_AT (n)
-# kills the process (kill -9) as it is about to open the n-th, inside its batch's transaction.
+# kills the process (kill -9) as it is about to open the n-th, inside its batch's transaction;
+# ENGINE_KILL_AFTER_CARRIER_CHARGE (n) kills it when the carrier has made the n-th charge, before the answer
+# is recorded (the batch committed, its carrier work half done).
 ENGINE = """
 import os, signal, sys, time
 import django
@@ -48,6 +53,21 @@ def opening(*args, **kwargs):
     return opened(*args, **kwargs)
 
 renewals._open_charge = opening
+
+from sandbox.adapter import SandboxAdapter
+
+charge = SandboxAdapter.charge
+charges = 0
+
+def charging(self, request):
+    global charges
+    answer = charge(self, request)
+    charges += 1
+    if charges == int(os.environ.get("ENGINE_KILL_AFTER_CARRIER_CHARGE") or 0):
+        os.kill(os.getpid(), signal.SIGKILL)  # the carrier charged; its answer is lost with the process
+    return answer
+
+SandboxAdapter.charge = charging
 time.sleep(max(float(os.environ.get("ENGINE_START_AT") or 0) - time.time(), 0))
 now = datetime.fromisoformat(os.environ["ENGINE_NOW"])
 run = renewals.run_renewals(now=now, batch_size=int(os.environ["ENGINE_BATCH"]))
@@ -132,4 +152,42 @@ def test_an_engine_killed_in_the_middle_of_a_batch_leaves_nothing_charged_twice_
     assert out.split() == ["15", "0"]
     assert run_renewals(now=now + timedelta(minutes=1)).charged == 0  # and nothing more is due
     _charged_once_each(subscriptions, [(1, 1, "succeeded")])
+    assert set(Subscription.objects.values_list("period_index", flat=True)) == {1}
+
+
+def test_an_engine_killed_while_the_carrier_charges_its_batch_leaves_each_period_charged_once(
+    make_subs: Callable[..., Subs], settings: Any
+) -> None:
+    subscriptions = _due(make_subs(), 10, period=Period.WEEKLY)
+    now = ANCHOR + 7 * DAY + timedelta(minutes=5)
+
+    killed = _engine(now, batch=5, ENGINE_KILL_AFTER_CARRIER_CHARGE="3")
+    _, err = killed.communicate(timeout=120)
+    assert killed.returncode == -signal.SIGKILL, err
+
+    # Batch 1 committed: two renewals settled, the third charged by the carrier with its answer lost, the last
+    # two never sent; batch 2 never started. Three outbox messages are unsent: the last two's, and the third's,
+    # whose task (run in-process) died before the message was marked sent.
+    renewal_payments = Payment.objects.filter(flow=PaymentFlow.ONE_CLICK)
+    assert sorted(renewal_payments.values_list("status", flat=True)) == [
+        "charging",
+        "created",
+        "created",
+        "succeeded",
+        "succeeded",
+    ]
+    unknown = renewal_payments.get(status="charging")
+    assert unknown.outcome_unknown_since is not None
+    assert OutboxMessage.objects.filter(sent_at__isnull=True).count() == 3
+
+    # What runs next: the outbox relay, the resolver of unknown outcomes, and the engine again.
+    OutboxMessage.objects.update(created_at=timezone.now() - timedelta(minutes=1))
+    assert outbox.relay_pending() == 3  # the third's task again: its payment moved on, it does nothing
+    settings.OUTCOME_RESOLVE_AFTER_SECONDS = 0
+    assert resolver.unknown_outcomes() == 1  # the carrier says it charged: recorded, not charged again
+    assert run_renewals(now=now).charged == 5
+
+    _charged_once_each(subscriptions, [(1, 1, "succeeded")])
+    unknown.refresh_from_db()
+    assert (unknown.status, unknown.charge_attempts) == (PaymentStatus.SUCCEEDED, 1)
     assert set(Subscription.objects.values_list("period_index", flat=True)) == {1}
