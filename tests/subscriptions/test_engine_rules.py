@@ -292,3 +292,17 @@ def test_a_declined_renewal_after_missed_periods_counts_its_grace_from_its_own_p
     subscription.refresh_from_db()
     assert subscription.status == SubscriptionStatus.PAST_DUE
     assert renewals_of(subscription)[-2:] == [(10, 2, "missed"), (11, 1, "failed")]
+
+
+def test_a_period_whose_charge_awaits_its_outcome_is_neither_missed_nor_overtaken_by_the_next(subs: Subs) -> None:
+    subscription = subs.active()
+    end = subscription.current_period_end
+    assert end is not None
+    balance(subscription, UNANSWERED)
+    subs.renew(end)  # period 1's charge: sent, no answer yet
+    Subscription.objects.filter(pk=subscription.pk).update(next_charge_at=end)  # made due again by hand
+
+    run = subs.renew(end + 8 * DAY)  # in period 2 now
+
+    assert (run.charged, run.missed, run.skipped) == (0, 0, 1)
+    assert renewals_of(subscription) == [(1, 1, "pending")]  # its outcome, when it comes, settles period 1
