@@ -1,4 +1,5 @@
 import json
+from copy import copy
 from datetime import timedelta
 from typing import Any, cast
 
@@ -17,6 +18,7 @@ from unfold.widgets import UnfoldAdminTextareaWidget, UnfoldAdminURLInputWidget,
 
 from carriers.adapters.base import Outcome
 from carriers.charts import health_chart
+from carriers.errors import CarrierNotReady
 from carriers.gateway import Breaker
 from carriers.models import (
     Carrier,
@@ -29,7 +31,7 @@ from carriers.models import (
     Protocol,
 )
 from carriers.selectors import CallFigures, carrier_call_figures, carrier_call_history
-from carriers.services import check_carrier_connection
+from carriers.services import activation_blockers, check_carrier_connection, onboard_carrier, set_carrier_active
 from journal.audit_admin import REASON, AuditedAdmin
 from journal.services import record_staff_action
 from playpay.admin_base import ModelAdmin, MoneyField, TabularInline, money_column
@@ -80,6 +82,16 @@ class CarrierForm(forms.ModelForm[Carrier]):
         if not isinstance(value, dict):
             raise forms.ValidationError("Credentials must be a JSON object.")
         return value
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("is_active") and not (self.instance.pk and self.instance.is_active):
+            probe = copy(self.instance)  # as this form would save it, without saving it
+            probe.protocol = cleaned.get("protocol", probe.protocol)
+            probe.endpoint = cleaned.get("endpoint") or ""
+            for blocker in activation_blockers(probe):
+                self.add_error("is_active", f"Not yet: {blocker} (save, then activate).")
+        return cleaned
 
     def save(self, commit: bool = True) -> Carrier:
         carrier = super().save(commit=False)
@@ -345,12 +357,18 @@ class CarrierAdmin(AuditedAdmin):
         reason = self.action_reason(request)
         if reason is None:
             return
+        done = 0
         for carrier in queryset:
-            carrier.is_active = active
-            carrier._change_reason = reason  # read by django-simple-history
-            carrier.save(update_fields=["is_active", "updated_at"])
+            try:
+                set_carrier_active(carrier=carrier, active=active, reason=reason)
+            except CarrierNotReady as refused:
+                self.record(request, carrier, action, reason, f"refused: {refused.detail}")
+                self.message_user(request, refused.detail, messages.ERROR)
+                continue
             self.record(request, carrier, action, reason, "done")
-        self.message_user(request, f"{queryset.count()} carrier(s) {action}d.")
+            done += 1
+        if done:
+            self.message_user(request, f"{done} carrier(s) {action}d.")
 
     def changed_fields(self, form: Any) -> list[str]:
         changed = [f for f in super().changed_fields(form) if f not in ("new_credentials", "clear_credentials")]
@@ -446,13 +464,7 @@ class OperatorCatalogueAdmin(AuditedAdmin):
         )
 
     def save_model(self, request: HttpRequest, obj: Carrier, form: Any, change: bool) -> None:
-        # Saved as a Carrier, not through its catalogue proxy: the configuration history and the reference
-        # cache follow the saves of Carrier itself.
-        carrier = Carrier(**{field.attname: getattr(obj, field.attname) for field in Carrier._meta.concrete_fields})
-        carrier._state.adding = False
-        carrier.is_active = False  # taking payments waits for its price points and a successful connection test
-        carrier._change_reason = form.cleaned_data[REASON]  # type: ignore[attr-defined]  # read by simple-history
-        carrier.save()
+        carrier = onboard_carrier(carrier=obj, reason=form.cleaned_data[REASON])
         record_staff_action(
             user=_staff(request),
             action="onboard",

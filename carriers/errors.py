@@ -34,6 +34,12 @@ class CarrierNotResolved(DomainError):
     http_status = 422
 
 
+class CarrierNotReady(DomainError):
+    code = "carrier_not_ready"
+    title = "The carrier cannot take payments yet"
+    http_status = 409
+
+
 class CarrierNotFound(DomainError):
     code = "carrier_not_found"
     title = "No active carrier has this slug"

@@ -8,8 +8,14 @@ from phonenumbers import carrier as number_carrier
 
 from carriers.adapters import adapter_for
 from carriers.adapters.base import CarrierResult
-from carriers.errors import CarrierCountryMismatch, CarrierNotFound, CarrierNotResolved, PricePointNotFound
-from carriers.models import Carrier, Country, NumberPrefix, PricePoint
+from carriers.errors import (
+    CarrierCountryMismatch,
+    CarrierNotFound,
+    CarrierNotReady,
+    CarrierNotResolved,
+    PricePointNotFound,
+)
+from carriers.models import Carrier, Country, NumberPrefix, PricePoint, Protocol
 from carriers.msisdn import region_of
 from playpay.refcache import RefCache
 
@@ -95,3 +101,38 @@ def offered_price_points(*, country: str | None = None, carrier: str | None = No
 def check_carrier_connection(*, carrier: Carrier) -> CarrierResult:
     """Ask the carrier's adapter whether it can reach the carrier with its credentials; moves no money."""
     return adapter_for(carrier).check_connection()
+
+
+def activation_blockers(carrier: Carrier) -> list[str]:
+    """Why `carrier` may not take payments yet, in words for the person activating it; empty when it may.
+
+    A carrier takes payments once it is reachable (an endpoint, but for the sandbox) and offers a price to
+    charge (an active price point). The operator catalogue's carriers have neither until onboarded."""
+    blockers = []
+    if carrier.protocol != Protocol.SANDBOX and not carrier.endpoint:
+        blockers.append("it has no endpoint: give the base URL of the carrier's API")
+    if carrier.pk is None or not carrier.price_points.filter(is_active=True).exists():
+        blockers.append("it has no active price point: add one first")
+    return blockers
+
+
+def set_carrier_active(*, carrier: Carrier, active: bool, reason: str) -> None:
+    """Activates or deactivates `carrier`, with the reason kept in its configuration history. Activation is
+    refused (CarrierNotReady, nothing saved) while `activation_blockers` names anything."""
+    if active and (blockers := activation_blockers(carrier)):
+        raise CarrierNotReady(f"{carrier.name} cannot be activated: {'; '.join(blockers)}.")
+    carrier.is_active = active
+    carrier._change_reason = reason  # type: ignore[attr-defined]  # read by django-simple-history
+    carrier.save(update_fields=["is_active", "updated_at"])
+
+
+def onboard_carrier(*, carrier: Carrier, reason: str) -> Carrier:
+    """Saves an operator of the catalogue as a configured carrier, inactive: taking payments waits for its
+    price points and its activation (`set_carrier_active`). Saved as a Carrier, never through a proxy, so
+    that the configuration history and the reference caches follow it."""
+    configured = Carrier(**{field.attname: getattr(carrier, field.attname) for field in Carrier._meta.concrete_fields})
+    configured._state.adding = False
+    configured.is_active = False
+    configured._change_reason = reason  # type: ignore[attr-defined]  # read by django-simple-history
+    configured.save()
+    return configured

@@ -48,6 +48,7 @@ from payments.models import (
     WebhookAttempt,
     WebhookDelivery,
 )
+from payments.player_sections import player_sections
 from payments.selectors import (
     Player,
     active_regions,
@@ -327,8 +328,34 @@ def player_url(player: Player) -> str:
     return reverse("admin:payments_payment_player") + "?" + urlencode(query)
 
 
+class PlayerRecordAdmin(RecordAdmin):
+    """Records of a player's (payments, subscriptions) with their `msisdn`: the number in full for whom their role
+    allows (`shows_full_msisdn`), masked for the others, in the list (put the column `number` in list_display) and
+    in the raw fields."""
+
+    @admin.display(description="MSISDN")
+    def number(self, record: Any) -> str:
+        return mask_msisdn(record.msisdn)
+
+    @admin.display(description="MSISDN")
+    def masked_msisdn(self, record: Any) -> str:
+        return mask_msisdn(record.msisdn)
+
+    def get_list_display(self, request: HttpRequest) -> Any:
+        shown = super().get_list_display(request)
+        if shows_full_msisdn(request):
+            return ["msisdn" if name == "number" else name for name in shown]
+        return shown
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        fields = super().get_readonly_fields(request, obj)
+        if not shows_full_msisdn(request):
+            fields = ["masked_msisdn" if name == "msisdn" else name for name in fields]
+        return fields
+
+
 @admin.register(Payment)
-class PaymentAdmin(RecordAdmin):
+class PaymentAdmin(PlayerRecordAdmin):
     list_display = [
         "public_id",
         "created",
@@ -387,17 +414,6 @@ class PaymentAdmin(RecordAdmin):
     def status_badge(self, payment: Payment) -> str:
         return payment.status
 
-    @admin.display(description="MSISDN")
-    def number(self, payment: Payment) -> str:
-        return mask_msisdn(payment.msisdn)
-
-    def get_list_display(self, request: HttpRequest) -> Any:
-        # The number in full for whom their role allows (shows_full_msisdn), masked for the others.
-        shown = super().get_list_display(request)
-        if shows_full_msisdn(request):
-            return ["msisdn" if name == "number" else name for name in shown]
-        return shown
-
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
         landing = self._landing(request)
         if landing is not None:
@@ -422,14 +438,7 @@ class PaymentAdmin(RecordAdmin):
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         # The PIN being checked, even encrypted, is for the carrier-queue task alone: not shown.
-        fields = [name for name in super().get_readonly_fields(request, obj) if name != "pin_ciphertext"]
-        if not shows_full_msisdn(request):
-            fields = ["masked_msisdn" if name == "msisdn" else name for name in fields]
-        return fields
-
-    @admin.display(description="MSISDN")
-    def masked_msisdn(self, payment: Payment) -> str:
-        return mask_msisdn(payment.msisdn)
+        return [name for name in super().get_readonly_fields(request, obj) if name != "pin_ciphertext"]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -543,6 +552,7 @@ class PaymentAdmin(RecordAdmin):
                 }
                 for payment in page.object_list
             ],
+            "sections": player_sections(request, player),
             "timeline": journal_render(documents),
             "timeline_count": len(documents),
             "block_apps": [app for app in block_apps if app.pk not in blocked_apps],
@@ -811,7 +821,8 @@ class ReversalAdmin(RecordAdmin):
 
 class LedgerLineInline(ReadOnlyInline):
     model = LedgerLine
-    fields = ["account", "amount_minor", "currency"]
+    fields = ["account", "amount"]
+    amount = money_column("amount_minor")
 
 
 @admin.register(LedgerEntry)
@@ -835,8 +846,14 @@ class LedgerEntryAdmin(RecordAdmin):
 
 @admin.register(LedgerLine)
 class LedgerLineAdmin(RecordAdmin):
-    list_display = ["id", "entry", "account", "amount_minor", "currency"]
+    list_display = ["id", "entry", "account", "amount"]
     list_filter = ["currency", "entry__kind"]
+    fields = ["entry", "account", "amount"]
+    amount = money_column("amount_minor")
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.fields
+
     search_fields = ["=account"]
     list_select_related = ["entry"]
 

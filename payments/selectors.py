@@ -2,7 +2,6 @@
 matches, and a player's figures."""
 
 import re
-import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -28,6 +27,7 @@ from payments.models import (
     WebhookAttempt,
 )
 from payments.services.refunds import refunds_of, reversals_of
+from playpay.ids import prefix_range
 from playpay.money import currency_exponent, format_money, signed_money
 from playpay.redaction import msisdn_hash
 from tenants.models import App
@@ -169,7 +169,7 @@ def search_payments(*, term: str, queryset: Any = None) -> Search:
     wanted = _by_user_ref(term) | _by_key_tables(term)
     compact = term.lower().replace("-", "")
     if len(compact) == 32 and _HEX.fullmatch(compact):
-        wanted |= _named(Payment.objects.with_public_id(compact).values_list("pk", "created_at"))
+        wanted |= payments_named(Payment.objects.with_public_id(compact).values_list("pk", "created_at"))
     elif MIN_PUBLIC_ID_PREFIX <= len(compact) < 32 and _HEX.fullmatch(compact):
         wanted |= _by_public_id_prefix(compact)
     readings = msisdn_readings(term, regions=active_regions()) if not compact.isalpha() else []
@@ -200,10 +200,10 @@ def _by_key_tables(term: str) -> Q:
             :_KEY_MATCHES
         ],
     ]
-    return _named(keys)
+    return payments_named(keys)
 
 
-def _named(payments: Any) -> Q:
+def payments_named(payments: Any) -> Q:
     """These (id, created_at) pairs, as a condition each arm of which reads one month by its primary key (a
     subquery in an OR would make PostgreSQL read every partition)."""
     found = Q(pk__in=[])
@@ -215,9 +215,7 @@ def _named(payments: Any) -> Q:
 def _by_public_id_prefix(prefix: str) -> Q:
     """The ids starting with `prefix`: a range of uuids (the unique index on the public id serves it) and, for a
     UUIDv7, the range of creation times its leading digits name (the months to read)."""
-    missing = 32 - len(prefix)
-    low = uuid.UUID(hex=prefix + "0" * missing)
-    high = uuid.UUID(hex=prefix + "f" * missing)
+    low, high = prefix_range(prefix)
     found = Q(public_id__gte=low, public_id__lte=high)
     shift = 4 * max(12 - len(prefix), 0)
     first_ms, last_ms = (int(prefix[:12], 16) << shift), ((int(prefix[:12], 16) + 1) << shift) - 1

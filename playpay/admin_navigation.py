@@ -18,6 +18,7 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
         "Payments & players",
         [
             ("payments.Payment", "receipt_long", ""),
+            ("subscriptions.Subscription", "autorenew", ""),
             ("admin:payments_payment_timeline", "timeline", "Interaction timeline"),
             ("payments.Refund", "undo", ""),
             ("payments.RefundApproval", "approval", ""),
@@ -36,6 +37,8 @@ SIDEBAR: list[tuple[str, list[tuple[str, str, str]]]] = [
             ("carriers.Carrier", "cell_tower", ""),
             ("carriers.OperatorCatalogue", "travel_explore", ""),
             ("carriers.PricePoint", "sell", ""),
+            ("subscriptions.Plan", "event_repeat", ""),
+            ("subscriptions.PlanOffer", "storefront", ""),
             ("carriers.NumberPrefix", "dialpad", ""),
             ("carriers.Country", "public", ""),
         ],

@@ -24,3 +24,10 @@ def time_of(public_id: uuid.UUID) -> datetime | None:
     if public_id.version != 7:
         return None
     return datetime.fromtimestamp((public_id.int >> 80) / 1000, tz=UTC)
+
+
+def prefix_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and the highest id starting with `prefix` (hex digits, no dashes, 1 to 32 of them): an id
+    typed in part is searched as this range, which the unique index on the ids serves."""
+    missing = 32 - len(prefix)
+    return uuid.UUID(hex=prefix + "0" * missing), uuid.UUID(hex=prefix + "f" * missing)

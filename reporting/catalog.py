@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ValidationError
-from django.db.models import BooleanField, Case, F, IntegerField, Model, QuerySet, Value, When
+from django.db.models import BooleanField, Case, F, FilteredRelation, IntegerField, Model, Q, QuerySet, Value, When
 from django.db.models.fields.json import KeyTextTransform
 from django.db.models.functions import Cast
 
@@ -20,6 +20,8 @@ from funnel.models import FunnelRollup
 from journal.services import Kind
 from journal.store import DocumentField
 from payments.models import LedgerLine, Payment, PaymentStatus, Refund, Reversal
+from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus, SubscriptionStatusChange
+from subscriptions.services.state_machine import BILLED_STATUSES, FINAL_STATUSES
 
 if TYPE_CHECKING:
     from reporting.models import Dataset, DatasetField
@@ -34,9 +36,9 @@ CHARGED = [
 NOT_CHARGED = [PaymentStatus.FAILED, PaymentStatus.EXPIRED]
 
 
-def _flag(**condition: Any) -> Case:
+def _flag(*where: Q, **condition: Any) -> Case:
     """1 where the condition holds, else 0: summed it counts, averaged it is a share."""
-    return Case(When(then=Value(1), **condition), default=Value(0), output_field=IntegerField())
+    return Case(When(Q(*where, **condition), then=Value(1)), default=Value(0), output_field=IntegerField())
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,12 @@ class SqlSource:
     model: type[Model]
     time_fields: dict[str, str]  # name -> lookup
     fields: dict[str, Callable[[], Any]]  # name -> factory of the ORM expression
+    # Relations the fields read, joined on more than the foreign key (a payment by its month too).
+    relations: Callable[[], dict[str, FilteredRelation]] = dict
 
     def queryset(self) -> QuerySet[Any]:
-        return self.model._default_manager.all()
+        queryset: QuerySet[Any] = self.model._default_manager.alias(**self.relations())
+        return queryset
 
 
 def _payment_dimensions(prefix: str) -> dict[str, Callable[[], Any]]:
@@ -59,6 +64,28 @@ def _payment_dimensions(prefix: str) -> dict[str, Callable[[], Any]]:
         "flow": lambda: F(f"{prefix}flow"),
     }
 
+
+def _subscription_dimensions(prefix: str) -> dict[str, Callable[[], Any]]:
+    return {
+        "app": lambda: F(f"{prefix}app__name"),
+        "carrier": lambda: F(f"{prefix}carrier__slug"),
+        "country": lambda: F(f"{prefix}carrier__country_id"),
+        "plan": lambda: F(f"{prefix}plan__code"),
+        "plan_period": lambda: F(f"{prefix}plan__period"),
+    }
+
+
+def _charge_payment() -> dict[str, FilteredRelation]:
+    """A charge's payment, joined on its id and its month: PostgreSQL reads one month's partition per charge."""
+    return {"charged": FilteredRelation("payment", condition=Q(payment__created_at=F("payment_created_at")))}
+
+
+SUCCEEDED_CHARGE = SubscriptionCharge.Outcome.SUCCEEDED
+FAILED_CHARGE = SubscriptionCharge.Outcome.FAILED
+# A subscription a player had and lost: it left a billed status for a final one (an opt-in never completed is
+# not a subscriber lost).
+CHURN = Q(from_status__in=BILLED_STATUSES, to_status__in=FINAL_STATUSES)
+ACTIVATION = Q(from_status=SubscriptionStatus.PENDING_OPT_IN, to_status=SubscriptionStatus.ACTIVE)
 
 MAX_FUNNEL_STEPS = 10
 
@@ -129,6 +156,71 @@ SQL_SOURCES: dict[str, SqlSource] = {
             "entry_kind": lambda: F("entry__kind"),
             "currency": lambda: F("currency"),
             "amount_minor": lambda: F("amount_minor"),
+        },
+    ),
+    "subscriptions": SqlSource(
+        description="Subscriptions, one row each, at the time they were opened (activated_at: their first period).",
+        model=Subscription,
+        time_fields={"created_at": "created_at", "activated_at": "anchor_at"},
+        fields={
+            **_subscription_dimensions(""),
+            "status": lambda: F("status"),
+            "player": lambda: F("user_ref"),
+            "subscription": lambda: F("id"),
+            "period_index": lambda: F("period_index"),
+        },
+    ),
+    "subscription_changes": SqlSource(
+        description="Status changes of subscriptions (their history), at the time they happened.",
+        model=SubscriptionStatusChange,
+        time_fields={"created_at": "created_at"},
+        fields={
+            **_subscription_dimensions("subscription__"),
+            "from_status": lambda: F("from_status"),
+            "to_status": lambda: F("to_status"),
+            "subscription": lambda: F("subscription_id"),
+            # 1 where a subscription became active by its opt-in (a new subscriber), else 0.
+            "activated": lambda: _flag(ACTIVATION),
+            # 1 where a subscription that was billed ended (cancelled or expired), else 0.
+            "churned": lambda: _flag(CHURN),
+            "cancelled": lambda: _flag(CHURN & Q(to_status=SubscriptionStatus.CANCELLED)),
+            "expired": lambda: _flag(CHURN & Q(to_status=SubscriptionStatus.EXPIRED)),
+        },
+    ),
+    "subscription_charges": SqlSource(
+        description="Charges of subscriptions (opt-ins and renewals, every attempt), at the time they were made; "
+        "and the periods missed (outcome missed, no payment: they ended before they could be charged).",
+        model=SubscriptionCharge,
+        time_fields={"created_at": "created_at", "settled_at": "settled_at", "period_start": "period_start"},
+        relations=_charge_payment,
+        fields={
+            **_subscription_dimensions("subscription__"),
+            "kind": lambda: F("kind"),
+            "outcome": lambda: F("outcome"),
+            "failure_code": lambda: F("failure_code"),
+            "currency": lambda: F("charged__currency"),
+            "subscription": lambda: F("subscription_id"),
+            "period_index": lambda: F("period_index"),
+            "attempt": lambda: F("attempt"),
+            # The amount of a charge that went through; empty for the others.
+            "charged_amount_minor": lambda: Case(
+                When(outcome=SUCCEEDED_CHARGE, then=F("charged__amount_minor")),
+                default=None,
+                output_field=IntegerField(),
+            ),
+            # The subscription of a charge that went through: its distinct count is the paying subscribers.
+            "charged_subscription": lambda: Case(
+                When(outcome=SUCCEEDED_CHARGE, then=F("subscription_id")), default=None, output_field=IntegerField()
+            ),
+            "succeeded": lambda: _flag(outcome=SUCCEEDED_CHARGE),
+            "failed": lambda: _flag(outcome=FAILED_CHARGE),
+            # 1 succeeded, 0 failed, empty while pending: its average is the success rate of the attempts.
+            "charge_succeeded": lambda: Case(
+                When(outcome=SUCCEEDED_CHARGE, then=Value(1)),
+                When(outcome=FAILED_CHARGE, then=Value(0)),
+                default=None,
+                output_field=IntegerField(),
+            ),
         },
     ),
     "funnel_rollups": SqlSource(

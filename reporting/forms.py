@@ -15,11 +15,12 @@ from tenants.models import App
 _DATE = forms.DateInput(attrs={"type": "date"})
 
 
-def _check_period(cleaned: dict[str, Any], start: str, end: str) -> None:
+def _check_period(form: forms.Form, cleaned: dict[str, Any], start: str, end: str) -> None:
+    """A period's end on or after its start; said once, on the end field (not again above the form)."""
     first: date | None = cleaned.get(start)
     last: date | None = cleaned.get(end)
     if first and last and first > last:
-        raise forms.ValidationError("The period ends before it starts.")
+        form.add_error(end, "The period ends before it starts.")
 
 
 class ExportForm(forms.Form):
@@ -37,7 +38,7 @@ class ExportForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        _check_period(cleaned, "date_from", "date_to")
+        _check_period(self, cleaned, "date_from", "date_to")
         return cleaned
 
     def filters(self) -> ExportFilters:
@@ -62,7 +63,7 @@ class SettlementUploadForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        _check_period(cleaned, "period_from", "period_to")
+        _check_period(self, cleaned, "period_from", "period_to")
         return cleaned
 
 
@@ -82,7 +83,5 @@ class SettlementReportForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        first, last = cleaned.get("date_from"), cleaned.get("date_to")
-        if first and last and first > last:
-            self.add_error("date_to", "The period ends before it starts.")
+        _check_period(self, cleaned, "date_from", "date_to")
         return cleaned

@@ -20,6 +20,7 @@ from django.db.models import (
     BigIntegerField,
     BooleanField,
     Case,
+    CharField,
     DateTimeField,
     Expression,
     F,
@@ -29,6 +30,7 @@ from django.db.models import (
     Q,
     Subquery,
     Sum,
+    UUIDField,
     Value,
     When,
 )
@@ -41,6 +43,7 @@ from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import sql_csv_text
 from reporting.models import SettlementFile, SettlementLine
+from subscriptions.models import PAYMENT_METADATA_KEY, SubscriptionCharge
 
 
 class Kind(StrEnum):
@@ -251,8 +254,29 @@ REVERSAL_LEDGER = LedgerValues(
 COLLECTED = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED)
 
 
+def _subscription_charge() -> dict[str, Any]:
+    """A payment's subscription charge (an opt-in's first period or a renewal), if it is one: the subscription
+    and the period it pays for, read through the charges' (payment, month) index; empty for one-off payments.
+    Only payments whose metadata names a subscription are looked up (every charge's payment does): a month of
+    one-off payments costs no lookup per row."""
+    charge = SubscriptionCharge.objects.filter(payment_id=OuterRef("pk"), payment_created_at=OuterRef("created_at"))
+
+    def one(path: str, field: Any) -> Case:
+        found = Subquery(charge.values(path)[:1], output_field=field)
+        return Case(When(metadata__has_key=PAYMENT_METADATA_KEY, then=found), default=None, output_field=field)
+
+    return {
+        "subscription_public_id": one("subscription__public_id", UUIDField()),
+        "subscription_charge_kind": one("kind", CharField()),
+        "subscription_period_index": one("period_index", BigIntegerField()),
+        "subscription_period_start": one("period_start", DateTimeField()),
+        "subscription_period_end": one("period_end", DateTimeField()),
+    }
+
+
 def _payment_values() -> dict[str, Any]:
     return {
+        **_subscription_charge(),
         "counts_as_revenue": Case(
             When(status__in=COLLECTED, then=Value(True)), default=Value(False), output_field=BooleanField()
         ),
@@ -312,6 +336,11 @@ TRANSACTIONS = ExportColumns(
         Column("charged_at_utc", "charged_at", Kind.TIME),
         Column("refunded_at_utc", "refunded_at", Kind.TIME),
         Column("reversed_at_utc", "reversed_at", Kind.TIME),
+        Column("subscription_id", "subscription_public_id"),
+        Column("subscription_charge", "subscription_charge_kind"),
+        Column("period_index", "subscription_period_index", Kind.INTEGER),
+        Column("period_start_utc", "subscription_period_start", Kind.TIME),
+        Column("period_end_utc", "subscription_period_end", Kind.TIME),
     ),
 )
 

@@ -12,15 +12,23 @@ from django.utils import timezone
 
 from carriers.models import Carrier
 from funnel.models import FunnelDefinition
-from playpay.money import UnknownCurrency, currency_exponent, to_major
+from playpay.money import UnknownCurrency, currency_exponent, format_money, to_major
 from reporting.models import Dashboard, Dataset
 from reporting.services import alerts
 from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_queries, run_query
 from reporting.services.rollups import bucket_after, reporting_statement, truncate_to_bucket
+from subscriptions.models import SubscriptionCharge
+from subscriptions.services.state_machine import BILLED_STATUSES
 
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
 CARRIER_CALLS, FUNNEL_ROLLUPS, FX_RATES = "carrier-calls", "funnel-rollups", "fx-rates"
+# The subscriptions tile's (seeded by reporting 0017); without them the tile says which is missing.
+SUBSCRIPTIONS, SUBSCRIPTION_CHANGES = "subscriptions", "subscription-changes"
+SUBSCRIPTION_CHARGES = "subscription-charges"
+SUBSCRIPTION_DATASETS = (SUBSCRIPTIONS, SUBSCRIPTION_CHANGES, SUBSCRIPTION_CHARGES)
+# Subscribers counted as "now": every subscription the renewal engine still bills.
+SUBSCRIBED = tuple(str(status) for status in BILLED_STATUSES)
 
 # period -> (length, time bucket of the charts)
 PERIODS: dict[str, tuple[timedelta, str]] = {
@@ -112,7 +120,7 @@ def fx_rates(dataset: Dataset | None) -> FxRates:
 
 def _dashboard_datasets() -> dict[str, Dataset]:
     """The datasets the dashboard reads, with their fields, in one round trip each."""
-    slugs = [PAYMENTS, REFUNDS, REVERSALS, CARRIER_CALLS, FUNNEL_ROLLUPS, FX_RATES]
+    slugs = [PAYMENTS, REFUNDS, REVERSALS, CARRIER_CALLS, FUNNEL_ROLLUPS, FX_RATES, *SUBSCRIPTION_DATASETS]
     return {d.slug: d for d in Dataset.objects.prefetch_related("fields").filter(slug__in=slugs)}
 
 
@@ -201,6 +209,7 @@ def _dashboard_data(*, dashboard: Dashboard, filters: DashboardFilters, now: dat
         "refunds": refunds,
         "net_revenue": _net_revenue(window, revenue_tile, refunds),
         "errors": _errors_tile(errors),
+        "subscriptions": _subscriptions_tile(window),
         "alerts": _alerts_tile(filters),
         "no_data": _no_data(filters, revenue_tile, refunds, carriers),
     }
@@ -227,13 +236,15 @@ class _Window:
         group_by: tuple[str, ...] = (),
         filters: dict[str, tuple[str, ...]] | None = None,
         bucketed: bool = False,
+        now: bool = False,
     ) -> DatasetQuery:
-        """A query over the period, under the dashboard's filters unless `filters` replaces them."""
+        """A query over the period (`now`: over every row, for what stands now), under the dashboard's filters
+        unless `filters` replaces them."""
         return DatasetQuery(
             measures=measures,
             group_by=group_by,
-            since=self.since,
-            until=self.until,
+            since=None if now else self.since,
+            until=None if now else self.until,
             timezone=self.timezone,
             filters=self.dims if filters is None else filters,
             bucket=self.bucket if bucketed else None,
@@ -395,6 +406,118 @@ def _errors_tile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ),
         key=lambda item: (-item["count"], item["code"]),
     )[:TOP_ERRORS]
+
+
+CHANGE_MEASURES = ("new_subscribers", "churned_subscribers", "cancelled_subscribers", "expired_subscribers")
+
+
+def _subscriptions_tile(window: _Window) -> dict[str, Any]:
+    """Subscribers now (by status), new and churned ones per bucket, recurring revenue per bucket, the renewal
+    success rate per carrier and the average revenue per paying subscriber (ARPU) over the period."""
+    missing = [slug for slug in SUBSCRIPTION_DATASETS if slug not in window.catalog]
+    if missing:
+        return {"error": f"The dashboard reads the dataset {missing[0]!r}, which is not in the catalog."}
+    subscribers = dict.fromkeys(SUBSCRIBED, 0)
+    standing = window.rows(
+        SUBSCRIPTIONS, ("subscriptions",), group_by=("status",), filters={**window.dims, "status": SUBSCRIBED}, now=True
+    )
+    for row in standing:
+        subscribers[row["status"]] = row["subscriptions"]
+    changes: dict[str, dict[str, int]] = {name: defaultdict(int) for name in CHANGE_MEASURES}
+    for row in window.rows(SUBSCRIPTION_CHANGES, CHANGE_MEASURES, bucketed=True):
+        for name in CHANGE_MEASURES:
+            changes[name][row["bucket"].isoformat()] += row[name]
+    revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor",), bucketed=True):
+        revenue_by_bucket[row["bucket"].isoformat()][row["currency"]] += row["revenue_minor"]
+    renewals = window.rows(
+        SUBSCRIPTION_CHARGES,
+        ("charges", "charged", "failed", "success_rate"),
+        group_by=("carrier",),
+        filters={**window.dims, "kind": (SubscriptionCharge.Kind.RENEWAL,)},
+    )
+    paying = window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor", "paying_subscribers"))
+    return {
+        "subscribers": {**subscribers, "total": sum(subscribers.values())},
+        "bucket": window.bucket,
+        "labels": window.labels,
+        **{
+            name: [changes[name][label] for label in window.labels]
+            for name in ("new_subscribers", "churned_subscribers")
+        },
+        **{f"total_{name}": sum(changes[name].values()) for name in CHANGE_MEASURES},
+        "revenue": _recurring_revenue(window, revenue_by_bucket),
+        "renewals": [
+            {
+                "carrier": row["carrier"],
+                "attempts": row["charges"],
+                "charged": row["charged"],
+                "failed": row["failed"],
+                "success_rate": row["success_rate"],
+            }
+            for row in renewals
+        ],
+        "arpu": _arpu(window, paying),
+    }
+
+
+def _recurring_revenue(window: _Window, by_bucket: dict[str, dict[str, int]]) -> dict[str, Any]:
+    totals: dict[str, int] = defaultdict(int)
+    for amounts in by_bucket.values():
+        for currency, amount in amounts.items():
+            totals[currency] += amount
+    return {
+        "currency": window.currency,
+        "exponent": currency_exponent(window.currency),
+        "amount_minor": [window.money(by_bucket[label])["total_minor"] for label in window.labels],
+        **window.money(dict(totals)),
+    }
+
+
+def _per_subscriber(amount_minor: int, subscribers: int) -> int | None:
+    """An amount shared by `subscribers`, rounded to the currency's minor unit (half to even)."""
+    if not subscribers:
+        return None
+    return int((Decimal(amount_minor) / subscribers).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+
+
+def _arpu(window: _Window, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Revenue of the period per paying subscriber (a subscription charged in the period), per currency and in
+    the dashboard's currency. A subscription is charged in one currency, so the counts add up across them."""
+    rows = [row for row in rows if row["paying_subscribers"]]
+    total = sum(row["paying_subscribers"] for row in rows)
+    converted = window.money({row["currency"]: row["revenue_minor"] for row in rows})["total_minor"]
+    by_currency = []
+    for row in sorted(rows, key=lambda row: row["currency"]):
+        arpu = _per_subscriber(row["revenue_minor"], row["paying_subscribers"])
+        by_currency.append(
+            {
+                "currency": row["currency"],
+                "exponent": _exponent(row["currency"]),
+                "revenue_minor": row["revenue_minor"],
+                "paying_subscribers": row["paying_subscribers"],
+                "arpu_minor": arpu,
+                "arpu": _money_text(arpu, row["currency"]),
+            }
+        )
+    arpu_minor = None if converted is None else _per_subscriber(converted, total)
+    return {
+        "currency": window.currency,
+        "exponent": currency_exponent(window.currency),
+        "paying_subscribers": total,
+        "amount_minor": arpu_minor,
+        "amount": _money_text(arpu_minor, window.currency),
+        "by_currency": by_currency,
+    }
+
+
+def _money_text(amount_minor: int | None, currency: str) -> str | None:
+    if amount_minor is None:
+        return None
+    try:
+        return format_money(amount_minor, currency)
+    except UnknownCurrency:
+        return f"{amount_minor} {currency} (minor units)"
 
 
 def _alerts_tile(filters: DashboardFilters) -> dict[str, Any]:

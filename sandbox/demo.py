@@ -1,6 +1,6 @@
-"""Demo data for the embedded default: carriers on every protocol (against the simulators), a demo app,
-and the reporting catalog's API datasets (FX rates, the aggregator's balance) against the reference-data
-simulators."""
+"""Demo data for the embedded default: carriers on every protocol (against the simulators), a demo app and
+its subscription plan, and the reporting catalog's API datasets (FX rates, the aggregator's balance) against
+the reference-data simulators."""
 
 from dataclasses import dataclass, field
 
@@ -9,6 +9,9 @@ from django.conf import settings
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
 from funnel.models import FunnelDefinition
 from reporting.models import Dashboard, Dataset, DatasetField, SourceKind
+from subscriptions.models import Plan, PlanOffer
+from subscriptions.periods import Period
+from subscriptions.services.subscriptions import PLATFORM_MANAGED
 from tenants.models import App
 from tenants.services import issue_api_key, revoke_api_keys
 
@@ -17,6 +20,9 @@ DEMO_APP = "Demo Game"
 DEMO_FUNNEL = "Demo store purchase"
 DEMO_FUNNEL_STEPS = ["store_opened", "item_selected", "msisdn_entered", "payment_created", "charge_succeeded"]
 DEMO_TRAFFIC_KEY_LABEL = "demo_traffic"
+# The demo app's subscription plan: daily, so that the renewal engine charges its second period a day later.
+DEMO_PLAN = "vip-daily"
+DEMO_PLAN_PRICE = ("vip-daily", 49)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,11 @@ class DemoCarrier:
     one_click: bool
     prices: list[tuple[str, int]]
     credentials: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def subscriptions(self) -> bool:
+        """Whether the demo carrier takes subscriptions: PIN and one-click, renewals charged by PlayPay."""
+        return self.one_click and self.protocol in PLATFORM_MANAGED
 
     @property
     def endpoint(self) -> str:
@@ -189,13 +200,14 @@ def seed_demo_data() -> DemoData:
                 "supports_pin": True,
                 "supports_one_click": demo.one_click,
                 "supports_refund": demo.protocol != Protocol.SANDBOX,
+                "supports_subscriptions": demo.subscriptions,
             },
         )
         carrier.credentials = demo.credentials
         carrier.save(update_fields=["credentials_encrypted"])
         for prefix in demo.prefixes:
             NumberPrefix.objects.update_or_create(prefix=prefix, defaults={"carrier": carrier})
-        for code, amount in demo.prices:
+        for code, amount in [*demo.prices, *([DEMO_PLAN_PRICE] if demo.subscriptions else [])]:
             PricePoint.objects.update_or_create(
                 carrier=carrier,
                 code=code,
@@ -212,6 +224,7 @@ def seed_demo_data() -> DemoData:
     Dashboard.objects.filter(slug="overview", funnel__isnull=True).update(funnel=funnel)
     datasets = seed_demo_datasets()
     app, _ = App.objects.get_or_create(name=DEMO_APP, defaults={"webhook_url": ""})
+    _seed_demo_plan(app)
     revoke_api_keys(app=app)
     issued = issue_api_key(app=app, label="seed_demo")
     return DemoData(
@@ -220,6 +233,19 @@ def seed_demo_data() -> DemoData:
         carrier_slugs=[demo.slug for demo in DEMO_CARRIERS],
         dataset_slugs=[dataset.slug for dataset in datasets],
     )
+
+
+def _seed_demo_plan(app: App) -> Plan:
+    """The demo app's daily VIP pass, offered on every demo carrier that takes subscriptions."""
+    plan, _ = Plan.objects.update_or_create(
+        app=app, code=DEMO_PLAN, defaults={"name": "VIP pass", "period": Period.DAILY, "is_active": True}
+    )
+    for demo in DEMO_CARRIERS:
+        if demo.subscriptions:
+            carrier = Carrier.objects.get(slug=demo.slug)
+            price = PricePoint.objects.get(carrier=carrier, code=DEMO_PLAN_PRICE[0])
+            PlanOffer.objects.update_or_create(plan=plan, carrier=carrier, defaults={"price_point": price})
+    return plan
 
 
 def issue_demo_traffic_key() -> str | None:

@@ -3,7 +3,10 @@
 Each player walks a store journey (funnel events), and most of them pay on one of the demo
 carriers: the PIN flow (PIN 1234 on the sandbox carriers, the PIN from the simulator's SMS
 inbox on the others) or one click. Some numbers are chosen to be declined (the simulators'
-scenarios by the last four digits) and some charges are refunded through the API.
+scenarios by the last four digits) and some charges are refunded through the API. A share of the paying
+players subscribes to the demo app's VIP pass instead, on a carrier that takes subscriptions: the double
+opt-in through the subscription API, confirmed by the PIN as a payment is; the renewal engine (a periodic
+task, run by `run_scheduler` in the embedded default) charges their next periods.
 """
 
 import random
@@ -21,7 +24,7 @@ import httpx
 from carriers.models import Protocol
 from payments.services.state_machine import WEBHOOK_STATUSES
 from sandbox.adapter import TEST_PIN
-from sandbox.demo import DEMO_CARRIERS, DemoCarrier
+from sandbox.demo import DEMO_CARRIERS, DEMO_PLAN, DemoCarrier
 
 # Last four digits every demo carrier declines (the simulators and the sandbox alike).
 DECLINED_ENDINGS = ["0002", "0003", "0004"]
@@ -46,6 +49,8 @@ class TrafficPlan:
     # both are spread evenly (every n-th), so a short run still has some.
     failure_share: float = 0.15
     refund_share: float = 0.2
+    # Share of the paying players who subscribe to the demo plan instead of buying (spread evenly as well).
+    subscription_share: float = 0.2
     seed: int | None = None
 
 
@@ -56,18 +61,22 @@ class TrafficSummary:
     payments: Counter[str] = field(default_factory=Counter)
     flows: Counter[str] = field(default_factory=Counter)
     refunds: int = 0
+    subscriptions: Counter[str] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     payment_ids: list[str] = field(default_factory=list)
+    subscription_ids: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         statuses = ", ".join(f"{count} {status}" for status, count in sorted(self.payments.items())) or "none"
         flows = ", ".join(f"{count} {flow}" for flow, count in sorted(self.flows.items())) or "none"
         errors = ", ".join(f"{what}: {count}" for what, count in self.errors.most_common()) or "none"
+        subscribed = ", ".join(f"{count} {status}" for status, count in sorted(self.subscriptions.items())) or "none"
         return [
             f"players: {self.players}",
             f"funnel events accepted: {self.funnel_events}",
             f"payments: {sum(self.payments.values())} ({statuses}); flows: {flows}",
             f"refunds: {self.refunds}",
+            f"subscriptions: {sum(self.subscriptions.values())} ({subscribed})",
             f"errors: {errors}",
         ]
 
@@ -88,12 +97,18 @@ class DemoTraffic:
         self.random = random.Random(plan.seed)  # noqa: S311 - demo data, not security
         self.summary = TrafficSummary()
         self.paying = 0
+        self.subscribed = 0
+        self.bought = 0
         self.succeeded = 0
         self.offers: list[tuple[DemoCarrier, str]] = []
+        self.plan_carriers: list[DemoCarrier] = []
 
     # --- the run -------------------------------------------------------------------------------
     def run(self) -> TrafficSummary:
         self.offers = self._offers()
+        # The demo plan is offered on the demo carriers that take subscriptions (seed_demo).
+        offered = {demo.slug for demo, _ in self.offers}
+        self.plan_carriers = [demo for demo in DEMO_CARRIERS if demo.subscriptions and demo.slug in offered]
         started = time.monotonic()
         interval = 1.0 / self.plan.players_per_second if self.plan.players_per_second > 0 else 0.0
         while time.monotonic() - started < self.plan.duration_seconds:
@@ -128,9 +143,16 @@ class DemoTraffic:
         self._funnel(journey, player, steps)
         if steps != STORE_STEPS:
             return  # left the store before paying
-        demo, price_point = self.random.choice(self.offers)
-        declined = _every(self.plan.failure_share, self.paying)
+        subscribes = bool(self.plan_carriers) and _every(self.plan.subscription_share, self.paying)
         self.paying += 1
+        # Declines are spread over the subscribers and over the buyers alike.
+        declined = _every(self.plan.failure_share, self.subscribed if subscribes else self.bought)
+        if subscribes:
+            self.subscribed += 1
+            self._subscribe(self.random.choice(self.plan_carriers), player, journey, declined)
+            return
+        self.bought += 1
+        demo, price_point = self.random.choice(self.offers)
         flow = "one_click" if demo.one_click and self.random.random() < 0.5 else "pin"
         payment = self._pay(demo, price_point, flow, player, journey, declined)
         if payment is not None and payment["status"] == "succeeded":
@@ -171,31 +193,51 @@ class DemoTraffic:
         payment: dict[str, Any] = response.json()
         self.summary.payment_ids.append(payment["id"])
         self.summary.flows[flow] += 1
-        payment = self._while_waiting(payment)
-        if payment["next_action"]["type"] == "enter_pin":
-            pin = self._pin(demo, msisdn)
-            if pin is None:
-                self.summary.errors["no PIN in the simulator's SMS inbox"] += 1
-                return payment
-            confirmed = self._call("POST", f"/api/v1/payments/{payment['id']}/confirm/", json={"pin": pin})
-            if confirmed is None or confirmed.status_code not in (200, 202):
-                self.summary.errors[f"confirm PIN: {_status(confirmed)}"] += 1
-                return payment
-            # 202: the carrier checks the PIN on its queue; the player waits for the verdict.
-            payment = self._while_waiting(confirmed.json())
+        payment = self._with_pin(demo, msisdn, payment, "/api/v1/payments/")
         self.log(f"{payment['id']} {demo.slug} {flow} {msisdn}: {payment['status']}")
         return payment
 
-    def _while_waiting(self, payment: dict[str, Any], seconds: float = 5.0) -> dict[str, Any]:
+    def _subscribe(self, demo: DemoCarrier, player: str, journey: str, declined: bool) -> dict[str, Any] | None:
+        """The double opt-in as a game makes it: open the subscription, then confirm it with the PIN."""
+        msisdn = self._number(demo, declined)
+        body: dict[str, Any] = {"user_ref": player, "msisdn": msisdn, "plan": DEMO_PLAN, "carrier": demo.slug}
+        body["metadata"] = {"source": "demo_traffic", "journey_id": journey}
+        response = self._call("POST", "/api/v1/subscriptions/", json=body, headers={"Idempotency-Key": journey})
+        if response is None or response.status_code != 201:
+            self.summary.errors[f"subscribe: {_status(response)}"] += 1
+            return None
+        subscription: dict[str, Any] = response.json()
+        self.summary.subscription_ids.append(subscription["id"])
+        subscription = self._with_pin(demo, msisdn, subscription, "/api/v1/subscriptions/")
+        self.log(f"subscription {subscription['id']} {demo.slug} {msisdn}: {subscription['status']}")
+        return subscription
+
+    def _with_pin(self, demo: DemoCarrier, msisdn: str, resource: dict[str, Any], path: str) -> dict[str, Any]:
+        """A payment or a subscription (under `path`) once its PIN, if it asks for one, is confirmed."""
+        resource = self._while_waiting(resource, path)
+        if resource["next_action"]["type"] != "enter_pin":
+            return resource
+        pin = self._pin(demo, msisdn)
+        if pin is None:
+            self.summary.errors["no PIN in the simulator's SMS inbox"] += 1
+            return resource
+        confirmed = self._call("POST", f"{path}{resource['id']}/confirm/", json={"pin": pin})
+        if confirmed is None or confirmed.status_code not in (200, 202):
+            self.summary.errors[f"confirm PIN: {_status(confirmed)}"] += 1
+            return resource
+        # 202: the carrier checks the PIN on its queue; the player waits for the verdict.
+        return self._while_waiting(confirmed.json(), path)
+
+    def _while_waiting(self, resource: dict[str, Any], path: str, seconds: float = 5.0) -> dict[str, Any]:
         """An asynchronous carrier answers by callback: the player waits a little for the PIN SMS."""
         deadline = time.monotonic() + seconds
-        while payment["next_action"]["type"] == "wait" and time.monotonic() < deadline:
+        while resource["next_action"]["type"] == "wait" and time.monotonic() < deadline:
             time.sleep(0.2)
-            response = self._call("GET", f"/api/v1/payments/{payment['id']}/")
+            response = self._call("GET", f"{path}{resource['id']}/")
             if response is None or response.status_code != 200:
                 break
-            payment = response.json()
-        return payment
+            resource = response.json()
+        return resource
 
     def _number(self, demo: DemoCarrier, declined: bool) -> str:
         # Spain's mobiles (+34 6…, 11 digits) route to parlayx-es by country; UK ones have 12 digits.
@@ -245,6 +287,18 @@ class DemoTraffic:
             if attempt < rounds - 1:
                 time.sleep(0.5)
         self.summary.payments = Counter(latest.get(payment_id, "unknown") for payment_id in self.summary.payment_ids)
+        opted: dict[str, str] = {}
+        for attempt in range(rounds):
+            for subscription_id in self.summary.subscription_ids:
+                if opted.get(subscription_id, "pending_opt_in") != "pending_opt_in":
+                    continue
+                response = self._call("GET", f"/api/v1/subscriptions/{subscription_id}/")
+                if response is not None and response.status_code == 200:
+                    opted[subscription_id] = response.json()["status"]
+            if "pending_opt_in" not in opted.values() or attempt == rounds - 1:
+                break
+            time.sleep(0.5)
+        self.summary.subscriptions = Counter(opted.get(sid, "unknown") for sid in self.summary.subscription_ids)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
         try:

@@ -1,8 +1,10 @@
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+from simple_history.models import HistoricalRecords
 
 from playpay.ids import new_public_id
 from subscriptions.periods import Period
@@ -32,6 +34,7 @@ class Plan(models.Model):
     )
     is_active = models.BooleanField(default=True, help_text="Inactive: no new subscriptions; existing ones renew.")
     created_at = models.DateTimeField(auto_now_add=True)
+    history = HistoricalRecords()
 
     class Meta:
         ordering = ["app_id", "code"]
@@ -55,12 +58,34 @@ class PlanOffer(models.Model):
         related_name="+",
         help_text="Charged for the first period instead (a discount); empty: the regular price.",
     )
+    history = HistoricalRecords()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["plan", "carrier"], name="plan_offer_one_per_carrier")]
 
     def __str__(self) -> str:
-        return f"{self.plan} on {self.carrier_id}"
+        return f"{self.plan.code} on {self.carrier}"
+
+    def clean(self) -> None:
+        # The prices charged are the carrier's own: a price point of another carrier would be charged there.
+        regular = self.price_point if self.price_point_id else None
+        first = self.first_period_price_point if self.first_period_price_point_id else None
+        errors = {
+            name: "Choose a price point of this offer's carrier."
+            for name, price_point in (("price_point", regular), ("first_period_price_point", first))
+            if price_point is not None and self.carrier_id is not None and price_point.carrier_id != self.carrier_id
+        }
+        if (
+            not errors
+            and first is not None
+            and regular is not None
+            and not (first.currency == regular.currency and first.amount_minor < regular.amount_minor)
+        ):
+            errors["first_period_price_point"] = (
+                "A first-period price is a discount: in the regular price's currency and below it."
+            )
+        if errors:
+            raise ValidationError(errors)
 
 
 class Subscription(models.Model):
@@ -111,6 +136,7 @@ class Subscription(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        permissions = [("cancel_subscription", "Can cancel subscriptions")]
         constraints = [
             models.CheckConstraint(condition=Q(status__in=SubscriptionStatus.values), name="subscription_status_valid"),
             # The key per app: the same request sent twice opens one subscription.
@@ -128,6 +154,10 @@ class Subscription(models.Model):
         indexes = [
             models.Index(fields=["app", "user_ref"]),
             models.Index(fields=["app", "status"]),
+            # The admin's search by phone number.
+            models.Index(fields=["msisdn"], name="subscription_msisdn_idx"),
+            # Reporting's count of subscribers per status (and carrier) over every app.
+            models.Index(fields=["status", "carrier"], name="subscr_status_carrier_idx"),
             # The renewal engine's query: what is due, oldest first.
             models.Index(
                 fields=["next_charge_at"], condition=Q(next_charge_at__isnull=False), name="subscription_due_idx"
@@ -150,10 +180,19 @@ class SubscriptionStatusChange(models.Model):
 
     class Meta:
         ordering = ["id"]
-        indexes = [models.Index(fields=["subscription", "id"])]
+        indexes = [
+            models.Index(fields=["subscription", "id"]),
+            # Reporting reads the changes of a period (new and churned subscribers).
+            models.Index(fields=["created_at"], name="subscr_change_created_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.from_status or '∅'} → {self.to_status}"
+
+
+# Every charge's payment names its subscription in its metadata under this key: a read of payments (the finance
+# export) looks for a payment's charge only where it is there.
+PAYMENT_METADATA_KEY = "subscription"
 
 
 class SubscriptionCharge(models.Model):
@@ -219,7 +258,11 @@ class SubscriptionCharge(models.Model):
                 fields=["subscription", "period_index", "attempt"], name="subscription_charge_attempt_unique"
             ),
         ]
-        indexes = [models.Index(fields=["payment", "payment_created_at"], name="subscr_charge_payment_idx")]
+        indexes = [
+            models.Index(fields=["payment", "payment_created_at"], name="subscr_charge_payment_idx"),
+            # Reporting reads the charges of a period (recurring revenue, renewal success, paying subscribers).
+            models.Index(fields=["created_at"], name="subscr_charge_created_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"{self.subscription_id} period {self.period_index} attempt {self.attempt}: {self.outcome}"

@@ -1,5 +1,6 @@
 """What the API refuses before any view runs, as problem+json: a body over the one request size limit
-(413), and query parameters holding what no text column can (a NUL character: 400).
+(413), and query parameters holding what no text column can (a NUL character: 400). The other pages (the
+admin's searches and filters) refuse such a query too, with a plain 400.
 
 The size limit is Django's DATA_UPLOAD_MAX_MEMORY_SIZE (settings.MAX_REQUEST_BYTES), so that Django
 itself never answers with its own HTML 400 for a body it would not read. Bodies' values are checked
@@ -9,7 +10,7 @@ by the API's JSON parser (playpay.api.parsers).
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 
 from playpay.api.parsers import UNSTORABLE_TEXT
 from playpay.api.problems import query_value_problem, request_too_large
@@ -33,12 +34,17 @@ class RequestLimitsMiddleware:
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         if request.path.startswith("/api/") and limit is not None and declared_length(request) > limit:
             return request_too_large(limit)
-        if request.path.startswith("/api/"):
-            unstorable = sorted(
-                name
-                for name, values in request.GET.lists()
-                if has_unstorable_text(name) or any(has_unstorable_text(value) for value in values)
+        unstorable = sorted(
+            name
+            for name, values in request.GET.lists()
+            if has_unstorable_text(name) or any(has_unstorable_text(value) for value in values)
+        )
+        if unstorable and request.path.startswith("/api/"):
+            return query_value_problem(unstorable, UNSTORABLE_TEXT)
+        if unstorable:
+            # The admin's searches and filters compare the query with text columns, which PostgreSQL refuses
+            # for such text: refused here, for every page, rather than a 500 from the database.
+            return HttpResponseBadRequest(
+                f"Query parameter {', '.join(unstorable)}: a NUL character or a lone UTF-16 surrogate matches nothing."
             )
-            if unstorable:
-                return query_value_problem(unstorable, UNSTORABLE_TEXT)
         return self.get_response(request)

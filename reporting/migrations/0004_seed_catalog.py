@@ -155,9 +155,10 @@ GRANTS = {
 }
 
 
-def seed_datasets(dataset_model: Any, field_model: Any) -> None:
-    """Create the catalog's datasets that do not exist yet (tests call it too, with the real models)."""
-    for slug, (name, description, kind, source, time_field, fields) in DATASETS.items():
+def seed_datasets(dataset_model: Any, field_model: Any, datasets: dict[str, Any] | None = None) -> None:
+    """Create the catalog's datasets (`DATASETS`, or those given) that do not exist yet (later migrations and
+    tests call it too, with the real models)."""
+    for slug, (name, description, kind, source, time_field, fields) in (datasets or DATASETS).items():
         dataset, created = dataset_model.objects.get_or_create(
             slug=slug,
             defaults={

@@ -28,6 +28,14 @@
     return d.toLocaleDateString();
   }
   function text(id, value) { document.getElementById(id).textContent = value; }
+  // A converted total (its minor units in data-amount-minor) and, under it, its amounts per currency.
+  function total(id, detailId, tile, currency, exponent) {
+    var element = document.getElementById(id);
+    element.dataset.amountMinor = tile.total_minor === null ? "" : tile.total_minor;
+    element.textContent = money(tile.total_minor, currency, exponent);
+    text(detailId, tile.by_currency.map(function (c) { return money(c.amount_minor, c.currency, c.exponent); }).join(" + ") +
+      (tile.missing_rates.length ? " (no rate for " + tile.missing_rates.join(", ") + ")" : ""));
+  }
 
   function chart(name, config) {
     var canvas = document.querySelector('canvas[data-chart="' + name + '"]');
@@ -58,11 +66,7 @@
     asOf.setAttribute("datetime", data.as_of);
     asOf.textContent = new Date(data.as_of).toLocaleString();
     text("fx-rate-date", data.fx.rate_date ? data.fx.rate_date + " (" + data.fx.base + ")" : "— (" + (data.fx.error || "no rates") + ")");
-    var total = document.getElementById("total-revenue");
-    total.dataset.amountMinor = rev.total_minor === null ? "" : rev.total_minor;
-    total.textContent = money(rev.total_minor, data.currency, rev.exponent);
-    text("revenue-by-currency", rev.by_currency.map(function (c) { return money(c.amount_minor, c.currency, c.exponent); }).join(" + ") +
-      (rev.missing_rates.length ? " (no rate for " + rev.missing_rates.join(", ") + ")" : ""));
+    total("total-revenue", "revenue-by-currency", rev, data.currency, rev.exponent);
     var net = document.getElementById("net-revenue");
     net.dataset.amountMinor = data.net_revenue.total_minor === null ? "" : data.net_revenue.total_minor;
     net.textContent = money(data.net_revenue.total_minor, data.currency, rev.exponent);
@@ -132,6 +136,7 @@
       ].forEach(function (value) { var td = document.createElement("td"); td.textContent = value; tr.appendChild(td); });
       return tr;
     }));
+    renderSubscriptions(data);
     var list = document.getElementById("alert-list");
     var events = data.alerts.open.concat(data.alerts.recent.filter(function (e) { return e.state === "resolved"; }));
     list.replaceChildren.apply(list, events.length ? events.map(function (e) {
@@ -142,6 +147,45 @@
         (e.resolved_at ? ", resolved at " + new Date(e.resolved_at).toLocaleString() + " (" + e.resolved_value_text + ")" : "");
       return li;
     }) : [Object.assign(document.createElement("li"), { textContent: "No alerts." })]);
+  }
+
+  function renderSubscriptions(data) {
+    var subs = data.subscriptions;
+    var error = document.getElementById("subscriptions-error");
+    error.hidden = !subs.error;
+    error.textContent = subs.error || "";
+    if (subs.error) { return; }
+    var now = subs.subscribers;
+    text("subscribers-now", now.total);
+    text("subscribers-by-status", now.active + " active, " + now.past_due + " past due, " + now.suspended + " suspended");
+    text("new-subscribers", subs.total_new_subscribers);
+    text("churned-subscribers", subs.total_churned_subscribers);
+    text("churned-detail", subs.total_cancelled_subscribers + " cancelled, " + subs.total_expired_subscribers + " expired");
+    var rev = subs.revenue;
+    total("recurring-revenue", "recurring-by-currency", rev, rev.currency, rev.exponent);
+    var arpu = document.getElementById("arpu");
+    arpu.dataset.amountMinor = subs.arpu.amount_minor === null ? "" : subs.arpu.amount_minor;
+    arpu.textContent = money(subs.arpu.amount_minor, subs.arpu.currency, subs.arpu.exponent);
+    text("arpu-detail", subs.arpu.by_currency.map(function (c) { return c.arpu + " (" + c.paying_subscribers + " paying)"; }).join(" · ") || "no paying subscribers");
+    chart("subscriptions", {
+      type: "bar",
+      data: { labels: subs.labels.map(function (iso) { return label(iso, subs.bucket); }), datasets: [
+        { label: "recurring revenue (" + rev.currency + ")", yAxisID: "y",
+          data: rev.amount_minor.map(function (m) { return m === null ? null : m / Math.pow(10, rev.exponent); }) },
+        { label: "new", type: "line", yAxisID: "y1", data: subs.new_subscribers },
+        { label: "churned", type: "line", yAxisID: "y1", data: subs.churned_subscribers }
+      ] },
+      options: { scales: { y: { position: "left" }, y1: { position: "right", grid: { drawOnChartArea: false } } } }
+    });
+    var body = document.querySelector("#renewal-table tbody");
+    body.replaceChildren.apply(body, subs.renewals.map(function (r) {
+      var tr = document.createElement("tr");
+      tr.dataset.carrier = r.carrier;
+      [r.carrier, r.attempts, r.charged, r.failed, percent(r.success_rate)].forEach(function (value) {
+        var td = document.createElement("td"); td.textContent = value; tr.appendChild(td);
+      });
+      return tr;
+    }));
   }
 
   function query() { return new URLSearchParams(new FormData(form)).toString(); }

@@ -20,7 +20,7 @@ from django.db.models import Count, Max, Q, QuerySet
 
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
-from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.models import PAYMENT_METADATA_KEY, Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import index_at
 from subscriptions.services.charges import expire, grace_end, period_bounds
 from subscriptions.services.notify import notify
@@ -218,7 +218,7 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 price_point=price_point,
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
-                metadata={"subscription": str(subscription.public_id), "period": index},
+                metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
                 description=opt_in_text(
                     subscription.plan, first=price_point, regular=price_point, app=subscription.app
                 ),

@@ -17,7 +17,14 @@ from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, cla
 from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
 from playpay.money import format_money
 from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable
-from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.models import (
+    PAYMENT_METADATA_KEY,
+    Plan,
+    PlanOffer,
+    Subscription,
+    SubscriptionCharge,
+    SubscriptionStatus,
+)
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import FINAL_STATUSES, record_creation, transition
 from tenants.models import App
@@ -104,7 +111,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             price_point=first,
             flow=PaymentFlow.PIN,
             actor=actor,
-            metadata={"subscription": str(subscription.public_id)},
+            metadata={PAYMENT_METADATA_KEY: str(subscription.public_id)},
             description=opt_in_text(offer.plan, first=first, regular=offer.price_point, app=app),
         )
         SubscriptionCharge.objects.create(

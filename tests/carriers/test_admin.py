@@ -3,7 +3,7 @@
 import pytest
 
 from carriers.models import Carrier
-from tests.factories import CarrierFactory
+from tests.factories import CarrierFactory, PricePointFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -116,3 +116,44 @@ def test_deactivating_a_carrier_is_recorded(staff_client) -> None:
     carrier.refresh_from_db()
     assert not carrier.is_active
     assert StaffAction.objects.get().action == "deactivate"
+
+
+def test_a_carrier_without_an_active_price_point_is_not_activated_and_the_refusal_says_why(staff_client) -> None:
+    from journal.models import StaffAction
+
+    admin = staff_client("operations")
+    bare = CarrierFactory.create(is_active=False, protocol="parlayx", endpoint="https://carrier.example/api")
+    ready = CarrierFactory.create(is_active=False)
+    PricePointFactory.create(carrier=ready)
+    PricePointFactory.create(carrier=bare, is_active=False)  # a price point, but not one it offers
+    response = admin.post(
+        "/admin/carriers/carrier/",
+        {"action": "activate", "_selected_action": [bare.pk, ready.pk], "reason": "launch day"},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert f"{bare.name} cannot be activated: it has no active price point" in page
+    assert "1 carrier(s) activated." in page
+    bare.refresh_from_db()
+    ready.refresh_from_db()
+    assert (bare.is_active, ready.is_active) == (False, True)
+    outcomes = dict(StaffAction.objects.values_list("object_id", "outcome"))
+    assert outcomes[str(ready.pk)] == "done"
+    assert outcomes[str(bare.pk)].startswith("refused: ")
+
+
+def test_ticking_active_on_a_carrier_that_cannot_take_payments_is_refused_on_the_field(staff_client) -> None:
+    admin = staff_client("operations")
+    carrier = CarrierFactory.create(is_active=False, protocol="parlayx", endpoint="https://carrier.example/api")
+    url = f"/admin/carriers/carrier/{carrier.pk}/change/"
+    response = admin.post(url, carrier_form(carrier, endpoint=""))
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert "Not yet: it has no endpoint" in page
+    assert "Not yet: it has no active price point" in page
+    carrier.refresh_from_db()
+    assert not carrier.is_active
+    PricePointFactory.create(carrier=carrier)
+    assert admin.post(url, carrier_form(carrier)).status_code == 302  # the endpoint given, a price point there
+    carrier.refresh_from_db()
+    assert carrier.is_active

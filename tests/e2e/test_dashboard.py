@@ -18,18 +18,23 @@ import pytest
 from playwright.sync_api import Page, Request, expect
 
 from reporting.models import Dashboard, Dataset, DatasetField
+from sandbox.adapter import TEST_PIN
+from tests.conftest import MSISDN
 from tests.e2e.conftest import Game
 from tests.factories import CarrierFactory, CountryFactory
+from tests.subscriptions.conftest import make_plan
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 seed_module = importlib.import_module("reporting.migrations.0004_seed_catalog")
+subscription_datasets = importlib.import_module("reporting.migrations.0017_seed_subscription_datasets")
 
 
 @pytest.fixture(autouse=True)
 def overview_dashboard(transactional_db: Any) -> Dashboard:
     """Transactional tests start from empty tables: the catalog and dashboard the migration seeds are made again."""
     seed_module.seed_datasets(Dataset, DatasetField)
+    subscription_datasets.seed_datasets(Dataset, DatasetField)
     dashboard, _ = Dashboard.objects.get_or_create(
         slug="overview", defaults={"title": "Overview", "currency": "EUR", "refresh_seconds": 2}
     )
@@ -160,3 +165,25 @@ def test_filters_that_match_nothing_say_so_instead_of_drawing_empty_axes(admin_p
         f"No data: these filters cannot match anything. The carrier {game.shop.carrier.slug} is in GB, not in ES."
     )
     expect(admin_page.locator(".panel:has([data-chart=revenue]) .no-data")).to_have_text("No data for these filters.")
+
+
+def test_a_new_subscriber_shows_on_the_subscriptions_panel(admin_page: Page, live_server: Any, game: Game) -> None:
+    carrier = game.shop.carrier
+    carrier.supports_subscriptions = True
+    carrier.save(update_fields=["supports_subscriptions"])
+    plan, _ = make_plan(game.shop)
+    body = {"user_ref": "player-7", "msisdn": MSISDN, "plan": plan.code}
+    created = game.request("POST", "/api/v1/subscriptions/", json=body, headers={"Idempotency-Key": "sub-7"})
+    assert created.status_code == 201, created.text
+    confirmed = game.request("POST", f"/api/v1/subscriptions/{created.json()['id']}/confirm/", json={"pin": TEST_PIN})
+    assert confirmed.json()["status"] == "active", confirmed.text
+
+    open_dashboard(admin_page)
+    panel = admin_page.locator("#subscriptions")
+    expect(panel.locator("#subscribers-now")).to_have_text("1")
+    expect(panel.locator("#subscribers-by-status")).to_have_text("1 active, 0 past due, 0 suspended")
+    expect(panel.locator("#new-subscribers")).to_have_text("1")
+    expect(panel.locator("#churned-subscribers")).to_have_text("0")
+    expect(panel.locator("#recurring-by-currency")).to_contain_text("0.99")
+    expect(panel.locator("#arpu-detail")).to_have_text("£0.99 (1 paying)")
+    expect(panel.locator("#subscriptions-error")).to_be_hidden()

@@ -227,3 +227,10 @@ def test_the_api_schema_documents_player_blocked(client: Any) -> None:
     schema = client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     responses = schema["paths"]["/api/v1/payments/"]["post"]["responses"]
     assert "player_blocked" in responses["403"]["description"]
+
+
+def test_a_search_or_filter_holding_a_nul_character_is_refused_not_failed(staff_client: StaffClient) -> None:
+    PaymentFactory.create()
+    support = staff_client("support")
+    for query in ("q=%00", "status__exact=%00", "q=07722%00836885"):
+        assert support.get(f"{CHANGELIST}?{query}").status_code == 400, query

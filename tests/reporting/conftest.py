@@ -10,9 +10,11 @@ import pytest
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, Reversal
 from payments.services.refunds import request_reversal
+from subscriptions.models import Subscription
 from tenants.models import App
 from tests.conftest import MSISDN, Shop
 from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
+from tests.subscriptions.conftest import Subs, make_plan
 
 MakePayment = Callable[..., Payment]
 
@@ -22,6 +24,21 @@ def reverse_paid(shop: Shop, payment_id: str, *, reason: str = "item not deliver
     with shop.after_commit(execute=True):
         reversal = request_reversal(payment=Payment.objects.get(public_id=payment_id), reason=reason, actor="staff:ops")
     return Reversal.objects.get(pk=reversal.pk)
+
+
+def subscribe_and_renew(shop: Shop, *, key: str = "sub-1", renewals: int = 1) -> Subscription:
+    """A subscription of the shop's player to a weekly plan on its carrier, opted in by PIN and renewed
+    `renewals` times by the renewal engine, as a game and the scheduler make them."""
+    shop.carrier.supports_subscriptions, shop.carrier.insufficient_funds_retry_minutes = True, ""
+    shop.carrier.save(update_fields=["supports_subscriptions", "insufficient_funds_retry_minutes"])
+    plan, offer = make_plan(shop, code=f"vip-{key}")
+    subs = Subs(shop=shop, plan=plan, offer=offer)
+    subscription = subs.active(key, user_ref=f"player-{key}")
+    for _ in range(renewals):
+        assert subscription.current_period_end is not None
+        subs.renew(subscription.current_period_end)
+        subscription.refresh_from_db()
+    return subscription
 
 
 @pytest.fixture(autouse=True)

@@ -26,9 +26,10 @@ from reporting.models import ExportJob, ExportKind
 from reporting.resources import FIGURES
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
+from subscriptions.models import SubscriptionCharge
 from tests.conftest import Shop, StaffClient
 from tests.deploy.processes import Processes, wait_for
-from tests.reporting.conftest import MakePayment, reverse_paid
+from tests.reporting.conftest import MakePayment, reverse_paid, subscribe_and_renew
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,6 +57,11 @@ TRANSACTION_HEADER = [
     "charged_at_utc",
     "refunded_at_utc",
     "reversed_at_utc",
+    "subscription_id",
+    "subscription_charge",
+    "period_index",
+    "period_start_utc",
+    "period_end_utc",
 ]
 MAY_3 = datetime(2026, 5, 3, 12, 0, tzinfo=UTC)
 
@@ -451,6 +457,7 @@ def test_the_csv_postgresql_writes_is_byte_for_byte_the_one_python_writes(
         Reversal.objects.create(payment=payment, reason=f"={currency}", requested_by="staff:ops", via_carrier=False)
     shop.pay(flow="one_click")  # with its ledger lines
     reverse_paid(shop, shop.pay("key-2", flow="one_click")["id"], reason="-2+3")  # posted
+    subscribe_and_renew(shop)  # an opt-in and a renewal, with their subscription and period
 
     assert exports.uses_copy()
     copied = b"".join(exports.stream_csv(kind=kind, filters=ExportFilters()))
@@ -484,6 +491,7 @@ def test_the_xlsx_postgresql_writes_holds_the_values_python_writes(
         Reversal.objects.create(payment=payment, reason="<b>", requested_by="staff:ops", via_carrier=True)
     shop.pay(flow="one_click")
     reverse_paid(shop, shop.pay("key-2", flow="one_click")["id"])
+    subscribe_and_renew(shop)
 
     python_made = io.BytesIO()
     header, rows = exports.export_header(kind=kind), exports.export_rows(kind=kind, filters=ExportFilters())
@@ -495,6 +503,45 @@ def test_the_xlsx_postgresql_writes_holds_the_values_python_writes(
     assert {cell.data_type for row in sheet.iter_rows(min_row=2) for cell in row if isinstance(cell.value, str)} == {
         "s"
     }  # texts are texts, never formulas
+
+
+@pytest.mark.parametrize("file_format", TableFormat.values)
+def test_subscription_charges_are_exported_with_their_subscription_and_period(shop: Shop, file_format: str) -> None:
+    # An app's own metadata may say "subscription": the payment is still no subscription's charge.
+    one_off = shop.pay("one-off", flow="one_click", metadata={"subscription": "gold"})["id"]
+    subscription = subscribe_and_renew(shop)
+    content = export_bytes(ExportKind.TRANSACTIONS, file_format)
+    rows = csv_rows(content) if file_format == TableFormat.CSV else xlsx_rows(content)
+    assert rows[0] == TRANSACTION_HEADER
+    by_payment = {row[0]: dict(zip(TRANSACTION_HEADER, row, strict=True)) for row in rows[1:]}
+    empty = "" if file_format == TableFormat.CSV else None
+    subscription_columns = ("subscription_id", "subscription_charge", "period_index", "period_start_utc")
+    assert [by_payment[one_off][name] for name in (*subscription_columns, "period_end_utc")] == [empty] * 5
+
+    charges = SubscriptionCharge.objects.filter(subscription=subscription).order_by("period_index")
+    assert [charge.kind for charge in charges] == ["opt_in", "renewal"]
+    for charge in charges:
+        assert charge.payment is not None
+        row = by_payment[str(charge.payment.public_id)]
+        assert charge.period_start is not None
+        assert charge.period_end is not None
+        start, end = (
+            moment.astimezone(UTC).replace(tzinfo=None, microsecond=0)
+            for moment in (charge.period_start, charge.period_end)
+        )
+        expected: list[Any]
+        if file_format == TableFormat.CSV:
+            expected = [
+                str(subscription.public_id),
+                charge.kind,
+                str(charge.period_index),
+                f"{start:%Y-%m-%d %H:%M:%S}",
+            ]
+            assert row["period_end_utc"] == f"{end:%Y-%m-%d %H:%M:%S}"
+        else:
+            expected = [str(subscription.public_id), charge.kind, charge.period_index, start]
+            assert row["period_end_utc"] == end
+        assert [row[name] for name in subscription_columns] == expected
 
 
 @pytest.mark.postgres
@@ -639,3 +686,13 @@ def test_an_export_whose_scheduler_was_killed_is_resumed_by_the_next_one_and_com
     ids = [row[0] for row in exported[1:]]
     assert len(ids) == len(set(ids)) == rows  # no row twice, none lost
     assert set(ids) == {str(value) for value in Payment.objects.values_list("public_id", flat=True)}
+
+
+def test_an_export_period_that_ends_before_it_starts_is_refused_once_and_queues_nothing(
+    staff_client: StaffClient,
+) -> None:
+    form = {"kind": "transactions", "file_format": "csv", "date_from": "2026-05-31", "date_to": "2026-05-01"}
+    response = staff_client("finance").post("/admin/reporting/exportjob/add/", form)
+    assert response.status_code == 200
+    assert response.content.decode().count("The period ends before it starts.") == 1
+    assert not ExportJob.objects.exists()

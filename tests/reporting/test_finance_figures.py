@@ -238,3 +238,20 @@ def test_finance_reads_refunds_reversals_and_the_ledger_and_changes_none_of_them
 
 def test_support_does_not_see_the_ledger(staff_client: StaffClient) -> None:
     assert staff_client("support").get("/admin/payments/ledgerline/").status_code == 403
+
+
+def test_the_ledger_pages_show_each_line_in_major_units_with_its_currency(
+    history: list[Shop], staff_client: StaffClient
+) -> None:
+    finance = staff_client("finance")
+    line = LedgerLine.objects.filter(amount_minor__lt=-99).order_by("pk").first()
+    assert line is not None
+    assert line.currency == "GBP"
+    shown = f"-£{-line.amount_minor // 100}.{-line.amount_minor % 100:02d}"
+    page = finance.get(f"/admin/payments/ledgerline/{line.pk}/change/").content.decode()
+    assert shown in page
+    listing = finance.get(f"/admin/payments/ledgerline/?account={line.account}").content.decode()
+    assert shown in listing
+    entry = finance.get(f"/admin/payments/ledgerentry/{line.entry_id}/change/").content.decode()
+    assert shown in entry
+    assert f">{line.amount_minor}<" not in entry

@@ -1,16 +1,26 @@
 """demo_traffic plays game backends and players against a running server, over HTTP."""
 
+import importlib
+import time
 from io import StringIO
 from typing import Any
 
 import pytest
+from django.apps import apps
 from django.core.management import CommandError, call_command
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from funnel.models import FunnelEvent
-from payments.models import Payment, Refund
-from sandbox.demo import DEMO_APP, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
+from payments.models import Payment, PaymentFlow, Refund
+from playpay.beat import schedule
+from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
+from subscriptions.models import Subscription, SubscriptionCharge
+from subscriptions.services.subscriptions import PLATFORM_MANAGED
 from tenants.models import ApiKey
 from tests.factories import CountryFactory
+
+renewal_beat = importlib.import_module("subscriptions.migrations.0003_schedule_renewals")
 
 # The live server answers from another thread: it sees only what the test commits.
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -40,6 +50,7 @@ def test_demo_traffic_makes_payments_funnel_events_declines_and_refunds(demo: An
         "--duration=120",
         "--failure-share=0.3",
         "--refund-share=0.5",
+        "--subscription-share=0",  # purchases only: subscriptions have a test of their own
         "--seed=11",
     )
 
@@ -66,6 +77,50 @@ def test_demo_traffic_makes_payments_funnel_events_declines_and_refunds(demo: An
     assert refunds.exists()
     assert f"refunds: {refunds.count()}" in output
     assert all(refund.reason.startswith("demo:") for refund in refunds)
+
+
+def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(demo: Any, live_server: Any) -> None:
+    output = run(
+        f"--base-url={live_server.url}",
+        f"--api-key={demo.raw_key}",
+        "--count=16",
+        "--rate=50",
+        "--duration=120",
+        "--subscription-share=0.5",
+        "--failure-share=0.25",
+        "--seed=7",
+    )
+    subscriptions = Subscription.objects.filter(app=demo.app).select_related("carrier", "plan")
+    assert "errors: none" in output
+    assert f"subscriptions: {subscriptions.count()} (" in output
+    assert subscriptions.count() >= 3
+    for subscription in subscriptions:
+        assert subscription.plan.code == DEMO_PLAN
+        carrier = subscription.carrier
+        assert carrier.supports_subscriptions
+        assert carrier.protocol in PLATFORM_MANAGED
+        assert subscription.metadata["source"] == "demo_traffic"
+        opt_in = SubscriptionCharge.objects.get(subscription=subscription, kind="opt_in")
+        assert opt_in.payment is not None
+        assert opt_in.payment.flow == PaymentFlow.PIN  # the double opt-in
+    active = subscriptions.filter(status="active")
+    assert active.exists()
+    # Declined numbers end their opt-in; the others are subscribed.
+    assert {s.msisdn[-4:] in {"0002", "0003", "0004"} for s in subscriptions.exclude(status="active")} <= {True}
+    assert {s.msisdn[-4:] in {"0002", "0003", "0004"} for s in active} == {False}
+
+    # A day later: the embedded default's scheduler runs the renewal engine's periodic task.
+    Subscription.objects.filter(pk__in=active.values("pk")).update(next_charge_at=timezone.now())
+    schedule(apps, renewal_beat.ENTRIES)  # an earlier transactional test may have flushed the migration's entry
+    PeriodicTask.objects.exclude(task="subscriptions.tasks.renew_due_subscriptions").update(enabled=False)
+    call_command("run_scheduler", "--once", stdout=StringIO())
+    renewals = SubscriptionCharge.objects.filter(subscription__in=active, kind="renewal", period_index=1)
+    deadline = time.monotonic() + 10  # an asynchronous carrier states its outcome by callback
+    while renewals.filter(outcome="pending").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert renewals.count() == active.count()
+    assert set(renewals.values_list("outcome", flat=True)) == {"succeeded"}
+    assert set(active.values_list("status", "period_index")) == {("active", 1)}
 
 
 def test_demo_traffic_issues_its_own_key_of_the_demo_app_when_given_none(

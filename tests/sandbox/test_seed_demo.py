@@ -13,6 +13,7 @@ from reporting.models import Dashboard, Dataset
 from reporting.selectors import fx_rates
 from reporting.services.datasets import fetch_api_dataset
 from sandbox.demo import seed_demo_datasets
+from subscriptions.models import Plan
 from tenants.models import ApiKey, App
 
 pytestmark = pytest.mark.django_db
@@ -37,7 +38,12 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     assert {carrier.protocol for carrier in demo} == {"sandbox", "camara", "aggregator", "parlayx"}
     assert demo.values("country").distinct().count() == 2
     assert all(carrier.has_credentials for carrier in demo if carrier.protocol != "sandbox")
-    assert PricePoint.objects.filter(carrier__in=demo).count() == 14
+    assert PricePoint.objects.filter(carrier__in=demo).count() == 14 + 3  # and the plan's on three carriers
+    # The demo plan, once, offered where subscriptions are taken: PIN, one-click, renewals charged by PlayPay.
+    plan = Plan.objects.get(app__name="Demo Game", code="vip-daily")
+    offered = set(plan.offers.values_list("carrier__slug", flat=True))
+    assert offered == {"sandbox-gb-beta", "camara-gb", "parlayx-es"}
+    assert offered == set(demo.filter(supports_subscriptions=True).values_list("slug", flat=True))
     assert App.objects.filter(name="Demo Game").count() == 1
     assert ApiKey.objects.filter(app__name="Demo Game", revoked_at__isnull=True).count() == 1
     client = APIClient()

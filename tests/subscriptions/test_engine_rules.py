@@ -95,7 +95,7 @@ def test_subscriptions_opened_before_the_agreed_price_was_kept_take_their_offers
     subscription = subs.active()
     unrelated = PricePointFactory.create(carrier=subs.shop.carrier, code="gems-500", amount_minor=499)
     Subscription.objects.filter(pk=subscription.pk).update(price_point=unrelated, amount_minor=499)
-    backfill = import_module("subscriptions.migrations.0004_agreed_price_and_missed_periods")
+    backfill = import_module("subscriptions.migrations.0006_agreed_price_and_missed_periods")
 
     backfill.agreed_price_of_the_offer(apps, None)
 

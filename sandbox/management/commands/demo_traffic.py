@@ -23,7 +23,8 @@ def _bounded(kind: Callable[[str], Any], low: float, high: float) -> Callable[[s
 class Command(BaseCommand):
     help = (
         "Play game backends and players against a running PlayPay over HTTP: store journeys (funnel events), "
-        "payments on the demo carriers (PIN and one-click), some declines and refunds. Stops by itself."
+        "payments on the demo carriers (PIN and one-click), some declines and refunds, subscriptions to the demo "
+        "plan (PIN opt-in) on the carriers that take them. Stops by itself."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -39,6 +40,12 @@ class Command(BaseCommand):
         parser.add_argument("--count", type=_bounded(int, 1, 100_000), default=None, help="stop after this many")
         parser.add_argument("--failure-share", type=_bounded(float, 0, 1), default=0.15, help="declined payers")
         parser.add_argument("--refund-share", type=_bounded(float, 0, 1), default=0.2, help="refunded successes")
+        parser.add_argument(
+            "--subscription-share",
+            type=_bounded(float, 0, 1),
+            default=0.2,
+            help="payers who subscribe to the demo plan (PIN opt-in) instead of buying",
+        )
         parser.add_argument("--seed", type=int, default=None, help="repeatable players and carriers")
         parser.add_argument("--wait", type=_bounded(float, 0, 600), default=0.0, help="seconds to wait for the server")
 
@@ -59,6 +66,7 @@ class Command(BaseCommand):
                 max_players=options["count"],
                 failure_share=options["failure_share"],
                 refund_share=options["refund_share"],
+                subscription_share=options["subscription_share"],
                 seed=options["seed"],
             )
             self.stdout.write(f"Demo traffic against {base_url} for up to {plan.duration_seconds:g} s…")

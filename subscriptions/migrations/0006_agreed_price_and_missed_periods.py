@@ -26,7 +26,7 @@ def agreed_price_of_the_offer(apps: Any, schema_editor: Any) -> None:
 class Migration(migrations.Migration):
     dependencies = [
         ("carriers", "0007_operator_catalogue_and_health_from_the_journal"),
-        ("subscriptions", "0003_schedule_renewals"),
+        ("subscriptions", "0005_reporting_indexes"),
     ]
 
     operations = [
