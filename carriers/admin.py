@@ -85,12 +85,21 @@ class CarrierForm(forms.ModelForm[Carrier]):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        if cleaned.get("is_active") and not (self.instance.pk and self.instance.is_active):
-            probe = copy(self.instance)  # as this form would save it, without saving it
-            probe.protocol = cleaned.get("protocol", probe.protocol)
-            probe.endpoint = cleaned.get("endpoint") or ""
-            for blocker in activation_blockers(probe):
-                self.add_error("is_active", f"Not yet: {blocker} (save, then activate).")
+        if not cleaned.get("is_active"):
+            return cleaned
+        probe = copy(self.instance)  # as this form would save it, without saving it
+        probe.protocol = cleaned.get("protocol", probe.protocol)
+        probe.endpoint = cleaned.get("endpoint") or ""
+        blockers = activation_blockers(probe)
+        if self.has_error("endpoint"):
+            blockers.pop("endpoint", None)  # said on the field already
+        if self.instance.pk and self.instance.is_active:
+            # Already taking payments: the form may not make it unreachable (its price points are their own).
+            if "endpoint" in blockers:
+                self.add_error("endpoint", f"An active carrier needs one: {blockers['endpoint']}.")
+            return cleaned
+        for blocker in blockers.values():
+            self.add_error("is_active", f"Not yet: {blocker} (save, then activate).")
         return cleaned
 
     def save(self, commit: bool = True) -> Carrier:

@@ -103,16 +103,17 @@ def check_carrier_connection(*, carrier: Carrier) -> CarrierResult:
     return adapter_for(carrier).check_connection()
 
 
-def activation_blockers(carrier: Carrier) -> list[str]:
-    """Why `carrier` may not take payments yet, in words for the person activating it; empty when it may.
+def activation_blockers(carrier: Carrier) -> dict[str, str]:
+    """Why `carrier` may not take payments yet, in words for the person activating it, by what is missing
+    ("endpoint", "price_points"); empty when it may.
 
     A carrier takes payments once it is reachable (an endpoint, but for the sandbox) and offers a price to
     charge (an active price point). The operator catalogue's carriers have neither until onboarded."""
-    blockers = []
+    blockers = {}
     if carrier.protocol != Protocol.SANDBOX and not carrier.endpoint:
-        blockers.append("it has no endpoint: give the base URL of the carrier's API")
+        blockers["endpoint"] = "it has no endpoint: give the base URL of the carrier's API"
     if carrier.pk is None or not carrier.price_points.filter(is_active=True).exists():
-        blockers.append("it has no active price point: add one first")
+        blockers["price_points"] = "it has no active price point: add one first"
     return blockers
 
 
@@ -120,7 +121,7 @@ def set_carrier_active(*, carrier: Carrier, active: bool, reason: str) -> None:
     """Activates or deactivates `carrier`, with the reason kept in its configuration history. Activation is
     refused (CarrierNotReady, nothing saved) while `activation_blockers` names anything."""
     if active and (blockers := activation_blockers(carrier)):
-        raise CarrierNotReady(f"{carrier.name} cannot be activated: {'; '.join(blockers)}.")
+        raise CarrierNotReady(f"{carrier.name} cannot be activated: {'; '.join(blockers.values())}.")
     carrier.is_active = active
     carrier._change_reason = reason  # type: ignore[attr-defined]  # read by django-simple-history
     carrier.save(update_fields=["is_active", "updated_at"])

@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from funnel.rollups import MOVED_LOOKBACK, dashboard_report
 from funnel.selectors import BREAKDOWNS, ReportTimedOut
-from playpay.admin_base import ModelAdmin, RecordAdmin
+from playpay.admin_base import ModelAdmin, RecordAdmin, check_period
 from playpay.downloads import file_attachment
 from playpay.tables import temporary_file, write_table
 from playpay.times import start_of_utc_day
@@ -54,6 +54,19 @@ class ReportForm(forms.Form):
     breakdown = forms.ChoiceField(choices=[("", "—"), *((b, b) for b in BREAKDOWNS)], required=False)
     compare_since = forms.DateField(required=False, help_text="Optional second period to compare")
     compare_until = forms.DateField(required=False)
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        check_period(self, cleaned, "since", "until")
+        check_period(self, cleaned, "compare_since", "compare_until")
+        if (
+            bool(cleaned.get("compare_since")) != bool(cleaned.get("compare_until"))
+            and not self.has_error("compare_since")
+            and not self.has_error("compare_until")
+        ):
+            missing = "compare_until" if cleaned.get("compare_since") else "compare_since"
+            self.add_error(missing, "Give both days of the period to compare, or neither.")
+        return cleaned
 
 
 @admin.register(FunnelDefinition)

@@ -5,6 +5,7 @@ subclass one for one, and the running admin gets unfold's.
 """
 
 from collections.abc import Callable
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 from django import forms
@@ -112,3 +113,11 @@ class MoneyField(forms.CharField):
             return parse_major(text, self.currency, allow_zero=self.allow_zero)
         except (InvalidAmount, UnknownCurrency) as error:
             raise forms.ValidationError(str(error), code="invalid") from error
+
+
+def check_period(form: forms.Form, cleaned: dict[str, Any], start: str, end: str) -> None:
+    """A period's end on or after its start; said once, on the end field (not again above the form)."""
+    first: date | None = cleaned.get(start)
+    last: date | None = cleaned.get(end)
+    if first and last and first > last:
+        form.add_error(end, "The period ends before it starts.")

@@ -1,26 +1,18 @@
 """Admin forms of reporting: what to export, and which settlement file to import."""
 
-from datetime import date
 from typing import Any
 
 from django import forms
 from django.core.validators import FileExtensionValidator
 
 from carriers.models import Carrier, Country
+from playpay.admin_base import check_period
 from playpay.tables import TableFormat
 from reporting.models import ExportKind
 from reporting.services.exports import ExportFilters
 from tenants.models import App
 
 _DATE = forms.DateInput(attrs={"type": "date"})
-
-
-def _check_period(form: forms.Form, cleaned: dict[str, Any], start: str, end: str) -> None:
-    """A period's end on or after its start; said once, on the end field (not again above the form)."""
-    first: date | None = cleaned.get(start)
-    last: date | None = cleaned.get(end)
-    if first and last and first > last:
-        form.add_error(end, "The period ends before it starts.")
 
 
 class ExportForm(forms.Form):
@@ -38,7 +30,7 @@ class ExportForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        _check_period(self, cleaned, "date_from", "date_to")
+        check_period(self, cleaned, "date_from", "date_to")
         return cleaned
 
     def filters(self) -> ExportFilters:
@@ -63,7 +55,7 @@ class SettlementUploadForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        _check_period(self, cleaned, "period_from", "period_to")
+        check_period(self, cleaned, "period_from", "period_to")
         return cleaned
 
 
@@ -83,5 +75,5 @@ class SettlementReportForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        _check_period(self, cleaned, "date_from", "date_to")
+        check_period(self, cleaned, "date_from", "date_to")
         return cleaned

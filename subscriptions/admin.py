@@ -105,6 +105,11 @@ class PlanAdmin(AuditedAdmin):
             .prefetch_related("offers__carrier", "offers__price_point", "offers__first_period_price_point")
         )
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        # Subscriptions' periods follow their plan's: its app, code and period never change once made (a new
+        # plan instead). Free trials are not sold yet (docs/subscriptions.md): the field stays 0.
+        return ["created_at", "trial_days", *(["app", "code", "period"] if obj is not None else [])]
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False  # subscriptions keep their plan: a plan no longer sold is made inactive
 
@@ -127,6 +132,9 @@ class PlanOfferAdmin(AuditedAdmin):
     search_fields = ["plan__code", "plan__name", "carrier__name", "carrier__slug"]
     list_select_related = [*OFFER_RELATIONS, "plan__app"]
     autocomplete_fields = ["plan", "carrier", "price_point", "first_period_price_point"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return ["plan", "carrier"] if obj is not None else []  # an offer never moves (PlanOffer.clean)
 
     @admin.display(description="app", ordering="plan__app__name")
     def app(self, offer: PlanOffer) -> str:

@@ -84,6 +84,11 @@ class PlanOffer(models.Model):
             errors["first_period_price_point"] = (
                 "A first-period price is a discount: in the regular price's currency and below it."
             )
+        if self.pk is not None:
+            # Its subscriptions are billed on the carrier they opted in on: an offer never moves.
+            before = PlanOffer.objects.filter(pk=self.pk).values_list("plan_id", "carrier_id").first()
+            if before is not None and before != (self.plan_id, self.carrier_id):
+                errors["carrier"] = "An offer stays on its plan and carrier: make a new offer instead."
         if errors:
             raise ValidationError(errors)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
+from django.utils.html import escape
 
 from playpay.api.parsers import UNSTORABLE_TEXT
 from playpay.api.problems import query_value_problem, request_too_large
@@ -44,7 +45,12 @@ class RequestLimitsMiddleware:
         if unstorable:
             # The admin's searches and filters compare the query with text columns, which PostgreSQL refuses
             # for such text: refused here, for every page, rather than a 500 from the database.
+            # Plain text, the names escaped too: a query's own names are never sent back as markup.
             return HttpResponseBadRequest(
-                f"Query parameter {', '.join(unstorable)}: a NUL character or a lone UTF-16 surrogate matches nothing."
+                escape(
+                    f"Query parameter {', '.join(unstorable)}: a NUL character or a lone UTF-16 surrogate "
+                    "matches nothing."
+                ),
+                content_type="text/plain; charset=utf-8",
             )
         return self.get_response(request)

@@ -157,3 +157,17 @@ def test_ticking_active_on_a_carrier_that_cannot_take_payments_is_refused_on_the
     assert admin.post(url, carrier_form(carrier)).status_code == 302  # the endpoint given, a price point there
     carrier.refresh_from_db()
     assert carrier.is_active
+
+
+def test_an_active_carrier_keeps_its_endpoint_and_a_bad_url_is_said_once(staff_client) -> None:
+    admin = staff_client("operations")
+    carrier = CarrierFactory.create(protocol="parlayx", endpoint="https://carrier.example/api")
+    PricePointFactory.create(carrier=carrier)
+    url = f"/admin/carriers/carrier/{carrier.pk}/change/"
+    cleared = admin.post(url, carrier_form(carrier, endpoint="")).content.decode()
+    assert "An active carrier needs one: it has no endpoint" in cleared
+    bad = admin.post(url, carrier_form(carrier, endpoint="not a url at all")).content.decode()
+    assert "Enter a valid URL." in bad
+    assert "no endpoint" not in bad
+    carrier.refresh_from_db()
+    assert (carrier.endpoint, carrier.is_active) == ("https://carrier.example/api", True)

@@ -254,3 +254,37 @@ def test_a_report_read_from_rollups_equals_the_one_from_events(staff_client: Sta
     assert "From the hourly rollups" in client.get(url, params).content.decode()
     assert client.get(url, {**params, "export": "csv"}).getvalue().decode() == raw_csv
     assert raw_csv.count("\n") == 1 + len(STEPS)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("params", "said"),
+    [
+        ({"since": "2026-11-02", "until": "2026-11-01"}, "The period ends before it starts."),
+        (
+            {
+                "since": "2026-11-01",
+                "until": "2026-11-01",
+                "compare_since": "2026-10-09",
+                "compare_until": "2026-10-01",
+            },
+            "The period ends before it starts.",
+        ),
+        (
+            {"since": "2026-11-01", "until": "2026-11-01", "compare_since": "2026-10-01"},
+            "Give both days of the period to compare, or neither.",
+        ),
+    ],
+)
+def test_a_funnel_period_that_cannot_be_counted_is_refused_in_words_and_nothing_is_counted(
+    staff_client: StaffClient, params: dict[str, str], said: str
+) -> None:
+    from funnel.models import FunnelDefinition
+
+    add(AppFactory.create(), "a", [(0, "open")])
+    definition = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
+    page = staff_client("superuser").get(f"/admin/funnel/funneldefinition/{definition.pk}/report/", params)
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert text.count(said) == 1
+    assert "journeys, overall conversion" not in text

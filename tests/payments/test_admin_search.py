@@ -234,3 +234,10 @@ def test_a_search_or_filter_holding_a_nul_character_is_refused_not_failed(staff_
     support = staff_client("support")
     for query in ("q=%00", "status__exact=%00", "q=07722%00836885"):
         assert support.get(f"{CHANGELIST}?{query}").status_code == 400, query
+
+
+def test_the_refusal_of_a_nul_character_never_sends_the_query_s_names_back_as_markup(client: Any) -> None:
+    response = client.get("/admin/?%3Cscript%3Ealert(1)%3C/script%3E=%00")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("text/plain")
+    assert b"<script>" not in response.content

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -383,3 +384,34 @@ def test_the_subscription_page_shows_the_agreed_price_and_the_periods_missed(
     assert "£0.99 per week" in text  # what the player agreed to, not the offer's £1.99 now
     assert "£1.99" not in text
     assert text.count(">missed<") == 1
+
+
+def test_a_plan_s_period_and_an_offer_s_carrier_cannot_be_changed_under_its_subscriptions(
+    subs: Subs, staff_client: StaffClient
+) -> None:
+    subs.active()
+    operations = staff_client("operations")
+    url = f"{PLANS}{subs.plan.pk}/change/"
+    form = {
+        "app": subs.shop.app.pk,
+        "code": "another-code",
+        "name": "VIP pass",
+        "period": "daily",
+        "trial_days": 7,
+        "is_active": "on",
+        "offers-TOTAL_FORMS": 0,
+        "offers-INITIAL_FORMS": 0,
+        "change_reason": "try to move it",
+    }
+    assert operations.post(url, form).status_code == 302
+    plan = Plan.objects.get(pk=subs.plan.pk)
+    assert (plan.code, plan.period, plan.trial_days) == (subs.plan.code, subs.plan.period, 0)  # read-only there
+
+    offer = PlanOffer.objects.get(plan=subs.plan)
+    elsewhere = CarrierFactory.create(name="Elsewhere Mobile", supports_subscriptions=True)
+    offer.carrier = elsewhere
+    with pytest.raises(ValidationError, match="An offer stays on its plan and carrier"):
+        offer.full_clean()
+    moved = {"carrier": elsewhere.pk, "price_point": offer.price_point_id, "change_reason": "try to move it"}
+    assert operations.post(f"{OFFERS}{offer.pk}/change/", moved).status_code == 302
+    assert PlanOffer.objects.get(pk=offer.pk).carrier_id == subs.shop.carrier.pk
