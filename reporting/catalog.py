@@ -215,7 +215,8 @@ SQL_SOURCES: dict[str, SqlSource] = {
         },
     ),
     "subscription_charges": SqlSource(
-        description="Charges of subscriptions (opt-ins and renewals, every attempt), at the time they were made.",
+        description="Charges of subscriptions (opt-ins and renewals, every attempt), at the time they were made; "
+        "and the periods missed (outcome missed, no payment: they ended before they could be charged).",
         model=SubscriptionCharge,
         time_fields={"created_at": "created_at", "settled_at": "settled_at", "period_start": "period_start"},
         relations=_charge_payment,

@@ -59,6 +59,13 @@ def offer_price(offer: PlanOffer) -> str:
     return price
 
 
+def agreed_price(subscription: Subscription) -> str:
+    """What the subscription's renewals charge: the regular price the player agreed to at opt-in ("£4.99 per
+    week"), whatever its offer charges new subscribers now."""
+    every = PERIOD_WORDS[subscription.plan.period]
+    return f"{format_money(subscription.amount_minor, subscription.currency)} per {every}"
+
+
 OFFER_RELATIONS = ["plan", "carrier", "price_point", "first_period_price_point"]
 
 
@@ -175,7 +182,7 @@ def subscription_header(subscription: Subscription, *, full_msisdn: bool) -> dic
         notes.append(f"cancellation reason: {subscription.cancel_reason}")
     return {
         "plan": subscription.plan,
-        "price": offer_price(subscription.offer),
+        "price": agreed_price(subscription),
         "status": subscription.get_status_display(),
         "status_value": subscription.status,
         "entitlement": entitlement_text(subscription),
@@ -373,7 +380,7 @@ def player_section(request: HttpRequest, player: Player) -> PlayerSection | None
             {
                 "subscription": subscription,
                 "url": reverse("admin:subscriptions_subscription_change", args=[subscription.pk]),
-                "price": offer_price(subscription.offer),
+                "price": agreed_price(subscription),
                 "entitlement": entitlement_text(subscription),
                 "created": when(subscription.created_at),
                 "msisdn": shown_msisdn(request, subscription.msisdn),

@@ -101,6 +101,8 @@ class Subscription(models.Model):
     ends (kept up to date by the state changes: the period's end, the grace period's, or now).
     `next_charge_at` is when the renewal engine next looks at it (a renewal, a retry, the end of a period
     whose cancellation was asked for); empty while a charge awaits its outcome or when nothing is due.
+    `price_point`, `amount_minor` and `currency` are the regular price stated in the opt-in's PIN message:
+    renewals charge that price or nothing (`services.renewals`).
     """
 
     public_id = models.UUIDField(default=new_public_id, unique=True, editable=False)
@@ -110,6 +112,16 @@ class Subscription(models.Model):
     carrier = models.ForeignKey("carriers.Carrier", on_delete=models.PROTECT, related_name="subscriptions")
     plan = models.ForeignKey(Plan, on_delete=models.PROTECT, related_name="subscriptions")
     offer = models.ForeignKey(PlanOffer, on_delete=models.PROTECT, related_name="subscriptions")
+    # The regular price the player agreed to in the double opt-in (the one its PIN message stated): every
+    # renewal charges it, whatever the offer's price point becomes later.
+    price_point = models.ForeignKey(
+        "carriers.PricePoint",
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The price point of each renewal, as agreed at opt-in.",
+    )
+    amount_minor = models.BigIntegerField(help_text="The agreed price per period, in minor units of the currency.")
+    currency = models.CharField(max_length=3)
     status = models.CharField(
         max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.PENDING_OPT_IN
     )
@@ -142,6 +154,7 @@ class Subscription(models.Model):
                 condition=Q(current_period_end__isnull=True) | Q(current_period_end__gt=F("current_period_start")),
                 name="subscription_period_ends_after_start",
             ),
+            models.CheckConstraint(condition=Q(amount_minor__gt=0), name="subscription_amount_positive"),
         ]
         indexes = [
             models.Index(fields=["app", "user_ref"]),
@@ -192,10 +205,14 @@ class SubscriptionCharge(models.Model):
 
     Exactly once, held by the database: the partial unique index `subscription_one_live_charge_per_period`
     allows, per subscription and period (its index, which fixes its start), one row whose outcome is
-    `pending` or `succeeded`. A second attempt for a period can be inserted only after the first one failed,
-    so a period can neither be charged twice at once (two schedulers, a duplicate task) nor succeed twice;
-    failed attempts (retries of an insufficient balance) stay as history. The outcome follows the payment's
-    final status, set in the payment's own transaction (`services.charges.on_payment_status_changed`).
+    `pending`, `succeeded` or `missed`. A second attempt for a period can be inserted only after the first one
+    failed, so a period can neither be charged twice at once (two schedulers, a duplicate task) nor succeed
+    twice; failed attempts (retries of an insufficient balance) stay as history. The outcome follows the
+    payment's final status, set in the payment's own transaction (`services.charges.on_payment_status_changed`).
+
+    A `missed` row has no payment: a period that ended before the engine could charge it (an outage, a
+    carrier or price switched off, the retries of a declined period running past its end). It is never charged
+    afterwards (the player could not use it), and the index keeps it so.
 
     On PostgreSQL the payment is referred to by (payment_id, payment_created_at), a composite foreign key
     to the monthly-partitioned payments (migration 0002), as refunds and ledger entries do.
@@ -209,6 +226,7 @@ class SubscriptionCharge(models.Model):
         PENDING = "pending"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
+        MISSED = "missed"
 
     subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="charges")
     kind = models.CharField(max_length=8, choices=Kind.choices)
@@ -216,8 +234,12 @@ class SubscriptionCharge(models.Model):
     period_start = models.DateTimeField(null=True, blank=True, help_text="Empty for the opt-in until it succeeds.")
     period_end = models.DateTimeField(null=True, blank=True)
     attempt = models.PositiveSmallIntegerField(default=1, validators=[MinValueValidator(1)])
-    payment = models.ForeignKey("payments.Payment", on_delete=models.PROTECT, related_name="+", db_constraint=False)
-    payment_created_at = models.DateTimeField(editable=False, help_text="The payment's created_at.")
+    payment = models.ForeignKey(
+        "payments.Payment", null=True, blank=True, on_delete=models.PROTECT, related_name="+", db_constraint=False
+    )
+    payment_created_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The payment's created_at."
+    )
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
     failure_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -228,8 +250,14 @@ class SubscriptionCharge(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["subscription", "period_index"],
-                condition=Q(outcome__in=["pending", "succeeded"]),
+                condition=Q(outcome__in=["pending", "succeeded", "missed"]),
                 name="subscription_one_live_charge_per_period",
+            ),
+            # A charge has its payment; only a missed period has none.
+            models.CheckConstraint(
+                condition=Q(outcome="missed", payment__isnull=True, payment_created_at__isnull=True)
+                | (~Q(outcome="missed") & Q(payment__isnull=False, payment_created_at__isnull=False)),
+                name="subscription_charge_payment_unless_missed",
             ),
             models.UniqueConstraint(
                 fields=["subscription", "period_index", "attempt"], name="subscription_charge_attempt_unique"
@@ -245,6 +273,6 @@ class SubscriptionCharge(models.Model):
         return f"{self.subscription_id} period {self.period_index} attempt {self.attempt}: {self.outcome}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
-        if not self.payment_created_at:
+        if not self.payment_created_at and self.payment is not None:
             self.payment_created_at = self.payment.created_at
         super().save(*args, **kwargs)

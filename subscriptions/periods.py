@@ -31,3 +31,22 @@ def boundary(anchor: datetime, period: str, index: int) -> datetime:
 def bounds(anchor: datetime, period: str, index: int) -> tuple[datetime, datetime]:
     """(start, end) of period `index`."""
     return boundary(anchor, period, index), boundary(anchor, period, index + 1)
+
+
+def index_at(anchor: datetime, period: str, at: datetime) -> int:
+    """The index of the period that contains `at` (0 before the anchor's second period)."""
+    if at < anchor:
+        return 0
+    if period == Period.DAILY:
+        return (at - anchor) // timedelta(days=1)
+    if period == Period.WEEKLY:
+        return (at - anchor) // timedelta(weeks=1)
+    if period == Period.MONTHLY:
+        # Calendar months: a first guess by the calendar, then corrected by the boundaries themselves.
+        index = max((at.year - anchor.year) * 12 + at.month - anchor.month, 0)
+        while index > 0 and boundary(anchor, period, index) > at:
+            index -= 1
+        while boundary(anchor, period, index + 1) <= at:
+            index += 1
+        return index
+    raise ValueError(f"unknown period {period!r}")

@@ -80,12 +80,14 @@ def subscription_periods(subscription: Subscription) -> list[PeriodRow]:
     payments = {
         payment.pk: payment
         for payment in Payment.objects.filter(
-            payments_named((charge.payment_id, charge.payment_created_at) for charge in charges)
+            payments_named(
+                (charge.payment_id, charge.payment_created_at) for charge in charges if charge.payment_id is not None
+            )
         )
     }
     periods: dict[int, list[ChargeRow]] = {}
     for charge in charges:
-        payment = payments.get(charge.payment_id)
+        payment = payments.get(charge.payment_id) if charge.payment_id is not None else None
         amount = format_money(payment.amount_minor, payment.currency) if payment else "—"
         periods.setdefault(charge.period_index, []).append(ChargeRow(charge, payment, amount))
     rows = []

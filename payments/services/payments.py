@@ -295,6 +295,36 @@ def expire_payment(*, payment_id: int, reason: str) -> None:
             dispatch(locked, "cancel_payment")
 
 
+# A payment withdrawn by its creator before its charge reached the carrier (a subscription cancelled while its
+# renewal waited to be sent).
+WITHDRAWN = "withdrawn"
+
+
+def withdraw_payment(payment: Payment, *, actor: str, reason: str) -> bool:
+    """Fail a one-click payment whose charge has not been sent to the carrier, so that it never is.
+
+    Call inside `transaction.atomic()` on a payment from `locked_payment`. A charge being sent, or sent and
+    not answered yet (`outcome_unknown_since`), cannot be taken back: False, and its outcome stands (as does
+    that of a payment already final). The carrier flow re-reads the payment under its lock before any call,
+    so a withdrawn payment is never sent.
+    """
+    waiting = payment.status == PaymentStatus.CREATED or (
+        payment.status == PaymentStatus.CHARGING and payment.flow == PaymentFlow.ONE_CLICK
+    )
+    if not waiting or payment.outcome_unknown_since is not None:
+        return False
+    payment.failure_code, payment.failure_message = WITHDRAWN, reason[:255]
+    payment.next_attempt_at = None
+    transition(
+        payment,
+        PaymentStatus.FAILED,
+        actor=actor,
+        reason=f"withdrawn: {reason}",
+        update_fields=("failure_code", "failure_message", "next_attempt_at"),
+    )
+    return True
+
+
 def expire_abandoned_payments() -> int:
     """Expire PIN payments whose PIN was never confirmed in time; returns how many."""
     due = Payment.objects.filter(

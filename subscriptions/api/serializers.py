@@ -87,8 +87,8 @@ class SubscriptionSerializer(serializers.ModelSerializer[Subscription]):
 
     @extend_schema_field(PriceSerializer)
     def get_price(self, subscription: Subscription) -> dict[str, Any]:
-        price_point = subscription.offer.price_point
-        return {"amount_minor": price_point.amount_minor, "currency": price_point.currency}
+        # The regular price agreed at opt-in: what every renewal charges.
+        return {"amount_minor": subscription.amount_minor, "currency": subscription.currency}
 
     @extend_schema_field(PeriodSerializer(allow_null=True))
     def get_current_period(self, subscription: Subscription) -> dict[str, Any] | None:

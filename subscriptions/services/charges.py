@@ -6,14 +6,19 @@ renewal advances its period (or starts the retry schedule: past_due, then suspen
 Lock order: the payment (held by the payment's transition), then the subscription; never the reverse.
 """
 
+import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 
 from carriers.errors import ErrorCode
+from payments.errors import IllegalTransition, RefundExceedsCaptured
 from payments.events import PaymentStatusChanged
 from payments.models import PaymentStatus
+from payments.services import outbox
+from payments.services.carrier_flow import load_payment
+from payments.services.refunds import refunds_of, request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notify import notify
@@ -24,6 +29,8 @@ SETTLED_BY = {
     PaymentStatus.FAILED: SubscriptionCharge.Outcome.FAILED,
     PaymentStatus.EXPIRED: SubscriptionCharge.Outcome.FAILED,
 }
+logger = logging.getLogger(__name__)
+
 # Declines that a later day may cure; any other failure of a renewal ends the subscription.
 RETRYABLE = frozenset({ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.SPENDING_LIMIT})
 
@@ -85,7 +92,8 @@ def _activate(subscription: Subscription, charge: SubscriptionCharge, *, actor: 
     charge.period_start, charge.period_end = start, end
     charge.save()
     if subscription.status != SubscriptionStatus.PENDING_OPT_IN:
-        return  # cancelled meanwhile: the charge stays recorded (staff may refund it)
+        refund_unwanted(subscription, charge)  # cancelled meanwhile
+        return
     subscription.anchor_at = start
     _enter_period(subscription, charge)
     transition(
@@ -110,7 +118,10 @@ def _enter_period(subscription: Subscription, charge: SubscriptionCharge) -> Non
 
 def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
     charge.save()
-    if subscription.status in FINAL_STATUSES or charge.period_index <= subscription.period_index:
+    if subscription.status in FINAL_STATUSES:
+        refund_unwanted(subscription, charge)
+        return
+    if charge.period_index <= subscription.period_index:
         return
     _enter_period(subscription, charge)
     if subscription.status == SubscriptionStatus.ACTIVE:
@@ -121,6 +132,49 @@ def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: s
             subscription, SubscriptionStatus.ACTIVE, actor=actor, reason=reason, at=at, update_fields=PERIOD_FIELDS
         )
     notify(subscription, "renewed", at=at, charge=charge)
+
+
+def refund_unwanted(subscription: Subscription, charge: SubscriptionCharge) -> None:
+    """A charge that succeeded after its subscription ended (cancelled while the charge was at the carrier):
+    it grants nothing, and its payment is refunded in full, by the refund service, after this commit."""
+    if subscription.status not in FINAL_STATUSES:
+        return
+    logger.warning(
+        "subscription %s: period %d charged after the subscription was %s; the payment is refunded",
+        subscription.public_id,
+        charge.period_index,
+        subscription.status,
+        extra={"subscription_id": str(subscription.public_id), "period": charge.period_index},
+    )
+    outbox.enqueue(REFUND_TASK, queue=settings.CELERY_TASK_DEFAULT_QUEUE, charge_id=charge.pk)
+
+
+REFUND_TASK = "subscriptions.tasks.refund_unwanted_charge"
+UNWANTED_REASON = "subscription ended before this charge succeeded"
+
+
+def refund_unwanted_charge(*, charge_id: int) -> None:
+    """Refund the whole payment of a charge that succeeded after its subscription ended (`refund_unwanted`).
+    Safe to run twice: a payment with any refund already (this one, or one staff made) is left alone, and the
+    refund service refuses more than was charged under the payment's lock."""
+    charge = SubscriptionCharge.objects.select_related("subscription").get(pk=charge_id)
+    if charge.outcome != SubscriptionCharge.Outcome.SUCCEEDED or charge.payment_id is None:
+        return
+    if charge.subscription.status not in FINAL_STATUSES:
+        return
+    payment = load_payment(charge.payment_id)
+    if refunds_of(payment).exists():
+        return
+    try:
+        request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
+    except (IllegalTransition, RefundExceedsCaptured) as refused:
+        # Refunded meanwhile by another run, or no longer refundable (being reversed): nothing more to do here.
+        logger.warning(
+            "subscription charge %s: automatic refund not made: %s",
+            charge_id,
+            refused,
+            extra={"subscription_id": str(charge.subscription.public_id), "period": charge.period_index},
+        )
 
 
 def _renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:

@@ -44,7 +44,7 @@ def event_data(subscription: Subscription, charge: SubscriptionCharge | None) ->
         "user_ref": subscription.user_ref,
         "entitled_until": subscription.entitled_until.isoformat() if subscription.entitled_until else None,
         "period": period,
-        "payment": str(charge.payment.public_id) if charge is not None else None,
+        "payment": str(charge.payment.public_id) if charge is not None and charge.payment is not None else None,
         "failure_code": charge.failure_code if charge is not None and charge.failure_code else None,
         "cancel_reason": subscription.cancel_reason or None,
         "metadata": subscription.metadata,

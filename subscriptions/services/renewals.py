@@ -3,10 +3,11 @@
 `run_renewals` finds the subscriptions whose `next_charge_at` has come (the partial index
 `subscription_due_idx`), locks a batch with `FOR UPDATE SKIP LOCKED` (a second engine running at the same
 time takes other rows, and re-checks a row another run changed), and for each one either ends it (a
-cancellation at the period's end, a retry window run out) or opens the period's charge: a one-click payment
-queued for the carrier's own queue through the outbox, and its `SubscriptionCharge` row, whose partial
-unique index refuses a second live charge of the period. The payment's outcome comes back through
-`services.charges`.
+cancellation at the period's end, a retry window run out) or opens the charge of the period that contains
+`now` (periods that ended unpaid before it are recorded as missed, never charged late): a one-click payment
+at the price the player agreed to, queued for the carrier's own queue through the outbox, and its
+`SubscriptionCharge` row, whose partial unique index refuses a second live charge of the period. The
+payment's outcome comes back through `services.charges`.
 """
 
 import logging
@@ -15,11 +16,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import QuerySet
+from django.db.models import Count, Max, Q, QuerySet
 
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
 from subscriptions.models import PAYMENT_METADATA_KEY, Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.periods import index_at
 from subscriptions.services.charges import expire, grace_end, period_bounds
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
@@ -41,6 +43,7 @@ class RenewalRun:
     expired: int = 0
     skipped: int = 0
     paused: int = 0
+    missed: int = 0
     batches: int = 0
 
 
@@ -57,9 +60,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
             batch = list(
                 due_subscriptions(now)
                 .select_for_update(skip_locked=True, of=("self",))
-                .select_related("app", "carrier", "plan", "offer__price_point", "offer__first_period_price_point")[
-                    :size
-                ]
+                .select_related("app", "carrier", "plan", "price_point")[:size]
             )
             for subscription in batch:
                 renew(subscription, now=now, run=run)
@@ -70,8 +71,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
 
 def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None:
     """What a due, locked subscription needs now (inside the batch's transaction)."""
-    index = subscription.period_index + 1
-    start, end = period_bounds(subscription, index)
+    first_unpaid = subscription.period_index + 1
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
         subscription.next_charge_at = None
         subscription.cancelled_at = now
@@ -86,25 +86,42 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         notify(subscription, "cancelled", at=now)
         run.cancelled += 1
         return
-    if subscription.status != SubscriptionStatus.ACTIVE and now >= start + timedelta(
-        days=settings.SUBSCRIPTION_RETRY_DAYS
-    ):
-        expire(subscription, actor=ACTOR, reason="renewal not charged within the retry window", at=now)
-        run.expired += 1
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        declined_since = _declined_since(subscription, first_unpaid)
+        if now >= declined_since + timedelta(days=settings.SUBSCRIPTION_RETRY_DAYS):
+            expire(subscription, actor=ACTOR, reason="renewal not charged within the retry window", at=now)
+            run.expired += 1
+            return
+        if subscription.status == SubscriptionStatus.PAST_DUE and now >= grace_end(declined_since):
+            transition(
+                subscription,
+                SubscriptionStatus.SUSPENDED,
+                actor=ACTOR,
+                reason="grace period over, renewal unpaid",
+                at=now,
+            )
+            notify(subscription, "suspended", at=now)
+            run.suspended += 1
+    # Only the period that contains `now` is charged: the ones that ended unpaid meanwhile (the engine was
+    # stopped, billing was switched off, a declined period's retries ran past its end) are recorded as missed.
+    assert subscription.anchor_at is not None
+    index = max(first_unpaid, index_at(subscription.anchor_at, subscription.plan.period, now))
+    missed = _record_missed(subscription, first=first_unpaid, until=index)
+    if missed is None:
+        run.skipped += 1  # a charge of an earlier period awaits its outcome, which settles the subscription
+        subscription.next_charge_at = None
+        subscription.save(update_fields=["next_charge_at", "updated_at"])
         return
-    if subscription.status == SubscriptionStatus.PAST_DUE and now >= grace_end(start):
-        transition(
-            subscription, SubscriptionStatus.SUSPENDED, actor=ACTOR, reason="grace period over, renewal unpaid", at=now
-        )
-        notify(subscription, "suspended", at=now)
-        run.suspended += 1
-    if not (subscription.carrier.is_active and subscription.offer.price_point.is_active):
-        # Billing through this carrier or at this price is switched off: nothing is charged, and the renewal
-        # is looked at again later (within the retry window, after which it expires as unpaid).
+    run.missed += missed
+    if not agreed_price_available(subscription):
+        # Billing through this carrier or at the agreed price is switched off (or that price point's price
+        # changed): nothing is charged, and the renewal is looked at again later (a declined one within its
+        # retry window, after which it expires as unpaid).
         subscription.next_charge_at = now + PAUSED_RECHECK
         subscription.save(update_fields=["next_charge_at", "updated_at"])
         run.paused += 1
         return
+    start, end = period_bounds(subscription, index)
     if _open_charge(subscription, index=index, start=start, end=end):
         run.charged += 1
     else:
@@ -113,9 +130,84 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
     subscription.save(update_fields=["next_charge_at", "updated_at"])
 
 
+def agreed_price_available(subscription: Subscription) -> bool:
+    """Whether the price the player agreed to at opt-in can be charged now, through its carrier."""
+    price_point = subscription.price_point
+    return (
+        subscription.carrier.is_active
+        and price_point.is_active
+        and (price_point.amount_minor, price_point.currency) == (subscription.amount_minor, subscription.currency)
+    )
+
+
+def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:
+    """The start of the first declined period of a subscription in arrears: its grace and retry window run
+    from there (a later period may be the one retried now, the earlier ones missed)."""
+    first_declined = (
+        subscription.charges.filter(
+            kind=SubscriptionCharge.Kind.RENEWAL,
+            period_index__gte=first_unpaid,
+            outcome=SubscriptionCharge.Outcome.FAILED,
+        )
+        .order_by("period_index")
+        .values_list("period_start", flat=True)
+        .first()
+    )
+    return first_declined or period_bounds(subscription, first_unpaid)[0]
+
+
+def _record_missed(subscription: Subscription, *, first: int, until: int) -> int | None:
+    """Record periods `first` … `until - 1` (ended, unpaid) as missed; returns how many were recorded now, or
+    None when one of them has a charge awaiting its outcome (nothing is recorded then)."""
+    if until <= first:
+        return 0
+    made = {
+        row["period_index"]: row
+        for row in subscription.charges.filter(period_index__gte=first, period_index__lt=until)
+        .values("period_index")
+        .annotate(
+            last=Max("attempt"),
+            pending=Count("pk", filter=Q(outcome=SubscriptionCharge.Outcome.PENDING)),
+            closed=Count(
+                "pk", filter=Q(outcome__in=[SubscriptionCharge.Outcome.SUCCEEDED, SubscriptionCharge.Outcome.MISSED])
+            ),
+        )
+    }
+    if any(row["pending"] for row in made.values()):
+        return None
+    rows = []
+    for index in range(first, until):
+        row = made.get(index)
+        if row is not None and row["closed"]:
+            continue
+        start, end = period_bounds(subscription, index)
+        rows.append(
+            SubscriptionCharge(
+                subscription=subscription,
+                kind=SubscriptionCharge.Kind.RENEWAL,
+                period_index=index,
+                period_start=start,
+                period_end=end,
+                attempt=(row["last"] if row is not None else 0) + 1,
+                outcome=SubscriptionCharge.Outcome.MISSED,
+                settled_at=end,
+            )
+        )
+    SubscriptionCharge.objects.bulk_create(rows)
+    if rows:
+        logger.info(
+            "subscription %s: %d period(s) ended unpaid before they could be charged, recorded as missed",
+            subscription.public_id,
+            len(rows),
+            extra={"subscription_id": str(subscription.public_id), "periods": [r.period_index for r in rows]},
+        )
+    return len(rows)
+
+
 def _open_charge(subscription: Subscription, *, index: int, start: datetime, end: datetime) -> bool:
-    """Create the period's renewal payment and its charge row; False when the period has a live charge."""
-    offer = subscription.offer
+    """Create the period's renewal payment, at the agreed price, and its charge row; False when the period
+    has a live charge."""
+    price_point = subscription.price_point
     try:
         with transaction.atomic():
             payment = open_payment(
@@ -123,12 +215,12 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 user_ref=subscription.user_ref,
                 msisdn=subscription.msisdn,
                 carrier=subscription.carrier,
-                price_point=offer.price_point,
+                price_point=price_point,
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
                 metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
                 description=opt_in_text(
-                    subscription.plan, first=offer.price_point, regular=offer.price_point, app=subscription.app
+                    subscription.plan, first=price_point, regular=price_point, app=subscription.app
                 ),
             )
             SubscriptionCharge.objects.create(

@@ -12,9 +12,9 @@ from carriers.models import Carrier, PricePoint, Protocol
 from carriers.msisdn import normalize_msisdn
 from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
-from payments.services.carrier_flow import app_actor, load_payment
+from payments.services.carrier_flow import app_actor, load_payment, locked_payment
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key
-from payments.services.payments import confirm_payment, expire_payment, open_payment
+from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
 from playpay.money import format_money
 from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable
 from subscriptions.models import (
@@ -89,6 +89,10 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             carrier=carrier,
             plan=offer.plan,
             offer=offer,
+            # What the PIN message states as the regular price: the renewals charge this, and only this.
+            price_point=offer.price_point,
+            amount_minor=offer.price_point.amount_minor,
+            currency=offer.price_point.currency,
             idempotency_key=idempotency.key,
             metadata=request.metadata,
         )
@@ -121,12 +125,14 @@ def load_subscription(subscription_id: int) -> Subscription:
 
 
 def subscriptions_with_relations() -> QuerySet[Subscription]:
-    return Subscription.objects.select_related("app", "carrier", "plan", "offer__price_point")
+    return Subscription.objects.select_related("app", "carrier", "plan", "price_point")
 
 
 def opt_in_payment(subscription: Subscription) -> Payment:
     charge = subscription.charges.filter(kind=SubscriptionCharge.Kind.OPT_IN).order_by("-id").first()
-    assert charge is not None  # every subscription is created with its opt-in charge
+    # Every subscription is created with its opt-in charge, which has its payment.
+    assert charge is not None
+    assert charge.payment_id is not None
     return load_payment(charge.payment_id)
 
 
@@ -144,36 +150,72 @@ def cancel_subscription(
     *, subscription: Subscription, at_period_end: bool, reason: str, actor: str, now: datetime
 ) -> Subscription:
     """Cancel now (the player's entitlement ends now) or at the end of the paid period (it stays entitled
-    until then, and that period is not renewed). A subscription not in a paid period is cancelled now."""
-    with transaction.atomic():
-        locked = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
-        if locked.status in FINAL_STATUSES:
-            raise IllegalSubscriptionTransition(
-                f"The subscription is already {locked.status}.", subscription_status=locked.status
-            )
-        locked.cancel_reason = reason[:255]
-        pending_opt_in = locked.status == SubscriptionStatus.PENDING_OPT_IN
-        if at_period_end and locked.status == SubscriptionStatus.ACTIVE:
-            locked.cancel_at_period_end = True
-            locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "updated_at"])
-        else:
-            locked.cancelled_at = now
-            locked.next_charge_at = None
-            if locked.entitled_until is not None and locked.entitled_until > now:
-                locked.entitled_until = now
-            transition(
-                locked,
-                SubscriptionStatus.CANCELLED,
-                actor=actor,
-                reason=f"cancelled: {reason}",
-                at=now,
-                update_fields=("cancel_reason", "cancelled_at", "next_charge_at", "entitled_until"),
-            )
-            notify(locked, "cancelled", at=now)
+    until then, and that period is not renewed). A subscription not in a paid period is cancelled now.
+
+    Cancelled now while a renewal is being charged: a payment not sent to the carrier yet is withdrawn in the
+    same transaction (never sent); one already at the carrier keeps its course, and if it succeeds it is
+    refunded and grants nothing (`services.charges`).
+    """
+    for attempt in range(CANCEL_ATTEMPTS):
+        # Lock order: a payment, then its subscription (as a payment's transition does), never the reverse;
+        # so the live renewals' payments are locked first, and the lot done again if a new one came meanwhile.
+        pending = _live_renewal_payment_ids(subscription.pk)
+        with transaction.atomic():
+            payments = [locked_payment(payment_id) for payment_id in pending]
+            locked = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
+            if _live_renewal_payment_ids(locked.pk) != pending and attempt + 1 < CANCEL_ATTEMPTS:
+                continue
+            pending_opt_in = _cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
+            if locked.status == SubscriptionStatus.CANCELLED:
+                for payment in payments:
+                    withdraw_payment(payment, actor=actor, reason="subscription cancelled before the renewal was sent")
+        break
     if pending_opt_in:
         # After the commit: a payment's change locks the payment, then its subscription; never the reverse.
         expire_payment(payment_id=opt_in_payment(locked).pk, reason="subscription cancelled before opt-in")
     return load_subscription(locked.pk)
+
+
+# Tries at locking a subscription's live renewal payments before it; the last one goes on without a payment
+# that came meanwhile (its success would be refunded).
+CANCEL_ATTEMPTS = 3
+
+
+def _live_renewal_payment_ids(subscription_id: int) -> list[int]:
+    live = SubscriptionCharge.objects.filter(
+        subscription_id=subscription_id,
+        kind=SubscriptionCharge.Kind.RENEWAL,
+        outcome=SubscriptionCharge.Outcome.PENDING,
+    )
+    return sorted(payment_id for payment_id in live.values_list("payment_id", flat=True) if payment_id is not None)
+
+
+def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, actor: str, now: datetime) -> bool:
+    """Cancel a locked subscription; True when it was waiting for its opt-in (whose payment is then expired)."""
+    if locked.status in FINAL_STATUSES:
+        raise IllegalSubscriptionTransition(
+            f"The subscription is already {locked.status}.", subscription_status=locked.status
+        )
+    locked.cancel_reason = reason[:255]
+    pending_opt_in = locked.status == SubscriptionStatus.PENDING_OPT_IN
+    if at_period_end and locked.status == SubscriptionStatus.ACTIVE:
+        locked.cancel_at_period_end = True
+        locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "updated_at"])
+        return False
+    locked.cancelled_at = now
+    locked.next_charge_at = None
+    if locked.entitled_until is not None and locked.entitled_until > now:
+        locked.entitled_until = now
+    transition(
+        locked,
+        SubscriptionStatus.CANCELLED,
+        actor=actor,
+        reason=f"cancelled: {reason}",
+        at=now,
+        update_fields=("cancel_reason", "cancelled_at", "next_charge_at", "entitled_until"),
+    )
+    notify(locked, "cancelled", at=now)
+    return pending_opt_in
 
 
 @dataclass(frozen=True)

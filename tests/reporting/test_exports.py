@@ -521,7 +521,8 @@ def test_subscription_charges_are_exported_with_their_subscription_and_period(sh
     charges = SubscriptionCharge.objects.filter(subscription=subscription).order_by("period_index")
     assert [charge.kind for charge in charges] == ["opt_in", "renewal"]
     for charge in charges:
-        row = by_payment[str(Payment.objects.get(pk=charge.payment_id).public_id)]
+        assert charge.payment is not None
+        row = by_payment[str(charge.payment.public_id)]
         assert charge.period_start is not None
         assert charge.period_end is not None
         start, end = (

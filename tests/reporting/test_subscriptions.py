@@ -18,7 +18,6 @@ from django.db.models import Count, Q
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from payments.models import Payment
 from playpay.money import format_money
 from reporting.catalog import validate_dataset_field, validate_dataset_source
 from reporting.models import Dashboard, Dataset, DatasetField
@@ -93,7 +92,8 @@ def charges_in(since: datetime, **where: Any) -> list[SubscriptionCharge]:
 
 
 def amount(charge: SubscriptionCharge) -> int:
-    return Payment.objects.get(pk=charge.payment_id).amount_minor
+    assert charge.payment is not None
+    return charge.payment.amount_minor
 
 
 def test_the_subscriptions_tile_counts_what_the_tables_hold(subscribed: tuple[Subs, Subs], overview: Dashboard) -> None:

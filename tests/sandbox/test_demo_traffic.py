@@ -101,7 +101,8 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
         assert carrier.protocol in PLATFORM_MANAGED
         assert subscription.metadata["source"] == "demo_traffic"
         opt_in = SubscriptionCharge.objects.get(subscription=subscription, kind="opt_in")
-        assert Payment.objects.get(pk=opt_in.payment_id).flow == PaymentFlow.PIN  # the double opt-in
+        assert opt_in.payment is not None
+        assert opt_in.payment.flow == PaymentFlow.PIN  # the double opt-in
     active = subscriptions.filter(status="active")
     assert active.exists()
     # Declined numbers end their opt-in; the others are subscribed.

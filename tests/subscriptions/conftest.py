@@ -9,8 +9,8 @@ import pytest
 
 from payments.models import WebhookDelivery
 from sandbox.adapter import TEST_PIN
-from subscriptions.models import Plan, PlanOffer, Subscription
-from subscriptions.periods import Period
+from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionStatus
+from subscriptions.periods import Period, boundary
 from subscriptions.services.renewals import RenewalRun, run_renewals
 from tests.conftest import MSISDN, Shop
 from tests.payments.test_webhooks import Receiver
@@ -48,6 +48,32 @@ class Subs:
         subscription = Subscription.objects.get(public_id=created.json()["id"])
         assert subscription.status == "active", subscription.status
         return subscription
+
+    def bulk_active(self, count: int, *, anchor: datetime) -> list[Subscription]:
+        """`count` subscriptions to the plan in their first paid period since `anchor`, written directly (the
+        opt-in is not the point)."""
+        price_point = self.offer.price_point
+        end = boundary(anchor, self.plan.period, 1)
+        return Subscription.objects.bulk_create(
+            Subscription(
+                app=self.shop.app,
+                user_ref=f"player-{n}",
+                msisdn=MSISDN,
+                carrier=self.shop.carrier,
+                plan=self.plan,
+                offer=self.offer,
+                price_point=price_point,
+                amount_minor=price_point.amount_minor,
+                currency=price_point.currency,
+                status=SubscriptionStatus.ACTIVE,
+                anchor_at=anchor,
+                current_period_start=anchor,
+                current_period_end=end,
+                entitled_until=end,
+                next_charge_at=end,
+            )
+            for n in range(count)
+        )
 
     def renew(self, now: datetime, **options: Any) -> RenewalRun:
         """A run of the renewal engine at `now`, and the carrier work it queued."""

@@ -1,6 +1,7 @@
 """The subscriptions' admin per staff role: plans and offers configured by operations with a reason, the
 subscriptions list (filters, search), the subscription page and its cancellation, the player page's section."""
 
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -12,7 +13,6 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from journal.models import StaffAction
-from payments.models import Payment
 from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionStatus
 from subscriptions.periods import Period
 from tests.conftest import MSISDN, StaffClient
@@ -50,7 +50,15 @@ def other_subscription(subs: Subs, *, status: str = SubscriptionStatus.ACTIVE, *
     offer = PlanOffer.objects.create(plan=plan, carrier=carrier, price_point=price_point)
     values = {"user_ref": "player-9", "msisdn": "+447400999999", **fields}
     return Subscription.objects.create(
-        app=subs.shop.app, carrier=carrier, plan=plan, offer=offer, status=status, **values
+        app=subs.shop.app,
+        carrier=carrier,
+        plan=plan,
+        offer=offer,
+        price_point=price_point,
+        amount_minor=price_point.amount_minor,
+        currency=price_point.currency,
+        status=status,
+        **values,
     )
 
 
@@ -264,7 +272,8 @@ def test_the_search_reads_ids_prefixes_numbers_in_any_format_and_user_refs(
     subscription = subs.active()
     other = other_subscription(subs, user_ref="player-9", msisdn="+447722836885")
     support = staff_client("support")
-    opt_in = Payment.objects.get(pk=subscription.charges.get().payment_id)
+    opt_in = subscription.charges.get().payment
+    assert opt_in is not None
     for term in (
         str(subscription.public_id),
         str(subscription.public_id).replace("-", "").upper(),
@@ -357,6 +366,24 @@ def test_the_carrier_and_price_point_pickers_answer_whom_may_use_them(subs: Subs
     offered = staff_client("operations").get(picker, price_point)
     assert offered.status_code == 200
     assert str(subs.shop.price_point.pk) in {row["id"] for row in offered.json()["results"]}
+
+
+def test_the_subscription_page_shows_the_agreed_price_and_the_periods_missed(
+    subs: Subs, staff_client: StaffClient
+) -> None:
+    subscription = subs.active()
+    subs.offer.price_point = PricePointFactory.create(carrier=subs.shop.carrier, code="gems-200", amount_minor=199)
+    subs.offer.save(update_fields=["price_point"])
+    assert subscription.anchor_at is not None
+    subs.renew(subscription.anchor_at + timedelta(days=15))  # week 1 went by without the engine: missed, week 2 charged
+
+    response = staff_client("support").get(page(subscription))
+
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert "£0.99 per week" in text  # what the player agreed to, not the offer's £1.99 now
+    assert "£1.99" not in text
+    assert text.count(">missed<") == 1
 
 
 def test_a_plan_s_period_and_an_offer_s_carrier_cannot_be_changed_under_its_subscriptions(

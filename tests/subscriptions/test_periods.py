@@ -1,10 +1,10 @@
 """Billing periods are calendar-correct and counted from the anchor, never chained."""
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
-from subscriptions.periods import Period, boundary, bounds
+from subscriptions.periods import Period, boundary, bounds, index_at
 
 ANCHOR = datetime.fromisoformat("2028-01-31T09:30:00+00:00")
 
@@ -28,3 +28,12 @@ def test_days_and_weeks_are_fixed_lengths(period: str, days: int) -> None:
 def test_an_unknown_period_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown period"):
         boundary(ANCHOR, "hourly", 1)
+
+
+@pytest.mark.parametrize("period", [Period.DAILY, Period.WEEKLY, Period.MONTHLY])
+def test_the_period_containing_a_moment_is_the_one_whose_bounds_hold_it(period: str) -> None:
+    for index in (0, 1, 2, 11, 13, 40):
+        start, end = bounds(ANCHOR, period, index)
+        for at in (start, start + (end - start) / 2, end - timedelta(microseconds=1)):
+            assert index_at(ANCHOR, period, at) == index, (period, index, at)
+    assert index_at(ANCHOR, period, ANCHOR - timedelta(days=1)) == 0

@@ -48,7 +48,8 @@ def test_a_due_renewal_charges_the_next_period_without_pin_and_moves_the_entitle
     assert subscription.entitled_until == subscription.next_charge_at == first_end + 7 * DAY
     charge = SubscriptionCharge.objects.get(subscription=subscription, kind="renewal")
     assert (charge.period_start, charge.period_end, charge.outcome) == (first_end, first_end + 7 * DAY, "succeeded")
-    payment = Payment.objects.get(pk=charge.payment_id)
+    payment = charge.payment
+    assert payment is not None
     assert (payment.flow, payment.status, payment.amount_minor) == (PaymentFlow.ONE_CLICK, PaymentStatus.SUCCEEDED, 99)
     assert payment.history.filter(to_status="pin_sent").count() == 0
 
@@ -187,7 +188,8 @@ def test_the_renewed_webhook_names_the_period_and_its_payment(subs: Subs, hooks:
         "start": subscription.current_period_end.isoformat(),
         "end": (subscription.current_period_end + 7 * DAY).isoformat(),
     }
-    assert data["payment"] == str(Payment.objects.get(pk=charge.payment_id).public_id)
+    assert charge.payment is not None
+    assert data["payment"] == str(charge.payment.public_id)
     assert delivery.status == "succeeded"  # delivered to the app's endpoint, signed
     assert any(b'"subscription.renewed"' in body for _, body in hooks.requests)
 
@@ -202,34 +204,13 @@ def test_the_database_refuses_a_second_live_charge_of_a_period(subs: Subs) -> No
         )
 
 
-def _active_subscriptions(subs: Subs, count: int, *, anchor: datetime) -> list[Subscription]:
-    """Subscriptions in their first paid period since `anchor` (written directly: the opt-in is not the point)."""
-    return Subscription.objects.bulk_create(
-        Subscription(
-            app=subs.shop.app,
-            user_ref=f"player-{n}",
-            msisdn=MSISDN,
-            carrier=subs.shop.carrier,
-            plan=subs.plan,
-            offer=subs.offer,
-            status=SubscriptionStatus.ACTIVE,
-            anchor_at=anchor,
-            current_period_start=anchor,
-            current_period_end=anchor + 7 * DAY,
-            entitled_until=anchor + 7 * DAY,
-            next_charge_at=anchor + 7 * DAY,
-        )
-        for n in range(count)
-    )
-
-
 @pytest.mark.postgres
 @pytest.mark.journal
 @pytest.mark.django_db(transaction=True)
 def test_two_engines_at_once_charge_each_period_once(make_subs: Callable[..., Subs]) -> None:
     subs = make_subs()
     anchor = datetime.fromisoformat("2026-01-31T10:00:00+00:00")
-    subscriptions = _active_subscriptions(subs, 24, anchor=anchor)
+    subscriptions = subs.bulk_active(24, anchor=anchor)
     start = threading.Barrier(2)
     runs: list[int] = []
 
