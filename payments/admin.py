@@ -61,7 +61,7 @@ from payments.selectors import (
 from payments.services import webhooks
 from payments.services.carrier_flow import is_uuid
 from payments.services.players import block_player, unblock_player
-from payments.services.refunds import refund_refusal, reversal_refusal
+from payments.services.refunds import may_be_refunded, reversal_refusal
 from payments.services.staff import (
     ApprovalRefused,
     RefundReason,
@@ -455,8 +455,7 @@ class PaymentAdmin(PlayerRecordAdmin):
     def page_actions(self, request: HttpRequest, payment: Payment) -> list[dict[str, str]]:
         """The buttons on the payment's page: those this person may use and this payment allows."""
         actions = []
-        left = payment.amount_minor - payment.refunded_minor
-        if self.has_refund_permission(request) and refund_refusal(payment) is None and left > 0:
+        if self.has_refund_permission(request) and may_be_refunded(payment):
             actions.append({"name": "refund", "label": "Refund", "method": "get"})
         if self.has_reverse_permission(request) and reversal_refusal(payment) is None:
             actions.append({"name": "reverse", "label": "Reverse", "method": "get"})

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.shortcuts import redirect
 from django.urls import path, reverse
 from django.utils import timezone
@@ -21,7 +21,7 @@ from payments.admin import CarrierFilter, PlayerRecordAdmin, player_url, shown_m
 from payments.models import Payment
 from payments.player_sections import PlayerSection
 from payments.selectors import Player
-from payments.services.refunds import refund_refusal
+from payments.services.refunds import may_be_refunded
 from playpay.admin_base import TabularInline
 from playpay.errors import DomainError
 from playpay.money import format_money
@@ -296,7 +296,7 @@ class SubscriptionAdmin(PlayerRecordAdmin):
                         "payment": payment,
                         "payment_url": reverse("admin:payments_payment_change", args=[payment.pk]) if payment else "",
                         "refund_url": reverse("admin:payments_payment_refund", args=[payment.pk])
-                        if payment is not None and may_refund and _refundable(payment)
+                        if payment is not None and may_refund and may_be_refunded(payment)
                         else "",
                     }
                 )
@@ -332,8 +332,10 @@ class SubscriptionAdmin(PlayerRecordAdmin):
 
     def cancel_view(self, request: HttpRequest, pk: int) -> HttpResponse:
         """Cancel at the period's end or now, with a reason; without one nothing changes."""
-        if request.method != "POST" or not self.has_cancel_permission(request):
+        if not self.has_cancel_permission(request):
             raise PermissionDenied
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])  # a link or a reload never cancels
         subscription = self._subscription(request, str(pk))
         if subscription is None:
             raise Http404("No such subscription.")
@@ -363,10 +365,6 @@ class SubscriptionAdmin(PlayerRecordAdmin):
             message = f"Cancels at the end of the period ({when(cancelled.current_period_end)}); not renewed."
         self.message_user(request, message, level=messages.SUCCESS)
         return back
-
-
-def _refundable(payment: Payment) -> bool:
-    return refund_refusal(payment) is None and payment.amount_minor - payment.refunded_minor > 0
 
 
 def player_section(request: HttpRequest, player: Player) -> PlayerSection | None:

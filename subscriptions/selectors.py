@@ -73,10 +73,17 @@ class PeriodRow:
     charges: list[ChargeRow]
 
 
-def subscription_periods(subscription: Subscription) -> list[PeriodRow]:
-    """The periods charged (or tried), oldest first, each with its charge attempts and their payments (read in one
-    query, each from its own month)."""
-    charges = list(subscription.charges.order_by("period_index", "attempt"))
+# The periods a subscription's page shows: the latest ones (a daily plan has hundreds a year).
+SHOWN_PERIODS = 24
+
+
+def subscription_periods(subscription: Subscription, *, latest: int = SHOWN_PERIODS) -> list[PeriodRow]:
+    """The `latest` periods charged (or tried), oldest first, each with its charge attempts and their payments
+    (read in one query, each from its own month)."""
+    last = subscription.charges.order_by("-period_index").values_list("period_index", flat=True).first()
+    if last is None:
+        return []
+    charges = list(subscription.charges.filter(period_index__gt=last - latest).order_by("period_index", "attempt"))
     payments = {
         payment.pk: payment
         for payment in Payment.objects.filter(

@@ -64,6 +64,11 @@ def refund_refusal(payment: Payment) -> str | None:
     return None
 
 
+def may_be_refunded(payment: Payment) -> bool:
+    """Whether a refund of `payment` can be asked for now: nothing refuses it and some of it is left."""
+    return payment.amount_minor - payment.refunded_minor > 0 and refund_refusal(payment) is None
+
+
 def reversal_refusal(payment: Payment) -> str | None:
     """Why `payment` cannot be reversed now, or None."""
     if payment.status != PaymentStatus.SUCCEEDED or payment.refunded_minor:

@@ -353,7 +353,11 @@ def test_malformed_filters_and_searches_never_fail(subs: Subs, staff_client: Sta
     for query in ("q=%00", "status__exact=%00", "app__id__exact=1%00"):
         assert support.get(f"{LIST}?{query}").status_code == 400, query  # text no column can hold
     assert support.get(f"{LIST}?q=player-1%ED%A0%80").status_code == 200  # not UTF-8: read with U+FFFD
-    assert support.get(f"{LIST}1/cancel/").status_code == 403  # a GET never cancels
+    assert support.get(f"{LIST}1/cancel/").status_code == 403  # support may not cancel at all
+    subscription = Subscription.objects.get()
+    assert staff_client("operations").get(f"{LIST}{subscription.pk}/cancel/").status_code == 405  # a GET never cancels
+    subscription.refresh_from_db()
+    assert subscription.status == SubscriptionStatus.ACTIVE
 
 
 def test_the_carrier_and_price_point_pickers_answer_whom_may_use_them(subs: Subs, staff_client: StaffClient) -> None:
@@ -415,3 +419,26 @@ def test_a_plan_s_period_and_an_offer_s_carrier_cannot_be_changed_under_its_subs
     moved = {"carrier": elsewhere.pk, "price_point": offer.price_point_id, "change_reason": "try to move it"}
     assert operations.post(f"{OFFERS}{offer.pk}/change/", moved).status_code == 302
     assert PlanOffer.objects.get(pk=offer.pk).carrier_id == subs.shop.carrier.pk
+
+
+def test_a_long_subscription_s_page_lists_its_latest_periods_and_says_the_rest_are_left_out(
+    subs: Subs, staff_client: StaffClient
+) -> None:
+    from subscriptions.models import SubscriptionCharge
+    from subscriptions.selectors import SHOWN_PERIODS
+
+    subscription = subs.active()
+    SubscriptionCharge.objects.bulk_create(
+        SubscriptionCharge(
+            subscription=subscription,
+            kind=SubscriptionCharge.Kind.RENEWAL,
+            period_index=index,
+            outcome=SubscriptionCharge.Outcome.MISSED,
+        )
+        for index in range(1, SHOWN_PERIODS + 7)
+    )
+    text = staff_client("support").get(page(subscription)).content.decode()
+    shown = {index for index in range(SHOWN_PERIODS + 7) if f'data-period="{index}"' in text}
+    assert shown == set(range(7, SHOWN_PERIODS + 7))
+    assert "the earlier ones (#0 to #6) are not listed here" in text
+    assert "are not listed here" not in staff_client("support").get(page(subs.active("sub-2"))).content.decode()
