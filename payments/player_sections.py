@@ -1,8 +1,9 @@
 """The player page's extension point: sections that apps above payments add to it, without payments knowing them.
 
-An app registers a builder from its `AppConfig.ready()`; for each player page the builder is given the request
-and the player and answers a section (a title, a template and its context) or None to show nothing (the person
-may not view it, or there is nothing to show). Sections follow the player's payments, in the order registered.
+An app registers a builder from its admin module (loaded with the admin); for each player page the builder is
+given the request and the player and answers a section (a title, a template and its context) or None to show
+nothing (the person may not view it, or there is nothing to show). Sections follow the player's payments, in
+the order registered.
 """
 
 from collections.abc import Callable
@@ -26,7 +27,7 @@ _builders: list[SectionBuilder] = []
 
 
 def register(builder: SectionBuilder) -> None:
-    """Add a section to every player page (once, however often `ready()` runs)."""
+    """Add a section to every player page (once, however often its module is loaded)."""
     if builder not in _builders:
         _builders.append(builder)
 

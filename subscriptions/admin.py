@@ -17,6 +17,7 @@ from unfold.paginator import InfinitePaginator
 
 from carriers.admin import ConfiguredCarrierFilter
 from journal.audit_admin import AuditedAdmin
+from payments import player_sections
 from payments.admin import CarrierFilter, PlayerRecordAdmin, player_url, shown_msisdn, shows_full_msisdn, staff_user
 from payments.models import Payment
 from payments.player_sections import PlayerSection
@@ -368,7 +369,7 @@ class SubscriptionAdmin(PlayerRecordAdmin):
 
 
 def player_section(request: HttpRequest, player: Player) -> PlayerSection | None:
-    """The player page's "Subscriptions" section (registered in SubscriptionsConfig.ready)."""
+    """The player page's "Subscriptions" section (registered below, as the admin loads)."""
     if not request.user.has_perm("subscriptions.view_subscription"):
         return None
     subscriptions = player_subscriptions(player)
@@ -389,3 +390,6 @@ def player_section(request: HttpRequest, player: Player) -> PlayerSection | None
         template="admin/subscriptions/player_section.html",
         context={"rows": rows, "list_url": reverse("admin:subscriptions_subscription_changelist")},
     )
+
+
+player_sections.register(player_section)  # the player page's "Subscriptions" section, as the admin loads

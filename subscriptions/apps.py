@@ -6,12 +6,11 @@ class SubscriptionsConfig(AppConfig):
     verbose_name = "Subscriptions"
 
     def ready(self) -> None:
-        from payments import events, player_sections
+        from payments import events
         from subscriptions import tasks  # noqa: F401  (registers the tasks the outbox and beat name)
-        from subscriptions.admin import player_section
         from subscriptions.services import charges
 
         # A charge of a subscription settles its period in the payment's own transaction.
         events.subscribe(charges.on_payment_status_changed)
-        # The admin's player page lists the player's subscriptions (payments' extension point).
-        player_sections.register(player_section)
+        # The admin's player page lists the player's subscriptions: subscriptions/admin.py registers it when the
+        # admin loads (payments' extension point, payments/player_sections.py).
