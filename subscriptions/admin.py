@@ -3,6 +3,7 @@ subscriptions (a record the system writes: found, read, cancelled with a reason)
 
 from datetime import UTC
 from typing import Any
+from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin, messages
@@ -368,13 +369,17 @@ class SubscriptionAdmin(PlayerRecordAdmin):
         return back
 
 
+PLAYER_SUBSCRIPTIONS = 50  # listed on a player's page, newest first; the subscription list has the rest
+
+
 def player_section(request: HttpRequest, player: Player) -> PlayerSection | None:
     """The player page's "Subscriptions" section (registered below, as the admin loads)."""
     if not request.user.has_perm("subscriptions.view_subscription"):
         return None
-    subscriptions = player_subscriptions(player)
+    subscriptions = player_subscriptions(player, limit=PLAYER_SUBSCRIPTIONS + 1)
+    more = len(subscriptions) > PLAYER_SUBSCRIPTIONS
     rows = []
-    for subscription in subscriptions:
+    for subscription in subscriptions[:PLAYER_SUBSCRIPTIONS]:
         rows.append(
             {
                 "subscription": subscription,
@@ -388,7 +393,14 @@ def player_section(request: HttpRequest, player: Player) -> PlayerSection | None
     return PlayerSection(
         title="Subscriptions",
         template="admin/subscriptions/player_section.html",
-        context={"rows": rows, "list_url": reverse("admin:subscriptions_subscription_changelist")},
+        context={
+            "rows": rows,
+            "more": more,
+            # The list's search takes the number (E.164) or the user_ref, as the player page's own address does.
+            "list_url": reverse("admin:subscriptions_subscription_changelist")
+            + "?"
+            + urlencode({"q": player.msisdn or player.user_ref}),
+        },
     )
 
 

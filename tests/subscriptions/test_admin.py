@@ -442,3 +442,22 @@ def test_a_long_subscription_s_page_lists_its_latest_periods_and_says_the_rest_a
     assert shown == set(range(7, SHOWN_PERIODS + 7))
     assert "the earlier ones (#0 to #6) are not listed here" in text
     assert "are not listed here" not in staff_client("support").get(page(subs.active("sub-2"))).content.decode()
+
+
+def test_a_player_with_more_subscriptions_than_the_page_lists_is_pointed_to_the_list(
+    subs: Subs, staff_client: StaffClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from subscriptions import admin as subscriptions_admin
+
+    monkeypatch.setattr(subscriptions_admin, "PLAYER_SUBSCRIPTIONS", 2)
+    made = [other_subscription(subs, user_ref="player-1", msisdn="+447722836885") for _ in range(3)]
+    player = f"/admin/payments/payment/player/?{urlencode({'app': subs.shop.app.pk, 'user_ref': 'player-1'})}"
+    text = staff_client("support").get(player).content.decode()
+    assert [s for s in made if f'href="{page(s)}"' in text] == made[1:]  # the newest two
+    assert "The newest 2 are listed" in text
+    more = f'href="{LIST}?{urlencode({"q": "player-1"})}"'
+    assert more in text
+    listing = staff_client("support").get(f"{LIST}?{urlencode({'q': 'player-1'})}").content.decode()
+    assert all(str(s.public_id) in listing for s in made)
+    monkeypatch.setattr(subscriptions_admin, "PLAYER_SUBSCRIPTIONS", 3)
+    assert "The newest" not in staff_client("support").get(player).content.decode()
