@@ -45,6 +45,18 @@ class SubscriptionStopSerializer(StrictSerializer):
         max_length=64, required=False, help_text="Code of one of your plans: only its subscriptions. Omitted: all."
     )
 
+    def to_internal_value(self, data: Any) -> Any:
+        # Strings only: DRF's text fields would read a number (`"plan": 0`) as its digits.
+        if isinstance(data, dict):
+            wrong = {
+                name: ["Must be a string."]
+                for name in ("msisdn", "plan")
+                if name in data and not isinstance(data[name], str)
+            }
+            if wrong:
+                raise serializers.ValidationError(wrong)
+        return super().to_internal_value(data)
+
 
 class PeriodSerializer(serializers.Serializer[Any]):
     index = serializers.IntegerField(help_text="0 for the first period.")

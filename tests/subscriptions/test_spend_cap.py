@@ -2,6 +2,7 @@
 every payment charged to the number on the carrier this calendar month (one-off ones too)."""
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from django.utils import timezone
@@ -115,3 +116,12 @@ def test_a_renewal_over_the_cap_is_not_sent_and_fails_as_spending_limit_then_is_
     assert (subscription.status, subscription.period_index) == (SubscriptionStatus.ACTIVE, 1)
     attempts = SubscriptionCharge.objects.filter(subscription=subscription, kind="renewal").order_by("attempt")
     assert list(attempts.values_list("attempt", "outcome")) == [(1, "failed"), (2, "succeeded")]
+
+
+def test_the_subscription_page_shows_a_renewal_kept_back_by_the_cap(subs: Subs, staff_client: Any) -> None:
+    subscription, due = renewal_due_now(subs)
+    set_cap(subs, PRICE - 1)
+    subs.renew(due)
+    response = staff_client("operations").get(f"/admin/subscriptions/subscription/{subscription.pk}/change/")
+    assert response.status_code == 200
+    assert "spending_limit" in response.content.decode()

@@ -73,6 +73,8 @@ def test_stop_does_not_reach_another_apps_subscriptions(subs: Subs, make_subs: C
         ({"msisdn": MSISDN, "plan": "no spaces allowed"}, "validation_error"),
         ({"msisdn": MSISDN, "extra": 1}, "validation_error"),
         ({"msisdn": ["+447400123456"]}, "validation_error"),
+        ({"msisdn": 447400123456}, "validation_error"),
+        ({"msisdn": MSISDN, "plan": 0}, "validation_error"),
     ],
 )
 def test_a_bad_stop_is_a_problem_and_changes_nothing(subs: Subs, body: dict[str, object], code: str) -> None:
