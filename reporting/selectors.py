@@ -408,6 +408,7 @@ def _errors_tile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     )[:TOP_ERRORS]
 
 
+TRIED_OUTCOMES = tuple(o.value for o in SubscriptionCharge.Outcome if o != SubscriptionCharge.Outcome.MISSED)
 CHANGE_MEASURES = ("new_subscribers", "churned_subscribers", "cancelled_subscribers", "expired_subscribers")
 
 
@@ -428,15 +429,19 @@ def _subscriptions_tile(window: _Window) -> dict[str, Any]:
         for name in CHANGE_MEASURES:
             changes[name][row["bucket"].isoformat()] += row[name]
     revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for row in window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor",), bucketed=True):
+    # Revenue is of the charges that went through: the others (a missed period has no payment, so no currency)
+    # add nothing.
+    charged = {**window.dims, "outcome": (SubscriptionCharge.Outcome.SUCCEEDED.value,)}
+    for row in window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor",), bucketed=True, filters=charged):
         revenue_by_bucket[row["bucket"].isoformat()][row["currency"]] += row["revenue_minor"]
     renewals = window.rows(
         SUBSCRIPTION_CHARGES,
         ("charges", "charged", "failed", "success_rate", "periods_decided", "periods_renewed"),
         group_by=("carrier",),
-        filters={**window.dims, "kind": (SubscriptionCharge.Kind.RENEWAL,)},
+        # Attempts made: a missed period (the engine was down) was never tried, so it is no attempt.
+        filters={**window.dims, "kind": (SubscriptionCharge.Kind.RENEWAL,), "outcome": TRIED_OUTCOMES},
     )
-    paying = window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor", "paying_subscribers"))
+    paying = window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor", "paying_subscribers"), filters=charged)
     return {
         "subscribers": {**subscribers, "total": sum(subscribers.values())},
         "bucket": window.bucket,

@@ -18,7 +18,7 @@ from payments.events import PaymentStatusChanged
 from payments.models import PaymentStatus
 from payments.services import outbox
 from payments.services.carrier_flow import load_payment
-from payments.services.refunds import refunds_of, request_refund
+from payments.services.refunds import request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notices import send_receipt
@@ -156,17 +156,16 @@ UNWANTED_REASON = "subscription ended before this charge succeeded"
 
 
 def refund_unwanted_charge(*, charge_id: int) -> None:
-    """Refund the whole payment of a charge that succeeded after its subscription ended (`refund_unwanted`).
-    Safe to run twice: a payment with any refund already (this one, or one staff made) is left alone, and the
-    refund service refuses more than was charged under the payment's lock."""
+    """Refund what is left of the payment of a charge that succeeded after its subscription ended
+    (`refund_unwanted`). Safe to run twice: the refund service, under the payment's lock, refuses a refund when
+    nothing is left (a refund under way or made holds its amount), and gives back what a failed one held, so
+    that a later run refunds it again."""
     charge = SubscriptionCharge.objects.select_related("subscription").get(pk=charge_id)
     if charge.outcome != SubscriptionCharge.Outcome.SUCCEEDED or charge.payment_id is None:
         return
     if charge.subscription.status not in FINAL_STATUSES:
         return
     payment = load_payment(charge.payment_id)
-    if refunds_of(payment).exists():
-        return
     try:
         request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
     except (IllegalTransition, RefundExceedsCaptured) as refused:

@@ -130,7 +130,7 @@ def test_the_subscriptions_tile_counts_what_the_tables_hold(subscribed: tuple[Su
 
     renewals: dict[int, list[str]] = {}
     periods: dict[int, dict[tuple[int, int], list[str]]] = {}
-    for charge in charges_in(since, kind="renewal"):
+    for charge in charges_in(since, kind="renewal", outcome__in=("pending", "succeeded", "failed")):
         renewals.setdefault(charge.subscription.carrier_id, []).append(charge.outcome)
         of_carrier = periods.setdefault(charge.subscription.carrier_id, {})
         of_carrier.setdefault((charge.subscription_id, charge.period_index), []).append(charge.outcome)
@@ -279,3 +279,21 @@ def test_every_field_of_the_seeded_subscription_datasets_answers(
         rows = run_query(dataset=dataset, query=DatasetQuery(measures=measures, group_by=(dimension,))).rows
         assert rows
         assert all(row[dimension] is not None for row in rows if dimension != "failure_code")
+
+
+def test_a_missed_period_is_no_renewal_attempt_and_no_revenue(
+    subscribed: tuple[Subs, Subs], overview: Dashboard
+) -> None:
+    def renewals() -> tuple[dict[str, tuple[int, int]], Any, Any]:
+        tile = dashboard_data(dashboard=overview, filters=DashboardFilters(period="24h"), now=timezone.now())
+        subs = tile["subscriptions"]
+        by_carrier = {r["carrier"]: (r["attempts"], r["periods_decided"]) for r in subs["renewals"]}
+        return by_carrier, subs["revenue"]["by_currency"], subs["arpu"]["by_currency"]
+
+    before = renewals()
+    subscription = Subscription.objects.filter(status="active").first()
+    assert subscription is not None
+    SubscriptionCharge.objects.create(
+        subscription=subscription, kind="renewal", period_index=90, outcome="missed", settled_at=timezone.now()
+    )
+    assert renewals() == before
