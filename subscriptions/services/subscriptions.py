@@ -52,6 +52,11 @@ def opt_in_text(plan: Plan, *, first: PricePoint, regular: PricePoint, app: App)
     return f"{app.name} {plan.name}: subscription, {price}, renewed until you cancel"
 
 
+def carrier_manages_renewals(carrier: Carrier) -> bool:
+    """Whether the carrier's protocol schedules and charges renewals itself (`services.carrier_managed`)."""
+    return adapter_class(carrier.protocol).capabilities.managed_subscriptions
+
+
 def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
     offer = (
         PlanOffer.objects.filter(plan__app=app, plan__code=code, plan__is_active=True, carrier=carrier)
@@ -62,7 +67,7 @@ def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
         raise PlanNotAvailable(f"The plan {code!r} is not offered on the carrier {carrier.slug!r}.")
     if not (carrier.supports_subscriptions and carrier.supports_pin and carrier.supports_one_click):
         raise PlanNotAvailable(f"The carrier {carrier.slug!r} does not take subscriptions.")
-    if carrier.protocol not in PLATFORM_MANAGED:
+    if carrier.protocol not in PLATFORM_MANAGED and not carrier_manages_renewals(carrier):
         raise PlanNotAvailable(
             f"Subscriptions on the carrier {carrier.slug!r} ({carrier.protocol}) are not available yet."
         )
@@ -93,6 +98,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             price_point=offer.price_point,
             amount_minor=offer.price_point.amount_minor,
             currency=offer.price_point.currency,
+            carrier_managed=carrier_manages_renewals(carrier),
             idempotency_key=idempotency.key,
             metadata=request.metadata,
         )
@@ -234,6 +240,28 @@ def entitlement(*, app: App, user_ref: str, now: datetime) -> Entitlement:
     )
     until = max((s.entitled_until for s in current if s.entitled_until is not None), default=None)
     return Entitlement(entitled=bool(current), until=until, subscriptions=current)
+
+
+def renewal_text(subscription: Subscription) -> str:
+    """What a renewal's charge tells the player: the terms of the opt-in, at the agreed price."""
+    price_point = subscription.price_point
+    return opt_in_text(subscription.plan, first=price_point, regular=price_point, app=subscription.app)
+
+
+def create_renewal_charge(
+    subscription: Subscription, *, index: int, start: datetime, end: datetime, payment: Payment
+) -> SubscriptionCharge:
+    """The charge row of a renewal attempt of period `index` by `payment`; raises IntegrityError when the period
+    has a live charge (pending, succeeded or missed)."""
+    return SubscriptionCharge.objects.create(
+        subscription=subscription,
+        kind=SubscriptionCharge.Kind.RENEWAL,
+        period_index=index,
+        period_start=start,
+        period_end=end,
+        attempt=next_attempt_number(subscription, index),
+        payment=payment,
+    )
 
 
 def next_attempt_number(subscription: Subscription, period_index: int) -> int:
