@@ -28,6 +28,12 @@ def register_at_carrier(subscription_id: int) -> None:
 
 
 @shared_task(acks_late=True)
+def cancel_at_carrier(subscription_id: int) -> None:
+    """Tell a carrier that manages renewals that a subscription was cancelled (queued by the cancellation)."""
+    carrier_managed.cancel_at_carrier(subscription_id=subscription_id)
+
+
+@shared_task(acks_late=True)
 def check_overdue_carrier_renewals() -> int:
     """Ask carriers that manage renewals about the subscriptions they have not told of in time."""
     return carrier_managed.check_overdue(now=timezone.now())

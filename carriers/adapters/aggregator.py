@@ -382,6 +382,18 @@ class AggregatorAdapter(CarrierAdapter):
 
         return guarded(call)
 
+    def cancel_subscription(self, reference: str) -> CarrierResult:
+        """`POST /v1/subscriptions/<id>/cancel`: `200 {"status": "cancelled"}`, a repeat answered the same."""
+
+        def call() -> CarrierResult:
+            response = self._post(f"/v1/subscriptions/{reference}/cancel", {})
+            data = json_body(response)
+            if response.status_code == 200 and isinstance(data, dict) and data.get("status") == "cancelled":
+                return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=reference, raw_code="cancelled")
+            return self._accepted(response, reference)
+
+        return guarded(call)
+
     def query_subscription(self, reference: str) -> CarrierSubscription:
         """`GET /v1/subscriptions/<id>`: its status and every event the aggregator sent of it."""
         answers: list[CarrierSubscription] = []

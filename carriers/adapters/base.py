@@ -269,6 +269,10 @@ class CarrierAdapter(abc.ABC):
         reference of it."""
         return CarrierResult.failed(ErrorCode.REJECTED, raw_message="this protocol manages no subscriptions")
 
+    def cancel_subscription(self, reference: str) -> CarrierResult:
+        """Stop a subscription the carrier manages: no period is charged after this. SUCCEEDED once it is."""
+        return CarrierResult.failed(ErrorCode.REJECTED, raw_message="this protocol manages no subscriptions")
+
     def query_subscription(self, reference: str) -> CarrierSubscription:
         """What the carrier knows of a subscription it manages: its status and the events it told of."""
         return CarrierSubscription(CarrierResult.pending("NO_STATUS_QUERY", "this protocol manages no subscriptions"))

@@ -408,16 +408,30 @@ def renew(subscription_id: str, *, lost: bool = False, decline: Decline | None =
     return _tell(subscription_id, make, lost=lost)
 
 
-def stop(subscription_id: str, *, lost: bool = False) -> dict[str, Any] | None:
-    """The player sent STOP: the subscription ends, no period is charged after it."""
+def stop(subscription_id: str, *, lost: bool = False, reason: str = "STOP") -> dict[str, Any] | None:
+    """The player sent STOP (or the merchant cancelled, `reason` MERCHANT): the subscription ends, no period is
+    charged after it."""
 
     def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
         if subscription["status"] == "cancelled":
             return None
         subscription["status"] = "cancelled"
-        return _subscription_event("subscription.cancelled", subscription, reason_code="STOP")
+        return _subscription_event("subscription.cancelled", subscription, reason_code=reason)
 
     return _tell(subscription_id, make, lost=lost)
+
+
+@simulator_view
+def subscription_cancel(request: HttpRequest, subscription_id: str) -> HttpResponse:
+    """The merchant stops a subscription: no period is charged after it; told by `subscription.cancelled` too."""
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    if request.method != "POST":
+        return _error(405, "METHOD_NOT_ALLOWED", "POST to cancel")
+    if not subscription_id.startswith(SUBSCRIPTION_PREFIX) or subscription_id not in SIM.records:
+        return _error(404, "NOT_FOUND", "no such subscription")
+    stop(subscription_id, reason="MERCHANT")
+    return JsonResponse({"subscription_id": subscription_id, "status": "cancelled"})
 
 
 def run_schedule(now: datetime) -> int:
@@ -441,4 +455,5 @@ urlpatterns = [
     path("v1/charges/<str:charge_id>/reversal", reversal),
     path("v1/subscriptions", subscriptions),
     path("v1/subscriptions/<str:subscription_id>", subscription_detail),
+    path("v1/subscriptions/<str:subscription_id>/cancel", subscription_cancel),
 ]

@@ -41,7 +41,13 @@ from subscriptions.models import PAYMENT_METADATA_KEY, Subscription, Subscriptio
 from subscriptions.services.charges import overdue_interval, period_bounds
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, FINAL_STATUSES, transition
-from subscriptions.services.subscriptions import _cancel_locked, create_renewal_charge, load_subscription, renewal_text
+from subscriptions.services.subscriptions import (
+    _cancel_locked,
+    create_renewal_charge,
+    end_cancelled_period,
+    load_subscription,
+    renewal_text,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +93,35 @@ def register_at_carrier(*, subscription_id: int) -> bool:
     return bool(registered)
 
 
+def cancel_at_carrier(*, subscription_id: int) -> bool:
+    """Tell the carrier to charge no more periods of a subscription cancelled in PlayPay (by the app or staff,
+    now or at its period's end); whether the carrier confirmed. Safe to run twice: a repeat is confirmed the
+    same. Not confirmed: logged as an error, for staff to cancel it at the carrier."""
+    subscription = load_subscription(subscription_id)
+    reference = subscription.carrier_reference
+    if not reference:
+        return False
+    try:
+        result = call_carrier(
+            subscription.carrier,
+            lambda adapter: adapter.cancel_subscription(reference),
+            name="cancel_subscription",
+            request=None,
+        )
+    except CarrierBusy:
+        result = CarrierResult.pending("BUSY", "the carrier is not called now")
+    if result.outcome != Outcome.SUCCEEDED:
+        logger.error(
+            "subscription %s: the carrier did not confirm its cancellation (%s %s)",
+            subscription.public_id,
+            result.raw_code,
+            result.raw_message,
+            extra={"subscription_id": str(subscription.public_id), "carrier": subscription.carrier.slug},
+        )
+        return False
+    return True
+
+
 def handle_notification(carrier: Carrier, notification: Notification) -> str:
     """payments' callback endpoint hands over a subscription event here, its id recorded once already."""
     if notification.subscription_event is None:
@@ -119,6 +154,8 @@ def apply_event(carrier: Carrier, event: SubscriptionEvent) -> str:
 def _cancelled(subscription: Subscription, event: SubscriptionEvent, *, at: datetime) -> str:
     if subscription.status in FINAL_STATUSES:
         return f"ignored: already {subscription.status}"
+    if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
+        return "noted: cancelled at the carrier as asked; it ends with its period"
     reason = f"{event.raw_code or 'cancelled'} at the carrier"
     _cancel_locked(subscription, at_period_end=False, reason=reason, actor=carrier_actor(subscription.carrier), now=at)
     return f"cancelled ({reason})"
@@ -185,6 +222,8 @@ def check_subscription(*, subscription_id: int, now: datetime) -> bool:
     ).update(next_charge_at=now + overdue_interval(), updated_at=timezone.now())
     if not claimed:
         return False
+    if _end_cancelled_period(subscription_id, now=now):
+        return True
     subscription = load_subscription(subscription_id)
     if not subscription.carrier_reference:
         register_at_carrier(subscription_id=subscription_id)
@@ -232,6 +271,17 @@ def record_listed_event(carrier: Carrier, event: SubscriptionEvent) -> str:
         record.result = f"from the status query: {apply_event(carrier, event)}"[:200]
         record.save(update_fields=["result"])
     return record.result
+
+
+def _end_cancelled_period(subscription_id: int, *, now: datetime) -> bool:
+    """A subscription cancelled at its period's end, that end come: cancelled (the carrier was told already)."""
+    with transaction.atomic():
+        subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
+        ended = subscription.current_period_end is not None and subscription.current_period_end <= now
+        if not (subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end and ended):
+            return False
+        end_cancelled_period(subscription, actor="system", now=now)
+    return True
 
 
 def _suspend_after_grace(subscription_id: int, *, now: datetime) -> None:

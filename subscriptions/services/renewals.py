@@ -25,7 +25,7 @@ from subscriptions.periods import index_at
 from subscriptions.services.charges import expire, grace_end, period_bounds
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
-from subscriptions.services.subscriptions import create_renewal_charge, renewal_text
+from subscriptions.services.subscriptions import create_renewal_charge, end_cancelled_period, renewal_text
 
 logger = logging.getLogger(__name__)
 ACTOR = "system"
@@ -77,17 +77,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
     """What a due, locked subscription needs now (inside the batch's transaction)."""
     first_unpaid = subscription.period_index + 1
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
-        subscription.next_charge_at = None
-        subscription.cancelled_at = now
-        transition(
-            subscription,
-            SubscriptionStatus.CANCELLED,
-            actor=ACTOR,
-            reason=f"cancelled at the period's end: {subscription.cancel_reason}",
-            at=now,
-            update_fields=("next_charge_at", "cancelled_at"),
-        )
-        notify(subscription, "cancelled", at=now)
+        end_cancelled_period(subscription, actor=ACTOR, now=now)
         run.cancelled += 1
         return
     if subscription.status != SubscriptionStatus.ACTIVE:

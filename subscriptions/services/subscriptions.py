@@ -7,11 +7,12 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 
-from carriers.adapters import adapter_class
+from carriers.adapters import adapter_class, carrier_queue
 from carriers.models import Carrier, PricePoint, Protocol
 from carriers.msisdn import normalize_msisdn
 from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
+from payments.services import outbox
 from payments.services.carrier_flow import app_actor, load_payment, locked_payment
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key
 from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
@@ -172,6 +173,9 @@ def cancel_subscription(
             if _live_renewal_payment_ids(locked.pk) != pending and attempt + 1 < CANCEL_ATTEMPTS:
                 continue
             pending_opt_in = _cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
+            if locked.carrier_managed and locked.carrier_reference:
+                # Its carrier charges no period after this (`services.carrier_managed.cancel_at_carrier`).
+                outbox.enqueue(CANCEL_AT_CARRIER_TASK, queue=carrier_queue(locked.carrier), subscription_id=locked.pk)
             if locked.status == SubscriptionStatus.CANCELLED:
                 for payment in payments:
                     withdraw_payment(payment, actor=actor, reason="subscription cancelled before the renewal was sent")
@@ -181,6 +185,8 @@ def cancel_subscription(
         expire_payment(payment_id=opt_in_payment(locked).pk, reason="subscription cancelled before opt-in")
     return load_subscription(locked.pk)
 
+
+CANCEL_AT_CARRIER_TASK = "subscriptions.tasks.cancel_at_carrier"
 
 # Tries at locking a subscription's live renewal payments before it; the last one goes on without a payment
 # that came meanwhile (its success would be refunded).
@@ -196,6 +202,21 @@ def _live_renewal_payment_ids(subscription_id: int) -> list[int]:
     return sorted(payment_id for payment_id in live.values_list("payment_id", flat=True) if payment_id is not None)
 
 
+def end_cancelled_period(subscription: Subscription, *, actor: str, now: datetime) -> None:
+    """A locked subscription whose cancellation was asked for at its period's end, that end come: cancelled."""
+    subscription.next_charge_at = None
+    subscription.cancelled_at = now
+    transition(
+        subscription,
+        SubscriptionStatus.CANCELLED,
+        actor=actor,
+        reason=f"cancelled at the period's end: {subscription.cancel_reason}",
+        at=now,
+        update_fields=("next_charge_at", "cancelled_at"),
+    )
+    notify(subscription, "cancelled", at=now)
+
+
 def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, actor: str, now: datetime) -> bool:
     """Cancel a locked subscription; True when it was waiting for its opt-in (whose payment is then expired)."""
     if locked.status in FINAL_STATUSES:
@@ -206,7 +227,10 @@ def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, ac
     pending_opt_in = locked.status == SubscriptionStatus.PENDING_OPT_IN
     if at_period_end and locked.status == SubscriptionStatus.ACTIVE:
         locked.cancel_at_period_end = True
-        locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "updated_at"])
+        if locked.carrier_managed:
+            # The renewal engine leaves it alone: the overdue check ends it when its period does.
+            locked.next_charge_at = locked.current_period_end
+        locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "next_charge_at", "updated_at"])
         return False
     locked.cancelled_at = now
     locked.next_charge_at = None

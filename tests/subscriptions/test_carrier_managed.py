@@ -271,3 +271,49 @@ def test_an_overdue_check_with_nothing_new_asks_again_an_interval_later(aggregat
     assert subscription.next_charge_at == end + 2 * OVERDUE
     assert (subscription.status, subscription.period_index) == ("active", 0)
     assert check_overdue(now=end + OVERDUE) == 0
+
+
+def test_an_app_cancelling_now_stops_the_renewals_at_the_aggregator(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+
+    body = {"at_period_end": False, "reason": "player asked"}
+    answer = aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["status"] == "cancelled"
+    wait_for(
+        lambda: simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled",
+        what="the cancellation at the aggregator",
+    )
+    assert aggregator_sim.renew(subscription.carrier_reference) is None  # no period is charged after it
+    # The aggregator's own notice of it changes nothing more.
+    wait_for(
+        lambda: CarrierNotification.objects.filter(result="ignored: already cancelled").exists(),
+        what="the aggregator's cancellation notice",
+    )
+    subscription.refresh_from_db()
+    assert subscription.status == "cancelled"
+    assert subscription.cancel_reason == "player asked"
+
+
+def test_an_app_cancelling_at_the_periods_end_stays_entitled_until_then(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    end = subscription.current_period_end
+    assert end is not None
+
+    body = {"at_period_end": True, "reason": "player asked"}
+    answer = aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+
+    assert answer.status_code == 200, answer.content
+    wait_for(
+        lambda: CarrierNotification.objects.filter(result__startswith="noted: cancelled at the carrier").exists(),
+        what="the aggregator's cancellation notice",
+    )
+    assert simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled"
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.entitled_until) == ("active", end)
+
+    assert check_overdue(now=end - timedelta(seconds=1)) == 0
+    assert check_overdue(now=end) == 1
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.cancelled_at, subscription.next_charge_at) == ("cancelled", end, None)
