@@ -204,15 +204,14 @@ def _live_renewal_payment_ids(subscription_id: int) -> list[int]:
 
 def end_cancelled_period(subscription: Subscription, *, actor: str, now: datetime) -> None:
     """A locked subscription whose cancellation was asked for at its period's end, that end come: cancelled."""
-    subscription.next_charge_at = None
     subscription.cancelled_at = now
-    transition(
+    end(
         subscription,
         SubscriptionStatus.CANCELLED,
         actor=actor,
         reason=f"cancelled at the period's end: {subscription.cancel_reason}",
         at=now,
-        update_fields=("next_charge_at", "cancelled_at"),
+        update_fields=("cancelled_at",),
     )
     notify(subscription, "cancelled", at=now)
 
