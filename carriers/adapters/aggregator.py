@@ -151,18 +151,24 @@ SUBSCRIPTION_EVENTS: dict[str, SubscriptionEventKind] = {
 }
 
 
+# The highest period a subscription event may name (4,000 years of monthly periods): beyond any calendar.
+MAX_PERIOD = 50_000
+
+
 def subscription_event(event: Mapping[str, Any]) -> SubscriptionEvent:
     """An aggregator subscription event (a callback's body, or one of a subscription's `events`); raises
     NotificationRejected when it is not one."""
     try:
         kind = SUBSCRIPTION_EVENTS[str(event["type"])]
         data = dict(event["data"])
-        event_id, reference = str(event["event_id"]), str(data["subscription_id"])
+        event_id, reference = str(event["event_id"]), data["subscription_id"]
+        if not isinstance(reference, str) or not reference:
+            raise ValueError("subscription_id is the aggregator's id of the subscription")
         period = data.get("period")
         amount = data.get("amount")
         created = int(event["created"])
-        if period is not None and (not isinstance(period, int) or period < 1):
-            raise ValueError("period is a positive integer")
+        if period is not None and (not isinstance(period, int) or not 1 <= period <= MAX_PERIOD):
+            raise ValueError(f"period is an integer from 1 to {MAX_PERIOD}")
         if amount is not None and (not isinstance(amount, int) or amount <= 0):
             raise ValueError("amount is a positive integer")
     except (ValueError, KeyError, TypeError, OverflowError) as exc:

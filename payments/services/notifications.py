@@ -39,6 +39,7 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
         notification.refund_id,
         notification.raw_code,
         notification.raw_message,
+        notification.subscription_event.charge_reference if notification.subscription_event else "",
     )
     if any(has_unstorable_text(text) for text in texts):
         # Signed by the carrier and still unstorable (PostgreSQL refuses NUL and lone surrogates).

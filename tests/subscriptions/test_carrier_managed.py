@@ -317,3 +317,23 @@ def test_an_app_cancelling_at_the_periods_end_stays_entitled_until_then(aggregat
     assert check_overdue(now=end) == 1
     subscription.refresh_from_db()
     assert (subscription.status, subscription.cancelled_at, subscription.next_charge_at) == ("cancelled", end, None)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"period": 10**9}, {"period": "1"}, {"charge_id": "ch_\u0000"}, {"subscription_id": None}, {"amount": -99}],
+)
+def test_a_signed_subscription_event_that_is_not_one_is_refused_and_changes_nothing(
+    aggregator: Aggregator, change: dict[str, Any]
+) -> None:
+    subscription = aggregator.opt_in()
+    event = aggregator_sim.renew(subscription.carrier_reference, lost=True)
+    assert event is not None
+    garbled = {**event, "data": {**event["data"], **change}}
+
+    answer = aggregator.post(garbled)
+
+    assert answer.status_code == 400, answer.content
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert not CarrierNotification.objects.filter(notification_id=event["event_id"]).exists()
+    assert renewals(subscription) == []
