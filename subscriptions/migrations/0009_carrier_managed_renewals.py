@@ -17,7 +17,7 @@ ENTRIES: list[Entry] = [
 class Migration(migrations.Migration):
     dependencies = [
         ("carriers", "0007_operator_catalogue_and_health_from_the_journal"),
-        ("subscriptions", "0006_agreed_price_and_missed_periods"),
+        ("subscriptions", "0008_renewal_reminders_and_receipts"),
         ("tenants", "0002_configuration_history"),
     ]
 
