@@ -475,6 +475,9 @@ SUBSCRIPTION_GRACE_DAYS = env_int("SUBSCRIPTION_GRACE_DAYS", 3)
 SUBSCRIPTION_REMINDER_HOURS = env_int("SUBSCRIPTION_REMINDER_HOURS", 48)
 # Subscriptions the renewal engine locks and charges per transaction.
 SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)
+# A carrier that manages renewals (the aggregator) that has not told of a period this many minutes after the
+# period's end is asked about the subscription; asked again as long after each answer with nothing new.
+SUBSCRIPTION_CARRIER_OVERDUE_MINUTES = env_int("SUBSCRIPTION_CARRIER_OVERDUE_MINUTES", 360)
 if not 0 <= SUBSCRIPTION_GRACE_DAYS <= SUBSCRIPTION_RETRY_DAYS:
     raise ImproperlyConfigured(
         f"SUBSCRIPTION_GRACE_DAYS ({SUBSCRIPTION_GRACE_DAYS}) must be between 0 and SUBSCRIPTION_RETRY_DAYS "

@@ -176,7 +176,11 @@ def subscription_header(subscription: Subscription, *, full_msisdn: bool) -> dic
     notes = []
     if subscription.cancel_at_period_end and subscription.status not in FINAL_STATUSES:
         notes.append(f"cancels at the end of this period ({when(subscription.current_period_end)})")
-    if subscription.next_charge_at and not subscription.cancel_at_period_end:
+    if subscription.carrier_managed:
+        notes.append(f"renewed by the carrier ({subscription.carrier_reference or 'not handed over yet'})")
+        if subscription.next_charge_at:
+            notes.append(f"the carrier is asked about it {when(subscription.next_charge_at)} if it tells nothing")
+    elif subscription.next_charge_at and not subscription.cancel_at_period_end:
         notes.append(f"next charge {when(subscription.next_charge_at)}")
     if subscription.cancelled_at:
         notes.append(f"cancelled {when(subscription.cancelled_at)}")
@@ -248,6 +252,8 @@ class SubscriptionAdmin(PlayerRecordAdmin):
 
     @admin.display(description="next charge")
     def next_charge(self, subscription: Subscription) -> str:
+        if subscription.carrier_managed:
+            return "by the carrier"
         return when(subscription.next_charge_at)
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:

@@ -101,7 +101,9 @@ class Subscription(models.Model):
     the period last paid for (the current one while active), `entitled_until` when the player's access
     ends (kept up to date by the state changes: the period's end, the grace period's, or now).
     `next_charge_at` is when the renewal engine next looks at it (a renewal, a retry, the end of a period
-    whose cancellation was asked for); empty while a charge awaits its outcome or when nothing is due.
+    whose cancellation was asked for); empty while a charge awaits its outcome or when nothing is due. On a
+    carrier-managed subscription (`carrier_managed`) PlayPay charges nothing: it is when the carrier is asked
+    about it, its renewal being overdue (`services.carrier_managed`).
     `price_point`, `amount_minor` and `currency` are the regular price stated in the opt-in's PIN message:
     renewals charge that price or nothing (`services.renewals`).
     """
@@ -136,6 +138,14 @@ class Subscription(models.Model):
     cancel_at_period_end = models.BooleanField(default=False)
     cancel_reason = models.CharField(max_length=255, blank=True)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    carrier_managed = models.BooleanField(
+        default=False,
+        editable=False,
+        help_text="The carrier schedules and charges the renewals and tells of them (the aggregator's protocol).",
+    )
+    carrier_reference = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="The carrier's id of the subscription, once it took it."
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -156,6 +166,12 @@ class Subscription(models.Model):
                 name="subscription_period_ends_after_start",
             ),
             models.CheckConstraint(condition=Q(amount_minor__gt=0), name="subscription_amount_positive"),
+            # A carrier's callback names its subscription by the carrier's id: one subscription per id.
+            models.UniqueConstraint(
+                fields=["carrier", "carrier_reference"],
+                condition=~Q(carrier_reference=""),
+                name="subscription_carrier_reference_unique",
+            ),
         ]
         indexes = [
             models.Index(fields=["app", "user_ref"]),

@@ -4,6 +4,7 @@ django-celery-beat by a data migration."""
 from celery import shared_task
 from django.utils import timezone
 
+from subscriptions.services import carrier_managed
 from subscriptions.services.charges import refund_unwanted_charge as refund_charge
 from subscriptions.services.renewals import run_renewals
 
@@ -18,3 +19,21 @@ def renew_due_subscriptions() -> int:
 def refund_unwanted_charge(charge_id: int) -> None:
     """Refund a charge that succeeded after its subscription ended (queued by its settlement)."""
     refund_charge(charge_id=charge_id)
+
+
+@shared_task(acks_late=True)
+def register_at_carrier(subscription_id: int) -> None:
+    """Hand an activated subscription to a carrier that manages renewals (queued by its activation)."""
+    carrier_managed.register_at_carrier(subscription_id=subscription_id)
+
+
+@shared_task(acks_late=True)
+def cancel_at_carrier(subscription_id: int) -> None:
+    """Tell a carrier that manages renewals that a subscription was cancelled (queued by the cancellation)."""
+    carrier_managed.cancel_at_carrier(subscription_id=subscription_id)
+
+
+@shared_task(acks_late=True)
+def check_overdue_carrier_renewals() -> int:
+    """Ask carriers that manage renewals about the subscriptions they have not told of in time."""
+    return carrier_managed.check_overdue(now=timezone.now())

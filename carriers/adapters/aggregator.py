@@ -21,11 +21,15 @@ from carriers.adapters.base import (
     Capabilities,
     CarrierAdapter,
     CarrierResult,
+    CarrierSubscription,
     ChargeRequest,
     Notification,
     NotificationKind,
     Outcome,
     RefundRequest,
+    SubscriptionCreateRequest,
+    SubscriptionEvent,
+    SubscriptionEventKind,
     connection_check,
 )
 from carriers.adapters.http import (
@@ -139,6 +143,54 @@ def _reversal_result(data: Any, reference: str) -> CarrierResult:
     )
 
 
+# A subscription event's type -> what it tells.
+SUBSCRIPTION_EVENTS: dict[str, SubscriptionEventKind] = {
+    "subscription.renewed": SubscriptionEventKind.RENEWED,
+    "subscription.renewal_failed": SubscriptionEventKind.RENEWAL_FAILED,
+    "subscription.cancelled": SubscriptionEventKind.CANCELLED,
+}
+
+
+# The highest period a subscription event may name (4,000 years of monthly periods): beyond any calendar.
+MAX_PERIOD = 50_000
+
+
+def subscription_event(event: Mapping[str, Any]) -> SubscriptionEvent:
+    """An aggregator subscription event (a callback's body, or one of a subscription's `events`); raises
+    NotificationRejected when it is not one."""
+    try:
+        kind = SUBSCRIPTION_EVENTS[str(event["type"])]
+        data = dict(event["data"])
+        event_id, reference = str(event["event_id"]), data["subscription_id"]
+        if not isinstance(reference, str) or not reference:
+            raise ValueError("subscription_id is the aggregator's id of the subscription")
+        period = data.get("period")
+        amount = data.get("amount")
+        created = int(event["created"])
+        if period is not None and (not isinstance(period, int) or not 1 <= period <= MAX_PERIOD):
+            raise ValueError(f"period is an integer from 1 to {MAX_PERIOD}")
+        if amount is not None and (not isinstance(amount, int) or amount <= 0):
+            raise ValueError("amount is a positive integer")
+    except (ValueError, KeyError, TypeError, OverflowError) as exc:
+        raise NotificationRejected("malformed", f"not an aggregator subscription event: {exc}") from exc
+    if kind != SubscriptionEventKind.CANCELLED and period is None:
+        raise NotificationRejected("malformed", "a renewal event names its period")
+    reason = str(data.get("reason_code") or "")
+    return SubscriptionEvent(
+        event_id=event_id,
+        kind=kind,
+        subscription_reference=reference,
+        period_index=period,
+        charge_reference=str(data.get("charge_id") or ""),
+        amount_minor=amount,
+        currency=str(data.get("currency") or ""),
+        error_code=REASONS.get(reason, ErrorCode.REJECTED) if kind == SubscriptionEventKind.RENEWAL_FAILED else None,
+        raw_code=reason,
+        raw_message=str(data.get("reason_message") or ""),
+        occurred_at=datetime.fromtimestamp(created, tz=UTC),
+    )
+
+
 def _merchant_reference(request: ChargeRequest) -> str:
     """Our reference of one charge attempt: the aggregator treats a repeat of it as the same charge."""
     return f"{request.payment_id}-{request.state.get('attempt', 0)}"
@@ -146,7 +198,13 @@ def _merchant_reference(request: ChargeRequest) -> str:
 
 class AggregatorAdapter(CarrierAdapter):
     capabilities = Capabilities(
-        pin=True, one_click=True, refund=True, reversal=True, status_query=True, asynchronous=True
+        pin=True,
+        one_click=True,
+        refund=True,
+        reversal=True,
+        status_query=True,
+        asynchronous=True,
+        managed_subscriptions=True,
     )
 
     def _post(self, path: str, payload: Mapping[str, Any]) -> httpx.Response:
@@ -291,6 +349,8 @@ class AggregatorAdapter(CarrierAdapter):
             event_id = str(event["event_id"])
         except (ValueError, KeyError, TypeError) as exc:
             raise NotificationRejected("malformed", f"not an aggregator event: {exc}") from exc
+        if event_type.startswith("subscription."):
+            return _subscription_notification(subscription_event(event))
         kind = NotificationKind.REFUND if event_type.startswith("refund.") else NotificationKind.PAYMENT
         result = _result_from_charge(data)
         return Notification(
@@ -304,3 +364,75 @@ class AggregatorAdapter(CarrierAdapter):
             raw_message=result.raw_message,
             occurred_at=datetime.fromtimestamp(int(event.get("created", now.timestamp())), tz=UTC),
         )
+
+    def create_subscription(self, request: SubscriptionCreateRequest) -> CarrierResult:
+        """`POST /v1/subscriptions`: the aggregator takes the schedule (201, or 200 for a repeat of our
+        reference); it charges each period itself and tells of it by signed callback."""
+        payload = {
+            "merchant_reference": request.subscription_id,
+            "msisdn": request.msisdn,
+            "amount": request.amount_minor,
+            "currency": request.currency,
+            "period": request.period,
+            "anchor": int(datetime.fromisoformat(request.anchor).timestamp()),
+            "description": request.description,
+            "callback_url": self.config.notification_url,
+        }
+
+        def call() -> CarrierResult:
+            response = self._post("/v1/subscriptions", payload)
+            data = json_body(response)
+            if response.status_code in (200, 201) and isinstance(data, dict) and data.get("subscription_id"):
+                return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=str(data["subscription_id"]))
+            return self._accepted(response)
+
+        return guarded(call)
+
+    def cancel_subscription(self, reference: str) -> CarrierResult:
+        """`POST /v1/subscriptions/<id>/cancel`: `200 {"status": "cancelled"}`, a repeat answered the same."""
+
+        def call() -> CarrierResult:
+            response = self._post(f"/v1/subscriptions/{reference}/cancel", {})
+            data = json_body(response)
+            if response.status_code == 200 and isinstance(data, dict) and data.get("status") == "cancelled":
+                return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=reference, raw_code="cancelled")
+            return self._accepted(response, reference)
+
+        return guarded(call)
+
+    def query_subscription(self, reference: str) -> CarrierSubscription:
+        """`GET /v1/subscriptions/<id>`: its status and every event the aggregator sent of it."""
+        answers: list[CarrierSubscription] = []
+
+        def call() -> CarrierResult:
+            status, data = self._get(f"/v1/subscriptions/{reference}")
+            if status == 404:
+                return _never_seen("subscription")
+            if status != 200 or not isinstance(data, dict) or not isinstance(data.get("events"), list):
+                return CarrierResult.pending("MALFORMED", f"HTTP {status}: no subscription", transport_failed=True)
+            try:
+                events = tuple(subscription_event(event) for event in data["events"])
+            except NotificationRejected as exc:
+                return CarrierResult.pending("MALFORMED", str(exc), transport_failed=True)
+            result = CarrierResult(
+                outcome=Outcome.SUCCEEDED, carrier_reference=reference, raw_code=str(data.get("status"))
+            )
+            answers.append(CarrierSubscription(result, status=str(data.get("status", "")), events=events))
+            return result
+
+        result = guarded(call)
+        return answers[0] if answers else CarrierSubscription(result)
+
+
+def _subscription_notification(event: SubscriptionEvent) -> Notification:
+    return Notification(
+        notification_id=event.event_id,
+        kind=NotificationKind.SUBSCRIPTION,
+        outcome=Outcome.FAILED if event.kind == SubscriptionEventKind.RENEWAL_FAILED else Outcome.SUCCEEDED,
+        carrier_reference=event.subscription_reference,
+        error_code=event.error_code,
+        raw_code=event.raw_code or str(event.kind),
+        raw_message=event.raw_message,
+        occurred_at=event.occurred_at,
+        subscription_event=event,
+    )

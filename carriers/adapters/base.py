@@ -37,6 +37,9 @@ class Capabilities:
     status_query: bool = True
     # Results arrive by callback; a request is only ever "accepted".
     asynchronous: bool = False
+    # The carrier holds a subscription's renewal schedule, charges each period itself and tells of it by
+    # callback (`create_subscription`, `query_subscription`, `SubscriptionEvent`).
+    managed_subscriptions: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,56 @@ class RefundRequest:
 class NotificationKind(StrEnum):
     PAYMENT = "payment"
     REFUND = "refund"
+    SUBSCRIPTION = "subscription"
+
+
+@dataclass(frozen=True)
+class SubscriptionCreateRequest:
+    """A subscription whose renewals the carrier schedules and charges: its first period is paid (the opt-in),
+    and period k (k >= 1) starts at `period_starts[k]`, counted from `anchor` by the carrier's calendar."""
+
+    subscription_id: str
+    msisdn: str
+    amount_minor: int
+    currency: str
+    period: str  # daily, weekly, monthly
+    anchor: str  # ISO 8601, UTC: the start of the first period
+    description: str = ""
+
+
+class SubscriptionEventKind(StrEnum):
+    RENEWED = "renewed"
+    RENEWAL_FAILED = "renewal_failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class SubscriptionEvent:
+    """What a carrier that manages a subscription tells of it: a period charged or declined, or the end."""
+
+    event_id: str
+    kind: SubscriptionEventKind
+    subscription_reference: str
+    # The period charged or declined (1: the first renewal), counted from the subscription's anchor.
+    period_index: int | None = None
+    charge_reference: str = ""
+    amount_minor: int | None = None
+    currency: str = ""
+    error_code: ErrorCode | None = None
+    raw_code: str = ""
+    raw_message: str = ""
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class CarrierSubscription:
+    """A carrier's answer about a subscription it manages: `result` as any call's (SUCCEEDED when it answered),
+    with the subscription's status there and every event the carrier told of it (so that a lost callback can be
+    recorded from it)."""
+
+    result: CarrierResult
+    status: str = ""
+    events: tuple[SubscriptionEvent, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,6 +179,8 @@ class Notification:
     raw_code: str = ""
     raw_message: str = ""
     occurred_at: datetime | None = None
+    # Set on a notification of kind SUBSCRIPTION.
+    subscription_event: SubscriptionEvent | None = None
 
     @property
     def result(self) -> CarrierResult:
@@ -208,6 +263,19 @@ class CarrierAdapter(abc.ABC):
 
     def parse_notification(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
         raise NotificationRejected("unsupported", "this protocol sends no notifications")
+
+    def create_subscription(self, request: SubscriptionCreateRequest) -> CarrierResult:
+        """Hand a subscription's renewals to the carrier (`managed_subscriptions`): SUCCEEDED with the carrier's
+        reference of it."""
+        return CarrierResult.failed(ErrorCode.REJECTED, raw_message="this protocol manages no subscriptions")
+
+    def cancel_subscription(self, reference: str) -> CarrierResult:
+        """Stop a subscription the carrier manages: no period is charged after this. SUCCEEDED once it is."""
+        return CarrierResult.failed(ErrorCode.REJECTED, raw_message="this protocol manages no subscriptions")
+
+    def query_subscription(self, reference: str) -> CarrierSubscription:
+        """What the carrier knows of a subscription it manages: its status and the events it told of."""
+        return CarrierSubscription(CarrierResult.pending("NO_STATUS_QUERY", "this protocol manages no subscriptions"))
 
 
 def connection_check(result: CarrierResult) -> CarrierResult:

@@ -10,6 +10,7 @@ from carriers.adapters import adapter_for
 from carriers.adapters.base import NotificationKind
 from carriers.errors import NotificationRejected
 from carriers.models import Carrier
+from payments import notification_handlers
 from payments.errors import UnknownCarrier
 from payments.models import CarrierNotification
 from payments.services.carrier_flow import apply_notification
@@ -38,6 +39,7 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
         notification.refund_id,
         notification.raw_code,
         notification.raw_message,
+        notification.subscription_event.charge_reference if notification.subscription_event else "",
     )
     if any(has_unstorable_text(text) for text in texts):
         # Signed by the carrier and still unstorable (PostgreSQL refuses NUL and lone surrogates).
@@ -58,6 +60,8 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
             return Receipt(ack_status=adapter.notification_ack_status, result="duplicate: already applied")
         if notification.kind == NotificationKind.REFUND:
             result = apply_refund_notification(carrier_slug=carrier.slug, notification=notification)
+        elif notification.kind == NotificationKind.SUBSCRIPTION:
+            result = notification_handlers.handle(carrier, notification)
         else:
             result = apply_notification(carrier=carrier, notification=notification)
         record.result = result[:200]

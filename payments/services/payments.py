@@ -15,6 +15,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from carriers.adapters import adapter_class
+from carriers.adapters.base import CarrierResult, Outcome
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier, PricePoint
@@ -32,8 +33,10 @@ from payments.services import outbox
 from payments.services.carrier_flow import (
     DESCRIPTION,
     app_actor,
+    carrier_actor,
     charge_request,
     dispatch,
+    fail,
     load_payment,
     locked_payment,
     pin_check_pending,
@@ -129,15 +132,12 @@ def open_payment(
     `description`: what the carrier tells the player (the PIN message, the charge's text), where the
     protocol carries one; default: the app's name and the price point's code.
     """
-    payment = Payment.objects.create(
-        public_id=new_public_id(),
+    payment = _new_payment(
+        price_point,
         app=app,
         user_ref=user_ref,
         msisdn=msisdn,
         carrier=carrier,
-        price_point=price_point,
-        amount_minor=price_point.amount_minor,
-        currency=price_point.currency,
         flow=flow,
         idempotency_key=idempotency_key,
         journey_id=journey_id,
@@ -151,6 +151,61 @@ def open_payment(
     record_creation(payment, actor=actor)
     dispatch(payment, "start_payment")
     return payment
+
+
+def _new_payment(price_point: PricePoint, **fields: Any) -> Payment:
+    return Payment.objects.create(
+        public_id=new_public_id(),
+        price_point=price_point,
+        amount_minor=price_point.amount_minor,
+        currency=price_point.currency,
+        **fields,
+    )
+
+
+def open_carrier_charge(
+    *,
+    app: App,
+    user_ref: str,
+    msisdn: str,
+    carrier: Carrier,
+    price_point: PricePoint,
+    carrier_reference: str,
+    metadata: dict[str, Any],
+    description: str,
+) -> Payment:
+    """A payment for a charge the carrier made on its own (a renewal of a subscription it manages): inserted
+    as charging, with the carrier's reference, and never sent to the carrier. `settle_carrier_charge` then
+    records what the carrier said of it. Call inside `transaction.atomic()`."""
+    actor = carrier_actor(carrier)
+    payment = _new_payment(
+        price_point,
+        app=app,
+        user_ref=user_ref,
+        msisdn=msisdn,
+        carrier=carrier,
+        flow=PaymentFlow.ONE_CLICK,
+        carrier_reference=carrier_reference,
+        metadata=metadata,
+        carrier_data={DESCRIPTION: description},
+    )
+    record_creation(payment, actor=actor)
+    transition(payment, PaymentStatus.CHARGING, actor=actor, reason="charged by the carrier on its own schedule")
+    return payment
+
+
+def settle_carrier_charge(*, payment_id: int, result: CarrierResult) -> None:
+    """Record the outcome the carrier told of a charge it made on its own (`open_carrier_charge`): a success
+    posts the ledger as any payment's does; a decline fails it, never retried by PlayPay."""
+    with transaction.atomic():
+        locked = locked_payment(payment_id)
+        if locked.status != PaymentStatus.CHARGING:
+            return
+        actor = carrier_actor(locked.carrier)
+        if result.outcome == Outcome.SUCCEEDED:
+            transition(locked, PaymentStatus.SUCCEEDED, actor=actor, reason="charge made and told by the carrier")
+        elif result.outcome == Outcome.FAILED:
+            fail(locked, result, actor=actor)
 
 
 def confirm_payment(*, payment: Payment, pin: str) -> Payment:

@@ -1,5 +1,9 @@
 """Simulator of the DCB aggregator API (docs/carriers/aggregator.md): signed, asynchronous.
 
+Subscriptions are carrier-managed: the simulator holds each one's schedule and charges its renewals when told
+to (`renew`, or `run_schedule` for every period that has come), and tells of renewals, declines and the
+player's STOP (`stop`) by signed callback, keeping every event it sent for the status query.
+
 Merchant `playpay-demo` signs requests with API_SECRET; the simulator signs callbacks
 with CALLBACK_SECRET. Charges are processed at once, and their results are posted to
 the callback URL in the background, retried until answered 2xx. Charges are the simulator's shared
@@ -8,6 +12,8 @@ state (core.Records, keyed by charge id), so every process serving it is the sam
 
 import json
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -15,6 +21,7 @@ from django.urls import path
 
 from carriers.adapters.aggregator import sign
 from sandbox.simulators.core import Decline, simulator, simulator_view
+from subscriptions.periods import Period, boundary
 
 MERCHANT_ID = "playpay-demo"
 API_SECRET = "aggregator-api-secret"  # noqa: S105 - a simulator's published test secret
@@ -278,6 +285,166 @@ def reversal(request: HttpRequest, charge_id: str) -> HttpResponse:
     return JsonResponse({"charge_id": charge_id, "reversal_status": "succeeded"})
 
 
+# Subscription ids start with it (and key the subscriptions among the simulator's records).
+SUBSCRIPTION_PREFIX = "sub_"
+
+
+def _subscription_event(event_type: str, subscription: dict[str, Any], **data: Any) -> dict[str, Any]:
+    fields = {
+        "subscription_id": subscription["subscription_id"],
+        "merchant_reference": subscription["merchant_reference"],
+    }
+    return {"event_id": SIM.new_id("evt_"), "type": event_type, "created": int(time.time()), "data": fields | data}
+
+
+def signed(event: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    """A subscription event as the simulator posts it: its body and signed headers."""
+    body = json.dumps(event).encode()
+    timestamp = str(int(time.time()))
+    return body, {
+        "Content-Type": "application/json",
+        "X-Timestamp": timestamp,
+        "X-Signature": sign(CALLBACK_SECRET, timestamp, body),
+    }
+
+
+@simulator_view
+def subscriptions(request: HttpRequest) -> HttpResponse:
+    """Take a subscription's schedule: its first period is paid (the merchant's opt-in), the aggregator charges
+    the next ones. A repeat of a merchant_reference is the same subscription (200)."""
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    if request.method != "POST":
+        return _error(405, "METHOD_NOT_ALLOWED", "POST a subscription")
+    try:
+        body = json.loads(request.body)
+        reference, msisdn = str(body["merchant_reference"]), str(body["msisdn"])
+        amount, anchor, period = int(body["amount"]), int(body["anchor"]), str(body["period"])
+    except (ValueError, KeyError, TypeError):
+        return _error(400, "INVALID_REQUEST", "merchant_reference, msisdn, amount, currency, period, anchor required")
+    if amount <= 0 or period not in Period.values:
+        return _error(400, "INVALID_REQUEST", "amount is positive minor units; period is daily, weekly or monthly")
+    if (fault := _fault(msisdn)) is not None:
+        return fault
+    subscription_id = SIM.new_id(SUBSCRIPTION_PREFIX)
+    if not SIM.records.add(f"subscription-reference:{reference}", {"subscription_id": subscription_id}):
+        existing = SIM.records[f"subscription-reference:{reference}"]["subscription_id"]
+        return JsonResponse({"subscription_id": existing, "status": "active"}, status=200)
+    SIM.records.put(
+        subscription_id,
+        {
+            "subscription_id": subscription_id,
+            "merchant_reference": reference,
+            "msisdn": msisdn,
+            "amount": amount,
+            "currency": body.get("currency"),
+            "period": period,
+            "anchor": anchor,
+            "callback_url": str(body.get("callback_url") or ""),
+            "status": "active",
+            "periods_paid": 0,
+            "events": [],
+        },
+    )
+    return JsonResponse({"subscription_id": subscription_id, "status": "active"}, status=201)
+
+
+@simulator_view
+def subscription_detail(request: HttpRequest, subscription_id: str) -> HttpResponse:
+    """A subscription's status and every event sent of it, oldest first."""
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    subscription = SIM.records.get(subscription_id) if subscription_id.startswith(SUBSCRIPTION_PREFIX) else None
+    if subscription is None:
+        return _error(404, "NOT_FOUND", "no such subscription")
+    if (fault := _fault(subscription["msisdn"])) is not None:
+        return fault
+    return JsonResponse({key: value for key, value in subscription.items() if key != "callback_url"})
+
+
+Change = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+def _tell(subscription_id: str, make: Change, *, lost: bool) -> dict[str, Any] | None:
+    """Change a subscription under its lock (`make` returns its event, or None), keep the event and post it
+    (unless `lost`: the callback never arrives, the status query still lists it)."""
+    with SIM.records.locked(subscription_id) as subscription:
+        if subscription is None:
+            raise KeyError(subscription_id)
+        event = make(subscription)
+        if event is not None:
+            subscription["events"].append(event)
+    if event is not None and not lost:
+        SIM.deliver(subscription["callback_url"], [signed(event)], subscription["msisdn"])
+    return event
+
+
+def renew(subscription_id: str, *, lost: bool = False, decline: Decline | None = None) -> dict[str, Any] | None:
+    """Charge a subscription's next period (declined as its number's scenario says, or as `decline`); the event
+    sent, or None when it is cancelled."""
+
+    def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
+        if subscription["status"] == "cancelled":
+            return None
+        period = subscription["periods_paid"] + 1
+        declined = decline or SIM.scenario(subscription["msisdn"]).decline
+        money = {"amount": subscription["amount"], "currency": subscription["currency"]}
+        if declined is not None:
+            subscription["status"] = "past_due"
+            code, message = _DECLINE_CODES[declined]
+            return _subscription_event(
+                "subscription.renewal_failed",
+                subscription,
+                period=period,
+                reason_code=code,
+                reason_message=message,
+                **money,
+            )
+        charge_id = SIM.new_id(CHARGE_PREFIX)
+        SIM.record_charge(subscription["msisdn"], charge_id)
+        subscription["periods_paid"], subscription["status"] = period, "active"
+        return _subscription_event("subscription.renewed", subscription, period=period, charge_id=charge_id, **money)
+
+    return _tell(subscription_id, make, lost=lost)
+
+
+def stop(subscription_id: str, *, lost: bool = False, reason: str = "STOP") -> dict[str, Any] | None:
+    """The player sent STOP (or the merchant cancelled, `reason` MERCHANT): the subscription ends, no period is
+    charged after it."""
+
+    def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
+        if subscription["status"] == "cancelled":
+            return None
+        subscription["status"] = "cancelled"
+        return _subscription_event("subscription.cancelled", subscription, reason_code=reason)
+
+    return _tell(subscription_id, make, lost=lost)
+
+
+@simulator_view
+def subscription_cancel(request: HttpRequest, subscription_id: str) -> HttpResponse:
+    """The merchant stops a subscription: no period is charged after it; told by `subscription.cancelled` too."""
+    if (denied := _authenticate(request)) is not None:
+        return denied
+    if request.method != "POST":
+        return _error(405, "METHOD_NOT_ALLOWED", "POST to cancel")
+    if not subscription_id.startswith(SUBSCRIPTION_PREFIX) or subscription_id not in SIM.records:
+        return _error(404, "NOT_FOUND", "no such subscription")
+    stop(subscription_id, reason="MERCHANT")
+    return JsonResponse({"subscription_id": subscription_id, "status": "cancelled"})
+
+
+def run_schedule(now: datetime) -> int:
+    """Charge every period of an active subscription that has started by `now`; how many were charged."""
+    charged = 0
+    for subscription in SIM.records.find(SUBSCRIPTION_PREFIX):
+        anchor = datetime.fromtimestamp(subscription["anchor"], tz=UTC)
+        due = boundary(anchor, subscription["period"], subscription["periods_paid"] + 1)
+        if subscription["status"] != "cancelled" and due <= now and renew(subscription["subscription_id"]):
+            charged += 1
+    return charged
+
+
 urlpatterns = [
     path("v1/ping", ping),
     path("v1/charges", charges),
@@ -286,4 +453,7 @@ urlpatterns = [
     path("v1/charges/<str:charge_id>/refunds", refunds),
     path("v1/charges/<str:charge_id>/refunds/<str:reference>", refund_detail),
     path("v1/charges/<str:charge_id>/reversal", reversal),
+    path("v1/subscriptions", subscriptions),
+    path("v1/subscriptions/<str:subscription_id>", subscription_detail),
+    path("v1/subscriptions/<str:subscription_id>/cancel", subscription_cancel),
 ]

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.db import transaction
 
+from carriers.adapters import carrier_queue
 from carriers.errors import ErrorCode
 from payments.errors import IllegalTransition, RefundExceedsCaptured
 from payments.events import PaymentStatusChanged
@@ -106,6 +107,17 @@ def _activate(subscription: Subscription, charge: SubscriptionCharge, *, actor: 
         update_fields=(*PERIOD_FIELDS, "anchor_at"),
     )
     notify(subscription, "activated", at=at, charge=charge)
+    if subscription.carrier_managed:
+        # The carrier takes the renewals from here (`services.carrier_managed.register_at_carrier`).
+        outbox.enqueue(REGISTER_TASK, queue=carrier_queue(subscription.carrier), subscription_id=subscription.pk)
+
+
+REGISTER_TASK = "subscriptions.tasks.register_at_carrier"
+
+
+def overdue_interval() -> timedelta:
+    """How long after a carrier-managed period's end PlayPay waits for its news before asking the carrier."""
+    return timedelta(minutes=settings.SUBSCRIPTION_CARRIER_OVERDUE_MINUTES)
 
 
 PERIOD_FIELDS = ("period_index", "current_period_start", "current_period_end", "entitled_until", "next_charge_at")
@@ -115,12 +127,18 @@ def _enter_period(subscription: Subscription, charge: SubscriptionCharge) -> Non
     subscription.period_index = charge.period_index
     subscription.current_period_start, subscription.current_period_end = charge.period_start, charge.period_end
     subscription.entitled_until = subscription.next_charge_at = charge.period_end
+    if subscription.carrier_managed and charge.period_end is not None:
+        # The carrier charges the next period; PlayPay only asks about it if it has not heard by then.
+        subscription.next_charge_at = charge.period_end + overdue_interval()
 
 
 def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
     charge.save()
     if subscription.status in FINAL_STATUSES:
-        refund_unwanted(subscription, charge)
+        # A carrier-managed renewal told after the cancellation was charged before it, by the carrier's own
+        # schedule: it is recorded as it is and the subscription stays as it is.
+        if not subscription.carrier_managed:
+            refund_unwanted(subscription, charge)
         return
     if charge.period_index <= subscription.period_index:
         return
@@ -183,6 +201,9 @@ def renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, ac
     charge.save()
     if subscription.status in FINAL_STATUSES:
         return
+    if subscription.carrier_managed:
+        _carrier_renewal_failed(subscription, charge, actor=actor, at=at)
+        return
     notify(subscription, "renewal_failed", at=at, charge=charge)
     assert charge.period_start is not None
     if charge.failure_code not in RETRYABLE or charge.attempt >= settings.SUBSCRIPTION_RETRY_DAYS:
@@ -204,6 +225,29 @@ def renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, ac
         notify(subscription, "past_due", at=at, charge=charge)
     else:
         subscription.save(update_fields=["next_charge_at", "updated_at"])
+
+
+def _carrier_renewal_failed(
+    subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime
+) -> None:
+    """A carrier told of a declined renewal: past_due with the same grace as the platform's, but the carrier
+    retries (or cancels), never PlayPay. A decline of a period already paid for changes nothing."""
+    if charge.period_index <= subscription.period_index:
+        return
+    notify(subscription, "renewal_failed", at=at, charge=charge)
+    if subscription.status != SubscriptionStatus.ACTIVE:
+        return
+    assert charge.period_start is not None
+    subscription.entitled_until = grace_end(charge.period_start)
+    transition(
+        subscription,
+        SubscriptionStatus.PAST_DUE,
+        actor=actor,
+        reason=f"renewal declined at the carrier: {charge.failure_code}; the carrier retries",
+        at=at,
+        update_fields=("entitled_until",),
+    )
+    notify(subscription, "past_due", at=at, charge=charge)
 
 
 def grace_end(period_start: datetime) -> datetime:

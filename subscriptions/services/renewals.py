@@ -34,7 +34,12 @@ from subscriptions.services.charges import expire, grace_end, period_bounds, ren
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
-from subscriptions.services.subscriptions import next_attempt_number, opt_in_text
+from subscriptions.services.subscriptions import (
+    create_renewal_charge,
+    end_cancelled_period,
+    next_attempt_number,
+    renewal_text,
+)
 
 logger = logging.getLogger(__name__)
 ACTOR = "system"
@@ -59,7 +64,11 @@ class RenewalRun:
 
 
 def due_subscriptions(now: datetime) -> QuerySet[Subscription]:
-    return Subscription.objects.filter(next_charge_at__lte=now, status__in=BILLED_STATUSES).order_by("next_charge_at")
+    """What the engine charges now: never a carrier-managed subscription, whose carrier charges it (its
+    `next_charge_at` is when it is overdue, `services.carrier_managed.check_overdue`)."""
+    return Subscription.objects.filter(
+        next_charge_at__lte=now, status__in=BILLED_STATUSES, carrier_managed=False
+    ).order_by("next_charge_at")
 
 
 def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
@@ -87,17 +96,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
     """What a due, locked subscription needs now (inside the batch's transaction)."""
     first_unpaid = subscription.period_index + 1
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
-        subscription.next_charge_at = None
-        subscription.cancelled_at = now
-        transition(
-            subscription,
-            SubscriptionStatus.CANCELLED,
-            actor=ACTOR,
-            reason=f"cancelled at the period's end: {subscription.cancel_reason}",
-            at=now,
-            update_fields=("next_charge_at", "cancelled_at"),
-        )
-        notify(subscription, "cancelled", at=now)
+        end_cancelled_period(subscription, actor=ACTOR, now=now)
         run.cancelled += 1
         return
     if subscription.status != SubscriptionStatus.ACTIVE:
@@ -266,19 +265,9 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
                 metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
-                description=opt_in_text(
-                    subscription.plan, first=price_point, regular=price_point, app=subscription.app
-                ),
+                description=renewal_text(subscription),
             )
-            SubscriptionCharge.objects.create(
-                subscription=subscription,
-                kind=SubscriptionCharge.Kind.RENEWAL,
-                period_index=index,
-                period_start=start,
-                period_end=end,
-                attempt=next_attempt_number(subscription, index),
-                payment=payment,
-            )
+            create_renewal_charge(subscription, index=index, start=start, end=end, payment=payment)
     except IntegrityError:
         # A live (pending or succeeded) charge of this period exists: its outcome settles the subscription.
         logger.warning(

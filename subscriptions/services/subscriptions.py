@@ -8,11 +8,12 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
 from django.utils import timezone
 
-from carriers.adapters import adapter_class
+from carriers.adapters import adapter_class, carrier_queue
 from carriers.models import Carrier, PricePoint, Protocol
 from carriers.msisdn import normalize_msisdn
 from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
+from payments.services import outbox
 from payments.services.carrier_flow import app_actor, load_payment, locked_payment
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key
 from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
@@ -54,6 +55,11 @@ def opt_in_text(plan: Plan, *, first: PricePoint, regular: PricePoint, app: App)
     return f"{app.name} {plan.name}: subscription, {price}, renewed until you cancel"
 
 
+def carrier_manages_renewals(carrier: Carrier) -> bool:
+    """Whether the carrier's protocol schedules and charges renewals itself (`services.carrier_managed`)."""
+    return adapter_class(carrier.protocol).capabilities.managed_subscriptions
+
+
 def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
     offer = (
         PlanOffer.objects.filter(plan__app=app, plan__code=code, plan__is_active=True, carrier=carrier)
@@ -64,7 +70,7 @@ def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
         raise PlanNotAvailable(f"The plan {code!r} is not offered on the carrier {carrier.slug!r}.")
     if not (carrier.supports_subscriptions and carrier.supports_pin and carrier.supports_one_click):
         raise PlanNotAvailable(f"The carrier {carrier.slug!r} does not take subscriptions.")
-    if carrier.protocol not in PLATFORM_MANAGED:
+    if carrier.protocol not in PLATFORM_MANAGED and not carrier_manages_renewals(carrier):
         raise PlanNotAvailable(
             f"Subscriptions on the carrier {carrier.slug!r} ({carrier.protocol}) are not available yet."
         )
@@ -103,6 +109,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             price_point=offer.price_point,
             amount_minor=offer.price_point.amount_minor,
             currency=offer.price_point.currency,
+            carrier_managed=carrier_manages_renewals(carrier),
             idempotency_key=idempotency.key,
             metadata=request.metadata,
         )
@@ -176,6 +183,9 @@ def cancel_subscription(
             if _live_renewal_payment_ids(locked.pk) != pending and attempt + 1 < CANCEL_ATTEMPTS:
                 continue
             pending_opt_in = _cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
+            if locked.carrier_managed and locked.carrier_reference:
+                # Its carrier charges no period after this (`services.carrier_managed.cancel_at_carrier`).
+                outbox.enqueue(CANCEL_AT_CARRIER_TASK, queue=carrier_queue(locked.carrier), subscription_id=locked.pk)
             if locked.status == SubscriptionStatus.CANCELLED:
                 for payment in payments:
                     withdraw_payment(payment, actor=actor, reason="subscription cancelled before the renewal was sent")
@@ -185,6 +195,8 @@ def cancel_subscription(
         expire_payment(payment_id=opt_in_payment(locked).pk, reason="subscription cancelled before opt-in")
     return load_subscription(locked.pk)
 
+
+CANCEL_AT_CARRIER_TASK = "subscriptions.tasks.cancel_at_carrier"
 
 # Tries at locking a subscription's live renewal payments before it; the last one goes on without a payment
 # that came meanwhile (its success would be refunded).
@@ -200,6 +212,20 @@ def _live_renewal_payment_ids(subscription_id: int) -> list[int]:
     return sorted(payment_id for payment_id in live.values_list("payment_id", flat=True) if payment_id is not None)
 
 
+def end_cancelled_period(subscription: Subscription, *, actor: str, now: datetime) -> None:
+    """A locked subscription whose cancellation was asked for at its period's end, that end come: cancelled."""
+    subscription.cancelled_at = now
+    end(
+        subscription,
+        SubscriptionStatus.CANCELLED,
+        actor=actor,
+        reason=f"cancelled at the period's end: {subscription.cancel_reason}",
+        at=now,
+        update_fields=("cancelled_at",),
+    )
+    notify(subscription, "cancelled", at=now)
+
+
 def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, actor: str, now: datetime) -> bool:
     """Cancel a locked subscription; True when it was waiting for its opt-in (whose payment is then expired)."""
     if locked.status in FINAL_STATUSES:
@@ -210,7 +236,10 @@ def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, ac
     pending_opt_in = locked.status == SubscriptionStatus.PENDING_OPT_IN
     if at_period_end and locked.status == SubscriptionStatus.ACTIVE:
         locked.cancel_at_period_end = True
-        locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "updated_at"])
+        if locked.carrier_managed:
+            # The renewal engine leaves it alone: the overdue check ends it when its period does.
+            locked.next_charge_at = locked.current_period_end
+        locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "next_charge_at", "updated_at"])
         return False
     locked.cancelled_at = now
     end(
@@ -241,6 +270,28 @@ def entitlement(*, app: App, user_ref: str, now: datetime) -> Entitlement:
     )
     until = max((s.entitled_until for s in current if s.entitled_until is not None), default=None)
     return Entitlement(entitled=bool(current), until=until, subscriptions=current)
+
+
+def renewal_text(subscription: Subscription) -> str:
+    """What a renewal's charge tells the player: the terms of the opt-in, at the agreed price."""
+    price_point = subscription.price_point
+    return opt_in_text(subscription.plan, first=price_point, regular=price_point, app=subscription.app)
+
+
+def create_renewal_charge(
+    subscription: Subscription, *, index: int, start: datetime, end: datetime, payment: Payment
+) -> SubscriptionCharge:
+    """The charge row of a renewal attempt of period `index` by `payment`; raises IntegrityError when the period
+    has a live charge (pending, succeeded or missed)."""
+    return SubscriptionCharge.objects.create(
+        subscription=subscription,
+        kind=SubscriptionCharge.Kind.RENEWAL,
+        period_index=index,
+        period_start=start,
+        period_end=end,
+        attempt=next_attempt_number(subscription, index),
+        payment=payment,
+    )
 
 
 def next_attempt_number(subscription: Subscription, period_index: int) -> int:

@@ -1,0 +1,339 @@
+"""Carrier-managed renewals on the aggregator, against its simulator over real HTTP: the aggregator holds the
+schedule, charges each period and tells of it by signed callback; PlayPay records what it is told."""
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from django.db.models import Sum
+from rest_framework.test import APIClient
+
+from carriers.adapters.aggregator import sign
+from carriers.models import Carrier
+from payments.models import CarrierNotification, LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund
+from sandbox.simulators import aggregator as aggregator_sim
+from sandbox.simulators.core import Decline, simulator
+from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionCharge
+from subscriptions.services.carrier_managed import check_overdue
+from subscriptions.services.renewals import run_renewals
+from tenants.services import issue_api_key
+from tests.conftest import MSISDN
+from tests.factories import AppFactory
+from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+OVERDUE = timedelta(minutes=360)  # SUBSCRIPTION_CARRIER_OVERDUE_MINUTES
+
+
+@dataclass
+class Aggregator:
+    live: str
+    carrier: Carrier
+    client: APIClient
+
+    @property
+    def callback_url(self) -> str:
+        return f"{self.live}/api/v1/carriers/{self.carrier.slug}/notifications/"
+
+    def opt_in(self, msisdn: str = MSISDN) -> Subscription:
+        """Subscribe and confirm the PIN: active, and handed to the aggregator."""
+        body = {"user_ref": "player-1", "msisdn": msisdn, "plan": "vip-weekly"}
+        created = self.client.post("/api/v1/subscriptions/", body, format="json", HTTP_IDEMPOTENCY_KEY=msisdn)
+        assert created.status_code == 201, created.content
+        public_id = created.json()["id"]
+        pin = last_pin("aggregator", msisdn)
+        # The aggregator tells of the PIN it sent by callback: the PIN is taken once the payment knows.
+        opt_in = SubscriptionCharge.objects.get(subscription__public_id=public_id, kind="opt_in")
+        wait_for_status(str(payment_of(opt_in).public_id), PaymentStatus.PIN_SENT)
+        confirmed = self.client.post(f"/api/v1/subscriptions/{public_id}/confirm/", {"pin": pin}, format="json")
+        assert confirmed.status_code < 300, confirmed.content
+        wait_for(
+            lambda: (
+                Subscription.objects.filter(public_id=public_id, status="active").exclude(carrier_reference="").exists()
+            ),
+            what="activation and registration at the aggregator",
+        )
+        return Subscription.objects.get(public_id=public_id)
+
+    def post(self, event: dict[str, Any], *, secret: str = aggregator_sim.CALLBACK_SECRET) -> httpx.Response:
+        """A subscription event posted as the aggregator does (signed with `secret`)."""
+        body, headers = aggregator_sim.signed(event)
+        if secret != aggregator_sim.CALLBACK_SECRET:
+            headers["X-Signature"] = sign(secret, headers["X-Timestamp"], body)
+        return httpx.post(self.callback_url, content=body, headers=headers, timeout=10)
+
+
+@pytest.fixture
+def aggregator(live_server: Any, settings: Any) -> Aggregator:
+    settings.PUBLIC_BASE_URL = live_server.url
+    carrier = simulated_carrier(
+        live_server.url,
+        "aggregator",
+        supports_subscriptions=True,
+        supports_one_click=True,
+        insufficient_funds_retry_minutes="",
+    )
+    app = AppFactory.create()
+    plan = Plan.objects.create(app=app, code="vip-weekly", name="VIP pass", period="weekly")
+    PlanOffer.objects.create(plan=plan, carrier=carrier, price_point=carrier.price_points.get())
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Api-Key {issue_api_key(app=app).raw_key}")
+    return Aggregator(live=str(live_server.url), carrier=carrier, client=client)
+
+
+def renewals(subscription: Subscription) -> list[SubscriptionCharge]:
+    return list(subscription.charges.filter(kind="renewal").order_by("id"))
+
+
+def payment_of(charge: SubscriptionCharge) -> Payment:
+    assert charge.payment_id is not None
+    return Payment.objects.get(pk=charge.payment_id)
+
+
+def test_an_opt_in_on_the_aggregator_hands_its_renewals_to_the_aggregator(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+
+    assert subscription.carrier_managed
+    held = simulator("aggregator").records[subscription.carrier_reference]
+    assert held["merchant_reference"] == str(subscription.public_id)
+    assert subscription.anchor_at is not None
+    assert (held["period"], held["anchor"]) == ("weekly", int(subscription.anchor_at.timestamp()))
+    assert (held["amount"], held["currency"]) == (99, "GBP")
+    assert held["callback_url"] == aggregator.callback_url
+    end = subscription.current_period_end
+    assert end is not None
+    # PlayPay charges none of its periods: `next_charge_at` is when it would ask the aggregator, late news.
+    assert subscription.next_charge_at == end + OVERDUE
+    assert run_renewals(now=end + timedelta(days=2)).charged == 0
+    assert renewals(subscription) == []
+    assert simulator("aggregator").records[subscription.carrier_reference]["periods_paid"] == 0
+
+
+def test_a_renewal_callback_records_the_period_its_payment_and_ledger(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    event = aggregator_sim.renew(subscription.carrier_reference)
+    assert event is not None
+
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=1).exists(), what="the renewal")
+    [charge] = renewals(subscription)
+    assert (charge.outcome, charge.period_index, charge.attempt) == ("succeeded", 1, 1)
+    payment = payment_of(charge)
+    assert payment.status == PaymentStatus.SUCCEEDED
+    assert payment.carrier_reference == event["data"]["charge_id"]
+    assert (payment.amount_minor, payment.currency) == (99, "GBP")
+    assert payment.metadata == {"subscription": str(subscription.public_id), "period": 1}
+    [entry] = LedgerEntry.objects.filter(payment=payment)
+    assert entry.kind == LedgerEntry.Kind.CHARGE
+    lines = LedgerLine.objects.filter(entry=entry)
+    assert lines.count() >= 2
+    assert lines.aggregate(total=Sum("amount_minor"))["total"] == 0  # balanced
+    subscription.refresh_from_db()
+    assert subscription.status == "active"
+    assert charge.period_end is not None
+    assert subscription.current_period_end == charge.period_end == subscription.entitled_until
+    assert subscription.next_charge_at == charge.period_end + OVERDUE
+    assert CarrierNotification.objects.get(notification_id=event["event_id"]).result.startswith("period 1 succeeded")
+
+
+def test_a_duplicate_callback_changes_nothing(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    event = aggregator_sim.renew(subscription.carrier_reference, lost=True)
+    assert event is not None
+
+    first, second = aggregator.post(event), aggregator.post(event)
+
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json()["result"].startswith("duplicate")
+    [charge] = renewals(subscription)
+    assert charge.outcome == "succeeded"
+    assert Payment.objects.filter(metadata__subscription=str(subscription.public_id)).count() == 2  # opt-in, period 1
+    assert LedgerEntry.objects.filter(payment=payment_of(charge)).count() == 1
+
+
+def test_a_renewal_told_after_the_cancellation_is_recorded_and_the_subscription_stays_cancelled(
+    aggregator: Aggregator,
+) -> None:
+    subscription = aggregator.opt_in()
+    late = aggregator_sim.renew(subscription.carrier_reference, lost=True)
+    assert late is not None
+    aggregator_sim.stop(subscription.carrier_reference)  # the player's STOP, told at once
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="cancelled").exists(), what="the STOP")
+
+    answer = aggregator.post(late)
+
+    assert answer.status_code == 200, answer.content
+    [charge] = renewals(subscription)
+    assert (charge.outcome, charge.period_index) == ("succeeded", 1)
+    assert payment_of(charge).status == PaymentStatus.SUCCEEDED
+    subscription.refresh_from_db()
+    assert subscription.status == "cancelled"
+    assert subscription.period_index == 0
+    assert subscription.cancel_reason == "STOP at the carrier"
+    assert not Refund.objects.exists()  # the aggregator charged it by its schedule: not PlayPay's to undo
+
+
+def test_an_old_periods_notice_never_moves_the_subscription_back(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    first = aggregator_sim.renew(subscription.carrier_reference, lost=True)
+    assert first is not None
+    aggregator_sim.renew(subscription.carrier_reference)
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=2).exists(), what="period 2")
+    subscription.refresh_from_db()
+    entitled = subscription.entitled_until
+
+    assert aggregator.post(first).status_code == 200
+
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.period_index, subscription.entitled_until) == ("active", 2, entitled)
+    assert sorted((c.period_index, c.outcome) for c in renewals(subscription)) == [(1, "succeeded"), (2, "succeeded")]
+
+
+def test_a_declined_renewal_makes_it_past_due_and_playpay_retries_nothing(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    aggregator_sim.renew(subscription.carrier_reference, decline=Decline.INSUFFICIENT_FUNDS)
+
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="past_due").exists(), what="past_due")
+    [charge] = renewals(subscription)
+    assert (charge.outcome, charge.failure_code) == ("failed", "insufficient_funds")
+    assert payment_of(charge).status == PaymentStatus.FAILED
+    assert not LedgerEntry.objects.filter(payment=payment_of(charge)).exists()
+    subscription.refresh_from_db()
+    assert charge.period_start is not None
+    assert subscription.entitled_until == charge.period_start + timedelta(days=3)  # SUBSCRIPTION_GRACE_DAYS
+    assert run_renewals(now=charge.period_start + timedelta(days=1)).charged == 0
+    assert len(renewals(subscription)) == 1
+
+    # The aggregator's own retry succeeds: the period is paid, the subscription active again.
+    aggregator_sim.renew(subscription.carrier_reference)
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="active").exists(), what="the retry")
+    assert [(c.attempt, c.outcome) for c in renewals(subscription)] == [(1, "failed"), (2, "succeeded")]
+
+
+def test_a_callback_with_a_bad_signature_is_refused_and_changes_nothing(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    event = aggregator_sim.renew(subscription.carrier_reference, lost=True)
+    assert event is not None
+
+    answer = aggregator.post(event, secret="not-the-callback-secret")
+
+    assert answer.status_code == 401
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert answer.json()["code"] == "notification_signature_invalid"
+    assert not CarrierNotification.objects.filter(notification_id=event["event_id"]).exists()
+    assert renewals(subscription) == []
+    subscription.refresh_from_db()
+    assert subscription.period_index == 0
+    # The real one, later, is applied: the refusal recorded nothing that would make it a duplicate.
+    assert aggregator.post(event).json()["result"].startswith("period 1 succeeded")
+
+
+def test_an_overdue_renewal_is_asked_about_and_what_the_aggregator_lists_is_recorded(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    lost = aggregator_sim.renew(subscription.carrier_reference, lost=True)  # its callback never arrives
+    assert lost is not None
+    end = subscription.current_period_end
+    assert end is not None
+
+    assert check_overdue(now=end + OVERDUE - timedelta(minutes=1)) == 0  # not overdue yet
+    assert renewals(subscription) == []
+    assert check_overdue(now=end + OVERDUE) == 1
+
+    [charge] = renewals(subscription)
+    assert (charge.outcome, charge.period_index) == ("succeeded", 1)
+    assert payment_of(charge).status == PaymentStatus.SUCCEEDED
+    subscription.refresh_from_db()
+    assert subscription.period_index == 1
+    assert charge.period_end is not None
+    assert subscription.next_charge_at == charge.period_end + OVERDUE
+    assert CarrierNotification.objects.get(notification_id=lost["event_id"]).result.startswith("from the status query")
+    # The callback arriving after all is a duplicate.
+    assert aggregator.post(lost).json()["result"].startswith("duplicate")
+
+    # A STOP whose callback is lost too: the next overdue check finds the subscription cancelled.
+    aggregator_sim.stop(subscription.carrier_reference, lost=True)
+    assert check_overdue(now=charge.period_end + OVERDUE) == 1
+    subscription.refresh_from_db()
+    assert subscription.status == "cancelled"
+    assert len(renewals(subscription)) == 1
+
+
+def test_an_overdue_check_with_nothing_new_asks_again_an_interval_later(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    end = subscription.current_period_end
+    assert end is not None
+
+    assert check_overdue(now=end + OVERDUE) == 1
+
+    subscription.refresh_from_db()
+    assert subscription.next_charge_at == end + 2 * OVERDUE
+    assert (subscription.status, subscription.period_index) == ("active", 0)
+    assert check_overdue(now=end + OVERDUE) == 0
+
+
+def test_an_app_cancelling_now_stops_the_renewals_at_the_aggregator(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+
+    body = {"at_period_end": False, "reason": "player asked"}
+    answer = aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+
+    assert answer.status_code == 200, answer.content
+    assert answer.json()["status"] == "cancelled"
+    wait_for(
+        lambda: simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled",
+        what="the cancellation at the aggregator",
+    )
+    assert aggregator_sim.renew(subscription.carrier_reference) is None  # no period is charged after it
+    # The aggregator's own notice of it changes nothing more.
+    wait_for(
+        lambda: CarrierNotification.objects.filter(result="ignored: already cancelled").exists(),
+        what="the aggregator's cancellation notice",
+    )
+    subscription.refresh_from_db()
+    assert subscription.status == "cancelled"
+    assert subscription.cancel_reason == "player asked"
+
+
+def test_an_app_cancelling_at_the_periods_end_stays_entitled_until_then(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    end = subscription.current_period_end
+    assert end is not None
+
+    body = {"at_period_end": True, "reason": "player asked"}
+    answer = aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+
+    assert answer.status_code == 200, answer.content
+    wait_for(
+        lambda: CarrierNotification.objects.filter(result__startswith="noted: cancelled at the carrier").exists(),
+        what="the aggregator's cancellation notice",
+    )
+    assert simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled"
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.entitled_until) == ("active", end)
+
+    assert check_overdue(now=end - timedelta(seconds=1)) == 0
+    assert check_overdue(now=end) == 1
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.cancelled_at, subscription.next_charge_at) == ("cancelled", end, None)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"period": 10**9}, {"period": "1"}, {"charge_id": "ch_\u0000"}, {"subscription_id": None}, {"amount": -99}],
+)
+def test_a_signed_subscription_event_that_is_not_one_is_refused_and_changes_nothing(
+    aggregator: Aggregator, change: dict[str, Any]
+) -> None:
+    subscription = aggregator.opt_in()
+    event = aggregator_sim.renew(subscription.carrier_reference, lost=True)
+    assert event is not None
+    garbled = {**event, "data": {**event["data"], **change}}
+
+    answer = aggregator.post(garbled)
+
+    assert answer.status_code == 400, answer.content
+    assert answer.headers["Content-Type"] == "application/problem+json"
+    assert not CarrierNotification.objects.filter(notification_id=event["event_id"]).exists()
+    assert renewals(subscription) == []
