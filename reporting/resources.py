@@ -135,20 +135,29 @@ FIGURES: dict[str, dict[str, int]] = {
 }
 
 
+# The carrier's view of the same lines, for the per-carrier settlement report: what it collected for us (its
+# gross: without what the platform paid players back itself) and what it owes us after its share.
+CARRIER_FIGURES: dict[str, dict[str, int]] = {
+    "carrier_gross": {"carrier_receivable": 1, "carrier_share": 1},
+    "net_due": {"carrier_receivable": 1},
+}
+
+
 def account_kind(account: str) -> str:
     """`carrier_share:acme-uk` -> `carrier_share`: the account without the carrier, country or app it is for."""
     return account.partition(":")[0]
 
 
-def _is_kind(kind: str, prefix: str = "") -> Q:
+def is_kind(kind: str, prefix: str = "") -> Q:
     """Lines on accounts of this kind (`platform_revenue`, or `carrier_share:<carrier>`)."""
     return Q(**{f"{prefix}account": kind}) | Q(**{f"{prefix}account__startswith": f"{kind}:"})
 
 
-def _line_figure(name: str) -> Expression:
-    """The part of the figure `name` in one ledger line."""
+def line_figure(name: str) -> Expression:
+    """The part of the figure `name` (of FIGURES or CARRIER_FIGURES) in one ledger line."""
+    signs = FIGURES.get(name) or CARRIER_FIGURES[name]
     return Case(
-        *(When(_is_kind(kind), then=F("amount_minor") * sign) for kind, sign in FIGURES[name].items()),
+        *(When(is_kind(kind), then=F("amount_minor") * sign) for kind, sign in signs.items()),
         default=Value(0),
         output_field=BigIntegerField(),
     )
@@ -209,7 +218,7 @@ class LedgerValues:
 
 
 def _figure_sums() -> dict[str, Any]:
-    return {f"{name}_minor": Sum(_line_figure(name)) for name in FIGURES}
+    return {f"{name}_minor": Sum(line_figure(name)) for name in FIGURES}
 
 
 def _money(header: str, source: str, currency: str = "currency") -> tuple[Column, Column]:
@@ -230,7 +239,7 @@ def _payment_ledger() -> dict[str, Any]:
     return {
         **_figure_sums(),
         # Everything paid back, by the carrier or the platform: what refunds and a reversal took off the gross.
-        "paid_back_minor": Sum(-_line_figure("gross"), filter=~Q(entry__kind=LedgerEntry.Kind.CHARGE)),
+        "paid_back_minor": Sum(-line_figure("gross"), filter=~Q(entry__kind=LedgerEntry.Kind.CHARGE)),
         "charged_at": _posted_at(LedgerEntry.Kind.CHARGE),
         "refunded_at": _posted_at(LedgerEntry.Kind.REFUND),
         "reversed_at": _posted_at(LedgerEntry.Kind.REVERSAL),
@@ -307,7 +316,7 @@ def _operation_values() -> dict[str, Any]:
 
 def _ledger_line_values() -> dict[str, Any]:
     return {
-        **{f"{name}_minor": _line_figure(name) for name in FIGURES},
+        **{f"{name}_minor": line_figure(name) for name in FIGURES},
         "counts_as_revenue": Value(True, output_field=BooleanField()),  # a posted line is money that moved
     }
 

@@ -9,8 +9,10 @@ their ledger lines (charges, and the refunds and reversals posted since):
 - tax: the VAT in the gross (`tax_payable`), which we owe;
 - net due: what the carrier pays us, gross less its share (`carrier_receivable`).
 
-The period is the payments' (as in the reconciliation of a settlement file), so a refund made later of a
-payment of the period counts in the period, and only the period's monthly partitions are read.
+The signs of the lines in each figure are declared once, beside the exports' figures (reporting.resources:
+FIGURES, CARRIER_FIGURES). The period is the payments' (as in the reconciliation of a settlement file), so a
+refund made later of a payment of the period counts in the period, and only the period's monthly partitions are
+read.
 """
 
 from collections.abc import Iterator
@@ -24,7 +26,7 @@ from payments.models import LedgerLine
 from playpay.money import format_money
 from playpay.tables import write_table
 from playpay.times import start_of_utc_day
-from reporting.resources import Column, Kind, python_value
+from reporting.resources import Column, Kind, is_kind, line_figure, python_value
 
 HEADER = [
     "carrier",
@@ -66,10 +68,6 @@ class CarrierSettlement:
         return [(name, minor, format_money(minor, self.currency)) for name, minor in self.amounts]
 
 
-def _kind(kind: str) -> Q:
-    return Q(account__startswith=f"{kind}:")
-
-
 def carrier_settlement(*, date_from: date, date_to: date, carrier: str = "") -> list[CarrierSettlement]:
     """One row per carrier and currency with lines for the payments created from `date_from` to `date_to`."""
     start, end = start_of_utc_day(date_from), start_of_utc_day(date_to + timedelta(days=1))
@@ -86,10 +84,12 @@ def carrier_settlement(*, date_from: date, date_to: date, carrier: str = "") -> 
     rows = (
         lines.values("entry__payment__carrier__slug", "currency")
         .annotate(
-            receivable=Sum("amount_minor", filter=_kind("carrier_receivable"), default=0),
-            share=Sum("amount_minor", filter=_kind("carrier_share"), default=0),
-            tax=Sum("amount_minor", filter=_kind("tax_payable"), default=0),
-            payments=Sum(1, filter=Q(entry__kind="charge") & _kind("carrier_receivable"), default=0),
+            # The figures' signs by account are declared once, with the exports' (reporting.resources).
+            carrier_gross=Sum(line_figure("carrier_gross"), default=0),
+            carrier_share=Sum(line_figure("carrier_share"), default=0),
+            tax=Sum(line_figure("tax"), default=0),
+            net_due=Sum(line_figure("net_due"), default=0),
+            payments=Sum(1, filter=Q(entry__kind="charge") & is_kind("carrier_receivable"), default=0),
         )
         .order_by("entry__payment__carrier__slug", "currency")
     )
@@ -97,10 +97,10 @@ def carrier_settlement(*, date_from: date, date_to: date, carrier: str = "") -> 
         CarrierSettlement(
             carrier=row["entry__payment__carrier__slug"],
             currency=row["currency"],
-            gross_minor=int(row["receivable"]) + int(row["share"]),
-            carrier_share_minor=int(row["share"]),
-            tax_minor=-int(row["tax"]),
-            net_due_minor=int(row["receivable"]),
+            gross_minor=int(row["carrier_gross"]),
+            carrier_share_minor=int(row["carrier_share"]),
+            tax_minor=int(row["tax"]),
+            net_due_minor=int(row["net_due"]),
             payments=int(row["payments"]),
         )
         for row in rows

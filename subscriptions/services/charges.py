@@ -22,7 +22,7 @@ from payments.services.refunds import refunds_of, request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notify import notify
-from subscriptions.services.state_machine import FINAL_STATUSES, transition
+from subscriptions.services.state_machine import FINAL_STATUSES, end, transition
 
 SETTLED_BY = {
     PaymentStatus.SUCCEEDED: SubscriptionCharge.Outcome.SUCCEEDED,
@@ -210,17 +210,7 @@ def grace_end(period_start: datetime) -> datetime:
 
 
 def expire(subscription: Subscription, *, actor: str, reason: str, at: datetime) -> None:
-    subscription.next_charge_at = None
-    if subscription.entitled_until is not None and subscription.entitled_until > at:
-        subscription.entitled_until = at
-    transition(
-        subscription,
-        SubscriptionStatus.EXPIRED,
-        actor=actor,
-        reason=reason,
-        at=at,
-        update_fields=("next_charge_at", "entitled_until"),
-    )
+    end(subscription, SubscriptionStatus.EXPIRED, actor=actor, reason=reason, at=at)
     notify(subscription, "expired", at=at)
 
 

@@ -77,6 +77,30 @@ def transition(
     return change
 
 
+def end(
+    subscription: Subscription,
+    to_status: str,
+    *,
+    actor: str,
+    reason: str,
+    at: datetime,
+    update_fields: tuple[str, ...] = (),
+) -> SubscriptionStatusChange:
+    """End a locked subscription at `at` (cancelled, expired): nothing more is due, and the player's access
+    ends then if it ran later."""
+    subscription.next_charge_at = None
+    if subscription.entitled_until is not None and subscription.entitled_until > at:
+        subscription.entitled_until = at
+    return transition(
+        subscription,
+        to_status,
+        actor=actor,
+        reason=reason,
+        at=at,
+        update_fields=("next_charge_at", "entitled_until", *update_fields),
+    )
+
+
 def record_creation(subscription: Subscription, *, actor: str) -> SubscriptionStatusChange:
     return SubscriptionStatusChange.objects.create(
         subscription=subscription, from_status="", to_status=subscription.status, actor=actor, reason="opt-in started"

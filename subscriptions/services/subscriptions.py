@@ -26,7 +26,7 @@ from subscriptions.models import (
     SubscriptionStatus,
 )
 from subscriptions.services.notify import notify
-from subscriptions.services.state_machine import FINAL_STATUSES, record_creation, transition
+from subscriptions.services.state_machine import FINAL_STATUSES, end, record_creation
 from tenants.models import App
 
 # Carriers whose renewals PlayPay charges itself, each period, by a one-click charge.
@@ -203,16 +203,13 @@ def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, ac
         locked.save(update_fields=["cancel_at_period_end", "cancel_reason", "updated_at"])
         return False
     locked.cancelled_at = now
-    locked.next_charge_at = None
-    if locked.entitled_until is not None and locked.entitled_until > now:
-        locked.entitled_until = now
-    transition(
+    end(
         locked,
         SubscriptionStatus.CANCELLED,
         actor=actor,
         reason=f"cancelled: {reason}",
         at=now,
-        update_fields=("cancel_reason", "cancelled_at", "next_charge_at", "entitled_until"),
+        update_fields=("cancel_reason", "cancelled_at"),
     )
     notify(locked, "cancelled", at=now)
     return pending_opt_in
