@@ -67,9 +67,35 @@ class CarrierForm(forms.ModelForm[Carrier]):
         required=False, widget=UnfoldBooleanSwitchWidget, help_text="Remove the stored credentials."
     )
 
+    monthly_spend_cap = MoneyField(
+        label="Monthly spend cap",
+        required=False,
+        help_text="Most one number may be charged on this carrier in a calendar month (subscriptions are refused "
+        "or not renewed above it; one-off payments count toward it), in major units of its country's currency: "
+        "30 for £30. Empty: no cap.",
+    )
+
     class Meta:
         model = Carrier
-        exclude: list[str] = []
+        exclude: list[str] = ["monthly_spend_cap_minor"]  # typed above, in major units
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["monthly_spend_cap"]
+        assert isinstance(field, MoneyField)
+        field.currency = self._currency()
+        cap = self.instance.monthly_spend_cap_minor
+        if cap is not None and field.currency:
+            self.initial["monthly_spend_cap"] = str(to_major(cap, field.currency))
+
+    def _currency(self) -> str:
+        """The currency of the country chosen (typed in this form, or the carrier's)."""
+        country_id = self.data.get(self.add_prefix("country"), "") if self.is_bound else self.instance.country_id
+        code = Country.objects.filter(pk=country_id).values_list("currency", flat=True).first() if country_id else ""
+        try:
+            return validate_currency(code or "")
+        except UnknownCurrency:
+            return ""
 
     def clean_new_credentials(self) -> dict[str, Any] | None:
         raw = self.cleaned_data["new_credentials"].strip()
@@ -108,6 +134,7 @@ class CarrierForm(forms.ModelForm[Carrier]):
             carrier.credentials = {}
         elif self.cleaned_data.get("new_credentials") is not None:
             carrier.credentials = self.cleaned_data["new_credentials"]
+        carrier.monthly_spend_cap_minor = self.cleaned_data.get("monthly_spend_cap")
         if commit:
             carrier.save()
         return carrier
@@ -285,7 +312,7 @@ class CarrierAdmin(AuditedAdmin):
             },
         ),
         ("Health", {"fields": ["health_summary", "health_history"]}),
-        ("Commercial", {"fields": ["revenue_share"]}),
+        ("Commercial", {"fields": ["revenue_share", "monthly_spend_cap"]}),
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 

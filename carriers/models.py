@@ -101,6 +101,15 @@ class Carrier(models.Model):
         help_text="One-click charges declined for insufficient funds are tried again after these delays "
         "(minutes, comma-separated); empty fails them at once.",
     )
+    # A regulator's (or the carrier's) ceiling on what one number may be charged in a calendar month; the
+    # subscription charges check it (subscriptions.services.caps), one-off payments count toward it.
+    monthly_spend_cap_minor = models.PositiveBigIntegerField(
+        "monthly spend cap",
+        null=True,
+        blank=True,
+        help_text="Most one MSISDN may be charged on this carrier in a calendar month, in minor units of its "
+        "country's currency; empty: no cap.",
+    )
     rate_limit_per_second = models.PositiveIntegerField(default=50, help_text="Calls per second to this carrier.")
     breaker_failure_threshold = models.PositiveSmallIntegerField(
         default=5, help_text="Consecutive transport failures that open the circuit breaker."

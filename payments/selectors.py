@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from carriers.models import Carrier, PricePoint
@@ -29,6 +29,7 @@ from payments.models import (
 from payments.services.refunds import refunds_of, reversals_of
 from playpay.ids import prefix_range
 from playpay.money import currency_exponent, format_money, signed_money
+from playpay.partitions import month_bounds, month_start
 from playpay.redaction import msisdn_hash
 from tenants.models import App
 
@@ -307,3 +308,28 @@ def amount_bound(major: Decimal, *, lookup: str) -> Q:
         whole = int(minor.to_integral_value(rounding=ROUND_CEILING if lookup == "gte" else ROUND_FLOOR))
         bound |= Q(currency=currency, **{f"amount_minor__{lookup}": whole})
     return bound
+
+
+# What counts toward a number's monthly spend: what was charged and not given back, and what is being charged
+# (so that two charges under way at once cannot both pass the cap).
+SPENT = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED)
+UNDER_WAY = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
+
+
+def monthly_spend(*, msisdn: str, carrier: Carrier, currency: str, now: datetime) -> int:
+    """Minor units charged to `msisdn` on `carrier` in the calendar month (UTC) of `now`, every app and kind of
+    payment: the charges less their refunds, and the payments under way at their full amount. Reversed and
+    failed ones count nothing.
+
+    Reads one month's partition of the payments (the bounds on `created_at`), through its index on the MSISDN.
+    """
+    start, end = month_bounds(month_start(now.astimezone(UTC)))
+    total = Payment.objects.filter(
+        msisdn=msisdn,
+        created_at__gte=start,
+        created_at__lt=end,
+        carrier=carrier,
+        currency=currency,
+        status__in=(*SPENT, *UNDER_WAY),
+    ).aggregate(spent=Sum(F("amount_minor") - F("refunded_minor")))["spent"]
+    return int(total or 0)

@@ -470,6 +470,9 @@ SUBSCRIPTION_RETRY_DAYS = env_int("SUBSCRIPTION_RETRY_DAYS", 7)
 # Days from the period's start during which a player whose renewal failed stays entitled (past_due); then
 # the subscription is suspended until a retry succeeds.
 SUBSCRIPTION_GRACE_DAYS = env_int("SUBSCRIPTION_GRACE_DAYS", 3)
+# Hours before a monthly plan's renewal that the app is sent `subscription.reminder` (to tell the player);
+# 0: none. Daily and weekly plans have no reminder.
+SUBSCRIPTION_REMINDER_HOURS = env_int("SUBSCRIPTION_REMINDER_HOURS", 48)
 # Subscriptions the renewal engine locks and charges per transaction.
 SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)
 if not 0 <= SUBSCRIPTION_GRACE_DAYS <= SUBSCRIPTION_RETRY_DAYS:

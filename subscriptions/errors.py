@@ -17,3 +17,9 @@ class IllegalSubscriptionTransition(SubscriptionError):
     code = "illegal_subscription_transition"
     title = "The subscription is not in a state that allows this"
     http_status = 409
+
+
+class SpendingCapReached(SubscriptionError):
+    code = "spending_cap_reached"
+    title = "This charge would take the player's spending on the carrier this month above its cap"
+    http_status = 422

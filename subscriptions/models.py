@@ -6,6 +6,7 @@ from django.db import models
 from django.db.models import F, Q
 from simple_history.models import HistoricalRecords
 
+from carriers.errors import ErrorCode
 from playpay.ids import new_public_id
 from subscriptions.periods import Period
 
@@ -163,6 +164,10 @@ class Subscription(models.Model):
             models.Index(fields=["msisdn"], name="subscription_msisdn_idx"),
             # Reporting's count of subscribers per status (and carrier) over every app.
             models.Index(fields=["status", "carrier"], name="subscr_status_carrier_idx"),
+            # The reminders' query: the active subscriptions whose paid period ends within the reminder's notice.
+            models.Index(
+                fields=["current_period_end"], condition=Q(status="active"), name="subscription_active_end_idx"
+            ),
             # The renewal engine's query: what is due, oldest first.
             models.Index(
                 fields=["next_charge_at"], condition=Q(next_charge_at__isnull=False), name="subscription_due_idx"
@@ -200,6 +205,10 @@ class SubscriptionStatusChange(models.Model):
 PAYMENT_METADATA_KEY = "subscription"
 
 
+# The failure code of a renewal the carrier's monthly spend cap kept from being sent (carriers' ErrorCode).
+SPEND_CAP_FAILURE = ErrorCode.SPENDING_LIMIT.value
+
+
 class SubscriptionCharge(models.Model):
     """One attempt to charge one period of a subscription: the period and the payment that charges it.
 
@@ -209,6 +218,9 @@ class SubscriptionCharge(models.Model):
     failed, so a period can neither be charged twice at once (two schedulers, a duplicate task) nor succeed
     twice; failed attempts (retries of an insufficient balance) stay as history. The outcome follows the
     payment's final status, set in the payment's own transaction (`services.charges.on_payment_status_changed`).
+
+    A `failed` row with the failure code `spending_limit` and no payment is a renewal that the carrier's monthly
+    spend cap kept from being sent (`services.caps`); it is retried as a declined one.
 
     A `missed` row has no payment: a period that ended before the engine could charge it (an outage, a
     carrier or price switched off, the retries of a declined period running past its end). It is never charged
@@ -253,11 +265,15 @@ class SubscriptionCharge(models.Model):
                 condition=Q(outcome__in=["pending", "succeeded", "missed"]),
                 name="subscription_one_live_charge_per_period",
             ),
-            # A charge has its payment; only a missed period has none.
+            # A charge has its payment; only a missed period and a renewal refused by the carrier's monthly spend
+            # cap (never sent) have none.
             models.CheckConstraint(
-                condition=Q(outcome="missed", payment__isnull=True, payment_created_at__isnull=True)
+                condition=(
+                    (Q(outcome="missed") | Q(outcome="failed", failure_code=SPEND_CAP_FAILURE))
+                    & Q(payment__isnull=True, payment_created_at__isnull=True)
+                )
                 | (~Q(outcome="missed") & Q(payment__isnull=False, payment_created_at__isnull=False)),
-                name="subscription_charge_payment_unless_missed",
+                name="subscription_charge_payment_unless_unsent",
             ),
             models.UniqueConstraint(
                 fields=["subscription", "period_index", "attempt"], name="subscription_charge_attempt_unique"
@@ -276,3 +292,28 @@ class SubscriptionCharge(models.Model):
         if not self.payment_created_at and self.payment is not None:
             self.payment_created_at = self.payment.created_at
         super().save(*args, **kwargs)
+
+
+class SubscriptionNotice(models.Model):
+    """A notice to the app about one period of a subscription, sent once: the reminder before the period is
+    charged, the receipt after it was. The unique constraint holds "once" whoever sends it, however often."""
+
+    class Kind(models.TextChoices):
+        REMINDER = "reminder", "renewal reminder"
+        RECEIPT = "receipt"
+
+    subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="notices")
+    period_index = models.PositiveIntegerField(help_text="The period it is about (the one renewed).")
+    kind = models.CharField(max_length=8, choices=Kind.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "period_index", "kind"], name="subscription_notice_once_per_period"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscription_id} period {self.period_index}: {self.kind}"

@@ -39,6 +39,25 @@ class SubscriptionCancelSerializer(StrictSerializer):
     reason = serializers.CharField(max_length=255, help_text="Why: shown to operations and sent in the webhook.")
 
 
+class SubscriptionStopSerializer(StrictSerializer):
+    msisdn = MsisdnField(max_length=32, help_text="The number the player sent STOP from.")
+    plan = serializers.SlugField(
+        max_length=64, required=False, help_text="Code of one of your plans: only its subscriptions. Omitted: all."
+    )
+
+    def to_internal_value(self, data: Any) -> Any:
+        # Strings only: DRF's text fields would read a number (`"plan": 0`) as its digits.
+        if isinstance(data, dict):
+            wrong = {
+                name: ["Must be a string."]
+                for name in ("msisdn", "plan")
+                if name in data and not isinstance(data[name], str)
+            }
+            if wrong:
+                raise serializers.ValidationError(wrong)
+        return super().to_internal_value(data)
+
+
 class PeriodSerializer(serializers.Serializer[Any]):
     index = serializers.IntegerField(help_text="0 for the first period.")
     start = serializers.DateTimeField()
@@ -127,3 +146,7 @@ class EntitlementSerializer(serializers.Serializer[Any]):
     entitled = serializers.BooleanField(help_text="Whether the player is entitled now, by any of its subscriptions.")
     entitled_until = serializers.DateTimeField(allow_null=True, help_text="Until when (the latest of them).")
     subscriptions = SubscriptionSerializer(many=True, help_text="The subscriptions that entitle the player now.")
+
+
+class SubscriptionStopResultSerializer(serializers.Serializer[Any]):
+    cancelled = SubscriptionSerializer(many=True, help_text="The subscriptions this STOP cancelled (none: all ended).")

@@ -20,6 +20,8 @@ from subscriptions.api.serializers import (
     SubscriptionConfirmSerializer,
     SubscriptionCreateSerializer,
     SubscriptionSerializer,
+    SubscriptionStopResultSerializer,
+    SubscriptionStopSerializer,
 )
 from subscriptions.models import Subscription, SubscriptionStatus
 from subscriptions.services.subscriptions import (
@@ -28,6 +30,7 @@ from subscriptions.services.subscriptions import (
     confirm_opt_in,
     entitlement,
     load_subscription,
+    stop_subscriptions,
     subscribe,
     subscriptions_with_relations,
 )
@@ -90,6 +93,8 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
             422: OpenApiResponse(
                 ProblemSerializer,
                 description="`plan_not_available` (no such plan, or not offered on the player's carrier), "
+                "`spending_cap_reached` (the first period would take what the number was charged on its carrier "
+                "this calendar month above the carrier's monthly spend cap; nothing is created), "
                 "`idempotency_key_reused`.",
             ),
             429: PROBLEM,
@@ -201,3 +206,28 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
                 }
             ).data
         )
+
+    @extend_schema(
+        request=SubscriptionStopSerializer,
+        responses={
+            200: OpenApiResponse(
+                SubscriptionStopResultSerializer,
+                description="Every subscription of the number in your app (to the plan, when given) that had not "
+                "ended is cancelled now, reason `STOP from the player`, each with its `subscription.cancelled` "
+                "webhook. Sending it again cancels nothing more (`cancelled` is empty).",
+            ),
+            **BODY_PROBLEMS,
+        },
+        summary="The player sent STOP: cancel their subscriptions now",
+    )
+    @action(detail=False, methods=["post"])
+    def stop(self, request: Request) -> Response:
+        incoming = SubscriptionStopSerializer(data=request.data)
+        incoming.is_valid(raise_exception=True)
+        cancelled = stop_subscriptions(
+            app=app_of(request),
+            msisdn=incoming.validated_data["msisdn"],
+            plan=incoming.validated_data.get("plan"),
+            now=timezone.now(),
+        )
+        return Response(SubscriptionStopResultSerializer({"cancelled": cancelled}).data)

@@ -21,6 +21,7 @@ from payments.services.carrier_flow import load_payment
 from payments.services.refunds import refunds_of, request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
+from subscriptions.services.notices import send_receipt
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, transition
 
@@ -84,7 +85,7 @@ def settle_charge(*, charge_id: int, outcome: str, failure_code: str, change: Pa
                 )
                 notify(subscription, "expired", at=at, charge=charge)
         else:
-            _renewal_failed(subscription, charge, actor=actor, at=at)
+            renewal_failed(subscription, charge, actor=actor, at=at)
 
 
 def _activate(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
@@ -132,6 +133,7 @@ def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: s
             subscription, SubscriptionStatus.ACTIVE, actor=actor, reason=reason, at=at, update_fields=PERIOD_FIELDS
         )
     notify(subscription, "renewed", at=at, charge=charge)
+    send_receipt(subscription, charge, at=at)
 
 
 def refund_unwanted(subscription: Subscription, charge: SubscriptionCharge) -> None:
@@ -177,7 +179,7 @@ def refund_unwanted_charge(*, charge_id: int) -> None:
         )
 
 
-def _renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
+def renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime) -> None:
     """A renewal attempt failed: retry on the next day of the period's schedule, or end the subscription."""
     charge.save()
     if subscription.status in FINAL_STATUSES:

@@ -6,11 +6,29 @@ from typing import Any
 from payments.services.webhooks import queue_webhook
 from subscriptions.models import Subscription, SubscriptionCharge
 
-EVENTS = ("activated", "renewed", "renewal_failed", "past_due", "suspended", "cancelled", "expired")
+EVENTS = (
+    "activated",
+    "renewed",
+    "renewal_failed",
+    "past_due",
+    "suspended",
+    "cancelled",
+    "expired",
+    "reminder",
+    "receipt",
+)
 
 
-def notify(subscription: Subscription, event: str, *, at: datetime, charge: SubscriptionCharge | None = None) -> None:
-    """Queue `subscription.<event>` for the app, in the transaction of the change it tells of."""
+def notify(
+    subscription: Subscription,
+    event: str,
+    *,
+    at: datetime,
+    charge: SubscriptionCharge | None = None,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Queue `subscription.<event>` for the app, in the transaction of the change it tells of; `extra` adds
+    fields of that event to its data."""
     assert event in EVENTS, event
     queue_webhook(
         app_id=subscription.app_id,
@@ -18,7 +36,7 @@ def notify(subscription: Subscription, event: str, *, at: datetime, charge: Subs
         payload={
             "type": f"subscription.{event}",
             "timestamp": at.isoformat(),
-            "data": event_data(subscription, charge),
+            "data": {**event_data(subscription, charge), **(extra or {})},
         },
     )
 

@@ -7,7 +7,8 @@ cancellation at the period's end, a retry window run out) or opens the charge of
 `now` (periods that ended unpaid before it are recorded as missed, never charged late): a one-click payment
 at the price the player agreed to, queued for the carrier's own queue through the outbox, and its
 `SubscriptionCharge` row, whose partial unique index refuses a second live charge of the period. The
-payment's outcome comes back through `services.charges`.
+payment's outcome comes back through `services.charges`. A run ends by sending the reminders of the
+renewals coming next (`services.notices`).
 """
 
 import logging
@@ -20,9 +21,17 @@ from django.db.models import Count, Max, Q, QuerySet
 
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
-from subscriptions.models import PAYMENT_METADATA_KEY, Subscription, SubscriptionCharge, SubscriptionStatus
+from subscriptions.models import (
+    PAYMENT_METADATA_KEY,
+    SPEND_CAP_FAILURE,
+    Subscription,
+    SubscriptionCharge,
+    SubscriptionStatus,
+)
 from subscriptions.periods import index_at
-from subscriptions.services.charges import expire, grace_end, period_bounds
+from subscriptions.services.caps import within_spend_cap
+from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
+from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
 from subscriptions.services.subscriptions import next_attempt_number, opt_in_text
@@ -44,6 +53,8 @@ class RenewalRun:
     skipped: int = 0
     paused: int = 0
     missed: int = 0
+    over_cap: int = 0
+    reminded: int = 0
     batches: int = 0
 
 
@@ -66,7 +77,10 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
                 renew(subscription, now=now, run=run)
         run.batches += 1
         if len(batch) < size:
-            return run
+            break
+    # The reminders of the renewals coming next (monthly plans), once per period.
+    run.reminded = send_reminders(now=now, batch_size=size)
+    return run
 
 
 def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None:
@@ -122,6 +136,16 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         run.paused += 1
         return
     start, end = period_bounds(subscription, index)
+    if not within_spend_cap(
+        msisdn=subscription.msisdn,
+        carrier=subscription.carrier,
+        amount_minor=subscription.amount_minor,
+        currency=subscription.currency,
+        now=now,
+    ):
+        _refuse_over_cap(subscription, index=index, start=start, end=end, now=now)
+        run.over_cap += 1
+        return
     if _open_charge(subscription, index=index, start=start, end=end):
         run.charged += 1
     else:
@@ -202,6 +226,29 @@ def _record_missed(subscription: Subscription, *, first: int, until: int) -> int
             extra={"subscription_id": str(subscription.public_id), "periods": [r.period_index for r in rows]},
         )
     return len(rows)
+
+
+def _refuse_over_cap(subscription: Subscription, *, index: int, start: datetime, end: datetime, now: datetime) -> None:
+    """The period's charge would take the number above its carrier's monthly spend cap: it is not sent, and is
+    recorded as a failed charge (`spending_limit`, no payment), handled as a declined renewal (retry, grace)."""
+    charge = SubscriptionCharge(
+        subscription=subscription,
+        kind=SubscriptionCharge.Kind.RENEWAL,
+        period_index=index,
+        period_start=start,
+        period_end=end,
+        attempt=next_attempt_number(subscription, index),
+        outcome=SubscriptionCharge.Outcome.FAILED,
+        failure_code=SPEND_CAP_FAILURE,
+        settled_at=now,
+    )
+    logger.info(
+        "subscription %s: period %d not charged, above the carrier's monthly spend cap",
+        subscription.public_id,
+        index,
+        extra={"subscription_id": str(subscription.public_id), "period": index},
+    )
+    renewal_failed(subscription, charge, actor=ACTOR, at=now)
 
 
 def _open_charge(subscription: Subscription, *, index: int, start: datetime, end: datetime) -> bool:

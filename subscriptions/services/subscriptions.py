@@ -6,6 +6,7 @@ from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.db.models import Max, QuerySet
+from django.utils import timezone
 
 from carriers.adapters import adapter_class
 from carriers.models import Carrier, PricePoint, Protocol
@@ -16,7 +17,7 @@ from payments.services.carrier_flow import app_actor, load_payment, locked_payme
 from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key
 from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
 from playpay.money import format_money
-from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable
+from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable, SpendingCapReached
 from subscriptions.models import (
     PAYMENT_METADATA_KEY,
     Plan,
@@ -25,6 +26,7 @@ from subscriptions.models import (
     SubscriptionCharge,
     SubscriptionStatus,
 )
+from subscriptions.services.caps import within_spend_cap
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, record_creation
 from tenants.models import App
@@ -79,6 +81,14 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
     adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     offer = _offer(app=app, carrier=carrier, code=request.plan)
     first = offer.first_period_price_point or offer.price_point
+    if not within_spend_cap(
+        msisdn=msisdn, carrier=carrier, amount_minor=first.amount_minor, currency=first.currency, now=timezone.now()
+    ):
+        cap = format_money(carrier.monthly_spend_cap_minor or 0, first.currency)
+        raise SpendingCapReached(
+            f"The first period ({format_money(first.amount_minor, first.currency)}) would take this number's "
+            f"charges on {carrier.name} this month above the carrier's cap of {cap}."
+        )
     actor = app_actor(app)
     with transaction.atomic():
         # The key first: a concurrent request with it waits here for ours, then finds it claimed.
@@ -236,3 +246,26 @@ def entitlement(*, app: App, user_ref: str, now: datetime) -> Entitlement:
 def next_attempt_number(subscription: Subscription, period_index: int) -> int:
     made = subscription.charges.filter(period_index=period_index).aggregate(last=Max("attempt"))["last"]
     return int(made or 0) + 1
+
+
+STOP_REASON = "STOP from the player"
+
+
+def stop_subscriptions(*, app: App, msisdn: str, plan: str | None, now: datetime) -> list[Subscription]:
+    """The player sent STOP: cancel now every subscription of the number in this app (to `plan` only, when
+    given) that has not ended; returns those cancelled. A second STOP finds none and changes nothing."""
+    number = normalize_msisdn(msisdn)
+    live = Subscription.objects.filter(app=app, msisdn=number).exclude(status__in=FINAL_STATUSES)
+    if plan is not None:
+        live = live.filter(plan__code=plan)
+    cancelled = []
+    for subscription in live.order_by("id"):
+        try:
+            cancelled.append(
+                cancel_subscription(
+                    subscription=subscription, at_period_end=False, reason=STOP_REASON, actor=app_actor(app), now=now
+                )
+            )
+        except IllegalSubscriptionTransition:
+            continue  # ended meanwhile (another STOP, the engine): nothing more to do
+    return cancelled

@@ -74,3 +74,11 @@ def test_an_accept_header_without_json_is_answered_406(shop: Shop) -> None:
 def test_a_body_that_is_not_json_is_answered_415(shop: Shop) -> None:
     response = shop.client.post(URL, data="a=1", content_type="text/plain")
     assert_problem(response, status=415, code="unsupported_media_type")
+
+
+def test_the_subscription_rules_are_in_the_schema(schema: dict[str, Any]) -> None:
+    create = schema["paths"]["/api/v1/subscriptions/"]["post"]
+    assert "spending_cap_reached" in create["responses"]["422"]["description"]
+    stop = schema["paths"]["/api/v1/subscriptions/stop/"]["post"]
+    assert {"200", "400"} <= set(stop["responses"])
+    assert stop["requestBody"]["required"] is True

@@ -82,6 +82,25 @@ def test_whether_the_gateway_deduplicates_reference_codes_is_set_in_the_carrier_
     assert carrier.deduplicates_reference_code
 
 
+def test_the_monthly_spend_cap_is_typed_in_major_units_of_the_carriers_currency(staff_client) -> None:
+    admin = staff_client("superuser")
+    carrier = CarrierFactory.create()
+    assert carrier.country.currency == "GBP"
+    url = f"/admin/carriers/carrier/{carrier.pk}/change/"
+    assert admin.post(url, carrier_form(carrier, monthly_spend_cap="30.00")).status_code == 302
+    carrier.refresh_from_db()
+    assert carrier.monthly_spend_cap_minor == 3000
+    assert carrier.history.first().monthly_spend_cap_minor == 3000
+    assert 'value="30.00"' in admin.get(url).content.decode()
+    refused = admin.post(url, carrier_form(carrier, monthly_spend_cap="30.001"))
+    assert refused.status_code == 200
+    carrier.refresh_from_db()
+    assert carrier.monthly_spend_cap_minor == 3000
+    assert admin.post(url, carrier_form(carrier, monthly_spend_cap="")).status_code == 302
+    carrier.refresh_from_db()
+    assert carrier.monthly_spend_cap_minor is None
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -131,6 +131,7 @@ def test_insufficient_funds_retries_daily_with_grace_then_suspends_and_recovers(
         "subscription.suspended",
         "subscription.renewal_failed",
         "subscription.renewed",
+        "subscription.receipt",
     ]
     history = list(subscription.history.values_list("to_status", flat=True))
     assert history == ["pending_opt_in", "active", "past_due", "suspended", "active"]
