@@ -14,8 +14,9 @@ What it measures, in one run:
   like a payment row (uuid, text, bigint, timestamptz), same duration, similar client count.
   The ratio payments/s / pgbench inserts/s says how much of the database's commit rate the app uses.
 * Where the CPU goes: server CPU per request (gunicorn, PostgreSQL, Redis) and the rate that would
-  allow with all CPUs, and how much CPU other processes on the machine took meanwhile (a warning
-  when they competed: the figures are then low).
+  allow with all CPUs, the application's and PostgreSQL's CPU per payment against the hot path's
+  goals (<= 2.0 ms and <= 1.2 ms), and how much CPU other processes on the machine took meanwhile
+  (a warning when they competed: the figures are then low).
 
 It prints the figures and whether the targets are met (>= 500 payments/s; p99 < 50 ms at half that
 rate, i.e. at >= 250 requests/s). It exits 0 whatever the figures; non-zero only when the setup fails.
@@ -94,6 +95,10 @@ PGBENCH_TABLE = "bench_payment_insert"
 TARGET_PAYMENTS_PER_SECOND = 500.0
 TARGET_P99_MS = 50.0
 TARGET_LATENCY_RATE = TARGET_PAYMENTS_PER_SECOND / 2
+# CPU per payment the hot path aims at (on any machine): the application (gunicorn's workers) and
+# PostgreSQL (the benchmark's backends); the broker/cache (Redis) has no goal of its own.
+GOAL_APP_CPU_MS = 2.0
+GOAL_POSTGRES_CPU_MS = 1.2
 
 DEFAULT_WORKERS = 2
 DEFAULT_WORKER_CLASS = "sync"
@@ -453,6 +458,20 @@ def run_pgbench(*, pgbench: str, database_url: str, clients: int, duration_s: fl
     )
 
 
+def cpu_goal_lines(cpu: CpuUse | None, requests: float) -> list[str]:
+    """The application's and PostgreSQL's CPU per payment against the hot path's goals."""
+    if cpu is None or cpu.elapsed_s == 0 or requests == 0:
+        return []
+    app_ms = cpu.seconds["app"] * 1000 / requests
+    postgres_ms = cpu.seconds["postgres"] * 1000 / requests
+    return [
+        f"  goal: application CPU   {app_ms:9.2f} ms   <= {GOAL_APP_CPU_MS:.1f} ms per payment: "
+        f"{verdict(app_ms <= GOAL_APP_CPU_MS)}",
+        f"  goal: PostgreSQL CPU    {postgres_ms:9.2f} ms   <= {GOAL_POSTGRES_CPU_MS:.1f} ms per payment: "
+        f"{verdict(postgres_ms <= GOAL_POSTGRES_CPU_MS)}",
+    ]
+
+
 def report(
     *,
     args: argparse.Namespace,
@@ -493,6 +512,7 @@ def report(
         + (", ".join(f"{count} {status}" for status, count in phase_a_statuses.items()) or "none")
     )
     lines += server_cpu_lines(phase_a.cpu, phase_a_db_count + phase_a.non_201)
+    lines += cpu_goal_lines(phase_a.cpu, phase_a_db_count + phase_a.non_201)
     lines += other_load_lines(phase_a.cpu)
     lines.append("")
     if phase_b is None:

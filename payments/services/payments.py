@@ -109,6 +109,12 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
         claim_key(idempotency, resource_id=payment.public_id)
     # As it is now: where tasks run in-process, the carrier's first step already ran at the commit.
     payment.refresh_from_db()
+    # The reload forgets the carrier and price point the payment was made with; the answer names them, and
+    # they are the ones in hand (a payment keeps its own), so they are not read again.
+    if payment.carrier_id == carrier.pk:
+        payment.carrier = carrier
+    if payment.price_point_id == price_point.pk:
+        payment.price_point = price_point
     return payment
 
 

@@ -5,6 +5,8 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from carriers import adapters
@@ -31,6 +33,23 @@ def test_create_pin_payment_returns_201_with_next_action(shop: Shop) -> None:
     assert body["next_action"]["attempts_remaining"] == 3
     payment = Payment.objects.get(public_id=body["id"])
     assert [(h.from_status, h.to_status) for h in payment.history.all()] == [("", "created"), ("created", "pin_sent")]
+
+
+def test_the_create_answer_names_carrier_and_price_point_without_reading_them_again(shop: Shop) -> None:
+    assert shop.create_payment("key-1").status_code == 201  # routing and price points are now memoised
+
+    with CaptureQueriesContext(connection) as statements:  # the request alone: its carrier work waits for a commit
+        response = shop.client.post(
+            "/api/v1/payments/",
+            {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"},
+            format="json",
+            HTTP_IDEMPOTENCY_KEY="key-2",
+        )
+
+    assert response.status_code == 201
+    assert (response.json()["carrier"], response.json()["price_point"]) == (shop.carrier.slug, "gems-100")
+    reads = [q["sql"] for q in statements.captured_queries if q["sql"].startswith("SELECT")]
+    assert not [sql for sql in reads if '"carriers_carrier"' in sql or '"carriers_pricepoint"' in sql], reads
 
 
 def test_confirm_with_the_right_pin_charges_the_payment(shop: Shop) -> None:
