@@ -42,7 +42,7 @@ from subscriptions.services.charges import overdue_interval, period_bounds
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, FINAL_STATUSES, transition
 from subscriptions.services.subscriptions import (
-    _cancel_locked,
+    cancel_locked,
     create_renewal_charge,
     end_cancelled_period,
     load_subscription,
@@ -157,7 +157,7 @@ def _cancelled(subscription: Subscription, event: SubscriptionEvent, *, at: date
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
         return "noted: cancelled at the carrier as asked; it ends with its period"
     reason = f"{event.raw_code or 'cancelled'} at the carrier"
-    _cancel_locked(subscription, at_period_end=False, reason=reason, actor=carrier_actor(subscription.carrier), now=at)
+    cancel_locked(subscription, at_period_end=False, reason=reason, actor=carrier_actor(subscription.carrier), now=at)
     return f"cancelled ({reason})"
 
 

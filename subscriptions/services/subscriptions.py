@@ -182,7 +182,7 @@ def cancel_subscription(
             locked = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
             if _live_renewal_payment_ids(locked.pk) != pending and attempt + 1 < CANCEL_ATTEMPTS:
                 continue
-            pending_opt_in = _cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
+            pending_opt_in = cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
             if locked.carrier_managed and locked.carrier_reference:
                 # Its carrier charges no period after this (`services.carrier_managed.cancel_at_carrier`).
                 outbox.enqueue(CANCEL_AT_CARRIER_TASK, queue=carrier_queue(locked.carrier), subscription_id=locked.pk)
@@ -226,7 +226,7 @@ def end_cancelled_period(subscription: Subscription, *, actor: str, now: datetim
     notify(subscription, "cancelled", at=now)
 
 
-def _cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, actor: str, now: datetime) -> bool:
+def cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, actor: str, now: datetime) -> bool:
     """Cancel a locked subscription; True when it was waiting for its opt-in (whose payment is then expired)."""
     if locked.status in FINAL_STATUSES:
         raise IllegalSubscriptionTransition(
