@@ -311,7 +311,7 @@ def amount_bound(major: Decimal, *, lookup: str) -> Q:
 
 
 # What counts toward a number's monthly spend: what was charged and not given back, and what is being charged
-# (so that two charges under way at once cannot both pass the cap).
+# (so that a charge decided after another, still under way, counts it: subscriptions.services.caps).
 SPENT = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED)
 UNDER_WAY = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
 

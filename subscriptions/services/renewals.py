@@ -29,7 +29,7 @@ from subscriptions.models import (
     SubscriptionStatus,
 )
 from subscriptions.periods import index_at
-from subscriptions.services.caps import within_spend_cap
+from subscriptions.services.caps import CapBusy, within_spend_cap
 from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
@@ -61,6 +61,9 @@ class RenewalRun:
     over_cap: int = 0
     reminded: int = 0
     batches: int = 0
+
+
+CAP_BUSY_RECHECK = timedelta(minutes=1)
 
 
 def due_subscriptions(now: datetime) -> QuerySet[Subscription]:
@@ -135,13 +138,24 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         run.paused += 1
         return
     start, end = period_bounds(subscription, index)
-    if not within_spend_cap(
-        msisdn=subscription.msisdn,
-        carrier=subscription.carrier,
-        amount_minor=subscription.amount_minor,
-        currency=subscription.currency,
-        now=now,
-    ):
+    try:
+        within_cap = within_spend_cap(
+            msisdn=subscription.msisdn,
+            carrier=subscription.carrier,
+            amount_minor=subscription.amount_minor,
+            currency=subscription.currency,
+            now=now,
+            wait=False,
+        )
+    except CapBusy:
+        # Another charge of this number is being decided (an opt-in, another engine's batch): this renewal is
+        # looked at again a minute later (not in this run's next batch). Waiting here, holding the batch's
+        # other locks, could deadlock.
+        subscription.next_charge_at = now + CAP_BUSY_RECHECK
+        subscription.save(update_fields=["next_charge_at", "updated_at"])
+        run.skipped += 1
+        return
+    if not within_cap:
         _refuse_over_cap(subscription, index=index, start=start, end=end, now=now)
         run.over_cap += 1
         return

@@ -87,14 +87,6 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
     adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     offer = _offer(app=app, carrier=carrier, code=request.plan)
     first = offer.first_period_price_point or offer.price_point
-    if not within_spend_cap(
-        msisdn=msisdn, carrier=carrier, amount_minor=first.amount_minor, currency=first.currency, now=timezone.now()
-    ):
-        cap = format_money(carrier.monthly_spend_cap_minor or 0, first.currency)
-        raise SpendingCapReached(
-            f"The first period ({format_money(first.amount_minor, first.currency)}) would take this number's "
-            f"charges on {carrier.name} this month above the carrier's cap of {cap}."
-        )
     actor = app_actor(app)
     with transaction.atomic():
         # The key first: a concurrent request with it waits here for ours, then finds it claimed.
@@ -114,6 +106,15 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             metadata=request.metadata,
         )
         claim_key(idempotency, resource_id=subscription.public_id)
+        # Then the number's cap lock, held until this transaction (and its opt-in payment) commits.
+        if not within_spend_cap(
+            msisdn=msisdn, carrier=carrier, amount_minor=first.amount_minor, currency=first.currency, now=timezone.now()
+        ):
+            cap = format_money(carrier.monthly_spend_cap_minor or 0, first.currency)
+            raise SpendingCapReached(
+                f"The first period ({format_money(first.amount_minor, first.currency)}) would take this number's "
+                f"charges on {carrier.name} this month above the carrier's cap of {cap}."
+            )
         try:
             with transaction.atomic():
                 subscription.save()

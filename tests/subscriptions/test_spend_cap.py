@@ -1,6 +1,8 @@
 """The carrier's monthly spend cap per number: checked before the opt-in's charge and each renewal's, counting
 every payment charged to the number on the carrier this calendar month (one-off ones too)."""
 
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -125,3 +127,49 @@ def test_the_subscription_page_shows_a_renewal_kept_back_by_the_cap(subs: Subs, 
     response = staff_client("operations").get(f"/admin/subscriptions/subscription/{subscription.pk}/change/")
     assert response.status_code == 200
     assert "spending_limit" in response.content.decode()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_charges_of_one_number_decided_at_once_are_decided_one_after_the_other(
+    make_subs: Callable[..., Subs],
+) -> None:
+    import threading
+
+    from django.db import connection, transaction
+
+    from subscriptions.services.caps import CapBusy, within_spend_cap
+
+    subs = make_subs()
+    set_cap(subs, PRICE)  # room for one charge
+    carrier, currency = subs.shop.carrier, subs.shop.price_point.currency
+    first_holds_the_lock = threading.Event()
+    answers: dict[str, bool | str] = {}
+
+    def charge(name: str, *, wait: bool = True) -> None:
+        try:
+            with transaction.atomic():
+                answers[name] = within_spend_cap(
+                    msisdn=MSISDN, carrier=carrier, amount_minor=PRICE, currency=currency, now=timezone.now(), wait=wait
+                )
+                if name == "first":
+                    one_off(subs, amount=PRICE, status=PaymentStatus.CHARGING)  # its payment, under way
+                    first_holds_the_lock.set()
+                    time.sleep(0.5)  # the second decides meanwhile
+        except CapBusy:
+            answers[name] = "busy"
+        finally:
+            connection.close()
+
+    first = threading.Thread(target=charge, args=("first",))
+    first.start()
+    assert first_holds_the_lock.wait(10)
+    engine = threading.Thread(target=charge, args=("engine",), kwargs={"wait": False})
+    engine.start()
+    engine.join()
+    second = threading.Thread(target=charge, args=("second",))
+    second.start()
+    first.join()
+    second.join()
+    # The renewal engine does not wait (it holds a batch's locks); an opt-in waits, then sees the first's payment.
+    assert answers == {"first": True, "engine": "busy", "second": False}
