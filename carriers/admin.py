@@ -134,7 +134,9 @@ class CarrierForm(forms.ModelForm[Carrier]):
             carrier.credentials = {}
         elif self.cleaned_data.get("new_credentials") is not None:
             carrier.credentials = self.cleaned_data["new_credentials"]
-        carrier.monthly_spend_cap_minor = self.cleaned_data.get("monthly_spend_cap")
+        if cast(MoneyField, self.fields["monthly_spend_cap"]).currency:
+            carrier.monthly_spend_cap_minor = self.cleaned_data.get("monthly_spend_cap")
+        # else: no currency to read it in (the country has none set): the cap stored is kept as it was
         if commit:
             carrier.save()
         return carrier

@@ -6,6 +6,7 @@ exceed the carrier's `monthly_spend_cap_minor`. An opt-in above it is refused (`
 above it is not sent to the carrier and fails as `spending_limit` (`services.renewals`).
 """
 
+import logging
 from datetime import datetime
 from zlib import crc32
 
@@ -13,6 +14,8 @@ from django.db import connection, transaction
 
 from carriers.models import Carrier
 from payments.selectors import monthly_spend
+
+logger = logging.getLogger(__name__)
 
 _LOCK_SPACE = 0x5C4B  # the first key of the advisory locks of spend caps (the second: the carrier and number)
 
@@ -31,6 +34,16 @@ def within_spend_cap(
     cap = carrier.monthly_spend_cap_minor
     if cap is None:
         return True
+    if currency != carrier.country.currency:
+        # The cap is in the carrier's country's currency: a charge in another one cannot be held to it, and a
+        # cap is a regulator's rule, so it is refused (and said) rather than let through.
+        logger.error(
+            "spend cap of %s is in %s, a charge in %s cannot be checked against it: refused",
+            carrier.slug,
+            carrier.country.currency or "no currency",
+            currency,
+        )
+        return False
     _lock(carrier, msisdn, wait=wait)
     return monthly_spend(msisdn=msisdn, carrier=carrier, currency=currency, now=now) + amount_minor <= cap
 

@@ -83,7 +83,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
             batch = list(
                 due_subscriptions(now)
                 .select_for_update(skip_locked=True, of=("self",))
-                .select_related("app", "carrier", "plan", "price_point")[:size]
+                .select_related("app", "carrier__country", "plan", "price_point")[:size]
             )
             for subscription in batch:
                 renew(subscription, now=now, run=run)

@@ -173,3 +173,15 @@ def test_two_charges_of_one_number_decided_at_once_are_decided_one_after_the_oth
     second.join()
     # The renewal engine does not wait (it holds a batch's locks); an opt-in waits, then sees the first's payment.
     assert answers == {"first": True, "engine": "busy", "second": False}
+
+
+def test_a_charge_in_another_currency_than_the_cap_s_is_refused(subs: Subs) -> None:
+    country = subs.shop.carrier.country
+    assert subs.shop.price_point.currency == country.currency
+    set_cap(subs, 100_000)
+    country.currency = "EUR"  # the cap now reads in euros, the plan charges pounds
+    country.save(update_fields=["currency"])
+    response = subs.subscribe()
+    assert response.status_code == 422, response.content
+    assert response.json()["code"] == "spending_cap_reached"
+    assert not Subscription.objects.exists()
