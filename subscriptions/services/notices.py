@@ -15,6 +15,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionNotice, SubscriptionStatus
 from subscriptions.periods import Period
 from subscriptions.services.notify import notify
+from subscriptions.services.prices import AGREED_PRICE_CHARGEABLE
 
 # Plans whose renewals are announced ahead (SUBSCRIPTION_REMINDER_HOURS before): a daily or weekly charge
 # would be reminded of nearly as often as it is made.
@@ -61,6 +62,7 @@ def due_reminders(now: datetime) -> QuerySet[Subscription]:
             plan__period__in=REMINDED_PERIODS,
             cancel_at_period_end=False,
         )
+        .filter(AGREED_PRICE_CHARGEABLE)  # a renewal paused (billing switched off) is not announced
         .exclude(Exists(reminded))
         .order_by("current_period_end")
     )

@@ -33,6 +33,7 @@ from subscriptions.services.caps import CapBusy, within_spend_cap
 from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
+from subscriptions.services.prices import agreed_price_available
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
 from subscriptions.services.subscriptions import (
     create_renewal_charge,
@@ -165,16 +166,6 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         run.skipped += 1
     subscription.next_charge_at = None  # until the charge's outcome sets the next date
     subscription.save(update_fields=["next_charge_at", "updated_at"])
-
-
-def agreed_price_available(subscription: Subscription) -> bool:
-    """Whether the price the player agreed to at opt-in can be charged now, through its carrier."""
-    price_point = subscription.price_point
-    return (
-        subscription.carrier.is_active
-        and price_point.is_active
-        and (price_point.amount_minor, price_point.currency) == (subscription.amount_minor, subscription.currency)
-    )
 
 
 def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:

@@ -101,3 +101,19 @@ def test_a_declined_renewal_sends_no_receipt(subs: Subs, hooks: Receiver) -> Non
     subs.renew(end)
     assert "subscription.receipt" not in event_types(subscription)
     assert not SubscriptionNotice.objects.exists()
+
+
+def test_a_renewal_that_will_not_be_charged_is_not_announced(subs: Subs, hooks: Receiver) -> None:
+    monthly_subs, subscription = monthly(subs)
+    subscription.carrier.is_active = False  # billing through the carrier switched off: the renewal pauses
+    subscription.carrier.save(update_fields=["is_active"])
+    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 0
+    subscription.carrier.is_active = True
+    subscription.carrier.save(update_fields=["is_active"])
+    price_point = subscription.price_point
+    price_point.amount_minor += 100  # the agreed price is no longer the price point's
+    price_point.save(update_fields=["amount_minor"])
+    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 0
+    price_point.amount_minor -= 100
+    price_point.save(update_fields=["amount_minor"])
+    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 1
