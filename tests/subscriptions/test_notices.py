@@ -99,6 +99,11 @@ def test_a_declined_renewal_sends_no_receipt(subs: Subs, hooks: Receiver) -> Non
     assert end is not None
     Subscription.objects.filter(pk=subscription.pk).update(msisdn=subscription.msisdn[:-4] + "0002")  # broke
     subs.renew(end)
+    (renewal,) = SubscriptionCharge.objects.filter(subscription=subscription, kind="renewal")
+    assert (renewal.outcome, renewal.failure_code) == ("failed", "insufficient_funds")  # tried, and declined
+    subscription.refresh_from_db()
+    assert subscription.status == "past_due"
+    assert "subscription.renewal_failed" in event_types(subscription)
     assert "subscription.receipt" not in event_types(subscription)
     assert not SubscriptionNotice.objects.exists()
 
