@@ -30,6 +30,10 @@ class PaymentStatus(models.TextChoices):
     REVERSED = "reversed"
 
 
+# A payment not decided yet: the carrier has it, or will (its outcome may still change what it owes and is owed).
+UNDECIDED_STATUSES = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
+
+
 class PaymentFlow(models.TextChoices):
     PIN = "pin", "PIN / OTP"
     ONE_CLICK = "one_click", "one-click"

@@ -23,17 +23,16 @@ the payments last. PostgreSQL refuses to detach a month others still refer to (`
 order to follow).
 """
 
-from payments.models import MoneyOperation, PaymentStatus
+from payments.models import UNDECIDED_STATUSES, MoneyOperation
 from playpay.partitions import IdMonths, PartitionedTable, register
 
 # A month of payments leaves only once nothing of it moves any more: no payment short of a final status or
 # with an outcome the carrier has not stated, no refund or reversal pending. A refund confirmed later would
 # need the charge's ledger lines, gone with the month. Every table of the month waits for the same.
-UNDECIDED = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
 UNSETTLED = f"""
 SELECT (SELECT count(*) FROM payments_payment
         WHERE created_at >= %(start)s AND created_at < %(end)s
-          AND (status IN ({", ".join(f"'{status}'" for status in UNDECIDED)}) OR outcome_unknown_since IS NOT NULL))
+          AND (status IN ({", ".join(f"'{s}'" for s in UNDECIDED_STATUSES)}) OR outcome_unknown_since IS NOT NULL))
      + (SELECT count(*) FROM payments_refund
         WHERE payment_created_at >= %(start)s AND payment_created_at < %(end)s
           AND (status = '{MoneyOperation.Status.PENDING}' OR outcome_unknown_since IS NOT NULL))

@@ -17,6 +17,7 @@ from journal.selectors import summary as journal_summary
 from journal.selectors import timeline as journal_timeline
 from payments.models import (
     PUBLIC_ID_SKEW,
+    UNDECIDED_STATUSES,
     CarrierNotification,
     LedgerEntry,
     Payment,
@@ -313,7 +314,6 @@ def amount_bound(major: Decimal, *, lookup: str) -> Q:
 # What counts toward a number's monthly spend: what was charged and not given back, and what is being charged
 # (so that a charge decided after another, still under way, counts it: subscriptions.services.caps).
 SPENT = (PaymentStatus.SUCCEEDED, PaymentStatus.PARTIALLY_REFUNDED, PaymentStatus.REFUNDED)
-UNDER_WAY = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
 
 
 def monthly_spend(*, msisdn: str, carrier: Carrier, currency: str, now: datetime) -> int:
@@ -330,6 +330,6 @@ def monthly_spend(*, msisdn: str, carrier: Carrier, currency: str, now: datetime
         created_at__lt=end,
         carrier=carrier,
         currency=currency,
-        status__in=(*SPENT, *UNDER_WAY),
+        status__in=(*SPENT, *UNDECIDED_STATUSES),
     ).aggregate(spent=Sum(F("amount_minor") - F("refunded_minor")))["spent"]
     return int(total or 0)

@@ -23,7 +23,7 @@ from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest,
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
-from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.models import UNDECIDED_STATUSES, Payment, PaymentFlow, PaymentStatus
 from payments.partitions import PAYMENT_MONTHS
 from payments.services import outbox, outcomes
 from payments.services.payment_keys import attach_carrier_reference, payment_by_carrier_reference
@@ -318,14 +318,13 @@ def _retry_or_fail(payment: Payment, result: CarrierResult, *, actor: str) -> No
 
 
 # The statuses in which a carrier call can await its answer.
-AWAITING_CARRIER = (PaymentStatus.CREATED, PaymentStatus.PIN_SENT, PaymentStatus.PIN_VERIFIED, PaymentStatus.CHARGING)
 
 
 def _forget_unknown(payment_id: int) -> None:
     """A payment that moved on (expired, settled) while marked: nothing is left to ask the carrier."""
     with transaction.atomic():
         locked = locked_payment(payment_id)
-        if locked.status not in AWAITING_CARRIER and locked.outcome_unknown_since is not None:
+        if locked.status not in UNDECIDED_STATUSES and locked.outcome_unknown_since is not None:
             locked.save(update_fields=[*outcomes.clear_unknown(locked), "updated_at"])
 
 
@@ -335,7 +334,7 @@ def resolve_payment(*, payment_id: int) -> None:
     payment = load_payment(payment_id)
     if payment.outcome_unknown_since is None:
         return
-    if payment.status not in AWAITING_CARRIER:
+    if payment.status not in UNDECIDED_STATUSES:
         _forget_unknown(payment_id)
         return
     capabilities = adapter_class(payment.carrier.protocol).capabilities
