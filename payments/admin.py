@@ -79,6 +79,7 @@ from playpay.admin_base import MoneyField, ReadOnlyInline, RecordAdmin, money_co
 from playpay.errors import DomainError
 from playpay.money import format_money
 from playpay.redaction import mask_msisdn
+from playpay.times import utc_text
 from tenants.admin import ApiKeyInline
 from tenants.models import App
 from tenants.services import issue_api_key
@@ -247,7 +248,7 @@ def payment_header(payment: Payment, *, full_msisdn: bool) -> dict[str, Any]:
         "app": payment.app.name,
         "carrier": payment.carrier,
         "flow": payment.flow,
-        "created": f"{payment.created_at:%Y-%m-%d %H:%M:%S} UTC",
+        "created": utc_text(payment.created_at),
     }
 
 
@@ -400,7 +401,7 @@ class PaymentAdmin(PlayerRecordAdmin):
 
     @admin.display(description="created (UTC)", ordering="created_at")
     def created(self, payment: Payment) -> str:
-        return f"{payment.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        return utc_text(payment.created_at)
 
     @admin.display(description="amount", ordering="amount_minor")
     def amount(self, payment: Payment) -> str:
@@ -545,7 +546,7 @@ class PaymentAdmin(PlayerRecordAdmin):
             "rows": [
                 {
                     "payment": payment,
-                    "created": f"{payment.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC",
+                    "created": utc_text(payment.created_at),
                     "amount": format_money(payment.amount_minor, payment.currency),
                     "msisdn": shown_msisdn(request, payment.msisdn),
                 }

@@ -32,6 +32,7 @@ from playpay.ids import prefix_range
 from playpay.money import currency_exponent, format_money, signed_money
 from playpay.partitions import month_bounds, month_start
 from playpay.redaction import msisdn_hash
+from playpay.times import utc_text
 from tenants.models import App
 
 # What the journal alone knows; the rest (staff actions, webhooks, callbacks) is read from its own table,
@@ -47,7 +48,7 @@ class TimelineEvent:
 
     @property
     def when(self) -> str:
-        return f"{self.at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        return utc_text(self.at)
 
 
 def payment_timeline(payment: Payment) -> list[TimelineEvent]:

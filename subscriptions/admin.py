@@ -1,7 +1,6 @@
 """The subscriptions' admin: plans and their offers per carrier (configuration, with a reason and a history),
 subscriptions (a record the system writes: found, read, cancelled with a reason), and the player page's section."""
 
-from datetime import UTC
 from typing import Any
 from urllib.parse import urlencode
 
@@ -28,13 +27,13 @@ from playpay.admin_base import TabularInline
 from playpay.errors import DomainError
 from playpay.money import format_money
 from playpay.redaction import mask_msisdn
+from playpay.times import utc_text
 from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionStatus
 from subscriptions.selectors import (
     player_subscriptions,
     search_subscriptions,
     staff_actions,
     subscription_periods,
-    when,
 )
 from subscriptions.services.staff import cancel_for_staff
 from subscriptions.services.state_machine import FINAL_STATUSES
@@ -165,9 +164,9 @@ def entitlement_text(subscription: Subscription) -> str:
     now = timezone.now()
     until = subscription.entitled_until
     if until is not None and until > now:
-        return f"entitled until {when(until)}"
+        return f"entitled until {utc_text(until)}"
     if until is not None:
-        return f"not entitled (since {when(until)})"
+        return f"not entitled (since {utc_text(until)})"
     return "not entitled"
 
 
@@ -175,15 +174,15 @@ def subscription_header(subscription: Subscription, *, full_msisdn: bool) -> dic
     """What the subscription page shows first: plan and price, status, entitlement, player, carrier."""
     notes = []
     if subscription.cancel_at_period_end and subscription.status not in FINAL_STATUSES:
-        notes.append(f"cancels at the end of this period ({when(subscription.current_period_end)})")
+        notes.append(f"cancels at the end of this period ({utc_text(subscription.current_period_end)})")
     if subscription.carrier_managed:
         notes.append(f"renewed by the carrier ({subscription.carrier_reference or 'not handed over yet'})")
         if subscription.next_charge_at:
-            notes.append(f"the carrier is asked about it {when(subscription.next_charge_at)} if it tells nothing")
+            notes.append(f"the carrier is asked about it {utc_text(subscription.next_charge_at)} if it tells nothing")
     elif subscription.next_charge_at and not subscription.cancel_at_period_end:
-        notes.append(f"next charge {when(subscription.next_charge_at)}")
+        notes.append(f"next charge {utc_text(subscription.next_charge_at)}")
     if subscription.cancelled_at:
-        notes.append(f"cancelled {when(subscription.cancelled_at)}")
+        notes.append(f"cancelled {utc_text(subscription.cancelled_at)}")
     if subscription.cancel_reason:
         notes.append(f"cancellation reason: {subscription.cancel_reason}")
     return {
@@ -197,10 +196,10 @@ def subscription_header(subscription: Subscription, *, full_msisdn: bool) -> dic
         "user_ref": subscription.user_ref,
         "app": subscription.app.name,
         "carrier": subscription.carrier,
-        "period": when(subscription.current_period_start) + " → " + when(subscription.current_period_end)
+        "period": utc_text(subscription.current_period_start) + " → " + utc_text(subscription.current_period_end)
         if subscription.current_period_start
         else "—",
-        "created": when(subscription.created_at),
+        "created": utc_text(subscription.created_at),
     }
 
 
@@ -239,7 +238,7 @@ class SubscriptionAdmin(PlayerRecordAdmin):
 
     @admin.display(description="created (UTC)", ordering="id")
     def created(self, subscription: Subscription) -> str:
-        return f"{subscription.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+        return utc_text(subscription.created_at)
 
     @display(description="status", ordering="status", label=STATUS_LABELS)  # type: ignore[untyped-decorator]
     def status_badge(self, subscription: Subscription) -> str:
@@ -248,13 +247,13 @@ class SubscriptionAdmin(PlayerRecordAdmin):
     @admin.display(description="entitled until")
     def entitled(self, subscription: Subscription) -> str:
         until = subscription.entitled_until
-        return when(until) if until is not None and until > timezone.now() else "—"
+        return utc_text(until) if until is not None and until > timezone.now() else "—"
 
     @admin.display(description="next charge")
     def next_charge(self, subscription: Subscription) -> str:
         if subscription.carrier_managed:
             return "by the carrier"
-        return when(subscription.next_charge_at)
+        return utc_text(subscription.next_charge_at)
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
         return search_subscriptions(term=search_term, queryset=queryset), False
@@ -370,7 +369,7 @@ class SubscriptionAdmin(PlayerRecordAdmin):
         if cancelled.status == SubscriptionStatus.CANCELLED:
             message = "Cancelled now: the player is no longer entitled and is not charged again."
         else:
-            message = f"Cancels at the end of the period ({when(cancelled.current_period_end)}); not renewed."
+            message = f"Cancels at the end of the period ({utc_text(cancelled.current_period_end)}); not renewed."
         self.message_user(request, message, level=messages.SUCCESS)
         return back
 
@@ -392,7 +391,7 @@ def player_section(request: HttpRequest, player: Player) -> PlayerSection | None
                 "url": reverse("admin:subscriptions_subscription_change", args=[subscription.pk]),
                 "price": agreed_price(subscription),
                 "entitlement": entitlement_text(subscription),
-                "created": when(subscription.created_at),
+                "created": utc_text(subscription.created_at),
                 "msisdn": shown_msisdn(request, subscription.msisdn),
             }
         )

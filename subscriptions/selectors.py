@@ -4,7 +4,7 @@ their charges, and a player's subscriptions."""
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -15,6 +15,7 @@ from payments.models import Payment
 from payments.selectors import MIN_PUBLIC_ID_PREFIX, Player, active_regions, payments_named
 from playpay.ids import prefix_range
 from playpay.money import format_money
+from playpay.times import utc_text
 from subscriptions.models import Subscription, SubscriptionCharge
 from subscriptions.periods import bounds
 from tenants.models import App
@@ -50,10 +51,6 @@ def _charged_by_payment(public_id: str) -> list[int]:
     """The subscriptions one of whose charges is the payment `public_id` (read from its month only)."""
     payments = list(Payment.objects.with_public_id(public_id).values_list("pk", flat=True)[:1])
     return list(SubscriptionCharge.objects.filter(payment__in=payments).values_list("subscription", flat=True))
-
-
-def when(moment: datetime | None) -> str:
-    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC" if moment else "—"
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ def subscription_periods(subscription: Subscription, *, latest: int = SHOWN_PERI
     rows = []
     for index, attempts in periods.items():
         start, end = _period_bounds(subscription, index, attempts)
-        rows.append(PeriodRow(index=index, start=when(start), end=when(end), charges=attempts))
+        rows.append(PeriodRow(index=index, start=utc_text(start), end=utc_text(end), charges=attempts))
     return rows
 
 

@@ -14,7 +14,9 @@ itself and tells of it by signed callback; PlayPay charges nothing and records w
 """
 
 import logging
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -52,6 +54,17 @@ from subscriptions.services.subscriptions import (
 logger = logging.getLogger(__name__)
 
 
+def _call(
+    subscription: Subscription, operation: Callable[[CarrierAdapter], CarrierResult], *, name: str, request: Any = None
+) -> CarrierResult:
+    """The carrier's answer through the gateway (its timeouts, breaker and rate limit); pending when the gateway
+    puts the call off, for the caller's later try."""
+    try:
+        return call_carrier(subscription.carrier, operation, name=name, request=request)
+    except CarrierBusy:
+        return CarrierResult.pending("BUSY", "the carrier is not called now")
+
+
 def register_at_carrier(*, subscription_id: int) -> bool:
     """Create the subscription at its carrier, which takes its renewals from the second period on; whether it
     was registered now. Safe to run twice: the carrier answers a repeat of our reference with the same id, and
@@ -69,15 +82,9 @@ def register_at_carrier(*, subscription_id: int) -> bool:
         anchor=subscription.anchor_at.isoformat(),
         description=renewal_text(subscription),
     )
-    try:
-        result = call_carrier(
-            subscription.carrier,
-            lambda adapter: adapter.create_subscription(request),
-            name="create_subscription",
-            request=request,
-        )
-    except CarrierBusy:
-        result = CarrierResult.pending("BUSY", "the carrier is not called now")
+    result = _call(
+        subscription, lambda adapter: adapter.create_subscription(request), name="create_subscription", request=request
+    )
     if result.outcome != Outcome.SUCCEEDED or not result.carrier_reference:
         logger.warning(
             "subscription %s: not registered at the carrier (%s %s); the overdue check tries again",
@@ -101,15 +108,7 @@ def cancel_at_carrier(*, subscription_id: int) -> bool:
     reference = subscription.carrier_reference
     if not reference:
         return False
-    try:
-        result = call_carrier(
-            subscription.carrier,
-            lambda adapter: adapter.cancel_subscription(reference),
-            name="cancel_subscription",
-            request=None,
-        )
-    except CarrierBusy:
-        result = CarrierResult.pending("BUSY", "the carrier is not called now")
+    result = _call(subscription, lambda adapter: adapter.cancel_subscription(reference), name="cancel_subscription")
     if result.outcome != Outcome.SUCCEEDED:
         logger.error(
             "subscription %s: the carrier did not confirm its cancellation (%s %s)",

@@ -6,9 +6,9 @@ from django.contrib.auth.models import AbstractBaseUser
 
 from journal.services import record_staff_action
 from payments.services.staff import staff_actor
+from playpay.times import utc_text
 from subscriptions.errors import SubscriptionError
 from subscriptions.models import Subscription
-from subscriptions.selectors import when
 from subscriptions.services.subscriptions import cancel_subscription
 
 
@@ -31,7 +31,7 @@ def cancel_for_staff(
         )
         raise
     if cancelled.cancel_at_period_end and cancelled.cancelled_at is None:
-        outcome = f"cancels at the end of the period, {when(cancelled.current_period_end)}"
+        outcome = f"cancels at the end of the period, {utc_text(cancelled.current_period_end)}"
     else:
         outcome = "cancelled now: the player is no longer entitled"
     record_staff_action(user=user, action="cancel_subscription", target=cancelled, reason=reason, outcome=outcome)

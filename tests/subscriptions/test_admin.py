@@ -151,7 +151,7 @@ def test_the_subscription_page_shows_status_entitlement_periods_charges_and_hist
     text = staff_client("support").get(page(subscription)).content.decode()
     assert "VIP pass" in text
     assert "£0.99 per week" in text
-    assert f"entitled until {subscription.entitled_until:%Y-%m-%d %H:%M} UTC" in text
+    assert f"entitled until {subscription.entitled_until:%Y-%m-%d %H:%M:%S} UTC" in text
     assert "+44740*****56" in text
     assert MSISDN not in text
     for payment_id in (opt_in, renewal):
