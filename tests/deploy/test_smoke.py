@@ -156,6 +156,38 @@ for code, amount in [("gems-100", 99), ("gems-500", 499)]:
 """
 
 
+# A weekly plan of the app on the carrier (at gems-100), after the app exists.
+SEED_PLAN = """
+from carriers.models import Carrier, PricePoint
+from subscriptions.models import Plan, PlanOffer
+from tenants.models import App
+carrier = Carrier.objects.get(slug="{slug}")
+Carrier.objects.filter(pk=carrier.pk).update(supports_subscriptions=True)
+app = App.objects.get(name="Deploy Smoke")
+plan = Plan.objects.create(app=app, code="vip-weekly", name="VIP pass", period="weekly")
+price_point = PricePoint.objects.get(carrier=carrier, code="gems-100")
+PlanOffer.objects.create(plan=plan, carrier=carrier, price_point=price_point)
+"""
+
+# The subscription's first week moved a week back, so that its renewal is due now; beat's renewal job made
+# overdue (saved, so that beat reloads its schedule) and sent at once.
+RENEWAL_DUE = """
+from datetime import timedelta
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+from subscriptions.models import Subscription
+week = timedelta(days=7)
+subscription = Subscription.objects.get(public_id="{id}")
+for name in ("anchor_at", "current_period_start", "current_period_end", "entitled_until"):
+    setattr(subscription, name, getattr(subscription, name) - week)
+subscription.next_charge_at = subscription.current_period_end
+subscription.save()
+task = PeriodicTask.objects.get(task="subscriptions.tasks.renew_due_subscriptions")
+task.last_run_at = timezone.now() - timedelta(hours=1)
+task.save()
+"""
+
+
 def _payment(session: requests.Session, base: str, payment_id: str) -> dict[str, Any]:
     response = session.get(f"{base}/api/v1/payments/{payment_id}/", timeout=10)
     assert response.status_code == 200, response.text
@@ -235,6 +267,7 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
             ["shell", "-c", SEED_CARRIER.format(slug=CARRIER, endpoint=endpoint, token=token, overdue=OVERDUE_JOB[0])],
             env,
         )
+        _manage(["shell", "-c", SEED_PLAN.format(slug=CARRIER)], env)
         timings["setup"] = time.monotonic() - started
 
         web_process = processes.start(
@@ -321,6 +354,44 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         refund_rows = refunds["results"] if isinstance(refunds, dict) else refunds
         assert [(row["amount_minor"], row["status"]) for row in refund_rows] == [(100, "succeeded")], refunds
         timings["refunded"] = time.monotonic() - started
+
+        # A subscription: the double opt-in by PIN, then its renewal, sent by beat's job to the Celery worker,
+        # charged through the carrier worker.
+        sub_msisdn = "+447712345679"
+        opted = session.post(
+            f"{web}/api/v1/subscriptions/",
+            json={"user_ref": "player-2", "msisdn": sub_msisdn, "plan": "vip-weekly"},
+            headers={"Idempotency-Key": f"smoke-sub-{uuid.uuid4()}"},
+            timeout=15,
+        )
+        assert opted.status_code == 201, opted.text
+        subscription_id = opted.json()["id"]
+
+        def subscription() -> dict[str, Any]:
+            answer = session.get(f"{web}/api/v1/subscriptions/{subscription_id}/", timeout=10)
+            assert answer.status_code == 200, answer.text
+            body: dict[str, Any] = answer.json()
+            return body
+
+        def sub_pin() -> str | None:
+            inbox = requests.get(f"{carrier_base}/simulators/camara/_sms", params={"msisdn": sub_msisdn}, timeout=5)
+            found = re.findall(r"\b(\d{4,8})\b", json.dumps(inbox.json()["messages"]))
+            return found[-1] if found else None
+
+        sub_code = wait_for("the opt-in's PIN", sub_pin, timeout=30)
+        opt_in = session.post(
+            f"{web}/api/v1/subscriptions/{subscription_id}/confirm/", json={"pin": sub_code}, timeout=15
+        )
+        assert opt_in.status_code in (200, 202), opt_in.text
+        wait_for("the subscription to be active", lambda: subscription()["status"] == "active", timeout=30)
+        _manage(["shell", "-c", RENEWAL_DUE.format(id=subscription_id)], env)
+        wait_for(
+            "beat's renewal job to renew the subscription",
+            lambda: (subscription()["current_period"] or {}).get("index") == 1,
+            timeout=60,
+        )
+        assert subscription()["status"] == "active"
+        timings["renewed"] = time.monotonic() - started
 
         # Staff and docs pages, a static file under its hashed name (collectstatic's manifest, WhiteNoise).
         login = requests.get(f"{web}/admin/login/", timeout=10)
