@@ -23,7 +23,7 @@ from payments.services.refunds import request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notices import send_receipt
-from subscriptions.services.notify import notify
+from subscriptions.services.notify import charged_price, notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, transition
 
 SETTLED_BY = {
@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 
 # Declines that a later day may cure; any other failure of a renewal ends the subscription.
 RETRYABLE = frozenset({ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.SPENDING_LIMIT})
+# Declines that say the number can no longer be charged on this carrier: the subscription ends at once, whatever
+# the attempt (retrying would only repeat them), with the reason staff and the app read.
+ENDING_REASONS: dict[str, str] = {
+    ErrorCode.UNKNOWN_SUBSCRIBER: "the carrier no longer knows the number (ported out or disconnected)",
+    ErrorCode.USER_BARRED: "the number is barred from carrier billing",
+}
 
 
 def on_payment_status_changed(event: PaymentStatusChanged) -> None:
@@ -150,7 +156,7 @@ def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: s
         transition(
             subscription, SubscriptionStatus.ACTIVE, actor=actor, reason=reason, at=at, update_fields=PERIOD_FIELDS
         )
-    notify(subscription, "renewed", at=at, charge=charge)
+    notify(subscription, "renewed", at=at, charge=charge, extra=charged_price(charge))
     send_receipt(subscription, charge, at=at)
 
 
@@ -204,11 +210,16 @@ def renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, ac
     if subscription.carrier_managed:
         _carrier_renewal_failed(subscription, charge, actor=actor, at=at)
         return
-    notify(subscription, "renewal_failed", at=at, charge=charge)
+    notify(subscription, "renewal_failed", at=at, charge=charge, extra=charged_price(charge))
     assert charge.period_start is not None
-    if charge.failure_code not in RETRYABLE or charge.attempt >= settings.SUBSCRIPTION_RETRY_DAYS:
-        why = "not retried" if charge.failure_code not in RETRYABLE else f"{charge.attempt} attempts"
-        expire(subscription, actor=actor, reason=f"renewal failed: {charge.failure_code} ({why})", at=at)
+    code = charge.failure_code
+    # A decline of a fallback-price attempt that is not about the number (the carrier refused that price, say) is
+    # retried at the agreed price, as a decline for insufficient funds would have been: the downgrade never
+    # costs the player the subscription.
+    retryable = code in RETRYABLE or (charge.fallback_price and code not in ENDING_REASONS)
+    if not retryable or charge.attempt >= settings.SUBSCRIPTION_RETRY_DAYS:
+        why = ENDING_REASONS.get(code, "not retried") if not retryable else f"{charge.attempt} attempts"
+        expire(subscription, actor=actor, reason=f"renewal failed: {code} ({why})", at=at, charge=charge)
         return
     # Retry k of a period is due k days after its start, never earlier than now.
     subscription.next_charge_at = max(charge.period_start + timedelta(days=charge.attempt), at)
@@ -254,9 +265,13 @@ def grace_end(period_start: datetime) -> datetime:
     return period_start + timedelta(days=settings.SUBSCRIPTION_GRACE_DAYS)
 
 
-def expire(subscription: Subscription, *, actor: str, reason: str, at: datetime) -> None:
+def expire(
+    subscription: Subscription, *, actor: str, reason: str, at: datetime, charge: SubscriptionCharge | None = None
+) -> None:
+    """End the subscription as expired; `charge`, the declined renewal that ended it, is named in the webhook
+    (its period, payment and failure code)."""
     end(subscription, SubscriptionStatus.EXPIRED, actor=actor, reason=reason, at=at)
-    notify(subscription, "expired", at=at)
+    notify(subscription, "expired", at=at, charge=charge)
 
 
 def period_bounds(subscription: Subscription, index: int) -> tuple[datetime, datetime]:

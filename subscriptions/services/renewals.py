@@ -14,11 +14,13 @@ renewals coming next (`services.notices`).
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q, QuerySet
 
+from carriers.models import PricePoint
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
 from subscriptions.models import (
@@ -33,7 +35,7 @@ from subscriptions.services.caps import CapBusy, within_spend_cap
 from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
-from subscriptions.services.prices import agreed_price_available
+from subscriptions.services.prices import agreed_price_available, fallback_price
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
 from subscriptions.services.subscriptions import (
     create_renewal_charge,
@@ -139,12 +141,19 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         run.paused += 1
         return
     start, end = period_bounds(subscription, index)
+    # Downgrade billing: a retry after a decline for insufficient funds, at the offer's lower price where allowed.
+    fallback = (
+        fallback_price(subscription, first_unpaid=first_unpaid)
+        if subscription.status != SubscriptionStatus.ACTIVE
+        else None
+    )
+    price_point = fallback or subscription.price_point
     try:
         within_cap = within_spend_cap(
             msisdn=subscription.msisdn,
             carrier=subscription.carrier,
-            amount_minor=subscription.amount_minor,
-            currency=subscription.currency,
+            amount_minor=price_point.amount_minor,
+            currency=price_point.currency,
             now=now,
             wait=False,
         )
@@ -160,7 +169,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         _refuse_over_cap(subscription, index=index, start=start, end=end, now=now)
         run.over_cap += 1
         return
-    if _open_charge(subscription, index=index, start=start, end=end):
+    if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback):
         run.charged += 1
     else:
         run.skipped += 1
@@ -255,10 +264,15 @@ def _refuse_over_cap(subscription: Subscription, *, index: int, start: datetime,
     renewal_failed(subscription, charge, actor=ACTOR, at=now)
 
 
-def _open_charge(subscription: Subscription, *, index: int, start: datetime, end: datetime) -> bool:
-    """Create the period's renewal payment, at the agreed price, and its charge row; False when the period
-    has a live charge."""
-    price_point = subscription.price_point
+def _open_charge(
+    subscription: Subscription, *, index: int, start: datetime, end: datetime, fallback: PricePoint | None
+) -> bool:
+    """Create the period's renewal payment, at the agreed price (or the `fallback` one), and its charge row; False
+    when the period has a live charge."""
+    price_point = fallback or subscription.price_point
+    metadata: dict[str, Any] = {PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index}
+    if fallback is not None:
+        metadata["fallback_price"] = True
     try:
         with transaction.atomic():
             payment = open_payment(
@@ -269,10 +283,12 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 price_point=price_point,
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
-                metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
-                description=renewal_text(subscription),
+                metadata=metadata,
+                description=renewal_text(subscription, fallback=fallback),
             )
-            create_renewal_charge(subscription, index=index, start=start, end=end, payment=payment)
+            create_renewal_charge(
+                subscription, index=index, start=start, end=end, payment=payment, fallback=fallback is not None
+            )
     except IntegrityError:
         # A live (pending or succeeded) charge of this period exists: its outcome settles the subscription.
         logger.warning(
