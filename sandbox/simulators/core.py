@@ -432,12 +432,20 @@ class Simulator:
 
     def next_decline(self, msisdn: str) -> Decline | None:
         """The decline the number's next charge would meet, without counting one: for a step before the charge
-        (a PIN sent, a payment prepared)."""
+        (a payment prepared, more money on a reservation)."""
+        return self._decline_after(msisdn, 1)
+
+    def current_decline(self, msisdn: str) -> Decline | None:
+        """What the number is now, as its last charge found it (before any, as its first will): for what is not
+        a charge (an SMS delivered, a refund)."""
+        return self._decline_after(msisdn, 0)
+
+    def _decline_after(self, msisdn: str, ahead: int) -> Decline | None:
         scenario = self.scenario(msisdn)
         if not scenario.later:
             return scenario.decline
         met = self.records.get(CHARGES_MET + msisdn) or {}
-        return scenario.decline_of(int(met.get("count", 0)) + 1)
+        return scenario.decline_of(max(int(met.get("count", 0)) + ahead, 1))
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{uuid.uuid4().hex[:20]}"

@@ -182,7 +182,7 @@ def charge_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dic
 def refund_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
     charge = _charge(operation)
     reference = _text(operation, "referenceCode")
-    if sim.next_decline(msisdn) == Decline.UNKNOWN_SUBSCRIBER:
+    if sim.current_decline(msisdn) == Decline.UNKNOWN_SUBSCRIBER:
         raise Refused(DECLINES[Decline.UNKNOWN_SUBSCRIBER])
     record = {
         "kind": "refund",
@@ -253,7 +253,7 @@ def send_sms(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str
     if message is None:
         raise invalid("message")
     for address in addresses:
-        if sim.next_decline(address) == Decline.UNKNOWN_SUBSCRIBER:
+        if sim.current_decline(address) == Decline.UNKNOWN_SUBSCRIBER:
             raise invalid("addresses")
     for address in addresses:
         sim.send_sms(address, message)

@@ -25,6 +25,7 @@ from subscriptions.periods import bounds
 from subscriptions.services.notices import send_receipt
 from subscriptions.services.notify import charged_price, notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, transition
+from subscriptions.services.subscriptions import CANCEL_AT_CARRIER_TASK
 
 SETTLED_BY = {
     PaymentStatus.SUCCEEDED: SubscriptionCharge.Outcome.SUCCEEDED,
@@ -242,10 +243,22 @@ def _carrier_renewal_failed(
     subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime
 ) -> None:
     """A carrier told of a declined renewal: past_due with the same grace as the platform's, but the carrier
-    retries (or cancels), never PlayPay. A decline of a period already paid for changes nothing."""
+    retries (or cancels), never PlayPay; a decline that says the number cannot be charged any more (ported out,
+    barred) ends it, and the carrier is told to stop. A decline of a period already paid for changes nothing."""
     if charge.period_index <= subscription.period_index:
         return
     notify(subscription, "renewal_failed", at=at, charge=charge)
+    code = charge.failure_code
+    if code in ENDING_REASONS:
+        # The number cannot be charged on this carrier any more (ported out, barred): it ends here as on the
+        # platform's renewals, and the carrier is told to charge (retry) nothing more of it.
+        expire(
+            subscription, actor=actor, reason=f"renewal failed: {code} ({ENDING_REASONS[code]})", at=at, charge=charge
+        )
+        outbox.enqueue(
+            CANCEL_AT_CARRIER_TASK, queue=carrier_queue(subscription.carrier), subscription_id=subscription.pk
+        )
+        return
     if subscription.status != SubscriptionStatus.ACTIVE:
         return
     assert charge.period_start is not None

@@ -51,7 +51,8 @@ def webhook(subscription: Subscription, event_type: str) -> dict[str, Any]:
         if d.payload["data"]["id"] == str(subscription.public_id)
     ]
     assert found, event_type
-    return found[-1]
+    data: dict[str, Any] = found[-1]
+    return data
 
 
 def test_a_renewal_declined_for_insufficient_funds_is_charged_at_the_fallback_price_and_entitles(
