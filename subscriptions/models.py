@@ -7,6 +7,7 @@ from django.db.models import F, Q
 from simple_history.models import HistoricalRecords
 
 from carriers.errors import ErrorCode
+from carriers.models import Carrier, PricePoint, Protocol
 from playpay.ids import new_public_id
 from playpay.money import format_money
 from subscriptions.periods import Period
@@ -113,10 +114,19 @@ class PlanOffer(models.Model):
             raise ValidationError(errors)
 
 
-def fallback_problem(fallback: Any, *, regular: Any, carrier: Any) -> str:
-    """Why `fallback` cannot be an offer's fallback price below `regular` on `carrier`, said to operations; ""."""
-    from subscriptions.services.prices import downgrade_billing_allowed
+# Protocols on which PlayPay charges each renewal itself, each request naming its amount: only there can a renewal
+# be charged at another price. (The aggregator holds the schedule and the price of the subscriptions it renews.)
+DOWNGRADE_PROTOCOLS = frozenset({Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA})
 
+
+def downgrade_billing_allowed(carrier: Carrier) -> bool:
+    """Whether renewals on `carrier` may be charged at a fallback price (downgrade billing): the carrier allows it
+    (its flag, set by operations from the carrier's contract) and PlayPay charges each renewal there itself."""
+    return carrier.supports_downgrade_billing and carrier.protocol in DOWNGRADE_PROTOCOLS
+
+
+def fallback_problem(fallback: PricePoint, *, regular: PricePoint | None, carrier: Carrier | None) -> str:
+    """Why `fallback` cannot be an offer's fallback price below `regular` on `carrier`, said to operations; ""."""
     if not fallback.is_active:
         return "This price point is switched off: switch it on first, or choose another."
     if regular is not None and not (

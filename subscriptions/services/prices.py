@@ -2,11 +2,11 @@
 renewal engine — and as a filter — the reminders, which must not announce a renewal that will not be charged),
 and downgrade billing: a lower fallback price tried after a decline for insufficient funds, where allowed."""
 
-from django.db.models import F, Q
+from django.db.models import F, Q, QuerySet
 
 from carriers.errors import ErrorCode
-from carriers.models import Carrier, PricePoint, Protocol
-from subscriptions.models import Subscription, SubscriptionCharge
+from carriers.models import PricePoint
+from subscriptions.models import Subscription, SubscriptionCharge, downgrade_billing_allowed
 
 # Its carrier bills, and the price point the player agreed to is on sale at the very price agreed.
 AGREED_PRICE_CHARGEABLE = Q(
@@ -15,10 +15,6 @@ AGREED_PRICE_CHARGEABLE = Q(
     price_point__amount_minor=F("amount_minor"),
     price_point__currency=F("currency"),
 )
-
-# Protocols on which PlayPay charges each renewal itself, each request naming its amount: only there can a renewal
-# be charged at another price. (The aggregator holds the schedule and the price of the subscriptions it renews.)
-DOWNGRADE_PROTOCOLS = frozenset({Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA})
 
 
 def agreed_price_available(subscription: Subscription) -> bool:
@@ -31,10 +27,13 @@ def agreed_price_available(subscription: Subscription) -> bool:
     )
 
 
-def downgrade_billing_allowed(carrier: Carrier) -> bool:
-    """Whether renewals on `carrier` may be charged at a fallback price: the carrier allows it (its flag, set by
-    operations from the carrier's contract) and PlayPay charges each renewal there itself."""
-    return carrier.supports_downgrade_billing and carrier.protocol in DOWNGRADE_PROTOCOLS
+def declined_in_arrears(subscription: Subscription, first_unpaid: int) -> QuerySet[SubscriptionCharge]:
+    """The declined renewal attempts of a subscription's periods in arrears (`first_unpaid` on)."""
+    return subscription.charges.filter(
+        kind=SubscriptionCharge.Kind.RENEWAL,
+        period_index__gte=first_unpaid,
+        outcome=SubscriptionCharge.Outcome.FAILED,
+    )
 
 
 def fallback_price(subscription: Subscription, *, first_unpaid: int) -> PricePoint | None:
@@ -47,14 +46,7 @@ def fallback_price(subscription: Subscription, *, first_unpaid: int) -> PricePoi
     if not downgrade_billing_allowed(subscription.carrier):
         return None
     last_failure = (
-        subscription.charges.filter(
-            kind=SubscriptionCharge.Kind.RENEWAL,
-            period_index__gte=first_unpaid,
-            outcome=SubscriptionCharge.Outcome.FAILED,
-        )
-        .order_by("-id")
-        .values_list("failure_code", flat=True)
-        .first()
+        declined_in_arrears(subscription, first_unpaid).order_by("-id").values_list("failure_code", flat=True).first()
     )
     if last_failure != ErrorCode.INSUFFICIENT_FUNDS:
         return None

@@ -35,7 +35,7 @@ from subscriptions.services.caps import CapBusy, within_spend_cap
 from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
-from subscriptions.services.prices import agreed_price_available, fallback_price
+from subscriptions.services.prices import agreed_price_available, declined_in_arrears, fallback_price
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
 from subscriptions.services.subscriptions import (
     create_renewal_charge,
@@ -181,11 +181,7 @@ def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:
     """The start of the first declined period of a subscription in arrears: its grace and retry window run
     from there (a later period may be the one retried now, the earlier ones missed)."""
     first_declined = (
-        subscription.charges.filter(
-            kind=SubscriptionCharge.Kind.RENEWAL,
-            period_index__gte=first_unpaid,
-            outcome=SubscriptionCharge.Outcome.FAILED,
-        )
+        declined_in_arrears(subscription, first_unpaid)
         .order_by("period_index")
         .values_list("period_start", flat=True)
         .first()

@@ -3,6 +3,7 @@ price, where the carrier allows it; the charge, its payment, the webhooks and th
 charged. On the sandbox carrier, whose numbers ending 0021 pay their first charge then are declined for
 insufficient funds on every other one, and ending 0024 on every one after the first (sandbox/simulators/core.py)."""
 
+import importlib
 from datetime import timedelta
 from typing import Any
 
@@ -11,6 +12,8 @@ from django.core.exceptions import ValidationError
 
 from carriers.models import Carrier, PricePoint
 from payments.models import WebhookDelivery
+from reporting.models import Dataset, DatasetField
+from reporting.services.datasets import DatasetQuery, run_query
 from subscriptions.models import PlanOffer, Subscription, SubscriptionCharge, SubscriptionStatus
 from tests.conftest import MSISDN, StaffClient
 from tests.factories import PricePointFactory
@@ -183,3 +186,20 @@ def test_the_offer_form_takes_a_fallback_price_and_explains_what_is_wrong(
     assert offer.fallback_price_point == low
     assert offer.history.latest().history_change_reason == "downgrade billing for low balances"
     assert "£0.49 if the balance is too low (fallback)" in operations.get(OFFERS).content.decode()
+
+
+@pytest.mark.postgres
+def test_recurring_revenue_counts_a_period_paid_at_the_fallback_price_at_that_price(subs: Subs) -> None:
+    """Reporting's recurring revenue sums what the charges' payments asked for (the catalog's
+    subscription-charges dataset, which the dashboard reads)."""
+    catalog = importlib.import_module("reporting.migrations.0017_seed_subscription_datasets")
+    catalog.seed_datasets(Dataset, DatasetField)
+    with_fallback(subs)
+    subscription = subs.active(msisdn=EVERY_OTHER)
+    end = subscription.current_period_end
+    assert end is not None
+    subs.renew(end)
+    subs.renew(end + DAY)
+    query = DatasetQuery(measures=("revenue_minor",), group_by=("kind",))
+    result = run_query(dataset=Dataset.objects.get(slug="subscription-charges"), query=query)
+    assert {row["kind"]: row["revenue_minor"] for row in result.rows} == {"opt_in": 99, "renewal": 49}
