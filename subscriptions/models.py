@@ -114,15 +114,16 @@ class PlanOffer(models.Model):
             raise ValidationError(errors)
 
 
-# Protocols on which PlayPay charges each renewal itself, each request naming its amount: only there can a renewal
-# be charged at another price. (The aggregator holds the schedule and the price of the subscriptions it renews.)
-DOWNGRADE_PROTOCOLS = frozenset({Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA})
+# Protocols on which PlayPay charges each renewal itself, each period by a one-click charge naming its amount: only
+# there can a renewal be charged at another price. (The aggregator holds the schedule and the price of the
+# subscriptions it renews.)
+PLATFORM_MANAGED = (Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA)
 
 
 def downgrade_billing_allowed(carrier: Carrier) -> bool:
     """Whether renewals on `carrier` may be charged at a fallback price (downgrade billing): the carrier allows it
     (its flag, set by operations from the carrier's contract) and PlayPay charges each renewal there itself."""
-    return carrier.supports_downgrade_billing and carrier.protocol in DOWNGRADE_PROTOCOLS
+    return carrier.supports_downgrade_billing and carrier.protocol in PLATFORM_MANAGED
 
 
 def fallback_problem(fallback: PricePoint, *, regular: PricePoint | None, carrier: Carrier | None) -> str:

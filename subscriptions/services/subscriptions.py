@@ -9,7 +9,7 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from carriers.adapters import adapter_class, carrier_queue
-from carriers.models import Carrier, PricePoint, Protocol
+from carriers.models import Carrier, PricePoint
 from carriers.msisdn import normalize_msisdn
 from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
@@ -21,6 +21,7 @@ from playpay.money import format_money
 from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable, SpendingCapReached
 from subscriptions.models import (
     PAYMENT_METADATA_KEY,
+    PLATFORM_MANAGED,
     Plan,
     PlanOffer,
     Subscription,
@@ -32,8 +33,6 @@ from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, record_creation
 from tenants.models import App
 
-# Carriers whose renewals PlayPay charges itself, each period, by a one-click charge.
-PLATFORM_MANAGED = (Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA)
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
 
 

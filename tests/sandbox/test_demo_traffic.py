@@ -15,8 +15,7 @@ from funnel.models import FunnelEvent
 from payments.models import Payment, PaymentFlow, Refund
 from playpay.beat import schedule
 from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
-from subscriptions.models import Subscription, SubscriptionCharge
-from subscriptions.services.subscriptions import PLATFORM_MANAGED
+from subscriptions.models import PLATFORM_MANAGED, Subscription, SubscriptionCharge
 from tenants.models import ApiKey
 from tests.factories import CountryFactory
 
