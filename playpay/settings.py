@@ -252,6 +252,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LANGUAGE_CODE = "en-us"
+# The back office is in English only: every admin page would otherwise look up all of Django's ~100 languages
+# for unfold's language menu (which it does not show).
+LANGUAGES = [("en-us", "English")]
+# Date-times shown as they are on staff pages read "2026-12-04 21:59:17 UTC" (playpay/formats/en).
+FORMAT_MODULE_PATH = ["playpay.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -281,11 +286,12 @@ UNFOLD = {
     # The back office's own pages (reports, confirmations, imports) in the same look.
     "STYLES": [lambda request: static("playpay/admin.css")],
     # THEME unset: each person picks light, dark or the system's in the account menu.
-    # The command palette (Ctrl+K) finds pages by name and searches these models with their admin's own search
-    # (the payment's is exact-match on indexed columns); the large record tables are searched from their lists.
+    # The command palette (Ctrl+K) finds pages by name, the players and payments a term names as the payment
+    # list's search box reads it (payments.admin.palette_results), and searches these models with their admin's
+    # own search; the large record tables are searched from their lists.
     "COMMAND": {
+        "search_callback": "payments.admin.palette_results",
         "search_models": [
-            "payments.payment",
             "payments.refund",
             "tenants.app",
             "tenants.apikey",

@@ -13,7 +13,6 @@ from django.urls import path, reverse
 from django.utils import timezone
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RelatedDropdownFilter
 from unfold.decorators import display
-from unfold.paginator import InfinitePaginator
 
 from carriers.admin import ConfiguredCarrierFilter
 from journal.audit_admin import AuditedAdmin
@@ -233,9 +232,6 @@ class SubscriptionAdmin(PlayerRecordAdmin):
         ("app", RelatedDropdownFilter),
     ]
     list_filter_submit = True
-    # As the payments' list: no COUNT(*) (RecordAdmin), pages load as the list is scrolled, 50 rows a page.
-    paginator = InfinitePaginator
-    list_per_page = 50
     search_fields = ["public_id"]  # one box, read by subscriptions.selectors.search_subscriptions
     search_help_text = (
         "Subscription id (or its first 8+ characters), phone number in any format, user_ref, idempotency key, "
