@@ -83,6 +83,7 @@ def settle_charge(*, charge_id: int, outcome: str, failure_code: str, change: Pa
                     actor=actor,
                     reason=f"opt-in not completed: {failure_code}",
                     at=at,
+                    failure_code=failure_code,
                 )
                 notify(subscription, "expired", at=at, charge=charge)
         else:

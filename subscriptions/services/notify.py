@@ -16,6 +16,7 @@ EVENTS = (
     "expired",
     "reminder",
     "receipt",
+    "period_missed",
 )
 
 

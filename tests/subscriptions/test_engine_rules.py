@@ -11,11 +11,11 @@ from django.apps import apps
 from django.db import IntegrityError, transaction
 
 from carriers.adapters.base import CarrierResult, Outcome
-from payments.models import Payment, PaymentStatus, Refund
+from payments.models import Payment, PaymentStatus, Refund, WebhookDelivery
 from payments.services.carrier_flow import charge_payment, record_charge_result
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import Period, bounds
-from subscriptions.services.renewals import run_renewals
+from subscriptions.services.renewals import PAUSED_EXPIRY_REASON, run_renewals
 from tests.factories import PricePointFactory
 from tests.payments.test_webhooks import Receiver
 from tests.subscriptions.conftest import Subs, event_types, make_plan
@@ -231,6 +231,39 @@ def test_after_an_outage_only_the_current_period_is_charged_and_the_ones_missed_
     assert renewals_of(subscription)[-1] == (5, 1, "succeeded")
 
 
+def test_each_missed_period_is_told_to_the_app_once_with_its_period(subs: Subs, hooks: Receiver) -> None:
+    daily = _daily(subs)
+    subscription = daily.active()
+    anchor = subscription.anchor_at
+    assert anchor is not None
+    subscription.carrier.is_active = False
+    subscription.carrier.save(update_fields=["is_active"])
+    daily.renew(anchor + DAY)  # paused: the engine looks again an hour later
+    daily.renew(anchor + 2 * DAY + timedelta(hours=1))  # period 1 ended unpaid
+    daily.renew(anchor + 2 * DAY + timedelta(hours=2))  # nothing new ended
+    subscription.carrier.is_active = True
+    subscription.carrier.save(update_fields=["is_active"])
+    daily.renew(anchor + 4 * DAY + timedelta(hours=5))  # periods 2 and 3 ended too; period 4 charged
+    daily.renew(anchor + 4 * DAY + timedelta(hours=6))
+
+    missed = [
+        delivery.payload["data"]
+        for delivery in WebhookDelivery.objects.filter(event_type="subscription.period_missed").order_by("id")
+    ]
+    assert [(m["period"]["index"], m["period"]["start"], m["period"]["end"]) for m in missed] == [
+        (k, *(moment.isoformat() for moment in bounds(anchor, Period.DAILY, k))) for k in (1, 2, 3)
+    ]
+    assert {(m["id"], m["payment"], m["status"]) for m in missed} == {(str(subscription.public_id), None, "active")}
+    assert event_types(subscription) == [
+        "subscription.activated",
+        "subscription.period_missed",
+        "subscription.period_missed",
+        "subscription.period_missed",
+        "subscription.renewed",
+        "subscription.receipt",
+    ]
+
+
 def test_the_database_refuses_to_charge_a_period_recorded_as_missed(subs: Subs) -> None:
     daily = _daily(subs)
     subscription = daily.active()
@@ -276,6 +309,35 @@ def test_a_weekly_renewal_paused_past_its_period_charges_the_current_week_only(s
     subs.renew(due + 8 * DAY)  # looked at again once billing is on: week 1 ended unpaid meanwhile
 
     assert renewals_of(subscription) == [(1, 1, "missed"), (2, 1, "succeeded")]
+
+
+def test_an_active_subscription_whose_renewal_stays_paused_expires_at_the_end_of_the_retry_window(
+    subs: Subs, hooks: Receiver
+) -> None:
+    subscription = subs.active()
+    due = subscription.current_period_end
+    assert due is not None
+    subscription.carrier.is_active = False
+    subscription.carrier.save(update_fields=["is_active"])
+    assert subs.renew(due).paused == 1
+    assert subs.renew(due + 7 * DAY - timedelta(seconds=1)).paused == 1  # still within the 7 days
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.entitled_until) == (SubscriptionStatus.ACTIVE, due)
+
+    run = subs.renew(due + 7 * DAY)
+
+    assert (run.expired, run.missed, run.paused) == (1, 1, 0)
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.next_charge_at, subscription.entitled_until) == (
+        SubscriptionStatus.EXPIRED,
+        None,
+        due,
+    )
+    change = subscription.history.get(to_status=SubscriptionStatus.EXPIRED)
+    assert (change.actor, change.reason) == ("system", PAUSED_EXPIRY_REASON)
+    assert event_types(subscription)[-2:] == ["subscription.period_missed", "subscription.expired"]
+    assert renewals_of(subscription) == [(1, 1, "missed")]
+    assert subs.renew(due + 8 * DAY).expired == 0  # ended: never looked at again
 
 
 def test_a_declined_renewal_after_missed_periods_counts_its_grace_from_its_own_period(subs: Subs) -> None:
