@@ -11,10 +11,19 @@ from django.apps import apps
 from django.db import IntegrityError, transaction
 
 from carriers.adapters.base import CarrierResult, Outcome
-from payments.models import Payment, PaymentStatus, Refund, WebhookDelivery
+from carriers.errors import ErrorCode
+from carriers.models import Carrier, Protocol
+from payments.models import OutboxMessage, Payment, PaymentStatus, Refund, WebhookDelivery
 from payments.services.carrier_flow import charge_payment, record_charge_result
+from payments.services.refunds import record_refund_result
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import Period, bounds
+from subscriptions.services.charges import (
+    REFUND_TASK,
+    UNWANTED_REFUND_ATTEMPTS,
+    UNWANTED_REFUND_CHECKS,
+    refund_unwanted_charge,
+)
 from subscriptions.services.renewals import PAUSED_EXPIRY_REASON, run_renewals
 from tests.factories import PricePointFactory
 from tests.payments.test_webhooks import Receiver
@@ -183,15 +192,21 @@ def test_a_renewal_charged_anyway_after_an_immediate_cancellation_is_refunded_an
     assert "subscription.renewed" not in event_types(subscription)
 
 
-def test_the_refund_of_an_unwanted_renewal_is_made_once_however_often_its_task_runs(subs: Subs) -> None:
-    from subscriptions.tasks import refund_unwanted_charge
-
+def _cancelled_while_at_the_carrier(subs: Subs) -> Payment:
+    """A subscription cancelled now while its renewal's payment is at the carrier, unanswered: that payment."""
     subscription = subs.active()
     assert subscription.current_period_end is not None
     balance(subscription, UNANSWERED)
     subs.renew(subscription.current_period_end)
     [payment] = _renewal_payments(subscription)
     subs.cancel(str(subscription.public_id), reason="player asked", at_period_end=False)
+    return payment
+
+
+def test_the_refund_of_an_unwanted_renewal_is_made_once_however_often_its_task_runs(subs: Subs) -> None:
+    from subscriptions.tasks import refund_unwanted_charge
+
+    payment = _cancelled_while_at_the_carrier(subs)
     with subs.shop.after_commit(execute=True):
         record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.SUCCEEDED))
     charge = SubscriptionCharge.objects.get(payment_id=payment.pk)
@@ -199,6 +214,70 @@ def test_the_refund_of_an_unwanted_renewal_is_made_once_however_often_its_task_r
         refund_unwanted_charge(charge.pk)  # delivered again (at least once)
         refund_unwanted_charge(charge.pk)
     assert Refund.objects.filter(payment_id=payment.pk).count() == 1
+
+
+def _unwanted_charge_refunded_by_its_carrier(subs: Subs) -> tuple[SubscriptionCharge, Payment]:
+    """A renewal charged after an immediate cancellation, on a carrier that refunds through its protocol (whose
+    answers the test gives): nothing of the refund is run yet."""
+    payment = _cancelled_while_at_the_carrier(subs)
+    Carrier.objects.filter(pk=subs.shop.carrier.pk).update(protocol=Protocol.CAMARA, supports_refund=True)
+    with subs.shop.after_commit():  # the refund's task is queued, not run: the test runs it
+        record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.SUCCEEDED))
+    return SubscriptionCharge.objects.get(payment_id=payment.pk), payment
+
+
+def _run_refund_check(subs: Subs, charge: SubscriptionCharge, check: int) -> list[tuple[int, int]]:
+    """Run the refund task's check `check` (as its queued message would), without running what it queues;
+    returns the checks it queued next, with their waits."""
+    before = OutboxMessage.objects.filter(task=REFUND_TASK).count()
+    with subs.shop.after_commit():
+        refund_unwanted_charge(charge_id=charge.pk, check=check)
+    queued = OutboxMessage.objects.filter(task=REFUND_TASK).order_by("id")[before:]
+    return [(m.kwargs["check"], m.countdown_seconds) for m in queued]
+
+
+def _carrier_answers(refund: Refund, outcome: Outcome) -> None:
+    result = CarrierResult.failed(ErrorCode.REJECTED) if outcome == Outcome.FAILED else CarrierResult(outcome)
+    record_refund_result(refund_id=refund.pk, result=result)
+
+
+def test_a_refund_of_an_unwanted_renewal_refused_by_the_carrier_is_asked_for_again_after_a_wait(subs: Subs) -> None:
+    charge, payment = _unwanted_charge_refunded_by_its_carrier(subs)
+
+    assert _run_refund_check(subs, charge, 0) == [(1, 60)]
+    (first,) = Refund.objects.filter(payment_id=payment.pk)
+    assert (first.status, first.via_carrier, first.amount_minor) == ("pending", True, 99)
+    assert _run_refund_check(subs, charge, 1) == [(2, 300)]  # at the carrier still: looked at again later
+    assert Refund.objects.filter(payment_id=payment.pk).count() == 1
+    _carrier_answers(first, Outcome.FAILED)
+
+    assert _run_refund_check(subs, charge, 2) == [(3, 1800)]
+
+    second = Refund.objects.filter(payment_id=payment.pk).exclude(pk=first.pk).get()
+    assert (second.status, second.amount_minor, second.requested_by) == ("pending", 99, "system")
+    _carrier_answers(second, Outcome.SUCCEEDED)
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_minor) == (PaymentStatus.REFUNDED, 99)
+    assert _run_refund_check(subs, charge, 3) == []  # refunded: no more checks
+    assert Refund.objects.filter(payment_id=payment.pk).count() == 2
+
+
+def test_the_automatic_refund_stops_after_its_last_attempt_and_its_last_check(
+    subs: Subs, caplog: pytest.LogCaptureFixture
+) -> None:
+    charge, payment = _unwanted_charge_refunded_by_its_carrier(subs)
+    for check in range(UNWANTED_REFUND_ATTEMPTS):
+        assert _run_refund_check(subs, charge, check) == [(check + 1, UNWANTED_REFUND_CHECKS[check])]
+        _carrier_answers(Refund.objects.get(payment_id=payment.pk, status="pending"), Outcome.FAILED)
+
+    assert _run_refund_check(subs, charge, UNWANTED_REFUND_ATTEMPTS) == []
+
+    assert list(Refund.objects.filter(payment_id=payment.pk).values_list("status", flat=True)) == ["failed"] * 3
+    assert "the automatic refund failed 3 times; refund the payment by hand" in caplog.text
+    # A refund still at the carrier at the last check is not waited for any longer.
+    Refund.objects.filter(payment_id=payment.pk).update(status="pending")
+    assert _run_refund_check(subs, charge, len(UNWANTED_REFUND_CHECKS)) == []
+    assert "not confirmed after 6 checks" in caplog.text
 
 
 # --- after an outage: only the period containing now --------------------------------------------------------
