@@ -57,6 +57,9 @@ def offer_price(offer: PlanOffer) -> str:
     first = offer.first_period_price_point
     if first is not None:
         price = f"{format_money(first.amount_minor, first.currency)} the first {every}, then {price}"
+    fallback = offer.fallback_price_point
+    if fallback is not None:
+        price += f"; {format_money(fallback.amount_minor, fallback.currency)} if the balance is too low (fallback)"
     return price
 
 
@@ -67,7 +70,7 @@ def agreed_price(subscription: Subscription) -> str:
     return f"{format_money(subscription.amount_minor, subscription.currency)} per {every}"
 
 
-OFFER_RELATIONS = ["plan", "carrier", "price_point", "first_period_price_point"]
+OFFER_RELATIONS = ["plan", "carrier", "price_point", "first_period_price_point", "fallback_price_point"]
 
 
 class PlanOfferInline(TabularInline):  # type: ignore[type-arg]
@@ -75,9 +78,9 @@ class PlanOfferInline(TabularInline):  # type: ignore[type-arg]
 
     model = PlanOffer
     extra = 0
-    fields = ["carrier", "price_point", "first_period_price_point", "price"]
+    fields = ["carrier", "price_point", "first_period_price_point", "fallback_price_point", "price"]
     readonly_fields = ["price"]
-    autocomplete_fields = ["carrier", "price_point", "first_period_price_point"]
+    autocomplete_fields = ["carrier", "price_point", "first_period_price_point", "fallback_price_point"]
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).select_related(*OFFER_RELATIONS)
@@ -103,7 +106,12 @@ class PlanAdmin(AuditedAdmin):
         return (
             super()
             .get_queryset(request)
-            .prefetch_related("offers__carrier", "offers__price_point", "offers__first_period_price_point")
+            .prefetch_related(
+                "offers__carrier",
+                "offers__price_point",
+                "offers__first_period_price_point",
+                "offers__fallback_price_point",
+            )
         )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -132,7 +140,7 @@ class PlanOfferAdmin(AuditedAdmin):
     list_filter = [("carrier", ConfiguredCarrierFilter), ("plan__app", RelatedDropdownFilter), "plan__period"]
     search_fields = ["plan__code", "plan__name", "carrier__name", "carrier__slug"]
     list_select_related = [*OFFER_RELATIONS, "plan__app"]
-    autocomplete_fields = ["plan", "carrier", "price_point", "first_period_price_point"]
+    autocomplete_fields = ["plan", "carrier", "price_point", "first_period_price_point", "fallback_price_point"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return ["plan", "carrier"] if obj is not None else []  # an offer never moves (PlanOffer.clean)

@@ -20,7 +20,7 @@ from django.db.models import Exists, OuterRef, QuerySet
 
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionNotice, SubscriptionStatus
 from subscriptions.periods import Period
-from subscriptions.services.notify import notify
+from subscriptions.services.notify import charged_price, notify
 from subscriptions.services.prices import AGREED_PRICE_CHARGEABLE
 
 # Plans whose renewals are announced ahead (SUBSCRIPTION_REMINDER_HOURS before): a daily or weekly charge
@@ -53,7 +53,7 @@ def send_receipt(subscription: Subscription, charge: SubscriptionCharge, *, at: 
         "receipt",
         at=at,
         charge=charge,
-        extra={"amount_minor": payment.amount_minor, "currency": payment.currency, "charged_at": at.isoformat()},
+        extra={**charged_price(charge), "charged_at": at.isoformat()},
     )
 
 

@@ -14,11 +14,13 @@ renewals coming next (`services.notices`).
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q, QuerySet
 
+from carriers.models import PricePoint
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
 from subscriptions.models import (
@@ -33,7 +35,7 @@ from subscriptions.services.caps import CapBusy, within_spend_cap
 from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
-from subscriptions.services.prices import agreed_price_available
+from subscriptions.services.prices import agreed_price_available, declined_in_arrears, fallback_price
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
 from subscriptions.services.subscriptions import (
     create_renewal_charge,
@@ -154,12 +156,19 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         run.paused += 1
         return
     start, end = period_bounds(subscription, index)
+    # Downgrade billing: a retry after a decline for insufficient funds, at the offer's lower price where allowed.
+    fallback = (
+        fallback_price(subscription, first_unpaid=first_unpaid)
+        if subscription.status != SubscriptionStatus.ACTIVE
+        else None
+    )
+    price_point = fallback or subscription.price_point
     try:
         within_cap = within_spend_cap(
             msisdn=subscription.msisdn,
             carrier=subscription.carrier,
-            amount_minor=subscription.amount_minor,
-            currency=subscription.currency,
+            amount_minor=price_point.amount_minor,
+            currency=price_point.currency,
             now=now,
             wait=False,
         )
@@ -175,7 +184,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         _refuse_over_cap(subscription, index=index, start=start, end=end, now=now)
         run.over_cap += 1
         return
-    if _open_charge(subscription, index=index, start=start, end=end):
+    if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback):
         run.charged += 1
     else:
         run.skipped += 1
@@ -187,11 +196,7 @@ def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:
     """The start of the first declined period of a subscription in arrears: its grace and retry window run
     from there (a later period may be the one retried now, the earlier ones missed)."""
     first_declined = (
-        subscription.charges.filter(
-            kind=SubscriptionCharge.Kind.RENEWAL,
-            period_index__gte=first_unpaid,
-            outcome=SubscriptionCharge.Outcome.FAILED,
-        )
+        declined_in_arrears(subscription, first_unpaid)
         .order_by("period_index")
         .values_list("period_start", flat=True)
         .first()
@@ -273,10 +278,15 @@ def _refuse_over_cap(subscription: Subscription, *, index: int, start: datetime,
     renewal_failed(subscription, charge, actor=ACTOR, at=now)
 
 
-def _open_charge(subscription: Subscription, *, index: int, start: datetime, end: datetime) -> bool:
-    """Create the period's renewal payment, at the agreed price, and its charge row; False when the period
-    has a live charge."""
-    price_point = subscription.price_point
+def _open_charge(
+    subscription: Subscription, *, index: int, start: datetime, end: datetime, fallback: PricePoint | None
+) -> bool:
+    """Create the period's renewal payment, at the agreed price (or the `fallback` one), and its charge row; False
+    when the period has a live charge."""
+    price_point = fallback or subscription.price_point
+    metadata: dict[str, Any] = {PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index}
+    if fallback is not None:
+        metadata["fallback_price"] = True
     try:
         with transaction.atomic():
             payment = open_payment(
@@ -287,10 +297,12 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 price_point=price_point,
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
-                metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
-                description=renewal_text(subscription),
+                metadata=metadata,
+                description=renewal_text(subscription, fallback=fallback),
             )
-            create_renewal_charge(subscription, index=index, start=start, end=end, payment=payment)
+            create_renewal_charge(
+                subscription, index=index, start=start, end=end, payment=payment, fallback=fallback is not None
+            )
     except IntegrityError:
         # A live (pending or succeeded) charge of this period exists: its outcome settles the subscription.
         logger.warning(

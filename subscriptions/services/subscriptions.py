@@ -277,14 +277,28 @@ def entitlement(*, app: App, user_ref: str, now: datetime) -> Entitlement:
     return Entitlement(entitled=bool(current), until=until, subscriptions=current)
 
 
-def renewal_text(subscription: Subscription) -> str:
-    """What a renewal's charge tells the player: the terms of the opt-in, at the agreed price."""
+def renewal_text(subscription: Subscription, *, fallback: PricePoint | None = None) -> str:
+    """What a renewal's charge tells the player: the terms of the opt-in, at the agreed price; charged at a
+    `fallback` price (downgrade billing), that price for this period, then the agreed one."""
     price_point = subscription.price_point
-    return opt_in_text(subscription.plan, first=price_point, regular=price_point, app=subscription.app)
+    if fallback is None:
+        return opt_in_text(subscription.plan, first=price_point, regular=price_point, app=subscription.app)
+    every = PERIOD_WORDS[subscription.plan.period]
+    return (
+        f"{subscription.app.name} {subscription.plan.name}: subscription, "
+        f"{format_money(fallback.amount_minor, fallback.currency)} for this {every} (reduced: balance too low), "
+        f"then {format_money(price_point.amount_minor, price_point.currency)} per {every}, renewed until you cancel"
+    )
 
 
 def create_renewal_charge(
-    subscription: Subscription, *, index: int, start: datetime, end: datetime, payment: Payment
+    subscription: Subscription,
+    *,
+    index: int,
+    start: datetime,
+    end: datetime,
+    payment: Payment,
+    fallback: bool = False,
 ) -> SubscriptionCharge:
     """The charge row of a renewal attempt of period `index` by `payment`; raises IntegrityError when the period
     has a live charge (pending, succeeded or missed)."""
@@ -296,6 +310,7 @@ def create_renewal_charge(
         period_end=end,
         attempt=next_attempt_number(subscription, index),
         payment=payment,
+        fallback_price=fallback,
     )
 
 

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("subscriptions", "0009_carrier_managed_renewals"),
+        ("subscriptions", "0010_downgrade_billing_fallback_price"),
     ]
 
     operations = [
