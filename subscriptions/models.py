@@ -197,6 +197,9 @@ class Subscription(models.Model):
     carrier_reference = models.CharField(
         max_length=64, blank=True, editable=False, help_text="The carrier's id of the subscription, once it took it."
     )
+    journey_id = models.CharField(
+        max_length=128, blank=True, help_text="The app's funnel journey of the opt-in (its steps are recorded there)."
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -377,6 +380,9 @@ class SubscriptionNotice(models.Model):
     subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="notices")
     period_index = models.PositiveIntegerField(help_text="The period it is about (the one renewed).")
     kind = models.CharField(max_length=8, choices=Kind.choices)
+    skipped_reason = models.CharField(
+        max_length=255, blank=True, help_text="Why it was not sent (a reminder too late to be of use); empty: sent."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

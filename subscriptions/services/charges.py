@@ -16,10 +16,10 @@ from carriers.adapters import carrier_queue
 from carriers.errors import ErrorCode
 from payments.errors import IllegalTransition, RefundExceedsCaptured
 from payments.events import PaymentStatusChanged
-from payments.models import PaymentStatus
+from payments.models import PaymentStatus, Refund
 from payments.services import outbox
 from payments.services.carrier_flow import load_payment
-from payments.services.refunds import request_refund
+from payments.services.refunds import refunds_of, request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notices import send_receipt
@@ -90,6 +90,7 @@ def settle_charge(*, charge_id: int, outcome: str, failure_code: str, change: Pa
                     actor=actor,
                     reason=f"opt-in not completed: {failure_code}",
                     at=at,
+                    failure_code=failure_code,
                 )
                 notify(subscription, "expired", at=at, charge=charge)
         else:
@@ -180,26 +181,60 @@ REFUND_TASK = "subscriptions.tasks.refund_unwanted_charge"
 UNWANTED_REASON = "subscription ended before this charge succeeded"
 
 
-def refund_unwanted_charge(*, charge_id: int) -> None:
+# The automatic refund of an unwanted charge looks again after each of these waits (seconds, one per check): it
+# asks for the refund again when the last one failed (UNWANTED_REFUND_ATTEMPTS at most), waits while one is at
+# the carrier, and stops when the payment is refunded. After the last check, or the last attempt failed, it
+# logs an error for staff to refund by hand. About 20 hours in all.
+UNWANTED_REFUND_CHECKS = (60, 300, 1800, 7200, 21600, 43200)
+UNWANTED_REFUND_ATTEMPTS = 3
+
+
+def refund_unwanted_charge(*, charge_id: int, check: int = 0) -> None:
     """Refund what is left of the payment of a charge that succeeded after its subscription ended
-    (`refund_unwanted`). Safe to run twice: the refund service, under the payment's lock, refuses a refund when
-    nothing is left (a refund under way or made holds its amount), and gives back what a failed one held, so
-    that a later run refunds it again."""
+    (`refund_unwanted`), and look again later (`UNWANTED_REFUND_CHECKS`) until it is refunded: a refund the
+    carrier refused is asked for again, `UNWANTED_REFUND_ATTEMPTS` times at most. Safe to run twice: the refund
+    service, under the payment's lock, refuses a refund when nothing is left (a refund under way or made holds
+    its amount), and gives back what a failed one held."""
     charge = SubscriptionCharge.objects.select_related("subscription").get(pk=charge_id)
     if charge.outcome != SubscriptionCharge.Outcome.SUCCEEDED or charge.payment_id is None:
         return
     if charge.subscription.status not in FINAL_STATUSES:
         return
     payment = load_payment(charge.payment_id)
-    try:
-        request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
-    except (IllegalTransition, RefundExceedsCaptured) as refused:
-        # Refunded meanwhile by another run, or no longer refundable (being reversed): nothing more to do here.
-        logger.warning(
-            "subscription charge %s: automatic refund not made: %s",
+    log = {"subscription_id": str(charge.subscription.public_id), "period": charge.period_index}
+    automatic = list(refunds_of(payment).filter(reason=UNWANTED_REASON).values_list("status", flat=True))
+    if Refund.Status.PENDING not in automatic:
+        if payment.refunded_minor >= payment.amount_minor:
+            return  # refunded
+        if automatic.count(Refund.Status.FAILED) >= UNWANTED_REFUND_ATTEMPTS:
+            logger.error(
+                "subscription charge %s: the automatic refund failed %d times; refund the payment by hand",
+                charge_id,
+                UNWANTED_REFUND_ATTEMPTS,
+                extra=log,
+            )
+            return
+        try:
+            request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
+        except (IllegalTransition, RefundExceedsCaptured) as refused:
+            # Refunded meanwhile by another run, or no longer refundable (being reversed): nothing more to do here.
+            logger.warning("subscription charge %s: automatic refund not made: %s", charge_id, refused, extra=log)
+            return
+    if check >= len(UNWANTED_REFUND_CHECKS):
+        logger.error(
+            "subscription charge %s: the automatic refund is not confirmed after %d checks; see the payment's refunds",
             charge_id,
-            refused,
-            extra={"subscription_id": str(charge.subscription.public_id), "period": charge.period_index},
+            check,
+            extra=log,
+        )
+        return
+    with transaction.atomic():
+        outbox.enqueue(
+            REFUND_TASK,
+            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+            countdown=UNWANTED_REFUND_CHECKS[check],
+            charge_id=charge_id,
+            check=check + 1,
         )
 
 

@@ -17,6 +17,7 @@ EVENTS = (
     "expired",
     "reminder",
     "receipt",
+    "period_missed",
 )
 
 

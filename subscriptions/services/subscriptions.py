@@ -42,6 +42,7 @@ class SubscriptionRequest:
     msisdn: str
     plan: str
     carrier: str | None = None
+    journey_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +103,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             currency=offer.price_point.currency,
             carrier_managed=carrier_manages_renewals(carrier),
             idempotency_key=idempotency.key,
+            journey_id=request.journey_id,
             metadata=request.metadata,
         )
         claim_key(idempotency, resource_id=subscription.public_id)
@@ -119,7 +121,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
                 subscription.save()
         except IntegrityError as exc:  # the key's record was purged, its subscription stays
             raise KeyAlreadyClaimed(idempotency.key) from exc
-        record_creation(subscription, actor=actor)
+        record_creation(subscription, actor=actor, at=timezone.now())
         payment = open_payment(
             app=app,
             user_ref=request.user_ref,
@@ -128,6 +130,8 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             price_point=first,
             flow=PaymentFlow.PIN,
             actor=actor,
+            # The opt-in's payment steps (PIN sent, verified, charged) are in the journey too.
+            journey_id=request.journey_id,
             metadata={PAYMENT_METADATA_KEY: str(subscription.public_id)},
             description=opt_in_text(offer.plan, first=first, regular=offer.price_point, app=app),
         )

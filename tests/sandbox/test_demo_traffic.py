@@ -99,6 +99,11 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
         assert carrier.supports_subscriptions
         assert carrier.protocol in PLATFORM_MANAGED
         assert subscription.metadata["source"] == "demo_traffic"
+        # The opt-in continues its player's journey, with its own steps.
+        steps = FunnelEvent.objects.filter(app=demo.app, journey_id=subscription.journey_id).values_list(
+            "step", flat=True
+        )
+        assert {"store_opened", "subscription_opt_in_started"} <= set(steps)
         opt_in = SubscriptionCharge.objects.get(subscription=subscription, kind="opt_in")
         assert opt_in.payment is not None
         assert opt_in.payment.flow == PaymentFlow.PIN  # the double opt-in
