@@ -872,11 +872,30 @@ def _statement(
             f"HAVING {having} OR {grouping} = {(1 << len(keys)) - 1}\n"
             f"ORDER BY grouping_set, {', '.join(keys)}"
         )
+    # The rows read are added up per bucket and per value of what the statement groups or filters by, signs
+    # applied, before the grouping sets: these then aggregate a few rows per group instead of every rollup row
+    # of every day (a 90-day poll by week: ~46 k day rows, most of them apart only by their app).
+    ids = {"app_id": "app" in used, "carrier_id": bool(used & {"carrier", "country"})}
+    by = ["at", *(c for c in columns if ids.get(c, c in _ROLLUP_DIMENSIONS))]
+    totals = [f"{_total(c)} AS {c}" for c in columns if c not in ids and c not in _ROLLUP_DIMENSIONS]
     sql = (
-        f"WITH f AS ({' UNION ALL '.join(parts)})\n"
+        f"WITH f AS (SELECT {', '.join(by)}, 1 AS sign, {', '.join(totals)} "
+        f"FROM ({' UNION ALL '.join(parts)}) AS f GROUP BY {', '.join(by)})\n"
         f"SELECT {', '.join(select)} FROM f\n" + joins + (f"WHERE {' AND '.join(where)}\n" if where else "") + tail
     )
     return sql, params, layout
+
+
+# The rollup rows' own dimensions (besides the hour, app and carrier).
+_ROLLUP_DIMENSIONS = ("currency", "status", "failure_code")
+
+
+def _total(column: str) -> str:
+    """A column of rows read with their signs, added up; a least or greatest value is only asked of rows read
+    without subtraction (`_additive`)."""
+    if column.endswith(("_min_minor", "_max_minor")):
+        return f"{'MIN' if column.endswith('_min_minor') else 'MAX'}(f.{column})"
+    return f"SUM(f.sign * f.{column})"
 
 
 def catch_up_payment_rollups() -> Iterator[RefreshResult]:
