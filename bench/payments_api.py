@@ -13,6 +13,8 @@ What it measures, in one run:
 * PostgreSQL's own ceiling: `pgbench` inserting one row per transaction into a small table shaped
   like a payment row (uuid, text, bigint, timestamptz), same duration, similar client count.
   The ratio payments/s / pgbench inserts/s says how much of the database's commit rate the app uses.
+* The other hot endpoints: the server CPU per request of `POST /api/v1/funnel/events/` (per 1,000
+  events), of the PIN confirm and of the refund, each measured over its own closed loop.
 * Where the CPU goes: server CPU per request (gunicorn, PostgreSQL, Redis) and the rate that would
   allow with all CPUs, the application's and PostgreSQL's CPU per payment against the hot path's
   goals (<= 2.0 ms and <= 1.2 ms), and how much CPU other processes on the machine took meanwhile
@@ -42,6 +44,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import json
 import math
 import os
 import re
@@ -60,6 +63,7 @@ try:
 except ImportError:
     sys.exit("bench/payments_api.py needs the project's dependencies (psycopg): activate its virtualenv first")
 
+from funnel_ingest import batch_body, events_request
 from harness import (
     HOST,
     REQUEST_TIMEOUT_S,
@@ -215,6 +219,160 @@ class PgbenchResult:
     cpu: CpuUse | None = None
 
 
+# --- The other hot endpoints ------------------------------------------------------------------------
+
+FUNNEL_BATCH = 1000
+# What the confirm and refund loops need, made through the services with the carrier work in-process (the
+# sandbox carrier): payments waiting for their PIN, and succeeded ones (distinct numbers, none ending in
+# one of the sandbox's decline digits). Prints them as JSON.
+PREPARE_PAYMENTS = """
+import json, os
+from payments.services.idempotency import IdempotencyKey
+from payments.services.payments import PaymentRequest, confirm_payment, create_payment
+from sandbox.adapter import TEST_PIN
+from tenants.models import ApiKey
+app = ApiKey.objects.get(prefix=os.environ["BENCH_KEY_PREFIX"]).app
+count = int(os.environ["BENCH_COUNT"])
+made = {"confirm": [], "refund": []}
+for i in range(2 * count):
+    request = PaymentRequest(user_ref=f"other-{i}", msisdn=f"+4474{i:07d}1", price_point="gems-100")
+    key = IdempotencyKey(app=app, key=f"O-{i}", fingerprint="o")
+    payment = create_payment(app=app, request=request, idempotency=key)
+    if i % 2:
+        payment = confirm_payment(payment=payment, pin=TEST_PIN)
+    made["refund" if i % 2 else "confirm"].append((str(payment.public_id), payment.status))
+print(json.dumps(made))
+"""
+
+
+@dataclass
+class EndpointResult:
+    """One of the other endpoints' closed loops: its statuses and the server CPU it took."""
+
+    name: str
+    unit: str
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
+    errors: int = 0
+    cpu: CpuUse | None = None
+
+
+def api_request(port: int, api_key: str, path: str, body: bytes, idempotency_key: str | None = None) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\n"
+        f"Host: {HOST}:{port}\r\n"
+        f"Authorization: Api-Key {api_key}\r\n"
+        + (f"Idempotency-Key: {idempotency_key}\r\n" if idempotency_key else "")
+        + "Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+async def answered_status(pool: ConnectionPool, payload: bytes) -> int | None:
+    """The status of one request; None when no answer came (connection error, timeout), the connection dropped."""
+    try:
+        return await asyncio.wait_for(pool.request(payload), REQUEST_TIMEOUT_S)
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+        pool.close()
+        return None
+
+
+async def send_all(port: int, payloads: list[bytes], connections: int, result: EndpointResult) -> None:
+    """Send every payload once, `connections` at a time (closed loop)."""
+    pending = iter(payloads)
+
+    async def connection_loop() -> None:
+        pool = ConnectionPool(port)
+        try:
+            for payload in pending:
+                status = await answered_status(pool, payload)
+                if status is None:
+                    result.errors += 1
+                else:
+                    result.statuses[status] += 1
+        finally:
+            pool.close()
+
+    await asyncio.gather(*(connection_loop() for _ in range(connections)))
+
+
+def prepare_payments(env: dict[str, str], api_key: str, count: int) -> dict[str, list[str]]:
+    """`count` payments waiting for their PIN and `count` succeeded ones, made with the carrier work in-process."""
+    prepare_env = {
+        **env,
+        "CELERY_BROKER_URL": "",
+        "BENCH_KEY_PREFIX": api_key.split("_")[1],
+        "BENCH_COUNT": str(count),
+    }
+    made = json.loads(manage(["shell", "-c", PREPARE_PAYMENTS], prepare_env).strip().splitlines()[-1])
+    wanted = {"confirm": "pin_sent", "refund": "succeeded"}
+    for kind, status in wanted.items():
+        wrong = [found for _, found in made[kind] if found != status]
+        if wrong:
+            raise SetupError(f"payments prepared for the {kind} loop are {sorted(set(wrong))}, not {status}")
+    return {kind: [public_id for public_id, _ in made[kind]] for kind in wanted}
+
+
+def run_other_endpoints(
+    *, port: int, api_key: str, env: dict[str, str], connections: int, count: int, pgid: int, db_name: str
+) -> list[EndpointResult]:
+    """The server CPU per request of the other hot endpoints, each over `count` requests."""
+    log(f"other endpoints: preparing {2 * count} payments in-process")
+    prepared = prepare_payments(env, api_key, count)
+    run_id = secrets.token_hex(4)
+    base = int(time.time())
+    loops = [
+        (
+            EndpointResult(name=f"funnel events, batches of {FUNNEL_BATCH:,}", unit="1,000 events"),
+            [
+                events_request(port, api_key, batch_body(f"F{run_id}-{i}-", FUNNEL_BATCH, base))
+                for i in range(max(count // 10, 1))
+            ],
+        ),
+        (
+            EndpointResult(name="PIN confirm (verdict not awaited)", unit="confirm"),
+            [
+                api_request(port, api_key, f"{PAYMENTS_PATH}{public_id}/confirm/", b'{"pin":"1234"}')
+                for public_id in prepared["confirm"]
+            ],
+        ),
+        (
+            EndpointResult(name="refund (whole amount)", unit="refund"),
+            [
+                api_request(
+                    port, api_key, f"{PAYMENTS_PATH}{public_id}/refunds/", b'{"reason":"bench"}', f"R-{run_id}-{i}"
+                )
+                for i, public_id in enumerate(prepared["refund"])
+            ],
+        ),
+    ]
+    for result, payloads in loops:
+        log(f"other endpoints: {result.name}, {len(payloads)} requests")
+        with measure_cpu(pgid, db_name) as cpu:
+            asyncio.run(send_all(port, payloads, connections, result))
+        result.cpu = cpu
+    return [result for result, _ in loops]
+
+
+def other_endpoint_lines(results: list[EndpointResult]) -> list[str]:
+    lines = ["", "The other hot endpoints: server CPU per request, closed loop (asyncio client)"]
+    for result in results:
+        requests = sum(result.statuses.values())
+        statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items())) or "none"
+        if result.errors:
+            statuses += f"; {result.errors} without response"
+        lines.append(f"  {result.name} ({statuses})")
+        if result.cpu is None or result.cpu.elapsed_s == 0 or requests == 0:
+            continue
+        per = {group: result.cpu.seconds[group] * 1000 / requests for group in ("app", "postgres", "redis")}
+        lines.append(
+            f"    CPU per {result.unit:<15} {sum(per.values()):9.1f} ms   (gunicorn {per['app']:.1f}, "
+            f"PostgreSQL {per['postgres']:.1f}, Redis {per['redis']:.1f})"
+        )
+        lines += ["  " + line for line in other_load_lines(result.cpu)]
+    return lines
+
+
 def lift_carrier_rate_limit(database_url: str, calls_per_second: int) -> bool:
     """Raise every carrier's own calls-per-second limit, as the API's rate limit is raised; False when the
     schema has no such limit."""
@@ -288,11 +446,9 @@ async def closed_loop(*, port: int, api_key: str, key_prefix: str, connections: 
                 counter += 1
                 payload = payment_request(port, api_key, f"{key_prefix}{index}-{counter}")
                 sent = loop.time()
-                try:
-                    status = await asyncio.wait_for(pool.request(payload), REQUEST_TIMEOUT_S)
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+                status = await answered_status(pool, payload)
+                if status is None:
                     result.errors += 1
-                    pool.close()
                     continue
                 latencies.append((loop.time() - sent) * 1000)
                 result.statuses[status] += 1
@@ -483,6 +639,7 @@ def report(
     phase_b: LoadResult | None,
     phase_b_db_count: int | None,
     pg: PgbenchResult,
+    others: list[EndpointResult],
     errors_text: str,
 ) -> str:
     lines = [
@@ -532,6 +689,8 @@ def report(
         ]
         if phase_b_db_count is not None and phase_b_db_count != phase_b.created:
             lines.append(f"  payments in database    {phase_b_db_count:9d}   (MISMATCH against the 201s)")
+    if others:
+        lines += other_endpoint_lines(others)
     ratio = phase_a.created_per_s / pg.tps if pg.tps > 0 else math.nan
     lines += [
         "",
@@ -608,6 +767,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-journal", action="store_true", help="run without the interaction journal, to measure what it costs"
     )
+    parser.add_argument(
+        "--other-requests",
+        type=int,
+        default=200,
+        help="requests per loop of the other hot endpoints: PIN confirms, refunds (funnel batches: a tenth); 0 skips",
+    )
     parser.add_argument("--log-file", type=Path, default=None, help="keep the gunicorn log at this path")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
     args = parser.parse_args(argv)
@@ -634,6 +799,8 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
     env["JOURNAL_ENABLED"] = "false" if args.no_journal else "true"
     # The payments go to the sandbox carrier that seed_demo creates: the sandbox app must be installed.
     env["SANDBOX"] = "true"
+    # No carrier worker runs here: a PIN confirm answers at once (202) instead of polling for a verdict.
+    env["PIN_CONFIRM_WAIT_MS"] = "0"
     run_id = secrets.token_hex(4)
     log_path: Path = args.log_file or workdir / "gunicorn.log"
     server: Server | None = None
@@ -721,6 +888,17 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
                 )
             phase_b.cpu = cpu_b
             count_b = settled_count(database_url, prefix_b)
+        others: list[EndpointResult] = []
+        if args.other_requests > 0:
+            others = run_other_endpoints(
+                port=server.port,
+                api_key=api_key,
+                env=env,
+                connections=args.connections,
+                count=args.other_requests,
+                pgid=pgid,
+                db_name=args.db_name,
+            )
         server.stop()
         errors_text = server_errors(log_path)
         server = None
@@ -742,6 +920,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             phase_b=phase_b,
             phase_b_db_count=count_b,
             pg=pg,
+            others=others,
             errors_text=errors_text,
         )
     finally:

@@ -296,6 +296,7 @@ class CarrierAdmin(AuditedAdmin):
                     "supports_refund",
                     "supports_reversal",
                     "supports_subscriptions",
+                    "supports_downgrade_billing",
                     "deduplicates_reference_code",
                 ]
             },

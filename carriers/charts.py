@@ -6,6 +6,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from carriers.selectors import CallFigures
+from playpay.times import utc_text
 
 WIDTH, HEIGHT, GAP = 560, 60, 22
 RATE_COLOUR, LATENCY_COLOUR, EMPTY_COLOUR = "#16a34a", "#2563eb", "#d1d5db"
@@ -27,7 +28,7 @@ def _bars(
     bars: list[tuple[float, float, float, float, str, str]] = []
     for index, (figures, value) in enumerate(zip(history, values, strict=True)):
         x = index * width
-        start = figures.start.strftime("%Y-%m-%d %H:00") if figures.start else ""
+        start = utc_text(figures.start) if figures.start else ""
         if value is None:
             bars.append((x, top + HEIGHT - 1, width - 1, 1, EMPTY_COLOUR, f"{start}: no calls"))
             continue

@@ -74,6 +74,13 @@ class Carrier(models.Model):
     supports_refund = models.BooleanField("refund", default=False)
     supports_reversal = models.BooleanField("reversal", default=False)
     supports_subscriptions = models.BooleanField("subscriptions", default=False)
+    supports_downgrade_billing = models.BooleanField(
+        "downgrade billing",
+        default=False,
+        help_text="Tick only when the carrier allows it: a subscription renewal declined for insufficient funds "
+        "is tried again at the plan offer's lower fallback price. Used only where PlayPay charges each renewal "
+        "itself (sandbox, Parlay X, CAMARA), never where the carrier holds the schedule (the aggregator).",
+    )
     deduplicates_reference_code = models.BooleanField(
         "gateway deduplicates referenceCode",
         default=False,

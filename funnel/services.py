@@ -1,5 +1,5 @@
 """Funnel events: ingestion from game backends (batches, de-duplicated, validated per event) and
-the steps the platform emits itself from the payment flow.
+the steps the platform emits itself from the payment and subscription flows.
 
 De-duplication: every stored event first claims its (app, event_id) in `FunnelEventKey` with
 INSERT ... ON CONFLICT DO NOTHING, in the same transaction; an event whose claim finds the key taken
@@ -20,6 +20,8 @@ from django.utils import timezone
 from funnel.models import FunnelEvent, Journey
 from payments.events import PaymentStatusChanged
 from payments.models import Payment
+from subscriptions.events import SubscriptionStatusChanged
+from subscriptions.models import SubscriptionStatus
 from tenants.models import App
 
 MAX_BATCH = 1000
@@ -34,6 +36,12 @@ PLATFORM_STEPS = {
     "partially_refunded": "refunded",
     "refunded": "refunded",
     "reversed": "reversed",
+}
+# A subscription's opt-in -> the steps the platform emits for it (its payment's steps come with them).
+SUBSCRIPTION_STEPS = {
+    "started": "subscription_opt_in_started",
+    "activated": "subscription_activated",
+    "failed": "subscription_opt_in_failed",
 }
 
 
@@ -208,40 +216,99 @@ def record_platform_step(payment: Payment, status: str, *, occurred_at: datetime
     step = PLATFORM_STEPS.get(status)
     if not payment.journey_id or step is None:
         return
-    event_id = f"platform:{payment.public_id}:{status}"
-    # Runs inside the state change's transaction (no savepoint of its own: this is on every transition).
-    if claim_event_ids(payment.app_id, [event_id]):
-        FunnelEvent.objects.create(
-            app_id=payment.app_id,
-            journey_id=payment.journey_id,
-            event_id=event_id,
-            step=step,
-            occurred_at=occurred_at,
-            source=FunnelEvent.Source.PLATFORM,
-            error_code=payment.failure_code if status == "failed" else "",
-            properties={"payment_id": str(payment.public_id)},
-        )
     journey_fields: dict[str, Any] = {
-        # A journey starts at its earliest step, whichever arrived first.
-        "started_at": Least(F("started_at"), Value(occurred_at)),
         "carrier": payment.carrier.slug,
         "country": payment.carrier.country_id,
         "price_point": payment.price_point.code,
         "flow": payment.flow,
-        # An update() leaves auto_now alone; the analytics shipping finds changed journeys by this time.
-        "updated_at": timezone.now(),
     }
     if status in ("succeeded", "failed", "expired"):
         journey_fields["outcome"] = status
-    updated = Journey.objects.filter(app_id=payment.app_id, journey_id=payment.journey_id).update(**journey_fields)
+    _record_step(
+        app_id=payment.app_id,
+        journey_id=payment.journey_id,
+        user_ref=payment.user_ref,
+        event_id=f"platform:{payment.public_id}:{status}",
+        step=step,
+        occurred_at=occurred_at,
+        error_code=payment.failure_code if status == "failed" else "",
+        properties={"payment_id": str(payment.public_id)},
+        journey_fields=journey_fields,
+    )
+
+
+def subscription_step(event: SubscriptionStatusChanged) -> str | None:
+    """The platform's step for a subscription's status change: only its opt-in's (a journey is one visit)."""
+    if not event.from_status:
+        return SUBSCRIPTION_STEPS["started"]
+    if event.from_status != SubscriptionStatus.PENDING_OPT_IN:
+        return None
+    if event.to_status == SubscriptionStatus.ACTIVE:
+        return SUBSCRIPTION_STEPS["activated"]
+    return SUBSCRIPTION_STEPS["failed"]  # expired (PIN, decline) or cancelled before it was confirmed
+
+
+def record_subscription_step(event: SubscriptionStatusChanged) -> None:
+    """Subscriber of subscriptions' status changes: the opt-in's step in the subscription's journey, if it has
+    one, in the change's transaction. (Its payment's own steps come from the payment, in the same journey.)"""
+    subscription = event.subscription
+    step = subscription_step(event)
+    if not subscription.journey_id or step is None:
+        return
+    _record_step(
+        app_id=subscription.app_id,
+        journey_id=subscription.journey_id,
+        user_ref=subscription.user_ref,
+        event_id=f"platform:subscription:{subscription.public_id}:{step}",
+        step=step,
+        occurred_at=event.occurred_at,
+        error_code=(event.failure_code or event.to_status) if step == SUBSCRIPTION_STEPS["failed"] else "",
+        properties={"subscription_id": str(subscription.public_id), "plan": subscription.plan.code},
+        journey_fields={},
+    )
+
+
+def _record_step(
+    *,
+    app_id: int,
+    journey_id: str,
+    user_ref: str,
+    event_id: str,
+    step: str,
+    occurred_at: datetime,
+    error_code: str,
+    properties: dict[str, Any],
+    journey_fields: dict[str, Any],
+) -> None:
+    """Store one platform step (once per event id) and bring its journey up to date with `journey_fields`."""
+    # Runs inside the state change's transaction (no savepoint of its own: this is on every transition).
+    if claim_event_ids(app_id, [event_id]):
+        FunnelEvent.objects.create(
+            app_id=app_id,
+            journey_id=journey_id,
+            event_id=event_id,
+            step=step,
+            occurred_at=occurred_at,
+            source=FunnelEvent.Source.PLATFORM,
+            error_code=error_code,
+            properties=properties,
+        )
+    fields: dict[str, Any] = {
+        **journey_fields,
+        # A journey starts at its earliest step, whichever arrived first.
+        "started_at": Least(F("started_at"), Value(occurred_at)),
+        # An update() leaves auto_now alone; the analytics shipping finds changed journeys by this time.
+        "updated_at": timezone.now(),
+    }
+    updated = Journey.objects.filter(app_id=app_id, journey_id=journey_id).update(**fields)
     if not updated:
         Journey.objects.bulk_create(
             [
                 Journey(
-                    app_id=payment.app_id,
-                    journey_id=payment.journey_id,
-                    user_ref=payment.user_ref,
-                    **{**journey_fields, "started_at": occurred_at},
+                    app_id=app_id,
+                    journey_id=journey_id,
+                    user_ref=user_ref,
+                    **{**fields, "started_at": occurred_at},
                 )
             ],
             ignore_conflicts=True,

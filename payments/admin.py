@@ -25,8 +25,8 @@ from unfold.contrib.filters.admin import (
     RangeNumericListFilter,
     RelatedDropdownFilter,
 )
+from unfold.dataclasses import SearchResult
 from unfold.decorators import display
-from unfold.paginator import InfinitePaginator
 
 from carriers.admin import ConfiguredCarrierFilter
 from carriers.msisdn import msisdn_readings, normalize_msisdn
@@ -56,6 +56,7 @@ from payments.selectors import (
     payment_timeline,
     player_named,
     player_summary,
+    players_named,
     search_payments,
 )
 from payments.services import webhooks
@@ -75,7 +76,7 @@ from payments.services.staff import (
     resend_payment_webhook,
     reverse_payments,
 )
-from playpay.admin_base import MoneyField, ReadOnlyInline, RecordAdmin, money_column
+from playpay.admin_base import MoneyField, ReadOnlyInline, RecordAdmin, money_column, recent_values_filter
 from playpay.errors import DomainError
 from playpay.money import format_money
 from playpay.redaction import mask_msisdn
@@ -329,6 +330,45 @@ def player_url(player: Player) -> str:
     return reverse("admin:payments_payment_player") + "?" + urlencode(query)
 
 
+# The palette shows the newest of the payments a term names; the list (its search box) shows them all.
+PALETTE_PAYMENTS = 10
+
+
+def palette_results(request: HttpRequest, lowered_term: str) -> list[SearchResult]:
+    """The command palette's (Ctrl+K) answers from payments, as the list's search box reads a term: the player it
+    names (a number in any format, or a user_ref: one per app), whose page it opens, then the newest payments it
+    names. unfold's COMMAND["search_callback"]; unfold passes the term lower-cased, so it is read as typed from
+    the request (user_refs, carrier references and idempotency keys are case-sensitive)."""
+    if not request.user.has_perm("payments.view_payment"):
+        return []
+    term = request.GET.get("s", "").strip() or lowered_term.strip()
+    found = search_payments(term=term)
+    players = [
+        SearchResult(
+            title=f"Player {shown_msisdn(request, player.msisdn)}"
+            if player.msisdn
+            else f"Player {player.user_ref} of {player.app}",
+            description="player page: payments, lifetime spend, timeline",
+            link=player_url(player),
+            icon="person",
+        )
+        for player in players_named(found, term)
+    ]
+    payments = [
+        SearchResult(
+            title=str(payment.public_id),
+            description=(
+                f"payment · {format_money(payment.amount_minor, payment.currency)} · "
+                f"{payment.get_status_display()} · {utc_text(payment.created_at)}"
+            ),
+            link=reverse("admin:payments_payment_change", args=[payment.pk]),
+            icon="receipt_long",
+        )
+        for payment in found.payments.order_by("-id")[:PALETTE_PAYMENTS]
+    ]
+    return players + payments
+
+
 class PlayerRecordAdmin(RecordAdmin):
     """Records of a player's (payments, subscriptions) with their `msisdn`: the number in full for whom their role
     allows (`shows_full_msisdn`), masked for the others, in the list (put the column `number` in list_display) and
@@ -380,10 +420,6 @@ class PaymentAdmin(PlayerRecordAdmin):
         OutcomeUnknownFilter,
     ]
     list_filter_submit = True
-    paginator = InfinitePaginator
-    # unfold renders a row's cells at about 1.5 ms each on a busy 2-core machine: 50 rows a page (more load
-    # as the list is scrolled) keep the page within 300 ms, as bench/admin_volume.py measures.
-    list_per_page = 50
     # One box: a public id or its first 8+ characters, a number in any format, a user_ref, a carrier reference
     # or an idempotency key (payments.selectors.search_payments); every reading uses an index.
     search_fields = ["public_id"]
@@ -830,10 +866,12 @@ class LedgerEntryAdmin(RecordAdmin):
     """The ledger, read-only (it is append-only): each entry with its balanced lines."""
 
     list_display = ["id", "created_at", "kind", "payment", "memo"]
-    list_filter = ["kind"]
+    # A range, not a date hierarchy: the hierarchy reads the first and last dates and every year of the whole
+    # ledger on each page.
+    list_filter = ["kind", ("created_at", UtcRangeDateTimeFilter)]
+    list_filter_submit = True
     search_fields = []  # the payment's public id, below
     list_select_related = ["payment"]
-    date_hierarchy = "created_at"
     inlines = [LedgerLineInline]
 
     def get_search_results(self, request: HttpRequest, queryset: Any, search_term: str) -> tuple[Any, bool]:
@@ -847,7 +885,7 @@ class LedgerEntryAdmin(RecordAdmin):
 @admin.register(LedgerLine)
 class LedgerLineAdmin(RecordAdmin):
     list_display = ["id", "entry", "account", "amount"]
-    list_filter = ["currency", "entry__kind"]
+    list_filter = [recent_values_filter("currency"), "entry__kind"]
     fields = ["entry", "account", "amount"]
     amount = money_column("amount_minor")
 
@@ -877,7 +915,7 @@ class WebhookAttemptInline(ReadOnlyInline):
 @admin.register(WebhookDelivery)
 class WebhookDeliveryAdmin(RecordAdmin):
     list_display = ["message_id", "app", "event_type", "status", "attempts", "last_status_code", "next_attempt_at"]
-    list_filter = ["status", "event_type", "app"]
+    list_filter = ["status", recent_values_filter("event_type", title="event type"), "app"]
     search_fields = ["=message_id"]  # and the payment's public id, below
     list_select_related = ["app"]
     inlines = [WebhookAttemptInline]

@@ -9,10 +9,11 @@ commit. Payments knows nothing of who listens: each app subscribes from its
 another having run first (their order follows INSTALLED_APPS).
 """
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
+
+from playpay.events import Channel
 
 if TYPE_CHECKING:
     from payments.models import Payment
@@ -29,17 +30,7 @@ class PaymentStatusChanged:
     occurred_at: datetime
 
 
-Subscriber = Callable[[PaymentStatusChanged], None]
-
-_subscribers: list[Subscriber] = []
-
-
-def subscribe(subscriber: Subscriber) -> None:
-    """Call `subscriber` with every status change, inside the transaction that makes it."""
-    if subscriber not in _subscribers:
-        _subscribers.append(subscriber)
-
-
-def publish(event: PaymentStatusChanged) -> None:
-    for subscriber in _subscribers:
-        subscriber(event)
+_channel: Channel[PaymentStatusChanged] = Channel()
+# Each app subscribes from its `AppConfig.ready()`; the state changes publish.
+subscribe = _channel.subscribe
+publish = _channel.publish

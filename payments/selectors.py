@@ -232,17 +232,21 @@ def _by_public_id_prefix(prefix: str) -> Q:
     return found
 
 
-def player_named(search: Search, term: str) -> Player | None:
-    """The player `term` names: a number that has payments, else a user_ref of exactly one app."""
+def players_named(search: Search, term: str, *, most: int = 10) -> list[Player]:
+    """The players `term` names: the first number it reads as that has payments, else its user_ref in each app
+    (at most `most`, by name) that has payments from it."""
     for number in search.readings:
         if Payment.objects.filter(msisdn=number).exists():
-            return Player(msisdn=number)
-    apps = list(
-        Payment.objects.filter(_by_user_ref(term.strip())).values_list("app", flat=True).order_by("app").distinct()[:2]
-    )
-    if len(apps) == 1:
-        return Player(app=App.objects.get(pk=apps[0]), user_ref=term.strip())
-    return None
+            return [Player(msisdn=number)]
+    user_ref = term.strip()
+    apps = Payment.objects.filter(_by_user_ref(user_ref)).values_list("app", flat=True).order_by("app").distinct()
+    return [Player(app=app, user_ref=user_ref) for app in App.objects.filter(pk__in=list(apps[:most])).order_by("name")]
+
+
+def player_named(search: Search, term: str) -> Player | None:
+    """The player `term` names: a number that has payments, else a user_ref of exactly one app."""
+    players = players_named(search, term, most=2)
+    return players[0] if len(players) == 1 else None
 
 
 @dataclass(frozen=True)

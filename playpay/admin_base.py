@@ -6,18 +6,50 @@ subclass one for one, and the running admin gets unfold's.
 
 from collections.abc import Callable
 from datetime import date
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.http import HttpRequest
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
+from unfold.paginator import InfinitePaginator
 
 from playpay.money import InvalidAmount, UnknownCurrency, currency_exponent, currency_label, format_money, parse_major
+
+_VALUE = "\x1f"  # stands for the row's id in the one checkbox rendered
+
+
+@cache
+def _checkbox_format() -> str:
+    """unfold's row checkbox as its widget renders it, a format string with the row's id as its one field."""
+    from unfold.admin import checkbox
+
+    rendered = str(checkbox.render(ACTION_CHECKBOX_NAME, _VALUE)).replace("{", "{{").replace("}", "}}")
+    return rendered.replace(f'value="{_VALUE}"', 'value="{}"')
+
+
+def row_checkbox(pk: Any) -> SafeString:
+    """The checkbox that selects a row for an action, the same markup as unfold's widget writes, without
+    rendering the widget's templates for every row (that took a tenth of a 50-row list's time)."""
+    return format_html(_checkbox_format(), pk)
+
 
 if TYPE_CHECKING:
     from django.contrib.admin import ModelAdmin, StackedInline, TabularInline
 else:
-    from unfold.admin import ModelAdmin, StackedInline, TabularInline
+    from unfold.admin import ModelAdmin as UnfoldModelAdmin
+    from unfold.admin import StackedInline, TabularInline
+
+    class ModelAdmin(UnfoldModelAdmin):
+        """unfold's, with a row checkbox that costs no template rendering."""
+
+        @admin.display(description=UnfoldModelAdmin.action_checkbox.short_description)
+        def action_checkbox(self, obj: Any) -> SafeString:
+            return row_checkbox(obj.pk)
+
 
 __all__ = [
     "ModelAdmin",
@@ -49,7 +81,11 @@ class RecordAdmin(ModelAdmin):  # type: ignore[type-arg]
     State changes go through the services (admin actions), never through a form.
     """
 
-    show_full_result_count = False  # no COUNT(*) over big tables
+    # No COUNT(*) over big tables: pages load as the list is scrolled (unfold's infinite pagination), 50 rows at
+    # a time, so that a list answers as fast at ten million rows as at a thousand (bench/admin_volume.py).
+    show_full_result_count = False
+    paginator = InfinitePaginator
+    list_per_page = 50
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return [field.name for field in self.model._meta.fields]
@@ -59,6 +95,25 @@ class RecordAdmin(ModelAdmin):  # type: ignore[type-arg]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+
+def recent_values_filter(field: str, *, title: str = "", latest: int = 1000) -> type[admin.SimpleListFilter]:
+    """A list filter on `field` (same query parameter as Django's own, `?field=value`) offering the values of the
+    latest `latest` rows: Django's own reads every distinct value of the whole table on each page, seconds on a
+    table of millions (ledger lines, webhook deliveries)."""
+
+    class RecentValuesFilter(admin.SimpleListFilter):
+        parameter_name = field
+
+        def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+            newest = model_admin.model._default_manager.order_by("-pk").values_list(field, flat=True)[:latest]
+            return [(value, value) for value in sorted(set(newest)) if value]
+
+        def queryset(self, request: HttpRequest, queryset: Any) -> Any:
+            return queryset.filter(**{field: self.value()}) if self.value() else queryset
+
+    RecentValuesFilter.title = title or field.replace("_", " ")
+    return RecentValuesFilter
 
 
 def money_column(

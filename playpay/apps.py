@@ -7,7 +7,9 @@ class PlayPayAdminConfig(AdminConfig):
 
     def ready(self) -> None:
         super().ready()
-        from playpay import checks  # noqa: F401  (registers the deployment checks)
+        from playpay import admin_lists, checks  # noqa: F401  (checks registers the deployment checks)
+
+        admin_lists.install()
 
 
 class PlayPayConfig(AppConfig):

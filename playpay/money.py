@@ -5,6 +5,7 @@ Machines keep minor units; people read and type major units: `format_money` writ
 """
 
 from decimal import Decimal, InvalidOperation
+from functools import lru_cache
 
 import pycountry
 from babel.numbers import format_currency, format_decimal, get_currency_precision, get_currency_symbol
@@ -34,6 +35,8 @@ def to_major(amount_minor: int, currency: str) -> Decimal:
     return Decimal(amount_minor).scaleb(-currency_exponent(currency))
 
 
+# A list shows the same few prices again and again, and babel takes most of a millisecond for each.
+@lru_cache(maxsize=4096)
 def format_money(amount_minor: int, currency: str, locale: str = "en_US") -> str:
     """The amount as a person reads it: the currency's symbol where it has one ("£9.99", "¥100"), else the
     number then the code ("1.500 KWD"), always with the currency's own number of decimals."""

@@ -252,6 +252,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 LANGUAGE_CODE = "en-us"
+# The back office is in English only: every admin page would otherwise look up all of Django's ~100 languages
+# for unfold's language menu (which it does not show).
+LANGUAGES = [("en-us", "English")]
+# Date-times shown as they are on staff pages read "2026-12-04 21:59:17 UTC" (playpay/formats/en).
+FORMAT_MODULE_PATH = ["playpay.formats"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -281,11 +286,12 @@ UNFOLD = {
     # The back office's own pages (reports, confirmations, imports) in the same look.
     "STYLES": [lambda request: static("playpay/admin.css")],
     # THEME unset: each person picks light, dark or the system's in the account menu.
-    # The command palette (Ctrl+K) finds pages by name and searches these models with their admin's own search
-    # (the payment's is exact-match on indexed columns); the large record tables are searched from their lists.
+    # The command palette (Ctrl+K) finds pages by name, the players and payments a term names as the payment
+    # list's search box reads it (payments.admin.palette_results), and searches these models with their admin's
+    # own search; the large record tables are searched from their lists.
     "COMMAND": {
+        "search_callback": "payments.admin.palette_results",
         "search_models": [
-            "payments.payment",
             "payments.refund",
             "tenants.app",
             "tenants.apikey",
@@ -473,6 +479,9 @@ SUBSCRIPTION_GRACE_DAYS = env_int("SUBSCRIPTION_GRACE_DAYS", 3)
 # Hours before a monthly plan's renewal that the app is sent `subscription.reminder` (to tell the player);
 # 0: none. Daily and weekly plans have no reminder.
 SUBSCRIPTION_REMINDER_HOURS = env_int("SUBSCRIPTION_REMINDER_HOURS", 48)
+# A reminder whose time passed while the renewal engine was stopped is sent late only while the renewal is at
+# least this many hours ahead (at most SUBSCRIPTION_REMINDER_HOURS); closer, it is recorded as skipped.
+SUBSCRIPTION_REMINDER_MIN_HOURS = env_int("SUBSCRIPTION_REMINDER_MIN_HOURS", 24)
 # Subscriptions the renewal engine locks and charges per transaction.
 SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)
 # A carrier that manages renewals (the aggregator) that has not told of a period this many minutes after the

@@ -2,13 +2,16 @@
 
 Test PIN: 1234. The MSISDN's last four digits choose the charge outcome:
 0002 insufficient_funds, 0003 user_barred, 0004 spending_limit, 0005 no answer
-(the charge stays pending); any other number succeeds.
+(the charge stays pending); any other number succeeds. The numbers whose answer changes over a
+subscription's life (0021-0024, `core.SCENARIOS`) answer as the simulators do: this carrier counts their
+charges, and remembers each payment's answer, in the simulators' shared state.
 """
 
 import hashlib
 
 from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest, Outcome
 from carriers.errors import ErrorCode
+from sandbox.simulators.core import SCENARIOS, Decline, simulator
 
 TEST_PIN = "1234"
 _DECLINES = {
@@ -17,6 +20,25 @@ _DECLINES = {
     "0004": (ErrorCode.SPENDING_LIMIT, "Monthly spending limit reached"),
 }
 _NO_ANSWER = "0005"
+_LIFE_DECLINES = {
+    Decline.INSUFFICIENT_FUNDS: _DECLINES["0002"],
+    Decline.USER_BARRED: _DECLINES["0003"],
+    Decline.SPENDING_LIMIT: _DECLINES["0004"],
+    Decline.UNKNOWN_SUBSCRIBER: (ErrorCode.UNKNOWN_SUBSCRIBER, "Subscriber not known (ported out)"),
+}
+_ANSWERED = "sandbox-answer:"
+
+
+def _over_life(request: ChargeRequest) -> Decline | None:
+    """The answer to a charge of a number whose answer changes over its life: counted once per payment (asked
+    again, or for its status, the payment gets the answer it had)."""
+    sim = simulator("sandbox")
+    key = _ANSWERED + request.payment_id
+    known = sim.records.get(key)
+    if known is None:
+        sim.records.add(key, {"decline": sim.charge_decline(request.msisdn)})
+        known = sim.records[key]
+    return Decline(known["decline"]) if known["decline"] else None
 
 
 def _reference(request: ChargeRequest) -> str:
@@ -39,6 +61,10 @@ class SandboxAdapter(CarrierAdapter):
             return CarrierResult.pending(carrier_reference=reference)
         if suffix in _DECLINES:
             code, message = _DECLINES[suffix]
+            return CarrierResult.failed(code, code.upper(), message, carrier_reference=reference)
+        scenario = SCENARIOS.get(suffix)
+        if scenario is not None and scenario.later and (decline := _over_life(request)) is not None:
+            code, message = _LIFE_DECLINES[decline]
             return CarrierResult.failed(code, code.upper(), message, carrier_reference=reference)
         return CarrierResult(outcome=Outcome.SUCCEEDED, carrier_reference=reference)
 

@@ -9,9 +9,8 @@ from django.conf import settings
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
 from funnel.models import FunnelDefinition
 from reporting.models import Dashboard, Dataset, DatasetField, SourceKind
-from subscriptions.models import Plan, PlanOffer
+from subscriptions.models import PLATFORM_MANAGED, Plan, PlanOffer
 from subscriptions.periods import Period
-from subscriptions.services.subscriptions import PLATFORM_MANAGED
 from tenants.models import App
 from tenants.services import issue_api_key, revoke_api_keys
 

@@ -201,7 +201,7 @@ class DemoTraffic:
         """The double opt-in as a game makes it: open the subscription, then confirm it with the PIN."""
         msisdn = self._number(demo, declined)
         body: dict[str, Any] = {"user_ref": player, "msisdn": msisdn, "plan": DEMO_PLAN, "carrier": demo.slug}
-        body["metadata"] = {"source": "demo_traffic", "journey_id": journey}
+        body |= {"journey_id": journey, "metadata": {"source": "demo_traffic"}}
         response = self._call("POST", "/api/v1/subscriptions/", json=body, headers={"Idempotency-Key": journey})
         if response is None or response.status_code != 201:
             self.summary.errors[f"subscribe: {_status(response)}"] += 1

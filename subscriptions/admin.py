@@ -13,7 +13,6 @@ from django.urls import path, reverse
 from django.utils import timezone
 from unfold.contrib.filters.admin import ChoicesDropdownFilter, RelatedDropdownFilter
 from unfold.decorators import display
-from unfold.paginator import InfinitePaginator
 
 from carriers.admin import ConfiguredCarrierFilter
 from journal.audit_admin import AuditedAdmin
@@ -57,6 +56,9 @@ def offer_price(offer: PlanOffer) -> str:
     first = offer.first_period_price_point
     if first is not None:
         price = f"{format_money(first.amount_minor, first.currency)} the first {every}, then {price}"
+    fallback = offer.fallback_price_point
+    if fallback is not None:
+        price += f"; {format_money(fallback.amount_minor, fallback.currency)} if the balance is too low (fallback)"
     return price
 
 
@@ -67,7 +69,7 @@ def agreed_price(subscription: Subscription) -> str:
     return f"{format_money(subscription.amount_minor, subscription.currency)} per {every}"
 
 
-OFFER_RELATIONS = ["plan", "carrier", "price_point", "first_period_price_point"]
+OFFER_RELATIONS = ["plan", "carrier", "price_point", "first_period_price_point", "fallback_price_point"]
 
 
 class PlanOfferInline(TabularInline):  # type: ignore[type-arg]
@@ -75,9 +77,9 @@ class PlanOfferInline(TabularInline):  # type: ignore[type-arg]
 
     model = PlanOffer
     extra = 0
-    fields = ["carrier", "price_point", "first_period_price_point", "price"]
+    fields = ["carrier", "price_point", "first_period_price_point", "fallback_price_point", "price"]
     readonly_fields = ["price"]
-    autocomplete_fields = ["carrier", "price_point", "first_period_price_point"]
+    autocomplete_fields = ["carrier", "price_point", "first_period_price_point", "fallback_price_point"]
 
     def get_queryset(self, request: HttpRequest) -> Any:
         return super().get_queryset(request).select_related(*OFFER_RELATIONS)
@@ -103,7 +105,12 @@ class PlanAdmin(AuditedAdmin):
         return (
             super()
             .get_queryset(request)
-            .prefetch_related("offers__carrier", "offers__price_point", "offers__first_period_price_point")
+            .prefetch_related(
+                "offers__carrier",
+                "offers__price_point",
+                "offers__first_period_price_point",
+                "offers__fallback_price_point",
+            )
         )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
@@ -132,7 +139,7 @@ class PlanOfferAdmin(AuditedAdmin):
     list_filter = [("carrier", ConfiguredCarrierFilter), ("plan__app", RelatedDropdownFilter), "plan__period"]
     search_fields = ["plan__code", "plan__name", "carrier__name", "carrier__slug"]
     list_select_related = [*OFFER_RELATIONS, "plan__app"]
-    autocomplete_fields = ["plan", "carrier", "price_point", "first_period_price_point"]
+    autocomplete_fields = ["plan", "carrier", "price_point", "first_period_price_point", "fallback_price_point"]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         return ["plan", "carrier"] if obj is not None else []  # an offer never moves (PlanOffer.clean)
@@ -225,9 +232,6 @@ class SubscriptionAdmin(PlayerRecordAdmin):
         ("app", RelatedDropdownFilter),
     ]
     list_filter_submit = True
-    # As the payments' list: no COUNT(*) (RecordAdmin), pages load as the list is scrolled, 50 rows a page.
-    paginator = InfinitePaginator
-    list_per_page = 50
     search_fields = ["public_id"]  # one box, read by subscriptions.selectors.search_subscriptions
     search_help_text = (
         "Subscription id (or its first 8+ characters), phone number in any format, user_ref, idempotency key, "

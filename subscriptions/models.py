@@ -7,7 +7,9 @@ from django.db.models import F, Q
 from simple_history.models import HistoricalRecords
 
 from carriers.errors import ErrorCode
+from carriers.models import Carrier, PricePoint, Protocol
 from playpay.ids import new_public_id
+from playpay.money import format_money
 from subscriptions.periods import Period
 
 
@@ -59,6 +61,15 @@ class PlanOffer(models.Model):
         related_name="+",
         help_text="Charged for the first period instead (a discount); empty: the regular price.",
     )
+    fallback_price_point = models.ForeignKey(
+        "carriers.PricePoint",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="Downgrade billing: a lower price tried instead of the regular one after a renewal was declined "
+        "for insufficient funds, where the carrier allows it; empty: never.",
+    )
     history = HistoricalRecords()
 
     class Meta:
@@ -71,9 +82,14 @@ class PlanOffer(models.Model):
         # The prices charged are the carrier's own: a price point of another carrier would be charged there.
         regular = self.price_point if self.price_point_id else None
         first = self.first_period_price_point if self.first_period_price_point_id else None
+        fallback = self.fallback_price_point if self.fallback_price_point_id else None
         errors = {
             name: "Choose a price point of this offer's carrier."
-            for name, price_point in (("price_point", regular), ("first_period_price_point", first))
+            for name, price_point in (
+                ("price_point", regular),
+                ("first_period_price_point", first),
+                ("fallback_price_point", fallback),
+            )
             if price_point is not None and self.carrier_id is not None and price_point.carrier_id != self.carrier_id
         }
         if (
@@ -85,6 +101,10 @@ class PlanOffer(models.Model):
             errors["first_period_price_point"] = (
                 "A first-period price is a discount: in the regular price's currency and below it."
             )
+        if fallback is not None and "fallback_price_point" not in errors:
+            problem = fallback_problem(fallback, regular=regular, carrier=self.carrier if self.carrier_id else None)
+            if problem:
+                errors["fallback_price_point"] = problem
         if self.pk is not None:
             # Its subscriptions are billed on the carrier they opted in on: an offer never moves.
             before = PlanOffer.objects.filter(pk=self.pk).values_list("plan_id", "carrier_id").first()
@@ -92,6 +112,37 @@ class PlanOffer(models.Model):
                 errors["carrier"] = "An offer stays on its plan and carrier: make a new offer instead."
         if errors:
             raise ValidationError(errors)
+
+
+# Protocols on which PlayPay charges each renewal itself, each period by a one-click charge naming its amount: only
+# there can a renewal be charged at another price. (The aggregator holds the schedule and the price of the
+# subscriptions it renews.)
+PLATFORM_MANAGED = (Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA)
+
+
+def downgrade_billing_allowed(carrier: Carrier) -> bool:
+    """Whether renewals on `carrier` may be charged at a fallback price (downgrade billing): the carrier allows it
+    (its flag, set by operations from the carrier's contract) and PlayPay charges each renewal there itself."""
+    return carrier.supports_downgrade_billing and carrier.protocol in PLATFORM_MANAGED
+
+
+def fallback_problem(fallback: PricePoint, *, regular: PricePoint | None, carrier: Carrier | None) -> str:
+    """Why `fallback` cannot be an offer's fallback price below `regular` on `carrier`, said to operations; ""."""
+    if not fallback.is_active:
+        return "This price point is switched off: switch it on first, or choose another."
+    if regular is not None and not (
+        fallback.currency == regular.currency and fallback.amount_minor < regular.amount_minor
+    ):
+        return (
+            "A fallback price is charged instead of the regular price when the player's balance is too low: it must "
+            f"be in the regular price's currency and below it ({format_money(regular.amount_minor, regular.currency)})."
+        )
+    if carrier is not None and not downgrade_billing_allowed(carrier):
+        return (
+            f'{carrier.name} does not take downgrade billing: tick "downgrade billing" on the carrier first '
+            "(only where PlayPay charges each renewal: sandbox, Parlay X, CAMARA), or leave this empty."
+        )
+    return ""
 
 
 class Subscription(models.Model):
@@ -145,6 +196,9 @@ class Subscription(models.Model):
     )
     carrier_reference = models.CharField(
         max_length=64, blank=True, editable=False, help_text="The carrier's id of the subscription, once it took it."
+    )
+    journey_id = models.CharField(
+        max_length=128, blank=True, help_text="The app's funnel journey of the opt-in (its steps are recorded there)."
     )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -269,6 +323,11 @@ class SubscriptionCharge(models.Model):
         null=True, blank=True, editable=False, help_text="The payment's created_at."
     )
     outcome = models.CharField(max_length=10, choices=Outcome.choices, default=Outcome.PENDING)
+    fallback_price = models.BooleanField(
+        default=False,
+        help_text="Charged at the offer's lower fallback price (downgrade billing) instead of the agreed one; "
+        "its payment holds the price point and amount charged.",
+    )
     failure_code = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     settled_at = models.DateTimeField(null=True, blank=True)
@@ -321,6 +380,9 @@ class SubscriptionNotice(models.Model):
     subscription = models.ForeignKey(Subscription, on_delete=models.CASCADE, related_name="notices")
     period_index = models.PositiveIntegerField(help_text="The period it is about (the one renewed).")
     kind = models.CharField(max_length=8, choices=Kind.choices)
+    skipped_reason = models.CharField(
+        max_length=255, blank=True, help_text="Why it was not sent (a reminder too late to be of use); empty: sent."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -93,6 +93,8 @@ def subscription_periods(subscription: Subscription, *, latest: int = SHOWN_PERI
     for charge in charges:
         payment = payments.get(charge.payment_id) if charge.payment_id is not None else None
         amount = format_money(payment.amount_minor, payment.currency) if payment else "—"
+        if payment is not None and charge.fallback_price:
+            amount += " (fallback price)"
         periods.setdefault(charge.period_index, []).append(ChargeRow(charge, payment, amount))
     rows = []
     for index, attempts in periods.items():
@@ -124,7 +126,13 @@ def staff_actions(subscription: Subscription) -> QuerySet[StaffAction]:
 def player_subscriptions(player: Player, *, limit: int = 50) -> list[Subscription]:
     """A player's subscriptions, newest first: an app's user's in that app, a number's in every app."""
     found: Any = Subscription.objects.select_related(
-        "app", "carrier", "plan", "offer__plan", "offer__price_point", "offer__first_period_price_point"
+        "app",
+        "carrier",
+        "plan",
+        "offer__plan",
+        "offer__price_point",
+        "offer__first_period_price_point",
+        "offer__fallback_price_point",
     )
     if player.msisdn:
         found = found.filter(msisdn=player.msisdn)

@@ -16,9 +16,10 @@ def renew_due_subscriptions() -> int:
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def refund_unwanted_charge(charge_id: int) -> None:
-    """Refund a charge that succeeded after its subscription ended (queued by its settlement)."""
-    refund_charge(charge_id=charge_id)
+def refund_unwanted_charge(charge_id: int, check: int = 0) -> None:
+    """Refund a charge that succeeded after its subscription ended (queued by its settlement), and check on it
+    (queued again by itself, with growing waits, until the payment is refunded or the attempts run out)."""
+    refund_charge(charge_id=charge_id, check=check)
 
 
 @shared_task(acks_late=True)

@@ -26,6 +26,17 @@ class MsisdnField(serializers.CharField):
     pass
 
 
+class JourneyIdField(serializers.CharField):
+    """The app's funnel journey the request belongs to (docs/funnel.md): optional, up to 128 characters."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("max_length", 128)
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("default", "")
+        kwargs.setdefault("help_text", "Your funnel journey id: the platform records its steps in that journey.")
+        super().__init__(**kwargs)
+
+
 class PaymentCreateSerializer(StrictSerializer):
     user_ref = serializers.CharField(max_length=128, help_text="Your id of the player.")
     msisdn = MsisdnField(max_length=32)
@@ -36,7 +47,7 @@ class PaymentCreateSerializer(StrictSerializer):
     flow = serializers.ChoiceField(
         choices=PaymentFlow.choices, required=False, help_text="Default: PIN where the carrier offers it."
     )
-    journey_id = serializers.CharField(max_length=128, required=False, default="")
+    journey_id = JourneyIdField()
     metadata = serializers.DictField(required=False, default=dict, help_text="Up to 4 KB of your own JSON.")
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:

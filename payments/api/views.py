@@ -27,6 +27,7 @@ from payments.models import Payment, PaymentQuerySet, PaymentStatus, Refund
 from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import (
     MAX_KEY_LENGTH,
+    AnswerAtClaim,
     IdempotencyKey,
     StoredResponse,
     fingerprint,
@@ -146,7 +147,9 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return respond(
             run_idempotent(
                 key,
-                perform=lambda: create_payment(app=app, request=payment_request, idempotency=key),
+                perform=lambda answer_at_claim: create_payment(
+                    app=app, request=payment_request, idempotency=key, answer_at_claim=answer_at_claim
+                ),
                 render=lambda payment: created_response(PaymentSerializer(payment).data),
                 load=lambda public_id: self.get_queryset().with_public_id(public_id).get(),
             )
@@ -219,7 +222,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         incoming = RefundCreateSerializer(data=request.data)
         incoming.is_valid(raise_exception=True)
 
-        def perform() -> Refund:
+        def perform(_: AnswerAtClaim[Refund]) -> Refund:  # the refund's answer is rendered after the commit
             return request_refund(
                 payment=payment,
                 amount_minor=incoming.validated_data.get("amount_minor"),

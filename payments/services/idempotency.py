@@ -10,7 +10,9 @@ before the claim (validation) leave no trace.
 It is generic over the resource the request creates: the endpoint says how to
 answer with one (`render`, called after the creating transaction has committed)
 and how to read one back (`load`, for a request whose process died before it
-stored its answer).
+stored its answer). A service whose resource cannot change at the commit may
+render the answer before it and store it with the claim (`AnswerAtClaim`): one
+statement and one commit fewer per request.
 """
 
 import hashlib
@@ -62,6 +64,11 @@ class StoredResponse:
     replayed: bool = False
 
 
+# Given to `perform` by `run_idempotent`: renders the endpoint's answer for a resource that is final at its
+# claim (nothing changes it at the commit), for the service to pass to `claim_key`.
+AnswerAtClaim = Callable[[Resource], StoredResponse]
+
+
 def parse_key(raw: str | None) -> str:
     if raw is None or raw == "":
         raise IdempotencyKeyMissing("Send an Idempotency-Key header, e.g. a UUID you generate per purchase.")
@@ -78,7 +85,7 @@ def fingerprint(*, method: str, path: str, body: Any) -> str:
 def run_idempotent(
     key: IdempotencyKey,
     *,
-    perform: Callable[[], Resource],
+    perform: Callable[[AnswerAtClaim[Resource]], Resource],
     render: Callable[[Resource], StoredResponse],
     load: Callable[[uuid.UUID], Resource],
 ) -> StoredResponse:
@@ -86,9 +93,17 @@ def run_idempotent(
 
     The key is claimed inside `perform`; an earlier request with the key is looked up only
     when the claim (or a validation that a replay skips) fails, which keeps the common path short.
+    `perform` is given an `AnswerAtClaim`; when it passed its answer to `claim_key`, that is the
+    response, already stored.
     """
+    answered: list[StoredResponse] = []
+
+    def answer_at_claim(resource: Resource) -> StoredResponse:
+        answered.append(render(resource))
+        return answered[-1]
+
     try:
-        resource = perform()
+        resource = perform(answer_at_claim)
     except KeyAlreadyClaimed:
         previous = _find_previous(key)
         if previous is None:  # the other request rolled back in between; the client may retry
@@ -98,6 +113,8 @@ def run_idempotent(
         if previous is None:
             raise
     else:
+        if answered:
+            return answered[-1]
         response = render(resource)
         _complete_key(key, response)
         return response
@@ -110,13 +127,25 @@ def run_idempotent(
     return replace(response, replayed=True)
 
 
-def claim_key(key: IdempotencyKey, *, resource_id: uuid.UUID) -> None:
+def claim_key(key: IdempotencyKey, *, resource_id: uuid.UUID, answer: StoredResponse | None = None) -> None:
     """Claim the key for a new resource. Call inside the transaction that creates the resource.
 
     On PostgreSQL a concurrent claim of the same key waits for ours to commit or roll back.
+    `answer`: the response for good (from the `AnswerAtClaim`), stored with the claim; without it
+    `run_idempotent` stores the response after the commit.
     """
+    completed: dict[str, Any] = {}
+    if answer is not None:
+        completed = {
+            "state": IdempotencyRecord.State.COMPLETED,
+            "response_status": answer.status,
+            "response_body": answer.body,
+            "completed_at": timezone.now(),
+        }
     try:
-        IdempotencyRecord.objects.create(app=key.app, key=key.key, fingerprint=key.fingerprint, resource_id=resource_id)
+        IdempotencyRecord.objects.create(
+            app=key.app, key=key.key, fingerprint=key.fingerprint, resource_id=resource_id, **completed
+        )
     except IntegrityError as exc:
         # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
         raise KeyAlreadyClaimed(key.key) from exc

@@ -43,7 +43,7 @@ from payments.services.carrier_flow import (
     pin_to_submit_again,
     record_pin_verdict,
 )
-from payments.services.idempotency import IdempotencyKey, claim_key
+from payments.services.idempotency import AnswerAtClaim, IdempotencyKey, claim_key
 from payments.services.outcomes import mark_unknown
 from payments.services.payment_keys import claim_idempotency_key
 from payments.services.players import ensure_player_may_pay
@@ -85,14 +85,26 @@ def _choose_flow(carrier: Carrier, requested: str | None) -> str:
     return requested
 
 
-def create_payment(*, app: App, request: PaymentRequest, idempotency: IdempotencyKey) -> Payment:
-    """Validate, create the payment under its idempotency key, and have the carrier start it."""
+def create_payment(
+    *,
+    app: App,
+    request: PaymentRequest,
+    idempotency: IdempotencyKey,
+    answer_at_claim: AnswerAtClaim[Payment] | None = None,
+) -> Payment:
+    """Validate, create the payment under its idempotency key, and have the carrier start it.
+
+    Where a broker runs the carrier's first step, nothing changes the payment at the commit: it is answered
+    as inserted, and the answer (`answer_at_claim`, from `run_idempotent`) is stored with the key's claim.
+    Where tasks run in-process, the first step runs at the commit and the payment is read back after it.
+    """
     msisdn = normalize_msisdn(request.msisdn)
     ensure_player_may_pay(app=app, msisdn=msisdn, user_ref=request.user_ref)
     carrier = resolve_carrier(msisdn=msisdn, carrier_slug=request.carrier)
     adapter_class(carrier.protocol)  # a protocol this deployment does not run is refused (503) before any row
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
+    final_at_commit = not outbox.runs_in_process()
     with transaction.atomic():
         payment = open_payment(
             app=app,
@@ -106,8 +118,10 @@ def create_payment(*, app: App, request: PaymentRequest, idempotency: Idempotenc
             journey_id=request.journey_id,
             metadata=request.metadata,
         )
-        claim_key(idempotency, resource_id=payment.public_id)
-    # As it is now: where tasks run in-process, the carrier's first step already ran at the commit.
+        answer = answer_at_claim(payment) if final_at_commit and answer_at_claim is not None else None
+        claim_key(idempotency, resource_id=payment.public_id, answer=answer)
+    if final_at_commit:
+        return payment
     payment.refresh_from_db()
     # The reload forgets the carrier and price point the payment was made with; the answer names them, and
     # they are the ones in hand (a payment keeps its own), so they are not read again.

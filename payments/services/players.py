@@ -1,8 +1,7 @@
 """Blocking players: an app takes no more payments from a phone number or one of its users."""
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
 
 from journal.services import record_staff_action
 from payments.errors import PaymentError, PlayerBlocked
@@ -49,8 +48,18 @@ def unblock_player(*, user: AbstractBaseUser, block: PlayerBlock, reason: str) -
         )
 
 
+# Every payment request asks it: written once, as the ORM's building of the query per request cost more CPU
+# than PostgreSQL's answer. A block names a number or a user_ref, the other one empty.
+_BLOCKED = (
+    "SELECT EXISTS (SELECT 1 FROM payments_playerblock "
+    "WHERE app_id = %s AND (msisdn = %s OR (user_ref <> '' AND user_ref = %s)))"
+)
+
+
 def ensure_player_may_pay(*, app: App, msisdn: str, user_ref: str) -> None:
     """Raise PlayerBlocked when `app` has blocked this number or this user."""
-    named = Q(msisdn=msisdn) | Q(user_ref=user_ref) if user_ref else Q(msisdn=msisdn)
-    if PlayerBlock.objects.filter(named, app=app).exists():
+    with connection.cursor() as cursor:
+        cursor.execute(_BLOCKED, [app.pk, msisdn, user_ref])
+        blocked = cursor.fetchone() == (True,)
+    if blocked:
         raise PlayerBlocked("The app has blocked this player; no payment can be made for them.")

@@ -85,7 +85,7 @@ def _event(event_type: str, charge: dict[str, Any], **extra: Any) -> tuple[bytes
 
 
 def _public(charge: dict[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in charge.items() if key not in ("pin", "request", "refunds")}
+    return {key: value for key, value in charge.items() if key not in ("pin", "request", "refunds", "met")}
 
 
 def _settle(charge: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
@@ -94,9 +94,11 @@ def _settle(charge: dict[str, Any]) -> list[tuple[bytes, dict[str, str]]]:
     processing = _event("charge.processing", {**charge, "status": "pin_submitted"})
     if scenario.never_final:
         return [processing]
-    if scenario.decline is not None:
+    if "met" not in charge:  # one charge in the life of the number, however often it is settled
+        charge["met"] = SIM.charge_decline(charge["msisdn"])
+    if charge["met"] is not None:
         charge["status"] = "failed"
-        charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[scenario.decline]
+        charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[Decline(charge["met"])]
         return [processing, _event("charge.failed", charge)]
     if not charge.get("charged"):
         charge["charged"] = True
@@ -161,11 +163,11 @@ def charges(request: HttpRequest) -> HttpResponse:
         "attempts_remaining": MAX_PIN_ATTEMPTS,
         "request": body,
     }
-    scenario = SIM.scenario(msisdn)
+    at_start = SIM.next_decline(msisdn)
     accepted = _event("charge.processing", charge)
-    if scenario.decline in _AT_START:
+    if at_start in _AT_START:
         charge["status"] = "failed"
-        charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[scenario.decline]
+        charge["reason_code"], charge["reason_message"] = _DECLINE_CODES[at_start]
         events = [accepted, _event("charge.failed", charge)]
     elif flow == "pin":
         charge["pin"] = SIM.new_pin()
@@ -387,7 +389,7 @@ def renew(subscription_id: str, *, lost: bool = False, decline: Decline | None =
         if subscription["status"] == "cancelled":
             return None
         period = subscription["periods_paid"] + 1
-        declined = decline or SIM.scenario(subscription["msisdn"]).decline
+        declined = decline or SIM.charge_decline(subscription["msisdn"])
         money = {"amount": subscription["amount"], "currency": subscription["currency"]}
         if declined is not None:
             subscription["status"] = "past_due"

@@ -376,9 +376,12 @@ def _create(request: HttpRequest, *, one_step: bool) -> HttpResponse:
     if not correlator and reference_key in sim.records:
         return _error(409, "ALREADY_EXISTS", "The resource that a client tried to create already exists.")
     scenario = sim.scenario(msisdn)
+    # A one-step payment is the charge (one in the life of a number whose answer changes over it); a prepared
+    # one is charged at its confirmation, and meets here only what the number's next charge would meet.
+    decline = sim.charge_decline(msisdn) if one_step else sim.next_decline(msisdn)
     # On error no payment is created (and the clientCorrelator stays free).
-    if scenario.decline is not None and (one_step or scenario.decline != Decline.INSUFFICIENT_FUNDS):
-        return _error(*DECLINES[scenario.decline])
+    if decline is not None and (one_step or decline != Decline.INSUFFICIENT_FUNDS):
+        return _error(*DECLINES[decline])
 
     payment_id = sim.new_id("cb")
     info = transaction["paymentAmount"]["chargingInformation"]
@@ -618,7 +621,9 @@ def confirm(request: HttpRequest, payment_id: str) -> HttpResponse:
         record["_confirmed"] = True
         if scenario.never_final:
             record["paymentStatus"] = "processing"
-        elif scenario.decline == Decline.INSUFFICIENT_FUNDS:
+        elif sim.charge_decline(msisdn) is not None:
+            # Only insufficient funds is left to meet here: the others refused the payment when it was prepared
+            # (a number whose answer changed since meets it as a denial all the same).
             record["paymentStatus"] = "denied"
             data = {"paymentId": payment_id, "status": "failed", "description": "Payment denied"}
             event = ("payment-denied", data | {"denialReason": INSUFFICIENT_BALANCE_REASON})

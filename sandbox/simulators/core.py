@@ -56,6 +56,15 @@ class Scenario:
     callbacks: Callbacks = Callbacks.NORMAL
     # The charge never gets a final answer (processing forever).
     never_final: bool = False
+    # A number whose answer changes over its life (a subscription's periods): its first charge is answered as
+    # `decline` says (paid), each later one meets these declines in turn (None: paid), round and round.
+    later: tuple[Decline | None, ...] = ()
+
+    def decline_of(self, charge_number: int) -> Decline | None:
+        """The decline met by the number's `charge_number`-th charge (1: its first)."""
+        if not self.later or charge_number <= 1:
+            return self.decline
+        return self.later[(charge_number - 2) % len(self.later)]
 
 
 # The MSISDN's last four digits pick the scenario; every other number is approved.
@@ -71,7 +80,14 @@ SCENARIOS: dict[str, Scenario] = {
     "0011": Scenario(callbacks=Callbacks.DUPLICATE),
     "0012": Scenario(callbacks=Callbacks.OUT_OF_ORDER),
     "0013": Scenario(callbacks=Callbacks.NEVER),
+    # Over a subscription's life: the first charge (the opt-in) is paid, then…
+    "0021": Scenario(later=(Decline.INSUFFICIENT_FUNDS, None)),  # insufficient funds on every other charge
+    "0022": Scenario(later=(Decline.UNKNOWN_SUBSCRIBER,)),  # ported out: unknown on every later charge
+    "0023": Scenario(later=(Decline.USER_BARRED,)),  # barred from every later charge
+    "0024": Scenario(later=(Decline.INSUFFICIENT_FUNDS,)),  # insufficient funds on every later charge
 }
+# Where a simulator keeps how many charges a number of a changing scenario has met (reset with the simulator).
+CHARGES_MET = "charges-met:"
 
 
 @dataclass(frozen=True)
@@ -395,6 +411,41 @@ class Simulator:
         if found is not None:
             return found
         return Scenario(callbacks=Callbacks(self.settings.default_callbacks))
+
+    def charge_decline(self, msisdn: str) -> Decline | None:
+        """The decline a charge to `msisdn` meets now (None: paid). A number whose answer changes over its life
+        (`Scenario.later`) counts this charge, for every process, and meets what its place in that life says;
+        a simulator asks once per charge (not for a repeat of a request it already answered)."""
+        scenario = self.scenario(msisdn)
+        if not scenario.later:
+            return scenario.decline
+        key = CHARGES_MET + msisdn
+        self.records.add(key, {"count": 0})
+
+        def work() -> int:
+            with self.records.locked(key) as record:
+                assert record is not None  # added above; a reset meanwhile is the test's own doing
+                record["count"] = int(record["count"]) + 1
+                return int(record["count"])
+
+        return scenario.decline_of(_detached(work))
+
+    def next_decline(self, msisdn: str) -> Decline | None:
+        """The decline the number's next charge would meet, without counting one: for a step before the charge
+        (a payment prepared, more money on a reservation)."""
+        return self._decline_after(msisdn, 1)
+
+    def current_decline(self, msisdn: str) -> Decline | None:
+        """What the number is now, as its last charge found it (before any, as its first will): for what is not
+        a charge (an SMS delivered, a refund)."""
+        return self._decline_after(msisdn, 0)
+
+    def _decline_after(self, msisdn: str, ahead: int) -> Decline | None:
+        scenario = self.scenario(msisdn)
+        if not scenario.later:
+            return scenario.decline
+        met = self.records.get(CHARGES_MET + msisdn) or {}
+        return scenario.decline_of(max(int(met.get("count", 0)) + ahead, 1))
 
     def new_id(self, prefix: str) -> str:
         return f"{prefix}{uuid.uuid4().hex[:20]}"

@@ -4,7 +4,8 @@
 Requests in the v2_1, v2_2 (SMS) or v3_1 `.../local` namespaces are accepted and dispatched on the body
 element's local name; answers use the request's namespace, faults the common v2_1 one. The MSISDN's last
 four digits pick the scenario (`core.SCENARIOS`): declines become the faults in `DECLINES`, transport
-faults come from `core`, and `never_final` makes a charge hang past the client's timeout, uncharged.
+faults come from `core`, and `never_final` makes a charge hang past the client's timeout, uncharged. A number
+whose answer changes over its life counts each chargeAmount and reserveAmount as one charge.
 
 It models a gateway that deduplicates referenceCode (the spec does not promise it; a carrier says so with
 `Carrier.deduplicates_reference_code`): chargeAmount and refundAmount are idempotent by referenceCode, a
@@ -127,8 +128,10 @@ def _charge(operation: etree._Element) -> Charge:
     )
 
 
-def _decline(sim: Simulator, msisdn: str) -> None:
-    decline = sim.scenario(msisdn).decline
+def _decline(sim: Simulator, msisdn: str, *, counts: bool = True) -> None:
+    """Refuse a charge (or a reservation, which holds the funds) as the number's scenario says; each is one
+    charge in the life of a number whose answer changes over it (more money on a reservation is not)."""
+    decline = sim.charge_decline(msisdn) if counts else sim.next_decline(msisdn)
     if decline is not None:
         raise Refused(DECLINES[decline])
 
@@ -152,6 +155,11 @@ Operation = Callable[[Simulator, etree._Element, str], dict[str, str]]
 def charge_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
     charge = _charge(operation)
     reference = _text(operation, "referenceCode")
+    done = sim.records.get(f"charge:{reference}")
+    if done is not None:  # the same charge again: already applied once (and not a new charge of the number)
+        if done["msisdn"] != msisdn:
+            raise invalid("referenceCode")
+        return {}
     _decline(sim, msisdn)
     record_id = sim.new_id("chg")
     record = {
@@ -174,7 +182,7 @@ def charge_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dic
 def refund_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
     charge = _charge(operation)
     reference = _text(operation, "referenceCode")
-    if sim.scenario(msisdn).decline == Decline.UNKNOWN_SUBSCRIBER:
+    if sim.current_decline(msisdn) == Decline.UNKNOWN_SUBSCRIBER:
         raise Refused(DECLINES[Decline.UNKNOWN_SUBSCRIBER])
     record = {
         "kind": "refund",
@@ -209,7 +217,7 @@ def reserve_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> di
 
 def reserve_additional_amount(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str, str]:
     charge = _charge(operation)
-    _decline(sim, msisdn)
+    _decline(sim, msisdn, counts=False)
     with _reservation(sim, operation) as (_identifier, record):
         if charge.currency and charge.currency != record["currency"]:
             raise Refused(INVALID_CHARGE)
@@ -245,7 +253,7 @@ def send_sms(sim: Simulator, operation: etree._Element, msisdn: str) -> dict[str
     if message is None:
         raise invalid("message")
     for address in addresses:
-        if sim.scenario(address).decline == Decline.UNKNOWN_SUBSCRIBER:
+        if sim.current_decline(address) == Decline.UNKNOWN_SUBSCRIBER:
             raise invalid("addresses")
     for address in addresses:
         sim.send_sms(address, message)

@@ -4,7 +4,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from payments.api.serializers import MsisdnField, NextActionSerializer
+from payments.api.serializers import JourneyIdField, MsisdnField, NextActionSerializer
 from payments.services.payments import next_action
 from playpay.api.serializers import MAX_METADATA_BYTES, StrictSerializer
 from subscriptions.models import Subscription, SubscriptionStatus
@@ -18,6 +18,7 @@ class SubscriptionCreateSerializer(StrictSerializer):
     carrier = serializers.SlugField(
         max_length=80, required=False, help_text="Carrier slug; resolved from the number when omitted."
     )
+    journey_id = JourneyIdField()
     metadata = serializers.DictField(required=False, default=dict, help_text="Up to 4 KB of your own JSON.")
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +99,7 @@ class SubscriptionSerializer(serializers.ModelSerializer[Subscription]):
             "cancel_reason",
             "opt_in_payment",
             "next_action",
+            "journey_id",
             "metadata",
             "created_at",
             "updated_at",

@@ -110,7 +110,7 @@ class SubscriptionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, view
         return respond(
             run_idempotent(
                 key,
-                perform=lambda: subscribe(app=app, request=subscription_request, idempotency=key),
+                perform=lambda _answer_at_claim: subscribe(app=app, request=subscription_request, idempotency=key),
                 render=lambda subscription: created_response(SubscriptionSerializer(subscription).data),
                 load=lambda public_id: self.get_queryset().get(public_id=public_id),
             )

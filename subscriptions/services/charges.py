@@ -16,15 +16,16 @@ from carriers.adapters import carrier_queue
 from carriers.errors import ErrorCode
 from payments.errors import IllegalTransition, RefundExceedsCaptured
 from payments.events import PaymentStatusChanged
-from payments.models import PaymentStatus
+from payments.models import PaymentStatus, Refund
 from payments.services import outbox
 from payments.services.carrier_flow import load_payment
-from payments.services.refunds import request_refund
+from payments.services.refunds import refunds_of, request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import bounds
 from subscriptions.services.notices import send_receipt
-from subscriptions.services.notify import notify
+from subscriptions.services.notify import charged_price, notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, transition
+from subscriptions.services.subscriptions import CANCEL_AT_CARRIER_TASK
 
 SETTLED_BY = {
     PaymentStatus.SUCCEEDED: SubscriptionCharge.Outcome.SUCCEEDED,
@@ -35,6 +36,12 @@ logger = logging.getLogger(__name__)
 
 # Declines that a later day may cure; any other failure of a renewal ends the subscription.
 RETRYABLE = frozenset({ErrorCode.INSUFFICIENT_FUNDS, ErrorCode.SPENDING_LIMIT})
+# Declines that say the number can no longer be charged on this carrier: the subscription ends at once, whatever
+# the attempt (retrying would only repeat them), with the reason staff and the app read.
+ENDING_REASONS: dict[str, str] = {
+    ErrorCode.UNKNOWN_SUBSCRIBER: "the carrier no longer knows the number (ported out or disconnected)",
+    ErrorCode.USER_BARRED: "the number is barred from carrier billing",
+}
 
 
 def on_payment_status_changed(event: PaymentStatusChanged) -> None:
@@ -83,6 +90,7 @@ def settle_charge(*, charge_id: int, outcome: str, failure_code: str, change: Pa
                     actor=actor,
                     reason=f"opt-in not completed: {failure_code}",
                     at=at,
+                    failure_code=failure_code,
                 )
                 notify(subscription, "expired", at=at, charge=charge)
         else:
@@ -150,7 +158,7 @@ def _renewed(subscription: Subscription, charge: SubscriptionCharge, *, actor: s
         transition(
             subscription, SubscriptionStatus.ACTIVE, actor=actor, reason=reason, at=at, update_fields=PERIOD_FIELDS
         )
-    notify(subscription, "renewed", at=at, charge=charge)
+    notify(subscription, "renewed", at=at, charge=charge, extra=charged_price(charge))
     send_receipt(subscription, charge, at=at)
 
 
@@ -173,26 +181,60 @@ REFUND_TASK = "subscriptions.tasks.refund_unwanted_charge"
 UNWANTED_REASON = "subscription ended before this charge succeeded"
 
 
-def refund_unwanted_charge(*, charge_id: int) -> None:
+# The automatic refund of an unwanted charge looks again after each of these waits (seconds, one per check): it
+# asks for the refund again when the last one failed (UNWANTED_REFUND_ATTEMPTS at most), waits while one is at
+# the carrier, and stops when the payment is refunded. After the last check, or the last attempt failed, it
+# logs an error for staff to refund by hand. About 20 hours in all.
+UNWANTED_REFUND_CHECKS = (60, 300, 1800, 7200, 21600, 43200)
+UNWANTED_REFUND_ATTEMPTS = 3
+
+
+def refund_unwanted_charge(*, charge_id: int, check: int = 0) -> None:
     """Refund what is left of the payment of a charge that succeeded after its subscription ended
-    (`refund_unwanted`). Safe to run twice: the refund service, under the payment's lock, refuses a refund when
-    nothing is left (a refund under way or made holds its amount), and gives back what a failed one held, so
-    that a later run refunds it again."""
+    (`refund_unwanted`), and look again later (`UNWANTED_REFUND_CHECKS`) until it is refunded: a refund the
+    carrier refused is asked for again, `UNWANTED_REFUND_ATTEMPTS` times at most. Safe to run twice: the refund
+    service, under the payment's lock, refuses a refund when nothing is left (a refund under way or made holds
+    its amount), and gives back what a failed one held."""
     charge = SubscriptionCharge.objects.select_related("subscription").get(pk=charge_id)
     if charge.outcome != SubscriptionCharge.Outcome.SUCCEEDED or charge.payment_id is None:
         return
     if charge.subscription.status not in FINAL_STATUSES:
         return
     payment = load_payment(charge.payment_id)
-    try:
-        request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
-    except (IllegalTransition, RefundExceedsCaptured) as refused:
-        # Refunded meanwhile by another run, or no longer refundable (being reversed): nothing more to do here.
-        logger.warning(
-            "subscription charge %s: automatic refund not made: %s",
+    log = {"subscription_id": str(charge.subscription.public_id), "period": charge.period_index}
+    automatic = list(refunds_of(payment).filter(reason=UNWANTED_REASON).values_list("status", flat=True))
+    if Refund.Status.PENDING not in automatic:
+        if payment.refunded_minor >= payment.amount_minor:
+            return  # refunded
+        if automatic.count(Refund.Status.FAILED) >= UNWANTED_REFUND_ATTEMPTS:
+            logger.error(
+                "subscription charge %s: the automatic refund failed %d times; refund the payment by hand",
+                charge_id,
+                UNWANTED_REFUND_ATTEMPTS,
+                extra=log,
+            )
+            return
+        try:
+            request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
+        except (IllegalTransition, RefundExceedsCaptured) as refused:
+            # Refunded meanwhile by another run, or no longer refundable (being reversed): nothing more to do here.
+            logger.warning("subscription charge %s: automatic refund not made: %s", charge_id, refused, extra=log)
+            return
+    if check >= len(UNWANTED_REFUND_CHECKS):
+        logger.error(
+            "subscription charge %s: the automatic refund is not confirmed after %d checks; see the payment's refunds",
             charge_id,
-            refused,
-            extra={"subscription_id": str(charge.subscription.public_id), "period": charge.period_index},
+            check,
+            extra=log,
+        )
+        return
+    with transaction.atomic():
+        outbox.enqueue(
+            REFUND_TASK,
+            queue=settings.CELERY_TASK_DEFAULT_QUEUE,
+            countdown=UNWANTED_REFUND_CHECKS[check],
+            charge_id=charge_id,
+            check=check + 1,
         )
 
 
@@ -204,11 +246,16 @@ def renewal_failed(subscription: Subscription, charge: SubscriptionCharge, *, ac
     if subscription.carrier_managed:
         _carrier_renewal_failed(subscription, charge, actor=actor, at=at)
         return
-    notify(subscription, "renewal_failed", at=at, charge=charge)
+    notify(subscription, "renewal_failed", at=at, charge=charge, extra=charged_price(charge))
     assert charge.period_start is not None
-    if charge.failure_code not in RETRYABLE or charge.attempt >= settings.SUBSCRIPTION_RETRY_DAYS:
-        why = "not retried" if charge.failure_code not in RETRYABLE else f"{charge.attempt} attempts"
-        expire(subscription, actor=actor, reason=f"renewal failed: {charge.failure_code} ({why})", at=at)
+    code = charge.failure_code
+    # A decline of a fallback-price attempt that is not about the number (the carrier refused that price, say) is
+    # retried at the agreed price, as a decline for insufficient funds would have been: the downgrade never
+    # costs the player the subscription.
+    retryable = code in RETRYABLE or (charge.fallback_price and code not in ENDING_REASONS)
+    if not retryable or charge.attempt >= settings.SUBSCRIPTION_RETRY_DAYS:
+        why = ENDING_REASONS.get(code, "not retried") if not retryable else f"{charge.attempt} attempts"
+        expire(subscription, actor=actor, reason=f"renewal failed: {code} ({why})", at=at, charge=charge)
         return
     # Retry k of a period is due k days after its start, never earlier than now.
     subscription.next_charge_at = max(charge.period_start + timedelta(days=charge.attempt), at)
@@ -231,10 +278,22 @@ def _carrier_renewal_failed(
     subscription: Subscription, charge: SubscriptionCharge, *, actor: str, at: datetime
 ) -> None:
     """A carrier told of a declined renewal: past_due with the same grace as the platform's, but the carrier
-    retries (or cancels), never PlayPay. A decline of a period already paid for changes nothing."""
+    retries (or cancels), never PlayPay; a decline that says the number cannot be charged any more (ported out,
+    barred) ends it, and the carrier is told to stop. A decline of a period already paid for changes nothing."""
     if charge.period_index <= subscription.period_index:
         return
     notify(subscription, "renewal_failed", at=at, charge=charge)
+    code = charge.failure_code
+    if code in ENDING_REASONS:
+        # The number cannot be charged on this carrier any more (ported out, barred): it ends here as on the
+        # platform's renewals, and the carrier is told to charge (retry) nothing more of it.
+        expire(
+            subscription, actor=actor, reason=f"renewal failed: {code} ({ENDING_REASONS[code]})", at=at, charge=charge
+        )
+        outbox.enqueue(
+            CANCEL_AT_CARRIER_TASK, queue=carrier_queue(subscription.carrier), subscription_id=subscription.pk
+        )
+        return
     if subscription.status != SubscriptionStatus.ACTIVE:
         return
     assert charge.period_start is not None
@@ -254,9 +313,13 @@ def grace_end(period_start: datetime) -> datetime:
     return period_start + timedelta(days=settings.SUBSCRIPTION_GRACE_DAYS)
 
 
-def expire(subscription: Subscription, *, actor: str, reason: str, at: datetime) -> None:
+def expire(
+    subscription: Subscription, *, actor: str, reason: str, at: datetime, charge: SubscriptionCharge | None = None
+) -> None:
+    """End the subscription as expired; `charge`, the declined renewal that ended it, is named in the webhook
+    (its period, payment and failure code)."""
     end(subscription, SubscriptionStatus.EXPIRED, actor=actor, reason=reason, at=at)
-    notify(subscription, "expired", at=at)
+    notify(subscription, "expired", at=at, charge=charge)
 
 
 def period_bounds(subscription: Subscription, index: int) -> tuple[datetime, datetime]:

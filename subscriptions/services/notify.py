@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Any
 
 from payments.services.webhooks import queue_webhook
+from playpay.money import format_money
 from subscriptions.models import Subscription, SubscriptionCharge
 
 EVENTS = (
@@ -16,6 +17,7 @@ EVENTS = (
     "expired",
     "reminder",
     "receipt",
+    "period_missed",
 )
 
 
@@ -66,4 +68,19 @@ def event_data(subscription: Subscription, charge: SubscriptionCharge | None) ->
         "failure_code": charge.failure_code if charge is not None and charge.failure_code else None,
         "cancel_reason": subscription.cancel_reason or None,
         "metadata": subscription.metadata,
+    }
+
+
+def charged_price(charge: SubscriptionCharge) -> dict[str, Any]:
+    """What a charge with its payment asked for, for the app: the amount in minor units and the currency, as a
+    person reads it ("£0.49"), and whether it was the offer's lower fallback price (downgrade billing) rather
+    than the agreed one."""
+    payment = charge.payment
+    if payment is None:
+        return {}
+    return {
+        "amount_minor": payment.amount_minor,
+        "currency": payment.currency,
+        "amount_display": format_money(payment.amount_minor, payment.currency),
+        "fallback_price": charge.fallback_price,
     }

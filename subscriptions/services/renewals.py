@@ -7,18 +7,20 @@ cancellation at the period's end, a retry window run out) or opens the charge of
 `now` (periods that ended unpaid before it are recorded as missed, never charged late): a one-click payment
 at the price the player agreed to, queued for the carrier's own queue through the outbox, and its
 `SubscriptionCharge` row, whose partial unique index refuses a second live charge of the period. The
-payment's outcome comes back through `services.charges`. A run ends by sending the reminders of the
+payment's outcome comes back through `services.charges`. A run starts by sending the reminders of the
 renewals coming next (`services.notices`).
 """
 
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q, QuerySet
 
+from carriers.models import PricePoint
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
 from subscriptions.models import (
@@ -33,7 +35,7 @@ from subscriptions.services.caps import CapBusy, within_spend_cap
 from subscriptions.services.charges import expire, grace_end, period_bounds, renewal_failed
 from subscriptions.services.notices import send_reminders
 from subscriptions.services.notify import notify
-from subscriptions.services.prices import agreed_price_available
+from subscriptions.services.prices import agreed_price_available, declined_in_arrears, fallback_price
 from subscriptions.services.state_machine import BILLED_STATUSES, transition
 from subscriptions.services.subscriptions import (
     create_renewal_charge,
@@ -48,6 +50,13 @@ ACTOR = "system"
 
 # How long a renewal whose carrier or price point is switched off waits before it is looked at again.
 PAUSED_RECHECK = timedelta(hours=1)
+PAUSED_EXPIRY_REASON = "renewal not charged within the retry window: the agreed price cannot be charged"
+
+
+def retry_window() -> timedelta:
+    """How long after its first unpaid period's start a renewal may go unpaid (declined, or paused) before the
+    subscription expires."""
+    return timedelta(days=settings.SUBSCRIPTION_RETRY_DAYS)
 
 
 @dataclass
@@ -61,6 +70,7 @@ class RenewalRun:
     missed: int = 0
     over_cap: int = 0
     reminded: int = 0
+    reminders_skipped: int = 0
     batches: int = 0
 
 
@@ -79,6 +89,9 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
     """Charge, in batches of `batch_size`, every subscription due at `now`; returns what was done."""
     size = batch_size or settings.SUBSCRIPTION_RENEWAL_BATCH
     run = RenewalRun()
+    # The reminders of the renewals coming next (monthly plans), once per period; before the renewals, so that
+    # a renewal due now whose reminder was never sent (the engine was stopped) has it recorded as skipped.
+    run.reminded, run.reminders_skipped = send_reminders(now=now, batch_size=size)
     while True:
         with transaction.atomic():
             batch = list(
@@ -91,8 +104,6 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
         run.batches += 1
         if len(batch) < size:
             break
-    # The reminders of the renewals coming next (monthly plans), once per period.
-    run.reminded = send_reminders(now=now, batch_size=size)
     return run
 
 
@@ -105,7 +116,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         return
     if subscription.status != SubscriptionStatus.ACTIVE:
         declined_since = _declined_since(subscription, first_unpaid)
-        if now >= declined_since + timedelta(days=settings.SUBSCRIPTION_RETRY_DAYS):
+        if now >= declined_since + retry_window():
             expire(subscription, actor=ACTOR, reason="renewal not charged within the retry window", at=now)
             run.expired += 1
             return
@@ -123,7 +134,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
     # stopped, billing was switched off, a declined period's retries ran past its end) are recorded as missed.
     assert subscription.anchor_at is not None
     index = max(first_unpaid, index_at(subscription.anchor_at, subscription.plan.period, now))
-    missed = _record_missed(subscription, first=first_unpaid, until=index)
+    missed = _record_missed(subscription, first=first_unpaid, until=index, now=now)
     if missed is None:
         run.skipped += 1  # a charge of an earlier period awaits its outcome, which settles the subscription
         subscription.next_charge_at = None
@@ -133,18 +144,31 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
     if not agreed_price_available(subscription):
         # Billing through this carrier or at the agreed price is switched off (or that price point's price
         # changed): nothing is charged, and the renewal is looked at again later (a declined one within its
-        # retry window, after which it expires as unpaid).
-        subscription.next_charge_at = now + PAUSED_RECHECK
+        # retry window, after which it expires as unpaid). An active one is given the same window, from its
+        # first unpaid period's start: no renewal is paused for ever.
+        deadline = period_bounds(subscription, first_unpaid)[0] + retry_window()
+        if now >= deadline:
+            expire(subscription, actor=ACTOR, reason=PAUSED_EXPIRY_REASON, at=now)
+            run.expired += 1
+            return
+        subscription.next_charge_at = min(now + PAUSED_RECHECK, deadline)
         subscription.save(update_fields=["next_charge_at", "updated_at"])
         run.paused += 1
         return
     start, end = period_bounds(subscription, index)
+    # Downgrade billing: a retry after a decline for insufficient funds, at the offer's lower price where allowed.
+    fallback = (
+        fallback_price(subscription, first_unpaid=first_unpaid)
+        if subscription.status != SubscriptionStatus.ACTIVE
+        else None
+    )
+    price_point = fallback or subscription.price_point
     try:
         within_cap = within_spend_cap(
             msisdn=subscription.msisdn,
             carrier=subscription.carrier,
-            amount_minor=subscription.amount_minor,
-            currency=subscription.currency,
+            amount_minor=price_point.amount_minor,
+            currency=price_point.currency,
             now=now,
             wait=False,
         )
@@ -160,7 +184,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         _refuse_over_cap(subscription, index=index, start=start, end=end, now=now)
         run.over_cap += 1
         return
-    if _open_charge(subscription, index=index, start=start, end=end):
+    if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback):
         run.charged += 1
     else:
         run.skipped += 1
@@ -172,11 +196,7 @@ def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:
     """The start of the first declined period of a subscription in arrears: its grace and retry window run
     from there (a later period may be the one retried now, the earlier ones missed)."""
     first_declined = (
-        subscription.charges.filter(
-            kind=SubscriptionCharge.Kind.RENEWAL,
-            period_index__gte=first_unpaid,
-            outcome=SubscriptionCharge.Outcome.FAILED,
-        )
+        declined_in_arrears(subscription, first_unpaid)
         .order_by("period_index")
         .values_list("period_start", flat=True)
         .first()
@@ -184,9 +204,10 @@ def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:
     return first_declined or period_bounds(subscription, first_unpaid)[0]
 
 
-def _record_missed(subscription: Subscription, *, first: int, until: int) -> int | None:
-    """Record periods `first` … `until - 1` (ended, unpaid) as missed; returns how many were recorded now, or
-    None when one of them has a charge awaiting its outcome (nothing is recorded then)."""
+def _record_missed(subscription: Subscription, *, first: int, until: int, now: datetime) -> int | None:
+    """Record periods `first` … `until - 1` (ended, unpaid) as missed, each told to the app once
+    (`subscription.period_missed`: the row's unique index records a period missed once); returns how many were
+    recorded now, or None when one of them has a charge awaiting its outcome (nothing is recorded then)."""
     if until <= first:
         return 0
     made = {
@@ -222,6 +243,8 @@ def _record_missed(subscription: Subscription, *, first: int, until: int) -> int
             )
         )
     SubscriptionCharge.objects.bulk_create(rows)
+    for missed in rows:
+        notify(subscription, "period_missed", at=now, charge=missed)
     if rows:
         logger.info(
             "subscription %s: %d period(s) ended unpaid before they could be charged, recorded as missed",
@@ -255,10 +278,15 @@ def _refuse_over_cap(subscription: Subscription, *, index: int, start: datetime,
     renewal_failed(subscription, charge, actor=ACTOR, at=now)
 
 
-def _open_charge(subscription: Subscription, *, index: int, start: datetime, end: datetime) -> bool:
-    """Create the period's renewal payment, at the agreed price, and its charge row; False when the period
-    has a live charge."""
-    price_point = subscription.price_point
+def _open_charge(
+    subscription: Subscription, *, index: int, start: datetime, end: datetime, fallback: PricePoint | None
+) -> bool:
+    """Create the period's renewal payment, at the agreed price (or the `fallback` one), and its charge row; False
+    when the period has a live charge."""
+    price_point = fallback or subscription.price_point
+    metadata: dict[str, Any] = {PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index}
+    if fallback is not None:
+        metadata["fallback_price"] = True
     try:
         with transaction.atomic():
             payment = open_payment(
@@ -269,10 +297,12 @@ def _open_charge(subscription: Subscription, *, index: int, start: datetime, end
                 price_point=price_point,
                 flow=PaymentFlow.ONE_CLICK,
                 actor=ACTOR,
-                metadata={PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index},
-                description=renewal_text(subscription),
+                metadata=metadata,
+                description=renewal_text(subscription, fallback=fallback),
             )
-            create_renewal_charge(subscription, index=index, start=start, end=end, payment=payment)
+            create_renewal_charge(
+                subscription, index=index, start=start, end=end, payment=payment, fallback=fallback is not None
+            )
     except IntegrityError:
         # A live (pending or succeeded) charge of this period exists: its outcome settles the subscription.
         logger.warning(

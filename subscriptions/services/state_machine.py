@@ -11,6 +11,7 @@ from datetime import datetime
 
 from django.db import transaction
 
+from subscriptions import events
 from subscriptions.errors import IllegalSubscriptionTransition
 from subscriptions.models import Subscription, SubscriptionStatus, SubscriptionStatusChange
 
@@ -42,11 +43,13 @@ def transition(
     reason: str,
     at: datetime,
     update_fields: tuple[str, ...] = (),
+    failure_code: str = "",
 ) -> SubscriptionStatusChange:
-    """Move a locked subscription to `to_status` and record it in its history.
+    """Move a locked subscription to `to_status`, record it in its history and publish it
+    (`subscriptions.events`).
 
     Call inside `transaction.atomic()` on a row fetched with `select_for_update()`; `update_fields` names
-    the other fields the caller changed.
+    the other fields the caller changed; `failure_code` the standard error code of the charge that caused it.
     """
     if not transaction.get_connection().in_atomic_block:
         raise RuntimeError("subscription transitions must run inside transaction.atomic()")
@@ -74,6 +77,7 @@ def transition(
             "at": at.isoformat(),
         },
     )
+    _publish(change, subscription, at=at, failure_code=failure_code)
     return change
 
 
@@ -101,7 +105,25 @@ def end(
     )
 
 
-def record_creation(subscription: Subscription, *, actor: str) -> SubscriptionStatusChange:
-    return SubscriptionStatusChange.objects.create(
+def record_creation(subscription: Subscription, *, actor: str, at: datetime) -> SubscriptionStatusChange:
+    change = SubscriptionStatusChange.objects.create(
         subscription=subscription, from_status="", to_status=subscription.status, actor=actor, reason="opt-in started"
+    )
+    _publish(change, subscription, at=at)
+    return change
+
+
+def _publish(
+    change: SubscriptionStatusChange, subscription: Subscription, *, at: datetime, failure_code: str = ""
+) -> None:
+    events.publish(
+        events.SubscriptionStatusChanged(
+            subscription=subscription,
+            from_status=change.from_status,
+            to_status=change.to_status,
+            actor=change.actor,
+            reason=change.reason,
+            occurred_at=at,
+            failure_code=failure_code,
+        )
     )

@@ -9,7 +9,7 @@ from django.db.models import Max, QuerySet
 from django.utils import timezone
 
 from carriers.adapters import adapter_class, carrier_queue
-from carriers.models import Carrier, PricePoint, Protocol
+from carriers.models import Carrier, PricePoint
 from carriers.msisdn import normalize_msisdn
 from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
@@ -21,6 +21,7 @@ from playpay.money import format_money
 from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable, SpendingCapReached
 from subscriptions.models import (
     PAYMENT_METADATA_KEY,
+    PLATFORM_MANAGED,
     Plan,
     PlanOffer,
     Subscription,
@@ -32,8 +33,6 @@ from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, record_creation
 from tenants.models import App
 
-# Carriers whose renewals PlayPay charges itself, each period, by a one-click charge.
-PLATFORM_MANAGED = (Protocol.SANDBOX, Protocol.PARLAYX, Protocol.CAMARA)
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
 
 
@@ -43,6 +42,7 @@ class SubscriptionRequest:
     msisdn: str
     plan: str
     carrier: str | None = None
+    journey_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -103,6 +103,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             currency=offer.price_point.currency,
             carrier_managed=carrier_manages_renewals(carrier),
             idempotency_key=idempotency.key,
+            journey_id=request.journey_id,
             metadata=request.metadata,
         )
         claim_key(idempotency, resource_id=subscription.public_id)
@@ -120,7 +121,7 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
                 subscription.save()
         except IntegrityError as exc:  # the key's record was purged, its subscription stays
             raise KeyAlreadyClaimed(idempotency.key) from exc
-        record_creation(subscription, actor=actor)
+        record_creation(subscription, actor=actor, at=timezone.now())
         payment = open_payment(
             app=app,
             user_ref=request.user_ref,
@@ -129,6 +130,8 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             price_point=first,
             flow=PaymentFlow.PIN,
             actor=actor,
+            # The opt-in's payment steps (PIN sent, verified, charged) are in the journey too.
+            journey_id=request.journey_id,
             metadata={PAYMENT_METADATA_KEY: str(subscription.public_id)},
             description=opt_in_text(offer.plan, first=first, regular=offer.price_point, app=app),
         )
@@ -273,14 +276,28 @@ def entitlement(*, app: App, user_ref: str, now: datetime) -> Entitlement:
     return Entitlement(entitled=bool(current), until=until, subscriptions=current)
 
 
-def renewal_text(subscription: Subscription) -> str:
-    """What a renewal's charge tells the player: the terms of the opt-in, at the agreed price."""
+def renewal_text(subscription: Subscription, *, fallback: PricePoint | None = None) -> str:
+    """What a renewal's charge tells the player: the terms of the opt-in, at the agreed price; charged at a
+    `fallback` price (downgrade billing), that price for this period, then the agreed one."""
     price_point = subscription.price_point
-    return opt_in_text(subscription.plan, first=price_point, regular=price_point, app=subscription.app)
+    if fallback is None:
+        return opt_in_text(subscription.plan, first=price_point, regular=price_point, app=subscription.app)
+    every = PERIOD_WORDS[subscription.plan.period]
+    return (
+        f"{subscription.app.name} {subscription.plan.name}: subscription, "
+        f"{format_money(fallback.amount_minor, fallback.currency)} for this {every} (reduced: balance too low), "
+        f"then {format_money(price_point.amount_minor, price_point.currency)} per {every}, renewed until you cancel"
+    )
 
 
 def create_renewal_charge(
-    subscription: Subscription, *, index: int, start: datetime, end: datetime, payment: Payment
+    subscription: Subscription,
+    *,
+    index: int,
+    start: datetime,
+    end: datetime,
+    payment: Payment,
+    fallback: bool = False,
 ) -> SubscriptionCharge:
     """The charge row of a renewal attempt of period `index` by `payment`; raises IntegrityError when the period
     has a live charge (pending, succeeded or missed)."""
@@ -292,6 +309,7 @@ def create_renewal_charge(
         period_end=end,
         attempt=next_attempt_number(subscription, index),
         payment=payment,
+        fallback_price=fallback,
     )
 
 

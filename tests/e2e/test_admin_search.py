@@ -30,6 +30,19 @@ def test_support_finds_a_player_from_a_national_format_number_and_opens_the_time
     expect(admin_page.locator("section[aria-label=timeline]")).to_contain_text("POST /api/v1/payments/")
 
 
+def test_the_command_palette_offers_the_player_of_a_national_format_number(
+    admin_page: Page, live_server: Any, game: Game
+) -> None:
+    game.pay("order-palette-1")
+    game.pay("order-palette-2")
+    admin_page.goto(f"{live_server.url}/admin/")
+    admin_page.keyboard.press("Control+k")
+    admin_page.locator("#search-input-command").press_sequentially("0" + MSISDN.removeprefix("+44"))
+
+    admin_page.locator("#command-results a").filter(has_text="Player +447400123456").click()
+    expect(admin_page).to_have_url(re.compile(r"/admin/payments/payment/player/\?msisdn=%2B447400123456$"))
+
+
 def test_the_payment_list_on_a_390_px_phone_shows_amount_and_status(
     admin_page: Page, live_server: Any, game: Game
 ) -> None:

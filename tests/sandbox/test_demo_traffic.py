@@ -15,8 +15,7 @@ from funnel.models import FunnelEvent
 from payments.models import Payment, PaymentFlow, Refund
 from playpay.beat import schedule
 from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
-from subscriptions.models import Subscription, SubscriptionCharge
-from subscriptions.services.subscriptions import PLATFORM_MANAGED
+from subscriptions.models import PLATFORM_MANAGED, Subscription, SubscriptionCharge
 from tenants.models import ApiKey
 from tests.factories import CountryFactory
 
@@ -100,6 +99,11 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
         assert carrier.supports_subscriptions
         assert carrier.protocol in PLATFORM_MANAGED
         assert subscription.metadata["source"] == "demo_traffic"
+        # The opt-in continues its player's journey, with its own steps.
+        steps = FunnelEvent.objects.filter(app=demo.app, journey_id=subscription.journey_id).values_list(
+            "step", flat=True
+        )
+        assert {"store_opened", "subscription_opt_in_started"} <= set(steps)
         opt_in = SubscriptionCharge.objects.get(subscription=subscription, kind="opt_in")
         assert opt_in.payment is not None
         assert opt_in.payment.flow == PaymentFlow.PIN  # the double opt-in

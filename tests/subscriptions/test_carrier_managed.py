@@ -337,3 +337,27 @@ def test_a_signed_subscription_event_that_is_not_one_is_refused_and_changes_noth
     assert answer.headers["Content-Type"] == "application/problem+json"
     assert not CarrierNotification.objects.filter(notification_id=event["event_id"]).exists()
     assert renewals(subscription) == []
+
+
+@pytest.mark.parametrize(
+    ("ending", "code"), [("0022", "unknown_subscriber"), ("0023", "user_barred")], ids=["ported out", "barred"]
+)
+def test_a_number_ported_out_or_barred_after_its_first_period_ends_here_and_at_the_aggregator(
+    aggregator: Aggregator, ending: str, code: str
+) -> None:
+    """The simulator's numbers ending 0022 and 0023 pay their first charge, then are unknown (ported out) or
+    barred: the aggregator's declined renewal ends the subscription, and the aggregator is told to stop."""
+    subscription = aggregator.opt_in(MSISDN[:-4] + ending)
+    aggregator_sim.renew(subscription.carrier_reference)  # the number's second charge, declined
+
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="expired").exists(), what="the end")
+    [charge] = renewals(subscription)
+    assert (charge.outcome, charge.failure_code) == ("failed", code)
+    last = Subscription.objects.get(pk=subscription.pk).history.last()
+    assert last is not None
+    assert last.reason.startswith(f"renewal failed: {code} (")
+    wait_for(
+        lambda: simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled",
+        what="the cancellation at the aggregator",
+    )
+    assert aggregator_sim.renew(subscription.carrier_reference) is None  # it retries nothing more

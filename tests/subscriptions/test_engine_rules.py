@@ -11,11 +11,20 @@ from django.apps import apps
 from django.db import IntegrityError, transaction
 
 from carriers.adapters.base import CarrierResult, Outcome
-from payments.models import Payment, PaymentStatus, Refund
+from carriers.errors import ErrorCode
+from carriers.models import Carrier, Protocol
+from payments.models import OutboxMessage, Payment, PaymentStatus, Refund, WebhookDelivery
 from payments.services.carrier_flow import charge_payment, record_charge_result
+from payments.services.refunds import record_refund_result
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import Period, bounds
-from subscriptions.services.renewals import run_renewals
+from subscriptions.services.charges import (
+    REFUND_TASK,
+    UNWANTED_REFUND_ATTEMPTS,
+    UNWANTED_REFUND_CHECKS,
+    refund_unwanted_charge,
+)
+from subscriptions.services.renewals import PAUSED_EXPIRY_REASON, run_renewals
 from tests.factories import PricePointFactory
 from tests.payments.test_webhooks import Receiver
 from tests.subscriptions.conftest import Subs, event_types, make_plan
@@ -183,15 +192,21 @@ def test_a_renewal_charged_anyway_after_an_immediate_cancellation_is_refunded_an
     assert "subscription.renewed" not in event_types(subscription)
 
 
-def test_the_refund_of_an_unwanted_renewal_is_made_once_however_often_its_task_runs(subs: Subs) -> None:
-    from subscriptions.tasks import refund_unwanted_charge
-
+def _cancelled_while_at_the_carrier(subs: Subs) -> Payment:
+    """A subscription cancelled now while its renewal's payment is at the carrier, unanswered: that payment."""
     subscription = subs.active()
     assert subscription.current_period_end is not None
     balance(subscription, UNANSWERED)
     subs.renew(subscription.current_period_end)
     [payment] = _renewal_payments(subscription)
     subs.cancel(str(subscription.public_id), reason="player asked", at_period_end=False)
+    return payment
+
+
+def test_the_refund_of_an_unwanted_renewal_is_made_once_however_often_its_task_runs(subs: Subs) -> None:
+    from subscriptions.tasks import refund_unwanted_charge
+
+    payment = _cancelled_while_at_the_carrier(subs)
     with subs.shop.after_commit(execute=True):
         record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.SUCCEEDED))
     charge = SubscriptionCharge.objects.get(payment_id=payment.pk)
@@ -199,6 +214,70 @@ def test_the_refund_of_an_unwanted_renewal_is_made_once_however_often_its_task_r
         refund_unwanted_charge(charge.pk)  # delivered again (at least once)
         refund_unwanted_charge(charge.pk)
     assert Refund.objects.filter(payment_id=payment.pk).count() == 1
+
+
+def _unwanted_charge_refunded_by_its_carrier(subs: Subs) -> tuple[SubscriptionCharge, Payment]:
+    """A renewal charged after an immediate cancellation, on a carrier that refunds through its protocol (whose
+    answers the test gives): nothing of the refund is run yet."""
+    payment = _cancelled_while_at_the_carrier(subs)
+    Carrier.objects.filter(pk=subs.shop.carrier.pk).update(protocol=Protocol.CAMARA, supports_refund=True)
+    with subs.shop.after_commit():  # the refund's task is queued, not run: the test runs it
+        record_charge_result(payment_id=payment.pk, result=CarrierResult(outcome=Outcome.SUCCEEDED))
+    return SubscriptionCharge.objects.get(payment_id=payment.pk), payment
+
+
+def _run_refund_check(subs: Subs, charge: SubscriptionCharge, check: int) -> list[tuple[int, int]]:
+    """Run the refund task's check `check` (as its queued message would), without running what it queues;
+    returns the checks it queued next, with their waits."""
+    before = OutboxMessage.objects.filter(task=REFUND_TASK).count()
+    with subs.shop.after_commit():
+        refund_unwanted_charge(charge_id=charge.pk, check=check)
+    queued = OutboxMessage.objects.filter(task=REFUND_TASK).order_by("id")[before:]
+    return [(m.kwargs["check"], m.countdown_seconds) for m in queued]
+
+
+def _carrier_answers(refund: Refund, outcome: Outcome) -> None:
+    result = CarrierResult.failed(ErrorCode.REJECTED) if outcome == Outcome.FAILED else CarrierResult(outcome)
+    record_refund_result(refund_id=refund.pk, result=result)
+
+
+def test_a_refund_of_an_unwanted_renewal_refused_by_the_carrier_is_asked_for_again_after_a_wait(subs: Subs) -> None:
+    charge, payment = _unwanted_charge_refunded_by_its_carrier(subs)
+
+    assert _run_refund_check(subs, charge, 0) == [(1, 60)]
+    (first,) = Refund.objects.filter(payment_id=payment.pk)
+    assert (first.status, first.via_carrier, first.amount_minor) == ("pending", True, 99)
+    assert _run_refund_check(subs, charge, 1) == [(2, 300)]  # at the carrier still: looked at again later
+    assert Refund.objects.filter(payment_id=payment.pk).count() == 1
+    _carrier_answers(first, Outcome.FAILED)
+
+    assert _run_refund_check(subs, charge, 2) == [(3, 1800)]
+
+    second = Refund.objects.filter(payment_id=payment.pk).exclude(pk=first.pk).get()
+    assert (second.status, second.amount_minor, second.requested_by) == ("pending", 99, "system")
+    _carrier_answers(second, Outcome.SUCCEEDED)
+    payment.refresh_from_db()
+    assert (payment.status, payment.refunded_minor) == (PaymentStatus.REFUNDED, 99)
+    assert _run_refund_check(subs, charge, 3) == []  # refunded: no more checks
+    assert Refund.objects.filter(payment_id=payment.pk).count() == 2
+
+
+def test_the_automatic_refund_stops_after_its_last_attempt_and_its_last_check(
+    subs: Subs, caplog: pytest.LogCaptureFixture
+) -> None:
+    charge, payment = _unwanted_charge_refunded_by_its_carrier(subs)
+    for check in range(UNWANTED_REFUND_ATTEMPTS):
+        assert _run_refund_check(subs, charge, check) == [(check + 1, UNWANTED_REFUND_CHECKS[check])]
+        _carrier_answers(Refund.objects.get(payment_id=payment.pk, status="pending"), Outcome.FAILED)
+
+    assert _run_refund_check(subs, charge, UNWANTED_REFUND_ATTEMPTS) == []
+
+    assert list(Refund.objects.filter(payment_id=payment.pk).values_list("status", flat=True)) == ["failed"] * 3
+    assert "the automatic refund failed 3 times; refund the payment by hand" in caplog.text
+    # A refund still at the carrier at the last check is not waited for any longer.
+    Refund.objects.filter(payment_id=payment.pk).update(status="pending")
+    assert _run_refund_check(subs, charge, len(UNWANTED_REFUND_CHECKS)) == []
+    assert "not confirmed after 6 checks" in caplog.text
 
 
 # --- after an outage: only the period containing now --------------------------------------------------------
@@ -229,6 +308,39 @@ def test_after_an_outage_only_the_current_period_is_charged_and_the_ones_missed_
     assert daily.renew(now + timedelta(minutes=1)).charged == 0
     assert daily.renew(anchor + 5 * DAY).charged == 1  # and on from there, one period at a time
     assert renewals_of(subscription)[-1] == (5, 1, "succeeded")
+
+
+def test_each_missed_period_is_told_to_the_app_once_with_its_period(subs: Subs, hooks: Receiver) -> None:
+    daily = _daily(subs)
+    subscription = daily.active()
+    anchor = subscription.anchor_at
+    assert anchor is not None
+    subscription.carrier.is_active = False
+    subscription.carrier.save(update_fields=["is_active"])
+    daily.renew(anchor + DAY)  # paused: the engine looks again an hour later
+    daily.renew(anchor + 2 * DAY + timedelta(hours=1))  # period 1 ended unpaid
+    daily.renew(anchor + 2 * DAY + timedelta(hours=2))  # nothing new ended
+    subscription.carrier.is_active = True
+    subscription.carrier.save(update_fields=["is_active"])
+    daily.renew(anchor + 4 * DAY + timedelta(hours=5))  # periods 2 and 3 ended too; period 4 charged
+    daily.renew(anchor + 4 * DAY + timedelta(hours=6))
+
+    missed = [
+        delivery.payload["data"]
+        for delivery in WebhookDelivery.objects.filter(event_type="subscription.period_missed").order_by("id")
+    ]
+    assert [(m["period"]["index"], m["period"]["start"], m["period"]["end"]) for m in missed] == [
+        (k, *(moment.isoformat() for moment in bounds(anchor, Period.DAILY, k))) for k in (1, 2, 3)
+    ]
+    assert {(m["id"], m["payment"], m["status"]) for m in missed} == {(str(subscription.public_id), None, "active")}
+    assert event_types(subscription) == [
+        "subscription.activated",
+        "subscription.period_missed",
+        "subscription.period_missed",
+        "subscription.period_missed",
+        "subscription.renewed",
+        "subscription.receipt",
+    ]
 
 
 def test_the_database_refuses_to_charge_a_period_recorded_as_missed(subs: Subs) -> None:
@@ -276,6 +388,35 @@ def test_a_weekly_renewal_paused_past_its_period_charges_the_current_week_only(s
     subs.renew(due + 8 * DAY)  # looked at again once billing is on: week 1 ended unpaid meanwhile
 
     assert renewals_of(subscription) == [(1, 1, "missed"), (2, 1, "succeeded")]
+
+
+def test_an_active_subscription_whose_renewal_stays_paused_expires_at_the_end_of_the_retry_window(
+    subs: Subs, hooks: Receiver
+) -> None:
+    subscription = subs.active()
+    due = subscription.current_period_end
+    assert due is not None
+    subscription.carrier.is_active = False
+    subscription.carrier.save(update_fields=["is_active"])
+    assert subs.renew(due).paused == 1
+    assert subs.renew(due + 7 * DAY - timedelta(seconds=1)).paused == 1  # still within the 7 days
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.entitled_until) == (SubscriptionStatus.ACTIVE, due)
+
+    run = subs.renew(due + 7 * DAY)
+
+    assert (run.expired, run.missed, run.paused) == (1, 1, 0)
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.next_charge_at, subscription.entitled_until) == (
+        SubscriptionStatus.EXPIRED,
+        None,
+        due,
+    )
+    change = subscription.history.get(to_status=SubscriptionStatus.EXPIRED)
+    assert (change.actor, change.reason) == ("system", PAUSED_EXPIRY_REASON)
+    assert event_types(subscription)[-2:] == ["subscription.period_missed", "subscription.expired"]
+    assert renewals_of(subscription) == [(1, 1, "missed")]
+    assert subs.renew(due + 8 * DAY).expired == 0  # ended: never looked at again
 
 
 def test_a_declined_renewal_after_missed_periods_counts_its_grace_from_its_own_period(subs: Subs) -> None:

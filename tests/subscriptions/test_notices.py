@@ -51,13 +51,59 @@ def test_a_monthly_renewal_is_reminded_48_hours_ahead_once_however_often_the_eng
 
 def test_the_next_period_is_reminded_again_after_a_renewal(subs: Subs, hooks: Receiver) -> None:
     monthly_subs, subscription = monthly(subs)
-    monthly_subs.renew(RENEWS_AT - timedelta(hours=1))
+    monthly_subs.renew(RENEWS_AT - timedelta(hours=47))
     monthly_subs.renew(RENEWS_AT)
     subscription.refresh_from_db()
     assert subscription.period_index == 1
     assert subscription.current_period_end is not None
-    assert monthly_subs.renew(subscription.current_period_end - timedelta(hours=1)).reminded == 1
+    assert monthly_subs.renew(subscription.current_period_end - timedelta(hours=47)).reminded == 1
     assert [r["renewal_period_index"] for r in payloads(subscription, "reminder")] == [1, 2]
+
+
+def test_a_reminder_whose_time_passed_while_the_engine_was_stopped_is_sent_late_a_day_ahead_or_more(
+    subs: Subs, hooks: Receiver
+) -> None:
+    monthly_subs, subscription = monthly(subs)
+    run = monthly_subs.renew(RENEWS_AT - timedelta(hours=24, seconds=1))  # the engine stopped 48 h to 24 h ahead
+    assert (run.reminded, run.reminders_skipped) == (1, 0)
+    (reminder,) = payloads(subscription, "reminder")
+    assert (reminder["renews_at"], reminder["renewal_period_index"]) == (RENEWS_AT.isoformat(), 1)
+    assert SubscriptionNotice.objects.get().skipped_reason == ""
+
+
+def test_a_reminder_too_close_to_the_renewal_is_not_sent_and_recorded_as_skipped_with_why(
+    subs: Subs, hooks: Receiver
+) -> None:
+    monthly_subs, subscription = monthly(subs)
+    run = monthly_subs.renew(RENEWS_AT - timedelta(hours=23))  # back under the 24 h minimum notice
+    assert (run.reminded, run.reminders_skipped) == (0, 1)
+    notice = SubscriptionNotice.objects.get()
+    assert (notice.period_index, notice.kind) == (1, "reminder")
+    assert "23.0 h away" in notice.skipped_reason
+    assert "24 h minimum" in notice.skipped_reason
+    again = monthly_subs.renew(RENEWS_AT - timedelta(hours=22))
+    assert (again.reminded, again.reminders_skipped) == (0, 0)
+    assert payloads(subscription, "reminder") == []
+    with override_settings(SUBSCRIPTION_REMINDER_MIN_HOURS=0):  # no minimum: sent while the renewal is ahead
+        monthly_subs.bulk_active(1, anchor=ANCHOR)
+        assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 1
+
+
+def test_a_renewal_due_when_the_engine_comes_back_is_charged_with_its_reminder_recorded_as_skipped(
+    subs: Subs, hooks: Receiver
+) -> None:
+    monthly_subs, subscription = monthly(subs)
+    run = monthly_subs.renew(RENEWS_AT + timedelta(hours=2))
+    assert (run.charged, run.reminded, run.reminders_skipped) == (1, 0, 1)
+    notice = SubscriptionNotice.objects.get(kind="reminder")
+    assert notice.period_index == 1
+    assert "due before the reminder could be sent" in notice.skipped_reason
+    subscription.refresh_from_db()
+    assert subscription.period_index == 1
+    assert subscription.current_period_end is not None
+    # The next period's reminder is sent on time again.
+    assert monthly_subs.renew(subscription.current_period_end - timedelta(hours=48)).reminded == 1
+    assert [r["renewal_period_index"] for r in payloads(subscription, "reminder")] == [2]
 
 
 def test_no_reminder_for_a_weekly_plan_a_cancellation_at_the_period_end_or_when_switched_off(
@@ -112,13 +158,13 @@ def test_a_renewal_that_will_not_be_charged_is_not_announced(subs: Subs, hooks: 
     monthly_subs, subscription = monthly(subs)
     subscription.carrier.is_active = False  # billing through the carrier switched off: the renewal pauses
     subscription.carrier.save(update_fields=["is_active"])
-    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 0
+    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=47)).reminded == 0
     subscription.carrier.is_active = True
     subscription.carrier.save(update_fields=["is_active"])
     price_point = subscription.price_point
     price_point.amount_minor += 100  # the agreed price is no longer the price point's
     price_point.save(update_fields=["amount_minor"])
-    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 0
+    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=47)).reminded == 0
     price_point.amount_minor -= 100
     price_point.save(update_fields=["amount_minor"])
-    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 1
+    assert monthly_subs.renew(RENEWS_AT - timedelta(hours=47)).reminded == 1

@@ -1,0 +1,1 @@
+"""English formats (playpay/formats/en/formats.py)."""
