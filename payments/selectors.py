@@ -234,7 +234,7 @@ def _by_public_id_prefix(prefix: str) -> Q:
 
 def players_named(search: Search, term: str, *, most: int = 10) -> list[Player]:
     """The players `term` names: the first number it reads as that has payments, else its user_ref in each app
-    (at most `most`, by name) that has payments from it."""
+    that has payments from it (at most `most` apps, the first by id, listed by name)."""
     for number in search.readings:
         if Payment.objects.filter(msisdn=number).exists():
             return [Player(msisdn=number)]

@@ -480,7 +480,7 @@ SUBSCRIPTION_GRACE_DAYS = env_int("SUBSCRIPTION_GRACE_DAYS", 3)
 # 0: none. Daily and weekly plans have no reminder.
 SUBSCRIPTION_REMINDER_HOURS = env_int("SUBSCRIPTION_REMINDER_HOURS", 48)
 # A reminder whose time passed while the renewal engine was stopped is sent late only while the renewal is at
-# least this many hours ahead (at most SUBSCRIPTION_REMINDER_HOURS); closer, it is recorded as skipped.
+# least this many hours ahead (at most half SUBSCRIPTION_REMINDER_HOURS); closer, it is recorded as skipped.
 SUBSCRIPTION_REMINDER_MIN_HOURS = env_int("SUBSCRIPTION_REMINDER_MIN_HOURS", 24)
 # Subscriptions the renewal engine locks and charges per transaction.
 SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)

@@ -9,7 +9,9 @@ prefixed with an apostrophe (OWASP "CSV injection"). The CSV rule is written twi
 import csv
 import io
 import re
+import select
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date, datetime
@@ -17,8 +19,10 @@ from decimal import Decimal
 from typing import IO, Any
 from xml.sax.saxutils import escape as xml_escape
 
+import psycopg
 from django.db import models
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE  # type: ignore[import-untyped]
+from psycopg import pq
 from xlsxwriter import Workbook  # type: ignore[import-untyped]
 
 
@@ -69,6 +73,57 @@ class _Echo:
 
     def write(self, value: str) -> str:
         return value
+
+
+def copy_out_batches(copy: "psycopg.Copy", *, rows: int, timeout: float) -> Iterator[list[memoryview]]:
+    """The rows of a `COPY ... TO STDOUT` under way, as PostgreSQL sends them (one message a row, each ending
+    with its line break), in lists of up to `rows`.
+
+    psycopg's `Copy.read` hands over one message per call through several generator frames: at a million rows,
+    more CPU than PostgreSQL spends writing them. Here the messages libpq has received already are taken in a
+    plain loop (`PQgetCopyData` without waiting), and only an empty buffer waits, through `Copy.read`. When
+    the server ends the COPY, its final result is read here: waited for at most `timeout` seconds.
+    """
+    pgconn = copy.connection.pgconn
+    take = pgconn.get_copy_data
+    batch: list[memoryview] = []
+    while True:
+        size, data = take(1)  # 1: never waits; 0 when no whole row is buffered
+        if size == 0:
+            waited = copy.read()  # waits for the next row, or the end (nothing)
+            if not waited:
+                break
+            data = memoryview(waited)
+        elif size < 0:  # the server ended the COPY (or failed it): its result follows
+            _finish_copy_out(pgconn, encoding=copy.connection.info.encoding, timeout=timeout)
+            break
+        batch.append(data)
+        if len(batch) >= rows:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _finish_copy_out(pgconn: pq.abc.PGconn, *, encoding: str, timeout: float) -> None:
+    """Read the results that follow the end of a COPY out, every one (the connection is then ready for the
+    next statement), and raise the server's error if it failed."""
+    deadline = time.monotonic() + timeout
+    failed = None
+    while True:
+        while pgconn.is_busy():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise psycopg.OperationalError(f"no result from the server {timeout:.0f} s after the end of a COPY")
+            select.select([pgconn.socket], [], [], left)
+            pgconn.consume_input()
+        result = pgconn.get_result()
+        if result is None:
+            break
+        if result.status != pq.ExecStatus.COMMAND_OK and failed is None:
+            failed = result
+    if failed is not None:
+        raise psycopg.errors.error_from_result(failed, encoding=encoding)
 
 
 def csv_lines(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Iterator[str]:

@@ -439,10 +439,17 @@ def python_value(column: Column, value: Any, currency: Any = None) -> Any:
     return value
 
 
-def sql_exponent(currency: str) -> str:
-    """The exponent of the currency in `currency`, from the same table `to_major` reads."""
-    cases = " ".join(f"WHEN '{code}' THEN {exponent}" for code, exponent in sorted(_odd_exponents().items()))
-    return f"(CASE {currency} {cases} ELSE {DEFAULT_EXPONENT} END)" if cases else str(DEFAULT_EXPONENT)
+def sql_minor_unit(currency: str) -> str:
+    """One minor unit of the currency in `currency` (exponents from the same table `to_major` reads), as a
+    numeric whose scale is the exponent: 0.01, 0.001, 1. An amount in minor units times it is the amount in
+    major units with the currency's decimals, as `to_major` gives it (a product, not a division and a round)."""
+    cases = " ".join(f"WHEN '{code}' THEN {_unit(exponent)}" for code, exponent in sorted(_odd_exponents().items()))
+    default = _unit(DEFAULT_EXPONENT)
+    return f"(CASE {currency} {cases} ELSE {default} END)" if cases else default
+
+
+def _unit(exponent: int) -> str:
+    return f"0.{'0' * (exponent - 1)}1" if exponent else "1"
 
 
 DEFAULT_EXPONENT = 2
@@ -468,11 +475,11 @@ def _xml_text(value: str) -> str:
     return f"regexp_replace({lines}, E'[\\x01-\\x08\\x0b\\x0c\\x0e-\\x1f]', E'\\uFFFD', 'g')"
 
 
-def sql_xlsx_cell(column: Column, value: str, currency: str = "", *, exponent: str = "") -> str:
+def sql_xlsx_cell(column: Column, value: str, currency: str = "", *, unit: str = "") -> str:
     """The `<c>` element of a sheet row (SpreadsheetML) for `python_value(...)`, as a PostgreSQL expression.
     Texts are inline strings (never formulas); times are serial dates in style 1 (`playpay.tables`)."""
     if column.kind == Kind.MONEY:
-        number = sql_value(column, value, currency, exponent=exponent)
+        number = sql_value(column, value, currency, unit=unit)
     elif column.kind == Kind.INTEGER:
         number = f"{value}::text"
     elif column.kind == Kind.TIME:
@@ -490,12 +497,11 @@ def sql_xlsx_cell(column: Column, value: str, currency: str = "", *, exponent: s
     return f"CASE WHEN {value} IS NULL THEN '<c/>' ELSE '<c><v>' || {number} || '</v></c>' END"
 
 
-def sql_value(column: Column, value: str, currency: str = "", *, exponent: str = "") -> str:
+def sql_value(column: Column, value: str, currency: str = "", *, unit: str = "") -> str:
     """`csv_text(python_value(...))` as a PostgreSQL expression over the SQL expressions of the sources.
-    `exponent`: the currency's exponent (`sql_exponent(currency)`) when the query has it already."""
+    `unit`: the currency's minor unit (`sql_minor_unit(currency)`) when the query has it already."""
     if column.kind == Kind.MONEY:
-        exponent = exponent or sql_exponent(currency)
-        return f"round({value}::numeric / power(10::numeric, {exponent}), {exponent})::text"
+        return f"({value}::numeric * {unit or sql_minor_unit(currency)})::text"
     if column.kind == Kind.TIME:
         return f"to_char({value} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')"
     if column.kind == Kind.BOOLEAN:

@@ -202,8 +202,11 @@ def refund_unwanted_charge(*, charge_id: int, check: int = 0) -> None:
         return
     payment = load_payment(charge.payment_id)
     log = {"subscription_id": str(charge.subscription.public_id), "period": charge.period_index}
-    automatic = list(refunds_of(payment).filter(reason=UNWANTED_REASON).values_list("status", flat=True))
-    if Refund.Status.PENDING not in automatic:
+    refunds = list(refunds_of(payment).values_list("reason", "status"))
+    automatic = [status for reason, status in refunds if reason == UNWANTED_REASON]
+    # While any refund is at the carrier (this one's, or one by staff, which holds the amount), the next check
+    # sees how it ended.
+    if all(status != Refund.Status.PENDING for _, status in refunds):
         if payment.refunded_minor >= payment.amount_minor:
             return  # refunded
         if automatic.count(Refund.Status.FAILED) >= UNWANTED_REFUND_ATTEMPTS:
@@ -216,10 +219,14 @@ def refund_unwanted_charge(*, charge_id: int, check: int = 0) -> None:
             return
         try:
             request_refund(payment=payment, amount_minor=None, reason=UNWANTED_REASON, actor="system")
-        except (IllegalTransition, RefundExceedsCaptured) as refused:
-            # Refunded meanwhile by another run, or no longer refundable (being reversed): nothing more to do here.
+        except IllegalTransition as refused:
+            # No longer refundable (being reversed, or reversed): nothing more to do here.
             logger.warning("subscription charge %s: automatic refund not made: %s", charge_id, refused, extra=log)
             return
+        except RefundExceedsCaptured as held:
+            # Another refund (by staff, say) holds the amount: the next check sees whether it went through, and
+            # asks again if it failed.
+            logger.warning("subscription charge %s: automatic refund put off: %s", charge_id, held, extra=log)
     if check >= len(UNWANTED_REFUND_CHECKS):
         logger.error(
             "subscription charge %s: the automatic refund is not confirmed after %d checks; see the payment's refunds",

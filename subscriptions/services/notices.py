@@ -64,8 +64,9 @@ def reminder_notice() -> timedelta:
 
 def reminder_minimum() -> timedelta:
     """The least notice a reminder still gives when it is sent late (the engine was stopped during its
-    window): closer to the renewal than this, it is not sent but recorded as skipped."""
-    return timedelta(hours=min(settings.SUBSCRIPTION_REMINDER_MIN_HOURS, settings.SUBSCRIPTION_REMINDER_HOURS))
+    window): closer to the renewal than this, it is not sent but recorded as skipped. It is at most half the
+    notice, so that a short notice (24 hours, say) still leaves the reminders sent on time a window."""
+    return min(timedelta(hours=settings.SUBSCRIPTION_REMINDER_MIN_HOURS), reminder_notice() / 2)
 
 
 def _unreminded() -> QuerySet[Subscription]:

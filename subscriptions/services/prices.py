@@ -39,14 +39,20 @@ def declined_in_arrears(subscription: Subscription, first_unpaid: int) -> QueryS
 def fallback_price(subscription: Subscription, *, first_unpaid: int) -> PricePoint | None:
     """The lower price point to charge this renewal attempt at instead of the agreed price, or None.
 
-    Only a retry whose previous attempt (of the periods in arrears, `first_unpaid` on) was declined for
-    insufficient funds, on a carrier that allows downgrade billing, at the offer's fallback price point as it is
-    now: on sale, on the subscription's carrier, in the agreed currency and below the agreed amount (a price
+    Only a retry whose previous attempt sent to the carrier (of the periods in arrears, `first_unpaid` on) was
+    declined for insufficient funds, on a carrier that allows downgrade billing, at the offer's fallback price point
+    as it is now: on sale, on the subscription's carrier, in the agreed currency and below the agreed amount (a price
     changed since is not charged: the agreed one is)."""
     if not downgrade_billing_allowed(subscription.carrier):
         return None
+    # The carrier's last answer: an attempt refused before it was sent (over the spend cap: no payment) says
+    # nothing of the balance.
     last_failure = (
-        declined_in_arrears(subscription, first_unpaid).order_by("-id").values_list("failure_code", flat=True).first()
+        declined_in_arrears(subscription, first_unpaid)
+        .filter(payment__isnull=False)
+        .order_by("-id")
+        .values_list("failure_code", flat=True)
+        .first()
     )
     if last_failure != ErrorCode.INSUFFICIENT_FUNDS:
         return None

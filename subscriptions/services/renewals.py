@@ -97,7 +97,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
             batch = list(
                 due_subscriptions(now)
                 .select_for_update(skip_locked=True, of=("self",))
-                .select_related("app", "carrier__country", "plan", "price_point")[:size]
+                .select_related("app", "carrier__country", "plan", "price_point", "offer")[:size]
             )
             for subscription in batch:
                 renew(subscription, now=now, run=run)
@@ -144,9 +144,9 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
     if not agreed_price_available(subscription):
         # Billing through this carrier or at the agreed price is switched off (or that price point's price
         # changed): nothing is charged, and the renewal is looked at again later (a declined one within its
-        # retry window, after which it expires as unpaid). An active one is given the same window, from its
-        # first unpaid period's start: no renewal is paused for ever.
-        deadline = period_bounds(subscription, first_unpaid)[0] + retry_window()
+        # retry window, after which it expires as unpaid). An active one is given the same window, from the
+        # same start (its first unpaid period's): no renewal is paused for ever.
+        deadline = _declined_since(subscription, first_unpaid) + retry_window()
         if now >= deadline:
             expire(subscription, actor=ACTOR, reason=PAUSED_EXPIRY_REASON, at=now)
             run.expired += 1
@@ -181,7 +181,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         run.skipped += 1
         return
     if not within_cap:
-        _refuse_over_cap(subscription, index=index, start=start, end=end, now=now)
+        _refuse_over_cap(subscription, index=index, start=start, end=end, now=now, fallback=fallback is not None)
         run.over_cap += 1
         return
     if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback):
@@ -255,9 +255,12 @@ def _record_missed(subscription: Subscription, *, first: int, until: int, now: d
     return len(rows)
 
 
-def _refuse_over_cap(subscription: Subscription, *, index: int, start: datetime, end: datetime, now: datetime) -> None:
-    """The period's charge would take the number above its carrier's monthly spend cap: it is not sent, and is
-    recorded as a failed charge (`spending_limit`, no payment), handled as a declined renewal (retry, grace)."""
+def _refuse_over_cap(
+    subscription: Subscription, *, index: int, start: datetime, end: datetime, now: datetime, fallback: bool
+) -> None:
+    """The period's charge (at the `fallback` price or not) would take the number above its carrier's monthly
+    spend cap: it is not sent, and is recorded as a failed charge (`spending_limit`, no payment), handled as a
+    declined renewal (retry, grace)."""
     charge = SubscriptionCharge(
         subscription=subscription,
         kind=SubscriptionCharge.Kind.RENEWAL,
@@ -267,6 +270,7 @@ def _refuse_over_cap(subscription: Subscription, *, index: int, start: datetime,
         attempt=next_attempt_number(subscription, index),
         outcome=SubscriptionCharge.Outcome.FAILED,
         failure_code=SPEND_CAP_FAILURE,
+        fallback_price=fallback,
         settled_at=now,
     )
     logger.info(

@@ -203,3 +203,22 @@ def test_recurring_revenue_counts_a_period_paid_at_the_fallback_price_at_that_pr
     query = DatasetQuery(measures=("revenue_minor",), group_by=("kind",))
     result = run_query(dataset=Dataset.objects.get(slug="subscription-charges"), query=query)
     assert {row["kind"]: row["revenue_minor"] for row in result.rows} == {"opt_in": 99, "renewal": 49}
+
+
+def test_a_fallback_attempt_refused_by_the_spend_cap_is_retried_at_the_fallback_price(subs: Subs) -> None:
+    with_fallback(subs)
+    subscription = subs.active(msisdn=BROKE_AFTER_FIRST)
+    end = subscription.current_period_end
+    assert end is not None
+    subs.renew(end)  # the full price, declined for insufficient funds
+    Carrier.objects.filter(pk=subs.shop.carrier.pk).update(monthly_spend_cap_minor=40)
+    subs.renew(end + DAY)  # the fallback's £0.49 is above the cap: not sent
+    Carrier.objects.filter(pk=subs.shop.carrier.pk).update(monthly_spend_cap_minor=None)
+
+    subs.renew(end + 2 * DAY)  # the carrier's last answer was still "insufficient funds"
+
+    assert charged(subscription) == [
+        (1, 1, "failed", 99, False),
+        (1, 2, "failed", 0, True),
+        (1, 3, "failed", 49, True),
+    ]

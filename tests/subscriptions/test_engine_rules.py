@@ -15,7 +15,7 @@ from carriers.errors import ErrorCode
 from carriers.models import Carrier, Protocol
 from payments.models import OutboxMessage, Payment, PaymentStatus, Refund, WebhookDelivery
 from payments.services.carrier_flow import charge_payment, record_charge_result
-from payments.services.refunds import record_refund_result
+from payments.services.refunds import record_refund_result, request_refund
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.periods import Period, bounds
 from subscriptions.services.charges import (
@@ -262,6 +262,20 @@ def test_a_refund_of_an_unwanted_renewal_refused_by_the_carrier_is_asked_for_aga
     assert Refund.objects.filter(payment_id=payment.pk).count() == 2
 
 
+def test_an_automatic_refund_put_off_by_a_staff_refund_is_asked_for_when_that_one_fails(subs: Subs) -> None:
+    charge, payment = _unwanted_charge_refunded_by_its_carrier(subs)
+    with subs.shop.after_commit():
+        staff = request_refund(payment=payment, amount_minor=None, reason="player asked", actor="ops")
+
+    assert _run_refund_check(subs, charge, 0) == [(1, 60)]  # the amount is held: looked at again, not dropped
+
+    assert list(Refund.objects.filter(payment_id=payment.pk).values_list("pk", flat=True)) == [staff.pk]
+    _carrier_answers(staff, Outcome.FAILED)
+    assert _run_refund_check(subs, charge, 1) == [(2, 300)]
+    automatic = Refund.objects.filter(payment_id=payment.pk).exclude(pk=staff.pk).get()
+    assert (automatic.status, automatic.amount_minor, automatic.requested_by) == ("pending", 99, "system")
+
+
 def test_the_automatic_refund_stops_after_its_last_attempt_and_its_last_check(
     subs: Subs, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -433,6 +447,26 @@ def test_a_declined_renewal_after_missed_periods_counts_its_grace_from_its_own_p
     subscription.refresh_from_db()
     assert subscription.status == SubscriptionStatus.PAST_DUE
     assert renewals_of(subscription)[-2:] == [(10, 2, "missed"), (11, 1, "failed")]
+
+
+def test_a_declined_renewal_paused_after_missed_periods_keeps_its_retry_window_from_its_own_period(
+    subs: Subs,
+) -> None:
+    daily = _daily(subs)
+    subscription = daily.active()
+    anchor = subscription.anchor_at
+    assert anchor is not None
+    balance(subscription, BROKE)
+    daily.renew(anchor + 10 * DAY)  # periods 1 to 9 missed, period 10 declined
+    subscription.carrier.is_active = False
+    subscription.carrier.save(update_fields=["is_active"])
+
+    run = daily.renew(anchor + 11 * DAY)  # paused: its window runs from period 10, not from period 1
+
+    assert (run.expired, run.paused) == (0, 1)
+    subscription.refresh_from_db()
+    assert subscription.status == SubscriptionStatus.PAST_DUE
+    assert daily.renew(anchor + 17 * DAY).expired == 1
 
 
 def test_a_period_whose_charge_awaits_its_outcome_is_neither_missed_nor_overtaken_by_the_next(subs: Subs) -> None:

@@ -89,6 +89,21 @@ def test_a_reminder_too_close_to_the_renewal_is_not_sent_and_recorded_as_skipped
         assert monthly_subs.renew(RENEWS_AT - timedelta(hours=1)).reminded == 1
 
 
+@override_settings(SUBSCRIPTION_REMINDER_HOURS=24)
+def test_a_notice_no_longer_than_the_late_minimum_still_sends_reminders_on_time_and_late_up_to_half_of_it(
+    subs: Subs, hooks: Receiver
+) -> None:
+    monthly_subs, on_time = monthly(subs)  # renews 24 h after the run
+    (late,) = monthly_subs.bulk_active(1, anchor=ANCHOR - timedelta(hours=11))  # 13 h after: over half the notice
+    (too_late,) = monthly_subs.bulk_active(1, anchor=ANCHOR - timedelta(hours=13))  # 11 h after: under it
+    run = monthly_subs.renew(RENEWS_AT - timedelta(hours=24))
+    assert (run.reminded, run.reminders_skipped) == (2, 1)
+    assert [r["renewal_period_index"] for r in payloads(on_time, "reminder")] == [1]
+    assert [r["renewal_period_index"] for r in payloads(late, "reminder")] == [1]
+    assert payloads(too_late, "reminder") == []
+    assert "12 h minimum" in SubscriptionNotice.objects.get(subscription=too_late).skipped_reason
+
+
 def test_a_renewal_due_when_the_engine_comes_back_is_charged_with_its_reminder_recorded_as_skipped(
     subs: Subs, hooks: Receiver
 ) -> None:
