@@ -16,13 +16,19 @@ from unfold.templatetags import unfold_list
 
 _HEADERS = "_playpay_result_headers"
 
+# unfold's own functions, as install() found them (the tests render a page with both and compare).
+original_result_headers: Callable[[Any], Iterator[dict[str, Any]]] | None = None
+original_display_for_label: Callable[[Any, Any, Any], str] | None = None
+
 
 def install() -> None:
     """Replace the two module functions unfold's list rendering calls per row with their once-per-page forms."""
+    global original_result_headers, original_display_for_label
     if getattr(unfold_list, "_playpay_installed", False):
         return
     compute_headers: Callable[[Any], Iterator[dict[str, Any]]] = unfold_list.result_headers
-    render_label: Callable[[Any, str, Any], str] = unfold_list.display_for_label
+    render_label: Callable[[Any, Any, Any], str] = unfold_list.display_for_label
+    original_result_headers, original_display_for_label = compute_headers, render_label
 
     def result_headers(cl: Any) -> Iterator[dict[str, Any]]:
         # One change list is one page's rendering: its headers do not change between its rows.

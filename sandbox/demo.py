@@ -22,6 +22,9 @@ DEMO_TRAFFIC_KEY_LABEL = "demo_traffic"
 # The demo app's subscription plan: daily, so that the renewal engine charges its second period a day later.
 DEMO_PLAN = "vip-daily"
 DEMO_PLAN_PRICE = ("vip-daily", 49)
+# Its downgrade-billing price, on the demo carrier that takes downgrade billing: a renewal declined there for
+# insufficient funds is tried again at it.
+DEMO_PLAN_FALLBACK_PRICE = ("vip-daily-lite", 29)
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,19 @@ class DemoCarrier:
     one_click: bool
     prices: list[tuple[str, int]]
     credentials: dict[str, str] = field(default_factory=dict)
+    downgrade_billing: bool = False
 
     @property
     def subscriptions(self) -> bool:
         """Whether the demo carrier takes subscriptions: PIN and one-click, renewals charged by PlayPay."""
         return self.one_click and self.protocol in PLATFORM_MANAGED
+
+    @property
+    def plan_prices(self) -> list[tuple[str, int]]:
+        """The demo plan's price points on it: its regular price, and its fallback price where it downgrades."""
+        if not self.subscriptions:
+            return []
+        return [DEMO_PLAN_PRICE, *([DEMO_PLAN_FALLBACK_PRICE] if self.downgrade_billing else [])]
 
     @property
     def endpoint(self) -> str:
@@ -53,7 +64,17 @@ GEMS_GBP = [("gems-100", 99), ("gems-500", 499), ("gems-1200", 999)]
 # (the simulators' published test credentials).
 DEMO_CARRIERS = [
     DemoCarrier("sandbox-gb-alpha", "Sandbox Alpha UK", "GB", "GBP", Protocol.SANDBOX, ["4474"], False, GEMS_GBP),
-    DemoCarrier("sandbox-gb-beta", "Sandbox Beta UK", "GB", "GBP", Protocol.SANDBOX, ["4475"], True, GEMS_GBP),
+    DemoCarrier(
+        "sandbox-gb-beta",
+        "Sandbox Beta UK",
+        "GB",
+        "GBP",
+        Protocol.SANDBOX,
+        ["4475"],
+        True,
+        GEMS_GBP,
+        downgrade_billing=True,
+    ),
     DemoCarrier(
         "camara-gb",
         "CAMARA Telco UK (simulated)",
@@ -200,13 +221,14 @@ def seed_demo_data() -> DemoData:
                 "supports_one_click": demo.one_click,
                 "supports_refund": demo.protocol != Protocol.SANDBOX,
                 "supports_subscriptions": demo.subscriptions,
+                "supports_downgrade_billing": demo.downgrade_billing and demo.subscriptions,
             },
         )
         carrier.credentials = demo.credentials
         carrier.save(update_fields=["credentials_encrypted"])
         for prefix in demo.prefixes:
             NumberPrefix.objects.update_or_create(prefix=prefix, defaults={"carrier": carrier})
-        for code, amount in [*demo.prices, *([DEMO_PLAN_PRICE] if demo.subscriptions else [])]:
+        for code, amount in [*demo.prices, *demo.plan_prices]:
             PricePoint.objects.update_or_create(
                 carrier=carrier,
                 code=code,
@@ -235,7 +257,8 @@ def seed_demo_data() -> DemoData:
 
 
 def _seed_demo_plan(app: App) -> Plan:
-    """The demo app's daily VIP pass, offered on every demo carrier that takes subscriptions."""
+    """The demo app's daily VIP pass, offered on every demo carrier that takes subscriptions, with its lower
+    fallback price where the carrier takes downgrade billing."""
     plan, _ = Plan.objects.update_or_create(
         app=app, code=DEMO_PLAN, defaults={"name": "VIP pass", "period": Period.DAILY, "is_active": True}
     )
@@ -243,7 +266,14 @@ def _seed_demo_plan(app: App) -> Plan:
         if demo.subscriptions:
             carrier = Carrier.objects.get(slug=demo.slug)
             price = PricePoint.objects.get(carrier=carrier, code=DEMO_PLAN_PRICE[0])
-            PlanOffer.objects.update_or_create(plan=plan, carrier=carrier, defaults={"price_point": price})
+            fallback = (
+                PricePoint.objects.get(carrier=carrier, code=DEMO_PLAN_FALLBACK_PRICE[0])
+                if demo.downgrade_billing
+                else None
+            )
+            PlanOffer.objects.update_or_create(
+                plan=plan, carrier=carrier, defaults={"price_point": price, "fallback_price_point": fallback}
+            )
     return plan
 
 

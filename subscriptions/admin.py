@@ -31,6 +31,7 @@ from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionStat
 from subscriptions.selectors import (
     player_subscriptions,
     search_subscriptions,
+    skipped_notices,
     staff_actions,
     subscription_periods,
 )
@@ -325,6 +326,7 @@ class SubscriptionAdmin(PlayerRecordAdmin):
                 "header": subscription_header(subscription, full_msisdn=shows_full_msisdn(request)),
                 "player_url": player_url(Player(app=subscription.app, user_ref=subscription.user_ref)),
                 "periods": self.charge_rows(request, subscription),
+                "skipped_notices": skipped_notices(subscription),
                 "status_changes": list(subscription.history.order_by("id")),
                 "staff_actions": list(staff_actions(subscription)),
                 "cancel_form": CancelForm() if can_cancel else None,

@@ -16,7 +16,7 @@ from payments.selectors import MIN_PUBLIC_ID_PREFIX, Player, active_regions, pay
 from playpay.ids import prefix_range
 from playpay.money import format_money
 from playpay.times import utc_text
-from subscriptions.models import Subscription, SubscriptionCharge
+from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionNotice
 from subscriptions.periods import bounds
 from tenants.models import App
 
@@ -101,6 +101,12 @@ def subscription_periods(subscription: Subscription, *, latest: int = SHOWN_PERI
         start, end = _period_bounds(subscription, index, attempts)
         rows.append(PeriodRow(index=index, start=utc_text(start), end=utc_text(end), charges=attempts))
     return rows
+
+
+def skipped_notices(subscription: Subscription, *, latest: int = SHOWN_PERIODS) -> list[SubscriptionNotice]:
+    """The `latest` notices not sent (a reminder too late to be of use), oldest first, each with why."""
+    skipped = subscription.notices.exclude(skipped_reason="").order_by("-period_index", "-id")[:latest]
+    return list(reversed(skipped))
 
 
 def _period_bounds(

@@ -13,7 +13,7 @@ from reporting.models import Dashboard, Dataset
 from reporting.selectors import fx_rates
 from reporting.services.datasets import fetch_api_dataset
 from sandbox.demo import seed_demo_datasets
-from subscriptions.models import Plan
+from subscriptions.models import Plan, PlanOffer, downgrade_billing_allowed
 from tenants.models import ApiKey, App
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +38,8 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     assert {carrier.protocol for carrier in demo} == {"sandbox", "camara", "aggregator", "parlayx"}
     assert demo.values("country").distinct().count() == 2
     assert all(carrier.has_credentials for carrier in demo if carrier.protocol != "sandbox")
-    assert PricePoint.objects.filter(carrier__in=demo).count() == 14 + 3  # and the plan's on three carriers
+    # And the plan's on three carriers, with its fallback price on the one that takes downgrade billing.
+    assert PricePoint.objects.filter(carrier__in=demo).count() == 14 + 3 + 1
     # The demo plan, once, offered where subscriptions are taken: PIN, one-click, renewals charged by PlayPay.
     plan = Plan.objects.get(app__name="Demo Game", code="vip-daily")
     offered = set(plan.offers.values_list("carrier__slug", flat=True))
@@ -56,6 +57,37 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     assert funnel.steps[0] == "store_opened"
     assert funnel.steps[-1] == "charge_succeeded"
     assert Dashboard.objects.get(slug="overview").funnel == funnel
+
+
+def _offers_and_prices() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[str]]:
+    offers = PlanOffer.objects.filter(plan__app__name="Demo Game").order_by("pk")
+    prices = PricePoint.objects.order_by("pk")
+    return (
+        list(offers.values_list("pk", "carrier__slug", "price_point_id", "fallback_price_point_id")),
+        list(prices.values_list("pk", "carrier_id", "code", "amount_minor", "currency", "is_active")),
+        sorted(Carrier.objects.filter(supports_downgrade_billing=True).values_list("slug", flat=True)),
+    )
+
+
+def test_the_demo_plan_downgrades_on_one_sandbox_carrier_the_same_after_a_second_run() -> None:
+    run("seed_demo")
+    first = _offers_and_prices()
+    run("seed_demo")
+    assert _offers_and_prices() == first
+
+    assert first[2] == ["sandbox-gb-beta"]
+    offer = PlanOffer.objects.select_related("carrier", "price_point", "fallback_price_point").get(
+        plan__app__name="Demo Game", plan__code="vip-daily", fallback_price_point__isnull=False
+    )
+    assert offer.carrier.slug == "sandbox-gb-beta"
+    assert downgrade_billing_allowed(offer.carrier)
+    regular, fallback = offer.price_point, offer.fallback_price_point
+    assert fallback is not None
+    assert fallback.is_active
+    assert fallback.carrier == offer.carrier
+    assert (fallback.currency, regular.currency) == ("GBP", "GBP")
+    assert fallback.amount_minor < regular.amount_minor
+    offer.full_clean()  # the operations' own rules for an offer's fallback price (subscriptions.models) hold
 
 
 def test_seed_demo_creates_the_fx_and_balance_datasets_against_the_simulators(settings: Any) -> None:

@@ -1,7 +1,7 @@
 """The subscriptions' admin per staff role: plans and offers configured by operations with a reason, the
 subscriptions list (filters, search), the subscription page and its cancellation, the player page's section."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
@@ -11,9 +11,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from django.utils.html import escape
 
 from journal.models import StaffAction
-from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionStatus
+from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionNotice, SubscriptionStatus
 from subscriptions.periods import Period
 from tests.conftest import MSISDN, StaffClient
 from tests.factories import CarrierFactory, PricePointFactory
@@ -461,3 +462,25 @@ def test_a_player_with_more_subscriptions_than_the_page_lists_is_pointed_to_the_
     assert all(str(s.public_id) in listing for s in made)
     monkeypatch.setattr(subscriptions_admin, "PLAYER_SUBSCRIPTIONS", 3)
     assert "The newest" not in staff_client("support").get(player).content.decode()
+
+
+def test_the_subscription_page_shows_the_reminders_not_sent_and_why(subs: Subs, staff_client: StaffClient) -> None:
+    plan, offer = make_plan(subs.shop, period=Period.MONTHLY, code="vip-monthly")
+    monthly = Subs(shop=subs.shop, plan=plan, offer=offer)
+    anchor = datetime(2026, 1, 10, 9, 30, tzinfo=UTC)
+    (subscription,) = monthly.bulk_active(1, anchor=anchor)
+    (untouched,) = monthly.bulk_active(1, anchor=anchor + timedelta(days=5))  # its reminder not due yet
+    client = staff_client("support")
+    assert "Notices not sent" not in client.get(page(subscription)).content.decode()
+
+    monthly.renew(datetime(2026, 2, 10, 9, 30, tzinfo=UTC) - timedelta(hours=23))  # too late to remind
+
+    (notice,) = SubscriptionNotice.objects.exclude(skipped_reason="")
+    assert notice.subscription_id == subscription.pk
+    text = client.get(page(subscription)).content.decode()
+    section = text[text.index("Notices not sent") : text.index("Status changes")]
+    assert '<tr data-period="1"><td>#1</td><td>renewal reminder</td>' in section
+    assert f"{notice.created_at:%Y-%m-%d %H:%M:%S}" in section
+    assert escape(notice.skipped_reason) in section
+    assert "23.0 h away" in section
+    assert "Notices not sent" not in client.get(page(untouched)).content.decode()
