@@ -27,6 +27,12 @@ def test_with_a_broker_the_answer_is_the_payment_as_stored(shop: Shop) -> None:
     assert created.status_code == 201
     assert created.json()["status"] == PaymentStatus.CREATED  # the carrier's first step waits on the broker
     assert created.json() == shop.get(created.json()["id"])
+    record = IdempotencyRecord.objects.get(key="as-stored")  # completed in the creating transaction, answer kept
+    assert (record.state, record.response_status, record.response_body) == (
+        IdempotencyRecord.State.COMPLETED,
+        201,
+        created.json(),
+    )
 
 
 CRASH_AFTER_COMMIT = """
