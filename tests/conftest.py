@@ -289,6 +289,19 @@ def _sqlite_journal_template(tmp_path_factory: pytest.TempPathFactory, django_db
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sqlite_journal_made_first(request: pytest.FixtureRequest) -> None:
+    """Migrating the SQLite journal takes some 20 s of CPU (more on a loaded machine): it is done before the
+    first test, when a test of this run needs it, not inside one, whose transaction on the main database would
+    sit idle meanwhile (and PostgreSQL ends a transaction idle past its idle-in-transaction timeout)."""
+    items = request.session.items
+    by_fixture = any(
+        {"journal_on_sqlite", "journal_engines"} & set(getattr(item, "fixturenames", ())) for item in items
+    )
+    if by_fixture or any("journal_on_sqlite" in path.read_text() for path in {item.path for item in items}):
+        request.getfixturevalue("_sqlite_journal_template")
+
+
 @pytest.fixture
 def journal_on_sqlite(tmp_path: Path, _sqlite_journal_template: Path) -> Iterator[None]:
     """The journal on SQLite, as scripts/run.sh has it, whatever JOURNAL_URL the suite runs with: a migrated
