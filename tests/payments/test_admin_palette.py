@@ -73,3 +73,17 @@ def test_staff_who_may_not_view_payments_are_offered_no_player_or_payment(client
     PaymentFactory.create_batch(2, msisdn="+447722836885")
     client.force_login(User.objects.create_user("no-rights", is_staff=True))
     assert palette(client, "07722836885") == []
+
+
+def test_a_term_typed_in_another_case_is_searched_again_not_answered_from_the_first(
+    staff_client: StaffClient,
+) -> None:
+    upper = PaymentFactory.create(user_ref="Bob")
+    lower = PaymentFactory.create(user_ref="bob", app=upper.app)
+    client = staff_client("support")
+
+    first = palette(client, "Bob")
+    second = palette(client, "bob")
+
+    assert [title for link, title in first if link.startswith(PLAYER)] == [f"Player Bob of {upper.app.name}"]
+    assert [title for link, title in second if link.startswith(PLAYER)] == [f"Player bob of {lower.app.name}"]
