@@ -41,6 +41,21 @@ from volume import setup_django, staff_session
 
 GOAL_MS = 300.0
 LIST = "/admin/payments/payment/"
+LEDGER = "/admin/payments/ledgerentry/"
+# The other lists of records the volume generator fills, each as a person opens it.
+OTHER_LISTS = [
+    ("refund", "/admin/payments/refund/"),
+    ("reversal", "/admin/payments/reversal/"),
+    ("ledger entry", LEDGER),
+    ("ledger line", "/admin/payments/ledgerline/"),
+    ("journey", "/admin/funnel/journey/"),
+    ("funnel event", "/admin/funnel/funnelevent/"),
+]
+
+
+def one_day(day: str) -> dict[str, str]:
+    """The date-time range filter's parameters for one whole day."""
+    return {"created_at_from_0": day, "created_at_from_1": "00:00", "created_at_to_0": day, "created_at_to_1": "23:59"}
 
 
 @dataclass
@@ -174,15 +189,13 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
                 staff,
                 "filter: one day (date-time range)",
                 LIST,
-                {
-                    "created_at_from_0": found.day,
-                    "created_at_from_1": "00:00",
-                    "created_at_to_0": found.day,
-                    "created_at_to_1": "23:59",
-                },
+                one_day(found.day),
                 r,
             ),
             timed(staff, "player page (by number)", LIST + "player/", {"msisdn": found.msisdn}, r),
+            *(timed(staff, f"{name} list (newest first)", path, {}, r) for name, path in OTHER_LISTS),
+            timed(staff, "filter: failed payments", LIST, {"status__exact": "failed"}, r),
+            timed(staff, "ledger entries: one day (date-time range)", LEDGER, one_day(found.day), r),
         ]
     finally:
         server.stop()

@@ -870,6 +870,9 @@ class LedgerEntryAdmin(RecordAdmin):
     # ledger on each page.
     list_filter = ["kind", ("created_at", UtcRangeDateTimeFilter)]
     list_filter_submit = True
+    # Newest first by the indexed time, so that a range reads its own rows only: by id, PostgreSQL would walk
+    # every newer entry to find an old day's.
+    ordering = ["-created_at", "-id"]
     search_fields = []  # the payment's public id, below
     list_select_related = ["payment"]
     inlines = [LedgerLineInline]
@@ -886,6 +889,7 @@ class LedgerEntryAdmin(RecordAdmin):
 class LedgerLineAdmin(RecordAdmin):
     list_display = ["id", "entry", "account", "amount"]
     list_filter = [recent_values_filter("currency"), "entry__kind"]
+    ordering = ["-id"]
     fields = ["entry", "account", "amount"]
     amount = money_column("amount_minor")
 

@@ -530,6 +530,8 @@ class LedgerEntry(AppendOnly):
     class Meta:
         verbose_name_plural = "ledger entries"
         ordering = ["id"]
+        # The admin's list, newest first and by a date-time range, at millions of entries.
+        indexes = [models.Index(fields=["created_at", "id"], name="ledger_entry_created_idx")]
         constraints = [
             # At most one charge and one reversal entry per payment: posting twice is impossible. With the
             # payment's month, which the payment alone decides: one key holds it across partitions.

@@ -387,3 +387,32 @@ class TestMoneyProperties(TestCase):
                 assert balance <= 0, (account, balance)  # we never hold a claim on an app or the tax office
             if account == "platform_refunds_paid":
                 assert balance <= 0, balance  # the platform only ever pays players back
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_the_ledger_list_shows_one_days_entries_newest_first(shop: Shop, paid: str, staff_client: Any) -> None:
+    payment = Payment.objects.get(public_id=paid)
+    day = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=40)
+    # Entries posted at chosen times (the ORM stamps `created_at` with now): two that day, one each side of it.
+    times = [day - timedelta(seconds=1), day + timedelta(hours=9), day + timedelta(hours=17), day + timedelta(days=1)]
+    with connection.cursor() as cursor:
+        for at in times:
+            cursor.execute(
+                "INSERT INTO payments_ledgerentry (kind, payment_id, payment_created_at, memo, created_at) "
+                "VALUES ('refund', %s, %s, %s, %s)",
+                [payment.pk, payment.created_at, f"at {at.isoformat()}", at],
+            )
+    shown = staff_client("finance").get(
+        "/admin/payments/ledgerentry/",
+        {
+            "created_at_from_0": day.date().isoformat(),
+            "created_at_from_1": "00:00",
+            "created_at_to_0": day.date().isoformat(),
+            "created_at_to_1": "23:59",
+        },
+    )
+    assert shown.status_code == 200
+    assert [entry.memo for entry in shown.context["cl"].result_list] == [f"at {at.isoformat()}" for at in times[2:0:-1]]
+    newest_first = staff_client("finance").get("/admin/payments/ledgerentry/").context["cl"].result_list
+    assert [entry.created_at for entry in newest_first] == sorted((e.created_at for e in newest_first), reverse=True)
