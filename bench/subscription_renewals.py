@@ -173,6 +173,9 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
         "DJANGO_SETTINGS_MODULE": "playpay.settings",
         "PLAYPAY_VAR_DIR": str(workdir),
         "DATABASE_STATEMENT_TIMEOUT_MS": "0",  # the bulk insert is one long statement
+        # Each renewal sent at once: the engine's own rate is measured, not the carriers' rate limits, which
+        # the pacing (SUBSCRIPTION_RENEWAL_SPREAD_SECONDS) keeps to in a deployment.
+        "SUBSCRIPTION_RENEWAL_SPREAD_SECONDS": "0",
     }
     try:
         recreate_database(base, args.db_name)

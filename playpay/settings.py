@@ -484,6 +484,15 @@ SUBSCRIPTION_REMINDER_HOURS = env_int("SUBSCRIPTION_REMINDER_HOURS", 48)
 SUBSCRIPTION_REMINDER_MIN_HOURS = env_int("SUBSCRIPTION_REMINDER_MIN_HOURS", 24)
 # Subscriptions the renewal engine locks and charges per transaction.
 SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)
+# Renewals found due together reach each carrier spread over this many seconds, each at a random moment in it
+# (jitter), and, when there are many, paced at SUBSCRIPTION_RENEWAL_RATE_PERCENT of the carrier's rate limit
+# (the rest is left to one-off payments). The player stays entitled until theirs is sent. 0: all sent at once.
+SUBSCRIPTION_RENEWAL_SPREAD_SECONDS = env_int("SUBSCRIPTION_RENEWAL_SPREAD_SECONDS", 300)
+SUBSCRIPTION_RENEWAL_RATE_PERCENT = env_int("SUBSCRIPTION_RENEWAL_RATE_PERCENT", 50)
+if SUBSCRIPTION_RENEWAL_SPREAD_SECONDS < 0 or not 1 <= SUBSCRIPTION_RENEWAL_RATE_PERCENT <= 100:
+    raise ImproperlyConfigured(
+        "SUBSCRIPTION_RENEWAL_SPREAD_SECONDS must be 0 or more and SUBSCRIPTION_RENEWAL_RATE_PERCENT 1 to 100"
+    )
 # A carrier that manages renewals (the aggregator) that has not told of a period this many minutes after the
 # period's end is asked about the subscription; asked again as long after each answer with nothing new.
 SUBSCRIPTION_CARRIER_OVERDUE_MINUTES = env_int("SUBSCRIPTION_CARRIER_OVERDUE_MINUTES", 360)

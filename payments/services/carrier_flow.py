@@ -10,12 +10,14 @@ outcome is first resolved by its callback, or by the resolver job
 
 import contextlib
 import logging
+import math
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from carriers.adapters import adapter_class, carrier_queue
@@ -560,14 +562,36 @@ def is_uuid(value: str) -> bool:
     return True
 
 
-def due_attempts(*, limit: int = 1000) -> int:
-    """Dispatch payments whose later attempt is due (covers lost messages and the in-process mode)."""
+# How far ahead the due-attempts job (every 30 s) looks with a broker: an attempt due before its next run is sent
+# now with the seconds left as its countdown, so that paced attempts (renewals) reach the carrier as paced, not
+# in 30-second bursts. In process (no broker) a countdown cannot wait, so nothing is sent early.
+DUE_LOOKAHEAD = timedelta(seconds=30)
+
+
+def due_attempts(*, batch: int = 1000) -> int:
+    """Dispatch every payment whose next attempt is due (a paced renewal, a retry after a carrier asked to wait;
+    it also covers lost messages and the in-process mode), in batches of `batch`; returns how many."""
+    now = timezone.now()
+    ahead = timedelta(0) if outbox.runs_in_process() else DUE_LOOKAHEAD
     due = Payment.objects.filter(
-        next_attempt_at__lte=timezone.now(), status__in=[PaymentStatus.CREATED, PaymentStatus.CHARGING]
-    ).select_related("carrier")[:limit]
+        next_attempt_at__lte=now + ahead, status__in=[PaymentStatus.CREATED, PaymentStatus.CHARGING]
+    ).order_by("next_attempt_at", "id")
     count = 0
-    for payment in due:
+    after: Q = Q()
+    while True:
+        # Keyset pages: a payment dispatched here stays due until its task claims it, which may be later.
+        page = list(due.filter(after).select_related("carrier")[:batch])
         with transaction.atomic():
-            dispatch(payment, "start_payment" if payment.status == PaymentStatus.CREATED else "charge_payment")
-        count += 1
-    return count
+            for payment in page:
+                assert payment.next_attempt_at is not None
+                wait = max(0, math.ceil((payment.next_attempt_at - now).total_seconds()))
+                dispatch(
+                    payment,
+                    "start_payment" if payment.status == PaymentStatus.CREATED else "charge_payment",
+                    countdown=wait,
+                )
+        count += len(page)
+        if len(page) < batch:
+            return count
+        last = page[-1]
+        after = Q(next_attempt_at__gt=last.next_attempt_at) | Q(next_attempt_at=last.next_attempt_at, id__gt=last.pk)

@@ -8,6 +8,7 @@ in-process right after the commit, so the API answers with the carrier's first r
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -145,13 +146,17 @@ def open_payment(
     journey_id: str = "",
     metadata: dict[str, Any] | None = None,
     description: str = "",
+    not_before: datetime | None = None,
 ) -> Payment:
     """Insert a payment for a validated request and queue the carrier's first step (sending the PIN, or the
     one-click charge) for after the commit. Call inside `transaction.atomic()`.
 
     `description`: what the carrier tells the player (the PIN message, the charge's text), where the
     protocol carries one; default: the app's name and the price point's code.
+    `not_before`: a later moment for the first step (the renewal engine's pacing): the payment waits with it as
+    its `next_attempt_at`, and the due-attempts job sends it then.
     """
+    later = not_before is not None and not_before > timezone.now()
     payment = _new_payment(
         price_point,
         app=app,
@@ -163,13 +168,15 @@ def open_payment(
         journey_id=journey_id,
         metadata=metadata or {},
         carrier_data={DESCRIPTION: description} if description else {},
+        next_attempt_at=not_before if later else None,
     )
     if idempotency_key:
         # The key per app, unique across the payments' months: another request with this key committed, or
         # is still running (PostgreSQL makes us wait for it), and this one raises KeyAlreadyClaimed.
         claim_idempotency_key(payment)
     record_creation(payment, actor=actor)
-    dispatch(payment, "start_payment")
+    if not later:
+        dispatch(payment, "start_payment")
     return payment
 
 

@@ -12,15 +12,18 @@ renewals coming next (`services.notices`).
 """
 
 import logging
-from dataclasses import dataclass
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Max, Q, QuerySet
+from django.utils import timezone
 
-from carriers.models import PricePoint
+from carriers.models import Carrier, PricePoint
 from payments.models import PaymentFlow
 from payments.services.payments import open_payment
 from subscriptions.models import (
@@ -77,6 +80,28 @@ class RenewalRun:
 CAP_BUSY_RECHECK = timedelta(minutes=1)
 
 
+@dataclass
+class Pacer:
+    """When each renewal of a run is sent to its carrier: at a random moment within
+    `SUBSCRIPTION_RENEWAL_SPREAD_SECONDS` of the run's start (jitter), the k-th of a carrier no sooner than
+    k / pace seconds, the pace being `SUBSCRIPTION_RENEWAL_RATE_PERCENT` of the carrier's rate limit. So a
+    million renewals due in the same minute neither burst at a carrier nor go beyond its rate limit (whose
+    gateway check stays the hard limit). A window of 0 sends each at once."""
+
+    start: datetime
+    taken: Counter[int] = field(default_factory=Counter)
+
+    def send_at(self, carrier: Carrier) -> datetime | None:
+        spread = settings.SUBSCRIPTION_RENEWAL_SPREAD_SECONDS
+        if spread <= 0:
+            return None
+        position = self.taken[carrier.pk]
+        self.taken[carrier.pk] += 1
+        pace = carrier.rate_limit_per_second * settings.SUBSCRIPTION_RENEWAL_RATE_PERCENT / 100
+        queued = position / pace if pace > 0 else 0.0
+        return self.start + timedelta(seconds=queued + secrets.randbelow(spread * 1000) / 1000)
+
+
 def due_subscriptions(now: datetime) -> QuerySet[Subscription]:
     """What the engine charges now: never a carrier-managed subscription, whose carrier charges it (its
     `next_charge_at` is when it is overdue, `services.carrier_managed.check_overdue`)."""
@@ -92,6 +117,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
     # The reminders of the renewals coming next (monthly plans), once per period; before the renewals, so that
     # a renewal due now whose reminder was never sent (the engine was stopped) has it recorded as skipped.
     run.reminded, run.reminders_skipped = send_reminders(now=now, batch_size=size)
+    pacer = Pacer(start=timezone.now())  # the real clock: the carrier is called then, whatever `now` says
     while True:
         with transaction.atomic():
             batch = list(
@@ -100,15 +126,16 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
                 .select_related("app", "carrier__country", "plan", "price_point", "offer")[:size]
             )
             for subscription in batch:
-                renew(subscription, now=now, run=run)
+                renew(subscription, now=now, run=run, pacer=pacer)
         run.batches += 1
         if len(batch) < size:
             break
     return run
 
 
-def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None:
-    """What a due, locked subscription needs now (inside the batch's transaction)."""
+def renew(subscription: Subscription, *, now: datetime, run: RenewalRun, pacer: Pacer | None = None) -> None:
+    """What a due, locked subscription needs now (inside the batch's transaction); its renewal is sent when
+    `pacer` says (at once without one)."""
     first_unpaid = subscription.period_index + 1
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
         end_cancelled_period(subscription, actor=ACTOR, now=now)
@@ -184,12 +211,17 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun) -> None
         _refuse_over_cap(subscription, index=index, start=start, end=end, now=now, fallback=fallback is not None)
         run.over_cap += 1
         return
-    if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback):
+    send_at = pacer.send_at(subscription.carrier) if pacer is not None else None
+    if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback, send_at=send_at):
         run.charged += 1
+        if send_at is not None and subscription.status == SubscriptionStatus.ACTIVE:
+            # The wait is the engine's, not the player's: entitled until the renewal is sent (then its outcome
+            # decides: the next period's end, or the grace period).
+            subscription.entitled_until = max(subscription.entitled_until or send_at, send_at)
     else:
         run.skipped += 1
     subscription.next_charge_at = None  # until the charge's outcome sets the next date
-    subscription.save(update_fields=["next_charge_at", "updated_at"])
+    subscription.save(update_fields=["next_charge_at", "entitled_until", "updated_at"])
 
 
 def _declined_since(subscription: Subscription, first_unpaid: int) -> datetime:
@@ -283,10 +315,16 @@ def _refuse_over_cap(
 
 
 def _open_charge(
-    subscription: Subscription, *, index: int, start: datetime, end: datetime, fallback: PricePoint | None
+    subscription: Subscription,
+    *,
+    index: int,
+    start: datetime,
+    end: datetime,
+    fallback: PricePoint | None,
+    send_at: datetime | None,
 ) -> bool:
-    """Create the period's renewal payment, at the agreed price (or the `fallback` one), and its charge row; False
-    when the period has a live charge."""
+    """Create the period's renewal payment, at the agreed price (or the `fallback` one), sent to the carrier at
+    `send_at` (at once when None), and its charge row; False when the period has a live charge."""
     price_point = fallback or subscription.price_point
     metadata: dict[str, Any] = {PAYMENT_METADATA_KEY: str(subscription.public_id), "period": index}
     if fallback is not None:
@@ -303,6 +341,7 @@ def _open_charge(
                 actor=ACTOR,
                 metadata=metadata,
                 description=renewal_text(subscription, fallback=fallback),
+                not_before=send_at,
             )
             create_renewal_charge(
                 subscription, index=index, start=start, end=end, payment=payment, fallback=fallback is not None

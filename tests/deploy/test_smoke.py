@@ -220,6 +220,9 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         "STATIC_ROOT": str(tmp_path / "static"),
         "PUBLIC_BASE_URL": web,
         "PLAYPAY_VAR_DIR": str(tmp_path / "var"),
+        # Renewals paced (a short window for the test): the renewal payment waits, and beat's due-attempts job
+        # sends it through the broker when its moment comes, as in production.
+        "SUBSCRIPTION_RENEWAL_SPREAD_SECONDS": "5",
     }
     carrier_env = base_env | {
         "SANDBOX": "true",
@@ -355,8 +358,9 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         assert [(row["amount_minor"], row["status"]) for row in refund_rows] == [(100, "succeeded")], refunds
         timings["refunded"] = time.monotonic() - started
 
-        # A subscription: the double opt-in by PIN, then its renewal, sent by beat's job to the Celery worker,
-        # charged through the carrier worker.
+        # A subscription: the double opt-in by PIN, then its renewal, made by beat's renewal job on the Celery
+        # worker, sent at its paced moment by beat's due-attempts job (every 30 s), charged through the carrier
+        # worker.
         sub_msisdn = "+447712345679"
         opted = session.post(
             f"{web}/api/v1/subscriptions/",
@@ -388,7 +392,7 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         wait_for(
             "beat's renewal job to renew the subscription",
             lambda: (subscription()["current_period"] or {}).get("index") == 1,
-            timeout=60,
+            timeout=120,
         )
         assert subscription()["status"] == "active"
         timings["renewed"] = time.monotonic() - started
