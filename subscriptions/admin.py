@@ -187,6 +187,13 @@ def subscription_header(subscription: Subscription, *, full_msisdn: bool) -> dic
         notes.append(f"renewed by the carrier ({subscription.carrier_reference or 'not handed over yet'})")
         if subscription.next_charge_at:
             notes.append(f"the carrier is asked about it {utc_text(subscription.next_charge_at)} if it tells nothing")
+        if subscription.carrier_cancel_due_at:
+            notes.append(
+                "the carrier has not confirmed the cancellation yet: told again "
+                f"{utc_text(subscription.carrier_cancel_due_at)}"
+            )
+        elif subscription.carrier_cancel_attempts:
+            notes.append("the carrier never confirmed the cancellation: cancel it at the carrier by hand")
     elif subscription.next_charge_at and not subscription.cancel_at_period_end:
         notes.append(f"next charge {utc_text(subscription.next_charge_at)}")
     if subscription.cancelled_at:

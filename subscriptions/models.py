@@ -200,6 +200,17 @@ class Subscription(models.Model):
     journey_id = models.CharField(
         max_length=128, blank=True, help_text="The app's funnel journey of the opt-in (its steps are recorded there)."
     )
+    carrier_cancel_due_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Set while its carrier has not confirmed the cancellation: when it is told (again).",
+    )
+    carrier_cancel_attempts = models.PositiveSmallIntegerField(
+        default=0,
+        editable=False,
+        help_text="Times the carrier was told of the cancellation without confirming it (0 once it confirmed).",
+    )
     metadata = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -241,6 +252,12 @@ class Subscription(models.Model):
             # The renewal engine's query: what is due, oldest first.
             models.Index(
                 fields=["next_charge_at"], condition=Q(next_charge_at__isnull=False), name="subscription_due_idx"
+            ),
+            # Cancellations its carrier has not confirmed yet, to be told again.
+            models.Index(
+                fields=["carrier_cancel_due_at"],
+                condition=Q(carrier_cancel_due_at__isnull=False),
+                name="subscription_cancel_due_idx",
             ),
         ]
 

@@ -36,5 +36,8 @@ def cancel_at_carrier(subscription_id: int) -> None:
 
 @shared_task(acks_late=True)
 def check_overdue_carrier_renewals() -> int:
-    """Ask carriers that manage renewals about the subscriptions they have not told of in time."""
-    return carrier_managed.check_overdue(now=timezone.now())
+    """Ask carriers that manage renewals about the subscriptions they have not told of in time, and tell them
+    again of the cancellations they have not confirmed."""
+    now = timezone.now()
+    carrier_managed.resend_cancellations(now=now)
+    return carrier_managed.check_overdue(now=now)

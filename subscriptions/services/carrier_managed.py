@@ -15,7 +15,7 @@ itself and tells of it by signed callback; PlayPay charges nothing and records w
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -100,25 +100,73 @@ def register_at_carrier(*, subscription_id: int) -> bool:
     return bool(registered)
 
 
-def cancel_at_carrier(*, subscription_id: int) -> bool:
+# A cancellation its carrier has not confirmed (unreachable, busy, an error) is told again after each of these
+# waits (seconds), from the periodic overdue check; after the last, an error is logged for staff to cancel it at
+# the carrier by hand. About 20 hours in all.
+CANCEL_RETRY_WAITS = (60, 300, 1800, 7200, 21600, 43200)
+
+
+def cancel_at_carrier(*, subscription_id: int, now: datetime | None = None) -> bool:
     """Tell the carrier to charge no more periods of a subscription cancelled in PlayPay (by the app or staff,
-    now or at its period's end); whether the carrier confirmed. Safe to run twice: a repeat is confirmed the
-    same. Not confirmed: logged as an error, for staff to cancel it at the carrier."""
+    now or at its period's end, or ended by a decline); whether the carrier confirmed. Only when it is due
+    (`tell_carrier_of_cancellation` booked it, or the last try failed): the next try is booked before the call,
+    so a worker lost mid-call is covered and two callers never both call. Safe to run twice: the carrier
+    confirms a repeat the same."""
+    now = now or timezone.now()
     subscription = load_subscription(subscription_id)
-    reference = subscription.carrier_reference
-    if not reference:
+    due_at, attempts = subscription.carrier_cancel_due_at, subscription.carrier_cancel_attempts
+    if due_at is None or due_at > now or not subscription.carrier_reference:
         return False
+    wait = CANCEL_RETRY_WAITS[attempts] if attempts < len(CANCEL_RETRY_WAITS) else None
+    claimed = Subscription.objects.filter(
+        pk=subscription.pk, carrier_cancel_due_at=due_at, carrier_cancel_attempts=attempts
+    ).update(
+        carrier_cancel_attempts=attempts + 1,
+        carrier_cancel_due_at=None if wait is None else now + timedelta(seconds=wait),
+        updated_at=timezone.now(),
+    )
+    if not claimed:
+        return False
+    reference = subscription.carrier_reference
     result = _call(subscription, lambda adapter: adapter.cancel_subscription(reference), name="cancel_subscription")
-    if result.outcome != Outcome.SUCCEEDED:
+    log = {"subscription_id": str(subscription.public_id), "carrier": subscription.carrier.slug}
+    if result.outcome == Outcome.SUCCEEDED:
+        # Confirmed: no try left booked, and no count (a count with nothing booked means the tries ran out).
+        Subscription.objects.filter(pk=subscription.pk, carrier_cancel_attempts=attempts + 1).update(
+            carrier_cancel_due_at=None, carrier_cancel_attempts=0
+        )
+        return True
+    if wait is None:
         logger.error(
-            "subscription %s: the carrier did not confirm its cancellation (%s %s)",
+            "subscription %s: the carrier did not confirm its cancellation after %d tries (%s %s); cancel it at the "
+            "carrier by hand",
+            subscription.public_id,
+            attempts + 1,
+            result.raw_code,
+            result.raw_message,
+            extra=log,
+        )
+    else:
+        logger.warning(
+            "subscription %s: the carrier did not confirm its cancellation (%s %s); told again in %d s",
             subscription.public_id,
             result.raw_code,
             result.raw_message,
-            extra={"subscription_id": str(subscription.public_id), "carrier": subscription.carrier.slug},
+            wait,
+            extra=log,
         )
-        return False
-    return True
+    return False
+
+
+def cancellations_due(now: datetime) -> QuerySet[Subscription]:
+    return Subscription.objects.filter(carrier_cancel_due_at__lte=now).order_by("carrier_cancel_due_at")
+
+
+def resend_cancellations(*, now: datetime, limit: int | None = None) -> int:
+    """Tell the carriers again of the cancellations they have not confirmed, whose next try is due; how many
+    were confirmed now."""
+    ids = list(cancellations_due(now).values_list("pk", flat=True)[: limit or settings.SUBSCRIPTION_RENEWAL_BATCH])
+    return sum(cancel_at_carrier(subscription_id=pk, now=now) for pk in ids)
 
 
 def handle_notification(carrier: Carrier, notification: Notification) -> str:

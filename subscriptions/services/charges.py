@@ -25,7 +25,7 @@ from subscriptions.periods import bounds
 from subscriptions.services.notices import send_receipt
 from subscriptions.services.notify import charged_price, notify
 from subscriptions.services.state_machine import FINAL_STATUSES, end, transition
-from subscriptions.services.subscriptions import CANCEL_AT_CARRIER_TASK
+from subscriptions.services.subscriptions import tell_carrier_of_cancellation
 
 SETTLED_BY = {
     PaymentStatus.SUCCEEDED: SubscriptionCharge.Outcome.SUCCEEDED,
@@ -297,9 +297,7 @@ def _carrier_renewal_failed(
         expire(
             subscription, actor=actor, reason=f"renewal failed: {code} ({ENDING_REASONS[code]})", at=at, charge=charge
         )
-        outbox.enqueue(
-            CANCEL_AT_CARRIER_TASK, queue=carrier_queue(subscription.carrier), subscription_id=subscription.pk
-        )
+        tell_carrier_of_cancellation(subscription, now=at)
         return
     if subscription.status != SubscriptionStatus.ACTIVE:
         return

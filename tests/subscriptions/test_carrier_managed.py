@@ -1,6 +1,7 @@
 """Carrier-managed renewals on the aggregator, against its simulator over real HTTP: the aggregator holds the
 schedule, charges each period and tells of it by signed callback; PlayPay records what it is told."""
 
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -8,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from django.db.models import Sum
+from django.utils import timezone
 from rest_framework.test import APIClient
 
 from carriers.adapters.aggregator import sign
@@ -16,10 +18,10 @@ from payments.models import CarrierNotification, LedgerEntry, LedgerLine, Paymen
 from sandbox.simulators import aggregator as aggregator_sim
 from sandbox.simulators.core import Decline, simulator
 from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionCharge
-from subscriptions.services.carrier_managed import check_overdue
+from subscriptions.services.carrier_managed import CANCEL_RETRY_WAITS, check_overdue, resend_cancellations
 from subscriptions.services.renewals import run_renewals
 from tenants.services import issue_api_key
-from tests.conftest import MSISDN
+from tests.conftest import MSISDN, StaffClient
 from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
 
@@ -294,6 +296,59 @@ def test_an_app_cancelling_now_stops_the_renewals_at_the_aggregator(aggregator: 
     subscription.refresh_from_db()
     assert subscription.status == "cancelled"
     assert subscription.cancel_reason == "player asked"
+
+
+def unreachable(carrier: Carrier) -> str:
+    """The carrier's endpoint moved to a closed port (the aggregator down); returns the real one."""
+    endpoint = carrier.endpoint
+    Carrier.objects.filter(pk=carrier.pk).update(endpoint="http://127.0.0.1:9/simulators/aggregator")
+    return endpoint
+
+
+def test_a_cancellation_the_aggregator_did_not_confirm_is_told_again_until_it_is(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    endpoint = unreachable(aggregator.carrier)
+    body = {"at_period_end": False, "reason": "player asked"}
+    answer = aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+    assert answer.json()["status"] == "cancelled"
+    subscription.refresh_from_db()
+    # Not confirmed: booked again a minute later, and the aggregator still renews it.
+    assert subscription.carrier_cancel_attempts == 1
+    assert subscription.carrier_cancel_due_at is not None
+    told_at = subscription.carrier_cancel_due_at - timedelta(seconds=CANCEL_RETRY_WAITS[0])
+    assert abs((told_at - timezone.now()).total_seconds()) < 30
+    assert simulator("aggregator").records[subscription.carrier_reference]["status"] == "active"
+    Carrier.objects.filter(pk=aggregator.carrier.pk).update(endpoint=endpoint)  # the aggregator is back
+
+    assert resend_cancellations(now=subscription.carrier_cancel_due_at - timedelta(seconds=1)) == 0  # not yet
+    assert resend_cancellations(now=subscription.carrier_cancel_due_at) == 1
+    assert simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled"
+    confirmed = Subscription.objects.values_list("carrier_cancel_due_at", "carrier_cancel_attempts").get(
+        pk=subscription.pk
+    )
+    assert confirmed == (None, 0)
+    assert resend_cancellations(now=timezone.now() + timedelta(days=2)) == 0  # confirmed: never told again
+
+
+def test_a_cancellation_never_confirmed_is_left_to_staff_after_the_last_try(
+    aggregator: Aggregator, caplog: pytest.LogCaptureFixture, staff_client: StaffClient
+) -> None:
+    subscription = aggregator.opt_in()
+    unreachable(aggregator.carrier)
+    body = {"at_period_end": False, "reason": "player asked"}
+    aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+    now = timezone.now()
+    for wait in CANCEL_RETRY_WAITS:
+        now += timedelta(seconds=wait)
+        assert resend_cancellations(now=now) == 0
+    subscription.refresh_from_db()
+    assert subscription.carrier_cancel_attempts == len(CANCEL_RETRY_WAITS) + 1
+    assert subscription.carrier_cancel_due_at is None  # not told again: an error for staff instead
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("cancel it at the carrier by hand" in message for message in errors), errors
+    page = staff_client("operations").get(f"/admin/subscriptions/subscription/{subscription.pk}/change/")
+    assert "the carrier never confirmed the cancellation: cancel it at the carrier by hand" in page.content.decode()
+    assert resend_cancellations(now=now + timedelta(days=30)) == 0
 
 
 def test_an_app_cancelling_at_the_periods_end_stays_entitled_until_then(aggregator: Aggregator) -> None:
