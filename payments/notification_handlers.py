@@ -1,7 +1,8 @@
 """Where a carrier callback that is about something above payments goes, without payments knowing it.
 
-A subscription event of a carrier that manages renewals (`NotificationKind.SUBSCRIPTION`) arrives on the
-carriers' one callback endpoint; the app that owns subscriptions registers its handler here as it loads.
+A subscription event of a carrier that manages renewals (`NotificationKind.SUBSCRIPTION`), or an SMS a
+player sent to the service's number (`NotificationKind.SMS`: STOP), arrives on the carriers' one callback
+endpoint; the app that owns subscriptions registers its handlers here as it loads.
 The handler runs inside the transaction that recorded the callback's id (a duplicate never reaches it) and
 answers what it did, for the callback's record.
 """

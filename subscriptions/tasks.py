@@ -4,7 +4,7 @@ django-celery-beat by a data migration."""
 from celery import shared_task
 from django.utils import timezone
 
-from subscriptions.services import carrier_managed
+from subscriptions.services import carrier_managed, stop
 from subscriptions.services.charges import refund_unwanted_charge as refund_charge
 from subscriptions.services.renewals import run_renewals
 
@@ -41,3 +41,9 @@ def check_overdue_carrier_renewals() -> int:
     now = timezone.now()
     carrier_managed.resend_cancellations(now=now)
     return carrier_managed.check_overdue(now=now)
+
+
+@shared_task(acks_late=True)
+def stop_by_sms(subscription_id: int) -> None:
+    """Cancel a subscription now for its player's STOP by SMS (queued by the carrier's callback)."""
+    stop.stop_by_sms(subscription_id=subscription_id)

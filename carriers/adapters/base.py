@@ -114,6 +114,17 @@ class NotificationKind(StrEnum):
     PAYMENT = "payment"
     REFUND = "refund"
     SUBSCRIPTION = "subscription"
+    SMS = "sms"  # an SMS a player sent to the service's number (STOP)
+
+
+@dataclass(frozen=True)
+class InboundSms:
+    """An SMS a player sent to the service's number, pushed by the carrier: `msisdn` in E.164, `to` the number
+    (short code) it was sent to."""
+
+    msisdn: str
+    text: str
+    to: str = ""
 
 
 @dataclass(frozen=True)
@@ -181,6 +192,8 @@ class Notification:
     occurred_at: datetime | None = None
     # Set on a notification of kind SUBSCRIPTION.
     subscription_event: SubscriptionEvent | None = None
+    # Set on a notification of kind SMS.
+    sms: InboundSms | None = None
 
     @property
     def result(self) -> CarrierResult:

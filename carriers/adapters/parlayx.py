@@ -15,6 +15,7 @@ refuses that resend leaves the outcome unknown, never failed.
 The WSDL/XSD in `wsdl/` are loaded from disk, never from the network, once per process.
 """
 
+import base64
 import dataclasses
 import hashlib
 import hmac
@@ -42,12 +43,15 @@ from carriers.adapters.base import (
     CarrierConfig,
     CarrierResult,
     ChargeRequest,
+    InboundSms,
+    Notification,
+    NotificationKind,
     Outcome,
     RefundRequest,
     connection_check,
 )
 from carriers.adapters.http import TransportFailure, server_error, timed, transport_failure, with_retry_after
-from carriers.errors import ErrorCode
+from carriers.errors import ErrorCode, NotificationRejected, NotificationSignatureInvalid
 from playpay.money import to_major
 
 logger = logging.getLogger(__name__)
@@ -141,13 +145,40 @@ def _never_connected(exc: requests.exceptions.ConnectionError) -> bool:
     return isinstance(reason, NewConnectionError | ConnectTimeoutError)
 
 
-def _has_soap_fault(content: bytes) -> bool:
-    parser = etree.XMLParser(resolve_entities=False, no_network=True)
+def _envelope(content: bytes) -> etree._Element | None:
+    """The SOAP message's root, parsed without entities, DTDs or the network; None when it is no XML."""
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     try:
-        root = etree.fromstring(content, parser=parser)
+        return etree.fromstring(content, parser=parser)
     except etree.XMLSyntaxError:
-        return False
-    return root.find(f"{{{SOAP_ENV_NS}}}Body/{{{SOAP_ENV_NS}}}Fault") is not None
+        return None
+
+
+def _has_soap_fault(content: bytes) -> bool:
+    root = _envelope(content)
+    return root is not None and root.find(f"{{{SOAP_ENV_NS}}}Body/{{{SOAP_ENV_NS}}}Fault") is not None
+
+
+# Parlay X Part 4 (SMS), the notification interface the gateway calls with an SMS a player sent to the service.
+SMS_NOTIFICATION_NS = "http://www.csapi.org/schema/parlayx/sms/notification/v2_2/local"
+_SENDER = re.compile(r"^(?:tel:)?\+?([1-9]\d{7,14})$")
+
+
+def parse_sms_notification(body: bytes) -> InboundSms:
+    """The player's number, text and service number of a `notifySmsReception` message."""
+    root = _envelope(body)
+    if root is None:
+        raise NotificationRejected("malformed", "the body is not an XML SOAP envelope")
+    operation = root.find(f"{{{SOAP_ENV_NS}}}Body/{{{SMS_NOTIFICATION_NS}}}notifySmsReception")
+    message = operation.find("{*}message") if operation is not None else None
+    if message is None:
+        raise NotificationRejected("unsupported", "only notifySmsReception (an SMS from a player) is read")
+    sender = _SENDER.match((message.findtext("{*}senderAddress") or "").strip())
+    if sender is None:
+        raise NotificationRejected("malformed", "senderAddress is not a tel: URI of an E.164 number")
+    text = (message.findtext("{*}message") or "").strip()
+    to = (message.findtext("{*}smsServiceActivationNumber") or "").strip().removeprefix("tel:")
+    return InboundSms(msisdn="+" + sender.group(1), text=text[:160], to=to[:32])
 
 
 class _Transport(zeep.Transport):
@@ -298,6 +329,38 @@ class ParlayXAdapter(CarrierAdapter):
     capabilities = Capabilities(
         pin=True, one_click=True, refund=True, reversal=False, status_query=False, asynchronous=False
     )
+
+    # -- SMS from players (STOP) -------------------------------------------------------------
+
+    def parse_notification(self, *, headers: Mapping[str, str], body: bytes, now: datetime) -> Notification:
+        """An SMS a player sent to the service's number, pushed by the gateway (`notifySmsReception`), with
+        HTTP Basic authentication by the SP's own `sp_id` and `sp_password` (the gateway is provisioned with
+        them and with this carrier's notification URL)."""
+        self._check_basic_auth(headers)
+        sms = parse_sms_notification(body)
+        # Parlay X gives a message no id: the same message pushed again (the gateway retries) has the same digest.
+        digest = hashlib.sha256(body).hexdigest()[:40]
+        return Notification(
+            notification_id=f"sms:{digest}",
+            kind=NotificationKind.SMS,
+            outcome=Outcome.SUCCEEDED,
+            raw_code="SMS",
+            sms=sms,
+        )
+
+    def _check_basic_auth(self, headers: Mapping[str, str]) -> None:
+        credentials: Mapping[str, Any] = self.config.credentials
+        sp_id, password = str(credentials.get("sp_id") or ""), str(credentials.get("sp_password") or "")
+        if not sp_id or not password:
+            raise NotificationSignatureInvalid("this carrier has no sp_id and sp_password to check notifications by")
+        scheme, _, encoded = (headers.get("Authorization") or "").partition(" ")
+        try:
+            given = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            given = b""
+        expected = f"{sp_id}:{password}".encode()
+        if scheme.lower() != "basic" or not hmac.compare_digest(given, expected):
+            raise NotificationSignatureInvalid("the notification's Basic credentials are not the SP's")
 
     # -- PIN flow -------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
         notification.raw_code,
         notification.raw_message,
         notification.subscription_event.charge_reference if notification.subscription_event else "",
+        *((notification.sms.msisdn, notification.sms.text, notification.sms.to) if notification.sms else ()),
     )
     if any(has_unstorable_text(text) for text in texts):
         # Signed by the carrier and still unstorable (PostgreSQL refuses NUL and lone surrogates).
@@ -60,10 +61,10 @@ def receive_notification(*, carrier_slug: str, headers: Mapping[str, str], body:
             return Receipt(ack_status=adapter.notification_ack_status, result="duplicate: already applied")
         if notification.kind == NotificationKind.REFUND:
             result = apply_refund_notification(carrier_slug=carrier.slug, notification=notification)
-        elif notification.kind == NotificationKind.SUBSCRIPTION:
-            result = notification_handlers.handle(carrier, notification)
-        else:
+        elif notification.kind == NotificationKind.PAYMENT:
             result = apply_notification(carrier=carrier, notification=notification)
+        else:  # about something above payments (a subscription, a player's SMS): whoever registered for it
+            result = notification_handlers.handle(carrier, notification)
         record.result = result[:200]
         record.save(update_fields=["result"])
     return Receipt(ack_status=adapter.notification_ack_status, result=record.result)

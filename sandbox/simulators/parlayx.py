@@ -13,19 +13,26 @@ repeat for the same subscriber answers success and moves no money again. A reser
 once, whichever processes the requests reach.
 A Huawei RequestSOAPHeader, when sent, must carry spId 000201 and spPassword
 MD5(spId + "parlayx-secret" + timeStamp); a wrong one is refused with SVC0901.
+
+The test handset (`_player_sms`) sends an SMS to the service number, STOP say: the gateway pushes it to the
+SP's notification endpoint as `notifySmsReception` (TS 29.199-4's SmsNotification), with HTTP Basic
+credentials spId:password, in the background and retried like the other simulators' callbacks.
 """
 
+import base64
 import hashlib
 import hmac
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, path
 from lxml import etree
 
@@ -392,7 +399,49 @@ def send_sms_service(request: HttpRequest) -> HttpResponse:
     return handle(request, "sms/send")
 
 
+SMS_NOTIFICATION_NS = "http://www.csapi.org/schema/parlayx/sms/notification/v2_2/local"
+
+
+def sms_reception(msisdn: str, text: str, to: str) -> tuple[bytes, dict[str, str]]:
+    """The gateway's `notifySmsReception` of an SMS the player sent to `to`, and its headers: HTTP Basic with
+    the SP's credentials, as the gateway is provisioned."""
+    envelope = etree.Element(f"{{{SOAP_ENV}}}Envelope", nsmap={"soapenv": SOAP_ENV, "loc": SMS_NOTIFICATION_NS})
+    body = etree.SubElement(envelope, f"{{{SOAP_ENV}}}Body")
+    operation = etree.SubElement(body, f"{{{SMS_NOTIFICATION_NS}}}notifySmsReception")
+    etree.SubElement(operation, f"{{{SMS_NOTIFICATION_NS}}}correlator").text = uuid.uuid4().hex
+    message = etree.SubElement(operation, f"{{{SMS_NOTIFICATION_NS}}}message")
+    for name, value in (
+        ("message", text),
+        ("senderAddress", f"tel:{msisdn}"),
+        ("smsServiceActivationNumber", f"tel:{to}"),
+        ("dateTime", datetime.now(UTC).isoformat()),
+    ):
+        etree.SubElement(message, f"{{{SMS_NOTIFICATION_NS}}}{name}").text = value
+    basic = base64.b64encode(f"{SP_ID}:{SP_PASSWORD}".encode()).decode()
+    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""', "Authorization": f"Basic {basic}"}
+    return etree.tostring(envelope, xml_declaration=True, encoding="utf-8"), headers
+
+
+@simulator_view
+def player_sms(request: HttpRequest) -> HttpResponse:
+    """The test handset sends an SMS: POST JSON {"msisdn", "text", "to" (the service number), "notify_url" (the
+    SP's notification endpoint the gateway is provisioned with)}; the gateway pushes it there in the
+    background (`notifySmsReception`), retried until answered 2xx, per the number's callback scenario."""
+    if request.method != "POST":
+        return JsonResponse({"error": "POST {msisdn, text, to, notify_url}"}, status=405)
+    body = core.json_body(request)
+    if not isinstance(body, dict) or not all(isinstance(body.get(k), str) and body[k] for k in ("msisdn", "text")):
+        return JsonResponse({"error": "msisdn and text are required strings"}, status=400)
+    url = body.get("notify_url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        return JsonResponse({"error": "notify_url is the SP's http(s) notification endpoint"}, status=400)
+    msisdn, text, to = body["msisdn"], body["text"][:160], str(body.get("to") or "84000")
+    core.simulator(NAME).deliver(url, [sms_reception(msisdn, text, to)], msisdn)
+    return JsonResponse({"sent": True, "msisdn": msisdn, "text": text, "to": to}, status=202)
+
+
 urlpatterns: list[URLPattern] = [
+    path("_player_sms", player_sms, name="parlayx-player-sms"),
     path("AmountChargingService/services/AmountCharging", amount_charging, name="parlayx-amount-charging"),
     path(
         "ReserveAmountChargingService/services/ReserveAmountCharging",

@@ -1,0 +1,79 @@
+"""STOP sent by SMS: a player texts STOP to the service's number, and the carrier pushes that SMS to PlayPay (on
+Parlay X, `notifySmsReception`). Every subscription of that number billed through that carrier that has not
+ended is cancelled now, as the app's `POST /api/v1/subscriptions/stop/` would: within that one callback.
+
+`handle_sms` runs in the transaction that recorded the callback's id (a repeat of the same SMS never reaches
+it) and queues one cancellation per subscription through the outbox: each runs after that commit, so that it
+locks a renewal's payment before its subscription, as every cancellation does.
+"""
+
+from django.conf import settings
+from django.utils import timezone
+
+from carriers.adapters.base import Notification
+from carriers.errors import InvalidMsisdn
+from carriers.models import Carrier
+from carriers.msisdn import normalize_msisdn
+from payments.services import outbox
+from payments.services.carrier_flow import carrier_actor
+from subscriptions.errors import IllegalSubscriptionTransition
+from subscriptions.models import Subscription
+from subscriptions.services.state_machine import FINAL_STATUSES
+from subscriptions.services.subscriptions import cancel_subscription
+
+# The keywords regulators and carriers require a service to honour (the first word of the SMS, any case).
+# "STOP <plan code>" stops that plan only; "STOP ALL", or STOP alone, every subscription of the number.
+STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT"})
+SMS_STOP_REASON = "STOP by SMS to the carrier"
+STOP_TASK = "subscriptions.tasks.stop_by_sms"
+
+
+def stop_request(text: str) -> tuple[bool, str | None]:
+    """(whether the SMS is a STOP, the plan code it names or None for every plan)."""
+    words = text.split()
+    if not words or words[0].upper() not in STOP_KEYWORDS:
+        return False, None
+    if len(words) == 1 or words[0].upper() == "STOPALL" or words[1].upper() == "ALL":
+        return True, None
+    return True, words[1]
+
+
+def handle_sms(carrier: Carrier, notification: Notification) -> str:
+    """payments' callback endpoint hands over an SMS a player sent; returns what was done, for the record."""
+    sms = notification.sms
+    if sms is None:
+        return "ignored: no SMS"
+    stop, plan = stop_request(sms.text)
+    if not stop:
+        return "ignored: not a STOP keyword"
+    try:
+        number = normalize_msisdn(sms.msisdn)
+    except InvalidMsisdn:
+        return "ignored: the sender is not a phone number"
+    live = Subscription.objects.filter(carrier=carrier, msisdn=number).exclude(status__in=FINAL_STATUSES)
+    if plan is not None:
+        live = live.filter(plan__code__iexact=plan)
+    ids = list(live.order_by("id").values_list("pk", flat=True))
+    for subscription_id in ids:
+        outbox.enqueue(STOP_TASK, queue=settings.CELERY_TASK_DEFAULT_QUEUE, subscription_id=subscription_id)
+    named = f" to {plan}" if plan is not None else ""
+    return f"STOP{named}: {len(ids)} subscription(s) cancelled now"
+
+
+def stop_by_sms(*, subscription_id: int) -> bool:
+    """Cancel one subscription now for a STOP by SMS (queued by `handle_sms`); whether it was cancelled now
+    (one ended meanwhile, by another STOP or the engine, is left as it is)."""
+    subscription = Subscription.objects.select_related("carrier").get(pk=subscription_id)
+    if subscription.status in FINAL_STATUSES:
+        return False
+    try:
+        cancel_subscription(
+            subscription=subscription,
+            at_period_end=False,
+            reason=SMS_STOP_REASON,
+            actor=carrier_actor(subscription.carrier),
+            now=timezone.now(),
+        )
+    except IllegalSubscriptionTransition:
+        return False
+    return True
