@@ -15,7 +15,7 @@ from django.utils.html import format_html
 from funnel.models import FunnelDefinition, FunnelEvent, Journey
 from funnel.rollups import MOVED_LOOKBACK, dashboard_report
 from funnel.selectors import BREAKDOWNS, ReportTimedOut
-from playpay.admin_base import ModelAdmin, RecordAdmin, check_period
+from playpay.admin_base import ModelAdmin, RecordAdmin, check_period, recent_values_filter
 from playpay.downloads import file_attachment
 from playpay.tables import temporary_file, write_table
 from playpay.times import start_of_utc_day
@@ -34,8 +34,9 @@ class JourneyAdmin(RecordAdmin):
         "flow",
         "outcome",
     ]
-    # Only filters that read no whole-table DISTINCT: this table and the next are the biggest there are.
-    list_filter = ["outcome", "app"]
+    # Only filters that read no whole-table DISTINCT: this table and the next are the biggest there are (the
+    # outcome's values are those of the newest journeys; Django's own filter read every row's, 0.5 s at 6.6 M).
+    list_filter = [recent_values_filter("outcome"), "app"]
     search_fields = ["=journey_id", "=user_ref"]
     list_select_related = ["app"]
 
