@@ -245,6 +245,7 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             sql.set_analysis_limits(cursor, timeout_ms=timeout_ms)
+            sql.prefer_ordered_reads(cursor)
             cursor.execute(query, params)
             rows = cursor.fetchall()
     except OperationalError as error:
