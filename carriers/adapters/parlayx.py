@@ -161,7 +161,7 @@ def _has_soap_fault(content: bytes) -> bool:
 
 # Parlay X Part 4 (SMS), the notification interface the gateway calls with an SMS a player sent to the service.
 SMS_NOTIFICATION_NS = "http://www.csapi.org/schema/parlayx/sms/notification/v2_2/local"
-_SENDER = re.compile(r"^(?:tel:)?\+?([1-9]\d{7,14})$")
+_SENDER = re.compile(r"^(?:tel:)?\+?([1-9][0-9]{7,14})$")
 
 
 def parse_sms_notification(body: bytes) -> InboundSms:
@@ -338,8 +338,10 @@ class ParlayXAdapter(CarrierAdapter):
         them and with this carrier's notification URL)."""
         self._check_basic_auth(headers)
         sms = parse_sms_notification(body)
-        # Parlay X gives a message no id: the same message pushed again (the gateway retries) has the same digest.
-        digest = hashlib.sha256(body).hexdigest()[:40]
+        # Parlay X gives a message no id (the correlator is the SP's registration's, the same for every message;
+        # dateTime is optional): the same message pushed again within the hour (the gateway retries) has the
+        # same digest and is applied once; the same text sent again later (a STOP after a new opt-in) is new.
+        digest = hashlib.sha256(body + f"|{now:%Y-%m-%dT%H}".encode()).hexdigest()[:40]
         return Notification(
             notification_id=f"sms:{digest}",
             kind=NotificationKind.SMS,

@@ -568,9 +568,11 @@ def is_uuid(value: str) -> bool:
 DUE_LOOKAHEAD = timedelta(seconds=30)
 
 
-def due_attempts(*, batch: int = 1000) -> int:
-    """Dispatch every payment whose next attempt is due (a paced renewal, a retry after a carrier asked to wait;
-    it also covers lost messages and the in-process mode), in batches of `batch`; returns how many."""
+def due_attempts(*, batch: int = 1000, pages: int = 20) -> int:
+    """Dispatch the payments whose next attempt is due (a paced renewal, a retry after a carrier asked to wait;
+    it also covers lost messages and the in-process mode), in batches of `batch`, at most `pages` of them a run
+    (20,000: more than any carrier takes in the 30 s to the next run, so a backlog of sent but not yet claimed
+    payments, each sent again by every run until its task claims it, stays bounded); returns how many."""
     now = timezone.now()
     ahead = timedelta(0) if outbox.runs_in_process() else DUE_LOOKAHEAD
     due = Payment.objects.filter(
@@ -591,7 +593,8 @@ def due_attempts(*, batch: int = 1000) -> int:
                     countdown=wait,
                 )
         count += len(page)
-        if len(page) < batch:
+        pages -= 1
+        if len(page) < batch or pages <= 0:
             return count
         last = page[-1]
         after = Q(next_attempt_at__gt=last.next_attempt_at) | Q(next_attempt_at=last.next_attempt_at, id__gt=last.pk)

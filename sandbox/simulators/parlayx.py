@@ -36,6 +36,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, path
 from lxml import etree
 
+from carriers.adapters.parlayx import SMS_NOTIFICATION_NS
 from sandbox.simulators import core
 from sandbox.simulators.core import Decline, Simulator, simulator_view
 
@@ -397,9 +398,6 @@ def reserve_amount_charging(request: HttpRequest) -> HttpResponse:
 @simulator_view
 def send_sms_service(request: HttpRequest) -> HttpResponse:
     return handle(request, "sms/send")
-
-
-SMS_NOTIFICATION_NS = "http://www.csapi.org/schema/parlayx/sms/notification/v2_2/local"
 
 
 def sms_reception(msisdn: str, text: str, to: str) -> tuple[bytes, dict[str, str]]:

@@ -23,6 +23,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from carriers.adapters import carrier_queue
 from carriers.adapters.base import (
     CarrierAdapter,
     CarrierResult,
@@ -37,6 +38,7 @@ from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
 from payments.models import CarrierNotification
+from payments.services import outbox
 from payments.services.carrier_flow import carrier_actor
 from payments.services.payments import open_carrier_charge, settle_carrier_charge
 from subscriptions.models import PAYMENT_METADATA_KEY, Subscription, SubscriptionStatus
@@ -44,11 +46,13 @@ from subscriptions.services.charges import overdue_interval, period_bounds
 from subscriptions.services.notify import notify
 from subscriptions.services.state_machine import BILLED_STATUSES, FINAL_STATUSES, transition
 from subscriptions.services.subscriptions import (
+    CANCEL_AT_CARRIER_TASK,
     cancel_locked,
     create_renewal_charge,
     end_cancelled_period,
     load_subscription,
     renewal_text,
+    tell_carrier_of_cancellation,
 )
 
 logger = logging.getLogger(__name__)
@@ -94,9 +98,14 @@ def register_at_carrier(*, subscription_id: int) -> bool:
             extra={"subscription_id": str(subscription.public_id), "carrier": subscription.carrier.slug},
         )
         return False
-    registered = Subscription.objects.filter(pk=subscription.pk, carrier_reference="").update(
-        carrier_reference=result.carrier_reference[:64], updated_at=timezone.now()
-    )
+    with transaction.atomic():
+        registered = Subscription.objects.filter(pk=subscription.pk, carrier_reference="").update(
+            carrier_reference=result.carrier_reference[:64], updated_at=timezone.now()
+        )
+        locked = Subscription.objects.select_for_update().select_related("carrier").get(pk=subscription.pk)
+        if registered and (locked.status in FINAL_STATUSES or locked.cancel_at_period_end):
+            # Cancelled while it was being handed over (nothing was booked then: the carrier had no id for it).
+            tell_carrier_of_cancellation(locked, now=timezone.now())
     return bool(registered)
 
 
@@ -115,7 +124,11 @@ def cancel_at_carrier(*, subscription_id: int, now: datetime | None = None) -> b
     now = now or timezone.now()
     subscription = load_subscription(subscription_id)
     due_at, attempts = subscription.carrier_cancel_due_at, subscription.carrier_cancel_attempts
-    if due_at is None or due_at > now or not subscription.carrier_reference:
+    if due_at is None or due_at > now:
+        return False
+    if not subscription.carrier_reference:
+        # Never handed over: the carrier charges nothing (registration tells it of a cancellation first).
+        Subscription.objects.filter(pk=subscription.pk, carrier_cancel_due_at=due_at).update(carrier_cancel_due_at=None)
         return False
     wait = CANCEL_RETRY_WAITS[attempts] if attempts < len(CANCEL_RETRY_WAITS) else None
     claimed = Subscription.objects.filter(
@@ -163,10 +176,17 @@ def cancellations_due(now: datetime) -> QuerySet[Subscription]:
 
 
 def resend_cancellations(*, now: datetime, limit: int | None = None) -> int:
-    """Tell the carriers again of the cancellations they have not confirmed, whose next try is due; how many
-    were confirmed now."""
-    ids = list(cancellations_due(now).values_list("pk", flat=True)[: limit or settings.SUBSCRIPTION_RENEWAL_BATCH])
-    return sum(cancel_at_carrier(subscription_id=pk, now=now) for pk in ids)
+    """Queue again, each on its carrier's queue, the cancellations the carriers have not confirmed whose next try
+    is due; how many were queued. A try queued twice (by two runs) calls once: each claims its try first."""
+    due = cancellations_due(now).select_related("carrier")[: limit or settings.SUBSCRIPTION_RENEWAL_BATCH]
+    queued = 0
+    with transaction.atomic():
+        for subscription in due:
+            outbox.enqueue(
+                CANCEL_AT_CARRIER_TASK, queue=carrier_queue(subscription.carrier), subscription_id=subscription.pk
+            )
+            queued += 1
+    return queued
 
 
 def handle_notification(carrier: Carrier, notification: Notification) -> str:
@@ -199,6 +219,10 @@ def apply_event(carrier: Carrier, event: SubscriptionEvent) -> str:
 
 
 def _cancelled(subscription: Subscription, event: SubscriptionEvent, *, at: datetime) -> str:
+    # The carrier says it is cancelled there: a cancellation PlayPay was still telling it of is confirmed.
+    Subscription.objects.filter(pk=subscription.pk, carrier_cancel_due_at__isnull=False).update(
+        carrier_cancel_due_at=None, carrier_cancel_attempts=0
+    )
     if subscription.status in FINAL_STATUSES:
         return f"ignored: already {subscription.status}"
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:

@@ -78,6 +78,9 @@ class RenewalRun:
 
 
 CAP_BUSY_RECHECK = timedelta(minutes=1)
+# How long after its paced moment a renewal's player stays entitled while it is sent and answered: the
+# due-attempts job runs every 30 s, a carrier at its rate limit puts calls off, an answer takes its timeout.
+PACED_ANSWER_MARGIN = timedelta(minutes=5)
 
 
 @dataclass
@@ -215,9 +218,10 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun, pacer: 
     if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback, send_at=send_at):
         run.charged += 1
         if send_at is not None and subscription.status == SubscriptionStatus.ACTIVE:
-            # The wait is the engine's, not the player's: entitled until the renewal is sent (then its outcome
-            # decides: the next period's end, or the grace period).
-            subscription.entitled_until = max(subscription.entitled_until or send_at, send_at)
+            # The wait is the engine's, not the player's: entitled until the renewal is sent and answered (then
+            # its outcome decides: the next period's end, or the grace period).
+            until = send_at + PACED_ANSWER_MARGIN
+            subscription.entitled_until = max(subscription.entitled_until or until, until)
     else:
         run.skipped += 1
     subscription.next_charge_at = None  # until the charge's outcome sets the next date

@@ -3,11 +3,14 @@ Parlay X, `notifySmsReception`). Every subscription of that number billed throug
 ended is cancelled now, as the app's `POST /api/v1/subscriptions/stop/` would: within that one callback.
 
 `handle_sms` runs in the transaction that recorded the callback's id (a repeat of the same SMS never reaches
-it) and queues one cancellation per subscription through the outbox: each runs after that commit, so that it
-locks a renewal's payment before its subscription, as every cancellation does.
+it); each cancellation runs right after that commit, still within the callback's request, so that it locks a
+renewal's payment before its subscription as every cancellation does, with an outbox message as its fallback.
 """
 
+import functools
+
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from carriers.adapters.base import Notification
@@ -19,7 +22,7 @@ from payments.services.carrier_flow import carrier_actor
 from subscriptions.errors import IllegalSubscriptionTransition
 from subscriptions.models import Subscription
 from subscriptions.services.state_machine import FINAL_STATUSES
-from subscriptions.services.subscriptions import cancel_subscription
+from subscriptions.services.subscriptions import cancel_subscription, live_subscriptions
 
 # The keywords regulators and carriers require a service to honour (the first word of the SMS, any case).
 # "STOP <plan code>" stops that plan only; "STOP ALL", or STOP alone, every subscription of the number.
@@ -50,14 +53,23 @@ def handle_sms(carrier: Carrier, notification: Notification) -> str:
         number = normalize_msisdn(sms.msisdn)
     except InvalidMsisdn:
         return "ignored: the sender is not a phone number"
-    live = Subscription.objects.filter(carrier=carrier, msisdn=number).exclude(status__in=FINAL_STATUSES)
-    if plan is not None:
-        live = live.filter(plan__code__iexact=plan)
+    live = live_subscriptions(msisdn=number, carrier=carrier)
+    # "STOP <word>": that plan only when the word is the code of one of the number's plans; any other word
+    # ("STOP please") stops them all.
+    named = live.filter(plan__code__iexact=plan) if plan is not None else live.none()
+    if plan is not None and named.exists():
+        live = named
+    else:
+        plan = None
     ids = list(live.order_by("id").values_list("pk", flat=True))
     for subscription_id in ids:
+        # Done right after this commit, in this request (robust: a failure is logged, the callback still
+        # answered); the outbox's message is the fallback should this process die first (a repeat changes
+        # nothing).
         outbox.enqueue(STOP_TASK, queue=settings.CELERY_TASK_DEFAULT_QUEUE, subscription_id=subscription_id)
-    named = f" to {plan}" if plan is not None else ""
-    return f"STOP{named}: {len(ids)} subscription(s) cancelled now"
+        transaction.on_commit(functools.partial(stop_by_sms, subscription_id=subscription_id), robust=True)
+    named_plan = f" to {plan}" if plan is not None else ""
+    return f"STOP{named_plan}: {len(ids)} subscription(s) cancelled now"
 
 
 def stop_by_sms(*, subscription_id: int) -> bool:

@@ -247,7 +247,13 @@ def cancel_locked(locked: Subscription, *, at_period_end: bool, reason: str, act
         )
     locked.cancel_reason = reason[:255]
     pending_opt_in = locked.status == SubscriptionStatus.PENDING_OPT_IN
-    if at_period_end and locked.status == SubscriptionStatus.ACTIVE:
+    # A paid period that has ended is over: the renewal under way (at the carrier, or waiting for its paced
+    # moment) is of the next period, which the player asks not to pay for. So it is cancelled now, and that
+    # renewal withdrawn if not sent yet. The carrier's own renewals end with the overdue check, as below.
+    period_over = (
+        not locked.carrier_managed and locked.current_period_end is not None and locked.current_period_end <= now
+    )
+    if at_period_end and locked.status == SubscriptionStatus.ACTIVE and not period_over:
         locked.cancel_at_period_end = True
         if locked.carrier_managed:
             # The renewal engine leaves it alone: the overdue check ends it when its period does.
@@ -330,11 +336,23 @@ def next_attempt_number(subscription: Subscription, period_index: int) -> int:
 STOP_REASON = "STOP from the player"
 
 
+def live_subscriptions(
+    *, msisdn: str, app: App | None = None, carrier: Carrier | None = None
+) -> QuerySet[Subscription]:
+    """What a STOP from the number (E.164) ends: its subscriptions that have not ended, in `app` (the app told
+    of it) or on `carrier` (the carrier's SMS)."""
+    live = Subscription.objects.filter(msisdn=msisdn).exclude(status__in=FINAL_STATUSES)
+    if app is not None:
+        live = live.filter(app=app)
+    if carrier is not None:
+        live = live.filter(carrier=carrier)
+    return live
+
+
 def stop_subscriptions(*, app: App, msisdn: str, plan: str | None, now: datetime) -> list[Subscription]:
     """The player sent STOP: cancel now every subscription of the number in this app (to `plan` only, when
     given) that has not ended; returns those cancelled. A second STOP finds none and changes nothing."""
-    number = normalize_msisdn(msisdn)
-    live = Subscription.objects.filter(app=app, msisdn=number).exclude(status__in=FINAL_STATUSES)
+    live = live_subscriptions(msisdn=normalize_msisdn(msisdn), app=app)
     if plan is not None:
         live = live.filter(plan__code=plan)
     cancelled = []

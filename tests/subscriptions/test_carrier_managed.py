@@ -18,7 +18,12 @@ from payments.models import CarrierNotification, LedgerEntry, LedgerLine, Paymen
 from sandbox.simulators import aggregator as aggregator_sim
 from sandbox.simulators.core import Decline, simulator
 from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionCharge
-from subscriptions.services.carrier_managed import CANCEL_RETRY_WAITS, check_overdue, resend_cancellations
+from subscriptions.services.carrier_managed import (
+    CANCEL_RETRY_WAITS,
+    check_overdue,
+    register_at_carrier,
+    resend_cancellations,
+)
 from subscriptions.services.renewals import run_renewals
 from tenants.services import issue_api_key
 from tests.conftest import MSISDN, StaffClient
@@ -320,14 +325,40 @@ def test_a_cancellation_the_aggregator_did_not_confirm_is_told_again_until_it_is
     assert simulator("aggregator").records[subscription.carrier_reference]["status"] == "active"
     Carrier.objects.filter(pk=aggregator.carrier.pk).update(endpoint=endpoint)  # the aggregator is back
 
-    assert resend_cancellations(now=subscription.carrier_cancel_due_at - timedelta(seconds=1)) == 0  # not yet
-    assert resend_cancellations(now=subscription.carrier_cancel_due_at) == 1
+    assert resend_cancellations(now=timezone.now()) == 0  # not yet
+    time_passes(subscription)
+    assert resend_cancellations(now=timezone.now()) == 1  # queued on the carrier's queue, sent at the commit
     assert simulator("aggregator").records[subscription.carrier_reference]["status"] == "cancelled"
     confirmed = Subscription.objects.values_list("carrier_cancel_due_at", "carrier_cancel_attempts").get(
         pk=subscription.pk
     )
     assert confirmed == (None, 0)
     assert resend_cancellations(now=timezone.now() + timedelta(days=2)) == 0  # confirmed: never told again
+
+
+def test_a_subscription_cancelled_before_the_aggregator_took_it_is_cancelled_there_once_it_does(
+    aggregator: Aggregator,
+) -> None:
+    subscription = aggregator.opt_in()
+    reference = subscription.carrier_reference
+    # As if the hand-over had failed (the aggregator down at activation): PlayPay has no id for it yet.
+    Subscription.objects.filter(pk=subscription.pk).update(carrier_reference="")
+    body = {"at_period_end": True, "reason": "player asked"}
+    answer = aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
+    assert answer.status_code == 200, answer.content
+    assert Subscription.objects.get(pk=subscription.pk).carrier_cancel_due_at is None  # nothing to tell it yet
+    # The overdue check hands it over (the aggregator answers the repeat with the same id), and tells it at once.
+    assert register_at_carrier(subscription_id=subscription.pk)
+    assert Subscription.objects.get(pk=subscription.pk).carrier_reference == reference
+    wait_for(
+        lambda: simulator("aggregator").records[reference]["status"] == "cancelled",
+        what="the cancellation at the aggregator",
+    )
+
+
+def time_passes(subscription: Subscription) -> None:
+    """The next try of its cancellation comes due (the clock moved on)."""
+    Subscription.objects.filter(pk=subscription.pk).update(carrier_cancel_due_at=timezone.now() - timedelta(seconds=1))
 
 
 def test_a_cancellation_never_confirmed_is_left_to_staff_after_the_last_try(
@@ -337,10 +368,9 @@ def test_a_cancellation_never_confirmed_is_left_to_staff_after_the_last_try(
     unreachable(aggregator.carrier)
     body = {"at_period_end": False, "reason": "player asked"}
     aggregator.client.post(f"/api/v1/subscriptions/{subscription.public_id}/cancel/", body, format="json")
-    now = timezone.now()
-    for wait in CANCEL_RETRY_WAITS:
-        now += timedelta(seconds=wait)
-        assert resend_cancellations(now=now) == 0
+    for _ in CANCEL_RETRY_WAITS:
+        time_passes(subscription)
+        assert resend_cancellations(now=timezone.now()) == 1
     subscription.refresh_from_db()
     assert subscription.carrier_cancel_attempts == len(CANCEL_RETRY_WAITS) + 1
     assert subscription.carrier_cancel_due_at is None  # not told again: an error for staff instead
@@ -348,7 +378,7 @@ def test_a_cancellation_never_confirmed_is_left_to_staff_after_the_last_try(
     assert any("cancel it at the carrier by hand" in message for message in errors), errors
     page = staff_client("operations").get(f"/admin/subscriptions/subscription/{subscription.pk}/change/")
     assert "the carrier never confirmed the cancellation: cancel it at the carrier by hand" in page.content.decode()
-    assert resend_cancellations(now=now + timedelta(days=30)) == 0
+    assert resend_cancellations(now=timezone.now() + timedelta(days=30)) == 0
 
 
 def test_an_app_cancelling_at_the_periods_end_stays_entitled_until_then(aggregator: Aggregator) -> None:

@@ -11,6 +11,8 @@ from django.utils import timezone
 from payments.models import Payment, PaymentStatus
 from payments.services.carrier_flow import due_attempts
 from subscriptions.models import SubscriptionCharge, SubscriptionStatus
+from subscriptions.services.renewals import PACED_ANSWER_MARGIN
+from subscriptions.services.subscriptions import cancel_subscription
 from tests.subscriptions.conftest import Subs
 
 pytestmark = pytest.mark.django_db
@@ -59,7 +61,10 @@ def test_a_paced_renewal_keeps_the_player_entitled_and_is_charged_once_when_due(
     for subscription in subscriptions:
         subscription.refresh_from_db()
         (payment_id,) = subscription.charges.filter(kind="renewal").values_list("payment_id", flat=True)
-        assert subscription.entitled_until == waiting[payment_id]  # the engine's wait is not the player's
+        # The engine's wait is not the player's: entitled until the renewal is sent and answered.
+        moment = waiting[payment_id]
+        assert moment is not None
+        assert subscription.entitled_until == moment + PACED_ANSWER_MARGIN
     # Their moments come (the clock moved on): the due-attempts job sends them, once each.
     Payment.objects.filter(pk__in=waiting).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
     with subs.shop.after_commit(execute=True):
@@ -87,3 +92,23 @@ def test_a_paced_renewal_cancelled_before_its_moment_is_never_sent(subs: Subs) -
     assert subscription.status == SubscriptionStatus.CANCELLED
     assert subscription.entitled_until is not None
     assert subscription.entitled_until <= timezone.now()
+
+
+@override_settings(SUBSCRIPTION_RENEWAL_SPREAD_SECONDS=600)
+def test_cancelling_at_the_periods_end_while_its_renewal_waits_withdraws_it(subs: Subs) -> None:
+    (subscription,) = subs.bulk_active(1, anchor=ANCHOR)  # its first period ended (DUE is past)
+    subs.renew(DUE)
+    (payment,) = renewal_payments()
+    assert payment.status == PaymentStatus.CREATED  # waiting for its paced moment
+    # The player asks to stop at the end of the period: that period is over, the renewal is of the next one.
+    with subs.shop.after_commit(execute=True):
+        cancel_subscription(
+            subscription=subscription, at_period_end=True, reason="no more", actor="app:test", now=timezone.now()
+        )
+    payment.refresh_from_db()
+    assert (payment.status, payment.failure_code) == (PaymentStatus.FAILED, "withdrawn")
+    subscription.refresh_from_db()
+    assert subscription.status == SubscriptionStatus.CANCELLED
+    Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
+    with subs.shop.after_commit(execute=True):
+        assert due_attempts() == 0  # withdrawn: never sent

@@ -3,12 +3,14 @@ simulator) pushes the SMS to PlayPay's callback endpoint (`notifySmsReception`, 
 subscription of that number on that carrier is cancelled within that one callback."""
 
 import base64
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
 from rest_framework.test import APIClient
 
+from carriers.adapters import adapter_for
 from carriers.models import Carrier
 from payments.models import CarrierNotification
 from sandbox.simulators.parlayx import sms_reception
@@ -94,6 +96,29 @@ def test_stop_by_sms_cancels_every_live_subscription_of_the_number_on_that_carri
     shop.text("stop")
     wait_for(lambda: CarrierNotification.objects.filter(kind="sms").count() == 2, what="the second STOP")
     assert CarrierNotification.objects.filter(result="STOP: 0 subscription(s) cancelled now").exists()
+
+
+def test_stop_with_a_word_that_names_no_plan_stops_them_all(shop: Shop) -> None:
+    weekly, monthly = shop.subscribe("vip-weekly"), shop.subscribe("coins-monthly")
+    shop.text("STOP please")
+    wait_for(
+        lambda: not Subscription.objects.filter(pk__in=[weekly.pk, monthly.pk]).exclude(status="cancelled").exists(),
+        what="the STOP",
+    )
+    assert CarrierNotification.objects.get(kind="sms").result == "STOP: 2 subscription(s) cancelled now"
+
+
+def test_the_same_sms_pushed_again_within_the_hour_is_one_and_later_is_another(shop: Shop) -> None:
+    body, headers = sms_reception(MSISDN, "STOP", "84000")  # one message, its bytes fixed
+    adapter = adapter_for(shop.carrier)
+    now = datetime(2026, 12, 5, 10, 0, 5, tzinfo=UTC)
+    first = adapter.parse_notification(headers=headers, body=body, now=now)
+    retried = adapter.parse_notification(headers=headers, body=body, now=now + timedelta(minutes=20))
+    later = adapter.parse_notification(headers=headers, body=body, now=now + timedelta(hours=2))
+    assert first.notification_id == retried.notification_id
+    assert later.notification_id != first.notification_id
+    assert first.sms is not None
+    assert (first.sms.msisdn, first.sms.text, first.sms.to) == (MSISDN, "STOP", "84000")
 
 
 def test_stop_naming_a_plan_cancels_that_plan_only_and_other_texts_nothing(shop: Shop) -> None:
