@@ -24,7 +24,7 @@ from django.db.models import Count, Max, Q, QuerySet
 from django.utils import timezone
 
 from carriers.models import Carrier, PricePoint
-from payments.models import PaymentFlow
+from payments.models import Payment, PaymentFlow, PaymentStatus
 from payments.services.payments import open_payment
 from subscriptions.models import (
     PAYMENT_METADATA_KEY,
@@ -86,23 +86,36 @@ PACED_ANSWER_MARGIN = timedelta(minutes=5)
 @dataclass
 class Pacer:
     """When each renewal of a run is sent to its carrier: at a random moment within
-    `SUBSCRIPTION_RENEWAL_SPREAD_SECONDS` of the run's start (jitter), the k-th of a carrier no sooner than
-    k / pace seconds, the pace being `SUBSCRIPTION_RENEWAL_RATE_PERCENT` of the carrier's rate limit. So a
-    million renewals due in the same minute neither burst at a carrier nor go beyond its rate limit (whose
-    gateway check stays the hard limit). A window of 0 sends each at once."""
+    `SUBSCRIPTION_RENEWAL_SPREAD_SECONDS` (jitter), the k-th of a carrier no sooner than k / pace seconds, the
+    pace being `SUBSCRIPTION_RENEWAL_RATE_PERCENT` of the carrier's rate limit, counted from the run's start or,
+    when an earlier run's renewals of that carrier still wait, from where their paced queue ends. So a million
+    renewals due in the same minute neither burst at a carrier nor go beyond its rate limit (whose gateway
+    check stays the hard limit), however many runs take them. A window of 0 sends each at once."""
 
     start: datetime
     taken: Counter[int] = field(default_factory=Counter)
+    bases: dict[int, datetime] = field(default_factory=dict)
 
     def send_at(self, carrier: Carrier) -> datetime | None:
         spread = settings.SUBSCRIPTION_RENEWAL_SPREAD_SECONDS
         if spread <= 0:
             return None
+        if carrier.pk not in self.bases:
+            self.bases[carrier.pk] = self._queue_end(carrier, spread)
         position = self.taken[carrier.pk]
         self.taken[carrier.pk] += 1
         pace = carrier.rate_limit_per_second * settings.SUBSCRIPTION_RENEWAL_RATE_PERCENT / 100
         queued = position / pace if pace > 0 else 0.0
-        return self.start + timedelta(seconds=queued + secrets.randbelow(spread * 1000) / 1000)
+        return self.bases[carrier.pk] + timedelta(seconds=queued + secrets.randbelow(spread * 1000) / 1000)
+
+    def _queue_end(self, carrier: Carrier, spread: int) -> datetime:
+        """Where this carrier's paced queue ends: the latest moment of its renewals still waiting to be sent
+        (payments not started, whose first step is due later), less the jitter it may hold; the run's start
+        when none waits."""
+        latest = Payment.objects.filter(
+            carrier=carrier, status=PaymentStatus.CREATED, next_attempt_at__gt=self.start
+        ).aggregate(latest=Max("next_attempt_at"))["latest"]
+        return self.start if latest is None else max(self.start, latest - timedelta(seconds=spread))
 
 
 def due_subscriptions(now: datetime) -> QuerySet[Subscription]:

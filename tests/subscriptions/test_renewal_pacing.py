@@ -112,3 +112,20 @@ def test_cancelling_at_the_periods_end_while_its_renewal_waits_withdraws_it(subs
     Payment.objects.filter(pk=payment.pk).update(next_attempt_at=timezone.now() - timedelta(seconds=1))
     with subs.shop.after_commit(execute=True):
         assert due_attempts() == 0  # withdrawn: never sent
+
+
+@override_settings(SUBSCRIPTION_RENEWAL_SPREAD_SECONDS=1, SUBSCRIPTION_RENEWAL_RATE_PERCENT=50)
+def test_a_later_run_queues_its_renewals_after_the_ones_still_waiting(subs: Subs) -> None:
+    subs.shop.carrier.rate_limit_per_second = 4  # two renewals a second
+    subs.shop.carrier.save()
+    subs.bulk_active(12, anchor=ANCHOR)
+    subs.renew(DUE)
+    first = {p.pk: p.next_attempt_at for p in renewal_payments()}
+    subs.bulk_active(4, anchor=ANCHOR + timedelta(hours=1))  # due an hour later, the first twelve still waiting
+    assert subs.renew(DUE + timedelta(hours=1)).charged == 4
+    second = [p.next_attempt_at for p in renewal_payments() if p.pk not in first]
+    assert len(second) == 4
+    ends = max(at for at in first.values() if at is not None)
+    # The first run's queue takes about six seconds (twelve at two a second): the next run's go after it, not
+    # at the same time (which would double the carrier's pace).
+    assert min(at for at in second if at is not None) >= ends - timedelta(seconds=1)
