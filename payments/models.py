@@ -170,6 +170,12 @@ class Payment(OutcomeTracking):
             models.Index(
                 fields=["next_attempt_at"], condition=Q(next_attempt_at__isnull=False), name="payment_next_attempt_idx"
             ),
+            # Where a carrier's queue of paced renewals (created, waiting for their moment) ends: one probe.
+            models.Index(
+                fields=["carrier", "next_attempt_at"],
+                condition=Q(status="created", next_attempt_at__isnull=False),
+                name="payment_paced_idx",
+            ),
             # The analytics shipping reads payments changed since its mark, in (updated_at, id) order.
             models.Index(fields=["updated_at", "id"], name="payment_updated_idx"),
         ]

@@ -339,9 +339,11 @@ class ParlayXAdapter(CarrierAdapter):
         self._check_basic_auth(headers)
         sms = parse_sms_notification(body)
         # Parlay X gives a message no id (the correlator is the SP's registration's, the same for every message;
-        # dateTime is optional): the same message pushed again within the hour (the gateway retries) has the
-        # same digest and is applied once; the same text sent again later (a STOP after a new opt-in) is new.
-        digest = hashlib.sha256(body + f"|{now:%Y-%m-%dT%H}".encode()).hexdigest()[:40]
+        # dateTime is optional): the same bytes pushed again within the same 10 minutes (the gateway retries)
+        # have the same digest and are applied once; the same text sent again later (a STOP after a new opt-in,
+        # which takes a PIN) is new. A retry across the boundary is applied twice, which changes nothing.
+        bucket = now.replace(minute=now.minute - now.minute % 10, second=0, microsecond=0)
+        digest = hashlib.sha256(body + f"|{bucket:%Y-%m-%dT%H:%M}".encode()).hexdigest()[:40]
         return Notification(
             notification_id=f"sms:{digest}",
             kind=NotificationKind.SMS,

@@ -108,13 +108,13 @@ def test_stop_with_a_word_that_names_no_plan_stops_them_all(shop: Shop) -> None:
     assert CarrierNotification.objects.get(kind="sms").result == "STOP: 2 subscription(s) cancelled now"
 
 
-def test_the_same_sms_pushed_again_within_the_hour_is_one_and_later_is_another(shop: Shop) -> None:
+def test_the_same_sms_pushed_again_within_minutes_is_one_and_later_is_another(shop: Shop) -> None:
     body, headers = sms_reception(MSISDN, "STOP", "84000")  # one message, its bytes fixed
     adapter = adapter_for(shop.carrier)
     now = datetime(2026, 12, 5, 10, 0, 5, tzinfo=UTC)
     first = adapter.parse_notification(headers=headers, body=body, now=now)
-    retried = adapter.parse_notification(headers=headers, body=body, now=now + timedelta(minutes=20))
-    later = adapter.parse_notification(headers=headers, body=body, now=now + timedelta(hours=2))
+    retried = adapter.parse_notification(headers=headers, body=body, now=now + timedelta(minutes=4))
+    later = adapter.parse_notification(headers=headers, body=body, now=now + timedelta(minutes=15))
     assert first.notification_id == retried.notification_id
     assert later.notification_id != first.notification_id
     assert first.sms is not None
