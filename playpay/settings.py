@@ -486,7 +486,8 @@ SUBSCRIPTION_REMINDER_MIN_HOURS = env_int("SUBSCRIPTION_REMINDER_MIN_HOURS", 24)
 SUBSCRIPTION_RENEWAL_BATCH = env_int("SUBSCRIPTION_RENEWAL_BATCH", 200)
 # Renewals found due together reach each carrier spread over this many seconds, each at a random moment in it
 # (jitter), and, when there are many, paced at SUBSCRIPTION_RENEWAL_RATE_PERCENT of the carrier's rate limit
-# (the rest is left to one-off payments). The player stays entitled until theirs is sent. 0: all sent at once.
+# (the rest is left to one-off payments). The player stays entitled until theirs is sent and answered (5 minutes
+# after its moment). 0: all sent at once.
 SUBSCRIPTION_RENEWAL_SPREAD_SECONDS = env_int("SUBSCRIPTION_RENEWAL_SPREAD_SECONDS", 300)
 SUBSCRIPTION_RENEWAL_RATE_PERCENT = env_int("SUBSCRIPTION_RENEWAL_RATE_PERCENT", 50)
 if SUBSCRIPTION_RENEWAL_SPREAD_SECONDS < 0 or not 1 <= SUBSCRIPTION_RENEWAL_RATE_PERCENT <= 100:

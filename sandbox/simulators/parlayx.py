@@ -434,7 +434,11 @@ def player_sms(request: HttpRequest) -> HttpResponse:
     if not isinstance(url, str) or not url.startswith(("http://", "https://")):
         return JsonResponse({"error": "notify_url is the SP's http(s) notification endpoint"}, status=400)
     msisdn, text, to = body["msisdn"], body["text"][:160], str(body.get("to") or "84000")
-    core.simulator(NAME).deliver(url, [sms_reception(msisdn, text, to)], msisdn)
+    try:
+        message = sms_reception(msisdn, text, to)
+    except ValueError:  # a control character or a NUL: no XML message carries it
+        return JsonResponse({"error": "msisdn, text and to must be text an XML message can carry"}, status=400)
+    core.simulator(NAME).deliver(url, [message], msisdn)
     return JsonResponse({"sent": True, "msisdn": msisdn, "text": text, "to": to}, status=202)
 
 

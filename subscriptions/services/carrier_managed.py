@@ -105,7 +105,7 @@ def register_at_carrier(*, subscription_id: int) -> bool:
         locked = Subscription.objects.select_for_update().select_related("carrier").get(pk=subscription.pk)
         if registered and (locked.status in FINAL_STATUSES or locked.cancel_at_period_end):
             # Cancelled while it was being handed over (nothing was booked then: the carrier had no id for it).
-            tell_carrier_of_cancellation(locked, now=timezone.now())
+            tell_carrier_of_cancellation(locked)
     return bool(registered)
 
 

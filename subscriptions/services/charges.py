@@ -297,7 +297,7 @@ def _carrier_renewal_failed(
         expire(
             subscription, actor=actor, reason=f"renewal failed: {code} ({ENDING_REASONS[code]})", at=at, charge=charge
         )
-        tell_carrier_of_cancellation(subscription, now=at)
+        tell_carrier_of_cancellation(subscription)
         return
     if subscription.status != SubscriptionStatus.ACTIVE:
         return

@@ -153,9 +153,9 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
     return run
 
 
-def renew(subscription: Subscription, *, now: datetime, run: RenewalRun, pacer: Pacer | None = None) -> None:
+def renew(subscription: Subscription, *, now: datetime, run: RenewalRun, pacer: Pacer) -> None:
     """What a due, locked subscription needs now (inside the batch's transaction); its renewal is sent when
-    `pacer` says (at once without one)."""
+    `pacer` says."""
     first_unpaid = subscription.period_index + 1
     if subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end:
         end_cancelled_period(subscription, actor=ACTOR, now=now)
@@ -231,7 +231,7 @@ def renew(subscription: Subscription, *, now: datetime, run: RenewalRun, pacer: 
         _refuse_over_cap(subscription, index=index, start=start, end=end, now=now, fallback=fallback is not None)
         run.over_cap += 1
         return
-    send_at = pacer.send_at(subscription.carrier) if pacer is not None else None
+    send_at = pacer.send_at(subscription.carrier)
     if _open_charge(subscription, index=index, start=start, end=end, fallback=fallback, send_at=send_at):
         run.charged += 1
         if send_at is not None and subscription.status == SubscriptionStatus.ACTIVE:

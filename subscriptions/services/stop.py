@@ -63,11 +63,12 @@ def handle_sms(carrier: Carrier, notification: Notification) -> str:
         plan = None
     ids = list(live.order_by("id").values_list("pk", flat=True))
     for subscription_id in ids:
-        # Done right after this commit, in this request (robust: a failure is logged, the callback still
-        # answered); the outbox's message is the fallback should this process die first (a repeat changes
-        # nothing).
         outbox.enqueue(STOP_TASK, queue=settings.CELERY_TASK_DEFAULT_QUEUE, subscription_id=subscription_id)
-        transaction.on_commit(functools.partial(stop_by_sms, subscription_id=subscription_id), robust=True)
+        if not outbox.runs_in_process():
+            # With a broker, done right after this commit, in this request (robust: a failure is logged, the
+            # callback still answered); the outbox's message is the fallback should this process die first (a
+            # repeat changes nothing). Without one, the outbox's message itself runs at the commit.
+            transaction.on_commit(functools.partial(stop_by_sms, subscription_id=subscription_id), robust=True)
     named_plan = f" to {plan}" if plan is not None else ""
     return f"STOP{named_plan}: {len(ids)} subscription(s) cancelled now"
 

@@ -188,7 +188,7 @@ def cancel_subscription(
                 continue
             pending_opt_in = cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
             if locked.carrier_managed and locked.carrier_reference:
-                tell_carrier_of_cancellation(locked, now=now)
+                tell_carrier_of_cancellation(locked)
             if locked.status == SubscriptionStatus.CANCELLED:
                 for payment in payments:
                     withdraw_payment(payment, actor=actor, reason="subscription cancelled before the renewal was sent")
@@ -202,10 +202,12 @@ def cancel_subscription(
 CANCEL_AT_CARRIER_TASK = "subscriptions.tasks.cancel_at_carrier"
 
 
-def tell_carrier_of_cancellation(subscription: Subscription, *, now: datetime) -> None:
+def tell_carrier_of_cancellation(subscription: Subscription) -> None:
     """A carrier-managed subscription ended (or ends with its period) in PlayPay: its carrier must charge no
-    period after this. Booked on the row, in the caller's transaction, and sent after the commit
-    (`services.carrier_managed.cancel_at_carrier`); until the carrier confirms, it is told again."""
+    period after this. Booked on the row, in the caller's transaction, due now by the clock the task reads, and
+    sent after the commit (`services.carrier_managed.cancel_at_carrier`); until the carrier confirms, it is told
+    again."""
+    now = timezone.now()
     subscription.carrier_cancel_due_at, subscription.carrier_cancel_attempts = now, 0
     Subscription.objects.filter(pk=subscription.pk).update(carrier_cancel_due_at=now, carrier_cancel_attempts=0)
     outbox.enqueue(CANCEL_AT_CARRIER_TASK, queue=carrier_queue(subscription.carrier), subscription_id=subscription.pk)

@@ -13,6 +13,7 @@ from rest_framework.test import APIClient
 from carriers.adapters import adapter_for
 from carriers.models import Carrier
 from payments.models import CarrierNotification
+from playpay.celery import app as celery_app
 from sandbox.simulators.parlayx import sms_reception
 from subscriptions.models import Plan, PlanOffer, Subscription
 from subscriptions.services.stop import SMS_STOP_REASON, stop_request
@@ -79,13 +80,15 @@ def shop(live_server: Any, settings: Any) -> Shop:
     return Shop(str(live_server.url))
 
 
+def wait_until_cancelled(*subscriptions: Subscription) -> None:
+    pks = [subscription.pk for subscription in subscriptions]
+    wait_for(lambda: not Subscription.objects.filter(pk__in=pks).exclude(status="cancelled").exists(), what="the STOP")
+
+
 def test_stop_by_sms_cancels_every_live_subscription_of_the_number_on_that_carrier(shop: Shop) -> None:
     weekly, monthly = shop.subscribe("vip-weekly"), shop.subscribe("coins-monthly")
     shop.text("STOP")
-    wait_for(
-        lambda: not Subscription.objects.filter(pk__in=[weekly.pk, monthly.pk]).exclude(status="cancelled").exists(),
-        what="the STOP",
-    )
+    wait_until_cancelled(weekly, monthly)
     for subscription in (weekly, monthly):
         subscription.refresh_from_db()
         assert subscription.cancel_reason == SMS_STOP_REASON
@@ -101,10 +104,7 @@ def test_stop_by_sms_cancels_every_live_subscription_of_the_number_on_that_carri
 def test_stop_with_a_word_that_names_no_plan_stops_them_all(shop: Shop) -> None:
     weekly, monthly = shop.subscribe("vip-weekly"), shop.subscribe("coins-monthly")
     shop.text("STOP please")
-    wait_for(
-        lambda: not Subscription.objects.filter(pk__in=[weekly.pk, monthly.pk]).exclude(status="cancelled").exists(),
-        what="the STOP",
-    )
+    wait_until_cancelled(weekly, monthly)
     assert CarrierNotification.objects.get(kind="sms").result == "STOP: 2 subscription(s) cancelled now"
 
 
@@ -152,3 +152,33 @@ def test_a_carrier_without_sp_credentials_takes_no_sms_notification(shop: Shop) 
     body, headers = sms_reception(MSISDN, "STOP", "84000")
     answer = httpx.post(shop.notify_url, content=body, headers=headers, timeout=10)
     assert answer.status_code == 401, answer.text
+
+
+@pytest.mark.broker
+def test_with_a_broker_and_no_worker_the_stop_is_done_within_the_callback(shop: Shop) -> None:
+    """In production the callback's own request cancels (right after its commit): no worker needs to run for a
+    STOP to take effect; the outbox's message (the fallback) finds it done."""
+    celery_app.control.purge()
+    body = {"user_ref": "player-1", "msisdn": MSISDN, "plan": "vip-weekly"}
+    created = shop.client.post("/api/v1/subscriptions/", body, format="json", HTTP_IDEMPOTENCY_KEY="b-1")
+    assert created.status_code == 201, created.content
+    subscription = Subscription.objects.get(public_id=created.json()["id"])
+    # Made active directly: with a broker and no worker, the opt-in's carrier work would wait in the queue.
+    Subscription.objects.filter(pk=subscription.pk).update(status="active")
+    message, headers = sms_reception(MSISDN, "STOP", "84000")
+    answer = httpx.post(shop.notify_url, content=message, headers=headers, timeout=10)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["result"] == "STOP: 1 subscription(s) cancelled now"
+    subscription.refresh_from_db()
+    assert (subscription.status, subscription.cancel_reason) == ("cancelled", SMS_STOP_REASON)
+    celery_app.control.purge()
+
+
+def test_the_handset_refuses_a_text_no_xml_message_carries(shop: Shop) -> None:
+    sent = httpx.post(
+        f"{shop.live}/simulators/parlayx/_player_sms",
+        json={"msisdn": MSISDN, "text": "STOP\u0001", "notify_url": shop.notify_url},
+        timeout=10,
+    )
+    assert sent.status_code == 400, sent.text
+    assert not CarrierNotification.objects.exists()
