@@ -20,8 +20,9 @@ What it measures, in one run:
   goals (<= 2.0 ms and <= 1.2 ms), and how much CPU other processes on the machine took meanwhile
   (a warning when they competed: the figures are then low).
 
-It prints the figures and whether the targets are met (>= 500 payments/s; p99 < 50 ms at half that
-rate, i.e. at >= 250 requests/s). It exits 0 whatever the figures; non-zero only when the setup fails.
+It prints the figures and whether the targets are met (payments/s >= 0.05 x pgbench's inserts/s; p99 <= 50 ms
+in the open loop at half the closed loop's rate). It exits 0 whatever the figures; non-zero only when the setup
+fails.
 
 How it runs: it creates a fresh database (`playpay_bench` by default, dropped and re-created each run,
 dropped at the end), runs `migrate` and `seed_demo` with the repository's manage.py, serves
@@ -96,9 +97,10 @@ PAYMENT_TABLE = "payments_payment"
 CARRIER_TABLE = "carriers_carrier"
 PGBENCH_TABLE = "bench_payment_insert"
 
-TARGET_PAYMENTS_PER_SECOND = 500.0
+# The hot path's goals (issue of 2026-12-02): payments/s at least this share of pgbench's one-row inserts/s in
+# the same run, and p99 within TARGET_P99_MS in the open loop at half the closed loop's throughput.
+TARGET_PGBENCH_RATIO = 0.05
 TARGET_P99_MS = 50.0
-TARGET_LATENCY_RATE = TARGET_PAYMENTS_PER_SECOND / 2
 # CPU per payment the hot path aims at (on any machine): the application (gunicorn's workers) and
 # PostgreSQL (the benchmark's backends); the broker/cache (Redis) has no goal of its own.
 GOAL_APP_CPU_MS = 2.0
@@ -403,6 +405,24 @@ def count_payments(database_url: str, key_prefix: str) -> int:
     return int(row[0]) if row else 0
 
 
+def journaled_count(journal_url: str, key_prefix: str, timeout_s: float = 15.0) -> int:
+    """The phase's API requests in the journal, once the spool's drainers have written what they hold."""
+    query = (
+        "SELECT count(*) FROM journal_journalrecord WHERE kind = 'api_request' "
+        "AND document->'data'->>'idempotency_key' LIKE %s"
+    )
+    deadline = time.monotonic() + timeout_s
+    count = -1
+    with psycopg.connect(journal_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(query, (key_prefix.replace("_", r"\_") + "%",)).fetchone()
+            previous, count = count, int(row[0]) if row else 0
+            if count == previous:
+                break
+            time.sleep(1.5)
+    return count
+
+
 def settled_count(database_url: str, key_prefix: str, timeout_s: float = 15.0) -> int:
     """The phase's payment count once requests cut off by the client have finished on the server."""
     deadline = time.monotonic() + timeout_s
@@ -636,6 +656,7 @@ def report(
     phase_a: LoadResult,
     phase_a_db_count: int,
     phase_a_statuses: dict[str, int],
+    phase_a_journaled: int | None,
     phase_b: LoadResult | None,
     phase_b_db_count: int | None,
     pg: PgbenchResult,
@@ -668,6 +689,13 @@ def report(
         "  their statuses          "
         + (", ".join(f"{count} {status}" for status, count in phase_a_statuses.items()) or "none")
     )
+    if phase_a_journaled is not None:
+        responses = phase_a.responses
+        lines.append(
+            f"  journal records         {phase_a_journaled:9d}   ("
+            + ("one per response" if phase_a_journaled >= responses else f"MISSING: {responses} responses")
+            + ", a few seconds after the load)"
+        )
     lines += server_cpu_lines(phase_a.cpu, phase_a_db_count + phase_a.non_201)
     lines += cpu_goal_lines(phase_a.cpu, phase_a_db_count + phase_a.non_201)
     lines += other_load_lines(phase_a.cpu)
@@ -701,18 +729,18 @@ def report(
         f"Ratio payments/s / pgbench inserts/s: {ratio:.3f}",
         "",
         "Targets",
-        f"  {f'>= {TARGET_PAYMENTS_PER_SECOND:.0f} payments/s:':<38}"
-        f"{verdict(phase_a.created_per_s >= TARGET_PAYMENTS_PER_SECOND)} ({phase_a.created_per_s:.1f})",
+        f"  {f'ratio to pgbench >= {TARGET_PGBENCH_RATIO:.2f}:':<38}"
+        f"{verdict(ratio >= TARGET_PGBENCH_RATIO)} ({ratio:.3f})",
     ]
-    label = f"p99 < {TARGET_P99_MS:.0f} ms at >= {TARGET_LATENCY_RATE:.0f} req/s:"
+    label = f"p99 <= {TARGET_P99_MS:.0f} ms at half the throughput:"
     if phase_b is None:
         lines.append(f"  {label:<38}MISSED (not measured)")
     else:
-        fast = phase_b.p99_ms < TARGET_P99_MS and phase_b.errors == 0
-        rate_ok = phase_b.responses_per_s >= TARGET_LATENCY_RATE * 0.98
+        fast = phase_b.p99_ms <= TARGET_P99_MS and phase_b.errors == 0
+        rate_ok = phase_b.responses_per_s >= phase_a.created_per_s / 2 * 0.98
         detail = f"p99 {phase_b.p99_ms:.1f} ms at {phase_b.responses_per_s:.1f} req/s"
-        if fast and not rate_ok:
-            detail += f"; below {TARGET_LATENCY_RATE:.0f} req/s, try --rate {TARGET_LATENCY_RATE:.0f}"
+        if not rate_ok:
+            detail += f"; below half of phase A's {phase_a.created_per_s:.1f}/s"
         lines.append(f"  {label:<38}{verdict(fast and rate_ok)} ({detail})")
     if phase_b is not None and (phase_b.send_lag_p99_ms or 0.0) > 5:
         lines.append("  warning: the open-loop client sent late (send lag p99 > 5 ms); phase B is partly client-bound")
@@ -797,6 +825,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
     # The interaction journal in its own PostgreSQL database, as deployed; --no-journal measures without it.
     env["JOURNAL_URL"] = db_url(args.pg_url, journal_db)
     env["JOURNAL_ENABLED"] = "false" if args.no_journal else "true"
+    env["JOURNAL_SPOOL_DIR"] = str(workdir / "journal-spool")  # used only while the journal's store fails
     # The payments go to the sandbox carrier that seed_demo creates: the sandbox app must be installed.
     env["SANDBOX"] = "true"
     # No carrier worker runs here: a PIN confirm answers at once (202) instead of polling for a verdict.
@@ -872,6 +901,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
                 )
         phase_a.cpu = cpu_a
         count_a = settled_count(database_url, prefix_a)
+        journaled_a = None if args.no_journal else journaled_count(db_url(args.pg_url, journal_db), prefix_a)
         statuses_a = payment_statuses(database_url, prefix_a)
 
         rate = args.rate if args.rate is not None else phase_a.created_per_s / 2
@@ -917,6 +947,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             phase_a=phase_a,
             phase_a_db_count=count_a,
             phase_a_statuses=statuses_a,
+            phase_a_journaled=journaled_a,
             phase_b=phase_b,
             phase_b_db_count=count_b,
             pg=pg,

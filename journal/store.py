@@ -160,12 +160,16 @@ class SqlJournalStore:
             )
             for document in documents
         ]
-        sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 - quoted identifiers, bound values
-            connection.ops.quote_name(JournalRecord._meta.db_table),
-            ", ".join(connection.ops.quote_name(column) for column in columns),
-            ", ".join(["%s"] * len(columns)),
-        )
+        table = connection.ops.quote_name(JournalRecord._meta.db_table)
+        names = ", ".join(connection.ops.quote_name(column) for column in columns)
         with connection.cursor() as cursor:
+            if connection.vendor == "postgresql" and len(rows) > 1:
+                # A batch (a spool segment): one COPY, far cheaper per row than an INSERT each.
+                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                return
+            sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608
             cursor.executemany(sql, rows)
 
     def _filter(self, query: JournalQuery) -> Any:

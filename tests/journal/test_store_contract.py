@@ -232,6 +232,25 @@ def test_an_ordinary_document_is_not_marked(store: JournalStore) -> None:
     assert found["data"] == {"text": "é ✓ 😀", "n": 1.5}
 
 
+def test_a_batch_is_stored_document_for_document_as_one_at_a_time(store: JournalStore) -> None:
+    # A spool segment reaches the store as one batch (a COPY on PostgreSQL): every document arrives whole.
+    batch = [
+        build(
+            "api_request",
+            {"text": "é ✓ 😀", "tab\there": "a\tb\nc\\d", "i": i, "nested": {"list": [i, None]}},
+            app="batch",
+        )
+        for i in range(5)
+    ]
+    sanitized = build("api_request", {"text": "a\x00b"}, app="batch", user_ref="p\x00")
+    store.write([*batch, sanitized])
+    found = store.query(JournalQuery(correlation={"app": "batch"}))
+    assert sorted((document["data"] for document in found), key=json.dumps) == sorted(
+        [document["data"] for document in batch] + [{"text": "a\\u0000b"}], key=json.dumps
+    )
+    assert next(document for document in found if document.get("_sanitized"))["correlation"]["user_ref"] == "p\\u0000"
+
+
 def test_retention_per_kind_drops_each_kind_past_its_own_time(store: JournalStore) -> None:
     now = timezone.now()
 
