@@ -407,70 +407,58 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         assert [(row["amount_minor"], row["status"]) for row in refund_rows] == [(100, "succeeded")], refunds
         timings["refunded"] = time.monotonic() - started
 
-        # A subscription: the double opt-in by PIN, then its renewal, made by beat's renewal job on the Celery
-        # worker, sent at its paced moment by beat's due-attempts job (every 30 s), charged through the carrier
-        # worker.
-        sub_msisdn = "+447712345679"
-        opted = session.post(
-            f"{web}/api/v1/subscriptions/",
-            json={"user_ref": "player-2", "msisdn": sub_msisdn, "plan": "vip-weekly"},
-            headers={"Idempotency-Key": f"smoke-sub-{uuid.uuid4()}"},
-            timeout=15,
-        )
-        assert opted.status_code == 201, opted.text
-        subscription_id = opted.json()["id"]
-
-        def subscription() -> dict[str, Any]:
+        def subscription(subscription_id: str) -> dict[str, Any]:
             answer = session.get(f"{web}/api/v1/subscriptions/{subscription_id}/", timeout=10)
             assert answer.status_code == 200, answer.text
             body: dict[str, Any] = answer.json()
             return body
 
-        def sub_pin() -> str | None:
-            inbox = requests.get(f"{carrier_base}/simulators/camara/_sms", params={"msisdn": sub_msisdn}, timeout=5)
-            found = re.findall(r"\b(\d{4,8})\b", json.dumps(inbox.json()["messages"]))
-            return found[-1] if found else None
+        def subscribe(msisdn: str, simulator: str) -> str:
+            """The double opt-in through the API, its PIN read from the simulator's test handset; once active, the
+            subscription's id."""
+            opted = session.post(
+                f"{web}/api/v1/subscriptions/",
+                json={"user_ref": f"player-{msisdn[-4:]}", "msisdn": msisdn, "plan": "vip-weekly"},
+                headers={"Idempotency-Key": f"smoke-sub-{uuid.uuid4()}"},
+                timeout=15,
+            )
+            assert opted.status_code == 201, opted.text
+            subscription_id: str = opted.json()["id"]
 
-        sub_code = wait_for("the opt-in's PIN", sub_pin, timeout=30)
-        opt_in = session.post(
-            f"{web}/api/v1/subscriptions/{subscription_id}/confirm/", json={"pin": sub_code}, timeout=15
-        )
-        assert opt_in.status_code in (200, 202), opt_in.text
-        wait_for("the subscription to be active", lambda: subscription()["status"] == "active", timeout=30)
+            def pin() -> str | None:
+                inbox = requests.get(
+                    f"{carrier_base}/simulators/{simulator}/_sms", params={"msisdn": msisdn}, timeout=5
+                )
+                found = re.findall(r"code is (\d{4,10})", json.dumps(inbox.json()["messages"]))
+                return found[-1] if found else None
+
+            code = wait_for("the opt-in's PIN", pin, timeout=30)
+            # An asynchronous carrier tells of the PIN it sent by callback: the PIN is taken once PlayPay knows.
+            wait_for(
+                "the PIN sent", lambda: subscription(subscription_id)["next_action"]["type"] == "enter_pin", timeout=30
+            )
+            confirmed = session.post(
+                f"{web}/api/v1/subscriptions/{subscription_id}/confirm/", json={"pin": code}, timeout=15
+            )
+            assert confirmed.status_code in (200, 202), confirmed.text
+            wait_for("the opt-in", lambda: subscription(subscription_id)["status"] == "active", timeout=30)
+            return subscription_id
+
+        def period(subscription_id: str) -> int | None:
+            return (subscription(subscription_id)["current_period"] or {}).get("index")
+
+        # A subscription: the double opt-in by PIN, then its renewal, made by beat's renewal job on the Celery
+        # worker, sent at its paced moment by beat's due-attempts job (every 30 s), charged through the carrier
+        # worker.
+        subscription_id = subscribe("+447712345679", "camara")
         _manage(["shell", "-c", RENEWAL_DUE.format(id=subscription_id)], env)
-        wait_for(
-            "beat's renewal job to renew the subscription",
-            lambda: (subscription()["current_period"] or {}).get("index") == 1,
-            timeout=120,
-        )
-        assert subscription()["status"] == "active"
+        wait_for("beat's renewal job to renew the subscription", lambda: period(subscription_id) == 1, timeout=120)
+        assert subscription(subscription_id)["status"] == "active"
         timings["renewed"] = time.monotonic() - started
 
         # A subscription on the aggregator: the same double opt-in, then the aggregator holds its renewals. A week
         # later on its side, its own scheduler charges the second period and tells PlayPay by signed callback.
-        agg_msisdn = "+447812345679"
-        opted = session.post(
-            f"{web}/api/v1/subscriptions/",
-            json={"user_ref": "player-3", "msisdn": agg_msisdn, "plan": "vip-weekly"},
-            headers={"Idempotency-Key": f"smoke-agg-sub-{uuid.uuid4()}"},
-            timeout=15,
-        )
-        assert opted.status_code == 201, opted.text
-        subscription_id = opted.json()["id"]  # the one `subscription()` reads from now on
-
-        def agg_pin() -> str | None:
-            inbox = requests.get(f"{aggregator_endpoint}/_sms", params={"msisdn": agg_msisdn}, timeout=5)
-            found = re.findall(r"code is (\d{4,10})", json.dumps(inbox.json()["messages"]))
-            return found[-1] if found else None
-
-        agg_code = wait_for("the aggregator's opt-in PIN", agg_pin, timeout=30)
-        # The aggregator tells of the PIN it sent by callback: the PIN is taken once PlayPay knows.
-        wait_for("the PIN sent", lambda: subscription()["next_action"]["type"] == "enter_pin", timeout=30)
-        opt_in = session.post(
-            f"{web}/api/v1/subscriptions/{subscription_id}/confirm/", json={"pin": agg_code}, timeout=15
-        )
-        assert opt_in.status_code in (200, 202), opt_in.text
-        wait_for("the aggregator's subscription to be active", lambda: subscription()["status"] == "active", timeout=30)
+        subscription_id = subscribe("+447812345679", "aggregator")
         later = [sys.executable, "manage.py", "shell", "-c", AGGREGATOR_WEEK_LATER.format(id=subscription_id)]
         wait_for(
             "the aggregator to hold the subscription, a week on",
@@ -480,10 +468,10 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         )
         wait_for(
             "the aggregator's own scheduler to renew it, told by callback",
-            lambda: (subscription()["current_period"] or {}).get("index") == 1,
+            lambda: period(subscription_id) == 1,
             timeout=120,
         )
-        assert subscription()["status"] == "active"
+        assert subscription(subscription_id)["status"] == "active"
         timings["renewed by the aggregator"] = time.monotonic() - started
 
         # Staff and docs pages, a static file under its hashed name (collectstatic's manifest, WhiteNoise).
