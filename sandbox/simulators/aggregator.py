@@ -466,22 +466,25 @@ def run_schedule(now: datetime) -> int:
     that ended meanwhile is never charged late), or a declined period's retry; how many charges were made
     (declined ones too). Each subscription is read again under its lock and its next charge booked with the
     charge, so a run repeated, or two runs at once on any processes, charge a period once."""
+
+    def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
+        due = subscription.get("next_charge_at")
+        if subscription["status"] == "cancelled" or due is None or due > now.timestamp():
+            return None  # another run charged it (or it was stopped) since it was found
+        anchor, paid = _anchor(subscription), subscription["periods_paid"]
+        period = index_at(anchor, subscription["period"], now)
+        if period <= paid:  # paid ahead (told to renew): charged again when its next period starts
+            subscription["next_charge_at"] = int(boundary(anchor, subscription["period"], paid + 1).timestamp())
+            return None
+        return _charge(subscription, period, now=now)
+
     made = 0
     for held in SIM.records.find(SUBSCRIPTION_PREFIX, next_charge_at__lte=int(now.timestamp())):
-
-        def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
-            due = subscription.get("next_charge_at")
-            if subscription["status"] == "cancelled" or due is None or due > now.timestamp():
-                return None  # another run charged it (or it was stopped) since it was found
-            anchor, paid = _anchor(subscription), subscription["periods_paid"]
-            period = index_at(anchor, subscription["period"], now)
-            if period <= paid:  # paid ahead (told to renew): charged again when its next period starts
-                subscription["next_charge_at"] = int(boundary(anchor, subscription["period"], paid + 1).timestamp())
-                return None
-            return _charge(subscription, period, now=now)
-
-        if _tell(held["subscription_id"], make, lost=False) is not None:
-            made += 1
+        try:
+            told = _tell(held["subscription_id"], make, lost=False)
+        except KeyError:
+            continue  # the simulator was reset since: it holds no subscription any more
+        made += told is not None
     return made
 
 
