@@ -1,6 +1,6 @@
 """Demo data for the embedded default: carriers on every protocol (against the simulators), a demo app and
-its subscription plan, and the reporting catalog's API datasets (FX rates, the aggregator's balance) against
-the reference-data simulators."""
+its subscription plan (on every demo carrier that takes subscriptions, the aggregator's included), and the
+reporting catalog's API datasets (FX rates, the aggregator's balance) against the reference-data simulators."""
 
 from dataclasses import dataclass, field
 
@@ -19,12 +19,15 @@ DEMO_APP = "Demo Game"
 DEMO_FUNNEL = "Demo store purchase"
 DEMO_FUNNEL_STEPS = ["store_opened", "item_selected", "msisdn_entered", "payment_created", "charge_succeeded"]
 DEMO_TRAFFIC_KEY_LABEL = "demo_traffic"
-# The demo app's subscription plan: daily, so that the renewal engine charges its second period a day later.
+# The demo app's subscription plan: daily, so that its second period is charged a day later: by the renewal
+# engine, or on the aggregator's carrier by the aggregator's own schedule.
 DEMO_PLAN = "vip-daily"
 DEMO_PLAN_PRICE = ("vip-daily", 49)
 # Its downgrade-billing price, on the demo carrier that takes downgrade billing: a renewal declined there for
 # insufficient funds is tried again at it.
 DEMO_PLAN_FALLBACK_PRICE = ("vip-daily-lite", 29)
+# The protocols whose demo carriers offer the plan: every one that takes subscriptions.
+SUBSCRIPTION_PROTOCOLS = (*PLATFORM_MANAGED, Protocol.AGGREGATOR)
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,9 @@ class DemoCarrier:
 
     @property
     def subscriptions(self) -> bool:
-        """Whether the demo carrier takes subscriptions: PIN and one-click, renewals charged by PlayPay."""
-        return self.one_click and self.protocol in PLATFORM_MANAGED
+        """Whether the demo carrier takes subscriptions: PIN and one-click, renewals charged by PlayPay or, on the
+        aggregator's, by the aggregator (its simulator's periodic job)."""
+        return self.one_click and self.protocol in SUBSCRIPTION_PROTOCOLS
 
     @property
     def plan_prices(self) -> list[tuple[str, int]]:

@@ -5,8 +5,9 @@ carriers: the PIN flow (PIN 1234 on the sandbox carriers, the PIN from the simul
 inbox on the others) or one click. Some numbers are chosen to be declined (the simulators'
 scenarios by the last four digits) and some charges are refunded through the API. A share of the paying
 players subscribes to the demo app's VIP pass instead, on a carrier that takes subscriptions: the double
-opt-in through the subscription API, confirmed by the PIN as a payment is; the renewal engine (a periodic
-task, run by `run_scheduler` in the embedded default) charges their next periods.
+opt-in through the subscription API, confirmed by the PIN as a payment is, each carrier in turn. Their next
+periods are charged by the renewal engine, or on the aggregator's carrier by the aggregator's own schedule (both
+periodic tasks, run by `run_scheduler` in the embedded default), and told by its signed callbacks.
 """
 
 import random
@@ -149,7 +150,9 @@ class DemoTraffic:
         declined = _every(self.plan.failure_share, self.subscribed if subscribes else self.bought)
         if subscribes:
             self.subscribed += 1
-            self._subscribe(self.random.choice(self.plan_carriers), player, journey, declined)
+            # Each carrier in turn: a short run has subscribers on every one, the aggregator's included.
+            carrier = self.plan_carriers[(self.subscribed - 1) % len(self.plan_carriers)]
+            self._subscribe(carrier, player, journey, declined)
             return
         self.bought += 1
         demo, price_point = self.random.choice(self.offers)

@@ -1,8 +1,9 @@
 """Simulator of the DCB aggregator API (docs/carriers/aggregator.md): signed, asynchronous.
 
-Subscriptions are carrier-managed: the simulator holds each one's schedule and charges its renewals when told
-to (`renew`, or `run_schedule` for every period that has come), and tells of renewals, declines and the
-player's STOP (`stop`) by signed callback, keeping every event it sent for the status query.
+Subscriptions are carrier-managed: the simulator holds each one's schedule and charges its renewals by itself
+(`run_schedule`, run every minute by the sandbox's periodic job: the period that has come, once; a declined one
+again a day later), or when a test tells it to (`renew`); it tells of renewals, declines and the player's STOP
+(`stop`) by signed callback, keeping every event it sent for the status query.
 
 Merchant `playpay-demo` signs requests with API_SECRET; the simulator signs callbacks
 with CALLBACK_SECRET. Charges are processed at once, and their results are posted to
@@ -13,7 +14,7 @@ state (core.Records, keyed by charge id), so every process serving it is the sam
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
@@ -21,7 +22,7 @@ from django.urls import path
 
 from carriers.adapters.aggregator import sign
 from sandbox.simulators.core import Decline, simulator, simulator_view
-from subscriptions.periods import Period, boundary
+from subscriptions.periods import Period, boundary, index_at
 
 MERCHANT_ID = "playpay-demo"
 API_SECRET = "aggregator-api-secret"  # noqa: S105 - a simulator's published test secret
@@ -289,6 +290,10 @@ def reversal(request: HttpRequest, charge_id: str) -> HttpResponse:
 
 # Subscription ids start with it (and key the subscriptions among the simulator's records).
 SUBSCRIPTION_PREFIX = "sub_"
+# A declined period is charged again this long after (until the next period starts: that one is charged then).
+RETRY_AFTER = timedelta(days=1)
+# How far from now a subscription's anchor may be (about 10 years): its periods are counted from it.
+ANCHOR_WITHIN = timedelta(days=3653)
 
 
 def _subscription_event(event_type: str, subscription: dict[str, Any], **data: Any) -> dict[str, Any]:
@@ -328,6 +333,10 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
         return _error(400, "INVALID_REQUEST", "amount is positive minor units; period is daily, weekly or monthly")
     if (fault := _fault(msisdn)) is not None:
         return fault
+    if abs(anchor - time.time()) > ANCHOR_WITHIN.total_seconds():
+        # The schedule counts periods from it for years: one it cannot count would stop the job for everyone.
+        return _error(400, "INVALID_REQUEST", "anchor is the first period's start: Unix seconds within 10 years of now")
+    first_renewal = boundary(datetime.fromtimestamp(anchor, tz=UTC), period, 1)
     subscription_id = SIM.new_id(SUBSCRIPTION_PREFIX)
     if not SIM.records.add(f"subscription-reference:{reference}", {"subscription_id": subscription_id}):
         existing = SIM.records[f"subscription-reference:{reference}"]["subscription_id"]
@@ -345,6 +354,7 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
             "callback_url": str(body.get("callback_url") or ""),
             "status": "active",
             "periods_paid": 0,
+            "next_charge_at": int(first_renewal.timestamp()),
             "events": [],
         },
     )
@@ -381,31 +391,45 @@ def _tell(subscription_id: str, make: Change, *, lost: bool) -> dict[str, Any] |
     return event
 
 
+def _anchor(subscription: dict[str, Any]) -> datetime:
+    return datetime.fromtimestamp(subscription["anchor"], tz=UTC)
+
+
+def _charge(
+    subscription: dict[str, Any], period: int, *, now: datetime, decline: Decline | None = None
+) -> dict[str, Any]:
+    """Charge `period` (declined as its number's scenario says, or as `decline`) and book the next charge: the
+    next period's start, or a declined period's retry a day later if that comes first; the event to send."""
+    next_period = boundary(_anchor(subscription), subscription["period"], period + 1)
+    declined = decline or SIM.charge_decline(subscription["msisdn"])
+    money = {"amount": subscription["amount"], "currency": subscription["currency"]}
+    if declined is not None:
+        subscription["status"] = "past_due"
+        subscription["next_charge_at"] = int(min(now + RETRY_AFTER, next_period).timestamp())
+        code, message = _DECLINE_CODES[declined]
+        return _subscription_event(
+            "subscription.renewal_failed",
+            subscription,
+            period=period,
+            reason_code=code,
+            reason_message=message,
+            **money,
+        )
+    charge_id = SIM.new_id(CHARGE_PREFIX)
+    SIM.record_charge(subscription["msisdn"], charge_id)
+    subscription["periods_paid"], subscription["status"] = period, "active"
+    subscription["next_charge_at"] = int(next_period.timestamp())
+    return _subscription_event("subscription.renewed", subscription, period=period, charge_id=charge_id, **money)
+
+
 def renew(subscription_id: str, *, lost: bool = False, decline: Decline | None = None) -> dict[str, Any] | None:
-    """Charge a subscription's next period (declined as its number's scenario says, or as `decline`); the event
-    sent, or None when it is cancelled."""
+    """Charge a subscription's next period now, whatever its schedule says (declined as its number's scenario
+    says, or as `decline`); the event sent, or None when it is cancelled."""
 
     def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
         if subscription["status"] == "cancelled":
             return None
-        period = subscription["periods_paid"] + 1
-        declined = decline or SIM.charge_decline(subscription["msisdn"])
-        money = {"amount": subscription["amount"], "currency": subscription["currency"]}
-        if declined is not None:
-            subscription["status"] = "past_due"
-            code, message = _DECLINE_CODES[declined]
-            return _subscription_event(
-                "subscription.renewal_failed",
-                subscription,
-                period=period,
-                reason_code=code,
-                reason_message=message,
-                **money,
-            )
-        charge_id = SIM.new_id(CHARGE_PREFIX)
-        SIM.record_charge(subscription["msisdn"], charge_id)
-        subscription["periods_paid"], subscription["status"] = period, "active"
-        return _subscription_event("subscription.renewed", subscription, period=period, charge_id=charge_id, **money)
+        return _charge(subscription, subscription["periods_paid"] + 1, now=datetime.now(UTC), decline=decline)
 
     return _tell(subscription_id, make, lost=lost)
 
@@ -418,6 +442,7 @@ def stop(subscription_id: str, *, lost: bool = False, reason: str = "STOP") -> d
         if subscription["status"] == "cancelled":
             return None
         subscription["status"] = "cancelled"
+        subscription.pop("next_charge_at", None)  # nothing is charged any more
         return _subscription_event("subscription.cancelled", subscription, reason_code=reason)
 
     return _tell(subscription_id, make, lost=lost)
@@ -437,14 +462,30 @@ def subscription_cancel(request: HttpRequest, subscription_id: str) -> HttpRespo
 
 
 def run_schedule(now: datetime) -> int:
-    """Charge every period of an active subscription that has started by `now`; how many were charged."""
-    charged = 0
-    for subscription in SIM.records.find(SUBSCRIPTION_PREFIX):
-        anchor = datetime.fromtimestamp(subscription["anchor"], tz=UTC)
-        due = boundary(anchor, subscription["period"], subscription["periods_paid"] + 1)
-        if subscription["status"] != "cancelled" and due <= now and renew(subscription["subscription_id"]):
-            charged += 1
-    return charged
+    """Charge each subscription whose next charge has come by `now`: the period that contains `now` (a period
+    that ended meanwhile is never charged late), or a declined period's retry; how many charges were made
+    (declined ones too). Each subscription is read again under its lock and its next charge booked with the
+    charge, so a run repeated, or two runs at once on any processes, charge a period once."""
+
+    def make(subscription: dict[str, Any]) -> dict[str, Any] | None:
+        due = subscription.get("next_charge_at")
+        if subscription["status"] == "cancelled" or due is None or due > now.timestamp():
+            return None  # another run charged it (or it was stopped) since it was found
+        anchor, paid = _anchor(subscription), subscription["periods_paid"]
+        period = index_at(anchor, subscription["period"], now)
+        if period <= paid:  # paid ahead (told to renew): charged again when its next period starts
+            subscription["next_charge_at"] = int(boundary(anchor, subscription["period"], paid + 1).timestamp())
+            return None
+        return _charge(subscription, period, now=now)
+
+    made = 0
+    for held in SIM.records.find(SUBSCRIPTION_PREFIX, next_charge_at__lte=int(now.timestamp())):
+        try:
+            told = _tell(held["subscription_id"], make, lost=False)
+        except KeyError:
+            continue  # the simulator was reset since: it holds no subscription any more
+        made += told is not None
+    return made
 
 
 urlpatterns = [

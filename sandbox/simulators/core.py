@@ -302,7 +302,7 @@ class Records:
 
     def find(self, prefix: str = "", **values: Any) -> list[dict[str, Any]]:
         """The records whose key starts with `prefix` and whose fields (`a__b` for a nested one) hold these
-        values, oldest first."""
+        values (or meet a lookup: `due__lte=…`; a record without the field meets none), oldest first."""
         rows = self._rows()
         if prefix:
             rows = rows.filter(key__startswith=prefix)

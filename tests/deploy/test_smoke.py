@@ -4,7 +4,9 @@ CAMARA carrier and is partly refunded; the admin's login page, the API docs, a h
 answer; then every process stops on SIGTERM, cleanly and in time.
 
 The carrier is an outside service: a second instance of this code in its embedded default with the sandbox on,
-serving the CAMARA simulator from two gunicorn workers, which share its state through its own (SQLite) database.
+serving the CAMARA and aggregator simulators from two gunicorn workers, which share their state through its own
+(SQLite) database, and running its own periodic jobs (`run_scheduler`): there the aggregator renews a subscription
+by itself and tells PlayPay by signed callback.
 Databases are this run's own (named after the xdist worker, dropped at the end); the broker is the suite's Redis
 database, whose own tests keep their keys under a per-worker prefix.
 """
@@ -33,10 +35,12 @@ pytestmark = [pytest.mark.deploy, pytest.mark.postgres, pytest.mark.broker]
 
 ROOT = Path(__file__).resolve().parents[2]
 CARRIER = "camara-gb"
+# A carrier that holds its subscriptions' renewals itself: the outside aggregator charges them on its own schedule.
+AGGREGATOR = "aggregator-gb"
 # Beat's proof of life: a job of the schedule that the data migrations install, run by the Celery worker.
 OVERDUE_JOB = ("payments: relay the task outbox", "payments.tasks.relay_outbox")
 ERRORS = re.compile(r'"level": "(?:ERROR|CRITICAL)".*|.* (?:ERROR|CRITICAL) .*|Traceback \(most recent call last\)')
-QUEUES = ["default", "webhooks", f"carrier.{CARRIER}"]
+QUEUES = ["default", "webhooks", f"carrier.{CARRIER}", f"carrier.{AGGREGATOR}"]
 STOP_SECONDS = 20
 
 
@@ -169,6 +173,37 @@ price_point = PricePoint.objects.get(carrier=carrier, code="gems-100")
 PlanOffer.objects.create(plan=plan, carrier=carrier, price_point=price_point)
 """
 
+# The aggregator, on the same outside service, and the plan offered there too.
+SEED_AGGREGATOR = """
+from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
+from subscriptions.models import Plan, PlanOffer
+carrier = Carrier.objects.create(
+    slug="{slug}", name="DCB Aggregator UK", country_id="GB", protocol=Protocol.AGGREGATOR, endpoint="{endpoint}",
+    is_active=True, supports_pin=True, supports_one_click=True, supports_refund=True, supports_subscriptions=True,
+)
+carrier.credentials = {{
+    "merchant_id": "playpay-demo",
+    "api_secret": "aggregator-api-secret",
+    "callback_secret": "aggregator-callback-secret",
+}}
+carrier.save(update_fields=["credentials_encrypted"])
+NumberPrefix.objects.create(prefix="4478", carrier=carrier)
+price_point = PricePoint.objects.create(
+    carrier=carrier, code="gems-100", amount_minor=99, currency="GBP", carrier_payout_minor=69
+)
+PlanOffer.objects.create(plan=Plan.objects.get(code="vip-weekly"), carrier=carrier, price_point=price_point)
+"""
+
+# On the aggregator's side a week passes for one subscription: its schedule moves a week back (its own scheduler
+# then finds its second period due).
+AGGREGATOR_WEEK_LATER = """
+from sandbox.simulators.core import simulator
+records = simulator("aggregator").records
+[held] = records.find("sub_", merchant_reference="{id}")
+week = 7 * 24 * 3600
+records.update(held["subscription_id"], anchor=held["anchor"] - week, next_charge_at=held["next_charge_at"] - week)
+"""
+
 # The subscription's first week moved a week back, so that its renewal is due now; beat's renewal job made
 # overdue (saved, so that beat reloads its schedule) and sent at once.
 RENEWAL_DUE = """
@@ -262,6 +297,10 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
             ],
             carrier_env,
         )
+        # The outside service's own periodic jobs (its embedded default): the aggregator's renewal schedule is one.
+        carrier_scheduler = processes.start(
+            "carrier_scheduler", [sys.executable, "manage.py", "run_scheduler", "--tick", "1"], carrier_env
+        )
         # Served over plain HTTP here; checked with the documented production value (behind TLS).
         _manage(["check", "--deploy", "--fail-level", "WARNING"], env | {"SECURE_SSL_REDIRECT": "true"})
         key = _manage(["create_app", "Deploy Smoke"], env).strip().splitlines()[-1]
@@ -271,6 +310,8 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
             env,
         )
         _manage(["shell", "-c", SEED_PLAN.format(slug=CARRIER)], env)
+        aggregator_endpoint = f"{carrier_base}/simulators/aggregator"
+        _manage(["shell", "-c", SEED_AGGREGATOR.format(slug=AGGREGATOR, endpoint=aggregator_endpoint)], env)
         timings["setup"] = time.monotonic() - started
 
         web_process = processes.start(
@@ -288,7 +329,15 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         )
         carrier_worker = processes.start(
             "carrier_worker",
-            [sys.executable, "manage.py", "carrier_worker", "--carriers", CARRIER, "--concurrency", "2"],
+            [
+                sys.executable,
+                "manage.py",
+                "carrier_worker",
+                "--carriers",
+                f"{CARRIER},{AGGREGATOR}",
+                "--concurrency",
+                "2",
+            ],
             env,
         )
         worker = processes.start(
@@ -358,44 +407,72 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
         assert [(row["amount_minor"], row["status"]) for row in refund_rows] == [(100, "succeeded")], refunds
         timings["refunded"] = time.monotonic() - started
 
-        # A subscription: the double opt-in by PIN, then its renewal, made by beat's renewal job on the Celery
-        # worker, sent at its paced moment by beat's due-attempts job (every 30 s), charged through the carrier
-        # worker.
-        sub_msisdn = "+447712345679"
-        opted = session.post(
-            f"{web}/api/v1/subscriptions/",
-            json={"user_ref": "player-2", "msisdn": sub_msisdn, "plan": "vip-weekly"},
-            headers={"Idempotency-Key": f"smoke-sub-{uuid.uuid4()}"},
-            timeout=15,
-        )
-        assert opted.status_code == 201, opted.text
-        subscription_id = opted.json()["id"]
-
-        def subscription() -> dict[str, Any]:
+        def subscription(subscription_id: str) -> dict[str, Any]:
             answer = session.get(f"{web}/api/v1/subscriptions/{subscription_id}/", timeout=10)
             assert answer.status_code == 200, answer.text
             body: dict[str, Any] = answer.json()
             return body
 
-        def sub_pin() -> str | None:
-            inbox = requests.get(f"{carrier_base}/simulators/camara/_sms", params={"msisdn": sub_msisdn}, timeout=5)
-            found = re.findall(r"\b(\d{4,8})\b", json.dumps(inbox.json()["messages"]))
-            return found[-1] if found else None
+        def subscribe(msisdn: str, simulator: str) -> str:
+            """The double opt-in through the API, its PIN read from the simulator's test handset; once active, the
+            subscription's id."""
+            opted = session.post(
+                f"{web}/api/v1/subscriptions/",
+                json={"user_ref": f"player-{msisdn[-4:]}", "msisdn": msisdn, "plan": "vip-weekly"},
+                headers={"Idempotency-Key": f"smoke-sub-{uuid.uuid4()}"},
+                timeout=15,
+            )
+            assert opted.status_code == 201, opted.text
+            subscription_id: str = opted.json()["id"]
 
-        sub_code = wait_for("the opt-in's PIN", sub_pin, timeout=30)
-        opt_in = session.post(
-            f"{web}/api/v1/subscriptions/{subscription_id}/confirm/", json={"pin": sub_code}, timeout=15
-        )
-        assert opt_in.status_code in (200, 202), opt_in.text
-        wait_for("the subscription to be active", lambda: subscription()["status"] == "active", timeout=30)
+            def pin() -> str | None:
+                inbox = requests.get(
+                    f"{carrier_base}/simulators/{simulator}/_sms", params={"msisdn": msisdn}, timeout=5
+                )
+                found = re.findall(r"code is (\d{4,10})", json.dumps(inbox.json()["messages"]))
+                return found[-1] if found else None
+
+            code = wait_for("the opt-in's PIN", pin, timeout=30)
+            # An asynchronous carrier tells of the PIN it sent by callback: the PIN is taken once PlayPay knows.
+            wait_for(
+                "the PIN sent", lambda: subscription(subscription_id)["next_action"]["type"] == "enter_pin", timeout=30
+            )
+            confirmed = session.post(
+                f"{web}/api/v1/subscriptions/{subscription_id}/confirm/", json={"pin": code}, timeout=15
+            )
+            assert confirmed.status_code in (200, 202), confirmed.text
+            wait_for("the opt-in", lambda: subscription(subscription_id)["status"] == "active", timeout=30)
+            return subscription_id
+
+        def period(subscription_id: str) -> int | None:
+            return (subscription(subscription_id)["current_period"] or {}).get("index")
+
+        # A subscription: the double opt-in by PIN, then its renewal, made by beat's renewal job on the Celery
+        # worker, sent at its paced moment by beat's due-attempts job (every 30 s), charged through the carrier
+        # worker.
+        subscription_id = subscribe("+447712345679", "camara")
         _manage(["shell", "-c", RENEWAL_DUE.format(id=subscription_id)], env)
+        wait_for("beat's renewal job to renew the subscription", lambda: period(subscription_id) == 1, timeout=120)
+        assert subscription(subscription_id)["status"] == "active"
+        timings["renewed"] = time.monotonic() - started
+
+        # A subscription on the aggregator: the same double opt-in, then the aggregator holds its renewals. A week
+        # later on its side, its own scheduler charges the second period and tells PlayPay by signed callback.
+        subscription_id = subscribe("+447812345679", "aggregator")
+        later = [sys.executable, "manage.py", "shell", "-c", AGGREGATOR_WEEK_LATER.format(id=subscription_id)]
         wait_for(
-            "beat's renewal job to renew the subscription",
-            lambda: (subscription()["current_period"] or {}).get("index") == 1,
+            "the aggregator to hold the subscription, a week on",
+            lambda: subprocess.run(later, cwd=ROOT, env=carrier_env, capture_output=True, timeout=60).returncode == 0,
+            timeout=90,
+            interval=1,
+        )
+        wait_for(
+            "the aggregator's own scheduler to renew it, told by callback",
+            lambda: period(subscription_id) == 1,
             timeout=120,
         )
-        assert subscription()["status"] == "active"
-        timings["renewed"] = time.monotonic() - started
+        assert subscription(subscription_id)["status"] == "active"
+        timings["renewed by the aggregator"] = time.monotonic() - started
 
         # Staff and docs pages, a static file under its hashed name (collectstatic's manifest, WhiteNoise).
         login = requests.get(f"{web}/admin/login/", timeout=10)
@@ -417,6 +494,12 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
             lambda: re.search(rf"Task {re.escape(OVERDUE_JOB[1])}\[[^]]+\] succeeded", worker.output()),
             timeout=20,
         )
+
+        carrier_scheduler.assert_running()
+        assert re.search(r"sandbox: aggregator simulator renews its subscriptions: 1", carrier_scheduler.output())
+        # The outside service's scheduler is not part of the deployment: it is simply stopped.
+        processes.stop(carrier_scheduler, timeout=STOP_SECONDS)
+        assert not ERRORS.findall(carrier_scheduler.output()), carrier_scheduler.tail()
 
         # Every process is still up, then stops on SIGTERM, cleanly and in time.
         everything = (web_process, carrier_worker, worker, beat, carrier)

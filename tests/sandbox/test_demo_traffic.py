@@ -14,12 +14,14 @@ from django_celery_beat.models import PeriodicTask
 from funnel.models import FunnelEvent
 from payments.models import Payment, PaymentFlow, Refund
 from playpay.beat import schedule
-from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data
-from subscriptions.models import PLATFORM_MANAGED, Subscription, SubscriptionCharge
+from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, SUBSCRIPTION_PROTOCOLS, seed_demo_data
+from sandbox.simulators.core import simulator
+from subscriptions.models import Subscription, SubscriptionCharge
 from tenants.models import ApiKey
 from tests.factories import CountryFactory
 
 renewal_beat = importlib.import_module("subscriptions.migrations.0003_schedule_renewals")
+aggregator_beat = importlib.import_module("sandbox.migrations.0002_schedule_aggregator_renewals")
 
 # The live server answers from another thread: it sees only what the test commits.
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -97,7 +99,7 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
         assert subscription.plan.code == DEMO_PLAN
         carrier = subscription.carrier
         assert carrier.supports_subscriptions
-        assert carrier.protocol in PLATFORM_MANAGED
+        assert carrier.protocol in SUBSCRIPTION_PROTOCOLS
         assert subscription.metadata["source"] == "demo_traffic"
         # The opt-in continues its player's journey, with its own steps.
         steps = FunnelEvent.objects.filter(app=demo.app, journey_id=subscription.journey_id).values_list(
@@ -109,20 +111,36 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
         assert opt_in.payment.flow == PaymentFlow.PIN  # the double opt-in
     active = subscriptions.filter(status="active")
     assert active.exists()
+    # Each carrier that takes subscriptions in turn: the aggregator's too, which holds their renewals itself.
+    at_aggregator = active.filter(carrier__slug="aggregator-gb")
+    assert at_aggregator.exists()
+    assert set(at_aggregator.values_list("carrier_managed", flat=True)) == {True}
+    assert "" not in set(at_aggregator.values_list("carrier_reference", flat=True))
     # Declined numbers end their opt-in; the others are subscribed.
     declined = subscriptions.exclude(status="active")
     assert declined.exists()  # the seed and the failure share give some
     assert {s.msisdn[-4:] in {"0002", "0003", "0004"} for s in declined} == {True}
     assert {s.msisdn[-4:] in {"0002", "0003", "0004"} for s in active} == {False}
 
-    # A day later: the embedded default's scheduler runs the renewal engine's periodic task.
-    Subscription.objects.filter(pk__in=active.values("pk")).update(next_charge_at=timezone.now())
-    schedule(apps, renewal_beat.ENTRIES)  # an earlier transactional test may have flushed the migration's entry
-    PeriodicTask.objects.exclude(task="subscriptions.tasks.renew_due_subscriptions").update(enabled=False)
+    # A day later: the embedded default's scheduler runs the renewal engine's periodic task, and the aggregator's
+    # simulator its own schedule (a day passes for it: its schedule moves a day earlier).
+    Subscription.objects.filter(pk__in=active.values("pk"), carrier_managed=False).update(next_charge_at=timezone.now())
+    day = 24 * 3600
+    for reference in at_aggregator.values_list("carrier_reference", flat=True):
+        held = simulator("aggregator").records[reference]
+        simulator("aggregator").records.update(
+            reference, anchor=held["anchor"] - day, next_charge_at=held["next_charge_at"] - day
+        )
+    # An earlier transactional test may have flushed the migrations' entries.
+    schedule(apps, [*renewal_beat.ENTRIES, *aggregator_beat.ENTRIES])
+    jobs = ["subscriptions.tasks.renew_due_subscriptions", "sandbox.tasks.run_aggregator_schedule"]
+    PeriodicTask.objects.exclude(task__in=jobs).update(enabled=False)
     call_command("run_scheduler", "--once", stdout=StringIO())
     renewals = SubscriptionCharge.objects.filter(subscription__in=active, kind="renewal", period_index=1)
-    deadline = time.monotonic() + 10  # an asynchronous carrier states its outcome by callback
-    while renewals.filter(outcome="pending").exists() and time.monotonic() < deadline:
+    deadline = time.monotonic() + 10  # an asynchronous carrier states its outcome (or its renewal) by callback
+    while (
+        renewals.filter(outcome="pending").exists() or renewals.count() < active.count()
+    ) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert renewals.count() == active.count()
     assert set(renewals.values_list("outcome", flat=True)) == {"succeeded"}

@@ -38,12 +38,13 @@ def test_seed_demo_is_safe_to_run_twice_and_only_the_newest_key_works() -> None:
     assert {carrier.protocol for carrier in demo} == {"sandbox", "camara", "aggregator", "parlayx"}
     assert demo.values("country").distinct().count() == 2
     assert all(carrier.has_credentials for carrier in demo if carrier.protocol != "sandbox")
-    # And the plan's on three carriers, with its fallback price on the one that takes downgrade billing.
-    assert PricePoint.objects.filter(carrier__in=demo).count() == 14 + 3 + 1
-    # The demo plan, once, offered where subscriptions are taken: PIN, one-click, renewals charged by PlayPay.
+    # And the plan's on four carriers, with its fallback price on the one that takes downgrade billing.
+    assert PricePoint.objects.filter(carrier__in=demo).count() == 14 + 4 + 1
+    # The demo plan, once, offered where subscriptions are taken: PIN, one-click, renewals charged by PlayPay or,
+    # on the aggregator's carrier, by the aggregator on its own schedule.
     plan = Plan.objects.get(app__name="Demo Game", code="vip-daily")
     offered = set(plan.offers.values_list("carrier__slug", flat=True))
-    assert offered == {"sandbox-gb-beta", "camara-gb", "parlayx-es"}
+    assert offered == {"sandbox-gb-beta", "camara-gb", "parlayx-es", "aggregator-gb"}
     assert offered == set(demo.filter(supports_subscriptions=True).values_list("slug", flat=True))
     assert App.objects.filter(name="Demo Game").count() == 1
     assert ApiKey.objects.filter(app__name="Demo Game", revoked_at__isnull=True).count() == 1
@@ -88,6 +89,27 @@ def test_the_demo_plan_downgrades_on_one_sandbox_carrier_the_same_after_a_second
     assert (fallback.currency, regular.currency) == ("GBP", "GBP")
     assert fallback.amount_minor < regular.amount_minor
     offer.full_clean()  # the operations' own rules for an offer's fallback price (subscriptions.models) hold
+
+
+def test_seed_demo_offers_the_plan_on_the_aggregators_carrier_at_its_daily_price_without_fallback() -> None:
+    run("seed_demo")
+
+    offer = PlanOffer.objects.select_related("carrier", "price_point").get(
+        plan__app__name="Demo Game", plan__code="vip-daily", carrier__slug="aggregator-gb"
+    )
+    assert offer.carrier.protocol == "aggregator"
+    assert (offer.carrier.supports_subscriptions, offer.carrier.supports_pin, offer.carrier.supports_one_click) == (
+        True,
+        True,
+        True,
+    )
+    assert (offer.price_point.code, offer.price_point.amount_minor, offer.price_point.currency) == (
+        "vip-daily",
+        49,
+        "GBP",
+    )
+    assert offer.fallback_price_point is None  # the aggregator holds the renewals' price: it never downgrades
+    offer.full_clean()
 
 
 def test_seed_demo_creates_the_fx_and_balance_datasets_against_the_simulators(settings: Any) -> None:

@@ -1,22 +1,36 @@
 """Carrier-managed renewals on the aggregator, against its simulator over real HTTP: the aggregator holds the
 schedule, charges each period and tells of it by signed callback; PlayPay records what it is told."""
 
+import importlib
+import json
 import logging
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
+from io import StringIO
 from typing import Any
 
 import httpx
 import pytest
+from celery.contrib.testing.worker import start_worker
+from django.apps import apps
+from django.core.management import call_command
+from django.db import connections
 from django.db.models import Sum
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
 from carriers.adapters.aggregator import sign
 from carriers.models import Carrier
 from payments.models import CarrierNotification, LedgerEntry, LedgerLine, Payment, PaymentStatus, Refund
+from playpay.beat import schedule
+from playpay.celery import app as celery_app
 from sandbox.simulators import aggregator as aggregator_sim
 from sandbox.simulators.core import Decline, simulator
+from sandbox.tasks import run_aggregator_schedule
 from subscriptions.models import Plan, PlanOffer, Subscription, SubscriptionCharge
 from subscriptions.services.carrier_managed import (
     CANCEL_RETRY_WAITS,
@@ -33,6 +47,7 @@ from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 OVERDUE = timedelta(minutes=360)  # SUBSCRIPTION_CARRIER_OVERDUE_MINUTES
+SCHEDULE = importlib.import_module("sandbox.migrations.0002_schedule_aggregator_renewals")
 
 
 @dataclass
@@ -446,3 +461,180 @@ def test_a_number_ported_out_or_barred_after_its_first_period_ends_here_and_at_t
         what="the cancellation at the aggregator",
     )
     assert aggregator_sim.renew(subscription.carrier_reference) is None  # it retries nothing more
+
+
+# --- the aggregator's own schedule: its simulator charges due periods by itself, through a periodic job ---------
+
+
+def time_passes_at_the_aggregator(reference: str, *, weeks: int = 1) -> None:
+    """The aggregator's clock moves `weeks` on for one subscription: its schedule (anchor and next charge) moves
+    that much earlier. PlayPay's dates stay as they are: an event names its period by index."""
+    held = simulator("aggregator").records[reference]
+    shift = int(timedelta(weeks=weeks).total_seconds())
+    moved = {"anchor": held["anchor"] - shift}
+    if "next_charge_at" in held:
+        moved["next_charge_at"] = held["next_charge_at"] - shift
+    simulator("aggregator").records.update(reference, **moved)
+
+
+def run_the_periodic_job() -> str:
+    """The simulator's periodic job, alone, as the embedded default's scheduler runs the beat entries; its output."""
+    schedule(apps, SCHEDULE.ENTRIES)  # an earlier transactional test may have flushed the migration's entry
+    PeriodicTask.objects.exclude(task="sandbox.tasks.run_aggregator_schedule").update(enabled=False)
+    out = StringIO()
+    call_command("run_scheduler", "--once", stdout=out)
+    return out.getvalue()
+
+
+JOB = SCHEDULE.ENTRIES[0][0]
+
+
+def test_the_aggregators_periodic_job_charges_a_due_period_once(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    reference = subscription.carrier_reference
+    assert JOB not in run_the_periodic_job()  # period 1 starts in a week: nothing is due
+    assert simulator("aggregator").records[reference]["periods_paid"] == 0
+
+    time_passes_at_the_aggregator(reference)
+    first, second = run_the_periodic_job(), run_the_periodic_job()
+
+    assert f"{JOB}: 1" in first
+    assert JOB not in second  # the job run again charges nothing more
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=1).exists(), what="the callback")
+    [charge] = renewals(subscription)
+    assert (charge.outcome, charge.period_index) == ("succeeded", 1)
+    held = simulator("aggregator").records[reference]
+    assert [(event["type"], event["data"]["period"]) for event in held["events"]] == [("subscription.renewed", 1)]
+    assert held["periods_paid"] == 1
+    assert len(simulator("aggregator").charges[held["msisdn"]]) == 2  # the opt-in and period 1, each once
+    # Posted signed to PlayPay's callback endpoint, and recorded there.
+    notice = CarrierNotification.objects.get(notification_id=held["events"][0]["event_id"])
+    assert notice.result.startswith("period 1 succeeded")
+
+
+def test_two_runs_of_the_job_at_once_charge_a_due_period_once(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    time_passes_at_the_aggregator(subscription.carrier_reference)
+    start = threading.Barrier(2)
+    made: list[int] = []
+
+    def run() -> None:
+        try:
+            start.wait(timeout=10)
+            made.append(run_aggregator_schedule())
+        finally:
+            connections.close_all()
+
+    runs = [threading.Thread(target=run) for _ in range(2)]
+    for thread in runs:
+        thread.start()
+    for thread in runs:
+        thread.join(timeout=30)
+
+    assert sorted(made) == [0, 1]
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=1).exists(), what="the callback")
+    assert [(c.period_index, c.outcome) for c in renewals(subscription)] == [(1, "succeeded")]
+    assert len(simulator("aggregator").records[subscription.carrier_reference]["events"]) == 1
+
+
+def test_a_subscription_stopped_at_the_aggregator_is_not_renewed_by_its_schedule(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    reference = subscription.carrier_reference
+    time_passes_at_the_aggregator(reference)  # period 1 is due…
+    aggregator_sim.stop(reference)  # …and the player sends STOP before the job runs
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="cancelled").exists(), what="the STOP")
+
+    assert JOB not in run_the_periodic_job()
+    time_passes_at_the_aggregator(reference, weeks=3)
+    assert aggregator_sim.run_schedule(timezone.now()) == 0
+
+    held = simulator("aggregator").records[reference]
+    assert [event["type"] for event in held["events"]] == ["subscription.cancelled"]
+    assert (held["status"], held["periods_paid"]) == ("cancelled", 0)
+    assert len(simulator("aggregator").charges[held["msisdn"]]) == 1  # the opt-in only
+    assert renewals(subscription) == []
+
+
+def test_a_declined_period_is_tried_again_a_day_later_not_at_every_run(aggregator: Aggregator) -> None:
+    # The simulator's 0021: the opt-in paid, the 2nd charge declined for insufficient funds, the 3rd paid.
+    subscription = aggregator.opt_in(MSISDN[:-4] + "0021")
+    reference = subscription.carrier_reference
+    time_passes_at_the_aggregator(reference)
+    now = timezone.now()
+
+    assert aggregator_sim.run_schedule(now) == 1
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="past_due").exists(), what="past_due")
+    assert aggregator_sim.run_schedule(now + timedelta(minutes=1)) == 0
+    assert aggregator_sim.run_schedule(now + timedelta(hours=23)) == 0
+    assert aggregator_sim.run_schedule(now + timedelta(days=1)) == 1
+
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, status="active").exists(), what="the retry")
+    assert [(c.period_index, c.attempt, c.outcome) for c in renewals(subscription)] == [
+        (1, 1, "failed"),
+        (1, 2, "succeeded"),
+    ]
+
+
+def test_periods_that_ended_while_the_schedule_did_not_run_are_never_charged_late(aggregator: Aggregator) -> None:
+    subscription = aggregator.opt_in()
+    time_passes_at_the_aggregator(subscription.carrier_reference, weeks=3)  # periods 1 and 2 over, 3 has begun
+
+    assert aggregator_sim.run_schedule(timezone.now()) == 1
+    assert aggregator_sim.run_schedule(timezone.now()) == 0
+
+    wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=3).exists(), what="period 3")
+    assert [(c.period_index, c.outcome) for c in renewals(subscription)] == [(3, "succeeded")]
+    held = simulator("aggregator").records[subscription.carrier_reference]
+    assert [event["data"]["period"] for event in held["events"]] == [3]
+
+
+@pytest.mark.parametrize(
+    ("anchor", "status"),
+    [(10**20, 400), (0, 400), (-(10**12), 400), (None, 201)],
+    ids=["beyond any calendar", "1970", "before any calendar", "now"],
+)
+def test_the_aggregator_refuses_an_anchor_its_schedule_could_not_count(
+    aggregator: Aggregator, anchor: int | None, status: int
+) -> None:
+    """One subscription whose periods cannot be counted would stop the job for every other one."""
+    body = {"merchant_reference": "sub-anchor", "msisdn": MSISDN, "amount": 99, "currency": "GBP", "period": "monthly"}
+    raw = json.dumps(body | {"anchor": int(time.time()) if anchor is None else anchor}).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "X-Merchant-Id": aggregator_sim.MERCHANT_ID,
+        "X-Timestamp": timestamp,
+        "Content-Type": "application/json",
+    }
+    headers["X-Signature"] = sign(aggregator_sim.API_SECRET, timestamp, raw)
+
+    answer = httpx.post(f"{aggregator.live}/simulators/aggregator/v1/subscriptions", content=raw, headers=headers)
+
+    assert answer.status_code == status, answer.text
+    held = simulator("aggregator").records.count(aggregator_sim.SUBSCRIPTION_PREFIX)
+    assert held == (1 if status == 201 else 0)
+    assert aggregator_sim.run_schedule(timezone.now()) == 0  # nothing due, and the job runs
+
+
+@pytest.mark.broker
+def test_the_schedules_beat_entry_runs_on_a_celery_worker_through_the_broker(aggregator: Aggregator) -> None:
+    """The production topology: beat sends the entry's task to the broker, a worker runs it."""
+    celery_app.conf.task_always_eager = True  # the opt-in's own tasks at once (the test's fixture restores it)
+    subscription = aggregator.opt_in()
+    celery_app.conf.task_always_eager = False
+    schedule(apps, SCHEDULE.ENTRIES)
+    entry = PeriodicTask.objects.get(name=JOB)
+    assert entry.enabled
+    assert entry.task in celery_app.tasks
+    time_passes_at_the_aggregator(subscription.carrier_reference)
+    # A queue of its own: nothing an earlier test left on the default queue runs first.
+    queue = f"test-aggregator-schedule-{uuid.uuid4().hex[:8]}"
+
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
+        celery_app.send_task(entry.task, queue=queue)  # as beat sends it when the entry is due
+        wait_for(
+            lambda: Subscription.objects.filter(pk=subscription.pk, period_index=1).exists(),
+            timeout=30,
+            what="the renewal charged by the worker's run and told by callback",
+        )
+
+    assert [(c.period_index, c.outcome) for c in renewals(subscription)] == [(1, "succeeded")]

@@ -35,6 +35,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         if not outbox.runs_in_process():
             raise CommandError("a broker is configured: run `celery -A playpay beat` and workers instead")
+        # Every installed app's tasks module, as a worker imports them at its start: a periodic task is found by
+        # its name, whatever this process happened to import.
+        celery_app.autodiscover_tasks(force=True)
         last_run: dict[int, float] = {}
         failures = 0
         cycles = 0
