@@ -130,8 +130,11 @@ def due_subscriptions(now: datetime) -> QuerySet[Subscription]:
     ).order_by("next_charge_at")
 
 
-def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
-    """Charge, in batches of `batch_size`, every subscription due at `now`; returns what was done."""
+def run_renewals(*, now: datetime, batch_size: int | None = None, max_batches: int | None = None) -> RenewalRun:
+    """Charge, in batches of `batch_size`, every subscription due at `now`; returns what was done.
+
+    `max_batches`: stop after that many batches, leaving what is still due to the next run (a run of bounded
+    length; each batch commits on its own, so stopping between two loses nothing)."""
     size = batch_size or settings.SUBSCRIPTION_RENEWAL_BATCH
     run = RenewalRun()
     # The reminders of the renewals coming next (monthly plans), once per period; before the renewals, so that
@@ -148,7 +151,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None) -> RenewalRun:
             for subscription in batch:
                 renew(subscription, now=now, run=run, pacer=pacer)
         run.batches += 1
-        if len(batch) < size:
+        if len(batch) < size or (max_batches is not None and run.batches >= max_batches):
             break
     return run
 
