@@ -90,12 +90,13 @@ def prepare(count: int, due_hour: datetime) -> int:
                     public_id, app_id, user_ref, msisdn, carrier_id, plan_id, offer_id, price_point_id,
                     amount_minor, currency, status, idempotency_key, anchor_at, period_index,
                     current_period_start, current_period_end, entitled_until, next_charge_at,
-                    cancel_at_period_end, cancel_reason, metadata, created_at, updated_at)
+                    cancel_at_period_end, cancel_reason, metadata, created_at, updated_at,
+                    carrier_managed, carrier_reference, journey_id, carrier_cancel_attempts)
                 SELECT gen_random_uuid(), %(app)s, 'bench-' || n,
                        '+' || %(prefix)s || lpad((n / 9000 %% 1000000)::text, 6, '0') || (1000 + n %% 9000)::text,
                        %(carrier)s, %(plan)s, %(offer)s, %(price_point)s, %(amount)s, %(currency)s, 'active', '',
                        a.anchor, 0, a.anchor, a.anchor + interval '7 days', a.anchor + interval '7 days',
-                       a.anchor + interval '7 days', false, '', '{}', now(), now()
+                       a.anchor + interval '7 days', false, '', '{}', now(), now(), false, '', '', 0
                 FROM generate_series(%(first)s, %(last)s, %(step)s) AS n,
                      LATERAL (SELECT %(hour)s::timestamptz + (n * 3600.0 / %(count)s) * interval '1 second'
                               AS anchor) AS a
