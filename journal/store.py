@@ -145,7 +145,8 @@ class SqlJournalStore:
     """Documents as JSON(B) rows of `journal.JournalRecord`, in the journal's own database alias."""
 
     def write(self, documents: Sequence[Mapping[str, Any]]) -> None:
-        # One plain INSERT per batch: this runs on every API request, so no ORM round trip through models.
+        # No ORM round trip through models (this runs on every API request): one INSERT for a record, one COPY for
+        # a batch (a spool segment) on PostgreSQL.
         from journal.models import JournalRecord
 
         connection = connections["journal"]

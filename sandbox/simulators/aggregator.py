@@ -12,6 +12,7 @@ state (core.Records, keyed by charge id), so every process serving it is the sam
 """
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,8 @@ from django.urls import path
 from carriers.adapters.aggregator import sign
 from sandbox.simulators.core import Decline, simulator, simulator_view
 from subscriptions.periods import Period, boundary, index_at
+
+logger = logging.getLogger(__name__)
 
 MERCHANT_ID = "playpay-demo"
 API_SECRET = "aggregator-api-secret"  # noqa: S105 - a simulator's published test secret
@@ -136,7 +139,7 @@ def charges(request: HttpRequest) -> HttpResponse:
         body = json.loads(request.body)
         msisdn, flow, reference = str(body["msisdn"]), str(body["flow"]), str(body["merchant_reference"])
         amount = int(body["amount"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a number such as 1e400
         return _error(400, "INVALID_REQUEST", "merchant_reference, msisdn, amount, currency and flow are required")
     if flow not in ("pin", "one_click") or amount <= 0:
         return _error(400, "INVALID_REQUEST", "flow is pin or one_click; amount is positive minor units")
@@ -327,7 +330,7 @@ def subscriptions(request: HttpRequest) -> HttpResponse:
         body = json.loads(request.body)
         reference, msisdn = str(body["merchant_reference"]), str(body["msisdn"])
         amount, anchor, period = int(body["amount"]), int(body["anchor"]), str(body["period"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):  # OverflowError: a number such as 1e400
         return _error(400, "INVALID_REQUEST", "merchant_reference, msisdn, amount, currency, period, anchor required")
     if amount <= 0 or period not in Period.values:
         return _error(400, "INVALID_REQUEST", "amount is positive minor units; period is daily, weekly or monthly")
@@ -377,12 +380,16 @@ def subscription_detail(request: HttpRequest, subscription_id: str) -> HttpRespo
 Change = Callable[[dict[str, Any]], dict[str, Any] | None]
 
 
+class UnknownSubscription(LookupError):
+    """The simulator holds no such subscription (it was reset since the subscription was found)."""
+
+
 def _tell(subscription_id: str, make: Change, *, lost: bool) -> dict[str, Any] | None:
     """Change a subscription under its lock (`make` returns its event, or None), keep the event and post it
     (unless `lost`: the callback never arrives, the status query still lists it)."""
     with SIM.records.locked(subscription_id) as subscription:
         if subscription is None:
-            raise KeyError(subscription_id)
+            raise UnknownSubscription(subscription_id)
         event = make(subscription)
         if event is not None:
             subscription["events"].append(event)
@@ -482,8 +489,11 @@ def run_schedule(now: datetime) -> int:
     for held in SIM.records.find(SUBSCRIPTION_PREFIX, next_charge_at__lte=int(now.timestamp())):
         try:
             told = _tell(held["subscription_id"], make, lost=False)
-        except KeyError:
+        except UnknownSubscription:
             continue  # the simulator was reset since: it holds no subscription any more
+        except Exception:  # one subscription's fault (its record, its callback) must not stop everyone else's
+            logger.exception("aggregator simulator: the schedule failed for %s", held.get("subscription_id"))
+            continue
         made += told is not None
     return made
 

@@ -481,8 +481,9 @@ def run_the_periodic_job() -> str:
     """The simulator's periodic job, alone, as the embedded default's scheduler runs the beat entries; its output."""
     schedule(apps, SCHEDULE.ENTRIES)  # an earlier transactional test may have flushed the migration's entry
     PeriodicTask.objects.exclude(task="sandbox.tasks.run_aggregator_schedule").update(enabled=False)
-    out = StringIO()
-    call_command("run_scheduler", "--once", stdout=out)
+    out, err = StringIO(), StringIO()
+    call_command("run_scheduler", "--once", stdout=out, stderr=err)
+    assert "failed" not in err.getvalue(), err.getvalue()  # a job that raised is not a job that found nothing due
     return out.getvalue()
 
 
@@ -535,6 +536,21 @@ def test_two_runs_of_the_job_at_once_charge_a_due_period_once(aggregator: Aggreg
     wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=1).exists(), what="the callback")
     assert [(c.period_index, c.outcome) for c in renewals(subscription)] == [(1, "succeeded")]
     assert len(simulator("aggregator").records[subscription.carrier_reference]["events"]) == 1
+
+
+def test_one_subscription_the_schedule_cannot_handle_does_not_hold_up_the_others(
+    aggregator: Aggregator, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken, sound = aggregator.opt_in(MSISDN[:-4] + "7001"), aggregator.opt_in(MSISDN[:-4] + "7002")
+    for subscription in (broken, sound):
+        time_passes_at_the_aggregator(subscription.carrier_reference)
+    simulator("aggregator").records.update(broken.carrier_reference, anchor="not a time")  # a record gone bad
+
+    assert aggregator_sim.run_schedule(timezone.now()) == 1
+
+    assert "the schedule failed for" in caplog.text
+    wait_for(lambda: Subscription.objects.filter(pk=sound.pk, period_index=1).exists(), what="the sound one's renewal")
+    assert simulator("aggregator").records[broken.carrier_reference]["periods_paid"] == 0
 
 
 def test_a_subscription_stopped_at_the_aggregator_is_not_renewed_by_its_schedule(aggregator: Aggregator) -> None:
@@ -590,11 +606,11 @@ def test_periods_that_ended_while_the_schedule_did_not_run_are_never_charged_lat
 
 @pytest.mark.parametrize(
     ("anchor", "status"),
-    [(10**20, 400), (0, 400), (-(10**12), 400), (None, 201)],
-    ids=["beyond any calendar", "1970", "before any calendar", "now"],
+    [(10**20, 400), (0, 400), (-(10**12), 400), (1e400, 400), (None, 201)],
+    ids=["beyond any calendar", "1970", "before any calendar", "1e400 (infinity)", "now"],
 )
 def test_the_aggregator_refuses_an_anchor_its_schedule_could_not_count(
-    aggregator: Aggregator, anchor: int | None, status: int
+    aggregator: Aggregator, anchor: float | None, status: int
 ) -> None:
     """One subscription whose periods cannot be counted would stop the job for every other one."""
     body = {"merchant_reference": "sub-anchor", "msisdn": MSISDN, "amount": 99, "currency": "GBP", "period": "monthly"}
