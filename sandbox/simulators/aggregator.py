@@ -455,6 +455,19 @@ def stop(subscription_id: str, *, lost: bool = False, reason: str = "STOP") -> d
     return _tell(subscription_id, make, lost=lost)
 
 
+def time_passes(subscription_id: str, *, seconds: int) -> None:
+    """Tests' hook: the aggregator's clock moves `seconds` on for one subscription, whose schedule (anchor and
+    next charge) moves that much earlier, under its lock. PlayPay's dates stay: an event names its period by index.
+    """
+
+    def make(subscription: dict[str, Any]) -> None:
+        subscription["anchor"] -= seconds
+        if subscription.get("next_charge_at") is not None:
+            subscription["next_charge_at"] -= seconds
+
+    _tell(subscription_id, make, lost=True)
+
+
 @simulator_view
 def subscription_cancel(request: HttpRequest, subscription_id: str) -> HttpResponse:
     """The merchant stops a subscription: no period is charged after it; told by `subscription.cancelled` too."""

@@ -197,11 +197,10 @@ PlanOffer.objects.create(plan=Plan.objects.get(code="vip-weekly"), carrier=carri
 # On the aggregator's side a week passes for one subscription: its schedule moves a week back (its own scheduler
 # then finds its second period due).
 AGGREGATOR_WEEK_LATER = """
+from sandbox.simulators import aggregator
 from sandbox.simulators.core import simulator
-records = simulator("aggregator").records
-[held] = records.find("sub_", merchant_reference="{id}")
-week = 7 * 24 * 3600
-records.update(held["subscription_id"], anchor=held["anchor"] - week, next_charge_at=held["next_charge_at"] - week)
+[held] = simulator("aggregator").records.find("sub_", merchant_reference="{id}")
+aggregator.time_passes(held["subscription_id"], seconds=7 * 24 * 3600)
 """
 
 # The subscription's first week moved a week back, so that its renewal is due now; beat's renewal job made

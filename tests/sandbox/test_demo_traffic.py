@@ -15,7 +15,7 @@ from funnel.models import FunnelEvent
 from payments.models import Payment, PaymentFlow, Refund
 from playpay.beat import schedule
 from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, SUBSCRIPTION_PROTOCOLS, seed_demo_data
-from sandbox.simulators.core import simulator
+from sandbox.simulators import aggregator as aggregator_sim
 from subscriptions.models import Subscription, SubscriptionCharge
 from tenants.models import ApiKey
 from tests.factories import CountryFactory
@@ -125,12 +125,8 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
     # A day later: the embedded default's scheduler runs the renewal engine's periodic task, and the aggregator's
     # simulator its own schedule (a day passes for it: its schedule moves a day earlier).
     Subscription.objects.filter(pk__in=active.values("pk"), carrier_managed=False).update(next_charge_at=timezone.now())
-    day = 24 * 3600
     for reference in at_aggregator.values_list("carrier_reference", flat=True):
-        held = simulator("aggregator").records[reference]
-        simulator("aggregator").records.update(
-            reference, anchor=held["anchor"] - day, next_charge_at=held["next_charge_at"] - day
-        )
+        aggregator_sim.time_passes(reference, seconds=24 * 3600)
     # An earlier transactional test may have flushed the migrations' entries.
     schedule(apps, [*renewal_beat.ENTRIES, *aggregator_beat.ENTRIES])
     jobs = ["subscriptions.tasks.renew_due_subscriptions", "sandbox.tasks.run_aggregator_schedule"]

@@ -467,14 +467,7 @@ def test_a_number_ported_out_or_barred_after_its_first_period_ends_here_and_at_t
 
 
 def time_passes_at_the_aggregator(reference: str, *, weeks: int = 1) -> None:
-    """The aggregator's clock moves `weeks` on for one subscription: its schedule (anchor and next charge) moves
-    that much earlier. PlayPay's dates stay as they are: an event names its period by index."""
-    held = simulator("aggregator").records[reference]
-    shift = int(timedelta(weeks=weeks).total_seconds())
-    moved = {"anchor": held["anchor"] - shift}
-    if "next_charge_at" in held:
-        moved["next_charge_at"] = held["next_charge_at"] - shift
-    simulator("aggregator").records.update(reference, **moved)
+    aggregator_sim.time_passes(reference, seconds=int(timedelta(weeks=weeks).total_seconds()))
 
 
 def run_the_periodic_job() -> str:
