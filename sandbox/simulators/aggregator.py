@@ -458,7 +458,7 @@ def stop(subscription_id: str, *, lost: bool = False, reason: str = "STOP") -> d
 def time_passes(subscription_id: str, *, seconds: int) -> None:
     """Tests' hook: the aggregator's clock moves `seconds` on for one subscription, whose schedule (anchor and
     next charge) moves that much earlier, under its lock. PlayPay's dates stay: an event names its period by index.
-    """
+    Call it outside any transaction, as the simulator's other hooks (`renew`, `stop`)."""
 
     def make(subscription: dict[str, Any]) -> None:
         subscription["anchor"] -= seconds
@@ -504,7 +504,7 @@ def run_schedule(now: datetime) -> int:
             told = _tell(held["subscription_id"], make, lost=False)
         except UnknownSubscription:
             continue  # the simulator was reset since: it holds no subscription any more
-        except Exception:  # one subscription's fault (its record, its callback) must not stop everyone else's
+        except Exception:  # one subscription's fault (a record gone bad) must not stop everyone else's
             logger.exception("aggregator simulator: the schedule failed for %s", held.get("subscription_id"))
             continue
         made += told is not None

@@ -485,7 +485,8 @@ class Simulator:
         return self.scenario(msisdn).transport == Transport.MALFORMED
 
     def deliver(self, url: str, events: Sequence[tuple[bytes, Mapping[str, str]]], msisdn: str) -> None:
-        """Post callbacks in the background, each retried until answered 2xx, per the number's scenario.
+        """Post callbacks in the background, per the number's scenario: each tried up to `callback_max_attempts`
+        times until answered 2xx, then given up (a lost callback, which the status call still lists).
 
         `events` are (body, headers) in the order they happened; the scenario may send them
         twice, in reverse order, or not at all. The thread runs in this process; a reset made by any

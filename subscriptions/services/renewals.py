@@ -13,6 +13,7 @@ renewals coming next (`services.notices`).
 
 import logging
 import secrets
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -130,11 +131,15 @@ def due_subscriptions(now: datetime) -> QuerySet[Subscription]:
     ).order_by("next_charge_at")
 
 
-def run_renewals(*, now: datetime, batch_size: int | None = None, max_batches: int | None = None) -> RenewalRun:
+def run_renewals(*, now: datetime, batch_size: int | None = None, max_seconds: float | None = None) -> RenewalRun:
     """Charge, in batches of `batch_size`, every subscription due at `now`; returns what was done.
 
-    `max_batches`: stop after that many batches, leaving what is still due to the next run (a run of bounded
-    length; each batch commits on its own, so stopping between two loses nothing)."""
+    `max_seconds`: take no new batch once the run has lasted that long (the reminders before the renewals are
+    not bounded by it), leaving what is still due to the next run. Each batch commits on its own, so stopping
+    between two loses nothing."""
+    if max_seconds is not None and max_seconds < 0:
+        raise ValueError("max_seconds is 0 or more")
+    started = time.monotonic()
     size = batch_size or settings.SUBSCRIPTION_RENEWAL_BATCH
     run = RenewalRun()
     # The reminders of the renewals coming next (monthly plans), once per period; before the renewals, so that
@@ -151,7 +156,7 @@ def run_renewals(*, now: datetime, batch_size: int | None = None, max_batches: i
             for subscription in batch:
                 renew(subscription, now=now, run=run, pacer=pacer)
         run.batches += 1
-        if len(batch) < size or (max_batches is not None and run.batches >= max_batches):
+        if len(batch) < size or (max_seconds is not None and time.monotonic() - started >= max_seconds):
             break
     return run
 

@@ -597,6 +597,26 @@ def test_periods_that_ended_while_the_schedule_did_not_run_are_never_charged_lat
     assert [event["data"]["period"] for event in held["events"]] == [3]
 
 
+def signed_post(aggregator: Aggregator, path: str, body: dict[str, Any]) -> httpx.Response:
+    """A merchant's signed POST to the aggregator simulator's API (`path` under /v1/)."""
+    raw = json.dumps(body).encode()
+    timestamp = str(int(time.time()))
+    headers = {
+        "X-Merchant-Id": aggregator_sim.MERCHANT_ID,
+        "X-Timestamp": timestamp,
+        "Content-Type": "application/json",
+    }
+    headers["X-Signature"] = sign(aggregator_sim.API_SECRET, timestamp, raw)
+    return httpx.post(f"{aggregator.live}/simulators/aggregator/v1/{path}", content=raw, headers=headers)
+
+
+def test_the_aggregator_refuses_a_charge_whose_amount_no_integer_holds(aggregator: Aggregator) -> None:
+    body = {"merchant_reference": "pay-inf", "msisdn": MSISDN, "amount": 1e400, "currency": "GBP", "flow": "pin"}
+    answer = signed_post(aggregator, "charges", body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["code"] == "INVALID_REQUEST"
+
+
 @pytest.mark.parametrize(
     ("anchor", "status"),
     [(10**20, 400), (0, 400), (-(10**12), 400), (1e400, 400), (None, 201)],
@@ -607,16 +627,7 @@ def test_the_aggregator_refuses_an_anchor_its_schedule_could_not_count(
 ) -> None:
     """One subscription whose periods cannot be counted would stop the job for every other one."""
     body = {"merchant_reference": "sub-anchor", "msisdn": MSISDN, "amount": 99, "currency": "GBP", "period": "monthly"}
-    raw = json.dumps(body | {"anchor": int(time.time()) if anchor is None else anchor}).encode()
-    timestamp = str(int(time.time()))
-    headers = {
-        "X-Merchant-Id": aggregator_sim.MERCHANT_ID,
-        "X-Timestamp": timestamp,
-        "Content-Type": "application/json",
-    }
-    headers["X-Signature"] = sign(aggregator_sim.API_SECRET, timestamp, raw)
-
-    answer = httpx.post(f"{aggregator.live}/simulators/aggregator/v1/subscriptions", content=raw, headers=headers)
+    answer = signed_post(aggregator, "subscriptions", body | {"anchor": int(time.time()) if anchor is None else anchor})
 
     assert answer.status_code == status, answer.text
     held = simulator("aggregator").records.count(aggregator_sim.SUBSCRIPTION_PREFIX)

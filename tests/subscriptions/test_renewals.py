@@ -62,15 +62,17 @@ def test_a_second_run_at_the_same_time_charges_nothing_more(subs: Subs) -> None:
     assert renewals_of(subscription) == [(1, 1, "succeeded")]
 
 
-def test_a_run_bounded_in_batches_leaves_the_rest_due_to_the_next_run_and_charges_each_once(subs: Subs) -> None:
+def test_a_run_bounded_in_time_leaves_the_rest_due_to_the_next_run_and_charges_each_once(subs: Subs) -> None:
     subscriptions = [subs.active(f"sub-{n}", user_ref=f"player-{n}") for n in range(3)]
     end = max(subscription.current_period_end for subscription in subscriptions if subscription.current_period_end)
-    first = subs.renew(end, batch_size=1, max_batches=2)
-    assert (first.charged, first.batches) == (2, 2)
-    assert Subscription.objects.filter(pk__in=[s.pk for s in subscriptions], period_index=0).count() == 1
-    assert subs.renew(end, batch_size=1, max_batches=2).charged == 1  # the one left, then a short batch
+    first = subs.renew(end, batch_size=1, max_seconds=0)  # its time is up after its first batch
+    assert (first.charged, first.batches) == (1, 1)
+    assert Subscription.objects.filter(pk__in=[s.pk for s in subscriptions], period_index=0).count() == 2
+    assert subs.renew(end, batch_size=1).charged == 2  # unbounded: the two left, then a short batch
     assert subs.renew(end, batch_size=1).charged == 0
     assert [renewals_of(subscription) for subscription in subscriptions] == [[(1, 1, "succeeded")]] * 3
+    with pytest.raises(ValueError, match="max_seconds"):
+        run_renewals(now=end, max_seconds=-1)
 
 
 def test_a_period_whose_charge_awaits_its_outcome_is_never_charged_again(subs: Subs) -> None:
