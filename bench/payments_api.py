@@ -54,6 +54,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -406,34 +407,37 @@ def count_payments(database_url: str, key_prefix: str) -> int:
     return int(row[0]) if row else 0
 
 
-def journaled_count(journal_url: str, key_prefix: str, timeout_s: float = 15.0) -> int:
-    """The phase's API requests in the journal, once the spool's drainers have written what they hold."""
+def settled(read: Callable[[], int], *, interval_s: float, timeout_s: float = 15.0) -> int:
+    """`read()` once two reads in a row agree (what was still in flight when the load stopped has landed), or
+    its last value after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    count = read()
+    while time.monotonic() < deadline:
+        time.sleep(interval_s)
+        previous, count = count, read()
+        if count == previous:
+            break
+    return count
+
+
+def journaled_count(journal_url: str, key_prefix: str) -> int:
+    """The phase's API requests in the journal, once the requests cut off by the client have been journaled."""
     query = (
         "SELECT count(*) FROM journal_journalrecord WHERE kind = 'api_request' "
         "AND document->'data'->>'idempotency_key' LIKE %s"
     )
-    deadline = time.monotonic() + timeout_s
-    count = -1
     with psycopg.connect(journal_url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute(query, (key_prefix.replace("_", r"\_") + "%",)).fetchone()
-            previous, count = count, int(row[0]) if row else 0
-            if count == previous:
-                break
-            time.sleep(1.5)
-    return count
+
+        def read() -> int:
+            row = conn.execute(query, (key_prefix + "%",)).fetchone()
+            return int(row[0]) if row else 0
+
+        return settled(read, interval_s=1.5)
 
 
-def settled_count(database_url: str, key_prefix: str, timeout_s: float = 15.0) -> int:
+def settled_count(database_url: str, key_prefix: str) -> int:
     """The phase's payment count once requests cut off by the client have finished on the server."""
-    deadline = time.monotonic() + timeout_s
-    count = count_payments(database_url, key_prefix)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        previous, count = count, count_payments(database_url, key_prefix)
-        if count == previous:
-            break
-    return count
+    return settled(lambda: count_payments(database_url, key_prefix), interval_s=0.5)
 
 
 # --- A small HTTP/1.1 client on asyncio streams -------------------------------------------------

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 
+from carriers.adapters import adapter_class
 from carriers.models import Carrier, NumberPrefix, PricePoint, Protocol
 from funnel.models import FunnelDefinition
 from reporting.models import Dashboard, Dataset, DatasetField, SourceKind
@@ -26,8 +27,12 @@ DEMO_PLAN_PRICE = ("vip-daily", 49)
 # Its downgrade-billing price, on the demo carrier that takes downgrade billing: a renewal declined there for
 # insufficient funds is tried again at it.
 DEMO_PLAN_FALLBACK_PRICE = ("vip-daily-lite", 29)
-# The protocols whose demo carriers offer the plan: every one that takes subscriptions.
-SUBSCRIPTION_PROTOCOLS = (*PLATFORM_MANAGED, Protocol.AGGREGATOR)
+
+
+def takes_subscriptions(protocol: str) -> bool:
+    """Whether a carrier of this protocol takes subscriptions: PlayPay charges its renewals, or the protocol's
+    carrier schedules them itself (its adapter says so)."""
+    return protocol in PLATFORM_MANAGED or adapter_class(protocol).capabilities.managed_subscriptions
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,7 @@ class DemoCarrier:
     def subscriptions(self) -> bool:
         """Whether the demo carrier takes subscriptions: PIN and one-click, renewals charged by PlayPay or, on the
         aggregator's, by the aggregator (its simulator's periodic job)."""
-        return self.one_click and self.protocol in SUBSCRIPTION_PROTOCOLS
+        return self.one_click and takes_subscriptions(self.protocol)
 
     @property
     def plan_prices(self) -> list[tuple[str, int]]:

@@ -1,7 +1,6 @@
 """Money: the ledger, refunds and reversals, with their invariants held on PostgreSQL."""
 
 import contextlib
-import threading
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,6 +19,7 @@ from payments.models import ImmutableLedger, LedgerEntry, LedgerLine, Payment, P
 from payments.services import ledger
 from payments.services.refunds import record_refund_result, request_refund
 from playpay.errors import DomainError
+from tests.concurrency import at_once
 from tests.conftest import Shop, assert_problem
 
 
@@ -273,24 +273,15 @@ def test_concurrent_refunds_never_exceed_the_captured_amount(make_shop: Any) -> 
     shop = make_shop()
     payment = Payment.objects.get(public_id=shop.pay(flow="one_click")["id"])
     assert payment.status == PaymentStatus.SUCCEEDED
-    outcomes: list[str] = []
-    start = threading.Barrier(12)
 
-    def attempt() -> None:
-        start.wait()
+    def attempt() -> str:
         try:
             request_refund(payment=payment, amount_minor=20, reason="race", actor="test")
-            outcomes.append("ok")
         except RefundExceedsCaptured:
-            outcomes.append("refused")
-        finally:
-            connection.close()
+            return "refused"
+        return "ok"
 
-    threads = [threading.Thread(target=attempt) for _ in range(12)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    outcomes = at_once(attempt, times=12)
     payment.refresh_from_db()
     assert outcomes.count("ok") == 4  # 4 x 20 of 99
     assert outcomes.count("refused") == 8

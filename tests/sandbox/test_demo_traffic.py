@@ -14,7 +14,7 @@ from django_celery_beat.models import PeriodicTask
 from funnel.models import FunnelEvent
 from payments.models import Payment, PaymentFlow, Refund
 from playpay.beat import schedule
-from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, SUBSCRIPTION_PROTOCOLS, seed_demo_data
+from sandbox.demo import DEMO_APP, DEMO_PLAN, DEMO_TRAFFIC_KEY_LABEL, seed_demo_data, takes_subscriptions
 from sandbox.simulators import aggregator as aggregator_sim
 from subscriptions.models import Subscription, SubscriptionCharge
 from tenants.models import ApiKey
@@ -99,7 +99,7 @@ def test_demo_traffic_subscribes_players_by_pin_and_the_scheduler_renews_them(de
         assert subscription.plan.code == DEMO_PLAN
         carrier = subscription.carrier
         assert carrier.supports_subscriptions
-        assert carrier.protocol in SUBSCRIPTION_PROTOCOLS
+        assert takes_subscriptions(carrier.protocol)
         assert subscription.metadata["source"] == "demo_traffic"
         # The opt-in continues its player's journey, with its own steps.
         steps = FunnelEvent.objects.filter(app=demo.app, journey_id=subscription.journey_id).values_list(

@@ -4,7 +4,6 @@ schedule, charges each period and tells of it by signed callback; PlayPay record
 import importlib
 import json
 import logging
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -17,7 +16,6 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from django.apps import apps
 from django.core.management import call_command
-from django.db import connections
 from django.db.models import Sum
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
@@ -40,6 +38,7 @@ from subscriptions.services.carrier_managed import (
 )
 from subscriptions.services.renewals import run_renewals
 from tenants.services import issue_api_key
+from tests.concurrency import at_once
 from tests.conftest import MSISDN, StaffClient
 from tests.factories import AppFactory
 from tests.payments.carrier_helpers import last_pin, simulated_carrier, wait_for, wait_for_status
@@ -509,21 +508,7 @@ def test_the_aggregators_periodic_job_charges_a_due_period_once(aggregator: Aggr
 def test_two_runs_of_the_job_at_once_charge_a_due_period_once(aggregator: Aggregator) -> None:
     subscription = aggregator.opt_in()
     time_passes_at_the_aggregator(subscription.carrier_reference)
-    start = threading.Barrier(2)
-    made: list[int] = []
-
-    def run() -> None:
-        try:
-            start.wait(timeout=10)
-            made.append(run_aggregator_schedule())
-        finally:
-            connections.close_all()
-
-    runs = [threading.Thread(target=run) for _ in range(2)]
-    for thread in runs:
-        thread.start()
-    for thread in runs:
-        thread.join(timeout=30)
+    made = at_once(run_aggregator_schedule, times=2)
 
     assert sorted(made) == [0, 1]
     wait_for(lambda: Subscription.objects.filter(pk=subscription.pk, period_index=1).exists(), what="the callback")

@@ -2,16 +2,16 @@
 one-click payment through the carrier's flow, the retry, grace and suspension schedule, and the end of a
 subscription cancelled at its period's end."""
 
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 
 from payments.models import Payment, PaymentFlow, PaymentStatus, WebhookDelivery
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus
 from subscriptions.services.renewals import run_renewals
+from tests.concurrency import at_once
 from tests.conftest import MSISDN
 from tests.payments.test_webhooks import Receiver
 from tests.subscriptions.conftest import Subs, event_types
@@ -225,21 +225,7 @@ def test_two_engines_at_once_charge_each_period_once(make_subs: Callable[..., Su
     subs = make_subs()
     anchor = datetime.fromisoformat("2026-01-31T10:00:00+00:00")
     subscriptions = subs.bulk_active(24, anchor=anchor)
-    start = threading.Barrier(2)
-    runs: list[int] = []
-
-    def engine() -> None:
-        start.wait()
-        try:
-            runs.append(run_renewals(now=anchor + 8 * DAY, batch_size=3).charged)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=engine) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    runs = at_once(lambda: run_renewals(now=anchor + 8 * DAY, batch_size=3).charged, times=2)
     assert sum(runs) == 24
     for subscription in subscriptions:
         assert renewals_of(subscription) == [(1, 1, "succeeded")]

@@ -1,0 +1,36 @@
+"""The same work in several threads released at once, as concurrent requests, workers or schedulers would run it."""
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+from django.db import connections
+
+T = TypeVar("T")
+
+
+def at_once(work: Callable[[], T], *, times: int, timeout: float = 60.0) -> list[T]:
+    """`work()` in `times` threads released together by a barrier; what each returned (in the order they ended).
+    Each thread closes its own database connections. A thread's exception is raised here once all have ended."""
+    start = threading.Barrier(times)
+    results: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait(timeout=timeout)
+            results.append(work())
+        except BaseException as exc:  # handed to the caller
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout)
+    if errors:
+        raise errors[0]
+    assert not any(thread.is_alive() for thread in threads), f"work still running after {timeout} s"
+    return results
