@@ -72,3 +72,26 @@ def test_the_embedded_scheduler_runs_the_periodic_jobs(shop: Shop) -> None:
     call_command("run_scheduler", "--once", stdout=out)
     assert "expire unconfirmed PIN payments: 1" in out.getvalue()
     assert Payment.objects.get(public_id=payment_id).status == PaymentStatus.EXPIRED
+
+
+@pytest.mark.django_db
+def test_the_embedded_scheduler_runs_its_jobs_in_a_process_that_ran_a_celery_worker(shop: Shop) -> None:
+    """A worker's pool marks its process as one where waiting on a task's result would block (a test or a tool
+    that started a worker in a thread leaves the mark behind); the scheduler's eager results never block, so the
+    mark must not fail every periodic job (it did, at random, in the suite)."""
+    import io
+
+    from celery._state import _set_task_join_will_block, task_join_will_block
+    from django.core.management import call_command
+
+    payment_id = shop.create_payment().json()["id"]
+    Payment.objects.filter(public_id=payment_id).update(pin_expires_at=timezone.now() - timedelta(seconds=1))
+    marked = task_join_will_block()
+    _set_task_join_will_block(True)  # what a worker's pool sets at its start
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        call_command("run_scheduler", "--once", stdout=out, stderr=err)
+    finally:
+        _set_task_join_will_block(marked)
+    assert "failed" not in err.getvalue(), err.getvalue()
+    assert "expire unconfirmed PIN payments: 1" in out.getvalue()

@@ -326,7 +326,7 @@ def test_the_refresh_job_is_scheduled_and_brings_the_rollups_to_the_last_whole_h
     assert entry.interval is not None
     assert (entry.interval.every, entry.interval.period) == (1, "minutes")
     random_payments(random.Random(4), timezone.now(), count=10)
-    celery_app.tasks[entry.task].apply().get()
+    celery_app.tasks[entry.task].apply().get(disable_sync_subtasks=False)
     state = RollupState.objects.get()
     assert state.covered_until == timezone.now().replace(minute=0, second=0, microsecond=0)
     assert (

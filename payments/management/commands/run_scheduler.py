@@ -75,7 +75,9 @@ class Command(BaseCommand):
             if once or time.monotonic() - last_run.get(task.pk, -every) >= every:
                 last_run[task.pk] = time.monotonic()
                 try:
-                    result = celery_app.tasks[task.task].apply().get()
+                    # An eager result never blocks; a Celery worker started earlier in this process (the tests start
+                    # them in threads) leaves the flag that forbids .get() inside a task set, so it is not consulted.
+                    result = celery_app.tasks[task.task].apply().get(disable_sync_subtasks=False)
                 except Exception as exc:
                     self.stderr.write(f"{timezone.now():%H:%M:%S} {task.name}: failed: {exc}")
                 else:
