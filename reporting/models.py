@@ -660,3 +660,46 @@ class RollupState(models.Model):
 
     def __str__(self) -> str:
         return f"payment rollups until {self.covered_until:%Y-%m-%d %H}:00"
+
+
+def _count_dimension(model: str) -> "models.ForeignKey[Any, Any]":
+    # Read whole or through the counts' unique index: an index of its own would only slow the triggers' inserts.
+    return models.ForeignKey(model, on_delete=models.DO_NOTHING, db_constraint=False, db_index=False, related_name="+")
+
+
+class SubscriptionCountFields(models.Model):
+    app = _count_dimension("tenants.App")
+    carrier = _count_dimension("carriers.Carrier")
+    plan = _count_dimension("subscriptions.Plan")
+    status = models.CharField(max_length=16)
+
+    class Meta:
+        abstract = True
+
+
+class SubscriptionCount(SubscriptionCountFields):
+    """How many subscriptions stand in each status, per app, carrier and plan, as of the last fold (PostgreSQL).
+
+    The subscriptions table's triggers write every change of these counts to `SubscriptionCountChange`, in the
+    transaction that makes it; the periodic fold (`reporting.services.subscriber_counts.fold`) moves them here.
+    A reader adds the changes not folded yet, in the same statement: the counts are the table's, to the row."""
+
+    subscriptions = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["app", "carrier", "plan", "status"], name="subscription_count_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.subscriptions} {self.status}"
+
+
+class SubscriptionCountChange(SubscriptionCountFields):
+    """A change of the subscription counts not folded into `SubscriptionCount` yet (+n subscriptions entered the
+    status, -n left it), written by the subscriptions table's triggers; append-only until the fold takes it."""
+
+    change = models.BigIntegerField()
+
+    def __str__(self) -> str:
+        return f"{self.change:+} {self.status}"

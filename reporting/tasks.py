@@ -3,7 +3,7 @@
 from celery import shared_task
 from django.utils import timezone
 
-from reporting.services import alerts, call_rollups, datasets, exports, rollups
+from reporting.services import alerts, call_rollups, datasets, exports, rollups, subscriber_counts
 
 # At-least-once (acks_late, reject_on_worker_lost, also the project defaults, said here as in payments' tasks):
 # a task whose worker dies is delivered again; every one is safe to run twice.
@@ -58,3 +58,10 @@ def refresh_carrier_call_rollups() -> str:
     """Recompute the hours that received carrier calls and add the last whole hour; safe to run twice."""
     result = call_rollups.refresh_carrier_call_rollups()
     return str(result) if result.hours else ""
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def fold_subscriber_counts() -> str:
+    """Move the subscriber-count changes written since the last run into the counts; safe to run twice."""
+    folded = subscriber_counts.fold()
+    return f"{folded} subscriber-count changes folded" if folded else ""

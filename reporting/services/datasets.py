@@ -30,7 +30,7 @@ from playpay.errors import DomainError
 from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
-from reporting.services import call_rollups, rollups
+from reporting.services import call_rollups, rollups, subscriber_counts
 from reporting.services.rollups import truncate_to_bucket
 from tenants.models import App
 
@@ -73,7 +73,8 @@ class Column:
 class QueryResult:
     columns: list[Column]
     rows: list[dict[str, Any]]
-    # "rollups": whole hours from the payment or carrier-call rollups, the rest from rows; "rows": from the rows only.
+    # "rollups": whole hours from the payment or carrier-call rollups, the rest from rows, or the subscriber counts;
+    # "rows": from the rows only.
     read_from: str = "rows"
 
     def as_json(self) -> dict[str, Any]:
@@ -186,7 +187,10 @@ def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
     read_from = "rows"
     if dataset.source_kind == SourceKind.SQL:
         with rollups.reporting_statement():
-            rows = rollups.rollup_rows(_rollup_query(dataset, query, plan))
+            rollup_query = _rollup_query(dataset, query, plan)
+            rows = rollups.rollup_rows(rollup_query)
+            if rows is None:
+                rows = subscriber_counts.rollup_rows(rollup_query)
             if rows is None:
                 rows = _funnel_day_rows(dataset, query, plan)
             if rows is None:

@@ -1,0 +1,200 @@
+"""Subscriber counts: the catalog's subscriptions standing now, answered from the counts the subscriptions table's
+triggers keep, equal to counting the rows whatever changed them (the API, the engine, bulk updates, deletes) and
+whether or not the fold ran; the fold moves changes once, beside concurrent writers and a second fold."""
+
+import importlib
+import random
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.apps import apps as django_apps
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from reporting.models import Dataset, DatasetField, SubscriptionCount, SubscriptionCountChange
+from reporting.services import subscriber_counts
+from reporting.services.datasets import DatasetQuery, run_query
+from subscriptions.models import Plan, Subscription, SubscriptionStatus
+from tests.concurrency import at_once
+from tests.conftest import Shop
+from tests.subscriptions.conftest import Subs, make_plan
+
+pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
+
+catalog_0017 = importlib.import_module("reporting.migrations.0017_seed_subscription_datasets")
+counts_0018 = importlib.import_module("reporting.migrations.0018_subscription_counts")
+STATUSES = list(SubscriptionStatus.values)
+# The catalog's names of the source's dimensions, and the rows' own lookups for counting by hand.
+LOOKUPS = {
+    "app": "app__name",
+    "carrier": "carrier__slug",
+    "country": "carrier__country_id",
+    "plan": "plan__code",
+    "plan_period": "plan__period",
+    "status": "status",
+}
+
+
+@pytest.fixture
+def dataset(db: Any) -> Dataset:
+    catalog_0017.seed_datasets(Dataset, DatasetField)
+    return Dataset.objects.get(slug="subscriptions")
+
+
+@pytest.fixture
+def world(make_shop: Callable[..., Shop]) -> list[Subs]:
+    """Two shops on two carriers, each with a weekly and a monthly plan, 30 subscriptions each."""
+    shops = []
+    for prefix in ("4474", "4475"):
+        shop = make_shop(prefix, supports_subscriptions=True)
+        weekly, offer = make_plan(shop)
+        monthly, _ = make_plan(shop, period="monthly", code="vip-monthly")
+        subs = Subs(shop=shop, plan=weekly, offer=offer)
+        created = subs.bulk_active(30, anchor=timezone.now() - timedelta(days=1))
+        Subscription.objects.filter(pk__in=[s.pk for s in created[::3]]).update(plan=monthly)
+        shops.append(subs)
+    return shops
+
+
+def by_hand(group_by: tuple[str, ...], filters: dict[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Counting the rows, as the catalog's raw read does."""
+    rows = Subscription.objects.all()
+    for field, values in filters.items():
+        rows = rows.filter(**{f"{LOOKUPS[field]}__in": values})
+    if not group_by:
+        return [{"subscriptions": rows.count()}]
+    lookups = [LOOKUPS[field] for field in group_by]
+    counted = rows.order_by().values(*lookups).annotate(n=Count("pk")).order_by(*lookups)
+    return [{**{f: row[LOOKUPS[f]] for f in group_by}, "subscriptions": row["n"]} for row in counted]
+
+
+def queries(world: list[Subs]) -> list[tuple[tuple[str, ...], dict[str, tuple[str, ...]]]]:
+    first = world[0].shop
+    return [
+        ((), {}),
+        (("status",), {}),
+        (("carrier", "status"), {}),
+        (("plan", "plan_period", "status"), {}),
+        (("status",), {"app": (first.app.name,), "status": ("active", "past_due")}),
+        (("app",), {"country": (first.carrier.country_id,), "plan": ("vip-monthly",)}),
+        (("country", "status"), {"carrier": (first.carrier.slug, "no-such-carrier")}),
+    ]
+
+
+def assert_counts_are_the_rows(dataset: Dataset, world: list[Subs]) -> None:
+    for group_by, filters in queries(world):
+        result = run_query(dataset=dataset, query=DatasetQuery(("subscriptions",), group_by=group_by, filters=filters))
+        assert result.read_from == "rollups", (group_by, filters)
+        assert result.rows == by_hand(group_by, filters), (group_by, filters)
+
+
+def shuffle_statuses(rng: random.Random, world: list[Subs]) -> None:
+    """Changes as the product makes them: one by one (save), in bulk (update), deletes, new subscriptions, and
+    moves between plans and apps."""
+    ids = list(Subscription.objects.values_list("pk", flat=True))
+    for pk in rng.sample(ids, 10):
+        subscription = Subscription.objects.get(pk=pk)
+        subscription.status = rng.choice(STATUSES)
+        subscription.save()
+    Subscription.objects.filter(pk__in=rng.sample(ids, 15)).update(status=rng.choice(STATUSES))
+    Subscription.objects.filter(pk__in=rng.sample(ids, 5)).update(next_charge_at=timezone.now())  # counts as nothing
+    Subscription.objects.filter(pk__in=rng.sample(ids, 4)).delete()
+    target = rng.choice(world)
+    target.bulk_active(rng.randint(1, 5), anchor=timezone.now())
+    left = list(Subscription.objects.values_list("pk", flat=True))
+    Subscription.objects.filter(pk__in=rng.sample(left, 3)).update(
+        plan=Plan.objects.filter(app=target.shop.app).order_by("?").first(), app=target.shop.app
+    )
+
+
+def test_the_counts_equal_the_rows_through_every_kind_of_change_folded_or_not(
+    dataset: Dataset, world: list[Subs]
+) -> None:
+    rng = random.Random(20261206)
+    assert_counts_are_the_rows(dataset, world)
+    for round_ in range(6):
+        shuffle_statuses(rng, world)
+        assert SubscriptionCountChange.objects.exists()  # the changes wait for the fold...
+        assert_counts_are_the_rows(dataset, world)  # ...and are counted meanwhile
+        if round_ % 2:
+            assert subscriber_counts.fold() > 0
+            assert not SubscriptionCountChange.objects.exists()
+            assert not SubscriptionCount.objects.filter(subscriptions=0).exists()
+            assert_counts_are_the_rows(dataset, world)
+    assert subscriber_counts.fold() >= 0
+    assert subscriber_counts.fold() == 0  # nothing left: a second run moves nothing
+    assert_counts_are_the_rows(dataset, world)
+
+
+def test_a_renewal_that_leaves_the_status_alone_writes_no_change(world: list[Subs]) -> None:
+    subscriber_counts.fold()
+    subscription = Subscription.objects.first()
+    assert subscription is not None
+    subscription.period_index += 1
+    subscription.next_charge_at = timezone.now() + timedelta(days=7)
+    subscription.save()
+    assert not SubscriptionCountChange.objects.exists()
+
+
+def test_the_counts_of_subscriptions_there_before_are_filled_when_the_counts_come(
+    dataset: Dataset, world: list[Subs]
+) -> None:
+    """Migration 0018 on a database that has subscriptions: the triggers and the counts arrive together."""
+    with connection.schema_editor() as editor:
+        counts_0018.uninstall(django_apps, editor)
+    SubscriptionCount.objects.all().delete()
+    SubscriptionCountChange.objects.all().delete()
+    world[0].bulk_active(7, anchor=timezone.now())  # made while no trigger counted
+    Subscription.objects.filter(pk__in=Subscription.objects.values("pk")[:5]).update(status="cancelled")
+    with connection.schema_editor() as editor:
+        counts_0018.install(django_apps, editor)
+    assert_counts_are_the_rows(dataset, world)
+
+
+def test_a_table_emptied_at_once_leaves_no_count_behind(dataset: Dataset, world: list[Subs]) -> None:
+    subscriber_counts.fold()
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the test's own transaction has checks pending
+        cursor.execute(f"TRUNCATE {Subscription._meta.db_table} CASCADE")
+    assert not SubscriptionCount.objects.exists() and not SubscriptionCountChange.objects.exists()
+    result = run_query(dataset=dataset, query=DatasetQuery(("subscriptions",), group_by=("status",)))
+    assert result.rows == []
+
+
+def test_what_the_counts_cannot_answer_is_counted_from_the_rows(dataset: Dataset, world: list[Subs]) -> None:
+    since = timezone.now() - timedelta(days=1)
+    for query in (
+        DatasetQuery(("players",), group_by=("status",)),  # distinct players
+        DatasetQuery(("subscriptions",), group_by=("status",), since=since),  # opened in a period
+    ):
+        assert run_query(dataset=dataset, query=query).read_from == "rows"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_writers_never_wait_on_each_other_for_the_counts_and_folds_take_turns(
+    dataset: Dataset, world: list[Subs]
+) -> None:
+    """Two transactions moving subscriptions of the same app, carrier, plan and status: the second does not wait
+    for the first to commit (no counter row is updated by them). Then folds run at once, each change folded once."""
+    first, second = Subscription.objects.filter(plan=world[0].plan).values_list("pk", flat=True)[:2]
+    with transaction.atomic():
+        Subscription.objects.filter(pk=first).update(status="past_due")  # held open: its change row is not committed
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+        def other() -> None:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+                Subscription.objects.filter(pk=second).update(status="past_due")
+
+        at_once(other, times=1)
+    rng = random.Random(7)
+    for _ in range(3):
+        shuffle_statuses(rng, world)
+    folded = at_once(subscriber_counts.fold, times=3)
+    assert sum(folded) > 0
+    assert not SubscriptionCountChange.objects.exists()
+    assert_counts_are_the_rows(dataset, world)
