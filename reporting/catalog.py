@@ -15,10 +15,12 @@ from django.db.models import (
     BooleanField,
     Case,
     CharField,
+    Exists,
     F,
     FilteredRelation,
     IntegerField,
     Model,
+    OuterRef,
     Q,
     QuerySet,
     Value,
@@ -48,7 +50,7 @@ CHARGED = [
 NOT_CHARGED = [PaymentStatus.FAILED, PaymentStatus.EXPIRED]
 
 
-def _flag(*where: Q, **condition: Any) -> Case:
+def _flag(*where: Q | Exists, **condition: Any) -> Case:
     """1 where the condition holds, else 0: summed it counts, averaged it is a share."""
     return Case(When(Q(*where, **condition), then=Value(1)), default=Value(0), output_field=IntegerField())
 
@@ -243,6 +245,20 @@ SQL_SOURCES: dict[str, SqlSource] = {
             # are the periods the engine tried to renew and those it renewed, however many attempts each took.
             "decided_period": lambda: _period_when(outcome__in=(SUCCEEDED_CHARGE, FAILED_CHARGE)),
             "renewed_period": lambda: _period_when(outcome=SUCCEEDED_CHARGE),
+            # 1 on a period's first attempt once it is decided, and once any attempt at the period succeeded: summed
+            # over the charges of a period of time, the periods first tried then that were decided and renewed,
+            # each period once and in one place whatever the period of time (the rollups keep these sums).
+            "period_decided": lambda: _flag(attempt=1, outcome__in=(SUCCEEDED_CHARGE, FAILED_CHARGE)),
+            "period_renewed": lambda: _flag(
+                Exists(
+                    SubscriptionCharge.objects.filter(
+                        subscription=OuterRef("subscription"),
+                        period_index=OuterRef("period_index"),
+                        outcome=SUCCEEDED_CHARGE,
+                    )
+                ),
+                attempt=1,
+            ),
             "succeeded": lambda: _flag(outcome=SUCCEEDED_CHARGE),
             "failed": lambda: _flag(outcome=FAILED_CHARGE),
             # 1 succeeded, 0 failed, empty while pending: its average is the success rate of the attempts.

@@ -375,6 +375,10 @@ class SubscriptionCharge(models.Model):
             models.Index(fields=["payment", "payment_created_at"], name="subscr_charge_payment_idx"),
             # Reporting reads the charges of a period (recurring revenue, renewal success, paying subscribers).
             models.Index(fields=["created_at"], name="subscr_charge_created_idx"),
+            # The rollups' refresh finds the charges settled since its last run.
+            models.Index(
+                fields=["settled_at"], condition=Q(settled_at__isnull=False), name="subscr_charge_settled_idx"
+            ),
         ]
 
     def __str__(self) -> str:

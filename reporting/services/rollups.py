@@ -45,7 +45,11 @@ from reporting.models import (
     ReversalMonthRollup,
     ReversalRollup,
     RollupState,
+    SubscriptionChargeDayRollup,
+    SubscriptionChargeMonthRollup,
+    SubscriptionChargeRollup,
 )
+from subscriptions.models import Plan, Subscription, SubscriptionCharge
 from tenants.models import App
 
 logger = logging.getLogger(__name__)
@@ -115,6 +119,7 @@ class _Kind:
     day_rollup: type[Any]  # the same columns, per whole UTC day
     month_rollup: type[Any]  # the same columns, per whole UTC month
     columns: tuple[str, ...]  # after hour, app_id, carrier_id; the same names in the rollup table
+    dimensions: tuple[str, ...]  # those of `columns` that are dimensions (grouped by), the rest are totals
     count: str  # the column counting rows
     facts: str  # SELECT hour, app_id, carrier_id, *columns FROM {rows} ... GROUP BY ...
     table: str  # the rows counted, and their alias in `facts` and `period`
@@ -177,6 +182,26 @@ FROM {{rows}} JOIN {_PAYMENT} p ON p.id = v.payment_id AND p.created_at = v.paym
 GROUP BY 1, 2, 3, 4, 5"""
 _REVERSAL_PERIOD = "v.created_at >= {since} AND v.created_at < {until}"
 
+_CHARGE = SubscriptionCharge._meta.db_table
+_SUCCEEDED, _FAILED = SubscriptionCharge.Outcome.SUCCEEDED.value, SubscriptionCharge.Outcome.FAILED.value
+# A charge's subscription gives its app, carrier and plan; its payment (by id and month) its currency and amount
+# (a period missed has no payment). A period is counted on its first attempt: decided, and renewed once any attempt
+# at it succeeded (one success per period at most: the charges' unique index).
+_CHARGE_FACTS = f"""
+SELECT date_trunc('hour', sc.created_at, 'UTC') AS hour, s.app_id, s.carrier_id, s.plan_id, p.currency, sc.kind,
+    sc.outcome, sc.failure_code, COUNT(*) AS charges, SUM(p.amount_minor) AS amount_minor,
+    MIN(p.amount_minor) AS amount_min_minor, MAX(p.amount_minor) AS amount_max_minor,
+    COUNT(*) FILTER (WHERE sc.attempt = 1 AND sc.outcome IN ('{_SUCCEEDED}', '{_FAILED}')) AS periods_decided,
+    COUNT(*) FILTER (WHERE sc.attempt = 1 AND EXISTS (
+        SELECT FROM {_CHARGE} w
+        WHERE w.subscription_id = sc.subscription_id AND w.period_index = sc.period_index AND w.outcome = '{_SUCCEEDED}'
+    )) AS periods_renewed
+FROM {{rows}}
+JOIN {Subscription._meta.db_table} s ON s.id = sc.subscription_id
+LEFT JOIN {_PAYMENT} p ON p.id = sc.payment_id AND p.created_at = sc.payment_created_at
+GROUP BY 1, 2, 3, 4, 5, 6, 7, 8"""
+_CHARGE_PERIOD = "sc.created_at >= {since} AND sc.created_at < {until}"
+
 _MONEY = ("amount_minor", "amount_min_minor", "amount_max_minor")
 KINDS: dict[str, _Kind] = {
     "payments": _Kind(
@@ -196,6 +221,7 @@ KINDS: dict[str, _Kind] = {
             *(column for _, column in DECISION_BOUNDS),
             DECISION_OVER,
         ),
+        ("currency", "status", "failure_code"),
         "payments",
         _PAYMENT_FACTS,
         _PAYMENT,
@@ -207,6 +233,7 @@ KINDS: dict[str, _Kind] = {
         RefundDayRollup,
         RefundMonthRollup,
         ("currency", "status", "refunds", *_MONEY),
+        ("currency", "status"),
         "refunds",
         _REFUND_FACTS,
         Refund._meta.db_table,
@@ -218,11 +245,34 @@ KINDS: dict[str, _Kind] = {
         ReversalDayRollup,
         ReversalMonthRollup,
         ("currency", "status", "reversals", *_MONEY),
+        ("currency", "status"),
         "reversals",
         _REVERSAL_FACTS,
         Reversal._meta.db_table,
         "v",
         _REVERSAL_PERIOD,
+    ),
+    "subscription_charges": _Kind(
+        SubscriptionChargeRollup,
+        SubscriptionChargeDayRollup,
+        SubscriptionChargeMonthRollup,
+        (
+            "plan_id",
+            "currency",
+            "kind",
+            "outcome",
+            "failure_code",
+            "charges",
+            *_MONEY,
+            "periods_decided",
+            "periods_renewed",
+        ),
+        ("plan_id", "currency", "kind", "outcome", "failure_code"),
+        "charges",
+        _CHARGE_FACTS,
+        _CHARGE,
+        "sc",
+        _CHARGE_PERIOD,
     ),
 }
 
@@ -347,15 +397,27 @@ UNION
 SELECT date_trunc('hour', v.created_at, 'UTC') FROM {Reversal._meta.db_table} v
 WHERE (v.created_at >= %(since)s OR v.completed_at >= %(since)s) AND v.created_at < %(before)s
     AND {NEW_SINCE_SNAPSHOT.format(alias="v")}
+UNION
+SELECT date_trunc('hour', sc.created_at, 'UTC') FROM {_CHARGE} sc
+WHERE (sc.created_at >= %(since)s OR sc.settled_at >= %(since)s) AND sc.created_at < %(before)s
+    AND {NEW_SINCE_SNAPSHOT.format(alias="sc")}
+UNION
+SELECT date_trunc('hour', first.created_at, 'UTC') FROM {_CHARGE} sc
+JOIN {_CHARGE} first
+    ON first.subscription_id = sc.subscription_id AND first.period_index = sc.period_index AND first.attempt = 1
+WHERE sc.attempt > 1 AND sc.outcome = '{_SUCCEEDED}' AND (sc.created_at >= %(since)s OR sc.settled_at >= %(since)s)
+    AND first.created_at < %(before)s AND {NEW_SINCE_SNAPSHOT.format(alias="sc")}
 ORDER BY 1"""
 
 
 def _changed_hours(state: RollupState, *, before: datetime) -> list[datetime]:
-    """Hours before `before` whose payments, refunds or reversals changed since the last run.
+    """Hours before `before` whose payments, refunds, reversals or subscription charges changed since the last run.
 
     Payments are found through their (status, updated_at) index (every status named); a refund that is
-    requested, fails or succeeds always updates its payment, so refunds are found through their payment;
+    requested, fails or succeeded always updates its payment, so refunds are found through their payment;
     a reversal does not always, so reversals are read themselves (one per reversed charge, a small table).
+    Subscription charges are found through their created_at and settled_at indexes (a charge changes once, when
+    it is settled); a retry that succeeded changes its period's first attempt's hour too (`periods_renewed`).
     """
     params: dict[str, Any] = {"since": state.checked_at - LOOK_BACK, "before": before}
     params["snapshot"] = state.checked_snapshot or "1:1:"  # none yet: every row version is new
@@ -437,7 +499,7 @@ def _resum(kind: _Kind, finer: type[Any], coarser: type[Any], spans: list[tuple[
     if not spans:
         return
     table = coarser._meta.db_table
-    dimensions = [c for c in kind.columns if c in ("currency", "status", "failure_code")]
+    dimensions = [c for c in kind.columns if c in kind.dimensions]
     totals = [_day_total(c) for c in kind.columns if c not in dimensions]
     keys = ", ".join(f"f.{c}" for c in dimensions)
     columns = ", ".join(
@@ -464,13 +526,27 @@ def rollup_state() -> RollupState | None:
 
 # What a source field is at the rollups' grain: a dimension (an expression over the rollup row `f`, its
 # app `a` and carrier `c`), or a measure given by its per-row sum, non-null count, min and max.
-_DIMENSIONS = {
+_COMMON_DIMENSIONS = {
     "app": "a.name",
     "carrier": "c.slug",
     "country": "c.country_id",
     "currency": "f.currency",
-    "status": "f.status",
 }
+_DIMENSIONS = {
+    "payments": {**_COMMON_DIMENSIONS, "status": "f.status", "failure_code": "f.failure_code"},
+    "refunds": {**_COMMON_DIMENSIONS, "status": "f.status"},
+    "reversals": {**_COMMON_DIMENSIONS, "status": "f.status"},
+    "subscription_charges": {
+        **_COMMON_DIMENSIONS,
+        "plan": "pl.code",
+        "plan_period": "pl.period",
+        "kind": "f.kind",
+        "outcome": "f.outcome",
+        "failure_code": "f.failure_code",
+    },
+}
+# Dimensions that may be empty (a missed period has no payment, so no currency): a count of one is not of rows.
+_MAY_BE_EMPTY = {"subscription_charges": {"currency"}}
 
 
 @dataclass(frozen=True)
@@ -498,8 +574,30 @@ def _flag(when: str, count: str) -> _Measure:
     return _Measure(f"CASE WHEN {when} THEN {count} ELSE 0 END", count, one, one)
 
 
+def _outcome(yes: str, no: str, count: str) -> _Measure:
+    """1 where `yes` holds, 0 where `no` does, empty otherwise (still undecided): its average is a success rate."""
+    one = f"CASE WHEN {yes} THEN 1 WHEN {no} THEN 0 END"
+    return _Measure(
+        f"CASE WHEN {yes} THEN {count} WHEN {no} THEN 0 END",
+        f"CASE WHEN {yes} OR {no} THEN {count} ELSE 0 END",
+        one,
+        one,
+    )
+
+
+def _tally(column: str, count: str) -> _Measure:
+    """A 0-or-1 field the rollup rows keep summed in `column` (of their `count` rows)."""
+    return _Measure(
+        f"f.{column}",
+        count,
+        f"CASE WHEN f.{column} = {count} THEN 1 ELSE 0 END",
+        f"CASE WHEN f.{column} > 0 THEN 1 ELSE 0 END",
+    )
+
+
 _IS_CHARGED = f"f.status IN ({_quoted(CHARGED)})"
 _NOT_CHARGED = f"f.status IN ({_quoted(NOT_CHARGED)})"
+_CHARGE_SUCCEEDED, _CHARGE_FAILED = f"f.outcome = '{_SUCCEEDED}'", f"f.outcome = '{_FAILED}'"
 _MEASURES: dict[str, dict[str, _Measure]] = {
     "payments": {
         "amount_minor": _money("amount_minor", "f.payments"),
@@ -507,21 +605,29 @@ _MEASURES: dict[str, dict[str, _Measure]] = {
         "charged_amount_minor": _money("amount_minor", "f.payments", when=_IS_CHARGED),
         "charged": _flag(_IS_CHARGED, "f.payments"),
         "failed": _flag(_NOT_CHARGED, "f.payments"),
-        "charge_succeeded": _Measure(
-            f"CASE WHEN {_IS_CHARGED} THEN f.payments WHEN {_NOT_CHARGED} THEN 0 END",
-            f"CASE WHEN {_IS_CHARGED} OR {_NOT_CHARGED} THEN f.payments ELSE 0 END",
-            f"CASE WHEN {_IS_CHARGED} THEN 1 WHEN {_NOT_CHARGED} THEN 0 END",
-            f"CASE WHEN {_IS_CHARGED} THEN 1 WHEN {_NOT_CHARGED} THEN 0 END",
-        ),
+        "charge_succeeded": _outcome(_IS_CHARGED, _NOT_CHARGED, "f.payments"),
     },
     "refunds": {
         "amount_minor": _money("amount_minor", "f.refunds"),
         "succeeded": _flag("f.status = 'succeeded'", "f.refunds"),
     },
     "reversals": {"amount_minor": _money("amount_minor", "f.reversals")},
+    "subscription_charges": {
+        "charged_amount_minor": _money("amount_minor", "f.charges", when=_CHARGE_SUCCEEDED),
+        "succeeded": _flag(_CHARGE_SUCCEEDED, "f.charges"),
+        "failed": _flag(_CHARGE_FAILED, "f.charges"),
+        "charge_succeeded": _outcome(_CHARGE_SUCCEEDED, _CHARGE_FAILED, "f.charges"),
+        "period_decided": _tally("periods_decided", "f.charges"),
+        "period_renewed": _tally("periods_renewed", "f.charges"),
+    },
 }
 # Fields that are never empty, so that counting them counts rows (their other aggregates are not offered).
-_NEVER_EMPTY = {"payments": {"player", "failure_code"}, "refunds": set(), "reversals": set()}
+_NEVER_EMPTY = {
+    "payments": {"player", "failure_code"},
+    "refunds": set(),
+    "reversals": set(),
+    "subscription_charges": {"subscription", "period_index", "attempt"},
+}
 # Rows read from a coarser tier can be subtracted again (`f.sign` = -1, see `cover_hours`): sums and counts carry the
 # sign, a sum is empty when no row with a value is left (as a sum over no rows is), and min and max are only
 # asked of queries read without subtraction.
@@ -550,9 +656,7 @@ class RollupQuery:
 
 
 def _dimension(source: str, name: str) -> str | None:
-    if name == "failure_code" and source == "payments":
-        return "f.failure_code"
-    return _DIMENSIONS.get(name)
+    return _DIMENSIONS[source].get(name)
 
 
 def _measure(source: str, aggregation: str, field: str) -> str | None:
@@ -562,7 +666,8 @@ def _measure(source: str, aggregation: str, field: str) -> str | None:
     if field in _MEASURES[source]:
         template = _AGGREGATES.get(aggregation)
         return template.format(m=_MEASURES[source][field]) if template else None
-    if aggregation == "count" and (_dimension(source, field) or field in _NEVER_EMPTY[source]):
+    never_empty = _dimension(source, field) and field not in _MAY_BE_EMPTY.get(source, ())
+    if aggregation == "count" and (never_empty or field in _NEVER_EMPTY[source]):
         return f"COALESCE(SUM(f.sign * {count}), 0)"
     return None
 
@@ -791,9 +896,13 @@ def _statement(
     # of every day (a 90-day poll by week: ~46 k day rows, most of them apart only by their app). Each piece's
     # rows are added up as they are read, the pieces of a bucket together after.
     used = set(fields) | {field for field, _ in query.filters}
-    ids = {"app_id": "app" in used, "carrier_id": bool(used & {"carrier", "country"})}
-    by = [c for c in columns if ids.get(c, c in _ROLLUP_DIMENSIONS)]
-    summed = [c for c in columns if c not in ids and c not in _ROLLUP_DIMENSIONS]
+    ids = {
+        "app_id": "app" in used,
+        "carrier_id": bool(used & {"carrier", "country"}),
+        "plan_id": bool(used & {"plan", "plan_period"}),
+    }
+    by = [c for c in columns if ids.get(c, c in kind.dimensions)]
+    summed = [c for c in columns if c not in ids and c not in kind.dimensions]
     read = [*by, *summed]
     params: dict[str, Any] = {}
     parts = []
@@ -863,6 +972,7 @@ def _statement(
     # Apps and carriers are joined only for their names or countries (every row has both, so no row is lost).
     joins = f"JOIN {App._meta.db_table} a ON a.id = f.app_id\n" if "app" in used else ""
     joins += f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id\n" if used & {"carrier", "country"} else ""
+    joins += f"JOIN {Plan._meta.db_table} pl ON pl.id = f.plan_id\n" if used & {"plan", "plan_period"} else ""
     # A group whose rows were all subtracted again had no row in the period: the rows give no such group.
     having = f"SUM(f.sign * f.{kind.count}) <> 0"
     if len(sets) == 1:
@@ -889,10 +999,6 @@ def _statement(
         f"SELECT {', '.join(select)} FROM f\n" + joins + (f"WHERE {' AND '.join(where)}\n" if where else "") + tail
     )
     return sql, params, layout
-
-
-# The rollup rows' own dimensions (besides the hour, app and carrier).
-_ROLLUP_DIMENSIONS = ("currency", "status", "failure_code")
 
 
 def _total(column: str, *, signed: bool = True) -> str:

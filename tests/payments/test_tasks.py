@@ -81,17 +81,13 @@ def test_the_embedded_scheduler_runs_its_jobs_in_a_process_that_ran_a_celery_wor
     mark must not fail every periodic job (it did, at random, in the suite)."""
     import io
 
-    from celery._state import _set_task_join_will_block, task_join_will_block
+    from celery.result import denied_join_result
     from django.core.management import call_command
 
     payment_id = shop.create_payment().json()["id"]
     Payment.objects.filter(public_id=payment_id).update(pin_expires_at=timezone.now() - timedelta(seconds=1))
-    marked = task_join_will_block()
-    _set_task_join_will_block(True)  # what a worker's pool sets at its start
-    try:
-        out, err = io.StringIO(), io.StringIO()
+    out, err = io.StringIO(), io.StringIO()
+    with denied_join_result():  # the mark a worker's pool sets at its start
         call_command("run_scheduler", "--once", stdout=out, stderr=err)
-    finally:
-        _set_task_join_will_block(marked)
     assert "failed" not in err.getvalue(), err.getvalue()
     assert "expire unconfirmed PIN payments: 1" in out.getvalue()

@@ -159,7 +159,8 @@ def test_a_table_emptied_at_once_leaves_no_count_behind(dataset: Dataset, world:
     with connection.cursor() as cursor:
         cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")  # the test's own transaction has checks pending
         cursor.execute(f"TRUNCATE {Subscription._meta.db_table} CASCADE")
-    assert not SubscriptionCount.objects.exists() and not SubscriptionCountChange.objects.exists()
+    assert not SubscriptionCount.objects.exists()
+    assert not SubscriptionCountChange.objects.exists()
     result = run_query(dataset=dataset, query=DatasetQuery(("subscriptions",), group_by=("status",)))
     assert result.rows == []
 
