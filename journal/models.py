@@ -10,9 +10,14 @@ class JournalRecord(models.Model):
     Records go only by retention: each kind past its time (`journal.services.expire`, the daily job), or all
     before a date (`manage.py purge_journal`). On PostgreSQL the table is partitioned by month
     (journal.partitions); its primary key there is (id, occurred_at).
+
+    `record_id` is the document's own id (`journal.services.build`): a record written again (a write whose
+    acknowledgement was lost, then shipped from the spool) is stored once. Records written before it have
+    none. The unique constraint includes occurred_at, as a partitioned table's must; a record's is fixed.
     """
 
     occurred_at = models.DateTimeField(db_index=True)
+    record_id = models.UUIDField(null=True, blank=True)
     kind = models.CharField(max_length=40)
     payment_id = models.CharField(max_length=36, blank=True)
     refund_id = models.CharField(max_length=36, blank=True)
@@ -27,6 +32,7 @@ class JournalRecord(models.Model):
 
     class Meta:
         ordering = ["-occurred_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["record_id", "occurred_at"], name="journal_record_once")]
         indexes = [
             models.Index(
                 fields=["payment_id", "-occurred_at"], condition=~Q(payment_id=""), name="journal_payment_idx"

@@ -7,6 +7,11 @@ there, its new ones are spooled behind them, so none overtakes another. A draine
 and the periodic `drain_spool` job, ship them to the store once it is back. Only if the spool fails too
 (a full or failing disk) is the record logged at ERROR level, with the document, for an operator to
 replay, and the error raised. Nothing is dropped silently.
+
+Nothing is stored twice either: each document gets its own id when built (`record_id`), and the store
+writes a document whose id it holds as a no-op. So a record the store committed but whose acknowledgement
+was lost (the connection cut before it came back), spooled and shipped again, or a spool segment shipped
+again after its drainer died, is stored once: delivery to the store is at least once, storage exactly once.
 """
 
 import logging
@@ -25,6 +30,7 @@ from journal.models import StaffAction
 from journal.sanitize import sanitize
 from journal.spool import Spool, spool_at
 from journal.store import CORRELATION_FIELDS, journal_store
+from playpay.ids import new_public_id
 from playpay.redaction import msisdn_hash, redact
 
 logger = logging.getLogger(__name__)
@@ -44,7 +50,8 @@ def new_request_id() -> str:
 
 def build(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: str) -> dict[str, Any]:
     """The document every backend stores: sanitized (see journal.sanitize; marked `"_sanitized": true`
-    when anything had to change), then redacted."""
+    when anything had to change), then redacted; its `record_id` (a UUIDv7) is what makes a second write of
+    it a no-op."""
     unknown = set(correlation) - set(CORRELATION_FIELDS)
     if unknown:
         raise ValueError(f"unknown correlation ids: {sorted(unknown)}")
@@ -55,6 +62,7 @@ def build(kind: str, data: dict[str, Any], *, msisdn: str = "", **correlation: s
         ids["msisdn_hash"] = msisdn_hash(msisdn)
     document = {
         "occurred_at": timezone.now().isoformat(),
+        "record_id": str(new_public_id()),
         "kind": kind,
         "correlation": ids,
         "data": redact(data),

@@ -13,7 +13,8 @@ ship the same segment and a drainer never reads half a line of a live writer; a 
 segment taken by a drainer (or already drained and deleted) starts its next one. A last line without its
 newline is what a process that died while writing leaves: it was never acknowledged, and is dropped
 with a warning. Delivery is at least once: a drainer that dies after the store took a segment but
-before deleting it leaves that segment to be shipped again.
+before deleting it leaves that segment to be shipped again (the store skips the records it holds already, by
+their record ids: see journal.services).
 """
 
 import contextlib

@@ -1,8 +1,9 @@
 """The journal's one small interface, and its two backends: SQL (PostgreSQL JSONB) and MongoDB.
 
-A document: {"occurred_at": ISO-8601, "kind": str, "correlation": {payment_id, refund_id,
+A document: {"occurred_at": ISO-8601, "record_id": UUID, "kind": str, "correlation": {payment_id, refund_id,
 journey_id, request_id, app, carrier, carrier_reference, msisdn_hash}, "data": {...}}.
-The interface has no update or delete: the journal is append-only.
+The interface has no update or delete: the journal is append-only. A write is idempotent: a document whose
+record_id the store holds already is not stored again (documents written before record ids have none).
 """
 
 import json
@@ -36,6 +37,7 @@ CORRELATION_FIELDS = (
     "msisdn_hash",
 )
 GROUPABLE = ("kind", "app", "carrier")
+DUPLICATE_KEY = 11000  # MongoDB's error code for a unique index (the _id's) refusing a document
 
 
 @dataclass(frozen=True)
@@ -146,15 +148,17 @@ class SqlJournalStore:
 
     def write(self, documents: Sequence[Mapping[str, Any]]) -> None:
         # No ORM round trip through models (this runs on every API request): one INSERT for a record, one COPY for
-        # a batch (a spool segment) on PostgreSQL.
+        # a batch (a spool segment) on PostgreSQL. A document whose record id is stored already is skipped.
         from journal.models import JournalRecord
 
         connection = connections["journal"]
+        record_id_field = JournalRecord._meta.get_field("record_id")
         document_field = JournalRecord._meta.get_field("document")
-        columns = ["occurred_at", "kind", *CORRELATION_FIELDS, "document"]
+        columns = ["occurred_at", "record_id", "kind", *CORRELATION_FIELDS, "document"]
         rows = [
             (
                 datetime.fromisoformat(document["occurred_at"]),
+                record_id_field.get_db_prep_save(document.get("record_id"), connection),
                 document["kind"],
                 *(str(document["correlation"].get(name) or "")[:128] for name in CORRELATION_FIELDS),
                 document_field.get_db_prep_save(dict(document), connection),
@@ -163,14 +167,28 @@ class SqlJournalStore:
         ]
         table = connection.ops.quote_name(JournalRecord._meta.db_table)
         names = ", ".join(connection.ops.quote_name(column) for column in columns)
-        with connection.cursor() as cursor:
-            if connection.vendor == "postgresql" and len(rows) > 1:
-                # A batch (a spool segment): one COPY, far cheaper per row than an INSERT each.
-                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+        if connection.vendor == "postgresql" and len(rows) > 1:
+            # A batch (a spool segment): one COPY, far cheaper per row than an INSERT each. COPY cannot skip a
+            # row: if the store holds one of them already (the segment shipped before, its acknowledgement
+            # lost), the COPY is undone and the rows go by INSERTs that skip it.
+            from psycopg.errors import UniqueViolation
+
+            try:
+                with (
+                    transaction.atomic(using="journal"),
+                    connection.cursor() as cursor,
+                    cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy,
+                ):
                     for row in rows:
                         copy.write_row(row)
                 return
-            sql = f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))})"  # noqa: S608
+            except UniqueViolation:
+                pass
+        sql = (
+            f"INSERT INTO {table} ({names}) VALUES ({', '.join(['%s'] * len(columns))}) "  # noqa: S608
+            "ON CONFLICT (record_id, occurred_at) DO NOTHING"
+        )
+        with connection.cursor() as cursor:
             cursor.executemany(sql, rows)
 
     def _filter(self, query: JournalQuery) -> Any:
@@ -327,9 +345,18 @@ class MongoJournalStore:
                 document["correlation"].get("app", ""),
                 document["correlation"].get("carrier", ""),
             )
+            if document.get("record_id"):
+                row["_id"] = document["record_id"]  # a document written again is refused as a duplicate key
             rows.append(row)
-        if rows:
-            self.collection.insert_many(rows)
+        if not rows:
+            return
+        from pymongo.errors import BulkWriteError
+
+        try:
+            self.collection.insert_many(rows, ordered=False)  # the others still go in past a duplicate
+        except BulkWriteError as exc:
+            if not only_duplicates(exc):
+                raise
 
     def _filter(self, query: JournalQuery) -> dict[str, Any]:
         match: dict[str, Any] = {}
@@ -402,6 +429,14 @@ class MongoJournalStore:
                 row[name] = len([v for v in row[name] if v is not None])
             rows.append({**keys, **row})
         return rows
+
+
+def only_duplicates(error: Any) -> bool:
+    """Whether a bulk write failed only on documents the collection holds already (their _id taken)."""
+    details = error.details
+    return not details.get("writeConcernErrors") and all(
+        failure.get("code") == DUPLICATE_KEY for failure in details.get("writeErrors", [])
+    )
 
 
 def _mongo_value(document_field: DocumentField) -> Any:

@@ -28,6 +28,19 @@ def write(kind: str, at: datetime, **data: Any) -> None:
     SqlJournalStore().write([{**build(kind, data), "occurred_at": at.isoformat()}])
 
 
+def write_without_record_id(kind: str, at: datetime, **data: Any) -> None:
+    """A record as the store wrote it before records had ids, into the table as the migrations before 0010
+    left it."""
+    document = {**build(kind, data), "occurred_at": at.isoformat()}
+    del document["record_id"]
+    columns = ["occurred_at", "kind", *CORRELATION_FIELDS, "document"]
+    with connections["journal"].cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO journal_journalrecord ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})",  # noqa: S608
+            [at, kind, *([""] * len(CORRELATION_FIELDS)), json.dumps(document)],
+        )
+
+
 def located() -> dict[int, str]:
     """The `n` of each record -> the partition it is stored in."""
     with connections["journal"].cursor() as cursor:
@@ -144,7 +157,9 @@ def test_archiving_copies_old_months_to_files_checks_them_and_drops_the_partitio
     with gzip.open(path) as archive:
         assert (
             archive.readline()
-            == b"id,occurred_at,kind," + b",".join(name.encode() for name in (*CORRELATION_FIELDS, "document")) + b"\n"
+            == b"id,occurred_at,kind,"
+            + b",".join(name.encode() for name in (*CORRELATION_FIELDS, "document", "record_id"))
+            + b"\n"
         )
     assert sorted(located()) == [9]  # this month's record stays
 
@@ -209,15 +224,17 @@ def test_migrating_an_existing_journal_keeps_its_records_ids_sequence_and_guards
         migrate(before)
         now = timezone.now()
         for n, days in enumerate((0, 40, 400, 3000)):  # this month, recent months, and one older than 24 months
-            write("api_request", now - timedelta(days=days), n=n)
+            write_without_record_id("api_request", now - timedelta(days=days), n=n)
         kind, rows, guards = state()
         assert kind == "r"
         assert len(rows) == 4
         migrate(partitioned)
         assert state() == ("p", rows, guards)
         assert located()[3] == RECORDS.default_partition
-        write("carrier_call", now, n=4)  # the id sequence carries on after the copied ids
-        assert JournalRecord.objects.get(kind="carrier_call").pk > max(row[0] for row in rows)
+        write_without_record_id("carrier_call", now, n=4)  # the id sequence carries on after the copied ids
+        assert JournalRecord.objects.filter(kind="carrier_call").values_list("pk", flat=True).get() > max(
+            row[0] for row in rows
+        )
         migrate(before)
         kind, back, guards_back = state()
         assert (kind, back[:4], guards_back) == ("r", rows, guards)

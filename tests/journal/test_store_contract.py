@@ -87,6 +87,18 @@ def test_counts_aggregate_in_the_store(store: JournalStore) -> None:
         store.count(by="msisdn_hash", query=JournalQuery())
 
 
+def test_a_document_written_again_is_stored_once_and_the_rest_of_its_batch_still_is(store: JournalStore) -> None:
+    first, second = docs(("api_request", {"request_id": "r1"}), ("api_request", {"request_id": "r2"}))
+    store.write([first])
+    store.write([first, second])  # a batch shipped again after the store took part of it
+    store.write([first])
+    found = store.query(JournalQuery())
+    assert sorted((d["correlation"]["request_id"], d["record_id"]) for d in found) == [
+        ("r1", first["record_id"]),
+        ("r2", second["record_id"]),
+    ]
+
+
 def test_an_unknown_correlation_id_is_refused(store: JournalStore) -> None:
     with pytest.raises(ValueError, match="not a correlation id"):
         store.query(JournalQuery(correlation={"password": "x"}))
