@@ -186,16 +186,19 @@ _CHARGE = SubscriptionCharge._meta.db_table
 _SUCCEEDED, _FAILED = SubscriptionCharge.Outcome.SUCCEEDED.value, SubscriptionCharge.Outcome.FAILED.value
 # A charge's subscription gives its app, carrier and plan; its payment (by id and month) its currency and amount
 # (a period missed has no payment). A period is counted on its first attempt: decided, and renewed once any attempt
-# at it succeeded (one success per period at most: the charges' unique index).
+# at it succeeded (one success per period at most: the charges' unique index). Only a first attempt that failed is
+# looked up: a retry follows a failure only, and a period missed or pending on its first attempt has no other. (The
+# lookup is a LIMIT 1 subquery: as an EXISTS the planner may hash every charge there is to answer a few.)
 _CHARGE_FACTS = f"""
 SELECT date_trunc('hour', sc.created_at, 'UTC') AS hour, s.app_id, s.carrier_id, s.plan_id, p.currency, sc.kind,
     sc.outcome, sc.failure_code, COUNT(*) AS charges, SUM(p.amount_minor) AS amount_minor,
     MIN(p.amount_minor) AS amount_min_minor, MAX(p.amount_minor) AS amount_max_minor,
     COUNT(*) FILTER (WHERE sc.attempt = 1 AND sc.outcome IN ('{_SUCCEEDED}', '{_FAILED}')) AS periods_decided,
-    COUNT(*) FILTER (WHERE sc.attempt = 1 AND EXISTS (
-        SELECT FROM {_CHARGE} w
+    COUNT(*) FILTER (WHERE sc.attempt = 1 AND (sc.outcome = '{_SUCCEEDED}' OR sc.outcome = '{_FAILED}' AND (
+        SELECT true FROM {_CHARGE} w
         WHERE w.subscription_id = sc.subscription_id AND w.period_index = sc.period_index AND w.outcome = '{_SUCCEEDED}'
-    )) AS periods_renewed
+        LIMIT 1
+    ))) AS periods_renewed
 FROM {{rows}}
 JOIN {Subscription._meta.db_table} s ON s.id = sc.subscription_id
 LEFT JOIN {_PAYMENT} p ON p.id = sc.payment_id AND p.created_at = sc.payment_created_at
