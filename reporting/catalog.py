@@ -34,6 +34,7 @@ from funnel.models import FunnelRollup
 from journal.services import Kind
 from journal.store import DocumentField
 from payments.models import LedgerLine, Payment, PaymentStatus, Refund, Reversal
+from reporting.models import SubscriberDayCount
 from subscriptions.models import Subscription, SubscriptionCharge, SubscriptionStatus, SubscriptionStatusChange
 from subscriptions.services.state_machine import BILLED_STATUSES, FINAL_STATUSES
 
@@ -101,14 +102,6 @@ FAILED_CHARGE = SubscriptionCharge.Outcome.FAILED
 def _player() -> Concat:
     """A player: the app's user_ref within its app ("app id:user_ref"), as two apps may both have a player-1."""
     return Concat(Cast("app_id", CharField()), Value(":"), F("user_ref"), output_field=CharField())
-
-
-def _period_when(**condition: Any) -> Case:
-    """The charge's subscription period as "subscription id:period index" where `condition` holds, else empty."""
-    period = Concat(
-        Cast("subscription_id", CharField()), Value(":"), Cast("period_index", CharField()), output_field=CharField()
-    )
-    return Case(When(Q(**condition), then=period), default=None, output_field=CharField())
 
 
 # A subscription a player had and lost: it left a billed status for a final one (an opt-in never completed is
@@ -199,6 +192,17 @@ SQL_SOURCES: dict[str, SqlSource] = {
             "period_index": lambda: F("period_index"),
         },
     ),
+    "subscriber_days": SqlSource(
+        description="The subscriptions standing in each status at the start of each UTC day (its midnight), as the "
+        "fold of the subscriber counts wrote them (PostgreSQL; none on SQLite).",
+        model=SubscriberDayCount,
+        time_fields={"day": "day"},
+        fields={
+            **_subscription_dimensions(""),
+            "status": lambda: F("status"),
+            "subscriptions": lambda: F("subscriptions"),
+        },
+    ),
     "subscription_changes": SqlSource(
         description="Status changes of subscriptions (their history), at the time they happened.",
         model=SubscriptionStatusChange,
@@ -241,10 +245,6 @@ SQL_SOURCES: dict[str, SqlSource] = {
             "charged_subscription": lambda: Case(
                 When(outcome=SUCCEEDED_CHARGE, then=F("subscription_id")), default=None, output_field=IntegerField()
             ),
-            # A period of a subscription ("id:index") with an attempt decided, or charged: their distinct counts
-            # are the periods the engine tried to renew and those it renewed, however many attempts each took.
-            "decided_period": lambda: _period_when(outcome__in=(SUCCEEDED_CHARGE, FAILED_CHARGE)),
-            "renewed_period": lambda: _period_when(outcome=SUCCEEDED_CHARGE),
             # 1 on a period's first attempt once it is decided, and once any attempt at the period succeeded: summed
             # over the charges of a period of time, the periods first tried then that were decided and renewed,
             # each period once and in one place whatever the period of time (the rollups keep these sums).

@@ -6,6 +6,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Now
 
 from playpay.money import UnknownCurrency, validate_currency
 from playpay.tables import TableFormat
@@ -743,6 +744,40 @@ class SubscriptionCountChange(SubscriptionCountFields):
     status, -n left it), written by the subscriptions table's triggers; append-only until the fold takes it."""
 
     change = models.BigIntegerField()
+    # When the transaction that made the change began: a day's count (`SubscriberDayCount`) takes the changes
+    # made before the day began.
+    at = models.DateTimeField(db_default=Now())
 
     def __str__(self) -> str:
         return f"{self.change:+} {self.status}"
+
+
+class SubscriberDayCount(SubscriptionCountFields):
+    """How many subscriptions stood in each status at the start of a UTC day (`day`, its midnight), per app, carrier
+    and plan: the subscriber base over time, for averages over a period (ARPU). Written by the fold once the day
+    has begun (`SubscriberCountState`); a day is never written again."""
+
+    day = models.DateTimeField()
+    subscriptions = models.BigIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["day", "app", "carrier", "plan", "status"], name="subscriber_day_count_unique"
+            )
+        ]
+        indexes = [models.Index(fields=["day"], name="subscriber_day_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.day:%Y-%m-%d}: {self.subscriptions} {self.status}"
+
+
+class SubscriberCountState(models.Model):
+    """The days the fold has counted (one row): `SubscriberDayCount` holds every day from `first_day` to the day
+    before `next_day`, and the counts hold no change made since `next_day` began (those wait for its count)."""
+
+    first_day = models.DateTimeField()
+    next_day = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"subscriber days {self.first_day:%Y-%m-%d} to {self.next_day:%Y-%m-%d}"

@@ -14,7 +14,7 @@ from carriers.models import Carrier
 from funnel.models import FunnelDefinition
 from playpay.money import UnknownCurrency, currency_exponent, format_money, to_major
 from reporting.models import Dashboard, Dataset
-from reporting.services import alerts
+from reporting.services import alerts, subscriber_counts
 from reporting.services.datasets import DatasetQuery, DatasetQueryError, run_queries, run_query
 from reporting.services.rollups import bucket_after, reporting_statement, truncate_to_bucket
 from subscriptions.models import SubscriptionCharge
@@ -23,10 +23,10 @@ from subscriptions.services.state_machine import BILLED_STATUSES
 # The datasets the dashboard reads (seeded by reporting 0004; editable, but keep these measures).
 PAYMENTS, REFUNDS, REVERSALS = "payments", "refunds", "reversals"
 CARRIER_CALLS, FUNNEL_ROLLUPS, FX_RATES = "carrier-calls", "funnel-rollups", "fx-rates"
-# The subscriptions tile's (seeded by reporting 0017); without them the tile says which is missing.
+# The subscriptions tile's (seeded by reporting 0017 and 0020); without them the tile says which is missing.
 SUBSCRIPTIONS, SUBSCRIPTION_CHANGES = "subscriptions", "subscription-changes"
-SUBSCRIPTION_CHARGES = "subscription-charges"
-SUBSCRIPTION_DATASETS = (SUBSCRIPTIONS, SUBSCRIPTION_CHANGES, SUBSCRIPTION_CHARGES)
+SUBSCRIPTION_CHARGES, SUBSCRIBER_DAYS = "subscription-charges", "subscriber-days"
+SUBSCRIPTION_DATASETS = (SUBSCRIPTIONS, SUBSCRIPTION_CHANGES, SUBSCRIPTION_CHARGES, SUBSCRIBER_DAYS)
 # Subscribers counted as "now": every subscription the renewal engine still bills.
 SUBSCRIBED = tuple(str(status) for status in BILLED_STATUSES)
 
@@ -410,11 +410,12 @@ def _errors_tile(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 TRIED_OUTCOMES = tuple(o.value for o in SubscriptionCharge.Outcome if o != SubscriptionCharge.Outcome.MISSED)
 CHANGE_MEASURES = ("new_subscribers", "churned_subscribers", "cancelled_subscribers", "expired_subscribers")
+RENEWAL_MEASURES = ("charges", "charged", "failed", "periods_decided", "periods_renewed")
 
 
 def _subscriptions_tile(window: _Window) -> dict[str, Any]:
     """Subscribers now (by status), new and churned ones per bucket, recurring revenue per bucket, the renewal
-    success rate per carrier and the average revenue per paying subscriber (ARPU) over the period."""
+    success rate per carrier and the average revenue per subscriber (ARPU) over the period."""
     missing = [slug for slug in SUBSCRIPTION_DATASETS if slug not in window.catalog]
     if missing:
         return {"error": f"The dashboard reads the dataset {missing[0]!r}, which is not in the catalog."}
@@ -428,20 +429,29 @@ def _subscriptions_tile(window: _Window) -> dict[str, Any]:
     for row in window.rows(SUBSCRIPTION_CHANGES, CHANGE_MEASURES, bucketed=True):
         for name in CHANGE_MEASURES:
             changes[name][row["bucket"].isoformat()] += row[name]
-    revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    # Revenue is of the charges that went through: the others (a missed period has no payment, so no currency)
-    # add nothing.
-    charged = {**window.dims, "outcome": (SubscriptionCharge.Outcome.SUCCEEDED.value,)}
-    for row in window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor",), bucketed=True, filters=charged):
-        revenue_by_bucket[row["bucket"].isoformat()][row["currency"]] += row["revenue_minor"]
-    renewals = window.rows(
+    # The charges' two questions in one read (the live edges of the period are read once): revenue per bucket, and
+    # the attempts per carrier, kind and outcome, of which the renewals tried (a missed period, the engine down,
+    # was never tried, so it is no attempt).
+    by_bucket, by_outcome = window.rows_together(
         SUBSCRIPTION_CHARGES,
-        ("charges", "charged", "failed", "success_rate", "periods_decided", "periods_renewed"),
-        group_by=("carrier",),
-        # Attempts made: a missed period (the engine was down) was never tried, so it is no attempt.
-        filters={**window.dims, "kind": (SubscriptionCharge.Kind.RENEWAL,), "outcome": TRIED_OUTCOMES},
+        [
+            window.query(("revenue_minor",), bucketed=True),
+            window.query(
+                RENEWAL_MEASURES,
+                group_by=("carrier", "kind", "outcome"),
+            ),
+        ],
     )
-    paying = window.rows(SUBSCRIPTION_CHARGES, ("revenue_minor", "paying_subscribers"), filters=charged)
+    revenue_by_bucket: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in by_bucket:
+        if row["revenue_minor"]:  # only charges that went through have any (a missed period has no currency)
+            revenue_by_bucket[row["bucket"].isoformat()][row["currency"]] += row["revenue_minor"]
+    renewals: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for row in by_outcome:
+        if row["kind"] == SubscriptionCharge.Kind.RENEWAL and row["outcome"] in TRIED_OUTCOMES:
+            for name in RENEWAL_MEASURES:
+                renewals[row["carrier"]][name] += row[name]
+    revenue = _recurring_revenue(window, revenue_by_bucket)
     return {
         "subscribers": {**subscribers, "total": sum(subscribers.values())},
         "bucket": window.bucket,
@@ -451,22 +461,24 @@ def _subscriptions_tile(window: _Window) -> dict[str, Any]:
             for name in ("new_subscribers", "churned_subscribers")
         },
         **{f"total_{name}": sum(changes[name].values()) for name in CHANGE_MEASURES},
-        "revenue": _recurring_revenue(window, revenue_by_bucket),
-        "renewals": [
-            {
-                "carrier": row["carrier"],
-                "attempts": row["charges"],
-                "charged": row["charged"],
-                "failed": row["failed"],
-                "attempt_success_rate": row["success_rate"],
-                "periods_decided": row["periods_decided"],
-                "periods_renewed": row["periods_renewed"],
-                # A period renewed on its third attempt is renewed: the rate counts periods, not attempts.
-                "success_rate": row["periods_renewed"] / row["periods_decided"] if row["periods_decided"] else None,
-            }
-            for row in renewals
-        ],
-        "arpu": _arpu(window, paying),
+        "revenue": revenue,
+        "renewals": [_renewal_rates(carrier, renewals[carrier]) for carrier in sorted(renewals)],
+        "arpu": _arpu(window, revenue["total_minor"], subscribed_now=sum(subscribers.values())),
+    }
+
+
+def _renewal_rates(carrier: str, counts: dict[str, int]) -> dict[str, Any]:
+    decided_attempts = counts["charged"] + counts["failed"]
+    return {
+        "carrier": carrier,
+        "attempts": counts["charges"],
+        "charged": counts["charged"],
+        "failed": counts["failed"],
+        "attempt_success_rate": counts["charged"] / decided_attempts if decided_attempts else None,
+        "periods_decided": counts["periods_decided"],
+        "periods_renewed": counts["periods_renewed"],
+        # A period renewed on its third attempt is renewed: the rate counts periods, not attempts.
+        "success_rate": counts["periods_renewed"] / counts["periods_decided"] if counts["periods_decided"] else None,
     }
 
 
@@ -483,40 +495,24 @@ def _recurring_revenue(window: _Window, by_bucket: dict[str, dict[str, int]]) ->
     }
 
 
-def _per_subscriber(amount_minor: int, subscribers: int) -> int | None:
-    """An amount shared by `subscribers`, rounded to the currency's minor unit (half to even)."""
-    if not subscribers:
-        return None
-    return int((Decimal(amount_minor) / subscribers).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
-
-
-def _arpu(window: _Window, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Revenue of the period per paying subscriber (a subscription charged in the period), per currency and in
-    the dashboard's currency. A subscription is charged in one currency, so the counts add up across them."""
-    rows = [row for row in rows if row["paying_subscribers"]]
-    total = sum(row["paying_subscribers"] for row in rows)
-    converted = window.money({row["currency"]: row["revenue_minor"] for row in rows})["total_minor"]
-    by_currency = []
-    for row in sorted(rows, key=lambda row: row["currency"]):
-        arpu = _per_subscriber(row["revenue_minor"], row["paying_subscribers"])
-        by_currency.append(
-            {
-                "currency": row["currency"],
-                "exponent": _exponent(row["currency"]),
-                "revenue_minor": row["revenue_minor"],
-                "paying_subscribers": row["paying_subscribers"],
-                "arpu_minor": arpu,
-                "arpu": _money_text(arpu, row["currency"]),
-            }
-        )
-    arpu_minor = None if converted is None else _per_subscriber(converted, total)
+def _arpu(window: _Window, revenue_minor: int | None, *, subscribed_now: int) -> dict[str, Any]:
+    """Recurring revenue of the period per subscriber: over the average subscriber base, the billed subscriptions
+    at each midnight of the period that has its day count (`subscriber-days`) and now, in the dashboard's currency
+    (`revenue_minor`: the period's, converted; rounded half to even to its minor unit; none without the rates or
+    without subscribers)."""
+    days = window.rows(SUBSCRIBER_DAYS, ("subscribers",), filters={**window.dims, "status": SUBSCRIBED})
+    counted = subscriber_counts.counted_days(window.since, window.until)
+    average = Decimal((days[0]["subscribers"] if days else 0) + subscribed_now) / (counted + 1)
+    arpu_minor = None
+    if revenue_minor is not None and average:
+        arpu_minor = int((revenue_minor / average).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
     return {
         "currency": window.currency,
         "exponent": currency_exponent(window.currency),
-        "paying_subscribers": total,
+        "average_subscribers": float(round(average, 1)),
+        "days_counted": counted,
         "amount_minor": arpu_minor,
         "amount": _money_text(arpu_minor, window.currency),
-        "by_currency": by_currency,
     }
 
 

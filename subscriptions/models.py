@@ -176,6 +176,8 @@ class Subscription(models.Model):
     )
     amount_minor = models.BigIntegerField(help_text="The agreed price per period, in minor units of the currency.")
     currency = models.CharField(max_length=3)
+    # Reporting's subscriber counts are kept by triggers on this table (reporting migration 0018) that read the app,
+    # carrier, plan and status: a migration changing one of those columns' types drops and recreates them.
     status = models.CharField(
         max_length=16, choices=SubscriptionStatus.choices, default=SubscriptionStatus.PENDING_OPT_IN
     )

@@ -121,6 +121,16 @@ class _ForbiddenJournalWrites(logging.Handler):
 
 
 @pytest.fixture(autouse=True)
+def _no_worker_mark_left_behind() -> Iterator[None]:
+    """A Celery worker started in this process (a test's, in a thread) marks the process as one where waiting on a
+    task's result would block, and leaves the mark: each test starts and ends as a process without a worker."""
+    from celery.result import allow_join_result
+
+    with allow_join_result():
+        yield
+
+
+@pytest.fixture(autouse=True)
 def _journal_writes_need_the_journal() -> Iterator[None]:
     """A record the test may not write to the journal's database would go to the spool instead, quietly:
     the test would pass on a path production does not take. Mark it `journal`."""

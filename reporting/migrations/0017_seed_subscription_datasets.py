@@ -52,9 +52,8 @@ DATASETS: dict[str, Any] = {
     "subscription-charges": (
         "Subscription charges",
         "Every charge of a subscription (the opt-in's first period and each renewal attempt), by the time it was "
-        "made: recurring revenue (charged amounts, gross of refunds), renewal success rate (per period: of the periods "
-        "first tried in the period, those decided and those renewed on any attempt so far; and per attempt), paying "
-        "subscribers.",
+        "made: recurring revenue (charged amounts, gross of refunds), renewal success rate (periods renewed among "
+        "periods decided, each period once however many attempts it took; and per attempt), paying subscribers.",
         "sql",
         "subscription_charges",
         "created_at",
@@ -68,8 +67,8 @@ DATASETS: dict[str, Any] = {
             ("charged", M, "succeeded", "integer", "", "sum", "charged"),
             ("failed", M, "failed", "integer", "", "sum", "failed"),
             ("success_rate", M, "charge_succeeded", "ratio", "", "avg", "attempt success rate"),
-            ("periods_decided", M, "period_decided", "integer", "", "sum", "periods decided"),
-            ("periods_renewed", M, "period_renewed", "integer", "", "sum", "periods renewed"),
+            ("periods_decided", M, "decided_period", "integer", "", "count_distinct", "periods decided"),
+            ("periods_renewed", M, "renewed_period", "integer", "", "count_distinct", "periods renewed"),
             ("revenue_minor", M, "charged_amount_minor", "money", "", "sum", "recurring revenue"),
             ("paying_subscribers", M, "charged_subscription", "integer", "", "count_distinct", "paying subscribers"),
         ],

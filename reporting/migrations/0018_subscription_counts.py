@@ -6,6 +6,7 @@ the periodic fold.
 from typing import Any
 
 import django.db.models.deletion
+import django.db.models.functions.datetime
 from django.db import migrations, models
 
 from playpay.beat import Entry, schedule, unschedule
@@ -36,6 +37,8 @@ BEGIN
 END $$;
 CREATE FUNCTION reporting_subscription_count_reset() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- The counts' lock first, as the fold takes it: the two never wait on each other crosswise.
+    LOCK TABLE reporting_subscriptioncount IN SHARE ROW EXCLUSIVE MODE;
     DELETE FROM reporting_subscriptioncountchange;
     DELETE FROM reporting_subscriptioncount;
     RETURN NULL;
@@ -101,6 +104,7 @@ class Migration(migrations.Migration):
                 ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
                 ("status", models.CharField(max_length=16)),
                 ("change", models.BigIntegerField()),
+                ("at", models.DateTimeField(db_default=django.db.models.functions.datetime.Now())),
                 (
                     "app",
                     models.ForeignKey(
@@ -180,6 +184,62 @@ class Migration(migrations.Migration):
                     )
                 ],
             },
+        ),
+        migrations.CreateModel(
+            name="SubscriberDayCount",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("status", models.CharField(max_length=16)),
+                ("day", models.DateTimeField()),
+                ("subscriptions", models.BigIntegerField()),
+                (
+                    "app",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="tenants.app",
+                    ),
+                ),
+                (
+                    "carrier",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="carriers.carrier",
+                    ),
+                ),
+                (
+                    "plan",
+                    models.ForeignKey(
+                        db_constraint=False,
+                        db_index=False,
+                        on_delete=django.db.models.deletion.DO_NOTHING,
+                        related_name="+",
+                        to="subscriptions.plan",
+                    ),
+                ),
+            ],
+            options={
+                "indexes": [models.Index(fields=["day"], name="subscriber_day_idx")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("day", "app", "carrier", "plan", "status"),
+                        name="subscriber_day_count_unique",
+                    )
+                ],
+            },
+        ),
+        migrations.CreateModel(
+            name="SubscriberCountState",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("first_day", models.DateTimeField()),
+                ("next_day", models.DateTimeField()),
+            ],
         ),
         migrations.RunPython(install, uninstall),
     ]

@@ -2,11 +2,11 @@
 per period counted on each period's first attempt (the catalog's `period_decided` and `period_renewed`, summed)
 instead of distinct periods, so that the rollups can keep it.
 
-The payment rollups' state is forgotten: the periodic refresh builds every kind again from the oldest payment, in
-its bounded steps (a month of history a run), the charges' hours with the rest; readers use raw rows for what is
-not covered yet, as after a first deploy.
+Where the payment rollups are built, the charges' are computed up to where those reach, in this migration (a full
+read of the charges, which exist since subscriptions came); the refresh keeps them up to date from there.
 """
 
+import importlib
 from typing import Any
 
 import django.db.models.deletion
@@ -25,20 +25,27 @@ DESCRIPTION = (
 )
 
 
-def _measures(apps: Any, measures: list[tuple[str, str, str]]) -> None:
-    fields = apps.get_model("reporting", "DatasetField").objects.filter(dataset__slug="subscription-charges")
-    for name, source, aggregation in measures:
-        fields.filter(name=name).update(source=source, aggregation=aggregation)
+def update_datasets(dataset_model: Any, field_model: Any, *, before: bool = False) -> None:
+    """The seeded `subscription-charges` dataset as this migration leaves it (`before`: as 0017 seeded it; tests
+    call it too, with the real models)."""
+    for name, source, aggregation in BEFORE if before else PERIODS:
+        field_model.objects.filter(dataset__slug="subscription-charges", name=name).update(
+            source=source, aggregation=aggregation
+        )
+    old = importlib.import_module("reporting.migrations.0017_seed_subscription_datasets").DATASETS
+    description = old["subscription-charges"][1] if before else DESCRIPTION
+    dataset_model.objects.filter(slug="subscription-charges").update(description=description)
 
 
 def forward(apps: Any, schema_editor: Any) -> None:
-    _measures(apps, PERIODS)
-    apps.get_model("reporting", "Dataset").objects.filter(slug="subscription-charges").update(description=DESCRIPTION)
-    apps.get_model("reporting", "RollupState").objects.all().delete()
+    update_datasets(apps.get_model("reporting", "Dataset"), apps.get_model("reporting", "DatasetField"))
+    from reporting.services import rollups  # the rule that computes them, as the refresh job runs it
+
+    rollups.build_new_kind("subscription_charges")
 
 
 def backward(apps: Any, schema_editor: Any) -> None:
-    _measures(apps, BEFORE)
+    update_datasets(apps.get_model("reporting", "Dataset"), apps.get_model("reporting", "DatasetField"), before=True)
 
 
 class Migration(migrations.Migration):

@@ -184,11 +184,12 @@ _REVERSAL_PERIOD = "v.created_at >= {since} AND v.created_at < {until}"
 
 _CHARGE = SubscriptionCharge._meta.db_table
 _SUCCEEDED, _FAILED = SubscriptionCharge.Outcome.SUCCEEDED.value, SubscriptionCharge.Outcome.FAILED.value
-# A charge's subscription gives its app, carrier and plan; its payment (by id and month) its currency and amount
-# (a period missed has no payment). A period is counted on its first attempt: decided, and renewed once any attempt
-# at it succeeded (one success per period at most: the charges' unique index). Only a first attempt that failed is
-# looked up: a retry follows a failure only, and a period missed or pending on its first attempt has no other. (The
-# lookup is a LIMIT 1 subquery: as an EXISTS the planner may hash every charge there is to answer a few.)
+# A charge's subscription gives its app, carrier and plan (which a subscription keeps for life; charges are never
+# deleted, as payments are not); its payment (by id and month) its currency and amount (a period missed has none).
+# A period is counted on its first attempt: decided, and renewed once any attempt at it succeeded (one success per
+# period at most: the charges' unique index). Only a first attempt that failed is looked up: a retry follows a
+# failure only, and a period missed or pending on its first attempt has no other. (The lookup is a LIMIT 1
+# subquery: as an EXISTS the planner may hash every charge there is to answer a few.)
 _CHARGE_FACTS = f"""
 SELECT date_trunc('hour', sc.created_at, 'UTC') AS hour, s.app_id, s.carrier_id, s.plan_id, p.currency, sc.kind,
     sc.outcome, sc.failure_code, COUNT(*) AS charges, SUM(p.amount_minor) AS amount_minor,
@@ -417,7 +418,7 @@ def _changed_hours(state: RollupState, *, before: datetime) -> list[datetime]:
     """Hours before `before` whose payments, refunds, reversals or subscription charges changed since the last run.
 
     Payments are found through their (status, updated_at) index (every status named); a refund that is
-    requested, fails or succeeded always updates its payment, so refunds are found through their payment;
+    requested, fails or succeeds always updates its payment, so refunds are found through their payment;
     a reversal does not always, so reversals are read themselves (one per reversed charge, a small table).
     Subscription charges are found through their created_at and settled_at indexes (a charge changes once, when
     it is settled); a retry that succeeded changes its period's first attempt's hour too (`periods_renewed`).
@@ -429,10 +430,13 @@ def _changed_hours(state: RollupState, *, before: datetime) -> list[datetime]:
         return [row[0] for row in cursor.fetchall()]
 
 
-def _recompute(changed: list[datetime], since: datetime, until: datetime) -> None:
+def _recompute(
+    changed: list[datetime], since: datetime, until: datetime, *, kinds: Sequence[str] = tuple(KINDS)
+) -> None:
     """Replace the rollup rows of the changed hours and of [since, until)."""
     with connection.cursor() as cursor:
-        for name, kind in KINDS.items():
+        for name in kinds:
+            kind = KINDS[name]
             table = kind.rollup._meta.db_table
             columns = ", ".join(("hour", "app_id", "carrier_id", *kind.columns))
             if changed:
@@ -477,15 +481,15 @@ def months_touched(days: list[datetime], until: datetime) -> list[datetime]:
     return sorted({month for month in map(_floor_month, days) if next_month(month) <= until})
 
 
-def _recompute_days(days: list[datetime]) -> None:
+def _recompute_days(days: list[datetime], *, kinds: Sequence[str] = tuple(KINDS)) -> None:
     """Replace the daily rows of these days by their hourly rows added up."""
-    for kind in KINDS.values():
+    for kind in map(KINDS.__getitem__, kinds):
         _resum(kind, kind.rollup, kind.day_rollup, [(day, day + DAY) for day in days])
 
 
-def _recompute_months(months: list[datetime]) -> None:
+def _recompute_months(months: list[datetime], *, kinds: Sequence[str] = tuple(KINDS)) -> None:
     """Replace the monthly rows of these months by their daily rows added up."""
-    for kind in KINDS.values():
+    for kind in map(KINDS.__getitem__, kinds):
         _resum(kind, kind.day_rollup, kind.month_rollup, [(month, next_month(month)) for month in months])
 
 
@@ -519,6 +523,23 @@ def _resum(kind: _Kind, finer: type[Any], coarser: type[Any], spans: list[tuple[
             f"GROUP BY d.start, f.app_id, f.carrier_id, {keys}",
             [starts, ends],
         )
+
+
+def build_new_kind(name: str) -> None:
+    """Compute the rollups of a kind added beside rollups already built (its hours, days and months up to where the
+    others reach), so that the others keep theirs; the refresh keeps it up to date from there. Nothing to do before
+    the first refresh, which builds every kind, or on SQLite."""
+    if connection.vendor != "postgresql":
+        return
+    with reporting_statement(rollup_build=True):
+        state = RollupState.objects.select_for_update().filter(pk=1).first()
+        if state is None:
+            return
+        first = _first_hour(state.covered_until)
+        _recompute([], first, state.covered_until, kinds=[name])
+        days = days_touched([], first, state.covered_until)
+        _recompute_days(days, kinds=[name])
+        _recompute_months(months_touched(days, state.covered_until), kinds=[name])
 
 
 def rollup_state() -> RollupState | None:

@@ -7,48 +7,110 @@ deleted, or one whose status, app, carrier or plan changed (a renewal that leave
 Those rows are only ever inserted, so concurrent transactions never wait on each other for them. `fold` (the
 periodic job, every minute) moves them into `SubscriptionCount` in one statement; `rollup_rows` reads both in one
 statement, so its answer is the table's as of that statement whether or not a fold ran, and equal to counting
-the rows. SQLite (the embedded default) has no triggers for this: its readers count the rows.
+the rows. On SQLite (the embedded default) the triggers are not installed: its readers count the rows. Anything
+that writes subscriptions with triggers off (a restore with `--disable-triggers`, `session_replication_role =
+replica`) leaves the counts behind: `manage.py recount_subscribers` (`recount`) counts them again.
+
+The fold also writes the subscriber base of each UTC day that began (`SubscriberDayCount`: the counts at its
+midnight, for averages over a period such as ARPU), once the day is `SETTLE` old: the counts plus the changes made
+before midnight. So that the counts hold no later change then, a change made since the next day to count began
+waits in `SubscriptionCountChange` until that day is counted (readers add it meanwhile). A day counts the changes
+of the transactions that began before it (`at`, the transaction's start); one that began before midnight and
+committed more than `SETTLE` after it would be missing from that day's count, not from the counts.
 """
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from carriers.models import Carrier
-from reporting.models import SubscriptionCount, SubscriptionCountChange
+from reporting.models import SubscriberCountState, SubscriberDayCount, SubscriptionCount, SubscriptionCountChange
 from reporting.services.rollups import RollupQuery
-from subscriptions.models import Plan
+from subscriptions.models import Plan, Subscription
 from tenants.models import App
 
 SOURCE = "subscriptions"
 _COUNTS = SubscriptionCount._meta.db_table
 _CHANGES = SubscriptionCountChange._meta.db_table
 _GRAIN = "app_id, carrier_id, plan_id, status"
+DAY = timedelta(days=1)
+# A day is counted this long after its midnight: a transaction that began before it has committed by then.
+SETTLE = timedelta(minutes=5)
 
 # One statement: the changes it deletes are the ones it adds (a change committed meanwhile waits for the next fold).
 _FOLD = f"""
-WITH moved AS (DELETE FROM {_CHANGES} RETURNING {_GRAIN}, change)
-INSERT INTO {_COUNTS} AS c ({_GRAIN}, subscriptions)
-SELECT {_GRAIN}, SUM(change) FROM moved GROUP BY {_GRAIN}
-ON CONFLICT ({_GRAIN}) DO UPDATE SET subscriptions = c.subscriptions + EXCLUDED.subscriptions"""  # noqa: S608
+WITH moved AS (DELETE FROM {_CHANGES} WHERE at < %(before)s RETURNING {_GRAIN}, change),
+folded AS (
+    INSERT INTO {_COUNTS} AS c ({_GRAIN}, subscriptions)
+    SELECT {_GRAIN}, SUM(change) FROM moved GROUP BY {_GRAIN}
+    ON CONFLICT ({_GRAIN}) DO UPDATE SET subscriptions = c.subscriptions + EXCLUDED.subscriptions
+)
+SELECT COUNT(*) FROM moved"""  # noqa: S608
+# The counts at a midnight: the counts (no change made since) and the changes made before it.
+_DAY_COUNT = f"""
+INSERT INTO {SubscriberDayCount._meta.db_table} (day, {_GRAIN}, subscriptions)
+SELECT %(day)s, {_GRAIN}, SUM(n) FROM (
+    SELECT {_GRAIN}, subscriptions AS n FROM {_COUNTS}
+    UNION ALL SELECT {_GRAIN}, change FROM {_CHANGES} WHERE at < %(day)s
+) f GROUP BY {_GRAIN} HAVING SUM(n) <> 0"""  # noqa: S608
 
 
 def enabled() -> bool:
     return connection.vendor == "postgresql"
 
 
-def fold() -> int:
-    """Move the changes written since the last fold into the counts; how many change rows it took. Safe to run
-    twice or at once (folds take turns on the counts' lock; readers are never held up)."""
+def floor_day(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def fold(*, now: datetime | None = None) -> int:
+    """Count the days that began (each once it is `SETTLE` old), then move the changes made before the next day to
+    count into the counts; how many change rows it moved. Safe to run twice or at once (folds take turns on the
+    counts' lock; readers are never held up)."""
     if not enabled():
         return 0
+    now = now or timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         # Self-exclusive, and beside readers: two folds at once would only wait on each other's rows.
         cursor.execute(f"LOCK TABLE {_COUNTS} IN SHARE ROW EXCLUSIVE MODE")
-        cursor.execute(_FOLD)
-        folded = cursor.rowcount
+        first = floor_day(now) + DAY  # the first midnight after the counts began
+        state, _ = SubscriberCountState.objects.get_or_create(pk=1, defaults={"first_day": first, "next_day": first})
+        while state.next_day + SETTLE <= now:
+            cursor.execute(_DAY_COUNT, {"day": state.next_day})
+            state.next_day += DAY
+        state.save()
+        cursor.execute(_FOLD, {"before": state.next_day})
+        folded = cursor.fetchone()[0]
         cursor.execute(f"DELETE FROM {_COUNTS} WHERE subscriptions = 0")  # noqa: S608
-    return max(int(folded), 0)
+    return int(folded)
+
+
+def recount() -> int:
+    """Count the subscriptions again and replace the counts and their pending changes (writers of subscriptions wait
+    for it; readers do not); how many count rows there are now. The day counts already written stay."""
+    if not enabled():
+        return 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"LOCK TABLE {_COUNTS} IN SHARE ROW EXCLUSIVE MODE")
+        cursor.execute(f"LOCK TABLE {Subscription._meta.db_table} IN SHARE MODE")
+        cursor.execute(f"DELETE FROM {_CHANGES}")  # noqa: S608
+        cursor.execute(f"DELETE FROM {_COUNTS}")  # noqa: S608
+        cursor.execute(
+            f"INSERT INTO {_COUNTS} ({_GRAIN}, subscriptions) "  # noqa: S608
+            f"SELECT {_GRAIN}, COUNT(*) FROM {Subscription._meta.db_table} GROUP BY {_GRAIN}"
+        )
+        return int(cursor.rowcount)
+
+
+def counted_days(since: datetime, until: datetime) -> int:
+    """How many of the midnights in [since, until) have their day count (none on SQLite)."""
+    state = SubscriberCountState.objects.filter(pk=1).first() if enabled() else None
+    if state is None:
+        return 0
+    low, high = max(since, state.first_day), min(until, state.next_day)
+    return max(0, (floor_day(high - timedelta(microseconds=1)) - floor_day(low - timedelta(microseconds=1))) // DAY)
 
 
 # --- Reading ---------------------------------------------------------------------------------------------

@@ -166,7 +166,8 @@
     var arpu = document.getElementById("arpu");
     arpu.dataset.amountMinor = subs.arpu.amount_minor === null ? "" : subs.arpu.amount_minor;
     arpu.textContent = money(subs.arpu.amount_minor, subs.arpu.currency, subs.arpu.exponent);
-    text("arpu-detail", subs.arpu.by_currency.map(function (c) { return c.arpu + " (" + c.paying_subscribers + " paying)"; }).join(" · ") || "no paying subscribers");
+    var base = subs.arpu.average_subscribers;
+    text("arpu-detail", base ? "average base: " + base + (base === 1 ? " subscriber" : " subscribers") : "no subscribers");
     chart("subscriptions", {
       type: "bar",
       data: { labels: subs.labels.map(function (iso) { return label(iso, subs.bucket); }), datasets: [

@@ -165,12 +165,12 @@ def test_while_clickhouse_is_unreachable_nothing_is_marked_and_shipping_resumes_
     settings.CLICKHOUSE_URL = f"http://127.0.0.1:{port}"
     settings.CLICKHOUSE_CONNECT_TIMEOUT = 1
     with pytest.raises(Exception, match=r"(?i)connect|refused"):
-        ship_task.apply().get(disable_sync_subtasks=False)
+        ship_task.apply().get()
     assert not AnalyticsShipment.objects.filter(last_id__gt=0).exists()
 
     settings.CLICKHOUSE_URL = "chdb://memory"
     settings.CLICKHOUSE_DATABASE = database
-    assert ship_task.apply().get(disable_sync_subtasks=False) == "funnel_events 9, funnel_journeys 3"
+    assert ship_task.apply().get() == "funnel_events 9, funnel_journeys 3"
     assert ch_scalar("SELECT count() FROM {db}.funnel_events") == 9
 
 
@@ -296,7 +296,7 @@ def test_dashboards_read_clickhouse_only_when_it_is_the_analytics_backend(ch: No
 def test_without_clickhouse_the_shipping_job_does_nothing(settings: Any) -> None:
     settings.CLICKHOUSE_URL = ""
     add_events(AppFactory.create(), 1)
-    assert ship_task.apply().get(disable_sync_subtasks=False) == ""
+    assert ship_task.apply().get() == ""
     assert not AnalyticsShipment.objects.exists()
     assert PeriodicTask.objects.get(name="funnel: ship to ClickHouse").task == "funnel.tasks.ship_to_clickhouse"
 

@@ -16,7 +16,7 @@ from playpay.celery import app as celery_app
 from reporting.models import CarrierCallRollup, CarrierCallRollupState, Dataset, DatasetField
 from reporting.services import call_rollups
 from reporting.services.datasets import DatasetQuery, QueryResult, run_query
-from tests.reporting.test_rollups import assert_same
+from tests.reporting.answers import assert_same
 
 pytestmark = [pytest.mark.django_db(databases=["default", "journal"]), pytest.mark.postgres]
 
@@ -189,6 +189,6 @@ def test_the_refresh_job_is_scheduled_and_brings_the_rollups_to_the_last_whole_h
     assert entry.interval is not None
     assert (entry.interval.every, entry.interval.period) == (1, "minutes")
     write_calls(random.Random(7), timezone.now(), count=10, days=1)
-    celery_app.tasks[entry.task].apply().get(disable_sync_subtasks=False)
+    celery_app.tasks[entry.task].apply().get()
     state = CarrierCallRollupState.objects.get()
     assert state.covered_until == timezone.now().replace(minute=0, second=0, microsecond=0)

@@ -33,10 +33,11 @@ from reporting.models import (
     RollupState,
 )
 from reporting.services import rollups
-from reporting.services.datasets import DatasetQuery, QueryResult, run_queries, run_query
+from reporting.services.datasets import DatasetQuery, run_queries, run_query
 from tenants.models import App
 from tests.conftest import StaffClient
 from tests.factories import AppFactory, CarrierFactory, CountryFactory, PaymentFactory, PricePointFactory
+from tests.reporting.answers import ZONES, answers, assert_same, raw_answers
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
@@ -44,7 +45,6 @@ seed_module = importlib.import_module("reporting.migrations.0004_seed_catalog")
 
 STATUSES = list(PaymentStatus.values)
 CODES = ["", "insufficient_funds", "blocked", "timeout"]
-ZONES = ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Asia/Kolkata"]
 
 
 @pytest.fixture
@@ -155,34 +155,6 @@ def random_queries(
     return queries
 
 
-def _answers(catalog: dict[str, Dataset], queries: list[tuple[str, DatasetQuery]]) -> list[QueryResult]:
-    return [run_query(dataset=catalog[slug], query=query) for slug, query in queries]
-
-
-def _raw_answers(catalog: dict[str, Dataset], queries: list[tuple[str, DatasetQuery]]) -> list[QueryResult]:
-    """The same queries with the rollups forgotten (then read from the rows), and the rollups rebuilt."""
-    rollups.forget_payment_rollups()
-    try:
-        return _answers(catalog, queries)
-    finally:
-        list(rollups.catch_up_payment_rollups())
-
-
-def assert_same(rolled: list[QueryResult], raw: list[QueryResult]) -> None:
-    for from_rollups, from_rows in zip(rolled, raw, strict=True):
-        assert from_rollups.read_from == "rollups"
-        assert from_rows.read_from == "rows"
-        assert [c.name for c in from_rollups.columns] == [c.name for c in from_rows.columns]
-        assert len(from_rollups.rows) == len(from_rows.rows)
-        for mine, theirs in zip(from_rollups.rows, from_rows.rows, strict=True):
-            assert mine.keys() == theirs.keys()
-            for key, value in theirs.items():
-                if isinstance(value, float):
-                    assert mine[key] == pytest.approx(value, rel=1e-12)
-                else:
-                    assert mine[key] == value, key
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_rollup_answers_equal_the_answers_from_rows_on_random_payments(catalog: dict[str, Dataset], seed: int) -> None:
     rng = random.Random(seed)
@@ -192,7 +164,7 @@ def test_rollup_answers_equal_the_answers_from_rows_on_random_payments(catalog: 
     assert PaymentRollup.objects.exists()
     assert PaymentDayRollup.objects.exists()  # periods of whole days read those
     queries = random_queries(rng, catalog, now)
-    assert_same(_answers(catalog, queries), _raw_answers(catalog, queries))
+    assert_same(answers(catalog, queries), raw_answers(catalog, queries))
 
 
 @pytest.mark.parametrize("seed", [4, 5])
@@ -233,7 +205,7 @@ def test_rollup_answers_equal_the_answers_from_rows_over_months_across_daylight_
                 since, until = now - timedelta(days=days, minutes=7), now - timedelta(days=rng.choice([0, 9]))
                 query = DatasetQuery(measures, group_by, bucket, since=since, until=until, timezone=zone)
                 queries.append((slug, query))
-    assert_same(_answers(catalog, queries), _raw_answers(catalog, queries))
+    assert_same(answers(catalog, queries), raw_answers(catalog, queries))
 
 
 def test_late_refunds_status_changes_and_reversals_show_after_the_next_refresh(catalog: dict[str, Dataset]) -> None:
@@ -273,9 +245,9 @@ def test_late_refunds_status_changes_and_reversals_show_after_the_next_refresh(c
         ("refunds", DatasetQuery(measures=("refunds", "amount_minor"), group_by=("status",), bucket="hour")),
         ("reversals", DatasetQuery(measures=("reversals", "amount_minor"), group_by=("status",), bucket="hour")),
     ]
-    after = _answers(catalog, queries)
+    after = answers(catalog, queries)
     assert after[0].rows != before.rows
-    assert_same(after, _raw_answers(catalog, queries))
+    assert_same(after, raw_answers(catalog, queries))
 
 
 def test_the_current_hour_is_read_from_rows_and_is_live(catalog: dict[str, Dataset]) -> None:
@@ -326,7 +298,7 @@ def test_the_refresh_job_is_scheduled_and_brings_the_rollups_to_the_last_whole_h
     assert entry.interval is not None
     assert (entry.interval.every, entry.interval.period) == (1, "minutes")
     random_payments(random.Random(4), timezone.now(), count=10)
-    celery_app.tasks[entry.task].apply().get(disable_sync_subtasks=False)
+    celery_app.tasks[entry.task].apply().get()
     state = RollupState.objects.get()
     assert state.covered_until == timezone.now().replace(minute=0, second=0, microsecond=0)
     assert (
@@ -417,9 +389,9 @@ def test_questions_read_together_answer_as_each_read_alone_and_as_the_rows(
     with CaptureQueriesContext(connection) as statements:
         together = run_queries(dataset=catalog["payments"], queries=queries)
     assert sum("GROUPING SETS" in statement["sql"] for statement in statements) == 1
-    alone = _answers(catalog, [("payments", query) for query in queries])
+    alone = answers(catalog, [("payments", query) for query in queries])
     assert [result.rows for result in together] == [result.rows for result in alone]
-    assert_same(together, _raw_answers(catalog, [("payments", query) for query in queries]))
+    assert_same(together, raw_answers(catalog, [("payments", query) for query in queries]))
     empty = [
         replace(query, since=now - timedelta(days=days + 30), until=now - timedelta(days=days + 20))
         for query in queries
@@ -443,10 +415,10 @@ def test_totals_asked_together_read_the_rollups_once_and_answer_as_each_alone(ca
     assert sum(statement["sql"].startswith("WITH f AS") for statement in statements) == 1
     assert not any("GROUPING" in statement["sql"] for statement in statements)
     assert [result.rows for result in together] == [
-        result.rows for result in _answers(catalog, [("payments", query) for query in queries])
+        result.rows for result in answers(catalog, [("payments", query) for query in queries])
     ]
     assert together[0].rows[0]["payments"] > 0
-    assert_same(together, _raw_answers(catalog, [("payments", query) for query in queries]))
+    assert_same(together, raw_answers(catalog, [("payments", query) for query in queries]))
     empty = [replace(query, since=now - timedelta(days=40), until=now - timedelta(days=30)) for query in queries]
     totals = run_queries(dataset=catalog["payments"], queries=empty)
     assert [result.rows for result in totals] == [[{"payments": 0, "failed_payments": 0}], [{"success_rate": None}]]

@@ -2,7 +2,6 @@
 rows (revenue, attempts, per-attempt and per-period success), before and after late changes (a charge settled, a
 retry that renews its period days after its first attempt), and the dashboard's tile reads them."""
 
-import importlib
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -12,18 +11,24 @@ import pytest
 from django.utils import timezone
 
 from payments.models import Payment
-from reporting.models import Dataset, DatasetField, SubscriptionChargeDayRollup, SubscriptionChargeRollup
+from reporting.models import (
+    Dataset,
+    PaymentRollup,
+    SubscriptionChargeDayRollup,
+    SubscriptionChargeMonthRollup,
+    SubscriptionChargeRollup,
+)
 from reporting.services import rollups
 from reporting.services.datasets import DatasetQuery, run_query
 from subscriptions.models import Plan, Subscription, SubscriptionCharge
 from tests.conftest import Shop
 from tests.factories import PaymentFactory
-from tests.reporting.test_rollups import ZONES, _answers, _raw_answers, assert_same
+from tests.reporting.answers import ZONES, answers, assert_same, raw_answers
+from tests.reporting.catalog import seed_subscription_datasets
 from tests.subscriptions.conftest import Subs, make_plan
 
 pytestmark = [pytest.mark.django_db, pytest.mark.postgres]
 
-catalog_0017 = importlib.import_module("reporting.migrations.0017_seed_subscription_datasets")
 SLUG = "subscription-charges"
 # The attempts at one period, oldest first: each but the last failed (a retry follows only a failure).
 HISTORIES = [
@@ -40,7 +45,7 @@ HISTORIES = [
 
 @pytest.fixture
 def catalog(db: Any) -> dict[str, Dataset]:
-    catalog_0017.seed_datasets(Dataset, DatasetField)
+    seed_subscription_datasets()
     return {d.slug: d for d in Dataset.objects.prefetch_related("fields")}
 
 
@@ -142,7 +147,7 @@ def test_rollup_answers_equal_the_answers_from_rows_on_random_charges(
     assert SubscriptionChargeRollup.objects.exists()
     assert SubscriptionChargeDayRollup.objects.exists()
     queries = random_queries(rng, catalog, now)
-    assert_same(_answers(catalog, queries), _raw_answers(catalog, queries))
+    assert_same(answers(catalog, queries), raw_answers(catalog, queries))
 
 
 def test_a_retry_that_renews_its_period_days_later_counts_on_the_first_attempt_after_the_next_refresh(
@@ -184,7 +189,7 @@ def test_a_retry_that_renews_its_period_days_later_counts_on_the_first_attempt_a
     assert run_query(dataset=catalog[SLUG], query=today).rows == [
         {"currency": "GBP", "charged": 1, "revenue_minor": 99}
     ]
-    assert_same(_answers(catalog, [(SLUG, query)]), _raw_answers(catalog, [(SLUG, query)]))
+    assert_same(answers(catalog, [(SLUG, query)]), raw_answers(catalog, [(SLUG, query)]))
 
 
 def test_what_the_charge_rollups_cannot_answer_is_read_from_rows(
@@ -210,8 +215,38 @@ def test_a_period_renewed_is_counted_once_whatever_the_period_of_time(
         charge(subscription, 1, attempt, outcome, start + timedelta(days=attempt), 2)
     list(rollups.catch_up_payment_rollups())
     by_day = DatasetQuery(
-        measures=("periods_renewed", "charges"), bucket="day", since=now - timedelta(days=7), until=now
+        measures=("periods_decided", "periods_renewed", "charges"),
+        bucket="day",
+        since=now - timedelta(days=7),
+        until=now,
     )
-    rows = run_query(dataset=catalog[SLUG], query=by_day).rows
-    assert sum(row["periods_renewed"] for row in rows) == 1
-    assert sum(row["charges"] for row in rows) == 3
+    result = run_query(dataset=catalog[SLUG], query=by_day)
+    assert result.read_from == "rollups"
+    days = [row for row in result.rows if row["charges"]]
+    assert [(row["periods_decided"], row["periods_renewed"], row["charges"]) for row in days] == [
+        (1, 1, 1),  # the first attempt's day: the period, decided and renewed
+        (0, 0, 1),  # the second attempt's
+        (0, 0, 1),  # the third, which charged it
+    ]
+    assert days[0]["bucket"].date() == (start + timedelta(days=1)).date()
+
+
+def test_a_kind_added_beside_built_rollups_is_computed_up_to_where_they_reach(
+    catalog: dict[str, Dataset], world: list[Subs]
+) -> None:
+    """Reporting migration 0019 on a database whose payment rollups are built: the charges' are computed up to the
+    same hour, and the payments' are left as they were."""
+    rng = random.Random(9)
+    now = timezone.now()
+    random_charges(rng, now)
+    list(rollups.catch_up_payment_rollups())
+    state = rollups.rollup_state()
+    assert state is not None
+    payment_hours = sorted(PaymentRollup.objects.values_list("pk", flat=True))
+    for table in (SubscriptionChargeRollup, SubscriptionChargeDayRollup, SubscriptionChargeMonthRollup):
+        table.objects.all().delete()  # as before the kind existed
+    rollups.build_new_kind("subscription_charges")
+    assert sorted(PaymentRollup.objects.values_list("pk", flat=True)) == payment_hours  # not recomputed
+    assert rollups.rollup_state() == state
+    queries = random_queries(rng, catalog, now)
+    assert_same(answers(catalog, queries), raw_answers(catalog, queries))

@@ -3,7 +3,6 @@ price, where the carrier allows it; the charge, its payment, the webhooks and th
 charged. On the sandbox carrier, whose numbers ending 0021 pay their first charge then are declined for
 insufficient funds on every other one, and ending 0024 on every one after the first (sandbox/simulators/core.py)."""
 
-import importlib
 from datetime import timedelta
 from typing import Any
 
@@ -12,12 +11,13 @@ from django.core.exceptions import ValidationError
 
 from carriers.models import Carrier, PricePoint
 from payments.models import WebhookDelivery
-from reporting.models import Dataset, DatasetField
+from reporting.models import Dataset
 from reporting.services.datasets import DatasetQuery, run_query
 from subscriptions.models import PlanOffer, Subscription, SubscriptionCharge, SubscriptionStatus
 from tests.conftest import MSISDN, StaffClient
 from tests.factories import PricePointFactory
 from tests.payments.test_webhooks import Receiver
+from tests.reporting.catalog import seed_subscription_datasets
 from tests.subscriptions.conftest import Subs, event_types
 
 pytestmark = pytest.mark.django_db
@@ -192,8 +192,7 @@ def test_the_offer_form_takes_a_fallback_price_and_explains_what_is_wrong(
 def test_recurring_revenue_counts_a_period_paid_at_the_fallback_price_at_that_price(subs: Subs) -> None:
     """Reporting's recurring revenue sums what the charges' payments asked for (the catalog's
     subscription-charges dataset, which the dashboard reads)."""
-    catalog = importlib.import_module("reporting.migrations.0017_seed_subscription_datasets")
-    catalog.seed_datasets(Dataset, DatasetField)
+    seed_subscription_datasets()
     with_fallback(subs)
     subscription = subs.active(msisdn=EVERY_OTHER)
     end = subscription.current_period_end
