@@ -18,6 +18,12 @@ What one run does:
    each subscription's period was charged exactly once (no double charge, none skipped, nothing left due but
    what a `--time-limit` left, uncharged).
 
+5. With `--dashboard-days N`, then gives every subscription N days of renewal history (one period each, first
+   attempts spread over the N days before, 85 % charged, the rest retried a day later, most of those charged:
+   set-based SQL), brings the rollups and the subscriber counts' day counts up to date as their periodic jobs
+   would, and times the overview dashboard's `data.json` answer (in process, median of 5) for 24 hours, 30 days
+   and 18 months, each against the 200 ms a poll may take.
+
 Exit status: 0 when the checks held, 1 when one failed, 2 when the setup failed, 130 when interrupted. The
 databases are dropped at the end (`--keep-db` keeps them).
 
@@ -47,6 +53,7 @@ except ImportError:
 SANDBOX_CARRIERS = ("sandbox-gb-alpha", "sandbox-gb-beta")  # seed_demo's carriers that answer in-process
 PRICE_POINT = "gems-100"
 PLAN_CODE = "bench-weekly"
+POLL_GOAL_MS = 200
 
 
 def stats(url: str) -> dict[str, int]:
@@ -139,6 +146,73 @@ def engine(now: datetime, batch: int, deadline: float | None, results: Any) -> N
             break
     connections.close_all()
     results.put(charged)
+
+
+# A renewal history for the dashboard's figures: each subscription's period 100 (never one the engine charges here),
+# first tried within the days before, 85 % charged; the others tried again a day later, 93 % of those charged.
+HISTORY = """
+CREATE TEMP TABLE history AS
+SELECT nextval(pg_get_serial_sequence('payments_payment', 'id')) AS pid, *
+FROM (
+    SELECT s.*, 1 AS attempt, s.first_at AS at, CASE WHEN s.r < 0.85 THEN 'succeeded' ELSE 'failed' END AS outcome
+    FROM tried s
+    UNION ALL
+    SELECT s.*, 2, s.first_at + interval '1 day', CASE WHEN s.r < 0.93 THEN 'succeeded' ELSE 'failed' END
+    FROM tried s WHERE s.r >= 0.85 AND s.first_at + interval '1 day' < %(until)s
+) a;
+INSERT INTO payments_payment (id, public_id, user_ref, msisdn, amount_minor, currency, status, flow, idempotency_key,
+    journey_id, metadata, carrier_reference, failure_code, failure_message, pin_attempts, created_at, updated_at,
+    app_id, carrier_id, price_point_id, carrier_data, charge_attempts, refunded_minor, insufficient_funds_declines,
+    resolve_attempts, pin_ciphertext, pin_error)
+SELECT pid, gen_random_uuid(), user_ref, msisdn, amount_minor, currency, outcome, 'one_click', '', '', '{}'::jsonb,
+    'history-' || pid, CASE WHEN outcome = 'failed' THEN 'insufficient_funds' ELSE '' END, '', 0, at, at, app_id,
+    carrier_id, price_point_id, '{}'::jsonb, 1, 0, 0, 0, '', ''
+FROM history;
+INSERT INTO subscriptions_subscriptioncharge (subscription_id, kind, period_index, period_start, period_end, attempt,
+    payment_id, payment_created_at, outcome, fallback_price, failure_code, created_at, settled_at)
+SELECT id, 'renewal', 100, first_at, first_at + interval '7 days', attempt, pid, at, outcome, false,
+    CASE WHEN outcome = 'failed' THEN 'insufficient_funds' ELSE '' END, at, at + interval '5 seconds'
+FROM history;
+"""
+
+
+def dashboard_figures(days: int, until: datetime) -> list[tuple[str, float]]:
+    """Renewal history over `days` days before `until`, the rollups and day counts brought up to date, and the
+    overview's `data.json` answer per period (median of 5 ms, after one to warm up)."""
+    from django.db import connection
+
+    from reporting.models import Dashboard
+    from reporting.selectors import DashboardFilters, dashboard_data
+    from reporting.services import rollups, subscriber_counts
+
+    since = until - timedelta(days=days)
+    started = time.monotonic()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE TEMP TABLE tried AS SELECT s.*, %(since)s::timestamptz + random() * (%(until)s::timestamptz "
+            "- %(since)s::timestamptz) AS first_at, random() AS r FROM subscriptions_subscription s",
+            {"since": since, "until": until - timedelta(hours=1)},
+        )
+        cursor.execute(HISTORY, {"until": until})
+        cursor.execute("SELECT COUNT(*) FROM history")
+        made = cursor.fetchone()[0]
+        cursor.execute("ANALYZE payments_payment; ANALYZE subscriptions_subscriptioncharge")
+    hourly = made / days / 24
+    log(f"{made:,} renewal charges over {days} days ({hourly:,.0f} an hour), {time.monotonic() - started:.0f} s")
+    rollups.forget_payment_rollups()
+    list(rollups.catch_up_payment_rollups())
+    subscriber_counts.fold(now=subscriber_counts.floor_day(since) - timedelta(hours=1))
+    subscriber_counts.fold()
+    dashboard = Dashboard.objects.get(slug="overview")
+    figures = []
+    for period in ("24h", "30d", "18m"):
+        timings = []
+        for _ in range(6):
+            begun = time.perf_counter()
+            dashboard_data(dashboard=dashboard, filters=DashboardFilters(period=period))
+            timings.append((time.perf_counter() - begun) * 1000)
+        figures.append((period, sorted(timings[1:])[2]))
+    return figures
 
 
 def checks(count: int, charged: int, now: datetime) -> list[tuple[str, bool, str]]:
@@ -260,6 +334,10 @@ def run(args: argparse.Namespace, workdir: Path) -> bool:
         for name, held, text in checks(args.subscriptions, total, now):
             print(f"  check {name}: {text} {'ok' if held else 'FAILED'}")
             ok = ok and held
+        if args.dashboard_days:
+            for period, ms in dashboard_figures(args.dashboard_days, datetime.now().astimezone()):
+                verdict = "ok" if ms <= POLL_GOAL_MS else "over"
+                print(f"  dashboard {period:>4}:       {ms:6.0f} ms data.json (goal <= {POLL_GOAL_MS} ms) {verdict}")
         return ok
     except psycopg.Error as exc:
         raise SetupError(str(exc)) from exc
@@ -288,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgres://postgres@127.0.0.1:5432"))
     parser.add_argument("--db-name", default="playpay_bench_renewals")
     parser.add_argument("--keep-db", action="store_true")
+    parser.add_argument(
+        "--dashboard-days",
+        type=int,
+        default=0,
+        help="then give each subscription that many days of renewal history and time the dashboard (0: not)",
+    )
     args = parser.parse_args(argv)
     return run_bench(lambda workdir: run(args, workdir))
 

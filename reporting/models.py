@@ -1,3 +1,4 @@
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -700,10 +701,19 @@ class RollupState(models.Model):
     checked_at = models.DateTimeField()
     # The transactions whose work the last run could see: PostgreSQL's snapshot (pg_snapshot) when it began.
     checked_snapshot = models.TextField(blank=True)
+    # Kinds of rollups added after the others were built, and the hour each is built up to (ISO): the refresh
+    # builds each up to `covered_until` in steps, and readers use it only up to there (a kind not named is
+    # built with the others).
+    kinds_until = models.JSONField(default=dict, blank=True)
     refreshed_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
         return f"payment rollups until {self.covered_until:%Y-%m-%d %H}:00"
+
+    def covered_for(self, kind: str) -> datetime:
+        """Every hour before this is computed for `kind`."""
+        until = self.kinds_until.get(kind)
+        return min(self.covered_until, datetime.fromisoformat(until)) if until else self.covered_until
 
 
 def _count_dimension(model: str) -> "models.ForeignKey[Any, Any]":
@@ -744,8 +754,8 @@ class SubscriptionCountChange(SubscriptionCountFields):
     status, -n left it), written by the subscriptions table's triggers; append-only until the fold takes it."""
 
     change = models.BigIntegerField()
-    # When the transaction that made the change began: a day's count (`SubscriberDayCount`) takes the changes
-    # made before the day began.
+    # When the transaction that made the change began (the triggers write now(), on the database's clock): a day's
+    # count (`SubscriberDayCount`) takes the changes made before the day began.
     at = models.DateTimeField(db_default=Now())
 
     def __str__(self) -> str:

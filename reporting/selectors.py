@@ -1,7 +1,7 @@
 """Reads for the dashboard: every figure comes from a catalog dataset through the one query interface."""
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
@@ -500,8 +500,9 @@ def _arpu(window: _Window, revenue_minor: int | None, *, subscribed_now: int) ->
     at each midnight of the period that has its day count (`subscriber-days`) and now, in the dashboard's currency
     (`revenue_minor`: the period's, converted; rounded half to even to its minor unit; none without the rates or
     without subscribers)."""
-    days = window.rows(SUBSCRIBER_DAYS, ("subscribers",), filters={**window.dims, "status": SUBSCRIBED})
-    counted = subscriber_counts.counted_days(window.since, window.until)
+    counted, counted_until = subscriber_counts.counted_days(window.since, window.until)
+    query = replace(window.query(("subscribers",), filters={**window.dims, "status": SUBSCRIBED}), until=counted_until)
+    days = run_query(dataset=_dataset(window.catalog, SUBSCRIBER_DAYS), query=query).rows if counted else []
     average = Decimal((days[0]["subscribers"] if days else 0) + subscribed_now) / (counted + 1)
     arpu_minor = None
     if revenue_minor is not None and average:

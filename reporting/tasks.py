@@ -62,6 +62,7 @@ def refresh_carrier_call_rollups() -> str:
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def fold_subscriber_counts() -> str:
-    """Move the subscriber-count changes written since the last run into the counts; safe to run twice."""
+    """Count the subscriber base of each day that began, and move the subscriber-count changes written since the
+    last run into the counts; safe to run twice."""
     folded = subscriber_counts.fold()
     return f"{folded} subscriber-count changes folded" if folded else ""

@@ -123,7 +123,8 @@ class _ForbiddenJournalWrites(logging.Handler):
 @pytest.fixture(autouse=True)
 def _no_worker_mark_left_behind() -> Iterator[None]:
     """A Celery worker started in this process (a test's, in a thread) marks the process as one where waiting on a
-    task's result would block, and leaves the mark: each test starts and ends as a process without a worker."""
+    task's result would block, and leaves the mark: each test starts as a process without a worker (the mark is
+    put back as it was after it)."""
     from celery.result import allow_join_result
 
     with allow_join_result():

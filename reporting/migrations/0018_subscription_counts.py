@@ -14,25 +14,26 @@ from playpay.beat import Entry, schedule, unschedule
 ENTRIES: list[Entry] = [("reporting: fold subscriber counts", "reporting.tasks.fold_subscriber_counts", 1, "minutes")]
 
 # The triggers, and the functions they run (the migration installs them and fills the counts in one transaction).
+# A change row's `at` is now(): the start of the transaction that made it, on the database's clock.
 GRAIN = "app_id, carrier_id, plan_id, status"
 TRIGGERS = f"""
 CREATE FUNCTION reporting_subscription_count_entered() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO reporting_subscriptioncountchange ({GRAIN}, change)
-    SELECT {GRAIN}, COUNT(*) FROM new_rows GROUP BY {GRAIN};
+    INSERT INTO reporting_subscriptioncountchange ({GRAIN}, change, at)
+    SELECT {GRAIN}, COUNT(*), now() FROM new_rows GROUP BY {GRAIN};
     RETURN NULL;
 END $$;
 CREATE FUNCTION reporting_subscription_count_left() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO reporting_subscriptioncountchange ({GRAIN}, change)
-    SELECT {GRAIN}, -COUNT(*) FROM old_rows GROUP BY {GRAIN};
+    INSERT INTO reporting_subscriptioncountchange ({GRAIN}, change, at)
+    SELECT {GRAIN}, -COUNT(*), now() FROM old_rows GROUP BY {GRAIN};
     RETURN NULL;
 END $$;
 CREATE FUNCTION reporting_subscription_count_moved() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO reporting_subscriptioncountchange ({GRAIN}, change) VALUES
-        (OLD.app_id, OLD.carrier_id, OLD.plan_id, OLD.status, -1),
-        (NEW.app_id, NEW.carrier_id, NEW.plan_id, NEW.status, 1);
+    INSERT INTO reporting_subscriptioncountchange ({GRAIN}, change, at) VALUES
+        (OLD.app_id, OLD.carrier_id, OLD.plan_id, OLD.status, -1, now()),
+        (NEW.app_id, NEW.carrier_id, NEW.plan_id, NEW.status, 1, now());
     RETURN NULL;
 END $$;
 CREATE FUNCTION reporting_subscription_count_reset() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -2,8 +2,9 @@
 per period counted on each period's first attempt (the catalog's `period_decided` and `period_renewed`, summed)
 instead of distinct periods, so that the rollups can keep it.
 
-Where the payment rollups are built, the charges' are computed up to where those reach, in this migration (a full
-read of the charges, which exist since subscriptions came); the refresh keeps them up to date from there.
+Where the payment rollups are built already, the charges' are left to the refresh, which builds them from the first
+charge's hour in its bounded steps (`RollupState.kinds_until`) while the payments' keep theirs; until they reach
+the others, their queries read the charges for the hours not built yet.
 """
 
 import importlib
@@ -39,9 +40,13 @@ def update_datasets(dataset_model: Any, field_model: Any, *, before: bool = Fals
 
 def forward(apps: Any, schema_editor: Any) -> None:
     update_datasets(apps.get_model("reporting", "Dataset"), apps.get_model("reporting", "DatasetField"))
-    from reporting.services import rollups  # the rule that computes them, as the refresh job runs it
-
-    rollups.build_new_kind("subscription_charges")
+    state = apps.get_model("reporting", "RollupState").objects.filter(pk=1).first()
+    if state is not None:  # built already: the charges' rollups start from their first hour
+        with schema_editor.connection.cursor() as cursor:
+            cursor.execute("SELECT date_trunc('hour', MIN(created_at), 'UTC') FROM subscriptions_subscriptioncharge")
+            first = cursor.fetchone()[0]
+        state.kinds_until = {"subscription_charges": min(first or state.covered_until, state.covered_until).isoformat()}
+        state.save(update_fields=["kinds_until"])
 
 
 def backward(apps: Any, schema_editor: Any) -> None:
@@ -197,6 +202,9 @@ class Migration(migrations.Migration):
             options={
                 "indexes": [models.Index(fields=["hour"], name="reporting_s_hour_cde951_idx")],
             },
+        ),
+        migrations.AddField(
+            model_name="rollupstate", name="kinds_until", field=models.JSONField(blank=True, default=dict)
         ),
         migrations.RunPython(forward, backward),
     ]

@@ -340,6 +340,7 @@ def refresh_payment_rollups(*, now: datetime | None = None) -> RefreshResult:
         new_hours = max(0, int((extend_to - state.covered_until) / HOUR))
         if new_hours > ANALYZE_AFTER_HOURS:
             _analyze()
+        _catch_up_added_kinds(state, extend_to)
         state.covered_until = max(state.covered_until, extend_to)
         state.checked_at, state.checked_snapshot = now, snapshot
         state.save()
@@ -525,21 +526,20 @@ def _resum(kind: _Kind, finer: type[Any], coarser: type[Any], spans: list[tuple[
         )
 
 
-def build_new_kind(name: str) -> None:
-    """Compute the rollups of a kind added beside rollups already built (its hours, days and months up to where the
-    others reach), so that the others keep theirs; the refresh keeps it up to date from there. Nothing to do before
-    the first refresh, which builds every kind, or on SQLite."""
-    if connection.vendor != "postgresql":
-        return
-    with reporting_statement(rollup_build=True):
-        state = RollupState.objects.select_for_update().filter(pk=1).first()
-        if state is None:
-            return
-        first = _first_hour(state.covered_until)
-        _recompute([], first, state.covered_until, kinds=[name])
-        days = days_touched([], first, state.covered_until)
+def _catch_up_added_kinds(state: RollupState, extend_to: datetime) -> None:
+    """Kinds added after the others were built (`RollupState.kinds_until`): one that had caught up moves on with the
+    others (this run computed its new hours with theirs); one behind gets the next MAX_STEP of its history."""
+    for name, until_text in list(state.kinds_until.items()):
+        until = datetime.fromisoformat(until_text)
+        if until >= state.covered_until:
+            state.kinds_until[name] = max(until, extend_to).isoformat()
+            continue
+        step_to = min(until + MAX_STEP, state.covered_until)
+        _recompute([], until, step_to, kinds=[name])
+        days = days_touched([], until, step_to)
         _recompute_days(days, kinds=[name])
-        _recompute_months(months_touched(days, state.covered_until), kinds=[name])
+        _recompute_months(months_touched(days, step_to), kinds=[name])
+        state.kinds_until[name] = step_to.isoformat()
 
 
 def rollup_state() -> RollupState | None:
@@ -738,7 +738,7 @@ def rollup_rows_together(queries: list[RollupQuery]) -> list[list[dict[str, Any]
     state = rollup_state()
     if state is None:
         return None
-    sql, params, layout = _statement(queries, state.covered_until)
+    sql, params, layout = _statement(queries, state.covered_for(queries[0].source))
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         columns = [column.name for column in cursor.description or ()]
@@ -1038,7 +1038,9 @@ def catch_up_payment_rollups() -> Iterator[RefreshResult]:
     while True:
         result = refresh_payment_rollups()
         yield result
-        if result.covered_until is None or result.covered_until >= floor_hour(timezone.now()):
+        state = rollup_state()
+        behind = state is not None and any(state.covered_for(kind) < state.covered_until for kind in state.kinds_until)
+        if result.covered_until is None or (result.covered_until >= floor_hour(timezone.now()) and not behind):
             return
 
 

@@ -15,15 +15,15 @@ The fold also writes the subscriber base of each UTC day that began (`Subscriber
 midnight, for averages over a period such as ARPU), once the day is `SETTLE` old: the counts plus the changes made
 before midnight. So that the counts hold no later change then, a change made since the next day to count began
 waits in `SubscriptionCountChange` until that day is counted (readers add it meanwhile). A day counts the changes
-of the transactions that began before it (`at`, the transaction's start); one that began before midnight and
-committed more than `SETTLE` after it would be missing from that day's count, not from the counts.
+of the transactions that began before it (`at`, the transaction's start on the database's clock, which the fold
+reads too); one that began before midnight and committed more than `SETTLE` after it would be missing from that
+day's count, not from the counts.
 """
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
-from django.utils import timezone
 
 from carriers.models import Carrier
 from reporting.models import SubscriberCountState, SubscriberDayCount, SubscriptionCount, SubscriptionCountChange
@@ -68,13 +68,15 @@ def floor_day(moment: datetime) -> datetime:
 def fold(*, now: datetime | None = None) -> int:
     """Count the days that began (each once it is `SETTLE` old), then move the changes made before the next day to
     count into the counts; how many change rows it moved. Safe to run twice or at once (folds take turns on the
-    counts' lock; readers are never held up)."""
+    counts' lock; readers are never held up). `now` is the database's clock unless a test gives one."""
     if not enabled():
         return 0
-    now = now or timezone.now()
     with transaction.atomic(), connection.cursor() as cursor:
         # Self-exclusive, and beside readers: two folds at once would only wait on each other's rows.
         cursor.execute(f"LOCK TABLE {_COUNTS} IN SHARE ROW EXCLUSIVE MODE")
+        if now is None:  # the clock the change rows' times come from, not this process's
+            cursor.execute("SELECT statement_timestamp()")
+            now = cursor.fetchone()[0]
         first = floor_day(now) + DAY  # the first midnight after the counts began
         state, _ = SubscriberCountState.objects.get_or_create(pk=1, defaults={"first_day": first, "next_day": first})
         while state.next_day + SETTLE <= now:
@@ -88,29 +90,41 @@ def fold(*, now: datetime | None = None) -> int:
 
 
 def recount() -> int:
-    """Count the subscriptions again and replace the counts and their pending changes (writers of subscriptions wait
-    for it; readers do not); how many count rows there are now. The day counts already written stay."""
+    """Count the subscriptions again and replace the counts (writers of subscriptions wait for it; readers do not);
+    how many count rows there are now. The changes made since the next midnight to count stay where they are, for
+    that day's count (the counts are the rows less them); the changes before it are replaced by the rows counted.
+    The day counts already written stay."""
     if not enabled():
         return 0
     with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute(f"LOCK TABLE {_COUNTS} IN SHARE ROW EXCLUSIVE MODE")
+        # The subscriptions first, as a TRUNCATE of them (whose trigger empties the counts) takes them.
         cursor.execute(f"LOCK TABLE {Subscription._meta.db_table} IN SHARE MODE")
-        cursor.execute(f"DELETE FROM {_CHANGES}")  # noqa: S608
+        cursor.execute(f"LOCK TABLE {_COUNTS} IN SHARE ROW EXCLUSIVE MODE")
+        state = SubscriberCountState.objects.filter(pk=1).first()
+        pending = {"since": state.next_day if state else datetime.max.replace(tzinfo=UTC)}
+        cursor.execute(f"DELETE FROM {_CHANGES} WHERE at < %(since)s", pending)  # noqa: S608
         cursor.execute(f"DELETE FROM {_COUNTS}")  # noqa: S608
         cursor.execute(
             f"INSERT INTO {_COUNTS} ({_GRAIN}, subscriptions) "  # noqa: S608
-            f"SELECT {_GRAIN}, COUNT(*) FROM {Subscription._meta.db_table} GROUP BY {_GRAIN}"
+            f"SELECT {_GRAIN}, SUM(n) FROM ("
+            f"SELECT {_GRAIN}, 1 AS n FROM {Subscription._meta.db_table} "
+            f"UNION ALL SELECT {_GRAIN}, -change FROM {_CHANGES} WHERE at >= %(since)s"
+            f") f GROUP BY {_GRAIN} HAVING SUM(n) <> 0",
+            pending,
         )
         return int(cursor.rowcount)
 
 
-def counted_days(since: datetime, until: datetime) -> int:
-    """How many of the midnights in [since, until) have their day count (none on SQLite)."""
+def counted_days(since: datetime, until: datetime) -> tuple[int, datetime]:
+    """How many of the midnights in [since, until) have their day count (none on SQLite), and the end of the part
+    of the period they cover: a reader of the day counts reads them up to there, so that a fold counting the next
+    day meanwhile adds none it did not count here."""
     state = SubscriberCountState.objects.filter(pk=1).first() if enabled() else None
     if state is None:
-        return 0
+        return 0, since
     low, high = max(since, state.first_day), min(until, state.next_day)
-    return max(0, (floor_day(high - timedelta(microseconds=1)) - floor_day(low - timedelta(microseconds=1))) // DAY)
+    days = (floor_day(high - timedelta(microseconds=1)) - floor_day(low - timedelta(microseconds=1))) // DAY
+    return max(0, days), max(since, high)
 
 
 # --- Reading ---------------------------------------------------------------------------------------------

@@ -219,7 +219,7 @@ def test_each_midnight_is_counted_as_it_stood_and_the_dashboards_arpu_averages_t
 ) -> None:
     """The day counts hold the subscriptions at each midnight (a change made just before it counts, one made just
     after does not), written once the day is five minutes old, and the dashboard's ARPU divides by their average."""
-    midnight = subscriber_counts.floor_day(timezone.now()) - timedelta(days=2)
+    midnight = subscriber_counts.floor_day(timezone.now()) - timedelta(days=3)
     SubscriptionCountChange.objects.update(at=midnight - timedelta(hours=2))  # the world was made before it
     subscriber_counts.fold(now=midnight - timedelta(hours=1))
     ids = list(Subscription.objects.order_by("pk").values_list("pk", flat=True))
@@ -233,13 +233,18 @@ def test_each_midnight_is_counted_as_it_stood_and_the_dashboards_arpu_averages_t
     assert SubscriptionCountChange.objects.count() == 6  # ...so the changes made after midnight wait for it
     assert not SubscriberDayCount.objects.exists()
     assert_counts_are_the_rows(dataset, world)
+    subscriber_counts.recount()  # counted again meanwhile: the changes since midnight still wait for its count
+    assert SubscriptionCountChange.objects.count() == 6
+    assert_counts_are_the_rows(dataset, world)
 
     subscriber_counts.fold(now=midnight + timedelta(minutes=10))
     assert not SubscriptionCountChange.objects.exists()
     counted = SubscriberDayCount.objects.filter(day=midnight, status__in=BILLED).values("status")
     assert {row["status"]: row["n"] for row in counted.annotate(n=Sum("subscriptions"))} == at_midnight
-    assert subscriber_counts.counted_days(midnight - timedelta(hours=1), midnight + timedelta(hours=1)) == 1
-    assert subscriber_counts.counted_days(midnight + timedelta(minutes=1), midnight + timedelta(days=3)) == 0
+    around = (midnight - timedelta(hours=1), midnight + timedelta(hours=1))
+    assert subscriber_counts.counted_days(*around) == (1, midnight + timedelta(hours=1))
+    after = (midnight + timedelta(minutes=1), midnight + timedelta(days=3))
+    assert subscriber_counts.counted_days(*after) == (0, midnight + timedelta(days=1))  # the next one is not counted
 
     now = midnight + timedelta(days=2, hours=1)
     subscriber_counts.fold(now=now)  # the two days since, counted as they stand now
@@ -264,3 +269,13 @@ def test_counts_left_behind_by_writes_with_triggers_off_are_counted_again(datase
     assert "subscriber count rows" in out.getvalue()
     assert not SubscriptionCountChange.objects.exists()
     assert_counts_are_the_rows(dataset, world)
+
+
+def test_a_change_is_dated_by_the_start_of_its_transaction_on_the_databases_clock(world: list[Subs]) -> None:
+    """All the changes of one transaction fall on the same side of a midnight: the one it began on."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT now(), statement_timestamp()")
+        began, later = cursor.fetchone()
+    assert later > began  # the test's transaction began before this statement
+    Subscription.objects.filter(pk=Subscription.objects.order_by("pk").values("pk")[:1]).update(status="past_due")
+    assert set(SubscriptionCountChange.objects.values_list("at", flat=True)) == {began}

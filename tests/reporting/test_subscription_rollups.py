@@ -231,22 +231,39 @@ def test_a_period_renewed_is_counted_once_whatever_the_period_of_time(
     assert days[0]["bucket"].date() == (start + timedelta(days=1)).date()
 
 
-def test_a_kind_added_beside_built_rollups_is_computed_up_to_where_they_reach(
+def test_a_kind_added_beside_built_rollups_is_built_by_the_refresh_in_steps_while_the_others_keep_theirs(
     catalog: dict[str, Dataset], world: list[Subs]
 ) -> None:
-    """Reporting migration 0019 on a database whose payment rollups are built: the charges' are computed up to the
-    same hour, and the payments' are left as they were."""
+    """Reporting migration 0019 on a database whose payment rollups are built: the charges' start from their first
+    hour and the refresh builds them a month a run; meanwhile their queries read the charges, and the payments'
+    rollups are not computed again."""
     rng = random.Random(9)
     now = timezone.now()
-    random_charges(rng, now)
+    random_charges(rng, now, days=40)
     list(rollups.catch_up_payment_rollups())
     state = rollups.rollup_state()
     assert state is not None
-    payment_hours = sorted(PaymentRollup.objects.values_list("pk", flat=True))
     for table in (SubscriptionChargeRollup, SubscriptionChargeDayRollup, SubscriptionChargeMonthRollup):
         table.objects.all().delete()  # as before the kind existed
-    rollups.build_new_kind("subscription_charges")
-    assert sorted(PaymentRollup.objects.values_list("pk", flat=True)) == payment_hours  # not recomputed
-    assert rollups.rollup_state() == state
+    first = SubscriptionCharge.objects.order_by("created_at").values_list("created_at", flat=True).first()
+    assert first is not None
+    state.kinds_until = {"subscription_charges": rollups.floor_hour(first).isoformat()}
+    state.save()
+    Payment.objects.update(updated_at=first)  # as written then: nothing changed since the rollups' last run
+    payment_rows = sorted(PaymentRollup.objects.values_list("pk", flat=True))
     queries = random_queries(rng, catalog, now)
+    before = answers(catalog, queries)  # read from the charges where the kind is not built yet
+    assert before == answers(catalog, queries)
+
+    rollups.refresh_payment_rollups()
+    state = rollups.rollup_state()
+    assert state is not None
+    assert state.covered_for("subscription_charges") == rollups.floor_hour(first) + rollups.MAX_STEP  # one step
+    assert sorted(PaymentRollup.objects.values_list("pk", flat=True)) == payment_rows  # theirs are kept
+    assert [r.rows for r in answers(catalog, queries)] == [r.rows for r in before]
+
+    list(rollups.catch_up_payment_rollups())
+    state = rollups.rollup_state()
+    assert state is not None
+    assert state.covered_for("subscription_charges") == state.covered_until
     assert_same(answers(catalog, queries), raw_answers(catalog, queries))

@@ -265,7 +265,7 @@ def test_every_field_of_the_seeded_subscription_datasets_answers(
     slug: str, subscribed: tuple[Subs, Subs], overview: Dashboard
 ) -> None:
     tomorrow = subscriber_counts.floor_day(timezone.now()) + timedelta(days=1)
-    subscriber_counts.fold()
+    subscriber_counts.fold(now=tomorrow - timedelta(hours=1))
     subscriber_counts.fold(now=tomorrow + timedelta(hours=1))  # the subscriber base at tomorrow's midnight
     dataset = Dataset.objects.get(slug=slug)
     validate_dataset_source(dataset)
