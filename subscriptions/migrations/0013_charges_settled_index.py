@@ -12,10 +12,16 @@ INDEX = models.Index(
 
 def create(apps: Any, schema_editor: Any) -> None:
     model = apps.get_model("subscriptions", "SubscriptionCharge")
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.add_index(model, INDEX, concurrently=True)
-    else:
+    if schema_editor.connection.vendor != "postgresql":
         schema_editor.add_index(model, INDEX)
+        return
+    with schema_editor.connection.cursor() as cursor:
+        # A build that failed half way leaves an invalid index of the name: dropped, so that running again builds it.
+        cursor.execute("SELECT NOT indisvalid FROM pg_index WHERE indexrelid = to_regclass(%s)", [INDEX.name])
+        invalid = cursor.fetchone()
+        if invalid and invalid[0]:
+            cursor.execute(f"DROP INDEX CONCURRENTLY {INDEX.name}")
+    schema_editor.add_index(model, INDEX, concurrently=True)
 
 
 def drop(apps: Any, schema_editor: Any) -> None:

@@ -5,20 +5,27 @@ whether or not the fold ran; the fold moves changes once, beside concurrent writ
 import importlib
 import io
 import random
+import time
+import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 from django.apps import apps as django_apps
 from django.core.management import call_command
 from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
+from playpay.beat import schedule
+from playpay.celery import app as celery_app
 from reporting.models import (
     Dashboard,
     Dataset,
+    SubscriberCountState,
     SubscriberDayCount,
     SubscriptionCount,
     SubscriptionCountChange,
@@ -279,3 +286,24 @@ def test_a_change_is_dated_by_the_start_of_its_transaction_on_the_databases_cloc
     assert later > began  # the test's transaction began before this statement
     Subscription.objects.filter(pk=Subscription.objects.order_by("pk").values("pk")[:1]).update(status="past_due")
     assert set(SubscriptionCountChange.objects.values_list("at", flat=True)) == {began}
+
+
+@pytest.mark.broker
+@pytest.mark.django_db(transaction=True)
+def test_the_folds_beat_entry_runs_on_a_celery_worker_through_the_broker(dataset: Dataset, world: list[Subs]) -> None:
+    """The production topology: beat sends the entry's task to the broker, a worker folds."""
+    schedule(django_apps, counts_0018.ENTRIES)  # a transactional test's tables start empty
+    entry = PeriodicTask.objects.get(task="reporting.tasks.fold_subscriber_counts")
+    assert entry.enabled
+    assert entry.interval is not None
+    assert (entry.interval.every, entry.interval.period) == (1, "minutes")
+    assert SubscriptionCountChange.objects.exists()
+    queue = f"test-fold-{uuid.uuid4().hex[:8]}"  # a queue of its own: nothing left on the default one runs first
+    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10, queues=[queue]):
+        celery_app.send_task(entry.task, queue=queue)  # as beat sends it when the entry is due
+        deadline = time.monotonic() + 30
+        while SubscriptionCountChange.objects.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert not SubscriptionCountChange.objects.exists()
+    assert SubscriberCountState.objects.exists()
+    assert_counts_are_the_rows(dataset, world)
