@@ -201,7 +201,7 @@ def dashboard_figures(days: int, until: datetime) -> list[tuple[str, float]]:
     log(f"{made:,} renewal charges over {days} days ({hourly:,.0f} an hour), {time.monotonic() - started:.0f} s")
     rollups.forget_payment_rollups()
     list(rollups.catch_up_payment_rollups())
-    subscriber_counts.fold(now=subscriber_counts.floor_day(since) - timedelta(hours=1))
+    subscriber_counts.fold(now=rollups.floor_day(since) - timedelta(hours=1))
     subscriber_counts.fold()
     dashboard = Dashboard.objects.get(slug="overview")
     figures = []

@@ -453,14 +453,15 @@ def _recompute(
 DAY = timedelta(days=1)
 
 
-def _floor_day(moment: datetime) -> datetime:
-    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+def floor_day(moment: datetime) -> datetime:
+    """The start of the UTC day `moment` falls in."""
+    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def days_touched(changed: list[datetime], since: datetime, until: datetime) -> list[datetime]:
     """The whole UTC days, all of whose hours are covered once `until` is, that changed or were completed."""
-    days = {_floor_day(hour) for hour in changed}
-    day = _floor_day(since)
+    days = {floor_day(hour) for hour in changed}
+    day = floor_day(since)
     while day < until:
         days.add(day)
         day += DAY
@@ -468,7 +469,7 @@ def days_touched(changed: list[datetime], since: datetime, until: datetime) -> l
 
 
 def _floor_month(moment: datetime) -> datetime:
-    return _floor_day(moment).replace(day=1)
+    return floor_day(moment).replace(day=1)
 
 
 def next_month(month: datetime) -> datetime:
@@ -832,7 +833,7 @@ _COARSER_TIERS = ("month", "day")
 
 def _blocks(tier: str, low: datetime, high: datetime) -> Iterator[tuple[datetime, datetime]]:
     """The whole UTC months or days that overlap [low, high)."""
-    start = _floor_month(low) if tier == "month" else _floor_day(low)
+    start = _floor_month(low) if tier == "month" else floor_day(low)
     while start < high:
         end = next_month(start) if tier == "month" else start + DAY
         yield start, end

@@ -27,7 +27,7 @@ from django.db import connection, transaction
 
 from carriers.models import Carrier
 from reporting.models import SubscriberCountState, SubscriberDayCount, SubscriptionCount, SubscriptionCountChange
-from reporting.services.rollups import RollupQuery
+from reporting.services.rollups import DAY, RollupQuery, floor_day
 from subscriptions.models import Plan, Subscription
 from tenants.models import App
 
@@ -35,7 +35,6 @@ SOURCE = "subscriptions"
 _COUNTS = SubscriptionCount._meta.db_table
 _CHANGES = SubscriptionCountChange._meta.db_table
 _GRAIN = "app_id, carrier_id, plan_id, status"
-DAY = timedelta(days=1)
 # A day is counted this long after its midnight: a transaction that began before it has committed by then.
 SETTLE = timedelta(minutes=5)
 
@@ -48,21 +47,27 @@ folded AS (
     ON CONFLICT ({_GRAIN}) DO UPDATE SET subscriptions = c.subscriptions + EXCLUDED.subscriptions
 )
 SELECT COUNT(*) FROM moved"""  # noqa: S608
+
+
+def _standing(*, made_before: str = "") -> str:
+    """The subscriptions per grain, as rows (grain, n): the counts and the changes not folded into them yet (those
+    made before `made_before`, an SQL expression, when given)."""
+    made = f" WHERE at < {made_before}" if made_before else ""
+    return (
+        f"SELECT {_GRAIN}, subscriptions AS n FROM {_COUNTS} "  # noqa: S608
+        f"UNION ALL SELECT {_GRAIN}, change FROM {_CHANGES}{made}"
+    )
+
+
 # The counts at a midnight: the counts (no change made since) and the changes made before it.
 _DAY_COUNT = f"""
 INSERT INTO {SubscriberDayCount._meta.db_table} (day, {_GRAIN}, subscriptions)
-SELECT %(day)s, {_GRAIN}, SUM(n) FROM (
-    SELECT {_GRAIN}, subscriptions AS n FROM {_COUNTS}
-    UNION ALL SELECT {_GRAIN}, change FROM {_CHANGES} WHERE at < %(day)s
-) f GROUP BY {_GRAIN} HAVING SUM(n) <> 0"""  # noqa: S608
+SELECT %(day)s, {_GRAIN}, SUM(n) FROM ({_standing(made_before="%(day)s")}) f
+GROUP BY {_GRAIN} HAVING SUM(n) <> 0"""  # noqa: S608
 
 
 def enabled() -> bool:
     return connection.vendor == "postgresql"
-
-
-def floor_day(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
 def fold(*, now: datetime | None = None) -> int:
@@ -168,9 +173,7 @@ def rollup_rows(query: RollupQuery) -> list[dict[str, Any]] | None:
         params[f"flt{index}"] = list(values)
     keys = ", ".join(f"g{index}" for index in range(len(group)))
     sql = (
-        f"SELECT {', '.join(select)} FROM ("  # noqa: S608
-        f"SELECT {_GRAIN}, subscriptions AS n FROM {_COUNTS} "
-        f"UNION ALL SELECT {_GRAIN}, change FROM {_CHANGES}) f "
+        f"SELECT {', '.join(select)} FROM ({_standing()}) f "  # noqa: S608
         f"JOIN {App._meta.db_table} a ON a.id = f.app_id "
         f"JOIN {Carrier._meta.db_table} c ON c.id = f.carrier_id "
         f"JOIN {Plan._meta.db_table} p ON p.id = f.plan_id"

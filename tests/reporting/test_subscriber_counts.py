@@ -33,6 +33,7 @@ from reporting.models import (
 from reporting.selectors import SUBSCRIBED, DashboardFilters, dashboard_data
 from reporting.services import subscriber_counts
 from reporting.services.datasets import DatasetQuery, run_query
+from reporting.services.rollups import floor_day
 from subscriptions.models import Plan, Subscription, SubscriptionStatus
 from tests.concurrency import at_once
 from tests.conftest import Shop
@@ -226,7 +227,7 @@ def test_each_midnight_is_counted_as_it_stood_and_the_dashboards_arpu_averages_t
 ) -> None:
     """The day counts hold the subscriptions at each midnight (a change made just before it counts, one made just
     after does not), written once the day is five minutes old, and the dashboard's ARPU divides by their average."""
-    midnight = subscriber_counts.floor_day(timezone.now()) - timedelta(days=3)
+    midnight = floor_day(timezone.now()) - timedelta(days=3)
     SubscriptionCountChange.objects.update(at=midnight - timedelta(hours=2))  # the world was made before it
     subscriber_counts.fold(now=midnight - timedelta(hours=1))
     ids = list(Subscription.objects.order_by("pk").values_list("pk", flat=True))

@@ -253,7 +253,6 @@ def test_a_kind_added_beside_built_rollups_is_built_by_the_refresh_in_steps_whil
     payment_rows = sorted(PaymentRollup.objects.values_list("pk", flat=True))
     queries = random_queries(rng, catalog, now)
     before = answers(catalog, queries)  # read from the charges where the kind is not built yet
-    assert before == answers(catalog, queries)
 
     rollups.refresh_payment_rollups()
     state = rollups.rollup_state()

@@ -24,6 +24,7 @@ from reporting.models import Dashboard, Dataset, DatasetField
 from reporting.selectors import DashboardFilters, dashboard_data
 from reporting.services import subscriber_counts
 from reporting.services.datasets import DatasetQuery, run_query
+from reporting.services.rollups import floor_day
 from sandbox.demo import seed_demo_datasets
 from subscriptions.models import PlanOffer, Subscription, SubscriptionCharge, SubscriptionStatusChange
 from subscriptions.services.state_machine import BILLED_STATUSES, FINAL_STATUSES
@@ -264,7 +265,7 @@ def test_without_its_datasets_the_tile_says_which_is_missing(overview: Dashboard
 def test_every_field_of_the_seeded_subscription_datasets_answers(
     slug: str, subscribed: tuple[Subs, Subs], overview: Dashboard
 ) -> None:
-    tomorrow = subscriber_counts.floor_day(timezone.now()) + timedelta(days=1)
+    tomorrow = floor_day(timezone.now()) + timedelta(days=1)
     subscriber_counts.fold(now=tomorrow - timedelta(hours=1))
     subscriber_counts.fold(now=tomorrow + timedelta(hours=1))  # the subscriber base at tomorrow's midnight
     dataset = Dataset.objects.get(slug=slug)
