@@ -47,13 +47,17 @@ class FunnelScope:
     until: datetime
     exclusion: str = ""
     app_id: int | None = None
+    # The journeys of part `part` of `parts` only (by a hash of their id), for a read cut into parts that run
+    # at once (playpay.parallel): the parts' counts add up to the whole's.
+    part: int = 0
+    parts: int = 1
 
 
 # The period's journeys, with what reports break down by.
 JOURNEYS = """
 SELECT app_id, journey_id, started_at, carrier, country, price_point, flow
 FROM funnel_journey
-WHERE started_at >= %(since)s AND started_at < %(until)s{app_filter}
+WHERE started_at >= %(since)s AND started_at < %(until)s{app_filter}{part_filter}
 """
 
 # Per journey with funnel events, the times of each step, sorted (the aggregates take the rows in the
@@ -68,7 +72,7 @@ FROM (
     SELECT app_id, journey_id, occurred_at AS t, step::text AS step
     FROM funnel_funnelevent
     WHERE occurred_at >= %(since)s
-      AND (step = ANY(%(steps)s::text[]) OR step = %(exclusion)s){app_filter}
+      AND (step = ANY(%(steps)s::text[]) OR step = %(exclusion)s){app_filter}{part_filter}
       AND (occurred_at < %(horizon)s OR (app_id, journey_id) IN (SELECT app_id, journey_id FROM journeys))
     ORDER BY app_id, journey_id, occurred_at
 ) events
@@ -102,6 +106,11 @@ def _app_filter(scope: FunnelScope, column: str) -> str:
     return f"\n  AND {column} = %(app_id)s" if scope.app_id is not None else ""
 
 
+def _part_filter(scope: FunnelScope) -> str:
+    """The journeys of the scope's part: their id's hash (an int4, made non-negative) modulo the parts."""
+    return "\n  AND (hashtext(journey_id)::bigint + 2147483648) %% %(parts)s = %(part)s" if scope.parts > 1 else ""
+
+
 def journey_levels(scope: FunnelScope) -> tuple[str, str, dict[str, Any]]:
     """SQL of the period's journeys (for a `journeys` CTE), of one row per journey with a step-1 event
     (app_id, journey_id, level 1 to len(steps), excluded, t1 .. tN the times of the best chain's steps,
@@ -114,6 +123,7 @@ def journey_levels(scope: FunnelScope) -> tuple[str, str, dict[str, Any]]:
             f"array_agg(t) FILTER (WHERE step = %(step_{step})s) AS a{step}" for step in range(1, count + 1)
         ),
         app_filter=_app_filter(scope, "app_id"),
+        part_filter=_part_filter(scope),
     )
     chains = CHAIN_STARTS.format(arrays="".join(f"a{step}, " for step in range(2, count + 1)), step_times=step_times)
     for step in range(2, count + 1):
@@ -136,8 +146,10 @@ def journey_levels(scope: FunnelScope) -> tuple[str, str, dict[str, Any]]:
         "until": scope.until,
         "horizon": scope.until + scope.window,
         "app_id": scope.app_id,
+        "part": scope.part,
+        "parts": scope.parts,
     }
-    journeys = JOURNEYS.format(app_filter=_app_filter(scope, "app_id"))
+    journeys = JOURNEYS.format(app_filter=_app_filter(scope, "app_id"), part_filter=_part_filter(scope))
     return journeys, levels, params
 
 

@@ -228,6 +228,10 @@ EXPORT_HEARTBEAT_TIMEOUT = env_int("EXPORT_HEARTBEAT_TIMEOUT", 120)
 EXPORT_MAX_ATTEMPTS = env_int("EXPORT_MAX_ATTEMPTS", 3)
 # An export is one statement read to the end: its own bound instead of the web's DATABASE_STATEMENT_TIMEOUT_MS.
 EXPORT_STATEMENT_TIMEOUT_MS = env_int("EXPORT_STATEMENT_TIMEOUT_MS", 3_600_000)
+# A background CSV of at least EXPORT_PARTS_FROM_ROWS rows (PostgreSQL) is read in EXPORT_PARTS ranges of ids
+# at once, each by a connection of its own: its statement keeps one core busy per connection. 1: one part.
+EXPORT_PARTS = env_int("EXPORT_PARTS", 2)
+EXPORT_PARTS_FROM_ROWS = env_int("EXPORT_PARTS_FROM_ROWS", 200_000)
 
 # --- Auth, i18n, static -----------------------------------------------------
 AUTHENTICATION_BACKENDS = [
@@ -378,6 +382,10 @@ API_RATE_LIMIT_PER_MINUTE = env_int("API_RATE_LIMIT_PER_MINUTE", 6000)
 FUNNEL_WORK_MEM = env_str("FUNNEL_WORK_MEM", "256MB")
 # Funnel analysis and rollup statements may run longer than DATABASE_STATEMENT_TIMEOUT_MS allows a request.
 FUNNEL_STATEMENT_TIMEOUT_MS = env_int("FUNNEL_STATEMENT_TIMEOUT_MS", 300_000)
+# A raw funnel report over FUNNEL_PARTS_FROM_HOURS or more is cut into FUNNEL_PARTS parts by journey, read at
+# once on connections of their own (one core each, in one snapshot). 1: one statement.
+FUNNEL_PARTS = env_int("FUNNEL_PARTS", 2)
+FUNNEL_PARTS_FROM_HOURS = env_int("FUNNEL_PARTS_FROM_HOURS", 24)
 # A funnel report from raw events asked for in a web request (the admin's page) gives up after this, well
 # inside the web server's 30 s worker timeout, and the page says so instead of dying.
 FUNNEL_REPORT_TIMEOUT_MS = env_int("FUNNEL_REPORT_TIMEOUT_MS", 20_000)

@@ -206,10 +206,22 @@ class LedgerValues:
                 values[name] = Subquery(one)
         return values
 
-    def grouped(self, *, months_from: datetime | None, months_to: datetime | None) -> Any:
+    def grouped(
+        self,
+        *,
+        months_from: datetime | None,
+        months_to: datetime | None,
+        keys_from: int | None = None,
+        keys_before: int | None = None,
+    ) -> Any:
         """The values of every key at once (columns `k`, `m` and the names): the lines grouped by key and month,
-        of payment months from `months_from` to before `months_to` when given (only those partitions are read)."""
+        of payment months from `months_from` to before `months_to` when given (only those partitions are read),
+        and of keys from `keys_from` to before `keys_before` when given (a part of an export's rows)."""
         lines = LedgerLine.objects.filter(self._lines())
+        if keys_from is not None:
+            lines = lines.filter(**{f"{self.line_key}__gte": keys_from})
+        if keys_before is not None:
+            lines = lines.filter(**{f"{self.line_key}__lt": keys_before})
         if months_from is not None:
             lines = lines.filter(payment_created_at__gte=months_from, entry__payment_created_at__gte=months_from)
         if months_to is not None:

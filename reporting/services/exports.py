@@ -12,16 +12,18 @@ default). A worker claims a job, moves its heartbeat with its progress, and a jo
 queued again by `requeue_stale_export_jobs`, up to `EXPORT_MAX_ATTEMPTS` attempts, then failed with why.
 """
 
+import itertools
 import json
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta
 from typing import IO, Any, TypeVar
@@ -30,11 +32,12 @@ from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files import File
 from django.db import connection, connections, transaction
-from django.db.models import F, QuerySet
+from django.db.models import F, Field, QuerySet
 from django.utils import timezone
 
 from payments.models import Payment
 from payments.services import outbox
+from playpay.parallel import Parts, in_one_snapshot
 from playpay.tables import (
     TableFormat,
     copy_out_batches,
@@ -61,6 +64,11 @@ EXPORT_QUEUE = "default"
 CHUNK_ROWS = 5000
 # COPY's rows are taken from the connection this many at a time (a CSV's lines are written as one block).
 COPY_BATCH_ROWS = 5000
+# A large CSV is cut into parts (`key_ranges`) from a sample of about this many rows, when it holds at least
+# this many per part; the parts' files are appended to the export in blocks of this size.
+KEY_SAMPLE_ROWS = 2000
+KEY_SAMPLE_MIN_PER_PART = 20
+COPY_FILE_BYTES = 1 << 20
 
 _COLUMNS: dict[str, ExportColumns] = {
     ExportKind.TRANSACTIONS: resources.TRANSACTIONS,
@@ -181,7 +189,20 @@ def export_rows(*, kind: str, filters: ExportFilters) -> Iterator[list[Any]]:
         ]
 
 
-def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv") -> tuple[str, tuple[Any, ...]]:
+@dataclass(frozen=True)
+class KeyRange:
+    """The rows whose id is from `first` (included) to `after` (excluded); None: no bound on that side."""
+
+    first: int | None = None
+    after: int | None = None
+
+
+EVERY_ROW = KeyRange()
+
+
+def copy_statement(
+    *, kind: str, filters: ExportFilters, file_format: str = "csv", keys: KeyRange = EVERY_ROW
+) -> tuple[str, tuple[Any, ...]]:
     """The COPY statement of the export's rows (no header), and its parameters: CSV lines, or for XLSX one
     SpreadsheetML `<row>` a line.
 
@@ -192,11 +213,14 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
     ledger = spec.ledger
     from_ledger = set(ledger.names()) if ledger else set()
     alias = {path: f"c{index}" for index, path in enumerate(spec.sources) if path not in from_ledger}
-    keys = {"lk": F(ledger.row_key), "lm": F(ledger.row_month)} if ledger else {}
-    inner = (
-        export_queryset(kind=kind, filters=filters)
-        .annotate(**spec.annotations())
-        .values(row_key=F("pk"), **keys, **{name: F(path) for path, name in alias.items()})
+    ledger_keys = {"lk": F(ledger.row_key), "lm": F(ledger.row_month)} if ledger else {}
+    rows_of = export_queryset(kind=kind, filters=filters)
+    if keys.first is not None:
+        rows_of = rows_of.filter(pk__gte=keys.first)
+    if keys.after is not None:
+        rows_of = rows_of.filter(pk__lt=keys.after)
+    inner = rows_of.annotate(**spec.annotations()).values(
+        row_key=F("pk"), **ledger_keys, **{name: F(path) for path, name in alias.items()}
     )
     sql, params = inner.query.sql_with_params()
     # The ledger's values: the row's lines grouped by key, joined once (not a subquery per row).
@@ -204,7 +228,14 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
     expressions = {path: f"x.{name}" for path, name in alias.items()}
     if ledger is not None:
         start, end = _period(filters)
-        grouped = ledger.grouped(months_from=start if spec.period_is_payment_month else None, months_to=end)
+        # A part of the rows (a range of ids) reads the lines of its own keys only, when the key is the row's id.
+        own = ledger.row_key == "pk"
+        grouped = ledger.grouped(
+            months_from=start if spec.period_is_payment_month else None,
+            months_to=end,
+            keys_from=keys.first if own else None,
+            keys_before=keys.after if own else None,
+        )
         grouped_sql, joined_params = grouped.query.sql_with_params()
         joined = f" LEFT JOIN ({grouped_sql}) AS l ON l.k = x.lk AND l.m = x.lm"
         for name in from_ledger:
@@ -239,11 +270,16 @@ def copy_statement(*, kind: str, filters: ExportFilters, file_format: str = "csv
 
 
 def copy_batches(
-    *, kind: str, filters: ExportFilters, file_format: str = "csv", rows: int = COPY_BATCH_ROWS
+    *,
+    kind: str,
+    filters: ExportFilters,
+    file_format: str = "csv",
+    rows: int = COPY_BATCH_ROWS,
+    keys: KeyRange = EVERY_ROW,
 ) -> Iterator[list[memoryview]]:
     """The rows as PostgreSQL writes them (CSV lines, or sheet rows), each ending with its line feed, in
     lists of `rows` (the last one shorter)."""
-    statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format)
+    statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format, keys=keys)
     # The reporting settings: a month's rows are sorted in memory (REPORTING_WORK_MEM), not in files on disk.
     with reporting_statement(), connection.cursor() as cursor, cursor.cursor.copy(statement, params or None) as copy:
         yield from copy_out_batches(copy, rows=rows, timeout=settings.DATABASE_CONNECT_TIMEOUT + 30)
@@ -256,10 +292,12 @@ def _sheet_rows(*, kind: str, filters: ExportFilters, file_format: str) -> Itera
             yield bytes(row[:-1])
 
 
-def _csv_batches(*, kind: str, filters: ExportFilters, rows: int = COPY_BATCH_ROWS) -> Iterator[tuple[bytes, int]]:
+def _csv_batches(
+    *, kind: str, filters: ExportFilters, rows: int = COPY_BATCH_ROWS, keys: KeyRange = EVERY_ROW
+) -> Iterator[tuple[bytes, int]]:
     """The CSV's lines (no header) as PostgreSQL writes them, ended by CRLF like the csv module's, several
     at a time: (the lines, how many). A line feed inside a quoted value stays as it is."""
-    for batch in copy_batches(kind=kind, filters=filters, rows=rows):
+    for batch in copy_batches(kind=kind, filters=filters, rows=rows, keys=keys):
         yield b"\r\n".join([row[:-1] for row in batch]) + b"\r\n", len(batch)
 
 
@@ -286,9 +324,11 @@ def write_export(
     out: IO[bytes],
     on_progress: Callable[[int], None] | None = None,
     every: int = 0,
+    parts: list[KeyRange] | None = None,
 ) -> int:
     """Write the export to `out` (a binary file); returns the number of data rows. `on_progress(rows)` is
-    called every `every` rows (default: settings.EXPORT_PROGRESS_ROWS)."""
+    called every `every` rows (default: settings.EXPORT_PROGRESS_ROWS). A CSV on PostgreSQL given `parts`
+    (`key_ranges`) has each part read at once by a connection of its own (`_write_csv_parts`)."""
     every = every or settings.EXPORT_PROGRESS_ROWS
     written = 0
 
@@ -300,7 +340,12 @@ def write_export(
             if on_progress is not None and written % every == 0:
                 on_progress(written)
 
-    if uses_copy() and TableFormat(file_format) == TableFormat.CSV:
+    if uses_copy() and TableFormat(file_format) == TableFormat.CSV and parts and len(parts) > 1:
+        out.write(_csv_header(kind))
+        written = _write_csv_parts(
+            kind=kind, filters=filters, parts=parts, out=out, on_progress=on_progress, every=every
+        )
+    elif uses_copy() and TableFormat(file_format) == TableFormat.CSV:
         out.write(_csv_header(kind))
         # Batches that add up to every multiple of `every`, so progress is reported at each, as row by row.
         for lines, count in _csv_batches(kind=kind, filters=filters, rows=math.gcd(every, COPY_BATCH_ROWS)):
@@ -314,6 +359,93 @@ def write_export(
     else:
         rows = counted(export_rows(kind=kind, filters=filters))
         write_table(out, export_header(kind=kind), rows, file_format=file_format, title=str(kind))
+    return written
+
+
+def key_ranges(*, kind: str, filters: ExportFilters, rows: int) -> list[KeyRange]:
+    """The export's rows cut into EXPORT_PARTS ranges of ids holding about as many rows each, for a CSV of at
+    least EXPORT_PARTS_FROM_ROWS rows (`rows`: the estimate) on PostgreSQL; else one range, every row.
+
+    The cut comes from a sample of the table's pages in the period (TABLESAMPLE SYSTEM: about
+    KEY_SAMPLE_ROWS rows, a few dozen pages read, not the month), so it costs milliseconds; a sample too
+    small to tell, or rows whose time is on another table, keep one range. A poor cut only makes one part
+    longer: every row is in exactly one range whatever the sample.
+    """
+    spec = _COLUMNS[ExportKind(kind)]
+    wanted = settings.EXPORT_PARTS
+    if wanted < 2 or rows < settings.EXPORT_PARTS_FROM_ROWS or not uses_copy() or "__" in spec.created:
+        return [EVERY_ROW]
+    meta = spec.model._meta
+    quote = connection.ops.quote_name
+    time_field = meta.get_field(spec.created)
+    assert isinstance(time_field, Field)
+    assert meta.pk is not None
+    created = quote(str(time_field.column))
+    where: list[str] = []
+    params: list[Any] = [min(100.0, 100.0 * KEY_SAMPLE_ROWS / rows)]
+    start, end = _period(filters)
+    if start is not None:
+        where.append(f"{created} >= %s")
+        params.append(start)
+    if end is not None:
+        where.append(f"{created} < %s")
+        params.append(end)
+    condition = f" WHERE {' AND '.join(where)}" if where else ""
+    sample = (
+        f"SELECT DISTINCT {quote(str(meta.pk.column))} FROM {quote(meta.db_table)}"  # noqa: S608 (names from the model)
+        f" TABLESAMPLE SYSTEM (%s) REPEATABLE (0){condition} ORDER BY 1"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sample, params)
+        ids = [row[0] for row in cursor.fetchall()]
+    if len(ids) < wanted * KEY_SAMPLE_MIN_PER_PART:
+        return [EVERY_ROW]
+    cuts = sorted({ids[len(ids) * part // wanted] for part in range(1, wanted)})
+    bounds: list[int | None] = [None, *cuts, None]
+    return [KeyRange(first, after) for first, after in itertools.pairwise(bounds)]
+
+
+def _write_csv_parts(
+    *,
+    kind: str,
+    filters: ExportFilters,
+    parts: list[KeyRange],
+    out: IO[bytes],
+    on_progress: Callable[[int], None] | None,
+    every: int,
+) -> int:
+    """The CSV's lines of each range of ids, the ranges read at once in one snapshot (`in_one_snapshot`: the
+    file is as of one moment, as one statement's is), written to `out` in the ranges' order: the first part
+    streams to `out`, the others to anonymous temporary files appended after it. Returns the rows written.
+    When `on_progress` raises (the lease is lost) or a part fails, every part stops at its next batch."""
+    lock = threading.Lock()
+    written = 0
+
+    def report(count: int) -> None:
+        nonlocal written
+        with lock:
+            before, written = written, written + count
+            if on_progress is not None and before // every != written // every:
+                on_progress(written)
+
+    def part(keys: KeyRange, file: IO[bytes]) -> Callable[[Parts], None]:
+        def run(shared: Parts) -> None:
+            with connection.cursor() as cursor:  # a part's own connection has the web's bound otherwise
+                timeout = str(settings.EXPORT_STATEMENT_TIMEOUT_MS)
+                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
+            for lines, count in _csv_batches(kind=kind, filters=filters, keys=keys):
+                shared.check()
+                file.write(lines)
+                report(count)
+
+        return run
+
+    with ExitStack() as files:
+        outs = [out, *(files.enter_context(tempfile.TemporaryFile()) for _ in parts[1:])]
+        in_one_snapshot([part(keys, file) for keys, file in zip(parts, outs, strict=True)])
+        for file in outs[1:]:
+            file.seek(0)
+            shutil.copyfileobj(file, out, COPY_FILE_BYTES)
     return written
 
 
@@ -422,6 +554,7 @@ def _run_claimed(job: ExportJob, *, every: int) -> ExportJob:
                 total, exact = estimate_export_rows(kind=job.kind, filters=filters)
                 if not _own(job).update(rows_total=total, rows_total_exact=exact, heartbeat_at=timezone.now()):
                     raise ExportLeaseLost(f"export job {job.pk}: attempt {job.attempts} was taken over")
+                parts = key_ranges(kind=job.kind, filters=filters, rows=total)
                 with tempfile.TemporaryFile() as out:  # anonymous: nothing is left behind if the process dies
                     rows = write_export(
                         kind=job.kind,
@@ -430,6 +563,7 @@ def _run_claimed(job: ExportJob, *, every: int) -> ExportJob:
                         out=out,
                         on_progress=heartbeat,
                         every=every,
+                        parts=parts,
                     )
                     out.seek(0)
                     _store_file(job, out, filters)

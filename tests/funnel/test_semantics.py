@@ -17,6 +17,7 @@ from funnel.rollups import dashboard_report, refresh_rollups, rollup_report
 from funnel.selectors import _python_counts, _sql_counts, funnel_report, window_funnel
 from funnel.services import GameEvent, ingest_events
 from funnel.sql import FunnelScope, report_query, set_analysis_limits
+from playpay.parallel import runs_at_once
 from tenants.models import App
 from tests.conftest import StaffClient
 from tests.factories import AppFactory
@@ -121,6 +122,36 @@ def test_raw_events_rollups_and_the_oracle_equal_clickhouse_on_random_journeys(s
         result = window_funnel(journeys[journey], STEPS, HOUR)
         assert result is not None
         assert result.level == levels[journey], journey
+
+
+def counts_in_parts_and_whole(settings: Any, seed: int) -> tuple[Any, Any]:
+    """The raw report's counts of random journeys (with a breakdown, gaps and an exclusion step) read in
+    three parts by journey, and read whole."""
+    random_journeys(AppFactory.create(), seed)
+    scope = FunnelScope(steps=STEPS, window=HOUR, since=DAY, until=DAY + 2 * HOUR, exclusion="help")
+    settings.FUNNEL_PARTS_FROM_HOURS = 1
+    settings.FUNNEL_PARTS = 3
+    parts = _sql_counts(scope, breakdown="carrier")
+    settings.FUNNEL_PARTS = 1
+    return parts, _sql_counts(scope, breakdown="carrier")
+
+
+@pytest.mark.django_db
+@pytest.mark.postgres
+def test_a_raw_report_read_in_parts_by_journey_adds_up_to_the_whole(settings: Any) -> None:
+    # Inside the test's transaction the parts run one after the other on its connection.
+    parts, whole = counts_in_parts_and_whole(settings, seed=21)
+    assert parts == whole
+    assert (bool(whole.excluded), bool(whole.gaps[1]), set(whole.groups)) == (True, True, {"c1", "c2"})  # all read
+
+
+@pytest.mark.django_db(transaction=True)  # the parts read committed rows, each on a connection of its own
+@pytest.mark.postgres
+def test_a_raw_report_read_in_parts_at_once_on_their_own_connections_adds_up_to_the_whole(settings: Any) -> None:
+    assert runs_at_once()  # outside a transaction: the parts run at once (playpay.parallel)
+    parts, whole = counts_in_parts_and_whole(settings, seed=22)
+    assert parts == whole
+    assert (bool(whole.excluded), bool(whole.gaps[1]), set(whole.groups)) == (True, True, {"c1", "c2"})
 
 
 TIES = {

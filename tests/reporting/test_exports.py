@@ -562,10 +562,97 @@ def test_amounts_are_in_major_units_of_each_currency_beside_the_minor_units(
 # --- Jobs whose worker died ----------------------------------------------------------------------------------
 
 
-def queued_job(user: Any, file_format: str = TableFormat.CSV) -> ExportJob:
-    return exports.start_export_job(
-        user=user, kind=ExportKind.TRANSACTIONS, filters=ExportFilters(), file_format=file_format
-    )
+def queued_job(user: Any, file_format: str = TableFormat.CSV, kind: str = ExportKind.TRANSACTIONS) -> ExportJob:
+    return exports.start_export_job(user=user, kind=kind, filters=ExportFilters(), file_format=file_format)
+
+
+def payments_in_parts(shop: Shop, make_payment: MakePayment, count: int) -> None:
+    """`count` payments with a refund each, every fifteenth paid through the API (with its ledger lines), so
+    that every part of the export holds rows with ledger figures and rows without."""
+    for n in range(count):
+        if n % 15 == 0:
+            payment = Payment.objects.get(public_id=shop.pay(f"key-{n}", flow="one_click")["id"])
+        else:
+            payment = make_payment(carrier=shop.carrier, reference=f"ref-{n}", created=MAY_3 + timedelta(minutes=n))
+        Refund.objects.create(
+            payment=payment, amount_minor=n + 1, currency="GBP", reason=f"r{n}", requested_by="ops", via_carrier=False
+        )
+
+
+@pytest.mark.postgres
+@pytest.mark.journal  # the payments paid through the API are journaled
+@pytest.mark.django_db(transaction=True)  # each part is read by a connection of its own
+@pytest.mark.parametrize("kind", [ExportKind.TRANSACTIONS, ExportKind.REFUNDS])
+def test_a_large_csv_read_in_parts_at_once_is_the_file_one_statement_writes(
+    kind: str,
+    shop: Shop,
+    make_payment: MakePayment,
+    django_user_model: Any,
+    settings: Any,
+    progress_log: Callable[[], list[int]],
+) -> None:
+    settings.EXPORT_PARTS = 3
+    settings.EXPORT_PARTS_FROM_ROWS = 50
+    payments_in_parts(shop, make_payment, 75)
+    assert LedgerLine.objects.exists()
+    whole = b"".join(exports.stream_csv(kind=kind, filters=ExportFilters()))  # one statement
+
+    parts = exports.key_ranges(kind=kind, filters=ExportFilters(), rows=75)
+    assert len(parts) == 3
+    assert (parts[0].first, parts[-1].after) == (None, None)
+    assert [part.after for part in parts[:-1]] == [part.first for part in parts[1:]]  # no gap, no overlap
+    model = Payment if kind == ExportKind.TRANSACTIONS else Refund
+    for part in parts:  # every part holds rows
+        rows = model.objects.all()
+        rows = rows.filter(pk__gte=part.first) if part.first is not None else rows
+        rows = rows.filter(pk__lt=part.after) if part.after is not None else rows
+        assert rows.count() >= 10, parts
+    assert exports.key_ranges(kind=kind, filters=ExportFilters(), rows=49) == [exports.EVERY_ROW]  # too small
+
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True), kind=kind)
+    finished = exports.run_export_job(job_id=job.pk, every=10)
+    assert (finished.status, finished.rows_done, finished.error) == ("done", 75, "")
+    with finished.file.open("rb") as stored:
+        assert stored.read() == whole
+    logged = progress_log()
+    assert (logged[0], logged[-1], logged == sorted(logged)) == (0, 75, True)
+    assert len(logged) >= 4  # claimed, reported while the parts ran, done
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("snapshot-part")]
+
+
+@pytest.mark.postgres
+@pytest.mark.journal  # the payments paid through the API are journaled
+@pytest.mark.django_db(transaction=True)  # each part is read by a connection of its own
+def test_an_export_read_in_parts_stops_every_part_when_its_attempt_is_taken_over(
+    shop: Shop, make_payment: MakePayment, django_user_model: Any, settings: Any
+) -> None:
+    settings.EXPORT_PARTS = 3
+    settings.EXPORT_PARTS_FROM_ROWS = 50
+    payments_in_parts(shop, make_payment, 75)
+    job = queued_job(django_user_model.objects.create_user("finance-user", is_staff=True))
+    with connection.cursor() as cursor:  # another worker takes the job over once the first rows are reported
+        cursor.execute(
+            "CREATE FUNCTION test_take_over() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN IF OLD.rows_done = 0 AND NEW.rows_done > 0 THEN NEW.attempts := OLD.attempts + 1; END IF;"
+            " RETURN NEW; END $$;"
+            " CREATE TRIGGER test_take_over BEFORE UPDATE OF rows_done ON reporting_exportjob"
+            " FOR EACH ROW EXECUTE FUNCTION test_take_over()"
+        )
+    try:
+        before = _connections_to_this_database()
+        ended = exports.run_export_job(job_id=job.pk, every=10)
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("DROP TRIGGER test_take_over ON reporting_exportjob; DROP FUNCTION test_take_over()")
+    assert (ended.status, ended.attempts, bool(ended.file)) == ("running", 2, False)  # the other attempt's
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("snapshot-part")]
+    assert _connections_to_this_database() <= before  # every part's connection closed
+
+
+def _connections_to_this_database() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+        return int(cursor.fetchone()[0])
 
 
 def test_a_job_whose_worker_stopped_answering_is_queued_again_then_failed_with_the_reason(
