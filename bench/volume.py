@@ -60,7 +60,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 try:
@@ -438,6 +438,9 @@ def measure_reads(browser: Browser, args: argparse.Namespace, rows: list[Row], n
 
 
 def measure_funnel_services(rows: list[Row], now: datetime) -> None:
+    from django.conf import settings
+    from django.test import override_settings
+
     from funnel.models import FunnelDefinition, FunnelEvent
     from funnel.rollups import refresh_rollups, rollup_report
     from funnel.selectors import funnel_report
@@ -446,16 +449,19 @@ def measure_funnel_services(rows: list[Row], now: datetime) -> None:
     until = now.replace(hour=0, minute=0, second=0, microsecond=0)
     since = until - timedelta(days=30)
     events = FunnelEvent.objects.filter(occurred_at__gte=since, occurred_at__lt=until).count()
-    raw, raw_s = timed(
-        "funnel report, 30 days, raw events",
-        lambda: funnel_report(
+
+    def raw_report() -> Any:
+        return funnel_report(
             steps=list(funnel.steps),
             window=timedelta(seconds=funnel.window_seconds),
             since=since,
             until=until,
             breakdown="carrier",
-        ),
-    )
+        )
+
+    raw, raw_s = timed(f"funnel report, 30 days, raw events, {settings.FUNNEL_PARTS} parts", raw_report)
+    with override_settings(FUNNEL_PARTS=1):
+        whole, whole_s = timed("funnel report, 30 days, raw events, one statement (reference)", raw_report)
     built, build_s = timed(
         "building the 30 days' rollups", lambda: refresh_rollups(funnel=funnel, since=since, until=until)
     )
@@ -466,7 +472,9 @@ def measure_funnel_services(rows: list[Row], now: datetime) -> None:
     agree = raw.breakdown == rolled.breakdown
     rows.append(
         Row(
-            f"funnel report 30 days from raw events ({events:,} events)",
+            f"funnel report 30 days from raw events ({events:,} events; {settings.FUNNEL_PARTS} parts at once; "
+            f"one statement: {fmt_ms(whole_s * 1000)}, {whole_s / raw_s:.2f}x as long; equal: "
+            f"{'yes' if whole == raw else 'NO'})",
             fmt_ms(raw_s * 1000),
             f"<= {FUNNEL_RAW_GOAL_MS:.0f} ms",
             check(raw_s * 1000 <= FUNNEL_RAW_GOAL_MS, f"{raw_s * 1000 / FUNNEL_RAW_GOAL_MS:.1f}x"),
@@ -536,17 +544,24 @@ def newest_events_since(database_url: str, wanted: int) -> tuple[datetime, int]:
 
 
 def measure_funnel_chdb(database_url: str, wanted: int, workdir: Path, rows: list[Row], now: datetime) -> None:
-    """bench/funnel_10m.py's comparison, on the generated events."""
+    """bench/funnel_10m.py's comparison, on the generated events; the raw report in parts at once (the
+    default), and in one statement for reference."""
+    from django.conf import settings
+    from django.test import override_settings
+
     from funnel.selectors import funnel_report
 
     since, events = newest_events_since(database_url, wanted)
     until = now + timedelta(days=1)
-    raw, raw_s = timed(
-        f"funnel, {events:,} events, 6 steps by carrier, raw",
-        lambda: funnel_report(
+
+    def raw_report() -> Any:
+        return funnel_report(
             steps=funnel_10m.STEPS, window=funnel_10m.WINDOW, since=since, until=until, breakdown="carrier"
-        ),
-    )
+        )
+
+    raw, raw_s = timed(f"funnel, {events:,} events, 6 steps by carrier, raw, {settings.FUNNEL_PARTS} parts", raw_report)
+    with override_settings(FUNNEL_PARTS=1):
+        _, whole_s = timed("the same, one statement (reference)", raw_report)
     (events_file, journeys_file), export_s = timed(
         "exporting them to Parquet for chdb",
         lambda: funnel_10m.export_parquet(database_url, workdir, since, until),
@@ -557,7 +572,8 @@ def measure_funnel_chdb(database_url: str, wanted: int, workdir: Path, rows: lis
     rows.append(
         Row(
             f"funnel {events:,} events 6 steps by carrier, raw vs chdb windowFunnel {chdb_s:.2f} s "
-            f"(export {export_s:.0f} s; equal: {'yes' if equal else 'NO'})",
+            f"(export {export_s:.0f} s; equal: {'yes' if equal else 'NO'}; {settings.FUNNEL_PARTS} parts at once; "
+            f"one statement {whole_s:.2f} s = {whole_s / chdb_s:.1f}x chdb)",
             f"{raw_s:.2f} s = {factor:.1f}x chdb",
             f"<= {CHDB_FACTOR_GOAL:.0f}x chdb",
             check(factor <= CHDB_FACTOR_GOAL, f"{factor / CHDB_FACTOR_GOAL:.1f}x over"),
