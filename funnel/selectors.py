@@ -255,6 +255,7 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
             with connection.cursor() as cursor:
                 sql.set_analysis_limits(cursor, timeout_ms=timeout_ms)
                 sql.prefer_ordered_reads(cursor)
+                shared.check()  # another part failed before this one's statement began
                 cursor.execute(query, params)
                 return list(cursor.fetchall())
 

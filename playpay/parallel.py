@@ -16,10 +16,11 @@ import re
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from contextlib import suppress
+from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import connection, connections, transaction
 
 T = TypeVar("T")
 
@@ -31,14 +32,35 @@ class PartStopped(Exception):
 
 
 class Parts:
-    """What the parts of one read share: `check()`, called by a part between its batches, raises
-    PartStopped once another part has failed, so that every part ends soon after the first failure."""
+    """What the parts of one read share. When one fails, `fail()` cancels the statements the others are
+    running, and `check()`, called by a part between its batches, raises PartStopped: every part ends soon
+    after the first failure, not at its own statement's end."""
 
     def __init__(self) -> None:
         self._failed = threading.Event()
+        self._lock = threading.Lock()
+        self._connections: list[Any] = []
+        self.first_error: BaseException | None = None  # what made the read fail, not the stops it caused
 
-    def fail(self) -> None:
-        self._failed.set()
+    def join(self) -> None:
+        """Called by a part on the connection it runs on: its statement is cancelled when another part fails."""
+        connection.ensure_connection()
+        with self._lock:
+            self._connections.append(connection.connection)
+            failed = self._failed.is_set()
+        if failed:
+            raise PartStopped
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            if self._failed.is_set():
+                return
+            self._failed.set()
+            self.first_error = error
+            running = list(self._connections)
+        for psycopg_connection in running:
+            with suppress(Exception):  # a connection already closed has nothing to cancel
+                psycopg_connection.cancel_safe(timeout=settings.DATABASE_CONNECT_TIMEOUT)
 
     def check(self) -> None:
         if self._failed.is_set():
@@ -53,9 +75,9 @@ def runs_at_once() -> bool:
 def in_one_snapshot(parts: Sequence[Callable[[Parts], T]]) -> list[T]:
     """Each part's result, in order: the parts run at once when `runs_at_once()`, else one after the other.
 
-    A part is called with the `Parts` it belongs to, inside its transaction; it may set what its statements
-    need with SET LOCAL. When one part raises, the others are told (`Parts.check`) and awaited, and the
-    first part's error in order is raised (PartStopped only when nothing else was).
+    A part is called with the `Parts` it belongs to, inside its transaction, with the caller's statement
+    timeout; it may set what its statements need with SET LOCAL. When one part raises, the others' statements
+    are cancelled and the parts awaited, and the first part's error is raised (not the stops it caused).
     """
     shared = Parts()
     if len(parts) < 2 or not runs_at_once():
@@ -63,51 +85,52 @@ def in_one_snapshot(parts: Sequence[Callable[[Parts], T]]) -> list[T]:
             return [part(shared) for part in parts]
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cursor.execute("SELECT pg_export_snapshot()")
-        row = cursor.fetchone()
-        snapshot = str(row[0]) if row else ""
-        if not SNAPSHOT_ID.fullmatch(snapshot):
+        # This transaction waits, idle, while the other parts run: the server must not end it meanwhile.
+        cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        cursor.execute("SELECT pg_export_snapshot(), current_setting('statement_timeout')")
+        snapshot, timeout = cursor.fetchone()
+        if not SNAPSHOT_ID.fullmatch(str(snapshot)):
             raise ValueError(f"not a snapshot id: {snapshot!r}")
         readies = [threading.Event() for _ in parts[1:]]
         first: Future[T] = Future()
-        with ThreadPoolExecutor(max_workers=len(readies), thread_name_prefix="snapshot-part") as pool:
-            others = [
-                pool.submit(_imported, part, snapshot, ready, shared)
-                for part, ready in zip(parts[1:], readies, strict=True)
-            ]
-            try:
-                wait = settings.DATABASE_CONNECT_TIMEOUT + 30
-                for ready in readies:  # each imports the snapshot while this transaction holds it
-                    if not ready.wait(wait):
-                        raise TimeoutError(f"a part of the read did not start within {wait} s")
-                first.set_result(parts[0](shared))
-            except BaseException as error:  # raised below, once the other parts ended
-                shared.fail()
-                first.set_exception(error)
-        # Leaving the pool waited for every part.
-        return _results([first, *others])
+        try:
+            with ThreadPoolExecutor(max_workers=len(readies), thread_name_prefix="snapshot-part") as pool:
+                others = [
+                    pool.submit(_imported, part, str(snapshot), str(timeout), ready, shared)
+                    for part, ready in zip(parts[1:], readies, strict=True)
+                ]
+                try:
+                    wait = settings.DATABASE_CONNECT_TIMEOUT + 30
+                    for ready in readies:  # each imports the snapshot while this transaction holds it
+                        if not ready.wait(wait):
+                            raise TimeoutError(f"a part of the read did not start within {wait} s")
+                    shared.join()
+                    first.set_result(parts[0](shared))
+                except BaseException as error:  # raised below, once the other parts ended
+                    shared.fail(error)
+                    first.set_exception(error)
+        except BaseException as error:  # interrupted while the pool waited for the others: they stop too
+            shared.fail(error)
+            raise
+        if shared.first_error is not None:  # the others' errors are the stops (or cancels) it caused
+            raise shared.first_error
+        return [future.result() for future in (first, *others)]
 
 
-def _results(futures: "list[Future[T]]") -> list[T]:
-    """The results of finished parts, in order; or the first error that is not PartStopped (else the first)."""
-    errors = [future.exception() for future in futures]
-    raised = [error for error in errors if error is not None]
-    if raised:
-        raise next((error for error in raised if not isinstance(error, PartStopped)), raised[0])
-    return [future.result() for future in futures]
-
-
-def _imported(part: Callable[[Parts], T], snapshot: str, ready: threading.Event, shared: Parts) -> T:
-    """`part` on this thread's own connection, in the transaction of `snapshot`; the connection is closed after."""
+def _imported(part: Callable[[Parts], T], snapshot: str, timeout: str, ready: threading.Event, shared: Parts) -> T:
+    """`part` on this thread's own connections, in the transaction of `snapshot` with the caller's statement
+    timeout; the thread's connections are closed after."""
     try:
         with transaction.atomic(), connection.cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # checked: hex digits and dashes
+            cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
             ready.set()
+            shared.join()
             return part(shared)
-    except BaseException:
-        shared.fail()
+    except BaseException as error:
+        shared.fail(error)
         raise
     finally:
         ready.set()
-        connection.close()
+        connections.close_all()

@@ -1,10 +1,11 @@
 """The same work in several threads released at once, as concurrent requests, workers or schedulers would run it."""
 
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from django.db import connections
+from django.db import connection, connections
 
 T = TypeVar("T")
 
@@ -34,3 +35,24 @@ def at_once(work: Callable[[], T], *, times: int, timeout: float = 60.0) -> list
         raise errors[0]
     assert not any(thread.is_alive() for thread in threads), f"work still running after {timeout} s"
     return results
+
+
+def client_sessions() -> int:
+    """Client sessions connected to this test's database, besides this one (autovacuum and the like left out)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )
+        return int(cursor.fetchone()[0])
+
+
+def sessions_drop_to(count: int, *, timeout: float = 10.0) -> bool:
+    """Whether the other client sessions are `count` or fewer within `timeout` seconds: a closed connection's
+    server process ends a moment after the client closed it."""
+    deadline = time.monotonic() + timeout
+    while client_sessions() > count:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

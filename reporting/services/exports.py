@@ -417,7 +417,8 @@ def _write_csv_parts(
     """The CSV's lines of each range of ids, the ranges read at once in one snapshot (`in_one_snapshot`: the
     file is as of one moment, as one statement's is), written to `out` in the ranges' order: the first part
     streams to `out`, the others to anonymous temporary files appended after it. Returns the rows written.
-    When `on_progress` raises (the lease is lost) or a part fails, every part stops at its next batch."""
+    Progress is reported once per batch (COPY_BATCH_ROWS) that passes a multiple of `every`, with the rows
+    so far. When `on_progress` raises (the lease is lost) or a part fails, the other parts stop."""
     lock = threading.Lock()
     written = 0
 
@@ -425,14 +426,12 @@ def _write_csv_parts(
         nonlocal written
         with lock:
             before, written = written, written + count
-            if on_progress is not None and before // every != written // every:
-                on_progress(written)
+            now = written
+        if on_progress is not None and before // every != now // every:
+            on_progress(now)  # outside the lock: a heartbeat's round trip does not hold the other parts
 
     def part(keys: KeyRange, file: IO[bytes]) -> Callable[[Parts], None]:
         def run(shared: Parts) -> None:
-            with connection.cursor() as cursor:  # a part's own connection has the web's bound otherwise
-                timeout = str(settings.EXPORT_STATEMENT_TIMEOUT_MS)
-                cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])
             for lines, count in _csv_batches(kind=kind, filters=filters, keys=keys):
                 shared.check()
                 file.write(lines)

@@ -4,6 +4,7 @@ hour reads rollups, and freshly loaded events get planner statistics before a re
 
 import json
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -131,6 +132,12 @@ def counts_in_parts_and_whole(settings: Any, seed: int) -> tuple[Any, Any]:
     scope = FunnelScope(steps=STEPS, window=HOUR, since=DAY, until=DAY + 2 * HOUR, exclusion="help")
     settings.FUNNEL_PARTS_FROM_HOURS = 1
     settings.FUNNEL_PARTS = 3
+    for part in range(3):  # each part holds journeys of its own
+        query, params = report_query(replace(scope, part=part, parts=3), breakdown="carrier")
+        with transaction.atomic(), connection.cursor() as cursor:
+            set_analysis_limits(cursor)
+            cursor.execute(query, params)
+            assert cursor.fetchall(), part
     parts = _sql_counts(scope, breakdown="carrier")
     settings.FUNNEL_PARTS = 1
     return parts, _sql_counts(scope, breakdown="carrier")

@@ -1,5 +1,5 @@
-"""A read cut into parts: at once on connections of their own, in one snapshot; one after the other inside a
-transaction; a failing part stops the others and its error is raised."""
+"""A read cut into parts: at once on connections of their own, in one snapshot, with the caller's statement
+timeout; one after the other inside a transaction; a failing part cancels the others and its error is raised."""
 
 import threading
 import time
@@ -7,9 +7,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.db import connection, transaction
+from django.db import DataError, connection, transaction
 
 from playpay.parallel import Parts, PartStopped, in_one_snapshot, runs_at_once
+from tests.concurrency import client_sessions, sessions_drop_to
 
 pytestmark = pytest.mark.postgres
 
@@ -20,17 +21,17 @@ def backend(shared: Parts) -> int:
         return int(cursor.fetchone()[0])
 
 
-def other_connection() -> psycopg.Connection[Any]:
-    settings = connection.settings_dict
-    return psycopg.connect(
-        dbname=settings["NAME"], user=settings["USER"], host=settings["HOST"], port=settings["PORT"], autocommit=True
-    )
+def other_session() -> psycopg.Connection[Any]:
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params, autocommit=True)
 
 
-def sessions() -> int:
+def statement_timeout(shared: Parts) -> str:
     with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-        return int(cursor.fetchone()[0])
+        cursor.execute("SHOW statement_timeout")
+        return str(cursor.fetchone()[0])
 
 
 @pytest.mark.django_db(transaction=True)
@@ -39,13 +40,13 @@ def test_parts_run_at_once_on_connections_of_their_own_and_see_one_snapshot() ->
         cursor.execute("CREATE TABLE test_parallel_rows (n integer)")
         cursor.execute("INSERT INTO test_parallel_rows VALUES (1)")
     first_counted = threading.Event()
-    before = sessions()
+    before = client_sessions()
 
     def first(shared: Parts) -> tuple[int, int]:
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM test_parallel_rows")
             counted = int(cursor.fetchone()[0])
-        with other_connection() as writer:  # committed after the parts' snapshot was taken
+        with other_session() as writer:  # committed after the parts' snapshot was taken
             writer.execute("INSERT INTO test_parallel_rows VALUES (2)")
         first_counted.set()
         return backend(shared), counted
@@ -61,10 +62,30 @@ def test_parts_run_at_once_on_connections_of_their_own_and_see_one_snapshot() ->
         (pid_1, count_1), (pid_2, count_2) = in_one_snapshot([first, second])
         assert pid_1 != pid_2
         assert (count_1, count_2) == (1, 1)  # the row committed meanwhile is in neither part's snapshot
-        assert sessions() <= before  # the second part's connection was closed
+        assert sessions_drop_to(before)  # the second part's connection was closed
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DROP TABLE test_parallel_rows")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_every_part_has_the_callers_statement_timeout_and_the_first_may_wait_idle_for_the_others() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET statement_timeout = '7s'")
+        # The server ends a session idle in a transaction this long; the first part waits so for the second.
+        cursor.execute("SET idle_in_transaction_session_timeout = '200ms'")
+
+    def slow(shared: Parts) -> str:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(0.6)")
+        return statement_timeout(shared)
+
+    try:
+        assert in_one_snapshot([statement_timeout, slow, statement_timeout]) == ["7s", "7s", "7s"]
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("RESET statement_timeout")
+            cursor.execute("RESET idle_in_transaction_session_timeout")
 
 
 @pytest.mark.django_db
@@ -76,30 +97,47 @@ def test_inside_a_transaction_the_parts_run_one_after_the_other_on_its_connectio
 
 
 @pytest.mark.django_db(transaction=True)
-def test_a_failing_part_stops_the_others_and_its_error_is_raised() -> None:
+def test_a_failing_part_cancels_the_others_statements_and_its_error_is_raised() -> None:
+    before = client_sessions()
+
+    def long_statement(shared: Parts) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(60)")
+
+    def failing(shared: Parts) -> None:
+        time.sleep(0.3)  # while the others' statements run
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 / 0")
+
+    started = time.monotonic()
+    with pytest.raises(DataError, match="division by zero"):  # not the cancels it caused
+        in_one_snapshot([long_statement, failing, long_statement])
+    assert time.monotonic() - started < 20
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("snapshot-part")]
+    assert sessions_drop_to(before)
+    with transaction.atomic(), connection.cursor() as cursor:  # this connection is usable again
+        cursor.execute("SELECT 1")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_part_between_its_batches_stops_once_another_failed() -> None:
     batches: list[int] = []
 
-    def slow(shared: Parts) -> None:  # ten seconds unless stopped
+    def batched(shared: Parts) -> None:  # ten seconds unless stopped
         for batch in range(1000):
             shared.check()
             batches.append(batch)
             time.sleep(0.01)
 
     def failing(shared: Parts) -> None:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1 / 0")
+        raise ValueError("own error")
 
-    before = sessions()
-    with pytest.raises(Exception, match="division by zero"):
-        in_one_snapshot([slow, failing])
-    assert len(batches) < 500  # stopped at its next batch
-    assert not [thread for thread in threading.enumerate() if thread.name.startswith("snapshot-part")]
-    assert sessions() <= before
-    with transaction.atomic(), connection.cursor() as cursor:  # this connection is usable again
-        cursor.execute("SELECT 1")
+    with pytest.raises(ValueError, match="own error"):
+        in_one_snapshot([batched, failing])
+    assert len(batches) < 500
 
     def stops(shared: Parts) -> None:
         raise PartStopped
 
-    with pytest.raises(ValueError, match="own error"):  # a part's own error, not the stop it caused
-        in_one_snapshot([stops, lambda shared: (_ for _ in ()).throw(ValueError("own error"))])
+    with pytest.raises(PartStopped):  # nothing else failed: the stop itself
+        in_one_snapshot([stops, backend])

@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 from django.db import connection, connections
+from django.db.models import Model
 from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from openpyxl import load_workbook  # type: ignore[import-untyped]
@@ -27,6 +28,7 @@ from reporting.resources import FIGURES
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
 from subscriptions.models import SubscriptionCharge
+from tests.concurrency import client_sessions, sessions_drop_to
 from tests.conftest import Shop, StaffClient
 from tests.deploy.processes import Processes, wait_for
 from tests.reporting.conftest import MakePayment, reverse_paid, subscribe_and_renew
@@ -567,13 +569,15 @@ def queued_job(user: Any, file_format: str = TableFormat.CSV, kind: str = Export
 
 
 def payments_in_parts(shop: Shop, make_payment: MakePayment, count: int) -> None:
-    """`count` payments with a refund each, every fifteenth paid through the API (with its ledger lines), so
-    that every part of the export holds rows with ledger figures and rows without."""
+    """`count` payments with a refund and a reversal each, every fifteenth paid and reversed through the API
+    (with their ledger lines), so that every part of each export holds rows with ledger figures and without."""
     for n in range(count):
         if n % 15 == 0:
             payment = Payment.objects.get(public_id=shop.pay(f"key-{n}", flow="one_click")["id"])
+            reverse_paid(shop, str(payment.public_id), reason=f"v{n}")
         else:
             payment = make_payment(carrier=shop.carrier, reference=f"ref-{n}", created=MAY_3 + timedelta(minutes=n))
+            Reversal.objects.create(payment=payment, reason=f"v{n}", requested_by="staff:ops", via_carrier=False)
         Refund.objects.create(
             payment=payment, amount_minor=n + 1, currency="GBP", reason=f"r{n}", requested_by="ops", via_carrier=False
         )
@@ -582,7 +586,7 @@ def payments_in_parts(shop: Shop, make_payment: MakePayment, count: int) -> None
 @pytest.mark.postgres
 @pytest.mark.journal  # the payments paid through the API are journaled
 @pytest.mark.django_db(transaction=True)  # each part is read by a connection of its own
-@pytest.mark.parametrize("kind", [ExportKind.TRANSACTIONS, ExportKind.REFUNDS])
+@pytest.mark.parametrize("kind", [ExportKind.TRANSACTIONS, ExportKind.REFUNDS, ExportKind.REVERSALS])
 def test_a_large_csv_read_in_parts_at_once_is_the_file_one_statement_writes(
     kind: str,
     shop: Shop,
@@ -601,9 +605,9 @@ def test_a_large_csv_read_in_parts_at_once_is_the_file_one_statement_writes(
     assert len(parts) == 3
     assert (parts[0].first, parts[-1].after) == (None, None)
     assert [part.after for part in parts[:-1]] == [part.first for part in parts[1:]]  # no gap, no overlap
-    model = Payment if kind == ExportKind.TRANSACTIONS else Refund
+    models: dict[str, type[Model]] = {"transactions": Payment, "refunds": Refund, "reversals": Reversal}
     for part in parts:  # every part holds rows
-        rows = model.objects.all()
+        rows = models[kind]._default_manager.all()
         rows = rows.filter(pk__gte=part.first) if part.first is not None else rows
         rows = rows.filter(pk__lt=part.after) if part.after is not None else rows
         assert rows.count() >= 10, parts
@@ -639,20 +643,14 @@ def test_an_export_read_in_parts_stops_every_part_when_its_attempt_is_taken_over
             " FOR EACH ROW EXECUTE FUNCTION test_take_over()"
         )
     try:
-        before = _connections_to_this_database()
+        before = client_sessions()
         ended = exports.run_export_job(job_id=job.pk, every=10)
     finally:
         with connection.cursor() as cursor:
             cursor.execute("DROP TRIGGER test_take_over ON reporting_exportjob; DROP FUNCTION test_take_over()")
     assert (ended.status, ended.attempts, bool(ended.file)) == ("running", 2, False)  # the other attempt's
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("snapshot-part")]
-    assert _connections_to_this_database() <= before  # every part's connection closed
-
-
-def _connections_to_this_database() -> int:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
-        return int(cursor.fetchone()[0])
+    assert sessions_drop_to(before)  # every part's connection closed
 
 
 def test_a_job_whose_worker_stopped_answering_is_queued_again_then_failed_with_the_reason(
