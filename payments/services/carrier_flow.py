@@ -25,7 +25,7 @@ from carriers.adapters.base import CarrierAdapter, CarrierResult, ChargeRequest,
 from carriers.errors import ErrorCode
 from carriers.gateway import CarrierBusy, call_carrier
 from carriers.models import Carrier
-from payments.models import UNDECIDED_STATUSES, Payment, PaymentFlow, PaymentStatus
+from payments.models import UNDECIDED_STATUSES, OutboxMessage, Payment, PaymentFlow, PaymentStatus
 from payments.partitions import PAYMENT_MONTHS
 from payments.services import outbox, outcomes
 from payments.services.payment_keys import attach_carrier_reference, payment_by_carrier_reference
@@ -63,7 +63,12 @@ def asked_at(since: datetime | None) -> dict[str, str]:
 
 def dispatch(payment: Payment, task: str, *, countdown: int = 0) -> None:
     """Enqueue `payments.tasks.<task>(payment_id)` on the carrier's queue, after the current commit."""
-    outbox.enqueue(
+    outbox.write(task_message(payment, task, countdown=countdown))
+
+
+def task_message(payment: Payment, task: str, *, countdown: int = 0) -> OutboxMessage:
+    """The outbox message of `dispatch`, not written yet (`outbox.new_message`)."""
+    return outbox.new_message(
         f"payments.tasks.{task}",
         queue=carrier_queue(payment.carrier),
         countdown=countdown,

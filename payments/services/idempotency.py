@@ -35,6 +35,7 @@ from payments.errors import (
 )
 from payments.models import IdempotencyRecord
 from playpay.errors import DomainError
+from playpay.inserts import insert_rows
 from tenants.models import App
 
 MAX_KEY_LENGTH = 255
@@ -134,6 +135,18 @@ def claim_key(key: IdempotencyKey, *, resource_id: uuid.UUID, answer: StoredResp
     `answer`: the response for good (from the `AnswerAtClaim`), stored with the claim; without it
     `run_idempotent` stores the response after the commit.
     """
+    try:
+        insert_rows(claim_row(key, resource_id=resource_id, answer=answer))
+    except IntegrityError as exc:
+        # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
+        raise KeyAlreadyClaimed(key.key) from exc
+
+
+def claim_row(
+    key: IdempotencyKey, *, resource_id: uuid.UUID, answer: StoredResponse | None = None
+) -> IdempotencyRecord:
+    """The claim `claim_key` inserts, not written yet: for a service that inserts it with its resource's other
+    rows in one round trip, a taken key then raising IntegrityError (a unique violation) there."""
     completed: dict[str, Any] = {}
     if answer is not None:
         completed = {
@@ -142,13 +155,9 @@ def claim_key(key: IdempotencyKey, *, resource_id: uuid.UUID, answer: StoredResp
             "response_body": answer.body,
             "completed_at": timezone.now(),
         }
-    try:
-        IdempotencyRecord.objects.create(
-            app=key.app, key=key.key, fingerprint=key.fingerprint, resource_id=resource_id, **completed
-        )
-    except IntegrityError as exc:
-        # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
-        raise KeyAlreadyClaimed(key.key) from exc
+    return IdempotencyRecord(
+        app=key.app, key=key.key, fingerprint=key.fingerprint, resource_id=resource_id, **completed
+    )
 
 
 def is_unique_violation(exc: IntegrityError) -> bool:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from payments.models import OutboxMessage
 from playpay.celery import app as celery_app
+from playpay.inserts import insert_rows
 
 # An unsent message younger than this is probably about to be sent by its own process.
 RELAY_GRACE = timedelta(seconds=10)
@@ -23,13 +24,34 @@ def runs_in_process() -> bool:
     return bool(celery_app.conf.task_always_eager)
 
 
+def new_message(task: str, *, queue: str, countdown: int = 0, **kwargs: Any) -> OutboxMessage:
+    """`task(**kwargs)` for `queue`, not written yet: `write` writes it, or `insert_rows` with the other rows
+    of its transaction, followed by `send_after_commit`."""
+    return OutboxMessage(task=task, kwargs=kwargs, queue=queue, countdown_seconds=countdown)
+
+
 def enqueue(task: str, *, queue: str, countdown: int = 0, **kwargs: Any) -> OutboxMessage:
     """Record `task(**kwargs)` for `queue`; call inside the transaction that makes it necessary."""
-    if not transaction.get_connection().in_atomic_block:
-        raise RuntimeError("outbox.enqueue must run inside transaction.atomic()")
-    message = OutboxMessage.objects.create(task=task, kwargs=kwargs, queue=queue, countdown_seconds=countdown)
-    transaction.on_commit(lambda: send(message))
+    return write(new_message(task, queue=queue, countdown=countdown, **kwargs))
+
+
+def write(message: OutboxMessage) -> OutboxMessage:
+    """Write a new message in the current transaction; it is sent right after the commit."""
+    _require_transaction()
+    insert_rows(message)
+    send_after_commit(message)
     return message
+
+
+def send_after_commit(message: OutboxMessage) -> None:
+    """Send `message`, written in the current transaction, right after its commit."""
+    _require_transaction()
+    transaction.on_commit(lambda: send(message))
+
+
+def _require_transaction() -> None:
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("outbox messages are written inside transaction.atomic()")
 
 
 def send(message: OutboxMessage) -> None:

@@ -7,30 +7,46 @@ finds its payment, reading that payment's month only.
 """
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.db import IntegrityError, connection
 
 from carriers.models import Carrier
 from payments.models import Payment, PaymentCarrierReference, PaymentIdempotencyKey
 from payments.services.idempotency import KeyAlreadyClaimed, is_unique_violation
+from playpay.inserts import insert_rows
 
 logger = logging.getLogger(__name__)
 
 
 def claim_idempotency_key(payment: Payment) -> None:
     """Claim the payment's idempotency key for its app; call in the transaction that inserts the payment.
-
-    Raises KeyAlreadyClaimed when another payment of the app has it (committed, or still being created: on
-    PostgreSQL the claim then waits for that transaction to end)."""
+    Raises KeyAlreadyClaimed when another payment of the app has it (`key_claimed_once`)."""
     if not payment.idempotency_key:
         return
-    try:  # no savepoint: a refused claim fails the caller's transaction, rolled back with the payment
-        PaymentIdempotencyKey.objects.create(
-            app_id=payment.app_id, key=payment.idempotency_key, payment=payment, payment_created_at=payment.created_at
-        )
+    with key_claimed_once(payment.idempotency_key):
+        insert_rows(idempotency_key_row(payment))
+
+
+def idempotency_key_row(payment: Payment) -> PaymentIdempotencyKey:
+    """The claim of the payment's idempotency key for its app, not written yet: insert it in the transaction
+    that inserts the payment, inside `key_claimed_once`."""
+    return PaymentIdempotencyKey(
+        app_id=payment.app_id, key=payment.idempotency_key, payment=payment, payment_created_at=payment.created_at
+    )
+
+
+@contextmanager
+def key_claimed_once(key: str) -> Iterator[None]:
+    """Around the insert of a key's claim: KeyAlreadyClaimed when another payment of the app has it (committed,
+    or still being created: on PostgreSQL the claim then waits for that transaction to end). No savepoint: a
+    refused claim fails the caller's transaction, rolled back with the payment."""
+    try:
+        yield
     except IntegrityError as exc:
         if is_unique_violation(exc):
-            raise KeyAlreadyClaimed(payment.idempotency_key) from exc
+            raise KeyAlreadyClaimed(key) from exc
         raise
 
 

@@ -7,6 +7,7 @@ in-process right after the commit, so the API answers with the carrier's first r
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,7 +30,7 @@ from payments.errors import (
     InvalidPin,
     PinExpired,
 )
-from payments.models import Payment, PaymentFlow, PaymentStatus
+from payments.models import IdempotencyRecord, Payment, PaymentFlow, PaymentStatus
 from payments.services import outbox
 from payments.services.carrier_flow import (
     DESCRIPTION,
@@ -43,14 +44,16 @@ from payments.services.carrier_flow import (
     pin_check_pending,
     pin_to_submit_again,
     record_pin_verdict,
+    task_message,
 )
-from payments.services.idempotency import AnswerAtClaim, IdempotencyKey, claim_key
+from payments.services.idempotency import AnswerAtClaim, IdempotencyKey, claim_row
 from payments.services.outcomes import mark_unknown
-from payments.services.payment_keys import claim_idempotency_key
+from payments.services.payment_keys import idempotency_key_row, key_claimed_once
 from payments.services.players import ensure_player_may_pay
 from payments.services.state_machine import record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 from playpay.ids import new_public_id
+from playpay.inserts import insert_rows
 from tenants.models import App
 
 # How often a confirm request looks whether the PIN's verdict came, while it may wait for it.
@@ -106,6 +109,11 @@ def create_payment(
     price_point = get_offered_price_point(carrier=carrier, code=request.price_point)
     flow = _choose_flow(carrier, request.flow)
     final_at_commit = not outbox.runs_in_process()
+
+    def claim(payment: Payment) -> IdempotencyRecord:
+        answer = answer_at_claim(payment) if final_at_commit and answer_at_claim is not None else None
+        return claim_row(idempotency, resource_id=payment.public_id, answer=answer)
+
     with transaction.atomic():
         payment = open_payment(
             app=app,
@@ -118,9 +126,8 @@ def create_payment(
             idempotency_key=idempotency.key,
             journey_id=request.journey_id,
             metadata=request.metadata,
+            claim=claim,
         )
-        answer = answer_at_claim(payment) if final_at_commit and answer_at_claim is not None else None
-        claim_key(idempotency, resource_id=payment.public_id, answer=answer)
     if final_at_commit:
         return payment
     payment.refresh_from_db()
@@ -147,9 +154,14 @@ def open_payment(
     metadata: dict[str, Any] | None = None,
     description: str = "",
     not_before: datetime | None = None,
+    claim: Callable[[Payment], IdempotencyRecord] | None = None,
 ) -> Payment:
     """Insert a payment for a validated request and queue the carrier's first step (sending the PIN, or the
     one-click charge) for after the commit. Call inside `transaction.atomic()`.
+
+    Two round trips: the payment, then its other rows at once (its key's claim, its history's first entry,
+    the first step's outbox message, and the request's `claim(payment)` of its Idempotency-Key when given).
+    A key taken by another payment or request raises KeyAlreadyClaimed.
 
     `description`: what the carrier tells the player (the PIN message, the charge's text), where the
     protocol carries one; default: the app's name and the price point's code.
@@ -170,24 +182,28 @@ def open_payment(
         carrier_data={DESCRIPTION: description} if description else {},
         next_attempt_at=not_before if later else None,
     )
-    if idempotency_key:
-        # The key per app, unique across the payments' months: another request with this key committed, or
-        # is still running (PostgreSQL makes us wait for it), and this one raises KeyAlreadyClaimed.
-        claim_idempotency_key(payment)
-    record_creation(payment, actor=actor)
-    if not later:
-        dispatch(payment, "start_payment")
+    # The key per app, unique across the payments' months: another request with this key committed, or is
+    # still running (PostgreSQL makes us wait for it), and this one raises KeyAlreadyClaimed.
+    key = idempotency_key_row(payment) if idempotency_key else None
+    first_step = task_message(payment, "start_payment") if not later else None
+    request_claim = claim(payment) if claim is not None else None
+    with key_claimed_once(idempotency_key):
+        record_creation(payment, actor=actor, with_rows=[row for row in (key, first_step, request_claim) if row])
+    if first_step is not None:
+        outbox.send_after_commit(first_step)
     return payment
 
 
 def _new_payment(price_point: PricePoint, **fields: Any) -> Payment:
-    return Payment.objects.create(
+    payment = Payment(
         public_id=new_public_id(),
         price_point=price_point,
         amount_minor=price_point.amount_minor,
         currency=price_point.currency,
         **fields,
     )
+    insert_rows(payment)
+    return payment
 
 
 def open_carrier_charge(

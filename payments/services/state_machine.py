@@ -6,12 +6,15 @@ publishes (`payments.events`).
 """
 
 import logging
+from collections.abc import Sequence
 
 from django.db import transaction
+from django.db.models import Model
 
 from payments.errors import IllegalTransition
 from payments.events import PaymentStatusChanged, publish
 from payments.models import Payment, PaymentStatus, PaymentStatusChange
+from playpay.inserts import insert_rows
 
 logger = logging.getLogger(__name__)
 
@@ -73,9 +76,10 @@ def transition(
     return change
 
 
-def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:
-    """The first history entry of a payment (no previous status)."""
-    change = PaymentStatusChange.objects.create(
+def record_creation(payment: Payment, *, actor: str, with_rows: Sequence[Model] = ()) -> PaymentStatusChange:
+    """The first history entry of a payment (no previous status), inserted after `with_rows` (new rows of the
+    payment's creating transaction: its key, its first task...) in one round trip (`insert_rows`)."""
+    change = PaymentStatusChange(
         payment=payment,
         payment_created_at=payment.created_at,
         from_status="",
@@ -83,6 +87,7 @@ def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:
         actor=actor,
         reason="payment created",
     )
+    insert_rows(*with_rows, change)
     _published(change, payment)
     return change
 
