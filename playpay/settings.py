@@ -132,7 +132,9 @@ JOURNAL_BACKEND = "mongodb" if JOURNAL_URL.startswith(("mongodb://", "mongodb+sr
 DATABASES["journal"] = dj_database_url.parse(
     JOURNAL_URL if JOURNAL_BACKEND == "sql" else f"sqlite:///{VAR_DIR / 'journal-unused.sqlite3'}",
     conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
-    conn_health_checks=True,
+    # No `SELECT 1` before each request's record: a record that meets a connection the server dropped is
+    # spooled (journal.spool, nothing lost) and Django replaces the connection at the end of that request.
+    conn_health_checks=False,
 )
 if DATABASES["journal"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)

@@ -66,7 +66,7 @@ CHUNK_ROWS = 5000
 COPY_BATCH_ROWS = 5000
 # A large CSV is cut into parts (`key_ranges`) from a sample of about this many rows, when it holds at least
 # this many per part; the parts' files are appended to the export in blocks of this size.
-KEY_SAMPLE_ROWS = 2000
+KEY_SAMPLE_ROWS = 20_000
 KEY_SAMPLE_MIN_PER_PART = 20
 COPY_FILE_BYTES = 1 << 20
 
@@ -367,7 +367,7 @@ def key_ranges(*, kind: str, filters: ExportFilters, rows: int) -> list[KeyRange
     least EXPORT_PARTS_FROM_ROWS rows (`rows`: the estimate) on PostgreSQL; else one range, every row.
 
     The cut comes from a sample of the table's pages in the period (TABLESAMPLE SYSTEM: about
-    KEY_SAMPLE_ROWS rows, a few dozen pages read, not the month), so it costs milliseconds; a sample too
+    KEY_SAMPLE_ROWS rows, a few hundred pages read, not the month), so it costs milliseconds; a sample too
     small to tell, or rows whose time is on another table, keep one range. A poor cut only makes one part
     longer: every row is in exactly one range whatever the sample.
     """
