@@ -189,7 +189,10 @@ class SqlJournalStore:
             "ON CONFLICT (record_id, occurred_at) DO NOTHING"
         )
         with connection.cursor() as cursor:
-            cursor.executemany(sql, rows)
+            if len(rows) == 1:  # a request's record: executemany's pipeline costs more than it saves for one row
+                cursor.execute(sql, rows[0])
+            else:
+                cursor.executemany(sql, rows)
 
     def _filter(self, query: JournalQuery) -> Any:
         from journal.models import JournalRecord

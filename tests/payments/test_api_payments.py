@@ -1,5 +1,7 @@
 """The payment API as a game backend uses it."""
 
+import os
+import secrets
 import time
 from datetime import timedelta
 from typing import Any
@@ -263,6 +265,33 @@ def test_requests_over_the_apps_rate_limit_get_429_with_retry_after(shop: Shop) 
     limited = shop.client.get("/api/v1/payments/")
     assert limited.json()["code"] == "rate_limited"
     assert 1 <= int(limited["Retry-After"]) <= 60
+
+
+@pytest.mark.broker  # a real Redis, the broker's, as the rate limit's cache in production
+def test_on_redis_the_rate_limit_counts_in_one_command_whose_window_expires(shop: Shop, settings: Any) -> None:
+    from django.core.cache import caches
+
+    from tenants.throttling import count_request
+
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ["CELERY_BROKER_URL"],
+            "KEY_PREFIX": f"test-throttle-{secrets.token_hex(4)}",
+        }
+    }
+    assert [count_request("window", ttl=65) for _ in range(3)] == [1, 2, 3]
+    backend = caches["default"]
+    client = backend._cache.get_client(write=True)  # type: ignore[attr-defined]
+    assert 60 < client.ttl(backend.make_and_validate_key("window")) <= 65  # set by the first request only
+    client.script_flush()  # the server lost its scripts (a restart): the count goes on
+    assert count_request("window", ttl=65) == 4
+
+    shop.app.rate_limit_per_minute = 2
+    shop.app.save()
+    if time.time() % 60 > 55:  # keep the requests inside one one-minute window
+        time.sleep(61 - time.time() % 60)
+    assert [shop.client.get("/api/v1/payments/").status_code for _ in range(3)] == [200, 200, 429]
 
 
 def test_insufficient_funds_is_tried_again_on_the_carriers_schedule(make_shop: Any, settings: Any) -> None:
