@@ -7,14 +7,15 @@ made once per process from the model's fields, and sends several rows' statement
 the database takes them (PostgreSQL); each row gets its primary key back (RETURNING).
 
 What `save()` would add is not done: no signals are sent, and a model's own `save()` is not called, so a
-model whose `save()` does more than store its fields must not be written here. A failed statement (a
-unique key taken) raises IntegrityError as `save()` would, and leaves the transaction to be rolled back.
+model whose `save()` does more than store its fields must not be written here; nor one of multi-table
+inheritance, or with fields the database computes (refused when its statement is made). A failed statement (a
+unique key taken) raises IntegrityError as `save()` would, and marks the transaction for rollback.
 """
 
 from dataclasses import dataclass
 from typing import Any
 
-from django.db import connections, router
+from django.db import connections, router, transaction
 from django.db.models import Field, Model
 
 
@@ -32,7 +33,10 @@ def _insert(model: type[Model], alias: str) -> _Insert:
     if known is None:
         meta = model._meta
         assert meta.pk is not None
-        fields = tuple(field for field in meta.concrete_fields if field is not meta.pk or not field.db_returning)
+        assert not meta.parents, f"{model.__name__}: a child table of multi-table inheritance is not written here"
+        fields = tuple(field for field in meta.local_concrete_fields if field is not meta.pk or not field.db_returning)
+        computed = [f.name for f in fields if f.generated or f.db_returning or f.has_db_default()]
+        assert not computed, f"{model.__name__}: fields computed by the database are not written here: {computed}"
         quote = connections[alias].ops.quote_name
         columns = ", ".join(quote(str(field.column)) for field in fields)
         values = ", ".join(["%s"] * len(fields))
@@ -54,14 +58,15 @@ def insert_rows(*rows: Model) -> None:
         [field.get_db_prep_save(field.pre_save(row, add=True), connection=connection) for field in statement.fields]
         for row, statement in zip(rows, statements, strict=True)
     ]
-    with connection.cursor() as cursor:
+    # As save(): a failed statement marks the atomic block for rollback (the transaction is unusable).
+    with transaction.mark_for_rollback_on_error(alias), connection.cursor() as cursor:
         # Several statements in one string need the parameters bound here (psycopg's client-side binding, Django's
         # default); with server-side binding each goes alone.
-        if connection.vendor == "postgresql" and not connection.settings_dict["OPTIONS"].get("server_side_binding"):
+        if connection.vendor == "postgresql" and not getattr(connection.features, "uses_server_side_binding", True):
             cursor.execute("; ".join(statement.sql for statement in statements), [p for each in params for p in each])
             for index, row in enumerate(rows):
                 if index:
-                    cursor.nextset()
+                    assert cursor.nextset(), "one result per statement"
                 row.pk = cursor.fetchone()[0]
         else:
             for row, statement, values in zip(rows, statements, params, strict=True):

@@ -18,7 +18,8 @@ statement and one commit fewer per request.
 import hashlib
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -135,11 +136,22 @@ def claim_key(key: IdempotencyKey, *, resource_id: uuid.UUID, answer: StoredResp
     `answer`: the response for good (from the `AnswerAtClaim`), stored with the claim; without it
     `run_idempotent` stores the response after the commit.
     """
-    try:
+    with key_claimed_once(key.key):
         insert_rows(claim_row(key, resource_id=resource_id, answer=answer))
+
+
+@contextmanager
+def key_claimed_once(key: str) -> Iterator[None]:
+    """Around the insert of a key's claims (the request's record, a payment's key): KeyAlreadyClaimed when
+    another request or payment of the app has the key (committed, or still running: on PostgreSQL the insert
+    then waits for that transaction to end). No savepoint: the surrounding transaction is unusable after a
+    refused claim, and the caller's atomic block rolls it back."""
+    try:
+        yield
     except IntegrityError as exc:
-        # The surrounding transaction is unusable now; the caller's atomic block rolls it back.
-        raise KeyAlreadyClaimed(key.key) from exc
+        if is_unique_violation(exc):
+            raise KeyAlreadyClaimed(key) from exc
+        raise
 
 
 def claim_row(

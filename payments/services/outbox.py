@@ -17,7 +17,6 @@ from playpay.inserts import insert_rows
 
 # An unsent message younger than this is probably about to be sent by its own process.
 RELAY_GRACE = timedelta(seconds=10)
-MARK_SENT = "UPDATE payments_outboxmessage SET sent_at = %s WHERE id = %s"
 
 
 def runs_in_process() -> bool:
@@ -60,8 +59,18 @@ def send(message: OutboxMessage) -> None:
     # Through the registered task (not send_task) so that the embedded default runs it in-process.
     options: dict[str, Any] = {"countdown": message.countdown_seconds} if message.countdown_seconds else {}
     celery_app.tasks[message.task].apply_async(kwargs=message.kwargs, queue=message.queue, **options)
-    with connection.cursor() as cursor:  # once per task sent: no query to build
-        cursor.execute(MARK_SENT, [timezone.now(), message.pk])
+    _mark_sent(message)
+
+
+def _mark_sent(message: OutboxMessage) -> None:
+    """One UPDATE written out (once per task sent, so no ORM query to build), its value stored as the ORM would."""
+    quote, meta = connection.ops.quote_name, OutboxMessage._meta
+    sent_at = meta.get_field("sent_at")
+    assert meta.pk is not None
+    column, pk = quote(str(sent_at.column)), quote(str(meta.pk.column))
+    statement = f"UPDATE {quote(meta.db_table)} SET {column} = %s WHERE {pk} = %s"  # noqa: S608
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [sent_at.get_db_prep_value(timezone.now(), connection), message.pk])
 
 
 def relay_pending(*, limit: int = 1000) -> int:

@@ -7,14 +7,12 @@ finds its payment, reading that payment's month only.
 """
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-from django.db import IntegrityError, connection
+from django.db import connection
 
 from carriers.models import Carrier
 from payments.models import Payment, PaymentCarrierReference, PaymentIdempotencyKey
-from payments.services.idempotency import KeyAlreadyClaimed, is_unique_violation
+from payments.services.idempotency import key_claimed_once
 from playpay.inserts import insert_rows
 
 logger = logging.getLogger(__name__)
@@ -31,23 +29,10 @@ def claim_idempotency_key(payment: Payment) -> None:
 
 def idempotency_key_row(payment: Payment) -> PaymentIdempotencyKey:
     """The claim of the payment's idempotency key for its app, not written yet: insert it in the transaction
-    that inserts the payment, inside `key_claimed_once`."""
+    that inserts the payment, inside `idempotency.key_claimed_once`."""
     return PaymentIdempotencyKey(
         app_id=payment.app_id, key=payment.idempotency_key, payment=payment, payment_created_at=payment.created_at
     )
-
-
-@contextmanager
-def key_claimed_once(key: str) -> Iterator[None]:
-    """Around the insert of a key's claim: KeyAlreadyClaimed when another payment of the app has it (committed,
-    or still being created: on PostgreSQL the claim then waits for that transaction to end). No savepoint: a
-    refused claim fails the caller's transaction, rolled back with the payment."""
-    try:
-        yield
-    except IntegrityError as exc:
-        if is_unique_violation(exc):
-            raise KeyAlreadyClaimed(key) from exc
-        raise
 
 
 # One statement on the common path (a new reference): the row, or nothing when the reference is taken.

@@ -8,6 +8,7 @@ in-process right after the commit, so the API answers with the carrier's first r
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -46,11 +47,11 @@ from payments.services.carrier_flow import (
     record_pin_verdict,
     task_message,
 )
-from payments.services.idempotency import AnswerAtClaim, IdempotencyKey, claim_row
+from payments.services.idempotency import AnswerAtClaim, IdempotencyKey, claim_row, key_claimed_once
 from payments.services.outcomes import mark_unknown
-from payments.services.payment_keys import idempotency_key_row, key_claimed_once
+from payments.services.payment_keys import idempotency_key_row
 from payments.services.players import ensure_player_may_pay
-from payments.services.state_machine import record_creation, transition
+from payments.services.state_machine import creation_entry, published_creation, record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 from playpay.ids import new_public_id
 from playpay.inserts import insert_rows
@@ -187,8 +188,10 @@ def open_payment(
     key = idempotency_key_row(payment) if idempotency_key else None
     first_step = task_message(payment, "start_payment") if not later else None
     request_claim = claim(payment) if claim is not None else None
-    with key_claimed_once(idempotency_key):
-        record_creation(payment, actor=actor, with_rows=[row for row in (key, first_step, request_claim) if row])
+    entry = creation_entry(payment, actor=actor)
+    with key_claimed_once(idempotency_key) if idempotency_key else nullcontext():
+        insert_rows(*(row for row in (key, entry, first_step, request_claim) if row is not None))
+    published_creation(entry, payment)
     if first_step is not None:
         outbox.send_after_commit(first_step)
     return payment

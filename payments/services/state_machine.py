@@ -6,10 +6,8 @@ publishes (`payments.events`).
 """
 
 import logging
-from collections.abc import Sequence
 
 from django.db import transaction
-from django.db.models import Model
 
 from payments.errors import IllegalTransition
 from payments.events import PaymentStatusChanged, publish
@@ -76,10 +74,18 @@ def transition(
     return change
 
 
-def record_creation(payment: Payment, *, actor: str, with_rows: Sequence[Model] = ()) -> PaymentStatusChange:
-    """The first history entry of a payment (no previous status), inserted after `with_rows` (new rows of the
-    payment's creating transaction: its key, its first task...) in one round trip (`insert_rows`)."""
-    change = PaymentStatusChange(
+def record_creation(payment: Payment, *, actor: str) -> PaymentStatusChange:
+    """The first history entry of a payment (no previous status)."""
+    change = creation_entry(payment, actor=actor)
+    insert_rows(change)
+    published_creation(change, payment)
+    return change
+
+
+def creation_entry(payment: Payment, *, actor: str) -> PaymentStatusChange:
+    """`record_creation`'s entry, not written yet: for a service that inserts it with the payment's other rows
+    in one round trip (`insert_rows`), then calls `published_creation`."""
+    return PaymentStatusChange(
         payment=payment,
         payment_created_at=payment.created_at,
         from_status="",
@@ -87,9 +93,11 @@ def record_creation(payment: Payment, *, actor: str, with_rows: Sequence[Model] 
         actor=actor,
         reason="payment created",
     )
-    insert_rows(*with_rows, change)
+
+
+def published_creation(change: PaymentStatusChange, payment: Payment) -> None:
+    """What follows a payment's first entry once it is written: its log line and its event."""
     _published(change, payment)
-    return change
 
 
 def _published(change: PaymentStatusChange, payment: Payment) -> None:
