@@ -9,10 +9,16 @@ server opens within PROBE_TIMEOUT_SECONDS however long its statements run (a lon
 that does not open one is frozen or gone: the connections waiting for it are cut (their socket shut down), and
 each waiting statement fails as on a lost connection (OperationalError), which the API answers 503 with
 Retry-After. Opening a connection is bounded by DATABASE_CONNECT_TIMEOUT already.
+
+A persistent connection is checked before each request (CONN_HEALTH_CHECKS) without a round trip when it can
+be: a server that ended the session (a restart, `pg_terminate_backend`, a crash) has written its notice or
+closed the socket, so a socket with nothing to read on an idle connection is usable. Anything else is asked
+with Django's `SELECT 1`.
 """
 
 import logging
 import os
+import select
 import socket
 import threading
 import time
@@ -123,6 +129,18 @@ def _cut(connection: "BoundedConnection") -> None:
         duplicate.close()
 
 
+def _quiet_and_idle(connection: psycopg.Connection[Any]) -> bool:
+    """Open, outside a transaction, and nothing from the server waiting on its socket."""
+    if connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        return False
+    try:
+        poll = select.poll()
+        poll.register(connection.pgconn.socket, select.POLLIN | select.POLLPRI)
+        return not poll.poll(0)
+    except (OSError, psycopg.Error):
+        return False
+
+
 def _reset_after_fork() -> None:
     """A forked child (a Celery prefork worker) has no watchdog thread, and a lock that thread held stays held."""
     global _watchdog
@@ -154,6 +172,14 @@ class BoundedConnection(psycopg.Connection[Any]):
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
+    def is_usable(self) -> bool:
+        """Django's check, answered without a round trip when the session is idle and the server has sent
+        nothing since its last answer (a server ending a session writes to it or closes it first)."""
+        connection = self.connection
+        if isinstance(connection, psycopg.Connection) and _quiet_and_idle(connection):
+            return True
+        return bool(super().is_usable())
+
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         server = _server(conn_params)
         if _watchdog.is_unresponsive(server):

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from django.db import OperationalError, connection, connections
+from django.db import OperationalError, close_old_connections, connection, connections
 from django.test import Client
 
 from playpay.api.problems import is_database_outage
@@ -140,3 +140,41 @@ def test_a_long_statement_on_a_live_server_is_left_alone_by_the_watchdog() -> No
         cursor.execute("SELECT pg_sleep(%s)", [engine.PROBE_AFTER_SECONDS + 2 * engine.WATCH_INTERVAL_SECONDS + 1])
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
+
+
+def _wait_until_gone(pid: int) -> None:
+    with _second_connection() as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [pid])
+        deadline = time.monotonic() + 5
+        while other.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]).fetchone():
+            assert time.monotonic() < deadline, "the session did not end"
+            time.sleep(0.02)
+
+
+# Transactional: a connection inside the test's transaction is always asked with a statement.
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_persistent_connection_is_found_usable_without_a_statement() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'the last statement'")
+    assert connection.is_usable()
+    with _second_connection() as other:
+        row = other.execute(
+            "SELECT query FROM pg_stat_activity WHERE pid = %s", [connection.connection.info.backend_pid]
+        ).fetchone()
+    assert row == ("SELECT 'the last statement'",)  # no SELECT 1 after it
+
+
+# Transactional: the request's connection must outlive the request, as it does in a server's process.
+@pytest.mark.postgres
+@pytest.mark.journal
+@pytest.mark.django_db(transaction=True)
+def test_a_persistent_connection_the_server_ended_is_replaced_before_the_next_request(shop: Shop) -> None:
+    assert connection.settings_dict["CONN_MAX_AGE"] > 0
+    assert shop.client.get("/api/v1/payments/").status_code == 200
+    ended = connection.connection.info.backend_pid
+    _wait_until_gone(ended)  # a restart of the server ends every session the same way
+    close_old_connections()  # as a server's handler does when a request starts (the test client does not)
+    response = shop.client.get("/api/v1/payments/")
+    assert response.status_code == 200, response.content
+    assert connection.connection.info.backend_pid != ended
