@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from django.conf import settings
@@ -214,9 +214,14 @@ def _complete_key(key: IdempotencyKey, response: StoredResponse) -> None:
     )
 
 
+def expired_before() -> datetime:
+    """Keys claimed before this moment are expired (IDEMPOTENCY_KEY_TTL_HOURS): purged, free to be used again."""
+    return timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+
+
 def purge_expired_keys(*, batch_size: int = 5000) -> int:
     """Delete records older than IDEMPOTENCY_KEY_TTL_HOURS; returns how many were deleted."""
-    cutoff = timezone.now() - timedelta(hours=settings.IDEMPOTENCY_KEY_TTL_HOURS)
+    cutoff = expired_before()
     deleted = 0
     while True:
         ids = list(IdempotencyRecord.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:batch_size])

@@ -9,10 +9,11 @@ finds its payment, reading that payment's month only.
 import logging
 
 from django.db import connection
+from django.db.models import Exists
 
 from carriers.models import Carrier
-from payments.models import Payment, PaymentCarrierReference, PaymentIdempotencyKey
-from payments.services.idempotency import key_claimed_once
+from payments.models import IdempotencyRecord, Payment, PaymentCarrierReference, PaymentIdempotencyKey
+from payments.services.idempotency import expired_before, key_claimed_once
 from playpay.inserts import insert_rows
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,17 @@ def idempotency_key_row(payment: Payment) -> PaymentIdempotencyKey:
     return PaymentIdempotencyKey(
         app_id=payment.app_id, key=payment.idempotency_key, payment=payment, payment_created_at=payment.created_at
     )
+
+
+def release_expired_idempotency_key(*, app_id: int, key: str) -> bool:
+    """Free an app's key that expired (its request's record purged, its payment older than the keys' time to
+    live) for a new payment to claim; the old payment keeps the key on its own row. False when the key is
+    held: by a record (a request running, or one to replay), or by a payment too young to have expired."""
+    held = IdempotencyRecord.objects.filter(app_id=app_id, key=key)
+    released, _ = PaymentIdempotencyKey.objects.filter(
+        ~Exists(held), app_id=app_id, key=key, payment_created_at__lt=expired_before()
+    ).delete()
+    return released > 0
 
 
 # One statement on the common path (a new reference): the row, or nothing when the reference is taken.

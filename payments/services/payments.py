@@ -47,9 +47,15 @@ from payments.services.carrier_flow import (
     record_pin_verdict,
     task_message,
 )
-from payments.services.idempotency import AnswerAtClaim, IdempotencyKey, claim_row, key_claimed_once
+from payments.services.idempotency import (
+    AnswerAtClaim,
+    IdempotencyKey,
+    KeyAlreadyClaimed,
+    claim_row,
+    key_claimed_once,
+)
 from payments.services.outcomes import mark_unknown
-from payments.services.payment_keys import idempotency_key_row
+from payments.services.payment_keys import idempotency_key_row, release_expired_idempotency_key
 from payments.services.players import ensure_player_may_pay
 from payments.services.state_machine import creation_entry, published_creation, record_creation, transition
 from playpay.crypto import decrypt_credentials, encrypt_credentials
@@ -115,20 +121,29 @@ def create_payment(
         answer = answer_at_claim(payment) if final_at_commit and answer_at_claim is not None else None
         return claim_row(idempotency, resource_id=payment.public_id, answer=answer)
 
-    with transaction.atomic():
-        payment = open_payment(
-            app=app,
-            user_ref=request.user_ref,
-            msisdn=msisdn,
-            carrier=carrier,
-            price_point=price_point,
-            flow=flow,
-            actor=app_actor(app),
-            idempotency_key=idempotency.key,
-            journey_id=request.journey_id,
-            metadata=request.metadata,
-            claim=claim,
-        )
+    def opened() -> Payment:
+        with transaction.atomic():
+            return open_payment(
+                app=app,
+                user_ref=request.user_ref,
+                msisdn=msisdn,
+                carrier=carrier,
+                price_point=price_point,
+                flow=flow,
+                actor=app_actor(app),
+                idempotency_key=idempotency.key,
+                journey_id=request.journey_id,
+                metadata=request.metadata,
+                claim=claim,
+            )
+
+    try:
+        payment = opened()
+    except KeyAlreadyClaimed:
+        # A key used again after it expired is free: its old payment's claim is released, once.
+        if not release_expired_idempotency_key(app_id=app.pk, key=idempotency.key):
+            raise
+        payment = opened()
     if final_at_commit:
         return payment
     payment.refresh_from_db()

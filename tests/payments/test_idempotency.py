@@ -1,5 +1,6 @@
 """Idempotency-Key semantics of POST /api/v1/payments/."""
 
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
@@ -7,7 +8,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from payments.models import IdempotencyRecord, Payment
+from payments.models import IdempotencyRecord, Payment, PaymentIdempotencyKey
 from payments.tasks import purge_idempotency_keys
 from tests.conftest import MSISDN, Shop, assert_problem
 
@@ -105,6 +106,20 @@ def test_scheduled_purge_removes_keys_older_than_the_ttl(shop: Shop, settings) -
     assert list(IdempotencyRecord.objects.values_list("key", flat=True)) == ["new"]
     # After the purge the key is free again; the payment itself stays.
     assert Payment.objects.count() == 2
+
+
+@pytest.mark.django_db
+def test_a_key_used_again_after_it_expired_creates_a_new_payment(shop: Shop, settings) -> None:
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 0  # every key claimed before now has expired
+    first = shop.create_payment(key="again").json()
+    assert purge_idempotency_keys() == 1
+    second = shop.create_payment(key="again")
+    assert second.status_code == 201, second.content
+    assert second.json()["id"] != first["id"]
+    # The first payment keeps its key on its own row; the key's claim is the new payment's.
+    assert Payment.objects.filter(idempotency_key="again").count() == 2
+    assert PaymentIdempotencyKey.objects.get(key="again").payment.public_id == uuid.UUID(second.json()["id"])
+    assert shop.create_payment(key="again").json() == second.json()  # replayed, as any key within its time
 
 
 @pytest.mark.postgres

@@ -80,7 +80,8 @@ def test_a_payment_lands_in_the_partition_of_its_month_with_its_keys_claimed(sho
     as_committed()  # its history refers to it by (id, created_at)
 
 
-def test_a_key_used_by_a_payment_of_another_month_is_refused_as_before(shop: Shop) -> None:
+def test_a_key_used_by_a_payment_of_another_month_is_refused_as_before(shop: Shop, settings) -> None:
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 24 * 90  # kept 90 days: the key of two months ago has not expired
     older = PaymentFactory.create(
         app=shop.app, price_point=shop.price_point, idempotency_key="k-again", created_at=months_ago(2)
     )
@@ -91,6 +92,20 @@ def test_a_key_used_by_a_payment_of_another_month_is_refused_as_before(shop: Sho
     assert response.status_code == 409, response.content
     assert response.json()["code"] == "idempotency_request_in_flight"
     assert list(Payment.objects.values_list("pk", flat=True)) == [older.pk]
+
+
+def test_an_expired_key_of_a_payment_of_another_month_goes_to_the_new_payment(shop: Shop) -> None:
+    older = PaymentFactory.create(
+        app=shop.app, price_point=shop.price_point, idempotency_key="k-expired", created_at=months_ago(2)
+    )
+    response = shop.create_payment(key="k-expired")  # kept 48 hours by default: expired long ago
+    assert response.status_code == 201, response.content
+    newer = Payment.objects.get(public_id=response.json()["id"])
+    assert PaymentIdempotencyKey.objects.get(key="k-expired").payment_id == newer.pk
+    assert set(Payment.objects.values_list("pk", "idempotency_key")) == {
+        (older.pk, "k-expired"),
+        (newer.pk, "k-expired"),
+    }
 
 
 def test_the_database_refuses_the_same_key_for_two_payments_of_different_months() -> None:
