@@ -15,7 +15,7 @@ from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
 from payments.services import outbox
 from payments.services.carrier_flow import app_actor, load_payment, locked_payment
-from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key
+from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, expired_before
 from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
 from playpay.money import format_money
 from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable, SpendingCapReached
@@ -79,6 +79,13 @@ def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
     return offer
 
 
+def _release_expired_key(*, app: App, key: str) -> bool:
+    """Take an app's key back from the subscription it opened, once the key has expired, for a new one: the
+    caller holds the key's claim (no request holds the old one's), and the old subscription's key is cleared."""
+    expired = Subscription.objects.filter(app=app, idempotency_key=key, created_at__lt=expired_before())
+    return expired.update(idempotency_key="") > 0
+
+
 def subscribe(*, app: App, request: SubscriptionRequest, idempotency: IdempotencyKey) -> Subscription:
     """Open a subscription and start its double opt-in: a PIN payment of the first period, whose PIN message
     states the price and the period. It becomes active when that payment succeeds."""
@@ -120,7 +127,9 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
             with transaction.atomic():
                 subscription.save()
         except IntegrityError as exc:  # the key's record was purged, its subscription stays
-            raise KeyAlreadyClaimed(idempotency.key) from exc
+            if not _release_expired_key(app=app, key=idempotency.key):
+                raise KeyAlreadyClaimed(idempotency.key) from exc
+            subscription.save()
         record_creation(subscription, actor=actor, at=timezone.now())
         payment = open_payment(
             app=app,

@@ -1,5 +1,6 @@
 """The subscriptions API as a game backend uses it: opt-in, confirmation, reads, cancellation, entitlement."""
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
@@ -8,6 +9,7 @@ from django.utils import timezone
 
 from payments.models import Payment
 from payments.services.carrier_flow import charge_request
+from payments.tasks import purge_idempotency_keys
 from subscriptions.models import Subscription, SubscriptionCharge
 from tests.conftest import MSISDN, assert_problem
 from tests.subscriptions.conftest import Subs
@@ -44,6 +46,19 @@ def test_the_same_key_and_body_replay_the_first_answer(subs: Subs) -> None:
     assert again.json()["id"] == first.json()["id"]
     assert Subscription.objects.count() == 1
     assert Payment.objects.count() == 1
+
+
+def test_a_key_used_again_after_it_expired_opens_a_new_subscription(subs: Subs, settings) -> None:
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 0  # every key claimed before now has expired
+    first = subs.subscribe("again").json()
+    assert purge_idempotency_keys() == 1
+    second = subs.subscribe("again")
+    assert second.status_code == 201, second.content
+    assert second.json()["id"] != first["id"]
+    # The key is the new subscription's; the first one stays, its key cleared (the key is unique per app).
+    keys = dict(Subscription.objects.values_list("public_id", "idempotency_key"))
+    assert keys == {uuid.UUID(first["id"]): "", uuid.UUID(second.json()["id"]): "again"}
+    assert subs.subscribe("again").json() == second.json()  # replayed, as any key within its time
 
 
 def test_the_same_key_with_another_body_is_refused(subs: Subs) -> None:
