@@ -101,6 +101,7 @@ def run_idempotent(
     answered: list[StoredResponse] = []
 
     def answer_at_claim(resource: Resource) -> StoredResponse:
+        # The last answer is the committed one: a service that opens its transaction again renders again.
         answered.append(render(resource))
         return answered[-1]
 

@@ -10,10 +10,12 @@ that does not open one is frozen or gone: the connections waiting for it are cut
 each waiting statement fails as on a lost connection (OperationalError), which the API answers 503 with
 Retry-After. Opening a connection is bounded by DATABASE_CONNECT_TIMEOUT already.
 
-A persistent connection is checked before each request (CONN_HEALTH_CHECKS) without a round trip when it can
-be: a server that ended the session (a restart, `pg_terminate_backend`, a crash) has written its notice or
-closed the socket, so a socket with nothing to read on an idle connection is usable. Anything else is asked
-with Django's `SELECT 1`.
+A persistent connection is checked before each request (CONN_HEALTH_CHECKS) without a round trip when it was
+answered a moment ago (ANSWERED_WITHIN_SECONDS): a server process that ended its session (a restart,
+`pg_terminate_backend`, its crash) has written its notice or had its socket closed, so an idle session whose
+socket has nothing to read is usable. A peer gone without a word (a host lost, a network cut, a NAT or load
+balancer that forgot an idle connection) leaves the socket quiet, which is why a connection left alone longer
+is asked with Django's `SELECT 1`, as is anything else.
 """
 
 import logging
@@ -30,6 +32,9 @@ from django.db.backends.postgresql import base
 logger = logging.getLogger(__name__)
 
 PROBE_AFTER_SECONDS = 2.0
+# A connection the server answered this recently is checked on its socket alone; well under the idle timeouts
+# of NATs and load balancers (minutes), after which a forgotten connection is silent.
+ANSWERED_WITHIN_SECONDS = 30.0
 PROBE_TIMEOUT_SECONDS = 3  # libpq's connect_timeout: whole seconds, at least 2
 WATCH_INTERVAL_SECONDS = 0.5
 # Arguments of Django's for psycopg's Connection, not for the server.
@@ -129,13 +134,20 @@ def _cut(connection: "BoundedConnection") -> None:
         duplicate.close()
 
 
-def _quiet_and_idle(connection: psycopg.Connection[Any]) -> bool:
-    """Open, outside a transaction, and nothing from the server waiting on its socket."""
-    if connection.closed or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+def _answered_lately_and_quiet(connection: "BoundedConnection") -> bool:
+    """Answered within ANSWERED_WITHIN_SECONDS, open, outside a transaction and a pipeline, and nothing from the
+    server waiting on its socket."""
+    if (
+        time.monotonic() - connection.answered_at > ANSWERED_WITHIN_SECONDS
+        or connection.closed
+        or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
+        or connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF
+        or not hasattr(select, "poll")
+    ):
         return False
     try:
         poll = select.poll()
-        poll.register(connection.pgconn.socket, select.POLLIN | select.POLLPRI)
+        poll.register(connection.pgconn.socket, select.POLLIN)
         return not poll.poll(0)
     except (OSError, psycopg.Error):
         return False
@@ -160,23 +172,27 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     probe_params: dict[str, Any]
     server: tuple[str, str]
+    answered_at = 0.0  # time.monotonic() of the server's last answer
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         if timeout is not None:  # bounded by its caller already
-            return super().wait(gen, interval=interval, timeout=timeout)
-        _watchdog.watch(self)
-        try:
-            return super().wait(gen, interval=interval)
-        finally:
-            _watchdog.unwatch(self)
+            result = super().wait(gen, interval=interval, timeout=timeout)
+        else:
+            _watchdog.watch(self)
+            try:
+                result = super().wait(gen, interval=interval)
+            finally:
+                _watchdog.unwatch(self)
+        self.answered_at = time.monotonic()
+        return result
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
     def is_usable(self) -> bool:
-        """Django's check, answered without a round trip when the session is idle and the server has sent
-        nothing since its last answer (a server ending a session writes to it or closes it first)."""
+        """Django's check, answered without a round trip when the server answered a moment ago, the session is
+        idle and it has sent nothing since (a server ending a session writes to it or closes it first)."""
         connection = self.connection
-        if isinstance(connection, psycopg.Connection) and _quiet_and_idle(connection):
+        if isinstance(connection, BoundedConnection) and _answered_lately_and_quiet(connection):
             return True
         return bool(super().is_usable())
 
@@ -192,4 +208,5 @@ class DatabaseWrapper(base.DatabaseWrapper):
             assert isinstance(connection, BoundedConnection)
             connection.probe_params = {k: v for k, v in conn_params.items() if k not in _NOT_CONNINFO}
             connection.server = server
+            connection.answered_at = time.monotonic()
         return connection

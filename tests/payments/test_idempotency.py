@@ -124,6 +124,33 @@ def test_a_key_used_again_after_it_expired_creates_a_new_payment(shop: Shop, set
 
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
+def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
+    live_server, make_shop, settings
+) -> None:
+    settings.IDEMPOTENCY_KEY_TTL_HOURS = 0  # every key claimed before now has expired
+    shop = make_shop()
+    first = shop.create_payment(key="expired-for-all").json()
+    assert purge_idempotency_keys() == 1
+    body = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"}
+    headers = {"Authorization": f"Api-Key {shop.key}", "Idempotency-Key": "expired-for-all"}
+
+    def send(_: int) -> httpx.Response:
+        return httpx.post(f"{live_server.url}/api/v1/payments/", json=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        responses = list(pool.map(send, range(16)))
+
+    statuses = [response.status_code for response in responses]
+    assert set(statuses) <= {201, 409}, statuses
+    new = Payment.objects.exclude(public_id=first["id"])
+    assert new.count() == 1  # the released key went to one request only
+    assert {response.json()["id"] for response in responses if response.status_code == 201} == {
+        str(new.get().public_id)
+    }
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("tasks", ["in-process", pytest.param("broker", marks=pytest.mark.broker)])
 def test_parallel_requests_with_one_key_create_exactly_one_payment(live_server, make_shop, tasks: str) -> None:
     # In-process the response is stored after the commit; with a broker, with the claim itself.

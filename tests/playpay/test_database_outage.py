@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from django.db import OperationalError, close_old_connections, connection, connections
+from django.db import OperationalError, close_old_connections, connection, connections, transaction
 from django.test import Client
 
 from playpay.api.problems import is_database_outage
@@ -151,6 +151,15 @@ def _wait_until_gone(pid: int) -> None:
             time.sleep(0.02)
 
 
+def _last_statement() -> str:
+    with _second_connection() as other:
+        row = other.execute(
+            "SELECT query FROM pg_stat_activity WHERE pid = %s", [connection.connection.info.backend_pid]
+        ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 # Transactional: a connection inside the test's transaction is always asked with a statement.
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
@@ -158,11 +167,27 @@ def test_an_idle_persistent_connection_is_found_usable_without_a_statement() -> 
     with connection.cursor() as cursor:
         cursor.execute("SELECT 'the last statement'")
     assert connection.is_usable()
-    with _second_connection() as other:
-        row = other.execute(
-            "SELECT query FROM pg_stat_activity WHERE pid = %s", [connection.connection.info.backend_pid]
-        ).fetchone()
-    assert row == ("SELECT 'the last statement'",)  # no SELECT 1 after it
+    assert _last_statement() == "SELECT 'the last statement'"  # no SELECT 1 after it
+
+
+# Transactional: the test decides where a transaction is open.
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_connection_left_alone_or_inside_a_transaction_is_asked_with_a_statement() -> None:
+    """A peer gone without a word (a host lost, a NAT that forgot the connection) leaves the socket quiet: a
+    connection not answered for a while is asked, as one inside a transaction always is."""
+    from playpay.postgresql import base as engine
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 'left alone'")
+    connection.connection.answered_at -= engine.ANSWERED_WITHIN_SECONDS + 1
+    assert connection.is_usable()
+    assert _last_statement() == "SELECT 1"
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 'in a transaction'")
+        assert connection.is_usable()
+        assert _last_statement() == "SELECT 1"
 
 
 # Transactional: the request's connection must outlive the request, as it does in a server's process.
