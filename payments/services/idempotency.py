@@ -13,6 +13,12 @@ and how to read one back (`load`, for a request whose process died before it
 stored its answer). A service whose resource cannot change at the commit may
 render the answer before it and store it with the claim (`AnswerAtClaim`): one
 statement and one commit fewer per request.
+
+A key is kept IDEMPOTENCY_KEY_TTL_HOURS (`expired_before`), then its record is
+purged and the key may be used again. A resource that keeps its key unique beyond
+that frees it when a new request meets it (`release_expired_idempotency_key`): a
+payment's key-table row when no record holds the key (it is released before the
+new claim), a subscription's own key under the new request's claim.
 """
 
 import hashlib

@@ -32,9 +32,9 @@ from django.db.backends.postgresql import base
 logger = logging.getLogger(__name__)
 
 PROBE_AFTER_SECONDS = 2.0
-# A connection the server answered this recently is checked on its socket alone; well under the idle timeouts
-# of NATs and load balancers (minutes), after which a forgotten connection is silent.
+# Well under the idle timeouts of NATs and load balancers (minutes), after which a forgotten connection is silent.
 ANSWERED_WITHIN_SECONDS = 30.0
+_CAN_POLL = hasattr(select, "poll")  # not on Windows: there every check is Django's
 PROBE_TIMEOUT_SECONDS = 3  # libpq's connect_timeout: whole seconds, at least 2
 WATCH_INTERVAL_SECONDS = 0.5
 # Arguments of Django's for psycopg's Connection, not for the server.
@@ -135,14 +135,12 @@ def _cut(connection: "BoundedConnection") -> None:
 
 
 def _answered_lately_and_quiet(connection: "BoundedConnection") -> bool:
-    """Answered within ANSWERED_WITHIN_SECONDS, open, outside a transaction and a pipeline, and nothing from the
-    server waiting on its socket."""
     if (
-        time.monotonic() - connection.answered_at > ANSWERED_WITHIN_SECONDS
+        not _CAN_POLL
+        or time.monotonic() - connection.answered_at > ANSWERED_WITHIN_SECONDS
         or connection.closed
         or connection.info.transaction_status != psycopg.pq.TransactionStatus.IDLE
         or connection.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF
-        or not hasattr(select, "poll")
     ):
         return False
     try:
@@ -172,25 +170,35 @@ class BoundedConnection(psycopg.Connection[Any]):
 
     probe_params: dict[str, Any]
     server: tuple[str, str]
-    answered_at = 0.0  # time.monotonic() of the server's last answer
+    answered_at: float  # time.monotonic() when the server last answered
 
     def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
         if timeout is not None:  # bounded by its caller already
-            result = super().wait(gen, interval=interval, timeout=timeout)
-        else:
-            _watchdog.watch(self)
+            return super().wait(self._noting_answer(gen), interval=interval, timeout=timeout)
+        _watchdog.watch(self)
+        try:
+            return super().wait(self._noting_answer(gen), interval=interval)
+        finally:
+            _watchdog.unwatch(self)
+
+    def _noting_answer(self, gen: Any) -> Any:
+        """`gen`, noting when the server answered if it was waited for: a commit or a change of autocommit on an
+        idle session sends nothing, and says nothing of the server."""
+        try:
+            wait = next(gen)
+        except StopIteration as done:
+            return done.value
+        while True:
             try:
-                result = super().wait(gen, interval=interval)
-            finally:
-                _watchdog.unwatch(self)
-        self.answered_at = time.monotonic()
-        return result
+                wait = gen.send((yield wait))
+            except StopIteration as done:
+                self.answered_at = time.monotonic()
+                return done.value
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
     def is_usable(self) -> bool:
-        """Django's check, answered without a round trip when the server answered a moment ago, the session is
-        idle and it has sent nothing since (a server ending a session writes to it or closes it first)."""
+        """Django's check, without a round trip where the module's docstring says."""
         connection = self.connection
         if isinstance(connection, BoundedConnection) and _answered_lately_and_quiet(connection):
             return True

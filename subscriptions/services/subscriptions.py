@@ -1,5 +1,6 @@
 """Opting in, confirming, cancelling and reading entitlement: what a game backend asks for through the API."""
 
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,13 @@ from carriers.services import resolve_carrier
 from payments.models import Payment, PaymentFlow
 from payments.services import outbox
 from payments.services.carrier_flow import app_actor, load_payment, locked_payment
-from payments.services.idempotency import IdempotencyKey, KeyAlreadyClaimed, claim_key, expired_before
+from payments.services.idempotency import (
+    IdempotencyKey,
+    KeyAlreadyClaimed,
+    claim_key,
+    expired_before,
+    is_unique_violation,
+)
 from payments.services.payments import confirm_payment, expire_payment, open_payment, withdraw_payment
 from playpay.money import format_money
 from subscriptions.errors import IllegalSubscriptionTransition, PlanNotAvailable, SpendingCapReached
@@ -34,6 +41,8 @@ from subscriptions.services.state_machine import FINAL_STATUSES, end, record_cre
 from tenants.models import App
 
 PERIOD_WORDS = {"daily": "day", "weekly": "week", "monthly": "month"}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,11 +88,20 @@ def _offer(*, app: App, carrier: Carrier, code: str) -> PlanOffer:
     return offer
 
 
-def _release_expired_key(*, app: App, key: str) -> bool:
-    """Take an app's key back from the subscription it opened, once the key has expired, for a new one: the
-    caller holds the key's claim (no request holds the old one's), and the old subscription's key is cleared."""
-    expired = Subscription.objects.filter(app=app, idempotency_key=key, created_at__lt=expired_before())
-    return expired.update(idempotency_key="") > 0
+def release_expired_idempotency_key(*, app: App, key: str) -> bool:
+    """Take an app's expired key (`idempotency`'s rule) back from the subscription it opened, for a new one:
+    the old subscription's key is cleared. Call holding the key's new claim, so that no request holds its old
+    one. False when the subscription is too young for its key to have expired."""
+    expired = list(
+        Subscription.objects.filter(app=app, idempotency_key=key, created_at__lt=expired_before()).values_list(
+            "pk", flat=True
+        )
+    )
+    if not expired:
+        return False
+    Subscription.objects.filter(pk__in=expired).update(idempotency_key="", updated_at=timezone.now())
+    logger.info("idempotency key of subscription %s cleared: expired, used again by app %s", expired[0], app.pk)
+    return True
 
 
 def subscribe(*, app: App, request: SubscriptionRequest, idempotency: IdempotencyKey) -> Subscription:
@@ -126,8 +144,10 @@ def subscribe(*, app: App, request: SubscriptionRequest, idempotency: Idempotenc
         try:
             with transaction.atomic():
                 subscription.save()
-        except IntegrityError as exc:  # the key's record was purged, its subscription stays
-            if not _release_expired_key(app=app, key=idempotency.key):
+        except IntegrityError as exc:  # the key is on an earlier subscription: freed if it expired, else taken
+            if not is_unique_violation(exc):
+                raise
+            if not release_expired_idempotency_key(app=app, key=idempotency.key):
                 raise KeyAlreadyClaimed(idempotency.key) from exc
             subscription.save()
         record_creation(subscription, actor=actor, at=timezone.now())

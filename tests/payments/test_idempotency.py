@@ -122,6 +122,15 @@ def test_a_key_used_again_after_it_expired_creates_a_new_payment(shop: Shop, set
     assert shop.create_payment(key="again").json() == second.json()  # replayed, as any key within its time
 
 
+@pytest.mark.django_db
+def test_a_key_whose_payment_is_younger_than_the_ttl_stays_taken_without_its_record(shop: Shop) -> None:
+    first = shop.create_payment(key="young")
+    IdempotencyRecord.objects.filter(key="young").delete()  # as if purged early: the payment is a minute old
+    assert_problem(shop.create_payment(key="young"), status=409, code="idempotency_request_in_flight")
+    assert PaymentIdempotencyKey.objects.get(key="young").payment.public_id == uuid.UUID(first.json()["id"])
+    assert Payment.objects.count() == 1
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
@@ -147,6 +156,9 @@ def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
     assert {response.json()["id"] for response in responses if response.status_code == 201} == {
         str(new.get().public_id)
     }
+    # The requests that lost did not release the winner's claim (expired too, with no time to live here).
+    assert PaymentIdempotencyKey.objects.get(key="expired-for-all").payment_id == new.get().pk
+    assert send(0).json()["id"] == str(new.get().public_id)  # replayed
 
 
 @pytest.mark.postgres

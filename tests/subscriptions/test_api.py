@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import pytest
 from django.utils import timezone
 
-from payments.models import Payment
+from payments.models import IdempotencyRecord, Payment
 from payments.services.carrier_flow import charge_request
 from payments.tasks import purge_idempotency_keys
 from subscriptions.models import Subscription, SubscriptionCharge
@@ -59,6 +59,13 @@ def test_a_key_used_again_after_it_expired_opens_a_new_subscription(subs: Subs, 
     keys = dict(Subscription.objects.values_list("public_id", "idempotency_key"))
     assert keys == {uuid.UUID(first["id"]): "", uuid.UUID(second.json()["id"]): "again"}
     assert subs.subscribe("again").json() == second.json()  # replayed, as any key within its time
+
+
+def test_a_key_whose_subscription_is_younger_than_the_ttl_stays_taken_without_its_record(subs: Subs) -> None:
+    first = subs.subscribe("young").json()
+    IdempotencyRecord.objects.filter(key="young").delete()  # as if purged early: the subscription is new
+    assert_problem(subs.subscribe("young"), status=409, code="idempotency_request_in_flight")
+    assert list(Subscription.objects.values_list("public_id", "idempotency_key")) == [(uuid.UUID(first["id"]), "young")]
 
 
 def test_the_same_key_with_another_body_is_refused(subs: Subs) -> None:
