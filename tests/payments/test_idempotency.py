@@ -131,6 +131,18 @@ def test_a_key_whose_payment_is_younger_than_the_ttl_stays_taken_without_its_rec
     assert Payment.objects.count() == 1
 
 
+def _at_once(server: str, shop: Shop, *, key: str, requests: int) -> list[httpx.Response]:
+    """`requests` payment requests with one key and one body, sent at once over HTTP."""
+    body = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"}
+    headers = {"Authorization": f"Api-Key {shop.key}", "Idempotency-Key": key}
+
+    def send(_: int) -> httpx.Response:
+        return httpx.post(f"{server}/api/v1/payments/", json=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=requests) as pool:
+        return list(pool.map(send, range(requests)))
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
@@ -140,15 +152,8 @@ def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
     shop = make_shop()
     first = shop.create_payment(key="expired-for-all").json()
     assert purge_idempotency_keys() == 1
-    body = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"}
-    headers = {"Authorization": f"Api-Key {shop.key}", "Idempotency-Key": "expired-for-all"}
 
-    def send(_: int) -> httpx.Response:
-        return httpx.post(f"{live_server.url}/api/v1/payments/", json=body, headers=headers, timeout=30)
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        responses = list(pool.map(send, range(16)))
-
+    responses = _at_once(live_server.url, shop, key="expired-for-all", requests=16)
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {201, 409}, statuses
     new = Payment.objects.exclude(public_id=first["id"])
@@ -158,7 +163,8 @@ def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
     }
     # The requests that lost did not release the winner's claim (expired too, with no time to live here).
     assert PaymentIdempotencyKey.objects.get(key="expired-for-all").payment_id == new.get().pk
-    assert send(0).json()["id"] == str(new.get().public_id)  # replayed
+    (again,) = _at_once(live_server.url, shop, key="expired-for-all", requests=1)
+    assert again.json()["id"] == str(new.get().public_id)  # replayed
 
 
 @pytest.mark.postgres
@@ -167,14 +173,7 @@ def test_parallel_requests_with_one_expired_key_create_exactly_one_new_payment(
 def test_parallel_requests_with_one_key_create_exactly_one_payment(live_server, make_shop, tasks: str) -> None:
     # In-process the response is stored after the commit; with a broker, with the claim itself.
     shop = make_shop()
-    body = {"user_ref": "player-1", "msisdn": MSISDN, "price_point": "gems-100"}
-    headers = {"Authorization": f"Api-Key {shop.key}", "Idempotency-Key": "same-for-all"}
-
-    def send(_: int) -> httpx.Response:
-        return httpx.post(f"{live_server.url}/api/v1/payments/", json=body, headers=headers, timeout=30)
-
-    with ThreadPoolExecutor(max_workers=24) as pool:
-        responses = list(pool.map(send, range(24)))
+    responses = _at_once(live_server.url, shop, key="same-for-all", requests=24)
 
     statuses = [response.status_code for response in responses]
     assert set(statuses) <= {201, 409}, statuses
