@@ -7,7 +7,13 @@ from rest_framework import serializers
 from carriers.models import Carrier, PricePoint
 from payments.models import Payment, PaymentFlow, Refund, Reversal
 from payments.services.payments import next_action
-from playpay.api.serializers import MAX_METADATA_BYTES, JsonIntegerField, SharedFieldsMixin, StrictSerializer
+from playpay.api.serializers import (
+    MAX_METADATA_BYTES,
+    JsonIntegerField,
+    SharedFieldsMixin,
+    SharedInputFieldsMixin,
+    StrictSerializer,
+)
 
 
 @extend_schema_field(
@@ -37,7 +43,7 @@ class JourneyIdField(serializers.CharField):
         super().__init__(**kwargs)
 
 
-class PaymentCreateSerializer(StrictSerializer):
+class PaymentCreateSerializer(SharedInputFieldsMixin, StrictSerializer):
     user_ref = serializers.CharField(max_length=128, help_text="Your id of the player.")
     msisdn = MsisdnField(max_length=32)
     price_point = serializers.SlugField(max_length=64, help_text="Code of one of the carrier's price points.")
@@ -56,7 +62,7 @@ class PaymentCreateSerializer(StrictSerializer):
         return value
 
 
-class PaymentConfirmSerializer(StrictSerializer):
+class PaymentConfirmSerializer(SharedInputFieldsMixin, StrictSerializer):
     pin = serializers.RegexField(r"^\d{4,8}$", help_text="The PIN the player received by SMS (4 to 8 digits).")
 
 
@@ -132,7 +138,7 @@ class PricePointSerializer(serializers.ModelSerializer[PricePoint]):
         read_only_fields = fields
 
 
-class RefundCreateSerializer(StrictSerializer):
+class RefundCreateSerializer(SharedInputFieldsMixin, StrictSerializer):
     amount_minor = JsonIntegerField(
         min_value=1, required=False, help_text="Minor units; default: all that is left to refund."
     )
