@@ -44,6 +44,8 @@ class JourneyIdField(serializers.CharField):
 
 
 class PaymentCreateSerializer(SharedInputFieldsMixin, StrictSerializer):
+    """A payment to create: who pays, from which number, for what."""
+
     user_ref = serializers.CharField(max_length=128, help_text="Your id of the player.")
     msisdn = MsisdnField(max_length=32)
     price_point = serializers.SlugField(max_length=64, help_text="Code of one of the carrier's price points.")
@@ -63,10 +65,14 @@ class PaymentCreateSerializer(SharedInputFieldsMixin, StrictSerializer):
 
 
 class PaymentConfirmSerializer(SharedInputFieldsMixin, StrictSerializer):
+    """The PIN the player received, for a PIN payment."""
+
     pin = serializers.RegexField(r"^\d{4,8}$", help_text="The PIN the player received by SMS (4 to 8 digits).")
 
 
 class NextActionSerializer(SharedFieldsMixin, serializers.Serializer[Any]):
+    """What the player or the game does next with the payment."""
+
     type = serializers.ChoiceField(choices=["enter_pin", "wait", "none"])
     expires_at = serializers.DateTimeField(required=False)
     attempts_remaining = serializers.IntegerField(required=False)
@@ -90,6 +96,8 @@ class FailureSerializer(serializers.Serializer[Any]):
 
 
 class PaymentSerializer(SharedFieldsMixin, serializers.ModelSerializer[Payment]):
+    """A payment as the API shows it."""
+
     id = serializers.UUIDField(source="public_id", read_only=True)
     carrier: serializers.SlugRelatedField[Carrier] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     price_point: serializers.SlugRelatedField[PricePoint] = serializers.SlugRelatedField(
@@ -139,6 +147,8 @@ class PricePointSerializer(serializers.ModelSerializer[PricePoint]):
 
 
 class RefundCreateSerializer(SharedInputFieldsMixin, StrictSerializer):
+    """A refund to make: all that is left to refund, or a part of it."""
+
     amount_minor = JsonIntegerField(
         min_value=1, required=False, help_text="Minor units; default: all that is left to refund."
     )

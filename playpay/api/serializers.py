@@ -1,5 +1,6 @@
 """Serializer helpers shared by the API's apps."""
 
+import inspect
 from collections.abc import Container, Mapping
 from typing import Any
 
@@ -60,28 +61,60 @@ class SharedFieldsMixin:
         return shared
 
 
+class _SharedFields(BindingDict):
+    """A class's fields, bound once: read only once built, since a change would reach every request."""
+
+    built = False
+
+    def __setitem__(self, key: str, field: Field[Any, Any, Any, Any]) -> None:
+        if self.built:
+            raise TypeError("these fields are shared by every request: copy them to change them")
+        super().__setitem__(key, field)
+
+    def __delitem__(self, key: str) -> None:
+        raise TypeError("these fields are shared by every request: copy them to change them")
+
+
 class SharedInputFieldsMixin:
     """For input serializers on hot paths: the declared fields built and bound once per class, instead of
     deep-copied into each serializer DRF makes (two thirds of validating a payment request).
 
-    The fields belong to one context-free instance of the class, so this is only for serializers whose fields
-    read nothing from the context or the instance, and never partial (refused); a field keeps nothing of the
-    request it validates, and each serializer's own `validate_<field>` methods run as always.
+    The fields belong to one context-free instance of the class, so this is only for top-level serializers of
+    whole requests whose fields read nothing from the context or the instance: `partial`, a `context` and
+    nesting are refused, and so is a field or validator that asks for the context. A field keeps nothing of
+    the request it validates; each serializer's own `validate_<field>` methods run as always. List this mixin
+    before the serializer class, whose own `fields` would otherwise win.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if inspect.getattr_static(cls, "fields") is not SharedInputFieldsMixin.__dict__["fields"]:
+            raise TypeError(f"{cls.__name__}: list SharedInputFieldsMixin before the serializer class")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        if kwargs.get("partial"):
-            raise TypeError(f"{type(self).__name__} shares its fields: it validates whole requests only")
+        if kwargs.get("partial") or kwargs.get("context"):
+            raise TypeError(f"{type(self).__name__} shares its fields: no partial validation, no context")
         super().__init__(*args, **kwargs)
+
+    def bind(self, field_name: str, parent: Any) -> None:
+        raise TypeError(f"{type(self).__name__} shares its fields: it validates whole requests, not nested")
 
     @property
     def fields(self) -> BindingDict:
         cls = type(self)
-        shared: BindingDict | None = cls.__dict__.get("_shared_fields")
+        shared: _SharedFields | None = cls.__dict__.get("_shared_fields")
         if shared is None:
             prototype: Any = cls()
-            shared = BindingDict(prototype)
+            shared = _SharedFields(prototype)
             for name, field in prototype.get_fields().items():
+                if _asks_for_context(field):
+                    raise TypeError(f"{cls.__name__}.{name} reads the context: its fields cannot be shared")
                 shared[name] = field
+            shared.built = True
             cls._shared_fields = shared  # type: ignore[attr-defined]
         return shared
+
+
+def _asks_for_context(field: Field[Any, Any, Any, Any]) -> bool:
+    default = getattr(field, "default", None)
+    return any(getattr(part, "requires_context", False) for part in (default, *field.validators))

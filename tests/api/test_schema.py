@@ -44,6 +44,11 @@ def test_operations_document_401_and_429_with_an_api_key_406_and_503_always_and_
             assert {"401", "429"} <= statuses, (method, path)
 
 
+def test_components_describe_the_api_not_the_code_that_serves_it(schema: dict[str, Any]) -> None:
+    for name, component in schema["components"]["schemas"].items():
+        assert not component.get("description", "").startswith(("For input serializers", "For output-only")), name
+
+
 def test_request_bodies_are_closed_and_required(schema: dict[str, Any]) -> None:
     create = schema["components"]["schemas"]["PaymentCreateRequest"]
     assert create["additionalProperties"] is False
