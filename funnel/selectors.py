@@ -245,7 +245,7 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
     import psycopg
 
     period_hours = (scope.until - scope.since).total_seconds() / 3600
-    count = settings.FUNNEL_PARTS if period_hours >= settings.FUNNEL_PARTS_FROM_HOURS else 1
+    count = max(settings.FUNNEL_PARTS, 1) if period_hours >= settings.FUNNEL_PARTS_FROM_HOURS else 1
     partitions.analyze_partitions(since=scope.since)
 
     def part(index: int) -> Callable[[Parts], list[tuple[str, str, int, int, int]]]:
@@ -262,7 +262,7 @@ def _sql_counts(scope: FunnelScope, *, breakdown: str | None, timeout_ms: int | 
         return run
 
     try:
-        parts = in_one_snapshot([part(index) for index in range(max(count, 1))])
+        parts = in_one_snapshot([part(index) for index in range(count)])
     except OperationalError as error:
         if isinstance(error.__cause__, psycopg.errors.QueryCanceled):
             raise ReportTimedOut from error

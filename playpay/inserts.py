@@ -40,8 +40,9 @@ def _insert(model: type[Model], alias: str) -> _Insert:
         quote = connections[alias].ops.quote_name
         columns = ", ".join(quote(str(field.column)) for field in fields)
         values = ", ".join(["%s"] * len(fields))
-        returning = quote(str(meta.pk.column))
-        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({values}) RETURNING {returning}"  # noqa: S608
+        sql = f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({values})"  # noqa: S608
+        if connections[alias].features.can_return_columns_from_insert:  # SQLite before 3.35 cannot
+            sql += f" RETURNING {quote(str(meta.pk.column))}"
         known = _INSERTS[(model, alias)] = _Insert(sql, fields)
     return known
 
@@ -65,13 +66,14 @@ def insert_rows(*rows: Model) -> None:
         if connection.vendor == "postgresql" and not getattr(connection.features, "uses_server_side_binding", True):
             cursor.execute("; ".join(statement.sql for statement in statements), [p for each in params for p in each])
             for index, row in enumerate(rows):
-                if index:
-                    assert cursor.nextset(), "one result per statement"
+                if index and not cursor.nextset():
+                    raise RuntimeError("an INSERT of the round trip gave no result")
                 row.pk = cursor.fetchone()[0]
         else:
+            returning = connection.features.can_return_columns_from_insert
             for row, statement, values in zip(rows, statements, params, strict=True):
                 cursor.execute(statement.sql, values)
-                row.pk = cursor.fetchone()[0]
+                row.pk = cursor.fetchone()[0] if returning else cursor.lastrowid
     for row in rows:
         row._state.adding = False
         row._state.db = alias

@@ -15,7 +15,7 @@ connection instead: the same answer, one core.
 import re
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any, TypeVar
 
@@ -92,7 +92,7 @@ def in_one_snapshot(parts: Sequence[Callable[[Parts], T]]) -> list[T]:
         if not SNAPSHOT_ID.fullmatch(str(snapshot)):
             raise ValueError(f"not a snapshot id: {snapshot!r}")
         readies = [threading.Event() for _ in parts[1:]]
-        first: Future[T] = Future()
+        first: list[T] = []  # the first part's result, once it ran
         try:
             with ThreadPoolExecutor(max_workers=len(readies), thread_name_prefix="snapshot-part") as pool:
                 others = [
@@ -105,16 +105,15 @@ def in_one_snapshot(parts: Sequence[Callable[[Parts], T]]) -> list[T]:
                         if not ready.wait(wait):
                             raise TimeoutError(f"a part of the read did not start within {wait} s")
                     shared.join()
-                    first.set_result(parts[0](shared))
+                    first.append(parts[0](shared))
                 except BaseException as error:  # raised below, once the other parts ended
                     shared.fail(error)
-                    first.set_exception(error)
         except BaseException as error:  # interrupted while the pool waited for the others: they stop too
             shared.fail(error)
             raise
         if shared.first_error is not None:  # the others' errors are the stops (or cancels) it caused
             raise shared.first_error
-        return [future.result() for future in (first, *others)]
+        return [*first, *(future.result() for future in others)]
 
 
 def _imported(part: Callable[[Parts], T], snapshot: str, timeout: str, ready: threading.Event, shared: Parts) -> T:

@@ -3,8 +3,9 @@
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import psycopg
 from django.db import connection, connections
 
 T = TypeVar("T")
@@ -56,3 +57,11 @@ def sessions_drop_to(count: int, *, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.05)
     return True
+
+
+def other_session(*, autocommit: bool = True) -> psycopg.Connection[Any]:
+    """A session of its own on the test database, outside Django's connections."""
+    params = connection.get_connection_params()
+    params.pop("cursor_factory", None)
+    params.pop("context", None)
+    return psycopg.connect(**params, autocommit=autocommit)

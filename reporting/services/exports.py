@@ -419,19 +419,25 @@ def _write_csv_parts(
     streams to `out`, the others to anonymous temporary files appended after it. Returns the rows written.
     Progress is reported once per batch (COPY_BATCH_ROWS) that passes a multiple of `every`, with the rows
     so far. When `on_progress` raises (the lease is lost) or a part fails, the other parts stop."""
-    lock = threading.Lock()
-    written = 0
+    lock, reporting = threading.Lock(), threading.Lock()
+    written = reported = 0
 
     def report(count: int) -> None:
-        nonlocal written
+        nonlocal written, reported
         with lock:
             before, written = written, written + count
             now = written
         if on_progress is not None and before // every != now // every:
-            on_progress(now)  # outside the lock: a heartbeat's round trip does not hold the other parts
+            # Not under `lock`: a heartbeat's round trip does not hold the parts' counting. One at a time and
+            # never backwards (another part's later count may have been reported first).
+            with reporting:
+                if now > reported:
+                    on_progress(now)
+                    reported = now
 
     def part(keys: KeyRange, file: IO[bytes]) -> Callable[[Parts], None]:
         def run(shared: Parts) -> None:
+            shared.check()  # another part failed before this one's statement began
             for lines, count in _csv_batches(kind=kind, filters=filters, keys=keys):
                 shared.check()
                 file.write(lines)

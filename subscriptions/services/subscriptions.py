@@ -92,15 +92,10 @@ def release_expired_idempotency_key(*, app: App, key: str) -> bool:
     """Take an app's expired key (`idempotency`'s rule) back from the subscription it opened, for a new one:
     the old subscription's key is cleared. Call holding the key's new claim, so that no request holds its old
     one. False when the subscription is too young for its key to have expired."""
-    expired = list(
-        Subscription.objects.filter(app=app, idempotency_key=key, created_at__lt=expired_before()).values_list(
-            "pk", flat=True
-        )
-    )
-    if not expired:
+    expired = Subscription.objects.filter(app=app, idempotency_key=key, created_at__lt=expired_before())
+    if not expired.update(idempotency_key="", updated_at=timezone.now()):
         return False
-    Subscription.objects.filter(pk__in=expired).update(idempotency_key="", updated_at=timezone.now())
-    logger.info("idempotency key of subscription %s cleared: expired, used again by app %s", expired[0], app.pk)
+    logger.info("an expired idempotency key of app %s used again: its earlier subscription's key cleared", app.pk)
     return True
 
 

@@ -10,21 +10,15 @@ from django.db import OperationalError, close_old_connections, connection, conne
 from django.test import Client
 
 from playpay.api.problems import is_database_outage
+from tests.concurrency import other_session
 from tests.conftest import Shop, assert_problem
 from tests.processes import django
-
-
-def _second_connection() -> psycopg.Connection[tuple[object, ...]]:
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    return psycopg.connect(**params, autocommit=False)
 
 
 @pytest.fixture
 def payments_locked() -> Iterator[None]:
     """Another session holds an exclusive lock on the payments table: every read of it waits."""
-    other = _second_connection()
+    other = other_session(autocommit=False)
     other.execute("SET lock_timeout = 5000")
     other.execute("LOCK TABLE payments_payment IN ACCESS EXCLUSIVE MODE")
     with connection.cursor() as cursor:
@@ -143,7 +137,7 @@ def test_a_long_statement_on_a_live_server_is_left_alone_by_the_watchdog() -> No
 
 
 def _wait_until_gone(pid: int) -> None:
-    with _second_connection() as other:
+    with other_session(autocommit=False) as other:
         other.execute("SELECT pg_terminate_backend(%s)", [pid])
         deadline = time.monotonic() + 5
         while True:
@@ -155,7 +149,7 @@ def _wait_until_gone(pid: int) -> None:
 
 
 def _last_statement() -> str:
-    with _second_connection() as other:
+    with other_session(autocommit=False) as other:
         row = other.execute(
             "SELECT query FROM pg_stat_activity WHERE pid = %s", [connection.connection.info.backend_pid]
         ).fetchone()

@@ -3,14 +3,12 @@ timeout; one after the other inside a transaction; a failing part cancels the ot
 
 import threading
 import time
-from typing import Any
 
-import psycopg
 import pytest
 from django.db import DataError, connection, transaction
 
 from playpay.parallel import Parts, PartStopped, in_one_snapshot, runs_at_once
-from tests.concurrency import client_sessions, sessions_drop_to
+from tests.concurrency import client_sessions, other_session, sessions_drop_to
 
 pytestmark = pytest.mark.postgres
 
@@ -19,13 +17,6 @@ def backend(shared: Parts) -> int:
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_backend_pid()")
         return int(cursor.fetchone()[0])
-
-
-def other_session() -> psycopg.Connection[Any]:
-    params = connection.get_connection_params()
-    params.pop("cursor_factory", None)
-    params.pop("context", None)
-    return psycopg.connect(**params, autocommit=True)
 
 
 def statement_timeout(shared: Parts) -> str:
@@ -122,19 +113,23 @@ def test_a_failing_part_cancels_the_others_statements_and_its_error_is_raised() 
 @pytest.mark.django_db(transaction=True)
 def test_a_part_between_its_batches_stops_once_another_failed() -> None:
     batches: list[int] = []
+    running = threading.Event()
 
     def batched(shared: Parts) -> None:  # ten seconds unless stopped
         for batch in range(1000):
             shared.check()
             batches.append(batch)
+            if batch == 4:
+                running.set()
             time.sleep(0.01)
 
     def failing(shared: Parts) -> None:
+        assert running.wait(10)  # fails while the other is between its batches
         raise ValueError("own error")
 
     with pytest.raises(ValueError, match="own error"):
         in_one_snapshot([batched, failing])
-    assert len(batches) < 500
+    assert 5 <= len(batches) < 500
 
     def stops(shared: Parts) -> None:
         raise PartStopped
