@@ -136,6 +136,18 @@ class Payment(OutcomeTracking):
         help_text="Insufficient-funds declines so far; later one-click attempts follow the carrier's schedule.",
     )
     next_attempt_at = models.DateTimeField(null=True, blank=True, help_text="When a later charge attempt is due.")
+    # The ledger's figures of the payment (payments.figures), in minor units of `currency`, kept as its entries
+    # are posted (payments.services.ledger), so that reports of many payments do not group their lines.
+    gross_minor = models.BigIntegerField(default=0, editable=False)
+    tax_minor = models.BigIntegerField(default=0, editable=False)
+    carrier_share_minor = models.BigIntegerField(default=0, editable=False)
+    platform_revenue_minor = models.BigIntegerField(default=0, editable=False)
+    app_payable_minor = models.BigIntegerField(default=0, editable=False)
+    net_minor = models.BigIntegerField(default=0, editable=False)
+    paid_back_minor = models.BigIntegerField(default=0, editable=False)
+    charged_at = models.DateTimeField(null=True, blank=True, editable=False)
+    refunded_at = models.DateTimeField(null=True, blank=True, editable=False, help_text="Its last refund's posting.")
+    reversed_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

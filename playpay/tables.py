@@ -60,9 +60,10 @@ def csv_text(value: Any) -> str:
 def sql_csv_text(expression: str) -> str:
     """`csv_text` of a PostgreSQL text expression, for COPY ... (FORMAT csv). An empty text becomes NULL:
     COPY writes an empty string as `""`, the csv module as nothing, and NULL is written as nothing."""
-    starts = ", ".join("E'" + char.encode("unicode_escape").decode() + "'" for char in _FORMULA_START)
+    # The first character's code (0 for an empty text): a comparison of integers, not of one-letter texts.
+    starts = ", ".join(str(ord(char)) for char in _FORMULA_START)
     guarded = (
-        f"CASE WHEN left({expression}, 1) IN ({starts}) AND {expression} !~ '^{_HARMLESS}$' "
+        f"CASE WHEN ascii({expression}) IN ({starts}) AND {expression} !~ '^{_HARMLESS}$' "
         f"THEN '''' || {expression} ELSE {expression} END"
     )
     return f"NULLIF({guarded}, '')"

@@ -24,7 +24,6 @@ from django.db.models import (
     DateTimeField,
     Expression,
     F,
-    Max,
     Model,
     OuterRef,
     Q,
@@ -38,6 +37,7 @@ from django.db.models.functions import Cast, Coalesce
 from import_export import resources, widgets
 from import_export.fields import Field
 
+from payments.figures import FIGURES, line_part
 from payments.models import LedgerEntry, LedgerLine, MoneyOperation, Payment, PaymentStatus, Refund, Reversal
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
@@ -79,8 +79,6 @@ class ExportColumns:
     annotations: Callable[[], dict[str, Any]] = dict
     # Values summed over the row's ledger lines (the figures...), read like fields as well.
     ledger: "LedgerValues | None" = None
-    # Whether the period filters the payment month itself (payments), so the ledger is read for that period.
-    period_is_payment_month: bool = False
 
     @property
     def headers(self) -> list[str]:
@@ -111,29 +109,8 @@ _AMOUNT = (
 
 # --- The ledger's figures of a row ----------------------------------------------------------------------------
 #
-# Each figure is a signed sum of ledger lines by account (payments.services.ledger posts them): what a row's
-# entries did to each account, read the way finance reads it. For any set of lines they add up so that
-#     gross = tax + carrier_share + net,   net = app_payable + platform_revenue.
-# gross: what players paid and kept paid (what the carrier collects, less what the platform paid back itself);
-# platform_revenue: the platform's own part, after the carrier's share. A figure of a ledger line is that
-# line's part of it, so the lines of a payment add up to the payment's figures.
-ACCOUNT_KINDS = (
-    "carrier_receivable",
-    "carrier_share",
-    "tax_payable",
-    "app_payable",
-    "platform_revenue",
-    "platform_refunds_paid",
-)
-FIGURES: dict[str, dict[str, int]] = {
-    "gross": {"carrier_receivable": 1, "carrier_share": 1, "platform_refunds_paid": 1},
-    "tax": {"tax_payable": -1},
-    "carrier_share": {"carrier_share": 1},
-    "platform_revenue": {"platform_revenue": -1, "carrier_share": -1},
-    "app_payable": {"app_payable": -1},
-    "net": {"carrier_receivable": 1, "platform_refunds_paid": 1, "tax_payable": 1},
-}
-
+# The figures and their signs by account are declared once, in payments.figures: a payment keeps them (the
+# transactions export reads them like fields); refunds, reversals and ledger lines are read from their lines.
 
 # The carrier's view of the same lines, for the per-carrier settlement report: what it collected for us (its
 # gross: without what the platform paid players back itself) and what it owes us after its share.
@@ -143,24 +120,9 @@ CARRIER_FIGURES: dict[str, dict[str, int]] = {
 }
 
 
-def account_kind(account: str) -> str:
-    """`carrier_share:acme-uk` -> `carrier_share`: the account without the carrier, country or app it is for."""
-    return account.partition(":")[0]
-
-
-def is_kind(kind: str, prefix: str = "") -> Q:
-    """Lines on accounts of this kind (`platform_revenue`, or `carrier_share:<carrier>`)."""
-    return Q(**{f"{prefix}account": kind}) | Q(**{f"{prefix}account__startswith": f"{kind}:"})
-
-
 def line_figure(name: str) -> Expression:
     """The part of the figure `name` (of FIGURES or CARRIER_FIGURES) in one ledger line."""
-    signs = FIGURES.get(name) or CARRIER_FIGURES[name]
-    return Case(
-        *(When(is_kind(kind), then=F("amount_minor") * sign) for kind, sign in signs.items()),
-        default=Value(0),
-        output_field=BigIntegerField(),
-    )
+    return line_part(FIGURES.get(name) or CARRIER_FIGURES[name])
 
 
 @dataclass(frozen=True)
@@ -209,21 +171,18 @@ class LedgerValues:
     def grouped(
         self,
         *,
-        months_from: datetime | None,
         months_to: datetime | None,
         keys_from: int | None = None,
         keys_before: int | None = None,
     ) -> Any:
         """The values of every key at once (columns `k`, `m` and the names): the lines grouped by key and month,
-        of payment months from `months_from` to before `months_to` when given (only those partitions are read),
-        and of keys from `keys_from` to before `keys_before` when given (a part of an export's rows)."""
+        of payment months before `months_to` when given (only those partitions are read), and of keys from
+        `keys_from` to before `keys_before` when given (a part of an export's rows)."""
         lines = LedgerLine.objects.filter(self._lines())
         if keys_from is not None:
             lines = lines.filter(**{f"{self.line_key}__gte": keys_from})
         if keys_before is not None:
             lines = lines.filter(**{f"{self.line_key}__lt": keys_before})
-        if months_from is not None:
-            lines = lines.filter(payment_created_at__gte=months_from, entry__payment_created_at__gte=months_from)
         if months_to is not None:
             lines = lines.filter(payment_created_at__lt=months_to, entry__payment_created_at__lt=months_to)
         return lines.order_by().values(k=F(self.line_key), m=F("payment_created_at")).annotate(**self.aggregates())
@@ -242,25 +201,6 @@ def _figure_columns(currency: str = "currency") -> tuple[Column, ...]:
     return tuple(column for name in FIGURES for column in _money(name, f"{name}_minor", currency))
 
 
-def _posted_at(kind: str) -> Max:
-    """When the row's last entry of this kind was posted (none if there is none)."""
-    return Max("entry__created_at", filter=Q(entry__kind=kind))
-
-
-def _payment_ledger() -> dict[str, Any]:
-    return {
-        **_figure_sums(),
-        # Everything paid back, by the carrier or the platform: what refunds and a reversal took off the gross.
-        "paid_back_minor": Sum(-line_figure("gross"), filter=~Q(entry__kind=LedgerEntry.Kind.CHARGE)),
-        "charged_at": _posted_at(LedgerEntry.Kind.CHARGE),
-        "refunded_at": _posted_at(LedgerEntry.Kind.REFUND),
-        "reversed_at": _posted_at(LedgerEntry.Kind.REVERSAL),
-    }
-
-
-PAYMENT_LEDGER = LedgerValues(
-    line_key="entry__payment_id", row_key="pk", row_month="created_at", aggregates=_payment_ledger
-)
 REFUND_LEDGER = LedgerValues(
     line_key="entry__refund_id", row_key="pk", row_month="payment_created_at", aggregates=_figure_sums
 )
@@ -338,8 +278,6 @@ TRANSACTIONS = ExportColumns(
     created="created_at",
     payment="",
     annotations=_payment_values,
-    ledger=PAYMENT_LEDGER,
-    period_is_payment_month=True,
     columns=(
         Column("payment_id", "public_id"),
         Column("created_at_utc", "created_at", Kind.TIME),

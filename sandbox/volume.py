@@ -1003,7 +1003,9 @@ def generate_volume(
                 stage = JournalStage.named(run, month.label.replace("-", ""))
                 stages.append(stage)
                 events_due = round(events * given / payments) - result.events
-                counts = _generate_month(params, events_due=events_due, stage=stage, fire_triggers=fire_triggers)
+                counts = _generate_month(
+                    params, month=month.start, events_due=events_due, stage=stage, fire_triggers=fire_triggers
+                )
                 for name, value in counts.items():
                     setattr(result, name, getattr(result, name) + value)
                 result.months.append(month.label)
@@ -1079,9 +1081,10 @@ def _load_reference(cursor: Any, apps: list[App], choices: list[PriceChoice]) ->
 
 
 def _generate_month(
-    params: dict[str, Any], *, events_due: int, stage: JournalStage, fire_triggers: bool
+    params: dict[str, Any], *, month: date, events_due: int, stage: JournalStage, fire_triggers: bool
 ) -> dict[str, int]:
     counts: dict[str, int] = {}
+    month_starts, month_ends = partitions.month_bounds(month)
     with transaction.atomic(), connection.cursor() as cursor:
         # Dropped at commit; inside an outer transaction (a test's) the last month's are still there.
         cursor.execute("DROP TABLE IF EXISTS volume_chunk, volume_refund, volume_entry, volume_event")
@@ -1109,6 +1112,9 @@ def _generate_month(
             unbalanced = cursor.fetchall()
             if unbalanced:
                 raise VolumeError(f"unbalanced ledger entries (entry, currency, sum): {unbalanced}")
+        # The figures each payment keeps from its ledger: the month's lines counted at once, where the ledger's
+        # service adds them entry by entry.
+        ledger.recount_payment_figures(months_from=month_starts, months_to=month_ends)
 
         cursor.execute(PAID_EVENTS_SQL)
         paid_events = int(cursor.fetchone()[0])

@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import IO, Any, TypeVar
 
@@ -38,6 +38,7 @@ from django.utils import timezone
 from payments.models import Payment
 from payments.services import outbox
 from playpay.parallel import Parts, in_one_snapshot
+from playpay.redaction import sql_mask_msisdn
 from playpay.tables import (
     TableFormat,
     copy_out_batches,
@@ -49,7 +50,15 @@ from playpay.tables import (
 from playpay.times import start_of_utc_day
 from reporting import resources
 from reporting.models import ExportJob, ExportKind, export_file_path
-from reporting.resources import Column, ExportColumns, python_value, sql_minor_unit, sql_value, sql_xlsx_cell
+from reporting.resources import (
+    Column,
+    ExportColumns,
+    Kind,
+    python_value,
+    sql_minor_unit,
+    sql_value,
+    sql_xlsx_cell,
+)
 from reporting.services.rollups import reporting_statement
 from tenants.models import App
 
@@ -227,11 +236,10 @@ def copy_statement(
     joined, joined_params = "", ()
     expressions = {path: f"x.{name}" for path, name in alias.items()}
     if ledger is not None:
-        start, end = _period(filters)
+        _, end = _period(filters)
         # A part of the rows (a range of ids) reads the lines of its own keys only, when the key is the row's id.
         own = ledger.row_key == "pk"
         grouped = ledger.grouped(
-            months_from=start if spec.period_is_payment_month else None,
             months_to=end,
             keys_from=keys.first if own else None,
             keys_before=keys.after if own else None,
@@ -246,19 +254,28 @@ def copy_statement(
     units = {path: f"x.e{index}" for index, path in enumerate(currencies)}
     with_units = "".join(f", {sql_minor_unit(expressions[path])} AS e{index}" for index, path in enumerate(currencies))
 
-    def sources(column: Column) -> tuple[str, str]:
-        return expressions[column.source], expressions[column.currency] if column.currency else ""
+    # Each phone number masked once per row too, then written as the text it is (the CSV guard reads it twice).
+    numbers = [column.source for column in spec.columns if column.kind == Kind.MSISDN]
+    masked = {path: f"x.m{index}" for index, path in enumerate(numbers)}
+    with_units += "".join(f", {sql_mask_msisdn(expressions[path])} AS m{index}" for index, path in enumerate(numbers))
+
+    def cell(column: Column) -> tuple[Column, str, str]:
+        """The column as written, the SQL of its value and of its currency."""
+        currency = expressions[column.currency] if column.currency else ""
+        if column.kind == Kind.MSISDN:
+            return replace(column, kind=Kind.TEXT), masked[column.source], currency
+        return column, expressions[column.source], currency
 
     def unit(column: Column) -> str:
         return units[column.currency] if column.currency else ""
 
     if TableFormat(file_format) == TableFormat.XLSX:
-        cells = " || ".join(sql_xlsx_cell(column, *sources(column), unit=unit(column)) for column in spec.columns)
+        cells = " || ".join(sql_xlsx_cell(*cell(column), unit=unit(column)) for column in spec.columns)
         select = f"'<row>' || {cells} || '</row>'"
         # The row has no line breaks, and no \x01 or \x02 (not allowed in XML): nothing for CSV to quote.
         options = "FORMAT csv, DELIMITER E'\\x01', QUOTE E'\\x02'"
     else:
-        select = ", ".join(sql_value(column, *sources(column), unit=unit(column)) for column in spec.columns)
+        select = ", ".join(sql_value(*cell(column), unit=unit(column)) for column in spec.columns)
         options = "FORMAT csv"
     # Only our own column expressions and Django's compiled query; every value is a parameter. OFFSET 0 keeps
     # the rows' values computed once each: pulled up into the outer query, an expression (the minor unit's CASE

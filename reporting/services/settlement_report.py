@@ -9,10 +9,10 @@ their ledger lines (charges, and the refunds and reversals posted since):
 - tax: the VAT in the gross (`tax_payable`), which we owe;
 - net due: what the carrier pays us, gross less its share (`carrier_receivable`).
 
-The signs of the lines in each figure are declared once, beside the exports' figures (reporting.resources:
-FIGURES, CARRIER_FIGURES). The period is the payments' (as in the reconciliation of a settlement file), so a
-refund made later of a payment of the period counts in the period, and only the period's monthly partitions are
-read.
+The signs of the lines in each figure are declared once: the payments' figures in payments.figures, the
+carrier's in reporting.resources (CARRIER_FIGURES). The period is the payments' (as in the reconciliation of a
+settlement file), so a refund made later of a payment of the period counts in the period, and only the period's
+monthly partitions are read.
 """
 
 from collections.abc import Iterator
@@ -22,11 +22,12 @@ from typing import IO, Any
 
 from django.db.models import Q, Sum
 
+from payments.figures import is_kind
 from payments.models import LedgerLine
 from playpay.money import format_money
 from playpay.tables import write_table
 from playpay.times import start_of_utc_day
-from reporting.resources import Column, Kind, is_kind, line_figure, python_value
+from reporting.resources import Column, Kind, line_figure, python_value
 
 HEADER = [
     "carrier",
@@ -84,7 +85,7 @@ def carrier_settlement(*, date_from: date, date_to: date, carrier: str = "") -> 
     rows = (
         lines.values("entry__payment__carrier__slug", "currency")
         .annotate(
-            # The figures' signs by account are declared once, with the exports' (reporting.resources).
+            # The figures' signs by account are declared once, with the payments' (payments.figures).
             carrier_gross=Sum(line_figure("carrier_gross"), default=0),
             carrier_share=Sum(line_figure("carrier_share"), default=0),
             tax=Sum(line_figure("tax"), default=0),

@@ -12,9 +12,9 @@ from django.contrib.auth.models import Group, Permission
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 from playwright.sync_api import Page, expect
 
+from payments.figures import account_kind
 from payments.models import LedgerLine, Refund
 from playpay.money import format_money
-from reporting.resources import account_kind
 from tests.e2e.conftest import STAFF_PASSWORD, Game
 
 pytestmark = pytest.mark.django_db(transaction=True)

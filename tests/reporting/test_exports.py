@@ -20,11 +20,11 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Carrier
+from payments.figures import FIGURES
 from payments.models import LedgerLine, OutboxMessage, Payment, Refund, Reversal
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
 from playpay.tables import TableFormat, csv_lines, write_table
 from reporting.models import ExportJob, ExportKind
-from reporting.resources import FIGURES
 from reporting.services import exports
 from reporting.services.exports import ExportFilters
 from subscriptions.models import SubscriptionCharge

@@ -14,11 +14,11 @@ from django.utils import timezone
 from openpyxl import load_workbook  # type: ignore[import-untyped]
 
 from carriers.models import Country
+from payments.figures import FIGURES, account_kind
 from payments.models import LedgerLine, Payment, PaymentStatus
 from payments.services.refunds import request_refund
 from playpay.tables import TableFormat
 from reporting.models import ExportKind
-from reporting.resources import FIGURES, account_kind
 from reporting.services.settlement_report import carrier_settlement
 from tests.conftest import MSISDN, Shop, StaffClient
 from tests.factories import PaymentFactory, PricePointFactory

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection, connections
-from django.db.models import Count, Max, Min, Q, Sum
+from django.db.models import Count, F, Max, Min, Q, Sum
 from django.utils import timezone
 from psycopg import sql
 
@@ -25,6 +25,7 @@ from payments.models import (
     Refund,
     Reversal,
 )
+from payments.services.ledger import recount_payment_figures
 from playpay import partitions
 from playpay.ids import time_of
 from playpay.redaction import msisdn_hash
@@ -95,6 +96,16 @@ def test_every_charged_payment_has_one_balanced_charge_entry_and_every_entry_bal
     assert not LedgerEntry.objects.annotate(line_count=Count("lines")).filter(line_count__lt=2).exists()
     assert LedgerEntry.objects.filter(kind="reversal").count() == Payment.objects.filter(status="reversed").count()
     assert not LedgerEntry.objects.exclude(payment__status__in=CHARGED).exists()
+
+
+def test_every_payment_keeps_the_figures_of_its_ledger_lines(volume: VolumeResult) -> None:
+    assert recount_payment_figures() == 0  # what the month's lines add up to, payment by payment
+    charged = Payment.objects.filter(status__in=CHARGED)
+    assert not charged.filter(charged_at__isnull=True).exists()
+    assert not charged.exclude(gross_minor=F("amount_minor") - F("paid_back_minor")).exists()
+    assert charged.filter(paid_back_minor__gt=0).count() == charged.exclude(status="succeeded").count()
+    unpaid = Payment.objects.exclude(status__in=CHARGED)
+    assert not unpaid.exclude(gross_minor=0, paid_back_minor=0, charged_at=None).exists()
 
 
 def test_refunds_add_up_to_what_each_payment_says_was_refunded(volume: VolumeResult) -> None:
