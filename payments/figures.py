@@ -11,8 +11,8 @@ part of it, so the lines of a payment add up to the payment's figures.
 
 A payment keeps its figures on its own row (`Payment.gross_minor`, ...), added to in the transaction that posts
 each of its entries, so that a report of many payments reads them without grouping their lines. The lines stay
-what the figures are made of: `ledger_aggregates()` sums them again (the exports of refunds and reversals, the
-recount that fills or checks the kept figures).
+what the figures are made of: `figure_sums()` sums them for the exports of refunds and reversals, and
+`ledger_aggregates()` for the recount that fills or mends the kept figures.
 """
 
 from collections.abc import Mapping
@@ -22,14 +22,6 @@ from django.db.models import BigIntegerField, Case, Expression, F, Max, Q, Sum, 
 
 from payments.models import LedgerEntry
 
-ACCOUNT_KINDS = (
-    "carrier_receivable",
-    "carrier_share",
-    "tax_payable",
-    "app_payable",
-    "platform_revenue",
-    "platform_refunds_paid",
-)
 # Figure -> the sign each account kind's lines count with.
 FIGURES: dict[str, dict[str, int]] = {
     "gross": {"carrier_receivable": 1, "carrier_share": 1, "platform_refunds_paid": 1},
@@ -57,9 +49,9 @@ def account_kind(account: str) -> str:
     return account.partition(":")[0]
 
 
-def is_kind(kind: str, prefix: str = "") -> Q:
+def is_kind(kind: str) -> Q:
     """Lines on accounts of this kind (`platform_revenue`, or `carrier_share:<carrier>`)."""
-    return Q(**{f"{prefix}account": kind}) | Q(**{f"{prefix}account__startswith": f"{kind}:"})
+    return Q(account=kind) | Q(account__startswith=f"{kind}:")
 
 
 def line_part(signs: Mapping[str, int]) -> Expression:
@@ -84,11 +76,16 @@ def entry_figures(*, kind: str, lines: Mapping[str, int]) -> dict[str, int]:
     return added
 
 
+def figure_sums() -> dict[str, Sum]:
+    """`<figure>_minor` -> the figure summed over ledger lines (NULL when there is none)."""
+    return {f"{name}_minor": Sum(line_part(signs)) for name, signs in FIGURES.items()}
+
+
 def ledger_aggregates() -> dict[str, Any]:
-    """The kept fields as aggregates over a payment's ledger lines (a Sum counts 0 when none): what
+    """The kept fields as aggregates over a payment's ledger lines (a sum is NULL when there is none): what
     `entry_figures` adds up to, entry by entry."""
     return {
-        **{f"{name}_minor": Sum(line_part(signs)) for name, signs in FIGURES.items()},
+        **figure_sums(),
         PAID_BACK: Sum(-line_part(FIGURES["gross"]), filter=~Q(entry__kind=LedgerEntry.Kind.CHARGE)),
         **{field: Max("entry__created_at", filter=Q(entry__kind=kind)) for kind, field in POSTED_AT.items()},
     }

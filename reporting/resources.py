@@ -37,7 +37,7 @@ from django.db.models.functions import Cast, Coalesce
 from import_export import resources, widgets
 from import_export.fields import Field
 
-from payments.figures import FIGURES, line_part
+from payments.figures import FIGURES, figure_sums, line_part
 from payments.models import LedgerEntry, LedgerLine, MoneyOperation, Payment, PaymentStatus, Refund, Reversal
 from playpay.money import UnknownCurrency, currency_exponent, to_major
 from playpay.redaction import mask_msisdn, sql_mask_msisdn
@@ -127,7 +127,7 @@ def line_figure(name: str) -> Expression:
 
 @dataclass(frozen=True)
 class LedgerValues:
-    """Values of a row summed (or latest) over the ledger lines it names: the lines whose `line_key` is the
+    """Values of a row summed over the ledger lines it names: the lines whose `line_key` is the
     row's `row_key`, of the row's payment month (`row_month`), that `lines` selects.
 
     Both export paths read the same aggregates of the same lines. Rows formatted in Python get them as
@@ -138,7 +138,7 @@ class LedgerValues:
     line_key: str  # the ORM path on LedgerLine to the row: "entry__payment_id", "entry__refund_id"
     row_key: str  # the ORM path on the row it equals: "pk", "payment_id"
     row_month: str  # the ORM path of the row's payment month: "created_at", "payment_created_at"
-    aggregates: Callable[[], dict[str, Any]]  # name -> an aggregate over ledger lines (a Sum counts 0 when none)
+    aggregates: Callable[[], dict[str, Sum]]  # name -> a sum over ledger lines (0 when there is none)
     kinds: tuple[str, ...] = ()  # only lines of entries of these kinds; () for all
 
     def _lines(self) -> Q:
@@ -146,9 +146,6 @@ class LedgerValues:
 
     def names(self) -> list[str]:
         return list(self.aggregates())
-
-    def is_sum(self, name: str) -> bool:
-        return isinstance(self.aggregates()[name], Sum)
 
     def subqueries(self) -> dict[str, Any]:
         """Each value as a correlated subquery over the row's lines; PostgreSQL reads the row's month only."""
@@ -162,10 +159,7 @@ class LedgerValues:
         values: dict[str, Any] = {}
         for name, aggregate in self.aggregates().items():
             one = lines.values("payment_created_at").annotate(value=aggregate).values("value")
-            if self.is_sum(name):
-                values[name] = Cast(Coalesce(Subquery(one), Value(0)), BigIntegerField())
-            else:
-                values[name] = Subquery(one)
+            values[name] = Cast(Coalesce(Subquery(one), Value(0)), BigIntegerField())
         return values
 
     def grouped(
@@ -188,10 +182,6 @@ class LedgerValues:
         return lines.order_by().values(k=F(self.line_key), m=F("payment_created_at")).annotate(**self.aggregates())
 
 
-def _figure_sums() -> dict[str, Any]:
-    return {f"{name}_minor": Sum(line_figure(name)) for name in FIGURES}
-
-
 def _money(header: str, source: str, currency: str = "currency") -> tuple[Column, Column]:
     """An amount in minor units for machines, beside it in major units of the row's currency for people."""
     return Column(f"{header}_minor", source, Kind.INTEGER), Column(header, source, Kind.MONEY, currency=currency)
@@ -202,13 +192,13 @@ def _figure_columns(currency: str = "currency") -> tuple[Column, ...]:
 
 
 REFUND_LEDGER = LedgerValues(
-    line_key="entry__refund_id", row_key="pk", row_month="payment_created_at", aggregates=_figure_sums
+    line_key="entry__refund_id", row_key="pk", row_month="payment_created_at", aggregates=figure_sums
 )
 REVERSAL_LEDGER = LedgerValues(
     line_key="entry__payment_id",
     row_key="payment_id",
     row_month="payment_created_at",
-    aggregates=_figure_sums,
+    aggregates=figure_sums,
     kinds=(LedgerEntry.Kind.REVERSAL,),
 )
 

@@ -1114,7 +1114,7 @@ def _generate_month(
                 raise VolumeError(f"unbalanced ledger entries (entry, currency, sum): {unbalanced}")
         # The figures each payment keeps from its ledger: the month's lines counted at once, where the ledger's
         # service adds them entry by entry.
-        ledger.recount_payment_figures(months_from=month_starts, months_to=month_ends)
+        ledger.fill_payment_figures(created_from=month_starts, created_before=month_ends)
 
         cursor.execute(PAID_EVENTS_SQL)
         paid_events = int(cursor.fetchone()[0])

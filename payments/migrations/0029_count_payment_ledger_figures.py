@@ -1,8 +1,12 @@
-"""Fill the ledger figures payments keep (0028) from their ledger lines, a month of payments per transaction.
+"""Fill the ledger figures payments keep (0028) from their ledger lines, RECOUNT_PAYMENTS payments per
+transaction, beside the payments' own work (`payments.services.ledger.recount_payment_figures`).
 
 Non-atomic, so that ten million payments are not one transaction: interrupted, it runs again from the start,
-and a month already counted is read but not written again. `manage.py recount_payment_figures` does the same
+and payments already counted are read but not written again. `manage.py recount_payment_figures` does the same
 for any period, e.g. after a rolling deploy in which workers of the previous release posted entries.
+
+It runs today's recount, not a copy frozen with this migration: should a later release rename the figures or
+the ledger's columns, a database that skips releases must run this one's migrations with this one's code.
 """
 
 from typing import Any

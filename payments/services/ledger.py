@@ -44,7 +44,8 @@ from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Max, Min, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import F, Max, Min, OuterRef, QuerySet, Subquery, Sum, Value
+from django.db.models.functions import Coalesce, Greatest
 
 from payments import figures
 from payments.errors import ChargeNotInLedger
@@ -115,17 +116,20 @@ def _post(
 
 def _keep_figures(payment: Payment, *, entry: LedgerEntry, lines: dict[str, int]) -> None:
     """Add the entry's figures to those its payment keeps, in the entry's transaction (payments.figures). The
-    update adds to what the row holds, whatever the instance read; `updated_at` stays (the payment did not
-    change, its ledger did), and no indexed column changes, so PostgreSQL rewrites the row in place (HOT)."""
+    update adds to what the row holds, whatever the instance read; its time of that kind becomes the entry's
+    unless a later one is there already (as the lines' latest entry is); `updated_at` stays (the payment did
+    not change, its ledger did)."""
     added = figures.entry_figures(kind=entry.kind, lines=lines)
-    posted_at = figures.POSTED_AT[entry.kind]
+    posted_at, at = figures.POSTED_AT[entry.kind], entry.created_at
     changes: dict[str, Any] = {name: F(name) + amount for name, amount in added.items() if amount}
-    Payment.objects.filter(pk=payment.pk, created_at=payment.created_at).update(
-        **changes, **{posted_at: entry.created_at}
-    )
+    changes[posted_at] = Greatest(Coalesce(posted_at, Value(at)), Value(at))
+    Payment.objects.filter(pk=payment.pk, created_at=payment.created_at).update(**changes)
+    deferred = payment.get_deferred_fields()  # read after the update, they would count the entry twice
     for name, amount in added.items():
-        setattr(payment, name, getattr(payment, name) + amount)
-    setattr(payment, posted_at, entry.created_at)
+        if name not in deferred:
+            setattr(payment, name, getattr(payment, name) + amount)
+    if posted_at not in deferred:
+        setattr(payment, posted_at, max(getattr(payment, posted_at) or at, at))
 
 
 def on_status_changed(event: PaymentStatusChanged) -> None:
@@ -240,20 +244,42 @@ def balances(*, currency: str | None = None) -> list[tuple[str, str, int]]:
     return [(row["account"], row["currency"], int(row["balance"])) for row in rows]
 
 
-def recount_payment_figures(*, months_from: datetime | None = None, months_to: datetime | None = None) -> int:
-    """Set the kept figures of the payments created from `months_from` to before `months_to` (by default all of
-    them) to what their ledger lines add up to, a UTC month per transaction on PostgreSQL; the number of payments
-    that held other figures. Fills them for payments posted before they were kept, and mends any gone astray."""
-    span = Payment.objects.aggregate(first=Min("created_at"), last=Max("created_at"))
-    if span["first"] is None:
-        return 0
-    start = months_from or span["first"]
-    end = months_to or span["last"] + timedelta(microseconds=1)
+# Payments per transaction of a recount (their ids, within a month): the ones it mends stay locked that long.
+RECOUNT_PAYMENTS = 10_000
+
+
+def recount_payment_figures(*, created_from: datetime | None = None, created_before: datetime | None = None) -> int:
+    """Set the kept figures of the payments created from `created_from` to before `created_before` (by default
+    all of them) to what their ledger lines add up to; the number of payments that held other figures. Fills
+    them for payments posted before they were kept, and mends any gone astray.
+
+    It runs beside the payments' own work: a transaction per RECOUNT_PAYMENTS payments of a UTC month first
+    locks those whose figures differ from their lines' (an entry posted meanwhile is waited for, as its poster
+    locks the payment first), then sets them from their lines as they are once locked."""
+    if created_from is None or created_before is None:
+        span = Payment.objects.aggregate(first=Min("created_at"), last=Max("created_at"))
+        if span["first"] is None:
+            return 0
+        created_from = created_from or span["first"]
+        created_before = created_before or span["last"] + timedelta(microseconds=1)
     corrected = 0
-    for low, high in _months(start, end):
-        with transaction.atomic():
-            corrected += _recount(low, high)
+    for start, end in _months(created_from, created_before):
+        ids = Payment.objects.filter(created_at__gte=start, created_at__lt=end).aggregate(
+            first=Min("pk"), last=Max("pk")
+        )
+        if ids["first"] is None:
+            continue
+        for first in range(ids["first"], ids["last"] + 1, RECOUNT_PAYMENTS):
+            with transaction.atomic():
+                corrected += _recount(start, end, ids=(first, first + RECOUNT_PAYMENTS), lock=True)
     return corrected
+
+
+def fill_payment_figures(*, created_from: datetime, created_before: datetime) -> None:
+    """Set the kept figures of payments no other transaction can see yet (a bulk load's, in its transaction)
+    from their ledger lines: a statement per month, nothing locked."""
+    for start, end in _months(created_from, created_before):
+        _recount(start, end, ids=None, lock=False)
 
 
 def _months(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
@@ -267,47 +293,63 @@ def _months(start: datetime, end: datetime) -> list[tuple[datetime, datetime]]:
     return spans
 
 
-def _lines_by_payment(start: datetime, end: datetime) -> QuerySet[LedgerLine]:
-    return LedgerLine.objects.filter(
+def _recount(start: datetime, end: datetime, *, ids: tuple[int, int] | None, lock: bool) -> int:
+    """Set the figures of the payments created from `start` to before `end` (with ids from ids[0] to before
+    ids[1]) that differ from their lines'; how many did."""
+    lines = LedgerLine.objects.filter(
         payment_created_at__gte=start,
         payment_created_at__lt=end,
         entry__payment_created_at__gte=start,
         entry__payment_created_at__lt=end,
     ).order_by()
-
-
-def _recount(start: datetime, end: datetime) -> int:
+    payments = Payment.objects.filter(created_at__gte=start, created_at__lt=end)
+    if ids is not None:
+        lines = lines.filter(entry__payment_id__gte=ids[0], entry__payment_id__lt=ids[1])
+        payments = payments.filter(pk__gte=ids[0], pk__lt=ids[1])
     sums, kept = figures.KEPT_SUMS, figures.KEPT
     if connection.vendor == "postgresql":
-        # Set-based: the month's lines grouped by payment once, joined to the month's payments; only rows whose
-        # figures differ are written.
-        grouped = (
-            _lines_by_payment(start, end)
-            .values(k=F("entry__payment_id"), m=F("payment_created_at"))
-            .annotate(**figures.ledger_aggregates())
+        # Set-based: the lines grouped by payment once, joined to the payments; only rows that differ are written.
+        grouped = lines.values(k=F("entry__payment_id"), m=F("payment_created_at")).annotate(
+            **figures.ledger_aggregates()
         )
-        grouped_sql, params = grouped.query.sql_with_params()
+        grouped_sql, grouped_params = grouped.query.sql_with_params()
         value = {name: f"coalesce(l.{name}, 0)" if name in sums else f"l.{name}" for name in kept}
-        statement = (
-            f"UPDATE payments_payment p SET {', '.join(f'{name} = {value[name]}' for name in kept)} "  # noqa: S608
-            f"FROM ({grouped_sql}) AS l WHERE p.id = l.k AND p.created_at = l.m "
-            f"AND p.created_at >= %s AND p.created_at < %s "
-            f"AND ({', '.join(f'p.{name}' for name in kept)}) IS DISTINCT FROM ({', '.join(value[n] for n in kept)})"
+        grouped_as_l = f"({grouped_sql}) AS l"
+        where = (
+            "p.id = l.k AND p.created_at = l.m AND p.created_at >= %s AND p.created_at < %s AND p.id >= %s "
+            f"AND p.id < %s AND ({', '.join(f'p.{name}' for name in kept)}) "
+            f"IS DISTINCT FROM ({', '.join(value[name] for name in kept)})"
         )
+        params = (*grouped_params, start, end, *(ids or (0, 2**63 - 1)))
         with connection.cursor() as cursor:
-            cursor.execute(statement, (*params, start, end))
+            if lock:
+                # A statement of its own, so that the UPDATE's snapshot, taken after the locks, has the lines
+                # of any entry whose poster held one of them.
+                lock_them = f"SELECT p.id FROM payments_payment p, {grouped_as_l} WHERE {where} FOR UPDATE OF p"  # noqa: S608
+                cursor.execute(lock_them, params)
+                if not cursor.fetchall():
+                    return 0
+            assignments = ", ".join(f"{name} = {value[name]}" for name in kept)
+            # Only the models' own columns and Django's compiled query; every value is a parameter.
+            update = f"UPDATE payments_payment p SET {assignments} FROM {grouped_as_l} WHERE {where}"  # noqa: S608
+            cursor.execute(update, params)
             return int(cursor.rowcount)
-    # Elsewhere (SQLite, a demo's volume) payment by payment, each from its own lines.
-    lines = _lines_by_payment(start, end).filter(entry__payment=OuterRef("pk"))
+    # Elsewhere (SQLite) payment by payment, each from its own lines.
     counted = {
-        name: Subquery(lines.values("entry__payment").annotate(value=aggregate).values("value"))
+        name: Subquery(
+            lines.filter(entry__payment=OuterRef("pk"))
+            .values("entry__payment")
+            .annotate(value=aggregate)
+            .values("value")
+        )
         for name, aggregate in figures.ledger_aggregates().items()
     }
     posted = LedgerEntry.objects.filter(payment_created_at__gte=start, payment_created_at__lt=end)
-    payments = Payment.objects.filter(created_at__gte=start, created_at__lt=end, pk__in=posted.values("payment_id"))
     corrected = 0
-    for row in payments.annotate(**{f"counted_{name}": value for name, value in counted.items()}).values(
-        "pk", *kept, *(f"counted_{name}" for name in kept)
+    for row in (
+        payments.filter(pk__in=posted.values("payment_id"))
+        .annotate(**{f"counted_{name}": value for name, value in counted.items()})
+        .values("pk", *kept, *(f"counted_{name}" for name in kept))
     ):
         right = {name: row[f"counted_{name}"] or (0 if name in sums else None) for name in kept}
         if any(row[name] != right[name] for name in kept):

@@ -247,7 +247,7 @@ def copy_statement(
         grouped_sql, joined_params = grouped.query.sql_with_params()
         joined = f" LEFT JOIN ({grouped_sql}) AS l ON l.k = x.lk AND l.m = x.lm"
         for name in from_ledger:
-            expressions[name] = f"coalesce(l.{name}, 0)" if ledger.is_sum(name) else f"l.{name}"
+            expressions[name] = f"coalesce(l.{name}, 0)"
 
     # Each currency's minor unit once per row, for however many amounts are in it.
     currencies = list(dict.fromkeys(column.currency for column in spec.columns if column.currency))

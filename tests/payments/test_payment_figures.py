@@ -3,17 +3,22 @@ and filled or mended by the recount (the migration that added them, `manage.py r
 
 import io
 import random
+import threading
+import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
+from django.db import connection, connections, transaction
 
 from payments.figures import FIGURES, KEPT, KEPT_SUMS, POSTED_AT, account_kind
-from payments.models import LedgerEntry, Payment
+from payments.models import LedgerEntry, Payment, PaymentStatus, Reversal
+from payments.services import ledger
 from payments.services.ledger import recount_payment_figures
+from tests.concurrency import other_session
 from tests.conftest import MSISDN, Shop
 from tests.processes import django
 from tests.reporting.test_finance_figures import play_random_history, taxed_shop
@@ -91,6 +96,70 @@ def test_the_recount_of_a_period_leaves_the_payments_of_other_days_alone(history
     assert set(Payment.objects.values_list("gross_minor", flat=True)) == {-1}
     call_command("recount_payment_figures", "--from", day.isoformat(), "--to", day.isoformat(), stdout=out)
     assert -1 not in set(Payment.objects.values_list("gross_minor", flat=True))
+
+
+@pytest.mark.postgres
+@pytest.mark.journal  # the payment paid through the API is journaled
+@pytest.mark.django_db(transaction=True)  # the poster and the recount have connections of their own
+def test_the_recount_waits_for_an_entry_being_posted_and_keeps_its_figures(shop: Shop) -> None:
+    paid = shop.pay("r-1", flow="one_click")
+    assert paid["status"] == PaymentStatus.SUCCEEDED
+    payment = Payment.objects.get(public_id=paid["id"])
+    # Figures not kept yet (as the migration finds them), while a reversal is being posted to the payment.
+    Payment.objects.filter(pk=payment.pk).update(**dict.fromkeys(KEPT_SUMS, 0), charged_at=None)
+    posted, commit = threading.Event(), threading.Event()
+    corrected: list[int] = []
+
+    def post_a_reversal() -> None:
+        try:
+            with transaction.atomic():
+                locked = Payment.objects.select_for_update().get(pk=payment.pk)
+                reversal = Reversal(payment=locked, payment_created_at=locked.created_at, via_carrier=True, reason="r")
+                ledger.post_reversal(reversal)
+                posted.set()
+                assert commit.wait(30)
+        finally:
+            connections.close_all()
+
+    def recount() -> None:
+        try:
+            at = payment.created_at
+            corrected.append(recount_payment_figures(created_from=at, created_before=at + timedelta(seconds=1)))
+        finally:
+            connections.close_all()
+
+    poster, recounter = threading.Thread(target=post_a_reversal), threading.Thread(target=recount)
+    poster.start()
+    assert posted.wait(30)
+    recounter.start()
+    with other_session() as watcher:  # the recount waits for the poster's lock on the payment
+        deadline = time.monotonic() + 30
+        while not watcher.execute(
+            "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            # By its start: the end of a long query is cut there.
+            " AND (query LIKE 'SELECT p.id FROM payments_payment p, %' OR query LIKE 'UPDATE payments_payment p %')"
+        ).fetchone():
+            assert time.monotonic() < deadline, "the recount did not wait for the payment's lock"
+            time.sleep(0.05)
+    commit.set()
+    poster.join(30)
+    recounter.join(30)
+    assert corrected == [1]
+    payment.refresh_from_db()
+    assert kept(payment) == added_up_by_hand(payment)
+    assert payment.reversed_at is not None
+    assert payment.gross_minor == 0 == payment.net_minor
+
+
+@pytest.mark.postgres
+def test_payments_inserted_without_the_figures_get_zeros_as_a_previous_release_would_insert_them() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT column_name, column_default FROM information_schema.columns"
+            " WHERE table_name = 'payments_payment' AND column_name = ANY(%s)",
+            [list(KEPT_SUMS)],
+        )
+        assert dict(cursor.fetchall()) == dict.fromkeys(KEPT_SUMS, "0")
 
 
 KEPT_SCRIPT = """

@@ -23,5 +23,7 @@ class Command(BaseCommand):
         parser.add_argument("--to", dest="last", type=date.fromisoformat, help="last UTC day of payments")
 
     def handle(self, *args: Any, first: date | None, last: date | None, **options: Any) -> None:
-        corrected = recount_payment_figures(months_from=_day_start(first), months_to=_day_start(last, days_after=1))
+        corrected = recount_payment_figures(
+            created_from=_day_start(first), created_before=_day_start(last, days_after=1)
+        )
         self.stdout.write(f"{corrected} payment(s) held figures other than their ledger lines' (now corrected)")
