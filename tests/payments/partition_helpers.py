@@ -1,6 +1,8 @@
 """What the partition migration tests of the payments' tables share: moving the schema, and reading a table's
 kind, rows and constraint names to compare before and after."""
 
+from collections.abc import Collection
+
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
@@ -20,16 +22,16 @@ def latest_payments_migrations() -> list[tuple[str, str]]:
     return leaves
 
 
-def kind_and_rows(table: str, *, leaving_out: str | None = "payment_created_at") -> tuple[str, Rows]:
-    """The table's kind (r plain, p partitioned) and its rows by id, without the column `leaving_out` (one the
-    plain tables before did not have)."""
+def kind_and_rows(table: str, *, leaving_out: Collection[str] = ("payment_created_at",)) -> tuple[str, Rows]:
+    """The table's kind (r plain, p partitioned) and its rows by id, without the columns `leaving_out` (ones
+    the plain tables before did not have)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT relkind FROM pg_class WHERE relname = %s", [table])
         kind = str(cursor.fetchone()[0])
         cursor.execute(f"SELECT * FROM {table} ORDER BY id")  # noqa: S608 - our own table names
         columns = [column.name for column in cursor.description]
         rows = [
-            tuple(value for name, value in zip(columns, row, strict=True) if name != leaving_out)
+            tuple(value for name, value in zip(columns, row, strict=True) if name not in leaving_out)
             for row in cursor.fetchall()
         ]
     return kind, rows
