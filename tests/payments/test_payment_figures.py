@@ -152,7 +152,7 @@ def test_the_recount_waits_for_an_entry_being_posted_and_keeps_its_figures(shop:
 
 
 @pytest.mark.postgres
-def test_payments_inserted_without_the_figures_get_zeros_as_a_previous_release_would_insert_them() -> None:
+def test_the_figures_sums_default_to_zero_in_the_database_for_a_previous_release_s_inserts() -> None:
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT column_name, column_default FROM information_schema.columns"
