@@ -1,10 +1,12 @@
 """Transactional outbox: background work that must follow a commit is never lost.
 
 `enqueue` writes the task into the outbox inside the caller's transaction. Right
-after the commit it is sent to the broker; if the process dies in between, the
-periodic `relay_pending` sends it. Tasks are idempotent, so sending one twice is safe.
+after the commit it is sent to the broker; if the process dies in between, or the
+broker does not take it then (down, or no answer within BROKER_TIMEOUT_SECONDS),
+the periodic `relay_pending` sends it. Tasks are idempotent, so sending one twice is safe.
 """
 
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -12,8 +14,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from payments.models import OutboxMessage
+from playpay.broker import BROKER_ERRORS, publish
 from playpay.celery import app as celery_app
 from playpay.inserts import insert_rows
+
+logger = logging.getLogger(__name__)
 
 # An unsent message younger than this is probably about to be sent by its own process.
 RELAY_GRACE = timedelta(seconds=10)
@@ -46,7 +51,15 @@ def write(message: OutboxMessage) -> OutboxMessage:
 def send_after_commit(message: OutboxMessage) -> None:
     """Send `message`, written in the current transaction, right after its commit."""
     _require_transaction()
-    transaction.on_commit(lambda: send(message))
+    transaction.on_commit(lambda: _send_or_leave_to_the_relay(message))
+
+
+def _send_or_leave_to_the_relay(message: OutboxMessage) -> None:
+    # The transaction is committed: a broker that does not take the message fails nothing, the relay sends it.
+    try:
+        send(message)
+    except BROKER_ERRORS as error:
+        logger.warning("outbox message %s (%s) not sent, the relay will send it: %r", message.pk, message.task, error)
 
 
 def _require_transaction() -> None:
@@ -55,10 +68,14 @@ def _require_transaction() -> None:
 
 
 def send(message: OutboxMessage) -> None:
-    """Send one message to the broker, then mark it sent (at-least-once)."""
-    # Through the registered task (not send_task) so that the embedded default runs it in-process.
-    options: dict[str, Any] = {"countdown": message.countdown_seconds} if message.countdown_seconds else {}
-    celery_app.tasks[message.task].apply_async(kwargs=message.kwargs, queue=message.queue, **options)
+    """Send one message to the broker, then mark it sent (at-least-once); raises one of `BROKER_ERRORS` when
+    the broker does not take it. Without a broker the task runs here instead."""
+    if runs_in_process():
+        # Through the registered task, which runs it at once (the embedded default).
+        options: dict[str, Any] = {"countdown": message.countdown_seconds} if message.countdown_seconds else {}
+        celery_app.tasks[message.task].apply_async(kwargs=message.kwargs, queue=message.queue, **options)
+    else:
+        publish(message.task, kwargs=message.kwargs, queue=message.queue, countdown=message.countdown_seconds)
     _mark_sent(message)
 
 
@@ -74,7 +91,8 @@ def _mark_sent(message: OutboxMessage) -> None:
 
 
 def relay_pending(*, limit: int = 1000) -> int:
-    """Send messages whose process died between commit and send; returns how many."""
+    """Send messages whose process died between commit and send, or that the broker did not take then; returns
+    how many. A broker that does not take one ends the run (raises): the next run starts where it stopped."""
     cutoff = timezone.now() - RELAY_GRACE
     messages = list(OutboxMessage.objects.filter(sent_at__isnull=True, created_at__lt=cutoff).order_by("id")[:limit])
     for message in messages:

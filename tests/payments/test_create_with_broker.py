@@ -1,20 +1,26 @@
 """Creating a payment where a broker runs the carrier work: the answer is the payment as inserted, stored with
 the idempotency key's claim in the creating transaction."""
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 from django.db import connection, connections
 from rest_framework.test import APIClient
 
 from payments.models import IdempotencyRecord, OutboxMessage, Payment, PaymentStatus
 from tenants.services import issue_api_key
 from tests.conftest import MSISDN, Shop
+from tests.deploy.processes import free_port, wait_for
 from tests.factories import AppFactory, NumberPrefixFactory, PricePointFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,3 +91,134 @@ def test_with_a_broker_a_request_that_died_after_its_commit_is_replayed_at_once(
     assert retry.json() == record.response_body
     assert retry.json()["id"] == str(payment.public_id)
     assert Payment.objects.count() == 1
+
+
+PAY_ONCE = """
+import json, os, time, django
+django.setup()
+from django.test import Client
+started = time.monotonic()
+response = Client().post(
+    "/api/v1/payments/",
+    os.environ["BODY"],
+    content_type="application/json",
+    headers={"Authorization": "Api-Key " + os.environ["API_KEY"], "Idempotency-Key": "broker-fault-1"},
+)
+print("RESULT " + json.dumps({"status": response.status_code, "seconds": time.monotonic() - started}))
+"""
+
+RELAY = """
+import django
+django.setup()
+from payments.services import outbox
+print("RESULT " + str(outbox.relay_pending()))
+"""
+
+
+def _result(completed: subprocess.CompletedProcess[str]) -> Any:
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, completed.stdout + completed.stderr
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+class _Redis:
+    """A Redis server of the test's own on a free loopback port, which it may freeze (SIGSTOP: the kernel still
+    takes connections and bytes, nothing answers), thaw, stop, and start again on the same port."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.folder = free_port(), folder
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.server: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        command = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--dir",
+            str(self.folder),
+        ]
+        self.server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_for("the test's Redis", lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), timeout=10)
+
+    def signal(self, number: int) -> None:
+        assert self.server is not None
+        self.server.send_signal(number)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.send_signal(signal.SIGCONT)
+            self.server.kill()
+            self.server.wait(timeout=10)
+            self.server = None
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[_Redis]:
+    server = _Redis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.postgres
+@pytest.mark.broker
+@pytest.mark.journal  # the subprocesses journal into this run's journal database
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("fault", ["frozen", "stopped"])
+def test_a_broker_that_does_not_take_the_first_step_delays_the_answer_a_bounded_time_and_the_relay_sends_it(
+    own_redis: _Redis, fault: str
+) -> None:
+    price_point = PricePointFactory.create()
+    NumberPrefixFactory.create(carrier=price_point.carrier, prefix="4474")
+    key = issue_api_key(app=AppFactory.create()).raw_key
+    db, journal = connection.settings_dict, connections["journal"].settings_dict
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "playpay.settings",
+        "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "JOURNAL_URL": f"postgres://{journal['USER']}@{journal['HOST']}:{journal['PORT']}/{journal['NAME']}",
+        "CELERY_BROKER_URL": own_redis.url,
+        "BROKER_TIMEOUT_SECONDS": "1",
+        "API_KEY": key,
+        "BODY": json.dumps({"user_ref": "p1", "msisdn": MSISDN, "price_point": price_point.code}),
+    }
+
+    def run(script: str) -> Any:
+        return _result(
+            subprocess.run(
+                [sys.executable, "-c", script], cwd=ROOT, env=env, text=True, capture_output=True, timeout=60
+            )
+        )
+
+    if fault == "frozen":
+        own_redis.signal(signal.SIGSTOP)
+    else:
+        own_redis.stop()
+    answer = run(PAY_ONCE)
+    assert answer["status"] == 201  # the payment is committed: a broker fault fails nothing
+    assert answer["seconds"] < 5, answer  # two tries of 1 s at most, not a worker's timeout
+    payment = Payment.objects.get()
+    assert payment.status == PaymentStatus.CREATED
+    message = OutboxMessage.objects.get()
+    assert message.sent_at is None  # left for the relay
+
+    if fault == "frozen":
+        own_redis.signal(signal.SIGCONT)
+    else:
+        own_redis.start()
+    assert run(RELAY) == 0  # too young: its own process may still send it
+    OutboxMessage.objects.update(created_at=message.created_at - timedelta(minutes=1))
+    assert run(RELAY) == 1
+    assert OutboxMessage.objects.get().sent_at is not None
+    queued = redis.Redis.from_url(own_redis.url).lrange(message.queue, 0, -1)
+    assert len(queued) == 1
+    envelope = json.loads(queued[0])
+    assert envelope["headers"]["task"] == message.task == "payments.tasks.start_payment"
+    args, kwargs, _ = json.loads(base64.b64decode(envelope["body"]))
+    assert (args, kwargs) == ([], message.kwargs)
+    assert kwargs["public_id"] == str(payment.public_id)
