@@ -61,9 +61,13 @@ from payments.services.state_machine import creation_entry, published_creation, 
 from playpay.crypto import decrypt_credentials, encrypt_credentials
 from playpay.ids import new_public_id
 from playpay.inserts import insert_rows
+from playpay.postgresql.listen import listening
 from tenants.models import App
 
-# How often a confirm request looks whether the PIN's verdict came, while it may wait for it.
+# While a confirm request waits for the PIN's verdict, it is woken when the verdict is committed (on PostgreSQL,
+# a notification sent by the database: payments 0030) and looks at the payment at least this often anyway;
+# elsewhere it looks every PIN_POLL_INTERVAL_S.
+PIN_RECHECK_INTERVAL_S = 0.25
 PIN_POLL_INTERVAL_S = 0.05
 # What an app is told to wait before submitting the PIN again when the carrier could not check it and
 # asked for no particular wait (else the wait it asked for, or the gateway's: breaker, rate limit).
@@ -310,8 +314,14 @@ def _await_pin_verdict(payment: Payment) -> None:
     pending = Payment.objects.filter(
         pk=payment.pk, created_at=payment.created_at, status=PaymentStatus.PIN_SENT, pin_submitted_at__isnull=False
     )
-    while time.monotonic() < deadline and pending.exists():
-        time.sleep(min(PIN_POLL_INTERVAL_S, max(deadline - time.monotonic(), 0)))
+    with listening(pin_verdict_channel(payment.pk), fallback_interval=PIN_POLL_INTERVAL_S) as wait:
+        while (left := deadline - time.monotonic()) > 0 and pending.exists():
+            wait(min(left, PIN_RECHECK_INTERVAL_S))
+
+
+def pin_verdict_channel(payment_id: int) -> str:
+    """The notification channel of a payment's PIN verdict (the trigger of payments 0030 names it alike)."""
+    return f"payment_pin_verdict_{payment_id}"
 
 
 def _told_verdict(payment: Payment) -> Payment:

@@ -5,6 +5,7 @@ HTTP); in the embedded default the check runs in-process at the commit, so the a
 """
 
 import json
+import time
 from typing import Any
 
 import httpx
@@ -17,6 +18,7 @@ from carriers.adapters import carrier_queue
 from carriers.models import Carrier
 from journal.store import JournalQuery, journal_store
 from payments.models import OutboxMessage, Payment, PaymentStatus
+from payments.services import payments as payment_service
 from playpay.celery import app as celery_app
 from playpay.crypto import decrypt_credentials
 from sandbox.adapter import TEST_PIN
@@ -106,6 +108,29 @@ def test_a_confirm_answers_at_once_while_a_slow_carrier_checks_the_pin_on_its_qu
         ("succeeded", "carrier:camara-gb"),
     ]
     assert len(simulator("camara").charges[MSISDN]) == 1
+
+
+@pytest.mark.postgres
+@pytest.mark.broker
+@pytest.mark.django_db(transaction=True)
+def test_a_waiting_confirm_is_woken_by_the_commit_of_the_verdict_not_by_looking_again(
+    api: Api, camara: Carrier, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.PIN_CONFIRM_WAIT_MS = 5000
+    # Without the database's notification the request would look at the payment again only at its 5 s deadline.
+    monkeypatch.setattr(payment_service, "PIN_RECHECK_INTERVAL_S", 30.0)
+    Carrier.objects.filter(pk=camara.pk).update(read_timeout_ms=10_000)
+    with camara_worker(camara):
+        payment_id = api.create("woken-1")
+        wait_for_status(payment_id, PaymentStatus.PIN_SENT, timeout=20)
+        pin = last_pin("camara", MSISDN)
+        simulator("camara").configure(latency_ms=1000)  # the verdict is committed a second after the PIN came
+        started = time.monotonic()
+        answered = api.confirm(payment_id, pin, timeout=10.0)
+        elapsed = time.monotonic() - started
+    assert answered.status_code == 200, answered.text  # the verdict, within the wait
+    assert answered.json()["status"] in ("pin_verified", "charging", "succeeded")
+    assert 1.0 <= elapsed < 4.0, elapsed
 
 
 @pytest.mark.broker
