@@ -133,7 +133,7 @@ def _payment_of(approval: RefundApproval) -> Payment:
 
 
 def _pending(approval_id: int, user: AbstractBaseUser) -> RefundApproval:
-    approval = RefundApproval.objects.select_for_update().select_related("requested_by").get(pk=approval_id)
+    approval = RefundApproval.objects.select_for_update(of=("self",)).select_related("requested_by").get(pk=approval_id)
     if approval.status != RefundApproval.Status.PENDING:
         raise ApprovalRefused(f"This refund was already {approval.status} by {approval.decided_by}.")
     if approval.requested_by_id == user.pk:

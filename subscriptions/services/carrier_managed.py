@@ -102,7 +102,7 @@ def register_at_carrier(*, subscription_id: int) -> bool:
         registered = Subscription.objects.filter(pk=subscription.pk, carrier_reference="").update(
             carrier_reference=result.carrier_reference[:64], updated_at=timezone.now()
         )
-        locked = Subscription.objects.select_for_update().select_related("carrier").get(pk=subscription.pk)
+        locked = Subscription.objects.select_for_update(of=("self",)).select_related("carrier").get(pk=subscription.pk)
         if registered and (locked.status in FINAL_STATUSES or locked.cancel_at_period_end):
             # Cancelled while it was being handed over (nothing was booked then: the carrier had no id for it).
             tell_carrier_of_cancellation(locked)
@@ -347,7 +347,9 @@ def record_listed_event(carrier: Carrier, event: SubscriptionEvent) -> str:
 def _end_cancelled_period(subscription_id: int, *, now: datetime) -> bool:
     """A subscription cancelled at its period's end, that end come: cancelled (the carrier was told already)."""
     with transaction.atomic():
-        subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
+        subscription = (
+            Subscription.objects.select_for_update(of=("self",)).select_related("plan").get(pk=subscription_id)
+        )
         ended = subscription.current_period_end is not None and subscription.current_period_end <= now
         if not (subscription.status == SubscriptionStatus.ACTIVE and subscription.cancel_at_period_end and ended):
             return False
@@ -359,7 +361,9 @@ def _suspend_after_grace(subscription_id: int, *, now: datetime) -> None:
     """A declined subscription whose grace has run out without a renewal is suspended, as the platform's are;
     the carrier goes on retrying (or cancels it)."""
     with transaction.atomic():
-        subscription = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription_id)
+        subscription = (
+            Subscription.objects.select_for_update(of=("self",)).select_related("plan").get(pk=subscription_id)
+        )
         ended = subscription.entitled_until is not None and subscription.entitled_until <= now
         if subscription.status == SubscriptionStatus.PAST_DUE and ended:
             transition(

@@ -207,7 +207,7 @@ def cancel_subscription(
         pending = _live_renewal_payment_ids(subscription.pk)
         with transaction.atomic():
             payments = [locked_payment(payment_id) for payment_id in pending]
-            locked = Subscription.objects.select_for_update().select_related("plan").get(pk=subscription.pk)
+            locked = Subscription.objects.select_for_update(of=("self",)).select_related("plan").get(pk=subscription.pk)
             if _live_renewal_payment_ids(locked.pk) != pending and attempt + 1 < CANCEL_ATTEMPTS:
                 continue
             pending_opt_in = cancel_locked(locked, at_period_end=at_period_end, reason=reason, actor=actor, now=now)
