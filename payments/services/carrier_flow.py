@@ -82,7 +82,9 @@ def load_payment(payment_id: int) -> Payment:
 
 
 def locked_payment(payment_id: int) -> Payment:
-    return PAYMENT_MONTHS.get(Payment.objects.select_for_update(of=("self",)).select_related("carrier"), payment_id)
+    return PAYMENT_MONTHS.get(
+        Payment.objects.select_for_update(of=("self",)).select_related("app", "carrier"), payment_id
+    )
 
 
 def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) -> Payment | None:
