@@ -90,7 +90,7 @@ class _Gauge:
 _gauges: dict[str, _Gauge] = {}
 _queue_sources: list[Callable[[], Iterable[str]]] = []
 
-BROKER_TIMEOUT_SECONDS = 0.5
+QUEUE_DEPTH_TIMEOUT_SECONDS = 0.5
 
 
 def register_gauge(name: str, documentation: str, read: GaugeReader, *, labels: Iterable[str] = ()) -> None:
@@ -113,7 +113,7 @@ def queue_names() -> list[str]:
 @cache
 def _broker(url: str) -> redis.Redis:
     return redis.Redis.from_url(
-        url, socket_timeout=BROKER_TIMEOUT_SECONDS, socket_connect_timeout=BROKER_TIMEOUT_SECONDS
+        url, socket_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS, socket_connect_timeout=QUEUE_DEPTH_TIMEOUT_SECONDS
     )
 
 

@@ -215,17 +215,24 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_DEFAULT_QUEUE = "default"
-# Every wait on the broker is bounded: connecting to it, and each of its answers (a publish after a payment's
-# commit, a worker's fetch). The worker's fetch (BRPOP) itself waits 1 s, well within the bound.
+# Every wait on a Redis broker is bounded: connecting to it, and each of its answers (a publish after a payment's
+# commit, a worker's fetch, whose BRPOP waits 1 s itself: hence at least 2 s).
 BROKER_TIMEOUT_SECONDS = env_int("BROKER_TIMEOUT_SECONDS", 5)
+if BROKER_TIMEOUT_SECONDS < 2:
+    raise ImproperlyConfigured(
+        f"BROKER_TIMEOUT_SECONDS must be at least 2, got {BROKER_TIMEOUT_SECONDS}: a worker's fetch from a Redis "
+        "broker waits 1 s for a message, and its answer must come within the bound."
+    )
 CELERY_BROKER_CONNECTION_TIMEOUT = BROKER_TIMEOUT_SECONDS
 if CELERY_BROKER_URL.startswith(("redis://", "rediss://")):
-    # kombu's Redis transport with one client per connection pool, not one per message (playpay.broker).
-    CELERY_BROKER_TRANSPORT = "playpay.broker:RedisTransport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "socket_timeout": BROKER_TIMEOUT_SECONDS,
         "socket_connect_timeout": BROKER_TIMEOUT_SECONDS,
     }
+if CELERY_BROKER_URL.startswith("redis://"):
+    # kombu's Redis transport with one client per connection pool, not one per message (playpay.broker). Not for
+    # rediss://, whose TLS kombu turns on by the transport's name.
+    CELERY_BROKER_TRANSPORT = "playpay.broker:RedisTransport"
 CELERY_RESULT_BACKEND = None
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"

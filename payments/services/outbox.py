@@ -10,18 +10,24 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
 from payments.models import OutboxMessage
-from playpay.broker import BROKER_ERRORS, publish
+from playpay.broker import BrokerUnavailable, publish
 from playpay.celery import app as celery_app
 from playpay.inserts import insert_rows
 
 logger = logging.getLogger(__name__)
 
-# An unsent message younger than this is probably about to be sent by its own process.
+# An unsent message younger than this is probably about to be sent by its own process (which may be waiting on
+# the broker for twice BROKER_TIMEOUT_SECONDS): `relay_grace()`.
 RELAY_GRACE = timedelta(seconds=10)
+
+
+def relay_grace() -> timedelta:
+    return max(RELAY_GRACE, timedelta(seconds=3 * settings.BROKER_TIMEOUT_SECONDS))
 
 
 def runs_in_process() -> bool:
@@ -55,11 +61,16 @@ def send_after_commit(message: OutboxMessage) -> None:
 
 
 def _send_or_leave_to_the_relay(message: OutboxMessage) -> None:
-    # The transaction is committed: a broker that does not take the message fails nothing, the relay sends it.
+    if runs_in_process():
+        send(message)  # the task runs here: its errors are the request's, as they would be without the outbox
+        return
+    # The transaction is committed: a message that is not handed over fails nothing, the relay sends it.
     try:
         send(message)
-    except BROKER_ERRORS as error:
-        logger.warning("outbox message %s (%s) not sent, the relay will send it: %r", message.pk, message.task, error)
+    except BrokerUnavailable as error:
+        logger.warning("outbox message %s (%s) not sent, the relay will send it: %s", message.pk, message.task, error)
+    except Exception:
+        logger.exception("outbox message %s (%s) not sent, the relay will try it again", message.pk, message.task)
 
 
 def _require_transaction() -> None:
@@ -68,8 +79,8 @@ def _require_transaction() -> None:
 
 
 def send(message: OutboxMessage) -> None:
-    """Send one message to the broker, then mark it sent (at-least-once); raises one of `BROKER_ERRORS` when
-    the broker does not take it. Without a broker the task runs here instead."""
+    """Send one message to the broker, then mark it sent (at-least-once); raises `BrokerUnavailable` when the
+    broker does not take it. Without a broker the task runs here instead."""
     if runs_in_process():
         # Through the registered task, which runs it at once (the embedded default).
         options: dict[str, Any] = {"countdown": message.countdown_seconds} if message.countdown_seconds else {}
@@ -93,7 +104,7 @@ def _mark_sent(message: OutboxMessage) -> None:
 def relay_pending(*, limit: int = 1000) -> int:
     """Send messages whose process died between commit and send, or that the broker did not take then; returns
     how many. A broker that does not take one ends the run (raises): the next run starts where it stopped."""
-    cutoff = timezone.now() - RELAY_GRACE
+    cutoff = timezone.now() - relay_grace()
     messages = list(OutboxMessage.objects.filter(sent_at__isnull=True, created_at__lt=cutoff).order_by("id")[:limit])
     for message in messages:
         send(message)

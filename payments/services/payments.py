@@ -277,7 +277,7 @@ def confirm_payment(*, payment: Payment, pin: str) -> Payment:
     """Take the player's PIN and have the carrier's queue check it; return the payment as it is then.
 
     No carrier is called here: the PIN is stored encrypted and `check_submitted_pin` runs on the
-    carrier's queue. The request waits for its verdict at most PIN_CONFIRM_WAIT_MS (polling the row);
+    carrier's queue. The request waits for its verdict at most PIN_CONFIRM_WAIT_MS (woken when it is committed);
     a verdict known by then is told as before (a wrong PIN raises `InvalidPin`, an unreachable carrier
     `CarrierTemporarilyUnavailable`), else the payment comes back with its PIN check pending.
     """

@@ -1,1 +1,2 @@
-"""Django's PostgreSQL backend with every wait on the server bounded (see base.py); DATABASES' ENGINE."""
+"""Django's PostgreSQL backend with every wait on the server bounded (see base.py); DATABASES' ENGINE.
+listen.py: waiting for another process's commit, woken by LISTEN/NOTIFY."""

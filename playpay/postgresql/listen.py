@@ -27,15 +27,19 @@ def listening(channel: str, *, fallback_interval: float) -> Iterator[Wait]:
 
     def wait(seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            # Notifications of channels this connection listened to before may still be queued: skipped.
-            if any(notify.channel == channel for notify in raw.notifies(timeout=left, stop_after=1)):
-                return
+        # As Django's own statements: a lost server raises Django's OperationalError (a 503 in the API).
+        with connection.wrap_database_errors:
+            while (left := deadline - time.monotonic()) > 0:
+                # Notifications of channels this connection listened to before may still be queued: skipped.
+                if any(notify.channel == channel for notify in raw.notifies(timeout=left, stop_after=1)):
+                    return
 
     try:
         yield wait
     finally:
-        # A connection that broke meanwhile listens to nothing any more: its error is the one raised.
         if connection.connection is raw and not raw.closed:
-            with contextlib.suppress(DatabaseError), connection.cursor() as cursor:
-                cursor.execute(f'UNLISTEN "{channel}"')
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(f'UNLISTEN "{channel}"')
+            except DatabaseError:
+                connection.close()  # not kept listening for the next request: a new connection has no channels
