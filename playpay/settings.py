@@ -149,6 +149,10 @@ DATABASE_ROUTERS = ["journal.router.JournalRouter"]
 DATABASE_CONNECT_TIMEOUT = env_int("DATABASE_CONNECT_TIMEOUT", 5)
 DATABASE_STATEMENT_TIMEOUT_MS = env_int("DATABASE_STATEMENT_TIMEOUT_MS", 30_000)
 DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_MS", 60_000)
+# A wait for another process's commit (the PIN confirm's) is woken by LISTEN/NOTIFY on the request's own session
+# (playpay.postgresql.listen). Behind a pooler in transaction mode (PgBouncer's) a session is not the request's
+# own: set false, and such waits poll instead.
+DATABASE_LISTEN = env_bool("DATABASE_LISTEN", True)
 # `manage.py migrate` runs its statements under this bound instead (a table rebuilt at volume takes minutes).
 MIGRATION_STATEMENT_TIMEOUT_MS = env_int("MIGRATION_STATEMENT_TIMEOUT_MS", 4 * 3_600_000)
 for _database in DATABASES.values():

@@ -3,14 +3,16 @@
 `listening(channel, fallback_interval)` yields `wait(seconds)`: it returns when a notification on `channel`
 comes (PostgreSQL delivers one when the transaction that sent it commits) or after `seconds`, whichever is
 first. The caller still looks at what it waits for after each wait, so a notification that was never sent
-costs only time. On the default connection, outside a transaction; elsewhere (SQLite, or inside
-`atomic()`, where LISTEN would only start at the commit) `wait` sleeps `fallback_interval` at most: polling.
+costs only time. On the default connection, outside a transaction; elsewhere (SQLite, inside `atomic()`,
+where LISTEN would only start at the commit, or with DATABASE_LISTEN off, behind a pooler that shares
+sessions) `wait` sleeps `fallback_interval` at most: polling.
 """
 
 import contextlib
 import time
 from collections.abc import Callable, Iterator
 
+from django.conf import settings
 from django.db import DatabaseError, connection
 
 Wait = Callable[[float], None]
@@ -18,7 +20,7 @@ Wait = Callable[[float], None]
 
 @contextlib.contextmanager
 def listening(channel: str, *, fallback_interval: float) -> Iterator[Wait]:
-    if connection.vendor != "postgresql" or connection.in_atomic_block:
+    if not settings.DATABASE_LISTEN or connection.vendor != "postgresql" or connection.in_atomic_block:
         yield lambda seconds: time.sleep(max(min(seconds, fallback_interval), 0))
         return
     with connection.cursor() as cursor:

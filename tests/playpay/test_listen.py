@@ -2,6 +2,7 @@
 
 import threading
 import time
+from typing import Any
 
 import pytest
 from django.db import connection, transaction
@@ -53,6 +54,19 @@ def test_inside_a_transaction_a_wait_polls_as_listen_would_only_start_at_its_com
         started = time.monotonic()
         wait(10.0)
         assert time.monotonic() - started < 1.0  # it slept its fallback interval and let the caller look again
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_listening_channels()")
+            assert cursor.fetchone() == (0,)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_with_database_listen_off_a_wait_polls_and_listens_to_nothing(settings: Any) -> None:
+    settings.DATABASE_LISTEN = False  # behind a pooler that shares sessions between requests
+    with listening("test_listen_off", fallback_interval=0.05) as wait:
+        started = time.monotonic()
+        wait(10.0)
+        assert time.monotonic() - started < 1.0
         with connection.cursor() as cursor:
             cursor.execute("SELECT count(*) FROM pg_listening_channels()")
             assert cursor.fetchone() == (0,)
