@@ -1,8 +1,8 @@
 """On PostgreSQL the journal database itself refuses updates and deletes of records."""
 
-from typing import Any
-
 from django.db import migrations
+
+from playpay.postgresql.schema import on_postgresql
 
 FORWARD = """
 CREATE OR REPLACE FUNCTION playpay_journal_append_only() RETURNS trigger AS $$
@@ -21,15 +21,6 @@ DROP FUNCTION IF EXISTS playpay_journal_append_only();
 """
 
 
-def run(sql: str) -> Any:
-    def apply(apps: Any, schema_editor: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            with schema_editor.connection.cursor() as cursor:
-                cursor.execute(sql)  # no parameters: the % is PL/pgSQL's
-
-    return apply
-
-
 class Migration(migrations.Migration):
     dependencies = [("journal", "0001_initial")]
-    operations = [migrations.RunPython(run(FORWARD), run(BACKWARD), hints={"journal_only": True})]
+    operations = [on_postgresql(FORWARD, BACKWARD, hints={"journal_only": True})]

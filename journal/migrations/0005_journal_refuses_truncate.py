@@ -4,9 +4,9 @@ so no setting lets a TRUNCATE through. An ordinary trigger: a session with
 session_replication_role = replica (a superuser's bulk restore, the test suite's cleanup) does not fire it.
 """
 
-from typing import Any
-
 from django.db import migrations
+
+from playpay.postgresql.schema import on_postgresql
 
 FORWARD = """
 CREATE TRIGGER journalrecord_no_truncate BEFORE TRUNCATE ON journal_journalrecord
@@ -17,15 +17,6 @@ DROP TRIGGER IF EXISTS journalrecord_no_truncate ON journal_journalrecord;
 """
 
 
-def run(sql: str) -> Any:
-    def apply(apps: Any, schema_editor: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            with schema_editor.connection.cursor() as cursor:
-                cursor.execute(sql)
-
-    return apply
-
-
 class Migration(migrations.Migration):
     dependencies = [("journal", "0004_staffaction")]
-    operations = [migrations.RunPython(run(FORWARD), run(BACKWARD), hints={"journal_only": True})]
+    operations = [on_postgresql(FORWARD, BACKWARD, hints={"journal_only": True})]

@@ -4,9 +4,9 @@ Ordinary triggers: a session with session_replication_role = replica (a superuse
 the test suite's cleanup) does not fire them, as for the guards of 0008.
 """
 
-from typing import Any
-
 from django.db import migrations
+
+from playpay.postgresql.schema import on_postgresql
 
 FORWARD = """
 CREATE TRIGGER ledgerline_no_truncate BEFORE TRUNCATE ON payments_ledgerline
@@ -21,15 +21,6 @@ DROP TRIGGER IF EXISTS ledgerentry_no_truncate ON payments_ledgerentry;
 """
 
 
-def run(sql: str) -> Any:
-    def apply(apps: Any, schema_editor: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            with schema_editor.connection.cursor() as cursor:
-                cursor.execute(sql)
-
-    return apply
-
-
 class Migration(migrations.Migration):
     dependencies = [("payments", "0014_app_and_staff_action_move")]
-    operations = [migrations.RunPython(run(FORWARD), run(BACKWARD))]
+    operations = [on_postgresql(FORWARD, BACKWARD)]

@@ -7,9 +7,9 @@ the payment's channel, and this trigger sends the notification when the PIN chec
 it at the commit. The trigger is on the partitioned table, so every partition has it, those made later too.
 """
 
-from typing import Any
-
 from django.db import migrations
+
+from playpay.postgresql.schema import on_postgresql
 
 FORWARD = """
 CREATE FUNCTION playpay_payment_pin_verdict() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -30,15 +30,6 @@ DROP FUNCTION IF EXISTS playpay_payment_pin_verdict();
 """
 
 
-def run(sql: str) -> Any:
-    def apply(apps: Any, schema_editor: Any) -> None:
-        if schema_editor.connection.vendor == "postgresql":
-            with schema_editor.connection.cursor() as cursor:
-                cursor.execute(sql)
-
-    return apply
-
-
 class Migration(migrations.Migration):
     dependencies = [("payments", "0029_count_payment_ledger_figures")]
-    operations = [migrations.RunPython(run(FORWARD), run(BACKWARD))]
+    operations = [on_postgresql(FORWARD, BACKWARD)]

@@ -314,7 +314,10 @@ def _await_pin_verdict(payment: Payment) -> None:
     pending = Payment.objects.filter(
         pk=payment.pk, created_at=payment.created_at, status=PaymentStatus.PIN_SENT, pin_submitted_at__isnull=False
     )
+    if settings.PIN_CONFIRM_WAIT_MS <= 0:
+        return  # no wait: no LISTEN, no UNLISTEN
     with listening(pin_verdict_channel(payment.pk), fallback_interval=PIN_POLL_INTERVAL_S) as wait:
+        # Looked at once listening: a verdict committed before the LISTEN notified no one.
         while (left := deadline - time.monotonic()) > 0 and pending.exists():
             wait(min(left, PIN_RECHECK_INTERVAL_S))
 

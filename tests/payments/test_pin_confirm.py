@@ -6,12 +6,14 @@ HTTP); in the embedded default the check runs in-process at the commit, so the a
 
 import json
 import time
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from celery.contrib.testing.worker import start_worker
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -260,3 +262,27 @@ def test_the_database_notifies_a_payments_channel_when_its_pin_check_stops_being
         channels = [notify.channel for notify in session.notifies(timeout=2.0, stop_after=2)]
         channels += [notify.channel for notify in session.notifies(timeout=0.5)]  # nothing more comes
     assert sorted(channels) == sorted(payment_service.pin_verdict_channel(p.pk) for p in (wrong_pin, verified))
+
+
+@pytest.mark.postgres
+@pytest.mark.broker
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("wait_ms", [0, 300])
+def test_a_confirm_without_a_verdict_listens_only_when_it_waits_and_looks_a_few_times(
+    settings: Any, wait_ms: int
+) -> None:
+    settings.PIN_CONFIRM_WAIT_MS = wait_ms  # no worker: no verdict comes
+    payment = PaymentFactory.create(status=PaymentStatus.PIN_SENT, pin_expires_at=timezone.now() + timedelta(minutes=5))
+    with CaptureQueriesContext(connection) as statements:
+        answered = payment_service.confirm_payment(payment=payment, pin="1234")
+    assert answered.status == PaymentStatus.PIN_SENT
+    assert answered.pin_submitted_at is not None
+    sql = [statement["sql"] for statement in statements.captured_queries]
+    listens = [text for text in sql if text.startswith(("LISTEN", "UNLISTEN"))]
+    looks = [text for text in sql if text.startswith("SELECT 1 AS") and "pin_submitted_at" in text]
+    if wait_ms == 0:
+        assert (listens, looks) == ([], [])
+    else:
+        channel = payment_service.pin_verdict_channel(payment.pk)
+        assert listens == [f'LISTEN "{channel}"', f'UNLISTEN "{channel}"']
+        assert 1 <= len(looks) <= 3  # every 250 ms, not every 50 ms (6 looks)
