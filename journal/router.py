@@ -11,7 +11,8 @@ def _is_journal(model: Any) -> bool:
 
 class JournalRouter:
     def db_for_read(self, model: Any, **hints: Any) -> str | None:
-        return "journal" if _is_journal(model) else "default"
+        # Other reads are the next router's (playpay.replica: a report's go to the replica), else default's.
+        return "journal" if _is_journal(model) else None
 
     def db_for_write(self, model: Any, **hints: Any) -> str | None:
         return "journal" if _is_journal(model) else "default"

@@ -9,7 +9,8 @@ the read runs on as many connections, one per core.
 each in a REPEATABLE READ transaction that imports the first one's snapshot (`pg_export_snapshot`), so the
 parts read the database as of one moment, as one statement would. Inside an open transaction (rows other
 connections cannot see yet) or elsewhere than PostgreSQL, the parts run one after the other on this
-connection instead: the same answer, one core.
+connection instead: the same answer, one core. The parts read the database `using` names (a report's is
+`playpay.replica.reporting_alias()`: a snapshot exported on a replica is imported there).
 """
 
 import re
@@ -20,7 +21,7 @@ from contextlib import suppress
 from typing import Any, TypeVar
 
 from django.conf import settings
-from django.db import connection, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
 T = TypeVar("T")
 
@@ -36,7 +37,8 @@ class Parts:
     running, and `check()`, called by a part between its batches, raises PartStopped: every part ends soon
     after the first failure, not at its own statement's end."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, using: str = DEFAULT_DB_ALIAS) -> None:
+        self.using = using
         self._failed = threading.Event()
         self._lock = threading.Lock()
         self._connections: list[Any] = []
@@ -44,6 +46,7 @@ class Parts:
 
     def join(self) -> None:
         """Called by a part on the connection it runs on: its statement is cancelled when another part fails."""
+        connection = connections[self.using]
         connection.ensure_connection()
         with self._lock:
             self._connections.append(connection.connection)
@@ -67,23 +70,24 @@ class Parts:
             raise PartStopped
 
 
-def runs_at_once() -> bool:
+def runs_at_once(using: str = DEFAULT_DB_ALIAS) -> bool:
     """Whether `in_one_snapshot` runs its parts at once: on PostgreSQL, outside any transaction."""
+    connection = connections[using]
     return connection.vendor == "postgresql" and not connection.in_atomic_block
 
 
-def in_one_snapshot(parts: Sequence[Callable[[Parts], T]]) -> list[T]:
+def in_one_snapshot(parts: Sequence[Callable[[Parts], T]], *, using: str = DEFAULT_DB_ALIAS) -> list[T]:
     """Each part's result, in order: the parts run at once when `runs_at_once()`, else one after the other.
 
     A part is called with the `Parts` it belongs to, inside its transaction, with the caller's statement
     timeout; it may set what its statements need with SET LOCAL. When one part raises, the others' statements
     are cancelled and the parts awaited, and the first part's error is raised (not the stops it caused).
     """
-    shared = Parts()
-    if len(parts) < 2 or not runs_at_once():
-        with transaction.atomic():
+    shared = Parts(using=using)
+    if len(parts) < 2 or not runs_at_once(using):
+        with transaction.atomic(using=using):
             return [part(shared) for part in parts]
-    with transaction.atomic(), connection.cursor() as cursor:
+    with transaction.atomic(using=using), connections[using].cursor() as cursor:
         cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         # This transaction waits, idle, while the other parts run: the server must not end it meanwhile.
         cursor.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
@@ -120,7 +124,7 @@ def _imported(part: Callable[[Parts], T], snapshot: str, timeout: str, ready: th
     """`part` on this thread's own connections, in the transaction of `snapshot` with the caller's statement
     timeout; the thread's connections are closed after."""
     try:
-        with transaction.atomic(), connection.cursor() as cursor:
+        with transaction.atomic(using=shared.using), connections[shared.using].cursor() as cursor:
             cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cursor.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")  # checked: hex digits and dashes
             cursor.execute("SELECT set_config('statement_timeout', %s, true)", [timeout])

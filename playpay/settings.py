@@ -140,7 +140,21 @@ if DATABASES["journal"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES["journal"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
     DATABASES["journal"]["CONN_MAX_AGE"] = 0
-DATABASE_ROUTERS = ["journal.router.JournalRouter"]
+# --- Read replica for reports (playpay.replica; docs/scaling.md#a-read-replica-for-reporting) ------------
+# A streaming replica of DATABASE_URL: dashboards, the catalog's queries and exports read it. Unset, they read
+# the main database.
+REPORTING_DATABASE_URL = env_str("REPORTING_DATABASE_URL", "")
+if REPORTING_DATABASE_URL:
+    DATABASES["reporting"] = dj_database_url.parse(
+        REPORTING_DATABASE_URL,
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 600),
+        conn_health_checks=True,
+    )
+    if {DATABASES[alias]["ENGINE"] for alias in ("default", "reporting")} != {"django.db.backends.postgresql"}:
+        raise ImproperlyConfigured("REPORTING_DATABASE_URL is a replica of DATABASE_URL: both on PostgreSQL")
+    # The test runner makes no database of its own for it: in tests it reads the main test database.
+    DATABASES["reporting"]["TEST"] = {"MIRROR": "default"}
+DATABASE_ROUTERS = ["journal.router.JournalRouter", "playpay.replica.ReportingRouter"]
 
 # Every PostgreSQL connection (both databases) gives up connecting after DATABASE_CONNECT_TIMEOUT seconds,
 # cancels a statement after DATABASE_STATEMENT_TIMEOUT_MS and ends a session left idle inside a transaction

@@ -42,7 +42,7 @@ def _bin_dir() -> Path:
 class PgInstance:
     """One server: `start()`, `stop(mode)`, `freeze()`, `thaw()`, `url(database)`; `destroy()` removes it."""
 
-    def __init__(self, *, port: int | None = None) -> None:
+    def __init__(self, *, port: int | None = None, initdb: bool = True) -> None:
         self.bin = _bin_dir()
         self.port = port or free_port()
         self.as_root = os.geteuid() == 0
@@ -52,7 +52,31 @@ class PgInstance:
         if self.as_root:
             account = pwd.getpwnam(SERVER_USER)
             os.chown(self.root, account.pw_uid, account.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        if initdb:
+            self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+
+    def start_standby(self) -> "PgInstance":
+        """A streaming replica of this started server, started: a base backup taken now (pg_basebackup, as a
+        deployment makes one), then in hot standby, replaying what this server commits from then on."""
+        replica = PgInstance(initdb=False)
+        replica._run(
+            "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-D", str(replica.data),
+            "--wal-method=stream", "--write-recovery-conf", "--no-sync",
+        )  # fmt: skip
+        replica.start()
+        return replica
+
+    def wait_until_replayed_by(self, replica: "PgInstance", timeout: float = 60) -> None:
+        """Until `replica` has replayed everything this server has written so far."""
+        with psycopg.connect(self.url(), connect_timeout=5) as conn:
+            written = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+
+        def replayed() -> bool:
+            with psycopg.connect(replica.url(), connect_timeout=2) as conn:
+                row = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", written).fetchone()
+                return bool(row and row[0])
+
+        wait_for("the replica to replay the primary's writes", replayed, timeout=timeout)
 
     def _run(self, program: str, *args: str) -> str:
         argv = [str(self.bin / program), *args]

@@ -24,6 +24,7 @@ from django.db import connection, connections, transaction
 from django.utils import timezone
 
 from journal.services import Kind
+from playpay.replica import reporting_connection
 from reporting.catalog import JOURNAL_SOURCES
 from reporting.models import CarrierCallRollup, CarrierCallRollupState
 from reporting.services.rollups import (
@@ -323,7 +324,7 @@ def rollup_rows(query: RollupQuery, *, now: datetime | None = None) -> list[dict
         "stops": [piece.end for piece in pieces],
         **_as_arrays([row[1:] for row in _facts(ranges)], 0),
     }
-    with connection.cursor() as cursor:
+    with reporting_connection().cursor() as cursor:
         cursor.execute(sql, params)
         aliases = [names[column.name] for column in cursor.description or ()]
         return [dict(zip(aliases, row, strict=True)) for row in cursor.fetchall()]

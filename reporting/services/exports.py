@@ -39,6 +39,7 @@ from payments.models import Payment
 from payments.services import outbox
 from playpay.parallel import Parts, in_one_snapshot
 from playpay.redaction import sql_mask_msisdn
+from playpay.replica import reading_reports, reporting_alias, reporting_connection
 from playpay.tables import (
     TableFormat,
     copy_out_batches,
@@ -166,18 +167,20 @@ def export_values(*, kind: str, filters: ExportFilters) -> QuerySet[Any]:
 
 
 def count_export_rows(*, kind: str, filters: ExportFilters) -> int:
-    return export_queryset(kind=kind, filters=filters).count()
+    with reading_reports():
+        return export_queryset(kind=kind, filters=filters).count()
 
 
 def estimate_export_rows(*, kind: str, filters: ExportFilters) -> tuple[int, bool]:
     """(rows, exact): the planner's estimate when it is large (a count would read them all), else a count."""
     queryset = export_queryset(kind=kind, filters=filters)
-    if connection.vendor == "postgresql":
-        plan = json.loads(queryset.explain(format="json"))
-        estimate = int(plan[0]["Plan"]["Plan Rows"])
-        if estimate >= EXACT_COUNT_BELOW:
-            return estimate, False
-    return queryset.count(), True
+    with reading_reports():
+        if connection.vendor == "postgresql":
+            plan = json.loads(queryset.explain(format="json"))
+            estimate = int(plan[0]["Plan"]["Plan Rows"])
+            if estimate >= EXACT_COUNT_BELOW:
+                return estimate, False
+        return queryset.count(), True
 
 
 def export_header(*, kind: str) -> list[str]:
@@ -298,7 +301,11 @@ def copy_batches(
     lists of `rows` (the last one shorter)."""
     statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format, keys=keys)
     # The reporting settings: a month's rows are sorted in memory (REPORTING_WORK_MEM), not in files on disk.
-    with reporting_statement(), connection.cursor() as cursor, cursor.cursor.copy(statement, params or None) as copy:
+    with (
+        reporting_statement(),
+        reporting_connection().cursor() as cursor,
+        cursor.cursor.copy(statement, params or None) as copy,
+    ):
         yield from copy_out_batches(copy, rows=rows, timeout=settings.DATABASE_CONNECT_TIMEOUT + 30)
 
 
@@ -412,7 +419,7 @@ def key_ranges(*, kind: str, filters: ExportFilters, rows: int) -> list[KeyRange
         f"SELECT DISTINCT {quote(str(meta.pk.column))} FROM {quote(meta.db_table)}"  # noqa: S608 (names from the model)
         f" TABLESAMPLE SYSTEM (%s) REPEATABLE (0){condition} ORDER BY 1"
     )
-    with connection.cursor() as cursor:
+    with reporting_connection().cursor() as cursor:
         cursor.execute(sample, params)
         ids = [row[0] for row in cursor.fetchall()]
     if len(ids) < wanted * KEY_SAMPLE_MIN_PER_PART:
@@ -464,7 +471,7 @@ def _write_csv_parts(
 
     with ExitStack() as files:
         outs = [out, *(files.enter_context(tempfile.TemporaryFile()) for _ in parts[1:])]
-        in_one_snapshot([part(keys, file) for keys, file in zip(parts, outs, strict=True)])
+        in_one_snapshot([part(keys, file) for keys, file in zip(parts, outs, strict=True)], using=reporting_alias())
         for file in outs[1:]:
             file.seek(0)
             shutil.copyfileobj(file, out, COPY_FILE_BYTES)

@@ -19,18 +19,19 @@ returns None and the caller reads the raw tables.
 import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import DEFAULT_DB_ALIAS, connection, connections, transaction
 from django.utils import timezone
 
 from carriers.models import Carrier
 from payments.models import Payment, PaymentStatus, PaymentStatusChange, Refund, Reversal
+from playpay.replica import reading_reports, reporting_alias, reporting_connection
 from reporting.catalog import CHARGED, NOT_CHARGED
 from reporting.models import (
     DECISION_BOUNDS,
@@ -66,15 +67,19 @@ FINAL = [PaymentStatus.SUCCEEDED, PaymentStatus.FAILED, PaymentStatus.EXPIRED]
 
 @contextmanager
 def reporting_statement(*, rollup_build: bool = False) -> Iterator[None]:
-    """A transaction for reporting statements: on PostgreSQL without JIT (its compile time dominated the
+    """A transaction for reporting statements, on the replica when there is one (playpay.replica; a rollup
+    build's on the primary): on PostgreSQL without JIT (its compile time dominated the
     dashboard's queries) and with REPORTING_WORK_MEM, so that aggregates and sorts stay in memory. Inside
     another one (a dashboard's answer reads every tile in one), the outer transaction's settings serve."""
     if _reporting.active and not rollup_build:
         yield
         return
-    with transaction.atomic(), _active():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
+    # A report reads the replica, when there is one (playpay.replica); a rollup build writes the primary.
+    alias = DEFAULT_DB_ALIAS if rollup_build else reporting_alias()
+    reads = nullcontext() if rollup_build else reading_reports()
+    with transaction.atomic(using=alias), _active(), reads:
+        if connections[alias].vendor == "postgresql":
+            with connections[alias].cursor() as cursor:
                 cursor.execute("SET LOCAL jit = off")
                 cursor.execute("SELECT set_config('work_mem', %s, true)", [settings.REPORTING_WORK_MEM])
                 if rollup_build:
@@ -740,7 +745,7 @@ def rollup_rows_together(queries: list[RollupQuery]) -> list[list[dict[str, Any]
     if state is None:
         return None
     sql, params, layout = _statement(queries, state.covered_for(queries[0].source))
-    with connection.cursor() as cursor:
+    with reporting_connection().cursor() as cursor:
         cursor.execute(sql, params)
         columns = [column.name for column in cursor.description or ()]
         rows = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]

@@ -26,6 +26,7 @@ from typing import Any
 from django.db import connection, transaction
 
 from carriers.models import Carrier
+from playpay.replica import reporting_connection
 from reporting.models import SubscriberCountState, SubscriberDayCount, SubscriptionCount, SubscriptionCountChange
 from reporting.services.rollups import DAY, RollupQuery, floor_day
 from subscriptions.models import Plan, Subscription
@@ -181,7 +182,7 @@ def rollup_rows(query: RollupQuery) -> list[dict[str, Any]] | None:
         # A group whose subscriptions all left it has none: counting the rows gives no such group.
         + (f" GROUP BY {keys} HAVING SUM(f.n) <> 0 ORDER BY {keys}" if group else "")
     )
-    with connection.cursor() as cursor:
+    with reporting_connection().cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     names = [name for name, _ in group] + [name for name, _, _ in query.measures]

@@ -1,0 +1,68 @@
+"""Reports, dashboards and exports read a streaming replica of the main database, when one is set.
+
+`REPORTING_DATABASE_URL` names the replica; the database alias `reporting` exists only then, and
+`reporting_alias()` is it, or `default` without one (the embedded default, a small deployment: nothing
+changes). Inside `reading_reports()` every ORM read (`ReportingRouter`) and every statement run on
+`reporting_connection()` goes to the replica. Writes always go to the primary: a replica takes none, and
+what a report writes (an export's progress, its file's record) is read back from the primary.
+
+A replica is a moment behind its primary (replication lag): a report read there does not see what the same
+request wrote a moment before. Reports only read, and read what jobs wrote earlier (rollups, rows), so none
+of them writes and then reads back inside `reading_reports()`.
+"""
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
+
+REPORTING = "reporting"
+
+
+class _Reading(threading.local):
+    depth = 0
+
+
+_reading = _Reading()
+
+
+def reporting_alias() -> str:
+    """The database reports read: the replica when REPORTING_DATABASE_URL names one, else the main one."""
+    return REPORTING if REPORTING in settings.DATABASES else DEFAULT_DB_ALIAS
+
+
+def reporting_connection() -> BaseDatabaseWrapper:
+    return connections[reporting_alias()]
+
+
+@contextmanager
+def reading_reports() -> Iterator[None]:
+    """This thread's ORM reads go to `reporting_alias()` while the block runs (blocks may nest)."""
+    _reading.depth += 1
+    try:
+        yield
+    finally:
+        _reading.depth -= 1
+
+
+class ReportingRouter:
+    """Reads inside `reading_reports()` go to the replica; everything else is left to the next router."""
+
+    def db_for_read(self, model: Any, **hints: Any) -> str | None:
+        return REPORTING if _reading.depth and REPORTING in settings.DATABASES else None
+
+    def db_for_write(self, model: Any, **hints: Any) -> str | None:
+        return None
+
+    def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
+        # The replica holds the primary's rows: an object read from one relates to one read from the other.
+        if {obj1._state.db, obj2._state.db} <= {DEFAULT_DB_ALIAS, REPORTING}:
+            return True
+        return None
+
+    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool | None:
+        return False if db == REPORTING else None  # a replica follows its primary's schema
