@@ -175,5 +175,7 @@ def test_funnel_statements_run_under_their_own_time_and_memory_limits(settings) 
     settings.FUNNEL_WORK_MEM = "64MB"
     with transaction.atomic(), connection.cursor() as cursor:
         set_analysis_limits(cursor)
-        cursor.execute("SELECT current_setting('statement_timeout'), current_setting('work_mem')")
-        assert cursor.fetchone() == ("2min", "64MB")
+        cursor.execute(
+            "SELECT current_setting('statement_timeout'), current_setting('work_mem'), current_setting('jit')"
+        )
+        assert cursor.fetchone() == ("2min", "64MB", "off")

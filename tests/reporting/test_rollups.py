@@ -262,6 +262,29 @@ def test_the_current_hour_is_read_from_rows_and_is_live(catalog: dict[str, Datas
     assert after.rows[0]["payments"] == before.rows[0]["payments"] + 1
 
 
+@pytest.mark.django_db(transaction=True)  # SET LOCAL lasts until the end of the outermost transaction
+def test_reporting_statements_run_without_jit_and_with_their_own_work_mem(
+    catalog: dict[str, Dataset], settings: Any
+) -> None:
+    settings.REPORTING_WORK_MEM = "77MB"
+    random_payments(random.Random(6), timezone.now(), count=5)
+    list(rollups.catch_up_payment_rollups())
+    query = DatasetQuery(measures=("payments",), since=timezone.now() - timedelta(days=30))
+    with CaptureQueriesContext(connection) as captured:
+        assert run_query(dataset=catalog["payments"], query=query).read_from == "rollups"
+    statements = [entry["sql"] for entry in captured.captured_queries]
+    rollup_read = next(index for index, sql in enumerate(statements) if "reporting_paymentrollup" in sql)
+    assert "SET LOCAL jit = off" in statements[:rollup_read]
+    assert any("'work_mem'" in sql for sql in statements[:rollup_read])
+
+    with rollups.reporting_statement(), connection.cursor() as cursor:
+        cursor.execute("SELECT current_setting('jit'), current_setting('work_mem')")
+        assert cursor.fetchone() == ("off", "77MB")
+    with connection.cursor() as cursor:  # for those statements only
+        cursor.execute("SELECT current_setting('work_mem')")
+        assert cursor.fetchone() != ("77MB",)
+
+
 def test_what_the_rollups_cannot_answer_is_read_from_rows(catalog: dict[str, Dataset]) -> None:
     random_payments(random.Random(3), timezone.now(), count=20)
     list(rollups.catch_up_payment_rollups())
