@@ -51,6 +51,7 @@ from funnel.selectors import (
     sorted_codes,
     window_funnel,
 )
+from playpay.replica import reporting_connection
 
 DIMENSIONS = ("app_id", "carrier", "country", "price_point", "flow")
 HOUR = timedelta(hours=1)
@@ -240,7 +241,7 @@ def day_levels(
         f"SUM(CASE WHEN {index} < jsonb_array_length(e.value) - 1 THEN (e.value->>{index})::bigint END)"
         for index in range(levels)
     )
-    with connection.cursor() as cursor:
+    with reporting_connection().cursor() as cursor:  # a report's read: the replica's, when there is one
         cursor.execute(
             f"SELECT {sums} FROM {FunnelRollupDay._meta.db_table} d "  # noqa: S608 - our own table and numbers
             "CROSS JOIN LATERAL jsonb_each(d.reached -> %(column)s) e "

@@ -70,7 +70,7 @@ class Parts:
             raise PartStopped
 
 
-def runs_at_once(using: str = DEFAULT_DB_ALIAS) -> bool:
+def runs_at_once(*, using: str = DEFAULT_DB_ALIAS) -> bool:
     """Whether `in_one_snapshot` runs its parts at once: on PostgreSQL, outside any transaction."""
     connection = connections[using]
     return connection.vendor == "postgresql" and not connection.in_atomic_block
@@ -84,7 +84,7 @@ def in_one_snapshot(parts: Sequence[Callable[[Parts], T]], *, using: str = DEFAU
     are cancelled and the parts awaited, and the first part's error is raised (not the stops it caused).
     """
     shared = Parts(using=using)
-    if len(parts) < 2 or not runs_at_once(using):
+    if len(parts) < 2 or not runs_at_once(using=using):
         with transaction.atomic(using=using):
             return [part(shared) for part in parts]
     with transaction.atomic(using=using), connections[using].cursor() as cursor:

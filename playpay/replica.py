@@ -50,19 +50,18 @@ def reading_reports() -> Iterator[None]:
 
 
 class ReportingRouter:
-    """Reads inside `reading_reports()` go to the replica; everything else is left to the next router."""
+    """Reads inside `reading_reports()` go to the replica, others to the primary (the journal's router comes
+    first: journal records keep their own database). Migrations are the journal router's rule: the main
+    database's tables migrate on `default` only, and a replica follows its primary's schema."""
 
     def db_for_read(self, model: Any, **hints: Any) -> str | None:
-        return REPORTING if _reading.depth and REPORTING in settings.DATABASES else None
+        return REPORTING if _reading.depth > 0 and REPORTING in settings.DATABASES else DEFAULT_DB_ALIAS
 
     def db_for_write(self, model: Any, **hints: Any) -> str | None:
-        return None
+        return DEFAULT_DB_ALIAS
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         # The replica holds the primary's rows: an object read from one relates to one read from the other.
         if {obj1._state.db, obj2._state.db} <= {DEFAULT_DB_ALIAS, REPORTING}:
             return True
         return None
-
-    def allow_migrate(self, db: str, app_label: str, model_name: str | None = None, **hints: Any) -> bool | None:
-        return False if db == REPORTING else None  # a replica follows its primary's schema

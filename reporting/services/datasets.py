@@ -27,6 +27,7 @@ from funnel.models import FunnelDefinition
 from funnel.rollups import DIMENSIONS, day_levels
 from journal.store import JournalAggregate, journal_store
 from playpay.errors import DomainError
+from playpay.replica import reading_reports
 from playpay.tables import csv_lines, temporary_file, write_table
 from reporting.catalog import JOURNAL_SOURCES, SQL_SOURCES
 from reporting.models import Dataset, DatasetField, SourceKind, TimeBucket
@@ -182,7 +183,13 @@ def _normalize(plan: _Plan, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
-    """Answer a query; raises DatasetQueryError, with what is allowed, for anything the dataset lacks."""
+    """Answer a query; raises DatasetQueryError, with what is allowed, for anything the dataset lacks. It reads
+    where reports read (playpay.replica), the dataset's fields included."""
+    with reading_reports():
+        return _run_query(dataset=dataset, query=query)
+
+
+def _run_query(*, dataset: Dataset, query: DatasetQuery) -> QueryResult:
     plan = _plan(dataset, query)
     read_from = "rows"
     if dataset.source_kind == SourceKind.SQL:
@@ -218,7 +225,8 @@ def _result(plan: _Plan, rows: list[dict[str, Any]], read_from: str) -> QueryRes
 def run_queries(*, dataset: Dataset, queries: list[DatasetQuery]) -> list[QueryResult]:
     """The answers of `run_query` to several queries of one dataset; from one read of the payment rollups when
     they can answer them together (one period, zone and filters), else one query after the other."""
-    plans = [_plan(dataset, query) for query in queries]
+    with reading_reports():
+        plans = [_plan(dataset, query) for query in queries]
     if dataset.source_kind == SourceKind.SQL and len(queries) > 1:
         with rollups.reporting_statement():
             together = rollups.rollup_rows_together(

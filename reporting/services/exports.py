@@ -173,9 +173,9 @@ def count_export_rows(*, kind: str, filters: ExportFilters) -> int:
 
 def estimate_export_rows(*, kind: str, filters: ExportFilters) -> tuple[int, bool]:
     """(rows, exact): the planner's estimate when it is large (a count would read them all), else a count."""
-    queryset = export_queryset(kind=kind, filters=filters)
     with reading_reports():
-        if connection.vendor == "postgresql":
+        queryset = export_queryset(kind=kind, filters=filters)
+        if reporting_connection().vendor == "postgresql":
             plan = json.loads(queryset.explain(format="json"))
             estimate = int(plan[0]["Plan"]["Plan Rows"])
             if estimate >= EXACT_COUNT_BELOW:
@@ -299,14 +299,12 @@ def copy_batches(
 ) -> Iterator[list[memoryview]]:
     """The rows as PostgreSQL writes them (CSV lines, or sheet rows), each ending with its line feed, in
     lists of `rows` (the last one shorter)."""
-    statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format, keys=keys)
     # The reporting settings: a month's rows are sorted in memory (REPORTING_WORK_MEM), not in files on disk.
-    with (
-        reporting_statement(),
-        reporting_connection().cursor() as cursor,
-        cursor.cursor.copy(statement, params or None) as copy,
-    ):
-        yield from copy_out_batches(copy, rows=rows, timeout=settings.DATABASE_CONNECT_TIMEOUT + 30)
+    with reporting_statement():
+        # Built inside: what it reads to build the statement (the apps of a period) comes from the same database.
+        statement, params = copy_statement(kind=kind, filters=filters, file_format=file_format, keys=keys)
+        with reporting_connection().cursor() as cursor, cursor.cursor.copy(statement, params or None) as copy:
+            yield from copy_out_batches(copy, rows=rows, timeout=settings.DATABASE_CONNECT_TIMEOUT + 30)
 
 
 def _sheet_rows(*, kind: str, filters: ExportFilters, file_format: str) -> Iterator[bytes]:
@@ -400,7 +398,7 @@ def key_ranges(*, kind: str, filters: ExportFilters, rows: int) -> list[KeyRange
     if wanted < 2 or rows < settings.EXPORT_PARTS_FROM_ROWS or not uses_copy() or "__" in spec.created:
         return [EVERY_ROW]
     meta = spec.model._meta
-    quote = connection.ops.quote_name
+    quote = reporting_connection().ops.quote_name
     time_field = meta.get_field(spec.created)
     assert isinstance(time_field, Field)
     assert meta.pk is not None
@@ -684,17 +682,19 @@ def _store_file(job: ExportJob, out: IO[bytes], filters: ExportFilters) -> None:
 
 @contextmanager
 def _export_statement_timeout() -> Iterator[None]:
-    """An export is one long statement: it gets EXPORT_STATEMENT_TIMEOUT_MS, not the web's bound."""
-    if connection.vendor != "postgresql":
+    """An export is one long statement: it gets EXPORT_STATEMENT_TIMEOUT_MS, not the web's bound, on the
+    connection it reads (the replica's, when there is one; its parts take it from there)."""
+    reads = reporting_connection()
+    if reads.vendor != "postgresql":
         yield
         return
-    with connection.cursor() as cursor:
+    with reads.cursor() as cursor:
         cursor.execute("SET statement_timeout = %s", [settings.EXPORT_STATEMENT_TIMEOUT_MS])
     try:
         yield
     finally:
         try:
-            with connection.cursor() as cursor:
+            with reads.cursor() as cursor:
                 cursor.execute("RESET statement_timeout")  # back to the connection's own (settings)
         except Exception:  # a broken connection is dropped anyway
             logger.warning("could not reset the statement timeout after an export", exc_info=True)

@@ -4,14 +4,15 @@ parts, as JSON, the export's lines in a file. tests/reporting/test_read_replica.
 
 import json
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 
 def reports(*, now: datetime, cut: int, csv_path: Path) -> dict[str, Any]:
     """The answers of the overview dashboard (30 days to `now`), of payments and revenue per carrier and day
-    over the same days, and the transactions CSV in two parts cut at payment id `cut`, written to `csv_path`."""
+    over the same days, and the transactions CSV of those 30 days in two parts cut at payment id `cut`, written
+    to `csv_path`."""
     from playpay.replica import reporting_alias
     from reporting.models import Dashboard, Dataset
     from reporting.selectors import DashboardFilters, dashboard_data
@@ -30,10 +31,9 @@ def reports(*, now: datetime, cut: int, csv_path: Path) -> dict[str, Any]:
     )
     result = run_query(dataset=Dataset.objects.using(reporting_alias()).get(slug="payments"), query=query)
     parts = [exports.KeyRange(None, cut), exports.KeyRange(cut, None)]
+    month = exports.ExportFilters(date_from=(now - timedelta(days=30)).date(), date_to=now.date())
     with csv_path.open("wb") as out:
-        rows = exports.write_export(
-            kind="transactions", filters=exports.ExportFilters(), file_format="csv", out=out, parts=parts
-        )
+        rows = exports.write_export(kind="transactions", filters=month, file_format="csv", out=out, parts=parts)
     answers = {"dashboard": data, "catalog": {"rows": result.rows, "read_from": result.read_from}, "rows": rows}
     as_json: dict[str, Any] = json.loads(json.dumps(answers, default=str))
     return as_json

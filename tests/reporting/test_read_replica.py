@@ -30,11 +30,15 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.db import connections
 from django.utils import timezone
 
+from funnel.models import FunnelDefinition
+from funnel.rollups import refresh_rollups
 from payments.models import Payment, PaymentStatus, Refund
 from reporting.models import Dashboard, Dataset, DatasetField
 from reporting.services.rollups import refresh_payment_rollups
 from tests.deploy.processes import Processes, free_port, wait_for
-from tests.factories import CarrierFactory, CountryFactory
+from tests.factories import AppFactory, CarrierFactory, CountryFactory
+from tests.funnel.test_analysis import STEPS
+from tests.funnel.test_rollup_days import DAY0, journeys_over_days
 from tests.pg_instance import PgInstance, pg_instance
 from tests.reporting.conftest import MakePayment
 from tests.reporting.replica_reads import reports
@@ -102,8 +106,12 @@ def _read(tmp_path: Path, arguments: dict[str, Any], **databases: str) -> subpro
 def test_with_the_primary_stopped_reports_answer_from_the_replica_as_from_the_primary(
     tmp_path: Path, make_payment: MakePayment
 ) -> None:
-    now = timezone.now().replace(microsecond=0)
+    now = DAY0 + timedelta(days=4, hours=12, minutes=20)
     _overview()
+    # A funnel whose day rollups the dashboard's funnel tile reads.
+    journeys_over_days(AppFactory.create(name="game"), seed=1, days=4, count=100)
+    shop = FunnelDefinition.objects.create(name="shop", steps=STEPS, window_seconds=3600)
+    refresh_rollups(funnel=shop, since=DAY0, until=DAY0 + timedelta(days=5))
     carriers = [
         CarrierFactory.create(slug="gb-one"),
         CarrierFactory.create(slug="jp-one", country=CountryFactory.create(code="JP", currency="JPY")),
@@ -130,6 +138,7 @@ def test_with_the_primary_stopped_reports_answer_from_the_replica_as_from_the_pr
     assert expected["rows"] == PAYMENTS
     assert expected["catalog"]["read_from"] == "rollups"
     assert sum(expected["dashboard"]["revenue"]["payments"]) > 0
+    assert expected["dashboard"]["funnel"]["steps"][0]["reached"] > 0
 
     with _replicated() as (primary, replica):
         primary.stop()
