@@ -297,11 +297,16 @@ def _facts(kind: _Kind, prefix: str, since: datetime | None, until: datetime | N
 
 
 def _facts_of_hours(kind: _Kind, prefix: str, hours: list[datetime]) -> tuple[str, dict[str, Any]]:
-    """The raw rows of the given hours (scattered over months: each read through its index on its own)."""
+    """The raw rows of the given hours (scattered over months: each read through its index on its own).
+
+    OFFSET 0 keeps the hour's read a subquery run once per hour, with the hour's bounds as parameters (an
+    index range, its month's partition only). Pulled up into a join, PostgreSQL read every payment there is
+    and filtered them by the hours: at 10 M payments, 718 hours changed by one expiry run took over the job's
+    5-minute bound on every run, where reading them hour by hour takes 0.8 s."""
     period = kind.period.format(since="h.start", until="h.start + interval '1 hour'")
     rows = (
         f"unnest(%({prefix}_hours)s::timestamptz[]) AS h(start) "
-        f"CROSS JOIN LATERAL (SELECT * FROM {kind.table} {kind.alias} WHERE {period}) {kind.alias}"
+        f"CROSS JOIN LATERAL (SELECT * FROM {kind.table} {kind.alias} WHERE {period} OFFSET 0) {kind.alias}"
     )
     return kind.facts.format(rows=rows), {f"{prefix}_hours": hours}
 
