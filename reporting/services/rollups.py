@@ -300,12 +300,13 @@ def _facts_of_hours(kind: _Kind, prefix: str, hours: list[datetime]) -> tuple[st
     """The raw rows of the given hours (scattered over months: each read through its index on its own).
 
     OFFSET 0 keeps the hour's read a subquery run once per hour, with the hour's bounds as parameters (an
-    index range, its month's partition only). Pulled up into a join, PostgreSQL read every payment there is
-    and filtered them by the hours: at 10 M payments, 718 hours changed by one expiry run took over the job's
-    5-minute bound on every run, where reading them hour by hour takes 0.8 s."""
-    period = kind.period.format(since="h.start", until="h.start + interval '1 hour'")
+    index range, its month's partition only). Pulled up into a join, PostgreSQL read every row of the table
+    and filtered them by the hours: at 10 M payments, the 718 hours of 1,041 old payments changed at once by
+    the platform's jobs took the refresh past its 5-minute bound on every run, where reading the payments hour
+    by hour takes 0.8 s."""
+    period = kind.period.format(since="changed.start", until="changed.start + interval '1 hour'")
     rows = (
-        f"unnest(%({prefix}_hours)s::timestamptz[]) AS h(start) "
+        f"unnest(%({prefix}_hours)s::timestamptz[]) AS changed(start) "
         f"CROSS JOIN LATERAL (SELECT * FROM {kind.table} {kind.alias} WHERE {period} OFFSET 0) {kind.alias}"
     )
     return kind.facts.format(rows=rows), {f"{prefix}_hours": hours}

@@ -282,10 +282,22 @@ def test_changed_hours_scattered_over_months_are_read_hour_by_hour(kind: str) ->
     over_hours = [
         node
         for node in _plan_nodes(plan)
-        if node["Node Type"] == "Nested Loop" and any(child.get("Alias") == "h" for child in node.get("Plans", []))
+        if node["Node Type"] == "Nested Loop"
+        and any(child.get("Function Name") == "unnest" for child in node.get("Plans", []))
     ]
     assert len(over_hours) == 1  # a loop over the hours...
-    assert "Join Filter" not in over_hours[0]  # ...whose inner read has the hour's bounds as its own condition
+    assert "Join Filter" not in over_hours[0]  # ...that does not filter what its inner side read...
+    (inner,) = [child for child in over_hours[0]["Plans"] if child.get("Function Name") != "unnest"]
+    table = rollups.KINDS[kind].table
+    reads = [
+        node
+        for node in _plan_nodes(inner)
+        if node.get("Relation Name") == table or node.get("Relation Name", "").startswith(f"{table}_")
+    ]
+    assert reads
+    for read in reads:  # ...since each read of the table (each month's partition) is bounded by the hour
+        bounds = " ".join(str(read.get(key, "")) for key in ("Index Cond", "Recheck Cond", "Filter"))
+        assert "changed.start" in bounds, read
 
 
 @pytest.mark.django_db(transaction=True)  # SET LOCAL lasts until the end of the outermost transaction
