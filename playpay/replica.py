@@ -50,15 +50,12 @@ def reading_reports() -> Iterator[None]:
 
 
 class ReportingRouter:
-    """Reads inside `reading_reports()` go to the replica, others to the primary (the journal's router comes
-    first: journal records keep their own database). Migrations are the journal router's rule: the main
-    database's tables migrate on `default` only, and a replica follows its primary's schema."""
+    """Reads inside `reading_reports()` go to the replica, others to the primary. The journal's router comes
+    first: journal records keep their own database, every write goes to `default` or `journal`, and the main
+    database's tables migrate on `default` only (a replica follows its primary's schema)."""
 
     def db_for_read(self, model: Any, **hints: Any) -> str | None:
         return REPORTING if _reading.depth > 0 and REPORTING in settings.DATABASES else DEFAULT_DB_ALIAS
-
-    def db_for_write(self, model: Any, **hints: Any) -> str | None:
-        return DEFAULT_DB_ALIAS
 
     def allow_relation(self, obj1: Any, obj2: Any, **hints: Any) -> bool | None:
         # The replica holds the primary's rows: an object read from one relates to one read from the other.

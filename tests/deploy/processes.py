@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,15 @@ from types import TracebackType
 from typing import IO, TypeVar
 
 T = TypeVar("T")
+
+
+def service_env() -> dict[str, str]:
+    """Only what a service manager would give a process: not this suite's SANDBOX=true nor its database settings."""
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
+    env = {key: value for key, value in os.environ.items() if key in keep}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def free_port() -> int:

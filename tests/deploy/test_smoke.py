@@ -29,7 +29,7 @@ import redis
 import requests
 from psycopg import sql
 
-from tests.deploy.processes import Processes, free_port, wait_for
+from tests.deploy.processes import Processes, free_port, service_env, wait_for
 
 pytestmark = [pytest.mark.deploy, pytest.mark.postgres, pytest.mark.broker]
 
@@ -127,15 +127,6 @@ def _manage(args: list[str], env: dict[str, str], timeout: float = 240) -> str:
     )
     assert done.returncode == 0, f"manage.py {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
-
-
-def _base_env() -> dict[str, str]:
-    """Only what a service manager would give: not this suite's SANDBOX=true nor its database settings."""
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
-    env = {key: value for key, value in os.environ.items() if key in keep}
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 SEED_CARRIER = """
@@ -237,7 +228,7 @@ def test_documented_deployment_takes_a_payment_and_stops_cleanly(
     web_port, carrier_port = free_port(), free_port()
     web, carrier_base = f"http://127.0.0.1:{web_port}", f"http://127.0.0.1:{carrier_port}"
     (tmp_path / "logs").mkdir()
-    base_env = _base_env()
+    base_env = service_env()
     env = base_env | {
         "PLAYPAY_ENV": "production",
         "DEBUG": "false",

@@ -22,7 +22,7 @@ from django.conf import settings
 from django.db import connection
 
 from tenants.services import create_app
-from tests.deploy.processes import Processes, free_port, wait_for
+from tests.deploy.processes import Processes, free_port, service_env, wait_for
 from tests.pg_instance import PgInstance, pg_instance
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -42,10 +42,8 @@ def journal_server() -> Iterator[PgInstance]:
 
 
 def _env(tmp_path: Path, journal_url: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
     main = urlsplit(os.environ["DATABASE_URL"])
-    return env | {
-        "PYTHONUNBUFFERED": "1",
+    return service_env() | {
         "DEBUG": "false",
         "SECRET_KEY": settings.SECRET_KEY,
         "ALLOWED_HOSTS": "127.0.0.1",

@@ -35,7 +35,7 @@ from funnel.rollups import refresh_rollups
 from payments.models import Payment, PaymentStatus, Refund
 from reporting.models import Dashboard, Dataset, DatasetField
 from reporting.services.rollups import refresh_payment_rollups
-from tests.deploy.processes import Processes, free_port, wait_for
+from tests.deploy.processes import Processes, free_port, service_env, wait_for
 from tests.factories import AppFactory, CarrierFactory, CountryFactory
 from tests.funnel.test_analysis import STEPS
 from tests.funnel.test_rollup_days import DAY0, journeys_over_days
@@ -59,9 +59,7 @@ def _url_of(alias: str, environ_name: str) -> str:
 
 
 def _base_env(tmp_path: Path) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items() if key in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
-    return env | {
-        "PYTHONUNBUFFERED": "1",
+    return service_env() | {
         "DJANGO_SETTINGS_MODULE": "playpay.settings",
         "PLAYPAY_VAR_DIR": str(tmp_path / "var"),
         "JOURNAL_URL": _url_of("journal", "JOURNAL_URL"),
