@@ -166,7 +166,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
     setup_django(env, workdir)
     session, _ = staff_session()
     manage(["collectstatic", "--noinput", "-v", "0"], env)
-    server = Server(env=env, workers=args.workers, worker_class="sync", threads=1, log_path=workdir / "gunicorn.log")
+    server = Server(env=env, workers=args.workers, worker_class="gthread", threads=4, log_path=workdir / "gunicorn.log")
     try:
         server.wait_ready()
         staff = Staff(server.port, session)

@@ -449,8 +449,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of load (default 20)")
     parser.add_argument("--batch", type=int, default=1000, help="events per request (1000, the API's maximum)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers (2)")
-    parser.add_argument("--worker-class", choices=["sync", "gthread"], default="sync", help="gunicorn worker class")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker (2)")
+    parser.add_argument(
+        "--worker-class",
+        choices=["sync", "gthread"],
+        default="gthread",
+        help="gunicorn worker class (as deployed: gthread)",
+    )
+    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker (as deployed: 4)")
     parser.add_argument("--connections", type=int, default=4, help="concurrent batches in flight (4)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first (3)")
     parser.add_argument(

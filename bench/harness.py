@@ -205,9 +205,19 @@ def describe_server(workers: int, worker_class: str, threads: int) -> str:
 
 
 class Server:
-    """gunicorn serving playpay.wsgi:application in its own session, its output in `log_path`."""
+    """gunicorn serving `app` (PlayPay's by default) in its own session, its output in `log_path`; with
+    gunicorn.conf.py, as deployed. `app` may name a module beside these scripts (bench/)."""
 
-    def __init__(self, *, env: dict[str, str], workers: int, worker_class: str, threads: int, log_path: Path) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        workers: int,
+        worker_class: str,
+        threads: int,
+        log_path: Path,
+        app: str = "playpay.wsgi:application",
+    ) -> None:
         self.port = free_port()
         self.log_path = log_path
         self.description = describe_server(workers, worker_class, threads)
@@ -215,7 +225,9 @@ class Server:
             sys.executable,
             "-m",
             "gunicorn",
-            "playpay.wsgi:application",
+            app,
+            "--pythonpath",
+            str(Path(__file__).resolve().parent),
             "--bind",
             f"{HOST}:{self.port}",
             "--workers",
@@ -229,8 +241,9 @@ class Server:
             "--log-level",
             "info",
         ]
-        if worker_class == "gthread":
-            command += ["--threads", str(threads)]
+        # gunicorn.conf.py asks for threads, and gunicorn turns a sync worker with threads into gthread: a sync
+        # worker is asked for with one thread.
+        command += ["--threads", str(threads if worker_class == "gthread" else 1)]
         self._log_file: IO[bytes] = log_path.open("wb")
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True

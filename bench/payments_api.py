@@ -15,6 +15,11 @@ What it measures, in one run:
   The ratio payments/s / pgbench inserts/s says how much of the database's commit rate the app uses.
 * The other hot endpoints: the server CPU per request of `POST /api/v1/funnel/events/` (per 1,000
   events), of the PIN confirm and of the refund, each measured over its own closed loop.
+* The stack's floor, each over its own closed loop: the payment request answered at once by a WSGI app that
+  does nothing (bench/bare_wsgi.py) under the same gunicorn settings, `GET /healthz` (Django's middleware and
+  a view that reads nothing), and a payment request that its serializer refuses before the service runs (DRF,
+  the API key, the rate limit, the problem+json answer and its journal record): what a request costs before
+  an endpoint's own work, each as a share of a whole payment's application goal.
 * Where the CPU goes: server CPU per request (gunicorn, PostgreSQL, Redis) and the rate that would
   allow with all CPUs, the application's and PostgreSQL's CPU per payment against the hot path's
   goals (<= 2.0 ms and <= 1.2 ms), and how much CPU other processes on the machine took meanwhile
@@ -26,9 +31,9 @@ fails.
 
 How it runs: it creates a fresh database (`playpay_bench` by default, dropped and re-created each run,
 dropped at the end), runs `migrate` and `seed_demo` with the repository's manage.py, serves
-`playpay.wsgi:application` with gunicorn on a free loopback port, and drives the load from this
-process (phase A with `wrk` when it is installed, else with the built-in asyncio client; phase B
-always with the built-in client).
+`playpay.wsgi:application` with gunicorn on a free loopback port (gthread workers with 4 threads, as
+gunicorn.conf.py deploys them), and drives the load from this process (phase A with `wrk` when it is
+installed, else with the built-in asyncio client; phase B always with the built-in client).
 
 Run it from the project's virtualenv (it uses the same interpreter for manage.py and gunicorn):
 
@@ -67,6 +72,7 @@ except ImportError:
 
 from funnel_ingest import batch_body, events_request
 from harness import (
+    HEALTH_PATH,
     HOST,
     REQUEST_TIMEOUT_S,
     ConnectionPool,
@@ -94,6 +100,7 @@ from harness import (
 
 PAYMENTS_PATH = "/api/v1/payments/"
 BODY = b'{"user_ref":"p1","msisdn":"+447400123456","price_point":"gems-100"}'
+INVALID_BODY = b'{"user_ref":"p1","price_point":"gems-100"}'  # no msisdn: refused by the serializer (400)
 PAYMENT_TABLE = "payments_payment"
 CARRIER_TABLE = "carriers_carrier"
 PGBENCH_TABLE = "bench_payment_insert"
@@ -109,7 +116,7 @@ GOAL_APP_CPU_MS = 2.0
 GOAL_POSTGRES_CPU_MS = 1.2
 
 DEFAULT_WORKERS = 2
-DEFAULT_WORKER_CLASS = "sync"
+DEFAULT_WORKER_CLASS = "gthread"  # as deployed (gunicorn.conf.py)
 DEFAULT_CONNECTIONS = 4
 
 WRK_SCRIPT = """\
@@ -350,30 +357,117 @@ def run_other_endpoints(
             ],
         ),
     ]
+    return closed_loop_cpu(loops, port=port, connections=connections, pgid=pgid, db_name=db_name)
+
+
+def get_request(port: int, path: str, api_key: str | None = None) -> bytes:
+    authorization = f"Authorization: Api-Key {api_key}\r\n" if api_key else ""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{authorization}\r\n".encode("ascii")
+
+
+def closed_loop_cpu(
+    loops: list[tuple[EndpointResult, list[bytes]]], *, port: int, connections: int, pgid: int, db_name: str
+) -> list[EndpointResult]:
+    """Send each loop's payloads in a closed loop and note the server CPU it took."""
     for result, payloads in loops:
-        log(f"other endpoints: {result.name}, {len(payloads)} requests")
+        log(f"{result.name}, {len(payloads)} requests")
         with measure_cpu(pgid, db_name) as cpu:
             asyncio.run(send_all(port, payloads, connections, result))
         result.cpu = cpu
     return [result for result, _ in loops]
 
 
+def run_framework_floor(
+    *, port: int, api_key: str, connections: int, count: int, pgid: int, db_name: str
+) -> list[EndpointResult]:
+    """What a request costs PlayPay's server before an endpoint's own work: Django's middleware and a view that
+    reads nothing; then the payment endpoint up to its service (API key, rate limit, parsing, validation), with
+    the problem+json answer and the journal record, for a body its serializer refuses."""
+    run_id = secrets.token_hex(4)
+    loops = [
+        (
+            EndpointResult(name="Django: GET /healthz (every middleware, a view that reads nothing)", unit="request"),
+            [get_request(port, HEALTH_PATH)] * count,
+        ),
+        (
+            EndpointResult(
+                name="DRF: a payment request its serializer refuses (API key, rate limit, journal record)",
+                unit="request",
+            ),
+            [api_request(port, api_key, PAYMENTS_PATH, INVALID_BODY, f"V-{run_id}-{i}") for i in range(count)],
+        ),
+    ]
+    return closed_loop_cpu(loops, port=port, connections=connections, pgid=pgid, db_name=db_name)
+
+
+def run_gunicorn_floor(
+    *, args: argparse.Namespace, env: dict[str, str], workdir: Path, api_key: str, count: int
+) -> EndpointResult:
+    """The same payment request answered by a WSGI app that does nothing (bench/bare_wsgi.py) under the same
+    gunicorn settings: what gunicorn alone costs a request."""
+    bare = Server(
+        env=env,
+        workers=args.workers,
+        worker_class=args.worker_class,
+        threads=args.threads,
+        log_path=workdir / "bare_wsgi.log",
+        app="bare_wsgi:application",
+    )
+    try:
+        bare.wait_ready()
+        loop = (
+            EndpointResult(
+                name="gunicorn alone: the payment request to a WSGI app that answers at once", unit="request"
+            ),
+            [payment_request(bare.port, api_key, f"bare-{i}") for i in range(count)],
+        )
+        return closed_loop_cpu(
+            [loop], port=bare.port, connections=args.connections, pgid=bare.process.pid, db_name=args.db_name
+        )[0]
+    finally:
+        bare.stop()
+
+
+def floor_lines(results: list[EndpointResult]) -> list[str]:
+    """Each floor's line, with its application CPU as a share of the whole payment's goal."""
+    lines = [
+        "",
+        "The stack's floor: server CPU per request before an endpoint's own work, closed loop (asyncio client)",
+    ]
+    for result in results:
+        lines += endpoint_lines(result)
+        requests = sum(result.statuses.values())
+        if result.cpu is not None and result.cpu.elapsed_s > 0 and requests:
+            app_ms = result.cpu.seconds["app"] * 1000 / requests
+            lines.append(
+                f"    application CPU {app_ms:.2f} ms: {app_ms / GOAL_APP_CPU_MS:.0%} of a whole payment's goal "
+                f"({GOAL_APP_CPU_MS:.1f} ms)"
+            )
+    return lines
+
+
 def other_endpoint_lines(results: list[EndpointResult]) -> list[str]:
     lines = ["", "The other hot endpoints: server CPU per request, closed loop (asyncio client)"]
     for result in results:
-        requests = sum(result.statuses.values())
-        statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items())) or "none"
-        if result.errors:
-            statuses += f"; {result.errors} without response"
-        lines.append(f"  {result.name} ({statuses})")
-        if result.cpu is None or result.cpu.elapsed_s == 0 or requests == 0:
-            continue
-        per = {group: result.cpu.seconds[group] * 1000 / requests for group in ("app", "postgres", "redis")}
-        lines.append(
-            f"    CPU per {result.unit:<15} {sum(per.values()):9.1f} ms   (gunicorn {per['app']:.1f}, "
-            f"PostgreSQL {per['postgres']:.1f}, Redis {per['redis']:.1f})"
-        )
-        lines += ["  " + line for line in other_load_lines(result.cpu)]
+        lines += endpoint_lines(result)
+    return lines
+
+
+def endpoint_lines(result: EndpointResult) -> list[str]:
+    """One closed loop's statuses and its server CPU per request (2 decimals: the floor's are small)."""
+    requests = sum(result.statuses.values())
+    statuses = ", ".join(f"{count} x {status}" for status, count in sorted(result.statuses.items())) or "none"
+    if result.errors:
+        statuses += f"; {result.errors} without response"
+    lines = [f"  {result.name} ({statuses})"]
+    if result.cpu is None or result.cpu.elapsed_s == 0 or requests == 0:
+        return lines
+    per = {group: result.cpu.seconds[group] * 1000 / requests for group in ("app", "postgres", "redis")}
+    lines.append(
+        f"    CPU per {result.unit:<15} {sum(per.values()):9.2f} ms   (gunicorn {per['app']:.2f}, "
+        f"PostgreSQL {per['postgres']:.2f}, Redis {per['redis']:.2f})"
+    )
+    lines += ["  " + line for line in other_load_lines(result.cpu)]
     return lines
 
 
@@ -666,6 +760,7 @@ def report(
     phase_b_db_count: int | None,
     pg: PgbenchResult,
     others: list[EndpointResult],
+    floor: list[EndpointResult],
     errors_text: str,
 ) -> str:
     lines = [
@@ -724,6 +819,8 @@ def report(
             lines.append(f"  payments in database    {phase_b_db_count:9d}   (MISMATCH against the 201s)")
     if others:
         lines += other_endpoint_lines(others)
+    if floor:
+        lines += floor_lines(floor)
     ratio = phase_a.created_per_s / pg.tps if pg.tps > 0 else math.nan
     lines += [
         "",
@@ -765,7 +862,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-class", choices=["sync", "gthread"], default=DEFAULT_WORKER_CLASS, help="gunicorn worker class"
     )
-    parser.add_argument("--threads", type=int, default=2, help="threads per gthread worker (2)")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker (as deployed: 4)")
     parser.add_argument(
         "--connections", type=int, default=DEFAULT_CONNECTIONS, help=f"phase A connections ({DEFAULT_CONNECTIONS})"
     )
@@ -805,6 +902,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=200,
         help="requests per loop of the other hot endpoints: PIN confirms, refunds (funnel batches: a tenth); 0 skips",
+    )
+    parser.add_argument(
+        "--floor-requests",
+        type=int,
+        default=1000,
+        help="requests per loop of the stack's floor: gunicorn alone, Django's middleware, a DRF read; 0 skips",
     )
     parser.add_argument("--log-file", type=Path, default=None, help="keep the gunicorn log at this path")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
@@ -934,9 +1037,23 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
                 pgid=pgid,
                 db_name=args.db_name,
             )
+        floor: list[EndpointResult] = []
+        if args.floor_requests > 0:
+            floor = run_framework_floor(
+                port=server.port,
+                api_key=api_key,
+                connections=args.connections,
+                count=args.floor_requests,
+                pgid=pgid,
+                db_name=args.db_name,
+            )
         server.stop()
         errors_text = server_errors(log_path)
         server = None
+        if args.floor_requests > 0:
+            floor.insert(
+                0, run_gunicorn_floor(args=args, env=env, workdir=workdir, api_key=api_key, count=args.floor_requests)
+            )
 
         clients = args.pgbench_clients or args.connections
         log(f"pgbench: {clients} clients, {args.duration:.0f} s")
@@ -957,6 +1074,7 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             phase_b_db_count=count_b,
             pg=pg,
             others=others,
+            floor=floor,
             errors_text=errors_text,
         )
     finally:
