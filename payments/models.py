@@ -71,20 +71,24 @@ class OutcomeTracking(models.Model):
         abstract = True
 
 
+def public_id_filters(public_id: uuid.UUID | str) -> dict[str, Any] | None:
+    """The filters of the payment of this public id (None for a value that is no UUID): the partitions of the
+    months around the time inside a UUIDv7; an older (v4) id is looked up in every partition."""
+    try:
+        parsed = public_id if isinstance(public_id, uuid.UUID) else uuid.UUID(str(public_id))
+    except ValueError:
+        return None
+    made = time_of(parsed)
+    if made is None:
+        return {"public_id": parsed}
+    return {"public_id": parsed, "created_at__gte": made - PUBLIC_ID_SKEW, "created_at__lt": made + PUBLIC_ID_SKEW}
+
+
 class PaymentQuerySet(models.QuerySet["Payment"]):
     def with_public_id(self, public_id: uuid.UUID | str) -> "PaymentQuerySet":
-        """The payment of this public id (none for a value that is no UUID), read from the partitions of the
-        months around the time inside a UUIDv7; an older (v4) id is looked up in every partition."""
-        try:
-            parsed = public_id if isinstance(public_id, uuid.UUID) else uuid.UUID(str(public_id))
-        except ValueError:
-            return self.none()
-        made = time_of(parsed)
-        if made is None:
-            return self.filter(public_id=parsed)
-        return self.filter(
-            public_id=parsed, created_at__gte=made - PUBLIC_ID_SKEW, created_at__lt=made + PUBLIC_ID_SKEW
-        )
+        """The payment of this public id (none for a value that is no UUID): `public_id_filters`."""
+        filters = public_id_filters(public_id)
+        return self.none() if filters is None else self.filter(**filters)
 
 
 class Payment(OutcomeTracking):

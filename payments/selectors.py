@@ -1,5 +1,5 @@
-"""Reads of payments for staff screens: a payment's whole story in order, what the admin's one search box
-matches, and a player's figures."""
+"""Reads of payments: an app's payment as the API reads it, and for staff screens a payment's whole story in
+order, what the admin's one search box matches, and a player's figures."""
 
 import re
 from dataclasses import dataclass, field
@@ -26,14 +26,29 @@ from payments.models import (
     PaymentStatus,
     PlayerBlock,
     WebhookAttempt,
+    public_id_filters,
 )
 from payments.services.refunds import refunds_of, reversals_of
+from playpay.compiled_reads import CompiledRead
 from playpay.ids import prefix_range
 from playpay.money import currency_exponent, format_money, signed_money
 from playpay.partitions import month_bounds, month_start
 from playpay.redaction import msisdn_hash
 from playpay.times import utc_text
 from tenants.models import App
+
+# Every API call about one payment reads it so (its SQL built once per process).
+_APP_PAYMENT = CompiledRead(lambda: Payment.objects.select_related("carrier", "price_point"))
+
+
+def payment_of_app(app: App, public_id: str) -> Payment:
+    """The app's payment of this public id, with its carrier and price point; Payment.DoesNotExist when the app
+    has none of that id (or it is no UUID)."""
+    filters = public_id_filters(public_id)
+    if filters is None:
+        raise Payment.DoesNotExist(f"no payment has the id {public_id!r}")
+    return _APP_PAYMENT.get(app=app.pk, **filters)
+
 
 # What the journal alone knows; the rest (staff actions, webhooks, callbacks) is read from its own table,
 # which also holds what the journal has not stored yet.

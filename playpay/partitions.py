@@ -31,6 +31,8 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from playpay.compiled_reads import CompiledRead
+
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=models.Model)
@@ -537,29 +539,34 @@ class IdMonths:
             return None
         return month_bounds(min(months))[0], month_bounds(max(months))[1]
 
-    def narrow(self, queryset: QuerySet[M], pk: int) -> tuple[QuerySet[M], bool]:
-        """`queryset` filtered to the row of id `pk` in the months that can hold it; and whether months were named."""
-        found = queryset.filter(pk=pk)
+    def filters(self, pk: int) -> tuple[dict[str, Any], bool]:
+        """The filters of the row of id `pk` in the months that can hold it; and whether months were named."""
+        filters: dict[str, Any] = {"pk": pk}
         bounds = self.bounds(pk)
         if bounds is None:
-            return found, False
+            return filters, False
         start, end = bounds
-        found = found.filter(**{f"{self.table.column}__gte": start})
+        filters[f"{self.table.column}__gte"] = start
         if end is not None:
-            found = found.filter(**{f"{self.table.column}__lt": end})
-        return found, True
+            filters[f"{self.table.column}__lt"] = end
+        return filters, True
 
-    def get(self, queryset: QuerySet[M], pk: int) -> M:
-        """The row of id `pk` from `queryset` (locked if it locks), read from its months; from every month when
+    def narrow(self, queryset: QuerySet[M], pk: int) -> tuple[QuerySet[M], bool]:
+        """`queryset` filtered to the row of id `pk` in the months that can hold it; and whether months were named."""
+        filters, named = self.filters(pk)
+        return queryset.filter(**filters), named
+
+    def get(self, rows: "QuerySet[M] | CompiledRead[M]", pk: int) -> M:
+        """The row of id `pk` from `rows` (locked if it locks), read from its months; from every month when
         they miss it. Raises the model's DoesNotExist when there is none."""
-        narrowed, named = self.narrow(queryset, pk)
+        filters, named = self.filters(pk)
         try:
-            return narrowed.get()
+            return rows.get(**filters)
         except ObjectDoesNotExist:
             if not named:
                 raise
         self.forget()
-        return queryset.get(pk=pk)
+        return rows.get(pk=pk)
 
 
 def read_archive(path: Path) -> Iterator[dict[str, str]]:

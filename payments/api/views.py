@@ -3,11 +3,11 @@ import re
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import Http404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import generics, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.generics import get_object_or_404
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,6 +24,7 @@ from payments.api.serializers import (
     ReversalSerializer,
 )
 from payments.models import Payment, PaymentQuerySet, PaymentStatus, Refund
+from payments.selectors import payment_of_app
 from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import (
     MAX_KEY_LENGTH,
@@ -107,7 +108,10 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def get_object(self) -> Payment:
         # By public id, from the months the id's time names (payments are partitioned by month).
-        payment = get_object_or_404(self.get_queryset().with_public_id(self.kwargs[self.lookup_url_kwarg]))
+        try:
+            payment = payment_of_app(app_of(self.request), self.kwargs[self.lookup_url_kwarg])
+        except Payment.DoesNotExist:
+            raise Http404 from None
         self.check_object_permissions(self.request, payment)
         return payment
 

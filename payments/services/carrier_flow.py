@@ -30,6 +30,7 @@ from payments.partitions import PAYMENT_MONTHS
 from payments.services import outbox, outcomes
 from payments.services.payment_keys import attach_carrier_reference, payment_by_carrier_reference
 from payments.services.state_machine import transition
+from playpay.compiled_reads import CompiledRead
 from tenants.models import App
 
 logger = logging.getLogger(__name__)
@@ -77,14 +78,17 @@ def task_message(payment: Payment, task: str, *, countdown: int = 0) -> OutboxMe
     )
 
 
+# The carrier work and the PIN confirm read a payment this way several times a step: SQL built once per process.
+_PAYMENT_READ = CompiledRead(lambda: Payment.objects.select_related("app", "carrier", "price_point"))
+_PAYMENT_LOCK = CompiledRead(lambda: Payment.objects.select_for_update(of=("self",)).select_related("app", "carrier"))
+
+
 def load_payment(payment_id: int) -> Payment:
-    return PAYMENT_MONTHS.get(Payment.objects.select_related("app", "carrier", "price_point"), payment_id)
+    return PAYMENT_MONTHS.get(_PAYMENT_READ, payment_id)
 
 
 def locked_payment(payment_id: int) -> Payment:
-    return PAYMENT_MONTHS.get(
-        Payment.objects.select_for_update(of=("self",)).select_related("app", "carrier"), payment_id
-    )
+    return PAYMENT_MONTHS.get(_PAYMENT_LOCK, payment_id)
 
 
 def _claim_call(payment_id: int, expected: str, *, count_attempt: bool = False) -> Payment | None:

@@ -1,0 +1,95 @@
+"""Reads whose SQL is built once per process answer as their queryset does: the same rows, the same related
+objects, the same errors, the same locks; and a read after the first runs the SQL built then."""
+
+from typing import Any
+
+import psycopg
+import pytest
+from django.db import connection, transaction
+from django.db.transaction import TransactionManagementError
+from django.test.utils import CaptureQueriesContext
+
+from payments.models import Payment
+from payments.selectors import payment_of_app
+from payments.services.carrier_flow import load_payment, locked_payment
+from playpay.compiled_reads import CompiledRead
+from tests.concurrency import other_session
+from tests.factories import PaymentFactory
+
+pytestmark = pytest.mark.postgres
+
+
+def _fields(instance: Any) -> dict[str, Any]:
+    return {field.attname: getattr(instance, field.attname) for field in instance._meta.concrete_fields}
+
+
+@pytest.mark.django_db
+def test_a_compiled_read_gives_the_row_and_its_related_objects_as_the_queryset_does() -> None:
+    payment = PaymentFactory.create(metadata={"level": 7, "tags": ["a", "é"]}, journey_id="j-1")
+    PaymentFactory.create(app=payment.app, price_point=payment.price_point)  # another payment of the app
+    read = CompiledRead(lambda: Payment.objects.select_related("app", "carrier", "price_point"))
+    expected = Payment.objects.select_related("app", "carrier", "price_point").get(pk=payment.pk)
+    for _ in range(2):  # the first read builds the SQL, the second runs what was built
+        with CaptureQueriesContext(connection) as queries:
+            found = read.get(pk=payment.pk, created_at__gte=payment.created_at)
+            related = (found.app, found.carrier, found.price_point)
+        assert len(queries) == 1  # the related objects came with the row
+        assert _fields(found) == _fields(expected)
+        assert found.metadata == {"level": 7, "tags": ["a", "é"]}  # the JSON field's converter ran
+        assert [_fields(each) for each in related] == [
+            _fields(expected.app),
+            _fields(expected.carrier),
+            _fields(expected.price_point),
+        ]
+        assert (found._state.adding, found._state.db) == (False, "default")
+    found.user_ref = "saved again"
+    found.save(update_fields=["user_ref"])  # a read instance saves as the queryset's would
+    assert Payment.objects.get(pk=payment.pk).user_ref == "saved again"
+
+
+@pytest.mark.django_db
+def test_a_compiled_read_tells_no_row_and_several_rows_apart_as_get_does() -> None:
+    first = PaymentFactory.create()
+    PaymentFactory.create(app=first.app, price_point=first.price_point)
+    read = CompiledRead(lambda: Payment.objects.all())
+    for _ in range(2):
+        with pytest.raises(Payment.DoesNotExist):
+            read.get(pk=first.pk + 1000)
+        with pytest.raises(Payment.MultipleObjectsReturned):
+            read.get(app=first.app_id)
+        assert read.get(pk=first.pk).pk == first.pk
+
+
+@pytest.mark.django_db
+def test_values_the_driver_does_not_take_as_they_are_read_through_the_queryset() -> None:
+    payment = PaymentFactory.create()
+    read = CompiledRead(lambda: Payment.objects.all())
+    assert read.get(pk=str(payment.pk)).pk == payment.pk  # a text id: Django converts it
+    assert read.get(user_ref="player-1", pk=payment.pk).pk == payment.pk
+
+
+@pytest.mark.django_db
+def test_the_api_reads_an_apps_payment_by_public_id_and_no_other_apps() -> None:
+    payment = PaymentFactory.create()
+    other = PaymentFactory.create()
+    for _ in range(2):
+        assert payment_of_app(payment.app, str(payment.public_id)).pk == payment.pk
+        with pytest.raises(Payment.DoesNotExist):
+            payment_of_app(payment.app, str(other.public_id))
+        with pytest.raises(Payment.DoesNotExist):
+            payment_of_app(payment.app, "not-a-uuid")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_compiled_locking_read_locks_the_row_and_needs_a_transaction_every_time() -> None:
+    payment = PaymentFactory.create()
+    for _ in range(2):
+        with pytest.raises(TransactionManagementError):
+            locked_payment(payment.pk)
+        with transaction.atomic():
+            assert locked_payment(payment.pk).pk == payment.pk
+            with other_session() as session, pytest.raises(psycopg.errors.LockNotAvailable):
+                session.execute("SELECT 1 FROM payments_payment WHERE id = %s FOR UPDATE NOWAIT", [payment.pk])
+        with other_session() as session:  # the lock ended with the transaction
+            session.execute("SELECT 1 FROM payments_payment WHERE id = %s FOR UPDATE NOWAIT", [payment.pk])
+    assert load_payment(payment.pk).price_point_id == payment.price_point_id
