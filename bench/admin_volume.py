@@ -36,7 +36,7 @@ try:
 except ImportError:
     sys.exit("bench/admin_volume.py needs the project's dependencies: activate its virtualenv first")
 
-from harness import HOST, Server, SetupError, app_env, db_url, log, manage, run_bench, server_errors
+from harness import DEPLOYED_THREADS, HOST, Server, SetupError, app_env, db_url, log, manage, run_bench, server_errors
 from volume import setup_django, staff_session
 
 GOAL_MS = 300.0
@@ -166,7 +166,11 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
     setup_django(env, workdir)
     session, _ = staff_session()
     manage(["collectstatic", "--noinput", "-v", "0"], env)
-    server = Server(env=env, workers=args.workers, worker_class="gthread", threads=4, log_path=workdir / "gunicorn.log")
+    server = Server(
+        env=env,
+        workers=args.workers,
+        log_path=workdir / "gunicorn.log",
+    )
     try:
         server.wait_ready()
         staff = Staff(server.port, session)
@@ -206,7 +210,8 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         "=" * 110,
         f"PlayPay admin at volume: {args.db_name}, about {estimated:,} payments; {os.cpu_count()} CPUs, "
         f"load average {os.getloadavg()[0]:.1f} (others' load slows every figure)",
-        f"  HTTP through gunicorn ({args.workers} sync workers, DEBUG=false); first request, then median of {r}",
+        f"  HTTP through gunicorn ({args.workers} gthread workers x {DEPLOYED_THREADS} threads, DEBUG=false); "
+        f"first request, then median of {r}",
         "",
         f"  {'operation':<{width}} | {'first':>8} | {'median':>8} | goal   | met? | responses",
     ]

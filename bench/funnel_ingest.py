@@ -48,6 +48,7 @@ except ImportError:
     sys.exit("bench/funnel_ingest.py needs the project's dependencies (psycopg): activate its virtualenv first")
 
 from harness import (
+    DEPLOYED_THREADS,
     HOST,
     REQUEST_TIMEOUT_S,
     ConnectionPool,
@@ -455,7 +456,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="gthread",
         help="gunicorn worker class (as deployed: gthread)",
     )
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker (as deployed: 4)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEPLOYED_THREADS,
+        help=f"threads per gthread worker (as deployed: {DEPLOYED_THREADS})",
+    )
     parser.add_argument("--connections", type=int, default=4, help="concurrent batches in flight (4)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of untimed load first (3)")
     parser.add_argument(

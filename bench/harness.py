@@ -36,6 +36,9 @@ except ImportError:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 HEALTH_PATH = "/healthz"
+# Threads per gthread worker as deployed: gunicorn.conf.py's, from the same variable.
+DEPLOYED_THREADS = int(os.environ.get("GUNICORN_THREADS", "4"))
+PLAYPAY_APP = "playpay.wsgi:application"
 REQUEST_TIMEOUT_S = 30.0
 
 
@@ -213,10 +216,10 @@ class Server:
         *,
         env: dict[str, str],
         workers: int,
-        worker_class: str,
-        threads: int,
         log_path: Path,
-        app: str = "playpay.wsgi:application",
+        worker_class: str = "gthread",
+        threads: int = DEPLOYED_THREADS,
+        app: str = PLAYPAY_APP,
     ) -> None:
         self.port = free_port()
         self.log_path = log_path
@@ -226,8 +229,6 @@ class Server:
             "-m",
             "gunicorn",
             app,
-            "--pythonpath",
-            str(Path(__file__).resolve().parent),
             "--bind",
             f"{HOST}:{self.port}",
             "--workers",
@@ -244,6 +245,8 @@ class Server:
         # gunicorn.conf.py asks for threads, and gunicorn turns a sync worker with threads into gthread: a sync
         # worker is asked for with one thread.
         command += ["--threads", str(threads if worker_class == "gthread" else 1)]
+        if app != PLAYPAY_APP:  # a module beside these scripts
+            command += ["--pythonpath", str(Path(__file__).resolve().parent)]
         self._log_file: IO[bytes] = log_path.open("wb")
         self.process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True

@@ -72,6 +72,7 @@ except ImportError:
 
 from funnel_ingest import batch_body, events_request
 from harness import (
+    DEPLOYED_THREADS,
     HEALTH_PATH,
     HOST,
     REQUEST_TIMEOUT_S,
@@ -360,9 +361,9 @@ def run_other_endpoints(
     return closed_loop_cpu(loops, port=port, connections=connections, pgid=pgid, db_name=db_name)
 
 
-def get_request(port: int, path: str, api_key: str | None = None) -> bytes:
-    authorization = f"Authorization: Api-Key {api_key}\r\n" if api_key else ""
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{authorization}\r\n".encode("ascii")
+def get_request(port: int, path: str) -> bytes:
+    """A GET on a kept-alive connection (the harness's health check closes its own)."""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode("ascii")
 
 
 def closed_loop_cpu(
@@ -862,7 +863,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--worker-class", choices=["sync", "gthread"], default=DEFAULT_WORKER_CLASS, help="gunicorn worker class"
     )
-    parser.add_argument("--threads", type=int, default=4, help="threads per gthread worker (as deployed: 4)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=DEPLOYED_THREADS,
+        help=f"threads per gthread worker (as deployed: {DEPLOYED_THREADS})",
+    )
     parser.add_argument(
         "--connections", type=int, default=DEFAULT_CONNECTIONS, help=f"phase A connections ({DEFAULT_CONNECTIONS})"
     )
@@ -907,7 +913,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--floor-requests",
         type=int,
         default=1000,
-        help="requests per loop of the stack's floor: gunicorn alone, Django's middleware, a DRF read; 0 skips",
+        help="requests per loop of the stack's floor (gunicorn alone, Django, a payment DRF refuses); 0 skips",
     )
     parser.add_argument("--log-file", type=Path, default=None, help="keep the gunicorn log at this path")
     parser.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")

@@ -71,6 +71,7 @@ except ImportError:
 
 import funnel_10m
 from harness import (
+    DEPLOYED_THREADS,
     HOST,
     REPO_ROOT,
     REQUEST_TIMEOUT_S,
@@ -791,12 +792,15 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
             f"  {existing:,} payments, {events:,} funnel events; {os.cpu_count()} CPUs, "
             f"load average {load[0]:.1f} at start (others' load slows every figure)",
             f"  {generation}",
-            f"  HTTP through gunicorn ({args.workers} sync workers, DEBUG=false); funnel services in-process",
+            f"  HTTP through gunicorn ({args.workers} gthread workers x {DEPLOYED_THREADS} threads, DEBUG=false); "
+            "funnel services in-process",
         ]
 
         manage(["collectstatic", "--noinput", "-v", "0"], env)
         server = Server(
-            env=env, workers=args.workers, worker_class="gthread", threads=4, log_path=workdir / "gunicorn.log"
+            env=env,
+            workers=args.workers,
+            log_path=workdir / "gunicorn.log",
         )
         server.wait_ready()
         session, csrf = staff_session()
@@ -813,7 +817,9 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         # The export as the embedded default runs it: no broker, the scheduler process is the worker.
         export_env = env_for(args.db_name, "")
         server = Server(
-            env=export_env, workers=args.workers, worker_class="gthread", threads=4, log_path=workdir / "export.log"
+            env=export_env,
+            workers=args.workers,
+            log_path=workdir / "export.log",
         )
         server.wait_ready()
         with scheduler(export_env, workdir / "scheduler.log") as worker:
@@ -826,10 +832,14 @@ def run(args: argparse.Namespace, workdir: Path) -> str:
         empty_env = env_for(empty_name, args.broker_url)
         empty_key = prepare_database(args.pg_url, empty_name, empty_env)
         server = Server(
-            env=empty_env, workers=args.workers, worker_class="gthread", threads=4, log_path=workdir / "empty.log"
+            env=empty_env,
+            workers=args.workers,
+            log_path=workdir / "empty.log",
         )
         full_server = Server(
-            env=env, workers=args.workers, worker_class="gthread", threads=4, log_path=workdir / "create.log"
+            env=env,
+            workers=args.workers,
+            log_path=workdir / "create.log",
         )
         try:
             server.wait_ready()

@@ -76,12 +76,12 @@ def public_id_filters(public_id: uuid.UUID | str) -> dict[str, Any] | None:
     months around the time inside a UUIDv7; an older (v4) id is looked up in every partition."""
     try:
         parsed = public_id if isinstance(public_id, uuid.UUID) else uuid.UUID(str(public_id))
-    except ValueError:
+        made = time_of(parsed)
+        if made is None:
+            return {"public_id": parsed}
+        return {"public_id": parsed, "created_at__gte": made - PUBLIC_ID_SKEW, "created_at__lt": made + PUBLIC_ID_SKEW}
+    except (ValueError, OverflowError):  # no UUID, or one whose time is past what a date can hold: none of ours
         return None
-    made = time_of(parsed)
-    if made is None:
-        return {"public_id": parsed}
-    return {"public_id": parsed, "created_at__gte": made - PUBLIC_ID_SKEW, "created_at__lt": made + PUBLIC_ID_SKEW}
 
 
 class PaymentQuerySet(models.QuerySet["Payment"]):

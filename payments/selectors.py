@@ -2,6 +2,7 @@
 order, what the admin's one search box matches, and a player's figures."""
 
 import re
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -41,7 +42,7 @@ from tenants.models import App
 _APP_PAYMENT = CompiledRead(lambda: Payment.objects.select_related("carrier", "price_point"))
 
 
-def payment_of_app(app: App, public_id: str) -> Payment:
+def payment_of_app(app: App, public_id: uuid.UUID | str) -> Payment:
     """The app's payment of this public id, with its carrier and price point; Payment.DoesNotExist when the app
     has none of that id (or it is no UUID)."""
     filters = public_id_filters(public_id)

@@ -10,7 +10,8 @@ the related populators, the fields' converters).
 
 Only on PostgreSQL, and only for values psycopg takes as they are (integers, aware datetimes, UUIDs), each found
 once among the built statement's parameters; anything else reads through the queryset, as before. A base
-queryset must not annotate, prefetch or pick fields (`values()`): refused when the SQL is built.
+queryset holds no values of its own (they would be kept from the first build on): one that does reads through
+the queryset, as does one that annotates, prefetches or picks fields (`values()`), which is refused.
 """
 
 import uuid
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar
 
+from django.core.exceptions import EmptyResultSet, FullResultSet
 from django.db import connections
 from django.db.models import Model, QuerySet
 from django.db.models.query import get_related_populators
@@ -51,8 +53,8 @@ def _taken_as_is(value: Any) -> bool:
 class CompiledRead(Generic[M]):
     """One shape of read: `base()` (a queryset: its joins, its lock), filtered at each call by keyword values.
 
-    `get(**filters)` answers as `base().get(**filters)` does, the SQL built once per process and database for
-    each set of filter names."""
+    `get(**filters)` answers as `base().get(**filters)` does (DoesNotExist, MultipleObjectsReturned: told
+    from two rows, not counted), the SQL built once per process and database for each set of filter names."""
 
     def __init__(self, base: Callable[[], QuerySet[M]]) -> None:
         self.base = base
@@ -68,7 +70,7 @@ class CompiledRead(Generic[M]):
         statement = self._statements.get(key)
         if statement is None:
             statement = _build(queryset, filters)
-            if statement is None:  # a value found twice among the parameters: it cannot be told where it goes
+            if statement is None:  # it cannot be told where each value goes, or Django builds no SQL for them
                 return queryset.get(**filters)
             self._statements[key] = statement
         rows: list[M] = _run(statement, alias, filters)
@@ -81,24 +83,28 @@ class CompiledRead(Generic[M]):
 
 
 def _build(queryset: QuerySet[M], filters: dict[str, Any]) -> _Statement | None:
-    internals: Any = queryset  # what the queryset would add to its rows, read where Django keeps it
-    assert not queryset.query.annotations, "a compiled read does not annotate"
-    assert not internals._prefetch_related_lookups, "a compiled read does not prefetch"
-    assert internals._fields is None, "a compiled read reads whole rows"
-    assert not internals._known_related_objects, "a compiled read reads whole rows"
+    internals: Any = queryset  # the queryset's private state, which the type stubs do not describe
+    if queryset.query.annotations or internals._prefetch_related_lookups or internals._fields is not None:
+        raise TypeError("a compiled read reads whole rows: no annotations, prefetches or values()")
+    if internals._known_related_objects:
+        raise TypeError("a compiled read is made from a manager's queryset, not a related manager's")
     # As get(): no ordering, and two rows at most, enough to tell one from several.
     query = queryset.filter(**filters).order_by()[:2].query
     compiler = query.get_compiler(using=queryset.db)
-    sql, params = compiler.as_sql()  # raises outside a transaction for a locking read, as the queryset does
+    try:
+        sql, params = compiler.as_sql()  # raises outside a transaction for a locking read, as the queryset does
+    except (EmptyResultSet, FullResultSet):  # a value no row can match (an id out of range): the queryset says so
+        return None
     slots = []
     for name, value in filters.items():
         places = [i for i, param in enumerate(params) if type(param) is type(value) and param == value]
         if len(places) != 1:
             return None
         slots.append((name, places[0]))
+    if len(slots) != len(params):  # the base's own values would be kept from this build on
+        return None
     klass_info = compiler.klass_info
-    assert klass_info is not None
-    assert not compiler.annotation_col_map
+    assert klass_info is not None  # a model's rows were asked for
     columns = klass_info["select_fields"]
     fields = slice(columns[0], columns[-1] + 1)
     converters = compiler.get_converters([column[0] for column in compiler.select[0 : compiler.col_count]])

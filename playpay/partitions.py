@@ -551,11 +551,6 @@ class IdMonths:
             filters[f"{self.table.column}__lt"] = end
         return filters, True
 
-    def narrow(self, queryset: QuerySet[M], pk: int) -> tuple[QuerySet[M], bool]:
-        """`queryset` filtered to the row of id `pk` in the months that can hold it; and whether months were named."""
-        filters, named = self.filters(pk)
-        return queryset.filter(**filters), named
-
     def get(self, rows: "QuerySet[M] | CompiledRead[M]", pk: int) -> M:
         """The row of id `pk` from `rows` (locked if it locks), read from its months; from every month when
         they miss it. Raises the model's DoesNotExist when there is none."""

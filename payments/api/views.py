@@ -155,7 +155,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
                     app=app, request=payment_request, idempotency=key, answer_at_claim=answer_at_claim
                 ),
                 render=lambda payment: created_response(PaymentSerializer(payment).data),
-                load=lambda public_id: self.get_queryset().with_public_id(public_id).get(),
+                load=lambda public_id: payment_of_app(app, public_id),
             )
         )
 

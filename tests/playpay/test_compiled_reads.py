@@ -1,6 +1,7 @@
 """Reads whose SQL is built once per process answer as their queryset does: the same rows, the same related
 objects, the same errors, the same locks; and a read after the first runs the SQL built then."""
 
+import uuid
 from typing import Any
 
 import psycopg
@@ -12,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from payments.models import Payment
 from payments.selectors import payment_of_app
 from payments.services.carrier_flow import load_payment, locked_payment
+from playpay import compiled_reads
 from playpay.compiled_reads import CompiledRead
 from tests.concurrency import other_session
 from tests.factories import PaymentFactory
@@ -61,23 +63,73 @@ def test_a_compiled_read_tells_no_row_and_several_rows_apart_as_get_does() -> No
 
 
 @pytest.mark.django_db
+def test_the_sql_is_built_once_for_a_set_of_filter_names_and_run_with_each_reads_values(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    builds: list[tuple[str, ...]] = []
+    build = compiled_reads._build
+
+    def counted(queryset: Any, filters: dict[str, Any]) -> Any:
+        builds.append(tuple(sorted(filters)))
+        return build(queryset, filters)
+
+    monkeypatch.setattr(compiled_reads, "_build", counted)
+    first, second = PaymentFactory.create(), PaymentFactory.create()
+    read = CompiledRead(lambda: Payment.objects.all())
+    assert [read.get(app=each.app_id, pk=each.pk).pk for each in (first, second, first)] == [
+        first.pk,
+        second.pk,
+        first.pk,
+    ]
+    with pytest.raises(Payment.DoesNotExist):
+        read.get(app=first.app_id, pk=second.pk)
+    assert read.get(pk=second.pk).pk == second.pk
+    assert builds == [("app", "pk"), ("pk",)]
+
+
+@pytest.mark.django_db
 def test_values_the_driver_does_not_take_as_they_are_read_through_the_queryset() -> None:
     payment = PaymentFactory.create()
     read = CompiledRead(lambda: Payment.objects.all())
     assert read.get(pk=str(payment.pk)).pk == payment.pk  # a text id: Django converts it
     assert read.get(user_ref="player-1", pk=payment.pk).pk == payment.pk
+    assert read._statements == {}  # neither was built: both read through the queryset
+
+
+@pytest.mark.django_db
+def test_an_id_no_row_can_have_is_no_row_before_and_after_the_sql_is_built() -> None:
+    payment = PaymentFactory.create()
+    read = CompiledRead(lambda: Payment.objects.all())
+    with pytest.raises(Payment.DoesNotExist):
+        read.get(pk=2**63)  # past a bigint: Django builds no SQL for it
+    assert read.get(pk=payment.pk).pk == payment.pk
+    with pytest.raises(Payment.DoesNotExist):
+        read.get(pk=2**63)
+
+
+@pytest.mark.django_db
+def test_a_base_queryset_with_values_of_its_own_reads_through_the_queryset() -> None:
+    payment = PaymentFactory.create()
+    read = CompiledRead(lambda: Payment.objects.filter(user_ref="player-1"))
+    assert read.get(pk=payment.pk).pk == payment.pk
+    assert read._statements == {}
 
 
 @pytest.mark.django_db
 def test_the_api_reads_an_apps_payment_by_public_id_and_no_other_apps() -> None:
     payment = PaymentFactory.create()
+    older = PaymentFactory.create(public_id=uuid.uuid4())  # a version 4 id: looked for in every month
     other = PaymentFactory.create()
     for _ in range(2):
-        assert payment_of_app(payment.app, str(payment.public_id)).pk == payment.pk
+        for own in (payment, older, other):
+            assert payment_of_app(own.app, str(own.public_id)).pk == own.pk
         with pytest.raises(Payment.DoesNotExist):
             payment_of_app(payment.app, str(other.public_id))
         with pytest.raises(Payment.DoesNotExist):
-            payment_of_app(payment.app, "not-a-uuid")
+            payment_of_app(payment.app, str(older.public_id))
+        for not_ours in ("not-a-uuid", "ffffffff-ffff-7fff-bfff-ffffffffffff"):  # the latter: past year 9999
+            with pytest.raises(Payment.DoesNotExist):
+                payment_of_app(payment.app, not_ours)
 
 
 @pytest.mark.django_db(transaction=True)
