@@ -326,8 +326,14 @@ def server_errors(log_path: Path, traceback_lines: int = 50) -> str:
     return "\n".join([*summary, header, *(f"    {line}" for line in shown)])
 
 
+def get_request(port: int, path: str, *, close: bool = False) -> bytes:
+    """A GET of `path`, on a connection kept alive unless `close`."""
+    closing = "Connection: close\r\n" if close else ""
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{closing}\r\n".encode("ascii")
+
+
 def health_request(port: int) -> bytes:
-    return f"GET {HEALTH_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\nConnection: close\r\n\r\n".encode("ascii")
+    return get_request(port, HEALTH_PATH, close=True)
 
 
 async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:

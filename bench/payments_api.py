@@ -31,9 +31,10 @@ fails.
 
 How it runs: it creates a fresh database (`playpay_bench` by default, dropped and re-created each run,
 dropped at the end), runs `migrate` and `seed_demo` with the repository's manage.py, serves
-`playpay.wsgi:application` with gunicorn on a free loopback port (gthread workers with 4 threads, as
-gunicorn.conf.py deploys them), and drives the load from this process (phase A with `wrk` when it is
-installed, else with the built-in asyncio client; phase B always with the built-in client).
+`playpay.wsgi:application` with gunicorn on a free loopback port (gthread workers of GUNICORN_THREADS
+threads, 4 by default, as gunicorn.conf.py deploys them), and drives the load from this process (phase A
+with `wrk` when it is installed, else with the built-in asyncio client; phase B always with the built-in
+client).
 
 Run it from the project's virtualenv (it uses the same interpreter for manage.py and gunicorn):
 
@@ -85,6 +86,7 @@ from harness import (
     describe_server,
     drop_database,
     find_pgbench,
+    get_request,
     log,
     manage,
     measure_cpu,
@@ -359,11 +361,6 @@ def run_other_endpoints(
         ),
     ]
     return closed_loop_cpu(loops, port=port, connections=connections, pgid=pgid, db_name=db_name)
-
-
-def get_request(port: int, path: str) -> bytes:
-    """A GET on a kept-alive connection (the harness's health check closes its own)."""
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode("ascii")
 
 
 def closed_loop_cpu(

@@ -24,6 +24,7 @@ from payments.models import (
     Payment,
     PaymentCarrierReference,
     PaymentIdempotencyKey,
+    PaymentQuerySet,
     PaymentStatus,
     PlayerBlock,
     WebhookAttempt,
@@ -38,8 +39,15 @@ from playpay.redaction import msisdn_hash
 from playpay.times import utc_text
 from tenants.models import App
 
+# What the API's answer about a payment names with it.
+_ANSWERED_WITH = ("carrier", "price_point")
 # Every API call about one payment reads it so (its SQL built once per process).
-_APP_PAYMENT = CompiledRead(lambda: Payment.objects.select_related("carrier", "price_point"))
+_APP_PAYMENT = CompiledRead(lambda: Payment.objects.select_related(*_ANSWERED_WITH))
+
+
+def payments_of_app(app: App) -> PaymentQuerySet:
+    """The app's payments, with what the API's answer names (an app sees its own only)."""
+    return Payment.objects.filter(app=app).select_related(*_ANSWERED_WITH)
 
 
 def payment_of_app(app: App, public_id: uuid.UUID | str) -> Payment:

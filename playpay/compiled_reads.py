@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, Generic, TypeVar
 
 from django.core.exceptions import EmptyResultSet, FullResultSet
@@ -59,6 +60,7 @@ class CompiledRead(Generic[M]):
     def __init__(self, base: Callable[[], QuerySet[M]]) -> None:
         self.base = base
         self._statements: dict[tuple[str, tuple[str, ...]], _Statement] = {}
+        self._through_queryset: set[tuple[str, tuple[str, ...]]] = set()  # shapes whose base holds values
 
     def get(self, **filters: Any) -> M:
         """The one row: the model's DoesNotExist when there is none, MultipleObjectsReturned when more."""
@@ -69,10 +71,14 @@ class CompiledRead(Generic[M]):
         key = (alias, tuple(sorted(filters)))
         statement = self._statements.get(key)
         if statement is None:
-            statement = _build(queryset, filters)
-            if statement is None:  # it cannot be told where each value goes, or Django builds no SQL for them
+            if key in self._through_queryset:
                 return queryset.get(**filters)
-            self._statements[key] = statement
+            built = _build(queryset, filters)
+            if built is _Unbuilt.THIS_BASE:  # true of every read of this shape: not built again
+                self._through_queryset.add(key)
+            if not isinstance(built, _Statement):
+                return queryset.get(**filters)
+            statement = self._statements[key] = built
         rows: list[M] = _run(statement, alias, filters)
         model: Any = queryset.model
         if not rows:
@@ -82,7 +88,13 @@ class CompiledRead(Generic[M]):
         return rows[0]
 
 
-def _build(queryset: QuerySet[M], filters: dict[str, Any]) -> _Statement | None:
+class _Unbuilt(Enum):
+    THESE_VALUES = "Django builds no SQL for one of the values, or one is found twice among the parameters"
+    THIS_BASE = "the base queryset holds values of its own"
+
+
+def _build(queryset: QuerySet[M], filters: dict[str, Any]) -> _Statement | _Unbuilt:
+    """The statement of this shape, or why it is not built."""
     internals: Any = queryset  # the queryset's private state, which the type stubs do not describe
     if queryset.query.annotations or internals._prefetch_related_lookups or internals._fields is not None:
         raise TypeError("a compiled read reads whole rows: no annotations, prefetches or values()")
@@ -94,15 +106,15 @@ def _build(queryset: QuerySet[M], filters: dict[str, Any]) -> _Statement | None:
     try:
         sql, params = compiler.as_sql()  # raises outside a transaction for a locking read, as the queryset does
     except (EmptyResultSet, FullResultSet):  # a value no row can match (an id out of range): the queryset says so
-        return None
+        return _Unbuilt.THESE_VALUES
     slots = []
     for name, value in filters.items():
         places = [i for i, param in enumerate(params) if type(param) is type(value) and param == value]
         if len(places) != 1:
-            return None
+            return _Unbuilt.THESE_VALUES
         slots.append((name, places[0]))
     if len(slots) != len(params):  # the base's own values would be kept from this build on
-        return None
+        return _Unbuilt.THIS_BASE
     klass_info = compiler.klass_info
     assert klass_info is not None  # a model's rows were asked for
     columns = klass_info["select_fields"]

@@ -24,7 +24,7 @@ from payments.api.serializers import (
     ReversalSerializer,
 )
 from payments.models import Payment, PaymentQuerySet, PaymentStatus, Refund
-from payments.selectors import payment_of_app
+from payments.selectors import payment_of_app, payments_of_app
 from payments.services.carrier_flow import app_actor, pin_check_pending
 from payments.services.idempotency import (
     MAX_KEY_LENGTH,
@@ -95,7 +95,7 @@ class PaymentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     lookup_value_regex = "[0-9a-fA-F-]{36}"
 
     def get_queryset(self) -> PaymentQuerySet:
-        queryset = Payment.objects.filter(app=app_of(self.request)).select_related("carrier", "price_point")
+        queryset = payments_of_app(app_of(self.request))
         if self.action == "list":
             params = self.request.query_params
             if params.get("status"):

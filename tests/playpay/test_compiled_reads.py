@@ -25,6 +25,19 @@ def _fields(instance: Any) -> dict[str, Any]:
     return {field.attname: getattr(instance, field.attname) for field in instance._meta.concrete_fields}
 
 
+def _counted_builds(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """The filter names of each statement built from now on, in order."""
+    builds: list[tuple[str, ...]] = []
+    build = compiled_reads._build
+
+    def counted(queryset: Any, filters: dict[str, Any]) -> Any:
+        builds.append(tuple(sorted(filters)))
+        return build(queryset, filters)
+
+    monkeypatch.setattr(compiled_reads, "_build", counted)
+    return builds
+
+
 @pytest.mark.django_db
 def test_a_compiled_read_gives_the_row_and_its_related_objects_as_the_queryset_does() -> None:
     payment = PaymentFactory.create(metadata={"level": 7, "tags": ["a", "é"]}, journey_id="j-1")
@@ -66,14 +79,7 @@ def test_a_compiled_read_tells_no_row_and_several_rows_apart_as_get_does() -> No
 def test_the_sql_is_built_once_for_a_set_of_filter_names_and_run_with_each_reads_values(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    builds: list[tuple[str, ...]] = []
-    build = compiled_reads._build
-
-    def counted(queryset: Any, filters: dict[str, Any]) -> Any:
-        builds.append(tuple(sorted(filters)))
-        return build(queryset, filters)
-
-    monkeypatch.setattr(compiled_reads, "_build", counted)
+    builds = _counted_builds(monkeypatch)
     first, second = PaymentFactory.create(), PaymentFactory.create()
     read = CompiledRead(lambda: Payment.objects.all())
     assert [read.get(app=each.app_id, pk=each.pk).pk for each in (first, second, first)] == [
@@ -108,11 +114,14 @@ def test_an_id_no_row_can_have_is_no_row_before_and_after_the_sql_is_built() -> 
 
 
 @pytest.mark.django_db
-def test_a_base_queryset_with_values_of_its_own_reads_through_the_queryset() -> None:
-    payment = PaymentFactory.create()
+def test_a_base_queryset_with_values_of_its_own_reads_through_the_queryset(monkeypatch: pytest.MonkeyPatch) -> None:
+    builds = _counted_builds(monkeypatch)
+    first, second = PaymentFactory.create(), PaymentFactory.create()
     read = CompiledRead(lambda: Payment.objects.filter(user_ref="player-1"))
-    assert read.get(pk=payment.pk).pk == payment.pk
+    assert read.get(pk=first.pk).pk == first.pk
     assert read._statements == {}
+    assert read.get(pk=second.pk).pk == second.pk
+    assert builds == [("pk",)]  # told once: later reads of the shape go to the queryset without building again
 
 
 @pytest.mark.django_db
